@@ -1,0 +1,48 @@
+# fedgrpc developer entry points. `make install && make test` is exactly what CI runs.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH_VERSION := 2.13.0
+
+.PHONY: install protos protos-check lint format typecheck test test-fast bench clean help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+install:  ## create .venv, install torch==$(TORCH_VERSION) first, then fedgrpc[dev]
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first and pinned: any range pip resolves itself could pull a multi-GB build.
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -c "import torch, sys; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '$(TORCH_VERSION)' else 'torch ' + v + ' installed, expected $(TORCH_VERSION)')"
+
+protos:  ## regenerate fedgrpc/_proto from protos/
+	$(BIN)/python scripts/gen_protos.py
+
+protos-check:  ## fail if fedgrpc/_proto is stale
+	$(BIN)/python -m pytest -q tests/unit/test_protos_fresh.py
+
+lint:  ## ruff lint + format check, file size limits
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python scripts/check_sizes.py
+
+format:  ## apply ruff formatting
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck:  ## mypy --strict on the library
+	$(BIN)/mypy --strict fedgrpc
+
+test: lint typecheck  ## lint, types, then the whole pytest suite (incl. proto freshness)
+	$(BIN)/python -m pytest
+
+test-fast:  ## unit + integration tests only
+	$(BIN)/python -m pytest tests/unit tests/integration
+
+bench:  ## run every benchmark; each prints one JSON object
+	@for b in bench/*.py; do echo "== $$b" >&2; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

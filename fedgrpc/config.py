@@ -1,0 +1,167 @@
+"""Configuration objects: frozen, validated at construction, loadable from TOML.
+
+Precedence everywhere: CLI flag, then TOML, then the default documented here.
+Each field's docstring states its unit and why the default is what it is;
+`fedgrpc serve --help` and server/coordinator.example.toml repeat them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from fedgrpc.errors import ConfigError
+from fedgrpc.wire.chunking import (
+    DEFAULT_CHUNK_BYTES,
+    MAX_CHUNK_BYTES,
+    MESSAGE_OVERHEAD_BYTES,
+    MIN_CHUNK_BYTES,
+)
+
+OuterOptimizerName = Literal["nesterov", "fedavg"]
+CodecName = Literal["dense-fp32"]
+OUTER_OPTIMIZERS: tuple[OuterOptimizerName, ...] = ("nesterov", "fedavg")
+CODECS: tuple[CodecName, ...] = ("dense-fp32",)
+_DEFAULT_OUTER_LR = {"nesterov": 0.7, "fedavg": 1.0}
+_DEFAULT_OUTER_MOMENTUM = {"nesterov": 0.9, "fedavg": 0.0}
+
+
+def _check(condition: bool, field: str, value: object, allowed: str) -> None:
+    if not condition:
+        raise ConfigError(f"{field}={value!r} is invalid: expected {allowed}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoordinatorConfig:
+    """Everything `fedgrpc serve` needs; one TOML table `[coordinator]`."""
+
+    listen: str = "127.0.0.1:7070"
+    """host:port to bind. Port 0 picks a free port (see `ready_file`)."""
+    min_clients: int = 2
+    """Updates a round needs before it is applied; also the quorum to start one."""
+    max_clients: int = 1024
+    """Joined clients the coordinator admits; Join beyond it is RESOURCE_EXHAUSTED."""
+    inner_steps: int = 500
+    """H: inner optimizer steps per round, announced to clients (DiLoCo uses 500)."""
+    round_timeout_s: float = 600.0
+    """Seconds a round collects before closing with what it has (skipped below quorum)."""
+    outer_optimizer: OuterOptimizerName = "nesterov"
+    """`nesterov` (DiLoCo outer SGD with Nesterov momentum) or `fedavg`."""
+    outer_lr: float | None = None
+    """Outer learning rate; None means 0.7 for nesterov (DiLoCo), 1.0 for fedavg."""
+    outer_momentum: float | None = None
+    """Outer momentum; None means 0.9 for nesterov (DiLoCo), 0 for fedavg."""
+    codec: CodecName = "dense-fp32"
+    """Update codec every client must use."""
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    """Payload bytes per chunk, both directions; ~1 MiB is loopback's sweet spot."""
+    heartbeat_interval_s: float = 5.0
+    """Seconds between heartbeats clients are told to send."""
+    session_timeout_s: float = 30.0
+    """A client silent this long is dropped from the round it is part of."""
+    ready_file: str | None = None
+    """Write the bound host:port here once serving (atomic), for scripts and tests."""
+    log_format: Literal["json", "console"] = "json"
+    """Log output of `fedgrpc serve`: JSON lines (default) or console text."""
+    log_level: str = "INFO"
+    """Minimum log level."""
+
+    def __post_init__(self) -> None:
+        _check(":" in self.listen, "listen", self.listen, "host:port")
+        _check(1 <= self.min_clients <= self.max_clients, "min_clients",
+               self.min_clients, f"1..max_clients ({self.max_clients})")  # fmt: skip
+        _check(self.inner_steps >= 1, "inner_steps", self.inner_steps, ">= 1")
+        _check(self.round_timeout_s > 0, "round_timeout_s", self.round_timeout_s, "> 0")
+        _check(self.outer_optimizer in OUTER_OPTIMIZERS, "outer_optimizer",
+               self.outer_optimizer, " or ".join(OUTER_OPTIMIZERS))  # fmt: skip
+        _check(self.resolved_outer_lr > 0, "outer_lr", self.outer_lr, "> 0")
+        _check(0 <= self.resolved_outer_momentum < 1, "outer_momentum",
+               self.outer_momentum, "in [0, 1)")  # fmt: skip
+        _check(self.codec in CODECS, "codec", self.codec, " or ".join(CODECS))
+        _check(MIN_CHUNK_BYTES <= self.chunk_bytes <= MAX_CHUNK_BYTES, "chunk_bytes",
+               self.chunk_bytes, f"{MIN_CHUNK_BYTES}..{MAX_CHUNK_BYTES}")  # fmt: skip
+        _check(self.heartbeat_interval_s > 0, "heartbeat_interval_s",
+               self.heartbeat_interval_s, "> 0")  # fmt: skip
+        _check(self.session_timeout_s > self.heartbeat_interval_s, "session_timeout_s",
+               self.session_timeout_s, "> heartbeat_interval_s")  # fmt: skip
+        _check(self.log_format in ("json", "console"), "log_format", self.log_format,
+               "json or console")  # fmt: skip
+
+    @property
+    def resolved_outer_lr(self) -> float:
+        """The outer learning rate in force (default filled in per optimizer)."""
+        if self.outer_lr is not None:
+            return self.outer_lr
+        return _DEFAULT_OUTER_LR[self.outer_optimizer]
+
+    @property
+    def resolved_outer_momentum(self) -> float:
+        """The outer momentum in force (default filled in per optimizer)."""
+        if self.outer_momentum is not None:
+            return self.outer_momentum
+        return _DEFAULT_OUTER_MOMENTUM[self.outer_optimizer]
+
+    @property
+    def max_message_bytes(self) -> int:
+        """Largest gRPC message accepted: one chunk plus framing."""
+        return self.chunk_bytes + MESSAGE_OVERHEAD_BYTES
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> Self:
+        """Load the `[coordinator]` table of `path`; non-None `overrides` win."""
+        table = load_table(path, "coordinator", cls)
+        table.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**table)
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with `changes` applied (None values are ignored) and re-validated."""
+        return dataclasses.replace(
+            self, **{k: v for k, v in changes.items() if v is not None}
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientConfig:
+    """Knobs of `DiLoCoClient` beyond the target, the model and H."""
+
+    name: str = ""
+    """Shown in coordinator logs and `fedgrpc status`; defaults to host:pid."""
+    rpc_timeout_s: float = 30.0
+    """Deadline of a unary call (Join) and of each chunk of a transfer."""
+    round_wait_s: float = 3600.0
+    """How long `step()` waits at a sync point for the round to close."""
+    heartbeat_interval_s: float = 5.0
+    """Seconds between heartbeats on the Session stream."""
+    connect_timeout_s: float = 60.0
+    """How long the first connection may take before the client gives up."""
+
+    def __post_init__(self) -> None:
+        for name in ("rpc_timeout_s", "round_wait_s", "heartbeat_interval_s",
+                     "connect_timeout_s"):  # fmt: skip
+            value = getattr(self, name)
+            _check(value > 0, name, value, "> 0")
+
+
+def load_table(path: str | Path, table: str, cls: type) -> dict[str, Any]:
+    """Read `[table]` from a TOML file, rejecting unknown keys by name."""
+    try:
+        with Path(path).open("rb") as fh:
+            document = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    values = document.get(table, {})
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{table}] in {path} must be a table")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(unknown)} in [{table}] of {path}; "
+            f"known keys: {', '.join(sorted(known))}"
+        )
+    return dict(values)

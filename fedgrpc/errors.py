@@ -1,0 +1,83 @@
+"""Exception hierarchy shared by the coordinator and the client.
+
+Imports no grpc: the coordinator maps these classes to status codes in
+`fedgrpc.coordinator.status`, and the client maps received codes back to the
+same classes in `fedgrpc.client.status`, carrying the server's message
+verbatim. Users catch these, never `grpc.RpcError`.
+
+Every message should say what was wrong, what was expected and what to do.
+"""
+
+from __future__ import annotations
+
+
+class FedGrpcError(Exception):
+    """Base class of every error fedgrpc raises on purpose."""
+
+
+class ConfigError(FedGrpcError, ValueError):
+    """A configuration value is out of range or inconsistent (raised at construction)."""
+
+
+class UnknownClientError(FedGrpcError):
+    """The caller is not a joined client, or its session token is wrong.
+
+    Wire status: UNAUTHENTICATED.
+    """
+
+
+class InvalidUpdateError(FedGrpcError):
+    """An update or model spec is malformed: shape, dtype, codec, range, NaN/Inf.
+
+    Wire status: INVALID_ARGUMENT.
+    """
+
+
+class ModelMismatchError(InvalidUpdateError):
+    """The client's model differs from the federation's model.
+
+    Wire status: INVALID_ARGUMENT.
+    """
+
+
+class WrongRoundError(FedGrpcError):
+    """The request does not fit the coordinator's round state.
+
+    Wrong or closed round, stale base version, push before join, second update
+    in one round. Wire status: FAILED_PRECONDITION.
+    """
+
+
+class IncompatibleClientError(FedGrpcError):
+    """The client cannot take part as configured (inner steps, codecs).
+
+    Wire status: FAILED_PRECONDITION, raised at Join.
+    """
+
+
+class TooLargeError(FedGrpcError):
+    """A message, update or client count exceeds its limit.
+
+    Wire status: RESOURCE_EXHAUSTED.
+    """
+
+
+class IncompleteUpdateError(FedGrpcError):
+    """An update stream ended before its commit.
+
+    Wire status: DATA_LOSS.
+    """
+
+
+class ShuttingDownError(FedGrpcError):
+    """The coordinator is draining; retry later with backoff.
+
+    Wire status: UNAVAILABLE.
+    """
+
+
+class CoordinatorUnavailableError(FedGrpcError):
+    """The client could not reach the coordinator within its deadline.
+
+    Raised by the client only (UNAVAILABLE or DEADLINE_EXCEEDED after retries).
+    """

@@ -1,0 +1,106 @@
+"""Torch tensors <-> the flat spaces of a `ModelSpec`.
+
+Every function here loops over *tensors* (hundreds at most), never over
+elements: each tensor moves with one vectorised copy or cast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from fedgrpc.errors import ConfigError, InvalidUpdateError
+from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
+
+_TORCH_DTYPES: dict[DType, torch.dtype] = {
+    DType.FLOAT32: torch.float32,
+    DType.FLOAT16: torch.float16,
+    DType.BFLOAT16: torch.bfloat16,
+    DType.FLOAT64: torch.float64,
+}
+_DTYPES_BY_TORCH = {v: k for k, v in _TORCH_DTYPES.items()}
+
+
+def torch_dtype(dtype: DType) -> torch.dtype:
+    """The torch dtype of a spec dtype."""
+    return _TORCH_DTYPES[dtype]
+
+
+def spec_from_module(model: torch.nn.Module) -> ModelSpec:
+    """Describe `model`'s parameters (by name, in `named_parameters()` order).
+
+    Raises:
+        ConfigError: the model has no parameters, or one is not float16,
+            bfloat16, float32 or float64 (integer parameters cannot be averaged).
+    """
+    tensors = []
+    for name, param in model.named_parameters():
+        if param.dtype not in _DTYPES_BY_TORCH:
+            raise ConfigError(
+                f"parameter {name!r} has dtype {param.dtype}; fedgrpc federates "
+                "float16, bfloat16, float32 and float64 parameters only"
+            )
+        shape = tuple(int(d) for d in param.shape)
+        tensors.append(TensorSpec(name, shape, _DTYPES_BY_TORCH[param.dtype]))
+    if not tensors:
+        raise ConfigError("the model has no parameters to federate")
+    return ModelSpec(tuple(tensors))
+
+
+def flatten_fp32(
+    tensors: Sequence[torch.Tensor], spec: ModelSpec, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Concatenate `tensors` (spec order) into one float32 CPU vector.
+
+    `out`, if given, is reused (a model-sized buffer allocated once per client).
+    """
+    if out is None:
+        out = torch.empty(spec.num_coordinates, dtype=torch.float32)
+    for slot, tensor in zip(spec.slots, tensors, strict=True):
+        n = slot.spec.numel
+        out[slot.coord_offset : slot.coord_offset + n].copy_(tensor.detach().reshape(-1))
+    return out
+
+
+def load_flat_fp32(
+    tensors: Sequence[torch.Tensor], spec: ModelSpec, flat: torch.Tensor
+) -> None:
+    """Copy `flat` into `tensors` in place, casting to each tensor's dtype and device."""
+    with torch.no_grad():
+        for slot, tensor in zip(spec.slots, tensors, strict=True):
+            n = slot.spec.numel
+            view = flat[slot.coord_offset : slot.coord_offset + n].view(tensor.shape)
+            tensor.copy_(view)
+
+
+def pack_native(flat: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """The native-byte layout of `flat` (float32 coordinates): a uint8 tensor.
+
+    Each tensor is cast to its own dtype, so float32 tensors are copied
+    bit-exactly and half-precision ones take half the bytes.
+    """
+    out = torch.empty(spec.num_bytes, dtype=torch.uint8)
+    for slot in spec.slots:
+        n, nbytes = slot.spec.numel, slot.spec.nbytes
+        values = flat[slot.coord_offset : slot.coord_offset + n]
+        cast = values.to(torch_dtype(slot.spec.dtype))
+        out[slot.byte_offset : slot.byte_offset + nbytes].copy_(cast.view(torch.uint8))
+    return out
+
+
+def unpack_native(buffer: torch.Tensor, spec: ModelSpec) -> list[torch.Tensor]:
+    """Views of a native-byte buffer (uint8) as the spec's tensors; no copies.
+
+    Raises:
+        InvalidUpdateError: the buffer length is not the spec's `num_bytes`.
+    """
+    if buffer.numel() != spec.num_bytes:
+        raise InvalidUpdateError(
+            f"model buffer has {buffer.numel()} bytes, the spec needs {spec.num_bytes}"
+        )
+    tensors = []
+    for slot in spec.slots:
+        raw = buffer[slot.byte_offset : slot.byte_offset + slot.spec.nbytes]
+        tensors.append(raw.view(torch_dtype(slot.spec.dtype)).view(slot.spec.shape))
+    return tensors
