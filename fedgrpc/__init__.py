@@ -1,0 +1,1 @@
+"""fedgrpc: federated DiLoCo training over gRPC."""

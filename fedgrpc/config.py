@@ -47,7 +47,7 @@ class CoordinatorConfig:
     inner_steps: int = 500
     """H: inner optimizer steps per round, announced to clients (DiLoCo uses 500)."""
     round_timeout_s: float = 600.0
-    """Seconds a round collects before closing with what it has (skipped below quorum)."""
+    """Seconds a round collects, then closes with what it has (skipped below quorum)."""
     outer_optimizer: OuterOptimizerName = "nesterov"
     """`nesterov` (DiLoCo outer SGD with Nesterov momentum) or `fedavg`."""
     outer_lr: float | None = None

@@ -16,7 +16,7 @@ class FedGrpcError(Exception):
 
 
 class ConfigError(FedGrpcError, ValueError):
-    """A configuration value is out of range or inconsistent (raised at construction)."""
+    """A config value is out of range or inconsistent (raised at construction)."""
 
 
 class UnknownClientError(FedGrpcError):

@@ -153,7 +153,7 @@ def validate_tensors(tensors: tuple[TensorSpec, ...]) -> None:
 
 
 def _compute_digest(tensors: tuple[TensorSpec, ...]) -> bytes:
-    """Hash a canonical encoding: every field length-prefixed, so no two specs collide."""
+    """Hash a canonical encoding: fields length-prefixed, so no two specs collide."""
     hasher = hashlib.sha256(_SPEC_DOMAIN)
     hasher.update(struct.pack("<Q", len(tensors)))
     for tensor in tensors:
@@ -161,5 +161,7 @@ def _compute_digest(tensors: tuple[TensorSpec, ...]) -> bytes:
         dtype = tensor.dtype.torch_name.encode()
         hasher.update(struct.pack("<Q", len(name)) + name)
         hasher.update(struct.pack("<Q", len(dtype)) + dtype)
-        hasher.update(struct.pack(f"<Q{len(tensor.shape)}Q", len(tensor.shape), *tensor.shape))
+        hasher.update(
+            struct.pack(f"<Q{len(tensor.shape)}Q", len(tensor.shape), *tensor.shape)
+        )
     return hasher.digest()

@@ -59,14 +59,16 @@ def flatten_fp32(
         out = torch.empty(spec.num_coordinates, dtype=torch.float32)
     for slot, tensor in zip(spec.slots, tensors, strict=True):
         n = slot.spec.numel
-        out[slot.coord_offset : slot.coord_offset + n].copy_(tensor.detach().reshape(-1))
+        out[slot.coord_offset : slot.coord_offset + n].copy_(
+            tensor.detach().reshape(-1)
+        )
     return out
 
 
 def load_flat_fp32(
     tensors: Sequence[torch.Tensor], spec: ModelSpec, flat: torch.Tensor
 ) -> None:
-    """Copy `flat` into `tensors` in place, casting to each tensor's dtype and device."""
+    """Copy `flat` into `tensors` in place, cast to each tensor's dtype and device."""
     with torch.no_grad():
         for slot, tensor in zip(spec.slots, tensors, strict=True):
             n = slot.spec.numel

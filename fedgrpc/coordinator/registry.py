@@ -1,0 +1,85 @@
+"""Who has joined, who is connected, and what each client contributed.
+
+Plain Python, no gRPC: the servicer authenticates every call through
+`ClientRegistry.authenticate`, and the round engine asks it who is connected.
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import secrets
+from dataclasses import dataclass
+
+from fedgrpc.errors import TooLargeError, UnknownClientError
+
+SESSION_TOKEN_BYTES = 16
+
+
+@dataclass(slots=True)
+class ClientRecord:
+    """One joined client and its credit (samples contributed)."""
+
+    client_id: str
+    name: str
+    session_token: bytes
+    connected: bool = False
+    last_seen_s: float = 0.0
+    updates_accepted: int = 0
+    samples_contributed: int = 0
+    last_round: int = 0
+    last_train_loss: float = 0.0
+
+
+class ClientRegistry:
+    """Joined clients by id. Ids are short and sequential for readable logs."""
+
+    def __init__(self, max_clients: int) -> None:
+        self.max_clients = max_clients
+        self._clients: dict[str, ClientRecord] = {}
+        self._ids = itertools.count(1)
+
+    def add(self, name: str, now_s: float) -> ClientRecord:
+        """Register a new client with a fresh random session token.
+
+        Raises:
+            TooLargeError: `max_clients` clients have joined already.
+        """
+        if len(self._clients) >= self.max_clients:
+            raise TooLargeError(
+                f"the coordinator already has {self.max_clients} clients "
+                "(max_clients); raise max_clients or remove idle clients"
+            )
+        client_id = f"c{next(self._ids):05d}"
+        record = ClientRecord(
+            client_id=client_id,
+            name=name or client_id,
+            session_token=secrets.token_bytes(SESSION_TOKEN_BYTES),
+            last_seen_s=now_s,
+        )
+        self._clients[client_id] = record
+        return record
+
+    def authenticate(self, client_id: str, session_token: bytes) -> ClientRecord:
+        """The record for `client_id` if `session_token` matches.
+
+        Raises:
+            UnknownClientError: no such client, or the token does not match.
+        """
+        record = self._clients.get(client_id)
+        if record is None or not hmac.compare_digest(
+            record.session_token, session_token
+        ):
+            raise UnknownClientError(
+                f"client {client_id!r} is not joined or its session token is wrong; "
+                "call Join first and use the returned client_id and session_token"
+            )
+        return record
+
+    def connected(self) -> list[ClientRecord]:
+        """Clients whose Session stream is open."""
+        return [c for c in self._clients.values() if c.connected]
+
+    def all(self) -> list[ClientRecord]:
+        """Every client that ever joined, in join order."""
+        return list(self._clients.values())

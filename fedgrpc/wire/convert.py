@@ -1,0 +1,133 @@
+"""Domain types <-> fedgrpc.v1 messages. Proto names stop here.
+
+The coordinator and client translate every message through these functions,
+so validation of what arrives from the network happens in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedgrpc._proto.v1 import common_pb2, coordinator_pb2
+from fedgrpc.config import CodecName, CoordinatorConfig, OuterOptimizerName
+from fedgrpc.errors import InvalidUpdateError
+from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
+
+_DTYPE_TO_PROTO = {
+    DType.FLOAT32: common_pb2.DTYPE_FLOAT32,
+    DType.FLOAT16: common_pb2.DTYPE_FLOAT16,
+    DType.BFLOAT16: common_pb2.DTYPE_BFLOAT16,
+    DType.FLOAT64: common_pb2.DTYPE_FLOAT64,
+}
+_DTYPE_FROM_PROTO = {v: k for k, v in _DTYPE_TO_PROTO.items()}
+CODEC_TO_PROTO: dict[CodecName, common_pb2.Codec.ValueType] = {
+    "dense-fp32": common_pb2.CODEC_DENSE_FP32,
+}
+CODEC_FROM_PROTO = {v: k for k, v in CODEC_TO_PROTO.items()}
+_OPTIMIZER_TO_PROTO: dict[OuterOptimizerName, common_pb2.OuterOptimizer.ValueType] = {
+    "nesterov": common_pb2.OUTER_OPTIMIZER_NESTEROV,
+    "fedavg": common_pb2.OUTER_OPTIMIZER_FEDAVG,
+}
+MAX_NAME_CHARS = 1024
+
+
+def spec_to_proto(spec: ModelSpec) -> common_pb2.ModelSpec:
+    """Encode a model spec (with its digest)."""
+    return common_pb2.ModelSpec(
+        tensors=[
+            common_pb2.TensorSpec(
+                name=t.name, shape=list(t.shape), dtype=_DTYPE_TO_PROTO[t.dtype]
+            )
+            for t in spec.tensors
+        ],
+        digest=spec.digest,
+    )
+
+
+def spec_from_proto(message: common_pb2.ModelSpec) -> ModelSpec:
+    """Decode and validate a model spec from the network.
+
+    Raises:
+        InvalidUpdateError: unknown dtype, over-long name, digest that does
+            not match the tensors, or a spec `ModelSpec` rejects.
+    """
+    tensors = []
+    for index, t in enumerate(message.tensors):
+        if t.dtype not in _DTYPE_FROM_PROTO:
+            raise InvalidUpdateError(
+                f"tensor {index} ({t.name!r}) has unsupported dtype {t.dtype}; "
+                "use float32, float16, bfloat16 or float64"
+            )
+        if len(t.name) > MAX_NAME_CHARS:
+            raise InvalidUpdateError(
+                f"tensor {index} has a name over {MAX_NAME_CHARS} chars"
+            )
+        tensors.append(TensorSpec(t.name, tuple(t.shape), _DTYPE_FROM_PROTO[t.dtype]))
+    spec = ModelSpec(tuple(tensors))
+    if message.digest and message.digest != spec.digest:
+        raise InvalidUpdateError(
+            "model spec digest does not match its tensors; the client computed it "
+            "differently (version mismatch?)"
+        )
+    return spec
+
+
+def round_config_to_proto(config: CoordinatorConfig) -> common_pb2.RoundConfig:
+    """The round settings clients learn at Join."""
+    return common_pb2.RoundConfig(
+        inner_steps=config.inner_steps,
+        update_codec=CODEC_TO_PROTO[config.codec],
+        chunk_bytes=config.chunk_bytes,
+        min_clients=config.min_clients,
+        round_timeout_s=config.round_timeout_s,
+        outer_optimizer=_OPTIMIZER_TO_PROTO[config.outer_optimizer],
+        outer_lr=config.resolved_outer_lr,
+        outer_momentum=config.resolved_outer_momentum,
+        max_message_bytes=config.max_message_bytes,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateHeaderInfo:
+    """A validated `UpdateHeader`: what the client claims its update is."""
+
+    client_id: str
+    session_token: bytes
+    round_id: int
+    base_version: int
+    is_initial_weights: bool
+    codec: CodecName
+    num_coordinates: int
+    num_samples: int
+    train_loss: float
+
+
+def header_from_proto(header: coordinator_pb2.UpdateHeader) -> UpdateHeaderInfo:
+    """Decode an update header; reject unknown kinds and codecs.
+
+    Raises:
+        InvalidUpdateError: kind or codec unspecified or unknown.
+    """
+    if header.kind not in (
+        coordinator_pb2.UPDATE_KIND_PSEUDO_GRADIENT,
+        coordinator_pb2.UPDATE_KIND_INITIAL_WEIGHTS,
+    ):
+        raise InvalidUpdateError(
+            f"update kind {header.kind} is not PSEUDO_GRADIENT or INITIAL_WEIGHTS"
+        )
+    if header.codec not in CODEC_FROM_PROTO:
+        raise InvalidUpdateError(
+            f"codec {header.codec} is unknown; this coordinator speaks "
+            f"{', '.join(CODEC_TO_PROTO)}"
+        )
+    return UpdateHeaderInfo(
+        client_id=header.client_id,
+        session_token=header.session_token,
+        round_id=header.round_id,
+        base_version=header.base_version,
+        is_initial_weights=header.kind == coordinator_pb2.UPDATE_KIND_INITIAL_WEIGHTS,
+        codec=CODEC_FROM_PROTO[header.codec],
+        num_coordinates=header.num_coordinates,
+        num_samples=max(1, header.num_samples),
+        train_loss=header.train_loss,
+    )
