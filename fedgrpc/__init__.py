@@ -1,1 +1,61 @@
-"""fedgrpc: federated DiLoCo training over gRPC."""
+"""fedgrpc: DiLoCo-style federated training over gRPC.
+
+Embed `DiLoCoClient` in an existing PyTorch loop; run the coordinator with
+`fedgrpc serve`. The client (and with it grpc) is imported on first use, so
+`import fedgrpc.wire` or the config types stay cheap in processes that never
+talk to a coordinator.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+from fedgrpc.config import ClientConfig, CoordinatorConfig
+from fedgrpc.errors import (
+    ConfigError,
+    CoordinatorUnavailableError,
+    FedGrpcError,
+    IncompatibleClientError,
+    IncompleteUpdateError,
+    InvalidUpdateError,
+    ModelMismatchError,
+    ShuttingDownError,
+    TooLargeError,
+    UnknownClientError,
+    WrongRoundError,
+)
+
+if TYPE_CHECKING:
+    from fedgrpc.client import DiLoCoClient
+
+try:
+    __version__ = version("fedgrpc")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "ClientConfig",
+    "ConfigError",
+    "CoordinatorConfig",
+    "CoordinatorUnavailableError",
+    "DiLoCoClient",
+    "FedGrpcError",
+    "IncompatibleClientError",
+    "IncompleteUpdateError",
+    "InvalidUpdateError",
+    "ModelMismatchError",
+    "ShuttingDownError",
+    "TooLargeError",
+    "UnknownClientError",
+    "WrongRoundError",
+    "__version__",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DiLoCoClient":
+        from fedgrpc.client import DiLoCoClient
+
+        return DiLoCoClient
+    raise AttributeError(f"module 'fedgrpc' has no attribute {name!r}")

@@ -1,0 +1,81 @@
+"""AdminService: a read-only snapshot of the coordinator for operators."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fedgrpc._proto.v1 import admin_pb2 as pb
+from fedgrpc._proto.v1 import admin_pb2_grpc as pb_grpc
+from fedgrpc.coordinator.rounds import Phase
+from fedgrpc.coordinator.runtime import CoordinatorRuntime
+from fedgrpc.coordinator.servicer import OUTCOME_TO_PROTO
+from fedgrpc.wire.convert import round_config_to_proto
+
+if TYPE_CHECKING:
+    from fedgrpc._proto.v1.admin_pb2_grpc import _ServicerContext as Context
+
+_PHASES = {
+    Phase.WAITING_FOR_MODEL: pb.ROUND_PHASE_WAITING_FOR_MODEL,
+    Phase.COLLECTING: pb.ROUND_PHASE_COLLECTING,
+    Phase.APPLYING: pb.ROUND_PHASE_APPLYING,
+    Phase.STOPPING: pb.ROUND_PHASE_STOPPING,
+}
+
+
+def build_status(runtime: CoordinatorRuntime) -> pb.GetStatusResponse:
+    """The coordinator's state as one message (cheap: no tensor is touched)."""
+    engine = runtime.engine
+    phase = _PHASES[engine.phase]
+    connected = len(runtime.registry.connected())
+    if phase == pb.ROUND_PHASE_COLLECTING and connected < runtime.config.min_clients:
+        phase = pb.ROUND_PHASE_WAITING_FOR_QUORUM
+    current = engine.current
+    seeded = engine.master is not None and engine.spec is not None
+    num_parameters = engine.spec.num_coordinates if seeded and engine.spec else 0
+    return pb.GetStatusResponse(
+        run_id=runtime.run_id,
+        round_id=current.round_id if current else 0,
+        phase=phase,
+        model_version=engine.model_version,
+        num_parameters=num_parameters,
+        round_config=round_config_to_proto(runtime.config),
+        clients=[
+            pb.ClientStatus(
+                client_id=c.client_id,
+                name=c.name,
+                connected=c.connected,
+                updates_accepted=c.updates_accepted,
+                samples_contributed=c.samples_contributed,
+                last_round=c.last_round,
+                last_train_loss=c.last_train_loss,
+            )
+            for c in runtime.registry.all()
+        ],
+        bytes_received=runtime.bytes_received,
+        bytes_sent=runtime.bytes_sent,
+        recent_rounds=[
+            pb.RoundSummary(
+                round_id=r.round_id,
+                outcome=OUTCOME_TO_PROTO[r.outcome],
+                num_updates=r.num_updates,
+                duration_s=r.duration_s,
+                mean_train_loss=r.mean_train_loss,
+                bytes_received=r.bytes_received,
+            )
+            for r in engine.history
+        ],
+        uptime_s=runtime.clock() - runtime.started_s,
+    )
+
+
+class AdminServicer(pb_grpc.AdminServiceServicer):
+    """fedgrpc.v1.AdminService."""
+
+    def __init__(self, runtime: CoordinatorRuntime) -> None:
+        self.runtime = runtime
+
+    async def GetStatus(
+        self, request: pb.GetStatusRequest, context: Context
+    ) -> pb.GetStatusResponse:
+        """Snapshot of rounds, clients and traffic."""
+        return build_status(self.runtime)

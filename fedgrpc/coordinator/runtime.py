@@ -1,0 +1,310 @@
+"""Asyncio glue around the round engine: waiting, fan-out, deadlines, memory bounds.
+
+The engine decides; this module makes the decisions happen on time. It owns
+the session event queues, the "model version changed" condition PullModel
+waits on, a ticker that enforces round deadlines and session timeouts, and
+the lock that serialises the engine's numeric steps (run on a worker thread
+so a 400 MB add never stalls heartbeats).
+
+Memory: the master weights, the outer momentum and one round sum are
+model-sized; so is each update being received (`max_concurrent_pushes` of
+them at most, further pushes wait their turn under gRPC flow control).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from fedgrpc.config import CoordinatorConfig
+from fedgrpc.coordinator.registry import ClientRecord, ClientRegistry
+from fedgrpc.coordinator.rounds import (
+    OpenRound,
+    Phase,
+    PublishedModel,
+    RoundEngine,
+    RoundResult,
+    Ticket,
+)
+from fedgrpc.errors import IncompatibleClientError, ShuttingDownError
+from fedgrpc.log import get_logger
+from fedgrpc.wire.convert import UpdateHeaderInfo
+from fedgrpc.wire.spec import ModelSpec
+
+log = get_logger(__name__)
+TICK_S = 0.2
+"""How often deadlines and session timeouts are checked."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoundStartedEvent:
+    """A round opened; sent to every session."""
+
+    round_id: int
+    base_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnd:
+    """Ends one session stream, and why.
+
+    `shutdown` sends the client a ShutdownNotice; `evicted` (timed out or
+    replaced) ends the stream with UNAVAILABLE so the client reconnects;
+    `client_left` just ends it.
+    """
+
+    reason: str
+    cause: Literal["shutdown", "evicted", "client_left"]
+
+
+SessionEvent = RoundStartedEvent | RoundResult | SessionEnd
+
+
+@dataclass(frozen=True, slots=True)
+class JoinResult:
+    """What Join tells a new client."""
+
+    client: ClientRecord
+    spec: ModelSpec
+    seed_model: bool
+    current_round: int
+    model_version: int
+
+
+class CoordinatorRuntime:
+    """One coordinator's live state; every method runs on its event loop."""
+
+    def __init__(
+        self, config: CoordinatorConfig, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.run_id = secrets.token_hex(8)
+        self.registry = ClientRegistry(config.max_clients)
+        self.engine = RoundEngine(config, self.registry, clock)
+        self.started_s = clock()
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.stopping = False
+        self._sessions: dict[str, asyncio.Queue[SessionEvent]] = {}
+        self._numeric_lock = asyncio.Lock()
+        self._version_changed = asyncio.Condition()
+        self._push_slots = asyncio.Semaphore(config.max_concurrent_pushes)
+        self._active_pulls = 0
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start the deadline / session-timeout ticker."""
+        self._ticker = asyncio.create_task(self._tick_forever(), name="fedgrpc-ticker")
+
+    async def stop(self, reason: str = "coordinator shutting down") -> None:
+        """Refuse new work, tell every session, wake every waiter."""
+        self.stopping = True
+        self.engine.phase = Phase.STOPPING
+        for queue in self._sessions.values():
+            queue.put_nowait(SessionEnd(reason, cause="shutdown"))
+        async with self._version_changed:
+            self._version_changed.notify_all()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+
+    def _check_running(self) -> None:
+        if self.stopping:
+            raise ShuttingDownError("the coordinator is shutting down; retry later")
+
+    # -- Join and Session --------------------------------------------------------
+
+    def join(
+        self, name: str, spec: ModelSpec, inner_steps: int, codecs: Sequence[str]
+    ) -> JoinResult:
+        """Admit a client whose model matches the federation's."""
+        self._check_running()
+        if inner_steps and inner_steps != self.config.inner_steps:
+            raise IncompatibleClientError(
+                f"the client was configured with inner_steps={inner_steps} but this "
+                f"federation runs inner_steps={self.config.inner_steps}; pass "
+                "inner_steps=None to follow the coordinator"
+            )
+        if self.config.codec not in codecs:
+            raise IncompatibleClientError(
+                f"the federation's codec is {self.config.codec} and the client "
+                f"supports only {', '.join(codecs) or 'none'}"
+            )
+        seed = self.engine.adopt_spec(spec)
+        client = self.registry.add(name, self.clock())
+        current = self.engine.current
+        log.info("client_joined", client=client.client_id, name=client.name, seed=seed)
+        return JoinResult(
+            client=client,
+            spec=spec,
+            seed_model=seed,
+            current_round=current.round_id if current else 0,
+            model_version=self.engine.model_version,
+        )
+
+    def open_session(
+        self, client_id: str, token: bytes
+    ) -> tuple[ClientRecord, asyncio.Queue[SessionEvent]]:
+        """Mark a client connected; its queue starts with the open round, if any."""
+        self._check_running()
+        client = self.registry.authenticate(client_id, token)
+        previous = self._sessions.get(client_id)
+        if previous is not None:
+            previous.put_nowait(SessionEnd("replaced by a newer session", "evicted"))
+        queue: asyncio.Queue[SessionEvent] = asyncio.Queue()
+        self._sessions[client_id] = queue
+        client.connected, client.last_seen_s = True, self.clock()
+        current = self.engine.current
+        if self.engine.phase is Phase.COLLECTING and current is not None:
+            queue.put_nowait(RoundStartedEvent(current.round_id, current.base_version))
+        log.info("session_opened", client=client_id)
+        return client, queue
+
+    def touch(self, client: ClientRecord) -> None:
+        """Record a heartbeat."""
+        client.last_seen_s = self.clock()
+
+    async def close_session(
+        self, client: ClientRecord, queue: asyncio.Queue[SessionEvent]
+    ) -> None:
+        """The client left (or timed out): the round stops waiting for it."""
+        if self._sessions.get(client.client_id) is queue:
+            del self._sessions[client.client_id]
+            client.connected = False
+            log.info("session_closed", client=client.client_id)
+            await self.maybe_close_round()
+
+    def _broadcast(self, event: SessionEvent) -> None:
+        for queue in self._sessions.values():
+            queue.put_nowait(event)
+
+    # -- PushUpdate --------------------------------------------------------------
+
+    def admit(self, header: UpdateHeaderInfo) -> Ticket:
+        """Authenticate and check an update header before any chunk is read."""
+        self._check_running()
+        client = self.registry.authenticate(header.client_id, header.session_token)
+        return self.engine.admit(client, header)
+
+    @contextlib.asynccontextmanager
+    async def push_slot(self) -> AsyncIterator[None]:
+        """Bound the model-sized staging buffers alive at once."""
+        async with self._push_slots:
+            yield
+
+    async def commit(self, ticket: Ticket, staging: torch.Tensor, nbytes: int) -> int:
+        """Add a complete, checked update to its round; returns updates in round."""
+        self._check_running()
+        async with self._numeric_lock:
+            self.engine.check_commit(ticket)
+            await asyncio.to_thread(self.engine.accumulate, ticket, staging)
+            in_round = self.engine.record_commit(ticket, nbytes)
+        self.bytes_received += nbytes
+        log.info(
+            "update_committed",
+            client=ticket.client.client_id,
+            round=ticket.round_id,
+            bytes=nbytes,
+            updates_in_round=in_round,
+            initial=ticket.header.is_initial_weights,
+        )
+        if ticket.header.is_initial_weights:
+            await self._announce_new_model()
+        await self.maybe_close_round()
+        return in_round
+
+    # -- closing rounds ----------------------------------------------------------
+
+    async def maybe_close_round(self) -> None:
+        """Close the open round if it is complete or past its deadline."""
+        if self.engine.close_reason() is None:
+            return
+        async with self._numeric_lock:
+            reason = self.engine.close_reason()
+            if reason is None:
+                return
+            closing = self.engine.begin_close()
+            applied = await asyncio.to_thread(
+                self.engine.apply, closing, self._active_pulls > 0
+            )
+            result = self.engine.finish_close(closing, applied, reason)
+        log.info(
+            "round_closed",
+            round=result.round_id,
+            outcome=result.outcome.value,
+            version=result.model_version,
+            updates=result.num_updates,
+            seconds=round(result.duration_s, 3),
+            bytes=result.bytes_received,
+            train_loss=round(result.mean_train_loss, 4),
+        )
+        self._broadcast(result)
+        await self._announce_new_model()
+
+    async def _announce_new_model(self) -> None:
+        current = self.engine.current
+        if current is not None:
+            self._broadcast(RoundStartedEvent(current.round_id, current.base_version))
+        async with self._version_changed:
+            self._version_changed.notify_all()
+
+    # -- PullModel ---------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def pull(
+        self, client_id: str, token: bytes, min_version: int
+    ) -> AsyncIterator[PublishedModel]:
+        """Wait for a model of at least `min_version`; hold it while it streams."""
+        self.registry.authenticate(client_id, token)
+
+        def ready() -> bool:
+            published = self.engine.published
+            return self.stopping or (
+                published is not None
+                and published.version >= min_version
+                and self.engine.phase is not Phase.APPLYING
+            )
+
+        async with self._version_changed:
+            await self._version_changed.wait_for(ready)
+        self._check_running()
+        published = self.engine.published
+        assert published is not None
+        self._active_pulls += 1
+        try:
+            yield published
+        finally:
+            self._active_pulls -= 1
+
+    # -- ticker ------------------------------------------------------------------
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                self._evict_silent_sessions()
+                await self.maybe_close_round()
+            except Exception:  # the ticker must outlive any one bad tick
+                log.exception("ticker_failed")
+
+    def _evict_silent_sessions(self) -> None:
+        limit = self.clock() - self.config.session_timeout_s
+        for client in self.registry.connected():
+            if client.last_seen_s < limit and client.client_id in self._sessions:
+                log.warning("session_timed_out", client=client.client_id)
+                self._sessions[client.client_id].put_nowait(
+                    SessionEnd("no heartbeat within session_timeout_s", "evicted")
+                )
+
+    def current_round(self) -> OpenRound | None:
+        """The open round, for status."""
+        return self.engine.current

@@ -1,0 +1,202 @@
+"""Building, running and stopping the coordinator's grpc.aio server.
+
+Three ways in, one builder: `serve` (the daemon: blocks until SIGTERM or
+SIGINT), `start_coordinator` (inside a running event loop) and
+`serve_in_thread` (a coordinator on a background thread, for tests, benches
+and `fedgrpc simulate`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from fedgrpc._proto.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    coordinator_pb2,
+    coordinator_pb2_grpc,
+)
+from fedgrpc.config import CoordinatorConfig
+from fedgrpc.coordinator.admin import AdminServicer, build_status
+from fedgrpc.coordinator.runtime import CoordinatorRuntime
+from fedgrpc.coordinator.servicer import CoordinatorServicer
+from fedgrpc.errors import ConfigError
+from fedgrpc.log import get_logger
+
+log = get_logger(__name__)
+SHUTDOWN_GRACE_S = 5.0
+"""Seconds in-flight calls get to finish after SIGTERM."""
+_SERVICES = (
+    coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+
+
+@dataclass
+class RunningCoordinator:
+    """A started server and its runtime."""
+
+    server: grpc.aio.Server
+    runtime: CoordinatorRuntime
+    address: str
+    """host:port actually bound (the real port when `listen` asked for 0)."""
+    health_servicer: health.aio.HealthServicer
+
+    async def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        """Tell clients, stop accepting calls, give in-flight ones `grace_s`."""
+        log.info("coordinator_stopping", address=self.address)
+        await self.health_servicer.enter_graceful_shutdown()
+        await self.runtime.stop()
+        await self.server.stop(grace_s)
+        log.info("coordinator_stopped", address=self.address)
+
+
+def server_options(config: CoordinatorConfig) -> list[tuple[str, int]]:
+    """Channel arguments: message limits sized to one chunk, no port sharing."""
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        # Two coordinators must never silently share a port.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+async def start_coordinator(config: CoordinatorConfig) -> RunningCoordinator:
+    """Bind, start serving and write the ready file.
+
+    Raises:
+        ConfigError: the listen address cannot be bound.
+    """
+    server = grpc.aio.server(options=server_options(config))
+    runtime = CoordinatorRuntime(config)
+    coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(
+        CoordinatorServicer(runtime), server
+    )
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(runtime), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        port = server.add_insecure_port(config.listen)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"cannot listen on {config.listen}: {exc}; is another process using "
+            "the port? use port 0 to pick a free one"
+        ) from exc
+    await runtime.start()
+    await server.start()
+    for service in ("", *_SERVICES):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    host = config.listen.rsplit(":", 1)[0]
+    address = f"{host}:{port}"
+    if config.ready_file:
+        write_ready_file(Path(config.ready_file), address)
+    log.info(
+        "coordinator_serving",
+        address=address,
+        run_id=runtime.run_id,
+        min_clients=config.min_clients,
+        inner_steps=config.inner_steps,
+        outer_optimizer=config.outer_optimizer,
+    )
+    return RunningCoordinator(server, runtime, address, health_servicer)
+
+
+def write_ready_file(path: Path, address: str) -> None:
+    """Write `address` atomically, so a reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=f".{path.name}.", delete=False
+    ) as tmp:
+        tmp.write(address + "\n")
+    os.replace(tmp.name, path)
+
+
+async def serve(config: CoordinatorConfig) -> None:
+    """Run the coordinator until SIGTERM or SIGINT, then stop cleanly."""
+    running = await start_coordinator(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await running.stop()
+
+
+class CoordinatorThread:
+    """A coordinator on its own thread and event loop (tests, benches, simulate)."""
+
+    def __init__(self, config: CoordinatorConfig) -> None:
+        self.config = config
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="fedgrpc-coordinator", daemon=True
+        )
+        self._running: RunningCoordinator | None = None
+
+    @property
+    def address(self) -> str:
+        """host:port the coordinator listens on."""
+        return self.running.address
+
+    @property
+    def running(self) -> RunningCoordinator:
+        """The started coordinator (raises before `start`)."""
+        if self._running is None:
+            raise RuntimeError("CoordinatorThread.start() has not been called")
+        return self._running
+
+    def start(self) -> CoordinatorThread:
+        """Start the loop thread and the server; returns once serving."""
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(
+            start_coordinator(self.config), self._loop
+        )
+        self._running = future.result(timeout=30)
+        return self
+
+    def status(self) -> admin_pb2.GetStatusResponse:
+        """A status snapshot, taken on the coordinator's loop (thread-safe)."""
+        runtime = self.running.runtime
+
+        async def snapshot() -> admin_pb2.GetStatusResponse:
+            return build_status(runtime)
+
+        return asyncio.run_coroutine_threadsafe(snapshot(), self._loop).result(10)
+
+    def stop(self, grace_s: float = 1.0) -> None:
+        """Stop the server and the loop thread (idempotent)."""
+        if self._running is not None:
+            running, self._running = self._running, None
+            asyncio.run_coroutine_threadsafe(running.stop(grace_s), self._loop).result(
+                timeout=grace_s + 30
+            )
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+        if not self._loop.is_running() and not self._loop.is_closed():
+            self._loop.close()
+
+
+@contextlib.contextmanager
+def serve_in_thread(config: CoordinatorConfig) -> Iterator[CoordinatorThread]:
+    """A coordinator on a background thread for the `with` block (see `address`)."""
+    coordinator = CoordinatorThread(config).start()
+    try:
+        yield coordinator
+    finally:
+        coordinator.stop()

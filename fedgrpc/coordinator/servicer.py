@@ -1,0 +1,232 @@
+"""CoordinatorService: protobuf in, runtime call, protobuf out.
+
+Deliberately thin. Decisions live in `runtime` and `rounds`; message
+conversion in `fedgrpc.wire.convert`; status mapping in `status`. What is
+left here is the shape of each stream: which message may come when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import grpc
+
+from fedgrpc._proto.v1 import coordinator_pb2 as pb
+from fedgrpc._proto.v1 import coordinator_pb2_grpc as pb_grpc
+from fedgrpc.coordinator import status
+from fedgrpc.coordinator.registry import ClientRecord
+from fedgrpc.coordinator.rounds import Outcome, RoundResult
+from fedgrpc.coordinator.runtime import (
+    CoordinatorRuntime,
+    RoundStartedEvent,
+    SessionEnd,
+    SessionEvent,
+)
+from fedgrpc.errors import InvalidUpdateError, ShuttingDownError
+from fedgrpc.log import get_logger
+from fedgrpc.wire.assemble import DenseUpdateAssembler
+from fedgrpc.wire.chunking import iter_chunks
+from fedgrpc.wire.convert import (
+    CODEC_FROM_PROTO,
+    header_from_proto,
+    round_config_to_proto,
+    spec_from_proto,
+    spec_to_proto,
+)
+
+if TYPE_CHECKING:
+    from fedgrpc._proto.v1.coordinator_pb2_grpc import (
+        _MaybeAsyncIterator as RequestStream,
+    )
+    from fedgrpc._proto.v1.coordinator_pb2_grpc import _ServicerContext as Context
+
+log = get_logger(__name__)
+OUTCOME_TO_PROTO = {
+    Outcome.APPLIED: pb.ROUND_OUTCOME_APPLIED,
+    Outcome.SKIPPED: pb.ROUND_OUTCOME_SKIPPED,
+}
+
+
+def session_event_to_proto(event: SessionEvent) -> pb.SessionResponse:
+    """A runtime event as the message sessions carry."""
+    if isinstance(event, RoundStartedEvent):
+        return pb.SessionResponse(
+            round_started=pb.RoundStarted(
+                round_id=event.round_id, base_version=event.base_version
+            )
+        )
+    if isinstance(event, RoundResult):
+        return pb.SessionResponse(round_closed=round_closed_to_proto(event))
+    return pb.SessionResponse(shutdown=pb.ShutdownNotice(reason=event.reason))
+
+
+def round_closed_to_proto(result: RoundResult) -> pb.RoundClosed:
+    """A closed round as clients see it."""
+    return pb.RoundClosed(
+        round_id=result.round_id,
+        outcome=OUTCOME_TO_PROTO[result.outcome],
+        model_version=result.model_version,
+        num_updates=result.num_updates,
+        reason=result.reason,
+    )
+
+
+class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
+    """The four RPCs of fedgrpc.v1.CoordinatorService."""
+
+    def __init__(self, runtime: CoordinatorRuntime) -> None:
+        self.runtime = runtime
+
+    async def Join(self, request: pb.JoinRequest, context: Context) -> pb.JoinResponse:
+        """Admit a client; see the proto for the status codes."""
+
+        async def body() -> pb.JoinResponse:
+            spec = spec_from_proto(request.model_spec)
+            codecs = [CODEC_FROM_PROTO[c] for c in request.supported_codecs
+                      if c in CODEC_FROM_PROTO]  # fmt: skip
+            joined = self.runtime.join(
+                request.client_name[:256], spec, request.inner_steps, codecs
+            )
+            return pb.JoinResponse(
+                client_id=joined.client.client_id,
+                session_token=joined.client.session_token,
+                run_id=self.runtime.run_id,
+                round_config=round_config_to_proto(self.runtime.config),
+                model_spec=spec_to_proto(joined.spec),
+                current_round=joined.current_round,
+                model_version=joined.model_version,
+                seed_model=joined.seed_model,
+            )
+
+        return await status.unary(context, body)
+
+    async def Session(
+        self, request_iterator: RequestStream[pb.SessionRequest], context: Context
+    ) -> AsyncIterator[pb.SessionResponse]:
+        """Round events out, heartbeats in, until either side leaves."""
+        try:
+            first = await anext(aiter(request_iterator))
+        except StopAsyncIteration:
+            return
+        if first.WhichOneof("event") != "open":
+            await status.abort(
+                context, InvalidUpdateError("the first Session message must be open")
+            )
+        try:
+            client, queue = self.runtime.open_session(
+                first.open.client_id, first.open.session_token
+            )
+        except Exception as exc:
+            await status.abort(context, exc)
+        reader = asyncio.create_task(
+            self._read_session(request_iterator, client, queue)
+        )
+        try:
+            while True:
+                event = await queue.get()
+                if not isinstance(event, SessionEnd) or event.cause == "shutdown":
+                    yield session_event_to_proto(event)
+                if isinstance(event, SessionEnd):
+                    if event.cause == "evicted":
+                        await context.abort(grpc.StatusCode.UNAVAILABLE, event.reason)
+                    return
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            await self.runtime.close_session(client, queue)
+
+    async def _read_session(
+        self,
+        requests: RequestStream[pb.SessionRequest],
+        client: ClientRecord,
+        queue: asyncio.Queue[SessionEvent],
+    ) -> None:
+        reason = "client closed its session stream"
+        try:
+            async for request in requests:
+                kind = request.WhichOneof("event")
+                self.runtime.touch(client)
+                if kind == "heartbeat":
+                    continue
+                if kind == "leave":
+                    reason = f"client left: {request.leave.reason or 'no reason given'}"
+                    break
+        except Exception as exc:
+            reason = f"session stream broke: {exc}"
+        log.info("session_ending", client=client.client_id, reason=reason)
+        queue.put_nowait(SessionEnd(reason, cause="client_left"))
+
+    async def PushUpdate(
+        self, request_iterator: RequestStream[pb.PushUpdateRequest], context: Context
+    ) -> pb.PushUpdateResponse:
+        """Header, chunks, commit; nothing counts until the commit checks out."""
+
+        async def body() -> pb.PushUpdateResponse:
+            stream = aiter(request_iterator)
+            first = await anext(stream, None)
+            if first is None or first.WhichOneof("part") != "header":
+                raise InvalidUpdateError("a PushUpdate stream must start with a header")
+            ticket = self.runtime.admit(header_from_proto(first.header))
+            async with self.runtime.push_slot():
+                assembler = DenseUpdateAssembler(
+                    ticket.header.num_coordinates, self.runtime.config.chunk_bytes
+                )
+                async for message in stream:
+                    part = message.WhichOneof("part")
+                    if part == "chunk":
+                        chunk = message.chunk
+                        assembler.add(
+                            chunk.seq, chunk.offset, chunk.count, chunk.payload
+                        )
+                    elif part == "commit":
+                        staging = assembler.finish(message.commit.num_chunks)
+                        in_round = await self.runtime.commit(
+                            ticket, staging, assembler.payload_bytes
+                        )
+                        return pb.PushUpdateResponse(
+                            round_id=ticket.round_id,
+                            updates_in_round=in_round,
+                            bytes_received=assembler.payload_bytes,
+                        )
+                    else:
+                        raise InvalidUpdateError("a PushUpdate stream has one header")
+                raise assembler.missing_commit()
+
+        return await status.unary(context, body)
+
+    async def PullModel(
+        self, request: pb.PullModelRequest, context: Context
+    ) -> AsyncIterator[pb.PullModelResponse]:
+        """Header, then the model's bytes in order, ~chunk_bytes per message."""
+        async for message in status.streaming(context, self._pull(request)):
+            yield message
+
+    async def _pull(
+        self, request: pb.PullModelRequest
+    ) -> AsyncIterator[pb.PullModelResponse]:
+        runtime = self.runtime
+        async with runtime.pull(
+            request.client_id, request.session_token, request.min_version
+        ) as published:
+            spec = runtime.engine.spec
+            assert spec is not None
+            yield pb.PullModelResponse(
+                header=pb.ModelHeader(
+                    model_version=published.version,
+                    round_id=published.round_id,
+                    model_spec_digest=spec.digest,
+                    total_bytes=spec.num_bytes,
+                )
+            )
+            view = published.data.numpy().data
+            for offset, data in iter_chunks(view, runtime.config.chunk_bytes):
+                if runtime.stopping:
+                    raise ShuttingDownError("the coordinator is shutting down")
+                yield pb.PullModelResponse(
+                    chunk=pb.ModelChunk(offset=offset, data=bytes(data))
+                )
+                runtime.bytes_sent += len(data)

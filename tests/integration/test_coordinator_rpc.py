@@ -1,0 +1,167 @@
+"""The coordinator against its contract, through raw generated stubs.
+
+A real grpc.aio server on 127.0.0.1 port 0; the fedgrpc client is not
+involved, so these tests pin the wire behaviour other languages rely on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from fedgrpc._proto.v1 import admin_pb2, admin_pb2_grpc
+from fedgrpc.config import CoordinatorConfig
+from fedgrpc.coordinator.server import CoordinatorThread, serve_in_thread
+from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
+from tests.helpers.raw import PB, join, pull, stub, tiny_spec, update_messages
+
+N = 10
+
+
+@pytest.fixture
+def coordinator() -> Iterator[CoordinatorThread]:
+    config = CoordinatorConfig(
+        listen="127.0.0.1:0", min_clients=2, inner_steps=5, chunk_bytes=1024
+    )
+    with serve_in_thread(config) as running:
+        yield running
+
+
+def _seed(service, joined, values):  # type: ignore[no-untyped-def]
+    return service.PushUpdate(
+        update_messages(joined, values, round_id=0, base_version=0, initial=True),
+        timeout=10,
+    )
+
+
+def _reference_nesterov(initial: np.ndarray, grads: list[np.ndarray]) -> np.ndarray:
+    param = torch.nn.Parameter(torch.tensor(initial))
+    optimizer = torch.optim.SGD([param], lr=0.7, momentum=0.9, nesterov=True)
+    for grad in grads:
+        param.grad = torch.tensor(grad)
+        optimizer.step()
+    return param.detach().numpy()
+
+
+def test_seed_push_apply_pull_matches_torch_nesterov(coordinator: CoordinatorThread) -> None:
+    channel, service = stub(coordinator.address)
+    with channel:
+        a = join(service, tiny_spec(N), "a")
+        b = join(service, tiny_spec(N), "b")
+        assert a.seed_model and b.seed_model  # no model yet: both are asked
+        assert a.round_config.outer_lr == pytest.approx(0.7)
+        initial = np.linspace(-1, 1, N).astype(np.float32)
+        _seed(service, a, initial)
+        with pytest.raises(grpc.RpcError) as second_seed:
+            _seed(service, b, initial + 1)
+        assert second_seed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        version, weights = pull(service, b)
+        assert version == 0
+        np.testing.assert_array_equal(weights, initial)
+
+        rng = np.random.default_rng(0)
+        expected_grads = []
+        for round_id in (1, 2):
+            ga = rng.standard_normal(N).astype(np.float32)
+            gb = rng.standard_normal(N).astype(np.float32)
+            # Sample-weighted mean: a trained on 1 sample, b on 3.
+            expected_grads.append((ga * 1 + gb * 3) / 4)
+            base = round_id - 1
+            reply = service.PushUpdate(
+                update_messages(a, ga, round_id=round_id, base_version=base), timeout=10
+            )
+            assert reply.updates_in_round == 1
+            assert reply.bytes_received == N * 4
+            service.PushUpdate(
+                update_messages(
+                    b, gb, round_id=round_id, base_version=base, num_samples=3
+                ),
+                timeout=10,
+            )
+            version, weights = pull(service, a, min_version=round_id)
+            assert version == round_id
+        np.testing.assert_allclose(
+            weights, _reference_nesterov(initial, expected_grads), rtol=1e-6, atol=1e-6
+        )
+        status = admin_pb2_grpc.AdminServiceStub(channel).GetStatus(
+            admin_pb2.GetStatusRequest(), timeout=10
+        )
+        assert status.model_version == 2
+        assert [r.num_updates for r in status.recent_rounds] == [2, 2]
+        assert status.num_parameters == N
+
+
+def _expect(code: grpc.StatusCode, call, fragment: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    assert info.value.code() == code, info.value.details()
+    assert fragment in info.value.details()
+
+
+def test_rejections_leave_the_round_intact(coordinator: CoordinatorThread) -> None:
+    channel, service = stub(coordinator.address)
+    with channel:
+        a = join(service, tiny_spec(N), "a")
+        b = join(service, tiny_spec(N), "b")
+        initial = np.zeros(N, dtype=np.float32)
+        _seed(service, a, initial)
+        good = np.ones(N, dtype=np.float32)
+
+        def push(joined, values, **kw):  # type: ignore[no-untyped-def]
+            args = {"round_id": 1, "base_version": 0} | kw
+            return lambda: service.PushUpdate(
+                update_messages(joined, values, **args), timeout=10
+            )
+
+        other = ModelSpec((TensorSpec("w", (N + 1,), DType.FLOAT32),))
+        _expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: join(service, other),
+                "federation's model")  # fmt: skip
+        _expect(grpc.StatusCode.FAILED_PRECONDITION,
+                lambda: join(service, tiny_spec(N), inner_steps=7), "inner_steps=5")  # fmt: skip
+        forged = type(a)()
+        forged.CopyFrom(a)
+        forged.session_token = b"x" * 16
+        _expect(grpc.StatusCode.UNAUTHENTICATED, push(forged, good), "session token")
+        _expect(grpc.StatusCode.INVALID_ARGUMENT, push(a, np.ones(N + 2)), "coordinates")
+        nan = good.copy()
+        nan[7] = np.nan
+        _expect(grpc.StatusCode.INVALID_ARGUMENT, push(a, nan), "NaN")
+        _expect(grpc.StatusCode.FAILED_PRECONDITION, push(a, good, round_id=5), "round 1")
+        _expect(grpc.StatusCode.FAILED_PRECONDITION, push(a, good, base_version=3),
+                "version")  # fmt: skip
+        _expect(grpc.StatusCode.DATA_LOSS, push(a, good, commit=False), "commit")
+        header = next(iter(update_messages(a, good, round_id=1, base_version=0)))
+        oversized = PB.PushUpdateRequest(
+            chunk=PB.UpdateChunk(seq=0, offset=0, count=N, payload=b"\0" * 8192)
+        )  # 8 KiB > chunk_bytes (1 KiB) + 4 KiB framing
+        _expect(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                lambda: service.PushUpdate(iter([header, oversized]), timeout=10), "")  # fmt: skip
+
+        # After all that, round 1 is untouched: two good updates give the exact step.
+        service.PushUpdate(update_messages(a, good, round_id=1, base_version=0))
+        _expect(grpc.StatusCode.FAILED_PRECONDITION, push(a, good), "already sent")
+        service.PushUpdate(update_messages(b, 3 * good, round_id=1, base_version=0))
+        version, weights = pull(service, b, min_version=1)
+        assert version == 1
+        np.testing.assert_allclose(weights, _reference_nesterov(initial, [2 * good]))
+
+
+def test_health_and_reflection_are_served(coordinator: CoordinatorThread) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(coordinator.address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="fedgrpc.v1.CoordinatorService"),
+            timeout=10,
+        )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        responses = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+        )
+        names = {s.name for r in responses for s in r.list_services_response.service}
+        assert {"fedgrpc.v1.CoordinatorService", "fedgrpc.v1.AdminService"} <= names
