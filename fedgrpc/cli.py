@@ -1,0 +1,290 @@
+"""The `fedgrpc` command: `serve` runs the coordinator, `simulate` a whole federation.
+
+Flags override the TOML file, which overrides the defaults in
+`fedgrpc.config`; every flag's help states its unit and default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+
+from fedgrpc import __version__
+from fedgrpc.config import CODECS, OUTER_OPTIMIZERS, CoordinatorConfig
+from fedgrpc.errors import FedGrpcError
+from fedgrpc.log import configure_logging
+
+_DEFAULTS = CoordinatorConfig()
+
+
+def _add_outer_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--outer-optimizer",
+        choices=OUTER_OPTIMIZERS,
+        help="outer optimizer applied to the mean pseudo-gradient: nesterov "
+        "(DiLoCo: SGD with Nesterov momentum) or fedavg (default: nesterov)",
+    )
+    parser.add_argument(
+        "--outer-lr",
+        type=float,
+        help="outer learning rate (default: 0.7 for nesterov, 1.0 for fedavg)",
+    )
+    parser.add_argument(
+        "--outer-momentum",
+        type=float,
+        help="outer momentum in [0, 1) (default: 0.9 for nesterov, 0 for fedavg)",
+    )
+
+
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "serve",
+        help="run the coordinator daemon",
+        description="Run the coordinator until SIGTERM/SIGINT. Settings come from "
+        "--config's [coordinator] table; flags override it.",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="TOML",
+        help="TOML file with a [coordinator] table "
+        "(see server/coordinator.example.toml)",
+    )
+    parser.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help=f"address to bind; port 0 picks a free one (default: {_DEFAULTS.listen})",
+    )
+    parser.add_argument(
+        "--ready-file",
+        metavar="PATH",
+        help="write the bound HOST:PORT here (atomically) once serving",
+    )
+    parser.add_argument(
+        "--min-clients",
+        type=int,
+        metavar="N",
+        help=f"updates a round needs to be applied (default: {_DEFAULTS.min_clients})",
+    )
+    parser.add_argument(
+        "--max-clients",
+        type=int,
+        metavar="N",
+        help="clients admitted; more get RESOURCE_EXHAUSTED "
+        f"(default: {_DEFAULTS.max_clients})",
+    )
+    parser.add_argument(
+        "--inner-steps",
+        type=int,
+        metavar="H",
+        help="inner steps per round announced to clients "
+        f"(default: {_DEFAULTS.inner_steps})",
+    )
+    parser.add_argument(
+        "--round-timeout-s",
+        type=float,
+        metavar="S",
+        help="seconds after a round's first update before it closes "
+        "with what it has; skipped below --min-clients "
+        f"(default: {_DEFAULTS.round_timeout_s:g})",
+    )
+    _add_outer_flags(parser)
+    parser.add_argument(
+        "--codec", choices=CODECS, help=f"update codec (default: {_DEFAULTS.codec})"
+    )
+    parser.add_argument(
+        "--chunk-bytes",
+        type=int,
+        metavar="BYTES",
+        help="payload bytes per streamed chunk, both directions "
+        f"(default: {_DEFAULTS.chunk_bytes})",
+    )
+    parser.add_argument(
+        "--max-concurrent-pushes",
+        type=int,
+        metavar="N",
+        help="updates received at once, each holding a model-sized "
+        "float32 buffer; more wait their turn "
+        f"(default: {_DEFAULTS.max_concurrent_pushes})",
+    )
+    parser.add_argument(
+        "--heartbeat-interval-s",
+        type=float,
+        metavar="S",
+        help="expected seconds between client heartbeats "
+        f"(default: {_DEFAULTS.heartbeat_interval_s:g})",
+    )
+    parser.add_argument(
+        "--session-timeout-s",
+        type=float,
+        metavar="S",
+        help="drop a client silent this long "
+        f"(default: {_DEFAULTS.session_timeout_s:g})",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        help="log lines on stderr (default: json)",
+    )
+    parser.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        help="DEBUG, INFO, WARNING or ERROR (default: INFO)",
+    )
+    parser.set_defaults(handler=_serve)
+
+
+def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "simulate",
+        help="train a small model with a coordinator and N client processes",
+        description="Start a coordinator and --clients client processes on "
+        "127.0.0.1, train a byte-level transformer on the Python standard "
+        "library's sources with DiLoCo, and print a summary table.",
+    )
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=4,
+        metavar="N",
+        help="client processes (default: 4)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=20, metavar="R", help="outer rounds (default: 20)"
+    )
+    parser.add_argument(
+        "--inner-steps",
+        type=int,
+        default=50,
+        metavar="H",
+        help="inner AdamW steps per round (default: 50)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed for the model and the batches (default: 0)",
+    )
+    _add_outer_flags(parser)
+    parser.add_argument(
+        "--eval-batches",
+        type=int,
+        default=8,
+        metavar="N",
+        help="validation batches scored before and after (default: 8)",
+    )
+    parser.add_argument(
+        "--corpus-bytes",
+        type=int,
+        metavar="BYTES",
+        help="bytes of stdlib source to train on (default: 4000000)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary as one JSON object on stdout "
+        "(the table then goes to stderr)",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="hide the per-round progress bar"
+    )
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        metavar="LEVEL",
+        help="log level of the coordinator (default: WARNING)",
+    )
+    parser.set_defaults(handler=_simulate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole CLI; `fedgrpc --help` lists the subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="fedgrpc",
+        description="Federated DiLoCo training over gRPC.",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _serve_parser(sub)
+    _simulate_parser(sub)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = {
+        key: getattr(args, key)
+        for key in (
+            "listen",
+            "ready_file",
+            "min_clients",
+            "max_clients",
+            "inner_steps",
+            "round_timeout_s",
+            "outer_optimizer",
+            "outer_lr",
+            "outer_momentum",
+            "codec",
+            "chunk_bytes",
+            "max_concurrent_pushes",
+            "heartbeat_interval_s",
+            "session_timeout_s",
+            "log_format",
+            "log_level",
+        )
+    }
+    if args.config:
+        config = CoordinatorConfig.from_toml(args.config, **overrides)
+    else:
+        config = CoordinatorConfig().replace(**overrides)
+    configure_logging(config.log_format, config.log_level)
+    from fedgrpc.coordinator.server import serve
+
+    asyncio.run(serve(config))
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from fedgrpc.sim.launcher import SimulationConfig, run_simulation
+    from fedgrpc.sim.report import format_summary
+
+    configure_logging("console", args.log_level)
+    options = {
+        "outer_optimizer": args.outer_optimizer,
+        "outer_lr": args.outer_lr,
+        "outer_momentum": args.outer_momentum,
+        "corpus_bytes": args.corpus_bytes,
+    }
+    config = SimulationConfig(
+        clients=args.clients,
+        rounds=args.rounds,
+        inner_steps=args.inner_steps,
+        seed=args.seed,
+        eval_batches=args.eval_batches,
+        **{k: v for k, v in options.items() if v is not None},
+    )
+    summary = run_simulation(config, progress=not args.no_progress)
+    # The table is the result; with --json it moves to stderr so stdout parses.
+    table_stream = sys.stderr if args.json else sys.stdout
+    table_stream.write(format_summary(summary) + "\n")
+    if args.json:
+        sys.stdout.write(json.dumps(summary.as_dict()) + "\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; errors become one line on stderr and exit code 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except FedGrpcError as exc:
+        sys.stderr.write(f"fedgrpc {args.command}: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""The table `fedgrpc simulate` ends with."""
+
+from __future__ import annotations
+
+from fedgrpc.sim.launcher import SimulationSummary
+
+
+def _bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
+        value /= 1024
+    return f"{n} B"
+
+
+def format_summary(summary: SimulationSummary) -> str:
+    """A two-column table a person reads at a glance."""
+    first = summary.rounds[0].train_loss if summary.rounds else float("nan")
+    last = summary.rounds[-1].train_loss if summary.rounds else float("nan")
+    rows = [
+        ("clients", str(summary.clients)),
+        ("parameters", f"{summary.num_parameters:,}"),
+        ("rounds (applied)", f"{len(summary.rounds)} ({summary.rounds_applied})"),
+        ("train loss (round 1 -> last)", f"{first:.4f} -> {last:.4f}"),
+        (
+            "validation loss (start -> end)",
+            f"{summary.initial_val_loss:.4f} -> {summary.final_val_loss:.4f}",
+        ),
+        ("bytes up (updates)", _bytes(summary.bytes_up)),
+        ("bytes down (weights)", _bytes(summary.bytes_down)),
+        ("wall time", f"{summary.wall_s:.1f} s"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    rule = "-" * (width + 3 + max(len(v) for _, v in rows))
+    lines = [rule, *(f"{k.ljust(width)}   {v}" for k, v in rows), rule]
+    return "\n".join(lines)

@@ -1,0 +1,99 @@
+"""One simulated client process: a plain PyTorch loop with `DiLoCoClient` embedded.
+
+This is the same embedding a user writes (see client/torch_loop.py): the
+loop owns the model, the data and the inner optimizer; the client only sees
+`step()`. Progress goes back to the launcher as small tuples on a queue.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from fedgrpc.config import ClientConfig
+from fedgrpc.sim.corpus import TextSplits, load_stdlib_corpus, sample_batch
+from fedgrpc.sim.models import (
+    TrainDefaults,
+    build_model,
+    evaluate,
+    make_inner_optimizer,
+    train_step,
+)
+
+
+class ResultQueue(Protocol):
+    """The slice of `multiprocessing.Queue` a worker uses."""
+
+    def put(self, obj: Any) -> None:
+        """Send one message to the launcher."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerArgs:
+    """Everything a client process needs (picklable for `spawn`)."""
+
+    index: int
+    num_clients: int
+    address: str
+    rounds: int
+    inner_steps: int
+    seed: int
+    corpus_bytes: int
+    eval_batches: int
+    defaults: TrainDefaults
+
+
+def run_worker(args: WorkerArgs, results: ResultQueue) -> None:
+    """Process entry point: report `done` with figures, or `error` with a traceback."""
+    try:
+        results.put(("done", args.index, _train(args, results)))
+    except BaseException:  # the launcher must hear about every failure
+        results.put(("error", args.index, traceback.format_exc()))
+        raise
+
+
+def _train(args: WorkerArgs, results: ResultQueue) -> dict[str, float]:
+    # Simulated clients share two cores; more threads per process only thrash.
+    torch.set_num_threads(1)
+    from fedgrpc.client import DiLoCoClient
+
+    defaults = args.defaults
+    splits = TextSplits.from_bytes(load_stdlib_corpus(args.corpus_bytes))
+    shard = splits.shard(args.index, args.num_clients)
+    model = build_model(defaults.model, seed=args.seed)
+    optimizer = make_inner_optimizer(model, defaults)
+    batches = torch.Generator().manual_seed(args.seed * 1_000 + args.index)
+    figures: dict[str, float] = {}
+    config = ClientConfig(name=f"sim-{args.index}", heartbeat_interval_s=2.0)
+    with DiLoCoClient(
+        args.address, model, inner_steps=args.inner_steps, config=config
+    ) as client:
+        is_reporter = args.index == 0
+        if is_reporter:
+            figures["initial_val_loss"] = _validate(model, splits, args)
+        results.put(("ready", args.index, client.client_id))
+        for _ in range(args.rounds * args.inner_steps):
+            batch = sample_batch(shard, defaults.batch_size, defaults.context, batches)
+            loss = train_step(model, optimizer, batch, defaults.grad_clip_norm)
+            client.step(loss=loss, num_samples=defaults.batch_size)
+        if is_reporter:
+            figures["final_val_loss"] = _validate(model, splits, args)
+        figures["bytes_sent"] = float(client.bytes_sent)
+        figures["bytes_received"] = float(client.bytes_received)
+        figures["model_version"] = float(client.model_version)
+    return figures
+
+
+def _validate(model: torch.nn.Module, splits: TextSplits, args: WorkerArgs) -> float:
+    defaults = args.defaults
+    return evaluate(
+        model,  # type: ignore[arg-type]
+        splits.validation,
+        defaults.batch_size,
+        defaults.context,
+        args.eval_batches,
+        seed=args.seed,
+    )
