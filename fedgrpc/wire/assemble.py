@@ -41,7 +41,6 @@ class DenseUpdateAssembler:
                 f"chunk {seq} carries {count} coordinates, more than the "
                 f"{self.max_count} that fit in chunk_bytes"
             )
-        self.order.accept(seq, offset, count)
         if len(payload) != count * FLOAT32_BYTES:
             raise InvalidUpdateError(
                 f"chunk {seq} has {len(payload)} payload bytes but {count} float32 "
@@ -53,6 +52,7 @@ class DenseUpdateAssembler:
                 f"chunk {seq} (coordinates {offset}..{offset + count}) contains NaN "
                 "or Inf; the client's training diverged or its buffer is corrupt"
             )
+        self.order.accept(seq, offset, count)  # last: a rejected chunk changes nothing
         self._staging_np[offset : offset + count] = values
         self.payload_bytes += len(payload)
 

@@ -92,7 +92,7 @@ def pack_native(flat: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
 
 
 def unpack_native(buffer: torch.Tensor, spec: ModelSpec) -> list[torch.Tensor]:
-    """Views of a native-byte buffer (uint8) as the spec's tensors; no copies.
+    """Views of a native-byte buffer (uint8) as the spec's tensors (copy if unaligned).
 
     Raises:
         InvalidUpdateError: the buffer length is not the spec's `num_bytes`.
@@ -104,5 +104,9 @@ def unpack_native(buffer: torch.Tensor, spec: ModelSpec) -> list[torch.Tensor]:
     tensors = []
     for slot in spec.slots:
         raw = buffer[slot.byte_offset : slot.byte_offset + slot.spec.nbytes]
+        if slot.byte_offset % slot.spec.dtype.itemsize:
+            # Mixed-dtype models can leave a tensor unaligned for its dtype;
+            # torch cannot view that, so this one tensor is copied.
+            raw = raw.clone()
         tensors.append(raw.view(torch_dtype(slot.spec.dtype)).view(slot.spec.shape))
     return tensors

@@ -22,7 +22,9 @@ def tiny_spec(n: int = 10) -> ModelSpec:
     return ModelSpec((TensorSpec("w", (n,), DType.FLOAT32),))
 
 
-def stub(address: str) -> tuple[grpc.Channel, coordinator_pb2_grpc.CoordinatorServiceStub]:
+def stub(
+    address: str,
+) -> tuple[grpc.Channel, coordinator_pb2_grpc.CoordinatorServiceStub]:
     channel = grpc.insecure_channel(
         address,
         options=[

@@ -47,12 +47,15 @@ def _reference_nesterov(initial: np.ndarray, grads: list[np.ndarray]) -> np.ndar
     return param.detach().numpy()
 
 
-def test_seed_push_apply_pull_matches_torch_nesterov(coordinator: CoordinatorThread) -> None:
+def test_seed_push_apply_pull_matches_torch_nesterov(
+    coordinator: CoordinatorThread,
+) -> None:
     channel, service = stub(coordinator.address)
     with channel:
         a = join(service, tiny_spec(N), "a")
         b = join(service, tiny_spec(N), "b")
-        assert a.seed_model and b.seed_model  # no model yet: both are asked
+        assert a.seed_model
+        assert b.seed_model
         assert a.round_config.outer_lr == pytest.approx(0.7)
         initial = np.linspace(-1, 1, N).astype(np.float32)
         _seed(service, a, initial)
@@ -118,28 +121,44 @@ def test_rejections_leave_the_round_intact(coordinator: CoordinatorThread) -> No
             )
 
         other = ModelSpec((TensorSpec("w", (N + 1,), DType.FLOAT32),))
-        _expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: join(service, other),
-                "federation's model")  # fmt: skip
-        _expect(grpc.StatusCode.FAILED_PRECONDITION,
-                lambda: join(service, tiny_spec(N), inner_steps=7), "inner_steps=5")  # fmt: skip
+        _expect(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            lambda: join(service, other),
+            "federation's model",
+        )
+        _expect(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            lambda: join(service, tiny_spec(N), inner_steps=7),
+            "inner_steps=5",
+        )
         forged = type(a)()
         forged.CopyFrom(a)
         forged.session_token = b"x" * 16
         _expect(grpc.StatusCode.UNAUTHENTICATED, push(forged, good), "session token")
-        _expect(grpc.StatusCode.INVALID_ARGUMENT, push(a, np.ones(N + 2)), "coordinates")
+        _expect(
+            grpc.StatusCode.INVALID_ARGUMENT, push(a, np.ones(N + 2)), "coordinates"
+        )
         nan = good.copy()
         nan[7] = np.nan
         _expect(grpc.StatusCode.INVALID_ARGUMENT, push(a, nan), "NaN")
-        _expect(grpc.StatusCode.FAILED_PRECONDITION, push(a, good, round_id=5), "round 1")
-        _expect(grpc.StatusCode.FAILED_PRECONDITION, push(a, good, base_version=3),
-                "version")  # fmt: skip
+        _expect(
+            grpc.StatusCode.FAILED_PRECONDITION, push(a, good, round_id=5), "round 1"
+        )
+        _expect(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            push(a, good, base_version=3),
+            "version",
+        )
         _expect(grpc.StatusCode.DATA_LOSS, push(a, good, commit=False), "commit")
         header = next(iter(update_messages(a, good, round_id=1, base_version=0)))
         oversized = PB.PushUpdateRequest(
             chunk=PB.UpdateChunk(seq=0, offset=0, count=N, payload=b"\0" * 8192)
         )  # 8 KiB > chunk_bytes (1 KiB) + 4 KiB framing
-        _expect(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                lambda: service.PushUpdate(iter([header, oversized]), timeout=10), "")  # fmt: skip
+        _expect(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            lambda: service.PushUpdate(iter([header, oversized]), timeout=10),
+            "",
+        )
 
         # After all that, round 1 is untouched: two good updates give the exact step.
         service.PushUpdate(update_messages(a, good, round_id=1, base_version=0))
@@ -160,7 +179,9 @@ def test_health_and_reflection_are_served(coordinator: CoordinatorThread) -> Non
             timeout=10,
         )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
-        responses = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+        responses = reflection_pb2_grpc.ServerReflectionStub(
+            channel
+        ).ServerReflectionInfo(
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
         )
         names = {s.name for r in responses for s in r.list_services_response.service}

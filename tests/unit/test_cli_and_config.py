@@ -1,0 +1,77 @@
+"""The CLI documents every flag; the example TOML states the real defaults."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+import fedgrpc
+from fedgrpc.cli import build_parser
+from fedgrpc.config import CoordinatorConfig
+from fedgrpc.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    raise AssertionError("no subcommands")
+
+
+def test_every_flag_has_help_text() -> None:
+    parser = build_parser()
+    commands = _subparsers(parser)
+    assert {"serve", "simulate"} <= set(commands)
+    for name, sub in commands.items():
+        text = sub.format_help()
+        for action in sub._actions:
+            for flag in action.option_strings:
+                assert flag in text, (name, flag)
+            assert action.help, f"{name} {action.option_strings} has no help"
+
+
+def test_serve_flags_cover_every_config_field() -> None:
+    serve = _subparsers(build_parser())["serve"]
+    dests = {a.dest for a in serve._actions}
+    fields = {f.name for f in dataclasses.fields(CoordinatorConfig)}
+    assert fields <= dests, f"no flag for {fields - dests}"
+
+
+def test_example_toml_matches_the_defaults() -> None:
+    example = CoordinatorConfig.from_toml(REPO / "server/coordinator.example.toml")
+    assert example == CoordinatorConfig()
+
+
+def test_toml_errors_name_the_problem(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[coordinator]\nouter_optimizer = 'adam'\n")
+    with pytest.raises(ConfigError, match="outer_optimizer='adam' is invalid"):
+        CoordinatorConfig.from_toml(path)
+    path.write_text("[coordinator\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        CoordinatorConfig.from_toml(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        CoordinatorConfig.from_toml(tmp_path / "missing.toml")
+    path.write_text("[coordinator]\nmin_clients = 2\n")
+    assert CoordinatorConfig.from_toml(path, min_clients=5).min_clients == 5
+
+
+def test_outer_optimizer_defaults_follow_the_choice() -> None:
+    assert CoordinatorConfig().resolved_outer_lr == 0.7
+    assert CoordinatorConfig().resolved_outer_momentum == 0.9
+    fedavg = CoordinatorConfig(outer_optimizer="fedavg")
+    assert (fedavg.resolved_outer_lr, fedavg.resolved_outer_momentum) == (1.0, 0.0)
+
+
+def test_public_api() -> None:
+    for name in fedgrpc.__all__:
+        assert hasattr(fedgrpc, name), name
+    assert fedgrpc.DiLoCoClient.__name__ == "DiLoCoClient"
+    assert issubclass(fedgrpc.WrongRoundError, fedgrpc.FedGrpcError)
+    with pytest.raises(AttributeError):
+        _ = fedgrpc.NoSuchThing  # type: ignore[attr-defined]
