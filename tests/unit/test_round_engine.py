@@ -1,0 +1,139 @@
+"""The round state machine on its own: plain Python, a fake clock, real tensors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedgrpc.config import CoordinatorConfig
+from fedgrpc.coordinator.registry import ClientRegistry
+from fedgrpc.coordinator.rounds import Outcome, Phase, RoundEngine
+from fedgrpc.errors import ModelMismatchError, WrongRoundError
+from fedgrpc.wire.convert import UpdateHeaderInfo
+from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
+
+SPEC = ModelSpec((TensorSpec("w", (4,), DType.FLOAT32),))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _header(
+    client_id: str, round_id: int, base: int, initial: bool = False
+) -> UpdateHeaderInfo:
+    return UpdateHeaderInfo(
+        client_id=client_id,
+        session_token=b"",
+        round_id=round_id,
+        base_version=base,
+        is_initial_weights=initial,
+        codec="dense-fp32",
+        num_coordinates=4,
+        num_samples=1,
+        train_loss=2.0,
+    )
+
+
+def _engine(min_clients: int = 2) -> tuple[RoundEngine, ClientRegistry, Clock]:
+    clock = Clock()
+    registry = ClientRegistry(max_clients=8)
+    config = CoordinatorConfig(min_clients=min_clients, round_timeout_s=10.0)
+    return RoundEngine(config, registry, clock), registry, clock
+
+
+def _commit(
+    engine: RoundEngine,
+    registry: ClientRegistry,
+    cid: str,
+    values: torch.Tensor,
+    round_id: int,
+    base: int,
+    initial: bool = False,
+) -> int:
+    client = registry.authenticate(cid, registry._clients[cid].session_token)
+    ticket = engine.admit(client, _header(cid, round_id, base, initial))
+    engine.check_commit(ticket)
+    engine.accumulate(ticket, values.clone())
+    return engine.record_commit(ticket, 16)
+
+
+def _close(engine: RoundEngine) -> Outcome:
+    reason = engine.close_reason()
+    assert reason is not None
+    closing = engine.begin_close()
+    assert engine.phase is Phase.APPLYING
+    applied = engine.apply(closing, copy_on_write=False)
+    return engine.finish_close(closing, applied, reason).outcome
+
+
+def test_seed_then_collect_until_all_connected_have_committed() -> None:
+    engine, registry, _clock = _engine()
+    assert engine.adopt_spec(SPEC) is True
+    a, b, c = (registry.add(n, 0.0) for n in "abc")
+    for record in (a, b, c):
+        record.connected = True
+    _commit(engine, registry, a.client_id, torch.ones(4), 0, 0, initial=True)
+    assert engine.phase is Phase.COLLECTING
+    assert engine.current is not None
+    assert engine.adopt_spec(SPEC) is False  # seeded: later joiners pull
+    _commit(engine, registry, a.client_id, torch.ones(4), 1, 0)
+    _commit(engine, registry, b.client_id, torch.ones(4), 1, 0)
+    assert engine.close_reason() is None  # c is connected and has not pushed
+    c.connected = False  # c leaves: the round no longer waits for it
+    assert engine.close_reason() == "all connected clients committed"
+    assert _close(engine) is Outcome.APPLIED
+    assert engine.model_version == 1
+    assert engine.current is not None
+    assert engine.current.base_version == 1
+
+
+def test_deadline_counts_from_first_commit_and_skips_below_quorum() -> None:
+    engine, registry, clock = _engine(min_clients=2)
+    engine.adopt_spec(SPEC)
+    a = registry.add("a", 0.0)
+    _commit(engine, registry, a.client_id, torch.zeros(4), 0, 0, initial=True)
+    master_before = engine.master.clone() if engine.master is not None else None
+    clock.now = 100.0  # no update yet: an empty round never times out
+    assert engine.close_reason() is None
+    _commit(engine, registry, a.client_id, torch.ones(4), 1, 0)
+    clock.now = 109.9
+    assert engine.close_reason() is None
+    clock.now = 110.0
+    assert engine.close_reason() == "deadline"
+    assert _close(engine) is Outcome.SKIPPED
+    assert engine.model_version == 0
+    assert engine.history[-1].reason.startswith("1 update(s) by the deadline")
+    torch.testing.assert_close(engine.master, master_before)
+
+
+def test_wrong_round_duplicate_and_second_seed_are_refused() -> None:
+    engine, registry, _ = _engine()
+    engine.adopt_spec(SPEC)
+    a, b = registry.add("a", 0.0), registry.add("b", 0.0)
+    _commit(engine, registry, a.client_id, torch.zeros(4), 0, 0, initial=True)
+    with pytest.raises(WrongRoundError, match="already seeded"):
+        engine.admit(b, _header(b.client_id, 0, 0, initial=True))
+    with pytest.raises(WrongRoundError, match="round 1 is collecting"):
+        engine.admit(b, _header(b.client_id, 2, 0))
+    _commit(engine, registry, a.client_id, torch.ones(4), 1, 0)
+    with pytest.raises(WrongRoundError, match="already sent"):
+        engine.admit(a, _header(a.client_id, 1, 0))
+    with pytest.raises(ModelMismatchError):
+        engine.adopt_spec(ModelSpec((TensorSpec("w", (5,), DType.FLOAT32),)))
+
+
+def test_commit_after_close_is_refused() -> None:
+    engine, registry, _ = _engine(min_clients=1)
+    engine.adopt_spec(SPEC)
+    a, b = registry.add("a", 0.0), registry.add("b", 0.0)
+    _commit(engine, registry, a.client_id, torch.zeros(4), 0, 0, initial=True)
+    late = engine.admit(b, _header(b.client_id, 1, 0))  # b starts streaming...
+    _commit(engine, registry, a.client_id, torch.ones(4), 1, 0)
+    assert _close(engine) is Outcome.APPLIED  # ...and the round closes under it
+    with pytest.raises(WrongRoundError):
+        engine.check_commit(late)
