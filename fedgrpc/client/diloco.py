@@ -1,0 +1,215 @@
+"""`DiLoCoClient`: the synchronous object a user's training loop calls.
+
+It joins the federation, then counts inner steps and hands every H-th one
+to `sync.SyncPoint` (the outer step's order of waits, pushes and pulls). All
+gRPC work happens on one background loop through `CoordinatorLink`.
+
+Memory on top of the model, all CPU and allocated once (`weights.LocalRun`):
+two model-sized float32 buffers (the global snapshot and the pseudo-gradient,
+8 bytes per parameter) and one uint8 buffer of the model's native bytes.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+import torch
+
+from fedgrpc.client.connection import BackgroundLoop
+from fedgrpc.client.link import CoordinatorLink, Federation
+from fedgrpc.client.session import LEAVE_TIMEOUT_S
+from fedgrpc.client.sync import BACKSTOP_S, SyncOutcome, SyncPoint, call
+from fedgrpc.client.weights import LocalRun
+from fedgrpc.config import ClientConfig
+from fedgrpc.errors import ConfigError, IncompatibleClientError
+from fedgrpc.log import get_logger
+
+log = get_logger(__name__)
+
+
+class DiLoCoClient:
+    """One federated DiLoCo worker around an existing PyTorch training loop.
+
+    Usage::
+
+        with DiLoCoClient("coord:7070", model) as client:
+            for batch in loader:
+                loss = loss_fn(model(batch)); loss.backward()
+                opt.step(); opt.zero_grad()
+                client.step(loss)
+
+    The constructor joins the federation and loads the global weights into
+    `model` in place, so every client starts from the same point. Then every
+    H-th `step()` runs one outer step and blocks until the new global weights
+    are loaded. The inner optimizer's state is the caller's business.
+
+    Thread safety: call every method from one thread (the training loop).
+    All gRPC objects live on a private background thread.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        model: torch.nn.Module,
+        inner_steps: int | None = None,
+        *,
+        config: ClientConfig | None = None,
+    ) -> None:
+        """Join the coordinator at `target` ("host:port") and load its weights.
+
+        Args:
+            target: Coordinator address.
+            model: The model to federate; its parameters are overwritten in
+                place (dtype and device kept) at join and after each round.
+            inner_steps: H. None follows the coordinator; a number must
+                match the coordinator's or Join fails.
+            config: Timeouts, heartbeat interval and the name shown in logs.
+
+        Raises:
+            ConfigError: the model has non-float parameters, or inner_steps < 1.
+            CoordinatorUnavailableError: not reachable within connect_timeout_s.
+            IncompatibleClientError: inner_steps or codec do not fit the run.
+            InvalidUpdateError: the model differs from the federation's.
+        """
+        if inner_steps is not None and inner_steps < 1:
+            raise ConfigError(f"inner_steps={inner_steps!r} is invalid: expected >= 1")
+        self._config = config or ClientConfig()
+        self._local = LocalRun(model)
+        self._steps = self._rounds_completed = 0
+        self._last_outcome: SyncOutcome | None = None
+        self._link: CoordinatorLink | None = None
+        self._closed = False
+        self._loop = BackgroundLoop()
+        self._loop.start()
+        try:
+            wait_s = self._config.connect_timeout_s + self._config.rpc_timeout_s
+            connect = CoordinatorLink.connect(
+                target, self._local.spec, inner_steps, self._config
+            )
+            self._link, federation = call(self._loop, connect, wait_s)
+            self._sync = self._start(self._link, federation)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, link: CoordinatorLink, federation: Federation) -> SyncPoint:
+        if federation.inner_steps < 1:
+            raise IncompatibleClientError(
+                f"the coordinator announced inner_steps={federation.inner_steps}; "
+                "it must be >= 1"
+            )
+        self._inner_steps = federation.inner_steps
+        log.info(
+            "client_joined",
+            client=link.credentials.client_id,
+            run=federation.run_id,
+            inner_steps=federation.inner_steps,
+            seed=federation.seed_model,
+        )
+        sync = SyncPoint(
+            self._loop, link, self._local, self._config, federation.chunk_bytes
+        )
+        if federation.seed_model:
+            sync.seed()
+        # The coordinator holds this pull until some client has seeded.
+        sync.pull_and_load(0, wait_s=self._config.connect_timeout_s)
+        return sync
+
+    def step(
+        self, loss: float | torch.Tensor | None = None, num_samples: int = 1
+    ) -> bool:
+        """Count one inner step; every H-th call runs an outer step and blocks.
+
+        Call after each `optimizer.step()`. At the sync point the client
+        waits for a round on its model version, pushes its pseudo-gradient,
+        waits for the round to close and, if it was applied, loads the new
+        global weights into the model in place.
+
+        Args:
+            loss: This step's training loss, averaged and reported to the
+                coordinator for status. A tensor costs `.item()`, which
+                synchronises CUDA; pass a float or None in tight GPU loops.
+            num_samples: Training samples in this step; they weight this
+                client's update in the coordinator's mean.
+
+        Returns:
+            True if this call ran a sync point (the weights may have changed).
+
+        Raises:
+            CoordinatorUnavailableError: the coordinator went away or did not
+                open or close a round within `round_wait_s`.
+            ShuttingDownError: the coordinator announced shutdown.
+            RuntimeError: the client is closed.
+        """
+        if self._closed:
+            raise RuntimeError("DiLoCoClient.step() called after close()")
+        value = loss.item() if isinstance(loss, torch.Tensor) else loss
+        self._local.record(None if value is None else float(value), num_samples)
+        self._steps += 1
+        if self._steps < self._inner_steps:
+            return False
+        self._last_outcome = self._sync.run()
+        self._steps = 0
+        self._rounds_completed += 1
+        return True
+
+    def close(self) -> None:
+        """Leave the session, close the channel, stop the loop. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._link is not None:
+                leave = self._link.close("client closed")
+                self._loop.run(leave, LEAVE_TIMEOUT_S + BACKSTOP_S)
+        except Exception as exc:  # closing must not mask the caller's own error
+            log.warning("client_close_failed", reason=str(exc))
+        finally:
+            self._loop.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def client_id(self) -> str:
+        """Id the coordinator assigned at Join."""
+        return self._sync.client_id
+
+    @property
+    def model_version(self) -> int:
+        """Global model version the local weights started from (the base)."""
+        return self._local.base_version
+
+    @property
+    def inner_steps(self) -> int:
+        """H: inner steps per round, as announced by the coordinator."""
+        return self._inner_steps
+
+    @property
+    def rounds_completed(self) -> int:
+        """Sync points this client has finished (any outcome)."""
+        return self._rounds_completed
+
+    @property
+    def bytes_sent(self) -> int:
+        """Update payload bytes pushed (initial weights included)."""
+        return self._sync.bytes_sent
+
+    @property
+    def bytes_received(self) -> int:
+        """Model payload bytes pulled."""
+        return self._sync.bytes_received
+
+    @property
+    def last_round_outcome(self) -> SyncOutcome | None:
+        """How the last sync point ended (see `sync.SyncOutcome`); None before."""
+        return self._last_outcome

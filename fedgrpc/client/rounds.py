@@ -1,0 +1,170 @@
+"""Rounds as the client sees them: what opened, what closed, and waiting on both.
+
+`RoundTracker` is written by the Session stream (`session.py`) and read by
+`DiLoCoClient`'s sync point through `BackgroundLoop.run`. It lives on the
+client's background loop and is not thread-safe on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from fedgrpc.errors import CoordinatorUnavailableError, FedGrpcError, ShuttingDownError
+
+T = TypeVar("T")
+
+RoundOutcome = Literal["applied", "skipped"]
+MAX_CLOSED_ROUNDS = 1024
+"""Closed rounds remembered; a client only ever asks about its recent ones."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoundStart:
+    """A round that opened: updates for it must start from `base_version`."""
+
+    round_id: int
+    base_version: int
+    deadline_unix_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RoundEnd:
+    """A round that closed; `model_version` is unchanged when skipped."""
+
+    round_id: int
+    outcome: RoundOutcome
+    model_version: int
+    num_updates: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StaleBase:
+    """The federation applied a round past the caller's base version."""
+
+    model_version: int
+
+
+class RoundTracker:
+    """What the client knows of the coordinator's rounds, plus a way to wait.
+
+    Written by `SessionStream`, read by the sync point. All state changes
+    notify one `asyncio.Condition`, and waits re-check their predicate, so
+    an event that arrived before a wait began is never missed.
+    """
+
+    def __init__(self, model_version: int = 0) -> None:
+        self._changed = asyncio.Condition()
+        self.latest_started: RoundStart | None = None
+        self.closed: dict[int, RoundEnd] = {}
+        self.model_version = model_version
+        """Newest global model version announced (RoundStarted base or APPLIED)."""
+        self.shutdown_reason: str | None = None
+        self.failure: FedGrpcError | None = None
+
+    async def record_started(self, event: RoundStart) -> None:
+        """Note a RoundStarted; its base version is the current model."""
+        async with self._changed:
+            self.latest_started = event
+            self.model_version = max(self.model_version, event.base_version)
+            self._changed.notify_all()
+
+    async def record_closed(self, event: RoundEnd) -> None:
+        """Note a RoundClosed; an applied round advances the model version."""
+        async with self._changed:
+            self.closed[event.round_id] = event
+            if len(self.closed) > MAX_CLOSED_ROUNDS:
+                del self.closed[min(self.closed)]
+            if event.outcome == "applied":
+                self.model_version = max(self.model_version, event.model_version)
+            self._changed.notify_all()
+
+    async def record_shutdown(self, reason: str) -> None:
+        """Note the coordinator's ShutdownNotice; later waits raise."""
+        async with self._changed:
+            self.shutdown_reason = reason
+            self._changed.notify_all()
+
+    async def record_failure(self, error: FedGrpcError) -> None:
+        """Note that the stream broke; later waits raise with `error` as cause."""
+        async with self._changed:
+            self.failure = error
+            self._changed.notify_all()
+
+    def open_round(self) -> RoundStart | None:
+        """The latest started round if it has not closed yet."""
+        started = self.latest_started
+        if started is None or started.round_id in self.closed:
+            return None
+        return started
+
+    async def wait_round_open(
+        self, base_version: int, timeout_s: float
+    ) -> RoundStart | StaleBase:
+        """Wait for an open round based on `base_version`, or learn we are stale.
+
+        Returns:
+            The open round, or `StaleBase` when a round newer than
+            `base_version` was applied (the caller must pull before pushing).
+
+        Raises:
+            CoordinatorUnavailableError: timeout, or the stream broke.
+            ShuttingDownError: the coordinator announced shutdown.
+        """
+
+        def ready() -> RoundStart | StaleBase | None:
+            if self.model_version > base_version:
+                return StaleBase(self.model_version)
+            current = self.open_round()
+            if current is not None and current.base_version == base_version:
+                return current
+            return None
+
+        return await self._wait(
+            ready, f"a round on model version {base_version}", timeout_s
+        )
+
+    async def wait_round_closed(self, round_id: int, timeout_s: float) -> RoundEnd:
+        """Wait for round `round_id` to close (applied or skipped).
+
+        Raises:
+            CoordinatorUnavailableError: timeout, or the stream broke.
+            ShuttingDownError: the coordinator announced shutdown.
+        """
+        return await self._wait(
+            lambda: self.closed.get(round_id), f"round {round_id} to close", timeout_s
+        )
+
+    async def _wait(
+        self, ready: Callable[[], T | None], what: str, timeout_s: float
+    ) -> T:
+        try:
+            async with asyncio.timeout(timeout_s), self._changed:
+                while (result := ready()) is None:
+                    self._raise_if_ended(what)
+                    await self._changed.wait()
+                return result
+        except TimeoutError as exc:
+            raise CoordinatorUnavailableError(
+                f"waited {timeout_s:g} s for {what} without news from the "
+                "coordinator; check that it is running and has enough clients "
+                "(min_clients), or raise ClientConfig.round_wait_s"
+            ) from exc
+
+    def _raise_if_ended(self, what: str) -> None:
+        # Shutdown first: the stream ending right after a ShutdownNotice is
+        # its consequence, not a separate failure.
+        if self.shutdown_reason is not None:
+            raise ShuttingDownError(
+                f"the coordinator is shutting down ({self.shutdown_reason}) while "
+                f"waiting for {what}; rejoin when it is back"
+            )
+        if self.failure is not None:
+            raise CoordinatorUnavailableError(
+                f"the session stream to the coordinator broke while waiting for "
+                f"{what}: {self.failure}; the client cannot follow rounds without "
+                "it, so create a new DiLoCoClient to rejoin"
+            ) from self.failure

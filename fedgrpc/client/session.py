@@ -1,0 +1,164 @@
+"""The Session control stream: heartbeats out, round events in.
+
+`SessionStream` keeps the bidirectional Session RPC open as an asyncio task
+on the client's background loop: SessionOpen, then a heartbeat every
+`heartbeat_interval_s`, then SessionLeave on close. What the coordinator
+announces (rounds started and closed, shutdown) lands in a
+`rounds.RoundTracker`, which the training thread waits on through
+`BackgroundLoop.run`. Everything here runs on that loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import TYPE_CHECKING
+
+import grpc
+
+from fedgrpc._proto.v1 import coordinator_pb2
+from fedgrpc.client.connection import Credentials
+from fedgrpc.client.rounds import RoundEnd, RoundStart, RoundTracker
+from fedgrpc.client.status import translated
+from fedgrpc.errors import CoordinatorUnavailableError, FedGrpcError
+from fedgrpc.log import get_logger
+
+if TYPE_CHECKING:
+    from fedgrpc._proto.v1.coordinator_pb2_grpc import CoordinatorServiceAsyncStub
+
+log = get_logger(__name__)
+LEAVE_TIMEOUT_S = 5.0
+"""How long close() waits for the coordinator to end the stream after Leave."""
+
+
+def round_end_from_proto(event: coordinator_pb2.RoundClosed) -> RoundEnd:
+    """Decode a RoundClosed; anything but APPLIED counts as skipped."""
+    applied = event.outcome == coordinator_pb2.ROUND_OUTCOME_APPLIED
+    return RoundEnd(
+        round_id=event.round_id,
+        outcome="applied" if applied else "skipped",
+        model_version=event.model_version,
+        num_updates=event.num_updates,
+        reason=event.reason,
+    )
+
+
+class SessionStream:
+    """The Session RPC as a task: heartbeats out, round events into a tracker."""
+
+    def __init__(
+        self,
+        stub: CoordinatorServiceAsyncStub,
+        credentials: Credentials,
+        tracker: RoundTracker,
+        heartbeat_interval_s: float,
+    ) -> None:
+        self._stub = stub
+        self._credentials = credentials
+        self._tracker = tracker
+        self._heartbeat_interval_s = heartbeat_interval_s
+        self._leave = asyncio.Event()
+        self._leave_reason = ""
+        self._closing = False
+        self._call: (
+            grpc.aio.StreamStreamCall[
+                coordinator_pb2.SessionRequest, coordinator_pb2.SessionResponse
+            ]
+            | None
+        ) = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Open the stream and start consuming it; call on the loop."""
+        self._call = self._stub.Session(self._requests())
+        self._task = asyncio.get_running_loop().create_task(
+            self._consume(self._call), name="fedgrpc-session"
+        )
+
+    async def _requests(self) -> AsyncIterator[coordinator_pb2.SessionRequest]:
+        credentials = self._credentials
+        yield coordinator_pb2.SessionRequest(
+            open=coordinator_pb2.SessionOpen(
+                client_id=credentials.client_id,
+                session_token=credentials.session_token,
+            )
+        )
+        while not self._leave.is_set():
+            try:
+                await asyncio.wait_for(self._leave.wait(), self._heartbeat_interval_s)
+            except TimeoutError:
+                yield coordinator_pb2.SessionRequest(
+                    heartbeat=coordinator_pb2.Heartbeat(sent_unix_s=time.time())
+                )
+        yield coordinator_pb2.SessionRequest(
+            leave=coordinator_pb2.SessionLeave(reason=self._leave_reason)
+        )
+
+    async def _consume(
+        self, call: AsyncIterable[coordinator_pb2.SessionResponse]
+    ) -> None:
+        try:
+            with translated("Session"):
+                async for response in call:
+                    await self._dispatch(response)
+        except FedGrpcError as exc:
+            if not self._closing:
+                log.warning(
+                    "session_broken",
+                    client=self._credentials.client_id,
+                    reason=str(exc),
+                )
+                await self._tracker.record_failure(exc)
+            return
+        except Exception as exc:  # a bug here must not leave waits hanging
+            log.error(
+                "session_failed", client=self._credentials.client_id, exc_info=exc
+            )
+            await self._tracker.record_failure(FedGrpcError(f"session failed: {exc}"))
+            return
+        if not self._closing:
+            log.warning("session_ended", client=self._credentials.client_id)
+            await self._tracker.record_failure(
+                CoordinatorUnavailableError("the coordinator ended the session stream")
+            )
+
+    async def _dispatch(self, response: coordinator_pb2.SessionResponse) -> None:
+        event = response.WhichOneof("event")
+        if event == "round_started":
+            started = response.round_started
+            log.debug(
+                "round_started",
+                round=started.round_id,
+                base_version=started.base_version,
+            )
+            await self._tracker.record_started(
+                RoundStart(
+                    started.round_id, started.base_version, started.deadline_unix_s
+                )
+            )
+        elif event == "round_closed":
+            await self._tracker.record_closed(
+                round_end_from_proto(response.round_closed)
+            )
+        elif event == "shutdown":
+            log.warning("coordinator_shutdown", reason=response.shutdown.reason)
+            await self._tracker.record_shutdown(response.shutdown.reason)
+
+    async def close(self, reason: str, timeout_s: float = LEAVE_TIMEOUT_S) -> None:
+        """Send SessionLeave, end our side, and wait for the stream to finish.
+
+        Cancels the call if the coordinator does not end it within
+        `timeout_s`. Safe to call twice, or after the stream broke.
+        """
+        self._closing = True
+        self._leave_reason = reason
+        self._leave.set()
+        task, call = self._task, self._call
+        if task is None or call is None:
+            return
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        if not done:
+            call.cancel()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

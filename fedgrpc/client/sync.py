@@ -1,0 +1,169 @@
+"""One DiLoCo sync point from the client's side: wait, push, wait, pull.
+
+DiLoCo (Douillard et al. 2023, arXiv 2311.08105): after H inner steps a
+client sends its pseudo-gradient (global weights at the round's start minus
+its local weights now); the coordinator averages them and applies an outer
+optimizer (Nesterov SGD). `SyncPoint` runs the client's half in order:
+
+1. wait for a round based on our model version (or find we are stale and
+   just pull the newer model);
+2. push the pseudo-gradient (a refusal because the round closed under us
+   is not an error: the round's outcome decides what happens next);
+3. wait for the round to close: applied -> pull and load the new weights;
+   skipped -> keep the local weights and base, so the next pseudo-gradient
+   spans both rounds.
+
+It runs on the training thread and reaches gRPC only through
+`BackgroundLoop.run` on `CoordinatorLink` coroutines.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Coroutine
+from typing import Any, Literal, TypeVar
+
+from fedgrpc.client.connection import BackgroundLoop
+from fedgrpc.client.link import CoordinatorLink
+from fedgrpc.client.rounds import StaleBase
+from fedgrpc.client.transfer import UpdateMeta
+from fedgrpc.client.weights import LocalRun
+from fedgrpc.config import ClientConfig
+from fedgrpc.errors import CoordinatorUnavailableError, WrongRoundError
+from fedgrpc.log import get_logger
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+SyncOutcome = Literal["applied", "skipped", "stale", "missed"]
+"""How a sync point ended for this client: its update was averaged into a new
+model ("applied"); the round closed below quorum ("skipped"); a newer model
+existed, so it pulled without pushing ("stale"); or its push was refused
+because the round had closed ("missed")."""
+BACKSTOP_S = 10.0
+"""Slack on top of each call's own deadline before the loop call is abandoned."""
+
+
+def call(loop: BackgroundLoop, coro: Coroutine[Any, Any, T], timeout_s: float) -> T:
+    """Run `coro` on `loop`; a hung call becomes `CoordinatorUnavailableError`.
+
+    Every coroutine bounds its own RPCs by `timeout_s`; the backstop only
+    fires if something below ignores its deadline.
+    """
+    try:
+        return loop.run(coro, timeout_s + BACKSTOP_S)
+    except TimeoutError as exc:
+        raise CoordinatorUnavailableError(
+            f"a call to the coordinator did not finish within {timeout_s:g} s"
+        ) from exc
+
+
+class SyncPoint:
+    """Seeds, pulls and runs sync points for one client; counts bytes moved."""
+
+    def __init__(
+        self,
+        loop: BackgroundLoop,
+        link: CoordinatorLink,
+        local: LocalRun,
+        config: ClientConfig,
+        chunk_bytes: int,
+    ) -> None:
+        self._loop = loop
+        self._link = link
+        self._local = local
+        self._config = config
+        self._chunk_bytes = chunk_bytes
+        self.client_id = link.credentials.client_id
+        self._log = log.bind(client=self.client_id)
+        self.bytes_sent = 0
+        """Update payload bytes pushed (initial weights included)."""
+        self.bytes_received = 0
+        """Model payload bytes pulled."""
+
+    def seed(self) -> None:
+        """Upload our weights as the initial model (losing the race is fine)."""
+        seeded = call(
+            self._loop,
+            self._link.seed(self._local.local_weights(), self._chunk_bytes),
+            self._link.push_timeout_s(self._chunk_bytes),
+        )
+        if seeded is not None:
+            self.bytes_sent += seeded.bytes_sent
+            self._log.info("model_seeded", bytes=seeded.bytes_sent)
+
+    def pull_and_load(self, min_version: int, wait_s: float) -> None:
+        """Pull weights of at least `min_version` into the model and snapshot."""
+        started = time.monotonic()
+        link, chunk_bytes = self._link, self._chunk_bytes
+        pulled = call(
+            self._loop,
+            link.pull(min_version, self._local.downlink, wait_s, chunk_bytes),
+            link.pull_timeout_s(wait_s, chunk_bytes),
+        )
+        self._local.load(pulled.buffer, pulled.version)
+        nbytes = self._local.spec.num_bytes
+        self.bytes_received += nbytes
+        seconds = round(time.monotonic() - started, 3)
+        self._log.info(
+            "model_loaded", version=pulled.version, bytes=nbytes, seconds=seconds
+        )
+
+    def run(self) -> SyncOutcome:
+        """One sync point (see the module docstring); blocks until it is done.
+
+        Raises:
+            CoordinatorUnavailableError: no round opened or closed within
+                `round_wait_s`, or the coordinator became unreachable.
+            ShuttingDownError: the coordinator announced shutdown.
+        """
+        wait_s = self._config.round_wait_s
+        tracker, base_version = self._link.tracker, self._local.base_version
+        opened = call(self._loop, tracker.wait_round_open(base_version, wait_s), wait_s)
+        if isinstance(opened, StaleBase):
+            latest = opened.model_version
+            self._log.warning("model_stale", version=base_version, latest=latest)
+            self.pull_and_load(latest, wait_s=self._config.rpc_timeout_s)
+            return "stale"
+        pushed = self._push(opened.round_id)
+        closed = call(
+            self._loop, tracker.wait_round_closed(opened.round_id, wait_s), wait_s
+        )
+        self._log.info(
+            "round_closed",
+            round=closed.round_id,
+            outcome=closed.outcome,
+            version=closed.model_version,
+            updates=closed.num_updates,
+        )
+        if closed.outcome == "applied":
+            self.pull_and_load(closed.model_version, self._config.rpc_timeout_s)
+        return closed.outcome if pushed else "missed"
+
+    def _push(self, round_id: int) -> bool:
+        local = self._local
+        delta = local.pseudo_gradient()
+        meta = UpdateMeta(
+            round_id=round_id,
+            base_version=local.base_version,
+            kind="pseudo_gradient",
+            num_samples=local.samples,
+            train_loss=local.loss_mean,
+        )
+        try:
+            result = call(
+                self._loop,
+                self._link.push(meta, delta, self._chunk_bytes),
+                self._link.push_timeout_s(self._chunk_bytes),
+            )
+        except WrongRoundError as exc:
+            self._log.warning("update_refused", round=round_id, reason=str(exc))
+            return False
+        self.bytes_sent += result.bytes_sent
+        self._log.info(
+            "update_pushed",
+            round=round_id,
+            bytes=result.bytes_sent,
+            updates_in_round=result.updates_in_round,
+        )
+        return True

@@ -1,0 +1,88 @@
+"""The local run: the client's model buffers and what it did since the last load.
+
+Three CPU buffers, allocated once per client and reused every round:
+
+* `snapshot`: the global weights the current local run started from, float32
+  (4 bytes per parameter);
+* `delta`: the pseudo-gradient, float32 (4 bytes per parameter);
+* `downlink`: the pulled weights in their native dtypes, uint8
+  (`spec.num_bytes`).
+
+Every operation is one vectorised copy or subtraction per tensor; nothing
+loops over elements, and the model's own parameters are updated in place so
+optimizers holding references to them keep working. Alongside the buffers it
+counts the samples and mean loss since the snapshot, which the next update
+reports; all of it resets together when new global weights are loaded.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedgrpc.wire.tensors import flatten_fp32, spec_from_module, unpack_native
+
+
+class LocalRun:
+    """A model's parameters, its three buffers, and the run since the snapshot.
+
+    Not thread-safe: the training thread owns it, between optimizer steps.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        """Describe `model` and allocate the buffers.
+
+        Raises:
+            ConfigError: a parameter is not float16/bfloat16/float32/float64,
+                or the model has none.
+        """
+        self.spec = spec_from_module(model)
+        self.params = [param for _, param in model.named_parameters()]
+        self.snapshot = torch.empty(self.spec.num_coordinates, dtype=torch.float32)
+        self.delta = torch.empty(self.spec.num_coordinates, dtype=torch.float32)
+        self.downlink = torch.empty(self.spec.num_bytes, dtype=torch.uint8)
+        self.base_version = 0
+        """Global model version of `snapshot`."""
+        self.samples = 0
+        """Training samples since the snapshot (weights the coordinator's mean)."""
+        self.loss_mean = 0.0
+        """Mean of the losses reported since the snapshot (0 if none were)."""
+        self._losses = 0
+
+    def record(self, loss: float | None, num_samples: int) -> None:
+        """Count one inner step's samples and fold its loss into the mean."""
+        self.samples += num_samples
+        if loss is not None:
+            self._losses += 1
+            self.loss_mean += (loss - self.loss_mean) / self._losses
+
+    def local_weights(self) -> torch.Tensor:
+        """The local weights as one float32 vector, written into `snapshot`.
+
+        For seeding the federation; the load that follows overwrites it.
+        """
+        return flatten_fp32(self.params, self.spec, out=self.snapshot)
+
+    def pseudo_gradient(self) -> torch.Tensor:
+        """`snapshot - local weights` in `delta` (DiLoCo's sign), in place.
+
+        The outer optimizer subtracts the mean of these like a gradient, so a
+        client that moved its weights up sends a negative pseudo-gradient.
+        """
+        flatten_fp32(self.params, self.spec, out=self.delta)
+        return torch.sub(self.snapshot, self.delta, out=self.delta)
+
+    def load(self, native: torch.Tensor, version: int) -> None:
+        """Copy pulled weights (native-byte layout) into the model and snapshot.
+
+        Each parameter keeps its dtype and device. The snapshot is taken from
+        the CPU buffer, not the parameters, so a GPU model costs one
+        host-to-device copy and no copy back.
+        """
+        views = unpack_native(native, self.spec)
+        with torch.no_grad():
+            for param, view in zip(self.params, views, strict=True):
+                param.data.copy_(view)
+        flatten_fp32(views, self.spec, out=self.snapshot)
+        self.base_version = version
+        self.samples = self._losses = 0
+        self.loss_mean = 0.0
