@@ -147,6 +147,7 @@ class CoordinatorThread:
             target=self._loop.run_forever, name="fedgrpc-coordinator", daemon=True
         )
         self._running: RunningCoordinator | None = None
+        self._stop_lock = threading.Lock()
 
     @property
     def address(self) -> str:
@@ -179,17 +180,18 @@ class CoordinatorThread:
         return asyncio.run_coroutine_threadsafe(snapshot(), self._loop).result(10)
 
     def stop(self, grace_s: float = 1.0) -> None:
-        """Stop the server and the loop thread (idempotent)."""
-        if self._running is not None:
-            running, self._running = self._running, None
-            asyncio.run_coroutine_threadsafe(running.stop(grace_s), self._loop).result(
-                timeout=grace_s + 30
-            )
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-        if not self._loop.is_running() and not self._loop.is_closed():
-            self._loop.close()
+        """Stop the server and the loop thread; idempotent and thread-safe."""
+        with self._stop_lock:  # a second caller waits for the first to finish
+            if self._running is not None:
+                running, self._running = self._running, None
+                asyncio.run_coroutine_threadsafe(
+                    running.stop(grace_s), self._loop
+                ).result(timeout=grace_s + 30)
+            if self._thread.is_alive():
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._thread.join(timeout=10)
+            if not self._loop.is_running() and not self._loop.is_closed():
+                self._loop.close()
 
 
 @contextlib.contextmanager

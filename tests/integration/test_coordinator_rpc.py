@@ -186,3 +186,58 @@ def test_health_and_reflection_are_served(coordinator: CoordinatorThread) -> Non
         )
         names = {s.name for r in responses for s in r.list_services_response.service}
         assert {"fedgrpc.v1.CoordinatorService", "fedgrpc.v1.AdminService"} <= names
+
+
+def _session_requests(joined, stop):  # type: ignore[no-untyped-def]
+    yield PB.SessionRequest(
+        open=PB.SessionOpen(
+            client_id=joined.client_id, session_token=joined.session_token
+        )
+    )
+    stop.wait(30)  # then no heartbeat at all
+
+
+def test_silent_session_is_evicted_and_round_stops_waiting() -> None:
+    import threading
+
+    config = CoordinatorConfig(
+        listen="127.0.0.1:0",
+        min_clients=1,
+        heartbeat_interval_s=0.1,
+        session_timeout_s=0.5,
+    )
+    stop = threading.Event()
+    with serve_in_thread(config) as running:
+        channel, service = stub(running.address)
+        with channel:
+            a = join(service, tiny_spec(N), "a")
+            _seed(service, a, np.zeros(N, dtype=np.float32))
+            responses = service.Session(_session_requests(a, stop), timeout=20)
+            first = next(responses)
+            assert first.round_started.round_id == 1
+            with pytest.raises(grpc.RpcError) as ended:
+                list(responses)
+            stop.set()
+            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "no heartbeat" in ended.value.details()
+            clients = running.status().clients
+            assert [c.connected for c in clients] == [False]
+
+
+def test_shutdown_notice_reaches_open_sessions() -> None:
+    import threading
+
+    config = CoordinatorConfig(listen="127.0.0.1:0", min_clients=1)
+    stop = threading.Event()
+    running = CoordinatorThread(config).start()
+    try:
+        channel, service = stub(running.address)
+        with channel:
+            a = join(service, tiny_spec(N), "a")
+            responses = service.Session(_session_requests(a, stop), timeout=20)
+            threading.Timer(0.3, running.stop).start()
+            kinds = [r.WhichOneof("event") for r in responses]
+            assert kinds[-1] == "shutdown"
+    finally:
+        stop.set()
+        running.stop()
