@@ -16,6 +16,7 @@ import torch
 from fedgrpc.config import ClientConfig
 from fedgrpc.sim.corpus import TextSplits, load_stdlib_corpus, sample_batch
 from fedgrpc.sim.models import (
+    CharTransformer,
     TrainDefaults,
     build_model,
     evaluate,
@@ -87,10 +88,10 @@ def _train(args: WorkerArgs, results: ResultQueue) -> dict[str, float]:
     return figures
 
 
-def _validate(model: torch.nn.Module, splits: TextSplits, args: WorkerArgs) -> float:
+def _validate(model: CharTransformer, splits: TextSplits, args: WorkerArgs) -> float:
     defaults = args.defaults
     return evaluate(
-        model,  # type: ignore[arg-type]
+        model,
         splits.validation,
         defaults.batch_size,
         defaults.context,
