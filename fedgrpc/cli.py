@@ -16,6 +16,7 @@ from fedgrpc import __version__
 from fedgrpc.config import CODECS, OUTER_OPTIMIZERS, CoordinatorConfig
 from fedgrpc.errors import FedGrpcError
 from fedgrpc.log import configure_logging
+from fedgrpc.sim.corpus import DEFAULT_CORPUS_BYTES
 
 _DEFAULTS = CoordinatorConfig()
 
@@ -30,11 +31,13 @@ def _add_outer_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--outer-lr",
         type=float,
+        metavar="LR",
         help="outer learning rate (default: 0.7 for nesterov, 1.0 for fedavg)",
     )
     parser.add_argument(
         "--outer-momentum",
         type=float,
+        metavar="M",
         help="outer momentum in [0, 1) (default: 0.9 for nesterov, 0 for fedavg)",
     )
 
@@ -179,7 +182,7 @@ def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--corpus-bytes",
         type=int,
         metavar="BYTES",
-        help="bytes of stdlib source to train on (default: 4000000)",
+        help=f"bytes of stdlib source to train on (default: {DEFAULT_CORPUS_BYTES})",
     )
     parser.add_argument(
         "--json",
@@ -204,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedgrpc",
         description="Federated DiLoCo training over gRPC.",
+        epilog="Run `fedgrpc COMMAND --help` for a command's flags. Example: "
+        "fedgrpc serve --config server/coordinator.example.toml",
     )
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
