@@ -14,6 +14,7 @@ elements. All functions run on the client's background loop.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -166,7 +167,18 @@ async def push_update(
     """
     requests = update_requests(credentials, meta, flat, chunk_bytes)
     with translated("PushUpdate"):
-        response = await stub.PushUpdate(requests, timeout=timeout_s)
+        # Explicit writes, so a call that already ended stops our writes at
+        # once. The coordinator reads a refused stream to its end before it
+        # answers, because grpcio turns a send into a closed call into a bare
+        # INTERNAL error that hides the coordinator's real status.
+        call = stub.PushUpdate(timeout=timeout_s)
+        try:
+            async for request in requests:
+                await call.write(request)
+            await call.done_writing()
+        except asyncio.InvalidStateError:
+            pass  # the call already ended; `await call` below says how
+        response = await call
     sent = flat.numel() * FP32_BYTES
     log.debug("update_sent", round=response.round_id, kind=meta.kind, bytes=sent)
     return PushResult(response.round_id, response.updates_in_round, sent)

@@ -126,14 +126,12 @@ class RoundEngine:
             config.resolved_outer_momentum,
         )
         self._next_round_id = 1
+        self._seeder: tuple[str, float] | None = None
 
     # -- joining ---------------------------------------------------------------
 
-    def adopt_spec(self, spec: ModelSpec) -> bool:
-        """Check a joiner's model; True if it must seed the initial weights.
-
-        The first spec defines the federation. Every joiner is asked to seed
-        until a model exists, so a seeder that dies does not stall the run.
+    def adopt_spec(self, spec: ModelSpec) -> None:
+        """Check a joiner's model; the first spec defines the federation.
 
         Raises:
             ModelMismatchError: the spec differs from the federation's.
@@ -142,7 +140,23 @@ class RoundEngine:
             self.spec = spec
         else:
             spec.check_same_as(self.spec)
-        return self.master is None
+
+    def claim_seeding(self, client_id: str) -> bool:
+        """True if `client_id` must upload the initial weights.
+
+        One joiner at a time holds a seeding lease, so clients that join
+        together do not all upload the model only for all but one to be
+        refused. If the seeder has not delivered within `session_timeout_s`
+        (it died or stalled), the next joiner gets the lease.
+        """
+        if self.master is not None:
+            return False
+        now = self.clock()
+        lease = self._seeder
+        if lease is None or now - lease[1] > self.config.session_timeout_s:
+            self._seeder = (client_id, now)
+            return True
+        return lease[0] == client_id
 
     # -- updates ---------------------------------------------------------------
 

@@ -139,8 +139,9 @@ class CoordinatorRuntime:
                 f"the federation's codec is {self.config.codec} and the client "
                 f"supports only {', '.join(codecs) or 'none'}"
             )
-        seed = self.engine.adopt_spec(spec)
+        self.engine.adopt_spec(spec)
         client = self.registry.add(name, self.clock())
+        seed = self.engine.claim_seeding(client.client_id)
         current = self.engine.current
         log.info("client_joined", client=client.client_id, name=client.name, seed=seed)
         return JoinResult(

@@ -25,7 +25,7 @@ from fedgrpc.coordinator.runtime import (
     SessionEnd,
     SessionEvent,
 )
-from fedgrpc.errors import InvalidUpdateError, ShuttingDownError
+from fedgrpc.errors import FedGrpcError, InvalidUpdateError, ShuttingDownError
 from fedgrpc.log import get_logger
 from fedgrpc.wire.assemble import DenseUpdateAssembler
 from fedgrpc.wire.chunking import iter_chunks
@@ -44,6 +44,10 @@ if TYPE_CHECKING:
     from fedgrpc._proto.v1.coordinator_pb2_grpc import _ServicerContext as Context
 
 log = get_logger(__name__)
+DRAIN_MESSAGES = 16
+"""Messages a refused PushUpdate may still send beyond one model's chunks."""
+DRAIN_TIMEOUT_S = 60.0
+"""Longest a refused PushUpdate is read on so the client hears the real status."""
 OUTCOME_TO_PROTO = {
     Outcome.APPLIED: pb.ROUND_OUTCOME_APPLIED,
     Outcome.SKIPPED: pb.ROUND_OUTCOME_SKIPPED,
@@ -164,39 +168,71 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
         self, request_iterator: RequestStream[pb.PushUpdateRequest], context: Context
     ) -> pb.PushUpdateResponse:
         """Header, chunks, commit; nothing counts until the commit checks out."""
+        stream = aiter(request_iterator)
 
         async def body() -> pb.PushUpdateResponse:
-            stream = aiter(request_iterator)
-            first = await anext(stream, None)
-            if first is None or first.WhichOneof("part") != "header":
-                raise InvalidUpdateError("a PushUpdate stream must start with a header")
-            ticket = self.runtime.admit(header_from_proto(first.header))
-            async with self.runtime.push_slot():
-                assembler = DenseUpdateAssembler(
-                    ticket.header.num_coordinates, self.runtime.config.chunk_bytes
-                )
-                async for message in stream:
-                    part = message.WhichOneof("part")
-                    if part == "chunk":
-                        chunk = message.chunk
-                        assembler.add(
-                            chunk.seq, chunk.offset, chunk.count, chunk.payload
-                        )
-                    elif part == "commit":
-                        staging = assembler.finish(message.commit.num_chunks)
-                        in_round = await self.runtime.commit(
-                            ticket, staging, assembler.payload_bytes
-                        )
-                        return pb.PushUpdateResponse(
-                            round_id=ticket.round_id,
-                            updates_in_round=in_round,
-                            bytes_received=assembler.payload_bytes,
-                        )
-                    else:
-                        raise InvalidUpdateError("a PushUpdate stream has one header")
-                raise assembler.missing_commit()
+            try:
+                return await self._receive_update(stream)
+            except FedGrpcError:
+                await self._drain(stream)
+                raise
 
         return await status.unary(context, body)
+
+    async def _receive_update(
+        self, stream: AsyncIterator[pb.PushUpdateRequest]
+    ) -> pb.PushUpdateResponse:
+        first = await anext(stream, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidUpdateError("a PushUpdate stream must start with a header")
+        ticket = self.runtime.admit(header_from_proto(first.header))
+        async with self.runtime.push_slot():
+            assembler = DenseUpdateAssembler(
+                ticket.header.num_coordinates, self.runtime.config.chunk_bytes
+            )
+            async for message in stream:
+                part = message.WhichOneof("part")
+                if part == "chunk":
+                    chunk = message.chunk
+                    assembler.add(chunk.seq, chunk.offset, chunk.count, chunk.payload)
+                elif part == "commit":
+                    staging = assembler.finish(message.commit.num_chunks)
+                    in_round = await self.runtime.commit(
+                        ticket, staging, assembler.payload_bytes
+                    )
+                    return pb.PushUpdateResponse(
+                        round_id=ticket.round_id,
+                        updates_in_round=in_round,
+                        bytes_received=assembler.payload_bytes,
+                    )
+                else:
+                    raise InvalidUpdateError("a PushUpdate stream has one header")
+            raise assembler.missing_commit()
+
+    async def _drain(self, stream: AsyncIterator[pb.PushUpdateRequest]) -> None:
+        """Read (and drop) what the client is still sending before refusing it.
+
+        grpcio's client reports a stream refused mid-send as a bare INTERNAL
+        error and loses the real status, so the coordinator lets the client
+        finish writing first. Bounded by one model's worth of chunks (or
+        DRAIN_MESSAGES before a model exists) and DRAIN_TIMEOUT_S; past that
+        the refusal goes out anyway.
+        """
+        spec = self.runtime.engine.spec
+        chunk_bytes = self.runtime.config.chunk_bytes
+        limit = DRAIN_MESSAGES
+        if spec is not None:
+            limit += -(-spec.num_coordinates * 4 // chunk_bytes)
+
+        async def drain() -> None:
+            count = 0
+            async for _ in stream:
+                count += 1
+                if count > limit:
+                    return
+
+        with contextlib.suppress(Exception, asyncio.TimeoutError):
+            await asyncio.wait_for(drain(), DRAIN_TIMEOUT_S)
 
     async def PullModel(
         self, request: pb.PullModelRequest, context: Context

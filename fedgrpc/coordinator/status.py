@@ -42,10 +42,10 @@ def status_code_for(error: errors.FedGrpcError) -> grpc.StatusCode:
 async def abort(
     context: grpc.aio.ServicerContext[object, object], exc: Exception
 ) -> NoReturn:
-    """End the call with the status for `exc`; logs rejections at INFO."""
+    """End the call with the status for `exc`; logs refusals as warnings."""
     if isinstance(exc, errors.FedGrpcError):
         code = status_code_for(exc)
-        log.info("rpc_rejected", code=code.name, reason=str(exc))
+        log.warning("rpc_rejected", code=code.name, reason=str(exc))
         await context.abort(code, str(exc))
     log.error("rpc_failed", exc_info=exc)
     await context.abort(

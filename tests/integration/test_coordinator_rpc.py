@@ -54,8 +54,8 @@ def test_seed_push_apply_pull_matches_torch_nesterov(
     with channel:
         a = join(service, tiny_spec(N), "a")
         b = join(service, tiny_spec(N), "b")
-        assert a.seed_model
-        assert b.seed_model
+        assert a.seed_model  # no model yet: the first joiner is asked to seed
+        assert not b.seed_model  # one seeder at a time; b pulls once seeded
         assert a.round_config.outer_lr == pytest.approx(0.7)
         initial = np.linspace(-1, 1, N).astype(np.float32)
         _seed(service, a, initial)

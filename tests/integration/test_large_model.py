@@ -39,3 +39,38 @@ def test_model_larger_than_max_message_round_trips() -> None:
         status = coordinator.status()
         assert status.bytes_received >= 2 * model_bytes
         assert status.num_parameters == 1500 * 1500 + 1500
+
+
+async def test_early_refusal_of_a_large_push_reports_the_real_status() -> None:
+    """The coordinator refuses after the header while 40 MB are still being sent."""
+    import pytest
+
+    from fedgrpc._proto.v1 import coordinator_pb2_grpc
+    from fedgrpc.client.connection import Credentials, open_channel
+    from fedgrpc.client.transfer import UpdateMeta, push_update
+    from tests.helpers.raw import join, stub
+
+    config = CoordinatorConfig(listen="127.0.0.1:0", min_clients=1)
+    spec_model = torch.nn.Linear(1000, 10_000)  # 10M params: 40 MB
+    flat = torch.zeros(sum(p.numel() for p in spec_model.parameters()))
+    with serve_in_thread(config) as coordinator:
+        from fedgrpc.wire.tensors import spec_from_module
+
+        channel, service = stub(coordinator.address)
+        with channel:
+            joined = join(service, spec_from_module(spec_model))
+        credentials = Credentials(joined.client_id, joined.session_token)
+        aio_channel = open_channel(coordinator.address)
+        async with aio_channel:
+            async_stub = coordinator_pb2_grpc.CoordinatorServiceStub(aio_channel)
+            for _ in range(3):  # the race it guards against is timing-dependent
+                meta = UpdateMeta(round_id=7, base_version=0, kind="pseudo_gradient")
+                with pytest.raises(fedgrpc.WrongRoundError, match="phase"):
+                    await push_update(
+                        async_stub,  # type: ignore[arg-type]
+                        credentials,
+                        meta,
+                        flat,
+                        1 << 20,
+                        30.0,
+                    )

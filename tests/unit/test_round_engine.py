@@ -73,14 +73,16 @@ def _close(engine: RoundEngine) -> Outcome:
 
 def test_seed_then_collect_until_all_connected_have_committed() -> None:
     engine, registry, _clock = _engine()
-    assert engine.adopt_spec(SPEC) is True
+    engine.adopt_spec(SPEC)
     a, b, c = (registry.add(n, 0.0) for n in "abc")
+    assert engine.claim_seeding(a.client_id) is True
+    assert engine.claim_seeding(b.client_id) is False  # a holds the lease
     for record in (a, b, c):
         record.connected = True
     _commit(engine, registry, a.client_id, torch.ones(4), 0, 0, initial=True)
     assert engine.phase is Phase.COLLECTING
     assert engine.current is not None
-    assert engine.adopt_spec(SPEC) is False  # seeded: later joiners pull
+    assert engine.claim_seeding(c.client_id) is False  # seeded: joiners pull
     _commit(engine, registry, a.client_id, torch.ones(4), 1, 0)
     _commit(engine, registry, b.client_id, torch.ones(4), 1, 0)
     assert engine.close_reason() is None  # c is connected and has not pushed
@@ -137,3 +139,12 @@ def test_commit_after_close_is_refused() -> None:
     assert _close(engine) is Outcome.APPLIED  # ...and the round closes under it
     with pytest.raises(WrongRoundError):
         engine.check_commit(late)
+
+
+def test_seeding_lease_passes_on_when_the_seeder_stalls() -> None:
+    engine, registry, clock = _engine()
+    engine.adopt_spec(SPEC)
+    a, b = registry.add("a", 0.0), registry.add("b", 0.0)
+    assert engine.claim_seeding(a.client_id)
+    clock.now = engine.config.session_timeout_s + 1
+    assert engine.claim_seeding(b.client_id)
