@@ -42,7 +42,7 @@ test-fast:  ## unit + integration tests only
 	$(BIN)/python -m pytest tests/unit tests/integration
 
 bench:  ## run every benchmark; each prints one JSON object
-	@for b in bench/*.py; do echo "== $$b" >&2; $(BIN)/python $$b || exit 1; done
+	@for b in bench/[!_]*.py; do echo "== $$b" >&2; $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
