@@ -28,6 +28,7 @@ from fedgrpc.client.transfer import (
     PushResult,
     UpdateMeta,
     pull_model,
+    push_method,
     push_update,
 )
 from fedgrpc.config import ClientConfig
@@ -79,6 +80,7 @@ class CoordinatorLink:
         self.config = config
         self._channel = channel
         self.stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+        self.push_method = push_method(channel)
         self.credentials = Credentials("", b"")
         self.tracker = RoundTracker()
         self._session: SessionStream | None = None
@@ -161,7 +163,7 @@ class CoordinatorLink:
     ) -> PushResult:
         """Push one update (see `transfer.push_update` for what it raises)."""
         return await push_update(
-            self.stub,
+            self.push_method,
             self.credentials,
             meta,
             flat,

@@ -127,6 +127,7 @@ class RoundEngine:
         )
         self._next_round_id = 1
         self._seeder: tuple[str, float] | None = None
+        self._spare: list[torch.Tensor] = []
 
     # -- joining ---------------------------------------------------------------
 
@@ -225,19 +226,38 @@ class RoundEngine:
         else:
             self._check_round(ticket.client, ticket.header)
 
-    def accumulate(self, ticket: Ticket, staging: torch.Tensor) -> None:
+    def accumulate(self, ticket: Ticket, staging: torch.Tensor) -> bool:
         """Add a fully received update into the round (numeric; worker thread).
 
-        `staging` is consumed: the first update of a round becomes the sum
-        buffer and the initial weights become the master copy.
+        Returns True if `staging` was kept: the first update of a round
+        becomes the sum buffer and the initial weights become the master
+        copy. Otherwise the caller may reuse it (`recycle`).
         """
         if ticket.header.is_initial_weights:
             self.master = staging
-            return
+            return True
         current = self._require_round()
         if current.total is None:
             current.total = WeightedSum(staging.numel())
+        kept = current.total.count == 0
         current.total.add(staging, float(ticket.header.num_samples), consume=True)
+        return kept
+
+    def staging_buffer(self, num_coordinates: int) -> torch.Tensor:
+        """A float32 buffer to receive one update into, reused when possible.
+
+        Reuse matters for speed, not just memory: writing into a fresh
+        model-sized allocation page-faults on every 4 KiB, which cost about
+        as much as the copy itself.
+        """
+        if self._spare and self._spare[-1].numel() == num_coordinates:
+            return self._spare.pop()
+        return torch.empty(num_coordinates, dtype=torch.float32)
+
+    def recycle(self, buffer: torch.Tensor) -> None:
+        """Keep a spent model-sized buffer for the next update (bounded)."""
+        if len(self._spare) < self.config.max_concurrent_pushes:
+            self._spare.append(buffer)
 
     def record_commit(self, ticket: Ticket, payload_bytes: int) -> int:
         """Book-keeping after `accumulate`; returns the updates in the round."""
@@ -287,14 +307,15 @@ class RoundEngine:
         buffer: if it aliases the master, the step must not write into it.
         """
         if len(closing.contributors) < self.config.min_clients or closing.total is None:
-            if closing.total is not None:
-                closing.total.reset()
+            if closing.total is not None and closing.total.count:
+                self.recycle(closing.total.mean())
             return False
         master = self._require_master()
         if copy_on_write and self._published_aliases_master():
             master = master.clone()
-        self.optimizer.step(master, closing.total.mean())
-        closing.total.reset()
+        mean = closing.total.mean()
+        self.optimizer.step(master, mean)
+        self.recycle(mean)
         self.master = master
         self.published = self._publish(self.model_version + 1, closing.round_id)
         return True

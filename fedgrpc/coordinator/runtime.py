@@ -98,6 +98,7 @@ class CoordinatorRuntime:
         self._version_changed = asyncio.Condition()
         self._push_slots = asyncio.Semaphore(config.max_concurrent_pushes)
         self._active_pulls = 0
+        self._kept: set[int] = set()
         self._ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -197,17 +198,29 @@ class CoordinatorRuntime:
         return self.engine.admit(client, header)
 
     @contextlib.asynccontextmanager
-    async def push_slot(self) -> AsyncIterator[None]:
-        """Bound the model-sized staging buffers alive at once."""
+    async def push_slot(self, ticket: Ticket) -> AsyncIterator[torch.Tensor]:
+        """A staging buffer for one update; bounds how many exist at once.
+
+        The buffer goes back to the engine's spares unless the commit kept it
+        (as the round's sum or the initial weights).
+        """
         async with self._push_slots:
-            yield
+            staging = self.engine.staging_buffer(ticket.header.num_coordinates)
+            self._kept.discard(id(staging))
+            try:
+                yield staging
+            finally:
+                if id(staging) not in self._kept:
+                    self.engine.recycle(staging)
+                self._kept.discard(id(staging))
 
     async def commit(self, ticket: Ticket, staging: torch.Tensor, nbytes: int) -> int:
         """Add a complete, checked update to its round; returns updates in round."""
         self._check_running()
         async with self._numeric_lock:
             self.engine.check_commit(ticket)
-            await asyncio.to_thread(self.engine.accumulate, ticket, staging)
+            if await asyncio.to_thread(self.engine.accumulate, ticket, staging):
+                self._kept.add(id(staging))
             in_round = self.engine.record_commit(ticket, nbytes)
         self.bytes_received += nbytes
         log.info(

@@ -26,12 +26,11 @@ from fedgrpc._proto.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     coordinator_pb2,
-    coordinator_pb2_grpc,
 )
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.admin import AdminServicer, build_status
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
-from fedgrpc.coordinator.servicer import CoordinatorServicer
+from fedgrpc.coordinator.servicer import CoordinatorServicer, add_coordinator_service
 from fedgrpc.errors import ConfigError
 from fedgrpc.log import get_logger
 
@@ -81,9 +80,7 @@ async def start_coordinator(config: CoordinatorConfig) -> RunningCoordinator:
     """
     server = grpc.aio.server(options=server_options(config))
     runtime = CoordinatorRuntime(config)
-    coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(
-        CoordinatorServicer(runtime), server
-    )
+    add_coordinator_service(CoordinatorServicer(runtime), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(runtime), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
-from fedgrpc._proto.v1 import coordinator_pb2_grpc as pb_grpc
 from fedgrpc.coordinator import status
 from fedgrpc.coordinator.registry import ClientRecord
 from fedgrpc.coordinator.rounds import Outcome, RoundResult
@@ -36,6 +35,7 @@ from fedgrpc.wire.convert import (
     spec_from_proto,
     spec_to_proto,
 )
+from fedgrpc.wire.frames import encode_model_chunk, serialize_or_pass
 
 if TYPE_CHECKING:
     from fedgrpc._proto.v1.coordinator_pb2_grpc import (
@@ -78,7 +78,7 @@ def round_closed_to_proto(result: RoundResult) -> pb.RoundClosed:
     )
 
 
-class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
+class CoordinatorServicer:
     """The four RPCs of fedgrpc.v1.CoordinatorService."""
 
     def __init__(self, runtime: CoordinatorRuntime) -> None:
@@ -186,9 +186,9 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
         if first is None or first.WhichOneof("part") != "header":
             raise InvalidUpdateError("a PushUpdate stream must start with a header")
         ticket = self.runtime.admit(header_from_proto(first.header))
-        async with self.runtime.push_slot():
+        async with self.runtime.push_slot(ticket) as staging:
             assembler = DenseUpdateAssembler(
-                ticket.header.num_coordinates, self.runtime.config.chunk_bytes
+                ticket.header.num_coordinates, self.runtime.config.chunk_bytes, staging
             )
             async for message in stream:
                 part = message.WhichOneof("part")
@@ -236,14 +236,14 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
 
     async def PullModel(
         self, request: pb.PullModelRequest, context: Context
-    ) -> AsyncIterator[pb.PullModelResponse]:
+    ) -> AsyncIterator[pb.PullModelResponse | bytes]:
         """Header, then the model's bytes in order, ~chunk_bytes per message."""
         async for message in status.streaming(context, self._pull(request)):
             yield message
 
     async def _pull(
         self, request: pb.PullModelRequest
-    ) -> AsyncIterator[pb.PullModelResponse]:
+    ) -> AsyncIterator[pb.PullModelResponse | bytes]:
         runtime = self.runtime
         async with runtime.pull(
             request.client_id, request.session_token, request.min_version
@@ -262,7 +262,41 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
             for offset, data in iter_chunks(view, runtime.config.chunk_bytes):
                 if runtime.stopping:
                     raise ShuttingDownError("the coordinator is shutting down")
-                yield pb.PullModelResponse(
-                    chunk=pb.ModelChunk(offset=offset, data=bytes(data))
-                )
+                yield encode_model_chunk(offset, data)
                 runtime.bytes_sent += len(data)
+
+
+def add_coordinator_service(
+    servicer: CoordinatorServicer, server: grpc.aio.Server
+) -> None:
+    """Register CoordinatorService with PullModel passing pre-encoded chunks.
+
+    The generated helper would serialize every response with protobuf; this
+    one differs only in PullModel's serializer (`wire.frames`).
+    """
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "Join": grpc.unary_unary_rpc_method_handler(
+            servicer.Join,
+            request_deserializer=pb.JoinRequest.FromString,
+            response_serializer=pb.JoinResponse.SerializeToString,
+        ),
+        "Session": grpc.stream_stream_rpc_method_handler(
+            servicer.Session,
+            request_deserializer=pb.SessionRequest.FromString,
+            response_serializer=pb.SessionResponse.SerializeToString,
+        ),
+        "PushUpdate": grpc.stream_unary_rpc_method_handler(
+            servicer.PushUpdate,
+            request_deserializer=pb.PushUpdateRequest.FromString,
+            response_serializer=pb.PushUpdateResponse.SerializeToString,
+        ),
+        "PullModel": grpc.unary_stream_rpc_method_handler(
+            servicer.PullModel,
+            request_deserializer=pb.PullModelRequest.FromString,
+            response_serializer=serialize_or_pass,
+        ),
+    }
+    service = pb.DESCRIPTOR.services_by_name["CoordinatorService"].full_name
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service, handlers),)
+    )

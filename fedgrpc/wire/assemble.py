@@ -20,12 +20,21 @@ FLOAT32_BYTES = 4
 class DenseUpdateAssembler:
     """One update's chunks -> a float32 vector of `num_coordinates`."""
 
-    def __init__(self, num_coordinates: int, chunk_bytes: int) -> None:
+    def __init__(
+        self,
+        num_coordinates: int,
+        chunk_bytes: int,
+        staging: torch.Tensor | None = None,
+    ) -> None:
         self.num_coordinates = num_coordinates
         self.max_count = max(1, chunk_bytes // FLOAT32_BYTES)
         # Chunks may be smaller than chunk_bytes; tiling already bounds their number.
         self.order = ChunkOrder(num_coordinates, max_chunks=num_coordinates)
-        self.staging = torch.empty(num_coordinates, dtype=torch.float32)
+        if staging is None:
+            staging = torch.empty(num_coordinates, dtype=torch.float32)
+        elif staging.dtype != torch.float32 or staging.shape != (num_coordinates,):
+            raise ValueError("staging must be a float32 vector of num_coordinates")
+        self.staging = staging
         self._staging_np = self.staging.numpy()
         self.payload_bytes = 0
 

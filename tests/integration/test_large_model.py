@@ -45,9 +45,8 @@ async def test_early_refusal_of_a_large_push_reports_the_real_status() -> None:
     """The coordinator refuses after the header while 40 MB are still being sent."""
     import pytest
 
-    from fedgrpc._proto.v1 import coordinator_pb2_grpc
     from fedgrpc.client.connection import Credentials, open_channel
-    from fedgrpc.client.transfer import UpdateMeta, push_update
+    from fedgrpc.client.transfer import UpdateMeta, push_method, push_update
     from tests.helpers.raw import join, stub
 
     config = CoordinatorConfig(listen="127.0.0.1:0", min_clients=1)
@@ -62,12 +61,12 @@ async def test_early_refusal_of_a_large_push_reports_the_real_status() -> None:
         credentials = Credentials(joined.client_id, joined.session_token)
         aio_channel = open_channel(coordinator.address)
         async with aio_channel:
-            async_stub = coordinator_pb2_grpc.CoordinatorServiceStub(aio_channel)
+            push = push_method(aio_channel)
             for _ in range(3):  # the race it guards against is timing-dependent
                 meta = UpdateMeta(round_id=7, base_version=0, kind="pseudo_gradient")
                 with pytest.raises(fedgrpc.WrongRoundError, match="phase"):
                     await push_update(
-                        async_stub,  # type: ignore[arg-type]
+                        push,
                         credentials,
                         meta,
                         flat,

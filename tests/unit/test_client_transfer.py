@@ -36,7 +36,10 @@ async def _collect(
         num_samples=12,
         train_loss=0.5,
     )
-    return [m async for m in update_requests(CREDENTIALS, meta, flat, chunk_bytes)]
+    return [
+        coordinator_pb2.PushUpdateRequest.FromString(m) if isinstance(m, bytes) else m
+        async for m in update_requests(CREDENTIALS, meta, flat, chunk_bytes)
+    ]
 
 
 async def test_update_stream_is_header_chunks_commit_and_round_trips() -> None:
