@@ -35,7 +35,12 @@ from fedgrpc.wire.convert import (
     spec_from_proto,
     spec_to_proto,
 )
-from fedgrpc.wire.frames import encode_model_chunk, serialize_or_pass
+from fedgrpc.wire.frames import (
+    ChunkFrame,
+    decode_push_request,
+    encode_model_chunk,
+    serialize_or_pass,
+)
 
 if TYPE_CHECKING:
     from fedgrpc._proto.v1.coordinator_pb2_grpc import (
@@ -44,6 +49,8 @@ if TYPE_CHECKING:
     from fedgrpc._proto.v1.coordinator_pb2_grpc import _ServicerContext as Context
 
 log = get_logger(__name__)
+PushPart = pb.PushUpdateRequest | ChunkFrame
+"""What PushUpdate's deserializer yields: plain chunks arrive as `ChunkFrame`."""
 DRAIN_MESSAGES = 16
 """Messages a refused PushUpdate may still send beyond one model's chunks."""
 DRAIN_TIMEOUT_S = 60.0
@@ -165,7 +172,7 @@ class CoordinatorServicer:
         queue.put_nowait(SessionEnd(reason, cause="client_left"))
 
     async def PushUpdate(
-        self, request_iterator: RequestStream[pb.PushUpdateRequest], context: Context
+        self, request_iterator: AsyncIterator[PushPart], context: Context
     ) -> pb.PushUpdateResponse:
         """Header, chunks, commit; nothing counts until the commit checks out."""
         stream = aiter(request_iterator)
@@ -180,10 +187,10 @@ class CoordinatorServicer:
         return await status.unary(context, body)
 
     async def _receive_update(
-        self, stream: AsyncIterator[pb.PushUpdateRequest]
+        self, stream: AsyncIterator[PushPart]
     ) -> pb.PushUpdateResponse:
         first = await anext(stream, None)
-        if first is None or first.WhichOneof("part") != "header":
+        if not isinstance(first, pb.PushUpdateRequest) or not first.HasField("header"):
             raise InvalidUpdateError("a PushUpdate stream must start with a header")
         ticket = self.runtime.admit(header_from_proto(first.header))
         async with self.runtime.push_slot(ticket) as staging:
@@ -191,6 +198,11 @@ class CoordinatorServicer:
                 ticket.header.num_coordinates, self.runtime.config.chunk_bytes, staging
             )
             async for message in stream:
+                if isinstance(message, ChunkFrame):  # the fast, zero-copy path
+                    assembler.add(
+                        message.seq, message.offset, message.count, message.payload
+                    )
+                    continue
                 part = message.WhichOneof("part")
                 if part == "chunk":
                     chunk = message.chunk
@@ -209,7 +221,7 @@ class CoordinatorServicer:
                     raise InvalidUpdateError("a PushUpdate stream has one header")
             raise assembler.missing_commit()
 
-    async def _drain(self, stream: AsyncIterator[pb.PushUpdateRequest]) -> None:
+    async def _drain(self, stream: AsyncIterator[PushPart]) -> None:
         """Read (and drop) what the client is still sending before refusing it.
 
         grpcio's client reports a stream refused mid-send as a bare INTERNAL
@@ -287,7 +299,7 @@ def add_coordinator_service(
         ),
         "PushUpdate": grpc.stream_unary_rpc_method_handler(
             servicer.PushUpdate,
-            request_deserializer=pb.PushUpdateRequest.FromString,
+            request_deserializer=decode_push_request,
             response_serializer=pb.PushUpdateResponse.SerializeToString,
         ),
         "PullModel": grpc.unary_stream_rpc_method_handler(

@@ -38,7 +38,9 @@ class DenseUpdateAssembler:
         self._staging_np = self.staging.numpy()
         self.payload_bytes = 0
 
-    def add(self, seq: int, offset: int, count: int, payload: bytes) -> None:
+    def add(
+        self, seq: int, offset: int, count: int, payload: bytes | memoryview
+    ) -> None:
         """Check one chunk and copy its values into place.
 
         Raises:

@@ -15,6 +15,8 @@ serializers that see `bytes` pass them through (`serialize_or_pass`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from fedgrpc._proto.v1 import coordinator_pb2
@@ -71,3 +73,85 @@ def serialize_or_pass(message: bytes | _Serializable) -> bytes:
     if isinstance(message, bytes):
         return message
     return message.SerializeToString()
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkFrame:
+    """An `UpdateChunk` whose payload is a view into the received bytes."""
+
+    seq: int
+    offset: int
+    count: int
+    payload: memoryview
+
+
+class _NotPlainChunkError(Exception):
+    """The bytes are not the plain shape `decode_push_request` handles fast."""
+
+
+def _read_varint(data: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while pos < len(data) and shift < 64:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+    raise _NotPlainChunkError
+
+
+def _fields(data: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
+    """(field number, wire type, value) of a message's varint and LEN fields."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _read_varint(data, pos)
+        field, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            value, pos = _read_varint(data, pos)
+            yield field, wire_type, value
+        elif wire_type == _LEN:
+            size, pos = _read_varint(data, pos)
+            if pos + size > len(data):
+                raise _NotPlainChunkError
+            yield field, wire_type, data[pos : pos + size]
+            pos += size
+        else:
+            raise _NotPlainChunkError
+
+
+def _chunk_frame(data: memoryview) -> ChunkFrame:
+    outer = list(_fields(data))
+    if len(outer) != 1 or outer[0][:2] != (_CHUNK_FIELD, _LEN):
+        raise _NotPlainChunkError
+    inner = outer[0][2]
+    if not isinstance(inner, memoryview):
+        raise _NotPlainChunkError
+    numbers = {1: 0, 2: 0, 3: 0}  # seq, offset, count; proto3 defaults
+    payload = memoryview(b"")
+    for field, _, value in _fields(inner):  # the last occurrence wins, as in protobuf
+        if field in numbers and isinstance(value, int):
+            numbers[field] = value
+        elif field == _PAYLOAD_FIELD and isinstance(value, memoryview):
+            payload = value
+        else:
+            raise _NotPlainChunkError
+    return ChunkFrame(numbers[1], numbers[2], numbers[3], payload)
+
+
+def decode_push_request(
+    data: bytes,
+) -> coordinator_pb2.PushUpdateRequest | ChunkFrame:
+    """GRPC deserializer for PushUpdate: chunks as zero-copy views, rest via protobuf.
+
+    Parsing a 1 MiB chunk with protobuf copies the payload twice (into the
+    message, then out as `bytes`); here it stays a view of `data`. Anything
+    that is not a plain chunk (header, commit, unknown fields, odd encodings)
+    goes through the generated parser, so semantics are protobuf's.
+    """
+    if data[:1] == _tag(_CHUNK_FIELD):
+        try:
+            return _chunk_frame(memoryview(data))
+        except _NotPlainChunkError:
+            pass
+    return coordinator_pb2.PushUpdateRequest.FromString(data)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from google.protobuf.message import DecodeError
 
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
 from fedgrpc.wire.frames import (
+    ChunkFrame,
+    decode_push_request,
     encode_model_chunk,
     encode_update_chunk,
     serialize_or_pass,
@@ -44,3 +47,53 @@ def test_serializer_passes_bytes_and_serializes_messages() -> None:
     message = pb.PushUpdateRequest(commit=pb.UpdateCommit(num_chunks=3))
     assert serialize_or_pass(message) == message.SerializeToString()
     assert serialize_or_pass(b"raw") == b"raw"
+
+
+def test_decoder_gives_zero_copy_views_of_plain_chunks() -> None:
+    payload = np.arange(1000, dtype="<f4").tobytes()
+    framed = encode_update_chunk(3, 4000, 1000, memoryview(payload))
+    frame = decode_push_request(framed)
+    assert isinstance(frame, ChunkFrame)
+    assert (frame.seq, frame.offset, frame.count) == (3, 4000, 1000)
+    assert frame.payload.obj is framed  # a view, not a copy
+    assert bytes(frame.payload) == payload
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pb.PushUpdateRequest(header=pb.UpdateHeader(client_id="c1", round_id=2)),
+        pb.PushUpdateRequest(commit=pb.UpdateCommit(num_chunks=4)),
+        pb.PushUpdateRequest(chunk=pb.UpdateChunk(seq=1, count=2, payload=b"abcdefgh")),
+        pb.PushUpdateRequest(chunk=pb.UpdateChunk()),
+    ],
+)
+def test_decoder_agrees_with_protobuf(message: pb.PushUpdateRequest) -> None:
+    decoded = decode_push_request(message.SerializeToString())
+    if isinstance(decoded, ChunkFrame):
+        decoded = pb.PushUpdateRequest(
+            chunk=pb.UpdateChunk(
+                seq=decoded.seq,
+                offset=decoded.offset,
+                count=decoded.count,
+                payload=bytes(decoded.payload),
+            )
+        )
+    assert decoded == message
+
+
+def test_decoder_falls_back_to_protobuf_for_unusual_encodings() -> None:
+    # Payload before seq, a repeated field and an unknown field: all legal protobuf.
+    chunk = pb.UpdateChunk(payload=b"\x01\x02\x03\x04").SerializeToString()
+    chunk += pb.UpdateChunk(seq=9, count=1).SerializeToString()
+    unknown = b"\x28\x07"  # field 5, varint 7: unknown to UpdateChunk
+    framed = b"\x12" + bytes([len(chunk)]) + chunk
+    plain = decode_push_request(framed)
+    assert isinstance(plain, ChunkFrame)
+    assert (plain.seq, plain.count, bytes(plain.payload)) == (9, 1, b"\x01\x02\x03\x04")
+    odd = b"\x12" + bytes([len(chunk) + 2]) + chunk + unknown
+    parsed = decode_push_request(odd)
+    assert isinstance(parsed, pb.PushUpdateRequest)
+    assert parsed.chunk.seq == 9
+    with pytest.raises(DecodeError):
+        decode_push_request(b"\x12\x7f\x08")  # truncated: protobuf decides
