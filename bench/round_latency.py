@@ -7,7 +7,9 @@ One run measures, on this machine:
    coordinator), each side in its own process;
 2. for each model size x client count: `fedgrpc serve` plus N client
    processes calling `DiLoCoClient.step()` with H=1, timing each round, the
-   coordinator's peak RSS (VmHWM) and its ingest rate.
+   coordinator's peak RSS (VmHWM) and its ingest rate (update bytes over the
+   coordinator's window from a round's first update header to its last
+   commit, from AdminService; the client-side push window is also reported).
 
 Prints one JSON object on stdout; progress goes to stderr. MB is 10^6 bytes.
 """
@@ -130,6 +132,7 @@ def coordinator_view(address: str, rounds: int) -> dict[str, Any]:
     return {
         "round_s": statistics.median(r.duration_s for r in done),
         "round_bytes": [r.bytes_received for r in done],
+        "ingest_s": statistics.median(r.ingest_s for r in done),
         "bytes_received": status.bytes_received,
     }
 
@@ -199,6 +202,10 @@ def run_case(size: str, clients: int, args: Any) -> dict[str, Any]:
     got = measure_case(shape, clients, args.rounds)
     peak, baseline, view = got["peak"], got["baseline"], got["view"]
     summary = summarize(got["reports"], clients * model_bytes)
+    if view["ingest_s"] > 0:  # the coordinator's own window: first header..last commit
+        summary["client_window_ingest_mb_s"] = summary["ingest_mb_s"]
+        summary["ingest_mb_s"] = clients * model_bytes / view["ingest_s"] / MB
+        summary["ingest_basis"] = "coordinator_first_header_to_last_commit"
     case = {"size": size, "params": params, "model_mb": model_bytes / MB}
     case |= {
         "clients": clients,

@@ -61,6 +61,7 @@ def build_status(runtime: CoordinatorRuntime) -> pb.GetStatusResponse:
                 duration_s=r.duration_s,
                 mean_train_loss=r.mean_train_loss,
                 bytes_received=r.bytes_received,
+                ingest_s=r.ingest_s,
             )
             for r in engine.history
         ],

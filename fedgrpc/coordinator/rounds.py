@@ -76,6 +76,8 @@ class OpenRound:
     loss_weighted_sum: float = 0.0
     samples: int = 0
     bytes_received: int = 0
+    first_header_s: float | None = None
+    last_commit_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,8 @@ class RoundResult:
     duration_s: float
     mean_train_loss: float
     bytes_received: int
+    ingest_s: float
+    """First update header to last commit: the window updates streamed in."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +191,10 @@ class RoundEngine:
                     "pull the current weights instead"
                 )
             return Ticket(client, header, 0)
-        return Ticket(client, header, self._check_round(client, header).round_id)
+        current = self._check_round(client, header)
+        if current.first_header_s is None:
+            current.first_header_s = self.clock()
+        return Ticket(client, header, current.round_id)
 
     def _check_round(self, client: ClientRecord, header: UpdateHeaderInfo) -> OpenRound:
         current = self.current
@@ -275,8 +282,9 @@ class RoundEngine:
         current.loss_weighted_sum += header.train_loss * header.num_samples
         current.samples += header.num_samples
         current.bytes_received += payload_bytes
+        current.last_commit_s = self.clock()
         if current.deadline_s is None:
-            current.deadline_s = self.clock() + self.config.round_timeout_s
+            current.deadline_s = current.last_commit_s + self.config.round_timeout_s
         return len(current.contributors)
 
     # -- closing ---------------------------------------------------------------
@@ -338,6 +346,7 @@ class RoundEngine:
             duration_s=self.clock() - closing.opened_s,
             mean_train_loss=closing.loss_weighted_sum / max(1, closing.samples),
             bytes_received=closing.bytes_received,
+            ingest_s=(closing.last_commit_s or 0.0) - (closing.first_header_s or 0.0),
         )
         self.history.append(result)
         self._open_round()

@@ -134,6 +134,7 @@ class RoundSummary(_message.Message):
     DURATION_S_FIELD_NUMBER: _builtins.int
     MEAN_TRAIN_LOSS_FIELD_NUMBER: _builtins.int
     BYTES_RECEIVED_FIELD_NUMBER: _builtins.int
+    INGEST_S_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     """Round id."""
     outcome: _coordinator_pb2.RoundOutcome.ValueType
@@ -146,6 +147,10 @@ class RoundSummary(_message.Message):
     """Sample-weighted mean of the clients' reported training losses."""
     bytes_received: _builtins.int
     """Update payload bytes received in the round."""
+    ingest_s: _builtins.float
+    """Seconds from the first update header of the round to its last commit:
+    bytes_received / ingest_s is the coordinator's ingest rate.
+    """
     def __init__(
         self,
         *,
@@ -155,10 +160,11 @@ class RoundSummary(_message.Message):
         duration_s: _builtins.float = ...,
         mean_train_loss: _builtins.float = ...,
         bytes_received: _builtins.int = ...,
+        ingest_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "duration_s", b"duration_s", "mean_train_loss", b"mean_train_loss", "num_updates", b"num_updates", "outcome", b"outcome", "round_id", b"round_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "duration_s", b"duration_s", "ingest_s", b"ingest_s", "mean_train_loss", b"mean_train_loss", "num_updates", b"num_updates", "outcome", b"outcome", "round_id", b"round_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
