@@ -105,14 +105,6 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         f"(default: {_DEFAULTS.chunk_bytes})",
     )
     parser.add_argument(
-        "--max-concurrent-pushes",
-        type=int,
-        metavar="N",
-        help="updates received at once, each holding a model-sized "
-        "float32 buffer; more wait their turn "
-        f"(default: {_DEFAULTS.max_concurrent_pushes})",
-    )
-    parser.add_argument(
         "--heartbeat-interval-s",
         type=float,
         metavar="S",
@@ -232,7 +224,6 @@ def _serve(args: argparse.Namespace) -> int:
             "outer_momentum",
             "codec",
             "chunk_bytes",
-            "max_concurrent_pushes",
             "heartbeat_interval_s",
             "session_timeout_s",
             "log_format",

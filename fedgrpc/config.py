@@ -47,7 +47,8 @@ class CoordinatorConfig:
     inner_steps: int = 500
     """H: inner optimizer steps per round, announced to clients (DiLoCo uses 500)."""
     round_timeout_s: float = 600.0
-    """Seconds a round collects, then closes with what it has (skipped below quorum)."""
+    """Seconds after a round's first update before it closes with what it has
+    (skipped below quorum); updates still streaming then get as long again."""
     outer_optimizer: OuterOptimizerName = "nesterov"
     """`nesterov` (DiLoCo outer SGD with Nesterov momentum) or `fedavg`."""
     outer_lr: float | None = None
@@ -58,8 +59,6 @@ class CoordinatorConfig:
     """Update codec every client must use."""
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     """Payload bytes per chunk, both directions; ~1 MiB is loopback's sweet spot."""
-    max_concurrent_pushes: int = 2
-    """Updates received at once; each holds a model-sized float32 staging buffer."""
     heartbeat_interval_s: float = 5.0
     """Seconds between heartbeats clients are expected to send."""
     session_timeout_s: float = 30.0
@@ -85,8 +84,6 @@ class CoordinatorConfig:
         _check(self.codec in CODECS, "codec", self.codec, " or ".join(CODECS))
         _check(MIN_CHUNK_BYTES <= self.chunk_bytes <= MAX_CHUNK_BYTES, "chunk_bytes",
                self.chunk_bytes, f"{MIN_CHUNK_BYTES}..{MAX_CHUNK_BYTES}")  # fmt: skip
-        _check(self.max_concurrent_pushes >= 1, "max_concurrent_pushes",
-               self.max_concurrent_pushes, ">= 1")  # fmt: skip
         _check(self.heartbeat_interval_s > 0, "heartbeat_interval_s",
                self.heartbeat_interval_s, "> 0")  # fmt: skip
         _check(self.session_timeout_s > self.heartbeat_interval_s, "session_timeout_s",

@@ -4,6 +4,6 @@ Between `wire` (decoded updates) and `optim` (the outer step) on the
 coordinator. A leaf package: it imports only `errors`, never gRPC.
 """
 
-from fedgrpc.aggregate.mean import WeightedSum
+from fedgrpc.aggregate.mean import StreamingSum
 
-__all__ = ["WeightedSum"]
+__all__ = ["StreamingSum"]

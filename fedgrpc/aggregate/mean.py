@@ -1,149 +1,116 @@
-"""Streaming weighted mean of client updates, in O(model) memory.
+"""A round's weighted sum, built chunk by chunk while updates stream in.
 
-On the coordinator's data path this sits after `wire` has decoded an update
-and before `optim` applies the outer step. Updates are added as they arrive
-and immediately folded into one float32 running sum, so a round with n clients
-needs one model-sized buffer, not n (DESIGN.md, "memory O(model), not
-O(model x clients)").
+On the coordinator's data path this sits after `wire` has checked a chunk
+and before `optim` applies the outer step. Each chunk is added into one
+float32 running sum the moment it arrives, so a round costs one model-sized
+buffer however many clients push at once (DESIGN.md, "memory O(model), not
+O(model x clients)"). The price: a push that fails half-way has already
+touched the sum, and its share cannot be taken out again exactly; the round
+engine then discards the round (see `fedgrpc.coordinator.rounds`).
 
-Not thread-safe: the coordinator adds from one asyncio task at a time.
+Not thread-safe: the coordinator adds from its event loop only.
 """
 
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import torch
 
 from fedgrpc.errors import ConfigError, InvalidUpdateError, WrongRoundError
 
 
-class WeightedSum:
-    """Running Σ wᵢ·uᵢ and Σ wᵢ over one round's updates.
+class StreamingSum:
+    """Running Σ wᵢ·uᵢ over a round's updates, and Σ wᵢ over the committed ones.
 
     The weight is usually the client's sample count, so the mean is the
-    sample-weighted average FedAvg prescribes; pass 1.0 for a plain mean.
-
-    Life cycle: `add` any number of times, then `mean` once. `mean` divides in
-    place and hands the buffer to the caller, so the object is then *spent*:
-    `add` and `mean` raise `WrongRoundError` until `reset`.
+    sample-weighted average FedAvg prescribes. Life cycle: `add_chunk` /
+    `commit` any number of times, then `mean` once: it divides in place and
+    hands the buffer over, after which the object is spent.
     """
 
-    def __init__(self, num_coordinates: int) -> None:
-        if num_coordinates <= 0:
+    def __init__(self, buffer: torch.Tensor) -> None:
+        """Take ownership of `buffer`: a zero-filled 1-D float32 CPU tensor."""
+        if buffer.dim() != 1 or buffer.dtype != torch.float32 or buffer.numel() == 0:
             raise ConfigError(
-                f"num_coordinates must be > 0, got {num_coordinates}; "
-                "it is the length of the flat model vector"
+                "the sum buffer must be a non-empty 1-D float32 tensor, got "
+                f"{buffer.dtype} {tuple(buffer.shape)}"
             )
-        self._num_coordinates = num_coordinates
-        self._sum: torch.Tensor | None = None
+        self._buffer: torch.Tensor | None = buffer
+        self._values = buffer.numpy()
         self._count = 0
         self._total_weight = 0.0
-        self._spent = False
-
-    @property
-    def num_coordinates(self) -> int:
-        """Length every update must have (the flat model's size)."""
-        return self._num_coordinates
 
     @property
     def count(self) -> int:
-        """Number of updates added since construction or the last `reset`."""
+        """Updates committed so far."""
         return self._count
 
     @property
     def total_weight(self) -> float:
-        """Sum of the weights added (kept in float64 so many small weights add up)."""
+        """Σ wᵢ over committed updates."""
         return self._total_weight
 
-    def add(
-        self, update: torch.Tensor, weight: float, *, consume: bool = False
+    def add_chunk(
+        self, offset: int, values: np.ndarray, weight: float, scratch: np.ndarray
     ) -> None:
-        """Fold `weight * update` into the running sum.
+        """sum[offset : offset + len(values)] += weight * values, in place.
 
-        Args:
-            update: 1-D float32 tensor of `num_coordinates` values (any device,
-                but the same device for every update of a round).
-            weight: > 0, e.g. the client's sample count.
-            consume: the caller gives up `update`. For the first update this
-                lets the sum take over its storage (scaled in place) instead of
-                allocating a model-sized buffer; later updates are added and
-                left as they are.
+        `scratch` is a float32 array at least as long as `values`, reused
+        across chunks so the weighted product allocates nothing.
 
         Raises:
-            InvalidUpdateError: wrong shape, dtype or device, NaN/Inf values, or
-                a weight that is not a finite number > 0. Nothing is added.
-            WrongRoundError: `mean` was already taken; call `reset` first.
+            InvalidUpdateError: the slice is out of range or not float32.
+            WrongRoundError: the sum was already handed over by `mean`.
         """
-        self._check_not_spent()
-        self._check_update(update, weight)
-        if self._sum is None:
-            if consume:
-                self._sum = update.mul_(weight) if weight != 1.0 else update
-            else:
-                self._sum = update * weight
-        else:
-            self._sum.add_(update, alpha=weight)
+        buffer = self._require_buffer()
+        end = offset + values.size
+        if values.dtype != np.float32 or values.ndim != 1:
+            raise InvalidUpdateError(
+                f"chunk values must be 1-D float32: {values.dtype}"
+            )
+        if offset < 0 or end > buffer.numel():
+            raise InvalidUpdateError(
+                f"chunk [{offset}, {end}) is outside the {buffer.numel()}-long sum"
+            )
+        target = self._values[offset:end]
+        if weight == 1.0:
+            np.add(target, values, out=target)
+            return
+        product = scratch[: values.size]
+        np.multiply(values, np.float32(weight), out=product)
+        np.add(target, product, out=target)
+
+    def commit(self, weight: float) -> None:
+        """Count a fully added update with its weight.
+
+        Raises:
+            InvalidUpdateError: `weight` is not a positive finite number.
+        """
+        if not np.isfinite(weight) or weight <= 0:
+            raise InvalidUpdateError(f"update weight must be > 0, got {weight}")
+        self._require_buffer()
         self._count += 1
         self._total_weight += weight
 
     def mean(self) -> torch.Tensor:
-        """Return Σ wᵢ·uᵢ / Σ wᵢ, computed in place in the sum buffer.
-
-        The returned tensor *is* the sum buffer (no copy), now owned by the
-        caller; this object drops its reference and is spent until `reset`.
+        """Σ wᵢ·uᵢ / Σ wᵢ, computed in the sum buffer and handed to the caller.
 
         Raises:
-            WrongRoundError: no update was added, or `mean` was already taken.
+            WrongRoundError: nothing was committed, or the sum is already spent.
         """
-        self._check_not_spent()
-        if self._sum is None:
-            raise WrongRoundError(
-                "cannot take the mean of zero updates; wait for at least one "
-                "accepted update before closing the round"
-            )
-        result = self._sum.div_(self._total_weight)
-        self._sum = None
-        self._spent = True
-        return result
+        buffer = self._require_buffer()
+        if self._count == 0:
+            raise WrongRoundError("no update was committed; there is no mean to take")
+        self._buffer = None
+        return buffer.div_(self._total_weight)
 
-    def reset(self) -> None:
-        """Drop the buffer (freeing its memory) and start an empty sum."""
-        self._sum = None
-        self._count = 0
-        self._total_weight = 0.0
-        self._spent = False
+    def release(self) -> torch.Tensor:
+        """Hand the buffer back without a mean (a discarded round)."""
+        buffer = self._require_buffer()
+        self._buffer = None
+        return buffer
 
-    def _check_not_spent(self) -> None:
-        if self._spent:
-            raise WrongRoundError(
-                "this WeightedSum was spent by mean(); call reset() to start "
-                "the next round"
-            )
-
-    def _check_update(self, update: torch.Tensor, weight: float) -> None:
-        """Validate before touching the sum, so a rejected update changes nothing."""
-        if not (math.isfinite(weight) and weight > 0):
-            raise InvalidUpdateError(
-                f"update weight must be finite and > 0, got {weight}"
-            )
-        if update.dim() != 1 or update.dtype != torch.float32:
-            raise InvalidUpdateError(
-                f"update must be a 1-D float32 tensor, got shape "
-                f"{tuple(update.shape)} dtype {update.dtype}"
-            )
-        if update.numel() != self._num_coordinates:
-            raise InvalidUpdateError(
-                f"update has {update.numel()} coordinates but the model has "
-                f"{self._num_coordinates}"
-            )
-        if self._sum is not None and update.device != self._sum.device:
-            raise InvalidUpdateError(
-                f"update is on {update.device} but the sum is on {self._sum.device}"
-            )
-        # One reduction, no d-sized mask: NaN/Inf always make the sum
-        # non-finite; finite values only fail if they overflow float32 when
-        # summed, which no sane update does. A NaN in the running sum would
-        # ruin the whole round, since it cannot be subtracted out again.
-        if not math.isfinite(float(update.sum())):
-            raise InvalidUpdateError("update contains NaN or Inf values")
+    def _require_buffer(self) -> torch.Tensor:
+        if self._buffer is None:
+            raise WrongRoundError("this round's sum was already handed over")
+        return self._buffer

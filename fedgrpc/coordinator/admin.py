@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING
 
 from fedgrpc._proto.v1 import admin_pb2 as pb
 from fedgrpc._proto.v1 import admin_pb2_grpc as pb_grpc
-from fedgrpc.coordinator.rounds import Phase
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.coordinator.servicer import OUTCOME_TO_PROTO
+from fedgrpc.coordinator.state import Phase
 from fedgrpc.wire.convert import round_config_to_proto
 
 if TYPE_CHECKING:
@@ -30,13 +30,15 @@ def build_status(runtime: CoordinatorRuntime) -> pb.GetStatusResponse:
     if phase == pb.ROUND_PHASE_COLLECTING and connected < runtime.config.min_clients:
         phase = pb.ROUND_PHASE_WAITING_FOR_QUORUM
     current = engine.current
-    seeded = engine.master is not None and engine.spec is not None
-    num_parameters = engine.spec.num_coordinates if seeded and engine.spec else 0
+    spec = engine.model.spec
+    num_parameters = (
+        spec.num_coordinates if spec and engine.model.master is not None else 0
+    )
     return pb.GetStatusResponse(
         run_id=runtime.run_id,
         round_id=current.round_id if current else 0,
         phase=phase,
-        model_version=engine.model_version,
+        model_version=engine.model.version,
         num_parameters=num_parameters,
         round_config=round_config_to_proto(runtime.config),
         clients=[

@@ -2,8 +2,8 @@
 
 Plain Python with an injectable clock and no gRPC or asyncio, so every
 transition is unit-testable. The runtime calls it from one event loop and
-runs only the numeric steps (`accumulate`, `apply`) on a worker thread, under
-a lock that keeps them from overlapping each other or a state change.
+runs only `apply` (mean, outer step, publish) on a worker thread, after
+`begin_close` has stopped every other writer.
 
 Cycle: WAITING_FOR_MODEL until one client seeds the initial weights, then
 COLLECTING round r (base version v) until every connected client committed
@@ -11,98 +11,41 @@ COLLECTING round r (base version v) until every connected client committed
 after the first commit), then APPLYING: mean, outer step, version v+1,
 publish; then round r+1 opens at once. A round with fewer than `min_clients`
 updates at its deadline is SKIPPED and the weights stay as they are.
+
+Chunks are added to the round's float32 sum as they arrive (memory: master,
+momentum and one sum, however many clients push at once). A push that fails
+after touching the sum cannot be taken out again exactly, so it *voids* the
+round: the round is skipped, the weights stay, and clients keep their local
+progress for the next round (DiLoCo's pseudo-gradient then spans 2H steps).
+Pushes still streaming at the deadline get another `round_timeout_s` to
+finish rather than voiding the round at once.
 """
 
 from __future__ import annotations
 
-import enum
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
-from fedgrpc.aggregate import WeightedSum
+from fedgrpc.aggregate import StreamingSum
 from fedgrpc.config import CoordinatorConfig
+from fedgrpc.coordinator.global_model import GlobalModel
 from fedgrpc.coordinator.registry import ClientRecord, ClientRegistry
+from fedgrpc.coordinator.state import (
+    OpenRound,
+    Outcome,
+    Phase,
+    RoundResult,
+    Ticket,
+)
 from fedgrpc.errors import InvalidUpdateError, WrongRoundError
-from fedgrpc.optim import OuterOptimizer, build_outer_optimizer
 from fedgrpc.wire.convert import UpdateHeaderInfo
-from fedgrpc.wire.spec import DType, ModelSpec
-from fedgrpc.wire.tensors import pack_native
 
 HISTORY_ROUNDS = 100
 """Closed rounds kept for status; older ones are only in the logs."""
-
-
-class Phase(enum.Enum):
-    """Where the coordinator is in its cycle."""
-
-    WAITING_FOR_MODEL = "waiting_for_model"
-    COLLECTING = "collecting"
-    APPLYING = "applying"
-    STOPPING = "stopping"
-
-
-class Outcome(enum.Enum):
-    """How a round ended."""
-
-    APPLIED = "applied"
-    SKIPPED = "skipped"
-
-
-@dataclass(frozen=True, slots=True)
-class PublishedModel:
-    """One immutable model version as served by PullModel (native byte layout)."""
-
-    version: int
-    round_id: int
-    data: torch.Tensor
-    """uint8, `spec.num_bytes` long; never written after publishing."""
-
-
-@dataclass(slots=True)
-class OpenRound:
-    """The round collecting updates now."""
-
-    round_id: int
-    base_version: int
-    opened_s: float
-    deadline_s: float | None = None
-    """Set by the first commit: stragglers get `round_timeout_s` from then."""
-    contributors: set[str] = field(default_factory=set)
-    total: WeightedSum | None = None
-    loss_weighted_sum: float = 0.0
-    samples: int = 0
-    bytes_received: int = 0
-    first_header_s: float | None = None
-    last_commit_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RoundResult:
-    """A closed round, as announced to clients and kept for status."""
-
-    round_id: int
-    outcome: Outcome
-    model_version: int
-    num_updates: int
-    reason: str
-    duration_s: float
-    mean_train_loss: float
-    bytes_received: int
-    ingest_s: float
-    """First update header to last commit: the window updates streamed in."""
-
-
-@dataclass(frozen=True, slots=True)
-class Ticket:
-    """An update admitted by its header; checked again at commit."""
-
-    client: ClientRecord
-    header: UpdateHeaderInfo
-    round_id: int
 
 
 class RoundEngine:
@@ -118,50 +61,12 @@ class RoundEngine:
         self.registry = registry
         self.clock = clock
         self.phase = Phase.WAITING_FOR_MODEL
-        self.spec: ModelSpec | None = None
-        self.model_version = 0
-        self.master: torch.Tensor | None = None
-        self.published: PublishedModel | None = None
+        self.model = GlobalModel(config, clock)
         self.current: OpenRound | None = None
         self.history: deque[RoundResult] = deque(maxlen=HISTORY_ROUNDS)
-        self.optimizer: OuterOptimizer = build_outer_optimizer(
-            config.outer_optimizer,
-            config.resolved_outer_lr,
-            config.resolved_outer_momentum,
-        )
         self._next_round_id = 1
-        self._seeder: tuple[str, float] | None = None
-        self._spare: list[torch.Tensor] = []
-
-    # -- joining ---------------------------------------------------------------
-
-    def adopt_spec(self, spec: ModelSpec) -> None:
-        """Check a joiner's model; the first spec defines the federation.
-
-        Raises:
-            ModelMismatchError: the spec differs from the federation's.
-        """
-        if self.spec is None:
-            self.spec = spec
-        else:
-            spec.check_same_as(self.spec)
-
-    def claim_seeding(self, client_id: str) -> bool:
-        """True if `client_id` must upload the initial weights.
-
-        One joiner at a time holds a seeding lease, so clients that join
-        together do not all upload the model only for all but one to be
-        refused. If the seeder has not delivered within `session_timeout_s`
-        (it died or stalled), the next joiner gets the lease.
-        """
-        if self.master is not None:
-            return False
-        now = self.clock()
-        lease = self._seeder
-        if lease is None or now - lease[1] > self.config.session_timeout_s:
-            self._seeder = (client_id, now)
-            return True
-        return lease[0] == client_id
+        self._spare_sum: torch.Tensor | None = None
+        """Last round's sum buffer, zeroed: reused so no round faults in a new one."""
 
     # -- updates ---------------------------------------------------------------
 
@@ -171,9 +76,10 @@ class RoundEngine:
         Raises:
             InvalidUpdateError: wrong codec or coordinate count.
             WrongRoundError: wrong round or base version, a second update in
-                the round, or initial weights for a model already seeded.
+                the round, a round past its deadline, or initial weights for
+                a model already seeded.
         """
-        spec = self._require_spec()
+        spec = self.model.require_spec()
         if header.codec != self.config.codec:
             raise InvalidUpdateError(
                 f"update codec {header.codec} is not the federation's codec "
@@ -184,25 +90,22 @@ class RoundEngine:
                 f"update has {header.num_coordinates} coordinates but the model has "
                 f"{spec.num_coordinates} parameters"
             )
+        scratch = np.empty(
+            min(spec.num_coordinates, self.config.chunk_bytes // 4), dtype=np.float32
+        )
         if header.is_initial_weights:
-            if self.master is not None:
-                raise WrongRoundError(
-                    "the model is already seeded (another client was first); "
-                    "pull the current weights instead"
-                )
-            return Ticket(client, header, 0)
+            self.model.check_not_seeded()
+            staging = torch.empty(spec.num_coordinates, dtype=torch.float32)
+            return Ticket(client, header, 0, scratch, staging=staging)
         current = self._check_round(client, header)
         if current.first_header_s is None:
             current.first_header_s = self.clock()
-        return Ticket(client, header, current.round_id)
+        ticket = Ticket(client, header, current.round_id, scratch)
+        current.streaming[ticket.ticket_id] = ticket
+        return ticket
 
     def _check_round(self, client: ClientRecord, header: UpdateHeaderInfo) -> OpenRound:
-        current = self.current
-        if self.phase is not Phase.COLLECTING or current is None:
-            raise WrongRoundError(
-                f"no round is collecting updates (phase {self.phase.value}); "
-                "wait for the next RoundStarted event"
-            )
+        current = self._collecting_round()
         if header.round_id != current.round_id:
             raise WrongRoundError(
                 f"update is for round {header.round_id} but round {current.round_id} "
@@ -214,78 +117,100 @@ class RoundEngine:
                 f"round {current.round_id} starts from version {current.base_version}; "
                 "pull the latest model"
             )
-        if client.client_id in current.contributors:
+        busy = any(t.client is client for t in current.streaming.values())
+        if client.client_id in current.contributors or busy:
             raise WrongRoundError(
                 f"client {client.client_id} already sent an update for round "
                 f"{current.round_id}"
             )
+        if current.deadline_s is not None and self.clock() >= current.deadline_s:
+            raise WrongRoundError(
+                f"round {current.round_id} passed its deadline and takes no new "
+                "updates; keep training and push in the next round"
+            )
         return current
 
-    def check_commit(self, ticket: Ticket) -> None:
-        """Re-check, at commit time, that the ticket's round still takes updates.
+    def _collecting_round(self) -> OpenRound:
+        current = self.current
+        if self.phase is not Phase.COLLECTING or current is None:
+            raise WrongRoundError(
+                f"no round is collecting updates (phase {self.phase.value}); "
+                "wait for the next RoundStarted event"
+            )
+        return current
+
+    def _live_round(self, ticket: Ticket) -> OpenRound:
+        """The ticket's round if it still takes this update's chunks."""
+        current = self.current
+        if (
+            self.phase is not Phase.COLLECTING
+            or current is None
+            or current.round_id != ticket.round_id
+            or ticket.ticket_id not in current.streaming
+        ):
+            raise WrongRoundError(
+                f"round {ticket.round_id} closed while this update was streaming; "
+                "pull the latest model and push in the next round"
+            )
+        return current
+
+    def add_chunk(self, ticket: Ticket, offset: int, values: np.ndarray) -> None:
+        """Add one checked chunk: into the round's sum, or the initial weights."""
+        if ticket.staging is not None:
+            self.model.check_not_seeded()
+            ticket.staging.numpy()[offset : offset + values.size] = values
+            return
+        current = self._live_round(ticket)
+        if current.total is None:
+            current.total = StreamingSum(self._take_sum_buffer())
+        weight = float(ticket.header.num_samples)
+        ticket.touched_sum = True
+        current.total.add_chunk(offset, values, weight, ticket.scratch)
+
+    def commit(self, ticket: Ticket, payload_bytes: int) -> int:
+        """Count a complete update; returns the updates in its round.
 
         Raises:
             WrongRoundError: the round closed (or the model was seeded) while
                 the update streamed.
         """
-        if ticket.header.is_initial_weights:
-            self.admit(ticket.client, ticket.header)
-        else:
-            self._check_round(ticket.client, ticket.header)
-
-    def accumulate(self, ticket: Ticket, staging: torch.Tensor) -> bool:
-        """Add a fully received update into the round (numeric; worker thread).
-
-        Returns True if `staging` was kept: the first update of a round
-        becomes the sum buffer and the initial weights become the master
-        copy. Otherwise the caller may reuse it (`recycle`).
-        """
-        if ticket.header.is_initial_weights:
-            self.master = staging
-            return True
-        current = self._require_round()
-        if current.total is None:
-            current.total = WeightedSum(staging.numel())
-        kept = current.total.count == 0
-        current.total.add(staging, float(ticket.header.num_samples), consume=True)
-        return kept
-
-    def staging_buffer(self, num_coordinates: int) -> torch.Tensor:
-        """A float32 buffer to receive one update into, reused when possible.
-
-        Reuse matters for speed, not just memory: writing into a fresh
-        model-sized allocation page-faults on every 4 KiB, which cost about
-        as much as the copy itself.
-        """
-        if self._spare and self._spare[-1].numel() == num_coordinates:
-            return self._spare.pop()
-        return torch.empty(num_coordinates, dtype=torch.float32)
-
-    def recycle(self, buffer: torch.Tensor) -> None:
-        """Keep a spent model-sized buffer for the next update (bounded)."""
-        if len(self._spare) < self.config.max_concurrent_pushes:
-            self._spare.append(buffer)
-
-    def record_commit(self, ticket: Ticket, payload_bytes: int) -> int:
-        """Book-keeping after `accumulate`; returns the updates in the round."""
         client, header = ticket.client, ticket.header
+        if ticket.staging is not None:
+            self.model.seed(ticket.staging)
+            ticket.staging = None
+            self._open_round()
+            in_round = 1
+        else:
+            current = self._live_round(ticket)
+            if current.total is None:  # no chunk arrived: cannot happen once checked
+                raise InvalidUpdateError("an update without values cannot be counted")
+            current.total.commit(float(header.num_samples))
+            del current.streaming[ticket.ticket_id]
+            current.contributors.add(client.client_id)
+            current.loss_weighted_sum += header.train_loss * header.num_samples
+            current.samples += header.num_samples
+            current.bytes_received += payload_bytes
+            current.last_commit_s = self.clock()
+            if current.deadline_s is None:
+                current.deadline_s = current.last_commit_s + self.config.round_timeout_s
+            client.last_round = current.round_id
+            in_round = len(current.contributors)
         client.updates_accepted += 1
         client.samples_contributed += header.num_samples
         client.last_train_loss = header.train_loss
-        if header.is_initial_weights:
-            self.published = self._publish(version=0, round_id=0)
-            self._open_round()
-            return 1
-        current = self._require_round()
-        client.last_round = current.round_id
-        current.contributors.add(client.client_id)
-        current.loss_weighted_sum += header.train_loss * header.num_samples
-        current.samples += header.num_samples
-        current.bytes_received += payload_bytes
-        current.last_commit_s = self.clock()
-        if current.deadline_s is None:
-            current.deadline_s = current.last_commit_s + self.config.round_timeout_s
-        return len(current.contributors)
+        return in_round
+
+    def abandon(self, ticket: Ticket, reason: str) -> None:
+        """Forget a push that failed; void its round if it touched the sum."""
+        current = self.current
+        if current is None or current.streaming.pop(ticket.ticket_id, None) is None:
+            return
+        if ticket.touched_sum and current.void_reason is None:
+            current.void_reason = (
+                f"the update from {ticket.client.client_id} failed after reaching "
+                f"the round's sum ({reason}); its share cannot be removed exactly, "
+                "so the round is discarded and clients keep their local progress"
+            )
 
     # -- closing ---------------------------------------------------------------
 
@@ -294,38 +219,53 @@ class RoundEngine:
         current = self.current
         if self.phase is not Phase.COLLECTING or current is None:
             return None
-        done = len(current.contributors)
-        if current.deadline_s is not None and self.clock() >= current.deadline_s:
-            return "deadline"
+        if current.void_reason is not None:
+            return "void"
+        now = self.clock()
+        if current.deadline_s is not None and now >= current.deadline_s:
+            if not current.streaming:
+                return "deadline"
+            if now < current.deadline_s + self.config.round_timeout_s:
+                return None  # let updates that started in time finish
+            current.void_reason = (
+                f"{len(current.streaming)} update(s) still streaming "
+                "round_timeout_s after the deadline"
+            )
+            return "void"
         connected = {c.client_id for c in self.registry.connected()}
-        if done >= self.config.min_clients and connected <= current.contributors:
+        done = len(current.contributors)
+        complete = done >= self.config.min_clients and not current.streaming
+        if complete and connected <= current.contributors:
             return "all connected clients committed"
         return None
 
     def begin_close(self) -> OpenRound:
         """Stop taking updates for the open round (state change; event loop)."""
-        current = self._require_round()
+        current = self.current
+        if current is None:
+            raise WrongRoundError("no round is open; the model is not seeded yet")
         self.phase = Phase.APPLYING
         return current
 
     def apply(self, closing: OpenRound, copy_on_write: bool) -> bool:
         """Mean, outer step and publish (numeric; worker thread). True if applied.
 
-        `copy_on_write` is set when pulls may still read the published
-        buffer: if it aliases the master, the step must not write into it.
+        `copy_on_write`: pulls may still be reading the published buffer.
         """
-        if len(closing.contributors) < self.config.min_clients or closing.total is None:
-            if closing.total is not None and closing.total.count:
-                self.recycle(closing.total.mean())
+        total = closing.total
+        usable = (
+            total is not None
+            and closing.void_reason is None
+            and len(closing.contributors) >= self.config.min_clients
+        )
+        if total is None:
             return False
-        master = self._require_master()
-        if copy_on_write and self._published_aliases_master():
-            master = master.clone()
-        mean = closing.total.mean()
-        self.optimizer.step(master, mean)
-        self.recycle(mean)
-        self.master = master
-        self.published = self._publish(self.model_version + 1, closing.round_id)
+        if not usable:
+            self._spare_sum = total.release().zero_()
+            return False
+        mean = total.mean()
+        self.model.step(mean, closing.round_id, copy_on_write)
+        self._spare_sum = mean.zero_()
         return True
 
     def finish_close(
@@ -333,20 +273,25 @@ class RoundEngine:
     ) -> RoundResult:
         """Record the result and open the next round (state change; event loop)."""
         if applied:
-            self.model_version += 1
+            self.model.advance()
+        elif closing.void_reason is not None:
+            reason = closing.void_reason
+        else:
+            reason = (
+                f"{len(closing.contributors)} update(s) by the {reason}, "
+                f"min_clients is {self.config.min_clients}"
+            )
+        first, last = closing.first_header_s, closing.last_commit_s
         result = RoundResult(
             round_id=closing.round_id,
             outcome=Outcome.APPLIED if applied else Outcome.SKIPPED,
-            model_version=self.model_version,
+            model_version=self.model.version,
             num_updates=len(closing.contributors),
-            reason=reason
-            if applied
-            else f"{len(closing.contributors)} update(s) by the {reason}, "
-            f"min_clients is {self.config.min_clients}",
+            reason=reason,
             duration_s=self.clock() - closing.opened_s,
             mean_train_loss=closing.loss_weighted_sum / max(1, closing.samples),
             bytes_received=closing.bytes_received,
-            ingest_s=(closing.last_commit_s or 0.0) - (closing.first_header_s or 0.0),
+            ingest_s=last - first if first is not None and last is not None else 0.0,
         )
         self.history.append(result)
         self._open_round()
@@ -355,43 +300,14 @@ class RoundEngine:
     # -- helpers ---------------------------------------------------------------
 
     def _open_round(self) -> None:
-        self.current = OpenRound(self._next_round_id, self.model_version, self.clock())
+        self.current = OpenRound(self._next_round_id, self.model.version, self.clock())
         self._next_round_id += 1
         self.phase = Phase.COLLECTING
 
-    def _publish(self, version: int, round_id: int) -> PublishedModel:
-        """The downlink bytes of the master copy.
-
-        For an all-float32 model the native layout equals the coordinate
-        layout, so the master itself is served (no model-sized copy); `apply`
-        then copies on write while pulls are running.
-        """
-        spec, master = self._require_spec(), self._require_master()
-        if all(t.dtype is DType.FLOAT32 for t in spec.tensors):
-            data = master.view(torch.uint8)
-        else:
-            data = pack_native(master, spec)
-        return PublishedModel(version, round_id, data)
-
-    def _published_aliases_master(self) -> bool:
-        published, master = self.published, self.master
-        return (
-            published is not None
-            and master is not None
-            and published.data.data_ptr() == master.data_ptr()
+    def _take_sum_buffer(self) -> torch.Tensor:
+        spare, self._spare_sum = self._spare_sum, None
+        if spare is not None:
+            return spare
+        return torch.zeros(
+            self.model.require_spec().num_coordinates, dtype=torch.float32
         )
-
-    def _require_spec(self) -> ModelSpec:
-        if self.spec is None:
-            raise WrongRoundError("no client has joined yet; call Join first")
-        return self.spec
-
-    def _require_master(self) -> torch.Tensor:
-        if self.master is None:
-            raise WrongRoundError("the model is not seeded yet")
-        return self.master
-
-    def _require_round(self) -> OpenRound:
-        if self.current is None:
-            raise WrongRoundError("no round is open; the model is not seeded yet")
-        return self.current

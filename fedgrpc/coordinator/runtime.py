@@ -7,8 +7,8 @@ the lock that serialises the engine's numeric steps (run on a worker thread
 so a 400 MB add never stalls heartbeats).
 
 Memory: the master weights, the outer momentum and one round sum are
-model-sized; so is each update being received (`max_concurrent_pushes` of
-them at most, further pushes wait their turn under gRPC flow control).
+model-sized; updates are added into the sum chunk by chunk as they arrive,
+so any number of clients can push at once (a chunk-sized scratch each).
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
+import numpy as np
 
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.registry import ClientRecord, ClientRegistry
-from fedgrpc.coordinator.rounds import (
+from fedgrpc.coordinator.rounds import RoundEngine
+from fedgrpc.coordinator.state import (
     OpenRound,
     Phase,
     PublishedModel,
-    RoundEngine,
     RoundResult,
     Ticket,
 )
@@ -96,9 +96,7 @@ class CoordinatorRuntime:
         self._sessions: dict[str, asyncio.Queue[SessionEvent]] = {}
         self._numeric_lock = asyncio.Lock()
         self._version_changed = asyncio.Condition()
-        self._push_slots = asyncio.Semaphore(config.max_concurrent_pushes)
         self._active_pulls = 0
-        self._kept: set[int] = set()
         self._ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -140,9 +138,9 @@ class CoordinatorRuntime:
                 f"the federation's codec is {self.config.codec} and the client "
                 f"supports only {', '.join(codecs) or 'none'}"
             )
-        self.engine.adopt_spec(spec)
+        self.engine.model.adopt_spec(spec)
         client = self.registry.add(name, self.clock())
-        seed = self.engine.claim_seeding(client.client_id)
+        seed = self.engine.model.claim_seeding(client.client_id)
         current = self.engine.current
         log.info("client_joined", client=client.client_id, name=client.name, seed=seed)
         return JoinResult(
@@ -150,7 +148,7 @@ class CoordinatorRuntime:
             spec=spec,
             seed_model=seed,
             current_round=current.round_id if current else 0,
-            model_version=self.engine.model_version,
+            model_version=self.engine.model.version,
         )
 
     def open_session(
@@ -197,31 +195,26 @@ class CoordinatorRuntime:
         client = self.registry.authenticate(header.client_id, header.session_token)
         return self.engine.admit(client, header)
 
-    @contextlib.asynccontextmanager
-    async def push_slot(self, ticket: Ticket) -> AsyncIterator[torch.Tensor]:
-        """A staging buffer for one update; bounds how many exist at once.
-
-        The buffer goes back to the engine's spares unless the commit kept it
-        (as the round's sum or the initial weights).
-        """
-        async with self._push_slots:
-            staging = self.engine.staging_buffer(ticket.header.num_coordinates)
-            self._kept.discard(id(staging))
-            try:
-                yield staging
-            finally:
-                if id(staging) not in self._kept:
-                    self.engine.recycle(staging)
-                self._kept.discard(id(staging))
-
-    async def commit(self, ticket: Ticket, staging: torch.Tensor, nbytes: int) -> int:
-        """Add a complete, checked update to its round; returns updates in round."""
+    def add_chunk(self, ticket: Ticket, offset: int, values: np.ndarray) -> None:
+        """Add one checked chunk to its round (or to the initial weights)."""
         self._check_running()
-        async with self._numeric_lock:
-            self.engine.check_commit(ticket)
-            if await asyncio.to_thread(self.engine.accumulate, ticket, staging):
-                self._kept.add(id(staging))
-            in_round = self.engine.record_commit(ticket, nbytes)
+        self.engine.add_chunk(ticket, offset, values)
+
+    def abandon(self, ticket: Ticket, reason: str) -> None:
+        """A push failed after admission; its round may have to be discarded."""
+        self.engine.abandon(ticket, reason)
+        log.warning(
+            "update_abandoned",
+            client=ticket.client.client_id,
+            round=ticket.round_id,
+            touched_sum=ticket.touched_sum,
+            reason=reason,
+        )
+
+    async def commit(self, ticket: Ticket, nbytes: int) -> int:
+        """Count a complete, checked update; returns the updates in its round."""
+        self._check_running()
+        in_round = self.engine.commit(ticket, nbytes)
         self.bytes_received += nbytes
         log.info(
             "update_committed",
@@ -281,7 +274,7 @@ class CoordinatorRuntime:
         self.registry.authenticate(client_id, token)
 
         def ready() -> bool:
-            published = self.engine.published
+            published = self.engine.model.published
             return self.stopping or (
                 published is not None
                 and published.version >= min_version
@@ -291,7 +284,7 @@ class CoordinatorRuntime:
         async with self._version_changed:
             await self._version_changed.wait_for(ready)
         self._check_running()
-        published = self.engine.published
+        published = self.engine.model.published
         assert published is not None
         self._active_pulls += 1
         try:

@@ -17,16 +17,16 @@ import grpc
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
 from fedgrpc.coordinator import status
 from fedgrpc.coordinator.registry import ClientRecord
-from fedgrpc.coordinator.rounds import Outcome, RoundResult
 from fedgrpc.coordinator.runtime import (
     CoordinatorRuntime,
     RoundStartedEvent,
     SessionEnd,
     SessionEvent,
 )
+from fedgrpc.coordinator.state import Outcome, RoundResult, Ticket
 from fedgrpc.errors import FedGrpcError, InvalidUpdateError, ShuttingDownError
 from fedgrpc.log import get_logger
-from fedgrpc.wire.assemble import DenseUpdateAssembler
+from fedgrpc.wire.assemble import DenseChunkCheck
 from fedgrpc.wire.chunking import iter_chunks
 from fedgrpc.wire.convert import (
     CODEC_FROM_PROTO,
@@ -193,33 +193,42 @@ class CoordinatorServicer:
         if not isinstance(first, pb.PushUpdateRequest) or not first.HasField("header"):
             raise InvalidUpdateError("a PushUpdate stream must start with a header")
         ticket = self.runtime.admit(header_from_proto(first.header))
-        async with self.runtime.push_slot(ticket) as staging:
-            assembler = DenseUpdateAssembler(
-                ticket.header.num_coordinates, self.runtime.config.chunk_bytes, staging
-            )
-            async for message in stream:
-                if isinstance(message, ChunkFrame):  # the fast, zero-copy path
-                    assembler.add(
-                        message.seq, message.offset, message.count, message.payload
-                    )
-                    continue
-                part = message.WhichOneof("part")
-                if part == "chunk":
-                    chunk = message.chunk
-                    assembler.add(chunk.seq, chunk.offset, chunk.count, chunk.payload)
-                elif part == "commit":
-                    staging = assembler.finish(message.commit.num_chunks)
-                    in_round = await self.runtime.commit(
-                        ticket, staging, assembler.payload_bytes
-                    )
-                    return pb.PushUpdateResponse(
-                        round_id=ticket.round_id,
-                        updates_in_round=in_round,
-                        bytes_received=assembler.payload_bytes,
-                    )
-                else:
-                    raise InvalidUpdateError("a PushUpdate stream has one header")
-            raise assembler.missing_commit()
+        try:
+            return await self._stream_chunks(ticket, stream)
+        except BaseException as exc:
+            self.runtime.abandon(ticket, str(exc) or type(exc).__name__)
+            raise
+
+    async def _stream_chunks(
+        self, ticket: Ticket, stream: AsyncIterator[PushPart]
+    ) -> pb.PushUpdateResponse:
+        check = DenseChunkCheck(
+            ticket.header.num_coordinates, self.runtime.config.chunk_bytes
+        )
+        payload: bytes | memoryview
+        async for message in stream:
+            if isinstance(message, ChunkFrame):  # the fast, zero-copy path
+                seq, offset, count, payload = (
+                    message.seq, message.offset, message.count, message.payload
+                )  # fmt: skip
+            elif message.HasField("chunk"):
+                chunk = message.chunk
+                seq, offset, count, payload = (
+                    chunk.seq, chunk.offset, chunk.count, chunk.payload
+                )  # fmt: skip
+            elif message.HasField("commit"):
+                check.finish(message.commit.num_chunks)
+                in_round = await self.runtime.commit(ticket, check.payload_bytes)
+                return pb.PushUpdateResponse(
+                    round_id=ticket.round_id,
+                    updates_in_round=in_round,
+                    bytes_received=check.payload_bytes,
+                )
+            else:
+                raise InvalidUpdateError("a PushUpdate stream has exactly one header")
+            values = check.check(seq, offset, count, payload)
+            self.runtime.add_chunk(ticket, offset, values)
+        raise check.missing_commit()
 
     async def _drain(self, stream: AsyncIterator[PushPart]) -> None:
         """Read (and drop) what the client is still sending before refusing it.
@@ -230,7 +239,7 @@ class CoordinatorServicer:
         DRAIN_MESSAGES before a model exists) and DRAIN_TIMEOUT_S; past that
         the refusal goes out anyway.
         """
-        spec = self.runtime.engine.spec
+        spec = self.runtime.engine.model.spec
         chunk_bytes = self.runtime.config.chunk_bytes
         limit = DRAIN_MESSAGES
         if spec is not None:
@@ -260,7 +269,7 @@ class CoordinatorServicer:
         async with runtime.pull(
             request.client_id, request.session_token, request.min_version
         ) as published:
-            spec = runtime.engine.spec
+            spec = runtime.engine.model.spec
             assert spec is not None
             yield pb.PullModelResponse(
                 header=pb.ModelHeader(

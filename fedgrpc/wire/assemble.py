@@ -1,15 +1,14 @@
-"""Reassembling a chunked dense update into one float32 vector, checking as it goes.
+"""Checking a dense update's chunks as they stream in.
 
-Each chunk is validated (order, range, payload length, NaN/Inf) and copied
-straight into a preallocated staging vector with one memcpy; nothing reaches
-a round until `finish` has checked the commit. The staging vector is then
-handed over (no copy) to the aggregate.
+Every chunk is validated (order, range, size, payload length, NaN/Inf)
+*before* its values go anywhere, because the coordinator adds them straight
+into the round's sum and cannot take them out again. `check` returns the
+values as a float32 view of the payload: no copy until they are added.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from fedgrpc.errors import IncompleteUpdateError, InvalidUpdateError
 from fedgrpc.wire.chunking import ChunkOrder
@@ -17,35 +16,25 @@ from fedgrpc.wire.chunking import ChunkOrder
 FLOAT32_BYTES = 4
 
 
-class DenseUpdateAssembler:
-    """One update's chunks -> a float32 vector of `num_coordinates`."""
+class DenseChunkCheck:
+    """One dense float32 update's chunks, checked in order against its header."""
 
-    def __init__(
-        self,
-        num_coordinates: int,
-        chunk_bytes: int,
-        staging: torch.Tensor | None = None,
-    ) -> None:
+    def __init__(self, num_coordinates: int, chunk_bytes: int) -> None:
         self.num_coordinates = num_coordinates
         self.max_count = max(1, chunk_bytes // FLOAT32_BYTES)
         # Chunks may be smaller than chunk_bytes; tiling already bounds their number.
         self.order = ChunkOrder(num_coordinates, max_chunks=num_coordinates)
-        if staging is None:
-            staging = torch.empty(num_coordinates, dtype=torch.float32)
-        elif staging.dtype != torch.float32 or staging.shape != (num_coordinates,):
-            raise ValueError("staging must be a float32 vector of num_coordinates")
-        self.staging = staging
-        self._staging_np = self.staging.numpy()
         self.payload_bytes = 0
 
-    def add(
+    def check(
         self, seq: int, offset: int, count: int, payload: bytes | memoryview
-    ) -> None:
-        """Check one chunk and copy its values into place.
+    ) -> np.ndarray:
+        """Validate one chunk and return its values (a view of `payload`).
 
         Raises:
             InvalidUpdateError: out of order or range, over the chunk size,
                 payload length not `count` float32s, or non-finite values.
+                A rejected chunk leaves the check's state unchanged.
         """
         if count > self.max_count:
             raise InvalidUpdateError(
@@ -64,11 +53,11 @@ class DenseUpdateAssembler:
                 "or Inf; the client's training diverged or its buffer is corrupt"
             )
         self.order.accept(seq, offset, count)  # last: a rejected chunk changes nothing
-        self._staging_np[offset : offset + count] = values
         self.payload_bytes += len(payload)
+        return values
 
-    def finish(self, num_chunks: int) -> torch.Tensor:
-        """Check the commit against what arrived; return the staging vector.
+    def finish(self, num_chunks: int) -> None:
+        """Check the commit against what arrived.
 
         Raises:
             InvalidUpdateError: the commit's chunk count differs from the
@@ -83,7 +72,6 @@ class DenseUpdateAssembler:
                 f"commit after {self.order.next_offset} of {self.num_coordinates} "
                 "coordinates; every coordinate must be sent"
             )
-        return self.staging
 
     def missing_commit(self) -> IncompleteUpdateError:
         """The error for a stream that ended without its commit."""

@@ -17,6 +17,7 @@ from fedgrpc._proto.v1 import admin_pb2, admin_pb2_grpc
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.server import CoordinatorThread, serve_in_thread
 from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
+from tests.helpers import eventually
 from tests.helpers.raw import PB, join, pull, stub, tiny_spec, update_messages
 
 N = 10
@@ -105,8 +106,10 @@ def _expect(code: grpc.StatusCode, call, fragment: str) -> None:  # type: ignore
     assert fragment in info.value.details()
 
 
-def test_rejections_leave_the_round_intact(coordinator: CoordinatorThread) -> None:
+def test_rejections_never_corrupt_the_weights(coordinator: CoordinatorThread) -> None:
+    code = grpc.StatusCode
     channel, service = stub(coordinator.address)
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
     with channel:
         a = join(service, tiny_spec(N), "a")
         b = join(service, tiny_spec(N), "b")
@@ -114,59 +117,75 @@ def test_rejections_leave_the_round_intact(coordinator: CoordinatorThread) -> No
         _seed(service, a, initial)
         good = np.ones(N, dtype=np.float32)
 
-        def push(joined, values, **kw):  # type: ignore[no-untyped-def]
-            args = {"round_id": 1, "base_version": 0} | kw
+        def push(joined, values, round_id=1, base=0, **kw):  # type: ignore[no-untyped-def]
             return lambda: service.PushUpdate(
-                update_messages(joined, values, **args), timeout=10
+                update_messages(
+                    joined, values, round_id=round_id, base_version=base, **kw
+                ),
+                timeout=10,
             )
 
         other = ModelSpec((TensorSpec("w", (N + 1,), DType.FLOAT32),))
         _expect(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            lambda: join(service, other),
-            "federation's model",
+            code.INVALID_ARGUMENT, lambda: join(service, other), "federation's model"
         )
         _expect(
-            grpc.StatusCode.FAILED_PRECONDITION,
+            code.FAILED_PRECONDITION,
             lambda: join(service, tiny_spec(N), inner_steps=7),
             "inner_steps=5",
         )
         forged = type(a)()
         forged.CopyFrom(a)
         forged.session_token = b"x" * 16
-        _expect(grpc.StatusCode.UNAUTHENTICATED, push(forged, good), "session token")
-        _expect(
-            grpc.StatusCode.INVALID_ARGUMENT, push(a, np.ones(N + 2)), "coordinates"
-        )
-        nan = good.copy()
-        nan[7] = np.nan
-        _expect(grpc.StatusCode.INVALID_ARGUMENT, push(a, nan), "NaN")
-        _expect(
-            grpc.StatusCode.FAILED_PRECONDITION, push(a, good, round_id=5), "round 1"
-        )
-        _expect(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            push(a, good, base_version=3),
-            "version",
-        )
-        _expect(grpc.StatusCode.DATA_LOSS, push(a, good, commit=False), "commit")
+        _expect(code.UNAUTHENTICATED, push(forged, good), "session token")
+        _expect(code.INVALID_ARGUMENT, push(a, np.ones(N + 2)), "coordinates")
+        _expect(code.FAILED_PRECONDITION, push(a, good, round_id=5), "round 1")
+        _expect(code.FAILED_PRECONDITION, push(a, good, base=3), "version")
+        nan_first = good.copy()
+        nan_first[0] = np.nan  # caught in the first chunk: nothing reached the sum
+        _expect(code.INVALID_ARGUMENT, push(a, nan_first), "NaN")
         header = next(iter(update_messages(a, good, round_id=1, base_version=0)))
         oversized = PB.PushUpdateRequest(
             chunk=PB.UpdateChunk(seq=0, offset=0, count=N, payload=b"\0" * 8192)
         )  # 8 KiB > chunk_bytes (1 KiB) + 4 KiB framing
         _expect(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            code.RESOURCE_EXHAUSTED,
             lambda: service.PushUpdate(iter([header, oversized]), timeout=10),
             "",
         )
 
-        # After all that, round 1 is untouched: two good updates give the exact step.
+        # Nothing above reached round 1's sum: two good updates give the exact step.
         service.PushUpdate(update_messages(a, good, round_id=1, base_version=0))
-        _expect(grpc.StatusCode.FAILED_PRECONDITION, push(a, good), "already sent")
+        _expect(code.FAILED_PRECONDITION, push(a, good), "already sent")
         service.PushUpdate(update_messages(b, 3 * good, round_id=1, base_version=0))
         version, weights = pull(service, b, min_version=1)
         assert version == 1
-        np.testing.assert_allclose(weights, _reference_nesterov(initial, [2 * good]))
+        expected = _reference_nesterov(initial, [2 * good])
+        np.testing.assert_allclose(weights, expected)
+
+        # Round 2: failures after chunks reached the sum void the round.
+        nan_late = good.copy()
+        nan_late[7] = np.nan  # chunk 1 of 3: chunk 0 is already in the sum
+        _expect(code.INVALID_ARGUMENT, push(a, nan_late, 2, 1), "NaN")
+        eventually(lambda: len(_status(admin).recent_rounds) == 2, timeout_s=10)
+        voided = _status(admin).recent_rounds[-1]
+        assert voided.outcome == PB.ROUND_OUTCOME_SKIPPED
+        assert _status(admin).model_version == 1
+        _expect(code.FAILED_PRECONDITION, push(b, good, 2, 1), "round 3")
+        # Round 3 starts from the unchanged version 1 and applies normally.
+        _expect(code.DATA_LOSS, push(a, good, 3, 1, commit=False), "commit")
+        eventually(lambda: len(_status(admin).recent_rounds) == 3, timeout_s=10)
+        service.PushUpdate(update_messages(a, good, round_id=4, base_version=1))
+        service.PushUpdate(update_messages(b, good, round_id=4, base_version=1))
+        version, weights = pull(service, b, min_version=2)
+        assert version == 2
+        np.testing.assert_allclose(
+            weights, _reference_nesterov(initial, [2 * good, good]), rtol=1e-6
+        )
+
+
+def _status(admin):  # type: ignore[no-untyped-def]
+    return admin.GetStatus(admin_pb2.GetStatusRequest(), timeout=10)
 
 
 def test_health_and_reflection_are_served(coordinator: CoordinatorThread) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,9 +58,8 @@ def _commit(
 ) -> int:
     client = registry.authenticate(cid, registry._clients[cid].session_token)
     ticket = engine.admit(client, _header(cid, round_id, base, initial))
-    engine.check_commit(ticket)
-    engine.accumulate(ticket, values.clone())
-    return engine.record_commit(ticket, 16)
+    engine.add_chunk(ticket, 0, values.numpy().copy())
+    return engine.commit(ticket, 16)
 
 
 def _close(engine: RoundEngine) -> Outcome:
@@ -73,33 +73,33 @@ def _close(engine: RoundEngine) -> Outcome:
 
 def test_seed_then_collect_until_all_connected_have_committed() -> None:
     engine, registry, _clock = _engine()
-    engine.adopt_spec(SPEC)
+    engine.model.adopt_spec(SPEC)
     a, b, c = (registry.add(n, 0.0) for n in "abc")
-    assert engine.claim_seeding(a.client_id) is True
-    assert engine.claim_seeding(b.client_id) is False  # a holds the lease
+    assert engine.model.claim_seeding(a.client_id) is True
+    assert engine.model.claim_seeding(b.client_id) is False  # a holds the lease
     for record in (a, b, c):
         record.connected = True
     _commit(engine, registry, a.client_id, torch.ones(4), 0, 0, initial=True)
     assert engine.phase is Phase.COLLECTING
     assert engine.current is not None
-    assert engine.claim_seeding(c.client_id) is False  # seeded: joiners pull
+    assert engine.model.claim_seeding(c.client_id) is False  # seeded: joiners pull
     _commit(engine, registry, a.client_id, torch.ones(4), 1, 0)
     _commit(engine, registry, b.client_id, torch.ones(4), 1, 0)
     assert engine.close_reason() is None  # c is connected and has not pushed
     c.connected = False  # c leaves: the round no longer waits for it
     assert engine.close_reason() == "all connected clients committed"
     assert _close(engine) is Outcome.APPLIED
-    assert engine.model_version == 1
+    assert engine.model.version == 1
     assert engine.current is not None
     assert engine.current.base_version == 1
 
 
 def test_deadline_counts_from_first_commit_and_skips_below_quorum() -> None:
     engine, registry, clock = _engine(min_clients=2)
-    engine.adopt_spec(SPEC)
+    engine.model.adopt_spec(SPEC)
     a = registry.add("a", 0.0)
     _commit(engine, registry, a.client_id, torch.zeros(4), 0, 0, initial=True)
-    master_before = engine.master.clone() if engine.master is not None else None
+    master_before = engine.model.require_master().clone()
     clock.now = 100.0  # no update yet: an empty round never times out
     assert engine.close_reason() is None
     _commit(engine, registry, a.client_id, torch.ones(4), 1, 0)
@@ -108,14 +108,14 @@ def test_deadline_counts_from_first_commit_and_skips_below_quorum() -> None:
     clock.now = 110.0
     assert engine.close_reason() == "deadline"
     assert _close(engine) is Outcome.SKIPPED
-    assert engine.model_version == 0
+    assert engine.model.version == 0
     assert engine.history[-1].reason.startswith("1 update(s) by the deadline")
-    torch.testing.assert_close(engine.master, master_before)
+    torch.testing.assert_close(engine.model.master, master_before)
 
 
 def test_wrong_round_duplicate_and_second_seed_are_refused() -> None:
     engine, registry, _ = _engine()
-    engine.adopt_spec(SPEC)
+    engine.model.adopt_spec(SPEC)
     a, b = registry.add("a", 0.0), registry.add("b", 0.0)
     _commit(engine, registry, a.client_id, torch.zeros(4), 0, 0, initial=True)
     with pytest.raises(WrongRoundError, match="already seeded"):
@@ -126,25 +126,68 @@ def test_wrong_round_duplicate_and_second_seed_are_refused() -> None:
     with pytest.raises(WrongRoundError, match="already sent"):
         engine.admit(a, _header(a.client_id, 1, 0))
     with pytest.raises(ModelMismatchError):
-        engine.adopt_spec(ModelSpec((TensorSpec("w", (5,), DType.FLOAT32),)))
+        engine.model.adopt_spec(ModelSpec((TensorSpec("w", (5,), DType.FLOAT32),)))
 
 
 def test_commit_after_close_is_refused() -> None:
     engine, registry, _ = _engine(min_clients=1)
-    engine.adopt_spec(SPEC)
+    engine.model.adopt_spec(SPEC)
     a, b = registry.add("a", 0.0), registry.add("b", 0.0)
     _commit(engine, registry, a.client_id, torch.zeros(4), 0, 0, initial=True)
     late = engine.admit(b, _header(b.client_id, 1, 0))  # b starts streaming...
     _commit(engine, registry, a.client_id, torch.ones(4), 1, 0)
-    assert _close(engine) is Outcome.APPLIED  # ...and the round closes under it
+    assert engine.close_reason() is None  # ...and the round waits for it
+    engine.abandon(late, "connection lost")  # it never touched the sum
+    assert _close(engine) is Outcome.APPLIED
     with pytest.raises(WrongRoundError):
-        engine.check_commit(late)
+        engine.commit(late, 16)
+
+
+def test_a_push_that_fails_after_touching_the_sum_voids_the_round() -> None:
+    engine, registry, _ = _engine(min_clients=1)
+    engine.model.adopt_spec(SPEC)
+    a, b = registry.add("a", 0.0), registry.add("b", 0.0)
+    _commit(engine, registry, a.client_id, torch.zeros(4), 0, 0, initial=True)
+    master = engine.model.master.clone() if engine.model.master is not None else None
+    _commit(engine, registry, a.client_id, torch.ones(4), 1, 0)
+    broken = engine.admit(b, _header(b.client_id, 1, 0))
+    engine.add_chunk(broken, 0, np.full(2, 5.0, dtype=np.float32))
+    engine.abandon(broken, "stream reset")
+    assert engine.close_reason() == "void"
+    assert _close(engine) is Outcome.SKIPPED
+    assert "cannot be removed exactly" in engine.history[-1].reason
+    torch.testing.assert_close(engine.model.master, master)
+    # The next round starts from a clean, zeroed sum.
+    _commit(engine, registry, a.client_id, torch.ones(4), 2, 0)
+    assert _close(engine) is Outcome.APPLIED
+    assert engine.model.version == 1
+
+
+def test_updates_streaming_at_the_deadline_get_a_grace_period() -> None:
+    engine, registry, clock = _engine(min_clients=1)
+    engine.model.adopt_spec(SPEC)
+    a, b, c = (registry.add(n, 0.0) for n in "abc")
+    _commit(engine, registry, a.client_id, torch.zeros(4), 0, 0, initial=True)
+    _commit(engine, registry, a.client_id, torch.ones(4), 1, 0)
+    slow = engine.admit(b, _header(b.client_id, 1, 0))
+    clock.now = 10.0  # the deadline: b is still streaming, c has not started
+    assert engine.close_reason() is None
+    with pytest.raises(WrongRoundError, match="passed its deadline"):
+        engine.admit(c, _header(c.client_id, 1, 0))
+    engine.add_chunk(slow, 0, np.ones(4, dtype=np.float32))
+    assert engine.commit(slow, 16) == 2  # finished within the grace period
+    assert _close(engine) is Outcome.APPLIED
+    stuck = engine.admit(b, _header(b.client_id, 2, 1))
+    _commit(engine, registry, a.client_id, torch.ones(4), 2, 1)
+    clock.now += 20.0  # deadline (10 s) plus grace (10 s) with b still streaming
+    assert engine.close_reason() == "void"
+    del stuck
 
 
 def test_seeding_lease_passes_on_when_the_seeder_stalls() -> None:
     engine, registry, clock = _engine()
-    engine.adopt_spec(SPEC)
+    engine.model.adopt_spec(SPEC)
     a, b = registry.add("a", 0.0), registry.add("b", 0.0)
-    assert engine.claim_seeding(a.client_id)
+    assert engine.model.claim_seeding(a.client_id)
     clock.now = engine.config.session_timeout_s + 1
-    assert engine.claim_seeding(b.client_id)
+    assert engine.model.claim_seeding(b.client_id)

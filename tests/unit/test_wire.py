@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedgrpc.errors import ConfigError, InvalidUpdateError, ModelMismatchError
-from fedgrpc.wire.assemble import DenseUpdateAssembler
+from fedgrpc.wire.assemble import DenseChunkCheck
 from fedgrpc.wire.chunking import ChunkOrder, iter_chunks
 from fedgrpc.wire.convert import spec_from_proto, spec_to_proto
 from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
@@ -82,29 +82,34 @@ def test_load_flat_keeps_dtype_and_writes_in_place() -> None:
 
 
 @pytest.mark.parametrize("chunk_coords", [1, 5, 35, 1000])
-def test_dense_update_reassembles_exactly(chunk_coords: int) -> None:
+def test_dense_chunks_are_checked_and_returned_as_views(chunk_coords: int) -> None:
     values = np.random.default_rng(1).standard_normal(35).astype("<f4")
-    assembler = DenseUpdateAssembler(35, chunk_bytes=4 * max(chunk_coords, 35))
+    check = DenseChunkCheck(35, chunk_bytes=4 * max(chunk_coords, 35))
+    received = np.empty(35, dtype=np.float32)
     count = 0
     for seq, start in enumerate(range(0, 35, chunk_coords)):
-        part = values[start : start + chunk_coords]
-        assembler.add(seq, start, part.size, part.tobytes())
+        payload = values[start : start + chunk_coords].tobytes()
+        view = check.check(seq, start, len(payload) // 4, payload)
+        assert view.base is not None  # a view of the payload, not a copy
+        received[start : start + view.size] = view
         count += 1
-    np.testing.assert_array_equal(assembler.finish(count).numpy(), values)
+    check.finish(count)
+    np.testing.assert_array_equal(received, values)
+    assert check.payload_bytes == 35 * 4
 
 
-def test_assembler_rejects_bad_chunks() -> None:
-    assembler = DenseUpdateAssembler(8, chunk_bytes=16)
+def test_chunk_check_rejects_bad_chunks() -> None:
+    check = DenseChunkCheck(8, chunk_bytes=16)
     with pytest.raises(InvalidUpdateError, match="more than the 4"):
-        assembler.add(0, 0, 5, b"\0" * 20)
+        check.check(0, 0, 5, b"\0" * 20)
     with pytest.raises(InvalidUpdateError, match="payload bytes"):
-        assembler.add(0, 0, 4, b"\0" * 15)
+        check.check(0, 0, 4, b"\0" * 15)
     with pytest.raises(InvalidUpdateError, match="NaN"):
-        assembler.add(0, 0, 1, np.array([np.inf], "<f4").tobytes())
-    fresh = DenseUpdateAssembler(8, chunk_bytes=16)
-    fresh.add(0, 0, 4, b"\0" * 16)
+        check.check(0, 0, 1, np.array([np.inf], "<f4").tobytes())
+    fresh = DenseChunkCheck(8, chunk_bytes=16)
+    fresh.check(0, 0, 4, b"\0" * 16)
     with pytest.raises(InvalidUpdateError, match="expected"):
-        fresh.add(2, 4, 4, b"\0" * 16)
+        fresh.check(2, 4, 4, b"\0" * 16)
     with pytest.raises(InvalidUpdateError, match="commit says 3"):
         fresh.finish(3)
     with pytest.raises(InvalidUpdateError, match="every coordinate"):

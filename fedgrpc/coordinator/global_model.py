@@ -1,0 +1,135 @@
+"""The federation's weights: spec, float32 master copy, outer optimizer, downlink bytes.
+
+Plain Python and torch, no gRPC or asyncio. The round engine decides *when*
+the weights change; this module owns *how*: seeding, the outer step, and
+publishing an immutable version for PullModel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from fedgrpc.config import CoordinatorConfig
+from fedgrpc.coordinator.state import PublishedModel
+from fedgrpc.errors import InvalidUpdateError, WrongRoundError
+from fedgrpc.optim import OuterOptimizer, build_outer_optimizer
+from fedgrpc.wire.spec import DType, ModelSpec
+from fedgrpc.wire.tensors import pack_native
+
+
+class GlobalModel:
+    """What every client pulls, and the state the outer optimizer keeps."""
+
+    def __init__(self, config: CoordinatorConfig, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.clock = clock
+        self.spec: ModelSpec | None = None
+        self.master: torch.Tensor | None = None
+        self.published: PublishedModel | None = None
+        self.version = 0
+        """Applied rounds so far (0: the initial weights)."""
+        self.optimizer: OuterOptimizer = build_outer_optimizer(
+            config.outer_optimizer,
+            config.resolved_outer_lr,
+            config.resolved_outer_momentum,
+        )
+        self._seeder: tuple[str, float] | None = None
+
+    def adopt_spec(self, spec: ModelSpec) -> None:
+        """Check a joiner's model; the first spec defines the federation.
+
+        Raises:
+            InvalidUpdateError: the model has no elements to average.
+            ModelMismatchError: the spec differs from the federation's.
+        """
+        if spec.num_coordinates == 0:
+            raise InvalidUpdateError("the model's parameters have no elements")
+        if self.spec is None:
+            self.spec = spec
+        else:
+            spec.check_same_as(self.spec)
+
+    def claim_seeding(self, client_id: str) -> bool:
+        """True if `client_id` must upload the initial weights.
+
+        One joiner at a time holds a seeding lease, so clients that join
+        together do not all upload the model only for all but one to be
+        refused. If the seeder has not delivered within `session_timeout_s`
+        (it died or stalled), the next joiner gets the lease.
+        """
+        if self.master is not None:
+            return False
+        now = self.clock()
+        lease = self._seeder
+        if lease is None or now - lease[1] > self.config.session_timeout_s:
+            self._seeder = (client_id, now)
+            return True
+        return lease[0] == client_id
+
+    def check_not_seeded(self) -> None:
+        """Raise `WrongRoundError` if initial weights would come too late."""
+        if self.master is not None:
+            raise WrongRoundError(
+                "the model is already seeded (another client was first); "
+                "pull the current weights instead"
+            )
+
+    def seed(self, weights: torch.Tensor) -> None:
+        """Adopt complete initial weights (float32 coordinates) as version 0."""
+        self.check_not_seeded()
+        self.master = weights
+        self.published = self._publish(version=0, round_id=0)
+
+    def step(self, mean: torch.Tensor, round_id: int, copy_on_write: bool) -> None:
+        """Outer step on the mean pseudo-gradient; publish the next version.
+
+        `mean` may be overwritten (the optimizer computes in place). With
+        `copy_on_write`, pulls may still read the published buffer: if it is
+        the master itself, the step works on a copy. `advance` then makes the
+        new version current.
+        """
+        master = self.require_master()
+        if copy_on_write and self._published_aliases_master():
+            master = master.clone()
+        self.optimizer.step(master, mean)
+        self.master = master
+        self.published = self._publish(self.version + 1, round_id)
+
+    def advance(self) -> None:
+        """Count the version `step` published."""
+        self.version += 1
+
+    def _publish(self, version: int, round_id: int) -> PublishedModel:
+        """The downlink bytes of the master copy.
+
+        For an all-float32 model the native layout equals the coordinate
+        layout, so the master itself is served (no model-sized copy).
+        """
+        spec, master = self.require_spec(), self.require_master()
+        if all(t.dtype is DType.FLOAT32 for t in spec.tensors):
+            data = master.view(torch.uint8)
+        else:
+            data = pack_native(master, spec)
+        return PublishedModel(version, round_id, data)
+
+    def _published_aliases_master(self) -> bool:
+        published, master = self.published, self.master
+        return (
+            published is not None
+            and master is not None
+            and published.data.data_ptr() == master.data_ptr()
+        )
+
+    def require_spec(self) -> ModelSpec:
+        """The federation's spec, or `WrongRoundError` before anyone joined."""
+        if self.spec is None:
+            raise WrongRoundError("no client has joined yet; call Join first")
+        return self.spec
+
+    def require_master(self) -> torch.Tensor:
+        """The master weights, or `WrongRoundError` before seeding."""
+        if self.master is None:
+            raise WrongRoundError("the model is not seeded yet")
+        return self.master

@@ -1,0 +1,96 @@
+"""The coordinator's round records: plain data, shared by the engine and status."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fedgrpc.aggregate import StreamingSum
+from fedgrpc.coordinator.registry import ClientRecord
+from fedgrpc.wire.convert import UpdateHeaderInfo
+
+_TICKET_IDS = itertools.count(1)
+
+
+class Phase(enum.Enum):
+    """Where the coordinator is in its cycle."""
+
+    WAITING_FOR_MODEL = "waiting_for_model"
+    COLLECTING = "collecting"
+    APPLYING = "applying"
+    STOPPING = "stopping"
+
+
+class Outcome(enum.Enum):
+    """How a round ended."""
+
+    APPLIED = "applied"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedModel:
+    """One immutable model version as served by PullModel (native byte layout)."""
+
+    version: int
+    round_id: int
+    data: torch.Tensor
+    """uint8, `spec.num_bytes` long; never written after publishing."""
+
+
+@dataclass(slots=True, eq=False)
+class Ticket:
+    """One admitted update while it streams in."""
+
+    client: ClientRecord
+    header: UpdateHeaderInfo
+    round_id: int
+    scratch: np.ndarray
+    """Chunk-sized float32 buffer for weighting values before they are added."""
+    staging: torch.Tensor | None = None
+    """Initial weights only: they become the master copy once complete."""
+    touched_sum: bool = False
+    """True once a chunk was added to the round's sum (it cannot be undone)."""
+    ticket_id: int = field(default_factory=lambda: next(_TICKET_IDS))
+
+
+@dataclass(slots=True)
+class OpenRound:
+    """The round collecting updates now."""
+
+    round_id: int
+    base_version: int
+    opened_s: float
+    deadline_s: float | None = None
+    """Set by the first commit: stragglers get `round_timeout_s` from then."""
+    contributors: set[str] = field(default_factory=set)
+    streaming: dict[int, Ticket] = field(default_factory=dict)
+    """Admitted pushes not yet committed or abandoned, by ticket id."""
+    total: StreamingSum | None = None
+    void_reason: str | None = None
+    """Set when a push failed after touching the sum: the round must be skipped."""
+    loss_weighted_sum: float = 0.0
+    samples: int = 0
+    bytes_received: int = 0
+    first_header_s: float | None = None
+    last_commit_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoundResult:
+    """A closed round, as announced to clients and kept for status."""
+
+    round_id: int
+    outcome: Outcome
+    model_version: int
+    num_updates: int
+    reason: str
+    duration_s: float
+    mean_train_loss: float
+    bytes_received: int
+    ingest_s: float
+    """First update header to last commit: the window updates streamed in."""
