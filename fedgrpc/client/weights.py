@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from fedgrpc.errors import InvalidUpdateError
 from fedgrpc.wire.tensors import flatten_fp32, spec_from_module, unpack_native
 
 
@@ -69,7 +70,16 @@ class LocalRun:
         client that moved its weights up sends a negative pseudo-gradient.
         """
         flatten_fp32(self.params, self.spec, out=self.delta)
-        return torch.sub(self.snapshot, self.delta, out=self.delta)
+        delta = torch.sub(self.snapshot, self.delta, out=self.delta)
+        # One reduction instead of a model-sized mask; a finite vector whose sum
+        # overflows float32 would need entries near 1e30, garbage anyway.
+        if not bool(torch.isfinite(delta.sum())):
+            raise InvalidUpdateError(
+                "the pseudo-gradient contains NaN or Inf: local training diverged "
+                "(check the learning rate and the loss). Nothing was sent: the "
+                "coordinator would discard the whole round for every client"
+            )
+        return delta
 
     def load(self, native: torch.Tensor, version: int) -> None:
         """Copy pulled weights (native-byte layout) into the model and snapshot.

@@ -67,3 +67,16 @@ def test_record_keeps_samples_and_mean_loss_until_the_next_load() -> None:
     local.load(pack_native(torch.zeros(3), local.spec), version=1)
 
     assert (local.samples, local.loss_mean) == (0, 0.0)
+
+
+def test_diverged_local_model_is_refused_before_sending() -> None:
+    import pytest
+
+    from fedgrpc.errors import InvalidUpdateError
+
+    model = torch.nn.Linear(3, 2)
+    local = LocalRun(model)
+    with torch.no_grad():
+        model.weight[0, 1] = float("nan")
+    with pytest.raises(InvalidUpdateError, match="diverged"):
+        local.pseudo_gradient()
