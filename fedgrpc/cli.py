@@ -10,7 +10,8 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from fedgrpc import __version__
 from fedgrpc.config import CODECS, OUTER_OPTIMIZERS, CoordinatorConfig
@@ -18,27 +19,72 @@ from fedgrpc.errors import FedGrpcError
 from fedgrpc.log import configure_logging
 from fedgrpc.sim.corpus import DEFAULT_CORPUS_BYTES
 
-_DEFAULTS = CoordinatorConfig()
-
 
 def _add_outer_flags(parser: argparse.ArgumentParser) -> None:
+    for flag in _SERVE_FLAGS:
+        if flag.dest.startswith("outer_"):
+            _add_flag(parser, flag)
+
+
+@dataclass(frozen=True, slots=True)
+class _Flag:
+    """One `serve` flag; its dest is also the CoordinatorConfig field it sets."""
+
+    name: str
+    help: str
+    type: Callable[[str], object] = str
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.name.removeprefix("--").replace("-", "_")
+
+
+_D = CoordinatorConfig()
+_SERVE_FLAGS = (
+    _Flag("--listen", f"address to bind; port 0 picks a free one (default: "
+          f"{_D.listen})", metavar="HOST:PORT"),
+    _Flag("--ready-file", "write the bound HOST:PORT here (atomically) once "
+          "serving", metavar="PATH"),
+    _Flag("--min-clients", "updates a round needs to be applied "
+          f"(default: {_D.min_clients})", int, "N"),
+    _Flag("--max-clients", "clients admitted; more get RESOURCE_EXHAUSTED "
+          f"(default: {_D.max_clients})", int, "N"),
+    _Flag("--inner-steps", "inner steps per round announced to clients "
+          f"(default: {_D.inner_steps})", int, "H"),
+    _Flag("--round-timeout-s", "seconds after a round's first update before it "
+          "closes with what it has (skipped below --min-clients); updates still "
+          f"streaming get as long again (default: {_D.round_timeout_s:g})",
+          float, "S"),
+    _Flag("--outer-optimizer", "outer optimizer applied to the mean "
+          "pseudo-gradient: nesterov (DiLoCo: SGD with Nesterov momentum) or "
+          "fedavg (default: nesterov)", choices=OUTER_OPTIMIZERS),
+    _Flag("--outer-lr", "outer learning rate (default: 0.7 for nesterov, 1.0 "
+          "for fedavg)", float, "LR"),
+    _Flag("--outer-momentum", "outer momentum in [0, 1) (default: 0.9 for "
+          "nesterov, 0 for fedavg)", float, "M"),
+    _Flag("--codec", f"update codec (default: {_D.codec})", choices=CODECS),
+    _Flag("--chunk-bytes", "payload bytes per streamed chunk, both directions "
+          f"(default: {_D.chunk_bytes})", int, "BYTES"),
+    _Flag("--heartbeat-interval-s", "expected seconds between client heartbeats "
+          f"(default: {_D.heartbeat_interval_s:g})", float, "S"),
+    _Flag("--session-timeout-s", "drop a client silent this long "
+          f"(default: {_D.session_timeout_s:g})", float, "S"),
+    _Flag("--log-format", "log lines on stderr (default: json)",
+          choices=("json", "console")),
+    _Flag("--log-level", "DEBUG, INFO, WARNING or ERROR (default: INFO)",
+          metavar="LEVEL"),
+)  # fmt: skip
+
+
+def _add_flag(parser: argparse.ArgumentParser, flag: _Flag) -> None:
     parser.add_argument(
-        "--outer-optimizer",
-        choices=OUTER_OPTIMIZERS,
-        help="outer optimizer applied to the mean pseudo-gradient: nesterov "
-        "(DiLoCo: SGD with Nesterov momentum) or fedavg (default: nesterov)",
-    )
-    parser.add_argument(
-        "--outer-lr",
-        type=float,
-        metavar="LR",
-        help="outer learning rate (default: 0.7 for nesterov, 1.0 for fedavg)",
-    )
-    parser.add_argument(
-        "--outer-momentum",
-        type=float,
-        metavar="M",
-        help="outer momentum in [0, 1) (default: 0.9 for nesterov, 0 for fedavg)",
+        flag.name,
+        type=flag.type,
+        metavar=flag.metavar,
+        choices=flag.choices,
+        help=flag.help,
     )
 
 
@@ -55,79 +101,8 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="TOML file with a [coordinator] table "
         "(see server/coordinator.example.toml)",
     )
-    parser.add_argument(
-        "--listen",
-        metavar="HOST:PORT",
-        help=f"address to bind; port 0 picks a free one (default: {_DEFAULTS.listen})",
-    )
-    parser.add_argument(
-        "--ready-file",
-        metavar="PATH",
-        help="write the bound HOST:PORT here (atomically) once serving",
-    )
-    parser.add_argument(
-        "--min-clients",
-        type=int,
-        metavar="N",
-        help=f"updates a round needs to be applied (default: {_DEFAULTS.min_clients})",
-    )
-    parser.add_argument(
-        "--max-clients",
-        type=int,
-        metavar="N",
-        help="clients admitted; more get RESOURCE_EXHAUSTED "
-        f"(default: {_DEFAULTS.max_clients})",
-    )
-    parser.add_argument(
-        "--inner-steps",
-        type=int,
-        metavar="H",
-        help="inner steps per round announced to clients "
-        f"(default: {_DEFAULTS.inner_steps})",
-    )
-    parser.add_argument(
-        "--round-timeout-s",
-        type=float,
-        metavar="S",
-        help="seconds after a round's first update before it closes "
-        "with what it has; skipped below --min-clients "
-        f"(default: {_DEFAULTS.round_timeout_s:g})",
-    )
-    _add_outer_flags(parser)
-    parser.add_argument(
-        "--codec", choices=CODECS, help=f"update codec (default: {_DEFAULTS.codec})"
-    )
-    parser.add_argument(
-        "--chunk-bytes",
-        type=int,
-        metavar="BYTES",
-        help="payload bytes per streamed chunk, both directions "
-        f"(default: {_DEFAULTS.chunk_bytes})",
-    )
-    parser.add_argument(
-        "--heartbeat-interval-s",
-        type=float,
-        metavar="S",
-        help="expected seconds between client heartbeats "
-        f"(default: {_DEFAULTS.heartbeat_interval_s:g})",
-    )
-    parser.add_argument(
-        "--session-timeout-s",
-        type=float,
-        metavar="S",
-        help="drop a client silent this long "
-        f"(default: {_DEFAULTS.session_timeout_s:g})",
-    )
-    parser.add_argument(
-        "--log-format",
-        choices=("json", "console"),
-        help="log lines on stderr (default: json)",
-    )
-    parser.add_argument(
-        "--log-level",
-        metavar="LEVEL",
-        help="DEBUG, INFO, WARNING or ERROR (default: INFO)",
-    )
+    for flag in _SERVE_FLAGS:
+        _add_flag(parser, flag)
     parser.set_defaults(handler=_serve)
 
 
@@ -210,26 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    overrides = {
-        key: getattr(args, key)
-        for key in (
-            "listen",
-            "ready_file",
-            "min_clients",
-            "max_clients",
-            "inner_steps",
-            "round_timeout_s",
-            "outer_optimizer",
-            "outer_lr",
-            "outer_momentum",
-            "codec",
-            "chunk_bytes",
-            "heartbeat_interval_s",
-            "session_timeout_s",
-            "log_format",
-            "log_level",
-        )
-    }
+    overrides = {flag.dest: getattr(args, flag.dest) for flag in _SERVE_FLAGS}
     if args.config:
         config = CoordinatorConfig.from_toml(args.config, **overrides)
     else:

@@ -107,39 +107,13 @@ def run_simulation(
     """Run the federation to completion; raises `SimulationError` on any failure."""
     started = time.monotonic()
     torch.set_num_threads(1)  # the coordinator shares the two cores with clients
-    coordinator = CoordinatorThread(
-        CoordinatorConfig(
-            listen="127.0.0.1:0",
-            min_clients=config.clients,
-            max_clients=config.clients,
-            inner_steps=config.inner_steps,
-            round_timeout_s=config.round_timeout_s,
-            outer_optimizer=config.outer_optimizer,
-            outer_lr=config.outer_lr,
-            outer_momentum=config.outer_momentum,
-            heartbeat_interval_s=2.0,
-            session_timeout_s=60.0,
-        )
-    ).start()
+    coordinator = CoordinatorThread(_coordinator_config(config)).start()
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     workers = [
         context.Process(
             target=run_worker,
-            args=(
-                WorkerArgs(
-                    index=i,
-                    num_clients=config.clients,
-                    address=coordinator.address,
-                    rounds=config.rounds,
-                    inner_steps=config.inner_steps,
-                    seed=config.seed,
-                    corpus_bytes=config.corpus_bytes,
-                    eval_batches=config.eval_batches,
-                    defaults=config.defaults,
-                ),
-                results,
-            ),
+            args=(_worker_args(config, i, coordinator.address), results),
             name=f"fedgrpc-sim-{i}",
         )
         for i in range(config.clients)
@@ -168,6 +142,36 @@ def run_simulation(
         bytes_up=status.bytes_received,
         bytes_down=status.bytes_sent,
         wall_s=time.monotonic() - started,
+    )
+
+
+def _coordinator_config(config: SimulationConfig) -> CoordinatorConfig:
+    """A loopback coordinator that waits for every simulated client each round."""
+    return CoordinatorConfig(
+        listen="127.0.0.1:0",
+        min_clients=config.clients,
+        max_clients=config.clients,
+        inner_steps=config.inner_steps,
+        round_timeout_s=config.round_timeout_s,
+        outer_optimizer=config.outer_optimizer,
+        outer_lr=config.outer_lr,
+        outer_momentum=config.outer_momentum,
+        heartbeat_interval_s=2.0,
+        session_timeout_s=60.0,
+    )
+
+
+def _worker_args(config: SimulationConfig, index: int, address: str) -> WorkerArgs:
+    return WorkerArgs(
+        index=index,
+        num_clients=config.clients,
+        address=address,
+        rounds=config.rounds,
+        inner_steps=config.inner_steps,
+        seed=config.seed,
+        corpus_bytes=config.corpus_bytes,
+        eval_batches=config.eval_batches,
+        defaults=config.defaults,
     )
 
 

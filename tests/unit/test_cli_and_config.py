@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-import fedgrpc
 from fedgrpc.cli import build_parser
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.errors import ConfigError
@@ -66,12 +65,3 @@ def test_outer_optimizer_defaults_follow_the_choice() -> None:
     assert CoordinatorConfig().resolved_outer_momentum == 0.9
     fedavg = CoordinatorConfig(outer_optimizer="fedavg")
     assert (fedavg.resolved_outer_lr, fedavg.resolved_outer_momentum) == (1.0, 0.0)
-
-
-def test_public_api() -> None:
-    for name in fedgrpc.__all__:
-        assert hasattr(fedgrpc, name), name
-    assert fedgrpc.DiLoCoClient.__name__ == "DiLoCoClient"
-    assert issubclass(fedgrpc.WrongRoundError, fedgrpc.FedGrpcError)
-    with pytest.raises(AttributeError):
-        _ = fedgrpc.NoSuchThing  # type: ignore[attr-defined]

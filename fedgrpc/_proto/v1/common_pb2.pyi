@@ -196,7 +196,9 @@ class RoundConfig(_message.Message):
     min_clients: _builtins.int
     """Updates needed before a round may be applied at its deadline."""
     round_timeout_s: _builtins.float
-    """Seconds a round collects updates before it is closed with what it has."""
+    """Seconds after a round's first committed update before it closes with what
+    it has; updates still streaming then get as long again to finish.
+    """
     outer_optimizer: Global___OuterOptimizer.ValueType
     """Outer optimizer and its hyper-parameters."""
     outer_lr: _builtins.float

@@ -347,7 +347,9 @@ class RoundStarted(_message.Message):
     base_version: _builtins.int
     """Model version updates of this round must be computed from."""
     deadline_unix_s: _builtins.float
-    """Wall-clock deadline for updates, seconds since the Unix epoch."""
+    """Wall-clock deadline for updates, seconds since the Unix epoch; 0 while
+    unknown (a round's deadline starts with its first committed update).
+    """
     def __init__(
         self,
         *,

@@ -94,8 +94,14 @@ class CoordinatorServiceServicer:
 
     def PushUpdate(self, request_iterator, context):
         """Uploads one update: an UpdateHeader, then UpdateChunks in order, then an
-        UpdateCommit. Nothing reaches the round's aggregate until the commit has
-        been checked, so a rejected or broken stream leaves the round unchanged.
+        UpdateCommit. Each chunk is checked (order, range, size, NaN/Inf) and then
+        added to the round's running sum at once, so the coordinator holds one
+        model-sized sum however many clients push. An update counts only once its
+        commit checks out. A stream that fails after its first chunk was added
+        cannot be taken out of the sum again: the round is then discarded
+        (RoundClosed SKIPPED with the reason; weights unchanged, clients keep
+        their local progress). A stream refused at its header or first chunk
+        leaves the round untouched.
 
         Status codes:
         OK: the update was added to the round.
@@ -105,8 +111,8 @@ class CoordinatorServiceServicer:
         NaN/Inf values; commit that does not match the chunks sent.
         FAILED_PRECONDITION: wrong round or base version (the round closed or
         the client is behind: pull the model and retry next round), a second
-        update for the same round, or initial weights sent when the model is
-        already seeded.
+        update for the same round, a round past its deadline, or initial
+        weights sent when the model is already seeded.
         RESOURCE_EXHAUSTED: a message over max_message_bytes.
         DATA_LOSS: the stream ended before the commit.
         UNAVAILABLE: the coordinator is shutting down.

@@ -20,7 +20,7 @@ from fedgrpc.wire.frames import (
 @pytest.mark.parametrize(("seq", "offset"), [(0, 0), (1, 300), (2**40, 2**62)])
 def test_update_chunk_frame_equals_protobuf(size: int, seq: int, offset: int) -> None:
     payload = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
-    view = memoryview(payload).cast("B")
+    view = payload.data.cast("B")
     framed = encode_update_chunk(seq, offset, size // 4, view)
     expected = pb.PushUpdateRequest(
         chunk=pb.UpdateChunk(

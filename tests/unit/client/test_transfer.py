@@ -66,7 +66,9 @@ async def test_update_stream_is_header_chunks_commit_and_round_trips() -> None:
 async def test_initial_weights_kind_and_empty_vector() -> None:
     meta = UpdateMeta(round_id=0, base_version=0, kind="initial_weights")
     messages = [
-        m async for m in update_requests(CREDENTIALS, meta, torch.zeros(0), 1024)
+        m
+        async for m in update_requests(CREDENTIALS, meta, torch.zeros(0), 1024)
+        if not isinstance(m, bytes)  # header and commit are messages
     ]
 
     assert messages[0].header.kind == coordinator_pb2.UPDATE_KIND_INITIAL_WEIGHTS

@@ -8,7 +8,8 @@ import torch
 
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.registry import ClientRegistry
-from fedgrpc.coordinator.rounds import Outcome, Phase, RoundEngine
+from fedgrpc.coordinator.rounds import RoundEngine
+from fedgrpc.coordinator.state import Outcome, Phase
 from fedgrpc.errors import ModelMismatchError, WrongRoundError
 from fedgrpc.wire.convert import UpdateHeaderInfo
 from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
