@@ -1,0 +1,127 @@
+"""Client-side error feedback: what a codec leaves out is carried, never lost.
+
+The residual e is one fp32 buffer the size of the model (DESIGN.md, step 1).
+Each round the client adds its pseudo-gradient, encodes e block by block and
+subtracts exactly what each payload decodes to (error feedback
+as in DGC, Lin et al. 2018, and Stich et al. 2018, "Sparsified SGD with
+memory"). So over any number of rounds
+
+    Σ sent + e_final = Σ Δ            (to float32 rounding, with decay = 1)
+
+and quantisation error and unselected coordinates are retried later.
+With decay β < 1 the update is e ← β·e + Δ: the accumulator then plays the
+role of momentum, as in SparseLoCo (arXiv 2508.15706, used with plain outer
+SGD), and mass is deliberately forgotten at rate 1 - β.
+
+Not thread-safe: one client thread owns it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedgrpc.compress.blocks import (
+    DecodedBlock,
+    EncodedBlock,
+    F32Array,
+    SparseValues,
+)
+from fedgrpc.compress.codec import BlockCodec
+from fedgrpc.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetBlock:
+    """One encoded block and where it sits: what the wire sends per message."""
+
+    offset: int
+    """Index of the block's first coordinate in the flat vector."""
+    count: int
+    """Coordinates the block covers (the decoder's `count`)."""
+    encoded: EncodedBlock
+
+
+class ErrorFeedback:
+    """The residual e of a flat fp32 vector of `num_coordinates`."""
+
+    def __init__(self, num_coordinates: int, *, decay: float = 1.0) -> None:
+        """Start from e = 0.
+
+        Args:
+            num_coordinates: length of the flat update vector.
+            decay: β in e ← β·e + Δ. 1.0 is plain error feedback; SparseLoCo
+                uses ~0.95. Must be in (0, 1].
+
+        Raises:
+            ConfigError: a negative length or a decay outside (0, 1].
+        """
+        if num_coordinates < 0:
+            raise ConfigError(
+                f"num_coordinates={num_coordinates} is invalid: expected >= 0"
+            )
+        if not 0 < decay <= 1:
+            raise ConfigError(f"decay={decay!r} is invalid: expected in (0, 1]")
+        self.decay = decay
+        self._residual = np.zeros(num_coordinates, dtype=np.float32)
+
+    @property
+    def residual(self) -> F32Array:
+        """A read-only view of e (for checkpoints, norms and tests)."""
+        view = self._residual.view()
+        view.flags.writeable = False
+        return view
+
+    def accumulate(self, delta: F32Array) -> None:
+        """Fold in this round's pseudo-gradient Δ (1-D float32): e ← decay·e + Δ.
+
+        Raises:
+            ValueError: `delta` has the wrong dtype or length.
+        """
+        if delta.dtype != np.float32 or delta.shape != self._residual.shape:
+            raise ValueError(
+                f"delta must be float32 of shape {self._residual.shape}, got "
+                f"{delta.dtype} {delta.shape}"
+            )
+        if self.decay != 1.0:
+            self._residual *= np.float32(self.decay)
+        self._residual += delta
+
+    def subtract(self, offset: int, sent: DecodedBlock) -> None:
+        """e[offset + i] -= sent value i: the block at `offset` has been sent."""
+        sent.add_into(self._block(offset, sent), -1.0)
+
+    def restore(self, offset: int, sent: DecodedBlock) -> None:
+        """Undo `subtract`: the push carrying this block failed, keep its mass."""
+        sent.add_into(self._block(offset, sent), 1.0)
+
+    def encode_blocks(
+        self, codec: BlockCodec, chunk_bytes: int
+    ) -> Iterator[OffsetBlock]:
+        """Encode e in order, subtracting each block's `sent` before yielding it.
+
+        Lazy, so the wire can stream block i while block i+1 is not yet
+        encoded. A caller that cannot deliver a yielded block must `restore`
+        it (or accept that its mass is gone).
+        """
+        step = codec.block_coordinates(chunk_bytes)
+        for offset in range(0, self._residual.size, step):  # one block at a time
+            block = self._residual[offset : offset + step]
+            encoded = codec.encode(block)
+            encoded.sent.add_into(block, -1.0)
+            yield OffsetBlock(offset, block.size, encoded)
+
+    def _block(self, offset: int, sent: DecodedBlock) -> F32Array:
+        """The residual slice `sent` applies to; it must lie inside e."""
+        if isinstance(sent, SparseValues):
+            length = int(sent.indices[-1]) + 1 if sent.indices.size else 0
+        else:
+            length = sent.values.size
+        if offset < 0 or offset + length > self._residual.size:
+            raise ValueError(
+                f"block [{offset}, {offset + length}) is outside the "
+                f"{self._residual.size}-coordinate residual"
+            )
+        return self._residual[offset : offset + length]
