@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fedgrpc import __version__
-from fedgrpc.config import CODECS, OUTER_OPTIMIZERS, CoordinatorConfig
+from fedgrpc.config import OUTER_OPTIMIZERS, CoordinatorConfig
 from fedgrpc.errors import FedGrpcError
 from fedgrpc.log import configure_logging
 from fedgrpc.sim.corpus import DEFAULT_CORPUS_BYTES
@@ -64,7 +64,9 @@ _SERVE_FLAGS = (
           "for fedavg)", float, "LR"),
     _Flag("--outer-momentum", "outer momentum in [0, 1) (default: 0.9 for "
           "nesterov, 0 for fedavg)", float, "M"),
-    _Flag("--codec", f"update codec (default: {_D.codec})", choices=CODECS),
+    _Flag("--codec", "update codec: dense[:fp32|bf16|fp16|int8|int4] or "
+          "topk:DENSITY[:int8|int4|bf16|fp32], e.g. topk:0.01:int8 "
+          f"(default: {_D.codec})", metavar="SPEC"),
     _Flag("--chunk-bytes", "payload bytes per streamed chunk, both directions "
           f"(default: {_D.chunk_bytes})", int, "BYTES"),
     _Flag("--heartbeat-interval-s", "expected seconds between client heartbeats "

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Self
 
+from fedgrpc.compress.spec import CodecConfig, parse_codec
 from fedgrpc.errors import ConfigError
 from fedgrpc.wire.chunking import (
     DEFAULT_CHUNK_BYTES,
@@ -22,9 +23,7 @@ from fedgrpc.wire.chunking import (
 )
 
 OuterOptimizerName = Literal["nesterov", "fedavg"]
-CodecName = Literal["dense-fp32"]
 OUTER_OPTIMIZERS: tuple[OuterOptimizerName, ...] = ("nesterov", "fedavg")
-CODECS: tuple[CodecName, ...] = ("dense-fp32",)
 _DEFAULT_OUTER_LR = {"nesterov": 0.7, "fedavg": 1.0}
 _DEFAULT_OUTER_MOMENTUM = {"nesterov": 0.9, "fedavg": 0.0}
 
@@ -55,8 +54,10 @@ class CoordinatorConfig:
     """Outer learning rate; None means 0.7 for nesterov (DiLoCo), 1.0 for fedavg."""
     outer_momentum: float | None = None
     """Outer momentum; None means 0.9 for nesterov (DiLoCo), 0 for fedavg."""
-    codec: CodecName = "dense-fp32"
-    """Update codec every client must use."""
+    codec: str = "dense:fp32"
+    """Update codec every client must use: `dense[:fp32|bf16|fp16|int8|int4]` or
+    `topk:DENSITY[:int8|int4|bf16|fp32]` (e.g. `topk:0.01:int8`); see
+    `fedgrpc.compress.parse_codec`."""
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     """Payload bytes per chunk, both directions; ~1 MiB is loopback's sweet spot."""
     heartbeat_interval_s: float = 5.0
@@ -81,7 +82,7 @@ class CoordinatorConfig:
         _check(self.resolved_outer_lr > 0, "outer_lr", self.outer_lr, "> 0")
         _check(0 <= self.resolved_outer_momentum < 1, "outer_momentum",
                self.outer_momentum, "in [0, 1)")  # fmt: skip
-        _check(self.codec in CODECS, "codec", self.codec, " or ".join(CODECS))
+        parse_codec(self.codec)  # raises ConfigError naming the problem
         _check(MIN_CHUNK_BYTES <= self.chunk_bytes <= MAX_CHUNK_BYTES, "chunk_bytes",
                self.chunk_bytes, f"{MIN_CHUNK_BYTES}..{MAX_CHUNK_BYTES}")  # fmt: skip
         _check(self.heartbeat_interval_s > 0, "heartbeat_interval_s",
@@ -104,6 +105,11 @@ class CoordinatorConfig:
         if self.outer_momentum is not None:
             return self.outer_momentum
         return _DEFAULT_OUTER_MOMENTUM[self.outer_optimizer]
+
+    @property
+    def codec_config(self) -> CodecConfig:
+        """The parsed `codec`."""
+        return parse_codec(self.codec)
 
     @property
     def max_message_bytes(self) -> int:

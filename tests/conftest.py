@@ -9,11 +9,19 @@ processes this test run started, never by name.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
+from hypothesis import settings
+
+# CI runs must not fail on a freshly drawn example nobody can reproduce; set
+# HYPOTHESIS_PROFILE=explore locally to search new examples.
+settings.register_profile("ci", derandomize=True, deadline=None)
+settings.register_profile("explore", deadline=None, max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 STOP_GRACE_S = 5.0
 """How long a child gets to exit after SIGTERM before it is SIGKILLed."""

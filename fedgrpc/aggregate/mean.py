@@ -80,6 +80,20 @@ class StreamingSum:
         np.multiply(values, np.float32(weight), out=product)
         np.add(target, product, out=target)
 
+    def target(self, offset: int, end: int) -> np.ndarray:
+        """A writable view of sum[offset:end], for codecs that add in place.
+
+        Raises:
+            InvalidUpdateError: the range is outside the sum.
+            WrongRoundError: the sum was already handed over by `mean`.
+        """
+        buffer = self._require_buffer()
+        if not 0 <= offset <= end <= buffer.numel():
+            raise InvalidUpdateError(
+                f"block [{offset}, {end}) is outside the {buffer.numel()}-long sum"
+            )
+        return self._values[offset:end]
+
     def commit(self, weight: float) -> None:
         """Count a fully added update with its weight.
 

@@ -159,8 +159,10 @@ def _decode_scaled(data: memoryview, fmt: ValueFormat, n: int) -> F32Array:
     scales = np.frombuffer(data[: SCALE_BYTES * groups], dtype="<f4")
     # qmax * scale finite ⇒ every code * scale is finite: no pass over values.
     # Checked in float64, where the product cannot overflow; NaN fails too.
-    wide = scales.astype(np.float64) * qmax
-    valid = (wide >= 0) & (wide <= _F32_MAX)
+    # A signalling NaN from the wire would raise "invalid value" on the cast.
+    with np.errstate(invalid="ignore"):
+        wide = scales.astype(np.float64) * qmax
+        valid = (wide >= 0) & (wide <= _F32_MAX)
     if not valid.all():
         raise InvalidUpdateError(
             f"{fmt} scale {float(scales[~valid][0])!r} is invalid: expected finite, "

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from fedgrpc.aggregate import StreamingSum
+from fedgrpc.compress import DecodedBlock, DenseValues
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.global_model import GlobalModel
 from fedgrpc.coordinator.registry import ClientRecord, ClientRegistry
@@ -42,8 +43,11 @@ from fedgrpc.coordinator.state import (
     Ticket,
 )
 from fedgrpc.errors import InvalidUpdateError, WrongRoundError
+from fedgrpc.wire.codec_params import wire_codec
 from fedgrpc.wire.convert import UpdateHeaderInfo
 
+ChunkValues = np.ndarray | DecodedBlock
+"""What a checked chunk carries: raw float32 values or a decoded codec block."""
 HISTORY_ROUNDS = 100
 """Closed rounds kept for status; older ones are only in the logs."""
 
@@ -80,10 +84,16 @@ class RoundEngine:
                 a model already seeded.
         """
         spec = self.model.require_spec()
-        if header.codec != self.config.codec:
+        expected = (
+            "dense-fp32"
+            if header.is_initial_weights
+            else wire_codec(self.config.codec_config)
+        )
+        if header.codec != expected:
             raise InvalidUpdateError(
-                f"update codec {header.codec} is not the federation's codec "
-                f"{self.config.codec}"
+                f"update codec {header.codec} is not {expected}, the codec for "
+                f"{'initial weights' if header.is_initial_weights else 'updates'} "
+                f"in this federation ({self.config.codec})"
             )
         if header.num_coordinates != spec.num_coordinates:
             raise InvalidUpdateError(
@@ -154,18 +164,33 @@ class RoundEngine:
             )
         return current
 
-    def add_chunk(self, ticket: Ticket, offset: int, values: np.ndarray) -> None:
-        """Add one checked chunk: into the round's sum, or the initial weights."""
+    def add_chunk(self, ticket: Ticket, offset: int, chunk: ChunkValues) -> None:
+        """Add one checked chunk: into the round's sum, or the initial weights.
+
+        `chunk` is raw float32 values (DENSE_FP32) or a decoded block.
+        """
         if ticket.staging is not None:
             self.model.check_not_seeded()
-            ticket.staging.numpy()[offset : offset + values.size] = values
+            if not isinstance(chunk, np.ndarray):
+                raise InvalidUpdateError("initial weights must be dense float32")
+            ticket.staging.numpy()[offset : offset + chunk.size] = chunk
             return
         current = self._live_round(ticket)
         if current.total is None:
             current.total = StreamingSum(self._take_sum_buffer())
         weight = float(ticket.header.num_samples)
         ticket.touched_sum = True
-        current.total.add_chunk(offset, values, weight, ticket.scratch)
+        if isinstance(chunk, np.ndarray):
+            current.total.add_chunk(offset, chunk, weight, ticket.scratch)
+        else:
+            extent = (
+                chunk.values.size
+                if isinstance(chunk, DenseValues)
+                else int(chunk.indices[-1]) + 1
+                if chunk.indices.size
+                else 0
+            )
+            chunk.add_into(current.total.target(offset, offset + extent), weight)
 
     def commit(self, ticket: Ticket, payload_bytes: int) -> int:
         """Count a complete update; returns the updates in its round.

@@ -17,15 +17,14 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
-
+from fedgrpc.compress import format_codec, make_codec
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.registry import ClientRecord, ClientRegistry
-from fedgrpc.coordinator.rounds import RoundEngine
+from fedgrpc.coordinator.rounds import ChunkValues, RoundEngine
 from fedgrpc.coordinator.state import (
     OpenRound,
     Phase,
@@ -35,7 +34,9 @@ from fedgrpc.coordinator.state import (
 )
 from fedgrpc.errors import IncompatibleClientError, ShuttingDownError
 from fedgrpc.log import get_logger
-from fedgrpc.wire.convert import UpdateHeaderInfo
+from fedgrpc.wire.assemble import CodecChunkCheck, DenseChunkCheck
+from fedgrpc.wire.codec_params import wire_codec
+from fedgrpc.wire.convert import JoinInfo, UpdateHeaderInfo
 from fedgrpc.wire.spec import ModelSpec
 
 log = get_logger(__name__)
@@ -98,6 +99,7 @@ class CoordinatorRuntime:
         self._version_changed = asyncio.Condition()
         self._active_pulls = 0
         self._ticker: asyncio.Task[None] | None = None
+        self._codec = make_codec(config.codec_config)  # decode is thread-safe
 
     async def start(self) -> None:
         """Start the deadline / session-timeout ticker."""
@@ -122,22 +124,11 @@ class CoordinatorRuntime:
 
     # -- Join and Session --------------------------------------------------------
 
-    def join(
-        self, name: str, spec: ModelSpec, inner_steps: int, codecs: Sequence[str]
-    ) -> JoinResult:
-        """Admit a client whose model matches the federation's."""
+    def join(self, request: JoinInfo) -> JoinResult:
+        """Admit a client whose model and settings match the federation's."""
         self._check_running()
-        if inner_steps and inner_steps != self.config.inner_steps:
-            raise IncompatibleClientError(
-                f"the client was configured with inner_steps={inner_steps} but this "
-                f"federation runs inner_steps={self.config.inner_steps}; pass "
-                "inner_steps=None to follow the coordinator"
-            )
-        if self.config.codec not in codecs:
-            raise IncompatibleClientError(
-                f"the federation's codec is {self.config.codec} and the client "
-                f"supports only {', '.join(codecs) or 'none'}"
-            )
+        self._check_compatible(request)
+        spec, name = request.spec, request.name
         self.engine.model.adopt_spec(spec)
         client = self.registry.add(name, self.clock())
         seed = self.engine.model.claim_seeding(client.client_id)
@@ -150,6 +141,29 @@ class CoordinatorRuntime:
             current_round=current.round_id if current else 0,
             model_version=self.engine.model.version,
         )
+
+    def _check_compatible(self, request: JoinInfo) -> None:
+        config = self.config
+        if request.inner_steps and request.inner_steps != config.inner_steps:
+            raise IncompatibleClientError(
+                f"the client was configured with inner_steps={request.inner_steps} "
+                f"but this federation runs inner_steps={config.inner_steps}; pass "
+                "inner_steps=None to follow the coordinator"
+            )
+        wanted = request.requested_codec
+        if wanted is not None and wanted != config.codec_config:
+            raise IncompatibleClientError(
+                f"the client was configured with compression {format_codec(wanted)} "
+                f"but this federation uses {format_codec(config.codec_config)}; pass "
+                "compression=None to follow the coordinator"
+            )
+        codec = wire_codec(config.codec_config)
+        if codec not in request.supported_codecs:
+            raise IncompatibleClientError(
+                f"this federation sends updates as {codec} ({config.codec}) and the "
+                f"client supports only {', '.join(request.supported_codecs) or 'none'}"
+                "; upgrade the client"
+            )
 
     def open_session(
         self, client_id: str, token: bytes
@@ -195,7 +209,16 @@ class CoordinatorRuntime:
         client = self.registry.authenticate(header.client_id, header.session_token)
         return self.engine.admit(client, header)
 
-    def add_chunk(self, ticket: Ticket, offset: int, values: np.ndarray) -> None:
+    def chunk_check(self, ticket: Ticket) -> DenseChunkCheck | CodecChunkCheck:
+        """The validator for this update's chunks: raw float32 or the codec's."""
+        n, chunk_bytes = ticket.header.num_coordinates, self.config.chunk_bytes
+        if ticket.header.codec == "dense-fp32":
+            return DenseChunkCheck(n, chunk_bytes)
+        return CodecChunkCheck(
+            n, self._codec, self._codec.block_coordinates(chunk_bytes)
+        )
+
+    def add_chunk(self, ticket: Ticket, offset: int, values: ChunkValues) -> None:
         """Add one checked chunk to its round (or to the initial weights)."""
         self._check_running()
         self.engine.add_chunk(ticket, offset, values)

@@ -26,13 +26,11 @@ from fedgrpc.coordinator.runtime import (
 from fedgrpc.coordinator.state import Outcome, RoundResult, Ticket
 from fedgrpc.errors import FedGrpcError, InvalidUpdateError, ShuttingDownError
 from fedgrpc.log import get_logger
-from fedgrpc.wire.assemble import DenseChunkCheck
 from fedgrpc.wire.chunking import iter_chunks
 from fedgrpc.wire.convert import (
-    CODEC_FROM_PROTO,
     header_from_proto,
+    join_from_proto,
     round_config_to_proto,
-    spec_from_proto,
     spec_to_proto,
 )
 from fedgrpc.wire.frames import (
@@ -95,12 +93,7 @@ class CoordinatorServicer:
         """Admit a client; see the proto for the status codes."""
 
         async def body() -> pb.JoinResponse:
-            spec = spec_from_proto(request.model_spec)
-            codecs = [CODEC_FROM_PROTO[c] for c in request.supported_codecs
-                      if c in CODEC_FROM_PROTO]  # fmt: skip
-            joined = self.runtime.join(
-                request.client_name[:256], spec, request.inner_steps, codecs
-            )
+            joined = self.runtime.join(join_from_proto(request))
             return pb.JoinResponse(
                 client_id=joined.client.client_id,
                 session_token=joined.client.session_token,
@@ -202,9 +195,7 @@ class CoordinatorServicer:
     async def _stream_chunks(
         self, ticket: Ticket, stream: AsyncIterator[PushPart]
     ) -> pb.PushUpdateResponse:
-        check = DenseChunkCheck(
-            ticket.header.num_coordinates, self.runtime.config.chunk_bytes
-        )
+        check = self.runtime.chunk_check(ticket)
         payload: bytes | memoryview
         async for message in stream:
             if isinstance(message, ChunkFrame):  # the fast, zero-copy path

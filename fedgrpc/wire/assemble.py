@@ -10,21 +10,53 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedgrpc.compress import BlockCodec, DecodedBlock
 from fedgrpc.errors import IncompleteUpdateError, InvalidUpdateError
 from fedgrpc.wire.chunking import ChunkOrder
 
 FLOAT32_BYTES = 4
 
 
-class DenseChunkCheck:
+class ChunkStream:
+    """What every update's chunk check shares: order, byte count, the commit."""
+
+    def __init__(self, num_coordinates: int, max_count: int) -> None:
+        self.num_coordinates = num_coordinates
+        self.max_count = max_count
+        # Chunks may be smaller than max_count; tiling already bounds their number.
+        self.order = ChunkOrder(num_coordinates, max_chunks=num_coordinates)
+        self.payload_bytes = 0
+
+    def finish(self, num_chunks: int) -> None:
+        """Check the commit against what arrived.
+
+        Raises:
+            InvalidUpdateError: the commit's chunk count differs from the
+                chunks received, or the chunks do not cover every coordinate.
+        """
+        if num_chunks != self.order.next_seq:
+            raise InvalidUpdateError(
+                f"commit says {num_chunks} chunks but {self.order.next_seq} arrived"
+            )
+        if not self.order.is_complete:
+            raise InvalidUpdateError(
+                f"commit after {self.order.next_offset} of {self.num_coordinates} "
+                "coordinates; every coordinate must be sent"
+            )
+
+    def missing_commit(self) -> IncompleteUpdateError:
+        """The error for a stream that ended without its commit."""
+        return IncompleteUpdateError(
+            f"the update stream ended after {self.order.next_seq} chunks without a "
+            "commit; the update was discarded, send it again"
+        )
+
+
+class DenseChunkCheck(ChunkStream):
     """One dense float32 update's chunks, checked in order against its header."""
 
     def __init__(self, num_coordinates: int, chunk_bytes: int) -> None:
-        self.num_coordinates = num_coordinates
-        self.max_count = max(1, chunk_bytes // FLOAT32_BYTES)
-        # Chunks may be smaller than chunk_bytes; tiling already bounds their number.
-        self.order = ChunkOrder(num_coordinates, max_chunks=num_coordinates)
-        self.payload_bytes = 0
+        super().__init__(num_coordinates, max(1, chunk_bytes // FLOAT32_BYTES))
 
     def check(
         self, seq: int, offset: int, count: int, payload: bytes | memoryview
@@ -56,26 +88,43 @@ class DenseChunkCheck:
         self.payload_bytes += len(payload)
         return values
 
-    def finish(self, num_chunks: int) -> None:
-        """Check the commit against what arrived.
+
+class CodecChunkCheck(ChunkStream):
+    """One compressed update's chunks: order, block size, then the codec's decoder.
+
+    Each chunk carries one block of at most `block_coordinates` coordinates;
+    the codec validates the payload (lengths, index order and range, finite
+    scales and values) and returns what to add. Same interface as
+    `DenseChunkCheck`, so the servicer treats both alike.
+    """
+
+    def __init__(
+        self, num_coordinates: int, codec: BlockCodec, block_coordinates: int
+    ) -> None:
+        super().__init__(num_coordinates, block_coordinates)
+        self.codec = codec
+
+    def check(
+        self, seq: int, offset: int, count: int, payload: bytes | memoryview
+    ) -> DecodedBlock:
+        """Validate and decode one block.
 
         Raises:
-            InvalidUpdateError: the commit's chunk count differs from the
-                chunks received, or the chunks do not cover every coordinate.
+            InvalidUpdateError: out of order or range, a block over the
+                announced size, or a payload the codec rejects (the message
+                names the chunk and its coordinates).
         """
-        if num_chunks != self.order.next_seq:
+        if count > self.max_count:
             raise InvalidUpdateError(
-                f"commit says {num_chunks} chunks but {self.order.next_seq} arrived"
+                f"chunk {seq} carries {count} coordinates, more than the announced "
+                f"block size of {self.max_count}"
             )
-        if not self.order.is_complete:
+        try:
+            block = self.codec.decode(payload, count)
+        except InvalidUpdateError as exc:
             raise InvalidUpdateError(
-                f"commit after {self.order.next_offset} of {self.num_coordinates} "
-                "coordinates; every coordinate must be sent"
-            )
-
-    def missing_commit(self) -> IncompleteUpdateError:
-        """The error for a stream that ended without its commit."""
-        return IncompleteUpdateError(
-            f"the update stream ended after {self.order.next_seq} chunks without a "
-            "commit; the update was discarded, send it again"
-        )
+                f"chunk {seq} (coordinates {offset}..{offset + count}): {exc}"
+            ) from exc
+        self.order.accept(seq, offset, count)  # last: a rejected chunk changes nothing
+        self.payload_bytes += len(payload)
+        return block

@@ -9,8 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedgrpc._proto.v1 import common_pb2, coordinator_pb2
-from fedgrpc.config import CodecName, CoordinatorConfig, OuterOptimizerName
+from fedgrpc.compress import CodecConfig
+from fedgrpc.config import CoordinatorConfig, OuterOptimizerName
 from fedgrpc.errors import InvalidUpdateError
+from fedgrpc.wire.codec_params import (
+    WIRE_CODEC_FROM_PROTO,
+    WIRE_CODEC_TO_PROTO,
+    WireCodec,
+    codec_params_from_proto,
+    codec_params_to_proto,
+    wire_codec,
+)
 from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
 
 _DTYPE_TO_PROTO = {
@@ -20,10 +29,6 @@ _DTYPE_TO_PROTO = {
     DType.FLOAT64: common_pb2.DTYPE_FLOAT64,
 }
 _DTYPE_FROM_PROTO = {v: k for k, v in _DTYPE_TO_PROTO.items()}
-CODEC_TO_PROTO: dict[CodecName, common_pb2.Codec.ValueType] = {
-    "dense-fp32": common_pb2.CODEC_DENSE_FP32,
-}
-CODEC_FROM_PROTO = {v: k for k, v in CODEC_TO_PROTO.items()}
 _OPTIMIZER_TO_PROTO: dict[OuterOptimizerName, common_pb2.OuterOptimizer.ValueType] = {
     "nesterov": common_pb2.OUTER_OPTIMIZER_NESTEROV,
     "fedavg": common_pb2.OUTER_OPTIMIZER_FEDAVG,
@@ -76,7 +81,7 @@ def round_config_to_proto(config: CoordinatorConfig) -> common_pb2.RoundConfig:
     """The round settings clients learn at Join."""
     return common_pb2.RoundConfig(
         inner_steps=config.inner_steps,
-        update_codec=CODEC_TO_PROTO[config.codec],
+        update_codec=WIRE_CODEC_TO_PROTO[wire_codec(config.codec_config)],
         chunk_bytes=config.chunk_bytes,
         min_clients=config.min_clients,
         round_timeout_s=config.round_timeout_s,
@@ -84,6 +89,7 @@ def round_config_to_proto(config: CoordinatorConfig) -> common_pb2.RoundConfig:
         outer_lr=config.resolved_outer_lr,
         outer_momentum=config.resolved_outer_momentum,
         max_message_bytes=config.max_message_bytes,
+        codec_params=codec_params_to_proto(config.codec_config, config.chunk_bytes),
     )
 
 
@@ -96,7 +102,7 @@ class UpdateHeaderInfo:
     round_id: int
     base_version: int
     is_initial_weights: bool
-    codec: CodecName
+    codec: WireCodec
     num_coordinates: int
     num_samples: int
     train_loss: float
@@ -115,10 +121,10 @@ def header_from_proto(header: coordinator_pb2.UpdateHeader) -> UpdateHeaderInfo:
         raise InvalidUpdateError(
             f"update kind {header.kind} is not PSEUDO_GRADIENT or INITIAL_WEIGHTS"
         )
-    if header.codec not in CODEC_FROM_PROTO:
+    if header.codec not in WIRE_CODEC_FROM_PROTO:
         raise InvalidUpdateError(
             f"codec {header.codec} is unknown; this coordinator speaks "
-            f"{', '.join(CODEC_TO_PROTO)}"
+            f"{', '.join(WIRE_CODEC_TO_PROTO)}"
         )
     return UpdateHeaderInfo(
         client_id=header.client_id,
@@ -126,8 +132,41 @@ def header_from_proto(header: coordinator_pb2.UpdateHeader) -> UpdateHeaderInfo:
         round_id=header.round_id,
         base_version=header.base_version,
         is_initial_weights=header.kind == coordinator_pb2.UPDATE_KIND_INITIAL_WEIGHTS,
-        codec=CODEC_FROM_PROTO[header.codec],
+        codec=WIRE_CODEC_FROM_PROTO[header.codec],
         num_coordinates=header.num_coordinates,
         num_samples=max(1, header.num_samples),
         train_loss=header.train_loss,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class JoinInfo:
+    """A validated `JoinRequest`."""
+
+    name: str
+    spec: ModelSpec
+    inner_steps: int
+    supported_codecs: tuple[WireCodec, ...]
+    requested_codec: CodecConfig | None
+
+
+def join_from_proto(request: coordinator_pb2.JoinRequest) -> JoinInfo:
+    """Decode a Join request; unknown codecs a newer client offers are ignored.
+
+    Raises:
+        InvalidUpdateError: a malformed model spec or requested codec.
+    """
+    requested = None
+    if request.HasField("requested_codec"):
+        requested = codec_params_from_proto(request.requested_codec)
+    return JoinInfo(
+        name=request.client_name[:MAX_NAME_CHARS],
+        spec=spec_from_proto(request.model_spec),
+        inner_steps=request.inner_steps,
+        supported_codecs=tuple(
+            WIRE_CODEC_FROM_PROTO[c]
+            for c in request.supported_codecs
+            if c in WIRE_CODEC_FROM_PROTO
+        ),
+        requested_codec=requested,
     )

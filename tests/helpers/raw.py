@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 
 from fedgrpc._proto.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from fedgrpc.compress import CodecConfig, make_codec
 from fedgrpc.wire.convert import spec_to_proto
 from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
 
@@ -40,15 +41,78 @@ def join(
     spec: ModelSpec,
     name: str = "raw",
     inner_steps: int = 0,
+    codecs: tuple[int, ...] = (common_pb2.CODEC_DENSE_FP32,),
+    requested: common_pb2.CodecParams | None = None,
 ) -> coordinator_pb2.JoinResponse:
     return service.Join(
         PB.JoinRequest(
             client_name=name,
             model_spec=spec_to_proto(spec),
-            supported_codecs=[common_pb2.CODEC_DENSE_FP32],
+            supported_codecs=list(codecs),  # type: ignore[arg-type]
             inner_steps=inner_steps,
+            requested_codec=requested,
         ),
         timeout=10,
+    )
+
+
+def coded_update_messages(
+    joined: coordinator_pb2.JoinResponse,
+    values: np.ndarray,
+    codec: CodecConfig,
+    *,
+    round_id: int,
+    base_version: int,
+    num_samples: int = 1,
+) -> tuple[list[coordinator_pb2.PushUpdateRequest], np.ndarray]:
+    """An update encoded block by block with `codec`, and what it decodes to."""
+    coder = make_codec(codec, rng=np.random.default_rng(0))
+    block = joined.round_config.codec_params.block_coordinates
+    messages = [
+        _header(
+            joined,
+            values.size,
+            round_id,
+            base_version,
+            num_samples,
+            joined.round_config.update_codec,
+        )
+    ]
+    sent = np.zeros(values.size, dtype=np.float32)
+    for seq, start in enumerate(range(0, values.size, block)):
+        part = values[start : start + block].astype(np.float32)
+        encoded = coder.encode(part)
+        encoded.sent.add_into(sent[start : start + part.size])
+        messages.append(
+            PB.PushUpdateRequest(
+                chunk=PB.UpdateChunk(
+                    seq=seq, offset=start, count=part.size, payload=encoded.payload
+                )
+            )
+        )
+    messages.append(PB.PushUpdateRequest(commit=PB.UpdateCommit(num_chunks=seq + 1)))
+    return messages, sent
+
+
+def _header(
+    joined: coordinator_pb2.JoinResponse,
+    size: int,
+    round_id: int,
+    base_version: int,
+    num_samples: int,
+    codec: int,
+) -> coordinator_pb2.PushUpdateRequest:
+    return PB.PushUpdateRequest(
+        header=PB.UpdateHeader(
+            client_id=joined.client_id,
+            session_token=joined.session_token,
+            round_id=round_id,
+            base_version=base_version,
+            kind=PB.UPDATE_KIND_PSEUDO_GRADIENT,
+            codec=codec,  # type: ignore[arg-type]
+            num_coordinates=size,
+            num_samples=num_samples,
+        )
     )
 
 

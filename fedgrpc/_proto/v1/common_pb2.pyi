@@ -70,16 +70,87 @@ class _CodecEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Codec.ValueType
     CODEC_UNSPECIFIED: _Codec.ValueType  # 0
     """Never valid; a header with this codec is rejected with INVALID_ARGUMENT."""
     CODEC_DENSE_FP32: _Codec.ValueType  # 1
-    """Dense little-endian float32, 4 bytes per coordinate, no compression."""
+    """Dense little-endian float32, 4 bytes per coordinate, no compression.
+    Initial weights always use this codec, whatever the round's codec.
+    """
+    CODEC_DENSE: _Codec.ValueType  # 2
+    """Every coordinate of the block, written in `CodecParams.values`."""
+    CODEC_TOPK: _Codec.ValueType  # 3
+    """The k = ceil(density * count) largest-magnitude coordinates of the block:
+    uint32 k, then k values in `CodecParams.values`, then their sorted
+    block-relative positions (one header byte, then delta-coded gaps as
+    LEB128 varints or fixed-width bit-packing, optionally zstd-compressed).
+    Clients keep what they did not send in an error-feedback residual.
+    """
 
 class Codec(_Codec, metaclass=_CodecEnumTypeWrapper):
-    """How the values of an update chunk are encoded in `UpdateChunk.payload`."""
+    """How the values of an update chunk are encoded in `UpdateChunk.payload`.
+    Each UpdateChunk carries one *block*: `count` consecutive coordinates from
+    `offset` (at most `CodecParams.block_coordinates`). Byte layouts are those
+    of the Python reference implementation, fedgrpc/compress/ (quantize.py for
+    values, topk.py and index_coding.py for top-k); all little-endian.
+    """
 
 CODEC_UNSPECIFIED: Codec.ValueType  # 0
 """Never valid; a header with this codec is rejected with INVALID_ARGUMENT."""
 CODEC_DENSE_FP32: Codec.ValueType  # 1
-"""Dense little-endian float32, 4 bytes per coordinate, no compression."""
+"""Dense little-endian float32, 4 bytes per coordinate, no compression.
+Initial weights always use this codec, whatever the round's codec.
+"""
+CODEC_DENSE: Codec.ValueType  # 2
+"""Every coordinate of the block, written in `CodecParams.values`."""
+CODEC_TOPK: Codec.ValueType  # 3
+"""The k = ceil(density * count) largest-magnitude coordinates of the block:
+uint32 k, then k values in `CodecParams.values`, then their sorted
+block-relative positions (one header byte, then delta-coded gaps as
+LEB128 varints or fixed-width bit-packing, optionally zstd-compressed).
+Clients keep what they did not send in an error-feedback residual.
+"""
 Global___Codec: _TypeAlias = Codec  # noqa: Y015
+
+class _ValueFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ValueFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ValueFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VALUE_FORMAT_UNSPECIFIED: _ValueFormat.ValueType  # 0
+    """Never valid."""
+    VALUE_FORMAT_FP32: _ValueFormat.ValueType  # 1
+    """IEEE binary32, 4 bytes per value."""
+    VALUE_FORMAT_BF16: _ValueFormat.ValueType  # 2
+    """bfloat16 (upper half of binary32), round to nearest even, 2 bytes."""
+    VALUE_FORMAT_FP16: _ValueFormat.ValueType  # 3
+    """IEEE binary16, round to nearest even, clipped to +-65504, 2 bytes."""
+    VALUE_FORMAT_INT8: _ValueFormat.ValueType  # 4
+    """Per group of 4,096 values a float32 scale, then int8 codes in [-127, 127];
+    value = code * scale. Stochastic rounding (unbiased).
+    """
+    VALUE_FORMAT_INT4: _ValueFormat.ValueType  # 5
+    """As INT8 with codes in [-7, 7], two per byte (even element in the low
+    nibble).
+    """
+
+class ValueFormat(_ValueFormat, metaclass=_ValueFormatEnumTypeWrapper):
+    """How a block's values are written."""
+
+VALUE_FORMAT_UNSPECIFIED: ValueFormat.ValueType  # 0
+"""Never valid."""
+VALUE_FORMAT_FP32: ValueFormat.ValueType  # 1
+"""IEEE binary32, 4 bytes per value."""
+VALUE_FORMAT_BF16: ValueFormat.ValueType  # 2
+"""bfloat16 (upper half of binary32), round to nearest even, 2 bytes."""
+VALUE_FORMAT_FP16: ValueFormat.ValueType  # 3
+"""IEEE binary16, round to nearest even, clipped to +-65504, 2 bytes."""
+VALUE_FORMAT_INT8: ValueFormat.ValueType  # 4
+"""Per group of 4,096 values a float32 scale, then int8 codes in [-127, 127];
+value = code * scale. Stochastic rounding (unbiased).
+"""
+VALUE_FORMAT_INT4: ValueFormat.ValueType  # 5
+"""As INT8 with codes in [-7, 7], two per byte (even element in the low
+nibble).
+"""
+Global___ValueFormat: _TypeAlias = ValueFormat  # noqa: Y015
 
 class _OuterOptimizer:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -173,6 +244,42 @@ class ModelSpec(_message.Message):
 Global___ModelSpec: _TypeAlias = ModelSpec  # noqa: Y015
 
 @_typing.final
+class CodecParams(_message.Message):
+    """The update codec of a federation, announced in RoundConfig."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODEC_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    DENSITY_FIELD_NUMBER: _builtins.int
+    BLOCK_COORDINATES_FIELD_NUMBER: _builtins.int
+    codec: Global___Codec.ValueType
+    """Which codec."""
+    values: Global___ValueFormat.ValueType
+    """Value format (DENSE and TOPK; DENSE_FP32 implies FP32)."""
+    density: _builtins.float
+    """Fraction of each block's coordinates sent (TOPK only), in (0, 1]."""
+    block_coordinates: _builtins.int
+    """Most coordinates one UpdateChunk may carry; clients send blocks of
+    exactly this size except the last one of the update.
+    """
+    def __init__(
+        self,
+        *,
+        codec: Global___Codec.ValueType = ...,
+        values: Global___ValueFormat.ValueType = ...,
+        density: _builtins.float = ...,
+        block_coordinates: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_coordinates", b"block_coordinates", "codec", b"codec", "density", b"density", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CodecParams: _TypeAlias = CodecParams  # noqa: Y015
+
+@_typing.final
 class RoundConfig(_message.Message):
     """The coordinator's round settings, announced to every client at Join."""
 
@@ -187,6 +294,7 @@ class RoundConfig(_message.Message):
     OUTER_LR_FIELD_NUMBER: _builtins.int
     OUTER_MOMENTUM_FIELD_NUMBER: _builtins.int
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
+    CODEC_PARAMS_FIELD_NUMBER: _builtins.int
     inner_steps: _builtins.int
     """Inner optimizer steps each client takes between two pushes (DiLoCo's H)."""
     update_codec: Global___Codec.ValueType
@@ -209,6 +317,10 @@ class RoundConfig(_message.Message):
     """Largest gRPC message, in bytes, the coordinator accepts; larger
     messages fail with RESOURCE_EXHAUSTED.
     """
+    @_builtins.property
+    def codec_params(self) -> Global___CodecParams:
+        """The update codec in full (`update_codec` repeats its `codec`)."""
+
     def __init__(
         self,
         *,
@@ -221,10 +333,11 @@ class RoundConfig(_message.Message):
         outer_lr: _builtins.float = ...,
         outer_momentum: _builtins.float = ...,
         max_message_bytes: _builtins.int = ...,
+        codec_params: Global___CodecParams | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["codec_params", b"codec_params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "inner_steps", b"inner_steps", "max_message_bytes", b"max_message_bytes", "min_clients", b"min_clients", "outer_lr", b"outer_lr", "outer_momentum", b"outer_momentum", "outer_optimizer", b"outer_optimizer", "round_timeout_s", b"round_timeout_s", "update_codec", b"update_codec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "codec_params", b"codec_params", "inner_steps", b"inner_steps", "max_message_bytes", b"max_message_bytes", "min_clients", b"min_clients", "outer_lr", b"outer_lr", "outer_momentum", b"outer_momentum", "outer_optimizer", b"outer_optimizer", "round_timeout_s", b"round_timeout_s", "update_codec", b"update_codec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

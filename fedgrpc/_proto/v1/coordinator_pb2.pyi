@@ -90,6 +90,7 @@ class JoinRequest(_message.Message):
     SUPPORTED_CODECS_FIELD_NUMBER: _builtins.int
     INNER_STEPS_FIELD_NUMBER: _builtins.int
     LIBRARY_VERSION_FIELD_NUMBER: _builtins.int
+    REQUESTED_CODEC_FIELD_NUMBER: _builtins.int
     client_name: _builtins.str
     """Human-readable client name for logs and status (not an identity)."""
     inner_steps: _builtins.int
@@ -108,6 +109,13 @@ class JoinRequest(_message.Message):
     def supported_codecs(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.Codec.ValueType]:
         """Codecs the client can encode, in order of preference."""
 
+    @_builtins.property
+    def requested_codec(self) -> _common_pb2.CodecParams:
+        """The codec the client was configured with, if any. When set and different
+        from the federation's codec, Join fails with FAILED_PRECONDITION naming
+        both; leave unset to follow the coordinator.
+        """
+
     def __init__(
         self,
         *,
@@ -116,10 +124,11 @@ class JoinRequest(_message.Message):
         supported_codecs: _abc.Iterable[_common_pb2.Codec.ValueType] | None = ...,
         inner_steps: _builtins.int = ...,
         library_version: _builtins.str = ...,
+        requested_codec: _common_pb2.CodecParams | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["model_spec", b"model_spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model_spec", b"model_spec", "requested_codec", b"requested_codec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_name", b"client_name", "inner_steps", b"inner_steps", "library_version", b"library_version", "model_spec", b"model_spec", "supported_codecs", b"supported_codecs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_name", b"client_name", "inner_steps", b"inner_steps", "library_version", b"library_version", "model_spec", b"model_spec", "requested_codec", b"requested_codec", "supported_codecs", b"supported_codecs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -69,8 +69,8 @@ class CoordinatorServiceServicer:
         initial weights.
         INVALID_ARGUMENT: empty or malformed model spec, or a spec that differs
         from the federation's (the message names the first differing tensor).
-        FAILED_PRECONDITION: the client asked for inner_steps that differ from
-        the coordinator's, or supports none of its codecs.
+        FAILED_PRECONDITION: the client asked for inner_steps or a codec that
+        differ from the coordinator's, or does not support its codec.
         RESOURCE_EXHAUSTED: the coordinator already has max_clients clients.
         UNAVAILABLE: the coordinator is shutting down; retry with backoff.
         """
