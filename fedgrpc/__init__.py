@@ -11,6 +11,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
+from fedgrpc.compress import Dense, TopK
 from fedgrpc.config import ClientConfig, CoordinatorConfig
 from fedgrpc.errors import (
     ConfigError,
@@ -39,6 +40,7 @@ __all__ = [
     "ConfigError",
     "CoordinatorConfig",
     "CoordinatorUnavailableError",
+    "Dense",
     "DiLoCoClient",
     "FedGrpcError",
     "IncompatibleClientError",
@@ -47,6 +49,7 @@ __all__ = [
     "ModelMismatchError",
     "ShuttingDownError",
     "TooLargeError",
+    "TopK",
     "UnknownClientError",
     "WrongRoundError",
     "__version__",

@@ -16,11 +16,13 @@ from typing import Self
 
 import torch
 
+from fedgrpc.client.compressed import CompressedUpdates
 from fedgrpc.client.connection import BackgroundLoop
-from fedgrpc.client.link import CoordinatorLink, Federation
+from fedgrpc.client.link import CoordinatorLink, Federation, JoinSettings
 from fedgrpc.client.session import LEAVE_TIMEOUT_S
 from fedgrpc.client.sync import BACKSTOP_S, SyncOutcome, SyncPoint, call
 from fedgrpc.client.weights import LocalRun
+from fedgrpc.compress import CodecConfig, Dense
 from fedgrpc.config import ClientConfig
 from fedgrpc.errors import ConfigError, IncompatibleClientError
 from fedgrpc.log import get_logger
@@ -54,6 +56,7 @@ class DiLoCoClient:
         model: torch.nn.Module,
         inner_steps: int | None = None,
         *,
+        compression: CodecConfig | None = None,
         config: ClientConfig | None = None,
     ) -> None:
         """Join the coordinator at `target` ("host:port") and load its weights.
@@ -64,6 +67,11 @@ class DiLoCoClient:
                 place (dtype and device kept) at join and after each round.
             inner_steps: H. None follows the coordinator; a number must
                 match the coordinator's or Join fails.
+            compression: How updates are sent, e.g. `fedgrpc.TopK(density=0.01,
+                bits=8)` or `fedgrpc.Dense(values="bf16")`. None follows the
+                coordinator; a codec must match the coordinator's or Join
+                fails. Lossy codecs keep what they did not send in an
+                error-feedback residual (one more model-sized fp32 buffer).
             config: Timeouts, heartbeat interval and the name shown in logs.
 
         Raises:
@@ -84,8 +92,9 @@ class DiLoCoClient:
         self._loop.start()
         try:
             wait_s = self._config.connect_timeout_s + self._config.rpc_timeout_s
+            settings = JoinSettings(inner_steps, compression)
             connect = CoordinatorLink.connect(
-                target, self._local.spec, inner_steps, self._config
+                target, self._local.spec, settings, self._config
             )
             self._link, federation = call(self._loop, connect, wait_s)
             self._sync = self._start(self._link, federation)
@@ -107,9 +116,14 @@ class DiLoCoClient:
             inner_steps=federation.inner_steps,
             seed=federation.seed_model,
         )
+        compressed = None
+        if federation.codec != Dense(values="fp32"):
+            n = self._local.spec.num_coordinates
+            compressed = CompressedUpdates(federation.codec, n, federation.chunk_bytes)
         sync = SyncPoint(
             self._loop, link, self._local, self._config, federation.chunk_bytes
         )
+        sync.compressed = compressed
         if federation.seed_model:
             sync.seed()
         # The coordinator holds this pull until some client has seeded.

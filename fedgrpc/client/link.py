@@ -19,6 +19,7 @@ import grpc
 import torch
 
 from fedgrpc._proto.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from fedgrpc.client.compressed import CompressedUpdates
 from fedgrpc.client.connection import Credentials, open_channel, retry_unavailable
 from fedgrpc.client.rounds import RoundTracker
 from fedgrpc.client.session import SessionStream
@@ -30,11 +31,18 @@ from fedgrpc.client.transfer import (
     pull_model,
     push_method,
     push_update,
+    stream_update,
 )
+from fedgrpc.compress import CodecConfig, Dense, format_codec, make_codec
 from fedgrpc.config import ClientConfig
-from fedgrpc.errors import IncompatibleClientError, WrongRoundError
+from fedgrpc.errors import IncompatibleClientError, InvalidUpdateError, WrongRoundError
 from fedgrpc.log import get_logger
 from fedgrpc.wire.chunking import DEFAULT_CHUNK_BYTES
+from fedgrpc.wire.codec_params import (
+    WIRE_CODEC_TO_PROTO,
+    codec_params_from_proto,
+    codec_params_to_proto,
+)
 from fedgrpc.wire.convert import spec_to_proto
 from fedgrpc.wire.spec import ModelSpec
 
@@ -63,6 +71,41 @@ class Federation:
     chunk_bytes: int
     model_version: int
     seed_model: bool
+    codec: CodecConfig
+    """The update codec the coordinator announced."""
+
+
+@dataclass(frozen=True, slots=True)
+class JoinSettings:
+    """What the user asked of the federation; None follows the coordinator."""
+
+    inner_steps: int | None = None
+    compression: CodecConfig | None = None
+
+
+def announced_codec(
+    round_config: common_pb2.RoundConfig, chunk_bytes: int
+) -> CodecConfig:
+    """The federation's codec, checked against what this client would encode.
+
+    Raises:
+        IncompatibleClientError: an unknown codec, or block sizes that differ
+            from this version's (the coordinator runs another fedgrpc).
+    """
+    if not round_config.HasField("codec_params"):
+        return Dense(values="fp32")  # a coordinator from before compression
+    params = round_config.codec_params
+    try:
+        codec = codec_params_from_proto(params)
+    except InvalidUpdateError as exc:
+        raise IncompatibleClientError(f"{exc}; upgrade fedgrpc on this client") from exc
+    ours = make_codec(codec).block_coordinates(chunk_bytes)
+    if params.block_coordinates and params.block_coordinates != ours:
+        raise IncompatibleClientError(
+            f"the coordinator uses blocks of {params.block_coordinates} coordinates "
+            f"for {format_codec(codec)}, this client {ours}; run matching versions"
+        )
+    return codec
 
 
 class CoordinatorLink:
@@ -88,7 +131,11 @@ class CoordinatorLink:
 
     @classmethod
     async def connect(
-        cls, target: str, spec: ModelSpec, inner_steps: int | None, config: ClientConfig
+        cls,
+        target: str,
+        spec: ModelSpec,
+        settings: JoinSettings,
+        config: ClientConfig,
     ) -> tuple[CoordinatorLink, Federation]:
         """Open a channel, Join (retrying while unreachable), open the Session.
 
@@ -99,7 +146,7 @@ class CoordinatorLink:
         """
         link = cls(target, open_channel(target), spec, config)
         try:
-            federation = await link._join(inner_steps)
+            federation = await link._join(settings)
             link._session = SessionStream(
                 link.stub, link.credentials, link.tracker, config.heartbeat_interval_s
             )
@@ -109,13 +156,17 @@ class CoordinatorLink:
             raise
         return link, federation
 
-    async def _join(self, inner_steps: int | None) -> Federation:
+    async def _join(self, settings: JoinSettings) -> Federation:
+        wanted = settings.compression
         request = coordinator_pb2.JoinRequest(
             client_name=self.config.name or default_client_name(),
             model_spec=spec_to_proto(self.spec),
-            supported_codecs=[common_pb2.CODEC_DENSE_FP32],
-            inner_steps=inner_steps or 0,
+            supported_codecs=list(WIRE_CODEC_TO_PROTO.values()),
+            inner_steps=settings.inner_steps or 0,
             library_version=library_version(),
+            requested_codec=(
+                codec_params_to_proto(wanted, DEFAULT_CHUNK_BYTES) if wanted else None
+            ),
         )
 
         async def attempt(timeout_s: float) -> coordinator_pb2.JoinResponse:
@@ -129,19 +180,17 @@ class CoordinatorLink:
             attempt_timeout_s=self.config.rpc_timeout_s,
         )
         round_config = response.round_config
-        if round_config.update_codec != common_pb2.CODEC_DENSE_FP32:
-            raise IncompatibleClientError(
-                f"the federation uses codec {round_config.update_codec}, this client "
-                "encodes only dense-fp32; upgrade fedgrpc on this client"
-            )
+        chunk_bytes = round_config.chunk_bytes or DEFAULT_CHUNK_BYTES
+        codec = announced_codec(round_config, chunk_bytes)
         self.credentials = Credentials(response.client_id, response.session_token)
         self.tracker.model_version = response.model_version
         return Federation(
             run_id=response.run_id,
             inner_steps=round_config.inner_steps,
-            chunk_bytes=round_config.chunk_bytes or DEFAULT_CHUNK_BYTES,
+            chunk_bytes=chunk_bytes,
             model_version=response.model_version,
             seed_model=response.seed_model,
+            codec=codec,
         )
 
     def _transfer_timeout_s(self, nbytes: int, chunk_bytes: int) -> float:
@@ -169,6 +218,17 @@ class CoordinatorLink:
             flat,
             chunk_bytes,
             self.push_timeout_s(chunk_bytes),
+        )
+
+    async def push_compressed(
+        self, updates: CompressedUpdates, meta: UpdateMeta, delta: torch.Tensor
+    ) -> PushResult:
+        """Push one update through the codec and error feedback of `updates`."""
+        requests = updates.requests(self.credentials, meta, delta)
+        timeout_s = self.push_timeout_s(updates.chunk_bytes)
+        response = await stream_update(self.push_method, requests, timeout_s)
+        return PushResult(
+            response.round_id, response.updates_in_round, updates.payload_bytes
         )
 
     async def seed(self, flat: torch.Tensor, chunk_bytes: int) -> PushResult | None:

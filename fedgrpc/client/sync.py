@@ -23,6 +23,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any, Literal, TypeVar
 
+from fedgrpc.client.compressed import CompressedUpdates
 from fedgrpc.client.connection import BackgroundLoop
 from fedgrpc.client.link import CoordinatorLink
 from fedgrpc.client.rounds import StaleBase
@@ -80,6 +81,8 @@ class SyncPoint:
         """Update payload bytes pushed (initial weights included)."""
         self.bytes_received = 0
         """Model payload bytes pulled."""
+        self.compressed: CompressedUpdates | None = None
+        """Codec and error feedback, unless updates go as raw float32."""
 
     def seed(self) -> None:
         """Upload our weights as the initial model (losing the race is fine)."""
@@ -136,9 +139,17 @@ class SyncPoint:
             version=closed.model_version,
             updates=closed.num_updates,
         )
+        if pushed:
+            self._settle(applied=closed.outcome == "applied")
         if closed.outcome == "applied":
             self.pull_and_load(closed.model_version, self._config.rpc_timeout_s)
         return closed.outcome if pushed else "missed"
+
+    def _settle(self, applied: bool) -> None:
+        """Compressed updates: a round that did not apply ours gives it back."""
+        if self.compressed is not None and self.compressed.settle(applied):
+            self._local.rebase_on_local()
+            self._log.info("update_returned_to_residual", applied=applied)
 
     def _push(self, round_id: int) -> bool:
         local = self._local
@@ -150,15 +161,21 @@ class SyncPoint:
             num_samples=local.samples,
             train_loss=local.loss_mean,
         )
+        link = self._link
+        push = (
+            link.push(meta, delta, self._chunk_bytes)
+            if self.compressed is None
+            else link.push_compressed(self.compressed, meta, delta)
+        )
         try:
-            result = call(
-                self._loop,
-                self._link.push(meta, delta, self._chunk_bytes),
-                self._link.push_timeout_s(self._chunk_bytes),
-            )
+            result = call(self._loop, push, link.push_timeout_s(self._chunk_bytes))
         except WrongRoundError as exc:
+            self._settle(applied=False)
             self._log.warning("update_refused", round=round_id, reason=str(exc))
             return False
+        except BaseException:
+            self._settle(applied=False)  # what was sent must not be lost
+            raise
         self.bytes_sent += result.bytes_sent
         self._log.info(
             "update_pushed",

@@ -106,6 +106,28 @@ def fp32_le_array(flat: torch.Tensor) -> np.ndarray:
     return values if sys.byteorder == "little" else values.astype("<f4")
 
 
+def update_header(
+    credentials: Credentials,
+    meta: UpdateMeta,
+    num_coordinates: int,
+    codec: common_pb2.Codec.ValueType,
+) -> coordinator_pb2.PushUpdateRequest:
+    """The first message of every update stream."""
+    return coordinator_pb2.PushUpdateRequest(
+        header=coordinator_pb2.UpdateHeader(
+            client_id=credentials.client_id,
+            session_token=credentials.session_token,
+            round_id=meta.round_id,
+            base_version=meta.base_version,
+            kind=_KINDS[meta.kind],
+            codec=codec,
+            num_coordinates=num_coordinates,
+            num_samples=meta.num_samples,
+            train_loss=meta.train_loss,
+        )
+    )
+
+
 async def update_requests(
     credentials: Credentials, meta: UpdateMeta, flat: torch.Tensor, chunk_bytes: int
 ) -> AsyncIterator[coordinator_pb2.PushUpdateRequest | bytes]:
@@ -118,19 +140,7 @@ async def update_requests(
     are slices of `flat`, which must not change until the push finishes.
     """
     values = fp32_le_array(flat)
-    yield coordinator_pb2.PushUpdateRequest(
-        header=coordinator_pb2.UpdateHeader(
-            client_id=credentials.client_id,
-            session_token=credentials.session_token,
-            round_id=meta.round_id,
-            base_version=meta.base_version,
-            kind=_KINDS[meta.kind],
-            codec=common_pb2.CODEC_DENSE_FP32,
-            num_coordinates=values.size,
-            num_samples=meta.num_samples,
-            train_loss=meta.train_loss,
-        )
-    )
+    yield update_header(credentials, meta, values.size, common_pb2.CODEC_DENSE_FP32)
     num_chunks = 0
     chunks = iter_chunks(values.data, chunk_bytes, itemsize=FP32_BYTES)
     for seq, (byte_offset, view) in enumerate(chunks):
@@ -160,7 +170,7 @@ async def push_update(
     chunk_bytes: int,
     timeout_s: float,
 ) -> PushResult:
-    """Stream one update to the coordinator and wait for its acknowledgement.
+    """Stream one raw float32 update and wait for its acknowledgement.
 
     Args:
         push: `push_method(channel)` on the current loop's channel.
@@ -171,12 +181,28 @@ async def push_update(
         timeout_s: Deadline of the whole stream.
 
     Raises:
+        See `stream_update`.
+    """
+    requests = update_requests(credentials, meta, flat, chunk_bytes)
+    response = await stream_update(push, requests, timeout_s)
+    sent = flat.numel() * FP32_BYTES
+    log.debug("update_sent", round=response.round_id, kind=meta.kind, bytes=sent)
+    return PushResult(response.round_id, response.updates_in_round, sent)
+
+
+async def stream_update(
+    push: PushMethod,
+    requests: AsyncIterator[coordinator_pb2.PushUpdateRequest | bytes],
+    timeout_s: float,
+) -> coordinator_pb2.PushUpdateResponse:
+    """Write an update's messages (header, chunks, commit); return the ack.
+
+    Raises:
         WrongRoundError: FAILED_PRECONDITION (round closed, stale base,
             duplicate update, or the model is already seeded).
         InvalidUpdateError, TooLargeError, IncompleteUpdateError,
         UnknownClientError, CoordinatorUnavailableError: see `status.py`.
     """
-    requests = update_requests(credentials, meta, flat, chunk_bytes)
     with translated("PushUpdate"):
         # Explicit writes, so a call that already ended stops our writes at
         # once. The coordinator reads a refused stream to its end before it
@@ -189,10 +215,7 @@ async def push_update(
             await call.done_writing()
         except asyncio.InvalidStateError:
             pass  # the call already ended; `await call` below says how
-        response = await call
-    sent = flat.numel() * FP32_BYTES
-    log.debug("update_sent", round=response.round_id, kind=meta.kind, bytes=sent)
-    return PushResult(response.round_id, response.updates_in_round, sent)
+        return await call
 
 
 class ModelReceiver:

@@ -81,6 +81,15 @@ class LocalRun:
             )
         return delta
 
+    def rebase_on_local(self) -> None:
+        """Snapshot := local weights, base version unchanged.
+
+        After a compressed round that delivered nothing, its progress is back
+        in the error-feedback residual; rebasing keeps the next
+        pseudo-gradient from counting it a second time.
+        """
+        flatten_fp32(self.params, self.spec, out=self.snapshot)
+
     def load(self, native: torch.Tensor, version: int) -> None:
         """Copy pulled weights (native-byte layout) into the model and snapshot.
 

@@ -14,6 +14,7 @@ EXPECTED = [
     "ConfigError",
     "CoordinatorConfig",
     "CoordinatorUnavailableError",
+    "Dense",
     "DiLoCoClient",
     "FedGrpcError",
     "IncompatibleClientError",
@@ -22,6 +23,7 @@ EXPECTED = [
     "ModelMismatchError",
     "ShuttingDownError",
     "TooLargeError",
+    "TopK",
     "UnknownClientError",
     "WrongRoundError",
     "__version__",
@@ -38,6 +40,7 @@ def test_all_is_pinned_sorted_and_resolvable() -> None:
 
 def test_errors_share_one_base_and_config_errors_are_value_errors() -> None:
     errors = [getattr(fedgrpc, n) for n in EXPECTED if n.endswith("Error")]
+    assert fedgrpc.TopK(density=0.01, bits=8).density == 0.01
     assert all(issubclass(e, fedgrpc.FedGrpcError) for e in errors)
     assert issubclass(fedgrpc.ConfigError, ValueError)
     assert issubclass(fedgrpc.ModelMismatchError, fedgrpc.InvalidUpdateError)

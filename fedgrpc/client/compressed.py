@@ -1,0 +1,87 @@
+"""Compressed pushes: a codec plus the error-feedback residual behind it.
+
+Each round the pseudo-gradient Δ is folded into the residual e, e is encoded
+block by block (one block per UpdateChunk) and what each payload decodes to
+is subtracted from e as it is sent. What a round could not deliver is put
+back: if the push fails, or the round is skipped or discarded, every sent
+block is restored into e and the snapshot moves to the current local
+weights, so the next Δ counts only new progress while e still holds this
+round's. Nothing is lost and nothing is counted twice:
+Σ applied updates + e = global - local, whatever happened to the rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import numpy as np
+import torch
+
+from fedgrpc._proto.v1 import coordinator_pb2
+from fedgrpc.client.connection import Credentials
+from fedgrpc.client.transfer import UpdateMeta, update_header
+from fedgrpc.compress import CodecConfig, ErrorFeedback, OffsetBlock, make_codec
+from fedgrpc.wire.codec_params import WIRE_CODEC_TO_PROTO, wire_codec
+from fedgrpc.wire.frames import encode_update_chunk
+
+
+class CompressedUpdates:
+    """One client's codec and residual; encodes rounds and settles them."""
+
+    def __init__(
+        self, config: CodecConfig, num_coordinates: int, chunk_bytes: int
+    ) -> None:
+        self.config = config
+        self.codec = make_codec(config)  # fresh entropy: clients' rounding differs
+        self.feedback = ErrorFeedback(num_coordinates)
+        self.chunk_bytes = chunk_bytes
+        self._wire_codec = WIRE_CODEC_TO_PROTO[wire_codec(config)]
+        self._pending: list[OffsetBlock] = []
+        self.payload_bytes = 0
+        """Payload bytes of the last update encoded."""
+
+    async def requests(
+        self, credentials: Credentials, meta: UpdateMeta, delta: torch.Tensor
+    ) -> AsyncIterator[coordinator_pb2.PushUpdateRequest | bytes]:
+        """Header, one pre-encoded chunk per block of e + Δ, commit.
+
+        Lazy: block i+1 is encoded while block i is on the wire. Every
+        yielded block is remembered until `settle` says what became of it.
+        """
+        if self._pending:
+            raise RuntimeError("the previous update was not settled")
+        values = delta.detach().numpy()
+        self.feedback.accumulate(values)
+        self.payload_bytes = 0
+        yield update_header(credentials, meta, values.size, self._wire_codec)
+        seq = 0
+        for seq, block in enumerate(
+            self.feedback.encode_blocks(self.codec, self.chunk_bytes), start=1
+        ):
+            self._pending.append(block)
+            payload = block.encoded.payload
+            self.payload_bytes += len(payload)
+            yield encode_update_chunk(seq - 1, block.offset, block.count,
+                                      memoryview(payload))  # fmt: skip
+        yield coordinator_pb2.PushUpdateRequest(
+            commit=coordinator_pb2.UpdateCommit(num_chunks=seq)
+        )
+
+    def settle(self, applied: bool) -> bool:
+        """Close the last update's books; True if blocks were put back into e.
+
+        `applied`: the round averaged our update into a new model. Otherwise
+        (push failed, round skipped or discarded) the sent blocks return to
+        the residual; the caller must then rebase its snapshot on the local
+        weights (`LocalRun.rebase_on_local`).
+        """
+        pending, self._pending = self._pending, []
+        if applied or not pending:
+            return False
+        for block in pending:
+            self.feedback.restore(block.offset, block.encoded.sent)
+        return True
+
+    def residual_norm(self) -> float:
+        """‖e‖₂, for logs: how much progress is still waiting to be sent."""
+        return float(np.linalg.norm(self.feedback.residual))
