@@ -148,6 +148,12 @@ def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="validation batches scored before and after (default: 8)",
     )
     parser.add_argument(
+        "--compression",
+        metavar="SPEC",
+        help="update codec for every client, e.g. topk:0.01:int8 or dense:bf16 "
+        "(grammar: fedgrpc serve --help, --codec; default: dense:fp32)",
+    )
+    parser.add_argument(
         "--corpus-bytes",
         type=int,
         metavar="BYTES",
@@ -209,6 +215,7 @@ def _simulate(args: argparse.Namespace) -> int:
         "outer_lr": args.outer_lr,
         "outer_momentum": args.outer_momentum,
         "corpus_bytes": args.corpus_bytes,
+        "compression": args.compression,
     }
     config = SimulationConfig(
         clients=args.clients,

@@ -44,6 +44,8 @@ class SimulationConfig:
     outer_optimizer: OuterOptimizerName = "nesterov"
     outer_lr: float | None = None
     outer_momentum: float | None = None
+    compression: str = "dense:fp32"
+    """The coordinator's codec (`fedgrpc.compress.parse_codec` grammar)."""
     corpus_bytes: int = DEFAULT_CORPUS_BYTES
     eval_batches: int = 8
     round_timeout_s: float = 120.0
@@ -156,6 +158,7 @@ def _coordinator_config(config: SimulationConfig) -> CoordinatorConfig:
         outer_optimizer=config.outer_optimizer,
         outer_lr=config.outer_lr,
         outer_momentum=config.outer_momentum,
+        codec=config.compression,
         heartbeat_interval_s=2.0,
         session_timeout_s=60.0,
     )

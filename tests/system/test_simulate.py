@@ -50,3 +50,19 @@ def test_simulate_rejects_bad_flags() -> None:
     )
     assert result.returncode == 2
     assert "clients=0 must be >= 1" in result.stderr
+
+
+def test_simulate_with_topk_compression_sends_far_fewer_bytes() -> None:
+    result = subprocess.run(
+        [str(FEDGRPC), "simulate", "--clients", "2", "--rounds", "3",
+         "--inner-steps", "5", "--json", "--no-progress",
+         "--compression", "topk:0.01:int8"],
+        capture_output=True, text=True, timeout=170,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["rounds_applied"] == 3
+    seed_bytes = 4 * summary["num_parameters"]  # initial weights stay raw fp32
+    dense_update_bytes = 4 * summary["num_parameters"] * 2 * 3
+    assert summary["bytes_up"] - seed_bytes < dense_update_bytes / 50
+    assert summary["final_val_loss"] < summary["initial_val_loss"]
