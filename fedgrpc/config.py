@@ -15,6 +15,7 @@ from typing import Any, Literal, Self
 
 from fedgrpc.compress.spec import CodecConfig, parse_codec
 from fedgrpc.errors import ConfigError
+from fedgrpc.errors import check_config as _check
 from fedgrpc.wire.chunking import (
     DEFAULT_CHUNK_BYTES,
     MAX_CHUNK_BYTES,
@@ -26,11 +27,6 @@ OuterOptimizerName = Literal["nesterov", "fedavg"]
 OUTER_OPTIMIZERS: tuple[OuterOptimizerName, ...] = ("nesterov", "fedavg")
 _DEFAULT_OUTER_LR = {"nesterov": 0.7, "fedavg": 1.0}
 _DEFAULT_OUTER_MOMENTUM = {"nesterov": 0.9, "fedavg": 0.0}
-
-
-def _check(condition: bool, field: str, value: object, allowed: str) -> None:
-    if not condition:
-        raise ConfigError(f"{field}={value!r} is invalid: expected {allowed}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

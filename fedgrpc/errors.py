@@ -19,6 +19,12 @@ class ConfigError(FedGrpcError, ValueError):
     """A config value is out of range or inconsistent (raised at construction)."""
 
 
+def check_config(condition: bool, field: str, value: object, allowed: str) -> None:
+    """Raise `ConfigError` naming the field, the value and what is allowed."""
+    if not condition:
+        raise ConfigError(f"{field}={value!r} is invalid: expected {allowed}")
+
+
 class UnknownClientError(FedGrpcError):
     """The caller is not a joined client, or its session token is wrong.
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 from fedgrpc.errors import ConfigError
+from fedgrpc.errors import check_config as _check
 
 ValueFormat = Literal["fp32", "bf16", "fp16", "int8", "int4"]
 """How one coordinate's value is written: raw little-endian floats, or integer
@@ -32,11 +33,6 @@ TopKBits = Literal[4, 8, 16, 32]
 TOPK_BITS: dict[TopKBits, ValueFormat] = {4: "int4", 8: "int8", 16: "bf16", 32: "fp32"}
 """Top-k value bits → format. 16 means bf16, not fp16: the selected values are
 the largest of the block, exactly where fp16's 65504 ceiling would bite."""
-
-
-def _check(condition: bool, field: str, value: object, allowed: str) -> None:
-    if not condition:
-        raise ConfigError(f"{field}={value!r} is invalid: expected {allowed}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
