@@ -214,9 +214,9 @@ class CoordinatorRuntime:
         n, chunk_bytes = ticket.header.num_coordinates, self.config.chunk_bytes
         if ticket.header.codec == "dense-fp32":
             return DenseChunkCheck(n, chunk_bytes)
-        return CodecChunkCheck(
-            n, self._codec, self._codec.block_coordinates(chunk_bytes)
-        )
+        spec = self.engine.model.require_spec()
+        block = self._codec.block_coordinates(chunk_bytes)
+        return CodecChunkCheck(spec, self._codec, block)
 
     def add_chunk(self, ticket: Ticket, offset: int, values: ChunkValues) -> None:
         """Add one checked chunk to its round (or to the initial weights)."""

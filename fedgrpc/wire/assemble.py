@@ -13,6 +13,7 @@ import numpy as np
 from fedgrpc.compress import BlockCodec, DecodedBlock
 from fedgrpc.errors import IncompleteUpdateError, InvalidUpdateError
 from fedgrpc.wire.chunking import ChunkOrder
+from fedgrpc.wire.spec import ModelSpec
 
 FLOAT32_BYTES = 4
 
@@ -99,9 +100,10 @@ class CodecChunkCheck(ChunkStream):
     """
 
     def __init__(
-        self, num_coordinates: int, codec: BlockCodec, block_coordinates: int
+        self, spec: ModelSpec, codec: BlockCodec, block_coordinates: int
     ) -> None:
-        super().__init__(num_coordinates, block_coordinates)
+        super().__init__(spec.num_coordinates, block_coordinates)
+        self.spec = spec
         self.codec = codec
 
     def check(
@@ -122,9 +124,10 @@ class CodecChunkCheck(ChunkStream):
         try:
             block = self.codec.decode(payload, count)
         except InvalidUpdateError as exc:
-            raise InvalidUpdateError(
-                f"chunk {seq} (coordinates {offset}..{offset + count}): {exc}"
-            ) from exc
+            where = f"coordinates {offset}..{offset + count}"
+            if 0 <= offset < self.num_coordinates:
+                where += f", tensor {self.spec.tensor_at(offset).name!r}"
+            raise InvalidUpdateError(f"chunk {seq} ({where}): {exc}") from exc
         self.order.accept(seq, offset, count)  # last: a rejected chunk changes nothing
         self.payload_bytes += len(payload)
         return block

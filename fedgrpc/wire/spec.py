@@ -13,6 +13,7 @@ layouts that every transfer uses:
 
 from __future__ import annotations
 
+import bisect
 import enum
 import hashlib
 import math
@@ -105,6 +106,18 @@ class ModelSpec:
     def num_bytes(self) -> int:
         """Total native bytes (the downlink payload of one full model)."""
         return sum(t.nbytes for t in self.tensors)
+
+    def tensor_at(self, coordinate: int) -> TensorSpec:
+        """The tensor holding flat `coordinate` (for error messages).
+
+        Raises:
+            IndexError: `coordinate` is outside [0, num_coordinates).
+        """
+        if not 0 <= coordinate < self.num_coordinates:
+            raise IndexError(f"coordinate {coordinate} is outside the model")
+        starts = [slot.coord_offset for slot in self.slots if slot.spec.numel]
+        tensors = [slot.spec for slot in self.slots if slot.spec.numel]
+        return tensors[bisect.bisect_right(starts, coordinate) - 1]
 
     def check_same_as(self, other: ModelSpec) -> None:
         """Raise `ModelMismatchError` naming the first difference from `other`."""

@@ -125,7 +125,7 @@ def test_codec_rejections(coordinator: CoordinatorThread) -> None:
             lambda: service.PushUpdate(iter([messages[0], bad_chunk]), timeout=10)
         )
         assert code == grpc.StatusCode.INVALID_ARGUMENT
-        assert "chunk 0 (coordinates 0..65536)" in details
+        assert "chunk 0 (coordinates 0..65536, tensor 'w')" in details
         dense_header = update_messages(
             a, np.ones(N, np.float32), round_id=1, base_version=0, chunk_coords=65_536
         )
@@ -135,3 +135,56 @@ def test_codec_rejections(coordinator: CoordinatorThread) -> None:
         # Nothing above reached the sum: a good update still counts.
         reply = service.PushUpdate(iter(messages), timeout=10)
         assert reply.updates_in_round == 1
+
+
+def _truncate(payload: bytes) -> bytes:
+    return payload[:-3]
+
+
+def _huge_k(payload: bytes) -> bytes:
+    return (10**9).to_bytes(4, "little") + payload[4:]
+
+
+def _nan_scale(payload: bytes) -> bytes:
+    return payload[:4] + np.array([np.nan], "<f4").tobytes() + payload[8:]
+
+
+def _bad_index_header(payload: bytes) -> bytes:
+    k = int.from_bytes(payload[:4], "little")
+    header_at = 4 + 4 * -(-k // 4096) + k  # after k, the scales and the int8 codes
+    return payload[:header_at] + b"\x3f" + payload[header_at + 1 :]  # width 63
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "fragment"),
+    [
+        (_truncate, ""),
+        (_huge_k, "k"),
+        (_nan_scale, "scale"),
+        (_bad_index_header, ""),
+    ],
+)
+def test_corrupt_topk_blocks_are_refused_and_the_round_survives(
+    coordinator: CoordinatorThread, corrupt, fragment: str
+) -> None:
+    channel, service = stub(coordinator.address)
+    with channel:
+        a = join(service, tiny_spec(N), "a", codecs=CODECS)
+        service.PushUpdate(
+            update_messages(a, np.zeros(N, np.float32), round_id=0, base_version=0,
+                            initial=True, chunk_coords=65_536)
+        )  # fmt: skip
+        messages, _ = coded_update_messages(
+            a, np.random.default_rng(1).standard_normal(N), TOPK, round_id=1,
+            base_version=0,
+        )  # fmt: skip
+        bad = PB.PushUpdateRequest()
+        bad.CopyFrom(messages[1])
+        bad.chunk.payload = corrupt(bad.chunk.payload)
+        code, details = _code(
+            lambda: service.PushUpdate(iter([messages[0], bad]), timeout=10)
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "chunk 0 (coordinates 0..65536, tensor 'w')" in details
+        assert fragment in details
+        assert service.PushUpdate(iter(messages), timeout=10).updates_in_round == 1
