@@ -64,6 +64,9 @@ _SERVE_FLAGS = (
           "for fedavg)", float, "LR"),
     _Flag("--outer-momentum", "outer momentum in [0, 1) (default: 0.9 for "
           "nesterov, 0 for fedavg)", float, "M"),
+    _Flag("--max-update-norm-growth", "divergence guard: skip a round whose mean "
+          "update norm is over this many times the recent median, 0 disables "
+          f"(default: {_D.max_update_norm_growth:g})", float, "X"),
     _Flag("--codec", "update codec: dense[:fp32|bf16|fp16|int8|int4] or "
           "topk:DENSITY[:int8|int4|bf16|fp32], e.g. topk:0.01:int8 "
           f"(default: {_D.codec})", metavar="SPEC"),

@@ -50,6 +50,9 @@ class CoordinatorConfig:
     """Outer learning rate; None means 0.7 for nesterov (DiLoCo), 1.0 for fedavg."""
     outer_momentum: float | None = None
     """Outer momentum; None means 0.9 for nesterov (DiLoCo), 0 for fedavg."""
+    max_update_norm_growth: float = 10.0
+    """Divergence guard: skip a round whose mean update norm exceeds this many
+    times the median of recent rounds' (after 3 applied rounds); 0 disables."""
     codec: str = "dense:fp32"
     """Update codec every client must use: `dense[:fp32|bf16|fp16|int8|int4]` or
     `topk:DENSITY[:int8|int4|bf16|fp32]` (e.g. `topk:0.01:int8`); see
@@ -79,6 +82,8 @@ class CoordinatorConfig:
         _check(0 <= self.resolved_outer_momentum < 1, "outer_momentum",
                self.outer_momentum, "in [0, 1)")  # fmt: skip
         parse_codec(self.codec)  # raises ConfigError naming the problem
+        _check(self.max_update_norm_growth >= 0, "max_update_norm_growth",
+               self.max_update_norm_growth, ">= 0 (0 disables the guard)")  # fmt: skip
         _check(MIN_CHUNK_BYTES <= self.chunk_bytes <= MAX_CHUNK_BYTES, "chunk_bytes",
                self.chunk_bytes, f"{MIN_CHUNK_BYTES}..{MAX_CHUNK_BYTES}")  # fmt: skip
         _check(self.heartbeat_interval_s > 0, "heartbeat_interval_s",

@@ -7,6 +7,8 @@ publishing an immutable version for PullModel.
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from collections.abc import Callable
 
 import torch
@@ -17,6 +19,11 @@ from fedgrpc.errors import InvalidUpdateError, WrongRoundError
 from fedgrpc.optim import OuterOptimizer, build_outer_optimizer
 from fedgrpc.wire.spec import DType, ModelSpec
 from fedgrpc.wire.tensors import pack_native
+
+GUARD_WARMUP_ROUNDS = 3
+"""Applied rounds before the divergence guard has a median to compare with."""
+GUARD_HISTORY_ROUNDS = 8
+"""Applied update norms the guard's median is taken over."""
 
 
 class GlobalModel:
@@ -36,6 +43,7 @@ class GlobalModel:
             config.resolved_outer_momentum,
         )
         self._seeder: tuple[str, float] | None = None
+        self._update_norms: deque[float] = deque(maxlen=GUARD_HISTORY_ROUNDS)
 
     def adopt_spec(self, spec: ModelSpec) -> None:
         """Check a joiner's model; the first spec defines the federation.
@@ -96,6 +104,30 @@ class GlobalModel:
         self.optimizer.step(master, mean)
         self.master = master
         self.published = self._publish(self.version + 1, round_id)
+
+    def divergence(self, mean: torch.Tensor) -> str | None:
+        """Why applying `mean` would blow the model up, or None if it looks sane.
+
+        Self-calibrating: the update's norm is compared with the median of
+        the last applied ones (after GUARD_WARMUP_ROUNDS of them), so no
+        absolute scale has to be guessed per model. A NaN/Inf norm always
+        trips it. `max_update_norm_growth = 0` turns the guard off.
+        """
+        limit = self.config.max_update_norm_growth
+        norm = float(torch.linalg.vector_norm(mean))
+        if not math.isfinite(norm):
+            return "divergence guard: the mean update is not finite"
+        history = sorted(self._update_norms)
+        if limit > 0 and len(history) >= GUARD_WARMUP_ROUNDS:
+            typical = history[len(history) // 2]
+            if norm > limit * typical:
+                return (
+                    f"divergence guard: the mean update's norm {norm:.3g} is over "
+                    f"{limit:g}x the recent median {typical:.3g}; weights unchanged "
+                    "(raise max_update_norm_growth, or 0 to disable)"
+                )
+        self._update_norms.append(norm)
+        return None
 
     def advance(self) -> None:
         """Count the version `step` published."""

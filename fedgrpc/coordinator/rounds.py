@@ -289,6 +289,11 @@ class RoundEngine:
             self._spare_sum = total.release().zero_()
             return False
         mean = total.mean()
+        blown = self.model.divergence(mean)
+        if blown is not None:
+            closing.void_reason = blown
+            self._spare_sum = mean.zero_()
+            return False
         self.model.step(mean, closing.round_id, copy_on_write)
         self._spare_sum = mean.zero_()
         return True

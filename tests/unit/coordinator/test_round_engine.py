@@ -192,3 +192,22 @@ def test_seeding_lease_passes_on_when_the_seeder_stalls() -> None:
     assert engine.model.claim_seeding(a.client_id)
     clock.now = engine.config.session_timeout_s + 1
     assert engine.model.claim_seeding(b.client_id)
+
+
+def test_divergence_guard_skips_a_round_that_would_blow_up() -> None:
+    engine, registry, _ = _engine(min_clients=1)
+    engine.model.adopt_spec(SPEC)
+    a = registry.add("a", 0.0)
+    _commit(engine, registry, a.client_id, torch.zeros(4), 0, 0, initial=True)
+    for round_id in (1, 2, 3):  # three ordinary rounds calibrate the guard
+        _commit(
+            engine, registry, a.client_id, torch.ones(4) * 0.1, round_id, round_id - 1
+        )
+        assert _close(engine) is Outcome.APPLIED
+    before = engine.model.require_master().clone()
+    _commit(engine, registry, a.client_id, torch.ones(4) * 50.0, 4, 3)
+    assert _close(engine) is Outcome.SKIPPED
+    assert engine.history[-1].reason.startswith("divergence guard")
+    torch.testing.assert_close(engine.model.require_master(), before)
+    _commit(engine, registry, a.client_id, torch.ones(4) * 0.1, 5, 3)
+    assert _close(engine) is Outcome.APPLIED  # the next sane round goes through
