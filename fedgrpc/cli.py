@@ -58,12 +58,16 @@ _SERVE_FLAGS = (
           f"streaming get as long again (default: {_D.round_timeout_s:g})",
           float, "S"),
     _Flag("--outer-optimizer", "outer optimizer applied to the mean "
-          "pseudo-gradient: nesterov (DiLoCo: SGD with Nesterov momentum) or "
-          "fedavg (default: nesterov)", choices=OUTER_OPTIMIZERS),
+          "pseudo-gradient: nesterov (DiLoCo: SGD with Nesterov momentum), "
+          "fedavg, or sparseloco (plain SGD; the clients' decaying "
+          "error-feedback residual is the momentum; for top-k) "
+          "(default: nesterov)", choices=OUTER_OPTIMIZERS),
     _Flag("--outer-lr", "outer learning rate (default: 0.7 for nesterov, 1.0 "
-          "for fedavg)", float, "LR"),
+          "for fedavg and sparseloco)", float, "LR"),
     _Flag("--outer-momentum", "outer momentum in [0, 1) (default: 0.9 for "
-          "nesterov, 0 for fedavg)", float, "M"),
+          "nesterov, 0 otherwise)", float, "M"),
+    _Flag("--feedback-decay", "clients' error-feedback decay beta in (0, 1] "
+          "(default: 0.95 for sparseloco, 1 otherwise)", float, "BETA"),
     _Flag("--max-update-norm-growth", "divergence guard: skip a round whose mean "
           "update norm is over this many times the recent median, 0 disables "
           f"(default: {_D.max_update_norm_growth:g})", float, "X"),

@@ -23,10 +23,11 @@ from fedgrpc.wire.chunking import (
     MIN_CHUNK_BYTES,
 )
 
-OuterOptimizerName = Literal["nesterov", "fedavg"]
-OUTER_OPTIMIZERS: tuple[OuterOptimizerName, ...] = ("nesterov", "fedavg")
-_DEFAULT_OUTER_LR = {"nesterov": 0.7, "fedavg": 1.0}
-_DEFAULT_OUTER_MOMENTUM = {"nesterov": 0.9, "fedavg": 0.0}
+OuterOptimizerName = Literal["nesterov", "fedavg", "sparseloco"]
+OUTER_OPTIMIZERS: tuple[OuterOptimizerName, ...] = ("nesterov", "fedavg", "sparseloco")
+_DEFAULT_OUTER_LR = {"nesterov": 0.7, "fedavg": 1.0, "sparseloco": 1.0}
+_DEFAULT_OUTER_MOMENTUM = {"nesterov": 0.9, "fedavg": 0.0, "sparseloco": 0.0}
+_DEFAULT_FEEDBACK_DECAY = {"nesterov": 1.0, "fedavg": 1.0, "sparseloco": 0.95}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,6 +54,9 @@ class CoordinatorConfig:
     max_update_norm_growth: float = 10.0
     """Divergence guard: skip a round whose mean update norm exceeds this many
     times the median of recent rounds' (after 3 applied rounds); 0 disables."""
+    feedback_decay: float | None = None
+    """Clients' error-feedback decay beta (e = beta*e + delta); None means 0.95
+    for sparseloco (the residual is its momentum), 1.0 otherwise."""
     codec: str = "dense:fp32"
     """Update codec every client must use: `dense[:fp32|bf16|fp16|int8|int4]` or
     `topk:DENSITY[:int8|int4|bf16|fp32]` (e.g. `topk:0.01:int8`); see
@@ -82,6 +86,8 @@ class CoordinatorConfig:
         _check(0 <= self.resolved_outer_momentum < 1, "outer_momentum",
                self.outer_momentum, "in [0, 1)")  # fmt: skip
         parse_codec(self.codec)  # raises ConfigError naming the problem
+        _check(0 < self.resolved_feedback_decay <= 1, "feedback_decay",
+               self.feedback_decay, "in (0, 1]")  # fmt: skip
         _check(self.max_update_norm_growth >= 0, "max_update_norm_growth",
                self.max_update_norm_growth, ">= 0 (0 disables the guard)")  # fmt: skip
         _check(MIN_CHUNK_BYTES <= self.chunk_bytes <= MAX_CHUNK_BYTES, "chunk_bytes",
@@ -106,6 +112,13 @@ class CoordinatorConfig:
         if self.outer_momentum is not None:
             return self.outer_momentum
         return _DEFAULT_OUTER_MOMENTUM[self.outer_optimizer]
+
+    @property
+    def resolved_feedback_decay(self) -> float:
+        """The error-feedback decay in force (default filled in per optimizer)."""
+        if self.feedback_decay is not None:
+            return self.feedback_decay
+        return _DEFAULT_FEEDBACK_DECAY[self.outer_optimizer]
 
     @property
     def codec_config(self) -> CodecConfig:

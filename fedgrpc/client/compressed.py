@@ -29,11 +29,15 @@ class CompressedUpdates:
     """One client's codec and residual; encodes rounds and settles them."""
 
     def __init__(
-        self, config: CodecConfig, num_coordinates: int, chunk_bytes: int
+        self,
+        config: CodecConfig,
+        num_coordinates: int,
+        chunk_bytes: int,
+        feedback_decay: float = 1.0,
     ) -> None:
         self.config = config
         self.codec = make_codec(config)  # fresh entropy: clients' rounding differs
-        self.feedback = ErrorFeedback(num_coordinates)
+        self.feedback = ErrorFeedback(num_coordinates, decay=feedback_decay)
         self.chunk_bytes = chunk_bytes
         self._wire_codec = WIRE_CODEC_TO_PROTO[wire_codec(config)]
         self._pending: list[OffsetBlock] = []

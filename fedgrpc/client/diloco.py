@@ -119,7 +119,9 @@ class DiLoCoClient:
         compressed = None
         if federation.codec != Dense(values="fp32"):
             n = self._local.spec.num_coordinates
-            compressed = CompressedUpdates(federation.codec, n, federation.chunk_bytes)
+            compressed = CompressedUpdates(
+                federation.codec, n, federation.chunk_bytes, federation.feedback_decay
+            )
         sync = SyncPoint(
             self._loop, link, self._local, self._config, federation.chunk_bytes
         )

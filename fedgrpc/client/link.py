@@ -73,6 +73,8 @@ class Federation:
     seed_model: bool
     codec: CodecConfig
     """The update codec the coordinator announced."""
+    feedback_decay: float
+    """Error-feedback decay the coordinator announced (1.0: plain)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +193,7 @@ class CoordinatorLink:
             model_version=response.model_version,
             seed_model=response.seed_model,
             codec=codec,
+            feedback_decay=round_config.codec_params.feedback_decay or 1.0,
         )
 
     def _transfer_timeout_s(self, nbytes: int, chunk_bytes: int) -> float:

@@ -239,7 +239,7 @@ def build_outer_optimizer(
     """
     if name == "nesterov":
         return NesterovOuterOptimizer(lr=lr, momentum=momentum)
-    if name == "fedavg":
+    if name in ("fedavg", "sparseloco"):  # SparseLoCo's outer step is plain SGD
         if momentum != 0:
             raise ConfigError(
                 f"outer momentum {momentum} was given for fedavg, which has no "
@@ -247,5 +247,6 @@ def build_outer_optimizer(
             )
         return FedAvgOuterOptimizer(lr=lr)
     raise ConfigError(
-        f"unknown outer optimizer {name!r}; expected 'nesterov' or 'fedavg'"
+        f"unknown outer optimizer {name!r}; expected 'nesterov', 'fedavg' or "
+        "'sparseloco'"
     )

@@ -45,14 +45,15 @@ def wire_codec(config: CodecConfig) -> WireCodec:
 
 
 def codec_params_to_proto(
-    config: CodecConfig, chunk_bytes: int
+    config: CodecConfig, chunk_bytes: int, feedback_decay: float = 1.0
 ) -> common_pb2.CodecParams:
-    """The announced codec, with the block size clients must use."""
+    """The announced codec, with the block size and EF decay clients must use."""
     return common_pb2.CodecParams(
         codec=WIRE_CODEC_TO_PROTO[wire_codec(config)],
         values=_FORMAT_TO_PROTO[config.values],
         density=config.density if isinstance(config, TopK) else 0.0,
         block_coordinates=make_codec(config).block_coordinates(chunk_bytes),
+        feedback_decay=feedback_decay,
     )
 
 

@@ -32,6 +32,7 @@ _DTYPE_FROM_PROTO = {v: k for k, v in _DTYPE_TO_PROTO.items()}
 _OPTIMIZER_TO_PROTO: dict[OuterOptimizerName, common_pb2.OuterOptimizer.ValueType] = {
     "nesterov": common_pb2.OUTER_OPTIMIZER_NESTEROV,
     "fedavg": common_pb2.OUTER_OPTIMIZER_FEDAVG,
+    "sparseloco": common_pb2.OUTER_OPTIMIZER_SPARSELOCO,
 }
 MAX_NAME_CHARS = 1024
 
@@ -89,7 +90,9 @@ def round_config_to_proto(config: CoordinatorConfig) -> common_pb2.RoundConfig:
         outer_lr=config.resolved_outer_lr,
         outer_momentum=config.resolved_outer_momentum,
         max_message_bytes=config.max_message_bytes,
-        codec_params=codec_params_to_proto(config.codec_config, config.chunk_bytes),
+        codec_params=codec_params_to_proto(
+            config.codec_config, config.chunk_bytes, config.resolved_feedback_decay
+        ),
     )
 
 

@@ -61,3 +61,19 @@ def test_compression_must_match_the_coordinator() -> None:
             torch.nn.Linear(4, 2),
             compression=fedgrpc.Dense(values="bf16"),
         )
+
+
+def test_client_uses_the_announced_feedback_decay() -> None:
+    config = CoordinatorConfig(
+        listen="127.0.0.1:0",
+        min_clients=1,
+        outer_optimizer="sparseloco",
+        codec="topk:0.1:int8",
+    )
+    with (
+        serve_in_thread(config) as coordinator,
+        fedgrpc.DiLoCoClient(coordinator.address, torch.nn.Linear(8, 4)) as client,
+    ):
+        compressed = client._sync.compressed
+        assert compressed is not None
+        assert compressed.feedback.decay == pytest.approx(0.95)

@@ -65,3 +65,18 @@ def test_outer_optimizer_defaults_follow_the_choice() -> None:
     assert CoordinatorConfig().resolved_outer_momentum == 0.9
     fedavg = CoordinatorConfig(outer_optimizer="fedavg")
     assert (fedavg.resolved_outer_lr, fedavg.resolved_outer_momentum) == (1.0, 0.0)
+
+
+def test_sparseloco_announces_plain_sgd_and_a_decaying_residual() -> None:
+    from fedgrpc._proto.v1 import common_pb2
+    from fedgrpc.wire.convert import round_config_to_proto
+
+    config = CoordinatorConfig(outer_optimizer="sparseloco", codec="topk:0.01:int8")
+    assert (config.resolved_outer_lr, config.resolved_outer_momentum) == (1.0, 0.0)
+    assert config.resolved_feedback_decay == 0.95
+    announced = round_config_to_proto(config)
+    assert announced.outer_optimizer == common_pb2.OUTER_OPTIMIZER_SPARSELOCO
+    assert announced.codec_params.feedback_decay == 0.95
+    assert round_config_to_proto(CoordinatorConfig()).codec_params.feedback_decay == 1
+    with pytest.raises(ConfigError, match="feedback_decay"):
+        CoordinatorConfig(feedback_decay=1.5)

@@ -164,6 +164,11 @@ class _OuterOptimizerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OuterO
     """SGD with Nesterov momentum (DiLoCo, arXiv 2311.08105): lr 0.7, momentum 0.9."""
     OUTER_OPTIMIZER_FEDAVG: _OuterOptimizer.ValueType  # 2
     """Federated averaging: global := mean of local models (SGD, lr 1, no momentum)."""
+    OUTER_OPTIMIZER_SPARSELOCO: _OuterOptimizer.ValueType  # 3
+    """SparseLoCo (arXiv 2508.15706): plain outer SGD (lr 1) on the mean update;
+    the clients' error-feedback residual decays by CodecParams.feedback_decay
+    (0.95) each round and so plays the role of momentum. Meant for top-k.
+    """
 
 class OuterOptimizer(_OuterOptimizer, metaclass=_OuterOptimizerEnumTypeWrapper):
     """Outer optimizer the coordinator applies to the averaged pseudo-gradient."""
@@ -174,6 +179,11 @@ OUTER_OPTIMIZER_NESTEROV: OuterOptimizer.ValueType  # 1
 """SGD with Nesterov momentum (DiLoCo, arXiv 2311.08105): lr 0.7, momentum 0.9."""
 OUTER_OPTIMIZER_FEDAVG: OuterOptimizer.ValueType  # 2
 """Federated averaging: global := mean of local models (SGD, lr 1, no momentum)."""
+OUTER_OPTIMIZER_SPARSELOCO: OuterOptimizer.ValueType  # 3
+"""SparseLoCo (arXiv 2508.15706): plain outer SGD (lr 1) on the mean update;
+the clients' error-feedback residual decays by CodecParams.feedback_decay
+(0.95) each round and so plays the role of momentum. Meant for top-k.
+"""
 Global___OuterOptimizer: _TypeAlias = OuterOptimizer  # noqa: Y015
 
 @_typing.final
@@ -253,6 +263,7 @@ class CodecParams(_message.Message):
     VALUES_FIELD_NUMBER: _builtins.int
     DENSITY_FIELD_NUMBER: _builtins.int
     BLOCK_COORDINATES_FIELD_NUMBER: _builtins.int
+    FEEDBACK_DECAY_FIELD_NUMBER: _builtins.int
     codec: Global___Codec.ValueType
     """Which codec."""
     values: Global___ValueFormat.ValueType
@@ -263,6 +274,10 @@ class CodecParams(_message.Message):
     """Most coordinates one UpdateChunk may carry; clients send blocks of
     exactly this size except the last one of the update.
     """
+    feedback_decay: _builtins.float
+    """Error-feedback decay beta, in (0, 1]: clients update their residual as
+    e = beta * e + pseudo_gradient. 0 (unset) means 1, plain error feedback.
+    """
     def __init__(
         self,
         *,
@@ -270,10 +285,11 @@ class CodecParams(_message.Message):
         values: Global___ValueFormat.ValueType = ...,
         density: _builtins.float = ...,
         block_coordinates: _builtins.int = ...,
+        feedback_decay: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_coordinates", b"block_coordinates", "codec", b"codec", "density", b"density", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_coordinates", b"block_coordinates", "codec", b"codec", "density", b"density", "feedback_decay", b"feedback_decay", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
