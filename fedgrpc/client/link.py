@@ -21,14 +21,13 @@ import torch
 from fedgrpc._proto.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from fedgrpc.client.compressed import CompressedUpdates
 from fedgrpc.client.connection import Credentials, open_channel, retry_unavailable
+from fedgrpc.client.download import PulledModel, pull_model
 from fedgrpc.client.rounds import RoundTracker
 from fedgrpc.client.session import SessionStream
 from fedgrpc.client.transfer import (
     FP32_BYTES,
-    PulledModel,
     PushResult,
     UpdateMeta,
-    pull_model,
     push_method,
     push_update,
     stream_update,

@@ -27,14 +27,12 @@ import torch
 from fedgrpc._proto.v1 import common_pb2, coordinator_pb2
 from fedgrpc.client.connection import Credentials
 from fedgrpc.client.status import translated
-from fedgrpc.errors import IncompleteUpdateError, InvalidUpdateError, ModelMismatchError
 from fedgrpc.log import get_logger
-from fedgrpc.wire.chunking import ChunkOrder, iter_chunks
+from fedgrpc.wire.chunking import iter_chunks
 from fedgrpc.wire.frames import encode_update_chunk, serialize_or_pass
-from fedgrpc.wire.spec import ModelSpec
 
 if TYPE_CHECKING:
-    from fedgrpc._proto.v1.coordinator_pb2_grpc import CoordinatorServiceAsyncStub
+    pass
 
 log = get_logger(__name__)
 PushMethod = grpc.aio.StreamUnaryMultiCallable[
@@ -73,16 +71,6 @@ class PushResult:
     updates_in_round: int
     bytes_sent: int
     """Payload bytes sent (4 per coordinate)."""
-
-
-@dataclass(frozen=True, slots=True)
-class PulledModel:
-    """Global weights in native-byte layout (`ModelSpec` order, own dtypes)."""
-
-    version: int
-    round_id: int
-    buffer: torch.Tensor
-    """uint8, `spec.num_bytes` long; view it with `wire.tensors.unpack_native`."""
 
 
 def fp32_le_array(flat: torch.Tensor) -> np.ndarray:
@@ -216,124 +204,3 @@ async def stream_update(
         except asyncio.InvalidStateError:
             pass  # the call already ended; `await call` below says how
         return await call
-
-
-class ModelReceiver:
-    """Checks a PullModel stream and copies its chunks into a uint8 buffer.
-
-    One instance per pull. Validation lives here rather than trusting the
-    coordinator, so a coordinator bug cannot silently corrupt the model.
-    """
-
-    def __init__(self, spec: ModelSpec, buffer: torch.Tensor) -> None:
-        if buffer.dtype != torch.uint8 or buffer.numel() != spec.num_bytes:
-            raise ValueError(
-                f"model buffer must be {spec.num_bytes} uint8 bytes, got "
-                f"{buffer.numel()} {buffer.dtype}"
-            )
-        self.spec = spec
-        self.buffer = buffer
-        self._target = buffer.numpy()
-        self._order = ChunkOrder(spec.num_bytes, max_chunks=max(1, spec.num_bytes))
-        self.header: coordinator_pb2.ModelHeader | None = None
-
-    def accept(self, message: coordinator_pb2.PullModelResponse) -> None:
-        """Take the next message: the header first, then chunks in byte order.
-
-        Raises:
-            ModelMismatchError: the weights follow another model spec.
-            InvalidUpdateError: header missing or repeated, size mismatch,
-                chunk out of order or out of range.
-        """
-        part = message.WhichOneof("part")
-        if part == "header":
-            self._accept_header(message.header)
-        elif part == "chunk":
-            self._accept_chunk(message.chunk)
-        else:
-            raise InvalidUpdateError("PullModel sent a message with no part")
-
-    def _accept_header(self, header: coordinator_pb2.ModelHeader) -> None:
-        if self.header is not None:
-            raise InvalidUpdateError("PullModel sent a second ModelHeader")
-        if header.model_spec_digest != self.spec.digest:
-            raise ModelMismatchError(
-                f"the coordinator sent weights of model version "
-                f"{header.model_version} for a different model spec than this "
-                "client's; every client must train the same architecture"
-            )
-        if header.total_bytes != self.spec.num_bytes:
-            raise InvalidUpdateError(
-                f"the coordinator announced {header.total_bytes} model bytes, the "
-                f"spec needs {self.spec.num_bytes}"
-            )
-        self.header = header
-
-    def _accept_chunk(self, chunk: coordinator_pb2.ModelChunk) -> None:
-        if self.header is None:
-            raise InvalidUpdateError("PullModel sent a chunk before its ModelHeader")
-        data = chunk.data  # upb copies on every read: read once
-        self._order.accept(self._order.next_seq, chunk.offset, len(data))
-        start = chunk.offset
-        self._target[start : start + len(data)] = np.frombuffer(data, dtype=np.uint8)
-
-    def finish(self) -> PulledModel:
-        """The pulled model, once the stream ended.
-
-        Raises:
-            IncompleteUpdateError: the stream ended before covering the model.
-        """
-        if self.header is None or not self._order.is_complete:
-            got = self._order.next_offset
-            raise IncompleteUpdateError(
-                f"PullModel ended after {got} of {self.spec.num_bytes} model bytes"
-            )
-        return PulledModel(self.header.model_version, self.header.round_id, self.buffer)
-
-
-async def pull_model(
-    stub: CoordinatorServiceAsyncStub,
-    credentials: Credentials,
-    min_version: int,
-    spec: ModelSpec,
-    timeout_s: float,
-    buffer: torch.Tensor | None = None,
-) -> PulledModel:
-    """Download the global weights once their version is at least `min_version`.
-
-    Args:
-        stub: Async CoordinatorService stub on the current loop.
-        credentials: From Join.
-        min_version: The coordinator waits for this version (0: any).
-        spec: The federation's model spec.
-        timeout_s: Deadline covering the wait and the transfer.
-        buffer: uint8 tensor of `spec.num_bytes` to fill (reused across pulls
-            so the downlink allocates nothing); None allocates one.
-
-    Raises:
-        CoordinatorUnavailableError: DEADLINE_EXCEEDED (the version did not
-            appear in time) or UNAVAILABLE.
-        ModelMismatchError, InvalidUpdateError, IncompleteUpdateError: the
-            stream does not describe this model completely and in order.
-    """
-    if buffer is None:
-        buffer = torch.empty(spec.num_bytes, dtype=torch.uint8)
-    receiver = ModelReceiver(spec, buffer)
-    request = coordinator_pb2.PullModelRequest(
-        client_id=credentials.client_id,
-        session_token=credentials.session_token,
-        min_version=min_version,
-    )
-    call = stub.PullModel(request, timeout=timeout_s)
-    try:
-        with translated("PullModel"):
-            async for message in call:
-                receiver.accept(message)
-    finally:
-        call.cancel()  # no-op once finished; stops the stream if we rejected it
-    pulled = receiver.finish()
-    if pulled.version < min_version:
-        raise InvalidUpdateError(
-            f"asked for model version >= {min_version}, got {pulled.version}"
-        )
-    return pulled
