@@ -218,6 +218,15 @@ class CoordinatorRuntime:
         block = self._codec.block_coordinates(chunk_bytes)
         return CodecChunkCheck(spec, self._codec, block)
 
+    def max_update_messages(self) -> int:
+        """Chunks one update of this model takes at most (dense or coded)."""
+        spec = self.engine.model.spec
+        if spec is None:
+            return 0
+        dense_block = self.config.chunk_bytes // 4
+        block = min(dense_block, self._codec.block_coordinates(self.config.chunk_bytes))
+        return -(-spec.num_coordinates // max(1, block))
+
     def add_chunk(self, ticket: Ticket, offset: int, values: ChunkValues) -> None:
         """Add one checked chunk to its round (or to the initial weights)."""
         self._check_running()

@@ -230,11 +230,7 @@ class CoordinatorServicer:
         DRAIN_MESSAGES before a model exists) and DRAIN_TIMEOUT_S; past that
         the refusal goes out anyway.
         """
-        spec = self.runtime.engine.model.spec
-        chunk_bytes = self.runtime.config.chunk_bytes
-        limit = DRAIN_MESSAGES
-        if spec is not None:
-            limit += -(-spec.num_coordinates * 4 // chunk_bytes)
+        limit = DRAIN_MESSAGES + self.runtime.max_update_messages()
 
         async def drain() -> None:
             count = 0
