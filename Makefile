@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 
-.PHONY: install protos protos-check lint format typecheck test test-fast bench clean help
+.PHONY: install protos protos-check lint format typecheck test test-fast bench bench-convergence clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -44,8 +44,11 @@ test: lint typecheck  ## lint, types, then the whole pytest suite (incl. proto f
 test-fast:  ## unit + integration tests only
 	$(BIN)/python -m pytest tests/unit tests/integration
 
-bench:  ## run every benchmark; each prints one JSON object
-	@for b in bench/[!_]*.py; do echo "== $$b" >&2; $(BIN)/python $$b || exit 1; done
+bench:  ## speed and memory benchmarks (a few minutes); each prints one JSON object
+	@for b in bench/round_latency.py bench/compression.py; do echo "== $$b" >&2; $(BIN)/python $$b || exit 1; done
+
+bench-convergence:  ## loss vs bytes per codec: 8 configs x 3 seeds x 40 rounds, ~35 min on 2 cores
+	$(BIN)/python bench/convergence.py --jobs 2
 
 clean:
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

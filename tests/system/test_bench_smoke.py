@@ -1,0 +1,46 @@
+"""The benches' quick modes run and print the JSON shape `make bench` promises.
+
+Smoke only: figures are measured by the benches themselves, never asserted
+as timings here (this machine is shared and noisy).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.system
+
+
+def _run(script: str) -> dict[str, object]:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), "--quick"],
+        capture_output=True, text=True, timeout=170, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report: dict[str, object] = json.loads(result.stdout)
+    return report
+
+
+def test_compression_bench_quick() -> None:
+    report = _run("compression.py")
+    assert report["bench"] == "compression"
+    goals = report["goals"]
+    assert isinstance(goals, dict)
+    assert goals["ratio_vs_fp32_min"] > 100  # top-k 1 % + int8 on its synthetic data
+
+
+def test_convergence_bench_quick() -> None:
+    report = _run("convergence.py")
+    assert report["bench"] == "convergence"
+    configs = report["configs"]
+    assert isinstance(configs, dict)
+    assert {"dp", "dense", "int8", "topk1", "sparseloco"} <= set(configs)
+    dense, topk1 = configs["dense"], configs["topk1"]
+    assert dense["bytes_up"] > 50 * topk1["bytes_up"]
+    assert dense["final_val_loss"]["mean"] < 5.0  # it trained (uniform bytes: 5.55)
