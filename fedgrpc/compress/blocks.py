@@ -32,6 +32,11 @@ class DenseValues:
 
     values: F32Array
 
+    @property
+    def extent(self) -> int:
+        """Coordinates from the block's start that `add_into` touches."""
+        return int(self.values.size)
+
     def add_into(self, target: F32Array, weight: float = 1.0) -> None:
         """Add weight * values into `target` (the block's slice), in place."""
         if weight == 1.0:
@@ -52,6 +57,11 @@ class SparseValues:
 
     indices: I64Array
     values: F32Array
+
+    @property
+    def extent(self) -> int:
+        """Coordinates from the block's start that `add_into` touches."""
+        return int(self.indices[-1]) + 1 if self.indices.size else 0
 
     def add_into(self, target: F32Array, weight: float = 1.0) -> None:
         """Add weight * values at `indices` of `target` (the block's slice)."""

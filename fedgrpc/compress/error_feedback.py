@@ -27,7 +27,6 @@ from fedgrpc.compress.blocks import (
     DecodedBlock,
     EncodedBlock,
     F32Array,
-    SparseValues,
 )
 from fedgrpc.compress.codec import BlockCodec
 from fedgrpc.errors import ConfigError
@@ -115,10 +114,7 @@ class ErrorFeedback:
 
     def _block(self, offset: int, sent: DecodedBlock) -> F32Array:
         """The residual slice `sent` applies to; it must lie inside e."""
-        if isinstance(sent, SparseValues):
-            length = int(sent.indices[-1]) + 1 if sent.indices.size else 0
-        else:
-            length = sent.values.size
+        length = sent.extent
         if offset < 0 or offset + length > self._residual.size:
             raise ValueError(
                 f"block [{offset}, {offset + length}) is outside the "

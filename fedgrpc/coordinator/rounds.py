@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from fedgrpc.aggregate import StreamingSum
-from fedgrpc.compress import DecodedBlock, DenseValues
+from fedgrpc.compress import DecodedBlock
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.global_model import GlobalModel
 from fedgrpc.coordinator.registry import ClientRecord, ClientRegistry
@@ -183,14 +183,8 @@ class RoundEngine:
         if isinstance(chunk, np.ndarray):
             current.total.add_chunk(offset, chunk, weight, ticket.scratch)
         else:
-            extent = (
-                chunk.values.size
-                if isinstance(chunk, DenseValues)
-                else int(chunk.indices[-1]) + 1
-                if chunk.indices.size
-                else 0
-            )
-            chunk.add_into(current.total.target(offset, offset + extent), weight)
+            target = current.total.target(offset, offset + chunk.extent)
+            chunk.add_into(target, weight)
 
     def commit(self, ticket: Ticket, payload_bytes: int) -> int:
         """Count a complete update; returns the updates in its round.
