@@ -4,24 +4,33 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 
-.PHONY: install protos protos-check lint format typecheck test test-fast bench bench-convergence clean help
+.PHONY: install protos protos-check stubs lint format typecheck test test-fast bench bench-convergence clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
-install:  ## create .venv, install torch==$(TORCH_VERSION) first, then fedgrpc[dev]
+install:  ## create .venv, install torch==$(TORCH_VERSION) first, then fedgrpc[dev], then client/node's npm packages
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: any range pip resolves itself could pull a multi-GB build.
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -c "import torch, sys; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '$(TORCH_VERSION)' else 'torch ' + v + ' installed, expected $(TORCH_VERSION)')"
+	# The Node.js client (client/node) that tests/system/test_node_client.py runs, exactly
+	# as its package-lock.json pins it; also provides client/node/node_modules/.bin/buf.
+	npm ci --prefix client/node --no-audit --no-fund
 
 protos:  ## regenerate fedgrpc/_proto from protos/
 	$(BIN)/python scripts/gen_protos.py
 
 protos-check:  ## fail if fedgrpc/_proto is stale
 	$(BIN)/python -m pytest -q tests/unit/test_protos_fresh.py
+
+# LANG doubles as the locale variable: only a command-line LANG=... counts, and
+# the script itself runs with LANG=C.
+stubs:  ## other-language stubs into build/stubs/LANG: make stubs LANG=cpp|java|csharp|ruby|php|objc
+	@test "$(origin LANG)" = "command line" || { echo "usage: make stubs LANG=cpp|java|csharp|ruby|php|objc" >&2; exit 2; }
+	LANG=C PYTHON=$(BIN)/python scripts/gen_stubs.sh '$(LANG)'
 
 lint:  ## ruff lint + format check, file size limits
 	$(BIN)/ruff check .
