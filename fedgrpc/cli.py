@@ -1,5 +1,6 @@
 """The `fedgrpc` command: `serve` runs the coordinator, `simulate` a whole federation.
 
+`keygen` and `certs` write identity and TLS files (`fedgrpc.cli_identity`).
 Flags override the TOML file, which overrides the defaults in
 `fedgrpc.config`; every flag's help states its unit and default.
 """
@@ -14,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fedgrpc import __version__
+from fedgrpc.cli_identity import add_identity_parsers
 from fedgrpc.config import OUTER_OPTIMIZERS, CoordinatorConfig
 from fedgrpc.errors import FedGrpcError
 from fedgrpc.log import configure_logging
@@ -80,6 +82,12 @@ _SERVE_FLAGS = (
           f"(default: {_D.heartbeat_interval_s:g})", float, "S"),
     _Flag("--session-timeout-s", "drop a client silent this long "
           f"(default: {_D.session_timeout_s:g})", float, "S"),
+    _Flag("--tls-cert", "PEM certificate chain to serve TLS with; needs "
+          "--tls-key (default: plaintext; see `fedgrpc certs`)", metavar="PEM"),
+    _Flag("--tls-key", "PEM private key of --tls-cert", metavar="PEM"),
+    _Flag("--tls-client-ca", "PEM CA certificate(s): require client "
+          "certificates signed by it (mutual TLS); needs --tls-cert "
+          "(default: no client certificates)", metavar="PEM"),
     _Flag("--log-format", "log lines on stderr (default: json)",
           choices=("json", "console")),
     _Flag("--log-level", "DEBUG, INFO, WARNING or ERROR (default: INFO)",
@@ -196,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _serve_parser(sub)
     _simulate_parser(sub)
+    add_identity_parsers(sub)
     return parser
 
 

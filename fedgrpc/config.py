@@ -67,6 +67,14 @@ class CoordinatorConfig:
     """Seconds between heartbeats clients are expected to send."""
     session_timeout_s: float = 30.0
     """A client silent this long is dropped from the round it is part of."""
+    tls_cert: str = ""
+    """PEM certificate chain to serve TLS with (needs `tls_key`); "" serves
+    plaintext, fine on loopback only. `fedgrpc certs` makes a development one."""
+    tls_key: str = ""
+    """PEM private key of `tls_cert` (unencrypted; keep the file 0600)."""
+    tls_client_ca: str = ""
+    """PEM CA certificate(s); set, clients must present a certificate signed by
+    one of them (mutual TLS) or the handshake is refused. Needs `tls_cert`."""
     ready_file: str | None = None
     """Write the bound host:port here once serving (atomic), for scripts and tests."""
     log_format: Literal["json", "console"] = "json"
@@ -98,6 +106,12 @@ class CoordinatorConfig:
                self.session_timeout_s, "> heartbeat_interval_s")  # fmt: skip
         _check(self.log_format in ("json", "console"), "log_format", self.log_format,
                "json or console")  # fmt: skip
+        _check_tls_pair(self.tls_cert, self.tls_key)
+        _check(not self.tls_client_ca or bool(self.tls_cert), "tls_client_ca",
+               self.tls_client_ca, "tls_cert and tls_key set too (mutual TLS is "
+               "TLS first)")  # fmt: skip
+        _check_readable(tls_cert=self.tls_cert, tls_key=self.tls_key,
+                        tls_client_ca=self.tls_client_ca)  # fmt: skip
 
     @property
     def resolved_outer_lr(self) -> float:
@@ -158,12 +172,52 @@ class ClientConfig:
     """Seconds between heartbeats on the Session stream."""
     connect_timeout_s: float = 60.0
     """How long the first connection may take before the client gives up."""
+    tls_ca: str = ""
+    """PEM CA certificate(s) the coordinator's certificate must chain to; set,
+    the client speaks TLS ("" : plaintext). For a publicly trusted certificate
+    name the system bundle, e.g. /etc/ssl/certs/ca-certificates.crt."""
+    tls_cert: str = ""
+    """PEM client certificate for mutual TLS (needs `tls_key` and `tls_ca`)."""
+    tls_key: str = ""
+    """PEM private key of `tls_cert` (unencrypted; keep the file 0600)."""
 
     def __post_init__(self) -> None:
         for name in ("rpc_timeout_s", "round_wait_s", "heartbeat_interval_s",
                      "connect_timeout_s"):  # fmt: skip
             value = getattr(self, name)
             _check(value > 0, name, value, "> 0")
+        _check_tls_pair(self.tls_cert, self.tls_key)
+        _check(not self.tls_cert or bool(self.tls_ca), "tls_ca", self.tls_ca,
+               "the CA file that signed the coordinator's certificate, since "
+               "tls_cert is set")  # fmt: skip
+        _check_readable(tls_ca=self.tls_ca, tls_cert=self.tls_cert,
+                        tls_key=self.tls_key)  # fmt: skip
+
+
+def _check_tls_pair(cert: str, key: str) -> None:
+    """A certificate and its key come together, or TLS is off."""
+    _check(bool(key) or not cert, "tls_key", key,
+           f"the private key of tls_cert={cert!r} (set both or neither)")  # fmt: skip
+    _check(bool(cert) or not key, "tls_cert", cert,
+           f"the certificate of tls_key={key!r} (set both or neither)")  # fmt: skip
+
+
+def _check_readable(**paths: str) -> None:
+    """Fail at construction, naming the option, if a set path cannot be read.
+
+    Only readability: `fedgrpc.crypto.tls` parses the PEM when the server
+    or channel is built, where the certificate and key are needed anyway.
+    """
+    for option, path in paths.items():
+        if not path:
+            continue
+        try:
+            with Path(path).open("rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                f"{option}={path!r} cannot be read: {exc.strerror or exc}"
+            ) from exc
 
 
 def load_table(path: str | Path, table: str, cls: type) -> dict[str, Any]:

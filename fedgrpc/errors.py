@@ -87,3 +87,28 @@ class CoordinatorUnavailableError(FedGrpcError):
 
     Raised by the client only (UNAVAILABLE or DEADLINE_EXCEEDED after retries).
     """
+
+
+class InvalidKeyError(FedGrpcError, ValueError):
+    """Bytes that should hold a key (raw or PEM) do not, or name an unknown algorithm.
+
+    Raised by `fedgrpc.crypto`; a key received on the wire that fails this
+    check will be refused at Join (UNAUTHENTICATED).
+    """
+
+
+class BadSignatureError(FedGrpcError):
+    """A signature does not verify under the key it claims.
+
+    Raised by `fedgrpc.crypto.PublicKey.verify`. Wire status, once chunks
+    are signed: PERMISSION_DENIED.
+    """
+
+
+class IdentityFileError(FedGrpcError):
+    """A key or certificate file cannot be written or read as expected.
+
+    It exists and overwriting was not asked for, its directory cannot be
+    created or written, or it does not hold the PEM it should. The message
+    names the path. Local only: never a wire status.
+    """

@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 import grpc
 
 from fedgrpc.client.status import RpcName, error_from_rpc, status_code
+from fedgrpc.config import ClientConfig
+from fedgrpc.crypto.tls import ClientTLS, load_client_tls
 from fedgrpc.errors import CoordinatorUnavailableError
 from fedgrpc.log import get_logger
 
@@ -137,13 +139,64 @@ class BackgroundLoop:
             log.warning("background_loop_stuck", seconds=timeout)
 
 
-def open_channel(target: str) -> grpc.aio.Channel:
-    """An insecure grpc.aio channel to `target` ("host:port").
+def open_channel(target: str, config: ClientConfig | None = None) -> grpc.aio.Channel:
+    """A grpc.aio channel to `target` ("host:port"): TLS if `config.tls_ca` is set.
 
     Must be called on the loop that will use it (grpc.aio binds a channel to
-    the running loop).
+    the running loop). The TLS files are read here, so a bad one fails the
+    connect at once instead of every handshake.
+
+    Raises:
+        ConfigError: a TLS file is not PEM, or the key does not fit the
+            certificate (`fedgrpc.crypto.tls`).
     """
-    return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+    if config is None or not config.tls_ca:
+        return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+    tls = load_client_tls(config.tls_ca, config.tls_cert, config.tls_key)
+    log.info(
+        "channel_tls", peer=target, tls=tls.mode, cert_sha256=tls.certificate_sha256
+    )
+    return grpc.aio.secure_channel(
+        target, channel_credentials(tls), options=_CHANNEL_OPTIONS
+    )
+
+
+def channel_credentials(tls: ClientTLS) -> grpc.ChannelCredentials:
+    """The credentials for `tls`: verify the coordinator, present our cert if any.
+
+    grpc checks the coordinator's certificate against the host part of the
+    target, so connect by a name or address the certificate lists.
+    """
+    return grpc.ssl_channel_credentials(
+        root_certificates=tls.ca,
+        private_key=tls.private_key,
+        certificate_chain=tls.certificate_chain,
+    )
+
+
+def _is_handshake_failure(details: str) -> bool:
+    # grpc's wording for a TLS handshake this side rejected (untrusted or
+    # misnamed coordinator certificate, plaintext server): retrying cannot help.
+    return "handshake failed" in details.lower()
+
+
+def _unreachable_hint(details: str) -> str:
+    """What to check when the coordinator stayed unreachable, from grpc's details."""
+    hint = (
+        "check that it is running and the address is right, or raise "
+        "ClientConfig.connect_timeout_s"
+    )
+    if "socket closed" in details.lower():
+        # What a TLS coordinator does to a plaintext client, and with mutual
+        # TLS to a client whose certificate it does not trust: both look like
+        # a closed socket from here.
+        hint += (
+            "; a coordinator serving TLS closes the connection of a plaintext "
+            "client (set ClientConfig.tls_ca) and, with mutual TLS, of a client "
+            "whose certificate it does not trust (check ClientConfig.tls_cert "
+            "and tls_key were issued by the CA in the coordinator's tls_client_ca)"
+        )
+    return hint
 
 
 async def retry_unavailable(
@@ -159,11 +212,13 @@ async def retry_unavailable(
     Retries with exponential backoff (50 ms doubling to 2 s) because the
     coordinator may not be up yet when a training job starts. Only
     UNAVAILABLE is retried: Join is not idempotent, and a DEADLINE_EXCEEDED
-    attempt may have registered us.
+    attempt may have registered us. A failed TLS handshake is not retried:
+    a certificate that does not verify will not start to.
 
     Raises:
         CoordinatorUnavailableError: still UNAVAILABLE after
-            `connect_timeout_s`, naming the target and the last details.
+            `connect_timeout_s`, naming the target and the last details, or
+            at once when the TLS handshake failed on this side.
         FedGrpcError: any other status, mapped by `error_from_rpc`.
     """
     loop = asyncio.get_running_loop()
@@ -179,13 +234,20 @@ async def retry_unavailable(
             mapped = error_from_rpc(exc, rpc)
             if status_code(exc) is not grpc.StatusCode.UNAVAILABLE:
                 raise mapped from exc
+            if _is_handshake_failure(str(mapped)):
+                raise CoordinatorUnavailableError(
+                    f"the TLS handshake with the coordinator at {target} failed: "
+                    f"{mapped}; check that ClientConfig.tls_ca holds the CA that "
+                    "signed the coordinator's certificate, that the certificate "
+                    f"names the host in {target}, and that the coordinator "
+                    "serves TLS (tls_cert)"
+                ) from exc
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise CoordinatorUnavailableError(
                     f"could not reach the coordinator at {target} within "
-                    f"{connect_timeout_s:g} s ({attempt} attempts): {mapped}; check "
-                    "that it is running and the address is right, or raise "
-                    "ClientConfig.connect_timeout_s"
+                    f"{connect_timeout_s:g} s ({attempt} attempts): {mapped}; "
+                    f"{_unreachable_hint(str(mapped))}"
                 ) from exc
             log.debug("rpc_retry", rpc=rpc, peer=target, attempt=attempt, delay=delay)
             await asyncio.sleep(min(delay, remaining))

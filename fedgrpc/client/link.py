@@ -145,7 +145,7 @@ class CoordinatorLink:
             IncompatibleClientError: inner_steps or codec do not fit.
             InvalidUpdateError: the model spec differs from the federation's.
         """
-        link = cls(target, open_channel(target), spec, config)
+        link = cls(target, open_channel(target, config), spec, config)
         try:
             federation = await link._join(settings)
             link._session = SessionStream(

@@ -31,6 +31,7 @@ from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.admin import AdminServicer, build_status
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.coordinator.servicer import CoordinatorServicer, add_coordinator_service
+from fedgrpc.crypto.tls import ServerTLS, load_server_tls
 from fedgrpc.errors import ConfigError
 from fedgrpc.log import get_logger
 
@@ -76,7 +77,8 @@ async def start_coordinator(config: CoordinatorConfig) -> RunningCoordinator:
     """Bind, start serving and write the ready file.
 
     Raises:
-        ConfigError: the listen address cannot be bound.
+        ConfigError: the listen address cannot be bound, or the TLS files are
+            unusable (not PEM, key not matching the certificate, expired).
     """
     server = grpc.aio.server(options=server_options(config))
     runtime = CoordinatorRuntime(config)
@@ -87,13 +89,8 @@ async def start_coordinator(config: CoordinatorConfig) -> RunningCoordinator:
     reflection.enable_server_reflection(
         (*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    try:
-        port = server.add_insecure_port(config.listen)
-    except RuntimeError as exc:
-        raise ConfigError(
-            f"cannot listen on {config.listen}: {exc}; is another process using "
-            "the port? use port 0 to pick a free one"
-        ) from exc
+    tls = _load_tls(config)
+    port = _bind(server, config.listen, tls)
     await runtime.start()
     await server.start()
     for service in ("", *_SERVICES):
@@ -109,8 +106,52 @@ async def start_coordinator(config: CoordinatorConfig) -> RunningCoordinator:
         min_clients=config.min_clients,
         inner_steps=config.inner_steps,
         outer_optimizer=config.outer_optimizer,
+        **_tls_fields(tls),
     )
     return RunningCoordinator(server, runtime, address, health_servicer)
+
+
+def _load_tls(config: CoordinatorConfig) -> ServerTLS | None:
+    if not config.tls_cert:
+        return None
+    return load_server_tls(config.tls_cert, config.tls_key, config.tls_client_ca)
+
+
+def _bind(server: grpc.aio.Server, listen: str, tls: ServerTLS | None) -> int:
+    """Add the listening port, TLS if configured; returns the bound port."""
+    try:
+        if tls is None:
+            return server.add_insecure_port(listen)
+        return server.add_secure_port(listen, server_credentials(tls))
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"cannot listen on {listen}: {exc}; is another process using "
+            "the port? use port 0 to pick a free one"
+        ) from exc
+
+
+def server_credentials(tls: ServerTLS) -> grpc.ServerCredentials:
+    """The credentials for `tls`; with a client CA, client certs are required.
+
+    `require_client_auth` makes the handshake itself refuse a client without
+    a certificate chaining to `client_ca`, before any RPC handler runs.
+    """
+    return grpc.ssl_server_credentials(
+        [(tls.private_key, tls.certificate_chain)],
+        root_certificates=tls.client_ca,
+        require_client_auth=tls.client_ca is not None,
+    )
+
+
+def _tls_fields(tls: ServerTLS | None) -> dict[str, str | None]:
+    """Log fields saying how the port is secured: fingerprints, never keys."""
+    if tls is None:
+        return {"tls": "off"}
+    return {
+        "tls": tls.mode,
+        "cert_sha256": tls.certificate_sha256,
+        "client_ca_sha256": tls.client_ca_sha256,
+    }
 
 
 def write_ready_file(path: Path, address: str) -> None:

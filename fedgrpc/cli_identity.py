@@ -1,0 +1,129 @@
+"""`fedgrpc keygen` and `fedgrpc certs`: identity and TLS files on disk.
+
+Separate from cli.py, which drives the coordinator and simulations, because
+these two only write files: argparse, then one `fedgrpc.crypto` call, then
+a summary on stdout. Errors (a file exists, a directory is not writable, a
+bad host name) are `FedGrpcError`s, which `cli.main` prints as one line with
+exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fedgrpc.crypto.certs import DEFAULT_DAYS, DevPki, write_dev_pki
+from fedgrpc.crypto.files import save_key_pair
+from fedgrpc.crypto.keys import PrivateKey
+
+_FORCE_HELP = "replace existing files (default: refuse and write nothing)"
+
+
+def add_identity_parsers(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    """Register `keygen` and `certs` on the `fedgrpc` command."""
+    _keygen_parser(sub)
+    _certs_parser(sub)
+
+
+def _keygen_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "keygen",
+        help="write an Ed25519 identity key pair",
+        description="Write an Ed25519 signing key pair as PEM: NAME.key (PKCS#8, "
+        "mode 0600) and NAME.pub (SubjectPublicKeyInfo), and print the "
+        "fingerprint: hex SHA-256 of the raw 32-byte public key.",
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="directory to write into "
+        "(created 0700 if missing)"
+    )  # fmt: skip
+    parser.add_argument(
+        "--name", default="identity", help="file name stem (default: identity)"
+    )
+    parser.add_argument("--force", action="store_true", help=_FORCE_HELP)
+    parser.set_defaults(handler=_keygen)
+
+
+def _certs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "certs",
+        help="create a development CA, server and client certificates",
+        description="Create a development CA and ECDSA P-256 server and client "
+        "certificates for TLS and mutual TLS: ca.pem, ca.key, server.pem, "
+        "server.key, client.pem, client.key (keys mode 0600). For development "
+        "and closed test beds; keep ca.key off the coordinator and the clients.",
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="directory to write into "
+        "(created 0700 if missing)"
+    )  # fmt: skip
+    parser.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="H",
+        help="DNS name or IP address clients use to reach the coordinator; "
+        "repeatable; localhost, 127.0.0.1 and ::1 are always included",
+    )
+    parser.add_argument(
+        "--client-name",
+        default="client",
+        metavar="N",
+        help="the client certificate's common name (default: client)",
+    )
+    parser.add_argument(
+        "--days",
+        type=int,
+        default=DEFAULT_DAYS,
+        metavar="D",
+        help=f"validity of every certificate in days (default: {DEFAULT_DAYS})",
+    )
+    parser.add_argument("--force", action="store_true", help=_FORCE_HELP)
+    parser.set_defaults(handler=_certs)
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    key = PrivateKey.generate()
+    files = save_key_pair(key, args.out, args.name, overwrite=args.force)
+    sys.stdout.write(
+        f"private key: {files.private_key} (mode 0600; keep it secret)\n"
+        f"public key:  {files.public_key}\n"
+        f"fingerprint: {files.fingerprint}\n"
+    )
+    return 0
+
+
+def _certs(args: argparse.Namespace) -> int:
+    pki = write_dev_pki(
+        args.out,
+        hosts=args.host,
+        client_name=args.client_name,
+        days=args.days,
+        overwrite=args.force,
+    )
+    sys.stdout.write(_certs_summary(pki))
+    return 0
+
+
+def _certs_summary(pki: DevPki) -> str:
+    sha = pki.fingerprints
+    return (
+        f"CA certificate:     {pki.ca_certificate} (sha256 {sha['ca.pem']})\n"
+        f"CA key:             {pki.ca_key} (mode 0600; keep it off the "
+        "coordinator and the clients)\n"
+        f"server certificate: {pki.server_certificate} (sha256 "
+        f"{sha['server.pem']}) for {', '.join(pki.server_hosts)}\n"
+        f"server key:         {pki.server_key} (mode 0600)\n"
+        f"client certificate: {pki.client_certificate} (sha256 "
+        f"{sha['client.pem']}) for {pki.client_name}\n"
+        f"client key:         {pki.client_key} (mode 0600)\n"
+        f"valid until:        {pki.not_after:%Y-%m-%d %H:%M} UTC\n"
+        "\nServe with mutual TLS:\n"
+        f"  fedgrpc serve --tls-cert {pki.server_certificate} --tls-key "
+        f"{pki.server_key} --tls-client-ca {pki.ca_certificate}\n"
+        "Connect a client:\n"
+        f'  ClientConfig(tls_ca="{pki.ca_certificate}", '
+        f'tls_cert="{pki.client_certificate}", tls_key="{pki.client_key}")\n'
+    )
