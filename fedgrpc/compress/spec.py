@@ -51,7 +51,7 @@ class Dense:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TopK:
-    """Send the `density` largest-magnitude coordinates of each block.
+    """Send the `density` largest-magnitude coordinates of every 4,096.
 
     Written `fedgrpc.TopK(density=0.01, bits=8)`. What is not sent stays in
     the client's error-feedback residual (`fedgrpc.compress.ErrorFeedback`)
@@ -59,9 +59,9 @@ class TopK:
     """
 
     density: float
-    """Fraction of each block's coordinates sent, in (0, 1]; k = ceil(density *
-    block). DiLoCo-scale runs use 0.01-0.1; no default, the choice trades loss
-    against bytes."""
+    """Fraction of coordinates sent, in (0, 1]: ceil(density * 4096) of each
+    group of 4,096, so every tensor gets its share of the slots. DiLoCo-scale
+    runs use 0.01-0.1; no default, the choice trades loss against bytes."""
     bits: TopKBits = 8
     """Bits per sent value: 8 → int8, 4 → int4 (per-block scale, stochastic
     rounding), 16 → bf16, 32 → fp32. 8 is the default because a pilot found

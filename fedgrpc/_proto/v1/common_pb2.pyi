@@ -76,8 +76,10 @@ class _CodecEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Codec.ValueType
     CODEC_DENSE: _Codec.ValueType  # 2
     """Every coordinate of the block, written in `CodecParams.values`."""
     CODEC_TOPK: _Codec.ValueType  # 3
-    """The k = ceil(density * count) largest-magnitude coordinates of the block:
-    uint32 k, then k values in `CodecParams.values`, then their sorted
+    """Per group of 4,096 consecutive coordinates of the block (the last group
+    may be shorter), the ceil(density * group size) largest-magnitude ones:
+    uint32 k (at most the sum over the groups; fewer when values are zero),
+    then k values in `CodecParams.values`, then their sorted
     block-relative positions (one header byte, then delta-coded gaps as
     LEB128 varints or fixed-width bit-packing, optionally zstd-compressed).
     Clients keep what they did not send in an error-feedback residual.
@@ -100,8 +102,10 @@ Initial weights always use this codec, whatever the round's codec.
 CODEC_DENSE: Codec.ValueType  # 2
 """Every coordinate of the block, written in `CodecParams.values`."""
 CODEC_TOPK: Codec.ValueType  # 3
-"""The k = ceil(density * count) largest-magnitude coordinates of the block:
-uint32 k, then k values in `CodecParams.values`, then their sorted
+"""Per group of 4,096 consecutive coordinates of the block (the last group
+may be shorter), the ceil(density * group size) largest-magnitude ones:
+uint32 k (at most the sum over the groups; fewer when values are zero),
+then k values in `CodecParams.values`, then their sorted
 block-relative positions (one header byte, then delta-coded gaps as
 LEB128 varints or fixed-width bit-packing, optionally zstd-compressed).
 Clients keep what they did not send in an error-feedback residual.

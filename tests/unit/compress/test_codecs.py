@@ -20,7 +20,7 @@ from fedgrpc.compress import (
     make_codec,
     parse_codec,
 )
-from fedgrpc.compress.topk import _SAMPLE_AT
+from fedgrpc.compress.topk import TOPK_GROUP
 from fedgrpc.errors import InvalidUpdateError
 
 SPECS = [
@@ -79,35 +79,50 @@ def test_sent_is_exactly_what_decode_returns(spec: str, block: np.ndarray) -> No
 
 
 @pytest.mark.parametrize("density", [0.001, 0.01, 0.1, 0.5])
-@pytest.mark.parametrize("n", [65536, 40_000, 5000, 1])
-def test_topk_sends_exactly_the_k_largest(density: float, n: int) -> None:
+@pytest.mark.parametrize("n", [65536, 40_000, 5000, 4096, 1])
+def test_topk_sends_exactly_the_k_largest_of_each_group(density: float, n: int) -> None:
     block = _heavy_tailed(n, seed=n)
     codec = _codec(f"topk:{density}:fp32")
 
     sent = codec.decode(codec.encode(block).payload, n)
 
     assert isinstance(sent, SparseValues)
-    k = math.ceil(density * n)
-    assert sent.indices.size == k
-    expected = np.sort(np.abs(block))[-k:]
-    np.testing.assert_array_equal(np.sort(np.abs(sent.values)), expected)
     np.testing.assert_array_equal(sent.values, block[sent.indices])  # fp32: exact
+    groups = sent.indices // TOPK_GROUP
+    for group in range(math.ceil(n / TOPK_GROUP)):
+        values = block[group * TOPK_GROUP : (group + 1) * TOPK_GROUP]
+        k = math.ceil(density * values.size)
+        chosen = sent.values[groups == group]
+        assert chosen.size == k
+        np.testing.assert_array_equal(
+            np.sort(np.abs(chosen)), np.sort(np.abs(values))[-k:]
+        )
+    assert sent.indices.size == codec.k_for(n)  # type: ignore[attr-defined]
 
 
-def test_topk_falls_back_to_exact_when_the_sample_misleads() -> None:
-    # Large values exactly where the sample looks, and too few of them for
-    # k: the sampled threshold then admits fewer than k candidates.
-    n, density = 65536, 0.1
-    block = np.ones(n, dtype=np.float32)
-    block[(_SAMPLE_AT * n).astype(np.int64)] = 10.0
-    block[7] = 0.5
+def test_one_hot_group_cannot_take_every_slot() -> None:
+    # Whole-block top-k would spend all 656 slots on group 0's huge values;
+    # per-group selection gives each of the 16 groups its ceil(0.01 * 4096).
+    block = np.ones(65536, dtype=np.float32)
+    block[:TOPK_GROUP] = 1000.0
+    block[5 * TOPK_GROUP + 7] = 0.0
 
-    sent = _codec(f"topk:{density}:fp32").encode(block).sent
+    sent = _codec("topk:0.01:fp32").encode(block).sent
 
     assert isinstance(sent, SparseValues)
-    assert sent.indices.size == math.ceil(density * n)
-    assert np.count_nonzero(sent.values == 10.0) == np.unique(_SAMPLE_AT * n // 1).size
-    assert 7 not in sent.indices
+    per_group = np.bincount(sent.indices // TOPK_GROUP, minlength=16)
+    np.testing.assert_array_equal(per_group, np.full(16, 41))
+    assert 5 * TOPK_GROUP + 7 not in sent.indices
+
+
+def test_zeros_are_never_sent() -> None:
+    block = np.zeros(3 * TOPK_GROUP + 100, dtype=np.float32)
+    block[[3, 5000, 12_300]] = [1.0, -2.0, 3.0]
+
+    sent = _codec("topk:0.1:fp32").encode(block).sent
+
+    assert isinstance(sent, SparseValues)
+    np.testing.assert_array_equal(sent.indices, [3, 5000, 12_300])
 
 
 @pytest.mark.parametrize("spec", SPECS)
