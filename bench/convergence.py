@@ -8,19 +8,27 @@ gets the same tokens (rounds x H x W x batch x context), the same model
 init and the same batches in the same order for a given seed, and is
 scored by the validation loss of the *global* weights on fixed windows.
 
-Configurations (`--configs`, names below; H = --inner-steps, default 50):
+Configurations (`--configs`, names below; H = --inner-steps, default 50;
+*-short ones run H/5 inner steps and 5x the rounds):
 
 - dp: synchronous data parallel, the 4 workers' gradients averaged every
   step (one model on the 4 batches concatenated);
-- dense, dense-short: dense fp32 DiLoCo at H and at H/5 (5x the rounds);
+- dense, dense-short: dense fp32 DiLoCo;
 - int8, topk10, topk1: DiLoCo + dense int8, top-k 10 % int8, top-k 1 %
-  int8, all with error feedback;
+  int8, all with error feedback and the Nesterov outer step;
 - topk1-noef: top-k 1 % int8 with the residual dropped every round;
-- sparseloco: top-k 1 % int8, error feedback with decay 0.95 as the
-  momentum, plain outer SGD lr 1 (arXiv 2508.15706).
+- sparseloco10, sparseloco, sparseloco-short: top-k 10 % / 1 % int8 with
+  the SparseLoCo rule (arXiv 2508.15706): error feedback decaying by 0.95
+  takes the role of momentum, the outer step is plain SGD lr 1.
 
-DiLoCo's outer step is Nesterov lr 0.7 momentum 0.9 (`--outer sgd`: plain
-SGD, lr `--outer-lr`, default 1). Bytes are framed protobuf + gRPC message
+DiLoCo's outer step is Nesterov lr 0.7, momentum `--outer-momentum`: 0.7
+here, where seed 0 at H = 50 gave 1.498 / 1.491 / 1.506 / 1.529 validation
+loss for momentum 0.5 / 0.7 / 0.8 / 0.9 (0.9 is DiLoCo's value at H = 500;
+lr 1.0 was worse at every momentum tried). `--outer sgd`: plain SGD, lr
+`--outer-lr`, default 1. Configs
+with a goal, and their references, run `--seeds` seeds; the others
+(ablations) `--ablation-seeds`, paired with the first seeds of their
+reference. Bytes are framed protobuf + gRPC message
 prefixes (`_convergence_wire`): pushes (header, chunks, commit) up,
 native-byte model pulls down once per worker per applied round. dp is
 counted as a parameter server would move it: every step each worker pushes
@@ -47,11 +55,12 @@ from _convergence_sim import Case
 from _util import log, rounded
 
 SHORT_FACTOR = 5
-"""dense-short runs H / 5 inner steps and 5x the rounds (equal tokens)."""
+"""*-short configs run H / 5 inner steps and 5x the rounds (equal tokens)."""
+SPARSELOCO = {"feedback_decay": 0.95, "fixed_outer": True}
 CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "dp": ("data parallel, gradients averaged every step", {"kind": "dp"}),
     "dense": ("DiLoCo dense fp32, H", {}),
-    "dense-short": ("DiLoCo dense fp32, H/5", {}),
+    "dense-short": ("DiLoCo dense fp32, H/5", {"short": True}),
     "int8": ("DiLoCo dense int8 + EF", {"codec": "dense:int8"}),
     "topk10": ("DiLoCo top-k 10 % int8 + EF", {"codec": "topk:0.1:int8"}),
     "topk1": ("DiLoCo top-k 1 % int8 + EF", {"codec": "topk:0.01:int8"}),
@@ -59,18 +68,28 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
         "DiLoCo top-k 1 % int8, no error feedback",
         {"codec": "topk:0.01:int8", "error_feedback": False},
     ),
+    "sparseloco10": (
+        "top-k 10 % int8, EF decay 0.95 as momentum, outer SGD lr 1",
+        {"codec": "topk:0.1:int8", **SPARSELOCO},
+    ),
     "sparseloco": (
         "top-k 1 % int8, EF decay 0.95 as momentum, outer SGD lr 1",
-        {"codec": "topk:0.01:int8", "feedback_decay": 0.95, "fixed_outer": True},
+        {"codec": "topk:0.01:int8", **SPARSELOCO},
+    ),
+    "sparseloco-short": (
+        "top-k 1 % int8, SparseLoCo, H/5",
+        {"codec": "topk:0.01:int8", "short": True, **SPARSELOCO},
     ),
 }
 GOALS = (
-    # (config, reference, max gap %, min uplink ratio vs dense)
+    # (config, reference, max gap %, min uplink ratio vs reference)
     ("dense", "dp", 3.5, None),
     ("int8", "dense", 0.5, None),
     ("topk10", "dense", 3.0, None),
+    ("sparseloco10", "dense", 3.0, None),
     ("topk1", "dense", 3.0, 100.0),
     ("sparseloco", "dense", 3.0, 100.0),
+    ("sparseloco-short", "dense-short", 3.0, 100.0),
 )
 FRAMING_GOAL_PCT = 5.0
 
@@ -80,10 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add = parser.add_argument
     add("--rounds", type=int, default=40, help="outer rounds at H (>= 40)")
     add("--inner-steps", type=int, default=50, help="H, inner steps per round")
-    add("--seeds", type=int, default=3, help="seeds 0..N-1")
+    add("--seeds", type=int, default=3, help="seeds 0..N-1 for configs with a goal")
+    add("--ablation-seeds", type=int, default=1, help="seeds for the other configs")
     add("--configs", default=",".join(CONFIGS), help="comma list of config names")
     add("--outer", choices=("nesterov", "sgd"), default="nesterov")
     add("--outer-lr", type=float, help="default 0.7 (nesterov), 1.0 (sgd)")
+    add("--outer-momentum", type=float, default=0.7, help="nesterov momentum")
     add("--eval-batches", type=int, default=100, help="final eval, 32 windows each")
     add("--jobs", type=int, default=1, help="processes running runs side by side")
     add("--timeout", type=float, default=6 * 3600.0, help="seconds for all runs")
@@ -91,14 +112,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.inner_steps, args.seeds, args.eval_batches = 4, 10, 1, 10
+        args.ablation_seeds = 1
     args.configs = args.configs.split(",")
     unknown = sorted(set(args.configs) - set(CONFIGS))
     if unknown:
         parser.error(f"unknown configs {unknown}; expected some of {list(CONFIGS)}")
     if args.inner_steps < 1 or args.inner_steps % SHORT_FACTOR:
         parser.error(f"--inner-steps must be a positive multiple of {SHORT_FACTOR}")
-    if min(args.rounds, args.seeds, args.eval_batches, args.jobs) < 1:
-        parser.error("--rounds, --seeds, --eval-batches and --jobs must be >= 1")
+    if min(args.rounds, args.seeds, args.ablation_seeds, args.eval_batches) < 1:
+        parser.error("--rounds, --seeds, --ablation-seeds, --eval-batches must be >= 1")
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
     return args
 
 
@@ -110,9 +134,9 @@ def build_case(name: str, seed: int, args: argparse.Namespace) -> Case:
     elif args.outer == "sgd":
         outer = ("fedavg", args.outer_lr or 1.0, 0.0)
     else:
-        outer = ("nesterov", args.outer_lr or 0.7, 0.9)
+        outer = ("nesterov", args.outer_lr or 0.7, args.outer_momentum)
     rounds, inner = args.rounds, args.inner_steps
-    if name == "dense-short":
+    if options.pop("short", False):
         rounds, inner = rounds * SHORT_FACTOR, inner // SHORT_FACTOR
     return Case(
         name=name,
@@ -170,16 +194,15 @@ def summarise(name: str, case: Case, runs: list[dict[str, Any]]) -> dict[str, An
 
 
 def compare(configs: dict[str, dict[str, Any]], runs: dict[str, list[Any]]) -> None:
-    """Add gaps (percent of loss, paired by seed) and byte ratios vs dp and dense."""
-    for ref in ("dp", "dense"):
+    """Add gaps (percent of loss, paired by seed) and byte ratios vs references."""
+    for ref in ("dp", "dense", "dense-short"):
         if ref not in configs:
             continue
         base, base_cfg = _losses(runs[ref]), configs[ref]
         for name, cfg in configs.items():
-            gaps = [
-                100 * (x / b - 1)
-                for x, b in zip(_losses(runs[name]), base, strict=True)
-            ]
+            # Paired by seed over the seeds both ran (ablations run fewer).
+            pairs = zip(_losses(runs[name]), base, strict=False)
+            gaps = [100 * (x / b - 1) for x, b in pairs]
             cfg[f"gap_vs_{ref}_pct"] = _mean_std(gaps)
             cfg[f"up_ratio_vs_{ref}"] = base_cfg["bytes_up"] / cfg["bytes_up"]
             cfg[f"total_ratio_vs_{ref}"] = base_cfg["bytes_total"] / cfg["bytes_total"]
@@ -219,7 +242,13 @@ def goals(configs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main() -> None:
     args = parse_args()
-    cases = [build_case(n, s, args) for s in range(args.seeds) for n in args.configs]
+    goal_configs = {goal[0] for goal in GOALS} | {goal[1] for goal in GOALS}
+    cases = [
+        build_case(name, seed, args)
+        for seed in range(max(args.seeds, args.ablation_seeds))
+        for name in args.configs
+        if seed < (args.seeds if name in goal_configs else args.ablation_seeds)
+    ]
     log("convergence", f"{len(cases)} runs, {args.jobs} job(s)")
     started = time.perf_counter()
     results = run_cases(cases, args.jobs, args.timeout)
@@ -233,6 +262,8 @@ def main() -> None:
         "bench": "convergence",
         "workers": cases[0].workers,
         "seeds": args.seeds,
+        "ablation_seeds": args.ablation_seeds,
+        "outer_momentum": args.outer_momentum,
         "rounds_at_h": args.rounds,
         "h": args.inner_steps,
         "outer": args.outer,

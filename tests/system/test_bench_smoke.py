@@ -17,9 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.system
 
 
-def _run(script: str) -> dict[str, object]:
+def _run(script: str, *args: str) -> dict[str, object]:
     result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / script), "--quick"],
+        [sys.executable, str(REPO / "bench" / script), "--quick", *args],
         capture_output=True, text=True, timeout=170, cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -36,7 +36,8 @@ def test_compression_bench_quick() -> None:
 
 
 def test_convergence_bench_quick() -> None:
-    report = _run("convergence.py")
+    configs = "dp,dense,int8,topk1,sparseloco"  # the rest run the same code paths
+    report = _run("convergence.py", "--configs", configs)
     assert report["bench"] == "convergence"
     configs = report["configs"]
     assert isinstance(configs, dict)
