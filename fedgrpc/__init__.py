@@ -28,7 +28,7 @@ from fedgrpc.errors import (
 )
 
 if TYPE_CHECKING:
-    from fedgrpc.client import DiLoCoClient
+    from fedgrpc.client import DiLoCoClient, DistributedDiLoCoClient
 
 try:
     __version__ = version("fedgrpc")
@@ -42,6 +42,7 @@ __all__ = [
     "CoordinatorUnavailableError",
     "Dense",
     "DiLoCoClient",
+    "DistributedDiLoCoClient",
     "FedGrpcError",
     "IncompatibleClientError",
     "IncompleteUpdateError",
@@ -61,4 +62,8 @@ def __getattr__(name: str) -> Any:
         from fedgrpc.client import DiLoCoClient
 
         return DiLoCoClient
+    if name == "DistributedDiLoCoClient":
+        from fedgrpc.client import DistributedDiLoCoClient
+
+        return DistributedDiLoCoClient
     raise AttributeError(f"module 'fedgrpc' has no attribute {name!r}")

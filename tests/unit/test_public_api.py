@@ -16,6 +16,7 @@ EXPECTED = [
     "CoordinatorUnavailableError",
     "Dense",
     "DiLoCoClient",
+    "DistributedDiLoCoClient",
     "FedGrpcError",
     "IncompatibleClientError",
     "IncompleteUpdateError",
