@@ -1,0 +1,187 @@
+"""`fedgrpc status` and `fedgrpc export`: operating a coordinator from a shell.
+
+`status` asks a running coordinator (AdminService/GetStatus, or the gRPC
+health service with `--health`) and prints tables: the round, each client's
+credit (samples contributed), losses and traffic. `export` turns a
+checkpoint into a model file. Argparse and presentation only; the work is in
+`fedgrpc.client.admin` and `fedgrpc.coordinator.model_export`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from fedgrpc.config import ClientConfig
+
+if TYPE_CHECKING:
+    from fedgrpc.client.admin import ClientRow, CoordinatorStatus, RoundRow
+
+RECENT_ROUNDS_SHOWN = 10
+"""Closed rounds `fedgrpc status` lists (all of them with --json)."""
+
+
+def add_ops_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `status` and `export` on the `fedgrpc` command."""
+    _status_parser(sub)
+    _export_parser(sub)
+
+
+def _status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "status",
+        help="show a running coordinator's round, clients and traffic",
+        description="Ask a coordinator for its status (AdminService/GetStatus) "
+        "and print the round, each client's credit and the recent rounds.",
+    )
+    parser.add_argument(
+        "--target", required=True, metavar="HOST:PORT", help="the coordinator"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of tables"
+    )
+    parser.add_argument(
+        "--health",
+        action="store_true",
+        help="only check grpc.health.v1: print SERVING or NOT_SERVING, exit 0 "
+        "if serving, else 1 (for container health checks)",
+    )
+    parser.add_argument("--tls-ca", metavar="PEM", help="CA of the "
+                        "coordinator's certificate: connect with TLS "
+                        "(default: plaintext)")  # fmt: skip
+    parser.add_argument("--tls-cert", metavar="PEM", help="client certificate "
+                        "for mutual TLS (needs --tls-key)")  # fmt: skip
+    parser.add_argument("--tls-key", metavar="PEM", help="key of --tls-cert")
+    parser.add_argument(
+        "--timeout-s", type=float, default=10.0, metavar="S",
+        help="seconds to wait for the answer (default: 10)",
+    )  # fmt: skip
+    parser.set_defaults(handler=_status)
+
+
+def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "export",
+        help="write a checkpoint's global model as a state_dict file",
+        description="Write the global model of a checkpoint (a round-<N>.ckpt "
+        "file, or the newest intact one in a checkpoint directory) as a plain "
+        "state_dict: torch.load(PATH, weights_only=True) or safetensors. Only "
+        "parameters are federated: load into a model with buffers using "
+        "load_state_dict(..., strict=False).",
+    )
+    parser.add_argument("--checkpoint", required=True, metavar="PATH",
+                        help="checkpoint file or checkpoint_dir")  # fmt: skip
+    parser.add_argument("--out", required=True, metavar="FILE", help="file to write")
+    parser.add_argument(
+        "--format", choices=("torch", "safetensors"),
+        help="file format (default: safetensors if --out ends in .safetensors, "
+        "else torch)",
+    )  # fmt: skip
+    parser.set_defaults(handler=_export)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from fedgrpc.client.admin import check_health, fetch_status
+
+    config = ClientConfig(
+        tls_ca=args.tls_ca or "", tls_cert=args.tls_cert or "",
+        tls_key=args.tls_key or "",
+    )  # fmt: skip
+    if args.health:
+        try:
+            serving = check_health(args.target, config, args.timeout_s)
+        except Exception as exc:  # any failure is "unhealthy": exit 1, not 2
+            sys.stderr.write(f"fedgrpc status: {exc}\n")
+            return 1
+        sys.stdout.write(serving + "\n")
+        return 0 if serving == "SERVING" else 1
+    status = fetch_status(args.target, config, args.timeout_s)
+    if args.json:
+        sys.stdout.write(json.dumps(dataclasses.asdict(status)) + "\n")
+    else:
+        sys.stdout.write(format_status(args.target, status))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from fedgrpc.coordinator.model_export import ExportFormat, export_model
+
+    wanted = args.format or ("safetensors" if args.out.endswith(".safetensors") else "")
+    fmt: ExportFormat = "safetensors" if wanted == "safetensors" else "torch"
+    done = export_model(args.checkpoint, args.out, fmt)
+    sys.stdout.write(
+        f"wrote {done.path} ({fmt}, {done.num_tensors} tensors, "
+        f"{_size(done.num_bytes)}): model version {done.model_version} after "
+        f"round {done.round_id}, from {done.checkpoint}\n"
+    )
+    return 0
+
+
+def format_status(target: str, s: CoordinatorStatus) -> str:
+    """`fedgrpc status`'s tables: summary lines, clients, recent rounds."""
+    lines = [
+        f"coordinator {target}  run {s.run_id}  up {_duration(s.uptime_s)}",
+        f"round {s.round_id} ({s.phase})  model version {s.model_version}  "
+        f"{s.num_parameters:,} parameters  min_clients {s.min_clients}  "
+        f"H={s.inner_steps}",
+        f"traffic: {_size(s.bytes_received)} in (updates), "
+        f"{_size(s.bytes_sent)} out (models)",
+        "",
+        _table(_CLIENT_COLUMNS, [_client_cells(c) for c in s.clients]),
+        "",
+        _table(
+            _ROUND_COLUMNS,
+            [_round_cells(r) for r in s.recent_rounds[-RECENT_ROUNDS_SHOWN:]],
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+_CLIENT_COLUMNS = ("client", "name", "connected", "updates", "samples",
+                   "last round", "last loss")  # fmt: skip
+_ROUND_COLUMNS = ("round", "outcome", "updates", "seconds", "mean loss", "bytes in")
+
+
+def _client_cells(c: ClientRow) -> tuple[str, ...]:
+    connected = "yes" if c.connected else "no"
+    return (c.client_id, c.name, connected, f"{c.updates_accepted:,}",
+            f"{c.samples_contributed:,}", str(c.last_round),
+            f"{c.last_train_loss:.4f}")  # fmt: skip
+
+
+def _round_cells(r: RoundRow) -> tuple[str, ...]:
+    return (str(r.round_id), r.outcome, str(r.num_updates), f"{r.duration_s:.1f}",
+            f"{r.mean_train_loss:.4f}", _size(r.bytes_received))  # fmt: skip
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell; a dash row when there is nothing."""
+    if not rows:
+        rows = [tuple("-" for _ in headers)]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in (headers, *rows)
+    )
+
+
+def _size(num_bytes: int) -> str:
+    """Decimal units, as network traffic is usually quoted."""
+    if num_bytes < 1000:
+        return f"{num_bytes} B"
+    value, unit = float(num_bytes), "B"
+    for unit in ("KB", "MB", "GB", "TB"):  # noqa: B007 (the last unit is used)
+        value /= 1000
+        if value < 1000:
+            break
+    return f"{value:.1f} {unit}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

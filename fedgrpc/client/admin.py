@@ -1,0 +1,174 @@
+"""An operator's view of a running coordinator: AdminService status and gRPC health.
+
+What `fedgrpc status` calls. Synchronous grpc (one call, then exit), and
+plain dataclasses out, so the CLI never touches protobuf types. TLS works as
+for `DiLoCoClient`: `ClientConfig.tls_ca` (and a client certificate for
+mutual TLS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from fedgrpc._proto.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2
+from fedgrpc.client.connection import channel_credentials
+from fedgrpc.client.status import status_code
+from fedgrpc.config import ClientConfig
+from fedgrpc.crypto.tls import load_client_tls
+from fedgrpc.errors import CoordinatorUnavailableError, FedGrpcError
+
+_PHASES = {
+    admin_pb2.ROUND_PHASE_WAITING_FOR_MODEL: "waiting_for_model",
+    admin_pb2.ROUND_PHASE_WAITING_FOR_QUORUM: "waiting_for_quorum",
+    admin_pb2.ROUND_PHASE_COLLECTING: "collecting",
+    admin_pb2.ROUND_PHASE_APPLYING: "applying",
+    admin_pb2.ROUND_PHASE_STOPPING: "stopping",
+}
+_OUTCOMES = {
+    coordinator_pb2.ROUND_OUTCOME_APPLIED: "applied",
+    coordinator_pb2.ROUND_OUTCOME_SKIPPED: "skipped",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRow:
+    """One joined client and its credit."""
+
+    client_id: str
+    name: str
+    connected: bool
+    updates_accepted: int
+    samples_contributed: int
+    last_round: int
+    last_train_loss: float
+
+
+@dataclass(frozen=True, slots=True)
+class RoundRow:
+    """One closed round."""
+
+    round_id: int
+    outcome: str
+    num_updates: int
+    duration_s: float
+    mean_train_loss: float
+    bytes_received: int
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorStatus:
+    """GetStatus, as plain data (`dataclasses.asdict` gives `--json`)."""
+
+    run_id: str
+    phase: str
+    round_id: int
+    model_version: int
+    num_parameters: int
+    min_clients: int
+    inner_steps: int
+    uptime_s: float
+    bytes_received: int
+    bytes_sent: int
+    clients: list[ClientRow]
+    recent_rounds: list[RoundRow]
+
+
+def fetch_status(
+    target: str, config: ClientConfig | None = None, timeout_s: float = 10.0
+) -> CoordinatorStatus:
+    """Call AdminService/GetStatus on `target` (host:port).
+
+    Raises:
+        CoordinatorUnavailableError: unreachable, or no answer in `timeout_s`.
+        FedGrpcError: any other failure, naming the status code.
+    """
+    with _channel(target, config) as channel, _translated(target):
+        reply = admin_pb2_grpc.AdminServiceStub(channel).GetStatus(
+            admin_pb2.GetStatusRequest(), timeout=timeout_s
+        )
+    return _from_proto(reply)
+
+
+def check_health(
+    target: str, config: ClientConfig | None = None, timeout_s: float = 5.0
+) -> str:
+    """The grpc.health.v1 status of the whole server: SERVING, NOT_SERVING, ...
+
+    Raises:
+        CoordinatorUnavailableError: unreachable, or no answer in `timeout_s`.
+    """
+    with _channel(target, config) as channel, _translated(target):
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
+        )
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+@contextmanager
+def _channel(target: str, config: ClientConfig | None) -> Iterator[grpc.Channel]:
+    if config is None or not config.tls_ca:
+        channel = grpc.insecure_channel(target)
+    else:
+        tls = load_client_tls(config.tls_ca, config.tls_cert, config.tls_key)
+        channel = grpc.secure_channel(target, channel_credentials(tls))
+    with channel:
+        yield channel
+
+
+@contextmanager
+def _translated(target: str) -> Iterator[None]:
+    try:
+        yield
+    except grpc.RpcError as exc:
+        code = status_code(exc)
+        details = exc.details() if code is not None else str(exc)
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise CoordinatorUnavailableError(
+                f"no answer from the coordinator at {target} ({code.name}: "
+                f"{details}); check the address and that it is running"
+            ) from exc
+        name = code.name if code is not None else "an error"
+        raise FedGrpcError(f"{target} answered {name}: {details}") from exc
+
+
+def _from_proto(reply: admin_pb2.GetStatusResponse) -> CoordinatorStatus:
+    return CoordinatorStatus(
+        run_id=reply.run_id,
+        phase=_PHASES.get(reply.phase, "unknown"),
+        round_id=reply.round_id,
+        model_version=reply.model_version,
+        num_parameters=reply.num_parameters,
+        min_clients=reply.round_config.min_clients,
+        inner_steps=reply.round_config.inner_steps,
+        uptime_s=reply.uptime_s,
+        bytes_received=reply.bytes_received,
+        bytes_sent=reply.bytes_sent,
+        clients=[
+            ClientRow(
+                c.client_id,
+                c.name,
+                c.connected,
+                c.updates_accepted,
+                c.samples_contributed,
+                c.last_round,
+                c.last_train_loss,
+            )
+            for c in reply.clients
+        ],
+        recent_rounds=[
+            RoundRow(
+                r.round_id,
+                _OUTCOMES.get(r.outcome, "unknown"),
+                r.num_updates,
+                r.duration_s,
+                r.mean_train_loss,
+                r.bytes_received,
+            )
+            for r in reply.recent_rounds
+        ],
+    )

@@ -1,0 +1,148 @@
+"""Prometheus metrics of one coordinator, served over HTTP at `metrics_listen`.
+
+Events (rounds closed, checkpoints, rejections) are counted as they happen;
+levels and totals the runtime already keeps (clients connected, bytes in and
+out, model version) are read at scrape time, so the hot paths carry no extra
+bookkeeping. Each coordinator has its own `CollectorRegistry`, so several in
+one process (tests, `fedgrpc simulate`) do not mix their numbers; only
+rejections are counted per process, in `status.abort`, which knows no
+runtime.
+
+The HTTP server is prometheus_client's own, on a daemon thread. Values read
+from that thread are ints and bools the event loop writes whole, and the
+client list is copied in one C-level step (`ClientRegistry.all`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from fedgrpc.coordinator.state import RoundResult
+from fedgrpc.errors import ConfigError
+from fedgrpc.log import get_logger
+
+if TYPE_CHECKING:
+    from fedgrpc.coordinator.runtime import CoordinatorRuntime
+
+log = get_logger(__name__)
+ROUND_SECONDS_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
+"""Round durations span seconds (tests, tiny models) to hours (H=500 on a GPU)."""
+CHECKPOINT_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120)
+REJECTIONS = Counter(
+    "fedgrpc_rejections",
+    "Requests refused with a gRPC status, by code (per process).",
+    ["code"],
+    registry=None,
+)
+
+
+def count_rejection(code: str) -> None:
+    """Count one refused request (called where errors become status codes)."""
+    REJECTIONS.labels(code=code).inc()
+
+
+class CoordinatorMetrics:
+    """The metrics of one coordinator runtime, and their HTTP endpoint."""
+
+    def __init__(self, runtime: CoordinatorRuntime) -> None:
+        self.registry = CollectorRegistry()
+        self.address = ""
+        """host:port the endpoint listens on ("" : not serving)."""
+        self._http: WSGIServer | None = None
+        self.rounds = Counter(
+            "fedgrpc_rounds", "Closed rounds, by outcome (applied or skipped).",
+            ["outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.round_seconds = Histogram(
+            "fedgrpc_round_duration_seconds", "Seconds from round start to close.",
+            buckets=ROUND_SECONDS_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.checkpoint_seconds = Histogram(
+            "fedgrpc_checkpoint_write_seconds", "Seconds to write one checkpoint.",
+            buckets=CHECKPOINT_SECONDS_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.checkpoint_failures = Counter(
+            "fedgrpc_checkpoint_failures", "Checkpoint writes that failed.",
+            registry=self.registry,
+        )  # fmt: skip
+        self.registry.register(REJECTIONS)
+        self.registry.register(_RuntimeCollector(runtime))
+
+    def round_closed(self, result: RoundResult) -> None:
+        """Count a closed round and its duration."""
+        self.rounds.labels(outcome=result.outcome.value).inc()
+        self.round_seconds.observe(result.duration_s)
+
+    def checkpoint_written(self, seconds: float) -> None:
+        """Record one successful checkpoint write."""
+        self.checkpoint_seconds.observe(seconds)
+
+    def checkpoint_failed(self) -> None:
+        """Count one failed checkpoint write."""
+        self.checkpoint_failures.inc()
+
+    def serve(self, listen: str) -> str:
+        """Start the /metrics HTTP endpoint on `listen` (host:port, port 0 picks).
+
+        Raises:
+            ConfigError: the address cannot be bound.
+        """
+        host, _, port = listen.rpartition(":")
+        host = host.strip("[]")
+        try:
+            self._http, _ = start_http_server(int(port), host, registry=self.registry)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"metrics_listen={listen!r} cannot be bound: {exc}"
+            ) from exc
+        self.address = f"{host}:{self._http.server_port}"
+        log.info("metrics_serving", address=self.address)
+        return self.address
+
+    def stop(self) -> None:
+        """Stop the HTTP endpoint (idempotent)."""
+        http, self._http = self._http, None
+        if http is not None:
+            http.shutdown()
+            http.server_close()
+
+
+class _RuntimeCollector(Collector):
+    """Levels and totals read from the runtime at scrape time."""
+
+    def __init__(self, runtime: CoordinatorRuntime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        """One sample per metric, from the runtime's current values."""
+        runtime = self.runtime
+        clients = runtime.registry.all()
+        yield _gauge("fedgrpc_clients_connected", "Clients with an open Session.",
+                     sum(1 for c in clients if c.connected))  # fmt: skip
+        yield _gauge("fedgrpc_clients_joined", "Clients that joined this run.",
+                     len(clients))  # fmt: skip
+        yield _counter("fedgrpc_update_bytes_received", "Update payload bytes "
+                       "received (bytes in).", runtime.bytes_received)  # fmt: skip
+        yield _counter("fedgrpc_model_bytes_sent", "Model bytes sent by PullModel "
+                       "(bytes out).", runtime.bytes_sent)  # fmt: skip
+        yield _gauge("fedgrpc_model_version", "Applied rounds so far.",
+                     runtime.engine.model.version)  # fmt: skip
+        current = runtime.engine.current
+        yield _gauge("fedgrpc_round", "Id of the open round (0: none yet).",
+                     current.round_id if current is not None else 0)  # fmt: skip
+        yield _gauge("fedgrpc_draining", "1 while the coordinator shuts down.",
+                     int(runtime.stopping))  # fmt: skip
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)

@@ -1,0 +1,234 @@
+"""What a checkpoint holds, and putting it back: state that must outlive a process.
+
+Captured (on the event loop, cheap: references, not copies) and restored:
+
+* the run id, so a restarted coordinator is the same run to its clients;
+* the model: spec, float32 master weights, version and the round that made
+  it, the outer optimizer's name, hyper-parameters and state (momentum), and
+  the divergence guard's recent norms;
+* the round counter (the next round reopens with a fresh nonce);
+* the clients: id, name, public key and credit (updates accepted, samples
+  contributed, last round, last loss), and the id counter. Session tokens are
+  secrets and are *not* stored: after a restart a client joins again;
+* traffic totals and the recent-round history, for status and metrics.
+
+Plain Python, no gRPC or asyncio (like the round engine it restores).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fedgrpc import __version__
+from fedgrpc.config import CoordinatorConfig
+from fedgrpc.coordinator.checkpoint import CheckpointFile
+from fedgrpc.coordinator.registry import (
+    SESSION_TOKEN_BYTES,
+    ClientRecord,
+    ClientRegistry,
+)
+from fedgrpc.coordinator.rounds import RoundEngine
+from fedgrpc.coordinator.state import Outcome, RoundResult
+from fedgrpc.crypto.keys import PublicKey
+from fedgrpc.errors import CheckpointError
+from fedgrpc.log import get_logger
+from fedgrpc.optim import StateDict
+from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
+
+log = get_logger(__name__)
+_OPTIMIZER_PREFIX = "optimizer."
+_DTYPES = {dtype.torch_name: dtype for dtype in DType}
+_CREDIT_FIELDS = ("updates_accepted", "samples_contributed", "last_round")
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything one checkpoint file stores: JSON state plus float32 tensors."""
+
+    round_id: int
+    """The last closed round the snapshot includes (its file name)."""
+    state: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Counters the runtime owns: run identity and traffic."""
+
+    run_id: str
+    bytes_received: int
+    bytes_sent: int
+
+
+def capture(engine: RoundEngine, registry: ClientRegistry, totals: Totals) -> Snapshot:
+    """The coordinator's durable state now; the model must be seeded.
+
+    Tensors are the live buffers: nothing may step the model until the
+    snapshot is written (the runtime holds its numeric lock meanwhile).
+    """
+    model = engine.model
+    spec, master = model.require_spec(), model.require_master()
+    published = model.published
+    assert published is not None  # seeded: `require_master` passed
+    current = engine.current
+    last_closed = current.round_id - 1 if current is not None else 0
+    scalars, tensors = _split_optimizer_state(model.optimizer.state_dict())
+    state = {
+        "fedgrpc_version": __version__,
+        "created_unix_s": time.time(),
+        "run_id": totals.run_id,
+        "round_id": last_closed,
+        "model_version": model.version,
+        "model_round_id": published.round_id,
+        "spec": [[t.name, list(t.shape), t.dtype.torch_name] for t in spec.tensors],
+        "spec_sha256": spec.digest.hex(),
+        "optimizer": {
+            "name": model.optimizer.name,
+            "lr": engine.config.resolved_outer_lr,
+            "momentum": engine.config.resolved_outer_momentum,
+            "scalars": scalars,
+        },
+        "update_norms": model.update_norms,
+        "clients": [_client_row(c) for c in registry.all()],
+        "bytes_received": totals.bytes_received,
+        "bytes_sent": totals.bytes_sent,
+        "history": [_round_row(r) for r in engine.history],
+    }
+    return Snapshot(last_closed, state, {"master": master, **tensors})
+
+
+def restore(
+    checkpoint: CheckpointFile, engine: RoundEngine, registry: ClientRegistry
+) -> Totals:
+    """Put a checkpoint back into a fresh engine and registry; open the next round.
+
+    Raises:
+        CheckpointError: it was written for another outer optimizer, or its
+            tensors do not fit its model spec.
+    """
+    state = checkpoint.state
+    spec = _spec(state, checkpoint)
+    master = checkpoint.tensors["master"]
+    if master.numel() != spec.num_coordinates:
+        raise CheckpointError(
+            f"{checkpoint.path}: {master.numel()} master weights for a model of "
+            f"{spec.num_coordinates} parameters"
+        )
+    _restore_optimizer(checkpoint, engine)
+    engine.model.resume(
+        spec, master, state["model_version"], state["model_round_id"],
+        [float(n) for n in state["update_norms"]],
+    )  # fmt: skip
+    _restore_clients(registry, state["clients"])
+    _restore_rounds(engine, checkpoint.round_id, state["history"])
+    return Totals(state["run_id"], state["bytes_received"], state["bytes_sent"])
+
+
+def _split_optimizer_state(
+    state: StateDict,
+) -> tuple[dict[str, float | int], dict[str, torch.Tensor]]:
+    scalars: dict[str, float | int] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            tensors[_OPTIMIZER_PREFIX + key] = value.detach()
+        else:
+            scalars[key] = value
+    return scalars, tensors
+
+
+def _restore_optimizer(checkpoint: CheckpointFile, engine: RoundEngine) -> None:
+    saved = checkpoint.state["optimizer"]
+    optimizer, config = engine.model.optimizer, engine.config
+    if saved["name"] != optimizer.name:
+        raise CheckpointError(
+            f"{checkpoint.path} was written by outer optimizer {saved['name']!r} but "
+            f"the config says {optimizer.name!r}; set outer_optimizer = "
+            f"{saved['name']!r} to resume, or use a new checkpoint_dir"
+        )
+    _warn_if_changed(config, saved)
+    state: StateDict = dict(saved["scalars"])
+    for key, tensor in checkpoint.tensors.items():
+        if key.startswith(_OPTIMIZER_PREFIX):
+            state[key.removeprefix(_OPTIMIZER_PREFIX)] = tensor
+    optimizer.load_state_dict(state)
+
+
+def _warn_if_changed(config: CoordinatorConfig, saved: dict[str, Any]) -> None:
+    """A resumed run may change lr or momentum on purpose; say so in the log."""
+    now = (config.resolved_outer_lr, config.resolved_outer_momentum)
+    if now != (saved["lr"], saved["momentum"]):
+        log.warning(
+            "checkpoint_hyperparameters_changed",
+            checkpoint_lr=saved["lr"], checkpoint_momentum=saved["momentum"],
+            lr=now[0], momentum=now[1],
+        )  # fmt: skip
+
+
+def _spec(state: dict[str, Any], checkpoint: CheckpointFile) -> ModelSpec:
+    spec = ModelSpec(
+        tuple(TensorSpec(n, tuple(s), _DTYPES[d]) for n, s, d in state["spec"])
+    )
+    if spec.digest.hex() != state["spec_sha256"]:
+        raise CheckpointError(
+            f"{checkpoint.path}: the model spec does not match its digest"
+        )
+    return spec
+
+
+def _client_row(client: ClientRecord) -> dict[str, Any]:
+    key = client.public_key
+    return {
+        "client_id": client.client_id,
+        "name": client.name,
+        "key": None if key is None else [key.algorithm, key.raw.hex()],
+        **{name: getattr(client, name) for name in _CREDIT_FIELDS},
+        "last_train_loss": client.last_train_loss,
+    }
+
+
+def _restore_clients(registry: ClientRegistry, rows: list[dict[str, Any]]) -> None:
+    """Re-create client records, disconnected, with fresh (unknown) session tokens.
+
+    Writes the registry's internals because it has no restore method yet.
+    """
+    highest = 0
+    for row in rows:
+        key = row["key"]
+        public_key = None if key is None else PublicKey(key[0], bytes.fromhex(key[1]))
+        record = ClientRecord(
+            client_id=row["client_id"],
+            name=row["name"],
+            session_token=secrets.token_bytes(SESSION_TOKEN_BYTES),
+            public_key=public_key,
+            last_train_loss=row["last_train_loss"],
+            **{name: row[name] for name in _CREDIT_FIELDS},
+        )
+        registry._clients[record.client_id] = record
+        digits = record.client_id.lstrip("c")
+        highest = max(highest, int(digits) if digits.isdigit() else 0)
+    registry._ids = itertools.count(highest + 1)
+
+
+def _round_row(result: RoundResult) -> dict[str, Any]:
+    row = dataclasses.asdict(result)
+    row["outcome"] = result.outcome.value
+    return row
+
+
+def _restore_rounds(engine: RoundEngine, last_closed: int, history: list[Any]) -> None:
+    """Reload the history and reopen round `last_closed + 1` with a fresh nonce."""
+    known = {f.name for f in dataclasses.fields(RoundResult)}
+    for row in history:
+        fields = {k: v for k, v in row.items() if k in known}
+        fields["outcome"] = Outcome(fields["outcome"])
+        engine.history.append(RoundResult(**fields))
+    engine._next_round_id = last_closed + 1
+    engine._open_round()
