@@ -49,7 +49,9 @@ from fedgrpc.wire.chunking import DEFAULT_CHUNK_BYTES
 FP32_BYTES = 4
 NOISE_NUMEL = 1 << 20
 """Perturbation added to the head of each parameter before a round."""
-SERVE_FLAGS = ("--inner-steps", "1", "--log-format", "json", "--log-level", "WARNING")
+SERVE_FLAGS = ("--inner-steps", "1", "--log-format", "json", "--log-level", "WARNING",
+               "--open-enrollment")  # fmt: skip
+"""Open enrollment: the bench's clients use throwaway keys (updates stay signed)."""
 
 
 def mlp_shape(target: int) -> tuple[int, int]:

@@ -2,9 +2,16 @@
 
 Run a coordinator, then two or more copies of this script:
 
-    .venv/bin/fedgrpc serve --listen 127.0.0.1:7070 --min-clients 2 --inner-steps 20
+    .venv/bin/fedgrpc serve --listen 127.0.0.1:7070 --min-clients 2 --inner-steps 20 \
+        --open-enrollment
     .venv/bin/python client/torch_loop.py --target 127.0.0.1:7070 --steps 100 &
     .venv/bin/python client/torch_loop.py --target 127.0.0.1:7070 --steps 100
+
+`--open-enrollment` lets these clients join with throwaway keys. A real
+deployment lists its clients' keys instead (`fedgrpc keygen`, then
+`--identity-key coordinator.key --allowed-client-keys DIR` on the
+coordinator and `--identity-key NAME.key --coordinator-key coordinator.pub`
+here).
 
 Everything below is an ordinary loop; the federation adds three lines:
 create the client, call `client.step()` after each optimizer step, close it.
@@ -31,7 +38,18 @@ def main() -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed for this client's data"
     )
+    parser.add_argument(
+        "--identity-key", default="", help="this client's private key (PEM)"
+    )
+    parser.add_argument(
+        "--coordinator-key",
+        default="",
+        help="the coordinator's .pub file or fingerprint to insist on",
+    )
     args = parser.parse_args()
+    config = fedgrpc.ClientConfig(
+        identity_key=args.identity_key, coordinator_key=args.coordinator_key
+    )
 
     torch.manual_seed(args.seed)
     true_weights = torch.arange(8, dtype=torch.float32)  # shared ground truth
@@ -42,7 +60,9 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
 
     # (1) Join the federation; inner_steps=None follows the coordinator's H.
-    with fedgrpc.DiLoCoClient(args.target, model, inner_steps=None) as client:
+    with fedgrpc.DiLoCoClient(
+        args.target, model, inner_steps=None, config=config
+    ) as client:
         for step in range(args.steps):
             batch = torch.randint(0, len(inputs), (32,))
             loss = torch.nn.functional.mse_loss(

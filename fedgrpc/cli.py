@@ -1,6 +1,9 @@
 """The `fedgrpc` command: `serve` runs the coordinator, `simulate` a whole federation.
 
-`keygen` and `certs` write identity and TLS files (`fedgrpc.cli_identity`).
+`keygen` and `certs` write identity and TLS files, `verify` checks an
+exported update (`fedgrpc.cli_identity`).
+`status` and `export` operate a coordinator and its checkpoints
+(`fedgrpc.cli_ops`).
 Flags override the TOML file, which overrides the defaults in
 `fedgrpc.config`; every flag's help states its unit and default.
 """
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 
 from fedgrpc import __version__
 from fedgrpc.cli_identity import add_identity_parsers
+from fedgrpc.cli_ops import add_ops_parsers
 from fedgrpc.config import OUTER_OPTIMIZERS, CoordinatorConfig
 from fedgrpc.errors import FedGrpcError
 from fedgrpc.log import configure_logging
@@ -37,6 +41,8 @@ class _Flag:
     type: Callable[[str], object] = str
     metavar: str | None = None
     choices: tuple[str, ...] | None = None
+    const: object = None
+    """Set, the flag takes no value and stores this (a switch)."""
 
     @property
     def dest(self) -> str:
@@ -88,6 +94,27 @@ _SERVE_FLAGS = (
     _Flag("--tls-client-ca", "PEM CA certificate(s): require client "
           "certificates signed by it (mutual TLS); needs --tls-cert "
           "(default: no client certificates)", metavar="PEM"),
+    _Flag("--identity-key", "the coordinator's Ed25519 private key (PEM, from "
+          "`fedgrpc keygen`): signs every model sent; required with "
+          "--allowed-client-keys (default: a throwaway key, open enrollment "
+          "only)", metavar="PEM"),
+    _Flag("--allowed-client-keys", "who may join: a directory of *.pub files, "
+          "or a file of PEM public keys and/or 64-hex fingerprints",
+          metavar="PATH"),
+    _Flag("--open-enrollment", "let any client key join (each still proves "
+          "it holds its key and signs its updates); for local simulation, "
+          "logged as a warning (default: off)", const=True),
+    _Flag("--update-signatures", "required: verify every update header, "
+          "chunk and commit; off: skip it, only with --open-enrollment, to "
+          "measure the cost (default: required)", choices=("required", "off")),
+    _Flag("--checkpoint-dir", "write a checkpoint after every applied round "
+          "(and at shutdown) here, keeping the newest --checkpoint-keep; resume "
+          "from the newest intact one at start (default: none)", metavar="DIR"),
+    _Flag("--checkpoint-keep", "checkpoints kept in --checkpoint-dir "
+          f"(default: {_D.checkpoint_keep})", int, "K"),
+    _Flag("--metrics-listen", "serve Prometheus metrics at "
+          "http://HOST:PORT/metrics, plain HTTP (default: off)",
+          metavar="HOST:PORT"),
     _Flag("--log-format", "log lines on stderr (default: json)",
           choices=("json", "console")),
     _Flag("--log-level", "DEBUG, INFO, WARNING or ERROR (default: INFO)",
@@ -96,6 +123,12 @@ _SERVE_FLAGS = (
 
 
 def _add_flag(parser: argparse.ArgumentParser, flag: _Flag) -> None:
+    if flag.const is not None:
+        # Default None, not False: an absent switch must not override the TOML.
+        parser.add_argument(
+            flag.name, action="store_const", const=flag.const, help=flag.help
+        )
+        return
     parser.add_argument(
         flag.name,
         type=flag.type,
@@ -205,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_parser(sub)
     _simulate_parser(sub)
     add_identity_parsers(sub)
+    add_ops_parsers(sub)
     return parser
 
 

@@ -1,10 +1,11 @@
-"""`fedgrpc keygen` and `fedgrpc certs`: identity and TLS files on disk.
+"""`fedgrpc keygen`, `certs` and `verify`: identity, TLS and audit files.
 
 Separate from cli.py, which drives the coordinator and simulations, because
-these two only write files: argparse, then one `fedgrpc.crypto` call, then
-a summary on stdout. Errors (a file exists, a directory is not writable, a
-bad host name) are `FedGrpcError`s, which `cli.main` prints as one line with
-exit code 2.
+these only read or write files: argparse, then one `fedgrpc.crypto` or
+`fedgrpc.wire.export` call, then a summary on stdout. Errors (a file exists,
+a directory is not writable, a bad host name, a file that is no export) are
+`FedGrpcError`s, which `cli.main` prints as one line with exit code 2;
+`verify` exits 1 when the update does not match.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 import sys
 
 from fedgrpc.crypto.certs import DEFAULT_DAYS, DevPki, write_dev_pki
-from fedgrpc.crypto.files import save_key_pair
+from fedgrpc.crypto.files import load_public_key, save_key_pair
 from fedgrpc.crypto.keys import PrivateKey
 
 _FORCE_HELP = "replace existing files (default: refuse and write nothing)"
@@ -22,9 +23,35 @@ _FORCE_HELP = "replace existing files (default: refuse and write nothing)"
 def add_identity_parsers(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> None:
-    """Register `keygen` and `certs` on the `fedgrpc` command."""
+    """Register `keygen`, `certs` and `verify` on the `fedgrpc` command."""
     _keygen_parser(sub)
     _certs_parser(sub)
+    _verify_parser(sub)
+
+
+def _verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "verify",
+        help="check an exported update against the digest the coordinator logged",
+        description="Re-verify an update a client exported "
+        "(ClientConfig.export_updates_dir): every payload's SHA-256, chain link "
+        "and signature, and the commit; then compare the update's digest (the "
+        "chain head) with --hash, the update_sha256 the coordinator logged "
+        "(update_committed) and returned. Exit 0 if it matches, 1 if not, 2 if "
+        "the file cannot be read as an export.",
+    )
+    parser.add_argument(
+        "--update", required=True, metavar="FILE", help="the .fedupdate file"
+    )
+    parser.add_argument(
+        "--hash", required=True, metavar="SHA256HEX", help="the expected "
+        "update_sha256 (64 hex characters)"
+    )  # fmt: skip
+    parser.add_argument(
+        "--key", metavar="PUB", help="require this signer (the client's .pub "
+        "file); default: the key the file names"
+    )  # fmt: skip
+    parser.set_defaults(handler=_verify)
 
 
 def _keygen_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -104,6 +131,23 @@ def _certs(args: argparse.Namespace) -> int:
         overwrite=args.force,
     )
     sys.stdout.write(_certs_summary(pki))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from fedgrpc.wire.export import verify_export  # protobuf: only when verifying
+
+    key = load_public_key(args.key) if args.key else None
+    report = verify_export(args.update, args.hash, key)
+    if not report.ok:
+        sys.stdout.write(f"MISMATCH: {args.update}: {report.reason}\n")
+        return 1
+    sys.stdout.write(
+        f"OK: {args.update} is update {report.update_sha256}\n"
+        f"  client {report.client_id}, round {report.round_id}, {report.chunks} "
+        f"chunks, {report.payload_bytes} payload bytes, signed by key "
+        f"{report.key_sha256}\n"
+    )
     return 0
 
 

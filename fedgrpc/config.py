@@ -28,6 +28,8 @@ OUTER_OPTIMIZERS: tuple[OuterOptimizerName, ...] = ("nesterov", "fedavg", "spars
 _DEFAULT_OUTER_LR = {"nesterov": 0.7, "fedavg": 1.0, "sparseloco": 1.0}
 _DEFAULT_OUTER_MOMENTUM = {"nesterov": 0.9, "fedavg": 0.0, "sparseloco": 0.0}
 _DEFAULT_FEEDBACK_DECAY = {"nesterov": 1.0, "fedavg": 1.0, "sparseloco": 0.95}
+UpdateSignatures = Literal["required", "off"]
+_FINGERPRINT_CHARS = 64
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,6 +77,31 @@ class CoordinatorConfig:
     tls_client_ca: str = ""
     """PEM CA certificate(s); set, clients must present a certificate signed by
     one of them (mutual TLS) or the handshake is refused. Needs `tls_cert`."""
+    identity_key: str = ""
+    """The coordinator's Ed25519 private key (PEM, `fedgrpc keygen`): signs every
+    model it sends; clients pin its public half. Required with
+    `allowed_client_keys`; "" (open enrollment only) uses a throwaway key."""
+    allowed_client_keys: str = ""
+    """Who may Join: a directory of `*.pub` files, or a file of PEM public keys
+    and/or 64-hex fingerprints (see `fedgrpc.crypto.allowlist`)."""
+    open_enrollment: bool = False
+    """Let any key Join (each still proves it holds its key and signs its
+    updates). For local simulation and tests; logged as a warning at start.
+    With neither this nor `allowed_client_keys` nobody could join, so
+    `fedgrpc serve` refuses to start."""
+    update_signatures: UpdateSignatures = "required"
+    """`required`: every update header, chunk and commit must verify under the
+    client's key before it counts. `off` (only with `open_enrollment`): no
+    hashing or verification, to measure what signing costs (bench/signing.py)."""
+    checkpoint_dir: str = ""
+    """Directory for `round-<N>.ckpt` checkpoints, written after every applied
+    round and at shutdown; `fedgrpc serve` resumes from the newest intact one.
+    "" keeps no checkpoints (a restart starts a new run)."""
+    checkpoint_keep: int = 3
+    """Newest checkpoints kept (>= 1); more than one survives a corrupt file."""
+    metrics_listen: str = ""
+    """host:port of the Prometheus /metrics endpoint (e.g. 127.0.0.1:9464);
+    "" serves none. Plain HTTP: bind it to a private interface."""
     ready_file: str | None = None
     """Write the bound host:port here once serving (atomic), for scripts and tests."""
     log_format: Literal["json", "console"] = "json"
@@ -112,6 +139,29 @@ class CoordinatorConfig:
                "TLS first)")  # fmt: skip
         _check_readable(tls_cert=self.tls_cert, tls_key=self.tls_key,
                         tls_client_ca=self.tls_client_ca)  # fmt: skip
+        self._check_identity()
+        _check(self.checkpoint_keep >= 1, "checkpoint_keep", self.checkpoint_keep,
+               ">= 1")  # fmt: skip
+        _check(not self.metrics_listen or ":" in self.metrics_listen,
+               "metrics_listen", self.metrics_listen, "host:port or empty")  # fmt: skip
+
+    def _check_identity(self) -> None:
+        _check(self.update_signatures in ("required", "off"), "update_signatures",
+               self.update_signatures, "required or off")  # fmt: skip
+        _check(self.update_signatures == "required" or self.open_enrollment,
+               "update_signatures", self.update_signatures, "required unless "
+               "open_enrollment is on: a coordinator with an allowed-keys list "
+               "always verifies updates")  # fmt: skip
+        _check(not self.allowed_client_keys or not self.open_enrollment,
+               "open_enrollment", self.open_enrollment, "false when "
+               "allowed_client_keys is set (choose one)")  # fmt: skip
+        _check(not self.allowed_client_keys or bool(self.identity_key),
+               "identity_key", self.identity_key, "a key file (`fedgrpc keygen`) "
+               "when allowed_client_keys is set: clients pin the coordinator's "
+               "key, so it must survive restarts")  # fmt: skip
+        _check_readable(identity_key=self.identity_key)
+        if self.allowed_client_keys and not Path(self.allowed_client_keys).is_dir():
+            _check_readable(allowed_client_keys=self.allowed_client_keys)
 
     @property
     def resolved_outer_lr(self) -> float:
@@ -180,6 +230,18 @@ class ClientConfig:
     """PEM client certificate for mutual TLS (needs `tls_key` and `tls_ca`)."""
     tls_key: str = ""
     """PEM private key of `tls_cert` (unencrypted; keep the file 0600)."""
+    identity_key: str = ""
+    """This client's Ed25519 private key (PEM, `fedgrpc keygen`); the
+    coordinator must list its public half. "" uses a throwaway key, which
+    only an `open_enrollment` coordinator accepts."""
+    coordinator_key: str = ""
+    """The coordinator's public key to insist on: its 64-hex fingerprint or a
+    PEM .pub file. "" trusts the key the coordinator presents at Join (logged
+    as `coordinator_key_trusted`) and verifies every model against it."""
+    export_updates_dir: str = ""
+    """Write each update this client pushes, exactly as sent, to a file here
+    (`<run>-r<round>-<client>.fedupdate`) for audit with `fedgrpc verify`;
+    "" writes nothing. Costs a disk write of every update."""
 
     def __post_init__(self) -> None:
         for name in ("rpc_timeout_s", "round_wait_s", "heartbeat_interval_s",
@@ -191,7 +253,19 @@ class ClientConfig:
                "the CA file that signed the coordinator's certificate, since "
                "tls_cert is set")  # fmt: skip
         _check_readable(tls_ca=self.tls_ca, tls_cert=self.tls_cert,
-                        tls_key=self.tls_key)  # fmt: skip
+                        tls_key=self.tls_key,
+                        identity_key=self.identity_key)  # fmt: skip
+        pin = self.coordinator_key
+        if pin and not (len(pin) == _FINGERPRINT_CHARS and _is_hex(pin)):
+            _check_readable(coordinator_key=pin)
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_tls_pair(cert: str, key: str) -> None:

@@ -26,8 +26,10 @@ def check_config(condition: bool, field: str, value: object, allowed: str) -> No
 
 
 class UnknownClientError(FedGrpcError):
-    """The caller is not a joined client, or its session token is wrong.
+    """The caller is not a joined client, or could not prove who it is.
 
+    A wrong session token; at Join, a key the coordinator does not allow, or
+    no valid proof of possession (signature over a fresh challenge).
     Wire status: UNAUTHENTICATED.
     """
 
@@ -69,9 +71,11 @@ class TooLargeError(FedGrpcError):
 
 
 class IncompleteUpdateError(FedGrpcError):
-    """An update stream ended before its commit.
+    """An update's chunks do not form one complete, ordered chain.
 
-    Wire status: DATA_LOSS.
+    A chunk missing, reordered or replayed from another round, client or
+    update; a commit that does not close what arrived; or a stream that
+    ended before its commit. Wire status: DATA_LOSS.
     """
 
 
@@ -98,10 +102,20 @@ class InvalidKeyError(FedGrpcError, ValueError):
 
 
 class BadSignatureError(FedGrpcError):
-    """A signature does not verify under the key it claims.
+    """A signature does not verify under the key it claims, or signed other bytes.
 
-    Raised by `fedgrpc.crypto.PublicKey.verify`. Wire status, once chunks
-    are signed: PERMISSION_DENIED.
+    A header, chunk or commit signature that fails, or a payload whose
+    SHA-256 differs from the one its chunk signed. Wire status:
+    PERMISSION_DENIED. The client raises it too for a model whose bytes or
+    signature do not match the coordinator's key.
+    """
+
+
+class UntrustedCoordinatorError(FedGrpcError):
+    """The coordinator's key is not the one this client was told to trust.
+
+    Raised by the client only (`ClientConfig.coordinator_key`), before it
+    signs anything for that coordinator.
     """
 
 
@@ -111,4 +125,14 @@ class IdentityFileError(FedGrpcError):
     It exists and overwriting was not asked for, its directory cannot be
     created or written, or it does not hold the PEM it should. The message
     names the path. Local only: never a wire status.
+    """
+
+
+class CheckpointError(FedGrpcError):
+    """A coordinator checkpoint cannot be written, or read back as written.
+
+    Torn or corrupt files (bad magic, short, checksum mismatch) make the
+    coordinator fall back to the previous checkpoint; a file written by a
+    newer format, or for another model or outer optimizer, stops it from
+    starting. The message names the path. Local only: never a wire status.
     """

@@ -10,7 +10,10 @@
  * It trains nothing: in round k it sends the pseudo-gradient
  * `delta * k * ((i % 7) - 3)` for flat coordinate i, a pattern a test can
  * predict. The model defaults to the shape of torch.nn.Linear(8, 4); pass
- * --spec to match another federation. One JSON object per line on stdout
+ * --spec to match another federation. It signs with --identity-key (a
+ * PKCS#8 PEM from `fedgrpc keygen`; default a throwaway key, which only an
+ * open-enrollment coordinator admits) and can pin the coordinator's key
+ * fingerprint with --coordinator-key. One JSON object per line on stdout
  * says what happened; exit 0 when done, 1 on a gRPC error, 2 on bad flags.
  */
 
@@ -25,6 +28,7 @@ const DEFAULT_SPEC = [
 ];
 const USAGE = `usage: node example.js --target HOST:PORT [--rounds N] [--delta D]
   [--spec JSON] [--name NAME] [--num-samples N] [--timeout-s S] [--heartbeat-s S]
+  [--identity-key PEM] [--coordinator-key SHA256HEX]
 
   --spec  tensors in the federation's order, as JSON:
           '[{"name":"weight","shape":[4,8]},{"name":"bias","shape":[4]}]'
@@ -42,6 +46,8 @@ function parseOptions(argv) {
       'num-samples': { type: 'string', default: '1' },
       'timeout-s': { type: 'string', default: '60' },
       'heartbeat-s': { type: 'string', default: '5' },
+      'identity-key': { type: 'string' },
+      'coordinator-key': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
   });
@@ -64,6 +70,8 @@ function parseOptions(argv) {
     numSamples: number('num-samples', 1),
     timeoutMs: number('timeout-s', 0) * 1000,
     heartbeatMs: number('heartbeat-s', 0.01) * 1000,
+    identity: fedgrpc.loadIdentity(values['identity-key']),
+    coordinatorKey: values['coordinator-key'],
   };
 }
 
@@ -106,19 +114,22 @@ async function seed(client, federation, options) {
   }
 }
 
-/** One sync point, as fedgrpc/client/sync.py runs it; returns the model version. */
-async function syncRound(k, client, federation, session, version, options) {
+/** One sync point, as fedgrpc/client/sync.py runs it; returns the model now loaded. */
+async function syncRound(k, client, federation, session, model, options) {
   const { timeoutMs } = options;
+  const version = model.modelVersion;
   const opened = await fedgrpc.waitForRound(session, version, timeoutMs);
   if (opened.stale !== undefined) {
     emit('stale', { model_version: version, latest: opened.stale });
-    return (await pull(client, federation, opened.stale, timeoutMs)).modelVersion;
+    return pull(client, federation, opened.stale, timeoutMs);
   }
   const values = pseudoGradient(fedgrpc.numCoordinates(federation.modelSpec), options.delta, k);
   try {
     const ack = await fedgrpc.pushDenseUpdate(client, federation, {
       roundId: opened.round_id,
       baseVersion: version,
+      roundNonce: opened.round_nonce,
+      baseSha256: model.sha256,
       values,
       numSamples: options.numSamples,
       timeoutMs,
@@ -129,6 +140,7 @@ async function syncRound(k, client, federation, session, version, options) {
       chunks: ack.chunks,
       bytes: ack.payloadBytes,
       updates_in_round: ack.updates_in_round,
+      update_sha256: ack.update_sha256.toString('hex'),
     });
   } catch (err) {
     if (err.code !== fedgrpc.status.FAILED_PRECONDITION) throw err;
@@ -142,8 +154,8 @@ async function syncRound(k, client, federation, session, version, options) {
     num_updates: closed.num_updates,
     reason: closed.reason,
   });
-  if (closed.outcome !== 'ROUND_OUTCOME_APPLIED') return version;
-  return (await pull(client, federation, closed.model_version, timeoutMs)).modelVersion;
+  if (closed.outcome !== 'ROUND_OUTCOME_APPLIED') return model;
+  return pull(client, federation, closed.model_version, timeoutMs);
 }
 
 async function run(options) {
@@ -154,6 +166,8 @@ async function run(options) {
       name: options.name,
       spec: options.spec,
       timeoutMs: options.timeoutMs,
+      identity: options.identity,
+      coordinatorKey: options.coordinatorKey,
     });
     const config = federation.roundConfig;
     emit('joined', {
@@ -166,15 +180,18 @@ async function run(options) {
       outer_optimizer: config.outer_optimizer,
       chunk_bytes: federation.chunkBytes,
       coords_per_chunk: federation.coordsPerChunk,
+      key_sha256: federation.identity.fingerprint,
+      coordinator_key_sha256: federation.coordinator.fingerprint,
+      signed: federation.signed,
     });
     session = fedgrpc.openSession(client, federation, { heartbeatMs: options.heartbeatMs });
     if (federation.seedModel) await seed(client, federation, options);
     // The coordinator holds this pull until some client has seeded the model.
-    let version = (await pull(client, federation, 0, options.timeoutMs)).modelVersion;
+    let model = await pull(client, federation, 0, options.timeoutMs);
     for (let k = 1; k <= options.rounds; k += 1) {
-      version = await syncRound(k, client, federation, session, version, options);
+      model = await syncRound(k, client, federation, session, model, options);
     }
-    emit('done', { rounds: options.rounds, model_version: version });
+    emit('done', { rounds: options.rounds, model_version: model.modelVersion });
   } finally {
     if (session !== null) await session.close('example finished');
     client.close();

@@ -4,9 +4,11 @@
  *
  * Loads protos/fedgrpc/v1/*.proto at run time with @grpc/proto-loader (no
  * code generation) and speaks the same protocol as the Python client in
- * fedgrpc/client/: Join, a Session stream with heartbeats and round events,
- * PullModel, and PushUpdate of dense little-endian float32 pseudo-gradients
- * (CODEC_DENSE_FP32) cut into chunks of RoundConfig.chunk_bytes.
+ * fedgrpc/client/: a challenge-response Join signed with an Ed25519 key, a
+ * Session stream with heartbeats and round events, PullModel (checking the
+ * coordinator's signature and the weights' SHA-256), and PushUpdate of
+ * dense little-endian float32 pseudo-gradients (CODEC_DENSE_FP32) cut into
+ * chunks of RoundConfig.chunk_bytes, each chunk signed (signing.js).
  *
  * Messages use the .proto field names (keepCase), enums as their names
  * ('DTYPE_FLOAT32'), bytes as Buffers and 64-bit integers as JS numbers:
@@ -24,6 +26,7 @@ const protoLoader = require('@grpc/proto-loader');
 
 const { FedGrpcError, rpcError, deadline } = require('./errors.js');
 const session = require('./session.js');
+const signing = require('./signing.js');
 const spec = require('./spec.js');
 const transfer = require('./transfer.js');
 
@@ -66,28 +69,60 @@ function connect(target) {
 
 // -- Join ------------------------------------------------------------------
 
+/** A unary call as a promise rejecting with FedGrpcError. */
+function unary(client, rpc, request, timeoutMs) {
+  return new Promise((resolve, reject) => {
+    client[rpc](request, { deadline: deadline(timeoutMs) }, (err, response) => {
+      if (err) return reject(rpcError(rpc, err));
+      resolve(response);
+    });
+  });
+}
+
 /**
- * Join the federation. Resolves to the federation: credentials, the round
- * config and `coordsPerChunk`, the coordinates one UpdateChunk carries.
+ * Join the federation: GetJoinChallenge, check the coordinator's key
+ * against `coordinatorKey` (a hex fingerprint; unset trusts the key it
+ * presents), then Join with `identity` (signing.loadIdentity; default a
+ * throwaway key, which only an open-enrollment coordinator admits) signing
+ * the Join statement. Resolves to the federation: credentials, the round
+ * config, `coordsPerChunk` (coordinates per UpdateChunk) and what signing
+ * needs (identity, coordinator key, round nonce).
  *
- * Rejects with FedGrpcError: INVALID_ARGUMENT (spec differs from the
- * federation's), FAILED_PRECONDITION (inner steps or codec do not fit; this
- * client speaks only CODEC_DENSE_FP32), RESOURCE_EXHAUSTED, UNAVAILABLE.
+ * Rejects with FedGrpcError: UNAUTHENTICATED (key not allowed, or the proof
+ * failed), INVALID_ARGUMENT (spec differs from the federation's),
+ * FAILED_PRECONDITION (inner steps or codec do not fit; this client speaks
+ * only CODEC_DENSE_FP32), RESOURCE_EXHAUSTED, UNAVAILABLE; with an Error if
+ * the coordinator's key is not the pinned one.
  */
-function join(client, { name, spec, innerSteps = 0, timeoutMs = 30000 }) {
+async function join(client, options) {
+  const { name, spec, innerSteps = 0, timeoutMs = 30000 } = options;
+  const identity = options.identity || signing.loadIdentity(null);
+  const challenge = await unary(client, 'GetJoinChallenge', {}, timeoutMs);
+  const coordinator = signing.publicKeyFromRecord(challenge.coordinator_key);
+  const pin = options.coordinatorKey;
+  if (pin && pin.toLowerCase() !== coordinator.fingerprint) {
+    throw new Error(`the coordinator presented key ${coordinator.fingerprint}, not the pinned ${pin}`);
+  }
+  const signed = signing.joinStatement({
+    runId: challenge.run_id,
+    nonce: challenge.nonce,
+    coordinatorRaw: coordinator.raw,
+    clientRaw: identity.raw,
+    clientName: name,
+    specDigest: spec.digest,
+  });
   const request = {
     client_name: name,
     model_spec: spec,
     supported_codecs: ['CODEC_DENSE_FP32'],
     inner_steps: innerSteps,
     library_version: 'fedgrpc-node/0.1.0',
+    client_key: { algorithm: 'SIGNATURE_ALGORITHM_ED25519', public_key: identity.raw },
+    challenge_nonce: challenge.nonce,
+    join_signature: signing.sign(identity, signed),
   };
-  return new Promise((resolve, reject) => {
-    client.Join(request, { deadline: deadline(timeoutMs) }, (err, response) => {
-      if (err) return reject(rpcError('Join', err));
-      resolve(federationFrom(response));
-    });
-  });
+  const response = await unary(client, 'Join', request, timeoutMs);
+  return { ...federationFrom(response), identity, coordinator };
 }
 
 function federationFrom(response) {
@@ -107,6 +142,8 @@ function federationFrom(response) {
     currentRound: response.current_round,
     modelVersion: response.model_version,
     seedModel: response.seed_model,
+    roundNonce: response.round_nonce,
+    signed: config.update_signatures_required,
     chunkBytes,
     coordsPerChunk,
   };
@@ -118,6 +155,7 @@ module.exports = {
   loadProtos,
   connect,
   join,
+  loadIdentity: signing.loadIdentity,
   status: grpc.status,
   ...spec,
   ...session,

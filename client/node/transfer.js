@@ -1,13 +1,16 @@
 'use strict';
 /**
- * The data RPCs: PullModel (weights down, native bytes) and PushUpdate (a
- * dense float32 update up, as header, chunks, commit). Mirrors
+ * The data RPCs: PullModel (weights down, native bytes, signed by the
+ * coordinator) and PushUpdate (a dense float32 update up, as header, chunks,
+ * commit, each signed when the coordinator requires it). Mirrors
  * fedgrpc/client/download.py and transfer.py.
  */
 
+const crypto = require('node:crypto');
 const os = require('node:os');
 
 const { rpcError, deadline } = require('./errors.js');
+const { UpdateSigner, verifyModelHeader } = require('./signing.js');
 const { numBytes } = require('./spec.js');
 
 const FP32_BYTES = 4;
@@ -18,8 +21,10 @@ const FP32_BYTES = 4;
  * digest and size, chunks in byte order covering the model exactly.
  */
 class ModelReceiver {
-  constructor(spec) {
+  constructor(spec, trust = null) {
     this.spec = spec;
+    this.trust = trust; // {runId, coordinator}: check the signature and SHA-256
+    this.hash = crypto.createHash('sha256');
     this.total = numBytes(spec);
     this.data = Buffer.alloc(this.total);
     this.header = null;
@@ -41,6 +46,9 @@ class ModelReceiver {
     if (header.total_bytes !== this.total) {
       throw new Error(`PullModel announced ${header.total_bytes} model bytes, the spec needs ${this.total}`);
     }
+    if (this.trust && !verifyModelHeader(header, this.trust.runId, this.trust.coordinator)) {
+      throw new Error(`model version ${header.model_version} is not signed by the coordinator's key`);
+    }
     this.header = header;
   }
 
@@ -50,6 +58,7 @@ class ModelReceiver {
       throw new Error(`PullModel sent bytes [${offset}, ${offset + data.length}) after ${this.received}`);
     }
     data.copy(this.data, offset);
+    this.hash.update(data);
     this.received += data.length;
     this.chunks += 1;
   }
@@ -63,8 +72,12 @@ class ModelReceiver {
     if (header.model_version < minVersion) {
       throw new Error(`asked for model version >= ${minVersion}, got ${header.model_version}`);
     }
+    const sha256 = this.hash.digest();
+    if (this.trust && !sha256.equals(header.weights_sha256)) {
+      throw new Error(`the bytes of model version ${header.model_version} do not match their signed SHA-256`);
+    }
     const { data, chunks } = this;
-    return { modelVersion: header.model_version, roundId: header.round_id, data, chunks };
+    return { modelVersion: header.model_version, roundId: header.round_id, data, chunks, sha256 };
   }
 }
 
@@ -72,14 +85,17 @@ class ModelReceiver {
  * Download the global weights once their version is at least `minVersion`
  * (the coordinator holds the call until then, within `timeoutMs`).
  *
- * Resolves to {modelVersion, roundId, data, chunks}: `data` is a Buffer of
- * every tensor's bytes in its own dtype, in spec order (`decodeWeights`
- * turns it into float32 coordinates). Rejects with FedGrpcError
- * (UNAUTHENTICATED, DEADLINE_EXCEEDED, UNAVAILABLE) or, for a stream that
- * does not describe this model completely and in order, with an Error.
+ * Resolves to {modelVersion, roundId, data, chunks, sha256}: `data` is a
+ * Buffer of every tensor's bytes in its own dtype, in spec order
+ * (`decodeWeights` turns it into float32 coordinates); `sha256` is what an
+ * update based on it signs as `base_model_sha256`. Rejects with
+ * FedGrpcError (UNAUTHENTICATED, DEADLINE_EXCEEDED, UNAVAILABLE) or, for a
+ * stream that does not describe this model completely and in order or is
+ * not signed by the coordinator the client joined, with an Error.
  */
 function pullModel(client, federation, { minVersion = 0, timeoutMs = 60000 } = {}) {
-  const receiver = new ModelReceiver(federation.modelSpec);
+  const trust = { runId: federation.runId, coordinator: federation.coordinator };
+  const receiver = new ModelReceiver(federation.modelSpec, trust);
   const request = {
     client_id: federation.clientId,
     session_token: federation.sessionToken,
@@ -118,18 +134,23 @@ function float32LE(values) {
   return out;
 }
 
-/** Header, chunks of `coordsPerChunk` coordinates in order, commit. */
+/**
+ * Header, chunks of `coordsPerChunk` coordinates in order, commit; signed
+ * (fedgrpc/crypto/signing.py's chain) when the coordinator requires it.
+ */
 function* updateMessages(federation, header, values) {
-  yield { header };
+  const signer = federation.signed ? new UpdateSigner(federation.identity, federation.runId, header) : null;
+  yield { header: signer ? { ...header, signature: signer.headerSignature } : header };
   const bytes = float32LE(values);
   const step = federation.coordsPerChunk;
   let seq = 0;
   for (let offset = 0; offset < values.length; offset += step, seq += 1) {
     const count = Math.min(step, values.length - offset);
     const payload = bytes.subarray(offset * FP32_BYTES, (offset + count) * FP32_BYTES);
-    yield { chunk: { seq, offset, count, payload } };
+    const proof = signer ? signer.signChunk(seq, offset, count, payload) : {};
+    yield { chunk: { seq, offset, count, payload, ...proof } };
   }
-  yield { commit: { num_chunks: seq } };
+  yield { commit: signer ? signer.commit() : { num_chunks: seq } };
 }
 
 /** Write `messages` with backpressure; stop early once the call has ended. */
@@ -155,16 +176,20 @@ async function writeAll(call, messages, hasEnded) {
  * Push one dense float32 update (CODEC_DENSE_FP32): `values` is a
  * Float32Array of every coordinate in flat spec order. A pseudo-gradient is
  * global weights at `baseVersion` minus local weights (the coordinator
- * subtracts the mean of them). Resolves to the PushUpdateResponse plus
- * {chunks, payloadBytes}.
+ * subtracts the mean of them). `roundNonce` is the round's
+ * (RoundStarted.round_nonce) and `baseSha256` the SHA-256 of the base
+ * weights (pullModel's `sha256`); the signatures cover both. Resolves to
+ * the PushUpdateResponse plus {chunks, payloadBytes}.
  *
  * Rejects with FedGrpcError: INVALID_ARGUMENT (wrong size, NaN/Inf, bad
- * chunking), FAILED_PRECONDITION (wrong or closed round, stale base,
- * duplicate update), UNAUTHENTICATED, RESOURCE_EXHAUSTED, DATA_LOSS,
- * UNAVAILABLE, DEADLINE_EXCEEDED.
+ * chunking), FAILED_PRECONDITION (wrong or closed round, stale base or
+ * nonce, duplicate update), PERMISSION_DENIED (a signature that does not
+ * verify), DATA_LOSS (chunks missing or reordered), UNAUTHENTICATED,
+ * RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED.
  */
 function pushDenseUpdate(client, federation, options) {
   const { roundId, baseVersion, values, numSamples = 1, trainLoss = 0, timeoutMs = 60000 } = options;
+  const { roundNonce = Buffer.alloc(0), baseSha256 = Buffer.alloc(0) } = options;
   if (!(values instanceof Float32Array)) throw new TypeError('values must be a Float32Array');
   const header = {
     client_id: federation.clientId,
@@ -176,6 +201,8 @@ function pushDenseUpdate(client, federation, options) {
     num_coordinates: values.length,
     num_samples: numSamples,
     train_loss: trainLoss,
+    round_nonce: roundNonce,
+    base_model_sha256: baseSha256,
   };
   const chunks = Math.ceil(values.length / federation.coordsPerChunk);
   return new Promise((resolve, reject) => {
@@ -199,6 +226,7 @@ function pushInitialWeights(client, federation, weights, timeoutMs = 60000) {
     baseVersion: 0,
     values: weights,
     kind: 'UPDATE_KIND_INITIAL_WEIGHTS',
+    roundNonce: federation.roundNonce,
     timeoutMs,
   });
 }

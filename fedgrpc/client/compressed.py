@@ -19,7 +19,13 @@ import torch
 
 from fedgrpc._proto.v1 import coordinator_pb2
 from fedgrpc.client.connection import Credentials
-from fedgrpc.client.transfer import UpdateMeta, update_header
+from fedgrpc.client.transfer import (
+    Signing,
+    UpdateMeta,
+    end_of_update,
+    payload_sha256,
+    update_header,
+)
 from fedgrpc.compress import CodecConfig, ErrorFeedback, OffsetBlock, make_codec
 from fedgrpc.wire.codec_params import WIRE_CODEC_TO_PROTO, wire_codec
 from fedgrpc.wire.frames import encode_update_chunk
@@ -45,9 +51,15 @@ class CompressedUpdates:
         """Payload bytes of the last update encoded."""
 
     async def requests(
-        self, credentials: Credentials, meta: UpdateMeta, delta: torch.Tensor
+        self,
+        credentials: Credentials,
+        meta: UpdateMeta,
+        delta: torch.Tensor,
+        signing: Signing | None = None,
     ) -> AsyncIterator[coordinator_pb2.PushUpdateRequest | bytes]:
         """Header, one pre-encoded chunk per block of e + Δ, commit.
+
+        With `signing`, the header, every chunk and the commit are signed.
 
         Lazy: block i+1 is encoded while block i is on the wire. Every
         yielded block is remembered until `settle` says what became of it.
@@ -57,7 +69,9 @@ class CompressedUpdates:
         values = delta.detach().numpy()
         self.feedback.accumulate(values)
         self.payload_bytes = 0
-        yield update_header(credentials, meta, values.size, self._wire_codec)
+        header = update_header(credentials, meta, values.size, self._wire_codec)
+        signer = signing.sign_header(header) if signing is not None else None
+        yield header
         seq = 0
         for seq, block in enumerate(
             self.feedback.encode_blocks(self.codec, self.chunk_bytes), start=1
@@ -65,11 +79,14 @@ class CompressedUpdates:
             self._pending.append(block)
             payload = block.encoded.payload
             self.payload_bytes += len(payload)
-            yield encode_update_chunk(seq - 1, block.offset, block.count,
-                                      memoryview(payload))  # fmt: skip
-        yield coordinator_pb2.PushUpdateRequest(
-            commit=coordinator_pb2.UpdateCommit(num_chunks=seq)
-        )
+            offset, count = block.offset, block.count
+            proof = None
+            if signer is not None:
+                digest = await payload_sha256(payload)
+                proof = signer.sign_chunk(seq - 1, offset, count, digest)
+            yield encode_update_chunk(seq - 1, offset, count, memoryview(payload),
+                                      proof)  # fmt: skip
+        yield end_of_update(signer, seq)
 
     def settle(self, applied: bool) -> bool:
         """Close the last update's books; True if blocks were put back into e.

@@ -18,7 +18,8 @@ import torch
 
 from fedgrpc.client.compressed import CompressedUpdates
 from fedgrpc.client.connection import BackgroundLoop
-from fedgrpc.client.link import CoordinatorLink, Federation, JoinSettings
+from fedgrpc.client.join import Federation, JoinSettings
+from fedgrpc.client.link import CoordinatorLink
 from fedgrpc.client.session import LEAVE_TIMEOUT_S
 from fedgrpc.client.sync import BACKSTOP_S, SyncOutcome, SyncPoint, call
 from fedgrpc.client.weights import LocalRun
@@ -72,11 +73,16 @@ class DiLoCoClient:
                 coordinator; a codec must match the coordinator's or Join
                 fails. Lossy codecs keep what they did not send in an
                 error-feedback residual (one more model-sized fp32 buffer).
-            config: Timeouts, heartbeat interval and the name shown in logs.
+            config: Timeouts, heartbeat interval, the name shown in logs, the
+                identity key this client signs with (`identity_key`; default a
+                throwaway key, which only an open-enrollment coordinator
+                admits), the coordinator key to insist on, and TLS.
 
         Raises:
             ConfigError: the model has non-float parameters, or inner_steps < 1.
             CoordinatorUnavailableError: not reachable within connect_timeout_s.
+            UnknownClientError: the coordinator does not admit this client's key.
+            UntrustedCoordinatorError: its key is not `config.coordinator_key`.
             IncompatibleClientError: inner_steps or codec do not fit the run.
             InvalidUpdateError: the model differs from the federation's.
         """
@@ -224,6 +230,17 @@ class DiLoCoClient:
     def bytes_received(self) -> int:
         """Model payload bytes pulled."""
         return self._sync.bytes_received
+
+    @property
+    def last_update_sha256(self) -> str:
+        """Digest of the last update pushed, as the coordinator verified it.
+
+        Hex SHA-256 (the chain head of its signed chunks, see
+        `fedgrpc.crypto.signing`); "" before the first push or when the
+        coordinator runs unsigned. `fedgrpc verify --update FILE --hash` checks
+        an exported update (`ClientConfig.export_updates_dir`) against it.
+        """
+        return self._sync.last_update_sha256
 
     @property
     def last_round_outcome(self) -> SyncOutcome | None:

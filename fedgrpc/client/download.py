@@ -2,12 +2,15 @@
 
 The client checks everything the coordinator sends (header digest and size,
 chunk order and coverage), so a coordinator bug cannot silently corrupt the
-model. Each chunk is copied once, straight into the native-byte buffer that
-`LocalRun` loads from.
+model, and, with a `ModelTrust`, that the header is signed by the
+coordinator's key and the bytes hash to the SHA-256 it signed, so nobody in
+between can swap the weights. Each chunk is hashed and copied once,
+straight into the native-byte buffer that `LocalRun` loads from.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,9 +20,16 @@ import torch
 from fedgrpc._proto.v1 import coordinator_pb2
 from fedgrpc.client.connection import Credentials
 from fedgrpc.client.status import translated
-from fedgrpc.errors import IncompleteUpdateError, InvalidUpdateError, ModelMismatchError
+from fedgrpc.crypto.keys import PublicKey
+from fedgrpc.errors import (
+    BadSignatureError,
+    IncompleteUpdateError,
+    InvalidUpdateError,
+    ModelMismatchError,
+)
 from fedgrpc.log import get_logger
 from fedgrpc.wire.chunking import ChunkOrder
+from fedgrpc.wire.signed import model_statement
 from fedgrpc.wire.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -36,6 +46,16 @@ class PulledModel:
     round_id: int
     buffer: torch.Tensor
     """uint8, `spec.num_bytes` long; view it with `wire.tensors.unpack_native`."""
+    sha256: bytes = b""
+    """SHA-256 of `buffer`, as the coordinator signed it (updates sign it as base)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTrust:
+    """Whose signature models must carry: the coordinator key learned at Join."""
+
+    coordinator_key: PublicKey
+    run_id: str
 
 
 class ModelReceiver:
@@ -45,7 +65,9 @@ class ModelReceiver:
     coordinator, so a coordinator bug cannot silently corrupt the model.
     """
 
-    def __init__(self, spec: ModelSpec, buffer: torch.Tensor) -> None:
+    def __init__(
+        self, spec: ModelSpec, buffer: torch.Tensor, trust: ModelTrust | None = None
+    ) -> None:
         if buffer.dtype != torch.uint8 or buffer.numel() != spec.num_bytes:
             raise ValueError(
                 f"model buffer must be {spec.num_bytes} uint8 bytes, got "
@@ -56,14 +78,18 @@ class ModelReceiver:
         self._target = buffer.numpy()
         self._order = ChunkOrder(spec.num_bytes, max_chunks=max(1, spec.num_bytes))
         self.header: coordinator_pb2.ModelHeader | None = None
+        self.trust = trust
+        self._hash = hashlib.sha256()
 
     def accept(self, message: coordinator_pb2.PullModelResponse) -> None:
         """Take the next message: the header first, then chunks in byte order.
 
         Raises:
             ModelMismatchError: the weights follow another model spec.
+            BadSignatureError: the header is not signed by the coordinator.
             InvalidUpdateError: header missing or repeated, size mismatch,
-                chunk out of order or out of range.
+                chunk out of range.
+            IncompleteUpdateError: chunk out of order.
         """
         part = message.WhichOneof("part")
         if part == "header":
@@ -87,13 +113,32 @@ class ModelReceiver:
                 f"the coordinator announced {header.total_bytes} model bytes, the "
                 f"spec needs {self.spec.num_bytes}"
             )
+        if self.trust is not None:
+            self._check_signature(header, self.trust)
         self.header = header
+
+    @staticmethod
+    def _check_signature(
+        header: coordinator_pb2.ModelHeader, trust: ModelTrust
+    ) -> None:
+        key = trust.coordinator_key
+        signed = model_statement(header, trust.run_id).encode(key.algorithm)
+        try:
+            key.verify(header.signature, signed)
+        except BadSignatureError as exc:
+            raise BadSignatureError(
+                f"model version {header.model_version} is not signed by the "
+                f"coordinator's key {key.short_fingerprint}: it did not come from "
+                "the coordinator this client joined; refusing to load it"
+            ) from exc
 
     def _accept_chunk(self, chunk: coordinator_pb2.ModelChunk) -> None:
         if self.header is None:
             raise InvalidUpdateError("PullModel sent a chunk before its ModelHeader")
         data = chunk.data  # upb copies on every read: read once
         self._order.accept(self._order.next_seq, chunk.offset, len(data))
+        if self.trust is not None:
+            self._hash.update(data)  # releases the GIL; one pass, in stream order
         start = chunk.offset
         self._target[start : start + len(data)] = np.frombuffer(data, dtype=np.uint8)
 
@@ -102,13 +147,23 @@ class ModelReceiver:
 
         Raises:
             IncompleteUpdateError: the stream ended before covering the model.
+            BadSignatureError: the bytes do not hash to the signed SHA-256.
         """
-        if self.header is None or not self._order.is_complete:
+        header = self.header
+        if header is None or not self._order.is_complete:
             got = self._order.next_offset
             raise IncompleteUpdateError(
                 f"PullModel ended after {got} of {self.spec.num_bytes} model bytes"
             )
-        return PulledModel(self.header.model_version, self.header.round_id, self.buffer)
+        if self.trust is not None and self._hash.digest() != header.weights_sha256:
+            raise BadSignatureError(
+                f"the bytes of model version {header.model_version} do not match the "
+                "SHA-256 the coordinator signed: they were altered in transit; "
+                "refusing to load them"
+            )
+        return PulledModel(
+            header.model_version, header.round_id, self.buffer, header.weights_sha256
+        )
 
 
 async def pull_model(
@@ -118,6 +173,7 @@ async def pull_model(
     spec: ModelSpec,
     timeout_s: float,
     buffer: torch.Tensor | None = None,
+    trust: ModelTrust | None = None,
 ) -> PulledModel:
     """Download the global weights once their version is at least `min_version`.
 
@@ -129,16 +185,19 @@ async def pull_model(
         timeout_s: Deadline covering the wait and the transfer.
         buffer: uint8 tensor of `spec.num_bytes` to fill (reused across pulls
             so the downlink allocates nothing); None allocates one.
+        trust: The coordinator key and run to check the model's signature
+            against; None skips the check (tests of the transfer only).
 
     Raises:
         CoordinatorUnavailableError: DEADLINE_EXCEEDED (the version did not
             appear in time) or UNAVAILABLE.
         ModelMismatchError, InvalidUpdateError, IncompleteUpdateError: the
             stream does not describe this model completely and in order.
+        BadSignatureError: the model is not the coordinator's (`trust`).
     """
     if buffer is None:
         buffer = torch.empty(spec.num_bytes, dtype=torch.uint8)
-    receiver = ModelReceiver(spec, buffer)
+    receiver = ModelReceiver(spec, buffer, trust)
     request = coordinator_pb2.PullModelRequest(
         client_id=credentials.client_id,
         session_token=credentials.session_token,

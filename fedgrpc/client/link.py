@@ -1,112 +1,60 @@
 """Everything the client holds on the gRPC side, behind async methods.
 
 `CoordinatorLink` owns the channel, the stub, the credentials, the Session
-task and its `RoundTracker`. It is created and used only on the client's
-background loop; `DiLoCoClient` reaches it exclusively through
-`BackgroundLoop.run(link.method(...))`, so the training thread never touches
-a grpc object.
+task and its `RoundTracker`, and the client's signing key. It is created and
+used only on the client's background loop; `DiLoCoClient` reaches it
+exclusively through `BackgroundLoop.run(link.method(...))`, so the training
+thread never touches a grpc object.
+
+Join is challenge-response: GetJoinChallenge, check the coordinator's key
+(`join`, `identity`), then Join with the signed Join statement. Updates are signed
+when the coordinator requires it (or when they are exported for audit), and
+every pulled model must carry the coordinator's signature.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import socket
-from dataclasses import dataclass
-from importlib import metadata
+from collections.abc import AsyncIterator
 
 import grpc
 import torch
 
-from fedgrpc._proto.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from fedgrpc._proto.v1 import coordinator_pb2, coordinator_pb2_grpc
 from fedgrpc.client.compressed import CompressedUpdates
 from fedgrpc.client.connection import Credentials, open_channel, retry_unavailable
-from fedgrpc.client.download import PulledModel, pull_model
+from fedgrpc.client.download import ModelTrust, PulledModel, pull_model
+from fedgrpc.client.identity import load_client_identity, pinned_fingerprint
+from fedgrpc.client.join import (
+    Federation,
+    JoinSettings,
+    explain_refusal,
+    federation_from,
+    join_request,
+    signed_join,
+)
 from fedgrpc.client.rounds import RoundTracker
 from fedgrpc.client.session import SessionStream
 from fedgrpc.client.transfer import (
     FP32_BYTES,
     PushResult,
+    Signing,
     UpdateMeta,
     push_method,
-    push_update,
+    push_result,
     stream_update,
+    update_requests,
 )
-from fedgrpc.compress import CodecConfig, Dense, format_codec, make_codec
+from fedgrpc.compress import CodecConfig
 from fedgrpc.config import ClientConfig
-from fedgrpc.errors import IncompatibleClientError, InvalidUpdateError, WrongRoundError
+from fedgrpc.crypto.keys import PublicKey
+from fedgrpc.errors import UnknownClientError, WrongRoundError
 from fedgrpc.log import get_logger
-from fedgrpc.wire.chunking import DEFAULT_CHUNK_BYTES
-from fedgrpc.wire.codec_params import (
-    WIRE_CODEC_TO_PROTO,
-    codec_params_from_proto,
-    codec_params_to_proto,
-)
-from fedgrpc.wire.convert import spec_to_proto
+from fedgrpc.wire.codec_params import DENSE_FP32_BINDING, codec_binding
+from fedgrpc.wire.export import ExportContext, export_path, exported
 from fedgrpc.wire.spec import ModelSpec
 
 log = get_logger(__name__)
-
-
-def library_version() -> str:
-    """The installed fedgrpc version, reported at Join for the coordinator's logs."""
-    try:
-        return metadata.version("fedgrpc")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
-def default_client_name() -> str:
-    """host:pid, unique enough to tell clients apart in coordinator logs."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-@dataclass(frozen=True, slots=True)
-class Federation:
-    """What Join told us about the run."""
-
-    run_id: str
-    inner_steps: int
-    chunk_bytes: int
-    model_version: int
-    seed_model: bool
-    codec: CodecConfig
-    """The update codec the coordinator announced."""
-    feedback_decay: float
-    """Error-feedback decay the coordinator announced (1.0: plain)."""
-
-
-@dataclass(frozen=True, slots=True)
-class JoinSettings:
-    """What the user asked of the federation; None follows the coordinator."""
-
-    inner_steps: int | None = None
-    compression: CodecConfig | None = None
-
-
-def announced_codec(
-    round_config: common_pb2.RoundConfig, chunk_bytes: int
-) -> CodecConfig:
-    """The federation's codec, checked against what this client would encode.
-
-    Raises:
-        IncompatibleClientError: an unknown codec, or block sizes that differ
-            from this version's (the coordinator runs another fedgrpc).
-    """
-    if not round_config.HasField("codec_params"):
-        return Dense(values="fp32")  # a coordinator from before compression
-    params = round_config.codec_params
-    try:
-        codec = codec_params_from_proto(params)
-    except InvalidUpdateError as exc:
-        raise IncompatibleClientError(f"{exc}; upgrade fedgrpc on this client") from exc
-    ours = make_codec(codec).block_coordinates(chunk_bytes)
-    if params.block_coordinates and params.block_coordinates != ours:
-        raise IncompatibleClientError(
-            f"the coordinator uses blocks of {params.block_coordinates} coordinates "
-            f"for {format_codec(codec)}, this client {ours}; run matching versions"
-        )
-    return codec
 
 
 class CoordinatorLink:
@@ -125,7 +73,10 @@ class CoordinatorLink:
         self._channel = channel
         self.stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         self.push_method = push_method(channel)
+        self.identity = load_client_identity(config)
+        self._pinned = pinned_fingerprint(config)
         self.credentials = Credentials("", b"")
+        self.federation: Federation | None = None
         self.tracker = RoundTracker()
         self._session: SessionStream | None = None
         self._closed = False
@@ -142,8 +93,11 @@ class CoordinatorLink:
 
         Raises:
             CoordinatorUnavailableError: unreachable for `connect_timeout_s`.
+            UnknownClientError: the coordinator does not admit this key.
+            UntrustedCoordinatorError: its key is not the pinned one.
             IncompatibleClientError: inner_steps or codec do not fit.
             InvalidUpdateError: the model spec differs from the federation's.
+            ConfigError: an identity_key or coordinator_key file is unusable.
         """
         link = cls(target, open_channel(target, config), spec, config)
         try:
@@ -158,42 +112,65 @@ class CoordinatorLink:
         return link, federation
 
     async def _join(self, settings: JoinSettings) -> Federation:
-        wanted = settings.compression
-        request = coordinator_pb2.JoinRequest(
-            client_name=self.config.name or default_client_name(),
-            model_spec=spec_to_proto(self.spec),
-            supported_codecs=list(WIRE_CODEC_TO_PROTO.values()),
-            inner_steps=settings.inner_steps or 0,
-            library_version=library_version(),
-            requested_codec=(
-                codec_params_to_proto(wanted, DEFAULT_CHUNK_BYTES) if wanted else None
-            ),
-        )
+        request = join_request(self.config, self.spec, settings)
 
-        async def attempt(timeout_s: float) -> coordinator_pb2.JoinResponse:
-            return await self.stub.Join(request, timeout=timeout_s)
+        async def attempt(
+            timeout_s: float,
+        ) -> tuple[PublicKey, coordinator_pb2.JoinResponse]:
+            return await signed_join(
+                self.stub, request, self.identity, self._pinned, self.target, timeout_s
+            )
 
-        response = await retry_unavailable(
-            attempt,
-            rpc="Join",
-            target=self.target,
-            connect_timeout_s=self.config.connect_timeout_s,
-            attempt_timeout_s=self.config.rpc_timeout_s,
-        )
-        round_config = response.round_config
-        chunk_bytes = round_config.chunk_bytes or DEFAULT_CHUNK_BYTES
-        codec = announced_codec(round_config, chunk_bytes)
+        try:
+            coordinator, response = await retry_unavailable(
+                attempt,
+                rpc="Join",
+                target=self.target,
+                connect_timeout_s=self.config.connect_timeout_s,
+                attempt_timeout_s=self.config.rpc_timeout_s,
+            )
+        except UnknownClientError as exc:
+            raise explain_refusal(exc, self.identity) from exc
+        federation = federation_from(response, coordinator)
         self.credentials = Credentials(response.client_id, response.session_token)
         self.tracker.model_version = response.model_version
-        return Federation(
-            run_id=response.run_id,
-            inner_steps=round_config.inner_steps,
-            chunk_bytes=chunk_bytes,
-            model_version=response.model_version,
-            seed_model=response.seed_model,
-            codec=codec,
-            feedback_decay=round_config.codec_params.feedback_decay or 1.0,
-        )
+        self.federation = federation
+        return federation
+
+    def _require_federation(self) -> Federation:
+        if self.federation is None:
+            raise RuntimeError("CoordinatorLink used before a successful Join")
+        return self.federation
+
+    def signing(self, binding_codec: CodecConfig | None) -> Signing | None:
+        """How to sign an update of `binding_codec` (None: raw float32), if at all.
+
+        Updates are signed when the coordinator requires it, and always when
+        they are exported (an audit file without signatures proves nothing).
+        """
+        federation = self._require_federation()
+        if not (federation.signed or self.config.export_updates_dir):
+            return None
+        binding = DENSE_FP32_BINDING
+        if binding_codec is not None:
+            binding = codec_binding(binding_codec)
+        return Signing(self.identity.key, federation.run_id, binding)
+
+    def _export(
+        self,
+        requests: AsyncIterator[coordinator_pb2.PushUpdateRequest | bytes],
+        meta: UpdateMeta,
+        signing: Signing | None,
+    ) -> AsyncIterator[coordinator_pb2.PushUpdateRequest | bytes]:
+        """`requests`, also written to the export directory if configured."""
+        directory = self.config.export_updates_dir
+        if not directory or signing is None:
+            return requests
+        client_id = self.credentials.client_id
+        path = export_path(directory, signing.run_id, meta.round_id, client_id)
+        context = ExportContext(signing.run_id, signing.key.public_key, signing.binding)
+        log.info("update_exported", round=meta.round_id, path=str(path))
+        return exported(requests, path, context)
 
     def _transfer_timeout_s(self, nbytes: int, chunk_bytes: int) -> float:
         # `rpc_timeout_s` per chunk (ClientConfig's contract) plus one for set-up.
@@ -212,30 +189,35 @@ class CoordinatorLink:
     async def push(
         self, meta: UpdateMeta, flat: torch.Tensor, chunk_bytes: int
     ) -> PushResult:
-        """Push one update (see `transfer.push_update` for what it raises)."""
-        return await push_update(
-            self.push_method,
-            self.credentials,
-            meta,
-            flat,
-            chunk_bytes,
-            self.push_timeout_s(chunk_bytes),
+        """Push one raw float32 update (see `transfer.stream_update` for errors)."""
+        signing = self.signing(None)
+        requests = update_requests(self.credentials, meta, flat, chunk_bytes, signing)
+        timeout_s = self.push_timeout_s(chunk_bytes)
+        response = await stream_update(
+            self.push_method, self._export(requests, meta, signing), timeout_s
         )
+        return push_result(response, flat.numel() * FP32_BYTES)
 
     async def push_compressed(
         self, updates: CompressedUpdates, meta: UpdateMeta, delta: torch.Tensor
     ) -> PushResult:
         """Push one update through the codec and error feedback of `updates`."""
-        requests = updates.requests(self.credentials, meta, delta)
+        signing = self.signing(updates.config)
+        requests = updates.requests(self.credentials, meta, delta, signing)
         timeout_s = self.push_timeout_s(updates.chunk_bytes)
-        response = await stream_update(self.push_method, requests, timeout_s)
-        return PushResult(
-            response.round_id, response.updates_in_round, updates.payload_bytes
+        response = await stream_update(
+            self.push_method, self._export(requests, meta, signing), timeout_s
         )
+        return push_result(response, updates.payload_bytes)
 
     async def seed(self, flat: torch.Tensor, chunk_bytes: int) -> PushResult | None:
         """Upload the initial weights; None if another client seeded first."""
-        meta = UpdateMeta(round_id=0, base_version=0, kind="initial_weights")
+        meta = UpdateMeta(
+            round_id=0,
+            base_version=0,
+            kind="initial_weights",
+            round_nonce=self._require_federation().round_nonce,
+        )
         try:
             return await self.push(meta, flat, chunk_bytes)
         except WrongRoundError as exc:
@@ -248,9 +230,17 @@ class CoordinatorLink:
         self, min_version: int, buffer: torch.Tensor, wait_s: float, chunk_bytes: int
     ) -> PulledModel:
         """Pull weights of at least `min_version`, waiting up to `wait_s` for them."""
+        federation = self._require_federation()
+        trust = ModelTrust(federation.coordinator_key, federation.run_id)
         timeout_s = self.pull_timeout_s(wait_s, chunk_bytes)
         return await pull_model(
-            self.stub, self.credentials, min_version, self.spec, timeout_s, buffer
+            self.stub,
+            self.credentials,
+            min_version,
+            self.spec,
+            timeout_s,
+            buffer,
+            trust,
         )
 
     async def close(self, reason: str) -> None:

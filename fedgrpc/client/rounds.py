@@ -28,6 +28,8 @@ class RoundStart:
     round_id: int
     base_version: int
     deadline_unix_s: float
+    nonce: bytes = b""
+    """The round's nonce; the update pushed for it signs it."""
 
 
 @dataclass(frozen=True, slots=True)

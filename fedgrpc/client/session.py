@@ -134,7 +134,10 @@ class SessionStream:
             )
             await self._tracker.record_started(
                 RoundStart(
-                    started.round_id, started.base_version, started.deadline_unix_s
+                    started.round_id,
+                    started.base_version,
+                    started.deadline_unix_s,
+                    started.round_nonce,
                 )
             )
         elif event == "round_closed":

@@ -22,6 +22,7 @@ RpcName = Literal["Join", "Session", "PushUpdate", "PullModel"]
 
 _ERRORS: dict[grpc.StatusCode, type[errors.FedGrpcError]] = {
     grpc.StatusCode.UNAUTHENTICATED: errors.UnknownClientError,
+    grpc.StatusCode.PERMISSION_DENIED: errors.BadSignatureError,
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidUpdateError,
     grpc.StatusCode.FAILED_PRECONDITION: errors.WrongRoundError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: errors.TooLargeError,

@@ -83,6 +83,10 @@ class SyncPoint:
         """Model payload bytes pulled."""
         self.compressed: CompressedUpdates | None = None
         """Codec and error feedback, unless updates go as raw float32."""
+        self.base_sha256 = b""
+        """SHA-256 of the weights last loaded (what the next update is based on)."""
+        self.last_update_sha256 = ""
+        """Digest of the last update pushed, as the coordinator verified it."""
 
     def seed(self) -> None:
         """Upload our weights as the initial model (losing the race is fine)."""
@@ -105,6 +109,7 @@ class SyncPoint:
             link.pull_timeout_s(wait_s, chunk_bytes),
         )
         self._local.load(pulled.buffer, pulled.version)
+        self.base_sha256 = pulled.sha256
         nbytes = self._local.spec.num_bytes
         self.bytes_received += nbytes
         seconds = round(time.monotonic() - started, 3)
@@ -128,7 +133,7 @@ class SyncPoint:
             self._log.warning("model_stale", version=base_version, latest=latest)
             self.pull_and_load(latest, wait_s=self._config.rpc_timeout_s)
             return "stale"
-        pushed = self._push(opened.round_id)
+        pushed = self._push(opened.round_id, opened.nonce)
         closed = call(
             self._loop, tracker.wait_round_closed(opened.round_id, wait_s), wait_s
         )
@@ -151,7 +156,7 @@ class SyncPoint:
             self._local.rebase_on_local()
             self._log.info("update_returned_to_residual", applied=applied)
 
-    def _push(self, round_id: int) -> bool:
+    def _push(self, round_id: int, round_nonce: bytes) -> bool:
         local = self._local
         delta = local.pseudo_gradient()
         meta = UpdateMeta(
@@ -160,6 +165,8 @@ class SyncPoint:
             kind="pseudo_gradient",
             num_samples=local.samples,
             train_loss=local.loss_mean,
+            round_nonce=round_nonce,
+            base_sha256=self.base_sha256,
         )
         link = self._link
         push = (
@@ -177,10 +184,12 @@ class SyncPoint:
             self._settle(applied=False)  # what was sent must not be lost
             raise
         self.bytes_sent += result.bytes_sent
+        self.last_update_sha256 = result.update_sha256
         self._log.info(
             "update_pushed",
             round=round_id,
             bytes=result.bytes_sent,
             updates_in_round=result.updates_in_round,
+            update_sha256=result.update_sha256,
         )
         return True

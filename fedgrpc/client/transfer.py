@@ -2,9 +2,11 @@
 
 Uplink: a flat float32 vector (the pseudo-gradient, or the initial weights)
 is cut by `fedgrpc.wire.chunking.iter_chunks` into ~1 MiB slices of its own
-memory and streamed as header, chunks, commit. Downlink: the model's bytes in
-each tensor's native dtype arrive as ordered chunks and are copied straight
-into one preallocated uint8 buffer, one memcpy per chunk.
+memory and streamed as header, chunks, commit; with signing on, the header
+is signed, each chunk carries its payload's SHA-256, chain link and
+signature (`crypto.signing.UpdateSigner`), and the commit closes the chain.
+Payloads are hashed on a worker thread (`hashlib` releases the GIL) so the
+loop keeps writing the previous chunk meanwhile. Downlink: see `download`.
 
 protobuf (upb) accepts only `bytes` for a bytes field, so each uplink chunk
 costs one copy into a `bytes` object (and protobuf's own serialisation copy);
@@ -16,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, TypeVar
 
 import grpc
 import numpy as np
@@ -27,19 +29,23 @@ import torch
 from fedgrpc._proto.v1 import common_pb2, coordinator_pb2
 from fedgrpc.client.connection import Credentials
 from fedgrpc.client.status import translated
+from fedgrpc.crypto.keys import PrivateKey
+from fedgrpc.crypto.signing import UpdateSigner, sha256
 from fedgrpc.log import get_logger
 from fedgrpc.wire.chunking import iter_chunks
+from fedgrpc.wire.codec_params import CodecBinding
 from fedgrpc.wire.frames import encode_update_chunk, serialize_or_pass
-
-if TYPE_CHECKING:
-    pass
+from fedgrpc.wire.signed import commit_message, sign_update_header
 
 log = get_logger(__name__)
+T = TypeVar("T")
 PushMethod = grpc.aio.StreamUnaryMultiCallable[
     coordinator_pb2.PushUpdateRequest | bytes, coordinator_pb2.PushUpdateResponse
 ]
 
 FP32_BYTES = 4
+HASH_IN_THREAD_BYTES = 64 << 10
+"""Payloads at least this big are hashed on a worker thread."""
 UpdateKindName = Literal["pseudo_gradient", "initial_weights"]
 _KINDS: dict[UpdateKindName, coordinator_pb2.UpdateKind.ValueType] = {
     "pseudo_gradient": coordinator_pb2.UPDATE_KIND_PSEUDO_GRADIENT,
@@ -61,6 +67,42 @@ class UpdateMeta:
     """Training samples behind the update; weights the coordinator's mean."""
     train_loss: float = 0.0
     """Mean inner-loop training loss, for the coordinator's status."""
+    round_nonce: bytes = b""
+    """The round's nonce (RoundStarted; JoinResponse for initial weights)."""
+    base_sha256: bytes = b""
+    """SHA-256 of the base version's bytes (empty for initial weights)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Signing:
+    """What a client signs its updates with, and the context they are bound to."""
+
+    key: PrivateKey
+    run_id: str
+    binding: CodecBinding
+    """The federation's codec parameters (DENSE_FP32_BINDING for raw float32)."""
+
+    def sign_header(self, request: coordinator_pb2.PushUpdateRequest) -> UpdateSigner:
+        """Sign the header in `request` in place; the signer for its chunks."""
+        return sign_update_header(request.header, self.key, self.run_id, self.binding)
+
+
+async def payload_sha256(payload: bytes | memoryview) -> bytes:
+    """SHA-256 of a chunk's payload, off the loop when it is big."""
+    if len(payload) < HASH_IN_THREAD_BYTES:
+        return sha256(payload)
+    return await asyncio.to_thread(sha256, payload)
+
+
+def end_of_update(
+    signer: UpdateSigner | None, num_chunks: int
+) -> coordinator_pb2.PushUpdateRequest:
+    """The commit: signed over the chain when signing, else just the count."""
+    if signer is not None:
+        return commit_message(signer)
+    return coordinator_pb2.PushUpdateRequest(
+        commit=coordinator_pb2.UpdateCommit(num_chunks=num_chunks)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +113,8 @@ class PushResult:
     updates_in_round: int
     bytes_sent: int
     """Payload bytes sent (4 per coordinate)."""
+    update_sha256: str = ""
+    """The update's digest as the coordinator verified it (hex; "" unsigned)."""
 
 
 def fp32_le_array(flat: torch.Tensor) -> np.ndarray:
@@ -112,33 +156,77 @@ def update_header(
             num_coordinates=num_coordinates,
             num_samples=meta.num_samples,
             train_loss=meta.train_loss,
+            round_nonce=meta.round_nonce,
+            base_model_sha256=meta.base_sha256,
         )
     )
 
 
 async def update_requests(
-    credentials: Credentials, meta: UpdateMeta, flat: torch.Tensor, chunk_bytes: int
+    credentials: Credentials,
+    meta: UpdateMeta,
+    flat: torch.Tensor,
+    chunk_bytes: int,
+    signing: Signing | None = None,
 ) -> AsyncIterator[coordinator_pb2.PushUpdateRequest | bytes]:
     """Yield one update's messages: header, chunks in order, commit.
 
     Chunks come pre-encoded (`wire.frames`): one payload copy instead of three.
+    With `signing`, every message is signed as the coordinator requires.
 
     An async generator, so grpc.aio pulls and writes one chunk at a time and
     encoding the next chunk overlaps sending the previous one. The chunks
     are slices of `flat`, which must not change until the push finishes.
     """
     values = fp32_le_array(flat)
-    yield update_header(credentials, meta, values.size, common_pb2.CODEC_DENSE_FP32)
+    header = update_header(credentials, meta, values.size, common_pb2.CODEC_DENSE_FP32)
+    signer = signing.sign_header(header) if signing is not None else None
+    yield header
     num_chunks = 0
     chunks = iter_chunks(values.data, chunk_bytes, itemsize=FP32_BYTES)
-    for seq, (byte_offset, view) in enumerate(chunks):
-        yield encode_update_chunk(
-            seq, byte_offset // FP32_BYTES, len(view) // FP32_BYTES, view
-        )
+    hashed = hashed_ahead(chunks, signed=signer is not None)
+    async for seq, (byte_offset, view, sha) in aenumerate(hashed):
+        offset, count = byte_offset // FP32_BYTES, len(view) // FP32_BYTES
+        proof = None
+        if signer is not None and sha is not None:
+            proof = signer.sign_chunk(seq, offset, count, sha)
+        yield encode_update_chunk(seq, offset, count, view, proof)
         num_chunks = seq + 1
-    yield coordinator_pb2.PushUpdateRequest(
-        commit=coordinator_pb2.UpdateCommit(num_chunks=num_chunks)
-    )
+    yield end_of_update(signer, num_chunks)
+
+
+async def hashed_ahead(
+    chunks: Iterator[tuple[int, memoryview]], *, signed: bool
+) -> AsyncIterator[tuple[int, memoryview, bytes | None]]:
+    """(byte offset, view, SHA-256 or None) per chunk, hashing one chunk ahead.
+
+    The next chunk's payload is hashed on a worker thread while the caller
+    encodes and sends this one, so a signed push costs little more wall
+    time than an unsigned one when a core is free.
+    """
+    loop = asyncio.get_running_loop()
+
+    def start(chunk: tuple[int, memoryview] | None) -> asyncio.Future[bytes] | None:
+        if chunk is None or not signed:
+            return None
+        return loop.run_in_executor(None, sha256, chunk[1])
+
+    current = next(chunks, None)
+    hashing = start(current)
+    while current is not None:
+        following = next(chunks, None)
+        sha = await hashing if hashing is not None else None
+        hashing = start(following)
+        yield current[0], current[1], sha
+        current = following
+
+
+async def aenumerate(items: AsyncIterator[T]) -> AsyncIterator[tuple[int, T]]:
+    """`enumerate` for async iterators."""
+    index = 0
+    async for item in items:
+        yield index, item
+        index += 1
 
 
 def push_method(channel: grpc.aio.Channel) -> PushMethod:
@@ -157,6 +245,7 @@ async def push_update(
     flat: torch.Tensor,
     chunk_bytes: int,
     timeout_s: float,
+    signing: Signing | None = None,
 ) -> PushResult:
     """Stream one raw float32 update and wait for its acknowledgement.
 
@@ -167,15 +256,26 @@ async def push_update(
         flat: 1-D contiguous float32 CPU vector, `num_coordinates` long.
         chunk_bytes: Payload bytes per chunk (the round config's value).
         timeout_s: Deadline of the whole stream.
+        signing: Key and context to sign with; None sends unsigned.
 
     Raises:
         See `stream_update`.
     """
-    requests = update_requests(credentials, meta, flat, chunk_bytes)
+    requests = update_requests(credentials, meta, flat, chunk_bytes, signing)
     response = await stream_update(push, requests, timeout_s)
     sent = flat.numel() * FP32_BYTES
     log.debug("update_sent", round=response.round_id, kind=meta.kind, bytes=sent)
-    return PushResult(response.round_id, response.updates_in_round, sent)
+    return push_result(response, sent)
+
+
+def push_result(response: coordinator_pb2.PushUpdateResponse, sent: int) -> PushResult:
+    """The acknowledgement as the client reports it."""
+    return PushResult(
+        response.round_id,
+        response.updates_in_round,
+        sent,
+        response.update_sha256.hex(),
+    )
 
 
 async def stream_update(

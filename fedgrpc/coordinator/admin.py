@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import grpc
+
 from fedgrpc._proto.v1 import admin_pb2 as pb
-from fedgrpc._proto.v1 import admin_pb2_grpc as pb_grpc
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.coordinator.servicer import OUTCOME_TO_PROTO
-from fedgrpc.coordinator.state import Phase
+from fedgrpc.coordinator.state import Outcome, Phase
 from fedgrpc.wire.convert import round_config_to_proto
+from fedgrpc.wire.frames import Malformed
 
 if TYPE_CHECKING:
     from fedgrpc._proto.v1.admin_pb2_grpc import _ServicerContext as Context
@@ -30,6 +32,7 @@ def build_status(runtime: CoordinatorRuntime) -> pb.GetStatusResponse:
     if phase == pb.ROUND_PHASE_COLLECTING and connected < runtime.config.min_clients:
         phase = pb.ROUND_PHASE_WAITING_FOR_QUORUM
     current = engine.current
+    published = engine.model.published
     spec = engine.model.spec
     num_parameters = (
         spec.num_coordinates if spec and engine.model.master is not None else 0
@@ -50,6 +53,7 @@ def build_status(runtime: CoordinatorRuntime) -> pb.GetStatusResponse:
                 samples_contributed=c.samples_contributed,
                 last_round=c.last_round,
                 last_train_loss=c.last_train_loss,
+                key_sha256=c.public_key.fingerprint if c.public_key else "",
             )
             for c in runtime.registry.all()
         ],
@@ -64,21 +68,29 @@ def build_status(runtime: CoordinatorRuntime) -> pb.GetStatusResponse:
                 mean_train_loss=r.mean_train_loss,
                 bytes_received=r.bytes_received,
                 ingest_s=r.ingest_s,
+                reason=r.reason if r.outcome is not Outcome.APPLIED else "",
             )
             for r in engine.history
         ],
         uptime_s=runtime.clock() - runtime.started_s,
+        round_nonce=engine.round_nonce(),
+        model_sha256=published.sha256 if published is not None else b"",
+        coordinator_key_sha256=runtime.enrollment.public_key.fingerprint,
+        open_enrollment=runtime.enrollment.is_open,
     )
 
 
-class AdminServicer(pb_grpc.AdminServiceServicer):
-    """fedgrpc.v1.AdminService."""
+class AdminServicer:
+    """fedgrpc.v1.AdminService (registered by `services.add_admin_service`)."""
 
     def __init__(self, runtime: CoordinatorRuntime) -> None:
         self.runtime = runtime
 
     async def GetStatus(
-        self, request: pb.GetStatusRequest, context: Context
+        self, request: pb.GetStatusRequest | Malformed, context: Context
     ) -> pb.GetStatusResponse:
         """Snapshot of rounds, clients and traffic."""
+        if isinstance(request, Malformed):
+            error = request.error()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         return build_status(self.runtime)

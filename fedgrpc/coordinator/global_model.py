@@ -7,6 +7,7 @@ publishing an immutable version for PullModel.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import deque
 from collections.abc import Callable
@@ -133,18 +134,46 @@ class GlobalModel:
         """Count the version `step` published."""
         self.version += 1
 
+    @property
+    def update_norms(self) -> list[float]:
+        """The divergence guard's recent update norms, oldest first (checkpoints)."""
+        return list(self._update_norms)
+
+    def resume(
+        self,
+        spec: ModelSpec,
+        master: torch.Tensor,
+        version: int,
+        round_id: int,
+        update_norms: list[float],
+    ) -> None:
+        """Adopt a checkpoint's weights as `version` of round `round_id`; publish.
+
+        The caller restores the optimizer's state (`optimizer.load_state_dict`).
+        Republishing the same bytes gives the same SHA-256 as before the
+        restart, so clients holding that version still match it.
+        """
+        self.spec, self.master, self.version = spec, master, version
+        self._update_norms.clear()
+        self._update_norms.extend(update_norms)
+        self.published = self._publish(version, round_id)
+
     def _publish(self, version: int, round_id: int) -> PublishedModel:
         """The downlink bytes of the master copy.
 
         For an all-float32 model the native layout equals the coordinate
-        layout, so the master itself is served (no model-sized copy).
+        layout, so the master itself is served (no model-sized copy). The
+        SHA-256 that clients check the bytes against (and sign as their base)
+        is taken once per version, here: ~0.5 s per GB, on the apply thread
+        for rounds, on the event loop for the one-off seeding.
         """
         spec, master = self.require_spec(), self.require_master()
         if all(t.dtype is DType.FLOAT32 for t in spec.tensors):
             data = master.view(torch.uint8)
         else:
             data = pack_native(master, spec)
-        return PublishedModel(version, round_id, data)
+        digest = hashlib.sha256(data.numpy().data).digest()
+        return PublishedModel(version, round_id, data, digest)
 
     def _published_aliases_master(self) -> bool:
         published, master = self.published, self.master

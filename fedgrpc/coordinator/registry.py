@@ -9,9 +9,10 @@ from __future__ import annotations
 import hmac
 import itertools
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from fedgrpc.errors import TooLargeError, UnknownClientError
+from fedgrpc.crypto.keys import PublicKey
+from fedgrpc.errors import TooLargeError, UnknownClientError, WrongRoundError
 
 SESSION_TOKEN_BYTES = 16
 
@@ -22,7 +23,9 @@ class ClientRecord:
 
     client_id: str
     name: str
-    session_token: bytes
+    session_token: bytes = field(repr=False)
+    public_key: PublicKey | None = None
+    """The key the client proved it holds at Join; its updates must verify under it."""
     connected: bool = False
     last_seen_s: float = 0.0
     updates_accepted: int = 0
@@ -39,7 +42,9 @@ class ClientRegistry:
         self._clients: dict[str, ClientRecord] = {}
         self._ids = itertools.count(1)
 
-    def add(self, name: str, now_s: float) -> ClientRecord:
+    def add(
+        self, name: str, now_s: float, public_key: PublicKey | None = None
+    ) -> ClientRecord:
         """Register a new client with a fresh random session token.
 
         Raises:
@@ -55,6 +60,7 @@ class ClientRegistry:
             client_id=client_id,
             name=name or client_id,
             session_token=secrets.token_bytes(SESSION_TOKEN_BYTES),
+            public_key=public_key,
             last_seen_s=now_s,
         )
         self._clients[client_id] = record
@@ -64,8 +70,16 @@ class ClientRegistry:
         """The record for `client_id` if `session_token` matches.
 
         Raises:
+            WrongRoundError: no client id and no token at all: the call came
+                before Join (FAILED_PRECONDITION).
             UnknownClientError: no such client, or the token does not match.
         """
+        if not client_id and not session_token:
+            raise WrongRoundError(
+                "the call carries no client_id or session_token: it came before "
+                "Join; call GetJoinChallenge and Join first and send what Join "
+                "returns"
+            )
         record = self._clients.get(client_id)
         if record is None or not hmac.compare_digest(
             record.session_token, session_token

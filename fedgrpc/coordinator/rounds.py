@@ -41,6 +41,7 @@ from fedgrpc.coordinator.state import (
     Phase,
     RoundResult,
     Ticket,
+    new_round_nonce,
 )
 from fedgrpc.errors import InvalidUpdateError, WrongRoundError
 from fedgrpc.wire.codec_params import wire_codec
@@ -69,13 +70,20 @@ class RoundEngine:
         self.current: OpenRound | None = None
         self.history: deque[RoundResult] = deque(maxlen=HISTORY_ROUNDS)
         self._next_round_id = 1
+        self.seed_nonce = new_round_nonce()
+        """Round 0's nonce: the initial weights sign it."""
         self._spare_sum: torch.Tensor | None = None
         """Last round's sum buffer, zeroed: reused so no round faults in a new one."""
 
     # -- updates ---------------------------------------------------------------
 
     def admit(self, client: ClientRecord, header: UpdateHeaderInfo) -> Ticket:
-        """Validate an update header against the model and the round state.
+        """Validate an update header, then open a ticket for its chunks."""
+        self.check_header(client, header)
+        return self.open_ticket(client, header)
+
+    def check_header(self, client: ClientRecord, header: UpdateHeaderInfo) -> None:
+        """Validate an update header against the model and the round; no effects.
 
         Raises:
             InvalidUpdateError: wrong codec or coordinate count.
@@ -100,14 +108,21 @@ class RoundEngine:
                 f"update has {header.num_coordinates} coordinates but the model has "
                 f"{spec.num_coordinates} parameters"
             )
+        if header.is_initial_weights:
+            self.model.check_not_seeded()
+        else:
+            self._check_round(client, header)
+
+    def open_ticket(self, client: ClientRecord, header: UpdateHeaderInfo) -> Ticket:
+        """Start taking a checked header's chunks (call `check_header` first)."""
+        spec = self.model.require_spec()
         scratch = np.empty(
             min(spec.num_coordinates, self.config.chunk_bytes // 4), dtype=np.float32
         )
         if header.is_initial_weights:
-            self.model.check_not_seeded()
             staging = torch.empty(spec.num_coordinates, dtype=torch.float32)
             return Ticket(client, header, 0, scratch, staging=staging)
-        current = self._check_round(client, header)
+        current = self._collecting_round()
         if current.first_header_s is None:
             current.first_header_s = self.clock()
         ticket = Ticket(client, header, current.round_id, scratch)
@@ -323,8 +338,18 @@ class RoundEngine:
 
     # -- helpers ---------------------------------------------------------------
 
+    def round_nonce(self) -> bytes:
+        """The nonce updates must sign now: the open round's, or round 0's."""
+        return self.current.nonce if self.current is not None else self.seed_nonce
+
     def _open_round(self) -> None:
-        self.current = OpenRound(self._next_round_id, self.model.version, self.clock())
+        published = self.model.published
+        self.current = OpenRound(
+            self._next_round_id,
+            self.model.version,
+            self.clock(),
+            base_sha256=published.sha256 if published is not None else b"",
+        )
         self._next_round_id += 1
         self.phase = Phase.COLLECTING
 

@@ -21,10 +21,19 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from fedgrpc.compress import format_codec, make_codec
+from fedgrpc.compress import make_codec
 from fedgrpc.config import CoordinatorConfig
+from fedgrpc.coordinator.durability import CheckpointStore
+from fedgrpc.coordinator.enrollment import (
+    Enrollment,
+    check_compatible,
+    load_allowed_keys,
+    load_identity,
+)
+from fedgrpc.coordinator.metrics import CoordinatorMetrics
 from fedgrpc.coordinator.registry import ClientRecord, ClientRegistry
 from fedgrpc.coordinator.rounds import ChunkValues, RoundEngine
+from fedgrpc.coordinator.signatures import UpdateAuthenticator
 from fedgrpc.coordinator.state import (
     OpenRound,
     Phase,
@@ -32,11 +41,12 @@ from fedgrpc.coordinator.state import (
     RoundResult,
     Ticket,
 )
-from fedgrpc.errors import IncompatibleClientError, ShuttingDownError
+from fedgrpc.crypto.keys import PublicKey
+from fedgrpc.errors import ShuttingDownError
 from fedgrpc.log import get_logger
 from fedgrpc.wire.assemble import CodecChunkCheck, DenseChunkCheck
-from fedgrpc.wire.codec_params import wire_codec
 from fedgrpc.wire.convert import JoinInfo, UpdateHeaderInfo
+from fedgrpc.wire.signed import JoinProof
 from fedgrpc.wire.spec import ModelSpec
 
 log = get_logger(__name__)
@@ -50,6 +60,8 @@ class RoundStartedEvent:
 
     round_id: int
     base_version: int
+    nonce: bytes
+    """The round's nonce; its updates sign it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +89,7 @@ class JoinResult:
     seed_model: bool
     current_round: int
     model_version: int
+    round_nonce: bytes
 
 
 class CoordinatorRuntime:
@@ -87,9 +100,14 @@ class CoordinatorRuntime:
     ) -> None:
         self.config = config
         self.clock = clock
-        self.run_id = secrets.token_hex(8)
+        self.checkpoints = CheckpointStore(config)  # may resume an earlier run
+        self.run_id = self.checkpoints.resumed_run_id or secrets.token_hex(8)
         self.registry = ClientRegistry(config.max_clients)
         self.engine = RoundEngine(config, self.registry, clock)
+        self.enrollment = Enrollment(
+            load_identity(config), load_allowed_keys(config), self.run_id, clock
+        )
+        self.auth = UpdateAuthenticator(config, self.run_id, self.engine)
         self.started_s = clock()
         self.bytes_received = 0
         self.bytes_sent = 0
@@ -100,6 +118,8 @@ class CoordinatorRuntime:
         self._active_pulls = 0
         self._ticker: asyncio.Task[None] | None = None
         self._codec = make_codec(config.codec_config)  # decode is thread-safe
+        self.metrics = CoordinatorMetrics(self)
+        self.checkpoints.restore(self)
 
     async def start(self) -> None:
         """Start the deadline / session-timeout ticker."""
@@ -107,8 +127,9 @@ class CoordinatorRuntime:
 
     async def stop(self, reason: str = "coordinator shutting down") -> None:
         """Refuse new work, tell every session, wake every waiter."""
-        self.stopping = True
-        self.engine.phase = Phase.STOPPING
+        async with self._numeric_lock:  # a round being applied finishes first
+            self.stopping = True
+            self.engine.phase = Phase.STOPPING
         for queue in self._sessions.values():
             queue.put_nowait(SessionEnd(reason, cause="shutdown"))
         async with self._version_changed:
@@ -117,59 +138,50 @@ class CoordinatorRuntime:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
+        self.auth.close()
 
-    def _check_running(self) -> None:
+    def check_running(self) -> None:
+        """Raise `ShuttingDownError` once the coordinator is stopping."""
         if self.stopping:
             raise ShuttingDownError("the coordinator is shutting down; retry later")
 
     # -- Join and Session --------------------------------------------------------
 
-    def join(self, request: JoinInfo) -> JoinResult:
-        """Admit a client whose model and settings match the federation's."""
-        self._check_running()
-        self._check_compatible(request)
+    def authenticate_join(self, proof: JoinProof) -> PublicKey:
+        """The joiner's key, allowed and proven (`Enrollment.admit`)."""
+        self.check_running()
+        return self.enrollment.admit(proof)
+
+    def join(self, request: JoinInfo, key: PublicKey) -> JoinResult:
+        """Admit an authenticated client whose model and settings fit."""
+        self.check_running()
+        check_compatible(self.config, request)
         spec, name = request.spec, request.name
         self.engine.model.adopt_spec(spec)
-        client = self.registry.add(name, self.clock())
+        client = self.registry.add(name, self.clock(), key)
         seed = self.engine.model.claim_seeding(client.client_id)
         current = self.engine.current
-        log.info("client_joined", client=client.client_id, name=client.name, seed=seed)
+        log.info(
+            "client_joined",
+            client=client.client_id,
+            name=client.name,
+            key=key.short_fingerprint,
+            seed=seed,
+        )
         return JoinResult(
             client=client,
             spec=spec,
             seed_model=seed,
             current_round=current.round_id if current else 0,
             model_version=self.engine.model.version,
+            round_nonce=self.engine.round_nonce(),
         )
-
-    def _check_compatible(self, request: JoinInfo) -> None:
-        config = self.config
-        if request.inner_steps and request.inner_steps != config.inner_steps:
-            raise IncompatibleClientError(
-                f"the client was configured with inner_steps={request.inner_steps} "
-                f"but this federation runs inner_steps={config.inner_steps}; pass "
-                "inner_steps=None to follow the coordinator"
-            )
-        wanted = request.requested_codec
-        if wanted is not None and wanted != config.codec_config:
-            raise IncompatibleClientError(
-                f"the client was configured with compression {format_codec(wanted)} "
-                f"but this federation uses {format_codec(config.codec_config)}; pass "
-                "compression=None to follow the coordinator"
-            )
-        codec = wire_codec(config.codec_config)
-        if codec not in request.supported_codecs:
-            raise IncompatibleClientError(
-                f"this federation sends updates as {codec} ({config.codec}) and the "
-                f"client supports only {', '.join(request.supported_codecs) or 'none'}"
-                "; upgrade the client"
-            )
 
     def open_session(
         self, client_id: str, token: bytes
     ) -> tuple[ClientRecord, asyncio.Queue[SessionEvent]]:
         """Mark a client connected; its queue starts with the open round, if any."""
-        self._check_running()
+        self.check_running()
         client = self.registry.authenticate(client_id, token)
         previous = self._sessions.get(client_id)
         if previous is not None:
@@ -179,7 +191,7 @@ class CoordinatorRuntime:
         client.connected, client.last_seen_s = True, self.clock()
         current = self.engine.current
         if self.engine.phase is Phase.COLLECTING and current is not None:
-            queue.put_nowait(RoundStartedEvent(current.round_id, current.base_version))
+            queue.put_nowait(self._round_started(current))
         log.info("session_opened", client=client_id)
         return client, queue
 
@@ -204,19 +216,28 @@ class CoordinatorRuntime:
     # -- PushUpdate --------------------------------------------------------------
 
     def admit(self, header: UpdateHeaderInfo) -> Ticket:
-        """Authenticate and check an update header before any chunk is read."""
-        self._check_running()
+        """Authenticate, check, then verify an update header before any chunk.
+
+        The plain checks come first, so an honest client that is merely in
+        the wrong round or codec hears that (not a signature failure); the
+        signature is checked before anything about the round changes.
+        """
+        self.check_running()
         client = self.registry.authenticate(header.client_id, header.session_token)
-        return self.engine.admit(client, header)
+        self.engine.check_header(client, header)
+        verifier = self.auth.verifier(client, header)  # signature, nonce, base
+        ticket = self.engine.open_ticket(client, header)
+        ticket.verifier = verifier
+        return ticket
 
     def chunk_check(self, ticket: Ticket) -> DenseChunkCheck | CodecChunkCheck:
         """The validator for this update's chunks: raw float32 or the codec's."""
         n, chunk_bytes = ticket.header.num_coordinates, self.config.chunk_bytes
         if ticket.header.codec == "dense-fp32":
-            return DenseChunkCheck(n, chunk_bytes)
+            return DenseChunkCheck(n, chunk_bytes, ticket.verifier)
         spec = self.engine.model.require_spec()
         block = self._codec.block_coordinates(chunk_bytes)
-        return CodecChunkCheck(spec, self._codec, block)
+        return CodecChunkCheck(spec, self._codec, block, ticket.verifier)
 
     def max_update_messages(self) -> int:
         """Chunks one update of this model takes at most (dense or coded)."""
@@ -229,7 +250,7 @@ class CoordinatorRuntime:
 
     def add_chunk(self, ticket: Ticket, offset: int, values: ChunkValues) -> None:
         """Add one checked chunk to its round (or to the initial weights)."""
-        self._check_running()
+        self.check_running()
         self.engine.add_chunk(ticket, offset, values)
 
     def abandon(self, ticket: Ticket, reason: str) -> None:
@@ -243,9 +264,13 @@ class CoordinatorRuntime:
             reason=reason,
         )
 
-    async def commit(self, ticket: Ticket, nbytes: int) -> int:
-        """Count a complete, checked update; returns the updates in its round."""
-        self._check_running()
+    async def commit(self, ticket: Ticket, nbytes: int, digest: bytes) -> int:
+        """Count a complete, verified update; returns the updates in its round.
+
+        `digest` (the chain head) is logged in full: it is what `fedgrpc
+        verify --hash` checks an exported update against.
+        """
+        self.check_running()
         in_round = self.engine.commit(ticket, nbytes)
         self.bytes_received += nbytes
         log.info(
@@ -255,8 +280,10 @@ class CoordinatorRuntime:
             bytes=nbytes,
             updates_in_round=in_round,
             initial=ticket.header.is_initial_weights,
+            update_sha256=digest.hex(),
         )
         if ticket.header.is_initial_weights:
+            await asyncio.shield(self.save_checkpoint())  # version 0 is durable too
             await self._announce_new_model()
         await self.maybe_close_round()
         return in_round
@@ -267,6 +294,16 @@ class CoordinatorRuntime:
         """Close the open round if it is complete or past its deadline."""
         if self.engine.close_reason() is None:
             return
+        # Shielded: a caller cancelled mid-close (a client hanging up on its
+        # commit) must not stop it between the outer step and its checkpoint.
+        await asyncio.shield(self._close_round())
+
+    async def save_checkpoint(self) -> None:
+        """Checkpoint now (after seeding, at shutdown), between numeric steps."""
+        async with self._numeric_lock:
+            await self.checkpoints.save(self)
+
+    async def _close_round(self) -> None:
         async with self._numeric_lock:
             reason = self.engine.close_reason()
             if reason is None:
@@ -276,6 +313,9 @@ class CoordinatorRuntime:
                 self.engine.apply, closing, self._active_pulls > 0
             )
             result = self.engine.finish_close(closing, applied, reason)
+            if applied:  # before anyone hears of the new version (durability.py)
+                await self.checkpoints.save(self)
+        self.metrics.round_closed(result)
         log.info(
             "round_closed",
             round=result.round_id,
@@ -292,7 +332,7 @@ class CoordinatorRuntime:
     async def _announce_new_model(self) -> None:
         current = self.engine.current
         if current is not None:
-            self._broadcast(RoundStartedEvent(current.round_id, current.base_version))
+            self._broadcast(self._round_started(current))
         async with self._version_changed:
             self._version_changed.notify_all()
 
@@ -311,11 +351,12 @@ class CoordinatorRuntime:
                 published is not None
                 and published.version >= min_version
                 and self.engine.phase is not Phase.APPLYING
+                and self.checkpoints.is_durable(published.version)
             )
 
         async with self._version_changed:
             await self._version_changed.wait_for(ready)
-        self._check_running()
+        self.check_running()
         published = self.engine.model.published
         assert published is not None
         self._active_pulls += 1
@@ -347,3 +388,7 @@ class CoordinatorRuntime:
     def current_round(self) -> OpenRound | None:
         """The open round, for status."""
         return self.engine.current
+
+    @staticmethod
+    def _round_started(current: OpenRound) -> RoundStartedEvent:
+        return RoundStartedEvent(current.round_id, current.base_version, current.nonce)

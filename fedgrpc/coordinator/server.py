@@ -24,13 +24,13 @@ from grpc_reflection.v1alpha import reflection
 
 from fedgrpc._proto.v1 import (
     admin_pb2,
-    admin_pb2_grpc,
     coordinator_pb2,
 )
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.admin import AdminServicer, build_status
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
-from fedgrpc.coordinator.servicer import CoordinatorServicer, add_coordinator_service
+from fedgrpc.coordinator.servicer import CoordinatorServicer
+from fedgrpc.coordinator.services import add_admin_service, add_coordinator_service
 from fedgrpc.crypto.tls import ServerTLS, load_server_tls
 from fedgrpc.errors import ConfigError
 from fedgrpc.log import get_logger
@@ -55,11 +55,19 @@ class RunningCoordinator:
     health_servicer: health.aio.HealthServicer
 
     async def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
-        """Tell clients, stop accepting calls, give in-flight ones `grace_s`."""
+        """Drain: health NOT_SERVING, tell clients, end calls, checkpoint, close.
+
+        A round being applied finishes (with its checkpoint); an open round
+        is abandoned. The final checkpoint adds the clients' credit and the
+        round history since the last applied round.
+        """
         log.info("coordinator_stopping", address=self.address)
         await self.health_servicer.enter_graceful_shutdown()
         await self.runtime.stop()
         await self.server.stop(grace_s)
+        await self.runtime.save_checkpoint()
+        self.runtime.metrics.stop()
+        self.runtime.checkpoints.close()
         log.info("coordinator_stopped", address=self.address)
 
 
@@ -77,20 +85,23 @@ async def start_coordinator(config: CoordinatorConfig) -> RunningCoordinator:
     """Bind, start serving and write the ready file.
 
     Raises:
-        ConfigError: the listen address cannot be bound, or the TLS files are
-            unusable (not PEM, key not matching the certificate, expired).
+        ConfigError: the listen address cannot be bound, the TLS files are
+            unusable (not PEM, key not matching the certificate, expired), or
+            the identity settings are (see `coordinator.enrollment`).
     """
+    tls = _load_tls(config)  # unusable files fail first, before anything logs
     server = grpc.aio.server(options=server_options(config))
     runtime = CoordinatorRuntime(config)
     add_coordinator_service(CoordinatorServicer(runtime), server)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(runtime), server)
+    add_admin_service(AdminServicer(runtime), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    tls = _load_tls(config)
     port = _bind(server, config.listen, tls)
+    if config.metrics_listen:
+        runtime.metrics.serve(config.metrics_listen)
     await runtime.start()
     await server.start()
     for service in ("", *_SERVICES):
@@ -106,6 +117,9 @@ async def start_coordinator(config: CoordinatorConfig) -> RunningCoordinator:
         min_clients=config.min_clients,
         inner_steps=config.inner_steps,
         outer_optimizer=config.outer_optimizer,
+        coordinator_key=runtime.enrollment.public_key.fingerprint,
+        enrollment="open" if runtime.enrollment.is_open else "allowed_keys",
+        update_signatures=config.update_signatures,
         **_tls_fields(tls),
     )
     return RunningCoordinator(server, runtime, address, health_servicer)

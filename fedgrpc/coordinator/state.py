@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import secrets
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,9 +12,17 @@ import torch
 
 from fedgrpc.aggregate import StreamingSum
 from fedgrpc.coordinator.registry import ClientRecord
+from fedgrpc.crypto.signing import UpdateVerifier
 from fedgrpc.wire.convert import UpdateHeaderInfo
 
 _TICKET_IDS = itertools.count(1)
+ROUND_NONCE_BYTES = 16
+"""Random bytes naming one round of one run; updates sign it (replay guard)."""
+
+
+def new_round_nonce() -> bytes:
+    """A fresh round nonce from the OS CSPRNG."""
+    return secrets.token_bytes(ROUND_NONCE_BYTES)
 
 
 class Phase(enum.Enum):
@@ -40,6 +49,8 @@ class PublishedModel:
     round_id: int
     data: torch.Tensor
     """uint8, `spec.num_bytes` long; never written after publishing."""
+    sha256: bytes = b""
+    """SHA-256 of `data` (ModelHeader.weights_sha256; updates sign it as base)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -55,6 +66,8 @@ class Ticket:
     """Initial weights only: they become the master copy once complete."""
     touched_sum: bool = False
     """True once a chunk was added to the round's sum (it cannot be undone)."""
+    verifier: UpdateVerifier | None = None
+    """Checks the chain of chunks; None when the coordinator runs unsigned."""
     ticket_id: int = field(default_factory=lambda: next(_TICKET_IDS))
 
 
@@ -65,6 +78,10 @@ class OpenRound:
     round_id: int
     base_version: int
     opened_s: float
+    nonce: bytes = field(default_factory=new_round_nonce)
+    """RoundStarted.round_nonce: updates of this round must sign it."""
+    base_sha256: bytes = b""
+    """SHA-256 of the base version's bytes: updates must sign it."""
     deadline_s: float | None = None
     """Set by the first commit: stragglers get `round_timeout_s` from then."""
     contributors: set[str] = field(default_factory=set)

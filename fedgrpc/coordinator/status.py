@@ -14,6 +14,7 @@ from typing import NoReturn, TypeVar
 import grpc
 
 from fedgrpc import errors
+from fedgrpc.coordinator.metrics import count_rejection
 from fedgrpc.log import get_logger
 
 log = get_logger(__name__)
@@ -21,6 +22,7 @@ T = TypeVar("T")
 
 _CODES: tuple[tuple[type[errors.FedGrpcError], grpc.StatusCode], ...] = (
     (errors.UnknownClientError, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.BadSignatureError, grpc.StatusCode.PERMISSION_DENIED),
     (errors.InvalidUpdateError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.WrongRoundError, grpc.StatusCode.FAILED_PRECONDITION),
@@ -45,6 +47,7 @@ async def abort(
     """End the call with the status for `exc`; logs refusals as warnings."""
     if isinstance(exc, errors.FedGrpcError):
         code = status_code_for(exc)
+        count_rejection(code.name)
         log.warning("rpc_rejected", code=code.name, reason=str(exc))
         await context.abort(code, str(exc))
     log.error("rpc_failed", exc_info=exc)

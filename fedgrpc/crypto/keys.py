@@ -24,7 +24,7 @@ characters are the short form logs use (STYLE.md 3.9). Check one by hand:
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from cryptography.exceptions import InvalidSignature
@@ -61,6 +61,10 @@ class PublicKey:
     algorithm: SignatureAlgorithm
     raw: bytes
     """32 bytes for Ed25519 (RFC 8032), as sent on the wire."""
+    _key: ed25519.Ed25519PublicKey = field(
+        init=False, repr=False, compare=False, hash=False
+    )
+    """The parsed key, kept so each of a push's ~1,000 verifications skips parsing."""
 
     def __post_init__(self) -> None:
         if self.algorithm not in SIGNATURE_ALGORITHMS:
@@ -73,6 +77,9 @@ class PublicKey:
                 f"an ed25519 public key has {ED25519_PUBLIC_KEY_BYTES} bytes, "
                 f"got {len(self.raw)}"
             )
+        object.__setattr__(
+            self, "_key", ed25519.Ed25519PublicKey.from_public_bytes(self.raw)
+        )
 
     @property
     def fingerprint(self) -> str:
@@ -91,9 +98,8 @@ class PublicKey:
             BadSignatureError: it is not (wrong key, altered message or
                 signature, wrong length), naming this key's short fingerprint.
         """
-        key = ed25519.Ed25519PublicKey.from_public_bytes(self.raw)
         try:
-            key.verify(signature, message)
+            self._key.verify(signature, message)
         except InvalidSignature as exc:
             raise BadSignatureError(
                 f"{self.algorithm} signature does not verify under key "
@@ -103,8 +109,7 @@ class PublicKey:
 
     def to_pem(self) -> bytes:
         """SubjectPublicKeyInfo PEM (`-----BEGIN PUBLIC KEY-----`)."""
-        key = ed25519.Ed25519PublicKey.from_public_bytes(self.raw)
-        return key.public_bytes(
+        return self._key.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
 

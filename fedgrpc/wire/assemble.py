@@ -1,9 +1,13 @@
-"""Checking a dense update's chunks as they stream in.
+"""Checking an update's chunks as they stream in.
 
-Every chunk is validated (order, range, size, payload length, NaN/Inf)
-*before* its values go anywhere, because the coordinator adds them straight
-into the round's sum and cannot take them out again. `check` returns the
-values as a float32 view of the payload: no copy until they are added.
+Every chunk is validated in full *before* its values go anywhere, because
+the coordinator adds them straight into the round's sum and cannot take
+them out again: position (order, range, size), then authenticity (chain
+link, payload SHA-256, signature; `crypto.signing.UpdateVerifier`), then
+content (payload length, decodable, NaN/Inf). `check` returns the values as
+a float32 view of the payload (dense) or a decoded block: no copy until
+they are added. The payload's SHA-256 is computed by the caller, which can
+hash on a worker thread.
 """
 
 from __future__ import annotations
@@ -11,39 +15,83 @@ from __future__ import annotations
 import numpy as np
 
 from fedgrpc.compress import BlockCodec, DecodedBlock
-from fedgrpc.errors import IncompleteUpdateError, InvalidUpdateError
+from fedgrpc.crypto.signing import ChunkProof, CommitProof, UpdateVerifier
+from fedgrpc.errors import BadSignatureError, IncompleteUpdateError, InvalidUpdateError
 from fedgrpc.wire.chunking import ChunkOrder
 from fedgrpc.wire.spec import ModelSpec
 
 FLOAT32_BYTES = 4
+_UNSIGNED = (
+    "carries no signature, but this coordinator requires signed updates "
+    "(RoundConfig.update_signatures_required); upgrade the client"
+)
 
 
 class ChunkStream:
-    """What every update's chunk check shares: order, byte count, the commit."""
+    """What every update's chunk check shares: order, authenticity, the commit.
 
-    def __init__(self, num_coordinates: int, max_count: int) -> None:
+    `verifier` is None only when the coordinator runs with signatures off.
+    """
+
+    def __init__(
+        self,
+        num_coordinates: int,
+        max_count: int,
+        verifier: UpdateVerifier | None = None,
+    ) -> None:
         self.num_coordinates = num_coordinates
         self.max_count = max_count
+        self.verifier = verifier
         # Chunks may be smaller than max_count; tiling already bounds their number.
         self.order = ChunkOrder(num_coordinates, max_chunks=num_coordinates)
         self.payload_bytes = 0
 
-    def finish(self, num_chunks: int) -> None:
-        """Check the commit against what arrived.
+    def authenticate(
+        self,
+        seq: int,
+        offset: int,
+        count: int,
+        payload_sha256: bytes | None,
+        proof: ChunkProof | None,
+    ) -> None:
+        """Check the chunk's chain link, payload hash and signature (if signed).
 
         Raises:
-            InvalidUpdateError: the commit's chunk count differs from the
+            IncompleteUpdateError: the chain link is wrong (DATA_LOSS).
+            BadSignatureError: no proof, a payload that is not the one signed,
+                or a signature that does not verify (PERMISSION_DENIED).
+        """
+        if self.verifier is None:
+            return
+        if proof is None or payload_sha256 is None or not proof.signature:
+            raise BadSignatureError(f"chunk {seq} {_UNSIGNED}")
+        self.verifier.verify_chunk(seq, offset, count, payload_sha256, proof)
+
+    def finish(self, num_chunks: int, proof: CommitProof | None = None) -> bytes:
+        """Check the commit against what arrived; returns the update's digest.
+
+        The digest is the verified chain head, or b"" with signatures off.
+
+        Raises:
+            IncompleteUpdateError: the commit's chunk count differs from the
                 chunks received, or the chunks do not cover every coordinate.
+            BadSignatureError: the commit is unsigned or its signature fails.
         """
         if num_chunks != self.order.next_seq:
-            raise InvalidUpdateError(
-                f"commit says {num_chunks} chunks but {self.order.next_seq} arrived"
+            raise IncompleteUpdateError(
+                f"commit says {num_chunks} chunks but {self.order.next_seq} arrived; "
+                "chunks were lost: resend the whole update"
             )
         if not self.order.is_complete:
-            raise InvalidUpdateError(
+            raise IncompleteUpdateError(
                 f"commit after {self.order.next_offset} of {self.num_coordinates} "
                 "coordinates; every coordinate must be sent"
             )
+        if self.verifier is None:
+            return b""
+        if proof is None or not proof.signature:
+            raise BadSignatureError(f"the commit {_UNSIGNED}")
+        return self.verifier.verify_commit(proof)
 
     def missing_commit(self) -> IncompleteUpdateError:
         """The error for a stream that ended without its commit."""
@@ -56,24 +104,40 @@ class ChunkStream:
 class DenseChunkCheck(ChunkStream):
     """One dense float32 update's chunks, checked in order against its header."""
 
-    def __init__(self, num_coordinates: int, chunk_bytes: int) -> None:
-        super().__init__(num_coordinates, max(1, chunk_bytes // FLOAT32_BYTES))
+    def __init__(
+        self,
+        num_coordinates: int,
+        chunk_bytes: int,
+        verifier: UpdateVerifier | None = None,
+    ) -> None:
+        super().__init__(
+            num_coordinates, max(1, chunk_bytes // FLOAT32_BYTES), verifier
+        )
 
     def check(
-        self, seq: int, offset: int, count: int, payload: bytes | memoryview
+        self,
+        seq: int,
+        offset: int,
+        count: int,
+        payload: bytes | memoryview,
+        proof: ChunkProof | None = None,
+        payload_sha256: bytes | None = None,
     ) -> np.ndarray:
         """Validate one chunk and return its values (a view of `payload`).
 
         Raises:
-            InvalidUpdateError: out of order or range, over the chunk size,
-                payload length not `count` float32s, or non-finite values.
-                A rejected chunk leaves the check's state unchanged.
+            IncompleteUpdateError: out of order, or a broken chain link.
+            BadSignatureError: see `authenticate`.
+            InvalidUpdateError: out of range, over the chunk size, payload
+                length not `count` float32s, or non-finite values.
         """
+        self.order.check(seq, offset, count)
         if count > self.max_count:
             raise InvalidUpdateError(
                 f"chunk {seq} carries {count} coordinates, more than the "
                 f"{self.max_count} that fit in chunk_bytes"
             )
+        self.authenticate(seq, offset, count, payload_sha256, proof)
         if len(payload) != count * FLOAT32_BYTES:
             raise InvalidUpdateError(
                 f"chunk {seq} has {len(payload)} payload bytes but {count} float32 "
@@ -85,7 +149,7 @@ class DenseChunkCheck(ChunkStream):
                 f"chunk {seq} (coordinates {offset}..{offset + count}) contains NaN "
                 "or Inf; the client's training diverged or its buffer is corrupt"
             )
-        self.order.accept(seq, offset, count)  # last: a rejected chunk changes nothing
+        self.order.advance(count)
         self.payload_bytes += len(payload)
         return values
 
@@ -100,27 +164,41 @@ class CodecChunkCheck(ChunkStream):
     """
 
     def __init__(
-        self, spec: ModelSpec, codec: BlockCodec, block_coordinates: int
+        self,
+        spec: ModelSpec,
+        codec: BlockCodec,
+        block_coordinates: int,
+        verifier: UpdateVerifier | None = None,
     ) -> None:
-        super().__init__(spec.num_coordinates, block_coordinates)
+        super().__init__(spec.num_coordinates, block_coordinates, verifier)
         self.spec = spec
         self.codec = codec
 
     def check(
-        self, seq: int, offset: int, count: int, payload: bytes | memoryview
+        self,
+        seq: int,
+        offset: int,
+        count: int,
+        payload: bytes | memoryview,
+        proof: ChunkProof | None = None,
+        payload_sha256: bytes | None = None,
     ) -> DecodedBlock:
         """Validate and decode one block.
 
         Raises:
-            InvalidUpdateError: out of order or range, a block over the
-                announced size, or a payload the codec rejects (the message
-                names the chunk and its coordinates).
+            IncompleteUpdateError: out of order, or a broken chain link.
+            BadSignatureError: see `authenticate`.
+            InvalidUpdateError: out of range, a block over the announced
+                size, or a payload the codec rejects (the message names the
+                chunk and its coordinates).
         """
+        self.order.check(seq, offset, count)
         if count > self.max_count:
             raise InvalidUpdateError(
                 f"chunk {seq} carries {count} coordinates, more than the announced "
                 f"block size of {self.max_count}"
             )
+        self.authenticate(seq, offset, count, payload_sha256, proof)
         try:
             block = self.codec.decode(payload, count)
         except InvalidUpdateError as exc:
@@ -128,6 +206,6 @@ class CodecChunkCheck(ChunkStream):
             if 0 <= offset < self.num_coordinates:
                 where += f", tensor {self.spec.tensor_at(offset).name!r}"
             raise InvalidUpdateError(f"chunk {seq} ({where}): {exc}") from exc
-        self.order.accept(seq, offset, count)  # last: a rejected chunk changes nothing
+        self.order.advance(count)
         self.payload_bytes += len(payload)
         return block

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from fedgrpc.errors import InvalidUpdateError
+from fedgrpc.errors import IncompleteUpdateError, InvalidUpdateError, TooLargeError
 
 DEFAULT_CHUNK_BYTES = 1 << 20
 """Payload bytes per chunk: the loopback throughput sweet spot."""
@@ -48,14 +48,37 @@ class ChunkOrder:
         self.next_offset = 0
 
     def accept(self, seq: int, offset: int, count: int) -> None:
-        """Validate the next chunk's position, or raise `InvalidUpdateError`."""
+        """Validate the next chunk's position and count it (`check`, `advance`)."""
+        self.check(seq, offset, count)
+        self.advance(count)
+
+    def check(self, seq: int, offset: int, count: int) -> None:
+        """Validate the next chunk's position without counting it.
+
+        Raises:
+            IncompleteUpdateError: out of order, or not where the previous
+                chunk ended (a chunk missing or reordered: DATA_LOSS).
+            TooLargeError: a chunk after the vector is complete, or more
+                chunks than `max_chunks` (RESOURCE_EXHAUSTED).
+            InvalidUpdateError: empty, or reaching past the end.
+        """
+        if self.is_complete:
+            raise TooLargeError(
+                f"chunk {seq} is one too many: the {self.total}-long vector was "
+                f"complete after {self.next_seq} chunks; send the commit next"
+            )
+        if seq >= self.max_chunks:
+            raise TooLargeError(
+                f"chunk {seq} exceeds the {self.max_chunks} chunks this update needs"
+            )
         if seq != self.next_seq:
-            raise InvalidUpdateError(
-                f"chunk {seq} arrived where chunk {self.next_seq} was expected: "
-                "chunks must be sent in order without gaps"
+            raise IncompleteUpdateError(
+                f"chunk {seq} arrived where chunk {self.next_seq} was expected: a "
+                "chunk is missing or reordered; chunks must be sent in order "
+                "without gaps"
             )
         if offset != self.next_offset:
-            raise InvalidUpdateError(
+            raise IncompleteUpdateError(
                 f"chunk {seq} starts at {offset} but the previous chunk ended at "
                 f"{self.next_offset}: chunks must tile the vector in order"
             )
@@ -64,10 +87,9 @@ class ChunkOrder:
                 f"chunk {seq} covers [{offset}, {offset + count}) which is empty or "
                 f"past the end of the {self.total}-long vector"
             )
-        if seq >= self.max_chunks:
-            raise InvalidUpdateError(
-                f"chunk {seq} exceeds the {self.max_chunks} chunks this update needs"
-            )
+
+    def advance(self, count: int) -> None:
+        """Count a chunk `check` accepted."""
         self.next_seq += 1
         self.next_offset += count
 

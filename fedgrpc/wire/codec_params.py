@@ -8,6 +8,7 @@ only know raw float32 keep working.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from fedgrpc._proto.v1 import common_pb2
@@ -82,3 +83,24 @@ def codec_params_from_proto(message: common_pb2.CodecParams) -> CodecConfig:
         return TopK(density=message.density, bits=_TOPK_BITS[values])
     except ValueError as exc:  # ConfigError: e.g. density out of range
         raise InvalidUpdateError(f"invalid codec params: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class CodecBinding:
+    """The codec parameters an update's signatures cover (CodecParams numbers)."""
+
+    values: int
+    """`CodecParams.values` (a ValueFormat number)."""
+    density: float
+    """`CodecParams.density` (0 for dense codecs)."""
+
+
+DENSE_FP32_BINDING = CodecBinding(common_pb2.VALUE_FORMAT_FP32, 0.0)
+"""What DENSE_FP32 updates sign: initial weights (always DENSE_FP32, whatever the
+federation's codec) and the pseudo-gradients of a `dense:fp32` federation."""
+
+
+def codec_binding(config: CodecConfig) -> CodecBinding:
+    """What signed pseudo-gradients under `config` say about their codec."""
+    density = config.density if isinstance(config, TopK) else 0.0
+    return CodecBinding(_FORMAT_TO_PROTO[config.values], density)

@@ -6,7 +6,7 @@ so validation of what arrives from the network happens in one place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fedgrpc._proto.v1 import common_pb2, coordinator_pb2
 from fedgrpc.compress import CodecConfig
@@ -93,6 +93,7 @@ def round_config_to_proto(config: CoordinatorConfig) -> common_pb2.RoundConfig:
         codec_params=codec_params_to_proto(
             config.codec_config, config.chunk_bytes, config.resolved_feedback_decay
         ),
+        update_signatures_required=config.update_signatures == "required",
     )
 
 
@@ -101,14 +102,20 @@ class UpdateHeaderInfo:
     """A validated `UpdateHeader`: what the client claims its update is."""
 
     client_id: str
-    session_token: bytes
+    session_token: bytes = field(repr=False)
     round_id: int
     base_version: int
     is_initial_weights: bool
     codec: WireCodec
     num_coordinates: int
     num_samples: int
+    """At least 1 (0 on the wire counts as 1)."""
     train_loss: float
+    round_nonce: bytes = b""
+    base_model_sha256: bytes = b""
+    signature: bytes = field(default=b"", repr=False)
+    declared_samples: int | None = None
+    """`num_samples` exactly as sent (the signature covers it); None: same."""
 
 
 def header_from_proto(header: coordinator_pb2.UpdateHeader) -> UpdateHeaderInfo:
@@ -139,6 +146,10 @@ def header_from_proto(header: coordinator_pb2.UpdateHeader) -> UpdateHeaderInfo:
         num_coordinates=header.num_coordinates,
         num_samples=max(1, header.num_samples),
         train_loss=header.train_loss,
+        round_nonce=header.round_nonce,
+        base_model_sha256=header.base_model_sha256,
+        signature=header.signature,
+        declared_samples=header.num_samples,
     )
 
 

@@ -15,15 +15,22 @@ serializers that see `bytes` pass them through (`serialize_or_pass`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+from google.protobuf.message import DecodeError, Message
 
 from fedgrpc._proto.v1 import coordinator_pb2
+from fedgrpc.crypto.signing import ChunkProof
+from fedgrpc.errors import InvalidUpdateError
+
+M = TypeVar("M", bound=Message)
 
 _LEN = 2  # protobuf wire type of length-delimited fields
 _CHUNK_FIELD = 2  # PushUpdateRequest.chunk and PullModelResponse.chunk
 _PAYLOAD_FIELD = 4  # UpdateChunk.payload
+_PROOF_FIELDS = (5, 6, 7)  # UpdateChunk.payload_sha256, prev_sha256, signature
 _DATA_FIELD = 2  # ModelChunk.data
 
 
@@ -53,13 +60,23 @@ def _frame(fields: bytes, payload_field: int, payload: memoryview) -> bytes:
 
 
 def encode_update_chunk(
-    seq: int, offset: int, count: int, payload: memoryview
+    seq: int,
+    offset: int,
+    count: int,
+    payload: memoryview,
+    proof: ChunkProof | None = None,
 ) -> bytes:
-    """Serialized `PushUpdateRequest(chunk=UpdateChunk(...))` with one payload copy."""
-    fields = coordinator_pb2.UpdateChunk(
-        seq=seq, offset=offset, count=count
-    ).SerializeToString()
-    return _frame(fields, _PAYLOAD_FIELD, payload)
+    """Serialized `PushUpdateRequest(chunk=UpdateChunk(...))` with one payload copy.
+
+    `proof` (payload hash, chain link, signature) is written before the
+    payload; protobuf accepts fields in any order.
+    """
+    chunk = coordinator_pb2.UpdateChunk(seq=seq, offset=offset, count=count)
+    if proof is not None:
+        chunk.payload_sha256 = proof.payload_sha256
+        chunk.prev_sha256 = proof.prev_sha256
+        chunk.signature = proof.signature
+    return _frame(chunk.SerializeToString(), _PAYLOAD_FIELD, payload)
 
 
 def encode_model_chunk(offset: int, data: memoryview) -> bytes:
@@ -83,6 +100,17 @@ class ChunkFrame:
     offset: int
     count: int
     payload: memoryview
+    proof: ChunkProof | None = None
+    """Hash, chain link and signature; None when the chunk carries none."""
+
+
+def chunk_proof(
+    payload_sha256: bytes, prev_sha256: bytes, signature: bytes
+) -> ChunkProof | None:
+    """The proof an UpdateChunk carries, or None if all three fields are empty."""
+    if not (payload_sha256 or prev_sha256 or signature):
+        return None
+    return ChunkProof(payload_sha256, prev_sha256, signature)
 
 
 class _NotPlainChunkError(Exception):
@@ -128,30 +156,78 @@ def _chunk_frame(data: memoryview) -> ChunkFrame:
     if not isinstance(inner, memoryview):
         raise _NotPlainChunkError
     numbers = {1: 0, 2: 0, 3: 0}  # seq, offset, count; proto3 defaults
+    proof = dict.fromkeys(_PROOF_FIELDS, b"")
     payload = memoryview(b"")
     for field, _, value in _fields(inner):  # the last occurrence wins, as in protobuf
         if field in numbers and isinstance(value, int):
             numbers[field] = value
         elif field == _PAYLOAD_FIELD and isinstance(value, memoryview):
             payload = value
+        elif field in proof and isinstance(value, memoryview):
+            proof[field] = bytes(value)  # 32-64 bytes: copied, unlike the payload
         else:
             raise _NotPlainChunkError
-    return ChunkFrame(numbers[1], numbers[2], numbers[3], payload)
+    return ChunkFrame(
+        numbers[1], numbers[2], numbers[3], payload, chunk_proof(*proof.values())
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A request that did not parse as its message type.
+
+    Deserializers return it instead of raising: grpcio would answer a
+    raising deserializer with UNKNOWN (or worse, INTERNAL on a stream); the
+    handler turns this into INVALID_ARGUMENT naming the type.
+    """
+
+    type_name: str
+    reason: str
+
+    def error(self) -> InvalidUpdateError:
+        """The refusal for this message (INVALID_ARGUMENT)."""
+        return InvalidUpdateError(
+            f"the request is not a valid {self.type_name} ({self.reason}); check "
+            "the client's .proto files against protos/fedgrpc/v1"
+        )
+
+
+def lenient(message_class: type[M]) -> Callable[[bytes], M | Malformed]:
+    """A gRPC deserializer for `message_class` that returns `Malformed` on garbage."""
+
+    def deserialize(data: bytes) -> M | Malformed:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as exc:
+            return Malformed(message_class.DESCRIPTOR.full_name, str(exc))
+
+    return deserialize
+
+
+def parsed(message: M | Malformed) -> M:
+    """`message`, or raise its refusal if it did not parse (INVALID_ARGUMENT)."""
+    if isinstance(message, Malformed):
+        raise message.error()
+    return message
+
+
+_parse_push_request = lenient(coordinator_pb2.PushUpdateRequest)
 
 
 def decode_push_request(
     data: bytes,
-) -> coordinator_pb2.PushUpdateRequest | ChunkFrame:
+) -> coordinator_pb2.PushUpdateRequest | ChunkFrame | Malformed:
     """GRPC deserializer for PushUpdate: chunks as zero-copy views, rest via protobuf.
 
     Parsing a 1 MiB chunk with protobuf copies the payload twice (into the
     message, then out as `bytes`); here it stays a view of `data`. Anything
     that is not a plain chunk (header, commit, unknown fields, odd encodings)
-    goes through the generated parser, so semantics are protobuf's.
+    goes through the generated parser, so semantics are protobuf's; what
+    does not parse comes back as `Malformed`.
     """
     if data[:1] == _tag(_CHUNK_FIELD):
         try:
             return _chunk_frame(memoryview(data))
         except _NotPlainChunkError:
             pass
-    return coordinator_pb2.PushUpdateRequest.FromString(data)
+    return _parse_push_request(data)

@@ -1,31 +1,51 @@
 """Raw protobuf calls against a coordinator, for tests that need exact control.
 
 Uses the synchronous grpc API and the generated stubs directly: no fedgrpc
-client code, so these tests check the coordinator against the contract.
+client code, so these tests check the coordinator against the contract. The
+signing follows the contract too (challenge-response Join, signed update
+chains), through `fedgrpc.crypto.signing` and `fedgrpc.wire.signed`, which
+is what a client in another language would reimplement.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import numpy as np
 
-from fedgrpc._proto.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from fedgrpc._proto.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    common_pb2,
+    coordinator_pb2,
+    coordinator_pb2_grpc,
+)
 from fedgrpc.compress import CodecConfig, make_codec
+from fedgrpc.crypto.keys import PrivateKey
+from fedgrpc.crypto.signing import JoinStatement, UpdateSigner, sha256
+from fedgrpc.wire.codec_params import DENSE_FP32_BINDING, CodecBinding, codec_binding
 from fedgrpc.wire.convert import spec_to_proto
+from fedgrpc.wire.frames import encode_update_chunk
+from fedgrpc.wire.signed import (
+    commit_message,
+    key_from_proto,
+    key_to_proto,
+    sign_update_header,
+)
 from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
 
 PB = coordinator_pb2
+Service = coordinator_pb2_grpc.CoordinatorServiceStub
 
 
 def tiny_spec(n: int = 10) -> ModelSpec:
     return ModelSpec((TensorSpec("w", (n,), DType.FLOAT32),))
 
 
-def stub(
-    address: str,
-) -> tuple[grpc.Channel, coordinator_pb2_grpc.CoordinatorServiceStub]:
+def stub(address: str) -> tuple[grpc.Channel, Service]:
     channel = grpc.insecure_channel(
         address,
         options=[
@@ -33,31 +53,182 @@ def stub(
             ("grpc.max_receive_message_length", 64 << 20),
         ],
     )
-    return channel, coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+    service = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+    # Signed updates need the round's nonce and base digest, which raw tests
+    # (without a Session stream) read from AdminService on the same channel.
+    service.admin = admin_pb2_grpc.AdminServiceStub(channel)  # type: ignore[attr-defined]
+    return channel, service
+
+
+@dataclass
+class Joined:
+    """A JoinResponse, the key that joined, and the stub it joined through.
+
+    Attribute access falls through to the response (`joined.client_id`).
+    """
+
+    response: coordinator_pb2.JoinResponse
+    key: PrivateKey
+    service: Service = field(repr=False)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.response, name)
+
+    def with_token(self, token: bytes) -> Joined:
+        """The same client claiming another session token."""
+        response = coordinator_pb2.JoinResponse()
+        response.CopyFrom(self.response)
+        response.session_token = token
+        return Joined(response, self.key, self.service)
+
+
+def join_request(
+    service: Service,
+    spec: ModelSpec,
+    key: PrivateKey,
+    name: str = "raw",
+    **fields: Any,
+) -> coordinator_pb2.JoinRequest:
+    """A signed JoinRequest over a fresh challenge (send it within 60 s)."""
+    challenge = service.GetJoinChallenge(PB.GetJoinChallengeRequest(), timeout=10)
+    fields.setdefault("supported_codecs", [common_pb2.CODEC_DENSE_FP32])
+    request = PB.JoinRequest(
+        client_name=name,
+        model_spec=spec_to_proto(spec),
+        client_key=key_to_proto(key.public_key),
+        challenge_nonce=challenge.nonce,
+        **fields,
+    )
+    statement = JoinStatement(
+        run_id=challenge.run_id,
+        nonce=challenge.nonce,
+        coordinator_key=key_from_proto(challenge.coordinator_key),
+        client_key=key.public_key,
+        client_name=name,
+        model_spec_digest=request.model_spec.digest,
+    )
+    request.join_signature = key.sign(statement.encode())
+    return request
 
 
 def join(
-    service: coordinator_pb2_grpc.CoordinatorServiceStub,
+    service: Service,
     spec: ModelSpec,
     name: str = "raw",
     inner_steps: int = 0,
     codecs: tuple[int, ...] = (common_pb2.CODEC_DENSE_FP32,),
     requested: common_pb2.CodecParams | None = None,
-) -> coordinator_pb2.JoinResponse:
-    return service.Join(
-        PB.JoinRequest(
-            client_name=name,
-            model_spec=spec_to_proto(spec),
-            supported_codecs=list(codecs),  # type: ignore[arg-type]
-            inner_steps=inner_steps,
-            requested_codec=requested,
-        ),
-        timeout=10,
+    key: PrivateKey | None = None,
+) -> Joined:
+    key = key or PrivateKey.generate()
+    request = join_request(
+        service,
+        spec,
+        key,
+        name,
+        supported_codecs=list(codecs),
+        inner_steps=inner_steps,
+        requested_codec=requested,
+    )
+    return Joined(service.Join(request, timeout=10), key, service)
+
+
+def admin_status(joined: Joined) -> admin_pb2.GetStatusResponse:
+    """AdminService.GetStatus on the channel `joined` came through."""
+    admin: admin_pb2_grpc.AdminServiceStub = joined.service.admin  # type: ignore[attr-defined]  # set by `stub`
+    return admin.GetStatus(admin_pb2.GetStatusRequest(), timeout=10)
+
+
+@dataclass
+class UpdateParams:
+    """Everything an update header says besides its values."""
+
+    round_id: int
+    base_version: int
+    initial: bool = False
+    num_samples: int = 1
+    codec: int = common_pb2.CODEC_DENSE_FP32
+    binding: CodecBinding = DENSE_FP32_BINDING
+    nonce: bytes | None = None
+    """None: the coordinator's current round nonce (from AdminService)."""
+    base_sha256: bytes | None = None
+    """None: the current model's SHA-256 (empty for initial weights)."""
+
+
+def signed_header(
+    joined: Joined, size: int, params: UpdateParams
+) -> tuple[coordinator_pb2.PushUpdateRequest, UpdateSigner]:
+    """A signed UpdateHeader message and the signer for the chunks after it."""
+    nonce, base = params.nonce, params.base_sha256
+    if nonce is None or base is None:
+        status = admin_status(joined)
+        nonce = status.round_nonce if nonce is None else nonce
+        if base is None:
+            base = b"" if params.initial else status.model_sha256
+    kind = (
+        PB.UPDATE_KIND_INITIAL_WEIGHTS
+        if params.initial
+        else PB.UPDATE_KIND_PSEUDO_GRADIENT
+    )
+    message = PB.PushUpdateRequest(
+        header=PB.UpdateHeader(
+            client_id=joined.client_id,
+            session_token=joined.session_token,
+            round_id=params.round_id,
+            base_version=params.base_version,
+            kind=kind,
+            codec=params.codec,  # type: ignore[arg-type]
+            num_coordinates=size,
+            num_samples=params.num_samples,
+            train_loss=1.0,
+            round_nonce=nonce,
+            base_model_sha256=base,
+        )
+    )
+    signer = sign_update_header(
+        message.header, joined.key, joined.run_id, params.binding
+    )
+    return message, signer
+
+
+def signed_chunk(
+    signer: UpdateSigner, seq: int, offset: int, count: int, payload: bytes
+) -> coordinator_pb2.PushUpdateRequest:
+    proof = signer.sign_chunk(seq, offset, count, sha256(payload))
+    return PB.PushUpdateRequest(
+        chunk=PB.UpdateChunk(
+            seq=seq,
+            offset=offset,
+            count=count,
+            payload=payload,
+            payload_sha256=proof.payload_sha256,
+            prev_sha256=proof.prev_sha256,
+            signature=proof.signature,
+        )
     )
 
 
+def resigned_first_chunk(
+    joined: Joined,
+    header: coordinator_pb2.PushUpdateRequest,
+    chunk: coordinator_pb2.PushUpdateRequest,
+    payload: bytes,
+    binding: CodecBinding = DENSE_FP32_BINDING,
+) -> coordinator_pb2.PushUpdateRequest:
+    """Chunk 0 of `header`'s update with another payload, validly signed.
+
+    For tests of what the coordinator does with *authentic* bad content
+    (undecodable blocks, NaN), as opposed to tampered content.
+    """
+    copy = PB.UpdateHeader()
+    copy.CopyFrom(header.header)
+    signer = sign_update_header(copy, joined.key, joined.run_id, binding)
+    c = chunk.chunk
+    return signed_chunk(signer, c.seq, c.offset, c.count, payload)
+
+
 def coded_update_messages(
-    joined: coordinator_pb2.JoinResponse,
+    joined: Joined,
     values: np.ndarray,
     codec: CodecConfig,
     *,
@@ -68,56 +239,27 @@ def coded_update_messages(
     """An update encoded block by block with `codec`, and what it decodes to."""
     coder = make_codec(codec, rng=np.random.default_rng(0))
     block = joined.round_config.codec_params.block_coordinates
-    messages = [
-        _header(
-            joined,
-            values.size,
-            round_id,
-            base_version,
-            num_samples,
-            joined.round_config.update_codec,
-        )
-    ]
+    params = UpdateParams(
+        round_id,
+        base_version,
+        num_samples=num_samples,
+        codec=joined.round_config.update_codec,
+        binding=codec_binding(codec),
+    )
+    header, signer = signed_header(joined, values.size, params)
+    messages = [header]
     sent = np.zeros(values.size, dtype=np.float32)
     for seq, start in enumerate(range(0, values.size, block)):
         part = values[start : start + block].astype(np.float32)
         encoded = coder.encode(part)
         encoded.sent.add_into(sent[start : start + part.size])
-        messages.append(
-            PB.PushUpdateRequest(
-                chunk=PB.UpdateChunk(
-                    seq=seq, offset=start, count=part.size, payload=encoded.payload
-                )
-            )
-        )
-    messages.append(PB.PushUpdateRequest(commit=PB.UpdateCommit(num_chunks=seq + 1)))
+        messages.append(signed_chunk(signer, seq, start, part.size, encoded.payload))
+    messages.append(commit_message(signer))
     return messages, sent
 
 
-def _header(
-    joined: coordinator_pb2.JoinResponse,
-    size: int,
-    round_id: int,
-    base_version: int,
-    num_samples: int,
-    codec: int,
-) -> coordinator_pb2.PushUpdateRequest:
-    return PB.PushUpdateRequest(
-        header=PB.UpdateHeader(
-            client_id=joined.client_id,
-            session_token=joined.session_token,
-            round_id=round_id,
-            base_version=base_version,
-            kind=PB.UPDATE_KIND_PSEUDO_GRADIENT,
-            codec=codec,  # type: ignore[arg-type]
-            num_coordinates=size,
-            num_samples=num_samples,
-        )
-    )
-
-
 def update_messages(
-    joined: coordinator_pb2.JoinResponse,
+    joined: Joined,
     values: np.ndarray,
     *,
     round_id: int,
@@ -127,37 +269,36 @@ def update_messages(
     num_samples: int = 1,
     commit: bool = True,
 ) -> Iterator[coordinator_pb2.PushUpdateRequest]:
-    kind = PB.UPDATE_KIND_INITIAL_WEIGHTS if initial else PB.UPDATE_KIND_PSEUDO_GRADIENT
-    yield PB.PushUpdateRequest(
-        header=PB.UpdateHeader(
-            client_id=joined.client_id,
-            session_token=joined.session_token,
-            round_id=round_id,
-            base_version=base_version,
-            kind=kind,
-            codec=common_pb2.CODEC_DENSE_FP32,
-            num_coordinates=values.size,
-            num_samples=num_samples,
-            train_loss=1.0,
-        )
-    )
+    """A signed dense float32 update: header, chunks of `chunk_coords`, commit."""
+    params = UpdateParams(round_id, base_version, initial, num_samples=num_samples)
+    header, signer = signed_header(joined, values.size, params)
+    yield header
     flat = values.astype("<f4")
-    seq = 0
-    for start in range(0, flat.size, chunk_coords):
+    for seq, start in enumerate(range(0, flat.size, chunk_coords)):
         part = flat[start : start + chunk_coords]
-        yield PB.PushUpdateRequest(
-            chunk=PB.UpdateChunk(
-                seq=seq, offset=start, count=part.size, payload=part.tobytes()
-            )
-        )
-        seq += 1
+        yield signed_chunk(signer, seq, start, part.size, part.tobytes())
     if commit:
-        yield PB.PushUpdateRequest(commit=PB.UpdateCommit(num_chunks=seq))
+        yield commit_message(signer)
+
+
+def framed_update(
+    joined: Joined, values: np.ndarray, params: UpdateParams, chunk_coords: int
+) -> list[bytes]:
+    """A signed update pre-encoded as the fedgrpc client sends it (wire.frames)."""
+    header, signer = signed_header(joined, values.size, params)
+    frames = [header.SerializeToString()]
+    flat = values.astype("<f4")
+    for seq, start in enumerate(range(0, flat.size, chunk_coords)):
+        view = memoryview(flat[start : start + chunk_coords].tobytes())
+        proof = signer.sign_chunk(seq, start, len(view) // 4, sha256(view))
+        frames.append(encode_update_chunk(seq, start, len(view) // 4, view, proof))
+    frames.append(commit_message(signer).SerializeToString())
+    return frames
 
 
 def pull(
-    service: coordinator_pb2_grpc.CoordinatorServiceStub,
-    joined: coordinator_pb2.JoinResponse,
+    service: Service,
+    joined: Joined,
     min_version: int = 0,
     timeout: float = 10,
 ) -> tuple[int, np.ndarray]:
@@ -177,4 +318,5 @@ def pull(
             assert message.chunk.offset == len(data)
             data += message.chunk.data
     assert header is not None
+    assert sha256(bytes(data)) == header.weights_sha256
     return header.model_version, np.frombuffer(bytes(data), dtype="<f4")

@@ -20,6 +20,7 @@ def _flat(model: torch.nn.Module) -> np.ndarray:
 def test_topk_round_keeps_unsent_mass_in_the_residual() -> None:
     config = CoordinatorConfig(
         listen="127.0.0.1:0",
+        open_enrollment=True,
         min_clients=1,
         inner_steps=1,
         outer_optimizer="fedavg",  # lr 1: global -= mean of what was sent
@@ -51,7 +52,9 @@ def test_topk_round_keeps_unsent_mass_in_the_residual() -> None:
 
 
 def test_compression_must_match_the_coordinator() -> None:
-    config = CoordinatorConfig(listen="127.0.0.1:0", min_clients=1, codec="topk:0.1")
+    config = CoordinatorConfig(
+        listen="127.0.0.1:0", open_enrollment=True, min_clients=1, codec="topk:0.1"
+    )
     with (
         serve_in_thread(config) as coordinator,
         pytest.raises(fedgrpc.IncompatibleClientError, match="dense:bf16"),
@@ -66,6 +69,7 @@ def test_compression_must_match_the_coordinator() -> None:
 def test_client_uses_the_announced_feedback_decay() -> None:
     config = CoordinatorConfig(
         listen="127.0.0.1:0",
+        open_enrollment=True,
         min_clients=1,
         outer_optimizer="sparseloco",
         codec="topk:0.1:int8",

@@ -15,12 +15,12 @@ from fedgrpc.compress import Dense, TopK
 from fedgrpc.compress.topk import TOPK_GROUP
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.server import CoordinatorThread, serve_in_thread
-from fedgrpc.wire.codec_params import codec_params_to_proto
+from fedgrpc.wire.codec_params import codec_binding, codec_params_to_proto
 from tests.helpers.raw import (
-    PB,
     coded_update_messages,
     join,
     pull,
+    resigned_first_chunk,
     stub,
     tiny_spec,
     update_messages,
@@ -29,12 +29,17 @@ from tests.helpers.raw import (
 N = 200_000  # four 65,536-coordinate top-k blocks, the last one short
 CODECS = (common_pb2.CODEC_DENSE_FP32, common_pb2.CODEC_TOPK)
 TOPK = TopK(density=0.1, bits=8)
+TOPK_SIGNED = codec_binding(TOPK)
 
 
 @pytest.fixture
 def coordinator() -> Iterator[CoordinatorThread]:
     config = CoordinatorConfig(
-        listen="127.0.0.1:0", min_clients=2, inner_steps=5, codec="topk:0.1:int8"
+        listen="127.0.0.1:0",
+        open_enrollment=True,
+        min_clients=2,
+        inner_steps=5,
+        codec="topk:0.1:int8",
     )
     with serve_in_thread(config) as running:
         yield running
@@ -123,9 +128,10 @@ def test_codec_rejections(coordinator: CoordinatorThread) -> None:
         messages, _ = coded_update_messages(
             a, np.ones(N), TOPK, round_id=1, base_version=0
         )
-        bad_chunk = PB.PushUpdateRequest()
-        bad_chunk.CopyFrom(messages[1])
-        bad_chunk.chunk.payload = bad_chunk.chunk.payload[:-3]  # truncated indices
+        truncated = messages[1].chunk.payload[:-3]  # truncated indices, signed
+        bad_chunk = resigned_first_chunk(
+            a, messages[0], messages[1], truncated, TOPK_SIGNED
+        )
         code, details = _code(
             lambda: service.PushUpdate(iter([messages[0], bad_chunk]), timeout=10)
         )
@@ -183,9 +189,8 @@ def test_corrupt_topk_blocks_are_refused_and_the_round_survives(
             a, np.random.default_rng(1).standard_normal(N), TOPK, round_id=1,
             base_version=0,
         )  # fmt: skip
-        bad = PB.PushUpdateRequest()
-        bad.CopyFrom(messages[1])
-        bad.chunk.payload = corrupt(bad.chunk.payload)
+        payload = corrupt(messages[1].chunk.payload)  # authentic, but corrupt
+        bad = resigned_first_chunk(a, messages[0], messages[1], payload, TOPK_SIGNED)
         code, details = _code(
             lambda: service.PushUpdate(iter([messages[0], bad]), timeout=10)
         )

@@ -26,7 +26,11 @@ N = 10
 @pytest.fixture
 def coordinator() -> Iterator[CoordinatorThread]:
     config = CoordinatorConfig(
-        listen="127.0.0.1:0", min_clients=2, inner_steps=5, chunk_bytes=1024
+        listen="127.0.0.1:0",
+        open_enrollment=True,
+        min_clients=2,
+        inner_steps=5,
+        chunk_bytes=1024,
     )
     with serve_in_thread(config) as running:
         yield running
@@ -134,9 +138,7 @@ def test_rejections_never_corrupt_the_weights(coordinator: CoordinatorThread) ->
             lambda: join(service, tiny_spec(N), inner_steps=7),
             "inner_steps=5",
         )
-        forged = type(a)()
-        forged.CopyFrom(a)
-        forged.session_token = b"x" * 16
+        forged = a.with_token(b"x" * 16)
         _expect(code.UNAUTHENTICATED, push(forged, good), "session token")
         _expect(code.INVALID_ARGUMENT, push(a, np.ones(N + 2)), "coordinates")
         _expect(code.FAILED_PRECONDITION, push(a, good, round_id=5), "round 1")
@@ -221,6 +223,7 @@ def test_silent_session_is_evicted_and_round_stops_waiting() -> None:
 
     config = CoordinatorConfig(
         listen="127.0.0.1:0",
+        open_enrollment=True,
         min_clients=1,
         heartbeat_interval_s=0.1,
         session_timeout_s=0.5,
@@ -250,7 +253,9 @@ def test_silent_session_is_evicted_and_round_stops_waiting() -> None:
 def test_shutdown_notice_reaches_open_sessions() -> None:
     import threading
 
-    config = CoordinatorConfig(listen="127.0.0.1:0", min_clients=1)
+    config = CoordinatorConfig(
+        listen="127.0.0.1:0", open_enrollment=True, min_clients=1
+    )
     stop = threading.Event()
     running = CoordinatorThread(config).start()
     try:

@@ -14,6 +14,7 @@ GRPC_DEFAULT_MAX_MESSAGE = 4 << 20
 def test_model_larger_than_max_message_round_trips() -> None:
     config = CoordinatorConfig(
         listen="127.0.0.1:0",
+        open_enrollment=True,
         min_clients=1,
         inner_steps=1,
         outer_optimizer="fedavg",  # lr 1: the new global is exactly the local model
@@ -46,10 +47,13 @@ async def test_early_refusal_of_a_large_push_reports_the_real_status() -> None:
     import pytest
 
     from fedgrpc.client.connection import Credentials, open_channel
-    from fedgrpc.client.transfer import UpdateMeta, push_method, push_update
+    from fedgrpc.client.transfer import Signing, UpdateMeta, push_method, push_update
+    from fedgrpc.wire.codec_params import DENSE_FP32_BINDING
     from tests.helpers.raw import join, stub
 
-    config = CoordinatorConfig(listen="127.0.0.1:0", min_clients=1)
+    config = CoordinatorConfig(
+        listen="127.0.0.1:0", open_enrollment=True, min_clients=1
+    )
     spec_model = torch.nn.Linear(1000, 10_000)  # 10M params: 40 MB
     flat = torch.zeros(sum(p.numel() for p in spec_model.parameters()))
     with serve_in_thread(config) as coordinator:
@@ -59,6 +63,7 @@ async def test_early_refusal_of_a_large_push_reports_the_real_status() -> None:
         with channel:
             joined = join(service, spec_from_module(spec_model))
         credentials = Credentials(joined.client_id, joined.session_token)
+        signing = Signing(joined.key, joined.run_id, DENSE_FP32_BINDING)
         aio_channel = open_channel(coordinator.address)
         async with aio_channel:
             push = push_method(aio_channel)
@@ -72,4 +77,5 @@ async def test_early_refusal_of_a_large_push_reports_the_real_status() -> None:
                         flat,
                         1 << 20,
                         30.0,
+                        signing,
                     )

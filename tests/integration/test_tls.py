@@ -43,6 +43,7 @@ def foreign_pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
 def _coordinator_config(**tls: str) -> CoordinatorConfig:
     return CoordinatorConfig(
         listen="127.0.0.1:0",
+        open_enrollment=True,
         min_clients=1,
         inner_steps=H,
         round_timeout_s=30.0,

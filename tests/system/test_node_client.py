@@ -3,7 +3,9 @@
 Both clients push known pseudo-gradients; with FedAvg (outer lr 1, no
 momentum) every round's new global weights must be the old ones minus the
 plain mean of the two updates, and the Node client must pull exactly the
-bytes the Python client loads.
+bytes the Python client loads. The coordinator admits only the two clients'
+keys, so the Node client's Join proof and update signatures must be
+byte-compatible with the Python reference (fedgrpc/crypto/signing.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import nn
 
 from fedgrpc import DiLoCoClient
 from fedgrpc.config import ClientConfig
+from fedgrpc.crypto import PrivateKey, load_public_key, save_key_pair
 from tests.conftest import Spawn
 from tests.helpers import eventually
 
@@ -38,27 +41,41 @@ ROUNDS = 2
 WAIT_S = 60
 pytestmark = pytest.mark.system
 
-# Pushes a NaN (chunk 0) then a valid update for the open round; prints the
-# outcomes. argv: client module, target, spec JSON, round, base version.
+# A throwaway key is refused; then, as an allowed client, pushes a NaN
+# (chunk 0, validly signed) and a valid update for the open round; prints the
+# outcomes. argv: client module, target, spec JSON, base version, key file.
 PROBE_JS = """
 const fedgrpc = require(process.argv[1]);
-const [target, specJson, round, base] = process.argv.slice(2);
+const [target, specJson, base, keyPath] = process.argv.slice(2);
 (async () => {
   const client = fedgrpc.connect(target);
   const spec = fedgrpc.modelSpec(JSON.parse(specJson));
   const n = fedgrpc.numCoordinates(spec);
-  const fed = await fedgrpc.join(client, { name: 'probe', spec, timeoutMs: 10000 });
+  const out = {};
+  const timeoutMs = 10000;
+  await fedgrpc.join(client, { name: 'stranger', spec, timeoutMs }).catch((err) => {
+    out.stranger = err.codeName;
+    out.strangerDetails = err.details;
+  });
+  const identity = fedgrpc.loadIdentity(keyPath);
+  const fed = await fedgrpc.join(client, { name: 'probe', spec, timeoutMs, identity });
+  const session = fedgrpc.openSession(client, fed);
+  const minVersion = Number(base);
+  const model = await fedgrpc.pullModel(client, fed, { minVersion, timeoutMs });
+  const opened = await fedgrpc.waitForRound(session, model.modelVersion, timeoutMs);
   const push = (values) => fedgrpc.pushDenseUpdate(client, fed, {
-    roundId: Number(round), baseVersion: Number(base), values, timeoutMs: 10000 });
+    roundId: opened.round_id, baseVersion: model.modelVersion,
+    roundNonce: opened.round_nonce, baseSha256: model.sha256, values, timeoutMs });
   const bad = new Float32Array(n);
   bad[1] = NaN;
-  const out = {};
   await push(bad).catch((err) => {
     out.code = err.codeName;
     out.details = err.details;
   });
-  out.ack = await push(new Float32Array(n));
+  const ack = await push(new Float32Array(n));
+  out.ack = { ...ack, update_sha256: ack.update_sha256.toString('hex') };
   console.log(JSON.stringify(out));
+  await session.close('probe done');
   client.close();
 })().catch((err) => { console.error(err.message); process.exitCode = 1; });
 """
@@ -74,7 +91,20 @@ def node() -> str:
 
 
 @pytest.fixture
-def coordinator(spawn: Spawn, tmp_path: Path) -> Iterator[str]:
+def keys(tmp_path: Path) -> Path:
+    """coordinator, python and node key pairs; allowed/ holds the clients' .pub."""
+    directory = tmp_path / "keys"
+    for name in ("coordinator", "python", "node"):
+        save_key_pair(PrivateKey.generate(), directory, name)
+    allowed = directory / "allowed"
+    allowed.mkdir()
+    for name in ("python", "node"):
+        (allowed / f"{name}.pub").write_bytes((directory / f"{name}.pub").read_bytes())
+    return directory
+
+
+@pytest.fixture
+def coordinator(spawn: Spawn, tmp_path: Path, keys: Path) -> Iterator[str]:
     """`fedgrpc serve` for two FedAvg clients; its log is printed at teardown."""
     ready, log_path = tmp_path / "ready", tmp_path / "coordinator.log"
     with log_path.open("w") as log:
@@ -84,6 +114,8 @@ def coordinator(spawn: Spawn, tmp_path: Path) -> Iterator[str]:
                 "--ready-file", str(ready), "--min-clients", "2",
                 "--inner-steps", "1", "--outer-optimizer", "fedavg",
                 "--chunk-bytes", "1024", "--round-timeout-s", str(WAIT_S),
+                "--identity-key", str(keys / "coordinator.key"),
+                "--allowed-client-keys", str(keys / "allowed"),
             ],
             stderr=log,
         )  # fmt: skip
@@ -136,10 +168,10 @@ def _run_python_rounds(
     return trace
 
 
-def _probe_bad_push(node: str, address: str, round_id: int, base: int) -> Any:
+def _probe_bad_push(node: str, address: str, base: int, key: Path) -> Any:
     result = subprocess.run(
         [node, "-e", PROBE_JS, str(NODE_CLIENT / "fedgrpc_client.js"),
-         address, json.dumps(SPEC), str(round_id), str(base)],
+         address, json.dumps(SPEC), str(base), str(key)],
         capture_output=True, text=True, timeout=WAIT_S,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -147,28 +179,33 @@ def _probe_bad_push(node: str, address: str, round_id: int, base: int) -> Any:
 
 
 def test_node_and_python_clients_average_to_the_mean_of_both_updates(
-    spawn: Spawn, coordinator: str, node: str
+    spawn: Spawn, coordinator: str, node: str, keys: Path
 ) -> None:
     # Arrange: the Python client joins first and seeds the model (version 0).
     address = coordinator
     torch.manual_seed(0)
     model = nn.Linear(IN, OUT)
+    pin = str(keys / "coordinator.pub")
     config = ClientConfig(
-        name="python", rpc_timeout_s=10, round_wait_s=WAIT_S, connect_timeout_s=10
-    )
+        name="python", rpc_timeout_s=10, round_wait_s=WAIT_S, connect_timeout_s=10,
+        identity_key=str(keys / "python.key"), coordinator_key=pin,
+    )  # fmt: skip
+    coordinator_fp = load_public_key(pin).fingerprint
     with DiLoCoClient(address, model, config=config) as client:
         seeded = _flat(model)
         node_client = spawn(
             [node, str(NODE_CLIENT / "example.js"), "--target", address,
              "--rounds", str(ROUNDS), "--delta", str(NODE_DELTA),
-             "--spec", json.dumps(SPEC), "--timeout-s", str(WAIT_S)],
+             "--spec", json.dumps(SPEC), "--timeout-s", str(WAIT_S),
+             "--identity-key", str(keys / "node.key"),
+             "--coordinator-key", coordinator_fp],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
 
         # Act: two rounds side by side, then a malformed push from Node.
         trace = _run_python_rounds(client, model, node_client)
         out, err = node_client.communicate(timeout=WAIT_S)
-        probe = _probe_bad_push(node, address, round_id=ROUNDS + 1, base=ROUNDS)
+        probe = _probe_bad_push(node, address, base=ROUNDS, key=keys / "node.key")
 
     # Assert: each new global = old - mean(python update, node update).
     assert node_client.returncode == 0, err
@@ -185,12 +222,16 @@ def test_node_and_python_clients_average_to_the_mean_of_both_updates(
     ]  # fmt: skip
     joined = events[0]
     assert joined["seed_model"] is False
+    assert joined["signed"] is True
+    assert joined["key_sha256"] == load_public_key(keys / "node.pub").fingerprint
+    assert joined["coordinator_key_sha256"] == coordinator_fp
     assert joined["codec"] == "CODEC_DENSE_FP32"
     assert joined["outer_optimizer"] == "OUTER_OPTIMIZER_FEDAVG"
     assert joined["coords_per_chunk"] == 256
     pushed = [e for e in events if e["event"] == "pushed"]
     assert [(e["round_id"], e["base_version"]) for e in pushed] == [(1, 0), (2, 1)]
     assert all(e["chunks"] == 4 and e["bytes"] == n * 4 for e in pushed)
+    assert all(len(e["update_sha256"]) == 64 for e in pushed)  # verified chains
     closed = [e for e in events if e["event"] == "round_closed"]
     assert all(e["outcome"] == "applied" and e["num_updates"] == 2 for e in closed)
     # Node pulled byte for byte what the Python client loaded, every version.
@@ -199,7 +240,10 @@ def test_node_and_python_clients_average_to_the_mean_of_both_updates(
     assert [e["weights_sha256"] for e in pulled] == [
         _sha256(w) for w in (seeded, trace[0][2], trace[1][2])
     ]
-    # A NaN is INVALID_ARGUMENT, and the round still takes the next push.
+    # An unknown key is UNAUTHENTICATED; a (signed) NaN is INVALID_ARGUMENT,
+    # and the round still takes the next push.
+    assert probe["stranger"] == "UNAUTHENTICATED"
+    assert "not allowed to join" in probe["strangerDetails"]
     assert probe["code"] == "INVALID_ARGUMENT"
     assert "contains NaN or Inf" in probe["details"]
     assert probe["ack"]["updates_in_round"] == 1

@@ -42,29 +42,45 @@ def _start_coordinator(
     return process, ready.read_text().strip()
 
 
+def _keygen(directory: Path, name: str) -> str:
+    """`fedgrpc keygen`; returns the fingerprint it printed."""
+    made = subprocess.run(
+        [str(FEDGRPC), "keygen", "--out", str(directory), "--name", name],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return made.stdout.split("fingerprint: ")[1].strip()
+
+
 def test_serve_with_two_torch_loop_clients_then_sigterm(
     spawn: Spawn, tmp_path: Path
 ) -> None:
+    # Arrange: keys as an operator makes them; only the clients' .pub files
+    # go into the allowed directory.
+    keys, allowed = tmp_path / "keys", tmp_path / "allowed"
+    _keygen(keys, "coordinator")
+    fingerprints = [_keygen(keys, f"worker{i}") for i in (1, 2)]
+    allowed.mkdir()
+    for i in (1, 2):
+        (allowed / f"worker{i}.pub").write_bytes((keys / f"worker{i}.pub").read_bytes())
     coordinator, address = _start_coordinator(
-        spawn, tmp_path, "--min-clients", "2", "--inner-steps", "10"
-    )
+        spawn, tmp_path, "--min-clients", "2", "--inner-steps", "10",
+        "--identity-key", str(keys / "coordinator.key"),
+        "--allowed-client-keys", str(allowed),
+    )  # fmt: skip
     assert address.startswith("127.0.0.1:")
     assert not address.endswith(":0")
+
+    def client_argv(seed: int) -> list[str]:
+        return [
+            sys.executable, str(REPO / "client/torch_loop.py"),
+            "--target", address, "--steps", "40", "--seed", str(seed),
+            "--identity-key", str(keys / f"worker{seed}.key"),
+            "--coordinator-key", str(keys / "coordinator.pub"),
+        ]  # fmt: skip
+
     clients = [
         spawn(
-            [
-                sys.executable,
-                str(REPO / "client/torch_loop.py"),
-                "--target",
-                address,
-                "--steps",
-                "40",
-                "--seed",
-                str(seed),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            client_argv(seed), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         for seed in (1, 2)
     ]
@@ -86,6 +102,13 @@ def test_serve_with_two_torch_loop_clients_then_sigterm(
     assert [e["round"] for e in closed] == [1, 2, 3, 4]
     assert all(e["outcome"] == "applied" and e["updates"] == 2 for e in closed)
     assert events[-1]["event"] == "coordinator_stopped"
+    # Identities in the logs are fingerprints; every update's digest is logged.
+    joined = {e["key"] for e in events if e["event"] == "client_joined"}
+    assert joined == {f[:8] for f in fingerprints}
+    committed = [e for e in events if e["event"] == "update_committed"]
+    assert len(committed) == 1 + 4 * 2  # the seed, then 2 per round
+    assert all(len(e["update_sha256"]) == 64 for e in committed)
+    assert "PRIVATE KEY" not in logs
 
 
 def test_serve_rejects_bad_config_with_a_clear_message(tmp_path: Path) -> None:
@@ -109,10 +132,19 @@ def test_serve_rejects_bad_config_with_a_clear_message(tmp_path: Path) -> None:
     assert "min_clients=0 is invalid" in result.stderr
 
 
-def test_port_in_use_is_a_clear_error(spawn: Spawn, tmp_path: Path) -> None:
-    _, address = _start_coordinator(spawn, tmp_path)
+def test_serve_without_allowed_keys_or_open_enrollment_refuses_to_start() -> None:
     result = subprocess.run(
-        [str(FEDGRPC), "serve", "--listen", address],
+        [str(FEDGRPC), "serve", "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "no client could join: set allowed_client_keys" in result.stderr
+
+
+def test_port_in_use_is_a_clear_error(spawn: Spawn, tmp_path: Path) -> None:
+    _, address = _start_coordinator(spawn, tmp_path, "--open-enrollment")
+    result = subprocess.run(
+        [str(FEDGRPC), "serve", "--listen", address, "--open-enrollment"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -33,7 +33,7 @@ def _tls_flags(pki: Path, key: str = "server.key") -> list[str]:
 
 def _serve(*flags: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(FEDGRPC), "serve", "--listen", "127.0.0.1:0", *flags],
+        [str(FEDGRPC), "serve", "--listen", "127.0.0.1:0", "--open-enrollment", *flags],
         capture_output=True,
         text=True,
         timeout=60,
@@ -56,7 +56,7 @@ def test_serve_runs_a_mutual_tls_round_and_logs_no_key(
         [
             str(FEDGRPC), "serve", "--listen", "127.0.0.1:0", "--ready-file",
             str(ready), "--min-clients", "1", "--inner-steps", "2",
-            *_tls_flags(pki),
+            "--open-enrollment", *_tls_flags(pki),
         ],
         stderr=subprocess.PIPE,
         text=True,

@@ -80,3 +80,47 @@ def test_sparseloco_announces_plain_sgd_and_a_decaying_residual() -> None:
     assert round_config_to_proto(CoordinatorConfig()).codec_params.feedback_decay == 1
     with pytest.raises(ConfigError, match="feedback_decay"):
         CoordinatorConfig(feedback_decay=1.5)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"update_signatures": "off"}, "required unless open_enrollment"),
+        ({"update_signatures": "maybe", "open_enrollment": True}, "required or off"),
+        ({"allowed_client_keys": ".", "open_enrollment": True}, "choose one"),
+        ({"allowed_client_keys": "."}, "identity_key=''"),
+        (
+            {"identity_key": "/nonexistent.key", "open_enrollment": True},
+            "cannot be read",
+        ),
+    ],
+)
+def test_identity_settings_are_checked_at_construction(
+    settings: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        CoordinatorConfig(**settings)  # type: ignore[arg-type]
+
+
+def test_identity_flags_override_the_toml(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[coordinator]\nopen_enrollment = true\n")
+    args = build_parser().parse_args(
+        ["serve", "--config", str(path), "--update-signatures", "off"]
+    )
+    overrides = {"update_signatures": args.update_signatures, "open_enrollment": None}
+    config = CoordinatorConfig.from_toml(path, **overrides)
+    assert config.open_enrollment
+    assert config.update_signatures == "off"
+    assert build_parser().parse_args(["serve"]).open_enrollment is None  # no override
+    assert build_parser().parse_args(["serve", "--open-enrollment"]).open_enrollment
+
+
+def test_client_identity_settings(tmp_path: Path) -> None:
+    from fedgrpc.config import ClientConfig
+
+    assert ClientConfig(coordinator_key="AB" * 32).coordinator_key == "AB" * 32
+    with pytest.raises(ConfigError, match=r"coordinator_key='pin\.pub' cannot be read"):
+        ClientConfig(coordinator_key="pin.pub")
+    with pytest.raises(ConfigError, match="identity_key="):
+        ClientConfig(identity_key=str(tmp_path / "missing.key"))

@@ -29,8 +29,9 @@ BASE = ("fedgrpc.errors", "fedgrpc.config", "fedgrpc.log")
 LEAVES = ("compress", "crypto", "secagg", "aggregate", "optim")
 WIRE_MAY_IMPORT = (*BASE, "fedgrpc._proto", "fedgrpc.compress", "fedgrpc.crypto")
 ROLES = ("fedgrpc.coordinator", "fedgrpc.client", "fedgrpc.sim", "fedgrpc.cli")
-# cli and sim drive the roles; the package root re-exports DiLoCoClient (3.4).
-ROLE_IMPORTERS = ("fedgrpc.cli", "fedgrpc.sim")
+# cli (and its operations commands) and sim drive the roles; the package root
+# re-exports DiLoCoClient (3.4).
+ROLE_IMPORTERS = ("fedgrpc.cli", "fedgrpc.cli_ops", "fedgrpc.sim")
 
 
 def _within(name: str, *prefixes: str) -> bool:

@@ -89,6 +89,7 @@ class ClientStatus(_message.Message):
     SAMPLES_CONTRIBUTED_FIELD_NUMBER: _builtins.int
     LAST_ROUND_FIELD_NUMBER: _builtins.int
     LAST_TRAIN_LOSS_FIELD_NUMBER: _builtins.int
+    KEY_SHA256_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """Id assigned at Join."""
     name: _builtins.str
@@ -103,6 +104,8 @@ class ClientStatus(_message.Message):
     """Last round it contributed to (0: none)."""
     last_train_loss: _builtins.float
     """Its last reported mean training loss."""
+    key_sha256: _builtins.str
+    """Fingerprint of the client's public key (hex SHA-256 of the raw key)."""
     def __init__(
         self,
         *,
@@ -113,10 +116,11 @@ class ClientStatus(_message.Message):
         samples_contributed: _builtins.int = ...,
         last_round: _builtins.int = ...,
         last_train_loss: _builtins.float = ...,
+        key_sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "connected", b"connected", "last_round", b"last_round", "last_train_loss", b"last_train_loss", "name", b"name", "samples_contributed", b"samples_contributed", "updates_accepted", b"updates_accepted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "connected", b"connected", "key_sha256", b"key_sha256", "last_round", b"last_round", "last_train_loss", b"last_train_loss", "name", b"name", "samples_contributed", b"samples_contributed", "updates_accepted", b"updates_accepted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -135,6 +139,7 @@ class RoundSummary(_message.Message):
     MEAN_TRAIN_LOSS_FIELD_NUMBER: _builtins.int
     BYTES_RECEIVED_FIELD_NUMBER: _builtins.int
     INGEST_S_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     """Round id."""
     outcome: _coordinator_pb2.RoundOutcome.ValueType
@@ -151,6 +156,8 @@ class RoundSummary(_message.Message):
     """Seconds from the first update header of the round to its last commit:
     bytes_received / ingest_s is the coordinator's ingest rate.
     """
+    reason: _builtins.str
+    """Why it was skipped (as in RoundClosed.reason); empty when applied."""
     def __init__(
         self,
         *,
@@ -161,10 +168,11 @@ class RoundSummary(_message.Message):
         mean_train_loss: _builtins.float = ...,
         bytes_received: _builtins.int = ...,
         ingest_s: _builtins.float = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "duration_s", b"duration_s", "ingest_s", b"ingest_s", "mean_train_loss", b"mean_train_loss", "num_updates", b"num_updates", "outcome", b"outcome", "round_id", b"round_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "duration_s", b"duration_s", "ingest_s", b"ingest_s", "mean_train_loss", b"mean_train_loss", "num_updates", b"num_updates", "outcome", b"outcome", "reason", b"reason", "round_id", b"round_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -187,6 +195,10 @@ class GetStatusResponse(_message.Message):
     BYTES_SENT_FIELD_NUMBER: _builtins.int
     RECENT_ROUNDS_FIELD_NUMBER: _builtins.int
     UPTIME_S_FIELD_NUMBER: _builtins.int
+    ROUND_NONCE_FIELD_NUMBER: _builtins.int
+    MODEL_SHA256_FIELD_NUMBER: _builtins.int
+    COORDINATOR_KEY_SHA256_FIELD_NUMBER: _builtins.int
+    OPEN_ENROLLMENT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Id of this training run."""
     round_id: _builtins.int
@@ -203,6 +215,18 @@ class GetStatusResponse(_message.Message):
     """Total payload bytes sent (model pulls)."""
     uptime_s: _builtins.float
     """Seconds since the coordinator started."""
+    round_nonce: _builtins.bytes
+    """Nonce of the current round (RoundStarted.round_nonce); of round 0 while
+    the model is not seeded.
+    """
+    model_sha256: _builtins.bytes
+    """SHA-256 of the current model's bytes (ModelHeader.weights_sha256);
+    empty before seeding.
+    """
+    coordinator_key_sha256: _builtins.str
+    """Fingerprint of the coordinator's public key."""
+    open_enrollment: _builtins.bool
+    """True when any client key may join (no allowed-keys list)."""
     @_builtins.property
     def round_config(self) -> _common_pb2.RoundConfig:
         """The round configuration."""
@@ -229,10 +253,14 @@ class GetStatusResponse(_message.Message):
         bytes_sent: _builtins.int = ...,
         recent_rounds: _abc.Iterable[Global___RoundSummary] | None = ...,
         uptime_s: _builtins.float = ...,
+        round_nonce: _builtins.bytes = ...,
+        model_sha256: _builtins.bytes = ...,
+        coordinator_key_sha256: _builtins.str = ...,
+        open_enrollment: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["round_config", b"round_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "clients", b"clients", "model_version", b"model_version", "num_parameters", b"num_parameters", "phase", b"phase", "recent_rounds", b"recent_rounds", "round_config", b"round_config", "round_id", b"round_id", "run_id", b"run_id", "uptime_s", b"uptime_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "clients", b"clients", "coordinator_key_sha256", b"coordinator_key_sha256", "model_sha256", b"model_sha256", "model_version", b"model_version", "num_parameters", b"num_parameters", "open_enrollment", b"open_enrollment", "phase", b"phase", "recent_rounds", b"recent_rounds", "round_config", b"round_config", "round_id", b"round_id", "round_nonce", b"round_nonce", "run_id", b"run_id", "uptime_s", b"uptime_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -190,6 +190,33 @@ the clients' error-feedback residual decays by CodecParams.feedback_decay
 """
 Global___OuterOptimizer: _TypeAlias = OuterOptimizer  # noqa: Y015
 
+class _SignatureAlgorithm:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SignatureAlgorithmEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SignatureAlgorithm.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SIGNATURE_ALGORITHM_UNSPECIFIED: _SignatureAlgorithm.ValueType  # 0
+    """Never valid; a key record with it is refused (UNAUTHENTICATED at Join)."""
+    SIGNATURE_ALGORITHM_ED25519: _SignatureAlgorithm.ValueType  # 1
+    """Ed25519 (RFC 8032): 32-byte raw public keys, 64-byte signatures; named
+    "ed25519" inside signed statements. ML-DSA-44 is meant to come next.
+    """
+
+class SignatureAlgorithm(_SignatureAlgorithm, metaclass=_SignatureAlgorithmEnumTypeWrapper):
+    """Signature algorithm of a public key and of every signature made with it.
+    Each signed statement (see PublicKeyRecord) also names the algorithm inside
+    the signed bytes, so a signature can never be replayed under another one.
+    """
+
+SIGNATURE_ALGORITHM_UNSPECIFIED: SignatureAlgorithm.ValueType  # 0
+"""Never valid; a key record with it is refused (UNAUTHENTICATED at Join)."""
+SIGNATURE_ALGORITHM_ED25519: SignatureAlgorithm.ValueType  # 1
+"""Ed25519 (RFC 8032): 32-byte raw public keys, 64-byte signatures; named
+"ed25519" inside signed statements. ML-DSA-44 is meant to come next.
+"""
+Global___SignatureAlgorithm: _TypeAlias = SignatureAlgorithm  # noqa: Y015
+
 @_typing.final
 class TensorSpec(_message.Message):
     """One named parameter tensor of the federated model."""
@@ -315,6 +342,7 @@ class RoundConfig(_message.Message):
     OUTER_MOMENTUM_FIELD_NUMBER: _builtins.int
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
     CODEC_PARAMS_FIELD_NUMBER: _builtins.int
+    UPDATE_SIGNATURES_REQUIRED_FIELD_NUMBER: _builtins.int
     inner_steps: _builtins.int
     """Inner optimizer steps each client takes between two pushes (DiLoCo's H)."""
     update_codec: Global___Codec.ValueType
@@ -337,6 +365,12 @@ class RoundConfig(_message.Message):
     """Largest gRPC message, in bytes, the coordinator accepts; larger
     messages fail with RESOURCE_EXHAUSTED.
     """
+    update_signatures_required: _builtins.bool
+    """True when every UpdateHeader, UpdateChunk and UpdateCommit must carry a
+    valid signature by the client's key (the default). False only on an
+    open-enrollment coordinator run with `update_signatures = "off"` for
+    benchmarks; older coordinators never set it.
+    """
     @_builtins.property
     def codec_params(self) -> Global___CodecParams:
         """The update codec in full (`update_codec` repeats its `codec`)."""
@@ -354,11 +388,52 @@ class RoundConfig(_message.Message):
         outer_momentum: _builtins.float = ...,
         max_message_bytes: _builtins.int = ...,
         codec_params: Global___CodecParams | None = ...,
+        update_signatures_required: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["codec_params", b"codec_params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "codec_params", b"codec_params", "inner_steps", b"inner_steps", "max_message_bytes", b"max_message_bytes", "min_clients", b"min_clients", "outer_lr", b"outer_lr", "outer_momentum", b"outer_momentum", "outer_optimizer", b"outer_optimizer", "round_timeout_s", b"round_timeout_s", "update_codec", b"update_codec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "codec_params", b"codec_params", "inner_steps", b"inner_steps", "max_message_bytes", b"max_message_bytes", "min_clients", b"min_clients", "outer_lr", b"outer_lr", "outer_momentum", b"outer_momentum", "outer_optimizer", b"outer_optimizer", "round_timeout_s", b"round_timeout_s", "update_codec", b"update_codec", "update_signatures_required", b"update_signatures_required"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RoundConfig: _TypeAlias = RoundConfig  # noqa: Y015
+
+@_typing.final
+class PublicKeyRecord(_message.Message):
+    """A public signing key: the identity of a client or of the coordinator.
+
+    What gets signed (every fedgrpc signature, reference implementation
+    fedgrpc/crypto/signing.py): a *statement*, the concatenation of fields,
+    each written as its byte length (uint32 little-endian) followed by its
+    bytes. The first three fields are always the domain string (which kind of
+    statement), the format version (one byte, 0x01) and the algorithm name
+    ("ed25519"). Integers are 8-byte little-endian unsigned fields, doubles
+    8-byte IEEE 754 little-endian, floats 4-byte, strings UTF-8, enums their
+    number as an 8-byte integer. The signature is over these bytes, never over
+    a protobuf encoding (which is not canonical).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALGORITHM_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    algorithm: Global___SignatureAlgorithm.ValueType
+    """The algorithm of the key and its signatures."""
+    public_key: _builtins.bytes
+    """The raw public key: 32 bytes for Ed25519. Its fingerprint, as logs,
+    allowed-keys lists and `fedgrpc keygen` show it, is the lowercase hex
+    SHA-256 of these bytes.
+    """
+    def __init__(
+        self,
+        *,
+        algorithm: Global___SignatureAlgorithm.ValueType = ...,
+        public_key: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "public_key", b"public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublicKeyRecord: _TypeAlias = PublicKeyRecord  # noqa: Y015

@@ -8,6 +8,13 @@ Data RPCs (PushUpdate, PullModel) are separate from the control stream
 (Session) so that a gigabyte transfer never blocks a heartbeat. Tensors
 travel as ~1 MiB chunks of a flat coordinate space defined by ModelSpec;
 no message ever carries a whole model.
+
+Identity: every client holds a signing key (PublicKeyRecord). It proves
+possession at Join by signing a fresh coordinator challenge, and signs
+every update it pushes: the header, each chunk (a chained header that
+covers the payload's SHA-256) and the commit. The coordinator signs every
+model it sends. See PublicKeyRecord (common.proto) for the byte layout of
+signed statements.
 """
 
 from collections import abc as _abc
@@ -80,8 +87,70 @@ UPDATE_KIND_INITIAL_WEIGHTS: UpdateKind.ValueType  # 2
 Global___UpdateKind: _TypeAlias = UpdateKind  # noqa: Y015
 
 @_typing.final
+class GetJoinChallengeRequest(_message.Message):
+    """An empty request: a challenge is not tied to anything the client says."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJoinChallengeRequest: _TypeAlias = GetJoinChallengeRequest  # noqa: Y015
+
+@_typing.final
+class GetJoinChallengeResponse(_message.Message):
+    """A fresh Join challenge."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NONCE_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    COORDINATOR_KEY_FIELD_NUMBER: _builtins.int
+    EXPIRES_IN_S_FIELD_NUMBER: _builtins.int
+    nonce: _builtins.bytes
+    """32 random bytes; single use, for one Join within `expires_in_s`."""
+    run_id: _builtins.str
+    """Id of this training run; the Join statement includes it."""
+    expires_in_s: _builtins.float
+    """Seconds the nonce stays valid."""
+    @_builtins.property
+    def coordinator_key(self) -> _common_pb2.PublicKeyRecord:
+        """The coordinator's public key. Models arrive signed by it, and the Join
+        statement names it, so a signed Join is useless to any other coordinator.
+        """
+
+    def __init__(
+        self,
+        *,
+        nonce: _builtins.bytes = ...,
+        run_id: _builtins.str = ...,
+        coordinator_key: _common_pb2.PublicKeyRecord | None = ...,
+        expires_in_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["coordinator_key", b"coordinator_key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_key", b"coordinator_key", "expires_in_s", b"expires_in_s", "nonce", b"nonce", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJoinChallengeResponse: _TypeAlias = GetJoinChallengeResponse  # noqa: Y015
+
+@_typing.final
 class JoinRequest(_message.Message):
-    """Client identity and capabilities."""
+    """Client identity and capabilities.
+
+    The Join statement the client signs has the domain "fedgrpc.v1.Join" and
+    the fields, in order: run_id, challenge_nonce, the coordinator key's
+    algorithm name, the coordinator's raw public key, the client's raw public
+    key, client_name, and model_spec.digest (see PublicKeyRecord for the
+    encoding).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -91,6 +160,9 @@ class JoinRequest(_message.Message):
     INNER_STEPS_FIELD_NUMBER: _builtins.int
     LIBRARY_VERSION_FIELD_NUMBER: _builtins.int
     REQUESTED_CODEC_FIELD_NUMBER: _builtins.int
+    CLIENT_KEY_FIELD_NUMBER: _builtins.int
+    CHALLENGE_NONCE_FIELD_NUMBER: _builtins.int
+    JOIN_SIGNATURE_FIELD_NUMBER: _builtins.int
     client_name: _builtins.str
     """Human-readable client name for logs and status (not an identity)."""
     inner_steps: _builtins.int
@@ -99,6 +171,10 @@ class JoinRequest(_message.Message):
     """
     library_version: _builtins.str
     """fedgrpc version of the client, for logs."""
+    challenge_nonce: _builtins.bytes
+    """The nonce from GetJoinChallenge."""
+    join_signature: _builtins.bytes
+    """The client key's signature over the Join statement (above)."""
     @_builtins.property
     def model_spec(self) -> _common_pb2.ModelSpec:
         """The model the client trains. The first client's spec defines the
@@ -116,6 +192,10 @@ class JoinRequest(_message.Message):
         both; leave unset to follow the coordinator.
         """
 
+    @_builtins.property
+    def client_key(self) -> _common_pb2.PublicKeyRecord:
+        """The client's public key: its identity for this Join and every update."""
+
     def __init__(
         self,
         *,
@@ -125,10 +205,13 @@ class JoinRequest(_message.Message):
         inner_steps: _builtins.int = ...,
         library_version: _builtins.str = ...,
         requested_codec: _common_pb2.CodecParams | None = ...,
+        client_key: _common_pb2.PublicKeyRecord | None = ...,
+        challenge_nonce: _builtins.bytes = ...,
+        join_signature: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["model_spec", b"model_spec", "requested_codec", b"requested_codec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client_key", b"client_key", "model_spec", b"model_spec", "requested_codec", b"requested_codec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_name", b"client_name", "inner_steps", b"inner_steps", "library_version", b"library_version", "model_spec", b"model_spec", "requested_codec", b"requested_codec", "supported_codecs", b"supported_codecs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_nonce", b"challenge_nonce", "client_key", b"client_key", "client_name", b"client_name", "inner_steps", b"inner_steps", "join_signature", b"join_signature", "library_version", b"library_version", "model_spec", b"model_spec", "requested_codec", b"requested_codec", "supported_codecs", b"supported_codecs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -148,6 +231,8 @@ class JoinResponse(_message.Message):
     CURRENT_ROUND_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     SEED_MODEL_FIELD_NUMBER: _builtins.int
+    COORDINATOR_KEY_FIELD_NUMBER: _builtins.int
+    ROUND_NONCE_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """Id the coordinator assigned to this client; stable for the connection."""
     session_token: _builtins.bytes
@@ -162,6 +247,10 @@ class JoinResponse(_message.Message):
     """True when the coordinator has no weights yet and this client must upload
     its initial weights (PushUpdate with UPDATE_KIND_INITIAL_WEIGHTS).
     """
+    round_nonce: _builtins.bytes
+    """Nonce of `current_round`; of round 0, the initial weights, while the
+    model is not seeded. Later rounds announce theirs in RoundStarted.
+    """
     @_builtins.property
     def round_config(self) -> _common_pb2.RoundConfig:
         """The round configuration every client follows."""
@@ -169,6 +258,10 @@ class JoinResponse(_message.Message):
     @_builtins.property
     def model_spec(self) -> _common_pb2.ModelSpec:
         """The federation's model spec."""
+
+    @_builtins.property
+    def coordinator_key(self) -> _common_pb2.PublicKeyRecord:
+        """The coordinator's public key (as in GetJoinChallengeResponse)."""
 
     def __init__(
         self,
@@ -181,10 +274,12 @@ class JoinResponse(_message.Message):
         current_round: _builtins.int = ...,
         model_version: _builtins.int = ...,
         seed_model: _builtins.bool = ...,
+        coordinator_key: _common_pb2.PublicKeyRecord | None = ...,
+        round_nonce: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["model_spec", b"model_spec", "round_config", b"round_config"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["coordinator_key", b"coordinator_key", "model_spec", b"model_spec", "round_config", b"round_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "current_round", b"current_round", "model_spec", b"model_spec", "model_version", b"model_version", "round_config", b"round_config", "run_id", b"run_id", "seed_model", b"seed_model", "session_token", b"session_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "coordinator_key", b"coordinator_key", "current_round", b"current_round", "model_spec", b"model_spec", "model_version", b"model_version", "round_config", b"round_config", "round_nonce", b"round_nonce", "run_id", b"run_id", "seed_model", b"seed_model", "session_token", b"session_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -351,6 +446,7 @@ class RoundStarted(_message.Message):
     ROUND_ID_FIELD_NUMBER: _builtins.int
     BASE_VERSION_FIELD_NUMBER: _builtins.int
     DEADLINE_UNIX_S_FIELD_NUMBER: _builtins.int
+    ROUND_NONCE_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     """The round that now collects updates."""
     base_version: _builtins.int
@@ -359,16 +455,21 @@ class RoundStarted(_message.Message):
     """Wall-clock deadline for updates, seconds since the Unix epoch; 0 while
     unknown (a round's deadline starts with its first committed update).
     """
+    round_nonce: _builtins.bytes
+    """16 random bytes naming this round of this run; updates sign it, so an
+    update signed for another round (or an earlier run) is refused.
+    """
     def __init__(
         self,
         *,
         round_id: _builtins.int = ...,
         base_version: _builtins.int = ...,
         deadline_unix_s: _builtins.float = ...,
+        round_nonce: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "deadline_unix_s", b"deadline_unix_s", "round_id", b"round_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "deadline_unix_s", b"deadline_unix_s", "round_id", b"round_id", "round_nonce", b"round_nonce"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -474,7 +575,15 @@ Global___PushUpdateRequest: _TypeAlias = PushUpdateRequest  # noqa: Y015
 
 @_typing.final
 class UpdateHeader(_message.Message):
-    """Describes the update that follows."""
+    """Describes the update that follows.
+
+    `signature` is the client key's signature over the update statement:
+    domain "fedgrpc.v1.UpdateHeader", then run_id, round_id, round_nonce,
+    client_id, base_version, base_model_sha256, kind, codec, the federation's
+    CodecParams.values and .density (FP32 and 0 for DENSE_FP32 updates and
+    initial weights), num_coordinates, num_samples and train_loss (a 4-byte
+    float), all as sent in this header.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -487,6 +596,9 @@ class UpdateHeader(_message.Message):
     NUM_COORDINATES_FIELD_NUMBER: _builtins.int
     NUM_SAMPLES_FIELD_NUMBER: _builtins.int
     TRAIN_LOSS_FIELD_NUMBER: _builtins.int
+    ROUND_NONCE_FIELD_NUMBER: _builtins.int
+    BASE_MODEL_SHA256_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """Client id from JoinResponse."""
     session_token: _builtins.bytes
@@ -505,6 +617,18 @@ class UpdateHeader(_message.Message):
     """Training samples behind this update; weights the average (0 counts as 1)."""
     train_loss: _builtins.float
     """The client's mean training loss over its inner steps, for status."""
+    round_nonce: _builtins.bytes
+    """The round's nonce (RoundStarted.round_nonce; JoinResponse.round_nonce
+    for initial weights).
+    """
+    base_model_sha256: _builtins.bytes
+    """SHA-256 of the base model's bytes (ModelHeader.weights_sha256 of
+    `base_version`); empty for initial weights.
+    """
+    signature: _builtins.bytes
+    """Signature over the update statement (above); may be empty only when
+    RoundConfig.update_signatures_required is false.
+    """
     def __init__(
         self,
         *,
@@ -517,10 +641,13 @@ class UpdateHeader(_message.Message):
         num_coordinates: _builtins.int = ...,
         num_samples: _builtins.int = ...,
         train_loss: _builtins.float = ...,
+        round_nonce: _builtins.bytes = ...,
+        base_model_sha256: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "client_id", b"client_id", "codec", b"codec", "kind", b"kind", "num_coordinates", b"num_coordinates", "num_samples", b"num_samples", "round_id", b"round_id", "session_token", b"session_token", "train_loss", b"train_loss"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model_sha256", b"base_model_sha256", "base_version", b"base_version", "client_id", b"client_id", "codec", b"codec", "kind", b"kind", "num_coordinates", b"num_coordinates", "num_samples", b"num_samples", "round_id", b"round_id", "round_nonce", b"round_nonce", "session_token", b"session_token", "signature", b"signature", "train_loss", b"train_loss"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -528,7 +655,19 @@ Global___UpdateHeader: _TypeAlias = UpdateHeader  # noqa: Y015
 
 @_typing.final
 class UpdateChunk(_message.Message):
-    """One slice of the flat update vector."""
+    """One slice of the flat update vector.
+
+    Each chunk is signed as a *chunk statement*: domain
+    "fedgrpc.v1.UpdateChunk", then run_id, round_id, round_nonce, client_id,
+    base_model_sha256, codec, values and density (as in the update statement),
+    seq, offset, count, payload_sha256 and prev_sha256. The chunk's position is
+    (seq, offset, count) in the flat coordinate space of ModelSpec; which
+    tensor(s) it covers follows from `offset`. Only this small statement is
+    signed, never the payload itself: its SHA-256 stands in for it.
+    The chain: chunk 0's prev_sha256 is the SHA-256 of the update statement,
+    chunk i's the SHA-256 of chunk i-1's statement, so dropping, reordering or
+    replaying a chunk breaks it.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -536,6 +675,9 @@ class UpdateChunk(_message.Message):
     OFFSET_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    PAYLOAD_SHA256_FIELD_NUMBER: _builtins.int
+    PREV_SHA256_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """0, 1, 2, ... in stream order."""
     offset: _builtins.int
@@ -544,6 +686,12 @@ class UpdateChunk(_message.Message):
     """Number of coordinates covered."""
     payload: _builtins.bytes
     """The values, encoded with the header's codec."""
+    payload_sha256: _builtins.bytes
+    """SHA-256 of `payload` (32 bytes)."""
+    prev_sha256: _builtins.bytes
+    """The chain link (32 bytes; see above)."""
+    signature: _builtins.bytes
+    """Signature over the chunk statement (above)."""
     def __init__(
         self,
         *,
@@ -551,10 +699,13 @@ class UpdateChunk(_message.Message):
         offset: _builtins.int = ...,
         count: _builtins.int = ...,
         payload: _builtins.bytes = ...,
+        payload_sha256: _builtins.bytes = ...,
+        prev_sha256: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "offset", b"offset", "payload", b"payload", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "offset", b"offset", "payload", b"payload", "payload_sha256", b"payload_sha256", "prev_sha256", b"prev_sha256", "seq", b"seq", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -562,23 +713,35 @@ Global___UpdateChunk: _TypeAlias = UpdateChunk  # noqa: Y015
 
 @_typing.final
 class UpdateCommit(_message.Message):
-    """Closes an update; it is checked against what arrived before anything is
-    added to the round.
+    """Closes an update. Its signature covers the commit statement: domain
+    "fedgrpc.v1.UpdateCommit", then run_id, round_id, round_nonce, client_id,
+    chain_sha256 and num_chunks. The update counts only once it verifies.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NUM_CHUNKS_FIELD_NUMBER: _builtins.int
+    CHAIN_SHA256_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     num_chunks: _builtins.int
     """Number of chunks sent."""
+    chain_sha256: _builtins.bytes
+    """The chain head: SHA-256 of the last chunk's statement. This is the
+    update's digest (PushUpdateResponse.update_sha256); it covers every
+    header field and, through the payload hashes, every byte sent.
+    """
+    signature: _builtins.bytes
+    """Signature over the commit statement (above)."""
     def __init__(
         self,
         *,
         num_chunks: _builtins.int = ...,
+        chain_sha256: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["num_chunks", b"num_chunks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_sha256", b"chain_sha256", "num_chunks", b"num_chunks", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -593,22 +756,29 @@ class PushUpdateResponse(_message.Message):
     ROUND_ID_FIELD_NUMBER: _builtins.int
     UPDATES_IN_ROUND_FIELD_NUMBER: _builtins.int
     BYTES_RECEIVED_FIELD_NUMBER: _builtins.int
+    UPDATE_SHA256_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     """Round the update was added to."""
     updates_in_round: _builtins.int
     """Updates the round holds now, this one included."""
     bytes_received: _builtins.int
     """Payload bytes the coordinator received for this update."""
+    update_sha256: _builtins.bytes
+    """The update's digest as the coordinator verified it (the chain head, see
+    UpdateCommit); `fedgrpc verify --update FILE --hash HEX` checks an
+    exported update against it. Empty when signatures are off.
+    """
     def __init__(
         self,
         *,
         round_id: _builtins.int = ...,
         updates_in_round: _builtins.int = ...,
         bytes_received: _builtins.int = ...,
+        update_sha256: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "round_id", b"round_id", "updates_in_round", b"updates_in_round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "round_id", b"round_id", "update_sha256", b"update_sha256", "updates_in_round", b"updates_in_round"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -678,7 +848,12 @@ Global___PullModelResponse: _TypeAlias = PullModelResponse  # noqa: Y015
 
 @_typing.final
 class ModelHeader(_message.Message):
-    """Describes the weights that follow."""
+    """Describes the weights that follow.
+
+    `signature` is the coordinator key's signature over the model statement:
+    domain "fedgrpc.v1.ModelHeader", then run_id, model_version, round_id,
+    model_spec_digest, total_bytes and weights_sha256.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -686,6 +861,8 @@ class ModelHeader(_message.Message):
     ROUND_ID_FIELD_NUMBER: _builtins.int
     MODEL_SPEC_DIGEST_FIELD_NUMBER: _builtins.int
     TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    WEIGHTS_SHA256_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     model_version: _builtins.int
     """Version of these weights."""
     round_id: _builtins.int
@@ -694,6 +871,10 @@ class ModelHeader(_message.Message):
     """Digest of the ModelSpec the bytes follow."""
     total_bytes: _builtins.int
     """Total bytes that follow: each tensor in its own dtype, in spec order."""
+    weights_sha256: _builtins.bytes
+    """SHA-256 of those bytes, in order."""
+    signature: _builtins.bytes
+    """The coordinator's signature over the model statement (above)."""
     def __init__(
         self,
         *,
@@ -701,10 +882,12 @@ class ModelHeader(_message.Message):
         round_id: _builtins.int = ...,
         model_spec_digest: _builtins.bytes = ...,
         total_bytes: _builtins.int = ...,
+        weights_sha256: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_spec_digest", b"model_spec_digest", "model_version", b"model_version", "round_id", b"round_id", "total_bytes", b"total_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_spec_digest", b"model_spec_digest", "model_version", b"model_version", "round_id", b"round_id", "signature", b"signature", "total_bytes", b"total_bytes", "weights_sha256", b"weights_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

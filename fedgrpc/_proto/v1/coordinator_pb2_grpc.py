@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class CoordinatorServiceStub:
-    """The coordinator of one federated training run.
+    """The coordinator of one federated training run. Every RPC answers a request
+    message that does not parse with INVALID_ARGUMENT naming its type.
     """
 
     def __init__(self, channel):
@@ -35,6 +36,11 @@ class CoordinatorServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.GetJoinChallenge = channel.unary_unary(
+                '/fedgrpc.v1.CoordinatorService/GetJoinChallenge',
+                request_serializer=fedgrpc_dot_v1_dot_coordinator__pb2.GetJoinChallengeRequest.SerializeToString,
+                response_deserializer=fedgrpc_dot_v1_dot_coordinator__pb2.GetJoinChallengeResponse.FromString,
+                _registered_method=True)
         self.Join = channel.unary_unary(
                 '/fedgrpc.v1.CoordinatorService/Join',
                 request_serializer=fedgrpc_dot_v1_dot_coordinator__pb2.JoinRequest.SerializeToString,
@@ -58,15 +64,40 @@ class CoordinatorServiceStub:
 
 
 class CoordinatorServiceServicer:
-    """The coordinator of one federated training run.
+    """The coordinator of one federated training run. Every RPC answers a request
+    message that does not parse with INVALID_ARGUMENT naming its type.
     """
+
+    def GetJoinChallenge(self, request, context):
+        """Issues a single-use challenge for Join: a random nonce bound to this run,
+        valid for `expires_in_s`, and the coordinator's public key (pin it, or
+        trust it on first use and verify every model against it).
+
+        Status codes:
+        OK: always, while serving.
+        UNAVAILABLE: the coordinator is shutting down; retry with backoff.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def Join(self, request, context):
         """Registers a client and returns the federation's round configuration.
 
+        The client proves possession of its key first: `join_signature` must
+        verify over the Join statement (JoinRequest) for a challenge from
+        GetJoinChallenge, and the key must be one the coordinator allows (its
+        `allowed_client_keys`; any key with `open_enrollment`). Only then are the
+        model and settings checked, so an unknown client learns nothing about
+        the federation.
+
         Status codes:
         OK: joined; `seed_model` says whether this client must upload the
         initial weights.
+        UNAUTHENTICATED: no or malformed client key, a challenge that is
+        unknown, used or expired, a signature that does not verify, or a
+        key not in the coordinator's allowed keys (the message gives its
+        fingerprint).
         INVALID_ARGUMENT: empty or malformed model spec, or a spec that differs
         from the federation's (the message names the first differing tensor).
         FAILED_PRECONDITION: the client asked for inner_steps or a codec that
@@ -85,6 +116,8 @@ class CoordinatorServiceServicer:
 
         Status codes:
         UNAUTHENTICATED: unknown client id or wrong session token.
+        FAILED_PRECONDITION: no client id and no token: the call came before
+        Join.
         INVALID_ARGUMENT: the first message is not SessionOpen.
         UNAVAILABLE: the coordinator is shutting down; reconnect with backoff.
         """
@@ -94,27 +127,41 @@ class CoordinatorServiceServicer:
 
     def PushUpdate(self, request_iterator, context):
         """Uploads one update: an UpdateHeader, then UpdateChunks in order, then an
-        UpdateCommit. Each chunk is checked (order, range, size, NaN/Inf) and then
-        added to the round's running sum at once, so the coordinator holds one
-        model-sized sum however many clients push. An update counts only once its
-        commit checks out. A stream that fails after its first chunk was added
-        cannot be taken out of the sum again: the round is then discarded
-        (RoundClosed SKIPPED with the reason; weights unchanged, clients keep
-        their local progress). A stream refused at its header or first chunk
-        leaves the round untouched.
+        UpdateCommit. The header's signature is checked before anything else.
+        Each chunk is then verified in full *before* it touches the round: its
+        chain link, the SHA-256 of its payload, its signature, its order and
+        range, and its values (decodable, finite). Only then is it added to the
+        round's running sum, so the coordinator holds one model-sized sum however
+        many clients push, and forged, tampered or replayed bytes never reach it.
+        An update counts only once its signed commit checks out. A stream that
+        fails after its first chunk was added (a later chunk rejected, a bad
+        commit signature, a stream that breaks) cannot be taken out of the sum
+        again: the round is then discarded (RoundClosed SKIPPED with the reason;
+        weights unchanged, clients keep their local progress). A stream refused
+        at its header or first chunk leaves the round untouched.
 
         Status codes:
         OK: the update was added to the round.
         UNAUTHENTICATED: unknown client id or wrong session token.
+        PERMISSION_DENIED: a header, chunk or commit signature that does not
+        verify under the client's key, or a payload whose SHA-256 is not
+        the one its chunk signed (altered in transit).
         INVALID_ARGUMENT: stream not header-chunks-commit; wrong codec or
-        coordinate count; chunk out of range, misaligned, reordered, or with
-        NaN/Inf values; commit that does not match the chunks sent.
-        FAILED_PRECONDITION: wrong round or base version (the round closed or
-        the client is behind: pull the model and retry next round), a second
-        update for the same round, a round past its deadline, or initial
-        weights sent when the model is already seeded.
-        RESOURCE_EXHAUSTED: a message over max_message_bytes.
-        DATA_LOSS: the stream ended before the commit.
+        coordinate count; chunk out of range or over the block size, or
+        with undecodable or NaN/Inf values.
+        FAILED_PRECONDITION: a push before Join (no client id and no token);
+        wrong round, round nonce or base version (the round closed, the
+        client is behind, or the header was replayed: pull the model and
+        retry next round), a second update for the same round, a round
+        past its deadline, or initial weights sent when the model is
+        already seeded.
+        RESOURCE_EXHAUSTED: a message over max_message_bytes, or a chunk after
+        every coordinate was sent (too many chunks).
+        DATA_LOSS: the chunks do not form this update's chain: a chunk is
+        missing, reordered, or replayed from another round, client or
+        update (its chain link does not match); a commit whose chunk count
+        or coverage differs from what arrived; or the stream ended before
+        the commit. Resend the whole update, chunks in order, each once.
         UNAVAILABLE: the coordinator is shutting down.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -122,12 +169,14 @@ class CoordinatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PullModel(self, request, context):
-        """Streams the global weights: a ModelHeader, then ModelChunks covering the
-        model's bytes in order. Waits (up to the call's deadline) until the model
+        """Streams the global weights: a ModelHeader signed by the coordinator's key,
+        then ModelChunks covering the model's bytes in order; clients check the
+        bytes against the header's `weights_sha256`. Waits (up to the call's deadline) until the model
         version is at least `min_version`.
 
         Status codes:
         UNAUTHENTICATED: unknown client id or wrong session token.
+        FAILED_PRECONDITION: no client id and no token (before Join).
         DEADLINE_EXCEEDED: the requested version did not appear in time.
         UNAVAILABLE: the coordinator is shutting down.
         """
@@ -138,6 +187,11 @@ class CoordinatorServiceServicer:
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'GetJoinChallenge': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJoinChallenge,
+                    request_deserializer=fedgrpc_dot_v1_dot_coordinator__pb2.GetJoinChallengeRequest.FromString,
+                    response_serializer=fedgrpc_dot_v1_dot_coordinator__pb2.GetJoinChallengeResponse.SerializeToString,
+            ),
             'Join': grpc.unary_unary_rpc_method_handler(
                     servicer.Join,
                     request_deserializer=fedgrpc_dot_v1_dot_coordinator__pb2.JoinRequest.FromString,
@@ -167,8 +221,36 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class CoordinatorService:
-    """The coordinator of one federated training run.
+    """The coordinator of one federated training run. Every RPC answers a request
+    message that does not parse with INVALID_ARGUMENT naming its type.
     """
+
+    @staticmethod
+    def GetJoinChallenge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedgrpc.v1.CoordinatorService/GetJoinChallenge',
+            fedgrpc_dot_v1_dot_coordinator__pb2.GetJoinChallengeRequest.SerializeToString,
+            fedgrpc_dot_v1_dot_coordinator__pb2.GetJoinChallengeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def Join(request,

@@ -8,6 +8,13 @@ Data RPCs (PushUpdate, PullModel) are separate from the control stream
 (Session) so that a gigabyte transfer never blocks a heartbeat. Tensors
 travel as ~1 MiB chunks of a flat coordinate space defined by ModelSpec;
 no message ever carries a whole model.
+
+Identity: every client holds a signing key (PublicKeyRecord). It proves
+possession at Join by signing a fresh coordinator challenge, and signs
+every update it pushes: the header, each chunk (a chained header that
+covers the payload's SHA-256) and the commit. The coordinator signs every
+model it sends. See PublicKeyRecord (common.proto) for the byte layout of
+signed statements.
 """
 
 from collections import abc as _abc
@@ -34,18 +41,40 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class CoordinatorServiceStub:
-    """The coordinator of one federated training run."""
+    """The coordinator of one federated training run. Every RPC answers a request
+    message that does not parse with INVALID_ARGUMENT naming its type.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> CoordinatorServiceAsyncStub: ...
+    GetJoinChallenge: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetJoinChallengeRequest, _coordinator_pb2.GetJoinChallengeResponse]
+    """Issues a single-use challenge for Join: a random nonce bound to this run,
+    valid for `expires_in_s`, and the coordinator's public key (pin it, or
+    trust it on first use and verify every model against it).
+
+    Status codes:
+      OK: always, while serving.
+      UNAVAILABLE: the coordinator is shutting down; retry with backoff.
+    """
     Join: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.JoinRequest, _coordinator_pb2.JoinResponse]
     """Registers a client and returns the federation's round configuration.
+
+    The client proves possession of its key first: `join_signature` must
+    verify over the Join statement (JoinRequest) for a challenge from
+    GetJoinChallenge, and the key must be one the coordinator allows (its
+    `allowed_client_keys`; any key with `open_enrollment`). Only then are the
+    model and settings checked, so an unknown client learns nothing about
+    the federation.
 
     Status codes:
       OK: joined; `seed_model` says whether this client must upload the
           initial weights.
+      UNAUTHENTICATED: no or malformed client key, a challenge that is
+          unknown, used or expired, a signature that does not verify, or a
+          key not in the coordinator's allowed keys (the message gives its
+          fingerprint).
       INVALID_ARGUMENT: empty or malformed model spec, or a spec that differs
           from the federation's (the message names the first differing tensor).
       FAILED_PRECONDITION: the client asked for inner_steps or a codec that
@@ -60,56 +89,96 @@ class CoordinatorServiceStub:
 
     Status codes:
       UNAUTHENTICATED: unknown client id or wrong session token.
+      FAILED_PRECONDITION: no client id and no token: the call came before
+          Join.
       INVALID_ARGUMENT: the first message is not SessionOpen.
       UNAVAILABLE: the coordinator is shutting down; reconnect with backoff.
     """
     PushUpdate: _grpc.StreamUnaryMultiCallable[_coordinator_pb2.PushUpdateRequest, _coordinator_pb2.PushUpdateResponse]
     """Uploads one update: an UpdateHeader, then UpdateChunks in order, then an
-    UpdateCommit. Each chunk is checked (order, range, size, NaN/Inf) and then
-    added to the round's running sum at once, so the coordinator holds one
-    model-sized sum however many clients push. An update counts only once its
-    commit checks out. A stream that fails after its first chunk was added
-    cannot be taken out of the sum again: the round is then discarded
-    (RoundClosed SKIPPED with the reason; weights unchanged, clients keep
-    their local progress). A stream refused at its header or first chunk
-    leaves the round untouched.
+    UpdateCommit. The header's signature is checked before anything else.
+    Each chunk is then verified in full *before* it touches the round: its
+    chain link, the SHA-256 of its payload, its signature, its order and
+    range, and its values (decodable, finite). Only then is it added to the
+    round's running sum, so the coordinator holds one model-sized sum however
+    many clients push, and forged, tampered or replayed bytes never reach it.
+    An update counts only once its signed commit checks out. A stream that
+    fails after its first chunk was added (a later chunk rejected, a bad
+    commit signature, a stream that breaks) cannot be taken out of the sum
+    again: the round is then discarded (RoundClosed SKIPPED with the reason;
+    weights unchanged, clients keep their local progress). A stream refused
+    at its header or first chunk leaves the round untouched.
 
     Status codes:
       OK: the update was added to the round.
       UNAUTHENTICATED: unknown client id or wrong session token.
+      PERMISSION_DENIED: a header, chunk or commit signature that does not
+          verify under the client's key, or a payload whose SHA-256 is not
+          the one its chunk signed (altered in transit).
       INVALID_ARGUMENT: stream not header-chunks-commit; wrong codec or
-          coordinate count; chunk out of range, misaligned, reordered, or with
-          NaN/Inf values; commit that does not match the chunks sent.
-      FAILED_PRECONDITION: wrong round or base version (the round closed or
-          the client is behind: pull the model and retry next round), a second
-          update for the same round, a round past its deadline, or initial
-          weights sent when the model is already seeded.
-      RESOURCE_EXHAUSTED: a message over max_message_bytes.
-      DATA_LOSS: the stream ended before the commit.
+          coordinate count; chunk out of range or over the block size, or
+          with undecodable or NaN/Inf values.
+      FAILED_PRECONDITION: a push before Join (no client id and no token);
+          wrong round, round nonce or base version (the round closed, the
+          client is behind, or the header was replayed: pull the model and
+          retry next round), a second update for the same round, a round
+          past its deadline, or initial weights sent when the model is
+          already seeded.
+      RESOURCE_EXHAUSTED: a message over max_message_bytes, or a chunk after
+          every coordinate was sent (too many chunks).
+      DATA_LOSS: the chunks do not form this update's chain: a chunk is
+          missing, reordered, or replayed from another round, client or
+          update (its chain link does not match); a commit whose chunk count
+          or coverage differs from what arrived; or the stream ended before
+          the commit. Resend the whole update, chunks in order, each once.
       UNAVAILABLE: the coordinator is shutting down.
     """
     PullModel: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.PullModelRequest, _coordinator_pb2.PullModelResponse]
-    """Streams the global weights: a ModelHeader, then ModelChunks covering the
-    model's bytes in order. Waits (up to the call's deadline) until the model
+    """Streams the global weights: a ModelHeader signed by the coordinator's key,
+    then ModelChunks covering the model's bytes in order; clients check the
+    bytes against the header's `weights_sha256`. Waits (up to the call's deadline) until the model
     version is at least `min_version`.
 
     Status codes:
       UNAUTHENTICATED: unknown client id or wrong session token.
+      FAILED_PRECONDITION: no client id and no token (before Join).
       DEADLINE_EXCEEDED: the requested version did not appear in time.
       UNAVAILABLE: the coordinator is shutting down.
     """
 
 @_typing.type_check_only
 class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
-    """The coordinator of one federated training run."""
+    """The coordinator of one federated training run. Every RPC answers a request
+    message that does not parse with INVALID_ARGUMENT naming its type.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    GetJoinChallenge: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetJoinChallengeRequest, _coordinator_pb2.GetJoinChallengeResponse]  # type: ignore[assignment]
+    """Issues a single-use challenge for Join: a random nonce bound to this run,
+    valid for `expires_in_s`, and the coordinator's public key (pin it, or
+    trust it on first use and verify every model against it).
+
+    Status codes:
+      OK: always, while serving.
+      UNAVAILABLE: the coordinator is shutting down; retry with backoff.
+    """
     Join: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.JoinRequest, _coordinator_pb2.JoinResponse]  # type: ignore[assignment]
     """Registers a client and returns the federation's round configuration.
+
+    The client proves possession of its key first: `join_signature` must
+    verify over the Join statement (JoinRequest) for a challenge from
+    GetJoinChallenge, and the key must be one the coordinator allows (its
+    `allowed_client_keys`; any key with `open_enrollment`). Only then are the
+    model and settings checked, so an unknown client learns nothing about
+    the federation.
 
     Status codes:
       OK: joined; `seed_model` says whether this client must upload the
           initial weights.
+      UNAUTHENTICATED: no or malformed client key, a challenge that is
+          unknown, used or expired, a signature that does not verify, or a
+          key not in the coordinator's allowed keys (the message gives its
+          fingerprint).
       INVALID_ARGUMENT: empty or malformed model spec, or a spec that differs
           from the federation's (the message names the first differing tensor).
       FAILED_PRECONDITION: the client asked for inner_steps or a codec that
@@ -124,47 +193,82 @@ class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
 
     Status codes:
       UNAUTHENTICATED: unknown client id or wrong session token.
+      FAILED_PRECONDITION: no client id and no token: the call came before
+          Join.
       INVALID_ARGUMENT: the first message is not SessionOpen.
       UNAVAILABLE: the coordinator is shutting down; reconnect with backoff.
     """
     PushUpdate: _aio.StreamUnaryMultiCallable[_coordinator_pb2.PushUpdateRequest, _coordinator_pb2.PushUpdateResponse]  # type: ignore[assignment]
     """Uploads one update: an UpdateHeader, then UpdateChunks in order, then an
-    UpdateCommit. Each chunk is checked (order, range, size, NaN/Inf) and then
-    added to the round's running sum at once, so the coordinator holds one
-    model-sized sum however many clients push. An update counts only once its
-    commit checks out. A stream that fails after its first chunk was added
-    cannot be taken out of the sum again: the round is then discarded
-    (RoundClosed SKIPPED with the reason; weights unchanged, clients keep
-    their local progress). A stream refused at its header or first chunk
-    leaves the round untouched.
+    UpdateCommit. The header's signature is checked before anything else.
+    Each chunk is then verified in full *before* it touches the round: its
+    chain link, the SHA-256 of its payload, its signature, its order and
+    range, and its values (decodable, finite). Only then is it added to the
+    round's running sum, so the coordinator holds one model-sized sum however
+    many clients push, and forged, tampered or replayed bytes never reach it.
+    An update counts only once its signed commit checks out. A stream that
+    fails after its first chunk was added (a later chunk rejected, a bad
+    commit signature, a stream that breaks) cannot be taken out of the sum
+    again: the round is then discarded (RoundClosed SKIPPED with the reason;
+    weights unchanged, clients keep their local progress). A stream refused
+    at its header or first chunk leaves the round untouched.
 
     Status codes:
       OK: the update was added to the round.
       UNAUTHENTICATED: unknown client id or wrong session token.
+      PERMISSION_DENIED: a header, chunk or commit signature that does not
+          verify under the client's key, or a payload whose SHA-256 is not
+          the one its chunk signed (altered in transit).
       INVALID_ARGUMENT: stream not header-chunks-commit; wrong codec or
-          coordinate count; chunk out of range, misaligned, reordered, or with
-          NaN/Inf values; commit that does not match the chunks sent.
-      FAILED_PRECONDITION: wrong round or base version (the round closed or
-          the client is behind: pull the model and retry next round), a second
-          update for the same round, a round past its deadline, or initial
-          weights sent when the model is already seeded.
-      RESOURCE_EXHAUSTED: a message over max_message_bytes.
-      DATA_LOSS: the stream ended before the commit.
+          coordinate count; chunk out of range or over the block size, or
+          with undecodable or NaN/Inf values.
+      FAILED_PRECONDITION: a push before Join (no client id and no token);
+          wrong round, round nonce or base version (the round closed, the
+          client is behind, or the header was replayed: pull the model and
+          retry next round), a second update for the same round, a round
+          past its deadline, or initial weights sent when the model is
+          already seeded.
+      RESOURCE_EXHAUSTED: a message over max_message_bytes, or a chunk after
+          every coordinate was sent (too many chunks).
+      DATA_LOSS: the chunks do not form this update's chain: a chunk is
+          missing, reordered, or replayed from another round, client or
+          update (its chain link does not match); a commit whose chunk count
+          or coverage differs from what arrived; or the stream ended before
+          the commit. Resend the whole update, chunks in order, each once.
       UNAVAILABLE: the coordinator is shutting down.
     """
     PullModel: _aio.UnaryStreamMultiCallable[_coordinator_pb2.PullModelRequest, _coordinator_pb2.PullModelResponse]  # type: ignore[assignment]
-    """Streams the global weights: a ModelHeader, then ModelChunks covering the
-    model's bytes in order. Waits (up to the call's deadline) until the model
+    """Streams the global weights: a ModelHeader signed by the coordinator's key,
+    then ModelChunks covering the model's bytes in order; clients check the
+    bytes against the header's `weights_sha256`. Waits (up to the call's deadline) until the model
     version is at least `min_version`.
 
     Status codes:
       UNAUTHENTICATED: unknown client id or wrong session token.
+      FAILED_PRECONDITION: no client id and no token (before Join).
       DEADLINE_EXCEEDED: the requested version did not appear in time.
       UNAVAILABLE: the coordinator is shutting down.
     """
 
 class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
-    """The coordinator of one federated training run."""
+    """The coordinator of one federated training run. Every RPC answers a request
+    message that does not parse with INVALID_ARGUMENT naming its type.
+    """
+
+    @_abc_1.abstractmethod
+    def GetJoinChallenge(
+        self,
+        request: _coordinator_pb2.GetJoinChallengeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.GetJoinChallengeResponse, _abc.Awaitable[_coordinator_pb2.GetJoinChallengeResponse]]:
+        """Issues a single-use challenge for Join: a random nonce bound to this run,
+        valid for `expires_in_s`, and the coordinator's public key (pin it, or
+        trust it on first use and verify every model against it).
+
+        Status codes:
+          OK: always, while serving.
+          UNAVAILABLE: the coordinator is shutting down; retry with backoff.
+        """
 
     @_abc_1.abstractmethod
     def Join(
@@ -174,9 +278,20 @@ class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_coordinator_pb2.JoinResponse, _abc.Awaitable[_coordinator_pb2.JoinResponse]]:
         """Registers a client and returns the federation's round configuration.
 
+        The client proves possession of its key first: `join_signature` must
+        verify over the Join statement (JoinRequest) for a challenge from
+        GetJoinChallenge, and the key must be one the coordinator allows (its
+        `allowed_client_keys`; any key with `open_enrollment`). Only then are the
+        model and settings checked, so an unknown client learns nothing about
+        the federation.
+
         Status codes:
           OK: joined; `seed_model` says whether this client must upload the
               initial weights.
+          UNAUTHENTICATED: no or malformed client key, a challenge that is
+              unknown, used or expired, a signature that does not verify, or a
+              key not in the coordinator's allowed keys (the message gives its
+              fingerprint).
           INVALID_ARGUMENT: empty or malformed model spec, or a spec that differs
               from the federation's (the message names the first differing tensor).
           FAILED_PRECONDITION: the client asked for inner_steps or a codec that
@@ -197,6 +312,8 @@ class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Status codes:
           UNAUTHENTICATED: unknown client id or wrong session token.
+          FAILED_PRECONDITION: no client id and no token: the call came before
+              Join.
           INVALID_ARGUMENT: the first message is not SessionOpen.
           UNAVAILABLE: the coordinator is shutting down; reconnect with backoff.
         """
@@ -208,27 +325,41 @@ class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.PushUpdateResponse, _abc.Awaitable[_coordinator_pb2.PushUpdateResponse]]:
         """Uploads one update: an UpdateHeader, then UpdateChunks in order, then an
-        UpdateCommit. Each chunk is checked (order, range, size, NaN/Inf) and then
-        added to the round's running sum at once, so the coordinator holds one
-        model-sized sum however many clients push. An update counts only once its
-        commit checks out. A stream that fails after its first chunk was added
-        cannot be taken out of the sum again: the round is then discarded
-        (RoundClosed SKIPPED with the reason; weights unchanged, clients keep
-        their local progress). A stream refused at its header or first chunk
-        leaves the round untouched.
+        UpdateCommit. The header's signature is checked before anything else.
+        Each chunk is then verified in full *before* it touches the round: its
+        chain link, the SHA-256 of its payload, its signature, its order and
+        range, and its values (decodable, finite). Only then is it added to the
+        round's running sum, so the coordinator holds one model-sized sum however
+        many clients push, and forged, tampered or replayed bytes never reach it.
+        An update counts only once its signed commit checks out. A stream that
+        fails after its first chunk was added (a later chunk rejected, a bad
+        commit signature, a stream that breaks) cannot be taken out of the sum
+        again: the round is then discarded (RoundClosed SKIPPED with the reason;
+        weights unchanged, clients keep their local progress). A stream refused
+        at its header or first chunk leaves the round untouched.
 
         Status codes:
           OK: the update was added to the round.
           UNAUTHENTICATED: unknown client id or wrong session token.
+          PERMISSION_DENIED: a header, chunk or commit signature that does not
+              verify under the client's key, or a payload whose SHA-256 is not
+              the one its chunk signed (altered in transit).
           INVALID_ARGUMENT: stream not header-chunks-commit; wrong codec or
-              coordinate count; chunk out of range, misaligned, reordered, or with
-              NaN/Inf values; commit that does not match the chunks sent.
-          FAILED_PRECONDITION: wrong round or base version (the round closed or
-              the client is behind: pull the model and retry next round), a second
-              update for the same round, a round past its deadline, or initial
-              weights sent when the model is already seeded.
-          RESOURCE_EXHAUSTED: a message over max_message_bytes.
-          DATA_LOSS: the stream ended before the commit.
+              coordinate count; chunk out of range or over the block size, or
+              with undecodable or NaN/Inf values.
+          FAILED_PRECONDITION: a push before Join (no client id and no token);
+              wrong round, round nonce or base version (the round closed, the
+              client is behind, or the header was replayed: pull the model and
+              retry next round), a second update for the same round, a round
+              past its deadline, or initial weights sent when the model is
+              already seeded.
+          RESOURCE_EXHAUSTED: a message over max_message_bytes, or a chunk after
+              every coordinate was sent (too many chunks).
+          DATA_LOSS: the chunks do not form this update's chain: a chunk is
+              missing, reordered, or replayed from another round, client or
+              update (its chain link does not match); a commit whose chunk count
+              or coverage differs from what arrived; or the stream ended before
+              the commit. Resend the whole update, chunks in order, each once.
           UNAVAILABLE: the coordinator is shutting down.
         """
 
@@ -238,12 +369,14 @@ class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _coordinator_pb2.PullModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.PullModelResponse], _abc.AsyncIterator[_coordinator_pb2.PullModelResponse]]:
-        """Streams the global weights: a ModelHeader, then ModelChunks covering the
-        model's bytes in order. Waits (up to the call's deadline) until the model
+        """Streams the global weights: a ModelHeader signed by the coordinator's key,
+        then ModelChunks covering the model's bytes in order; clients check the
+        bytes against the header's `weights_sha256`. Waits (up to the call's deadline) until the model
         version is at least `min_version`.
 
         Status codes:
           UNAUTHENTICATED: unknown client id or wrong session token.
+          FAILED_PRECONDITION: no client id and no token (before Join).
           DEADLINE_EXCEEDED: the requested version did not appear in time.
           UNAVAILABLE: the coordinator is shutting down.
         """

@@ -139,11 +139,11 @@ def test_chunk_before_header_is_invalid() -> None:
         _receiver().accept(_chunk(0, b"\0" * 4))
 
 
-def test_chunk_out_of_order_is_invalid() -> None:
+def test_chunk_out_of_order_is_incomplete() -> None:
     receiver = _receiver()
     receiver.accept(_header())
 
-    with pytest.raises(errors.InvalidUpdateError, match="previous chunk ended"):
+    with pytest.raises(errors.IncompleteUpdateError, match="previous chunk ended"):
         receiver.accept(_chunk(8, b"\0" * 8))
 
 

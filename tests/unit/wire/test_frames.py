@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from google.protobuf.message import DecodeError
 
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
+from fedgrpc.crypto.signing import ChunkProof
 from fedgrpc.wire.frames import (
     ChunkFrame,
+    Malformed,
     decode_push_request,
     encode_model_chunk,
     encode_update_chunk,
@@ -95,5 +96,31 @@ def test_decoder_falls_back_to_protobuf_for_unusual_encodings() -> None:
     parsed = decode_push_request(odd)
     assert isinstance(parsed, pb.PushUpdateRequest)
     assert parsed.chunk.seq == 9
-    with pytest.raises(DecodeError):
-        decode_push_request(b"\x12\x7f\x08")  # truncated: protobuf decides
+    truncated = decode_push_request(b"\x12\x7f\x08")  # protobuf decides: garbage
+    assert isinstance(truncated, Malformed)
+    assert "fedgrpc.v1.PushUpdateRequest" in str(truncated.error())
+
+
+def test_signed_chunk_frame_equals_protobuf_and_decodes_its_proof() -> None:
+    payload = np.arange(300, dtype="<f4").tobytes()
+    proof = ChunkProof(b"h" * 32, b"p" * 32, b"s" * 64)
+    framed = encode_update_chunk(2, 600, 300, memoryview(payload), proof)
+    expected = pb.PushUpdateRequest(
+        chunk=pb.UpdateChunk(
+            seq=2,
+            offset=600,
+            count=300,
+            payload=payload,
+            payload_sha256=proof.payload_sha256,
+            prev_sha256=proof.prev_sha256,
+            signature=proof.signature,
+        )
+    )
+    assert pb.PushUpdateRequest.FromString(framed) == expected
+    frame = decode_push_request(framed)
+    assert isinstance(frame, ChunkFrame)
+    assert frame.proof == proof
+    assert frame.payload.obj is framed  # the payload is still a view
+    unsigned = decode_push_request(encode_update_chunk(0, 0, 1, memoryview(b"abcd")))
+    assert isinstance(unsigned, ChunkFrame)
+    assert unsigned.proof is None

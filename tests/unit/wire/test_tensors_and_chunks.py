@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from fedgrpc.errors import ConfigError, InvalidUpdateError, ModelMismatchError
+from fedgrpc.errors import (
+    ConfigError,
+    IncompleteUpdateError,
+    InvalidUpdateError,
+    ModelMismatchError,
+)
 from fedgrpc.wire.assemble import DenseChunkCheck
 from fedgrpc.wire.chunking import ChunkOrder, iter_chunks
 from fedgrpc.wire.convert import spec_from_proto, spec_to_proto
@@ -108,11 +113,12 @@ def test_chunk_check_rejects_bad_chunks() -> None:
         check.check(0, 0, 1, np.array([np.inf], "<f4").tobytes())
     fresh = DenseChunkCheck(8, chunk_bytes=16)
     fresh.check(0, 0, 4, b"\0" * 16)
-    with pytest.raises(InvalidUpdateError, match="expected"):
+    # Missing or reordered chunks are DATA_LOSS (IncompleteUpdateError).
+    with pytest.raises(IncompleteUpdateError, match="expected"):
         fresh.check(2, 4, 4, b"\0" * 16)
-    with pytest.raises(InvalidUpdateError, match="commit says 3"):
+    with pytest.raises(IncompleteUpdateError, match="commit says 3"):
         fresh.finish(3)
-    with pytest.raises(InvalidUpdateError, match="every coordinate"):
+    with pytest.raises(IncompleteUpdateError, match="every coordinate"):
         fresh.finish(1)
     assert "without a commit" in str(fresh.missing_commit())
 
@@ -120,7 +126,7 @@ def test_chunk_check_rejects_bad_chunks() -> None:
 def test_chunk_order_rejects_gaps_and_overruns() -> None:
     order = ChunkOrder(total=10, max_chunks=10)
     order.accept(0, 0, 4)
-    with pytest.raises(InvalidUpdateError, match="previous chunk ended at 4"):
+    with pytest.raises(IncompleteUpdateError, match="previous chunk ended at 4"):
         order.accept(1, 5, 2)
     with pytest.raises(InvalidUpdateError, match="past the end"):
         order.accept(1, 4, 7)

@@ -1,0 +1,235 @@
+"""What update signatures cost: coordinator ingest signed vs unsigned, Join rate.
+
+One run measures, on this machine:
+
+1. ingest: two `fedgrpc serve --open-enrollment` coordinators side by side,
+   one with `--update-signatures off`, one verifying (`required`), and one
+   client process pushing a dense float32 update of --size coordinates to
+   each in turn (alternating, so both see the same machine load). The
+   client builds, hashes and signs each round's messages *before* the timed
+   push, so both coordinators receive byte-identical streams and the
+   difference is the coordinator's verification alone (one SHA-256 per
+   payload on its hashing threads, one Ed25519 verify per chunk, chain
+   checks). Ingest is update bytes over the coordinator's own window
+   (AdminService RoundSummary.ingest_s: first header to last commit).
+2. the primitives in this process: SHA-256 of a 1 MiB payload, Ed25519
+   sign and verify of a ~300-byte chunk statement.
+3. joins/s: GetJoinChallenge + signed Join against a coordinator with an
+   allowed-keys list, one at a time and --concurrency at once.
+
+Prints one JSON object on stdout; progress goes to stderr. MB is 10^6 bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _signing_clients import MODES, ingest_main, joins_main
+from _util import (
+    CTX,
+    MB,
+    collect_reports,
+    log,
+    log_tail,
+    parse_size,
+    rounded,
+    start_coordinator,
+    stop_all,
+)
+
+from fedgrpc.crypto.keys import PrivateKey
+from fedgrpc.crypto.signing import (
+    UpdateSigner,
+    UpdateStatement,
+    UpdateVerifier,
+    sha256,
+)
+from fedgrpc.wire.chunking import DEFAULT_CHUNK_BYTES
+
+SERVE_FLAGS = ("--open-enrollment", "--min-clients", "1", "--inner-steps", "1",
+               "--outer-optimizer", "fedavg", "--log-level", "WARNING")  # fmt: skip
+GOAL_RATIO = 0.9
+"""Issue 4: signed ingest at least 90 % of unsigned, same run."""
+
+
+# -- ingest: one client, two coordinators -----------------------------------------
+
+
+def measure_ingest(n: int, rounds: int) -> dict[str, Any]:
+    procs: list[Any] = []
+    with tempfile.TemporaryDirectory(prefix="fedgrpc-bench-") as tmp:
+        try:
+            addresses = {}
+            for mode in MODES:
+                workdir = Path(tmp) / mode
+                workdir.mkdir()
+                proc, address = start_coordinator(
+                    workdir, *SERVE_FLAGS, "--update-signatures", mode
+                )
+                procs.append(proc)
+                addresses[mode] = address
+            out = CTX.Queue()
+            client = CTX.Process(target=ingest_main, args=(addresses, n, rounds, out))
+            procs.append(client)
+            client.start()
+            (rates,) = collect_reports(out, procs, 120 + rounds * n * 8 / 50e6)
+        except BaseException:
+            for mode in MODES:
+                log(
+                    "signing", f"{mode} coordinator log:\n" + log_tail(Path(tmp) / mode)
+                )
+            raise
+        finally:
+            stop_all(procs)
+    medians = {mode: statistics.median(rates[mode]) for mode in MODES}
+    return {
+        "update_mb": n * 4 / MB,
+        "ingest_mb_s_unsigned": medians["off"],
+        "ingest_mb_s_signed": medians["required"],
+        "ingest_mb_s_unsigned_all": rates["off"],
+        "ingest_mb_s_signed_all": rates["required"],
+        "signed_over_unsigned": medians["required"] / medians["off"],
+    }
+
+
+# -- joins per second ---------------------------------------------------------------
+
+
+def measure_joins(joins: int, concurrency: int, allowed: int) -> dict[str, Any]:
+    """Joins against a coordinator checking an allowed-keys list of `allowed` keys."""
+    keys = [PrivateKey.generate() for _ in range(allowed)]
+    procs: list[Any] = []
+    with tempfile.TemporaryDirectory(prefix="fedgrpc-bench-") as tmp:
+        identity, listed = Path(tmp) / "coordinator.key", Path(tmp) / "allowed.txt"
+        identity.write_bytes(PrivateKey.generate().to_pem())
+        listed.write_text("".join(k.public_key.fingerprint + "\n" for k in keys))
+        flags = (
+            "--identity-key", str(identity), "--allowed-client-keys", str(listed),
+            "--max-clients", str(2 * joins + 1), "--log-level", "WARNING",
+        )  # fmt: skip
+        try:
+            proc, address = start_coordinator(Path(tmp), *flags)
+            procs.append(proc)
+            out = CTX.Queue()
+            pems = [k.to_pem() for k in keys[:64]]
+            args = (address, pems, joins, concurrency, out)
+            procs.append(CTX.Process(target=joins_main, args=args))
+            procs[-1].start()
+            (report,) = collect_reports(out, procs, 120 + joins / 20)
+        except BaseException:
+            log("signing", "join coordinator log:\n" + log_tail(Path(tmp)))
+            raise
+        finally:
+            stop_all(procs)
+    return {
+        **report,
+        "allowed_keys": allowed,
+        "joins": joins,
+        "concurrency": concurrency,
+    }
+
+
+# -- primitives --------------------------------------------------------------------
+
+
+def measure_primitives(repeats: int) -> dict[str, float]:
+    """SHA-256 of a 1 MiB payload; Ed25519 sign and verify of a chunk statement."""
+    payload = os.urandom(DEFAULT_CHUNK_BYTES)
+    key = PrivateKey.generate()
+    update = UpdateStatement(
+        run_id="0123456789abcdef", round_id=7, round_nonce=os.urandom(16),
+        client_id="c00001", base_version=6, base_model_sha256=os.urandom(32),
+        kind=1, codec=1, values=1, density=0.0, num_coordinates=1 << 26,
+        num_samples=1, train_loss=1.0,
+    )  # fmt: skip
+
+    def best(fn: Any) -> float:
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    signer = UpdateSigner(key, update)
+    digest = sha256(payload)
+    proofs = [signer.sign_chunk(i, 0, 1, digest) for i in range(200)]
+    sign_s = (
+        best(lambda: [signer.sign_chunk(i, 0, 1, digest) for i in range(200)]) / 200
+    )
+
+    def verify_all() -> None:
+        verifier = UpdateVerifier(
+            key.public_key, update, UpdateSigner(key, update).header_signature
+        )
+        for i, proof in enumerate(proofs):
+            verifier.verify_chunk(i, 0, 1, digest, proof)
+
+    verify_s = (best(verify_all)) / 200
+    hash_s = best(lambda: [sha256(payload) for _ in range(20)]) / 20
+    return {
+        "sha256_1mib_ms": hash_s * 1e3,
+        "sha256_mb_s": DEFAULT_CHUNK_BYTES / hash_s / MB,
+        "chunk_sign_us": sign_s * 1e6,
+        "chunk_verify_us": verify_s * 1e6,
+        "signed_bytes_per_chunk": len(update.chunk_prefix("ed25519")) + 4 * 12 + 2 * 36,
+    }
+
+
+# -- report ------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--size", default="25M", help="update coordinates (25M = 100 MB)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="measured rounds per mode"
+    )
+    parser.add_argument("--joins", type=int, default=300, help="joins to time")
+    parser.add_argument("--concurrency", type=int, default=16, help="joins in flight")
+    parser.add_argument(
+        "--allowed-keys", type=int, default=1000, help="allow-list size"
+    )
+    parser.add_argument("--quick", action="store_true", help="a 4 MB smoke run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size, args.rounds, args.joins, args.allowed_keys = "1M", 2, 20, 10
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    n = parse_size(args.size)
+    log("signing", "primitives")
+    primitives = measure_primitives(3)
+    log("signing", json.dumps(rounded(primitives)))
+    log("signing", f"ingest: {n} coordinates x {args.rounds} rounds per mode")
+    ingest = measure_ingest(n, args.rounds)
+    log("signing", json.dumps(rounded(ingest)))
+    log("signing", f"joins: {args.joins} against {args.allowed_keys} allowed keys")
+    joins = measure_joins(args.joins, args.concurrency, args.allowed_keys)
+    report = {
+        "bench": "signing",
+        "chunk_bytes": DEFAULT_CHUNK_BYTES,
+        "ingest": rounded(ingest),
+        "joins": rounded(joins),
+        "primitives": rounded(primitives),
+        "goals": {
+            "ingest_signed>=90%_unsigned": ingest["signed_over_unsigned"] >= GOAL_RATIO
+        },
+        "machine": {"cpus": os.cpu_count()},
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Joining a federation: the request, the signed challenge-response, what Join said.
+
+One Join attempt is two calls: GetJoinChallenge (a fresh nonce and the
+coordinator's key), then Join with the client's key and its signature over
+the Join statement (`crypto.signing.JoinStatement`), which names the
+challenge, the run and the coordinator's key, so it is useless to anyone
+who captures it. The coordinator's key is checked against
+`ClientConfig.coordinator_key` (or trusted on first use) *before* the client
+signs anything for it. Runs on the client's background loop.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from importlib import metadata
+from typing import TYPE_CHECKING
+
+from fedgrpc._proto.v1 import common_pb2, coordinator_pb2
+from fedgrpc.client.identity import ClientIdentity, check_coordinator
+from fedgrpc.compress import CodecConfig, Dense, format_codec, make_codec
+from fedgrpc.config import ClientConfig
+from fedgrpc.crypto.keys import PublicKey
+from fedgrpc.crypto.signing import JoinStatement
+from fedgrpc.errors import (
+    IncompatibleClientError,
+    InvalidKeyError,
+    InvalidUpdateError,
+    UnknownClientError,
+    UntrustedCoordinatorError,
+)
+from fedgrpc.wire.chunking import DEFAULT_CHUNK_BYTES
+from fedgrpc.wire.codec_params import (
+    WIRE_CODEC_TO_PROTO,
+    codec_params_from_proto,
+    codec_params_to_proto,
+)
+from fedgrpc.wire.convert import spec_to_proto
+from fedgrpc.wire.signed import key_from_proto, key_to_proto
+from fedgrpc.wire.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from fedgrpc._proto.v1.coordinator_pb2_grpc import CoordinatorServiceAsyncStub
+
+
+def library_version() -> str:
+    """The installed fedgrpc version, reported at Join for the coordinator's logs."""
+    try:
+        return metadata.version("fedgrpc")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def default_client_name() -> str:
+    """host:pid, unique enough to tell clients apart in coordinator logs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Federation:
+    """What Join told us about the run."""
+
+    run_id: str
+    inner_steps: int
+    chunk_bytes: int
+    model_version: int
+    seed_model: bool
+    codec: CodecConfig
+    """The update codec the coordinator announced."""
+    feedback_decay: float
+    """Error-feedback decay the coordinator announced (1.0: plain)."""
+    coordinator_key: PublicKey
+    """The key every model must be signed with."""
+    round_nonce: bytes
+    """Nonce of the round current at Join (round 0: what seeding signs)."""
+    signed: bool
+    """The coordinator requires signed updates."""
+
+
+@dataclass(frozen=True, slots=True)
+class JoinSettings:
+    """What the user asked of the federation; None follows the coordinator."""
+
+    inner_steps: int | None = None
+    compression: CodecConfig | None = None
+
+
+def announced_codec(
+    round_config: common_pb2.RoundConfig, chunk_bytes: int
+) -> CodecConfig:
+    """The federation's codec, checked against what this client would encode.
+
+    Raises:
+        IncompatibleClientError: an unknown codec, or block sizes that differ
+            from this version's (the coordinator runs another fedgrpc).
+    """
+    if not round_config.HasField("codec_params"):
+        return Dense(values="fp32")  # a coordinator from before compression
+    params = round_config.codec_params
+    try:
+        codec = codec_params_from_proto(params)
+    except InvalidUpdateError as exc:
+        raise IncompatibleClientError(f"{exc}; upgrade fedgrpc on this client") from exc
+    ours = make_codec(codec).block_coordinates(chunk_bytes)
+    if params.block_coordinates and params.block_coordinates != ours:
+        raise IncompatibleClientError(
+            f"the coordinator uses blocks of {params.block_coordinates} coordinates "
+            f"for {format_codec(codec)}, this client {ours}; run matching versions"
+        )
+    return codec
+
+
+def join_request(
+    config: ClientConfig, spec: ModelSpec, settings: JoinSettings
+) -> coordinator_pb2.JoinRequest:
+    """The Join request before the identity fields are filled in."""
+    wanted = settings.compression
+    return coordinator_pb2.JoinRequest(
+        client_name=config.name or default_client_name(),
+        model_spec=spec_to_proto(spec),
+        supported_codecs=list(WIRE_CODEC_TO_PROTO.values()),
+        inner_steps=settings.inner_steps or 0,
+        library_version=library_version(),
+        requested_codec=(
+            codec_params_to_proto(wanted, DEFAULT_CHUNK_BYTES) if wanted else None
+        ),
+    )
+
+
+def federation_from(
+    response: coordinator_pb2.JoinResponse, coordinator: PublicKey
+) -> Federation:
+    """What a JoinResponse tells the client, checked against this version.
+
+    Raises:
+        IncompatibleClientError: see `announced_codec`.
+    """
+    round_config = response.round_config
+    chunk_bytes = round_config.chunk_bytes or DEFAULT_CHUNK_BYTES
+    return Federation(
+        run_id=response.run_id,
+        inner_steps=round_config.inner_steps,
+        chunk_bytes=chunk_bytes,
+        model_version=response.model_version,
+        seed_model=response.seed_model,
+        codec=announced_codec(round_config, chunk_bytes),
+        feedback_decay=round_config.codec_params.feedback_decay or 1.0,
+        coordinator_key=coordinator,
+        round_nonce=response.round_nonce,
+        signed=round_config.update_signatures_required,
+    )
+
+
+def coordinator_key(record: common_pb2.PublicKeyRecord, target: str) -> PublicKey:
+    """The coordinator's key from a challenge or Join response.
+
+    Raises:
+        UntrustedCoordinatorError: missing or malformed.
+    """
+    try:
+        return key_from_proto(record)
+    except InvalidKeyError as exc:
+        raise UntrustedCoordinatorError(
+            f"the coordinator at {target} presented no usable key ({exc}); it runs "
+            "an older fedgrpc or is not a fedgrpc coordinator"
+        ) from exc
+
+
+async def signed_join(
+    stub: CoordinatorServiceAsyncStub,
+    request: coordinator_pb2.JoinRequest,
+    identity: ClientIdentity,
+    pinned: str | None,
+    target: str,
+    timeout_s: float,
+) -> tuple[PublicKey, coordinator_pb2.JoinResponse]:
+    """One attempt: a fresh challenge, a check of the coordinator, a signed Join.
+
+    Raises:
+        UntrustedCoordinatorError: the coordinator's key is malformed, not
+            the pinned one, or changes between the challenge and the Join.
+        grpc.RpcError: either call failed (the caller retries UNAVAILABLE).
+    """
+    challenge = await stub.GetJoinChallenge(
+        coordinator_pb2.GetJoinChallengeRequest(), timeout=timeout_s
+    )
+    coordinator = coordinator_key(challenge.coordinator_key, target)
+    check_coordinator(coordinator, pinned, target)
+    key = identity.key
+    signed = coordinator_pb2.JoinRequest()
+    signed.CopyFrom(request)
+    signed.client_key.CopyFrom(key_to_proto(key.public_key))
+    signed.challenge_nonce = challenge.nonce
+    statement = JoinStatement(
+        run_id=challenge.run_id,
+        nonce=challenge.nonce,
+        coordinator_key=coordinator,
+        client_key=key.public_key,
+        client_name=request.client_name,
+        model_spec_digest=request.model_spec.digest,
+    )
+    signed.join_signature = key.sign(statement.encode())
+    response = await stub.Join(signed, timeout=timeout_s)
+    if coordinator_key(response.coordinator_key, target) != coordinator:
+        raise UntrustedCoordinatorError(
+            f"the coordinator at {target} answered Join with another key than it "
+            "gave in its challenge; refusing it"
+        )
+    return coordinator, response
+
+
+def explain_refusal(exc: UnknownClientError, identity: ClientIdentity) -> Exception:
+    """The refusal, plus what to do about it when the key was a throwaway one."""
+    if not identity.ephemeral:
+        return exc
+    return UnknownClientError(
+        f"{exc}. This client has no identity_key and joined with a throwaway key, "
+        "which only an open_enrollment coordinator admits: make one with "
+        "`fedgrpc keygen --out DIR`, give the operator its .pub file and set "
+        "ClientConfig.identity_key"
+    )

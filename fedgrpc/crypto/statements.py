@@ -1,0 +1,214 @@
+"""The canonical bytes fedgrpc signs: one statement per kind of signed message.
+
+Nothing is signed in its protobuf form (protobuf encodings are not
+canonical: field order, repeated or unknown fields and varint widths may
+differ between languages). Each signature covers a *statement* built here:
+
+    field(domain) || field(version) || field(algorithm) || field(x1) || ...
+
+where `field(b)` is `len(b)` as a uint32 little-endian followed by `b`. The
+domain string says what kind of statement it is (`fedgrpc.v1.Join`,
+`...UpdateHeader`, `...UpdateChunk`, `...UpdateCommit`, `...ModelHeader`),
+so a signature made for one can never pass as another; the version byte lets
+the layout change later; the algorithm name ("ed25519") inside the signed
+bytes keeps a signature from being replayed under another algorithm once
+ML-DSA joins. Integers are 8-byte little-endian, doubles and floats IEEE 754
+little-endian (8 and 4 bytes), strings UTF-8. The .proto comments list every
+statement's fields; client/node/signing.js builds the same bytes, and
+tests/unit/crypto/test_signing.py pins the layout. `signing` chains the
+update statements. No grpc or protobuf here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from dataclasses import dataclass
+
+from fedgrpc.crypto.keys import PublicKey
+
+FORMAT_VERSION = 1
+"""Version byte of every statement layout defined here."""
+SHA256_BYTES = 32
+DOMAIN_JOIN = "fedgrpc.v1.Join"
+DOMAIN_UPDATE = "fedgrpc.v1.UpdateHeader"
+DOMAIN_CHUNK = "fedgrpc.v1.UpdateChunk"
+DOMAIN_COMMIT = "fedgrpc.v1.UpdateCommit"
+DOMAIN_MODEL = "fedgrpc.v1.ModelHeader"
+_U32 = struct.Struct("<I")
+_U64_FIELD = struct.Struct("<IQ")  # an 8-byte integer field: length 8, then the value
+_F64_FIELD = struct.Struct("<Id")
+CHUNK_POSITION = struct.Struct("<IQIQIQ")
+"""A chunk's seq, offset and count as three 8-byte integer fields, in one pack."""
+_F32 = struct.Struct("<f")
+
+
+def field(data: bytes) -> bytes:
+    """`data` prefixed with its length (uint32 little-endian)."""
+    return _U32.pack(len(data)) + data
+
+
+def u64(value: int) -> bytes:
+    """An unsigned integer as an 8-byte little-endian field."""
+    return _U64_FIELD.pack(8, value)
+
+
+def f64(value: float) -> bytes:
+    """A double as an 8-byte IEEE 754 little-endian field."""
+    return _F64_FIELD.pack(8, value)
+
+
+def f32(value: float) -> bytes:
+    """A float as a 4-byte IEEE 754 little-endian field (as protobuf stores it).
+
+    Rounds like protobuf's float fields: values beyond float32's range
+    become infinities instead of raising.
+    """
+    try:
+        packed = _F32.pack(value)
+    except OverflowError:
+        packed = _F32.pack(math.copysign(math.inf, value))
+    return field(packed)
+
+
+def text(value: str) -> bytes:
+    """A string as a UTF-8 field."""
+    return field(value.encode())
+
+
+def statement(domain: str, algorithm: str, *fields: bytes) -> bytes:
+    """The signed bytes: domain, version, algorithm, then `fields` (each framed)."""
+    head = text(domain) + field(bytes((FORMAT_VERSION,))) + text(algorithm)
+    return head + b"".join(fields)
+
+
+def sha256(data: bytes | memoryview) -> bytes:
+    """SHA-256 digest (32 bytes). Releases the GIL for inputs over 2 KiB."""
+    return hashlib.sha256(data).digest()
+
+
+# -- Join and model statements --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JoinStatement:
+    """What a client signs at Join: proof it holds `client_key`, for this challenge."""
+
+    run_id: str
+    nonce: bytes
+    coordinator_key: PublicKey
+    client_key: PublicKey
+    client_name: str
+    model_spec_digest: bytes
+
+    def encode(self) -> bytes:
+        """The statement's bytes, under the client key's algorithm."""
+        return statement(
+            DOMAIN_JOIN,
+            self.client_key.algorithm,
+            text(self.run_id),
+            field(self.nonce),
+            text(self.coordinator_key.algorithm),
+            field(self.coordinator_key.raw),
+            field(self.client_key.raw),
+            text(self.client_name),
+            field(self.model_spec_digest),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelStatement:
+    """What the coordinator signs for each model it sends (ModelHeader)."""
+
+    run_id: str
+    model_version: int
+    round_id: int
+    model_spec_digest: bytes
+    total_bytes: int
+    weights_sha256: bytes
+
+    def encode(self, algorithm: str) -> bytes:
+        """The statement's bytes under `algorithm` (the coordinator key's)."""
+        return statement(
+            DOMAIN_MODEL,
+            algorithm,
+            text(self.run_id),
+            u64(self.model_version),
+            u64(self.round_id),
+            field(self.model_spec_digest),
+            u64(self.total_bytes),
+            field(self.weights_sha256),
+        )
+
+
+# -- the update chain ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateStatement:
+    """Everything an UpdateHeader claims, plus the run it belongs to.
+
+    Integers that are enums on the wire (`kind`, `codec`, `values`) are
+    their protobuf numbers; `values` and `density` are the federation's
+    CodecParams (FP32 and 0 for DENSE_FP32 and initial weights).
+    """
+
+    run_id: str
+    round_id: int
+    round_nonce: bytes
+    client_id: str
+    base_version: int
+    base_model_sha256: bytes
+    kind: int
+    codec: int
+    values: int
+    density: float
+    num_coordinates: int
+    num_samples: int
+    train_loss: float
+
+    def encode(self, algorithm: str) -> bytes:
+        """The update statement's bytes (domain fedgrpc.v1.UpdateHeader)."""
+        return statement(
+            DOMAIN_UPDATE,
+            algorithm,
+            text(self.run_id),
+            u64(self.round_id),
+            field(self.round_nonce),
+            text(self.client_id),
+            u64(self.base_version),
+            field(self.base_model_sha256),
+            u64(self.kind),
+            *self._codec_fields(),
+            u64(self.num_coordinates),
+            u64(self.num_samples),
+            f32(self.train_loss),
+        )
+
+    def _codec_fields(self) -> tuple[bytes, ...]:
+        return (u64(self.codec), u64(self.values), f64(self.density))
+
+    def chunk_prefix(self, algorithm: str) -> bytes:
+        """The part every chunk statement of this update shares."""
+        return statement(
+            DOMAIN_CHUNK,
+            algorithm,
+            text(self.run_id),
+            u64(self.round_id),
+            field(self.round_nonce),
+            text(self.client_id),
+            field(self.base_model_sha256),
+            *self._codec_fields(),
+        )
+
+    def commit_prefix(self, algorithm: str) -> bytes:
+        """The part of the commit statement fixed by the header."""
+        return statement(
+            DOMAIN_COMMIT,
+            algorithm,
+            text(self.run_id),
+            u64(self.round_id),
+            field(self.round_nonce),
+            text(self.client_id),
+        )

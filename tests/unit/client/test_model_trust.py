@@ -1,0 +1,71 @@
+"""The client loads only weights its coordinator signed, byte for byte."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from fedgrpc import errors
+from fedgrpc._proto.v1 import coordinator_pb2 as pb
+from fedgrpc.client.download import ModelReceiver, ModelTrust
+from fedgrpc.crypto.keys import PrivateKey
+from fedgrpc.wire.signed import model_statement
+from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
+
+SPEC = ModelSpec((TensorSpec("w", (8,), DType.FLOAT32),))
+DATA = bytes(range(32))
+COORDINATOR = PrivateKey.generate()
+TRUST = ModelTrust(COORDINATOR.public_key, "run1")
+
+
+def _header(
+    signer: PrivateKey = COORDINATOR, run_id: str = "run1"
+) -> pb.PullModelResponse:
+    header = pb.ModelHeader(
+        model_version=3,
+        round_id=3,
+        model_spec_digest=SPEC.digest,
+        total_bytes=SPEC.num_bytes,
+        weights_sha256=hashlib.sha256(DATA).digest(),
+    )
+    header.signature = signer.sign(model_statement(header, run_id).encode("ed25519"))
+    return pb.PullModelResponse(header=header)
+
+
+def _receiver() -> ModelReceiver:
+    return ModelReceiver(SPEC, torch.empty(SPEC.num_bytes, dtype=torch.uint8), TRUST)
+
+
+def _chunk(data: bytes) -> pb.PullModelResponse:
+    return pb.PullModelResponse(chunk=pb.ModelChunk(offset=0, data=data))
+
+
+def test_signed_weights_load_with_their_digest() -> None:
+    receiver = _receiver()
+    receiver.accept(_header())
+    receiver.accept(_chunk(DATA))
+    pulled = receiver.finish()
+    assert pulled.sha256 == hashlib.sha256(DATA).digest()
+    assert bytes(pulled.buffer.numpy()) == DATA
+
+
+@pytest.mark.parametrize(
+    "header",
+    [_header(signer=PrivateKey.generate()), _header(run_id="another run")],
+    ids=["another key", "another run"],
+)
+def test_weights_not_signed_by_the_coordinator_are_refused(
+    header: pb.PullModelResponse,
+) -> None:
+    with pytest.raises(errors.BadSignatureError, match="not signed by the coordinator"):
+        _receiver().accept(header)
+
+
+def test_weights_altered_in_transit_are_refused() -> None:
+    receiver = _receiver()
+    receiver.accept(_header())
+    receiver.accept(_chunk(b"\xff" + DATA[1:]))
+    with pytest.raises(errors.BadSignatureError, match="altered in transit"):
+        receiver.finish()
