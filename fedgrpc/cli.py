@@ -57,6 +57,9 @@ _SERVE_FLAGS = (
           "serving", metavar="PATH"),
     _Flag("--min-clients", "updates a round needs to be applied "
           f"(default: {_D.min_clients})", int, "N"),
+    _Flag("--min-client-fraction", "quorum as a fraction of the connected "
+          "clients; a round needs max(--min-clients, ceil(F x connected)) "
+          f"updates (default: {_D.min_client_fraction:g}, off)", float, "F"),
     _Flag("--max-clients", "clients admitted; more get RESOURCE_EXHAUSTED "
           f"(default: {_D.max_clients})", int, "N"),
     _Flag("--inner-steps", "inner steps per round announced to clients "

@@ -40,6 +40,11 @@ class CoordinatorConfig:
     """host:port to bind. Port 0 picks a free port (see `ready_file`)."""
     min_clients: int = 2
     """Updates a round needs before it is applied; also the quorum to start one."""
+    min_client_fraction: float = 0.0
+    """Quorum as a fraction (0-1) of the clients connected when a round
+    closes (plus any that pushed and left): a round needs
+    max(min_clients, ceil(fraction x those)) updates to be applied, so a
+    federation that grows keeps rounds representative; 0 disables."""
     max_clients: int = 1024
     """Joined clients the coordinator admits; Join beyond it is RESOURCE_EXHAUSTED."""
     inner_steps: int = 500
@@ -111,6 +116,8 @@ class CoordinatorConfig:
 
     def __post_init__(self) -> None:
         _check(":" in self.listen, "listen", self.listen, "host:port")
+        _check(0.0 <= self.min_client_fraction <= 1.0, "min_client_fraction",
+               self.min_client_fraction, "0..1")  # fmt: skip
         _check(1 <= self.min_clients <= self.max_clients, "min_clients",
                self.min_clients, f"1..max_clients ({self.max_clients})")  # fmt: skip
         _check(self.inner_steps >= 1, "inner_steps", self.inner_steps, ">= 1")
@@ -222,6 +229,18 @@ class ClientConfig:
     """Seconds between heartbeats on the Session stream."""
     connect_timeout_s: float = 60.0
     """How long the first connection may take before the client gives up."""
+    reconnect_initial_s: float = 0.5
+    """First pause between reconnect attempts after the coordinator was lost
+    (channel gone, UNAVAILABLE, restart); each failed attempt doubles it, with
+    jitter (a random 50-100 % of it) so restarted coordinators are not hit by
+    every client at once."""
+    reconnect_max_s: float = 30.0
+    """Cap on one pause between reconnect attempts, and on how long one sync
+    point keeps retrying before `step()` returns and training goes on locally
+    (the next sync point retries again)."""
+    reconnect_give_up_s: float = 3600.0
+    """How long the coordinator may stay away in total, since it was lost,
+    before `step()` raises `CoordinatorUnavailableError`."""
     tls_ca: str = ""
     """PEM CA certificate(s) the coordinator's certificate must chain to; set,
     the client speaks TLS ("" : plaintext). For a publicly trusted certificate
@@ -245,9 +264,13 @@ class ClientConfig:
 
     def __post_init__(self) -> None:
         for name in ("rpc_timeout_s", "round_wait_s", "heartbeat_interval_s",
-                     "connect_timeout_s"):  # fmt: skip
+                     "connect_timeout_s", "reconnect_initial_s",
+                     "reconnect_max_s", "reconnect_give_up_s"):  # fmt: skip
             value = getattr(self, name)
             _check(value > 0, name, value, "> 0")
+        _check(self.reconnect_max_s >= self.reconnect_initial_s, "reconnect_max_s",
+               self.reconnect_max_s, f">= reconnect_initial_s="
+               f"{self.reconnect_initial_s}")  # fmt: skip
         _check_tls_pair(self.tls_cert, self.tls_key)
         _check(not self.tls_cert or bool(self.tls_ca), "tls_ca", self.tls_ca,
                "the CA file that signed the coordinator's certificate, since "

@@ -213,7 +213,9 @@ async def retry_unavailable(
     coordinator may not be up yet when a training job starts. Only
     UNAVAILABLE is retried: Join is not idempotent, and a DEADLINE_EXCEEDED
     attempt may have registered us. A failed TLS handshake is not retried:
-    a certificate that does not verify will not start to.
+    a certificate that does not verify will not start to. With
+    `connect_timeout_s` 0 the call is tried once (a reconnect attempt, whose
+    caller keeps its own backoff schedule).
 
     Raises:
         CoordinatorUnavailableError: still UNAVAILABLE after
@@ -228,8 +230,9 @@ async def retry_unavailable(
     while True:
         attempt += 1
         remaining = deadline - loop.time()
+        timeout_s = remaining if connect_timeout_s > 0 else attempt_timeout_s
         try:
-            return await call(max(0.01, min(attempt_timeout_s, remaining)))
+            return await call(max(0.01, min(attempt_timeout_s, timeout_s)))
         except grpc.RpcError as exc:
             mapped = error_from_rpc(exc, rpc)
             if status_code(exc) is not grpc.StatusCode.UNAVAILABLE:
@@ -243,6 +246,10 @@ async def retry_unavailable(
                     "serves TLS (tls_cert)"
                 ) from exc
             remaining = deadline - loop.time()
+            if connect_timeout_s <= 0:  # one attempt; the caller retries
+                raise CoordinatorUnavailableError(
+                    f"the coordinator at {target} is unreachable: {mapped}"
+                ) from exc
             if remaining <= 0:
                 raise CoordinatorUnavailableError(
                     f"could not reach the coordinator at {target} within "

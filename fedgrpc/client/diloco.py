@@ -20,6 +20,7 @@ from fedgrpc.client.compressed import CompressedUpdates
 from fedgrpc.client.connection import BackgroundLoop
 from fedgrpc.client.join import Federation, JoinSettings
 from fedgrpc.client.link import CoordinatorLink
+from fedgrpc.client.reconnect import Reconnector
 from fedgrpc.client.session import LEAVE_TIMEOUT_S
 from fedgrpc.client.sync import BACKSTOP_S, SyncOutcome, SyncPoint, call
 from fedgrpc.client.weights import LocalRun
@@ -104,6 +105,9 @@ class DiLoCoClient:
             )
             self._link, federation = call(self._loop, connect, wait_s)
             self._sync = self._start(self._link, federation)
+            self._reconnector = Reconnector(
+                self._loop, target, self._local.spec, settings, self._config
+            )
         except BaseException:
             self.close()
             raise
@@ -158,10 +162,19 @@ class DiLoCoClient:
         Returns:
             True if this call ran a sync point (the weights may have changed).
 
+        Transient faults (the channel breaks, UNAVAILABLE, the coordinator
+        drains or restarts) do not raise: the client re-joins with backoff
+        and finishes the sync point, or, if the coordinator stays away for
+        `reconnect_max_s`, returns with `last_round_outcome == "offline"`
+        and retries at the next sync point (`fedgrpc.client.reconnect`).
+
         Raises:
-            CoordinatorUnavailableError: the coordinator went away or did not
-                open or close a round within `round_wait_s`.
-            ShuttingDownError: the coordinator announced shutdown.
+            CoordinatorUnavailableError: the coordinator has been away for
+                `reconnect_give_up_s`.
+            ShuttingDownError: the same, and it last said it was shutting down.
+            UnknownClientError, IncompatibleClientError,
+                UntrustedCoordinatorError: a coordinator that came back refuses
+                this client or is another one (permanent; raised at once).
             RuntimeError: the client is closed.
         """
         if self._closed:
@@ -171,7 +184,10 @@ class DiLoCoClient:
         self._steps += 1
         if self._steps < self._inner_steps:
             return False
-        self._last_outcome = self._sync.run()
+        try:
+            self._last_outcome = self._reconnector.run(self._sync)
+        finally:
+            self._link = self._sync.link  # close() leaves the current link
         self._steps = 0
         self._rounds_completed += 1
         return True

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 import torch
@@ -24,7 +25,11 @@ from fedgrpc._proto.v1 import coordinator_pb2, coordinator_pb2_grpc
 from fedgrpc.client.compressed import CompressedUpdates
 from fedgrpc.client.connection import Credentials, open_channel, retry_unavailable
 from fedgrpc.client.download import ModelTrust, PulledModel, pull_model
-from fedgrpc.client.identity import load_client_identity, pinned_fingerprint
+from fedgrpc.client.identity import (
+    ClientIdentity,
+    load_client_identity,
+    pinned_fingerprint,
+)
 from fedgrpc.client.join import (
     Federation,
     JoinSettings,
@@ -57,6 +62,19 @@ from fedgrpc.wire.spec import ModelSpec
 log = get_logger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """What a reconnecting client keeps from its previous link.
+
+    The same identity key (so the coordinator finds its record, id and
+    credit), and the coordinator's key seen before, now pinned: a coordinator
+    that comes back must be the same one.
+    """
+
+    identity: ClientIdentity
+    coordinator_key: PublicKey
+
+
 class CoordinatorLink:
     """The client's connection to one coordinator; lives on the background loop."""
 
@@ -66,6 +84,7 @@ class CoordinatorLink:
         channel: grpc.aio.Channel,
         spec: ModelSpec,
         config: ClientConfig,
+        resume: Resume | None = None,
     ) -> None:
         self.target = target
         self.spec = spec
@@ -73,8 +92,11 @@ class CoordinatorLink:
         self._channel = channel
         self.stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         self.push_method = push_method(channel)
-        self.identity = load_client_identity(config)
+        self.identity = resume.identity if resume else load_client_identity(config)
         self._pinned = pinned_fingerprint(config)
+        if resume is not None:
+            self._pinned = resume.coordinator_key.fingerprint
+        self._connect_timeout_s = config.connect_timeout_s if resume is None else 0.0
         self.credentials = Credentials("", b"")
         self.federation: Federation | None = None
         self.tracker = RoundTracker()
@@ -88,8 +110,12 @@ class CoordinatorLink:
         spec: ModelSpec,
         settings: JoinSettings,
         config: ClientConfig,
+        resume: Resume | None = None,
     ) -> tuple[CoordinatorLink, Federation]:
         """Open a channel, Join (retrying while unreachable), open the Session.
+
+        With `resume` (a reconnect) Join is tried once: the caller runs the
+        backoff schedule (`reconnect.Backoff`).
 
         Raises:
             CoordinatorUnavailableError: unreachable for `connect_timeout_s`.
@@ -99,7 +125,7 @@ class CoordinatorLink:
             InvalidUpdateError: the model spec differs from the federation's.
             ConfigError: an identity_key or coordinator_key file is unusable.
         """
-        link = cls(target, open_channel(target, config), spec, config)
+        link = cls(target, open_channel(target, config), spec, config, resume)
         try:
             federation = await link._join(settings)
             link._session = SessionStream(
@@ -126,7 +152,7 @@ class CoordinatorLink:
                 attempt,
                 rpc="Join",
                 target=self.target,
-                connect_timeout_s=self.config.connect_timeout_s,
+                connect_timeout_s=self._connect_timeout_s,
                 attempt_timeout_s=self.config.rpc_timeout_s,
             )
         except UnknownClientError as exc:
@@ -141,6 +167,10 @@ class CoordinatorLink:
         if self.federation is None:
             raise RuntimeError("CoordinatorLink used before a successful Join")
         return self.federation
+
+    def resume_state(self) -> Resume:
+        """What a reconnect after this link keeps: our key, the coordinator's."""
+        return Resume(self.identity, self._require_federation().coordinator_key)
 
     def signing(self, binding_codec: CodecConfig | None) -> Signing | None:
         """How to sign an update of `binding_codec` (None: raw float32), if at all.

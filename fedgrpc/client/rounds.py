@@ -168,5 +168,5 @@ class RoundTracker:
             raise CoordinatorUnavailableError(
                 f"the session stream to the coordinator broke while waiting for "
                 f"{what}: {self.failure}; the client cannot follow rounds without "
-                "it, so create a new DiLoCoClient to rejoin"
+                "it and re-joins (ClientConfig.reconnect_*)"
             ) from self.failure

@@ -25,8 +25,9 @@ from typing import Any, Literal, TypeVar
 
 from fedgrpc.client.compressed import CompressedUpdates
 from fedgrpc.client.connection import BackgroundLoop
+from fedgrpc.client.join import Federation
 from fedgrpc.client.link import CoordinatorLink
-from fedgrpc.client.rounds import StaleBase
+from fedgrpc.client.rounds import RoundStart, StaleBase
 from fedgrpc.client.transfer import UpdateMeta
 from fedgrpc.client.weights import LocalRun
 from fedgrpc.config import ClientConfig
@@ -36,11 +37,13 @@ from fedgrpc.log import get_logger
 log = get_logger(__name__)
 T = TypeVar("T")
 
-SyncOutcome = Literal["applied", "skipped", "stale", "missed"]
+SyncOutcome = Literal["applied", "skipped", "stale", "missed", "offline"]
 """How a sync point ended for this client: its update was averaged into a new
 model ("applied"); the round closed below quorum ("skipped"); a newer model
-existed, so it pulled without pushing ("stale"); or its push was refused
-because the round had closed ("missed")."""
+existed, so it pulled without pushing ("stale"); its push was refused
+because the round had closed ("missed"); or the coordinator was away and
+training goes on locally until the next sync point ("offline",
+`reconnect.Reconnector`)."""
 BACKSTOP_S = 10.0
 """Slack on top of each call's own deadline before the loop call is abandoned."""
 
@@ -71,7 +74,10 @@ class SyncPoint:
         chunk_bytes: int,
     ) -> None:
         self._loop = loop
-        self._link = link
+        self.link = link
+        """The current link; `relink` swaps it after a reconnect."""
+        assert link.federation is not None  # joined before a sync point exists
+        self.federation: Federation = link.federation
         self._local = local
         self._config = config
         self._chunk_bytes = chunk_bytes
@@ -87,13 +93,15 @@ class SyncPoint:
         """SHA-256 of the weights last loaded (what the next update is based on)."""
         self.last_update_sha256 = ""
         """Digest of the last update pushed, as the coordinator verified it."""
+        self.pending: RoundStart | None = None
+        """The round our last accepted update went to, until we hear its end."""
 
     def seed(self) -> None:
         """Upload our weights as the initial model (losing the race is fine)."""
         seeded = call(
             self._loop,
-            self._link.seed(self._local.local_weights(), self._chunk_bytes),
-            self._link.push_timeout_s(self._chunk_bytes),
+            self.link.seed(self._local.local_weights(), self._chunk_bytes),
+            self.link.push_timeout_s(self._chunk_bytes),
         )
         if seeded is not None:
             self.bytes_sent += seeded.bytes_sent
@@ -102,7 +110,7 @@ class SyncPoint:
     def pull_and_load(self, min_version: int, wait_s: float) -> None:
         """Pull weights of at least `min_version` into the model and snapshot."""
         started = time.monotonic()
-        link, chunk_bytes = self._link, self._chunk_bytes
+        link, chunk_bytes = self.link, self._chunk_bytes
         pulled = call(
             self._loop,
             link.pull(min_version, self._local.downlink, wait_s, chunk_bytes),
@@ -126,7 +134,7 @@ class SyncPoint:
             ShuttingDownError: the coordinator announced shutdown.
         """
         wait_s = self._config.round_wait_s
-        tracker, base_version = self._link.tracker, self._local.base_version
+        tracker, base_version = self.link.tracker, self._local.base_version
         opened = call(self._loop, tracker.wait_round_open(base_version, wait_s), wait_s)
         if isinstance(opened, StaleBase):
             latest = opened.model_version
@@ -134,9 +142,17 @@ class SyncPoint:
             self.pull_and_load(latest, wait_s=self._config.rpc_timeout_s)
             return "stale"
         pushed = self._push(opened.round_id, opened.nonce)
+        if pushed:
+            self.pending = opened
+        return self._finish(opened, pushed)
+
+    def _finish(self, opened: RoundStart, pushed: bool) -> SyncOutcome:
+        """Steps 3 and 4: wait for `opened` to close, settle, pull if applied."""
+        wait_s, tracker = self._config.round_wait_s, self.link.tracker
         closed = call(
             self._loop, tracker.wait_round_closed(opened.round_id, wait_s), wait_s
         )
+        self.pending = None
         self._log.info(
             "round_closed",
             round=closed.round_id,
@@ -149,6 +165,43 @@ class SyncPoint:
         if closed.outcome == "applied":
             self.pull_and_load(closed.model_version, self._config.rpc_timeout_s)
         return closed.outcome if pushed else "missed"
+
+    def relink(self, link: CoordinatorLink, federation: Federation) -> None:
+        """Continue on `link`, a fresh Join after the old link was lost."""
+        self.link, self.federation = link, federation
+        self.client_id = link.credentials.client_id
+        self._log = log.bind(client=self.client_id)
+
+    def resume(self) -> SyncOutcome:
+        """Finish the sync point a fault interrupted, on a re-joined link.
+
+        The coordinator's model version (from Join) says what happened:
+        ahead of our base -> our update was applied, or a later round was:
+        pull without pushing again. Equal, and the round we pushed to is
+        still open (same nonce) -> wait for it. Equal otherwise -> our
+        update was lost (a restart reopens the round with a fresh nonce):
+        give it back to the residual and push again, signed for the new
+        round. A coordinator that lost its history (behind us, or a new
+        run) is followed too: we pull its model.
+        """
+        federation, base = self.federation, self._local.base_version
+        pending, latest = self.pending, federation.model_version
+        if (
+            latest == base
+            and pending is not None
+            and (pending.nonce == federation.round_nonce)
+        ):
+            return self._finish(pending, pushed=True)
+        self.pending = None
+        if pending is not None:
+            self._settle(applied=latest > base)
+        if latest == base and not federation.seed_model:
+            return self.run()
+        self._log.warning("model_stale", version=base, latest=latest)
+        if federation.seed_model:
+            self.seed()
+        self.pull_and_load(latest, self._config.rpc_timeout_s)
+        return "stale"
 
     def _settle(self, applied: bool) -> None:
         """Compressed updates: a round that did not apply ours gives it back."""
@@ -168,7 +221,7 @@ class SyncPoint:
             round_nonce=round_nonce,
             base_sha256=self.base_sha256,
         )
-        link = self._link
+        link = self.link
         push = (
             link.push(meta, delta, self._chunk_bytes)
             if self.compressed is None

@@ -66,6 +66,23 @@ class ClientRegistry:
         self._clients[client_id] = record
         return record
 
+    def admit(self, name: str, now_s: float, public_key: PublicKey) -> ClientRecord:
+        """The client holding `public_key`: its earlier record, or a new one.
+
+        A client that joins again (reconnecting, or after a restart from a
+        checkpoint, which keeps keys but not session tokens) keeps its id and
+        credit and gets a fresh session token; the old token stops working.
+
+        Raises:
+            TooLargeError: a new key, and `max_clients` clients have joined.
+        """
+        for record in self._clients.values():
+            if record.public_key == public_key:
+                record.session_token = secrets.token_bytes(SESSION_TOKEN_BYTES)
+                record.name, record.last_seen_s = name or record.name, now_s
+                return record
+        return self.add(name, now_s, public_key)
+
     def authenticate(self, client_id: str, session_token: bytes) -> ClientRecord:
         """The record for `client_id` if `session_token` matches.
 

@@ -23,6 +23,7 @@ finish rather than voiding the round at once.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -268,16 +269,29 @@ class RoundEngine:
             return "void"
         connected = {c.client_id for c in self.registry.connected()}
         done = len(current.contributors)
-        complete = done >= self.config.min_clients and not current.streaming
+        complete = done >= self.quorum(current) and not current.streaming
         if complete and connected <= current.contributors:
             return "all connected clients committed"
         return None
+
+    def quorum(self, current: OpenRound) -> int:
+        """Updates `current` needs to be applied.
+
+        `min_clients`, or `min_client_fraction` of the clients connected now
+        plus those that pushed and left, whichever is more.
+        """
+        members = {c.client_id for c in self.registry.connected()}
+        members |= current.contributors
+        # -1e-9: 0.3 x 10 is 3.0000000000000004 in floats, and must need 3.
+        share = math.ceil(self.config.min_client_fraction * len(members) - 1e-9)
+        return max(self.config.min_clients, share)
 
     def begin_close(self) -> OpenRound:
         """Stop taking updates for the open round (state change; event loop)."""
         current = self.current
         if current is None:
             raise WrongRoundError("no round is open; the model is not seeded yet")
+        current.quorum = self.quorum(current)
         self.phase = Phase.APPLYING
         return current
 
@@ -290,7 +304,7 @@ class RoundEngine:
         usable = (
             total is not None
             and closing.void_reason is None
-            and len(closing.contributors) >= self.config.min_clients
+            and len(closing.contributors) >= closing.quorum
         )
         if total is None:
             return False
@@ -318,7 +332,9 @@ class RoundEngine:
         else:
             reason = (
                 f"{len(closing.contributors)} update(s) by the {reason}, "
-                f"min_clients is {self.config.min_clients}"
+                f"the quorum is {closing.quorum} (min_clients "
+                f"{self.config.min_clients}, min_client_fraction "
+                f"{self.config.min_client_fraction:g})"
             )
         first, last = closing.first_header_s, closing.last_commit_s
         result = RoundResult(

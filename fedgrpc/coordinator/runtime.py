@@ -19,7 +19,6 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Literal
 
 from fedgrpc.compress import make_codec
 from fedgrpc.config import CoordinatorConfig
@@ -30,6 +29,12 @@ from fedgrpc.coordinator.enrollment import (
     load_allowed_keys,
     load_identity,
 )
+from fedgrpc.coordinator.events import (
+    RoundStartedEvent,
+    SessionEnd,
+    SessionEvent,
+    round_started_event,
+)
 from fedgrpc.coordinator.metrics import CoordinatorMetrics
 from fedgrpc.coordinator.registry import ClientRecord, ClientRegistry
 from fedgrpc.coordinator.rounds import ChunkValues, RoundEngine
@@ -38,7 +43,6 @@ from fedgrpc.coordinator.state import (
     OpenRound,
     Phase,
     PublishedModel,
-    RoundResult,
     Ticket,
 )
 from fedgrpc.crypto.keys import PublicKey
@@ -52,32 +56,6 @@ from fedgrpc.wire.spec import ModelSpec
 log = get_logger(__name__)
 TICK_S = 0.2
 """How often deadlines and session timeouts are checked."""
-
-
-@dataclass(frozen=True, slots=True)
-class RoundStartedEvent:
-    """A round opened; sent to every session."""
-
-    round_id: int
-    base_version: int
-    nonce: bytes
-    """The round's nonce; its updates sign it."""
-
-
-@dataclass(frozen=True, slots=True)
-class SessionEnd:
-    """Ends one session stream, and why.
-
-    `shutdown` sends the client a ShutdownNotice; `evicted` (timed out or
-    replaced) ends the stream with UNAVAILABLE so the client reconnects;
-    `client_left` just ends it.
-    """
-
-    reason: str
-    cause: Literal["shutdown", "evicted", "client_left"]
-
-
-SessionEvent = RoundStartedEvent | RoundResult | SessionEnd
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +136,7 @@ class CoordinatorRuntime:
         check_compatible(self.config, request)
         spec, name = request.spec, request.name
         self.engine.model.adopt_spec(spec)
-        client = self.registry.add(name, self.clock(), key)
+        client = self.registry.admit(name, self.clock(), key)
         seed = self.engine.model.claim_seeding(client.client_id)
         current = self.engine.current
         log.info(
@@ -285,6 +263,9 @@ class CoordinatorRuntime:
         if ticket.header.is_initial_weights:
             await asyncio.shield(self.save_checkpoint())  # version 0 is durable too
             await self._announce_new_model()
+        elif in_round == 1 and self.engine.current is not None:
+            # The first update set the round's deadline: announce it.
+            self._broadcast(self._round_started(self.engine.current))
         await self.maybe_close_round()
         return in_round
 
@@ -389,6 +370,5 @@ class CoordinatorRuntime:
         """The open round, for status."""
         return self.engine.current
 
-    @staticmethod
-    def _round_started(current: OpenRound) -> RoundStartedEvent:
-        return RoundStartedEvent(current.round_id, current.base_version, current.nonce)
+    def _round_started(self, current: OpenRound) -> RoundStartedEvent:
+        return round_started_event(current, self.clock())

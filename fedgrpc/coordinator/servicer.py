@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING
 
@@ -16,13 +17,14 @@ import grpc
 
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
 from fedgrpc.coordinator import status
-from fedgrpc.coordinator.registry import ClientRecord
-from fedgrpc.coordinator.runtime import (
-    CoordinatorRuntime,
+from fedgrpc.coordinator.events import (
+    HeartbeatReply,
     RoundStartedEvent,
     SessionEnd,
     SessionEvent,
 )
+from fedgrpc.coordinator.registry import ClientRecord
+from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.coordinator.state import Outcome, PublishedModel, RoundResult, Ticket
 from fedgrpc.errors import FedGrpcError, InvalidUpdateError, ShuttingDownError
 from fedgrpc.log import get_logger
@@ -92,10 +94,13 @@ def session_event_to_proto(event: SessionEvent) -> pb.SessionResponse:
                 round_id=event.round_id,
                 base_version=event.base_version,
                 round_nonce=event.nonce,
+                deadline_unix_s=event.deadline_unix_s,
             )
         )
     if isinstance(event, RoundResult):
         return pb.SessionResponse(round_closed=round_closed_to_proto(event))
+    if isinstance(event, HeartbeatReply):
+        return pb.SessionResponse(heartbeat=pb.Heartbeat(sent_unix_s=event.sent_unix_s))
     return pb.SessionResponse(shutdown=pb.ShutdownNotice(reason=event.reason))
 
 
@@ -209,6 +214,7 @@ class CoordinatorServicer:
                 kind = request.WhichOneof("event")
                 self.runtime.touch(client)
                 if kind == "heartbeat":
+                    queue.put_nowait(HeartbeatReply(time.time()))
                     continue
                 if kind == "leave":
                     reason = f"client left: {request.leave.reason or 'no reason given'}"

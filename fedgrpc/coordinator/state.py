@@ -90,6 +90,8 @@ class OpenRound:
     total: StreamingSum | None = None
     void_reason: str | None = None
     """Set when a push failed after touching the sum: the round must be skipped."""
+    quorum: int = 0
+    """Updates it needs to be applied; fixed when it starts closing."""
     loss_weighted_sum: float = 0.0
     samples: int = 0
     bytes_received: int = 0

@@ -17,6 +17,12 @@ from fedgrpc.config import ClientConfig
 
 FAST = ClientConfig(rpc_timeout_s=10, round_wait_s=30, connect_timeout_s=20)
 """Client timeouts for tests: generous, but failures surface in seconds."""
+GIVE_UP_FAST = ClientConfig(
+    rpc_timeout_s=10, round_wait_s=30, connect_timeout_s=20,
+    reconnect_initial_s=0.1, reconnect_max_s=0.5, reconnect_give_up_s=0.5,
+)  # fmt: skip
+"""FAST, but a lost coordinator makes `step()` raise within ~0.5 s instead of
+the client waiting for it to come back (`reconnect_give_up_s`)."""
 
 
 def flat(model: nn.Module) -> torch.Tensor:

@@ -20,6 +20,7 @@ from fedgrpc import errors
 from fedgrpc.client import DiLoCoClient
 from fedgrpc.config import ClientConfig, CoordinatorConfig
 from fedgrpc.coordinator.server import CoordinatorThread, serve_in_thread
+from tests.helpers.scripted import GIVE_UP_FAST
 
 FAST = ClientConfig(rpc_timeout_s=10, round_wait_s=30, connect_timeout_s=10)
 H = 3
@@ -260,11 +261,11 @@ def test_unreachable_coordinator_raises_unavailable_after_connect_timeout() -> N
             DiLoCoClient(address, nn.Linear(2, 1), config=config)
 
 
-def test_coordinator_shutdown_during_a_round_surfaces_as_a_fedgrpc_error(
+def test_coordinator_shutdown_surfaces_as_shutting_down_after_give_up(
     coordinator: CoordinatorThread,
 ) -> None:
     # Arrange: alone under min_clients=2, the round can only end by shutdown.
-    client = DiLoCoClient(coordinator.address, nn.Linear(2, 1), config=FAST)
+    client = DiLoCoClient(coordinator.address, nn.Linear(2, 1), config=GIVE_UP_FAST)
     for _ in range(H - 1):
         client.step()
     stopper = threading.Timer(0.3, coordinator.stop)

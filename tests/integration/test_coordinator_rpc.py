@@ -269,3 +269,63 @@ def test_shutdown_notice_reaches_open_sessions() -> None:
     finally:
         stop.set()
         running.stop()
+
+
+def test_a_client_heartbeat_is_answered_on_the_session_stream() -> None:
+    import threading
+    import time
+
+    def requests(joined, stop):  # type: ignore[no-untyped-def]
+        yield PB.SessionRequest(
+            open=PB.SessionOpen(
+                client_id=joined.client_id, session_token=joined.session_token
+            )
+        )
+        yield PB.SessionRequest(heartbeat=PB.Heartbeat(sent_unix_s=time.time()))
+        stop.wait(30)
+
+    config = CoordinatorConfig(listen="127.0.0.1:0", open_enrollment=True)
+    stop = threading.Event()
+    with serve_in_thread(config) as running:
+        channel, service = stub(running.address)
+        with channel:
+            a = join(service, tiny_spec(N), "a")
+            before = time.time()
+            responses = service.Session(requests(a, stop), timeout=20)
+
+            reply = next(responses)  # unseeded: no round yet, so the reply first
+            stop.set()
+            responses.cancel()
+
+    assert reply.WhichOneof("event") == "heartbeat"
+    assert reply.heartbeat.sent_unix_s >= before
+
+
+def test_round_started_is_sent_again_with_its_deadline_after_the_first_update() -> None:
+    import threading
+    import time
+
+    config = CoordinatorConfig(
+        listen="127.0.0.1:0", open_enrollment=True, min_clients=2, round_timeout_s=100
+    )
+    stop = threading.Event()
+    with serve_in_thread(config) as running:
+        channel, service = stub(running.address)
+        with channel:
+            a = join(service, tiny_spec(N), "a")
+            _seed(service, a, np.zeros(N, dtype=np.float32))
+            responses = service.Session(_session_requests(a, stop), timeout=20)
+            opened = next(responses).round_started
+
+            before = time.time()
+            service.PushUpdate(
+                update_messages(a, np.ones(N, np.float32), round_id=1, base_version=0),
+                timeout=10,
+            )
+            again = next(responses).round_started
+            stop.set()
+            responses.cancel()
+
+    assert (opened.round_id, opened.deadline_unix_s) == (1, 0.0)
+    assert (again.round_id, again.round_nonce) == (1, opened.round_nonce)
+    assert before + 90 < again.deadline_unix_s < time.time() + 100

@@ -144,7 +144,16 @@ def _rank_main(rank: int, folder: Path, target: str) -> None:
     torch.manual_seed(rank)  # different data per rank; DDP equalises the init
     ddp = DistributedDataParallel(torch.nn.Linear(4, 2))
     model = ddp.module
-    config = ClientConfig(rpc_timeout_s=10, round_wait_s=20, connect_timeout_s=10)
+    # Short reconnect_give_up_s: the stopped coordinator must surface as an
+    # error on both ranks rather than be waited for.
+    config = ClientConfig(
+        rpc_timeout_s=10,
+        round_wait_s=20,
+        connect_timeout_s=10,
+        reconnect_initial_s=0.1,
+        reconnect_max_s=0.5,
+        reconnect_give_up_s=0.5,
+    )
     with DistributedDiLoCoClient(target, ddp, inner_steps=H, config=config) as client:
         start = _digest(model)
         assert _train(client, ddp)

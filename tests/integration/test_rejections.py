@@ -89,7 +89,10 @@ def join_proof_by_another_key(fed: Fed) -> Callable[[], object]:
 
 def join_challenge_reused(fed: Fed) -> Callable[[], object]:
     request = join_request(fed.service, tiny_spec(N), fed.b.key, "b2")
-    fed.service.Join(request, timeout=10)  # uses the challenge (a client joins)
+    rejoined = fed.service.Join(request, timeout=10)  # uses the challenge
+    # b joined again with its key: same client, and only the new token works.
+    assert rejoined.client_id == fed.b.client_id
+    fed.b = fed.b.with_token(rejoined.session_token)
     return lambda: fed.service.Join(request, timeout=10)
 
 

@@ -30,6 +30,7 @@ from tests.conftest import Spawn
 from tests.helpers import eventually
 from tests.helpers.scripted import (
     FAST,
+    GIVE_UP_FAST,
     flat,
     nesterov_reference,
     random_steps,
@@ -82,7 +83,7 @@ def test_sigkill_during_checkpoint_then_restart_applies_each_round_once(
     first, address = _serve(spawn, tmp_path, "first", f"{window}:{CRASH_ROUND}")
     steps = random_steps(CRASH_ROUND, size, seed=1)
     pushed: list[torch.Tensor] = []
-    with DiLoCoClient(address, model, inner_steps=1, config=FAST) as client:
+    with DiLoCoClient(address, model, inner_steps=1, config=GIVE_UP_FAST) as client:
         scripted_steps(client, model, steps[:-1], pushed)
         with pytest.raises(FedGrpcError):
             scripted_steps(client, model, steps[-1:], pushed)

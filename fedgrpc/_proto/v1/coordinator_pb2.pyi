@@ -454,6 +454,8 @@ class RoundStarted(_message.Message):
     deadline_unix_s: _builtins.float
     """Wall-clock deadline for updates, seconds since the Unix epoch; 0 while
     unknown (a round's deadline starts with its first committed update).
+    When that update commits, RoundStarted is sent again for the same round
+    (same round_id and nonce) with the deadline filled in.
     """
     round_nonce: _builtins.bytes
     """16 random bytes naming this round of this run; updates sign it, so an

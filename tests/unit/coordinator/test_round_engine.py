@@ -41,10 +41,14 @@ def _header(
     )
 
 
-def _engine(min_clients: int = 2) -> tuple[RoundEngine, ClientRegistry, Clock]:
+def _engine(
+    min_clients: int = 2, fraction: float = 0.0
+) -> tuple[RoundEngine, ClientRegistry, Clock]:
     clock = Clock()
     registry = ClientRegistry(max_clients=8)
-    config = CoordinatorConfig(min_clients=min_clients, round_timeout_s=10.0)
+    config = CoordinatorConfig(
+        min_clients=min_clients, round_timeout_s=10.0, min_client_fraction=fraction
+    )
     return RoundEngine(config, registry, clock), registry, clock
 
 
@@ -211,3 +215,35 @@ def test_divergence_guard_skips_a_round_that_would_blow_up() -> None:
     torch.testing.assert_close(engine.model.require_master(), before)
     _commit(engine, registry, a.client_id, torch.ones(4) * 0.1, 5, 3)
     assert _close(engine) is Outcome.APPLIED  # the next sane round goes through
+
+
+@pytest.mark.parametrize(
+    ("pushed", "outcome"), [(3, Outcome.SKIPPED), (4, Outcome.APPLIED)]
+)
+def test_quorum_fraction_of_connected_clients_decides_at_the_deadline(
+    pushed: int, outcome: Outcome
+) -> None:
+    # Arrange: 6 connected clients, quorum max(1, ceil(0.6 x 6)) = 4.
+    engine, registry, clock = _engine(min_clients=1, fraction=0.6)
+    engine.model.adopt_spec(SPEC)
+    clients = [registry.add(n, 0.0) for n in "abcdef"]
+    for record in clients:
+        record.connected = True
+    first = clients[0].client_id
+    _commit(engine, registry, first, torch.zeros(4), 0, 0, initial=True)
+    master_before = engine.model.require_master().clone()
+
+    # Act: some push, the rest stay silent until the deadline.
+    for record in clients[:pushed]:
+        _commit(engine, registry, record.client_id, torch.ones(4), 1, 0)
+    assert engine.close_reason() is None  # connected clients are still missing
+    clock.now = 10.0
+
+    # Assert
+    assert engine.close_reason() == "deadline"
+    assert _close(engine) is outcome
+    if outcome is Outcome.SKIPPED:
+        assert "the quorum is 4" in engine.history[-1].reason
+        torch.testing.assert_close(engine.model.master, master_before)
+    else:
+        assert engine.model.version == 1

@@ -1,0 +1,38 @@
+"""Joining twice with one key keeps the client's id and credit."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedgrpc.coordinator.registry import ClientRegistry
+from fedgrpc.crypto.keys import PrivateKey
+from fedgrpc.errors import TooLargeError, UnknownClientError
+
+
+def test_a_key_that_joins_again_keeps_its_id_and_credit_with_a_new_token() -> None:
+    # Arrange
+    registry = ClientRegistry(max_clients=1)
+    key = PrivateKey.generate().public_key
+    first = registry.admit("worker", 1.0, key)
+    first.samples_contributed, old_token = 640, first.session_token
+
+    # Act
+    again = registry.admit("worker-restarted", 2.0, key)
+
+    # Assert
+    assert again.client_id == first.client_id
+    assert again.samples_contributed == 640
+    assert again.name == "worker-restarted"
+    assert again.session_token != old_token
+    assert registry.authenticate(again.client_id, again.session_token) is again
+    with pytest.raises(UnknownClientError):
+        registry.authenticate(again.client_id, old_token)
+    assert len(registry.all()) == 1
+
+
+def test_a_new_key_still_counts_against_max_clients() -> None:
+    registry = ClientRegistry(max_clients=1)
+    registry.admit("a", 1.0, PrivateKey.generate().public_key)
+
+    with pytest.raises(TooLargeError):
+        registry.admit("b", 1.0, PrivateKey.generate().public_key)
