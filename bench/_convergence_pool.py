@@ -8,9 +8,12 @@ or a non-zero exit) stops everything and is raised.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import queue
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 from _convergence_sim import Case, run_case
@@ -29,11 +32,45 @@ def _child(index: int, case: Case, out: Any) -> None:
         raise
 
 
-def run_cases(cases: list[Case], jobs: int, timeout_s: float) -> list[dict[str, Any]]:
-    """Results in the order of `cases`; `jobs` == 1 runs them in this process."""
+def run_cases(
+    cases: list[Case], jobs: int, timeout_s: float, cache: Path | None = None
+) -> list[dict[str, Any]]:
+    """Results in the order of `cases`; `jobs` == 1 runs them in this process.
+
+    With `cache`, each result is also written there as it arrives, and a
+    case whose result is already there (same fields, so same seed and
+    settings) is not run again: a 50-minute run interrupted at minute 40
+    resumes where it stopped. Results are only as fresh as the code that
+    made them; use a new directory after changing it.
+    """
+    cached = {i: _load(cache, case) for i, case in enumerate(cases)}
+    todo = [case for i, case in enumerate(cases) if cached[i] is None]
+    log("convergence", f"{len(cases) - len(todo)} of {len(cases)} runs from cache")
     if jobs <= 1:
-        return [_run_logged(case) for case in cases]
-    return _run_spawned(cases, jobs, timeout_s)
+        fresh = [_store(cache, case, _run_logged(case)) for case in todo]
+    else:
+        fresh = _run_spawned(todo, jobs, timeout_s, cache)
+    results = iter(fresh)
+    return [cached[i] or next(results) for i in range(len(cases))]
+
+
+def _cache_file(cache: Path, case: Case) -> Path:
+    digest = hashlib.sha256(repr(case).encode()).hexdigest()[:16]
+    return cache / f"{case.name}-seed{case.seed}-{digest}.json"
+
+
+def _load(cache: Path | None, case: Case) -> dict[str, Any] | None:
+    if cache is None or not _cache_file(cache, case).exists():
+        return None
+    result: dict[str, Any] = json.loads(_cache_file(cache, case).read_text())
+    return result
+
+
+def _store(cache: Path | None, case: Case, result: dict[str, Any]) -> dict[str, Any]:
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        _cache_file(cache, case).write_text(json.dumps(result))
+    return result
 
 
 def _run_logged(case: Case) -> dict[str, Any]:
@@ -50,7 +87,7 @@ def _report_done(result: dict[str, Any]) -> None:
 
 
 def _run_spawned(
-    cases: list[Case], jobs: int, timeout_s: float
+    cases: list[Case], jobs: int, timeout_s: float, cache: Path | None
 ) -> list[dict[str, Any]]:
     out = CTX.Queue()
     pending = list(enumerate(cases))
@@ -66,7 +103,7 @@ def _run_spawned(
                 running[index] = proc
             index, result = _next_result(out, running, deadline)
             running.pop(index).join(timeout=30)
-            results[index] = result
+            results[index] = _store(cache, cases[index], result)
             _report_done(result)
     finally:
         stop_all(list(running.values()))
