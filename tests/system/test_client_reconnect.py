@@ -12,8 +12,6 @@ client's key makes `step()` raise at once instead.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -27,19 +25,18 @@ from torch import nn
 
 from fedgrpc.client import DiLoCoClient
 from fedgrpc.config import ClientConfig
-from fedgrpc.coordinator.checkpoint import CRASH_ENV
 from fedgrpc.coordinator.model_export import newest_checkpoint
 from fedgrpc.crypto.files import save_key_pair
 from fedgrpc.crypto.keys import PrivateKey
 from fedgrpc.errors import UnknownClientError
 from tests.conftest import Spawn
-from tests.helpers import eventually
 from tests.helpers.scripted import (
     flat,
     nesterov_reference,
     random_steps,
     scripted_steps,
 )
+from tests.helpers.serve import log_events, start_serve
 
 FEDGRPC = Path(sys.executable).with_name("fedgrpc")
 pytestmark = pytest.mark.system
@@ -70,26 +67,20 @@ def _serve(
     inner_steps: int = H,
     crash_at: str = "",
 ) -> tuple[subprocess.Popen[str], str]:
-    ready, log = tmp_path / f"{name}.addr", tmp_path / f"{name}.log"
     keys = tmp_path / "keys"
-    env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
-    if crash_at:
-        env[CRASH_ENV] = crash_at
-    argv = [str(FEDGRPC), "serve", "--listen", listen, "--ready-file", str(ready),
-            "--min-clients", "1", "--inner-steps", str(inner_steps),
-            "--chunk-bytes", "1024",
-            "--identity-key", str(keys / "coordinator.key"),
-            "--allowed-client-keys", str(allowed),
-            "--checkpoint-dir", str(tmp_path / "ckpt")]  # fmt: skip
-    process = spawn(argv, stderr=log.open("w"), env=env, text=True)
-    eventually(lambda: ready.exists() or process.poll() is not None, timeout_s=WAIT_S)
-    assert process.poll() is None, log.read_text()
-    return process, ready.read_text().strip()
+    flags = ["--min-clients", "1", "--inner-steps", str(inner_steps),
+             "--chunk-bytes", "1024",
+             "--identity-key", str(keys / "coordinator.key"),
+             "--allowed-client-keys", str(allowed),
+             "--checkpoint-dir", str(tmp_path / "ckpt")]  # fmt: skip
+    return start_serve(
+        spawn, tmp_path / f"{name}.log", *flags,
+        listen=listen, crash_at=crash_at, timeout_s=WAIT_S,
+    )  # fmt: skip
 
 
 def _events(tmp_path: Path, name: str) -> list[dict[str, object]]:
-    text = (tmp_path / f"{name}.log").read_text()
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return log_events(tmp_path / f"{name}.log")
 
 
 def _config(keys: Path) -> ClientConfig:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Spawn
-from tests.helpers import eventually
+from tests.helpers.serve import start_serve
 
 REPO = Path(__file__).resolve().parents[2]
 FEDGRPC = Path(sys.executable).with_name("fedgrpc")
@@ -90,18 +90,9 @@ def _scratch(tmp_path: Path) -> Path:
 
 
 def _start_coordinator(spawn: Spawn, tmp_path: Path) -> str:
-    ready = tmp_path / "ready"
-    process = spawn(
-        [
-            str(FEDGRPC), "serve", "--listen", "127.0.0.1:0",
-            "--ready-file", str(ready), "--open-enrollment",
-            "--min-clients", "1", "--inner-steps", "20",
-        ],
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    eventually(lambda: ready.exists() or process.poll() is not None, timeout_s=30)
-    assert process.poll() is None, process.stderr.read() if process.stderr else ""
-    return ready.read_text().strip()
+    flags = ["--open-enrollment", "--min-clients", "1", "--inner-steps", "20"]
+    _, address = start_serve(spawn, tmp_path / "coordinator.log", *flags)
+    return address
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[_id(b) for b in BLOCKS])

@@ -11,8 +11,6 @@ SIGTERM drains: exit code 0 and a final checkpoint.
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,11 +21,10 @@ import torch
 from torch import nn
 
 from fedgrpc.client import DiLoCoClient
-from fedgrpc.coordinator.checkpoint import CRASH_ENV, list_rounds
+from fedgrpc.coordinator.checkpoint import list_rounds
 from fedgrpc.coordinator.model_export import newest_checkpoint
 from fedgrpc.errors import FedGrpcError
 from tests.conftest import Spawn
-from tests.helpers import eventually
 from tests.helpers.scripted import (
     FAST,
     GIVE_UP_FAST,
@@ -36,6 +33,7 @@ from tests.helpers.scripted import (
     random_steps,
     scripted_steps,
 )
+from tests.helpers.serve import log_events, start_serve
 
 FEDGRPC = Path(sys.executable).with_name("fedgrpc")
 pytestmark = pytest.mark.system
@@ -45,28 +43,14 @@ CRASH_ROUND = 3
 def _serve(
     spawn: Spawn, tmp_path: Path, name: str, crash_at: str = ""
 ) -> tuple[subprocess.Popen[str], str]:
-    ready, log = tmp_path / f"{name}.addr", tmp_path / f"{name}.log"
-    env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
-    if crash_at:
-        env[CRASH_ENV] = crash_at
-    argv = [str(FEDGRPC), "serve", "--listen", "127.0.0.1:0", "--ready-file",
-            str(ready), "--min-clients", "1", "--inner-steps", "1",
-            "--chunk-bytes", "1024", "--open-enrollment", "--checkpoint-dir",
-            str(tmp_path / "ckpt")]  # fmt: skip
-    process = spawn(
-        argv,
-        stderr=log.open("w"),
-        env=env,
-        text=True,
-    )
-    eventually(lambda: ready.exists() or process.poll() is not None, timeout_s=60)
-    assert process.poll() is None, log.read_text()
-    return process, ready.read_text().strip()
+    flags = ["--min-clients", "1", "--inner-steps", "1", "--chunk-bytes", "1024",
+             "--open-enrollment", "--checkpoint-dir",
+             str(tmp_path / "ckpt")]  # fmt: skip
+    return start_serve(spawn, tmp_path / f"{name}.log", *flags, crash_at=crash_at)
 
 
 def _events(tmp_path: Path, name: str) -> list[dict[str, object]]:
-    text = (tmp_path / f"{name}.log").read_text()
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return log_events(tmp_path / f"{name}.log")
 
 
 @pytest.mark.parametrize(

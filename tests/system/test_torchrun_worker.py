@@ -18,7 +18,7 @@ import pytest
 
 from fedgrpc._proto.v1 import admin_pb2, admin_pb2_grpc
 from tests.conftest import Spawn
-from tests.helpers import eventually
+from tests.helpers.serve import start_serve
 
 REPO = Path(__file__).resolve().parents[2]
 FEDGRPC = Path(sys.executable).with_name("fedgrpc")
@@ -30,29 +30,12 @@ pytestmark = pytest.mark.system
 
 
 def _start_coordinator(spawn: Spawn, tmp_path: Path) -> str:
-    ready = tmp_path / "ready"
-    with (tmp_path / "coordinator.log").open("w") as log:  # the child keeps a copy
-        process = spawn(
-            [
-                str(FEDGRPC),
-                "serve",
-                "--config",
-                str(REPO / "server/coordinator.example.toml"),
-                "--listen",
-                "127.0.0.1:0",
-                "--ready-file",
-                str(ready),
-                "--open-enrollment",
-                "--min-clients",
-                "2",
-                "--inner-steps",
-                str(H),
-            ],
-            stderr=log,
-        )
-    eventually(lambda: ready.exists() or process.poll() is not None, timeout_s=30)
-    assert process.poll() is None, (tmp_path / "coordinator.log").read_text()
-    return ready.read_text().strip()
+    config = str(REPO / "server/coordinator.example.toml")
+    flags = ["--config", config, "--open-enrollment", "--min-clients", "2"]
+    _, address = start_serve(
+        spawn, tmp_path / "coordinator.log", *flags, "--inner-steps", str(H)
+    )
+    return address
 
 
 def _finish(process: subprocess.Popen[str], what: str, deadline: float) -> str:

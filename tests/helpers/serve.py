@@ -1,0 +1,54 @@
+"""Start `fedgrpc serve` as a real process, the way an operator would.
+
+One place for what every system test needs: bind 127.0.0.1 port 0 (or a
+given address, to restart on the same one), wait for the ready-file with a
+bound, fail with the coordinator's own log if it exited instead, and log
+to a file rather than a pipe (a pipe nobody reads fills up and blocks a
+long-running coordinator's logging).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from fedgrpc.coordinator.checkpoint import CRASH_ENV
+from tests.conftest import Spawn
+from tests.helpers.eventually import eventually
+
+FEDGRPC = Path(sys.executable).with_name("fedgrpc")
+
+
+def start_serve(
+    spawn: Spawn,
+    log: Path,
+    *flags: str,
+    listen: str = "127.0.0.1:0",
+    crash_at: str = "",
+    timeout_s: float = 60.0,
+) -> tuple[subprocess.Popen[Any], str]:
+    """`fedgrpc serve --listen LISTEN ... FLAGS`; (process, bound host:port).
+
+    Logs (JSON lines) go to `log`; the ready-file sits beside it.
+    `crash_at` sets the checkpoint crash hook (`CRASH_ENV`), never inherited.
+    """
+    ready = log.with_suffix(".addr")
+    env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
+    if crash_at:
+        env[CRASH_ENV] = crash_at
+    argv = [str(FEDGRPC), "serve", "--listen", listen, "--ready-file", str(ready)]
+    with log.open("w") as stderr:  # the child keeps its own copy
+        process = spawn([*argv, *flags], stderr=stderr, env=env, text=True)
+    eventually(lambda: ready.exists() or process.poll() is not None, timeout_s)
+    assert process.poll() is None, log.read_text()
+    return process, ready.read_text().strip()
+
+
+def log_events(log: Path) -> list[dict[str, Any]]:
+    """The JSON log lines `start_serve` wrote to `log`, in order."""
+    lines = log.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
