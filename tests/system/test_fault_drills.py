@@ -1,0 +1,210 @@
+"""Fault drills from issue 6: clients SIGKILLed while a coordinator runs.
+
+`fedgrpc serve` runs as a real process; clients are processes too and are
+killed with SIGKILL by PID. Every wait is bounded.
+
+1. A client killed mid-upload: its stream broke after chunks reached the
+   round's float32 sum, which cannot be undone, so the coordinator discards
+   that round (skipped, weights unchanged, as README documents) and the next
+   round is applied with exactly the FedAvg mean of the survivors.
+2. 3 of 10 training clients killed after round 1: the other 7 keep training
+   and at least two more rounds are applied; the coordinator keeps serving.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import Spawn
+from tests.helpers.eventually import eventually
+from tests.helpers.raw import (
+    Joined,
+    admin_status,
+    join,
+    pull,
+    stub,
+    tiny_spec,
+    update_messages,
+)
+from tests.helpers.serve import log_events, start_serve
+
+pytestmark = pytest.mark.system
+ROOT = Path(__file__).resolve().parents[2]
+WAIT_S = 30.0
+N = 2560
+"""Coordinates: ten chunks of CHUNK at --chunk-bytes 1024."""
+CHUNK = 256
+SENT_CHUNKS = 3
+"""Chunks the victim streams before it stalls (and is killed)."""
+
+VICTIM = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from tests.helpers.raw import admin_status, join, stub, tiny_spec, update_messages
+
+address, marker = sys.argv[1], Path(sys.argv[2])
+n, chunk, sent = map(int, sys.argv[3:])
+channel, service = stub(address)
+me = join(service, tiny_spec(n), "victim")
+status = admin_status(me)
+values = np.full(n, 1000.0, np.float32)  # would show in the weights if kept
+
+
+def stalled():
+    messages = update_messages(me, values, round_id=status.round_id,
+                               base_version=status.model_version, chunk_coords=chunk)
+    for _ in range(1 + sent):  # the header and `sent` chunks
+        yield next(messages)
+    marker.write_text(me.client_id)
+    time.sleep(120)  # mid-upload until SIGKILLed
+
+
+service.PushUpdate(stalled(), timeout=120)
+"""
+
+
+def _events(log: Path, name: str) -> list[dict[str, Any]]:
+    return [e for e in log_events(log) if e["event"] == name]
+
+
+def _closed(log: Path) -> list[dict[str, Any]]:
+    return _events(log, "round_closed")
+
+
+def test_a_client_killed_mid_upload_voids_its_round_and_the_next_averages_survivors(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    # Arrange: FedAvg (new = old - mean), two survivors joined, zeros seeded.
+    log = tmp_path / "serve.log"
+    flags = ["--open-enrollment", "--min-clients", "2", "--inner-steps", "1",
+             "--outer-optimizer", "fedavg", "--round-timeout-s", "3",
+             "--chunk-bytes", str(CHUNK * 4)]  # fmt: skip
+    serve, address = start_serve(spawn, log, *flags, timeout_s=WAIT_S)
+    channel, service = stub(address)
+    with channel:
+        a = join(service, tiny_spec(N), "a")
+        b = join(service, tiny_spec(N), "b")
+        zeros = np.zeros(N, np.float32)
+        seed = update_messages(
+            a, zeros, round_id=0, base_version=0, initial=True, chunk_coords=CHUNK
+        )
+        service.PushUpdate(seed, timeout=10)
+        version, base = pull(service, a)
+        marker = tmp_path / "victim.id"
+        argv = [sys.executable, "-c", VICTIM, address, str(marker),
+                str(N), str(CHUNK), str(SENT_CHUNKS)]  # fmt: skip
+        victim = spawn(argv, cwd=ROOT, stderr=subprocess.DEVNULL)
+        eventually(lambda: marker.exists() or victim.poll() is not None, WAIT_S)
+        assert victim.poll() is None, "the victim exited before stalling"
+        victim_id = marker.read_text()
+        round_1 = _status_round(a)
+        rng = np.random.default_rng(1)
+        for joined in (a, b):
+            g = rng.standard_normal(N).astype(np.float32)
+            service.PushUpdate(
+                update_messages(joined, g, round_id=round_1, base_version=version,
+                                chunk_coords=CHUNK), timeout=10,
+            )  # fmt: skip
+        time.sleep(1.0)  # the victim's chunks reach the sum (they were sent first)
+
+        # Act: SIGKILL the victim mid-upload.
+        victim.send_signal(signal.SIGKILL)
+        assert victim.wait(timeout=WAIT_S) == -signal.SIGKILL
+        eventually(lambda: _closed(log), WAIT_S, message="round 1 never closed")
+
+        # Assert: round 1 discarded because of the broken stream; weights kept.
+        abandoned = _events(log, "update_abandoned")
+        assert [(e["client"], e["round"], e["touched_sum"]) for e in abandoned] == [
+            (victim_id, round_1, True)
+        ]
+        first = _closed(log)[0]
+        assert (first["round"], first["outcome"]) == (round_1, "skipped"), first
+        assert first["version"] == version
+        assert first["seconds"] <= 2 * 3  # the deadline, plus the grace for streams
+        same_version, weights = pull(service, a, min_version=version)
+        assert same_version == version
+        np.testing.assert_array_equal(weights, base)
+
+        # Act: the survivors push for the next round.
+        round_2 = _status_round(a)
+        assert round_2 > round_1
+        ga, gb = (rng.standard_normal(N).astype(np.float32) for _ in range(2))
+        for joined, g in ((a, ga), (b, gb)):
+            service.PushUpdate(
+                update_messages(joined, g, round_id=round_2, base_version=version,
+                                chunk_coords=CHUNK), timeout=10,
+            )  # fmt: skip
+        new_version, weights = pull(service, a, min_version=version + 1, timeout=WAIT_S)
+
+    # Assert: applied with exactly the survivors' mean.
+    assert new_version == version + 1
+    np.testing.assert_allclose(weights, base - (ga + gb) / 2, rtol=1e-6, atol=1e-6)
+    second = _closed(log)[-1]
+    assert (second["round"], second["outcome"], second["updates"]) == (
+        round_2, "applied", 2,
+    ), second  # fmt: skip
+    assert serve.poll() is None
+
+
+def _status_round(joined: Joined) -> int:
+    return int(admin_status(joined).round_id)
+
+
+def test_killing_30_percent_of_10_clients_training_continues(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    # Arrange: 10 training clients (client/torch_loop.py), H = 5.
+    log = tmp_path / "serve.log"
+    flags = ["--open-enrollment", "--min-clients", "5", "--inner-steps", "5",
+             "--round-timeout-s", "2", "--heartbeat-interval-s", "1",
+             "--session-timeout-s", "3"]  # fmt: skip
+    serve, address = start_serve(spawn, log, *flags, timeout_s=WAIT_S)
+    script = str(ROOT / "client" / "torch_loop.py")
+    clients = [
+        spawn([sys.executable, script, "--target", address, "--steps", "1000000",
+               "--seed", str(i)], cwd=ROOT, stdout=subprocess.DEVNULL,
+              stderr=subprocess.DEVNULL)
+        for i in range(10)
+    ]  # fmt: skip
+
+    def applied() -> list[dict[str, Any]]:
+        return [e for e in _closed(log) if e["outcome"] == "applied"]
+
+    eventually(lambda: len(_events(log, "client_joined")) == 10, WAIT_S)
+    eventually(applied, WAIT_S, message="round 1 was never applied")
+
+    # Act: SIGKILL 3 of the 10.
+    for victim in clients[:3]:
+        victim.send_signal(signal.SIGKILL)
+    for victim in clients[:3]:
+        assert victim.wait(timeout=WAIT_S) == -signal.SIGKILL
+    closed_before = len(_closed(log))
+
+    # Assert: the kills are noticed, and two rounds that opened after them are
+    # applied by the 7 survivors alone; the coordinator keeps serving.
+    eventually(lambda: len(_events(log, "session_closed")) >= 3, WAIT_S,
+               message="the killed clients' sessions were never closed")  # fmt: skip
+
+    def two_applied_after_kill() -> list[dict[str, Any]]:
+        later = _closed(log)[closed_before + 1 :]  # skip the round open at the kill
+        done = [e for e in later if e["outcome"] == "applied"]
+        return done[:2] if len(done) >= 2 else []
+
+    rounds = eventually(two_applied_after_kill, WAIT_S, message="training stopped")
+    committed = _events(log, "update_committed")
+    for closed in rounds:
+        committers = {e["client"] for e in committed if e["round"] == closed["round"]}
+        assert closed["updates"] == len(committers) <= 7, (closed, committers)
+    assert all(c.poll() is None for c in clients[3:])
+    assert serve.poll() is None
+    serve.send_signal(signal.SIGTERM)
+    assert serve.wait(timeout=WAIT_S) == 0
