@@ -59,3 +59,17 @@ def test_signing_bench_quick() -> None:
     goals = report["goals"]
     assert isinstance(goals, dict)
     assert "ingest_signed>=90%_unsigned" in goals  # measured, never asserted here
+
+
+def test_clients_scale_bench_quick() -> None:
+    report = _run("clients_scale.py")
+    assert report["bench"] == "clients_scale"
+    clients = report["clients"]
+    assert isinstance(clients, int)
+    assert clients > 0
+    assert report["clients_completed_round"] == clients  # every client, no timing
+    assert report["join_s"] is not None
+    assert report["round_wall_s"] is not None
+    assert isinstance(report["coordinator_peak_rss_mb"], float)
+    assert report["coordinator_cpu_s"] is not None
+    assert report["goals"] == {"clients_completed_round": True}
