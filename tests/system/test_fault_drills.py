@@ -129,7 +129,6 @@ def test_a_client_killed_mid_upload_voids_its_round_and_the_next_averages_surviv
         first = _closed(log)[0]
         assert (first["round"], first["outcome"]) == (round_1, "skipped"), first
         assert first["version"] == version
-        assert first["seconds"] <= 2 * 3  # the deadline, plus the grace for streams
         same_version, weights = pull(service, a, min_version=version)
         assert same_version == version
         np.testing.assert_array_equal(weights, base)
