@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedgrpc.config import ClientConfig
-from fedgrpc.crypto.files import load_private_key, load_public_key
+from fedgrpc.crypto.files import load_identity_option, load_public_key
 from fedgrpc.crypto.keys import PrivateKey, PublicKey
 from fedgrpc.errors import ConfigError, IdentityFileError, UntrustedCoordinatorError
 from fedgrpc.log import get_logger
@@ -45,10 +45,7 @@ def load_client_identity(config: ClientConfig) -> ClientIdentity:
             "client_identity", key=key.public_key.short_fingerprint, ephemeral=True
         )
         return ClientIdentity(key, ephemeral=True)
-    try:
-        key = load_private_key(config.identity_key)
-    except IdentityFileError as exc:
-        raise ConfigError(f"identity_key={config.identity_key!r}: {exc}") from exc
+    key = load_identity_option(config.identity_key)
     log.info("client_identity", key=key.public_key.short_fingerprint, ephemeral=False)
     return ClientIdentity(key, ephemeral=False)
 

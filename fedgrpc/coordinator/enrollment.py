@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from fedgrpc.compress import format_codec
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.crypto.allowlist import AllowedKeys
-from fedgrpc.crypto.files import load_private_key
+from fedgrpc.crypto.files import load_identity_option
 from fedgrpc.crypto.keys import PrivateKey, PublicKey
 from fedgrpc.errors import (
     BadSignatureError,
     ConfigError,
-    IdentityFileError,
     IncompatibleClientError,
     InvalidKeyError,
     UnknownClientError,
@@ -69,10 +68,7 @@ def load_identity(config: CoordinatorConfig) -> PrivateKey:
             hint="set identity_key so clients can pin this coordinator",
         )
         return key
-    try:
-        return load_private_key(config.identity_key)
-    except IdentityFileError as exc:
-        raise ConfigError(f"identity_key={config.identity_key!r}: {exc}") from exc
+    return load_identity_option(config.identity_key)
 
 
 def load_allowed_keys(config: CoordinatorConfig) -> AllowedKeys | None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedgrpc.crypto.keys import PrivateKey, PublicKey
-from fedgrpc.errors import IdentityFileError, InvalidKeyError
+from fedgrpc.errors import ConfigError, IdentityFileError, InvalidKeyError
 
 SECRET_MODE = 0o600
 """Private keys: readable and writable by the owner only (as ssh requires)."""
@@ -178,6 +178,18 @@ def load_private_key(path: str | Path) -> PrivateKey:
         return PrivateKey.from_pem(data)
     except InvalidKeyError as exc:
         raise IdentityFileError(f"{path}: {exc}") from exc
+
+
+def load_identity_option(path: str, option: str = "identity_key") -> PrivateKey:
+    """The private key a config option names, errors phrased for that option.
+
+    Raises:
+        ConfigError: naming `option`; the file is unreadable or not a key.
+    """
+    try:
+        return load_private_key(path)
+    except IdentityFileError as exc:
+        raise ConfigError(f"{option}={path!r}: {exc}") from exc
 
 
 def load_public_key(path: str | Path) -> PublicKey:

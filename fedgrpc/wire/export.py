@@ -45,7 +45,7 @@ from fedgrpc.errors import (
 )
 from fedgrpc.wire.codec_params import CodecBinding
 from fedgrpc.wire.convert import header_from_proto
-from fedgrpc.wire.frames import chunk_proof
+from fedgrpc.wire.frames import chunk_proof, encode_varint
 from fedgrpc.wire.signed import commit_proof, update_statement
 
 MAGIC = b"fedgrpc-update 1\n"
@@ -108,15 +108,6 @@ def export_path(directory: str, run_id: str, round_id: int, client_id: str) -> P
     return Path(directory) / f"{run_id}-r{round_id:06d}-{client_id}{SUFFIX}"
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 async def exported(
     requests: AsyncIterator[coordinator_pb2.PushUpdateRequest | bytes],
     path: Path,
@@ -139,7 +130,7 @@ async def exported(
                     if isinstance(request, bytes)
                     else request.SerializeToString()
                 )
-                out.write(_varint(len(data)))
+                out.write(encode_varint(len(data)))
                 out.write(data)
                 yield request
         os.replace(partial, path)

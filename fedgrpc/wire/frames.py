@@ -38,7 +38,8 @@ class _Serializable(Protocol):
     def SerializeToString(self) -> bytes: ...  # noqa: N802 - protobuf's name
 
 
-def _varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
+    """Protobuf base-128 varint (also the length prefix of exported updates)."""
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -48,14 +49,14 @@ def _varint(value: int) -> bytes:
 
 
 def _tag(field: int) -> bytes:
-    return _varint(field << 3 | _LEN)
+    return encode_varint(field << 3 | _LEN)
 
 
 def _frame(fields: bytes, payload_field: int, payload: memoryview) -> bytes:
     """`fields` + payload as field `payload_field`, all wrapped as field 2."""
-    payload_head = _tag(payload_field) + _varint(len(payload))
+    payload_head = _tag(payload_field) + encode_varint(len(payload))
     inner_len = len(fields) + len(payload_head) + len(payload)
-    head = _tag(_CHUNK_FIELD) + _varint(inner_len) + fields + payload_head
+    head = _tag(_CHUNK_FIELD) + encode_varint(inner_len) + fields + payload_head
     return b"".join((head, payload))
 
 
@@ -117,7 +118,7 @@ class _NotPlainChunkError(Exception):
     """The bytes are not the plain shape `decode_push_request` handles fast."""
 
 
-def _read_varint(data: memoryview, pos: int) -> tuple[int, int]:
+def _readencode_varint(data: memoryview, pos: int) -> tuple[int, int]:
     result = shift = 0
     while pos < len(data) and shift < 64:
         byte = data[pos]
@@ -133,13 +134,13 @@ def _fields(data: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
     """(field number, wire type, value) of a message's varint and LEN fields."""
     pos = 0
     while pos < len(data):
-        key, pos = _read_varint(data, pos)
+        key, pos = _readencode_varint(data, pos)
         field, wire_type = key >> 3, key & 7
         if wire_type == 0:
-            value, pos = _read_varint(data, pos)
+            value, pos = _readencode_varint(data, pos)
             yield field, wire_type, value
         elif wire_type == _LEN:
-            size, pos = _read_varint(data, pos)
+            size, pos = _readencode_varint(data, pos)
             if pos + size > len(data):
                 raise _NotPlainChunkError
             yield field, wire_type, data[pos : pos + size]
