@@ -8,13 +8,13 @@ what DiLoCoClient would, minus the work the timing should not include.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import traceback
 from typing import Any
 
 import grpc
 import numpy as np
-from _util import MB
 
 from fedgrpc._proto.v1 import admin_pb2, admin_pb2_grpc, common_pb2, coordinator_pb2
 from fedgrpc.crypto.keys import PrivateKey
@@ -139,8 +139,8 @@ class Target:
     async def status(self) -> admin_pb2.GetStatusResponse:
         return await self.admin.GetStatus(admin_pb2.GetStatusRequest(), timeout=30)
 
-    async def round(self, values: np.ndarray) -> float:
-        """Push one update (seeding first); the coordinator's ingest window in s."""
+    async def round(self, values: np.ndarray) -> Window:
+        """Push one update (seeding first); the coordinator's ingest window."""
         if self.joined is None:
             self.joined = await _join(self.channel, _spec(self.n), self.key, self.mode)
         status = await self.status()
@@ -150,15 +150,31 @@ class Target:
             for frame in frames:
                 yield frame
 
+        cpu_before = time.process_time()
         await self.push(messages(), timeout=600)
-        done = (await self.status()).recent_rounds
-        return done[-1].ingest_s if status.model_version or status.round_id else 0.0
+        client_cpu_s = time.process_time() - cpu_before
+        if not (status.model_version or status.round_id):
+            return Window(0.0, 0.0, 0.0)  # the seed, which has no window
+        done = (await self.status()).recent_rounds[-1]
+        return Window(done.ingest_s, done.ingest_cpu_s, client_cpu_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """One timed push: the coordinator's window and what each side spent in it."""
+
+    ingest_s: float
+    """Coordinator: first header to last commit."""
+    coordinator_cpu_s: float
+    """Coordinator process CPU (all threads) in that window."""
+    client_cpu_s: float
+    """This client process's CPU over the whole push call."""
 
 
 async def _ingest(addresses: dict[str, str], n: int, rounds: int) -> dict[str, Any]:
     targets = {mode: Target(addresses[mode], mode, n) for mode in MODES}
     values = np.random.default_rng(0).standard_normal(n).astype("<f4") * 1e-3
-    windows: dict[str, list[float]] = {mode: [] for mode in MODES}
+    windows: dict[str, list[Window]] = {mode: [] for mode in MODES}
     for target in targets.values():
         await target.round(np.zeros(n, "<f4"))  # seed
         await target.round(values)  # warm-up round
@@ -167,7 +183,10 @@ async def _ingest(addresses: dict[str, str], n: int, rounds: int) -> dict[str, A
             windows[mode].append(await target.round(values))
     for target in targets.values():
         await target.channel.close()
-    return {mode: [n * 4 / s / MB for s in windows[mode] if s > 0] for mode in MODES}
+    return {
+        mode: [dataclasses.asdict(w) for w in windows[mode] if w.ingest_s > 0]
+        for mode in MODES
+    }
 
 
 def ingest_main(addresses: dict[str, str], n: int, rounds: int, out: Any) -> None:

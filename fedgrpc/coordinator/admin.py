@@ -68,6 +68,7 @@ def build_status(runtime: CoordinatorRuntime) -> pb.GetStatusResponse:
                 mean_train_loss=r.mean_train_loss,
                 bytes_received=r.bytes_received,
                 ingest_s=r.ingest_s,
+                ingest_cpu_s=r.ingest_cpu_s,
                 reason=r.reason if r.outcome is not Outcome.APPLIED else "",
             )
             for r in engine.history

@@ -126,6 +126,7 @@ class RoundEngine:
         current = self._collecting_round()
         if current.first_header_s is None:
             current.first_header_s = self.clock()
+            current.first_header_cpu_s = time.process_time()
         ticket = Ticket(client, header, current.round_id, scratch)
         current.streaming[ticket.ticket_id] = ticket
         return ticket
@@ -226,6 +227,7 @@ class RoundEngine:
             current.samples += header.num_samples
             current.bytes_received += payload_bytes
             current.last_commit_s = self.clock()
+            current.last_commit_cpu_s = time.process_time()
             if current.deadline_s is None:
                 current.deadline_s = current.last_commit_s + self.config.round_timeout_s
             client.last_round = current.round_id
@@ -347,6 +349,9 @@ class RoundEngine:
             mean_train_loss=closing.loss_weighted_sum / max(1, closing.samples),
             bytes_received=closing.bytes_received,
             ingest_s=last - first if first is not None and last is not None else 0.0,
+            ingest_cpu_s=max(
+                0.0, closing.last_commit_cpu_s - closing.first_header_cpu_s
+            ),
         )
         self.history.append(result)
         self._open_round()

@@ -97,6 +97,9 @@ class OpenRound:
     bytes_received: int = 0
     first_header_s: float | None = None
     last_commit_s: float | None = None
+    first_header_cpu_s: float = 0.0
+    last_commit_cpu_s: float = 0.0
+    """Process CPU clock (all threads) at those two moments, for ingest_cpu_s."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,3 +116,10 @@ class RoundResult:
     bytes_received: int
     ingest_s: float
     """First update header to last commit: the window updates streamed in."""
+    ingest_cpu_s: float = 0.0
+    """CPU seconds the coordinator process (every thread) spent in that window.
+
+    Wall-clock ingest on a shared machine says how fast; this says what it
+    cost, which is what tells a hashing pool that cannot overlap (no free
+    core) from one that is slow.
+    """

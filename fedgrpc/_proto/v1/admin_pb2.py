@@ -26,7 +26,7 @@ from fedgrpc._proto.v1 import common_pb2 as fedgrpc_dot_v1_dot_common__pb2
 from fedgrpc._proto.v1 import coordinator_pb2 as fedgrpc_dot_v1_dot_coordinator__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64grpc/v1/admin.proto\x12\nfedgrpc.v1\x1a\x17\x66\x65\x64grpc/v1/common.proto\x1a\x1c\x66\x65\x64grpc/v1/coordinator.proto\"\x12\n\x10GetStatusRequest\"\xba\x01\n\x0c\x43lientStatus\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x18\n\x10updates_accepted\x18\x04 \x01(\x04\x12\x1b\n\x13samples_contributed\x18\x05 \x01(\x04\x12\x12\n\nlast_round\x18\x06 \x01(\x04\x12\x17\n\x0flast_train_loss\x18\x07 \x01(\x02\x12\x12\n\nkey_sha256\x18\x08 \x01(\t\"\xc7\x01\n\x0cRoundSummary\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12)\n\x07outcome\x18\x02 \x01(\x0e\x32\x18.fedgrpc.v1.RoundOutcome\x12\x13\n\x0bnum_updates\x18\x03 \x01(\r\x12\x12\n\nduration_s\x18\x04 \x01(\x01\x12\x17\n\x0fmean_train_loss\x18\x05 \x01(\x02\x12\x16\n\x0e\x62ytes_received\x18\x06 \x01(\x04\x12\x10\n\x08ingest_s\x18\x07 \x01(\x01\x12\x0e\n\x06reason\x18\x08 \x01(\t\"\xb8\x03\n\x11GetStatusResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\x04\x12%\n\x05phase\x18\x03 \x01(\x0e\x32\x16.fedgrpc.v1.RoundPhase\x12\x15\n\rmodel_version\x18\x04 \x01(\x04\x12\x16\n\x0enum_parameters\x18\x05 \x01(\x04\x12-\n\x0cround_config\x18\x06 \x01(\x0b\x32\x17.fedgrpc.v1.RoundConfig\x12)\n\x07\x63lients\x18\x07 \x03(\x0b\x32\x18.fedgrpc.v1.ClientStatus\x12\x16\n\x0e\x62ytes_received\x18\x08 \x01(\x04\x12\x12\n\nbytes_sent\x18\t \x01(\x04\x12/\n\rrecent_rounds\x18\n \x03(\x0b\x32\x18.fedgrpc.v1.RoundSummary\x12\x10\n\x08uptime_s\x18\x0b \x01(\x01\x12\x13\n\x0bround_nonce\x18\x0c \x01(\x0c\x12\x14\n\x0cmodel_sha256\x18\r \x01(\x0c\x12\x1e\n\x16\x63oordinator_key_sha256\x18\x0e \x01(\t\x12\x17\n\x0fopen_enrollment\x18\x0f \x01(\x08*\xc0\x01\n\nRoundPhase\x12\x1b\n\x17ROUND_PHASE_UNSPECIFIED\x10\x00\x12!\n\x1dROUND_PHASE_WAITING_FOR_MODEL\x10\x01\x12\"\n\x1eROUND_PHASE_WAITING_FOR_QUORUM\x10\x02\x12\x1a\n\x16ROUND_PHASE_COLLECTING\x10\x03\x12\x18\n\x14ROUND_PHASE_APPLYING\x10\x04\x12\x18\n\x14ROUND_PHASE_STOPPING\x10\x05\x32X\n\x0c\x41\x64minService\x12H\n\tGetStatus\x12\x1c.fedgrpc.v1.GetStatusRequest\x1a\x1d.fedgrpc.v1.GetStatusResponseB\x84\x01\n\x0e\x64\x65v.fedgrpc.v1B\nAdminProtoP\x01Z6github.com/fedgrpc/fedgrpc/gen/go/fedgrpc/v1;fedgrpcv1\xa2\x02\x03\x46GR\xaa\x02\nFedgrpc.V1\xca\x02\nFedgrpc\\V1\xea\x02\x0b\x46\x65\x64grpc::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64grpc/v1/admin.proto\x12\nfedgrpc.v1\x1a\x17\x66\x65\x64grpc/v1/common.proto\x1a\x1c\x66\x65\x64grpc/v1/coordinator.proto\"\x12\n\x10GetStatusRequest\"\xba\x01\n\x0c\x43lientStatus\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x18\n\x10updates_accepted\x18\x04 \x01(\x04\x12\x1b\n\x13samples_contributed\x18\x05 \x01(\x04\x12\x12\n\nlast_round\x18\x06 \x01(\x04\x12\x17\n\x0flast_train_loss\x18\x07 \x01(\x02\x12\x12\n\nkey_sha256\x18\x08 \x01(\t\"\xdd\x01\n\x0cRoundSummary\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12)\n\x07outcome\x18\x02 \x01(\x0e\x32\x18.fedgrpc.v1.RoundOutcome\x12\x13\n\x0bnum_updates\x18\x03 \x01(\r\x12\x12\n\nduration_s\x18\x04 \x01(\x01\x12\x17\n\x0fmean_train_loss\x18\x05 \x01(\x02\x12\x16\n\x0e\x62ytes_received\x18\x06 \x01(\x04\x12\x10\n\x08ingest_s\x18\x07 \x01(\x01\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x14\n\x0cingest_cpu_s\x18\t \x01(\x01\"\xb8\x03\n\x11GetStatusResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\x04\x12%\n\x05phase\x18\x03 \x01(\x0e\x32\x16.fedgrpc.v1.RoundPhase\x12\x15\n\rmodel_version\x18\x04 \x01(\x04\x12\x16\n\x0enum_parameters\x18\x05 \x01(\x04\x12-\n\x0cround_config\x18\x06 \x01(\x0b\x32\x17.fedgrpc.v1.RoundConfig\x12)\n\x07\x63lients\x18\x07 \x03(\x0b\x32\x18.fedgrpc.v1.ClientStatus\x12\x16\n\x0e\x62ytes_received\x18\x08 \x01(\x04\x12\x12\n\nbytes_sent\x18\t \x01(\x04\x12/\n\rrecent_rounds\x18\n \x03(\x0b\x32\x18.fedgrpc.v1.RoundSummary\x12\x10\n\x08uptime_s\x18\x0b \x01(\x01\x12\x13\n\x0bround_nonce\x18\x0c \x01(\x0c\x12\x14\n\x0cmodel_sha256\x18\r \x01(\x0c\x12\x1e\n\x16\x63oordinator_key_sha256\x18\x0e \x01(\t\x12\x17\n\x0fopen_enrollment\x18\x0f \x01(\x08*\xc0\x01\n\nRoundPhase\x12\x1b\n\x17ROUND_PHASE_UNSPECIFIED\x10\x00\x12!\n\x1dROUND_PHASE_WAITING_FOR_MODEL\x10\x01\x12\"\n\x1eROUND_PHASE_WAITING_FOR_QUORUM\x10\x02\x12\x1a\n\x16ROUND_PHASE_COLLECTING\x10\x03\x12\x18\n\x14ROUND_PHASE_APPLYING\x10\x04\x12\x18\n\x14ROUND_PHASE_STOPPING\x10\x05\x32X\n\x0c\x41\x64minService\x12H\n\tGetStatus\x12\x1c.fedgrpc.v1.GetStatusRequest\x1a\x1d.fedgrpc.v1.GetStatusResponseB\x84\x01\n\x0e\x64\x65v.fedgrpc.v1B\nAdminProtoP\x01Z6github.com/fedgrpc/fedgrpc/gen/go/fedgrpc/v1;fedgrpcv1\xa2\x02\x03\x46GR\xaa\x02\nFedgrpc.V1\xca\x02\nFedgrpc\\V1\xea\x02\x0b\x46\x65\x64grpc::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,16 +34,16 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedgrpc.v1.admin_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.fedgrpc.v1B\nAdminProtoP\001Z6github.com/fedgrpc/fedgrpc/gen/go/fedgrpc/v1;fedgrpcv1\242\002\003FGR\252\002\nFedgrpc.V1\312\002\nFedgrpc\\V1\352\002\013Fedgrpc::V1'
-  _globals['_ROUNDPHASE']._serialized_start=948
-  _globals['_ROUNDPHASE']._serialized_end=1140
+  _globals['_ROUNDPHASE']._serialized_start=970
+  _globals['_ROUNDPHASE']._serialized_end=1162
   _globals['_GETSTATUSREQUEST']._serialized_start=93
   _globals['_GETSTATUSREQUEST']._serialized_end=111
   _globals['_CLIENTSTATUS']._serialized_start=114
   _globals['_CLIENTSTATUS']._serialized_end=300
   _globals['_ROUNDSUMMARY']._serialized_start=303
-  _globals['_ROUNDSUMMARY']._serialized_end=502
-  _globals['_GETSTATUSRESPONSE']._serialized_start=505
-  _globals['_GETSTATUSRESPONSE']._serialized_end=945
-  _globals['_ADMINSERVICE']._serialized_start=1142
-  _globals['_ADMINSERVICE']._serialized_end=1230
+  _globals['_ROUNDSUMMARY']._serialized_end=524
+  _globals['_GETSTATUSRESPONSE']._serialized_start=527
+  _globals['_GETSTATUSRESPONSE']._serialized_end=967
+  _globals['_ADMINSERVICE']._serialized_start=1164
+  _globals['_ADMINSERVICE']._serialized_end=1252
 # @@protoc_insertion_point(module_scope)

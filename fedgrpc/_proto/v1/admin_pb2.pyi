@@ -140,6 +140,7 @@ class RoundSummary(_message.Message):
     BYTES_RECEIVED_FIELD_NUMBER: _builtins.int
     INGEST_S_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    INGEST_CPU_S_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     """Round id."""
     outcome: _coordinator_pb2.RoundOutcome.ValueType
@@ -158,6 +159,11 @@ class RoundSummary(_message.Message):
     """
     reason: _builtins.str
     """Why it was skipped (as in RoundClosed.reason); empty when applied."""
+    ingest_cpu_s: _builtins.float
+    """CPU seconds the coordinator process (all threads) spent in the ingest_s
+    window: ingest_cpu_s / bytes_received is what receiving, verifying and
+    adding a byte costs, independent of how busy the machine was.
+    """
     def __init__(
         self,
         *,
@@ -169,10 +175,11 @@ class RoundSummary(_message.Message):
         bytes_received: _builtins.int = ...,
         ingest_s: _builtins.float = ...,
         reason: _builtins.str = ...,
+        ingest_cpu_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "duration_s", b"duration_s", "ingest_s", b"ingest_s", "mean_train_loss", b"mean_train_loss", "num_updates", b"num_updates", "outcome", b"outcome", "reason", b"reason", "round_id", b"round_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "duration_s", b"duration_s", "ingest_cpu_s", b"ingest_cpu_s", "ingest_s", b"ingest_s", "mean_train_loss", b"mean_train_loss", "num_updates", b"num_updates", "outcome", b"outcome", "reason", b"reason", "round_id", b"round_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
