@@ -76,6 +76,10 @@ class Federation:
     """Nonce of the round current at Join (round 0: what seeding signs)."""
     signed: bool
     """The coordinator requires signed updates."""
+    last_update_round: int = 0
+    """Round our last update was committed to, as the coordinator recorded it."""
+    last_applied_round: int = 0
+    """Last round applied with our update in its mean."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +153,8 @@ def federation_from(
         coordinator_key=coordinator,
         round_nonce=response.round_nonce,
         signed=round_config.update_signatures_required,
+        last_update_round=response.last_update_round,
+        last_applied_round=response.last_applied_round,
     )
 
 

@@ -31,7 +31,11 @@ from fedgrpc.client.rounds import RoundStart, StaleBase
 from fedgrpc.client.transfer import UpdateMeta
 from fedgrpc.client.weights import LocalRun
 from fedgrpc.config import ClientConfig
-from fedgrpc.errors import CoordinatorUnavailableError, WrongRoundError
+from fedgrpc.errors import (
+    CoordinatorUnavailableError,
+    ShuttingDownError,
+    WrongRoundError,
+)
 from fedgrpc.log import get_logger
 
 log = get_logger(__name__)
@@ -141,9 +145,10 @@ class SyncPoint:
             self._log.warning("model_stale", version=base_version, latest=latest)
             self.pull_and_load(latest, wait_s=self._config.rpc_timeout_s)
             return "stale"
+        self.pending = opened  # until its close, or `resume`, settles it
         pushed = self._push(opened.round_id, opened.nonce)
-        if pushed:
-            self.pending = opened
+        if not pushed:
+            self.pending = None
         return self._finish(opened, pushed)
 
     def _finish(self, opened: RoundStart, pushed: bool) -> SyncOutcome:
@@ -175,26 +180,33 @@ class SyncPoint:
     def resume(self) -> SyncOutcome:
         """Finish the sync point a fault interrupted, on a re-joined link.
 
-        The coordinator's model version (from Join) says what happened:
-        ahead of our base -> our update was applied, or a later round was:
-        pull without pushing again. Equal, and the round we pushed to is
-        still open (same nonce) -> wait for it. Equal otherwise -> our
-        update was lost (a restart reopens the round with a fresh nonce):
-        give it back to the residual and push again, signed for the new
-        round. A coordinator that lost its history (behind us, or a new
-        run) is followed too: we pull its model.
+        The update in flight (if any) is settled from what Join says the
+        coordinator recorded, never guessed: committed to the round we
+        pushed to, and that round still open (same nonce) -> wait for its
+        close. Committed to a round that was applied -> it counted.
+        Otherwise (never committed: the push broke first, or a restart lost
+        the round; or its round was skipped) -> it goes back to the
+        residual and is sent again. A push whose acknowledgement was lost
+        is thus counted exactly once.
+
+        Then the model version: equal to our base -> run the sync point
+        (push into the open round); ahead -> pull without pushing. A
+        coordinator that lost its history (behind us, or a new run) is
+        followed too: we pull its model.
         """
         federation, base = self.federation, self._local.base_version
         pending, latest = self.pending, federation.model_version
-        if (
-            latest == base
-            and pending is not None
-            and (pending.nonce == federation.round_nonce)
-        ):
-            return self._finish(pending, pushed=True)
         self.pending = None
         if pending is not None:
-            self._settle(applied=latest > base)
+            landed = federation.last_update_round == pending.round_id
+            still_open = latest == base and pending.nonce == federation.round_nonce
+            if landed and still_open:
+                self.pending = pending
+                return self._finish(pending, pushed=True)
+            counted = landed and federation.last_applied_round == pending.round_id
+            self._log.info("update_in_flight_settled", round=pending.round_id,
+                           committed=landed, applied=counted)  # fmt: skip
+            self._settle(applied=counted)
         if latest == base and not federation.seed_model:
             return self.run()
         self._log.warning("model_stale", version=base, latest=latest)
@@ -233,7 +245,10 @@ class SyncPoint:
             self._settle(applied=False)
             self._log.warning("update_refused", round=round_id, reason=str(exc))
             return False
+        except (CoordinatorUnavailableError, ShuttingDownError):
+            raise  # it may have been committed: `resume` asks, then settles it
         except BaseException:
+            self.pending = None
             self._settle(applied=False)  # what was sent must not be lost
             raise
         self.bytes_sent += result.bytes_sent

@@ -31,6 +31,14 @@ class ClientRecord:
     updates_accepted: int = 0
     samples_contributed: int = 0
     last_round: int = 0
+    """Round of the client's last update committed to a round's sum."""
+    last_applied_round: int = 0
+    """Last round applied with an update of this client in its mean.
+
+    With `last_round` it tells a client that lost a push's acknowledgement
+    whether that update landed and counted, so it neither sends it twice
+    nor keeps it in its residual as well (see JoinResponse).
+    """
     last_train_loss: float = 0.0
 
 
@@ -110,6 +118,10 @@ class ClientRegistry:
     def connected(self) -> list[ClientRecord]:
         """Clients whose Session stream is open."""
         return [c for c in self._clients.values() if c.connected]
+
+    def get(self, client_id: str) -> ClientRecord | None:
+        """The record of `client_id`, if it ever joined."""
+        return self._clients.get(client_id)
 
     def all(self) -> list[ClientRecord]:
         """Every client that ever joined, in join order."""

@@ -329,6 +329,10 @@ class RoundEngine:
         """Record the result and open the next round (state change; event loop)."""
         if applied:
             self.model.advance()
+            for client_id in closing.contributors:
+                record = self.registry.get(client_id)
+                if record is not None:
+                    record.last_applied_round = closing.round_id
         elif closing.void_reason is not None:
             reason = closing.void_reason
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING
@@ -160,6 +161,8 @@ class CoordinatorServicer:
                 seed_model=joined.seed_model,
                 coordinator_key=self._coordinator_key,
                 round_nonce=joined.round_nonce,
+                last_update_round=joined.client.last_round,
+                last_applied_round=joined.client.last_applied_round,
             )
 
         return await status.unary(context, body)
@@ -279,6 +282,7 @@ class CoordinatorServicer:
                 digest = check.finish(part.num_chunks, commit_proof(part))
                 nbytes = check.payload_bytes
                 in_round = await runtime.commit(ticket, nbytes, digest)
+                _drop_ack_for_tests(ticket)
                 return pb.PushUpdateResponse(
                     round_id=ticket.round_id,
                     updates_in_round=in_round,
@@ -365,3 +369,16 @@ class CoordinatorServicer:
         signed = model_statement(header, runtime.run_id).encode(identity.algorithm)
         header.signature = identity.sign(signed)
         return header
+
+
+DROP_ACK_ENV = "FEDGRPC_TEST_DROP_ACK"
+"""Test-only: `CLIENT_ID:ROUND` answers that client's committed update for
+that round with UNAVAILABLE, as a connection lost between the commit and its
+acknowledgement would, to test that the update still counts exactly once."""
+
+
+def _drop_ack_for_tests(ticket: Ticket) -> None:
+    if os.environ.get(DROP_ACK_ENV) == f"{ticket.client.client_id}:{ticket.round_id}":
+        raise ShuttingDownError(
+            f"{DROP_ACK_ENV}: the acknowledgement of this committed update was dropped"
+        )

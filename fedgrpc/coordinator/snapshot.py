@@ -45,7 +45,12 @@ from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
 log = get_logger(__name__)
 _OPTIMIZER_PREFIX = "optimizer."
 _DTYPES = {dtype.torch_name: dtype for dtype in DType}
-_CREDIT_FIELDS = ("updates_accepted", "samples_contributed", "last_round")
+_CREDIT_FIELDS = (
+    "updates_accepted",
+    "samples_contributed",
+    "last_round",
+    "last_applied_round",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +214,7 @@ def _restore_clients(registry: ClientRegistry, rows: list[dict[str, Any]]) -> No
             session_token=secrets.token_bytes(SESSION_TOKEN_BYTES),
             public_key=public_key,
             last_train_loss=row["last_train_loss"],
-            **{name: row[name] for name in _CREDIT_FIELDS},
+            **{name: row.get(name, 0) for name in _CREDIT_FIELDS},  # older: fewer
         )
         registry._clients[record.client_id] = record
         digits = record.client_id.lstrip("c")

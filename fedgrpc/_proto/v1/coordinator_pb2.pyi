@@ -233,6 +233,8 @@ class JoinResponse(_message.Message):
     SEED_MODEL_FIELD_NUMBER: _builtins.int
     COORDINATOR_KEY_FIELD_NUMBER: _builtins.int
     ROUND_NONCE_FIELD_NUMBER: _builtins.int
+    LAST_UPDATE_ROUND_FIELD_NUMBER: _builtins.int
+    LAST_APPLIED_ROUND_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """Id the coordinator assigned to this client; stable for the connection."""
     session_token: _builtins.bytes
@@ -250,6 +252,17 @@ class JoinResponse(_message.Message):
     round_nonce: _builtins.bytes
     """Nonce of `current_round`; of round 0, the initial weights, while the
     model is not seeded. Later rounds announce theirs in RoundStarted.
+    """
+    last_update_round: _builtins.int
+    """Round of this client's last update that the coordinator committed to a
+    round's sum (0: none). Joining again with the same key after a lost
+    connection, a client whose push lost its acknowledgement learns from
+    this whether the update landed, and must not send it again.
+    """
+    last_applied_round: _builtins.int
+    """Last round applied with an update of this client in its mean (0: none).
+    last_update_round == last_applied_round: that update counted; a higher
+    last_update_round: it is in a round still open, or one that was skipped.
     """
     @_builtins.property
     def round_config(self) -> _common_pb2.RoundConfig:
@@ -276,10 +289,12 @@ class JoinResponse(_message.Message):
         seed_model: _builtins.bool = ...,
         coordinator_key: _common_pb2.PublicKeyRecord | None = ...,
         round_nonce: _builtins.bytes = ...,
+        last_update_round: _builtins.int = ...,
+        last_applied_round: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["coordinator_key", b"coordinator_key", "model_spec", b"model_spec", "round_config", b"round_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "coordinator_key", b"coordinator_key", "current_round", b"current_round", "model_spec", b"model_spec", "model_version", b"model_version", "round_config", b"round_config", "round_nonce", b"round_nonce", "run_id", b"run_id", "seed_model", b"seed_model", "session_token", b"session_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "coordinator_key", b"coordinator_key", "current_round", b"current_round", "last_applied_round", b"last_applied_round", "last_update_round", b"last_update_round", "model_spec", b"model_spec", "model_version", b"model_version", "round_config", b"round_config", "round_nonce", b"round_nonce", "run_id", b"run_id", "seed_model", b"seed_model", "session_token", b"session_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
