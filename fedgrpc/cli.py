@@ -23,7 +23,7 @@ from fedgrpc.cli_ops import add_ops_parsers
 from fedgrpc.config import OUTER_OPTIMIZERS, CoordinatorConfig
 from fedgrpc.errors import FedGrpcError
 from fedgrpc.log import configure_logging
-from fedgrpc.sim.corpus import DEFAULT_CORPUS_BYTES
+from fedgrpc.sim import DEFAULT_CORPUS_BYTES
 
 
 def _add_outer_flags(parser: argparse.ArgumentParser) -> None:

@@ -16,19 +16,18 @@ Typical client use::
 and on the coordinator, per received block::
 
     codec.decode(payload, count).add_into(total[offset : offset + count], weight)
+
+Only the codec specs (`Dense`, `TopK`, `parse_codec`, ...) are imported
+eagerly: they are what configs and the CLI need, and the codecs behind them
+pull in torch, which costs a command-line tool ~1.5 s. The rest loads on
+first use (PEP 562).
 """
 
 from __future__ import annotations
 
-from fedgrpc.compress.blocks import (
-    MAX_BLOCK_COORDINATES,
-    DecodedBlock,
-    DenseValues,
-    EncodedBlock,
-    SparseValues,
-)
-from fedgrpc.compress.codec import BlockCodec, make_codec
-from fedgrpc.compress.error_feedback import ErrorFeedback, OffsetBlock
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from fedgrpc.compress.spec import (
     VALUE_FORMATS,
     CodecConfig,
@@ -38,7 +37,31 @@ from fedgrpc.compress.spec import (
     format_codec,
     parse_codec,
 )
-from fedgrpc.compress.topk import TOPK_BLOCK_COORDINATES
+
+if TYPE_CHECKING:
+    from fedgrpc.compress.blocks import (
+        MAX_BLOCK_COORDINATES,
+        DecodedBlock,
+        DenseValues,
+        EncodedBlock,
+        SparseValues,
+    )
+    from fedgrpc.compress.codec import BlockCodec, make_codec
+    from fedgrpc.compress.error_feedback import ErrorFeedback, OffsetBlock
+    from fedgrpc.compress.topk import TOPK_BLOCK_COORDINATES
+
+_LAZY = {
+    "MAX_BLOCK_COORDINATES": "blocks",
+    "DecodedBlock": "blocks",
+    "DenseValues": "blocks",
+    "EncodedBlock": "blocks",
+    "SparseValues": "blocks",
+    "BlockCodec": "codec",
+    "make_codec": "codec",
+    "ErrorFeedback": "error_feedback",
+    "OffsetBlock": "error_feedback",
+    "TOPK_BLOCK_COORDINATES": "topk",
+}
 
 __all__ = [
     "MAX_BLOCK_COORDINATES",
@@ -59,3 +82,12 @@ __all__ = [
     "make_codec",
     "parse_codec",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fedgrpc.compress' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"fedgrpc.compress.{module}"), name)
+    globals()[name] = value  # later lookups skip this hook
+    return value

@@ -20,13 +20,10 @@ from pathlib import Path
 import torch
 
 from fedgrpc.errors import ConfigError
+from fedgrpc.sim import DEFAULT_CORPUS_BYTES
 
 VOCAB_SIZE = 256
 """Byte-level tokens: one token per byte value, nothing to train or share."""
-DEFAULT_CORPUS_BYTES = 8_000_000
-"""~8 MB, nearly all of a CPython 3.11 standard library after the skips below:
-a 1.8 MB shard per client at 4 clients, so the ~2M tokens a client samples in
-1000 steps of 32 x 64 cover its shard about once. Reading it takes ~40 ms."""
 VALIDATION_FRACTION = 0.1
 """The last 10 % of the corpus is held out for validation loss."""
 _SKIP_DIRS = frozenset(

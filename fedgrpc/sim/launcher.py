@@ -21,7 +21,7 @@ from fedgrpc.config import CoordinatorConfig, OuterOptimizerName
 from fedgrpc.coordinator.server import CoordinatorThread
 from fedgrpc.errors import FedGrpcError
 from fedgrpc.log import get_logger
-from fedgrpc.sim.corpus import DEFAULT_CORPUS_BYTES
+from fedgrpc.sim import DEFAULT_CORPUS_BYTES
 from fedgrpc.sim.models import TrainDefaults
 from fedgrpc.sim.worker import WorkerArgs, run_worker
 

@@ -58,3 +58,12 @@ def test_importing_fedgrpc_does_not_import_grpc() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_the_cli_starts_without_torch() -> None:
+    """`fedgrpc status`, `keygen`, `--help`: torch would add ~1.5 s to each."""
+    code = "import sys, fedgrpc.cli, fedgrpc.config; print('torch' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert out.stdout.strip() == "False", out.stderr
