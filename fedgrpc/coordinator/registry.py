@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import itertools
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fedgrpc.crypto.keys import PublicKey
@@ -48,6 +49,9 @@ class ClientRegistry:
     def __init__(self, max_clients: int) -> None:
         self.max_clients = max_clients
         self._clients: dict[str, ClientRecord] = {}
+        self._by_key: dict[PublicKey, ClientRecord] = {}
+        """Re-joins find their record in O(1): a cohort of thousands re-joining
+        at once after a restart would otherwise cost O(n^2) key comparisons."""
         self._ids = itertools.count(1)
 
     def add(
@@ -71,8 +75,13 @@ class ClientRegistry:
             public_key=public_key,
             last_seen_s=now_s,
         )
-        self._clients[client_id] = record
+        self._index(record)
         return record
+
+    def _index(self, record: ClientRecord) -> None:
+        self._clients[record.client_id] = record
+        if record.public_key is not None:
+            self._by_key[record.public_key] = record
 
     def admit(self, name: str, now_s: float, public_key: PublicKey) -> ClientRecord:
         """The client holding `public_key`: its earlier record, or a new one.
@@ -84,12 +93,12 @@ class ClientRegistry:
         Raises:
             TooLargeError: a new key, and `max_clients` clients have joined.
         """
-        for record in self._clients.values():
-            if record.public_key == public_key:
-                record.session_token = secrets.token_bytes(SESSION_TOKEN_BYTES)
-                record.name, record.last_seen_s = name or record.name, now_s
-                return record
-        return self.add(name, now_s, public_key)
+        record = self._by_key.get(public_key)
+        if record is None:
+            return self.add(name, now_s, public_key)
+        record.session_token = secrets.token_bytes(SESSION_TOKEN_BYTES)
+        record.name, record.last_seen_s = name or record.name, now_s
+        return record
 
     def authenticate(self, client_id: str, session_token: bytes) -> ClientRecord:
         """The record for `client_id` if `session_token` matches.
@@ -118,6 +127,15 @@ class ClientRegistry:
     def connected(self) -> list[ClientRecord]:
         """Clients whose Session stream is open."""
         return [c for c in self._clients.values() if c.connected]
+
+    def restore(self, records: Iterable[ClientRecord]) -> None:
+        """Re-admit checkpointed clients; new ids continue after the highest."""
+        highest = 0
+        for record in records:
+            self._index(record)
+            digits = record.client_id.lstrip("c")
+            highest = max(highest, int(digits) if digits.isdigit() else 0)
+        self._ids = itertools.count(max(highest + 1, next(self._ids)))
 
     def get(self, client_id: str) -> ClientRecord | None:
         """The record of `client_id`, if it ever joined."""

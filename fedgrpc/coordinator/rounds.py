@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -366,6 +366,16 @@ class RoundEngine:
     def round_nonce(self) -> bytes:
         """The nonce updates must sign now: the open round's, or round 0's."""
         return self.current.nonce if self.current is not None else self.seed_nonce
+
+    def resume(self, last_closed: int, history: Iterable[RoundResult]) -> None:
+        """Continue a checkpointed run: its history, then round `last_closed + 1`.
+
+        The reopened round gets a fresh nonce, so an update signed for the
+        round the crash interrupted cannot be replayed into it.
+        """
+        self.history.extend(history)
+        self._next_round_id = last_closed + 1
+        self._open_round()
 
     def _open_round(self) -> None:
         published = self.model.published

@@ -18,7 +18,6 @@ Plain Python, no gRPC or asyncio (like the round engine it restores).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import secrets
 import time
 from dataclasses import dataclass
@@ -200,11 +199,8 @@ def _client_row(client: ClientRecord) -> dict[str, Any]:
 
 
 def _restore_clients(registry: ClientRegistry, rows: list[dict[str, Any]]) -> None:
-    """Re-create client records, disconnected, with fresh (unknown) session tokens.
-
-    Writes the registry's internals because it has no restore method yet.
-    """
-    highest = 0
+    """Re-create client records, disconnected, with fresh (unknown) session tokens."""
+    records = []
     for row in rows:
         key = row["key"]
         public_key = None if key is None else PublicKey(key[0], bytes.fromhex(key[1]))
@@ -216,10 +212,8 @@ def _restore_clients(registry: ClientRegistry, rows: list[dict[str, Any]]) -> No
             last_train_loss=row["last_train_loss"],
             **{name: row.get(name, 0) for name in _CREDIT_FIELDS},  # older: fewer
         )
-        registry._clients[record.client_id] = record
-        digits = record.client_id.lstrip("c")
-        highest = max(highest, int(digits) if digits.isdigit() else 0)
-    registry._ids = itertools.count(highest + 1)
+        records.append(record)
+    registry.restore(records)
 
 
 def _round_row(result: RoundResult) -> dict[str, Any]:
@@ -231,9 +225,9 @@ def _round_row(result: RoundResult) -> dict[str, Any]:
 def _restore_rounds(engine: RoundEngine, last_closed: int, history: list[Any]) -> None:
     """Reload the history and reopen round `last_closed + 1` with a fresh nonce."""
     known = {f.name for f in dataclasses.fields(RoundResult)}
+    results = []
     for row in history:
         fields = {k: v for k, v in row.items() if k in known}
         fields["outcome"] = Outcome(fields["outcome"])
-        engine.history.append(RoundResult(**fields))
-    engine._next_round_id = last_closed + 1
-    engine._open_round()
+        results.append(RoundResult(**fields))
+    engine.resume(last_closed, results)

@@ -36,3 +36,23 @@ def test_a_new_key_still_counts_against_max_clients() -> None:
 
     with pytest.raises(TooLargeError):
         registry.admit("b", 1.0, PrivateKey.generate().public_key)
+
+
+def test_restored_clients_are_found_by_key_and_new_ids_continue_after_them() -> None:
+    # Arrange: a registry as a checkpoint left it (ids c00001 and c00007)
+    before = ClientRegistry(max_clients=10)
+    keys = [PrivateKey.generate().public_key for _ in range(3)]
+    kept = [before.admit(f"w{i}", 1.0, keys[i]) for i in range(2)]
+    kept[1].client_id, kept[1].samples_contributed = "c00007", 96
+    restored = ClientRegistry(max_clients=10)
+
+    # Act
+    restored.restore(kept)
+    again = restored.admit("w1-restarted", 2.0, keys[1])
+    newcomer = restored.admit("w2", 2.0, keys[2])
+
+    # Assert
+    assert again.client_id == "c00007"
+    assert again.samples_contributed == 96
+    assert newcomer.client_id == "c00008"
+    assert [c.client_id for c in restored.all()] == ["c00001", "c00007", "c00008"]
