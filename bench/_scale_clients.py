@@ -185,6 +185,8 @@ async def _run(
     proc = Process(address, names, coords)
     await proc.join_all()
     proc.open_sessions()
+    for stream in proc.streams:
+        stream.add_done_callback(lambda task: _report_failure(task, out))
     out.put({"joined": len(names)})
     # The parent sets `go` once every session is open (bounded by its timeout).
     if not await asyncio.to_thread(go.wait, 600):
@@ -194,6 +196,17 @@ async def _run(
     await asyncio.gather(*proc.streams)
     await proc.channel.close()
     return {"clients": proc.report()}
+
+
+def _report_failure(task: asyncio.Future[None], out: Any) -> None:
+    """A session that died reports at once: the parent must not wait for it.
+
+    Until the last session opens, the parent only polls the coordinator's
+    count, and the round waits for every client; a failure kept in its task
+    until the final gather would look like a hang (issue 6).
+    """
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        out.put({"error": "".join(traceback.format_exception(exc))})
 
 
 def clients_main(

@@ -269,10 +269,13 @@ class RoundEngine:
                 "round_timeout_s after the deadline"
             )
             return "void"
-        connected = {c.client_id for c in self.registry.connected()}
         done = len(current.contributors)
-        complete = done >= self.quorum(current) and not current.streaming
-        if complete and connected <= current.contributors:
+        # Cheap tests first: this runs on every commit and session close, and
+        # the scans below cost O(clients), O(clients^2) over a burst (issue 6).
+        if current.streaming or done < self.config.min_clients:
+            return None
+        connected = {c.client_id for c in self.registry.connected()}
+        if done >= self.quorum(current) and connected <= current.contributors:
             return "all connected clients committed"
         return None
 
