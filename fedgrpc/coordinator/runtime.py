@@ -297,12 +297,16 @@ class CoordinatorRuntime:
             if applied:  # before anyone hears of the new version (durability.py)
                 await self.checkpoints.save(self)
         self.metrics.round_closed(result)
+        # Both counts on every outcome: a skipped round's committed updates
+        # were thrown away, and a bare "updates=2" read as if they counted.
         log.info(
             "round_closed",
             round=result.round_id,
             outcome=result.outcome.value,
             version=result.model_version,
-            updates=result.num_updates,
+            updates_applied=result.num_updates if applied else 0,
+            updates_discarded=0 if applied else result.num_updates,
+            reason=result.reason,
             seconds=round(result.duration_s, 3),
             bytes=result.bytes_received,
             train_loss=round(result.mean_train_loss, 4),
