@@ -85,6 +85,18 @@ _SERVE_FLAGS = (
     _Flag("--codec", "update codec: dense[:fp32|bf16|fp16|int8|int4] or "
           "topk:DENSITY[:int8|int4|bf16|fp32], e.g. topk:0.01:int8 "
           f"(default: {_D.codec})", metavar="SPEC"),
+    _Flag("--secure-aggregation", "SecAgg+ masking: the coordinator learns "
+          "only each round's sum; needs --codec dense:int8 or dense:int4 and "
+          "--min-clients >= 3; excludes robust aggregation (default: off)",
+          const=True),
+    _Flag("--secagg-threshold", "Shamir threshold t: a count, or a fraction "
+          "of each neighbourhood (default: the fork-safe graph rule)",
+          float, "T"),
+    _Flag("--secagg-degree", "neighbours per client (default: complete graph "
+          "up to 100 participants, Harary degree O(log n) above)", int, "K"),
+    _Flag("--secagg-clip", "round-wide clip of secure-aggregation codes; "
+          "clipped remainders stay in clients' residuals "
+          f"(default: {_D.secagg_clip:g})", float, "C"),
     _Flag("--chunk-bytes", "payload bytes per streamed chunk, both directions "
           f"(default: {_D.chunk_bytes})", int, "BYTES"),
     _Flag("--heartbeat-interval-s", "expected seconds between client heartbeats "
@@ -205,6 +217,13 @@ def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "(grammar: fedgrpc serve --help, --codec; default: dense:fp32)",
     )
     parser.add_argument(
+        "--secure-aggregation",
+        action="store_true",
+        default=None,
+        help="mask every round (SecAgg+): the coordinator learns only sums; "
+        "the codec defaults to dense:int8 (default: off)",
+    )
+    parser.add_argument(
         "--corpus-bytes",
         type=int,
         metavar="BYTES",
@@ -269,6 +288,7 @@ def _simulate(args: argparse.Namespace) -> int:
         "outer_momentum": args.outer_momentum,
         "corpus_bytes": args.corpus_bytes,
         "compression": args.compression,
+        "secure_aggregation": args.secure_aggregation,
     }
     config = SimulationConfig(
         clients=args.clients,

@@ -21,6 +21,7 @@ from fedgrpc.client.connection import BackgroundLoop
 from fedgrpc.client.join import Federation, JoinSettings
 from fedgrpc.client.link import CoordinatorLink
 from fedgrpc.client.reconnect import Reconnector
+from fedgrpc.client.secure_updates import SecureUpdates
 from fedgrpc.client.session import LEAVE_TIMEOUT_S
 from fedgrpc.client.sync import BACKSTOP_S, SyncOutcome, SyncPoint, call
 from fedgrpc.client.weights import LocalRun
@@ -126,9 +127,18 @@ class DiLoCoClient:
             inner_steps=federation.inner_steps,
             seed=federation.seed_model,
         )
-        compressed = None
-        if federation.codec != Dense(values="fp32"):
-            n = self._local.spec.num_coordinates
+        compressed: CompressedUpdates | None = None
+        n = self._local.spec.num_coordinates
+        if federation.secure_aggregation:  # masked rounds (client.secure_round)
+            compressed = SecureUpdates(
+                federation.codec,
+                n,
+                federation.chunk_bytes,
+                lambda: sync.link.secure,  # the current link's, after reconnects too
+                feedback_decay=federation.feedback_decay,
+                wait_s=self._config.rpc_timeout_s,
+            )
+        elif federation.codec != Dense(values="fp32"):
             compressed = CompressedUpdates(
                 federation.codec, n, federation.chunk_bytes, federation.feedback_decay
             )

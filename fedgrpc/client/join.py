@@ -76,6 +76,8 @@ class Federation:
     """Nonce of the round current at Join (round 0: what seeding signs)."""
     signed: bool
     """The coordinator requires signed updates."""
+    secure_aggregation: bool = False
+    """Rounds are masked (SecAgg+); `client.secure_round` takes part in them."""
     last_update_round: int = 0
     """Round our last update was committed to, as the coordinator recorded it."""
     last_applied_round: int = 0
@@ -153,6 +155,7 @@ def federation_from(
         coordinator_key=coordinator,
         round_nonce=response.round_nonce,
         signed=round_config.update_signatures_required,
+        secure_aggregation=round_config.secure_aggregation,
         last_update_round=response.last_update_round,
         last_applied_round=response.last_applied_round,
     )

@@ -39,6 +39,7 @@ from fedgrpc.client.join import (
     signed_join,
 )
 from fedgrpc.client.rounds import RoundTracker
+from fedgrpc.client.secure_round import SecureParticipant, secure_participant
 from fedgrpc.client.session import SessionStream
 from fedgrpc.client.transfer import (
     FP32_BYTES,
@@ -101,6 +102,8 @@ class CoordinatorLink:
         self.federation: Federation | None = None
         self.tracker = RoundTracker()
         self._session: SessionStream | None = None
+        self.secure: SecureParticipant | None = None
+        """Takes part in masked rounds (`secure_round`), if the federation has them."""
         self._closed = False
 
     @classmethod
@@ -130,6 +133,9 @@ class CoordinatorLink:
             federation = await link._join(settings)
             link._session = SessionStream(
                 link.stub, link.credentials, link.tracker, config.heartbeat_interval_s
+            )
+            link.secure = secure_participant(
+                link.identity.key, link.credentials, federation, link._session
             )
             link._session.start()
         except BaseException:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -26,6 +26,7 @@ from fedgrpc.log import get_logger
 
 if TYPE_CHECKING:
     from fedgrpc._proto.v1.coordinator_pb2_grpc import CoordinatorServiceAsyncStub
+    from fedgrpc.client.secure_round import SecureParticipant
 
 log = get_logger(__name__)
 LEAVE_TIMEOUT_S = 5.0
@@ -68,6 +69,13 @@ class SessionStream:
             | None
         ) = None
         self._task: asyncio.Task[None] | None = None
+        self._outbox: asyncio.Queue[coordinator_pb2.SessionRequest] = asyncio.Queue()
+        self.secure: SecureParticipant | None = None
+        """Answers SecAgg events when the federation uses secure aggregation."""
+
+    def send(self, request: coordinator_pb2.SessionRequest) -> None:
+        """Queue a client event (secure aggregation) for the Session stream."""
+        self._outbox.put_nowait(request)
 
     def start(self) -> None:
         """Open the stream and start consuming it; call on the loop."""
@@ -84,13 +92,29 @@ class SessionStream:
                 session_token=credentials.session_token,
             )
         )
-        while not self._leave.is_set():
-            try:
-                await asyncio.wait_for(self._leave.wait(), self._heartbeat_interval_s)
-            except TimeoutError:
-                yield coordinator_pb2.SessionRequest(
-                    heartbeat=coordinator_pb2.Heartbeat(sent_unix_s=time.time())
+        # One pending get survives heartbeat timeouts, so no queued event is lost.
+        get: asyncio.Future[Any] | None = None  # Any: a queue get or an event wait
+        try:
+            while not self._leave.is_set():
+                get = get or asyncio.ensure_future(self._outbox.get())
+                leave: asyncio.Future[Any] = asyncio.ensure_future(self._leave.wait())
+                done, _ = await asyncio.wait(
+                    {get, leave},
+                    timeout=self._heartbeat_interval_s,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
+                leave.cancel()
+                if get in done:
+                    outgoing: coordinator_pb2.SessionRequest = get.result()
+                    get = None
+                    yield outgoing
+                elif not done:
+                    yield coordinator_pb2.SessionRequest(
+                        heartbeat=coordinator_pb2.Heartbeat(sent_unix_s=time.time())
+                    )
+        finally:
+            if get is not None:
+                get.cancel()
         yield coordinator_pb2.SessionRequest(
             leave=coordinator_pb2.SessionLeave(reason=self._leave_reason)
         )
@@ -144,6 +168,8 @@ class SessionStream:
             await self._tracker.record_closed(
                 round_end_from_proto(response.round_closed)
             )
+        elif event is not None and event.startswith("secagg_") and self.secure:
+            await self.secure.handle(response)
         elif event == "shutdown":
             log.warning("coordinator_shutdown", reason=response.shutdown.reason)
             await self._tracker.record_shutdown(response.shutdown.reason)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fedgrpc.coordinator.state import OpenRound, RoundResult
+from fedgrpc.wire.secagg import ServerPayload
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +53,17 @@ class SessionEnd:
     cause: Literal["shutdown", "evicted", "client_left"]
 
 
-SessionEvent = RoundStartedEvent | RoundResult | HeartbeatReply | SessionEnd
+@dataclass(frozen=True, slots=True)
+class SecAggEvent:
+    """A secure-aggregation message for one client (`coordinator.secure_round`)."""
+
+    round_id: int
+    payload: ServerPayload
+
+
+SessionEvent = (
+    RoundStartedEvent | RoundResult | HeartbeatReply | SessionEnd | SecAggEvent
+)
 
 
 def round_started_event(current: OpenRound, now_s: float) -> RoundStartedEvent:

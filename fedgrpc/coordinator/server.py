@@ -29,6 +29,7 @@ from fedgrpc._proto.v1 import (
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.admin import AdminServicer, build_status
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
+from fedgrpc.coordinator.secure_runtime import make_runtime
 from fedgrpc.coordinator.servicer import CoordinatorServicer
 from fedgrpc.coordinator.services import add_admin_service, add_coordinator_service
 from fedgrpc.crypto.tls import ServerTLS, load_server_tls
@@ -109,7 +110,7 @@ async def start_coordinator(config: CoordinatorConfig) -> RunningCoordinator:
     """
     tls = _load_tls(config)  # unusable files fail first, before anything logs
     server = grpc.aio.server(options=server_options(config))
-    runtime = CoordinatorRuntime(config)
+    runtime = make_runtime(config)  # secure aggregation: secure_runtime
     add_coordinator_service(CoordinatorServicer(runtime), server)
     add_admin_service(AdminServicer(runtime), server)
     health_servicer = health.aio.HealthServicer()

@@ -21,11 +21,13 @@ from fedgrpc.coordinator import status
 from fedgrpc.coordinator.events import (
     HeartbeatReply,
     RoundStartedEvent,
+    SecAggEvent,
     SessionEnd,
     SessionEvent,
 )
 from fedgrpc.coordinator.registry import ClientRecord
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
+from fedgrpc.coordinator.secure_messages import secure_message
 from fedgrpc.coordinator.state import Outcome, PublishedModel, RoundResult, Ticket
 from fedgrpc.errors import FedGrpcError, InvalidUpdateError, ShuttingDownError
 from fedgrpc.log import get_logger
@@ -44,6 +46,7 @@ from fedgrpc.wire.frames import (
     encode_model_chunk,
     parsed,
 )
+from fedgrpc.wire.secagg import server_event
 from fedgrpc.wire.signed import (
     commit_proof,
     join_proof_from_proto,
@@ -100,6 +103,8 @@ def session_event_to_proto(event: SessionEvent) -> pb.SessionResponse:
         )
     if isinstance(event, RoundResult):
         return pb.SessionResponse(round_closed=round_closed_to_proto(event))
+    if isinstance(event, SecAggEvent):
+        return server_event(event.round_id, event.payload)
     if isinstance(event, HeartbeatReply):
         return pb.SessionResponse(heartbeat=pb.Heartbeat(sent_unix_s=event.sent_unix_s))
     return pb.SessionResponse(shutdown=pb.ShutdownNotice(reason=event.reason))
@@ -222,6 +227,8 @@ class CoordinatorServicer:
                 if kind == "leave":
                     reason = f"client left: {request.leave.reason or 'no reason given'}"
                     break
+                if kind is not None and kind.startswith("secagg_"):
+                    await secure_message(self.runtime, client, request, queue)
         except Exception as exc:
             reason = f"session stream broke: {exc}"
         log.info("session_ending", client=client.client_id, reason=reason)

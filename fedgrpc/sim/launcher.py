@@ -46,6 +46,8 @@ class SimulationConfig:
     outer_momentum: float | None = None
     compression: str = "dense:fp32"
     """The coordinator's codec (`fedgrpc.compress.parse_codec` grammar)."""
+    secure_aggregation: bool = False
+    """Mask every round (SecAgg+); the codec then defaults to dense:int8."""
     corpus_bytes: int = DEFAULT_CORPUS_BYTES
     eval_batches: int = 8
     round_timeout_s: float = 120.0
@@ -158,12 +160,20 @@ def _coordinator_config(config: SimulationConfig) -> CoordinatorConfig:
         outer_optimizer=config.outer_optimizer,
         outer_lr=config.outer_lr,
         outer_momentum=config.outer_momentum,
-        codec=config.compression,
+        codec=_codec(config),
+        secure_aggregation=config.secure_aggregation,
         heartbeat_interval_s=2.0,
         session_timeout_s=60.0,
         # Throwaway client keys on one machine: nobody to enrol. Still signed.
         open_enrollment=True,
     )
+
+
+def _codec(config: SimulationConfig) -> str:
+    """The codec; secure aggregation needs integer codes (int8 unless chosen)."""
+    if config.secure_aggregation and config.compression == "dense:fp32":
+        return "dense:int8"
+    return config.compression
 
 
 def _worker_args(config: SimulationConfig, index: int, address: str) -> WorkerArgs:

@@ -15,11 +15,13 @@ from fedgrpc._proto.v1 import common_pb2
 from fedgrpc.compress import CodecConfig, Dense, TopK, ValueFormat, make_codec
 from fedgrpc.errors import InvalidUpdateError
 
-WireCodec = Literal["dense-fp32", "dense", "topk"]
+WireCodec = Literal["dense-fp32", "dense", "topk", "secagg-ring"]
 WIRE_CODEC_TO_PROTO: dict[WireCodec, common_pb2.Codec.ValueType] = {
     "dense-fp32": common_pb2.CODEC_DENSE_FP32,
     "dense": common_pb2.CODEC_DENSE,
     "topk": common_pb2.CODEC_TOPK,
+    # Masked ring elements (wire.secagg); never a federation's CodecParams.
+    "secagg-ring": common_pb2.CODEC_SECAGG_RING,
 }
 WIRE_CODEC_FROM_PROTO = {v: k for k, v in WIRE_CODEC_TO_PROTO.items()}
 _FORMAT_TO_PROTO: dict[ValueFormat, common_pb2.ValueFormat.ValueType] = {
@@ -69,7 +71,7 @@ def codec_params_from_proto(message: common_pb2.CodecParams) -> CodecConfig:
     values = _FORMAT_FROM_PROTO.get(message.values)
     if codec == "dense-fp32":
         return Dense(values="fp32")
-    if codec is None or values is None:
+    if codec is None or values is None or codec == "secagg-ring":
         raise InvalidUpdateError(
             f"unknown codec {message.codec} or value format {message.values}; "
             "this version knows DENSE_FP32, DENSE and TOPK with FP32, BF16, "

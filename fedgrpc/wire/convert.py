@@ -94,6 +94,7 @@ def round_config_to_proto(config: CoordinatorConfig) -> common_pb2.RoundConfig:
             config.codec_config, config.chunk_bytes, config.resolved_feedback_decay
         ),
         update_signatures_required=config.update_signatures == "required",
+        secure_aggregation=config.secure_aggregation,
     )
 
 

@@ -73,3 +73,19 @@ def test_clients_scale_bench_quick() -> None:
     assert isinstance(report["coordinator_peak_rss_mb"], float)
     assert report["coordinator_cpu_s"] is not None
     assert report["goals"] == {"clients_completed_round": True}
+
+
+def test_secagg_bench_quick() -> None:
+    report = _run("secagg.py")
+    assert report["bench"] == "secagg"
+    results = report["results"]
+    assert isinstance(results, dict)
+    for n in (4, 8):
+        plain, secure = results[f"n{n}_plain"], results[f"n{n}_secure"]
+        assert plain["round_s"] > 0
+        assert secure["round_s"] > 0
+        assert secure["unmask_dropout_s"] > 0  # a round recovered with a dropout
+        assert secure["bytes_per_client"] > plain["bytes_per_client"]
+    goals = report["goals"]
+    assert isinstance(goals, dict)
+    assert "secure<=2x_plain_n8" in goals  # measured, never asserted here

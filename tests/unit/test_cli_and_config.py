@@ -124,3 +124,35 @@ def test_client_identity_settings(tmp_path: Path) -> None:
         ClientConfig(coordinator_key="pin.pub")
     with pytest.raises(ConfigError, match="identity_key="):
         ClientConfig(identity_key=str(tmp_path / "missing.key"))
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({}, "dense:int8 or dense:int4"),
+        ({"codec": "topk:0.01:int8"}, "top-k supports cannot be summed"),
+        ({"codec": "dense:int8", "min_clients": 2}, "with two, the sum"),
+        ({"codec": "dense:int8", "min_clients": 3, "secagg_threshold": 1.5},
+         "whole count >= 2"),
+    ],
+)  # fmt: skip
+def test_secure_aggregation_refuses_what_cannot_be_summed(
+    settings: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        CoordinatorConfig(secure_aggregation=True, **settings)  # type: ignore[arg-type]
+
+
+def test_secure_aggregation_flags_reach_the_config() -> None:
+    args = build_parser().parse_args(
+        ["serve", "--secure-aggregation", "--codec", "dense:int8",
+         "--min-clients", "3", "--secagg-threshold", "0.7", "--secagg-clip", "0.1"]
+    )  # fmt: skip
+    config = CoordinatorConfig().replace(
+        secure_aggregation=args.secure_aggregation, codec=args.codec,
+        min_clients=args.min_clients, secagg_threshold=args.secagg_threshold,
+        secagg_clip=args.secagg_clip,
+    )  # fmt: skip
+    assert config.secure_aggregation
+    assert config.secagg_threshold == pytest.approx(0.7)
+    assert config.secagg_clip == pytest.approx(0.1)

@@ -27,7 +27,15 @@ PURE_ENGINE = (
 OUTSIDE_ROOTS = frozenset({"server", "client", "tests"})  # deployment dirs, tests
 BASE = ("fedgrpc.errors", "fedgrpc.config", "fedgrpc.log")
 LEAVES = ("compress", "crypto", "secagg", "aggregate", "optim")
-WIRE_MAY_IMPORT = (*BASE, "fedgrpc._proto", "fedgrpc.compress", "fedgrpc.crypto")
+# wire/secagg.py converts the secagg state machines' messages (a leaf package,
+# so the data path stays one-way: secagg -> wire -> coordinator/client).
+WIRE_MAY_IMPORT = (
+    *BASE,
+    "fedgrpc._proto",
+    "fedgrpc.compress",
+    "fedgrpc.crypto",
+    "fedgrpc.secagg",
+)
 ROLES = ("fedgrpc.coordinator", "fedgrpc.client", "fedgrpc.sim", "fedgrpc.cli")
 # cli (and its operations commands) and sim drive the roles; the package root
 # re-exports DiLoCoClient (3.4).

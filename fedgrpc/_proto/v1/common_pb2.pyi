@@ -84,6 +84,16 @@ class _CodecEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Codec.ValueType
     LEB128 varints or fixed-width bit-packing, optionally zstd-compressed).
     Clients keep what they did not send in an error-feedback residual.
     """
+    CODEC_SECAGG_RING: _Codec.ValueType  # 4
+    """Secure aggregation (RoundConfig.secure_aggregation): ring elements of
+    Z_2^m at the positions SecAggRoundSetup announced (every coordinate when
+    it says dense), in position order, masked (SecAgg+), each a little-endian
+    unsigned integer of 2, 4 or 8 bytes (the narrowest holding m =
+    value_bits + ceil(log2 participants) bits). A chunk covers `count`
+    consecutive positions from `offset` (position index, not coordinate).
+    The update's header and signatures name the federation's CodecParams
+    (DENSE with INT8 or INT4 values) as for any update.
+    """
 
 class Codec(_Codec, metaclass=_CodecEnumTypeWrapper):
     """How the values of an update chunk are encoded in `UpdateChunk.payload`.
@@ -109,6 +119,16 @@ then k values in `CodecParams.values`, then their sorted
 block-relative positions (one header byte, then delta-coded gaps as
 LEB128 varints or fixed-width bit-packing, optionally zstd-compressed).
 Clients keep what they did not send in an error-feedback residual.
+"""
+CODEC_SECAGG_RING: Codec.ValueType  # 4
+"""Secure aggregation (RoundConfig.secure_aggregation): ring elements of
+Z_2^m at the positions SecAggRoundSetup announced (every coordinate when
+it says dense), in position order, masked (SecAgg+), each a little-endian
+unsigned integer of 2, 4 or 8 bytes (the narrowest holding m =
+value_bits + ceil(log2 participants) bits). A chunk covers `count`
+consecutive positions from `offset` (position index, not coordinate).
+The update's header and signatures name the federation's CodecParams
+(DENSE with INT8 or INT4 values) as for any update.
 """
 Global___Codec: _TypeAlias = Codec  # noqa: Y015
 
@@ -343,6 +363,7 @@ class RoundConfig(_message.Message):
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
     CODEC_PARAMS_FIELD_NUMBER: _builtins.int
     UPDATE_SIGNATURES_REQUIRED_FIELD_NUMBER: _builtins.int
+    SECURE_AGGREGATION_FIELD_NUMBER: _builtins.int
     inner_steps: _builtins.int
     """Inner optimizer steps each client takes between two pushes (DiLoCo's H)."""
     update_codec: Global___Codec.ValueType
@@ -371,6 +392,12 @@ class RoundConfig(_message.Message):
     open-enrollment coordinator run with `update_signatures = "off"` for
     benchmarks; older coordinators never set it.
     """
+    secure_aggregation: _builtins.bool
+    """True when rounds use secure aggregation (SecAgg+): the coordinator only
+    learns the sum of each round's updates. Clients then take part in the
+    SecAgg* events of the Session stream and push with CODEC_SECAGG_RING;
+    a pushed update of any other codec is refused with INVALID_ARGUMENT.
+    """
     @_builtins.property
     def codec_params(self) -> Global___CodecParams:
         """The update codec in full (`update_codec` repeats its `codec`)."""
@@ -389,10 +416,11 @@ class RoundConfig(_message.Message):
         max_message_bytes: _builtins.int = ...,
         codec_params: Global___CodecParams | None = ...,
         update_signatures_required: _builtins.bool = ...,
+        secure_aggregation: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["codec_params", b"codec_params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "codec_params", b"codec_params", "inner_steps", b"inner_steps", "max_message_bytes", b"max_message_bytes", "min_clients", b"min_clients", "outer_lr", b"outer_lr", "outer_momentum", b"outer_momentum", "outer_optimizer", b"outer_optimizer", "round_timeout_s", b"round_timeout_s", "update_codec", b"update_codec", "update_signatures_required", b"update_signatures_required"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "codec_params", b"codec_params", "inner_steps", b"inner_steps", "max_message_bytes", b"max_message_bytes", "min_clients", b"min_clients", "outer_lr", b"outer_lr", "outer_momentum", b"outer_momentum", "outer_optimizer", b"outer_optimizer", "round_timeout_s", b"round_timeout_s", "secure_aggregation", b"secure_aggregation", "update_codec", b"update_codec", "update_signatures_required", b"update_signatures_required"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -19,6 +19,7 @@ signed statements.
 
 from collections import abc as _abc
 from fedgrpc._proto.v1 import common_pb2 as _common_pb2
+from fedgrpc._proto.v1 import secure_aggregation_pb2 as _secure_aggregation_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
@@ -309,6 +310,10 @@ class SessionRequest(_message.Message):
     OPEN_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     LEAVE_FIELD_NUMBER: _builtins.int
+    SECAGG_ADVERTISE_FIELD_NUMBER: _builtins.int
+    SECAGG_SHARES_FIELD_NUMBER: _builtins.int
+    SECAGG_CONSISTENCY_FIELD_NUMBER: _builtins.int
+    SECAGG_UNMASK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def open(self) -> Global___SessionOpen:
         """Must be the first message of the stream."""
@@ -321,18 +326,38 @@ class SessionRequest(_message.Message):
     def leave(self) -> Global___SessionLeave:
         """The client leaves cleanly; the coordinator stops waiting for it."""
 
+    @_builtins.property
+    def secagg_advertise(self) -> _secure_aggregation_pb2.SecAggAdvertiseKeys:
+        """Secure aggregation: this round's signed X25519 keys."""
+
+    @_builtins.property
+    def secagg_shares(self) -> _secure_aggregation_pb2.SecAggSharePackage:
+        """Secure aggregation: sealed shares for the neighbours."""
+
+    @_builtins.property
+    def secagg_consistency(self) -> _secure_aggregation_pb2.SecAggConsistencySignature:
+        """Secure aggregation: signature over the survivor list."""
+
+    @_builtins.property
+    def secagg_unmask(self) -> _secure_aggregation_pb2.SecAggUnmaskResponse:
+        """Secure aggregation: the revealed shares."""
+
     def __init__(
         self,
         *,
         open: Global___SessionOpen | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
         leave: Global___SessionLeave | None = ...,
+        secagg_advertise: _secure_aggregation_pb2.SecAggAdvertiseKeys | None = ...,
+        secagg_shares: _secure_aggregation_pb2.SecAggSharePackage | None = ...,
+        secagg_consistency: _secure_aggregation_pb2.SecAggConsistencySignature | None = ...,
+        secagg_unmask: _secure_aggregation_pb2.SecAggUnmaskResponse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "leave", b"leave", "open", b"open"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "leave", b"leave", "open", b"open", "secagg_advertise", b"secagg_advertise", "secagg_consistency", b"secagg_consistency", "secagg_shares", b"secagg_shares", "secagg_unmask", b"secagg_unmask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "leave", b"leave", "open", b"open"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "leave", b"leave", "open", b"open", "secagg_advertise", b"secagg_advertise", "secagg_consistency", b"secagg_consistency", "secagg_shares", b"secagg_shares", "secagg_unmask", b"secagg_unmask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["open", "heartbeat", "leave"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["open", "heartbeat", "leave", "secagg_advertise", "secagg_shares", "secagg_consistency", "secagg_unmask"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -418,6 +443,12 @@ class SessionResponse(_message.Message):
     ROUND_CLOSED_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     SHUTDOWN_FIELD_NUMBER: _builtins.int
+    SECAGG_SETUP_FIELD_NUMBER: _builtins.int
+    SECAGG_KEYS_FIELD_NUMBER: _builtins.int
+    SECAGG_INBOX_FIELD_NUMBER: _builtins.int
+    SECAGG_SURVIVORS_FIELD_NUMBER: _builtins.int
+    SECAGG_UNMASK_REQUEST_FIELD_NUMBER: _builtins.int
+    SECAGG_REJECTION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def round_started(self) -> Global___RoundStarted:
         """A round has started collecting updates."""
@@ -434,6 +465,30 @@ class SessionResponse(_message.Message):
     def shutdown(self) -> Global___ShutdownNotice:
         """The coordinator is shutting down."""
 
+    @_builtins.property
+    def secagg_setup(self) -> _secure_aggregation_pb2.SecAggRoundSetup:
+        """Secure aggregation: the round's participants and parameters."""
+
+    @_builtins.property
+    def secagg_keys(self) -> _secure_aggregation_pb2.SecAggKeyDirectory:
+        """Secure aggregation: every participant's advertised keys."""
+
+    @_builtins.property
+    def secagg_inbox(self) -> _secure_aggregation_pb2.SecAggShareInbox:
+        """Secure aggregation: shares sealed to this client; push after it."""
+
+    @_builtins.property
+    def secagg_survivors(self) -> _secure_aggregation_pb2.SecAggSurvivorList:
+        """Secure aggregation: the survivor list to sign."""
+
+    @_builtins.property
+    def secagg_unmask_request(self) -> _secure_aggregation_pb2.SecAggUnmaskRequest:
+        """Secure aggregation: reveal shares for the signed survivor list."""
+
+    @_builtins.property
+    def secagg_rejection(self) -> _secure_aggregation_pb2.SecAggRejection:
+        """Secure aggregation: a message of this client was refused."""
+
     def __init__(
         self,
         *,
@@ -441,12 +496,18 @@ class SessionResponse(_message.Message):
         round_closed: Global___RoundClosed | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
         shutdown: Global___ShutdownNotice | None = ...,
+        secagg_setup: _secure_aggregation_pb2.SecAggRoundSetup | None = ...,
+        secagg_keys: _secure_aggregation_pb2.SecAggKeyDirectory | None = ...,
+        secagg_inbox: _secure_aggregation_pb2.SecAggShareInbox | None = ...,
+        secagg_survivors: _secure_aggregation_pb2.SecAggSurvivorList | None = ...,
+        secagg_unmask_request: _secure_aggregation_pb2.SecAggUnmaskRequest | None = ...,
+        secagg_rejection: _secure_aggregation_pb2.SecAggRejection | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "round_closed", b"round_closed", "round_started", b"round_started", "shutdown", b"shutdown"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "round_closed", b"round_closed", "round_started", b"round_started", "secagg_inbox", b"secagg_inbox", "secagg_keys", b"secagg_keys", "secagg_rejection", b"secagg_rejection", "secagg_setup", b"secagg_setup", "secagg_survivors", b"secagg_survivors", "secagg_unmask_request", b"secagg_unmask_request", "shutdown", b"shutdown"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "round_closed", b"round_closed", "round_started", b"round_started", "shutdown", b"shutdown"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "round_closed", b"round_closed", "round_started", b"round_started", "secagg_inbox", b"secagg_inbox", "secagg_keys", b"secagg_keys", "secagg_rejection", b"secagg_rejection", "secagg_setup", b"secagg_setup", "secagg_survivors", b"secagg_survivors", "secagg_unmask_request", b"secagg_unmask_request", "shutdown", b"shutdown"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["round_started", "round_closed", "heartbeat", "shutdown"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["round_started", "round_closed", "heartbeat", "shutdown", "secagg_setup", "secagg_keys", "secagg_inbox", "secagg_survivors", "secagg_unmask_request", "secagg_rejection"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

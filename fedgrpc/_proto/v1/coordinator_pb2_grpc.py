@@ -101,7 +101,8 @@ class CoordinatorServiceServicer:
         INVALID_ARGUMENT: empty or malformed model spec, or a spec that differs
         from the federation's (the message names the first differing tensor).
         FAILED_PRECONDITION: the client asked for inner_steps or a codec that
-        differ from the coordinator's, or does not support its codec.
+        differ from the coordinator's, or does not support its codec (with
+        secure aggregation, also CODEC_SECAGG_RING).
         RESOURCE_EXHAUSTED: the coordinator already has max_clients clients.
         UNAVAILABLE: the coordinator is shutting down; retry with backoff.
         """
@@ -113,6 +114,10 @@ class CoordinatorServiceServicer:
         """Long-lived control stream. The client opens it with SessionOpen and sends
         heartbeats; the coordinator sends round events. While the stream is open
         the client counts as connected and the round waits for its update.
+        With RoundConfig.secure_aggregation the masked-round messages of
+        secure_aggregation.proto travel here too; a refused one is answered
+        in-band with SecAggRejection (its status code inside), never by ending
+        the stream.
 
         Status codes:
         UNAUTHENTICATED: unknown client id or wrong session token.
@@ -149,12 +154,18 @@ class CoordinatorServiceServicer:
         INVALID_ARGUMENT: stream not header-chunks-commit; wrong codec or
         coordinate count; chunk out of range or over the block size, or
         with undecodable or NaN/Inf values.
+        With secure aggregation: a pseudo-gradient not in
+        CODEC_SECAGG_RING, or ring elements with bits above the ring width.
         FAILED_PRECONDITION: a push before Join (no client id and no token);
         wrong round, round nonce or base version (the round closed, the
         client is behind, or the header was replayed: pull the model and
         retry next round), a second update for the same round, a round
         past its deadline, or initial weights sent when the model is
-        already seeded.
+        already seeded. With secure aggregation also: a masked update
+        outside the round's masked-input phase, from a client that did not
+        share keys in the round (joined late, dropped or refused), or a
+        second one. Nothing of a masked update reaches the round's sum
+        before its commit verifies, so a failed one only drops its client.
         RESOURCE_EXHAUSTED: a message over max_message_bytes, or a chunk after
         every coordinate was sent (too many chunks).
         DATA_LOSS: the chunks do not form this update's chain: a chunk is

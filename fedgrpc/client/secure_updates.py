@@ -1,0 +1,151 @@
+"""Masked pushes under secure aggregation: quantise, keep the rest in e, mask, stream.
+
+`DiLoCoClient` uses `SecureUpdates` in place of the plain codec when the
+coordinator announces secure aggregation; the key exchange that makes a
+round ready for this push runs in `client.secure_round`.
+
+Error feedback: codes are round(clip(e) / scale) at the round's positions;
+e keeps everything not sent (the clipped remainder, the rounding error, the
+coordinates outside a sparse index set). A round that does not apply the
+update gives the sent part back to e (`settle`), as for the other codecs.
+Runs on the client's background loop (masking on a worker thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import numpy as np
+import torch
+
+from fedgrpc._proto.v1 import common_pb2
+from fedgrpc._proto.v1 import coordinator_pb2 as pb
+from fedgrpc.client.compressed import CompressedUpdates
+from fedgrpc.client.connection import Credentials
+from fedgrpc.client.secure_round import ClientSecureRound, SecureParticipant
+from fedgrpc.client.transfer import (
+    Signing,
+    UpdateMeta,
+    end_of_update,
+    payload_sha256,
+    update_header,
+)
+from fedgrpc.compress import CodecConfig, DenseValues, SparseValues
+from fedgrpc.wire.frames import encode_update_chunk
+from fedgrpc.wire.secagg import ring_wire_dtype
+
+
+class SecureUpdates(CompressedUpdates):
+    """Masked pushes with error feedback: the codec under secure aggregation."""
+
+    def __init__(
+        self,
+        config: CodecConfig,
+        num_coordinates: int,
+        chunk_bytes: int,
+        participant: Callable[[], SecureParticipant | None],
+        *,
+        feedback_decay: float = 1.0,
+        wait_s: float = 30.0,
+    ) -> None:
+        """`participant` returns the current link's (links change on reconnect)."""
+        super().__init__(config, num_coordinates, chunk_bytes, feedback_decay)
+        self._participant, self._wait_s = participant, wait_s
+        self._rng = np.random.default_rng()
+        self._sent: DenseValues | SparseValues | None = None
+        self._accumulated = False
+        self.last_round: ClientSecureRound | None = None
+        self.clipped = 0
+        """Coordinates clipped in the last masked push."""
+        self.mask_s = 0.0
+        """Wall seconds the last quantise + mask took on the background loop."""
+        self.mask_cpu_s = 0.0
+        """CPU seconds of that (this thread's; other clients' threads excluded)."""
+
+    async def requests(
+        self,
+        credentials: Credentials,
+        meta: UpdateMeta,
+        delta: torch.Tensor,
+        signing: Signing | None = None,
+    ) -> AsyncIterator[pb.PushUpdateRequest | bytes]:
+        """Header, masked ring chunks, commit (see the module docstring).
+
+        When this client is not ready for the round (not a participant, or
+        it left it), a header of 0 values and an empty commit go anyway: the
+        coordinator refuses them with FAILED_PRECONDITION, the one place that
+        decides, and the sync point records a missed round.
+        """
+        if self._accumulated:
+            raise RuntimeError("the previous update was not settled")
+        self.feedback.accumulate(delta.detach().numpy())
+        self._accumulated, self.payload_bytes = True, 0
+        participant = self._participant()
+        current = None
+        if participant is not None:
+            current = await participant.wait_ready(meta.round_id, self._wait_s)
+        ok = current is not None and current.ready and current.error is None
+        # 0 values: "not taking part"; the coordinator refuses it (wrong round).
+        count = current.announce.num_positions if ok and current else 0
+        codec = common_pb2.CODEC_SECAGG_RING
+        header = update_header(credentials, meta, count, codec)
+        signer = signing.sign_header(header) if signing is not None else None
+        yield header
+        if not ok or current is None:
+            yield end_of_update(signer, 0)
+            return
+        # Off the loop: O(degree x positions) of AES must not stall heartbeats.
+        # The round's next event (its survivor list) needs this push first.
+        masked = await asyncio.to_thread(self._timed_mask, current)
+        dtype = ring_wire_dtype(current.announce.setup.ring())
+        step = max(1, self.chunk_bytes // dtype.itemsize)
+        seq = 0
+        for seq, offset in enumerate(range(0, masked.size, step), start=1):
+            values = masked[offset : offset + step]
+            payload = values.astype(dtype).tobytes()
+            self.payload_bytes += len(payload)
+            proof = None
+            if signer is not None:
+                digest = await payload_sha256(payload)
+                proof = signer.sign_chunk(seq - 1, offset, values.size, digest)
+            view = memoryview(payload)
+            yield encode_update_chunk(seq - 1, offset, values.size, view, proof)
+        yield end_of_update(signer, seq)
+
+    def _timed_mask(self, current: ClientSecureRound) -> np.ndarray:
+        started, cpu = time.perf_counter(), time.thread_time()
+        masked = self._mask(current)
+        self.mask_s = time.perf_counter() - started
+        self.mask_cpu_s = time.thread_time() - cpu
+        return masked
+
+    def _mask(self, current: ClientSecureRound) -> np.ndarray:
+        """Quantise e at the round's positions, keep the rest in e, mask."""
+        announce = current.announce
+        residual = self.feedback.residual
+        positions = announce.positions
+        x = residual if positions is None else residual[positions.astype(np.int64)]
+        quantised = announce.scale.quantise(x, self._rng)
+        sent_values = announce.scale.dequantise(quantised.codes)
+        if positions is None:
+            self._sent = DenseValues(sent_values)
+        else:
+            self._sent = SparseValues(positions.astype(np.int64), sent_values)
+        self.feedback.subtract(0, self._sent)
+        self.clipped = quantised.clipped
+        current.codes = quantised.codes
+        self.last_round = current
+        masked = current.machine.mask_input(announce.index_set(), quantised.codes)
+        return masked.values
+
+    def settle(self, applied: bool) -> bool:
+        """Close the books; True if this round's delta stays in e (rebase)."""
+        sent, self._sent = self._sent, None
+        accumulated, self._accumulated = self._accumulated, False
+        if applied or not accumulated:
+            return False
+        if sent is not None:  # give back what was sent: e keeps its mass
+            self.feedback.restore(0, sent)
+        return True
