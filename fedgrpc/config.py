@@ -274,7 +274,9 @@ class ClientConfig:
     round_wait_s: float = 3600.0
     """How long `step()` waits at a sync point for the round to close."""
     heartbeat_interval_s: float = 5.0
-    """Seconds between heartbeats on the Session stream."""
+    """Seconds between heartbeats on the Session stream, at most: a coordinator
+    that expects them more often (RoundConfig.heartbeat_interval_s) gets
+    them at its interval."""
     connect_timeout_s: float = 60.0
     """How long the first connection may take before the client gives up."""
     reconnect_initial_s: float = 0.5

@@ -77,6 +77,8 @@ class Federation:
     signed: bool
     """The coordinator requires signed updates."""
     secure_aggregation: bool = False
+    heartbeat_interval_s: float = 0.0
+    """Heartbeat period the coordinator expects (0: it did not say)."""
     """Rounds are masked (SecAgg+); `client.secure_round` takes part in them."""
     last_update_round: int = 0
     """Round our last update was committed to, as the coordinator recorded it."""
@@ -156,6 +158,7 @@ def federation_from(
         round_nonce=response.round_nonce,
         signed=round_config.update_signatures_required,
         secure_aggregation=round_config.secure_aggregation,
+        heartbeat_interval_s=round_config.heartbeat_interval_s,
         last_update_round=response.last_update_round,
         last_applied_round=response.last_applied_round,
     )

@@ -132,7 +132,10 @@ class CoordinatorLink:
         try:
             federation = await link._join(settings)
             link._session = SessionStream(
-                link.stub, link.credentials, link.tracker, config.heartbeat_interval_s
+                link.stub,
+                link.credentials,
+                link.tracker,
+                heartbeat_period_s(config, federation),
             )
             link.secure = secure_participant(
                 link.identity.key, link.credentials, federation, link._session
@@ -289,3 +292,16 @@ class CoordinatorLink:
                 await self._session.close(reason)
         finally:
             await self._channel.close()
+
+
+def heartbeat_period_s(config: ClientConfig, federation: Federation) -> float:
+    """Our heartbeat period: ours, or the coordinator's if that is shorter.
+
+    The coordinator evicts a client silent for its session timeout, which
+    it sizes from its own heartbeat interval; a client on a slower default
+    (5 s) would be evicted by a coordinator that expects 1 s.
+    """
+    announced = federation.heartbeat_interval_s
+    if announced <= 0:
+        return config.heartbeat_interval_s
+    return min(config.heartbeat_interval_s, announced)

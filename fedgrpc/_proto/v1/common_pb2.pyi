@@ -364,6 +364,7 @@ class RoundConfig(_message.Message):
     CODEC_PARAMS_FIELD_NUMBER: _builtins.int
     UPDATE_SIGNATURES_REQUIRED_FIELD_NUMBER: _builtins.int
     SECURE_AGGREGATION_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _builtins.int
     inner_steps: _builtins.int
     """Inner optimizer steps each client takes between two pushes (DiLoCo's H)."""
     update_codec: Global___Codec.ValueType
@@ -398,6 +399,12 @@ class RoundConfig(_message.Message):
     SecAgg* events of the Session stream and push with CODEC_SECAGG_RING;
     a pushed update of any other codec is refused with INVALID_ARGUMENT.
     """
+    heartbeat_interval_s: _builtins.float
+    """Seconds between the heartbeats the coordinator expects on each Session
+    stream; it evicts a client silent for its session timeout. A client
+    sends at least this often, sooner if its own setting says so. 0 (older
+    coordinators): the client's own setting.
+    """
     @_builtins.property
     def codec_params(self) -> Global___CodecParams:
         """The update codec in full (`update_codec` repeats its `codec`)."""
@@ -417,10 +424,11 @@ class RoundConfig(_message.Message):
         codec_params: Global___CodecParams | None = ...,
         update_signatures_required: _builtins.bool = ...,
         secure_aggregation: _builtins.bool = ...,
+        heartbeat_interval_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["codec_params", b"codec_params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "codec_params", b"codec_params", "inner_steps", b"inner_steps", "max_message_bytes", b"max_message_bytes", "min_clients", b"min_clients", "outer_lr", b"outer_lr", "outer_momentum", b"outer_momentum", "outer_optimizer", b"outer_optimizer", "round_timeout_s", b"round_timeout_s", "secure_aggregation", b"secure_aggregation", "update_codec", b"update_codec", "update_signatures_required", b"update_signatures_required"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "codec_params", b"codec_params", "heartbeat_interval_s", b"heartbeat_interval_s", "inner_steps", b"inner_steps", "max_message_bytes", b"max_message_bytes", "min_clients", b"min_clients", "outer_lr", b"outer_lr", "outer_momentum", b"outer_momentum", "outer_optimizer", b"outer_optimizer", "round_timeout_s", b"round_timeout_s", "secure_aggregation", b"secure_aggregation", "update_codec", b"update_codec", "update_signatures_required", b"update_signatures_required"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
