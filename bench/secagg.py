@@ -20,7 +20,7 @@ n and mode:
   leave after sharing keys (their pairwise masks must be rebuilt);
 - bytes_per_client: update payload pushed per round, plus (secure) the
   SecAgg Session messages (keys, shares, signatures, reveals); ring
-  elements travel as uint16 (m = 8 + ceil(log2 n) bits), so about 2x int8;
+  elements travel bit-packed at m = 8 + ceil(log2 n) bits, so m/8 x int8;
 - ratio: secure / plain round_s as measured. All n clients share these 2
   cores, so their O(n d) masking is serialised here, while deployed each
   client masks on its own machine: ratio_est_own_core_per_client removes the

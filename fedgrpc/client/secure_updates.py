@@ -34,7 +34,7 @@ from fedgrpc.client.transfer import (
 )
 from fedgrpc.compress import CodecConfig, DenseValues, SparseValues
 from fedgrpc.wire.frames import encode_update_chunk
-from fedgrpc.wire.secagg import ring_wire_dtype
+from fedgrpc.wire.secagg import encode_ring_values, ring_values_per_chunk
 
 
 class SecureUpdates(CompressedUpdates):
@@ -99,12 +99,12 @@ class SecureUpdates(CompressedUpdates):
         # Off the loop: O(degree x positions) of AES must not stall heartbeats.
         # The round's next event (its survivor list) needs this push first.
         masked = await asyncio.to_thread(self._timed_mask, current)
-        dtype = ring_wire_dtype(current.announce.setup.ring())
-        step = max(1, self.chunk_bytes // dtype.itemsize)
+        ring = current.announce.setup.ring()
+        step = ring_values_per_chunk(ring, self.chunk_bytes)
         seq = 0
         for seq, offset in enumerate(range(0, masked.size, step), start=1):
             values = masked[offset : offset + step]
-            payload = values.astype(dtype).tobytes()
+            payload = encode_ring_values(values, ring)
             self.payload_bytes += len(payload)
             proof = None
             if signer is not None:

@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 
+from fedgrpc.compress.bitpack import pack_bits, unpack_bits
 from fedgrpc.compress.blocks import I64Array
 from fedgrpc.compress.zstd import compress_if_smaller, decompress_bounded
 from fedgrpc.errors import InvalidUpdateError
@@ -48,7 +49,7 @@ def encode_indices(indices: I64Array) -> bytes:
     if int(lengths.sum()) < (gaps.size * width + 7) // 8:
         header, body = _VARINT, _encode_varints(gaps, lengths)
     else:
-        header, body = width, _pack_bits(gaps, width)
+        header, body = width, pack_bits(gaps, width)
     frame = compress_if_smaller(body)
     if frame is not None:
         header, body = header | _ZSTD, frame
@@ -70,7 +71,11 @@ def decode_indices(data: memoryview, k: int, count: int) -> I64Array:
         raise InvalidUpdateError(f"index header 0x{header:02x} is not a known coding")
     if header & _ZSTD:
         body = memoryview(decompress_bounded(body, _MAX_VARINT_BYTES * k))
-    gaps = _decode_varints(body, k) if varint else _unpack_bits(body, k, width)
+    gaps = (
+        _decode_varints(body, k)
+        if varint
+        else unpack_bits(body, k, width, "bit-packed index body")
+    )
     return _positions(gaps, count)
 
 
@@ -150,40 +155,3 @@ def _decode_varints(body: memoryview, k: int) -> np.ndarray:
         np.uint64(7) * place.astype(np.uint64)
     )
     return np.add.reduceat(parts, starts)
-
-
-def _pack_bits(gaps: np.ndarray, width: int) -> bytes:
-    if width == 0:
-        return b""
-    # (width, k) keeps the long axis innermost; the transpose gives the wire's
-    # gap-major, least-significant-bit-first order.
-    shifts = np.arange(width, dtype=np.uint64)[:, None]
-    bits = ((gaps[None, :] >> shifts) & np.uint64(1)).astype(np.uint8)
-    return np.packbits(bits.T.ravel(), bitorder="little").tobytes()
-
-
-def _unpack_bits(body: memoryview, k: int, width: int) -> np.ndarray:
-    expected = (k * width + 7) // 8
-    if len(body) != expected:
-        raise InvalidUpdateError(
-            f"bit-packed index body has {len(body)} bytes, expected {expected} "
-            f"for {k} gaps of {width} bits"
-        )
-    if width == 0:
-        return np.zeros(k, dtype=np.uint64)
-    if (k * width) % 8 and body[-1] >> ((k * width) % 8):
-        raise InvalidUpdateError("bit-packed index padding is not zero")
-    # Read the body as little-endian uint64 words (zero-padded by one word):
-    # gap i starts at bit i*width and, as width <= 32, spans at most two words.
-    padded = np.zeros(expected // 8 + 2, dtype="<u8")
-    padded.view(np.uint8)[:expected] = np.frombuffer(body, dtype=np.uint8)
-    start = np.arange(k, dtype=np.uint64) * np.uint64(width)
-    word = (start >> np.uint64(6)).astype(np.int64)
-    shift = start & np.uint64(63)
-    low = padded[word] >> shift
-    # The next word's bits land above the 64 - shift bits `low` holds; for
-    # shift == 0 they are shifted out entirely, so mask instead of shifting by 64.
-    high = padded[word + 1] << ((np.uint64(64) - shift) & np.uint64(63))
-    high[shift == 0] = 0
-    gaps: np.ndarray = (low | high) & np.uint64((1 << width) - 1)
-    return gaps

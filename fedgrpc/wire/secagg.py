@@ -20,6 +20,7 @@ import numpy as np
 
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
 from fedgrpc._proto.v1 import secure_aggregation_pb2 as sa
+from fedgrpc.compress.bitpack import pack_bits, unpack_bits
 from fedgrpc.crypto.keys import PublicKey
 from fedgrpc.crypto.signing import ChunkProof, UpdateVerifier
 from fedgrpc.errors import InvalidUpdateError
@@ -331,9 +332,32 @@ def client_event_from_proto(
     return None
 
 
-def ring_wire_dtype(ring: Ring) -> np.dtype[np.unsignedinteger]:
-    """Little-endian unsigned integers of the ring's storage width."""
-    return ring.dtype.newbyteorder("<")
+def ring_values_per_chunk(ring: Ring, chunk_bytes: int) -> int:
+    """Ring elements one chunk carries: as many m-bit values as fit its bytes."""
+    return max(1, chunk_bytes * 8 // ring.bits)
+
+
+def encode_ring_values(values: np.ndarray, ring: Ring) -> bytes:
+    """Ring elements bit-packed at the ring's exact width m (`compress.bitpack`).
+
+    m = value_bits + ceil(log2 n) is rarely a whole number of bytes (13 bits
+    at n = 32 in 16-bit words wastes 19 %), and a masked value is uniform, so
+    nothing else compresses it.
+    """
+    return pack_bits(values, ring.bits)
+
+
+def decode_ring_values(
+    payload: bytes | memoryview, count: int, ring: Ring
+) -> np.ndarray:
+    """`count` ring elements of `payload` in the ring's storage dtype.
+
+    Raises:
+        InvalidUpdateError: the payload is not exactly ceil(count·m / 8) bytes
+            or has non-zero padding.
+    """
+    values = unpack_bits(payload, count, ring.bits, "ring chunk payload")
+    return values.astype(ring.dtype)
 
 
 class RingChunkCheck(ChunkStream):
@@ -351,9 +375,9 @@ class RingChunkCheck(ChunkStream):
         verifier: UpdateVerifier | None = None,
     ) -> None:
         self.ring = ring
-        self.dtype = ring_wire_dtype(ring)
-        per_chunk = max(1, chunk_bytes // self.dtype.itemsize)
-        super().__init__(num_positions, per_chunk, verifier)
+        super().__init__(
+            num_positions, ring_values_per_chunk(ring, chunk_bytes), verifier
+        )
 
     def check(
         self,
@@ -369,8 +393,8 @@ class RingChunkCheck(ChunkStream):
         Raises:
             IncompleteUpdateError: out of order, or a broken chain link.
             BadSignatureError: see `ChunkStream.authenticate`.
-            InvalidUpdateError: over the chunk size, wrong payload length, or
-                values with bits set above the ring width.
+            InvalidUpdateError: over the chunk size, wrong payload length or
+                non-zero padding.
         """
         self.order.check(seq, offset, count)
         if count > self.max_count:
@@ -379,14 +403,10 @@ class RingChunkCheck(ChunkStream):
                 f"{self.max_count} that fit in chunk_bytes"
             )
         self.authenticate(seq, offset, count, payload_sha256, proof)
-        if len(payload) != count * self.dtype.itemsize:
-            raise InvalidUpdateError(
-                f"chunk {seq} has {len(payload)} payload bytes but {count} ring "
-                f"elements of {self.dtype.itemsize} bytes need "
-                f"{count * self.dtype.itemsize}"
-            )
-        values = np.frombuffer(payload, dtype=self.dtype).astype(self.ring.dtype)
-        self.ring.check(values)
+        try:
+            values = decode_ring_values(payload, count, self.ring)
+        except InvalidUpdateError as exc:
+            raise InvalidUpdateError(f"chunk {seq}: {exc}") from exc
         self.order.advance(count)
         self.payload_bytes += len(payload)
         return values

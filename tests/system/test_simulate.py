@@ -84,7 +84,8 @@ def test_simulate_with_secure_aggregation_learns() -> None:
     assert summary["rounds_applied"] == 3
     assert summary["rounds"] in (3, 4)
     assert summary["final_val_loss"] < summary["initial_val_loss"] - 0.3
-    # Masked dense int8 codes travel as 16-bit ring elements (8 + ceil(log2 3)
-    # = 10 bits), so the uplink is half of dense fp32's.
+    # Masked dense int8 codes travel as ring elements bit-packed at 8 +
+    # ceil(log2 3) = 10 bits, so the uplink is 10/32 of dense fp32's (the
+    # one chunk per update holds a multiple of 8 bits: no padding).
     fp32_rounds = 4 * summary["num_parameters"] * 3 * 3
-    assert summary["bytes_up"] - 4 * summary["num_parameters"] == fp32_rounds // 2
+    assert summary["bytes_up"] - 4 * summary["num_parameters"] == fp32_rounds * 10 // 32

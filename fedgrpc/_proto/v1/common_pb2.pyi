@@ -87,10 +87,13 @@ class _CodecEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Codec.ValueType
     CODEC_SECAGG_RING: _Codec.ValueType  # 4
     """Secure aggregation (RoundConfig.secure_aggregation): ring elements of
     Z_2^m at the positions SecAggRoundSetup announced (every coordinate when
-    it says dense), in position order, masked (SecAgg+), each a little-endian
-    unsigned integer of 2, 4 or 8 bytes (the narrowest holding m =
-    value_bits + ceil(log2 participants) bits). A chunk covers `count`
-    consecutive positions from `offset` (position index, not coordinate).
+    it says dense), in position order, masked (SecAgg+), bit-packed at
+    exactly m = value_bits + ceil(log2 participants) bits each: element i
+    takes bits i*m .. i*m + m - 1 of the payload, least significant bit
+    first, bytes little-endian; a chunk of `count` elements is
+    ceil(count * m / 8) bytes and its padding bits must be zero. A chunk
+    covers `count` consecutive positions from `offset` (position index, not
+    coordinate).
     The update's header and signatures name the federation's CodecParams
     (DENSE with INT8 or INT4 values) as for any update.
     """
@@ -123,10 +126,13 @@ Clients keep what they did not send in an error-feedback residual.
 CODEC_SECAGG_RING: Codec.ValueType  # 4
 """Secure aggregation (RoundConfig.secure_aggregation): ring elements of
 Z_2^m at the positions SecAggRoundSetup announced (every coordinate when
-it says dense), in position order, masked (SecAgg+), each a little-endian
-unsigned integer of 2, 4 or 8 bytes (the narrowest holding m =
-value_bits + ceil(log2 participants) bits). A chunk covers `count`
-consecutive positions from `offset` (position index, not coordinate).
+it says dense), in position order, masked (SecAgg+), bit-packed at
+exactly m = value_bits + ceil(log2 participants) bits each: element i
+takes bits i*m .. i*m + m - 1 of the payload, least significant bit
+first, bytes little-endian; a chunk of `count` elements is
+ceil(count * m / 8) bytes and its padding bits must be zero. A chunk
+covers `count` consecutive positions from `offset` (position index, not
+coordinate).
 The update's header and signatures name the federation's CodecParams
 (DENSE with INT8 or INT4 values) as for any update.
 """

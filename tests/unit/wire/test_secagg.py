@@ -27,6 +27,8 @@ from fedgrpc.wire.secagg import (
     ServerPayload,
     client_event,
     client_event_from_proto,
+    encode_ring_values,
+    ring_values_per_chunk,
     server_event,
     server_event_from_proto,
     session_id,
@@ -106,16 +108,23 @@ def test_a_round_through_the_protos_sums_exactly() -> None:
     np.testing.assert_array_equal(total, expected)
 
 
-def test_ring_chunks_with_bits_above_the_ring_are_refused() -> None:
+def test_ring_chunks_are_bit_packed_at_the_ring_width_and_checked() -> None:
     setup = RoundSetup(
         session_id=b"s", round_id=1, participants=("a", "b", "c"),
         graph_seed=bytes(32), value_bits=8,
     )  # fmt: skip
-    ring = setup.ring()  # 10 bits in uint16
-    check = RingChunkCheck(4, 1024, ring)
-    payload = np.array([1, 2, 3, 1 << 12], dtype="<u2").tobytes()
-    with pytest.raises(InvalidUpdateError, match="not below"):
-        check.check(0, 0, 4, payload)
+    ring = setup.ring()  # 10 bits
+    values = np.array([1, 2, 3, (1 << 10) - 1, 0, 517], dtype=ring.dtype)
+    payload = encode_ring_values(values, ring)
+    assert len(payload) == 8  # ceil(6 x 10 / 8), not 12 bytes of uint16
+    assert ring_values_per_chunk(ring, 1024) == 819
+    check = RingChunkCheck(6, 1024, ring)
+    np.testing.assert_array_equal(check.check(0, 0, 6, payload), values)
+    with pytest.raises(InvalidUpdateError, match="expected 8"):
+        RingChunkCheck(6, 1024, ring).check(0, 0, 6, payload + b"\0")
+    dirty = payload[:-1] + bytes((payload[-1] | 0x80,))  # a padding bit set
+    with pytest.raises(InvalidUpdateError, match="padding is not zero"):
+        RingChunkCheck(6, 1024, ring).check(0, 0, 6, dirty)
 
 
 def test_a_short_revealed_share_is_invalid() -> None:
