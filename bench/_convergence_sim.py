@@ -220,6 +220,11 @@ def _run_diloco(
     case: Case, data: _Data, model: CharTransformer, curve: _Curve
 ) -> dict[str, Any]:
     """DiLoCo (arXiv 2311.08105, Alg. 1): H local steps, then one outer step."""
+    if case.codec.startswith("shared:"):
+        # Imported here: _convergence_shared builds on this module's _Worker.
+        from _convergence_shared import run_shared
+
+        return run_shared(case, data, model, curve)
     spec = spec_from_module(model)
     global_flat = flatten_fp32(list(model.parameters()), spec)
     workers = [_Worker(case, w, spec) for w in range(case.workers)]

@@ -24,6 +24,11 @@ Configurations (`--configs`, names below; H = --inner-steps, default 50;
   0.95 at H (seed 0, top-k 1 %: 1.832 vs 1.964 at 0.98) and 0.98 at H/5
   (1.595 vs 1.621 at 0.95 and 1.607 at 0.99): a 5x shorter round wants a
   longer memory in rounds.
+- shared10, shared1 (and ablations, run only when named): what secure
+  aggregation forces (`_convergence_shared`, which lists them): one index
+  set per round for all workers, chosen by the coordinator, one round-wide
+  clip, error feedback, topk10's Nesterov outer step and the divergence
+  guard. Goal: within 3 % of per-client top-k at equal density.
 
 DiLoCo's outer step is Nesterov lr 0.7, momentum `--outer-momentum`: 0.7
 here, where seed 0 at H = 50 gave 1.498 / 1.491 / 1.506 / 1.529 validation
@@ -56,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from _convergence_pool import run_cases
+from _convergence_shared import SHARED_ABLATIONS, SHARED_CONFIGS
 from _convergence_sim import Case
 from _util import log, rounded
 
@@ -94,10 +100,16 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
             "feedback_decay": 0.98,
         },
     ),
+    **SHARED_CONFIGS,  # issue 5: what secure aggregation forces on top-k
 }
+DEFAULT_CONFIGS = [n for n in CONFIGS if n not in SHARED_ABLATIONS]
+"""What runs without --configs: every config but the shared-set ablations."""
 GOALS = (
     # (config, reference, max gap %, min uplink ratio vs reference)
     ("dense", "dp", 3.5, None),
+    # Issue 5: the secure-aggregation set vs per-client top-k at equal density.
+    ("shared10", "topk10", 3.0, None),
+    ("shared1", "topk1", 3.0, None),
     ("int8", "dense", 0.5, None),
     ("sparseloco10", "dense", 3.0, None),
     ("sparseloco10-short", "dense-short", 3.0, None),
@@ -114,7 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--inner-steps", type=int, default=50, help="H, inner steps per round")
     add("--seeds", type=int, default=3, help="seeds 0..N-1 for configs with a goal")
     add("--ablation-seeds", type=int, default=1, help="seeds for the other configs")
-    add("--configs", default=",".join(CONFIGS), help="comma list of config names")
+    add("--configs", default=",".join(DEFAULT_CONFIGS), help="comma list of names")
     add("--outer", choices=("nesterov", "sgd"), default="nesterov")
     add("--outer-lr", type=float, help="default 0.7 (nesterov), 1.0 (sgd)")
     add("--outer-momentum", type=float, default=0.7, help="nesterov momentum")
@@ -204,12 +216,15 @@ def summarise(name: str, case: Case, runs: list[dict[str, Any]]) -> dict[str, An
         summary["residual_norm"] = statistics.fmean(r["residual_norm"] for r in runs)
         summary["global_norm"] = statistics.fmean(r["global_norm"] for r in runs)
         summary["diverged"] = any(r["rounds_applied"] < case.rounds for r in runs)
+        for key in ("guard_trips", "rounds_dropped", "dense_rounds", "clipped_pct"):
+            if key in runs[0]:  # shared-index runs (_convergence_shared)
+                summary[key] = [r[key] for r in runs]
     return summary
 
 
 def compare(configs: dict[str, dict[str, Any]], runs: dict[str, list[Any]]) -> None:
     """Add gaps (percent of loss, paired by seed) and byte ratios vs references."""
-    for ref in ("dp", "dense", "dense-short"):
+    for ref in ("dp", "dense", "dense-short", "topk10", "topk1"):
         if ref not in configs:
             continue
         base, base_cfg = _losses(runs[ref]), configs[ref]
