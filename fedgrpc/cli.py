@@ -97,6 +97,16 @@ _SERVE_FLAGS = (
     _Flag("--secagg-clip", "round-wide clip of secure-aggregation codes; "
           "clipped remainders stay in clients' residuals "
           f"(default: {_D.secagg_clip:g})", float, "C"),
+    _Flag("--secagg-density", "fraction (0, 1] of the coordinates masked per "
+          "secure round: 1 masks all (dense int8, the safe default); below 1 "
+          "the coordinator announces a shared index set of ceil(D x "
+          "parameters) positions (top outer momentum plus random ones), with "
+          "a divergence guard falling back to dense rounds; experimental "
+          f"(default: {_D.secagg_density:g})", float, "D"),
+    _Flag("--secagg-random-fraction", "share in [0, 1] of the shared index "
+          "set drawn at random from the round nonce, so every coordinate can "
+          "flush its residual; only with --secagg-density < 1 "
+          f"(default: {_D.secagg_random_fraction:g})", float, "EPS"),
     _Flag("--chunk-bytes", "payload bytes per streamed chunk, both directions "
           f"(default: {_D.chunk_bytes})", int, "BYTES"),
     _Flag("--heartbeat-interval-s", "expected seconds between client heartbeats "

@@ -95,6 +95,13 @@ class CoordinatorConfig:
     of their (residual + pseudo-gradient) to [-C, C] and quantise with step
     C / (2^(b-1) - 1); the clipped remainder stays in their residual. 0.05
     fits DiLoCo pseudo-gradients at inner lr ~1e-3 .. 1e-2."""
+    secagg_density: float = 1.0
+    """Fraction (0, 1] of coordinates masked per secure round: 1 = all (dense,
+    the safe default); below 1 a shared set of ceil(density x d) positions,
+    with a divergence guard falling back to dense (`coordinator.secure_index`)."""
+    secagg_random_fraction: float = 0.1
+    """Share epsilon in [0, 1] of that set drawn from the round nonce, so every
+    coordinate can flush its residual (0.1: bench/convergence.py's runs)."""
     heartbeat_interval_s: float = 5.0
     """Seconds between heartbeats clients are expected to send."""
     session_timeout_s: float = 30.0
@@ -187,6 +194,10 @@ class CoordinatorConfig:
         _check(degree is None or degree >= 2, "secagg_degree", degree, ">= 2")
         _check(math.isfinite(self.secagg_clip) and self.secagg_clip > 0,
                "secagg_clip", self.secagg_clip, "finite > 0")  # fmt: skip
+        _check(0 < self.secagg_density <= 1, "secagg_density", self.secagg_density,
+               "a fraction in (0, 1] (1: mask every coordinate)")  # fmt: skip
+        _check(0 <= self.secagg_random_fraction <= 1, "secagg_random_fraction",
+               self.secagg_random_fraction, "a fraction in [0, 1]")  # fmt: skip
         if not self.secure_aggregation:
             return
         codec = self.codec_config

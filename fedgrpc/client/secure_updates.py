@@ -34,7 +34,7 @@ from fedgrpc.client.transfer import (
 )
 from fedgrpc.compress import CodecConfig, DenseValues, SparseValues
 from fedgrpc.wire.frames import encode_update_chunk
-from fedgrpc.wire.secagg import encode_ring_values, ring_values_per_chunk
+from fedgrpc.wire.ring import encode_ring_values, ring_values_per_chunk
 
 
 class SecureUpdates(CompressedUpdates):

@@ -39,6 +39,7 @@ from fedgrpc.coordinator.events import SecAggEvent, SessionEvent
 from fedgrpc.coordinator.registry import ClientRecord
 from fedgrpc.coordinator.rounds import ChunkValues
 from fedgrpc.coordinator.runtime import CoordinatorRuntime, JoinResult
+from fedgrpc.coordinator.secure_index import SharedIndexPlanner
 from fedgrpc.coordinator.secure_round import SecureRound, install_sum, round_params
 from fedgrpc.coordinator.state import OpenRound, Phase, Ticket
 from fedgrpc.crypto.keys import PublicKey
@@ -59,9 +60,9 @@ from fedgrpc.secagg import (
 from fedgrpc.secagg.graph import GRAPH_SEED_BYTES, MIN_CLIENTS
 from fedgrpc.wire.assemble import CodecChunkCheck, DenseChunkCheck
 from fedgrpc.wire.convert import JoinInfo, UpdateHeaderInfo
+from fedgrpc.wire.ring import RingChunkCheck
 from fedgrpc.wire.secagg import (
     ClientPayload,
-    RingChunkCheck,
     SecureRoundSetup,
     ServerPayload,
     session_id,
@@ -100,6 +101,8 @@ class SecureRuntime(CoordinatorRuntime):
         self._advancing = False
         self._last_session_s = float("-inf")
         self._value_bits = _VALUE_BITS[config.codec_config.values]
+        self.shared_index = SharedIndexPlanner(config, self.engine)
+        """Sparse rounds' positions and divergence guard (`secagg_density` < 1)."""
 
     # -- Join and sessions ----------------------------------------------------------
 
@@ -313,6 +316,8 @@ class SecureRuntime(CoordinatorRuntime):
                     detail=detail)  # fmt: skip
 
     def _maybe_start(self, current: OpenRound) -> None:
+        if not self.shared_index.ready(current):
+            return  # its index set is being chosen on a worker thread
         ready = [
             c for c in self.registry.connected()
             if c.client_id in self._sessions and c.public_key is not None
@@ -364,13 +369,12 @@ class SecureRuntime(CoordinatorRuntime):
         return FixedPointScale(self.config.secagg_clip, self._value_bits)
 
     def index_set(self, current: OpenRound) -> np.ndarray | None:
-        """The round's index set: None = dense (every coordinate).
+        """The round's sorted uint64 positions; None = dense (every coordinate).
 
-        Hook for the coordinator-chosen shared sparse index set
-        (`fedgrpc.compress.shared_index`, DESIGN.md step 2): return its
-        sorted uint64 positions for `current` and clients mask only those.
+        `secagg_density` < 1: the shared index set (`secure_index`); a hook
+        tests and benches may still override.
         """
-        return None
+        return self.shared_index.positions(current)
 
     def _install(
         self,
@@ -382,6 +386,7 @@ class SecureRuntime(CoordinatorRuntime):
         """The recovered sum becomes the open round's sum; the engine closes it."""
         spec = self.engine.model.require_spec()
         install_sum(current, rnd, result, spec.num_coordinates)
+        self.shared_index.judge(current, rnd.announce, result)  # may void it
         current.last_commit_s = current.deadline_s = self.clock()  # close now
         self.last_result, self.last_recover_s = result, seconds
         dropped = len(rnd.announce.setup.participants) - len(result.survivors)

@@ -3,9 +3,9 @@
 On the data path this is the wire edge of `fedgrpc.secagg`: the state
 machines there consume and produce typed messages (`secagg.messages`); this
 module converts each one 1:1 to the `SecAgg*` protos of
-secure_aggregation.proto, wraps them in SessionRequest / SessionResponse, and
-checks the chunks of a masked update (CODEC_SECAGG_RING) as they stream in.
-No grpc: the coordinator and client carry what this module builds.
+secure_aggregation.proto and wraps them in SessionRequest / SessionResponse
+(the masked update's chunks are `wire.ring`'s). No grpc: the coordinator and
+client carry what this module builds.
 
 Decoding never trusts sizes: malformed fields raise `InvalidUpdateError`
 (INVALID_ARGUMENT), so a peer's garbage never reaches the state machines.
@@ -20,9 +20,7 @@ import numpy as np
 
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
 from fedgrpc._proto.v1 import secure_aggregation_pb2 as sa
-from fedgrpc.compress.bitpack import pack_bits, unpack_bits
 from fedgrpc.crypto.keys import PublicKey
-from fedgrpc.crypto.signing import ChunkProof, UpdateVerifier
 from fedgrpc.errors import InvalidUpdateError
 from fedgrpc.secagg import shamir, transcript
 from fedgrpc.secagg.fixed_point import FixedPointScale
@@ -39,8 +37,6 @@ from fedgrpc.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from fedgrpc.secagg.ring import Ring
-from fedgrpc.wire.assemble import ChunkStream
 from fedgrpc.wire.signed import key_from_proto, key_to_proto
 
 SETUP_DOMAIN = transcript.DOMAIN_PREFIX + b"round-setup"
@@ -330,83 +326,3 @@ def client_event_from_proto(
         )
         return u.round_id, u.client_id, response
     return None
-
-
-def ring_values_per_chunk(ring: Ring, chunk_bytes: int) -> int:
-    """Ring elements one chunk carries: as many m-bit values as fit its bytes."""
-    return max(1, chunk_bytes * 8 // ring.bits)
-
-
-def encode_ring_values(values: np.ndarray, ring: Ring) -> bytes:
-    """Ring elements bit-packed at the ring's exact width m (`compress.bitpack`).
-
-    m = value_bits + ceil(log2 n) is rarely a whole number of bytes (13 bits
-    at n = 32 in 16-bit words wastes 19 %), and a masked value is uniform, so
-    nothing else compresses it.
-    """
-    return pack_bits(values, ring.bits)
-
-
-def decode_ring_values(
-    payload: bytes | memoryview, count: int, ring: Ring
-) -> np.ndarray:
-    """`count` ring elements of `payload` in the ring's storage dtype.
-
-    Raises:
-        InvalidUpdateError: the payload is not exactly ceil(count·m / 8) bytes
-            or has non-zero padding.
-    """
-    values = unpack_bits(payload, count, ring.bits, "ring chunk payload")
-    return values.astype(ring.dtype)
-
-
-class RingChunkCheck(ChunkStream):
-    """One masked update's chunks: order, authenticity, then ring elements.
-
-    Positions play the role of coordinates: chunk (offset, count) carries the
-    ring elements of positions offset..offset+count of the announced index set.
-    """
-
-    def __init__(
-        self,
-        num_positions: int,
-        chunk_bytes: int,
-        ring: Ring,
-        verifier: UpdateVerifier | None = None,
-    ) -> None:
-        self.ring = ring
-        super().__init__(
-            num_positions, ring_values_per_chunk(ring, chunk_bytes), verifier
-        )
-
-    def check(
-        self,
-        seq: int,
-        offset: int,
-        count: int,
-        payload: bytes | memoryview,
-        proof: ChunkProof | None = None,
-        payload_sha256: bytes | None = None,
-    ) -> np.ndarray:
-        """Validate one chunk; returns its ring elements (a view of `payload`).
-
-        Raises:
-            IncompleteUpdateError: out of order, or a broken chain link.
-            BadSignatureError: see `ChunkStream.authenticate`.
-            InvalidUpdateError: over the chunk size, wrong payload length or
-                non-zero padding.
-        """
-        self.order.check(seq, offset, count)
-        if count > self.max_count:
-            raise InvalidUpdateError(
-                f"chunk {seq} carries {count} ring elements, more than the "
-                f"{self.max_count} that fit in chunk_bytes"
-            )
-        self.authenticate(seq, offset, count, payload_sha256, proof)
-        try:
-            values = decode_ring_values(payload, count, self.ring)
-        except InvalidUpdateError as exc:
-            raise InvalidUpdateError(f"chunk {seq}: {exc}") from exc
-        self.order.advance(count)
-        self.payload_bytes += len(payload)
-        return values

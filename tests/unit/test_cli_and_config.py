@@ -156,3 +156,35 @@ def test_secure_aggregation_flags_reach_the_config() -> None:
     assert config.secure_aggregation
     assert config.secagg_threshold == pytest.approx(0.7)
     assert config.secagg_clip == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"secagg_density": 0.0},
+         r"secagg_density=0\.0 is invalid: expected a fraction in \(0, 1\]"),
+        ({"secagg_density": 1.5}, "secagg_density=1.5 is invalid"),
+        ({"secagg_density": float("nan")}, "secagg_density=nan is invalid"),
+        ({"secagg_random_fraction": -0.1},
+         r"secagg_random_fraction=-0\.1 is invalid: expected a fraction in \[0, 1\]"),
+        ({"secagg_random_fraction": 1.01}, "secagg_random_fraction=1.01 is invalid"),
+    ],
+)  # fmt: skip
+def test_shared_index_settings_are_checked_at_construction(
+    settings: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        CoordinatorConfig(**settings)  # type: ignore[arg-type]
+
+
+def test_shared_index_flags_reach_the_config_and_default_to_dense() -> None:
+    args = build_parser().parse_args(
+        ["serve", "--secagg-density", "0.01", "--secagg-random-fraction", "0.2"]
+    )
+    config = CoordinatorConfig().replace(
+        secagg_density=args.secagg_density,
+        secagg_random_fraction=args.secagg_random_fraction,
+    )
+    assert config.secagg_density == pytest.approx(0.01)
+    assert config.secagg_random_fraction == pytest.approx(0.2)
+    assert CoordinatorConfig().secagg_density == 1.0  # dense: the safe default

@@ -20,15 +20,17 @@ from fedgrpc.crypto.keys import PrivateKey
 from fedgrpc.errors import BadSignatureError, InvalidUpdateError
 from fedgrpc.secagg import ClientRound, FixedPointScale, RoundSetup, ServerRound
 from fedgrpc.secagg.graph import SecAggParams
+from fedgrpc.wire.ring import (
+    RingChunkCheck,
+    encode_ring_values,
+    ring_values_per_chunk,
+)
 from fedgrpc.wire.secagg import (
     ClientPayload,
-    RingChunkCheck,
     SecureRoundSetup,
     ServerPayload,
     client_event,
     client_event_from_proto,
-    encode_ring_values,
-    ring_values_per_chunk,
     server_event,
     server_event_from_proto,
     session_id,

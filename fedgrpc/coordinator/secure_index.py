@@ -1,0 +1,245 @@
+"""The shared index set of sparse secure rounds, and the guard that falls back to dense.
+
+Masks make a sparse vector dense, so with `secagg_density` < 1 every client
+masks and sends values at the *same* k = ceil(density · d) positions, which
+the coordinator announces in the signed SecAggRoundSetup (DESIGN.md step 2):
+`compress.shared_index.choose_index_set` over a ranking of the coordinates,
+top-(1 - ε)k of it plus ε·k random positions drawn from the round's nonce
+(public, fresh per round, already signed into the setup's session id). The
+set depends only on coordinator state and that seed, so it is the same for
+every client and leaks no client's support.
+
+The ranking is the outer optimizer's momentum buffer (Nesterov), which is
+where the global model is moving. FedAvg and SparseLoCo keep no momentum:
+there it is |sum of codes| of the last *applied* round (same order as
+|mean|, one positive scale per round), at that round's positions. Either
+way a coordinate never sent has rank 0 and is reached only by the random
+part: the set "freezes" (`compress.shared_index`'s docstring), which is why
+`optim.divergence.DivergenceGuard` watches every sparse-mode round's masked
+mean. When it trips, the round is voided (weights unchanged), the outer
+momentum and the FedAvg ranking are reset, and the next `fallback_rounds`
+rounds are announced dense (every coordinate, the safe default).
+
+Not done here: the guard also asks clients to zero their error-feedback
+residuals after a trip, and its loss rule wants the global weights' loss
+(the first inner step's); neither travels on the wire yet (the header's
+train_loss is the mean over H steps, which the guard's docstring shows
+misses divergence), so only the norm rule runs, and the fixed `secagg_clip`
+bounds the residual flush of the first dense round per coordinate. The
+positions travel raw (8 bytes each) inside the one setup message, which
+must fit a chunk: a larger set (over ~130k positions at 1 MiB chunks and
+32 clients) is announced dense, with a warning, until the setup carries
+the gap-coded set (`compress.shared_index.encode_index_set`) in chunks.
+
+Cost: choosing the set is O(d) with two d-sized float32 temporaries
+(kthvalue on 10M coordinates: ~0.1 s), so it runs on a worker thread as
+soon as a round opens, in parallel with the setup's quiet period; the
+runtime keys the round only once it is ready. Not thread-safe otherwise:
+driven from the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedgrpc.compress.shared_index import choose_index_set, shared_index_k
+from fedgrpc.config import CoordinatorConfig
+from fedgrpc.coordinator.rounds import RoundEngine
+from fedgrpc.coordinator.state import OpenRound, Outcome
+from fedgrpc.log import get_logger
+from fedgrpc.optim.divergence import DivergenceGuard, GuardConfig, GuardVerdict
+from fedgrpc.secagg import AggregateResult
+from fedgrpc.wire.secagg import SecureRoundSetup
+
+log = get_logger(__name__)
+POSITION_BYTES = 8
+"""Each announced position travels as a little-endian uint64 in the setup."""
+PARTICIPANT_BYTES = 96
+"""Generous bound on one participant's entry in the setup (id, key, framing)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _AppliedSum:
+    """A round's sum of codes, kept to rank the next set when there is no momentum."""
+
+    round_id: int
+    positions: np.ndarray | None
+    total: np.ndarray
+
+    def ranking(self, num_coordinates: int) -> torch.Tensor:
+        """|sum of codes| per coordinate, 0 where nothing was sent (float32, d)."""
+        magnitude = torch.from_numpy(np.abs(self.total).astype(np.float32))
+        if self.positions is None:
+            return magnitude
+        ranking = torch.zeros(num_coordinates)
+        ranking[torch.from_numpy(self.positions.astype(np.int64))] = magnitude
+        return ranking
+
+
+class SharedIndexPlanner:
+    """Chooses each secure round's positions and runs the guard (module docstring)."""
+
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        engine: RoundEngine,
+        guard: GuardConfig | None = None,
+    ) -> None:
+        """Inert (every round dense, no guard) unless `secagg_density` < 1."""
+        self.enabled = config.secagg_density < 1
+        self.density = config.secagg_density
+        self.epsilon = config.secagg_random_fraction
+        self._chunk_bytes = config.chunk_bytes
+        self.engine = engine
+        self.guard = DivergenceGuard(guard)
+        self.dense_fallbacks = 0
+        """Rounds announced dense because the guard tripped (for status, tests)."""
+        self._round: int | None = None
+        self._task: asyncio.Future[np.ndarray | None] | None = None
+        self._applied: _AppliedSum | None = None
+
+    @property
+    def trips(self) -> int:
+        """Times the guard refused a round."""
+        return self.guard.trips
+
+    def ready(self, current: OpenRound) -> bool:
+        """Whether `current`'s positions are known; starts choosing them if not.
+
+        The choice runs on a worker thread; the runtime's ticker asks again.
+        """
+        if not self.enabled:
+            return True
+        if self._round != current.round_id:
+            self._round = current.round_id
+            self._task = self._start(current)
+        return self._task is None or self._task.done()
+
+    def positions(self, current: OpenRound) -> np.ndarray | None:
+        """`current`'s sorted uint64 positions, or None (dense). Call after `ready`.
+
+        A failed choice (NaN momentum, say) announces dense rather than
+        stalling the round: dense is always correct, only larger.
+        """
+        task = self._task
+        if not self.enabled or task is None or self._round != current.round_id:
+            return None
+        try:
+            positions = task.result()
+        except Exception as exc:  # a broken ranking must not strand the round
+            log.error("secagg_index_set_failed", round=current.round_id, exc_info=exc)
+            return None
+        if positions is not None and not self._fits(current, positions.size):
+            return None
+        return positions
+
+    def _fits(self, current: OpenRound, count: int) -> bool:
+        """Whether `count` raw positions fit the one setup message (<= one chunk).
+
+        Beside them it carries every participant (a subset of the clients
+        connected now). Too many: warn and announce dense.
+        """
+        participants = len(self.engine.registry.connected())
+        limit = (self._chunk_bytes - PARTICIPANT_BYTES * participants) // POSITION_BYTES
+        if count <= limit:
+            return True
+        log.warning("secagg_index_set_too_large", round=current.round_id,
+                    positions=count, max_positions=max(0, limit))  # fmt: skip
+        return False
+
+    def _start(self, current: OpenRound) -> asyncio.Future[np.ndarray | None] | None:
+        """The worker-thread choice of `current`'s set, or None when it is dense."""
+        if self.guard.dense_now:
+            self.dense_fallbacks += 1
+            log.info("secagg_dense_fallback", round=current.round_id,
+                     reason="divergence_guard", trips=self.trips)  # fmt: skip
+            return None
+        d = self.engine.model.require_spec().num_coordinates
+        k = shared_index_k(self.density, d)
+        if k >= d:
+            return None
+        if not self._fits(current, k):
+            return None
+        ranking = self._ranking_source()
+        seed = current.nonce
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(None, _choose, ranking, d, k, self.epsilon, seed)
+
+    def _ranking_source(self) -> torch.Tensor | _AppliedSum | None:
+        """The live momentum buffer, else the last applied round's sum, else none.
+
+        The buffer is read on the worker thread: safe, since the outer step
+        that writes it needs this round's masked sum, so cannot run before.
+        """
+        buffer = self.engine.model.optimizer.state_dict().get("momentum_buffer")
+        if isinstance(buffer, torch.Tensor):
+            return buffer
+        applied = self._applied
+        if applied is not None and any(
+            r.round_id == applied.round_id and r.outcome is Outcome.APPLIED
+            for r in self.engine.history
+        ):
+            return applied
+        return None
+
+    def judge(
+        self, current: OpenRound, announce: SecureRoundSetup, result: AggregateResult
+    ) -> GuardVerdict | None:
+        """Run the guard on a recovered round; void it if the guard trips.
+
+        Call after the sum is installed and before the engine applies it. The
+        norm is that of the masked mean, taken from the exact sum of codes.
+        """
+        if not self.enabled:
+            return None
+        survivors = max(1, len(result.survivors))
+        code_step = announce.scale.scale
+        norm = code_step * float(np.linalg.norm(result.total)) / survivors
+        verdict = self.guard.observe(norm)
+        if verdict.apply:
+            if self.engine.model.optimizer.name != "nesterov":
+                self._applied = _AppliedSum(
+                    current.round_id, announce.positions, result.total
+                )
+            return verdict
+        self._reset_momentum()
+        current.void_reason = (
+            f"divergence guard ({verdict.reason}): the masked mean's norm "
+            f"{norm:.3g} is out of line with recent rounds; weights unchanged, "
+            f"outer momentum reset, the next {self.guard.config.fallback_rounds} "
+            "round(s) mask every coordinate (secagg_density applies again after)"
+        )
+        log.warning("secagg_guard_tripped", round=current.round_id,
+                    reason=verdict.reason, norm=norm, trips=self.trips,
+                    dense_rounds=self.guard.config.fallback_rounds)  # fmt: skip
+        return verdict
+
+    def _reset_momentum(self) -> None:
+        """Zero the outer momentum (it holds the burst and ranks the next set)."""
+        self._applied = None
+        optimizer = self.engine.model.optimizer
+        state = optimizer.state_dict()
+        if "momentum_buffer" in state:
+            optimizer.load_state_dict(
+                {key: v for key, v in state.items() if key != "momentum_buffer"}
+            )
+
+
+def _choose(
+    ranking: torch.Tensor | _AppliedSum | None,
+    num_coordinates: int,
+    k: int,
+    epsilon: float,
+    seed: bytes,
+) -> np.ndarray:
+    """The k positions as sorted uint64 (worker thread; pure given its inputs)."""
+    if isinstance(ranking, _AppliedSum):
+        ranking = ranking.ranking(num_coordinates)
+    elif ranking is None:  # nothing applied yet (or just reset): all random
+        ranking = torch.zeros(num_coordinates)
+    positions = choose_index_set(ranking, k, epsilon, seed)
+    return positions.numpy().astype(np.uint64)

@@ -1,0 +1,169 @@
+"""Secure rounds at a shared sparse index set (`secagg_density` < 1), end to end.
+
+Real coordinator (127.0.0.1:0) and DiLoCoClients on threads (H = 1), fedavg
+with lr 1, so the applied step is the masked mean itself. 65 parameters at
+density 0.2: k = 13 positions, 1 of them random (epsilon 0.1).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedgrpc.client import DiLoCoClient
+from fedgrpc.client.secure_updates import SecureUpdates
+from fedgrpc.compress.shared_index import choose_index_set
+from fedgrpc.coordinator.server import serve_in_thread
+from fedgrpc.wire.secagg import SecureRoundSetup
+from tests.helpers.scripted import flat
+from tests.helpers.secure import close_all, codes_of, config, connect, runtime_of
+
+Pair = tuple[DiLoCoClient, nn.Module]
+K = 13  # ceil(0.2 x 65)
+
+
+def _updates(client: DiLoCoClient) -> SecureUpdates:
+    updates = client._sync.compressed  # the client's own record
+    assert isinstance(updates, SecureUpdates)
+    return updates
+
+
+def _announce(client: DiLoCoClient) -> SecureRoundSetup:
+    last = _updates(client).last_round
+    assert last is not None
+    return last.announce
+
+
+def _round(
+    clients: list[Pair], seed: int, step: float
+) -> tuple[list[str | None], list[torch.Tensor]]:
+    """Move each model by `step` x noise, sync all at once; outcomes, local weights."""
+    generator = torch.Generator().manual_seed(seed)
+    for _, model in clients:
+        with torch.no_grad():
+            for param in model.parameters():
+                param.sub_(step * torch.randn(param.shape, generator=generator))
+    local = [flat(model).clone() for _, model in clients]
+
+    def sync(pair: Pair) -> str | None:
+        assert pair[0].step(None)
+        return pair[0].last_round_outcome
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        return list(pool.map(sync, clients)), local
+
+
+def test_a_sparse_round_sends_the_shared_set_and_keeps_the_rest_in_the_residual() -> (
+    None
+):
+    with serve_in_thread(config(secagg_density=0.2)) as coordinator:
+        clients = connect(coordinator.address, 3)
+        runtime = runtime_of(coordinator)
+        try:
+            # Arrange: every client starts from the global weights.
+            global_before = flat(clients[0][1]).clone()
+            for _, model in clients:
+                torch.testing.assert_close(flat(model), global_before, rtol=0, atol=0)
+
+            # Act: one round.
+            outcomes, local = _round(clients, seed=1, step=0.05)
+
+            # Assert: one announced set, the coordinator's choice from the nonce
+            # (fedavg, nothing applied yet: all positions rank 0, so random).
+            assert outcomes == ["applied"] * 3
+            announce = _announce(clients[0][0])
+            positions = announce.positions
+            assert positions is not None
+            assert positions.size == K
+            for client, _ in clients[1:]:
+                np.testing.assert_array_equal(_announce(client).positions, positions)
+            rnd = runtime.secure
+            assert rnd is not None
+            np.testing.assert_array_equal(rnd.announce.positions, positions)
+            expected = choose_index_set(torch.zeros(65), K, 0.1, announce.round_nonce)
+            np.testing.assert_array_equal(positions, expected.numpy())
+            index = torch.from_numpy(positions.astype(np.int64))
+            # Each client: sent + residual == its pseudo-gradient, and what it
+            # sent is its quantised values at exactly the announced positions.
+            sent_values = []
+            for (client, _), theirs in zip(clients, local, strict=True):
+                delta = (global_before - theirs).numpy()
+                codes = codes_of(client)
+                assert codes.size == K
+                values = announce.scale.dequantise(codes)
+                sent = np.zeros_like(delta)
+                sent[positions.astype(np.int64)] = values
+                residual = _updates(client).feedback.residual
+                np.testing.assert_allclose(sent + residual, delta, rtol=0, atol=1e-7)
+                outside = np.setdiff1d(np.arange(delta.size), positions)
+                np.testing.assert_array_equal(residual[outside], delta[outside])
+                sent_values.append(values)
+            # The applied step is the plain mean of those quantised values.
+            moved = global_before - flat(clients[0][1])
+            plain_mean = torch.from_numpy(np.mean(sent_values, axis=0))
+            torch.testing.assert_close(moved[index], plain_mean, rtol=0, atol=1e-6)
+            moved[index] = 0.0
+            assert not moved.any()
+        finally:
+            close_all(clients)
+
+
+def test_the_next_set_ranks_by_the_last_applied_sum() -> None:
+    with serve_in_thread(config(secagg_density=0.2)) as coordinator:
+        clients = connect(coordinator.address, 3)
+        runtime = runtime_of(coordinator)
+        try:
+            # Arrange: round 1 applied.
+            assert _round(clients, seed=1, step=0.05)[0] == ["applied"] * 3
+            first = runtime.last_result
+            positions = _announce(clients[0][0]).positions
+            assert first is not None
+            assert positions is not None
+
+            # Act: round 2.
+            assert _round(clients, seed=2, step=0.05)[0] == ["applied"] * 3
+
+            # Assert: top |round 1 sum| (fedavg has no momentum) plus 1 random.
+            ranking = torch.zeros(65)
+            ranking[torch.from_numpy(positions.astype(np.int64))] = torch.from_numpy(
+                np.abs(first.total).astype(np.float32)
+            )
+            announce = _announce(clients[1][0])
+            expected = choose_index_set(ranking, K, 0.1, announce.round_nonce)
+            np.testing.assert_array_equal(announce.positions, expected.numpy())
+        finally:
+            close_all(clients)
+
+
+def test_a_diverging_aggregate_trips_the_guard_and_the_next_round_is_dense() -> None:
+    with serve_in_thread(config(secagg_density=0.2)) as coordinator:
+        clients = connect(coordinator.address, 3)
+        runtime = runtime_of(coordinator)
+        try:
+            # Arrange: three healthy sparse rounds (the guard's history).
+            for seed in (1, 2, 3):
+                assert _round(clients, seed, step=0.02)[0] == ["applied"] * 3
+            version = runtime.engine.model.version
+
+            # Act: a burst ~15x the recent norm, then one more round.
+            burst, _ = _round(clients, seed=4, step=0.3)
+            after, _ = _round(clients, seed=5, step=0.02)
+
+            # Assert: the burst is dropped with the guard's reason; the next
+            # round masks every coordinate, and applies.
+            assert burst == ["skipped"] * 3
+            history = list(runtime.engine.history)
+            assert "divergence guard (spike)" in history[-2].reason
+            assert runtime.shared_index.trips == 1
+            # Round 5 dense; round 6 (keyed once 5 closed) may be counted too.
+            assert runtime.shared_index.dense_fallbacks in (1, 2)
+            announce = _announce(clients[0][0])
+            assert announce.positions is None
+            assert announce.num_positions == 65
+            assert after == ["applied"] * 3
+            assert runtime.engine.model.version == version + 1
+        finally:
+            close_all(clients)
