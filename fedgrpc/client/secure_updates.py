@@ -8,6 +8,13 @@ Error feedback: codes are round(clip(e) / scale) at the round's positions;
 e keeps everything not sent (the clipped remainder, the rounding error, the
 coordinates outside a sparse index set). A round that does not apply the
 update gives the sent part back to e (`settle`), as for the other codecs.
+A setup that says `reset_residuals` (the first round after the
+coordinator's divergence guard tripped) zeroes e *before* this round's Δ is
+folded in: the stale residual is dropped, Δ itself is kept and sent (to the
+round's quantisation), so the fallback's dense round does not flush every
+stale residual at once (`optim.divergence`). Hence the setup is awaited
+before Δ is accumulated. A client that is not a participant of that round
+keeps its residual (the round-wide clip bounds its flush per coordinate).
 Runs on the client's background loop (masking on a worker thread).
 """
 
@@ -33,8 +40,11 @@ from fedgrpc.client.transfer import (
     update_header,
 )
 from fedgrpc.compress import CodecConfig, DenseValues, SparseValues
+from fedgrpc.log import get_logger
 from fedgrpc.wire.frames import encode_update_chunk
 from fedgrpc.wire.ring import encode_ring_values, ring_values_per_chunk
+
+log = get_logger(__name__)
 
 
 class SecureUpdates(CompressedUpdates):
@@ -57,6 +67,9 @@ class SecureUpdates(CompressedUpdates):
         self._sent: DenseValues | SparseValues | None = None
         self._accumulated = False
         self.last_round: ClientSecureRound | None = None
+        self._reset_round: int | None = None
+        """Round whose setup last reset e: a second push in it must not again
+        (it would drop that round's own Δ, given back to e by `settle`)."""
         self.clipped = 0
         """Coordinates clipped in the last masked push."""
         self.mask_s = 0.0
@@ -80,13 +93,16 @@ class SecureUpdates(CompressedUpdates):
         """
         if self._accumulated:
             raise RuntimeError("the previous update was not settled")
-        self.feedback.accumulate(delta.detach().numpy())
-        self._accumulated, self.payload_bytes = True, 0
+        self.payload_bytes = 0
         participant = self._participant()
         current = None
         if participant is not None:
             current = await participant.wait_ready(meta.round_id, self._wait_s)
         ok = current is not None and current.ready and current.error is None
+        if ok and current is not None and current.announce.reset_residuals:
+            self._reset_residual(credentials.client_id, meta.round_id)
+        self.feedback.accumulate(delta.detach().numpy())
+        self._accumulated = True
         # 0 values: "not taking part"; the coordinator refuses it (wrong round).
         count = current.announce.num_positions if ok and current else 0
         codec = common_pb2.CODEC_SECAGG_RING
@@ -113,6 +129,15 @@ class SecureUpdates(CompressedUpdates):
             view = memoryview(payload)
             yield encode_update_chunk(seq - 1, offset, values.size, view, proof)
         yield end_of_update(signer, seq)
+
+    def _reset_residual(self, client_id: str, round_id: int) -> None:
+        """Drop the stale residual the setup asked us to (module docstring)."""
+        if self._reset_round == round_id:
+            return
+        self._reset_round = round_id
+        dropped = self.feedback.reset()
+        log.info("residual_reset", client=client_id, round=round_id,
+                 dropped_norm=dropped)  # fmt: skip
 
     def _timed_mask(self, current: ClientSecureRound) -> np.ndarray:
         started, cpu = time.perf_counter(), time.thread_time()

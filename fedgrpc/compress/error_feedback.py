@@ -88,6 +88,18 @@ class ErrorFeedback:
             self._residual *= np.float32(self.decay)
         self._residual += delta
 
+    def reset(self) -> float:
+        """Drop the carried residual: e ← 0. Returns ‖e‖₂ before, for logs.
+
+        Loses that mass on purpose (`optim.divergence`: after a divergence
+        trip, stale residuals leaving all at once break the model). Call it
+        before `accumulate`, so the round's own Δ survives.
+        """
+        # float64 accumulation: a norm over millions of float32 coordinates.
+        dropped = float(np.linalg.norm(self._residual.astype(np.float64)))
+        self._residual.fill(0.0)
+        return dropped
+
     def subtract(self, offset: int, sent: DecodedBlock) -> None:
         """e[offset + i] -= sent value i: the block at `offset` has been sent."""
         sent.add_into(self._block(offset, sent), -1.0)

@@ -18,14 +18,18 @@ part: the set "freezes" (`compress.shared_index`'s docstring), which is why
 `optim.divergence.DivergenceGuard` watches every sparse-mode round's masked
 mean. When it trips, the round is voided (weights unchanged), the outer
 momentum and the FedAvg ranking are reset, and the next `fallback_rounds`
-rounds are announced dense (every coordinate, the safe default).
+rounds are announced dense (every coordinate, the safe default). The
+first setup after a trip, and only that one, also says `reset_residuals`:
+its participants zero their error-feedback residuals before folding in
+that round's pseudo-gradient, so the dense round does not flush every
+stale residual at once (the guard's docstring measures the damage). A
+client absent from that round keeps its residual; the fixed `secagg_clip`
+bounds its flush per coordinate.
 
-Not done here: the guard also asks clients to zero their error-feedback
-residuals after a trip, and its loss rule wants the global weights' loss
-(the first inner step's); neither travels on the wire yet (the header's
+Not done here: the guard's loss rule wants the global weights' loss (the
+first inner step's), which does not travel on the wire yet (the header's
 train_loss is the mean over H steps, which the guard's docstring shows
-misses divergence), so only the norm rule runs, and the fixed `secagg_clip`
-bounds the residual flush of the first dense round per coordinate. The
+misses divergence), so only the norm rule runs. The
 positions travel raw (8 bytes each) inside the one setup message, which
 must fit a chunk: a larger set (over ~130k positions at 1 MiB chunks and
 32 clients) is announced dense, with a warning, until the setup carries
@@ -101,6 +105,7 @@ class SharedIndexPlanner:
         self._round: int | None = None
         self._task: asyncio.Future[np.ndarray | None] | None = None
         self._applied: _AppliedSum | None = None
+        self._reset_pending = False
 
     @property
     def trips(self) -> int:
@@ -136,6 +141,19 @@ class SharedIndexPlanner:
         if positions is not None and not self._fits(current, positions.size):
             return None
         return positions
+
+    def take_residual_reset(self, current: OpenRound) -> bool:
+        """Whether `current`'s setup says `reset_residuals`; True once per trip.
+
+        Call when the setup is built. The flag then goes with that setup
+        only: a later reset would throw away the residual of rounds that
+        are healthy again.
+        """
+        pending, self._reset_pending = self._reset_pending, False
+        if pending:
+            log.info("secagg_residual_reset_announced", round=current.round_id,
+                     trips=self.trips)  # fmt: skip
+        return pending
 
     def _fits(self, current: OpenRound, count: int) -> bool:
         """Whether `count` raw positions fit the one setup message (<= one chunk).
@@ -207,11 +225,13 @@ class SharedIndexPlanner:
                 )
             return verdict
         self._reset_momentum()
+        self._reset_pending = verdict.reset_residuals
         current.void_reason = (
             f"divergence guard ({verdict.reason}): the masked mean's norm "
             f"{norm:.3g} is out of line with recent rounds; weights unchanged, "
-            f"outer momentum reset, the next {self.guard.config.fallback_rounds} "
-            "round(s) mask every coordinate (secagg_density applies again after)"
+            f"outer momentum reset, client residuals reset next round, the next "
+            f"{self.guard.config.fallback_rounds} round(s) mask every coordinate "
+            "(secagg_density applies again after)"
         )
         log.warning("secagg_guard_tripped", round=current.round_id,
                     reason=verdict.reason, norm=norm, trips=self.trips,

@@ -339,13 +339,11 @@ class SecureRuntime(CoordinatorRuntime):
         spec = self.engine.model.require_spec()
         positions = self.index_set(current)
         announce = SecureRoundSetup(
-            setup,
-            identities,
-            current.nonce,
-            self.round_scale(current),
+            setup, identities, current.nonce, self.round_scale(current),
             spec.num_coordinates if positions is None else positions.size,
             positions,
-        )
+            reset_residuals=self.shared_index.take_residual_reset(current),
+        )  # fmt: skip
         identity = self.enrollment.identity
         announce = dataclasses.replace(
             announce, signature=identity.sign(announce.statement())

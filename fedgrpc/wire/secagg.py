@@ -67,13 +67,21 @@ class SecureRoundSetup:
     """uint64 index set; None means dense (every coordinate, in order)."""
     signature: bytes = b""
     """The coordinator's signature over `statement()`."""
+    reset_residuals: bool = False
+    """Clients zero their error-feedback residual first (after a guard trip)."""
 
     def statement(self) -> bytes:
-        """The bytes the coordinator signs (secure_aggregation.proto's layout)."""
+        """The bytes the coordinator signs (secure_aggregation.proto's layout).
+
+        `reset_residuals` adds a last framed byte only when set: every other
+        setup signs as before, so clients predating the flag still verify
+        them, and refuse (rather than silently ignore) a reset they cannot do.
+        """
         setup, graph = self.setup, self.setup.graph()
         ids = setup.participants
         head = transcript.round_context(SETUP_DOMAIN, setup.session_id, setup.round_id)
         positions = b"" if self.positions is None else self.positions.tobytes()
+        reset = (b"\x01",) if self.reset_residuals else ()
         return head + transcript.id_list(ids) + transcript.frame(
             *(self.identities[c].raw for c in ids),
             setup.graph_seed,
@@ -81,6 +89,7 @@ class SecureRoundSetup:
                                           setup.value_bits, self.num_positions)),
             struct.pack(">d", self.scale.clip),
             positions,
+            *reset,
         )  # fmt: skip
 
     def index_set(self) -> np.ndarray:
@@ -126,6 +135,7 @@ def setup_to_proto(announce: SecureRoundSetup) -> sa.SecAggRoundSetup:
         positions=positions,
         num_positions=announce.num_positions,
         coordinator_signature=announce.signature,
+        reset_residuals=announce.reset_residuals,
     )
 
 
@@ -161,6 +171,7 @@ def setup_from_proto(message: sa.SecAggRoundSetup, run_id: str) -> SecureRoundSe
         message.num_positions,
         positions,
         message.coordinator_signature,
+        message.reset_residuals,
     )
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 import torch
+from structlog.testing import capture_logs
 from torch import nn
 
 from fedgrpc.client import DiLoCoClient
@@ -148,22 +150,58 @@ def test_a_diverging_aggregate_trips_the_guard_and_the_next_round_is_dense() -> 
                 assert _round(clients, seed, step=0.02)[0] == ["applied"] * 3
             version = runtime.engine.model.version
 
-            # Act: a burst ~15x the recent norm, then one more round.
-            burst, _ = _round(clients, seed=4, step=0.3)
-            after, _ = _round(clients, seed=5, step=0.02)
+            # Act: a burst ~15x the recent norm, then two more rounds.
+            with capture_logs() as logs:
+                burst, _ = _round(clients, seed=4, step=0.3)
+                # The skipped burst went back into each residual (stale mass).
+                stale = [_updates(c).feedback.residual.copy() for c, _ in clients]
+                before = [flat(model).clone() for _, model in clients]
+                after, local = _round(clients, seed=5, step=0.02)
+                reset_round = [_announce(client) for client, _ in clients]
+                sent = [codes_of(client) for client, _ in clients]
+                residual = [_updates(c).feedback.residual.copy() for c, _ in clients]
+                later, _ = _round(clients, seed=6, step=0.02)
 
             # Assert: the burst is dropped with the guard's reason; the next
             # round masks every coordinate, and applies.
             assert burst == ["skipped"] * 3
             history = list(runtime.engine.history)
-            assert "divergence guard (spike)" in history[-2].reason
+            assert "divergence guard (spike)" in history[-3].reason
             assert runtime.shared_index.trips == 1
-            # Round 5 dense; round 6 (keyed once 5 closed) may be counted too.
-            assert runtime.shared_index.dense_fallbacks in (1, 2)
-            announce = _announce(clients[0][0])
+            # Rounds 5 and 6 dense; round 7 (keyed once 6 closed) may count too.
+            assert runtime.shared_index.dense_fallbacks in (2, 3)
+            announce = reset_round[0]
             assert announce.positions is None
             assert announce.num_positions == 65
             assert after == ["applied"] * 3
-            assert runtime.engine.model.version == version + 1
+            assert later == ["applied"] * 3
+            assert runtime.engine.model.version == version + 2
+            # That round's signed setup, and only that one, said reset_residuals.
+            round_id = announce.setup.round_id
+            assert all(a.reset_residuals for a in reset_round)
+            assert all(a.setup.round_id == round_id for a in reset_round)
+            announced = "secagg_residual_reset_announced"
+            assert [e["round"] for e in logs if e["event"] == announced] == [round_id]
+            for client, _ in clients:
+                assert _announce(client).setup.round_id == round_id + 1
+                assert not _announce(client).reset_residuals
+            # Each client dropped its stale residual (logged as a norm, no
+            # tensor) and sent exactly its own new delta, quantised: sent +
+            # residual == delta, not delta + the stale residual.
+            resets = {e["client"]: e for e in logs if e["event"] == "residual_reset"}
+            assert sorted(resets) == sorted(client.client_id for client, _ in clients)
+            for (client, _), old, base, theirs, codes, left in zip(
+                clients, stale, before, local, sent, residual, strict=True
+            ):
+                event = resets[client.client_id]
+                assert event["round"] == round_id
+                assert np.linalg.norm(old) > 0.5  # the burst was really there
+                assert isinstance(event["dropped_norm"], float)
+                assert event["dropped_norm"] == pytest.approx(np.linalg.norm(old))
+                delta = (base - theirs).numpy()
+                values = announce.scale.dequantise(codes)
+                assert codes.size == 65
+                np.testing.assert_allclose(values + left, delta, rtol=0, atol=1e-7)
+                assert np.abs(left).max() <= announce.scale.scale
         finally:
             close_all(clients)

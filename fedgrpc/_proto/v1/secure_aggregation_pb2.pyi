@@ -87,6 +87,7 @@ class SecAggRoundSetup(_message.Message):
     POSITIONS_FIELD_NUMBER: _builtins.int
     NUM_POSITIONS_FIELD_NUMBER: _builtins.int
     COORDINATOR_SIGNATURE_FIELD_NUMBER: _builtins.int
+    RESET_RESIDUALS_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     """The round (RoundStarted.round_id)."""
     round_nonce: _builtins.bytes
@@ -119,8 +120,18 @@ class SecAggRoundSetup(_message.Message):
     round id (8 bytes), then the participant count (8 bytes) and ids, then
     each participant's raw identity key, graph_seed, degree, threshold,
     value_bits and num_positions (8 bytes each), clip (IEEE 754 double,
-    big-endian) and `positions` (empty when dense). Clients drop a setup
-    whose signature does not verify under the coordinator key from Join.
+    big-endian) and `positions` (empty when dense); when `reset_residuals`
+    is set, one more framed field, the single byte 0x01 (absent when false,
+    so every other setup's statement is unchanged and clients that predate
+    the field still verify it). Clients drop a setup whose signature does
+    not verify under the coordinator key from Join.
+    """
+    reset_residuals: _builtins.bool
+    """Clients zero their error-feedback residual before computing this
+    round's update; set on the first round after the divergence guard
+    tripped. This round's own pseudo-gradient is kept: only the stale
+    residual is dropped, which would otherwise leave all at once in this
+    (dense) round and undo the model the guard just protected.
     """
     @_builtins.property
     def participants(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecAggParticipant]:
@@ -141,10 +152,11 @@ class SecAggRoundSetup(_message.Message):
         positions: _builtins.bytes = ...,
         num_positions: _builtins.int = ...,
         coordinator_signature: _builtins.bytes = ...,
+        reset_residuals: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "coordinator_signature", b"coordinator_signature", "degree", b"degree", "dense", b"dense", "graph_seed", b"graph_seed", "num_positions", b"num_positions", "participants", b"participants", "positions", b"positions", "round_id", b"round_id", "round_nonce", b"round_nonce", "threshold", b"threshold", "value_bits", b"value_bits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "coordinator_signature", b"coordinator_signature", "degree", b"degree", "dense", b"dense", "graph_seed", b"graph_seed", "num_positions", b"num_positions", "participants", b"participants", "positions", b"positions", "reset_residuals", b"reset_residuals", "round_id", b"round_id", "round_nonce", b"round_nonce", "threshold", b"threshold", "value_bits", b"value_bits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -89,6 +89,17 @@ def test_decay_scales_the_old_residual_before_adding() -> None:
     np.testing.assert_array_equal(feedback.residual, [3, 5, 1])
 
 
+def test_reset_drops_the_carried_residual_and_reports_its_norm() -> None:
+    feedback = ErrorFeedback(3)
+    feedback.accumulate(np.array([3, 0, 4], dtype=np.float32))
+
+    dropped = feedback.reset()
+    feedback.accumulate(np.array([1, 2, 3], dtype=np.float32))
+
+    assert dropped == 5.0
+    np.testing.assert_array_equal(feedback.residual, [1, 2, 3])
+
+
 def test_bad_use_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"decay=1.5 is invalid"):
         ErrorFeedback(3, decay=1.5)

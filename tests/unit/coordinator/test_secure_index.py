@@ -133,7 +133,7 @@ async def test_fedavg_ranks_by_the_last_applied_sum() -> None:
     np.testing.assert_array_equal(positions, expected)
 
 
-async def test_a_tripped_guard_voids_the_round_resets_momentum_and_goes_dense() -> None:
+async def test_a_tripped_guard_voids_the_round_resets_state_and_goes_dense() -> None:
     # Arrange: three healthy rounds of the same norm, momentum built up.
     engine = _engine()
     planner = SharedIndexPlanner(engine.config, engine)
@@ -145,6 +145,7 @@ async def test_a_tripped_guard_voids_the_round_resets_momentum_and_goes_dense() 
         )
         assert verdict is not None
         assert verdict.apply
+        assert not planner.take_residual_reset(OpenRound(round_id + 1, 0, 0.0))
 
     # Act: a burst 10x the recent norm.
     bursting = OpenRound(4, 3, 0.0)
@@ -152,6 +153,7 @@ async def test_a_tripped_guard_voids_the_round_resets_momentum_and_goes_dense() 
         verdict = planner.judge(bursting, _announce(positions), _recovered(50, 300))
         following = OpenRound(5, 3, 0.0)
         ready = planner.ready(following)
+        resets = [planner.take_residual_reset(OpenRound(r, 3, 0.0)) for r in (5, 6)]
 
     # Assert: dropped, momentum gone, the next round dense, all of it logged.
     assert verdict is not None
@@ -164,7 +166,9 @@ async def test_a_tripped_guard_voids_the_round_resets_momentum_and_goes_dense() 
     assert planner.positions(following) is None
     assert planner.trips == 1
     assert planner.dense_fallbacks == 1
+    assert resets == [True, False]  # the first setup after the trip, only
     events = {e["event"]: e for e in logs}
+    assert events["secagg_residual_reset_announced"]["round"] == 5
     assert events["secagg_guard_tripped"]["reason"] == "spike"
     assert events["secagg_guard_tripped"]["round"] == 4
     assert events["secagg_dense_fallback"]["round"] == 5

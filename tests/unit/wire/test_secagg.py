@@ -151,11 +151,29 @@ def test_the_setup_signature_covers_every_announced_parameter() -> None:
         unsigned, signature=coordinator.sign(unsigned.statement())
     )
 
-    # Act: through the wire, and with the clip changed in transit.
+    reset = dataclasses.replace(unsigned, reset_residuals=True)
+    signed_reset = dataclasses.replace(
+        reset, signature=coordinator.sign(reset.statement())
+    )
+
+    # Act: through the wire, and with the clip or the reset flag changed in
+    # transit (either way: a stripped reset flushes stale residuals, a forged
+    # one drops every client's carried mass).
     received = to_client(signed)
-    altered = dataclasses.replace(received, scale=FixedPointScale(5.0))
+    received_reset = to_client(signed_reset)
+    altered = [
+        dataclasses.replace(received, scale=FixedPointScale(5.0)),
+        dataclasses.replace(received, reset_residuals=True),
+        dataclasses.replace(received_reset, reset_residuals=False),
+    ]
 
     # Assert
+    assert received_reset.reset_residuals
+    assert not received.reset_residuals
     coordinator.public_key.verify(received.signature, received.statement())
-    with pytest.raises(BadSignatureError):
-        coordinator.public_key.verify(altered.signature, altered.statement())
+    coordinator.public_key.verify(received_reset.signature, received_reset.statement())
+    for setup_in_transit in altered:
+        with pytest.raises(BadSignatureError):
+            coordinator.public_key.verify(
+                setup_in_transit.signature, setup_in_transit.statement()
+            )
