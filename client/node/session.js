@@ -12,13 +12,16 @@ const { rpcError } = require('./errors.js');
 const MAX_CLOSED_ROUNDS = 1024;
 
 /**
- * The Session stream: SessionOpen, a heartbeat every `heartbeatMs`, round
- * events collected for `waitForRound` / `waitForRoundClosed`, SessionLeave
- * on `close()`. The coordinator drops a session silent for its
- * session_timeout_s (30 s by default; heartbeats every 5 s keep it alive).
+ * The Session stream: SessionOpen, a heartbeat every `heartbeatMs` (or the
+ * coordinator's RoundConfig.heartbeat_interval_s, if shorter), round events
+ * collected for `waitForRound` / `waitForRoundClosed`, SessionLeave on
+ * `close()`. The coordinator drops a session silent for its
+ * session_timeout_s, which it sizes from its own heartbeat interval.
  */
 class Session {
   constructor(client, federation, { heartbeatMs = 5000 } = {}) {
+    const announcedS = Number(federation.roundConfig?.heartbeat_interval_s || 0);
+    const periodMs = announcedS > 0 ? Math.min(heartbeatMs, announcedS * 1000) : heartbeatMs;
     this.latestStarted = null;
     this.closed = new Map();
     this.modelVersion = federation.modelVersion;
@@ -48,7 +51,7 @@ class Session {
     this._call.write({ open: { client_id: clientId, session_token: sessionToken } });
     this._heartbeat = setInterval(() => {
       this._call.write({ heartbeat: { sent_unix_s: Date.now() / 1000 } });
-    }, heartbeatMs);
+    }, periodMs);
   }
 
   _dispatch(message) {

@@ -15,6 +15,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,7 @@ def coordinator(spawn: Spawn, tmp_path: Path, keys: Path) -> Iterator[str]:
                 "--ready-file", str(ready), "--min-clients", "2",
                 "--inner-steps", "1", "--outer-optimizer", "fedavg",
                 "--chunk-bytes", "1024", "--round-timeout-s", str(WAIT_S),
+                "--heartbeat-interval-s", "0.5", "--session-timeout-s", "2",
                 "--identity-key", str(keys / "coordinator.key"),
                 "--allowed-client-keys", str(keys / "allowed"),
             ],
@@ -152,6 +154,9 @@ def _run_python_rounds(
     """(global before, update sent, global after) for each round."""
     trace = []
     n = sum(p.numel() for p in model.parameters())
+    # Node waits in round 1 for longer than the 2 s session timeout: on its
+    # own 5 s heartbeat it would be evicted, on the announced 0.5 s it stays.
+    time.sleep(4.0)
     for k in range(1, ROUNDS + 1):
         before = _flat(model)
         with torch.no_grad():  # local weights := global - delta, so we send ~delta
