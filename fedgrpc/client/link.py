@@ -138,7 +138,11 @@ class CoordinatorLink:
                 heartbeat_period_s(config, federation),
             )
             link.secure = secure_participant(
-                link.identity.key, link.credentials, federation, link._session
+                link.identity.key,
+                link.credentials,
+                federation,
+                link._session,
+                spec.num_coordinates,
             )
             link._session.start()
         except BaseException:

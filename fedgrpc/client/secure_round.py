@@ -15,10 +15,12 @@ SecAgg events on the background loop while the user trains:
     SecAggSurvivorList  -> sign it (once; a second, different list aborts)
     SecAggUnmaskRequest -> reveal one share per neighbour
 
-A refusal by the core (a forged peer key, a tampered share, too few peers)
-ends this client's part in the round: it reveals nothing more, logs the
-reason, and its push, if any, is refused as for a client that is not a
-participant; the round goes on without it or aborts.
+A refusal by the core (a forged peer key, a tampered share, too few peers),
+or a setup that does not verify or decode (an index set that is not exactly
+its count of increasing positions inside our model), ends this client's
+part in the round: it reveals nothing more, logs the reason
+(`secagg_round_left`), and its push, if any, is refused as for a client
+that is not a participant; the round goes on without it or aborts.
 
 Runs on the client's background loop; not thread-safe.
 """
@@ -83,12 +85,13 @@ class SecureParticipant:
         client_id: str,
         federation: Federation,
         send: Callable[[pb.SessionRequest], None],
+        num_coordinates: int,
     ) -> None:
         self._identity, self._me, self._federation = identity, client_id, federation
-        self._send = send
+        self._send, self._num_coordinates = send, num_coordinates
         self.rounds: dict[int, ClientSecureRound] = {}
         self.excluded: set[int] = set()
-        """Rounds announced without this client (it joined after their setup)."""
+        """Rounds announced without this client, or whose setup it refused."""
         self.control_bytes = 0
         """Bytes of SecAgg messages sent on the Session (keys, shares, reveals)."""
         self._changed = asyncio.Condition()
@@ -96,10 +99,17 @@ class SecureParticipant:
 
     async def handle(self, response: pb.SessionResponse) -> None:
         """One SecAgg SessionResponse; refusals end our part in its round."""
+        run_id = self._federation.run_id
         try:
-            decoded = server_event_from_proto(response, self._federation.run_id)
+            decoded = server_event_from_proto(response, run_id, self._num_coordinates)
         except FedGrpcError as exc:
-            self._log.warning("secagg_event_malformed", reason=str(exc))
+            # Every SecAgg event names its round: leave that one, at once,
+            # so the sync point does not wait for a round we cannot join.
+            kind = response.WhichOneof("event")
+            round_id = getattr(response, kind).round_id if kind else -1
+            self._fail(round_id, str(exc), "malformed")
+            async with self._changed:
+                self._changed.notify_all()
             return
         if decoded is None:
             return
@@ -163,7 +173,9 @@ class SecureParticipant:
 
     def _fail(self, round_id: int, reason: str, kind: object) -> None:
         current = self.rounds.get(round_id)
-        if current is not None and current.error is None:
+        if current is None:  # a refused setup: as if announced without us
+            self.excluded = {*sorted(self.excluded)[-KEEP_ROUNDS:], round_id}
+        elif current.error is None:
             current.error = reason
         self._log.warning("secagg_round_left", round=round_id, kind=str(kind),
                           reason=reason)  # fmt: skip
@@ -196,16 +208,18 @@ def secure_participant(
     credentials: Credentials,
     federation: Federation,
     session: SessionStream,
+    num_coordinates: int,
 ) -> SecureParticipant | None:
     """The link's participant if the federation masks its rounds, else None.
 
     Attached to `session` so SecAgg events reach it; call before the
-    session starts, so the first setup is not missed.
+    session starts, so the first setup is not missed. `num_coordinates` is
+    the model's size: announced positions must lie below it.
     """
     if not federation.secure_aggregation:
         return None
     participant = SecureParticipant(
-        identity, credentials.client_id, federation, session.send
+        identity, credentials.client_id, federation, session.send, num_coordinates
     )
     session.secure = participant
     return participant

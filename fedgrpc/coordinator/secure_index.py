@@ -29,17 +29,20 @@ bounds its flush per coordinate.
 Not done here: the guard's loss rule wants the global weights' loss (the
 first inner step's), which does not travel on the wire yet (the header's
 train_loss is the mean over H steps, which the guard's docstring shows
-misses divergence), so only the norm rule runs. The
-positions travel raw (8 bytes each) inside the one setup message, which
-must fit a chunk: a larger set (over ~130k positions at 1 MiB chunks and
-32 clients) is announced dense, with a warning, until the setup carries
-the gap-coded set (`compress.shared_index.encode_index_set`) in chunks.
+misses divergence), so only the norm rule runs. The positions travel
+gap-coded (`compress.shared_index.encode_index_set`, ~9 bits per position
+at 1 %, ~5 at 10 %) inside the one setup message, which must fit a chunk:
+a set whose *coded* bytes, beside the participants, do not (at 1 MiB
+chunks and 32 clients, measured: ~930k positions at 1 %, so models up to
+~93M parameters; ~1.75M at 10 %, ~17.5M parameters; raw uint64 stopped
+at 130k positions) is announced dense, with a warning, until the setup
+can travel in chunks.
 
 Cost: choosing the set is O(d) with two d-sized float32 temporaries
-(kthvalue on 10M coordinates: ~0.1 s), so it runs on a worker thread as
-soon as a round opens, in parallel with the setup's quiet period; the
-runtime keys the round only once it is ready. Not thread-safe otherwise:
-driven from the event loop.
+(kthvalue on 10M coordinates: ~0.1 s), and coding it O(k) (1M positions:
+~50 ms), so both run on a worker thread as soon as a round opens, in
+parallel with the setup's quiet period; the runtime keys the round only
+once it is ready. Not thread-safe otherwise: driven from the event loop.
 """
 
 from __future__ import annotations
@@ -50,7 +53,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedgrpc.compress.shared_index import choose_index_set, shared_index_k
+from fedgrpc.compress.shared_index import (
+    choose_index_set,
+    encode_index_set,
+    shared_index_k,
+)
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.rounds import RoundEngine
 from fedgrpc.coordinator.state import OpenRound, Outcome
@@ -60,8 +67,6 @@ from fedgrpc.secagg import AggregateResult
 from fedgrpc.wire.secagg import SecureRoundSetup
 
 log = get_logger(__name__)
-POSITION_BYTES = 8
-"""Each announced position travels as a little-endian uint64 in the setup."""
 PARTICIPANT_BYTES = 96
 """Generous bound on one participant's entry in the setup (id, key, framing)."""
 
@@ -103,7 +108,7 @@ class SharedIndexPlanner:
         self.dense_fallbacks = 0
         """Rounds announced dense because the guard tripped (for status, tests)."""
         self._round: int | None = None
-        self._task: asyncio.Future[np.ndarray | None] | None = None
+        self._task: asyncio.Future[_ChosenSet] | None = None
         self._applied: _AppliedSum | None = None
         self._reset_pending = False
 
@@ -134,13 +139,28 @@ class SharedIndexPlanner:
         if not self.enabled or task is None or self._round != current.round_id:
             return None
         try:
-            positions = task.result()
+            chosen = task.result()
         except Exception as exc:  # a broken ranking must not strand the round
             log.error("secagg_index_set_failed", round=current.round_id, exc_info=exc)
             return None
-        if positions is not None and not self._fits(current, positions.size):
+        if not self._fits(current, chosen):
             return None
-        return positions
+        return chosen.positions
+
+    def coded(self, positions: np.ndarray | None) -> bytes:
+        """`positions` gap-coded for the setup; b"" when dense.
+
+        The bytes coded on the worker thread when `positions` is this
+        round's chosen set; others (a test's or bench's `index_set`) are
+        coded by `SecureRoundSetup` itself.
+        """
+        task = self._task
+        if positions is None or task is None or not task.done():
+            return b""
+        if task.cancelled() or task.exception() is not None:
+            return b""
+        chosen = task.result()
+        return chosen.coded if chosen.positions is positions else b""
 
     def take_residual_reset(self, current: OpenRound) -> bool:
         """Whether `current`'s setup says `reset_residuals`; True once per trip.
@@ -155,21 +175,25 @@ class SharedIndexPlanner:
                      trips=self.trips)  # fmt: skip
         return pending
 
-    def _fits(self, current: OpenRound, count: int) -> bool:
-        """Whether `count` raw positions fit the one setup message (<= one chunk).
+    def _fits(self, current: OpenRound, chosen: _ChosenSet) -> bool:
+        """Whether the coded set fits the one setup message (<= one chunk).
 
-        Beside them it carries every participant (a subset of the clients
-        connected now). Too many: warn and announce dense.
+        Measured on the actual coded bytes: their size per position depends
+        on the set's spread, which no count estimate knows. Beside them the
+        setup carries every participant (a subset of the clients connected
+        now); its fixed fields (~200 bytes) fit the message limit's framing
+        margin above `chunk_bytes`. Too large: warn and announce dense.
         """
         participants = len(self.engine.registry.connected())
-        limit = (self._chunk_bytes - PARTICIPANT_BYTES * participants) // POSITION_BYTES
-        if count <= limit:
+        limit = self._chunk_bytes - PARTICIPANT_BYTES * participants
+        if len(chosen.coded) <= limit:
             return True
         log.warning("secagg_index_set_too_large", round=current.round_id,
-                    positions=count, max_positions=max(0, limit))  # fmt: skip
+                    positions=chosen.positions.size, bytes=len(chosen.coded),
+                    max_bytes=max(0, limit))  # fmt: skip
         return False
 
-    def _start(self, current: OpenRound) -> asyncio.Future[np.ndarray | None] | None:
+    def _start(self, current: OpenRound) -> asyncio.Future[_ChosenSet] | None:
         """The worker-thread choice of `current`'s set, or None when it is dense."""
         if self.guard.dense_now:
             self.dense_fallbacks += 1
@@ -179,8 +203,6 @@ class SharedIndexPlanner:
         d = self.engine.model.require_spec().num_coordinates
         k = shared_index_k(self.density, d)
         if k >= d:
-            return None
-        if not self._fits(current, k):
             return None
         ranking = self._ranking_source()
         seed = current.nonce
@@ -249,17 +271,27 @@ class SharedIndexPlanner:
             )
 
 
+@dataclass(frozen=True, slots=True)
+class _ChosenSet:
+    """A round's positions and their coded bytes, both made on the worker thread."""
+
+    positions: np.ndarray
+    """Sorted uint64."""
+    coded: bytes
+    """`encode_index_set(positions)`: what the setup carries, and what must fit."""
+
+
 def _choose(
     ranking: torch.Tensor | _AppliedSum | None,
     num_coordinates: int,
     k: int,
     epsilon: float,
     seed: bytes,
-) -> np.ndarray:
-    """The k positions as sorted uint64 (worker thread; pure given its inputs)."""
+) -> _ChosenSet:
+    """The k positions, sorted, and coded (worker thread; pure given its inputs)."""
     if isinstance(ranking, _AppliedSum):
         ranking = ranking.ranking(num_coordinates)
     elif ranking is None:  # nothing applied yet (or just reset): all random
         ranking = torch.zeros(num_coordinates)
     positions = choose_index_set(ranking, k, epsilon, seed)
-    return positions.numpy().astype(np.uint64)
+    return _ChosenSet(positions.numpy().astype(np.uint64), encode_index_set(positions))

@@ -341,7 +341,7 @@ class SecureRuntime(CoordinatorRuntime):
         announce = SecureRoundSetup(
             setup, identities, current.nonce, self.round_scale(current),
             spec.num_coordinates if positions is None else positions.size,
-            positions,
+            positions, self.shared_index.coded(positions),
             reset_residuals=self.shared_index.take_residual_reset(current),
         )  # fmt: skip
         identity = self.enrollment.identity

@@ -17,9 +17,11 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
 from fedgrpc._proto.v1 import secure_aggregation_pb2 as sa
+from fedgrpc.compress.shared_index import decode_index_set, encode_index_set
 from fedgrpc.crypto.keys import PublicKey
 from fedgrpc.errors import InvalidUpdateError
 from fedgrpc.secagg import shamir, transcript
@@ -65,10 +67,23 @@ class SecureRoundSetup:
     num_positions: int
     positions: np.ndarray | None = None
     """uint64 index set; None means dense (every coordinate, in order)."""
+    coded_positions: bytes = b""
+    """`positions` gap-coded as sent (`encode_index_set`); b"" when dense.
+
+    Left empty, it is coded from `positions` at construction: the
+    coordinator passes the bytes its planner already coded off the event
+    loop (coding 1M positions takes ~50 ms), so no setup codes them twice.
+    """
     signature: bytes = b""
     """The coordinator's signature over `statement()`."""
     reset_residuals: bool = False
     """Clients zero their error-feedback residual first (after a guard trip)."""
+
+    def __post_init__(self) -> None:
+        """Code `positions` once if the caller did not (tests, benches)."""
+        if self.positions is not None and not self.coded_positions:
+            coded = encode_index_set(torch.from_numpy(self.positions.astype(np.int64)))
+            object.__setattr__(self, "coded_positions", coded)  # frozen: set once
 
     def statement(self) -> bytes:
         """The bytes the coordinator signs (secure_aggregation.proto's layout).
@@ -76,11 +91,16 @@ class SecureRoundSetup:
         `reset_residuals` adds a last framed byte only when set: every other
         setup signs as before, so clients predating the flag still verify
         them, and refuse (rather than silently ignore) a reset they cannot do.
+        The positions are signed decoded (uint64), not as coded: the
+        signature binds the set itself, so a client that decodes the coded
+        bytes to anything else than what was signed refuses the setup.
         """
         setup, graph = self.setup, self.setup.graph()
         ids = setup.participants
         head = transcript.round_context(SETUP_DOMAIN, setup.session_id, setup.round_id)
-        positions = b"" if self.positions is None else self.positions.tobytes()
+        positions = (
+            b"" if self.positions is None else self.positions.astype("<u8").tobytes()
+        )
         reset = (b"\x01",) if self.reset_residuals else ()
         return head + transcript.id_list(ids) + transcript.frame(
             *(self.identities[c].raw for c in ids),
@@ -118,7 +138,6 @@ def setup_to_proto(announce: SecureRoundSetup) -> sa.SecAggRoundSetup:
     """Encode a round setup; degree and threshold are sent explicitly."""
     setup = announce.setup
     graph = setup.graph()
-    positions = b"" if announce.positions is None else announce.positions.tobytes()
     return sa.SecAggRoundSetup(
         round_id=setup.round_id,
         round_nonce=announce.round_nonce,
@@ -132,25 +151,27 @@ def setup_to_proto(announce: SecureRoundSetup) -> sa.SecAggRoundSetup:
         value_bits=setup.value_bits,
         clip=announce.scale.clip,
         dense=announce.positions is None,
-        positions=positions,
+        coded_positions=announce.coded_positions,
         num_positions=announce.num_positions,
         coordinator_signature=announce.signature,
         reset_residuals=announce.reset_residuals,
     )
 
 
-def setup_from_proto(message: sa.SecAggRoundSetup, run_id: str) -> SecureRoundSetup:
-    """Decode a round setup (the client's view).
+def setup_from_proto(
+    message: sa.SecAggRoundSetup, run_id: str, num_coordinates: int
+) -> SecureRoundSetup:
+    """Decode a round setup (the client's view of a model of `num_coordinates`).
 
     Raises:
-        InvalidUpdateError: malformed participants, keys, graph or scale.
+        InvalidUpdateError: malformed participants, keys, graph or scale, or
+            an index set that is not exactly num_positions increasing
+            positions below `num_coordinates` (the client leaves the round).
     """
     try:
         identities = {p.client_id: key_from_proto(p.identity_key)
                       for p in message.participants}  # fmt: skip
-        positions = None
-        if not message.dense:
-            positions = np.frombuffer(message.positions, dtype="<u8").astype(np.uint64)
+        positions = _positions(message, num_coordinates)
         params = SecAggParams(degree=message.degree, threshold=message.threshold)
         setup = RoundSetup(
             session_id=session_id(run_id, message.round_nonce),
@@ -170,9 +191,29 @@ def setup_from_proto(message: sa.SecAggRoundSetup, run_id: str) -> SecureRoundSe
         scale,
         message.num_positions,
         positions,
+        message.coded_positions,
         message.coordinator_signature,
         message.reset_residuals,
     )
+
+
+def _positions(message: sa.SecAggRoundSetup, num_coordinates: int) -> np.ndarray | None:
+    """The decoded sparse set as uint64, or None when dense.
+
+    k is checked against the model first: it bounds what decoding may
+    allocate (a zstd body up to 5k bytes), and the signature is checked
+    only after decoding, so these bytes are not yet trusted.
+    """
+    if message.dense:
+        return None
+    k = message.num_positions
+    if k > num_coordinates:
+        raise InvalidUpdateError(
+            f"the setup announces {k} positions for a model of {num_coordinates} "
+            "coordinates"
+        )
+    decoded = decode_index_set(message.coded_positions, k, num_coordinates)
+    return decoded.numpy().astype(np.uint64)
 
 
 def _advert_to_proto(a: AdvertiseKeys, round_id: int) -> sa.SecAggAdvertiseKeys:
@@ -260,13 +301,17 @@ def server_event(round_id: int, payload: ServerPayload) -> pb.SessionResponse:
 
 
 def server_event_from_proto(
-    response: pb.SessionResponse, run_id: str
+    response: pb.SessionResponse, run_id: str, num_coordinates: int
 ) -> tuple[int, ServerPayload] | None:
-    """(round, payload) of a secure-aggregation SessionResponse; None otherwise."""
+    """(round, payload) of a secure-aggregation SessionResponse; None otherwise.
+
+    `num_coordinates` is the client's model size, which a setup's positions
+    must stay below. Raises `InvalidUpdateError` for a malformed setup.
+    """
     kind = response.WhichOneof("event")
     if kind == "secagg_setup":
         m = response.secagg_setup
-        return m.round_id, setup_from_proto(m, run_id)
+        return m.round_id, setup_from_proto(m, run_id, num_coordinates)
     if kind == "secagg_keys":
         k = response.secagg_keys
         return k.round_id, KeyDirectory(tuple(_advert(a) for a in k.advertisements))

@@ -81,7 +81,7 @@ def _bad_advertisement(raw: RawSession, machine: ClientRound, round_id: int) -> 
 def _tampered_shares(raw: RawSession, machine: ClientRound, round_id: int) -> None:
     raw.send(client_event(round_id, machine.advertise()))
     keys = raw.next_event("secagg_keys")
-    decoded = server_event_from_proto(keys, raw.joined.run_id)
+    decoded = server_event_from_proto(keys, raw.joined.run_id, 0)  # not a setup
     assert decoded is not None
     directory = decoded[1]
     assert isinstance(directory, KeyDirectory)
@@ -121,7 +121,9 @@ def test_a_refused_secagg_message_is_rejected_in_band_and_the_next_round_works(
     raw = RawSession(join(service, spec, codecs=codecs))
     try:
         setup_event = raw.next_event("secagg_setup")
-        announce = setup_from_proto(setup_event.secagg_setup, raw.joined.run_id)
+        announce = setup_from_proto(
+            setup_event.secagg_setup, raw.joined.run_id, spec.num_coordinates
+        )
         setup = announce.setup
         machine = ClientRound(
             setup, raw.joined.client_id, raw.joined.key, announce.identities
@@ -163,17 +165,21 @@ def test_a_tampered_share_makes_its_recipient_leave_and_the_round_skip(
     runtime = runtime_of(coordinator)
     channel, service = stub(coordinator.address)
     codecs = (common_pb2.CODEC_DENSE, common_pb2.CODEC_SECAGG_RING)
-    raw = RawSession(join(service, runtime.engine.model.require_spec(), codecs=codecs))
+    spec = runtime.engine.model.require_spec()
+    raw = RawSession(join(service, spec, codecs=codecs))
     try:
         announce = setup_from_proto(
-            raw.next_event("secagg_setup").secagg_setup, raw.joined.run_id
+            raw.next_event("secagg_setup").secagg_setup,
+            raw.joined.run_id,
+            spec.num_coordinates,
         )
         setup = announce.setup
         machine = ClientRound(
             setup, raw.joined.client_id, raw.joined.key, announce.identities
         )
         raw.send(client_event(setup.round_id, machine.advertise()))
-        decoded = server_event_from_proto(raw.next_event("secagg_keys"), "")
+        keys = raw.next_event("secagg_keys")
+        decoded = server_event_from_proto(keys, "", spec.num_coordinates)
         assert decoded is not None
         assert isinstance(decoded[1], KeyDirectory)
         package = machine.share_keys(decoded[1])

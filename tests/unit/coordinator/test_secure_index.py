@@ -27,11 +27,10 @@ from fedgrpc.wire.secagg import SecureRoundSetup
 from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
 
 D = 1_000
-SPEC = ModelSpec((TensorSpec("w", (D,), DType.FLOAT32),))
 IDS = ("a", "b", "c")
 
 
-def _engine(**overrides: object) -> RoundEngine:
+def _engine(d: int = D, **overrides: object) -> RoundEngine:
     settings: dict[str, object] = {
         "secure_aggregation": True, "codec": "dense:int8", "min_clients": 3,
         "secagg_density": 0.05, "secagg_random_fraction": 0.2,
@@ -39,8 +38,8 @@ def _engine(**overrides: object) -> RoundEngine:
     settings.update(overrides)
     config = CoordinatorConfig(**settings)  # type: ignore[arg-type]
     engine = RoundEngine(config, ClientRegistry(max_clients=8))
-    engine.model.adopt_spec(SPEC)
-    engine.model.seed(torch.zeros(D))
+    engine.model.adopt_spec(ModelSpec((TensorSpec("w", (d,), DType.FLOAT32),)))
+    engine.model.seed(torch.zeros(d))
     return engine
 
 
@@ -175,15 +174,42 @@ async def test_a_tripped_guard_voids_the_round_resets_state_and_goes_dense() -> 
 
 
 async def test_a_set_too_large_for_one_setup_message_is_announced_dense() -> None:
-    engine = _engine(secagg_density=0.9, chunk_bytes=4096)  # 900 x 8 B > 2 KiB
+    # Arrange: 10k random positions of 100k code to ~7 kB, over a 4 KiB chunk.
+    engine = _engine(100_000, secagg_density=0.1, chunk_bytes=4096)
     planner = SharedIndexPlanner(engine.config, engine)
     current = OpenRound(1, 0, 0.0)
 
+    # Act
     with capture_logs() as logs:
-        assert planner.ready(current)
+        while not planner.ready(current):  # noqa: ASYNC110 (as in _positions)
+            await asyncio.sleep(0.001)
+        positions = planner.positions(current)
 
-    assert planner.positions(current) is None
-    assert [e["event"] for e in logs] == ["secagg_index_set_too_large"]
+    # Assert: judged on the coded bytes, which the warning reports.
+    assert positions is None
+    [event] = logs
+    assert event["event"] == "secagg_index_set_too_large"
+    assert event["positions"] == 10_000
+    assert event["max_bytes"] == 4096
+    assert 4096 < event["bytes"] < 10_000 * 8
+
+
+async def test_the_size_limit_is_on_the_coded_set_not_raw_positions() -> None:
+    # Arrange: 900 of 1,000 positions: 7.2 kB raw, well over a 4 KiB chunk,
+    # but mostly zero gaps, which code to a few hundred bytes.
+    engine = _engine(secagg_density=0.9, chunk_bytes=4096)
+    planner = SharedIndexPlanner(engine.config, engine)
+    current = OpenRound(1, 0, 0.0)
+
+    # Act
+    positions = await _positions(planner, current)
+    coded = planner.coded(positions)
+
+    # Assert: announced sparse, with the bytes coded off the event loop.
+    assert positions.size == 900
+    assert 0 < len(coded) < 4096
+    assert coded == _announce(positions).coded_positions
+    assert planner.coded(positions.copy()) == b""  # not this round's set
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

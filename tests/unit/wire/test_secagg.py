@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
-from fedgrpc.crypto.keys import PrivateKey
+from fedgrpc.crypto.keys import PrivateKey, PublicKey
 from fedgrpc.errors import BadSignatureError, InvalidUpdateError
 from fedgrpc.secagg import ClientRound, FixedPointScale, RoundSetup, ServerRound
 from fedgrpc.secagg.graph import SecAggParams
@@ -37,6 +37,7 @@ from fedgrpc.wire.secagg import (
 )
 
 RUN, NONCE, ROUND = "run-1", b"n" * 16, 7
+MODEL = 1_000  # the receiving client's model size: positions lie below it
 
 
 S = TypeVar("S", bound=ServerPayload)
@@ -47,7 +48,7 @@ def to_client(payload: S) -> S:
     wire = pb.SessionResponse.FromString(
         server_event(ROUND, payload).SerializeToString()
     )
-    decoded = server_event_from_proto(wire, RUN)
+    decoded = server_event_from_proto(wire, RUN, MODEL)
     assert decoded is not None
     assert decoded[0] == ROUND
     assert isinstance(decoded[1], type(payload))
@@ -137,18 +138,33 @@ def test_a_short_revealed_share_is_invalid() -> None:
         client_event_from_proto(request)
 
 
-def test_the_setup_signature_covers_every_announced_parameter() -> None:
-    # Arrange: a signed setup, as the coordinator sends it.
-    coordinator = PrivateKey.generate()
+def _three_party_setup() -> tuple[RoundSetup, dict[str, PublicKey]]:
     keys = {c: PrivateKey.generate().public_key for c in ("a", "b", "c")}
     setup = RoundSetup(
         session_id=session_id(RUN, NONCE), round_id=ROUND, participants=("a", "b", "c"),
         graph_seed=bytes(32), value_bits=8,
         params=SecAggParams(degree=2, threshold=3),
     )  # fmt: skip
+    return setup, keys
+
+
+def _sparse(positions: list[int]) -> SecureRoundSetup:
+    setup, keys = _three_party_setup()
+    array = np.array(positions, dtype=np.uint64)
+    return SecureRoundSetup(setup, keys, NONCE, FixedPointScale(0.5), array.size, array)
+
+
+def test_the_setup_signature_covers_every_announced_parameter() -> None:
+    # Arrange: a signed setup, as the coordinator sends it.
+    coordinator = PrivateKey.generate()
+    setup, keys = _three_party_setup()
     unsigned = SecureRoundSetup(setup, keys, NONCE, FixedPointScale(0.5), 9)
     signed = dataclasses.replace(
         unsigned, signature=coordinator.sign(unsigned.statement())
+    )
+    sparse = _sparse([3, 17, 400, 999])
+    signed_sparse = dataclasses.replace(
+        sparse, signature=coordinator.sign(sparse.statement())
     )
 
     reset = dataclasses.replace(unsigned, reset_residuals=True)
@@ -161,19 +177,55 @@ def test_the_setup_signature_covers_every_announced_parameter() -> None:
     # one drops every client's carried mass).
     received = to_client(signed)
     received_reset = to_client(signed_reset)
+    received_sparse = to_client(signed_sparse)
+    moved = np.array([3, 17, 401, 999], dtype=np.uint64)  # one position moved
     altered = [
         dataclasses.replace(received, scale=FixedPointScale(5.0)),
         dataclasses.replace(received, reset_residuals=True),
         dataclasses.replace(received_reset, reset_residuals=False),
+        dataclasses.replace(received_sparse, positions=moved, coded_positions=b""),
     ]
 
-    # Assert
+    # Assert: the positions arrive gap-coded, decode to the signed set, and
+    # the signature binds them (the decoded set, not its coding).
     assert received_reset.reset_residuals
     assert not received.reset_residuals
+    assert received_sparse.positions is not None
+    np.testing.assert_array_equal(received_sparse.positions, sparse.positions)
+    assert received_sparse.coded_positions == sparse.coded_positions
+    assert len(sparse.coded_positions) < 4 * 8  # not raw uint64
     coordinator.public_key.verify(received.signature, received.statement())
     coordinator.public_key.verify(received_reset.signature, received_reset.statement())
+    coordinator.public_key.verify(
+        received_sparse.signature, received_sparse.statement()
+    )
     for setup_in_transit in altered:
         with pytest.raises(BadSignatureError):
             coordinator.public_key.verify(
                 setup_in_transit.signature, setup_in_transit.statement()
             )
+
+
+@pytest.mark.parametrize(
+    ("coded", "count", "detail"),
+    [
+        (b"", 4, "empty"),  # no header byte
+        (b"\x7f" + bytes(4), 4, "not a known coding"),  # varint with a width
+        (None, 5, "expected"),  # fewer positions than announced
+        (None, 2_000, "2000 positions for a model of 1000"),
+        (b"\x0b" + (1_500).to_bytes(6, "little"), 4, "exceeds count"),  # w = 11
+    ],
+)
+def test_a_malformed_coded_index_set_is_refused_at_the_wire(
+    coded: bytes | None, count: int, detail: str
+) -> None:
+    # Arrange: a sparse setup whose coded set or count was corrupted.
+    message = server_event(ROUND, _sparse([3, 17, 400, 999]))
+    setup = message.secagg_setup
+    if coded is not None:
+        setup.coded_positions = coded
+    setup.num_positions = count
+
+    # Act / Assert: refused as INVALID_ARGUMENT, never a crash or a bad array.
+    with pytest.raises(InvalidUpdateError, match=detail):
+        server_event_from_proto(message, RUN, MODEL)
