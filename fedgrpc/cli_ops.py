@@ -130,6 +130,7 @@ def format_status(target: str, s: CoordinatorStatus) -> str:
         f"H={s.inner_steps}",
         f"traffic: {_size(s.bytes_received)} in (updates), "
         f"{_size(s.bytes_sent)} out (models)",
+        _secure_line(s),
         "",
         _table(_CLIENT_COLUMNS, [_client_cells(c) for c in s.clients]),
         "",
@@ -143,7 +144,15 @@ def format_status(target: str, s: CoordinatorStatus) -> str:
 
 _CLIENT_COLUMNS = ("client", "name", "connected", "updates", "samples",
                    "last round", "last loss")  # fmt: skip
-_ROUND_COLUMNS = ("round", "outcome", "updates", "seconds", "mean loss", "bytes in")
+_ROUND_COLUMNS = ("round", "outcome", "updates", "seconds", "mean loss", "bytes in",
+                  "secure")  # fmt: skip
+
+
+def _secure_line(s: CoordinatorStatus) -> str:
+    if not s.secure_aggregation:
+        return "secure aggregation: off"
+    return (f"secure aggregation: on  guard trips {s.guard_trips}  "
+            f"dense fallback rounds {s.dense_fallback_rounds}")  # fmt: skip
 
 
 def _client_cells(c: ClientRow) -> tuple[str, ...]:
@@ -155,7 +164,17 @@ def _client_cells(c: ClientRow) -> tuple[str, ...]:
 
 def _round_cells(r: RoundRow) -> tuple[str, ...]:
     return (str(r.round_id), r.outcome, str(r.num_updates), f"{r.duration_s:.1f}",
-            f"{r.mean_train_loss:.4f}", _size(r.bytes_received))  # fmt: skip
+            f"{r.mean_train_loss:.4f}", _size(r.bytes_received),
+            _secure_cell(r))  # fmt: skip
+
+
+def _secure_cell(r: RoundRow) -> str:
+    """`survivors/participants`, the index set's size and any abort reason."""
+    if not r.secure:
+        return "-"
+    cell = f"{r.survivors}/{r.participants} survived, "
+    cell += f"{r.positions:,} positions" if r.positions else "dense"
+    return cell + (f", {r.secure_abort_reason}" if r.secure_abort_reason else "")
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

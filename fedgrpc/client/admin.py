@@ -58,6 +58,16 @@ class RoundRow:
     duration_s: float
     mean_train_loss: float
     bytes_received: int
+    secure: bool = False
+    """Masked (secure aggregation); the fields below are 0 or "" otherwise."""
+    participants: int = 0
+    survivors: int = 0
+    """Participants whose masked update reached the sum."""
+    positions: int = 0
+    """Coordinates of the sparse index set; 0 = dense."""
+    secure_abort_reason: str = ""
+    """Name of why a masked round was not applied (too_few_clients, ...)."""
+    unmask_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +86,10 @@ class CoordinatorStatus:
     bytes_sent: int
     clients: list[ClientRow]
     recent_rounds: list[RoundRow]
+    secure_aggregation: bool = False
+    guard_trips: int = 0
+    """Times the divergence guard of sparse masked rounds refused a round."""
+    dense_fallback_rounds: int = 0
 
 
 def fetch_status(
@@ -168,7 +182,16 @@ def _from_proto(reply: admin_pb2.GetStatusResponse) -> CoordinatorStatus:
                 r.duration_s,
                 r.mean_train_loss,
                 r.bytes_received,
+                r.secure,
+                r.participants,
+                r.survivors,
+                r.positions,
+                r.secure_abort_reason,
+                r.unmask_s,
             )
             for r in reply.recent_rounds
         ],
+        secure_aggregation=reply.secure_aggregation,
+        guard_trips=reply.guard_trips,
+        dense_fallback_rounds=reply.dense_fallback_rounds,
     )

@@ -8,8 +8,10 @@ import grpc
 
 from fedgrpc._proto.v1 import admin_pb2 as pb
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
+from fedgrpc.coordinator.secure_runtime import SecureRuntime
+from fedgrpc.coordinator.secure_stats import OTHER_REASON, SecureStats
 from fedgrpc.coordinator.servicer import OUTCOME_TO_PROTO
-from fedgrpc.coordinator.state import Outcome, Phase
+from fedgrpc.coordinator.state import Outcome, Phase, RoundResult
 from fedgrpc.wire.convert import round_config_to_proto
 from fedgrpc.wire.frames import Malformed
 
@@ -34,6 +36,7 @@ def build_status(runtime: CoordinatorRuntime) -> pb.GetStatusResponse:
     current = engine.current
     published = engine.model.published
     spec = engine.model.spec
+    stats = runtime.stats if isinstance(runtime, SecureRuntime) else None
     num_parameters = (
         spec.num_coordinates if spec and engine.model.master is not None else 0
     )
@@ -59,26 +62,41 @@ def build_status(runtime: CoordinatorRuntime) -> pb.GetStatusResponse:
         ],
         bytes_received=runtime.bytes_received,
         bytes_sent=runtime.bytes_sent,
-        recent_rounds=[
-            pb.RoundSummary(
-                round_id=r.round_id,
-                outcome=OUTCOME_TO_PROTO[r.outcome],
-                num_updates=r.num_updates,
-                duration_s=r.duration_s,
-                mean_train_loss=r.mean_train_loss,
-                bytes_received=r.bytes_received,
-                ingest_s=r.ingest_s,
-                ingest_cpu_s=r.ingest_cpu_s,
-                reason=r.reason if r.outcome is not Outcome.APPLIED else "",
-            )
-            for r in engine.history
-        ],
+        recent_rounds=[_round_summary(r, stats) for r in engine.history],
         uptime_s=runtime.clock() - runtime.started_s,
         round_nonce=engine.round_nonce(),
         model_sha256=published.sha256 if published is not None else b"",
         coordinator_key_sha256=runtime.enrollment.public_key.fingerprint,
         open_enrollment=runtime.enrollment.is_open,
+        secure_aggregation=stats is not None,
+        guard_trips=stats.planner.trips if stats else 0,
+        dense_fallback_rounds=stats.planner.dense_fallbacks if stats else 0,
     )
+
+
+def _round_summary(r: RoundResult, stats: SecureStats | None) -> pb.RoundSummary:
+    """One closed round; masked rounds add counts and the abort reason's name."""
+    summary = pb.RoundSummary(
+        round_id=r.round_id,
+        outcome=OUTCOME_TO_PROTO[r.outcome],
+        num_updates=r.num_updates,
+        duration_s=r.duration_s,
+        mean_train_loss=r.mean_train_loss,
+        bytes_received=r.bytes_received,
+        ingest_s=r.ingest_s,
+        ingest_cpu_s=r.ingest_cpu_s,
+        reason=r.reason if r.outcome is not Outcome.APPLIED else "",
+    )
+    secure = stats.rounds.get(r.round_id) if stats is not None else None
+    if secure is not None:
+        summary.secure = True
+        summary.participants = secure.participants
+        summary.survivors = secure.survivors
+        summary.positions = secure.positions
+        summary.unmask_s = secure.unmask_s
+        if r.outcome is not Outcome.APPLIED:
+            summary.secure_abort_reason = secure.abort_reason or OTHER_REASON
+    return summary
 
 
 class AdminServicer:

@@ -41,6 +41,7 @@ from fedgrpc.coordinator.rounds import ChunkValues
 from fedgrpc.coordinator.runtime import CoordinatorRuntime, JoinResult
 from fedgrpc.coordinator.secure_index import SharedIndexPlanner
 from fedgrpc.coordinator.secure_round import SecureRound, install_sum, round_params
+from fedgrpc.coordinator.secure_stats import SecureStats
 from fedgrpc.coordinator.state import OpenRound, Phase, Ticket
 from fedgrpc.crypto.keys import PublicKey
 from fedgrpc.errors import (
@@ -103,6 +104,7 @@ class SecureRuntime(CoordinatorRuntime):
         self._value_bits = _VALUE_BITS[config.codec_config.values]
         self.shared_index = SharedIndexPlanner(config, self.engine)
         """Sparse rounds' positions and divergence guard (`secagg_density` < 1)."""
+        self.stats = SecureStats(self.metrics.registry, self.shared_index)
 
     # -- Join and sessions ----------------------------------------------------------
 
@@ -268,6 +270,7 @@ class SecureRuntime(CoordinatorRuntime):
         before = self.engine.current
         await super().maybe_close_round()
         if self.engine.current is not before:  # a round closed: key the next now
+            self.stats.settle(self.engine.history)
             await self._advance_once()
 
     async def _advance_once(self) -> None:
@@ -312,6 +315,7 @@ class SecureRuntime(CoordinatorRuntime):
         """Void the open round: the engine skips it, weights unchanged."""
         rnd.finished = True
         current.void_reason = detail
+        self.stats.aborted(rnd, reason)
         log.warning("secagg_round_aborted", round=rnd.round_id, reason=reason,
                     detail=detail)  # fmt: skip
 
@@ -350,6 +354,7 @@ class SecureRuntime(CoordinatorRuntime):
         )
         timeout = self.config.round_timeout_s
         self.secure = SecureRound(announce, identity, self.clock, timeout)
+        self.stats.started(announce)
         for client_id in ids:
             self.send(client_id, current.round_id, announce)
         graph = setup.graph()
@@ -387,6 +392,7 @@ class SecureRuntime(CoordinatorRuntime):
         self.shared_index.judge(current, rnd.announce, result)  # may void it
         current.last_commit_s = current.deadline_s = self.clock()  # close now
         self.last_result, self.last_recover_s = result, seconds
+        self.stats.recovered(current, result, seconds)
         dropped = len(rnd.announce.setup.participants) - len(result.survivors)
         log.info("secagg_round_recovered", round=rnd.round_id,
                  survivors=len(result.survivors), dropped=dropped,

@@ -18,7 +18,7 @@ from torch import nn
 from fedgrpc.client import DiLoCoClient
 from fedgrpc.client.secure_updates import SecureUpdates
 from fedgrpc.compress.shared_index import choose_index_set
-from fedgrpc.coordinator.server import serve_in_thread
+from fedgrpc.coordinator.server import CoordinatorThread, serve_in_thread
 from fedgrpc.wire.secagg import SecureRoundSetup
 from tests.helpers.scripted import flat
 from tests.helpers.secure import close_all, codes_of, config, connect, runtime_of
@@ -140,6 +140,19 @@ def test_the_next_set_ranks_by_the_last_applied_sum() -> None:
             close_all(clients)
 
 
+def _assert_guard_trip_observable(coordinator: CoordinatorThread) -> None:
+    """Status and metrics show the trip: the guard's reason, sparse then dense."""
+    status = coordinator.status()
+    registry = runtime_of(coordinator).metrics.registry
+    assert (status.guard_trips, status.secure_aggregation) == (1, True)
+    tripped, dense = status.recent_rounds[-3], status.recent_rounds[-2]
+    assert tripped.secure_abort_reason == "divergence_guard"
+    assert (tripped.positions, dense.positions) == (K, 0)
+    assert registry.get_sample_value("fedgrpc_secagg_guard_trips_total") == 1
+    aborted = {"outcome": "aborted", "reason": "divergence_guard"}
+    assert registry.get_sample_value("fedgrpc_secagg_rounds_total", aborted) == 1
+
+
 def test_a_diverging_aggregate_trips_the_guard_and_the_next_round_is_dense() -> None:
     with serve_in_thread(config(secagg_density=0.2)) as coordinator:
         clients = connect(coordinator.address, 3)
@@ -168,6 +181,7 @@ def test_a_diverging_aggregate_trips_the_guard_and_the_next_round_is_dense() -> 
             history = list(runtime.engine.history)
             assert "divergence guard (spike)" in history[-3].reason
             assert runtime.shared_index.trips == 1
+            _assert_guard_trip_observable(coordinator)
             # Rounds 5 and 6 dense; round 7 (keyed once 6 closed) may count too.
             assert runtime.shared_index.dense_fallbacks in (2, 3)
             announce = reset_round[0]

@@ -141,6 +141,12 @@ class RoundSummary(_message.Message):
     INGEST_S_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     INGEST_CPU_S_FIELD_NUMBER: _builtins.int
+    SECURE_FIELD_NUMBER: _builtins.int
+    PARTICIPANTS_FIELD_NUMBER: _builtins.int
+    SURVIVORS_FIELD_NUMBER: _builtins.int
+    POSITIONS_FIELD_NUMBER: _builtins.int
+    SECURE_ABORT_REASON_FIELD_NUMBER: _builtins.int
+    UNMASK_S_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     """Round id."""
     outcome: _coordinator_pb2.RoundOutcome.ValueType
@@ -164,6 +170,30 @@ class RoundSummary(_message.Message):
     window: ingest_cpu_s / bytes_received is what receiving, verifying and
     adding a byte costs, independent of how busy the machine was.
     """
+    secure: _builtins.bool
+    """True when the round was masked (secure aggregation set it up). The
+    fields below are 0 or empty otherwise, and for rounds of an earlier
+    coordinator process (they are not checkpointed).
+    """
+    participants: _builtins.int
+    """Clients the masked round was set up for."""
+    survivors: _builtins.int
+    """Participants whose masked update reached the ring sum;
+    participants - survivors dropped out.
+    """
+    positions: _builtins.int
+    """Coordinates masked in the shared sparse index set; 0 when the round was
+    dense (every coordinate).
+    """
+    secure_abort_reason: _builtins.str
+    """Machine-readable reason a masked round was not applied: an abort reason
+    of the protocol (too_few_clients, bad_signature, bad_key,
+    tampered_share, inconsistent_shares, inconsistent_survivors,
+    protocol_violation), internal, divergence_guard or other; empty when
+    applied. `reason` carries the human-readable detail.
+    """
+    unmask_s: _builtins.float
+    """Seconds the coordinator spent unmasking the sum (0: not unmasked)."""
     def __init__(
         self,
         *,
@@ -176,10 +206,16 @@ class RoundSummary(_message.Message):
         ingest_s: _builtins.float = ...,
         reason: _builtins.str = ...,
         ingest_cpu_s: _builtins.float = ...,
+        secure: _builtins.bool = ...,
+        participants: _builtins.int = ...,
+        survivors: _builtins.int = ...,
+        positions: _builtins.int = ...,
+        secure_abort_reason: _builtins.str = ...,
+        unmask_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "duration_s", b"duration_s", "ingest_cpu_s", b"ingest_cpu_s", "ingest_s", b"ingest_s", "mean_train_loss", b"mean_train_loss", "num_updates", b"num_updates", "outcome", b"outcome", "reason", b"reason", "round_id", b"round_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "duration_s", b"duration_s", "ingest_cpu_s", b"ingest_cpu_s", "ingest_s", b"ingest_s", "mean_train_loss", b"mean_train_loss", "num_updates", b"num_updates", "outcome", b"outcome", "participants", b"participants", "positions", b"positions", "reason", b"reason", "round_id", b"round_id", "secure", b"secure", "secure_abort_reason", b"secure_abort_reason", "survivors", b"survivors", "unmask_s", b"unmask_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -206,6 +242,9 @@ class GetStatusResponse(_message.Message):
     MODEL_SHA256_FIELD_NUMBER: _builtins.int
     COORDINATOR_KEY_SHA256_FIELD_NUMBER: _builtins.int
     OPEN_ENROLLMENT_FIELD_NUMBER: _builtins.int
+    SECURE_AGGREGATION_FIELD_NUMBER: _builtins.int
+    GUARD_TRIPS_FIELD_NUMBER: _builtins.int
+    DENSE_FALLBACK_ROUNDS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Id of this training run."""
     round_id: _builtins.int
@@ -234,6 +273,14 @@ class GetStatusResponse(_message.Message):
     """Fingerprint of the coordinator's public key."""
     open_enrollment: _builtins.bool
     """True when any client key may join (no allowed-keys list)."""
+    secure_aggregation: _builtins.bool
+    """True when rounds are masked (secure aggregation): the coordinator only
+    learns the sum of the survivors' updates.
+    """
+    guard_trips: _builtins.int
+    """Times the divergence guard of sparse secure rounds refused a round."""
+    dense_fallback_rounds: _builtins.int
+    """Secure rounds announced dense because the divergence guard tripped."""
     @_builtins.property
     def round_config(self) -> _common_pb2.RoundConfig:
         """The round configuration."""
@@ -264,10 +311,13 @@ class GetStatusResponse(_message.Message):
         model_sha256: _builtins.bytes = ...,
         coordinator_key_sha256: _builtins.str = ...,
         open_enrollment: _builtins.bool = ...,
+        secure_aggregation: _builtins.bool = ...,
+        guard_trips: _builtins.int = ...,
+        dense_fallback_rounds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["round_config", b"round_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "clients", b"clients", "coordinator_key_sha256", b"coordinator_key_sha256", "model_sha256", b"model_sha256", "model_version", b"model_version", "num_parameters", b"num_parameters", "open_enrollment", b"open_enrollment", "phase", b"phase", "recent_rounds", b"recent_rounds", "round_config", b"round_config", "round_id", b"round_id", "round_nonce", b"round_nonce", "run_id", b"run_id", "uptime_s", b"uptime_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "clients", b"clients", "coordinator_key_sha256", b"coordinator_key_sha256", "dense_fallback_rounds", b"dense_fallback_rounds", "guard_trips", b"guard_trips", "model_sha256", b"model_sha256", "model_version", b"model_version", "num_parameters", b"num_parameters", "open_enrollment", b"open_enrollment", "phase", b"phase", "recent_rounds", b"recent_rounds", "round_config", b"round_config", "round_id", b"round_id", "round_nonce", b"round_nonce", "run_id", b"run_id", "secure_aggregation", b"secure_aggregation", "uptime_s", b"uptime_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
