@@ -109,9 +109,11 @@ _SERVE_FLAGS = (
           f"(default: {_D.secagg_random_fraction:g})", float, "EPS"),
     _Flag("--chunk-bytes", "payload bytes per streamed chunk, both directions "
           f"(default: {_D.chunk_bytes})", int, "BYTES"),
-    _Flag("--heartbeat-interval-s", "expected seconds between client heartbeats "
+    _Flag("--heartbeat-interval-s", "seconds between client heartbeats, "
+          "announced at Join: clients send at least this often "
           f"(default: {_D.heartbeat_interval_s:g})", float, "S"),
-    _Flag("--session-timeout-s", "drop a client silent this long "
+    _Flag("--session-timeout-s", "evict a client silent this long, even with its "
+          "connection open; must exceed --heartbeat-interval-s "
           f"(default: {_D.session_timeout_s:g})", float, "S"),
     _Flag("--tls-cert", "PEM certificate chain to serve TLS with; needs "
           "--tls-key (default: plaintext; see `fedgrpc certs`)", metavar="PEM"),
