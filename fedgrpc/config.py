@@ -3,19 +3,25 @@
 Precedence everywhere: CLI flag, then TOML, then the default documented here.
 Each field's docstring states its unit and why the default is what it is;
 `fedgrpc serve --help` and server/coordinator.example.toml repeat them.
+
+This module holds `CoordinatorConfig` and re-exports `ClientConfig`
+(`fedgrpc.config_client`) and `load_table` (`fedgrpc.config_checks`), so
+`from fedgrpc.config import ...` stays the one import path.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Self
 
 from fedgrpc.compress.spec import CodecConfig, Dense, parse_codec
-from fedgrpc.errors import ConfigError
+from fedgrpc.config_checks import check_readable as _check_readable
+from fedgrpc.config_checks import check_tls_pair as _check_tls_pair
+from fedgrpc.config_checks import load_table as load_table
+from fedgrpc.config_client import ClientConfig as ClientConfig
 from fedgrpc.errors import check_config as _check
 from fedgrpc.wire.chunking import (
     DEFAULT_CHUNK_BYTES,
@@ -33,7 +39,6 @@ UpdateSignatures = Literal["required", "off"]
 SECAGG_VALUES = ("int8", "int4")
 """Dense value formats whose codes the secure-aggregation ring sums exactly."""
 SECAGG_MIN_CLIENTS = 3
-_FINGERPRINT_CHARS = 64
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -272,129 +277,3 @@ class CoordinatorConfig:
         return dataclasses.replace(
             self, **{k: v for k, v in changes.items() if v is not None}
         )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClientConfig:
-    """Knobs of `DiLoCoClient` beyond the target, the model and H."""
-
-    name: str = ""
-    """Shown in coordinator logs and `fedgrpc status`; defaults to host:pid."""
-    rpc_timeout_s: float = 30.0
-    """Deadline of a unary call (Join) and of each chunk of a transfer."""
-    round_wait_s: float = 3600.0
-    """How long `step()` waits at a sync point for the round to close."""
-    heartbeat_interval_s: float = 5.0
-    """Seconds between heartbeats on the Session stream, at most: a coordinator
-    that expects them more often (RoundConfig.heartbeat_interval_s) gets
-    them at its interval."""
-    connect_timeout_s: float = 60.0
-    """How long the first connection may take before the client gives up."""
-    reconnect_initial_s: float = 0.5
-    """First pause between reconnect attempts after the coordinator was lost
-    (channel gone, UNAVAILABLE, restart); each failed attempt doubles it, with
-    jitter (a random 50-100 % of it) so restarted coordinators are not hit by
-    every client at once."""
-    reconnect_max_s: float = 30.0
-    """Cap on one pause between reconnect attempts, and on how long one sync
-    point keeps retrying before `step()` returns and training goes on locally
-    (the next sync point retries again)."""
-    reconnect_give_up_s: float = 3600.0
-    """How long the coordinator may stay away in total, since it was lost,
-    before `step()` raises `CoordinatorUnavailableError`."""
-    tls_ca: str = ""
-    """PEM CA certificate(s) the coordinator's certificate must chain to; set,
-    the client speaks TLS ("" : plaintext). For a publicly trusted certificate
-    name the system bundle, e.g. /etc/ssl/certs/ca-certificates.crt."""
-    tls_cert: str = ""
-    """PEM client certificate for mutual TLS (needs `tls_key` and `tls_ca`)."""
-    tls_key: str = ""
-    """PEM private key of `tls_cert` (unencrypted; keep the file 0600)."""
-    identity_key: str = ""
-    """This client's Ed25519 private key (PEM, `fedgrpc keygen`); the
-    coordinator must list its public half. "" uses a throwaway key, which
-    only an `open_enrollment` coordinator accepts."""
-    coordinator_key: str = ""
-    """The coordinator's public key to insist on: its 64-hex fingerprint or a
-    PEM .pub file. "" trusts the key the coordinator presents at Join (logged
-    as `coordinator_key_trusted`) and verifies every model against it."""
-    export_updates_dir: str = ""
-    """Write each update this client pushes, exactly as sent, to a file here
-    (`<run>-r<round>-<client>.fedupdate`) for audit with `fedgrpc verify`;
-    "" writes nothing. Costs a disk write of every update."""
-
-    def __post_init__(self) -> None:
-        for name in ("rpc_timeout_s", "round_wait_s", "heartbeat_interval_s",
-                     "connect_timeout_s", "reconnect_initial_s",
-                     "reconnect_max_s", "reconnect_give_up_s"):  # fmt: skip
-            value = getattr(self, name)
-            _check(value > 0, name, value, "> 0")
-        _check(self.reconnect_max_s >= self.reconnect_initial_s, "reconnect_max_s",
-               self.reconnect_max_s, f">= reconnect_initial_s="
-               f"{self.reconnect_initial_s}")  # fmt: skip
-        _check_tls_pair(self.tls_cert, self.tls_key)
-        _check(not self.tls_cert or bool(self.tls_ca), "tls_ca", self.tls_ca,
-               "the CA file that signed the coordinator's certificate, since "
-               "tls_cert is set")  # fmt: skip
-        _check_readable(tls_ca=self.tls_ca, tls_cert=self.tls_cert,
-                        tls_key=self.tls_key,
-                        identity_key=self.identity_key)  # fmt: skip
-        pin = self.coordinator_key
-        if pin and not (len(pin) == _FINGERPRINT_CHARS and _is_hex(pin)):
-            _check_readable(coordinator_key=pin)
-
-
-def _is_hex(text: str) -> bool:
-    try:
-        bytes.fromhex(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _check_tls_pair(cert: str, key: str) -> None:
-    """A certificate and its key come together, or TLS is off."""
-    _check(bool(key) or not cert, "tls_key", key,
-           f"the private key of tls_cert={cert!r} (set both or neither)")  # fmt: skip
-    _check(bool(cert) or not key, "tls_cert", cert,
-           f"the certificate of tls_key={key!r} (set both or neither)")  # fmt: skip
-
-
-def _check_readable(**paths: str) -> None:
-    """Fail at construction, naming the option, if a set path cannot be read.
-
-    Only readability: `fedgrpc.crypto.tls` parses the PEM when the server
-    or channel is built, where the certificate and key are needed anyway.
-    """
-    for option, path in paths.items():
-        if not path:
-            continue
-        try:
-            with Path(path).open("rb"):
-                pass
-        except OSError as exc:
-            raise ConfigError(
-                f"{option}={path!r} cannot be read: {exc.strerror or exc}"
-            ) from exc
-
-
-def load_table(path: str | Path, table: str, cls: type) -> dict[str, Any]:
-    """Read `[table]` from a TOML file, rejecting unknown keys by name."""
-    try:
-        with Path(path).open("rb") as fh:
-            document = tomllib.load(fh)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"config file {path} does not exist") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    values = document.get(table, {})
-    if not isinstance(values, dict):
-        raise ConfigError(f"[{table}] in {path} must be a table")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) {', '.join(unknown)} in [{table}] of {path}; "
-            f"known keys: {', '.join(sorted(known))}"
-        )
-    return dict(values)

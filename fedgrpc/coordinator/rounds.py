@@ -19,11 +19,14 @@ round: the round is skipped, the weights stay, and clients keep their local
 progress for the next round (DiLoCo's pseudo-gradient then spans 2H steps).
 Pushes still streaming at the deadline get another `round_timeout_s` to
 finish rather than voiding the round at once.
+
+The rules the transitions consult live beside it: `round_checks` (why an
+update header is refused) and `round_close` (when a round closes, its
+quorum, the result it leaves).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -34,18 +37,17 @@ import torch
 from fedgrpc.aggregate import StreamingSum
 from fedgrpc.compress import DecodedBlock
 from fedgrpc.config import CoordinatorConfig
+from fedgrpc.coordinator import round_checks, round_close
 from fedgrpc.coordinator.global_model import GlobalModel
 from fedgrpc.coordinator.registry import ClientRecord, ClientRegistry
 from fedgrpc.coordinator.state import (
     OpenRound,
-    Outcome,
     Phase,
     RoundResult,
     Ticket,
     new_round_nonce,
 )
 from fedgrpc.errors import InvalidUpdateError, WrongRoundError
-from fedgrpc.wire.codec_params import wire_codec
 from fedgrpc.wire.convert import UpdateHeaderInfo
 
 ChunkValues = np.ndarray | DecodedBlock
@@ -92,27 +94,14 @@ class RoundEngine:
                 the round, a round past its deadline, or initial weights for
                 a model already seeded.
         """
-        spec = self.model.require_spec()
-        expected = (
-            "dense-fp32"
-            if header.is_initial_weights
-            else wire_codec(self.config.codec_config)
+        round_checks.check_shape(
+            self.config, self.model.require_spec().num_coordinates, header
         )
-        if header.codec != expected:
-            raise InvalidUpdateError(
-                f"update codec {header.codec} is not {expected}, the codec for "
-                f"{'initial weights' if header.is_initial_weights else 'updates'} "
-                f"in this federation ({self.config.codec})"
-            )
-        if header.num_coordinates != spec.num_coordinates:
-            raise InvalidUpdateError(
-                f"update has {header.num_coordinates} coordinates but the model has "
-                f"{spec.num_coordinates} parameters"
-            )
         if header.is_initial_weights:
             self.model.check_not_seeded()
         else:
-            self._check_round(client, header)
+            current = round_checks.collecting_round(self.phase, self.current)
+            round_checks.check_slot(current, client, header, self.clock)
 
     def open_ticket(self, client: ClientRecord, header: UpdateHeaderInfo) -> Ticket:
         """Start taking a checked header's chunks (call `check_header` first)."""
@@ -123,63 +112,13 @@ class RoundEngine:
         if header.is_initial_weights:
             staging = torch.empty(spec.num_coordinates, dtype=torch.float32)
             return Ticket(client, header, 0, scratch, staging=staging)
-        current = self._collecting_round()
+        current = round_checks.collecting_round(self.phase, self.current)
         if current.first_header_s is None:
             current.first_header_s = self.clock()
             current.first_header_cpu_s = time.process_time()
         ticket = Ticket(client, header, current.round_id, scratch)
         current.streaming[ticket.ticket_id] = ticket
         return ticket
-
-    def _check_round(self, client: ClientRecord, header: UpdateHeaderInfo) -> OpenRound:
-        current = self._collecting_round()
-        if header.round_id != current.round_id:
-            raise WrongRoundError(
-                f"update is for round {header.round_id} but round {current.round_id} "
-                "is collecting; pull the latest model and join the current round"
-            )
-        if header.base_version != current.base_version:
-            raise WrongRoundError(
-                f"update was computed from model version {header.base_version} but "
-                f"round {current.round_id} starts from version {current.base_version}; "
-                "pull the latest model"
-            )
-        busy = any(t.client is client for t in current.streaming.values())
-        if client.client_id in current.contributors or busy:
-            raise WrongRoundError(
-                f"client {client.client_id} already sent an update for round "
-                f"{current.round_id}"
-            )
-        if current.deadline_s is not None and self.clock() >= current.deadline_s:
-            raise WrongRoundError(
-                f"round {current.round_id} passed its deadline and takes no new "
-                "updates; keep training and push in the next round"
-            )
-        return current
-
-    def _collecting_round(self) -> OpenRound:
-        current = self.current
-        if self.phase is not Phase.COLLECTING or current is None:
-            raise WrongRoundError(
-                f"no round is collecting updates (phase {self.phase.value}); "
-                "wait for the next RoundStarted event"
-            )
-        return current
-
-    def _live_round(self, ticket: Ticket) -> OpenRound:
-        """The ticket's round if it still takes this update's chunks."""
-        current = self.current
-        if (
-            self.phase is not Phase.COLLECTING
-            or current is None
-            or current.round_id != ticket.round_id
-            or ticket.ticket_id not in current.streaming
-        ):
-            raise WrongRoundError(
-                f"round {ticket.round_id} closed while this update was streaming; "
-                "pull the latest model and push in the next round"
-            )
-        return current
 
     def add_chunk(self, ticket: Ticket, offset: int, chunk: ChunkValues) -> None:
         """Add one checked chunk: into the round's sum, or the initial weights.
@@ -192,7 +131,7 @@ class RoundEngine:
                 raise InvalidUpdateError("initial weights must be dense float32")
             ticket.staging.numpy()[offset : offset + chunk.size] = chunk
             return
-        current = self._live_round(ticket)
+        current = round_checks.live_round(self.phase, self.current, ticket)
         if current.total is None:
             current.total = StreamingSum(self._take_sum_buffer())
         weight = float(ticket.header.num_samples)
@@ -217,7 +156,7 @@ class RoundEngine:
             self._open_round()
             in_round = 1
         else:
-            current = self._live_round(ticket)
+            current = round_checks.live_round(self.phase, self.current, ticket)
             if current.total is None:  # no chunk arrived: cannot happen once checked
                 raise InvalidUpdateError("an update without values cannot be counted")
             current.total.commit(float(header.num_samples))
@@ -256,28 +195,7 @@ class RoundEngine:
         current = self.current
         if self.phase is not Phase.COLLECTING or current is None:
             return None
-        if current.void_reason is not None:
-            return "void"
-        now = self.clock()
-        if current.deadline_s is not None and now >= current.deadline_s:
-            if not current.streaming:
-                return "deadline"
-            if now < current.deadline_s + self.config.round_timeout_s:
-                return None  # let updates that started in time finish
-            current.void_reason = (
-                f"{len(current.streaming)} update(s) still streaming "
-                "round_timeout_s after the deadline"
-            )
-            return "void"
-        done = len(current.contributors)
-        # Cheap tests first: this runs on every commit and session close, and
-        # the scans below cost O(clients), O(clients^2) over a burst (issue 6).
-        if current.streaming or done < self.config.min_clients:
-            return None
-        connected = {c.client_id for c in self.registry.connected()}
-        if done >= self.quorum(current) and connected <= current.contributors:
-            return "all connected clients committed"
-        return None
+        return round_close.close_reason(current, self.config, self.registry, self.clock)
 
     def quorum(self, current: OpenRound) -> int:
         """Updates `current` needs to be applied.
@@ -285,11 +203,7 @@ class RoundEngine:
         `min_clients`, or `min_client_fraction` of the clients connected now
         plus those that pushed and left, whichever is more.
         """
-        members = {c.client_id for c in self.registry.connected()}
-        members |= current.contributors
-        # -1e-9: 0.3 x 10 is 3.0000000000000004 in floats, and must need 3.
-        share = math.ceil(self.config.min_client_fraction * len(members) - 1e-9)
-        return max(self.config.min_clients, share)
+        return round_close.quorum(current, self.config, self.registry)
 
     def begin_close(self) -> OpenRound:
         """Stop taking updates for the open round (state change; event loop)."""
@@ -336,29 +250,9 @@ class RoundEngine:
                 record = self.registry.get(client_id)
                 if record is not None:
                     record.last_applied_round = closing.round_id
-        elif closing.void_reason is not None:
-            reason = closing.void_reason
-        else:
-            reason = (
-                f"{len(closing.contributors)} update(s) by the {reason}, "
-                f"the quorum is {closing.quorum} (min_clients "
-                f"{self.config.min_clients}, min_client_fraction "
-                f"{self.config.min_client_fraction:g})"
-            )
-        first, last = closing.first_header_s, closing.last_commit_s
-        result = RoundResult(
-            round_id=closing.round_id,
-            outcome=Outcome.APPLIED if applied else Outcome.SKIPPED,
-            model_version=self.model.version,
-            num_updates=len(closing.contributors),
-            reason=reason,
-            duration_s=self.clock() - closing.opened_s,
-            mean_train_loss=closing.loss_weighted_sum / max(1, closing.samples),
-            bytes_received=closing.bytes_received,
-            ingest_s=last - first if first is not None and last is not None else 0.0,
-            ingest_cpu_s=max(
-                0.0, closing.last_commit_cpu_s - closing.first_header_cpu_s
-            ),
+        version, now = self.model.version, self.clock()
+        result = round_close.round_result(
+            closing, self.config, applied, reason, version, now
         )
         self.history.append(result)
         self._open_round()

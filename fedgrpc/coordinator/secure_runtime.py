@@ -22,13 +22,16 @@ advances and finishes:
 A round that cannot finish (too few survivors for the threshold, a broken
 consistency check) is voided: the engine closes it SKIPPED with the reason,
 weights unchanged, and the next round starts afresh.
+
+This module keeps the round's life (sessions, start, phases, unmasking,
+abort); taking masked pushes is `secure_push.MaskedPushRuntime`, its base
+class, and what a round starts with (participants, signed setup) is
+`secure_setup`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import os
 import time
 from collections.abc import Callable
 
@@ -37,44 +40,33 @@ import numpy as np
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.events import SecAggEvent, SessionEvent
 from fedgrpc.coordinator.registry import ClientRecord
-from fedgrpc.coordinator.rounds import ChunkValues
 from fedgrpc.coordinator.runtime import CoordinatorRuntime, JoinResult
 from fedgrpc.coordinator.secure_index import SharedIndexPlanner
-from fedgrpc.coordinator.secure_round import SecureRound, install_sum, round_params
-from fedgrpc.coordinator.secure_stats import SecureStats
-from fedgrpc.coordinator.state import OpenRound, Phase, Ticket
-from fedgrpc.crypto.keys import PublicKey
-from fedgrpc.errors import (
-    FedGrpcError,
-    IncompatibleClientError,
-    InvalidUpdateError,
-    WrongRoundError,
+from fedgrpc.coordinator.secure_push import SECAGG_CODEC, MaskedPushRuntime
+from fedgrpc.coordinator.secure_round import SecureRound, install_sum
+from fedgrpc.coordinator.secure_setup import (
+    SETUP_QUIET_S,
+    VALUE_BITS,
+    ready_identities,
+    round_setup,
+    signed,
 )
+from fedgrpc.coordinator.secure_stats import SecureStats
+from fedgrpc.coordinator.state import OpenRound, Phase
+from fedgrpc.crypto.keys import PublicKey
+from fedgrpc.errors import FedGrpcError, IncompatibleClientError, WrongRoundError
 from fedgrpc.log import get_logger
 from fedgrpc.secagg import (
     AggregateResult,
     FixedPointScale,
-    RoundSetup,
     SecAggAbortError,
     ServerPhase,
 )
-from fedgrpc.secagg.graph import GRAPH_SEED_BYTES, MIN_CLIENTS
-from fedgrpc.wire.assemble import CodecChunkCheck, DenseChunkCheck
-from fedgrpc.wire.convert import JoinInfo, UpdateHeaderInfo
-from fedgrpc.wire.ring import RingChunkCheck
-from fedgrpc.wire.secagg import (
-    ClientPayload,
-    SecureRoundSetup,
-    ServerPayload,
-    session_id,
-)
+from fedgrpc.secagg.graph import MIN_CLIENTS
+from fedgrpc.wire.convert import JoinInfo
+from fedgrpc.wire.secagg import ClientPayload, SecureRoundSetup, ServerPayload
 
 log = get_logger(__name__)
-SECAGG_CODEC = "secagg-ring"
-SETUP_QUIET_S = 0.5
-"""A round's participants are fixed only once no Session opened for this long,
-so clients connecting together (a start, a restart) all take part."""
-_VALUE_BITS = {"int8": 8, "int4": 4}
 
 
 def make_runtime(config: CoordinatorConfig) -> CoordinatorRuntime:
@@ -86,22 +78,20 @@ def make_runtime(config: CoordinatorConfig) -> CoordinatorRuntime:
     )
 
 
-class SecureRuntime(CoordinatorRuntime):
+class SecureRuntime(MaskedPushRuntime):
     """`CoordinatorRuntime` whose rounds are masked (see the module docstring)."""
 
     def __init__(
         self, config: CoordinatorConfig, clock: Callable[[], float] = time.monotonic
     ) -> None:
         super().__init__(config, clock)
-        self.secure: SecureRound | None = None
-        """The current (or last) masked round."""
         self.last_result: AggregateResult | None = None
         """The last recovered sum of codes: all the coordinator learns."""
         self.last_recover_s = 0.0
         """Seconds the last unmasking (`ServerRound.recover`) took."""
         self._advancing = False
         self._last_session_s = float("-inf")
-        self._value_bits = _VALUE_BITS[config.codec_config.values]
+        self._value_bits = VALUE_BITS[config.codec_config.values]
         self.shared_index = SharedIndexPlanner(config, self.engine)
         """Sparse rounds' positions and divergence guard (`secagg_density` < 1)."""
         self.stats = SecureStats(self.metrics.registry, self.shared_index)
@@ -164,104 +154,6 @@ class SecureRuntime(CoordinatorRuntime):
             rnd.drop(client_id)
             raise
 
-    # -- PushUpdate ---------------------------------------------------------------
-
-    def admit(self, header: UpdateHeaderInfo) -> Ticket:
-        """Masked pushes open a buffer; initial weights go the usual way."""
-        if header.codec != SECAGG_CODEC:
-            if not header.is_initial_weights:
-                raise InvalidUpdateError(
-                    f"update codec {header.codec} is refused: this federation uses "
-                    "secure aggregation, push masked updates with CODEC_SECAGG_RING"
-                )
-            return super().admit(header)
-        self.check_running()
-        client = self.registry.authenticate(header.client_id, header.session_token)
-        rnd = self._round_for(header)
-        if header.num_coordinates == 0:  # "I left this round": stop waiting for it
-            rnd.drop(client.client_id)
-        rnd.check_push(client.client_id, header)
-        verifier = self.auth.verifier(client, header)
-        ticket = Ticket(client, header, rnd.round_id, np.empty(0, np.float32))
-        ticket.verifier = verifier
-        rnd.open_buffer(ticket)
-        return ticket
-
-    def _round_for(self, header: UpdateHeaderInfo) -> SecureRound:
-        current, rnd = self.engine.current, self.secure
-        if (
-            self.engine.phase is not Phase.COLLECTING
-            or current is None
-            or rnd is None
-            or rnd.round_id != current.round_id
-            or header.round_id != current.round_id
-        ):
-            raise WrongRoundError(
-                f"masked update for round {header.round_id}, but no secure round "
-                "with that id is collecting; pull the latest model and take part "
-                "in the next round"
-            )
-        if header.base_version != current.base_version:
-            raise WrongRoundError(
-                f"update was computed from model version {header.base_version}; "
-                f"round {current.round_id} starts from {current.base_version}"
-            )
-        return rnd
-
-    def chunk_check(  # type: ignore[override]  # adds a third check kind
-        self, ticket: Ticket
-    ) -> DenseChunkCheck | CodecChunkCheck | RingChunkCheck:
-        """Masked pushes carry ring elements; others as in the base runtime."""
-        rnd = self.secure
-        if ticket.header.codec != SECAGG_CODEC or rnd is None:
-            return super().chunk_check(ticket)
-        n, chunk_bytes = rnd.announce.num_positions, self.config.chunk_bytes
-        return RingChunkCheck(n, chunk_bytes, rnd.ring, ticket.verifier)
-
-    def add_chunk(self, ticket: Ticket, offset: int, values: ChunkValues) -> None:
-        """Masked chunks go to the push's buffer, never to any sum yet."""
-        if ticket.header.codec != SECAGG_CODEC:
-            return super().add_chunk(ticket, offset, values)
-        self.check_running()
-        assert isinstance(values, np.ndarray)  # RingChunkCheck returns arrays
-        self._secure_for(ticket).add_chunk(ticket, offset, values)
-        return None
-
-    async def commit(self, ticket: Ticket, nbytes: int, digest: bytes) -> int:
-        """A verified masked push joins the ring sum; may close the phase."""
-        if ticket.header.codec != SECAGG_CODEC:
-            return await super().commit(ticket, nbytes, digest)
-        self.check_running()
-        in_round = self._secure_for(ticket).commit(ticket, nbytes)
-        self.bytes_received += nbytes
-        client, header = ticket.client, ticket.header
-        client.updates_accepted += 1
-        client.samples_contributed += header.num_samples
-        client.last_train_loss, client.last_round = header.train_loss, ticket.round_id
-        log.info("masked_update_committed", client=client.client_id,
-                 round=ticket.round_id, bytes=nbytes, updates_in_round=in_round,
-                 update_sha256=digest.hex())  # fmt: skip
-        await self.maybe_close_round()
-        return in_round
-
-    def abandon(self, ticket: Ticket, reason: str) -> None:
-        """A failed masked push only drops its client (nothing reached the sum)."""
-        if ticket.header.codec != SECAGG_CODEC:
-            return super().abandon(ticket, reason)
-        if self.secure is not None and self.secure.round_id == ticket.round_id:
-            self.secure.discard(ticket)
-        log.warning("masked_update_abandoned", client=ticket.client.client_id,
-                    round=ticket.round_id, reason=reason)  # fmt: skip
-        return None
-
-    def _secure_for(self, ticket: Ticket) -> SecureRound:
-        rnd = self.secure
-        if rnd is None or rnd.round_id != ticket.round_id:
-            raise WrongRoundError(
-                f"secure round {ticket.round_id} closed while this update streamed"
-            )
-        return rnd
-
     # -- phases ----------------------------------------------------------------------
 
     async def maybe_close_round(self) -> None:
@@ -322,24 +214,14 @@ class SecureRuntime(CoordinatorRuntime):
     def _maybe_start(self, current: OpenRound) -> None:
         if not self.shared_index.ready(current):
             return  # its index set is being chosen on a worker thread
-        ready = [
-            c for c in self.registry.connected()
-            if c.client_id in self._sessions and c.public_key is not None
-        ]  # fmt: skip
-        if len(ready) < max(MIN_CLIENTS, self.config.min_clients):
+        needed = max(MIN_CLIENTS, self.config.min_clients)
+        identities = ready_identities(self.registry.connected(), self._sessions, needed)
+        if identities is None:
             return
         if self.clock() - self._last_session_s < SETUP_QUIET_S:
             return  # clients are still connecting: let them in first
-        identities = {c.client_id: c.public_key for c in ready if c.public_key}
         ids = tuple(sorted(identities))
-        setup = RoundSetup(
-            session_id=session_id(self.run_id, current.nonce),
-            round_id=current.round_id,
-            participants=ids,
-            graph_seed=os.urandom(GRAPH_SEED_BYTES),
-            value_bits=self._value_bits,
-            params=round_params(self.config, len(ids)),
-        )
+        setup = round_setup(self.config, self.run_id, current, ids, self._value_bits)
         spec = self.engine.model.require_spec()
         positions = self.index_set(current)
         announce = SecureRoundSetup(
@@ -349,9 +231,7 @@ class SecureRuntime(CoordinatorRuntime):
             reset_residuals=self.shared_index.take_residual_reset(current),
         )  # fmt: skip
         identity = self.enrollment.identity
-        announce = dataclasses.replace(
-            announce, signature=identity.sign(announce.statement())
-        )
+        announce = signed(announce, identity)
         timeout = self.config.round_timeout_s
         self.secure = SecureRound(announce, identity, self.clock, timeout)
         self.stats.started(announce)

@@ -20,12 +20,21 @@ GRPC_ROOTS = frozenset(
 GRPC_ALLOWED = ("fedgrpc.coordinator", "fedgrpc.client", "fedgrpc._proto")
 PURE_ENGINE = (
     "fedgrpc.coordinator.rounds",
+    "fedgrpc.coordinator.round_checks",  # the engine's refusal rules
+    "fedgrpc.coordinator.round_close",  # and its closing rules
     "fedgrpc.coordinator.registry",
     "fedgrpc.coordinator.state",
     "fedgrpc.coordinator.global_model",
 )
 OUTSIDE_ROOTS = frozenset({"server", "client", "tests"})  # deployment dirs, tests
-BASE = ("fedgrpc.errors", "fedgrpc.config", "fedgrpc.log")
+# config.py re-exports config_client (ClientConfig) and config_checks.
+BASE = (
+    "fedgrpc.errors",
+    "fedgrpc.config",
+    "fedgrpc.config_checks",
+    "fedgrpc.config_client",
+    "fedgrpc.log",
+)
 LEAVES = ("compress", "crypto", "secagg", "aggregate", "optim")
 # wire/secagg.py converts the secagg state machines' messages (a leaf package,
 # so the data path stays one-way: secagg -> wire -> coordinator/client).

@@ -1,0 +1,87 @@
+"""`ClientConfig`: the knobs of `DiLoCoClient`, frozen and validated.
+
+Kept apart from `fedgrpc.config` (which re-exports it) so the client's
+options do not share a file with the coordinator's much larger set;
+both validate through `fedgrpc.config_checks`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedgrpc.config_checks import check_readable as _check_readable
+from fedgrpc.config_checks import check_tls_pair as _check_tls_pair
+from fedgrpc.config_checks import is_hex as _is_hex
+from fedgrpc.errors import check_config as _check
+
+_FINGERPRINT_CHARS = 64
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientConfig:
+    """Knobs of `DiLoCoClient` beyond the target, the model and H."""
+
+    name: str = ""
+    """Shown in coordinator logs and `fedgrpc status`; defaults to host:pid."""
+    rpc_timeout_s: float = 30.0
+    """Deadline of a unary call (Join) and of each chunk of a transfer."""
+    round_wait_s: float = 3600.0
+    """How long `step()` waits at a sync point for the round to close."""
+    heartbeat_interval_s: float = 5.0
+    """Seconds between heartbeats on the Session stream, at most: a coordinator
+    that expects them more often (RoundConfig.heartbeat_interval_s) gets
+    them at its interval."""
+    connect_timeout_s: float = 60.0
+    """How long the first connection may take before the client gives up."""
+    reconnect_initial_s: float = 0.5
+    """First pause between reconnect attempts after the coordinator was lost
+    (channel gone, UNAVAILABLE, restart); each failed attempt doubles it, with
+    jitter (a random 50-100 % of it) so restarted coordinators are not hit by
+    every client at once."""
+    reconnect_max_s: float = 30.0
+    """Cap on one pause between reconnect attempts, and on how long one sync
+    point keeps retrying before `step()` returns and training goes on locally
+    (the next sync point retries again)."""
+    reconnect_give_up_s: float = 3600.0
+    """How long the coordinator may stay away in total, since it was lost,
+    before `step()` raises `CoordinatorUnavailableError`."""
+    tls_ca: str = ""
+    """PEM CA certificate(s) the coordinator's certificate must chain to; set,
+    the client speaks TLS ("" : plaintext). For a publicly trusted certificate
+    name the system bundle, e.g. /etc/ssl/certs/ca-certificates.crt."""
+    tls_cert: str = ""
+    """PEM client certificate for mutual TLS (needs `tls_key` and `tls_ca`)."""
+    tls_key: str = ""
+    """PEM private key of `tls_cert` (unencrypted; keep the file 0600)."""
+    identity_key: str = ""
+    """This client's Ed25519 private key (PEM, `fedgrpc keygen`); the
+    coordinator must list its public half. "" uses a throwaway key, which
+    only an `open_enrollment` coordinator accepts."""
+    coordinator_key: str = ""
+    """The coordinator's public key to insist on: its 64-hex fingerprint or a
+    PEM .pub file. "" trusts the key the coordinator presents at Join (logged
+    as `coordinator_key_trusted`) and verifies every model against it."""
+    export_updates_dir: str = ""
+    """Write each update this client pushes, exactly as sent, to a file here
+    (`<run>-r<round>-<client>.fedupdate`) for audit with `fedgrpc verify`;
+    "" writes nothing. Costs a disk write of every update."""
+
+    def __post_init__(self) -> None:
+        for name in ("rpc_timeout_s", "round_wait_s", "heartbeat_interval_s",
+                     "connect_timeout_s", "reconnect_initial_s",
+                     "reconnect_max_s", "reconnect_give_up_s"):  # fmt: skip
+            value = getattr(self, name)
+            _check(value > 0, name, value, "> 0")
+        _check(self.reconnect_max_s >= self.reconnect_initial_s, "reconnect_max_s",
+               self.reconnect_max_s, f">= reconnect_initial_s="
+               f"{self.reconnect_initial_s}")  # fmt: skip
+        _check_tls_pair(self.tls_cert, self.tls_key)
+        _check(not self.tls_cert or bool(self.tls_ca), "tls_ca", self.tls_ca,
+               "the CA file that signed the coordinator's certificate, since "
+               "tls_cert is set")  # fmt: skip
+        _check_readable(tls_ca=self.tls_ca, tls_cert=self.tls_cert,
+                        tls_key=self.tls_key,
+                        identity_key=self.identity_key)  # fmt: skip
+        pin = self.coordinator_key
+        if pin and not (len(pin) == _FINGERPRINT_CHARS and _is_hex(pin)):
+            _check_readable(coordinator_key=pin)
