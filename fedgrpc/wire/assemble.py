@@ -12,6 +12,8 @@ hash on a worker thread.
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 import numpy as np
 
 from fedgrpc.compress import BlockCodec, DecodedBlock
@@ -27,11 +29,20 @@ _UNSIGNED = (
 )
 
 
-class ChunkStream:
-    """What every update's chunk check shares: order, authenticity, the commit.
+Values = TypeVar("Values")
 
+
+class ChunkStream(Generic[Values]):
+    """What every update's chunk check shares: order, size, authenticity, the commit.
+
+    `check` runs the steps in the one safe order for every kind of update;
+    a subclass supplies only `_decode` (the content checks of its payload
+    format) and how its size limit reads in an error.
     `verifier` is None only when the coordinator runs with signatures off.
     """
+
+    UNIT = "coordinates"
+    """What `count` counts, in error messages."""
 
     def __init__(
         self,
@@ -45,6 +56,44 @@ class ChunkStream:
         # Chunks may be smaller than max_count; tiling already bounds their number.
         self.order = ChunkOrder(num_coordinates, max_chunks=num_coordinates)
         self.payload_bytes = 0
+
+    def check(
+        self,
+        seq: int,
+        offset: int,
+        count: int,
+        payload: bytes | memoryview,
+        proof: ChunkProof | None = None,
+        payload_sha256: bytes | None = None,
+    ) -> Values:
+        """Validate one chunk in full, then return its values for the sum.
+
+        Raises:
+            IncompleteUpdateError: out of order, or a broken chain link.
+            BadSignatureError: see `authenticate`.
+            InvalidUpdateError: out of range, over the size limit, or a
+                payload `_decode` refuses.
+        """
+        self.order.check(seq, offset, count)
+        if count > self.max_count:
+            raise InvalidUpdateError(
+                f"chunk {seq} carries {count} {self.UNIT}, more than "
+                f"{self._limit_text()}"
+            )
+        self.authenticate(seq, offset, count, payload_sha256, proof)
+        values = self._decode(seq, offset, count, payload)
+        self.order.advance(count)
+        self.payload_bytes += len(payload)
+        return values
+
+    def _limit_text(self) -> str:
+        return f"the {self.max_count} that fit in chunk_bytes"
+
+    def _decode(
+        self, seq: int, offset: int, count: int, payload: bytes | memoryview
+    ) -> Values:
+        """The payload's values, or InvalidUpdateError naming chunk `seq`."""
+        raise NotImplementedError
 
     def authenticate(
         self,
@@ -101,7 +150,7 @@ class ChunkStream:
         )
 
 
-class DenseChunkCheck(ChunkStream):
+class DenseChunkCheck(ChunkStream[np.ndarray]):
     """One dense float32 update's chunks, checked in order against its header."""
 
     def __init__(
@@ -114,30 +163,10 @@ class DenseChunkCheck(ChunkStream):
             num_coordinates, max(1, chunk_bytes // FLOAT32_BYTES), verifier
         )
 
-    def check(
-        self,
-        seq: int,
-        offset: int,
-        count: int,
-        payload: bytes | memoryview,
-        proof: ChunkProof | None = None,
-        payload_sha256: bytes | None = None,
+    def _decode(
+        self, seq: int, offset: int, count: int, payload: bytes | memoryview
     ) -> np.ndarray:
-        """Validate one chunk and return its values (a view of `payload`).
-
-        Raises:
-            IncompleteUpdateError: out of order, or a broken chain link.
-            BadSignatureError: see `authenticate`.
-            InvalidUpdateError: out of range, over the chunk size, payload
-                length not `count` float32s, or non-finite values.
-        """
-        self.order.check(seq, offset, count)
-        if count > self.max_count:
-            raise InvalidUpdateError(
-                f"chunk {seq} carries {count} coordinates, more than the "
-                f"{self.max_count} that fit in chunk_bytes"
-            )
-        self.authenticate(seq, offset, count, payload_sha256, proof)
+        """A float32 view of `payload`: `count` finite values, no copy."""
         if len(payload) != count * FLOAT32_BYTES:
             raise InvalidUpdateError(
                 f"chunk {seq} has {len(payload)} payload bytes but {count} float32 "
@@ -149,12 +178,10 @@ class DenseChunkCheck(ChunkStream):
                 f"chunk {seq} (coordinates {offset}..{offset + count}) contains NaN "
                 "or Inf; the client's training diverged or its buffer is corrupt"
             )
-        self.order.advance(count)
-        self.payload_bytes += len(payload)
         return values
 
 
-class CodecChunkCheck(ChunkStream):
+class CodecChunkCheck(ChunkStream[DecodedBlock]):
     """One compressed update's chunks: order, block size, then the codec's decoder.
 
     Each chunk carries one block of at most `block_coordinates` coordinates;
@@ -174,38 +201,17 @@ class CodecChunkCheck(ChunkStream):
         self.spec = spec
         self.codec = codec
 
-    def check(
-        self,
-        seq: int,
-        offset: int,
-        count: int,
-        payload: bytes | memoryview,
-        proof: ChunkProof | None = None,
-        payload_sha256: bytes | None = None,
-    ) -> DecodedBlock:
-        """Validate and decode one block.
+    def _limit_text(self) -> str:
+        return f"the announced block size of {self.max_count}"
 
-        Raises:
-            IncompleteUpdateError: out of order, or a broken chain link.
-            BadSignatureError: see `authenticate`.
-            InvalidUpdateError: out of range, a block over the announced
-                size, or a payload the codec rejects (the message names the
-                chunk and its coordinates).
-        """
-        self.order.check(seq, offset, count)
-        if count > self.max_count:
-            raise InvalidUpdateError(
-                f"chunk {seq} carries {count} coordinates, more than the announced "
-                f"block size of {self.max_count}"
-            )
-        self.authenticate(seq, offset, count, payload_sha256, proof)
+    def _decode(
+        self, seq: int, offset: int, count: int, payload: bytes | memoryview
+    ) -> DecodedBlock:
+        """The codec's decoded block; its refusals name the chunk and tensor."""
         try:
-            block = self.codec.decode(payload, count)
+            return self.codec.decode(payload, count)
         except InvalidUpdateError as exc:
             where = f"coordinates {offset}..{offset + count}"
             if 0 <= offset < self.num_coordinates:
                 where += f", tensor {self.spec.tensor_at(offset).name!r}"
             raise InvalidUpdateError(f"chunk {seq} ({where}): {exc}") from exc
-        self.order.advance(count)
-        self.payload_bytes += len(payload)
-        return block

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedgrpc.compress.bitpack import pack_bits, unpack_bits
-from fedgrpc.crypto.signing import ChunkProof, UpdateVerifier
+from fedgrpc.crypto.signing import UpdateVerifier
 from fedgrpc.errors import InvalidUpdateError
 from fedgrpc.secagg.ring import Ring
 from fedgrpc.wire.assemble import ChunkStream
@@ -46,12 +46,14 @@ def decode_ring_values(
     return values.astype(ring.dtype)
 
 
-class RingChunkCheck(ChunkStream):
+class RingChunkCheck(ChunkStream[np.ndarray]):
     """One masked update's chunks: order, authenticity, then ring elements.
 
     Positions play the role of coordinates: chunk (offset, count) carries the
     ring elements of positions offset..offset+count of the announced index set.
     """
+
+    UNIT = "ring elements"
 
     def __init__(
         self,
@@ -65,34 +67,11 @@ class RingChunkCheck(ChunkStream):
             num_positions, ring_values_per_chunk(ring, chunk_bytes), verifier
         )
 
-    def check(
-        self,
-        seq: int,
-        offset: int,
-        count: int,
-        payload: bytes | memoryview,
-        proof: ChunkProof | None = None,
-        payload_sha256: bytes | None = None,
+    def _decode(
+        self, seq: int, offset: int, count: int, payload: bytes | memoryview
     ) -> np.ndarray:
-        """Validate one chunk; returns its ring elements (a view of `payload`).
-
-        Raises:
-            IncompleteUpdateError: out of order, or a broken chain link.
-            BadSignatureError: see `ChunkStream.authenticate`.
-            InvalidUpdateError: over the chunk size, wrong payload length or
-                non-zero padding.
-        """
-        self.order.check(seq, offset, count)
-        if count > self.max_count:
-            raise InvalidUpdateError(
-                f"chunk {seq} carries {count} ring elements, more than the "
-                f"{self.max_count} that fit in chunk_bytes"
-            )
-        self.authenticate(seq, offset, count, payload_sha256, proof)
+        """The ring elements; a wrong length or non-zero padding is refused."""
         try:
-            values = decode_ring_values(payload, count, self.ring)
+            return decode_ring_values(payload, count, self.ring)
         except InvalidUpdateError as exc:
             raise InvalidUpdateError(f"chunk {seq}: {exc}") from exc
-        self.order.advance(count)
-        self.payload_bytes += len(payload)
-        return values
