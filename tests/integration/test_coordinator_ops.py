@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 import threading
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,6 @@ import grpc
 import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 from torch import nn
 
 from fedgrpc.client import DiLoCoClient
@@ -29,6 +27,7 @@ from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.checkpoint import list_rounds
 from fedgrpc.coordinator.server import CoordinatorThread, serve_in_thread
 from tests.helpers import eventually
+from tests.helpers.metrics import scrape
 from tests.helpers.raw import PB, stub
 from tests.helpers.scripted import FAST, flat, random_steps, scripted_steps
 
@@ -59,17 +58,7 @@ def _train(coordinator: CoordinatorThread, rounds: int, name: str = "worker-a") 
 
 
 def _scrape(coordinator: CoordinatorThread) -> dict[str, float]:
-    address = coordinator.running.runtime.metrics.address
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = (
-                sample.value
-            )
-    return samples
+    return scrape(coordinator)[1]
 
 
 def _rejections(samples: dict[str, float], code: str) -> float:

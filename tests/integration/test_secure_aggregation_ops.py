@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import urllib.request
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from fedgrpc._proto.v1 import admin_pb2, coordinator_pb2
@@ -26,6 +24,7 @@ from fedgrpc.coordinator.secure_stats import REASONS
 from fedgrpc.coordinator.server import CoordinatorThread, serve_in_thread
 from fedgrpc.secagg import ServerPhase
 from tests.helpers.eventually import eventually
+from tests.helpers.metrics import scrape
 from tests.helpers.secure import (
     IN,
     OUT,
@@ -48,25 +47,11 @@ def coordinator() -> Iterator[CoordinatorThread]:
         yield running
 
 
-def _scrape(coordinator: CoordinatorThread) -> tuple[str, dict[str, float]]:
-    address = coordinator.running.runtime.metrics.address
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = (
-                sample.value
-            )
-    return text, samples
-
-
 def _scrape_once_counted(
     coordinator: CoordinatorThread, sample: str
 ) -> tuple[str, dict[str, float]]:
     """A scrape that already holds `sample` (AssertionError: not yet)."""
-    text, samples = _scrape(coordinator)
+    text, samples = scrape(coordinator)
     assert sample in samples
     return text, samples
 
