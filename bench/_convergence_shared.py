@@ -52,6 +52,8 @@ from fedgrpc.compress.shared_index import (
     encode_index_set,
     shared_index_k,
 )
+from fedgrpc.domain.chunks import DEFAULT_CHUNK_BYTES, iter_chunks
+from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.errors import InvalidUpdateError
 from fedgrpc.optim import build_outer_optimizer
 from fedgrpc.optim.divergence import DivergenceGuard, GuardVerdict
@@ -62,9 +64,7 @@ from fedgrpc.secagg.round_scale import (
     next_round_scale,
 )
 from fedgrpc.sim.models import CharTransformer, train_step
-from fedgrpc.wire.chunking import DEFAULT_CHUNK_BYTES, iter_chunks
 from fedgrpc.wire.frames import encode_update_chunk
-from fedgrpc.wire.spec import ModelSpec
 from fedgrpc.wire.tensors import flatten_fp32, load_flat_fp32, spec_from_module
 
 VALUE_BITS = 8

@@ -27,6 +27,8 @@ import torch
 from _convergence_wire import chunk_bytes, pull_bytes, push_overhead_bytes
 
 from fedgrpc.compress import ErrorFeedback, make_codec, parse_codec
+from fedgrpc.domain.chunks import DEFAULT_CHUNK_BYTES
+from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.errors import InvalidUpdateError
 from fedgrpc.optim import build_outer_optimizer
 from fedgrpc.sim.corpus import TextSplits, load_stdlib_corpus, sample_batch
@@ -38,8 +40,6 @@ from fedgrpc.sim.models import (
     make_inner_optimizer,
     train_step,
 )
-from fedgrpc.wire.chunking import DEFAULT_CHUNK_BYTES
-from fedgrpc.wire.spec import ModelSpec
 from fedgrpc.wire.tensors import flatten_fp32, load_flat_fp32, spec_from_module
 
 EVAL_SEED = 2024

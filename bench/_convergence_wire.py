@@ -13,9 +13,9 @@ from collections.abc import Iterable
 
 from fedgrpc._proto.v1 import common_pb2, coordinator_pb2
 from fedgrpc.compress import OffsetBlock
-from fedgrpc.wire.chunking import iter_chunks
+from fedgrpc.domain.chunks import iter_chunks
+from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.wire.frames import encode_model_chunk, encode_update_chunk
-from fedgrpc.wire.spec import ModelSpec
 
 GRPC_PREFIX_BYTES = 5
 """Per gRPC message: 1 compression flag byte + 4 length bytes."""

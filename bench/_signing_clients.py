@@ -19,7 +19,8 @@ import numpy as np
 from fedgrpc._proto.v1 import admin_pb2, admin_pb2_grpc, common_pb2, coordinator_pb2
 from fedgrpc.crypto.keys import PrivateKey
 from fedgrpc.crypto.signing import JoinStatement, sha256
-from fedgrpc.wire.chunking import DEFAULT_CHUNK_BYTES, iter_chunks
+from fedgrpc.domain.chunks import DEFAULT_CHUNK_BYTES, iter_chunks
+from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from fedgrpc.wire.codec_params import DENSE_FP32_BINDING
 from fedgrpc.wire.convert import spec_to_proto
 from fedgrpc.wire.frames import encode_update_chunk, serialize_or_pass
@@ -29,7 +30,6 @@ from fedgrpc.wire.signed import (
     key_to_proto,
     sign_update_header,
 )
-from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
 
 PB = coordinator_pb2
 MODES = ("off", "required")

@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from fedgrpc.wire.chunking import DEFAULT_CHUNK_BYTES
+from fedgrpc.domain.chunks import DEFAULT_CHUNK_BYTES
 
 MB = 1e6
 """Benches report MB = 10^6 bytes."""

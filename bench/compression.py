@@ -31,7 +31,7 @@ import numpy as np
 from _util import MB, log, parse_size, rounded
 
 from fedgrpc.compress import ErrorFeedback, make_codec, parse_codec
-from fedgrpc.wire.chunking import DEFAULT_CHUNK_BYTES
+from fedgrpc.domain.chunks import DEFAULT_CHUNK_BYTES
 
 CODECS = (
     "dense:fp32",

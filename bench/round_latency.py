@@ -44,7 +44,7 @@ from _util import (
     stop_all,
 )
 
-from fedgrpc.wire.chunking import DEFAULT_CHUNK_BYTES
+from fedgrpc.domain.chunks import DEFAULT_CHUNK_BYTES
 
 FP32_BYTES = 4
 NOISE_NUMEL = 1 << 20

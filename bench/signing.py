@@ -56,7 +56,7 @@ from fedgrpc.crypto.signing import (
     UpdateVerifier,
     sha256,
 )
-from fedgrpc.wire.chunking import DEFAULT_CHUNK_BYTES
+from fedgrpc.domain.chunks import DEFAULT_CHUNK_BYTES
 
 SERVE_FLAGS = ("--open-enrollment", "--min-clients", "1", "--inner-steps", "1",
                "--outer-optimizer", "fedavg", "--log-level", "WARNING")  # fmt: skip

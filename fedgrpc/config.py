@@ -22,13 +22,13 @@ from fedgrpc.config_checks import check_readable as _check_readable
 from fedgrpc.config_checks import check_tls_pair as _check_tls_pair
 from fedgrpc.config_checks import load_table as load_table
 from fedgrpc.config_client import ClientConfig as ClientConfig
-from fedgrpc.errors import check_config as _check
-from fedgrpc.wire.chunking import (
+from fedgrpc.domain.chunks import (
     DEFAULT_CHUNK_BYTES,
     MAX_CHUNK_BYTES,
     MESSAGE_OVERHEAD_BYTES,
     MIN_CHUNK_BYTES,
 )
+from fedgrpc.errors import check_config as _check
 
 OuterOptimizerName = Literal["nesterov", "fedavg", "sparseloco"]
 OUTER_OPTIMIZERS: tuple[OuterOptimizerName, ...] = ("nesterov", "fedavg", "sparseloco")

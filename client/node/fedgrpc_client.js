@@ -128,7 +128,7 @@ async function join(client, options) {
 function federationFrom(response) {
   const config = response.round_config;
   const chunkBytes = config.chunk_bytes || DEFAULT_CHUNK_BYTES;
-  // As fedgrpc/wire/chunking.py: chunks end on float32 boundaries and never
+  // As fedgrpc/domain/chunks.py: chunks end on float32 boundaries and never
   // exceed chunk_bytes or the announced block size.
   let coordsPerChunk = Math.max(1, Math.floor(chunkBytes / transfer.FP32_BYTES));
   const block = config.codec_params ? config.codec_params.block_coordinates : 0;

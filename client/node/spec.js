@@ -2,7 +2,7 @@
 /**
  * The model spec: tensors in a fixed order that defines the flat coordinate
  * space (updates, float32) and the native byte layout (pulled weights, each
- * tensor in its own dtype). Mirrors fedgrpc/wire/spec.py.
+ * tensor in its own dtype). Mirrors fedgrpc/domain/model_spec.py.
  */
 
 const crypto = require('node:crypto');
@@ -17,7 +17,7 @@ const DTYPE_DIGEST_NAMES = {
 };
 
 /**
- * ModelSpec.digest: SHA-256 of the canonical encoding fedgrpc/wire/spec.py
+ * ModelSpec.digest: SHA-256 of the canonical encoding fedgrpc/domain/model_spec.py
  * hashes: a domain tag, then every count, length and dimension as uint64 LE,
  * each string length-prefixed, dtypes by their torch names.
  */

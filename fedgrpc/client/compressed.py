@@ -27,7 +27,8 @@ from fedgrpc.client.transfer import (
     update_header,
 )
 from fedgrpc.compress import CodecConfig, ErrorFeedback, OffsetBlock, make_codec
-from fedgrpc.wire.codec_params import WIRE_CODEC_TO_PROTO, wire_codec
+from fedgrpc.domain.requests import wire_codec
+from fedgrpc.wire.codec_params import WIRE_CODEC_TO_PROTO
 from fedgrpc.wire.frames import encode_update_chunk
 
 

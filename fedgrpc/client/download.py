@@ -21,6 +21,8 @@ from fedgrpc._proto.v1 import coordinator_pb2
 from fedgrpc.client.connection import Credentials
 from fedgrpc.client.status import translated
 from fedgrpc.crypto.keys import PublicKey
+from fedgrpc.domain.chunks import ChunkOrder
+from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.errors import (
     BadSignatureError,
     IncompleteUpdateError,
@@ -28,9 +30,7 @@ from fedgrpc.errors import (
     ModelMismatchError,
 )
 from fedgrpc.log import get_logger
-from fedgrpc.wire.chunking import ChunkOrder
 from fedgrpc.wire.signed import model_statement
-from fedgrpc.wire.spec import ModelSpec
 
 if TYPE_CHECKING:
     from fedgrpc._proto.v1.coordinator_pb2_grpc import CoordinatorServiceAsyncStub

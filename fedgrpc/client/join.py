@@ -23,6 +23,8 @@ from fedgrpc.compress import CodecConfig, Dense, format_codec, make_codec
 from fedgrpc.config import ClientConfig
 from fedgrpc.crypto.keys import PublicKey
 from fedgrpc.crypto.signing import JoinStatement
+from fedgrpc.domain.chunks import DEFAULT_CHUNK_BYTES
+from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.errors import (
     IncompatibleClientError,
     InvalidKeyError,
@@ -30,7 +32,6 @@ from fedgrpc.errors import (
     UnknownClientError,
     UntrustedCoordinatorError,
 )
-from fedgrpc.wire.chunking import DEFAULT_CHUNK_BYTES
 from fedgrpc.wire.codec_params import (
     WIRE_CODEC_TO_PROTO,
     codec_params_from_proto,
@@ -38,7 +39,6 @@ from fedgrpc.wire.codec_params import (
 )
 from fedgrpc.wire.convert import spec_to_proto
 from fedgrpc.wire.signed import key_from_proto, key_to_proto
-from fedgrpc.wire.spec import ModelSpec
 
 if TYPE_CHECKING:
     from fedgrpc._proto.v1.coordinator_pb2_grpc import CoordinatorServiceAsyncStub

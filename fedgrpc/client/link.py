@@ -54,11 +54,11 @@ from fedgrpc.client.transfer import (
 from fedgrpc.compress import CodecConfig
 from fedgrpc.config import ClientConfig
 from fedgrpc.crypto.keys import PublicKey
+from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.errors import UnknownClientError, WrongRoundError
 from fedgrpc.log import get_logger
 from fedgrpc.wire.codec_params import DENSE_FP32_BINDING, codec_binding
 from fedgrpc.wire.export import ExportContext, export_path, exported
-from fedgrpc.wire.spec import ModelSpec
 
 log = get_logger(__name__)
 

@@ -31,6 +31,7 @@ from fedgrpc.client.link import CoordinatorLink
 from fedgrpc.client.session import LEAVE_TIMEOUT_S
 from fedgrpc.client.sync import SyncOutcome, SyncPoint, call
 from fedgrpc.config import ClientConfig
+from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.errors import (
     CoordinatorUnavailableError,
     FedGrpcError,
@@ -39,7 +40,6 @@ from fedgrpc.errors import (
     UnknownClientError,
 )
 from fedgrpc.log import get_logger
-from fedgrpc.wire.spec import ModelSpec
 
 log = get_logger(__name__)
 JITTER_LOW = 0.5

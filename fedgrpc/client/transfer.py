@@ -1,7 +1,7 @@
 """Moving tensors over the data RPCs: PushUpdate up, PullModel down.
 
 Uplink: a flat float32 vector (the pseudo-gradient, or the initial weights)
-is cut by `fedgrpc.wire.chunking.iter_chunks` into ~1 MiB slices of its own
+is cut by `fedgrpc.domain.chunks.iter_chunks` into ~1 MiB slices of its own
 memory and streamed as header, chunks, commit; with signing on, the header
 is signed, each chunk carries its payload's SHA-256, chain link and
 signature (`crypto.signing.UpdateSigner`), and the commit closes the chain.
@@ -31,8 +31,8 @@ from fedgrpc.client.connection import Credentials
 from fedgrpc.client.status import translated
 from fedgrpc.crypto.keys import PrivateKey
 from fedgrpc.crypto.signing import UpdateSigner, sha256
+from fedgrpc.domain.chunks import iter_chunks
 from fedgrpc.log import get_logger
-from fedgrpc.wire.chunking import iter_chunks
 from fedgrpc.wire.codec_params import CodecBinding
 from fedgrpc.wire.frames import encode_update_chunk, serialize_or_pass
 from fedgrpc.wire.signed import commit_message, sign_update_header

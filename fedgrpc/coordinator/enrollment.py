@@ -25,6 +25,7 @@ from fedgrpc.config import CoordinatorConfig
 from fedgrpc.crypto.allowlist import AllowedKeys
 from fedgrpc.crypto.files import load_identity_option
 from fedgrpc.crypto.keys import PrivateKey, PublicKey
+from fedgrpc.domain.requests import JoinInfo, wire_codec
 from fedgrpc.errors import (
     BadSignatureError,
     ConfigError,
@@ -33,8 +34,6 @@ from fedgrpc.errors import (
     UnknownClientError,
 )
 from fedgrpc.log import get_logger
-from fedgrpc.wire.codec_params import wire_codec
-from fedgrpc.wire.convert import JoinInfo
 from fedgrpc.wire.signed import JoinProof, key_from_proto
 
 log = get_logger(__name__)

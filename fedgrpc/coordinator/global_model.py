@@ -16,9 +16,9 @@ import torch
 
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.state import PublishedModel
+from fedgrpc.domain.model_spec import DType, ModelSpec
 from fedgrpc.errors import InvalidUpdateError, WrongRoundError
 from fedgrpc.optim import OuterOptimizer, build_outer_optimizer
-from fedgrpc.wire.spec import DType, ModelSpec
 from fedgrpc.wire.tensors import pack_native
 
 GUARD_WARMUP_ROUNDS = 3

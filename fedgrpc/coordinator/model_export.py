@@ -34,9 +34,9 @@ from fedgrpc.coordinator.checkpoint import (
     list_rounds,
     read_checkpoint,
 )
+from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from fedgrpc.errors import CheckpointError
 from fedgrpc.log import get_logger
-from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
 from fedgrpc.wire.tensors import torch_dtype
 
 log = get_logger(__name__)

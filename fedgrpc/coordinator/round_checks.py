@@ -14,9 +14,8 @@ from collections.abc import Callable
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.registry import ClientRecord
 from fedgrpc.coordinator.state import OpenRound, Phase, Ticket
+from fedgrpc.domain.requests import UpdateHeaderInfo, wire_codec
 from fedgrpc.errors import InvalidUpdateError, WrongRoundError
-from fedgrpc.wire.codec_params import wire_codec
-from fedgrpc.wire.convert import UpdateHeaderInfo
 
 
 def check_shape(

@@ -47,8 +47,8 @@ from fedgrpc.coordinator.state import (
     Ticket,
     new_round_nonce,
 )
+from fedgrpc.domain.requests import UpdateHeaderInfo
 from fedgrpc.errors import InvalidUpdateError, WrongRoundError
-from fedgrpc.wire.convert import UpdateHeaderInfo
 
 ChunkValues = np.ndarray | DecodedBlock
 """What a checked chunk carries: raw float32 values or a decoded codec block."""

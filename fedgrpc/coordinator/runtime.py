@@ -46,12 +46,12 @@ from fedgrpc.coordinator.state import (
     Ticket,
 )
 from fedgrpc.crypto.keys import PublicKey
+from fedgrpc.domain.model_spec import ModelSpec
+from fedgrpc.domain.requests import JoinInfo, UpdateHeaderInfo
 from fedgrpc.errors import ShuttingDownError
 from fedgrpc.log import get_logger
 from fedgrpc.wire.assemble import CodecChunkCheck, DenseChunkCheck
-from fedgrpc.wire.convert import JoinInfo, UpdateHeaderInfo
 from fedgrpc.wire.signed import JoinProof
-from fedgrpc.wire.spec import ModelSpec
 
 log = get_logger(__name__)
 TICK_S = 0.2

@@ -19,10 +19,10 @@ from fedgrpc.coordinator.rounds import ChunkValues
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.coordinator.secure_round import SecureRound
 from fedgrpc.coordinator.state import Phase, Ticket
+from fedgrpc.domain.requests import UpdateHeaderInfo
 from fedgrpc.errors import InvalidUpdateError, WrongRoundError
 from fedgrpc.log import get_logger
 from fedgrpc.wire.assemble import CodecChunkCheck, DenseChunkCheck
-from fedgrpc.wire.convert import UpdateHeaderInfo
 from fedgrpc.wire.ring import RingChunkCheck
 
 log = get_logger("fedgrpc.coordinator.secure_runtime")  # one logger for the runtime

@@ -33,6 +33,7 @@ import torch
 from fedgrpc.aggregate import StreamingSum
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.state import OpenRound, Ticket
+from fedgrpc.domain.requests import UpdateHeaderInfo
 from fedgrpc.errors import WrongRoundError
 from fedgrpc.secagg import (
     AdvertiseKeys,
@@ -47,7 +48,6 @@ from fedgrpc.secagg import (
     UnmaskResponse,
     choose_neighbourhood,
 )
-from fedgrpc.wire.convert import UpdateHeaderInfo
 from fedgrpc.wire.secagg import ClientPayload, SecureRoundSetup, ServerPayload
 
 Outgoing = list[tuple[str, ServerPayload]]

@@ -54,6 +54,7 @@ from fedgrpc.coordinator.secure_setup import (
 from fedgrpc.coordinator.secure_stats import SecureStats
 from fedgrpc.coordinator.state import OpenRound, Phase
 from fedgrpc.crypto.keys import PublicKey
+from fedgrpc.domain.requests import JoinInfo
 from fedgrpc.errors import FedGrpcError, IncompatibleClientError, WrongRoundError
 from fedgrpc.log import get_logger
 from fedgrpc.secagg import (
@@ -63,7 +64,6 @@ from fedgrpc.secagg import (
     ServerPhase,
 )
 from fedgrpc.secagg.graph import MIN_CLIENTS
-from fedgrpc.wire.convert import JoinInfo
 from fedgrpc.wire.secagg import ClientPayload, SecureRoundSetup, ServerPayload
 
 log = get_logger(__name__)

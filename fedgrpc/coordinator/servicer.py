@@ -29,10 +29,10 @@ from fedgrpc.coordinator.registry import ClientRecord
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.coordinator.secure_messages import secure_message
 from fedgrpc.coordinator.state import Outcome, PublishedModel, RoundResult, Ticket
+from fedgrpc.domain.chunks import iter_chunks
 from fedgrpc.errors import FedGrpcError, InvalidUpdateError, ShuttingDownError
 from fedgrpc.log import get_logger
 from fedgrpc.wire.assemble import CodecChunkCheck, DenseChunkCheck
-from fedgrpc.wire.chunking import iter_chunks
 from fedgrpc.wire.convert import (
     header_from_proto,
     join_from_proto,

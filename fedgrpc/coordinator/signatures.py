@@ -23,12 +23,12 @@ from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.registry import ClientRecord
 from fedgrpc.coordinator.rounds import RoundEngine
 from fedgrpc.crypto.signing import UpdateVerifier, sha256
+from fedgrpc.domain.requests import UpdateHeaderInfo
 from fedgrpc.errors import BadSignatureError, WrongRoundError
 from fedgrpc.wire.codec_params import (
     DENSE_FP32_BINDING,
     codec_binding,
 )
-from fedgrpc.wire.convert import UpdateHeaderInfo
 from fedgrpc.wire.signed import update_statement
 
 HASH_IN_THREAD_BYTES = 64 << 10

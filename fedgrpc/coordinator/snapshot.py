@@ -36,10 +36,10 @@ from fedgrpc.coordinator.registry import (
 from fedgrpc.coordinator.rounds import RoundEngine
 from fedgrpc.coordinator.state import Outcome, RoundResult
 from fedgrpc.crypto.keys import PublicKey
+from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from fedgrpc.errors import CheckpointError
 from fedgrpc.log import get_logger
 from fedgrpc.optim import StateDict
-from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
 
 log = get_logger(__name__)
 _OPTIMIZER_PREFIX = "optimizer."

@@ -13,7 +13,7 @@ import torch
 from fedgrpc.aggregate import StreamingSum
 from fedgrpc.coordinator.registry import ClientRecord
 from fedgrpc.crypto.signing import UpdateVerifier
-from fedgrpc.wire.convert import UpdateHeaderInfo
+from fedgrpc.domain.requests import UpdateHeaderInfo
 
 _TICKET_IDS = itertools.count(1)
 ROUND_NONCE_BYTES = 16

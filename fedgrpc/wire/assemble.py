@@ -18,9 +18,9 @@ import numpy as np
 
 from fedgrpc.compress import BlockCodec, DecodedBlock
 from fedgrpc.crypto.signing import ChunkProof, CommitProof, UpdateVerifier
+from fedgrpc.domain.chunks import ChunkOrder
+from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.errors import BadSignatureError, IncompleteUpdateError, InvalidUpdateError
-from fedgrpc.wire.chunking import ChunkOrder
-from fedgrpc.wire.spec import ModelSpec
 
 FLOAT32_BYTES = 4
 _UNSIGNED = (

@@ -13,9 +13,9 @@ from typing import Literal
 
 from fedgrpc._proto.v1 import common_pb2
 from fedgrpc.compress import CodecConfig, Dense, TopK, ValueFormat, make_codec
+from fedgrpc.domain.requests import WireCodec, wire_codec
 from fedgrpc.errors import InvalidUpdateError
 
-WireCodec = Literal["dense-fp32", "dense", "topk", "secagg-ring"]
 WIRE_CODEC_TO_PROTO: dict[WireCodec, common_pb2.Codec.ValueType] = {
     "dense-fp32": common_pb2.CODEC_DENSE_FP32,
     "dense": common_pb2.CODEC_DENSE,
@@ -38,13 +38,6 @@ _TOPK_BITS: dict[ValueFormat, Literal[4, 8, 16, 32]] = {
     "bf16": 16,
     "fp32": 32,
 }
-
-
-def wire_codec(config: CodecConfig) -> WireCodec:
-    """The wire codec whose chunks carry updates under `config`."""
-    if isinstance(config, TopK):
-        return "topk"
-    return "dense-fp32" if config.values == "fp32" else "dense"
 
 
 def codec_params_to_proto(

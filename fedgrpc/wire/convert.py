@@ -6,21 +6,17 @@ so validation of what arrives from the network happens in one place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from fedgrpc._proto.v1 import common_pb2, coordinator_pb2
-from fedgrpc.compress import CodecConfig
 from fedgrpc.config import CoordinatorConfig, OuterOptimizerName
+from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
+from fedgrpc.domain.requests import JoinInfo, UpdateHeaderInfo, wire_codec
 from fedgrpc.errors import InvalidUpdateError
 from fedgrpc.wire.codec_params import (
     WIRE_CODEC_FROM_PROTO,
     WIRE_CODEC_TO_PROTO,
-    WireCodec,
     codec_params_from_proto,
     codec_params_to_proto,
-    wire_codec,
 )
-from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
 
 _DTYPE_TO_PROTO = {
     DType.FLOAT32: common_pb2.DTYPE_FLOAT32,
@@ -99,27 +95,6 @@ def round_config_to_proto(config: CoordinatorConfig) -> common_pb2.RoundConfig:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class UpdateHeaderInfo:
-    """A validated `UpdateHeader`: what the client claims its update is."""
-
-    client_id: str
-    session_token: bytes = field(repr=False)
-    round_id: int
-    base_version: int
-    is_initial_weights: bool
-    codec: WireCodec
-    num_coordinates: int
-    num_samples: int
-    """At least 1 (0 on the wire counts as 1)."""
-    train_loss: float
-    round_nonce: bytes = b""
-    base_model_sha256: bytes = b""
-    signature: bytes = field(default=b"", repr=False)
-    declared_samples: int | None = None
-    """`num_samples` exactly as sent (the signature covers it); None: same."""
-
-
 def header_from_proto(header: coordinator_pb2.UpdateHeader) -> UpdateHeaderInfo:
     """Decode an update header; reject unknown kinds and codecs.
 
@@ -153,17 +128,6 @@ def header_from_proto(header: coordinator_pb2.UpdateHeader) -> UpdateHeaderInfo:
         signature=header.signature,
         declared_samples=header.num_samples,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class JoinInfo:
-    """A validated `JoinRequest`."""
-
-    name: str
-    spec: ModelSpec
-    inner_steps: int
-    supported_codecs: tuple[WireCodec, ...]
-    requested_codec: CodecConfig | None
 
 
 def join_from_proto(request: coordinator_pb2.JoinRequest) -> JoinInfo:

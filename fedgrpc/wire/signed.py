@@ -19,9 +19,10 @@ from fedgrpc.crypto.signing import (
     UpdateSigner,
     UpdateStatement,
 )
+from fedgrpc.domain.requests import UpdateHeaderInfo
 from fedgrpc.errors import InvalidKeyError
 from fedgrpc.wire.codec_params import WIRE_CODEC_TO_PROTO, CodecBinding
-from fedgrpc.wire.convert import UpdateHeaderInfo, header_from_proto
+from fedgrpc.wire.convert import header_from_proto
 
 _ALGORITHM_TO_PROTO: dict[
     SignatureAlgorithm, common_pb2.SignatureAlgorithm.ValueType

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
+from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from fedgrpc.errors import ConfigError, InvalidUpdateError
-from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
 
 _TORCH_DTYPES: dict[DType, torch.dtype] = {
     DType.FLOAT32: torch.float32,

@@ -26,6 +26,7 @@ from fedgrpc._proto.v1 import (
 from fedgrpc.compress import CodecConfig, make_codec
 from fedgrpc.crypto.keys import PrivateKey
 from fedgrpc.crypto.signing import JoinStatement, UpdateSigner, sha256
+from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from fedgrpc.wire.codec_params import DENSE_FP32_BINDING, CodecBinding, codec_binding
 from fedgrpc.wire.convert import spec_to_proto
 from fedgrpc.wire.frames import encode_update_chunk
@@ -35,7 +36,6 @@ from fedgrpc.wire.signed import (
     key_to_proto,
     sign_update_header,
 )
-from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
 
 PB = coordinator_pb2
 Service = coordinator_pb2_grpc.CoordinatorServiceStub

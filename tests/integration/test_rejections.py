@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from fedgrpc.crypto.keys import PrivateKey
-from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
+from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from tests.helpers.federation import (
     CHUNK,
     Fed,

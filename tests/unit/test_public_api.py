@@ -53,7 +53,9 @@ def test_unknown_attribute_raises_attribute_error() -> None:
 
 
 def test_importing_fedgrpc_does_not_import_grpc() -> None:
-    code = "import sys, fedgrpc, fedgrpc.wire.spec; print('grpc' in sys.modules)"
+    code = (
+        "import sys, fedgrpc, fedgrpc.domain.model_spec; print('grpc' in sys.modules)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )

@@ -11,8 +11,8 @@ from fedgrpc import errors
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
 from fedgrpc.client.download import ModelReceiver, ModelTrust
 from fedgrpc.crypto.keys import PrivateKey
+from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from fedgrpc.wire.signed import model_statement
-from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
 
 SPEC = ModelSpec((TensorSpec("w", (8,), DType.FLOAT32),))
 DATA = bytes(range(32))

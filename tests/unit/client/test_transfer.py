@@ -15,7 +15,7 @@ from fedgrpc.client.transfer import (
     fp32_le_array,
     update_requests,
 )
-from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
+from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 
 CREDENTIALS = Credentials("c00001", b"t" * 16)
 SPEC = ModelSpec(

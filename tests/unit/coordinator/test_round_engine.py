@@ -10,9 +10,9 @@ from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.registry import ClientRegistry
 from fedgrpc.coordinator.rounds import RoundEngine
 from fedgrpc.coordinator.state import Outcome, Phase
+from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
+from fedgrpc.domain.requests import UpdateHeaderInfo
 from fedgrpc.errors import ModelMismatchError, WrongRoundError
-from fedgrpc.wire.convert import UpdateHeaderInfo
-from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
 
 SPEC = ModelSpec((TensorSpec("w", (4,), DType.FLOAT32),))
 

@@ -22,9 +22,9 @@ from fedgrpc.coordinator.rounds import RoundEngine
 from fedgrpc.coordinator.secure_index import SharedIndexPlanner
 from fedgrpc.coordinator.state import OpenRound
 from fedgrpc.crypto.keys import PrivateKey
+from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from fedgrpc.secagg import AggregateResult, FixedPointScale, RoundSetup, SecAggParams
 from fedgrpc.wire.secagg import SecureRoundSetup
-from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
 
 D = 1_000
 IDS = ("a", "b", "c")

@@ -20,8 +20,8 @@ from fedgrpc.aggregate import StreamingSum
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.crypto.keys import PrivateKey
+from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from fedgrpc.errors import CheckpointError
-from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
 
 SPEC = ModelSpec(
     (

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from fedgrpc.domain.chunks import ChunkOrder, iter_chunks
+from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from fedgrpc.errors import (
     ConfigError,
     IncompleteUpdateError,
@@ -13,9 +15,7 @@ from fedgrpc.errors import (
     ModelMismatchError,
 )
 from fedgrpc.wire.assemble import DenseChunkCheck
-from fedgrpc.wire.chunking import ChunkOrder, iter_chunks
 from fedgrpc.wire.convert import spec_from_proto, spec_to_proto
-from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
 from fedgrpc.wire.tensors import (
     flatten_fp32,
     load_flat_fp32,

@@ -1,0 +1,56 @@
+"""A client's requests once validated: what it joins with, what it claims an update is.
+
+`fedgrpc.wire.convert` builds these from `fedgrpc.v1` messages (rejecting
+malformed ones there); everything past the gRPC edge takes these instead, so the
+round engine never sees a protobuf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from fedgrpc.compress.spec import CodecConfig, TopK
+from fedgrpc.domain.model_spec import ModelSpec
+
+WireCodec = Literal["dense-fp32", "dense", "topk", "secagg-ring"]
+"""How an update's chunks are encoded (common.proto's `Codec`)."""
+
+
+def wire_codec(config: CodecConfig) -> WireCodec:
+    """The wire codec whose chunks carry updates under `config`."""
+    if isinstance(config, TopK):
+        return "topk"
+    return "dense-fp32" if config.values == "fp32" else "dense"
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateHeaderInfo:
+    """A validated `UpdateHeader`: what the client claims its update is."""
+
+    client_id: str
+    session_token: bytes = field(repr=False)
+    round_id: int
+    base_version: int
+    is_initial_weights: bool
+    codec: WireCodec
+    num_coordinates: int
+    num_samples: int
+    """At least 1 (0 on the wire counts as 1)."""
+    train_loss: float
+    round_nonce: bytes = b""
+    base_model_sha256: bytes = b""
+    signature: bytes = field(default=b"", repr=False)
+    declared_samples: int | None = None
+    """`num_samples` exactly as sent (the signature covers it); None: same."""
+
+
+@dataclass(frozen=True, slots=True)
+class JoinInfo:
+    """A validated `JoinRequest`."""
+
+    name: str
+    spec: ModelSpec
+    inner_steps: int
+    supported_codecs: tuple[WireCodec, ...]
+    requested_codec: CodecConfig | None
