@@ -276,12 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serve(args: argparse.Namespace) -> int:
+def serve_config(args: argparse.Namespace) -> CoordinatorConfig:
+    """The configuration `fedgrpc serve ARGS` runs with: TOML, then flags."""
     overrides = {flag.dest: getattr(args, flag.dest) for flag in _SERVE_FLAGS}
     if args.config:
-        config = CoordinatorConfig.from_toml(args.config, **overrides)
-    else:
-        config = CoordinatorConfig().replace(**overrides)
+        return CoordinatorConfig.from_toml(args.config, **overrides)
+    return CoordinatorConfig().replace(**overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = serve_config(args)
     configure_logging(config.log_format, config.log_level)
     from fedgrpc.coordinator.server import serve
 

@@ -27,7 +27,6 @@ import io
 import json
 import os
 import re
-import signal
 import struct
 import tempfile
 from collections.abc import Mapping
@@ -37,6 +36,7 @@ from typing import Any
 
 import torch
 
+from fedgrpc.coordinator.faults import NO_FAULTS, FaultHooks
 from fedgrpc.errors import CheckpointError, ConfigError
 from fedgrpc.log import get_logger
 
@@ -48,7 +48,6 @@ MAX_HEADER_BYTES = 256 << 20
 """Largest header accepted: a corrupt length must not allocate gigabytes."""
 _NAME = re.compile(r"^round-(\d+)\.ckpt$")
 _LOCK_NAME = ".lock"
-CRASH_ENV = "FEDGRPC_TEST_CRASH_AT"
 """Test-only: `before_replace:N` or `after_replace:N` SIGKILLs this process
 while writing round N's checkpoint, to test the crash windows for real."""
 
@@ -77,9 +76,12 @@ class CheckpointDir:
     process dies, so a SIGKILLed coordinator never leaves a stale lock.
     """
 
-    def __init__(self, directory: str | Path, keep: int) -> None:
+    def __init__(
+        self, directory: str | Path, keep: int, faults: FaultHooks = NO_FAULTS
+    ) -> None:
         self.path = Path(directory)
         self.keep = keep
+        self._faults = faults
         try:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._lock = (self.path / _LOCK_NAME).open("a+b")
@@ -124,12 +126,12 @@ class CheckpointDir:
         header = _encode_header(state, tensors)
         try:
             temp = _write_synced(self.path, final.name, header, tensors)
-            _crash_point("before_replace", round_id)
+            self._faults.checkpoint_write("before_replace", round_id)
             os.replace(temp, final)
             _fsync_directory(self.path)
         except OSError as exc:
             raise CheckpointError(f"cannot write {final}: {exc}") from exc
-        _crash_point("after_replace", round_id)
+        self._faults.checkpoint_write("after_replace", round_id)
         for old in self.rounds()[: -self.keep]:
             with contextlib.suppress(OSError):  # a leftover is harmless
                 (self.path / checkpoint_name(old)).unlink()
@@ -278,13 +280,6 @@ def _fsync_directory(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _crash_point(stage: str, round_id: int) -> None:
-    """Die here, as a power cut would, if the test hook names this point."""
-    if os.environ.get(CRASH_ENV) == f"{stage}:{round_id}":
-        log.warning("checkpoint_crash_point", stage=stage, round=round_id)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def list_rounds(directory: str | Path) -> list[int]:

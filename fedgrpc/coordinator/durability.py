@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.checkpoint import CheckpointDir, CheckpointFile
+from fedgrpc.coordinator.faults import NO_FAULTS, FaultHooks
 from fedgrpc.coordinator.snapshot import Totals, capture, restore
 from fedgrpc.errors import CheckpointError
 from fedgrpc.log import get_logger
@@ -42,7 +43,9 @@ class CheckpointStore:
     Event-loop side only; the file I/O runs on a worker thread.
     """
 
-    def __init__(self, config: CoordinatorConfig) -> None:
+    def __init__(
+        self, config: CoordinatorConfig, faults: FaultHooks = NO_FAULTS
+    ) -> None:
         self._dir: CheckpointDir | None = None
         self._resume: CheckpointFile | None = None
         self._writing: int | None = None
@@ -50,7 +53,9 @@ class CheckpointStore:
         self.last_path: Path | None = None
         """The newest checkpoint written or resumed from."""
         if config.checkpoint_dir:
-            self._dir = CheckpointDir(config.checkpoint_dir, config.checkpoint_keep)
+            self._dir = CheckpointDir(
+                config.checkpoint_dir, config.checkpoint_keep, faults
+            )
             self._resume = self._dir.load_newest()
 
     @property

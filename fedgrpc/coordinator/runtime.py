@@ -35,6 +35,7 @@ from fedgrpc.coordinator.events import (
     SessionEvent,
     round_started_event,
 )
+from fedgrpc.coordinator.faults import NO_FAULTS, FaultHooks
 from fedgrpc.coordinator.metrics import CoordinatorMetrics
 from fedgrpc.coordinator.registry import ClientRecord, ClientRegistry
 from fedgrpc.coordinator.rounds import ChunkValues, RoundEngine
@@ -74,11 +75,16 @@ class CoordinatorRuntime:
     """One coordinator's live state; every method runs on its event loop."""
 
     def __init__(
-        self, config: CoordinatorConfig, clock: Callable[[], float] = time.monotonic
+        self,
+        config: CoordinatorConfig,
+        clock: Callable[[], float] = time.monotonic,
+        faults: FaultHooks = NO_FAULTS,
     ) -> None:
         self.config = config
         self.clock = clock
-        self.checkpoints = CheckpointStore(config)  # may resume an earlier run
+        self.faults = faults
+        """Test-only failure points (`faults`); no-ops in production."""
+        self.checkpoints = CheckpointStore(config, faults)  # may resume a run
         self.run_id = self.checkpoints.resumed_run_id or secrets.token_hex(8)
         self.registry = ClientRegistry(config.max_clients)
         self.engine = RoundEngine(config, self.registry, clock)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fedgrpc.config import CoordinatorConfig
+from fedgrpc.coordinator.faults import NO_FAULTS, FaultHooks
 from fedgrpc.coordinator.rounds import ChunkValues
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.coordinator.secure_round import SecureRound
@@ -33,9 +34,12 @@ class MaskedPushRuntime(CoordinatorRuntime):
     """`CoordinatorRuntime` whose pushes go to the open masked round."""
 
     def __init__(
-        self, config: CoordinatorConfig, clock: Callable[[], float] = time.monotonic
+        self,
+        config: CoordinatorConfig,
+        clock: Callable[[], float] = time.monotonic,
+        faults: FaultHooks = NO_FAULTS,
     ) -> None:
-        super().__init__(config, clock)
+        super().__init__(config, clock, faults)
         self.secure: SecureRound | None = None
         """The current (or last) masked round."""
 

@@ -39,6 +39,7 @@ import numpy as np
 
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.events import SecAggEvent, SessionEvent
+from fedgrpc.coordinator.faults import NO_FAULTS, FaultHooks
 from fedgrpc.coordinator.registry import ClientRecord
 from fedgrpc.coordinator.runtime import CoordinatorRuntime, JoinResult
 from fedgrpc.coordinator.secure_index import SharedIndexPlanner
@@ -69,22 +70,25 @@ from fedgrpc.wire.secagg import ClientPayload, SecureRoundSetup, ServerPayload
 log = get_logger(__name__)
 
 
-def make_runtime(config: CoordinatorConfig) -> CoordinatorRuntime:
+def make_runtime(
+    config: CoordinatorConfig, faults: FaultHooks = NO_FAULTS
+) -> CoordinatorRuntime:
     """The runtime `config` asks for: secure aggregation on or off."""
-    return (
-        SecureRuntime(config)
-        if config.secure_aggregation
-        else CoordinatorRuntime(config)
-    )
+    if config.secure_aggregation:
+        return SecureRuntime(config, faults=faults)
+    return CoordinatorRuntime(config, faults=faults)
 
 
 class SecureRuntime(MaskedPushRuntime):
     """`CoordinatorRuntime` whose rounds are masked (see the module docstring)."""
 
     def __init__(
-        self, config: CoordinatorConfig, clock: Callable[[], float] = time.monotonic
+        self,
+        config: CoordinatorConfig,
+        clock: Callable[[], float] = time.monotonic,
+        faults: FaultHooks = NO_FAULTS,
     ) -> None:
-        super().__init__(config, clock)
+        super().__init__(config, clock, faults)
         self.last_result: AggregateResult | None = None
         """The last recovered sum of codes: all the coordinator learns."""
         self.last_recover_s = 0.0

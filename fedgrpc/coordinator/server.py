@@ -28,6 +28,7 @@ from fedgrpc._proto.v1 import (
 )
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.admin import AdminServicer, build_status
+from fedgrpc.coordinator.faults import NO_FAULTS, FaultHooks
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.coordinator.secure_runtime import make_runtime
 from fedgrpc.coordinator.servicer import CoordinatorServicer
@@ -100,8 +101,12 @@ def server_options(config: CoordinatorConfig) -> list[tuple[str, int]]:
     ]
 
 
-async def start_coordinator(config: CoordinatorConfig) -> RunningCoordinator:
+async def start_coordinator(
+    config: CoordinatorConfig, faults: FaultHooks = NO_FAULTS
+) -> RunningCoordinator:
     """Bind, start serving and write the ready file.
+
+    `faults`: test-only failure points (`coordinator.faults`).
 
     Raises:
         ConfigError: the listen address cannot be bound, the TLS files are
@@ -110,7 +115,7 @@ async def start_coordinator(config: CoordinatorConfig) -> RunningCoordinator:
     """
     tls = _load_tls(config)  # unusable files fail first, before anything logs
     server = grpc.aio.server(options=server_options(config))
-    runtime = make_runtime(config)  # secure aggregation: secure_runtime
+    runtime = make_runtime(config, faults)  # secure aggregation: secure_runtime
     add_coordinator_service(CoordinatorServicer(runtime), server)
     add_admin_service(AdminServicer(runtime), server)
     health_servicer = health.aio.HealthServicer()
@@ -197,9 +202,9 @@ def write_ready_file(path: Path, address: str) -> None:
     os.replace(tmp.name, path)
 
 
-async def serve(config: CoordinatorConfig) -> None:
+async def serve(config: CoordinatorConfig, faults: FaultHooks = NO_FAULTS) -> None:
     """Run the coordinator until SIGTERM or SIGINT, then stop cleanly."""
-    running = await start_coordinator(config)
+    running = await start_coordinator(config, faults)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -211,8 +216,11 @@ async def serve(config: CoordinatorConfig) -> None:
 class CoordinatorThread:
     """A coordinator on its own thread and event loop (tests, benches, simulate)."""
 
-    def __init__(self, config: CoordinatorConfig) -> None:
+    def __init__(
+        self, config: CoordinatorConfig, faults: FaultHooks = NO_FAULTS
+    ) -> None:
         self.config = config
+        self._faults = faults
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="fedgrpc-coordinator", daemon=True
@@ -236,7 +244,7 @@ class CoordinatorThread:
         """Start the loop thread and the server; returns once serving."""
         self._thread.start()
         future = asyncio.run_coroutine_threadsafe(
-            start_coordinator(self.config), self._loop
+            start_coordinator(self.config, self._faults), self._loop
         )
         self._running = future.result(timeout=30)
         return self
@@ -266,9 +274,11 @@ class CoordinatorThread:
 
 
 @contextlib.contextmanager
-def serve_in_thread(config: CoordinatorConfig) -> Iterator[CoordinatorThread]:
+def serve_in_thread(
+    config: CoordinatorConfig, faults: FaultHooks = NO_FAULTS
+) -> Iterator[CoordinatorThread]:
     """A coordinator on a background thread for the `with` block (see `address`)."""
-    coordinator = CoordinatorThread(config).start()
+    coordinator = CoordinatorThread(config, faults).start()
     try:
         yield coordinator
     finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING
@@ -289,7 +288,9 @@ class CoordinatorServicer:
                 digest = check.finish(part.num_chunks, commit_proof(part))
                 nbytes = check.payload_bytes
                 in_round = await runtime.commit(ticket, nbytes, digest)
-                _drop_ack_for_tests(ticket)
+                runtime.faults.update_committed(
+                    ticket.client.client_id, ticket.round_id
+                )
                 return pb.PushUpdateResponse(
                     round_id=ticket.round_id,
                     updates_in_round=in_round,
@@ -376,16 +377,3 @@ class CoordinatorServicer:
         signed = model_statement(header, runtime.run_id).encode(identity.algorithm)
         header.signature = identity.sign(signed)
         return header
-
-
-DROP_ACK_ENV = "FEDGRPC_TEST_DROP_ACK"
-"""Test-only: `CLIENT_ID:ROUND` answers that client's committed update for
-that round with UNAVAILABLE, as a connection lost between the commit and its
-acknowledgement would, to test that the update still counts exactly once."""
-
-
-def _drop_ack_for_tests(ticket: Ticket) -> None:
-    if os.environ.get(DROP_ACK_ENV) == f"{ticket.client.client_id}:{ticket.round_id}":
-        raise ShuttingDownError(
-            f"{DROP_ACK_ENV}: the acknowledgement of this committed update was dropped"
-        )

@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedgrpc.coordinator.checkpoint import CRASH_ENV
 from tests.conftest import Spawn
 from tests.helpers.eventually import eventually
 
 FEDGRPC = Path(sys.executable).with_name("fedgrpc")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def start_serve(
@@ -34,13 +34,17 @@ def start_serve(
     """`fedgrpc serve --listen LISTEN ... FLAGS`; (process, bound host:port).
 
     Logs (JSON lines) go to `log`; the ready-file sits beside it.
-    `crash_at` sets the checkpoint crash hook (`CRASH_ENV`), never inherited.
+    `crash_at` (`STAGE:ROUND`) runs the same serve through the fault-hook
+    launcher (`tests.helpers.faults`), which SIGKILLs it at that checkpoint stage.
     """
     ready = log.with_suffix(".addr")
-    env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
+    env = dict(os.environ)
+    command = [str(FEDGRPC)]
     if crash_at:
-        env[CRASH_ENV] = crash_at
-    argv = [str(FEDGRPC), "serve", "--listen", listen, "--ready-file", str(ready)]
+        path = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = path
+        command = [sys.executable, "-m", "tests.helpers.faults", "--crash-at", crash_at]
+    argv = [*command, "serve", "--listen", listen, "--ready-file", str(ready)]
     with log.open("w") as stderr:  # the child keeps its own copy
         process = spawn([*argv, *flags], stderr=stderr, env=env, text=True)
     eventually(lambda: ready.exists() or process.poll() is not None, timeout_s)

@@ -1,7 +1,7 @@
 """A push whose acknowledgement is lost still counts exactly once.
 
 The coordinator commits the update, then the reply never arrives (the
-`FEDGRPC_TEST_DROP_ACK` hook answers UNAVAILABLE after the commit, as a
+`DropAck` fault hook answers UNAVAILABLE after the commit, as a
 connection lost at that moment would). The client re-joins and learns from
 JoinResponse that its update landed: it must neither push it again nor put
 it back into its error-feedback residual, or the update would count twice.
@@ -19,8 +19,8 @@ import torch
 import fedgrpc
 from fedgrpc.config import ClientConfig, CoordinatorConfig
 from fedgrpc.coordinator.server import serve_in_thread
-from fedgrpc.coordinator.servicer import DROP_ACK_ENV
 from fedgrpc.wire.tensors import flatten_fp32, spec_from_module
+from tests.helpers.faults import DropAck
 
 
 def _flat(model: torch.nn.Module) -> np.ndarray:
@@ -31,16 +31,13 @@ def _flat(model: torch.nn.Module) -> np.ndarray:
 @pytest.mark.parametrize(
     "still_open", [True, False], ids=["round-open", "round-closed"]
 )
-def test_update_with_lost_ack_counts_once(
-    monkeypatch: pytest.MonkeyPatch, still_open: bool
-) -> None:
+def test_update_with_lost_ack_counts_once(still_open: bool) -> None:
     """Round 1's ack to the first client is dropped.
 
     round-open: a second client is still to push, so the round is open when
     the first re-joins (it waits for the close). round-closed: it is the only
     client, so the round has been applied by the time it re-joins.
     """
-    monkeypatch.setenv(DROP_ACK_ENV, "c00001:1")
     config = CoordinatorConfig(
         listen="127.0.0.1:0",
         open_enrollment=True,
@@ -52,7 +49,7 @@ def test_update_with_lost_ack_counts_once(
     retry = ClientConfig(reconnect_initial_s=0.05, reconnect_max_s=20.0)
     torch.manual_seed(0)
     model = torch.nn.Linear(64, 32)
-    with serve_in_thread(config) as coordinator:
+    with serve_in_thread(config, faults=DropAck("c00001", 1)) as coordinator:
         first = fedgrpc.DiLoCoClient(coordinator.address, model, config=retry)
         global_before = _flat(model)
         with torch.no_grad():

@@ -1,12 +1,13 @@
 """`fedgrpc serve` killed mid-checkpoint resumes with every round applied exactly once.
 
-The crash windows are hit for real: `FEDGRPC_TEST_CRASH_AT` makes the daemon
-SIGKILL itself while writing round 3's checkpoint, either just before the
-rename (the round was aggregated and stepped, but is not durable) or just
-after it. A restarted daemon must resume at version 2 or 3 respectively,
-and the weights and momentum after further rounds must equal torch's
-Nesterov SGD over the rounds that were applied, each exactly once. Then
-SIGTERM drains: exit code 0 and a final checkpoint.
+The crash windows are hit for real: the fault hook `CrashAt`
+(tests/helpers/faults.py) makes the daemon SIGKILL itself while writing
+round 3's checkpoint, either just before the rename (the round was
+aggregated and stepped, but is not durable) or just after it. A restarted
+daemon must resume at version 2 or 3 respectively, and the weights and
+momentum after further rounds must equal torch's Nesterov SGD over the
+rounds that were applied, each exactly once. Then SIGTERM drains: exit
+code 0 and a final checkpoint.
 """
 
 from __future__ import annotations
