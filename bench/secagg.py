@@ -61,8 +61,8 @@ from torch import nn
 from fedgrpc.client import DiLoCoClient
 from fedgrpc.client.secure_updates import SecureUpdates
 from fedgrpc.config import ClientConfig, CoordinatorConfig
-from fedgrpc.coordinator.secure_runtime import SecureRuntime
-from fedgrpc.coordinator.server import serve_in_thread
+from fedgrpc.coordinator.secure.mode import SecureMode
+from fedgrpc.coordinator.services.server import serve_in_thread
 
 CLIENT = ClientConfig(rpc_timeout_s=300, round_wait_s=900, connect_timeout_s=120)
 Pair = tuple[DiLoCoClient, nn.Module]
@@ -129,10 +129,10 @@ def run_mode(
             one_round(clients, seed=0)  # warm-up: allocations, first key exchange
             sent_before = [c.bytes_sent for c, _ in clients]
             control_before = [_control_bytes(c) for c, _ in clients]
-            runtime = coordinator.running.runtime
+            mode = coordinator.running.runtime.mode
             times, exchanges = [], []
             for r in range(rounds):
-                exchanges.append(_await_keys(runtime) if secure else 0.0)
+                exchanges.append(_await_keys(mode) if secure else 0.0)
                 times.append(one_round(clients, seed=1 + r))
             report: dict[str, Any] = {
                 "round_s": round(statistics.median(times), 3),
@@ -143,7 +143,7 @@ def run_mode(
                                             strict=True))),
             }  # fmt: skip
             if secure:
-                report |= _secure_figures(coordinator.running.runtime, clients)
+                report |= _secure_figures(coordinator.running.runtime.mode, clients)
             return report
         finally:
             for client, _ in clients:
@@ -155,17 +155,17 @@ def _control_bytes(client: DiLoCoClient) -> int:
     return secure.control_bytes if secure is not None else 0
 
 
-def _secure_figures(runtime: Any, clients: list[Pair]) -> dict[str, Any]:
-    assert isinstance(runtime, SecureRuntime)
+def _secure_figures(mode: Any, clients: list[Pair]) -> dict[str, Any]:
+    assert isinstance(mode, SecureMode)
     updates = [c._sync.compressed for c, _ in clients
                if isinstance(c._sync.compressed, SecureUpdates)]  # fmt: skip
     masks = [u.mask_s for u in updates]
     cpu = [u.mask_cpu_s for u in updates]
-    full_unmask = runtime.last_recover_s
-    positions = runtime.secure.announce.num_positions if runtime.secure else 0
+    full_unmask = mode.last_recover_s
+    positions = mode.round.announce.num_positions if mode.round else 0
     # 10 % dropout: wait for the next round's key exchange, drop, step the rest.
     drop = max(1, len(clients) // 10)
-    _await_keys(runtime)
+    _await_keys(mode)
     for client, _ in clients[:drop]:
         client.close()
     # Unmasked and recovered, then skipped: below min_clients = n by design.
@@ -175,26 +175,26 @@ def _secure_figures(runtime: Any, clients: list[Pair]) -> dict[str, Any]:
         "client_mask_cpu_s": round(statistics.median(cpu), 3),
         "client_mask_cpu_total_s": round(sum(cpu), 3),
         "unmask_s": round(full_unmask, 3),
-        "unmask_dropout_s": round(runtime.last_recover_s, 3),
+        "unmask_dropout_s": round(mode.last_recover_s, 3),
         "dropped": drop,
         "positions": positions,  # masked per client and round (d when dense)
     }
 
 
-def _await_keys(runtime: Any) -> float:
+def _await_keys(mode: Any) -> float:
     """Wait for the open round's key exchange (training hides it); its seconds."""
-    assert isinstance(runtime, SecureRuntime)
+    assert isinstance(mode, SecureMode)
     started = time.monotonic()
-    while not _keys_shared(runtime):
+    while not _keys_shared(mode):
         if time.monotonic() > started + 300:
             raise RuntimeError("the secure round's key exchange did not finish")
         time.sleep(0.01)
     return time.monotonic() - started
 
 
-def _keys_shared(runtime: SecureRuntime) -> bool:
+def _keys_shared(mode: SecureMode) -> bool:
     """The open round's secure round has passed its key exchange (U2 is fixed)."""
-    current, rnd = runtime.engine.current, runtime.secure
+    current, rnd = mode.engine.current, mode.round
     return (
         current is not None
         and rnd is not None

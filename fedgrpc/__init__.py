@@ -8,7 +8,6 @@ talk to a coordinator.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from fedgrpc.compress import Dense, TopK
@@ -26,14 +25,11 @@ from fedgrpc.errors import (
     UnknownClientError,
     WrongRoundError,
 )
+from fedgrpc.version import __version__
 
 if TYPE_CHECKING:
     from fedgrpc.client import DiLoCoClient, DistributedDiLoCoClient
 
-try:
-    __version__ = version("fedgrpc")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
 
 __all__ = [
     "ClientConfig",

@@ -287,7 +287,7 @@ def serve_config(args: argparse.Namespace) -> CoordinatorConfig:
 def _serve(args: argparse.Namespace) -> int:
     config = serve_config(args)
     configure_logging(config.log_format, config.log_level)
-    from fedgrpc.coordinator.server import serve
+    from fedgrpc.coordinator.services.server import serve
 
     asyncio.run(serve(config))
     return 0

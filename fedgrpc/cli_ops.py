@@ -4,7 +4,7 @@
 health service with `--health`) and prints tables: the round, each client's
 credit (samples contributed), losses and traffic. `export` turns a
 checkpoint into a model file. Argparse and presentation only; the work is in
-`fedgrpc.client.admin` and `fedgrpc.coordinator.model_export`.
+`fedgrpc.client.admin` and `fedgrpc.coordinator.ops.model_export`.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from fedgrpc.coordinator.model_export import ExportFormat, export_model
+    from fedgrpc.coordinator.ops.model_export import ExportFormat, export_model
 
     wanted = args.format or ("safetensors" if args.out.endswith(".safetensors") else "")
     fmt: ExportFormat = "safetensors" if wanted == "safetensors" else "torch"

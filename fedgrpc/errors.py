@@ -1,7 +1,7 @@
 """Exception hierarchy shared by the coordinator and the client.
 
 Imports no grpc: the coordinator maps these classes to status codes in
-`fedgrpc.coordinator.status`, and the client maps received codes back to the
+`fedgrpc.coordinator.services.status`, and the client maps received codes back to the
 same classes in `fedgrpc.client.status`, carrying the server's message
 verbatim. Users catch these, never `grpc.RpcError`.
 

@@ -2,7 +2,7 @@
 /**
  * How a failed CoordinatorService call surfaces: `FedGrpcError`, carrying
  * the gRPC status code and the coordinator's message verbatim (the same
- * table as fedgrpc/coordinator/status.py, read from the other side).
+ * table as fedgrpc/coordinator/services/status.py, read from the other side).
  */
 
 const grpc = require('@grpc/grpc-js');

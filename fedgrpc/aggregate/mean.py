@@ -6,7 +6,7 @@ float32 running sum the moment it arrives, so a round costs one model-sized
 buffer however many clients push at once (DESIGN.md, "memory O(model), not
 O(model x clients)"). The price: a push that fails half-way has already
 touched the sum, and its share cannot be taken out again exactly; the round
-engine then discards the round (see `fedgrpc.coordinator.rounds`).
+engine then discards the round (see `fedgrpc.coordinator.rounds.engine`).
 
 Not thread-safe: the coordinator adds from its event loop only.
 """

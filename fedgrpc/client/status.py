@@ -1,7 +1,7 @@
 """gRPC status codes -> fedgrpc errors: the client's one mapping table.
 
 The coordinator turns each `FedGrpcError` into a status code whose details
-are the error's message (`fedgrpc.coordinator.status`). This module turns the
+are the error's message (`fedgrpc.coordinator.services.status`). This module turns the
 code back into the same exception class, carrying those details verbatim, so
 users catch `fedgrpc.errors.WrongRoundError` and never see `grpc.RpcError`.
 The original `RpcError` stays reachable as `__cause__` for debugging.

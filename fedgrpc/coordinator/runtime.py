@@ -1,10 +1,12 @@
-"""Asyncio glue around the round engine: waiting, fan-out, deadlines, memory bounds.
+"""The coordinator's runtime: builds the round pipeline and runs it on one event loop.
 
-The engine decides; this module makes the decisions happen on time. It owns
-the session event queues, the "model version changed" condition PullModel
-waits on, a ticker that enforces round deadlines and session timeouts, and
-the lock that serialises the engine's numeric steps (run on a worker thread
-so a 400 MB add never stalls heartbeats).
+The engine decides; this module makes the decisions happen on time. It
+builds the collaborators (run, clients, engine, enrollment, ingest, sessions,
+checkpoints, metrics, and a round mode if one is configured) and hands each
+the few others it needs. What it keeps itself: the "model version changed"
+condition PullModel waits on, a ticker that enforces round deadlines and
+session timeouts, and the lock that serialises the engine's numeric steps
+(run on a worker thread so a 400 MB add never stalls heartbeats).
 
 Memory: the master weights, the outer momentum and one round sum are
 model-sized; updates are added into the sum chunk by chunk as they arrive,
@@ -22,36 +24,39 @@ from dataclasses import dataclass
 
 from fedgrpc.compress import make_codec
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.durability import CheckpointStore
 from fedgrpc.coordinator.enrollment import (
     Enrollment,
     check_compatible,
     load_allowed_keys,
     load_identity,
 )
-from fedgrpc.coordinator.events import (
-    RoundStartedEvent,
-    SessionEnd,
-    SessionEvent,
-    round_started_event,
-)
 from fedgrpc.coordinator.faults import NO_FAULTS, FaultHooks
-from fedgrpc.coordinator.metrics import CoordinatorMetrics
-from fedgrpc.coordinator.registry import ClientRecord, ClientRegistry
-from fedgrpc.coordinator.rounds import ChunkValues, RoundEngine
-from fedgrpc.coordinator.signatures import UpdateAuthenticator
-from fedgrpc.coordinator.state import (
+from fedgrpc.coordinator.ingest.signatures import UpdateAuthenticator
+from fedgrpc.coordinator.ingest.sinks import RoundSink
+from fedgrpc.coordinator.ingest.updates import UpdateIngest
+from fedgrpc.coordinator.ops.checkpoint_store import CheckpointStore
+from fedgrpc.coordinator.ops.metrics import CoordinatorMetrics
+from fedgrpc.coordinator.round_mode import ModeFactory, RoundContext, RoundMode
+from fedgrpc.coordinator.rounds.engine import RoundEngine
+from fedgrpc.coordinator.rounds.records import (
     OpenRound,
     Phase,
     PublishedModel,
+    Run,
     Ticket,
+)
+from fedgrpc.coordinator.rounds.registry import ClientRecord, ClientRegistry
+from fedgrpc.coordinator.sessions import (
+    RoundStartedEvent,
+    SessionEnd,
+    SessionQueue,
+    Sessions,
+    round_started_event,
 )
 from fedgrpc.crypto.keys import PublicKey
 from fedgrpc.domain.model_spec import ModelSpec
-from fedgrpc.domain.requests import JoinInfo, UpdateHeaderInfo
-from fedgrpc.errors import ShuttingDownError
+from fedgrpc.domain.requests import JoinInfo
 from fedgrpc.log import get_logger
-from fedgrpc.wire.assemble import CodecChunkCheck, DenseChunkCheck
 from fedgrpc.wire.signed import JoinProof
 
 log = get_logger(__name__)
@@ -79,31 +84,50 @@ class CoordinatorRuntime:
         config: CoordinatorConfig,
         clock: Callable[[], float] = time.monotonic,
         faults: FaultHooks = NO_FAULTS,
+        mode: ModeFactory | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
-        self.faults = faults
-        """Test-only failure points (`faults`); no-ops in production."""
-        self.checkpoints = CheckpointStore(config, faults)  # may resume a run
-        self.run_id = self.checkpoints.resumed_run_id or secrets.token_hex(8)
+        self.metrics = CoordinatorMetrics()
+        self.checkpoints = CheckpointStore(config, self.metrics, faults)
+        self.run = Run(self.checkpoints.resumed_run_id or secrets.token_hex(8), clock())
         self.registry = ClientRegistry(config.max_clients)
         self.engine = RoundEngine(config, self.registry, clock)
         self.enrollment = Enrollment(
-            load_identity(config), load_allowed_keys(config), self.run_id, clock
+            load_identity(config), load_allowed_keys(config), self.run.run_id, clock
         )
-        self.auth = UpdateAuthenticator(config, self.run_id, self.engine)
-        self.started_s = clock()
-        self.bytes_received = 0
-        self.bytes_sent = 0
-        self.stopping = False
-        self._sessions: dict[str, asyncio.Queue[SessionEvent]] = {}
+        self.auth = UpdateAuthenticator(config, self.run.run_id, self.engine)
+        self.sessions = Sessions()
         self._numeric_lock = asyncio.Lock()
         self._version_changed = asyncio.Condition()
         self._active_pulls = 0
         self._ticker: asyncio.Task[None] | None = None
-        self._codec = make_codec(config.codec_config)  # decode is thread-safe
-        self.metrics = CoordinatorMetrics(self)
-        self.checkpoints.restore(self)
+        self.metrics.watch(self.run, self.engine, self.registry)
+        self.checkpoints.restore(self.engine, self.registry, self.run)
+        self.mode: RoundMode | None = None if mode is None else mode(self._context())
+        """The round mode (secure aggregation), None for plain rounds."""
+        self.ingest = self._build_ingest(faults)
+
+    def _context(self) -> RoundContext:
+        return RoundContext(
+            self.config, self.clock, self.run, self.engine, self.registry,
+            self.sessions, self.enrollment.identity, self.metrics.registry,
+            self.maybe_close_round,
+        )  # fmt: skip
+
+    def _build_ingest(self, faults: FaultHooks) -> UpdateIngest:
+        codec = make_codec(self.config.codec_config)
+        chunk_bytes = self.config.chunk_bytes
+        sink = RoundSink(
+            self.engine, self.run, codec, chunk_bytes, self._update_committed
+        )
+        ingest = UpdateIngest(
+            self.run, self.registry, self.engine, self.auth, sink, codec,
+            chunk_bytes, faults,
+        )  # fmt: skip
+        if self.mode is not None:
+            ingest.choose_sink = self.mode.sink_for
+        return ingest
 
     async def start(self) -> None:
         """Start the deadline / session-timeout ticker."""
@@ -112,10 +136,9 @@ class CoordinatorRuntime:
     async def stop(self, reason: str = "coordinator shutting down") -> None:
         """Refuse new work, tell every session, wake every waiter."""
         async with self._numeric_lock:  # a round being applied finishes first
-            self.stopping = True
+            self.run.stopping = True
             self.engine.phase = Phase.STOPPING
-        for queue in self._sessions.values():
-            queue.put_nowait(SessionEnd(reason, cause="shutdown"))
+        self.sessions.broadcast(SessionEnd(reason, cause="shutdown"))
         async with self._version_changed:
             self._version_changed.notify_all()
         if self._ticker is not None:
@@ -124,21 +147,18 @@ class CoordinatorRuntime:
                 await self._ticker
         self.auth.close()
 
-    def check_running(self) -> None:
-        """Raise `ShuttingDownError` once the coordinator is stopping."""
-        if self.stopping:
-            raise ShuttingDownError("the coordinator is shutting down; retry later")
-
     # -- Join and Session --------------------------------------------------------
 
     def authenticate_join(self, proof: JoinProof) -> PublicKey:
         """The joiner's key, allowed and proven (`Enrollment.admit`)."""
-        self.check_running()
+        self.run.check_running()
         return self.enrollment.admit(proof)
 
     def join(self, request: JoinInfo, key: PublicKey) -> JoinResult:
         """Admit an authenticated client whose model and settings fit."""
-        self.check_running()
+        if self.mode is not None:
+            self.mode.check_join(request)
+        self.run.check_running()
         check_compatible(self.config, request)
         spec, name = request.spec, request.name
         self.engine.model.adopt_spec(spec)
@@ -163,132 +183,65 @@ class CoordinatorRuntime:
 
     def open_session(
         self, client_id: str, token: bytes
-    ) -> tuple[ClientRecord, asyncio.Queue[SessionEvent]]:
+    ) -> tuple[ClientRecord, SessionQueue]:
         """Mark a client connected; its queue starts with the open round, if any."""
-        self.check_running()
+        self.run.check_running()
         client = self.registry.authenticate(client_id, token)
-        previous = self._sessions.get(client_id)
-        if previous is not None:
-            previous.put_nowait(SessionEnd("replaced by a newer session", "evicted"))
-        queue: asyncio.Queue[SessionEvent] = asyncio.Queue()
-        self._sessions[client_id] = queue
+        queue = self.sessions.open(client_id)
         client.connected, client.last_seen_s = True, self.clock()
         current = self.engine.current
         if self.engine.phase is Phase.COLLECTING and current is not None:
             queue.put_nowait(self._round_started(current))
         log.info("session_opened", client=client_id)
+        if self.mode is not None:
+            self.mode.session_opened(client_id, queue)
         return client, queue
 
     def touch(self, client: ClientRecord) -> None:
         """Record a heartbeat."""
         client.last_seen_s = self.clock()
 
-    async def close_session(
-        self, client: ClientRecord, queue: asyncio.Queue[SessionEvent]
-    ) -> None:
+    async def close_session(self, client: ClientRecord, queue: SessionQueue) -> None:
         """The client left (or timed out): the round stops waiting for it."""
-        if self._sessions.get(client.client_id) is queue:
-            del self._sessions[client.client_id]
-            client.connected = False
-            log.info("session_closed", client=client.client_id)
-            await self.maybe_close_round()
+        if not self.sessions.is_current(client.client_id, queue):
+            return
+        if self.mode is not None:
+            self.mode.session_lost(client.client_id)
+        self.sessions.close(client.client_id, queue)
+        client.connected = False
+        log.info("session_closed", client=client.client_id)
+        await self.maybe_close_round()
 
-    def _broadcast(self, event: SessionEvent) -> None:
-        for queue in self._sessions.values():
-            queue.put_nowait(event)
+    # -- after an update counted ---------------------------------------------------
 
-    # -- PushUpdate --------------------------------------------------------------
-
-    def admit(self, header: UpdateHeaderInfo) -> Ticket:
-        """Authenticate, check, then verify an update header before any chunk.
-
-        The plain checks come first, so an honest client that is merely in
-        the wrong round or codec hears that (not a signature failure); the
-        signature is checked before anything about the round changes.
-        """
-        self.check_running()
-        client = self.registry.authenticate(header.client_id, header.session_token)
-        self.engine.check_header(client, header)
-        verifier = self.auth.verifier(client, header)  # signature, nonce, base
-        ticket = self.engine.open_ticket(client, header)
-        ticket.verifier = verifier
-        return ticket
-
-    def chunk_check(self, ticket: Ticket) -> DenseChunkCheck | CodecChunkCheck:
-        """The validator for this update's chunks: raw float32 or the codec's."""
-        n, chunk_bytes = ticket.header.num_coordinates, self.config.chunk_bytes
-        if ticket.header.codec == "dense-fp32":
-            return DenseChunkCheck(n, chunk_bytes, ticket.verifier)
-        spec = self.engine.model.require_spec()
-        block = self._codec.block_coordinates(chunk_bytes)
-        return CodecChunkCheck(spec, self._codec, block, ticket.verifier)
-
-    def max_update_messages(self) -> int:
-        """Chunks one update of this model takes at most (dense or coded)."""
-        spec = self.engine.model.spec
-        if spec is None:
-            return 0
-        dense_block = self.config.chunk_bytes // 4
-        block = min(dense_block, self._codec.block_coordinates(self.config.chunk_bytes))
-        return -(-spec.num_coordinates // max(1, block))
-
-    def add_chunk(self, ticket: Ticket, offset: int, values: ChunkValues) -> None:
-        """Add one checked chunk to its round (or to the initial weights)."""
-        self.check_running()
-        self.engine.add_chunk(ticket, offset, values)
-
-    def abandon(self, ticket: Ticket, reason: str) -> None:
-        """A push failed after admission; its round may have to be discarded."""
-        self.engine.abandon(ticket, reason)
-        log.warning(
-            "update_abandoned",
-            client=ticket.client.client_id,
-            round=ticket.round_id,
-            touched_sum=ticket.touched_sum,
-            reason=reason,
-        )
-
-    async def commit(self, ticket: Ticket, nbytes: int, digest: bytes) -> int:
-        """Count a complete, verified update; returns the updates in its round.
-
-        `digest` (the chain head) is logged in full: it is what `fedgrpc
-        verify --hash` checks an exported update against.
-        """
-        self.check_running()
-        in_round = self.engine.commit(ticket, nbytes)
-        self.bytes_received += nbytes
-        log.info(
-            "update_committed",
-            client=ticket.client.client_id,
-            round=ticket.round_id,
-            bytes=nbytes,
-            updates_in_round=in_round,
-            initial=ticket.header.is_initial_weights,
-            update_sha256=digest.hex(),
-        )
+    async def _update_committed(self, ticket: Ticket, in_round: int) -> None:
+        """Announce what a plain update changed, then close its round if done."""
         if ticket.header.is_initial_weights:
             await asyncio.shield(self.save_checkpoint())  # version 0 is durable too
             await self._announce_new_model()
         elif in_round == 1 and self.engine.current is not None:
             # The first update set the round's deadline: announce it.
-            self._broadcast(self._round_started(self.engine.current))
+            self.sessions.broadcast(self._round_started(self.engine.current))
         await self.maybe_close_round()
-        return in_round
 
     # -- closing rounds ----------------------------------------------------------
 
     async def maybe_close_round(self) -> None:
         """Close the open round if it is complete or past its deadline."""
-        if self.engine.close_reason() is None:
-            return
-        # Shielded: a caller cancelled mid-close (a client hanging up on its
-        # commit) must not stop it between the outer step and its checkpoint.
-        await asyncio.shield(self._close_round())
+        if self.mode is not None:
+            await self.mode.before_close()
+        before = self.engine.current
+        if self.engine.close_reason() is not None:
+            # Shielded: a caller cancelled mid-close (a client hanging up on its
+            # commit) must not stop it between the outer step and its checkpoint.
+            await asyncio.shield(self._close_round())
+        if self.mode is not None and self.engine.current is not before:
+            await self.mode.after_close()
 
     async def save_checkpoint(self) -> None:
         """Checkpoint now (after seeding, at shutdown), between numeric steps."""
         async with self._numeric_lock:
-            await self.checkpoints.save(self)
+            await self.checkpoints.save(self.engine, self.registry, self.run)
 
     async def _close_round(self) -> None:
         async with self._numeric_lock:
@@ -300,8 +253,8 @@ class CoordinatorRuntime:
                 self.engine.apply, closing, self._active_pulls > 0
             )
             result = self.engine.finish_close(closing, applied, reason)
-            if applied:  # before anyone hears of the new version (durability.py)
-                await self.checkpoints.save(self)
+            if applied:  # before anyone hears of the new version (checkpoint_store)
+                await self.checkpoints.save(self.engine, self.registry, self.run)
         self.metrics.round_closed(result)
         # Both counts on every outcome: a skipped round's committed updates
         # were thrown away, and a bare "updates=2" read as if they counted.
@@ -317,13 +270,13 @@ class CoordinatorRuntime:
             bytes=result.bytes_received,
             train_loss=round(result.mean_train_loss, 4),
         )
-        self._broadcast(result)
+        self.sessions.broadcast(result)
         await self._announce_new_model()
 
     async def _announce_new_model(self) -> None:
         current = self.engine.current
         if current is not None:
-            self._broadcast(self._round_started(current))
+            self.sessions.broadcast(self._round_started(current))
         async with self._version_changed:
             self._version_changed.notify_all()
 
@@ -338,7 +291,7 @@ class CoordinatorRuntime:
 
         def ready() -> bool:
             published = self.engine.model.published
-            return self.stopping or (
+            return self.run.stopping or (
                 published is not None
                 and published.version >= min_version
                 and self.engine.phase is not Phase.APPLYING
@@ -347,7 +300,7 @@ class CoordinatorRuntime:
 
         async with self._version_changed:
             await self._version_changed.wait_for(ready)
-        self.check_running()
+        self.run.check_running()
         published = self.engine.model.published
         assert published is not None
         self._active_pulls += 1
@@ -370,15 +323,12 @@ class CoordinatorRuntime:
     def _evict_silent_sessions(self) -> None:
         limit = self.clock() - self.config.session_timeout_s
         for client in self.registry.connected():
-            if client.last_seen_s < limit and client.client_id in self._sessions:
+            if client.last_seen_s < limit and client.client_id in self.sessions:
                 log.warning("session_timed_out", client=client.client_id)
-                self._sessions[client.client_id].put_nowait(
-                    SessionEnd("no heartbeat within session_timeout_s", "evicted")
+                self.sessions.send(
+                    client.client_id,
+                    SessionEnd("no heartbeat within session_timeout_s", "evicted"),
                 )
-
-    def current_round(self) -> OpenRound | None:
-        """The open round, for status."""
-        return self.engine.current
 
     def _round_started(self, current: OpenRound) -> RoundStartedEvent:
         return round_started_event(current, self.clock())

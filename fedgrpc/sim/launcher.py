@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from fedgrpc.config import CoordinatorConfig, OuterOptimizerName
-from fedgrpc.coordinator.server import CoordinatorThread
+from fedgrpc.coordinator.services.server import CoordinatorThread
 from fedgrpc.errors import FedGrpcError
 from fedgrpc.log import get_logger
 from fedgrpc.sim import DEFAULT_CORPUS_BYTES

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from fedgrpc.cli import build_parser, serve_config
 from fedgrpc.coordinator.faults import CheckpointStage, FaultHooks
-from fedgrpc.coordinator.server import serve
+from fedgrpc.coordinator.services.server import serve
 from fedgrpc.errors import ShuttingDownError
 from fedgrpc.log import configure_logging, get_logger
 

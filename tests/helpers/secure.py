@@ -16,8 +16,8 @@ from torch import nn
 from fedgrpc.client import DiLoCoClient
 from fedgrpc.client.secure_updates import SecureUpdates
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.secure_runtime import SecureRuntime
-from fedgrpc.coordinator.server import CoordinatorThread
+from fedgrpc.coordinator.secure.mode import SecureMode
+from fedgrpc.coordinator.services.server import CoordinatorThread
 from fedgrpc.secagg import ServerPhase
 from tests.helpers.eventually import eventually
 from tests.helpers.scripted import FAST
@@ -46,10 +46,10 @@ def config(**overrides: object) -> CoordinatorConfig:
     return CoordinatorConfig(**settings)  # type: ignore[arg-type]
 
 
-def runtime_of(coordinator: CoordinatorThread) -> SecureRuntime:
-    runtime = coordinator.running.runtime
-    assert isinstance(runtime, SecureRuntime)
-    return runtime
+def secure_mode_of(coordinator: CoordinatorThread) -> SecureMode:
+    mode = coordinator.running.runtime.mode
+    assert isinstance(mode, SecureMode)
+    return mode
 
 
 def connect(
@@ -99,11 +99,11 @@ def close_all(clients: list[tuple[DiLoCoClient, nn.Module]]) -> None:
         client.close()
 
 
-def wait_for_phase(runtime: SecureRuntime, phase: ServerPhase, round_id: int) -> None:
+def wait_for_phase(mode: SecureMode, phase: ServerPhase, round_id: int) -> None:
     def reached() -> bool:
-        rnd = runtime.secure
-        current = runtime.engine.current
-        state = (runtime.engine.phase, current and current.round_id)
+        rnd = mode.round
+        current = mode.engine.current
+        state = (mode.engine.phase, current and current.round_id)
         assert rnd is not None
         assert rnd.round_id == round_id, state
         assert rnd.server.phase is phase, (rnd.received, rnd.members, rnd.dropped)

@@ -15,8 +15,8 @@ from torch import nn
 
 from fedgrpc.client import DiLoCoClient
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.checkpoint import list_rounds
-from fedgrpc.coordinator.server import CoordinatorThread, serve_in_thread
+from fedgrpc.coordinator.ops.checkpoint_file import list_rounds
+from fedgrpc.coordinator.services.server import CoordinatorThread, serve_in_thread
 from tests.helpers.scripted import (
     FAST,
     flat,

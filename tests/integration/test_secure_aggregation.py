@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedgrpc.coordinator.secure_runtime import SecureRuntime
-from fedgrpc.coordinator.server import CoordinatorThread, serve_in_thread
+from fedgrpc.coordinator.secure.mode import SecureMode
+from fedgrpc.coordinator.services.server import CoordinatorThread, serve_in_thread
 from fedgrpc.secagg import ServerPhase
 from tests.helpers.scripted import flat
 from tests.helpers.secure import (
@@ -25,7 +25,7 @@ from tests.helpers.secure import (
     codes_of,
     config,
     connect,
-    runtime_of,
+    secure_mode_of,
     sync_all,
     wait_for_phase,
 )
@@ -42,7 +42,7 @@ def test_masked_round_applies_the_exact_mean_of_the_quantised_updates(
 ) -> None:
     # Arrange: four clients; the federation starts from client 0's weights.
     clients = connect(coordinator.address, 4)
-    runtime = runtime_of(coordinator)
+    mode = secure_mode_of(coordinator)
     try:
         before = flat(clients[0][1])
 
@@ -52,12 +52,12 @@ def test_masked_round_applies_the_exact_mean_of_the_quantised_updates(
         # Assert: the ring sum is exactly the sum of the clients' codes, and
         # the applied step is its dequantised plain mean (fedavg, lr 1).
         assert outcomes == ["applied"] * 4
-        result = runtime.last_result
+        result = mode.last_result
         assert result is not None
         assert len(result.survivors) == 4
         codes = [codes_of(c).astype(np.int64) for c, _ in clients]
         np.testing.assert_array_equal(result.total, np.sum(codes, axis=0))
-        rnd = runtime.secure
+        rnd = mode.round
         assert rnd is not None
         mean = torch.from_numpy(rnd.announce.scale.dequantise(result.total)) / 4
         after = flat(clients[0][1])
@@ -81,10 +81,10 @@ def test_a_shared_sparse_index_set_masks_and_applies_only_those_positions(
     # Arrange: the coordinator announces every third coordinate (the hook
     # compress.shared_index will fill); three clients.
     positions = np.arange(0, (IN + 1) * OUT, 3, dtype=np.uint64)
-    monkeypatch.setattr(SecureRuntime, "index_set", lambda self, current: positions)
+    monkeypatch.setattr(SecureMode, "index_set", lambda self, current: positions)
     with serve_in_thread(config()) as coordinator:
         clients = connect(coordinator.address, 3)
-        runtime = runtime_of(coordinator)
+        mode = secure_mode_of(coordinator)
         try:
             before = flat(clients[0][1])
 
@@ -93,7 +93,7 @@ def test_a_shared_sparse_index_set_masks_and_applies_only_those_positions(
 
             # Assert: exact sum at the positions, nothing moved elsewhere.
             assert outcomes == ["applied"] * 3
-            result = runtime.last_result
+            result = mode.last_result
             assert result is not None
             codes = [codes_of(c).astype(np.int64) for c, _ in clients]
             assert codes[0].size == positions.size
@@ -110,10 +110,10 @@ def test_a_client_dropping_after_sharing_keys_leaves_the_survivors_sum_exact(
 ) -> None:
     # Arrange: four clients, t = 3; the round's keys are exchanged.
     clients = connect(coordinator.address, 4)
-    runtime = runtime_of(coordinator)
+    mode = secure_mode_of(coordinator)
     try:
         assert sync_all(clients, seed=1) == ["applied"] * 4  # round 1, all present
-        wait_for_phase(runtime, ServerPhase.MASKED_INPUT, 2)
+        wait_for_phase(mode, ServerPhase.MASKED_INPUT, 2)
 
         # Act: client 3 leaves after sharing, the others push.
         clients[3][0].close()
@@ -121,7 +121,7 @@ def test_a_client_dropping_after_sharing_keys_leaves_the_survivors_sum_exact(
 
         # Assert: the dropped client's masks were removed from the sum exactly.
         assert outcomes == ["applied"] * 3
-        result = runtime.last_result
+        result = mode.last_result
         assert result is not None
         assert len(result.survivors) == 3
         codes = [codes_of(c).astype(np.int64) for c, _ in clients[:3]]
@@ -135,20 +135,20 @@ def test_fewer_survivors_than_the_threshold_abort_the_round_then_it_recovers(
 ) -> None:
     # Arrange: four clients (t = 3); after the key exchange two leave.
     clients = connect(coordinator.address, 4)
-    runtime = runtime_of(coordinator)
+    mode = secure_mode_of(coordinator)
     try:
         sync_all(clients, seed=1)
-        wait_for_phase(runtime, ServerPhase.MASKED_INPUT, 2)
+        wait_for_phase(mode, ServerPhase.MASKED_INPUT, 2)
         clients[2][0].close()
         clients[3][0].close()
-        published = runtime.engine.model.published
+        published = mode.engine.model.published
         assert published is not None
         before = published.data.clone()
 
         # Act: the two survivors push; then a third client joins for round 3.
         outcomes = sync_all(clients[:2], seed=2)
-        version_after_abort = runtime.engine.model.version
-        published = runtime.engine.model.published
+        version_after_abort = mode.engine.model.version
+        published = mode.engine.model.published
         assert published is not None
         weights_after_abort = published.data.clone()
         newcomer = connect(coordinator.address, 1, seed=7)
@@ -158,12 +158,12 @@ def test_fewer_survivors_than_the_threshold_abort_the_round_then_it_recovers(
         # Assert: round 2 skipped with the threshold named, weights unchanged;
         # round 3 applied with three participants.
         assert outcomes == ["skipped", "skipped"]
-        history = list(runtime.engine.history)
+        history = list(mode.engine.history)
         assert "threshold" in history[-2].reason
         assert version_after_abort == 1
         torch.testing.assert_close(weights_after_abort, before, rtol=0, atol=0)
         assert later == ["applied"] * 3
-        assert runtime.engine.model.version == 2
+        assert mode.engine.model.version == 2
     finally:
         close_all(clients)
 
@@ -173,9 +173,9 @@ def test_a_client_joining_after_the_setup_misses_that_round_only(
 ) -> None:
     # Arrange: three clients; round 1's key exchange is done.
     clients = connect(coordinator.address, 3)
-    runtime = runtime_of(coordinator)
+    mode = secure_mode_of(coordinator)
     try:
-        wait_for_phase(runtime, ServerPhase.MASKED_INPUT, 1)
+        wait_for_phase(mode, ServerPhase.MASKED_INPUT, 1)
 
         # Act: a fourth joins, then everyone syncs twice.
         clients.extend(connect(coordinator.address, 1, seed=9))
@@ -185,8 +185,8 @@ def test_a_client_joining_after_the_setup_misses_that_round_only(
         # Assert: refused in round 1 (not a participant), in round 2 from the start.
         assert first == ["applied", "applied", "applied", "missed"]
         assert second == ["applied"] * 4
-        assert runtime.last_result is not None
-        assert len(runtime.last_result.survivors) == 4
+        assert mode.last_result is not None
+        assert len(mode.last_result.survivors) == 4
     finally:
         close_all(clients)
 

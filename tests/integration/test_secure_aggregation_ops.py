@@ -20,8 +20,8 @@ from structlog.testing import capture_logs
 from fedgrpc._proto.v1 import admin_pb2, coordinator_pb2
 from fedgrpc.cli_ops import format_status
 from fedgrpc.client.admin import fetch_status
-from fedgrpc.coordinator.secure_stats import REASONS
-from fedgrpc.coordinator.server import CoordinatorThread, serve_in_thread
+from fedgrpc.coordinator.secure.stats import REASONS
+from fedgrpc.coordinator.services.server import CoordinatorThread, serve_in_thread
 from fedgrpc.secagg import ServerPhase
 from tests.helpers.eventually import eventually
 from tests.helpers.metrics import scrape
@@ -31,7 +31,7 @@ from tests.helpers.secure import (
     close_all,
     config,
     connect,
-    runtime_of,
+    secure_mode_of,
     sync_all,
     wait_for_phase,
 )
@@ -61,11 +61,11 @@ def test_an_applied_and_an_aborted_masked_round_show_in_metrics_and_status(
 ) -> None:
     # Arrange: four clients (t = 3); round 1 with all of them.
     clients = connect(coordinator.address, 4)
-    runtime = runtime_of(coordinator)
+    mode = secure_mode_of(coordinator)
     try:
         with capture_logs() as logs:
             assert sync_all(clients, seed=1) == ["applied"] * 4
-            wait_for_phase(runtime, ServerPhase.MASKED_INPUT, 2)
+            wait_for_phase(mode, ServerPhase.MASKED_INPUT, 2)
 
             # Act: two clients leave after the key exchange, so round 2 has
             # two survivors for a threshold of three and aborts.

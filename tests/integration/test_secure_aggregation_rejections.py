@@ -17,11 +17,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from fedgrpc._proto.v1 import common_pb2
-from fedgrpc.coordinator.server import CoordinatorThread, serve_in_thread
+from fedgrpc.coordinator.services.server import CoordinatorThread, serve_in_thread
 from fedgrpc.secagg import ClientRound, ConsistencySignature, KeyDirectory
 from fedgrpc.wire.secagg import client_event, server_event_from_proto, setup_from_proto
 from tests.helpers.raw import PB, Joined, join, stub, tiny_spec
-from tests.helpers.secure import close_all, config, connect, runtime_of, sync_all
+from tests.helpers.secure import close_all, config, connect, secure_mode_of, sync_all
 
 
 @pytest.fixture
@@ -114,8 +114,8 @@ def test_a_refused_secagg_message_is_rejected_in_band_and_the_next_round_works(
     # Arrange: two real clients, then a raw-stub client completes the three
     # participants of round 1 and receives its setup.
     clients = connect(coordinator.address, 2)
-    runtime = runtime_of(coordinator)
-    spec = runtime.engine.model.require_spec()
+    mode = secure_mode_of(coordinator)
+    spec = mode.engine.model.require_spec()
     channel, service = stub(coordinator.address)
     codecs = (common_pb2.CODEC_DENSE, common_pb2.CODEC_SECAGG_RING)
     raw = RawSession(join(service, spec, codecs=codecs))
@@ -149,7 +149,7 @@ def test_a_refused_secagg_message_is_rejected_in_band_and_the_next_round_works(
             if outcomes != ["applied"] * 3:
                 outcomes = sync_all(clients, seed=seed)
         assert outcomes == ["applied"] * 3
-        assert "threshold" in runtime.engine.history[0].reason
+        assert "threshold" in mode.engine.history[0].reason
     finally:
         raw.close()
         channel.close()
@@ -162,10 +162,10 @@ def test_a_tampered_share_makes_its_recipient_leave_and_the_round_skip(
     # Arrange: two real clients and a raw one that seals correctly sized but
     # altered shares (the coordinator cannot tell: only the recipient can).
     clients = connect(coordinator.address, 2)
-    runtime = runtime_of(coordinator)
+    mode = secure_mode_of(coordinator)
     channel, service = stub(coordinator.address)
     codecs = (common_pb2.CODEC_DENSE, common_pb2.CODEC_SECAGG_RING)
-    spec = runtime.engine.model.require_spec()
+    spec = mode.engine.model.require_spec()
     raw = RawSession(join(service, spec, codecs=codecs))
     try:
         announce = setup_from_proto(
@@ -202,7 +202,7 @@ def test_a_tampered_share_makes_its_recipient_leave_and_the_round_skip(
         left = [e for e in logs if e["event"] == "secagg_round_left"]
         assert len(left) == 2
         assert all("tampered_share" in e["kind"] for e in left)
-        assert "secure aggregation aborted" in runtime.engine.history[0].reason
+        assert "secure aggregation aborted" in mode.engine.history[0].reason
     finally:
         raw.close()
         channel.close()

@@ -18,10 +18,10 @@ from torch import nn
 from fedgrpc.client import DiLoCoClient
 from fedgrpc.client.secure_updates import SecureUpdates
 from fedgrpc.compress.shared_index import choose_index_set
-from fedgrpc.coordinator.server import CoordinatorThread, serve_in_thread
+from fedgrpc.coordinator.services.server import CoordinatorThread, serve_in_thread
 from fedgrpc.wire.secagg import SecureRoundSetup
 from tests.helpers.scripted import flat
-from tests.helpers.secure import close_all, codes_of, config, connect, runtime_of
+from tests.helpers.secure import close_all, codes_of, config, connect, secure_mode_of
 
 Pair = tuple[DiLoCoClient, nn.Module]
 K = 13  # ceil(0.2 x 65)
@@ -63,7 +63,7 @@ def test_a_sparse_round_sends_the_shared_set_and_keeps_the_rest_in_the_residual(
 ):
     with serve_in_thread(config(secagg_density=0.2)) as coordinator:
         clients = connect(coordinator.address, 3)
-        runtime = runtime_of(coordinator)
+        mode = secure_mode_of(coordinator)
         try:
             # Arrange: every client starts from the global weights.
             global_before = flat(clients[0][1]).clone()
@@ -82,7 +82,7 @@ def test_a_sparse_round_sends_the_shared_set_and_keeps_the_rest_in_the_residual(
             assert positions.size == K
             for client, _ in clients[1:]:
                 np.testing.assert_array_equal(_announce(client).positions, positions)
-            rnd = runtime.secure
+            rnd = mode.round
             assert rnd is not None
             np.testing.assert_array_equal(rnd.announce.positions, positions)
             expected = choose_index_set(torch.zeros(65), K, 0.1, announce.round_nonce)
@@ -116,11 +116,11 @@ def test_a_sparse_round_sends_the_shared_set_and_keeps_the_rest_in_the_residual(
 def test_the_next_set_ranks_by_the_last_applied_sum() -> None:
     with serve_in_thread(config(secagg_density=0.2)) as coordinator:
         clients = connect(coordinator.address, 3)
-        runtime = runtime_of(coordinator)
+        mode = secure_mode_of(coordinator)
         try:
             # Arrange: round 1 applied.
             assert _round(clients, seed=1, step=0.05)[0] == ["applied"] * 3
-            first = runtime.last_result
+            first = mode.last_result
             positions = _announce(clients[0][0]).positions
             assert first is not None
             assert positions is not None
@@ -143,7 +143,7 @@ def test_the_next_set_ranks_by_the_last_applied_sum() -> None:
 def _assert_guard_trip_observable(coordinator: CoordinatorThread) -> None:
     """Status and metrics show the trip: the guard's reason, sparse then dense."""
     status = coordinator.status()
-    registry = runtime_of(coordinator).metrics.registry
+    registry = coordinator.running.runtime.metrics.registry
     assert (status.guard_trips, status.secure_aggregation) == (1, True)
     tripped, dense = status.recent_rounds[-3], status.recent_rounds[-2]
     assert tripped.secure_abort_reason == "divergence_guard"
@@ -156,12 +156,12 @@ def _assert_guard_trip_observable(coordinator: CoordinatorThread) -> None:
 def test_a_diverging_aggregate_trips_the_guard_and_the_next_round_is_dense() -> None:
     with serve_in_thread(config(secagg_density=0.2)) as coordinator:
         clients = connect(coordinator.address, 3)
-        runtime = runtime_of(coordinator)
+        mode = secure_mode_of(coordinator)
         try:
             # Arrange: three healthy sparse rounds (the guard's history).
             for seed in (1, 2, 3):
                 assert _round(clients, seed, step=0.02)[0] == ["applied"] * 3
-            version = runtime.engine.model.version
+            version = mode.engine.model.version
 
             # Act: a burst ~15x the recent norm, then two more rounds.
             with capture_logs() as logs:
@@ -178,18 +178,18 @@ def test_a_diverging_aggregate_trips_the_guard_and_the_next_round_is_dense() -> 
             # Assert: the burst is dropped with the guard's reason; the next
             # round masks every coordinate, and applies.
             assert burst == ["skipped"] * 3
-            history = list(runtime.engine.history)
+            history = list(mode.engine.history)
             assert "divergence guard (spike)" in history[-3].reason
-            assert runtime.shared_index.trips == 1
+            assert mode.shared_index.trips == 1
             _assert_guard_trip_observable(coordinator)
             # Rounds 5 and 6 dense; round 7 (keyed once 6 closed) may count too.
-            assert runtime.shared_index.dense_fallbacks in (2, 3)
+            assert mode.shared_index.dense_fallbacks in (2, 3)
             announce = reset_round[0]
             assert announce.positions is None
             assert announce.num_positions == 65
             assert after == ["applied"] * 3
             assert later == ["applied"] * 3
-            assert runtime.engine.model.version == version + 2
+            assert mode.engine.model.version == version + 2
             # That round's signed setup, and only that one, said reset_residuals.
             round_id = announce.setup.round_id
             assert all(a.reset_residuals for a in reset_round)

@@ -29,8 +29,8 @@ from torch import nn
 from fedgrpc.client import DiLoCoClient
 from fedgrpc.client.admin import fetch_status
 from fedgrpc.config import ClientConfig
-from fedgrpc.coordinator.checkpoint import CheckpointFile, read_checkpoint
-from fedgrpc.coordinator.model_export import newest_checkpoint
+from fedgrpc.coordinator.ops.checkpoint_file import CheckpointFile, read_checkpoint
+from fedgrpc.coordinator.ops.model_export import newest_checkpoint
 from fedgrpc.crypto.files import save_key_pair
 from fedgrpc.crypto.keys import PrivateKey
 from fedgrpc.errors import UnknownClientError

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from fedgrpc.client import DiLoCoClient
-from fedgrpc.coordinator.checkpoint import list_rounds
-from fedgrpc.coordinator.model_export import newest_checkpoint
+from fedgrpc.coordinator.ops.checkpoint_file import list_rounds
+from fedgrpc.coordinator.ops.model_export import newest_checkpoint
 from fedgrpc.errors import FedGrpcError
 from tests.conftest import Spawn
 from tests.helpers.scripted import (

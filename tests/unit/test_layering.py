@@ -19,12 +19,12 @@ GRPC_ROOTS = frozenset(
 )
 GRPC_ALLOWED = ("fedgrpc.coordinator", "fedgrpc.client", "fedgrpc._proto")
 PURE_ENGINE = (
-    "fedgrpc.coordinator.rounds",
-    "fedgrpc.coordinator.round_checks",  # the engine's refusal rules
-    "fedgrpc.coordinator.round_close",  # and its closing rules
-    "fedgrpc.coordinator.registry",
-    "fedgrpc.coordinator.state",
-    "fedgrpc.coordinator.global_model",
+    "fedgrpc.coordinator.rounds.engine",
+    "fedgrpc.coordinator.rounds.rules",  # the engine's refusal rules
+    "fedgrpc.coordinator.rounds.rules",  # and its closing rules
+    "fedgrpc.coordinator.rounds.registry",
+    "fedgrpc.coordinator.rounds.records",
+    "fedgrpc.coordinator.rounds.global_model",
 )
 OUTSIDE_ROOTS = frozenset({"server", "client", "tests"})  # deployment dirs, tests
 # config.py re-exports config_client (ClientConfig) and config_checks.
@@ -131,7 +131,7 @@ def test_detector_sees_grpc_and_resolves_relative_imports() -> None:
     assert imports_grpc(names)
     assert "fedgrpc.client.conn" in names
     assert imports_grpc({"grpc_health.v1.health"})
-    assert not imports_grpc({"fedgrpc.coordinator.status", "grpcx"})
+    assert not imports_grpc({"fedgrpc.coordinator.services.status", "grpcx"})
     assert "fedgrpc.wire" in imported_modules(
         "from . import x", "fedgrpc.wire", is_package=True
     )

@@ -10,8 +10,8 @@ import pytest
 import torch
 from structlog.testing import capture_logs
 
-from fedgrpc.coordinator import checkpoint as ckpt
-from fedgrpc.coordinator.checkpoint import CheckpointDir, read_checkpoint
+from fedgrpc.coordinator.ops import checkpoint_file as ckpt
+from fedgrpc.coordinator.ops.checkpoint_file import CheckpointDir, read_checkpoint
 from fedgrpc.errors import CheckpointError, ConfigError
 
 STATE = {"run_id": "abc", "model_version": 7, "nested": {"xs": [1.5, 2.5]}}

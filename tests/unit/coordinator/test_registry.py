@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedgrpc.coordinator.registry import ClientRegistry
+from fedgrpc.coordinator.rounds.registry import ClientRegistry
 from fedgrpc.crypto.keys import PrivateKey
 from fedgrpc.errors import TooLargeError, UnknownClientError
 

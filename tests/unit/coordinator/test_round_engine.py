@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.registry import ClientRegistry
-from fedgrpc.coordinator.rounds import RoundEngine
-from fedgrpc.coordinator.state import Outcome, Phase
+from fedgrpc.coordinator.rounds.engine import RoundEngine
+from fedgrpc.coordinator.rounds.records import Outcome, Phase
+from fedgrpc.coordinator.rounds.registry import ClientRegistry
 from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from fedgrpc.domain.requests import UpdateHeaderInfo
 from fedgrpc.errors import ModelMismatchError, WrongRoundError

@@ -17,10 +17,10 @@ from structlog.testing import capture_logs
 
 from fedgrpc.compress.shared_index import choose_index_set
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.registry import ClientRegistry
-from fedgrpc.coordinator.rounds import RoundEngine
-from fedgrpc.coordinator.secure_index import SharedIndexPlanner
-from fedgrpc.coordinator.state import OpenRound
+from fedgrpc.coordinator.rounds.engine import RoundEngine
+from fedgrpc.coordinator.rounds.records import OpenRound
+from fedgrpc.coordinator.rounds.registry import ClientRegistry
+from fedgrpc.coordinator.secure.index_planner import SharedIndexPlanner
 from fedgrpc.crypto.keys import PrivateKey
 from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from fedgrpc.secagg import AggregateResult, FixedPointScale, RoundSetup, SecAggParams

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from fedgrpc.coordinator.secure_round import SecureRound
+from fedgrpc.coordinator.secure.masked_round import SecureRound
 from fedgrpc.crypto.keys import PrivateKey
 from fedgrpc.errors import WrongRoundError
 from fedgrpc.secagg import (

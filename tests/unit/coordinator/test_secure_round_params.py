@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.secure_round import round_params
+from fedgrpc.coordinator.secure.masked_round import round_params
 
 
 def secure(**settings: object) -> CoordinatorConfig:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.server import CALLS_PER_CLIENT, server_options
+from fedgrpc.coordinator.services.server import CALLS_PER_CLIENT, server_options
 
 SOFT = "grpc.server.max_pending_requests"
 HARD = "grpc.server.max_pending_requests_hard_limit"

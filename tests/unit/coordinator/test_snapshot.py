@@ -90,7 +90,7 @@ def test_restart_continues_run_version_momentum_clients_and_history(
     gradients = _gradients(3)
     for gradient in gradients:
         _apply(first, gradient)
-    first.bytes_received, first.bytes_sent = 1234, 5678
+    first.run.bytes_received, first.run.bytes_sent = 1234, 5678
     asyncio.run(first.save_checkpoint())
     first.checkpoints.close()
     before = first.engine
@@ -100,7 +100,7 @@ def test_restart_continues_run_version_momentum_clients_and_history(
 
     # Assert: the same run, model, momentum, round counter, clients and history.
     after = second.engine
-    assert second.run_id == first.run_id
+    assert second.run.run_id == first.run.run_id
     assert after.model.version == 3
     assert torch.equal(after.model.master, before.model.master)  # type: ignore[arg-type]
     assert after.model.published is not None
@@ -124,7 +124,7 @@ def test_restart_continues_run_version_momentum_clients_and_history(
     assert not restored["c00001"].connected
     assert restored["c00001"].session_token != alice.session_token
     assert second.registry.add("carol", 0.0).client_id == "c00003"
-    assert (second.bytes_received, second.bytes_sent) == (1234, 5678)
+    assert (second.run.bytes_received, second.run.bytes_sent) == (1234, 5678)
     second.checkpoints.close()
 
 
@@ -180,4 +180,4 @@ def test_no_checkpoint_dir_means_no_files_and_a_fresh_run(tmp_path: Path) -> Non
     asyncio.run(runtime.save_checkpoint())
 
     assert runtime.checkpoints.last_path is None
-    assert CoordinatorRuntime(config).run_id != runtime.run_id
+    assert CoordinatorRuntime(config).run.run_id != runtime.run.run_id

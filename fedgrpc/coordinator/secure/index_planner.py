@@ -59,8 +59,8 @@ from fedgrpc.compress.shared_index import (
     shared_index_k,
 )
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.rounds import RoundEngine
-from fedgrpc.coordinator.state import OpenRound, Outcome
+from fedgrpc.coordinator.rounds.engine import RoundEngine
+from fedgrpc.coordinator.rounds.records import OpenRound, Outcome
 from fedgrpc.log import get_logger
 from fedgrpc.optim.divergence import DivergenceGuard, GuardConfig, GuardVerdict
 from fedgrpc.secagg import AggregateResult

@@ -28,7 +28,7 @@ from typing import IO, Literal
 
 import torch
 
-from fedgrpc.coordinator.checkpoint import (
+from fedgrpc.coordinator.ops.checkpoint_file import (
     CheckpointFile,
     checkpoint_name,
     list_rounds,

@@ -37,16 +37,16 @@ import torch
 from fedgrpc.aggregate import StreamingSum
 from fedgrpc.compress import DecodedBlock
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator import round_checks, round_close
-from fedgrpc.coordinator.global_model import GlobalModel
-from fedgrpc.coordinator.registry import ClientRecord, ClientRegistry
-from fedgrpc.coordinator.state import (
+from fedgrpc.coordinator.rounds import rules
+from fedgrpc.coordinator.rounds.global_model import GlobalModel
+from fedgrpc.coordinator.rounds.records import (
     OpenRound,
     Phase,
     RoundResult,
     Ticket,
     new_round_nonce,
 )
+from fedgrpc.coordinator.rounds.registry import ClientRecord, ClientRegistry
 from fedgrpc.domain.requests import UpdateHeaderInfo
 from fedgrpc.errors import InvalidUpdateError, WrongRoundError
 
@@ -94,14 +94,14 @@ class RoundEngine:
                 the round, a round past its deadline, or initial weights for
                 a model already seeded.
         """
-        round_checks.check_shape(
+        rules.check_shape(
             self.config, self.model.require_spec().num_coordinates, header
         )
         if header.is_initial_weights:
             self.model.check_not_seeded()
         else:
-            current = round_checks.collecting_round(self.phase, self.current)
-            round_checks.check_slot(current, client, header, self.clock)
+            current = rules.collecting_round(self.phase, self.current)
+            rules.check_slot(current, client, header, self.clock)
 
     def open_ticket(self, client: ClientRecord, header: UpdateHeaderInfo) -> Ticket:
         """Start taking a checked header's chunks (call `check_header` first)."""
@@ -112,7 +112,7 @@ class RoundEngine:
         if header.is_initial_weights:
             staging = torch.empty(spec.num_coordinates, dtype=torch.float32)
             return Ticket(client, header, 0, scratch, staging=staging)
-        current = round_checks.collecting_round(self.phase, self.current)
+        current = rules.collecting_round(self.phase, self.current)
         if current.first_header_s is None:
             current.first_header_s = self.clock()
             current.first_header_cpu_s = time.process_time()
@@ -131,7 +131,7 @@ class RoundEngine:
                 raise InvalidUpdateError("initial weights must be dense float32")
             ticket.staging.numpy()[offset : offset + chunk.size] = chunk
             return
-        current = round_checks.live_round(self.phase, self.current, ticket)
+        current = rules.live_round(self.phase, self.current, ticket)
         if current.total is None:
             current.total = StreamingSum(self._take_sum_buffer())
         weight = float(ticket.header.num_samples)
@@ -156,7 +156,7 @@ class RoundEngine:
             self._open_round()
             in_round = 1
         else:
-            current = round_checks.live_round(self.phase, self.current, ticket)
+            current = rules.live_round(self.phase, self.current, ticket)
             if current.total is None:  # no chunk arrived: cannot happen once checked
                 raise InvalidUpdateError("an update without values cannot be counted")
             current.total.commit(float(header.num_samples))
@@ -195,7 +195,7 @@ class RoundEngine:
         current = self.current
         if self.phase is not Phase.COLLECTING or current is None:
             return None
-        return round_close.close_reason(current, self.config, self.registry, self.clock)
+        return rules.close_reason(current, self.config, self.registry, self.clock)
 
     def quorum(self, current: OpenRound) -> int:
         """Updates `current` needs to be applied.
@@ -203,7 +203,7 @@ class RoundEngine:
         `min_clients`, or `min_client_fraction` of the clients connected now
         plus those that pushed and left, whichever is more.
         """
-        return round_close.quorum(current, self.config, self.registry)
+        return rules.quorum(current, self.config, self.registry)
 
     def begin_close(self) -> OpenRound:
         """Stop taking updates for the open round (state change; event loop)."""
@@ -251,9 +251,7 @@ class RoundEngine:
                 if record is not None:
                     record.last_applied_round = closing.round_id
         version, now = self.model.version, self.clock()
-        result = round_close.round_result(
-            closing, self.config, applied, reason, version, now
-        )
+        result = rules.round_result(closing, self.config, applied, reason, version, now)
         self.history.append(result)
         self._open_round()
         return result

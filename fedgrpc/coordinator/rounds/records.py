@@ -1,4 +1,8 @@
-"""The coordinator's round records: plain data, shared by the engine and status."""
+"""The coordinator's records: plain data shared by the engine, ingest and status.
+
+`Run` is the run as a whole (identity, traffic, stopping); `OpenRound`,
+`Ticket` and `RoundResult` are one round, one update and one closed round.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,10 @@ import numpy as np
 import torch
 
 from fedgrpc.aggregate import StreamingSum
-from fedgrpc.coordinator.registry import ClientRecord
+from fedgrpc.coordinator.rounds.registry import ClientRecord
 from fedgrpc.crypto.signing import UpdateVerifier
 from fedgrpc.domain.requests import UpdateHeaderInfo
+from fedgrpc.errors import ShuttingDownError
 
 _TICKET_IDS = itertools.count(1)
 ROUND_NONCE_BYTES = 16
@@ -23,6 +28,30 @@ ROUND_NONCE_BYTES = 16
 def new_round_nonce() -> bytes:
     """A fresh round nonce from the OS CSPRNG."""
     return secrets.token_bytes(ROUND_NONCE_BYTES)
+
+
+@dataclass(slots=True)
+class Run:
+    """One run of the coordinator: its id, start, traffic and whether it is stopping.
+
+    Handed to whoever counts traffic or must refuse work while shutting down
+    (ingest, PullModel, metrics, checkpoints), instead of the whole runtime.
+    """
+
+    run_id: str
+    """Names the run across restarts (a resumed checkpoint keeps it)."""
+    started_s: float
+    """The coordinator clock when this process started serving it."""
+    bytes_received: int = 0
+    """Update payload bytes committed (bytes in)."""
+    bytes_sent: int = 0
+    """Model bytes sent by PullModel (bytes out)."""
+    stopping: bool = False
+
+    def check_running(self) -> None:
+        """Raise `ShuttingDownError` once the coordinator is stopping."""
+        if self.stopping:
+            raise ShuttingDownError("the coordinator is shutting down; retry later")
 
 
 class Phase(enum.Enum):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.state import PublishedModel
+from fedgrpc.coordinator.rounds.records import PublishedModel
 from fedgrpc.domain.model_spec import DType, ModelSpec
 from fedgrpc.errors import InvalidUpdateError, WrongRoundError
 from fedgrpc.optim import OuterOptimizer, build_outer_optimizer

@@ -1,8 +1,9 @@
-"""CoordinatorService: protobuf in, runtime call, protobuf out.
+"""CoordinatorService: protobuf in, one domain call, protobuf out.
 
-Deliberately thin. Decisions live in `runtime` and `rounds`; message
-conversion in `fedgrpc.wire.convert`; status mapping in `status`. What is
-left here is the shape of each stream: which message may come when.
+Deliberately thin. Decisions live in `runtime`, `ingest` and `rounds`;
+message conversion in `fedgrpc.wire`; status mapping in `status`. What is
+left here is the shape of each stream: which message may come when. Proto
+names stop here: nothing below `services/` sees a `_pb2` type.
 """
 
 from __future__ import annotations
@@ -10,28 +11,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
 
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
-from fedgrpc.coordinator import status
-from fedgrpc.coordinator.events import (
+from fedgrpc.coordinator.rounds.records import Outcome, PublishedModel, RoundResult
+from fedgrpc.coordinator.rounds.registry import ClientRecord
+from fedgrpc.coordinator.runtime import CoordinatorRuntime
+from fedgrpc.coordinator.services import status
+from fedgrpc.coordinator.services.secagg_messages import secagg_message
+from fedgrpc.coordinator.sessions import (
     HeartbeatReply,
     RoundStartedEvent,
     SecAggEvent,
     SessionEnd,
     SessionEvent,
+    SessionQueue,
 )
-from fedgrpc.coordinator.registry import ClientRecord
-from fedgrpc.coordinator.runtime import CoordinatorRuntime
-from fedgrpc.coordinator.secure_messages import secure_message
-from fedgrpc.coordinator.state import Outcome, PublishedModel, RoundResult, Ticket
+from fedgrpc.crypto.signing import CommitProof
 from fedgrpc.domain.chunks import iter_chunks
 from fedgrpc.errors import FedGrpcError, InvalidUpdateError, ShuttingDownError
 from fedgrpc.log import get_logger
-from fedgrpc.wire.assemble import CodecChunkCheck, DenseChunkCheck
 from fedgrpc.wire.convert import (
     header_from_proto,
     join_from_proto,
@@ -67,26 +69,34 @@ DRAIN_MESSAGES = 16
 """Messages a refused PushUpdate may still send beyond one model's chunks."""
 DRAIN_TIMEOUT_S = 60.0
 """Longest a refused PushUpdate is read on so the client hears the real status."""
-ChunkCheck = DenseChunkCheck | CodecChunkCheck
 OUTCOME_TO_PROTO = {
     Outcome.APPLIED: pb.ROUND_OUTCOME_APPLIED,
     Outcome.SKIPPED: pb.ROUND_OUTCOME_SKIPPED,
 }
 
 
-def _chunk_or_commit(message: PushPart) -> ChunkFrame | pb.UpdateCommit:
+def _chunk_or_commit(message: PushPart) -> ChunkFrame | CommitProof:
     """A chunk (as a `ChunkFrame`) or the commit; anything else is refused."""
     if isinstance(message, ChunkFrame):  # the fast, zero-copy path
         return message
     if isinstance(message, Malformed):
         raise message.error()
     if message.HasField("commit"):
-        return message.commit
+        return commit_proof(message.commit)
     if not message.HasField("chunk"):
         raise InvalidUpdateError("a PushUpdate stream has exactly one header")
     c = message.chunk
     proof = chunk_proof(c.payload_sha256, c.prev_sha256, c.signature)
     return ChunkFrame(c.seq, c.offset, c.count, memoryview(c.payload), proof)
+
+
+def _update_header(first: PushPart | None) -> pb.UpdateHeader:
+    """The header that must open a PushUpdate stream."""
+    if isinstance(first, Malformed):
+        raise first.error()
+    if not isinstance(first, pb.PushUpdateRequest) or not first.HasField("header"):
+        raise InvalidUpdateError("a PushUpdate stream must start with a header")
+    return first.header
 
 
 def session_event_to_proto(event: SessionEvent) -> pb.SessionResponse:
@@ -134,11 +144,11 @@ class CoordinatorServicer:
 
         async def body() -> pb.GetJoinChallengeResponse:
             parsed(request)
-            self.runtime.check_running()
+            self.runtime.run.check_running()
             challenge = self.runtime.enrollment.challenge()
             return pb.GetJoinChallengeResponse(
                 nonce=challenge.nonce,
-                run_id=self.runtime.run_id,
+                run_id=self.runtime.run.run_id,
                 coordinator_key=self._coordinator_key,
                 expires_in_s=challenge.expires_in_s,
             )
@@ -157,7 +167,7 @@ class CoordinatorServicer:
             return pb.JoinResponse(
                 client_id=joined.client.client_id,
                 session_token=joined.client.session_token,
-                run_id=runtime.run_id,
+                run_id=runtime.run.run_id,
                 round_config=round_config_to_proto(runtime.config),
                 model_spec=spec_to_proto(joined.spec),
                 current_round=joined.current_round,
@@ -212,7 +222,7 @@ class CoordinatorServicer:
         self,
         requests: RequestStream[pb.SessionRequest | Malformed],
         client: ClientRecord,
-        queue: asyncio.Queue[SessionEvent],
+        queue: SessionQueue,
     ) -> None:
         reason = "client closed its session stream"
         try:
@@ -227,7 +237,7 @@ class CoordinatorServicer:
                     reason = f"client left: {request.leave.reason or 'no reason given'}"
                     break
                 if kind is not None and kind.startswith("secagg_"):
-                    await secure_message(self.runtime, client, request, queue)
+                    await secagg_message(self.runtime, client, request, queue)
         except Exception as exc:
             reason = f"session stream broke: {exc}"
         log.info("session_ending", client=client.client_id, reason=reason)
@@ -236,88 +246,26 @@ class CoordinatorServicer:
     async def PushUpdate(
         self, request_iterator: AsyncIterator[PushPart], context: Context
     ) -> pb.PushUpdateResponse:
-        """Header, chunks, commit; each chunk verified before it is added."""
+        """Header, chunks, commit; `ingest` verifies each chunk before adding it."""
         stream = aiter(request_iterator)
 
         async def body() -> pb.PushUpdateResponse:
             try:
-                return await self._receive_update(stream)
+                header = header_from_proto(_update_header(await anext(stream, None)))
+                receipt = await self.runtime.ingest.receive(
+                    header, stream, _chunk_or_commit
+                )
             except FedGrpcError:
                 await self._drain(stream)
                 raise
+            return pb.PushUpdateResponse(
+                round_id=receipt.round_id,
+                updates_in_round=receipt.updates_in_round,
+                bytes_received=receipt.bytes_received,
+                update_sha256=receipt.update_sha256,
+            )
 
         return await status.unary(context, body)
-
-    async def _receive_update(
-        self, stream: AsyncIterator[PushPart]
-    ) -> pb.PushUpdateResponse:
-        first = await anext(stream, None)
-        if isinstance(first, Malformed):
-            raise first.error()
-        if not isinstance(first, pb.PushUpdateRequest) or not first.HasField("header"):
-            raise InvalidUpdateError("a PushUpdate stream must start with a header")
-        ticket = self.runtime.admit(header_from_proto(first.header))
-        try:
-            return await self._stream_chunks(ticket, stream)
-        except BaseException as exc:
-            self.runtime.abandon(ticket, str(exc) or type(exc).__name__)
-            raise
-
-    async def _stream_chunks(
-        self, ticket: Ticket, stream: AsyncIterator[PushPart]
-    ) -> pb.PushUpdateResponse:
-        """Chunks until the commit, each verified in full before it is added.
-
-        One chunk deep pipeline: chunk i's payload is hashed on a worker
-        thread while chunk i-1 is verified and added and chunk i+1 is
-        received, so hashing (0.5-1.4 ms per MiB) overlaps the receive
-        instead of adding to it. A chunk is added only after its own hash,
-        chain link, signature and values checked out.
-        """
-        runtime = self.runtime
-        check = runtime.chunk_check(ticket)
-        pending: tuple[ChunkFrame, Awaitable[bytes | None]] | None = None
-        async for message in stream:
-            part = _chunk_or_commit(message)
-            hashing = None
-            if isinstance(part, ChunkFrame):
-                hashing = runtime.auth.start_hash(part.payload)
-            if pending is not None:
-                await self._add_verified(ticket, check, *pending)
-            if isinstance(part, pb.UpdateCommit):
-                digest = check.finish(part.num_chunks, commit_proof(part))
-                nbytes = check.payload_bytes
-                in_round = await runtime.commit(ticket, nbytes, digest)
-                runtime.faults.update_committed(
-                    ticket.client.client_id, ticket.round_id
-                )
-                return pb.PushUpdateResponse(
-                    round_id=ticket.round_id,
-                    updates_in_round=in_round,
-                    bytes_received=nbytes,
-                    update_sha256=digest,
-                )
-            assert hashing is not None  # set above for every chunk
-            pending = (part, hashing)
-        if pending is not None:  # report what is wrong with it, but add nothing
-            await self._add_verified(ticket, check, *pending, add=False)
-        raise check.missing_commit()
-
-    async def _add_verified(
-        self,
-        ticket: Ticket,
-        check: ChunkCheck,
-        frame: ChunkFrame,
-        hashing: Awaitable[bytes | None],
-        *,
-        add: bool = True,
-    ) -> None:
-        sha = await hashing
-        values = check.check(
-            frame.seq, frame.offset, frame.count, frame.payload, frame.proof, sha
-        )
-        if add:
-            self.runtime.add_chunk(ticket, frame.offset, values)
 
     async def _drain(self, stream: AsyncIterator[PushPart]) -> None:
         """Read (and drop) what the client is still sending before refusing it.
@@ -328,7 +276,7 @@ class CoordinatorServicer:
         DRAIN_MESSAGES before a model exists) and DRAIN_TIMEOUT_S; past that
         the refusal goes out anyway.
         """
-        limit = DRAIN_MESSAGES + self.runtime.max_update_messages()
+        limit = DRAIN_MESSAGES + self.runtime.ingest.max_update_messages()
 
         async def drain() -> None:
             count = 0
@@ -357,10 +305,10 @@ class CoordinatorServicer:
             yield pb.PullModelResponse(header=self._model_header(published))
             view = published.data.numpy().data
             for offset, data in iter_chunks(view, runtime.config.chunk_bytes):
-                if runtime.stopping:
+                if runtime.run.stopping:
                     raise ShuttingDownError("the coordinator is shutting down")
                 yield encode_model_chunk(offset, data)
-                runtime.bytes_sent += len(data)
+                runtime.run.bytes_sent += len(data)
 
     def _model_header(self, published: PublishedModel) -> pb.ModelHeader:
         """The signed header of one model version (signing costs ~50 us)."""
@@ -374,6 +322,6 @@ class CoordinatorServicer:
             weights_sha256=published.sha256,
         )
         identity = runtime.enrollment.identity
-        signed = model_statement(header, runtime.run_id).encode(identity.algorithm)
+        signed = model_statement(header, runtime.run.run_id).encode(identity.algorithm)
         header.signature = identity.sign(signed)
         return header

@@ -16,19 +16,17 @@ client list is copied in one C-level step (`ClientRegistry.all`).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from fedgrpc.coordinator.state import RoundResult
+from fedgrpc.coordinator.rounds.engine import RoundEngine
+from fedgrpc.coordinator.rounds.records import RoundResult, Run
+from fedgrpc.coordinator.rounds.registry import ClientRegistry
 from fedgrpc.errors import ConfigError
 from fedgrpc.log import get_logger
-
-if TYPE_CHECKING:
-    from fedgrpc.coordinator.runtime import CoordinatorRuntime
 
 log = get_logger(__name__)
 ROUND_SECONDS_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
@@ -48,9 +46,13 @@ def count_rejection(code: str) -> None:
 
 
 class CoordinatorMetrics:
-    """The metrics of one coordinator runtime, and their HTTP endpoint."""
+    """The metrics of one coordinator, and their HTTP endpoint.
 
-    def __init__(self, runtime: CoordinatorRuntime) -> None:
+    Built first (the checkpoint store counts into it while resuming); `watch`
+    then adds the levels read from the run, the engine and the registry.
+    """
+
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.address = ""
         """host:port the endpoint listens on ("" : not serving)."""
@@ -72,7 +74,10 @@ class CoordinatorMetrics:
             registry=self.registry,
         )  # fmt: skip
         self.registry.register(REJECTIONS)
-        self.registry.register(_RuntimeCollector(runtime))
+
+    def watch(self, run: Run, engine: RoundEngine, clients: ClientRegistry) -> None:
+        """Report these levels and totals at every scrape (call once)."""
+        self.registry.register(_LevelCollector(run, engine, clients))
 
     def round_closed(self, result: RoundResult) -> None:
         """Count a closed round and its duration."""
@@ -113,31 +118,33 @@ class CoordinatorMetrics:
             http.server_close()
 
 
-class _RuntimeCollector(Collector):
-    """Levels and totals read from the runtime at scrape time."""
+class _LevelCollector(Collector):
+    """Levels and totals read from the run, engine and registry at scrape time."""
 
-    def __init__(self, runtime: CoordinatorRuntime) -> None:
-        self.runtime = runtime
+    def __init__(self, run: Run, engine: RoundEngine, clients: ClientRegistry) -> None:
+        self.run = run
+        self.engine = engine
+        self.clients = clients
 
     def collect(self) -> Iterator[Metric]:
-        """One sample per metric, from the runtime's current values."""
-        runtime = self.runtime
-        clients = runtime.registry.all()
+        """One sample per metric, from the current values."""
+        run, engine = self.run, self.engine
+        clients = self.clients.all()
         yield _gauge("fedgrpc_clients_connected", "Clients with an open Session.",
                      sum(1 for c in clients if c.connected))  # fmt: skip
         yield _gauge("fedgrpc_clients_joined", "Clients that joined this run.",
                      len(clients))  # fmt: skip
         yield _counter("fedgrpc_update_bytes_received", "Update payload bytes "
-                       "received (bytes in).", runtime.bytes_received)  # fmt: skip
+                       "received (bytes in).", run.bytes_received)  # fmt: skip
         yield _counter("fedgrpc_model_bytes_sent", "Model bytes sent by PullModel "
-                       "(bytes out).", runtime.bytes_sent)  # fmt: skip
+                       "(bytes out).", run.bytes_sent)  # fmt: skip
         yield _gauge("fedgrpc_model_version", "Applied rounds so far.",
-                     runtime.engine.model.version)  # fmt: skip
-        current = runtime.engine.current
+                     engine.model.version)  # fmt: skip
+        current = engine.current
         yield _gauge("fedgrpc_round", "Id of the open round (0: none yet).",
                      current.round_id if current is not None else 0)  # fmt: skip
         yield _gauge("fedgrpc_draining", "1 while the coordinator shuts down.",
-                     int(runtime.stopping))  # fmt: skip
+                     int(run.stopping))  # fmt: skip
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

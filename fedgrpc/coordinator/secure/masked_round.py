@@ -32,7 +32,7 @@ import torch
 
 from fedgrpc.aggregate import StreamingSum
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.state import OpenRound, Ticket
+from fedgrpc.coordinator.rounds.records import OpenRound, Ticket
 from fedgrpc.domain.requests import UpdateHeaderInfo
 from fedgrpc.errors import WrongRoundError
 from fedgrpc.secagg import (

@@ -20,8 +20,8 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.registry import ClientRecord
-from fedgrpc.coordinator.rounds import RoundEngine
+from fedgrpc.coordinator.rounds.engine import RoundEngine
+from fedgrpc.coordinator.rounds.registry import ClientRecord
 from fedgrpc.crypto.signing import UpdateVerifier, sha256
 from fedgrpc.domain.requests import UpdateHeaderInfo
 from fedgrpc.errors import BadSignatureError, WrongRoundError

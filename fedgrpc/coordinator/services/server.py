@@ -4,6 +4,15 @@ Three ways in, one builder: `serve` (the daemon: blocks until SIGTERM or
 SIGINT), `start_coordinator` (inside a running event loop) and
 `serve_in_thread` (a coordinator on a background thread, for tests, benches
 and `fedgrpc simulate`).
+
+Services are registered by `add_coordinator_service` and `add_admin_service`
+rather than the generated `add_*Servicer_to_server` helpers, which would
+(de)serialize every message with protobuf and let grpcio answer a request
+that does not parse with UNKNOWN. Ours differ in three ways: PullModel passes
+pre-encoded chunks through (`wire.frames.serialize_or_pass`), PushUpdate
+decodes plain chunks as zero-copy views (`wire.frames.decode_push_request`),
+and every deserializer hands a message that does not parse to its handler as
+`Malformed`, which refuses it with INVALID_ARGUMENT naming the type.
 """
 
 from __future__ import annotations
@@ -17,25 +26,24 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from fedgrpc._proto.v1 import (
-    admin_pb2,
-    coordinator_pb2,
-)
+from fedgrpc._proto.v1 import admin_pb2
+from fedgrpc._proto.v1 import coordinator_pb2 as pb
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.admin import AdminServicer, build_status
 from fedgrpc.coordinator.faults import NO_FAULTS, FaultHooks
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
-from fedgrpc.coordinator.secure_runtime import make_runtime
-from fedgrpc.coordinator.servicer import CoordinatorServicer
-from fedgrpc.coordinator.services import add_admin_service, add_coordinator_service
+from fedgrpc.coordinator.secure.mode import SecureMode
+from fedgrpc.coordinator.services.admin import AdminServicer, build_status
+from fedgrpc.coordinator.services.coordinator import CoordinatorServicer
 from fedgrpc.crypto.tls import ServerTLS, load_server_tls
 from fedgrpc.errors import ConfigError
 from fedgrpc.log import get_logger
+from fedgrpc.wire.frames import decode_push_request, lenient, serialize_or_pass
 
 log = get_logger(__name__)
 SHUTDOWN_GRACE_S = 5.0
@@ -45,7 +53,7 @@ CALLS_PER_CLIENT = 4
 GRPC_PENDING_CALLS_DEFAULT = 1000
 """grpc core's own `grpc.server.max_pending_requests`; we never go below it."""
 _SERVICES = (
-    coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorService"].full_name,
+    pb.DESCRIPTOR.services_by_name["CoordinatorService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 
@@ -75,6 +83,70 @@ class RunningCoordinator:
         self.runtime.metrics.stop()
         self.runtime.checkpoints.close()
         log.info("coordinator_stopped", address=self.address)
+
+
+def add_coordinator_service(
+    servicer: CoordinatorServicer, server: grpc.aio.Server
+) -> None:
+    """Register CoordinatorService (see the module docstring for how it differs)."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "GetJoinChallenge": grpc.unary_unary_rpc_method_handler(
+            servicer.GetJoinChallenge,
+            request_deserializer=lenient(pb.GetJoinChallengeRequest),
+            response_serializer=pb.GetJoinChallengeResponse.SerializeToString,
+        ),
+        "Join": grpc.unary_unary_rpc_method_handler(
+            servicer.Join,
+            request_deserializer=lenient(pb.JoinRequest),
+            response_serializer=pb.JoinResponse.SerializeToString,
+        ),
+        "Session": grpc.stream_stream_rpc_method_handler(
+            servicer.Session,
+            request_deserializer=lenient(pb.SessionRequest),
+            response_serializer=pb.SessionResponse.SerializeToString,
+        ),
+        "PushUpdate": grpc.stream_unary_rpc_method_handler(
+            servicer.PushUpdate,
+            request_deserializer=decode_push_request,
+            response_serializer=pb.PushUpdateResponse.SerializeToString,
+        ),
+        "PullModel": grpc.unary_stream_rpc_method_handler(
+            servicer.PullModel,
+            request_deserializer=lenient(pb.PullModelRequest),
+            response_serializer=serialize_or_pass,
+        ),
+    }
+    service = pb.DESCRIPTOR.services_by_name["CoordinatorService"].full_name
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service, handlers),)
+    )
+
+
+def add_admin_service(servicer: AdminServicer, server: grpc.aio.Server) -> None:
+    """Register AdminService with a deserializer that tolerates garbage."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "GetStatus": grpc.unary_unary_rpc_method_handler(
+            servicer.GetStatus,
+            request_deserializer=lenient(admin_pb2.GetStatusRequest),
+            response_serializer=admin_pb2.GetStatusResponse.SerializeToString,
+        ),
+    }
+    service = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service, handlers),)
+    )
+
+
+def make_runtime(
+    config: CoordinatorConfig, faults: FaultHooks = NO_FAULTS
+) -> CoordinatorRuntime:
+    """The runtime `config` asks for; with secure aggregation it holds `SecureMode`.
+
+    The one place the plain coordinator meets a round mode: composition here,
+    so the runtime, ingest and rounds never import `secure/`.
+    """
+    mode = SecureMode if config.secure_aggregation else None
+    return CoordinatorRuntime(config, faults=faults, mode=mode)
 
 
 def server_options(config: CoordinatorConfig) -> list[tuple[str, int]]:
@@ -115,7 +187,7 @@ async def start_coordinator(
     """
     tls = _load_tls(config)  # unusable files fail first, before anything logs
     server = grpc.aio.server(options=server_options(config))
-    runtime = make_runtime(config, faults)  # secure aggregation: secure_runtime
+    runtime = make_runtime(config, faults)
     add_coordinator_service(CoordinatorServicer(runtime), server)
     add_admin_service(AdminServicer(runtime), server)
     health_servicer = health.aio.HealthServicer()
@@ -137,7 +209,7 @@ async def start_coordinator(
     log.info(
         "coordinator_serving",
         address=address,
-        run_id=runtime.run_id,
+        run_id=runtime.run.run_id,
         min_clients=config.min_clients,
         inner_steps=config.inner_steps,
         outer_optimizer=config.outer_optimizer,

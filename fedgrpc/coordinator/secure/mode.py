@@ -1,8 +1,8 @@
-"""The coordinator runtime with secure aggregation: rounds the coordinator only sums.
+"""Secure aggregation as a round mode: rounds the coordinator only sums.
 
-`SecureRuntime` is `CoordinatorRuntime` (same Join, Session, PullModel and
-round engine) plus, per round, a `secure_round.SecureRound` that it starts,
-advances and finishes:
+`SecureMode` is the `RoundMode` a runtime holds when `secure_aggregation` is
+on (the runtime keeps Join, Session, PullModel and the round engine as they
+are). Per round it starts, advances and finishes a `masked_round.SecureRound`:
 
 1. once the round is collecting, max(3, min_clients) clients hold an open
    Session and none opened in the last SETUP_QUIET_S, those clients become
@@ -10,7 +10,7 @@ advances and finishes:
    SecAggRoundSetup (participants' identity keys, graph, threshold, the
    round-wide clip, the index set);
 2. keys, shares, survivor list and unmasking travel on the Session stream
-   (`secure_message` in, `SecAggEvent`s out), masked values through the
+   (`receive` in, `SecAggEvent`s out), masked values through the
    ordinary signed PushUpdate with CODEC_SECAGG_RING;
 3. at the end the exact ring sum of the survivors' codes is decoded with the
    round's scale and installed as the open round's sum with one unit weight
@@ -24,39 +24,39 @@ consistency check) is voided: the engine closes it SKIPPED with the reason,
 weights unchanged, and the next round starts afresh.
 
 This module keeps the round's life (sessions, start, phases, unmasking,
-abort); taking masked pushes is `secure_push.MaskedPushRuntime`, its base
-class, and what a round starts with (participants, signed setup) is
-`secure_setup`.
+abort); taking masked pushes is `pushes.MaskedPushes` (the mode's
+`UpdateSink`), and what a round starts with (participants, signed setup) is
+`setup`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 import numpy as np
 
-from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.events import SecAggEvent, SessionEvent
-from fedgrpc.coordinator.faults import NO_FAULTS, FaultHooks
-from fedgrpc.coordinator.registry import ClientRecord
-from fedgrpc.coordinator.runtime import CoordinatorRuntime, JoinResult
-from fedgrpc.coordinator.secure_index import SharedIndexPlanner
-from fedgrpc.coordinator.secure_push import SECAGG_CODEC, MaskedPushRuntime
-from fedgrpc.coordinator.secure_round import SecureRound, install_sum
-from fedgrpc.coordinator.secure_setup import (
+from fedgrpc.coordinator.ingest.sinks import UpdateSink
+from fedgrpc.coordinator.round_mode import RoundContext
+from fedgrpc.coordinator.rounds.records import OpenRound, Phase
+from fedgrpc.coordinator.secure.index_planner import SharedIndexPlanner
+from fedgrpc.coordinator.secure.masked_round import SecureRound, install_sum
+from fedgrpc.coordinator.secure.pushes import SECAGG_CODEC, MaskedPushes
+from fedgrpc.coordinator.secure.setup import (
     SETUP_QUIET_S,
     VALUE_BITS,
     ready_identities,
     round_setup,
     signed,
 )
-from fedgrpc.coordinator.secure_stats import SecureStats
-from fedgrpc.coordinator.state import OpenRound, Phase
-from fedgrpc.crypto.keys import PublicKey
-from fedgrpc.domain.requests import JoinInfo
-from fedgrpc.errors import FedGrpcError, IncompatibleClientError, WrongRoundError
+from fedgrpc.coordinator.secure.stats import SecureRoundStats, SecureStats
+from fedgrpc.coordinator.sessions import SecAggEvent, SessionQueue
+from fedgrpc.domain.requests import JoinInfo, UpdateHeaderInfo
+from fedgrpc.errors import (
+    FedGrpcError,
+    IncompatibleClientError,
+    InvalidUpdateError,
+    WrongRoundError,
+)
 from fedgrpc.log import get_logger
 from fedgrpc.secagg import (
     AggregateResult,
@@ -70,82 +70,73 @@ from fedgrpc.wire.secagg import ClientPayload, SecureRoundSetup, ServerPayload
 log = get_logger(__name__)
 
 
-def make_runtime(
-    config: CoordinatorConfig, faults: FaultHooks = NO_FAULTS
-) -> CoordinatorRuntime:
-    """The runtime `config` asks for: secure aggregation on or off."""
-    if config.secure_aggregation:
-        return SecureRuntime(config, faults=faults)
-    return CoordinatorRuntime(config, faults=faults)
+class SecureMode:
+    """Masked rounds, held by the runtime as its `RoundMode` (module docstring)."""
 
-
-class SecureRuntime(MaskedPushRuntime):
-    """`CoordinatorRuntime` whose rounds are masked (see the module docstring)."""
-
-    def __init__(
-        self,
-        config: CoordinatorConfig,
-        clock: Callable[[], float] = time.monotonic,
-        faults: FaultHooks = NO_FAULTS,
-    ) -> None:
-        super().__init__(config, clock, faults)
+    def __init__(self, context: RoundContext) -> None:
+        self.context = context
+        self.config = context.config
+        self.clock = context.clock
+        self.engine = context.engine
+        self.round: SecureRound | None = None
+        """The current (or last) masked round."""
         self.last_result: AggregateResult | None = None
         """The last recovered sum of codes: all the coordinator learns."""
         self.last_recover_s = 0.0
         """Seconds the last unmasking (`ServerRound.recover`) took."""
         self._advancing = False
         self._last_session_s = float("-inf")
-        self._value_bits = VALUE_BITS[config.codec_config.values]
-        self.shared_index = SharedIndexPlanner(config, self.engine)
+        self._value_bits = VALUE_BITS[self.config.codec_config.values]
+        self.shared_index = SharedIndexPlanner(self.config, self.engine)
         """Sparse rounds' positions and divergence guard (`secagg_density` < 1)."""
-        self.stats = SecureStats(self.metrics.registry, self.shared_index)
+        self.stats = SecureStats(context.metrics, self.shared_index)
+        self.pushes = MaskedPushes(context, lambda: self.round)
 
-    # -- Join and sessions ----------------------------------------------------------
+    # -- Join, sessions and pushes ---------------------------------------------------
 
-    def join(self, request: JoinInfo, key: PublicKey) -> JoinResult:
-        """Refuse clients that cannot mask (FAILED_PRECONDITION), then join."""
+    def check_join(self, request: JoinInfo) -> None:
+        """Refuse clients that cannot mask (FAILED_PRECONDITION)."""
         if SECAGG_CODEC not in request.supported_codecs:
             raise IncompatibleClientError(
                 "this federation uses secure aggregation and the client does not "
                 "support CODEC_SECAGG_RING; upgrade fedgrpc on the client"
             )
-        return super().join(request, key)
 
-    def open_session(
-        self, client_id: str, token: bytes
-    ) -> tuple[ClientRecord, asyncio.Queue[SessionEvent]]:
+    def session_opened(self, client_id: str, queue: SessionQueue) -> None:
         """A (re)connecting client hears the open masked round's setup too.
 
         Not a participant: it then knows at once that its push this round
         would be refused. A participant that reconnected lost its round keys,
         so its new advertisement is refused and it rejoins next round.
         """
-        client, queue = super().open_session(client_id, token)
         self._last_session_s = self.clock()
-        rnd = self.secure
+        rnd = self.round
         if rnd is not None and not rnd.finished:
             queue.put_nowait(SecAggEvent(rnd.round_id, rnd.announce))
-        return client, queue
 
-    async def close_session(
-        self, client: ClientRecord, queue: asyncio.Queue[SessionEvent]
-    ) -> None:
+    def session_lost(self, client_id: str) -> None:
         """A lost session drops its client from the masked round too."""
-        if self.secure is not None and self._sessions.get(client.client_id) is queue:
-            self.secure.drop(client.client_id)
-        await super().close_session(client, queue)
+        if self.round is not None:
+            self.round.drop(client_id)
+
+    def sink_for(self, header: UpdateHeaderInfo) -> UpdateSink | None:
+        """Masked pushes to `pushes`; initial weights the plain way; others refused."""
+        if header.codec == SECAGG_CODEC:
+            return self.pushes
+        if header.is_initial_weights:
+            return None
+        raise InvalidUpdateError(
+            f"update codec {header.codec} is refused: this federation uses "
+            "secure aggregation, push masked updates with CODEC_SECAGG_RING"
+        )
 
     def send(self, client_id: str, round_id: int, payload: ServerPayload) -> None:
         """Put one secure-aggregation message on a client's Session stream."""
-        queue = self._sessions.get(client_id)
-        if queue is not None:
-            queue.put_nowait(SecAggEvent(round_id, payload))
+        self.context.sessions.send(client_id, SecAggEvent(round_id, payload))
 
-    def receive_secure(
-        self, client_id: str, round_id: int, payload: ClientPayload
-    ) -> None:
+    def receive(self, client_id: str, round_id: int, payload: ClientPayload) -> None:
         """One client message for the masked round `round_id` (errors: see proto)."""
-        rnd = self.secure
+        rnd = self.round
         if rnd is None or rnd.round_id != round_id or rnd.finished:
             raise WrongRoundError(
                 f"no secure round {round_id} is taking messages (current: "
@@ -158,16 +149,32 @@ class SecureRuntime(MaskedPushRuntime):
             rnd.drop(client_id)
             raise
 
+    # -- status ----------------------------------------------------------------------
+
+    def round_record(self, round_id: int) -> SecureRoundStats | None:
+        """The masked round `round_id` as status shows it, if it was one."""
+        return self.stats.rounds.get(round_id)
+
+    @property
+    def guard_trips(self) -> int:
+        """Sparse rounds the divergence guard voided."""
+        return self.shared_index.trips
+
+    @property
+    def dense_fallback_rounds(self) -> int:
+        """Sparse rounds run dense after a guard trip."""
+        return self.shared_index.dense_fallbacks
+
     # -- phases ----------------------------------------------------------------------
 
-    async def maybe_close_round(self) -> None:
-        """Advance the masked round, then let the engine close what is done."""
+    async def before_close(self) -> None:
+        """Advance the masked round before the engine may close it."""
         await self._advance_once()
-        before = self.engine.current
-        await super().maybe_close_round()
-        if self.engine.current is not before:  # a round closed: key the next now
-            self.stats.settle(self.engine.history)
-            await self._advance_once()
+
+    async def after_close(self) -> None:
+        """A round closed: settle its stats and key the next one now."""
+        self.stats.settle(self.engine.history)
+        await self._advance_once()
 
     async def _advance_once(self) -> None:
         if not self._advancing:
@@ -183,7 +190,7 @@ class SecureRuntime(MaskedPushRuntime):
         current = self.engine.current
         if self.engine.phase is not Phase.COLLECTING or current is None:
             return
-        rnd = self.secure
+        rnd = self.round
         if rnd is None or rnd.round_id != current.round_id:
             self._maybe_start(current)
             return
@@ -219,13 +226,16 @@ class SecureRuntime(MaskedPushRuntime):
         if not self.shared_index.ready(current):
             return  # its index set is being chosen on a worker thread
         needed = max(MIN_CLIENTS, self.config.min_clients)
-        identities = ready_identities(self.registry.connected(), self._sessions, needed)
+        identities = ready_identities(
+            self.context.clients.connected(), self.context.sessions, needed
+        )
         if identities is None:
             return
         if self.clock() - self._last_session_s < SETUP_QUIET_S:
             return  # clients are still connecting: let them in first
         ids = tuple(sorted(identities))
-        setup = round_setup(self.config, self.run_id, current, ids, self._value_bits)
+        run_id = self.context.run.run_id
+        setup = round_setup(self.config, run_id, current, ids, self._value_bits)
         spec = self.engine.model.require_spec()
         positions = self.index_set(current)
         announce = SecureRoundSetup(
@@ -234,10 +244,10 @@ class SecureRuntime(MaskedPushRuntime):
             positions, self.shared_index.coded(positions),
             reset_residuals=self.shared_index.take_residual_reset(current),
         )  # fmt: skip
-        identity = self.enrollment.identity
+        identity = self.context.identity
         announce = signed(announce, identity)
         timeout = self.config.round_timeout_s
-        self.secure = SecureRound(announce, identity, self.clock, timeout)
+        self.round = SecureRound(announce, identity, self.clock, timeout)
         self.stats.started(announce)
         for client_id in ids:
             self.send(client_id, current.round_id, announce)
@@ -258,7 +268,7 @@ class SecureRuntime(MaskedPushRuntime):
     def index_set(self, current: OpenRound) -> np.ndarray | None:
         """The round's sorted uint64 positions; None = dense (every coordinate).
 
-        `secagg_density` < 1: the shared index set (`secure_index`); a hook
+        `secagg_density` < 1: the shared index set (`index_planner`); a hook
         tests and benches may still override.
         """
         return self.shared_index.positions(current)

@@ -14,7 +14,7 @@ from typing import NoReturn, TypeVar
 import grpc
 
 from fedgrpc import errors
-from fedgrpc.coordinator.metrics import count_rejection
+from fedgrpc.coordinator.ops.metrics import count_rejection
 from fedgrpc.log import get_logger
 
 log = get_logger(__name__)

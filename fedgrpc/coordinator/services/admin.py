@@ -7,11 +7,10 @@ from typing import TYPE_CHECKING
 import grpc
 
 from fedgrpc._proto.v1 import admin_pb2 as pb
+from fedgrpc.coordinator.round_mode import OTHER_REASON, RoundMode
+from fedgrpc.coordinator.rounds.records import Outcome, Phase, RoundResult
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
-from fedgrpc.coordinator.secure_runtime import SecureRuntime
-from fedgrpc.coordinator.secure_stats import OTHER_REASON, SecureStats
-from fedgrpc.coordinator.servicer import OUTCOME_TO_PROTO
-from fedgrpc.coordinator.state import Outcome, Phase, RoundResult
+from fedgrpc.coordinator.services.coordinator import OUTCOME_TO_PROTO
 from fedgrpc.wire.convert import round_config_to_proto
 from fedgrpc.wire.frames import Malformed
 
@@ -36,12 +35,12 @@ def build_status(runtime: CoordinatorRuntime) -> pb.GetStatusResponse:
     current = engine.current
     published = engine.model.published
     spec = engine.model.spec
-    stats = runtime.stats if isinstance(runtime, SecureRuntime) else None
+    mode = runtime.mode
     num_parameters = (
         spec.num_coordinates if spec and engine.model.master is not None else 0
     )
     return pb.GetStatusResponse(
-        run_id=runtime.run_id,
+        run_id=runtime.run.run_id,
         round_id=current.round_id if current else 0,
         phase=phase,
         model_version=engine.model.version,
@@ -60,21 +59,21 @@ def build_status(runtime: CoordinatorRuntime) -> pb.GetStatusResponse:
             )
             for c in runtime.registry.all()
         ],
-        bytes_received=runtime.bytes_received,
-        bytes_sent=runtime.bytes_sent,
-        recent_rounds=[_round_summary(r, stats) for r in engine.history],
-        uptime_s=runtime.clock() - runtime.started_s,
+        bytes_received=runtime.run.bytes_received,
+        bytes_sent=runtime.run.bytes_sent,
+        recent_rounds=[_round_summary(r, mode) for r in engine.history],
+        uptime_s=runtime.clock() - runtime.run.started_s,
         round_nonce=engine.round_nonce(),
         model_sha256=published.sha256 if published is not None else b"",
         coordinator_key_sha256=runtime.enrollment.public_key.fingerprint,
         open_enrollment=runtime.enrollment.is_open,
-        secure_aggregation=stats is not None,
-        guard_trips=stats.planner.trips if stats else 0,
-        dense_fallback_rounds=stats.planner.dense_fallbacks if stats else 0,
+        secure_aggregation=mode is not None,
+        guard_trips=mode.guard_trips if mode is not None else 0,
+        dense_fallback_rounds=mode.dense_fallback_rounds if mode is not None else 0,
     )
 
 
-def _round_summary(r: RoundResult, stats: SecureStats | None) -> pb.RoundSummary:
+def _round_summary(r: RoundResult, mode: RoundMode | None) -> pb.RoundSummary:
     """One closed round; masked rounds add counts and the abort reason's name."""
     summary = pb.RoundSummary(
         round_id=r.round_id,
@@ -87,7 +86,7 @@ def _round_summary(r: RoundResult, stats: SecureStats | None) -> pb.RoundSummary
         ingest_cpu_s=r.ingest_cpu_s,
         reason=r.reason if r.outcome is not Outcome.APPLIED else "",
     )
-    secure = stats.rounds.get(r.round_id) if stats is not None else None
+    secure = mode.round_record(r.round_id) if mode is not None else None
     if secure is not None:
         summary.secure = True
         summary.participants = secure.participants

@@ -9,14 +9,11 @@ dropped from that round.
 
 from __future__ import annotations
 
-import asyncio
-
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
-from fedgrpc.coordinator.events import SecAggEvent, SessionEvent
-from fedgrpc.coordinator.registry import ClientRecord
+from fedgrpc.coordinator.rounds.registry import ClientRecord
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
-from fedgrpc.coordinator.secure_runtime import SecureRuntime
-from fedgrpc.coordinator.status import status_code_for
+from fedgrpc.coordinator.services.status import status_code_for
+from fedgrpc.coordinator.sessions import SecAggEvent, SessionQueue
 from fedgrpc.errors import BadSignatureError, FedGrpcError, WrongRoundError
 from fedgrpc.log import get_logger
 from fedgrpc.wire.secagg import Rejection, client_event_from_proto
@@ -24,11 +21,11 @@ from fedgrpc.wire.secagg import Rejection, client_event_from_proto
 log = get_logger(__name__)
 
 
-async def secure_message(
+async def secagg_message(
     runtime: CoordinatorRuntime,
     client: ClientRecord,
     request: pb.SessionRequest,
-    queue: asyncio.Queue[SessionEvent],
+    queue: SessionQueue,
 ) -> None:
     """Handle one SecAgg SessionRequest; a refusal becomes a SecAggRejection.
 
@@ -41,7 +38,8 @@ async def secure_message(
         if decoded is None:
             return
         round_id, claimed, payload = decoded
-        if not isinstance(runtime, SecureRuntime):
+        mode = runtime.mode
+        if mode is None:
             raise WrongRoundError(
                 "secure aggregation is off on this coordinator; do not send SecAgg "
                 "messages (RoundConfig.secure_aggregation is false)"
@@ -51,7 +49,7 @@ async def secure_message(
                 f"the message names client {claimed!r} but this session belongs to "
                 f"{client.client_id!r}; a client may only speak for itself"
             )
-        runtime.receive_secure(client.client_id, round_id, payload)
+        mode.receive(client.client_id, round_id, payload)
     except FedGrpcError as exc:
         code = status_code_for(exc)
         log.warning("secagg_message_rejected", client=client.client_id,

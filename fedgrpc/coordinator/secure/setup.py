@@ -14,9 +14,9 @@ import os
 from collections.abc import Container, Iterable
 
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.registry import ClientRecord
-from fedgrpc.coordinator.secure_round import round_params
-from fedgrpc.coordinator.state import OpenRound
+from fedgrpc.coordinator.rounds.records import OpenRound
+from fedgrpc.coordinator.rounds.registry import ClientRecord
+from fedgrpc.coordinator.secure.masked_round import round_params
 from fedgrpc.crypto.keys import PrivateKey, PublicKey
 from fedgrpc.secagg import RoundSetup
 from fedgrpc.secagg.graph import GRAPH_SEED_BYTES

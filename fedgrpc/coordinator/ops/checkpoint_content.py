@@ -25,21 +25,21 @@ from typing import Any
 
 import torch
 
-from fedgrpc import __version__
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.checkpoint import CheckpointFile
-from fedgrpc.coordinator.registry import (
+from fedgrpc.coordinator.ops.checkpoint_file import CheckpointFile
+from fedgrpc.coordinator.rounds.engine import RoundEngine
+from fedgrpc.coordinator.rounds.records import Outcome, RoundResult
+from fedgrpc.coordinator.rounds.registry import (
     SESSION_TOKEN_BYTES,
     ClientRecord,
     ClientRegistry,
 )
-from fedgrpc.coordinator.rounds import RoundEngine
-from fedgrpc.coordinator.state import Outcome, RoundResult
 from fedgrpc.crypto.keys import PublicKey
 from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from fedgrpc.errors import CheckpointError
 from fedgrpc.log import get_logger
 from fedgrpc.optim import StateDict
+from fedgrpc.version import __version__
 
 log = get_logger(__name__)
 _OPTIMIZER_PREFIX = "optimizer."

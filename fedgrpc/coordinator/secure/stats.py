@@ -21,20 +21,19 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from fedgrpc.coordinator.rounds import HISTORY_ROUNDS
-from fedgrpc.coordinator.secure_index import SharedIndexPlanner
-from fedgrpc.coordinator.secure_round import SecureRound
-from fedgrpc.coordinator.state import OpenRound, Outcome, RoundResult
+from fedgrpc.coordinator.round_mode import OTHER_REASON
+from fedgrpc.coordinator.rounds.engine import HISTORY_ROUNDS
+from fedgrpc.coordinator.rounds.records import OpenRound, Outcome, RoundResult
+from fedgrpc.coordinator.secure.index_planner import SharedIndexPlanner
+from fedgrpc.coordinator.secure.masked_round import SecureRound
 from fedgrpc.secagg import AggregateResult
 from fedgrpc.secagg.errors import AbortReason
 from fedgrpc.wire.secagg import SecureRoundSetup
 
 GUARD_REASON = "divergence_guard"
-"""Recovered, then voided by the divergence guard (`secure_index`)."""
+"""Recovered, then voided by the divergence guard (`index_planner`)."""
 INTERNAL_REASON = "internal"
-"""An unexpected error while advancing the round (`SecureRuntime._advance`)."""
-OTHER_REASON = "other"
-"""Skipped by the engine for a reason outside secure aggregation."""
+"""An unexpected error while advancing the round (`SecureMode._advance`)."""
 REASONS = frozenset({*(r.value for r in AbortReason), GUARD_REASON,
                      INTERNAL_REASON, OTHER_REASON})  # fmt: skip
 """Every `reason` label value: a fixed set keeps the series count bounded."""

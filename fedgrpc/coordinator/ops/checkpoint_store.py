@@ -22,17 +22,17 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.checkpoint import CheckpointDir, CheckpointFile
 from fedgrpc.coordinator.faults import NO_FAULTS, FaultHooks
-from fedgrpc.coordinator.snapshot import Totals, capture, restore
+from fedgrpc.coordinator.ops.checkpoint_content import Totals, capture, restore
+from fedgrpc.coordinator.ops.checkpoint_file import CheckpointDir, CheckpointFile
+from fedgrpc.coordinator.ops.metrics import CoordinatorMetrics
+from fedgrpc.coordinator.rounds.engine import RoundEngine
+from fedgrpc.coordinator.rounds.records import Run
+from fedgrpc.coordinator.rounds.registry import ClientRegistry
 from fedgrpc.errors import CheckpointError
 from fedgrpc.log import get_logger
-
-if TYPE_CHECKING:
-    from fedgrpc.coordinator.runtime import CoordinatorRuntime
 
 log = get_logger(__name__)
 
@@ -40,12 +40,18 @@ log = get_logger(__name__)
 class CheckpointStore:
     """The runtime's checkpoints; does nothing when `checkpoint_dir` is "".
 
-    Event-loop side only; the file I/O runs on a worker thread.
+    Event-loop side only; the file I/O runs on a worker thread. It is given
+    what a checkpoint holds (the engine, the clients, the run), not the runtime.
     """
 
     def __init__(
-        self, config: CoordinatorConfig, faults: FaultHooks = NO_FAULTS
+        self,
+        config: CoordinatorConfig,
+        metrics: CoordinatorMetrics,
+        faults: FaultHooks = NO_FAULTS,
     ) -> None:
+        self._config = config
+        self._metrics = metrics
         self._dir: CheckpointDir | None = None
         self._resume: CheckpointFile | None = None
         self._writing: int | None = None
@@ -63,24 +69,24 @@ class CheckpointStore:
         """The run id to continue, if a checkpoint is about to be restored."""
         return None if self._resume is None else str(self._resume.state["run_id"])
 
-    def restore(self, runtime: CoordinatorRuntime) -> None:
-        """Load the newest valid checkpoint into a just-built runtime, if any."""
+    def restore(self, engine: RoundEngine, clients: ClientRegistry, run: Run) -> None:
+        """Load the newest valid checkpoint into a just-built engine, if any."""
         checkpoint, self._resume = self._resume, None
         if checkpoint is None:
             return
-        totals = restore(checkpoint, runtime.engine, runtime.registry)
-        runtime.bytes_received = totals.bytes_received
-        runtime.bytes_sent = totals.bytes_sent
+        totals = restore(checkpoint, engine, clients)
+        run.bytes_received = totals.bytes_received
+        run.bytes_sent = totals.bytes_sent
         self.last_path = checkpoint.path
         log.info(
             "coordinator_resumed",
             path=str(checkpoint.path),
             run_id=totals.run_id,
             round=checkpoint.round_id,
-            version=runtime.engine.model.version,
-            clients=len(runtime.registry.all()),
+            version=engine.model.version,
+            clients=len(clients.all()),
         )
-        if not runtime.config.identity_key:
+        if not self._config.identity_key:
             log.warning(
                 "coordinator_identity_changed",
                 hint="set identity_key: clients that pinned the previous (throwaway) "
@@ -91,32 +97,34 @@ class CheckpointStore:
         """False while `version`'s checkpoint is being written (never served then)."""
         return self._writing is None or version < self._writing
 
-    async def save(self, runtime: CoordinatorRuntime) -> None:
-        """Checkpoint the runtime now. The caller holds the runtime's numeric lock.
+    async def save(
+        self, engine: RoundEngine, clients: ClientRegistry, run: Run
+    ) -> None:
+        """Checkpoint the run now. The caller holds the runtime's numeric lock.
 
         A failed write (disk full) is logged and counted, and the coordinator
         carries on: the previous checkpoints stay intact, only the guarantee
         for rounds since then is weaker until a write succeeds again.
         """
-        if self._dir is None or runtime.engine.model.master is None:
+        if self._dir is None or engine.model.master is None:
             return
-        totals = Totals(runtime.run_id, runtime.bytes_received, runtime.bytes_sent)
-        snapshot = capture(runtime.engine, runtime.registry, totals)
-        version = runtime.engine.model.version
+        totals = Totals(run.run_id, run.bytes_received, run.bytes_sent)
+        snapshot = capture(engine, clients, totals)
+        version = engine.model.version
         self._writing, started = version, time.monotonic()
         try:
             path = await asyncio.to_thread(
                 self._dir.write, snapshot.round_id, snapshot.state, snapshot.tensors
             )
         except (CheckpointError, OSError) as exc:
-            runtime.metrics.checkpoint_failed()
+            self._metrics.checkpoint_failed()
             log.error("checkpoint_failed", round=snapshot.round_id, error=str(exc))
             return
         finally:
             self._writing = None
         seconds = time.monotonic() - started
         self.last_path = path
-        runtime.metrics.checkpoint_written(seconds)
+        self._metrics.checkpoint_written(seconds)
         log.info(
             "checkpoint_written", round=snapshot.round_id, version=version,
             path=str(path), seconds=round(seconds, 3),

@@ -1,0 +1,175 @@
+"""One owner of an update's life: admit, check each chunk, hand it on, commit.
+
+PushUpdate's servicer translates messages and calls `UpdateIngest.receive`
+once; everything between the header and the acknowledgement happens here, in
+the same order for every kind of round:
+
+1. admit: the client's session token (registry), the round's rules (the
+   sink's `check`), the header's signature, nonce and base (`signatures`),
+   and only then a ticket (nothing about the round changes before that);
+2. each chunk: order, size, hash chain, signature and values checked
+   (`wire.assemble`), then handed to the round's sink (`UpdateSink.add_chunk`);
+3. the commit: chunk count and chain head checked, the update counted;
+   an update that fails after admission is abandoned (its round may be voided).
+
+Which sink takes an update is decided once per update: the round mode's
+(secure aggregation's masked pushes) if it claims the header, else the plain
+round's running sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from fedgrpc.compress import BlockCodec
+from fedgrpc.coordinator.faults import FaultHooks
+from fedgrpc.coordinator.ingest.signatures import UpdateAuthenticator
+from fedgrpc.coordinator.ingest.sinks import ChunkCheck, UpdateSink
+from fedgrpc.coordinator.rounds.engine import RoundEngine
+from fedgrpc.coordinator.rounds.records import Run, Ticket
+from fedgrpc.coordinator.rounds.registry import ClientRegistry
+from fedgrpc.crypto.signing import CommitProof
+from fedgrpc.domain.requests import UpdateHeaderInfo
+from fedgrpc.wire.frames import ChunkFrame
+
+Part = TypeVar("Part")
+"""One message of the stream as it arrives (the servicer's wire type)."""
+SinkChooser = Callable[[UpdateHeaderInfo], UpdateSink | None]
+"""The round mode's sink for a header, or None for the plain round's."""
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What a committed update's acknowledgement says."""
+
+    round_id: int
+    updates_in_round: int
+    bytes_received: int
+    update_sha256: bytes
+
+
+class UpdateIngest:
+    """Takes updates in for one coordinator (module docstring)."""
+
+    def __init__(  # the collaborators an update passes through
+        self,
+        run: Run,
+        clients: ClientRegistry,
+        engine: RoundEngine,
+        auth: UpdateAuthenticator,
+        round_sink: UpdateSink,
+        codec: BlockCodec,
+        chunk_bytes: int,
+        faults: FaultHooks,
+    ) -> None:
+        self._run = run
+        self._clients = clients
+        self._engine = engine
+        self._auth = auth
+        self._round_sink = round_sink
+        self._codec = codec
+        self._chunk_bytes = chunk_bytes
+        self._faults = faults
+        self.choose_sink: SinkChooser = lambda header: None
+        """Set by a round mode that takes some updates itself."""
+
+    def admit(self, header: UpdateHeaderInfo) -> tuple[Ticket, UpdateSink]:
+        """Authenticate, check, then verify an update header before any chunk.
+
+        The plain checks come first, so an honest client that is merely in
+        the wrong round or codec hears that (not a signature failure); the
+        signature is checked before anything about the round changes.
+        """
+        sink = self.choose_sink(header) or self._round_sink  # may refuse the codec
+        self._run.check_running()
+        client = self._clients.authenticate(header.client_id, header.session_token)
+        sink.check(client, header)
+        verifier = self._auth.verifier(client, header)  # signature, nonce, base
+        ticket = sink.open(client, header)
+        ticket.verifier = verifier
+        return ticket, sink
+
+    async def receive(
+        self,
+        header: UpdateHeaderInfo,
+        stream: AsyncIterator[Part],
+        part_of: Callable[[Part], ChunkFrame | CommitProof],
+    ) -> Receipt:
+        """Admit `header`, take the chunks of `stream` up to the commit, count it.
+
+        `part_of` translates one stream message (a chunk or the commit; it
+        raises for anything else). A failure after admission abandons the
+        update before it propagates.
+        """
+        ticket, sink = self.admit(header)
+        try:
+            receipt = await self._take_chunks(ticket, sink, stream, part_of)
+        except BaseException as exc:
+            sink.abandon(ticket, str(exc) or type(exc).__name__)
+            raise
+        self._faults.update_committed(ticket.client.client_id, ticket.round_id)
+        return receipt
+
+    async def _take_chunks(
+        self,
+        ticket: Ticket,
+        sink: UpdateSink,
+        stream: AsyncIterator[Part],
+        part_of: Callable[[Part], ChunkFrame | CommitProof],
+    ) -> Receipt:
+        """Chunks until the commit, each verified in full before it is added.
+
+        One chunk deep pipeline: chunk i's payload is hashed on a worker
+        thread while chunk i-1 is verified and added and chunk i+1 is
+        received, so hashing (0.5-1.4 ms per MiB) overlaps the receive
+        instead of adding to it. A chunk is added only after its own hash,
+        chain link, signature and values checked out.
+        """
+        check = sink.chunk_check(ticket)
+        pending: tuple[ChunkFrame, Awaitable[bytes | None]] | None = None
+        async for message in stream:
+            part = part_of(message)
+            hashing = None
+            if isinstance(part, ChunkFrame):
+                hashing = self._auth.start_hash(part.payload)
+            if pending is not None:
+                await self._add_verified(ticket, sink, check, *pending)
+            if isinstance(part, CommitProof):
+                digest = check.finish(part.num_chunks, part)
+                nbytes = check.payload_bytes
+                self._run.check_running()
+                in_round = await sink.commit(ticket, nbytes, digest)
+                return Receipt(ticket.round_id, in_round, nbytes, digest)
+            assert hashing is not None  # set above for every chunk
+            pending = (part, hashing)
+        if pending is not None:  # report what is wrong with it, but add nothing
+            await self._add_verified(ticket, None, check, *pending)
+        raise check.missing_commit()
+
+    async def _add_verified(
+        self,
+        ticket: Ticket,
+        sink: UpdateSink | None,
+        check: ChunkCheck,
+        frame: ChunkFrame,
+        hashing: Awaitable[bytes | None],
+    ) -> None:
+        """Check one chunk once its hash is in; hand it to `sink` (None: drop)."""
+        sha = await hashing
+        values = check.check(
+            frame.seq, frame.offset, frame.count, frame.payload, frame.proof, sha
+        )
+        if sink is not None:
+            self._run.check_running()
+            sink.add_chunk(ticket, frame.offset, values)
+
+    def max_update_messages(self) -> int:
+        """Chunks one update of this model takes at most (dense or coded)."""
+        spec = self._engine.model.spec
+        if spec is None:
+            return 0
+        dense_block = self._chunk_bytes // 4
+        block = min(dense_block, self._codec.block_coordinates(self._chunk_bytes))
+        return -(-spec.num_coordinates // max(1, block))
