@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from fedgrpc.compress.spec import CodecConfig, Dense, parse_codec
 from fedgrpc.config_checks import check_readable as _check_readable
 from fedgrpc.config_checks import check_tls_pair as _check_tls_pair
 from fedgrpc.config_checks import load_table as load_table
@@ -28,6 +27,7 @@ from fedgrpc.domain.chunks import (
     MESSAGE_OVERHEAD_BYTES,
     MIN_CHUNK_BYTES,
 )
+from fedgrpc.domain.codecs import CodecConfig, Dense, parse_codec
 from fedgrpc.errors import check_config as _check
 
 OuterOptimizerName = Literal["nesterov", "fedavg", "sparseloco"]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from fedgrpc.compress.spec import (
+from fedgrpc.domain.codecs import (
     VALUE_FORMATS,
     CodecConfig,
     Dense,

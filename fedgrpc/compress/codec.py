@@ -16,8 +16,8 @@ import numpy as np
 
 from fedgrpc.compress.blocks import DecodedBlock, EncodedBlock, F32Array
 from fedgrpc.compress.dense import DenseCodec
-from fedgrpc.compress.spec import CodecConfig, Dense
 from fedgrpc.compress.topk import TopKCodec
+from fedgrpc.domain.codecs import CodecConfig, Dense
 
 
 class BlockCodec(Protocol):

@@ -24,7 +24,7 @@ from fedgrpc.compress.quantize import (
     encode_values,
     value_bytes,
 )
-from fedgrpc.compress.spec import ValueFormat
+from fedgrpc.domain.codecs import ValueFormat
 from fedgrpc.errors import ConfigError
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedgrpc.compress.blocks import F32Array, check_finite
-from fedgrpc.compress.spec import ValueFormat
+from fedgrpc.domain.codecs import ValueFormat
 from fedgrpc.errors import InvalidUpdateError
 
 SCALE_BYTES = 4

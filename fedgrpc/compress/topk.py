@@ -43,7 +43,7 @@ from fedgrpc.compress.index_coding import (
     max_index_bytes,
 )
 from fedgrpc.compress.quantize import decode_values, encode_values, value_bytes
-from fedgrpc.compress.spec import ValueFormat
+from fedgrpc.domain.codecs import ValueFormat
 from fedgrpc.errors import ConfigError, InvalidUpdateError
 
 TOPK_BLOCK_COORDINATES = 1 << 16

@@ -8,4 +8,5 @@ tested without loading a single `_pb2` module.
 * `model_spec`: which tensors a federation carries and their flat layouts.
 * `chunks`: chunk sizes, cutting buffers into chunks, checking chunk order.
 * `requests`: a validated Join request and update header.
+* `codecs`: codec configs (`Dense`, `TopK`) and their spec strings.
 """

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from fedgrpc.compress.spec import CodecConfig, TopK
+from fedgrpc.domain.codecs import CodecConfig, TopK
 from fedgrpc.domain.model_spec import ModelSpec
 
 WireCodec = Literal["dense-fp32", "dense", "topk", "secagg-ring"]

@@ -5,7 +5,7 @@ they include. Each file is
 
     preamble  56 bytes: magic b"FGRPCKPT", format version (u32 LE), flags
               (u32, 0), header length (u64 LE), SHA-256 of the header
-    header    UTF-8 JSON: {"state": <what `snapshot` stores>, "tensors":
+    header    UTF-8 JSON: {"state": <what `checkpoint_content` stores>, "tensors":
               [{"name", "count", "offset"}], "body_bytes", "body_sha256"}
     body      the tensors' float32 values, little-endian, back to back
 

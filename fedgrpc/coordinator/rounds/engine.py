@@ -20,8 +20,8 @@ progress for the next round (DiLoCo's pseudo-gradient then spans 2H steps).
 Pushes still streaming at the deadline get another `round_timeout_s` to
 finish rather than voiding the round at once.
 
-The rules the transitions consult live beside it: `round_checks` (why an
-update header is refused) and `round_close` (when a round closes, its
+The rules the transitions consult live beside it in `rules` (why an
+update header is refused; when a round closes, its
 quorum, the result it leaves).
 """
 

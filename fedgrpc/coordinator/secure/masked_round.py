@@ -201,7 +201,7 @@ class SecureRound:
         now = self._clock()
         if self.deadline_s is None or now < self.deadline_s:
             return False
-        # Pushes still streaming at the deadline get as long again (rounds.py).
+        # Pushes still streaming at the deadline get as long again (rounds/engine.py).
         return not self.buffers or now >= self.deadline_s + self._timeout_s
 
     def close_phase(self) -> Outgoing:
@@ -284,7 +284,7 @@ def install_sum(
 
     The sum of codes times the round's scale is the sum of the survivors'
     (clipped, rounded) values; `StreamingSum.mean` then divides by their
-    count: the plain mean (module docstring of `secure_runtime`).
+    count: the plain mean (module docstring of `secure.mode`).
     """
     values = rnd.announce.scale.dequantise(result.total)  # float32 per position
     positions = rnd.announce.positions

@@ -1,6 +1,6 @@
 """How a masked round starts: who takes part, and the setup they are sent.
 
-Split from `secure_runtime`, which decides *when* a round starts (its
+Split from `secure.mode`, which decides *when* a round starts (its
 index set chosen, enough clients ready, none still connecting); this module
 holds *what* it starts with: the participants' identity keys, the
 `RoundSetup` (session, graph seed, code width, degree and threshold) and the

@@ -1,11 +1,11 @@
 """What an operator may see of secure rounds: counts, sizes, seconds, reasons.
 
-`SecureRuntime` reports each masked round here at three points (set up,
+`SecureMode` reports each masked round here at three points (set up,
 unmasked or aborted, closed by the engine); this module turns them into the
 `fedgrpc_secagg_*` Prometheus metrics and the secure fields of AdminService
 status (`admin.build_status`). Only counts, seconds and reason *names* are
 kept, never keys, shares, masks, positions or values, so nothing here can
-leak what secure aggregation hides. Created only by `SecureRuntime`: a plain
+leak what secure aggregation hides. Created only by `SecureMode`: a plain
 coordinator registers none of these metrics.
 
 Not thread-safe: written from the event loop. The scrape thread reads ints

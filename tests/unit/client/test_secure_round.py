@@ -15,8 +15,8 @@ from structlog.testing import capture_logs
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
 from fedgrpc.client.join import Federation
 from fedgrpc.client.secure_round import SecureParticipant
-from fedgrpc.compress.spec import parse_codec
 from fedgrpc.crypto.keys import PrivateKey
+from fedgrpc.domain.codecs import parse_codec
 from fedgrpc.secagg import FixedPointScale, RoundSetup, SecAggParams
 from fedgrpc.wire.secagg import SecureRoundSetup, server_event, session_id
 

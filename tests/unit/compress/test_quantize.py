@@ -15,7 +15,7 @@ from fedgrpc.compress.quantize import (
     encode_values,
     value_bytes,
 )
-from fedgrpc.compress.spec import VALUE_FORMATS, ValueFormat
+from fedgrpc.domain.codecs import VALUE_FORMATS, ValueFormat
 from fedgrpc.errors import InvalidUpdateError
 
 FINITE = st.floats(

@@ -1,8 +1,10 @@
 """Codec configs users write, and the one-line spec strings the CLI and TOML use.
 
-Data path: model → **compress** → wire → gRPC → aggregate → optim. A codec
-config is part of the round config the coordinator announces; every client
-builds the same codec from it with `fedgrpc.compress.make_codec`.
+A codec config is part of the round config the coordinator announces; every
+client builds the same codec from it with `fedgrpc.compress.make_codec`. It is
+a setting, not a codec, so it lives with the domain types: `config` parses it
+and `compress` (which re-exports these names) builds from it, and neither
+imports the other. (Was `compress/spec.py`.)
 
 Spec grammar (lower case, no spaces), as accepted by `parse_codec`::
 
