@@ -1,12 +1,18 @@
 """The coordinator: a round pipeline behind a gRPC daemon (DESIGN.md).
 
-* `services/`: gRPC servicers and the server (translation only);
+* `services/`: gRPC servicers and the server (translation only). The
+  error -> StatusCode table (`services.status`) lives here, not in `ops/`:
+  it is the gRPC edge's job, and nothing below it knows a status code;
 * `ingest/`: one owner of an update's life, from header to commit;
 * `rounds/`: the plain-Python round state machine and its rules;
 * `secure/`: secure aggregation, a round mode the runtime holds;
 * `ops/`: checkpoints, metrics, model export.
 
 `runtime` builds the pipeline and runs it on one event loop; `sessions` owns
-the Session streams; `enrollment` who may join; `round_mode` the interface a
-mode implements; `faults` the hooks tests fail a real coordinator with.
+the Session streams and the events sent down them (the runtime's channel to
+clients, so beside it rather than in `ops/`); `enrollment` decides who may
+join; `round_mode` is the interface a mode implements; `faults` holds the
+hooks tests fail a real coordinator with. The strategy stages (Selector,
+Accumulator, Aggregator, OuterOptimizer) come next: an Accumulator slots in
+at `ingest.sinks.UpdateSink.add_chunk`.
 """
