@@ -155,8 +155,8 @@ def _instantiate(
         return value
     if not callable(value):
         raise ConfigError(
-            f"{setting}={label} is a {type(value).__name__}, not a class or a "
-            "factory that builds the stage; point it at the class"
+            f"{setting}={label} is an object of type {type(value).__name__}, "
+            "not a class or a factory that builds the stage; point it at the class"
         )
     try:
         return value(**dict(params or {}))

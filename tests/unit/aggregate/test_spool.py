@@ -125,7 +125,7 @@ def test_writes_outside_the_model_are_refused(spool: SpoolAccumulator) -> None:
     with pytest.raises(InvalidUpdateError, match="outside"):
         spool.add_values("x", -1, np.ones(2, np.float32), 1.0, _scratch())
     with pytest.raises(InvalidUpdateError, match="float32"):
-        spool.add_values("x", 0, np.ones(2), 1.0, _scratch())
+        spool.add_values("x", 0, np.ones(2), 1.0, _scratch())  # type: ignore[arg-type]
 
 
 def test_one_client_cannot_write_more_than_one_model_of_coordinates(

@@ -65,7 +65,7 @@ def test_a_live_runs_files_survive_another_runs_start(
 ) -> None:
     root, ready = tmp_path / "spool", tmp_path / "ready"
     child = spawn(_child_argv(root, ready, "wait"), env=_env())
-    live = Path(eventually(lambda: ready.exists() and ready.read_text(), timeout_s=60))
+    live = Path(eventually(lambda: ready.exists() and ready.read_text(), 60) or "")
 
     with SpoolDirectory(root) as spool:
         assert (Path(live) / "round-7" / "u0.f32").exists()
