@@ -21,6 +21,7 @@ from fedgrpc.aggregate.stages import (
     F32Array,
     Holding,
     UpdateKey,
+    check_not_committed,
 )
 from fedgrpc.errors import (
     ConfigError,
@@ -53,6 +54,7 @@ class StreamingSum:
         self._written: dict[UpdateKey, int] = {}
         """Coordinates added so far per update still streaming."""
         self._void = False
+        self._committed_keys: set[UpdateKey] = set()
 
     @property
     def count(self) -> int:
@@ -104,9 +106,18 @@ class StreamingSum:
         self._written[key] = written
 
     def commit_update(self, key: UpdateKey, weight: float) -> None:
-        """`commit` for update `key`: it no longer counts as streaming."""
+        """`commit` for update `key`: it no longer counts as streaming.
+
+        Raises:
+            InvalidUpdateError: a bad weight, or `key` added no values.
+            WrongRoundError: `key` was committed already, or the sum is spent.
+        """
+        check_not_committed(key, self._committed_keys)
+        if key not in self._written:
+            raise InvalidUpdateError("an update without values cannot be counted")
         self.commit(weight)
-        self._written.pop(key, None)
+        del self._written[key]
+        self._committed_keys.add(key)
 
     def abandon(self, key: UpdateKey) -> bool:
         """Forget `key`; the round is void once any abandoned update touched the sum."""
@@ -208,6 +219,8 @@ class StreamingSum:
         the sum safe on its own. Checked before the add, recorded after it:
         a refused chunk touches nothing and does not void the round.
         """
+        if key not in self._written:
+            check_not_committed(key, self._committed_keys)
         written = self._written.get(key, 0) + size
         limit = len(self._values)
         if written > limit:

@@ -45,6 +45,7 @@ from fedgrpc.aggregate.stages import (
     F64Array,
     Holding,
     UpdateKey,
+    check_not_committed,
 )
 from fedgrpc.errors import (
     ConfigError,
@@ -91,6 +92,7 @@ class SpoolAccumulator:
         self.max_updates = max_updates
         self._streaming: dict[UpdateKey, _Streaming] = {}
         self._committed: list[tuple[Path, float]] = []
+        self._committed_keys: set[UpdateKey] = set()
         self._next_file = 0
         self._discarded = False
 
@@ -155,9 +157,11 @@ class SpoolAccumulator:
 
         Raises:
             InvalidUpdateError: a bad weight, or `key` sent no values.
-            WrongRoundError: the spool was discarded.
+            WrongRoundError: `key` was committed already, or the spool was
+                discarded.
         """
         self._require_open()
+        check_not_committed(key, self._committed_keys)
         if not (math.isfinite(weight) and weight > 0):
             raise InvalidUpdateError(f"update weight must be > 0, got {weight}")
         streaming = self._streaming.pop(key, None)
@@ -167,6 +171,7 @@ class SpoolAccumulator:
         # reads see them; nothing needs to reach the disk (no fsync).
         del streaming.values
         self._committed.append((streaming.path, weight))
+        self._committed_keys.add(key)
 
     def abandon(self, key: UpdateKey) -> bool:
         """Delete `key`'s half-written file; never voids the round (returns False)."""
@@ -209,6 +214,7 @@ class SpoolAccumulator:
             )
         streaming = self._streaming.get(key)
         if streaming is None:
+            check_not_committed(key, self._committed_keys)
             streaming = self._streaming[key] = self._create_file()
         written = streaming.written + size
         if written > self.num_coordinates:

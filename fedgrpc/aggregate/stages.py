@@ -30,6 +30,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from fedgrpc.errors import WrongRoundError
+
 F32Array: TypeAlias = npt.NDArray[np.float32]
 F64Array: TypeAlias = npt.NDArray[np.float64]
 
@@ -45,6 +47,16 @@ Holding = Literal["sum", "every_update"]
 - `every_update`: each committed uᵢ and its wᵢ (disk spool). Enough for any
   rule, the mean included.
 """
+
+
+def check_not_committed(key: UpdateKey, committed: set[UpdateKey]) -> None:
+    """Refuse values for an update already committed (it would count twice).
+
+    Raises:
+        WrongRoundError: `key` was committed.
+    """
+    if key in committed:
+        raise WrongRoundError("this update was already committed; send a new one")
 
 
 def holding_satisfies(held: Holding, needed: Holding) -> bool:

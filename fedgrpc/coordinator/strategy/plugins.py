@@ -51,7 +51,8 @@ def resolve_spec(spec: str, setting: str) -> object:
     """
     module_name, _, attr_path = spec.partition(":")
     parts = attr_path.split(".")
-    if not module_name or not all(p.isidentifier() for p in parts):
+    dotted = [*module_name.split("."), *parts]
+    if not all(p.isidentifier() for p in dotted):
         raise ConfigError(
             f"{setting}={spec!r} is not a plugin reference: expected "
             "'package.module:ClassName' (module path, one colon, class name)"

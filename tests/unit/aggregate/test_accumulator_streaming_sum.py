@@ -131,3 +131,18 @@ def test_weighted_mean_of_nothing_is_a_wrong_round() -> None:
 
     with pytest.raises(WrongRoundError, match="nothing to combine"):
         WeightedMean().aggregate(total.held(), torch.empty(D))
+
+
+def test_a_committed_update_cannot_add_or_commit_again() -> None:
+    total = StreamingSum(torch.zeros(D))
+    total.add_values("a", 0, np.ones(D, np.float32), 1.0, _scratch())
+    total.commit_update("a", 1.0)
+
+    with pytest.raises(WrongRoundError, match="already committed"):
+        total.add_values("a", 0, np.ones(1, np.float32), 1.0, _scratch())
+    with pytest.raises(WrongRoundError, match="already committed"):
+        total.commit_update("a", 1.0)
+    with pytest.raises(InvalidUpdateError, match="without values"):
+        total.commit_update("b", 1.0)
+    assert total.count == 1
+    assert float(total.sum_tensor().sum()) == D

@@ -188,3 +188,14 @@ def test_read_block_checks_the_buffer_and_the_range(spool: SpoolAccumulator) -> 
         held.read_block(0, np.empty((2, 10), np.float32))
     with pytest.raises(InvalidUpdateError, match="outside"):
         held.read_block(D - 5, np.empty((1, 10), np.float32))
+
+
+def test_a_committed_update_cannot_add_or_commit_again(spool: SpoolAccumulator) -> None:
+    _push(spool, "a", np.ones(D, np.float32), 1.0)
+
+    with pytest.raises(WrongRoundError, match="already committed"):
+        spool.add_values("a", 0, np.ones(1, np.float32), 1.0, _scratch())
+    with pytest.raises(WrongRoundError, match="already committed"):
+        spool.commit_update("a", 1.0)
+    assert spool.held().count == 1
+    assert len(_files(spool)) == 1
