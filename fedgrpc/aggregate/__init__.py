@@ -10,8 +10,9 @@ A leaf package: it imports only `errors` and `log`, never gRPC.
 
 from fedgrpc.aggregate.mean import StreamingSum
 from fedgrpc.aggregate.robust import CoordinateMedian, TrimmedMean
-from fedgrpc.aggregate.spool import SpoolAccumulator, SpooledUpdates
+from fedgrpc.aggregate.spool import SpoolAccumulator
 from fedgrpc.aggregate.spool_dir import SpoolDirectory, default_spool_root
+from fedgrpc.aggregate.spool_view import SpooledUpdates
 from fedgrpc.aggregate.stages import (
     Accumulator,
     AddableBlock,

@@ -39,10 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fedgrpc.aggregate.spool_view import ITEM_BYTES, SpooledUpdates
 from fedgrpc.aggregate.stages import (
     AddableBlock,
     F32Array,
-    F64Array,
     Holding,
     UpdateKey,
     check_not_committed,
@@ -56,8 +56,6 @@ from fedgrpc.errors import (
 from fedgrpc.log import get_logger
 
 log = get_logger(__name__)
-
-_ITEM_BYTES = 4  # float32
 
 
 @dataclass(slots=True)
@@ -185,7 +183,9 @@ class SpoolAccumulator:
     def held(self) -> SpooledUpdates:
         """The committed updates, readable by block (see `HeldSpool`)."""
         self._require_open()
-        return SpooledUpdates(self)
+        return SpooledUpdates(
+            list(self._committed), self.num_coordinates, self._require_open
+        )
 
     def discard(self) -> None:
         """Unmap and delete every file of the round (idempotent)."""
@@ -195,11 +195,6 @@ class SpoolAccumulator:
         self._streaming.clear()  # drops the memmaps before their files go
         self._committed.clear()
         shutil.rmtree(self.directory, ignore_errors=True)
-
-    def committed_files(self) -> list[tuple[Path, float]]:
-        """(file, weight) of each committed update, in commit order."""
-        self._require_open()
-        return list(self._committed)
 
     # -- internals -------------------------------------------------------------
 
@@ -236,7 +231,7 @@ class SpoolAccumulator:
             )
         path = self.directory / f"u{self._next_file}.f32"
         self._next_file += 1
-        size = self.num_coordinates * _ITEM_BYTES
+        size = self.num_coordinates * ITEM_BYTES
         # O_EXCL: never follow or reuse a file someone else put there.
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
@@ -257,69 +252,6 @@ class SpoolAccumulator:
         return _Streaming(path, values)
 
     def _require_open(self) -> None:
+        """Raise WrongRoundError once the spool was discarded."""
         if self._discarded:
             raise WrongRoundError("this round's spool was already discarded")
-
-
-class SpooledUpdates:
-    """A `HeldSpool` over a `SpoolAccumulator`'s committed files."""
-
-    def __init__(self, spool: SpoolAccumulator) -> None:
-        """View `spool`'s committed updates (no copy; reads go to the files)."""
-        self._spool = spool
-        self._files = spool.committed_files()
-
-    @property
-    def holding(self) -> Holding:
-        """`every_update`."""
-        return "every_update"
-
-    @property
-    def count(self) -> int:
-        """Updates committed."""
-        return len(self._files)
-
-    @property
-    def total_weight(self) -> float:
-        """Σ wᵢ, summed exactly (math.fsum) so the order of commits cannot matter."""
-        return math.fsum(weight for _, weight in self._files)
-
-    @property
-    def num_coordinates(self) -> int:
-        """d, the length of every update."""
-        return self._spool.num_coordinates
-
-    def weights(self) -> F64Array:
-        """wᵢ per committed update, in commit order (the rows of `read_block`)."""
-        return np.array([weight for _, weight in self._files], dtype=np.float64)
-
-    def read_block(self, start: int, out: F32Array) -> None:
-        """Fill row i of `out` (n x b) with uᵢ[start : start + b].
-
-        Each file is opened for its read only, so at most one descriptor is
-        open however many clients the round has (a round of 1,000 clients
-        would otherwise meet the usual limit of 1,024 open files).
-
-        Raises:
-            InvalidUpdateError: `out` has the wrong shape or dtype, or the
-                block leaves [0, d).
-            WrongRoundError: the spool was discarded.
-        """
-        self._spool._require_open()
-        n, width = len(self._files), (out.shape[1] if out.ndim == 2 else -1)
-        if out.dtype != np.float32 or out.shape[0] != n or not out.flags.c_contiguous:
-            raise InvalidUpdateError(
-                f"the block buffer must be a C-contiguous float32 ({n}, b) array, "
-                f"got {out.dtype} {out.shape}"
-            )
-        if start < 0 or width < 0 or start + width > self.num_coordinates:
-            raise InvalidUpdateError(
-                f"block [{start}, {start + width}) is outside the "
-                f"{self.num_coordinates}-long updates"
-            )
-        for row, (path, _) in enumerate(self._files):
-            with path.open("rb", buffering=0) as handle:
-                handle.seek(start * _ITEM_BYTES)
-                got = handle.readinto(memoryview(out[row]).cast("B"))
-            if got != width * _ITEM_BYTES:
-                raise OSError(f"spool file {path} is shorter than its update")
