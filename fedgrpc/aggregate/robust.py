@@ -14,6 +14,13 @@ hostile client could claim any number of samples and weighted rules would
 hand it the round. Both need every update, so they read a spool block by
 block (O(n x block) memory) and are vectorised per block; no Python loop
 over coordinates.
+
+Both sort each n x b block in place along the client axis and read rows off
+it. Measured on this machine (2 cores, float32, 32 MiB blocks, n = 8 / 32 /
+100): `block.sort(axis=0)` took 0.08 / 0.15 / 0.05 s, `block.partition(kth,
+axis=0)` 0.18 / 0.34 / 0.17 s and `np.median(axis=0)` 0.24 / 0.30 / 0.21 s:
+numpy sorts short columns far better than it selects in them, so the
+asymptotically cheaper O(n) selection loses.
 """
 
 from __future__ import annotations
@@ -54,19 +61,19 @@ class CoordinateMedian:
     def aggregate(self, held: HeldUpdates, out: torch.Tensor) -> None:
         """Write the coordinate-wise median into `out` (see `Aggregator.aggregate`).
 
-        For an even n this is the mean of the two middle values (np.median).
+        For an even n this is the mean of the two middle values, bit for bit
+        what np.median gives.
         """
         require_committed(held, self.name)
         spool = as_spool(held, self.name)
         values = check_out(out, spool.num_coordinates)
+        n = spool.count
+        # Middle row(s) after sorting: row n//2 for odd n; rows n/2-1 and n/2,
+        # averaged in float32 as np.median does, for even n.
+        middle = slice((n - 1) // 2, n // 2 + 1)
         for start, block in spool_blocks(spool, self.block_bytes):  # (n, b)
-            # overwrite_input: partition the reused block in place, no copy.
-            np.median(
-                block,
-                axis=0,
-                out=values[start : start + block.shape[1]],
-                overwrite_input=True,
-            )
+            block.sort(axis=0)  # in the reused buffer: no copy
+            np.mean(block[middle], axis=0, out=values[start : start + block.shape[1]])
 
 
 class TrimmedMean:
@@ -111,9 +118,6 @@ class TrimmedMean:
         k = self.trimmed(n)
         for start, block in spool_blocks(spool, self.block_bytes):  # (n, b)
             if k:
-                # Partition at ranks k and n-k-1: rows k..n-k-1 then hold exactly
-                # the kept middle values of each column (unordered, which a mean
-                # does not mind). O(n) per column instead of a sort's O(n log n).
-                block.partition(sorted({k, n - k - 1}), axis=0)
+                block.sort(axis=0)  # rows k..n-k-1 are now the kept values
             kept = block[k : n - k]  # (n - 2k, b)
             np.mean(kept, axis=0, out=values[start : start + block.shape[1]])
