@@ -59,9 +59,10 @@ def timed(fn: Callable[[], Any]) -> tuple[float, int]:
 def ingest(acc: Any, updates: np.ndarray) -> None:
     scratch = np.empty(CHUNK, np.float32)
     for key, update in enumerate(updates):
+        weight = 1.0 + key
         for start in range(0, update.size, CHUNK):
-            acc.add_values(key, start, update[start : start + CHUNK], 1.0 + key, scratch)
-        acc.commit_update(key, 1.0 + key)
+            acc.add_values(key, start, update[start : start + CHUNK], weight, scratch)
+        acc.commit_update(key, weight)
 
 
 def run(n: int, d: int, spool_root: Path) -> dict[str, Any]:
@@ -110,7 +111,7 @@ def main() -> None:
     parser.add_argument("--coordinates", type=int, default=4_000_000)
     parser.add_argument("--spool-dir", type=Path, default=None)
     args = parser.parse_args()
-    torch.set_num_threads(1)  # DESIGN.md: small torch ops on 2 threads ran 14-22x slower
+    torch.set_num_threads(1)  # DESIGN.md: torch on 2 busy threads ran 14-22x slower
     with tempfile.TemporaryDirectory() as tmp:
         root = args.spool_dir or Path(tmp) / "spool"
         report = run(args.clients, args.coordinates, root)
