@@ -23,6 +23,7 @@ import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -87,13 +88,13 @@ def run(n: int, d: int, spool_root: Path) -> dict[str, Any]:
         report["spool_ingest_mb_s"] = round(update_mb / s, 1)
         report["spool_ingest_peak_heap_mb"] = round(peak / MB, 2)
         out = torch.empty(d)
-        rules = {
+        rules: dict[str, Any] = {
             "spool_mean": WeightedMean(),
             "spool_median": CoordinateMedian(),
-            "spool_trimmed_mean_0.1": TrimmedMean(0.1),
+            "spool_trimmed_mean_0.25": TrimmedMean(0.25),
         }
         for label, rule in rules.items():
-            s, peak = timed(lambda rule=rule: rule.aggregate(spool.held(), out))
+            s, peak = timed(partial(rule.aggregate, spool.held(), out))
             report[f"{label}_s"] = round(s, 3)
             report[f"{label}_mb_s"] = round(update_mb / s, 1)
             report[f"{label}_peak_heap_mb"] = round(peak / MB, 2)

@@ -6,6 +6,8 @@
 - OuterOptimizer: `fedgrpc.optim`.
 - `plugins`: a user's Aggregator or OuterOptimizer from `module:Class`.
 - `combinations`: the choices that cannot work together, refused at start.
+- `pipeline`: `RoundStages`, all of the above built once from plain settings;
+  what the round engine holds.
 
 Plain Python: no gRPC, no asyncio, no protobuf. The round engine calls a
 Selector when a round opens and builds the stages once at start.
@@ -17,6 +19,7 @@ from fedgrpc.coordinator.strategy.combinations import (
     StrategyChoice,
     check_strategy,
 )
+from fedgrpc.coordinator.strategy.pipeline import RoundStages, StrategySettings
 from fedgrpc.coordinator.strategy.plugins import (
     BUILTIN_AGGREGATORS,
     load_aggregator,
@@ -44,9 +47,11 @@ __all__ = [
     "Candidate",
     "LossSelector",
     "RandomSelector",
+    "RoundStages",
     "SelectionName",
     "Selector",
     "StrategyChoice",
+    "StrategySettings",
     "ThroughputSelector",
     "build_selector",
     "check_strategy",
