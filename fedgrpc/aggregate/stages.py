@@ -208,7 +208,8 @@ class Accumulator(Protocol):
     def discard(self) -> None:
         """Free what is held (memory, files): the round is done or discarded.
 
-        Idempotent; later calls other than `discard` raise WrongRoundError.
+        Idempotent. Afterwards adds, commits and `held` raise
+        WrongRoundError; `abandon` still answers.
         """
         ...
 
