@@ -1,9 +1,47 @@
 """Aggregation: fold the round's client updates into one pseudo-gradient.
 
 Between `wire` (decoded updates) and `optim` (the outer step) on the
-coordinator. A leaf package: it imports only `errors`, never gRPC.
+coordinator. Two stages (`stages`): an Accumulator holds updates as they
+arrive (`StreamingSum`, the default; `SpoolAccumulator`, one file per
+client, for rules that need every update), and an Aggregator turns them into
+one (`WeightedMean`; `CoordinateMedian` and `TrimmedMean` over a spool).
+A leaf package: it imports only `errors` and `log`, never gRPC.
 """
 
 from fedgrpc.aggregate.mean import StreamingSum
+from fedgrpc.aggregate.robust import CoordinateMedian, TrimmedMean
+from fedgrpc.aggregate.spool import SpoolAccumulator
+from fedgrpc.aggregate.spool_dir import SpoolDirectory, default_spool_root
+from fedgrpc.aggregate.spool_view import SpooledUpdates
+from fedgrpc.aggregate.stages import (
+    Accumulator,
+    AddableBlock,
+    Aggregator,
+    HeldSpool,
+    HeldSum,
+    HeldUpdates,
+    Holding,
+    UpdateKey,
+    holding_satisfies,
+)
+from fedgrpc.aggregate.weighted import WeightedMean
 
-__all__ = ["StreamingSum"]
+__all__ = [
+    "Accumulator",
+    "AddableBlock",
+    "Aggregator",
+    "CoordinateMedian",
+    "HeldSpool",
+    "HeldSum",
+    "HeldUpdates",
+    "Holding",
+    "SpoolAccumulator",
+    "SpoolDirectory",
+    "SpooledUpdates",
+    "StreamingSum",
+    "TrimmedMean",
+    "UpdateKey",
+    "WeightedMean",
+    "default_spool_root",
+    "holding_satisfies",
+]

@@ -16,7 +16,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fedgrpc.errors import ConfigError, InvalidUpdateError, WrongRoundError
+from fedgrpc.aggregate.stages import (
+    AddableBlock,
+    F32Array,
+    Holding,
+    UpdateKey,
+    check_not_committed,
+)
+from fedgrpc.errors import (
+    ConfigError,
+    InvalidUpdateError,
+    TooLargeError,
+    WrongRoundError,
+)
 
 
 class StreamingSum:
@@ -39,6 +51,10 @@ class StreamingSum:
         self._values = buffer.numpy()
         self._count = 0
         self._total_weight = 0.0
+        self._written: dict[UpdateKey, int] = {}
+        """Coordinates added so far per update still streaming."""
+        self._void = False
+        self._committed_keys: set[UpdateKey] = set()
 
     @property
     def count(self) -> int:
@@ -49,6 +65,78 @@ class StreamingSum:
     def total_weight(self) -> float:
         """Σ wᵢ over committed updates."""
         return self._total_weight
+
+    @property
+    def holding(self) -> Holding:
+        """Only the sum is kept: `sum`."""
+        return "sum"
+
+    @property
+    def voids_on_abandon(self) -> bool:
+        """True: an abandoned update's partial share stays in the sum."""
+        return True
+
+    def add_values(
+        self,
+        key: UpdateKey,
+        offset: int,
+        values: F32Array,
+        weight: float,
+        scratch: F32Array,
+    ) -> None:
+        """`add_chunk` for update `key` (see `Accumulator.add_values`).
+
+        Raises:
+            InvalidUpdateError: the slice is out of range or not float32.
+            TooLargeError: `key` sent more than one model's worth of values.
+            WrongRoundError: the sum was already handed over.
+        """
+        written = self._check_written(key, values.size)
+        self.add_chunk(offset, values, weight, scratch)
+        self._written[key] = written
+
+    def add_block(
+        self, key: UpdateKey, offset: int, block: AddableBlock, weight: float
+    ) -> None:
+        """Add a decoded codec block in place (see `Accumulator.add_block`)."""
+        extent = block.extent
+        target = self.target(offset, offset + extent)
+        written = self._check_written(key, extent)
+        block.add_into(target, weight)
+        self._written[key] = written
+
+    def commit_update(self, key: UpdateKey, weight: float) -> None:
+        """`commit` for update `key`: it no longer counts as streaming.
+
+        Raises:
+            InvalidUpdateError: a bad weight, or `key` added no values.
+            WrongRoundError: `key` was committed already, or the sum is spent.
+        """
+        check_not_committed(key, self._committed_keys)
+        if key not in self._written:
+            raise InvalidUpdateError("an update without values cannot be counted")
+        self.commit(weight)
+        del self._written[key]
+        self._committed_keys.add(key)
+
+    def abandon(self, key: UpdateKey) -> bool:
+        """Forget `key`; the round is void once any abandoned update touched the sum."""
+        if self._written.pop(key, None) is not None:
+            self._void = True
+        return self._void
+
+    def held(self) -> StreamingSum:
+        """Itself: the sum is what is held."""
+        self._require_buffer()
+        return self
+
+    def sum_tensor(self) -> torch.Tensor:
+        """Σ wᵢ·uᵢ: the live buffer (see `HeldSum.sum_tensor`)."""
+        return self._require_buffer()
+
+    def discard(self) -> None:
+        """Drop the buffer (the round engine keeps its own reference to reuse it)."""
+        self._buffer = None
 
     def add_chunk(
         self, offset: int, values: np.ndarray, weight: float, scratch: np.ndarray
@@ -123,6 +211,24 @@ class StreamingSum:
         buffer = self._require_buffer()
         self._buffer = None
         return buffer
+
+    def _check_written(self, key: UpdateKey, size: int) -> int:
+        """`key`'s coordinates after adding `size` more; refuses past one model.
+
+        The wire's chunk chain should already stop such a client; this keeps
+        the sum safe on its own. Checked before the add, recorded after it:
+        a refused chunk touches nothing and does not void the round.
+        """
+        if key not in self._written:
+            check_not_committed(key, self._committed_keys)
+        written = self._written.get(key, 0) + size
+        limit = len(self._values)
+        if written > limit:
+            raise TooLargeError(
+                f"an update sent {written} coordinates, more than the model's "
+                f"{limit}; it is refused"
+            )
+        return written
 
     def _require_buffer(self) -> torch.Tensor:
         if self._buffer is None:
