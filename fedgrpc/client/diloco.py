@@ -91,7 +91,7 @@ class DiLoCoClient:
         if inner_steps is not None and inner_steps < 1:
             raise ConfigError(f"inner_steps={inner_steps!r} is invalid: expected >= 1")
         self._config = config or ClientConfig()
-        self._local = LocalRun(model)
+        self._local = LocalRun(model, self._config.proximal_mu)
         self._steps = self._rounds_completed = 0
         self._last_outcome: SyncOutcome | None = None
         self._link: CoordinatorLink | None = None
@@ -215,6 +215,7 @@ class DiLoCoClient:
             log.warning("client_close_failed", reason=str(exc))
         finally:
             self._loop.close()
+            self._local.close()
 
     def __enter__(self) -> Self:
         return self

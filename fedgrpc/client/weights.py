@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from fedgrpc.client.proximal import ProximalTerm
 from fedgrpc.errors import InvalidUpdateError
 from fedgrpc.wire.tensors import flatten_fp32, spec_from_module, unpack_native
 
@@ -29,8 +30,12 @@ class LocalRun:
     Not thread-safe: the training thread owns it, between optimizer steps.
     """
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, proximal_mu: float = 0.0) -> None:
         """Describe `model` and allocate the buffers.
+
+        With `proximal_mu` > 0 the run also installs FedProx's gradient term
+        (`proximal.ProximalTerm`), anchored at every `load` to the weights
+        just loaded: views of `downlink`, so it costs no buffer on a CPU model.
 
         Raises:
             ConfigError: a parameter is not float16/bfloat16/float32/float64,
@@ -48,6 +53,8 @@ class LocalRun:
         self.loss_mean = 0.0
         """Mean of the losses reported since the snapshot (0 if none were)."""
         self._losses = 0
+        self.proximal = ProximalTerm(self.params, proximal_mu) if proximal_mu else None
+        """FedProx's term, if `proximal_mu` > 0; removed by `close`."""
 
     def record(self, loss: float | None, num_samples: int) -> None:
         """Count one inner step's samples and fold its loss into the mean."""
@@ -102,6 +109,15 @@ class LocalRun:
             for param, view in zip(self.params, views, strict=True):
                 param.data.copy_(view)
         flatten_fp32(views, self.spec, out=self.snapshot)
+        if self.proximal is not None:
+            # w^t of FedProx: the global weights just loaded. Not the snapshot,
+            # which `rebase_on_local` moves to the local weights.
+            self.proximal.anchor_to(views)
         self.base_version = version
         self.samples = self._losses = 0
         self.loss_mean = 0.0
+
+    def close(self) -> None:
+        """Remove the FedProx hook, if any: the user's optimizer steps plain again."""
+        if self.proximal is not None:
+            self.proximal.close()
