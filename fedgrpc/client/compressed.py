@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from fedgrpc._proto.v1 import coordinator_pb2
-from fedgrpc.client.connection import Credentials
-from fedgrpc.client.transfer import (
+from fedgrpc.client.connection.channel import Credentials
+from fedgrpc.client.connection.push import (
     Signing,
     UpdateMeta,
     end_of_update,
@@ -32,7 +32,11 @@ from fedgrpc.wire.frames import encode_update_chunk
 
 
 class CompressedUpdates:
-    """One client's codec and residual; encodes rounds and settles them."""
+    """One client's codec and residual; encodes rounds and settles them.
+
+    The plain `connection.push.UpdateEncoder`; secure aggregation has its own
+    (`client.secure.SecureUpdates`), which holds a residual the same way.
+    """
 
     def __init__(
         self,
