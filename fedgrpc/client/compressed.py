@@ -88,8 +88,9 @@ class CompressedUpdates:
             if signer is not None:
                 digest = await payload_sha256(payload)
                 proof = signer.sign_chunk(seq - 1, offset, count, digest)
-            yield encode_update_chunk(seq - 1, offset, count, memoryview(payload),
-                                      proof)  # fmt: skip
+            yield encode_update_chunk(
+                seq - 1, offset, count, memoryview(payload), proof
+            )
         yield end_of_update(signer, seq)
 
     def settle(self, applied: bool) -> bool:

@@ -172,8 +172,12 @@ class SyncPoint:
                 self.pending = pending
                 return self._finish(pending, pushed=True)
             counted = landed and federation.last_applied_round == pending.round_id
-            self._log.info("update_in_flight_settled", round=pending.round_id,
-                           committed=landed, applied=counted)  # fmt: skip
+            self._log.info(
+                "update_in_flight_settled",
+                round=pending.round_id,
+                committed=landed,
+                applied=counted,
+            )
             self._settle(applied=counted)
         if latest == base and not federation.seed_model:
             return self.run()

@@ -30,7 +30,7 @@ import torch
 from fedgrpc._proto.v1 import common_pb2, coordinator_pb2
 from fedgrpc.client.connection.channel import Credentials
 from fedgrpc.client.status import translated
-from fedgrpc.compress import CodecConfig
+from fedgrpc.compress import CodecConfig, ErrorFeedback
 from fedgrpc.crypto.keys import PrivateKey
 from fedgrpc.crypto.signing import UpdateSigner, sha256
 from fedgrpc.log import get_logger
@@ -101,6 +101,8 @@ class UpdateEncoder(Protocol):
 
     config: CodecConfig
     """The codec; signatures bind its parameters."""
+    feedback: ErrorFeedback
+    """The residual e: what was not sent yet (and what `settle` gives back)."""
     chunk_bytes: int
     """Payload bytes per chunk."""
     payload_bytes: int

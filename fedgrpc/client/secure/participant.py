@@ -166,8 +166,11 @@ class SecureParticipant:
         for old in sorted(self.rounds)[:-KEEP_ROUNDS]:
             del self.rounds[old]
         self._reply(setup.round_id, machine.advertise())
-        self._log.debug("secagg_round_joined", round=setup.round_id,
-                        n_clients=len(setup.participants))  # fmt: skip
+        self._log.debug(
+            "secagg_round_joined",
+            round=setup.round_id,
+            n_clients=len(setup.participants),
+        )
 
     def _reply(self, round_id: int, payload: ClientPayload) -> None:
         request = client_event(round_id, payload)
@@ -180,8 +183,9 @@ class SecureParticipant:
             self.excluded = {*sorted(self.excluded)[-KEEP_ROUNDS:], round_id}
         elif current.error is None:
             current.error = reason
-        self._log.warning("secagg_round_left", round=round_id, kind=str(kind),
-                          reason=reason)  # fmt: skip
+        self._log.warning(
+            "secagg_round_left", round=round_id, kind=str(kind), reason=reason
+        )
 
     async def wait_ready(
         self, round_id: int, timeout_s: float

@@ -142,8 +142,9 @@ class SecureUpdates:
             return
         self._reset_round = round_id
         dropped = self.feedback.reset()
-        log.info("residual_reset", client=client_id, round=round_id,
-                 dropped_norm=dropped)  # fmt: skip
+        log.info(
+            "residual_reset", client=client_id, round=round_id, dropped_norm=dropped
+        )
 
     def _timed_mask(self, current: ClientSecureRound) -> np.ndarray:
         started, cpu = time.perf_counter(), time.thread_time()

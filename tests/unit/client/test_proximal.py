@@ -22,7 +22,7 @@ MU = 0.3
 
 
 @pytest.fixture
-def model() -> nn.Module:
+def model() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2))
 
@@ -35,7 +35,8 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor]:
 
 def _loss(model: nn.Module, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     x, y = inputs
-    return (model(x) - y).pow(2).mean()
+    loss: torch.Tensor = (model(x) - y).pow(2).mean()
+    return loss
 
 
 def _plain_grads(
@@ -117,10 +118,12 @@ def test_under_a_grad_scaler_the_term_meets_unscaled_gradients(
 
 
 def test_frozen_parameters_and_other_optimizers_are_left_alone(
-    model: nn.Module, inputs: tuple[torch.Tensor, torch.Tensor], term: ProximalTerm
+    model: nn.Sequential, inputs: tuple[torch.Tensor, torch.Tensor], term: ProximalTerm
 ) -> None:
     term.anchor_to(_global_weights(model, seed=5))
-    first = model[0]
+    first, last = model[0], model[2]
+    assert isinstance(first, nn.Linear)
+    assert isinstance(last, nn.Linear)
     first.weight.requires_grad_(False)
     plain = _plain_grads(model, inputs)
     other = nn.Linear(5, 2)
@@ -131,7 +134,8 @@ def test_frozen_parameters_and_other_optimizers_are_left_alone(
     torch.optim.SGD(other.parameters(), lr=0.0).step()
 
     assert first.weight.grad is None
-    assert not torch.equal(model[2].weight.grad, plain[2])  # ours got the term
+    assert last.weight.grad is not None
+    assert not torch.equal(last.weight.grad, plain[2])  # ours got the term
     assert torch.equal(other.weight.grad, other_grad)  # type: ignore[arg-type]
 
 
@@ -217,7 +221,7 @@ def test_mu_zero_installs_nothing_and_gradients_stay_bit_identical(
         torch.optim.SGD(candidate.parameters(), lr=0.0).step()
         grads.append(
             flatten_fp32(
-                [p.grad for p in candidate.parameters()],
+                [p.grad for p in candidate.parameters() if p.grad is not None],
                 local.spec,  # type: ignore[misc]
             )
         )
