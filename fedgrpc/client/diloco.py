@@ -102,9 +102,13 @@ class DiLoCoClient:
         self._secure: SecureMode | None = None
         """Secure aggregation, held once a Join announced it."""
         settings = JoinSettings(inner_steps, compression)
-        self._connection = Connection(
-            target, self._local.spec, settings, self._config, attach=self._attach
-        )
+        try:
+            self._connection = Connection(
+                target, self._local.spec, settings, self._config, attach=self._attach
+            )
+        except BaseException:
+            self._local.close()  # the FedProx hook must not outlive a failed start
+            raise
         try:
             federation = self._connection.join()
             self._sync = self._start(federation)

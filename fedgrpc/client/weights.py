@@ -6,7 +6,10 @@ Three CPU buffers, allocated once per client and reused every round:
   (4 bytes per parameter);
 * `delta`: the pseudo-gradient, float32 (4 bytes per parameter);
 * `downlink`: the pulled weights in their native dtypes, uint8
-  (`spec.num_bytes`).
+  (`spec.num_bytes`); with FedProx also its w_global (`proximal`), since
+  only a pull rewrites it. A pull that fails midway leaves it part old, part
+  new version until the next pull succeeds: the term then pulls toward that
+  mix of two consecutive global models, which costs no buffer to avoid.
 
 Every operation is one vectorised copy or subtraction per tensor; nothing
 loops over elements, and the model's own parameters are updated in place so
