@@ -18,6 +18,6 @@ fault) is round logic and lives outside, in `client.sync` and
 (`client.secure`) through `link.Attach`.
 """
 
-from fedgrpc.client.connection.boundary import BACKSTOP_S, Connection
+from fedgrpc.client.connection.boundary import Connection
 
-__all__ = ("BACKSTOP_S", "Connection")
+__all__ = ("Connection",)
