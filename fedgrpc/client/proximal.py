@@ -22,7 +22,8 @@ Why an optimizer pre-step hook and not a tensor gradient hook:
   Inf/NaN, so the term meets true gradients and never a skipped step.
 * frozen parameters (`requires_grad=False`) and parameters without a
   gradient this step have `.grad is None` and are left alone, as the
-  optimizer leaves them.
+  optimizer leaves them. Sparse gradients (`nn.Embedding(sparse=True)`)
+  are left alone too, with one warning: a dense term would densify them.
 * torch.distributed: each rank runs its own `optimizer.step()` after DDP
   averaged the gradients, so every rank's replica gets the same term
   (`DistributedDiLoCoClient` gives ranks other than 0 their own w^t).
@@ -72,6 +73,7 @@ class ProximalTerm:
         self._anchors: list[torch.Tensor | None] = [None] * len(self._params)
         self._copies: list[torch.Tensor | None] = [None] * len(self._params)
         """Our own buffers for anchors that live on another device or dtype."""
+        self._warned_sparse = False
         self._handle: RemovableHandle | None = register_optimizer_step_pre_hook(
             self._pre_step
         )
@@ -112,8 +114,19 @@ class ProximalTerm:
                 anchor = self._anchors[i]
                 if anchor is None:
                     continue
+                if param.grad.is_sparse:  # nn.Embedding(sparse=True): no dense add
+                    self._warn_sparse()
+                    continue
                 # One tensor-sized temporary: grad += μ · (w - w^t).
                 param.grad.add_(torch.sub(param.detach(), anchor), alpha=self.mu)
+
+    def _warn_sparse(self) -> None:
+        if not self._warned_sparse:
+            self._warned_sparse = True
+            log.warning(
+                "fedprox_sparse_gradient_skipped",
+                reason="a parameter has a sparse gradient; FedProx leaves it out",
+            )
 
     def close(self) -> None:
         """Remove the hook; later optimizer steps are plain again. Idempotent."""

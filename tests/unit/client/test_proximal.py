@@ -239,3 +239,25 @@ def test_a_bad_proximal_mu_is_refused_naming_the_field(mu: object) -> None:
 def test_the_term_itself_refuses_a_non_positive_mu(model: nn.Module) -> None:
     with pytest.raises(ConfigError, match="proximal_mu"):
         ProximalTerm(list(model.parameters()), 0.0)
+
+
+def test_a_sparse_gradient_is_left_alone_and_the_dense_ones_still_get_the_term() -> (
+    None
+):
+    torch.manual_seed(0)
+    embedding = nn.Embedding(10, 3, sparse=True)
+    head = nn.Linear(3, 1)
+    params = [embedding.weight, head.weight, head.bias]
+    term = ProximalTerm(params, MU)
+    try:
+        term.anchor_to([p.detach() + 1.0 for p in params])  # w - w_global = -1
+        head(embedding(torch.tensor([1, 2]))).sum().backward()
+        sparse_before = embedding.weight.grad.to_dense().clone()  # type: ignore[union-attr]
+        dense_before = head.weight.grad.clone()  # type: ignore[union-attr]
+
+        torch.optim.SGD(params, lr=0.0).step()
+
+        assert torch.equal(embedding.weight.grad.to_dense(), sparse_before)  # type: ignore[union-attr]
+        torch.testing.assert_close(head.weight.grad, dense_before - MU)
+    finally:
+        term.close()
