@@ -58,7 +58,7 @@ class ProximalTerm:
     first call). Not thread-safe: anchor and step from the training thread.
     """
 
-    def __init__(self, params: Sequence[torch.nn.Parameter], mu: float) -> None:
+    def __init__(self, params: Sequence[torch.Tensor], mu: float) -> None:
         """Install the hook for `params` with strength `mu` (> 0, finite).
 
         Raises:
