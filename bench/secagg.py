@@ -59,7 +59,7 @@ from _util import log
 from torch import nn
 
 from fedgrpc.client import DiLoCoClient
-from fedgrpc.client.secure_updates import SecureUpdates
+from fedgrpc.client.secure import SecureUpdates
 from fedgrpc.config import ClientConfig, CoordinatorConfig
 from fedgrpc.coordinator.secure.mode import SecureMode
 from fedgrpc.coordinator.services.server import serve_in_thread
@@ -151,8 +151,9 @@ def run_mode(
 
 
 def _control_bytes(client: DiLoCoClient) -> int:
-    secure = client._sync.link.secure  # bench reads client internals
-    return secure.control_bytes if secure is not None else 0
+    secure = client._secure  # bench reads client internals
+    participant = secure.participant if secure is not None else None
+    return participant.control_bytes if participant is not None else 0
 
 
 def _secure_figures(mode: Any, clients: list[Pair]) -> dict[str, Any]:

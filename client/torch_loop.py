@@ -46,9 +46,17 @@ def main() -> None:
         default="",
         help="the coordinator's .pub file or fingerprint to insist on",
     )
+    parser.add_argument(
+        "--proximal-mu",
+        type=float,
+        default=0.0,
+        help="FedProx strength mu: + mu/2 ||w - w_global||^2 (default: 0, off)",
+    )
     args = parser.parse_args()
     config = fedgrpc.ClientConfig(
-        identity_key=args.identity_key, coordinator_key=args.coordinator_key
+        identity_key=args.identity_key,
+        coordinator_key=args.coordinator_key,
+        proximal_mu=args.proximal_mu,
     )
 
     torch.manual_seed(args.seed)

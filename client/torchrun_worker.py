@@ -60,6 +60,13 @@ def parse_args() -> argparse.Namespace:
         "--seed", type=int, default=0, help="seed for the data shards (default: 0)"
     )
     parser.add_argument(
+        "--proximal-mu",
+        type=float,
+        default=0.0,
+        help="FedProx strength mu on every rank: + mu/2 ||w - w_global||^2 "
+        "(default: 0, off)",
+    )
+    parser.add_argument(
         "--report-file",
         type=Path,
         metavar="PATH",
@@ -107,7 +114,9 @@ def train(args: argparse.Namespace) -> None:
     ddp = DistributedDataParallel(model)
     optimizer = torch.optim.AdamW(ddp.parameters(), lr=0.05)
     config = fedgrpc.ClientConfig(
-        name=f"torchrun-{args.seed}", round_wait_s=ROUND_WAIT_S
+        name=f"torchrun-{args.seed}",
+        round_wait_s=ROUND_WAIT_S,
+        proximal_mu=args.proximal_mu,
     )
     # Every rank constructs it; only rank 0 joins. DDP is unwrapped, so
     # parameter names match plain clients ("weight", not "module.weight").

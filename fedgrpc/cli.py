@@ -236,6 +236,14 @@ def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "the codec defaults to dense:int8 (default: off)",
     )
     parser.add_argument(
+        "--proximal-mu",
+        type=float,
+        metavar="MU",
+        help="FedProx on every client: local training adds mu/2 * ||w - w_global||^2 "
+        "to the loss (gradient + mu * (w - w_global) at each inner step); "
+        "0 is plain DiLoCo (default: 0)",
+    )
+    parser.add_argument(
         "--corpus-bytes",
         type=int,
         metavar="BYTES",
@@ -305,6 +313,7 @@ def _simulate(args: argparse.Namespace) -> int:
         "corpus_bytes": args.corpus_bytes,
         "compression": args.compression,
         "secure_aggregation": args.secure_aggregation,
+        "proximal_mu": args.proximal_mu,
     }
     config = SimulationConfig(
         clients=args.clients,

@@ -7,6 +7,7 @@ both validate through `fedgrpc.config_checks`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from fedgrpc.config_checks import check_readable as _check_readable
@@ -65,6 +66,13 @@ class ClientConfig:
     """Write each update this client pushes, exactly as sent, to a file here
     (`<run>-r<round>-<client>.fedupdate`) for audit with `fedgrpc verify`;
     "" writes nothing. Costs a disk write of every update."""
+    proximal_mu: float = 0.0
+    """FedProx strength μ (Li et al. 2020, eq. 2): local training minimises
+    the user's loss + μ/2 · ‖w - w_global‖², by adding μ · (w - w_global) to
+    each parameter's gradient at every optimizer step (`client.proximal`).
+    0 (the default) is plain DiLoCo and leaves gradients untouched; try
+    0.001-1 on heterogeneous data (larger keeps clients closer to the
+    global model)."""
 
     def __post_init__(self) -> None:
         for name in ("rpc_timeout_s", "round_wait_s", "heartbeat_interval_s",
@@ -75,6 +83,14 @@ class ClientConfig:
         _check(self.reconnect_max_s >= self.reconnect_initial_s, "reconnect_max_s",
                self.reconnect_max_s, f">= reconnect_initial_s="
                f"{self.reconnect_initial_s}")  # fmt: skip
+        mu = self.proximal_mu
+        number = isinstance(mu, int | float) and not isinstance(mu, bool)
+        _check(
+            number and math.isfinite(mu) and mu >= 0,
+            "proximal_mu",
+            mu,
+            "a finite number >= 0 (0 turns FedProx off)",
+        )
         _check_tls_pair(self.tls_cert, self.tls_key)
         _check(not self.tls_cert or bool(self.tls_ca), "tls_ca", self.tls_ca,
                "the CA file that signed the coordinator's certificate, since "

@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedgrpc._proto.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2
-from fedgrpc.client.connection import channel_credentials
+from fedgrpc.client.connection.channel import channel_credentials
 from fedgrpc.client.status import status_code
 from fedgrpc.config import ClientConfig
 from fedgrpc.crypto.tls import load_client_tls

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from fedgrpc._proto.v1 import coordinator_pb2
-from fedgrpc.client.connection import Credentials
-from fedgrpc.client.transfer import (
+from fedgrpc.client.connection.channel import Credentials
+from fedgrpc.client.connection.push import (
     Signing,
     UpdateMeta,
     end_of_update,
@@ -33,7 +33,11 @@ from fedgrpc.wire.frames import encode_update_chunk
 
 
 class CompressedUpdates:
-    """One client's codec and residual; encodes rounds and settles them."""
+    """One client's codec and residual; encodes rounds and settles them.
+
+    The plain `connection.push.UpdateEncoder`; secure aggregation has its own
+    (`client.secure.SecureUpdates`), which holds a residual the same way.
+    """
 
     def __init__(
         self,
@@ -85,8 +89,9 @@ class CompressedUpdates:
             if signer is not None:
                 digest = await payload_sha256(payload)
                 proof = signer.sign_chunk(seq - 1, offset, count, digest)
-            yield encode_update_chunk(seq - 1, offset, count, memoryview(payload),
-                                      proof)  # fmt: skip
+            yield encode_update_chunk(
+                seq - 1, offset, count, memoryview(payload), proof
+            )
         yield end_of_update(signer, seq)
 
     def settle(self, applied: bool) -> bool:

@@ -1,8 +1,10 @@
 """`DiLoCoClient`: the synchronous object a user's training loop calls.
 
 It joins the federation, then counts inner steps and hands every H-th one
-to `sync.SyncPoint` (the outer step's order of waits, pushes and pulls). All
-gRPC work happens on one background loop through `CoordinatorLink`.
+to `sync.SyncPoint` (the outer step's order of waits, pushes and pulls),
+through `reconnect.Reconnector` (riding out faults). All gRPC work happens
+behind `connection.Connection`, the one sync/async boundary. Secure
+aggregation is a mode it holds when Join announces it (`secure.SecureMode`).
 
 Memory on top of the model, all CPU and allocated once (`weights.LocalRun`):
 two model-sized float32 buffers (the global snapshot and the pseudo-gradient,
@@ -17,13 +19,14 @@ from typing import Self
 import torch
 
 from fedgrpc.client.compressed import CompressedUpdates
-from fedgrpc.client.connection import BackgroundLoop
-from fedgrpc.client.join import Federation, JoinSettings
-from fedgrpc.client.link import CoordinatorLink
+from fedgrpc.client.connection import Connection
+from fedgrpc.client.connection.join import Federation, JoinSettings
+from fedgrpc.client.connection.link import CoordinatorLink
+from fedgrpc.client.connection.push import UpdateEncoder
+from fedgrpc.client.connection.session import SessionEvents
 from fedgrpc.client.reconnect import Reconnector
-from fedgrpc.client.secure_updates import SecureUpdates
-from fedgrpc.client.session import LEAVE_TIMEOUT_S
-from fedgrpc.client.sync import BACKSTOP_S, SyncOutcome, SyncPoint, call
+from fedgrpc.client.secure import SecureMode
+from fedgrpc.client.sync import SyncOutcome, SyncPoint
 from fedgrpc.client.weights import LocalRun
 from fedgrpc.compress import CodecConfig, Dense
 from fedgrpc.config import ClientConfig
@@ -78,7 +81,8 @@ class DiLoCoClient:
             config: Timeouts, heartbeat interval, the name shown in logs, the
                 identity key this client signs with (`identity_key`; default a
                 throwaway key, which only an open-enrollment coordinator
-                admits), the coordinator key to insist on, and TLS.
+                admits), the coordinator key to insist on, TLS, and
+                FedProx (`proximal_mu`).
 
         Raises:
             ConfigError: the model has non-float parameters, or inner_steps < 1.
@@ -91,29 +95,45 @@ class DiLoCoClient:
         if inner_steps is not None and inner_steps < 1:
             raise ConfigError(f"inner_steps={inner_steps!r} is invalid: expected >= 1")
         self._config = config or ClientConfig()
-        self._local = LocalRun(model)
+        self._local = LocalRun(model, self._config.proximal_mu)
         self._steps = self._rounds_completed = 0
         self._last_outcome: SyncOutcome | None = None
-        self._link: CoordinatorLink | None = None
         self._closed = False
-        self._loop = BackgroundLoop()
-        self._loop.start()
+        self._secure: SecureMode | None = None
+        """Secure aggregation, held once a Join announced it."""
+        settings = JoinSettings(inner_steps, compression)
         try:
-            wait_s = self._config.connect_timeout_s + self._config.rpc_timeout_s
-            settings = JoinSettings(inner_steps, compression)
-            connect = CoordinatorLink.connect(
-                target, self._local.spec, settings, self._config
+            self._connection = Connection(
+                target, self._local.spec, settings, self._config, attach=self._attach
             )
-            self._link, federation = call(self._loop, connect, wait_s)
-            self._sync = self._start(self._link, federation)
-            self._reconnector = Reconnector(
-                self._loop, target, self._local.spec, settings, self._config
-            )
+        except BaseException:
+            self._local.close()  # the FedProx hook must not outlive a failed start
+            raise
+        try:
+            federation = self._connection.join()
+            self._sync = self._start(federation)
+            self._reconnector = Reconnector(target, self._config)
         except BaseException:
             self.close()
             raise
 
-    def _start(self, link: CoordinatorLink, federation: Federation) -> SyncPoint:
+    def _attach(
+        self, link: CoordinatorLink, federation: Federation
+    ) -> SessionEvents | None:
+        """Each link's round mode (`connection.link.Attach`); runs on the loop.
+
+        The first Join that announces secure aggregation creates the mode,
+        which then outlives reconnects (its residual must).
+        """
+        if self._secure is None:
+            if not federation.secure_aggregation:
+                return None
+            wait_s = self._config.rpc_timeout_s
+            n = self._local.spec.num_coordinates
+            self._secure = SecureMode(federation, n, wait_s)
+        return self._secure.attach(link, federation)
+
+    def _start(self, federation: Federation) -> SyncPoint:
         if federation.inner_steps < 1:
             raise IncompatibleClientError(
                 f"the coordinator announced inner_steps={federation.inner_steps}; "
@@ -122,29 +142,20 @@ class DiLoCoClient:
         self._inner_steps = federation.inner_steps
         log.info(
             "client_joined",
-            client=link.credentials.client_id,
+            client=self._connection.client_id,
             run=federation.run_id,
             inner_steps=federation.inner_steps,
             seed=federation.seed_model,
         )
-        compressed: CompressedUpdates | None = None
+        compressed: UpdateEncoder | None = None
         n = self._local.spec.num_coordinates
-        if federation.secure_aggregation:  # masked rounds (client.secure_round)
-            compressed = SecureUpdates(
-                federation.codec,
-                n,
-                federation.chunk_bytes,
-                lambda: sync.link.secure,  # the current link's, after reconnects too
-                feedback_decay=federation.feedback_decay,
-                wait_s=self._config.rpc_timeout_s,
-            )
+        if self._secure is not None:  # masked rounds (client.secure)
+            compressed = self._secure.updates
         elif federation.codec != Dense(values="fp32"):
             compressed = CompressedUpdates(
                 federation.codec, n, federation.chunk_bytes, federation.feedback_decay
             )
-        sync = SyncPoint(
-            self._loop, link, self._local, self._config, federation.chunk_bytes
-        )
+        sync = SyncPoint(self._connection, federation, self._local, self._config)
         sync.compressed = compressed
         if federation.seed_model:
             sync.seed()
@@ -194,10 +205,7 @@ class DiLoCoClient:
         self._steps += 1
         if self._steps < self._inner_steps:
             return False
-        try:
-            self._last_outcome = self._reconnector.run(self._sync)
-        finally:
-            self._link = self._sync.link  # close() leaves the current link
+        self._last_outcome = self._reconnector.run(self._sync)
         self._steps = 0
         self._rounds_completed += 1
         return True
@@ -208,13 +216,9 @@ class DiLoCoClient:
             return
         self._closed = True
         try:
-            if self._link is not None:
-                leave = self._link.close("client closed")
-                self._loop.run(leave, LEAVE_TIMEOUT_S + BACKSTOP_S)
-        except Exception as exc:  # closing must not mask the caller's own error
-            log.warning("client_close_failed", reason=str(exc))
+            self._connection.close()
         finally:
-            self._loop.close()
+            self._local.close()
 
     def __enter__(self) -> Self:
         return self

@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from fedgrpc import errors
 from fedgrpc.client.diloco import DiLoCoClient
+from fedgrpc.client.proximal import ProximalTerm
 from fedgrpc.client.sync import SyncOutcome
 from fedgrpc.compress import CodecConfig
 from fedgrpc.config import ClientConfig
@@ -114,7 +115,9 @@ class DistributedDiLoCoClient:
                 do not use DDP. Parameters are overwritten in place.
             inner_steps: H, as for `DiLoCoClient` (None follows the coordinator).
             compression: As for `DiLoCoClient`.
-            config: As for `DiLoCoClient`; only rank 0 uses it.
+            config: As for `DiLoCoClient`; only rank 0 uses it, except
+                `proximal_mu`, which every rank applies to its replica (the
+                other ranks anchor FedProx to the weights rank 0 broadcasts).
             process_group: The ranks that form this client (default: the
                 world). Its rank 0 talks to the coordinator.
 
@@ -146,6 +149,11 @@ class DistributedDiLoCoClient:
         self._loss_sum = torch.zeros((), dtype=torch.float64, device=self._device)
         self._losses = self._samples = 0
         self._closed = self._failed = False
+        self._proximal: ProximalTerm | None = None
+        mu = config.proximal_mu if config is not None else 0.0
+        if self._rank != 0 and mu > 0:  # rank 0's DiLoCoClient has its own
+            params = [param for bucket in self._buckets for param in bucket]
+            self._proximal = ProximalTerm(params, mu)
         if self._rank == 0:
             self._join(
                 lambda: DiLoCoClient(
@@ -281,7 +289,12 @@ class DistributedDiLoCoClient:
         return received
 
     def _broadcast_weights(self) -> None:
-        """Rank 0's parameters to every rank, one flat buffer per (device, dtype)."""
+        """Rank 0's parameters to every rank, one flat buffer per (device, dtype).
+
+        With FedProx, the other ranks keep their received buffers as w^t
+        (rank 0 anchors to its own downlink).
+        """
+        anchors: list[torch.Tensor] = []
         with torch.no_grad():
             for params in self._buckets:
                 if self._rank == 0:
@@ -296,6 +309,9 @@ class DistributedDiLoCoClient:
                     views = torch.split(flat, [p.numel() for p in params])
                     for param, view in zip(params, views, strict=True):
                         param.copy_(view.view_as(param))
+                    anchors.extend(views)
+        if self._proximal is not None:
+            self._proximal.anchor_to(anchors)
 
     def close(self) -> None:
         """Leave the federation (rank 0); no collective, so any rank may call it.
@@ -305,6 +321,8 @@ class DistributedDiLoCoClient:
         if self._closed:
             return
         self._closed = True
+        if self._proximal is not None:
+            self._proximal.close()
         if self._client is not None:
             self._client.close()
 

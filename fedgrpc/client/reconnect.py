@@ -9,14 +9,16 @@ client's record by key, so the id and credit survive a restart, see
 saw before. Then `SyncPoint.resume` decides from the coordinator's model
 version what became of the update in flight.
 
-Attempts follow `Backoff` (exponential, jittered, capped). One sync point
-retries for at most `reconnect_max_s`; if the coordinator is still away,
-`step()` returns ("offline") and training continues locally, with the next
-sync point trying again. Only after `reconnect_give_up_s` in total does
-`step()` raise. Permanent refusals (an unknown key at Join, an incompatible
-codec or H, a different coordinator key) raise at once.
+Attempts follow `connection.channel.Backoff` (exponential, jittered,
+capped). One sync point retries for at most `reconnect_max_s`; if the
+coordinator is still away, `step()` returns ("offline") and training
+continues locally, with the next sync point trying again. Only after
+`reconnect_give_up_s` in total does `step()` raise. Permanent refusals (an
+unknown key at Join, an incompatible codec or H, a different coordinator
+key) raise at once.
 
-Runs on the training thread; gRPC work goes through `BackgroundLoop.run`.
+This is round logic: the re-Join itself is `Connection.rejoin`. Runs on
+the training thread.
 """
 
 from __future__ import annotations
@@ -25,51 +27,18 @@ import random
 import time
 from collections.abc import Callable
 
-from fedgrpc.client.connection import BackgroundLoop
-from fedgrpc.client.join import Federation, JoinSettings
-from fedgrpc.client.link import CoordinatorLink
-from fedgrpc.client.session import LEAVE_TIMEOUT_S
-from fedgrpc.client.sync import SyncOutcome, SyncPoint, call
+from fedgrpc.client.connection.channel import Backoff
+from fedgrpc.client.sync import SyncOutcome, SyncPoint
 from fedgrpc.config import ClientConfig
-from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.errors import (
     CoordinatorUnavailableError,
     FedGrpcError,
-    IncompatibleClientError,
     ShuttingDownError,
     UnknownClientError,
 )
 from fedgrpc.log import get_logger
 
 log = get_logger(__name__)
-JITTER_LOW = 0.5
-"""A pause is drawn uniformly from [JITTER_LOW, 1] x the nominal delay
-("equal jitter"): spread out, yet never much shorter than the schedule."""
-
-
-class Backoff:
-    """Exponential backoff with jitter: 1x, 2x, 4x ... `initial_s`, capped.
-
-    Not thread-safe; one per client. Inject `rng` for reproducible tests.
-    """
-
-    def __init__(
-        self, initial_s: float, max_s: float, rng: random.Random | None = None
-    ) -> None:
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self._rng = rng or random.Random()
-        self._nominal_s = initial_s
-
-    def next_delay(self) -> float:
-        """The next pause in seconds, within [JITTER_LOW, 1] x min(nominal, max)."""
-        nominal = min(self._nominal_s, self.max_s)
-        self._nominal_s = min(self._nominal_s * 2, self.max_s)
-        return nominal * self._rng.uniform(JITTER_LOW, 1.0)
-
-    def reset(self) -> None:
-        """Start from `initial_s` again (after a success)."""
-        self._nominal_s = self.initial_s
 
 
 def is_transient(exc: FedGrpcError) -> bool:
@@ -91,18 +60,18 @@ class Reconnector:
 
     def __init__(
         self,
-        loop: BackgroundLoop,
         target: str,
-        spec: ModelSpec,
-        settings: JoinSettings,
         config: ClientConfig,
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._loop, self._target, self._spec = loop, target, spec
-        self._settings, self._config = settings, config
+        """Retry per `config.reconnect_*`; inject `rng`, `clock`, `sleep` in tests.
+
+        `target` is the coordinator's address, for the give-up message.
+        """
+        self._target, self._config = target, config
         self._clock, self._sleep = clock, sleep
         self.backoff = Backoff(config.reconnect_initial_s, config.reconnect_max_s, rng)
         self.lost_at_s: float | None = None
@@ -137,8 +106,10 @@ class Reconnector:
                 self._lose(sync, exc)
                 continue
             if self.lost_at_s is not None:
-                log.info("coordinator_recovered", client=sync.client_id,
-                         seconds=round(self._clock() - self.lost_at_s, 3))  # fmt: skip
+                seconds = round(self._clock() - self.lost_at_s, 3)
+                log.info(
+                    "coordinator_recovered", client=sync.client_id, seconds=seconds
+                )
             self.lost_at_s = None
             self.backoff.reset()
             return outcome
@@ -150,10 +121,7 @@ class Reconnector:
         self._last_error = exc
         log.warning("coordinator_lost", client=sync.client_id, reason=str(exc))
         self._check_give_up(0.0)
-        try:
-            call(self._loop, sync.link.close("reconnecting"), LEAVE_TIMEOUT_S)
-        except Exception as close_exc:  # a dead channel may fail to close cleanly
-            log.debug("link_close_failed", reason=str(close_exc))
+        sync.connection.drop("reconnecting")
 
     def _reconnect(self, sync: SyncPoint, started_s: float, immediate: bool) -> bool:
         """Re-join with backoff; False once this sync point's budget is spent.
@@ -161,31 +129,23 @@ class Reconnector:
         The first attempt of a sync point is made at once (`immediate`): the
         training steps since the last one were the pause.
         """
-        config = self._config
-        wait_s = config.rpc_timeout_s * 2
         assert self.lost_at_s is not None
         since_s = max(started_s, self.lost_at_s)  # this sync point's retrying
         while True:
             if not immediate and not self._pause(sync, since_s):
                 return False
             immediate = False
-            resume = sync.link.resume_state()
-            connect = CoordinatorLink.connect(
-                self._target, self._spec, self._settings, config, resume
-            )
             try:
-                link, federation = call(self._loop, connect, wait_s)
+                federation = sync.connection.rejoin(sync.federation)
             except (CoordinatorUnavailableError, ShuttingDownError) as exc:
                 self._last_error = exc
                 continue
-            try:
-                check_same_federation(sync.federation, federation)
-            except IncompatibleClientError:
-                call(self._loop, link.close("incompatible"), LEAVE_TIMEOUT_S)
-                raise
-            sync.relink(link, federation)
-            log.info("client_rejoined", client=link.credentials.client_id,
-                     version=federation.model_version)  # fmt: skip
+            sync.rejoined(federation)
+            log.info(
+                "client_rejoined",
+                client=sync.client_id,
+                version=federation.model_version,
+            )
             return True
 
     def _pause(self, sync: SyncPoint, since_s: float) -> bool:
@@ -198,11 +158,19 @@ class Reconnector:
         self._check_give_up(delay)
         reason = str(self._last_error)
         if self._clock() + delay - since_s > self._config.reconnect_max_s:
-            log.warning("coordinator_unreachable", client=sync.client_id,
-                        reason=reason, retry="next sync point")  # fmt: skip
+            log.warning(
+                "coordinator_unreachable",
+                client=sync.client_id,
+                reason=reason,
+                retry="next sync point",
+            )
             return False
-        log.info("reconnect_retry", client=sync.client_id,
-                 delay=round(delay, 3), reason=reason)  # fmt: skip
+        log.info(
+            "reconnect_retry",
+            client=sync.client_id,
+            delay=round(delay, 3),
+            reason=reason,
+        )
         self._sleep(delay)
         return True
 
@@ -219,18 +187,3 @@ class Reconnector:
             f"(ClientConfig.reconnect_give_up_s={self._config.reconnect_give_up_s:g})"
             f"; lost with: {cause}; last error: {last}"
         ) from last
-
-
-def check_same_federation(before: Federation, after: Federation) -> None:
-    """A coordinator that came back must run the same H and codec.
-
-    Raises:
-        IncompatibleClientError: it now announces other settings.
-    """
-    old = (before.inner_steps, before.codec, before.chunk_bytes)
-    new = (after.inner_steps, after.codec, after.chunk_bytes)
-    if old != new:
-        raise IncompatibleClientError(
-            f"the coordinator came back with (inner_steps, codec, chunk_bytes) = "
-            f"{new}, this client joined with {old}; create a new DiLoCoClient"
-        )

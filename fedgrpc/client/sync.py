@@ -13,22 +13,19 @@ optimizer (Nesterov SGD). `SyncPoint` runs the client's half in order:
    skipped -> keep the local weights and base, so the next pseudo-gradient
    spans both rounds.
 
-It runs on the training thread and reaches gRPC only through
-`BackgroundLoop.run` on `CoordinatorLink` coroutines.
+It runs on the training thread and reaches the coordinator only through
+the synchronous `connection.Connection`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Coroutine
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
-from fedgrpc.client.compressed import CompressedUpdates
-from fedgrpc.client.connection import BackgroundLoop
-from fedgrpc.client.join import Federation
-from fedgrpc.client.link import CoordinatorLink
-from fedgrpc.client.rounds import RoundStart, StaleBase
-from fedgrpc.client.transfer import UpdateMeta
+from fedgrpc.client.connection import Connection
+from fedgrpc.client.connection.join import Federation
+from fedgrpc.client.connection.push import UpdateEncoder, UpdateMeta
+from fedgrpc.client.connection.round_tracker import RoundStart, StaleBase
 from fedgrpc.client.weights import LocalRun
 from fedgrpc.config import ClientConfig
 from fedgrpc.errors import (
@@ -39,7 +36,6 @@ from fedgrpc.errors import (
 from fedgrpc.log import get_logger
 
 log = get_logger(__name__)
-T = TypeVar("T")
 
 SyncOutcome = Literal["applied", "skipped", "stale", "missed", "offline"]
 """How a sync point ended for this client: its update was averaged into a new
@@ -48,22 +44,6 @@ existed, so it pulled without pushing ("stale"); its push was refused
 because the round had closed ("missed"); or the coordinator was away and
 training goes on locally until the next sync point ("offline",
 `reconnect.Reconnector`)."""
-BACKSTOP_S = 10.0
-"""Slack on top of each call's own deadline before the loop call is abandoned."""
-
-
-def call(loop: BackgroundLoop, coro: Coroutine[Any, Any, T], timeout_s: float) -> T:
-    """Run `coro` on `loop`; a hung call becomes `CoordinatorUnavailableError`.
-
-    Every coroutine bounds its own RPCs by `timeout_s`; the backstop only
-    fires if something below ignores its deadline.
-    """
-    try:
-        return loop.run(coro, timeout_s + BACKSTOP_S)
-    except TimeoutError as exc:
-        raise CoordinatorUnavailableError(
-            f"a call to the coordinator did not finish within {timeout_s:g} s"
-        ) from exc
 
 
 class SyncPoint:
@@ -71,27 +51,25 @@ class SyncPoint:
 
     def __init__(
         self,
-        loop: BackgroundLoop,
-        link: CoordinatorLink,
+        connection: Connection,
+        federation: Federation,
         local: LocalRun,
         config: ClientConfig,
-        chunk_bytes: int,
     ) -> None:
-        self._loop = loop
-        self.link = link
-        """The current link; `relink` swaps it after a reconnect."""
-        assert link.federation is not None  # joined before a sync point exists
-        self.federation: Federation = link.federation
+        """Sync points over `connection`, which has joined: Join said `federation`."""
+        self.connection = connection
+        self.federation = federation
+        """What the last Join said; `rejoined` updates it after a reconnect."""
         self._local = local
         self._config = config
-        self._chunk_bytes = chunk_bytes
-        self.client_id = link.credentials.client_id
+        self._chunk_bytes = federation.chunk_bytes
+        self.client_id = connection.client_id
         self._log = log.bind(client=self.client_id)
         self.bytes_sent = 0
         """Update payload bytes pushed (initial weights included)."""
         self.bytes_received = 0
         """Model payload bytes pulled."""
-        self.compressed: CompressedUpdates | None = None
+        self.compressed: UpdateEncoder | None = None
         """Codec and error feedback, unless updates go as raw float32."""
         self.base_sha256 = b""
         """SHA-256 of the weights last loaded (what the next update is based on)."""
@@ -102,11 +80,7 @@ class SyncPoint:
 
     def seed(self) -> None:
         """Upload our weights as the initial model (losing the race is fine)."""
-        seeded = call(
-            self._loop,
-            self.link.seed(self._local.local_weights(), self._chunk_bytes),
-            self.link.push_timeout_s(self._chunk_bytes),
-        )
+        seeded = self.connection.seed(self._local.local_weights(), self._chunk_bytes)
         if seeded is not None:
             self.bytes_sent += seeded.bytes_sent
             self._log.info("model_seeded", bytes=seeded.bytes_sent)
@@ -114,11 +88,8 @@ class SyncPoint:
     def pull_and_load(self, min_version: int, wait_s: float) -> None:
         """Pull weights of at least `min_version` into the model and snapshot."""
         started = time.monotonic()
-        link, chunk_bytes = self.link, self._chunk_bytes
-        pulled = call(
-            self._loop,
-            link.pull(min_version, self._local.downlink, wait_s, chunk_bytes),
-            link.pull_timeout_s(wait_s, chunk_bytes),
+        pulled = self.connection.pull(
+            min_version, self._local.downlink, wait_s, self._chunk_bytes
         )
         self._local.load(pulled.buffer, pulled.version)
         self.base_sha256 = pulled.sha256
@@ -137,9 +108,8 @@ class SyncPoint:
                 `round_wait_s`, or the coordinator became unreachable.
             ShuttingDownError: the coordinator announced shutdown.
         """
-        wait_s = self._config.round_wait_s
-        tracker, base_version = self.link.tracker, self._local.base_version
-        opened = call(self._loop, tracker.wait_round_open(base_version, wait_s), wait_s)
+        wait_s, base_version = self._config.round_wait_s, self._local.base_version
+        opened = self.connection.wait_round_open(base_version, wait_s)
         if isinstance(opened, StaleBase):
             latest = opened.model_version
             self._log.warning("model_stale", version=base_version, latest=latest)
@@ -153,10 +123,8 @@ class SyncPoint:
 
     def _finish(self, opened: RoundStart, pushed: bool) -> SyncOutcome:
         """Steps 3 and 4: wait for `opened` to close, settle, pull if applied."""
-        wait_s, tracker = self._config.round_wait_s, self.link.tracker
-        closed = call(
-            self._loop, tracker.wait_round_closed(opened.round_id, wait_s), wait_s
-        )
+        wait_s = self._config.round_wait_s
+        closed = self.connection.wait_round_closed(opened.round_id, wait_s)
         self.pending = None
         self._log.info(
             "round_closed",
@@ -171,10 +139,10 @@ class SyncPoint:
             self.pull_and_load(closed.model_version, self._config.rpc_timeout_s)
         return closed.outcome if pushed else "missed"
 
-    def relink(self, link: CoordinatorLink, federation: Federation) -> None:
-        """Continue on `link`, a fresh Join after the old link was lost."""
-        self.link, self.federation = link, federation
-        self.client_id = link.credentials.client_id
+    def rejoined(self, federation: Federation) -> None:
+        """Continue after the connection re-joined; Join said `federation`."""
+        self.federation = federation
+        self.client_id = self.connection.client_id
         self._log = log.bind(client=self.client_id)
 
     def resume(self) -> SyncOutcome:
@@ -204,8 +172,12 @@ class SyncPoint:
                 self.pending = pending
                 return self._finish(pending, pushed=True)
             counted = landed and federation.last_applied_round == pending.round_id
-            self._log.info("update_in_flight_settled", round=pending.round_id,
-                           committed=landed, applied=counted)  # fmt: skip
+            self._log.info(
+                "update_in_flight_settled",
+                round=pending.round_id,
+                committed=landed,
+                applied=counted,
+            )
             self._settle(applied=counted)
         if latest == base and not federation.seed_model:
             return self.run()
@@ -233,14 +205,10 @@ class SyncPoint:
             round_nonce=round_nonce,
             base_sha256=self.base_sha256,
         )
-        link = self.link
-        push = (
-            link.push(meta, delta, self._chunk_bytes)
-            if self.compressed is None
-            else link.push_compressed(self.compressed, meta, delta)
-        )
         try:
-            result = call(self._loop, push, link.push_timeout_s(self._chunk_bytes))
+            result = self.connection.push(
+                meta, delta, self._chunk_bytes, self.compressed
+            )
         except WrongRoundError as exc:
             self._settle(applied=False)
             self._log.warning("update_refused", round=round_id, reason=str(exc))

@@ -6,7 +6,10 @@ Three CPU buffers, allocated once per client and reused every round:
   (4 bytes per parameter);
 * `delta`: the pseudo-gradient, float32 (4 bytes per parameter);
 * `downlink`: the pulled weights in their native dtypes, uint8
-  (`spec.num_bytes`).
+  (`spec.num_bytes`); with FedProx also its w_global (`proximal`), since
+  only a pull rewrites it. A pull that fails midway leaves it part old, part
+  new version until the next pull succeeds: the term then pulls toward that
+  mix of two consecutive global models, which costs no buffer to avoid.
 
 Every operation is one vectorised copy or subtraction per tensor; nothing
 loops over elements, and the model's own parameters are updated in place so
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from fedgrpc.client.proximal import ProximalTerm
 from fedgrpc.errors import InvalidUpdateError
 from fedgrpc.wire.tensors import flatten_fp32, spec_from_module, unpack_native
 
@@ -29,8 +33,12 @@ class LocalRun:
     Not thread-safe: the training thread owns it, between optimizer steps.
     """
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, proximal_mu: float = 0.0) -> None:
         """Describe `model` and allocate the buffers.
+
+        With `proximal_mu` > 0 the run also installs FedProx's gradient term
+        (`proximal.ProximalTerm`), anchored at every `load` to the weights
+        just loaded: views of `downlink`, so it costs no buffer on a CPU model.
 
         Raises:
             ConfigError: a parameter is not float16/bfloat16/float32/float64,
@@ -48,6 +56,8 @@ class LocalRun:
         self.loss_mean = 0.0
         """Mean of the losses reported since the snapshot (0 if none were)."""
         self._losses = 0
+        self.proximal = ProximalTerm(self.params, proximal_mu) if proximal_mu else None
+        """FedProx's term, if `proximal_mu` > 0; removed by `close`."""
 
     def record(self, loss: float | None, num_samples: int) -> None:
         """Count one inner step's samples and fold its loss into the mean."""
@@ -102,6 +112,15 @@ class LocalRun:
             for param, view in zip(self.params, views, strict=True):
                 param.data.copy_(view)
         flatten_fp32(views, self.spec, out=self.snapshot)
+        if self.proximal is not None:
+            # w^t of FedProx: the global weights just loaded. Not the snapshot,
+            # which `rebase_on_local` moves to the local weights.
+            self.proximal.anchor_to(views)
         self.base_version = version
         self.samples = self._losses = 0
         self.loss_mean = 0.0
+
+    def close(self) -> None:
+        """Remove the FedProx hook, if any: the user's optimizer steps plain again."""
+        if self.proximal is not None:
+            self.proximal.close()

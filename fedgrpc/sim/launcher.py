@@ -48,6 +48,8 @@ class SimulationConfig:
     """The coordinator's codec (`fedgrpc.compress.parse_codec` grammar)."""
     secure_aggregation: bool = False
     """Mask every round (SecAgg+); the codec then defaults to dense:int8."""
+    proximal_mu: float = 0.0
+    """FedProx strength of every client (`ClientConfig.proximal_mu`; 0: off)."""
     corpus_bytes: int = DEFAULT_CORPUS_BYTES
     eval_batches: int = 8
     round_timeout_s: float = 120.0
@@ -187,6 +189,7 @@ def _worker_args(config: SimulationConfig, index: int, address: str) -> WorkerAr
         corpus_bytes=config.corpus_bytes,
         eval_batches=config.eval_batches,
         defaults=config.defaults,
+        proximal_mu=config.proximal_mu,
     )
 
 

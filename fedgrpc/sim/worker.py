@@ -45,6 +45,7 @@ class WorkerArgs:
     corpus_bytes: int
     eval_batches: int
     defaults: TrainDefaults
+    proximal_mu: float = 0.0
 
 
 def run_worker(args: WorkerArgs, results: ResultQueue) -> None:
@@ -68,7 +69,11 @@ def _train(args: WorkerArgs, results: ResultQueue) -> dict[str, float]:
     optimizer = make_inner_optimizer(model, defaults)
     batches = torch.Generator().manual_seed(args.seed * 1_000 + args.index)
     figures: dict[str, float] = {}
-    config = ClientConfig(name=f"sim-{args.index}", heartbeat_interval_s=2.0)
+    config = ClientConfig(
+        name=f"sim-{args.index}",
+        heartbeat_interval_s=2.0,
+        proximal_mu=args.proximal_mu,
+    )
     with DiLoCoClient(
         args.address, model, inner_steps=args.inner_steps, config=config
     ) as client:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fedgrpc.client import DiLoCoClient
-from fedgrpc.client.secure_updates import SecureUpdates
+from fedgrpc.client.secure import SecureUpdates
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.secure.mode import SecureMode
 from fedgrpc.coordinator.services.server import CoordinatorThread

@@ -161,7 +161,7 @@ def test_logs_carry_fingerprints_never_keys_tokens_or_tensors(
         config = _client_config(keys, "worker1")
         with fedgrpc.DiLoCoClient(coordinator.address, model, config=config) as c:
             _train_one_round(c, model)
-            token = c._sync.link.credentials.session_token
+            token = c._sync.connection.link.credentials.session_token
             secrets.append(token.hex())
         stranger = ClientConfig(connect_timeout_s=10, rpc_timeout_s=10)
         with pytest.raises(UnknownClientError):

@@ -46,8 +46,13 @@ async def test_early_refusal_of_a_large_push_reports_the_real_status() -> None:
     """The coordinator refuses after the header while 40 MB are still being sent."""
     import pytest
 
-    from fedgrpc.client.connection import Credentials, open_channel
-    from fedgrpc.client.transfer import Signing, UpdateMeta, push_method, push_update
+    from fedgrpc.client.connection.channel import Credentials, open_channel
+    from fedgrpc.client.connection.push import (
+        Signing,
+        UpdateMeta,
+        push_method,
+        push_update,
+    )
     from fedgrpc.wire.codec_params import DENSE_FP32_BINDING
     from tests.helpers.raw import join, stub
 

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from torch import nn
 
 from fedgrpc.client import DiLoCoClient
-from fedgrpc.client.secure_updates import SecureUpdates
+from fedgrpc.client.secure import SecureUpdates
 from fedgrpc.compress.shared_index import choose_index_set
 from fedgrpc.coordinator.services.server import CoordinatorThread, serve_in_thread
 from fedgrpc.wire.secagg import SecureRoundSetup

@@ -10,7 +10,8 @@ import grpc
 import pytest
 
 from fedgrpc import errors
-from fedgrpc.client.connection import BackgroundLoop, retry_unavailable
+from fedgrpc.client.connection.boundary import BackgroundLoop
+from fedgrpc.client.connection.channel import retry_unavailable
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import torch
 
 from fedgrpc import errors
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
-from fedgrpc.client.download import ModelReceiver, ModelTrust
+from fedgrpc.client.connection.pull import ModelReceiver, ModelTrust
 from fedgrpc.crypto.keys import PrivateKey
 from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from fedgrpc.wire.signed import model_statement

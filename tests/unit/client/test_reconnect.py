@@ -8,7 +8,8 @@ import random
 import pytest
 
 from fedgrpc import errors
-from fedgrpc.client.reconnect import JITTER_LOW, Backoff, is_transient
+from fedgrpc.client.connection.channel import JITTER_LOW, Backoff
+from fedgrpc.client.reconnect import is_transient
 from fedgrpc.config import ClientConfig
 
 

@@ -8,9 +8,9 @@ import torch
 
 from fedgrpc import errors
 from fedgrpc._proto.v1 import common_pb2, coordinator_pb2
-from fedgrpc.client.connection import Credentials
-from fedgrpc.client.download import ModelReceiver
-from fedgrpc.client.transfer import (
+from fedgrpc.client.connection.channel import Credentials
+from fedgrpc.client.connection.pull import ModelReceiver
+from fedgrpc.client.connection.push import (
     UpdateMeta,
     fp32_le_array,
     update_requests,

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from fedgrpc.cli import main
-from fedgrpc.client.connection import Credentials
-from fedgrpc.client.transfer import Signing, UpdateMeta, update_requests
+from fedgrpc.client.connection.channel import Credentials
+from fedgrpc.client.connection.push import Signing, UpdateMeta, update_requests
 from fedgrpc.crypto.files import save_key_pair
 from fedgrpc.crypto.keys import PrivateKey
 from fedgrpc.wire.codec_params import DENSE_FP32_BINDING

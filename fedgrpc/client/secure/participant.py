@@ -2,9 +2,9 @@
 
 Transparent to the training loop: when the coordinator announces
 `secure_aggregation`, `DiLoCoClient` pushes through
-`secure_updates.SecureUpdates` instead of the plain codec, and the link's
-`SecureParticipant` answers the coordinator's
-SecAgg events on the background loop while the user trains:
+`secure.updates.SecureUpdates` instead of the plain codec, and each link's
+`SecureParticipant` (`secure.mode.SecureMode.attach`) answers the
+coordinator's SecAgg events on the background loop while the user trains:
 
     SecAggRoundSetup    -> fresh X25519 keys (`secagg.ClientRound`), advertise
     SecAggKeyDirectory  -> verify each neighbour's keys against its identity,
@@ -34,9 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
-from fedgrpc.client.connection import Credentials
-from fedgrpc.client.join import Federation
-from fedgrpc.client.session import SessionStream
+from fedgrpc.client.connection.join import Federation
 from fedgrpc.crypto.keys import PrivateKey
 from fedgrpc.errors import FedGrpcError
 from fedgrpc.log import get_logger
@@ -77,7 +75,10 @@ class ClientSecureRound:
 
 
 class SecureParticipant:
-    """Answers one link's SecAgg events; one per `CoordinatorLink`."""
+    """Answers one link's SecAgg events; one per `CoordinatorLink`.
+
+    Implements `connection.session.SessionEvents`.
+    """
 
     def __init__(
         self,
@@ -99,14 +100,16 @@ class SecureParticipant:
 
     async def handle(self, response: pb.SessionResponse) -> None:
         """One SecAgg SessionResponse; refusals end our part in its round."""
+        kind = response.WhichOneof("event")
+        if kind is None or not kind.startswith("secagg_"):
+            return  # not a SecAgg event: not ours
         run_id = self._federation.run_id
         try:
             decoded = server_event_from_proto(response, run_id, self._num_coordinates)
         except FedGrpcError as exc:
             # Every SecAgg event names its round: leave that one, at once,
             # so the sync point does not wait for a round we cannot join.
-            kind = response.WhichOneof("event")
-            round_id = getattr(response, kind).round_id if kind else -1
+            round_id = getattr(response, kind).round_id
             self._fail(round_id, str(exc), "malformed")
             async with self._changed:
                 self._changed.notify_all()
@@ -163,8 +166,11 @@ class SecureParticipant:
         for old in sorted(self.rounds)[:-KEEP_ROUNDS]:
             del self.rounds[old]
         self._reply(setup.round_id, machine.advertise())
-        self._log.debug("secagg_round_joined", round=setup.round_id,
-                        n_clients=len(setup.participants))  # fmt: skip
+        self._log.debug(
+            "secagg_round_joined",
+            round=setup.round_id,
+            n_clients=len(setup.participants),
+        )
 
     def _reply(self, round_id: int, payload: ClientPayload) -> None:
         request = client_event(round_id, payload)
@@ -177,8 +183,9 @@ class SecureParticipant:
             self.excluded = {*sorted(self.excluded)[-KEEP_ROUNDS:], round_id}
         elif current.error is None:
             current.error = reason
-        self._log.warning("secagg_round_left", round=round_id, kind=str(kind),
-                          reason=reason)  # fmt: skip
+        self._log.warning(
+            "secagg_round_left", round=round_id, kind=str(kind), reason=reason
+        )
 
     async def wait_ready(
         self, round_id: int, timeout_s: float
@@ -201,25 +208,3 @@ class SecureParticipant:
         except TimeoutError:
             pass
         return self.rounds.get(round_id)
-
-
-def secure_participant(
-    identity: PrivateKey,
-    credentials: Credentials,
-    federation: Federation,
-    session: SessionStream,
-    num_coordinates: int,
-) -> SecureParticipant | None:
-    """The link's participant if the federation masks its rounds, else None.
-
-    Attached to `session` so SecAgg events reach it; call before the
-    session starts, so the first setup is not missed. `num_coordinates` is
-    the model's size: announced positions must lie below it.
-    """
-    if not federation.secure_aggregation:
-        return None
-    participant = SecureParticipant(
-        identity, credentials.client_id, federation, session.send, num_coordinates
-    )
-    session.secure = participant
-    return participant

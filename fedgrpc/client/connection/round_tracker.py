@@ -1,7 +1,7 @@
 """Rounds as the client sees them: what opened, what closed, and waiting on both.
 
 `RoundTracker` is written by the Session stream (`session.py`) and read by
-`DiLoCoClient`'s sync point through `BackgroundLoop.run`. It lives on the
+`DiLoCoClient`'s sync point through `boundary.Connection`. It lives on the
 client's background loop and is not thread-safe on its own.
 """
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fedgrpc._proto.v1 import coordinator_pb2
-from fedgrpc.client.connection import Credentials
+from fedgrpc.client.connection.channel import Credentials
 from fedgrpc.client.status import translated
 from fedgrpc.crypto.keys import PublicKey
 from fedgrpc.domain.chunks import ChunkOrder

@@ -1,17 +1,18 @@
-"""The client's one sync/async boundary: a background event loop and its channel.
+"""The channel to the coordinator: opening it (TLS or not) and backing off.
 
-The user's training loop is synchronous. Every grpc.aio object (channel,
-calls, the Session task) lives on one asyncio loop running on one daemon
-thread owned by `BackgroundLoop`; the training thread only submits
-coroutines through `BackgroundLoop.run` and blocks on their results. This is
-the single crossing point, so no grpc object is ever touched from two threads.
+Two backoff schedules live here, one per kind of wait: `retry_unavailable`
+retries one call while a coordinator is not up yet (the first Join, 50 ms
+doubling to 2 s), and `Backoff` paces re-joins after an established
+connection was lost (`ClientConfig.reconnect_*`, jittered so restarted
+coordinators are not hit by every client at once). Runs on the client's
+background loop (`boundary.BackgroundLoop`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Awaitable, Callable, Coroutine
+import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -39,9 +40,11 @@ _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
-_CLOSE_TIMEOUT_S = 10.0
 INITIAL_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 2.0
+JITTER_LOW = 0.5
+"""A re-join pause is drawn uniformly from [JITTER_LOW, 1] x the nominal delay
+("equal jitter"): spread out, yet never much shorter than the schedule."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,93 +53,6 @@ class Credentials:
 
     client_id: str
     session_token: bytes = field(repr=False)
-
-
-class BackgroundLoop:
-    """An asyncio event loop on one daemon thread, driven from other threads.
-
-    Thread safety: `run` may be called from any thread except the loop's
-    own (that would deadlock, so it raises). `start` and `close` are meant
-    for the owner's thread.
-    """
-
-    def __init__(self, name: str = "fedgrpc-client") -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self._closed = False
-
-    def start(self) -> None:
-        """Start the loop thread; returns once it is running."""
-        ready = threading.Event()
-        self._loop.call_soon(ready.set)
-        self._thread.start()
-        ready.wait()
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_forever()
-            # Stopped by close(): let leftover tasks see CancelledError so
-            # grpc calls are cancelled rather than dropped mid-flight.
-            pending = asyncio.all_tasks(self._loop)
-            for task in pending:
-                task.cancel()
-            self._loop.run_until_complete(
-                asyncio.gather(*pending, return_exceptions=True)
-            )
-            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
-        finally:
-            self._loop.close()
-
-    @property
-    def is_running(self) -> bool:
-        """True between `start` and `close`."""
-        return self._thread.is_alive() and not self._closed
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
-        """Run `coro` on the loop and block the calling thread for its result.
-
-        Args:
-            coro: The coroutine; it runs on the loop thread.
-            timeout: Seconds to wait; None waits forever. Each coroutine
-                bounds its own RPCs, so this is a backstop.
-
-        Raises:
-            TimeoutError: `timeout` passed; the coroutine is cancelled.
-            RuntimeError: the loop is closed, or this is the loop's thread.
-            BaseException: whatever `coro` raised. KeyboardInterrupt in the
-                caller cancels `coro` before propagating.
-        """
-        if threading.current_thread() is self._thread:
-            coro.close()
-            raise RuntimeError("BackgroundLoop.run called on its own loop thread")
-        if not self.is_running:
-            coro.close()
-            raise RuntimeError("the client's background loop is closed")
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return future.result(timeout)
-        except BaseException:
-            # Timeout, KeyboardInterrupt or the coroutine's own error: make
-            # sure nothing keeps running on the loop on our behalf.
-            future.cancel()
-            raise
-
-    def close(self, timeout: float = _CLOSE_TIMEOUT_S) -> None:
-        """Stop the loop, cancel what still runs on it, join the thread.
-
-        Idempotent. Close grpc channels (through `run`) before this.
-        """
-        if self._closed:
-            return
-        self._closed = True
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout)
-        elif not self._loop.is_closed():
-            self._loop.close()
-        if self._thread.is_alive():
-            log.warning("background_loop_stuck", seconds=timeout)
 
 
 def open_channel(target: str, config: ClientConfig | None = None) -> grpc.aio.Channel:
@@ -259,3 +175,28 @@ async def retry_unavailable(
             log.debug("rpc_retry", rpc=rpc, peer=target, attempt=attempt, delay=delay)
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, MAX_BACKOFF_S)
+
+
+class Backoff:
+    """Exponential backoff with jitter: 1x, 2x, 4x ... `initial_s`, capped.
+
+    Not thread-safe; one per client. Inject `rng` for reproducible tests.
+    """
+
+    def __init__(
+        self, initial_s: float, max_s: float, rng: random.Random | None = None
+    ) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self._rng = rng or random.Random()
+        self._nominal_s = initial_s
+
+    def next_delay(self) -> float:
+        """The next pause in seconds, within [JITTER_LOW, 1] x min(nominal, max)."""
+        nominal = min(self._nominal_s, self.max_s)
+        self._nominal_s = min(self._nominal_s * 2, self.max_s)
+        return nominal * self._rng.uniform(JITTER_LOW, 1.0)
+
+    def reset(self) -> None:
+        """Start from `initial_s` again (after a success)."""
+        self._nominal_s = self.initial_s

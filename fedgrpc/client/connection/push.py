@@ -1,17 +1,18 @@
-"""Moving tensors over the data RPCs: PushUpdate up, PullModel down.
+"""Pushing updates: the PushUpdate stream, raw float32 or through an encoder.
 
-Uplink: a flat float32 vector (the pseudo-gradient, or the initial weights)
+A flat float32 vector (the pseudo-gradient, or the initial weights)
 is cut by `fedgrpc.domain.chunks.iter_chunks` into ~1 MiB slices of its own
 memory and streamed as header, chunks, commit; with signing on, the header
 is signed, each chunk carries its payload's SHA-256, chain link and
 signature (`crypto.signing.UpdateSigner`), and the commit closes the chain.
 Payloads are hashed on a worker thread (`hashlib` releases the GIL) so the
-loop keeps writing the previous chunk meanwhile. Downlink: see `download`.
+loop keeps writing the previous chunk meanwhile. Lossy codecs with error
+feedback (`client.compressed`, `client.secure`) plug in as an
+`UpdateEncoder`. The way down is `pull`.
 
 protobuf (upb) accepts only `bytes` for a bytes field, so each uplink chunk
 costs one copy into a `bytes` object (and protobuf's own serialisation copy);
-each downlink chunk is read from its message once. Nothing here loops over
-elements. All functions run on the client's background loop.
+nothing here loops over elements. All functions run on the client's background loop.
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 import grpc
 import numpy as np
 import torch
 
 from fedgrpc._proto.v1 import common_pb2, coordinator_pb2
-from fedgrpc.client.connection import Credentials
+from fedgrpc.client.connection.channel import Credentials
 from fedgrpc.client.status import translated
+from fedgrpc.compress import CodecConfig, ErrorFeedback
 from fedgrpc.crypto.keys import PrivateKey
 from fedgrpc.crypto.signing import UpdateSigner, sha256
 from fedgrpc.domain.chunks import iter_chunks
@@ -85,6 +87,40 @@ class Signing:
     def sign_header(self, request: coordinator_pb2.PushUpdateRequest) -> UpdateSigner:
         """Sign the header in `request` in place; the signer for its chunks."""
         return sign_update_header(request.header, self.key, self.run_id, self.binding)
+
+
+class UpdateEncoder(Protocol):
+    """A codec with error feedback that encodes each round's update as a stream.
+
+    The contract `CoordinatorLink.push_compressed` and the sync point rely
+    on: `requests` yields one update's messages (header, chunks, commit) and
+    remembers what it sent; `settle` then says whether the round applied it.
+    Implemented by `client.compressed.CompressedUpdates` and, under secure
+    aggregation, `client.secure.SecureUpdates`.
+    """
+
+    config: CodecConfig
+    """The codec; signatures bind its parameters."""
+    feedback: ErrorFeedback
+    """The residual e: what was not sent yet (and what `settle` gives back)."""
+    chunk_bytes: int
+    """Payload bytes per chunk."""
+    payload_bytes: int
+    """Payload bytes of the last update encoded."""
+
+    def requests(
+        self,
+        credentials: Credentials,
+        meta: UpdateMeta,
+        delta: torch.Tensor,
+        signing: Signing | None = None,
+    ) -> AsyncIterator[coordinator_pb2.PushUpdateRequest | bytes]:
+        """One update's messages for `delta`, signed with `signing` if given."""
+        ...
+
+    def settle(self, applied: bool) -> bool:
+        """Close the last update's books; True if it went back into e (rebase)."""
+        ...
 
 
 async def payload_sha256(payload: bytes | memoryview) -> bytes:

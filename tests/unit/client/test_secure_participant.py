@@ -1,4 +1,4 @@
-"""client.secure_round: a setup the client cannot use makes it leave that round.
+"""client.secure.participant: a setup the client cannot use makes it leave that round.
 
 No gRPC: the participant gets the SessionResponse bytes the coordinator
 would send, as its session reader hands them over.
@@ -13,8 +13,8 @@ import numpy as np
 from structlog.testing import capture_logs
 
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
-from fedgrpc.client.join import Federation
-from fedgrpc.client.secure_round import SecureParticipant
+from fedgrpc.client.connection.join import Federation
+from fedgrpc.client.secure import SecureParticipant
 from fedgrpc.crypto.keys import PrivateKey
 from fedgrpc.domain.codecs import parse_codec
 from fedgrpc.secagg import FixedPointScale, RoundSetup, SecAggParams

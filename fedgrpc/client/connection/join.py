@@ -1,12 +1,21 @@
-"""Joining a federation: the request, the signed challenge-response, what Join said.
+"""Joining a federation: who we are, whom we trust, and what Join said.
 
 One Join attempt is two calls: GetJoinChallenge (a fresh nonce and the
 coordinator's key), then Join with the client's key and its signature over
 the Join statement (`crypto.signing.JoinStatement`), which names the
 challenge, the run and the coordinator's key, so it is useless to anyone
-who captures it. The coordinator's key is checked against
-`ClientConfig.coordinator_key` (or trusted on first use) *before* the client
-signs anything for it. Runs on the client's background loop.
+who captures it.
+
+Identity and trust: a client signs with `ClientConfig.identity_key`, or with
+a throwaway key made at start (only an `open_enrollment` coordinator admits
+those). It trusts the coordinator key `ClientConfig.coordinator_key` pins,
+or else the key the coordinator presents at its first Join (trust on first
+use, logged with the fingerprint so an operator can compare), and checks it
+*before* signing anything for it; from then on every model must carry that
+key's signature, so a server in the middle can neither feed the client other
+weights nor reuse its signed Join elsewhere. A coordinator that comes back
+after a fault must be the same one, with the same H and codec
+(`check_same_federation`). Runs on the client's background loop.
 """
 
 from __future__ import annotations
@@ -18,20 +27,23 @@ from importlib import metadata
 from typing import TYPE_CHECKING
 
 from fedgrpc._proto.v1 import common_pb2, coordinator_pb2
-from fedgrpc.client.identity import ClientIdentity, check_coordinator
 from fedgrpc.compress import CodecConfig, Dense, format_codec, make_codec
 from fedgrpc.config import ClientConfig
-from fedgrpc.crypto.keys import PublicKey
+from fedgrpc.crypto.files import load_identity_option, load_public_key
+from fedgrpc.crypto.keys import PrivateKey, PublicKey
 from fedgrpc.crypto.signing import JoinStatement
 from fedgrpc.domain.chunks import DEFAULT_CHUNK_BYTES
 from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.errors import (
+    ConfigError,
+    IdentityFileError,
     IncompatibleClientError,
     InvalidKeyError,
     InvalidUpdateError,
     UnknownClientError,
     UntrustedCoordinatorError,
 )
+from fedgrpc.log import get_logger
 from fedgrpc.wire.codec_params import (
     WIRE_CODEC_TO_PROTO,
     codec_params_from_proto,
@@ -42,6 +54,72 @@ from fedgrpc.wire.signed import key_from_proto, key_to_proto
 
 if TYPE_CHECKING:
     from fedgrpc._proto.v1.coordinator_pb2_grpc import CoordinatorServiceAsyncStub
+
+
+log = get_logger(__name__)
+FINGERPRINT_CHARS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ClientIdentity:
+    """The key this client signs with, and whether it was made up on the spot."""
+
+    key: PrivateKey
+    ephemeral: bool
+
+
+def load_client_identity(config: ClientConfig) -> ClientIdentity:
+    """`config.identity_key`, or a throwaway key when it is unset.
+
+    Raises:
+        ConfigError: the key file is unreadable or not an Ed25519 PEM key.
+    """
+    if not config.identity_key:
+        key = PrivateKey.generate()
+        log.info(
+            "client_identity", key=key.public_key.short_fingerprint, ephemeral=True
+        )
+        return ClientIdentity(key, ephemeral=True)
+    key = load_identity_option(config.identity_key)
+    log.info("client_identity", key=key.public_key.short_fingerprint, ephemeral=False)
+    return ClientIdentity(key, ephemeral=False)
+
+
+def pinned_fingerprint(config: ClientConfig) -> str | None:
+    """The coordinator fingerprint `config.coordinator_key` insists on, if any.
+
+    Raises:
+        ConfigError: the pin names a file that is not a PEM public key.
+    """
+    pin = config.coordinator_key
+    if not pin:
+        return None
+    if len(pin) == FINGERPRINT_CHARS and all(
+        c in "0123456789abcdefABCDEF" for c in pin
+    ):
+        return pin.lower()
+    try:
+        return load_public_key(pin).fingerprint
+    except IdentityFileError as exc:
+        raise ConfigError(f"coordinator_key={pin!r}: {exc}") from exc
+
+
+def check_coordinator(key: PublicKey, pinned: str | None, target: str) -> None:
+    """Accept the coordinator's key: it matches the pin, or (no pin) log it.
+
+    Raises:
+        UntrustedCoordinatorError: it does not match the pin.
+    """
+    if pinned is None:
+        log.info("coordinator_key_trusted", peer=target, key=key.fingerprint)
+        return
+    if key.fingerprint != pinned:
+        raise UntrustedCoordinatorError(
+            f"the coordinator at {target} presented key {key.fingerprint}, but "
+            f"ClientConfig.coordinator_key pins {pinned}: it may be an impostor, or "
+            "its identity_key was replaced; check with the operator before "
+            "updating the pin"
+        )
 
 
 def library_version() -> str:
@@ -77,9 +155,9 @@ class Federation:
     signed: bool
     """The coordinator requires signed updates."""
     secure_aggregation: bool = False
+    """Rounds are masked (SecAgg+); `client.secure` takes part in them."""
     heartbeat_interval_s: float = 0.0
     """Heartbeat period the coordinator expects (0: it did not say)."""
-    """Rounds are masked (SecAgg+); `client.secure_round` takes part in them."""
     last_update_round: int = 0
     """Round our last update was committed to, as the coordinator recorded it."""
     last_applied_round: int = 0
@@ -232,3 +310,18 @@ def explain_refusal(exc: UnknownClientError, identity: ClientIdentity) -> Except
         "`fedgrpc keygen --out DIR`, give the operator its .pub file and set "
         "ClientConfig.identity_key"
     )
+
+
+def check_same_federation(before: Federation, after: Federation) -> None:
+    """A coordinator that came back must run the same H and codec.
+
+    Raises:
+        IncompatibleClientError: it now announces other settings.
+    """
+    old = (before.inner_steps, before.codec, before.chunk_bytes)
+    new = (after.inner_steps, after.codec, after.chunk_bytes)
+    if old != new:
+        raise IncompatibleClientError(
+            f"the coordinator came back with (inner_steps, codec, chunk_bytes) = "
+            f"{new}, this client joined with {old}; create a new DiLoCoClient"
+        )

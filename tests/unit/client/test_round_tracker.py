@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from fedgrpc import errors
-from fedgrpc.client.rounds import (
+from fedgrpc.client.connection.round_tracker import (
     MAX_CLOSED_ROUNDS,
     RoundEnd,
     RoundStart,

@@ -4,8 +4,10 @@
 on the client's background loop: SessionOpen, then a heartbeat every
 `heartbeat_interval_s`, then SessionLeave on close. What the coordinator
 announces (rounds started and closed, shutdown) lands in a
-`rounds.RoundTracker`, which the training thread waits on through
-`BackgroundLoop.run`. Everything here runs on that loop.
+`round_tracker.RoundTracker`, which the training thread waits on through
+`boundary.Connection`. Events of a round mode (secure aggregation's
+`secagg_*`) go to the `SessionEvents` handler the link attached, so this
+module knows no mode. Everything here runs on the background loop.
 """
 
 from __future__ import annotations
@@ -13,24 +15,34 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
 from fedgrpc._proto.v1 import coordinator_pb2
-from fedgrpc.client.connection import Credentials
-from fedgrpc.client.rounds import RoundEnd, RoundStart, RoundTracker
+from fedgrpc.client.connection.channel import Credentials
+from fedgrpc.client.connection.round_tracker import RoundEnd, RoundStart, RoundTracker
 from fedgrpc.client.status import translated
 from fedgrpc.errors import CoordinatorUnavailableError, FedGrpcError
 from fedgrpc.log import get_logger
 
 if TYPE_CHECKING:
     from fedgrpc._proto.v1.coordinator_pb2_grpc import CoordinatorServiceAsyncStub
-    from fedgrpc.client.secure_round import SecureParticipant
 
 log = get_logger(__name__)
 LEAVE_TIMEOUT_S = 5.0
 """How long close() waits for the coordinator to end the stream after Leave."""
+
+
+class SessionEvents(Protocol):
+    """What a round mode plugs into the Session stream.
+
+    It gets the events the stream does not handle itself: anything but round
+    starts and closes, heartbeat replies and the shutdown notice.
+    """
+
+    async def handle(self, response: coordinator_pb2.SessionResponse) -> None:
+        """Take one event; ignore kinds it does not know. Runs on the loop."""
 
 
 def round_end_from_proto(event: coordinator_pb2.RoundClosed) -> RoundEnd:
@@ -70,11 +82,11 @@ class SessionStream:
         ) = None
         self._task: asyncio.Task[None] | None = None
         self._outbox: asyncio.Queue[coordinator_pb2.SessionRequest] = asyncio.Queue()
-        self.secure: SecureParticipant | None = None
-        """Answers SecAgg events when the federation uses secure aggregation."""
+        self.events: SessionEvents | None = None
+        """Handles a round mode's events (secure aggregation), if the link has one."""
 
     def send(self, request: coordinator_pb2.SessionRequest) -> None:
-        """Queue a client event (secure aggregation) for the Session stream."""
+        """Queue a client event (a round mode's reply) for the Session stream."""
         self._outbox.put_nowait(request)
 
     def start(self) -> None:
@@ -168,11 +180,11 @@ class SessionStream:
             await self._tracker.record_closed(
                 round_end_from_proto(response.round_closed)
             )
-        elif event is not None and event.startswith("secagg_") and self.secure:
-            await self.secure.handle(response)
         elif event == "shutdown":
             log.warning("coordinator_shutdown", reason=response.shutdown.reason)
             await self._tracker.record_shutdown(response.shutdown.reason)
+        elif event not in (None, "heartbeat") and self.events is not None:
+            await self.events.handle(response)
 
     async def close(self, reason: str, timeout_s: float = LEAVE_TIMEOUT_S) -> None:
         """Send SessionLeave, end our side, and wait for the stream to finish.

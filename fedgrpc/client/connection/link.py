@@ -2,9 +2,14 @@
 
 `CoordinatorLink` owns the channel, the stub, the credentials, the Session
 task and its `RoundTracker`, and the client's signing key. It is created and
-used only on the client's background loop; `DiLoCoClient` reaches it
-exclusively through `BackgroundLoop.run(link.method(...))`, so the training
-thread never touches a grpc object.
+used only on the client's background loop; the training thread reaches it
+exclusively through `boundary.Connection`, so it never touches a grpc object.
+A reconnect is a new link (`Connection.rejoin`).
+
+A round mode (secure aggregation) is not built in: the caller's `Attach`
+hook, called after Join and before the Session starts, may return a
+`SessionEvents` handler for the events the link does not handle itself,
+which sends its replies through `send_event`.
 
 Join is challenge-response: GetJoinChallenge, check the coordinator's key
 (`join`, `identity`), then Join with the signed Join statement. Updates are signed
@@ -15,42 +20,43 @@ every pulled model must carry the coordinator's signature.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
 import torch
 
 from fedgrpc._proto.v1 import coordinator_pb2, coordinator_pb2_grpc
-from fedgrpc.client.compressed import CompressedUpdates
-from fedgrpc.client.connection import Credentials, open_channel, retry_unavailable
-from fedgrpc.client.download import ModelTrust, PulledModel, pull_model
-from fedgrpc.client.identity import (
-    ClientIdentity,
-    load_client_identity,
-    pinned_fingerprint,
+from fedgrpc.client.connection.channel import (
+    Credentials,
+    open_channel,
+    retry_unavailable,
 )
-from fedgrpc.client.join import (
+from fedgrpc.client.connection.join import (
+    ClientIdentity,
     Federation,
     JoinSettings,
     explain_refusal,
     federation_from,
     join_request,
+    load_client_identity,
+    pinned_fingerprint,
     signed_join,
 )
-from fedgrpc.client.rounds import RoundTracker
-from fedgrpc.client.secure_round import SecureParticipant, secure_participant
-from fedgrpc.client.session import SessionStream
-from fedgrpc.client.transfer import (
+from fedgrpc.client.connection.pull import ModelTrust, PulledModel, pull_model
+from fedgrpc.client.connection.push import (
     FP32_BYTES,
     PushResult,
     Signing,
+    UpdateEncoder,
     UpdateMeta,
     push_method,
     push_result,
     stream_update,
     update_requests,
 )
+from fedgrpc.client.connection.round_tracker import RoundTracker
+from fedgrpc.client.connection.session import SessionEvents, SessionStream
 from fedgrpc.compress import CodecConfig
 from fedgrpc.config import ClientConfig
 from fedgrpc.crypto.keys import PublicKey
@@ -61,6 +67,9 @@ from fedgrpc.wire.codec_params import DENSE_FP32_BINDING, codec_binding
 from fedgrpc.wire.export import ExportContext, export_path, exported
 
 log = get_logger(__name__)
+Attach = Callable[["CoordinatorLink", Federation], SessionEvents | None]
+"""Called once per link after Join, before its Session starts: the handler of
+the events a round mode adds (secure aggregation), or None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +111,6 @@ class CoordinatorLink:
         self.federation: Federation | None = None
         self.tracker = RoundTracker()
         self._session: SessionStream | None = None
-        self.secure: SecureParticipant | None = None
-        """Takes part in masked rounds (`secure_round`), if the federation has them."""
         self._closed = False
 
     @classmethod
@@ -114,11 +121,14 @@ class CoordinatorLink:
         settings: JoinSettings,
         config: ClientConfig,
         resume: Resume | None = None,
+        attach: Attach | None = None,
     ) -> tuple[CoordinatorLink, Federation]:
         """Open a channel, Join (retrying while unreachable), open the Session.
 
         With `resume` (a reconnect) Join is tried once: the caller runs the
-        backoff schedule (`reconnect.Backoff`).
+        backoff schedule (`channel.Backoff`). `attach` (see `Attach`) gives
+        the Session its round mode's handler before it starts, so the first
+        event is not missed.
 
         Raises:
             CoordinatorUnavailableError: unreachable for `connect_timeout_s`.
@@ -137,13 +147,8 @@ class CoordinatorLink:
                 link.tracker,
                 heartbeat_period_s(config, federation),
             )
-            link.secure = secure_participant(
-                link.identity.key,
-                link.credentials,
-                federation,
-                link._session,
-                spec.num_coordinates,
-            )
+            if attach is not None:
+                link._session.events = attach(link, federation)
             link._session.start()
         except BaseException:
             await link.close("join failed")
@@ -180,6 +185,12 @@ class CoordinatorLink:
         if self.federation is None:
             raise RuntimeError("CoordinatorLink used before a successful Join")
         return self.federation
+
+    def send_event(self, request: coordinator_pb2.SessionRequest) -> None:
+        """Queue a round mode's event (a SecAgg reply) on the Session stream."""
+        if self._session is None:
+            raise RuntimeError("CoordinatorLink.send_event before the Session opened")
+        self._session.send(request)
 
     def resume_state(self) -> Resume:
         """What a reconnect after this link keeps: our key, the coordinator's."""
@@ -242,9 +253,9 @@ class CoordinatorLink:
         return push_result(response, flat.numel() * FP32_BYTES)
 
     async def push_compressed(
-        self, updates: CompressedUpdates, meta: UpdateMeta, delta: torch.Tensor
+        self, updates: UpdateEncoder, meta: UpdateMeta, delta: torch.Tensor
     ) -> PushResult:
-        """Push one update through the codec and error feedback of `updates`."""
+        """Push one update through `updates` (a codec with error feedback)."""
         signing = self.signing(updates.config)
         requests = updates.requests(self.credentials, meta, delta, signing)
         timeout_s = self.push_timeout_s(updates.chunk_bytes)

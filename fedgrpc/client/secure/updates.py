@@ -1,8 +1,11 @@
 """Masked pushes under secure aggregation: quantise, keep the rest in e, mask, stream.
 
 `DiLoCoClient` uses `SecureUpdates` in place of the plain codec when the
-coordinator announces secure aggregation; the key exchange that makes a
-round ready for this push runs in `client.secure_round`.
+coordinator announces secure aggregation (`secure.mode.SecureMode`); the key
+exchange that makes a round ready for this push runs in `secure.participant`.
+Like the plain `compressed.CompressedUpdates`, it is a
+`connection.push.UpdateEncoder` holding an error-feedback residual; it does
+not derive from it (it encodes no codec blocks).
 
 Error feedback: codes are round(clip(e) / scale) at the round's positions;
 e keeps everything not sent (the clipped remainder, the rounding error, the
@@ -29,17 +32,16 @@ import torch
 
 from fedgrpc._proto.v1 import common_pb2
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
-from fedgrpc.client.compressed import CompressedUpdates
-from fedgrpc.client.connection import Credentials
-from fedgrpc.client.secure_round import ClientSecureRound, SecureParticipant
-from fedgrpc.client.transfer import (
+from fedgrpc.client.connection.channel import Credentials
+from fedgrpc.client.connection.push import (
     Signing,
     UpdateMeta,
     end_of_update,
     payload_sha256,
     update_header,
 )
-from fedgrpc.compress import CodecConfig, DenseValues, SparseValues
+from fedgrpc.client.secure.participant import ClientSecureRound, SecureParticipant
+from fedgrpc.compress import CodecConfig, DenseValues, ErrorFeedback, SparseValues
 from fedgrpc.log import get_logger
 from fedgrpc.wire.frames import encode_update_chunk
 from fedgrpc.wire.ring import encode_ring_values, ring_values_per_chunk
@@ -47,7 +49,7 @@ from fedgrpc.wire.ring import encode_ring_values, ring_values_per_chunk
 log = get_logger(__name__)
 
 
-class SecureUpdates(CompressedUpdates):
+class SecureUpdates:
     """Masked pushes with error feedback: the codec under secure aggregation."""
 
     def __init__(
@@ -61,7 +63,11 @@ class SecureUpdates(CompressedUpdates):
         wait_s: float = 30.0,
     ) -> None:
         """`participant` returns the current link's (links change on reconnect)."""
-        super().__init__(config, num_coordinates, chunk_bytes, feedback_decay)
+        self.config = config
+        self.chunk_bytes = chunk_bytes
+        self.feedback = ErrorFeedback(num_coordinates, decay=feedback_decay)
+        self.payload_bytes = 0
+        """Payload bytes of the last update encoded."""
         self._participant, self._wait_s = participant, wait_s
         self._rng = np.random.default_rng()
         self._sent: DenseValues | SparseValues | None = None
@@ -136,8 +142,9 @@ class SecureUpdates(CompressedUpdates):
             return
         self._reset_round = round_id
         dropped = self.feedback.reset()
-        log.info("residual_reset", client=client_id, round=round_id,
-                 dropped_norm=dropped)  # fmt: skip
+        log.info(
+            "residual_reset", client=client_id, round=round_id, dropped_norm=dropped
+        )
 
     def _timed_mask(self, current: ClientSecureRound) -> np.ndarray:
         started, cpu = time.perf_counter(), time.thread_time()
