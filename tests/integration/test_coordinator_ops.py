@@ -120,13 +120,14 @@ def test_status_command_prints_rounds_clients_credit_and_traffic(
     assert lines[0].startswith(f"coordinator {coordinator.address}  run ")
     assert "round 4 (waiting_for_quorum)  model version 3" in lines[1]  # no one left
     client_row = next(line for line in lines if "worker-a" in line)
-    # updates 4 = seed + 3 rounds; samples 4; last round 3
-    assert client_row.split()[1:6] == ["worker-a", "no", "4", "4", "3"]
+    # updates 3: the 3 rounds; the seeding upload is no update; last round 3
+    assert client_row.split()[1:6] == ["worker-a", "no", "3", "3", "3"]
     assert sum(line.split()[1:2] == ["applied"] for line in lines) == 3
     assert as_json.returncode == 0, as_json.stderr
     status = json.loads(as_json.stdout)
     assert status["model_version"] == 3
-    assert status["clients"][0]["samples_contributed"] == 4
+    assert status["clients"][0]["samples_contributed"] == 3
+    assert status["clients"][0]["updates_accepted"] == 3
     assert [r["round_id"] for r in status["recent_rounds"]] == [1, 2, 3]
     assert (health.returncode, health.stdout.strip()) == (0, "SERVING")
 
