@@ -9,6 +9,7 @@ its traceback instead of hanging it.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import queue
 import time
@@ -133,10 +134,17 @@ def run_simulation(
                 worker.terminate()
             worker.join(timeout=10)
         coordinator.stop()
+    # The run's rounds are 1..R: every client runs R sync points and the
+    # coordinator waits for all of them. A round past R was opened after
+    # they finished (a secure round keys round R + 1 at once, and it aborts
+    # when the clients leave). A round without updates has no train loss
+    # (NaN, not the 0.0 of an empty mean).
     rounds = [
-        RoundFigures(r.round_id, r.outcome == 1, r.mean_train_loss, r.duration_s)
+        RoundFigures(r.round_id, r.outcome == 1,
+                     r.mean_train_loss if r.num_updates else math.nan, r.duration_s)
         for r in status.recent_rounds
-    ]
+        if r.round_id <= config.rounds
+    ]  # fmt: skip
     return SimulationSummary(
         clients=config.clients,
         num_parameters=status.num_parameters,
