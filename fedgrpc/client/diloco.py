@@ -11,6 +11,8 @@ two model-sized float32 buffers (the global snapshot and the pseudo-gradient,
 
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
@@ -98,6 +100,11 @@ class DiLoCoClient:
         self._closed = False
         self._loop = BackgroundLoop()
         self._loop.start()
+        self._current = _CurrentLink()
+        # A client dropped without close() (re-created in a notebook cell, or
+        # replaced in a loop) would heartbeat forever on its thread and every
+        # round would wait round_timeout_s for it: leave when collected too.
+        self._leave_once = weakref.finalize(self, _leave, self._loop, self._current)
         try:
             wait_s = self._config.connect_timeout_s + self._config.rpc_timeout_s
             settings = JoinSettings(inner_steps, compression)
@@ -105,6 +112,7 @@ class DiLoCoClient:
                 target, self._local.spec, settings, self._config
             )
             self._link, federation = call(self._loop, connect, wait_s)
+            self._current.link = self._link
             self._sync = self._start(self._link, federation)
             self._reconnector = Reconnector(
                 self._loop, target, self._local.spec, settings, self._config
@@ -197,24 +205,22 @@ class DiLoCoClient:
         try:
             self._last_outcome = self._reconnector.run(self._sync)
         finally:
-            self._link = self._sync.link  # close() leaves the current link
+            # close() leaves the current link
+            self._link = self._current.link = self._sync.link
         self._steps = 0
         self._rounds_completed += 1
         return True
 
     def close(self) -> None:
-        """Leave the session, close the channel, stop the loop. Idempotent."""
+        """Leave the session, close the channel, stop the loop. Idempotent.
+
+        With a throwaway key the leave is final: the coordinator forgets
+        this client (it could never come back under that key).
+        """
         if self._closed:
             return
         self._closed = True
-        try:
-            if self._link is not None:
-                leave = self._link.close("client closed")
-                self._loop.run(leave, LEAVE_TIMEOUT_S + BACKSTOP_S)
-        except Exception as exc:  # closing must not mask the caller's own error
-            log.warning("client_close_failed", reason=str(exc))
-        finally:
-            self._loop.close()
+        self._leave_once()
 
     def __enter__(self) -> Self:
         return self
@@ -272,3 +278,30 @@ class DiLoCoClient:
     def last_round_outcome(self) -> SyncOutcome | None:
         """How the last sync point ended (see `sync.SyncOutcome`); None before."""
         return self._last_outcome
+
+
+@dataclass(slots=True)
+class _CurrentLink:
+    """The link `close()` (or the finalizer) leaves; replaced on reconnects."""
+
+    link: CoordinatorLink | None = None
+
+
+def _leave(loop: BackgroundLoop, current: _CurrentLink) -> None:
+    """Leave the session (final with a throwaway key) and stop the loop.
+
+    Runs once: from `close()`, or when an unclosed client is collected, or
+    at interpreter exit. It must not hold the client itself (weakref.finalize).
+    """
+    try:
+        link = current.link
+        if link is not None:
+            leave = link.close("client closed", final=link.identity.ephemeral)
+            loop.run(leave, LEAVE_TIMEOUT_S + BACKSTOP_S)
+    except Exception as exc:  # closing must not mask the caller's own error
+        log.warning("client_close_failed", reason=str(exc))
+    finally:
+        try:
+            loop.close()
+        except RuntimeError as exc:  # collected on the loop's own thread
+            log.warning("client_close_failed", reason=str(exc))
