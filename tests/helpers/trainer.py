@@ -1,7 +1,7 @@
 """A new user's client process: a tiny regression loop with DiLoCoClient embedded.
 
 `python -m tests.helpers.trainer ADDRESS SYNCS REPORT [--recreate-at K]
-[--idle-at K]`
+[--idle-at K] [--until-version V] [--reconnect-max-s S]`
 (run from the repository root) joins with a throwaway key (no
 identity_key, as a first try would), trains until SYNCS sync points ran,
 and appends one JSON line per sync point to REPORT: the client id, the
@@ -10,7 +10,10 @@ K sync points the way a notebook cell run twice does: a new DiLoCoClient
 (a new throwaway key) is bound to the same name and the old one is dropped
 without `close()`. `--idle-at K` stops training after K sync points but
 keeps the client open (heartbeating), so a test can SIGKILL it knowing no
-push is in flight. The process ends by itself after RUN_S.
+push is in flight. `--until-version V` stops early once the global model
+reached version V, so clients whose sync points went differently (some
+offline) still end on the same round. The process ends by itself after
+RUN_S.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("report", type=Path)
     parser.add_argument("--recreate-at", type=int, default=-1)
     parser.add_argument("--idle-at", type=int, default=-1)
+    parser.add_argument("--until-version", type=int, default=-1)
     parser.add_argument("--reconnect-max-s", type=float, default=5.0)
     args = parser.parse_args(argv)
     deadline = time.monotonic() + RUN_S
@@ -97,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
                 _write(report, client=client.client_id, sync=done,
                        outcome=client.last_round_outcome,
                        version=client.model_version)  # fmt: skip
+                if 0 <= args.until_version <= client.model_version:
+                    break
         client.close()
 
 
