@@ -220,8 +220,9 @@ def _monitor(
             _drain(results, done)
             _check_workers(workers, done, results)
             history = coordinator.status().recent_rounds
-            if len(history) > bar.n:
-                bar.update(len(history) - bar.n)
+            # Rounds past R are not the run's (see run_simulation).
+            if min(len(history), config.rounds) > bar.n:
+                bar.update(min(len(history), config.rounds) - bar.n)
                 bar.set_postfix(train_loss=f"{history[-1].mean_train_loss:.3f}")
     finally:
         bar.close()
