@@ -60,6 +60,11 @@ def parse_args() -> argparse.Namespace:
         "--seed", type=int, default=0, help="seed for the data shards (default: 0)"
     )
     parser.add_argument(
+        "--identity-key",
+        default="",
+        help="rank 0's private key (PEM); default a throwaway key",
+    )
+    parser.add_argument(
         "--report-file",
         type=Path,
         metavar="PATH",
@@ -107,7 +112,9 @@ def train(args: argparse.Namespace) -> None:
     ddp = DistributedDataParallel(model)
     optimizer = torch.optim.AdamW(ddp.parameters(), lr=0.05)
     config = fedgrpc.ClientConfig(
-        name=f"torchrun-{args.seed}", round_wait_s=ROUND_WAIT_S
+        name=f"torchrun-{args.seed}",
+        round_wait_s=ROUND_WAIT_S,
+        identity_key=args.identity_key,
     )
     # Every rank constructs it; only rank 0 joins. DDP is unwrapped, so
     # parameter names match plain clients ("weight", not "module.weight").
