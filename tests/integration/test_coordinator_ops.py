@@ -55,7 +55,7 @@ def _train(
     coordinator: CoordinatorThread,
     rounds: int,
     name: str = "worker-a",
-    identity_key: str | None = None,
+    identity_key: str = "",
 ) -> None:
     torch.manual_seed(0)
     model = nn.Linear(8, 4)
