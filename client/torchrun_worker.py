@@ -67,6 +67,11 @@ def parse_args() -> argparse.Namespace:
         "(default: 0, off)",
     )
     parser.add_argument(
+        "--identity-key",
+        default="",
+        help="rank 0's private key (PEM); default a throwaway key",
+    )
+    parser.add_argument(
         "--report-file",
         type=Path,
         metavar="PATH",
@@ -117,6 +122,7 @@ def train(args: argparse.Namespace) -> None:
         name=f"torchrun-{args.seed}",
         round_wait_s=ROUND_WAIT_S,
         proximal_mu=args.proximal_mu,
+        identity_key=args.identity_key,
     )
     # Every rank constructs it; only rank 0 joins. DDP is unwrapped, so
     # parameter names match plain clients ("weight", not "module.weight").

@@ -13,6 +13,7 @@ two model-sized float32 buffers (the global snapshot and the pseudo-gradient,
 
 from __future__ import annotations
 
+import weakref
 from types import TracebackType
 from typing import Self
 
@@ -21,7 +22,7 @@ import torch
 from fedgrpc.client.compressed import CompressedUpdates
 from fedgrpc.client.connection import Connection
 from fedgrpc.client.connection.join import Federation, JoinSettings
-from fedgrpc.client.connection.link import CoordinatorLink
+from fedgrpc.client.connection.link import Attach, CoordinatorLink
 from fedgrpc.client.connection.push import UpdateEncoder
 from fedgrpc.client.connection.session import SessionEvents
 from fedgrpc.client.reconnect import Reconnector
@@ -104,11 +105,20 @@ class DiLoCoClient:
         settings = JoinSettings(inner_steps, compression)
         try:
             self._connection = Connection(
-                target, self._local.spec, settings, self._config, attach=self._attach
+                target,
+                self._local.spec,
+                settings,
+                self._config,
+                attach=_weak_attach(weakref.ref(self)),
             )
         except BaseException:
             self._local.close()  # the FedProx hook must not outlive a failed start
             raise
+        # A client dropped without close() (re-created in a notebook cell, or
+        # replaced in a loop) would heartbeat forever on its thread and every
+        # round would wait round_timeout_s for it: leave when collected too.
+        # The finalizer holds the connection and the local run, never `self`.
+        self._leave_once = weakref.finalize(self, _leave, self._connection, self._local)
         try:
             federation = self._connection.join()
             self._sync = self._start(federation)
@@ -211,14 +221,15 @@ class DiLoCoClient:
         return True
 
     def close(self) -> None:
-        """Leave the session, close the channel, stop the loop. Idempotent."""
+        """Leave the session, close the channel, stop the loop. Idempotent.
+
+        With a throwaway key the leave is final: the coordinator forgets
+        this client (it could never come back under that key).
+        """
         if self._closed:
             return
         self._closed = True
-        try:
-            self._connection.close()
-        finally:
-            self._local.close()
+        self._leave_once()
 
     def __enter__(self) -> Self:
         return self
@@ -276,3 +287,30 @@ class DiLoCoClient:
     def last_round_outcome(self) -> SyncOutcome | None:
         """How the last sync point ended (see `sync.SyncOutcome`); None before."""
         return self._last_outcome
+
+
+def _weak_attach(client: weakref.ref[DiLoCoClient]) -> Attach:
+    """`DiLoCoClient._attach` through a weak reference.
+
+    The connection keeps its `attach` callback for every re-join; a bound
+    method would keep the client alive from its own connection, and a client
+    dropped without `close()` would then never be collected nor leave.
+    """
+
+    def attach(link: CoordinatorLink, federation: Federation) -> SessionEvents | None:
+        owner = client()
+        return None if owner is None else owner._attach(link, federation)
+
+    return attach
+
+
+def _leave(connection: Connection, local: LocalRun) -> None:
+    """Leave the session (final with a throwaway key), stop the loop, unhook FedProx.
+
+    Runs once: from `close()`, or when an unclosed client is collected, or
+    at interpreter exit. It must not hold the client itself (weakref.finalize).
+    """
+    try:
+        connection.close()
+    finally:
+        local.close()

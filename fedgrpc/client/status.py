@@ -32,6 +32,14 @@ _ERRORS: dict[grpc.StatusCode, type[errors.FedGrpcError]] = {
 }
 
 
+ERROR_CLASS_KEY = "fedgrpc-error-class"
+"""Trailing metadata in which the coordinator names the exception class."""
+_SUBCLASSES: dict[str | bytes, type[errors.FedGrpcError]] = {
+    "ModelMismatchError": errors.ModelMismatchError,
+}
+"""Refinements of `_ERRORS` a status may name (`error_from_rpc`)."""
+
+
 def status_code(exc: grpc.RpcError) -> grpc.StatusCode | None:
     """The status code of a failed call, or None for a bare `grpc.RpcError`.
 
@@ -68,7 +76,25 @@ def error_from_rpc(exc: grpc.RpcError, rpc: RpcName) -> errors.FedGrpcError:
     error_class = _ERRORS.get(code)
     if error_class is None:
         return errors.FedGrpcError(f"{rpc} failed with {code.name}: {details}")
+    error_class = _refined(exc, error_class)
     return error_class(details or f"{rpc} failed with {code.name}")
+
+
+def _refined(
+    exc: grpc.RpcError, error_class: type[errors.FedGrpcError]
+) -> type[errors.FedGrpcError]:
+    """The subclass the coordinator named in its trailing metadata, if allowed.
+
+    Only a known subclass of what the status code maps to is taken, so a
+    coordinator (or a proxy) naming anything else changes nothing.
+    """
+    trailing = getattr(exc, "trailing_metadata", None)
+    metadata = trailing() if callable(trailing) else None
+    for key, value in metadata or ():
+        refined = _SUBCLASSES.get(value) if key == ERROR_CLASS_KEY else None
+        if refined is not None and issubclass(refined, error_class):
+            return refined
+    return error_class
 
 
 @contextmanager

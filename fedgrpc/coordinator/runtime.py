@@ -209,8 +209,20 @@ class CoordinatorRuntime:
             self.mode.session_lost(client.client_id)
         self.sessions.close(client.client_id, queue)
         client.connected = False
+        self.registry.left(client)
         log.info("session_closed", client=client.client_id)
         await self.maybe_close_round()
+        self._forget_departed()
+
+    def _forget_departed(self) -> None:
+        """Drop clients that left for good, once the open round does not count them."""
+        current, needed = self.engine.current, set[str]()
+        if current is not None:  # a push still streaming will count too
+            needed = current.contributors | {
+                t.client.client_id for t in current.streaming.values()
+            }
+        for client_id in self.registry.forget_departed(needed):
+            log.info("client_forgotten", client=client_id)
 
     # -- after an update counted ---------------------------------------------------
 
@@ -255,6 +267,7 @@ class CoordinatorRuntime:
             result = self.engine.finish_close(closing, applied, reason)
             if applied:  # before anyone hears of the new version (checkpoint_store)
                 await self.checkpoints.save(self.engine, self.registry, self.run)
+        self._forget_departed()  # the closed round no longer counts anyone
         self.metrics.round_closed(result)
         # Both counts on every outcome: a skipped round's committed updates
         # were thrown away, and a bare "updates=2" read as if they counted.

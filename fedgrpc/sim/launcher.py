@@ -9,6 +9,7 @@ its traceback instead of hanging it.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import queue
 import time
@@ -135,10 +136,17 @@ def run_simulation(
                 worker.terminate()
             worker.join(timeout=10)
         coordinator.stop()
+    # The run's rounds are 1..R: every client runs R sync points and the
+    # coordinator waits for all of them. A round past R was opened after
+    # they finished (a secure round keys round R + 1 at once, and it aborts
+    # when the clients leave). A round without updates has no train loss
+    # (NaN, not the 0.0 of an empty mean).
     rounds = [
-        RoundFigures(r.round_id, r.outcome == 1, r.mean_train_loss, r.duration_s)
+        RoundFigures(r.round_id, r.outcome == 1,
+                     r.mean_train_loss if r.num_updates else math.nan, r.duration_s)
         for r in status.recent_rounds
-    ]
+        if r.round_id <= config.rounds
+    ]  # fmt: skip
     return SimulationSummary(
         clients=config.clients,
         num_parameters=status.num_parameters,
@@ -215,8 +223,9 @@ def _monitor(
             _drain(results, done)
             _check_workers(workers, done, results)
             history = coordinator.status().recent_rounds
-            if len(history) > bar.n:
-                bar.update(len(history) - bar.n)
+            # Rounds past R are not the run's (see run_simulation).
+            if min(len(history), config.rounds) > bar.n:
+                bar.update(min(len(history), config.rounds) - bar.n)
                 bar.set_postfix(train_loss=f"{history[-1].mean_train_loss:.3f}")
     finally:
         bar.close()

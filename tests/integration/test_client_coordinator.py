@@ -241,10 +241,14 @@ def test_inner_steps_that_differ_from_the_coordinator_are_incompatible(
         DiLoCoClient(coordinator.address, nn.Linear(2, 1), inner_steps=H + 1)
 
 
-def test_a_different_model_is_rejected_at_join(coordinator: CoordinatorThread) -> None:
+def test_a_different_model_is_rejected_at_join_with_model_mismatch_error(
+    coordinator: CoordinatorThread,
+) -> None:
+    # ModelMismatchError is what fedgrpc exports for this; it is also an
+    # InvalidUpdateError, so code catching that keeps working.
     with (
         DiLoCoClient(coordinator.address, nn.Linear(2, 1), config=FAST),
-        pytest.raises(errors.InvalidUpdateError),
+        pytest.raises(errors.ModelMismatchError, match="architecture"),
     ):
         DiLoCoClient(coordinator.address, nn.Linear(3, 1), config=FAST)
 

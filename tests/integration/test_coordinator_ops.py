@@ -26,6 +26,8 @@ from fedgrpc.client import DiLoCoClient
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.ops.checkpoint_file import list_rounds
 from fedgrpc.coordinator.services.server import CoordinatorThread, serve_in_thread
+from fedgrpc.crypto.files import save_key_pair
+from fedgrpc.crypto.keys import PrivateKey
 from tests.helpers import eventually
 from tests.helpers.metrics import scrape
 from tests.helpers.raw import PB, stub
@@ -49,10 +51,15 @@ def coordinator(tmp_path: Path) -> Iterator[CoordinatorThread]:
         yield running
 
 
-def _train(coordinator: CoordinatorThread, rounds: int, name: str = "worker-a") -> None:
+def _train(
+    coordinator: CoordinatorThread,
+    rounds: int,
+    name: str = "worker-a",
+    identity_key: str = "",
+) -> None:
     torch.manual_seed(0)
     model = nn.Linear(8, 4)
-    config = dataclasses.replace(FAST, name=name)
+    config = dataclasses.replace(FAST, name=name, identity_key=identity_key)
     with DiLoCoClient(coordinator.address, model, inner_steps=1, config=config) as c:
         scripted_steps(c, model, random_steps(rounds, flat(model).numel(), seed=5))
 
@@ -106,10 +113,17 @@ def _run_status(address: str, *flags: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _key_file(tmp_path: Path, name: str) -> str:
+    save_key_pair(PrivateKey.generate(), tmp_path / "keys", name)
+    return str(tmp_path / "keys" / f"{name}.key")
+
+
 def test_status_command_prints_rounds_clients_credit_and_traffic(
-    coordinator: CoordinatorThread,
+    coordinator: CoordinatorThread, tmp_path: Path
 ) -> None:
-    _train(coordinator, rounds=3, name="worker-a")
+    # A persistent key: the client may come back, so its record stays.
+    _train(coordinator, rounds=3, name="worker-a",
+           identity_key=_key_file(tmp_path, "worker-a"))  # fmt: skip
 
     table = _run_status(coordinator.address)
     as_json = _run_status(coordinator.address, "--json")
@@ -120,15 +134,36 @@ def test_status_command_prints_rounds_clients_credit_and_traffic(
     assert lines[0].startswith(f"coordinator {coordinator.address}  run ")
     assert "round 4 (waiting_for_quorum)  model version 3" in lines[1]  # no one left
     client_row = next(line for line in lines if "worker-a" in line)
-    # updates 4 = seed + 3 rounds; samples 4; last round 3
-    assert client_row.split()[1:6] == ["worker-a", "no", "4", "4", "3"]
+    # updates 3: the 3 rounds; the seeding upload is no update; last round 3
+    assert client_row.split()[1:6] == ["worker-a", "no", "3", "3", "3"]
     assert sum(line.split()[1:2] == ["applied"] for line in lines) == 3
     assert as_json.returncode == 0, as_json.stderr
     status = json.loads(as_json.stdout)
     assert status["model_version"] == 3
-    assert status["clients"][0]["samples_contributed"] == 4
+    assert status["clients"][0]["samples_contributed"] == 3
+    assert status["clients"][0]["updates_accepted"] == 3
     assert [r["round_id"] for r in status["recent_rounds"]] == [1, 2, 3]
     assert (health.returncode, health.stdout.strip()) == (0, "SERVING")
+
+
+def test_a_client_that_left_with_a_throwaway_key_leaves_the_status_list(
+    coordinator: CoordinatorThread, tmp_path: Path
+) -> None:
+    # Arrange: one client with a persistent key, one with a throwaway key.
+    _train(coordinator, rounds=1, name="keeper",
+           identity_key=_key_file(tmp_path, "keeper"))  # fmt: skip
+
+    # Act: the throwaway client trains a round, then closes.
+    _train(coordinator, rounds=1, name="passer-by")
+
+    # Assert: it is gone from the status list (its key can never come back),
+    # the persistent one stays with its credit, and both still count as joined.
+    def names() -> list[str]:
+        return [c.name for c in coordinator.status().clients]
+
+    eventually(lambda: names() == ["keeper"], timeout_s=10)
+    assert [r.num_updates for r in coordinator.status().recent_rounds] == [1, 1]
+    assert _scrape(coordinator)["fedgrpc_clients_joined"] == 2
 
 
 def test_status_of_an_unreachable_coordinator_is_a_clear_error() -> None:

@@ -52,6 +52,9 @@ def test_masked_round_applies_the_exact_mean_of_the_quantised_updates(
         # Assert: the ring sum is exactly the sum of the clients' codes, and
         # the applied step is its dequantised plain mean (fedavg, lr 1).
         assert outcomes == ["applied"] * 4
+        # Closed because the sum was recovered, not by a deadline.
+        closed = coordinator.running.runtime.engine.history[-1]
+        assert closed.reason == "masked sum of the survivors recovered"
         result = mode.last_result
         assert result is not None
         assert len(result.survivors) == 4

@@ -17,6 +17,8 @@ import grpc
 import pytest
 
 from fedgrpc._proto.v1 import admin_pb2, admin_pb2_grpc
+from fedgrpc.crypto.files import save_key_pair
+from fedgrpc.crypto.keys import PrivateKey
 from tests.conftest import Spawn
 from tests.helpers.serve import start_serve
 
@@ -70,6 +72,10 @@ def test_two_rank_worker_is_one_client_and_its_ranks_agree_every_round(
     report = tmp_path / "report"
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
 
+    # Persistent keys: their records (and credit) outlive their sessions.
+    for name in ("plain", "worker"):
+        save_key_pair(PrivateKey.generate(), tmp_path / "keys", name)
+
     # Act: one plain client and one 2-rank worker train ROUNDS rounds together.
     plain = spawn(
         [
@@ -81,6 +87,8 @@ def test_two_rank_worker_is_one_client_and_its_ranks_agree_every_round(
             str(ROUNDS * H),
             "--seed",
             "1",
+            "--identity-key",
+            str(tmp_path / "keys" / "plain.key"),
         ],
         **pipes,
     )
@@ -101,6 +109,8 @@ def test_two_rank_worker_is_one_client_and_its_ranks_agree_every_round(
             str(H),
             "--report-file",
             str(report),
+            "--identity-key",
+            str(tmp_path / "keys" / "worker.key"),
         ],
         **pipes,
     )
@@ -121,7 +131,7 @@ def test_two_rank_worker_is_one_client_and_its_ranks_agree_every_round(
 
     # The coordinator saw exactly two clients in every round; the worker's
     # samples are both ranks' (the all-reduced sum), the plain client's one
-    # rank's, plus 1 for whichever of them seeded the initial weights.
+    # rank's; seeding the initial weights is no update and earns nothing.
     assert status.model_version == ROUNDS
     assert [r.num_updates for r in status.recent_rounds] == [2] * ROUNDS
     samples = {c.client_id: c.samples_contributed for c in status.clients}
@@ -131,4 +141,4 @@ def test_two_rank_worker_is_one_client_and_its_ranks_agree_every_round(
         samples[worker_id] - 2 * ROUNDS * H * BATCH,
         samples[plain_id] - ROUNDS * H * BATCH,
     ]
-    assert sorted(extra) == [0, 1]
+    assert extra == [0, 0]

@@ -418,16 +418,24 @@ class SessionLeave(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REASON_FIELD_NUMBER: _builtins.int
+    FINAL_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
     """Why the client leaves, for logs."""
+    final: _builtins.bool
+    """The client will never come back under this key (it was a throwaway key):
+    the coordinator forgets its record once the open round no longer needs
+    it, so it leaves the status list and frees its max_clients slot. Unset
+    (a reconnect, or a persistent key) keeps the record, its id and credit.
+    """
     def __init__(
         self,
         *,
         reason: _builtins.str = ...,
+        final: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["final", b"final", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -278,12 +278,20 @@ class Connection:
         return call(self._loop, tracker.wait_round_closed(round_id, wait_s), wait_s)
 
     def close(self) -> None:
-        """Leave the session, close the channel, stop the loop. Idempotent."""
+        """Leave the session, close the channel, stop the loop. Idempotent.
+
+        With a throwaway key the leave is final: the coordinator forgets
+        this client, which could never come back under that key.
+        """
         try:
-            if self._link is not None:
-                leave = self._link.close("client closed")
+            link = self._link
+            if link is not None:
+                leave = link.close("client closed", final=link.identity.ephemeral)
                 self._loop.run(leave, LEAVE_TIMEOUT_S + BACKSTOP_S)
         except Exception as exc:  # closing must not mask the caller's own error
             log.warning("client_close_failed", reason=str(exc))
         finally:
-            self._loop.close()
+            try:
+                self._loop.close()
+            except RuntimeError as exc:  # collected on the loop's own thread
+                log.warning("client_close_failed", reason=str(exc))

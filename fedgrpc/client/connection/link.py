@@ -297,14 +297,17 @@ class CoordinatorLink:
             trust,
         )
 
-    async def close(self, reason: str) -> None:
-        """Leave the session and close the channel. Idempotent."""
+    async def close(self, reason: str, *, final: bool = False) -> None:
+        """Leave the session and close the channel. Idempotent.
+
+        `final`: the client is done for good (see `Session.close`).
+        """
         if self._closed:
             return
         self._closed = True
         try:
             if self._session is not None:
-                await self._session.close(reason)
+                await self._session.close(reason, final=final)
         finally:
             await self._channel.close()
 

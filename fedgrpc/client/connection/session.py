@@ -73,6 +73,7 @@ class SessionStream:
         self._heartbeat_interval_s = heartbeat_interval_s
         self._leave = asyncio.Event()
         self._leave_reason = ""
+        self._leave_final = False
         self._closing = False
         self._call: (
             grpc.aio.StreamStreamCall[
@@ -128,7 +129,9 @@ class SessionStream:
             if get is not None:
                 get.cancel()
         yield coordinator_pb2.SessionRequest(
-            leave=coordinator_pb2.SessionLeave(reason=self._leave_reason)
+            leave=coordinator_pb2.SessionLeave(
+                reason=self._leave_reason, final=self._leave_final
+            )
         )
 
     async def _consume(
@@ -186,14 +189,18 @@ class SessionStream:
         elif event not in (None, "heartbeat") and self.events is not None:
             await self.events.handle(response)
 
-    async def close(self, reason: str, timeout_s: float = LEAVE_TIMEOUT_S) -> None:
+    async def close(
+        self, reason: str, timeout_s: float = LEAVE_TIMEOUT_S, *, final: bool = False
+    ) -> None:
         """Send SessionLeave, end our side, and wait for the stream to finish.
 
-        Cancels the call if the coordinator does not end it within
-        `timeout_s`. Safe to call twice, or after the stream broke.
+        `final`: this client never comes back under its key (a throwaway key
+        closing), so the coordinator may forget its record. Cancels the call
+        if the coordinator does not end it within `timeout_s`. Safe to call
+        twice, or after the stream broke.
         """
         self._closing = True
-        self._leave_reason = reason
+        self._leave_reason, self._leave_final = reason, final
         self._leave.set()
         task, call = self._task, self._call
         if task is None or call is None:

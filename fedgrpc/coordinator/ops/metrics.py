@@ -133,7 +133,7 @@ class _LevelCollector(Collector):
         yield _gauge("fedgrpc_clients_connected", "Clients with an open Session.",
                      sum(1 for c in clients if c.connected))  # fmt: skip
         yield _gauge("fedgrpc_clients_joined", "Clients that joined this run.",
-                     len(clients))  # fmt: skip
+                     len(clients) + self.clients.forgotten)  # fmt: skip
         yield _counter("fedgrpc_update_bytes_received", "Update payload bytes "
                        "received (bytes in).", run.bytes_received)  # fmt: skip
         yield _counter("fedgrpc_model_bytes_sent", "Model bytes sent by PullModel "

@@ -171,9 +171,11 @@ class RoundEngine:
                 current.deadline_s = current.last_commit_s + self.config.round_timeout_s
             client.last_round = current.round_id
             in_round = len(current.contributors)
-        client.updates_accepted += 1
-        client.samples_contributed += header.num_samples
-        client.last_train_loss = header.train_loss
+            # Credit round updates only: the seeding upload is the initial
+            # weights, not training, and status counted it as an update.
+            client.updates_accepted += 1
+            client.samples_contributed += header.num_samples
+            client.last_train_loss = header.train_loss
         return in_round
 
     def abandon(self, ticket: Ticket, reason: str) -> None:

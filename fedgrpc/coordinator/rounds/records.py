@@ -119,6 +119,9 @@ class OpenRound:
     total: StreamingSum | None = None
     void_reason: str | None = None
     """Set when a push failed after touching the sum: the round must be skipped."""
+    complete_reason: str | None = None
+    """Set when the round is complete for a reason the engine cannot see (a
+    secure round's sum was recovered): it closes now, with this reason."""
     quorum: int = 0
     """Updates it needs to be applied; fixed when it starts closing."""
     loss_weighted_sum: float = 0.0

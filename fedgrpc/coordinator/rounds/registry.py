@@ -41,6 +41,8 @@ class ClientRecord:
     nor keeps it in its residual as well (see JoinResponse).
     """
     last_train_loss: float = 0.0
+    leaves_for_good: bool = False
+    """It said its leave is final (a throwaway key): forget it once gone."""
 
 
 class ClientRegistry:
@@ -53,6 +55,10 @@ class ClientRegistry:
         """Re-joins find their record in O(1): a cohort of thousands re-joining
         at once after a restart would otherwise cost O(n^2) key comparisons."""
         self._ids = itertools.count(1)
+        self._leaving: set[str] = set()
+        """Ids that left for good and wait for `forget_departed`."""
+        self.forgotten = 0
+        """Records dropped by `forget_departed` (they still joined this run)."""
 
     def add(
         self, name: str, now_s: float, public_key: PublicKey | None = None
@@ -98,6 +104,8 @@ class ClientRegistry:
             return self.add(name, now_s, public_key)
         record.session_token = secrets.token_bytes(SESSION_TOKEN_BYTES)
         record.name, record.last_seen_s = name or record.name, now_s
+        record.leaves_for_good = False  # back after all: keep it after all
+        self._leaving.discard(record.client_id)
         return record
 
     def authenticate(self, client_id: str, session_token: bytes) -> ClientRecord:
@@ -123,6 +131,38 @@ class ClientRegistry:
                 "call Join first and use the returned client_id and session_token"
             )
         return record
+
+    def forget_departed(self, needed: set[str]) -> list[str]:
+        """Forget clients that left for good, except those in `needed`; their ids.
+
+        A final leave comes from a throwaway key that no one can use again,
+        so the record would only sit in the status list and hold a
+        `max_clients` slot. `needed`: ids the open round still counts (its
+        contributors); forgetting one of those would let its key re-join
+        under a new id and update that round twice.
+        """
+        gone = [
+            client_id
+            for client_id in self._leaving
+            if client_id not in needed and not self._clients[client_id].connected
+        ]
+        self.forgotten += len(gone)
+        for client_id in gone:
+            self._leaving.discard(client_id)
+            record = self._clients.pop(client_id)
+            key = record.public_key
+            if key is not None and self._by_key.get(key) is record:
+                del self._by_key[key]
+        return gone
+
+    def left(self, record: ClientRecord) -> None:
+        """`record`'s session ended; remember it if the leave was final.
+
+        Only those are scanned by `forget_departed`, not every client: a
+        burst of thousands of leaves must not cost O(clients) each.
+        """
+        if record.leaves_for_good and record.client_id in self._clients:
+            self._leaving.add(record.client_id)
 
     def connected(self) -> list[ClientRecord]:
         """Clients whose Session stream is open."""

@@ -129,10 +129,13 @@ def close_reason(
     """Why the collecting round `current` should close now, or None to keep on.
 
     Voids `current` (sets `void_reason`) if pushes are still streaming
-    `round_timeout_s` after its deadline.
+    `round_timeout_s` after its deadline. A round marked complete (a secure
+    round's recovered sum) closes with that reason, not "deadline".
     """
     if current.void_reason is not None:
         return "void"
+    if current.complete_reason is not None and not current.streaming:
+        return current.complete_reason
     now = clock()
     if current.deadline_s is not None and now >= current.deadline_s:
         if not current.streaming:

@@ -284,7 +284,8 @@ class SecureMode:
         spec = self.engine.model.require_spec()
         install_sum(current, rnd, result, spec.num_coordinates)
         self.shared_index.judge(current, rnd.announce, result)  # may void it
-        current.last_commit_s = current.deadline_s = self.clock()  # close now
+        current.last_commit_s = current.deadline_s = self.clock()
+        current.complete_reason = "masked sum of the survivors recovered"
         self.last_result, self.last_recover_s = result, seconds
         self.stats.recovered(current, result, seconds)
         dropped = len(rnd.announce.setup.participants) - len(result.survivors)

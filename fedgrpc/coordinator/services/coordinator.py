@@ -235,6 +235,7 @@ class CoordinatorServicer:
                     continue
                 if kind == "leave":
                     reason = f"client left: {request.leave.reason or 'no reason given'}"
+                    client.leaves_for_good = request.leave.final  # throwaway key
                     break
                 if kind is not None and kind.startswith("secagg_"):
                     await secagg_message(self.runtime, client, request, queue)

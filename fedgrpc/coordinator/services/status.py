@@ -19,6 +19,10 @@ from fedgrpc.log import get_logger
 
 log = get_logger(__name__)
 T = TypeVar("T")
+ERROR_CLASS_KEY = "fedgrpc-error-class"
+"""Trailing metadata naming the refusal's exception class (say
+`ModelMismatchError`), so a client can raise that subclass of the code's
+class; clients that ignore it still get the code and the message."""
 
 _CODES: tuple[tuple[type[errors.FedGrpcError], grpc.StatusCode], ...] = (
     (errors.UnknownClientError, grpc.StatusCode.UNAUTHENTICATED),
@@ -49,7 +53,7 @@ async def abort(
         code = status_code_for(exc)
         count_rejection(code.name)
         log.warning("rpc_rejected", code=code.name, reason=str(exc))
-        await context.abort(code, str(exc))
+        await context.abort(code, str(exc), ((ERROR_CLASS_KEY, type(exc).__name__),))
     log.error("rpc_failed", exc_info=exc)
     await context.abort(
         grpc.StatusCode.INTERNAL, "internal coordinator error; see coordinator logs"

@@ -79,3 +79,27 @@ def test_translated_reraises_as_fedgrpc_error_chained_to_the_rpc_error() -> None
 def test_translated_leaves_other_exceptions_alone() -> None:
     with pytest.raises(KeyError), translated("PullModel"):
         raise KeyError("not grpc")
+
+
+@pytest.mark.parametrize(
+    ("code", "named", "expected"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, "ModelMismatchError",
+         errors.ModelMismatchError),
+        # Only a known subclass of the code's class is taken: a peer naming
+        # another class, or a class of another code, changes nothing.
+        (grpc.StatusCode.INVALID_ARGUMENT, "SystemExit", errors.InvalidUpdateError),
+        (grpc.StatusCode.FAILED_PRECONDITION, "ModelMismatchError",
+         errors.WrongRoundError),
+    ],
+)  # fmt: skip
+def test_trailing_metadata_refines_the_error_only_to_a_known_subclass(
+    code: grpc.StatusCode, named: str, expected: type[errors.FedGrpcError]
+) -> None:
+    trailing = grpc.aio.Metadata(("fedgrpc-error-class", named))
+    raw = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details=DETAILS)
+
+    error = error_from_rpc(raw, "PushUpdate")
+
+    assert type(error) is expected
+    assert str(error) == DETAILS

@@ -118,6 +118,37 @@ def test_deadline_counts_from_first_commit_and_skips_below_quorum() -> None:
     torch.testing.assert_close(engine.model.master, master_before)
 
 
+def test_seeding_earns_no_credit_and_round_updates_do() -> None:
+    engine, registry, _ = _engine(min_clients=1)
+    engine.model.adopt_spec(SPEC)
+    a = registry.add("a", 0.0)
+    a.connected = True
+    _commit(engine, registry, a.client_id, torch.zeros(4), 0, 0, initial=True)
+    assert (a.updates_accepted, a.samples_contributed) == (0, 0)
+    _commit(engine, registry, a.client_id, torch.ones(4), 1, 0)
+    assert (a.updates_accepted, a.samples_contributed) == (1, 1)
+
+
+def test_a_round_marked_complete_closes_with_its_own_reason_not_deadline() -> None:
+    # What a secure round does once its masked sum is recovered: the engine
+    # cannot see why it is complete, so the mode says it.
+    engine, registry, clock = _engine(min_clients=1)
+    engine.model.adopt_spec(SPEC)
+    a, b = registry.add("a", 0.0), registry.add("b", 0.0)
+    a.connected = b.connected = True
+    _commit(engine, registry, a.client_id, torch.zeros(4), 0, 0, initial=True)
+    _commit(engine, registry, a.client_id, torch.ones(4), 1, 0)
+    current = engine.current
+    assert current is not None
+    assert engine.close_reason() is None  # b is connected and has not pushed
+    current.complete_reason = "masked sum of the survivors recovered"
+    current.deadline_s = clock.now  # set too, as SecureRuntime does
+
+    assert engine.close_reason() == "masked sum of the survivors recovered"
+    assert _close(engine) is Outcome.APPLIED
+    assert engine.history[-1].reason == "masked sum of the survivors recovered"
+
+
 def test_wrong_round_duplicate_and_second_seed_are_refused() -> None:
     engine, registry, _ = _engine()
     engine.model.adopt_spec(SPEC)
