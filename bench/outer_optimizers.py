@@ -140,16 +140,19 @@ class Runner:
 
 
 def sweep(runner: Runner, args: argparse.Namespace) -> dict[str, dict[float, Any]]:
-    """Phase 1: every lr of every grid on seed 0, plus data parallel on seed 0."""
+    """Phase 1: every lr of every grid on seed 0, plus data parallel on seed 0.
+
+    Run order: each optimizer's default lr (in --optimizers order), then
+    data parallel, then the other lrs, so a run cut short by time still has
+    one figure per optimizer.
+    """
     grid = [(name, lr) for name in args.optimizers for lr in SWEEP[name][1][: args.lrs]]
-    # Defaults first, then the neighbours: a cut-short run still has a column.
-    grid.sort(key=lambda item: SWEEP[item[0]][1].index(item[1]))
-    cases = [make_case(args, "dp", 0.0, 0)] + [
-        make_case(args, name, lr, 0) for name, lr in grid
-    ]
-    found = runner.results(cases)
-    out: dict[str, dict[float, Any]] = {"dp": {0.0: found[0]}}
-    for (name, lr), result in zip(grid, found[1:], strict=True):
+    grid.sort(key=lambda item: SWEEP[item[0]][1].index(item[1]) > 0)  # stable
+    defaults = sum(1 for name, lr in grid if lr == SWEEP[name][1][0])
+    order = [*grid[:defaults], ("dp", 0.0), *grid[defaults:]]
+    found = runner.results([make_case(args, name, lr, 0) for name, lr in order])
+    out: dict[str, dict[float, Any]] = {}
+    for (name, lr), result in zip(order, found, strict=True):
         out.setdefault(name, {})[lr] = result
     return out
 
