@@ -131,3 +131,16 @@ def test_simulation_config_carries_the_adaptive_settings_to_its_coordinator() ->
     assert (config.outer_beta1, config.outer_beta2, config.outer_tau) == (
         0.7, 0.95, 1e-2,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", OUTER_OPTIMIZERS)
+def test_every_outer_optimizer_is_announced_to_clients_by_its_own_enum_value(
+    name: str,
+) -> None:
+    from fedgrpc._proto.v1 import common_pb2
+    from fedgrpc.wire.convert import round_config_to_proto
+
+    announced = round_config_to_proto(_config(outer_optimizer=name))
+
+    label = common_pb2.OuterOptimizer.Name(announced.outer_optimizer)
+    assert label == f"OUTER_OPTIMIZER_{name.upper()}"
