@@ -20,6 +20,7 @@ from fedgrpc.aggregate import StreamingSum
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.errors import CheckpointError
+from fedgrpc.optim import StateDict
 from fedgrpc.wire.spec import DType, ModelSpec, TensorSpec
 
 SPEC = ModelSpec((TensorSpec("layer.weight", (4, 5), DType.FLOAT32),))
@@ -70,7 +71,7 @@ def _adam_reference(
     return x, m, v
 
 
-def _copied(state: dict[str, object]) -> dict[str, torch.Tensor]:
+def _copied(state: StateDict) -> dict[str, torch.Tensor]:
     """The state's tensors, cloned (the live ones change at the next step)."""
     return {
         k: v.clone() if isinstance(v, torch.Tensor) else torch.tensor(v)
@@ -108,9 +109,9 @@ def test_restart_restores_outer_state_and_the_next_step_is_bit_identical(
     assert torch.equal(first.engine.model.master, second.engine.model.master)  # type: ignore[arg-type]
     after_first = first.engine.model.optimizer.state_dict()
     after_second = second.engine.model.optimizer.state_dict()
-    for key, value in after_first.items():
-        if isinstance(value, torch.Tensor):
-            assert torch.equal(value, after_second[key]), key  # type: ignore[arg-type]
+    for key, live in after_first.items():
+        if isinstance(live, torch.Tensor):
+            assert torch.equal(live, after_second[key]), key  # type: ignore[arg-type]
     second.checkpoints.close()
 
 

@@ -70,7 +70,7 @@ def _paper_reference(
     return x, m, v, flips
 
 
-def _ours(rule: str) -> FedAdagradOuterOptimizer | FedAdamOuterOptimizer:
+def _ours(rule: str) -> OuterOptimizer:
     if rule == "adagrad":
         return FedAdagradOuterOptimizer(lr=ETA, beta1=BETA1, tau=TAU)
     if rule == "adam":
