@@ -47,11 +47,13 @@ def test_convergence_bench_quick() -> None:
     assert dense["final_val_loss"]["mean"] < 5.0  # it trained (uniform bytes: 5.55)
 
 
+@pytest.mark.timeout(300)  # two bench invocations of up to 170 s each (_run)
 def test_outer_optimizers_bench_quick_reports_every_optimizer_and_resumes(
     tmp_path: Path,
 ) -> None:
-    # Arrange: the four new optimizers (nesterov and fedavg run in convergence's).
-    names = "fedavgm,fedadagrad,fedadam,fedyogi"
+    # Arrange: one of each family (the others share their code paths; the
+    # optimizers themselves are tested in tests/unit/optim). Six quick runs.
+    names = "fedavgm,fedyogi"
     cache = str(tmp_path / "cache")
 
     # Act: run into a cache, then report from the cache alone.
@@ -70,7 +72,7 @@ def test_outer_optimizers_bench_quick_reports_every_optimizer_and_resumes(
         assert row["final_val_loss"]["mean"] < 5.0  # it trained (uniform bytes: 5.55)
     table = report["table"]
     assert isinstance(table, list)
-    assert len(table) == 5
+    assert len(table) == 3  # the two optimizers and data parallel
     assert again["table"] == table
     assert again["missing_runs"] == []
 
