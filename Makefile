@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 
-.PHONY: install protos protos-check stubs lint format typecheck test test-fast bench bench-convergence clean help
+.PHONY: install protos protos-check stubs lint format typecheck test test-fast bench bench-convergence bench-outer clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -58,6 +58,9 @@ bench:  ## speed and memory benchmarks (a few minutes); each prints one JSON obj
 
 bench-convergence:  ## loss vs bytes per codec: 13 configs, 37 runs of 40 rounds x H=50 (or 200 x 10), ~70 min on 2 cores
 	$(BIN)/python bench/convergence.py --jobs 2
+
+bench-outer:  ## every outer optimizer vs data parallel: lr sweep on seed 0, tuned lr on 2 seeds, 40 rounds x H=50 (32 runs, ~1 h on 2 quiet cores); resumable
+	$(BIN)/python bench/outer_optimizers.py --jobs 2 --cache .bench-cache/outer
 
 clean:
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

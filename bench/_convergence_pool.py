@@ -54,6 +54,11 @@ def run_cases(
     return [cached[i] or next(results) for i in range(len(cases))]
 
 
+def cached_result(cache: Path, case: Case) -> dict[str, Any] | None:
+    """`case`'s result if `cache` holds it, else None; runs nothing."""
+    return _load(cache, case)
+
+
 def _cache_file(cache: Path, case: Case) -> Path:
     digest = hashlib.sha256(repr(case).encode()).hexdigest()[:16]
     return cache / f"{case.name}-seed{case.seed}-{digest}.json"

@@ -30,7 +30,7 @@ from fedgrpc.compress import ErrorFeedback, make_codec, parse_codec
 from fedgrpc.domain.chunks import DEFAULT_CHUNK_BYTES
 from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.errors import InvalidUpdateError
-from fedgrpc.optim import build_outer_optimizer
+from fedgrpc.optim import AdaptiveSettings, build_outer_optimizer
 from fedgrpc.sim.corpus import TextSplits, load_stdlib_corpus, sample_batch
 from fedgrpc.sim.models import (
     CharTransformer,
@@ -62,6 +62,10 @@ class Case:
     outer: str = "nesterov"
     outer_lr: float = 0.7
     outer_momentum: float = 0.9
+    outer_beta1: float = 0.9
+    """β1, β2, τ: read by the adaptive optimizers only (bench/outer_optimizers.py)."""
+    outer_beta2: float = 0.99
+    outer_tau: float = 1e-3
     rounds: int
     """Outer rounds (for 'dp': rounds * inner_steps steps in all)."""
     inner_steps: int
@@ -232,6 +236,9 @@ def _run_diloco(
         case.outer,  # type: ignore[arg-type]  # validated by convergence.py
         case.outer_lr,
         case.outer_momentum,
+        AdaptiveSettings(
+            beta1=case.outer_beta1, beta2=case.outer_beta2, tau=case.outer_tau
+        ),
     )
     framed = payload = applied = 0
     for round_index in range(1, case.rounds + 1):

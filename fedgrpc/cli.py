@@ -70,13 +70,23 @@ _SERVE_FLAGS = (
           float, "S"),
     _Flag("--outer-optimizer", "outer optimizer applied to the mean "
           "pseudo-gradient: nesterov (DiLoCo: SGD with Nesterov momentum), "
-          "fedavg, or sparseloco (plain SGD; the clients' decaying "
-          "error-feedback residual is the momentum; for top-k) "
-          "(default: nesterov)", choices=OUTER_OPTIMIZERS),
-    _Flag("--outer-lr", "outer learning rate (default: 0.7 for nesterov, 1.0 "
-          "for fedavg and sparseloco)", float, "LR"),
-    _Flag("--outer-momentum", "outer momentum in [0, 1) (default: 0.9 for "
-          "nesterov, 0 otherwise)", float, "M"),
+          "fedavg, fedavgm (heavy-ball server momentum), fedadagrad, fedadam, "
+          "fedyogi (adaptive per-coordinate steps, Reddi et al. 2021), or "
+          "sparseloco (plain SGD; the clients' decaying error-feedback "
+          "residual is the momentum; for top-k) (default: nesterov)",
+          choices=OUTER_OPTIMIZERS),
+    _Flag("--outer-lr", "outer learning rate (default: 0.7 for nesterov and "
+          "fedavgm, 1.0 for fedavg and sparseloco, 0.1 for fedadagrad, 0.01 "
+          "for fedadam and fedyogi)", float, "LR"),
+    _Flag("--outer-momentum", "outer momentum in [0, 1) of nesterov and "
+          "fedavgm (default: 0.9 for those, 0 otherwise)", float, "M"),
+    _Flag("--outer-beta1", "first-moment decay beta1 in [0, 1) of fedadagrad, "
+          "fedadam and fedyogi (default: 0.9)", float, "B1"),
+    _Flag("--outer-beta2", "second-moment decay beta2 in [0, 1) of fedadam and "
+          "fedyogi (default: 0.99)", float, "B2"),
+    _Flag("--outer-tau", "adaptivity tau > 0 of fedadagrad, fedadam and "
+          "fedyogi: v starts at tau^2, steps divide by sqrt(v) + tau "
+          "(default: 0.001; the paper searches 1e-1 .. 1e-5)", float, "TAU"),
     _Flag("--feedback-decay", "clients' error-feedback decay beta in (0, 1] "
           "(default: 0.95 for sparseloco, 1 otherwise)", float, "BETA"),
     _Flag("--max-update-norm-growth", "divergence guard: skip a round whose mean "
@@ -310,6 +320,9 @@ def _simulate(args: argparse.Namespace) -> int:
         "outer_optimizer": args.outer_optimizer,
         "outer_lr": args.outer_lr,
         "outer_momentum": args.outer_momentum,
+        "outer_beta1": args.outer_beta1,
+        "outer_beta2": args.outer_beta2,
+        "outer_tau": args.outer_tau,
         "corpus_bytes": args.corpus_bytes,
         "compression": args.compression,
         "secure_aggregation": args.secure_aggregation,

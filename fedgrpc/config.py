@@ -30,11 +30,32 @@ from fedgrpc.domain.chunks import (
 from fedgrpc.domain.codecs import CodecConfig, Dense, parse_codec
 from fedgrpc.errors import check_config as _check
 
-OuterOptimizerName = Literal["nesterov", "fedavg", "sparseloco"]
-OUTER_OPTIMIZERS: tuple[OuterOptimizerName, ...] = ("nesterov", "fedavg", "sparseloco")
-_DEFAULT_OUTER_LR = {"nesterov": 0.7, "fedavg": 1.0, "sparseloco": 1.0}
-_DEFAULT_OUTER_MOMENTUM = {"nesterov": 0.9, "fedavg": 0.0, "sparseloco": 0.0}
-_DEFAULT_FEEDBACK_DECAY = {"nesterov": 1.0, "fedavg": 1.0, "sparseloco": 0.95}
+OuterOptimizerName = Literal[
+    "nesterov", "fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "sparseloco"
+]
+OUTER_OPTIMIZERS: tuple[OuterOptimizerName, ...] = (
+    "nesterov", "fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "sparseloco"
+)  # fmt: skip
+ADAPTIVE_OPTIMIZERS: tuple[OuterOptimizerName, ...] = (
+    "fedadagrad",
+    "fedadam",
+    "fedyogi",
+)
+"""Reddi et al. 2021's family: they read outer_beta1 and outer_tau."""
+_WITH_BETA2 = ("fedadam", "fedyogi")
+_WITH_MOMENTUM = ("nesterov", "fedavgm")
+# FedAvgM: DiLoCo's effective rate lr / (1 - momentum) on heavy-ball. The
+# adaptive family steps ~lr per coordinate (Adam, Yogi) or (1 - beta1) lr at
+# first (Adagrad); see fedgrpc.optim.adaptive and bench/outer_optimizers.py.
+_DEFAULT_OUTER_LR = {
+    "nesterov": 0.7, "fedavg": 1.0, "fedavgm": 0.7, "fedadagrad": 0.1,
+    "fedadam": 0.01, "fedyogi": 0.01, "sparseloco": 1.0,
+}  # fmt: skip
+_DEFAULT_OUTER_MOMENTUM = {"nesterov": 0.9, "fedavgm": 0.9}
+_DEFAULT_OUTER_BETA1 = 0.9
+_DEFAULT_OUTER_BETA2 = 0.99
+_DEFAULT_OUTER_TAU = 1e-3
+_DEFAULT_FEEDBACK_DECAY = {"sparseloco": 0.95}
 UpdateSignatures = Literal["required", "off"]
 SECAGG_VALUES = ("int8", "int4")
 """Dense value formats whose codes the secure-aggregation ring sums exactly."""
@@ -62,11 +83,27 @@ class CoordinatorConfig:
     """Seconds after a round's first update before it closes with what it has
     (skipped below quorum); updates still streaming then get as long again."""
     outer_optimizer: OuterOptimizerName = "nesterov"
-    """`nesterov` (DiLoCo outer SGD with Nesterov momentum) or `fedavg`."""
+    """`nesterov` (DiLoCo outer SGD with Nesterov momentum), `fedavg`,
+    `fedavgm` (heavy-ball server momentum, Hsu et al. 2019), `fedadagrad`,
+    `fedadam`, `fedyogi` (Reddi et al. 2021, Algorithm 2) or `sparseloco`
+    (plain SGD; the clients' decaying residual is the momentum)."""
     outer_lr: float | None = None
-    """Outer learning rate; None means 0.7 for nesterov (DiLoCo), 1.0 for fedavg."""
+    """Outer learning rate η; None means 0.7 for nesterov (DiLoCo) and fedavgm,
+    1.0 for fedavg and sparseloco, 0.1 for fedadagrad, 0.01 for fedadam and
+    fedyogi (their step is ~η per coordinate)."""
     outer_momentum: float | None = None
-    """Outer momentum; None means 0.9 for nesterov (DiLoCo), 0 for fedavg."""
+    """Outer momentum β in [0, 1) of nesterov and fedavgm; None means 0.9
+    (DiLoCo); 0 for the others (the adaptive family's momentum is beta1)."""
+    outer_beta1: float | None = None
+    """β1 in [0, 1), first-moment decay of fedadagrad, fedadam, fedyogi;
+    None means 0.9 (Reddi et al. 2021). Only with those optimizers."""
+    outer_beta2: float | None = None
+    """β2 in [0, 1), second-moment decay of fedadam and fedyogi; None means
+    0.99 (Reddi et al. 2021). Only with those optimizers."""
+    outer_tau: float | None = None
+    """τ > 0, the adaptivity of fedadagrad, fedadam, fedyogi: v starts at τ²
+    and steps divide by √v + τ; None means 1e-3 (the paper searches 1e-1 ..
+    1e-5). Only with those optimizers."""
     max_update_norm_growth: float = 10.0
     """Divergence guard: skip a round whose mean update norm exceeds this many
     times the median of recent rounds' (after 3 applied rounds); 0 disables."""
@@ -159,11 +196,7 @@ class CoordinatorConfig:
                self.min_clients, f"1..max_clients ({self.max_clients})")  # fmt: skip
         _check(self.inner_steps >= 1, "inner_steps", self.inner_steps, ">= 1")
         _check(self.round_timeout_s > 0, "round_timeout_s", self.round_timeout_s, "> 0")
-        _check(self.outer_optimizer in OUTER_OPTIMIZERS, "outer_optimizer",
-               self.outer_optimizer, " or ".join(OUTER_OPTIMIZERS))  # fmt: skip
-        _check(self.resolved_outer_lr > 0, "outer_lr", self.outer_lr, "> 0")
-        _check(0 <= self.resolved_outer_momentum < 1, "outer_momentum",
-               self.outer_momentum, "in [0, 1)")  # fmt: skip
+        self._check_outer()
         parse_codec(self.codec)  # raises ConfigError naming the problem
         _check(0 < self.resolved_feedback_decay <= 1, "feedback_decay",
                self.feedback_decay, "in (0, 1]")  # fmt: skip
@@ -189,6 +222,33 @@ class CoordinatorConfig:
                ">= 1")  # fmt: skip
         _check(not self.metrics_listen or ":" in self.metrics_listen,
                "metrics_listen", self.metrics_listen, "host:port or empty")  # fmt: skip
+
+    def _check_outer(self) -> None:
+        """The optimizer's name, its rates, and only the settings it reads."""
+        name = self.outer_optimizer
+        _check(name in OUTER_OPTIMIZERS, "outer_optimizer", name,
+               " or ".join(OUTER_OPTIMIZERS))  # fmt: skip
+        _check(self.resolved_outer_lr > 0, "outer_lr", self.outer_lr, "> 0")
+        _check(0 <= self.resolved_outer_momentum < 1, "outer_momentum",
+               self.outer_momentum, "in [0, 1)")  # fmt: skip
+        adaptive = name in ADAPTIVE_OPTIMIZERS
+        _check(not adaptive or not self.outer_momentum, "outer_momentum",
+               self.outer_momentum, f"unset or 0 for {name}, whose momentum is "
+               "outer_beta1")  # fmt: skip
+        for field, value, users in (
+            ("outer_beta1", self.outer_beta1, ADAPTIVE_OPTIMIZERS),
+            ("outer_beta2", self.outer_beta2, _WITH_BETA2),
+            ("outer_tau", self.outer_tau, ADAPTIVE_OPTIMIZERS),
+        ):
+            _check(value is None or name in users, field, value, "unset with "
+                   f"outer_optimizer {name!r}: it applies to {', '.join(users)}",
+                   )  # fmt: skip
+        for field, value in (("outer_beta1", self.resolved_outer_beta1),
+                             ("outer_beta2", self.resolved_outer_beta2)):  # fmt: skip
+            _check(math.isfinite(value) and 0 <= value < 1, field, value, "in [0, 1)")
+        tau = self.resolved_outer_tau
+        _check(math.isfinite(tau) and tau > 0, "outer_tau", tau, "a finite "
+               "number > 0 (Reddi et al. search 1e-1 .. 1e-5)")  # fmt: skip
 
     def _check_secure_aggregation(self) -> None:
         """Masked sums need integer codes with one scale, and only give a mean."""
@@ -246,14 +306,29 @@ class CoordinatorConfig:
         """The outer momentum in force (default filled in per optimizer)."""
         if self.outer_momentum is not None:
             return self.outer_momentum
-        return _DEFAULT_OUTER_MOMENTUM[self.outer_optimizer]
+        return _DEFAULT_OUTER_MOMENTUM.get(self.outer_optimizer, 0.0)
+
+    @property
+    def resolved_outer_beta1(self) -> float:
+        """β1 in force (read by the adaptive family only)."""
+        return _DEFAULT_OUTER_BETA1 if self.outer_beta1 is None else self.outer_beta1
+
+    @property
+    def resolved_outer_beta2(self) -> float:
+        """β2 in force (read by fedadam and fedyogi only)."""
+        return _DEFAULT_OUTER_BETA2 if self.outer_beta2 is None else self.outer_beta2
+
+    @property
+    def resolved_outer_tau(self) -> float:
+        """τ in force (read by the adaptive family only)."""
+        return _DEFAULT_OUTER_TAU if self.outer_tau is None else self.outer_tau
 
     @property
     def resolved_feedback_decay(self) -> float:
         """The error-feedback decay in force (default filled in per optimizer)."""
         if self.feedback_decay is not None:
             return self.feedback_decay
-        return _DEFAULT_FEEDBACK_DECAY[self.outer_optimizer]
+        return _DEFAULT_FEEDBACK_DECAY.get(self.outer_optimizer, 1.0)
 
     @property
     def codec_config(self) -> CodecConfig:

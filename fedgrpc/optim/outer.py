@@ -1,15 +1,19 @@
-"""Outer optimizers: turn the round's mean pseudo-gradient into new global weights.
+"""The outer-optimizer contract, its shared argument checks, and the builder.
 
 Last step of the coordinator's data path (wire -> aggregate -> **optim** ->
-wire). Clients send pseudo-gradients Δ = θ_global - θ_local, so Δ points the
-way a gradient does (uphill): a client whose local training lowered a weight
-sends Δ > 0, and the outer step must lower that weight too. The optimizers here
-therefore *subtract* Δ, exactly as SGD subtracts a gradient.
+wire): the round's mean pseudo-gradient in, new global weights out. Clients
+send pseudo-gradients Δ = θ_global - θ_local, so Δ points the way a gradient
+does (uphill): a client whose local training lowered a weight sends Δ > 0,
+and the outer step must lower that weight too. The optimizers here therefore
+*subtract* Δ, exactly as SGD subtracts a gradient.
 
 DiLoCo (Douillard et al. 2023, arXiv 2311.08105, Algorithm 1) uses SGD with
 Nesterov momentum (lr 0.7, momentum 0.9) as the outer optimizer; FedAvg
 (McMahan et al. 2017) is the special case "lr 1, no momentum", which lands on
-the mean of the local models.
+the mean of the local models. FedAvgM (Hsu et al. 2019) is heavy-ball
+momentum on the same step. The algorithms live by family: `momentum`
+(Nesterov, FedAvg, FedAvgM: SGD) and `adaptive` (FedAdagrad, FedAdam,
+FedYogi: Reddi et al. 2021, per-coordinate step sizes).
 
 Memory is the constraint: the coordinator holds the global weights, the
 aggregate and the optimizer state, each one float32 vector of the whole model.
@@ -23,7 +27,6 @@ from typing import Protocol
 
 import torch
 
-from fedgrpc.config import OuterOptimizerName
 from fedgrpc.errors import ConfigError, InvalidUpdateError
 
 StateDict = dict[str, torch.Tensor | float | int]
@@ -39,7 +42,10 @@ class OuterOptimizer(Protocol):
 
     @property
     def name(self) -> str:
-        """Config name of the algorithm (`nesterov`, `fedavg`), for logs and checks."""
+        """Config name of the algorithm (`nesterov`, `fedadam`, ...), for logs.
+
+        A checkpoint records it; resuming under another name is refused.
+        """
         ...
 
     def step(self, params: torch.Tensor, pseudo_gradient: torch.Tensor) -> None:
@@ -76,7 +82,7 @@ class OuterOptimizer(Protocol):
         ...
 
 
-def _check_step_args(params: torch.Tensor, pseudo_gradient: torch.Tensor) -> None:
+def check_step_args(params: torch.Tensor, pseudo_gradient: torch.Tensor) -> None:
     """Reject bad arguments before anything is written (validate, then commit)."""
     for label, tensor in (("params", params), ("pseudo_gradient", pseudo_gradient)):
         if tensor.dim() != 1 or tensor.dtype != torch.float32:
@@ -106,147 +112,45 @@ def _check_step_args(params: torch.Tensor, pseudo_gradient: torch.Tensor) -> Non
         )
 
 
-def _check_lr(lr: float) -> None:
+def check_lr(lr: float) -> None:
+    """Refuse a learning rate that is not a finite number > 0."""
     if not (math.isfinite(lr) and lr > 0):
         raise ConfigError(f"outer lr must be a finite number > 0, got {lr}")
 
 
-class NesterovOuterOptimizer:
-    """SGD with Nesterov momentum on flat weights: DiLoCo's outer optimizer.
+def check_unit_interval(value: float, what: str) -> None:
+    """Refuse a decay rate (momentum, β1, β2) outside [0, 1)."""
+    if not (math.isfinite(value) and 0 <= value < 1):
+        raise ConfigError(f"outer {what} must be in [0, 1), got {value}")
 
-    Matches `torch.optim.SGD([p], lr, momentum, nesterov=True)` (dampening 0,
-    no weight decay) fed the pseudo-gradient as `p.grad`, op for op:
 
-        b ← g                      first step (torch clones g)
-        b ← momentum · b + g       later steps
-        u ← g + momentum · b       Nesterov look-ahead
-        θ ← θ - lr · u
+def load_steps(state: StateDict) -> int:
+    """The `steps` counter of a state dict, checked before anything is restored."""
+    steps = state.get("steps")
+    if not isinstance(steps, int) or steps < 0:
+        raise InvalidUpdateError(f"state 'steps' must be an int >= 0, got {steps!r}")
+    return steps
 
-    Memory: one lazily allocated float32 momentum buffer of the model's size;
-    `u` is computed in the caller's pseudo-gradient buffer.
+
+def load_buffer(state: StateDict, key: str) -> torch.Tensor | None:
+    """A copy (float32) of the 1-D buffer `key`, or None if the state has none.
+
+    Copied: later steps write into the buffer, never into a checkpoint dict.
     """
-
-    def __init__(self, lr: float = 0.7, momentum: float = 0.9) -> None:
-        _check_lr(lr)
-        # momentum 0 degenerates to plain SGD (u = g); the config allows it.
-        if not (math.isfinite(momentum) and 0 <= momentum < 1):
-            raise ConfigError(f"outer momentum must be in [0, 1), got {momentum}")
-        self.lr = lr
-        self.momentum = momentum
-        self.steps = 0
-        self._buf: torch.Tensor | None = None
-
-    @property
-    def name(self) -> str:
-        """Always `nesterov`."""
-        return "nesterov"
-
-    def step(self, params: torch.Tensor, pseudo_gradient: torch.Tensor) -> None:
-        """Apply one Nesterov step; overwrites `pseudo_gradient` with the update.
-
-        See `OuterOptimizer.step` for the contract.
-        """
-        _check_step_args(params, pseudo_gradient)
-        buf = self._buf
-        if buf is not None and buf.numel() != params.numel():
-            raise InvalidUpdateError(
-                f"the momentum buffer holds {buf.numel()} coordinates but params "
-                f"have {params.numel()}; was the state loaded from another model?"
-            )
-        if buf is not None and buf.device != params.device:
-            # A checkpoint loaded on CPU meets CUDA params: move once, keep there.
-            buf = self._buf = buf.to(params.device)
-        g = pseudo_gradient
-        if buf is None:
-            buf = self._buf = g.clone()
-        else:
-            buf.mul_(self.momentum).add_(g)
-        g.add_(buf, alpha=self.momentum)  # g now holds u, the Nesterov update
-        params.add_(g, alpha=-self.lr)
-        self.steps += 1
-
-    def state_dict(self) -> StateDict:
-        """`steps`, plus `momentum_buffer` once the first step has run.
-
-        The buffer is the live tensor, not a copy (as in torch): serialize the
-        dict before the next `step`.
-        """
-        state: StateDict = {"steps": self.steps}
-        if self._buf is not None:
-            state["momentum_buffer"] = self._buf
-        return state
-
-    def load_state_dict(self, state: StateDict) -> None:
-        """Restore `steps` and the momentum buffer (copied as float32)."""
-        steps = state.get("steps")
-        buf = state.get("momentum_buffer")
-        if not isinstance(steps, int) or steps < 0:
-            raise InvalidUpdateError(
-                f"state 'steps' must be an int >= 0, got {steps!r}"
-            )
-        if buf is not None and not (isinstance(buf, torch.Tensor) and buf.dim() == 1):
-            raise InvalidUpdateError("state 'momentum_buffer' must be a 1-D tensor")
-        # Copy: later steps write into the buffer, never into a checkpoint dict.
-        self._buf = None if buf is None else buf.detach().to(torch.float32, copy=True)
-        self.steps = steps
+    buf = state.get(key)
+    if buf is None:
+        return None
+    if not (isinstance(buf, torch.Tensor) and buf.dim() == 1):
+        raise InvalidUpdateError(f"state {key!r} must be a 1-D tensor")
+    return buf.detach().to(torch.float32, copy=True)
 
 
-class FedAvgOuterOptimizer:
-    """θ ← θ - lr · g, stateless.
-
-    With lr 1 and g = θ_global - mean(θ_local) this lands on the mean of the
-    local models, up to float32 rounding (FedAvg); lr < 1 moves part of the way.
-    """
-
-    def __init__(self, lr: float = 1.0) -> None:
-        _check_lr(lr)
-        self.lr = lr
-
-    @property
-    def name(self) -> str:
-        """Always `fedavg`."""
-        return "fedavg"
-
-    def step(self, params: torch.Tensor, pseudo_gradient: torch.Tensor) -> None:
-        """Apply θ ← θ - lr · g; leaves `pseudo_gradient` untouched.
-
-        See `OuterOptimizer.step` for the contract.
-        """
-        _check_step_args(params, pseudo_gradient)
-        params.add_(pseudo_gradient, alpha=-self.lr)
-
-    def state_dict(self) -> StateDict:
-        """Empty: FedAvg keeps no state between rounds."""
-        return {}
-
-    def load_state_dict(self, state: StateDict) -> None:
-        """Accept only the empty state that `state_dict` returns."""
-        if state:
-            raise InvalidUpdateError(
-                f"fedavg keeps no state, but got keys {sorted(state)}; was the "
-                "checkpoint written by another outer optimizer?"
-            )
-
-
-def build_outer_optimizer(
-    name: OuterOptimizerName, lr: float, momentum: float
-) -> OuterOptimizer:
-    """Build the outer optimizer a coordinator config names.
-
-    Raises:
-        ConfigError: unknown `name`, lr or momentum out of range, or momentum
-            > 0 for fedavg (which has none: use `nesterov` for momentum).
-    """
-    if name == "nesterov":
-        return NesterovOuterOptimizer(lr=lr, momentum=momentum)
-    if name in ("fedavg", "sparseloco"):  # SparseLoCo's outer step is plain SGD
-        if momentum != 0:
-            raise ConfigError(
-                f"outer momentum {momentum} was given for fedavg, which has no "
-                "momentum; set it to 0 or use outer_optimizer = 'nesterov'"
-            )
-        return FedAvgOuterOptimizer(lr=lr)
-    raise ConfigError(
-        f"unknown outer optimizer {name!r}; expected 'nesterov', 'fedavg' or "
-        "'sparseloco'"
-    )
+def check_buffer_fits(
+    buf: torch.Tensor | None, params: torch.Tensor, what: str
+) -> None:
+    """Refuse state loaded for another model before a step writes anything."""
+    if buf is not None and buf.numel() != params.numel():
+        raise InvalidUpdateError(
+            f"the {what} holds {buf.numel()} coordinates but params "
+            f"have {params.numel()}; was the state loaded from another model?"
+        )

@@ -45,6 +45,9 @@ class SimulationConfig:
     outer_optimizer: OuterOptimizerName = "nesterov"
     outer_lr: float | None = None
     outer_momentum: float | None = None
+    outer_beta1: float | None = None
+    outer_beta2: float | None = None
+    outer_tau: float | None = None
     compression: str = "dense:fp32"
     """The coordinator's codec (`fedgrpc.compress.parse_codec` grammar)."""
     secure_aggregation: bool = False
@@ -170,6 +173,9 @@ def _coordinator_config(config: SimulationConfig) -> CoordinatorConfig:
         outer_optimizer=config.outer_optimizer,
         outer_lr=config.outer_lr,
         outer_momentum=config.outer_momentum,
+        outer_beta1=config.outer_beta1,
+        outer_beta2=config.outer_beta2,
+        outer_tau=config.outer_tau,
         codec=_codec(config),
         secure_aggregation=config.secure_aggregation,
         heartbeat_interval_s=2.0,

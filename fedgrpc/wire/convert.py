@@ -29,6 +29,10 @@ _OPTIMIZER_TO_PROTO: dict[OuterOptimizerName, common_pb2.OuterOptimizer.ValueTyp
     "nesterov": common_pb2.OUTER_OPTIMIZER_NESTEROV,
     "fedavg": common_pb2.OUTER_OPTIMIZER_FEDAVG,
     "sparseloco": common_pb2.OUTER_OPTIMIZER_SPARSELOCO,
+    "fedavgm": common_pb2.OUTER_OPTIMIZER_FEDAVGM,
+    "fedadagrad": common_pb2.OUTER_OPTIMIZER_FEDADAGRAD,
+    "fedadam": common_pb2.OUTER_OPTIMIZER_FEDADAM,
+    "fedyogi": common_pb2.OUTER_OPTIMIZER_FEDYOGI,
 }
 MAX_NAME_CHARS = 1024
 

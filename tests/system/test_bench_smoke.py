@@ -47,6 +47,36 @@ def test_convergence_bench_quick() -> None:
     assert dense["final_val_loss"]["mean"] < 5.0  # it trained (uniform bytes: 5.55)
 
 
+@pytest.mark.timeout(300)  # two bench invocations of up to 170 s each (_run)
+def test_outer_optimizers_bench_quick_reports_every_optimizer_and_resumes(
+    tmp_path: Path,
+) -> None:
+    # Arrange: one of each family (the others share their code paths; the
+    # optimizers themselves are tested in tests/unit/optim). Six quick runs.
+    names = "fedavgm,fedyogi"
+    cache = str(tmp_path / "cache")
+
+    # Act: run into a cache, then report from the cache alone.
+    report = _run("outer_optimizers.py", "--optimizers", names, "--cache", cache)
+    again = _run(
+        "outer_optimizers.py", "--optimizers", names, "--cache", cache, "--only-cached"
+    )
+
+    # Assert: every optimizer trained over 2 seeds, ranked against dp.
+    assert report["bench"] == "outer_optimizers"
+    optimizers = report["optimizers"]
+    assert isinstance(optimizers, dict)
+    assert set(optimizers) == set(names.split(","))
+    for row in optimizers.values():
+        assert row["final_val_loss"]["seeds"] == 2
+        assert row["final_val_loss"]["mean"] < 5.0  # it trained (uniform bytes: 5.55)
+    table = report["table"]
+    assert isinstance(table, list)
+    assert len(table) == 3  # the two optimizers and data parallel
+    assert again["table"] == table
+    assert again["missing_runs"] == []
+
+
 def test_signing_bench_quick() -> None:
     report = _run("signing.py")
     assert report["bench"] == "signing"

@@ -199,6 +199,18 @@ class _OuterOptimizerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OuterO
     the clients' error-feedback residual decays by CodecParams.feedback_decay
     (0.95) each round and so plays the role of momentum. Meant for top-k.
     """
+    OUTER_OPTIMIZER_FEDAVGM: _OuterOptimizer.ValueType  # 4
+    """FedAvgM (Hsu et al. 2019, arXiv 1909.06335): SGD with heavy-ball server
+    momentum (outer_lr, outer_momentum).
+    """
+    OUTER_OPTIMIZER_FEDADAGRAD: _OuterOptimizer.ValueType  # 5
+    """FedAdagrad (Reddi et al. 2021, arXiv 2003.00295, Algorithm 2):
+    per-coordinate steps divided by the root of the summed squared updates.
+    """
+    OUTER_OPTIMIZER_FEDADAM: _OuterOptimizer.ValueType  # 6
+    """FedAdam (same paper): Adam's moments on the mean update, no bias correction."""
+    OUTER_OPTIMIZER_FEDYOGI: _OuterOptimizer.ValueType  # 7
+    """FedYogi (same paper): as FedAdam, with Yogi's additive second moment."""
 
 class OuterOptimizer(_OuterOptimizer, metaclass=_OuterOptimizerEnumTypeWrapper):
     """Outer optimizer the coordinator applies to the averaged pseudo-gradient."""
@@ -214,6 +226,18 @@ OUTER_OPTIMIZER_SPARSELOCO: OuterOptimizer.ValueType  # 3
 the clients' error-feedback residual decays by CodecParams.feedback_decay
 (0.95) each round and so plays the role of momentum. Meant for top-k.
 """
+OUTER_OPTIMIZER_FEDAVGM: OuterOptimizer.ValueType  # 4
+"""FedAvgM (Hsu et al. 2019, arXiv 1909.06335): SGD with heavy-ball server
+momentum (outer_lr, outer_momentum).
+"""
+OUTER_OPTIMIZER_FEDADAGRAD: OuterOptimizer.ValueType  # 5
+"""FedAdagrad (Reddi et al. 2021, arXiv 2003.00295, Algorithm 2):
+per-coordinate steps divided by the root of the summed squared updates.
+"""
+OUTER_OPTIMIZER_FEDADAM: OuterOptimizer.ValueType  # 6
+"""FedAdam (same paper): Adam's moments on the mean update, no bias correction."""
+OUTER_OPTIMIZER_FEDYOGI: OuterOptimizer.ValueType  # 7
+"""FedYogi (same paper): as FedAdam, with Yogi's additive second moment."""
 Global___OuterOptimizer: _TypeAlias = OuterOptimizer  # noqa: Y015
 
 class _SignatureAlgorithm:
@@ -388,7 +412,9 @@ class RoundConfig(_message.Message):
     outer_lr: _builtins.float
     """Outer learning rate."""
     outer_momentum: _builtins.float
-    """Outer momentum (ignored by FedAvg)."""
+    """Outer momentum (0 for optimizers without it: FedAvg, SparseLoCo and the
+    adaptive ones, whose own moments the coordinator keeps to itself).
+    """
     max_message_bytes: _builtins.int
     """Largest gRPC message, in bytes, the coordinator accepts; larger
     messages fail with RESOURCE_EXHAUSTED.

@@ -18,7 +18,7 @@ from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.rounds.records import PublishedModel
 from fedgrpc.domain.model_spec import DType, ModelSpec
 from fedgrpc.errors import InvalidUpdateError, WrongRoundError
-from fedgrpc.optim import OuterOptimizer, build_outer_optimizer
+from fedgrpc.optim import AdaptiveSettings, OuterOptimizer, build_outer_optimizer
 from fedgrpc.wire.tensors import pack_native
 
 GUARD_WARMUP_ROUNDS = 3
@@ -42,6 +42,11 @@ class GlobalModel:
             config.outer_optimizer,
             config.resolved_outer_lr,
             config.resolved_outer_momentum,
+            AdaptiveSettings(
+                beta1=config.resolved_outer_beta1,
+                beta2=config.resolved_outer_beta2,
+                tau=config.resolved_outer_tau,
+            ),
         )
         self._seeder: tuple[str, float] | None = None
         self._update_norms: deque[float] = deque(maxlen=GUARD_HISTORY_ROUNDS)
