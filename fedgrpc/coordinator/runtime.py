@@ -53,6 +53,7 @@ from fedgrpc.coordinator.sessions import (
     Sessions,
     round_started_event,
 )
+from fedgrpc.coordinator.strategy.wiring import NO_PLUGINS, StagePlugins
 from fedgrpc.crypto.keys import PublicKey
 from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.domain.requests import JoinInfo
@@ -85,6 +86,7 @@ class CoordinatorRuntime:
         clock: Callable[[], float] = time.monotonic,
         faults: FaultHooks = NO_FAULTS,
         mode: ModeFactory | None = None,
+        plugins: StagePlugins = NO_PLUGINS,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -92,7 +94,7 @@ class CoordinatorRuntime:
         self.checkpoints = CheckpointStore(config, self.metrics, faults)
         self.run = Run(self.checkpoints.resumed_run_id or secrets.token_hex(8), clock())
         self.registry = ClientRegistry(config.max_clients)
-        self.engine = RoundEngine(config, self.registry, clock)
+        self.engine = RoundEngine(config, self.registry, clock, plugins)
         self.enrollment = Enrollment(
             load_identity(config), load_allowed_keys(config), self.run.run_id, clock
         )
@@ -146,6 +148,7 @@ class CoordinatorRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         self.auth.close()
+        self.engine.stages.close()  # the run's spool directory, if any
 
     # -- Join and Session --------------------------------------------------------
 

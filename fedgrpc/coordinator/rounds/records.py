@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fedgrpc.aggregate import StreamingSum
+from fedgrpc.aggregate import Accumulator
 from fedgrpc.coordinator.rounds.registry import ClientRecord
 from fedgrpc.crypto.signing import UpdateVerifier
 from fedgrpc.domain.requests import UpdateHeaderInfo
@@ -116,7 +116,8 @@ class OpenRound:
     contributors: set[str] = field(default_factory=set)
     streaming: dict[int, Ticket] = field(default_factory=dict)
     """Admitted pushes not yet committed or abandoned, by ticket id."""
-    total: StreamingSum | None = None
+    total: Accumulator | None = None
+    """The round's Accumulator, opened on its first chunk (`RoundStages`)."""
     void_reason: str | None = None
     """Set when a push failed after touching the sum: the round must be skipped."""
     complete_reason: str | None = None
