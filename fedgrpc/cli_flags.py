@@ -11,7 +11,10 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-SIMULATE_STAGE_FLAGS = ("aggregator", "trimmed_mean_beta", "accumulator", "spool_dir")
+SIMULATE_STAGE_FLAGS = (
+    "aggregator", "trimmed_mean_beta", "accumulator", "spool_dir", "selection",
+    "clients_per_round",
+)  # fmt: skip
 """Stage settings `simulate` passes through to its coordinator."""
 
 
@@ -82,4 +85,12 @@ STAGE_FLAGS = (
     Flag("--outer-optimizer-params", "JSON object of keyword arguments for a "
           "package.module:Class outer optimizer (TOML: [coordinator."
           "outer_optimizer_params]) (default: {})", json_table, "JSON"),
+    Flag("--selection", "who takes part in a round: all connected clients, "
+         "or --clients-per-round of them drawn from the round nonce: random, "
+         "loss (favours high-loss clients) or throughput (fast uploaders); "
+         "the others keep training and push when selected (default: all)",
+         choices=("all", "random", "loss", "throughput")),
+    Flag("--clients-per-round", "clients a round selects, >= --min-clients; "
+         "only with --selection random, loss or throughput (default: all)",
+         int, "K"),
 )  # fmt: skip

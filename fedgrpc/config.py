@@ -124,6 +124,13 @@ class CoordinatorConfig:
     round); "" means <tmp>/fedgrpc-spool-<uid>. Needs d x 4 bytes per update."""
     outer_optimizer_params: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Keyword arguments of a `module:Class` outer optimizer's constructor."""
+    selection: str = "all"
+    """Who takes part in a round: `all` connected clients, or clients_per_round
+    of them chosen from the round nonce: `random`, `loss` (power-of-choice,
+    favours high loss) or `throughput` (fast uploaders). The others keep
+    training; their next update spans the rounds they sat out."""
+    clients_per_round: int | None = None
+    """k for selection random/loss/throughput (>= min_clients); None with all."""
     # -- end of round stages
     max_update_norm_growth: float = 10.0
     """Divergence guard: skip a round whose mean update norm exceeds this many

@@ -49,6 +49,8 @@ class SimulationConfig:
     trimmed_mean_beta: float | None = None
     accumulator: str = "auto"
     spool_dir: str = ""
+    selection: str = "all"
+    clients_per_round: int | None = None
     outer_lr: float | None = None
     outer_momentum: float | None = None
     outer_beta1: float | None = None
@@ -172,7 +174,7 @@ def _coordinator_config(config: SimulationConfig) -> CoordinatorConfig:
     """A loopback coordinator that waits for every simulated client each round."""
     return CoordinatorConfig(
         listen="127.0.0.1:0",
-        min_clients=config.clients,
+        min_clients=config.clients_per_round or config.clients,
         max_clients=config.clients,
         inner_steps=config.inner_steps,
         round_timeout_s=config.round_timeout_s,
@@ -187,6 +189,8 @@ def _coordinator_config(config: SimulationConfig) -> CoordinatorConfig:
         trimmed_mean_beta=config.trimmed_mean_beta,
         accumulator=config.accumulator,
         spool_dir=config.spool_dir,
+        selection=config.selection,
+        clients_per_round=config.clients_per_round,
         codec=_codec(config),
         secure_aggregation=config.secure_aggregation,
         heartbeat_interval_s=2.0,

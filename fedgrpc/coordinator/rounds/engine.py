@@ -43,7 +43,7 @@ import torch
 from fedgrpc.aggregate.blockwise import as_sum
 from fedgrpc.compress import DecodedBlock
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.rounds import rules
+from fedgrpc.coordinator.rounds import participants, rules
 from fedgrpc.coordinator.rounds.global_model import GlobalModel
 from fedgrpc.coordinator.rounds.records import (
     OpenRound,
@@ -94,6 +94,9 @@ class RoundEngine:
         self._next_round_id = 1
         self.seed_nonce = new_round_nonce()
         """Round 0's nonce: the initial weights sign it."""
+        self.base_shas: dict[int, bytes] = {}
+        """SHA-256 of recent published versions: what an update spanning the
+        rounds its client sat out signs as its base (`participants`)."""
         self._spare_sum: torch.Tensor | None = None
         """Last round's sum buffer, zeroed: reused so no round faults in a new one."""
 
@@ -120,7 +123,12 @@ class RoundEngine:
             self.model.check_not_seeded()
         else:
             current = rules.collecting_round(self.phase, self.current)
-            rules.check_slot(current, client, header, self.clock)
+            participants.check_selected(current, client)
+            base = header.base_version
+            spans = base in self.base_shas and participants.may_span(
+                current, client, base
+            )
+            rules.check_slot(current, client, header, self.clock, spans=spans)
 
     def open_ticket(self, client: ClientRecord, header: UpdateHeaderInfo) -> Ticket:
         """Start taking a checked header's chunks (call `check_header` first)."""
@@ -136,6 +144,7 @@ class RoundEngine:
             current.first_header_s = self.clock()
             current.first_header_cpu_s = time.process_time()
         ticket = Ticket(client, header, current.round_id, scratch)
+        ticket.opened_s = self.clock()
         current.streaming[ticket.ticket_id] = ticket
         return ticket
 
@@ -199,6 +208,10 @@ class RoundEngine:
             client.updates_accepted += 1
             client.samples_contributed += header.num_samples
             client.last_train_loss = header.train_loss
+            client.last_samples = header.num_samples
+            seconds = current.last_commit_s - ticket.opened_s
+            if seconds > 0:
+                client.throughput_bps = payload_bytes / seconds
         return in_round
 
     def abandon(self, ticket: Ticket, reason: str) -> bool:
@@ -290,6 +303,11 @@ class RoundEngine:
                 record = self.registry.get(client_id)
                 if record is not None:
                     record.last_applied_round = closing.round_id
+        for client_id in closing.selected or ():
+            chosen = self.registry.get(client_id)
+            if chosen is not None:
+                chosen.last_selected_base = closing.base_version
+                chosen.last_selected_round = closing.round_id
         version, now = self.model.version, self.clock()
         result = rules.round_result(closing, self.config, applied, reason, version, now)
         self.history.append(result)
@@ -322,6 +340,35 @@ class RoundEngine:
         )
         self._next_round_id += 1
         self.phase = Phase.COLLECTING
+        if published is not None:
+            self.base_shas[self.model.version] = published.sha256
+            for old in [v for v in self.base_shas if v < self.model.version -
+                        participants.BASE_SHAS_KEPT]:  # fmt: skip
+                del self.base_shas[old]
+        self.reselect()
+
+    def reselect(self, only_if_short: bool = False) -> None:
+        """Let the Selector choose the open round's clients among those connected.
+
+        `only_if_short`: only while nothing has arrived for the round and
+        fewer of its chosen clients are connected than it could have (it
+        opened before enough clients connected, or chosen ones left), so a
+        round neither hangs on clients that are gone nor runs short of k.
+        Same nonce, so the choice stays reproducible from the candidates.
+        """
+        current = self.current
+        if current is None or self.phase is not Phase.COLLECTING:
+            return
+        if only_if_short:
+            connected = {c.client_id for c in self.registry.connected()}
+            if current.selected is None or current.contributors or current.streaming:
+                return
+            k = getattr(self.stages.selector, "clients_per_round", len(connected))
+            if len(connected & set(current.selected)) >= min(k, len(connected)):
+                return
+        current.selected = participants.choose(
+            self.stages.selector, self.registry.connected(), current
+        )
 
     def _take_sum_buffer(self) -> torch.Tensor:
         spare, self._spare_sum = self._spare_sum, None

@@ -18,6 +18,8 @@ from fedgrpc.config import CoordinatorConfig, OuterOptimizerName
 from fedgrpc.coordinator.strategy.combinations import AccumulatorName
 from fedgrpc.coordinator.strategy.pipeline import RoundStages, StrategySettings
 from fedgrpc.coordinator.strategy.plugins import is_plugin_spec, load_outer_optimizer
+from fedgrpc.coordinator.strategy.selection import SelectionName
+from fedgrpc.errors import ConfigError
 from fedgrpc.optim import AdaptiveSettings, OuterOptimizer, build_outer_optimizer
 
 
@@ -55,9 +57,17 @@ def build_round_stages(
         accumulator=cast(AccumulatorName, config.accumulator),
         spool_dir=Path(config.spool_dir) if config.spool_dir else None,
         secure_aggregation=config.secure_aggregation,
+        selection=cast(SelectionName, config.selection),
+        clients_per_round=config.clients_per_round,
         min_clients=config.min_clients,
         max_updates=config.max_clients,
     )
+    if config.secure_aggregation and config.selection != "all":
+        raise ConfigError(
+            f"selection = {config.selection!r} picks a round's clients, but "
+            "secure_aggregation = true masks among every connected client; "
+            "use selection = 'all' with secure aggregation"
+        )
     return RoundStages(settings)
 
 
