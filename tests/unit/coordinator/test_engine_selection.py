@@ -6,6 +6,9 @@ built-in selector run on the same candidates and nonce (reproducible).
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 
@@ -142,3 +145,41 @@ def test_selection_with_secure_aggregation_is_refused_naming_both() -> None:
     )  # fmt: skip
     with pytest.raises(ConfigError, match="secure_aggregation = true"):
         RoundEngine(config, ClientRegistry(max_clients=8))
+
+
+def _loss_rounds(fed: Federation, losses: dict[str, float], rounds: int) -> list[str]:
+    """Run `rounds` rounds; each chosen client reports its loss. All picks."""
+    picks: list[str] = []
+    for _ in range(rounds):
+        current = fed.engine.current
+        assert current is not None
+        for cid in fed.selected():
+            record = fed.registry.get(cid)
+            assert record is not None
+            header = _header(cid, current.round_id, current.base_version)
+            header = dataclasses.replace(header, train_loss=losses[cid])
+            ticket = fed.engine.admit(record, header)
+            fed.engine.add_chunk(ticket, 0, np.zeros(4, dtype=np.float32))
+            fed.engine.commit(ticket, 16)
+            picks.append(cid)
+        assert _close(fed.engine) is Outcome.APPLIED
+    return picks
+
+
+def test_the_loss_selector_prefers_high_loss_clients() -> None:
+    fed = Federation(clients=8, selection="loss")
+    losses = {cid: float(i) for i, cid in enumerate(fed.ids)}  # last: highest
+    picks = _loss_rounds(fed, losses, 40)
+    counts = {cid: picks.count(cid) for cid in fed.ids}
+    high, low = fed.ids[-2:], fed.ids[:2]
+    assert sum(counts[c] for c in high) > 2 * sum(counts[c] for c in low), counts
+
+
+def test_a_client_claiming_a_huge_loss_is_not_picked_every_round() -> None:
+    fed = Federation(clients=8, selection="loss")
+    liar = fed.ids[0]
+    losses = dict.fromkeys(fed.ids, 1.0) | {liar: 1e30}
+    rounds = 40
+    picks = _loss_rounds(fed, losses, rounds)
+    assert picks.count(liar) < rounds  # the candidate set is drawn before loss
+    assert len(set(picks)) == len(fed.ids)  # and everyone still takes part
