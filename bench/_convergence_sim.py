@@ -74,6 +74,9 @@ class Case:
     eval_batches: int = 100
     curve_batches: int = 20
     corpus_bytes: int = 8_000_000
+    clients_per_round: int = 0
+    """k workers chosen per round from a seeded nonce (random selection); the
+    others keep training and push spanning updates later. 0: every worker."""
 
 
 @dataclass
@@ -229,6 +232,10 @@ def _run_diloco(
         from _convergence_shared import run_shared
 
         return run_shared(case, data, model, curve)
+    if case.clients_per_round:
+        from _convergence_selection import run_selected
+
+        return run_selected(case, data, model, curve)
     spec = spec_from_module(model)
     global_flat = flatten_fp32(list(model.parameters()), spec)
     workers = [_Worker(case, w, spec) for w in range(case.workers)]

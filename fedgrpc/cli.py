@@ -14,10 +14,12 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 from fedgrpc import __version__
+from fedgrpc.cli_flags import SIMULATE_STAGE_FLAGS, STAGE_FLAGS
+from fedgrpc.cli_flags import Flag as _Flag
+from fedgrpc.cli_flags import add_flag as _add_flag
 from fedgrpc.cli_identity import add_identity_parsers
 from fedgrpc.cli_ops import add_ops_parsers
 from fedgrpc.config import OUTER_OPTIMIZERS, CoordinatorConfig
@@ -27,26 +29,10 @@ from fedgrpc.sim import DEFAULT_CORPUS_BYTES
 
 
 def _add_outer_flags(parser: argparse.ArgumentParser) -> None:
+    """The outer optimizer's and the round stages' flags, shared with simulate."""
     for flag in _SERVE_FLAGS:
-        if flag.dest.startswith("outer_"):
+        if flag.dest.startswith("outer_") or flag.dest in SIMULATE_STAGE_FLAGS:
             _add_flag(parser, flag)
-
-
-@dataclass(frozen=True, slots=True)
-class _Flag:
-    """One `serve` flag; its dest is also the CoordinatorConfig field it sets."""
-
-    name: str
-    help: str
-    type: Callable[[str], object] = str
-    metavar: str | None = None
-    choices: tuple[str, ...] | None = None
-    const: object = None
-    """Set, the flag takes no value and stores this (a switch)."""
-
-    @property
-    def dest(self) -> str:
-        return self.name.removeprefix("--").replace("-", "_")
 
 
 _D = CoordinatorConfig()
@@ -73,8 +59,9 @@ _SERVE_FLAGS = (
           "fedavg, fedavgm (heavy-ball server momentum), fedadagrad, fedadam, "
           "fedyogi (adaptive per-coordinate steps, Reddi et al. 2021), or "
           "sparseloco (plain SGD; the clients' decaying error-feedback "
-          "residual is the momentum; for top-k) (default: nesterov)",
-          choices=OUTER_OPTIMIZERS),
+          "residual is the momentum; for top-k), or your own "
+          "package.module:Class (default: nesterov)", metavar="|".join(
+          OUTER_OPTIMIZERS) + "|MODULE:CLASS"),
     _Flag("--outer-lr", "outer learning rate (default: 0.7 for nesterov and "
           "fedavgm, 1.0 for fedavg and sparseloco, 0.1 for fedadagrad, 0.01 "
           "for fedadam and fedyogi)", float, "LR"),
@@ -87,6 +74,7 @@ _SERVE_FLAGS = (
     _Flag("--outer-tau", "adaptivity tau > 0 of fedadagrad, fedadam and "
           "fedyogi: v starts at tau^2, steps divide by sqrt(v) + tau "
           "(default: 0.001; the paper searches 1e-1 .. 1e-5)", float, "TAU"),
+    *STAGE_FLAGS,
     _Flag("--feedback-decay", "clients' error-feedback decay beta in (0, 1] "
           "(default: 0.95 for sparseloco, 1 otherwise)", float, "BETA"),
     _Flag("--max-update-norm-growth", "divergence guard: skip a round whose mean "
@@ -157,22 +145,6 @@ _SERVE_FLAGS = (
     _Flag("--log-level", "DEBUG, INFO, WARNING or ERROR (default: INFO)",
           metavar="LEVEL"),
 )  # fmt: skip
-
-
-def _add_flag(parser: argparse.ArgumentParser, flag: _Flag) -> None:
-    if flag.const is not None:
-        # Default None, not False: an absent switch must not override the TOML.
-        parser.add_argument(
-            flag.name, action="store_const", const=flag.const, help=flag.help
-        )
-        return
-    parser.add_argument(
-        flag.name,
-        type=flag.type,
-        metavar=flag.metavar,
-        choices=flag.choices,
-        help=flag.help,
-    )
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -323,6 +295,8 @@ def _simulate(args: argparse.Namespace) -> int:
         "outer_beta1": args.outer_beta1,
         "outer_beta2": args.outer_beta2,
         "outer_tau": args.outer_tau,
+        "outer_optimizer_params": args.outer_optimizer_params,
+        **{name: getattr(args, name) for name in SIMULATE_STAGE_FLAGS},
         "corpus_bytes": args.corpus_bytes,
         "compression": args.compression,
         "secure_aggregation": args.secure_aggregation,

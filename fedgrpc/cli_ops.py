@@ -145,7 +145,7 @@ def format_status(target: str, s: CoordinatorStatus) -> str:
 _CLIENT_COLUMNS = ("client", "name", "connected", "updates", "samples",
                    "last round", "last loss")  # fmt: skip
 _ROUND_COLUMNS = ("round", "outcome", "updates", "seconds", "mean loss", "bytes in",
-                  "secure")  # fmt: skip
+                  "secure", "selected")  # fmt: skip
 
 
 def _secure_line(s: CoordinatorStatus) -> str:
@@ -165,7 +165,7 @@ def _client_cells(c: ClientRow) -> tuple[str, ...]:
 def _round_cells(r: RoundRow) -> tuple[str, ...]:
     return (str(r.round_id), r.outcome, str(r.num_updates), f"{r.duration_s:.1f}",
             f"{r.mean_train_loss:.4f}", _size(r.bytes_received),
-            _secure_cell(r))  # fmt: skip
+            _secure_cell(r), " ".join(r.selected) or "all")  # fmt: skip
 
 
 def _secure_cell(r: RoundRow) -> str:

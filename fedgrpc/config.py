@@ -82,11 +82,12 @@ class CoordinatorConfig:
     round_timeout_s: float = 600.0
     """Seconds after a round's first update before it closes with what it has
     (skipped below quorum); updates still streaming then get as long again."""
-    outer_optimizer: OuterOptimizerName = "nesterov"
+    outer_optimizer: OuterOptimizerName | str = "nesterov"
     """`nesterov` (DiLoCo outer SGD with Nesterov momentum), `fedavg`,
     `fedavgm` (heavy-ball server momentum, Hsu et al. 2019), `fedadagrad`,
-    `fedadam`, `fedyogi` (Reddi et al. 2021, Algorithm 2) or `sparseloco`
-    (plain SGD; the clients' decaying residual is the momentum)."""
+    `fedadam`, `fedyogi` (Reddi et al. 2021, Algorithm 2), `sparseloco`
+    (plain SGD; the clients' decaying residual is the momentum), or your own
+    `package.module:Class` (built with `outer_optimizer_params`)."""
     outer_lr: float | None = None
     """Outer learning rate η; None means 0.7 for nesterov (DiLoCo) and fedavgm,
     1.0 for fedavg and sparseloco, 0.1 for fedadagrad, 0.01 for fedadam and
@@ -104,6 +105,33 @@ class CoordinatorConfig:
     """τ > 0, the adaptivity of fedadagrad, fedadam, fedyogi: v starts at τ²
     and steps divide by √v + τ; None means 1e-3 (the paper searches 1e-1 ..
     1e-5). Only with those optimizers."""
+    # -- round stages (fedgrpc.coordinator.strategy; DESIGN.md "round pipeline")
+    aggregator: str = "mean"
+    """How a round's updates become one: `mean` (sample-weighted, FedAvg),
+    `median` (coordinate-wise), `trimmed_mean` (drops `trimmed_mean_beta` of
+    each side per coordinate) or `package.module:Class`. The robust rules need
+    every update, so they spool them to `spool_dir` (not with secure_aggregation)."""
+    aggregator_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Keyword arguments of a `module:Class` aggregator's constructor."""
+    trimmed_mean_beta: float | None = None
+    """Fraction in [0, 0.5) trimmed from each side; None means 0.1. Only with
+    aggregator = trimmed_mean."""
+    accumulator: str = "auto"
+    """`auto` (the streaming sum, or the spool when the aggregator needs every
+    update), `streaming_sum` or `spool`."""
+    spool_dir: str = ""
+    """Where spooled updates live (one file per update, deleted after the
+    round); "" means <tmp>/fedgrpc-spool-<uid>. Needs d x 4 bytes per update."""
+    outer_optimizer_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Keyword arguments of a `module:Class` outer optimizer's constructor."""
+    selection: str = "all"
+    """Who takes part in a round: `all` connected clients, or clients_per_round
+    of them chosen from the round nonce: `random`, `loss` (power-of-choice,
+    favours high loss) or `throughput` (fast uploaders). The others keep
+    training; their next update spans the rounds they sat out."""
+    clients_per_round: int | None = None
+    """k for selection random/loss/throughput (>= min_clients); None with all."""
+    # -- end of round stages
     max_update_norm_growth: float = 10.0
     """Divergence guard: skip a round whose mean update norm exceeds this many
     times the median of recent rounds' (after 3 applied rounds); 0 disables."""
@@ -197,6 +225,7 @@ class CoordinatorConfig:
         _check(self.inner_steps >= 1, "inner_steps", self.inner_steps, ">= 1")
         _check(self.round_timeout_s > 0, "round_timeout_s", self.round_timeout_s, "> 0")
         self._check_outer()
+        self._check_stages()
         parse_codec(self.codec)  # raises ConfigError naming the problem
         _check(0 < self.resolved_feedback_decay <= 1, "feedback_decay",
                self.feedback_decay, "in (0, 1]")  # fmt: skip
@@ -223,11 +252,25 @@ class CoordinatorConfig:
         _check(not self.metrics_listen or ":" in self.metrics_listen,
                "metrics_listen", self.metrics_listen, "host:port or empty")  # fmt: skip
 
+    def _check_stages(self) -> None:
+        """Names only; `RoundStages` loads plugins and checks combinations at start."""
+        agg, beta = self.aggregator, self.trimmed_mean_beta
+        _check(agg in ("mean", "median", "trimmed_mean") or ":" in agg, "aggregator",
+               agg, "mean, median, trimmed_mean or package.module:Class")  # fmt: skip
+        _check(beta is None or agg == "trimmed_mean", "trimmed_mean_beta", beta,
+               "unset unless aggregator = 'trimmed_mean'")  # fmt: skip
+        _check(self.accumulator in ("auto", "streaming_sum", "spool"), "accumulator",
+               self.accumulator, "auto, streaming_sum or spool")  # fmt: skip
+
     def _check_outer(self) -> None:
         """The optimizer's name, its rates, and only the settings it reads."""
         name = self.outer_optimizer
-        _check(name in OUTER_OPTIMIZERS, "outer_optimizer", name,
-               " or ".join(OUTER_OPTIMIZERS))  # fmt: skip
+        plugin = ":" in name
+        _check(name in OUTER_OPTIMIZERS or plugin, "outer_optimizer", name,
+               " or ".join(OUTER_OPTIMIZERS) + " or package.module:Class")  # fmt: skip
+        _check(plugin or not self.outer_optimizer_params,
+               "outer_optimizer_params", self.outer_optimizer_params,
+               "empty for a built-in optimizer")  # fmt: skip
         _check(self.resolved_outer_lr > 0, "outer_lr", self.outer_lr, "> 0")
         _check(0 <= self.resolved_outer_momentum < 1, "outer_momentum",
                self.outer_momentum, "in [0, 1)")  # fmt: skip
@@ -299,7 +342,7 @@ class CoordinatorConfig:
         """The outer learning rate in force (default filled in per optimizer)."""
         if self.outer_lr is not None:
             return self.outer_lr
-        return _DEFAULT_OUTER_LR[self.outer_optimizer]
+        return _DEFAULT_OUTER_LR.get(self.outer_optimizer, 1.0)
 
     @property
     def resolved_outer_momentum(self) -> float:

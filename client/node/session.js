@@ -127,7 +127,8 @@ function openSession(client, federation, options) {
 }
 
 /**
- * Wait for an open round on `baseVersion`. Resolves to its RoundStarted
+ * Wait for an open round on `baseVersion` that selected this client
+ * (RoundStarted.not_selected is false). Resolves to its RoundStarted
  * ({round_id, base_version}), or to `{stale: version}` when a newer model
  * was applied meanwhile (pull it before pushing).
  */
@@ -136,7 +137,10 @@ function waitForRound(session, baseVersion, timeoutMs) {
     () => {
       if (session.modelVersion > baseVersion) return { stale: session.modelVersion };
       const started = session.latestStarted;
-      if (started && !session.closed.has(started.round_id) && started.base_version === baseVersion) {
+      // A round that left this client out (client selection): wait for one
+      // that selects it; if the model moves meanwhile, the caller pulls.
+      if (started && !session.closed.has(started.round_id) && started.base_version === baseVersion
+          && !started.not_selected) {
         return started;
       }
       return null;

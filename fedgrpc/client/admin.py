@@ -68,6 +68,8 @@ class RoundRow:
     secure_abort_reason: str = ""
     """Name of why a masked round was not applied (too_few_clients, ...)."""
     unmask_s: float = 0.0
+    selected: tuple[str, ...] = ()
+    """Clients client selection chose for it; empty with selection `all`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +190,7 @@ def _from_proto(reply: admin_pb2.GetStatusResponse) -> CoordinatorStatus:
                 r.positions,
                 r.secure_abort_reason,
                 r.unmask_s,
+                tuple(r.selected_clients),
             )
             for r in reply.recent_rounds
         ],

@@ -37,13 +37,18 @@ from fedgrpc.log import get_logger
 
 log = get_logger(__name__)
 
-SyncOutcome = Literal["applied", "skipped", "stale", "missed", "offline"]
+SyncOutcome = Literal[
+    "applied", "skipped", "stale", "missed", "offline", "not_selected"
+]
 """How a sync point ended for this client: its update was averaged into a new
 model ("applied"); the round closed below quorum ("skipped"); a newer model
 existed, so it pulled without pushing ("stale"); its push was refused
-because the round had closed ("missed"); or the coordinator was away and
+because the round had closed ("missed"); the coordinator was away and
 training goes on locally until the next sync point ("offline",
-`reconnect.Reconnector`)."""
+`reconnect.Reconnector`); or client selection left it out of the open round
+("not_selected"): nothing was sent, the weights, base and residual stay as
+they are, training goes on, and the next update (when a round selects it)
+spans every round it sat out, against the base version it last pulled."""
 
 
 class SyncPoint:
@@ -77,6 +82,8 @@ class SyncPoint:
         """Digest of the last update pushed, as the coordinator verified it."""
         self.pending: RoundStart | None = None
         """The round our last accepted update went to, until we hear its end."""
+        self.sat_out = False
+        """A round left us out since our last pull: our next update spans it."""
 
     def seed(self) -> None:
         """Upload our weights as the initial model (losing the race is fine)."""
@@ -93,6 +100,7 @@ class SyncPoint:
         )
         self._local.load(pulled.buffer, pulled.version)
         self.base_sha256 = pulled.sha256
+        self.sat_out = False
         nbytes = self._local.spec.num_bytes
         self.bytes_received += nbytes
         seconds = round(time.monotonic() - started, 3)
@@ -109,12 +117,21 @@ class SyncPoint:
             ShuttingDownError: the coordinator announced shutdown.
         """
         wait_s, base_version = self._config.round_wait_s, self._local.base_version
-        opened = self.connection.wait_round_open(base_version, wait_s)
+        opened = self.connection.wait_round_open(
+            base_version, wait_s, span=self.sat_out
+        )
         if isinstance(opened, StaleBase):
             latest = opened.model_version
             self._log.warning("model_stale", version=base_version, latest=latest)
             self.pull_and_load(latest, wait_s=self._config.rpc_timeout_s)
             return "stale"
+        if not opened.selected:
+            # Nothing is encoded or sent, so the residual (error feedback) and
+            # the base snapshot are untouched: the next pseudo-gradient is
+            # base - local over all the steps since the pull, exactly once.
+            self.sat_out = True
+            self._log.info("round_not_selected", round=opened.round_id)
+            return "not_selected"
         self.pending = opened  # until its close, or `resume`, settles it
         pushed = self._push(opened.round_id, opened.nonce)
         if not pushed:

@@ -53,6 +53,7 @@ from fedgrpc.coordinator.sessions import (
     Sessions,
     round_started_event,
 )
+from fedgrpc.coordinator.strategy.wiring import NO_PLUGINS, StagePlugins
 from fedgrpc.crypto.keys import PublicKey
 from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.domain.requests import JoinInfo
@@ -85,6 +86,7 @@ class CoordinatorRuntime:
         clock: Callable[[], float] = time.monotonic,
         faults: FaultHooks = NO_FAULTS,
         mode: ModeFactory | None = None,
+        plugins: StagePlugins = NO_PLUGINS,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -92,7 +94,7 @@ class CoordinatorRuntime:
         self.checkpoints = CheckpointStore(config, self.metrics, faults)
         self.run = Run(self.checkpoints.resumed_run_id or secrets.token_hex(8), clock())
         self.registry = ClientRegistry(config.max_clients)
-        self.engine = RoundEngine(config, self.registry, clock)
+        self.engine = RoundEngine(config, self.registry, clock, plugins)
         self.enrollment = Enrollment(
             load_identity(config), load_allowed_keys(config), self.run.run_id, clock
         )
@@ -146,6 +148,7 @@ class CoordinatorRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         self.auth.close()
+        self.engine.stages.close()  # the run's spool directory, if any
 
     # -- Join and Session --------------------------------------------------------
 
@@ -191,7 +194,12 @@ class CoordinatorRuntime:
         client.connected, client.last_seen_s = True, self.clock()
         current = self.engine.current
         if self.engine.phase is Phase.COLLECTING and current is not None:
-            queue.put_nowait(self._round_started(current))
+            before = current.selected
+            self.engine.reselect(only_if_short=True)
+            if current.selected != before:  # tell everyone who takes part now
+                self._announce_round(current)
+            else:
+                queue.put_nowait(self._round_started(current, client_id))
         log.info("session_opened", client=client_id)
         if self.mode is not None:
             self.mode.session_opened(client_id, queue)
@@ -211,6 +219,12 @@ class CoordinatorRuntime:
         client.connected = False
         self.registry.left(client)
         log.info("session_closed", client=client.client_id)
+        current = self.engine.current
+        if current is not None:
+            before = current.selected
+            self.engine.reselect(only_if_short=True)
+            if current.selected != before:
+                self._announce_round(current)
         await self.maybe_close_round()
         self._forget_departed()
 
@@ -233,7 +247,7 @@ class CoordinatorRuntime:
             await self._announce_new_model()
         elif in_round == 1 and self.engine.current is not None:
             # The first update set the round's deadline: announce it.
-            self.sessions.broadcast(self._round_started(self.engine.current))
+            self._announce_round(self.engine.current)
         await self.maybe_close_round()
 
     # -- closing rounds ----------------------------------------------------------
@@ -289,7 +303,7 @@ class CoordinatorRuntime:
     async def _announce_new_model(self) -> None:
         current = self.engine.current
         if current is not None:
-            self.sessions.broadcast(self._round_started(current))
+            self._announce_round(current)
         async with self._version_changed:
             self._version_changed.notify_all()
 
@@ -343,5 +357,10 @@ class CoordinatorRuntime:
                     SessionEnd("no heartbeat within session_timeout_s", "evicted"),
                 )
 
-    def _round_started(self, current: OpenRound) -> RoundStartedEvent:
-        return round_started_event(current, self.clock())
+    def _round_started(self, current: OpenRound, client_id: str) -> RoundStartedEvent:
+        return round_started_event(current, self.clock(), client_id)
+
+    def _announce_round(self, current: OpenRound) -> None:
+        """RoundStarted to every session, each saying whether it was selected."""
+        for client_id in list(self.sessions):
+            self.sessions.send(client_id, self._round_started(current, client_id))

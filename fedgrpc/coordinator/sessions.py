@@ -30,6 +30,8 @@ class RoundStartedEvent:
     deadline_unix_s: float = 0.0
     """When the round stops taking new updates (wall clock, seconds since the
     epoch); 0 until its first update commits, which starts the deadline."""
+    not_selected: bool = False
+    """The receiving client was left out of this round by client selection."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +72,9 @@ SessionEvent = (
 )
 
 
-def round_started_event(current: OpenRound, now_s: float) -> RoundStartedEvent:
+def round_started_event(
+    current: OpenRound, now_s: float, client_id: str = ""
+) -> RoundStartedEvent:
     """The RoundStarted for `current`, its deadline moved to the wall clock.
 
     The engine keeps deadlines on its own (monotonic) clock, `now_s` being
@@ -79,9 +83,11 @@ def round_started_event(current: OpenRound, now_s: float) -> RoundStartedEvent:
     deadline_unix_s = 0.0
     if current.deadline_s is not None:
         deadline_unix_s = time.time() + (current.deadline_s - now_s)
+    left_out = current.selected is not None and client_id not in current.selected
     return RoundStartedEvent(
-        current.round_id, current.base_version, current.nonce, deadline_unix_s
-    )
+        current.round_id, current.base_version, current.nonce, deadline_unix_s,
+        not_selected=left_out,
+    )  # fmt: skip
 
 
 SessionQueue = asyncio.Queue[SessionEvent]

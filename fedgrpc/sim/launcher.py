@@ -42,7 +42,15 @@ class SimulationConfig:
     rounds: int = 20
     inner_steps: int = 50
     seed: int = 0
-    outer_optimizer: OuterOptimizerName = "nesterov"
+    outer_optimizer: OuterOptimizerName | str = "nesterov"
+    outer_optimizer_params: dict[str, Any] = field(default_factory=dict)
+    aggregator: str = "mean"
+    """The round's aggregator (`CoordinatorConfig.aggregator`), e.g. median."""
+    trimmed_mean_beta: float | None = None
+    accumulator: str = "auto"
+    spool_dir: str = ""
+    selection: str = "all"
+    clients_per_round: int | None = None
     outer_lr: float | None = None
     outer_momentum: float | None = None
     outer_beta1: float | None = None
@@ -166,7 +174,7 @@ def _coordinator_config(config: SimulationConfig) -> CoordinatorConfig:
     """A loopback coordinator that waits for every simulated client each round."""
     return CoordinatorConfig(
         listen="127.0.0.1:0",
-        min_clients=config.clients,
+        min_clients=config.clients_per_round or config.clients,
         max_clients=config.clients,
         inner_steps=config.inner_steps,
         round_timeout_s=config.round_timeout_s,
@@ -176,6 +184,13 @@ def _coordinator_config(config: SimulationConfig) -> CoordinatorConfig:
         outer_beta1=config.outer_beta1,
         outer_beta2=config.outer_beta2,
         outer_tau=config.outer_tau,
+        outer_optimizer_params=config.outer_optimizer_params,
+        aggregator=config.aggregator,
+        trimmed_mean_beta=config.trimmed_mean_beta,
+        accumulator=config.accumulator,
+        spool_dir=config.spool_dir,
+        selection=config.selection,
+        clients_per_round=config.clients_per_round,
         codec=_codec(config),
         secure_aggregation=config.secure_aggregation,
         heartbeat_interval_s=2.0,

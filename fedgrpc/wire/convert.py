@@ -7,7 +7,7 @@ so validation of what arrives from the network happens in one place.
 from __future__ import annotations
 
 from fedgrpc._proto.v1 import common_pb2, coordinator_pb2
-from fedgrpc.config import CoordinatorConfig, OuterOptimizerName
+from fedgrpc.config import CoordinatorConfig
 from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from fedgrpc.domain.requests import JoinInfo, UpdateHeaderInfo, wire_codec
 from fedgrpc.errors import InvalidUpdateError
@@ -25,7 +25,7 @@ _DTYPE_TO_PROTO = {
     DType.FLOAT64: common_pb2.DTYPE_FLOAT64,
 }
 _DTYPE_FROM_PROTO = {v: k for k, v in _DTYPE_TO_PROTO.items()}
-_OPTIMIZER_TO_PROTO: dict[OuterOptimizerName, common_pb2.OuterOptimizer.ValueType] = {
+_OPTIMIZER_TO_PROTO: dict[str, common_pb2.OuterOptimizer.ValueType] = {
     "nesterov": common_pb2.OUTER_OPTIMIZER_NESTEROV,
     "fedavg": common_pb2.OUTER_OPTIMIZER_FEDAVG,
     "sparseloco": common_pb2.OUTER_OPTIMIZER_SPARSELOCO,
@@ -86,7 +86,11 @@ def round_config_to_proto(config: CoordinatorConfig) -> common_pb2.RoundConfig:
         chunk_bytes=config.chunk_bytes,
         min_clients=config.min_clients,
         round_timeout_s=config.round_timeout_s,
-        outer_optimizer=_OPTIMIZER_TO_PROTO[config.outer_optimizer],
+        # A plugin (`module:Class`) has no enum value: clients read only
+        # lr and momentum, which they do not need for it.
+        outer_optimizer=_OPTIMIZER_TO_PROTO.get(
+            config.outer_optimizer, common_pb2.OUTER_OPTIMIZER_UNSPECIFIED
+        ),
         outer_lr=config.resolved_outer_lr,
         outer_momentum=config.resolved_outer_momentum,
         max_message_bytes=config.max_message_bytes,

@@ -119,3 +119,16 @@ def test_secagg_bench_quick() -> None:
     goals = report["goals"]
     assert isinstance(goals, dict)
     assert "secure<=2x_plain_n8" in goals  # measured, never asserted here
+
+
+@pytest.mark.timeout(200)
+def test_selection_bench_quick_compares_two_of_four_with_all_four() -> None:
+    report = _run("selection.py")
+    assert report["bench"] == "selection"
+    cases = report["cases"]
+    assert isinstance(cases, dict)
+    assert set(cases) == {"all", "k2of4"}
+    for row in cases.values():
+        assert row["final_val_loss"]["mean"] < 5.0  # it trained (uniform bytes: 5.55)
+    # Half the workers push and pull each round: half the bytes up.
+    assert cases["k2of4"]["bytes_up"][0] < 0.6 * cases["all"]["bytes_up"][0]

@@ -147,6 +147,7 @@ class RoundSummary(_message.Message):
     POSITIONS_FIELD_NUMBER: _builtins.int
     SECURE_ABORT_REASON_FIELD_NUMBER: _builtins.int
     UNMASK_S_FIELD_NUMBER: _builtins.int
+    SELECTED_CLIENTS_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     """Round id."""
     outcome: _coordinator_pb2.RoundOutcome.ValueType
@@ -194,6 +195,12 @@ class RoundSummary(_message.Message):
     """
     unmask_s: _builtins.float
     """Seconds the coordinator spent unmasking the sum (0: not unmasked)."""
+    @_builtins.property
+    def selected_clients(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Client ids the Selector chose when the round opened, sorted; empty with
+        selection = "all" (every connected client could take part).
+        """
+
     def __init__(
         self,
         *,
@@ -212,10 +219,11 @@ class RoundSummary(_message.Message):
         positions: _builtins.int = ...,
         secure_abort_reason: _builtins.str = ...,
         unmask_s: _builtins.float = ...,
+        selected_clients: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "duration_s", b"duration_s", "ingest_cpu_s", b"ingest_cpu_s", "ingest_s", b"ingest_s", "mean_train_loss", b"mean_train_loss", "num_updates", b"num_updates", "outcome", b"outcome", "participants", b"participants", "positions", b"positions", "reason", b"reason", "round_id", b"round_id", "secure", b"secure", "secure_abort_reason", b"secure_abort_reason", "survivors", b"survivors", "unmask_s", b"unmask_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "duration_s", b"duration_s", "ingest_cpu_s", b"ingest_cpu_s", "ingest_s", b"ingest_s", "mean_train_loss", b"mean_train_loss", "num_updates", b"num_updates", "outcome", b"outcome", "participants", b"participants", "positions", b"positions", "reason", b"reason", "round_id", b"round_id", "secure", b"secure", "secure_abort_reason", b"secure_abort_reason", "selected_clients", b"selected_clients", "survivors", b"survivors", "unmask_s", b"unmask_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -531,6 +531,7 @@ class RoundStarted(_message.Message):
     BASE_VERSION_FIELD_NUMBER: _builtins.int
     DEADLINE_UNIX_S_FIELD_NUMBER: _builtins.int
     ROUND_NONCE_FIELD_NUMBER: _builtins.int
+    NOT_SELECTED_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     """The round that now collects updates."""
     base_version: _builtins.int
@@ -545,6 +546,14 @@ class RoundStarted(_message.Message):
     """16 random bytes naming this round of this run; updates sign it, so an
     update signed for another round (or an earlier run) is refused.
     """
+    not_selected: _builtins.bool
+    """True if client selection (selection, clients_per_round) left the
+    receiving client out of this round: it keeps training and pushes when a
+    later round selects it, against the base version it last pulled (the
+    coordinator accepts that older base from a client that sat out). Each
+    session gets its own copy. False (the default) means: take part, so a
+    client that never reads it behaves as before.
+    """
     def __init__(
         self,
         *,
@@ -552,10 +561,11 @@ class RoundStarted(_message.Message):
         base_version: _builtins.int = ...,
         deadline_unix_s: _builtins.float = ...,
         round_nonce: _builtins.bytes = ...,
+        not_selected: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "deadline_unix_s", b"deadline_unix_s", "round_id", b"round_id", "round_nonce", b"round_nonce"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "deadline_unix_s", b"deadline_unix_s", "not_selected", b"not_selected", "round_id", b"round_id", "round_nonce", b"round_nonce"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

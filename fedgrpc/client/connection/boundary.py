@@ -266,11 +266,11 @@ class Connection:
         return call(self._loop, push, link.push_timeout_s(chunk_bytes))
 
     def wait_round_open(
-        self, base_version: int, wait_s: float
+        self, base_version: int, wait_s: float, *, span: bool = False
     ) -> RoundStart | StaleBase:
         """See `RoundTracker.wait_round_open`."""
-        tracker = self.link.tracker
-        return call(self._loop, tracker.wait_round_open(base_version, wait_s), wait_s)
+        waiting = self.link.tracker.wait_round_open(base_version, wait_s, span=span)
+        return call(self._loop, waiting, wait_s)
 
     def wait_round_closed(self, round_id: int, wait_s: float) -> RoundEnd:
         """See `RoundTracker.wait_round_closed`."""

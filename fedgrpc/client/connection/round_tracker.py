@@ -30,6 +30,8 @@ class RoundStart:
     deadline_unix_s: float
     nonce: bytes = b""
     """The round's nonce; the update pushed for it signs it."""
+    selected: bool = True
+    """False if client selection left this client out (RoundStarted.not_selected)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +106,12 @@ class RoundTracker:
         return started
 
     async def wait_round_open(
-        self, base_version: int, timeout_s: float
+        self, base_version: int, timeout_s: float, *, span: bool = False
     ) -> RoundStart | StaleBase:
         """Wait for an open round based on `base_version`, or learn we are stale.
+
+        `span`: we sat out rounds (client selection), so an open round on a
+        newer version is ours too: our update spans the rounds we missed.
 
         Returns:
             The open round, or `StaleBase` when a round newer than
@@ -118,9 +123,13 @@ class RoundTracker:
         """
 
         def ready() -> RoundStart | StaleBase | None:
+            current = self.open_round()
+            if span and current is not None and current.base_version >= base_version:
+                return current
+            if span and self.model_version > base_version:
+                return None  # a round is being applied: wait for the next one
             if self.model_version > base_version:
                 return StaleBase(self.model_version)
-            current = self.open_round()
             if current is not None and current.base_version == base_version:
                 return current
             return None

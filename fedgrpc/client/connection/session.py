@@ -177,6 +177,7 @@ class SessionStream:
                     started.base_version,
                     started.deadline_unix_s,
                     started.round_nonce,
+                    selected=not started.not_selected,
                 )
             )
         elif event == "round_closed":

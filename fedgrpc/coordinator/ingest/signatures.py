@@ -87,6 +87,10 @@ class UpdateAuthenticator:
             if current is None:  # check_header would have refused it
                 raise WrongRoundError("no round is collecting updates")
             nonce, base = current.nonce, current.base_sha256
+            if header.base_version != current.base_version:
+                # An update spanning rounds its client sat out (accepted by
+                # check_header): it signs the older version it was based on.
+                base = engine.base_shas.get(header.base_version, b"")
         if header.round_nonce != nonce:
             raise WrongRoundError(
                 f"the update for round {header.round_id} was signed with another "

@@ -7,8 +7,9 @@ or stages initial weights; secure aggregation's sink (`secure.pushes`) keeps
 masked chunks apart until the ring sum is unmasked.
 
 `UpdateSink.add_chunk` is the one narrow hand-off from ingest to whatever
-holds a round's updates: an Accumulator (a per-client spool, a robust rule's
-store) slots in there without ingest changing.
+holds a round's updates: the round's Accumulator (the streaming sum, or the
+per-update disk spool a robust rule needs), which the engine opens from
+`RoundStages`; ingest does not change with it.
 """
 
 from __future__ import annotations
@@ -112,12 +113,17 @@ class RoundSink:
         return in_round
 
     def abandon(self, ticket: Ticket, reason: str) -> None:
-        """Forget the push; it voids its round if it reached the sum."""
-        self._engine.abandon(ticket, reason)
+        """Forget the push; it voids its round if it reached the streaming sum.
+
+        A spooled round only drops the push's file and goes on (`voided`
+        says which happened).
+        """
+        voided = self._engine.abandon(ticket, reason)
         log.warning(
             "update_abandoned",
             client=ticket.client.client_id,
             round=ticket.round_id,
             touched_sum=ticket.touched_sum,
+            voided=voided,
             reason=reason,
         )

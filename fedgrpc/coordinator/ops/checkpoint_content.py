@@ -229,5 +229,6 @@ def _restore_rounds(engine: RoundEngine, last_closed: int, history: list[Any]) -
     for row in history:
         fields = {k: v for k, v in row.items() if k in known}
         fields["outcome"] = Outcome(fields["outcome"])
+        fields["selected"] = tuple(fields.get("selected", ()))  # a list on disk
         results.append(RoundResult(**fields))
     engine.resume(last_closed, results)

@@ -12,13 +12,19 @@ after the first commit), then APPLYING: mean, outer step, version v+1,
 publish; then round r+1 opens at once. A round with fewer than `min_clients`
 updates at its deadline is SKIPPED and the weights stay as they are.
 
-Chunks are added to the round's float32 sum as they arrive (memory: master,
-momentum and one sum, however many clients push at once). A push that fails
-after touching the sum cannot be taken out again exactly, so it *voids* the
-round: the round is skipped, the weights stay, and clients keep their local
-progress for the next round (DiLoCo's pseudo-gradient then spans 2H steps).
-Pushes still streaming at the deadline get another `round_timeout_s` to
-finish rather than voiding the round at once.
+The stages come from one seam, `RoundStages` (`strategy.pipeline`): each
+round opens one Accumulator on its first chunk, and `apply` asks the
+Aggregator for the round's aggregate before the OuterOptimizer steps.
+By default the Accumulator is the float32 streaming sum (memory: master,
+momentum and one sum, however many clients push at once; the sum buffer is
+reused across rounds and the mean is taken in it, zero copies). A push that
+fails after touching the sum cannot be taken out again exactly, so it
+*voids* the round: the round is skipped, the weights stay, and clients keep
+their local progress for the next round (DiLoCo's pseudo-gradient then spans
+2H steps). An Aggregator that needs every update (median, trimmed mean) gets
+the disk spool instead: there a failed push only loses its own file, and the
+round goes on without it. Pushes still streaming at the deadline get another
+`round_timeout_s` to finish rather than voiding the round at once.
 
 The rules the transitions consult live beside it in `rules` (why an
 update header is refused; when a round closes, its
@@ -34,10 +40,10 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from fedgrpc.aggregate import StreamingSum
+from fedgrpc.aggregate.blockwise import as_sum
 from fedgrpc.compress import DecodedBlock
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.rounds import rules
+from fedgrpc.coordinator.rounds import participants, rules
 from fedgrpc.coordinator.rounds.global_model import GlobalModel
 from fedgrpc.coordinator.rounds.records import (
     OpenRound,
@@ -47,6 +53,12 @@ from fedgrpc.coordinator.rounds.records import (
     new_round_nonce,
 )
 from fedgrpc.coordinator.rounds.registry import ClientRecord, ClientRegistry
+from fedgrpc.coordinator.strategy.wiring import (
+    NO_PLUGINS,
+    StagePlugins,
+    build_outer,
+    build_round_stages,
+)
 from fedgrpc.domain.requests import UpdateHeaderInfo
 from fedgrpc.errors import InvalidUpdateError, WrongRoundError
 
@@ -64,17 +76,27 @@ class RoundEngine:
         config: CoordinatorConfig,
         registry: ClientRegistry,
         clock: Callable[[], float] = time.monotonic,
+        plugins: StagePlugins = NO_PLUGINS,
     ) -> None:
+        """Build the stages (refusing impossible combinations) and the model.
+
+        Raises:
+            ConfigError: a bad stage setting or combination.
+        """
         self.config = config
         self.registry = registry
         self.clock = clock
         self.phase = Phase.WAITING_FOR_MODEL
-        self.model = GlobalModel(config, clock)
+        self.stages = build_round_stages(config, plugins)
+        self.model = GlobalModel(config, clock, build_outer(config, plugins))
         self.current: OpenRound | None = None
         self.history: deque[RoundResult] = deque(maxlen=HISTORY_ROUNDS)
         self._next_round_id = 1
         self.seed_nonce = new_round_nonce()
         """Round 0's nonce: the initial weights sign it."""
+        self.base_shas: dict[int, bytes] = {}
+        """SHA-256 of recent published versions: what an update spanning the
+        rounds its client sat out signs as its base (`participants`)."""
         self._spare_sum: torch.Tensor | None = None
         """Last round's sum buffer, zeroed: reused so no round faults in a new one."""
 
@@ -101,7 +123,12 @@ class RoundEngine:
             self.model.check_not_seeded()
         else:
             current = rules.collecting_round(self.phase, self.current)
-            rules.check_slot(current, client, header, self.clock)
+            participants.check_selected(current, client)
+            base = header.base_version
+            spans = base in self.base_shas and participants.may_span(
+                current, client, base
+            )
+            rules.check_slot(current, client, header, self.clock, spans=spans)
 
     def open_ticket(self, client: ClientRecord, header: UpdateHeaderInfo) -> Ticket:
         """Start taking a checked header's chunks (call `check_header` first)."""
@@ -117,6 +144,7 @@ class RoundEngine:
             current.first_header_s = self.clock()
             current.first_header_cpu_s = time.process_time()
         ticket = Ticket(client, header, current.round_id, scratch)
+        ticket.opened_s = self.clock()
         current.streaming[ticket.ticket_id] = ticket
         return ticket
 
@@ -133,14 +161,18 @@ class RoundEngine:
             return
         current = rules.live_round(self.phase, self.current, ticket)
         if current.total is None:
-            current.total = StreamingSum(self._take_sum_buffer())
+            current.total = self.stages.open_accumulator(
+                current.round_id,
+                self.model.require_spec().num_coordinates,
+                self._take_sum_buffer,
+            )
         weight = float(ticket.header.num_samples)
+        key = ticket.ticket_id
         ticket.touched_sum = True
         if isinstance(chunk, np.ndarray):
-            current.total.add_chunk(offset, chunk, weight, ticket.scratch)
+            current.total.add_values(key, offset, chunk, weight, ticket.scratch)
         else:
-            target = current.total.target(offset, offset + chunk.extent)
-            chunk.add_into(target, weight)
+            current.total.add_block(key, offset, chunk, weight)
 
     def commit(self, ticket: Ticket, payload_bytes: int) -> int:
         """Count a complete update; returns the updates in its round.
@@ -159,7 +191,7 @@ class RoundEngine:
             current = rules.live_round(self.phase, self.current, ticket)
             if current.total is None:  # no chunk arrived: cannot happen once checked
                 raise InvalidUpdateError("an update without values cannot be counted")
-            current.total.commit(float(header.num_samples))
+            current.total.commit_update(ticket.ticket_id, float(header.num_samples))
             del current.streaming[ticket.ticket_id]
             current.contributors.add(client.client_id)
             current.loss_weighted_sum += header.train_loss * header.num_samples
@@ -176,19 +208,34 @@ class RoundEngine:
             client.updates_accepted += 1
             client.samples_contributed += header.num_samples
             client.last_train_loss = header.train_loss
+            client.last_samples = header.num_samples
+            seconds = current.last_commit_s - ticket.opened_s
+            if seconds > 0:
+                client.throughput_bps = payload_bytes / seconds
         return in_round
 
-    def abandon(self, ticket: Ticket, reason: str) -> None:
-        """Forget a push that failed; void its round if it touched the sum."""
+    def abandon(self, ticket: Ticket, reason: str) -> bool:
+        """Forget a push that failed; True if that voided its round.
+
+        The Accumulator decides: the streaming sum cannot take a partial
+        share out (void), a spool deletes the update's file (the round goes on).
+        """
         current = self.current
         if current is None or current.streaming.pop(ticket.ticket_id, None) is None:
-            return
-        if ticket.touched_sum and current.void_reason is None:
+            return False
+        total = current.total
+        if not ticket.touched_sum or total is None:
+            return False
+        voided = total.abandon(ticket.ticket_id) or total.voids_on_abandon
+        if not voided:
+            return False
+        if current.void_reason is None:
             current.void_reason = (
                 f"the update from {ticket.client.client_id} failed after reaching "
                 f"the round's sum ({reason}); its share cannot be removed exactly, "
                 "so the round is discarded and clients keep their local progress"
             )
+        return True
 
     # -- closing ---------------------------------------------------------------
 
@@ -217,30 +264,34 @@ class RoundEngine:
         return current
 
     def apply(self, closing: OpenRound, copy_on_write: bool) -> bool:
-        """Mean, outer step and publish (numeric; worker thread). True if applied.
+        """Aggregate, outer step and publish (numeric; worker thread). True if applied.
 
         `copy_on_write`: pulls may still be reading the published buffer.
+        The aggregate is written into the sum's own buffer (the mean over
+        the streaming sum: no copy) or into the reused spare buffer (a
+        spool); either way that buffer is zeroed and kept for the next round.
         """
         total = closing.total
-        usable = (
-            total is not None
-            and closing.void_reason is None
-            and len(closing.contributors) >= closing.quorum
-        )
         if total is None:
             return False
-        if not usable:
-            self._spare_sum = total.release().zero_()
-            return False
-        mean = total.mean()
-        blown = self.model.divergence(mean)
-        if blown is not None:
-            closing.void_reason = blown
-            self._spare_sum = mean.zero_()
-            return False
-        self.model.step(mean, closing.round_id, copy_on_write)
-        self._spare_sum = mean.zero_()
-        return True
+        try:
+            usable = closing.void_reason is None and (
+                len(closing.contributors) >= closing.quorum
+            )
+            if not usable:
+                if total.holding == "sum":
+                    self._spare_sum = as_sum(total.held()).sum_tensor().zero_()
+                return False
+            aggregate = self.stages.aggregate(total, self._take_sum_buffer)
+            blown = self.model.divergence(aggregate)
+            if blown is not None:
+                closing.void_reason = blown
+            else:
+                self.model.step(aggregate, closing.round_id, copy_on_write)
+            self._spare_sum = aggregate.zero_()
+            return blown is None
+        finally:
+            total.discard()
 
     def finish_close(
         self, closing: OpenRound, applied: bool, reason: str
@@ -252,6 +303,11 @@ class RoundEngine:
                 record = self.registry.get(client_id)
                 if record is not None:
                     record.last_applied_round = closing.round_id
+        for client_id in closing.selected or ():
+            chosen = self.registry.get(client_id)
+            if chosen is not None:
+                chosen.last_selected_base = closing.base_version
+                chosen.last_selected_round = closing.round_id
         version, now = self.model.version, self.clock()
         result = rules.round_result(closing, self.config, applied, reason, version, now)
         self.history.append(result)
@@ -284,6 +340,35 @@ class RoundEngine:
         )
         self._next_round_id += 1
         self.phase = Phase.COLLECTING
+        if published is not None:
+            self.base_shas[self.model.version] = published.sha256
+            for old in [v for v in self.base_shas if v < self.model.version -
+                        participants.BASE_SHAS_KEPT]:  # fmt: skip
+                del self.base_shas[old]
+        self.reselect()
+
+    def reselect(self, only_if_short: bool = False) -> None:
+        """Let the Selector choose the open round's clients among those connected.
+
+        `only_if_short`: only while nothing has arrived for the round and
+        fewer of its chosen clients are connected than it could have (it
+        opened before enough clients connected, or chosen ones left), so a
+        round neither hangs on clients that are gone nor runs short of k.
+        Same nonce, so the choice stays reproducible from the candidates.
+        """
+        current = self.current
+        if current is None or self.phase is not Phase.COLLECTING:
+            return
+        if only_if_short:
+            connected = {c.client_id for c in self.registry.connected()}
+            if current.selected is None or current.contributors or current.streaming:
+                return
+            k = getattr(self.stages.selector, "clients_per_round", len(connected))
+            if len(connected & set(current.selected)) >= min(k, len(connected)):
+                return
+        current.selected = participants.choose(
+            self.stages.selector, self.registry.connected(), current
+        )
 
     def _take_sum_buffer(self) -> torch.Tensor:
         spare, self._spare_sum = self._spare_sum, None

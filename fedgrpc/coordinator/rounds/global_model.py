@@ -16,9 +16,10 @@ import torch
 
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.rounds.records import PublishedModel
+from fedgrpc.coordinator.strategy.wiring import build_outer
 from fedgrpc.domain.model_spec import DType, ModelSpec
 from fedgrpc.errors import InvalidUpdateError, WrongRoundError
-from fedgrpc.optim import AdaptiveSettings, OuterOptimizer, build_outer_optimizer
+from fedgrpc.optim import OuterOptimizer
 from fedgrpc.wire.tensors import pack_native
 
 GUARD_WARMUP_ROUNDS = 3
@@ -30,7 +31,12 @@ GUARD_HISTORY_ROUNDS = 8
 class GlobalModel:
     """What every client pulls, and the state the outer optimizer keeps."""
 
-    def __init__(self, config: CoordinatorConfig, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        clock: Callable[[], float],
+        optimizer: OuterOptimizer | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock
         self.spec: ModelSpec | None = None
@@ -38,16 +44,7 @@ class GlobalModel:
         self.published: PublishedModel | None = None
         self.version = 0
         """Applied rounds so far (0: the initial weights)."""
-        self.optimizer: OuterOptimizer = build_outer_optimizer(
-            config.outer_optimizer,
-            config.resolved_outer_lr,
-            config.resolved_outer_momentum,
-            AdaptiveSettings(
-                beta1=config.resolved_outer_beta1,
-                beta2=config.resolved_outer_beta2,
-                tau=config.resolved_outer_tau,
-            ),
-        )
+        self.optimizer: OuterOptimizer = optimizer or build_outer(config)
         self._seeder: tuple[str, float] | None = None
         self._update_norms: deque[float] = deque(maxlen=GUARD_HISTORY_ROUNDS)
 

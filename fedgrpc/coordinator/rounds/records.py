@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fedgrpc.aggregate import StreamingSum
+from fedgrpc.aggregate import Accumulator
 from fedgrpc.coordinator.rounds.registry import ClientRecord
 from fedgrpc.crypto.signing import UpdateVerifier
 from fedgrpc.domain.requests import UpdateHeaderInfo
@@ -97,6 +97,8 @@ class Ticket:
     """True once a chunk was added to the round's sum (it cannot be undone)."""
     verifier: UpdateVerifier | None = None
     """Checks the chain of chunks; None when the coordinator runs unsigned."""
+    opened_s: float = 0.0
+    """Engine clock when it was admitted (the client's measured throughput)."""
     ticket_id: int = field(default_factory=lambda: next(_TICKET_IDS))
 
 
@@ -116,7 +118,10 @@ class OpenRound:
     contributors: set[str] = field(default_factory=set)
     streaming: dict[int, Ticket] = field(default_factory=dict)
     """Admitted pushes not yet committed or abandoned, by ticket id."""
-    total: StreamingSum | None = None
+    selected: tuple[str, ...] | None = None
+    """Client ids the Selector chose when it opened; None: every client."""
+    total: Accumulator | None = None
+    """The round's Accumulator, opened on its first chunk (`RoundStages`)."""
     void_reason: str | None = None
     """Set when a push failed after touching the sum: the round must be skipped."""
     complete_reason: str | None = None
@@ -155,3 +160,5 @@ class RoundResult:
     cost, which is what tells a hashing pool that cannot overlap (no free
     core) from one that is slow.
     """
+    selected: tuple[str, ...] = ()
+    """Clients the Selector chose (empty with selection `all`)."""

@@ -41,6 +41,14 @@ class ClientRecord:
     nor keeps it in its residual as well (see JoinResponse).
     """
     last_train_loss: float = 0.0
+    last_samples: int = 0
+    """Samples its last committed update declared (a claim; selection bounds it)."""
+    throughput_bps: float | None = None
+    """Payload bytes / seconds of its last committed update, measured here."""
+    last_selected_base: int | None = None
+    """Base version of the last closed round that selected it (None: none did)."""
+    last_selected_round: int | None = None
+    """That round's id."""
     leaves_for_good: bool = False
     """It said its leave is final (a throwaway key): forget it once gone."""
 

@@ -56,8 +56,13 @@ def check_slot(
     client: ClientRecord,
     header: UpdateHeaderInfo,
     clock: Callable[[], float],
+    *,
+    spans: bool = False,
 ) -> None:
     """`client` may still push this update into the collecting round `current`.
+
+    `spans`: the client sat out the rounds since its older base
+    (`participants.may_span`), so that base is accepted.
 
     Raises:
         WrongRoundError: wrong round or base version, a second update in the
@@ -68,7 +73,7 @@ def check_slot(
             f"update is for round {header.round_id} but round {current.round_id} "
             "is collecting; pull the latest model and join the current round"
         )
-    if header.base_version != current.base_version:
+    if header.base_version != current.base_version and not spans:
         raise WrongRoundError(
             f"update was computed from model version {header.base_version} but "
             f"round {current.round_id} starts from version {current.base_version}; "
@@ -152,7 +157,7 @@ def close_reason(
     # the scans below cost O(clients), O(clients^2) over a burst (issue 6).
     if current.streaming or done < config.min_clients:
         return None
-    connected = {c.client_id for c in registry.connected()}
+    connected = _expected(current, registry)
     if done >= quorum(current, config, registry) and connected <= current.contributors:
         return "all connected clients committed"
     return None
@@ -166,11 +171,18 @@ def quorum(
     `min_clients`, or `min_client_fraction` of the clients connected now
     plus those that pushed and left, whichever is more.
     """
-    members = {c.client_id for c in registry.connected()}
-    members |= current.contributors
+    members = _expected(current, registry) | current.contributors
     # -1e-9: 0.3 x 10 is 3.0000000000000004 in floats, and must need 3.
     share = math.ceil(config.min_client_fraction * len(members) - 1e-9)
     return max(config.min_clients, share)
+
+
+def _expected(current: OpenRound, registry: ClientRegistry) -> set[str]:
+    """Connected clients the round waits for: those it selected (all, by default)."""
+    connected = {c.client_id for c in registry.connected()}
+    if current.selected is None:
+        return connected
+    return connected & set(current.selected)
 
 
 def round_result(
@@ -196,6 +208,7 @@ def round_result(
         bytes_received=closing.bytes_received,
         ingest_s=last - first if first is not None and last is not None else 0.0,
         ingest_cpu_s=max(0.0, closing.last_commit_cpu_s - closing.first_header_cpu_s),
+        selected=closing.selected or (),
     )
 
 

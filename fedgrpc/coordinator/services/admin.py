@@ -85,6 +85,7 @@ def _round_summary(r: RoundResult, mode: RoundMode | None) -> pb.RoundSummary:
         ingest_s=r.ingest_s,
         ingest_cpu_s=r.ingest_cpu_s,
         reason=r.reason if r.outcome is not Outcome.APPLIED else "",
+        selected_clients=list(r.selected),
     )
     secure = mode.round_record(r.round_id) if mode is not None else None
     if secure is not None:

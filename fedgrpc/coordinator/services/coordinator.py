@@ -108,6 +108,7 @@ def session_event_to_proto(event: SessionEvent) -> pb.SessionResponse:
                 base_version=event.base_version,
                 round_nonce=event.nonce,
                 deadline_unix_s=event.deadline_unix_s,
+                not_selected=event.not_selected,
             )
         )
     if isinstance(event, RoundResult):

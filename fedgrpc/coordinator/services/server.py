@@ -40,6 +40,7 @@ from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.coordinator.secure.mode import SecureMode
 from fedgrpc.coordinator.services.admin import AdminServicer, build_status
 from fedgrpc.coordinator.services.coordinator import CoordinatorServicer
+from fedgrpc.coordinator.strategy.wiring import NO_PLUGINS, StagePlugins
 from fedgrpc.crypto.tls import ServerTLS, load_server_tls
 from fedgrpc.errors import ConfigError
 from fedgrpc.log import get_logger
@@ -138,15 +139,23 @@ def add_admin_service(servicer: AdminServicer, server: grpc.aio.Server) -> None:
 
 
 def make_runtime(
-    config: CoordinatorConfig, faults: FaultHooks = NO_FAULTS
+    config: CoordinatorConfig,
+    faults: FaultHooks = NO_FAULTS,
+    *,
+    plugins: StagePlugins = NO_PLUGINS,
 ) -> CoordinatorRuntime:
     """The runtime `config` asks for; with secure aggregation it holds `SecureMode`.
 
     The one place the plain coordinator meets a round mode: composition here,
-    so the runtime, ingest and rounds never import `secure/`.
+    so the runtime, ingest and rounds never import `secure/`. `plugins`: a
+    user's Aggregator / OuterOptimizer objects (the Python API), which win
+    over the config's names.
+
+    Raises:
+        ConfigError: a bad stage or an impossible combination of stages.
     """
     mode = SecureMode if config.secure_aggregation else None
-    return CoordinatorRuntime(config, faults=faults, mode=mode)
+    return CoordinatorRuntime(config, faults=faults, mode=mode, plugins=plugins)
 
 
 def server_options(config: CoordinatorConfig) -> list[tuple[str, int]]:
@@ -174,7 +183,10 @@ def server_options(config: CoordinatorConfig) -> list[tuple[str, int]]:
 
 
 async def start_coordinator(
-    config: CoordinatorConfig, faults: FaultHooks = NO_FAULTS
+    config: CoordinatorConfig,
+    faults: FaultHooks = NO_FAULTS,
+    *,
+    plugins: StagePlugins = NO_PLUGINS,
 ) -> RunningCoordinator:
     """Bind, start serving and write the ready file.
 
@@ -187,7 +199,7 @@ async def start_coordinator(
     """
     tls = _load_tls(config)  # unusable files fail first, before anything logs
     server = grpc.aio.server(options=server_options(config))
-    runtime = make_runtime(config, faults)
+    runtime = make_runtime(config, faults, plugins=plugins)
     add_coordinator_service(CoordinatorServicer(runtime), server)
     add_admin_service(AdminServicer(runtime), server)
     health_servicer = health.aio.HealthServicer()
@@ -289,10 +301,15 @@ class CoordinatorThread:
     """A coordinator on its own thread and event loop (tests, benches, simulate)."""
 
     def __init__(
-        self, config: CoordinatorConfig, faults: FaultHooks = NO_FAULTS
+        self,
+        config: CoordinatorConfig,
+        faults: FaultHooks = NO_FAULTS,
+        *,
+        plugins: StagePlugins = NO_PLUGINS,
     ) -> None:
         self.config = config
         self._faults = faults
+        self._plugins = plugins
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="fedgrpc-coordinator", daemon=True
@@ -316,7 +333,8 @@ class CoordinatorThread:
         """Start the loop thread and the server; returns once serving."""
         self._thread.start()
         future = asyncio.run_coroutine_threadsafe(
-            start_coordinator(self.config, self._faults), self._loop
+            start_coordinator(self.config, self._faults, plugins=self._plugins),
+            self._loop,
         )
         self._running = future.result(timeout=30)
         return self
@@ -347,10 +365,13 @@ class CoordinatorThread:
 
 @contextlib.contextmanager
 def serve_in_thread(
-    config: CoordinatorConfig, faults: FaultHooks = NO_FAULTS
+    config: CoordinatorConfig,
+    faults: FaultHooks = NO_FAULTS,
+    *,
+    plugins: StagePlugins = NO_PLUGINS,
 ) -> Iterator[CoordinatorThread]:
     """A coordinator on a background thread for the `with` block (see `address`)."""
-    coordinator = CoordinatorThread(config, faults).start()
+    coordinator = CoordinatorThread(config, faults, plugins=plugins).start()
     try:
         yield coordinator
     finally:

@@ -1,0 +1,99 @@
+"""From a `CoordinatorConfig` (and the Python API's objects) to the built stages.
+
+The config carries stage settings as TOML-able values (`aggregator =
+"median"`, `outer_optimizer = "pkg.mod:Class"`); the Python API may also pass
+ready objects (`StagePlugins`), which win over the config's names. This is
+the one place both are turned into what the round engine holds, so `fedgrpc
+serve`, the in-process coordinator and the tests build stages the same way
+and get the same refusals (a `ConfigError` naming the settings) at start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from fedgrpc.config import CoordinatorConfig, OuterOptimizerName
+from fedgrpc.coordinator.strategy.combinations import AccumulatorName
+from fedgrpc.coordinator.strategy.pipeline import RoundStages, StrategySettings
+from fedgrpc.coordinator.strategy.plugins import is_plugin_spec, load_outer_optimizer
+from fedgrpc.coordinator.strategy.selection import SelectionName
+from fedgrpc.errors import ConfigError
+from fedgrpc.optim import AdaptiveSettings, OuterOptimizer, build_outer_optimizer
+
+
+@dataclass(frozen=True, slots=True)
+class StagePlugins:
+    """Stage objects given through the Python API instead of config names.
+
+    Each may be a ready instance, a class or a factory (called with the
+    config's `aggregator_params` / `outer_optimizer_params`); None keeps the
+    config's setting.
+    """
+
+    aggregator: object | None = None
+    outer_optimizer: object | None = None
+
+
+NO_PLUGINS = StagePlugins()
+
+
+def build_round_stages(
+    config: CoordinatorConfig, plugins: StagePlugins = NO_PLUGINS
+) -> RoundStages:
+    """The run's `RoundStages` (plugins loaded, combinations checked).
+
+    Raises:
+        ConfigError: a bad aggregator, or an impossible combination (the
+            message names both settings).
+    """
+    params: dict[str, Any] = dict(config.aggregator_params)
+    if config.trimmed_mean_beta is not None:
+        params["beta"] = config.trimmed_mean_beta
+    settings = StrategySettings(
+        aggregator=plugins.aggregator or config.aggregator,
+        aggregator_params=params,
+        accumulator=cast(AccumulatorName, config.accumulator),
+        spool_dir=Path(config.spool_dir) if config.spool_dir else None,
+        secure_aggregation=config.secure_aggregation,
+        selection=cast(SelectionName, config.selection),
+        clients_per_round=config.clients_per_round,
+        min_clients=config.min_clients,
+        max_updates=config.max_clients,
+    )
+    if config.secure_aggregation and config.selection != "all":
+        raise ConfigError(
+            f"selection = {config.selection!r} picks a round's clients, but "
+            "secure_aggregation = true masks among every connected client; "
+            "use selection = 'all' with secure aggregation"
+        )
+    return RoundStages(settings)
+
+
+def build_outer(
+    config: CoordinatorConfig, plugins: StagePlugins = NO_PLUGINS
+) -> OuterOptimizer:
+    """The outer optimizer: the API's object, a `module:Class`, or a built-in.
+
+    A plugin is checked against the OuterOptimizer Protocol now; its
+    `state_dict` is checkpointed like a built-in's.
+
+    Raises:
+        ConfigError: see `load_outer_optimizer` and `build_outer_optimizer`.
+    """
+    params = config.outer_optimizer_params
+    if plugins.outer_optimizer is not None:
+        return load_outer_optimizer(plugins.outer_optimizer, params=params)
+    if is_plugin_spec(config.outer_optimizer):
+        return load_outer_optimizer(config.outer_optimizer, params=params)
+    return build_outer_optimizer(
+        cast(OuterOptimizerName, config.outer_optimizer),
+        config.resolved_outer_lr,
+        config.resolved_outer_momentum,
+        AdaptiveSettings(
+            beta1=config.resolved_outer_beta1,
+            beta2=config.resolved_outer_beta2,
+            tau=config.resolved_outer_tau,
+        ),
+    )
