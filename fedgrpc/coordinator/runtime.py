@@ -293,6 +293,16 @@ class CoordinatorRuntime:
         async with self._version_changed:
             self._version_changed.notify_all()
 
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Return once `predicate()` holds.
+
+        Re-checked whenever a round closes, the model changes or the
+        coordinator stops (every `_announce_new_model` and `stop`), so a
+        waiter such as `fedgrpc.Coordinator.wait_for_round` needs no polling.
+        """
+        async with self._version_changed:
+            await self._version_changed.wait_for(predicate)
+
     # -- PullModel ---------------------------------------------------------------
 
     @contextlib.asynccontextmanager

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from fedgrpc.config import CoordinatorConfig, OuterOptimizerName
-from fedgrpc.coordinator.services.server import CoordinatorThread
+from fedgrpc.coordinator.inprocess import Coordinator
 from fedgrpc.errors import FedGrpcError
 from fedgrpc.log import get_logger
 from fedgrpc.sim import DEFAULT_CORPUS_BYTES
@@ -117,7 +117,8 @@ def run_simulation(
     """Run the federation to completion; raises `SimulationError` on any failure."""
     started = time.monotonic()
     torch.set_num_threads(1)  # the coordinator shares the two cores with clients
-    coordinator = CoordinatorThread(_coordinator_config(config)).start()
+    coordinator = Coordinator(_coordinator_config(config))
+    coordinator.start()
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     workers = [
@@ -145,9 +146,9 @@ def run_simulation(
     # when the clients leave). A round without updates has no train loss
     # (NaN, not the 0.0 of an empty mean).
     rounds = [
-        RoundFigures(r.round_id, r.outcome == 1,
+        RoundFigures(r.round_id, r.applied,
                      r.mean_train_loss if r.num_updates else math.nan, r.duration_s)
-        for r in status.recent_rounds
+        for r in status.rounds
         if r.round_id <= config.rounds
     ]  # fmt: skip
     return SimulationSummary(
@@ -209,7 +210,7 @@ def _worker_args(config: SimulationConfig, index: int, address: str) -> WorkerAr
 
 def _monitor(
     config: SimulationConfig,
-    coordinator: CoordinatorThread,
+    coordinator: Coordinator,
     workers: list[Any],
     results: Any,
     started: float,
@@ -228,7 +229,7 @@ def _monitor(
                 )
             _drain(results, done)
             _check_workers(workers, done, results)
-            history = coordinator.status().recent_rounds
+            history = coordinator.status().rounds
             # Rounds past R are not the run's (see run_simulation).
             if min(len(history), config.rounds) > bar.n:
                 bar.update(min(len(history), config.rounds) - bar.n)

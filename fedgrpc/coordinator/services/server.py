@@ -306,6 +306,11 @@ class CoordinatorThread:
         return self.running.address
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The coordinator's event loop (for `run_coroutine_threadsafe`)."""
+        return self._loop
+
+    @property
     def running(self) -> RunningCoordinator:
         """The started coordinator (raises before `start`)."""
         if self._running is None:
