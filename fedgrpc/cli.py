@@ -152,6 +152,10 @@ _SERVE_FLAGS = (
     _Flag("--metrics-listen", "serve Prometheus metrics at "
           "http://HOST:PORT/metrics, plain HTTP (default: off)",
           metavar="HOST:PORT"),
+    _Flag("--max-rounds", "rounds the run lasts; after the last one closes the "
+          "coordinator checkpoints, tells clients the run finished, and exits 0 "
+          "once they left (at most --session-timeout-s later) (default: 0, no "
+          "limit)", int, "N"),
     _Flag("--log-format", "log lines on stderr (default: json)",
           choices=("json", "console")),
     _Flag("--log-level", "DEBUG, INFO, WARNING or ERROR (default: INFO)",

@@ -187,6 +187,12 @@ class CoordinatorConfig:
     """Log output of `fedgrpc serve`: JSON lines (default) or console text."""
     log_level: str = "INFO"
     """Minimum log level."""
+    # -- a run's lifecycle (issue 12) ---------------------------------------------
+    max_rounds: int = 0
+    """Rounds the run lasts (closed rounds, applied or skipped); after round
+    `max_rounds` closes the coordinator writes its final checkpoint, tells
+    clients the run finished, and `fedgrpc serve` exits 0 once they left
+    (at most `session_timeout_s` later). 0: no limit, run until stopped."""
 
     def __post_init__(self) -> None:
         _check(":" in self.listen, "listen", self.listen, "host:port")
@@ -196,6 +202,9 @@ class CoordinatorConfig:
                self.min_clients, f"1..max_clients ({self.max_clients})")  # fmt: skip
         _check(self.inner_steps >= 1, "inner_steps", self.inner_steps, ">= 1")
         _check(self.round_timeout_s > 0, "round_timeout_s", self.round_timeout_s, "> 0")
+        _check(
+            self.max_rounds >= 0, "max_rounds", self.max_rounds, ">= 0 (0: no limit)"
+        )
         self._check_outer()
         parse_codec(self.codec)  # raises ConfigError naming the problem
         _check(0 < self.resolved_feedback_decay <= 1, "feedback_decay",

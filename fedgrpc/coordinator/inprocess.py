@@ -8,7 +8,7 @@ for rounds, read its status and stop it, without touching asyncio:
     with fedgrpc.Coordinator(config) as coordinator:
         address = coordinator.address           # port 0 resolved
         ... start clients against address ...
-        coordinator.wait_for_round(3, timeout=60)
+        coordinator.wait_for_round(3, timeout=60)  # or wait_finished()
         print(coordinator.status().model_version)
 
 Every method is thread-safe: each runs its work on the coordinator's loop.
@@ -27,6 +27,7 @@ from fedgrpc.coordinator.rounds.records import Outcome, Phase
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.coordinator.services.server import CoordinatorThread
 from fedgrpc.domain.status import ClientSummary, CoordinatorStatus, RoundSummary
+from fedgrpc.errors import ConfigError
 
 T = TypeVar("T")
 DEFAULT_STOP_GRACE_S = 1.0
@@ -122,18 +123,50 @@ class Coordinator:
 
         Raises:
             TimeoutError: it had not closed within `timeout` seconds.
-            RuntimeError: the coordinator stopped first.
+            RuntimeError: the coordinator stopped, or the run finished
+                (`max_rounds`), first.
         """
         runtime = self.runtime
 
         def reached() -> bool:
-            return _rounds_closed(runtime) >= round_id or runtime.run.stopping
+            return (
+                _rounds_closed(runtime) >= round_id
+                or runtime.run.stopping
+                or runtime.engine.finished
+            )
 
         self._wait(reached, timeout, f"round {round_id} to close")
         if _rounds_closed(runtime) < round_id:
-            raise RuntimeError(
-                f"the coordinator stopped before round {round_id} closed"
+            why = "run finished" if runtime.engine.finished else "coordinator stopped"
+            raise RuntimeError(f"the {why} before round {round_id} closed")
+        return self.status()
+
+    def wait_finished(self, *, timeout: float) -> CoordinatorStatus:
+        """Block until the run's last round (`config.max_rounds`) has closed.
+
+        The final checkpoint is on disk by then, and every connected client
+        has been told. Returns the status (`phase == "finished"`).
+
+        Raises:
+            ConfigError: `config.max_rounds` is 0, so the run never finishes.
+            TimeoutError: it had not finished within `timeout` seconds.
+            RuntimeError: the coordinator stopped first.
+        """
+        if self.config.max_rounds == 0:
+            raise ConfigError(
+                "wait_finished needs max_rounds > 0 (a run without it never "
+                "finishes); use wait_for_round(n) or set max_rounds"
             )
+        runtime = self.runtime
+
+        def reached() -> bool:
+            return runtime.engine.finished or runtime.run.stopping
+
+        self._wait(
+            reached, timeout, f"the run to finish (max_rounds={self.config.max_rounds})"
+        )
+        if not runtime.engine.finished:
+            raise RuntimeError("the coordinator stopped before the run finished")
         return self.status()
 
     # -- helpers -------------------------------------------------------------------

@@ -74,6 +74,8 @@ class JoinResult:
     current_round: int
     model_version: int
     round_nonce: bytes
+    run_finished: bool = False
+    """The run's last round closed: pull the final model, push nothing."""
 
 
 class CoordinatorRuntime:
@@ -179,6 +181,7 @@ class CoordinatorRuntime:
             current_round=current.round_id if current else 0,
             model_version=self.engine.model.version,
             round_nonce=self.engine.round_nonce(),
+            run_finished=self.engine.finished,
         )
 
     def open_session(
@@ -192,6 +195,8 @@ class CoordinatorRuntime:
         current = self.engine.current
         if self.engine.phase is Phase.COLLECTING and current is not None:
             queue.put_nowait(self._round_started(current))
+        elif self.engine.finished and self.engine.history:
+            queue.put_nowait(self.engine.history[-1])  # it says the run finished
         log.info("session_opened", client=client_id)
         if self.mode is not None:
             self.mode.session_opened(client_id, queue)
@@ -213,6 +218,8 @@ class CoordinatorRuntime:
         log.info("session_closed", client=client.client_id)
         await self.maybe_close_round()
         self._forget_departed()
+        async with self._version_changed:  # `wait_finished` counts who is left
+            self._version_changed.notify_all()
 
     def _forget_departed(self) -> None:
         """Drop clients that left for good, once the open round does not count them."""
@@ -265,7 +272,9 @@ class CoordinatorRuntime:
                 self.engine.apply, closing, self._active_pulls > 0
             )
             result = self.engine.finish_close(closing, applied, reason)
-            if applied:  # before anyone hears of the new version (checkpoint_store)
+            # Before anyone hears of the new version (checkpoint_store), and
+            # the last round's always: it is the run's final checkpoint.
+            if applied or result.run_finished:
                 await self.checkpoints.save(self.engine, self.registry, self.run)
         self._forget_departed()  # the closed round no longer counts anyone
         self.metrics.round_closed(result)
@@ -283,8 +292,28 @@ class CoordinatorRuntime:
             bytes=result.bytes_received,
             train_loss=round(result.mean_train_loss, 4),
         )
+        if result.run_finished:
+            log.info(
+                "run_finished",
+                rounds=result.round_id,
+                version=result.model_version,
+                max_rounds=self.config.max_rounds,
+            )
         self.sessions.broadcast(result)
         await self._announce_new_model()
+
+    async def wait_finished(self, linger_s: float) -> None:
+        """Return once the run finished and its clients left (or `linger_s` later).
+
+        Clients pull the final model after the last round closes and then
+        leave; the coordinator stays up for that, but one that keeps its
+        session open must not hold the process forever.
+        """
+        await self.wait_until(lambda: self.engine.finished)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(linger_s):
+                # A client leaves after its final pull; close_session wakes us.
+                await self.wait_until(lambda: not self.registry.connected())
 
     async def _announce_new_model(self) -> None:
         current = self.engine.current

@@ -140,11 +140,10 @@ def run_simulation(
                 worker.terminate()
             worker.join(timeout=10)
         coordinator.stop()
-    # The run's rounds are 1..R: every client runs R sync points and the
-    # coordinator waits for all of them. A round past R was opened after
-    # they finished (a secure round keys round R + 1 at once, and it aborts
-    # when the clients leave). A round without updates has no train loss
-    # (NaN, not the 0.0 of an empty mean).
+    # The run's rounds are 1..R: the coordinator finishes the run after
+    # round R (max_rounds) and opens no round past it; the filter keeps
+    # that true of the figures whatever the history holds. A round without
+    # updates has no train loss (NaN, not the 0.0 of an empty mean).
     rounds = [
         RoundFigures(r.round_id, r.applied,
                      r.mean_train_loss if r.num_updates else math.nan, r.duration_s)
@@ -169,6 +168,7 @@ def _coordinator_config(config: SimulationConfig) -> CoordinatorConfig:
         listen="127.0.0.1:0",
         min_clients=config.clients,
         max_clients=config.clients,
+        max_rounds=config.rounds,  # the coordinator ends the run; clients see it
         inner_steps=config.inner_steps,
         round_timeout_s=config.round_timeout_s,
         outer_optimizer=config.outer_optimizer,

@@ -41,6 +41,16 @@ class RoundEnd:
     model_version: int
     num_updates: int
     reason: str
+    run_finished: bool = False
+    """The run's last round (`max_rounds`): no round opens after it."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    """The run ended (its last round closed): no round will open again."""
+
+    model_version: int
+    """The final model's version."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +76,8 @@ class RoundTracker:
         """Newest global model version announced (RoundStarted base or APPLIED)."""
         self.shutdown_reason: str | None = None
         self.failure: FedGrpcError | None = None
+        self.run_finished = False
+        """A RoundClosed (or Join) said the run's last round closed."""
 
     async def record_started(self, event: RoundStart) -> None:
         """Note a RoundStarted; its base version is the current model."""
@@ -82,6 +94,7 @@ class RoundTracker:
                 del self.closed[min(self.closed)]
             if event.outcome == "applied":
                 self.model_version = max(self.model_version, event.model_version)
+            self.run_finished = self.run_finished or event.run_finished
             self._changed.notify_all()
 
     async def record_shutdown(self, reason: str) -> None:
@@ -105,21 +118,24 @@ class RoundTracker:
 
     async def wait_round_open(
         self, base_version: int, timeout_s: float
-    ) -> RoundStart | StaleBase:
+    ) -> RoundStart | StaleBase | RunFinished:
         """Wait for an open round based on `base_version`, or learn we are stale.
 
         Returns:
             The open round, or `StaleBase` when a round newer than
-            `base_version` was applied (the caller must pull before pushing).
+            `base_version` was applied (the caller must pull before pushing),
+            or `RunFinished` once the run ended and we hold its final model.
 
         Raises:
             CoordinatorUnavailableError: timeout, or the stream broke.
             ShuttingDownError: the coordinator announced shutdown.
         """
 
-        def ready() -> RoundStart | StaleBase | None:
+        def ready() -> RoundStart | StaleBase | RunFinished | None:
             if self.model_version > base_version:
                 return StaleBase(self.model_version)
+            if self.run_finished:
+                return RunFinished(self.model_version)
             current = self.open_round()
             if current is not None and current.base_version == base_version:
                 return current

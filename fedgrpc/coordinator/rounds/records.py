@@ -61,6 +61,8 @@ class Phase(enum.Enum):
     COLLECTING = "collecting"
     APPLYING = "applying"
     STOPPING = "stopping"
+    FINISHED = "finished"
+    """Round `max_rounds` closed: no round opens again; the model is final."""
 
 
 class Outcome(enum.Enum):
@@ -155,3 +157,5 @@ class RoundResult:
     cost, which is what tells a hashing pool that cannot overlap (no free
     core) from one that is slow.
     """
+    run_finished: bool = False
+    """This was the run's last round (`max_rounds`); clients stop after it."""
