@@ -19,8 +19,9 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from fedgrpc.compress import make_codec
 from fedgrpc.config import CoordinatorConfig
@@ -35,6 +36,7 @@ from fedgrpc.coordinator.ingest.signatures import UpdateAuthenticator
 from fedgrpc.coordinator.ingest.sinks import RoundSink
 from fedgrpc.coordinator.ingest.updates import UpdateIngest
 from fedgrpc.coordinator.ops.checkpoint_store import CheckpointStore
+from fedgrpc.coordinator.ops.init_model_file import choose_initial_model
 from fedgrpc.coordinator.ops.metrics import CoordinatorMetrics
 from fedgrpc.coordinator.round_mode import ModeFactory, RoundContext, RoundMode
 from fedgrpc.coordinator.rounds.engine import RoundEngine
@@ -104,8 +106,10 @@ class CoordinatorRuntime:
         self._version_changed = asyncio.Condition()
         self._active_pulls = 0
         self._ticker: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.metrics.watch(self.run, self.engine, self.registry)
         self.checkpoints.restore(self.engine, self.registry, self.run)
+        choose_initial_model(config, self.engine.model)
         self.mode: RoundMode | None = None if mode is None else mode(self._context())
         """The round mode (secure aggregation), None for plain rounds."""
         self.ingest = self._build_ingest(faults)
@@ -163,7 +167,8 @@ class CoordinatorRuntime:
         self.run.check_running()
         check_compatible(self.config, request)
         spec, name = request.spec, request.name
-        self.engine.model.adopt_spec(spec)
+        if self.engine.adopt_spec(spec):  # version 0 from init_model, just laid out
+            self._spawn(self._initial_model_ready())
         client = self.registry.admit(name, self.clock(), key)
         seed = self.engine.model.claim_seeding(client.client_id)
         current = self.engine.current
@@ -230,6 +235,16 @@ class CoordinatorRuntime:
             }
         for client_id in self.registry.forget_departed(needed):
             log.info("client_forgotten", client=client_id)
+
+    async def _initial_model_ready(self) -> None:
+        """Version 0 exists (from `init_model`): make it durable, announce round 1."""
+        await asyncio.shield(self.save_checkpoint())
+        await self._announce_new_model()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)  # held until done: the loop keeps weak refs
+        task.add_done_callback(self._background.discard)
 
     # -- after an update counted ---------------------------------------------------
 
@@ -323,12 +338,7 @@ class CoordinatorRuntime:
             self._version_changed.notify_all()
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
-        """Return once `predicate()` holds.
-
-        Re-checked whenever a round closes, the model changes or the
-        coordinator stops (every `_announce_new_model` and `stop`), so a
-        waiter such as `fedgrpc.Coordinator.wait_for_round` needs no polling.
-        """
+        """Return once `predicate()` holds; woken by closes, new models and stop."""
         async with self._version_changed:
             await self._version_changed.wait_for(predicate)
 

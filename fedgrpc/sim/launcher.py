@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 import multiprocessing
 import queue
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +25,7 @@ from fedgrpc.coordinator.inprocess import Coordinator
 from fedgrpc.errors import FedGrpcError
 from fedgrpc.log import get_logger
 from fedgrpc.sim import DEFAULT_CORPUS_BYTES
-from fedgrpc.sim.models import TrainDefaults
+from fedgrpc.sim.models import TrainDefaults, build_model
 from fedgrpc.sim.worker import WorkerArgs, run_worker
 
 log = get_logger(__name__)
@@ -115,9 +117,31 @@ def run_simulation(
     config: SimulationConfig, progress: bool = True
 ) -> SimulationSummary:
     """Run the federation to completion; raises `SimulationError` on any failure."""
+    with tempfile.TemporaryDirectory(prefix="fedgrpc-sim-") as scratch:
+        init_model = write_initial_model(config, Path(scratch))
+        return _run(config, init_model, progress)
+
+
+def write_initial_model(config: SimulationConfig, directory: Path) -> Path:
+    """The model's initial weights as safetensors, for the coordinator's `init_model`.
+
+    The coordinator, not the first client to join, decides the weights; the
+    clients build the same model from the same seed, so they match it.
+    """
+    from safetensors.torch import save_file
+
+    model = build_model(config.defaults.model, seed=config.seed)
+    path = directory / "init.safetensors"
+    save_file({n: p.detach() for n, p in model.named_parameters()}, str(path))
+    return path
+
+
+def _run(
+    config: SimulationConfig, init_model: Path, progress: bool
+) -> SimulationSummary:
     started = time.monotonic()
     torch.set_num_threads(1)  # the coordinator shares the two cores with clients
-    coordinator = Coordinator(_coordinator_config(config))
+    coordinator = Coordinator(_coordinator_config(config, init_model))
     coordinator.start()
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
@@ -162,10 +186,13 @@ def run_simulation(
     )
 
 
-def _coordinator_config(config: SimulationConfig) -> CoordinatorConfig:
+def _coordinator_config(
+    config: SimulationConfig, init_model: Path
+) -> CoordinatorConfig:
     """A loopback coordinator that waits for every simulated client each round."""
     return CoordinatorConfig(
         listen="127.0.0.1:0",
+        init_model=str(init_model),
         min_clients=config.clients,
         max_clients=config.clients,
         max_rounds=config.rounds,  # the coordinator ends the run; clients see it

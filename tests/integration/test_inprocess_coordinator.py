@@ -30,6 +30,7 @@ def _config(**overrides: object) -> CoordinatorConfig:
         "inner_steps": H,
         "round_timeout_s": 30.0,
         "chunk_bytes": 1024,
+        "seed_from_first_client": True,  # the first DiLoCoClient's weights
     }
     fields.update(overrides)
     return CoordinatorConfig(**fields)  # type: ignore[arg-type]

@@ -12,6 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from tests.conftest import Spawn
 from tests.helpers.serve import log_events, start_serve
@@ -27,10 +29,12 @@ def test_node_client_reports_finished_and_exits_zero_after_max_rounds(
     node = shutil.which("node")
     if node is None or not (NODE_CLIENT / "node_modules/@grpc/grpc-js").is_dir():
         pytest.fail("Node.js client not installed: run `make install` (npm ci)")
-    log = tmp_path / "serve.log"
+    log, init = tmp_path / "serve.log", tmp_path / "init.safetensors"
+    # example.js's default model: torch.nn.Linear(8, 4)'s layout, float32.
+    save_file({"weight": torch.ones(4, 8), "bias": torch.zeros(4)}, str(init))
     serve, address = start_serve(
         spawn, log, "--min-clients", "1", "--inner-steps", "1", "--open-enrollment",
-        "--max-rounds", "1",
+        "--max-rounds", "1", "--init-model", str(init),
     )  # fmt: skip
 
     client = spawn(
@@ -45,6 +49,7 @@ def test_node_client_reports_finished_and_exits_zero_after_max_rounds(
     names = [e["event"] for e in events]
     assert names[-2:] == ["finished", "done"]
     assert names.count("pushed") == 1  # one round, nothing after it
+    assert events[0]["seed_model"] is False  # the coordinator brought the model
     closed = [e for e in events if e["event"] == "round_closed"]
     assert closed[-1]["run_finished"] is True
     assert events[-1]["rounds"] == 1

@@ -50,6 +50,7 @@ from fedgrpc.coordinator.rounds.records import (
     new_round_nonce,
 )
 from fedgrpc.coordinator.rounds.registry import ClientRecord, ClientRegistry
+from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.domain.requests import UpdateHeaderInfo
 from fedgrpc.errors import InvalidUpdateError, WrongRoundError
 
@@ -80,6 +81,17 @@ class RoundEngine:
         """Round 0's nonce: the initial weights sign it."""
         self._spare_sum: torch.Tensor | None = None
         """Last round's sum buffer, zeroed: reused so no round faults in a new one."""
+
+    def adopt_spec(self, spec: ModelSpec) -> bool:
+        """A joiner's spec (`GlobalModel.adopt_spec`); True if the model now exists.
+
+        When the initial weights came from a file, that happens at the first
+        Join, and round 1 opens at once.
+        """
+        created = self.model.adopt_spec(spec)
+        if created:
+            self._open_round()
+        return created
 
     # -- updates ---------------------------------------------------------------
 
