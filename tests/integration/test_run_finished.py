@@ -24,6 +24,7 @@ def _config(max_rounds: int) -> CoordinatorConfig:
     return CoordinatorConfig(
         listen="127.0.0.1:0", open_enrollment=True, min_clients=1, inner_steps=H,
         round_timeout_s=30.0, chunk_bytes=1024, max_rounds=max_rounds,
+        seed_from_first_client=True,  # the first DiLoCoClient brings the weights
     )  # fmt: skip
 
 
