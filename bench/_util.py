@@ -59,6 +59,8 @@ def start_coordinator(
         "127.0.0.1:0",
         "--ready-file",
         str(ready),
+        # The bench clients bring the model; the first to join seeds it.
+        *(() if "--init-model" in flags else ("--seed-from-first-client",)),
         *flags,
     ]
     with log_path.open("wb") as stderr:
@@ -150,7 +152,7 @@ def rounded(value: Any) -> Any:
 def _max_message_bytes() -> int:
     from fedgrpc.config import CoordinatorConfig
 
-    return CoordinatorConfig().max_message_bytes
+    return CoordinatorConfig(seed_from_first_client=True).max_message_bytes
 
 
 async def _count_bytes(requests: Any, context: Any) -> bytes:

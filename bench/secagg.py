@@ -116,7 +116,7 @@ def run_mode(
     codec: str = "dense:int8",
     density: float = 1.0,
 ) -> dict[str, Any]:
-    config = CoordinatorConfig(
+    config = CoordinatorConfig(seed_from_first_client=True,
         listen="127.0.0.1:0", open_enrollment=True, min_clients=n, max_clients=n,
         inner_steps=1, codec=codec, secure_aggregation=secure,
         round_timeout_s=600.0, outer_optimizer="fedavg", max_update_norm_growth=0.0,

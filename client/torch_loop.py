@@ -3,11 +3,13 @@
 Run a coordinator, then two or more copies of this script:
 
     .venv/bin/fedgrpc serve --listen 127.0.0.1:7070 --min-clients 2 --inner-steps 20 \
-        --open-enrollment
+        --open-enrollment --seed-from-first-client
     .venv/bin/python client/torch_loop.py --target 127.0.0.1:7070 --steps 100 &
     .venv/bin/python client/torch_loop.py --target 127.0.0.1:7070 --steps 100
 
-`--open-enrollment` lets these clients join with throwaway keys. A real
+`--open-enrollment` lets these clients join with throwaway keys;
+`--seed-from-first-client` lets the first to join bring the initial weights
+(or start the coordinator with `--init-model model.safetensors`). A real
 deployment lists its clients' keys instead (`fedgrpc keygen`, then
 `--identity-key coordinator.key --allowed-client-keys DIR` on the
 coordinator and `--identity-key NAME.key --coordinator-key coordinator.pub`

@@ -2,7 +2,8 @@ r"""A torchrun data-parallel worker that joins the federation as ONE client.
 
 Run a coordinator, a plain client, and a 2-process worker beside it:
 
-    .venv/bin/fedgrpc serve --listen 127.0.0.1:7070 --min-clients 2 --inner-steps 20
+    .venv/bin/fedgrpc serve --listen 127.0.0.1:7070 --min-clients 2 --inner-steps 20 \\
+        --seed-from-first-client
     .venv/bin/python client/torch_loop.py --target 127.0.0.1:7070 --steps 100 &
     .venv/bin/torchrun --standalone --nproc-per-node 2 client/torchrun_worker.py \\
         --target 127.0.0.1:7070 --rounds 5

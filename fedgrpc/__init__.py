@@ -3,7 +3,8 @@
 Embed `DiLoCoClient` in an existing PyTorch loop; run the coordinator with
 `fedgrpc serve`. The client (and with it grpc) is imported on first use, so
 `import fedgrpc.wire` or the config types stay cheap in processes that never
-talk to a coordinator.
+talk to a coordinator. `Coordinator` runs the `fedgrpc serve` pipeline
+in-process (also imported on first use).
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from fedgrpc.version import __version__
 
 if TYPE_CHECKING:
     from fedgrpc.client import DiLoCoClient, DistributedDiLoCoClient
+    from fedgrpc.coordinator.inprocess import Coordinator
 
 
 __all__ = [
     "ClientConfig",
     "ConfigError",
+    "Coordinator",
     "CoordinatorConfig",
     "CoordinatorUnavailableError",
     "Dense",
@@ -54,6 +57,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "Coordinator":
+        from fedgrpc.coordinator.inprocess import Coordinator
+
+        return Coordinator
     if name == "DiLoCoClient":
         from fedgrpc.client import DiLoCoClient
 

@@ -140,6 +140,19 @@ _SERVE_FLAGS = (
     _Flag("--metrics-listen", "serve Prometheus metrics at "
           "http://HOST:PORT/metrics, plain HTTP (default: off)",
           metavar="HOST:PORT"),
+    _Flag("--max-rounds", "rounds the run lasts; after the last one closes the "
+          "coordinator checkpoints, tells clients the run finished, and exits 0 "
+          "once they left (at most --session-timeout-s later) (default: 0, no "
+          "limit)", int, "N"),
+    _Flag("--init-model", "the run's initial weights: a safetensors file "
+          "(save_file(dict(model.named_parameters()), PATH)) or a fedgrpc "
+          "checkpoint (round-N.ckpt or its directory; weights only); it fixes "
+          "the tensors, shapes and dtypes clients must have. Ignored when "
+          "--checkpoint-dir has a run to resume", metavar="PATH"),
+    _Flag("--seed-from-first-client", "let the first client to join upload "
+          "the initial weights (and so decide the model); for quick local "
+          "runs. Without it or --init-model (or a checkpoint to resume) serve "
+          "refuses to start", const=True),
     _Flag("--log-format", "log lines on stderr (default: json)",
           choices=("json", "console")),
     _Flag("--log-level", "DEBUG, INFO, WARNING or ERROR (default: INFO)",

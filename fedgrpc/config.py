@@ -215,6 +215,23 @@ class CoordinatorConfig:
     """Log output of `fedgrpc serve`: JSON lines (default) or console text."""
     log_level: str = "INFO"
     """Minimum log level."""
+    # -- a run's lifecycle (issue 12) ---------------------------------------------
+    max_rounds: int = 0
+    """Rounds the run lasts (closed rounds, applied or skipped); after round
+    `max_rounds` closes the coordinator writes its final checkpoint, tells
+    clients the run finished, and `fedgrpc serve` exits 0 once they left
+    (at most `session_timeout_s` later). 0: no limit, run until stopped."""
+    init_model: str = ""
+    """The run's initial weights: a safetensors file (by parameter name) or a
+    fedgrpc checkpoint (a `round-<N>.ckpt`, or a directory for its newest;
+    weights only, the run is new). The file decides the tensors, shapes and
+    dtypes; a client whose model differs is refused at Join
+    (`ModelMismatchError`). Ignored when `checkpoint_dir` has a run to resume."""
+    seed_from_first_client: bool = False
+    """Let the first client to join upload the initial weights (and so decide
+    the model) instead of `init_model`: the old behaviour, for quick local
+    runs. Without either (and no checkpoint to resume) the coordinator
+    refuses to start."""
 
     def __post_init__(self) -> None:
         _check(":" in self.listen, "listen", self.listen, "host:port")
@@ -224,8 +241,20 @@ class CoordinatorConfig:
                self.min_clients, f"1..max_clients ({self.max_clients})")  # fmt: skip
         _check(self.inner_steps >= 1, "inner_steps", self.inner_steps, ">= 1")
         _check(self.round_timeout_s > 0, "round_timeout_s", self.round_timeout_s, "> 0")
+        _check(
+            self.max_rounds >= 0, "max_rounds", self.max_rounds, ">= 0 (0: no limit)"
+        )
         self._check_outer()
         self._check_stages()
+        _check(not (self.init_model and self.seed_from_first_client),
+               "seed_from_first_client", self.seed_from_first_client,
+               "false when init_model is set (the initial weights come from one "
+               "place)")  # fmt: skip
+        # A file, or a checkpoint directory: only that it exists here;
+        # `coordinator.ops.init_model_file` reads and checks it at start.
+        _check(not self.init_model or Path(self.init_model).exists(), "init_model",
+               self.init_model, "an existing safetensors file or fedgrpc "
+               "checkpoint (file or directory)")  # fmt: skip
         parse_codec(self.codec)  # raises ConfigError naming the problem
         _check(0 < self.resolved_feedback_decay <= 1, "feedback_decay",
                self.feedback_decay, "in (0, 1]")  # fmt: skip

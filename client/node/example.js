@@ -119,6 +119,7 @@ async function syncRound(k, client, federation, session, model, options) {
   const { timeoutMs } = options;
   const version = model.modelVersion;
   const opened = await fedgrpc.waitForRound(session, version, timeoutMs);
+  if (opened.finished !== undefined) return model; // the run ended: nothing to push
   if (opened.stale !== undefined) {
     emit('stale', { model_version: version, latest: opened.stale });
     return pull(client, federation, opened.stale, timeoutMs);
@@ -153,6 +154,7 @@ async function syncRound(k, client, federation, session, model, options) {
     model_version: closed.model_version,
     num_updates: closed.num_updates,
     reason: closed.reason,
+    run_finished: Boolean(closed.run_finished),
   });
   if (closed.outcome !== 'ROUND_OUTCOME_APPLIED') return model;
   return pull(client, federation, closed.model_version, timeoutMs);
@@ -188,10 +190,14 @@ async function run(options) {
     if (federation.seedModel) await seed(client, federation, options);
     // The coordinator holds this pull until some client has seeded the model.
     let model = await pull(client, federation, 0, options.timeoutMs);
-    for (let k = 1; k <= options.rounds; k += 1) {
-      model = await syncRound(k, client, federation, session, model, options);
+    let rounds = 0;
+    while (rounds < options.rounds && !session.runFinished) {
+      rounds += 1;
+      model = await syncRound(rounds, client, federation, session, model, options);
     }
-    emit('done', { rounds: options.rounds, model_version: model.modelVersion });
+    // A coordinator with max_rounds ends the run: stop cleanly, not on an error.
+    if (session.runFinished) emit('finished', { rounds, model_version: model.modelVersion });
+    emit('done', { rounds, model_version: model.modelVersion });
   } finally {
     if (session !== null) await session.close('example finished');
     client.close();

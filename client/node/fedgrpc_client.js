@@ -142,6 +142,7 @@ function federationFrom(response) {
     currentRound: response.current_round,
     modelVersion: response.model_version,
     seedModel: response.seed_model,
+    runFinished: response.run_finished,
     roundNonce: response.round_nonce,
     signed: config.update_signatures_required,
     chunkBytes,

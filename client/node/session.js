@@ -25,6 +25,8 @@ class Session {
     this.latestStarted = null;
     this.closed = new Map();
     this.modelVersion = federation.modelVersion;
+    /** The run ended (max_rounds): no round opens again; stop after the final pull. */
+    this.runFinished = Boolean(federation.runFinished);
     this.shutdownReason = null;
     this.failure = null;
     this._closing = false;
@@ -66,6 +68,7 @@ class Session {
         if (closed.outcome === 'ROUND_OUTCOME_APPLIED') {
           this.modelVersion = Math.max(this.modelVersion, closed.model_version);
         }
+        if (closed.run_finished) this.runFinished = true;
       } else if (message.event === 'shutdown') {
         this.shutdownReason = message.shutdown.reason || 'no reason given';
       }
@@ -129,13 +132,15 @@ function openSession(client, federation, options) {
 /**
  * Wait for an open round on `baseVersion` that selected this client
  * (RoundStarted.not_selected is false). Resolves to its RoundStarted
- * ({round_id, base_version}), or to `{stale: version}` when a newer model
- * was applied meanwhile (pull it before pushing).
+ * ({round_id, base_version}), to `{stale: version}` when a newer model
+ * was applied meanwhile (pull it before pushing), or to `{finished: version}`
+ * once the run ended (max_rounds) and the model held is final.
  */
 function waitForRound(session, baseVersion, timeoutMs) {
   return session.waitFor(
     () => {
       if (session.modelVersion > baseVersion) return { stale: session.modelVersion };
+      if (session.runFinished) return { finished: session.modelVersion };
       const started = session.latestStarted;
       // A round that left this client out (client selection): wait for one
       // that selects it; if the model moves meanwhile, the caller pulls.

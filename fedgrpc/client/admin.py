@@ -28,6 +28,7 @@ _PHASES = {
     admin_pb2.ROUND_PHASE_COLLECTING: "collecting",
     admin_pb2.ROUND_PHASE_APPLYING: "applying",
     admin_pb2.ROUND_PHASE_STOPPING: "stopping",
+    admin_pb2.ROUND_PHASE_FINISHED: "finished",
 }
 _OUTCOMES = {
     coordinator_pb2.ROUND_OUTCOME_APPLIED: "applied",

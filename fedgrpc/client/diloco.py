@@ -199,6 +199,11 @@ class DiLoCoClient:
         `reconnect_max_s`, returns with `last_round_outcome == "offline"`
         and retries at the next sync point (`fedgrpc.client.reconnect`).
 
+        Once the run ended (the coordinator's `max_rounds`), `finished` is
+        True, the model holds the final global weights, and every later
+        sync point returns at once with `last_round_outcome == "finished"`
+        without contacting the coordinator: stop the loop and `close()`.
+
         Raises:
             CoordinatorUnavailableError: the coordinator has been away for
                 `reconnect_give_up_s`.
@@ -215,6 +220,9 @@ class DiLoCoClient:
         self._steps += 1
         if self._steps < self._inner_steps:
             return False
+        if self._sync.finished:  # nothing to push to; the coordinator may be gone
+            self._last_outcome, self._steps = "finished", 0
+            return True
         self._last_outcome = self._reconnector.run(self._sync)
         self._steps = 0
         self._rounds_completed += 1
@@ -256,6 +264,11 @@ class DiLoCoClient:
     def inner_steps(self) -> int:
         """H: inner steps per round, as announced by the coordinator."""
         return self._inner_steps
+
+    @property
+    def finished(self) -> bool:
+        """True once the run ended (`max_rounds`) and the final model is loaded."""
+        return self._sync.finished
 
     @property
     def rounds_completed(self) -> int:

@@ -53,6 +53,8 @@ class _Header:
     """Rank 0 loaded global weights; the weights broadcast follows."""
     bytes_sent: int = 0
     bytes_received: int = 0
+    finished: bool = False
+    """The run ended (`max_rounds`); every rank holds the final weights."""
     error: tuple[str, str] | None = None
     """(exception class name, message) when rank 0 failed; nothing follows."""
 
@@ -194,6 +196,7 @@ class DistributedDiLoCoClient:
             loaded=loaded,
             bytes_sent=client.bytes_sent,
             bytes_received=client.bytes_received,
+            finished=client.finished,
         )
 
     def step(
@@ -351,6 +354,11 @@ class DistributedDiLoCoClient:
     def inner_steps(self) -> int:
         """H: inner steps per round, as announced by the coordinator."""
         return self._header.inner_steps
+
+    @property
+    def finished(self) -> bool:
+        """True on every rank once the run ended (`max_rounds`); stop the loop."""
+        return self._header.finished
 
     @property
     def rounds_completed(self) -> int:

@@ -25,7 +25,7 @@ from typing import Literal
 from fedgrpc.client.connection import Connection
 from fedgrpc.client.connection.join import Federation
 from fedgrpc.client.connection.push import UpdateEncoder, UpdateMeta
-from fedgrpc.client.connection.round_tracker import RoundStart, StaleBase
+from fedgrpc.client.connection.round_tracker import RoundStart, RunFinished, StaleBase
 from fedgrpc.client.weights import LocalRun
 from fedgrpc.config import ClientConfig
 from fedgrpc.errors import (
@@ -38,17 +38,19 @@ from fedgrpc.log import get_logger
 log = get_logger(__name__)
 
 SyncOutcome = Literal[
-    "applied", "skipped", "stale", "missed", "offline", "not_selected"
+    "applied", "skipped", "stale", "missed", "offline", "not_selected", "finished"
 ]
 """How a sync point ended for this client: its update was averaged into a new
 model ("applied"); the round closed below quorum ("skipped"); a newer model
 existed, so it pulled without pushing ("stale"); its push was refused
 because the round had closed ("missed"); the coordinator was away and
 training goes on locally until the next sync point ("offline",
-`reconnect.Reconnector`); or client selection left it out of the open round
+`reconnect.Reconnector`); client selection left it out of the open round
 ("not_selected"): nothing was sent, the weights, base and residual stay as
 they are, training goes on, and the next update (when a round selects it)
-spans every round it sat out, against the base version it last pulled."""
+spans every round it sat out, against the base version it last pulled; or
+the run had already ended (`max_rounds`) and the model holds its final
+weights, so nothing was sent ("finished")."""
 
 
 class SyncPoint:
@@ -84,6 +86,8 @@ class SyncPoint:
         """The round our last accepted update went to, until we hear its end."""
         self.sat_out = False
         """A round left us out since our last pull: our next update spans it."""
+        self.finished = federation.run_finished
+        """The run's last round closed and its model is loaded: push nothing more."""
 
     def seed(self) -> None:
         """Upload our weights as the initial model (losing the race is fine)."""
@@ -116,10 +120,16 @@ class SyncPoint:
                 `round_wait_s`, or the coordinator became unreachable.
             ShuttingDownError: the coordinator announced shutdown.
         """
+        if self.finished:
+            return "finished"
         wait_s, base_version = self._config.round_wait_s, self._local.base_version
         opened = self.connection.wait_round_open(
             base_version, wait_s, span=self.sat_out
         )
+        if isinstance(opened, RunFinished):
+            self._log.info("run_finished", version=opened.model_version)
+            self.finished = True
+            return "finished"
         if isinstance(opened, StaleBase):
             latest = opened.model_version
             self._log.warning("model_stale", version=base_version, latest=latest)
@@ -154,6 +164,9 @@ class SyncPoint:
             self._settle(applied=closed.outcome == "applied")
         if closed.outcome == "applied":
             self.pull_and_load(closed.model_version, self._config.rpc_timeout_s)
+        if closed.run_finished:  # after the final pull: the model is final
+            self._log.info("run_finished", version=closed.model_version)
+            self.finished = True
         return closed.outcome if pushed else "missed"
 
     def rejoined(self, federation: Federation) -> None:
@@ -196,6 +209,11 @@ class SyncPoint:
                 applied=counted,
             )
             self._settle(applied=counted)
+        if federation.run_finished:
+            if latest != base:
+                self.pull_and_load(latest, self._config.rpc_timeout_s)
+            self.finished = True
+            return "finished"
         if latest == base and not federation.seed_model:
             return self.run()
         self._log.warning("model_stale", version=base, latest=latest)

@@ -19,8 +19,9 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from fedgrpc.compress import make_codec
 from fedgrpc.config import CoordinatorConfig
@@ -35,6 +36,7 @@ from fedgrpc.coordinator.ingest.signatures import UpdateAuthenticator
 from fedgrpc.coordinator.ingest.sinks import RoundSink
 from fedgrpc.coordinator.ingest.updates import UpdateIngest
 from fedgrpc.coordinator.ops.checkpoint_store import CheckpointStore
+from fedgrpc.coordinator.ops.init_model_file import choose_initial_model
 from fedgrpc.coordinator.ops.metrics import CoordinatorMetrics
 from fedgrpc.coordinator.round_mode import ModeFactory, RoundContext, RoundMode
 from fedgrpc.coordinator.rounds.engine import RoundEngine
@@ -75,6 +77,8 @@ class JoinResult:
     current_round: int
     model_version: int
     round_nonce: bytes
+    run_finished: bool = False
+    """The run's last round closed: pull the final model, push nothing."""
 
 
 class CoordinatorRuntime:
@@ -104,8 +108,10 @@ class CoordinatorRuntime:
         self._version_changed = asyncio.Condition()
         self._active_pulls = 0
         self._ticker: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.metrics.watch(self.run, self.engine, self.registry)
         self.checkpoints.restore(self.engine, self.registry, self.run)
+        choose_initial_model(config, self.engine.model)
         self.mode: RoundMode | None = None if mode is None else mode(self._context())
         """The round mode (secure aggregation), None for plain rounds."""
         self.ingest = self._build_ingest(faults)
@@ -164,7 +170,8 @@ class CoordinatorRuntime:
         self.run.check_running()
         check_compatible(self.config, request)
         spec, name = request.spec, request.name
-        self.engine.model.adopt_spec(spec)
+        if self.engine.adopt_spec(spec):  # version 0 from init_model, just laid out
+            self._spawn(self._initial_model_ready())
         client = self.registry.admit(name, self.clock(), key)
         seed = self.engine.model.claim_seeding(client.client_id)
         current = self.engine.current
@@ -182,6 +189,7 @@ class CoordinatorRuntime:
             current_round=current.round_id if current else 0,
             model_version=self.engine.model.version,
             round_nonce=self.engine.round_nonce(),
+            run_finished=self.engine.finished,
         )
 
     def open_session(
@@ -200,6 +208,8 @@ class CoordinatorRuntime:
                 self._announce_round(current)
             else:
                 queue.put_nowait(self._round_started(current, client_id))
+        elif self.engine.finished and self.engine.history:
+            queue.put_nowait(self.engine.history[-1])  # it says the run finished
         log.info("session_opened", client=client_id)
         if self.mode is not None:
             self.mode.session_opened(client_id, queue)
@@ -227,6 +237,8 @@ class CoordinatorRuntime:
                 self._announce_round(current)
         await self.maybe_close_round()
         self._forget_departed()
+        async with self._version_changed:  # `wait_finished` counts who is left
+            self._version_changed.notify_all()
 
     def _forget_departed(self) -> None:
         """Drop clients that left for good, once the open round does not count them."""
@@ -237,6 +249,16 @@ class CoordinatorRuntime:
             }
         for client_id in self.registry.forget_departed(needed):
             log.info("client_forgotten", client=client_id)
+
+    async def _initial_model_ready(self) -> None:
+        """Version 0 exists (from `init_model`): make it durable, announce round 1."""
+        await asyncio.shield(self.save_checkpoint())
+        await self._announce_new_model()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)  # held until done: the loop keeps weak refs
+        task.add_done_callback(self._background.discard)
 
     # -- after an update counted ---------------------------------------------------
 
@@ -279,7 +301,9 @@ class CoordinatorRuntime:
                 self.engine.apply, closing, self._active_pulls > 0
             )
             result = self.engine.finish_close(closing, applied, reason)
-            if applied:  # before anyone hears of the new version (checkpoint_store)
+            # Before anyone hears of the new version (checkpoint_store), and
+            # the last round's always: it is the run's final checkpoint.
+            if applied or result.run_finished:
                 await self.checkpoints.save(self.engine, self.registry, self.run)
         self._forget_departed()  # the closed round no longer counts anyone
         self.metrics.round_closed(result)
@@ -297,8 +321,28 @@ class CoordinatorRuntime:
             bytes=result.bytes_received,
             train_loss=round(result.mean_train_loss, 4),
         )
+        if result.run_finished:
+            log.info(
+                "run_finished",
+                rounds=result.round_id,
+                version=result.model_version,
+                max_rounds=self.config.max_rounds,
+            )
         self.sessions.broadcast(result)
         await self._announce_new_model()
+
+    async def wait_finished(self, linger_s: float) -> None:
+        """Return once the run finished and its clients left (or `linger_s` later).
+
+        Clients pull the final model after the last round closes and then
+        leave; the coordinator stays up for that, but one that keeps its
+        session open must not hold the process forever.
+        """
+        await self.wait_until(lambda: self.engine.finished)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(linger_s):
+                # A client leaves after its final pull; close_session wakes us.
+                await self.wait_until(lambda: not self.registry.connected())
 
     async def _announce_new_model(self) -> None:
         current = self.engine.current
@@ -306,6 +350,11 @@ class CoordinatorRuntime:
             self._announce_round(current)
         async with self._version_changed:
             self._version_changed.notify_all()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Return once `predicate()` holds; woken by closes, new models and stop."""
+        async with self._version_changed:
+            await self._version_changed.wait_for(predicate)
 
     # -- PullModel ---------------------------------------------------------------
 

@@ -12,18 +12,20 @@ from __future__ import annotations
 import math
 import multiprocessing
 import queue
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from fedgrpc.config import CoordinatorConfig, OuterOptimizerName
-from fedgrpc.coordinator.services.server import CoordinatorThread
+from fedgrpc.coordinator.inprocess import Coordinator
 from fedgrpc.errors import FedGrpcError
 from fedgrpc.log import get_logger
 from fedgrpc.sim import DEFAULT_CORPUS_BYTES
-from fedgrpc.sim.models import TrainDefaults
+from fedgrpc.sim.models import TrainDefaults, build_model
 from fedgrpc.sim.worker import WorkerArgs, run_worker
 
 log = get_logger(__name__)
@@ -123,9 +125,32 @@ def run_simulation(
     config: SimulationConfig, progress: bool = True
 ) -> SimulationSummary:
     """Run the federation to completion; raises `SimulationError` on any failure."""
+    with tempfile.TemporaryDirectory(prefix="fedgrpc-sim-") as scratch:
+        init_model = write_initial_model(config, Path(scratch))
+        return _run(config, init_model, progress)
+
+
+def write_initial_model(config: SimulationConfig, directory: Path) -> Path:
+    """The model's initial weights as safetensors, for the coordinator's `init_model`.
+
+    The coordinator, not the first client to join, decides the weights; the
+    clients build the same model from the same seed, so they match it.
+    """
+    from safetensors.torch import save_file
+
+    model = build_model(config.defaults.model, seed=config.seed)
+    path = directory / "init.safetensors"
+    save_file({n: p.detach() for n, p in model.named_parameters()}, str(path))
+    return path
+
+
+def _run(
+    config: SimulationConfig, init_model: Path, progress: bool
+) -> SimulationSummary:
     started = time.monotonic()
     torch.set_num_threads(1)  # the coordinator shares the two cores with clients
-    coordinator = CoordinatorThread(_coordinator_config(config)).start()
+    coordinator = Coordinator(_coordinator_config(config, init_model))
+    coordinator.start()
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     workers = [
@@ -147,15 +172,14 @@ def run_simulation(
                 worker.terminate()
             worker.join(timeout=10)
         coordinator.stop()
-    # The run's rounds are 1..R: every client runs R sync points and the
-    # coordinator waits for all of them. A round past R was opened after
-    # they finished (a secure round keys round R + 1 at once, and it aborts
-    # when the clients leave). A round without updates has no train loss
-    # (NaN, not the 0.0 of an empty mean).
+    # The run's rounds are 1..R: the coordinator finishes the run after
+    # round R (max_rounds) and opens no round past it; the filter keeps
+    # that true of the figures whatever the history holds. A round without
+    # updates has no train loss (NaN, not the 0.0 of an empty mean).
     rounds = [
-        RoundFigures(r.round_id, r.outcome == 1,
+        RoundFigures(r.round_id, r.applied,
                      r.mean_train_loss if r.num_updates else math.nan, r.duration_s)
-        for r in status.recent_rounds
+        for r in status.rounds
         if r.round_id <= config.rounds
     ]  # fmt: skip
     return SimulationSummary(
@@ -170,12 +194,16 @@ def run_simulation(
     )
 
 
-def _coordinator_config(config: SimulationConfig) -> CoordinatorConfig:
+def _coordinator_config(
+    config: SimulationConfig, init_model: Path
+) -> CoordinatorConfig:
     """A loopback coordinator that waits for every simulated client each round."""
     return CoordinatorConfig(
         listen="127.0.0.1:0",
+        init_model=str(init_model),
         min_clients=config.clients_per_round or config.clients,
         max_clients=config.clients,
+        max_rounds=config.rounds,  # the coordinator ends the run; clients see it
         inner_steps=config.inner_steps,
         round_timeout_s=config.round_timeout_s,
         outer_optimizer=config.outer_optimizer,
@@ -224,7 +252,7 @@ def _worker_args(config: SimulationConfig, index: int, address: str) -> WorkerAr
 
 def _monitor(
     config: SimulationConfig,
-    coordinator: CoordinatorThread,
+    coordinator: Coordinator,
     workers: list[Any],
     results: Any,
     started: float,
@@ -243,7 +271,7 @@ def _monitor(
                 )
             _drain(results, done)
             _check_workers(workers, done, results)
-            history = coordinator.status().recent_rounds
+            history = coordinator.status().rounds
             # Rounds past R are not the run's (see run_simulation).
             if min(len(history), config.rounds) > bar.n:
                 bar.update(min(len(history), config.rounds) - bar.n)

@@ -81,7 +81,11 @@ def _train(args: WorkerArgs, results: ResultQueue) -> dict[str, float]:
         if is_reporter:
             figures["initial_val_loss"] = _validate(model, splits, args)
         results.put(("ready", args.index, client.client_id))
-        for _ in range(args.rounds * args.inner_steps):
+        # The coordinator ends the run after `rounds` (max_rounds); the
+        # step budget only bounds a run whose coordinator never says so.
+        for _ in range(2 * args.rounds * args.inner_steps):
+            if client.finished:
+                break
             batch = sample_batch(shard, defaults.batch_size, defaults.context, batches)
             loss = train_step(model, optimizer, batch, defaults.grad_clip_norm)
             client.step(loss=loss, num_samples=defaults.batch_size)

@@ -68,6 +68,7 @@ def closed_federation(tmp_path: Path) -> Iterator[Fed]:
     for private in (keys / "allowed").glob("*.key"):
         private.unlink()
     config = CoordinatorConfig(
+        seed_from_first_client=True,
         listen="127.0.0.1:0",
         identity_key=str(keys / "coordinator.key"),
         allowed_client_keys=str(keys / "allowed"),

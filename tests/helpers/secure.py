@@ -43,7 +43,7 @@ def config(**overrides: object) -> CoordinatorConfig:
         "max_update_norm_growth": 0.0,
     }
     settings.update(overrides)
-    return CoordinatorConfig(**settings)  # type: ignore[arg-type]
+    return CoordinatorConfig(seed_from_first_client=True, **settings)  # type: ignore[arg-type]
 
 
 def secure_mode_of(coordinator: CoordinatorThread) -> SecureMode:

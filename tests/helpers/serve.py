@@ -33,7 +33,9 @@ def start_serve(
 ) -> tuple[subprocess.Popen[Any], str]:
     """`fedgrpc serve --listen LISTEN ... FLAGS`; (process, bound host:port).
 
-    Logs (JSON lines) go to `log`; the ready-file sits beside it.
+    Logs (JSON lines) go to `log`; the ready-file sits beside it. Without
+    `--init-model` among `flags`, the first client to join seeds the model
+    (`--seed-from-first-client`).
     `crash_at` (`STAGE:ROUND`) runs the same serve through the fault-hook
     launcher (`tests.helpers.faults`), which SIGKILLs it at that checkpoint stage.
     """
@@ -45,6 +47,10 @@ def start_serve(
         env["PYTHONPATH"] = path
         command = [sys.executable, "-m", "tests.helpers.faults", "--crash-at", crash_at]
     argv = [*command, "serve", "--listen", listen, "--ready-file", str(ready)]
+    if "--init-model" not in flags:
+        # The test clients join as a first try would and the first one seeds
+        # the model: the explicit opt-in `serve` needs for that.
+        argv.append("--seed-from-first-client")
     with log.open("w") as stderr:  # the child keeps its own copy
         process = spawn([*argv, *flags], stderr=stderr, env=env, text=True)
     eventually(lambda: ready.exists() or process.poll() is not None, timeout_s)

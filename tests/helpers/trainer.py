@@ -2,18 +2,18 @@
 
 `python -m tests.helpers.trainer ADDRESS SYNCS REPORT [--recreate-at K]
 [--idle-at K] [--until-version V] [--reconnect-max-s S]`
-(run from the repository root) joins with a throwaway key (no
-identity_key, as a first try would), trains until SYNCS sync points ran,
-and appends one JSON line per sync point to REPORT: the client id, the
-outcome and the model version. `--recreate-at K` replaces the client after
-K sync points the way a notebook cell run twice does: a new DiLoCoClient
-(a new throwaway key) is bound to the same name and the old one is dropped
-without `close()`. `--idle-at K` stops training after K sync points but
-keeps the client open (heartbeating), so a test can SIGKILL it knowing no
-push is in flight. `--until-version V` stops early once the global model
-reached version V, so clients whose sync points went differently (some
-offline) still end on the same round. The process ends by itself after
-RUN_S.
+(run from the repository root) joins with a throwaway key (no identity_key,
+as a first try would), trains until SYNCS sync points ran, and appends one
+JSON line per sync point to REPORT: the client id, the outcome, the model
+version and whether the run finished. `--recreate-at K` replaces the client
+after K sync points the way a notebook cell run twice does: a new
+DiLoCoClient (a new throwaway key) is bound to the same name and the old one
+is dropped without `close()`. `--idle-at K` stops training after K sync
+points but keeps the client open (heartbeating), so a test can SIGKILL it
+knowing no push is in flight. `--until-version V` stops early once the
+global model reached version V, so clients whose sync points went
+differently (some offline) still end on the same round. The process ends by
+itself after RUN_S.
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
                 done += 1
                 _write(report, client=client.client_id, sync=done,
                        outcome=client.last_round_outcome,
-                       version=client.model_version)  # fmt: skip
+                       version=client.model_version,
+                       finished=client.finished)  # fmt: skip
                 if 0 <= args.until_version <= client.model_version:
                     break
         client.close()

@@ -28,6 +28,7 @@ from tests.helpers.scripted import (
 
 def _config(directory: Path) -> CoordinatorConfig:
     return CoordinatorConfig(
+        seed_from_first_client=True,
         listen="127.0.0.1:0",
         min_clients=1,
         inner_steps=1,

@@ -26,7 +26,7 @@ LR, BETA1, BETA2, TAU = 0.02, 0.9, 0.99, 1e-3
 
 
 def _config(directory: Path, name: str) -> CoordinatorConfig:
-    return CoordinatorConfig(
+    return CoordinatorConfig(seed_from_first_client=True,
         listen="127.0.0.1:0", min_clients=1, inner_steps=1, chunk_bytes=1024,
         open_enrollment=True, checkpoint_dir=str(directory), checkpoint_keep=2,
         outer_optimizer=name, outer_lr=LR,  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ def _flat(model: torch.nn.Module) -> np.ndarray:
 
 def test_topk_round_keeps_unsent_mass_in_the_residual() -> None:
     config = CoordinatorConfig(
+        seed_from_first_client=True,
         listen="127.0.0.1:0",
         open_enrollment=True,
         min_clients=1,
@@ -53,7 +54,11 @@ def test_topk_round_keeps_unsent_mass_in_the_residual() -> None:
 
 def test_compression_must_match_the_coordinator() -> None:
     config = CoordinatorConfig(
-        listen="127.0.0.1:0", open_enrollment=True, min_clients=1, codec="topk:0.1"
+        seed_from_first_client=True,
+        listen="127.0.0.1:0",
+        open_enrollment=True,
+        min_clients=1,
+        codec="topk:0.1",
     )
     with (
         serve_in_thread(config) as coordinator,
@@ -68,6 +73,7 @@ def test_compression_must_match_the_coordinator() -> None:
 
 def test_client_uses_the_announced_feedback_decay() -> None:
     config = CoordinatorConfig(
+        seed_from_first_client=True,
         listen="127.0.0.1:0",
         open_enrollment=True,
         min_clients=1,

@@ -39,7 +39,12 @@ def coordinator(request: pytest.FixtureRequest) -> Iterator[CoordinatorThread]:
         "chunk_bytes": 1024,
     }
     settings.update(overrides)
-    config = CoordinatorConfig(listen="127.0.0.1:0", open_enrollment=True, **settings)  # type: ignore[arg-type]
+    config = CoordinatorConfig(
+        seed_from_first_client=True,
+        listen="127.0.0.1:0",
+        open_enrollment=True,
+        **settings,
+    )  # type: ignore[arg-type]
     with serve_in_thread(config) as running:
         yield running
 

@@ -30,6 +30,7 @@ LR = 0.1
 @pytest.fixture
 def coordinator() -> Iterator[CoordinatorThread]:
     config = CoordinatorConfig(
+        seed_from_first_client=True,
         listen="127.0.0.1:0",
         open_enrollment=True,
         min_clients=2,

@@ -35,6 +35,7 @@ TOPK_SIGNED = codec_binding(TOPK)
 @pytest.fixture
 def coordinator() -> Iterator[CoordinatorThread]:
     config = CoordinatorConfig(
+        seed_from_first_client=True,
         listen="127.0.0.1:0",
         open_enrollment=True,
         min_clients=2,

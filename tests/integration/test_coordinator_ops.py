@@ -39,6 +39,7 @@ FEDGRPC = Path(sys.executable).with_name("fedgrpc")
 @pytest.fixture
 def coordinator(tmp_path: Path) -> Iterator[CoordinatorThread]:
     config = CoordinatorConfig(
+        seed_from_first_client=True,
         listen="127.0.0.1:0",
         min_clients=1,
         inner_steps=1,
@@ -188,7 +189,7 @@ def test_draining_reports_not_serving_finishes_the_apply_then_checkpoints(
 ) -> None:
     # Arrange: a seeded coordinator with a round "being applied": the test holds
     # the numeric lock that an apply (and its checkpoint) holds.
-    config = CoordinatorConfig(
+    config = CoordinatorConfig(seed_from_first_client=True,
         listen="127.0.0.1:0", min_clients=1, inner_steps=1, chunk_bytes=1024,
         open_enrollment=True, checkpoint_dir=str(tmp_path),
     )  # fmt: skip

@@ -26,6 +26,7 @@ N = 10
 @pytest.fixture
 def coordinator() -> Iterator[CoordinatorThread]:
     config = CoordinatorConfig(
+        seed_from_first_client=True,
         listen="127.0.0.1:0",
         open_enrollment=True,
         min_clients=2,
@@ -226,6 +227,7 @@ def test_silent_session_is_evicted_and_round_stops_waiting() -> None:
     import threading
 
     config = CoordinatorConfig(
+        seed_from_first_client=True,
         listen="127.0.0.1:0",
         open_enrollment=True,
         min_clients=1,
@@ -258,7 +260,10 @@ def test_shutdown_notice_reaches_open_sessions() -> None:
     import threading
 
     config = CoordinatorConfig(
-        listen="127.0.0.1:0", open_enrollment=True, min_clients=1
+        seed_from_first_client=True,
+        listen="127.0.0.1:0",
+        open_enrollment=True,
+        min_clients=1,
     )
     stop = threading.Event()
     running = CoordinatorThread(config).start()
@@ -288,7 +293,9 @@ def test_a_client_heartbeat_is_answered_on_the_session_stream() -> None:
         yield PB.SessionRequest(heartbeat=PB.Heartbeat(sent_unix_s=time.time()))
         stop.wait(30)
 
-    config = CoordinatorConfig(listen="127.0.0.1:0", open_enrollment=True)
+    config = CoordinatorConfig(
+        seed_from_first_client=True, listen="127.0.0.1:0", open_enrollment=True
+    )
     stop = threading.Event()
     with serve_in_thread(config) as running:
         channel, service = stub(running.address)
@@ -310,7 +317,11 @@ def test_round_started_is_sent_again_with_its_deadline_after_the_first_update() 
     import time
 
     config = CoordinatorConfig(
-        listen="127.0.0.1:0", open_enrollment=True, min_clients=2, round_timeout_s=100
+        seed_from_first_client=True,
+        listen="127.0.0.1:0",
+        open_enrollment=True,
+        min_clients=2,
+        round_timeout_s=100,
     )
     stop = threading.Event()
     with serve_in_thread(config) as running:

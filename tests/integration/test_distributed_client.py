@@ -51,6 +51,7 @@ def test_skipped_round_keeps_ranks_equal_and_rank0_errors_reach_every_rank(
     # One test for two behaviours: starting the rank processes is most of its cost.
     # Arrange: a coordinator needing 2 clients, so the worker's rounds skip.
     config = CoordinatorConfig(
+        seed_from_first_client=True,
         listen="127.0.0.1:0",
         open_enrollment=True,
         min_clients=2,

@@ -39,6 +39,7 @@ def test_every_rank_of_a_distributed_client_gets_the_proximal_term(
     spawn: Spawn, tmp_path: Path
 ) -> None:
     config = CoordinatorConfig(
+        seed_from_first_client=True,
         listen="127.0.0.1:0",
         open_enrollment=True,
         min_clients=1,

@@ -20,6 +20,7 @@ def test_a_default_client_is_not_evicted_by_a_coordinator_with_short_heartbeats(
     None
 ):
     config = CoordinatorConfig(
+        seed_from_first_client=True,
         listen="127.0.0.1:0",
         open_enrollment=True,
         min_clients=1,

@@ -41,6 +41,7 @@ def keys(tmp_path: Path) -> Path:
 @pytest.fixture
 def coordinator(keys: Path) -> Iterator[CoordinatorThread]:
     config = CoordinatorConfig(
+        seed_from_first_client=True,
         listen="127.0.0.1:0",
         identity_key=str(keys / "coordinator.key"),
         allowed_client_keys=str(keys / "allowed"),
@@ -129,6 +130,7 @@ def test_a_client_refuses_a_coordinator_that_is_not_the_pinned_one(
 
 def test_unsigned_mode_trains_without_digests() -> None:
     config = CoordinatorConfig(
+        seed_from_first_client=True,
         listen="127.0.0.1:0",
         open_enrollment=True,
         update_signatures="off",
@@ -182,7 +184,9 @@ def test_logs_carry_fingerprints_never_keys_tokens_or_tensors(
 
 
 def test_open_enrollment_is_logged_as_a_warning_at_start() -> None:
-    config = CoordinatorConfig(listen="127.0.0.1:0", open_enrollment=True)
+    config = CoordinatorConfig(
+        seed_from_first_client=True, listen="127.0.0.1:0", open_enrollment=True
+    )
     with capture_logs() as logs, serve_in_thread(config) as coordinator:
         assert coordinator.status().open_enrollment
     warnings = {e["event"] for e in logs if e["log_level"] == "warning"}

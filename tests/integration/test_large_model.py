@@ -13,6 +13,7 @@ GRPC_DEFAULT_MAX_MESSAGE = 4 << 20
 
 def test_model_larger_than_max_message_round_trips() -> None:
     config = CoordinatorConfig(
+        seed_from_first_client=True,
         listen="127.0.0.1:0",
         open_enrollment=True,
         min_clients=1,
@@ -57,7 +58,10 @@ async def test_early_refusal_of_a_large_push_reports_the_real_status() -> None:
     from tests.helpers.raw import join, stub
 
     config = CoordinatorConfig(
-        listen="127.0.0.1:0", open_enrollment=True, min_clients=1
+        seed_from_first_client=True,
+        listen="127.0.0.1:0",
+        open_enrollment=True,
+        min_clients=1,
     )
     spec_model = torch.nn.Linear(1000, 10_000)  # 10M params: 40 MB
     flat = torch.zeros(sum(p.numel() for p in spec_model.parameters()))

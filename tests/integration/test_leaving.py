@@ -27,7 +27,7 @@ WAIT_S = 30.0
 
 @pytest.fixture
 def coordinator() -> Iterator[CoordinatorThread]:
-    config = CoordinatorConfig(
+    config = CoordinatorConfig(seed_from_first_client=True,
         listen="127.0.0.1:0", open_enrollment=True, min_clients=1, inner_steps=1,
         round_timeout_s=60.0,
     )  # fmt: skip

@@ -39,6 +39,7 @@ def test_update_with_lost_ack_counts_once(still_open: bool) -> None:
     client, so the round has been applied by the time it re-joins.
     """
     config = CoordinatorConfig(
+        seed_from_first_client=True,
         listen="127.0.0.1:0",
         open_enrollment=True,
         min_clients=1 if not still_open else 2,

@@ -42,6 +42,7 @@ def foreign_pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
 
 def _coordinator_config(**tls: str) -> CoordinatorConfig:
     return CoordinatorConfig(
+        seed_from_first_client=True,
         listen="127.0.0.1:0",
         open_enrollment=True,
         min_clients=1,

@@ -118,6 +118,7 @@ def coordinator(spawn: Spawn, tmp_path: Path, keys: Path) -> Iterator[str]:
                 "--heartbeat-interval-s", "0.5", "--session-timeout-s", "2",
                 "--identity-key", str(keys / "coordinator.key"),
                 "--allowed-client-keys", str(keys / "allowed"),
+                "--seed-from-first-client",  # the Python client seeds
             ],
             stderr=log,
         )  # fmt: skip

@@ -64,6 +64,7 @@ def test_serve_with_two_torch_loop_clients_then_sigterm(
         (allowed / f"worker{i}.pub").write_bytes((keys / f"worker{i}.pub").read_bytes())
     coordinator, address = _start_coordinator(
         spawn, tmp_path, "--min-clients", "2", "--inner-steps", "10",
+        "--seed-from-first-client",  # the first torch_loop.py client seeds
         "--identity-key", str(keys / "coordinator.key"),
         "--allowed-client-keys", str(allowed),
     )  # fmt: skip
@@ -143,9 +144,10 @@ def test_serve_without_allowed_keys_or_open_enrollment_refuses_to_start() -> Non
 
 
 def test_port_in_use_is_a_clear_error(spawn: Spawn, tmp_path: Path) -> None:
-    _, address = _start_coordinator(spawn, tmp_path, "--open-enrollment")
+    seeding = "--seed-from-first-client"
+    _, address = _start_coordinator(spawn, tmp_path, "--open-enrollment", seeding)
     result = subprocess.run(
-        [str(FEDGRPC), "serve", "--listen", address, "--open-enrollment"],
+        [str(FEDGRPC), "serve", "--listen", address, "--open-enrollment", seeding],
         capture_output=True,
         text=True,
         timeout=60,

@@ -56,7 +56,7 @@ def test_serve_runs_a_mutual_tls_round_and_logs_no_key(
         [
             str(FEDGRPC), "serve", "--listen", "127.0.0.1:0", "--ready-file",
             str(ready), "--min-clients", "1", "--inner-steps", "2",
-            "--open-enrollment", *_tls_flags(pki),
+            "--open-enrollment", "--seed-from-first-client", *_tls_flags(pki),
         ],
         stderr=subprocess.PIPE,
         text=True,

@@ -12,6 +12,7 @@ import fedgrpc
 EXPECTED = [
     "ClientConfig",
     "ConfigError",
+    "Coordinator",
     "CoordinatorConfig",
     "CoordinatorUnavailableError",
     "Dense",

@@ -41,6 +41,8 @@ class _RoundPhaseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RoundPhase
     """Averaging and applying the outer step."""
     ROUND_PHASE_STOPPING: _RoundPhase.ValueType  # 5
     """Shutting down."""
+    ROUND_PHASE_FINISHED: _RoundPhase.ValueType  # 6
+    """The run's last round (max_rounds) closed; the model is final."""
 
 class RoundPhase(_RoundPhase, metaclass=_RoundPhaseEnumTypeWrapper):
     """Where the coordinator is in its round cycle."""
@@ -57,6 +59,8 @@ ROUND_PHASE_APPLYING: RoundPhase.ValueType  # 4
 """Averaging and applying the outer step."""
 ROUND_PHASE_STOPPING: RoundPhase.ValueType  # 5
 """Shutting down."""
+ROUND_PHASE_FINISHED: RoundPhase.ValueType  # 6
+"""The run's last round (max_rounds) closed; the model is final."""
 Global___RoundPhase: _TypeAlias = RoundPhase  # noqa: Y015
 
 @_typing.final

@@ -26,7 +26,7 @@ from fedgrpc._proto.v1 import common_pb2 as fedgrpc_dot_v1_dot_common__pb2
 from fedgrpc._proto.v1 import secure_aggregation_pb2 as fedgrpc_dot_v1_dot_secure__aggregation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64grpc/v1/coordinator.proto\x12\nfedgrpc.v1\x1a\x17\x66\x65\x64grpc/v1/common.proto\x1a#fedgrpc/v1/secure_aggregation.proto\"\x19\n\x17GetJoinChallengeRequest\"\x85\x01\n\x18GetJoinChallengeResponse\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x34\n\x0f\x63oordinator_key\x18\x03 \x01(\x0b\x32\x1b.fedgrpc.v1.PublicKeyRecord\x12\x14\n\x0c\x65xpires_in_s\x18\x04 \x01(\x01\"\xbc\x02\n\x0bJoinRequest\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\x12)\n\nmodel_spec\x18\x02 \x01(\x0b\x32\x15.fedgrpc.v1.ModelSpec\x12+\n\x10supported_codecs\x18\x03 \x03(\x0e\x32\x11.fedgrpc.v1.Codec\x12\x13\n\x0binner_steps\x18\x04 \x01(\r\x12\x17\n\x0flibrary_version\x18\x05 \x01(\t\x12\x30\n\x0frequested_codec\x18\x06 \x01(\x0b\x32\x17.fedgrpc.v1.CodecParams\x12/\n\nclient_key\x18\x07 \x01(\x0b\x32\x1b.fedgrpc.v1.PublicKeyRecord\x12\x17\n\x0f\x63hallenge_nonce\x18\x08 \x01(\x0c\x12\x16\n\x0ejoin_signature\x18\t \x01(\x0c\"\xe6\x02\n\x0cJoinResponse\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\x0c\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12-\n\x0cround_config\x18\x04 \x01(\x0b\x32\x17.fedgrpc.v1.RoundConfig\x12)\n\nmodel_spec\x18\x05 \x01(\x0b\x32\x15.fedgrpc.v1.ModelSpec\x12\x15\n\rcurrent_round\x18\x06 \x01(\x04\x12\x15\n\rmodel_version\x18\x07 \x01(\x04\x12\x12\n\nseed_model\x18\x08 \x01(\x08\x12\x34\n\x0f\x63oordinator_key\x18\t \x01(\x0b\x32\x1b.fedgrpc.v1.PublicKeyRecord\x12\x13\n\x0bround_nonce\x18\n \x01(\x0c\x12\x19\n\x11last_update_round\x18\x0b \x01(\x04\x12\x1a\n\x12last_applied_round\x18\x0c \x01(\x04\"\x90\x03\n\x0eSessionRequest\x12\'\n\x04open\x18\x01 \x01(\x0b\x32\x17.fedgrpc.v1.SessionOpenH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.fedgrpc.v1.HeartbeatH\x00\x12)\n\x05leave\x18\x03 \x01(\x0b\x32\x18.fedgrpc.v1.SessionLeaveH\x00\x12;\n\x10secagg_advertise\x18\x04 \x01(\x0b\x32\x1f.fedgrpc.v1.SecAggAdvertiseKeysH\x00\x12\x37\n\rsecagg_shares\x18\x05 \x01(\x0b\x32\x1e.fedgrpc.v1.SecAggSharePackageH\x00\x12\x44\n\x12secagg_consistency\x18\x06 \x01(\x0b\x32&.fedgrpc.v1.SecAggConsistencySignatureH\x00\x12\x39\n\rsecagg_unmask\x18\x07 \x01(\x0b\x32 .fedgrpc.v1.SecAggUnmaskResponseH\x00\x42\x07\n\x05\x65vent\"7\n\x0bSessionOpen\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\x0c\" \n\tHeartbeat\x12\x13\n\x0bsent_unix_s\x18\x01 \x01(\x01\"-\n\x0cSessionLeave\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05\x66inal\x18\x02 \x01(\x08\"\xb4\x04\n\x0fSessionResponse\x12\x31\n\rround_started\x18\x01 \x01(\x0b\x32\x18.fedgrpc.v1.RoundStartedH\x00\x12/\n\x0cround_closed\x18\x02 \x01(\x0b\x32\x17.fedgrpc.v1.RoundClosedH\x00\x12*\n\theartbeat\x18\x03 \x01(\x0b\x32\x15.fedgrpc.v1.HeartbeatH\x00\x12.\n\x08shutdown\x18\x04 \x01(\x0b\x32\x1a.fedgrpc.v1.ShutdownNoticeH\x00\x12\x34\n\x0csecagg_setup\x18\x05 \x01(\x0b\x32\x1c.fedgrpc.v1.SecAggRoundSetupH\x00\x12\x35\n\x0bsecagg_keys\x18\x06 \x01(\x0b\x32\x1e.fedgrpc.v1.SecAggKeyDirectoryH\x00\x12\x34\n\x0csecagg_inbox\x18\x07 \x01(\x0b\x32\x1c.fedgrpc.v1.SecAggShareInboxH\x00\x12:\n\x10secagg_survivors\x18\x08 \x01(\x0b\x32\x1e.fedgrpc.v1.SecAggSurvivorListH\x00\x12@\n\x15secagg_unmask_request\x18\t \x01(\x0b\x32\x1f.fedgrpc.v1.SecAggUnmaskRequestH\x00\x12\x37\n\x10secagg_rejection\x18\n \x01(\x0b\x32\x1b.fedgrpc.v1.SecAggRejectionH\x00\x42\x07\n\x05\x65vent\"z\n\x0cRoundStarted\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x04\x12\x17\n\x0f\x64\x65\x61\x64line_unix_s\x18\x03 \x01(\x01\x12\x13\n\x0bround_nonce\x18\x04 \x01(\x0c\x12\x14\n\x0cnot_selected\x18\x05 \x01(\x08\"\x86\x01\n\x0bRoundClosed\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12)\n\x07outcome\x18\x02 \x01(\x0e\x32\x18.fedgrpc.v1.RoundOutcome\x12\x15\n\rmodel_version\x18\x03 \x01(\x04\x12\x13\n\x0bnum_updates\x18\x04 \x01(\r\x12\x0e\n\x06reason\x18\x05 \x01(\t\" \n\x0eShutdownNotice\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x9d\x01\n\x11PushUpdateRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedgrpc.v1.UpdateHeaderH\x00\x12(\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x17.fedgrpc.v1.UpdateChunkH\x00\x12*\n\x06\x63ommit\x18\x03 \x01(\x0b\x32\x18.fedgrpc.v1.UpdateCommitH\x00\x42\x06\n\x04part\"\xad\x02\n\x0cUpdateHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\x0c\x12\x10\n\x08round_id\x18\x03 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x04 \x01(\x04\x12$\n\x04kind\x18\x05 \x01(\x0e\x32\x16.fedgrpc.v1.UpdateKind\x12 \n\x05\x63odec\x18\x06 \x01(\x0e\x32\x11.fedgrpc.v1.Codec\x12\x17\n\x0fnum_coordinates\x18\x07 \x01(\x04\x12\x13\n\x0bnum_samples\x18\x08 \x01(\x04\x12\x12\n\ntrain_loss\x18\t \x01(\x02\x12\x13\n\x0bround_nonce\x18\n \x01(\x0c\x12\x19\n\x11\x62\x61se_model_sha256\x18\x0b \x01(\x0c\x12\x11\n\tsignature\x18\x0c \x01(\x0c\"\x8a\x01\n\x0bUpdateChunk\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x16\n\x0epayload_sha256\x18\x05 \x01(\x0c\x12\x13\n\x0bprev_sha256\x18\x06 \x01(\x0c\x12\x11\n\tsignature\x18\x07 \x01(\x0c\"K\n\x0cUpdateCommit\x12\x12\n\nnum_chunks\x18\x01 \x01(\x04\x12\x14\n\x0c\x63hain_sha256\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"o\n\x12PushUpdateResponse\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x18\n\x10updates_in_round\x18\x02 \x01(\r\x12\x16\n\x0e\x62ytes_received\x18\x03 \x01(\x04\x12\x15\n\rupdate_sha256\x18\x04 \x01(\x0c\"Q\n\x10PullModelRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\x0c\x12\x13\n\x0bmin_version\x18\x03 \x01(\x04\"o\n\x11PullModelResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.fedgrpc.v1.ModelHeaderH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.fedgrpc.v1.ModelChunkH\x00\x42\x06\n\x04part\"\x91\x01\n\x0bModelHeader\x12\x15\n\rmodel_version\x18\x01 \x01(\x04\x12\x10\n\x08round_id\x18\x02 \x01(\x04\x12\x19\n\x11model_spec_digest\x18\x03 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x16\n\x0eweights_sha256\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"*\n\nModelChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c*c\n\x0cRoundOutcome\x12\x1d\n\x19ROUND_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15ROUND_OUTCOME_APPLIED\x10\x01\x12\x19\n\x15ROUND_OUTCOME_SKIPPED\x10\x02*k\n\nUpdateKind\x12\x1b\n\x17UPDATE_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1bUPDATE_KIND_PSEUDO_GRADIENT\x10\x01\x12\x1f\n\x1bUPDATE_KIND_INITIAL_WEIGHTS\x10\x02\x32\x91\x03\n\x12\x43oordinatorService\x12]\n\x10GetJoinChallenge\x12#.fedgrpc.v1.GetJoinChallengeRequest\x1a$.fedgrpc.v1.GetJoinChallengeResponse\x12\x39\n\x04Join\x12\x17.fedgrpc.v1.JoinRequest\x1a\x18.fedgrpc.v1.JoinResponse\x12\x46\n\x07Session\x12\x1a.fedgrpc.v1.SessionRequest\x1a\x1b.fedgrpc.v1.SessionResponse(\x01\x30\x01\x12M\n\nPushUpdate\x12\x1d.fedgrpc.v1.PushUpdateRequest\x1a\x1e.fedgrpc.v1.PushUpdateResponse(\x01\x12J\n\tPullModel\x12\x1c.fedgrpc.v1.PullModelRequest\x1a\x1d.fedgrpc.v1.PullModelResponse0\x01\x42\x8a\x01\n\x0e\x64\x65v.fedgrpc.v1B\x10\x43oordinatorProtoP\x01Z6github.com/fedgrpc/fedgrpc/gen/go/fedgrpc/v1;fedgrpcv1\xa2\x02\x03\x46GR\xaa\x02\nFedgrpc.V1\xca\x02\nFedgrpc\\V1\xea\x02\x0b\x46\x65\x64grpc::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64grpc/v1/coordinator.proto\x12\nfedgrpc.v1\x1a\x17\x66\x65\x64grpc/v1/common.proto\x1a#fedgrpc/v1/secure_aggregation.proto\"\x19\n\x17GetJoinChallengeRequest\"\x85\x01\n\x18GetJoinChallengeResponse\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x34\n\x0f\x63oordinator_key\x18\x03 \x01(\x0b\x32\x1b.fedgrpc.v1.PublicKeyRecord\x12\x14\n\x0c\x65xpires_in_s\x18\x04 \x01(\x01\"\xbc\x02\n\x0bJoinRequest\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\x12)\n\nmodel_spec\x18\x02 \x01(\x0b\x32\x15.fedgrpc.v1.ModelSpec\x12+\n\x10supported_codecs\x18\x03 \x03(\x0e\x32\x11.fedgrpc.v1.Codec\x12\x13\n\x0binner_steps\x18\x04 \x01(\r\x12\x17\n\x0flibrary_version\x18\x05 \x01(\t\x12\x30\n\x0frequested_codec\x18\x06 \x01(\x0b\x32\x17.fedgrpc.v1.CodecParams\x12/\n\nclient_key\x18\x07 \x01(\x0b\x32\x1b.fedgrpc.v1.PublicKeyRecord\x12\x17\n\x0f\x63hallenge_nonce\x18\x08 \x01(\x0c\x12\x16\n\x0ejoin_signature\x18\t \x01(\x0c\"\xfc\x02\n\x0cJoinResponse\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\x0c\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12-\n\x0cround_config\x18\x04 \x01(\x0b\x32\x17.fedgrpc.v1.RoundConfig\x12)\n\nmodel_spec\x18\x05 \x01(\x0b\x32\x15.fedgrpc.v1.ModelSpec\x12\x15\n\rcurrent_round\x18\x06 \x01(\x04\x12\x15\n\rmodel_version\x18\x07 \x01(\x04\x12\x12\n\nseed_model\x18\x08 \x01(\x08\x12\x34\n\x0f\x63oordinator_key\x18\t \x01(\x0b\x32\x1b.fedgrpc.v1.PublicKeyRecord\x12\x13\n\x0bround_nonce\x18\n \x01(\x0c\x12\x19\n\x11last_update_round\x18\x0b \x01(\x04\x12\x1a\n\x12last_applied_round\x18\x0c \x01(\x04\x12\x14\n\x0crun_finished\x18\x14 \x01(\x08\"\x90\x03\n\x0eSessionRequest\x12\'\n\x04open\x18\x01 \x01(\x0b\x32\x17.fedgrpc.v1.SessionOpenH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.fedgrpc.v1.HeartbeatH\x00\x12)\n\x05leave\x18\x03 \x01(\x0b\x32\x18.fedgrpc.v1.SessionLeaveH\x00\x12;\n\x10secagg_advertise\x18\x04 \x01(\x0b\x32\x1f.fedgrpc.v1.SecAggAdvertiseKeysH\x00\x12\x37\n\rsecagg_shares\x18\x05 \x01(\x0b\x32\x1e.fedgrpc.v1.SecAggSharePackageH\x00\x12\x44\n\x12secagg_consistency\x18\x06 \x01(\x0b\x32&.fedgrpc.v1.SecAggConsistencySignatureH\x00\x12\x39\n\rsecagg_unmask\x18\x07 \x01(\x0b\x32 .fedgrpc.v1.SecAggUnmaskResponseH\x00\x42\x07\n\x05\x65vent\"7\n\x0bSessionOpen\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\x0c\" \n\tHeartbeat\x12\x13\n\x0bsent_unix_s\x18\x01 \x01(\x01\"-\n\x0cSessionLeave\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05\x66inal\x18\x02 \x01(\x08\"\xb4\x04\n\x0fSessionResponse\x12\x31\n\rround_started\x18\x01 \x01(\x0b\x32\x18.fedgrpc.v1.RoundStartedH\x00\x12/\n\x0cround_closed\x18\x02 \x01(\x0b\x32\x17.fedgrpc.v1.RoundClosedH\x00\x12*\n\theartbeat\x18\x03 \x01(\x0b\x32\x15.fedgrpc.v1.HeartbeatH\x00\x12.\n\x08shutdown\x18\x04 \x01(\x0b\x32\x1a.fedgrpc.v1.ShutdownNoticeH\x00\x12\x34\n\x0csecagg_setup\x18\x05 \x01(\x0b\x32\x1c.fedgrpc.v1.SecAggRoundSetupH\x00\x12\x35\n\x0bsecagg_keys\x18\x06 \x01(\x0b\x32\x1e.fedgrpc.v1.SecAggKeyDirectoryH\x00\x12\x34\n\x0csecagg_inbox\x18\x07 \x01(\x0b\x32\x1c.fedgrpc.v1.SecAggShareInboxH\x00\x12:\n\x10secagg_survivors\x18\x08 \x01(\x0b\x32\x1e.fedgrpc.v1.SecAggSurvivorListH\x00\x12@\n\x15secagg_unmask_request\x18\t \x01(\x0b\x32\x1f.fedgrpc.v1.SecAggUnmaskRequestH\x00\x12\x37\n\x10secagg_rejection\x18\n \x01(\x0b\x32\x1b.fedgrpc.v1.SecAggRejectionH\x00\x42\x07\n\x05\x65vent\"z\n\x0cRoundStarted\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x04\x12\x17\n\x0f\x64\x65\x61\x64line_unix_s\x18\x03 \x01(\x01\x12\x13\n\x0bround_nonce\x18\x04 \x01(\x0c\x12\x14\n\x0cnot_selected\x18\x05 \x01(\x08\"\x9c\x01\n\x0bRoundClosed\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12)\n\x07outcome\x18\x02 \x01(\x0e\x32\x18.fedgrpc.v1.RoundOutcome\x12\x15\n\rmodel_version\x18\x03 \x01(\x04\x12\x13\n\x0bnum_updates\x18\x04 \x01(\r\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x14\n\x0crun_finished\x18\x14 \x01(\x08\" \n\x0eShutdownNotice\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x9d\x01\n\x11PushUpdateRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedgrpc.v1.UpdateHeaderH\x00\x12(\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x17.fedgrpc.v1.UpdateChunkH\x00\x12*\n\x06\x63ommit\x18\x03 \x01(\x0b\x32\x18.fedgrpc.v1.UpdateCommitH\x00\x42\x06\n\x04part\"\xad\x02\n\x0cUpdateHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\x0c\x12\x10\n\x08round_id\x18\x03 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x04 \x01(\x04\x12$\n\x04kind\x18\x05 \x01(\x0e\x32\x16.fedgrpc.v1.UpdateKind\x12 \n\x05\x63odec\x18\x06 \x01(\x0e\x32\x11.fedgrpc.v1.Codec\x12\x17\n\x0fnum_coordinates\x18\x07 \x01(\x04\x12\x13\n\x0bnum_samples\x18\x08 \x01(\x04\x12\x12\n\ntrain_loss\x18\t \x01(\x02\x12\x13\n\x0bround_nonce\x18\n \x01(\x0c\x12\x19\n\x11\x62\x61se_model_sha256\x18\x0b \x01(\x0c\x12\x11\n\tsignature\x18\x0c \x01(\x0c\"\x8a\x01\n\x0bUpdateChunk\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x16\n\x0epayload_sha256\x18\x05 \x01(\x0c\x12\x13\n\x0bprev_sha256\x18\x06 \x01(\x0c\x12\x11\n\tsignature\x18\x07 \x01(\x0c\"K\n\x0cUpdateCommit\x12\x12\n\nnum_chunks\x18\x01 \x01(\x04\x12\x14\n\x0c\x63hain_sha256\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"o\n\x12PushUpdateResponse\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x18\n\x10updates_in_round\x18\x02 \x01(\r\x12\x16\n\x0e\x62ytes_received\x18\x03 \x01(\x04\x12\x15\n\rupdate_sha256\x18\x04 \x01(\x0c\"Q\n\x10PullModelRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\x0c\x12\x13\n\x0bmin_version\x18\x03 \x01(\x04\"o\n\x11PullModelResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.fedgrpc.v1.ModelHeaderH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.fedgrpc.v1.ModelChunkH\x00\x42\x06\n\x04part\"\x91\x01\n\x0bModelHeader\x12\x15\n\rmodel_version\x18\x01 \x01(\x04\x12\x10\n\x08round_id\x18\x02 \x01(\x04\x12\x19\n\x11model_spec_digest\x18\x03 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x16\n\x0eweights_sha256\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"*\n\nModelChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c*c\n\x0cRoundOutcome\x12\x1d\n\x19ROUND_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15ROUND_OUTCOME_APPLIED\x10\x01\x12\x19\n\x15ROUND_OUTCOME_SKIPPED\x10\x02*k\n\nUpdateKind\x12\x1b\n\x17UPDATE_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1bUPDATE_KIND_PSEUDO_GRADIENT\x10\x01\x12\x1f\n\x1bUPDATE_KIND_INITIAL_WEIGHTS\x10\x02\x32\x91\x03\n\x12\x43oordinatorService\x12]\n\x10GetJoinChallenge\x12#.fedgrpc.v1.GetJoinChallengeRequest\x1a$.fedgrpc.v1.GetJoinChallengeResponse\x12\x39\n\x04Join\x12\x17.fedgrpc.v1.JoinRequest\x1a\x18.fedgrpc.v1.JoinResponse\x12\x46\n\x07Session\x12\x1a.fedgrpc.v1.SessionRequest\x1a\x1b.fedgrpc.v1.SessionResponse(\x01\x30\x01\x12M\n\nPushUpdate\x12\x1d.fedgrpc.v1.PushUpdateRequest\x1a\x1e.fedgrpc.v1.PushUpdateResponse(\x01\x12J\n\tPullModel\x12\x1c.fedgrpc.v1.PullModelRequest\x1a\x1d.fedgrpc.v1.PullModelResponse0\x01\x42\x8a\x01\n\x0e\x64\x65v.fedgrpc.v1B\x10\x43oordinatorProtoP\x01Z6github.com/fedgrpc/fedgrpc/gen/go/fedgrpc/v1;fedgrpcv1\xa2\x02\x03\x46GR\xaa\x02\nFedgrpc.V1\xca\x02\nFedgrpc\\V1\xea\x02\x0b\x46\x65\x64grpc::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +34,10 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedgrpc.v1.coordinator_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.fedgrpc.v1B\020CoordinatorProtoP\001Z6github.com/fedgrpc/fedgrpc/gen/go/fedgrpc/v1;fedgrpcv1\242\002\003FGR\252\002\nFedgrpc.V1\312\002\nFedgrpc\\V1\352\002\013Fedgrpc::V1'
-  _globals['_ROUNDOUTCOME']._serialized_start=3535
-  _globals['_ROUNDOUTCOME']._serialized_end=3634
-  _globals['_UPDATEKIND']._serialized_start=3636
-  _globals['_UPDATEKIND']._serialized_end=3743
+  _globals['_ROUNDOUTCOME']._serialized_start=3579
+  _globals['_ROUNDOUTCOME']._serialized_end=3678
+  _globals['_UPDATEKIND']._serialized_start=3680
+  _globals['_UPDATEKIND']._serialized_end=3787
   _globals['_GETJOINCHALLENGEREQUEST']._serialized_start=106
   _globals['_GETJOINCHALLENGEREQUEST']._serialized_end=131
   _globals['_GETJOINCHALLENGERESPONSE']._serialized_start=134
@@ -45,41 +45,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOINREQUEST']._serialized_start=270
   _globals['_JOINREQUEST']._serialized_end=586
   _globals['_JOINRESPONSE']._serialized_start=589
-  _globals['_JOINRESPONSE']._serialized_end=947
-  _globals['_SESSIONREQUEST']._serialized_start=950
-  _globals['_SESSIONREQUEST']._serialized_end=1350
-  _globals['_SESSIONOPEN']._serialized_start=1352
-  _globals['_SESSIONOPEN']._serialized_end=1407
-  _globals['_HEARTBEAT']._serialized_start=1409
-  _globals['_HEARTBEAT']._serialized_end=1441
-  _globals['_SESSIONLEAVE']._serialized_start=1443
-  _globals['_SESSIONLEAVE']._serialized_end=1488
-  _globals['_SESSIONRESPONSE']._serialized_start=1491
-  _globals['_SESSIONRESPONSE']._serialized_end=2055
-  _globals['_ROUNDSTARTED']._serialized_start=2057
-  _globals['_ROUNDSTARTED']._serialized_end=2179
-  _globals['_ROUNDCLOSED']._serialized_start=2182
-  _globals['_ROUNDCLOSED']._serialized_end=2316
-  _globals['_SHUTDOWNNOTICE']._serialized_start=2318
-  _globals['_SHUTDOWNNOTICE']._serialized_end=2350
-  _globals['_PUSHUPDATEREQUEST']._serialized_start=2353
-  _globals['_PUSHUPDATEREQUEST']._serialized_end=2510
-  _globals['_UPDATEHEADER']._serialized_start=2513
-  _globals['_UPDATEHEADER']._serialized_end=2814
-  _globals['_UPDATECHUNK']._serialized_start=2817
-  _globals['_UPDATECHUNK']._serialized_end=2955
-  _globals['_UPDATECOMMIT']._serialized_start=2957
-  _globals['_UPDATECOMMIT']._serialized_end=3032
-  _globals['_PUSHUPDATERESPONSE']._serialized_start=3034
-  _globals['_PUSHUPDATERESPONSE']._serialized_end=3145
-  _globals['_PULLMODELREQUEST']._serialized_start=3147
-  _globals['_PULLMODELREQUEST']._serialized_end=3228
-  _globals['_PULLMODELRESPONSE']._serialized_start=3230
-  _globals['_PULLMODELRESPONSE']._serialized_end=3341
-  _globals['_MODELHEADER']._serialized_start=3344
-  _globals['_MODELHEADER']._serialized_end=3489
-  _globals['_MODELCHUNK']._serialized_start=3491
-  _globals['_MODELCHUNK']._serialized_end=3533
-  _globals['_COORDINATORSERVICE']._serialized_start=3746
-  _globals['_COORDINATORSERVICE']._serialized_end=4147
+  _globals['_JOINRESPONSE']._serialized_end=969
+  _globals['_SESSIONREQUEST']._serialized_start=972
+  _globals['_SESSIONREQUEST']._serialized_end=1372
+  _globals['_SESSIONOPEN']._serialized_start=1374
+  _globals['_SESSIONOPEN']._serialized_end=1429
+  _globals['_HEARTBEAT']._serialized_start=1431
+  _globals['_HEARTBEAT']._serialized_end=1463
+  _globals['_SESSIONLEAVE']._serialized_start=1465
+  _globals['_SESSIONLEAVE']._serialized_end=1510
+  _globals['_SESSIONRESPONSE']._serialized_start=1513
+  _globals['_SESSIONRESPONSE']._serialized_end=2077
+  _globals['_ROUNDSTARTED']._serialized_start=2079
+  _globals['_ROUNDSTARTED']._serialized_end=2201
+  _globals['_ROUNDCLOSED']._serialized_start=2204
+  _globals['_ROUNDCLOSED']._serialized_end=2360
+  _globals['_SHUTDOWNNOTICE']._serialized_start=2362
+  _globals['_SHUTDOWNNOTICE']._serialized_end=2394
+  _globals['_PUSHUPDATEREQUEST']._serialized_start=2397
+  _globals['_PUSHUPDATEREQUEST']._serialized_end=2554
+  _globals['_UPDATEHEADER']._serialized_start=2557
+  _globals['_UPDATEHEADER']._serialized_end=2858
+  _globals['_UPDATECHUNK']._serialized_start=2861
+  _globals['_UPDATECHUNK']._serialized_end=2999
+  _globals['_UPDATECOMMIT']._serialized_start=3001
+  _globals['_UPDATECOMMIT']._serialized_end=3076
+  _globals['_PUSHUPDATERESPONSE']._serialized_start=3078
+  _globals['_PUSHUPDATERESPONSE']._serialized_end=3189
+  _globals['_PULLMODELREQUEST']._serialized_start=3191
+  _globals['_PULLMODELREQUEST']._serialized_end=3272
+  _globals['_PULLMODELRESPONSE']._serialized_start=3274
+  _globals['_PULLMODELRESPONSE']._serialized_end=3385
+  _globals['_MODELHEADER']._serialized_start=3388
+  _globals['_MODELHEADER']._serialized_end=3533
+  _globals['_MODELCHUNK']._serialized_start=3535
+  _globals['_MODELCHUNK']._serialized_end=3577
+  _globals['_COORDINATORSERVICE']._serialized_start=3790
+  _globals['_COORDINATORSERVICE']._serialized_end=4191
 # @@protoc_insertion_point(module_scope)

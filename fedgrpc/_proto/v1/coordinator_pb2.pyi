@@ -236,6 +236,7 @@ class JoinResponse(_message.Message):
     ROUND_NONCE_FIELD_NUMBER: _builtins.int
     LAST_UPDATE_ROUND_FIELD_NUMBER: _builtins.int
     LAST_APPLIED_ROUND_FIELD_NUMBER: _builtins.int
+    RUN_FINISHED_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """Id the coordinator assigned to this client; stable for the connection."""
     session_token: _builtins.bytes
@@ -265,6 +266,11 @@ class JoinResponse(_message.Message):
     last_update_round == last_applied_round: that update counted; a higher
     last_update_round: it is in a round still open, or one that was skipped.
     """
+    run_finished: _builtins.bool
+    """The run already finished (its last round, max_rounds, closed): no round
+    opens again. The client may pull the final model (model_version) and
+    must push nothing. (Numbered apart from neighbouring additions.)
+    """
     @_builtins.property
     def round_config(self) -> _common_pb2.RoundConfig:
         """The round configuration every client follows."""
@@ -292,10 +298,11 @@ class JoinResponse(_message.Message):
         round_nonce: _builtins.bytes = ...,
         last_update_round: _builtins.int = ...,
         last_applied_round: _builtins.int = ...,
+        run_finished: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["coordinator_key", b"coordinator_key", "model_spec", b"model_spec", "round_config", b"round_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "coordinator_key", b"coordinator_key", "current_round", b"current_round", "last_applied_round", b"last_applied_round", "last_update_round", b"last_update_round", "model_spec", b"model_spec", "model_version", b"model_version", "round_config", b"round_config", "round_nonce", b"round_nonce", "run_id", b"run_id", "seed_model", b"seed_model", "session_token", b"session_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "coordinator_key", b"coordinator_key", "current_round", b"current_round", "last_applied_round", b"last_applied_round", "last_update_round", b"last_update_round", "model_spec", b"model_spec", "model_version", b"model_version", "round_config", b"round_config", "round_nonce", b"round_nonce", "run_finished", b"run_finished", "run_id", b"run_id", "seed_model", b"seed_model", "session_token", b"session_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -582,6 +589,7 @@ class RoundClosed(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     NUM_UPDATES_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    RUN_FINISHED_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     """The round that closed."""
     outcome: Global___RoundOutcome.ValueType
@@ -592,6 +600,11 @@ class RoundClosed(_message.Message):
     """Number of updates averaged."""
     reason: _builtins.str
     """Human-readable detail (for skipped rounds: why)."""
+    run_finished: _builtins.bool
+    """This was the run's last round (max_rounds): no round follows. Clients
+    pull the final model if it was applied, then stop; the coordinator
+    exits once they left. (Numbered apart from neighbouring additions.)
+    """
     def __init__(
         self,
         *,
@@ -600,10 +613,11 @@ class RoundClosed(_message.Message):
         model_version: _builtins.int = ...,
         num_updates: _builtins.int = ...,
         reason: _builtins.str = ...,
+        run_finished: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version", "num_updates", b"num_updates", "outcome", b"outcome", "reason", b"reason", "round_id", b"round_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version", "num_updates", b"num_updates", "outcome", b"outcome", "reason", b"reason", "round_id", b"round_id", "run_finished", b"run_finished"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

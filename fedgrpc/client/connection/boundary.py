@@ -26,7 +26,12 @@ from fedgrpc.client.connection.join import (
 from fedgrpc.client.connection.link import Attach, CoordinatorLink
 from fedgrpc.client.connection.pull import PulledModel
 from fedgrpc.client.connection.push import PushResult, UpdateEncoder, UpdateMeta
-from fedgrpc.client.connection.round_tracker import RoundEnd, RoundStart, StaleBase
+from fedgrpc.client.connection.round_tracker import (
+    RoundEnd,
+    RoundStart,
+    RunFinished,
+    StaleBase,
+)
 from fedgrpc.client.connection.session import LEAVE_TIMEOUT_S
 from fedgrpc.config import ClientConfig
 from fedgrpc.domain.model_spec import ModelSpec
@@ -267,7 +272,7 @@ class Connection:
 
     def wait_round_open(
         self, base_version: int, wait_s: float, *, span: bool = False
-    ) -> RoundStart | StaleBase:
+    ) -> RoundStart | StaleBase | RunFinished:
         """See `RoundTracker.wait_round_open`."""
         waiting = self.link.tracker.wait_round_open(base_version, wait_s, span=span)
         return call(self._loop, waiting, wait_s)

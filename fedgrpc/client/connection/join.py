@@ -162,6 +162,8 @@ class Federation:
     """Round our last update was committed to, as the coordinator recorded it."""
     last_applied_round: int = 0
     """Last round applied with our update in its mean."""
+    run_finished: bool = False
+    """The run already ended (`max_rounds`): pull the final model, push nothing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +241,7 @@ def federation_from(
         heartbeat_interval_s=round_config.heartbeat_interval_s,
         last_update_round=response.last_update_round,
         last_applied_round=response.last_applied_round,
+        run_finished=response.run_finished,
     )
 
 

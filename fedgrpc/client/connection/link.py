@@ -178,6 +178,7 @@ class CoordinatorLink:
         federation = federation_from(response, coordinator)
         self.credentials = Credentials(response.client_id, response.session_token)
         self.tracker.model_version = response.model_version
+        self.tracker.run_finished = response.run_finished
         self.federation = federation
         return federation
 

@@ -43,6 +43,16 @@ class RoundEnd:
     model_version: int
     num_updates: int
     reason: str
+    run_finished: bool = False
+    """The run's last round (`max_rounds`): no round opens after it."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    """The run ended (its last round closed): no round will open again."""
+
+    model_version: int
+    """The final model's version."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +78,8 @@ class RoundTracker:
         """Newest global model version announced (RoundStarted base or APPLIED)."""
         self.shutdown_reason: str | None = None
         self.failure: FedGrpcError | None = None
+        self.run_finished = False
+        """A RoundClosed (or Join) said the run's last round closed."""
 
     async def record_started(self, event: RoundStart) -> None:
         """Note a RoundStarted; its base version is the current model."""
@@ -84,6 +96,7 @@ class RoundTracker:
                 del self.closed[min(self.closed)]
             if event.outcome == "applied":
                 self.model_version = max(self.model_version, event.model_version)
+            self.run_finished = self.run_finished or event.run_finished
             self._changed.notify_all()
 
     async def record_shutdown(self, reason: str) -> None:
@@ -107,7 +120,7 @@ class RoundTracker:
 
     async def wait_round_open(
         self, base_version: int, timeout_s: float, *, span: bool = False
-    ) -> RoundStart | StaleBase:
+    ) -> RoundStart | StaleBase | RunFinished:
         """Wait for an open round based on `base_version`, or learn we are stale.
 
         `span`: we sat out rounds (client selection), so an open round on a
@@ -115,21 +128,24 @@ class RoundTracker:
 
         Returns:
             The open round, or `StaleBase` when a round newer than
-            `base_version` was applied (the caller must pull before pushing).
+            `base_version` was applied (the caller must pull before pushing),
+            or `RunFinished` once the run ended and we hold its final model.
 
         Raises:
             CoordinatorUnavailableError: timeout, or the stream broke.
             ShuttingDownError: the coordinator announced shutdown.
         """
 
-        def ready() -> RoundStart | StaleBase | None:
+        def ready() -> RoundStart | StaleBase | RunFinished | None:
             current = self.open_round()
             if span and current is not None and current.base_version >= base_version:
                 return current
-            if span and self.model_version > base_version:
+            if span and self.model_version > base_version and not self.run_finished:
                 return None  # a round is being applied: wait for the next one
             if self.model_version > base_version:
                 return StaleBase(self.model_version)
+            if self.run_finished:
+                return RunFinished(self.model_version)
             if current is not None and current.base_version == base_version:
                 return current
             return None

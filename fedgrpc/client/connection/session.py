@@ -54,6 +54,7 @@ def round_end_from_proto(event: coordinator_pb2.RoundClosed) -> RoundEnd:
         model_version=event.model_version,
         num_updates=event.num_updates,
         reason=event.reason,
+        run_finished=event.run_finished,
     )
 
 

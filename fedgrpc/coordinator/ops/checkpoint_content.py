@@ -81,8 +81,7 @@ def capture(engine: RoundEngine, registry: ClientRegistry, totals: Totals) -> Sn
     spec, master = model.require_spec(), model.require_master()
     published = model.published
     assert published is not None  # seeded: `require_master` passed
-    current = engine.current
-    last_closed = current.round_id - 1 if current is not None else 0
+    last_closed = engine.last_closed_round
     scalars, tensors = _split_optimizer_state(model.optimizer.state_dict())
     state = {
         "fedgrpc_version": __version__,

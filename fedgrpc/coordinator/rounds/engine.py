@@ -9,8 +9,10 @@ Cycle: WAITING_FOR_MODEL until one client seeds the initial weights, then
 COLLECTING round r (base version v) until every connected client committed
 (and at least `min_clients` did) or the deadline passes (`round_timeout_s`
 after the first commit), then APPLYING: mean, outer step, version v+1,
-publish; then round r+1 opens at once. A round with fewer than `min_clients`
-updates at its deadline is SKIPPED and the weights stay as they are.
+publish; then round r+1 opens at once, unless r was the run's last
+(`max_rounds`): then FINISHED, and no round opens again. A round with fewer
+than `min_clients` updates at its deadline is SKIPPED and the weights stay
+as they are.
 
 The stages come from one seam, `RoundStages` (`strategy.pipeline`): each
 round opens one Accumulator on its first chunk, and `apply` asks the
@@ -33,6 +35,7 @@ quorum, the result it leaves).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -59,6 +62,7 @@ from fedgrpc.coordinator.strategy.wiring import (
     build_outer,
     build_round_stages,
 )
+from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.domain.requests import UpdateHeaderInfo
 from fedgrpc.errors import InvalidUpdateError, WrongRoundError
 
@@ -99,6 +103,17 @@ class RoundEngine:
         rounds its client sat out signs as its base (`participants`)."""
         self._spare_sum: torch.Tensor | None = None
         """Last round's sum buffer, zeroed: reused so no round faults in a new one."""
+
+    def adopt_spec(self, spec: ModelSpec) -> bool:
+        """A joiner's spec (`GlobalModel.adopt_spec`); True if the model now exists.
+
+        When the initial weights came from a file, that happens at the first
+        Join, and round 1 opens at once.
+        """
+        created = self.model.adopt_spec(spec)
+        if created:
+            self._open_round()
+        return created
 
     # -- updates ---------------------------------------------------------------
 
@@ -310,9 +325,34 @@ class RoundEngine:
                 chosen.last_selected_round = closing.round_id
         version, now = self.model.version, self.clock()
         result = rules.round_result(closing, self.config, applied, reason, version, now)
+        if self.is_last_round(closing.round_id):
+            result = dataclasses.replace(result, run_finished=True)
         self.history.append(result)
-        self._open_round()
+        if result.run_finished:
+            self._finish()
+        else:
+            self._open_round()
         return result
+
+    def is_last_round(self, round_id: int) -> bool:
+        """True if closing `round_id` ends the run (`max_rounds`; 0: never)."""
+        return 0 < self.config.max_rounds <= round_id
+
+    @property
+    def last_closed_round(self) -> int:
+        """The newest closed round's id (0: none yet); ids are consecutive."""
+        if self.current is not None:
+            return self.current.round_id - 1
+        return self._next_round_id - 1
+
+    @property
+    def finished(self) -> bool:
+        """The run's last round closed: the published model is final."""
+        return self.phase is Phase.FINISHED
+
+    def _finish(self) -> None:
+        self.current = None
+        self.phase = Phase.FINISHED
 
     # -- helpers ---------------------------------------------------------------
 
@@ -328,7 +368,10 @@ class RoundEngine:
         """
         self.history.extend(history)
         self._next_round_id = last_closed + 1
-        self._open_round()
+        if self.is_last_round(last_closed):  # restarted after the run finished
+            self._finish()
+        else:
+            self._open_round()
 
     def _open_round(self) -> None:
         published = self.model.published

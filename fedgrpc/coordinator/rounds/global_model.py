@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 
 from fedgrpc.config import CoordinatorConfig
+from fedgrpc.coordinator.rounds.initial_model import InitialModel
 from fedgrpc.coordinator.rounds.records import PublishedModel
 from fedgrpc.coordinator.strategy.wiring import build_outer
 from fedgrpc.domain.model_spec import DType, ModelSpec
@@ -46,21 +47,36 @@ class GlobalModel:
         """Applied rounds so far (0: the initial weights)."""
         self.optimizer: OuterOptimizer = optimizer or build_outer(config)
         self._seeder: tuple[str, float] | None = None
+        self.initial: InitialModel | None = None
+        """Weights from `init_model`, laid out at the first Join (`initial_model`)."""
         self._update_norms: deque[float] = deque(maxlen=GUARD_HISTORY_ROUNDS)
 
-    def adopt_spec(self, spec: ModelSpec) -> None:
-        """Check a joiner's model; the first spec defines the federation.
+    def adopt_spec(self, spec: ModelSpec) -> bool:
+        """Check a joiner's model; the first spec defines the federation's layout.
+
+        With initial weights from a file, the first spec must match them by
+        name, and the weights become version 0 in its layout. True if that
+        just happened (the model exists now).
 
         Raises:
             InvalidUpdateError: the model has no elements to average.
-            ModelMismatchError: the spec differs from the federation's.
+            ModelMismatchError: the spec differs from the federation's (or
+                the initial model's), naming the first differing tensor.
         """
         if spec.num_coordinates == 0:
             raise InvalidUpdateError("the model's parameters have no elements")
-        if self.spec is None:
-            self.spec = spec
-        else:
+        if self.spec is not None:
             spec.check_same_as(self.spec)
+            return False
+        initial = self.initial
+        if initial is not None:
+            initial.check_matches(spec)
+        self.spec = spec
+        if initial is None:
+            return False
+        self.initial = None
+        self.seed(initial.coordinates(spec))
+        return True
 
     def claim_seeding(self, client_id: str) -> bool:
         """True if `client_id` must upload the initial weights.

@@ -61,6 +61,8 @@ class Phase(enum.Enum):
     COLLECTING = "collecting"
     APPLYING = "applying"
     STOPPING = "stopping"
+    FINISHED = "finished"
+    """Round `max_rounds` closed: no round opens again; the model is final."""
 
 
 class Outcome(enum.Enum):
@@ -162,3 +164,5 @@ class RoundResult:
     """
     selected: tuple[str, ...] = ()
     """Clients the Selector chose (empty with selection `all`)."""
+    run_finished: bool = False
+    """This was the run's last round (`max_rounds`); clients stop after it."""

@@ -98,6 +98,11 @@ def collecting_round(phase: Phase, current: OpenRound | None) -> OpenRound:
     Raises:
         WrongRoundError: no round is collecting.
     """
+    if phase is Phase.FINISHED:
+        raise WrongRoundError(
+            "the run finished (max_rounds reached); no round takes updates "
+            "any more: pull the final model"
+        )
     if phase is not Phase.COLLECTING or current is None:
         raise WrongRoundError(
             f"no round is collecting updates (phase {phase.value}); "

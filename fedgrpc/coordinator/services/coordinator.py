@@ -128,6 +128,7 @@ def round_closed_to_proto(result: RoundResult) -> pb.RoundClosed:
         model_version=result.model_version,
         num_updates=result.num_updates,
         reason=result.reason,
+        run_finished=result.run_finished,
     )
 
 
@@ -178,6 +179,7 @@ class CoordinatorServicer:
                 round_nonce=joined.round_nonce,
                 last_update_round=joined.client.last_round,
                 last_applied_round=joined.client.last_applied_round,
+                run_finished=joined.run_finished,
             )
 
         return await status.unary(context, body)

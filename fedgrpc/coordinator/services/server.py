@@ -49,6 +49,8 @@ from fedgrpc.wire.frames import decode_push_request, lenient, serialize_or_pass
 log = get_logger(__name__)
 SHUTDOWN_GRACE_S = 5.0
 """Seconds in-flight calls get to finish after SIGTERM."""
+SHUTDOWN_REASON = "coordinator shutting down"
+"""What sessions are told when the coordinator stops for any other reason."""
 CALLS_PER_CLIENT = 4
 """New calls one client can start at once: Session, PushUpdate, PullModel, Join."""
 GRPC_PENDING_CALLS_DEFAULT = 1000
@@ -69,7 +71,9 @@ class RunningCoordinator:
     """host:port actually bound (the real port when `listen` asked for 0)."""
     health_servicer: health.aio.HealthServicer
 
-    async def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+    async def stop(
+        self, grace_s: float = SHUTDOWN_GRACE_S, reason: str | None = None
+    ) -> None:
         """Drain: health NOT_SERVING, tell clients, end calls, checkpoint, close.
 
         A round being applied finishes (with its checkpoint); an open round
@@ -78,7 +82,7 @@ class RunningCoordinator:
         """
         log.info("coordinator_stopping", address=self.address)
         await self.health_servicer.enter_graceful_shutdown()
-        await self.runtime.stop()
+        await self.runtime.stop(reason or SHUTDOWN_REASON)
         await self.server.stop(grace_s)
         await self.runtime.save_checkpoint()
         self.runtime.metrics.stop()
@@ -287,14 +291,27 @@ def write_ready_file(path: Path, address: str) -> None:
 
 
 async def serve(config: CoordinatorConfig, faults: FaultHooks = NO_FAULTS) -> None:
-    """Run the coordinator until SIGTERM or SIGINT, then stop cleanly."""
+    """Run the coordinator until SIGTERM or SIGINT, or the run finished; stop cleanly.
+
+    With `max_rounds`, the run finishes when its last round closes; the
+    coordinator then stays up while clients pull the final model and leave
+    (at most `session_timeout_s`), and returns (`fedgrpc serve` exits 0).
+    """
     running = await start_coordinator(config, faults)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await running.stop()
+    signalled = asyncio.create_task(stop.wait())
+    finished = asyncio.create_task(
+        running.runtime.wait_finished(config.session_timeout_s)
+    )
+    await asyncio.wait((signalled, finished), return_when=asyncio.FIRST_COMPLETED)
+    for task in (signalled, finished):
+        task.cancel()
+    await asyncio.gather(signalled, finished, return_exceptions=True)
+    finished_run = running.runtime.engine.finished
+    await running.stop(reason="the run finished" if finished_run else SHUTDOWN_REASON)
 
 
 class CoordinatorThread:
@@ -321,6 +338,11 @@ class CoordinatorThread:
     def address(self) -> str:
         """host:port the coordinator listens on."""
         return self.running.address
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The coordinator's event loop (for `run_coroutine_threadsafe`)."""
+        return self._loop
 
     @property
     def running(self) -> RunningCoordinator:

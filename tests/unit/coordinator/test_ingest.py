@@ -34,6 +34,7 @@ CHUNK_VALUES = 256  # 1 KiB chunks (the smallest allowed): an update takes two
 
 def _runtime() -> CoordinatorRuntime:
     config = CoordinatorConfig(
+        seed_from_first_client=True,
         open_enrollment=True,
         update_signatures="off",
         min_clients=1,

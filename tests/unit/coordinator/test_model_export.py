@@ -29,7 +29,10 @@ class Mixed(nn.Module):
 def _checkpoint(directory: Path, model: nn.Module) -> None:
     """A real coordinator checkpoint holding `model`'s weights as version 0."""
     config = CoordinatorConfig(
-        listen="127.0.0.1:0", open_enrollment=True, checkpoint_dir=str(directory)
+        seed_from_first_client=True,
+        listen="127.0.0.1:0",
+        open_enrollment=True,
+        checkpoint_dir=str(directory),
     )
     runtime = CoordinatorRuntime(config)
     spec = spec_from_module(model)

@@ -34,6 +34,7 @@ N = SPEC.num_coordinates
 
 def _runtime(directory: Path, **settings: object) -> CoordinatorRuntime:
     config = CoordinatorConfig(
+        seed_from_first_client=True,
         listen="127.0.0.1:0",
         min_clients=1,
         open_enrollment=True,
@@ -171,7 +172,10 @@ def test_resuming_with_another_outer_optimizer_is_refused(tmp_path: Path) -> Non
 
 def test_no_checkpoint_dir_means_no_files_and_a_fresh_run(tmp_path: Path) -> None:
     config = CoordinatorConfig(
-        listen="127.0.0.1:0", min_clients=1, open_enrollment=True
+        seed_from_first_client=True,
+        listen="127.0.0.1:0",
+        min_clients=1,
+        open_enrollment=True,
     )
     runtime = CoordinatorRuntime(config)
     _seed(runtime, torch.zeros(N))

@@ -28,7 +28,7 @@ N = SPEC.num_coordinates
 
 
 def _runtime(directory: Path, **settings: object) -> CoordinatorRuntime:
-    config = CoordinatorConfig(
+    config = CoordinatorConfig(seed_from_first_client=True,
         listen="127.0.0.1:0", min_clients=1, open_enrollment=True,
         checkpoint_dir=str(directory), **settings,  # type: ignore[arg-type]
     )  # fmt: skip

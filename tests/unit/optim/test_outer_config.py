@@ -118,19 +118,29 @@ def test_serve_and_simulate_take_the_adaptive_flags(command: str) -> None:
     assert args.outer_lr == 0.02
 
 
-def test_simulation_config_carries_the_adaptive_settings_to_its_coordinator() -> None:
-    from fedgrpc.sim.launcher import SimulationConfig, _coordinator_config
+def test_simulation_config_carries_the_adaptive_settings_to_its_coordinator(
+    tmp_path: Path,
+) -> None:
+    from fedgrpc.sim.launcher import (
+        SimulationConfig,
+        _coordinator_config,
+        write_initial_model,
+    )
 
     simulation = SimulationConfig(
         outer_optimizer="fedadam", outer_beta1=0.7, outer_beta2=0.95, outer_tau=1e-2
     )
+    init_model = write_initial_model(simulation, tmp_path)
 
-    config = _coordinator_config(simulation)
+    config = _coordinator_config(simulation, init_model)
 
     assert config.outer_optimizer == "fedadam"
     assert (config.outer_beta1, config.outer_beta2, config.outer_tau) == (
         0.7, 0.95, 1e-2,
     )  # fmt: skip
+    # The coordinator, not the first client, brings the weights and ends the run.
+    assert config.init_model == str(init_model)
+    assert config.max_rounds == simulation.rounds
 
 
 @pytest.mark.parametrize("name", OUTER_OPTIMIZERS)

@@ -1,0 +1,70 @@
+"""The coordinator's state as plain data: what `fedgrpc.Coordinator.status()` returns.
+
+The admin RPC carries the same facts as protobuf (`AdminService.GetStatus`);
+a Python program that runs the coordinator in-process gets these frozen
+dataclasses instead, so it never touches a `_pb2` message and can compare,
+print or pickle a snapshot freely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSummary:
+    """One client the coordinator knows (connected or not)."""
+
+    client_id: str
+    name: str
+    connected: bool
+    updates_accepted: int
+    samples_contributed: int
+    last_round: int
+    last_train_loss: float
+
+
+@dataclass(frozen=True, slots=True)
+class RoundSummary:
+    """One closed round."""
+
+    round_id: int
+    applied: bool
+    """True if the round's mean moved the weights; False if it was skipped."""
+    num_updates: int
+    duration_s: float
+    mean_train_loss: float
+    """Sample-weighted mean of the clients' reported losses (0.0 without updates)."""
+    reason: str
+    """Why the round closed (complete, deadline, ...) or was skipped."""
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorStatus:
+    """A snapshot of one coordinator, taken on its event loop."""
+
+    run_id: str
+    phase: str
+    """waiting_for_model, collecting, applying or stopping."""
+    round_id: int
+    """The open round (0 before the model is seeded)."""
+    model_version: int
+    """Applied rounds so far (0: the initial weights)."""
+    num_parameters: int
+    """Coordinates in the model, 0 until the weights are known."""
+    clients: tuple[ClientSummary, ...]
+    rounds: tuple[RoundSummary, ...]
+    """Closed rounds, oldest first."""
+    bytes_received: int
+    bytes_sent: int
+    uptime_s: float
+
+    @property
+    def rounds_closed(self) -> int:
+        """How many rounds have closed (applied or skipped)."""
+        return self.rounds[-1].round_id if self.rounds else 0
+
+    @property
+    def connected_clients(self) -> int:
+        """Clients with an open session now."""
+        return sum(1 for c in self.clients if c.connected)
