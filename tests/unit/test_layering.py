@@ -32,9 +32,7 @@ BASE = (
     "fedgrpc.errors",
     "fedgrpc.log",
     "fedgrpc.version",
-    "fedgrpc.config",
-    "fedgrpc.config_checks",  # config re-exports config_client and config_checks
-    "fedgrpc.config_client",
+    "fedgrpc.config",  # the package: coordinator, client, outer optimizer, files
     "fedgrpc.domain",  # domain types: model spec, chunks, requests, codec configs
 )
 LEAVES = ("compress", "crypto", "secagg", "aggregate", "optim")

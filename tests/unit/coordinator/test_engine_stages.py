@@ -147,8 +147,12 @@ def test_a_plugin_missing_a_member_is_refused_when_the_engine_is_built(
         _engine(tmp_path, outer_optimizer=f"{__name__}:DoubleMean")
 
 
-def test_simulate_passes_the_stage_settings_to_its_coordinator() -> None:
+def test_simulate_passes_the_stage_settings_to_its_coordinator(
+    tmp_path: Path,
+) -> None:
+    init_model = tmp_path / "init.safetensors"  # only its existence is checked here
+    init_model.touch()
     config = _coordinator_config(
-        SimulationConfig(aggregator="trimmed_mean", trimmed_mean_beta=0.2)
+        SimulationConfig(aggregator="trimmed_mean", trimmed_mean_beta=0.2), init_model
     )
     assert (config.aggregator, config.trimmed_mean_beta) == ("trimmed_mean", 0.2)

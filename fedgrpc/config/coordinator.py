@@ -1,12 +1,11 @@
-"""Configuration objects: frozen, validated at construction, loadable from TOML.
+"""`CoordinatorConfig`: everything `fedgrpc serve` and `fedgrpc.Coordinator` need.
 
 Precedence everywhere: CLI flag, then TOML, then the default documented here.
 Each field's docstring states its unit and why the default is what it is;
-`fedgrpc serve --help` and server/coordinator.example.toml repeat them.
-
-This module holds `CoordinatorConfig` and re-exports `ClientConfig`
-(`fedgrpc.config_client`) and `load_table` (`fedgrpc.config_checks`), so
-`from fedgrpc.config import ...` stays the one import path.
+`fedgrpc serve --help` and server/coordinator.example.toml repeat them. The
+outer optimizer's names, defaults and rules live in `config.outer` (one
+table per optimizer family), shared file checks and TOML loading in
+`config.files`.
 """
 
 from __future__ import annotations
@@ -17,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from fedgrpc.config_checks import check_readable as _check_readable
-from fedgrpc.config_checks import check_tls_pair as _check_tls_pair
-from fedgrpc.config_checks import load_table as load_table
-from fedgrpc.config_client import ClientConfig as ClientConfig
+from fedgrpc.config import outer
+from fedgrpc.config.files import check_readable as _check_readable
+from fedgrpc.config.files import check_tls_pair as _check_tls_pair
+from fedgrpc.config.files import load_table
+from fedgrpc.config.outer import OuterOptimizerName
 from fedgrpc.domain.chunks import (
     DEFAULT_CHUNK_BYTES,
     MAX_CHUNK_BYTES,
@@ -30,32 +30,6 @@ from fedgrpc.domain.chunks import (
 from fedgrpc.domain.codecs import CodecConfig, Dense, parse_codec
 from fedgrpc.errors import check_config as _check
 
-OuterOptimizerName = Literal[
-    "nesterov", "fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "sparseloco"
-]
-OUTER_OPTIMIZERS: tuple[OuterOptimizerName, ...] = (
-    "nesterov", "fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "sparseloco"
-)  # fmt: skip
-ADAPTIVE_OPTIMIZERS: tuple[OuterOptimizerName, ...] = (
-    "fedadagrad",
-    "fedadam",
-    "fedyogi",
-)
-"""Reddi et al. 2021's family: they read outer_beta1 and outer_tau."""
-_WITH_BETA2 = ("fedadam", "fedyogi")
-_WITH_MOMENTUM = ("nesterov", "fedavgm")
-# FedAvgM: DiLoCo's effective rate lr / (1 - momentum) on heavy-ball. The
-# adaptive family steps ~lr per coordinate (Adam, Yogi) or (1 - beta1) lr at
-# first (Adagrad); see fedgrpc.optim.adaptive and bench/outer_optimizers.py.
-_DEFAULT_OUTER_LR = {
-    "nesterov": 0.7, "fedavg": 1.0, "fedavgm": 0.7, "fedadagrad": 0.1,
-    "fedadam": 0.01, "fedyogi": 0.01, "sparseloco": 1.0,
-}  # fmt: skip
-_DEFAULT_OUTER_MOMENTUM = {"nesterov": 0.9, "fedavgm": 0.9}
-_DEFAULT_OUTER_BETA1 = 0.9
-_DEFAULT_OUTER_BETA2 = 0.99
-_DEFAULT_OUTER_TAU = 1e-3
-_DEFAULT_FEEDBACK_DECAY = {"sparseloco": 0.95}
 UpdateSignatures = Literal["required", "off"]
 SECAGG_VALUES = ("int8", "int4")
 """Dense value formats whose codes the secure-aggregation ring sums exactly."""
@@ -293,34 +267,16 @@ class CoordinatorConfig:
 
     def _check_outer(self) -> None:
         """The optimizer's name, its rates, and only the settings it reads."""
-        name = self.outer_optimizer
-        plugin = ":" in name
-        _check(name in OUTER_OPTIMIZERS or plugin, "outer_optimizer", name,
-               " or ".join(OUTER_OPTIMIZERS) + " or package.module:Class")  # fmt: skip
-        _check(plugin or not self.outer_optimizer_params,
-               "outer_optimizer_params", self.outer_optimizer_params,
-               "empty for a built-in optimizer")  # fmt: skip
-        _check(self.resolved_outer_lr > 0, "outer_lr", self.outer_lr, "> 0")
-        _check(0 <= self.resolved_outer_momentum < 1, "outer_momentum",
-               self.outer_momentum, "in [0, 1)")  # fmt: skip
-        adaptive = name in ADAPTIVE_OPTIMIZERS
-        _check(not adaptive or not self.outer_momentum, "outer_momentum",
-               self.outer_momentum, f"unset or 0 for {name}, whose momentum is "
-               "outer_beta1")  # fmt: skip
-        for field, value, users in (
-            ("outer_beta1", self.outer_beta1, ADAPTIVE_OPTIMIZERS),
-            ("outer_beta2", self.outer_beta2, _WITH_BETA2),
-            ("outer_tau", self.outer_tau, ADAPTIVE_OPTIMIZERS),
-        ):
-            _check(value is None or name in users, field, value, "unset with "
-                   f"outer_optimizer {name!r}: it applies to {', '.join(users)}",
-                   )  # fmt: skip
-        for field, value in (("outer_beta1", self.resolved_outer_beta1),
-                             ("outer_beta2", self.resolved_outer_beta2)):  # fmt: skip
-            _check(math.isfinite(value) and 0 <= value < 1, field, value, "in [0, 1)")
-        tau = self.resolved_outer_tau
-        _check(math.isfinite(tau) and tau > 0, "outer_tau", tau, "a finite "
-               "number > 0 (Reddi et al. search 1e-1 .. 1e-5)")  # fmt: skip
+        outer.check_settings(
+            self.outer_optimizer,
+            params=self.outer_optimizer_params,
+            lr=self.resolved_outer_lr,
+            momentum=self.outer_momentum,
+            resolved_momentum=self.resolved_outer_momentum,
+            beta1=self.outer_beta1,
+            beta2=self.outer_beta2,
+            tau=self.outer_tau,
+        )
 
     def _check_secure_aggregation(self) -> None:
         """Masked sums need integer codes with one scale, and only give a mean."""
@@ -369,38 +325,32 @@ class CoordinatorConfig:
     @property
     def resolved_outer_lr(self) -> float:
         """The outer learning rate in force (default filled in per optimizer)."""
-        if self.outer_lr is not None:
-            return self.outer_lr
-        return _DEFAULT_OUTER_LR.get(self.outer_optimizer, 1.0)
+        return outer.resolve_lr(self.outer_optimizer, self.outer_lr)
 
     @property
     def resolved_outer_momentum(self) -> float:
         """The outer momentum in force (default filled in per optimizer)."""
-        if self.outer_momentum is not None:
-            return self.outer_momentum
-        return _DEFAULT_OUTER_MOMENTUM.get(self.outer_optimizer, 0.0)
+        return outer.resolve_momentum(self.outer_optimizer, self.outer_momentum)
 
     @property
     def resolved_outer_beta1(self) -> float:
         """β1 in force (read by the adaptive family only)."""
-        return _DEFAULT_OUTER_BETA1 if self.outer_beta1 is None else self.outer_beta1
+        return outer.DEFAULT_BETA1 if self.outer_beta1 is None else self.outer_beta1
 
     @property
     def resolved_outer_beta2(self) -> float:
         """β2 in force (read by fedadam and fedyogi only)."""
-        return _DEFAULT_OUTER_BETA2 if self.outer_beta2 is None else self.outer_beta2
+        return outer.DEFAULT_BETA2 if self.outer_beta2 is None else self.outer_beta2
 
     @property
     def resolved_outer_tau(self) -> float:
         """τ in force (read by the adaptive family only)."""
-        return _DEFAULT_OUTER_TAU if self.outer_tau is None else self.outer_tau
+        return outer.DEFAULT_TAU if self.outer_tau is None else self.outer_tau
 
     @property
     def resolved_feedback_decay(self) -> float:
         """The error-feedback decay in force (default filled in per optimizer)."""
-        if self.feedback_decay is not None:
-            return self.feedback_decay
-        return _DEFAULT_FEEDBACK_DECAY.get(self.outer_optimizer, 1.0)
+        return outer.resolve_feedback_decay(self.outer_optimizer, self.feedback_decay)
 
     @property
     def codec_config(self) -> CodecConfig:

@@ -1,8 +1,8 @@
 """`ClientConfig`: the knobs of `DiLoCoClient`, frozen and validated.
 
-Kept apart from `fedgrpc.config` (which re-exports it) so the client's
-options do not share a file with the coordinator's much larger set;
-both validate through `fedgrpc.config_checks`.
+Its own module of the `fedgrpc.config` package (which re-exports it): the
+client's options are a different audience's from the coordinator's; both
+validate TLS pairs and paths through `fedgrpc.config.files`.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fedgrpc.config_checks import check_readable as _check_readable
-from fedgrpc.config_checks import check_tls_pair as _check_tls_pair
-from fedgrpc.config_checks import is_hex as _is_hex
+from fedgrpc.config.files import check_readable as _check_readable
+from fedgrpc.config.files import check_tls_pair as _check_tls_pair
+from fedgrpc.config.files import is_hex as _is_hex
 from fedgrpc.errors import check_config as _check
 
 _FINGERPRINT_CHARS = 64

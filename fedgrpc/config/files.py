@@ -1,4 +1,4 @@
-"""Checks and TOML loading shared by the configuration objects.
+"""File checks and TOML loading shared by the configuration objects.
 
 Both `CoordinatorConfig` and `ClientConfig` validate TLS pairs and readable
 paths the same way and load their table the same way; these live here so
