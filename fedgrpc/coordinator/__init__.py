@@ -12,7 +12,8 @@
 `runtime` builds the pipeline and runs it on one event loop; `inprocess`
 is `fedgrpc.Coordinator`, the same server run from a Python program; `sessions` owns
 the Session streams and the events sent down them (the runtime's channel to
-clients, so beside it rather than in `ops/`); `enrollment` decides who may
+clients, so beside it rather than in `ops/`); `waiters` holds who waits on the
+runtime (PullModel for a durable version, `wait_until`); `enrollment` decides who may
 join; `round_mode` is the interface a mode implements; `faults` holds the
 hooks tests fail a real coordinator with. The strategy stages (Selector,
 Accumulator, Aggregator, OuterOptimizer) come next: an Accumulator slots in

@@ -3,10 +3,11 @@
 The engine decides; this module makes the decisions happen on time. It
 builds the collaborators (run, clients, engine, enrollment, ingest, sessions,
 checkpoints, metrics, and a round mode if one is configured) and hands each
-the few others it needs. What it keeps itself: the "model version changed"
-condition PullModel waits on, a ticker that enforces round deadlines and
-session timeouts, and the lock that serialises the engine's numeric steps
-(run on a worker thread so a 400 MB add never stalls heartbeats).
+the few others it needs, and wakes `waiters` (PullModel and `wait_until`)
+whenever what they wait on changed. What it keeps itself: a ticker that
+enforces round deadlines and session timeouts, and the lock that serialises
+the engine's numeric steps (run on a worker thread so a 400 MB add never
+stalls heartbeats).
 
 Memory: the master weights, the outer momentum and one round sum are
 model-sized; updates are added into the sum chunk by chunk as they arrive,
@@ -56,6 +57,7 @@ from fedgrpc.coordinator.sessions import (
     round_started_event,
 )
 from fedgrpc.coordinator.strategy.wiring import NO_PLUGINS, StagePlugins
+from fedgrpc.coordinator.waiters import Waiters
 from fedgrpc.crypto.keys import PublicKey
 from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.domain.requests import JoinInfo
@@ -105,8 +107,7 @@ class CoordinatorRuntime:
         self.auth = UpdateAuthenticator(config, self.run.run_id, self.engine)
         self.sessions = Sessions()
         self._numeric_lock = asyncio.Lock()
-        self._version_changed = asyncio.Condition()
-        self._active_pulls = 0
+        self.waiters = Waiters(self.engine, self.run, self.checkpoints)
         self._ticker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.metrics.watch(self.run, self.engine, self.registry)
@@ -147,8 +148,7 @@ class CoordinatorRuntime:
             self.run.stopping = True
             self.engine.phase = Phase.STOPPING
         self.sessions.broadcast(SessionEnd(reason, cause="shutdown"))
-        async with self._version_changed:
-            self._version_changed.notify_all()
+        await self.waiters.wake()
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -237,8 +237,7 @@ class CoordinatorRuntime:
                 self._announce_round(current)
         await self.maybe_close_round()
         self._forget_departed()
-        async with self._version_changed:  # `wait_finished` counts who is left
-            self._version_changed.notify_all()
+        await self.waiters.wake()  # `wait_finished` counts who is left
 
     def _forget_departed(self) -> None:
         """Drop clients that left for good, once the open round does not count them."""
@@ -298,7 +297,7 @@ class CoordinatorRuntime:
                 return
             closing = self.engine.begin_close()
             applied = await asyncio.to_thread(
-                self.engine.apply, closing, self._active_pulls > 0
+                self.engine.apply, closing, self.waiters.pulls_active
             )
             result = self.engine.finish_close(closing, applied, reason)
             # Before anyone hears of the new version (checkpoint_store), and
@@ -348,13 +347,11 @@ class CoordinatorRuntime:
         current = self.engine.current
         if current is not None:
             self._announce_round(current)
-        async with self._version_changed:
-            self._version_changed.notify_all()
+        await self.waiters.wake()
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Return once `predicate()` holds; woken by closes, new models and stop."""
-        async with self._version_changed:
-            await self._version_changed.wait_for(predicate)
+        await self.waiters.wait_until(predicate)
 
     # -- PullModel ---------------------------------------------------------------
 
@@ -364,26 +361,8 @@ class CoordinatorRuntime:
     ) -> AsyncIterator[PublishedModel]:
         """Wait for a model of at least `min_version`; hold it while it streams."""
         self.registry.authenticate(client_id, token)
-
-        def ready() -> bool:
-            published = self.engine.model.published
-            return self.run.stopping or (
-                published is not None
-                and published.version >= min_version
-                and self.engine.phase is not Phase.APPLYING
-                and self.checkpoints.is_durable(published.version)
-            )
-
-        async with self._version_changed:
-            await self._version_changed.wait_for(ready)
-        self.run.check_running()
-        published = self.engine.model.published
-        assert published is not None
-        self._active_pulls += 1
-        try:
+        async with self.waiters.pull(min_version) as published:
             yield published
-        finally:
-            self._active_pulls -= 1
 
     # -- ticker ------------------------------------------------------------------
 

@@ -90,7 +90,7 @@ class UpdateAuthenticator:
             if header.base_version != current.base_version:
                 # An update spanning rounds its client sat out (accepted by
                 # check_header): it signs the older version it was based on.
-                base = engine.base_shas.get(header.base_version, b"")
+                base = engine.participation.base_shas.get(header.base_version, b"")
         if header.round_nonce != nonce:
             raise WrongRoundError(
                 f"the update for round {header.round_id} was signed with another "

@@ -30,7 +30,9 @@ round goes on without it. Pushes still streaming at the deadline get another
 
 The rules the transitions consult live beside it in `rules` (why an
 update header is refused; when a round closes, its
-quorum, the result it leaves).
+quorum, the result it leaves); who takes part in a round, and the older
+bases a client that sat rounds out may push from, in the `Participation`
+it holds (`participants`).
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ import torch
 from fedgrpc.aggregate.blockwise import as_sum
 from fedgrpc.compress import DecodedBlock
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.rounds import participants, rules
+from fedgrpc.coordinator.rounds import rules
 from fedgrpc.coordinator.rounds.global_model import GlobalModel
+from fedgrpc.coordinator.rounds.participants import Participation
 from fedgrpc.coordinator.rounds.records import (
     OpenRound,
     Phase,
@@ -98,9 +101,7 @@ class RoundEngine:
         self._next_round_id = 1
         self.seed_nonce = new_round_nonce()
         """Round 0's nonce: the initial weights sign it."""
-        self.base_shas: dict[int, bytes] = {}
-        """SHA-256 of recent published versions: what an update spanning the
-        rounds its client sat out signs as its base (`participants`)."""
+        self.participation = Participation(self.stages.selector, registry)
         self._spare_sum: torch.Tensor | None = None
         """Last round's sum buffer, zeroed: reused so no round faults in a new one."""
 
@@ -138,11 +139,7 @@ class RoundEngine:
             self.model.check_not_seeded()
         else:
             current = rules.collecting_round(self.phase, self.current)
-            participants.check_selected(current, client)
-            base = header.base_version
-            spans = base in self.base_shas and participants.may_span(
-                current, client, base
-            )
+            spans = self.participation.check(current, client, header.base_version)
             rules.check_slot(current, client, header, self.clock, spans=spans)
 
     def open_ticket(self, client: ClientRecord, header: UpdateHeaderInfo) -> Ticket:
@@ -318,11 +315,7 @@ class RoundEngine:
                 record = self.registry.get(client_id)
                 if record is not None:
                     record.last_applied_round = closing.round_id
-        for client_id in closing.selected or ():
-            chosen = self.registry.get(client_id)
-            if chosen is not None:
-                chosen.last_selected_base = closing.base_version
-                chosen.last_selected_round = closing.round_id
+        self.participation.round_closed(closing)
         version, now = self.model.version, self.clock()
         result = rules.round_result(closing, self.config, applied, reason, version, now)
         if self.is_last_round(closing.round_id):
@@ -383,35 +376,13 @@ class RoundEngine:
         )
         self._next_round_id += 1
         self.phase = Phase.COLLECTING
-        if published is not None:
-            self.base_shas[self.model.version] = published.sha256
-            for old in [v for v in self.base_shas if v < self.model.version -
-                        participants.BASE_SHAS_KEPT]:  # fmt: skip
-                del self.base_shas[old]
-        self.reselect()
+        self.participation.round_opened(self.current, published)
 
     def reselect(self, only_if_short: bool = False) -> None:
-        """Let the Selector choose the open round's clients among those connected.
-
-        `only_if_short`: only while nothing has arrived for the round and
-        fewer of its chosen clients are connected than it could have (it
-        opened before enough clients connected, or chosen ones left), so a
-        round neither hangs on clients that are gone nor runs short of k.
-        Same nonce, so the choice stays reproducible from the candidates.
-        """
+        """Choose the collecting round's clients again (`Participation.reselect`)."""
         current = self.current
-        if current is None or self.phase is not Phase.COLLECTING:
-            return
-        if only_if_short:
-            connected = {c.client_id for c in self.registry.connected()}
-            if current.selected is None or current.contributors or current.streaming:
-                return
-            k = getattr(self.stages.selector, "clients_per_round", len(connected))
-            if len(connected & set(current.selected)) >= min(k, len(connected)):
-                return
-        current.selected = participants.choose(
-            self.stages.selector, self.registry.connected(), current
-        )
+        if current is not None and self.phase is Phase.COLLECTING:
+            self.participation.reselect(current, only_if_short)
 
     def _take_sum_buffer(self) -> torch.Tensor:
         spare, self._spare_sum = self._spare_sum, None

@@ -11,14 +11,18 @@ so the coordinator accepts that older base, but only from a client that was
 not selected in between: a client selected in a round based on version v
 either pushed into it (and pulled v+1 once applied) or let it pass, so a
 later update from a base <= v is stale (FAILED_PRECONDITION, as before).
+
+`Participation` keeps that state for the round engine, which holds one: the
+published versions' SHA-256 an older base signs, who the open round
+selected, and what each client was last selected on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from fedgrpc.coordinator.rounds.records import OpenRound
-from fedgrpc.coordinator.rounds.registry import ClientRecord
+from fedgrpc.coordinator.rounds.records import OpenRound, PublishedModel
+from fedgrpc.coordinator.rounds.registry import ClientRecord, ClientRegistry
 from fedgrpc.coordinator.strategy.selection import Candidate, Selector
 from fedgrpc.errors import WrongRoundError
 
@@ -80,3 +84,61 @@ def may_span(current: OpenRound, client: ClientRecord, base_version: int) -> boo
         return False
     last = client.last_selected_base
     return last is None or last < base_version
+
+
+class Participation:
+    """Who takes part in the open round, and the bases they may push from."""
+
+    def __init__(self, selector: Selector, registry: ClientRegistry) -> None:
+        """Choose with `selector` among `registry`'s connected clients."""
+        self.selector = selector
+        self.registry = registry
+        self.base_shas: dict[int, bytes] = {}
+        """SHA-256 of recent published versions: what an update spanning the
+        rounds its client sat out signs as its base."""
+
+    def check(self, current: OpenRound, client: ClientRecord, base: int) -> bool:
+        """Refuse a client `current` did not select; True if `base` spans rounds.
+
+        Raises:
+            WrongRoundError: it was not selected (FAILED_PRECONDITION).
+        """
+        check_selected(current, client)
+        return base in self.base_shas and may_span(current, client, base)
+
+    def round_opened(
+        self, current: OpenRound, published: PublishedModel | None
+    ) -> None:
+        """Remember the base `current` opened on, then choose its clients."""
+        if published is not None:
+            self.base_shas[current.base_version] = published.sha256
+            for old in [v for v in self.base_shas if v < current.base_version -
+                        BASE_SHAS_KEPT]:  # fmt: skip
+                del self.base_shas[old]
+        self.reselect(current)
+
+    def reselect(self, current: OpenRound, only_if_short: bool = False) -> None:
+        """Let the Selector choose `current`'s clients among those connected.
+
+        `only_if_short`: only while nothing has arrived for the round and
+        fewer of its chosen clients are connected than it could have (it
+        opened before enough clients connected, or chosen ones left), so a
+        round neither hangs on clients that are gone nor runs short of k.
+        Same nonce, so the choice stays reproducible from the candidates.
+        """
+        if only_if_short:
+            connected = {c.client_id for c in self.registry.connected()}
+            if current.selected is None or current.contributors or current.streaming:
+                return
+            k = getattr(self.selector, "clients_per_round", len(connected))
+            if len(connected & set(current.selected)) >= min(k, len(connected)):
+                return
+        current.selected = choose(self.selector, self.registry.connected(), current)
+
+    def round_closed(self, closing: OpenRound) -> None:
+        """Note what `closing`'s selected clients were selected on (`may_span`)."""
+        for client_id in closing.selected or ():
+            chosen = self.registry.get(client_id)
+            if chosen is not None:
+                chosen.last_selected_base = closing.base_version
+                chosen.last_selected_round = closing.round_id
