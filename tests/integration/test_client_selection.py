@@ -48,7 +48,7 @@ def test_two_of_four_per_round_and_sat_out_clients_span_rounds_when_selected() -
     config = CoordinatorConfig(
         listen="127.0.0.1:0", open_enrollment=True, min_clients=2,
         selection="random", clients_per_round=2, inner_steps=1,
-        round_timeout_s=5.0, outer_optimizer="fedavg",
+        round_timeout_s=5.0, outer_optimizer="fedavg", seed_from_first_client=True,
     )  # fmt: skip
     with serve_in_thread(config) as coordinator:
         outcomes: list[list[SyncOutcome]] = [[] for _ in range(4)]

@@ -36,6 +36,7 @@ def _config(tmp_path: Path, **overrides: object) -> CoordinatorConfig:
         inner_steps=5,
         chunk_bytes=1024,
         outer_optimizer="fedavg",  # w <- w - 1.0 x aggregate: easy to check
+        seed_from_first_client=True,
     )
     return base.replace(**overrides)
 

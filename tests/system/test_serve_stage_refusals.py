@@ -20,6 +20,7 @@ SECURE = ["--secure-aggregation", "--codec", "dense:int8", "--min-clients", "3"]
 def _serve(*flags: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(FEDGRPC), "serve", "--listen", "127.0.0.1:0", "--open-enrollment",
+         "--seed-from-first-client",
          *flags],
         capture_output=True, text=True, timeout=120, cwd=cwd, check=False,
     )  # fmt: skip
