@@ -26,6 +26,7 @@ from fedgrpc.coordinator.faults import NO_FAULTS, FaultHooks
 from fedgrpc.coordinator.rounds.records import Outcome, Phase
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.coordinator.services.server import CoordinatorThread
+from fedgrpc.coordinator.strategy.wiring import StagePlugins
 from fedgrpc.domain.status import ClientSummary, CoordinatorStatus, RoundSummary
 from fedgrpc.errors import ConfigError
 
@@ -43,11 +44,29 @@ class Coordinator:
     """
 
     def __init__(
-        self, config: CoordinatorConfig, *, faults: FaultHooks = NO_FAULTS
+        self,
+        config: CoordinatorConfig,
+        *,
+        aggregator: object | None = None,
+        outer_optimizer: object | None = None,
+        faults: FaultHooks = NO_FAULTS,
     ) -> None:
-        """`faults`: test-only failure points (`coordinator.faults`)."""
+        """Check nothing yet: `start()` builds and validates every stage.
+
+        Args:
+            config: As for `fedgrpc serve` (`CoordinatorConfig.from_toml`).
+            aggregator: A user Aggregator (an instance, a class or a factory
+                called with `config.aggregator_params`) used instead of
+                `config.aggregator`; checked at `start()` against the
+                Protocol and against the other settings (for instance, one
+                that needs every update cannot run with secure aggregation).
+            outer_optimizer: A user OuterOptimizer, likewise, instead of
+                `config.outer_optimizer`; its `state_dict` is checkpointed.
+            faults: Test-only failure points (`coordinator.faults`).
+        """
         self.config = config
-        self._thread = CoordinatorThread(config, faults)
+        plugins = StagePlugins(aggregator=aggregator, outer_optimizer=outer_optimizer)
+        self._thread = CoordinatorThread(config, faults, plugins=plugins)
         self._started = False
         self._stopped = False
 

@@ -112,3 +112,48 @@ def test_a_port_in_use_is_a_config_error_at_start() -> None:
         coordinator = fedgrpc.Coordinator(_config(listen=f"127.0.0.1:{port}"))
         with pytest.raises(ConfigError, match="cannot listen"):
             coordinator.start()
+
+
+class _CountingSGD:
+    """A user's OuterOptimizer given as an object: w <- w - g, counting steps."""
+
+    name = "counting_sgd"
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def step(self, params: torch.Tensor, pseudo_gradient: torch.Tensor) -> None:
+        params.sub_(pseudo_gradient)
+        self.steps += 1
+
+    def state_dict(self) -> dict[str, torch.Tensor | float | int]:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor | float | int]) -> None:
+        self.steps = int(state["steps"])
+
+
+def test_a_user_outer_optimizer_object_runs_an_in_process_coordinators_rounds() -> None:
+    errors: list[BaseException] = []
+    optimizer = _CountingSGD()
+    with fedgrpc.Coordinator(_config(), outer_optimizer=optimizer) as coordinator:
+        threads = [
+            threading.Thread(target=_train, args=(coordinator.address, i, 2, errors))
+            for i in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        coordinator.wait_for_round(2, timeout=60)
+        for thread in threads:
+            thread.join(timeout=60)
+
+    assert not errors
+    assert optimizer.steps >= 2  # the object itself took every applied round
+
+
+def test_a_user_aggregator_without_the_protocol_is_refused_at_start() -> None:
+    coordinator = fedgrpc.Coordinator(_config(), aggregator=object())
+
+    with pytest.raises(ConfigError, match="aggregator"):
+        coordinator.start()
+    coordinator.stop()
