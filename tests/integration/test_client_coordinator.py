@@ -43,8 +43,8 @@ def coordinator(request: pytest.FixtureRequest) -> Iterator[CoordinatorThread]:
         seed_from_first_client=True,
         listen="127.0.0.1:0",
         open_enrollment=True,
-        **settings,
-    )  # type: ignore[arg-type]
+        **settings,  # type: ignore[arg-type]
+    )
     with serve_in_thread(config) as running:
         yield running
 

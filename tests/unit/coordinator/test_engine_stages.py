@@ -41,7 +41,7 @@ class Federation:
     """An engine, its registry, and client ids by short name."""
 
     def __init__(self, tmp_path: Path, names: str, **settings: object) -> None:
-        self.engine, self.registry = _engine(tmp_path, **settings)
+        self.engine, self.registry = _engine(tmp_path, **settings)  # type: ignore[arg-type]
         self.ids = {n: self.registry.add(n, 0.0).client_id for n in names}
         self.commit("a", 0.0, 0, 0, initial=True)
 
