@@ -182,11 +182,11 @@ class FedAdagradOuterOptimizer(_AdaptiveOuterOptimizer):
         v.addcmul_(g, g)  # v_t = v_{t-1} + Δ_t²  (g² = Δ_t²)
 
 
-class FedAdamOuterOptimizer(_AdaptiveOuterOptimizer):
-    """FedAdam: v_t = β2 v_{t-1} + (1 - β2) Δ_t², an exponential average.
+class _DecayedSecondMoment(_AdaptiveOuterOptimizer):
+    """Adam and Yogi: Adagrad's state plus β2, the second moment's decay rate.
 
-    Per-coordinate steps stay near η whatever the scale of Δ (once |Δ| ≫ τ),
-    which is why its η (default 0.01) is far below SGD's.
+    Defaults as Reddi et al. 2021 (β2 = 0.99) with an η of 0.01: their
+    per-coordinate steps stay near η once |Δ| ≫ τ, so η sits far below SGD's.
     """
 
     def __init__(
@@ -199,6 +199,14 @@ class FedAdamOuterOptimizer(_AdaptiveOuterOptimizer):
         super().__init__(lr, beta1, tau)
         check_unit_interval(beta2, "beta2")
         self.beta2 = beta2
+
+
+class FedAdamOuterOptimizer(_DecayedSecondMoment):
+    """FedAdam: v_t = β2 v_{t-1} + (1 - β2) Δ_t², an exponential average.
+
+    Per-coordinate steps stay near η whatever the scale of Δ (once |Δ| ≫ τ),
+    which is why its η (default 0.01) is far below SGD's.
+    """
 
     @property
     def name(self) -> str:
@@ -210,24 +218,13 @@ class FedAdamOuterOptimizer(_AdaptiveOuterOptimizer):
         v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
 
 
-class FedYogiOuterOptimizer(_AdaptiveOuterOptimizer):
+class FedYogiOuterOptimizer(_DecayedSecondMoment):
     """FedYogi: v moves towards Δ_t² by (1 - β2) Δ_t², never by a fraction of v.
 
     Adam's v can shrink by a factor β2 per round and then let one large
     coordinate step blow up; Yogi's additive change (Zaheer et al. 2018)
     keeps v from collapsing. Same defaults as FedAdam.
     """
-
-    def __init__(
-        self,
-        lr: float = 0.01,
-        beta1: float = 0.9,
-        beta2: float = 0.99,
-        tau: float = 1e-3,
-    ) -> None:
-        super().__init__(lr, beta1, tau)
-        check_unit_interval(beta2, "beta2")
-        self.beta2 = beta2
 
     @property
     def name(self) -> str:
