@@ -1,7 +1,8 @@
 """Configuration objects: frozen, validated at construction, loadable from TOML.
 
 One module per job: `coordinator` (what `fedgrpc serve` and
-`fedgrpc.Coordinator` need), `client` (the knobs of `DiLoCoClient`), `outer`
+`fedgrpc.Coordinator` need, with its sections `robustness`, `limits` and
+`access`), `client` (the knobs of `DiLoCoClient`), `outer`
 (the outer optimizer's names, defaults and rules), `files` (TLS pairs,
 readable paths, TOML tables, shared by both objects). Import from here:
 `from fedgrpc.config import CoordinatorConfig, ClientConfig`.
@@ -9,12 +10,12 @@ readable paths, TOML tables, shared by both objects). Import from here:
 A base package: it imports only `errors` and `domain` (tests/unit/test_layering.py).
 """
 
+from fedgrpc.config.access import UpdateSignatures
 from fedgrpc.config.client import ClientConfig
 from fedgrpc.config.coordinator import (
     SECAGG_MIN_CLIENTS,
     SECAGG_VALUES,
     CoordinatorConfig,
-    UpdateSignatures,
 )
 from fedgrpc.config.files import load_table
 from fedgrpc.config.outer import (

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 from fedgrpc.config import outer
-from fedgrpc.config.files import check_readable as _check_readable
-from fedgrpc.config.files import check_tls_pair as _check_tls_pair
+from fedgrpc.config.access import AccessSettings
 from fedgrpc.config.files import load_table
+from fedgrpc.config.limits import LimitSettings
 from fedgrpc.config.outer import OuterOptimizerName
+from fedgrpc.config.robustness import RobustnessSettings
 from fedgrpc.domain.chunks import (
     DEFAULT_CHUNK_BYTES,
     MAX_CHUNK_BYTES,
@@ -30,15 +31,18 @@ from fedgrpc.domain.chunks import (
 from fedgrpc.domain.codecs import CodecConfig, Dense, parse_codec
 from fedgrpc.errors import check_config as _check
 
-UpdateSignatures = Literal["required", "off"]
 SECAGG_VALUES = ("int8", "int4")
 """Dense value formats whose codes the secure-aggregation ring sums exactly."""
 SECAGG_MIN_CLIENTS = 3
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class CoordinatorConfig:
-    """Everything `fedgrpc serve` needs; one TOML table `[coordinator]`."""
+class CoordinatorConfig(RobustnessSettings, LimitSettings, AccessSettings):
+    """Everything `fedgrpc serve` needs; one TOML table `[coordinator]`.
+
+    One flat set of fields (TOML keys and `--flags` alike); the sections it
+    inherits keep their own fields and checks in their own modules.
+    """
 
     listen: str = "127.0.0.1:7070"
     """host:port to bind. Port 0 picks a free port (see `ready_file`)."""
@@ -79,23 +83,8 @@ class CoordinatorConfig:
     """τ > 0, the adaptivity of fedadagrad, fedadam, fedyogi: v starts at τ²
     and steps divide by √v + τ; None means 1e-3 (the paper searches 1e-1 ..
     1e-5). Only with those optimizers."""
-    # -- round stages (fedgrpc.coordinator.strategy; DESIGN.md "round pipeline")
-    aggregator: str = "mean"
-    """How a round's updates become one: `mean` (sample-weighted, FedAvg),
-    `median` (coordinate-wise), `trimmed_mean` (drops `trimmed_mean_beta` of
-    each side per coordinate) or `package.module:Class`. The robust rules need
-    every update, so they spool them to `spool_dir` (not with secure_aggregation)."""
-    aggregator_params: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """Keyword arguments of a `module:Class` aggregator's constructor."""
-    trimmed_mean_beta: float | None = None
-    """Fraction in [0, 0.5) trimmed from each side; None means 0.1. Only with
-    aggregator = trimmed_mean."""
-    accumulator: str = "auto"
-    """`auto` (the streaming sum, or the spool when the aggregator needs every
-    update), `streaming_sum` or `spool`."""
-    spool_dir: str = ""
-    """Where spooled updates live (one file per update, deleted after the
-    round); "" means <tmp>/fedgrpc-spool-<uid>. Needs d x 4 bytes per update."""
+    # -- round stages (fedgrpc.coordinator.strategy; DESIGN.md "round pipeline");
+    # the aggregator's settings are in config.robustness
     outer_optimizer_params: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Keyword arguments of a `module:Class` outer optimizer's constructor."""
     selection: str = "all"
@@ -106,9 +95,6 @@ class CoordinatorConfig:
     clients_per_round: int | None = None
     """k for selection random/loss/throughput (>= min_clients); None with all."""
     # -- end of round stages
-    max_update_norm_growth: float = 10.0
-    """Divergence guard: skip a round whose mean update norm exceeds this many
-    times the median of recent rounds' (after 3 applied rounds); 0 disables."""
     feedback_decay: float | None = None
     """Clients' error-feedback decay beta (e = beta*e + delta); None means 0.95
     for sparseloco (the residual is its momentum), 1.0 otherwise."""
@@ -146,34 +132,6 @@ class CoordinatorConfig:
     secagg_random_fraction: float = 0.1
     """Share epsilon in [0, 1] of that set drawn from the round nonce, so every
     coordinate can flush its residual (0.1: bench/convergence.py's runs)."""
-    heartbeat_interval_s: float = 5.0
-    """Seconds between heartbeats clients are expected to send."""
-    session_timeout_s: float = 30.0
-    """A client silent this long is dropped from the round it is part of."""
-    tls_cert: str = ""
-    """PEM certificate chain to serve TLS with (needs `tls_key`); "" serves
-    plaintext, fine on loopback only. `fedgrpc certs` makes a development one."""
-    tls_key: str = ""
-    """PEM private key of `tls_cert` (unencrypted; keep the file 0600)."""
-    tls_client_ca: str = ""
-    """PEM CA certificate(s); set, clients must present a certificate signed by
-    one of them (mutual TLS) or the handshake is refused. Needs `tls_cert`."""
-    identity_key: str = ""
-    """The coordinator's Ed25519 private key (PEM, `fedgrpc keygen`): signs every
-    model it sends; clients pin its public half. Required with
-    `allowed_client_keys`; "" (open enrollment only) uses a throwaway key."""
-    allowed_client_keys: str = ""
-    """Who may Join: a directory of `*.pub` files, or a file of PEM public keys
-    and/or 64-hex fingerprints (see `fedgrpc.crypto.allowlist`)."""
-    open_enrollment: bool = False
-    """Let any key Join (each still proves it holds its key and signs its
-    updates). For local simulation and tests; logged as a warning at start.
-    With neither this nor `allowed_client_keys` nobody could join, so
-    `fedgrpc serve` refuses to start."""
-    update_signatures: UpdateSignatures = "required"
-    """`required`: every update header, chunk and commit must verify under the
-    client's key before it counts. `off` (only with `open_enrollment`): no
-    hashing or verification, to measure what signing costs (bench/signing.py)."""
     checkpoint_dir: str = ""
     """Directory for `round-<N>.ckpt` checkpoints, written after every applied
     round and at shutdown; `fedgrpc serve` resumes from the newest intact one.
@@ -219,7 +177,8 @@ class CoordinatorConfig:
             self.max_rounds >= 0, "max_rounds", self.max_rounds, ">= 0 (0: no limit)"
         )
         self._check_outer()
-        self._check_stages()
+        self._check_robustness()
+        self._check_limits()
         _check(not (self.init_model and self.seed_from_first_client),
                "seed_from_first_client", self.seed_from_first_client,
                "false when init_model is set (the initial weights come from one "
@@ -232,38 +191,16 @@ class CoordinatorConfig:
         parse_codec(self.codec)  # raises ConfigError naming the problem
         _check(0 < self.resolved_feedback_decay <= 1, "feedback_decay",
                self.feedback_decay, "in (0, 1]")  # fmt: skip
-        _check(self.max_update_norm_growth >= 0, "max_update_norm_growth",
-               self.max_update_norm_growth, ">= 0 (0 disables the guard)")  # fmt: skip
         _check(MIN_CHUNK_BYTES <= self.chunk_bytes <= MAX_CHUNK_BYTES, "chunk_bytes",
                self.chunk_bytes, f"{MIN_CHUNK_BYTES}..{MAX_CHUNK_BYTES}")  # fmt: skip
-        _check(self.heartbeat_interval_s > 0, "heartbeat_interval_s",
-               self.heartbeat_interval_s, "> 0")  # fmt: skip
-        _check(self.session_timeout_s > self.heartbeat_interval_s, "session_timeout_s",
-               self.session_timeout_s, "> heartbeat_interval_s")  # fmt: skip
         _check(self.log_format in ("json", "console"), "log_format", self.log_format,
                "json or console")  # fmt: skip
-        _check_tls_pair(self.tls_cert, self.tls_key)
-        _check(not self.tls_client_ca or bool(self.tls_cert), "tls_client_ca",
-               self.tls_client_ca, "tls_cert and tls_key set too (mutual TLS is "
-               "TLS first)")  # fmt: skip
-        _check_readable(tls_cert=self.tls_cert, tls_key=self.tls_key,
-                        tls_client_ca=self.tls_client_ca)  # fmt: skip
-        self._check_identity()
+        self._check_access()
         self._check_secure_aggregation()
         _check(self.checkpoint_keep >= 1, "checkpoint_keep", self.checkpoint_keep,
                ">= 1")  # fmt: skip
         _check(not self.metrics_listen or ":" in self.metrics_listen,
                "metrics_listen", self.metrics_listen, "host:port or empty")  # fmt: skip
-
-    def _check_stages(self) -> None:
-        """Names only; `RoundStages` loads plugins and checks combinations at start."""
-        agg, beta = self.aggregator, self.trimmed_mean_beta
-        _check(agg in ("mean", "median", "trimmed_mean") or ":" in agg, "aggregator",
-               agg, "mean, median, trimmed_mean or package.module:Class")  # fmt: skip
-        _check(beta is None or agg == "trimmed_mean", "trimmed_mean_beta", beta,
-               "unset unless aggregator = 'trimmed_mean'")  # fmt: skip
-        _check(self.accumulator in ("auto", "streaming_sum", "spool"), "accumulator",
-               self.accumulator, "auto, streaming_sum or spool")  # fmt: skip
 
     def _check_outer(self) -> None:
         """The optimizer's name, its rates, and only the settings it reads."""
@@ -303,24 +240,6 @@ class CoordinatorConfig:
                self.min_clients, f">= {SECAGG_MIN_CLIENTS} with secure_aggregation "
                "(with two, the sum minus one's own update is the other's)",
                )  # fmt: skip
-
-    def _check_identity(self) -> None:
-        _check(self.update_signatures in ("required", "off"), "update_signatures",
-               self.update_signatures, "required or off")  # fmt: skip
-        _check(self.update_signatures == "required" or self.open_enrollment,
-               "update_signatures", self.update_signatures, "required unless "
-               "open_enrollment is on: a coordinator with an allowed-keys list "
-               "always verifies updates")  # fmt: skip
-        _check(not self.allowed_client_keys or not self.open_enrollment,
-               "open_enrollment", self.open_enrollment, "false when "
-               "allowed_client_keys is set (choose one)")  # fmt: skip
-        _check(not self.allowed_client_keys or bool(self.identity_key),
-               "identity_key", self.identity_key, "a key file (`fedgrpc keygen`) "
-               "when allowed_client_keys is set: clients pin the coordinator's "
-               "key, so it must survive restarts")  # fmt: skip
-        _check_readable(identity_key=self.identity_key)
-        if self.allowed_client_keys and not Path(self.allowed_client_keys).is_dir():
-            _check_readable(allowed_client_keys=self.allowed_client_keys)
 
     @property
     def resolved_outer_lr(self) -> float:

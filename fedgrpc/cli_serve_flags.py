@@ -1,0 +1,156 @@
+"""The `serve` flag table, one tuple per settings section of `CoordinatorConfig`.
+
+Apart from `cli` so the command module keeps to its job (parsers and
+handlers). Each tuple mirrors one config section: `CORE_FLAGS`
+(`config.coordinator`), `ROBUSTNESS_FLAGS` (`config.robustness`, with the
+round-stage flags of `cli_flags.STAGE_FLAGS`), `LIMIT_FLAGS`
+(`config.limits`), `ACCESS_FLAGS` (`config.access`). A flag's dest is the
+config field it sets; tests check every field has one.
+"""
+
+from __future__ import annotations
+
+from fedgrpc.cli_flags import STAGE_FLAGS, Flag
+from fedgrpc.config import OUTER_OPTIMIZERS, CoordinatorConfig
+
+_D = CoordinatorConfig()
+
+CORE_FLAGS = (
+    Flag("--listen", f"address to bind; port 0 picks a free one (default: "
+         f"{_D.listen})", metavar="HOST:PORT"),
+    Flag("--ready-file", "write the bound HOST:PORT here (atomically) once "
+         "serving", metavar="PATH"),
+    Flag("--min-clients", "updates a round needs to be applied "
+         f"(default: {_D.min_clients})", int, "N"),
+    Flag("--min-client-fraction", "quorum as a fraction of the connected "
+         "clients; a round needs max(--min-clients, ceil(F x connected)) "
+         f"updates (default: {_D.min_client_fraction:g}, off)", float, "F"),
+    Flag("--max-clients", "clients admitted; more get RESOURCE_EXHAUSTED "
+         f"(default: {_D.max_clients})", int, "N"),
+    Flag("--inner-steps", "inner steps per round announced to clients "
+         f"(default: {_D.inner_steps})", int, "H"),
+    Flag("--round-timeout-s", "seconds after a round's first update before it "
+         "closes with what it has (skipped below --min-clients); updates still "
+         f"streaming get as long again (default: {_D.round_timeout_s:g})",
+         float, "S"),
+    Flag("--outer-optimizer", "outer optimizer applied to the mean "
+         "pseudo-gradient: nesterov (DiLoCo: SGD with Nesterov momentum), "
+         "fedavg, fedavgm (heavy-ball server momentum), fedadagrad, fedadam, "
+         "fedyogi (adaptive per-coordinate steps, Reddi et al. 2021), or "
+         "sparseloco (plain SGD; the clients' decaying error-feedback "
+         "residual is the momentum; for top-k), or your own "
+         "package.module:Class (default: nesterov)", metavar="|".join(
+         OUTER_OPTIMIZERS) + "|MODULE:CLASS"),
+    Flag("--outer-lr", "outer learning rate (default: 0.7 for nesterov and "
+         "fedavgm, 1.0 for fedavg and sparseloco, 0.1 for fedadagrad, 0.01 "
+         "for fedadam and fedyogi)", float, "LR"),
+    Flag("--outer-momentum", "outer momentum in [0, 1) of nesterov and "
+         "fedavgm (default: 0.9 for those, 0 otherwise)", float, "M"),
+    Flag("--outer-beta1", "first-moment decay beta1 in [0, 1) of fedadagrad, "
+         "fedadam and fedyogi (default: 0.9)", float, "B1"),
+    Flag("--outer-beta2", "second-moment decay beta2 in [0, 1) of fedadam and "
+         "fedyogi (default: 0.99)", float, "B2"),
+    Flag("--outer-tau", "adaptivity tau > 0 of fedadagrad, fedadam and "
+         "fedyogi: v starts at tau^2, steps divide by sqrt(v) + tau "
+         "(default: 0.001; the paper searches 1e-1 .. 1e-5)", float, "TAU"),
+    Flag("--feedback-decay", "clients' error-feedback decay beta in (0, 1] "
+         "(default: 0.95 for sparseloco, 1 otherwise)", float, "BETA"),
+    Flag("--codec", "update codec: dense[:fp32|bf16|fp16|int8|int4] or "
+         "topk:DENSITY[:int8|int4|bf16|fp32], e.g. topk:0.01:int8 "
+         f"(default: {_D.codec})", metavar="SPEC"),
+    Flag("--secure-aggregation", "SecAgg+ masking: the coordinator learns "
+         "only each round's sum; needs --codec dense:int8 or dense:int4 and "
+         "--min-clients >= 3; excludes robust aggregation (default: off)",
+         const=True),
+    Flag("--secagg-threshold", "Shamir threshold t: a count, or a fraction "
+         "of each neighbourhood (default: the fork-safe graph rule)",
+         float, "T"),
+    Flag("--secagg-degree", "neighbours per client (default: complete graph "
+         "up to 100 participants, Harary degree O(log n) above)", int, "K"),
+    Flag("--secagg-clip", "round-wide clip of secure-aggregation codes; "
+         "clipped remainders stay in clients' residuals "
+         f"(default: {_D.secagg_clip:g})", float, "C"),
+    Flag("--secagg-density", "fraction (0, 1] of the coordinates masked per "
+         "secure round: 1 masks all (dense int8, the safe default); below 1 "
+         "the coordinator announces a shared index set of ceil(D x "
+         "parameters) positions (top outer momentum plus random ones), with "
+         "a divergence guard falling back to dense rounds; experimental "
+         f"(default: {_D.secagg_density:g})", float, "D"),
+    Flag("--secagg-random-fraction", "share in [0, 1] of the shared index "
+         "set drawn at random from the round nonce, so every coordinate can "
+         "flush its residual; only with --secagg-density < 1 "
+         f"(default: {_D.secagg_random_fraction:g})", float, "EPS"),
+    Flag("--chunk-bytes", "payload bytes per streamed chunk, both directions "
+         f"(default: {_D.chunk_bytes})", int, "BYTES"),
+    Flag("--checkpoint-dir", "write a checkpoint after every applied round "
+         "(and at shutdown) here, keeping the newest --checkpoint-keep; resume "
+         "from the newest intact one at start (default: none)", metavar="DIR"),
+    Flag("--checkpoint-keep", "checkpoints kept in --checkpoint-dir "
+         f"(default: {_D.checkpoint_keep})", int, "K"),
+    Flag("--metrics-listen", "serve Prometheus metrics at "
+         "http://HOST:PORT/metrics, plain HTTP (default: off)",
+         metavar="HOST:PORT"),
+    Flag("--max-rounds", "rounds the run lasts; after the last one closes the "
+         "coordinator checkpoints, tells clients the run finished, and exits 0 "
+         "once they left (at most --session-timeout-s later) (default: 0, no "
+         "limit)", int, "N"),
+    Flag("--init-model", "the run's initial weights: a safetensors file "
+         "(save_file(dict(model.named_parameters()), PATH)) or a fedgrpc "
+         "checkpoint (round-N.ckpt or its directory; weights only); it fixes "
+         "the tensors, shapes and dtypes clients must have. Ignored when "
+         "--checkpoint-dir has a run to resume", metavar="PATH"),
+    Flag("--seed-from-first-client", "let the first client to join upload "
+         "the initial weights (and so decide the model); for quick local "
+         "runs. Without it or --init-model (or a checkpoint to resume) serve "
+         "refuses to start", const=True),
+    Flag("--log-format", "log lines on stderr (default: json)",
+         choices=("json", "console")),
+    Flag("--log-level", "DEBUG, INFO, WARNING or ERROR (default: INFO)",
+         metavar="LEVEL"),
+)  # fmt: skip
+"""Where, when and what the coordinator serves: quorum, rounds, outer step,
+codec, secure aggregation, checkpoints, lifecycle, logs."""
+
+ROBUSTNESS_FLAGS = (
+    *STAGE_FLAGS,
+    Flag("--max-update-norm-growth", "divergence guard: skip a round whose mean "
+         "update norm is over this many times the recent median, 0 disables "
+         f"(default: {_D.max_update_norm_growth:g})", float, "X"),
+)  # fmt: skip
+"""How updates are weighted, combined and guarded (`config.robustness`)."""
+
+LIMIT_FLAGS = (
+    Flag("--heartbeat-interval-s", "seconds between client heartbeats, "
+         "announced at Join: clients send at least this often "
+         f"(default: {_D.heartbeat_interval_s:g})", float, "S"),
+    Flag("--session-timeout-s", "evict a client silent this long, even with its "
+         "connection open; must exceed --heartbeat-interval-s "
+         f"(default: {_D.session_timeout_s:g})", float, "S"),
+)  # fmt: skip
+"""Liveness, deadlines and resource bounds (`config.limits`)."""
+
+ACCESS_FLAGS = (
+    Flag("--tls-cert", "PEM certificate chain to serve TLS with; needs "
+         "--tls-key (default: plaintext; see `fedgrpc certs`)", metavar="PEM"),
+    Flag("--tls-key", "PEM private key of --tls-cert", metavar="PEM"),
+    Flag("--tls-client-ca", "PEM CA certificate(s): require client "
+         "certificates signed by it (mutual TLS); needs --tls-cert "
+         "(default: no client certificates)", metavar="PEM"),
+    Flag("--identity-key", "the coordinator's Ed25519 private key (PEM, from "
+         "`fedgrpc keygen`): signs every model sent; required with "
+         "--allowed-client-keys (default: a throwaway key, open enrollment "
+         "only)", metavar="PEM"),
+    Flag("--allowed-client-keys", "who may join: a directory of *.pub files, "
+         "or a file of PEM public keys and/or 64-hex fingerprints",
+         metavar="PATH"),
+    Flag("--open-enrollment", "let any client key join (each still proves "
+         "it holds its key and signs its updates); for local simulation, "
+         "logged as a warning (default: off)", const=True),
+    Flag("--update-signatures", "required: verify every update header, "
+         "chunk and commit; off: skip it, only with --open-enrollment, to "
+         "measure the cost (default: required)", choices=("required", "off")),
+)  # fmt: skip
+"""Who may connect, join, and read (`config.access`)."""
+
+SERVE_FLAGS = (*CORE_FLAGS, *ROBUSTNESS_FLAGS, *LIMIT_FLAGS, *ACCESS_FLAGS)
+"""Every `fedgrpc serve` flag, in --help order."""
