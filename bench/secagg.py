@@ -62,7 +62,7 @@ from fedgrpc.client import DiLoCoClient
 from fedgrpc.client.secure import SecureUpdates
 from fedgrpc.config import ClientConfig, CoordinatorConfig
 from fedgrpc.coordinator.secure.mode import SecureMode
-from fedgrpc.coordinator.services.server import serve_in_thread
+from fedgrpc.coordinator.services.in_thread import serve_in_thread
 
 CLIENT = ClientConfig(rpc_timeout_s=300, round_wait_s=900, connect_timeout_s=120)
 Pair = tuple[DiLoCoClient, nn.Module]

@@ -56,6 +56,16 @@ class WrongRoundError(FedGrpcError):
     """
 
 
+class ExcludedClientError(WrongRoundError):
+    """The client is excluded from rounds for a while (`exclusion_reason` says why).
+
+    A client that keeps breaking its uploads, or is hard-quarantined for the
+    updates it sent. A kind of WrongRoundError so clients that handle those
+    (keep training, push again in a later round) need nothing new. Wire
+    status: FAILED_PRECONDITION.
+    """
+
+
 class IncompatibleClientError(FedGrpcError):
     """The client cannot take part as configured (inner steps, codecs).
 

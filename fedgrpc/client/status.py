@@ -36,6 +36,7 @@ ERROR_CLASS_KEY = "fedgrpc-error-class"
 """Trailing metadata in which the coordinator names the exception class."""
 _SUBCLASSES: dict[str | bytes, type[errors.FedGrpcError]] = {
     "ModelMismatchError": errors.ModelMismatchError,
+    "ExcludedClientError": errors.ExcludedClientError,
 }
 """Refinements of `_ERRORS` a status may name (`error_from_rpc`)."""
 

@@ -25,7 +25,7 @@ from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.faults import NO_FAULTS, FaultHooks
 from fedgrpc.coordinator.rounds.records import Outcome, Phase
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
-from fedgrpc.coordinator.services.server import CoordinatorThread
+from fedgrpc.coordinator.services.in_thread import CoordinatorThread
 from fedgrpc.coordinator.strategy.wiring import StagePlugins
 from fedgrpc.domain.status import ClientSummary, CoordinatorStatus, RoundSummary
 from fedgrpc.errors import ConfigError

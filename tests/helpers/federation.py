@@ -22,7 +22,7 @@ import pytest
 
 from fedgrpc._proto.v1 import admin_pb2
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.services.server import CoordinatorThread, serve_in_thread
+from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 from fedgrpc.crypto.files import save_key_pair
 from fedgrpc.crypto.keys import PrivateKey
 from tests.helpers.raw import (

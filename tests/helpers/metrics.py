@@ -6,7 +6,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from fedgrpc.coordinator.services.server import CoordinatorThread
+from fedgrpc.coordinator.services.in_thread import CoordinatorThread
 
 
 def scrape(coordinator: CoordinatorThread) -> tuple[str, dict[str, float]]:

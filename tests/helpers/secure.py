@@ -17,7 +17,7 @@ from fedgrpc.client import DiLoCoClient
 from fedgrpc.client.secure import SecureUpdates
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.secure.mode import SecureMode
-from fedgrpc.coordinator.services.server import CoordinatorThread
+from fedgrpc.coordinator.services.in_thread import CoordinatorThread
 from fedgrpc.secagg import ServerPhase
 from tests.helpers.eventually import eventually
 from tests.helpers.scripted import FAST

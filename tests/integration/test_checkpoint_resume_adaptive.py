@@ -19,7 +19,7 @@ from torch import nn
 
 from fedgrpc.client import DiLoCoClient
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.services.server import CoordinatorThread, serve_in_thread
+from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 from tests.helpers.scripted import FAST, flat, random_steps, scripted_steps
 
 LR, BETA1, BETA2, TAU = 0.02, 0.9, 0.99, 1e-3

@@ -19,7 +19,7 @@ from torch import nn
 from fedgrpc import errors
 from fedgrpc.client import DiLoCoClient
 from fedgrpc.config import ClientConfig, CoordinatorConfig
-from fedgrpc.coordinator.services.server import CoordinatorThread, serve_in_thread
+from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 from tests.helpers.scripted import GIVE_UP_FAST
 
 FAST = ClientConfig(rpc_timeout_s=10, round_wait_s=30, connect_timeout_s=10)

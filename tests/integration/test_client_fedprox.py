@@ -19,7 +19,7 @@ from torch import nn
 
 from fedgrpc.client import DiLoCoClient
 from fedgrpc.config import ClientConfig, CoordinatorConfig
-from fedgrpc.coordinator.services.server import CoordinatorThread, serve_in_thread
+from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 
 H = 3
 ROUNDS = 2

@@ -14,7 +14,7 @@ from fedgrpc._proto.v1 import common_pb2
 from fedgrpc.compress import Dense, TopK
 from fedgrpc.compress.topk import TOPK_GROUP
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.services.server import CoordinatorThread, serve_in_thread
+from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 from fedgrpc.wire.codec_params import codec_binding, codec_params_to_proto
 from tests.helpers.raw import (
     coded_update_messages,

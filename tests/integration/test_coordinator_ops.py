@@ -25,7 +25,7 @@ from torch import nn
 from fedgrpc.client import DiLoCoClient
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.ops.checkpoint_file import list_rounds
-from fedgrpc.coordinator.services.server import CoordinatorThread, serve_in_thread
+from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 from fedgrpc.crypto.files import save_key_pair
 from fedgrpc.crypto.keys import PrivateKey
 from tests.helpers import eventually

@@ -15,7 +15,7 @@ import torch
 
 from fedgrpc._proto.v1 import admin_pb2, admin_pb2_grpc
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.services.server import CoordinatorThread, serve_in_thread
+from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from tests.helpers import eventually
 from tests.helpers.raw import PB, join, pull, stub, tiny_spec, update_messages

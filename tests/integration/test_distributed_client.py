@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from fedgrpc import ConfigError, DistributedDiLoCoClient
 from fedgrpc.config import ClientConfig, CoordinatorConfig
-from fedgrpc.coordinator.services.server import serve_in_thread
+from fedgrpc.coordinator.services.in_thread import serve_in_thread
 
 if TYPE_CHECKING:  # the rank processes run this file without `tests` importable
     from tests.conftest import Spawn

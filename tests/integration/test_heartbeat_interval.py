@@ -13,7 +13,7 @@ import torch
 
 import fedgrpc
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.services.server import serve_in_thread
+from fedgrpc.coordinator.services.in_thread import serve_in_thread
 
 
 def test_a_default_client_is_not_evicted_by_a_coordinator_with_short_heartbeats() -> (

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 import fedgrpc
 from fedgrpc.cli import main
 from fedgrpc.config import ClientConfig, CoordinatorConfig
-from fedgrpc.coordinator.services.server import CoordinatorThread, serve_in_thread
+from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 from fedgrpc.crypto.files import save_key_pair
 from fedgrpc.crypto.keys import PrivateKey
 from fedgrpc.errors import UnknownClientError, UntrustedCoordinatorError

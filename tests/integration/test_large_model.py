@@ -6,7 +6,7 @@ import torch
 
 import fedgrpc
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.services.server import serve_in_thread
+from fedgrpc.coordinator.services.in_thread import serve_in_thread
 
 GRPC_DEFAULT_MAX_MESSAGE = 4 << 20
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from fedgrpc.client import DiLoCoClient
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.services.server import CoordinatorThread, serve_in_thread
+from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 from tests.helpers import eventually
 from tests.helpers.scripted import FAST
 

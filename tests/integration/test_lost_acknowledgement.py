@@ -18,7 +18,7 @@ import torch
 
 import fedgrpc
 from fedgrpc.config import ClientConfig, CoordinatorConfig
-from fedgrpc.coordinator.services.server import serve_in_thread
+from fedgrpc.coordinator.services.in_thread import serve_in_thread
 from fedgrpc.wire.tensors import flatten_fp32, spec_from_module
 from tests.helpers.faults import DropAck
 

@@ -19,7 +19,7 @@ import torch
 from fedgrpc._proto.v1 import admin_pb2, admin_pb2_grpc
 from fedgrpc.aggregate import HeldUpdates, Holding, WeightedMean
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.services.server import CoordinatorThread, serve_in_thread
+from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 from fedgrpc.coordinator.strategy.wiring import StagePlugins
 from fedgrpc.optim import StateDict
 from tests.helpers import eventually

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fedgrpc.coordinator.secure.mode import SecureMode
-from fedgrpc.coordinator.services.server import CoordinatorThread, serve_in_thread
+from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 from fedgrpc.secagg import ServerPhase
 from tests.helpers.scripted import flat
 from tests.helpers.secure import (

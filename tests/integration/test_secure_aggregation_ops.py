@@ -21,7 +21,7 @@ from fedgrpc._proto.v1 import admin_pb2, coordinator_pb2
 from fedgrpc.cli_ops import format_status
 from fedgrpc.client.admin import fetch_status
 from fedgrpc.coordinator.secure.stats import REASONS
-from fedgrpc.coordinator.services.server import CoordinatorThread, serve_in_thread
+from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 from fedgrpc.secagg import ServerPhase
 from tests.helpers.eventually import eventually
 from tests.helpers.metrics import scrape

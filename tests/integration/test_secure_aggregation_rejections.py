@@ -17,7 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from fedgrpc._proto.v1 import common_pb2
-from fedgrpc.coordinator.services.server import CoordinatorThread, serve_in_thread
+from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 from fedgrpc.secagg import ClientRound, ConsistencySignature, KeyDirectory
 from fedgrpc.wire.secagg import client_event, server_event_from_proto, setup_from_proto
 from tests.helpers.raw import PB, Joined, join, stub, tiny_spec

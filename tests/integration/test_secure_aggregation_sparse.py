@@ -18,7 +18,7 @@ from torch import nn
 from fedgrpc.client import DiLoCoClient
 from fedgrpc.client.secure import SecureUpdates
 from fedgrpc.compress.shared_index import choose_index_set
-from fedgrpc.coordinator.services.server import CoordinatorThread, serve_in_thread
+from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 from fedgrpc.wire.secagg import SecureRoundSetup
 from tests.helpers.scripted import flat
 from tests.helpers.secure import close_all, codes_of, config, connect, secure_mode_of

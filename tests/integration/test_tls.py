@@ -22,7 +22,7 @@ from torch import nn
 from fedgrpc import errors
 from fedgrpc.client import DiLoCoClient
 from fedgrpc.config import ClientConfig, CoordinatorConfig
-from fedgrpc.coordinator.services.server import CoordinatorThread, serve_in_thread
+from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 from fedgrpc.crypto import DevPki, write_dev_pki
 
 H = 2

@@ -49,6 +49,7 @@ from fedgrpc.aggregate.blockwise import as_sum
 from fedgrpc.compress import DecodedBlock
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.rounds import rules
+from fedgrpc.coordinator.rounds.credit import credit_update
 from fedgrpc.coordinator.rounds.global_model import GlobalModel
 from fedgrpc.coordinator.rounds.participants import Participation
 from fedgrpc.coordinator.rounds.records import (
@@ -139,6 +140,7 @@ class RoundEngine:
             self.model.check_not_seeded()
         else:
             current = rules.collecting_round(self.phase, self.current)
+            rules.check_not_excluded(current, client)
             spans = self.participation.check(current, client, header.base_version)
             rules.check_slot(current, client, header, self.clock, spans=spans)
 
@@ -205,25 +207,16 @@ class RoundEngine:
                 raise InvalidUpdateError("an update without values cannot be counted")
             current.total.commit_update(ticket.ticket_id, float(header.num_samples))
             del current.streaming[ticket.ticket_id]
-            current.contributors.add(client.client_id)
-            current.loss_weighted_sum += header.train_loss * header.num_samples
-            current.samples += header.num_samples
-            current.bytes_received += payload_bytes
-            current.last_commit_s = self.clock()
-            current.last_commit_cpu_s = time.process_time()
-            if current.deadline_s is None:
-                current.deadline_s = current.last_commit_s + self.config.round_timeout_s
-            client.last_round = current.round_id
+            credit_update(
+                current,
+                client,
+                header,
+                payload_bytes,
+                now_s=self.clock(),
+                opened_s=ticket.opened_s,
+                round_timeout_s=self.config.round_timeout_s,
+            )
             in_round = len(current.contributors)
-            # Credit round updates only: the seeding upload is the initial
-            # weights, not training, and status counted it as an update.
-            client.updates_accepted += 1
-            client.samples_contributed += header.num_samples
-            client.last_train_loss = header.train_loss
-            client.last_samples = header.num_samples
-            seconds = current.last_commit_s - ticket.opened_s
-            if seconds > 0:
-                client.throughput_bps = payload_bytes / seconds
         return in_round
 
     def abandon(self, ticket: Ticket, reason: str) -> bool:

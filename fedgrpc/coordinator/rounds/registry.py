@@ -51,6 +51,19 @@ class ClientRecord:
     """That round's id."""
     leaves_for_good: bool = False
     """It said its leave is final (a throwaway key): forget it once gone."""
+    excluded_until_round: int = 0
+    """Its updates for rounds before this one are refused and no round waits
+    for it: one mechanism for every exclusion (a client that keeps breaking
+    its uploads, hard quarantine). 0: never excluded."""
+    exclusion_reason: str = ""
+    """Why, in words the refused client reads (empty when not excluded)."""
+    weight_factor: float = 1.0
+    """Multiplies its aggregation weight: 1 normally, below 1 under soft
+    quarantine (trust scores)."""
+
+    def excluded_from(self, round_id: int) -> bool:
+        """True if its update for `round_id` must be refused."""
+        return round_id < self.excluded_until_round
 
 
 class ClientRegistry:

@@ -24,7 +24,7 @@ from fedgrpc.coordinator.rounds.records import (
 )
 from fedgrpc.coordinator.rounds.registry import ClientRecord, ClientRegistry
 from fedgrpc.domain.requests import UpdateHeaderInfo, wire_codec
-from fedgrpc.errors import InvalidUpdateError, WrongRoundError
+from fedgrpc.errors import ExcludedClientError, InvalidUpdateError, WrongRoundError
 
 
 def check_shape(
@@ -89,6 +89,20 @@ def check_slot(
         raise WrongRoundError(
             f"round {current.round_id} passed its deadline and takes no new "
             "updates; keep training and push in the next round"
+        )
+
+
+def check_not_excluded(current: OpenRound, client: ClientRecord) -> None:
+    """Refuse an update from a client excluded from this round.
+
+    Raises:
+        ExcludedClientError: it is excluded until a later round.
+    """
+    if client.excluded_from(current.round_id):
+        raise ExcludedClientError(
+            f"client {client.client_id} is excluded from rounds before "
+            f"{client.excluded_until_round} ({client.exclusion_reason}); keep "
+            "training and push again then"
         )
 
 
@@ -183,8 +197,15 @@ def quorum(
 
 
 def _expected(current: OpenRound, registry: ClientRegistry) -> set[str]:
-    """Connected clients the round waits for: those it selected (all, by default)."""
-    connected = {c.client_id for c in registry.connected()}
+    """Connected clients the round waits for: those it selected (all, by default).
+
+    Excluded clients (`ClientRecord.excluded_until_round`) are never waited for.
+    """
+    connected = {
+        c.client_id
+        for c in registry.connected()
+        if not c.excluded_from(current.round_id)
+    }
     if current.selected is None:
         return connected
     return connected & set(current.selected)

@@ -1,0 +1,49 @@
+"""What one committed update adds to its round's and its client's counters.
+
+Apart from the engine's state machine because these counters are what a
+lying client steers (sample counts, losses, timing): status, metrics,
+selection (power-of-choice reads the loss, throughput the rate) and the
+checkpoint all read them, so how they are bounded belongs in one place.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fedgrpc.coordinator.rounds.records import OpenRound
+from fedgrpc.coordinator.rounds.registry import ClientRecord
+from fedgrpc.domain.requests import UpdateHeaderInfo
+
+
+def credit_update(
+    current: OpenRound,
+    client: ClientRecord,
+    header: UpdateHeaderInfo,
+    payload_bytes: int,
+    *,
+    now_s: float,
+    opened_s: float,
+    round_timeout_s: float,
+) -> None:
+    """Count `client`'s committed update in `current` and in its record.
+
+    The round's deadline starts at its first commit (`round_timeout_s`
+    later). Only round updates are credited: the seeding upload is the
+    initial weights, not training.
+    """
+    current.contributors.add(client.client_id)
+    current.loss_weighted_sum += header.train_loss * header.num_samples
+    current.samples += header.num_samples
+    current.bytes_received += payload_bytes
+    current.last_commit_s = now_s
+    current.last_commit_cpu_s = time.process_time()
+    if current.deadline_s is None:
+        current.deadline_s = current.last_commit_s + round_timeout_s
+    client.last_round = current.round_id
+    client.updates_accepted += 1
+    client.samples_contributed += header.num_samples
+    client.last_train_loss = header.train_loss
+    client.last_samples = header.num_samples
+    seconds = current.last_commit_s - opened_s
+    if seconds > 0:
+        client.throughput_bps = payload_bytes / seconds
