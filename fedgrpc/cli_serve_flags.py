@@ -149,6 +149,17 @@ ACCESS_FLAGS = (
     Flag("--update-signatures", "required: verify every update header, "
          "chunk and commit; off: skip it, only with --open-enrollment, to "
          "measure the cost (default: required)", choices=("required", "off")),
+    Flag("--admin-token-file", "file holding the admin token (one line, 16+ "
+         "characters; `fedgrpc certs --admin` writes one): AdminService "
+         "callers sending `authorization: Bearer <token>` may read status",
+         metavar="PATH"),
+    Flag("--admin-access", "who may call AdminService (GetStatus): "
+         "credential (admin token or an admin client certificate), loopback "
+         "(those, or any caller on this host), open (anyone; warned); auto: "
+         "credential with --admin-token-file, else loopback (default: auto)",
+         choices=("auto", "credential", "loopback", "open")),
+    Flag("--reflection", "serve gRPC server reflection, for grpcurl without "
+         "the .proto files (default: off)", const=True),
 )  # fmt: skip
 """Who may connect, join, and read (`config.access`)."""
 
