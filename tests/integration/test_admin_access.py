@@ -100,6 +100,30 @@ def test_a_token_protected_coordinator_refuses_status_without_the_token(
             fetch_status(running.address)
 
 
+def test_fedgrpc_status_reads_with_admin_token_file_and_fails_clearly_without(
+    token_file: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    fedgrpc = Path(sys.executable).with_name("fedgrpc")
+
+    def status(*flags: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(fedgrpc), "status", "--target", running.address, "--json", *flags],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    with serve_in_thread(_config(admin_token_file=str(token_file))) as running:
+        ok = status("--admin-token-file", str(token_file))
+        refused = status()
+    assert ok.returncode == 0, ok.stderr
+    assert '"run_id"' in ok.stdout
+    assert refused.returncode != 0
+    assert "UNAUTHENTICATED" in refused.stderr
+    assert "--admin-token-file" in refused.stderr
+
+
 def test_health_stays_open_when_status_is_refused(token_file: Path) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -198,3 +222,85 @@ def test_a_short_admin_token_is_refused_at_start_naming_the_setting(
         serve_in_thread(_config(admin_token_file=str(short))),
     ):
         pass
+
+
+def test_every_admin_method_of_every_shape_goes_through_the_guard() -> None:
+    """A later admin RPC (say, resetting the divergence guard) cannot skip it.
+
+    An AdminService method registered apart from `add_admin_service`, in each
+    of gRPC's four call shapes, on a server built with the same guard.
+    """
+    import asyncio
+
+    from fedgrpc.coordinator.services.admin_access import AdminGuard, AdminPolicy
+
+    token = b"k" * 32
+    reached: list[str] = []
+
+    async def unary(request: Any, context: Any) -> bytes:
+        reached.append("unary")
+        return b"ok"
+
+    async def streamed(request: Any, context: Any) -> Any:
+        reached.append("stream")
+        yield b"ok"
+
+    shapes = {
+        "UU": grpc.unary_unary_rpc_method_handler(unary),
+        "SU": grpc.stream_unary_rpc_method_handler(unary),
+        "US": grpc.unary_stream_rpc_method_handler(streamed),
+        "SS": grpc.stream_stream_rpc_method_handler(streamed),
+    }
+
+    async def run() -> dict[str, tuple[grpc.StatusCode, grpc.StatusCode]]:
+        guard = AdminGuard(AdminPolicy("credential", token))
+        server = grpc.aio.server(interceptors=(guard,))
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("fedgrpc.v1.AdminService", shapes),)
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        codes = {}
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            for name in shapes:
+                method = f"/fedgrpc.v1.AdminService/{name}"
+                results = []
+                for metadata in ((), bearer_metadata(token)):
+                    call = _call(channel, name, method, metadata)
+                    try:
+                        await call
+                    except grpc.aio.AioRpcError as exc:
+                        results.append(exc.code())
+                    else:
+                        results.append(grpc.StatusCode.OK)
+                codes[name] = (results[0], results[1])
+        await server.stop(None)
+        return codes
+
+    codes = asyncio.run(run())
+    for name, (without, with_token) in codes.items():
+        assert without == grpc.StatusCode.UNAUTHENTICATED, name
+        assert with_token == grpc.StatusCode.OK, name
+    assert sorted(reached) == ["stream", "stream", "unary", "unary"]
+
+
+def _call(channel: Any, shape: str, method: str, metadata: Any) -> Any:
+    """Start one call of `shape` and return an awaitable for its end."""
+
+    async def drain(call: Any) -> None:
+        async for _ in call:
+            pass
+
+    if shape == "UU":
+        return channel.unary_unary(method)(b"x", metadata=metadata, timeout=TIMEOUT_S)
+    if shape == "SU":
+        return channel.stream_unary(method)(
+            iter([b"x"]), metadata=metadata, timeout=TIMEOUT_S
+        )
+    if shape == "US":
+        call = channel.unary_stream(method)(b"x", metadata=metadata, timeout=TIMEOUT_S)
+    else:
+        call = channel.stream_stream(method)(
+            iter([b"x"]), metadata=metadata, timeout=TIMEOUT_S
+        )
+    return drain(call)
