@@ -25,8 +25,9 @@ CORE_FLAGS = (
     Flag("--min-client-fraction", "quorum as a fraction of the connected "
          "clients; a round needs max(--min-clients, ceil(F x connected)) "
          f"updates (default: {_D.min_client_fraction:g}, off)", float, "F"),
-    Flag("--max-clients", "clients admitted; more get RESOURCE_EXHAUSTED "
-         f"(default: {_D.max_clients})", int, "N"),
+    Flag("--max-clients", "client records held at once; when full, a new "
+         "key replaces the longest-idle client without credit, else Join gets "
+         f"RESOURCE_EXHAUSTED (default: {_D.max_clients})", int, "N"),
     Flag("--inner-steps", "inner steps per round announced to clients "
          f"(default: {_D.inner_steps})", int, "H"),
     Flag("--round-timeout-s", "seconds after a round's first update before it "

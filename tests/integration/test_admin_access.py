@@ -304,3 +304,23 @@ def _call(channel: Any, shape: str, method: str, metadata: Any) -> Any:
             iter([b"x"]), metadata=metadata, timeout=TIMEOUT_S
         )
     return drain(call)
+
+
+def test_a_forged_page_token_is_invalid_argument_and_a_real_one_pages_on() -> None:
+    with (
+        serve_in_thread(_config()) as running,
+        grpc.insecure_channel(running.address) as channel,
+    ):
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        forged = _refused(
+            lambda: admin.GetStatus(
+                admin_pb2.GetStatusRequest(page_token="../../etc"), timeout=TIMEOUT_S
+            )
+        )
+        assert forged.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "next_page_token" in (forged.details() or "")
+        empty = admin.GetStatus(
+            admin_pb2.GetStatusRequest(page_token="c99999"), timeout=TIMEOUT_S
+        )
+        assert list(empty.clients) == []
+        assert not empty.next_page_token
