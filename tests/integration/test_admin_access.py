@@ -245,7 +245,7 @@ def test_every_admin_method_of_every_shape_goes_through_the_guard() -> None:
         reached.append("stream")
         yield b"ok"
 
-    shapes = {
+    shapes: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "UU": grpc.unary_unary_rpc_method_handler(unary),
         "SU": grpc.stream_unary_rpc_method_handler(unary),
         "US": grpc.unary_stream_rpc_method_handler(streamed),
