@@ -25,6 +25,7 @@ from fedgrpc.coordinator.services.in_thread import serve_in_thread
 from fedgrpc.crypto.keys import PrivateKey
 from fedgrpc.domain.model_spec import ModelSpec
 from tests.helpers import eventually
+from tests.helpers.metrics import scrape
 from tests.helpers.raw import Service, join, stub, tiny_spec, update_messages
 
 N = 10
@@ -43,6 +44,7 @@ def config(tmp_path: Path) -> CoordinatorConfig:
     return CoordinatorConfig(
         listen="127.0.0.1:0", open_enrollment=True, min_clients=1,
         init_model=str(init), checkpoint_dir=str(tmp_path / "ckpt"),
+        metrics_listen="127.0.0.1:0",
     )  # fmt: skip
 
 
@@ -101,6 +103,8 @@ def test_throwaway_keys_cannot_lock_out_an_honest_client_before_or_after_a_resta
         assert len(listed) == len(set(listed)) == pages[0].total_clients == 1024
         everyone = fetch_status(running.address)
         assert [c.client_id for c in everyone.clients] == listed
+        # 1 + 1,100 + 1 records for 1,024 places: 78 idle throwaways went.
+        assert scrape(running)[1]["fedgrpc_clients_evicted_total"] == 78
 
     # Restart from the checkpoint: only the client with credit comes back.
     with serve_in_thread(config) as running:
