@@ -50,6 +50,7 @@ from _util import (
 )
 
 from fedgrpc._proto.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2
+from fedgrpc.client.admin import fetch_status
 
 COORDS = 64
 """Model coordinates (one float32 tensor): the bench is about clients, not bytes."""
@@ -84,7 +85,8 @@ def wait_connected(address: str, clients: int, deadline: float, out: Any) -> Non
             failed = None
         if failed is not None:
             raise RuntimeError(f"child failed:\n{failed.get('error', failed)}")
-        connected = sum(c.connected for c in admin_status(address).clients)
+        # Every page: GetStatus returns at most 500 clients per call.
+        connected = sum(c.connected for c in fetch_status(address, None, 30).clients)
         if connected >= clients:
             return
         if time.monotonic() > deadline:

@@ -107,6 +107,12 @@ def _certs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="D",
         help=f"validity of every certificate in days (default: {DEFAULT_DAYS})",
     )
+    parser.add_argument(
+        "--admin", action="store_true", help="also write admin.pem and "
+        "admin.key (a client certificate with the admin role, SAN URI "
+        "urn:fedgrpc:admin) and admin.token, for AdminService: "
+        "`fedgrpc status` and the coordinator's admin_token_file",
+    )  # fmt: skip
     parser.add_argument("--force", action="store_true", help=_FORCE_HELP)
     parser.set_defaults(handler=_certs)
 
@@ -129,9 +135,26 @@ def _certs(args: argparse.Namespace) -> int:
         client_name=args.client_name,
         days=args.days,
         overwrite=args.force,
+        admin=args.admin,
     )
-    sys.stdout.write(_certs_summary(pki))
+    sys.stdout.write(_certs_summary(pki) + _admin_summary(pki))
     return 0
+
+
+def _admin_summary(pki: DevPki) -> str:
+    if pki.admin_certificate is None:
+        return ""
+    return (
+        f"admin certificate:  {pki.admin_certificate} (admin role; key "
+        f"{pki.admin_key}, mode 0600)\n"
+        f"admin token:        {pki.admin_token} (mode 0600)\n"
+        "Read status:\n"
+        f"  fedgrpc serve ... --admin-token-file {pki.admin_token}\n"
+        f"  fedgrpc status --target HOST:PORT --tls-ca {pki.ca_certificate} "
+        f"--admin-token-file {pki.admin_token}\n"
+        f"  (or --tls-cert {pki.admin_certificate} --tls-key {pki.admin_key} "
+        "under mutual TLS)\n"
+    )
 
 
 def _verify(args: argparse.Namespace) -> int:

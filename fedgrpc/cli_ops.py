@@ -56,6 +56,12 @@ def _status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     parser.add_argument("--tls-cert", metavar="PEM", help="client certificate "
                         "for mutual TLS (needs --tls-key)")  # fmt: skip
     parser.add_argument("--tls-key", metavar="PEM", help="key of --tls-cert")
+    parser.add_argument("--admin-token-file", metavar="PATH", help="file "
+                        "holding the coordinator's admin token (its "
+                        "admin_token_file), sent as `authorization: Bearer`; "
+                        "not needed on the coordinator's host unless it sets "
+                        "admin_access = credential, nor with an admin "
+                        "client certificate (`fedgrpc certs --admin`)")  # fmt: skip
     parser.add_argument(
         "--timeout-s", type=float, default=10.0, metavar="S",
         help="seconds to wait for the answer (default: 10)",
@@ -99,7 +105,10 @@ def _status(args: argparse.Namespace) -> int:
             return 1
         sys.stdout.write(serving + "\n")
         return 0 if serving == "SERVING" else 1
-    status = fetch_status(args.target, config, args.timeout_s)
+    status = fetch_status(
+        args.target, config, args.timeout_s,
+        admin_token_file=args.admin_token_file or "",
+    )  # fmt: skip
     if args.json:
         sys.stdout.write(json.dumps(dataclasses.asdict(status)) + "\n")
     else:

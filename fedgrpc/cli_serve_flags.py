@@ -25,8 +25,9 @@ CORE_FLAGS = (
     Flag("--min-client-fraction", "quorum as a fraction of the connected "
          "clients; a round needs max(--min-clients, ceil(F x connected)) "
          f"updates (default: {_D.min_client_fraction:g}, off)", float, "F"),
-    Flag("--max-clients", "clients admitted; more get RESOURCE_EXHAUSTED "
-         f"(default: {_D.max_clients})", int, "N"),
+    Flag("--max-clients", "client records held at once; when full, a new "
+         "key replaces the longest-idle client without credit, else Join gets "
+         f"RESOURCE_EXHAUSTED (default: {_D.max_clients})", int, "N"),
     Flag("--inner-steps", "inner steps per round announced to clients "
          f"(default: {_D.inner_steps})", int, "H"),
     Flag("--round-timeout-s", "seconds after a round's first update before it "
@@ -149,6 +150,17 @@ ACCESS_FLAGS = (
     Flag("--update-signatures", "required: verify every update header, "
          "chunk and commit; off: skip it, only with --open-enrollment, to "
          "measure the cost (default: required)", choices=("required", "off")),
+    Flag("--admin-token-file", "file holding the admin token (one line, 16+ "
+         "characters; `fedgrpc certs --admin` writes one): AdminService "
+         "callers sending `authorization: Bearer <token>` may read status",
+         metavar="PATH"),
+    Flag("--admin-access", "who may call AdminService (GetStatus): "
+         "credential (admin token or an admin client certificate), loopback "
+         "(those, or any caller on this host), open (anyone; warned); auto: "
+         "credential with --admin-token-file, else loopback (default: auto)",
+         choices=("auto", "credential", "loopback", "open")),
+    Flag("--reflection", "serve gRPC server reflection, for grpcurl without "
+         "the .proto files (default: off)", const=True),
 )  # fmt: skip
 """Who may connect, join, and read (`config.access`)."""
 

@@ -3,7 +3,9 @@
 What `fedgrpc status` calls. Synchronous grpc (one call, then exit), and
 plain dataclasses out, so the CLI never touches protobuf types. TLS works as
 for `DiLoCoClient`: `ClientConfig.tls_ca` (and a client certificate for
-mutual TLS).
+mutual TLS). AdminService needs an admin credential unless the caller is on
+the coordinator's host: the admin token (`admin_token_file`, sent as
+`authorization: Bearer` metadata) or a client certificate with the admin role.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from fedgrpc._proto.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2
 from fedgrpc.client.connection.channel import channel_credentials
 from fedgrpc.client.status import status_code
 from fedgrpc.config import ClientConfig
+from fedgrpc.crypto.admin_token import bearer_metadata, read_admin_token
 from fedgrpc.crypto.tls import load_client_tls
 from fedgrpc.errors import CoordinatorUnavailableError, FedGrpcError
 
@@ -93,22 +96,61 @@ class CoordinatorStatus:
     guard_trips: int = 0
     """Times the divergence guard of sparse masked rounds refused a round."""
     dense_fallback_rounds: int = 0
+    total_clients: int = 0
+    """Clients the coordinator holds (len(clients) unless `max_pages` cut it)."""
+
+
+MAX_PAGES = 10_000
+"""Pages `fetch_status` follows at most (10 million clients at 1,000 a page):
+a coordinator that keeps answering with a next page cannot loop it forever."""
 
 
 def fetch_status(
-    target: str, config: ClientConfig | None = None, timeout_s: float = 10.0
+    target: str,
+    config: ClientConfig | None = None,
+    timeout_s: float = 10.0,
+    *,
+    admin_token_file: str = "",
+    page_size: int = 0,
 ) -> CoordinatorStatus:
-    """Call AdminService/GetStatus on `target` (host:port).
+    """Call AdminService/GetStatus on `target` (host:port), every page of clients.
+
+    Args:
+        target: HOST:PORT of the coordinator.
+        config: TLS settings (`tls_ca`, and for mutual TLS `tls_cert`,
+            `tls_key`); None connects in plaintext.
+        timeout_s: seconds each call may take.
+        admin_token_file: a file holding the coordinator's admin token, sent
+            as `authorization: Bearer` metadata; "" sends none (loopback, or
+            a client certificate with the admin role in `config`).
+        page_size: clients per call; 0 lets the coordinator choose.
 
     Raises:
+        ConfigError: `admin_token_file` is unusable.
         CoordinatorUnavailableError: unreachable, or no answer in `timeout_s`.
-        FedGrpcError: any other failure, naming the status code.
+        FedGrpcError: any other failure (UNAUTHENTICATED without a needed
+            admin credential), naming the status code.
     """
+    metadata: tuple[tuple[str, str], ...] = ()
+    if admin_token_file:
+        token = read_admin_token(admin_token_file, "admin_token_file")
+        metadata = bearer_metadata(token)
     with _channel(target, config) as channel, _translated(target):
-        reply = admin_pb2_grpc.AdminServiceStub(channel).GetStatus(
-            admin_pb2.GetStatusRequest(), timeout=timeout_s
-        )
-    return _from_proto(reply)
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        request = admin_pb2.GetStatusRequest(page_size=page_size)
+        first = reply = stub.GetStatus(request, timeout=timeout_s, metadata=metadata)
+        clients = list(reply.clients)
+        seen = {reply.next_page_token}
+        for _ in range(MAX_PAGES):
+            if not reply.next_page_token:
+                break
+            request.page_token = reply.next_page_token
+            reply = stub.GetStatus(request, timeout=timeout_s, metadata=metadata)
+            clients.extend(reply.clients)
+            if reply.next_page_token in seen:  # not advancing: stop, keep what came
+                break
+            seen.add(reply.next_page_token)
+    return _from_proto(first, clients)
 
 
 def check_health(
@@ -153,7 +195,9 @@ def _translated(target: str) -> Iterator[None]:
         raise FedGrpcError(f"{target} answered {name}: {details}") from exc
 
 
-def _from_proto(reply: admin_pb2.GetStatusResponse) -> CoordinatorStatus:
+def _from_proto(
+    reply: admin_pb2.GetStatusResponse, clients: list[admin_pb2.ClientStatus]
+) -> CoordinatorStatus:
     return CoordinatorStatus(
         run_id=reply.run_id,
         phase=_PHASES.get(reply.phase, "unknown"),
@@ -175,7 +219,7 @@ def _from_proto(reply: admin_pb2.GetStatusResponse) -> CoordinatorStatus:
                 c.last_round,
                 c.last_train_loss,
             )
-            for c in reply.clients
+            for c in clients
         ],
         recent_rounds=[
             RoundRow(
@@ -198,4 +242,5 @@ def _from_proto(reply: admin_pb2.GetStatusResponse) -> CoordinatorStatus:
         secure_aggregation=reply.secure_aggregation,
         guard_trips=reply.guard_trips,
         dense_fallback_rounds=reply.dense_fallback_rounds,
+        total_clients=reply.total_clients or len(clients),
     )

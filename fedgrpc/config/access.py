@@ -17,6 +17,8 @@ from fedgrpc.config.files import check_tls_pair as _check_tls_pair
 from fedgrpc.errors import check_config as _check
 
 UpdateSignatures = Literal["required", "off"]
+AdminAccess = Literal["auto", "credential", "loopback", "open"]
+ADMIN_ACCESS_MODES: tuple[AdminAccess, ...] = ("auto", "credential", "loopback", "open")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +50,33 @@ class AccessSettings:
     client's key before it counts. `off` (only with `open_enrollment`): no
     hashing or verification, to measure what signing costs (bench/signing.py)."""
 
+    admin_token_file: str = ""
+    """A file holding the admin token (one line, at least 16 characters;
+    `fedgrpc certs --admin` writes one): AdminService callers that send
+    it as `authorization: Bearer <token>` metadata may read status. Keep the
+    file 0600; the token is never logged."""
+    admin_access: AdminAccess = "auto"
+    """Who may call AdminService (GetStatus shows client ids, names, key
+    fingerprints, losses and the round nonce). `credential`: only callers
+    with the admin token or, under mutual TLS, a client certificate with the
+    admin role (SAN URI `urn:fedgrpc:admin`, `fedgrpc certs --admin`).
+    `loopback`: those, and any caller on a loopback address. `open`: anyone
+    (warned at start). `auto` (default): `credential` when `admin_token_file`
+    is set, else `loopback`, so a local `fedgrpc status` keeps working and a
+    remote reader needs a credential. Health is always open."""
+    reflection: bool = False
+    """Serve gRPC server reflection (for grpcurl without .proto files). Off by
+    default: the protos are public (`protos/`, `grpcurl -import-path protos
+    -proto fedgrpc/v1/admin.proto`), and a production coordinator need not
+    offer one more unauthenticated streaming RPC."""
+
+    @property
+    def admin_mode(self) -> AdminAccess:
+        """`admin_access` with `auto` resolved (see there)."""
+        if self.admin_access != "auto":
+            return self.admin_access
+        return "credential" if self.admin_token_file else "loopback"
+
     def _check_access(self) -> None:
         """Files readable, pairs complete, nobody let in unverified."""
         _check_tls_pair(self.tls_cert, self.tls_key)
@@ -69,6 +98,13 @@ class AccessSettings:
                "identity_key", self.identity_key, "a key file (`fedgrpc keygen`) "
                "when allowed_client_keys is set: clients pin the coordinator's "
                "key, so it must survive restarts")  # fmt: skip
-        _check_readable(identity_key=self.identity_key)
+        _check_readable(identity_key=self.identity_key,
+                        admin_token_file=self.admin_token_file)  # fmt: skip
+        _check(self.admin_access in ADMIN_ACCESS_MODES, "admin_access",
+               self.admin_access, " | ".join(ADMIN_ACCESS_MODES))  # fmt: skip
+        _check(self.admin_access != "credential" or bool(self.admin_token_file)
+               or bool(self.tls_client_ca), "admin_access", self.admin_access,
+               "credential only with admin_token_file or tls_client_ca set "
+               "(else no caller could ever read status)")  # fmt: skip
         if self.allowed_client_keys and not Path(self.allowed_client_keys).is_dir():
             _check_readable(allowed_client_keys=self.allowed_client_keys)

@@ -54,7 +54,9 @@ class CoordinatorConfig(RobustnessSettings, LimitSettings, AccessSettings):
     max(min_clients, ceil(fraction x those)) updates to be applied, so a
     federation that grows keeps rounds representative; 0 disables."""
     max_clients: int = 1024
-    """Joined clients the coordinator admits; Join beyond it is RESOURCE_EXHAUSTED."""
+    """Client records held at once. When full, a new key takes the place of
+    the longest-idle client without standing (disconnected, no accepted
+    update; `rounds.registry`); with none, Join is RESOURCE_EXHAUSTED."""
     inner_steps: int = 500
     """H: inner optimizer steps per round, announced to clients (DiLoCo uses 500)."""
     round_timeout_s: float = 600.0

@@ -186,7 +186,7 @@ class Enrollment:
         if self.allowed is not None and key not in self.allowed:
             raise UnknownClientError(
                 f"client key {key.fingerprint} is not allowed to join: it is not "
-                f"in the coordinator's allowed_client_keys ({self.allowed.source}); "
+                "in the coordinator's allowed_client_keys; "
                 "ask the operator to add the client's .pub file or this fingerprint"
             )
         self._consume(proof.nonce)

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedgrpc.crypto.admin_token import new_admin_token
 from fedgrpc.crypto.files import PUBLIC_MODE, SECRET_MODE, PendingFile, write_files
 from fedgrpc.errors import ConfigError, check_config
 
@@ -42,6 +43,9 @@ MAX_DAYS = 3650
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 """Always in the server certificate, so a local coordinator works out of the box."""
 CLIENT_URI_PREFIX = "urn:fedgrpc:client:"
+ADMIN_URI = "urn:fedgrpc:admin"
+"""SAN URI of a client certificate with the admin role: under mutual TLS it
+may call AdminService (`coordinator.services.admin_access`)."""
 _CLOCK_SKEW = dt.timedelta(minutes=5)
 _DNS_NAME = re.compile(
     r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?"
@@ -136,6 +140,16 @@ def issue_client_certificate(
     return _issue_leaf(ca, client_name, ExtendedKeyUsageOID.CLIENT_AUTH, sans, days)
 
 
+def issue_admin_certificate(ca: Issued, days: int = DEFAULT_DAYS) -> Issued:
+    """A clientAuth certificate with the admin role (SAN URI `ADMIN_URI`).
+
+    For operators (`fedgrpc status`), not for training clients: it may read
+    every client's status. Training clients get `issue_client_certificate`.
+    """
+    sans = [x509.UniformResourceIdentifier(ADMIN_URI)]
+    return _issue_leaf(ca, "admin", ExtendedKeyUsageOID.CLIENT_AUTH, sans, days)
+
+
 def _issue_leaf(
     ca: Issued,
     common_name: str,
@@ -219,6 +233,11 @@ class DevPki:
     fingerprints: dict[str, str]
     """Certificate file name (ca.pem, server.pem, client.pem) -> SHA-256 hex."""
     not_after: dt.datetime
+    admin_certificate: Path | None = None
+    """With `admin`: admin.pem, a client certificate with the admin role."""
+    admin_key: Path | None = None
+    admin_token: Path | None = None
+    """With `admin`: admin.token (0600), for `admin_token_file`."""
 
 
 def write_dev_pki(
@@ -228,10 +247,13 @@ def write_dev_pki(
     client_name: str = "client",
     days: int = DEFAULT_DAYS,
     overwrite: bool = False,
+    admin: bool = False,
 ) -> DevPki:
     """Create a CA, a server and a client certificate and write them to `directory`.
 
-    Nothing is written if any of the six files exists (unless `overwrite`).
+    With `admin`, also an admin client certificate (admin.pem, admin.key)
+    and an admin token (admin.token) for the coordinator's AdminService.
+    Nothing is written if any of the files exists (unless `overwrite`).
 
     Raises:
         ConfigError: a host, the client name or `days` is invalid.
@@ -242,7 +264,11 @@ def write_dev_pki(
     client = issue_client_certificate(ca, client_name, days)
     base = Path(directory)
     issued = {"ca": ca, "server": server, "client": client}
+    if admin:
+        issued["admin"] = issue_admin_certificate(ca, days)
     files = []
+    if admin:
+        files.append(PendingFile(base / "admin.token", new_admin_token(), SECRET_MODE))
     for stem, item in issued.items():
         files.append(
             PendingFile(base / f"{stem}.pem", item.certificate_pem(), PUBLIC_MODE)
@@ -260,4 +286,7 @@ def write_dev_pki(
         client_name=client_name,
         fingerprints={f"{stem}.pem": item.fingerprint for stem, item in issued.items()},
         not_after=server.certificate.not_valid_after_utc,
+        admin_certificate=base / "admin.pem" if admin else None,
+        admin_key=base / "admin.key" if admin else None,
+        admin_token=base / "admin.token" if admin else None,
     )

@@ -195,11 +195,18 @@ def _status(admin):  # type: ignore[no-untyped-def]
     return admin.GetStatus(admin_pb2.GetStatusRequest(), timeout=10)
 
 
-def test_health_and_reflection_are_served(coordinator: CoordinatorThread) -> None:
+def test_health_and_reflection_are_served() -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    with grpc.insecure_channel(coordinator.address) as channel:
+    config = CoordinatorConfig(
+        seed_from_first_client=True, listen="127.0.0.1:0", open_enrollment=True,
+        reflection=True,  # off by default (test_admin_access)
+    )  # fmt: skip
+    with (
+        serve_in_thread(config) as coordinator,
+        grpc.insecure_channel(coordinator.address) as channel,
+    ):
         reply = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service="fedgrpc.v1.CoordinatorService"),
             timeout=10,

@@ -65,16 +65,28 @@ Global___RoundPhase: _TypeAlias = RoundPhase  # noqa: Y015
 
 @_typing.final
 class GetStatusRequest(_message.Message):
-    """No parameters yet."""
+    """Which page of the client list to return."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Clients per page; 0 (or above the server's maximum, 1000) means the
+    server's default (500). The server may return fewer to stay under its
+    message budget.
+    """
+    page_token: _builtins.str
+    """next_page_token of the previous response; empty for the first page."""
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -257,6 +269,9 @@ class GetStatusResponse(_message.Message):
     SECURE_AGGREGATION_FIELD_NUMBER: _builtins.int
     GUARD_TRIPS_FIELD_NUMBER: _builtins.int
     DENSE_FALLBACK_ROUNDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_CLIENTS_FIELD_NUMBER: _builtins.int
+    CLIENTS_TRUNCATED_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Id of this training run."""
     round_id: _builtins.int
@@ -293,13 +308,21 @@ class GetStatusResponse(_message.Message):
     """Times the divergence guard of sparse secure rounds refused a round."""
     dense_fallback_rounds: _builtins.int
     """Secure rounds announced dense because the divergence guard tripped."""
+    next_page_token: _builtins.str
+    """Pass as page_token to get the next clients; empty on the last page."""
+    total_clients: _builtins.int
+    """Clients in the registry (all pages)."""
+    clients_truncated: _builtins.bool
+    """True when `clients` is not the whole list (next_page_token is set)."""
     @_builtins.property
     def round_config(self) -> _common_pb2.RoundConfig:
         """The round configuration."""
 
     @_builtins.property
     def clients(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClientStatus]:
-        """Every client that joined."""
+        """Clients in join order: one page of them (see GetStatus), every client
+        that joined when they fit one page.
+        """
 
     @_builtins.property
     def recent_rounds(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoundSummary]:
@@ -326,10 +349,13 @@ class GetStatusResponse(_message.Message):
         secure_aggregation: _builtins.bool = ...,
         guard_trips: _builtins.int = ...,
         dense_fallback_rounds: _builtins.int = ...,
+        next_page_token: _builtins.str = ...,
+        total_clients: _builtins.int = ...,
+        clients_truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["round_config", b"round_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "clients", b"clients", "coordinator_key_sha256", b"coordinator_key_sha256", "dense_fallback_rounds", b"dense_fallback_rounds", "guard_trips", b"guard_trips", "model_sha256", b"model_sha256", "model_version", b"model_version", "num_parameters", b"num_parameters", "open_enrollment", b"open_enrollment", "phase", b"phase", "recent_rounds", b"recent_rounds", "round_config", b"round_config", "round_id", b"round_id", "round_nonce", b"round_nonce", "run_id", b"run_id", "secure_aggregation", b"secure_aggregation", "uptime_s", b"uptime_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "clients", b"clients", "clients_truncated", b"clients_truncated", "coordinator_key_sha256", b"coordinator_key_sha256", "dense_fallback_rounds", b"dense_fallback_rounds", "guard_trips", b"guard_trips", "model_sha256", b"model_sha256", "model_version", b"model_version", "next_page_token", b"next_page_token", "num_parameters", b"num_parameters", "open_enrollment", b"open_enrollment", "phase", b"phase", "recent_rounds", b"recent_rounds", "round_config", b"round_config", "round_id", b"round_id", "round_nonce", b"round_nonce", "run_id", b"run_id", "secure_aggregation", b"secure_aggregation", "total_clients", b"total_clients", "uptime_s", b"uptime_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -49,8 +49,21 @@ class AdminServiceServicer:
     def GetStatus(self, request, context):
         """The coordinator's state: round, phase, clients, traffic, recent rounds.
 
+        Clients are paged: a response holds at most page_size of them (and never
+        more than fit well under the 1 MiB message limit); next_page_token asks
+        for the rest. Callers that send an empty request get the first page, as
+        before, with clients_truncated set when there are more.
+
+        Every AdminService call needs an admin credential (the coordinator's
+        admin_access setting): `authorization: Bearer <token>` metadata, a
+        mutual-TLS client certificate with the SAN URI urn:fedgrpc:admin, or by
+        default a caller on the coordinator's own host.
+
         Status codes:
-        OK: always, while the server runs.
+        OK: while the server runs.
+        INVALID_ARGUMENT: a page_token this coordinator did not issue.
+        UNAUTHENTICATED: no admin credential, or a wrong admin token.
+        PERMISSION_DENIED: a client certificate without the admin role.
         UNAVAILABLE: the server is stopping.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -38,8 +38,21 @@ class AdminServiceStub:
     GetStatus: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetStatusRequest, _admin_pb2.GetStatusResponse]
     """The coordinator's state: round, phase, clients, traffic, recent rounds.
 
+    Clients are paged: a response holds at most page_size of them (and never
+    more than fit well under the 1 MiB message limit); next_page_token asks
+    for the rest. Callers that send an empty request get the first page, as
+    before, with clients_truncated set when there are more.
+
+    Every AdminService call needs an admin credential (the coordinator's
+    admin_access setting): `authorization: Bearer <token>` metadata, a
+    mutual-TLS client certificate with the SAN URI urn:fedgrpc:admin, or by
+    default a caller on the coordinator's own host.
+
     Status codes:
-      OK: always, while the server runs.
+      OK: while the server runs.
+      INVALID_ARGUMENT: a page_token this coordinator did not issue.
+      UNAUTHENTICATED: no admin credential, or a wrong admin token.
+      PERMISSION_DENIED: a client certificate without the admin role.
       UNAVAILABLE: the server is stopping.
     """
 
@@ -51,8 +64,21 @@ class AdminServiceAsyncStub(AdminServiceStub):
     GetStatus: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetStatusRequest, _admin_pb2.GetStatusResponse]  # type: ignore[assignment]
     """The coordinator's state: round, phase, clients, traffic, recent rounds.
 
+    Clients are paged: a response holds at most page_size of them (and never
+    more than fit well under the 1 MiB message limit); next_page_token asks
+    for the rest. Callers that send an empty request get the first page, as
+    before, with clients_truncated set when there are more.
+
+    Every AdminService call needs an admin credential (the coordinator's
+    admin_access setting): `authorization: Bearer <token>` metadata, a
+    mutual-TLS client certificate with the SAN URI urn:fedgrpc:admin, or by
+    default a caller on the coordinator's own host.
+
     Status codes:
-      OK: always, while the server runs.
+      OK: while the server runs.
+      INVALID_ARGUMENT: a page_token this coordinator did not issue.
+      UNAUTHENTICATED: no admin credential, or a wrong admin token.
+      PERMISSION_DENIED: a client certificate without the admin role.
       UNAVAILABLE: the server is stopping.
     """
 
@@ -67,8 +93,21 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.GetStatusResponse, _abc.Awaitable[_admin_pb2.GetStatusResponse]]:
         """The coordinator's state: round, phase, clients, traffic, recent rounds.
 
+        Clients are paged: a response holds at most page_size of them (and never
+        more than fit well under the 1 MiB message limit); next_page_token asks
+        for the rest. Callers that send an empty request get the first page, as
+        before, with clients_truncated set when there are more.
+
+        Every AdminService call needs an admin credential (the coordinator's
+        admin_access setting): `authorization: Bearer <token>` metadata, a
+        mutual-TLS client certificate with the SAN URI urn:fedgrpc:admin, or by
+        default a caller on the coordinator's own host.
+
         Status codes:
-          OK: always, while the server runs.
+          OK: while the server runs.
+          INVALID_ARGUMENT: a page_token this coordinator did not issue.
+          UNAUTHENTICATED: no admin credential, or a wrong admin token.
+          PERMISSION_DENIED: a client certificate without the admin role.
           UNAVAILABLE: the server is stopping.
         """
 

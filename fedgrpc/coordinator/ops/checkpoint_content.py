@@ -99,7 +99,10 @@ def capture(engine: RoundEngine, registry: ClientRegistry, totals: Totals) -> Sn
             "scalars": scalars,
         },
         "update_norms": model.update_norms,
-        "clients": [_client_row(c) for c in registry.all()],
+        # Only clients with standing: idle throwaway keys must not survive a
+        # restart; the next id does, so no id is reissued (`registry`).
+        "clients": [_client_row(c) for c in registry.durable()],
+        "next_client_id": registry.next_id,
         "bytes_received": totals.bytes_received,
         "bytes_sent": totals.bytes_sent,
         "history": [_round_row(r) for r in engine.history],
@@ -129,7 +132,7 @@ def restore(
         spec, master, state["model_version"], state["model_round_id"],
         [float(n) for n in state["update_norms"]],
     )  # fmt: skip
-    _restore_clients(registry, state["clients"])
+    _restore_clients(registry, state["clients"], state.get("next_client_id", 0))
     _restore_rounds(engine, checkpoint.round_id, state["history"])
     return Totals(state["run_id"], state["bytes_received"], state["bytes_sent"])
 
@@ -197,7 +200,9 @@ def _client_row(client: ClientRecord) -> dict[str, Any]:
     }
 
 
-def _restore_clients(registry: ClientRegistry, rows: list[dict[str, Any]]) -> None:
+def _restore_clients(
+    registry: ClientRegistry, rows: list[dict[str, Any]], next_id: int
+) -> None:
     """Re-create client records, disconnected, with fresh (unknown) session tokens."""
     records = []
     for row in rows:
@@ -212,7 +217,7 @@ def _restore_clients(registry: ClientRegistry, rows: list[dict[str, Any]]) -> No
             **{name: row.get(name, 0) for name in _CREDIT_FIELDS},  # older: fewer
         )
         records.append(record)
-    registry.restore(records)
+    registry.restore(records, next_id)
 
 
 def _round_row(result: RoundResult) -> dict[str, Any]:

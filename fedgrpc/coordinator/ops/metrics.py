@@ -132,8 +132,12 @@ class _LevelCollector(Collector):
         clients = self.clients.all()
         yield _gauge("fedgrpc_clients_connected", "Clients with an open Session.",
                      sum(1 for c in clients if c.connected))  # fmt: skip
+        gone = self.clients.forgotten + self.clients.evicted
         yield _gauge("fedgrpc_clients_joined", "Clients that joined this run.",
-                     len(clients) + self.clients.forgotten)  # fmt: skip
+                     len(clients) + gone)  # fmt: skip
+        yield _counter("fedgrpc_clients_evicted", "Idle clients without credit "
+                       "evicted to make room for a new key (max_clients).",
+                       self.clients.evicted)  # fmt: skip
         yield _counter("fedgrpc_update_bytes_received", "Update payload bytes "
                        "received (bytes in).", run.bytes_received)  # fmt: skip
         yield _counter("fedgrpc_model_bytes_sent", "Model bytes sent by PullModel "

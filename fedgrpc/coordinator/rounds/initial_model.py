@@ -28,7 +28,8 @@ class InitialModel:
     """Initial weights by parameter name, in their own dtypes."""
 
     source: str
-    """Where they came from (the path), for messages and logs."""
+    """Where they came from (the path), for the operator's logs only: Join
+    refusals built here go to clients, who must not learn server paths."""
     tensors: dict[str, torch.Tensor]
     dtypes: dict[str, DType]
 
@@ -52,15 +53,15 @@ class InitialModel:
             theirs = self.tensors.get(mine.name)
             if theirs is None:
                 raise ModelMismatchError(
-                    f"the model's tensor {mine.name!r} is not in the initial model "
-                    f"({self.source}); every client must train the architecture "
-                    "the coordinator was started with"
+                    f"the model's tensor {mine.name!r} is not in the coordinator's "
+                    "initial model (init_model); every client must train the "
+                    "architecture the coordinator was started with"
                 )
             shape, dtype = tuple(theirs.shape), self.dtypes[mine.name]
             if mine.shape != shape or mine.dtype is not dtype:
                 raise ModelMismatchError(
                     f"tensor {mine.name!r} is {list(mine.shape)} "
-                    f"{mine.dtype.torch_name} but the initial model ({self.source}) "
+                    f"{mine.dtype.torch_name} but the coordinator's initial model "
                     f"has {list(shape)} {dtype.torch_name}; every client must train "
                     "the same architecture with the same parameter dtypes"
                 )
@@ -68,7 +69,7 @@ class InitialModel:
         for name in self.tensors:
             if name not in names:
                 raise ModelMismatchError(
-                    f"the initial model ({self.source}) has tensor {name!r}, which "
+                    f"the coordinator's initial model has tensor {name!r}, which "
                     "the model lacks; every client must train the same architecture"
                 )
 

@@ -140,6 +140,11 @@ class OpenRound:
     last_commit_cpu_s: float = 0.0
     """Process CPU clock (all threads) at those two moments, for ingest_cpu_s."""
 
+    def ids_in_use(self) -> set[str]:
+        """Clients it counts, waits for or is receiving from: kept in the registry."""
+        streaming = {t.client.client_id for t in self.streaming.values()}
+        return self.contributors | set(self.selected or ()) | streaming
+
 
 @dataclass(frozen=True, slots=True)
 class RoundResult:

@@ -2,14 +2,34 @@
 
 Plain Python, no gRPC: the servicer authenticates every call through
 `ClientRegistry.authenticate`, and the round engine asks it who is connected.
+
+Registry exhaustion (issue 13, A.5): under open enrollment 1,023 throwaway
+keys that joined and left filled `max_clients` in 1.4 s, and the checkpoint
+kept them, so the lockout survived a restart. A record without standing
+(`has_standing`: no accepted update, never excluded or down-weighted) that
+is not connected holds nothing worth keeping, so:
+
+- when the registry is full and a new key joins, the longest-idle such
+  record is evicted to make room (`add`). Evicting on demand rather than on
+  a timer after each disconnect: nothing changes while there is room (a
+  client that reconnects keeps its id, logs stay readable), no timer or
+  grace setting is needed, and under a flood the oldest idle records go
+  first, so an honest client that just joined is the last to be pushed out,
+  after `max_clients` newer joins; if it is, its next call gets
+  UNAUTHENTICATED and it joins again, as after a coordinator restart.
+  Connected clients, and any the open round counts or waits for, are never
+  evicted: a flood of *connected* throwaway sessions is bounded by the
+  stream limits, and `allowed_client_keys` is the answer for production;
+- checkpoints keep only records with standing (`durable`), and the next id,
+  so a restart neither restores the flood nor reissues an id.
 """
 
 from __future__ import annotations
 
 import hmac
-import itertools
 import secrets
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from fedgrpc.crypto.keys import PublicKey
@@ -61,6 +81,19 @@ class ClientRecord:
     """Multiplies its aggregation weight: 1 normally, below 1 under soft
     quarantine (trust scores)."""
 
+    @property
+    def has_standing(self) -> bool:
+        """True if the record holds something to keep.
+
+        Credit, an exclusion or a reduced weight. Without any, the record
+        may be evicted when idle and is not checkpointed (module docstring).
+        """
+        return (
+            self.updates_accepted > 0
+            or self.excluded_until_round > 0
+            or self.weight_factor != 1.0
+        )
+
     def excluded_from(self, round_id: int) -> bool:
         """True if its update for `round_id` must be refused."""
         return round_id < self.excluded_until_round
@@ -75,26 +108,44 @@ class ClientRegistry:
         self._by_key: dict[PublicKey, ClientRecord] = {}
         """Re-joins find their record in O(1): a cohort of thousands re-joining
         at once after a restart would otherwise cost O(n^2) key comparisons."""
-        self._ids = itertools.count(1)
+        self.next_id = 1
+        """Number of the next client id; checkpointed so ids are never reissued."""
+        self._idle: OrderedDict[str, None] = OrderedDict()
+        """Ids that were idle without standing when queued, longest first:
+        eviction candidates, checked again when popped (`_evict_idle`)."""
+        self.evicted = 0
+        """Records evicted to make room for new keys (this process)."""
         self._leaving: set[str] = set()
         """Ids that left for good and wait for `forget_departed`."""
         self.forgotten = 0
         """Records dropped by `forget_departed` (they still joined this run)."""
 
     def add(
-        self, name: str, now_s: float, public_key: PublicKey | None = None
+        self,
+        name: str,
+        now_s: float,
+        public_key: PublicKey | None = None,
+        in_use: Callable[[], Collection[str]] = frozenset,
     ) -> ClientRecord:
         """Register a new client with a fresh random session token.
 
+        When full, the longest-idle record without standing makes room;
+        `in_use` names ids that must stay (the open round's).
+
         Raises:
-            TooLargeError: `max_clients` clients have joined already.
+            TooLargeError: `max_clients` clients are connected or have standing.
         """
-        if len(self._clients) >= self.max_clients:
+        if (
+            len(self._clients) >= self.max_clients
+            and self._evict_idle(in_use()) is None
+        ):
             raise TooLargeError(
                 f"the coordinator already has {self.max_clients} clients "
-                "(max_clients); raise max_clients or remove idle clients"
+                "(max_clients) that are connected or have contributed; try "
+                "again later, or ask the operator to raise max_clients"
             )
-        client_id = f"c{next(self._ids):05d}"
+        client_id = f"c{self.next_id:05d}"
+        self.next_id += 1
         record = ClientRecord(
             client_id=client_id,
             name=name or client_id,
@@ -103,14 +154,55 @@ class ClientRegistry:
             last_seen_s=now_s,
         )
         self._index(record)
+        self._idle[client_id] = None  # no session yet: idle until it opens one
         return record
+
+    def _evict_idle(self, in_use: Collection[str]) -> ClientRecord | None:
+        """Drop the longest-idle record without standing; None if there is none.
+
+        Amortised O(1): a popped id that is no longer idle (connected since,
+        or earned credit) is discarded, and `left` queues it again when it
+        next goes idle. Ids in `in_use` are skipped and stay queued.
+        """
+        kept: list[str] = []
+        evicted = None
+        while self._idle:
+            client_id, _ = self._idle.popitem(last=False)
+            record = self._clients.get(client_id)
+            if record is None or record.connected or record.has_standing:
+                continue
+            if client_id in in_use:
+                kept.append(client_id)
+                continue
+            self._drop(record)
+            self.evicted += 1
+            evicted = record
+            break
+        for client_id in reversed(kept):  # back at the front, in their order
+            self._idle[client_id] = None
+            self._idle.move_to_end(client_id, last=False)
+        return evicted
+
+    def _drop(self, record: ClientRecord) -> None:
+        del self._clients[record.client_id]
+        self._leaving.discard(record.client_id)
+        self._idle.pop(record.client_id, None)
+        key = record.public_key
+        if key is not None and self._by_key.get(key) is record:
+            del self._by_key[key]
 
     def _index(self, record: ClientRecord) -> None:
         self._clients[record.client_id] = record
         if record.public_key is not None:
             self._by_key[record.public_key] = record
 
-    def admit(self, name: str, now_s: float, public_key: PublicKey) -> ClientRecord:
+    def admit(
+        self,
+        name: str,
+        now_s: float,
+        public_key: PublicKey,
+        in_use: Callable[[], Collection[str]] = frozenset,
+    ) -> ClientRecord:
         """The client holding `public_key`: its earlier record, or a new one.
 
         A client that joins again (reconnecting, or after a restart from a
@@ -118,11 +210,13 @@ class ClientRegistry:
         credit and gets a fresh session token; the old token stops working.
 
         Raises:
-            TooLargeError: a new key, and `max_clients` clients have joined.
+            TooLargeError: a new key, and no record can make room (`add`).
         """
         record = self._by_key.get(public_key)
         if record is None:
-            return self.add(name, now_s, public_key)
+            return self.add(name, now_s, public_key, in_use)
+        if record.client_id in self._idle:  # seen just now: the last to evict
+            self._idle.move_to_end(record.client_id)
         record.session_token = secrets.token_bytes(SESSION_TOKEN_BYTES)
         record.name, record.last_seen_s = name or record.name, now_s
         record.leaves_for_good = False  # back after all: keep it after all
@@ -169,11 +263,7 @@ class ClientRegistry:
         ]
         self.forgotten += len(gone)
         for client_id in gone:
-            self._leaving.discard(client_id)
-            record = self._clients.pop(client_id)
-            key = record.public_key
-            if key is not None and self._by_key.get(key) is record:
-                del self._by_key[key]
+            self._drop(self._clients[client_id])
         return gone
 
     def left(self, record: ClientRecord) -> None:
@@ -182,21 +272,36 @@ class ClientRegistry:
         Only those are scanned by `forget_departed`, not every client: a
         burst of thousands of leaves must not cost O(clients) each.
         """
-        if record.leaves_for_good and record.client_id in self._clients:
+        if record.client_id not in self._clients:
+            return
+        if record.leaves_for_good:
             self._leaving.add(record.client_id)
+        if not record.has_standing:
+            self._idle[record.client_id] = None
+            self._idle.move_to_end(record.client_id)
 
     def connected(self) -> list[ClientRecord]:
         """Clients whose Session stream is open."""
         return [c for c in self._clients.values() if c.connected]
 
-    def restore(self, records: Iterable[ClientRecord]) -> None:
-        """Re-admit checkpointed clients; new ids continue after the highest."""
+    def restore(self, records: Iterable[ClientRecord], next_id: int = 0) -> None:
+        """Re-admit checkpointed clients; new ids continue after them.
+
+        And after `next_id`, so ids of records not checkpointed are not
+        reissued to other keys.
+        """
         highest = 0
         for record in records:
             self._index(record)
+            if not record.has_standing:  # an older checkpoint kept everyone
+                self._idle[record.client_id] = None
             digits = record.client_id.lstrip("c")
             highest = max(highest, int(digits) if digits.isdigit() else 0)
-        self._ids = itertools.count(max(highest + 1, next(self._ids)))
+        self.next_id = max(highest + 1, next_id, self.next_id)
+
+    def durable(self) -> list[ClientRecord]:
+        """The records a checkpoint keeps: those with standing, in join order."""
+        return [c for c in self._clients.values() if c.has_standing]
 
     def get(self, client_id: str) -> ClientRecord | None:
         """The record of `client_id`, if it ever joined."""

@@ -209,7 +209,9 @@ class SecureMode:
             self._abort(current, rnd, exc.reason.value, str(exc))
         except Exception as exc:  # never leave the round stuck: skip it instead
             log.error("secagg_round_failed", round=rnd.round_id, exc_info=exc)
-            reason = f"secure aggregation failed ({type(exc).__name__}: {exc})"
+            # The reason reaches every client (RoundClosed): the exception's
+            # text may hold server paths, so it stays in the log above.
+            reason = f"secure aggregation failed ({type(exc).__name__}; see logs)"
             self._abort(current, rnd, "internal", reason)
 
     def _abort(

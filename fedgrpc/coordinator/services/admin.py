@@ -1,4 +1,11 @@
-"""AdminService: a read-only snapshot of the coordinator for operators."""
+"""AdminService: a read-only snapshot of the coordinator for operators.
+
+Who may call it is decided before any handler here runs (`admin_access`).
+GetStatus pages its client list: under open enrollment a thousand clients
+with 1 KiB names made one response larger than the 1 MiB a default gRPC
+client accepts, and `fedgrpc status` failed for good. A page holds at most
+`page_size` clients and never more than `STATUS_BYTES_BUDGET` in all.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ import grpc
 from fedgrpc._proto.v1 import admin_pb2 as pb
 from fedgrpc.coordinator.round_mode import OTHER_REASON, RoundMode
 from fedgrpc.coordinator.rounds.records import Outcome, Phase, RoundResult
+from fedgrpc.coordinator.rounds.registry import ClientRecord
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.coordinator.services.coordinator import OUTCOME_TO_PROTO
 from fedgrpc.wire.convert import round_config_to_proto
@@ -26,8 +34,82 @@ _PHASES = {
 }
 
 
-def build_status(runtime: CoordinatorRuntime) -> pb.GetStatusResponse:
-    """The coordinator's state as one message (cheap: no tensor is touched)."""
+DEFAULT_PAGE_SIZE = 500
+"""Clients per GetStatus page when the request names no page_size."""
+MAX_PAGE_SIZE = 1000
+STATUS_BYTES_BUDGET = 960_000
+"""A page stays under this many serialized bytes: below 1 MiB (gRPC's
+default receive limit) with room for one more client (names are at most
+1,024 characters)."""
+ROUNDS_BYTES_BUDGET = 480_000
+"""Round summaries kept under this, oldest dropped first (100 rounds that
+each select a thousand clients would list 100,000 ids)."""
+
+
+def build_status_page(
+    runtime: CoordinatorRuntime, page_size: int = 0, page_token: str = ""
+) -> pb.GetStatusResponse:
+    """One page of GetStatus: the whole snapshot, clients after `page_token`.
+
+    Raises:
+        ValueError: `page_token` was not issued here (INVALID_ARGUMENT).
+    """
+    after = _client_number(page_token) if page_token else 0
+    size = page_size if 0 < page_size <= MAX_PAGE_SIZE else DEFAULT_PAGE_SIZE
+    status = build_status(runtime, clients=False)
+    while len(status.recent_rounds) > 1 and status.ByteSize() > ROUNDS_BYTES_BUDGET:
+        del status.recent_rounds[0]
+    budget = STATUS_BYTES_BUDGET - status.ByteSize()
+    records = runtime.registry.all()
+    status.total_clients = len(records)
+    for record in records:
+        if _client_number(record.client_id) <= after:
+            continue
+        if len(status.clients) >= size:
+            break
+        row = _client_status(record)
+        budget -= row.ByteSize() + 4  # field tag and length prefix
+        if budget < 0 and status.clients:
+            break
+        status.clients.append(row)
+    if status.clients and status.clients[-1].client_id != records[-1].client_id:
+        status.next_page_token = status.clients[-1].client_id
+        status.clients_truncated = True
+    return status
+
+
+def _client_number(client_id: str) -> int:
+    """The number in a client id (`c00042` -> 42): ids grow in join order."""
+    digits = client_id[1:]
+    if not client_id.startswith("c") or not digits.isdigit() or len(digits) > 12:
+        raise ValueError(
+            f"page_token {client_id[:32]!r} was not issued by this coordinator: "
+            "send the next_page_token of the previous GetStatus, or none"
+        )
+    return int(digits)
+
+
+def _client_status(c: ClientRecord) -> pb.ClientStatus:
+    return pb.ClientStatus(
+        client_id=c.client_id,
+        name=c.name,
+        connected=c.connected,
+        updates_accepted=c.updates_accepted,
+        samples_contributed=c.samples_contributed,
+        last_round=c.last_round,
+        last_train_loss=c.last_train_loss,
+        key_sha256=c.public_key.fingerprint if c.public_key else "",
+    )
+
+
+def build_status(
+    runtime: CoordinatorRuntime, *, clients: bool = True
+) -> pb.GetStatusResponse:
+    """The coordinator's state as one message (cheap: no tensor is touched).
+
+    With every client (`clients`) for in-process callers, which have no
+    message limit; the RPC sends `build_status_page`.
+    """
     engine = runtime.engine
     phase = _PHASES[engine.phase]
     connected = len(runtime.registry.connected())
@@ -47,19 +129,8 @@ def build_status(runtime: CoordinatorRuntime) -> pb.GetStatusResponse:
         model_version=engine.model.version,
         num_parameters=num_parameters,
         round_config=round_config_to_proto(runtime.config),
-        clients=[
-            pb.ClientStatus(
-                client_id=c.client_id,
-                name=c.name,
-                connected=c.connected,
-                updates_accepted=c.updates_accepted,
-                samples_contributed=c.samples_contributed,
-                last_round=c.last_round,
-                last_train_loss=c.last_train_loss,
-                key_sha256=c.public_key.fingerprint if c.public_key else "",
-            )
-            for c in runtime.registry.all()
-        ],
+        clients=[_client_status(c) for c in runtime.registry.all()] if clients else [],
+        total_clients=len(runtime.registry.all()),
         bytes_received=runtime.run.bytes_received,
         bytes_sent=runtime.run.bytes_sent,
         recent_rounds=[_round_summary(r, mode) for r in engine.history],
@@ -109,8 +180,13 @@ class AdminServicer:
     async def GetStatus(
         self, request: pb.GetStatusRequest | Malformed, context: Context
     ) -> pb.GetStatusResponse:
-        """Snapshot of rounds, clients and traffic."""
+        """Snapshot of rounds, traffic and one page of clients."""
         if isinstance(request, Malformed):
             error = request.error()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        return build_status(self.runtime)
+        try:
+            return build_status_page(
+                self.runtime, request.page_size, request.page_token
+            )
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

@@ -36,6 +36,7 @@ from fedgrpc.coordinator.faults import NO_FAULTS, FaultHooks
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.coordinator.secure.mode import SecureMode
 from fedgrpc.coordinator.services.admin import AdminServicer
+from fedgrpc.coordinator.services.admin_access import AdminGuard, AdminPolicy
 from fedgrpc.coordinator.services.coordinator import CoordinatorServicer
 from fedgrpc.coordinator.strategy.wiring import NO_PLUGINS, StagePlugins
 from fedgrpc.crypto.tls import ServerTLS, load_server_tls
@@ -199,15 +200,17 @@ async def start_coordinator(
             the identity settings are (see `coordinator.enrollment`).
     """
     tls = _load_tls(config)  # unusable files fail first, before anything logs
-    server = grpc.aio.server(options=server_options(config))
+    admin = AdminGuard(AdminPolicy.from_config(config))
+    server = grpc.aio.server(options=server_options(config), interceptors=(admin,))
     runtime = make_runtime(config, faults, plugins=plugins)
     add_coordinator_service(CoordinatorServicer(runtime), server)
     add_admin_service(AdminServicer(runtime), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    if config.reflection:
+        reflection.enable_server_reflection(
+            (*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
     port = _bind(server, config.listen, tls)
     if config.metrics_listen:
         runtime.metrics.serve(config.metrics_listen)
@@ -229,6 +232,8 @@ async def start_coordinator(
         coordinator_key=runtime.enrollment.public_key.fingerprint,
         enrollment="open" if runtime.enrollment.is_open else "allowed_keys",
         update_signatures=config.update_signatures,
+        admin_access=admin.policy.mode,
+        reflection=config.reflection,
         **_tls_fields(tls),
     )
     return RunningCoordinator(server, runtime, address, health_servicer)

@@ -47,7 +47,10 @@ def test_a_safetensors_file_matches_a_model_whose_parameters_come_in_another_ord
 @pytest.mark.parametrize(
     ("other", "named"),
     [
-        (nn.Linear(3, 4), "tensor 'weight' is [4, 3] float32 but the initial model"),
+        (
+            nn.Linear(3, 4),
+            "tensor 'weight' is [4, 3] float32 but the coordinator's initial model",
+        ),
         (nn.Linear(3, 2, bias=False), "has tensor 'bias', which the model lacks"),
         (nn.Linear(3, 2).to(torch.bfloat16), "tensor 'weight' is [2, 3] bfloat16"),
     ],
@@ -65,7 +68,9 @@ def test_an_unknown_tensor_is_a_mismatch_naming_it(tmp_path: Path) -> None:
     initial = load_init_model(str(_save(tmp_path / "m.safetensors", nn.Linear(3, 2))))
     renamed = nn.Sequential(nn.Linear(3, 2))
 
-    with pytest.raises(ModelMismatchError, match=r"'0\.weight' is not in the initial"):
+    with pytest.raises(
+        ModelMismatchError, match=r"'0\.weight' is not in the coordinator's initial"
+    ):
         initial.check_matches(spec_from_module(renamed))
 
 
