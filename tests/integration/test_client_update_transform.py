@@ -93,4 +93,5 @@ def test_a_transform_returning_the_wrong_shape_fails_on_the_client_and_sends_not
             client.step(loss=1.0)
         status = coordinator.status()
         assert [c.updates_accepted for c in status.clients] == [0]
-        assert status.model_version == 0 and not status.recent_rounds
+        assert status.model_version == 0
+        assert not status.recent_rounds

@@ -20,7 +20,8 @@ import pytest
 FEDGRPC = Path(sys.executable).with_name("fedgrpc")
 pytestmark = pytest.mark.system
 TINY = ["--clients", "4", "--rounds", "2", "--inner-steps", "3",
-        "--corpus-bytes", "200000", "--eval-batches", "2", "--json", "--no-progress"]  # fmt: skip
+        "--corpus-bytes", "200000", "--eval-batches", "2",
+        "--json", "--no-progress"]  # fmt: skip
 
 
 def _simulate(*flags: str) -> tuple[dict[str, Any], str]:

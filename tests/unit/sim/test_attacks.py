@@ -1,4 +1,4 @@
-"""The attack simulator's math on fixed inputs, its grammar and its choice of attackers."""
+"""The attacks' math on fixed inputs, their grammar, the choice of attackers."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def test_fraction_counts_floor_with_float_noise_forgiven() -> None:
 
 
 def test_assignment_refuses_no_attacker_and_no_honest_client() -> None:
-    with pytest.raises(ConfigError, match="at least 0.25"):
+    with pytest.raises(ConfigError, match=r"at least 0\.25"):
         assign_attackers((parse_attack("signflip:0.1"),), 4, seed=0)
     both = (parse_attack("signflip:0.5"), parse_attack("ipm:0.5"))
     with pytest.raises(ConfigError, match="at least one honest client"):

@@ -1,4 +1,4 @@
-"""Data poisoning of the char-LM: label flip, backdoor planting and its success probe."""
+"""Data poisoning of the char-LM: label flip, backdoor planting, its success probe."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_backdoor_writes_trigger_then_target_into_half_the_windows() -> None:
     assert torch.equal(inputs[:, 1:], targets[:, :-1])
 
 
-def test_a_model_trained_on_planted_batches_follows_the_trigger_and_a_clean_one_does_not() -> (
+def test_a_model_trained_on_planted_batches_follows_the_trigger_a_clean_one_not() -> (
     None
 ):
     defaults = TrainDefaults(model=SMALL, lr=2e-2)
