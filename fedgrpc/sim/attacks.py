@@ -112,7 +112,7 @@ class AttackPlan:
     """Client indices running the same attack (this one included): f = len."""
     seed: int
     collusion_dir: str
-    """Where colluding kinds exchange honest updates ("" for the others)."""
+    """Where colluding kinds (alie, ipm) exchange honest updates; others ignore it."""
 
     @property
     def alie_z(self) -> float:
