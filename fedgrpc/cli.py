@@ -26,6 +26,8 @@ from fedgrpc.config import CoordinatorConfig
 from fedgrpc.errors import FedGrpcError
 from fedgrpc.log import configure_logging
 from fedgrpc.sim import DEFAULT_CORPUS_BYTES
+from fedgrpc.sim.attack_spec import GRAMMAR as ATTACK_GRAMMAR
+from fedgrpc.sim.attack_spec import AttackSpec, parse_attack
 
 
 def _add_outer_flags(parser: argparse.ArgumentParser) -> None:
@@ -120,6 +122,14 @@ def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help=f"bytes of stdlib source to train on (default: {DEFAULT_CORPUS_BYTES})",
     )
     parser.add_argument(
+        "--attack",
+        action="append",
+        type=_attack,
+        metavar="KIND:FRACTION[:PARAM]",
+        help=f"make some clients Byzantine: {ATTACK_GRAMMAR} (default: none; "
+        "README: Simulate attacks)",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
         help="print the summary as one JSON object on stdout "
@@ -135,6 +145,14 @@ def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="log level of the coordinator (default: WARNING)",
     )
     parser.set_defaults(handler=_simulate)
+
+
+def _attack(text: str) -> AttackSpec:
+    """Parse --attack for argparse: a bad value is a usage error naming the grammar."""
+    try:
+        return parse_attack(text)
+    except FedGrpcError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,6 +207,7 @@ def _simulate(args: argparse.Namespace) -> int:
         "compression": args.compression,
         "secure_aggregation": args.secure_aggregation,
         "proximal_mu": args.proximal_mu,
+        "attacks": tuple(args.attack) if args.attack else None,
     }
     config = SimulationConfig(
         clients=args.clients,

@@ -8,6 +8,8 @@ By job:
     sync, reconnect       round logic: one sync point, and riding out faults
     weights, compressed   the local run's buffers; codec + error feedback
     proximal              FedProx's gradient term (`ClientConfig.proximal_mu`)
+    transform             `update_transform`, a pseudo-gradient rewrite before
+                          signing, for simulation and research only
     connection/           everything gRPC, behind `connection.Connection`, the
                           one sync/async boundary (one background loop)
     secure/               secure aggregation, a round mode the client holds

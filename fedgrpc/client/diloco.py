@@ -28,6 +28,7 @@ from fedgrpc.client.connection.session import SessionEvents
 from fedgrpc.client.reconnect import Reconnector
 from fedgrpc.client.secure import SecureMode
 from fedgrpc.client.sync import SyncOutcome, SyncPoint
+from fedgrpc.client.transform import UpdateTransform
 from fedgrpc.client.weights import LocalRun
 from fedgrpc.compress import CodecConfig, Dense
 from fedgrpc.config import ClientConfig
@@ -65,6 +66,7 @@ class DiLoCoClient:
         *,
         compression: CodecConfig | None = None,
         config: ClientConfig | None = None,
+        update_transform: UpdateTransform | None = None,
     ) -> None:
         """Join the coordinator at `target` ("host:port") and load its weights.
 
@@ -84,6 +86,10 @@ class DiLoCoClient:
                 throwaway key, which only an open-enrollment coordinator
                 admits), the coordinator key to insist on, TLS, and
                 FedProx (`proximal_mu`).
+            update_transform: For simulation and research only: called with
+                each pseudo-gradient before it is encoded and signed, it may
+                rewrite it (`fedgrpc.client.transform`; `fedgrpc simulate
+                --attack` builds Byzantine clients with it). None: honest.
 
         Raises:
             ConfigError: the model has non-float parameters, or inner_steps < 1.
@@ -102,6 +108,7 @@ class DiLoCoClient:
         self._closed = False
         self._secure: SecureMode | None = None
         """Secure aggregation, held once a Join announced it."""
+        self._update_transform = update_transform
         settings = JoinSettings(inner_steps, compression)
         try:
             self._connection = Connection(
@@ -167,6 +174,7 @@ class DiLoCoClient:
             )
         sync = SyncPoint(self._connection, federation, self._local, self._config)
         sync.compressed = compressed
+        sync.update_transform = self._update_transform
         if federation.seed_model:
             sync.seed()
         # The coordinator holds this pull until some client has seeded.

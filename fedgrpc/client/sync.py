@@ -26,6 +26,7 @@ from fedgrpc.client.connection import Connection
 from fedgrpc.client.connection.join import Federation
 from fedgrpc.client.connection.push import UpdateEncoder, UpdateMeta
 from fedgrpc.client.connection.round_tracker import RoundStart, RunFinished, StaleBase
+from fedgrpc.client.transform import UpdateContext, UpdateTransform, apply_transform
 from fedgrpc.client.weights import LocalRun
 from fedgrpc.config import ClientConfig
 from fedgrpc.errors import (
@@ -78,6 +79,9 @@ class SyncPoint:
         """Model payload bytes pulled."""
         self.compressed: UpdateEncoder | None = None
         """Codec and error feedback, unless updates go as raw float32."""
+        self.update_transform: UpdateTransform | None = None
+        """Simulation and research only (`client.transform`): rewrites each
+        pseudo-gradient before it is encoded and signed."""
         self.base_sha256 = b""
         """SHA-256 of the weights last loaded (what the next update is based on)."""
         self.last_update_sha256 = ""
@@ -231,6 +235,11 @@ class SyncPoint:
     def _push(self, round_id: int, round_nonce: bytes) -> bool:
         local = self._local
         delta = local.pseudo_gradient()
+        if self.update_transform is not None:
+            context = UpdateContext(
+                self.client_id, round_id, local.base_version, local.samples
+            )
+            delta = apply_transform(self.update_transform, delta, context)
         meta = UpdateMeta(
             round_id=round_id,
             base_version=local.base_version,

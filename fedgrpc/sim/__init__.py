@@ -3,6 +3,11 @@
 The simulator trains a byte-level transformer (`fedgrpc.sim.models`) on the
 Python standard library's own sources (`fedgrpc.sim.corpus`), so a federation
 of client processes can be exercised end to end with nothing to download.
+
+`--attack` makes some of those clients Byzantine: `attack_spec` (the flag's
+grammar and the seeded choice of attackers), `attacks` (what they send),
+`poison` (what they train on), `collusion` (how ALIE and IPM attackers share
+their honest updates). `summary` and `report` are what the run prints.
 """
 
 DEFAULT_CORPUS_BYTES = 8_000_000

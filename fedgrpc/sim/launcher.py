@@ -25,7 +25,15 @@ from fedgrpc.coordinator.inprocess import Coordinator
 from fedgrpc.errors import FedGrpcError
 from fedgrpc.log import get_logger
 from fedgrpc.sim import DEFAULT_CORPUS_BYTES
+from fedgrpc.sim.attack_spec import AttackSpec, assign_attackers
+from fedgrpc.sim.attacks import AttackPlan
 from fedgrpc.sim.models import TrainDefaults, build_model
+from fedgrpc.sim.summary import (
+    AttackFigures,
+    Participant,
+    RoundFigures,
+    SimulationSummary,
+)
 from fedgrpc.sim.worker import WorkerArgs, run_worker
 
 log = get_logger(__name__)
@@ -69,56 +77,36 @@ class SimulationConfig:
     round_timeout_s: float = 120.0
     time_limit_s: float = 1800.0
     defaults: TrainDefaults = field(default_factory=TrainDefaults)
+    attacks: tuple[AttackSpec, ...] = ()
+    """Byzantine clients (`--attack`); which ones follows from `seed`."""
 
     def __post_init__(self) -> None:
         for name in ("clients", "rounds", "inner_steps", "eval_batches"):
             if getattr(self, name) < 1:
                 raise FedGrpcError(f"{name}={getattr(self, name)!r} must be >= 1")
+        for plan in self.attack_plans().values():  # fail before any process starts
+            if plan.spec.kind == "alie":
+                _ = plan.alie_z
 
-
-@dataclass(frozen=True, slots=True)
-class RoundFigures:
-    """One closed round as the coordinator recorded it."""
-
-    round_id: int
-    applied: bool
-    train_loss: float
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class SimulationSummary:
-    """What `fedgrpc simulate` prints at the end."""
-
-    clients: int
-    num_parameters: int
-    rounds: list[RoundFigures]
-    initial_val_loss: float
-    final_val_loss: float
-    bytes_up: int
-    bytes_down: int
-    wall_s: float
-
-    @property
-    def rounds_applied(self) -> int:
-        """Rounds whose outer step was applied."""
-        return sum(r.applied for r in self.rounds)
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready figures."""
+    def attack_plans(self, collusion_dir: str = "") -> dict[int, AttackPlan]:
+        """Client index -> its attack orders, for every attacking client."""
+        chosen = assign_attackers(self.attacks, self.clients, self.seed)
         return {
-            "clients": self.clients,
-            "num_parameters": self.num_parameters,
-            "rounds": len(self.rounds),
-            "rounds_applied": self.rounds_applied,
-            "first_train_loss": self.rounds[0].train_loss if self.rounds else None,
-            "final_train_loss": self.rounds[-1].train_loss if self.rounds else None,
-            "initial_val_loss": self.initial_val_loss,
-            "final_val_loss": self.final_val_loss,
-            "bytes_up": self.bytes_up,
-            "bytes_down": self.bytes_down,
-            "wall_s": round(self.wall_s, 2),
+            index: AttackPlan(
+                spec=spec,
+                index=index,
+                clients=self.clients,
+                members=tuple(sorted(i for i, s in chosen.items() if s is spec)),
+                seed=self.seed,
+                collusion_dir=f"{collusion_dir}/attack-{_group(self.attacks, spec)}",
+            )
+            for index, spec in chosen.items()
         }
+
+
+def _group(attacks: tuple[AttackSpec, ...], spec: AttackSpec) -> int:
+    """Which `--attack` `spec` is (by identity: two equal flags are two groups)."""
+    return next(k for k, attack in enumerate(attacks) if attack is spec)
 
 
 def run_simulation(
@@ -127,7 +115,7 @@ def run_simulation(
     """Run the federation to completion; raises `SimulationError` on any failure."""
     with tempfile.TemporaryDirectory(prefix="fedgrpc-sim-") as scratch:
         init_model = write_initial_model(config, Path(scratch))
-        return _run(config, init_model, progress)
+        return _run(config, init_model, progress, Path(scratch) / "collusion")
 
 
 def write_initial_model(config: SimulationConfig, directory: Path) -> Path:
@@ -145,7 +133,7 @@ def write_initial_model(config: SimulationConfig, directory: Path) -> Path:
 
 
 def _run(
-    config: SimulationConfig, init_model: Path, progress: bool
+    config: SimulationConfig, init_model: Path, progress: bool, collusion: Path
 ) -> SimulationSummary:
     started = time.monotonic()
     torch.set_num_threads(1)  # the coordinator shares the two cores with clients
@@ -153,10 +141,11 @@ def _run(
     coordinator.start()
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
+    plans = config.attack_plans(str(collusion))
     workers = [
         context.Process(
             target=run_worker,
-            args=(_worker_args(config, i, coordinator.address), results),
+            args=(_worker_args(config, i, coordinator.address, plans), results),
             name=f"fedgrpc-sim-{i}",
         )
         for i in range(config.clients)
@@ -164,7 +153,9 @@ def _run(
     try:
         for worker in workers:
             worker.start()
-        figures = _monitor(config, coordinator, workers, results, started, progress)
+        figures, joined = _monitor(
+            config, coordinator, workers, results, started, progress
+        )
         status = coordinator.status()
     finally:
         for worker in workers:
@@ -178,7 +169,8 @@ def _run(
     # updates has no train loss (NaN, not the 0.0 of an empty mean).
     rounds = [
         RoundFigures(r.round_id, r.applied,
-                     r.mean_train_loss if r.num_updates else math.nan, r.duration_s)
+                     r.mean_train_loss if r.num_updates else math.nan, r.duration_s,
+                     r.num_updates)
         for r in status.rounds
         if r.round_id <= config.rounds
     ]  # fmt: skip
@@ -191,6 +183,35 @@ def _run(
         bytes_up=status.bytes_received,
         bytes_down=status.bytes_sent,
         wall_s=time.monotonic() - started,
+        participants=[
+            Participant(
+                i,
+                joined.get(i, ""),
+                _spec_text(plans, i),
+                int(figures[i].get("outcome_applied", 0)),
+            )
+            for i in range(config.clients)
+        ],
+        attack=_attack_figures(config, plans, figures[0]),
+    )
+
+
+def _spec_text(plans: dict[int, AttackPlan], index: int) -> str | None:
+    return str(plans[index].spec) if index in plans else None
+
+
+def _attack_figures(
+    config: SimulationConfig,
+    plans: dict[int, AttackPlan],
+    reporter: dict[str, float],
+) -> AttackFigures | None:
+    if not config.attacks:
+        return None
+    alie = [plan.alie_z for plan in plans.values() if plan.spec.kind == "alie"]
+    return AttackFigures(
+        specs=tuple(str(spec) for spec in config.attacks),
+        alie_z=alie[0] if alie else None,
+        backdoor_success=reporter.get("backdoor_success"),
     )
 
 
@@ -235,7 +256,12 @@ def _codec(config: SimulationConfig) -> str:
     return config.compression
 
 
-def _worker_args(config: SimulationConfig, index: int, address: str) -> WorkerArgs:
+def _worker_args(
+    config: SimulationConfig,
+    index: int,
+    address: str,
+    plans: dict[int, AttackPlan],
+) -> WorkerArgs:
     return WorkerArgs(
         index=index,
         num_clients=config.clients,
@@ -247,6 +273,8 @@ def _worker_args(config: SimulationConfig, index: int, address: str) -> WorkerAr
         eval_batches=config.eval_batches,
         defaults=config.defaults,
         proximal_mu=config.proximal_mu,
+        attack=plans.get(index),
+        probe_backdoor=any(spec.kind == "backdoor" for spec in config.attacks),
     )
 
 
@@ -257,11 +285,15 @@ def _monitor(
     results: Any,
     started: float,
     progress: bool,
-) -> dict[int, dict[str, float]]:
-    """Drive the progress bar until every worker reported done (bounded)."""
+) -> tuple[dict[int, dict[str, float]], dict[int, str]]:
+    """Drive the progress bar until every worker reported done (bounded).
+
+    Returns each worker's final figures and the client id it joined as.
+    """
     from tqdm import tqdm
 
     done: dict[int, dict[str, float]] = {}
+    joined: dict[int, str] = {}
     bar = tqdm(total=config.rounds, unit="round", desc="simulate", disable=not progress)
     try:
         while len(done) < len(workers):
@@ -269,8 +301,8 @@ def _monitor(
                 raise SimulationError(
                     f"the simulation exceeded its {config.time_limit_s:.0f} s limit"
                 )
-            _drain(results, done)
-            _check_workers(workers, done, results)
+            _drain(results, done, joined)
+            _check_workers(workers, done, results, joined)
             history = coordinator.status().rounds
             # Rounds past R are not the run's (see run_simulation).
             if min(len(history), config.rounds) > bar.n:
@@ -278,10 +310,12 @@ def _monitor(
                 bar.set_postfix(train_loss=f"{history[-1].mean_train_loss:.3f}")
     finally:
         bar.close()
-    return done
+    return done, joined
 
 
-def _drain(results: Any, done: dict[int, dict[str, float]]) -> None:
+def _drain(
+    results: Any, done: dict[int, dict[str, float]], joined: dict[int, str]
+) -> None:
     try:
         kind, index, payload = results.get(timeout=POLL_S)
     except queue.Empty:
@@ -290,15 +324,20 @@ def _drain(results: Any, done: dict[int, dict[str, float]]) -> None:
         raise SimulationError(f"client {index} failed:\n{payload}")
     if kind == "done":
         done[index] = payload
+    if kind == "ready":
+        joined[index] = payload
     log.debug("worker_event", kind=kind, client=index)
 
 
 def _check_workers(
-    workers: list[Any], done: dict[int, dict[str, float]], results: Any
+    workers: list[Any],
+    done: dict[int, dict[str, float]],
+    results: Any,
+    joined: dict[int, str],
 ) -> None:
     for index, worker in enumerate(workers):
         if index not in done and worker.exitcode not in (None, 0):
-            _drain(results, done)  # its error report may still be in flight
+            _drain(results, done, joined)  # its error report may still be in flight
             raise SimulationError(
                 f"client {index} exited with code {worker.exitcode} before finishing"
             )

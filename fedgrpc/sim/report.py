@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedgrpc.sim.launcher import SimulationSummary
+from fedgrpc.sim.summary import SimulationSummary
 
 
 def _bytes(n: int) -> str:
@@ -12,6 +12,23 @@ def _bytes(n: int) -> str:
             return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
         value /= 1024
     return f"{n} B"
+
+
+def _attack_rows(summary: SimulationSummary) -> list[tuple[str, str]]:
+    """Who attacked and how; only when the run had `--attack`."""
+    attack = summary.attack
+    if attack is None:
+        return []
+    rows = [("attacks", ", ".join(attack.specs))]
+    rows += [
+        (f"  attacker {p.index}", f"{p.attack}, {p.updates_applied} updates applied")
+        for p in summary.attackers
+    ]
+    if attack.alie_z is not None:
+        rows.append(("ALIE z", f"{attack.alie_z:.4f}"))
+    if attack.backdoor_success is not None:
+        rows.append(("backdoor success", f"{attack.backdoor_success:.1%}"))
+    return rows
 
 
 def format_summary(summary: SimulationSummary) -> str:
@@ -30,6 +47,7 @@ def format_summary(summary: SimulationSummary) -> str:
         ("bytes up (updates)", _bytes(summary.bytes_up)),
         ("bytes down (weights)", _bytes(summary.bytes_down)),
         ("wall time", f"{summary.wall_s:.1f} s"),
+        *_attack_rows(summary),
     ]
     width = max(len(k) for k, _ in rows)
     rule = "-" * (width + 3 + max(len(v) for _, v in rows))

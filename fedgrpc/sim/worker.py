@@ -8,12 +8,14 @@ loop owns the model, the data and the inner optimizer; the client only sees
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
 from fedgrpc.config import ClientConfig
+from fedgrpc.sim.attacks import AttackPlan, build_transform
 from fedgrpc.sim.corpus import TextSplits, load_stdlib_corpus, sample_batch
 from fedgrpc.sim.models import (
     CharTransformer,
@@ -23,6 +25,9 @@ from fedgrpc.sim.models import (
     make_inner_optimizer,
     train_step,
 )
+from fedgrpc.sim.poison import backdoor_success, flip_labels, plant_backdoor
+
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class ResultQueue(Protocol):
@@ -46,6 +51,10 @@ class WorkerArgs:
     eval_batches: int
     defaults: TrainDefaults
     proximal_mu: float = 0.0
+    attack: AttackPlan | None = None
+    """This client's attack (`fedgrpc.sim.attacks`); None: an honest client."""
+    probe_backdoor: bool = False
+    """The reporter also scores backdoor success on the final global model."""
 
 
 def run_worker(args: WorkerArgs, results: ResultQueue) -> None:
@@ -74,8 +83,15 @@ def _train(args: WorkerArgs, results: ResultQueue) -> dict[str, float]:
         heartbeat_interval_s=2.0,
         proximal_mu=args.proximal_mu,
     )
+    poison = _poisoner(args)
+    transform = None if args.attack is None else build_transform(args.attack)
+    outcomes: dict[str, float] = {}
     with DiLoCoClient(
-        args.address, model, inner_steps=args.inner_steps, config=config
+        args.address,
+        model,
+        inner_steps=args.inner_steps,
+        config=config,
+        update_transform=transform,
     ) as client:
         is_reporter = args.index == 0
         if is_reporter:
@@ -87,14 +103,35 @@ def _train(args: WorkerArgs, results: ResultQueue) -> dict[str, float]:
             if client.finished:
                 break
             batch = sample_batch(shard, defaults.batch_size, defaults.context, batches)
-            loss = train_step(model, optimizer, batch, defaults.grad_clip_norm)
-            client.step(loss=loss, num_samples=defaults.batch_size)
+            loss = train_step(model, optimizer, poison(batch), defaults.grad_clip_norm)
+            if client.step(loss=loss, num_samples=defaults.batch_size):
+                outcome = f"outcome_{client.last_round_outcome}"
+                outcomes[outcome] = outcomes.get(outcome, 0.0) + 1
         if is_reporter:
             figures["final_val_loss"] = _validate(model, splits, args)
+            if args.probe_backdoor:
+                figures["backdoor_success"] = backdoor_success(
+                    model, splits.validation, seed=args.seed
+                )
         figures["bytes_sent"] = float(client.bytes_sent)
         figures["bytes_received"] = float(client.bytes_received)
         figures["model_version"] = float(client.model_version)
-    return figures
+    return figures | outcomes
+
+
+def _poisoner(args: WorkerArgs) -> Callable[[Batch], Batch]:
+    """What the attacker does to each training batch (honest: nothing).
+
+    The reported loss is the loss on the poisoned batch: the attacker
+    reports what it trained on, as an honest-looking client would.
+    """
+    kind = None if args.attack is None else args.attack.spec.kind
+    if kind == "labelflip":
+        return flip_labels
+    if kind == "backdoor":
+        generator = torch.Generator().manual_seed(args.seed * 1_000 + args.index + 7)
+        return lambda batch: plant_backdoor(batch, generator)
+    return lambda batch: batch
 
 
 def _validate(model: CharTransformer, splits: TextSplits, args: WorkerArgs) -> float:

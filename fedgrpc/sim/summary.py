@@ -1,0 +1,110 @@
+"""What a finished simulation reports: the figures behind the table and `--json`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class RoundFigures:
+    """One closed round as the coordinator recorded it."""
+
+    round_id: int
+    applied: bool
+    train_loss: float
+    seconds: float
+    num_updates: int = 0
+    """Updates the round averaged (attackers' included)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Participant:
+    """One simulated client: who it was, what it did, what counted."""
+
+    index: int
+    client_id: str
+    """Id the coordinator assigned at Join ("" if the client never joined)."""
+    attack: str | None
+    """Its `--attack` spec (e.g. "signflip:0.5"), None for an honest client."""
+    updates_applied: int
+    """Sync points whose round applied this client's update: the coordinator
+    verified its signed chunks, accepted it and averaged it in (the client's
+    own count of `applied` outcomes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttackFigures:
+    """The attack side of a run (present when `--attack` was given)."""
+
+    specs: tuple[str, ...]
+    """Every `--attack` value, as parsed (defaults not filled in)."""
+    alie_z: float | None
+    """Z the ALIE attackers used (z_max from n and f unless given)."""
+    backdoor_success: float | None
+    """Fraction of trigger prompts the final global model completes with the
+    backdoor's target byte (`fedgrpc.sim.poison`); None without a backdoor."""
+    quarantine: dict[str, Any] | None = None
+    """Room for the coordinator's quarantine figures (trust scores: which
+    clients it quarantined, when); None while status does not report them."""
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationSummary:
+    """What `fedgrpc simulate` prints at the end."""
+
+    clients: int
+    num_parameters: int
+    rounds: list[RoundFigures]
+    initial_val_loss: float
+    final_val_loss: float
+    bytes_up: int
+    bytes_down: int
+    wall_s: float
+    participants: list[Participant] = field(default_factory=list)
+    attack: AttackFigures | None = None
+
+    @property
+    def rounds_applied(self) -> int:
+        """Rounds whose outer step was applied."""
+        return sum(r.applied for r in self.rounds)
+
+    @property
+    def attackers(self) -> list[Participant]:
+        """The participants that attacked, by index."""
+        return [p for p in self.participants if p.attack is not None]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready figures."""
+        figures: dict[str, Any] = {
+            "clients": self.clients,
+            "num_parameters": self.num_parameters,
+            "rounds": len(self.rounds),
+            "rounds_applied": self.rounds_applied,
+            "first_train_loss": self.rounds[0].train_loss if self.rounds else None,
+            "final_train_loss": self.rounds[-1].train_loss if self.rounds else None,
+            "initial_val_loss": self.initial_val_loss,
+            "final_val_loss": self.final_val_loss,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "wall_s": round(self.wall_s, 2),
+            "updates_per_round": [r.num_updates for r in self.rounds],
+            "participants": [
+                {
+                    "index": p.index,
+                    "client_id": p.client_id,
+                    "attack": p.attack,
+                    "updates_applied": p.updates_applied,
+                }
+                for p in self.participants
+            ],
+        }
+        if self.attack is not None:
+            figures["attack"] = {
+                "specs": list(self.attack.specs),
+                "attackers": [p.index for p in self.attackers],
+                "alie_z": self.attack.alie_z,
+                "backdoor_success": self.attack.backdoor_success,
+                "quarantine": self.attack.quarantine,
+            }
+        return figures
