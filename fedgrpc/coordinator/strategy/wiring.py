@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, cast
 
 from fedgrpc.config import CoordinatorConfig, OuterOptimizerName
-from fedgrpc.coordinator.strategy.combinations import AccumulatorName
 from fedgrpc.coordinator.strategy.pipeline import RoundStages, StrategySettings
 from fedgrpc.coordinator.strategy.plugins import is_plugin_spec, load_outer_optimizer
 from fedgrpc.coordinator.strategy.selection import SelectionName
+from fedgrpc.coordinator.strategy.trust import trust_accumulator
 from fedgrpc.errors import ConfigError
 from fedgrpc.optim import AdaptiveSettings, OuterOptimizer, build_outer_optimizer
 
@@ -54,7 +54,7 @@ def build_round_stages(
     settings = StrategySettings(
         aggregator=plugins.aggregator or config.aggregator,
         aggregator_params=params,
-        accumulator=cast(AccumulatorName, config.accumulator),
+        accumulator=trust_accumulator(config),
         spool_dir=Path(config.spool_dir) if config.spool_dir else None,
         secure_aggregation=config.secure_aggregation,
         selection=cast(SelectionName, config.selection),
