@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -11,6 +11,7 @@ from fedgrpc.coordinator.round_mode import OTHER_REASON, RoundMode
 from fedgrpc.coordinator.rounds.records import Outcome, Phase, RoundResult
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.coordinator.services.coordinator import OUTCOME_TO_PROTO
+from fedgrpc.coordinator.strategy.trust import TrustBook
 from fedgrpc.wire.convert import round_config_to_proto
 from fedgrpc.wire.frames import Malformed
 
@@ -57,6 +58,7 @@ def build_status(runtime: CoordinatorRuntime) -> pb.GetStatusResponse:
                 last_round=c.last_round,
                 last_train_loss=c.last_train_loss,
                 key_sha256=c.public_key.fingerprint if c.public_key else "",
+                **_trust_fields(engine.trust, c.client_id),
             )
             for c in runtime.registry.all()
         ],
@@ -72,6 +74,19 @@ def build_status(runtime: CoordinatorRuntime) -> pb.GetStatusResponse:
         guard_trips=mode.guard_trips if mode is not None else 0,
         dense_fallback_rounds=mode.dense_fallback_rounds if mode is not None else 0,
     )
+
+
+def _trust_fields(trust: TrustBook | None, client_id: str) -> dict[str, Any]:
+    """A client's trust columns of ClientStatus (defaults when trust is off)."""
+    if trust is None:
+        return {"trust_score": 1.0, "trust_weight_factor": 1.0}
+    standing = trust.standing(client_id)
+    return {
+        "trust_score": standing.score,
+        "trust_state": standing.state,
+        "quarantined_until_round": standing.quarantined_until,
+        "trust_weight_factor": standing.weight_factor(trust.settings),
+    }
 
 
 def _round_summary(r: RoundResult, mode: RoundMode | None) -> pb.RoundSummary:
