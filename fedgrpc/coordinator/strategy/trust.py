@@ -142,8 +142,13 @@ class TrustBook:
         order = tuple(closing.commit_order)
         if len(order) != spool.count:
             raise ValueError(f"{len(order)} client ids for {spool.count} updates")
-        agreement = measure_agreement(spool, aggregate)
-        self._pending = (closing.round_id, order, agreement)
+        self.observe(closing.round_id, order, measure_agreement(spool, aggregate))
+
+    def observe(
+        self, round_id: int, order: tuple[str, ...], agreement: Agreement
+    ) -> None:
+        """Keep round `round_id`'s measurement for `round_closed` (any thread)."""
+        self._pending = (round_id, order, agreement)
 
     # -- event loop ------------------------------------------------------------
 
