@@ -59,7 +59,7 @@ from fedgrpc.config.robustness import TrustSettings
 from fedgrpc.coordinator.rounds.records import OpenRound
 from fedgrpc.coordinator.rounds.registry import ClientRecord, ClientRegistry
 from fedgrpc.coordinator.strategy.combinations import AccumulatorName
-from fedgrpc.errors import ConfigError
+from fedgrpc.errors import ConfigError, FedGrpcError, WrongRoundError
 from fedgrpc.log import get_logger
 
 log = get_logger(__name__)
@@ -111,7 +111,8 @@ def round_scores(cosine: F64Array, distance: F64Array) -> F64Array:
     else:
         dir_credit = np.ones_like(cosine)
     scores: F64Array = dir_credit * dist_credit
-    return scores
+    # inf / inf (an overflowing update when most others overflow too): no credit.
+    return np.nan_to_num(scores, nan=0.0)
 
 
 class TrustBook:
@@ -137,12 +138,22 @@ class TrustBook:
 
         `closing.commit_order` names the client of each spooled row. Only
         stores the measurement: `round_closed` scores it on the event loop.
+        Scores are advisory, so a measurement that fails (a spool read error)
+        is logged and skipped: it must not cost the round its update.
         """
-        spool = as_spool(held, "trust")
+        self._pending = None
         order = tuple(closing.commit_order)
-        if len(order) != spool.count:
-            raise ValueError(f"{len(order)} client ids for {spool.count} updates")
-        self.observe(closing.round_id, order, measure_agreement(spool, aggregate))
+        try:
+            spool = as_spool(held, "trust")
+            if len(order) != spool.count:
+                raise WrongRoundError(
+                    f"{len(order)} committed clients but {spool.count} spooled updates"
+                )
+            agreement = measure_agreement(spool, aggregate)
+        except (OSError, FedGrpcError) as exc:
+            log.error("trust_measure_failed", round=closing.round_id, error=str(exc))
+            return
+        self.observe(closing.round_id, order, agreement)
 
     def observe(
         self, round_id: int, order: tuple[str, ...], agreement: Agreement
@@ -181,7 +192,6 @@ class TrustBook:
                 score=round(standing.score, 4),
                 round_score=round(float(scores[row]), 4),
                 cosine=round(float(agreement.cosine[row]), 4),
-                distance=float(agreement.distance[row]),
             )  # fmt: skip
             self._judge(round_id, client_id, standing, registry)
 
