@@ -60,12 +60,12 @@ from fedgrpc.coordinator.rounds.records import (
     new_round_nonce,
 )
 from fedgrpc.coordinator.rounds.registry import ClientRecord, ClientRegistry
-from fedgrpc.coordinator.strategy.trust import build_trust
 from fedgrpc.coordinator.strategy.wiring import (
     NO_PLUGINS,
     StagePlugins,
     build_outer,
     build_round_stages,
+    build_trust,
 )
 from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.domain.requests import UpdateHeaderInfo
@@ -292,7 +292,9 @@ class RoundEngine:
                 return False
             aggregate = self.stages.aggregate(total, self._take_sum_buffer)
             if self.trust is not None:
-                self.trust.measure(closing, total.held(), aggregate)
+                self.trust.measure(
+                    closing.round_id, closing.commit_order, total.held(), aggregate
+                )
             blown = self.model.divergence(aggregate)
             if blown is not None:
                 closing.void_reason = blown

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 import torch
@@ -54,11 +54,7 @@ import torch
 from fedgrpc.aggregate.agreement import Agreement, measure_agreement
 from fedgrpc.aggregate.blockwise import as_spool
 from fedgrpc.aggregate.stages import F64Array, HeldUpdates
-from fedgrpc.config import CoordinatorConfig
 from fedgrpc.config.robustness import TrustSettings
-from fedgrpc.coordinator.rounds.records import OpenRound
-from fedgrpc.coordinator.rounds.registry import ClientRecord, ClientRegistry
-from fedgrpc.coordinator.strategy.combinations import AccumulatorName
 from fedgrpc.errors import ConfigError, FedGrpcError, WrongRoundError
 from fedgrpc.log import get_logger
 
@@ -115,6 +111,26 @@ def round_scores(cosine: F64Array, distance: F64Array) -> F64Array:
     return np.nan_to_num(scores, nan=0.0)
 
 
+class TrustedRecord(Protocol):
+    """What trust writes in a client's record (`rounds.registry.ClientRecord`).
+
+    Named structurally: the round engine imports the strategy stages, so
+    they cannot import its records back.
+    """
+
+    weight_factor: float
+    excluded_until_round: int
+    exclusion_reason: str
+
+
+class Records(Protocol):
+    """Clients by id (`rounds.registry.ClientRegistry`)."""
+
+    def get(self, client_id: str) -> TrustedRecord | None:
+        """The record of `client_id`, or None once it is forgotten."""
+        ...
+
+
 class TrustBook:
     """Every client's `Standing`, updated once per scored round."""
 
@@ -132,17 +148,20 @@ class TrustBook:
     # -- apply thread ----------------------------------------------------------
 
     def measure(
-        self, closing: OpenRound, held: HeldUpdates, aggregate: torch.Tensor
+        self,
+        round_id: int,
+        order: list[str],
+        held: HeldUpdates,
+        aggregate: torch.Tensor,
     ) -> None:
-        """Measure `closing`'s updates against its aggregate (apply thread).
+        """Measure round `round_id`'s updates against its aggregate (apply thread).
 
-        `closing.commit_order` names the client of each spooled row. Only
-        stores the measurement: `round_closed` scores it on the event loop.
+        `order` names the client of each spooled row (`OpenRound.commit_order`).
+        Only stores the measurement: `round_closed` scores it on the event loop.
         Scores are advisory, so a measurement that fails (a spool read error)
         is logged and skipped: it must not cost the round its update.
         """
         self._pending = None
-        order = tuple(closing.commit_order)
         try:
             spool = as_spool(held, "trust")
             if len(order) != spool.count:
@@ -151,9 +170,9 @@ class TrustBook:
                 )
             agreement = measure_agreement(spool, aggregate)
         except (OSError, FedGrpcError) as exc:
-            log.error("trust_measure_failed", round=closing.round_id, error=str(exc))
+            log.error("trust_measure_failed", round=round_id, error=str(exc))
             return
-        self.observe(closing.round_id, order, agreement)
+        self.observe(round_id, tuple(order), agreement)
 
     def observe(
         self, round_id: int, order: tuple[str, ...], agreement: Agreement
@@ -163,7 +182,7 @@ class TrustBook:
 
     # -- event loop ------------------------------------------------------------
 
-    def round_closed(self, round_id: int, registry: ClientRegistry) -> None:
+    def round_closed(self, round_id: int, registry: Records) -> None:
         """Score round `round_id` (if measured), readmit, write the registry."""
         pending, self._pending = self._pending, None
         if pending is not None and pending[0] == round_id:
@@ -179,7 +198,7 @@ class TrustBook:
         round_id: int,
         order: tuple[str, ...],
         agreement: Agreement,
-        registry: ClientRegistry,
+        registry: Records,
     ) -> None:
         decay = self.settings.decay
         scores = round_scores(agreement.cosine, agreement.distance)
@@ -200,7 +219,7 @@ class TrustBook:
         round_id: int,
         client_id: str,
         standing: Standing,
-        registry: ClientRegistry,
+        registry: Records,
     ) -> None:
         """Move `standing` after a scored round and write its record."""
         settings, before = self.settings, standing.state
@@ -231,7 +250,7 @@ class TrustBook:
         round_id: int,
         client_id: str,
         standing: Standing,
-        registry: ClientRegistry,
+        registry: Records,
     ) -> None:
         """Hard quarantine: exclude `client_id` for K · 2^(offences - 1) rounds."""
         settings = self.settings
@@ -250,7 +269,7 @@ class TrustBook:
             rounds=rounds, offences=standing.offences,
         )  # fmt: skip
 
-    def _readmit(self, round_id: int, registry: ClientRegistry) -> None:
+    def _readmit(self, round_id: int, registry: Records) -> None:
         """Put clients whose quarantine ends with the next round on probation."""
         settings = self.settings
         for client_id, standing in self.standings.items():
@@ -279,7 +298,7 @@ class TrustBook:
             "clients": {c: dataclasses.asdict(s) for c, s in self.standings.items()},
         }
 
-    def load_state_dict(self, state: dict[str, Any], registry: ClientRegistry) -> None:
+    def load_state_dict(self, state: dict[str, Any], registry: Records) -> None:
         """Restore `state_dict`'s output and re-apply it to the registry's records.
 
         Quarantines are written back through the exclusion mechanism (the
@@ -304,7 +323,9 @@ class TrustBook:
                 _exclude(record, standing, self.settings)
 
 
-def _exclude(record: ClientRecord, standing: Standing, settings: TrustSettings) -> None:
+def _exclude(
+    record: TrustedRecord, standing: Standing, settings: TrustSettings
+) -> None:
     """Write a hard quarantine into the record (the one exclusion mechanism)."""
     if standing.quarantined_until > record.excluded_until_round:
         record.excluded_until_round = standing.quarantined_until
@@ -313,38 +334,3 @@ def _exclude(record: ClientRecord, standing: Standing, settings: TrustSettings) 
             f"trust_hard_threshold = {settings.hard_threshold:g} (its updates "
             "disagreed with the round's robust aggregate)"
         )
-
-
-def build_trust(config: CoordinatorConfig) -> TrustBook | None:
-    """The run's `TrustBook`, or None with trust = 'off'."""
-    if config.trust != "on":
-        return None
-    return TrustBook(config.trust_settings())
-
-
-def trust_accumulator(config: CoordinatorConfig) -> AccumulatorName:
-    """The accumulator setting to build with `config.trust` (spool when on).
-
-    Trust needs each update's own statistics, which only the spool keeps
-    (the streaming sum folds them together; secure aggregation hides them).
-
-    Raises:
-        ConfigError: trust = 'on' with secure aggregation or the streaming
-            sum, naming both settings.
-    """
-    accumulator = cast(AccumulatorName, config.accumulator)
-    if config.trust != "on":
-        return accumulator
-    if config.secure_aggregation:
-        raise ConfigError(
-            "trust = 'on' scores each client's own update, but "
-            "secure_aggregation = true lets the coordinator see only their sum; "
-            "turn one of them off"
-        )
-    if accumulator == "streaming_sum":
-        raise ConfigError(
-            "trust = 'on' scores each client's own update, but accumulator = "
-            "'streaming_sum' keeps only their running sum; set accumulator = "
-            "'spool' (or 'auto')"
-        )
-    return "spool"
