@@ -2,8 +2,8 @@
 
 A real coordinator on 127.0.0.1 port 0 (`aggregator = "median"`, `trust =
 "on"`), four honest raw clients and one attacker, all sending validly signed
-dense updates. The attacker sends the sign-flipped version of an honest-looking
-update every round (Byzantine sign flip). It must be hard-quarantined within 5
+dense updates. The attacker sends a transformed honest-looking update every
+round: sign-flipped, or scaled 10x. It must be hard-quarantined within 5
 rounds, its pushes then refused with FAILED_PRECONDITION naming the
 quarantine, no honest client ever quarantined, the standing visible in
 GetStatus and the metrics, and all of it intact after a restart from the
@@ -12,6 +12,7 @@ checkpoint.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -19,6 +20,8 @@ import numpy as np
 import pytest
 
 from fedgrpc._proto.v1 import admin_pb2, admin_pb2_grpc
+from fedgrpc.cli_ops import format_status
+from fedgrpc.client.admin import fetch_status
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 from fedgrpc.crypto.keys import PrivateKey
@@ -90,13 +93,15 @@ class Federation:
             return refused
         return None
 
-    def play_round(self) -> grpc.RpcError | None:
+    def play_round(
+        self, attack: Callable[[np.ndarray], np.ndarray]
+    ) -> grpc.RpcError | None:
         """One round: the attacker pushes first, then honest clients up to quorum.
 
         Returns the attacker's refusal (None: its update was taken).
         """
         version = _status(self.channel).model_version
-        refused = self.push(self.attacker, -self.update())  # sign flip
+        refused = self.push(self.attacker, attack(self.update()))
         needed = HONEST - (refused is None)
         for honest in self.honest[:needed]:
             assert self.push(honest, self.update()) is None
@@ -105,9 +110,17 @@ class Federation:
         return refused
 
 
-def test_a_sign_flipping_client_is_quarantined_within_five_rounds_and_after_restart(
-    tmp_path: Path,
+ATTACKS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "sign_flip": lambda update: -update,
+    "scale_10x": lambda update: 10 * update,
+}
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_an_attacking_client_is_quarantined_within_five_rounds_and_after_restart(
+    attack: str, tmp_path: Path
 ) -> None:
+    transform = ATTACKS[attack]
     config = _config(tmp_path)
     keys = [PrivateKey.generate() for _ in range(HONEST + 1)]
     with serve_in_thread(config) as coordinator:
@@ -125,7 +138,7 @@ def test_a_sign_flipping_client_is_quarantined_within_five_rounds_and_after_rest
             honest_ids = {h.client_id for h in federation.honest}
             quarantined_at = None
             for round_id in range(1, 6):
-                assert federation.play_round() is None  # still admitted
+                assert federation.play_round(transform) is None  # still admitted
                 state = _clients(_status(federation.channel))[attacker_id].trust_state
                 if state == "quarantined":
                     quarantined_at = round_id
@@ -139,7 +152,9 @@ def test_a_sign_flipping_client_is_quarantined_within_five_rounds_and_after_rest
             for client_id in honest_ids:
                 assert clients[client_id].trust_state == "trusted"
                 assert clients[client_id].trust_weight_factor == 1.0
-            refused = federation.play_round()  # the attacker is refused now ...
+            refused = federation.play_round(
+                transform
+            )  # the attacker is refused now ...
             assert refused is not None
             assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert "hard quarantine" in (refused.details() or "")
@@ -147,6 +162,11 @@ def test_a_sign_flipping_client_is_quarantined_within_five_rounds_and_after_rest
             assert metrics.get_sample_value("fedgrpc_trust_quarantined") == 1
             assert metrics.get_sample_value("fedgrpc_trust_quarantines_total") == 1
             before = _clients(_status(federation.channel))[attacker_id]
+            table = format_status(
+                coordinator.address, fetch_status(coordinator.address)
+            )
+            until = before.quarantined_until_round
+            assert f"quarantined until round {until}" in table
     # A restart from the checkpoint keeps the quarantine: the attacker joins
     # again with its key (same id) and is still refused.
     with serve_in_thread(config) as resumed:
@@ -159,7 +179,7 @@ def test_a_sign_flipping_client_is_quarantined_within_five_rounds_and_after_rest
             assert after[attacker_id].quarantined_until_round == (
                 before.quarantined_until_round
             )
-            refused = federation.play_round()
+            refused = federation.play_round(transform)
             assert refused is not None
             assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
             for client_id in honest_ids:
