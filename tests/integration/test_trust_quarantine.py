@@ -152,9 +152,8 @@ def test_an_attacking_client_is_quarantined_within_five_rounds_and_after_restart
             for client_id in honest_ids:
                 assert clients[client_id].trust_state == "trusted"
                 assert clients[client_id].trust_weight_factor == 1.0
-            refused = federation.play_round(
-                transform
-            )  # the attacker is refused now ...
+            # The attacker's next update is refused, naming the quarantine.
+            refused = federation.play_round(transform)
             assert refused is not None
             assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert "hard quarantine" in (refused.details() or "")
@@ -162,9 +161,8 @@ def test_an_attacking_client_is_quarantined_within_five_rounds_and_after_restart
             assert metrics.get_sample_value("fedgrpc_trust_quarantined") == 1
             assert metrics.get_sample_value("fedgrpc_trust_quarantines_total") == 1
             before = _clients(_status(federation.channel))[attacker_id]
-            table = format_status(
-                coordinator.address, fetch_status(coordinator.address)
-            )
+            shown = fetch_status(coordinator.address)  # what `fedgrpc status` prints
+            table = format_status(coordinator.address, shown)
             until = before.quarantined_until_round
             assert f"quarantined until round {until}" in table
     # A restart from the checkpoint keeps the quarantine: the attacker joins
