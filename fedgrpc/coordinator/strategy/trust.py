@@ -2,19 +2,22 @@
 
 The Trust stage of the round pipeline (DESIGN.md). After the Aggregator made
 round r's aggregate g from the spool, `measure_agreement` gives every update
-uᵢ its cosine cosᵢ with g and its distance dᵢ = ‖uᵢ - g‖. Both are read
-*relative to the round*, because what an honest update looks like depends on
-the model, the data and the round (non-IID clients' cosines can be 0.2):
+uᵢ its distance dᵢ = ‖uᵢ - g‖ to the aggregate and its direction: peerᵢ,
+the median of its cosines with the other updates (the cosine with g itself
+is biased towards agreement, since g contains uᵢ; see `aggregate.agreement`).
+Both are read *relative to the round*, because what an honest update looks
+like depends on the model, the data and the round (non-IID clients' cosines
+can be 0.1):
 
-    scale    m_d = median_i dᵢ,   m_c = median_i cosᵢ
-    distance credit  Dᵢ = min(1, (κ · m_d / dᵢ)²)        κ = DISTANCE_TOLERANCE = 2
-    direction credit Cᵢ = clip(cosᵢ / (λ · m_c), 0, 1)  λ = DIRECTION_TOLERANCE = 0.5
-                     (Cᵢ = 1 for all when m_c <= 0: the round has no direction)
-    round score      rᵢ = Cᵢ · Dᵢ                       in [0, 1]
-    trust score      sᵢ ← decay · sᵢ + (1 - decay) · rᵢ (sᵢ = 1 at first)
+    scale    m_d = median_i dᵢ,   m_p = median_i peerᵢ
+    distance credit  Dᵢ = min(1, (κ · m_d / dᵢ)²)         κ = DISTANCE_TOLERANCE = 2
+    direction credit Cᵢ = clip(peerᵢ / (λ · m_p), 0, 1)  λ = DIRECTION_TOLERANCE = 0.5
+                     (Cᵢ = 1 for all when m_p <= 0: the round has no direction)
+    round score      rᵢ = Cᵢ · Dᵢ                        in [0, 1]
+    trust score      sᵢ ← decay · sᵢ + (1 - decay) · rᵢ  (sᵢ = 1 at first)
 
 So an update up to twice the median distance, pointing at least half as
-well as the median one, scores 1; a sign-flipped update (cos < 0) scores 0;
+well as the median one, scores 1; a sign-flipped update (peer < 0) scores 0;
 one scaled 10x scores (2/10)² = 0.04 (the square makes scaling cost what
 its energy does). With fewer than `MIN_SCORED_UPDATES` updates a round says
 nothing (two updates are always equally far from their median) and no score
@@ -93,19 +96,23 @@ class Standing:
         return min(1.0, self.score / settings.soft_threshold)
 
 
-def round_scores(cosine: F64Array, distance: F64Array) -> F64Array:
-    """rᵢ = Cᵢ · Dᵢ for one round's updates (module docstring), vectorised."""
+def round_scores(direction: F64Array, distance: F64Array) -> F64Array:
+    """rᵢ = Cᵢ · Dᵢ for one round's updates (module docstring), vectorised.
+
+    `direction`: each update's cosine with its peers (peerᵢ); `distance`:
+    its distance to the aggregate.
+    """
     scale = float(np.median(distance))
     if scale > 0:
         far = np.maximum(distance, np.finfo(np.float64).tiny)
         dist_credit = np.minimum(1.0, (DISTANCE_TOLERANCE * scale / far) ** 2)
     else:  # at least half the updates equal the aggregate: only those are in line
         dist_credit = np.where(distance > 0, 0.0, 1.0)
-    consensus = float(np.median(cosine))
+    consensus = float(np.median(direction))
     if consensus > 0:
-        dir_credit = np.clip(cosine / (DIRECTION_TOLERANCE * consensus), 0.0, 1.0)
+        dir_credit = np.clip(direction / (DIRECTION_TOLERANCE * consensus), 0.0, 1.0)
     else:
-        dir_credit = np.ones_like(cosine)
+        dir_credit = np.ones_like(direction)
     scores: F64Array = dir_credit * dist_credit
     # inf / inf (an overflowing update when most others overflow too): no credit.
     return np.nan_to_num(scores, nan=0.0)
@@ -201,7 +208,7 @@ class TrustBook:
         registry: Records,
     ) -> None:
         decay = self.settings.decay
-        scores = round_scores(agreement.cosine, agreement.distance)
+        scores = round_scores(agreement.peer_cosine, agreement.distance)
         for row, client_id in enumerate(order):
             standing = self.standings.setdefault(client_id, Standing())
             standing.last_round_score = float(scores[row])
@@ -211,6 +218,7 @@ class TrustBook:
                 score=round(standing.score, 4),
                 round_score=round(float(scores[row]), 4),
                 cosine=round(float(agreement.cosine[row]), 4),
+                peer_cosine=round(float(agreement.peer_cosine[row]), 4),
             )  # fmt: skip
             self._judge(round_id, client_id, standing, registry)
 

@@ -36,7 +36,7 @@ def _record(registry: ClientRegistry, client_id: str) -> ClientRecord:
 
 def _agreement(cosine: list[float], distance: list[float]) -> Agreement:
     c, d = np.array(cosine), np.array(distance)
-    return Agreement(c, d, np.ones_like(d), 1.0)
+    return Agreement(cosine=c, distance=d, peer_cosine=c, norm=np.ones_like(d))
 
 
 FLIPPED = _agreement([0.9, 0.8, 0.85, -0.9], [1.0, 1.2, 0.9, 3.0])
@@ -49,7 +49,7 @@ def _close(book: TrustBook, registry: ClientRegistry, round_id: int) -> None:
 
 
 def test_round_score_gives_full_credit_in_line_and_none_to_a_flipped_update() -> None:
-    scores = round_scores(FLIPPED.cosine, FLIPPED.distance)
+    scores = round_scores(FLIPPED.peer_cosine, FLIPPED.distance)
     np.testing.assert_allclose(scores, [1.0, 1.0, 1.0, 0.0])
 
 

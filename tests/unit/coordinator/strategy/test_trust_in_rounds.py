@@ -42,8 +42,9 @@ def spool(tmp_path: Path) -> Iterator[SpoolAccumulator]:
 
 def test_the_pass_matches_numpy_across_several_blocks(spool: SpoolAccumulator) -> None:
     rng = np.random.default_rng(7)
-    updates = rng.normal(size=(4, 2500)).astype(np.float32)
-    updates[3] = 0.0  # a zero update: cosine 0, not NaN
+    updates = rng.normal(size=(5, 2500)).astype(np.float32)
+    updates[1] += updates[0]  # correlated with the first: a positive peer cosine
+    updates[4] = 0.0  # a zero update: cosine 0, not NaN
     for key, update in enumerate(updates):
         spool.add_values(key, 0, update, 1.0, np.empty(0, np.float32))
         spool.commit_update(key, 1.0)
@@ -55,7 +56,12 @@ def test_the_pass_matches_numpy_across_several_blocks(spool: SpoolAccumulator) -
     np.testing.assert_allclose(got.cosine, cos, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(got.distance, np.linalg.norm(u - ref, axis=1), rtol=1e-5)
     np.testing.assert_allclose(got.norm, norms, rtol=1e-5)
-    assert got.cosine[3] == 0.0
+    assert got.cosine[4] == 0.0
+    outer = np.outer(norms, norms)
+    pairwise = np.divide(u @ u.T, outer, out=np.zeros((5, 5)), where=outer > 0)
+    peers = [np.median(np.delete(pairwise[i], i)) for i in range(5)]
+    np.testing.assert_allclose(got.peer_cosine, peers, rtol=1e-6, atol=1e-9)
+    assert got.peer_cosine[4] == 0.0  # a zero update has no direction
     # The spool's files are untouched by the in-place differences.
     again = measure_agreement(spool.held(), torch.from_numpy(g))
     np.testing.assert_allclose(again.distance, got.distance, rtol=1e-5)
@@ -138,7 +144,7 @@ def test_an_update_of_huge_floats_scores_zero_and_keeps_the_state_strict_json(
     got = measure_agreement(spool.held(), g)
     assert np.isfinite(got.cosine).all()
     assert got.cosine[3] < -0.99  # against the base direction
-    scores = round_scores(got.cosine, got.distance)
+    scores = round_scores(got.peer_cosine, got.distance)
     assert scores[3] == 0.0
     registry, book = _registry(), TrustBook(TrustSettings())
     book.observe(1, ORDER, got)
