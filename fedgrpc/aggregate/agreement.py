@@ -91,7 +91,7 @@ def measure_agreement(
         u = wide[: n * b].reshape(n, b)  # C-contiguous, like `block`
         np.copyto(u, block)
         g_block = g[start : start + b].astype(np.float64)  # b values, not d
-        gram += u @ u.T
+        _add_gram(gram, u)
         dots += u @ g_block
         g_square += float(g_block @ g_block)
         np.subtract(u, g_block, out=u)  # in place: uᵢ - g for this block
@@ -105,6 +105,23 @@ def measure_agreement(
         peer_cosine=_peer_medians(gram, norms),
         norm=norms,
     )
+
+
+NUMPY_GRAM_MAX_ROWS = 16
+"""Up to this many updates numpy's BLAS forms U Uᵀ fastest, beyond it torch's.
+
+Measured on this machine (float64, 16 MiB blocks, 3 runs): n = 8 x 524k took
+0.028 s in numpy and 0.117 s in torch; n = 32 x 131k took 0.71 s in numpy
+(its BLAS's threading stalls on that shape) and 0.10 s in torch."""
+
+
+def _add_gram(gram: F64Array, u: F64Array) -> None:
+    """Add u uᵀ of one n x b block into `gram` (BLAS, reading `u` in place)."""
+    if u.shape[0] <= NUMPY_GRAM_MAX_ROWS:
+        gram += u @ u.T
+        return
+    rows = torch.from_numpy(u)
+    gram += (rows @ rows.T).numpy()
 
 
 def _cosines(products: F64Array, norm_products: F64Array) -> F64Array:

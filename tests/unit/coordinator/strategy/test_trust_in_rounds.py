@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fedgrpc.aggregate import SpoolAccumulator
-from fedgrpc.aggregate.agreement import measure_agreement
+from fedgrpc.aggregate.agreement import NUMPY_GRAM_MAX_ROWS, measure_agreement
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.config.robustness import TrustSettings
 from fedgrpc.coordinator.rounds.records import Outcome
@@ -35,14 +35,17 @@ from tests.unit.coordinator.test_round_engine import _header
 
 @pytest.fixture
 def spool(tmp_path: Path) -> Iterator[SpoolAccumulator]:
-    accumulator = SpoolAccumulator(tmp_path / "round", 2500, 8)
+    accumulator = SpoolAccumulator(tmp_path / "round", 2500, 32)
     yield accumulator
     accumulator.discard()
 
 
-def test_the_pass_matches_numpy_across_several_blocks(spool: SpoolAccumulator) -> None:
+@pytest.mark.parametrize("n", [5, NUMPY_GRAM_MAX_ROWS + 4])  # both BLAS paths
+def test_the_pass_matches_numpy_across_several_blocks(
+    n: int, spool: SpoolAccumulator
+) -> None:
     rng = np.random.default_rng(7)
-    updates = rng.normal(size=(5, 2500)).astype(np.float32)
+    updates = rng.normal(size=(n, 2500)).astype(np.float32)
     updates[1] += updates[0]  # correlated with the first: a positive peer cosine
     updates[4] = 0.0  # a zero update: cosine 0, not NaN
     for key, update in enumerate(updates):
@@ -58,8 +61,8 @@ def test_the_pass_matches_numpy_across_several_blocks(spool: SpoolAccumulator) -
     np.testing.assert_allclose(got.norm, norms, rtol=1e-5)
     assert got.cosine[4] == 0.0
     outer = np.outer(norms, norms)
-    pairwise = np.divide(u @ u.T, outer, out=np.zeros((5, 5)), where=outer > 0)
-    peers = [np.median(np.delete(pairwise[i], i)) for i in range(5)]
+    pairwise = np.divide(u @ u.T, outer, out=np.zeros((n, n)), where=outer > 0)
+    peers = [np.median(np.delete(pairwise[i], i)) for i in range(n)]
     np.testing.assert_allclose(got.peer_cosine, peers, rtol=1e-6, atol=1e-9)
     assert got.peer_cosine[4] == 0.0  # a zero update has no direction
     # The spool's files are untouched by the in-place differences.
