@@ -72,7 +72,7 @@ class RobustnessSettings:
     times the median of recent rounds' (after 3 applied rounds); 0 disables."""
     trust: str = "off"
     """`on` scores each client by how its updates agree with the round's
-    aggregate (cosine, distance) and quarantines the ones that keep
+    (distance to the aggregate, cosine with the other updates) and quarantines the ones that keep
     disagreeing (see README, "Trust scores"). Needs every update, so it spools
     them (accumulator `auto` or `spool`); not with secure_aggregation."""
     trust_decay: float = 0.6
