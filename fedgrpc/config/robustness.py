@@ -71,10 +71,11 @@ class RobustnessSettings:
     """Divergence guard: skip a round whose mean update norm exceeds this many
     times the median of recent rounds' (after 3 applied rounds); 0 disables."""
     trust: str = "off"
-    """`on` scores each client by how its updates agree with the round's
-    (distance to the aggregate, cosine with the other updates) and quarantines the ones that keep
-    disagreeing (see README, "Trust scores"). Needs every update, so it spools
-    them (accumulator `auto` or `spool`); not with secure_aggregation."""
+    """`on` scores each client by how its updates agree with the others'
+    (distance to the aggregate, cosine with the other updates) and
+    quarantines the ones that keep disagreeing (see README, "Trust scores").
+    Needs every update, so it spools them (accumulator `auto` or `spool`);
+    not with secure_aggregation."""
     trust_decay: float = 0.6
     """Weight of a client's past in its score, in [0, 1): s <- decay x s +
     (1 - decay) x round score. 0.6 quarantines a client that disagrees every
