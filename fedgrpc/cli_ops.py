@@ -152,7 +152,7 @@ def format_status(target: str, s: CoordinatorStatus) -> str:
 
 
 _CLIENT_COLUMNS = ("client", "name", "connected", "updates", "samples",
-                   "last round", "last loss")  # fmt: skip
+                   "last round", "last loss", "trust")  # fmt: skip
 _ROUND_COLUMNS = ("round", "outcome", "updates", "seconds", "mean loss", "bytes in",
                   "secure", "selected")  # fmt: skip
 
@@ -168,7 +168,17 @@ def _client_cells(c: ClientRow) -> tuple[str, ...]:
     connected = "yes" if c.connected else "no"
     return (c.client_id, c.name, connected, f"{c.updates_accepted:,}",
             f"{c.samples_contributed:,}", str(c.last_round),
-            f"{c.last_train_loss:.4f}")  # fmt: skip
+            f"{c.last_train_loss:.4f}", _trust_cell(c))  # fmt: skip
+
+
+def _trust_cell(c: ClientRow) -> str:
+    """`0.92 trusted`, `0.11 quarantined until round 14`, or `-` (trust off)."""
+    if not c.trust_state:
+        return "-"
+    cell = f"{c.trust_score:.2f} {c.trust_state}"
+    if c.trust_state == "quarantined":
+        cell += f" until round {c.quarantined_until_round}"
+    return cell
 
 
 def _round_cells(r: RoundRow) -> tuple[str, ...]:

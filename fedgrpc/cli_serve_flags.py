@@ -117,6 +117,22 @@ ROBUSTNESS_FLAGS = (
     Flag("--max-update-norm-growth", "divergence guard: skip a round whose mean "
          "update norm is over this many times the recent median, 0 disables "
          f"(default: {_D.max_update_norm_growth:g})", float, "X"),
+    Flag("--trust", "score each client by how its updates agree with the "
+         "round's aggregate and quarantine the ones that keep disagreeing; "
+         "spools every update, not with --secure-aggregation (default: "
+         f"{_D.trust})", choices=("off", "on")),
+    Flag("--trust-decay", "weight of a client's past in its trust score, in "
+         "[0, 1): s = decay x s + (1 - decay) x round score "
+         f"(default: {_D.trust_decay:g})", float, "D"),
+    Flag("--trust-soft-threshold", "below this trust score a client's "
+         "aggregation weight is multiplied by score / threshold (soft "
+         f"quarantine) (default: {_D.trust_soft_threshold:g})", float, "T"),
+    Flag("--trust-hard-threshold", "below this trust score a client is "
+         "excluded for --trust-quarantine-rounds rounds (hard quarantine) "
+         f"(default: {_D.trust_hard_threshold:g})", float, "T"),
+    Flag("--trust-quarantine-rounds", "rounds a first hard quarantine lasts "
+         "(doubling for each repeat), and scored rounds of probation after "
+         f"readmission (default: {_D.trust_quarantine_rounds})", int, "K"),
 )  # fmt: skip
 """How updates are weighted, combined and guarded (`config.robustness`)."""
 

@@ -50,6 +50,12 @@ class ClientRow:
     samples_contributed: int
     last_round: int
     last_train_loss: float
+    trust_score: float = 1.0
+    """In [0, 1]; 1 when the coordinator runs without trust scores."""
+    trust_state: str = ""
+    """trusted, soft, quarantined or probation; "" when trust is off."""
+    quarantined_until_round: int = 0
+    """First round a hard-quarantined client may push again (0: never)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +224,9 @@ def _from_proto(
                 c.samples_contributed,
                 c.last_round,
                 c.last_train_loss,
+                c.trust_score,
+                c.trust_state,
+                c.quarantined_until_round,
             )
             for c in clients
         ],

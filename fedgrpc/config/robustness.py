@@ -9,10 +9,42 @@ slotted: slotted dataclasses cannot be combined as several bases.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from fedgrpc.errors import check_config as _check
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrustSettings:
+    """The trust stage's settings (`config.robustness`: trust_*)."""
+
+    decay: float = 0.6
+    soft_threshold: float = 0.5
+    hard_threshold: float = 0.2
+    quarantine_rounds: int = 5
+
+    def __post_init__(self) -> None:
+        """Refuse settings under which the state machine makes no sense.
+
+        Raises:
+            ConfigError: naming the trust_* setting.
+        """
+        decay, soft, hard = self.decay, self.soft_threshold, self.hard_threshold
+        _check(math.isfinite(decay) and 0 <= decay < 1, "trust_decay", decay,
+               "0 <= decay < 1")  # fmt: skip
+        _check(math.isfinite(soft) and 0 < soft <= 1, "trust_soft_threshold", soft,
+               "0 < threshold <= 1")  # fmt: skip
+        _check(math.isfinite(hard) and 0 <= hard < soft, "trust_hard_threshold",
+               hard, f"0 <= threshold < trust_soft_threshold ({soft:g})")  # fmt: skip
+        _check(self.quarantine_rounds >= 1, "trust_quarantine_rounds",
+               self.quarantine_rounds, ">= 1")  # fmt: skip
+
+    @property
+    def probation_score(self) -> float:
+        """Where a readmitted client restarts: halfway between the thresholds."""
+        return (self.soft_threshold + self.hard_threshold) / 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +70,25 @@ class RobustnessSettings:
     max_update_norm_growth: float = 10.0
     """Divergence guard: skip a round whose mean update norm exceeds this many
     times the median of recent rounds' (after 3 applied rounds); 0 disables."""
+    trust: str = "off"
+    """`on` scores each client by how its updates agree with the others'
+    (distance to the aggregate, cosine with the other updates) and
+    quarantines the ones that keep disagreeing (see README, "Trust scores").
+    Needs every update, so it spools them (accumulator `auto` or `spool`);
+    not with secure_aggregation."""
+    trust_decay: float = 0.6
+    """Weight of a client's past in its score, in [0, 1): s <- decay x s +
+    (1 - decay) x round score. 0.6 quarantines a client that disagrees every
+    round after its 4th update."""
+    trust_soft_threshold: float = 0.5
+    """Below this score a client is soft-quarantined: its aggregation weight is
+    multiplied by score / threshold. In (0, 1]."""
+    trust_hard_threshold: float = 0.2
+    """Below this score a client is excluded for trust_quarantine_rounds rounds
+    (twice as long for each repeat). In [0, trust_soft_threshold)."""
+    trust_quarantine_rounds: int = 5
+    """K: rounds a first hard quarantine lasts, and scored rounds of probation
+    after readmission."""
 
     def _check_robustness(self) -> None:
         """Names only; `RoundStages` loads plugins and checks combinations at start."""
@@ -50,3 +101,14 @@ class RobustnessSettings:
                self.accumulator, "auto, streaming_sum or spool")  # fmt: skip
         _check(self.max_update_norm_growth >= 0, "max_update_norm_growth",
                self.max_update_norm_growth, ">= 0 (0 disables the guard)")  # fmt: skip
+        _check(self.trust in ("off", "on"), "trust", self.trust, "off or on")
+        self.trust_settings()  # raises ConfigError naming the bad trust_* setting
+
+    def trust_settings(self) -> TrustSettings:
+        """The trust stage's settings as one checked value."""
+        return TrustSettings(
+            decay=self.trust_decay,
+            soft_threshold=self.trust_soft_threshold,
+            hard_threshold=self.trust_hard_threshold,
+            quarantine_rounds=self.trust_quarantine_rounds,
+        )

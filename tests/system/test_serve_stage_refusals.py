@@ -35,6 +35,9 @@ def _serve(*flags: str, cwd: Path) -> subprocess.CompletedProcess[str]:
          "aggregator = 'trimmed_mean'", "accumulator = 'streaming_sum'"),
         (["--accumulator", "spool", *SECURE], "accumulator = 'spool'",
          "secure_aggregation = true"),
+        (["--trust", "on", *SECURE], "trust = 'on'", "secure_aggregation = true"),
+        (["--trust", "on", "--accumulator", "streaming_sum"], "trust = 'on'",
+         "accumulator = 'streaming_sum'"),
     ],
 )  # fmt: skip
 def test_serve_exits_non_zero_naming_both_settings_of_an_impossible_pair(
@@ -59,3 +62,12 @@ def test_trimmed_mean_beta_without_trimmed_mean_is_refused(tmp_path: Path) -> No
     assert done.returncode == 2
     assert "trimmed_mean_beta" in done.stderr
     assert "aggregator = 'trimmed_mean'" in done.stderr
+
+
+def test_a_trust_threshold_above_the_soft_one_is_refused_by_name(
+    tmp_path: Path,
+) -> None:
+    done = _serve("--trust", "on", "--trust-hard-threshold", "0.7", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "trust_hard_threshold=0.7" in done.stderr
+    assert "trust_soft_threshold" in done.stderr

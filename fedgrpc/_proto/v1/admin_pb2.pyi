@@ -106,6 +106,10 @@ class ClientStatus(_message.Message):
     LAST_ROUND_FIELD_NUMBER: _builtins.int
     LAST_TRAIN_LOSS_FIELD_NUMBER: _builtins.int
     KEY_SHA256_FIELD_NUMBER: _builtins.int
+    TRUST_SCORE_FIELD_NUMBER: _builtins.int
+    TRUST_STATE_FIELD_NUMBER: _builtins.int
+    QUARANTINED_UNTIL_ROUND_FIELD_NUMBER: _builtins.int
+    TRUST_WEIGHT_FACTOR_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """Id assigned at Join."""
     name: _builtins.str
@@ -122,6 +126,17 @@ class ClientStatus(_message.Message):
     """Its last reported mean training loss."""
     key_sha256: _builtins.str
     """Fingerprint of the client's public key (hex SHA-256 of the raw key)."""
+    trust_score: _builtins.float
+    """Trust score in [0, 1] (1 when trust is off or it was never scored)."""
+    trust_state: _builtins.str
+    """Its standing: "trusted", "soft" (soft quarantine: weight reduced),
+    "quarantined" (hard quarantine: excluded) or "probation" (readmitted);
+    "" when trust is off.
+    """
+    quarantined_until_round: _builtins.int
+    """First round it may push again after a hard quarantine (0: never)."""
+    trust_weight_factor: _builtins.float
+    """Multiplier of its aggregation weight from its trust score (1: full)."""
     def __init__(
         self,
         *,
@@ -133,10 +148,14 @@ class ClientStatus(_message.Message):
         last_round: _builtins.int = ...,
         last_train_loss: _builtins.float = ...,
         key_sha256: _builtins.str = ...,
+        trust_score: _builtins.float = ...,
+        trust_state: _builtins.str = ...,
+        quarantined_until_round: _builtins.int = ...,
+        trust_weight_factor: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "connected", b"connected", "key_sha256", b"key_sha256", "last_round", b"last_round", "last_train_loss", b"last_train_loss", "name", b"name", "samples_contributed", b"samples_contributed", "updates_accepted", b"updates_accepted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "connected", b"connected", "key_sha256", b"key_sha256", "last_round", b"last_round", "last_train_loss", b"last_train_loss", "name", b"name", "quarantined_until_round", b"quarantined_until_round", "samples_contributed", b"samples_contributed", "trust_score", b"trust_score", "trust_state", b"trust_state", "trust_weight_factor", b"trust_weight_factor", "updates_accepted", b"updates_accepted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -10,6 +10,8 @@ Captured (on the event loop, cheap: references, not copies) and restored:
 * the clients: id, name, public key and credit (updates accepted, samples
   contributed, last round, last loss), and the id counter. Session tokens are
   secrets and are *not* stored: after a restart a client joins again;
+* the trust scores (`strategy.trust`): each client's score and standing, so a
+  quarantine outlives a restart and is written back to its record;
 * traffic totals and the recent-round history, for status and metrics.
 
 Plain Python, no gRPC or asyncio (like the round engine it restores).
@@ -106,6 +108,7 @@ def capture(engine: RoundEngine, registry: ClientRegistry, totals: Totals) -> Sn
         "bytes_received": totals.bytes_received,
         "bytes_sent": totals.bytes_sent,
         "history": [_round_row(r) for r in engine.history],
+        "trust": engine.trust.state_dict() if engine.trust is not None else None,
     }
     return Snapshot(last_closed, state, {"master": master, **tensors})
 
@@ -133,6 +136,8 @@ def restore(
         [float(n) for n in state["update_norms"]],
     )  # fmt: skip
     _restore_clients(registry, state["clients"], state.get("next_client_id", 0))
+    if engine.trust is not None and state.get("trust") is not None:
+        engine.trust.load_state_dict(state["trust"], registry)
     _restore_rounds(engine, checkpoint.round_id, state["history"])
     return Totals(state["run_id"], state["bytes_received"], state["bytes_sent"])
 

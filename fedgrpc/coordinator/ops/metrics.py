@@ -15,6 +15,7 @@ client list is copied in one C-level step (`ClientRegistry.all`).
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 from wsgiref.simple_server import WSGIServer
 
@@ -25,6 +26,7 @@ from prometheus_client.registry import Collector
 from fedgrpc.coordinator.rounds.engine import RoundEngine
 from fedgrpc.coordinator.rounds.records import RoundResult, Run
 from fedgrpc.coordinator.rounds.registry import ClientRegistry
+from fedgrpc.coordinator.strategy.trust import TrustBook
 from fedgrpc.errors import ConfigError
 from fedgrpc.log import get_logger
 
@@ -149,6 +151,25 @@ class _LevelCollector(Collector):
                      current.round_id if current is not None else 0)  # fmt: skip
         yield _gauge("fedgrpc_draining", "1 while the coordinator shuts down.",
                      int(run.stopping))  # fmt: skip
+        if engine.trust is not None:
+            yield from _trust_metrics(engine.trust)
+
+
+def _trust_metrics(trust: TrustBook) -> Iterator[Metric]:
+    """Trust standings now, and hard quarantines so far (trust = 'on' only)."""
+    standings = list(trust.standings.values())  # one C-level copy: loop-safe
+    states = collections.Counter(s.state for s in standings)
+    yield _gauge("fedgrpc_trust_quarantined", "Clients in hard quarantine "
+                 "(excluded) now.", states["quarantined"])  # fmt: skip
+    yield _gauge("fedgrpc_trust_soft_quarantined", "Clients in soft quarantine "
+                 "(weight reduced) now.", states["soft"])  # fmt: skip
+    yield _gauge("fedgrpc_trust_probation", "Readmitted clients on probation now.",
+                 states["probation"])  # fmt: skip
+    yield _gauge("fedgrpc_trust_score_min", "Lowest trust score of a scored "
+                 "client (1: none scored).",
+                 min((s.score for s in standings), default=1.0))  # fmt: skip
+    yield _counter("fedgrpc_trust_quarantines", "Hard quarantines imposed in this "
+                   "run.", trust.quarantines)  # fmt: skip
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -65,6 +65,7 @@ from fedgrpc.coordinator.strategy.wiring import (
     StagePlugins,
     build_outer,
     build_round_stages,
+    build_trust,
 )
 from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.domain.requests import UpdateHeaderInfo
@@ -103,6 +104,7 @@ class RoundEngine:
         self.seed_nonce = new_round_nonce()
         """Round 0's nonce: the initial weights sign it."""
         self.participation = Participation(self.stages.selector, registry)
+        self.trust = build_trust(config)
         self._spare_sum: torch.Tensor | None = None
         """Last round's sum buffer, zeroed: reused so no round faults in a new one."""
 
@@ -206,6 +208,7 @@ class RoundEngine:
             if current.total is None:  # no chunk arrived: cannot happen once checked
                 raise InvalidUpdateError("an update without values cannot be counted")
             current.total.commit_update(ticket.ticket_id, float(header.num_samples))
+            current.commit_order.append(client.client_id)
             del current.streaming[ticket.ticket_id]
             credit_update(
                 current,
@@ -288,6 +291,10 @@ class RoundEngine:
                     self._spare_sum = as_sum(total.held()).sum_tensor().zero_()
                 return False
             aggregate = self.stages.aggregate(total, self._take_sum_buffer)
+            if self.trust is not None:
+                self.trust.measure(
+                    closing.round_id, closing.commit_order, total.held(), aggregate
+                )
             blown = self.model.divergence(aggregate)
             if blown is not None:
                 closing.void_reason = blown
@@ -309,6 +316,8 @@ class RoundEngine:
                 if record is not None:
                     record.last_applied_round = closing.round_id
         self.participation.round_closed(closing)
+        if self.trust is not None:
+            self.trust.round_closed(closing.round_id, self.registry)
         version, now = self.model.version, self.clock()
         result = rules.round_result(closing, self.config, applied, reason, version, now)
         if self.is_last_round(closing.round_id):

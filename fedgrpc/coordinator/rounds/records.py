@@ -118,6 +118,8 @@ class OpenRound:
     deadline_s: float | None = None
     """Set by the first commit: stragglers get `round_timeout_s` from then."""
     contributors: set[str] = field(default_factory=set)
+    commit_order: list[str] = field(default_factory=list)
+    """Contributors in commit order: the rows of a spooled round (trust scores)."""
     streaming: dict[int, Ticket] = field(default_factory=dict)
     """Admitted pushes not yet committed or abandoned, by ticket id."""
     selected: tuple[str, ...] | None = None

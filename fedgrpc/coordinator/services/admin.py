@@ -9,7 +9,7 @@ client accepts, and `fedgrpc status` failed for good. A page holds at most
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -19,6 +19,7 @@ from fedgrpc.coordinator.rounds.records import Outcome, Phase, RoundResult
 from fedgrpc.coordinator.rounds.registry import ClientRecord
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.coordinator.services.coordinator import OUTCOME_TO_PROTO
+from fedgrpc.coordinator.strategy.trust import TrustBook
 from fedgrpc.wire.convert import round_config_to_proto
 from fedgrpc.wire.frames import Malformed
 
@@ -67,7 +68,7 @@ def build_status_page(
             continue
         if len(status.clients) >= size:
             break
-        row = _client_status(record)
+        row = _client_status(record, runtime.engine.trust)
         budget -= row.ByteSize() + 4  # field tag and length prefix
         if budget < 0 and status.clients:
             break
@@ -89,7 +90,7 @@ def _client_number(client_id: str) -> int:
     return int(digits)
 
 
-def _client_status(c: ClientRecord) -> pb.ClientStatus:
+def _client_status(c: ClientRecord, trust: TrustBook | None) -> pb.ClientStatus:
     return pb.ClientStatus(
         client_id=c.client_id,
         name=c.name,
@@ -99,6 +100,7 @@ def _client_status(c: ClientRecord) -> pb.ClientStatus:
         last_round=c.last_round,
         last_train_loss=c.last_train_loss,
         key_sha256=c.public_key.fingerprint if c.public_key else "",
+        **_trust_fields(trust, c.client_id),
     )
 
 
@@ -129,7 +131,9 @@ def build_status(
         model_version=engine.model.version,
         num_parameters=num_parameters,
         round_config=round_config_to_proto(runtime.config),
-        clients=[_client_status(c) for c in runtime.registry.all()] if clients else [],
+        clients=[_client_status(c, engine.trust) for c in runtime.registry.all()]
+        if clients
+        else [],
         total_clients=len(runtime.registry.all()),
         bytes_received=runtime.run.bytes_received,
         bytes_sent=runtime.run.bytes_sent,
@@ -143,6 +147,19 @@ def build_status(
         guard_trips=mode.guard_trips if mode is not None else 0,
         dense_fallback_rounds=mode.dense_fallback_rounds if mode is not None else 0,
     )
+
+
+def _trust_fields(trust: TrustBook | None, client_id: str) -> dict[str, Any]:
+    """A client's trust columns of ClientStatus (defaults when trust is off)."""
+    if trust is None:
+        return {"trust_score": 1.0, "trust_weight_factor": 1.0}
+    standing = trust.standing(client_id)
+    return {
+        "trust_score": standing.score,
+        "trust_state": standing.state,
+        "quarantined_until_round": standing.quarantined_until,
+        "trust_weight_factor": standing.weight_factor(trust.settings),
+    }
 
 
 def _round_summary(r: RoundResult, mode: RoundMode | None) -> pb.RoundSummary:

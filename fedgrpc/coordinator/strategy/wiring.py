@@ -19,6 +19,7 @@ from fedgrpc.coordinator.strategy.combinations import AccumulatorName
 from fedgrpc.coordinator.strategy.pipeline import RoundStages, StrategySettings
 from fedgrpc.coordinator.strategy.plugins import is_plugin_spec, load_outer_optimizer
 from fedgrpc.coordinator.strategy.selection import SelectionName
+from fedgrpc.coordinator.strategy.trust import TrustBook
 from fedgrpc.errors import ConfigError
 from fedgrpc.optim import AdaptiveSettings, OuterOptimizer, build_outer_optimizer
 
@@ -54,7 +55,7 @@ def build_round_stages(
     settings = StrategySettings(
         aggregator=plugins.aggregator or config.aggregator,
         aggregator_params=params,
-        accumulator=cast(AccumulatorName, config.accumulator),
+        accumulator=trust_accumulator(config),
         spool_dir=Path(config.spool_dir) if config.spool_dir else None,
         secure_aggregation=config.secure_aggregation,
         selection=cast(SelectionName, config.selection),
@@ -97,3 +98,38 @@ def build_outer(
             tau=config.resolved_outer_tau,
         ),
     )
+
+
+def build_trust(config: CoordinatorConfig) -> TrustBook | None:
+    """The run's `TrustBook`, or None with trust = 'off'."""
+    if config.trust != "on":
+        return None
+    return TrustBook(config.trust_settings())
+
+
+def trust_accumulator(config: CoordinatorConfig) -> AccumulatorName:
+    """The accumulator setting to build with `config.trust` (spool when on).
+
+    Trust needs each update's own statistics, which only the spool keeps
+    (the streaming sum folds them together; secure aggregation hides them).
+
+    Raises:
+        ConfigError: trust = 'on' with secure aggregation or the streaming
+            sum, naming both settings.
+    """
+    accumulator = cast(AccumulatorName, config.accumulator)
+    if config.trust != "on":
+        return accumulator
+    if config.secure_aggregation:
+        raise ConfigError(
+            "trust = 'on' scores each client's own update, but "
+            "secure_aggregation = true lets the coordinator see only their sum; "
+            "turn one of them off"
+        )
+    if accumulator == "streaming_sum":
+        raise ConfigError(
+            "trust = 'on' scores each client's own update, but accumulator = "
+            "'streaming_sum' keeps only their running sum; set accumulator = "
+            "'spool' (or 'auto')"
+        )
+    return "spool"

@@ -1,0 +1,142 @@
+"""How each spooled update relates to the aggregate and to the others.
+
+The trust stage (`coordinator.strategy.trust`) scores a client by how far its
+update uᵢ lies from the aggregate g that the (robust) Aggregator produced,
+and whether it points the way the other clients' updates do. All of it comes
+from one blockwise pass over the spool, accumulating per block:
+
+    G = U Uᵀ (n x n Gram matrix),   dotᵢ = <uᵢ, g>,   ‖g‖²,
+    dᵢ² = ‖uᵢ - g‖² = Σⱼ (uᵢⱼ - gⱼ)²
+
+and then, with ‖uᵢ‖² = Gᵢᵢ:
+
+    cosᵢ      = dotᵢ / (‖uᵢ‖ ‖g‖)                 cosine with the aggregate
+    cos(i, k) = Gᵢₖ / (‖uᵢ‖ ‖uₖ‖)                  pairwise cosine
+    peerᵢ     = median over k ≠ i of cos(i, k)     cosine with its peers
+
+(a cosine is 0 where a norm is 0). Why peers, not only the aggregate: g is
+built from uᵢ itself, so when the clients' own noise outweighs their shared
+signal (small models, few inner steps), every update agrees with g through
+its own share of it. Measured (d = 5000, 6 honest + 2 sign-flipped, noise
+10x the signal): cosᵢ was 0.29 to 0.32 for every update, flipped or not,
+while peerᵢ is about +signal² for honest and -signal² for flipped ones. The
+median over peers is robust while honest clients are a majority.
+
+dᵢ² is summed from the differences rather than expanded as
+‖uᵢ‖² - 2 dotᵢ + ‖g‖², which cancels catastrophically when uᵢ ≈ g (the
+honest case). Any Aggregator works: the pass needs only the `HeldSpool` and
+the finished aggregate, not the rule that made it.
+
+Precision and memory: each block is copied into one reused float64 n x b
+buffer and the products are float64 BLAS. A hostile client may send any
+finite float32, and 3e38² overflows float32, which would make its cosine
+inf/inf = NaN and its score one that never falls below a threshold; in
+float64 d x (2 x 3.4e38)² stays finite for d below 1e230. The pass runs on
+blocks of half the aggregators' byte budget, so the float32 block plus its
+float64 copy take 1.5x an aggregator's block: O(n x b), never O(d). Cost:
+the Gram matrix is O(n² d), like Krum's distances.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedgrpc.aggregate.blockwise import (
+    DEFAULT_BLOCK_BYTES,
+    check_out,
+    require_committed,
+    spool_blocks,
+)
+from fedgrpc.aggregate.stages import F64Array, HeldSpool
+
+
+@dataclass(frozen=True, slots=True)
+class Agreement:
+    """Per-update statistics, in the spool's row order."""
+
+    cosine: F64Array
+    """cosᵢ = <uᵢ, g> / (‖uᵢ‖ ‖g‖), in [-1, 1]; 0 where a norm is 0."""
+    distance: F64Array
+    """dᵢ = ‖uᵢ - g‖₂."""
+    peer_cosine: F64Array
+    """peerᵢ = median over k ≠ i of cos(uᵢ, uₖ); 0 with no other update."""
+    norm: F64Array
+    """‖uᵢ‖₂."""
+
+
+def measure_agreement(
+    held: HeldSpool, aggregate: torch.Tensor, block_bytes: int = DEFAULT_BLOCK_BYTES
+) -> Agreement:
+    """One pass over `held`: each update against `aggregate` and its peers.
+
+    Raises:
+        WrongRoundError: nothing was committed.
+        InvalidUpdateError: `aggregate` is not a d-long 1-D float32 CPU tensor.
+    """
+    require_committed(held, "trust")
+    g = check_out(aggregate, held.num_coordinates)
+    n = held.count
+    gram = np.zeros((n, n), dtype=np.float64)
+    dots = np.zeros(n, dtype=np.float64)
+    gaps = np.zeros(n, dtype=np.float64)
+    g_square = 0.0
+    wide: np.ndarray | None = None
+    for start, block in spool_blocks(held, max(block_bytes // 2, 1)):  # (n, b)
+        b = block.shape[1]
+        if wide is None:
+            wide = np.empty(block.size, dtype=np.float64)  # the first block is widest
+        u = wide[: n * b].reshape(n, b)  # C-contiguous, like `block`
+        np.copyto(u, block)
+        g_block = g[start : start + b].astype(np.float64)  # b values, not d
+        _add_gram(gram, u)
+        dots += u @ g_block
+        g_square += float(g_block @ g_block)
+        np.subtract(u, g_block, out=u)  # in place: uᵢ - g for this block
+        gaps += np.einsum("ij,ij->i", u, u)
+    squares = np.diag(gram).copy()
+    norms = np.sqrt(squares)
+    g_norm = float(np.sqrt(g_square))
+    return Agreement(
+        cosine=_cosines(dots, norms * g_norm),
+        distance=np.sqrt(gaps),
+        peer_cosine=_peer_medians(gram, norms),
+        norm=norms,
+    )
+
+
+NUMPY_GRAM_MAX_ROWS = 16
+"""Up to this many updates numpy's BLAS forms U Uᵀ fastest, beyond it torch's.
+
+Measured on this machine (float64, 16 MiB blocks, 3 runs): n = 8 x 524k took
+0.028 s in numpy and 0.117 s in torch; n = 32 x 131k took 0.71 s in numpy
+(its BLAS's threading stalls on that shape) and 0.10 s in torch."""
+
+
+def _add_gram(gram: F64Array, u: F64Array) -> None:
+    """Add u uᵀ of one n x b block into `gram` (BLAS, reading `u` in place)."""
+    if u.shape[0] <= NUMPY_GRAM_MAX_ROWS:
+        gram += u @ u.T
+        return
+    rows = torch.from_numpy(u)
+    gram += (rows @ rows.T).numpy()
+
+
+def _cosines(products: F64Array, norm_products: F64Array) -> F64Array:
+    """Products / norm_products clipped to [-1, 1]; 0 where the norms are 0."""
+    out = np.zeros_like(products)
+    np.divide(products, norm_products, out=out, where=norm_products > 0)
+    return np.clip(out, -1.0, 1.0, out=out)
+
+
+def _peer_medians(gram: F64Array, norms: F64Array) -> F64Array:
+    """peerᵢ: the median of row i of the pairwise cosines, the diagonal left out."""
+    n = norms.size
+    if n < 2:
+        return np.zeros(n, dtype=np.float64)
+    pairwise = _cosines(gram, np.outer(norms, norms))
+    others = pairwise[~np.eye(n, dtype=bool)].reshape(n, n - 1)
+    peers: F64Array = np.median(others, axis=1)
+    return peers
