@@ -1,9 +1,9 @@
 """An operator's view of a running coordinator: AdminService status and gRPC health.
 
-What `fedgrpc status` calls. Synchronous grpc (one call, then exit), and
-plain dataclasses out, so the CLI never touches protobuf types. TLS works as
-for `DiLoCoClient`: `ClientConfig.tls_ca` (and a client certificate for
-mutual TLS).
+What `fedgrpc status` and `fedgrpc guard-reset` call. Synchronous grpc (one
+call, then exit), and plain dataclasses out, so the CLI never touches
+protobuf types. TLS works as for `DiLoCoClient`: `ClientConfig.tls_ca` (and
+a client certificate for mutual TLS).
 """
 
 from __future__ import annotations
@@ -109,6 +109,34 @@ def fetch_status(
             admin_pb2.GetStatusRequest(), timeout=timeout_s
         )
     return _from_proto(reply)
+
+
+@dataclass(frozen=True, slots=True)
+class GuardReset:
+    """What AdminService/ResetDivergenceGuard cleared."""
+
+    norms_dropped: int
+    """Recent update norms the plain rounds' guard forgot."""
+    secure_norms_dropped: int
+    """Recent norms the sparse secure rounds' guard forgot."""
+    round_id: int
+    """The round collecting at the reset (0: none)."""
+
+
+def reset_divergence_guard(
+    target: str, config: ClientConfig | None = None, timeout_s: float = 10.0
+) -> GuardReset:
+    """Call AdminService/ResetDivergenceGuard on `target` (host:port).
+
+    Raises:
+        CoordinatorUnavailableError: unreachable, or no answer in `timeout_s`.
+        FedGrpcError: any other failure (a refused credential), naming the code.
+    """
+    with _channel(target, config) as channel, _translated(target):
+        reply = admin_pb2_grpc.AdminServiceStub(channel).ResetDivergenceGuard(
+            admin_pb2.ResetDivergenceGuardRequest(), timeout=timeout_s
+        )
+    return GuardReset(reply.norms_dropped, reply.secure_norms_dropped, reply.round_id)
 
 
 def check_health(

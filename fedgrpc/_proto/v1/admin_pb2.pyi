@@ -334,3 +334,50 @@ class GetStatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatusResponse: _TypeAlias = GetStatusResponse  # noqa: Y015
+
+@_typing.final
+class ResetDivergenceGuardRequest(_message.Message):
+    """No parameters yet."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetDivergenceGuardRequest: _TypeAlias = ResetDivergenceGuardRequest  # noqa: Y015
+
+@_typing.final
+class ResetDivergenceGuardResponse(_message.Message):
+    """What a guard reset dropped."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NORMS_DROPPED_FIELD_NUMBER: _builtins.int
+    SECURE_NORMS_DROPPED_FIELD_NUMBER: _builtins.int
+    ROUND_ID_FIELD_NUMBER: _builtins.int
+    norms_dropped: _builtins.int
+    """Recent update norms the plain rounds' guard forgot."""
+    secure_norms_dropped: _builtins.int
+    """Recent norms the sparse secure rounds' guard forgot (0 without it)."""
+    round_id: _builtins.int
+    """The round collecting when the history was cleared (0: none open)."""
+    def __init__(
+        self,
+        *,
+        norms_dropped: _builtins.int = ...,
+        secure_norms_dropped: _builtins.int = ...,
+        round_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["norms_dropped", b"norms_dropped", "round_id", b"round_id", "secure_norms_dropped", b"secure_norms_dropped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetDivergenceGuardResponse: _TypeAlias = ResetDivergenceGuardResponse  # noqa: Y015

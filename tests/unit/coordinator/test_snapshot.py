@@ -107,7 +107,7 @@ def test_restart_continues_run_version_momentum_clients_and_history(
     assert after.model.published is not None
     assert before.model.published is not None
     assert after.model.published.sha256 == before.model.published.sha256
-    assert after.model.update_norms == before.model.update_norms
+    assert after.model.guard.history == before.model.guard.history
     state = after.model.optimizer.state_dict()
     assert state["steps"] == 3
     reference = _reference(initial, gradients)
