@@ -12,6 +12,7 @@ checked exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -43,7 +44,7 @@ def _round(trio: Trio, claims: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
     return before, after - before
 
 
-def _mean(round_id: int, weights: dict[str, float]) -> np.ndarray:
+def _mean(round_id: int, weights: Mapping[str, float]) -> np.ndarray:
     updates = _updates(round_id)
     total = sum(weights.values())
     return sum(updates[n].astype(np.float64) * w for n, w in weights.items()) / total  # type: ignore[return-value]
