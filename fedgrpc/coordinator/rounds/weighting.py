@@ -31,6 +31,10 @@ from fedgrpc.errors import InvalidUpdateError
 
 COUNTER_MAX = 2**63 - 1
 """Where counters stop: fits int64 and uint64 fields alike."""
+MIN_WEIGHT_FACTOR = 1e-6
+"""Smallest `weight_factor` applied: the sum refuses a weight of 0 (and would
+void the round), so a client that must not count at all is excluded instead
+(`ClientRecord.excluded_until_round`)."""
 
 
 def saturating_add(total: int, amount: int) -> int:
@@ -83,7 +87,8 @@ class SampleWeighting:
         """The weight of `client`'s update claiming `num_samples` (>= 1).
 
         samples: n; equal: 1; capped: min(n, ratio x reference), or 1
-        before any reference. Times `weight_factor` (clamped at >= 0).
+        before any reference. Times `weight_factor`, clamped to
+        [MIN_WEIGHT_FACTOR, 1]: trust can only lower a weight, never to 0.
         """
         if self.mode == "samples":
             base = float(num_samples)
@@ -91,7 +96,10 @@ class SampleWeighting:
             base = 1.0
         else:
             base = min(float(num_samples), self.ratio * self.reference)
-        return base * max(0.0, client.weight_factor)
+        factor = client.weight_factor
+        if not factor >= MIN_WEIGHT_FACTOR:  # also NaN
+            factor = MIN_WEIGHT_FACTOR
+        return base * min(factor, 1.0)
 
     def round_closed(self, claims: Sequence[int]) -> None:
         """Take the committed claims of a closed round as the next reference."""

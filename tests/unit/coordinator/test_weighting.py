@@ -83,6 +83,16 @@ def test_every_weighting_is_scaled_by_the_soft_quarantine_factor(mode: str) -> N
     )
 
 
+@pytest.mark.parametrize(
+    ("factor", "applied"), [(0.0, 1e-6), (math.nan, 1e-6), (5.0, 1.0)]
+)
+def test_the_trust_factor_can_only_lower_a_weight_and_never_to_zero(
+    factor: float, applied: float
+) -> None:
+    weighting = SampleWeighting(_config(weighting="samples"))
+    assert weighting.weight(_client(factor), 100) == pytest.approx(100 * applied)
+
+
 def test_a_claim_over_max_samples_per_update_is_refused_naming_the_setting() -> None:
     config = _config(max_samples_per_update=1000)
     check_claims(config, _header(1000))
