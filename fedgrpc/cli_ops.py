@@ -172,6 +172,8 @@ def format_status(target: str, s: CoordinatorStatus) -> str:
         f"H={s.inner_steps}",
         f"traffic: {_size(s.bytes_received)} in (updates), "
         f"{_size(s.bytes_sent)} out (models)",
+        f"divergence guard: {s.norm_guard_trips} round(s) refused, "
+        f"{s.norm_guard_history} recent norm(s) (`fedgrpc guard-reset` clears them)",
         _secure_line(s),
         "",
         _table(_CLIENT_COLUMNS, [_client_cells(c) for c in s.clients]),

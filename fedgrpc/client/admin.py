@@ -93,6 +93,10 @@ class CoordinatorStatus:
     guard_trips: int = 0
     """Times the divergence guard of sparse masked rounds refused a round."""
     dense_fallback_rounds: int = 0
+    norm_guard_trips: int = 0
+    """Plain rounds the divergence guard refused (since the coordinator started)."""
+    norm_guard_history: int = 0
+    """Norms in the plain guard's window (under 3: warming up)."""
 
 
 def fetch_status(
@@ -226,4 +230,6 @@ def _from_proto(reply: admin_pb2.GetStatusResponse) -> CoordinatorStatus:
         secure_aggregation=reply.secure_aggregation,
         guard_trips=reply.guard_trips,
         dense_fallback_rounds=reply.dense_fallback_rounds,
+        norm_guard_trips=reply.norm_guard_trips,
+        norm_guard_history=reply.norm_guard_history,
     )

@@ -98,10 +98,13 @@ def test_guard_reset_from_the_command_line_lets_the_next_honest_round_apply(
     with running_trio(config, keys, np.ones(N, np.float32)) as trio:
         _poison(trio)
         assert _round(trio, poisoned=False).outcome != APPLIED
+        status = trio.status()
+        assert (status.norm_guard_trips, status.norm_guard_history) == (1, 6)
         done = subprocess.run(
             [str(FEDGRPC), "guard-reset", "--target", trio.coordinator.address],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert "forgot 6 recent update norm(s)" in done.stdout
+        assert trio.status().norm_guard_history == 0
         assert _round(trio, poisoned=False).outcome == APPLIED

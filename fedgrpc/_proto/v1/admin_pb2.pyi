@@ -257,6 +257,8 @@ class GetStatusResponse(_message.Message):
     SECURE_AGGREGATION_FIELD_NUMBER: _builtins.int
     GUARD_TRIPS_FIELD_NUMBER: _builtins.int
     DENSE_FALLBACK_ROUNDS_FIELD_NUMBER: _builtins.int
+    NORM_GUARD_TRIPS_FIELD_NUMBER: _builtins.int
+    NORM_GUARD_HISTORY_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Id of this training run."""
     round_id: _builtins.int
@@ -293,6 +295,14 @@ class GetStatusResponse(_message.Message):
     """Times the divergence guard of sparse secure rounds refused a round."""
     dense_fallback_rounds: _builtins.int
     """Secure rounds announced dense because the divergence guard tripped."""
+    norm_guard_trips: _builtins.int
+    """Plain rounds the divergence guard refused since the coordinator started
+    (their reason in recent_rounds says why).
+    """
+    norm_guard_history: _builtins.int
+    """Update norms in the plain rounds' guard history (at most 8: those
+    applied in the last 8 rounds); under 3, the guard is warming up.
+    """
     @_builtins.property
     def round_config(self) -> _common_pb2.RoundConfig:
         """The round configuration."""
@@ -326,10 +336,12 @@ class GetStatusResponse(_message.Message):
         secure_aggregation: _builtins.bool = ...,
         guard_trips: _builtins.int = ...,
         dense_fallback_rounds: _builtins.int = ...,
+        norm_guard_trips: _builtins.int = ...,
+        norm_guard_history: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["round_config", b"round_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "clients", b"clients", "coordinator_key_sha256", b"coordinator_key_sha256", "dense_fallback_rounds", b"dense_fallback_rounds", "guard_trips", b"guard_trips", "model_sha256", b"model_sha256", "model_version", b"model_version", "num_parameters", b"num_parameters", "open_enrollment", b"open_enrollment", "phase", b"phase", "recent_rounds", b"recent_rounds", "round_config", b"round_config", "round_id", b"round_id", "round_nonce", b"round_nonce", "run_id", b"run_id", "secure_aggregation", b"secure_aggregation", "uptime_s", b"uptime_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "clients", b"clients", "coordinator_key_sha256", b"coordinator_key_sha256", "dense_fallback_rounds", b"dense_fallback_rounds", "guard_trips", b"guard_trips", "model_sha256", b"model_sha256", "model_version", b"model_version", "norm_guard_history", b"norm_guard_history", "norm_guard_trips", b"norm_guard_trips", "num_parameters", b"num_parameters", "open_enrollment", b"open_enrollment", "phase", b"phase", "recent_rounds", b"recent_rounds", "round_config", b"round_config", "round_id", b"round_id", "round_nonce", b"round_nonce", "run_id", b"run_id", "secure_aggregation", b"secure_aggregation", "uptime_s", b"uptime_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -74,6 +74,8 @@ def build_status(runtime: CoordinatorRuntime) -> pb.GetStatusResponse:
         secure_aggregation=mode is not None,
         guard_trips=mode.guard_trips if mode is not None else 0,
         dense_fallback_rounds=mode.dense_fallback_rounds if mode is not None else 0,
+        norm_guard_trips=engine.model.guard.trips,
+        norm_guard_history=len(engine.model.guard.history),
     )
 
 
