@@ -23,7 +23,7 @@ class RobustnessSettings:
     """The aggregator stage and the divergence guard; see `CoordinatorConfig`."""
 
     aggregator: str = "mean"
-    """How a round's updates become one: `mean` (sample-weighted, FedAvg),
+    """How a round's updates become one: `mean` (FedAvg, weighted by `weighting`),
     `median` (coordinate-wise), `trimmed_mean` (drops `trimmed_mean_beta` of
     each side per coordinate) or `package.module:Class`. The robust rules need
     every update, so they spool them to `spool_dir` (not with secure_aggregation)."""
