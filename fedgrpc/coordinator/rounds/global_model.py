@@ -123,11 +123,14 @@ class GlobalModel:
         """Why applying round `round_id`'s `mean` would blow the model up, or None.
 
         `NormGuard.judge` on ||mean||, floored by ||w|| (one read of each,
-        no copy). `max_update_norm_growth = 0` leaves only the NaN/Inf check.
+        no copy; ||w|| only for a round over the unfloored limit).
+        `max_update_norm_growth = 0` leaves only the NaN/Inf check.
         """
         norm = float(torch.linalg.vector_norm(mean))
-        model_norm = float(torch.linalg.vector_norm(self.require_master()))
-        return self.guard.judge(round_id, norm, model_norm)
+        master = self.require_master()
+        return self.guard.judge(
+            round_id, norm, lambda: float(torch.linalg.vector_norm(master))
+        )
 
     def advance(self) -> None:
         """Count the version `step` published."""
