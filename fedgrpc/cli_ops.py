@@ -1,8 +1,9 @@
-"""`fedgrpc status` and `fedgrpc export`: operating a coordinator from a shell.
+"""`fedgrpc status`, `guard-reset` and `export`: operating a coordinator from a shell.
 
 `status` asks a running coordinator (AdminService/GetStatus, or the gRPC
 health service with `--health`) and prints tables: the round, each client's
-credit (samples contributed), losses and traffic. `export` turns a
+credit (samples contributed), losses and traffic. `guard-reset` clears the
+divergence guard's history (AdminService/ResetDivergenceGuard). `export` turns a
 checkpoint into a model file. Argparse and presentation only; the work is in
 `fedgrpc.client.admin` and `fedgrpc.coordinator.ops.model_export`.
 """
@@ -26,8 +27,9 @@ RECENT_ROUNDS_SHOWN = 10
 
 
 def add_ops_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `status` and `export` on the `fedgrpc` command."""
+    """Register `status`, `guard-reset` and `export` on the `fedgrpc` command."""
     _status_parser(sub)
+    _guard_reset_parser(sub)
     _export_parser(sub)
 
 
@@ -50,6 +52,29 @@ def _status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="only check grpc.health.v1: print SERVING or NOT_SERVING, exit 0 "
         "if serving, else 1 (for container health checks)",
     )
+    _add_connection_args(parser)
+    parser.set_defaults(handler=_status)
+
+
+def _guard_reset_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    parser = sub.add_parser(
+        "guard-reset",
+        help="clear a running coordinator's divergence guard history",
+        description="Make the divergence guard forget its recent update norms "
+        "(AdminService/ResetDivergenceGuard), e.g. after hostile updates "
+        "poisoned it and it refuses every honest round. It warms up again "
+        "over the next 3 applied rounds, checking only for NaN/Inf meanwhile.",
+    )
+    parser.add_argument("--target", "--coordinator", dest="target", required=True,
+                        metavar="HOST:PORT", help="the coordinator")  # fmt: skip
+    _add_connection_args(parser)
+    parser.set_defaults(handler=_guard_reset)
+
+
+def _add_connection_args(parser: argparse.ArgumentParser) -> None:
+    """TLS and timeout flags every AdminService command takes."""
     parser.add_argument("--tls-ca", metavar="PEM", help="CA of the "
                         "coordinator's certificate: connect with TLS "
                         "(default: plaintext)")  # fmt: skip
@@ -66,7 +91,6 @@ def _status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--timeout-s", type=float, default=10.0, metavar="S",
         help="seconds to wait for the answer (default: 10)",
     )  # fmt: skip
-    parser.set_defaults(handler=_status)
 
 
 def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -90,13 +114,31 @@ def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     parser.set_defaults(handler=_export)
 
 
-def _status(args: argparse.Namespace) -> int:
-    from fedgrpc.client.admin import check_health, fetch_status
-
-    config = ClientConfig(
+def _client_config(args: argparse.Namespace) -> ClientConfig:
+    return ClientConfig(
         tls_ca=args.tls_ca or "", tls_cert=args.tls_cert or "",
         tls_key=args.tls_key or "",
     )  # fmt: skip
+
+
+def _guard_reset(args: argparse.Namespace) -> int:
+    from fedgrpc.client.admin import reset_divergence_guard
+
+    done = reset_divergence_guard(args.target, _client_config(args), args.timeout_s)
+    sys.stdout.write(
+        f"divergence guard reset at round {done.round_id}: forgot "
+        f"{done.norms_dropped} recent update norm(s)"
+        + (f" and {done.secure_norms_dropped} of secure rounds" if
+           done.secure_norms_dropped else "")
+        + "; it warms up again over the next 3 applied rounds\n"
+    )  # fmt: skip
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from fedgrpc.client.admin import check_health, fetch_status
+
+    config = _client_config(args)
     if args.health:
         try:
             serving = check_health(args.target, config, args.timeout_s)
@@ -139,6 +181,8 @@ def format_status(target: str, s: CoordinatorStatus) -> str:
         f"H={s.inner_steps}",
         f"traffic: {_size(s.bytes_received)} in (updates), "
         f"{_size(s.bytes_sent)} out (models)",
+        f"divergence guard: {s.norm_guard_trips} round(s) refused, "
+        f"{s.norm_guard_history} recent norm(s) (`fedgrpc guard-reset` clears them)",
         _secure_line(s),
         "",
         _table(_CLIENT_COLUMNS, [_client_cells(c) for c in s.clients]),

@@ -114,8 +114,20 @@ codec, secure aggregation, checkpoints, lifecycle, logs."""
 
 ROBUSTNESS_FLAGS = (
     *STAGE_FLAGS,
+    Flag("--weighting", "how an update's claimed num_samples weights it in "
+         "the mean: capped (the claim, but at most --max-sample-weight-ratio "
+         "x the last round's median claim; equal in the first round), "
+         "samples (the claim as sent: trusts every client) or equal "
+         f"(default: {_D.weighting})", choices=("capped", "samples", "equal")),
+    Flag("--max-samples-per-update", "refuse an update claiming more samples "
+         "(INVALID_ARGUMENT) (default: "
+         f"{_D.max_samples_per_update:_})", int, "N"),
+    Flag("--max-sample-weight-ratio", "--weighting capped: an update weighs at "
+         "most this many times the last round's median claim "
+         f"(default: {_D.max_sample_weight_ratio:g})", float, "R"),
     Flag("--max-update-norm-growth", "divergence guard: skip a round whose mean "
-         "update norm is over this many times the recent median, 0 disables "
+         "update norm is over this many times the median of the last 8 "
+         "rounds', 0 disables "
          f"(default: {_D.max_update_norm_growth:g})", float, "X"),
     Flag("--trust", "score each client by how its updates agree with the "
          "round's aggregate and quarantine the ones that keep disagreeing; "
@@ -133,6 +145,10 @@ ROBUSTNESS_FLAGS = (
     Flag("--trust-quarantine-rounds", "rounds a first hard quarantine lasts "
          "(doubling for each repeat), and scored rounds of probation after "
          f"readmission (default: {_D.trust_quarantine_rounds})", int, "K"),
+    Flag("--guard-norm-floor", "divergence guard: the median it compares with "
+         "is at least this fraction of the weights' norm, so near-zero "
+         "(hostile) rounds cannot drive it to 0; 0: no floor "
+         f"(default: {_D.guard_norm_floor:g})", float, "F"),
 )  # fmt: skip
 """How updates are weighted, combined and guarded (`config.robustness`)."""
 

@@ -9,8 +9,9 @@ and prints nothing unless asked. Only the CLI calls `configure_logging`.
 from __future__ import annotations
 
 import logging
+import math
 import sys
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
@@ -40,6 +41,21 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return logger
 
 
+def _finite_or_null(
+    _logger: Any, _method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """Non-finite float fields become null: JSON lines must stay strict JSON.
+
+    `json.dumps` writes NaN and Infinity, which no strict parser (jq, Go,
+    Loki) reads; a client's loss is a claim and may be either. Only
+    top-level fields are looked at (events are flat key=value).
+    """
+    for key, value in event.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            event[key] = None
+    return event
+
+
 def configure_logging(
     fmt: Literal["json", "console"] = "console",
     level: str = "INFO",
@@ -59,6 +75,7 @@ def configure_logging(
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            _finite_or_null,
             renderer,
         ],
     )

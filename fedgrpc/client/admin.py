@@ -1,11 +1,12 @@
 """An operator's view of a running coordinator: AdminService status and gRPC health.
 
-What `fedgrpc status` calls. Synchronous grpc (one call, then exit), and
-plain dataclasses out, so the CLI never touches protobuf types. TLS works as
-for `DiLoCoClient`: `ClientConfig.tls_ca` (and a client certificate for
-mutual TLS). AdminService needs an admin credential unless the caller is on
-the coordinator's host: the admin token (`admin_token_file`, sent as
-`authorization: Bearer` metadata) or a client certificate with the admin role.
+What `fedgrpc status` and `fedgrpc guard-reset` call. Synchronous grpc (one
+call, then exit), and plain dataclasses out, so the CLI never touches
+protobuf types. TLS works as for `DiLoCoClient`: `ClientConfig.tls_ca` (and
+a client certificate for mutual TLS). AdminService needs an admin credential
+unless the caller is on the coordinator's host: the admin token
+(`admin_token_file`, sent as `authorization: Bearer` metadata) or a client
+certificate with the admin role.
 """
 
 from __future__ import annotations
@@ -104,6 +105,10 @@ class CoordinatorStatus:
     dense_fallback_rounds: int = 0
     total_clients: int = 0
     """Clients the coordinator holds (len(clients) unless `max_pages` cut it)."""
+    norm_guard_trips: int = 0
+    """Plain rounds the divergence guard refused (since the coordinator started)."""
+    norm_guard_history: int = 0
+    """Norms in the plain guard's window (under 3: warming up)."""
 
 
 MAX_PAGES = 10_000
@@ -157,6 +162,34 @@ def fetch_status(
                 break
             seen.add(reply.next_page_token)
     return _from_proto(first, clients)
+
+
+@dataclass(frozen=True, slots=True)
+class GuardReset:
+    """What AdminService/ResetDivergenceGuard cleared."""
+
+    norms_dropped: int
+    """Recent update norms the plain rounds' guard forgot."""
+    secure_norms_dropped: int
+    """Recent norms the sparse secure rounds' guard forgot."""
+    round_id: int
+    """The round collecting at the reset (0: none)."""
+
+
+def reset_divergence_guard(
+    target: str, config: ClientConfig | None = None, timeout_s: float = 10.0
+) -> GuardReset:
+    """Call AdminService/ResetDivergenceGuard on `target` (host:port).
+
+    Raises:
+        CoordinatorUnavailableError: unreachable, or no answer in `timeout_s`.
+        FedGrpcError: any other failure (a refused credential), naming the code.
+    """
+    with _channel(target, config) as channel, _translated(target):
+        reply = admin_pb2_grpc.AdminServiceStub(channel).ResetDivergenceGuard(
+            admin_pb2.ResetDivergenceGuardRequest(), timeout=timeout_s
+        )
+    return GuardReset(reply.norms_dropped, reply.secure_norms_dropped, reply.round_id)
 
 
 def check_health(
@@ -252,4 +285,6 @@ def _from_proto(
         guard_trips=reply.guard_trips,
         dense_fallback_rounds=reply.dense_fallback_rounds,
         total_clients=reply.total_clients or len(clients),
+        norm_guard_trips=reply.norm_guard_trips,
+        norm_guard_history=reply.norm_guard_history,
     )

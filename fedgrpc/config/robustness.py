@@ -15,6 +15,9 @@ from typing import Any
 
 from fedgrpc.errors import check_config as _check
 
+WEIGHTINGS = ("capped", "samples", "equal")
+"""`weighting` values; the first is the default."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrustSettings:
@@ -52,7 +55,7 @@ class RobustnessSettings:
     """The aggregator stage and the divergence guard; see `CoordinatorConfig`."""
 
     aggregator: str = "mean"
-    """How a round's updates become one: `mean` (sample-weighted, FedAvg),
+    """How a round's updates become one: `mean` (FedAvg, weighted by `weighting`),
     `median` (coordinate-wise), `trimmed_mean` (drops `trimmed_mean_beta` of
     each side per coordinate) or `package.module:Class`. The robust rules need
     every update, so they spool them to `spool_dir` (not with secure_aggregation)."""
@@ -67,9 +70,39 @@ class RobustnessSettings:
     spool_dir: str = ""
     """Where spooled updates live (one file per update, deleted after the
     round); "" means <tmp>/fedgrpc-spool-<uid>. Needs d x 4 bytes per update."""
+    weighting: str = "capped"
+    """How an update's `num_samples` claim weights it in the mean (the claim is
+    unverifiable: any client can send any number):
+
+    - `samples`: weight = n, the claim as sent (FedAvg; trusts every client).
+    - `equal`: weight = 1; every update counts the same, whatever it claims.
+    - `capped` (default): weight = min(n, max_sample_weight_ratio x m), m the
+      lower median of the claims committed in the last round that had any;
+      weight = 1 (equal) before any round has. Honest clients of similar
+      size keep today's sample weights; one liar gets at most ratio x a
+      typical client's weight instead of 100 % of the model.
+
+    Every weight is then multiplied by the client's `weight_factor` (soft
+    quarantine). Masked (secure) rounds always weigh updates equally."""
+    max_samples_per_update: int = 1_000_000_000
+    """Largest `num_samples` an update may claim; more is refused
+    (INVALID_ARGUMENT). 10^9 is far above any client's samples (or tokens)
+    per round yet keeps every sum of claims far from 2^63. Must be >= 1."""
+    max_sample_weight_ratio: float = 2.0
+    """`weighting = capped`: an update weighs at most this many times the
+    last round's median claim. 2 lets honest clients differ 2x in size with
+    exact FedAvg weights while a liar's share among k honest peers stays
+    <= 2 / (k + 2). Must be >= 1."""
     max_update_norm_growth: float = 10.0
     """Divergence guard: skip a round whose mean update norm exceeds this many
-    times the median of recent rounds' (after 3 applied rounds); 0 disables."""
+    times the median of the norms applied in the last 8 rounds (after 3
+    such rounds; older or tripped rounds age out); 0 disables."""
+    guard_norm_floor: float = 0.001
+    """Divergence guard: the median it compares with is at least this
+    fraction of the global weights' norm, so rounds of near-zero updates
+    (one client pushing zeros) cannot drive the limit to ~0. With
+    max_update_norm_growth = 10 the guard never trips a round moving the
+    weights by under 1 % of their norm. 0: no floor."""
     trust: str = "off"
     """`on` scores each client by how its updates agree with the others'
     (distance to the aggregate, cosine with the other updates) and
@@ -101,6 +134,14 @@ class RobustnessSettings:
                self.accumulator, "auto, streaming_sum or spool")  # fmt: skip
         _check(self.max_update_norm_growth >= 0, "max_update_norm_growth",
                self.max_update_norm_growth, ">= 0 (0 disables the guard)")  # fmt: skip
+        _check(self.weighting in WEIGHTINGS, "weighting", self.weighting,
+               ", ".join(WEIGHTINGS))  # fmt: skip
+        _check(self.max_samples_per_update >= 1, "max_samples_per_update",
+               self.max_samples_per_update, ">= 1")  # fmt: skip
+        _check(self.max_sample_weight_ratio >= 1, "max_sample_weight_ratio",
+               self.max_sample_weight_ratio, ">= 1")  # fmt: skip
+        _check(0 <= self.guard_norm_floor < 1, "guard_norm_floor",
+               self.guard_norm_floor, "in [0, 1) (0: no floor)")  # fmt: skip
         _check(self.trust in ("off", "on"), "trust", self.trust, "off or on")
         self.trust_settings()  # raises ConfigError naming the bad trust_* setting
 

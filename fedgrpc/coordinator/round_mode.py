@@ -109,6 +109,9 @@ class RoundMode(Protocol):
     def dense_fallback_rounds(self) -> int:
         """Sparse rounds the mode ran dense instead."""
 
+    def reset_guard(self) -> int:
+        """Clear the mode's divergence guard history; the norms dropped."""
+
 
 ModeFactory = Callable[[RoundContext], RoundMode]
 """Builds a mode for a runtime (the runtime calls it once, when built)."""

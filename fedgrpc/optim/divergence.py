@@ -148,6 +148,18 @@ class DivergenceGuard:
         reason = "fallback" if was_dense else "ok"
         return GuardVerdict(True, False, False, self._dense_left > 0, reason)
 
+    def reset(self) -> int:
+        """Forget the histories (an operator's reset); returns the norms dropped.
+
+        A fallback already announced keeps running: its dense rounds flush
+        residuals and are harmless. The ratio rules wait for `min_history`
+        accepted rounds again.
+        """
+        dropped = len(self._norms)
+        self._norms.clear()
+        self._losses.clear()
+        return dropped
+
     def _trip_reason(self, norm: float, loss: float | None) -> str | None:
         if not math.isfinite(norm) or (loss is not None and not math.isfinite(loss)):
             return "non_finite"
@@ -173,6 +185,10 @@ class _History:
         self._values: deque[float] = deque(maxlen=window)
         self._min_history = min_history
         self.lowest_median = math.inf
+
+    def __len__(self) -> int:
+        """Values in the window."""
+        return len(self._values)
 
     @property
     def ready(self) -> bool:

@@ -147,6 +147,7 @@ class UpdateParams:
     base_version: int
     initial: bool = False
     num_samples: int = 1
+    train_loss: float = 1.0
     codec: int = common_pb2.CODEC_DENSE_FP32
     binding: CodecBinding = DENSE_FP32_BINDING
     nonce: bytes | None = None
@@ -180,7 +181,7 @@ def signed_header(
             codec=params.codec,  # type: ignore[arg-type]
             num_coordinates=size,
             num_samples=params.num_samples,
-            train_loss=1.0,
+            train_loss=params.train_loss,
             round_nonce=nonce,
             base_model_sha256=base,
         )

@@ -37,6 +37,7 @@ def coordinator(request: pytest.FixtureRequest) -> Iterator[CoordinatorThread]:
         "inner_steps": H,
         "round_timeout_s": 30.0,
         "chunk_bytes": 1024,
+        "weighting": "samples",  # plain FedAvg: clients of 1 and 3 samples
     }
     settings.update(overrides)
     config = CoordinatorConfig(

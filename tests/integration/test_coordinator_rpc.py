@@ -32,6 +32,7 @@ def coordinator() -> Iterator[CoordinatorThread]:
         min_clients=2,
         inner_steps=5,
         chunk_bytes=1024,
+        weighting="samples",  # plain FedAvg: a 1-sample and a 3-sample client
     )
     with serve_in_thread(config) as running:
         yield running

@@ -144,7 +144,8 @@ def test_gen_stubs_uses_grpc_plugin_on_path(tmp_path: Path) -> None:
     assert "(messages and services)" in result.stdout
     rpcs = (out / "fedgrpc/v1/coordinator.fake_grpc").read_text().split()
     assert "CoordinatorService/PushUpdate" in rpcs
-    assert (out / "fedgrpc/v1/admin.fake_grpc").read_text() == "AdminService/GetStatus"
+    admin_rpcs = (out / "fedgrpc/v1/admin.fake_grpc").read_text().splitlines()
+    assert admin_rpcs == ["AdminService/GetStatus", "AdminService/ResetDivergenceGuard"]
     assert (out / "fedgrpc/v1/coordinator.pb.h").is_file()
 
 

@@ -291,6 +291,8 @@ class GetStatusResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     TOTAL_CLIENTS_FIELD_NUMBER: _builtins.int
     CLIENTS_TRUNCATED_FIELD_NUMBER: _builtins.int
+    NORM_GUARD_TRIPS_FIELD_NUMBER: _builtins.int
+    NORM_GUARD_HISTORY_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Id of this training run."""
     round_id: _builtins.int
@@ -333,6 +335,14 @@ class GetStatusResponse(_message.Message):
     """Clients in the registry (all pages)."""
     clients_truncated: _builtins.bool
     """True when `clients` is not the whole list (next_page_token is set)."""
+    norm_guard_trips: _builtins.int
+    """Plain rounds the divergence guard refused since the coordinator started
+    (their reason in recent_rounds says why).
+    """
+    norm_guard_history: _builtins.int
+    """Update norms in the plain rounds' guard history (at most 8: those
+    applied in the last 8 rounds); under 3, the guard is warming up.
+    """
     @_builtins.property
     def round_config(self) -> _common_pb2.RoundConfig:
         """The round configuration."""
@@ -371,11 +381,60 @@ class GetStatusResponse(_message.Message):
         next_page_token: _builtins.str = ...,
         total_clients: _builtins.int = ...,
         clients_truncated: _builtins.bool = ...,
+        norm_guard_trips: _builtins.int = ...,
+        norm_guard_history: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["round_config", b"round_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "clients", b"clients", "clients_truncated", b"clients_truncated", "coordinator_key_sha256", b"coordinator_key_sha256", "dense_fallback_rounds", b"dense_fallback_rounds", "guard_trips", b"guard_trips", "model_sha256", b"model_sha256", "model_version", b"model_version", "next_page_token", b"next_page_token", "num_parameters", b"num_parameters", "open_enrollment", b"open_enrollment", "phase", b"phase", "recent_rounds", b"recent_rounds", "round_config", b"round_config", "round_id", b"round_id", "round_nonce", b"round_nonce", "run_id", b"run_id", "secure_aggregation", b"secure_aggregation", "total_clients", b"total_clients", "uptime_s", b"uptime_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "clients", b"clients", "clients_truncated", b"clients_truncated", "coordinator_key_sha256", b"coordinator_key_sha256", "dense_fallback_rounds", b"dense_fallback_rounds", "guard_trips", b"guard_trips", "model_sha256", b"model_sha256", "model_version", b"model_version", "next_page_token", b"next_page_token", "norm_guard_history", b"norm_guard_history", "norm_guard_trips", b"norm_guard_trips", "num_parameters", b"num_parameters", "open_enrollment", b"open_enrollment", "phase", b"phase", "recent_rounds", b"recent_rounds", "round_config", b"round_config", "round_id", b"round_id", "round_nonce", b"round_nonce", "run_id", b"run_id", "secure_aggregation", b"secure_aggregation", "total_clients", b"total_clients", "uptime_s", b"uptime_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatusResponse: _TypeAlias = GetStatusResponse  # noqa: Y015
+
+@_typing.final
+class ResetDivergenceGuardRequest(_message.Message):
+    """No parameters yet."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetDivergenceGuardRequest: _TypeAlias = ResetDivergenceGuardRequest  # noqa: Y015
+
+@_typing.final
+class ResetDivergenceGuardResponse(_message.Message):
+    """What a guard reset dropped."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NORMS_DROPPED_FIELD_NUMBER: _builtins.int
+    SECURE_NORMS_DROPPED_FIELD_NUMBER: _builtins.int
+    ROUND_ID_FIELD_NUMBER: _builtins.int
+    norms_dropped: _builtins.int
+    """Recent update norms the plain rounds' guard forgot."""
+    secure_norms_dropped: _builtins.int
+    """Recent norms the sparse secure rounds' guard forgot (0 without it)."""
+    round_id: _builtins.int
+    """The round collecting when the history was cleared (0: none open)."""
+    def __init__(
+        self,
+        *,
+        norms_dropped: _builtins.int = ...,
+        secure_norms_dropped: _builtins.int = ...,
+        round_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["norms_dropped", b"norms_dropped", "round_id", b"round_id", "secure_norms_dropped", b"secure_norms_dropped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetDivergenceGuardResponse: _TypeAlias = ResetDivergenceGuardResponse  # noqa: Y015

@@ -40,6 +40,11 @@ class AdminServiceStub:
                 request_serializer=fedgrpc_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=fedgrpc_dot_v1_dot_admin__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.ResetDivergenceGuard = channel.unary_unary(
+                '/fedgrpc.v1.AdminService/ResetDivergenceGuard',
+                request_serializer=fedgrpc_dot_v1_dot_admin__pb2.ResetDivergenceGuardRequest.SerializeToString,
+                response_deserializer=fedgrpc_dot_v1_dot_admin__pb2.ResetDivergenceGuardResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -70,6 +75,21 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResetDivergenceGuard(self, request, context):
+        """Clear the divergence guard's history of recent update norms (plain
+        rounds', and sparse secure rounds'), so it warms up again over the next
+        rounds: for a history poisoned by hostile updates, or a deliberate change
+        of scale (a new learning rate). The change reaches the checkpoint written
+        after the next applied round.
+
+        Status codes:
+        OK: the history was cleared (also when it was empty).
+        UNAVAILABLE: the server is stopping.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +97,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=fedgrpc_dot_v1_dot_admin__pb2.GetStatusRequest.FromString,
                     response_serializer=fedgrpc_dot_v1_dot_admin__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'ResetDivergenceGuard': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetDivergenceGuard,
+                    request_deserializer=fedgrpc_dot_v1_dot_admin__pb2.ResetDivergenceGuardRequest.FromString,
+                    response_serializer=fedgrpc_dot_v1_dot_admin__pb2.ResetDivergenceGuardResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -107,6 +132,33 @@ class AdminService:
             '/fedgrpc.v1.AdminService/GetStatus',
             fedgrpc_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
             fedgrpc_dot_v1_dot_admin__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetDivergenceGuard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedgrpc.v1.AdminService/ResetDivergenceGuard',
+            fedgrpc_dot_v1_dot_admin__pb2.ResetDivergenceGuardRequest.SerializeToString,
+            fedgrpc_dot_v1_dot_admin__pb2.ResetDivergenceGuardResponse.FromString,
             options,
             channel_credentials,
             insecure,

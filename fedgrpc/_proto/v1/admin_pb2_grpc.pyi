@@ -55,6 +55,17 @@ class AdminServiceStub:
       PERMISSION_DENIED: a client certificate without the admin role.
       UNAVAILABLE: the server is stopping.
     """
+    ResetDivergenceGuard: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ResetDivergenceGuardRequest, _admin_pb2.ResetDivergenceGuardResponse]
+    """Clear the divergence guard's history of recent update norms (plain
+    rounds', and sparse secure rounds'), so it warms up again over the next
+    rounds: for a history poisoned by hostile updates, or a deliberate change
+    of scale (a new learning rate). The change reaches the checkpoint written
+    after the next applied round.
+
+    Status codes:
+      OK: the history was cleared (also when it was empty).
+      UNAVAILABLE: the server is stopping.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -79,6 +90,17 @@ class AdminServiceAsyncStub(AdminServiceStub):
       INVALID_ARGUMENT: a page_token this coordinator did not issue.
       UNAUTHENTICATED: no admin credential, or a wrong admin token.
       PERMISSION_DENIED: a client certificate without the admin role.
+      UNAVAILABLE: the server is stopping.
+    """
+    ResetDivergenceGuard: _aio.UnaryUnaryMultiCallable[_admin_pb2.ResetDivergenceGuardRequest, _admin_pb2.ResetDivergenceGuardResponse]  # type: ignore[assignment]
+    """Clear the divergence guard's history of recent update norms (plain
+    rounds', and sparse secure rounds'), so it warms up again over the next
+    rounds: for a history poisoned by hostile updates, or a deliberate change
+    of scale (a new learning rate). The change reaches the checkpoint written
+    after the next applied round.
+
+    Status codes:
+      OK: the history was cleared (also when it was empty).
       UNAVAILABLE: the server is stopping.
     """
 
@@ -108,6 +130,23 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
           INVALID_ARGUMENT: a page_token this coordinator did not issue.
           UNAUTHENTICATED: no admin credential, or a wrong admin token.
           PERMISSION_DENIED: a client certificate without the admin role.
+          UNAVAILABLE: the server is stopping.
+        """
+
+    @_abc_1.abstractmethod
+    def ResetDivergenceGuard(
+        self,
+        request: _admin_pb2.ResetDivergenceGuardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ResetDivergenceGuardResponse, _abc.Awaitable[_admin_pb2.ResetDivergenceGuardResponse]]:
+        """Clear the divergence guard's history of recent update norms (plain
+        rounds', and sparse secure rounds'), so it warms up again over the next
+        rounds: for a history poisoned by hostile updates, or a deliberate change
+        of scale (a new learning rate). The change reaches the checkpoint written
+        after the next applied round.
+
+        Status codes:
+          OK: the history was cleared (also when it was empty).
           UNAVAILABLE: the server is stopping.
         """
 

@@ -4,11 +4,14 @@ Captured (on the event loop, cheap: references, not copies) and restored:
 
 * the run id, so a restarted coordinator is the same run to its clients;
 * the model: spec, float32 master weights, version and the round that made
-  it, the outer optimizer's name, hyper-parameters and state (momentum), and
-  the divergence guard's recent norms;
+  it, the outer optimizer's name, hyper-parameters and state (momentum), the
+  divergence guard's recent norms (with the rounds that applied them, so they
+  keep aging) and the reference claim of `weighting = capped`;
 * the round counter (the next round reopens with a fresh nonce);
 * the clients: id, name, public key and credit (updates accepted, samples
-  contributed, last round, last loss), and the id counter. Session tokens are
+  contributed, last round, last loss; counters are clamped to 2^63 - 1 on
+  restore, so a checkpoint an older coordinator wrote with an overflowed total
+  cannot break status), and the id counter. Session tokens are
   secrets and are *not* stored: after a restart a client joins again;
 * the trust scores (`strategy.trust`): each client's score and standing, so a
   quarantine outlives a restart and is written back to its record;
@@ -20,6 +23,7 @@ Plain Python, no gRPC or asyncio (like the round engine it restores).
 from __future__ import annotations
 
 import dataclasses
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -36,6 +40,7 @@ from fedgrpc.coordinator.rounds.registry import (
     ClientRecord,
     ClientRegistry,
 )
+from fedgrpc.coordinator.rounds.weighting import COUNTER_MAX
 from fedgrpc.crypto.keys import PublicKey
 from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from fedgrpc.errors import CheckpointError
@@ -100,7 +105,8 @@ def capture(engine: RoundEngine, registry: ClientRegistry, totals: Totals) -> Sn
             "momentum": engine.config.resolved_outer_momentum,
             "scalars": scalars,
         },
-        "update_norms": model.update_norms,
+        "guard_history": [[r, n] for r, n in model.guard.history],
+        "sample_weight_reference": engine.weighting.reference,
         # Only clients with standing: idle throwaway keys must not survive a
         # restart; the next id does, so no id is reissued (`registry`).
         "clients": [_client_row(c) for c in registry.durable()],
@@ -133,13 +139,26 @@ def restore(
     _restore_optimizer(checkpoint, engine)
     engine.model.resume(
         spec, master, state["model_version"], state["model_round_id"],
-        [float(n) for n in state["update_norms"]],
+        _guard_history(state),
     )  # fmt: skip
+    engine.weighting.reference = state.get("sample_weight_reference")
     _restore_clients(registry, state["clients"], state.get("next_client_id", 0))
     if engine.trust is not None and state.get("trust") is not None:
         engine.trust.load_state_dict(state["trust"], registry)
     _restore_rounds(engine, checkpoint.round_id, state["history"])
     return Totals(state["run_id"], state["bytes_received"], state["bytes_sent"])
+
+
+def _guard_history(state: dict[str, Any]) -> list[tuple[int, float]]:
+    """The guard's (round, norm) pairs.
+
+    Older checkpoints kept bare norms: they age from the round that made
+    the checkpointed model.
+    """
+    if "guard_history" in state:
+        return [(int(r), float(n)) for r, n in state["guard_history"]]
+    made_by = int(state["model_round_id"])
+    return [(made_by, float(n)) for n in state.get("update_norms", [])]
 
 
 def _split_optimizer_state(
@@ -218,11 +237,17 @@ def _restore_clients(
             name=row["name"],
             session_token=secrets.token_bytes(SESSION_TOKEN_BYTES),
             public_key=public_key,
-            last_train_loss=row["last_train_loss"],
-            **{name: row.get(name, 0) for name in _CREDIT_FIELDS},  # older: fewer
+            last_train_loss=_finite(row["last_train_loss"]),
+            # older checkpoints: fewer fields, and totals past 2^64 (issue 13)
+            **{name: min(COUNTER_MAX, row.get(name, 0)) for name in _CREDIT_FIELDS},
         )
         records.append(record)
     registry.restore(records, next_id)
+
+
+def _finite(value: float) -> float:
+    """A checkpointed loss, 0 if an older coordinator stored NaN or Inf."""
+    return value if math.isfinite(value) else 0.0
 
 
 def _round_row(result: RoundResult) -> dict[str, Any]:

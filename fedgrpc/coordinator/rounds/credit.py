@@ -12,6 +12,7 @@ import time
 
 from fedgrpc.coordinator.rounds.records import OpenRound
 from fedgrpc.coordinator.rounds.registry import ClientRecord
+from fedgrpc.coordinator.rounds.weighting import saturating_add
 from fedgrpc.domain.requests import UpdateHeaderInfo
 
 
@@ -21,6 +22,7 @@ def credit_update(
     header: UpdateHeaderInfo,
     payload_bytes: int,
     *,
+    weight: float,
     now_s: float,
     opened_s: float,
     round_timeout_s: float,
@@ -29,19 +31,27 @@ def credit_update(
 
     The round's deadline starts at its first commit (`round_timeout_s`
     later). Only round updates are credited: the seeding upload is the
-    initial weights, not training.
+    initial weights, not training. The round's mean loss is weighted like
+    its mean update (`weight`, from `SampleWeighting`), so a claim the
+    weighting caps cannot steer the loss it reports either. Integer
+    counters saturate (`weighting.saturating_add`): status and checkpoints
+    must always fit them.
     """
     current.contributors.add(client.client_id)
-    current.loss_weighted_sum += header.train_loss * header.num_samples
-    current.samples += header.num_samples
+    current.loss_weighted_sum += header.train_loss * weight
+    current.loss_weight += weight
+    current.samples = saturating_add(current.samples, header.num_samples)
+    current.claims.append(header.num_samples)
     current.bytes_received += payload_bytes
     current.last_commit_s = now_s
     current.last_commit_cpu_s = time.process_time()
     if current.deadline_s is None:
         current.deadline_s = current.last_commit_s + round_timeout_s
     client.last_round = current.round_id
-    client.updates_accepted += 1
-    client.samples_contributed += header.num_samples
+    client.updates_accepted = saturating_add(client.updates_accepted, 1)
+    client.samples_contributed = saturating_add(
+        client.samples_contributed, header.num_samples
+    )
     client.last_train_loss = header.train_loss
     client.last_samples = header.num_samples
     seconds = current.last_commit_s - opened_s

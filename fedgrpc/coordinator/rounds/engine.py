@@ -60,6 +60,7 @@ from fedgrpc.coordinator.rounds.records import (
     new_round_nonce,
 )
 from fedgrpc.coordinator.rounds.registry import ClientRecord, ClientRegistry
+from fedgrpc.coordinator.rounds.weighting import SampleWeighting, check_claims
 from fedgrpc.coordinator.strategy.wiring import (
     NO_PLUGINS,
     StagePlugins,
@@ -105,6 +106,7 @@ class RoundEngine:
         """Round 0's nonce: the initial weights sign it."""
         self.participation = Participation(self.stages.selector, registry)
         self.trust = build_trust(config)
+        self.weighting = SampleWeighting(config)
         self._spare_sum: torch.Tensor | None = None
         """Last round's sum buffer, zeroed: reused so no round faults in a new one."""
 
@@ -138,6 +140,7 @@ class RoundEngine:
         rules.check_shape(
             self.config, self.model.require_spec().num_coordinates, header
         )
+        check_claims(self.config, header)
         if header.is_initial_weights:
             self.model.check_not_seeded()
         else:
@@ -161,6 +164,7 @@ class RoundEngine:
             current.first_header_cpu_s = time.process_time()
         ticket = Ticket(client, header, current.round_id, scratch)
         ticket.opened_s = self.clock()
+        ticket.weight = self.weighting.weight(client, header.num_samples)
         current.streaming[ticket.ticket_id] = ticket
         return ticket
 
@@ -182,8 +186,7 @@ class RoundEngine:
                 self.model.require_spec().num_coordinates,
                 self._take_sum_buffer,
             )
-        weight = float(ticket.header.num_samples)
-        key = ticket.ticket_id
+        weight, key = ticket.weight, ticket.ticket_id
         ticket.touched_sum = True
         if isinstance(chunk, np.ndarray):
             current.total.add_values(key, offset, chunk, weight, ticket.scratch)
@@ -207,7 +210,7 @@ class RoundEngine:
             current = rules.live_round(self.phase, self.current, ticket)
             if current.total is None:  # no chunk arrived: cannot happen once checked
                 raise InvalidUpdateError("an update without values cannot be counted")
-            current.total.commit_update(ticket.ticket_id, float(header.num_samples))
+            current.total.commit_update(ticket.ticket_id, ticket.weight)
             current.commit_order.append(client.client_id)
             del current.streaming[ticket.ticket_id]
             credit_update(
@@ -215,6 +218,7 @@ class RoundEngine:
                 client,
                 header,
                 payload_bytes,
+                weight=ticket.weight,
                 now_s=self.clock(),
                 opened_s=ticket.opened_s,
                 round_timeout_s=self.config.round_timeout_s,
@@ -295,7 +299,7 @@ class RoundEngine:
                 self.trust.measure(
                     closing.round_id, closing.commit_order, total.held(), aggregate
                 )
-            blown = self.model.divergence(aggregate)
+            blown = self.model.divergence(aggregate, closing.round_id)
             if blown is not None:
                 closing.void_reason = blown
             else:
@@ -318,6 +322,7 @@ class RoundEngine:
         self.participation.round_closed(closing)
         if self.trust is not None:
             self.trust.round_closed(closing.round_id, self.registry)
+        self.weighting.round_closed(closing.claims)
         version, now = self.model.version, self.clock()
         result = rules.round_result(closing, self.config, applied, reason, version, now)
         if self.is_last_round(closing.round_id):

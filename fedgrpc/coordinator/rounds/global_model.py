@@ -8,25 +8,19 @@ publishing an immutable version for PullModel.
 from __future__ import annotations
 
 import hashlib
-import math
-from collections import deque
 from collections.abc import Callable
 
 import torch
 
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.rounds.initial_model import InitialModel
+from fedgrpc.coordinator.rounds.norm_guard import NormGuard
 from fedgrpc.coordinator.rounds.records import PublishedModel
 from fedgrpc.coordinator.strategy.wiring import build_outer
 from fedgrpc.domain.model_spec import DType, ModelSpec
 from fedgrpc.errors import InvalidUpdateError, WrongRoundError
 from fedgrpc.optim import OuterOptimizer
 from fedgrpc.wire.tensors import pack_native
-
-GUARD_WARMUP_ROUNDS = 3
-"""Applied rounds before the divergence guard has a median to compare with."""
-GUARD_HISTORY_ROUNDS = 8
-"""Applied update norms the guard's median is taken over."""
 
 
 class GlobalModel:
@@ -49,7 +43,8 @@ class GlobalModel:
         self._seeder: tuple[str, float] | None = None
         self.initial: InitialModel | None = None
         """Weights from `init_model`, laid out at the first Join (`initial_model`)."""
-        self._update_norms: deque[float] = deque(maxlen=GUARD_HISTORY_ROUNDS)
+        self.guard = NormGuard(config.max_update_norm_growth, config.guard_norm_floor)
+        """The divergence guard of plain rounds (`norm_guard`)."""
 
     def adopt_spec(self, spec: ModelSpec) -> bool:
         """Check a joiner's model; the first spec defines the federation's layout.
@@ -124,38 +119,22 @@ class GlobalModel:
         self.master = master
         self.published = self._publish(self.version + 1, round_id)
 
-    def divergence(self, mean: torch.Tensor) -> str | None:
-        """Why applying `mean` would blow the model up, or None if it looks sane.
+    def divergence(self, mean: torch.Tensor, round_id: int) -> str | None:
+        """Why applying round `round_id`'s `mean` would blow the model up, or None.
 
-        Self-calibrating: the update's norm is compared with the median of
-        the last applied ones (after GUARD_WARMUP_ROUNDS of them), so no
-        absolute scale has to be guessed per model. A NaN/Inf norm always
-        trips it. `max_update_norm_growth = 0` turns the guard off.
+        `NormGuard.judge` on ||mean||, floored by ||w|| (one read of each,
+        no copy; ||w|| only for a round over the unfloored limit).
+        `max_update_norm_growth = 0` leaves only the NaN/Inf check.
         """
-        limit = self.config.max_update_norm_growth
         norm = float(torch.linalg.vector_norm(mean))
-        if not math.isfinite(norm):
-            return "divergence guard: the mean update is not finite"
-        history = sorted(self._update_norms)
-        if limit > 0 and len(history) >= GUARD_WARMUP_ROUNDS:
-            typical = history[len(history) // 2]
-            if norm > limit * typical:
-                return (
-                    f"divergence guard: the mean update's norm {norm:.3g} is over "
-                    f"{limit:g}x the recent median {typical:.3g}; weights unchanged "
-                    "(raise max_update_norm_growth, or 0 to disable)"
-                )
-        self._update_norms.append(norm)
-        return None
+        master = self.require_master()
+        return self.guard.judge(
+            round_id, norm, lambda: float(torch.linalg.vector_norm(master))
+        )
 
     def advance(self) -> None:
         """Count the version `step` published."""
         self.version += 1
-
-    @property
-    def update_norms(self) -> list[float]:
-        """The divergence guard's recent update norms, oldest first (checkpoints)."""
-        return list(self._update_norms)
 
     def resume(
         self,
@@ -163,7 +142,7 @@ class GlobalModel:
         master: torch.Tensor,
         version: int,
         round_id: int,
-        update_norms: list[float],
+        guard_history: list[tuple[int, float]],
     ) -> None:
         """Adopt a checkpoint's weights as `version` of round `round_id`; publish.
 
@@ -172,8 +151,7 @@ class GlobalModel:
         restart, so clients holding that version still match it.
         """
         self.spec, self.master, self.version = spec, master, version
-        self._update_norms.clear()
-        self._update_norms.extend(update_norms)
+        self.guard.restore(guard_history)
         self.published = self._publish(version, round_id)
 
     def _publish(self, version: int, round_id: int) -> PublishedModel:

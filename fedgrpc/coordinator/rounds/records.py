@@ -101,6 +101,8 @@ class Ticket:
     """Checks the chain of chunks; None when the coordinator runs unsigned."""
     opened_s: float = 0.0
     """Engine clock when it was admitted (the client's measured throughput)."""
+    weight: float = 1.0
+    """Its weight in the round's mean, fixed at admission (`SampleWeighting`)."""
     ticket_id: int = field(default_factory=lambda: next(_TICKET_IDS))
 
 
@@ -134,7 +136,13 @@ class OpenRound:
     quorum: int = 0
     """Updates it needs to be applied; fixed when it starts closing."""
     loss_weighted_sum: float = 0.0
+    loss_weight: float = 0.0
+    """Sum of the weights `loss_weighted_sum` was taken with (the updates')."""
     samples: int = 0
+    """Samples the committed updates claimed (saturating, for status)."""
+    claims: list[int] = field(default_factory=list)
+    """Each committed update's `num_samples`: the next reference of
+    `weighting = capped` (`SampleWeighting.round_closed`)."""
     bytes_received: int = 0
     first_header_s: float | None = None
     last_commit_s: float | None = None

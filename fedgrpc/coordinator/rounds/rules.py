@@ -230,7 +230,7 @@ def round_result(
         num_updates=len(closing.contributors),
         reason=reason,
         duration_s=now - closing.opened_s,
-        mean_train_loss=closing.loss_weighted_sum / max(1, closing.samples),
+        mean_train_loss=closing.loss_weighted_sum / (closing.loss_weight or 1.0),
         bytes_received=closing.bytes_received,
         ingest_s=last - first if first is not None and last is not None else 0.0,
         ingest_cpu_s=max(0.0, closing.last_commit_cpu_s - closing.first_header_cpu_s),

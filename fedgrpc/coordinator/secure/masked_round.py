@@ -33,6 +33,7 @@ import torch
 from fedgrpc.aggregate import StreamingSum
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.rounds.records import OpenRound, Ticket
+from fedgrpc.coordinator.rounds.weighting import saturating_add
 from fedgrpc.domain.requests import UpdateHeaderInfo
 from fedgrpc.errors import WrongRoundError
 from fedgrpc.secagg import (
@@ -300,6 +301,8 @@ def install_sum(
     current.contributors = set(result.survivors)
     for client_id in result.survivors:
         header = rnd.committed[client_id]
-        current.samples += header.num_samples
-        current.loss_weighted_sum += header.train_loss * header.num_samples
+        # The ring sum weighs every survivor 1 (num_samples is status only).
+        current.samples = saturating_add(current.samples, header.num_samples)
+        current.loss_weighted_sum += header.train_loss
+        current.loss_weight += 1.0
     current.bytes_received += rnd.bytes_received

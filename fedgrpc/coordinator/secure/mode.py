@@ -165,6 +165,10 @@ class SecureMode:
         """Sparse rounds run dense after a guard trip."""
         return self.shared_index.dense_fallbacks
 
+    def reset_guard(self) -> int:
+        """Clear the sparse rounds' guard history (ResetDivergenceGuard)."""
+        return self.shared_index.guard.reset()
+
     # -- phases ----------------------------------------------------------------------
 
     async def before_close(self) -> None:

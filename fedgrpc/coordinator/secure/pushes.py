@@ -17,6 +17,7 @@ from fedgrpc.coordinator.round_mode import RoundContext
 from fedgrpc.coordinator.rounds.engine import ChunkValues
 from fedgrpc.coordinator.rounds.records import Phase, Ticket
 from fedgrpc.coordinator.rounds.registry import ClientRecord
+from fedgrpc.coordinator.rounds.weighting import check_claims, saturating_add
 from fedgrpc.coordinator.secure.masked_round import SecureRound
 from fedgrpc.domain.requests import UpdateHeaderInfo
 from fedgrpc.errors import WrongRoundError
@@ -39,6 +40,7 @@ class MaskedPushes:
 
     def check(self, client: ClientRecord, header: UpdateHeaderInfo) -> None:
         """Only for the masked round collecting now; num_coordinates=0 leaves it."""
+        check_claims(self._context.config, header)
         rnd = self._round_for(header)
         if header.num_coordinates == 0:  # "I left this round": stop waiting for it
             rnd.drop(client.client_id)
@@ -88,8 +90,10 @@ class MaskedPushes:
         in_round = self._secure_for(ticket).commit(ticket, nbytes)
         self._context.run.bytes_received += nbytes
         client, header = ticket.client, ticket.header
-        client.updates_accepted += 1
-        client.samples_contributed += header.num_samples
+        client.updates_accepted = saturating_add(client.updates_accepted, 1)
+        client.samples_contributed = saturating_add(
+            client.samples_contributed, header.num_samples
+        )
         client.last_train_loss, client.last_round = header.train_loss, ticket.round_id
         log.info("masked_update_committed", client=client.client_id,
                  round=ticket.round_id, bytes=nbytes, updates_in_round=in_round,

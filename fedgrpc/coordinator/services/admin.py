@@ -1,4 +1,4 @@
-"""AdminService: a read-only snapshot of the coordinator for operators.
+"""AdminService: a snapshot of the coordinator for operators, and the guard reset.
 
 Who may call it is decided before any handler here runs (`admin_access`).
 GetStatus pages its client list: under open enrollment a thousand clients
@@ -20,11 +20,14 @@ from fedgrpc.coordinator.rounds.registry import ClientRecord
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.coordinator.services.coordinator import OUTCOME_TO_PROTO
 from fedgrpc.coordinator.strategy.trust import TrustBook
+from fedgrpc.log import get_logger
 from fedgrpc.wire.convert import round_config_to_proto
 from fedgrpc.wire.frames import Malformed
 
 if TYPE_CHECKING:
     from fedgrpc._proto.v1.admin_pb2_grpc import _ServicerContext as Context
+
+log = get_logger(__name__)
 
 _PHASES = {
     Phase.WAITING_FOR_MODEL: pb.ROUND_PHASE_WAITING_FOR_MODEL,
@@ -146,6 +149,8 @@ def build_status(
         secure_aggregation=mode is not None,
         guard_trips=mode.guard_trips if mode is not None else 0,
         dense_fallback_rounds=mode.dense_fallback_rounds if mode is not None else 0,
+        norm_guard_trips=engine.model.guard.trips,
+        norm_guard_history=len(engine.model.guard.history),
     )
 
 
@@ -207,3 +212,22 @@ class AdminServicer:
             )
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    async def ResetDivergenceGuard(
+        self, request: pb.ResetDivergenceGuardRequest | Malformed, context: Context
+    ) -> pb.ResetDivergenceGuardResponse:
+        """Clear the divergence guards' histories (an operator's decision, logged)."""
+        if isinstance(request, Malformed):
+            error = request.error()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        runtime = self.runtime
+        dropped = runtime.engine.model.guard.reset()
+        mode = runtime.mode
+        secure = mode.reset_guard() if mode is not None else 0
+        current = runtime.engine.current
+        round_id = current.round_id if current is not None else 0
+        log.warning("divergence_guard_reset", round=round_id, norms_dropped=dropped,
+                    secure_norms_dropped=secure, peer=context.peer())  # fmt: skip
+        return pb.ResetDivergenceGuardResponse(
+            norms_dropped=dropped, secure_norms_dropped=secure, round_id=round_id
+        )

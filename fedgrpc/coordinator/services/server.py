@@ -133,6 +133,13 @@ def add_admin_service(servicer: AdminServicer, server: grpc.aio.Server) -> None:
             request_deserializer=lenient(admin_pb2.GetStatusRequest),
             response_serializer=admin_pb2.GetStatusResponse.SerializeToString,
         ),
+        "ResetDivergenceGuard": grpc.unary_unary_rpc_method_handler(
+            servicer.ResetDivergenceGuard,
+            request_deserializer=lenient(admin_pb2.ResetDivergenceGuardRequest),
+            response_serializer=(
+                admin_pb2.ResetDivergenceGuardResponse.SerializeToString
+            ),
+        ),
     }
     service = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
     server.add_generic_rpc_handlers(

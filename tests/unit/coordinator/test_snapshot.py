@@ -9,6 +9,7 @@ directory must continue exactly where the first stopped.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from pathlib import Path
 
@@ -18,7 +19,9 @@ import torch
 
 from fedgrpc.aggregate import StreamingSum
 from fedgrpc.config import CoordinatorConfig
+from fedgrpc.coordinator.ops.checkpoint_content import _guard_history
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
+from fedgrpc.coordinator.services.admin import build_status
 from fedgrpc.crypto.keys import PrivateKey
 from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from fedgrpc.errors import CheckpointError
@@ -107,7 +110,7 @@ def test_restart_continues_run_version_momentum_clients_and_history(
     assert after.model.published is not None
     assert before.model.published is not None
     assert after.model.published.sha256 == before.model.published.sha256
-    assert after.model.update_norms == before.model.update_norms
+    assert after.model.guard.history == before.model.guard.history
     state = after.model.optimizer.state_dict()
     assert state["steps"] == 3
     reference = _reference(initial, gradients)
@@ -185,3 +188,33 @@ def test_no_checkpoint_dir_means_no_files_and_a_fresh_run(tmp_path: Path) -> Non
 
     assert runtime.checkpoints.last_path is None
     assert CoordinatorRuntime(config).run.run_id != runtime.run.run_id
+
+
+def test_a_checkpoint_with_overflowed_credit_restores_saturated_and_status_works(
+    tmp_path: Path,
+) -> None:
+    # What a coordinator before issue 13 checkpointed after two 2^64-1 claims.
+    first = _runtime(tmp_path)
+    _seed(first, torch.zeros(N))
+    liar = first.registry.add("liar", 0.0, PrivateKey.generate().public_key)
+    liar.samples_contributed, liar.last_train_loss = 2 * (2**64 - 1), math.nan
+    _apply(first, _gradients(1)[0])
+    asyncio.run(first.save_checkpoint())
+    first.checkpoints.close()
+
+    second = _runtime(tmp_path)
+
+    restored = second.registry.get(liar.client_id)
+    assert restored is not None
+    assert restored.samples_contributed == 2**63 - 1
+    assert restored.last_train_loss == 0.0
+    status = build_status(second)  # raised ValueError (gRPC: UNKNOWN) before
+    assert status.clients[0].samples_contributed == 2**63 - 1
+    second.checkpoints.close()
+
+
+def test_bare_norms_of_an_older_checkpoint_age_from_the_round_that_made_the_model() -> (
+    None
+):
+    state = {"update_norms": [1.0, 2.0], "model_round_id": 5}
+    assert _guard_history(state) == [(5, 1.0), (5, 2.0)]
