@@ -131,6 +131,7 @@ def format_status(target: str, s: CoordinatorStatus) -> str:
         f"traffic: {_size(s.bytes_received)} in (updates), "
         f"{_size(s.bytes_sent)} out (models)",
         _secure_line(s),
+        *([f"NOT SERVING: {s.not_serving_reason}"] if s.not_serving_reason else []),
         "",
         _table(_CLIENT_COLUMNS, [_client_cells(c) for c in s.clients]),
         "",

@@ -93,6 +93,9 @@ class CoordinatorStatus:
     guard_trips: int = 0
     """Times the divergence guard of sparse masked rounds refused a round."""
     dense_fallback_rounds: int = 0
+    not_serving_reason: str = ""
+    """Why new model versions are held back and no round applies (a failed
+    checkpoint write); "" while the coordinator serves."""
 
 
 def fetch_status(
@@ -198,4 +201,5 @@ def _from_proto(reply: admin_pb2.GetStatusResponse) -> CoordinatorStatus:
         secure_aggregation=reply.secure_aggregation,
         guard_trips=reply.guard_trips,
         dense_fallback_rounds=reply.dense_fallback_rounds,
+        not_serving_reason=reply.not_serving_reason if reply.not_serving else "",
     )

@@ -259,4 +259,6 @@ def build_status(runtime: CoordinatorRuntime) -> CoordinatorStatus:
         bytes_received=runtime.run.bytes_received,
         bytes_sent=runtime.run.bytes_sent,
         uptime_s=runtime.clock() - runtime.run.started_s,
+        serving=runtime.durable.serving,
+        not_serving_reason=runtime.durable.not_serving_reason,
     )

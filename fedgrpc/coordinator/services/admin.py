@@ -71,6 +71,8 @@ def build_status(runtime: CoordinatorRuntime) -> pb.GetStatusResponse:
         secure_aggregation=mode is not None,
         guard_trips=mode.guard_trips if mode is not None else 0,
         dense_fallback_rounds=mode.dense_fallback_rounds if mode is not None else 0,
+        not_serving=not runtime.durable.serving,
+        not_serving_reason=runtime.durable.not_serving_reason,
     )
 
 
