@@ -160,7 +160,7 @@ class CoordinatorRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         self.auth.close()
-        self.durable.close()
+        await self.durable.close()
         self.engine.stages.close()  # the run's spool directory, if any
 
     # -- Join and Session --------------------------------------------------------

@@ -28,6 +28,7 @@ without two sets of weights ever having been seen under it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 from fedgrpc.coordinator.ops.checkpoint_store import CheckpointStore
@@ -76,6 +77,7 @@ class DurableGate:
         self._held: list[Announcement] = []
         self._listeners: list[ServingListener] = []
         self._retrying: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
 
     @property
     def serving(self) -> bool:
@@ -108,11 +110,16 @@ class DurableGate:
         else:
             self._held.append(announcement)
 
-    def close(self) -> None:
-        """Stop retrying (at shutdown: the final save is the last attempt)."""
+    async def close(self) -> None:
+        """Stop retrying (at shutdown: the final save is the last attempt).
+
+        Not by cancelling: a write cancelled mid-way would release the lock
+        while its thread still writes. A retry in progress finishes first.
+        """
         self._held.clear()
+        self._closing.set()
         if self._retrying is not None:
-            self._retrying.cancel()
+            await self._retrying
 
     async def _stop_serving(self) -> None:
         version = self._engine.model.version
@@ -132,9 +139,10 @@ class DurableGate:
         """Retry with exponential backoff; then serve again and announce."""
         delay = min(RETRY_FIRST_S, self._retry_max_s)
         while True:
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), delay)
             async with self._lock:
-                if self._run.stopping:
+                if self._run.stopping or self._closing.is_set():
                     return
                 saved = await self._store.save(self._engine, self._clients, self._run)
             if saved:
