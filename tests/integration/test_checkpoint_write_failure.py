@@ -46,7 +46,7 @@ class DiskFull(FaultHooks):
 def _serving_metric(coordinator: fedgrpc.Coordinator) -> str:
     address = coordinator.runtime.metrics.address
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
+        text: str = reply.read().decode()
     return next(x for x in text.splitlines() if x.startswith("fedgrpc_serving "))
 
 
@@ -85,9 +85,8 @@ def test_a_round_whose_checkpoint_fails_closes_only_once_a_retry_wrote_it(
         syncing.start()
 
         # Assert: not serving, everywhere an operator or a balancer looks.
-        status = eventually(
-            lambda: (s := coordinator.status()) and not s.serving and s, WAIT_S
-        )
+        eventually(lambda: not coordinator.status().serving, WAIT_S)
+        status = coordinator.status()
         assert "No space left on device" in status.not_serving_reason
         assert "model version 2 is not on disk" in status.not_serving_reason
         assert check_health(coordinator.address) == "NOT_SERVING"
