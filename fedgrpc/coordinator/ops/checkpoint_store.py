@@ -18,7 +18,7 @@ holds each applied round exactly once. The price is one checkpoint write
 
 A write that fails (disk full) leaves the version unsaved: it stays not
 durable, so it is never served, until a later write succeeds
-(`coordinator.durable_gate` pauses rounds and retries meanwhile).
+(`ops.durable_gate` pauses rounds and retries meanwhile).
 """
 
 from __future__ import annotations

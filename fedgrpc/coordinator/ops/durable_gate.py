@@ -12,7 +12,8 @@ NOT_SERVING:
 * gRPC health, `fedgrpc status`, the `fedgrpc_serving` metric and the
   `coordinator_not_serving` log line say so, with the OS's reason;
 * no round is applied (the open round keeps collecting: an update pushed
-  meanwhile waits in it, nothing is refused or thrown away);
+  meanwhile waits in it, or is refused as based on an old version as at
+  any time; nothing is thrown away);
 * the RoundClosed announcement of the unsaved version is held back and
   PullModel waits, so clients wait for the version as for a slow round;
 * the write is retried, 1 s after the failure and then twice as long each
