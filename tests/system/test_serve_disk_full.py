@@ -158,6 +158,8 @@ def _expect_not_serving(address: str, log: Path) -> None:
     status = json.loads(_status_cli(address, "--json").stdout)
     assert "No space left on device" in status["not_serving_reason"]
     assert "/" not in status["not_serving_reason"]  # no server-side path leaks
+    table = _status_cli(address).stdout
+    assert "NOT SERVING: checkpoint write failed: No space left on device" in table
     assert _serving_metric(log) == 0
     assert any(e["event"] == "coordinator_not_serving" for e in log_events(log))
 
