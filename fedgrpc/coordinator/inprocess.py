@@ -163,8 +163,9 @@ class Coordinator:
     def wait_finished(self, *, timeout: float) -> CoordinatorStatus:
         """Block until the run's last round (`config.max_rounds`) has closed.
 
-        The final checkpoint is on disk by then, and every connected client
-        has been told. Returns the status (`phase == "finished"`).
+        The final checkpoint is on disk by then (a failed write is retried
+        first: `status().serving` is False meanwhile), and every connected
+        client has been told. Returns the status (`phase == "finished"`).
 
         Raises:
             ConfigError: `config.max_rounds` is 0, so the run never finishes.
@@ -179,7 +180,8 @@ class Coordinator:
         runtime = self.runtime
 
         def reached() -> bool:
-            return runtime.engine.finished or runtime.run.stopping
+            finished = runtime.engine.finished and runtime.durable.serving
+            return finished or runtime.run.stopping
 
         self._wait(
             reached, timeout, f"the run to finish (max_rounds={self.config.max_rounds})"

@@ -16,6 +16,7 @@ import threading
 import urllib.request
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -114,3 +115,44 @@ def test_a_round_whose_checkpoint_fails_closes_only_once_a_retry_wrote_it(
         digest = hashlib.sha256(on_disk.tensors["master"].numpy().tobytes())
         assert digest.digest() == hashlib.sha256(flat(model).numpy().tobytes()).digest()
         assert not list((tmp_path / "ckpt").glob(".round-*"))  # no temp file left
+
+
+def test_the_run_finishes_only_once_its_final_checkpoint_is_written(
+    tmp_path: Path,
+) -> None:
+    # Arrange: a one-round run whose final checkpoint write fails.
+    disk = DiskFull()
+    config = CoordinatorConfig(
+        listen="127.0.0.1:0", open_enrollment=True, min_clients=1, inner_steps=1,
+        chunk_bytes=1024, seed_from_first_client=True, max_rounds=1,
+        checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_retry_max_s=0.1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = nn.Linear(20, 5)
+    step = random_steps(1, flat(model).numel(), seed=1)
+    with (
+        fedgrpc.Coordinator(config, faults=disk) as coordinator,
+        DiLoCoClient(coordinator.address, model, inner_steps=1, config=FAST) as client,
+    ):
+        disk.full.set()
+        syncing = threading.Thread(target=scripted_steps, args=(client, model, step))
+        syncing.start()
+
+        # Assert: the last round was applied in memory, but the run is not
+        # finished while its result is not on disk.
+        eventually(lambda: not coordinator.status().serving, WAIT_S)
+        with pytest.raises(TimeoutError):
+            coordinator.wait_finished(timeout=1.0)
+        assert syncing.is_alive()
+
+        # Act: space comes back.
+        disk.full.clear()
+        status = coordinator.wait_finished(timeout=WAIT_S)
+        syncing.join(WAIT_S)
+
+        # Assert: finished, on disk, and the client holds the final model.
+        assert status.serving
+        assert status.phase == "finished"
+        assert newest_checkpoint(tmp_path / "ckpt").state["model_version"] == 1
+        assert not syncing.is_alive()
+        assert client.model_version == 1
