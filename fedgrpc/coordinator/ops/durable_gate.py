@@ -145,7 +145,7 @@ class DurableGate:
             async with self._lock:
                 if self._run.stopping or self._closing.is_set():
                     return
-                saved = await self._store.save(self._engine, self._clients, self._run)
+                saved = await self._attempt()
             if saved:
                 break
             delay = min(2 * delay, self._retry_max_s)
@@ -160,6 +160,14 @@ class DurableGate:
         held, self._held = self._held, []
         for announcement in held:
             await announcement()
+
+    async def _attempt(self) -> bool:
+        """One retry; a bug must not end the retries and leave us paused for good."""
+        try:
+            return await self._store.save(self._engine, self._clients, self._run)
+        except Exception:
+            log.exception("checkpoint_retry_crashed")
+            return False
 
     async def _tell(self, serving: bool) -> None:
         for listener in self._listeners:
