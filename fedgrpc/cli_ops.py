@@ -184,6 +184,7 @@ def format_status(target: str, s: CoordinatorStatus) -> str:
         f"divergence guard: {s.norm_guard_trips} round(s) refused, "
         f"{s.norm_guard_history} recent norm(s) (`fedgrpc guard-reset` clears them)",
         _secure_line(s),
+        *([f"NOT SERVING: {s.not_serving_reason}"] if s.not_serving_reason else []),
         "",
         _table(_CLIENT_COLUMNS, [_client_cells(c) for c in s.clients]),
         "",

@@ -88,6 +88,9 @@ CORE_FLAGS = (
          "from the newest intact one at start (default: none)", metavar="DIR"),
     Flag("--checkpoint-keep", "checkpoints kept in --checkpoint-dir "
          f"(default: {_D.checkpoint_keep})", int, "K"),
+    Flag("--checkpoint-retry-max-s", "longest pause between retries of a failed "
+         "checkpoint write; until one succeeds the coordinator is NOT_SERVING and "
+         f"applies no round (default: {_D.checkpoint_retry_max_s:g})", float, "S"),
     Flag("--metrics-listen", "serve Prometheus metrics at "
          "http://HOST:PORT/metrics, plain HTTP (default: off)",
          metavar="HOST:PORT"),

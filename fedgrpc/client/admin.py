@@ -109,6 +109,9 @@ class CoordinatorStatus:
     """Plain rounds the divergence guard refused (since the coordinator started)."""
     norm_guard_history: int = 0
     """Norms in the plain guard's window (under 3: warming up)."""
+    not_serving_reason: str = ""
+    """Why new model versions are held back and no round applies (a failed
+    checkpoint write); "" while the coordinator serves."""
 
 
 MAX_PAGES = 10_000
@@ -287,4 +290,5 @@ def _from_proto(
         total_clients=reply.total_clients or len(clients),
         norm_guard_trips=reply.norm_guard_trips,
         norm_guard_history=reply.norm_guard_history,
+        not_serving_reason=reply.not_serving_reason if reply.not_serving else "",
     )

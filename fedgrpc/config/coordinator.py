@@ -140,6 +140,11 @@ class CoordinatorConfig(RobustnessSettings, LimitSettings, AccessSettings):
     "" keeps no checkpoints (a restart starts a new run)."""
     checkpoint_keep: int = 3
     """Newest checkpoints kept (>= 1); more than one survives a corrupt file."""
+    checkpoint_retry_max_s: float = 30.0
+    """Longest pause between retries of a failed checkpoint write (> 0). A
+    version is served only once its checkpoint is on disk: after a failed
+    write the coordinator reports NOT_SERVING, applies no round and retries
+    1 s later, then twice as long each time up to this."""
     metrics_listen: str = ""
     """host:port of the Prometheus /metrics endpoint (e.g. 127.0.0.1:9464);
     "" serves none. Plain HTTP: bind it to a private interface."""
@@ -201,6 +206,8 @@ class CoordinatorConfig(RobustnessSettings, LimitSettings, AccessSettings):
         self._check_secure_aggregation()
         _check(self.checkpoint_keep >= 1, "checkpoint_keep", self.checkpoint_keep,
                ">= 1")  # fmt: skip
+        _check(self.checkpoint_retry_max_s > 0, "checkpoint_retry_max_s",
+               self.checkpoint_retry_max_s, "> 0")  # fmt: skip
         _check(not self.metrics_listen or ":" in self.metrics_listen,
                "metrics_listen", self.metrics_listen, "host:port or empty")  # fmt: skip
 

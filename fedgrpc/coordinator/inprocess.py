@@ -163,8 +163,9 @@ class Coordinator:
     def wait_finished(self, *, timeout: float) -> CoordinatorStatus:
         """Block until the run's last round (`config.max_rounds`) has closed.
 
-        The final checkpoint is on disk by then, and every connected client
-        has been told. Returns the status (`phase == "finished"`).
+        The final checkpoint is on disk by then (a failed write is retried
+        first: `status().serving` is False meanwhile), and every connected
+        client has been told. Returns the status (`phase == "finished"`).
 
         Raises:
             ConfigError: `config.max_rounds` is 0, so the run never finishes.
@@ -179,7 +180,8 @@ class Coordinator:
         runtime = self.runtime
 
         def reached() -> bool:
-            return runtime.engine.finished or runtime.run.stopping
+            finished = runtime.engine.finished and runtime.durable.serving
+            return finished or runtime.run.stopping
 
         self._wait(
             reached, timeout, f"the run to finish (max_rounds={self.config.max_rounds})"
@@ -259,4 +261,6 @@ def build_status(runtime: CoordinatorRuntime) -> CoordinatorStatus:
         bytes_received=runtime.run.bytes_received,
         bytes_sent=runtime.run.bytes_sent,
         uptime_s=runtime.clock() - runtime.run.started_s,
+        serving=runtime.durable.serving,
+        not_serving_reason=runtime.durable.not_serving_reason,
     )

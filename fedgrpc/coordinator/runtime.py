@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -37,6 +38,7 @@ from fedgrpc.coordinator.ingest.signatures import UpdateAuthenticator
 from fedgrpc.coordinator.ingest.sinks import RoundSink
 from fedgrpc.coordinator.ingest.updates import UpdateIngest
 from fedgrpc.coordinator.ops.checkpoint_store import CheckpointStore
+from fedgrpc.coordinator.ops.durable_gate import DurableGate
 from fedgrpc.coordinator.ops.init_model_file import choose_initial_model
 from fedgrpc.coordinator.ops.metrics import CoordinatorMetrics
 from fedgrpc.coordinator.round_mode import ModeFactory, RoundContext, RoundMode
@@ -45,12 +47,12 @@ from fedgrpc.coordinator.rounds.records import (
     OpenRound,
     Phase,
     PublishedModel,
+    RoundResult,
     Run,
     Ticket,
 )
 from fedgrpc.coordinator.rounds.registry import ClientRecord, ClientRegistry
 from fedgrpc.coordinator.sessions import (
-    RoundStartedEvent,
     SessionEnd,
     SessionQueue,
     Sessions,
@@ -107,6 +109,10 @@ class CoordinatorRuntime:
         self.auth = UpdateAuthenticator(config, self.run.run_id, self.engine)
         self.sessions = Sessions()
         self._numeric_lock = asyncio.Lock()
+        self.durable = DurableGate(
+            self.checkpoints, self.engine, self.registry, self.run,
+            self._numeric_lock, self.metrics, config.checkpoint_retry_max_s,
+        )  # fmt: skip
         self.waiters = Waiters(self.engine, self.run, self.checkpoints)
         self._ticker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -154,6 +160,7 @@ class CoordinatorRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         self.auth.close()
+        await self.durable.close()
         self.engine.stages.close()  # the run's spool directory, if any
 
     # -- Join and Session --------------------------------------------------------
@@ -208,7 +215,7 @@ class CoordinatorRuntime:
             if current.selected != before:  # tell everyone who takes part now
                 self._announce_round(current)
             else:
-                queue.put_nowait(self._round_started(current, client_id))
+                queue.put_nowait(round_started_event(current, self.clock(), client_id))
         elif self.engine.finished and self.engine.history:
             queue.put_nowait(self.engine.history[-1])  # it says the run finished
         log.info("session_opened", client=client_id)
@@ -253,7 +260,7 @@ class CoordinatorRuntime:
     async def _initial_model_ready(self) -> None:
         """Version 0 exists (from `init_model`): make it durable, announce round 1."""
         await asyncio.shield(self.save_checkpoint())
-        await self._announce_new_model()
+        await self.durable.announce(self._announce_new_model)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -266,7 +273,7 @@ class CoordinatorRuntime:
         """Announce what a plain update changed, then close its round if done."""
         if ticket.header.is_initial_weights:
             await asyncio.shield(self.save_checkpoint())  # version 0 is durable too
-            await self._announce_new_model()
+            await self.durable.announce(self._announce_new_model)
         elif in_round == 1 and self.engine.current is not None:
             # The first update set the round's deadline: announce it.
             self._announce_round(self.engine.current)
@@ -286,15 +293,15 @@ class CoordinatorRuntime:
         if self.mode is not None and self.engine.current is not before:
             await self.mode.after_close()
 
-    async def save_checkpoint(self) -> None:
+    async def save_checkpoint(self) -> bool:
         """Checkpoint now (after seeding, at shutdown), between numeric steps."""
         async with self._numeric_lock:
-            await self.checkpoints.save(self.engine, self.registry, self.run)
+            return await self.durable.save()
 
     async def _close_round(self) -> None:
         async with self._numeric_lock:
             reason = self.engine.close_reason()
-            if reason is None:
+            if reason is None or not self.durable.serving:  # no round applies then
                 return
             closing = self.engine.begin_close()
             applied = await asyncio.to_thread(
@@ -304,7 +311,7 @@ class CoordinatorRuntime:
             # Before anyone hears of the new version (checkpoint_store), and
             # the last round's always: it is the run's final checkpoint.
             if applied or result.run_finished:
-                await self.checkpoints.save(self.engine, self.registry, self.run)
+                await self.durable.save()
         self._forget_departed()  # the closed round no longer counts anyone
         self.metrics.round_closed(result)
         # Both counts on every outcome: a skipped round's committed updates
@@ -328,8 +335,7 @@ class CoordinatorRuntime:
                 version=result.model_version,
                 max_rounds=self.config.max_rounds,
             )
-        self.sessions.broadcast(result)
-        await self._announce_new_model()
+        await self.durable.announce(functools.partial(self._announce_new_model, result))
 
     async def wait_finished(self, linger_s: float) -> None:
         """Return once the run finished and its clients left (or `linger_s` later).
@@ -338,13 +344,15 @@ class CoordinatorRuntime:
         leave; the coordinator stays up for that, but one that keeps its
         session open must not hold the process forever.
         """
-        await self.wait_until(lambda: self.engine.finished)
+        await self.wait_until(lambda: self.engine.finished and self.durable.serving)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(linger_s):
                 # A client leaves after its final pull; close_session wakes us.
                 await self.wait_until(lambda: not self.registry.connected())
 
-    async def _announce_new_model(self) -> None:
+    async def _announce_new_model(self, closed: RoundResult | None = None) -> None:
+        if closed is not None:  # RoundClosed first: it names the new version
+            self.sessions.broadcast(closed)
         current = self.engine.current
         if current is not None:
             self._announce_round(current)
@@ -386,10 +394,8 @@ class CoordinatorRuntime:
                     SessionEnd("no heartbeat within session_timeout_s", "evicted"),
                 )
 
-    def _round_started(self, current: OpenRound, client_id: str) -> RoundStartedEvent:
-        return round_started_event(current, self.clock(), client_id)
-
     def _announce_round(self, current: OpenRound) -> None:
         """RoundStarted to every session, each saying whether it was selected."""
         for client_id in list(self.sessions):
-            self.sessions.send(client_id, self._round_started(current, client_id))
+            event = round_started_event(current, self.clock(), client_id)
+            self.sessions.send(client_id, event)

@@ -58,6 +58,11 @@ class CoordinatorStatus:
     bytes_received: int
     bytes_sent: int
     uptime_s: float
+    serving: bool = True
+    """False while a failed checkpoint write holds the newest version back:
+    it is not served and no round applies until a retry succeeds."""
+    not_serving_reason: str = ""
+    """Why not ("" while serving): the OS's reason and what happens meanwhile."""
 
     @property
     def rounds_closed(self) -> int:

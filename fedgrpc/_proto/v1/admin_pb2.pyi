@@ -293,6 +293,8 @@ class GetStatusResponse(_message.Message):
     CLIENTS_TRUNCATED_FIELD_NUMBER: _builtins.int
     NORM_GUARD_TRIPS_FIELD_NUMBER: _builtins.int
     NORM_GUARD_HISTORY_FIELD_NUMBER: _builtins.int
+    NOT_SERVING_FIELD_NUMBER: _builtins.int
+    NOT_SERVING_REASON_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Id of this training run."""
     round_id: _builtins.int
@@ -343,6 +345,13 @@ class GetStatusResponse(_message.Message):
     """Update norms in the plain rounds' guard history (at most 8: those
     applied in the last 8 rounds); under 3, the guard is warming up.
     """
+    not_serving: _builtins.bool
+    """True while a failed checkpoint write holds the newest model version back:
+    it is not served (PullModel waits), no round is applied, grpc health says
+    NOT_SERVING, and the write is retried until it succeeds.
+    """
+    not_serving_reason: _builtins.str
+    """Why, for a person (the OS's reason, never a file path); empty while serving."""
     @_builtins.property
     def round_config(self) -> _common_pb2.RoundConfig:
         """The round configuration."""
@@ -383,10 +392,12 @@ class GetStatusResponse(_message.Message):
         clients_truncated: _builtins.bool = ...,
         norm_guard_trips: _builtins.int = ...,
         norm_guard_history: _builtins.int = ...,
+        not_serving: _builtins.bool = ...,
+        not_serving_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["round_config", b"round_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "clients", b"clients", "clients_truncated", b"clients_truncated", "coordinator_key_sha256", b"coordinator_key_sha256", "dense_fallback_rounds", b"dense_fallback_rounds", "guard_trips", b"guard_trips", "model_sha256", b"model_sha256", "model_version", b"model_version", "next_page_token", b"next_page_token", "norm_guard_history", b"norm_guard_history", "norm_guard_trips", b"norm_guard_trips", "num_parameters", b"num_parameters", "open_enrollment", b"open_enrollment", "phase", b"phase", "recent_rounds", b"recent_rounds", "round_config", b"round_config", "round_id", b"round_id", "round_nonce", b"round_nonce", "run_id", b"run_id", "secure_aggregation", b"secure_aggregation", "total_clients", b"total_clients", "uptime_s", b"uptime_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "clients", b"clients", "clients_truncated", b"clients_truncated", "coordinator_key_sha256", b"coordinator_key_sha256", "dense_fallback_rounds", b"dense_fallback_rounds", "guard_trips", b"guard_trips", "model_sha256", b"model_sha256", "model_version", b"model_version", "next_page_token", b"next_page_token", "norm_guard_history", b"norm_guard_history", "norm_guard_trips", b"norm_guard_trips", "not_serving", b"not_serving", "not_serving_reason", b"not_serving_reason", "num_parameters", b"num_parameters", "open_enrollment", b"open_enrollment", "phase", b"phase", "recent_rounds", b"recent_rounds", "round_config", b"round_config", "round_id", b"round_id", "round_nonce", b"round_nonce", "run_id", b"run_id", "secure_aggregation", b"secure_aggregation", "total_clients", b"total_clients", "uptime_s", b"uptime_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -124,12 +124,17 @@ class CheckpointDir:
         """
         final = self.path / checkpoint_name(round_id)
         header = _encode_header(state, tensors)
+        temp = ""
         try:
             temp = _write_synced(self.path, final.name, header, tensors)
             self._faults.checkpoint_write("before_replace", round_id)
             os.replace(temp, final)
+            temp = ""
             _fsync_directory(self.path)
         except OSError as exc:
+            if temp:  # a full disk must not fill up further with every retry
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
             raise CheckpointError(f"cannot write {final}: {exc}") from exc
         self._faults.checkpoint_write("after_replace", round_id)
         for old in self.rounds()[: -self.keep]:

@@ -15,6 +15,10 @@ PullModel waits while `is_durable(version)` is false. So a crash
 Either way every version number names one set of weights, and the momentum
 holds each applied round exactly once. The price is one checkpoint write
 (~1-2 s per GB) between a round's outer step and its announcement.
+
+A write that fails (disk full) leaves the version unsaved: it stays not
+durable, so it is never served, until a later write succeeds
+(`ops.durable_gate` pauses rounds and retries meanwhile).
 """
 
 from __future__ import annotations
@@ -54,8 +58,14 @@ class CheckpointStore:
         self._metrics = metrics
         self._dir: CheckpointDir | None = None
         self._resume: CheckpointFile | None = None
-        self._writing: int | None = None
-        """Model version whose checkpoint is being written (None: none)."""
+        self._unsaved: int | None = None
+        """The oldest model version whose checkpoint is being written or
+        failed to write (None: every version so far is on disk)."""
+        self._saved_version: int | None = None
+        """The model version of the newest checkpoint on disk (None: none)."""
+        self.last_error: str = ""
+        """Why the last write failed ("" after a success), without file paths:
+        it is shown in status and refusals."""
         self.last_path: Path | None = None
         """The newest checkpoint written or resumed from."""
         if config.checkpoint_dir:
@@ -78,6 +88,7 @@ class CheckpointStore:
         run.bytes_received = totals.bytes_received
         run.bytes_sent = totals.bytes_sent
         self.last_path = checkpoint.path
+        self._saved_version = engine.model.version
         log.info(
             "coordinator_resumed",
             path=str(checkpoint.path),
@@ -94,34 +105,44 @@ class CheckpointStore:
             )
 
     def is_durable(self, version: int) -> bool:
-        """False while `version`'s checkpoint is being written (never served then)."""
-        return self._writing is None or version < self._writing
+        """False while `version`'s checkpoint is being written or failed to write.
+
+        PullModel serves a version only when this is true: a version that is
+        not on disk could be issued again, with other weights, after a restart.
+        """
+        return self._unsaved is None or version < self._unsaved
 
     async def save(
         self, engine: RoundEngine, clients: ClientRegistry, run: Run
-    ) -> None:
-        """Checkpoint the run now. The caller holds the runtime's numeric lock.
+    ) -> bool:
+        """Checkpoint the run now; True once it is on disk (or none is kept).
 
-        A failed write (disk full) is logged and counted, and the coordinator
-        carries on: the previous checkpoints stay intact, only the guarantee
-        for rounds since then is weaker until a write succeeds again.
+        The caller holds the runtime's numeric lock. A failed write (disk
+        full) is logged and counted and returns False: the previous
+        checkpoints stay intact and the version stays not durable until a
+        later write succeeds.
         """
         if self._dir is None or engine.model.master is None:
-            return
+            return True
         totals = Totals(run.run_id, run.bytes_received, run.bytes_sent)
         snapshot = capture(engine, clients, totals)
         version = engine.model.version
-        self._writing, started = version, time.monotonic()
+        if self._unsaved is None and version != self._saved_version:
+            self._unsaved = version  # a rewrite of a saved version leaves it served
+        started = time.monotonic()
         try:
             path = await asyncio.to_thread(
                 self._dir.write, snapshot.round_id, snapshot.state, snapshot.tensors
             )
         except (CheckpointError, OSError) as exc:
+            self.last_error = _reason(exc)
             self._metrics.checkpoint_failed()
-            log.error("checkpoint_failed", round=snapshot.round_id, error=str(exc))
-            return
-        finally:
-            self._writing = None
+            log.error(
+                "checkpoint_failed", round=snapshot.round_id, version=version,
+                error=str(exc),
+            )  # fmt: skip
+            return False
+        self._unsaved, self._saved_version, self.last_error = None, version, ""
         seconds = time.monotonic() - started
         self.last_path = path
         self._metrics.checkpoint_written(seconds)
@@ -129,8 +150,18 @@ class CheckpointStore:
             "checkpoint_written", round=snapshot.round_id, version=version,
             path=str(path), seconds=round(seconds, 3),
         )  # fmt: skip
+        return True
 
     def close(self) -> None:
         """Release the checkpoint directory (at shutdown)."""
         if self._dir is not None:
             self._dir.close()
+
+
+def _reason(exc: BaseException) -> str:
+    """The OS's reason for a failed write ("No space left on device"), no path."""
+    while exc.__cause__ is not None and not isinstance(exc, OSError):
+        exc = exc.__cause__
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"checkpoint write failed: {exc.strerror} (errno {exc.errno})"
+    return "checkpoint write failed (see the coordinator log)"

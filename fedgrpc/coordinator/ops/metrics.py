@@ -19,7 +19,13 @@ import collections
 from collections.abc import Iterator
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -75,6 +81,12 @@ class CoordinatorMetrics:
             "fedgrpc_checkpoint_failures", "Checkpoint writes that failed.",
             registry=self.registry,
         )  # fmt: skip
+        self.serving = Gauge(
+            "fedgrpc_serving", "1 while new model versions are served; 0 while a "
+            "failed checkpoint write holds them back (see checkpoint_retry_max_s).",
+            registry=self.registry,
+        )  # fmt: skip
+        self.serving.set(1)
         self.registry.register(REJECTIONS)
 
     def watch(self, run: Run, engine: RoundEngine, clients: ClientRegistry) -> None:
@@ -93,6 +105,10 @@ class CoordinatorMetrics:
     def checkpoint_failed(self) -> None:
         """Count one failed checkpoint write."""
         self.checkpoint_failures.inc()
+
+    def serving_changed(self, serving: bool) -> None:
+        """Report whether new versions are served (`durable_gate`)."""
+        self.serving.set(int(serving))
 
     def serve(self, listen: str) -> str:
         """Start the /metrics HTTP endpoint on `listen` (host:port, port 0 picks).

@@ -151,6 +151,8 @@ def build_status(
         dense_fallback_rounds=mode.dense_fallback_rounds if mode is not None else 0,
         norm_guard_trips=engine.model.guard.trips,
         norm_guard_history=len(engine.model.guard.history),
+        not_serving=not runtime.durable.serving,
+        not_serving_reason=runtime.durable.not_serving_reason,
     )
 
 

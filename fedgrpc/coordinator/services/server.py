@@ -18,6 +18,7 @@ and every deserializer hands a message that does not parse to its handler as
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import tempfile
@@ -225,6 +226,7 @@ async def start_coordinator(
     await server.start()
     for service in ("", *_SERVICES):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    runtime.durable.watch(functools.partial(report_serving, health_servicer))
     host = config.listen.rsplit(":", 1)[0]
     address = f"{host}:{port}"
     if config.ready_file:
@@ -244,6 +246,18 @@ async def start_coordinator(
         **_tls_fields(tls),
     )
     return RunningCoordinator(server, runtime, address, health_servicer)
+
+
+async def report_serving(servicer: health.aio.HealthServicer, serving: bool) -> None:
+    """Health of the server ("") and CoordinatorService follows `DurableGate`.
+
+    NOT_SERVING while a failed checkpoint write holds new versions back, so
+    a load balancer or orchestrator sees it; AdminService stays SERVING: an
+    operator reads why in `fedgrpc status`.
+    """
+    status = health_pb2.HealthCheckResponse
+    for service in ("", _SERVICES[0]):
+        await servicer.set(service, status.SERVING if serving else status.NOT_SERVING)
 
 
 def _load_tls(config: CoordinatorConfig) -> ServerTLS | None:
