@@ -41,6 +41,7 @@ from fedgrpc.coordinator.ops.checkpoint_store import CheckpointStore
 from fedgrpc.coordinator.ops.durable_gate import DurableGate
 from fedgrpc.coordinator.ops.init_model_file import choose_initial_model
 from fedgrpc.coordinator.ops.metrics import CoordinatorMetrics
+from fedgrpc.coordinator.ops.round_log import log_round_closed
 from fedgrpc.coordinator.round_mode import ModeFactory, RoundContext, RoundMode
 from fedgrpc.coordinator.rounds.engine import RoundEngine
 from fedgrpc.coordinator.rounds.records import (
@@ -314,27 +315,7 @@ class CoordinatorRuntime:
                 await self.durable.save()
         self._forget_departed()  # the closed round no longer counts anyone
         self.metrics.round_closed(result)
-        # Both counts on every outcome: a skipped round's committed updates
-        # were thrown away, and a bare "updates=2" read as if they counted.
-        log.info(
-            "round_closed",
-            round=result.round_id,
-            outcome=result.outcome.value,
-            version=result.model_version,
-            updates_applied=result.num_updates if applied else 0,
-            updates_discarded=0 if applied else result.num_updates,
-            reason=result.reason,
-            seconds=round(result.duration_s, 3),
-            bytes=result.bytes_received,
-            train_loss=round(result.mean_train_loss, 4),
-        )
-        if result.run_finished:
-            log.info(
-                "run_finished",
-                rounds=result.round_id,
-                version=result.model_version,
-                max_rounds=self.config.max_rounds,
-            )
+        log_round_closed(result, applied, self.config.max_rounds)
         await self.durable.announce(functools.partial(self._announce_new_model, result))
 
     async def wait_finished(self, linger_s: float) -> None:

@@ -197,6 +197,7 @@ def test_a_checkpoint_with_overflowed_credit_restores_saturated_and_status_works
     first = _runtime(tmp_path)
     _seed(first, torch.zeros(N))
     liar = first.registry.add("liar", 0.0, PrivateKey.generate().public_key)
+    liar.updates_accepted = 2  # with credit: checkpoints keep only such records
     liar.samples_contributed, liar.last_train_loss = 2 * (2**64 - 1), math.nan
     _apply(first, _gradients(1)[0])
     asyncio.run(first.save_checkpoint())
