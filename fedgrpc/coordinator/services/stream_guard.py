@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
@@ -194,13 +194,16 @@ class StreamGuard:
 
         async def guarded(request: Any, context: Context) -> None:
             release = await self._acquire_or_abort(context, "PullModel")
+            # The slot goes back when the call ends, which for a stalled pull
+            # is after this handler (see `_end_stalled`).
+            # grpc-stubs type the callback as a class no function matches.
+            context.add_done_callback(lambda _: release())  # type: ignore[arg-type]
             messages = handler(request, context)
             try:
                 await self._deliver(messages, context)
             finally:
                 if isinstance(messages, AsyncGenerator):
                     await messages.aclose()  # releases the model version it holds
-                release()
 
         return guarded
 
@@ -215,12 +218,23 @@ class StreamGuard:
                 async for message in messages:
                     await context.write(message)
         except TimeoutError:
-            log.warning("pull_timed_out", peer=context.peer(), limit_s=self.pull_s)
-            await status.abort(
-                context,
-                StreamIdleError(
-                    f"PullModel did not finish within pull_timeout_s={self.pull_s:g} "
-                    "after its version was ready (the client stopped reading?); "
-                    "pull again"
-                ),
+            reason = (
+                f"PullModel did not finish within pull_timeout_s={self.pull_s:g} "
+                "after its version was ready (the client stopped reading?); pull again"
             )
+            await _end_stalled(context, reason)
+
+
+async def _end_stalled(context: Context, reason: str) -> NoReturn:
+    """End a call whose last write is stuck behind a client that stopped reading.
+
+    No status can reach such a client: it would queue behind the data the
+    client does not read, and grpc sends none while a write is pending
+    (`context.abort` would wait for the client's own deadline). So the
+    handler ends as cancelled: the model version is released at once (the
+    caller closes the pull), while grpc keeps the call, with the one message
+    in flight, until the client reads, cancels or disconnects; until then it
+    still holds its stream slot (`StreamGuard.pull`).
+    """
+    log.warning("pull_timed_out", peer=context.peer(), reason=reason)
+    raise asyncio.CancelledError(reason)
