@@ -41,6 +41,10 @@ class BoundedMetricsServer(ThreadingMixIn, WSGIServer):
 
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 64
+    """The listen backlog: connections beyond the cap are accepted (and
+    closed) quickly, so a flood must not make honest connects wait on SYN
+    retries behind a 5-deep queue (socketserver's default)."""
 
     def __init__(
         self,
@@ -69,6 +73,10 @@ class BoundedMetricsServer(ThreadingMixIn, WSGIServer):
         except BaseException:  # the thread did not start: give the slot back
             self._slots.release()
             raise
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that timed out or broke: logged, not printed to stderr."""
+        log.debug("metrics_connection_failed", peer=str(client_address))
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """One connection on its thread; the slot is freed when it closes."""
