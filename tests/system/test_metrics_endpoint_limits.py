@@ -50,15 +50,25 @@ def half_open() -> Iterator[list[socket.socket]]:
 
 
 def _open_half_requests(address: str, sockets: list[socket.socket]) -> None:
-    """HALF_OPEN connections, each with a request line and no end of headers."""
+    """HALF_OPEN connections, each with a request line and no end of headers.
+
+    Stops early once connects keep timing out: a server that stopped
+    accepting (out of descriptors) has been flooded enough.
+    """
     host, port = address.rsplit(":", 1)
+    timeouts = 0
     for _ in range(HALF_OPEN):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.settimeout(2)
+        s.settimeout(0.5)
         sockets.append(s)
         try:
             s.connect((host, int(port)))
             s.sendall(b"GET /metrics HTTP/1.1\r\nHost: coordinator\r\n")
+            timeouts = 0
+        except TimeoutError:
+            timeouts += 1
+            if timeouts == 10:
+                return
         except OSError:  # refused or reset: the coordinator is shedding them
             continue
 
