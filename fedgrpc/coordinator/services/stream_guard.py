@@ -64,14 +64,16 @@ class BoundedReads(AsyncIterator[T]):
         self._first_s = first_s
         self._idle_s = idle_s
         self._reads = 0
-        self._expired: StreamIdleError | None = None
+        self._expired = ""
+        """Why the stream expired ("" : it has not). A message, not the
+        exception: a stored exception's traceback would keep this frame alive."""
 
     def __aiter__(self) -> BoundedReads[T]:
         return self
 
     async def __anext__(self) -> T:
-        if self._expired is not None:
-            raise self._expired
+        if self._expired:
+            raise StreamIdleError(self._expired)
         first = self._reads == 0
         self._reads += 1
         limit = self._first_s if first else self._idle_s
@@ -81,8 +83,8 @@ class BoundedReads(AsyncIterator[T]):
             async with asyncio.timeout(limit):
                 return await anext(self._stream)
         except TimeoutError:
-            self._expired = StreamIdleError(self._idle_message(first, limit))
-            raise self._expired from None
+            self._expired = self._idle_message(first, limit)
+            raise StreamIdleError(self._expired) from None
 
     def _idle_message(self, first: bool, limit: float) -> str:
         if first:
