@@ -162,6 +162,29 @@ LIMIT_FLAGS = (
     Flag("--session-timeout-s", "evict a client silent this long, even with its "
          "connection open; must exceed --heartbeat-interval-s "
          f"(default: {_D.session_timeout_s:g})", float, "S"),
+    Flag("--first-message-timeout-s", "end a Session or PushUpdate stream that "
+         "sends no first message (open, header) within S seconds with "
+         f"DEADLINE_EXCEEDED (default: {_D.first_message_timeout_s:g})",
+         float, "S"),
+    Flag("--stream-idle-timeout-s", "end a PushUpdate silent for S seconds "
+         "between its header, chunks and commit with DEADLINE_EXCEEDED; the "
+         "push is abandoned and the round does not wait for it "
+         f"(default: {_D.stream_idle_timeout_s:g})", float, "S"),
+    Flag("--pull-timeout-s", "cancel a PullModel not finished S seconds after "
+         "its model version was ready (a client that stopped reading), "
+         f"releasing the version (default: {_D.pull_timeout_s:g})", float, "S"),
+    Flag("--max-streams-per-connection", "Session, PushUpdate and PullModel "
+         "streams one connection may hold; more get RESOURCE_EXHAUSTED "
+         "(default: 0, half of --max-streams-total)", int, "N"),
+    Flag("--max-streams-total", "those streams open on the coordinator; more "
+         "get RESOURCE_EXHAUSTED (default: 0, 4 x --max-clients + 64)",
+         int, "N"),
+    Flag("--metrics-read-timeout-s", "close a metrics connection whose next "
+         "read waits longer than S seconds "
+         f"(default: {_D.metrics_read_timeout_s:g})", float, "S"),
+    Flag("--metrics-max-connections", "metrics connections served at once; "
+         "more are closed on accept "
+         f"(default: {_D.metrics_max_connections})", int, "N"),
 )  # fmt: skip
 """Liveness, deadlines and resource bounds (`config.limits`)."""
 

@@ -89,6 +89,15 @@ class IncompleteUpdateError(FedGrpcError):
     """
 
 
+class StreamIdleError(FedGrpcError):
+    """A stream went quiet past its deadline, or a pull did not finish in time.
+
+    The first message, the gap between chunks (`first_message_timeout_s`,
+    `stream_idle_timeout_s`), or a whole pull (`pull_timeout_s`).
+    Wire status: DEADLINE_EXCEEDED. Nothing the stream sent counts.
+    """
+
+
 class ShuttingDownError(FedGrpcError):
     """The coordinator is draining; retry later with backoff.
 

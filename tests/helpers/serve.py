@@ -30,6 +30,7 @@ def start_serve(
     listen: str = "127.0.0.1:0",
     crash_at: str = "",
     timeout_s: float = 60.0,
+    **popen: Any,
 ) -> tuple[subprocess.Popen[Any], str]:
     """`fedgrpc serve --listen LISTEN ... FLAGS`; (process, bound host:port).
 
@@ -38,6 +39,7 @@ def start_serve(
     (`--seed-from-first-client`).
     `crash_at` (`STAGE:ROUND`) runs the same serve through the fault-hook
     launcher (`tests.helpers.faults`), which SIGKILLs it at that checkpoint stage.
+    `popen`: more `subprocess.Popen` arguments (a `preexec_fn` lowering a limit).
     """
     ready = log.with_suffix(".addr")
     env = dict(os.environ)
@@ -52,7 +54,7 @@ def start_serve(
         # the model: the explicit opt-in `serve` needs for that.
         argv.append("--seed-from-first-client")
     with log.open("w") as stderr:  # the child keeps its own copy
-        process = spawn([*argv, *flags], stderr=stderr, env=env, text=True)
+        process = spawn([*argv, *flags], stderr=stderr, env=env, text=True, **popen)
     eventually(lambda: ready.exists() or process.poll() is not None, timeout_s)
     assert process.poll() is None, log.read_text()
     return process, ready.read_text().strip()

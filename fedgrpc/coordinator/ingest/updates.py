@@ -32,6 +32,7 @@ from fedgrpc.coordinator.rounds.records import Run, Ticket
 from fedgrpc.coordinator.rounds.registry import ClientRegistry
 from fedgrpc.crypto.signing import CommitProof
 from fedgrpc.domain.requests import UpdateHeaderInfo
+from fedgrpc.errors import TooLargeError
 from fedgrpc.wire.frames import ChunkFrame
 
 Part = TypeVar("Part")
@@ -74,6 +75,8 @@ class UpdateIngest:
         self._faults = faults
         self.choose_sink: SinkChooser = lambda header: None
         """Set by a round mode that takes some updates itself."""
+        self.seeding_pushes = 0
+        """Initial-weights pushes admitted and not yet finished (at most one)."""
 
     def admit(self, header: UpdateHeaderInfo) -> tuple[Ticket, UpdateSink]:
         """Authenticate, check, then verify an update header before any chunk.
@@ -102,15 +105,34 @@ class UpdateIngest:
         `part_of` translates one stream message (a chunk or the commit; it
         raises for anything else). A failure after admission abandons the
         update before it propagates.
+
+        Initial weights are staged whole (a model-sized buffer per push), so
+        one seeding push at a time is admitted; another is refused with
+        RESOURCE_EXHAUSTED until it ends (`_check_one_seeding`).
         """
-        ticket, sink = self.admit(header)
+        seeding = header.is_initial_weights
+        if seeding:
+            self._check_one_seeding()
+        ticket, sink = self.admit(header)  # no await since the check: no race
+        self.seeding_pushes += seeding
         try:
             receipt = await self._take_chunks(ticket, sink, stream, part_of)
         except BaseException as exc:
             sink.abandon(ticket, str(exc) or type(exc).__name__)
             raise
+        finally:
+            self.seeding_pushes -= seeding
         self._faults.update_committed(ticket.client.client_id, ticket.round_id)
         return receipt
+
+    def _check_one_seeding(self) -> None:
+        """Refuse a second concurrent initial-weights push (4 held 3.5 GB)."""
+        if self.seeding_pushes:
+            raise TooLargeError(
+                "another client is uploading the initial weights; the coordinator "
+                "takes one seeding push at a time (each stages a whole model). "
+                "Retry once it finished: the model is then seeded, pull it"
+            )
 
     async def _take_chunks(
         self,

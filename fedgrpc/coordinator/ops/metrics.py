@@ -8,7 +8,9 @@ one process (tests, `fedgrpc simulate`) do not mix their numbers; only
 rejections are counted per process, in `status.abort`, which knows no
 runtime.
 
-The HTTP server is prometheus_client's own, on a daemon thread. Values read
+The HTTP server (`metrics_http`) is a bounded one on a daemon thread: reads
+time out and connections are capped (`metrics_read_timeout_s`,
+`metrics_max_connections`). Values read
 from that thread are ints and bools the event loop writes whole, and the
 client list is copied in one C-level step (`ClientRegistry.all`).
 """
@@ -17,18 +19,15 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterator
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    start_http_server,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from fedgrpc.coordinator.ops.metrics_http import (
+    BoundedMetricsServer,
+    start_metrics_server,
+)
 from fedgrpc.coordinator.rounds.engine import RoundEngine
 from fedgrpc.coordinator.rounds.records import RoundResult, Run
 from fedgrpc.coordinator.rounds.registry import ClientRegistry
@@ -64,7 +63,7 @@ class CoordinatorMetrics:
         self.registry = CollectorRegistry()
         self.address = ""
         """host:port the endpoint listens on ("" : not serving)."""
-        self._http: WSGIServer | None = None
+        self._http: BoundedMetricsServer | None = None
         self.rounds = Counter(
             "fedgrpc_rounds", "Closed rounds, by outcome (applied or skipped).",
             ["outcome"], registry=self.registry,
@@ -110,8 +109,13 @@ class CoordinatorMetrics:
         """Report whether new versions are served (`durable_gate`)."""
         self.serving.set(int(serving))
 
-    def serve(self, listen: str) -> str:
+    def serve(
+        self, listen: str, *, read_timeout_s: float = 10.0, max_connections: int = 16
+    ) -> str:
         """Start the /metrics HTTP endpoint on `listen` (host:port, port 0 picks).
+
+        Each socket read waits at most `read_timeout_s`; at most
+        `max_connections` are served at once (`metrics_http`).
 
         Raises:
             ConfigError: the address cannot be bound.
@@ -119,7 +123,13 @@ class CoordinatorMetrics:
         host, _, port = listen.rpartition(":")
         host = host.strip("[]")
         try:
-            self._http, _ = start_http_server(int(port), host, registry=self.registry)
+            self._http = start_metrics_server(
+                host,
+                int(port),
+                self.registry,
+                read_timeout_s=read_timeout_s,
+                max_connections=max_connections,
+            )
         except (OSError, ValueError) as exc:
             raise ConfigError(
                 f"metrics_listen={listen!r} cannot be bound: {exc}"

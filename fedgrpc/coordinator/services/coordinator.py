@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
@@ -296,12 +296,13 @@ class CoordinatorServicer:
         self, request: pb.PullModelRequest | Malformed, context: Context
     ) -> AsyncIterator[pb.PullModelResponse | bytes]:
         """Header, then the model's bytes in order, ~chunk_bytes per message."""
-        async for message in status.streaming(context, self._pull(request)):
-            yield message
+        async with contextlib.aclosing(self._pull(request)) as pulled:  # frees
+            async for message in status.streaming(context, pulled):  # the version
+                yield message
 
     async def _pull(
         self, message: pb.PullModelRequest | Malformed
-    ) -> AsyncIterator[pb.PullModelResponse | bytes]:
+    ) -> AsyncGenerator[pb.PullModelResponse | bytes, None]:
         runtime, request = self.runtime, parsed(message)
         async with runtime.pull(
             request.client_id, request.session_token, request.min_version

@@ -39,6 +39,7 @@ from fedgrpc.coordinator.secure.mode import SecureMode
 from fedgrpc.coordinator.services.admin import AdminServicer
 from fedgrpc.coordinator.services.admin_access import AdminGuard, AdminPolicy
 from fedgrpc.coordinator.services.coordinator import CoordinatorServicer
+from fedgrpc.coordinator.services.stream_guard import StreamGuard
 from fedgrpc.coordinator.strategy.wiring import NO_PLUGINS, StagePlugins
 from fedgrpc.crypto.tls import ServerTLS, load_server_tls
 from fedgrpc.errors import ConfigError
@@ -90,9 +91,13 @@ class RunningCoordinator:
 
 
 def add_coordinator_service(
-    servicer: CoordinatorServicer, server: grpc.aio.Server
+    servicer: CoordinatorServicer, server: grpc.aio.Server, guard: StreamGuard
 ) -> None:
-    """Register CoordinatorService (see the module docstring for how it differs)."""
+    """Register CoordinatorService (see the module docstring for how it differs).
+
+    Its three streams go through `guard`: counted per connection and in
+    total, with deadlines on their first message, between chunks and on pulls.
+    """
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "GetJoinChallenge": grpc.unary_unary_rpc_method_handler(
             servicer.GetJoinChallenge,
@@ -105,17 +110,17 @@ def add_coordinator_service(
             response_serializer=pb.JoinResponse.SerializeToString,
         ),
         "Session": grpc.stream_stream_rpc_method_handler(
-            servicer.Session,
+            guard.session(servicer.Session),
             request_deserializer=lenient(pb.SessionRequest),
             response_serializer=pb.SessionResponse.SerializeToString,
         ),
         "PushUpdate": grpc.stream_unary_rpc_method_handler(
-            servicer.PushUpdate,
+            guard.push(servicer.PushUpdate),
             request_deserializer=decode_push_request,
             response_serializer=pb.PushUpdateResponse.SerializeToString,
         ),
         "PullModel": grpc.unary_stream_rpc_method_handler(
-            servicer.PullModel,
+            guard.pull(servicer.PullModel),
             request_deserializer=lenient(pb.PullModelRequest),
             response_serializer=serialize_or_pass,
         ),
@@ -192,6 +197,17 @@ def server_options(config: CoordinatorConfig) -> list[tuple[str, int]]:
     ]
 
 
+def max_concurrent_rpcs(config: CoordinatorConfig) -> int:
+    """The cap grpc itself puts on calls in flight, over every service.
+
+    A backstop behind `StreamGuard`, which refuses our three streams first
+    with a message naming the setting: this one also bounds what the guard
+    does not see (health Watch and reflection streams, unary bursts), and is
+    twice the stream cap so a cohort's Joins never meet it.
+    """
+    return 2 * config.stream_limits(config.max_clients).total
+
+
 async def start_coordinator(
     config: CoordinatorConfig,
     faults: FaultHooks = NO_FAULTS,
@@ -209,9 +225,14 @@ async def start_coordinator(
     """
     tls = _load_tls(config)  # unusable files fail first, before anything logs
     admin = AdminGuard(AdminPolicy.from_config(config))
-    server = grpc.aio.server(options=server_options(config), interceptors=(admin,))
+    server = grpc.aio.server(
+        options=server_options(config),
+        interceptors=(admin,),
+        maximum_concurrent_rpcs=max_concurrent_rpcs(config),
+    )
     runtime = make_runtime(config, faults, plugins=plugins)
-    add_coordinator_service(CoordinatorServicer(runtime), server)
+    guard = StreamGuard(config)
+    add_coordinator_service(CoordinatorServicer(runtime), server, guard)
     add_admin_service(AdminServicer(runtime), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -221,7 +242,11 @@ async def start_coordinator(
         )
     port = _bind(server, config.listen, tls)
     if config.metrics_listen:
-        runtime.metrics.serve(config.metrics_listen)
+        runtime.metrics.serve(
+            config.metrics_listen,
+            read_timeout_s=config.metrics_read_timeout_s,
+            max_connections=config.metrics_max_connections,
+        )
     await runtime.start()
     await server.start()
     for service in ("", *_SERVICES):
