@@ -122,7 +122,7 @@ class DenseStage:
         return tensor
 
     def fold_into(self, total: F32Array) -> None:
-        """total += stage (the weight was applied at write time)."""
+        """Total += stage (the weight was applied at write time)."""
         if self._tensor is not None:
             np.add(total, self._tensor.numpy(), out=total)
             return
@@ -144,7 +144,7 @@ class DenseStage:
 
     def _pwrite(self, values: F32Array, position: int) -> None:
         assert self._fd is not None
-        view = memoryview(values).cast("B")
+        view = memoryview(values.data).cast("B")
         try:
             while view:
                 written = os.pwrite(self._fd, view, position)
@@ -157,7 +157,7 @@ class DenseStage:
 
     def _pread(self, out: F32Array, position: int) -> None:
         assert self._fd is not None
-        view = memoryview(out).cast("B")
+        view = memoryview(out.data).cast("B")
         while view:
             got = os.preadv(self._fd, [view], position)
             if got == 0:
@@ -200,7 +200,7 @@ class BlockStage:
         self.in_memory_bytes += _block_bytes(block)
 
     def fold_into(self, total: F32Array) -> None:
-        """total += weight x each block, in arrival order (as the streaming sum did)."""
+        """Total += weight x each block, in arrival order (as the streaming sum did)."""
         for offset, block, weight in self.blocks:
             block.add_into(total[offset : offset + block.extent], weight)
 

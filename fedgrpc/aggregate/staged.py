@@ -217,7 +217,7 @@ class StagedSum:
         return stage
 
     def _fold(self, stage: Stage) -> None:
-        """sum += stage; the round's first in-memory dense stage becomes the sum."""
+        """Sum += stage; the round's first in-memory dense stage becomes the sum."""
         if self._sum is None and isinstance(stage, DenseStage):
             self._sum = stage.take_tensor()
             if self._sum is not None:

@@ -154,8 +154,9 @@ def close_reason(
 
     Pushes still streaming `round_timeout_s` after its deadline are dropped
     (a staged or spooled round closes without them) or, where they already
-    reached an unstaged sum, void `current` (sets `void_reason`). A round marked complete (a secure
-    round's recovered sum) closes with that reason, not "deadline".
+    reached an unstaged sum, void `current` (sets `void_reason`). A round
+    marked complete (a secure round's recovered sum) closes with that
+    reason, not "deadline".
     """
     if current.void_reason is not None:
         return "void"

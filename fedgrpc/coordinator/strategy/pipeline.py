@@ -33,9 +33,9 @@ from typing import Any
 import torch
 
 from fedgrpc.aggregate import Accumulator, Aggregator, SpoolDirectory
+from fedgrpc.aggregate.blockwise import as_sum
 from fedgrpc.aggregate.buffers import BufferPool
 from fedgrpc.aggregate.staged import StagedSum
-from fedgrpc.aggregate.blockwise import as_sum
 from fedgrpc.coordinator.strategy.combinations import (
     AccumulatorKind,
     AccumulatorName,

@@ -187,7 +187,8 @@ def test_a_push_that_fails_after_its_first_chunk_costs_the_round_nothing() -> No
     broken = engine.admit(b, _header(b.client_id, 1, 0))
     engine.add_chunk(broken, 0, np.full(2, 5.0, dtype=np.float32))
     assert engine.abandon(broken, "stream reset") is False
-    assert engine.current is not None and engine.current.void_reason is None
+    assert engine.current is not None
+    assert engine.current.void_reason is None
     _commit(engine, registry, a.client_id, torch.ones(4), 1, 0)
     assert _close(engine) is Outcome.APPLIED
     assert engine.model.version == 1
