@@ -47,6 +47,9 @@ class ClientRow:
     samples_contributed: int
     last_round: int
     last_train_loss: float
+    excluded_until_round: int = 0
+    """Its pushes for rounds before this are refused (0: not excluded)."""
+    exclusion_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +177,8 @@ def _from_proto(reply: admin_pb2.GetStatusResponse) -> CoordinatorStatus:
                 c.samples_contributed,
                 c.last_round,
                 c.last_train_loss,
+                c.excluded_until_round,
+                c.exclusion_reason,
             )
             for c in reply.clients
         ],

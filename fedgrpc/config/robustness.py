@@ -38,6 +38,20 @@ class RobustnessSettings:
     max_update_norm_growth: float = 10.0
     """Divergence guard: skip a round whose mean update norm exceeds this many
     times the median of recent rounds' (after 3 applied rounds); 0 disables."""
+    staging_memory_mb: int = 1024
+    """RAM for updates still streaming into a summed round: each stays apart
+    (d x 4 bytes dense, its indices and values top-k) until it commits, so a
+    broken one costs the round nothing. Past this, dense ones are staged on
+    disk in spool_dir. 0 stages every one on disk."""
+    max_broken_uploads: int = 3
+    """A client whose uploads break (cut, refused mid-stream, no commit) this
+    many times within `broken_upload_window_rounds` rounds is excluded for
+    `exclusion_rounds` rounds; 0 never excludes."""
+    broken_upload_window_rounds: int = 10
+    """The rounds over which broken uploads are counted."""
+    exclusion_rounds: int = 5
+    """Rounds a repeat breaker sits out (its pushes are refused with
+    FAILED_PRECONDITION and no round waits for it)."""
 
     def _check_robustness(self) -> None:
         """Names only; `RoundStages` loads plugins and checks combinations at start."""
@@ -50,3 +64,15 @@ class RobustnessSettings:
                self.accumulator, "auto, streaming_sum or spool")  # fmt: skip
         _check(self.max_update_norm_growth >= 0, "max_update_norm_growth",
                self.max_update_norm_growth, ">= 0 (0 disables the guard)")  # fmt: skip
+        self._check_broken_uploads()
+
+    def _check_broken_uploads(self) -> None:
+        """Staging memory and the repeat-breaker exclusion."""
+        _check(self.staging_memory_mb >= 0, "staging_memory_mb",
+               self.staging_memory_mb, ">= 0 (0: every update on disk)")  # fmt: skip
+        _check(self.max_broken_uploads >= 0, "max_broken_uploads",
+               self.max_broken_uploads, ">= 0 (0 never excludes)")  # fmt: skip
+        _check(self.broken_upload_window_rounds >= 1, "broken_upload_window_rounds",
+               self.broken_upload_window_rounds, ">= 1")  # fmt: skip
+        _check(self.exclusion_rounds >= 1, "exclusion_rounds",
+               self.exclusion_rounds, ">= 1")  # fmt: skip

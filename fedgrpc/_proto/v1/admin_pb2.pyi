@@ -94,6 +94,8 @@ class ClientStatus(_message.Message):
     LAST_ROUND_FIELD_NUMBER: _builtins.int
     LAST_TRAIN_LOSS_FIELD_NUMBER: _builtins.int
     KEY_SHA256_FIELD_NUMBER: _builtins.int
+    EXCLUDED_UNTIL_ROUND_FIELD_NUMBER: _builtins.int
+    EXCLUSION_REASON_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """Id assigned at Join."""
     name: _builtins.str
@@ -110,6 +112,12 @@ class ClientStatus(_message.Message):
     """Its last reported mean training loss."""
     key_sha256: _builtins.str
     """Fingerprint of the client's public key (hex SHA-256 of the raw key)."""
+    excluded_until_round: _builtins.int
+    """Its pushes for rounds before this one are refused and no round waits
+    for it (0: not excluded). Compare with GetStatusResponse.round_id.
+    """
+    exclusion_reason: _builtins.str
+    """Why it is excluded (e.g. max_broken_uploads); empty when not excluded."""
     def __init__(
         self,
         *,
@@ -121,10 +129,12 @@ class ClientStatus(_message.Message):
         last_round: _builtins.int = ...,
         last_train_loss: _builtins.float = ...,
         key_sha256: _builtins.str = ...,
+        excluded_until_round: _builtins.int = ...,
+        exclusion_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "connected", b"connected", "key_sha256", b"key_sha256", "last_round", b"last_round", "last_train_loss", b"last_train_loss", "name", b"name", "samples_contributed", b"samples_contributed", "updates_accepted", b"updates_accepted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "connected", b"connected", "excluded_until_round", b"excluded_until_round", "exclusion_reason", b"exclusion_reason", "key_sha256", b"key_sha256", "last_round", b"last_round", "last_train_loss", b"last_train_loss", "name", b"name", "samples_contributed", b"samples_contributed", "updates_accepted", b"updates_accepted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -194,6 +194,10 @@ def _client_row(client: ClientRecord) -> dict[str, Any]:
         "key": None if key is None else [key.algorithm, key.raw.hex()],
         **{name: getattr(client, name) for name in _CREDIT_FIELDS},
         "last_train_loss": client.last_train_loss,
+        # An exclusion outlives a restart: restarting must not readmit a
+        # client that keeps breaking its uploads (or is quarantined).
+        "excluded_until_round": client.excluded_until_round,
+        "exclusion_reason": client.exclusion_reason,
     }
 
 
@@ -209,6 +213,8 @@ def _restore_clients(registry: ClientRegistry, rows: list[dict[str, Any]]) -> No
             session_token=secrets.token_bytes(SESSION_TOKEN_BYTES),
             public_key=public_key,
             last_train_loss=row["last_train_loss"],
+            excluded_until_round=int(row.get("excluded_until_round", 0)),
+            exclusion_reason=str(row.get("exclusion_reason", "")),
             **{name: row.get(name, 0) for name in _CREDIT_FIELDS},  # older: fewer
         )
         records.append(record)

@@ -57,6 +57,8 @@ def build_status(runtime: CoordinatorRuntime) -> pb.GetStatusResponse:
                 last_round=c.last_round,
                 last_train_loss=c.last_train_loss,
                 key_sha256=c.public_key.fingerprint if c.public_key else "",
+                excluded_until_round=c.excluded_until_round,
+                exclusion_reason=c.exclusion_reason,
             )
             for c in runtime.registry.all()
         ],
