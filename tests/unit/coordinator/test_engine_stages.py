@@ -80,7 +80,7 @@ def test_a_summed_round_drops_a_broken_push_and_applies_the_others_exactly(
         fed.commit(name, value, 1, 0)
     assert _close(engine) is Outcome.APPLIED
     # fedavg, lr 1: master = 0 - mean(1.5, 2.5), bit for bit.
-    assert torch.equal(engine.model.master, torch.full((4,), -2.0))
+    assert torch.equal(engine.model.master, torch.full((4,), -2.0))  # type: ignore[arg-type]
 
 
 def test_a_median_spools_and_a_broken_push_leaves_the_round_standing(
