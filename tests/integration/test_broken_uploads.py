@@ -25,6 +25,8 @@ import grpc
 import numpy as np
 
 from fedgrpc._proto.v1 import admin_pb2
+from fedgrpc.cli_ops import format_status
+from fedgrpc.client.admin import fetch_status
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 from tests.helpers import eventually
@@ -171,6 +173,11 @@ def test_one_of_four_cutting_every_upload_leaves_90_percent_of_rounds_applied() 
                 assert code == grpc.StatusCode.FAILED_PRECONDITION, details
                 assert "max_broken_uploads" in details
                 refused_while_excluded += 1
+                shown = format_status("here", fetch_status(fed.coordinator.address))
+                assert (
+                    f"{fed.breaker.client_id} excluded until round "
+                    f"{me.excluded_until_round}: 3 broken uploads"
+                ) in shown
             else:
                 code, details = cut(fed, status)
                 assert code in (grpc.StatusCode.DATA_LOSS, Code.CANCELLED), details
