@@ -58,8 +58,11 @@ class Fed:
 
 
 @contextlib.contextmanager
-def closed_federation(tmp_path: Path) -> Iterator[Fed]:
-    """Coordinator with allowed keys for `a` and `b`, both joined, zeros seeded."""
+def closed_federation(tmp_path: Path, **settings: Any) -> Iterator[Fed]:
+    """Coordinator with allowed keys for `a` and `b`, both joined, zeros seeded.
+
+    `settings` override the coordinator config's.
+    """
     keys = tmp_path / "keys"
     a_key, b_key = PrivateKey.generate(), PrivateKey.generate()
     save_key_pair(PrivateKey.generate(), keys, "coordinator")
@@ -76,7 +79,7 @@ def closed_federation(tmp_path: Path) -> Iterator[Fed]:
         inner_steps=5,
         chunk_bytes=CHUNK * 4,
         outer_optimizer="fedavg",
-    )
+    ).replace(**settings)
     with serve_in_thread(config) as coordinator:
         channel, service = stub(coordinator.address)
         with channel:
