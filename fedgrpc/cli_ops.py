@@ -187,6 +187,7 @@ def format_status(target: str, s: CoordinatorStatus) -> str:
         *([f"NOT SERVING: {s.not_serving_reason}"] if s.not_serving_reason else []),
         "",
         _table(_CLIENT_COLUMNS, [_client_cells(c) for c in s.clients]),
+        *_excluded_lines(s),
         "",
         _table(
             _ROUND_COLUMNS,
@@ -207,6 +208,16 @@ def _secure_line(s: CoordinatorStatus) -> str:
         return "secure aggregation: off"
     return (f"secure aggregation: on  guard trips {s.guard_trips}  "
             f"dense fallback rounds {s.dense_fallback_rounds}")  # fmt: skip
+
+
+def _excluded_lines(s: CoordinatorStatus) -> list[str]:
+    """One line per client excluded from the open round, with why."""
+    return [
+        f"{c.client_id} excluded until round {c.excluded_until_round}: "
+        f"{c.exclusion_reason}"
+        for c in s.clients
+        if c.excluded_until_round > s.round_id
+    ]
 
 
 def _client_cells(c: ClientRow) -> tuple[str, ...]:

@@ -152,6 +152,18 @@ ROBUSTNESS_FLAGS = (
          "is at least this fraction of the weights' norm, so near-zero "
          "(hostile) rounds cannot drive it to 0; 0: no floor "
          f"(default: {_D.guard_norm_floor:g})", float, "F"),
+    Flag("--staging-memory-mb", "RAM for updates still streaming in: each is "
+         "staged apart until it commits, so a broken one costs its round "
+         "nothing; past this, dense ones are staged on disk in --spool-dir, 0 "
+         f"stages all on disk (default: {_D.staging_memory_mb})", int, "MB"),
+    Flag("--max-broken-uploads", "exclude a client whose uploads break (cut, "
+         "refused mid-stream, no commit) this often within "
+         "--broken-upload-window-rounds, 0 never excludes "
+         f"(default: {_D.max_broken_uploads})", int, "N"),
+    Flag("--broken-upload-window-rounds", "rounds over which broken uploads "
+         f"are counted (default: {_D.broken_upload_window_rounds})", int, "R"),
+    Flag("--exclusion-rounds", "rounds a client excluded for broken uploads "
+         f"sits out (default: {_D.exclusion_rounds})", int, "R"),
 )  # fmt: skip
 """How updates are weighted, combined and guarded (`config.robustness`)."""
 

@@ -2,8 +2,9 @@
 
 Between `wire` (decoded updates) and `optim` (the outer step) on the
 coordinator. Two stages (`stages`): an Accumulator holds updates as they
-arrive (`StreamingSum`, the default; `SpoolAccumulator`, one file per
-client, for rules that need every update), and an Aggregator turns them into
+arrive (`StagedSum`, the default: a sum that only committed updates reach;
+`StreamingSum`, the secure ring's recovered sum; `SpoolAccumulator`, one
+file per client, for rules that need every update), and an Aggregator turns them into
 one (`WeightedMean`; `CoordinateMedian` and `TrimmedMean` over a spool).
 A leaf package: it imports only `errors` and `log`, never gRPC.
 """
@@ -13,6 +14,7 @@ from fedgrpc.aggregate.robust import CoordinateMedian, TrimmedMean
 from fedgrpc.aggregate.spool import SpoolAccumulator
 from fedgrpc.aggregate.spool_dir import SpoolDirectory, default_spool_root
 from fedgrpc.aggregate.spool_view import SpooledUpdates
+from fedgrpc.aggregate.staged import StagedSum
 from fedgrpc.aggregate.stages import (
     Accumulator,
     AddableBlock,
@@ -38,6 +40,7 @@ __all__ = [
     "SpoolAccumulator",
     "SpoolDirectory",
     "SpooledUpdates",
+    "StagedSum",
     "StreamingSum",
     "TrimmedMean",
     "UpdateKey",

@@ -5,8 +5,10 @@ and before `optim` applies the outer step. Each chunk is added into one
 float32 running sum the moment it arrives, so a round costs one model-sized
 buffer however many clients push at once (DESIGN.md, "memory O(model), not
 O(model x clients)"). The price: a push that fails half-way has already
-touched the sum, and its share cannot be taken out again exactly; the round
-engine then discards the round (see `fedgrpc.coordinator.rounds.engine`).
+touched the sum, and its share cannot be taken out again exactly, so a
+round that uses it must be voided. Plain rounds therefore use
+`staged.StagedSum` (each update apart until its commit); this one holds
+the secure ring's recovered sum, which arrives whole.
 
 Not thread-safe: the coordinator adds from its event loop only.
 """

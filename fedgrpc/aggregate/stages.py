@@ -5,9 +5,10 @@ updates pass through two stages (DESIGN.md, "The coordinator as a round
 pipeline"):
 
 - an **Accumulator** holds the updates as their checked chunks arrive: the
-  streaming sum (`StreamingSum`, O(model), the default), a per-client spool on
-  disk (`SpoolAccumulator`, for rules that need every update), or the secure
-  ring (which only ever yields a sum);
+  staged sum (`StagedSum`, the default: each update apart until its commit,
+  then one O(model) sum), a per-client spool on disk (`SpoolAccumulator`,
+  for rules that need every update), or the secure ring (which only ever
+  yields a sum, installed as a `StreamingSum`);
 - an **Aggregator** turns what was held into the one pseudo-gradient the
   outer optimizer applies.
 

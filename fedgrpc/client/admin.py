@@ -57,6 +57,9 @@ class ClientRow:
     """trusted, soft, quarantined or probation; "" when trust is off."""
     quarantined_until_round: int = 0
     """First round a hard-quarantined client may push again (0: never)."""
+    excluded_until_round: int = 0
+    """Its pushes for rounds before this are refused (0: not excluded)."""
+    exclusion_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +266,8 @@ def _from_proto(
                 c.trust_score,
                 c.trust_state,
                 c.quarantined_until_round,
+                c.excluded_until_round,
+                c.exclusion_reason,
             )
             for c in clients
         ],

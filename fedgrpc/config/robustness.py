@@ -122,6 +122,20 @@ class RobustnessSettings:
     trust_quarantine_rounds: int = 5
     """K: rounds a first hard quarantine lasts, and scored rounds of probation
     after readmission."""
+    staging_memory_mb: int = 1024
+    """RAM for updates still streaming into a summed round: each stays apart
+    (d x 4 bytes dense, its indices and values top-k) until it commits, so a
+    broken one costs the round nothing. Past this, dense ones are staged on
+    disk in spool_dir. 0 stages every one on disk."""
+    max_broken_uploads: int = 3
+    """A client whose uploads break (cut, refused mid-stream, no commit) this
+    many times within `broken_upload_window_rounds` rounds is excluded for
+    `exclusion_rounds` rounds; 0 never excludes."""
+    broken_upload_window_rounds: int = 10
+    """The rounds over which broken uploads are counted."""
+    exclusion_rounds: int = 5
+    """Rounds a repeat breaker sits out (its pushes are refused with
+    FAILED_PRECONDITION and no round waits for it)."""
 
     def _check_robustness(self) -> None:
         """Names only; `RoundStages` loads plugins and checks combinations at start."""
@@ -144,6 +158,18 @@ class RobustnessSettings:
                self.guard_norm_floor, "in [0, 1) (0: no floor)")  # fmt: skip
         _check(self.trust in ("off", "on"), "trust", self.trust, "off or on")
         self.trust_settings()  # raises ConfigError naming the bad trust_* setting
+        self._check_broken_uploads()
+
+    def _check_broken_uploads(self) -> None:
+        """Staging memory and the repeat-breaker exclusion."""
+        _check(self.staging_memory_mb >= 0, "staging_memory_mb",
+               self.staging_memory_mb, ">= 0 (0: every update on disk)")  # fmt: skip
+        _check(self.max_broken_uploads >= 0, "max_broken_uploads",
+               self.max_broken_uploads, ">= 0 (0 never excludes)")  # fmt: skip
+        _check(self.broken_upload_window_rounds >= 1, "broken_upload_window_rounds",
+               self.broken_upload_window_rounds, ">= 1")  # fmt: skip
+        _check(self.exclusion_rounds >= 1, "exclusion_rounds",
+               self.exclusion_rounds, ">= 1")  # fmt: skip
 
     def trust_settings(self) -> TrustSettings:
         """The trust stage's settings as one checked value."""

@@ -244,6 +244,8 @@ def build_status(runtime: CoordinatorRuntime) -> CoordinatorStatus:
                 c.samples_contributed,
                 c.last_round,
                 c.last_train_loss,
+                c.excluded_until_round,
+                c.exclusion_reason,
             )
             for c in registry.all()
         ),

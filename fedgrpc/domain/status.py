@@ -22,6 +22,9 @@ class ClientSummary:
     samples_contributed: int
     last_round: int
     last_train_loss: float
+    excluded_until_round: int = 0
+    """Its pushes for rounds before this are refused (0: not excluded)."""
+    exclusion_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,7 +61,7 @@ class Fed:
 def closed_federation(tmp_path: Path, **settings: Any) -> Iterator[Fed]:
     """Coordinator with allowed keys for `a` and `b`, both joined, zeros seeded.
 
-    `settings`: further `CoordinatorConfig` fields (limits under test).
+    `settings`: further `CoordinatorConfig` fields, overriding the ones set here.
     """
     keys = tmp_path / "keys"
     a_key, b_key = PrivateKey.generate(), PrivateKey.generate()
@@ -79,8 +79,7 @@ def closed_federation(tmp_path: Path, **settings: Any) -> Iterator[Fed]:
         inner_steps=5,
         chunk_bytes=CHUNK * 4,
         outer_optimizer="fedavg",
-        **settings,
-    )
+    ).replace(**settings)
     with serve_in_thread(config) as coordinator:
         channel, service = stub(coordinator.address)
         with channel:

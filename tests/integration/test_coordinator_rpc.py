@@ -33,6 +33,9 @@ def coordinator() -> Iterator[CoordinatorThread]:
         inner_steps=5,
         chunk_bytes=1024,
         weighting="samples",  # plain FedAvg: a 1-sample and a 3-sample client
+        # One client breaks many uploads on purpose here; excluding it for
+        # that is tested in test_broken_uploads.
+        max_broken_uploads=0,
     )
     with serve_in_thread(config) as running:
         yield running
@@ -171,20 +174,16 @@ def test_rejections_never_corrupt_the_weights(coordinator: CoordinatorThread) ->
         expected = _reference_nesterov(initial, [2 * good])
         np.testing.assert_allclose(weights, expected)
 
-        # Round 2: failures after chunks reached the sum void the round.
+        # Round 2: failures after chunks reached the round drop only that
+        # update (it was staged apart); the round stays open and is exact.
         nan_late = good.copy()
-        nan_late[7] = np.nan  # chunk 1 of 3: chunk 0 is already in the sum
+        nan_late[7] = np.nan  # chunk 1 of 3: chunk 0 was already staged
         _expect(code.INVALID_ARGUMENT, push(a, nan_late, 2, 1), "NaN")
-        eventually(lambda: len(_status(admin).recent_rounds) == 2, timeout_s=10)
-        voided = _status(admin).recent_rounds[-1]
-        assert voided.outcome == PB.ROUND_OUTCOME_SKIPPED
+        _expect(code.DATA_LOSS, push(a, good, 2, 1, commit=False), "commit")
+        assert len(_status(admin).recent_rounds) == 1
         assert _status(admin).model_version == 1
-        _expect(code.FAILED_PRECONDITION, push(b, good, 2, 1), "round 3")
-        # Round 3 starts from the unchanged version 1 and applies normally.
-        _expect(code.DATA_LOSS, push(a, good, 3, 1, commit=False), "commit")
-        eventually(lambda: len(_status(admin).recent_rounds) == 3, timeout_s=10)
-        service.PushUpdate(update_messages(a, good, round_id=4, base_version=1))
-        service.PushUpdate(update_messages(b, good, round_id=4, base_version=1))
+        service.PushUpdate(update_messages(a, good, round_id=2, base_version=1))
+        service.PushUpdate(update_messages(b, good, round_id=2, base_version=1))
         version, weights = pull(service, b, min_version=2)
         assert version == 2
         np.testing.assert_allclose(

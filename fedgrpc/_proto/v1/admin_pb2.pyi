@@ -110,6 +110,8 @@ class ClientStatus(_message.Message):
     TRUST_STATE_FIELD_NUMBER: _builtins.int
     QUARANTINED_UNTIL_ROUND_FIELD_NUMBER: _builtins.int
     TRUST_WEIGHT_FACTOR_FIELD_NUMBER: _builtins.int
+    EXCLUDED_UNTIL_ROUND_FIELD_NUMBER: _builtins.int
+    EXCLUSION_REASON_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """Id assigned at Join."""
     name: _builtins.str
@@ -137,6 +139,12 @@ class ClientStatus(_message.Message):
     """First round it may push again after a hard quarantine (0: never)."""
     trust_weight_factor: _builtins.float
     """Multiplier of its aggregation weight from its trust score (1: full)."""
+    excluded_until_round: _builtins.int
+    """Its pushes for rounds before this one are refused and no round waits
+    for it (0: not excluded). Compare with GetStatusResponse.round_id.
+    """
+    exclusion_reason: _builtins.str
+    """Why it is excluded (e.g. max_broken_uploads); empty when not excluded."""
     def __init__(
         self,
         *,
@@ -152,10 +160,12 @@ class ClientStatus(_message.Message):
         trust_state: _builtins.str = ...,
         quarantined_until_round: _builtins.int = ...,
         trust_weight_factor: _builtins.float = ...,
+        excluded_until_round: _builtins.int = ...,
+        exclusion_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "connected", b"connected", "key_sha256", b"key_sha256", "last_round", b"last_round", "last_train_loss", b"last_train_loss", "name", b"name", "quarantined_until_round", b"quarantined_until_round", "samples_contributed", b"samples_contributed", "trust_score", b"trust_score", "trust_state", b"trust_state", "trust_weight_factor", b"trust_weight_factor", "updates_accepted", b"updates_accepted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "connected", b"connected", "excluded_until_round", b"excluded_until_round", "exclusion_reason", b"exclusion_reason", "key_sha256", b"key_sha256", "last_round", b"last_round", "last_train_loss", b"last_train_loss", "name", b"name", "quarantined_until_round", b"quarantined_until_round", "samples_contributed", b"samples_contributed", "trust_score", b"trust_score", "trust_state", b"trust_state", "trust_weight_factor", b"trust_weight_factor", "updates_accepted", b"updates_accepted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

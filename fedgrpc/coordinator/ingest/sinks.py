@@ -1,13 +1,14 @@
 """Where an admitted update's chunks go: the `UpdateSink` a round takes them with.
 
 Ingest (`ingest.updates`) owns an update's life and is the same for every
-kind of round; a sink is what differs. The plain round's `RoundSink` adds
-each checked chunk into the open round's running sum (`RoundEngine.add_chunk`),
-or stages initial weights; secure aggregation's sink (`secure.pushes`) keeps
-masked chunks apart until the ring sum is unmasked.
+kind of round; a sink is what differs. The plain round's `RoundSink` hands
+each checked chunk to the open round's Accumulator (`RoundEngine.add_chunk`;
+by default it stages the update until its commit), or stages initial
+weights; secure aggregation's sink (`secure.pushes`) keeps masked chunks
+apart until the ring sum is unmasked.
 
 `UpdateSink.add_chunk` is the one narrow hand-off from ingest to whatever
-holds a round's updates: the round's Accumulator (the streaming sum, or the
+holds a round's updates: the round's Accumulator (the staged sum, or the
 per-update disk spool a robust rule needs), which the engine opens from
 `RoundStages`; ingest does not change with it.
 """
@@ -113,10 +114,10 @@ class RoundSink:
         return in_round
 
     def abandon(self, ticket: Ticket, reason: str) -> None:
-        """Forget the push; it voids its round if it reached the streaming sum.
+        """Forget the push: its stage (or spool file) is dropped whole.
 
-        A spooled round only drops the push's file and goes on (`voided`
-        says which happened).
+        The round goes on without it; `voided` stays in the log for an
+        Accumulator that cannot drop a partial update (a plugin's).
         """
         voided = self._engine.abandon(ticket, reason)
         log.warning(

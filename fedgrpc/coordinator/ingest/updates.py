@@ -10,7 +10,9 @@ the same order for every kind of round:
 2. each chunk: order, size, hash chain, signature and values checked
    (`wire.assemble`), then handed to the round's sink (`UpdateSink.add_chunk`);
 3. the commit: chunk count and chain head checked, the update counted;
-   an update that fails after admission is abandoned (its round may be voided).
+   an update that fails after admission is abandoned (the staged sum drops
+   it whole; its round goes on), and counted against its client if the
+   failure was the client's (`breakers`: repeat breakers sit rounds out).
 
 Which sink takes an update is decided once per update: the round mode's
 (secure aggregation's masked pushes) if it claims the header, else the plain
@@ -25,10 +27,11 @@ from typing import TypeVar
 
 from fedgrpc.compress import BlockCodec
 from fedgrpc.coordinator.faults import FaultHooks
+from fedgrpc.coordinator.ingest.breakers import BrokenUploads
 from fedgrpc.coordinator.ingest.signatures import UpdateAuthenticator
 from fedgrpc.coordinator.ingest.sinks import ChunkCheck, UpdateSink
 from fedgrpc.coordinator.rounds.engine import RoundEngine
-from fedgrpc.coordinator.rounds.records import Run, Ticket
+from fedgrpc.coordinator.rounds.records import Phase, Run, Ticket
 from fedgrpc.coordinator.rounds.registry import ClientRegistry
 from fedgrpc.crypto.signing import CommitProof
 from fedgrpc.domain.requests import UpdateHeaderInfo
@@ -77,6 +80,7 @@ class UpdateIngest:
         """Set by a round mode that takes some updates itself."""
         self.seeding_pushes = 0
         """Initial-weights pushes admitted and not yet finished (at most one)."""
+        self.broken = BrokenUploads(engine.config)
 
     def admit(self, header: UpdateHeaderInfo) -> tuple[Ticket, UpdateSink]:
         """Authenticate, check, then verify an update header before any chunk.
@@ -118,7 +122,10 @@ class UpdateIngest:
         try:
             receipt = await self._take_chunks(ticket, sink, stream, part_of)
         except BaseException as exc:
-            sink.abandon(ticket, str(exc) or type(exc).__name__)
+            reason = str(exc) or type(exc).__name__
+            sink.abandon(ticket, reason)
+            if self._clients_fault(ticket):
+                self.broken.record(ticket.client, ticket.round_id, reason)
             raise
         finally:
             self.seeding_pushes -= seeding
@@ -133,6 +140,22 @@ class UpdateIngest:
                 "takes one seeding push at a time (each stages a whole model). "
                 "Retry once it finished: the model is then seeded, pull it"
             )
+
+    def _clients_fault(self, ticket: Ticket) -> bool:
+        """Whether a failed push is its client's doing, not the coordinator's.
+
+        Not when the coordinator is stopping, nor when the push's round is no
+        longer collecting (it closed under the push); initial weights are
+        the seeding lease's business.
+        """
+        current = self._engine.current
+        return (
+            not self._run.stopping
+            and ticket.round_id > 0
+            and self._engine.phase is Phase.COLLECTING
+            and current is not None
+            and current.round_id == ticket.round_id
+        )
 
     async def _take_chunks(
         self,

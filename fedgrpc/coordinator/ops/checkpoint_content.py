@@ -221,6 +221,10 @@ def _client_row(client: ClientRecord) -> dict[str, Any]:
         "key": None if key is None else [key.algorithm, key.raw.hex()],
         **{name: getattr(client, name) for name in _CREDIT_FIELDS},
         "last_train_loss": client.last_train_loss,
+        # An exclusion outlives a restart: restarting must not readmit a
+        # client that keeps breaking its uploads (or is quarantined).
+        "excluded_until_round": client.excluded_until_round,
+        "exclusion_reason": client.exclusion_reason,
     }
 
 
@@ -238,6 +242,8 @@ def _restore_clients(
             session_token=secrets.token_bytes(SESSION_TOKEN_BYTES),
             public_key=public_key,
             last_train_loss=_finite(row["last_train_loss"]),
+            excluded_until_round=int(row.get("excluded_until_round", 0)),
+            exclusion_reason=str(row.get("exclusion_reason", "")),
             # older checkpoints: fewer fields, and totals past 2^64 (issue 13)
             **{name: min(COUNTER_MAX, row.get(name, 0)) for name in _CREDIT_FIELDS},
         )

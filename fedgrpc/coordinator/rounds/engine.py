@@ -17,16 +17,14 @@ as they are.
 The stages come from one seam, `RoundStages` (`strategy.pipeline`): each
 round opens one Accumulator on its first chunk, and `apply` asks the
 Aggregator for the round's aggregate before the OuterOptimizer steps.
-By default the Accumulator is the float32 streaming sum (memory: master,
-momentum and one sum, however many clients push at once; the sum buffer is
-reused across rounds and the mean is taken in it, zero copies). A push that
-fails after touching the sum cannot be taken out again exactly, so it
-*voids* the round: the round is skipped, the weights stay, and clients keep
-their local progress for the next round (DiLoCo's pseudo-gradient then spans
-2H steps). An Aggregator that needs every update (median, trimmed mean) gets
-the disk spool instead: there a failed push only loses its own file, and the
-round goes on without it. Pushes still streaming at the deadline get another
-`round_timeout_s` to finish rather than voiding the round at once.
+By default the Accumulator is the staged sum (`aggregate.staged`): each
+update streams into its own stage and reaches the float32 sum only when it
+commits, so a push that breaks half-way is dropped whole and the round goes
+on without it (memory: master, momentum, the sum and one stage per dense
+update in flight, up to `staging_memory_mb`, then on disk). An Aggregator
+that needs every update (median, trimmed mean) gets the disk spool instead.
+Pushes still streaming at the deadline get another `round_timeout_s` to
+finish; then the round closes without them.
 
 The rules the transitions consult live beside it in `rules` (why an
 update header is refused; when a round closes, its
@@ -45,7 +43,6 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from fedgrpc.aggregate.blockwise import as_sum
 from fedgrpc.compress import DecodedBlock
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.rounds import rules
@@ -107,8 +104,6 @@ class RoundEngine:
         self.participation = Participation(self.stages.selector, registry)
         self.trust = build_trust(config)
         self.weighting = SampleWeighting(config)
-        self._spare_sum: torch.Tensor | None = None
-        """Last round's sum buffer, zeroed: reused so no round faults in a new one."""
 
     def adopt_spec(self, spec: ModelSpec) -> bool:
         """A joiner's spec (`GlobalModel.adopt_spec`); True if the model now exists.
@@ -281,7 +276,7 @@ class RoundEngine:
         `copy_on_write`: pulls may still be reading the published buffer.
         The aggregate is written into the sum's own buffer (the mean over
         the streaming sum: no copy) or into the reused spare buffer (a
-        spool); either way that buffer is zeroed and kept for the next round.
+        spool); either way the buffer goes back to the pool for a later round.
         """
         total = closing.total
         if total is None:
@@ -291,8 +286,6 @@ class RoundEngine:
                 len(closing.contributors) >= closing.quorum
             )
             if not usable:
-                if total.holding == "sum":
-                    self._spare_sum = as_sum(total.held()).sum_tensor().zero_()
                 return False
             aggregate = self.stages.aggregate(total, self._take_sum_buffer)
             if self.trust is not None:
@@ -304,7 +297,7 @@ class RoundEngine:
                 closing.void_reason = blown
             else:
                 self.model.step(aggregate, closing.round_id, copy_on_write)
-            self._spare_sum = aggregate.zero_()
+            self.stages.buffers.give(aggregate)  # reused by a later round
             return blown is None
         finally:
             total.discard()
@@ -392,9 +385,5 @@ class RoundEngine:
             self.participation.reselect(current, only_if_short)
 
     def _take_sum_buffer(self) -> torch.Tensor:
-        spare, self._spare_sum = self._spare_sum, None
-        if spare is not None:
-            return spare
-        return torch.zeros(
-            self.model.require_spec().num_coordinates, dtype=torch.float32
-        )
+        d = self.model.require_spec().num_coordinates
+        return self.stages.buffers.take_zeroed(d)

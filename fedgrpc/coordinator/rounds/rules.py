@@ -152,9 +152,11 @@ def close_reason(
 ) -> str | None:
     """Why the collecting round `current` should close now, or None to keep on.
 
-    Voids `current` (sets `void_reason`) if pushes are still streaming
-    `round_timeout_s` after its deadline. A round marked complete (a secure
-    round's recovered sum) closes with that reason, not "deadline".
+    Pushes still streaming `round_timeout_s` after its deadline are dropped
+    (a staged or spooled round closes without them) or, where they already
+    reached an unstaged sum, void `current` (sets `void_reason`). A round
+    marked complete (a secure round's recovered sum) closes with that
+    reason, not "deadline".
     """
     if current.void_reason is not None:
         return "void"
@@ -166,6 +168,8 @@ def close_reason(
             return "deadline"
         if now < current.deadline_s + config.round_timeout_s:
             return None  # let updates that started in time finish
+        if current.total is not None and not current.total.voids_on_abandon:
+            return "deadline (late pushes dropped)"  # they never reached the sum
         current.void_reason = (
             f"{len(current.streaming)} update(s) still streaming "
             "round_timeout_s after the deadline"

@@ -103,6 +103,8 @@ def _client_status(c: ClientRecord, trust: TrustBook | None) -> pb.ClientStatus:
         last_round=c.last_round,
         last_train_loss=c.last_train_loss,
         key_sha256=c.public_key.fingerprint if c.public_key else "",
+        excluded_until_round=c.excluded_until_round,
+        exclusion_reason=c.exclusion_reason,
         **_trust_fields(trust, c.client_id),
     )
 

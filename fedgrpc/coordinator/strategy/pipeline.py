@@ -32,8 +32,10 @@ from typing import Any
 
 import torch
 
-from fedgrpc.aggregate import Accumulator, Aggregator, SpoolDirectory, StreamingSum
+from fedgrpc.aggregate import Accumulator, Aggregator, SpoolDirectory
 from fedgrpc.aggregate.blockwise import as_sum
+from fedgrpc.aggregate.buffers import BufferPool
+from fedgrpc.aggregate.staged import StagedSum
 from fedgrpc.coordinator.strategy.combinations import (
     AccumulatorKind,
     AccumulatorName,
@@ -69,6 +71,9 @@ class StrategySettings:
     min_clients: int = 1
     max_updates: int = 1024
     """Files one spooled round may hold: the coordinator's max_clients."""
+    staging_memory_bytes: int = 1 << 30
+    """RAM for the updates in flight of a summed round (`StagedSum`); past it
+    they are staged on disk in `spool_dir`."""
 
 
 class RoundStages:
@@ -101,6 +106,10 @@ class RoundStages:
             patience_rounds=settings.patience_rounds,
         )
         self.max_updates = settings.max_updates
+        self.staging_memory_bytes = settings.staging_memory_bytes
+        self.staging_dir = settings.spool_dir
+        self.buffers = BufferPool(keep_bytes=settings.staging_memory_bytes)
+        """Model-sized buffers reused across rounds: stages, sums, aggregates."""
         self.spool: SpoolDirectory | None = (
             SpoolDirectory(settings.spool_dir) if self.accumulator == "spool" else None
         )
@@ -113,15 +122,21 @@ class RoundStages:
     ) -> Accumulator:
         """The Accumulator for round `round_id` (call on its first chunk).
 
-        `take_buffer` hands out a zeroed d-long float32 buffer (the engine's
-        reused sum buffer); only the streaming sum takes one here.
+        The summed round stages each update apart until it commits
+        (`StagedSum`), so a broken push costs the round nothing; its buffers
+        come from `self.buffers`. `take_buffer` is kept for custom stages.
 
         Raises:
             WrongRoundError: secure aggregation, whose ring the secure round
                 mode holds itself.
         """
         if self.accumulator == "streaming_sum":
-            return StreamingSum(take_buffer())
+            return StagedSum(
+                num_coordinates,
+                self.buffers,
+                self.staging_memory_bytes,
+                self.staging_dir,
+            )
         if self.spool is not None:
             return self.spool.open_round(round_id, num_coordinates, self.max_updates)
         raise WrongRoundError(

@@ -62,6 +62,7 @@ def build_round_stages(
         clients_per_round=config.clients_per_round,
         min_clients=config.min_clients,
         max_updates=config.max_clients,
+        staging_memory_bytes=config.staging_memory_mb << 20,
     )
     if config.secure_aggregation and config.selection != "all":
         raise ConfigError(

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedgrpc.aggregate import SpoolAccumulator, StreamingSum
+from fedgrpc.aggregate import SpoolAccumulator
+from fedgrpc.aggregate.staged import StagedSum
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.rounds.engine import RoundEngine
 from fedgrpc.coordinator.rounds.records import Outcome
@@ -53,17 +54,33 @@ class Federation:
                 initial)  # fmt: skip
 
 
-def test_the_mean_streams_into_one_reused_sum_buffer(tmp_path: Path) -> None:
+def test_the_mean_stages_into_one_reused_sum_buffer(tmp_path: Path) -> None:
     fed = Federation(tmp_path, "a")
     engine = fed.engine
     fed.commit("a", 1.0, 1, 0)
     assert engine.current is not None
-    assert isinstance(engine.current.total, StreamingSum)
+    assert isinstance(engine.current.total, StagedSum)
     buffer = engine.current.total.sum_tensor()
     assert _close(engine) is Outcome.APPLIED
     torch.testing.assert_close(engine.model.master, -torch.ones(4))
     fed.commit("a", 1.0, 2, 1)
     assert engine.current.total.sum_tensor() is buffer  # no new model-sized buffer
+
+
+def test_a_summed_round_drops_a_broken_push_and_applies_the_others_exactly(
+    tmp_path: Path,
+) -> None:
+    fed = Federation(tmp_path, "abc", min_clients=2)
+    engine, b = fed.engine, fed.registry.get(fed.ids["b"])
+    assert b is not None
+    broken = engine.admit(b, _header(b.client_id, 1, 0))
+    engine.add_chunk(broken, 0, np.full(2, 1e8, dtype=np.float32))
+    assert engine.abandon(broken, "stream reset") is False  # not voided
+    for name, value in (("a", 1.5), ("c", 2.5)):
+        fed.commit(name, value, 1, 0)
+    assert _close(engine) is Outcome.APPLIED
+    # fedavg, lr 1: master = 0 - mean(1.5, 2.5), bit for bit.
+    assert torch.equal(engine.model.master, torch.full((4,), -2.0))  # type: ignore[arg-type]
 
 
 def test_a_median_spools_and_a_broken_push_leaves_the_round_standing(
