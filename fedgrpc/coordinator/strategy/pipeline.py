@@ -32,7 +32,13 @@ from typing import Any
 
 import torch
 
-from fedgrpc.aggregate import Accumulator, Aggregator, SpoolDirectory, StreamingSum
+from fedgrpc.aggregate import (
+    Accumulator,
+    Aggregator,
+    NormBounded,
+    SpoolDirectory,
+    StreamingSum,
+)
 from fedgrpc.aggregate.blockwise import as_sum
 from fedgrpc.coordinator.strategy.combinations import (
     AccumulatorKind,
@@ -69,6 +75,9 @@ class StrategySettings:
     min_clients: int = 1
     max_updates: int = 1024
     """Files one spooled round may hold: the coordinator's max_clients."""
+    norm_bound: tuple[float | None, float | None] = (None, None)
+    """(fixed B, multiple of the median norm): clip every update before the
+    aggregator (`aggregate.NormBounded`); (None, None) leaves them alone."""
 
 
 class RoundStages:
@@ -83,9 +92,13 @@ class RoundStages:
         self.aggregator: Aggregator = load_aggregator(
             settings.aggregator, params=settings.aggregator_params
         )
+        bound, multiple = settings.norm_bound
+        if bound is not None or multiple is not None:
+            self.aggregator = NormBounded(self.aggregator, bound, multiple)
         self.accumulator: AccumulatorKind = check_strategy(
             StrategyChoice(
                 aggregator=self.aggregator,
+                norm_bound=bound is not None or multiple is not None,
                 accumulator=settings.accumulator,
                 secure_aggregation=settings.secure_aggregation,
                 selection=settings.selection,
