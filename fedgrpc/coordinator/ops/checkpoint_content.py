@@ -43,6 +43,7 @@ from fedgrpc.version import __version__
 
 log = get_logger(__name__)
 _OPTIMIZER_PREFIX = "optimizer."
+_AGGREGATOR_PREFIX = "aggregator."
 _DTYPES = {dtype.torch_name: dtype for dtype in DType}
 _CREDIT_FIELDS = (
     "updates_accepted",
@@ -83,6 +84,9 @@ def capture(engine: RoundEngine, registry: ClientRegistry, totals: Totals) -> Sn
     assert published is not None  # seeded: `require_master` passed
     last_closed = engine.last_closed_round
     scalars, tensors = _split_optimizer_state(model.optimizer.state_dict())
+    rule_scalars, rule_tensors = _split_optimizer_state(
+        aggregator_state(engine), _AGGREGATOR_PREFIX
+    )
     state = {
         "fedgrpc_version": __version__,
         "created_unix_s": time.time(),
@@ -99,12 +103,18 @@ def capture(engine: RoundEngine, registry: ClientRegistry, totals: Totals) -> Sn
             "scalars": scalars,
         },
         "update_norms": model.update_norms,
+        "aggregator": {
+            "name": engine.stages.aggregator.name,
+            "scalars": rule_scalars,
+        },
         "clients": [_client_row(c) for c in registry.all()],
         "bytes_received": totals.bytes_received,
         "bytes_sent": totals.bytes_sent,
         "history": [_round_row(r) for r in engine.history],
     }
-    return Snapshot(last_closed, state, {"master": master, **tensors})
+    return Snapshot(
+        last_closed, state, {"master": master, **tensors, **rule_tensors}
+    )
 
 
 def restore(
@@ -125,6 +135,7 @@ def restore(
             f"{spec.num_coordinates} parameters"
         )
     _restore_optimizer(checkpoint, engine)
+    _restore_aggregator(checkpoint, engine)
     engine.model.resume(
         spec, master, state["model_version"], state["model_round_id"],
         [float(n) for n in state["update_norms"]],
@@ -134,14 +145,39 @@ def restore(
     return Totals(state["run_id"], state["bytes_received"], state["bytes_sent"])
 
 
+def aggregator_state(engine: RoundEngine) -> StateDict:
+    """A stateful aggregator's `state_dict()` (centered clipping), else {}."""
+    method = getattr(engine.stages.aggregator, "state_dict", None)
+    return dict(method()) if callable(method) else {}
+
+
+def _restore_aggregator(checkpoint: CheckpointFile, engine: RoundEngine) -> None:
+    """Give a stateful aggregator its state back; a changed rule starts afresh."""
+    saved = checkpoint.state.get("aggregator")  # absent in older checkpoints
+    method = getattr(engine.stages.aggregator, "load_state_dict", None)
+    if saved is None or not callable(method):
+        return
+    if saved["name"] != engine.stages.aggregator.name:
+        log.warning(
+            "checkpoint_aggregator_changed", checkpoint_aggregator=saved["name"],
+            aggregator=engine.stages.aggregator.name, state="not restored",
+        )  # fmt: skip
+        return
+    state: StateDict = dict(saved["scalars"])
+    for key, tensor in checkpoint.tensors.items():
+        if key.startswith(_AGGREGATOR_PREFIX):
+            state[key.removeprefix(_AGGREGATOR_PREFIX)] = tensor
+    method(state)
+
+
 def _split_optimizer_state(
-    state: StateDict,
+    state: StateDict, prefix: str = _OPTIMIZER_PREFIX
 ) -> tuple[dict[str, float | int], dict[str, torch.Tensor]]:
     scalars: dict[str, float | int] = {}
     tensors: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if isinstance(value, torch.Tensor):
-            tensors[_OPTIMIZER_PREFIX + key] = value.detach()
+            tensors[prefix + key] = value.detach()
         else:
             scalars[key] = value
     return scalars, tensors
