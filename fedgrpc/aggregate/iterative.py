@@ -9,23 +9,23 @@ for Federated Learning" (IEEE TSP, arXiv 1912.13445), Algorithm 2 (RFA,
 smoothed Weiszfeld), with αᵢ = 1/n:
 
     c⁰ = (1/n) Σᵢ uᵢ
-    βᵢ = αᵢ / max(ν, ‖uᵢ − cᵗ‖),   cᵗ⁺¹ = Σᵢ βᵢ uᵢ / Σᵢ βᵢ
+    βᵢ = αᵢ / max(nu, ‖uᵢ - cᵗ‖),   cᵗ⁺¹ = Σᵢ βᵢ uᵢ / Σᵢ βᵢ
 
 for at most T iterations, stopping early once the objective
-g(c) = Σᵢ αᵢ ‖uᵢ − c‖ changes by at most `ftol` x g (the paper's rule).
+g(c) = Σᵢ αᵢ ‖uᵢ - c‖ changes by at most `ftol` x g (the paper's rule).
 The paper weights by αᵢ = sample counts; we do not, so that a client claiming
 many samples cannot move the median (its breakdown point is then half the
-*clients*). ν > 0 smooths the objective so that a centre landing on an
+*clients*). nu > 0 smooths the objective so that a centre landing on an
 update does not divide by zero.
 
 **Centered clipping**, Karimireddy, He, Jaggi 2021, "Learning from History
 for Byzantine Robust Optimization" (ICML, arXiv 2012.10333), eq. (CC):
 
     v⁰ = the previous round's aggregate (0 in the first round)
-    vˡ⁺¹ = vˡ + (1/n) Σᵢ (uᵢ − vˡ) · min(1, τ / ‖uᵢ − vˡ‖),   l = 0 .. L−1
+    vˡ⁺¹ = vˡ + (1/n) Σᵢ (uᵢ - vˡ) · min(1, τ / ‖uᵢ - vˡ‖),   l = 0 .. L-1
 
-i.e. vˡ⁺¹ = (1 − S/n) vˡ + Σᵢ (sᵢ/n) uᵢ with sᵢ = min(1, τ/‖uᵢ − vˡ‖) and
-S = Σ sᵢ. With τ unset we use the median of ‖uᵢ − v⁰‖ of the round (our
+i.e. vˡ⁺¹ = (1 - S/n) vˡ + Σᵢ (sᵢ/n) uᵢ with sᵢ = min(1, τ/‖uᵢ - vˡ‖) and
+S = Σ sᵢ. With τ unset we use the median of ‖uᵢ - v⁰‖ of the round (our
 choice, scale-free: at least half the updates are not clipped in the first
 step, and no minority can move that median far). The rule is stateful
 across rounds (v⁰), so its state is checkpointed (`state_dict`).
@@ -83,7 +83,7 @@ class GeometricMedian:
         ftol: float = GEOMEDIAN_FTOL,
         block_bytes: int = DEFAULT_BLOCK_BYTES,
     ) -> None:
-        """`iters`: at most T Weiszfeld steps; `eps`: the smoothing ν > 0.
+        """`iters`: at most T Weiszfeld steps; `eps`: the smoothing nu > 0.
 
         Raises:
             ConfigError: iters < 1 or eps <= 0.
@@ -138,8 +138,7 @@ class CenteredClipping:
         iters: int = 3,
         block_bytes: int = DEFAULT_BLOCK_BYTES,
     ) -> None:
-        """`tau`: the clipping radius τ (None: the round's median distance to v⁰);
-        `iters`: L.
+        """`tau`: the radius τ (None: the median distance to v⁰); `iters`: L.
 
         Raises:
             ConfigError: tau <= 0 or iters < 1.
@@ -174,7 +173,7 @@ class CenteredClipping:
         distances = np.sqrt(recentre(spool, center, 1.0, no_move, self.block_bytes))
         tau = self.tau if self.tau is not None else float(np.median(distances))
         for _ in range(self.iters):
-            # sᵢ = min(1, τ/‖uᵢ − v‖), and 1 where uᵢ = v (nothing to clip).
+            # sᵢ = min(1, τ/‖uᵢ - v‖), and 1 where uᵢ = v (nothing to clip).
             scale = np.minimum(1.0, tau / np.maximum(distances, 1e-300))
             keep = 1.0 - float(scale.sum()) / n
             distances = np.sqrt(

@@ -4,11 +4,12 @@ Blanchard, El Mhamdi, Guerraoui, Stainer 2017, "Machine Learning with
 Adversaries: Byzantine Tolerant Gradient Descent" (NeurIPS). With n updates
 of which at most f are Byzantine (2f + 2 < n):
 
-    score(i) = Σ_{j ∈ N(i)} ‖uᵢ − uⱼ‖²,  N(i) = the n − f − 2 updates closest to uᵢ (j ≠ i)
+    score(i) = Σ_{j ∈ N(i)} ‖uᵢ - uⱼ‖²,
+    N(i) = the n - f - 2 updates closest to uᵢ (j ≠ i)
     Krum       = u_{i*},  i* = argminᵢ score(i)
     Multi-Krum = (1/m) Σ_{i ∈ S} uᵢ,  S = the m updates of lowest score
 
-Multi-Krum with m = 1 is Krum; the paper's experiments use m = n − f (our
+Multi-Krum with m = 1 is Krum; the paper's experiments use m = n - f (our
 default). Both are *unweighted*, as in the paper: a client's claimed sample
 count plays no part, so it cannot buy its way in. Ties go to the update
 committed first (a stable sort).
@@ -47,7 +48,7 @@ def max_byzantine(n: int) -> int:
 
 
 def krum_scores(distances: F64Array, f: int) -> F64Array:
-    """score(i): the sum of the n − f − 2 smallest ‖uᵢ − uⱼ‖², j ≠ i.
+    """score(i): the sum of the n - f - 2 smallest ‖uᵢ - uⱼ‖², j ≠ i.
 
     With n <= 2 (no neighbour to count) every score is 0: the first update wins.
     """
@@ -71,8 +72,7 @@ class MultiKrum:
         block_bytes: int = DEFAULT_BLOCK_BYTES,
         rule: str = "multi_krum",
     ) -> None:
-        """`f`: assumed Byzantine updates (None: the most n allows); `m`:
-        updates averaged (None: n − f).
+        """`f`: Byzantine updates assumed (None: most n allows); `m`: (n - f).
 
         Raises:
             ConfigError: f < 0 or m < 1.

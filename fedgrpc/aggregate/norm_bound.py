@@ -74,7 +74,7 @@ class ScaledSpool:
 
     @property
     def num_coordinates(self) -> int:
-        """d."""
+        """D."""
         return self._spool.num_coordinates
 
     def weights(self) -> F64Array:
@@ -114,7 +114,10 @@ class NormBounded:
                 "norm_bound and norm_bound_multiple are exclusive and one is "
                 f"needed: got norm_bound={bound!r}, norm_bound_multiple={multiple!r}"
             )
-        for setting, value in (("norm_bound", bound), ("norm_bound_multiple", multiple)):
+        for setting, value in (
+            ("norm_bound", bound),
+            ("norm_bound_multiple", multiple),
+        ):
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ConfigError(
                     f"{setting}={value!r} is invalid: expected a number > 0"

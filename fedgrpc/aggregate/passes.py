@@ -2,7 +2,7 @@
 
 The distance-based robust rules (Krum, geometric median, centered clipping,
 the norm bound) and the trust scores all need, per client i, a squared
-distance ‖uᵢ − c‖² to some centre c of length d. Neither the n x d matrix nor
+distance ‖uᵢ - c‖² to some centre c of length d. Neither the n x d matrix nor
 a second model-sized buffer may be in memory, so each function here walks
 the spool once, a block of coordinates at a time (`spool_blocks`), and keeps
 only O(n) accumulators between blocks.
@@ -13,7 +13,7 @@ linear combination of the old one and the updates,
     c'[block] = keep · c[block] + Σᵢ coefᵢ · uᵢ[block],
 
 is computed for a block and, while that block is still in memory, the
-distances ‖uᵢ − c'‖² of the *next* iteration are accumulated from it. The
+distances ‖uᵢ - c'‖² of the *next* iteration are accumulated from it. The
 centre is rewritten in place in the caller's buffer (block j of c is never
 read again once c'[block j] is written), so an iteration costs one read of
 the spool and no memory beyond the output buffer and one block.
@@ -31,9 +31,7 @@ from fedgrpc.aggregate.blockwise import DEFAULT_BLOCK_BYTES, spool_blocks
 from fedgrpc.aggregate.stages import F32Array, F64Array, HeldSpool
 
 
-def squared_norms(
-    spool: HeldSpool, block_bytes: int = DEFAULT_BLOCK_BYTES
-) -> F64Array:
+def squared_norms(spool: HeldSpool, block_bytes: int = DEFAULT_BLOCK_BYTES) -> F64Array:
     """‖uᵢ‖² per committed update (row order of `read_block`), one pass."""
     total = np.zeros(spool.count, dtype=np.float64)
     for _, block in spool_blocks(spool, block_bytes):
@@ -45,7 +43,7 @@ def squared_norms(
 def squared_distances_to(
     spool: HeldSpool, center: F32Array, block_bytes: int = DEFAULT_BLOCK_BYTES
 ) -> F64Array:
-    """‖uᵢ − center‖² per committed update, one pass; `center` is d-long float32."""
+    """‖uᵢ - center‖² per committed update, one pass; `center` is d-long float32."""
     total = np.zeros(spool.count, dtype=np.float64)
     for start, block in spool_blocks(spool, block_bytes):
         np.subtract(block, center[start : start + block.shape[1]], out=block)
@@ -57,7 +55,7 @@ def squared_distances_to(
 def distances_to(
     spool: HeldSpool, aggregate: F32Array, block_bytes: int = DEFAULT_BLOCK_BYTES
 ) -> F64Array:
-    """‖uᵢ − aggregate‖₂ per committed update (for trust scores), one pass."""
+    """‖uᵢ - aggregate‖₂ per committed update (for trust scores), one pass."""
     return np.sqrt(squared_distances_to(spool, aggregate, block_bytes))
 
 
@@ -68,7 +66,7 @@ def recentre(
     coef: F64Array,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
 ) -> F64Array:
-    """center ← keep·center + Σᵢ coefᵢ·uᵢ in place; return ‖uᵢ − center‖² after it.
+    """Center ← keep·center + Σᵢ coefᵢ·uᵢ in place; return ‖uᵢ - center‖² after it.
 
     One pass (see the module docstring). `keep` = 0 ignores the old centre
     (the Weiszfeld step); `coef` all zero keeps it (distances only).
@@ -101,7 +99,7 @@ def combine(
     out: F32Array,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
 ) -> None:
-    """out ← Σᵢ coefᵢ·uᵢ, one pass (a selection's mean, a weighted mean)."""
+    """Out ← Σᵢ coefᵢ·uᵢ, one pass (a selection's mean, a weighted mean)."""
     weights = coef.astype(np.float32)
     for start, block in spool_blocks(spool, block_bytes):
         np.matmul(weights, block, out=out[start : start + block.shape[1]])
@@ -110,11 +108,11 @@ def combine(
 def pairwise_squared_distances(
     spool: HeldSpool, block_bytes: int = DEFAULT_BLOCK_BYTES
 ) -> F64Array:
-    """The n x n matrix ‖uᵢ − uⱼ‖², accumulated block by block, one pass.
+    """The n x n matrix ‖uᵢ - uⱼ‖², accumulated block by block, one pass.
 
     Per block, in float64: centre the rows on their mean (distances do not
-    change, the cancellation in ‖a‖² + ‖b‖² − 2a·b does), take the Gram
-    matrix G = X·Xᵀ and add Gᵢᵢ + Gⱼⱼ − 2Gᵢⱼ. The float64 copy is one block
+    change, the cancellation in ‖a‖² + ‖b‖² - 2a·b does), take the Gram
+    matrix G = X·Xᵀ and add Gᵢᵢ + Gⱼⱼ - 2Gᵢⱼ. The float64 copy is one block
     (O(n x b)), never the model.
     """
     n = spool.count

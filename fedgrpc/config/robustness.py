@@ -90,8 +90,9 @@ class RobustnessSettings:
         agg, beta = self.aggregator, self.trimmed_mean_beta
         _check(agg in AGGREGATOR_NAMES or ":" in agg, "aggregator", agg,
                f"{', '.join(AGGREGATOR_NAMES)} or package.module:Class")  # fmt: skip
-        _check(beta is None or agg in ("trimmed_mean", "hybrid"), "trimmed_mean_beta",
-               beta, "unset unless aggregator = 'trimmed_mean' or 'hybrid'")  # fmt: skip
+        _check(beta is None or agg in ("trimmed_mean", "hybrid"),
+               "trimmed_mean_beta", beta,
+               "unset unless aggregator = 'trimmed_mean' or 'hybrid'")  # fmt: skip
         self._check_rule_settings()
         _check(self.accumulator in ("auto", "streaming_sum", "spool"), "accumulator",
                self.accumulator, "auto, streaming_sum or spool")  # fmt: skip
@@ -118,7 +119,7 @@ class RobustnessSettings:
             _check(value is None or _positive(value), name, value,
                    "a finite number > 0, or unset (no bound)")  # fmt: skip
         _check(bound is None or multiple is None, "norm_bound", bound,
-               "unset when norm_bound_multiple is set (one bound or the other)")  # fmt: skip
+               "unset when norm_bound_multiple is set (one or the other)")  # fmt: skip
 
 
 def _positive(value: object) -> bool:

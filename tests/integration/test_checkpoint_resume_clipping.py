@@ -5,7 +5,7 @@ previous round's aggregate v⁰, so that vector is run state like the outer
 momentum: it is checkpointed and restored. Real grpc.aio servers on
 127.0.0.1 port 0, real DiLoCoClients pushing pseudo-gradients the test
 chooses (`tests.helpers.scripted`). With one client, one pass and a fixed τ
-the rule is v ← v + (x − v)·min(1, τ/‖x − v‖): after the restart the weights
+the rule is v ← v + (x - v)·min(1, τ/‖x - v‖): after the restart the weights
 must follow that recursion from the saved v, which differs from v = 0.
 """
 

@@ -112,9 +112,7 @@ def capture(engine: RoundEngine, registry: ClientRegistry, totals: Totals) -> Sn
         "bytes_sent": totals.bytes_sent,
         "history": [_round_row(r) for r in engine.history],
     }
-    return Snapshot(
-        last_closed, state, {"master": master, **tensors, **rule_tensors}
-    )
+    return Snapshot(last_closed, state, {"master": master, **tensors, **rule_tensors})
 
 
 def restore(

@@ -22,7 +22,6 @@ from fedgrpc.coordinator.strategy.selection import SelectionName
 from fedgrpc.errors import ConfigError
 from fedgrpc.optim import AdaptiveSettings, OuterOptimizer, build_outer_optimizer
 
-
 _RULE_PARAMS = {
     "trimmed_mean_beta": "beta",
     "krum_f": "f",

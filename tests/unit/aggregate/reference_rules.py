@@ -13,13 +13,14 @@ import numpy as np
 
 
 def krum_scores(x: np.ndarray, f: int) -> np.ndarray:
-    """Blanchard et al. 2017, Sec. 4: s(i) = Σ_{i→j} ‖Vᵢ − Vⱼ‖² over n − f − 2 neighbours."""
+    """Blanchard et al. 2017, Sec. 4: s(i) = Σ_{i→j} ‖Vᵢ - Vⱼ‖².
+
+    i→j: the n - f - 2 vectors nearest to Vᵢ.
+    """
     n = len(x)
     scores = np.empty(n)
     for i in range(n):
-        dists = sorted(
-            float(np.sum((x[i] - x[j]) ** 2)) for j in range(n) if j != i
-        )
+        dists = sorted(float(np.sum((x[i] - x[j]) ** 2)) for j in range(n) if j != i)
         scores[i] = sum(dists[: n - f - 2])
     return scores
 
@@ -27,7 +28,8 @@ def krum_scores(x: np.ndarray, f: int) -> np.ndarray:
 def multi_krum(x: np.ndarray, f: int, m: int) -> np.ndarray:
     """Average of the m vectors of lowest Krum score (Multi-Krum, Sec. 5)."""
     chosen = np.argsort(krum_scores(x, f), kind="stable")[:m]
-    return x[chosen].mean(axis=0)
+    mean: np.ndarray = x[chosen].mean(axis=0)
+    return mean
 
 
 def geometric_median(
@@ -47,15 +49,16 @@ def geometric_median(
         g_old, g = g, objective(z)
         if abs(g_old - g) <= ftol * g:
             break
-    return z
+    median: np.ndarray = z
+    return median
 
 
 def centered_clipping(
     x: np.ndarray, v: np.ndarray, tau: float | None, iters: int
 ) -> np.ndarray:
-    """Karimireddy et al. 2021, eq. (CC): v ← v + (1/n) Σ (xᵢ − v) min(1, τ/‖xᵢ − v‖).
+    """Karimireddy et al. 2021, eq. (CC): v ← v + (1/n) Σ (xᵢ - v) min(1, τ/‖xᵢ - v‖).
 
-    τ None: the median of ‖xᵢ − v⁰‖ (fedgrpc's documented default).
+    τ None: the median of ‖xᵢ - v⁰‖ (fedgrpc's documented default).
     """
     if tau is None:
         tau = float(np.median(np.linalg.norm(x - v, axis=1)))
@@ -71,10 +74,12 @@ def trimmed_mean(x: np.ndarray, beta: float) -> np.ndarray:
     """Yin et al. 2018: drop ⌊βn⌋ from each side per coordinate, average the rest."""
     k = int(np.floor(beta * len(x)))
     s = np.sort(x, axis=0)
-    return s[k : len(x) - k].mean(axis=0)
+    kept: np.ndarray = s[k : len(x) - k].mean(axis=0)
+    return kept
 
 
 def norm_clip(x: np.ndarray, bound: float) -> np.ndarray:
     """Each row scaled to norm <= bound (Sun et al. 2019)."""
     norms = np.linalg.norm(x, axis=1)
-    return x * np.minimum(1.0, bound / norms)[:, None]
+    clipped: np.ndarray = x * np.minimum(1.0, bound / norms)[:, None]
+    return clipped
