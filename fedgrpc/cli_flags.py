@@ -88,8 +88,8 @@ STAGE_FLAGS = (
     Flag("--geomedian-eps", "Weiszfeld smoothing nu > 0; only with "
           "--aggregator geometric_median (default: 1e-6)", float, "NU"),
     Flag("--clipping-tau", "centered clipping radius tau > 0; only with "
-          "--aggregator centered_clipping (default: each round's median "
-          "distance to the previous aggregate)", float, "TAU"),
+          "--aggregator centered_clipping (default: at each step, the "
+          "updates' median distance to the current centre)", float, "TAU"),
     Flag("--clipping-iters", "centered clipping passes L per round; only "
           "with --aggregator centered_clipping (default: 3)", int, "L"),
     Flag("--norm-bound", "clip every update to this L2 norm before the "

@@ -25,9 +25,11 @@ for Byzantine Robust Optimization" (ICML, arXiv 2012.10333), eq. (CC):
     vˡ⁺¹ = vˡ + (1/n) Σᵢ (uᵢ - vˡ) · min(1, τ / ‖uᵢ - vˡ‖),   l = 0 .. L-1
 
 i.e. vˡ⁺¹ = (1 - S/n) vˡ + Σᵢ (sᵢ/n) uᵢ with sᵢ = min(1, τ/‖uᵢ - vˡ‖) and
-S = Σ sᵢ. With τ unset we use the median of ‖uᵢ - v⁰‖ of the round (our
-choice, scale-free: at least half the updates are not clipped in the first
-step, and no minority can move that median far). The rule is stateful
+S = Σ sᵢ. With τ unset, each step uses τˡ = medianᵢ ‖uᵢ - vˡ‖ (our choice,
+scale-free): no minority can move that median far, half the updates are
+never clipped, and as vˡ nears the honest majority τˡ shrinks to its spread,
+so an outlier's pull (at most τˡ/n per step) shrinks with it. A fixed τ is
+the paper's rule: its bias stays f·τ/n per step. The rule is stateful
 across rounds (v⁰), so its state is checkpointed (`state_dict`).
 
 Memory: each iteration is one pass over the spool that also measures the
@@ -138,7 +140,7 @@ class CenteredClipping:
         iters: int = 3,
         block_bytes: int = DEFAULT_BLOCK_BYTES,
     ) -> None:
-        """`tau`: the radius τ (None: the median distance to v⁰); `iters`: L.
+        """`tau`: the radius τ (None: each step's median distance); `iters`: L.
 
         Raises:
             ConfigError: tau <= 0 or iters < 1.
@@ -171,8 +173,8 @@ class CenteredClipping:
             out.zero_()
         no_move = np.zeros(n, dtype=np.float64)
         distances = np.sqrt(recentre(spool, center, 1.0, no_move, self.block_bytes))
-        tau = self.tau if self.tau is not None else float(np.median(distances))
         for _ in range(self.iters):
+            tau = self.tau if self.tau is not None else float(np.median(distances))
             # sᵢ = min(1, τ/‖uᵢ - v‖), and 1 where uᵢ = v (nothing to clip).
             scale = np.minimum(1.0, tau / np.maximum(distances, 1e-300))
             keep = 1.0 - float(scale.sum()) / n
@@ -183,7 +185,7 @@ class CenteredClipping:
             previous.copy_(out)
         else:
             self._previous = out.detach().clone()
-        log.debug("centered_clipping_done", tau=tau, iterations=self.iters)
+        log.debug("centered_clipping_done", last_tau=tau, iterations=self.iters)
 
     def state_dict(self) -> dict[str, Any]:
         """v⁰ of the next round (empty before the first aggregate)."""

@@ -63,8 +63,9 @@ class RobustnessSettings:
     """Weiszfeld's smoothing nu > 0 (distances below it count as nu); None
     means 1e-6. Only with geometric_median."""
     clipping_tau: float | None = None
-    """Centered clipping's radius tau > 0; None means each round's median
-    distance to the previous aggregate. Only with centered_clipping."""
+    """Centered clipping's radius tau > 0; None means, at each step, the
+    median distance of the updates to the current centre (adaptive). Only
+    with centered_clipping."""
     clipping_iters: int | None = None
     """Centered clipping's L, passes per round (>= 1); None means 3. Only
     with centered_clipping."""

@@ -58,14 +58,13 @@ def centered_clipping(
 ) -> np.ndarray:
     """Karimireddy et al. 2021, eq. (CC): v ← v + (1/n) Σ (xᵢ - v) min(1, τ/‖xᵢ - v‖).
 
-    τ None: the median of ‖xᵢ - v⁰‖ (fedgrpc's documented default).
+    τ None: each step's median of ‖xᵢ - v‖ (fedgrpc's documented default).
     """
-    if tau is None:
-        tau = float(np.median(np.linalg.norm(x - v, axis=1)))
     for _ in range(iters):
         diff = x - v
         norms = np.linalg.norm(diff, axis=1)
-        clip = np.array([1.0 if nr == 0 else min(1.0, tau / nr) for nr in norms])
+        radius = float(np.median(norms)) if tau is None else tau
+        clip = np.array([1.0 if nr == 0 else min(1.0, radius / nr) for nr in norms])
         v = v + (diff * clip[:, None]).mean(axis=0)
     return v
 
