@@ -218,12 +218,13 @@ def measure_rounds(size: str, clients: int, rule: str, rounds: int) -> dict[str,
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", default="10.5Mx8,10.5Mx16,100Mx16",
-                        help="aggregation-alone cases, SIZExCLIENTS, comma-separated")  # fmt: skip
+                        help="aggregation-alone cases: SIZExCLIENTS,...")  # fmt: skip
     parser.add_argument("--rules", default=",".join(RULES), help="rules to run")
     parser.add_argument("--round-size", default="10.5M", help="part 2 model size")
     parser.add_argument("--round-clients", type=int, default=8, help="part 2 clients")
-    parser.add_argument("--round-rules", default="mean,median,krum,geometric_median,"
-                        "centered_clipping,hybrid", help="part 2 rules ('' skips)")  # fmt: skip
+    parser.add_argument("--round-rules", help="part 2 rules ('' skips)",
+                        default="mean,median,krum,geometric_median,"
+                        "centered_clipping,hybrid")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=2, help="measured rounds")
     parser.add_argument("--spool-dir", default="", help="where spools go")
     parser.add_argument("--quick", action="store_true", help="1M x 4 smoke")
