@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fedgrpc.client import DiLoCoClient
-from fedgrpc.config import CoordinatorConfig
+from fedgrpc.config import ClientConfig, CoordinatorConfig
 from fedgrpc.coordinator.services.in_thread import serve_in_thread
 from tests.helpers import secure
 from tests.helpers.scripted import FAST, flat, scripted_steps
@@ -98,7 +98,7 @@ def test_under_secure_aggregation_each_masked_update_is_clipped() -> None:
 
 
 def _connect_bounded(
-    address: str, config: object
+    address: str, config: ClientConfig
 ) -> list[tuple[DiLoCoClient, nn.Module]]:
     def make(index: int) -> tuple[DiLoCoClient, nn.Module]:
         torch.manual_seed(index)

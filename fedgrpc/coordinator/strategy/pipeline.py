@@ -38,6 +38,7 @@ from fedgrpc.aggregate import (
     NormBounded,
     SpoolDirectory,
     StreamingSum,
+    WeightedMean,
 )
 from fedgrpc.aggregate.blockwise import as_sum
 from fedgrpc.coordinator.strategy.combinations import (
@@ -51,7 +52,7 @@ from fedgrpc.coordinator.strategy.power_of_choice import DEFAULT_MAX_SAMPLE_RATI
 from fedgrpc.coordinator.strategy.selection import SelectionName, Selector
 from fedgrpc.coordinator.strategy.selectors import build_selector
 from fedgrpc.coordinator.strategy.throughput import DEFAULT_PATIENCE_ROUNDS
-from fedgrpc.errors import WrongRoundError
+from fedgrpc.errors import ConfigError, WrongRoundError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,7 +95,14 @@ class RoundStages:
         )
         bound, multiple = settings.norm_bound
         if bound is not None or multiple is not None:
-            self.aggregator = NormBounded(self.aggregator, bound, multiple)
+            inner = self.aggregator
+            if inner.needs == "sum" and not isinstance(inner, WeightedMean):
+                raise ConfigError(
+                    f"norm_bound / norm_bound_multiple clip each update, but "
+                    f"aggregator = {inner.name!r} reads only their sum (needs = "
+                    "'sum'); give it needs = 'every_update' or unset the bound"
+                )
+            self.aggregator = NormBounded(inner, bound, multiple)
         self.accumulator: AccumulatorKind = check_strategy(
             StrategyChoice(
                 aggregator=self.aggregator,
