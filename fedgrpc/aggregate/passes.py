@@ -30,6 +30,9 @@ import numpy as np
 from fedgrpc.aggregate.blockwise import DEFAULT_BLOCK_BYTES, spool_blocks
 from fedgrpc.aggregate.stages import F32Array, F64Array, HeldSpool
 
+GRAM_COLUMNS = 1 << 16
+"""Columns per float64 Gram product in `pairwise_squared_distances`."""
+
 
 def squared_norms(spool: HeldSpool, block_bytes: int = DEFAULT_BLOCK_BYTES) -> F64Array:
     """‖uᵢ‖² per committed update (row order of `read_block`), one pass."""
@@ -112,17 +115,22 @@ def pairwise_squared_distances(
 
     Per block, in float64: centre the rows on their mean (distances do not
     change, the cancellation in ‖a‖² + ‖b‖² - 2a·b does), take the Gram
-    matrix G = X·Xᵀ and add Gᵢᵢ + Gⱼⱼ - 2Gᵢⱼ. The float64 copy is one block
-    (O(n x b)), never the model.
+    matrix G = X·Xᵀ and add Gᵢᵢ + Gⱼⱼ - 2Gᵢⱼ. The float64 copy covers
+    `GRAM_COLUMNS` columns of a block at a time (n x 64k x 8 bytes), never
+    the block, let alone the model.
     """
     n = spool.count
     total = np.zeros((n, n), dtype=np.float64)
+    rows = np.empty((n, GRAM_COLUMNS), dtype=np.float64)
     for _, block in spool_blocks(spool, block_bytes):
-        rows = block.astype(np.float64)
-        rows -= rows.mean(axis=0)
-        gram = rows @ rows.T
-        diagonal = np.diag(gram)
-        total += diagonal[:, None] + diagonal[None, :] - 2.0 * gram
+        for first in range(0, block.shape[1], GRAM_COLUMNS):
+            part = block[:, first : first + GRAM_COLUMNS]
+            wide = rows[:, : part.shape[1]]
+            wide[...] = part  # float32 -> float64, into the reused buffer
+            wide -= wide.mean(axis=0)
+            gram = wide @ wide.T
+            diagonal = np.diag(gram)
+            total += diagonal[:, None] + diagonal[None, :] - 2.0 * gram
     np.maximum(total, 0.0, out=total)  # rounding may leave -1e-12
     np.fill_diagonal(total, 0.0)
     return total

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedgrpc.aggregate import SpoolAccumulator
+from fedgrpc.aggregate import SpoolAccumulator, passes
 from fedgrpc.aggregate.iterative import CenteredClipping, GeometricMedian
 from fedgrpc.aggregate.krum import MultiKrum, krum, max_byzantine
 from fedgrpc.aggregate.norm_bound import NormBounded, hybrid
@@ -80,9 +80,11 @@ def test_multi_krum_matches_the_reference(
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("gram_columns", [1000, 1 << 16])
 def test_pairwise_distances_match_the_reference_despite_a_large_common_offset(
-    spool_of: MakeSpool,
+    gram_columns: int, spool_of: MakeSpool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(passes, "GRAM_COLUMNS", gram_columns)  # slices of a block
     # 1e3 shared by all rows: ‖a‖² + ‖b‖² - 2a·b would cancel badly in float32.
     updates = (_updates(7, 6) + 1e3).astype(np.float32)
     got = pairwise_squared_distances(spool_of(updates).held(), SMALL_BLOCKS)
