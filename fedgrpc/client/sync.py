@@ -28,6 +28,7 @@ from fedgrpc.client.connection.push import UpdateEncoder, UpdateMeta
 from fedgrpc.client.connection.round_tracker import RoundStart, RunFinished, StaleBase
 from fedgrpc.client.transform import UpdateContext, UpdateTransform, apply_transform
 from fedgrpc.client.weights import LocalRun
+from fedgrpc.compress.norm_clip import clip_to_norm
 from fedgrpc.config import ClientConfig
 from fedgrpc.errors import (
     CoordinatorUnavailableError,
@@ -235,6 +236,12 @@ class SyncPoint:
     def _push(self, round_id: int, round_nonce: bytes) -> bool:
         local = self._local
         delta = local.pseudo_gradient()
+        bound = self._config.max_update_norm
+        if bound and self.compressed is None:
+            # Raw float32: clip Δ itself (an encoder clips e + Δ instead).
+            norm = clip_to_norm(delta.numpy(), bound)
+            if norm > bound:
+                self._log.info("update_clipped", norm=norm, max_update_norm=bound)
         if self.update_transform is not None:
             context = UpdateContext(
                 self.client_id, round_id, local.base_version, local.samples

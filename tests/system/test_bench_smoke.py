@@ -132,3 +132,17 @@ def test_selection_bench_quick_compares_two_of_four_with_all_four() -> None:
         assert row["final_val_loss"]["mean"] < 5.0  # it trained (uniform bytes: 5.55)
     # Half the workers push and pull each round: half the bytes up.
     assert cases["k2of4"]["bytes_up"][0] < 0.6 * cases["all"]["bytes_up"][0]
+
+
+def test_robust_aggregation_bench_quick_reports_every_rule() -> None:
+    report = _run("robust_aggregation.py")
+    assert report["bench"] == "robust_aggregation"
+    cases = report["aggregation"]
+    assert isinstance(cases, list)
+    rules = cases[0]["rules"]
+    assert {"krum", "geometric_median", "centered_clipping", "hybrid"} <= set(rules)
+    assert all(r["added_peak_rss_mb"] >= 0 for r in rules.values())
+    rounds = report["rounds"]
+    assert isinstance(rounds, list)
+    assert [r["rule"] for r in rounds] == ["krum"]
+    assert rounds[0]["coordinator_round_s_median"] > 0
