@@ -296,7 +296,15 @@ def test_a_sigstopped_client_is_evicted_then_rejoins_after_sigcont(
         WAIT_S,
         message="the victim never reached its gate",
     )[0]
-    ids = {name: report_lines(path)[0]["client"] for name, path in paths.items()}
+    # Every stepper writes its id on its first line; under load the others
+    # may not have written theirs yet when the victim reaches its gate.
+    ids = {
+        name: eventually(
+            lambda path=path: report_lines(path), WAIT_S,
+            message=f"{name} never reported its client id",
+        )[0]["client"]
+        for name, path in paths.items()
+    }  # fmt: skip
     v_gate = gated["version"]  # the round on this base waits for the victim
 
     try:
