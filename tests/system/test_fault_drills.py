@@ -298,13 +298,7 @@ def test_a_sigstopped_client_is_evicted_then_rejoins_after_sigcont(
     )[0]
     # Every stepper writes its id on its first line; under load the others
     # may not have written theirs yet when the victim reaches its gate.
-    ids = {
-        name: eventually(
-            lambda path=path: report_lines(path), WAIT_S,
-            message=f"{name} never reported its client id",
-        )[0]["client"]
-        for name, path in paths.items()
-    }  # fmt: skip
+    ids = {name: _first_report(path)["client"] for name, path in paths.items()}
     v_gate = gated["version"]  # the round on this base waits for the victim
 
     try:
@@ -343,3 +337,11 @@ def test_a_sigstopped_client_is_evicted_then_rejoins_after_sigcont(
     assert serve.poll() is None
     serve.send_signal(signal.SIGTERM)
     assert serve.wait(timeout=WAIT_S) == 0
+
+
+def _first_report(path: Path) -> dict[str, Any]:
+    """A stepper's first report line (its client id), once it has written it."""
+    lines: list[dict[str, Any]] = eventually(
+        lambda: report_lines(path), WAIT_S, message=f"{path.name} is still empty"
+    )
+    return lines[0]

@@ -37,7 +37,7 @@ def test_explicit_stream_caps_win_and_a_connection_never_exceeds_the_total() -> 
 )
 def test_a_bad_limit_is_refused_naming_the_setting(field: str, value: float) -> None:
     with pytest.raises(ConfigError, match=field):
-        CoordinatorConfig(**{field: value})
+        CoordinatorConfig().replace(**{field: value})
 
 
 def test_a_guard_refuses_past_each_cap_and_gives_slots_back() -> None:
