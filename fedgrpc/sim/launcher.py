@@ -20,14 +20,17 @@ from typing import Any
 
 import torch
 
-from fedgrpc.config import CoordinatorConfig, OuterOptimizerName
+from fedgrpc.config import OuterOptimizerName
 from fedgrpc.coordinator.inprocess import Coordinator
+from fedgrpc.domain.status import CoordinatorStatus
 from fedgrpc.errors import FedGrpcError
 from fedgrpc.log import get_logger
 from fedgrpc.sim import DEFAULT_CORPUS_BYTES
 from fedgrpc.sim.attack_spec import AttackSpec, assign_attackers
 from fedgrpc.sim.attacks import AttackPlan
+from fedgrpc.sim.coordinator_settings import coordinator_config
 from fedgrpc.sim.models import TrainDefaults, build_model
+from fedgrpc.sim.quarantine import quarantine_figures
 from fedgrpc.sim.summary import (
     AttackFigures,
     Participant,
@@ -65,6 +68,12 @@ class SimulationConfig:
     clipping_iters: int | None = None
     norm_bound: float | None = None
     norm_bound_multiple: float | None = None
+    trust: str = "off"
+    """Trust scores and hard quarantine (`--trust on`); see `_quorum`."""
+    trust_decay: float | None = None
+    trust_soft_threshold: float | None = None
+    trust_hard_threshold: float | None = None
+    trust_quarantine_rounds: int | None = None
     accumulator: str = "auto"
     spool_dir: str = ""
     selection: str = "all"
@@ -145,15 +154,16 @@ def _run(
 ) -> SimulationSummary:
     started = time.monotonic()
     torch.set_num_threads(1)  # the coordinator shares the two cores with clients
-    coordinator = Coordinator(_coordinator_config(config, init_model))
+    coordinator = Coordinator(coordinator_config(config, init_model))
     coordinator.start()
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
+    start = context.Event()  # set once every client joined (`_monitor`)
     plans = config.attack_plans(str(collusion))
     workers = [
         context.Process(
             target=run_worker,
-            args=(_worker_args(config, i, coordinator.address, plans), results),
+            args=(_worker_args(config, i, coordinator.address, plans), results, start),
             name=f"fedgrpc-sim-{i}",
         )
         for i in range(config.clients)
@@ -162,7 +172,7 @@ def _run(
         for worker in workers:
             worker.start()
         figures, joined = _monitor(
-            config, coordinator, workers, results, started, progress
+            config, coordinator, workers, (results, start), started, progress
         )
         status = coordinator.status()
     finally:
@@ -200,7 +210,7 @@ def _run(
             )
             for i in range(config.clients)
         ],
-        attack=_attack_figures(config, plans, figures[0]),
+        attack=_attack_figures(config, plans, figures[0], (status, joined)),
     )
 
 
@@ -212,64 +222,23 @@ def _attack_figures(
     config: SimulationConfig,
     plans: dict[int, AttackPlan],
     reporter: dict[str, float],
+    final: tuple[CoordinatorStatus, dict[int, str]],
 ) -> AttackFigures | None:
+    """The attack's figures; `final` is the last status and who joined as whom."""
     if not config.attacks:
         return None
     alie = [plan.alie_z for plan in plans.values() if plan.spec.kind == "alie"]
+    status, joined = final
     return AttackFigures(
         specs=tuple(str(spec) for spec in config.attacks),
         alie_z=alie[0] if alie else None,
         backdoor_success=reporter.get("backdoor_success"),
+        quarantine=(
+            quarantine_figures(status, joined, set(plans))
+            if config.trust == "on"
+            else None
+        ),
     )
-
-
-def _coordinator_config(
-    config: SimulationConfig, init_model: Path
-) -> CoordinatorConfig:
-    """A loopback coordinator that waits for every simulated client each round."""
-    return CoordinatorConfig(
-        listen="127.0.0.1:0",
-        init_model=str(init_model),
-        min_clients=config.clients_per_round or config.clients,
-        max_clients=config.clients,
-        max_rounds=config.rounds,  # the coordinator ends the run; clients see it
-        inner_steps=config.inner_steps,
-        round_timeout_s=config.round_timeout_s,
-        outer_optimizer=config.outer_optimizer,
-        outer_lr=config.outer_lr,
-        outer_momentum=config.outer_momentum,
-        outer_beta1=config.outer_beta1,
-        outer_beta2=config.outer_beta2,
-        outer_tau=config.outer_tau,
-        outer_optimizer_params=config.outer_optimizer_params,
-        aggregator=config.aggregator,
-        trimmed_mean_beta=config.trimmed_mean_beta,
-        krum_f=config.krum_f,
-        multi_krum_m=config.multi_krum_m,
-        geomedian_iters=config.geomedian_iters,
-        geomedian_eps=config.geomedian_eps,
-        clipping_tau=config.clipping_tau,
-        clipping_iters=config.clipping_iters,
-        norm_bound=config.norm_bound,
-        norm_bound_multiple=config.norm_bound_multiple,
-        accumulator=config.accumulator,
-        spool_dir=config.spool_dir,
-        selection=config.selection,
-        clients_per_round=config.clients_per_round,
-        codec=_codec(config),
-        secure_aggregation=config.secure_aggregation,
-        heartbeat_interval_s=2.0,
-        session_timeout_s=60.0,
-        # Throwaway client keys on one machine: nobody to enrol. Still signed.
-        open_enrollment=True,
-    )
-
-
-def _codec(config: SimulationConfig) -> str:
-    """The codec; secure aggregation needs integer codes (int8 unless chosen)."""
-    if config.secure_aggregation and config.compression == "dense:fp32":
-        return "dense:int8"
-    return config.compression
 
 
 def _worker_args(
@@ -298,14 +267,17 @@ def _monitor(
     config: SimulationConfig,
     coordinator: Coordinator,
     workers: list[Any],
-    results: Any,
+    channels: tuple[Any, Any],
     started: float,
     progress: bool,
 ) -> tuple[dict[int, dict[str, float]], dict[int, str]]:
     """Drive the progress bar until every worker reported done (bounded).
 
-    Returns each worker's final figures and the client id it joined as.
+    `channels`: the workers' result queue and their start signal, set once
+    all of them joined. Returns each worker's final figures and the client
+    id it joined as.
     """
+    results, start = channels
     from tqdm import tqdm
 
     done: dict[int, dict[str, float]] = {}
@@ -319,6 +291,8 @@ def _monitor(
                 )
             _drain(results, done, joined)
             _check_workers(workers, done, results, joined)
+            if len(joined) == len(workers):
+                start.set()
             history = coordinator.status().rounds
             # Rounds past R are not the run's (see run_simulation).
             if min(len(history), config.rounds) > bar.n:

@@ -57,16 +57,38 @@ class WorkerArgs:
     """The reporter also scores backdoor success on the final global model."""
 
 
-def run_worker(args: WorkerArgs, results: ResultQueue) -> None:
-    """Process entry point: report `done` with figures, or `error` with a traceback."""
+class StartSignal(Protocol):
+    """The slice of `multiprocessing.Event` a worker waits on."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once the launcher set it; False after `timeout` seconds."""
+        ...
+
+
+START_WAIT_S = 900.0
+"""Bound on waiting for the others to join (the launcher's time limit ends a
+run sooner; this only keeps an orphaned process from waiting forever)."""
+
+
+def run_worker(
+    args: WorkerArgs, results: ResultQueue, start: StartSignal | None = None
+) -> None:
+    """Process entry point: report `done` with figures, or `error` with a traceback.
+
+    With `start`, the client joins, reports `ready`, and trains only once the
+    launcher set it (every client joined): round 1 then holds everyone's
+    update even when the quorum is below the client count (`_quorum`).
+    """
     try:
-        results.put(("done", args.index, _train(args, results)))
+        results.put(("done", args.index, _train(args, results, start)))
     except BaseException:  # the launcher must hear about every failure
         results.put(("error", args.index, traceback.format_exc()))
         raise
 
 
-def _train(args: WorkerArgs, results: ResultQueue) -> dict[str, float]:
+def _train(
+    args: WorkerArgs, results: ResultQueue, start: StartSignal | None
+) -> dict[str, float]:
     # Simulated clients share two cores; more threads per process only thrash.
     torch.set_num_threads(1)
     from fedgrpc.client import DiLoCoClient
@@ -97,6 +119,8 @@ def _train(args: WorkerArgs, results: ResultQueue) -> dict[str, float]:
         if is_reporter:
             figures["initial_val_loss"] = _validate(model, splits, args)
         results.put(("ready", args.index, client.client_id))
+        if start is not None and not start.wait(START_WAIT_S):
+            raise RuntimeError(f"the other clients did not join in {START_WAIT_S} s")
         # The coordinator ends the run after `rounds` (max_rounds); the
         # step budget only bounds a run whose coordinator never says so.
         for _ in range(2 * args.rounds * args.inner_steps):
