@@ -37,10 +37,12 @@ from fedgrpc.sim.summary import (
     RoundFigures,
     SimulationSummary,
 )
-from fedgrpc.sim.worker import WorkerArgs, run_worker
+from fedgrpc.sim.worker import Gates, WorkerArgs, run_worker
 
 log = get_logger(__name__)
 POLL_S = 0.2
+LEAVE_GRACE_S = 30.0
+"""After a run, how long the released clients have to leave and exit."""
 
 
 class SimulationError(FedGrpcError):
@@ -158,28 +160,32 @@ def _run(
     coordinator.start()
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    start = context.Event()  # set once every client joined (`_monitor`)
+    start, release = context.Event(), context.Event()  # see `Gates`
     plans = config.attack_plans(str(collusion))
     workers = [
         context.Process(
             target=run_worker,
-            args=(_worker_args(config, i, coordinator.address, plans), results, start),
+            args=(
+                _worker_args(config, i, coordinator.address, plans),
+                results,
+                Gates(start, release),
+            ),
             name=f"fedgrpc-sim-{i}",
         )
         for i in range(config.clients)
     ]
+    grace_s = 0.0  # a failed run ends its workers at once
     try:
         for worker in workers:
             worker.start()
         figures, joined = _monitor(
             config, coordinator, workers, (results, start), started, progress
         )
-        status = coordinator.status()
+        status = coordinator.status()  # while every client is still joined
+        grace_s = LEAVE_GRACE_S
     finally:
-        for worker in workers:
-            if worker.is_alive():
-                worker.terminate()
-            worker.join(timeout=10)
+        release.set()
+        _stop_workers(workers, grace_s)
         coordinator.stop()
     # The run's rounds are 1..R: the coordinator finishes the run after
     # round R (max_rounds) and opens no round past it; the filter keeps
@@ -212,6 +218,19 @@ def _run(
         ],
         attack=_attack_figures(config, plans, figures[0], (status, joined)),
     )
+
+
+def _stop_workers(workers: list[Any], grace_s: float) -> None:
+    """Give released workers `grace_s` (in all) to leave and exit, then end them.
+
+    After a failure `grace_s` is 0: whatever still runs is ended at once.
+    """
+    deadline = time.monotonic() + grace_s
+    for worker in workers:
+        worker.join(timeout=max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            worker.terminate()
+        worker.join(timeout=10)
 
 
 def _spec_text(plans: dict[int, AttackPlan], index: int) -> str | None:

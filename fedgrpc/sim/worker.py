@@ -57,7 +57,7 @@ class WorkerArgs:
     """The reporter also scores backdoor success on the final global model."""
 
 
-class StartSignal(Protocol):
+class Signal(Protocol):
     """The slice of `multiprocessing.Event` a worker waits on."""
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -66,29 +66,36 @@ class StartSignal(Protocol):
 
 
 START_WAIT_S = 900.0
-"""Bound on waiting for the others to join (the launcher's time limit ends a
+"""Bound on waiting for a gate (`Gates`) (the launcher's time limit ends a
 run sooner; this only keeps an orphaned process from waiting forever)."""
 
 
-def run_worker(
-    args: WorkerArgs, results: ResultQueue, start: StartSignal | None = None
-) -> None:
-    """Process entry point: report `done` with figures, or `error` with a traceback.
+@dataclass(frozen=True, slots=True)
+class Gates:
+    """The launcher's two signals to every worker (`multiprocessing.Event`s)."""
 
-    With `start`, the client joins, reports `ready`, and trains only once the
-    launcher set it (every client joined): round 1 then holds everyone's
-    update even when the quorum is below the client count (`_quorum`).
-    """
+    start: Signal
+    """Set once every client joined: only then does any train, so round 1
+    holds everyone's update even when the quorum is below the client count
+    (`coordinator_settings._quorum`)."""
+    release: Signal
+    """Set once the launcher read the final status: until then the finished
+    clients stay joined, so the status still lists them (a client that left
+    for good is forgotten) with their final trust standing."""
+
+
+def run_worker(
+    args: WorkerArgs, results: ResultQueue, gates: Gates | None = None
+) -> None:
+    """Process entry point: report `done` with figures, or `error` with a traceback."""
     try:
-        results.put(("done", args.index, _train(args, results, start)))
+        _train(args, results, gates)
     except BaseException:  # the launcher must hear about every failure
         results.put(("error", args.index, traceback.format_exc()))
         raise
 
 
-def _train(
-    args: WorkerArgs, results: ResultQueue, start: StartSignal | None
-) -> dict[str, float]:
+def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
     # Simulated clients share two cores; more threads per process only thrash.
     torch.set_num_threads(1)
     from fedgrpc.client import DiLoCoClient
@@ -119,7 +126,7 @@ def _train(
         if is_reporter:
             figures["initial_val_loss"] = _validate(model, splits, args)
         results.put(("ready", args.index, client.client_id))
-        if start is not None and not start.wait(START_WAIT_S):
+        if gates is not None and not gates.start.wait(START_WAIT_S):
             raise RuntimeError(f"the other clients did not join in {START_WAIT_S} s")
         # The coordinator ends the run after `rounds` (max_rounds); the
         # step budget only bounds a run whose coordinator never says so.
@@ -140,7 +147,9 @@ def _train(
         figures["bytes_sent"] = float(client.bytes_sent)
         figures["bytes_received"] = float(client.bytes_received)
         figures["model_version"] = float(client.model_version)
-    return figures | outcomes
+        results.put(("done", args.index, figures | outcomes))
+        if gates is not None:
+            gates.release.wait(START_WAIT_S)  # then leave (the `with` block's end)
 
 
 def _poisoner(args: WorkerArgs) -> Callable[[Batch], Batch]:
