@@ -14,22 +14,18 @@ import multiprocessing
 import queue
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fedgrpc.config import OuterOptimizerName
 from fedgrpc.coordinator.inprocess import Coordinator
 from fedgrpc.domain.status import CoordinatorStatus
 from fedgrpc.errors import FedGrpcError
 from fedgrpc.log import get_logger
-from fedgrpc.sim import DEFAULT_CORPUS_BYTES
-from fedgrpc.sim.attack_spec import AttackSpec, assign_attackers
 from fedgrpc.sim.attacks import AttackPlan
-from fedgrpc.sim.coordinator_settings import coordinator_config
-from fedgrpc.sim.models import TrainDefaults, build_model
+from fedgrpc.sim.config import SimulationConfig, coordinator_config
+from fedgrpc.sim.models import build_model
 from fedgrpc.sim.quarantine import quarantine_figures
 from fedgrpc.sim.summary import (
     AttackFigures,
@@ -47,85 +43,6 @@ LEAVE_GRACE_S = 30.0
 
 class SimulationError(FedGrpcError):
     """A simulated client failed or the run exceeded its time limit."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SimulationConfig:
-    """Settings of one simulated federation (the `simulate` flags)."""
-
-    clients: int = 4
-    rounds: int = 20
-    inner_steps: int = 50
-    seed: int = 0
-    outer_optimizer: OuterOptimizerName | str = "nesterov"
-    outer_optimizer_params: dict[str, Any] = field(default_factory=dict)
-    aggregator: str = "mean"
-    """The round's aggregator (`CoordinatorConfig.aggregator`), e.g. median."""
-    trimmed_mean_beta: float | None = None
-    krum_f: int | None = None
-    multi_krum_m: int | None = None
-    geomedian_iters: int | None = None
-    geomedian_eps: float | None = None
-    clipping_tau: float | None = None
-    clipping_iters: int | None = None
-    norm_bound: float | None = None
-    norm_bound_multiple: float | None = None
-    trust: str = "off"
-    """Trust scores and hard quarantine (`--trust on`); see `_quorum`."""
-    trust_decay: float | None = None
-    trust_soft_threshold: float | None = None
-    trust_hard_threshold: float | None = None
-    trust_quarantine_rounds: int | None = None
-    accumulator: str = "auto"
-    spool_dir: str = ""
-    selection: str = "all"
-    clients_per_round: int | None = None
-    outer_lr: float | None = None
-    outer_momentum: float | None = None
-    outer_beta1: float | None = None
-    outer_beta2: float | None = None
-    outer_tau: float | None = None
-    compression: str = "dense:fp32"
-    """The coordinator's codec (`fedgrpc.compress.parse_codec` grammar)."""
-    secure_aggregation: bool = False
-    """Mask every round (SecAgg+); the codec then defaults to dense:int8."""
-    proximal_mu: float = 0.0
-    """FedProx strength of every client (`ClientConfig.proximal_mu`; 0: off)."""
-    corpus_bytes: int = DEFAULT_CORPUS_BYTES
-    eval_batches: int = 8
-    round_timeout_s: float = 120.0
-    time_limit_s: float = 1800.0
-    defaults: TrainDefaults = field(default_factory=TrainDefaults)
-    attacks: tuple[AttackSpec, ...] = ()
-    """Byzantine clients (`--attack`); which ones follows from `seed`."""
-
-    def __post_init__(self) -> None:
-        for name in ("clients", "rounds", "inner_steps", "eval_batches"):
-            if getattr(self, name) < 1:
-                raise FedGrpcError(f"{name}={getattr(self, name)!r} must be >= 1")
-        for plan in self.attack_plans().values():  # fail before any process starts
-            if plan.spec.kind == "alie":
-                _ = plan.alie_z
-
-    def attack_plans(self, collusion_dir: str = "") -> dict[int, AttackPlan]:
-        """Client index -> its attack orders, for every attacking client."""
-        chosen = assign_attackers(self.attacks, self.clients, self.seed)
-        return {
-            index: AttackPlan(
-                spec=spec,
-                index=index,
-                clients=self.clients,
-                members=tuple(sorted(i for i, s in chosen.items() if s is spec)),
-                seed=self.seed,
-                collusion_dir=f"{collusion_dir}/attack-{_group(self.attacks, spec)}",
-            )
-            for index, spec in chosen.items()
-        }
-
-
-def _group(attacks: tuple[AttackSpec, ...], spec: AttackSpec) -> int:
-    """Which `--attack` `spec` is (by identity: two equal flags are two groups)."""
-    return next(k for k, attack in enumerate(attacks) if attack is spec)
 
 
 def run_simulation(

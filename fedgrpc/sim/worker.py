@@ -77,7 +77,7 @@ class Gates:
     start: Signal
     """Set once every client joined: only then does any train, so round 1
     holds everyone's update even when the quorum is below the client count
-    (`coordinator_settings._quorum`)."""
+    (`config._quorum`)."""
     release: Signal
     """Set once the launcher read the final status: until then the finished
     clients stay joined, so the status still lists them (a client that left

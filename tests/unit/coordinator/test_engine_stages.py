@@ -20,8 +20,7 @@ from fedgrpc.coordinator.rounds.records import Outcome
 from fedgrpc.coordinator.rounds.registry import ClientRegistry
 from fedgrpc.coordinator.strategy.wiring import NO_PLUGINS, StagePlugins
 from fedgrpc.errors import ConfigError
-from fedgrpc.sim.coordinator_settings import coordinator_config
-from fedgrpc.sim.launcher import SimulationConfig
+from fedgrpc.sim.config import SimulationConfig, coordinator_config
 from tests.unit.coordinator.test_round_engine import SPEC, _close, _commit, _header
 
 

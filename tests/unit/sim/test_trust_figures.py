@@ -9,8 +9,7 @@ import pytest
 
 from fedgrpc.cli import build_parser
 from fedgrpc.domain.status import ClientSummary, CoordinatorStatus
-from fedgrpc.sim.coordinator_settings import coordinator_config
-from fedgrpc.sim.launcher import SimulationConfig
+from fedgrpc.sim.config import SimulationConfig, coordinator_config
 from fedgrpc.sim.quarantine import quarantine_figures
 from fedgrpc.sim.report import format_summary
 from fedgrpc.sim.summary import AttackFigures, Participant, SimulationSummary
