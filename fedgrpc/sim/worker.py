@@ -148,7 +148,10 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
         figures["bytes_received"] = float(client.bytes_received)
         figures["model_version"] = float(client.model_version)
         results.put(("done", args.index, figures | outcomes))
-        if gates is not None:
+        # Stay joined for the final status only when the run ended: a client
+        # whose step budget ran out first (say, seldom selected) leaves now,
+        # so no round waits for a client that no longer trains.
+        if gates is not None and client.finished:
             gates.release.wait(START_WAIT_S)  # then leave (the `with` block's end)
 
 
