@@ -190,7 +190,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from fedgrpc.sim.launcher import SimulationConfig, run_simulation
+    from fedgrpc.sim.config import SimulationConfig
+    from fedgrpc.sim.launcher import run_simulation
     from fedgrpc.sim.report import format_summary
 
     configure_logging("console", args.log_level)

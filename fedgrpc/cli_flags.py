@@ -15,9 +15,11 @@ SIMULATE_STAGE_FLAGS = (
     "aggregator", "trimmed_mean_beta", "krum_f", "multi_krum_m",
     "geomedian_iters", "geomedian_eps", "clipping_tau", "clipping_iters",
     "norm_bound", "norm_bound_multiple", "accumulator", "spool_dir",
-    "selection", "clients_per_round",
+    "selection", "clients_per_round", "trust", "trust_decay",
+    "trust_soft_threshold", "trust_hard_threshold", "trust_quarantine_rounds",
 )  # fmt: skip
-"""Stage settings `simulate` passes through to its coordinator."""
+"""Stage settings `simulate` passes through to its coordinator (the trust
+flags live with the robustness section's, `cli_serve_flags.ROBUSTNESS_FLAGS`)."""
 
 
 @dataclass(frozen=True, slots=True)

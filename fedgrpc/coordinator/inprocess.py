@@ -17,6 +17,7 @@ Every method is thread-safe: each runs its work on the coordinator's loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -24,8 +25,10 @@ from typing import Any, Self, TypeVar
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.faults import NO_FAULTS, FaultHooks
 from fedgrpc.coordinator.rounds.records import Outcome, Phase
+from fedgrpc.coordinator.rounds.registry import ClientRecord
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.coordinator.services.in_thread import CoordinatorThread
+from fedgrpc.coordinator.strategy.trust import TrustBook
 from fedgrpc.coordinator.strategy.wiring import StagePlugins
 from fedgrpc.domain.status import ClientSummary, CoordinatorStatus, RoundSummary
 from fedgrpc.errors import ConfigError
@@ -235,20 +238,7 @@ def build_status(runtime: CoordinatorRuntime) -> CoordinatorStatus:
             if spec is not None and engine.model.master is not None
             else 0
         ),
-        clients=tuple(
-            ClientSummary(
-                c.client_id,
-                c.name,
-                c.connected,
-                c.updates_accepted,
-                c.samples_contributed,
-                c.last_round,
-                c.last_train_loss,
-                c.excluded_until_round,
-                c.exclusion_reason,
-            )
-            for c in registry.all()
-        ),
+        clients=tuple(_client_summary(c, engine.trust) for c in registry.all()),
         rounds=tuple(
             RoundSummary(
                 r.round_id,
@@ -265,4 +255,29 @@ def build_status(runtime: CoordinatorRuntime) -> CoordinatorStatus:
         uptime_s=runtime.clock() - runtime.run.started_s,
         serving=runtime.durable.serving,
         not_serving_reason=runtime.durable.not_serving_reason,
+    )
+
+
+def _client_summary(c: ClientRecord, trust: TrustBook | None) -> ClientSummary:
+    """One client's row; its trust columns keep their defaults while trust is off."""
+    summary = ClientSummary(
+        c.client_id,
+        c.name,
+        c.connected,
+        c.updates_accepted,
+        c.samples_contributed,
+        c.last_round,
+        c.last_train_loss,
+        c.excluded_until_round,
+        c.exclusion_reason,
+    )
+    if trust is None:
+        return summary
+    standing = trust.standing(c.client_id)
+    return dataclasses.replace(
+        summary,
+        trust_score=standing.score,
+        trust_state=standing.state,
+        trust_weight_factor=standing.weight_factor(trust.settings),
+        first_quarantined_round=standing.first_quarantined_round,
     )

@@ -25,6 +25,14 @@ class ClientSummary:
     excluded_until_round: int = 0
     """Its pushes for rounds before this are refused (0: not excluded)."""
     exclusion_reason: str = ""
+    trust_score: float = 1.0
+    """Its trust score in [0, 1] (1 when trust is off or it was never scored)."""
+    trust_state: str = ""
+    """trusted, soft, quarantined or probation ("" when trust is off)."""
+    trust_weight_factor: float = 1.0
+    """Multiplier of its aggregation weight from its trust score (1: full)."""
+    first_quarantined_round: int = 0
+    """Round whose score first put it in hard quarantine (0: never)."""
 
 
 @dataclass(frozen=True, slots=True)

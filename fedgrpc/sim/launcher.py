@@ -14,107 +14,35 @@ import multiprocessing
 import queue
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fedgrpc.config import CoordinatorConfig, OuterOptimizerName
 from fedgrpc.coordinator.inprocess import Coordinator
+from fedgrpc.domain.status import CoordinatorStatus
 from fedgrpc.errors import FedGrpcError
 from fedgrpc.log import get_logger
-from fedgrpc.sim import DEFAULT_CORPUS_BYTES
-from fedgrpc.sim.attack_spec import AttackSpec, assign_attackers
 from fedgrpc.sim.attacks import AttackPlan
-from fedgrpc.sim.models import TrainDefaults, build_model
+from fedgrpc.sim.config import SimulationConfig, coordinator_config
+from fedgrpc.sim.models import build_model
+from fedgrpc.sim.quarantine import quarantine_figures
 from fedgrpc.sim.summary import (
     AttackFigures,
     Participant,
     RoundFigures,
     SimulationSummary,
 )
-from fedgrpc.sim.worker import WorkerArgs, run_worker
+from fedgrpc.sim.worker import Gates, WorkerArgs, run_worker
 
 log = get_logger(__name__)
 POLL_S = 0.2
+LEAVE_GRACE_S = 30.0
+"""After a run, how long the released clients have to leave and exit."""
 
 
 class SimulationError(FedGrpcError):
     """A simulated client failed or the run exceeded its time limit."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SimulationConfig:
-    """Settings of one simulated federation (the `simulate` flags)."""
-
-    clients: int = 4
-    rounds: int = 20
-    inner_steps: int = 50
-    seed: int = 0
-    outer_optimizer: OuterOptimizerName | str = "nesterov"
-    outer_optimizer_params: dict[str, Any] = field(default_factory=dict)
-    aggregator: str = "mean"
-    """The round's aggregator (`CoordinatorConfig.aggregator`), e.g. median."""
-    trimmed_mean_beta: float | None = None
-    krum_f: int | None = None
-    multi_krum_m: int | None = None
-    geomedian_iters: int | None = None
-    geomedian_eps: float | None = None
-    clipping_tau: float | None = None
-    clipping_iters: int | None = None
-    norm_bound: float | None = None
-    norm_bound_multiple: float | None = None
-    accumulator: str = "auto"
-    spool_dir: str = ""
-    selection: str = "all"
-    clients_per_round: int | None = None
-    outer_lr: float | None = None
-    outer_momentum: float | None = None
-    outer_beta1: float | None = None
-    outer_beta2: float | None = None
-    outer_tau: float | None = None
-    compression: str = "dense:fp32"
-    """The coordinator's codec (`fedgrpc.compress.parse_codec` grammar)."""
-    secure_aggregation: bool = False
-    """Mask every round (SecAgg+); the codec then defaults to dense:int8."""
-    proximal_mu: float = 0.0
-    """FedProx strength of every client (`ClientConfig.proximal_mu`; 0: off)."""
-    corpus_bytes: int = DEFAULT_CORPUS_BYTES
-    eval_batches: int = 8
-    round_timeout_s: float = 120.0
-    time_limit_s: float = 1800.0
-    defaults: TrainDefaults = field(default_factory=TrainDefaults)
-    attacks: tuple[AttackSpec, ...] = ()
-    """Byzantine clients (`--attack`); which ones follows from `seed`."""
-
-    def __post_init__(self) -> None:
-        for name in ("clients", "rounds", "inner_steps", "eval_batches"):
-            if getattr(self, name) < 1:
-                raise FedGrpcError(f"{name}={getattr(self, name)!r} must be >= 1")
-        for plan in self.attack_plans().values():  # fail before any process starts
-            if plan.spec.kind == "alie":
-                _ = plan.alie_z
-
-    def attack_plans(self, collusion_dir: str = "") -> dict[int, AttackPlan]:
-        """Client index -> its attack orders, for every attacking client."""
-        chosen = assign_attackers(self.attacks, self.clients, self.seed)
-        return {
-            index: AttackPlan(
-                spec=spec,
-                index=index,
-                clients=self.clients,
-                members=tuple(sorted(i for i, s in chosen.items() if s is spec)),
-                seed=self.seed,
-                collusion_dir=f"{collusion_dir}/attack-{_group(self.attacks, spec)}",
-            )
-            for index, spec in chosen.items()
-        }
-
-
-def _group(attacks: tuple[AttackSpec, ...], spec: AttackSpec) -> int:
-    """Which `--attack` `spec` is (by identity: two equal flags are two groups)."""
-    return next(k for k, attack in enumerate(attacks) if attack is spec)
 
 
 def run_simulation(
@@ -145,31 +73,36 @@ def _run(
 ) -> SimulationSummary:
     started = time.monotonic()
     torch.set_num_threads(1)  # the coordinator shares the two cores with clients
-    coordinator = Coordinator(_coordinator_config(config, init_model))
+    coordinator = Coordinator(coordinator_config(config, init_model))
     coordinator.start()
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
+    start, release = context.Event(), context.Event()  # see `Gates`
     plans = config.attack_plans(str(collusion))
     workers = [
         context.Process(
             target=run_worker,
-            args=(_worker_args(config, i, coordinator.address, plans), results),
+            args=(
+                _worker_args(config, i, coordinator.address, plans),
+                results,
+                Gates(start, release),
+            ),
             name=f"fedgrpc-sim-{i}",
         )
         for i in range(config.clients)
     ]
+    grace_s = 0.0  # a failed run ends its workers at once
     try:
         for worker in workers:
             worker.start()
         figures, joined = _monitor(
-            config, coordinator, workers, results, started, progress
+            config, coordinator, workers, (results, start), started, progress
         )
-        status = coordinator.status()
+        status = coordinator.status()  # while every client is still joined
+        grace_s = LEAVE_GRACE_S
     finally:
-        for worker in workers:
-            if worker.is_alive():
-                worker.terminate()
-            worker.join(timeout=10)
+        release.set()
+        _stop_workers(workers, grace_s)
         coordinator.stop()
     # The run's rounds are 1..R: the coordinator finishes the run after
     # round R (max_rounds) and opens no round past it; the filter keeps
@@ -200,8 +133,21 @@ def _run(
             )
             for i in range(config.clients)
         ],
-        attack=_attack_figures(config, plans, figures[0]),
+        attack=_attack_figures(config, plans, figures[0], (status, joined)),
     )
+
+
+def _stop_workers(workers: list[Any], grace_s: float) -> None:
+    """Give released workers `grace_s` (in all) to leave and exit, then end them.
+
+    After a failure `grace_s` is 0: whatever still runs is ended at once.
+    """
+    deadline = time.monotonic() + grace_s
+    for worker in workers:
+        worker.join(timeout=max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            worker.terminate()
+        worker.join(timeout=10)
 
 
 def _spec_text(plans: dict[int, AttackPlan], index: int) -> str | None:
@@ -212,64 +158,23 @@ def _attack_figures(
     config: SimulationConfig,
     plans: dict[int, AttackPlan],
     reporter: dict[str, float],
+    final: tuple[CoordinatorStatus, dict[int, str]],
 ) -> AttackFigures | None:
+    """The attack's figures; `final` is the last status and who joined as whom."""
     if not config.attacks:
         return None
     alie = [plan.alie_z for plan in plans.values() if plan.spec.kind == "alie"]
+    status, joined = final
     return AttackFigures(
         specs=tuple(str(spec) for spec in config.attacks),
         alie_z=alie[0] if alie else None,
         backdoor_success=reporter.get("backdoor_success"),
+        quarantine=(
+            quarantine_figures(status, joined, set(plans))
+            if config.trust == "on"
+            else None
+        ),
     )
-
-
-def _coordinator_config(
-    config: SimulationConfig, init_model: Path
-) -> CoordinatorConfig:
-    """A loopback coordinator that waits for every simulated client each round."""
-    return CoordinatorConfig(
-        listen="127.0.0.1:0",
-        init_model=str(init_model),
-        min_clients=config.clients_per_round or config.clients,
-        max_clients=config.clients,
-        max_rounds=config.rounds,  # the coordinator ends the run; clients see it
-        inner_steps=config.inner_steps,
-        round_timeout_s=config.round_timeout_s,
-        outer_optimizer=config.outer_optimizer,
-        outer_lr=config.outer_lr,
-        outer_momentum=config.outer_momentum,
-        outer_beta1=config.outer_beta1,
-        outer_beta2=config.outer_beta2,
-        outer_tau=config.outer_tau,
-        outer_optimizer_params=config.outer_optimizer_params,
-        aggregator=config.aggregator,
-        trimmed_mean_beta=config.trimmed_mean_beta,
-        krum_f=config.krum_f,
-        multi_krum_m=config.multi_krum_m,
-        geomedian_iters=config.geomedian_iters,
-        geomedian_eps=config.geomedian_eps,
-        clipping_tau=config.clipping_tau,
-        clipping_iters=config.clipping_iters,
-        norm_bound=config.norm_bound,
-        norm_bound_multiple=config.norm_bound_multiple,
-        accumulator=config.accumulator,
-        spool_dir=config.spool_dir,
-        selection=config.selection,
-        clients_per_round=config.clients_per_round,
-        codec=_codec(config),
-        secure_aggregation=config.secure_aggregation,
-        heartbeat_interval_s=2.0,
-        session_timeout_s=60.0,
-        # Throwaway client keys on one machine: nobody to enrol. Still signed.
-        open_enrollment=True,
-    )
-
-
-def _codec(config: SimulationConfig) -> str:
-    """The codec; secure aggregation needs integer codes (int8 unless chosen)."""
-    if config.secure_aggregation and config.compression == "dense:fp32":
-        return "dense:int8"
-    return config.compression
 
 
 def _worker_args(
@@ -298,14 +203,17 @@ def _monitor(
     config: SimulationConfig,
     coordinator: Coordinator,
     workers: list[Any],
-    results: Any,
+    channels: tuple[Any, Any],
     started: float,
     progress: bool,
 ) -> tuple[dict[int, dict[str, float]], dict[int, str]]:
     """Drive the progress bar until every worker reported done (bounded).
 
-    Returns each worker's final figures and the client id it joined as.
+    `channels`: the workers' result queue and their start signal, set once
+    all of them joined. Returns each worker's final figures and the client
+    id it joined as.
     """
+    results, start = channels
     from tqdm import tqdm
 
     done: dict[int, dict[str, float]] = {}
@@ -319,6 +227,8 @@ def _monitor(
                 )
             _drain(results, done, joined)
             _check_workers(workers, done, results, joined)
+            if len(joined) == len(workers):
+                start.set()
             history = coordinator.status().rounds
             # Rounds past R are not the run's (see run_simulation).
             if min(len(history), config.rounds) > bar.n:

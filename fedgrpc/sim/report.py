@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fedgrpc.sim.summary import SimulationSummary
 
 
@@ -24,10 +26,42 @@ def _attack_rows(summary: SimulationSummary) -> list[tuple[str, str]]:
         (f"  attacker {p.index}", f"{p.attack}, {p.updates_applied} updates applied")
         for p in summary.attackers
     ]
+    rows += _quarantine_rows(attack.quarantine)
     if attack.alie_z is not None:
         rows.append(("ALIE z", f"{attack.alie_z:.4f}"))
     if attack.backdoor_success is not None:
         rows.append(("backdoor success", f"{attack.backdoor_success:.1%}"))
+    return rows
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _quarantine_rows(figures: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """Trust's catch: precision/recall, then the attackers and anyone caught."""
+    if figures is None:
+        return []
+    within = figures["within_rounds"]
+    rows = [
+        (
+            f"quarantined by round {within}",
+            f"precision {_ratio(figures['precision'])}, "
+            f"recall {_ratio(figures['recall'])}",
+        )
+    ]
+    for row in figures["clients"]:
+        first = row["first_quarantined_round"]
+        if not row["attacker"] and first is None:
+            continue  # honest and never quarantined: the table stays short
+        who = "attacker" if row["attacker"] else "honest"
+        when = f"quarantined in round {first}" if first else "never quarantined"
+        rows.append(
+            (
+                f"  trust {row['index']}",
+                f"{row['trust_score']:.3f} {row['trust_state']} ({who}), {when}",
+            )
+        )
     return rows
 
 

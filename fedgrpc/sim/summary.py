@@ -45,8 +45,10 @@ class AttackFigures:
     """Fraction of trigger prompts the final global model completes with the
     backdoor's target byte (`fedgrpc.sim.poison`); None without a backdoor."""
     quarantine: dict[str, Any] | None = None
-    """Room for the coordinator's quarantine figures (trust scores: which
-    clients it quarantined, when); None while status does not report them."""
+    """With `--trust on`: each participant's final trust score and standing,
+    the round it was first hard-quarantined, and the precision and recall of
+    "quarantined within 5 rounds" against the true attackers
+    (`fedgrpc.sim.quarantine`); None with trust off."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,16 +57,45 @@ class WorkerArgs:
     """The reporter also scores backdoor success on the final global model."""
 
 
-def run_worker(args: WorkerArgs, results: ResultQueue) -> None:
+class Signal(Protocol):
+    """The slice of `multiprocessing.Event` a worker waits on."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once the launcher set it; False after `timeout` seconds."""
+        ...
+
+
+START_WAIT_S = 900.0
+"""Bound on waiting for a gate (`Gates`) (the launcher's time limit ends a
+run sooner; this only keeps an orphaned process from waiting forever)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Gates:
+    """The launcher's two signals to every worker (`multiprocessing.Event`s)."""
+
+    start: Signal
+    """Set once every client joined: only then does any train, so round 1
+    holds everyone's update even when the quorum is below the client count
+    (`config._quorum`)."""
+    release: Signal
+    """Set once the launcher read the final status: until then the finished
+    clients stay joined, so the status still lists them (a client that left
+    for good is forgotten) with their final trust standing."""
+
+
+def run_worker(
+    args: WorkerArgs, results: ResultQueue, gates: Gates | None = None
+) -> None:
     """Process entry point: report `done` with figures, or `error` with a traceback."""
     try:
-        results.put(("done", args.index, _train(args, results)))
+        _train(args, results, gates)
     except BaseException:  # the launcher must hear about every failure
         results.put(("error", args.index, traceback.format_exc()))
         raise
 
 
-def _train(args: WorkerArgs, results: ResultQueue) -> dict[str, float]:
+def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
     # Simulated clients share two cores; more threads per process only thrash.
     torch.set_num_threads(1)
     from fedgrpc.client import DiLoCoClient
@@ -97,6 +126,8 @@ def _train(args: WorkerArgs, results: ResultQueue) -> dict[str, float]:
         if is_reporter:
             figures["initial_val_loss"] = _validate(model, splits, args)
         results.put(("ready", args.index, client.client_id))
+        if gates is not None and not gates.start.wait(START_WAIT_S):
+            raise RuntimeError(f"the other clients did not join in {START_WAIT_S} s")
         # The coordinator ends the run after `rounds` (max_rounds); the
         # step budget only bounds a run whose coordinator never says so.
         for _ in range(2 * args.rounds * args.inner_steps):
@@ -116,7 +147,12 @@ def _train(args: WorkerArgs, results: ResultQueue) -> dict[str, float]:
         figures["bytes_sent"] = float(client.bytes_sent)
         figures["bytes_received"] = float(client.bytes_received)
         figures["model_version"] = float(client.model_version)
-    return figures | outcomes
+        results.put(("done", args.index, figures | outcomes))
+        # Stay joined for the final status only when the run ended: a client
+        # whose step budget ran out first (say, seldom selected) leaves now,
+        # so no round waits for a client that no longer trains.
+        if gates is not None and client.finished:
+            gates.release.wait(START_WAIT_S)  # then leave (the `with` block's end)
 
 
 def _poisoner(args: WorkerArgs) -> Callable[[Batch], Batch]:

@@ -12,6 +12,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,8 +24,10 @@ from fedgrpc._proto.v1 import admin_pb2, admin_pb2_grpc
 from fedgrpc.cli_ops import format_status
 from fedgrpc.client.admin import fetch_status
 from fedgrpc.config import CoordinatorConfig
+from fedgrpc.coordinator.inprocess import build_status
 from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 from fedgrpc.crypto.keys import PrivateKey
+from fedgrpc.domain.status import CoordinatorStatus
 from tests.helpers.raw import Joined, join, pull, stub, tiny_spec, update_messages
 
 N = 64
@@ -110,6 +113,19 @@ class Federation:
         return refused
 
 
+def _in_process(coordinator: CoordinatorThread, client_id: str) -> tuple[str, int, int]:
+    """`client_id`'s trust state, first quarantined round and exclusion end, as
+    the in-process status (`build_status`, run on the loop) reports them."""
+    runtime = coordinator.running.runtime
+
+    async def snapshot() -> CoordinatorStatus:
+        return build_status(runtime)
+
+    status = asyncio.run_coroutine_threadsafe(snapshot(), coordinator.loop).result(10)
+    (row,) = [c for c in status.clients if c.client_id == client_id]
+    return row.trust_state, row.first_quarantined_round, row.excluded_until_round
+
+
 ATTACKS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "sign_flip": lambda update: -update,
     "scale_10x": lambda update: 10 * update,
@@ -165,6 +181,10 @@ def test_an_attacking_client_is_quarantined_within_five_rounds_and_after_restart
             table = format_status(coordinator.address, shown)
             until = before.quarantined_until_round
             assert f"quarantined until round {until}" in table
+            # The in-process status (`Coordinator.status()`) says the same,
+            # and when the quarantine began.
+            in_process = _in_process(coordinator, attacker_id)
+            assert in_process == ("quarantined", quarantined_at, until)
     # A restart from the checkpoint keeps the quarantine: the attacker joins
     # again with its key (same id) and is still refused.
     with serve_in_thread(config) as resumed:
@@ -182,6 +202,11 @@ def test_an_attacking_client_is_quarantined_within_five_rounds_and_after_restart
             assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
             for client_id in honest_ids:
                 assert after[client_id].trust_state == "trusted"
+            # When it began is checkpointed with the standing.
+            assert _in_process(resumed, attacker_id)[:2] == (
+                "quarantined",
+                quarantined_at,
+            )
 
 
 def test_trust_with_secure_aggregation_is_refused_at_start_naming_both(

@@ -91,6 +91,37 @@ def test_colluding_alie_and_a_backdoor_run_in_one_federation() -> None:
     assert "backdoor success" in table
 
 
+def test_trust_quarantines_a_scaling_attacker_and_the_honest_rounds_go_on() -> None:
+    summary, table = _simulate(
+        "--rounds", "6", "--aggregator", "median", "--attack", "scaling:0.25",
+        "--trust", "on", "--seed", "0",
+    )  # fmt: skip
+    (attacker,) = summary["attack"]["attackers"]
+    figures = summary["attack"]["quarantine"]
+    rows = {row["index"]: row for row in figures["clients"]}
+    assert rows[attacker]["attacker"] is True
+    assert rows[attacker]["trust_state"] == "quarantined"
+    first = rows[attacker]["first_quarantined_round"]
+    assert first is not None
+    assert 1 <= first <= 5
+    assert rows[attacker]["excluded_until_round"] > 6  # still out at the end
+    honest = [row for index, row in rows.items() if index != attacker]
+    assert len(honest) == 3
+    assert all(row["first_quarantined_round"] is None for row in honest)
+    assert all(row["trust_state"] in ("trusted", "soft") for row in honest)
+    assert (figures["precision"], figures["recall"]) == (1.0, 1.0)
+    # Every round applied: after the quarantine the quorum (2 of 4) is met
+    # by the three honest clients, instead of each round timing out.
+    assert summary["rounds"] == summary["rounds_applied"] == 6
+    assert summary["updates_per_round"][first:] == [3] * (6 - first)
+    # The attacker's process ran on, refused, and finished with the run.
+    by_index = {p["index"]: p for p in summary["participants"]}
+    assert by_index[attacker]["updates_applied"] == first
+    assert all(by_index[i]["updates_applied"] == 6 for i in by_index if i != attacker)
+    assert "quarantined by round 5" in table
+    assert "precision 1.00, recall 1.00" in table
+
+
 def test_an_attack_with_no_client_to_run_it_is_refused_before_anything_starts() -> None:
     result = subprocess.run(
         [str(FEDGRPC), "simulate", "--clients", "4", "--attack", "ipm:0.1"],

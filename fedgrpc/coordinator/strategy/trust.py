@@ -88,6 +88,9 @@ class Standing:
     """Scored rounds it still has to pass on probation."""
     offences: int = 0
     """Hard quarantines so far (each one lasts twice the previous)."""
+    first_quarantined_round: int = 0
+    """Round whose score first put it in hard quarantine (0: never); kept so
+    a report can say how soon an attacker was caught (`fedgrpc simulate`)."""
     last_round_score: float = 1.0
     """rᵢ of its last scored round (for status and logs)."""
 
@@ -263,6 +266,7 @@ class TrustBook:
         """Hard quarantine: exclude `client_id` for K · 2^(offences - 1) rounds."""
         settings = self.settings
         standing.offences += 1
+        standing.first_quarantined_round = standing.first_quarantined_round or round_id
         doublings = min(standing.offences - 1, MAX_ESCALATION)
         rounds = settings.quarantine_rounds << doublings
         standing.state, standing.probation_left = "quarantined", 0

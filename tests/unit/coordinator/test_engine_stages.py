@@ -20,7 +20,7 @@ from fedgrpc.coordinator.rounds.records import Outcome
 from fedgrpc.coordinator.rounds.registry import ClientRegistry
 from fedgrpc.coordinator.strategy.wiring import NO_PLUGINS, StagePlugins
 from fedgrpc.errors import ConfigError
-from fedgrpc.sim.launcher import SimulationConfig, _coordinator_config
+from fedgrpc.sim.config import SimulationConfig, coordinator_config
 from tests.unit.coordinator.test_round_engine import SPEC, _close, _commit, _header
 
 
@@ -171,7 +171,7 @@ def test_simulate_passes_the_stage_settings_to_its_coordinator(
 ) -> None:
     init_model = tmp_path / "init.safetensors"  # only its existence is checked here
     init_model.touch()
-    config = _coordinator_config(
+    config = coordinator_config(
         SimulationConfig(aggregator="trimmed_mean", trimmed_mean_beta=0.2), init_model
     )
     assert (config.aggregator, config.trimmed_mean_beta) == ("trimmed_mean", 0.2)

@@ -121,18 +121,15 @@ def test_serve_and_simulate_take_the_adaptive_flags(command: str) -> None:
 def test_simulation_config_carries_the_adaptive_settings_to_its_coordinator(
     tmp_path: Path,
 ) -> None:
-    from fedgrpc.sim.launcher import (
-        SimulationConfig,
-        _coordinator_config,
-        write_initial_model,
-    )
+    from fedgrpc.sim.config import SimulationConfig, coordinator_config
+    from fedgrpc.sim.launcher import write_initial_model
 
     simulation = SimulationConfig(
         outer_optimizer="fedadam", outer_beta1=0.7, outer_beta2=0.95, outer_tau=1e-2
     )
     init_model = write_initial_model(simulation, tmp_path)
 
-    config = _coordinator_config(simulation, init_model)
+    config = coordinator_config(simulation, init_model)
 
     assert config.outer_optimizer == "fedadam"
     assert (config.outer_beta1, config.outer_beta2, config.outer_tau) == (

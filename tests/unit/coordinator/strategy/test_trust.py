@@ -118,6 +118,9 @@ def test_a_quarantined_client_returns_on_probation_and_a_repeat_doubles_it() -> 
     assert book.standing(ATTACKER).state == "quarantined"
     assert book.standing(ATTACKER).quarantined_until == 8 + 1 + 4
     assert book.standing(ATTACKER).offences == 2
+    # The first quarantine's round stays: how soon the attacker was caught.
+    assert book.standing(ATTACKER).first_quarantined_round == 4
+    assert book.standing(HONEST[0]).first_quarantined_round == 0
 
 
 def test_probation_ends_as_trusted_after_k_good_rounds() -> None:
