@@ -15,7 +15,8 @@ Both do the same compute (every worker takes H steps per round); k2of4
 sends half the updates and pulls. Reported: final validation loss (mean,
 std over seeds) and bytes moved, so the trade is visible.
 
-One JSON object on stdout; progress on stderr.
+`--cache DIR` keeps each run's result and resumes (runs take ~10 min on a
+quiet core). One JSON object on stdout; progress on stderr.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import math
 import os
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 from _convergence_pool import run_cases
@@ -45,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--eval-batches", type=int, default=100, help="final eval, 32 windows each")
     add("--jobs", type=int, default=1, help="processes running runs side by side")
     add("--timeout", type=float, default=6 * 3600.0, help="seconds for all runs")
+    add("--cache", type=Path, help="keep each run's result here; reuse on rerun")
     add("--quick", action="store_true", help="2 rounds, H=5, 1 seed: a smoke run")
     args = parser.parse_args(argv)
     if args.quick:
@@ -91,12 +94,14 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
-    cases = [make_case(args, n, s) for n in CASES for s in range(args.seeds)]
+    # Seed-major, so a run stopped early (resumed with --cache) already has
+    # both cases of seed 0 to compare.
+    cases = [make_case(args, n, s) for s in range(args.seeds) for n in CASES]
     log("selection", f"{len(cases)} runs: {list(CASES)} x {args.seeds} seeds")
-    results = run_cases(cases, args.jobs, args.timeout)
+    results = run_cases(cases, args.jobs, args.timeout, args.cache)
     by_name = {
-        name: _summary(results[i * args.seeds : (i + 1) * args.seeds])
-        for i, name in enumerate(CASES)
+        n: _summary([r for c, r in zip(cases, results, strict=True) if c.name == n])
+        for n in CASES
     }
     report = {
         "bench": "selection",
