@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from fedgrpc.aggregate.blockwise import DEFAULT_BLOCK_BYTES, spool_blocks
+from fedgrpc.aggregate.sortnet import order_rows
 from fedgrpc.aggregate.stages import F32Array, F64Array, HeldSpool
 
 GRAM_COLUMNS = 1 << 16
@@ -113,26 +114,40 @@ def centered_gram(
 ) -> F64Array:
     """Ĝ = X̂·X̂ᵀ for the rows x = (u₁, ..., uₙ[, extra]), one pass.
 
-    X̂ is X centred per coordinate on ū = (1/n) Σᵢ uᵢ (the updates' mean,
-    `extra` left out of it). Any distance between points of the form
-    Σₖ wₖ xₖ with Σₖ wₖ = 1 (an update, a centre built from them) is then
-    (w - w')ᵀ Ĝ (w - w'), and the centring keeps ‖a‖² + ‖b‖² - 2a·b free of
-    cancellation. Per block, in float64: the copy covers `GRAM_COLUMNS`
-    columns at a time ((n + 1) x 64k x 8 bytes), never the block or model.
+    X̂ is X shifted per coordinate by m = the coordinate-wise median of the
+    updates (`extra` left out of it). Any distance between points of the
+    form Σₖ wₖ xₖ with Σₖ wₖ = 1 (an update, a centre built from them) is
+    then (w - w')ᵀ Ĝ (w - w'), whatever the shift. The shift is what keeps
+    ‖a‖² + ‖b‖² - 2a·b free of cancellation: honest rows become small, and
+    a hostile row of ±3e38 stays alone in its own row and column of Ĝ,
+    where with the mean as the shift it would move every honest row by
+    3e38/n and bury their distances in its rounding error.
+
+    Per block, in float64: the copy covers `GRAM_COLUMNS` columns at a time
+    ((n + 1) x 64k x 8 bytes, plus an n x 64k float32 copy for the median's
+    sorting network), never the block or the model.
     """
     n = spool.count
     rows = n + (extra is not None)
     total = np.zeros((rows, rows), dtype=np.float64)
     scratch = np.empty((rows, GRAM_COLUMNS), dtype=np.float64)
+    ordered = np.empty((n, GRAM_COLUMNS), dtype=np.float32)
+    spare = np.empty(GRAM_COLUMNS, dtype=np.float32)
+    shift = np.empty(GRAM_COLUMNS, dtype=np.float64)
+    middle = tuple(sorted({(n - 1) // 2, n // 2}))
     for start, block in spool_blocks(spool, block_bytes):
         for first in range(0, block.shape[1], GRAM_COLUMNS):
             part = block[:, first : first + GRAM_COLUMNS]
-            wide = scratch[:, : part.shape[1]]
+            width = part.shape[1]
+            wide, median = scratch[:, :width], shift[:width]
             wide[:n] = part  # float32 -> float64, into the reused buffer
             if extra is not None:
-                at = start + first
-                wide[n] = extra[at : at + part.shape[1]]
-            wide -= wide[:n].mean(axis=0)
+                wide[n] = extra[start + first : start + first + width]
+            np.copyto(ordered[:, :width], part)
+            low, *high = order_rows(ordered[:, :width], middle, spare)
+            np.add(low, high[-1] if high else low, out=median)
+            median *= 0.5
+            wide -= median
             add_gram(total, wide)
     return total
 
