@@ -10,8 +10,8 @@ Two parts, each bounded:
    resets VmHWM before each rule) in units of the model's d x 4 bytes. The
    goal is <= 3x the model plus O(clients x block): the output buffer is 1x,
    centered clipping keeps 1x more (the previous aggregate), blocks are
-   32 MiB. The spool's files are read with `readinto`, never mapped, so the
-   page cache does not count toward RSS.
+   2 x 16 MiB (one read ahead). The spool's files are read with `readinto`,
+   never mapped, so the page cache does not count toward RSS.
 2. **Share of a round** (`--round-size` x `--round-clients`, default 10.5M x
    8): a real `fedgrpc serve --aggregator RULE` with that many DiLoCoClient
    processes (H = 1, as `round_latency.py`), the coordinator's median round
@@ -236,8 +236,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 BLOCK_ALLOWANCE = 4 * (32 << 20)
-"""The O(clients x block) term: one 32 MiB block, Krum's float64 copy of it
-and the temporaries of one block's arithmetic, whatever d is."""
+"""The O(clients x block) term: two 16 MiB blocks (one read ahead), the
+float64 Gram chunk and the temporaries of one block's arithmetic, whatever d is."""
 
 
 def goals(report: dict[str, Any]) -> dict[str, bool | None]:

@@ -32,10 +32,17 @@ so an outlier's pull (at most τˡ/n per step) shrinks with it. A fixed τ is
 the paper's rule: its bias stays f·τ/n per step. The rule is stateful
 across rounds (v⁰), so its state is checkpointed (`state_dict`).
 
-Memory: each iteration is one pass over the spool that also measures the
-next iteration's distances (`passes.recentre`); the centre lives in `out`.
-Besides `out`, centered clipping keeps one model-sized float32 vector (v⁰
-for the next round); the geometric median nothing.
+Passes: two, whatever T or L. Every centre either rule builds is an affine
+combination Σₖ wₖ xₖ (Σ w = 1) of the updates (and of v⁰), so one pass takes
+their centred Gram matrix Ĝ (`passes.centered_gram`, float64), the
+iterations run on w alone with ‖uᵢ - c‖² = (eᵢ - w)ᵀ Ĝ (eᵢ - w)
+(`passes.coefficient_distances`), and a second pass writes the final centre
+(`passes.combine`). Same iterates as re-reading the spool each step, except
+that the centre is no longer rounded to float32 between steps.
+
+Memory: the centre lives in `out`. Besides `out`, centered clipping keeps
+one model-sized float32 vector (v⁰ for the next round); the geometric median
+nothing.
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ from fedgrpc.aggregate.blockwise import (
     check_out,
     require_committed,
 )
-from fedgrpc.aggregate.passes import recentre
+from fedgrpc.aggregate.passes import centered_gram, coefficient_distances, combine
 from fedgrpc.aggregate.stages import F64Array, HeldUpdates, Holding
 from fedgrpc.errors import ConfigError
 from fedgrpc.log import get_logger
@@ -108,24 +115,25 @@ class GeometricMedian:
         return "every_update"
 
     def aggregate(self, held: HeldUpdates, out: torch.Tensor) -> None:
-        """Write the geometric median into `out` (see `Aggregator`); T + 1 passes."""
+        """Write the geometric median into `out` (see `Aggregator`); 2 passes."""
         require_committed(held, self.name)
         spool = as_spool(held, self.name)
         center = check_out(out, spool.num_coordinates)
         n = spool.count
-        alpha = np.full(n, 1.0 / n)
-        distances = np.sqrt(recentre(spool, center, 0.0, alpha, self.block_bytes))
+        gram = centered_gram(spool, None, self.block_bytes)
+        alpha = gamma = np.full(n, 1.0 / n)  # c⁰ = the mean
+        distances = coefficient_distances(gram, gamma, n)
         objective = float(alpha @ distances)
         self.last_iterations = 0
         for _ in range(self.iters):
             beta: F64Array = alpha / np.maximum(self.eps, distances)
-            distances = np.sqrt(
-                recentre(spool, center, 0.0, beta / beta.sum(), self.block_bytes)
-            )
+            gamma = beta / beta.sum()
+            distances = coefficient_distances(gram, gamma, n)
             self.last_iterations += 1
             previous, objective = objective, float(alpha @ distances)
             if abs(previous - objective) <= self.ftol * objective:
                 break
+        combine(spool, gamma, center, self.block_bytes)
         log.debug(
             "geomedian_done", iterations=self.last_iterations, objective=objective
         )
@@ -161,7 +169,7 @@ class CenteredClipping:
         return "every_update"
 
     def aggregate(self, held: HeldUpdates, out: torch.Tensor) -> None:
-        """Write vᴸ into `out` and keep it as the next round's v⁰; L + 1 passes."""
+        """Write vᴸ into `out` and keep it as the next round's v⁰; 2 passes."""
         require_committed(held, self.name)
         spool = as_spool(held, self.name)
         center = check_out(out, spool.num_coordinates)
@@ -171,16 +179,20 @@ class CenteredClipping:
             out.copy_(previous)
         else:
             out.zero_()
-        no_move = np.zeros(n, dtype=np.float64)
-        distances = np.sqrt(recentre(spool, center, 1.0, no_move, self.block_bytes))
+        # Rows 0..n-1 of Ĝ are the updates, row n is v⁰; vˡ = Σₖ wₖ xₖ.
+        gram = centered_gram(spool, center, self.block_bytes)
+        gamma = np.zeros(n + 1, dtype=np.float64)
+        gamma[n] = 1.0
+        distances = coefficient_distances(gram, gamma, n)
         for _ in range(self.iters):
             tau = self.tau if self.tau is not None else float(np.median(distances))
             # sᵢ = min(1, τ/‖uᵢ - v‖), and 1 where uᵢ = v (nothing to clip).
             scale = np.minimum(1.0, tau / np.maximum(distances, 1e-300))
             keep = 1.0 - float(scale.sum()) / n
-            distances = np.sqrt(
-                recentre(spool, center, keep, scale / n, self.block_bytes)
-            )
+            gamma *= keep  # vˡ⁺¹ = keep·vˡ + Σᵢ (sᵢ/n) uᵢ
+            gamma[:n] += scale / n
+            distances = coefficient_distances(gram, gamma, n)
+        combine(spool, gamma[:n], center, self.block_bytes, keep=float(gamma[n]))
         if previous is not None and previous.numel() == out.numel():
             previous.copy_(out)
         else:

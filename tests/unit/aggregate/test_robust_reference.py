@@ -234,3 +234,33 @@ def test_bad_rule_parameters_are_refused_naming_the_setting(
 ) -> None:
     with pytest.raises(ConfigError, match=setting):
         build()
+
+
+@pytest.mark.parametrize("huge", [3.0e38, 1.0e30, 1.0e15])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        CenteredClipping(iters=5, block_bytes=SMALL_BLOCKS),
+        krum(block_bytes=SMALL_BLOCKS),
+        MultiKrum(block_bytes=SMALL_BLOCKS),
+    ],
+    ids=lambda rule: rule.name,
+)
+def test_one_update_of_huge_finite_floats_does_not_blind_the_distance_rules(
+    rule: Aggregator, huge: float, spool_of: MakeSpool
+) -> None:
+    """A hostile client's finite ±huge update is rejected by no ingest check,
+    and must not drown the honest updates' distances in its rounding error:
+    the rule still lands within the honest spread of the honest mean.
+
+    The geometric median is left out: from RFA's start (the mean, ~huge/n
+    away) Weiszfeld needs ~log₇(huge) steps and RFA's relative `ftol` stops
+    it first, on main as well (a separate hole, not one of precision).
+    """
+    updates = _updates(5, 8)
+    updates[3] = np.float32(huge) * np.sign(updates[3])
+    honest = np.delete(updates, 3, axis=0).astype(np.float64)
+    got = _run(rule, spool_of(updates))
+    spread = np.linalg.norm(honest - honest.mean(axis=0), axis=1).max()
+    assert np.isfinite(got).all()
+    assert np.linalg.norm(got - honest.mean(axis=0)) < spread

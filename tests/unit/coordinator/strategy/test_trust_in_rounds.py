@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from fedgrpc.aggregate import SpoolAccumulator
-from fedgrpc.aggregate.agreement import NUMPY_GRAM_MAX_ROWS, measure_agreement
+from fedgrpc.aggregate.agreement import measure_agreement
+from fedgrpc.aggregate.passes import NUMPY_GRAM_MAX_ROWS
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.config.robustness import TrustSettings
 from fedgrpc.coordinator.rounds.records import Outcome
