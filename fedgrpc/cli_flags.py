@@ -12,8 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 SIMULATE_STAGE_FLAGS = (
-    "aggregator", "trimmed_mean_beta", "accumulator", "spool_dir", "selection",
-    "clients_per_round",
+    "aggregator", "trimmed_mean_beta", "krum_f", "multi_krum_m",
+    "geomedian_iters", "geomedian_eps", "clipping_tau", "clipping_iters",
+    "norm_bound", "norm_bound_multiple", "accumulator", "spool_dir",
+    "selection", "clients_per_round",
 )  # fmt: skip
 """Stage settings `simulate` passes through to its coordinator."""
 
@@ -66,15 +68,37 @@ def json_table(text: str) -> dict[str, object]:
 
 STAGE_FLAGS = (
     Flag("--aggregator", "how a round's updates become one: mean "
-          "(sample-weighted), median (coordinate-wise), trimmed_mean, or "
-          "package.module:Class; median and trimmed_mean keep every update on "
-          "disk (--spool-dir) and exclude --secure-aggregation (default: mean)",
-          metavar="NAME"),
+          "(sample-weighted), median (coordinate-wise), trimmed_mean, krum, "
+          "multi_krum, geometric_median, centered_clipping, hybrid (norm "
+          "bound, then trimmed mean), or package.module:Class; all but mean "
+          "keep every update on disk (--spool-dir) and exclude "
+          "--secure-aggregation (default: mean)", metavar="NAME"),
     Flag("--aggregator-params", "JSON object of keyword arguments for a "
           "package.module:Class aggregator (default: {})", json_table, "JSON"),
     Flag("--trimmed-mean-beta", "fraction in [0, 0.5) trimmed from each side "
-          "per coordinate; only with --aggregator trimmed_mean (default: 0.1)",
-          float, "BETA"),
+          "per coordinate; only with --aggregator trimmed_mean or hybrid "
+          "(default: 0.1)", float, "BETA"),
+    Flag("--krum-f", "Byzantine updates Krum assumes, 2f + 2 < n; only with "
+          "--aggregator krum or multi_krum (default: the most n allows)",
+          int, "F"),
+    Flag("--multi-krum-m", "updates Multi-Krum averages; only with "
+          "--aggregator multi_krum (default: n - f)", int, "M"),
+    Flag("--geomedian-iters", "at most this many Weiszfeld steps; only with "
+          "--aggregator geometric_median (default: 10)", int, "T"),
+    Flag("--geomedian-eps", "Weiszfeld smoothing nu > 0; only with "
+          "--aggregator geometric_median (default: 1e-6)", float, "NU"),
+    Flag("--clipping-tau", "centered clipping radius tau > 0; only with "
+          "--aggregator centered_clipping (default: at each step, the "
+          "updates' median distance to the current centre)", float, "TAU"),
+    Flag("--clipping-iters", "centered clipping passes L per round; only "
+          "with --aggregator centered_clipping (default: 3)", int, "L"),
+    Flag("--norm-bound", "clip every update to this L2 norm before the "
+          "aggregator (any aggregator; uses the spool; not with "
+          "--secure-aggregation) (default: off; hybrid: 1 x the median "
+          "norm)", float, "B"),
+    Flag("--norm-bound-multiple", "clip every update to this multiple of "
+          "the round's median update norm; exclusive with --norm-bound "
+          "(default: off; hybrid: 1.0)", float, "K"),
     Flag("--accumulator", "how a round holds updates: auto (streaming sum, "
           "or the disk spool when the aggregator needs every update), "
           "streaming_sum or spool (default: auto)",

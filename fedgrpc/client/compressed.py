@@ -45,10 +45,14 @@ class CompressedUpdates:
         num_coordinates: int,
         chunk_bytes: int,
         feedback_decay: float = 1.0,
+        max_update_norm: float = 0.0,
     ) -> None:
+        """`max_update_norm` > 0 clips e + Δ to that L2 norm each round."""
         self.config = config
         self.codec = make_codec(config)  # fresh entropy: clients' rounding differs
-        self.feedback = ErrorFeedback(num_coordinates, decay=feedback_decay)
+        self.feedback = ErrorFeedback(
+            num_coordinates, decay=feedback_decay, max_norm=max_update_norm
+        )
         self.chunk_bytes = chunk_bytes
         self._wire_codec = WIRE_CODEC_TO_PROTO[wire_codec(config)]
         self._pending: list[OffsetBlock] = []

@@ -147,7 +147,9 @@ class DiLoCoClient:
                 return None
             wait_s = self._config.rpc_timeout_s
             n = self._local.spec.num_coordinates
-            self._secure = SecureMode(federation, n, wait_s)
+            self._secure = SecureMode(
+                federation, n, wait_s, self._config.max_update_norm
+            )
         return self._secure.attach(link, federation)
 
     def _start(self, federation: Federation) -> SyncPoint:
@@ -170,8 +172,9 @@ class DiLoCoClient:
             compressed = self._secure.updates
         elif federation.codec != Dense(values="fp32"):
             compressed = CompressedUpdates(
-                federation.codec, n, federation.chunk_bytes, federation.feedback_decay
-            )
+                federation.codec, n, federation.chunk_bytes,
+                federation.feedback_decay, self._config.max_update_norm,
+            )  # fmt: skip
         sync = SyncPoint(self._connection, federation, self._local, self._config)
         sync.compressed = compressed
         sync.update_transform = self._update_transform

@@ -28,6 +28,7 @@ from fedgrpc.client.connection.push import UpdateEncoder, UpdateMeta
 from fedgrpc.client.connection.round_tracker import RoundStart, RunFinished, StaleBase
 from fedgrpc.client.transform import UpdateContext, UpdateTransform, apply_transform
 from fedgrpc.client.weights import LocalRun
+from fedgrpc.compress.norm_clip import clip_to_norm
 from fedgrpc.config import ClientConfig
 from fedgrpc.errors import (
     CoordinatorUnavailableError,
@@ -240,6 +241,12 @@ class SyncPoint:
                 self.client_id, round_id, local.base_version, local.samples
             )
             delta = apply_transform(self.update_transform, delta, context)
+        bound = self._config.max_update_norm
+        if bound and self.compressed is None:
+            # Raw float32: clip Δ itself (an encoder clips e + Δ instead).
+            norm = clip_to_norm(delta.numpy(), bound)
+            if norm > bound:
+                self._log.info("update_clipped", norm=norm, max_update_norm=bound)
         meta = UpdateMeta(
             round_id=round_id,
             base_version=local.base_version,

@@ -13,6 +13,13 @@ With decay β < 1 the update is e ← β·e + Δ: the accumulator then plays the
 role of momentum, as in SparseLoCo (arXiv 2508.15706, used with plain outer
 SGD), and mass is deliberately forgotten at rate 1 - β.
 
+With a norm bound B (`ClientConfig.max_update_norm`) the residual is clipped
+right after Δ is folded in, e ← e · min(1, B/‖e‖), so what the round encodes
+(e + Δ) has norm <= B up to the codec's rounding. The clipped-off part is
+dropped, not carried: carrying it would hand the coordinator the excess a
+round later, and the bound is meant to cap what any one client moves the
+model by. (So with a bound the identity above holds for the clipped e.)
+
 Not thread-safe: one client thread owns it.
 """
 
@@ -29,6 +36,7 @@ from fedgrpc.compress.blocks import (
     F32Array,
 )
 from fedgrpc.compress.codec import BlockCodec
+from fedgrpc.compress.norm_clip import clip_to_norm
 from fedgrpc.errors import ConfigError
 
 
@@ -46,13 +54,16 @@ class OffsetBlock:
 class ErrorFeedback:
     """The residual e of a flat fp32 vector of `num_coordinates`."""
 
-    def __init__(self, num_coordinates: int, *, decay: float = 1.0) -> None:
+    def __init__(
+        self, num_coordinates: int, *, decay: float = 1.0, max_norm: float = 0.0
+    ) -> None:
         """Start from e = 0.
 
         Args:
             num_coordinates: length of the flat update vector.
             decay: β in e ← β·e + Δ. 1.0 is plain error feedback; SparseLoCo
                 uses ~0.95. Must be in (0, 1].
+            max_norm: clip e to this L2 norm after each `accumulate`; 0: never.
 
         Raises:
             ConfigError: a negative length or a decay outside (0, 1].
@@ -63,7 +74,14 @@ class ErrorFeedback:
             )
         if not 0 < decay <= 1:
             raise ConfigError(f"decay={decay!r} is invalid: expected in (0, 1]")
+        if not (max_norm == 0 or (np.isfinite(max_norm) and max_norm > 0)):
+            raise ConfigError(
+                f"max_update_norm={max_norm!r} is invalid: expected > 0 (0: off)"
+            )
         self.decay = decay
+        self.max_norm = max_norm
+        self.norm_before_clip = 0.0
+        """‖e + Δ‖₂ at the last `accumulate` with a bound (for logs)."""
         self._residual = np.zeros(num_coordinates, dtype=np.float32)
 
     @property
@@ -87,6 +105,8 @@ class ErrorFeedback:
         if self.decay != 1.0:
             self._residual *= np.float32(self.decay)
         self._residual += delta
+        if self.max_norm:
+            self.norm_before_clip = clip_to_norm(self._residual, self.max_norm)
 
     def reset(self) -> float:
         """Drop the carried residual: e ← 0. Returns ‖e‖₂ before, for logs.

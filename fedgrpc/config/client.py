@@ -74,6 +74,15 @@ class ClientConfig:
     0.001-1 on heterogeneous data (larger keeps clients closer to the
     global model)."""
 
+    max_update_norm: float = 0.0
+    """Clip each pseudo-gradient this client sends to this L2 norm (0: off).
+    With a codec's error feedback the bound applies to Δ plus the carried
+    residual, and what is clipped off is dropped, not carried. The one
+    per-client bound that works under secure aggregation (the coordinator
+    then sees only sums); elsewhere the coordinator can also bound updates
+    itself (`norm_bound`). Pick it above the norms honest clients send (a
+    client logs `update_clipped` with the norm it had): too low slows training."""
+
     def __post_init__(self) -> None:
         for name in ("rpc_timeout_s", "round_wait_s", "heartbeat_interval_s",
                      "connect_timeout_s", "reconnect_initial_s",
@@ -91,6 +100,12 @@ class ClientConfig:
             mu,
             "a finite number >= 0 (0 turns FedProx off)",
         )
+        bound = self.max_update_norm
+        _check(
+            isinstance(bound, int | float) and not isinstance(bound, bool)
+            and math.isfinite(bound) and bound >= 0,
+            "max_update_norm", bound, "a finite number >= 0 (0 turns it off)",
+        )  # fmt: skip
         _check_tls_pair(self.tls_cert, self.tls_key)
         _check(not self.tls_cert or bool(self.tls_ca), "tls_ca", self.tls_ca,
                "the CA file that signed the coordinator's certificate, since "

@@ -57,6 +57,14 @@ class SimulationConfig:
     aggregator: str = "mean"
     """The round's aggregator (`CoordinatorConfig.aggregator`), e.g. median."""
     trimmed_mean_beta: float | None = None
+    krum_f: int | None = None
+    multi_krum_m: int | None = None
+    geomedian_iters: int | None = None
+    geomedian_eps: float | None = None
+    clipping_tau: float | None = None
+    clipping_iters: int | None = None
+    norm_bound: float | None = None
+    norm_bound_multiple: float | None = None
     accumulator: str = "auto"
     spool_dir: str = ""
     selection: str = "all"
@@ -236,6 +244,14 @@ def _coordinator_config(
         outer_optimizer_params=config.outer_optimizer_params,
         aggregator=config.aggregator,
         trimmed_mean_beta=config.trimmed_mean_beta,
+        krum_f=config.krum_f,
+        multi_krum_m=config.multi_krum_m,
+        geomedian_iters=config.geomedian_iters,
+        geomedian_eps=config.geomedian_eps,
+        clipping_tau=config.clipping_tau,
+        clipping_iters=config.clipping_iters,
+        norm_bound=config.norm_bound,
+        norm_bound_multiple=config.norm_bound_multiple,
         accumulator=config.accumulator,
         spool_dir=config.spool_dir,
         selection=config.selection,

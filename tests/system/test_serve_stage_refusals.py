@@ -38,6 +38,12 @@ def _serve(*flags: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (["--trust", "on", *SECURE], "trust = 'on'", "secure_aggregation = true"),
         (["--trust", "on", "--accumulator", "streaming_sum"], "trust = 'on'",
          "accumulator = 'streaming_sum'"),
+        # Robust rules cannot see single updates under masks: the refusal
+        # names both settings and points to the client-side bound.
+        (["--aggregator", "krum", *SECURE], "aggregator = 'krum'",
+         "ClientConfig(max_update_norm"),
+        (["--norm-bound", "3", *SECURE], "norm_bound",
+         "ClientConfig(max_update_norm"),
     ],
 )  # fmt: skip
 def test_serve_exits_non_zero_naming_both_settings_of_an_impossible_pair(

@@ -19,12 +19,19 @@ from fedgrpc.client.secure.updates import SecureUpdates
 class SecureMode:
     """The masked pushes and the current link's SecAgg participant."""
 
-    def __init__(self, federation: Federation, num_coordinates: int, wait_s: float):
+    def __init__(
+        self,
+        federation: Federation,
+        num_coordinates: int,
+        wait_s: float,
+        max_update_norm: float = 0.0,
+    ):
         """Build the encoder for `federation`'s codec.
 
         `num_coordinates` is the model's size (announced positions must lie
         below it); `wait_s` bounds how long a push waits for its round's
-        key exchange (`ClientConfig.rpc_timeout_s`).
+        key exchange (`ClientConfig.rpc_timeout_s`); `max_update_norm` > 0
+        clips each masked update's L2 norm (`ClientConfig.max_update_norm`).
         """
         self._num_coordinates = num_coordinates
         self.participant: SecureParticipant | None = None
@@ -36,6 +43,7 @@ class SecureMode:
             lambda: self.participant,  # the current link's, after reconnects too
             feedback_decay=federation.feedback_decay,
             wait_s=wait_s,
+            max_update_norm=max_update_norm,
         )
 
     def attach(

@@ -61,11 +61,18 @@ class SecureUpdates:
         *,
         feedback_decay: float = 1.0,
         wait_s: float = 30.0,
+        max_update_norm: float = 0.0,
     ) -> None:
-        """`participant` returns the current link's (links change on reconnect)."""
+        """`participant` gives the current link's; `max_update_norm` > 0 clips.
+
+        `participant` changes on reconnect; `max_update_norm` > 0 clips e + Δ
+        to that L2 norm before masking.
+        """
         self.config = config
         self.chunk_bytes = chunk_bytes
-        self.feedback = ErrorFeedback(num_coordinates, decay=feedback_decay)
+        self.feedback = ErrorFeedback(
+            num_coordinates, decay=feedback_decay, max_norm=max_update_norm
+        )
         self.payload_bytes = 0
         """Payload bytes of the last update encoded."""
         self._participant, self._wait_s = participant, wait_s

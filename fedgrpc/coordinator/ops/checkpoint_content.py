@@ -50,6 +50,7 @@ from fedgrpc.version import __version__
 
 log = get_logger(__name__)
 _OPTIMIZER_PREFIX = "optimizer."
+_AGGREGATOR_PREFIX = "aggregator."
 _DTYPES = {dtype.torch_name: dtype for dtype in DType}
 _CREDIT_FIELDS = (
     "updates_accepted",
@@ -90,6 +91,9 @@ def capture(engine: RoundEngine, registry: ClientRegistry, totals: Totals) -> Sn
     assert published is not None  # seeded: `require_master` passed
     last_closed = engine.last_closed_round
     scalars, tensors = _split_optimizer_state(model.optimizer.state_dict())
+    rule_scalars, rule_tensors = _split_optimizer_state(
+        aggregator_state(engine), _AGGREGATOR_PREFIX
+    )
     state = {
         "fedgrpc_version": __version__,
         "created_unix_s": time.time(),
@@ -107,6 +111,10 @@ def capture(engine: RoundEngine, registry: ClientRegistry, totals: Totals) -> Sn
         },
         "guard_history": [[r, n] for r, n in model.guard.history],
         "sample_weight_reference": engine.weighting.reference,
+        "aggregator": {
+            "name": engine.stages.aggregator.name,
+            "scalars": rule_scalars,
+        },
         # Only clients with standing: idle throwaway keys must not survive a
         # restart; the next id does, so no id is reissued (`registry`).
         "clients": [_client_row(c) for c in registry.durable()],
@@ -116,7 +124,7 @@ def capture(engine: RoundEngine, registry: ClientRegistry, totals: Totals) -> Sn
         "history": [_round_row(r) for r in engine.history],
         "trust": engine.trust.state_dict() if engine.trust is not None else None,
     }
-    return Snapshot(last_closed, state, {"master": master, **tensors})
+    return Snapshot(last_closed, state, {"master": master, **tensors, **rule_tensors})
 
 
 def restore(
@@ -137,6 +145,7 @@ def restore(
             f"{spec.num_coordinates} parameters"
         )
     _restore_optimizer(checkpoint, engine)
+    _restore_aggregator(checkpoint, engine)
     engine.model.resume(
         spec, master, state["model_version"], state["model_round_id"],
         _guard_history(state),
@@ -161,14 +170,39 @@ def _guard_history(state: dict[str, Any]) -> list[tuple[int, float]]:
     return [(made_by, float(n)) for n in state.get("update_norms", [])]
 
 
+def aggregator_state(engine: RoundEngine) -> StateDict:
+    """A stateful aggregator's `state_dict()` (centered clipping), else {}."""
+    method = getattr(engine.stages.aggregator, "state_dict", None)
+    return dict(method()) if callable(method) else {}
+
+
+def _restore_aggregator(checkpoint: CheckpointFile, engine: RoundEngine) -> None:
+    """Give a stateful aggregator its state back; a changed rule starts afresh."""
+    saved = checkpoint.state.get("aggregator")  # absent in older checkpoints
+    method = getattr(engine.stages.aggregator, "load_state_dict", None)
+    if saved is None or not callable(method):
+        return
+    if saved["name"] != engine.stages.aggregator.name:
+        log.warning(
+            "checkpoint_aggregator_changed", checkpoint_aggregator=saved["name"],
+            aggregator=engine.stages.aggregator.name, state="not restored",
+        )  # fmt: skip
+        return
+    state: StateDict = dict(saved["scalars"])
+    for key, tensor in checkpoint.tensors.items():
+        if key.startswith(_AGGREGATOR_PREFIX):
+            state[key.removeprefix(_AGGREGATOR_PREFIX)] = tensor
+    method(state)
+
+
 def _split_optimizer_state(
-    state: StateDict,
+    state: StateDict, prefix: str = _OPTIMIZER_PREFIX
 ) -> tuple[dict[str, float | int], dict[str, torch.Tensor]]:
     scalars: dict[str, float | int] = {}
     tensors: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if isinstance(value, torch.Tensor):
-            tensors[_OPTIMIZER_PREFIX + key] = value.detach()
+            tensors[prefix + key] = value.detach()
         else:
             scalars[key] = value
     return scalars, tensors

@@ -30,6 +30,11 @@ AccumulatorName = Literal["auto", "streaming_sum", "spool"]
 AccumulatorKind = Literal["streaming_sum", "spool", "secure_ring"]
 """What the round engine builds: secure aggregation always means the ring."""
 ACCUMULATORS: tuple[AccumulatorName, ...] = ("auto", "streaming_sum", "spool")
+CLIENT_BOUND_HINT = (
+    " (ClientConfig(max_update_norm=...): each client clips its update's L2 "
+    "norm before encoding and masking it)"
+)
+"""Where a refusal of robust rules under secure aggregation points the user."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,6 +50,8 @@ class StrategyChoice:
     """k; None with selection `all` (every client)."""
     min_clients: int = 1
     """Updates a round needs to be applied (the quorum's floor)."""
+    norm_bound: bool = False
+    """The norm-bound pre-step is on (`norm_bound` / `norm_bound_multiple`)."""
 
 
 def check_strategy(choice: StrategyChoice) -> AccumulatorKind:
@@ -73,11 +80,20 @@ def choose_accumulator(choice: StrategyChoice) -> AccumulatorKind:
             f"{', '.join(ACCUMULATORS)}"
         )
     if choice.secure_aggregation:
+        if choice.norm_bound:
+            raise ConfigError(
+                "norm_bound / norm_bound_multiple clip each client's update on "
+                "the coordinator, but secure_aggregation = true lets it see only "
+                f"their sum; unset the bound and bound updates on the clients "
+                f"instead{CLIENT_BOUND_HINT}"
+            )
         if needs == "every_update":
             raise ConfigError(
                 f"aggregator = {rule!r} needs every client's update, but "
                 "secure_aggregation = true lets the coordinator see only their "
-                "sum; turn one of them off (aggregator = 'mean' works with both)"
+                "sum; turn one of them off, or keep secure aggregation with "
+                f"aggregator = 'mean' and bound each update on the clients"
+                f"{CLIENT_BOUND_HINT}"
             )
         if choice.accumulator == "spool":
             raise ConfigError(

@@ -32,7 +32,14 @@ from typing import Any
 
 import torch
 
-from fedgrpc.aggregate import Accumulator, Aggregator, SpoolDirectory, StreamingSum
+from fedgrpc.aggregate import (
+    Accumulator,
+    Aggregator,
+    NormBounded,
+    SpoolDirectory,
+    StreamingSum,
+    WeightedMean,
+)
 from fedgrpc.aggregate.blockwise import as_sum
 from fedgrpc.coordinator.strategy.combinations import (
     AccumulatorKind,
@@ -45,7 +52,7 @@ from fedgrpc.coordinator.strategy.power_of_choice import DEFAULT_MAX_SAMPLE_RATI
 from fedgrpc.coordinator.strategy.selection import SelectionName, Selector
 from fedgrpc.coordinator.strategy.selectors import build_selector
 from fedgrpc.coordinator.strategy.throughput import DEFAULT_PATIENCE_ROUNDS
-from fedgrpc.errors import WrongRoundError
+from fedgrpc.errors import ConfigError, WrongRoundError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +76,9 @@ class StrategySettings:
     min_clients: int = 1
     max_updates: int = 1024
     """Files one spooled round may hold: the coordinator's max_clients."""
+    norm_bound: tuple[float | None, float | None] = (None, None)
+    """(fixed B, multiple of the median norm): clip every update before the
+    aggregator (`aggregate.NormBounded`); (None, None) leaves them alone."""
 
 
 class RoundStages:
@@ -83,9 +93,20 @@ class RoundStages:
         self.aggregator: Aggregator = load_aggregator(
             settings.aggregator, params=settings.aggregator_params
         )
+        bound, multiple = settings.norm_bound
+        if bound is not None or multiple is not None:
+            inner = self.aggregator
+            if inner.needs == "sum" and not isinstance(inner, WeightedMean):
+                raise ConfigError(
+                    f"norm_bound / norm_bound_multiple clip each update, but "
+                    f"aggregator = {inner.name!r} reads only their sum (needs = "
+                    "'sum'); give it needs = 'every_update' or unset the bound"
+                )
+            self.aggregator = NormBounded(inner, bound, multiple)
         self.accumulator: AccumulatorKind = check_strategy(
             StrategyChoice(
                 aggregator=self.aggregator,
+                norm_bound=bound is not None or multiple is not None,
                 accumulator=settings.accumulator,
                 secure_aggregation=settings.secure_aggregation,
                 selection=settings.selection,

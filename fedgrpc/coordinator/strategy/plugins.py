@@ -21,7 +21,17 @@ import importlib
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
-from fedgrpc.aggregate import Aggregator, CoordinateMedian, TrimmedMean, WeightedMean
+from fedgrpc.aggregate import (
+    Aggregator,
+    CenteredClipping,
+    CoordinateMedian,
+    GeometricMedian,
+    MultiKrum,
+    TrimmedMean,
+    WeightedMean,
+    hybrid,
+    krum,
+)
 from fedgrpc.errors import ConfigError
 from fedgrpc.optim import OuterOptimizer
 
@@ -29,6 +39,11 @@ BUILTIN_AGGREGATORS: Mapping[str, Callable[..., Aggregator]] = {
     "mean": WeightedMean,
     "median": CoordinateMedian,
     "trimmed_mean": TrimmedMean,
+    "krum": krum,
+    "multi_krum": MultiKrum,
+    "geometric_median": GeometricMedian,
+    "centered_clipping": CenteredClipping,
+    "hybrid": hybrid,
 }
 """Aggregator names the config accepts without a `module:` prefix."""
 

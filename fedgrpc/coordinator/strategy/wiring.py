@@ -23,6 +23,23 @@ from fedgrpc.coordinator.strategy.trust import TrustBook
 from fedgrpc.errors import ConfigError
 from fedgrpc.optim import AdaptiveSettings, OuterOptimizer, build_outer_optimizer
 
+_RULE_PARAMS = {
+    "trimmed_mean_beta": "beta",
+    "krum_f": "f",
+    "multi_krum_m": "m",
+    "geomedian_iters": "iters",
+    "geomedian_eps": "eps",
+    "clipping_tau": "tau",
+    "clipping_iters": "iters",
+}
+"""Config setting -> keyword of the built-in aggregator it is for (the config
+refuses a setting given with another aggregator, so keywords never clash)."""
+
+
+def bound_of(config: CoordinatorConfig) -> tuple[float | None, float | None]:
+    """(norm_bound, norm_bound_multiple): the pre-step's bound, or (None, None)."""
+    return config.norm_bound, config.norm_bound_multiple
+
 
 @dataclass(frozen=True, slots=True)
 class StagePlugins:
@@ -50,11 +67,17 @@ def build_round_stages(
             message names both settings).
     """
     params: dict[str, Any] = dict(config.aggregator_params)
-    if config.trimmed_mean_beta is not None:
-        params["beta"] = config.trimmed_mean_beta
+    for setting, keyword in _RULE_PARAMS.items():
+        value = getattr(config, setting)
+        if value is not None:
+            params[keyword] = value
+    is_hybrid = plugins.aggregator is None and config.aggregator == "hybrid"
+    if is_hybrid:  # the hybrid rule takes the bound itself
+        params["bound"], params["multiple"] = bound_of(config)
     settings = StrategySettings(
         aggregator=plugins.aggregator or config.aggregator,
         aggregator_params=params,
+        norm_bound=(None, None) if is_hybrid else bound_of(config),
         accumulator=trust_accumulator(config),
         spool_dir=Path(config.spool_dir) if config.spool_dir else None,
         secure_aggregation=config.secure_aggregation,

@@ -127,7 +127,9 @@ def test_an_api_object_wins_over_the_config_name(tmp_path: Path) -> None:
     ("settings", "fragment"),
     [
         ({"trimmed_mean_beta": 0.2}, "trimmed_mean_beta"),
-        ({"aggregator": "krum"}, "aggregator='krum' is invalid"),
+        ({"aggregator": "bulyan"}, "aggregator='bulyan' is invalid"),
+        ({"krum_f": 1}, "krum_f"),
+        ({"norm_bound": 0.0}, "norm_bound"),
         ({"accumulator": "ram"}, "accumulator='ram' is invalid"),
         ({"outer_optimizer_params": {"lr": 1}}, "outer_optimizer_params"),
         ({"outer_optimizer": "adam"}, "package.module:Class"),

@@ -146,7 +146,7 @@ def test_python_api_objects_classes_and_built_in_names_are_accepted() -> None:
         ("{plugin}:BadNeeds", "its `needs` is 'everything'"),
         ("{plugin}:", "not a plugin reference"),
         (":Thing", "not a plugin reference"),
-        ("krum", "'krum' is unknown"),
+        ("bulyan", "'bulyan' is unknown"),
     ],
 )
 def test_bad_aggregator_settings_fail_at_start_naming_setting_and_value(
