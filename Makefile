@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 
-.PHONY: install protos protos-check stubs lint format typecheck test test-fast bench bench-convergence bench-outer clean help
+.PHONY: install protos protos-check stubs lint format typecheck test test-fast bench bench-convergence bench-outer bench-robustness clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -61,6 +61,9 @@ bench-convergence:  ## loss vs bytes per codec: 13 configs, 37 runs of 40 rounds
 
 bench-outer:  ## every outer optimizer vs data parallel: lr sweep on seed 0, tuned lr on 2 seeds, 40 rounds x H=50 (32 runs, ~1 h on 2 quiet cores); resumable
 	$(BIN)/python bench/outer_optimizers.py --jobs 2 --cache .bench-cache/outer
+
+bench-robustness:  ## every attack x robust rule vs a no-attack mean, trust pass, 3 seeds of headlines (~220 runs of 12 rounds x H=25, ~1.8 h on 2 quiet cores); resumable
+	$(BIN)/python bench/robustness.py --jobs 2 --cache .bench-cache/robustness
 
 clean:
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

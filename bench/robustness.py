@@ -85,10 +85,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--rounds", type=int, default=12, help="outer rounds (default 12)")
     add("--inner-steps", type=int, default=25, help="H, inner steps per round")
     add("--seeds", type=int, default=3, help="seeds of the headline rows (default 3)")
-    add("--attacks", default=",".join(ATTACKS), help="comma list of attacks")
-    add("--rules", default=",".join(RULES), help="comma list of rules")
-    add("--configs", default=",".join(CONFIGS), help="25 (8 workers, 2 attack) "
-        "and/or 30 (10 workers, 3 attack)")  # fmt: skip
+    add("--attacks", help=f"comma list (default all: {','.join(ATTACKS)})")
+    add("--rules", help=f"comma list (default all: {','.join(RULES)})")
+    add("--configs", help="25 (8 workers, 2 attack) and/or 30 (10 workers, 3 "
+        "attack); default both")  # fmt: skip
     add("--default-rule", default=DEFAULT_RULE, help="the default robust rule")
     add("--eval-batches", type=int, default=50, help="final eval, 32 windows each")
     add("--no-trust", action="store_true", help="skip the trust pass")
@@ -100,10 +100,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--only-cached", action="store_true", help="report --cache, run nothing")
     add("--quick", action="store_true", help="2 rounds, H=5, tiny grid: a smoke run")
     args = parser.parse_args(argv)
-    if args.quick:
+    quick = args.quick
+    if quick:
         args.rounds, args.inner_steps, args.eval_batches, args.seeds = 2, 5, 4, 1
-        args.attacks, args.rules, args.configs = "signflip", "mean,hybrid", "25"
         args.no_share = True
+    # --quick: a tiny grid unless the filters say otherwise.
+    args.attacks = args.attacks or ("signflip" if quick else ",".join(ATTACKS))
+    args.rules = args.rules or ("mean,hybrid" if quick else ",".join(RULES))
+    args.configs = args.configs or ("25" if quick else ",".join(CONFIGS))
     args.attacks = _names(parser, args.attacks, ATTACKS)
     args.rules = _names(parser, args.rules, RULES)
     args.configs = _names(parser, args.configs, tuple(CONFIGS))
