@@ -262,7 +262,7 @@ def main() -> None:
     args = parse_args()
     rules = tuple(r for r in args.rules.split(",") if r)
     aggregation = []
-    for case in args.cases.split(","):
+    for case in filter(None, args.cases.split(",")):
         size, clients = case.lower().split("x")
         d, n = parse_size(size), int(clients)
         log("robust_aggregation", f"aggregation alone: {d} x {n}")

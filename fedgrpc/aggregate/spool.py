@@ -32,6 +32,7 @@ remove it, see `spool_dir`). Not thread-safe.
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import shutil
 from dataclasses import dataclass
@@ -139,6 +140,7 @@ class SpoolAccumulator:
             )
         target = self._target(key, offset, values.size)
         np.add(target, values, out=target)
+        self._release(key, offset, offset + values.size)
 
     def add_block(
         self, key: UpdateKey, offset: int, block: AddableBlock, weight: float
@@ -149,6 +151,7 @@ class SpoolAccumulator:
             InvalidUpdateError, TooLargeError, WrongRoundError: as `add_values`.
         """
         block.add_into(self._target(key, offset, block.extent), 1.0)
+        self._release(key, offset, offset + block.extent)
 
     def commit_update(self, key: UpdateKey, weight: float) -> None:
         """Keep `key`'s file as a committed update with weight `weight`.
@@ -220,6 +223,23 @@ class SpoolAccumulator:
         streaming.written = written
         view: F32Array = streaming.values[offset:end]
         return view
+
+    def _release(self, key: UpdateKey, start: int, end: int) -> None:
+        """Drop the written pages from this process's mapping (not from the file).
+
+        Pages written through a shared mapping count toward the process's
+        RSS until it is unmapped at commit, so n clients streaming at once
+        would hold n x d x 4 bytes of RSS. MADV_DONTNEED on a shared file
+        mapping only unmaps them: the dirty data stays in the page cache
+        (written back by the kernel, evictable once clean) and a later
+        access refaults it from there, so nothing is lost.
+        """
+        streaming = self._streaming.get(key)
+        region = getattr(streaming.values, "_mmap", None) if streaming else None
+        if region is None or not hasattr(region, "madvise"):
+            return  # not Linux-like, or numpy changed: keep the pages mapped
+        first = (start * ITEM_BYTES) // mmap.PAGESIZE * mmap.PAGESIZE
+        region.madvise(mmap.MADV_DONTNEED, first, end * ITEM_BYTES - first)
 
     def _create_file(self) -> _Streaming:
         """A new zero-filled d-long float32 file, space reserved, mapped."""

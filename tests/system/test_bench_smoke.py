@@ -167,3 +167,17 @@ def test_robustness_bench_quick_scores_attacks_against_no_attack_and_resumes(
     assert all({"goal", "value", "met"} <= set(goal) for goal in goals)
     assert again["cells"] == cells
     assert again["missing_runs"] == []
+
+
+def test_robust_aggregation_bench_quick_reports_every_rule() -> None:
+    report = _run("robust_aggregation.py")
+    assert report["bench"] == "robust_aggregation"
+    cases = report["aggregation"]
+    assert isinstance(cases, list)
+    rules = cases[0]["rules"]
+    assert {"krum", "geometric_median", "centered_clipping", "hybrid"} <= set(rules)
+    assert all(r["added_peak_rss_mb"] >= 0 for r in rules.values())
+    rounds = report["rounds"]
+    assert isinstance(rounds, list)
+    assert [r["rule"] for r in rounds] == ["krum"]
+    assert rounds[0]["coordinator_round_s_median"] > 0

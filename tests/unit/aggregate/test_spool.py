@@ -199,3 +199,36 @@ def test_a_committed_update_cannot_add_or_commit_again(spool: SpoolAccumulator) 
         spool.commit_update("a", 1.0)
     assert spool.held().count == 1
     assert len(_files(spool)) == 1
+
+
+def _rss_file_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+def test_a_streaming_update_does_not_stay_in_the_process_rss(tmp_path: Path) -> None:
+    # ~64 MiB written in 1 MiB chunks, not yet committed: without releasing
+    # the written pages the mapping would hold all of it as RSS.
+    d, chunk = 16 << 20, 1 << 18
+    spool = SpoolAccumulator(tmp_path / "round", d, 2)
+    values = np.arange(chunk, dtype=np.float32)
+    scratch = np.empty(0, np.float32)
+    try:
+        before = _rss_file_bytes()
+        for start in range(0, d - chunk, chunk):  # all but the last chunk
+            spool.add_values("k", start, values, 1.0, scratch)
+        grown = _rss_file_bytes() - before
+        # Adding to released pages again refaults them with what was written.
+        spool.add_values("k", 0, values, 1.0, scratch)
+        spool.commit_update("k", 1.0)
+        block = np.empty((1, chunk), dtype=np.float32)
+        spool.held().read_block(0, block)
+        tail = np.empty((1, chunk), dtype=np.float32)
+        spool.held().read_block(d - chunk, tail)
+    finally:
+        spool.discard()
+    assert grown < (8 << 20), grown
+    np.testing.assert_array_equal(block[0], 2 * values)  # nothing was lost
+    np.testing.assert_array_equal(tail[0], 0.0)
