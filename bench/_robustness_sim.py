@@ -6,13 +6,7 @@ of its `RobustCase`: model init from `seed`, worker w's batches from
 generator `seed * 1000 + w` (the simulator's scheme, as
 `_convergence_sim._Data`), attackers from `assign_attackers(seed)`.
 
-What an attacker does is the library's: data poisoning with
-`fedgrpc.sim.poison` (flip_labels, plant_backdoor with the simulator's
-generator seed), model poisoning with the `update_transform` that
-`fedgrpc.sim.attacks.build_transform` gives a real client (signflip,
-scaling, gaussian, the backdoor's boost) or, for the colluding kinds, with
-`alie` / `ipm` over the attackers' own honest updates (what `Colluders`
-exchanges between client processes; here they are in one process).
+What the workers send, honest or not, is `_robustness_workers`'s.
 
 What the coordinator does is the library's, built from a `CoordinatorConfig`
 the way `fedgrpc serve` builds it (`strategy.wiring`): each update goes into
@@ -41,8 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 from _convergence_sim import DEFAULTS, _Data
+from _robustness_workers import Worker, apply_attacks, attack_plans
 
-from fedgrpc.client.transform import UpdateContext
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.rounds.norm_guard import NormGuard
 from fedgrpc.coordinator.rounds.registry import ClientRecord
@@ -52,15 +46,12 @@ from fedgrpc.coordinator.strategy.wiring import (
     build_round_stages,
     build_trust,
 )
-from fedgrpc.sim.attack_spec import COLLUDING, AttackSpec, assign_attackers
-from fedgrpc.sim.attacks import AttackPlan, alie, build_transform, ipm
-from fedgrpc.sim.models import build_model, make_inner_optimizer, train_step
-from fedgrpc.sim.poison import backdoor_success, flip_labels, plant_backdoor
+from fedgrpc.sim.models import build_model
+from fedgrpc.sim.poison import backdoor_success
 from fedgrpc.wire.tensors import flatten_fp32, load_flat_fp32, spec_from_module
 
 CHUNK = (1 << 20) // 4
 """Coordinates per 1 MiB chunk, as the wire sends them."""
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,76 +88,6 @@ class _Records:
 
     def get(self, client_id: str) -> ClientRecord | None:
         return self.by_id.get(client_id)
-
-
-def _attack_plans(case: RobustCase) -> dict[int, AttackPlan]:
-    """Worker index -> its orders; the simulator's seeded choice of attackers."""
-    if case.attack == "none":
-        return {}
-    spec = AttackSpec(case.attack, case.attackers / case.workers)  # type: ignore[arg-type]
-    chosen = assign_attackers((spec,), case.workers, case.seed)
-    members = tuple(sorted(chosen))
-    assert len(members) == case.attackers, (members, case)
-    return {
-        w: AttackPlan(spec, w, case.workers, members, case.seed, collusion_dir="")
-        for w in members
-    }
-
-
-def _poisoner(
-    case: RobustCase, plan: AttackPlan | None, w: int
-) -> Callable[[Batch], Batch]:
-    """What worker `w` does to each training batch (as `fedgrpc.sim.worker`)."""
-    kind = None if plan is None else plan.spec.kind
-    if kind == "labelflip":
-        return flip_labels
-    if kind == "backdoor":
-        generator = torch.Generator().manual_seed(case.seed * 1_000 + w + 7)
-        return lambda batch: plant_backdoor(batch, generator)
-    return lambda batch: batch
-
-
-class _Worker:
-    """A DiLoCo worker: its own model and AdamW, kept across rounds."""
-
-    def __init__(self, case: RobustCase, index: int, plan: AttackPlan | None) -> None:
-        self.case, self.index, self.plan = case, index, plan
-        self.model = build_model(DEFAULTS.model, seed=case.seed)
-        self.optimizer = make_inner_optimizer(self.model, DEFAULTS)
-        self.poison = _poisoner(case, plan, index)
-        self.transform = None if plan is None else build_transform_local(plan)
-        self.samples = case.inner_steps * DEFAULTS.batch_size
-
-    def train(self, global_flat: torch.Tensor, data: _Data, spec: Any) -> torch.Tensor:
-        """H steps from the global weights; the honest pseudo-gradient θg - θl."""
-        params = list(self.model.parameters())
-        load_flat_fp32(params, spec, global_flat)
-        for _ in range(self.case.inner_steps):
-            batch = self.poison(data.batch(self.index))
-            train_step(self.model, self.optimizer, batch, DEFAULTS.grad_clip_norm)
-        return global_flat - flatten_fp32(params, spec)
-
-
-def build_transform_local(plan: AttackPlan) -> Any:
-    """The real client's transform, except the colluders' file exchange."""
-    if plan.spec.kind in COLLUDING:
-        return None  # applied over the attackers' updates together (`_collude`)
-    return build_transform(plan)
-
-
-def _collude(plans: dict[int, AttackPlan], deltas: dict[int, torch.Tensor]) -> None:
-    """ALIE / IPM: every colluder sends the same vector from their honest rows."""
-    members = sorted(w for w in plans if w in deltas)
-    if not members or plans[members[0]].spec.kind not in COLLUDING:
-        return
-    plan = plans[members[0]]
-    honest = torch.stack([deltas[w] for w in members])
-    if plan.spec.kind == "alie":
-        sent = alie(honest, plan.alie_z)
-    else:
-        sent = ipm(honest, plan.spec.value or 0.0)
-    for w in members:
-        deltas[w] = sent.clone()
 
 
 def run_case(case: RobustCase, log: Callable[[str], None]) -> dict[str, Any]:
@@ -271,24 +192,6 @@ class _Coordinator:
         self.weighting.round_closed(claims)
 
 
-def _attack(
-    plans: dict[int, AttackPlan],
-    workers: list[_Worker],
-    deltas: dict[int, torch.Tensor],
-    ids: list[str],
-    round_id: int,
-) -> None:
-    """Replace each attacker's honest update by what its attack sends."""
-    _collude(plans, deltas)
-    for w in deltas:
-        transform = workers[w].transform
-        if transform is None:
-            continue
-        context = UpdateContext(ids[w], round_id, round_id - 1, workers[w].samples)
-        out = transform(deltas[w], context)
-        deltas[w] = deltas[w] if out is None else out
-
-
 def _run(
     case: RobustCase,
     data: _Data,
@@ -298,8 +201,8 @@ def _run(
 ) -> dict[str, Any]:
     spec = spec_from_module(model)
     global_flat = flatten_fp32(list(model.parameters()), spec)
-    plans = _attack_plans(case)
-    workers = [_Worker(case, w, plans.get(w)) for w in range(case.workers)]
+    plans = attack_plans(case)
+    workers = [Worker(case, w, plans.get(w)) for w in range(case.workers)]
     samples = [worker.samples for worker in workers]
     coord = _Coordinator(case, spec.num_coordinates, spool_dir, samples)
     round_s = 0.0
@@ -310,7 +213,7 @@ def _run(
                 w for w in range(case.workers) if not coord.excluded(w, round_id)
             ]
             deltas = {w: workers[w].train(global_flat, data, spec) for w in present}
-            _attack(plans, workers, deltas, coord.ids, round_id)
+            apply_attacks(plans, workers, deltas, coord.ids, round_id)
             blown = coord.close_round(round_id, deltas, global_flat)
             if blown is not None:
                 log(f"{case.name} seed {case.seed} round {round_id}: {blown}")
