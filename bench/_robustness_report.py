@@ -94,7 +94,8 @@ def report_grid(
             if losses and attack != "none":
                 rule = min(losses, key=losses.__getitem__)
                 best[config][attack] = {"rule": rule, "gap_pct": row[rule]["gap_pct"],
-                                        "headline": attack in headline}  # fmt: skip
+                                        "headline": attack in headline,
+                                        "of_rules": sorted(losses)}  # fmt: skip
     return {"cells": cells, "best_rule": best, "gap_pct_table": table}
 
 

@@ -142,26 +142,34 @@ def make_case(
 def plan(args: argparse.Namespace) -> list[RobustCase]:
     """Every run, most wanted first (a run cut short still has the headlines).
 
-    1. seed 0: per config, the no-attack mean and default rule, then the
-       headline attacks x rules; 2. seed 0: the other attacks x rules and the
-       other rules with no attack; 3. the trust pass; 4. seeds 1.. of the
+    1. seed 0, per config: the no-attack mean and default rule (and its
+       trust run), then each headline attack's row of rules followed by its
+       trust run; 2. seed 0: the other attacks' rows (each followed by its
+       trust run) and the other rules with no attack; 3. seeds 1.. of the
        baseline, the default rule with no attack and the headline rows.
     """
     rules, attacks = args.rules, args.attacks
     default = list(dict.fromkeys(("mean", args.default_rule)))
     headline = [a for a in attacks if a in HEADLINE]
     others = [a for a in attacks if a not in HEADLINE]
+
+    def row(config: str, attack: str) -> list[RobustCase]:
+        cases = [make_case(args, config, attack, r, 0) for r in rules]
+        if not args.no_trust:
+            cases.append(make_case(args, config, attack, args.default_rule, 0, True))
+        return cases
+
     order: list[RobustCase] = []
     for config in args.configs:
         order += [make_case(args, config, "none", r, 0) for r in default]
-        order += [make_case(args, config, a, r, 0) for a in headline for r in rules]
+        if not args.no_trust:
+            order.append(make_case(args, config, "none", args.default_rule, 0, True))
+        for attack in headline:
+            order += row(config, attack)
     for config in args.configs:
-        order += [make_case(args, config, a, r, 0) for a in others for r in rules]
+        for attack in others:
+            order += row(config, attack)
         order += [make_case(args, config, "none", r, 0) for r in rules]
-    if not args.no_trust:
-        for config in args.configs:
-            order += [make_case(args, config, a, args.default_rule, 0, trust=True)
-                      for a in ("none", *attacks)]  # fmt: skip
     for seed in range(1, args.seeds):
         for config in args.configs:
             order += [make_case(args, config, "none", r, seed) for r in default]
