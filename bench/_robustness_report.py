@@ -30,6 +30,12 @@ def _loss(result: dict[str, Any] | None) -> float:
     return float(result["final_val_loss"])
 
 
+def _mean_of(values: Any) -> float | None:
+    """Mean of the values that are there (older cached runs lack some fields)."""
+    present = [float(v) for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
 def mean_std(values: list[float]) -> dict[str, Any]:
     finite = [v for v in values if math.isfinite(v)]
     return {
@@ -61,6 +67,7 @@ def _cell(
         "rounds_voided_by_guard": sum(r["rounds_voided_by_guard"] for _, r in got),
         "aggregate_share_of_sim_round": agg / total if total else None,
         "seconds_per_run": statistics.fmean(r["seconds"] for _, r in got),
+        "cpu_seconds_per_run": _mean_of(r.get("cpu_seconds") for _, r in got),
     }
 
 

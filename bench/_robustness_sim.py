@@ -93,7 +93,7 @@ class _Records:
 def run_case(case: RobustCase, log: Callable[[str], None]) -> dict[str, Any]:
     """Run `case`; the figures bench/robustness.py aggregates."""
     torch.set_num_threads(1)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     data = _Data.load(case)  # type: ignore[arg-type]  # duck-typed Case
     model = build_model(DEFAULTS.model, seed=case.seed)
     with tempfile.TemporaryDirectory(prefix="fedgrpc-robustness-") as spool_dir:
@@ -107,6 +107,8 @@ def run_case(case: RobustCase, log: Callable[[str], None]) -> dict[str, Any]:
         "final_val_loss": final if math.isfinite(final) else None,
         "backdoor_success": success,
         "seconds": time.perf_counter() - started,
+        # CPU time of this one-thread run: about its wall time on a quiet core.
+        "cpu_seconds": time.process_time() - cpu,
     }
 
 
