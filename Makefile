@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 
-.PHONY: install protos protos-check stubs lint format typecheck test test-fast bench bench-convergence bench-outer bench-selection clean help
+.PHONY: install protos protos-check stubs lint format typecheck test test-fast bench bench-convergence bench-outer bench-selection bench-robustness clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -64,6 +64,9 @@ bench-outer:  ## every outer optimizer vs data parallel: lr sweep on seed 0, tun
 
 bench-selection:  ## clients_per_round = 2 of 4 vs all 4 at equal rounds, 40 rounds x H=50, 2 seeds (4 runs, ~40 min on 2 quiet cores); resumable
 	$(BIN)/python bench/selection.py --jobs 2 --cache .bench-cache/selection
+
+bench-robustness:  ## every attack x robust rule vs a no-attack mean, trust pass, 3 seeds of headlines (~220 runs of 12 rounds x H=25, ~1.8 h on 2 quiet cores); resumable
+	$(BIN)/python bench/robustness.py --jobs 2 --cache .bench-cache/robustness
 
 clean:
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -13,6 +13,7 @@ import json
 import queue
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +25,25 @@ def _progress(msg: str) -> None:
     log("convergence", msg)
 
 
-def _child(index: int, case: Case, out: Any) -> None:
+Runner = Callable[[Any, Callable[[str], None]], dict[str, Any]]
+"""`run(case, log)` -> result: `_convergence_sim.run_case` or another bench's
+(a module-level function, so spawned children can import it)."""
+
+
+def _child(index: int, case: Case, out: Any, runner: Runner = run_case) -> None:
     try:
-        out.put(("done", index, run_case(case, _progress)))
+        out.put(("done", index, runner(case, _progress)))
     except BaseException:  # the parent must hear about every failure
         out.put(("error", index, traceback.format_exc()))
         raise
 
 
 def run_cases(
-    cases: list[Case], jobs: int, timeout_s: float, cache: Path | None = None
+    cases: list[Any],
+    jobs: int,
+    timeout_s: float,
+    cache: Path | None = None,
+    runner: Runner = run_case,
 ) -> list[dict[str, Any]]:
     """Results in the order of `cases`; `jobs` == 1 runs them in this process.
 
@@ -41,15 +51,16 @@ def run_cases(
     case whose result is already there (same fields, so same seed and
     settings) is not run again: a 50-minute run interrupted at minute 40
     resumes where it stopped. Results are only as fresh as the code that
-    made them; use a new directory after changing it.
+    made them; use a new directory after changing it. `runner` runs one
+    case (default: `_convergence_sim.run_case`).
     """
     cached = {i: _load(cache, case) for i, case in enumerate(cases)}
     todo = [case for i, case in enumerate(cases) if cached[i] is None]
     log("convergence", f"{len(cases) - len(todo)} of {len(cases)} runs from cache")
     if jobs <= 1:
-        fresh = [_store(cache, case, _run_logged(case)) for case in todo]
+        fresh = [_store(cache, case, _run_logged(case, runner)) for case in todo]
     else:
-        fresh = _run_spawned(todo, jobs, timeout_s, cache)
+        fresh = _run_spawned(todo, jobs, timeout_s, cache, runner)
     results = iter(fresh)
     return [cached[i] or next(results) for i in range(len(cases))]
 
@@ -78,8 +89,8 @@ def _store(cache: Path | None, case: Case, result: dict[str, Any]) -> dict[str, 
     return result
 
 
-def _run_logged(case: Case) -> dict[str, Any]:
-    result = run_case(case, _progress)
+def _run_logged(case: Case, runner: Runner = run_case) -> dict[str, Any]:
+    result = runner(case, _progress)
     _report_done(result)
     return result
 
@@ -92,7 +103,11 @@ def _report_done(result: dict[str, Any]) -> None:
 
 
 def _run_spawned(
-    cases: list[Case], jobs: int, timeout_s: float, cache: Path | None
+    cases: list[Case],
+    jobs: int,
+    timeout_s: float,
+    cache: Path | None,
+    runner: Runner = run_case,
 ) -> list[dict[str, Any]]:
     out = CTX.Queue()
     pending = list(enumerate(cases))
@@ -103,7 +118,9 @@ def _run_spawned(
         while pending or running:
             while pending and len(running) < jobs:
                 index, case = pending.pop(0)
-                proc = CTX.Process(target=_child, args=(index, case, out), daemon=True)
+                proc = CTX.Process(
+                    target=_child, args=(index, case, out, runner), daemon=True
+                )
                 proc.start()
                 running[index] = proc
             index, result = _next_result(out, running, deadline)

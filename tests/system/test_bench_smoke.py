@@ -134,6 +134,41 @@ def test_selection_bench_quick_compares_two_of_four_with_all_four() -> None:
     assert cases["k2of4"]["bytes_up"][0] < 0.6 * cases["all"]["bytes_up"][0]
 
 
+@pytest.mark.timeout(300)  # two bench invocations of up to 170 s each (_run)
+def test_robustness_bench_quick_scores_attacks_against_no_attack_and_resumes(
+    tmp_path: Path,
+) -> None:
+    # Arrange: one model-poisoning and one colluding attack, mean and the
+    # default robust rule, the 25 % config (8 workers, 2 attackers), trust pass.
+    cache = str(tmp_path / "cache")
+    flags = ("--attacks", "signflip,alie", "--cache", cache)
+
+    # Act: run into a cache, then report from the cache alone.
+    report = _run("robustness.py", *flags)
+    again = _run("robustness.py", *flags, "--only-cached")
+
+    # Assert: every cell trained and is scored against the no-attack mean.
+    assert report["bench"] == "robustness"
+    cells = report["cells"]
+    assert isinstance(cells, dict)
+    for attack in ("none", "signflip", "alie"):
+        assert set(cells["25"][attack]) == {"mean", "hybrid"}
+        for cell in cells["25"][attack].values():
+            assert cell["final_val_loss"]["mean"] < 5.0  # it trained (uniform: 5.55)
+    assert cells["25"]["none"]["mean"]["gap_pct"]["mean"] == 0.0  # the baseline
+    # Sign-flipped updates cost the plain mean loss: the attack reached it.
+    assert cells["25"]["signflip"]["mean"]["gap_pct"]["mean"] > 1.0
+    trust = report["trust"]
+    assert isinstance(trust, dict)
+    counts = trust["counts"]
+    assert counts["true_pos"] + counts["false_neg"] == 2 * 2  # 2 attackers x 2 runs
+    goals = report["goals"]
+    assert isinstance(goals, list)
+    assert all({"goal", "value", "met"} <= set(goal) for goal in goals)
+    assert again["cells"] == cells
+    assert again["missing_runs"] == []
+
+
 def test_robust_aggregation_bench_quick_reports_every_rule() -> None:
     report = _run("robust_aggregation.py")
     assert report["bench"] == "robust_aggregation"
