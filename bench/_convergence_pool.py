@@ -65,8 +65,12 @@ def run_cases(
     return [cached[i] or next(results) for i in range(len(cases))]
 
 
-def cached_result(cache: Path, case: Case) -> dict[str, Any] | None:
-    """`case`'s result if `cache` holds it, else None; runs nothing."""
+def cached_result(cache: Path, case: Any) -> dict[str, Any] | None:
+    """`case`'s result if `cache` holds it, else None; runs nothing.
+
+    `case`: any frozen dataclass with `name` and `seed` (a convergence `Case`,
+    a robustness `RobustCase`), as `run_cases` takes.
+    """
     return _load(cache, case)
 
 
