@@ -42,6 +42,9 @@ from fedgrpc.aggregate.blockwise import (
 from fedgrpc.aggregate.sortnet import order_rows
 from fedgrpc.aggregate.stages import F32Array, HeldUpdates, Holding
 from fedgrpc.errors import ConfigError
+from fedgrpc.log import get_logger
+
+log = get_logger(__name__)
 
 
 class CoordinateMedian:
@@ -121,6 +124,13 @@ class TrimmedMean:
         values = check_out(out, spool.num_coordinates)
         n = spool.count
         k = self.trimmed(n)
+        if not k and n > 2:
+            # β n < 1: nothing is trimmed and the rule is the plain mean (8
+            # clients at β = 0.1); say so, or an operator believes a lone
+            # attacker is being cut off (bench/robustness.py found it).
+            log.warning("trimmed_mean_trims_nothing", updates=n, beta=self.beta,
+                        hint=f"set trimmed_mean_beta >= {1 / n:.3g} to trim one "
+                        "update from each side")  # fmt: skip
         kept = tuple(range(k, n - k))
         spare = np.empty(0, dtype=np.float32)
         for start, block in spool_blocks(spool, self.block_bytes):  # (n, b)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from structlog.testing import capture_logs
 
 from fedgrpc.aggregate import (
     CoordinateMedian,
@@ -154,3 +155,23 @@ def test_blocks_stay_within_the_memory_budget(
     assert [(s, shape) for s, shape, _ in seen] == [(0, (4, 1500)), (1500, (4, 1000))]
     np.testing.assert_array_equal(seen[1][2], np.arange(n) * D + 1500)
     assert MIN_BLOCK_COORDINATES <= 1500
+
+
+def test_a_trimmed_mean_that_trims_nothing_says_so_in_the_log(
+    rounds: list[SpoolAccumulator], tmp_path: Path
+) -> None:
+    # 8 updates at beta 0.1: floor(0.8) = 0 trimmed, so the rule is the mean.
+    updates = np.random.default_rng(1).normal(0.0, 1.0, (8, D)).astype(np.float32)
+    spool = _spooled(rounds, tmp_path, updates)
+
+    with capture_logs() as logs:
+        trimmed = _aggregate(TrimmedMean(0.1), spool)
+    with capture_logs() as quiet:
+        _aggregate(TrimmedMean(0.2), spool)
+
+    warned = [e for e in logs if e["event"] == "trimmed_mean_trims_nothing"]
+    assert warned
+    assert warned[0]["updates"] == 8
+    assert "trimmed_mean_beta >= 0.125" in warned[0]["hint"]
+    assert not [e for e in quiet if e["event"] == "trimmed_mean_trims_nothing"]
+    np.testing.assert_allclose(trimmed, updates.mean(axis=0), rtol=1e-5, atol=1e-6)
