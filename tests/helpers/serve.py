@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ def start_serve(
     listen: str = "127.0.0.1:0",
     crash_at: str = "",
     timeout_s: float = 60.0,
+    launcher: Sequence[str] = (),
     **popen: Any,
 ) -> tuple[subprocess.Popen[Any], str]:
     """`fedgrpc serve --listen LISTEN ... FLAGS`; (process, bound host:port).
@@ -39,7 +41,11 @@ def start_serve(
     (`--seed-from-first-client`).
     `crash_at` (`STAGE:ROUND`) runs the same serve through the fault-hook
     launcher (`tests.helpers.faults`), which SIGKILLs it at that checkpoint stage.
-    `popen`: more `subprocess.Popen` arguments (a `preexec_fn` lowering a limit).
+    `launcher`: a command line the serve command is handed to (it execs it),
+    say to lower a resource limit first: a `preexec_fn` would run Python
+    between fork and exec in a test process whose gRPC threads are live,
+    which crashed the child ("epoll_wait error: Bad file descriptor").
+    `popen`: more `subprocess.Popen` arguments.
     """
     ready = log.with_suffix(".addr")
     env = dict(os.environ)
@@ -48,7 +54,15 @@ def start_serve(
         path = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
         env["PYTHONPATH"] = path
         command = [sys.executable, "-m", "tests.helpers.faults", "--crash-at", crash_at]
-    argv = [*command, "serve", "--listen", listen, "--ready-file", str(ready)]
+    argv = [
+        *launcher,
+        *command,
+        "serve",
+        "--listen",
+        listen,
+        "--ready-file",
+        str(ready),
+    ]
     if "--init-model" not in flags:
         # The test clients join as a first try would and the first one seeds
         # the model: the explicit opt-in `serve` needs for that.

@@ -9,8 +9,8 @@ timeout closed the half-open connections a scrape must succeed again.
 from __future__ import annotations
 
 import json
-import resource
 import socket
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,9 +28,14 @@ HALF_OPEN = 400
 """Connections that never finish their request: more than DESCRIPTORS."""
 
 
-def _few_descriptors() -> None:
-    """Run in the child before exec: lower its descriptor limit."""
-    resource.setrlimit(resource.RLIMIT_NOFILE, (DESCRIPTORS, DESCRIPTORS))
+FEW_DESCRIPTORS = (
+    sys.executable, "-c",
+    "import os, resource, sys; "
+    f"resource.setrlimit(resource.RLIMIT_NOFILE, ({DESCRIPTORS}, {DESCRIPTORS})); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+)  # fmt: skip
+"""Lowers the descriptor limit, then execs the serve command it is given (a
+fresh process: no `preexec_fn` running in a fork of the gRPC-threaded test)."""
 
 
 def _metrics_address(log: Path) -> str:
@@ -89,7 +94,7 @@ def test_half_open_metrics_connections_do_not_stop_grpc_clients_from_joining(
         spawn, log,
         "--open-enrollment", "--metrics-listen", "127.0.0.1:0",
         "--metrics-read-timeout-s", "2",
-        preexec_fn=_few_descriptors,
+        launcher=FEW_DESCRIPTORS,
     )  # fmt: skip
     metrics = eventually(lambda: _metrics_address(log))
     _open_half_requests(metrics, half_open)
