@@ -21,6 +21,7 @@ from fedgrpc.config.access import AccessSettings
 from fedgrpc.config.files import load_table
 from fedgrpc.config.limits import LimitSettings
 from fedgrpc.config.outer import OuterOptimizerName
+from fedgrpc.config.privacy import PrivacySettings
 from fedgrpc.config.robustness import RobustnessSettings
 from fedgrpc.domain.chunks import (
     DEFAULT_CHUNK_BYTES,
@@ -37,7 +38,9 @@ SECAGG_MIN_CLIENTS = 3
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class CoordinatorConfig(RobustnessSettings, LimitSettings, AccessSettings):
+class CoordinatorConfig(
+    RobustnessSettings, LimitSettings, AccessSettings, PrivacySettings
+):
     """Everything `fedgrpc serve` needs; one TOML table `[coordinator]`.
 
     One flat set of fields (TOML keys and `--flags` alike); the sections it
@@ -186,6 +189,7 @@ class CoordinatorConfig(RobustnessSettings, LimitSettings, AccessSettings):
         self._check_outer()
         self._check_robustness()
         self._check_limits()
+        self._check_privacy()
         _check(not (self.init_model and self.seed_from_first_client),
                "seed_from_first_client", self.seed_from_first_client,
                "false when init_model is set (the initial weights come from one "

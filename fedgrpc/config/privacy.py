@@ -1,0 +1,93 @@
+"""Client-level differential privacy of the run: a section of `CoordinatorConfig`.
+
+A mixin so TOML keys and `--flags` stay flat (`privacy = "central"`,
+`--privacy central`); `CoordinatorConfig` inherits it and calls
+`_check_privacy` from its `__post_init__`. Not slotted: slotted dataclasses
+cannot be combined as several bases.
+
+DP-FedAvg (McMahan et al. 2018, "Learning Differentially Private Recurrent
+Language Models"): each client's update is clipped to L2 norm S and
+Gaussian noise of standard deviation z·S is added to the sum, so one
+client's whole contribution to a round is hidden. Where the noise is added:
+
+- `central`: the coordinator clips every update and adds the noise after
+  aggregation. The coordinator sees every clipped update: it must be trusted.
+- `distributed`: each client clips its own update and adds its share of
+  discrete Gaussian noise in the secure-aggregation ring before masking
+  (Kairouz, Liu and Steinke 2021), so the coordinator only ever sees a
+  noised sum. Needs `secure_aggregation`.
+
+ε(δ) is accounted by `fedgrpc.privacy.PrivacyLedger` (`dp-accounting`).
+Record-level DP-SGD inside a client is the client's setting
+(`ClientConfig`), not this section's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from fedgrpc.errors import check_config as _check
+
+PrivacyMode = Literal["off", "central", "distributed"]
+PRIVACY_MODES: tuple[PrivacyMode, ...] = ("off", "central", "distributed")
+DP_ACCOUNTANTS = ("rdp", "pld")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivacySettings:
+    """Clip, noise and budget of client-level DP (off by default)."""
+
+    privacy: PrivacyMode = "off"
+    """`off`, `central` (the coordinator clips and noises) or `distributed`
+    (clients noise in the secure ring; needs `secure_aggregation`)."""
+    dp_clip_norm: float = 0.0
+    """S: every client update is clipped to this L2 norm before it counts
+    (the sensitivity of the round's sum). Required (> 0) when privacy is on."""
+    dp_noise_multiplier: float = 0.0
+    """z: the noise added to the sum has standard deviation z·S. Set this or
+    `dp_target_epsilon` (then z is calibrated for `max_rounds` rounds)."""
+    dp_target_epsilon: float = 0.0
+    """ε the run should reach after `max_rounds` rounds at `dp_delta`: z is
+    calibrated at start by `dp-accounting` (needs `max_rounds` > 0)."""
+    dp_delta: float = 1e-5
+    """δ of every ε the run reports (and of `max_epsilon`)."""
+    max_epsilon: float = 0.0
+    """Budget: the coordinator does not apply a round that would take ε(δ)
+    past it, says so, and finishes the run. 0: no limit (ε is still reported)."""
+    dp_accountant: Literal["rdp", "pld"] = "rdp"
+    """`rdp` (Rényi DP; fast) or `pld` (privacy loss distributions; tighter)."""
+    trusted_coordinator: bool = True
+    """False declares the coordinator untrusted: it must never see an
+    un-noised update or sum, so only `privacy = "distributed"` is allowed."""
+
+    def _check_privacy(self) -> None:
+        """Refuse settings under which the promised ε cannot hold.
+
+        Raises:
+            ConfigError: naming the setting (and the one it conflicts with).
+        """
+        _check(self.privacy in PRIVACY_MODES, "privacy", self.privacy,
+               f"one of {list(PRIVACY_MODES)}")  # fmt: skip
+        _check(self.dp_accountant in DP_ACCOUNTANTS, "dp_accountant",
+               self.dp_accountant, f"one of {list(DP_ACCOUNTANTS)}")  # fmt: skip
+        _check(0 < self.dp_delta < 1, "dp_delta", self.dp_delta, "in (0, 1)")
+        for name in ("dp_clip_norm", "dp_noise_multiplier", "dp_target_epsilon",
+                     "max_epsilon"):  # fmt: skip
+            value = getattr(self, name)
+            _check(math.isfinite(value) and value >= 0, name, value, "finite >= 0")
+        if self.privacy == "off":
+            _check(self.trusted_coordinator, "trusted_coordinator", False,
+                   "true unless privacy = 'distributed' (an untrusted coordinator "
+                   "must never see an un-noised sum)")  # fmt: skip
+            return
+        _check(self.dp_clip_norm > 0, "dp_clip_norm", self.dp_clip_norm,
+               f"> 0 when privacy = {self.privacy!r}")  # fmt: skip
+        _check((self.dp_noise_multiplier > 0) != (self.dp_target_epsilon > 0),
+               "dp_noise_multiplier", self.dp_noise_multiplier,
+               "> 0, or dp_target_epsilon > 0 instead (exactly one of the two) "
+               f"when privacy = {self.privacy!r}")  # fmt: skip
+        _check(self.privacy != "central" or self.trusted_coordinator, "privacy",
+               self.privacy, "'distributed' when trusted_coordinator = false: central "
+               "noise means the coordinator sees every clipped update")  # fmt: skip
