@@ -10,7 +10,8 @@ from fedgrpc.errors import ConfigError
 
 def test_privacy_is_off_by_default() -> None:
     config = CoordinatorConfig()
-    assert config.privacy == "off" and config.max_epsilon == 0.0
+    assert config.privacy == "off"
+    assert config.max_epsilon == 0.0
 
 
 def test_central_privacy_with_a_noise_multiplier_is_accepted() -> None:
@@ -33,7 +34,7 @@ def test_central_privacy_with_a_noise_multiplier_is_accepted() -> None:
                 "dp_target_epsilon": 3.0,
             },
             "dp_noise_multiplier",
-        ),  # fmt: skip
+        ),
         ({"dp_delta": 0.0}, "dp_delta"),
         ({"max_epsilon": -1.0}, "max_epsilon"),
         ({"dp_accountant": "moments"}, "dp_accountant"),
@@ -45,7 +46,7 @@ def test_central_privacy_with_a_noise_multiplier_is_accepted() -> None:
                 "trusted_coordinator": False,
             },
             "privacy",
-        ),  # fmt: skip
+        ),
         ({"trusted_coordinator": False}, "trusted_coordinator"),
     ],
 )

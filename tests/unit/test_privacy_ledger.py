@@ -1,4 +1,4 @@
-"""The privacy ledger: dp-accounting's ε, merged releases, exact restore, calibration."""
+"""The privacy ledger: dp-accounting's ε, merged releases, restore, calibration."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def test_identical_releases_merge_and_match_one_composition() -> None:
     ledger = PrivacyLedger("rdp")
     for _ in range(50):
         ledger.record(Release(1.2, 0.05))
-    assert len(ledger.releases) == 1 and ledger.releases[0].count == 50
+    assert len(ledger.releases) == 1
+    assert ledger.releases[0].count == 50
     direct = make_accountant("rdp", "add_or_remove_one")
     direct.compose(Release(1.2, 0.05).dp_event(), 50)
     assert ledger.epsilon(1e-5) == pytest.approx(direct.get_epsilon(1e-5), rel=1e-12)
@@ -85,7 +86,7 @@ def test_unreachable_target_is_refused_with_a_reason() -> None:
                 "sample_size": 4,
             },
             "sample_size",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_bad_releases_are_refused(kwargs: dict[str, object], field: str) -> None:
