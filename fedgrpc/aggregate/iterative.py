@@ -8,15 +8,22 @@ a sample count is a client's unverified claim.
 for Federated Learning" (IEEE TSP, arXiv 1912.13445), Algorithm 2 (RFA,
 smoothed Weiszfeld), with αᵢ = 1/n:
 
-    c⁰ = (1/n) Σᵢ uᵢ
+    c⁰ = the medoid: the update uₖ with the least Σⱼ ‖uₖ - uⱼ‖ (see below)
     βᵢ = αᵢ / max(nu, ‖uᵢ - cᵗ‖),   cᵗ⁺¹ = Σᵢ βᵢ uᵢ / Σᵢ βᵢ
 
 for at most T iterations, stopping early once the objective
 g(c) = Σᵢ αᵢ ‖uᵢ - c‖ changes by at most `ftol` x g (the paper's rule).
 The paper weights by αᵢ = sample counts; we do not, so that a client claiming
 many samples cannot move the median (its breakdown point is then half the
-*clients*). nu > 0 smooths the objective so that a centre landing on an
-update does not divide by zero.
+*clients*). The paper starts at the mean; we start at the medoid, the
+update closest in total to the others, which is an honest one while the
+honest are a majority. From the mean, one hostile update of ±huge floats
+sits ~huge/n away from the start, Weiszfeld needs ~log_n(huge) steps to
+shed it, and the relative `ftol` (measured against an objective that the
+hostile distance dominates) stops it long before; from the medoid it is
+down-weighted by 1/huge in the first step. Same fixed point: the
+objective is convex, so only the path changes. nu > 0 smooths the
+objective so that a centre landing on an update does not divide by zero.
 
 **Centered clipping**, Karimireddy, He, Jaggi 2021, "Learning from History
 for Byzantine Robust Optimization" (ICML, arXiv 2012.10333), eq. (CC):
@@ -59,7 +66,12 @@ from fedgrpc.aggregate.blockwise import (
     check_out,
     require_committed,
 )
-from fedgrpc.aggregate.passes import centered_gram, coefficient_distances, combine
+from fedgrpc.aggregate.passes import (
+    centered_gram,
+    coefficient_distances,
+    combine,
+    pairwise_from_gram,
+)
 from fedgrpc.aggregate.stages import F64Array, HeldUpdates, Holding
 from fedgrpc.errors import ConfigError
 from fedgrpc.log import get_logger
@@ -121,7 +133,10 @@ class GeometricMedian:
         center = check_out(out, spool.num_coordinates)
         n = spool.count
         gram = centered_gram(spool, None, self.block_bytes)
-        alpha = gamma = np.full(n, 1.0 / n)  # c⁰ = the mean
+        alpha = np.full(n, 1.0 / n)
+        pairwise = np.sqrt(pairwise_from_gram(gram[:n, :n]))
+        gamma = np.zeros(n)
+        gamma[int(np.argmin(pairwise.sum(axis=1)))] = 1.0  # c⁰ = the medoid
         distances = coefficient_distances(gram, gamma, n)
         objective = float(alpha @ distances)
         self.last_iterations = 0

@@ -156,7 +156,11 @@ def pairwise_squared_distances(
     spool: HeldSpool, block_bytes: int = DEFAULT_BLOCK_BYTES
 ) -> F64Array:
     """The n x n matrix ‖uᵢ - uⱼ‖² = Ĝᵢᵢ + Ĝⱼⱼ - 2Ĝᵢⱼ, one pass (`centered_gram`)."""
-    gram = centered_gram(spool, None, block_bytes)
+    return pairwise_from_gram(centered_gram(spool, None, block_bytes))
+
+
+def pairwise_from_gram(gram: F64Array) -> F64Array:
+    """‖uᵢ - uⱼ‖² = Ĝᵢᵢ + Ĝⱼⱼ - 2Ĝᵢⱼ from `centered_gram`'s Ĝ (no pass)."""
     diagonal = np.diag(gram)
     total: F64Array = diagonal[:, None] + diagonal[None, :] - 2.0 * gram
     np.maximum(total, 0.0, out=total)  # rounding may leave -1e-12

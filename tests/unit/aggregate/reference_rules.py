@@ -35,9 +35,11 @@ def multi_krum(x: np.ndarray, f: int, m: int) -> np.ndarray:
 def geometric_median(
     x: np.ndarray, iters: int, nu: float, ftol: float = 1e-6
 ) -> np.ndarray:
-    """RFA's smoothed Weiszfeld (Pillutla et al. 2022, Alg. 2) with αᵢ = 1/n."""
+    """RFA's smoothed Weiszfeld (Pillutla et al. 2022, Alg. 2) with αᵢ = 1/n,
+    started at the medoid (fedgrpc's start; the paper's is the mean)."""
     alpha = np.full(len(x), 1.0 / len(x))
-    z = alpha @ x
+    pairwise = np.linalg.norm(x[:, None, :] - x[None, :, :], axis=2)
+    z = x[int(np.argmin(pairwise.sum(axis=1)))]
 
     def objective(z: np.ndarray) -> float:
         return float(alpha @ np.linalg.norm(x - z, axis=1))
@@ -70,8 +72,9 @@ def centered_clipping(
 
 
 def trimmed_mean(x: np.ndarray, beta: float) -> np.ndarray:
-    """Yin et al. 2018: drop ⌊βn⌋ from each side per coordinate, average the rest."""
-    k = int(np.floor(beta * len(x)))
+    """Yin et al. 2018: drop k = min(⌈βn⌉, ⌊(n-1)/2⌋) per side, average the rest."""
+    n = len(x)
+    k = 0 if beta <= 0 or n < 3 else min(int(np.ceil(beta * n - 1e-9)), (n - 1) // 2)
     s = np.sort(x, axis=0)
     kept: np.ndarray = s[k : len(x) - k].mean(axis=0)
     return kept

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from structlog.testing import capture_logs
 
 from fedgrpc.aggregate import (
     CoordinateMedian,
@@ -70,14 +69,15 @@ def test_median_matches_numpy_for_odd_and_even_counts(
 
 
 @pytest.mark.parametrize(
-    ("n", "beta"), [(10, 0.1), (10, 0.25), (7, 0.2), (3, 0.4), (5, 0.0)]
+    ("n", "beta", "k"),
+    [(10, 0.1, 1), (10, 0.25, 3), (7, 0.2, 2), (3, 0.4, 1), (5, 0.0, 0), (10, 0.3, 3)],
 )
 def test_trimmed_mean_matches_a_sort_based_reference(
-    n: int, beta: float, rounds: list[SpoolAccumulator], tmp_path: Path
+    n: int, beta: float, k: int, rounds: list[SpoolAccumulator], tmp_path: Path
 ) -> None:
     updates = np.random.default_rng(n).standard_normal((n, D)).astype(np.float32)
     spool = _spooled(rounds, tmp_path, updates)
-    k = int(np.floor(beta * n))
+    assert TrimmedMean(beta).trimmed(n) == k
 
     got = _aggregate(TrimmedMean(beta, block_bytes=SMALL_BLOCKS), spool)
 
@@ -157,21 +157,19 @@ def test_blocks_stay_within_the_memory_budget(
     assert MIN_BLOCK_COORDINATES <= 1500
 
 
-def test_a_trimmed_mean_that_trims_nothing_says_so_in_the_log(
+def test_the_default_trimmed_mean_cuts_one_attacker_among_eight(
     rounds: list[SpoolAccumulator], tmp_path: Path
 ) -> None:
-    # 8 updates at beta 0.1: floor(0.8) = 0 trimmed, so the rule is the mean.
+    # 8 updates at the default beta 0.1: ceil(0.8) = 1 cut from each side.
+    # Rounded down (the old rule) that was 0: the plain mean, which one
+    # update of +1e6 moved by 1.25e5.
     updates = np.random.default_rng(1).normal(0.0, 1.0, (8, D)).astype(np.float32)
+    updates[5] = 1e6
     spool = _spooled(rounds, tmp_path, updates)
 
-    with capture_logs() as logs:
-        trimmed = _aggregate(TrimmedMean(0.1), spool)
-    with capture_logs() as quiet:
-        _aggregate(TrimmedMean(0.2), spool)
+    trimmed = _aggregate(TrimmedMean(), spool)
 
-    warned = [e for e in logs if e["event"] == "trimmed_mean_trims_nothing"]
-    assert warned
-    assert warned[0]["updates"] == 8
-    assert "trimmed_mean_beta >= 0.125" in warned[0]["hint"]
-    assert not [e for e in quiet if e["event"] == "trimmed_mean_trims_nothing"]
-    np.testing.assert_allclose(trimmed, updates.mean(axis=0), rtol=1e-5, atol=1e-6)
+    honest = np.delete(updates, 5, axis=0)
+    assert np.abs(trimmed).max() < np.abs(honest).max()
+    expected = np.sort(updates.astype(np.float64), axis=0)[1:7].mean(axis=0)
+    np.testing.assert_allclose(trimmed, expected, rtol=1e-5, atol=1e-6)

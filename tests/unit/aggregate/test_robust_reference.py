@@ -241,6 +241,7 @@ def test_bad_rule_parameters_are_refused_naming_the_setting(
     "rule",
     [
         CenteredClipping(iters=5, block_bytes=SMALL_BLOCKS),
+        GeometricMedian(block_bytes=SMALL_BLOCKS),
         krum(block_bytes=SMALL_BLOCKS),
         MultiKrum(block_bytes=SMALL_BLOCKS),
     ],
@@ -253,9 +254,9 @@ def test_one_update_of_huge_finite_floats_does_not_blind_the_distance_rules(
     and must not drown the honest updates' distances in its rounding error:
     the rule still lands within the honest spread of the honest mean.
 
-    The geometric median is left out: from RFA's start (the mean, ~huge/n
-    away) Weiszfeld needs ~log₇(huge) steps and RFA's relative `ftol` stops
-    it first, on main as well (a separate hole, not one of precision).
+    The geometric median is in since it starts at the medoid: from RFA's
+    start (the mean, ~huge/n away) Weiszfeld needed ~log₇(huge) steps and
+    RFA's relative `ftol` stopped it first.
     """
     updates = _updates(5, 8)
     updates[3] = np.float32(huge) * np.sign(updates[3])
