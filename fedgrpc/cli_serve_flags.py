@@ -4,7 +4,8 @@ Apart from `cli` so the command module keeps to its job (parsers and
 handlers). Each tuple mirrors one config section: `CORE_FLAGS`
 (`config.coordinator`), `ROBUSTNESS_FLAGS` (`config.robustness`, with the
 round-stage flags of `cli_flags.STAGE_FLAGS`), `LIMIT_FLAGS`
-(`config.limits`), `ACCESS_FLAGS` (`config.access`). A flag's dest is the
+(`config.limits`), `ACCESS_FLAGS` (`config.access`), `PRIVACY_FLAGS`
+(`config.privacy`). A flag's dest is the
 config field it sets; tests check every field has one.
 """
 
@@ -234,5 +235,56 @@ ACCESS_FLAGS = (
 )  # fmt: skip
 """Who may connect, join, and read (`config.access`)."""
 
-SERVE_FLAGS = (*CORE_FLAGS, *ROBUSTNESS_FLAGS, *LIMIT_FLAGS, *ACCESS_FLAGS)
+
+
+def _true_or_false(text: str) -> bool:
+    """`true` / `false` (for a switch whose default is on)."""
+    if text.lower() not in ("true", "false"):
+        raise ValueError(text)
+    return text.lower() == "true"
+
+
+PRIVACY_FLAGS = (
+    Flag("--privacy", "client-level differential privacy (DP-FedAvg): off; "
+         "central (the coordinator clips every update to --dp-clip-norm and "
+         "adds Gaussian noise to the round's sum; it must be trusted; needs "
+         "--weighting equal and --aggregator mean); distributed (clients noise "
+         "inside secure aggregation) (default: off)",
+         choices=("off", "central", "distributed")),
+    Flag("--dp-clip-norm", "S: every update is clipped to this L2 norm before "
+         "it counts (the sensitivity of the round's sum); required with "
+         "--privacy", float, "S"),
+    Flag("--dp-noise-multiplier", "z: the noise on the round's sum has "
+         "standard deviation z x S; set this or --dp-target-epsilon", float, "Z"),
+    Flag("--dp-target-epsilon", "epsilon the run should spend over "
+         "--max-rounds rounds at --dp-delta: z is calibrated at start by "
+         "dp-accounting (needs --max-rounds); instead of --dp-noise-multiplier",
+         float, "EPS"),
+    Flag("--dp-delta", "delta of every epsilon reported and of --max-epsilon "
+         f"(default: {_D.dp_delta:g})", float, "DELTA"),
+    Flag("--max-epsilon", "privacy budget: a round that would take epsilon "
+         "past it is not applied, and the run finishes (final checkpoint, "
+         "clients told, serve exits 0) (default: 0, no limit; epsilon is "
+         "still reported)", float, "EPS"),
+    Flag("--dp-accountant", "rdp (Renyi DP, fast) or pld (privacy loss "
+         "distributions, tighter; not with --selection random) (default: "
+         f"{_D.dp_accountant})", choices=("rdp", "pld")),
+    Flag("--dp-adaptive-clip-quantile", "adaptive clipping (Andrew et al. "
+         "2021): move S each round toward this quantile of the update norms, "
+         "e.g. 0.5; needs --dp-clip-count-noise (default: 0, S fixed)",
+         float, "Q"),
+    Flag("--dp-clip-learning-rate", "adaptive clipping's geometric step "
+         f"size (default: {_D.dp_clip_learning_rate:g})", float, "LR"),
+    Flag("--dp-clip-count-noise", "adaptive clipping: noise std (in clients) "
+         "on the count of unclipped updates; shares z's budget, must exceed "
+         "z / 2 (suggested: clients per round / 20)", float, "SIGMA"),
+    Flag("--trusted-coordinator", "false declares this coordinator "
+         "untrusted: only --privacy distributed is allowed (default: true)",
+         _true_or_false, "true|false"),
+)  # fmt: skip
+"""Client-level differential privacy and the run's budget (`config.privacy`)."""
+
+SERVE_FLAGS = (
+    *CORE_FLAGS, *ROBUSTNESS_FLAGS, *LIMIT_FLAGS, *ACCESS_FLAGS, *PRIVACY_FLAGS,
+)  # fmt: skip
 """Every `fedgrpc serve` flag, in --help order."""

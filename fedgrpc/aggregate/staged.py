@@ -18,6 +18,11 @@ sum holds exactly the committed updates:
 The first committed dense stage *becomes* the sum (no copy, no add), so a
 round of n dense updates costs n - 1 adds of d floats, as before.
 
+Central differential privacy clips each update here (`clip`): a commit is
+the first moment the whole update is known and the last before it merges
+into the sum. The stage is clipped in place (a coded or spilled one is
+first laid out in a pooled buffer), so the sum holds Σ clip(wᵢ·uᵢ).
+
 Memory (d coordinates, k dense updates in flight at once):
     sum + min(k, B / 4d) stages in RAM = (1 + min(k, B / 4d)) x 4d bytes,
 B = `staging_memory_mb`; stages beyond B go to an unlinked temporary file
@@ -34,6 +39,7 @@ popped from the dict exactly once, an atomic step under the GIL.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +57,8 @@ from fedgrpc.aggregate.stages import (
 from fedgrpc.errors import InvalidUpdateError, WrongRoundError
 
 Stage = DenseStage | BlockStage
+UpdateClip = Callable[[torch.Tensor], float]
+"""Scales one whole update in place (to an L2 norm bound); returns its norm."""
 
 
 class StagedSum:
@@ -62,12 +70,15 @@ class StagedSum:
         pool: BufferPool,
         budget_bytes: int,
         spill_dir: Path | None = None,
+        clip: UpdateClip | None = None,
     ) -> None:
         """A round's sum over d = `num_coordinates`.
 
         `budget_bytes` bounds the RAM of stages in flight; past it, dense
         stages spill to `spill_dir` (None: the system temporary directory).
+        `clip` (central DP) scales each committed update before it is summed.
         """
+        self._clip = clip
         self._d = num_coordinates
         self._pool = pool
         self._budget = budget_bytes
@@ -218,6 +229,9 @@ class StagedSum:
 
     def _fold(self, stage: Stage) -> None:
         """Sum += stage; the round's first in-memory dense stage becomes the sum."""
+        if self._clip is not None:
+            self._fold_clipped(stage, self._clip)
+            return
         if self._sum is None and isinstance(stage, DenseStage):
             self._sum = stage.take_tensor()
             if self._sum is not None:
@@ -225,6 +239,19 @@ class StagedSum:
         if self._sum is None:
             self._sum = self._pool.take_zeroed(self._d)
         stage.fold_into(self._sum.numpy())
+
+    def _fold_clipped(self, stage: Stage, clip: UpdateClip) -> None:
+        """Sum += clip(stage): the update laid out whole, clipped, then added."""
+        tensor = stage.take_tensor() if isinstance(stage, DenseStage) else None
+        if tensor is None:  # coded or on disk: lay it out in a pooled buffer
+            tensor = self._pool.take_zeroed(self._d)
+            stage.fold_into(tensor.numpy())
+        clip(tensor)
+        if self._sum is None:
+            self._sum = tensor
+            return
+        np.add(self._sum.numpy(), tensor.numpy(), out=self._sum.numpy())
+        self._pool.give(tensor)
 
     def _require_open(self) -> None:
         if self._spent:

@@ -58,6 +58,18 @@ class PrivacySettings:
     past it, says so, and finishes the run. 0: no limit (ε is still reported)."""
     dp_accountant: Literal["rdp", "pld"] = "rdp"
     """`rdp` (Rényi DP; fast) or `pld` (privacy loss distributions; tighter)."""
+    dp_adaptive_clip_quantile: float = 0.0
+    """gamma in (0, 1): adaptive clipping (Andrew et al. 2021) moves dp_clip_norm
+    each round toward the gamma-quantile of the update norms (0.5: the median),
+    starting from dp_clip_norm. 0: S stays fixed. Central privacy only."""
+    dp_clip_learning_rate: float = 0.2
+    """η_C of adaptive clipping's geometric step S ← S·exp(-η_C (b̃ - gamma))
+    (0.2: the paper's choice)."""
+    dp_clip_count_noise: float = 0.0
+    """sigma_b: standard deviation (in clients) of the noise on adaptive
+    clipping's count of unclipped updates; it shares the noise budget z, so
+    it must exceed z / 2 (the paper suggests clients per round / 20).
+    Required (> 0) with dp_adaptive_clip_quantile."""
     trusted_coordinator: bool = True
     """False declares the coordinator untrusted: it must never see an
     un-noised update or sum, so only `privacy = "distributed"` is allowed."""
@@ -74,9 +86,11 @@ class PrivacySettings:
                self.dp_accountant, f"one of {list(DP_ACCOUNTANTS)}")  # fmt: skip
         _check(0 < self.dp_delta < 1, "dp_delta", self.dp_delta, "in (0, 1)")
         for name in ("dp_clip_norm", "dp_noise_multiplier", "dp_target_epsilon",
-                     "max_epsilon"):  # fmt: skip
+                     "max_epsilon", "dp_clip_learning_rate",
+                     "dp_clip_count_noise"):  # fmt: skip
             value = getattr(self, name)
             _check(math.isfinite(value) and value >= 0, name, value, "finite >= 0")
+        self._check_adaptive_clipping()
         if self.privacy == "off":
             _check(self.trusted_coordinator, "trusted_coordinator", False,
                    "true unless privacy = 'distributed' (an untrusted coordinator "
@@ -91,3 +105,25 @@ class PrivacySettings:
         _check(self.privacy != "central" or self.trusted_coordinator, "privacy",
                self.privacy, "'distributed' when trusted_coordinator = false: central "
                "noise means the coordinator sees every clipped update")  # fmt: skip
+
+    def _check_adaptive_clipping(self) -> None:
+        """Adaptive clipping: a quantile in (0, 1), its rate and its count noise.
+
+        Raises:
+            ConfigError: naming the dp_* setting.
+        """
+        quantile = self.dp_adaptive_clip_quantile
+        _check(0 <= quantile < 1, "dp_adaptive_clip_quantile", quantile,
+               "in (0, 1), or 0 for a fixed dp_clip_norm")  # fmt: skip
+        if quantile == 0:
+            return
+        _check(self.privacy == "central", "dp_adaptive_clip_quantile", quantile,
+               "0 unless privacy = 'central' (the coordinator counts clipped "
+               "updates)")  # fmt: skip
+        rate = self.dp_clip_learning_rate
+        _check(rate > 0, "dp_clip_learning_rate", rate,
+               "> 0 with dp_adaptive_clip_quantile")  # fmt: skip
+        _check(self.dp_clip_count_noise > 0, "dp_clip_count_noise",
+               self.dp_clip_count_noise, "> 0 with dp_adaptive_clip_quantile (the "
+               "count of clipped updates is released too; Andrew et al. suggest "
+               "clients per round / 20)")  # fmt: skip

@@ -15,7 +15,9 @@ Captured (on the event loop, cheap: references, not copies) and restored:
   secrets and are *not* stored: after a restart a client joins again;
 * the trust scores (`strategy.trust`): each client's score and standing, so a
   quarantine outlives a restart and is written back to its record;
-* traffic totals and the recent-round history, for status and metrics.
+* traffic totals and the recent-round history, for status and metrics;
+* the privacy ledger (every release, so a restart reports the same ε and
+  `max_epsilon` keeps counting) and central DP's clip norm S.
 
 Plain Python, no gRPC or asyncio (like the round engine it restores).
 """
@@ -123,6 +125,7 @@ def capture(engine: RoundEngine, registry: ClientRegistry, totals: Totals) -> Sn
         "bytes_sent": totals.bytes_sent,
         "history": [_round_row(r) for r in engine.history],
         "trust": engine.trust.state_dict() if engine.trust is not None else None,
+        "privacy": engine.privacy.state_dict(),
     }
     return Snapshot(last_closed, state, {"master": master, **tensors, **rule_tensors})
 
@@ -154,6 +157,7 @@ def restore(
     _restore_clients(registry, state["clients"], state.get("next_client_id", 0))
     if engine.trust is not None and state.get("trust") is not None:
         engine.trust.load_state_dict(state["trust"], registry)
+    engine.privacy.load_state_dict(state.get("privacy"))  # before the history
     _restore_rounds(engine, checkpoint.round_id, state["history"])
     return Totals(state["run_id"], state["bytes_received"], state["bytes_sent"])
 

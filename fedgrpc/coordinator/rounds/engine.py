@@ -26,11 +26,10 @@ that needs every update (median, trimmed mean) gets the disk spool instead.
 Pushes still streaming at the deadline get another `round_timeout_s` to
 finish; then the round closes without them.
 
-The rules the transitions consult live beside it in `rules` (why an
-update header is refused; when a round closes, its
-quorum, the result it leaves); who takes part in a round, and the older
-bases a client that sat rounds out may push from, in the `Participation`
-it holds (`participants`).
+The rules the transitions consult live in `rules` (header refusals, when
+a round closes, its quorum, its result); who takes part, and the older
+bases a client that sat rounds out may push from, in `participants`;
+central DP's clip, noise and budget in `budget`.
 """
 
 from __future__ import annotations
@@ -46,6 +45,7 @@ import torch
 from fedgrpc.compress import DecodedBlock
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.rounds import rules
+from fedgrpc.coordinator.rounds.budget import PrivacyBudget
 from fedgrpc.coordinator.rounds.credit import credit_update
 from fedgrpc.coordinator.rounds.global_model import GlobalModel
 from fedgrpc.coordinator.rounds.participants import Participation
@@ -58,6 +58,7 @@ from fedgrpc.coordinator.rounds.records import (
 )
 from fedgrpc.coordinator.rounds.registry import ClientRecord, ClientRegistry
 from fedgrpc.coordinator.rounds.weighting import SampleWeighting, check_claims
+from fedgrpc.coordinator.strategy.dp_stage import build_privacy_stage
 from fedgrpc.coordinator.strategy.wiring import (
     NO_PLUGINS,
     StagePlugins,
@@ -95,6 +96,9 @@ class RoundEngine:
         self.clock = clock
         self.phase = Phase.WAITING_FOR_MODEL
         self.stages = build_round_stages(config, plugins)
+        stage = build_privacy_stage(config, self.stages.accumulator)
+        self.privacy = PrivacyBudget(config, stage)
+        """Central DP's clip, noise and the run's ε (`budget`)."""
         self.model = GlobalModel(config, clock, build_outer(config, plugins))
         self.current: OpenRound | None = None
         self.history: deque[RoundResult] = deque(maxlen=HISTORY_ROUNDS)
@@ -180,6 +184,7 @@ class RoundEngine:
                 current.round_id,
                 self.model.require_spec().num_coordinates,
                 self._take_sum_buffer,
+                self.privacy.clip,
             )
         weight, key = ticket.weight, ticket.ticket_id
         ticket.touched_sum = True
@@ -253,20 +258,12 @@ class RoundEngine:
             return None
         return rules.close_reason(current, self.config, self.registry, self.clock)
 
-    def quorum(self, current: OpenRound) -> int:
-        """Updates `current` needs to be applied.
-
-        `min_clients`, or `min_client_fraction` of the clients connected now
-        plus those that pushed and left, whichever is more.
-        """
-        return rules.quorum(current, self.config, self.registry)
-
     def begin_close(self) -> OpenRound:
         """Stop taking updates for the open round (state change; event loop)."""
         current = self.current
         if current is None:
             raise WrongRoundError("no round is open; the model is not seeded yet")
-        current.quorum = self.quorum(current)
+        current.quorum = rules.quorum(current, self.config, self.registry)
         self.phase = Phase.APPLYING
         return current
 
@@ -285,9 +282,13 @@ class RoundEngine:
             usable = closing.void_reason is None and (
                 len(closing.contributors) >= closing.quorum
             )
-            if not usable:
+            release = self.privacy.release_of(closing) if usable else None
+            refusal = self.privacy.refusal(release, closing.round_id)
+            if not usable or refusal is not None:
+                closing.void_reason = closing.void_reason or refusal
                 return False
             aggregate = self.stages.aggregate(total, self._take_sum_buffer)
+            self.privacy.noise(aggregate, len(closing.contributors), release)
             if self.trust is not None:
                 self.trust.measure(
                     closing.round_id, closing.commit_order, total.held(), aggregate
@@ -318,6 +319,7 @@ class RoundEngine:
         self.weighting.round_closed(closing.claims)
         version, now = self.model.version, self.clock()
         result = rules.round_result(closing, self.config, applied, reason, version, now)
+        result = self.privacy.annotate(result)  # ε so far; finished if exhausted
         if self.is_last_round(closing.round_id):
             result = dataclasses.replace(result, run_finished=True)
         self.history.append(result)
@@ -361,8 +363,10 @@ class RoundEngine:
         """
         self.history.extend(history)
         self._next_round_id = last_closed + 1
-        if self.is_last_round(last_closed):  # restarted after the run finished
-            self._finish()
+        spent = bool(self.history) and self.history[-1].privacy_exhausted
+        self.privacy.exhausted = spent and self.privacy.would_exceed_again()
+        if self.is_last_round(last_closed) or self.privacy.exhausted:
+            self._finish()  # restarted after the run finished
         else:
             self._open_round()
 

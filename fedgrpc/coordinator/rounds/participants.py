@@ -133,7 +133,9 @@ class Participation:
             k = getattr(self.selector, "clients_per_round", len(connected))
             if len(connected & set(current.selected)) >= min(k, len(connected)):
                 return
-        current.selected = choose(self.selector, self.registry.connected(), current)
+        candidates = self.registry.connected()
+        current.population = len(candidates)
+        current.selected = choose(self.selector, candidates, current)
 
     def round_closed(self, closing: OpenRound) -> None:
         """Note what `closing`'s selected clients were selected on (`may_span`)."""

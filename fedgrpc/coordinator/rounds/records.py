@@ -126,6 +126,8 @@ class OpenRound:
     """Admitted pushes not yet committed or abandoned, by ticket id."""
     selected: tuple[str, ...] | None = None
     """Client ids the Selector chose when it opened; None: every client."""
+    population: int = 0
+    """Candidates the Selector chose `selected` from (the sampling's N)."""
     total: Accumulator | None = None
     """The round's Accumulator, opened on its first chunk (`RoundStages`)."""
     void_reason: str | None = None
@@ -180,4 +182,16 @@ class RoundResult:
     selected: tuple[str, ...] = ()
     """Clients the Selector chose (empty with selection `all`)."""
     run_finished: bool = False
-    """This was the run's last round (`max_rounds`); clients stop after it."""
+    """This was the run's last round (`max_rounds`, or its privacy budget);
+    clients stop after it."""
+    privacy_epsilon: float = 0.0
+    """ε(δ) the run has spent after this round (0: privacy off)."""
+    privacy_delta: float = 0.0
+    max_epsilon: float = 0.0
+    """The run's budget (0: none)."""
+    dp_clip_norm: float = 0.0
+    """S this round's updates were clipped to."""
+    dp_noise_multiplier: float = 0.0
+    """z the ledger accounts per round."""
+    privacy_exhausted: bool = False
+    """Not applied: it would have taken ε past `max_epsilon` (the run finished)."""

@@ -147,3 +147,70 @@ def check_selection(choice: StrategyChoice) -> None:
             f"{choice.min_clients} needs to apply a round, so no round would "
             "ever be applied; raise clients_per_round or lower min_clients"
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrivacyChoice:
+    """The settings central DP must agree with (`check_central_privacy`)."""
+
+    accumulator: AccumulatorKind
+    """What `check_strategy` chose for the aggregator."""
+    aggregator: str
+    weighting: str
+    secure_aggregation: bool
+    trust: str
+    selection: SelectionName
+    accountant: str
+
+
+def check_central_privacy(choice: PrivacyChoice) -> None:
+    """Refuse what breaks central DP's sensitivity S (privacy = 'central').
+
+    Clipping happens where each whole update is known, as it commits into
+    the summed round; the sum's sensitivity is then S. A rule that needs
+    every update (median, Krum, the norm bound, trust's spool) has another
+    sensitivity, which nobody has bounded here, and secure aggregation
+    hides the updates the coordinator would clip.
+
+    Raises:
+        ConfigError: naming both settings and a fix.
+    """
+    if choice.secure_aggregation:
+        raise ConfigError(
+            "privacy = 'central' clips each client's update on the coordinator, "
+            "but secure_aggregation = true lets it see only their sum; use "
+            "privacy = 'distributed' with secure aggregation, or turn it off"
+        )
+    if choice.trust == "on":
+        raise ConfigError(
+            "privacy = 'central' bounds each client's share of the round's sum by "
+            "dp_clip_norm, but trust = 'on' spools and re-weights every update; "
+            "turn trust off with central privacy"
+        )
+    if choice.accumulator != "streaming_sum":
+        raise ConfigError(
+            f"privacy = 'central' noises the round's sum, whose sensitivity is "
+            f"dp_clip_norm, but aggregator = {choice.aggregator!r} needs every "
+            "update (or accumulator = 'spool'/norm_bound was set), and a robust "
+            "rule's sensitivity is not dp_clip_norm; use aggregator = 'mean' "
+            "(accumulator 'auto') with central privacy"
+        )
+    if choice.weighting != "equal":
+        raise ConfigError(
+            f"privacy = 'central' needs each clipped update to count once, but "
+            f"weighting = {choice.weighting!r} scales it by the sample count the "
+            "client claims (past dp_clip_norm); set weighting = 'equal'"
+        )
+    if choice.selection not in ("all", "random"):
+        raise ConfigError(
+            f"privacy = 'central' accounts a round as all clients (q = 1) or a "
+            f"uniform sample (selection = 'random'), but selection = "
+            f"{choice.selection!r} chooses by what clients report, which no "
+            "accountant covers; use selection = 'all' or 'random'"
+        )
+    if choice.selection == "random" and choice.accountant == "pld":
+        raise ConfigError(
+            "selection = 'random' samples a fixed number of clients, which "
+            "dp_accountant = 'pld' cannot account (dp-accounting has no PLD of "
+            "sampling without replacement); use dp_accountant = 'rdp'"
+        )

@@ -41,7 +41,7 @@ from fedgrpc.aggregate import (
 )
 from fedgrpc.aggregate.blockwise import as_sum
 from fedgrpc.aggregate.buffers import BufferPool
-from fedgrpc.aggregate.staged import StagedSum
+from fedgrpc.aggregate.staged import StagedSum, UpdateClip
 from fedgrpc.coordinator.strategy.combinations import (
     AccumulatorKind,
     AccumulatorName,
@@ -139,8 +139,11 @@ class RoundStages:
         round_id: int,
         num_coordinates: int,
         take_buffer: Callable[[], torch.Tensor],
+        clip: UpdateClip | None = None,
     ) -> Accumulator:
         """The Accumulator for round `round_id` (call on its first chunk).
+
+        `clip` (central DP) scales each update as it commits into the sum.
 
         The summed round stages each update apart until it commits
         (`StagedSum`), so a broken push costs the round nothing; its buffers
@@ -156,6 +159,7 @@ class RoundStages:
                 self.buffers,
                 self.staging_memory_bytes,
                 self.staging_dir,
+                clip,
             )
         if self.spool is not None:
             return self.spool.open_round(round_id, num_coordinates, self.max_updates)

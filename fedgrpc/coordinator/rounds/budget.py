@@ -1,0 +1,215 @@
+"""The run's privacy budget: what each round releases, and whether it may.
+
+The round engine holds one `PrivacyBudget` around the Privacy stage
+(`privacy.stage`) and the run's `PrivacyLedger`. Per round, on the apply
+thread and under the numeric lock:
+
+    release = budget.release_of(closing)     # the round's Gaussian release
+    refusal = budget.refusal(release, r)     # would it take ε past max_epsilon?
+    budget.noise(aggregate, n, release)      # stage adds noise; ledger records
+
+A refused round is not applied and the run finishes (as after
+`max_rounds`): the model clients pull is the last one within the budget.
+A round the divergence guard throws away after its noise was drawn still
+counts: whether it was thrown away is a function of the noised aggregate,
+which was then, in that sense, released.
+
+ε(δ) is asked of dp-accounting once per recorded round and cached, so
+status, metrics and RoundClosed read a float.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fedgrpc.config import CoordinatorConfig
+from fedgrpc.coordinator.rounds.records import OpenRound, RoundResult
+from fedgrpc.errors import ConfigError
+from fedgrpc.log import get_logger
+from fedgrpc.privacy import LedgerState, Neighbouring, PrivacyLedger, Release
+from fedgrpc.privacy.stage import PrivacyStage
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyReport:
+    """The run's privacy now, for status, metrics and the simulate summary."""
+
+    mode: str
+    """`off`, `central`, `distributed`."""
+    epsilon: float
+    """ε at `delta` of every round applied so far (0: none, or privacy off)."""
+    delta: float
+    max_epsilon: float
+    """The budget (0: none)."""
+    clip_norm: float
+    """S the next round clips to (moves under adaptive clipping)."""
+    noise_multiplier: float
+    """z the ledger accounts per round."""
+    accountant: str
+    neighbouring: str
+    """`add_or_remove_one`, or `replace_one` under `selection = random`."""
+
+    @property
+    def remaining(self) -> float:
+        """max_epsilon - ε (inf without a budget)."""
+        if self.max_epsilon <= 0:
+            return math.inf
+        return max(0.0, self.max_epsilon - self.epsilon)
+
+
+class PrivacyBudget:
+    """The Privacy stage, the ledger, and `max_epsilon` (one per engine)."""
+
+    def __init__(self, config: CoordinatorConfig, stage: PrivacyStage) -> None:
+        """Start with an empty ledger (a checkpoint may `load_state_dict` one)."""
+        self.config = config
+        self.stage = stage
+        self.enabled = config.privacy != "off"
+        neighbouring: Neighbouring = getattr(stage, "neighbouring", "add_or_remove_one")
+        self.ledger: PrivacyLedger | None = (
+            PrivacyLedger(config.dp_accountant, neighbouring) if self.enabled else None
+        )
+        self.epsilon = 0.0
+        """ε(δ) of the ledger, recomputed after each recorded round."""
+        self.exhausted = False
+        """A round was refused: the run finished on its budget."""
+        self.seed: int | None = None
+        """Tests only: a fixed noise seed; None draws one from the OS per round."""
+        self._round_clip_norm = 0.0
+
+    @property
+    def clip(self) -> Any:
+        """The per-update clip the summed round calls at commit (None: off)."""
+        return self.stage.clip_update if self.enabled else None
+
+    @property
+    def clip_norm(self) -> float:
+        """S now (0 with privacy off)."""
+        return float(getattr(self.stage, "clip_norm", 0.0)) if self.enabled else 0.0
+
+    @property
+    def noise_multiplier(self) -> float:
+        """The z the ledger accounts (0 with privacy off)."""
+        return float(getattr(self.stage, "noise_multiplier", 0.0))
+
+    def release_of(self, closing: OpenRound) -> Release | None:
+        """What applying `closing` would release (None: privacy off)."""
+        self._round_clip_norm = self.clip_norm  # S its updates were clipped to
+        if closing.selected is not None:  # a sample of the candidates
+            return self.stage.round_release(len(closing.selected), closing.population)
+        return self.stage.round_release(len(closing.contributors), 0)
+
+    def refusal(self, release: Release | None, round_id: int) -> str | None:
+        """Why the round must not be applied under `max_epsilon`, or None."""
+        limit = self.config.max_epsilon
+        if release is None or self.ledger is None or limit <= 0:
+            return None
+        delta = self.config.dp_delta
+        after = self.ledger.epsilon_after(release, delta)
+        if after <= limit:
+            return None
+        self.exhausted = True
+        log.warning("privacy_budget_exhausted", round=round_id, epsilon=self.epsilon,
+                    epsilon_after=after, max_epsilon=limit, delta=delta)  # fmt: skip
+        return (
+            f"privacy budget: applying round {round_id} would take epsilon from "
+            f"{self.epsilon:.4g} to {after:.4g} at delta {delta:g}, past max_epsilon "
+            f"= {limit:g}; the round is not applied and the run is finished"
+        )
+
+    def noise(
+        self, aggregate: torch.Tensor, contributors: int, release: Release | None
+    ) -> None:
+        """Let the stage add its noise to the round's mean, then record the release."""
+        if not self.enabled:
+            return
+        generator = torch.Generator()
+        generator.manual_seed(
+            self.seed if self.seed is not None else secrets.randbits(63)
+        )
+        self.stage.finish_aggregate(aggregate, contributors, generator)
+        if release is not None and self.ledger is not None:
+            self.ledger.record(release)
+            self.epsilon = self.ledger.epsilon(self.config.dp_delta)
+
+    def annotate(self, result: RoundResult) -> RoundResult:
+        """`result` with the run's ε after it, S it clipped to, and the budget."""
+        if not self.enabled:
+            return result
+        return dataclasses.replace(
+            result,
+            privacy_epsilon=self.epsilon,
+            privacy_delta=self.config.dp_delta,
+            max_epsilon=self.config.max_epsilon,
+            dp_clip_norm=self._round_clip_norm or self.clip_norm,
+            dp_noise_multiplier=self.noise_multiplier,
+            privacy_exhausted=self.exhausted,
+            run_finished=result.run_finished or self.exhausted,
+        )
+
+    def report(self) -> PrivacyReport:
+        """The run's privacy now."""
+        ledger = self.ledger
+        return PrivacyReport(
+            mode=self.config.privacy,
+            epsilon=self.epsilon,
+            delta=self.config.dp_delta,
+            max_epsilon=self.config.max_epsilon,
+            clip_norm=self.clip_norm,
+            noise_multiplier=self.noise_multiplier,
+            accountant=self.config.dp_accountant,
+            neighbouring=ledger.neighbouring if ledger is not None else "",
+        )
+
+    def would_exceed_again(self) -> bool:
+        """After a restart: is the budget still too small for another such round?"""
+        ledger = self.ledger
+        if ledger is None or not ledger.releases or self.config.max_epsilon <= 0:
+            return False
+        last = dataclasses.replace(ledger.releases[-1], count=1)
+        after = ledger.epsilon_after(last, self.config.dp_delta)
+        return after > self.config.max_epsilon
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """The ledger's releases and the stage's state (None with privacy off)."""
+        if self.ledger is None:
+            return None
+        method = getattr(self.stage, "state_dict", None)
+        return {
+            "ledger": self.ledger.state().to_json(),
+            "stage": dict(method()) if callable(method) else {},
+        }
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Restore `state_dict`: the same releases, so the same ε.
+
+        A checkpoint of a run without privacy restores nothing (the run
+        spent nothing before); one written under another accountant is
+        recomputed under this one from the same releases.
+        """
+        if state is None or self.ledger is None:
+            return
+        saved = LedgerState.from_json(state["ledger"])
+        if saved.neighbouring != self.ledger.neighbouring:
+            raise ConfigError(
+                f"the checkpointed run accounted its rounds under "
+                f"{saved.neighbouring} adjacency, but this config gives "
+                f"{self.ledger.neighbouring} (selection changed between 'random' "
+                "and 'all'); restore the selection to resume, or use a new "
+                "checkpoint_dir"
+            )
+        self.ledger = PrivacyLedger(
+            self.config.dp_accountant, saved.neighbouring, saved.releases
+        )
+        method = getattr(self.stage, "load_state_dict", None)
+        if callable(method) and state.get("stage"):
+            method(state["stage"])
+        self.epsilon = self.ledger.epsilon(self.config.dp_delta)
