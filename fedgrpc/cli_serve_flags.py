@@ -236,7 +236,6 @@ ACCESS_FLAGS = (
 """Who may connect, join, and read (`config.access`)."""
 
 
-
 def _true_or_false(text: str) -> bool:
     """`true` / `false` (for a switch whose default is on)."""
     if text.lower() not in ("true", "false"):
