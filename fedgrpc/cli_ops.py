@@ -184,6 +184,7 @@ def format_status(target: str, s: CoordinatorStatus) -> str:
         f"divergence guard: {s.norm_guard_trips} round(s) refused, "
         f"{s.norm_guard_history} recent norm(s) (`fedgrpc guard-reset` clears them)",
         _secure_line(s),
+        _privacy_line(s),
         *([f"NOT SERVING: {s.not_serving_reason}"] if s.not_serving_reason else []),
         "",
         _table(_CLIENT_COLUMNS, [_client_cells(c) for c in s.clients]),
@@ -208,6 +209,21 @@ def _secure_line(s: CoordinatorStatus) -> str:
         return "secure aggregation: off"
     return (f"secure aggregation: on  guard trips {s.guard_trips}  "
             f"dense fallback rounds {s.dense_fallback_rounds}")  # fmt: skip
+
+
+def _privacy_line(s: CoordinatorStatus) -> str:
+    """Epsilon spent, the budget left, and the mechanism's S, z and accountant."""
+    p = s.privacy
+    if p.mode == "off":
+        return "privacy: off"
+    budget = (
+        f" of max {p.max_epsilon:g} ({max(0.0, p.max_epsilon - p.epsilon):.3g} left)"
+        if p.max_epsilon > 0
+        else " (no max_epsilon)"
+    )
+    return (f"privacy: {p.mode}  epsilon {p.epsilon:.4g}{budget} at delta "
+            f"{p.delta:g}  clip S={p.clip_norm:.4g}  noise z={p.noise_multiplier:.4g}"
+            f"  accountant {p.accountant}")  # fmt: skip
 
 
 def _excluded_lines(s: CoordinatorStatus) -> list[str]:

@@ -84,6 +84,27 @@ class RoundRow:
     unmask_s: float = 0.0
     selected: tuple[str, ...] = ()
     """Clients client selection chose for it; empty with selection `all`."""
+    privacy_epsilon: float = 0.0
+    """The run's ε after this round (0 without privacy)."""
+    privacy_exhausted: bool = False
+    """Not applied: it would have spent past max_epsilon."""
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyView:
+    """The run's client-level DP and budget (GetStatus)."""
+
+    mode: str = "off"
+    epsilon: float = 0.0
+    """Spent so far, at `delta`."""
+    delta: float = 0.0
+    max_epsilon: float = 0.0
+    """The budget (0: none)."""
+    clip_norm: float = 0.0
+    """S the next round clips to."""
+    noise_multiplier: float = 0.0
+    accountant: str = ""
+    """Accountant/adjacency, e.g. rdp/add_or_remove_one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +136,7 @@ class CoordinatorStatus:
     not_serving_reason: str = ""
     """Why new model versions are held back and no round applies (a failed
     checkpoint write); "" while the coordinator serves."""
+    privacy: PrivacyView = PrivacyView()
 
 
 MAX_PAGES = 10_000
@@ -286,6 +308,8 @@ def _from_proto(
                 r.secure_abort_reason,
                 r.unmask_s,
                 tuple(r.selected_clients),
+                r.privacy_epsilon,
+                r.privacy_exhausted,
             )
             for r in reply.recent_rounds
         ],
@@ -296,4 +320,13 @@ def _from_proto(
         norm_guard_trips=reply.norm_guard_trips,
         norm_guard_history=reply.norm_guard_history,
         not_serving_reason=reply.not_serving_reason if reply.not_serving else "",
+        privacy=PrivacyView(
+            reply.privacy or "off",
+            reply.privacy_epsilon,
+            reply.privacy_delta,
+            reply.max_epsilon,
+            reply.dp_clip_norm,
+            reply.dp_noise_multiplier,
+            reply.dp_accountant,
+        ),
     )

@@ -24,6 +24,7 @@ from typing import Any, Self, TypeVar
 
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.faults import NO_FAULTS, FaultHooks
+from fedgrpc.coordinator.rounds.budget import PrivacyReport
 from fedgrpc.coordinator.rounds.records import Outcome, Phase
 from fedgrpc.coordinator.rounds.registry import ClientRecord
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
@@ -164,21 +165,22 @@ class Coordinator:
         return self.status()
 
     def wait_finished(self, *, timeout: float) -> CoordinatorStatus:
-        """Block until the run's last round (`config.max_rounds`) has closed.
+        """Block until the run's last round (`max_rounds`, or `max_epsilon`) closed.
 
         The final checkpoint is on disk by then (a failed write is retried
         first: `status().serving` is False meanwhile), and every connected
         client has been told. Returns the status (`phase == "finished"`).
 
         Raises:
-            ConfigError: `config.max_rounds` is 0, so the run never finishes.
+            ConfigError: `max_rounds` and `max_epsilon` are 0: it never finishes.
             TimeoutError: it had not finished within `timeout` seconds.
             RuntimeError: the coordinator stopped first.
         """
-        if self.config.max_rounds == 0:
+        if self.config.max_rounds == 0 and self.config.max_epsilon == 0:
             raise ConfigError(
-                "wait_finished needs max_rounds > 0 (a run without it never "
-                "finishes); use wait_for_round(n) or set max_rounds"
+                "wait_finished needs max_rounds > 0 or a privacy budget (a run "
+                "without either never finishes); use wait_for_round(n) or set "
+                "max_rounds"
             )
         runtime = self.runtime
 
@@ -247,6 +249,7 @@ def build_status(runtime: CoordinatorRuntime) -> CoordinatorStatus:
                 r.duration_s,
                 r.mean_train_loss,
                 r.reason,
+                r.privacy_epsilon,
             )
             for r in engine.history
         ),
@@ -255,7 +258,21 @@ def build_status(runtime: CoordinatorRuntime) -> CoordinatorStatus:
         uptime_s=runtime.clock() - runtime.run.started_s,
         serving=runtime.durable.serving,
         not_serving_reason=runtime.durable.not_serving_reason,
+        **_privacy_fields(engine.privacy.report(), engine.privacy.exhausted),
     )
+
+
+def _privacy_fields(report: PrivacyReport, exhausted: bool) -> dict[str, Any]:
+    """The status's privacy fields (zeros with privacy off)."""
+    return {
+        "privacy": report.mode,
+        "privacy_epsilon": report.epsilon,
+        "privacy_delta": report.delta if report.mode != "off" else 0.0,
+        "max_epsilon": report.max_epsilon,
+        "dp_clip_norm": report.clip_norm,
+        "dp_noise_multiplier": report.noise_multiplier,
+        "privacy_exhausted": exhausted,
+    }
 
 
 def _client_summary(c: ClientRecord, trust: TrustBook | None) -> ClientSummary:

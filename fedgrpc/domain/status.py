@@ -48,6 +48,8 @@ class RoundSummary:
     """Sample-weighted mean of the clients' reported losses (0.0 without updates)."""
     reason: str
     """Why the round closed (complete, deadline, ...) or was skipped."""
+    privacy_epsilon: float = 0.0
+    """The run's ε after this round (central DP; 0 without privacy)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,18 @@ class CoordinatorStatus:
     it is not served and no round applies until a retry succeeds."""
     not_serving_reason: str = ""
     """Why not ("" while serving): the OS's reason and what happens meanwhile."""
+    privacy: str = "off"
+    """Client-level DP: off, central or distributed."""
+    privacy_epsilon: float = 0.0
+    """ε the run has spent at `privacy_delta` (0 without privacy)."""
+    privacy_delta: float = 0.0
+    max_epsilon: float = 0.0
+    """The run's budget (0: none)."""
+    dp_clip_norm: float = 0.0
+    """S the next round clips each update to."""
+    dp_noise_multiplier: float = 0.0
+    privacy_exhausted: bool = False
+    """The run finished on its budget: a round would have spent past it."""
 
     @property
     def rounds_closed(self) -> int:

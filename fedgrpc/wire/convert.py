@@ -100,6 +100,8 @@ def round_config_to_proto(config: CoordinatorConfig) -> common_pb2.RoundConfig:
         update_signatures_required=config.update_signatures == "required",
         secure_aggregation=config.secure_aggregation,
         heartbeat_interval_s=config.heartbeat_interval_s,
+        privacy=config.privacy,
+        dp_clip_norm=config.dp_clip_norm if config.privacy != "off" else 0.0,
     )
 
 

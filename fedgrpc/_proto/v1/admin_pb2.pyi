@@ -193,6 +193,10 @@ class RoundSummary(_message.Message):
     SECURE_ABORT_REASON_FIELD_NUMBER: _builtins.int
     UNMASK_S_FIELD_NUMBER: _builtins.int
     SELECTED_CLIENTS_FIELD_NUMBER: _builtins.int
+    PRIVACY_EPSILON_FIELD_NUMBER: _builtins.int
+    DP_CLIP_NORM_FIELD_NUMBER: _builtins.int
+    DP_NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    PRIVACY_EXHAUSTED_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     """Round id."""
     outcome: _coordinator_pb2.RoundOutcome.ValueType
@@ -240,6 +244,16 @@ class RoundSummary(_message.Message):
     """
     unmask_s: _builtins.float
     """Seconds the coordinator spent unmasking the sum (0: not unmasked)."""
+    privacy_epsilon: _builtins.float
+    """The run's epsilon (at GetStatusResponse.privacy_delta) after this round;
+    0 without privacy.
+    """
+    dp_clip_norm: _builtins.float
+    """S this round's updates were clipped to (0 without privacy)."""
+    dp_noise_multiplier: _builtins.float
+    """z of this round's noise (0 without privacy)."""
+    privacy_exhausted: _builtins.bool
+    """Not applied: it would have taken epsilon past max_epsilon (run finished)."""
     @_builtins.property
     def selected_clients(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Client ids the Selector chose when the round opened, sorted; empty with
@@ -265,10 +279,14 @@ class RoundSummary(_message.Message):
         secure_abort_reason: _builtins.str = ...,
         unmask_s: _builtins.float = ...,
         selected_clients: _abc.Iterable[_builtins.str] | None = ...,
+        privacy_epsilon: _builtins.float = ...,
+        dp_clip_norm: _builtins.float = ...,
+        dp_noise_multiplier: _builtins.float = ...,
+        privacy_exhausted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "duration_s", b"duration_s", "ingest_cpu_s", b"ingest_cpu_s", "ingest_s", b"ingest_s", "mean_train_loss", b"mean_train_loss", "num_updates", b"num_updates", "outcome", b"outcome", "participants", b"participants", "positions", b"positions", "reason", b"reason", "round_id", b"round_id", "secure", b"secure", "secure_abort_reason", b"secure_abort_reason", "selected_clients", b"selected_clients", "survivors", b"survivors", "unmask_s", b"unmask_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "dp_clip_norm", b"dp_clip_norm", "dp_noise_multiplier", b"dp_noise_multiplier", "duration_s", b"duration_s", "ingest_cpu_s", b"ingest_cpu_s", "ingest_s", b"ingest_s", "mean_train_loss", b"mean_train_loss", "num_updates", b"num_updates", "outcome", b"outcome", "participants", b"participants", "positions", b"positions", "privacy_epsilon", b"privacy_epsilon", "privacy_exhausted", b"privacy_exhausted", "reason", b"reason", "round_id", b"round_id", "secure", b"secure", "secure_abort_reason", b"secure_abort_reason", "selected_clients", b"selected_clients", "survivors", b"survivors", "unmask_s", b"unmask_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -305,6 +323,13 @@ class GetStatusResponse(_message.Message):
     NORM_GUARD_HISTORY_FIELD_NUMBER: _builtins.int
     NOT_SERVING_FIELD_NUMBER: _builtins.int
     NOT_SERVING_REASON_FIELD_NUMBER: _builtins.int
+    PRIVACY_FIELD_NUMBER: _builtins.int
+    PRIVACY_EPSILON_FIELD_NUMBER: _builtins.int
+    PRIVACY_DELTA_FIELD_NUMBER: _builtins.int
+    MAX_EPSILON_FIELD_NUMBER: _builtins.int
+    DP_CLIP_NORM_FIELD_NUMBER: _builtins.int
+    DP_NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    DP_ACCOUNTANT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Id of this training run."""
     round_id: _builtins.int
@@ -362,6 +387,20 @@ class GetStatusResponse(_message.Message):
     """
     not_serving_reason: _builtins.str
     """Why, for a person (the OS's reason, never a file path); empty while serving."""
+    privacy: _builtins.str
+    """Client-level differential privacy: "off", "central" or "distributed"."""
+    privacy_epsilon: _builtins.float
+    """Epsilon the run has spent at `privacy_delta` (0 without privacy)."""
+    privacy_delta: _builtins.float
+    """The delta of every epsilon reported."""
+    max_epsilon: _builtins.float
+    """The run's budget (0: none); remaining = max_epsilon - privacy_epsilon."""
+    dp_clip_norm: _builtins.float
+    """S the next round clips each update to (moves with adaptive clipping)."""
+    dp_noise_multiplier: _builtins.float
+    """z: noise standard deviation over S on each round's sum."""
+    dp_accountant: _builtins.str
+    """The accountant and the adjacency, e.g. "rdp/add_or_remove_one"."""
     @_builtins.property
     def round_config(self) -> _common_pb2.RoundConfig:
         """The round configuration."""
@@ -404,10 +443,17 @@ class GetStatusResponse(_message.Message):
         norm_guard_history: _builtins.int = ...,
         not_serving: _builtins.bool = ...,
         not_serving_reason: _builtins.str = ...,
+        privacy: _builtins.str = ...,
+        privacy_epsilon: _builtins.float = ...,
+        privacy_delta: _builtins.float = ...,
+        max_epsilon: _builtins.float = ...,
+        dp_clip_norm: _builtins.float = ...,
+        dp_noise_multiplier: _builtins.float = ...,
+        dp_accountant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["round_config", b"round_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "clients", b"clients", "clients_truncated", b"clients_truncated", "coordinator_key_sha256", b"coordinator_key_sha256", "dense_fallback_rounds", b"dense_fallback_rounds", "guard_trips", b"guard_trips", "model_sha256", b"model_sha256", "model_version", b"model_version", "next_page_token", b"next_page_token", "norm_guard_history", b"norm_guard_history", "norm_guard_trips", b"norm_guard_trips", "not_serving", b"not_serving", "not_serving_reason", b"not_serving_reason", "num_parameters", b"num_parameters", "open_enrollment", b"open_enrollment", "phase", b"phase", "recent_rounds", b"recent_rounds", "round_config", b"round_config", "round_id", b"round_id", "round_nonce", b"round_nonce", "run_id", b"run_id", "secure_aggregation", b"secure_aggregation", "total_clients", b"total_clients", "uptime_s", b"uptime_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "clients", b"clients", "clients_truncated", b"clients_truncated", "coordinator_key_sha256", b"coordinator_key_sha256", "dense_fallback_rounds", b"dense_fallback_rounds", "dp_accountant", b"dp_accountant", "dp_clip_norm", b"dp_clip_norm", "dp_noise_multiplier", b"dp_noise_multiplier", "guard_trips", b"guard_trips", "max_epsilon", b"max_epsilon", "model_sha256", b"model_sha256", "model_version", b"model_version", "next_page_token", b"next_page_token", "norm_guard_history", b"norm_guard_history", "norm_guard_trips", b"norm_guard_trips", "not_serving", b"not_serving", "not_serving_reason", b"not_serving_reason", "num_parameters", b"num_parameters", "open_enrollment", b"open_enrollment", "phase", b"phase", "privacy", b"privacy", "privacy_delta", b"privacy_delta", "privacy_epsilon", b"privacy_epsilon", "recent_rounds", b"recent_rounds", "round_config", b"round_config", "round_id", b"round_id", "round_nonce", b"round_nonce", "run_id", b"run_id", "secure_aggregation", b"secure_aggregation", "total_clients", b"total_clients", "uptime_s", b"uptime_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

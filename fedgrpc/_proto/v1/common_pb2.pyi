@@ -395,6 +395,8 @@ class RoundConfig(_message.Message):
     UPDATE_SIGNATURES_REQUIRED_FIELD_NUMBER: _builtins.int
     SECURE_AGGREGATION_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _builtins.int
+    PRIVACY_FIELD_NUMBER: _builtins.int
+    DP_CLIP_NORM_FIELD_NUMBER: _builtins.int
     inner_steps: _builtins.int
     """Inner optimizer steps each client takes between two pushes (DiLoCo's H)."""
     update_codec: Global___Codec.ValueType
@@ -437,6 +439,15 @@ class RoundConfig(_message.Message):
     sends at least this often, sooner if its own setting says so. 0 (older
     coordinators): the client's own setting.
     """
+    privacy: _builtins.str
+    """Client-level differential privacy of the run: "off" (or empty, older
+    coordinators), "central" (the coordinator clips every update to
+    `dp_clip_norm` and noises each round's sum) or "distributed".
+    """
+    dp_clip_norm: _builtins.float
+    """S every update is clipped to at the start of the run (adaptive clipping
+    moves it; GetStatus shows the current one). 0 without privacy.
+    """
     @_builtins.property
     def codec_params(self) -> Global___CodecParams:
         """The update codec in full (`update_codec` repeats its `codec`)."""
@@ -457,10 +468,12 @@ class RoundConfig(_message.Message):
         update_signatures_required: _builtins.bool = ...,
         secure_aggregation: _builtins.bool = ...,
         heartbeat_interval_s: _builtins.float = ...,
+        privacy: _builtins.str = ...,
+        dp_clip_norm: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["codec_params", b"codec_params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "codec_params", b"codec_params", "heartbeat_interval_s", b"heartbeat_interval_s", "inner_steps", b"inner_steps", "max_message_bytes", b"max_message_bytes", "min_clients", b"min_clients", "outer_lr", b"outer_lr", "outer_momentum", b"outer_momentum", "outer_optimizer", b"outer_optimizer", "round_timeout_s", b"round_timeout_s", "secure_aggregation", b"secure_aggregation", "update_codec", b"update_codec", "update_signatures_required", b"update_signatures_required"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "codec_params", b"codec_params", "dp_clip_norm", b"dp_clip_norm", "heartbeat_interval_s", b"heartbeat_interval_s", "inner_steps", b"inner_steps", "max_message_bytes", b"max_message_bytes", "min_clients", b"min_clients", "outer_lr", b"outer_lr", "outer_momentum", b"outer_momentum", "outer_optimizer", b"outer_optimizer", "privacy", b"privacy", "round_timeout_s", b"round_timeout_s", "secure_aggregation", b"secure_aggregation", "update_codec", b"update_codec", "update_signatures_required", b"update_signatures_required"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

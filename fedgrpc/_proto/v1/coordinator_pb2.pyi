@@ -590,6 +590,12 @@ class RoundClosed(_message.Message):
     NUM_UPDATES_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     RUN_FINISHED_FIELD_NUMBER: _builtins.int
+    PRIVACY_EPSILON_FIELD_NUMBER: _builtins.int
+    PRIVACY_DELTA_FIELD_NUMBER: _builtins.int
+    MAX_EPSILON_FIELD_NUMBER: _builtins.int
+    DP_CLIP_NORM_FIELD_NUMBER: _builtins.int
+    DP_NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    PRIVACY_EXHAUSTED_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     """The round that closed."""
     outcome: Global___RoundOutcome.ValueType
@@ -605,6 +611,24 @@ class RoundClosed(_message.Message):
     pull the final model if it was applied, then stop; the coordinator
     exits once they left. (Numbered apart from neighbouring additions.)
     """
+    privacy_epsilon: _builtins.float
+    """Client-level differential privacy (privacy = "central"); all 0 / false
+    when the coordinator runs without it. The run's epsilon at delta
+    `privacy_delta` after this round (every applied round so far, composed
+    by dp-accounting).
+    """
+    privacy_delta: _builtins.float
+    """The delta of `privacy_epsilon` and of `max_epsilon`."""
+    max_epsilon: _builtins.float
+    """The run's budget: no round is applied past it (0: no budget)."""
+    dp_clip_norm: _builtins.float
+    """S: the L2 norm every update of this round was clipped to."""
+    dp_noise_multiplier: _builtins.float
+    """z: the noise on the round's sum had standard deviation z x S."""
+    privacy_exhausted: _builtins.bool
+    """True when this round was not applied because it would have taken
+    epsilon past `max_epsilon`; `run_finished` is then true too.
+    """
     def __init__(
         self,
         *,
@@ -614,10 +638,16 @@ class RoundClosed(_message.Message):
         num_updates: _builtins.int = ...,
         reason: _builtins.str = ...,
         run_finished: _builtins.bool = ...,
+        privacy_epsilon: _builtins.float = ...,
+        privacy_delta: _builtins.float = ...,
+        max_epsilon: _builtins.float = ...,
+        dp_clip_norm: _builtins.float = ...,
+        dp_noise_multiplier: _builtins.float = ...,
+        privacy_exhausted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version", "num_updates", b"num_updates", "outcome", b"outcome", "reason", b"reason", "round_id", b"round_id", "run_finished", b"run_finished"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dp_clip_norm", b"dp_clip_norm", "dp_noise_multiplier", b"dp_noise_multiplier", "max_epsilon", b"max_epsilon", "model_version", b"model_version", "num_updates", b"num_updates", "outcome", b"outcome", "privacy_delta", b"privacy_delta", "privacy_epsilon", b"privacy_epsilon", "privacy_exhausted", b"privacy_exhausted", "reason", b"reason", "round_id", b"round_id", "run_finished", b"run_finished"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -45,6 +45,10 @@ class RoundEnd:
     reason: str
     run_finished: bool = False
     """The run's last round (`max_rounds`): no round opens after it."""
+    privacy_epsilon: float = 0.0
+    """The run's ε after this round (central DP; 0 without privacy)."""
+    privacy_exhausted: bool = False
+    """Not applied: it would have spent past the run's max_epsilon."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,8 @@ def round_end_from_proto(event: coordinator_pb2.RoundClosed) -> RoundEnd:
         num_updates=event.num_updates,
         reason=event.reason,
         run_finished=event.run_finished,
+        privacy_epsilon=event.privacy_epsilon,
+        privacy_exhausted=event.privacy_exhausted,
     )
 
 

@@ -28,6 +28,7 @@ from fedgrpc.coordinator.ops.metrics_http import (
     BoundedMetricsServer,
     start_metrics_server,
 )
+from fedgrpc.coordinator.rounds.budget import PrivacyReport
 from fedgrpc.coordinator.rounds.engine import RoundEngine
 from fedgrpc.coordinator.rounds.records import RoundResult, Run
 from fedgrpc.coordinator.rounds.registry import ClientRegistry
@@ -179,6 +180,25 @@ class _LevelCollector(Collector):
                      int(run.stopping))  # fmt: skip
         if engine.trust is not None:
             yield from _trust_metrics(engine.trust)
+        if engine.privacy.enabled:
+            yield from _privacy_metrics(engine.privacy.report())
+
+
+def _privacy_metrics(report: PrivacyReport) -> Iterator[Metric]:
+    """ε spent, the budget and the mechanism (privacy on only)."""
+    yield _gauge("fedgrpc_privacy_epsilon", "Epsilon the run has spent at "
+                 "fedgrpc_privacy_delta (dp-accounting).", report.epsilon)  # fmt: skip
+    yield _gauge("fedgrpc_privacy_delta", "Delta of every epsilon reported.",
+                 report.delta)  # fmt: skip
+    yield _gauge("fedgrpc_privacy_max_epsilon", "The run's budget (0: none).",
+                 report.max_epsilon)  # fmt: skip
+    remaining = report.remaining if report.max_epsilon > 0 else 0.0
+    yield _gauge("fedgrpc_privacy_budget_remaining", "max_epsilon minus epsilon "
+                 "spent (0 without a budget).", remaining)  # fmt: skip
+    yield _gauge("fedgrpc_dp_clip_norm", "S the next round clips each update "
+                 "to.", report.clip_norm)  # fmt: skip
+    yield _gauge("fedgrpc_dp_noise_multiplier", "z: noise std over S on each "
+                 "round's sum.", report.noise_multiplier)  # fmt: skip
 
 
 def _trust_metrics(trust: TrustBook) -> Iterator[Metric]:

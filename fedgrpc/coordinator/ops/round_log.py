@@ -28,6 +28,7 @@ def log_round_closed(result: RoundResult, applied: bool, max_rounds: int) -> Non
         seconds=round(result.duration_s, 3),
         bytes=result.bytes_received,
         train_loss=round(result.mean_train_loss, 4),
+        **_privacy_fields(result),
     )
     if result.run_finished:
         log.info(
@@ -35,4 +36,19 @@ def log_round_closed(result: RoundResult, applied: bool, max_rounds: int) -> Non
             rounds=result.round_id,
             version=result.model_version,
             max_rounds=max_rounds,
+            **({"cause": "privacy_budget"} if result.privacy_exhausted else {}),
         )
+
+
+def _privacy_fields(result: RoundResult) -> dict[str, float | bool]:
+    """ε after the round, δ, the budget, S and z (nothing with privacy off)."""
+    if result.privacy_delta <= 0:
+        return {}
+    return {
+        "epsilon": round(result.privacy_epsilon, 6),
+        "delta": result.privacy_delta,
+        "max_epsilon": result.max_epsilon,
+        "clip_norm": round(result.dp_clip_norm, 6),
+        "noise_multiplier": round(result.dp_noise_multiplier, 6),
+        "privacy_exhausted": result.privacy_exhausted,
+    }

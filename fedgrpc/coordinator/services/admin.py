@@ -15,6 +15,7 @@ import grpc
 
 from fedgrpc._proto.v1 import admin_pb2 as pb
 from fedgrpc.coordinator.round_mode import OTHER_REASON, RoundMode
+from fedgrpc.coordinator.rounds.budget import PrivacyReport
 from fedgrpc.coordinator.rounds.records import Outcome, Phase, RoundResult
 from fedgrpc.coordinator.rounds.registry import ClientRecord
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
@@ -155,7 +156,24 @@ def build_status(
         norm_guard_history=len(engine.model.guard.history),
         not_serving=not runtime.durable.serving,
         not_serving_reason=runtime.durable.not_serving_reason,
+        **_privacy_fields(engine.privacy.report()),
     )
+
+
+def _privacy_fields(report: PrivacyReport) -> dict[str, Any]:
+    """GetStatusResponse's privacy fields (mode "off" and zeros without it)."""
+    accountant = (
+        f"{report.accountant}/{report.neighbouring}" if report.neighbouring else ""
+    )
+    return {
+        "privacy": report.mode,
+        "privacy_epsilon": report.epsilon,
+        "privacy_delta": report.delta if report.mode != "off" else 0.0,
+        "max_epsilon": report.max_epsilon,
+        "dp_clip_norm": report.clip_norm,
+        "dp_noise_multiplier": report.noise_multiplier,
+        "dp_accountant": accountant,
+    }
 
 
 def _trust_fields(trust: TrustBook | None, client_id: str) -> dict[str, Any]:
@@ -184,6 +202,10 @@ def _round_summary(r: RoundResult, mode: RoundMode | None) -> pb.RoundSummary:
         ingest_cpu_s=r.ingest_cpu_s,
         reason=r.reason if r.outcome is not Outcome.APPLIED else "",
         selected_clients=list(r.selected),
+        privacy_epsilon=r.privacy_epsilon,
+        dp_clip_norm=r.dp_clip_norm,
+        dp_noise_multiplier=r.dp_noise_multiplier,
+        privacy_exhausted=r.privacy_exhausted,
     )
     secure = mode.round_record(r.round_id) if mode is not None else None
     if secure is not None:

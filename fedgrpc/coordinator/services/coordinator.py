@@ -129,6 +129,12 @@ def round_closed_to_proto(result: RoundResult) -> pb.RoundClosed:
         num_updates=result.num_updates,
         reason=result.reason,
         run_finished=result.run_finished,
+        privacy_epsilon=result.privacy_epsilon,
+        privacy_delta=result.privacy_delta,
+        max_epsilon=result.max_epsilon,
+        dp_clip_norm=result.dp_clip_norm,
+        dp_noise_multiplier=result.dp_noise_multiplier,
+        privacy_exhausted=result.privacy_exhausted,
     )
 
 

@@ -12,6 +12,7 @@ STRATEGY = REPO / "fedgrpc" / "coordinator" / "strategy"
 ALLOWED_FEDGRPC = (
     "fedgrpc.aggregate",
     "fedgrpc.optim",
+    "fedgrpc.privacy",
     "fedgrpc.config",
     "fedgrpc.errors",
     "fedgrpc.log",
