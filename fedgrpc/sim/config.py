@@ -70,6 +70,10 @@ class SimulationConfig:
     defaults: TrainDefaults = field(default_factory=TrainDefaults)
     attacks: tuple[AttackSpec, ...] = ()
     """Byzantine clients (`--attack`); which ones follows from `seed`."""
+    privacy: dict[str, Any] = field(default_factory=dict)
+    """Client-level DP settings for the coordinator, by `CoordinatorConfig`
+    field (`privacy`, `dp_clip_norm`, `max_epsilon`, ...: the serve flags of
+    `cli_serve_flags.PRIVACY_FLAGS`); empty: privacy off."""
 
     def __post_init__(self) -> None:
         for name in ("clients", "rounds", "inner_steps", "eval_batches"):
@@ -145,7 +149,20 @@ def coordinator_config(config: SimulationConfig, init_model: Path) -> Coordinato
         session_timeout_s=60.0,
         # Throwaway client keys on one machine: nobody to enrol. Still signed.
         open_enrollment=True,
+        **_privacy(config),
     )
+
+
+def _privacy(config: SimulationConfig) -> dict[str, Any]:
+    """The privacy settings; with DP on, equal weights (what central DP needs).
+
+    Every simulated client trains on the same number of samples, so equal
+    weights change nothing but let `privacy = central` start.
+    """
+    settings = dict(config.privacy)
+    if settings.get("privacy", "off") != "off":
+        settings.setdefault("weighting", "equal")
+    return settings
 
 
 def _quorum(config: SimulationConfig) -> int:

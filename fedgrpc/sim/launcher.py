@@ -30,6 +30,7 @@ from fedgrpc.sim.quarantine import quarantine_figures
 from fedgrpc.sim.summary import (
     AttackFigures,
     Participant,
+    PrivacyFigures,
     RoundFigures,
     SimulationSummary,
 )
@@ -111,7 +112,7 @@ def _run(
     rounds = [
         RoundFigures(r.round_id, r.applied,
                      r.mean_train_loss if r.num_updates else math.nan, r.duration_s,
-                     r.num_updates)
+                     r.num_updates, r.privacy_epsilon)
         for r in status.rounds
         if r.round_id <= config.rounds
     ]  # fmt: skip
@@ -134,7 +135,19 @@ def _run(
             for i in range(config.clients)
         ],
         attack=_attack_figures(config, plans, figures[0], (status, joined)),
+        privacy=_privacy_figures(status),
     )
+
+
+def _privacy_figures(status: CoordinatorStatus) -> PrivacyFigures | None:
+    """ε spent, the budget, S and z (None with privacy off)."""
+    if status.privacy == "off":
+        return None
+    return PrivacyFigures(
+        status.privacy, status.privacy_epsilon, status.privacy_delta,
+        status.max_epsilon, status.dp_clip_norm, status.dp_noise_multiplier,
+        status.privacy_exhausted,
+    )  # fmt: skip
 
 
 def _stop_workers(workers: list[Any], grace_s: float) -> None:

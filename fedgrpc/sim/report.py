@@ -34,6 +34,20 @@ def _attack_rows(summary: SimulationSummary) -> list[tuple[str, str]]:
     return rows
 
 
+def _privacy_rows(summary: SimulationSummary) -> list[tuple[str, str]]:
+    """ε spent (of the budget), δ, S and z; only when the run had `--privacy`."""
+    p = summary.privacy
+    if p is None:
+        return []
+    budget = f" of max {p.max_epsilon:g}" if p.max_epsilon > 0 else ""
+    stopped = " (stopped on its budget)" if p.exhausted else ""
+    return [
+        ("privacy", f"{p.mode}, clip S {p.clip_norm:.4g}, noise z "
+                    f"{p.noise_multiplier:.4g}"),
+        ("epsilon (delta)", f"{p.epsilon:.4g}{budget} ({p.delta:g}){stopped}"),
+    ]  # fmt: skip
+
+
 def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
@@ -81,6 +95,7 @@ def format_summary(summary: SimulationSummary) -> str:
         ("bytes up (updates)", _bytes(summary.bytes_up)),
         ("bytes down (weights)", _bytes(summary.bytes_down)),
         ("wall time", f"{summary.wall_s:.1f} s"),
+        *_privacy_rows(summary),
         *_attack_rows(summary),
     ]
     width = max(len(k) for k, _ in rows)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -16,6 +16,26 @@ class RoundFigures:
     seconds: float
     num_updates: int = 0
     """Updates the round averaged (attackers' included)."""
+    epsilon: float = 0.0
+    """The run's ε after the round (client-level DP; 0 with privacy off)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyFigures:
+    """Client-level DP of the run (present when `--privacy` was on)."""
+
+    mode: str
+    epsilon: float
+    """ε spent at `delta` by the end (dp-accounting)."""
+    delta: float
+    max_epsilon: float
+    """The budget (0: none)."""
+    clip_norm: float
+    """S at the end (moves under adaptive clipping)."""
+    noise_multiplier: float
+    """z (calibrated when `--dp-target-epsilon` was given)."""
+    exhausted: bool
+    """The run stopped on its budget before `rounds`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +85,7 @@ class SimulationSummary:
     wall_s: float
     participants: list[Participant] = field(default_factory=list)
     attack: AttackFigures | None = None
+    privacy: PrivacyFigures | None = None
 
     @property
     def rounds_applied(self) -> int:
@@ -91,6 +112,7 @@ class SimulationSummary:
             "bytes_down": self.bytes_down,
             "wall_s": round(self.wall_s, 2),
             "updates_per_round": [r.num_updates for r in self.rounds],
+            "epsilon_per_round": [r.epsilon for r in self.rounds],
             "participants": [
                 {
                     "index": p.index,
@@ -109,4 +131,6 @@ class SimulationSummary:
                 "backdoor_success": self.attack.backdoor_success,
                 "quarantine": self.attack.quarantine,
             }
+        if self.privacy is not None:
+            figures["privacy"] = asdict(self.privacy)
         return figures
