@@ -176,7 +176,8 @@ class Coordinator:
             TimeoutError: it had not finished within `timeout` seconds.
             RuntimeError: the coordinator stopped first.
         """
-        if self.config.max_rounds == 0 and self.config.max_epsilon == 0:
+        budget = self.config.privacy != "off" and self.config.max_epsilon > 0
+        if self.config.max_rounds == 0 and not budget:
             raise ConfigError(
                 "wait_finished needs max_rounds > 0 or a privacy budget (a run "
                 "without either never finishes); use wait_for_round(n) or set "

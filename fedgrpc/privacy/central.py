@@ -68,6 +68,24 @@ can land each coordinate 2⁻²⁴ above, so the clipped norm could exceed S
 by one ulp; this keeps ‖Δ̃‖ ≤ S, the sensitivity the ledger assumes."""
 NORMS_KEPT = 1 << 20
 """Per-update clip outcomes held between rounds (see `finish_aggregate`)."""
+BLOCK = 1 << 20
+"""Coordinates per step of the norm and the noise (4 MiB of float32): the
+float64 norm of a whole 10.5M update converts it at once (116 ms, 84 MB);
+by blocks it takes 14 ms, and noise drawn into one cached block and added
+costs 67 ms instead of 140 ms (measured on this machine, one thread)."""
+
+
+def l2_norm(update: torch.Tensor) -> float:
+    """‖update‖₂ summed in float64, a block at a time.
+
+    In float32 a 100M-coordinate sum drifts by ~1e-6 relative, which would
+    let a clipped update out past S.
+    """
+    squares = 0.0
+    for start in range(0, update.numel(), BLOCK):
+        block = update[start : start + BLOCK]
+        squares += float(torch.linalg.vector_norm(block, dtype=torch.float64)) ** 2
+    return math.sqrt(squares)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,12 +179,8 @@ class CentralGaussian:
         return "replace_one" if self.sampling == "fixed" else "add_or_remove_one"
 
     def clip_update(self, update: torch.Tensor) -> float:
-        """Scale `update` in place to L2 norm <= S; return its norm before.
-
-        The norm is summed in float64: in float32 a 100M-coordinate sum
-        drifts by ~1e-4 relative, which would leak past S.
-        """
-        norm = float(torch.linalg.vector_norm(update, dtype=torch.float64))
+        """Scale `update` in place to L2 norm <= S; return its norm before."""
+        norm = l2_norm(update)
         unclipped = norm <= self.clip_norm
         if not unclipped:
             update.mul_(self.clip_norm / norm * CLIP_SAFETY)
@@ -186,8 +200,10 @@ class CentralGaussian:
         """
         check_config(contributors >= 1, "contributors", contributors, ">= 1")
         std = self.update_noise_multiplier * self.clip_norm / contributors
-        noise = torch.empty_like(aggregate).normal_(0.0, std, generator=generator)
-        aggregate.add_(noise)
+        noise = torch.empty(min(BLOCK, aggregate.numel()), dtype=aggregate.dtype)
+        for start in range(0, aggregate.numel(), BLOCK):
+            part = aggregate[start : start + BLOCK]
+            part.add_(noise[: part.numel()].normal_(0.0, std, generator=generator))
         outcomes = list(self._unclipped)[-contributors:]
         self._unclipped.clear()
         if self.adaptive is not None:

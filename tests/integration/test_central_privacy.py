@@ -202,3 +202,32 @@ def test_a_target_epsilon_calibrates_z_to_spend_it_over_max_rounds(
         z = fed.status().dp_noise_multiplier
     spent = PrivacyLedger("rdp", releases=[Release(z, count=5)]).epsilon(DELTA)
     assert 1.9 < spent <= 2.0 + 1e-6
+
+
+def test_adaptive_clipping_raises_s_while_every_update_is_clipped(
+    tmp_path: Path,
+) -> None:
+    # Updates of norm ~250, S from 1: nothing is unclipped, so S grows by
+    # ~exp(0.5 x 0.5) a round; the count's noise (sigma_b = 0.3, n = 2) moves
+    # log S by ~0.075 a round, far less. The ledger still accounts z.
+    settings = {**CENTRAL, "dp_adaptive_clip_quantile": 0.5,
+                "dp_clip_learning_rate": 0.5, "dp_clip_count_noise": 0.3}  # fmt: skip
+    with closed_federation(tmp_path, **settings) as fed:
+        clips = []
+        for _ in range(3):
+            _push_round_unchecked(fed)
+            clips.append(admin_status(fed.a).recent_rounds[-1].dp_clip_norm)
+        status = admin_status(fed.a)
+    assert clips[0] == S
+    assert clips[0] < clips[1] < clips[2] < status.dp_clip_norm
+    assert status.privacy_epsilon == pytest.approx(_epsilon(3), rel=1e-9)
+
+
+def _push_round_unchecked(fed: Fed) -> None:
+    """Both clients push big updates for the open round; wait until it applied."""
+    status = fed.status()
+    round_id, version = status.round_id, status.model_version
+    for joined, g in zip((fed.a, fed.b), _big_updates(round_id), strict=True):
+        fed.push(update_messages(joined, g, round_id=round_id, base_version=version,
+                                 chunk_coords=CHUNK))  # fmt: skip
+    pull(fed.service, fed.a, min_version=version + 1)

@@ -102,7 +102,6 @@ class PrivacyBudget:
 
     def release_of(self, closing: OpenRound) -> Release | None:
         """What applying `closing` would release (None: privacy off)."""
-        self._round_clip_norm = self.clip_norm  # S its updates were clipped to
         if closing.selected is not None:  # a sample of the candidates
             return self.stage.round_release(len(closing.selected), closing.population)
         return self.stage.round_release(len(closing.contributors), 0)
@@ -131,6 +130,7 @@ class PrivacyBudget:
         """Let the stage add its noise to the round's mean, then record the release."""
         if not self.enabled:
             return
+        self._round_clip_norm = self.clip_norm  # S this round clipped to
         generator = torch.Generator()
         generator.manual_seed(
             self.seed if self.seed is not None else secrets.randbits(63)
@@ -144,12 +144,16 @@ class PrivacyBudget:
         """`result` with the run's ε after it, S it clipped to, and the budget."""
         if not self.enabled:
             return result
+        # S the round's updates were clipped to: before an applied round's
+        # adaptive step; the current one for a round that drew no noise.
+        clip_norm = self._round_clip_norm or self.clip_norm
+        self._round_clip_norm = 0.0
         return dataclasses.replace(
             result,
             privacy_epsilon=self.epsilon,
             privacy_delta=self.config.dp_delta,
             max_epsilon=self.config.max_epsilon,
-            dp_clip_norm=self._round_clip_norm or self.clip_norm,
+            dp_clip_norm=clip_norm,
             dp_noise_multiplier=self.noise_multiplier,
             privacy_exhausted=self.exhausted,
             run_finished=result.run_finished or self.exhausted,
