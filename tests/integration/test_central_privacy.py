@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -214,13 +215,19 @@ def test_adaptive_clipping_raises_s_while_every_update_is_clipped(
                 "dp_clip_learning_rate": 0.5, "dp_clip_count_noise": 0.3}  # fmt: skip
     with closed_federation(tmp_path, **settings) as fed:
         clips = []
-        for _ in range(3):
+        for round_id in (1, 2, 3):
             _push_round_unchecked(fed)
+            # the new version is pulled before the round's record is kept
+            eventually(partial(_has_closed, fed, round_id), 10)
             clips.append(admin_status(fed.a).recent_rounds[-1].dp_clip_norm)
         status = admin_status(fed.a)
     assert clips[0] == S
     assert clips[0] < clips[1] < clips[2] < status.dp_clip_norm
     assert status.privacy_epsilon == pytest.approx(_epsilon(3), rel=1e-9)
+
+
+def _has_closed(fed: Fed, round_id: int) -> bool:
+    return len(fed.status().recent_rounds) == round_id
 
 
 def _push_round_unchecked(fed: Fed) -> None:

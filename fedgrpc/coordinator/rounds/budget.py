@@ -14,8 +14,9 @@ A round the divergence guard throws away after its noise was drawn still
 counts: whether it was thrown away is a function of the noised aggregate,
 which was then, in that sense, released.
 
-ε(δ) is asked of dp-accounting once per recorded round and cached, so
-status, metrics and RoundClosed read a float.
+ε(δ) is asked of dp-accounting once per round (`privacy.running`: the
+history is not recomposed) and cached, so status, metrics and RoundClosed
+read a float.
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ from typing import Any
 
 import torch
 
+from fedgrpc.aggregate.staged import UpdateClip
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.rounds.records import OpenRound, RoundResult
 from fedgrpc.errors import ConfigError
 from fedgrpc.log import get_logger
 from fedgrpc.privacy import LedgerState, Neighbouring, PrivacyLedger, Release
+from fedgrpc.privacy.running import RunningEpsilon
 from fedgrpc.privacy.stage import PrivacyStage
 
 log = get_logger(__name__)
@@ -74,9 +77,10 @@ class PrivacyBudget:
         self.stage = stage
         self.enabled = config.privacy != "off"
         neighbouring: Neighbouring = getattr(stage, "neighbouring", "add_or_remove_one")
-        self.ledger: PrivacyLedger | None = (
-            PrivacyLedger(config.dp_accountant, neighbouring) if self.enabled else None
-        )
+        self._running: RunningEpsilon | None = None
+        if self.enabled:
+            ledger = PrivacyLedger(config.dp_accountant, neighbouring)
+            self._running = RunningEpsilon(ledger, config.dp_delta)
         self.epsilon = 0.0
         """ε(δ) of the ledger, recomputed after each recorded round."""
         self.exhausted = False
@@ -86,7 +90,12 @@ class PrivacyBudget:
         self._round_clip_norm = 0.0
 
     @property
-    def clip(self) -> Any:
+    def ledger(self) -> PrivacyLedger | None:
+        """Every release the run made (None with privacy off)."""
+        return self._running.ledger if self._running is not None else None
+
+    @property
+    def clip(self) -> UpdateClip | None:
         """The per-update clip the summed round calls at commit (None: off)."""
         return self.stage.clip_update if self.enabled else None
 
@@ -109,10 +118,10 @@ class PrivacyBudget:
     def refusal(self, release: Release | None, round_id: int) -> str | None:
         """Why the round must not be applied under `max_epsilon`, or None."""
         limit = self.config.max_epsilon
-        if release is None or self.ledger is None or limit <= 0:
+        if release is None or self._running is None or limit <= 0:
             return None
         delta = self.config.dp_delta
-        after = self.ledger.epsilon_after(release, delta)
+        after = self._running.epsilon_after(release)
         if after <= limit:
             return None
         self.exhausted = True
@@ -136,9 +145,8 @@ class PrivacyBudget:
             self.seed if self.seed is not None else secrets.randbits(63)
         )
         self.stage.finish_aggregate(aggregate, contributors, generator)
-        if release is not None and self.ledger is not None:
-            self.ledger.record(release)
-            self.epsilon = self.ledger.epsilon(self.config.dp_delta)
+        if release is not None and self._running is not None:
+            self.epsilon = self._running.record(release)
 
     def annotate(self, result: RoundResult) -> RoundResult:
         """`result` with the run's ε after it, S it clipped to, and the budget."""
@@ -175,12 +183,13 @@ class PrivacyBudget:
 
     def would_exceed_again(self) -> bool:
         """After a restart: is the budget still too small for another such round?"""
-        ledger = self.ledger
-        if ledger is None or not ledger.releases or self.config.max_epsilon <= 0:
+        running = self._running
+        if running is None or not running.ledger.releases:
             return False
-        last = dataclasses.replace(ledger.releases[-1], count=1)
-        after = ledger.epsilon_after(last, self.config.dp_delta)
-        return after > self.config.max_epsilon
+        if self.config.max_epsilon <= 0:
+            return False
+        last = dataclasses.replace(running.ledger.releases[-1], count=1)
+        return running.epsilon_after(last) > self.config.max_epsilon
 
     def state_dict(self) -> dict[str, Any] | None:
         """The ledger's releases and the stage's state (None with privacy off)."""
@@ -199,21 +208,23 @@ class PrivacyBudget:
         spent nothing before); one written under another accountant is
         recomputed under this one from the same releases.
         """
-        if state is None or self.ledger is None:
+        if state is None or self._running is None:
             return
         saved = LedgerState.from_json(state["ledger"])
-        if saved.neighbouring != self.ledger.neighbouring:
+        current = self._running.ledger.neighbouring
+        if saved.neighbouring != current:
             raise ConfigError(
                 f"the checkpointed run accounted its rounds under "
                 f"{saved.neighbouring} adjacency, but this config gives "
-                f"{self.ledger.neighbouring} (selection changed between 'random' "
+                f"{current} (selection changed between 'random' "
                 "and 'all'); restore the selection to resume, or use a new "
                 "checkpoint_dir"
             )
-        self.ledger = PrivacyLedger(
+        ledger = PrivacyLedger(
             self.config.dp_accountant, saved.neighbouring, saved.releases
         )
+        self._running = RunningEpsilon(ledger, self.config.dp_delta)
         method = getattr(self.stage, "load_state_dict", None)
         if callable(method) and state.get("stage"):
             method(state["stage"])
-        self.epsilon = self.ledger.epsilon(self.config.dp_delta)
+        self.epsilon = self._running.epsilon
