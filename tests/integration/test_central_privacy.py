@@ -168,6 +168,8 @@ def _refusal(**overrides: Any) -> str:
         ({"secure_aggregation": True, "codec": "dense:int8", "min_clients": 3},
          ("privacy = 'central'", "secure_aggregation = true")),
         ({"aggregator": "median"}, ("privacy = 'central'", "aggregator = 'median'")),
+        ({"norm_bound": 3.0}, ("privacy = 'central'", "norm_bound")),
+        ({"accumulator": "spool"}, ("privacy = 'central'", "accumulator = 'spool'")),
         ({"weighting": "capped"}, ("privacy = 'central'", "weighting = 'capped'")),
         ({"trust": "on"}, ("privacy = 'central'", "trust = 'on'")),
         ({"selection": "loss", "clients_per_round": 2},

@@ -155,6 +155,9 @@ class PrivacyChoice:
 
     accumulator: AccumulatorKind
     """What `check_strategy` chose for the aggregator."""
+    accumulator_setting: str = "auto"
+    norm_bound: bool = False
+    """`norm_bound` or `norm_bound_multiple` is set."""
     aggregator: str
     weighting: str
     secure_aggregation: bool
@@ -188,12 +191,16 @@ def check_central_privacy(choice: PrivacyChoice) -> None:
             "turn trust off with central privacy"
         )
     if choice.accumulator != "streaming_sum":
+        culprit = f"aggregator = {choice.aggregator!r} needs every update"
+        if choice.norm_bound:
+            culprit = "norm_bound / norm_bound_multiple needs every update"
+        elif choice.accumulator_setting == "spool":
+            culprit = "accumulator = 'spool' keeps every update"
         raise ConfigError(
             f"privacy = 'central' noises the round's sum, whose sensitivity is "
-            f"dp_clip_norm, but aggregator = {choice.aggregator!r} needs every "
-            "update (or accumulator = 'spool'/norm_bound was set), and a robust "
-            "rule's sensitivity is not dp_clip_norm; use aggregator = 'mean' "
-            "(accumulator 'auto') with central privacy"
+            f"dp_clip_norm (each update is clipped into it), but {culprit}, "
+            "and a robust rule's sensitivity is not dp_clip_norm; use "
+            "aggregator = 'mean' with accumulator 'auto' and no norm_bound"
         )
     if choice.weighting != "equal":
         raise ConfigError(

@@ -42,6 +42,9 @@ def build_privacy_stage(
         check_central_privacy(
             PrivacyChoice(
                 accumulator=accumulator,
+                accumulator_setting=config.accumulator,
+                norm_bound=(config.norm_bound, config.norm_bound_multiple)
+                != (None, None),
                 aggregator=config.aggregator,
                 weighting=config.weighting,
                 secure_aggregation=config.secure_aggregation,
