@@ -29,50 +29,59 @@ from fedgrpc.privacy.stage import NoPrivacy, PrivacyStage
 def build_privacy_stage(
     config: CoordinatorConfig, accumulator: AccumulatorKind
 ) -> PrivacyStage:
-    """The run's Privacy stage: `NoPrivacy`, or `CentralGaussian` with z resolved.
+    """The run's Privacy stage, by `privacy` (one branch per mode).
 
     Raises:
-        ConfigError: a combination central DP cannot hold under (naming both
-            settings), `distributed` before it exists, or noise that cannot
-            reach the target.
+        ConfigError: a combination the mode cannot hold under (naming both
+            settings), a mode this build lacks, or noise that cannot reach
+            the target.
     """
     if config.privacy == "off":
         return NoPrivacy()
     if config.privacy == "central":
-        check_central_privacy(
-            PrivacyChoice(
-                accumulator=accumulator,
-                accumulator_setting=config.accumulator,
-                norm_bound=(config.norm_bound, config.norm_bound_multiple)
-                != (None, None),
-                aggregator=config.aggregator,
-                weighting=config.weighting,
-                secure_aggregation=config.secure_aggregation,
-                trust=config.trust,
-                selection=cast(SelectionName, config.selection),
-                accountant=config.dp_accountant,
-            )
-        )
-        sampling: ClientSampling = "fixed" if config.selection == "random" else "all"
-        adaptive = None
-        if config.dp_adaptive_clip_quantile > 0:
-            adaptive = AdaptiveClipping(
-                config.dp_adaptive_clip_quantile,
-                config.dp_clip_learning_rate,
-                config.dp_clip_count_noise,
-            )
-        z = resolve_noise(
-            config, sensitivity_factor=2.0 if sampling == "fixed" else 1.0
-        )
-        check_first_round(config, z, replace_one=sampling == "fixed")
-        return CentralGaussian(
-            config.dp_clip_norm, z, sampling=sampling, adaptive=adaptive
-        )
+        return central_stage(config, accumulator)
     raise ConfigError(
         f"privacy = {config.privacy!r} is not available in this build of fedgrpc "
         "(only 'off' and 'central'); use privacy = 'central' with a trusted "
         "coordinator, or upgrade"
     )
+
+
+def central_stage(
+    config: CoordinatorConfig, accumulator: AccumulatorKind
+) -> CentralGaussian:
+    """`CentralGaussian` after its combinations are checked and z is resolved.
+
+    Raises:
+        ConfigError: see `check_central_privacy`, `resolve_noise` and
+            `check_first_round`.
+    """
+    bounded = (config.norm_bound, config.norm_bound_multiple) != (None, None)
+    check_central_privacy(
+        PrivacyChoice(
+            accumulator=accumulator,
+            accumulator_setting=config.accumulator,
+            norm_bound=bounded,
+            aggregator=config.aggregator,
+            weighting=config.weighting,
+            secure_aggregation=config.secure_aggregation,
+            trust=config.trust,
+            selection=cast(SelectionName, config.selection),
+            accountant=config.dp_accountant,
+        )
+    )
+    sampling: ClientSampling = "fixed" if config.selection == "random" else "all"
+    adaptive = None
+    if config.dp_adaptive_clip_quantile > 0:
+        adaptive = AdaptiveClipping(
+            config.dp_adaptive_clip_quantile,
+            config.dp_clip_learning_rate,
+            config.dp_clip_count_noise,
+        )
+    replace_one = sampling == "fixed"  # one client moves the sum by 2S
+    z = resolve_noise(config, sensitivity_factor=2.0 if replace_one else 1.0)
+    check_first_round(config, z, replace_one=replace_one)
+    return CentralGaussian(config.dp_clip_norm, z, sampling=sampling, adaptive=adaptive)
 
 
 def resolve_noise(config: CoordinatorConfig, sensitivity_factor: float = 1.0) -> float:
