@@ -19,6 +19,7 @@ import pytest
 import fedgrpc
 from fedgrpc._proto.v1 import admin_pb2
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
+from fedgrpc.client.admin import fetch_status
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.services.in_thread import serve_in_thread
 from fedgrpc.errors import ConfigError
@@ -88,6 +89,7 @@ def test_central_dp_clips_noises_and_reports_growing_epsilon(tmp_path: Path) -> 
         stop.set()
         events.cancel()
         _, metrics = scrape(fed.coordinator)
+        seen = fetch_status(fed.coordinator.address)  # what `fedgrpc status` reads
 
     assert epsilons == pytest.approx([_epsilon(r) for r in (1, 2, 3)], rel=1e-9)
     assert epsilons[0] < epsilons[1] < epsilons[2]
@@ -99,6 +101,9 @@ def test_central_dp_clips_noises_and_reports_growing_epsilon(tmp_path: Path) -> 
     assert [r.privacy_epsilon for r in status.recent_rounds] == pytest.approx(epsilons)
     assert metrics["fedgrpc_privacy_epsilon"] == pytest.approx(epsilons[-1])
     assert metrics["fedgrpc_dp_clip_norm"] == S
+    assert seen.privacy.epsilon == epsilons[-1]
+    assert (seen.privacy.mode, seen.privacy.clip_norm) == ("central", S)
+    assert [r.privacy_epsilon for r in seen.recent_rounds] == pytest.approx(epsilons)
 
 
 def test_max_epsilon_finishes_the_run_without_applying_the_round_past_it(
