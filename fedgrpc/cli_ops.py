@@ -191,8 +191,11 @@ def format_status(target: str, s: CoordinatorStatus) -> str:
         *_excluded_lines(s),
         "",
         _table(
-            _ROUND_COLUMNS,
-            [_round_cells(r) for r in s.recent_rounds[-RECENT_ROUNDS_SHOWN:]],
+            _ROUND_COLUMNS + (("epsilon",) if s.privacy.mode != "off" else ()),
+            [
+                _round_cells(r) + _epsilon_cell(s, r)
+                for r in s.recent_rounds[-RECENT_ROUNDS_SHOWN:]
+            ],
         ),
     ]
     return "\n".join(lines) + "\n"
@@ -257,6 +260,13 @@ def _round_cells(r: RoundRow) -> tuple[str, ...]:
     return (str(r.round_id), r.outcome, str(r.num_updates), f"{r.duration_s:.1f}",
             f"{r.mean_train_loss:.4f}", _size(r.bytes_received),
             _secure_cell(r), " ".join(r.selected) or "all")  # fmt: skip
+
+
+def _epsilon_cell(s: CoordinatorStatus, r: RoundRow) -> tuple[str, ...]:
+    """The run's epsilon after the round (privacy on only); `refused` past budget."""
+    if s.privacy.mode == "off":
+        return ()
+    return (f"{r.privacy_epsilon:.4g}" + (" refused" if r.privacy_exhausted else ""),)
 
 
 def _secure_cell(r: RoundRow) -> str:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedgrpc.cli_ops import format_status
-from fedgrpc.client.admin import CoordinatorStatus, PrivacyView
+from fedgrpc.client.admin import CoordinatorStatus, PrivacyView, RoundRow
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.rounds.budget import PrivacyBudget
 from fedgrpc.coordinator.rounds.records import OpenRound
@@ -103,7 +103,9 @@ def test_status_shows_epsilon_the_budget_left_and_the_mechanism() -> None:
     status = CoordinatorStatus(
         run_id="r", phase="collecting", round_id=3, model_version=2,
         num_parameters=10, min_clients=1, inner_steps=5, uptime_s=1.0,
-        bytes_received=0, bytes_sent=0, clients=[], recent_rounds=[],
+        bytes_received=0, bytes_sent=0, clients=[],
+        recent_rounds=[RoundRow(2, "skipped", 2, 1.0, 0.5, 10, privacy_epsilon=1.5,
+                                privacy_exhausted=True)],
         privacy=PrivacyView("central", 1.5, 1e-5, 4.0, 0.5, 1.1,
                             "rdp/add_or_remove_one"),
     )  # fmt: skip
@@ -112,6 +114,9 @@ def test_status_shows_epsilon_the_budget_left_and_the_mechanism() -> None:
     assert "S=0.5" in line
     assert "z=1.1" in line
     assert "rdp/add_or_remove_one" in line
+    table = format_status("t", status).splitlines()
+    assert table[-2].split()[-1] == "epsilon"
+    assert table[-1].endswith("1.5 refused")
 
 
 def test_simulate_passes_privacy_through_with_equal_weights_and_reports_it() -> None:
