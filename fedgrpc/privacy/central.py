@@ -246,11 +246,17 @@ class CentralGaussian:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint keeps: S (it moves under adaptive clipping)."""
-        return {"clip_norm": self.clip_norm}
+        """What a checkpoint keeps: S, if adaptive clipping moves it ({} if not)."""
+        return {"clip_norm": self.clip_norm} if self.adaptive is not None else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore S from `state_dict`."""
+        """Restore an adaptive S from `state_dict`.
+
+        A fixed S comes from the config: an operator who changed
+        dp_clip_norm between restarts gets the new one.
+        """
+        if self.adaptive is None or "clip_norm" not in state:
+            return
         clip = float(state["clip_norm"])
         check_config(math.isfinite(clip) and clip > 0, "clip_norm", clip, "> 0")
         self.clip_norm = clip

@@ -208,7 +208,11 @@ class PrivacyBudget:
         spent nothing before); one written under another accountant is
         recomputed under this one from the same releases.
         """
-        if state is None or self._running is None:
+        if state is None:
+            return
+        if self._running is None:  # privacy turned off since
+            dropped = len(state["ledger"]["releases"])
+            log.warning("checkpoint_privacy_ledger_dropped", releases=dropped)
             return
         saved = LedgerState.from_json(state["ledger"])
         current = self._running.ledger.neighbouring

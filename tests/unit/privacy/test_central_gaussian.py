@@ -132,12 +132,17 @@ def test_a_count_noise_too_small_for_z_is_refused() -> None:
         CentralGaussian(1.0, 2.0, adaptive=AdaptiveClipping(0.5, 0.2, 1.0))
 
 
-def test_state_round_trips_s() -> None:
-    stage = CentralGaussian(1.0, 1.0, adaptive=AdaptiveClipping(0.5, 0.2, 1.0))
+def test_state_round_trips_an_adaptive_s_and_leaves_a_fixed_one_to_the_config() -> None:
+    adaptive = AdaptiveClipping(0.5, 0.2, 1.0)
+    stage = CentralGaussian(1.0, 1.0, adaptive=adaptive)
     stage.clip_norm = 3.25
-    other = CentralGaussian(1.0, 1.0)
+    other = CentralGaussian(1.0, 1.0, adaptive=adaptive)
     other.load_state_dict(stage.state_dict())
     assert other.clip_norm == 3.25
+    fixed = CentralGaussian(0.5, 1.0)  # the operator changed dp_clip_norm
+    fixed.load_state_dict(stage.state_dict())
+    assert fixed.clip_norm == 0.5
+    assert fixed.state_dict() == {}
 
 
 def test_the_staged_sum_clips_dense_and_coded_updates_at_commit() -> None:
