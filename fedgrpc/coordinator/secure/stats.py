@@ -34,8 +34,10 @@ GUARD_REASON = "divergence_guard"
 """Recovered, then voided by the divergence guard (`index_planner`)."""
 INTERNAL_REASON = "internal"
 """An unexpected error while advancing the round (`SecureMode._advance`)."""
+PRIVACY_REASON = "dp_too_few_survivors"
+"""Too few noise shares to unmask under distributed DP (`secure.noise`)."""
 REASONS = frozenset({*(r.value for r in AbortReason), GUARD_REASON,
-                     INTERNAL_REASON, OTHER_REASON})  # fmt: skip
+                     INTERNAL_REASON, PRIVACY_REASON, OTHER_REASON})  # fmt: skip
 """Every `reason` label value: a fixed set keeps the series count bounded."""
 PARTICIPANT_BUCKETS = (3, 4, 5, 8, 10, 16, 32, 64, 128, 256, 512, 1024)
 """SecAgg+ needs at least 3 clients; federations here run to hundreds."""
