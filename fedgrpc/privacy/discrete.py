@@ -81,20 +81,35 @@ def sample_discrete_gaussian(
     """
     check_config(math.isfinite(sigma) and sigma > 0, "sigma", sigma, "finite > 0")
     t = math.floor(sigma) + 1
-    out = np.empty(size, dtype=np.int64)
-    pending = np.arange(size)
+    out = _propose(sigma, t, size, rng)
+    pending = np.flatnonzero(out == REJECTED)
     for _ in range(MAX_REJECTION_ROUNDS):
         if pending.size == 0:
             return out
-        y = _discrete_laplace(t, pending.size, rng)
-        # Acceptance exp(-(|y| - sigma²/t)² / (2sigma²)): [CKS20] Algorithm 3, step 4.
-        gap = np.abs(y) - sigma * sigma / t
-        accept = rng.random(pending.size) < np.exp(-(gap * gap) / (2 * sigma * sigma))
-        out[pending[accept]] = y[accept]
-        pending = pending[~accept]
-    if pending.size:
-        raise RuntimeError("discrete Gaussian sampler did not converge")
-    return out
+        again = _propose(sigma, t, pending.size, rng)
+        out[pending] = again
+        pending = pending[again == REJECTED]
+    raise RuntimeError("discrete Gaussian sampler did not converge")
+
+
+REJECTED = np.iinfo(np.int64).min
+"""Marks a rejected proposal (no discrete Laplace draw comes near it)."""
+
+
+def _propose(sigma: float, t: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One round of [CKS20] Algorithm 3 on `size` entries; REJECTED where refused.
+
+    Accept Y with probability exp(-(|Y| - sigma²/t)² / (2sigma²)) (step 4), drawn
+    as E > (|Y| - sigma²/t)² / (2sigma²) with E ~ Exp(1): P(E > a) = e^-a, and
+    an exponential is cheaper than exp() of a uniform.
+    """
+    y = _discrete_laplace(t, size, rng)
+    gap = np.abs(y).astype(np.float64)
+    gap -= sigma * sigma / t
+    np.square(gap, out=gap)
+    gap /= 2 * sigma * sigma
+    y[rng.standard_exponential(size) <= gap] = REJECTED
+    return y
 
 
 def _discrete_laplace(t: int, size: int, rng: np.random.Generator) -> np.ndarray:

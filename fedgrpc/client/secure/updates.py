@@ -101,6 +101,8 @@ class SecureUpdates:
         self.noise_s = 0.0
         """Wall seconds of the last distributed-DP encoding (clip, conditional
         rounding, noise sampling), included in `mask_s`."""
+        self.noise_cpu_s = 0.0
+        """CPU seconds of that (this thread's)."""
         self.last_share: NoisyShare | None = None
         """The last distributed-DP share (codes and noise): this client's own."""
 
@@ -203,12 +205,13 @@ class SecureUpdates:
         self, x: np.ndarray, scale: FixedPointScale, noise: NoiseShareSpec
     ) -> NoisyShare:
         """Distributed DP: clip to S, round conditionally, draw the noise share."""
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         share = encode_noisy_share(
             x, clip_norm=noise.clip_norm, step=scale.scale, qmax=scale.qmax,
             norm_bound=noise.norm_bound, client_std=noise.client_std, rng=self._rng,
         )  # fmt: skip
         self.noise_s = time.perf_counter() - started
+        self.noise_cpu_s = time.thread_time() - cpu
         self.last_share = share
         return share
 
