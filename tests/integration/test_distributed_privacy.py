@@ -10,6 +10,7 @@ coordinator recovered.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,6 +25,7 @@ from fedgrpc.client.secure import SecureUpdates
 from fedgrpc.coordinator.secure.stats import PRIVACY_REASON
 from fedgrpc.coordinator.services.in_thread import serve_in_thread
 from fedgrpc.errors import ConfigError
+from fedgrpc.privacy import PrivacyLedger, Release
 from fedgrpc.privacy.distributed import NoisyShare
 from fedgrpc.secagg import ServerPhase
 from tests.helpers.scripted import FAST, flat
@@ -41,11 +43,17 @@ within 2 % (std sqrt(2/d)); a 10 % tolerance is then five standard errors."""
 DP = {"privacy": "distributed", "dp_clip_norm": 1.0, "dp_noise_multiplier": 1.0}
 
 
-def connect(address: str, count: int) -> list[tuple[DiLoCoClient, nn.Module]]:
+def connect(
+    address: str, count: int, floors: tuple[float, ...] = ()
+) -> list[tuple[DiLoCoClient, nn.Module]]:
+    """`count` clients; `floors[i]`: client i's min_dp_noise_multiplier."""
+
     def make(index: int) -> tuple[DiLoCoClient, nn.Module]:
         torch.manual_seed(index)
         model = nn.Linear(IN, OUT)
-        return DiLoCoClient(address, model, config=FAST), model
+        floor = floors[index] if floors else 0.0
+        settings = dataclasses.replace(FAST, min_dp_noise_multiplier=floor)
+        return DiLoCoClient(address, model, config=settings), model
 
     with ThreadPoolExecutor(count) as pool:
         return list(pool.map(make, range(count)))
@@ -128,6 +136,72 @@ def test_fewer_survivors_than_dp_min_survivors_abort_before_unmasking() -> None:
             record = mode.round_record(2)
             assert record is not None
             assert record.abort_reason == PRIVACY_REASON
+        finally:
+            close_all(clients)
+
+
+def test_a_round_the_budget_refuses_is_never_unmasked() -> None:
+    with serve_in_thread(config(**DP)) as coordinator:
+        clients = connect(coordinator.address, 3)
+        mode = secure_mode_of(coordinator)
+        try:
+            assert sync_all(clients, seed=1) == ["applied"] * 3
+            assert mode.noise is not None
+            first = mode.noise.stage.round_release(3, 3)
+            assert first is not None
+            ledger = PrivacyLedger("rdp", releases=[first])
+            limit = 1.1 * ledger.epsilon(1e-5)  # room for less than one more
+
+            def budget(release: Release) -> str | None:
+                spent = ledger.epsilon_after(release, 1e-5)
+                return None if spent <= limit else f"ε would reach {spent:.3g}"
+
+            mode.noise.budget = budget
+            unmasked = mode.last_result
+
+            # Act: round 2 runs its masked phases; its release would exceed.
+            outcomes = sync_all(clients, seed=2)
+
+            # Assert: skipped, the budget's reason given, nothing unmasked.
+            assert outcomes == ["skipped"] * 3
+            assert "ε would reach" in mode.engine.history[-1].reason
+            assert mode.last_result is unmasked
+            assert mode.noise.stage.round_release(3, 3) is None
+        finally:
+            close_all(clients)
+
+
+@pytest.mark.parametrize(
+    ("privacy", "floors"),
+    [
+        # z = 1 sized for 3 of 4 participants: sqrt(4/3) = 1.15 at the setup.
+        (DP, (0.9, 0.9, 0.9, 1.2)),
+        # No noise at all: only the client with a floor refuses.
+        ({}, (0.0, 0.0, 0.0, 0.5)),
+    ],
+)
+def test_a_client_refuses_a_round_with_less_noise_than_its_floor(
+    privacy: dict[str, object], floors: tuple[float, ...]
+) -> None:
+    # Arrange: client 3's floor is above what the round announces.
+    with serve_in_thread(config(**privacy, round_timeout_s=3.0)) as coordinator:
+        clients = connect(coordinator.address, 4, floors=floors)
+        mode = secure_mode_of(coordinator)
+        try:
+            # Act
+            outcomes = sync_all(clients, seed=1)
+
+            # Assert: client 3 left at the setup; the other three's sum applied.
+            assert outcomes[:3] == ["applied"] * 3
+            assert outcomes[3] != "applied"
+            assert mode.last_result is not None
+            assert sorted(mode.last_result.survivors) == sorted(
+                c.client_id for c, _ in clients[:3]
+            )
+            participant = clients[3][0]._secure
+            assert participant is not None
+            assert participant.participant is not None
+            assert 1 in participant.participant.excluded
         finally:
             close_all(clients)
 

@@ -219,7 +219,7 @@ class SecureMode:
             closing = rnd.server.phase
             outgoing = rnd.close_phase()
             if closing is ServerPhase.MASKED_INPUT and self.noise is not None:
-                refused = self.noise.refuse_unmask(len(rnd.members))
+                refused = self.noise.refuse_unmask(rnd.round_id, len(rnd.members))
                 if refused is not None:
                     self._abort(current, rnd, PRIVACY_REASON, refused)
                     return

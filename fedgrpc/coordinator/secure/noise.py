@@ -8,13 +8,17 @@ model). Per masked round it
    and gives the setup its widened ring and `NoiseShareSpec`;
 2. refuses to unmask a sum of fewer than `dp_min_survivors` noise shares
    (the round is aborted before the coordinator could see a sum with less
-   noise than promised);
+   noise than promised), or one whose release the run's budget refuses
+   (`budget`, set by the engine's privacy wiring: under distributed DP the
+   sum is released when it is *unmasked*, so `max_epsilon` must be
+   enforced here, before, not when the round is applied);
 3. tells the stage a noised sum was recovered, with the survivors whose
    shares it holds, so the engine's `round_release` reports it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fedgrpc.config import CoordinatorConfig
@@ -45,6 +49,10 @@ class MaskedRoundNoise:
         self.stage = stage
         """The Privacy stage; the engine takes its releases (`round_release`)."""
         self._plans: dict[int, NoisePlan] = {}
+        self.budget: Callable[[Release], str | None] | None = None
+        """Asked before each unmasking with the release it would make: a
+        reason to refuse it (the run's `max_epsilon` would be exceeded), or
+        None. Unset: no budget is enforced here."""
 
     def plan_round(
         self,
@@ -69,9 +77,13 @@ class MaskedRoundNoise:
         spec = NoiseShareSpec(plan.clip_norm, plan.client_std, plan.norm_bound)
         return RoundNoise(plan.ring_bits, spec)
 
-    def refuse_unmask(self, survivors: int) -> str | None:
+    def refuse_unmask(self, round_id: int, survivors: int) -> str | None:
         """Why a sum of `survivors` noise shares must stay masked (None: unmask)."""
-        return self.stage.short_of_survivors(survivors)
+        short = self.stage.short_of_survivors(survivors)
+        plan = self._plans.get(round_id)
+        if short is not None or self.budget is None or plan is None:
+            return short
+        return self.budget(plan.release(survivors))
 
     def unmasked(self, round_id: int, survivors: int) -> Release | None:
         """Round `round_id`'s noised sum was recovered: record its pending release."""

@@ -34,8 +34,9 @@ GUARD_REASON = "divergence_guard"
 """Recovered, then voided by the divergence guard (`index_planner`)."""
 INTERNAL_REASON = "internal"
 """An unexpected error while advancing the round (`SecureMode._advance`)."""
-PRIVACY_REASON = "dp_too_few_survivors"
-"""Too few noise shares to unmask under distributed DP (`secure.noise`)."""
+PRIVACY_REASON = "dp_refused"
+"""Distributed DP refused to unmask the sum: fewer noise shares than
+`dp_min_survivors`, or the run's privacy budget (`secure.noise`)."""
 REASONS = frozenset({*(r.value for r in AbortReason), GUARD_REASON,
                      INTERNAL_REASON, PRIVACY_REASON, OTHER_REASON})  # fmt: skip
 """Every `reason` label value: a fixed set keeps the series count bounded."""
