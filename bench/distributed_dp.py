@@ -117,7 +117,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--params", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="n = 4, 50k params")
     args = parser.parse_args()
+    if args.quick:
+        args.clients, args.params, args.rounds = 4, 50_000, 2
     torch.set_num_threads(1)  # DESIGN.md: small torch ops on 2 threads crawl
     results: dict[str, Any] = {}
     for private in (False, True):

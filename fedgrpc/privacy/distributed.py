@@ -31,6 +31,12 @@ fewer is aborted *before* unmasking (`short_of_survivors`), so no sum with
 less noise than promised is ever seen, and each release is accounted with
 the survivors actually in the sum (more survivors, more noise, less ε).
 
+Neighbouring: one client's update replaced by zeros, the client still
+taking part (its noise share stays in the sum; who takes part is public
+to the coordinator). The sum then moves by at most Δ₂, the sensitivity
+[KLS21] Prop. 14 takes, i.e. the ledger's `add_or_remove_one` Gaussian
+with sensitivity 1 in units of Δ₂.
+
 Sampling amplification is never claimed (q = 1): the participants of a
 masked round are known to the coordinator (it chose them), so the secret
 sampling that amplification needs does not hold against this adversary.
