@@ -169,3 +169,8 @@ def test_a_setup_with_noise_but_no_wider_ring_is_refused_by_the_client() -> None
     message.dp_noise_std = -1.0
     with pytest.raises(InvalidUpdateError, match="client_std"):
         setup_from_proto(message, "run", 10)
+
+
+def test_a_target_epsilon_out_of_reach_is_refused_at_start() -> None:
+    with pytest.raises(ConfigError, match="out of reach"):
+        stage(dp_noise_multiplier=0.0, dp_target_epsilon=1e-4, max_rounds=10_000)
