@@ -18,6 +18,7 @@ from fedgrpc.privacy.distributed import (
     DistributedGaussian,
     build_distributed_stage,
     encode_noisy_share,
+    noised_sum,
 )
 from fedgrpc.privacy.stage import PrivacyStage
 from fedgrpc.secagg import FixedPointScale, NoiseShareSpec, RoundSetup
@@ -174,3 +175,24 @@ def test_a_setup_with_noise_but_no_wider_ring_is_refused_by_the_client() -> None
 def test_a_target_epsilon_out_of_reach_is_refused_at_start() -> None:
     with pytest.raises(ConfigError, match="out of reach"):
         stage(dp_noise_multiplier=0.0, dp_target_epsilon=1e-4, max_rounds=10_000)
+
+
+def test_distributed_noise_costs_about_what_central_noise_does_at_the_same_z() -> None:
+    # 100 clients' clipped updates: the distributed sum's error against the
+    # exact clipped sum, vs the central Gaussian's std z*S per coordinate.
+    rng = np.random.default_rng(5)
+    n, d, z = 100, 2_000, 1.0
+    dp = stage(min_clients=n, dp_noise_multiplier=z, secagg_clip=0.1)
+    scale = FixedPointScale(0.1, 8)
+    plan = dp.plan_round(dimension=d, step=scale.scale, value_bits=8, participants=n)
+    updates = rng.normal(size=(n, d)) * 0.02  # norm ~0.9 < S = 1: no clipping
+
+    noised = noised_sum(updates, plan, scale.qmax, rng)
+
+    error = (noised - updates.sum(axis=0)).std()
+    central = z * 1.0
+    # Extra: rounding inflates the sensitivity (Δ2 * step / S) and adds
+    # n d step^2 / 6 of rounding variance; here both stay within 5 %.
+    assert plan.norm_bound * scale.scale / 1.0 < 1.05
+    assert error / central == pytest.approx(plan.norm_bound * scale.scale, rel=0.05)
+    assert plan.release(n).noise_multiplier == pytest.approx(z, rel=1e-9)
