@@ -103,7 +103,9 @@ class PrivacySettings:
                self.privacy, "'distributed' when trusted_coordinator = false: central "
                "noise means the coordinator sees every clipped update")  # fmt: skip
 
-    def _check_distributed_privacy(self, secure_aggregation: bool) -> None:
+    def _check_distributed_privacy(
+        self, secure_aggregation: bool, max_clients: int
+    ) -> None:
         """`distributed` noise lives in the secure ring: refuse it without one.
 
         Called by `CoordinatorConfig.__post_init__`, which knows both settings.
@@ -116,6 +118,9 @@ class PrivacySettings:
                "0 (min_clients) or >= 3 (a masked round has at least 3)")  # fmt: skip
         _check(0 <= self.dp_rounding_beta < 1, "dp_rounding_beta",
                self.dp_rounding_beta, "in [0, 1)")  # fmt: skip
+        _check(self.dp_min_survivors <= max_clients, "dp_min_survivors",
+               self.dp_min_survivors, f"<= max_clients ({max_clients}): a round "
+               "with fewer survivors is never unmasked")  # fmt: skip
         if self.privacy != "distributed":
             return
         _check(secure_aggregation, "privacy", self.privacy,
