@@ -59,7 +59,7 @@ entry with probability above 1/2 (measured: 0.52 at sigma = 1/2, 0.76 for sigma 
 pending after 200 rounds with probability < 2^-200."""
 MAX_ROUNDING_TRIES = 100
 """Redraws of conditional rounding. One draw is refused with probability
-<= β ([KLS21] Lemma 21 / Prop. 22); e^-50 after 100 draws."""
+<= β ([KLS21] Prop. 22); below 1e-21 after 100 draws at β = e^-0.5."""
 WRAP_PROBABILITY = 2.0**-40
 """Chance per round that some coordinate of the noised sum leaves the ring
 (`ring_bits_for_noise`): below any failure rate that matters."""
@@ -99,7 +99,7 @@ REJECTED = np.iinfo(np.int64).min
 def _propose(sigma: float, t: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """One round of [CKS20] Algorithm 3 on `size` entries; REJECTED where refused.
 
-    Accept Y with probability exp(-(|Y| - sigma²/t)² / (2sigma²)) (step 4), drawn
+    Accept Y with probability exp(-(|Y| - sigma²/t)² / (2sigma²)), drawn
     as E > (|Y| - sigma²/t)² / (2sigma²) with E ~ Exp(1): P(E > a) = e^-a, and
     an exponential is cheaper than exp() of a uniform.
     """
@@ -126,7 +126,7 @@ def _discrete_laplace(t: int, size: int, rng: np.random.Generator) -> np.ndarray
 def rounded_l2_bound(c: float, dimension: int, beta: float) -> float:
     """Δ₂: the L2 norm a vector of norm <= c keeps after conditional rounding.
 
-    [KLS21] Theorem 1 / Eq. 5 (code units, after scaling by 1/gamma):
+    [KLS21] Theorem 1 (code units, after scaling by 1/gamma):
 
         Δ₂² = min{ c² + d/4 + √(2 ln(1/β)) · (c + √d/2),  (c + √d)² }
 
@@ -245,7 +245,8 @@ def ring_bits_for_noise(
     """M: ring bits in which n codes plus n noise shares never wrap (but w.p. 2^-40).
 
     Codes: |Σ codes| <= n · qmax, qmax = 2^(b-1) - 1. Noise: a discrete
-    Gaussian is sigma-subgaussian ([CKS20] Cor. 9), so the sum of n shares has
+    Gaussian is sigma-subgaussian ([CKS20]: E e^{tX} <= e^{t²sigma²/2}), so
+    the sum of n shares has
     P(|Σ| >= λ) <= 2 exp(-λ²/(2nsigma_c²)); over d coordinates (union bound)
     λ = sigma_c √(2n ln(2d/p)) leaves failure probability p = WRAP_PROBABILITY.
     The ring's signed range must hold B = n · qmax + λ: m = 1 + ⌈log2(B + 1)⌉,
