@@ -27,7 +27,7 @@ own shares: ε holds against a coordinator that colludes with no client.
 
 Dropouts: sigma_c is sized so that `min_survivors` shares already give the
 configured z (sigma_c = z Δ₂ / √n_min); a masked round whose survivors are
-fewer is aborted *before* unmasking (`short_of_survivors`), so no sum with
+fewer is aborted *before* unmasking (`refuse_unmask`), so no sum with
 less noise than promised is ever seen, and each release is accounted with
 the survivors actually in the sum (more survivors, more noise, less ε).
 
@@ -49,6 +49,7 @@ proven to have, so the config refuses `pld` with `distributed`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -209,6 +210,12 @@ class DistributedGaussian:
         self.min_survivors = min_survivors
         self.rounding_beta = rounding_beta
         self._pending: Release | None = None
+        self.budget: Callable[[Release], str | None] | None = None
+        """Set by the engine's privacy wiring (it owns the ledger): asked
+        before each unmasking with the release it would make, returns why to
+        refuse it (`max_epsilon` would be exceeded) or None. Under distributed
+        DP the sum is released when it is *unmasked*, so the budget must be
+        enforced then, not when the round is applied. Unset: not enforced here."""
 
     def plan_round(
         self, *, dimension: int, step: float, value_bits: int, participants: int
@@ -226,15 +233,21 @@ class DistributedGaussian:
         return NoisePlan(self.clip_norm, step, dimension, bound, std,
                          self.min_survivors, bits)  # fmt: skip
 
-    def short_of_survivors(self, survivors: int) -> str | None:
-        """Why a sum of `survivors` shares must not be unmasked (None: it may)."""
-        if survivors >= self.min_survivors:
+    def refuse_unmask(self, plan: NoisePlan, survivors: int) -> str | None:
+        """Why a sum of `survivors` shares must stay masked (None: unmask it).
+
+        Too few shares for the promised noise, or a release the run's budget
+        refuses (`budget`).
+        """
+        if survivors < self.min_survivors:
+            return (
+                f"only {survivors} clients' masked updates arrived but the noise "
+                f"of dp_min_survivors = {self.min_survivors} is needed for the "
+                "promised privacy; the sum was not unmasked"
+            )
+        if self.budget is None:
             return None
-        return (
-            f"only {survivors} clients' masked updates arrived but the noise of "
-            f"dp_min_survivors = {self.min_survivors} is needed for the promised "
-            "privacy; the sum was not unmasked"
-        )
+        return self.budget(plan.release(survivors))
 
     def unmasked(self, plan: NoisePlan, survivors: int) -> Release:
         """A noised sum of `survivors` shares was recovered: its release is pending."""

@@ -156,7 +156,7 @@ def test_a_round_the_budget_refuses_is_never_unmasked() -> None:
                 spent = ledger.epsilon_after(release, 1e-5)
                 return None if spent <= limit else f"ε would reach {spent:.3g}"
 
-            mode.noise.budget = budget
+            mode.noise.stage.budget = budget
             unmasked = mode.last_result
 
             # Act: round 2 runs its masked phases; its release would exceed.

@@ -98,7 +98,9 @@ class SecureMode:
         """Sparse rounds' positions and divergence guard (`secagg_density` < 1)."""
         self.stats = SecureStats(context.metrics, self.shared_index)
         self.pushes = MaskedPushes(context, lambda: self.round)
-        self.noise = round_noise_for(self.config)
+        # The engine's Privacy stage, if its wiring holds one as `privacy`.
+        engine_stage = getattr(self.engine, "privacy", None)
+        self.noise = round_noise_for(self.config, engine_stage)
         """Distributed DP's noise plans (None unless privacy = "distributed")."""
 
     # -- Join, sessions and pushes ---------------------------------------------------

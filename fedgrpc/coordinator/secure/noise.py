@@ -9,16 +9,13 @@ model). Per masked round it
 2. refuses to unmask a sum of fewer than `dp_min_survivors` noise shares
    (the round is aborted before the coordinator could see a sum with less
    noise than promised), or one whose release the run's budget refuses
-   (`budget`, set by the engine's privacy wiring: under distributed DP the
-   sum is released when it is *unmasked*, so `max_epsilon` must be
-   enforced here, before, not when the round is applied);
+   (`DistributedGaussian.budget`, set by the engine's privacy wiring);
 3. tells the stage a noised sum was recovered, with the survivors whose
    shares it holds, so the engine's `round_release` reports it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from fedgrpc.config import CoordinatorConfig
@@ -49,10 +46,6 @@ class MaskedRoundNoise:
         self.stage = stage
         """The Privacy stage; the engine takes its releases (`round_release`)."""
         self._plans: dict[int, NoisePlan] = {}
-        self.budget: Callable[[Release], str | None] | None = None
-        """Asked before each unmasking with the release it would make: a
-        reason to refuse it (the run's `max_epsilon` would be exceeded), or
-        None. Unset: no budget is enforced here."""
 
     def plan_round(
         self,
@@ -79,11 +72,10 @@ class MaskedRoundNoise:
 
     def refuse_unmask(self, round_id: int, survivors: int) -> str | None:
         """Why a sum of `survivors` noise shares must stay masked (None: unmask)."""
-        short = self.stage.short_of_survivors(survivors)
         plan = self._plans.get(round_id)
-        if short is not None or self.budget is None or plan is None:
-            return short
-        return self.budget(plan.release(survivors))
+        if plan is None:  # pragma: no cover - every masked DP round was planned
+            return f"round {round_id} has no noise plan"
+        return self.stage.refuse_unmask(plan, survivors)
 
     def unmasked(self, round_id: int, survivors: int) -> Release | None:
         """Round `round_id`'s noised sum was recovered: record its pending release."""
@@ -94,15 +86,21 @@ class MaskedRoundNoise:
         return self.stage.unmasked(plan, survivors)
 
 
-def round_noise_for(config: CoordinatorConfig) -> MaskedRoundNoise | None:
+def round_noise_for(
+    config: CoordinatorConfig, engine_stage: object = None
+) -> MaskedRoundNoise | None:
     """The noise of `privacy = "distributed"`, None for any other mode.
 
-    Hook for the engine's privacy wiring: the engine must take its releases
-    from *this* stage (`MaskedRoundNoise.stage`), the one the rounds arm.
+    `engine_stage`: the Privacy stage the round engine holds. When it is a
+    `DistributedGaussian` the masked rounds arm *that* one, so the engine's
+    `round_release` sees what was unmasked; otherwise (an engine without
+    privacy wiring) one is built from `config`, reachable as `.stage`.
 
     Raises:
         ConfigError: noise no 64-bit ring can hold (refused at start).
     """
     if config.privacy != "distributed":
         return None
+    if isinstance(engine_stage, DistributedGaussian):
+        return MaskedRoundNoise(engine_stage)
     return MaskedRoundNoise(build_distributed_stage(config))

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fedgrpc.config import CoordinatorConfig
+from fedgrpc.coordinator.secure.noise import round_noise_for
 from fedgrpc.crypto.keys import PrivateKey
 from fedgrpc.errors import ConfigError, InvalidUpdateError
 from fedgrpc.privacy import PrivacyLedger
@@ -95,9 +96,10 @@ def test_the_release_is_taken_once_after_an_unmasked_sum() -> None:
     total = torch.ones(4)
     dp.finish_aggregate(total, 5, torch.Generator())
     assert torch.equal(total, torch.ones(4))
-    assert dp.short_of_survivors(2) is not None
-    assert "dp_min_survivors = 3" in (dp.short_of_survivors(2) or "")
-    assert dp.short_of_survivors(3) is None
+    assert "dp_min_survivors = 3" in (dp.refuse_unmask(plan, 2) or "")
+    assert dp.refuse_unmask(plan, 3) is None
+    dp.budget = lambda r: f"z {r.noise_multiplier:.3g} spends too much"
+    assert dp.refuse_unmask(plan, 5) == "z 1.29 spends too much"
 
 
 def test_a_target_epsilon_is_calibrated_over_max_rounds() -> None:
@@ -197,3 +199,17 @@ def test_distributed_noise_costs_about_what_central_noise_does_at_the_same_z() -
     assert plan.norm_bound * scale.scale / 1.0 < 1.05
     assert error / central == pytest.approx(plan.norm_bound * scale.scale, rel=0.05)
     assert plan.release(n).noise_multiplier == pytest.approx(z, rel=1e-9)
+
+
+def test_masked_rounds_arm_the_engines_own_stage() -> None:
+    settings = dp_config()
+    engine_stage = build_distributed_stage(settings)
+
+    held = round_noise_for(settings, engine_stage)
+    built = round_noise_for(settings, None)
+
+    assert held is not None
+    assert held.stage is engine_stage  # its round_release sees what was unmasked
+    assert built is not None
+    assert built.stage is not engine_stage
+    assert round_noise_for(dp_config(privacy="off"), engine_stage) is None
