@@ -21,7 +21,11 @@ from fedgrpc.cli_flags import SIMULATE_STAGE_FLAGS
 from fedgrpc.cli_flags import add_flag as _add_flag
 from fedgrpc.cli_identity import add_identity_parsers
 from fedgrpc.cli_ops import add_ops_parsers
-from fedgrpc.cli_serve_flags import PRIVACY_FLAGS, SERVE_FLAGS
+from fedgrpc.cli_serve_flags import (
+    DISTRIBUTED_PRIVACY_FLAGS,
+    PRIVACY_FLAGS,
+    SERVE_FLAGS,
+)
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.errors import FedGrpcError
 from fedgrpc.log import configure_logging
@@ -87,7 +91,7 @@ def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="seed for the model and the batches (default: 0)",
     )
     _add_outer_flags(parser)
-    for flag in PRIVACY_FLAGS:  # client-level DP, as `serve` takes it
+    for flag in (*PRIVACY_FLAGS, *DISTRIBUTED_PRIVACY_FLAGS):  # as `serve` has them
         _add_flag(parser, flag)
     parser.add_argument(
         "--eval-batches",
@@ -213,7 +217,7 @@ def _simulate(args: argparse.Namespace) -> int:
         "attacks": tuple(args.attack) if args.attack else None,
         "privacy": {
             flag.dest: getattr(args, flag.dest)
-            for flag in PRIVACY_FLAGS
+            for flag in (*PRIVACY_FLAGS, *DISTRIBUTED_PRIVACY_FLAGS)
             if getattr(args, flag.dest) is not None
         },
     }

@@ -5,8 +5,9 @@ handlers). Each tuple mirrors one config section: `CORE_FLAGS`
 (`config.coordinator`), `ROBUSTNESS_FLAGS` (`config.robustness`, with the
 round-stage flags of `cli_flags.STAGE_FLAGS`), `LIMIT_FLAGS`
 (`config.limits`), `ACCESS_FLAGS` (`config.access`), `PRIVACY_FLAGS`
-(`config.privacy`). A flag's dest is the
-config field it sets; tests check every field has one.
+(`config.privacy`: client-level DP and the run's budget) and
+`DISTRIBUTED_PRIVACY_FLAGS` (`config.privacy`, distributed DP's own keys).
+A flag's dest is the config field it sets; tests check every field has one.
 """
 
 from __future__ import annotations
@@ -283,7 +284,22 @@ PRIVACY_FLAGS = (
 )  # fmt: skip
 """Client-level differential privacy and the run's budget (`config.privacy`)."""
 
+DISTRIBUTED_PRIVACY_FLAGS = (
+    Flag("--dp-min-survivors", "privacy = distributed: each client's noise "
+         "share is sized so that N shares reach the configured noise, and a "
+         "masked round with fewer survivors is aborted before its sum is "
+         "unmasked (default: 0 = --min-clients, at least 3)", int, "N"),
+    Flag("--dp-rounding-beta", "privacy = distributed: beta in [0, 1) of the "
+         "clients' conditional randomized rounding (Kairouz et al. 2021); "
+         "smaller raises the rounded norm bound and so the noise; 0: the "
+         f"deterministic bound (default: {_D.dp_rounding_beta:.4g} = e^-0.5)",
+         float, "BETA"),
+)  # fmt: skip
+"""Distributed DP's own settings (`config.privacy`; the shared privacy flags
+such as --privacy and --dp-clip-norm are listed with them)."""
+
 SERVE_FLAGS = (
     *CORE_FLAGS, *ROBUSTNESS_FLAGS, *LIMIT_FLAGS, *ACCESS_FLAGS, *PRIVACY_FLAGS,
+    *DISTRIBUTED_PRIVACY_FLAGS,
 )  # fmt: skip
 """Every `fedgrpc serve` flag, in --help order."""

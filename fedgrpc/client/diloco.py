@@ -148,8 +148,9 @@ class DiLoCoClient:
             wait_s = self._config.rpc_timeout_s
             n = self._local.spec.num_coordinates
             self._secure = SecureMode(
-                federation, n, wait_s, self._config.max_update_norm
-            )
+                federation, n, wait_s, self._config.max_update_norm,
+                min_noise_multiplier=self._config.min_dp_noise_multiplier,
+            )  # fmt: skip
         return self._secure.attach(link, federation)
 
     def _start(self, federation: Federation) -> SyncPoint:

@@ -82,6 +82,13 @@ class ClientConfig:
     then sees only sums); elsewhere the coordinator can also bound updates
     itself (`norm_bound`). Pick it above the norms honest clients send (a
     client logs `update_clipped` with the norm it had): too low slows training."""
+    min_dp_noise_multiplier: float = 0.0
+    """Distributed DP (a coordinator with privacy = "distributed"): take part
+    only in masked rounds whose announced noise gives the unmasked sum at
+    least this Gaussian noise multiplier z, checked twice: at the setup (a
+    round announced without noise is refused) and, with the survivors
+    known, before revealing the shares that unmask it. Protects against a
+    coordinator that announces less noise than it promised. 0: no check."""
 
     def __post_init__(self) -> None:
         for name in ("rpc_timeout_s", "round_wait_s", "heartbeat_interval_s",
@@ -106,6 +113,9 @@ class ClientConfig:
             and math.isfinite(bound) and bound >= 0,
             "max_update_norm", bound, "a finite number >= 0 (0 turns it off)",
         )  # fmt: skip
+        floor = self.min_dp_noise_multiplier
+        _check(math.isfinite(floor) and floor >= 0, "min_dp_noise_multiplier",
+               floor, "a finite number >= 0 (0 turns the check off)")  # fmt: skip
         _check_tls_pair(self.tls_cert, self.tls_key)
         _check(not self.tls_cert or bool(self.tls_ca), "tls_ca", self.tls_ca,
                "the CA file that signed the coordinator's certificate, since "

@@ -190,6 +190,7 @@ class CoordinatorConfig(
         self._check_robustness()
         self._check_limits()
         self._check_privacy()
+        self._check_distributed_privacy(self.secure_aggregation, self.max_clients)
         _check(not (self.init_model and self.seed_from_first_client),
                "seed_from_first_client", self.seed_from_first_client,
                "false when init_model is set (the initial weights come from one "

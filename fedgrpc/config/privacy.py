@@ -33,6 +33,8 @@ from fedgrpc.errors import check_config as _check
 PrivacyMode = Literal["off", "central", "distributed"]
 PRIVACY_MODES: tuple[PrivacyMode, ...] = ("off", "central", "distributed")
 DP_ACCOUNTANTS = ("rdp", "pld")
+DEFAULT_ROUNDING_BETA = math.exp(-0.5)
+"""β of conditional rounding in Kairouz, Liu and Steinke 2021's experiments."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +75,15 @@ class PrivacySettings:
     trusted_coordinator: bool = True
     """False declares the coordinator untrusted: it must never see an
     un-noised update or sum, so only `privacy = "distributed"` is allowed."""
+    dp_min_survivors: int = 0
+    """`distributed`: each client's noise share is sized so that this many
+    shares reach the configured noise; a masked round with fewer survivors
+    is aborted before its sum is unmasked. 0: min_clients (at least 3)."""
+    dp_rounding_beta: float = DEFAULT_ROUNDING_BETA
+    """`distributed`: β of conditional randomized rounding (Kairouz et al.
+    2021): clients redraw a rounding whose norm exceeds the bound, which
+    holds with probability >= 1 - β. Smaller β, larger bound (more noise);
+    0: the deterministic bound ‖x‖ + √d."""
 
     def _check_privacy(self) -> None:
         """Refuse settings under which the promised ε cannot hold.
@@ -127,3 +138,32 @@ class PrivacySettings:
                self.dp_clip_count_noise, "> 0 with dp_adaptive_clip_quantile (the "
                "count of clipped updates is released too; Andrew et al. suggest "
                "clients per round / 20)")  # fmt: skip
+
+    def _check_distributed_privacy(
+        self, secure_aggregation: bool, max_clients: int
+    ) -> None:
+        """`distributed` noise lives in the secure ring: refuse it without one.
+
+        Called by `CoordinatorConfig.__post_init__`, which knows both settings.
+
+        Raises:
+            ConfigError: naming both conflicting settings.
+        """
+        _check(self.dp_min_survivors == 0 or self.dp_min_survivors >= 3,
+               "dp_min_survivors", self.dp_min_survivors,
+               "0 (min_clients) or >= 3 (a masked round has at least 3)")  # fmt: skip
+        _check(0 <= self.dp_rounding_beta < 1, "dp_rounding_beta",
+               self.dp_rounding_beta, "in [0, 1)")  # fmt: skip
+        _check(self.dp_min_survivors <= max_clients, "dp_min_survivors",
+               self.dp_min_survivors, f"<= max_clients ({max_clients}): a round "
+               "with fewer survivors is never unmasked")  # fmt: skip
+        if self.privacy != "distributed":
+            return
+        _check(secure_aggregation, "privacy", self.privacy,
+               "'central' or 'off' when secure_aggregation = false: distributed "
+               "noise is added by the clients inside the secure-aggregation ring, "
+               "so set secure_aggregation = true")  # fmt: skip
+        _check(self.dp_accountant == "rdp", "dp_accountant", self.dp_accountant,
+               "'rdp' with privacy = 'distributed': the discrete mechanism's "
+               "guarantee is a zCDP bound, which is exactly a Gaussian's RDP but "
+               "not its privacy-loss distribution (pld)")  # fmt: skip

@@ -184,7 +184,10 @@ class ClientRound:
         self._held = {**held, self._me: self._own_shares}
 
     def mask_input(self, positions: np.ndarray, codes: np.ndarray) -> MaskedInput:
-        """Lift `codes` (signed, b-bit) into the ring and mask them at `positions`.
+        """Lift `codes` (signed, b-bit; wider with noise shares) and mask them.
+
+        Masks go at `positions`; a round with noise shares (`ring_bits` set)
+        accepts any value of its ring.
 
         `positions` is the announced index set, in the order the values are
         sent; called once per round (a second vector under the same masks
@@ -199,7 +202,7 @@ class ClientRound:
             raise InvalidUpdateError(
                 f"{codes.size} codes for {pos.size} positions: expected one each"
             )
-        values = self._ring.lift(codes, self._setup.value_bits)
+        values = self._ring.lift(codes, self._setup.input_bits)
         return self._machine.run(
             ClientPhase.RECEIVED, ClientPhase.MASKED, lambda: self._mask(pos, values)
         )

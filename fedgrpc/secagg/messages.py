@@ -30,7 +30,7 @@ from fedgrpc.secagg.graph import (
     SecAggParams,
     choose_neighbourhood,
 )
-from fedgrpc.secagg.ring import Ring, ring_bits
+from fedgrpc.secagg.ring import MAX_RING_BITS, Ring, ring_bits
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,6 +54,10 @@ class RoundSetup:
     """b: bits of the signed codes summed (8 for int8 codes, 4 for int4)."""
     params: SecAggParams = field(default_factory=SecAggParams)
     """How degree and threshold are chosen; every party must use the same."""
+    ring_bits: int = 0
+    """M, when wider than b + ceil(log2 n): a round whose clients add noise
+    shares to their codes (distributed DP) sums more than b-bit codes. 0: the
+    plain ring."""
 
     def __post_init__(self) -> None:
         ids = self.participants
@@ -68,12 +72,29 @@ class RoundSetup:
             f"{GRAPH_SEED_BYTES} bytes",
         )
         # Fail at construction, not mid-round: ring width and graph rule.
-        ring_bits(self.value_bits, len(ids))
+        plain = ring_bits(self.value_bits, len(ids))
+        check_config(self.ring_bits == 0 or plain <= self.ring_bits <= MAX_RING_BITS,
+                     "ring_bits", self.ring_bits,
+                     f"0 or {plain}..{MAX_RING_BITS}")  # fmt: skip
         choose_neighbourhood(len(ids), self.params)
 
     def ring(self) -> Ring:
-        """Z_2^(b + ceil(log2 n)): n = every participant, so any survivor set fits."""
+        """Z_2^(b + ceil(log2 n)): n = every participant, so any survivor set fits.
+
+        Wider (`ring_bits`) when the round's codes carry noise shares.
+        """
+        if self.ring_bits:
+            return Ring(self.ring_bits)
         return Ring.for_sum(self.value_bits, len(self.participants))
+
+    @property
+    def input_bits(self) -> int | None:
+        """Bits of one client's lifted values: b, or None (the whole ring) with noise.
+
+        With noise shares, what bounds the sum is the noise's tail over all
+        n shares, not one client's range (`privacy.discrete.ring_bits_for_noise`).
+        """
+        return None if self.ring_bits else self.value_bits
 
     def graph(self) -> NeighbourGraph:
         """The round's neighbour graph and threshold (`graph.NeighbourGraph`)."""
@@ -82,6 +103,28 @@ class RoundSetup:
     def share_id(self, client: str) -> int:
         """The Shamir x of `client`'s shares: 1 + its index in `participants`."""
         return self.participants.index(client) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class NoiseShareSpec:
+    """What each client of a distributed-DP round adds before masking.
+
+    Announced in the signed setup (`fedgrpc.privacy.distributed` plans it):
+    the client clips its values to L2 norm `clip_norm`, rounds them to codes
+    of L2 norm <= `norm_bound`, adds N_Z(0, `client_std`²) to each code.
+    """
+
+    clip_norm: float
+    """S, value units."""
+    client_std: float
+    """sigma_c of each client's discrete Gaussian share, code units."""
+    norm_bound: float
+    """Δ₂: the codes' L2 norm after conditional rounding, code units."""
+
+    def __post_init__(self) -> None:
+        for name in ("clip_norm", "client_std", "norm_bound"):
+            value = getattr(self, name)
+            check_config(np.isfinite(value) and value > 0, name, value, "finite > 0")
 
 
 @dataclass(frozen=True, slots=True)

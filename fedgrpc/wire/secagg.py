@@ -4,7 +4,8 @@ On the data path this is the wire edge of `fedgrpc.secagg`: the state
 machines there consume and produce typed messages (`secagg.messages`); this
 module converts each one 1:1 to the `SecAgg*` protos of
 secure_aggregation.proto and wraps them in SessionRequest / SessionResponse
-(the masked update's chunks are `wire.ring`'s). No grpc: the coordinator and
+(the masked update's chunks are `wire.ring`'s, the round setup and its
+signed statement `wire.secagg_setup`'s, re-exported here). No grpc: the coordinator and
 client carry what this module builds.
 
 Decoding never trusts sizes: malformed fields raise `InvalidUpdateError`
@@ -13,25 +14,16 @@ Decoding never trusts sizes: malformed fields raise `InvalidUpdateError`
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
-
-import numpy as np
-import torch
 
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
 from fedgrpc._proto.v1 import secure_aggregation_pb2 as sa
-from fedgrpc.compress.shared_index import decode_index_set, encode_index_set
-from fedgrpc.crypto.keys import PublicKey
 from fedgrpc.errors import InvalidUpdateError
-from fedgrpc.secagg import shamir, transcript
-from fedgrpc.secagg.fixed_point import FixedPointScale
-from fedgrpc.secagg.graph import SecAggParams
+from fedgrpc.secagg import shamir
 from fedgrpc.secagg.messages import (
     AdvertiseKeys,
     ConsistencySignature,
     KeyDirectory,
-    RoundSetup,
     SealedShare,
     ShareInbox,
     SharePackage,
@@ -39,84 +31,26 @@ from fedgrpc.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from fedgrpc.wire.signed import key_from_proto, key_to_proto
+from fedgrpc.wire.secagg_setup import (
+    SecureRoundSetup,
+    session_id,
+    setup_from_proto,
+    setup_to_proto,
+)
 
-SETUP_DOMAIN = transcript.DOMAIN_PREFIX + b"round-setup"
-
-
-def session_id(run_id: str, round_nonce: bytes) -> bytes:
-    """The SecAgg session id: UTF-8 run id, then the round's 16-byte nonce.
-
-    Binding the nonce makes a restarted run's reopened round (same id, new
-    nonce) a different session, so no key, share or signature carries over.
-    """
-    return run_id.encode() + round_nonce
-
-
-@dataclass(frozen=True, slots=True)
-class SecureRoundSetup:
-    """The coordinator's announcement of one masked round (SecAggRoundSetup)."""
-
-    setup: RoundSetup
-    """Participants, graph seed, ring width; every party derives the same."""
-    identities: dict[str, PublicKey]
-    """Participant -> identity key from Join; verifies its advertisement."""
-    round_nonce: bytes
-    scale: FixedPointScale
-    """Round-wide clip and value bits (codes are value_bits wide)."""
-    num_positions: int
-    positions: np.ndarray | None = None
-    """uint64 index set; None means dense (every coordinate, in order)."""
-    coded_positions: bytes = b""
-    """`positions` gap-coded as sent (`encode_index_set`); b"" when dense.
-
-    Left empty, it is coded from `positions` at construction: the
-    coordinator passes the bytes its planner already coded off the event
-    loop (coding 1M positions takes ~50 ms), so no setup codes them twice.
-    """
-    signature: bytes = b""
-    """The coordinator's signature over `statement()`."""
-    reset_residuals: bool = False
-    """Clients zero their error-feedback residual first (after a guard trip)."""
-
-    def __post_init__(self) -> None:
-        """Code `positions` once if the caller did not (tests, benches)."""
-        if self.positions is not None and not self.coded_positions:
-            coded = encode_index_set(torch.from_numpy(self.positions.astype(np.int64)))
-            object.__setattr__(self, "coded_positions", coded)  # frozen: set once
-
-    def statement(self) -> bytes:
-        """The bytes the coordinator signs (secure_aggregation.proto's layout).
-
-        `reset_residuals` adds a last framed byte only when set: every other
-        setup signs as before, so clients predating the flag still verify
-        them, and refuse (rather than silently ignore) a reset they cannot do.
-        The positions are signed decoded (uint64), not as coded: the
-        signature binds the set itself, so a client that decodes the coded
-        bytes to anything else than what was signed refuses the setup.
-        """
-        setup, graph = self.setup, self.setup.graph()
-        ids = setup.participants
-        head = transcript.round_context(SETUP_DOMAIN, setup.session_id, setup.round_id)
-        positions = (
-            b"" if self.positions is None else self.positions.astype("<u8").tobytes()
-        )
-        reset = (b"\x01",) if self.reset_residuals else ()
-        return head + transcript.id_list(ids) + transcript.frame(
-            *(self.identities[c].raw for c in ids),
-            setup.graph_seed,
-            *(transcript.u64(v) for v in (graph.degree, graph.threshold,
-                                          setup.value_bits, self.num_positions)),
-            struct.pack(">d", self.scale.clip),
-            positions,
-            *reset,
-        )  # fmt: skip
-
-    def index_set(self) -> np.ndarray:
-        """The announced positions as uint64 (0..n-1 when dense)."""
-        if self.positions is not None:
-            return self.positions
-        return np.arange(self.num_positions, dtype=np.uint64)
+__all__ = (
+    "ClientPayload",
+    "Rejection",
+    "SecureRoundSetup",
+    "ServerPayload",
+    "client_event",
+    "client_event_from_proto",
+    "server_event",
+    "server_event_from_proto",
+    "session_id",
+    "setup_from_proto",
+    "setup_to_proto",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,88 +66,6 @@ ServerPayload = (
     SecureRoundSetup | KeyDirectory | ShareInbox | SurvivorList | UnmaskRequest
 ) | Rejection
 ClientPayload = AdvertiseKeys | SharePackage | ConsistencySignature | UnmaskResponse
-
-
-def setup_to_proto(announce: SecureRoundSetup) -> sa.SecAggRoundSetup:
-    """Encode a round setup; degree and threshold are sent explicitly."""
-    setup = announce.setup
-    graph = setup.graph()
-    return sa.SecAggRoundSetup(
-        round_id=setup.round_id,
-        round_nonce=announce.round_nonce,
-        participants=[
-            sa.SecAggParticipant(client_id=c, identity_key=key_to_proto(k))
-            for c, k in sorted(announce.identities.items())
-        ],
-        graph_seed=setup.graph_seed,
-        degree=graph.degree,
-        threshold=graph.threshold,
-        value_bits=setup.value_bits,
-        clip=announce.scale.clip,
-        dense=announce.positions is None,
-        coded_positions=announce.coded_positions,
-        num_positions=announce.num_positions,
-        coordinator_signature=announce.signature,
-        reset_residuals=announce.reset_residuals,
-    )
-
-
-def setup_from_proto(
-    message: sa.SecAggRoundSetup, run_id: str, num_coordinates: int
-) -> SecureRoundSetup:
-    """Decode a round setup (the client's view of a model of `num_coordinates`).
-
-    Raises:
-        InvalidUpdateError: malformed participants, keys, graph or scale, or
-            an index set that is not exactly num_positions increasing
-            positions below `num_coordinates` (the client leaves the round).
-    """
-    try:
-        identities = {p.client_id: key_from_proto(p.identity_key)
-                      for p in message.participants}  # fmt: skip
-        positions = _positions(message, num_coordinates)
-        params = SecAggParams(degree=message.degree, threshold=message.threshold)
-        setup = RoundSetup(
-            session_id=session_id(run_id, message.round_nonce),
-            round_id=message.round_id,
-            participants=tuple(p.client_id for p in message.participants),
-            graph_seed=message.graph_seed,
-            value_bits=message.value_bits,
-            params=params,
-        )
-        scale = FixedPointScale(message.clip, message.value_bits)
-    except (ValueError, KeyError) as exc:  # ConfigError is a ValueError
-        raise InvalidUpdateError(f"malformed secure-aggregation setup: {exc}") from exc
-    return SecureRoundSetup(
-        setup,
-        identities,
-        message.round_nonce,
-        scale,
-        message.num_positions,
-        positions,
-        message.coded_positions,
-        message.coordinator_signature,
-        message.reset_residuals,
-    )
-
-
-def _positions(message: sa.SecAggRoundSetup, num_coordinates: int) -> np.ndarray | None:
-    """The decoded sparse set as uint64, or None when dense.
-
-    k is checked against the model first: it bounds what decoding may
-    allocate (a zstd body up to 5k bytes), and the signature is checked
-    only after decoding, so these bytes are not yet trusted.
-    """
-    if message.dense:
-        return None
-    k = message.num_positions
-    if k > num_coordinates:
-        raise InvalidUpdateError(
-            f"the setup announces {k} positions for a model of {num_coordinates} "
-            "coordinates"
-        )
-    decoded = decode_index_set(message.coded_positions, k, num_coordinates)
-    return decoded.numpy().astype(np.uint64)
 
 
 def _advert_to_proto(a: AdvertiseKeys, round_id: int) -> sa.SecAggAdvertiseKeys:

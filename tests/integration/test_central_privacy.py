@@ -190,7 +190,6 @@ def _refusal(**overrides: Any) -> str:
         ({"max_epsilon": 0.01}, ("max_epsilon = 0.01", "one round")),
         ({"dp_adaptive_clip_quantile": 0.5, "dp_clip_count_noise": 0.1},
          ("dp_clip_count_noise",)),
-        ({"privacy": "distributed"}, ("privacy = 'distributed'", "not available")),
     ],
 )  # fmt: skip
 def test_settings_central_dp_cannot_hold_under_are_refused_at_start(

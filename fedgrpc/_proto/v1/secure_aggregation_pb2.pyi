@@ -88,6 +88,10 @@ class SecAggRoundSetup(_message.Message):
     COORDINATOR_SIGNATURE_FIELD_NUMBER: _builtins.int
     RESET_RESIDUALS_FIELD_NUMBER: _builtins.int
     CODED_POSITIONS_FIELD_NUMBER: _builtins.int
+    RING_BITS_FIELD_NUMBER: _builtins.int
+    DP_CLIP_NORM_FIELD_NUMBER: _builtins.int
+    DP_NOISE_STD_FIELD_NUMBER: _builtins.int
+    DP_NORM_BOUND_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     """The round (RoundStarted.round_id)."""
     round_nonce: _builtins.bytes
@@ -152,6 +156,35 @@ class SecAggRoundSetup(_message.Message):
     would be 64). Clients refuse a set that does not decode to exactly k
     increasing positions below d, and leave the round.
     """
+    ring_bits: _builtins.int
+    """Distributed differential privacy (coordinator privacy = "distributed";
+    all four are 0 otherwise). Each client clips the values it sends to L2
+    norm dp_clip_norm, rounds them to codes (redrawing the stochastic
+    rounding until the codes' L2 norm is <= dp_norm_bound), adds to every
+    code an independent discrete Gaussian N_Z(0, dp_noise_std^2) sample
+    (Kairouz, Liu and Steinke 2021), and lifts the noised codes into the
+    ring Z_2^ring_bits before masking. When set, the signed statement ends
+    with one more framed group after reset_residuals': ring_bits (8 bytes,
+    big-endian), then dp_clip_norm, dp_noise_std and dp_norm_bound (IEEE
+    754 doubles, big-endian), each framed; clients that predate these
+    fields compute a different statement and leave the round rather than
+    send un-noised codes. The coordinator cannot check inside the masks
+    that a client added its noise: clients are trusted to.
+
+    m: the ring's width, wider than value_bits + ceil(log2 n) so that the
+    codes plus noise of all n participants never wrap (but with
+    probability 2^-40).
+    """
+    dp_clip_norm: _builtins.float
+    """S: the L2 clip of the values a client sends (model units)."""
+    dp_noise_std: _builtins.float
+    """sigma_c: each client's discrete Gaussian noise, in code units (one
+    code is clip / (2^(value_bits-1) - 1)).
+    """
+    dp_norm_bound: _builtins.float
+    """Delta_2: the L2 norm bound of a client's codes after rounding, in code
+    units.
+    """
     @_builtins.property
     def participants(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecAggParticipant]:
         """The participants, sorted by client id, unique, at least 3."""
@@ -172,10 +205,14 @@ class SecAggRoundSetup(_message.Message):
         coordinator_signature: _builtins.bytes = ...,
         reset_residuals: _builtins.bool = ...,
         coded_positions: _builtins.bytes = ...,
+        ring_bits: _builtins.int = ...,
+        dp_clip_norm: _builtins.float = ...,
+        dp_noise_std: _builtins.float = ...,
+        dp_norm_bound: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "coded_positions", b"coded_positions", "coordinator_signature", b"coordinator_signature", "degree", b"degree", "dense", b"dense", "graph_seed", b"graph_seed", "num_positions", b"num_positions", "participants", b"participants", "reset_residuals", b"reset_residuals", "round_id", b"round_id", "round_nonce", b"round_nonce", "threshold", b"threshold", "value_bits", b"value_bits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "coded_positions", b"coded_positions", "coordinator_signature", b"coordinator_signature", "degree", b"degree", "dense", b"dense", "dp_clip_norm", b"dp_clip_norm", "dp_noise_std", b"dp_noise_std", "dp_norm_bound", b"dp_norm_bound", "graph_seed", b"graph_seed", "num_positions", b"num_positions", "participants", b"participants", "reset_residuals", b"reset_residuals", "ring_bits", b"ring_bits", "round_id", b"round_id", "round_nonce", b"round_nonce", "threshold", b"threshold", "value_bits", b"value_bits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

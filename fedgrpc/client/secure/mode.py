@@ -25,15 +25,20 @@ class SecureMode:
         num_coordinates: int,
         wait_s: float,
         max_update_norm: float = 0.0,
+        *,
+        min_noise_multiplier: float = 0.0,
     ):
         """Build the encoder for `federation`'s codec.
 
         `num_coordinates` is the model's size (announced positions must lie
         below it); `wait_s` bounds how long a push waits for its round's
         key exchange (`ClientConfig.rpc_timeout_s`); `max_update_norm` > 0
-        clips each masked update's L2 norm (`ClientConfig.max_update_norm`).
+        clips each masked update's L2 norm (`ClientConfig.max_update_norm`);
+        `min_noise_multiplier` > 0 refuses rounds with less distributed-DP
+        noise (`ClientConfig.min_dp_noise_multiplier`).
         """
         self._num_coordinates = num_coordinates
+        self._min_noise_multiplier = min_noise_multiplier
         self.participant: SecureParticipant | None = None
         """The current link's participant; replaced by each `attach`."""
         self.updates = SecureUpdates(
@@ -63,5 +68,6 @@ class SecureMode:
             federation,
             link.send_event,
             self._num_coordinates,
+            min_noise_multiplier=self._min_noise_multiplier,
         )
         return self.participant

@@ -16,7 +16,9 @@ coordinator's SecAgg events on the background loop while the user trains:
     SecAggUnmaskRequest -> reveal one share per neighbour
 
 A refusal by the core (a forged peer key, a tampered share, too few peers),
-or a setup that does not verify or decode (an index set that is not exactly
+less distributed-DP noise than `ClientConfig.min_dp_noise_multiplier`
+asks (at the setup, and again over the survivors before signing their
+list), or a setup that does not verify or decode (an index set that is not exactly
 its count of increasing positions inside our model), ends this client's
 part in the round: it reveals nothing more, logs the reason
 (`secagg_round_left`), and its push, if any, is refused as for a client
@@ -38,6 +40,7 @@ from fedgrpc.client.connection.join import Federation
 from fedgrpc.crypto.keys import PrivateKey
 from fedgrpc.errors import FedGrpcError
 from fedgrpc.log import get_logger
+from fedgrpc.privacy.discrete import discrete_noise_multiplier
 from fedgrpc.secagg import (
     ClientRound,
     KeyDirectory,
@@ -56,6 +59,12 @@ from fedgrpc.wire.secagg import (
 )
 
 log = get_logger(__name__)
+
+
+class InsufficientNoiseError(FedGrpcError):
+    """A masked round's announced DP noise is below this client's floor."""
+
+
 KEEP_ROUNDS = 4
 """Rounds whose state is kept (a round's unmask may arrive after the next opens)."""
 
@@ -87,8 +96,11 @@ class SecureParticipant:
         federation: Federation,
         send: Callable[[pb.SessionRequest], None],
         num_coordinates: int,
+        *,
+        min_noise_multiplier: float = 0.0,
     ) -> None:
         self._identity, self._me, self._federation = identity, client_id, federation
+        self._min_noise = min_noise_multiplier
         self._send, self._num_coordinates = send, num_coordinates
         self.rounds: dict[int, ClientSecureRound] = {}
         self.excluded: set[int] = set()
@@ -138,6 +150,7 @@ class SecureParticipant:
             machine.receive_shares(payload)
             current.ready = True
         elif isinstance(payload, SurvivorList):
+            self._check_noise(current.announce, len(payload.survivors))
             self._reply(round_id, machine.sign_survivors(payload))
         elif isinstance(payload, UnmaskRequest):
             self._reply(round_id, machine.unmask(payload))
@@ -155,6 +168,7 @@ class SecureParticipant:
         self._federation.coordinator_key.verify(
             announce.signature, announce.statement()
         )
+        self._check_noise(announce, len(setup.participants))
         machine = ClientRound(
             setup,
             self._me,
@@ -171,6 +185,37 @@ class SecureParticipant:
             round=setup.round_id,
             n_clients=len(setup.participants),
         )
+
+    def _check_noise(self, announce: SecureRoundSetup, shares: int) -> None:
+        """Refuse a round whose noise, over `shares` clients, is below our floor.
+
+        z_eff is what the coordinator's own accounting uses
+        (`privacy.discrete.discrete_noise_multiplier`) from the announced
+        Δ₂ and sigma_c: a coordinator announcing less noise than it promised
+        cannot get this client's masked update, nor (with the survivors
+        known) the shares that unmask a sum holding it.
+
+        Raises:
+            InsufficientNoiseError: below `min_dp_noise_multiplier`.
+        """
+        if self._min_noise <= 0:
+            return
+        noise = announce.noise
+        if noise is None:
+            raise InsufficientNoiseError(
+                "the coordinator announced a masked round without distributed-DP "
+                f"noise, but this client requires min_dp_noise_multiplier = "
+                f"{self._min_noise:g}"
+            )
+        z = discrete_noise_multiplier(
+            noise.norm_bound, announce.num_positions, noise.client_std, shares
+        )
+        if z < self._min_noise:
+            raise InsufficientNoiseError(
+                f"the round's noise over {shares} clients is a noise multiplier "
+                f"of {z:.4g}, below this client's min_dp_noise_multiplier = "
+                f"{self._min_noise:g}"
+            )
 
     def _reply(self, round_id: int, payload: ClientPayload) -> None:
         request = client_event(round_id, payload)

@@ -19,6 +19,13 @@ stale residual at once (`optim.divergence`). Hence the setup is awaited
 before Δ is accumulated. A client that is not a participant of that round
 keeps its residual (the round-wide clip bounds its flush per coordinate).
 Runs on the client's background loop (masking on a worker thread).
+
+Distributed DP (a setup with `noise`, `fedgrpc.privacy.distributed`): the
+values at the round's positions are clipped to L2 norm S, rounded
+conditionally, and the client's discrete Gaussian share is added to the
+codes before masking. e keeps what was not sent (the L2-clipped remainder,
+the rounding error), never the noise: the residual is this client's own
+state, and each round's sent vector still has norm <= S.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ from fedgrpc.client.connection.push import (
 from fedgrpc.client.secure.participant import ClientSecureRound, SecureParticipant
 from fedgrpc.compress import CodecConfig, DenseValues, ErrorFeedback, SparseValues
 from fedgrpc.log import get_logger
+from fedgrpc.privacy.distributed import NoisyShare, encode_noisy_share
+from fedgrpc.secagg import FixedPointScale, NoiseShareSpec
 from fedgrpc.wire.frames import encode_update_chunk
 from fedgrpc.wire.ring import encode_ring_values, ring_values_per_chunk
 
@@ -89,6 +98,13 @@ class SecureUpdates:
         """Wall seconds the last quantise + mask took on the background loop."""
         self.mask_cpu_s = 0.0
         """CPU seconds of that (this thread's; other clients' threads excluded)."""
+        self.noise_s = 0.0
+        """Wall seconds of the last distributed-DP encoding (clip, conditional
+        rounding, noise sampling), included in `mask_s`."""
+        self.noise_cpu_s = 0.0
+        """CPU seconds of that (this thread's)."""
+        self.last_share: NoisyShare | None = None
+        """The last distributed-DP share (codes and noise): this client's own."""
 
     async def requests(
         self,
@@ -166,18 +182,38 @@ class SecureUpdates:
         residual = self.feedback.residual
         positions = announce.positions
         x = residual if positions is None else residual[positions.astype(np.int64)]
-        quantised = announce.scale.quantise(x, self._rng)
-        sent_values = announce.scale.dequantise(quantised.codes)
+        if announce.noise is None:
+            quantised = announce.scale.quantise(x, self._rng)
+            codes, self.clipped = quantised.codes, quantised.clipped
+            lifted = codes
+        else:
+            share = self._noisy_share(x, announce.scale, announce.noise)
+            codes, self.clipped = share.codes, share.clipped
+            lifted = share.codes + share.noise  # int64: wider than b bits
+        sent_values = announce.scale.dequantise(codes)  # e keeps all but the noise
         if positions is None:
             self._sent = DenseValues(sent_values)
         else:
             self._sent = SparseValues(positions.astype(np.int64), sent_values)
         self.feedback.subtract(0, self._sent)
-        self.clipped = quantised.clipped
-        current.codes = quantised.codes
+        current.codes = lifted
         self.last_round = current
-        masked = current.machine.mask_input(announce.index_set(), quantised.codes)
+        masked = current.machine.mask_input(announce.index_set(), lifted)
         return masked.values
+
+    def _noisy_share(
+        self, x: np.ndarray, scale: FixedPointScale, noise: NoiseShareSpec
+    ) -> NoisyShare:
+        """Distributed DP: clip to S, round conditionally, draw the noise share."""
+        started, cpu = time.perf_counter(), time.thread_time()
+        share = encode_noisy_share(
+            x, clip_norm=noise.clip_norm, step=scale.scale, qmax=scale.qmax,
+            norm_bound=noise.norm_bound, client_std=noise.client_std, rng=self._rng,
+        )  # fmt: skip
+        self.noise_s = time.perf_counter() - started
+        self.noise_cpu_s = time.thread_time() - cpu
+        self.last_share = share
+        return share
 
     def settle(self, applied: bool) -> bool:
         """Close the books; True if this round's delta stays in e (rebase)."""

@@ -35,6 +35,7 @@ from fedgrpc.coordinator.rounds.records import OpenRound, RoundResult
 from fedgrpc.errors import ConfigError
 from fedgrpc.log import get_logger
 from fedgrpc.privacy import LedgerState, Neighbouring, PrivacyLedger, Release
+from fedgrpc.privacy.distributed import DistributedGaussian
 from fedgrpc.privacy.running import RunningEpsilon
 from fedgrpc.privacy.stage import PrivacyStage
 
@@ -87,6 +88,8 @@ class PrivacyBudget:
         """A round was refused: the run finished on its budget."""
         self.seed: int | None = None
         """Tests only: a fixed noise seed; None draws one from the OS per round."""
+        if isinstance(stage, DistributedGaussian):  # it releases when it unmasks
+            stage.budget = self.refusal
         self._round_clip_norm = 0.0
 
     @property
@@ -115,8 +118,24 @@ class PrivacyBudget:
             return self.stage.round_release(len(closing.selected), closing.population)
         return self.stage.round_release(len(closing.contributors), 0)
 
-    def refusal(self, release: Release | None, round_id: int) -> str | None:
-        """Why the round must not be applied under `max_epsilon`, or None."""
+    def unapplied(self) -> None:
+        """Record what a round that is not applied released anyway.
+
+        Central noise is drawn only for an applied round: nothing. A
+        distributed sum was released when it was unmasked, even if the
+        round is then thrown away (a sparse round's guard): it counts.
+        """
+        if isinstance(self.stage, DistributedGaussian) and self._running is not None:
+            release = self.stage.round_release(0, 0)
+            if release is not None:
+                self.epsilon = self._running.record(release)
+
+    def refusal(self, release: Release | None, round_id: int = 0) -> str | None:
+        """Why the round must not be applied under `max_epsilon`, or None.
+
+        Also asked by distributed DP before it unmasks a sum (`round_id` 0:
+        the masked round in progress).
+        """
         limit = self.config.max_epsilon
         if release is None or self._running is None or limit <= 0:
             return None
@@ -127,8 +146,9 @@ class PrivacyBudget:
         self.exhausted = True
         log.warning("privacy_budget_exhausted", round=round_id, epsilon=self.epsilon,
                     epsilon_after=after, max_epsilon=limit, delta=delta)  # fmt: skip
+        which = f"round {round_id}" if round_id else "this round's sum"
         return (
-            f"privacy budget: applying round {round_id} would take epsilon from "
+            f"privacy budget: applying {which} would take epsilon from "
             f"{self.epsilon:.4g} to {after:.4g} at delta {delta:g}, past max_epsilon "
             f"= {limit:g}; the round is not applied and the run is finished"
         )

@@ -286,6 +286,7 @@ class RoundEngine:
             refusal = self.privacy.refusal(release, closing.round_id)
             if not usable or refusal is not None:
                 closing.void_reason = closing.void_reason or refusal
+                self.privacy.unapplied()  # a distributed sum unmasked still counts
                 return False
             aggregate = self.stages.aggregate(total, self._take_sum_buffer)
             self.privacy.noise(aggregate, len(closing.contributors), release)

@@ -32,6 +32,7 @@ abort); taking masked pushes is `pushes.MaskedPushes` (the mode's
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 import numpy as np
 
@@ -40,6 +41,7 @@ from fedgrpc.coordinator.round_mode import RoundContext
 from fedgrpc.coordinator.rounds.records import OpenRound, Phase
 from fedgrpc.coordinator.secure.index_planner import SharedIndexPlanner
 from fedgrpc.coordinator.secure.masked_round import SecureRound, install_sum
+from fedgrpc.coordinator.secure.noise import RoundNoise, round_noise_for
 from fedgrpc.coordinator.secure.pushes import SECAGG_CODEC, MaskedPushes
 from fedgrpc.coordinator.secure.setup import (
     SETUP_QUIET_S,
@@ -48,10 +50,15 @@ from fedgrpc.coordinator.secure.setup import (
     round_setup,
     signed,
 )
-from fedgrpc.coordinator.secure.stats import SecureRoundStats, SecureStats
+from fedgrpc.coordinator.secure.stats import (
+    PRIVACY_REASON,
+    SecureRoundStats,
+    SecureStats,
+)
 from fedgrpc.coordinator.sessions import SecAggEvent, SessionQueue
 from fedgrpc.domain.requests import JoinInfo, UpdateHeaderInfo
 from fedgrpc.errors import (
+    ConfigError,
     FedGrpcError,
     IncompatibleClientError,
     InvalidUpdateError,
@@ -91,6 +98,9 @@ class SecureMode:
         """Sparse rounds' positions and divergence guard (`secagg_density` < 1)."""
         self.stats = SecureStats(context.metrics, self.shared_index)
         self.pushes = MaskedPushes(context, lambda: self.round)
+        # The engine's Privacy stage: its budget is asked before each unmasking.
+        self.noise = round_noise_for(self.config, self.engine.privacy.stage)
+        """Distributed DP's noise plans (None unless privacy = "distributed")."""
 
     # -- Join, sessions and pushes ---------------------------------------------------
 
@@ -207,7 +217,14 @@ class SecureMode:
                 result = await asyncio.to_thread(rnd.recover)
                 self._install(current, rnd, result, self.clock() - started)
                 return
-            for client_id, payload in rnd.close_phase():
+            closing = rnd.server.phase
+            outgoing = rnd.close_phase()
+            if closing is ServerPhase.MASKED_INPUT and self.noise is not None:
+                refused = self.noise.refuse_unmask(rnd.round_id, len(rnd.members))
+                if refused is not None:
+                    self._abort(current, rnd, PRIVACY_REASON, refused)
+                    return
+            for client_id, payload in outgoing:
                 self.send(client_id, rnd.round_id, payload)
         except SecAggAbortError as exc:
             self._abort(current, rnd, exc.reason.value, str(exc))
@@ -240,15 +257,22 @@ class SecureMode:
         if self.clock() - self._last_session_s < SETUP_QUIET_S:
             return  # clients are still connecting: let them in first
         ids = tuple(sorted(identities))
-        run_id = self.context.run.run_id
-        setup = round_setup(self.config, run_id, current, ids, self._value_bits)
         spec = self.engine.model.require_spec()
         positions = self.index_set(current)
+        count = spec.num_coordinates if positions is None else positions.size
+        scale = self.round_scale(current)
+        noise = self._plan_noise(current, scale, count, len(ids))
+        if noise is False:
+            return
+        ring_bits = noise.ring_bits if noise else 0
+        run_id = self.context.run.run_id
+        setup = round_setup(self.config, run_id, current, ids, self._value_bits,
+                            ring_bits)  # fmt: skip
         announce = SecureRoundSetup(
-            setup, identities, current.nonce, self.round_scale(current),
-            spec.num_coordinates if positions is None else positions.size,
+            setup, identities, current.nonce, scale, count,
             positions, self.shared_index.coded(positions),
             reset_residuals=self.shared_index.take_residual_reset(current),
+            noise=noise.spec if noise else None,
         )  # fmt: skip
         identity = self.context.identity
         announce = signed(announce, identity)
@@ -262,6 +286,19 @@ class SecureMode:
                  n_clients=len(ids), degree=graph.degree,
                  threshold=graph.threshold, ring_bits=setup.ring().bits,
                  positions=announce.num_positions)  # fmt: skip
+
+    def _plan_noise(
+        self, current: OpenRound, scale: FixedPointScale, count: int, n: int
+    ) -> RoundNoise | Literal[False] | None:
+        """The round's DP noise (None: no DP); False voids a round it cannot fit."""
+        if self.noise is None:
+            return None
+        try:
+            return self.noise.plan_round(current.round_id, scale, count, n)
+        except ConfigError as exc:
+            current.void_reason = str(exc)
+            log.error("dp_round_refused", round=current.round_id, reason=str(exc))
+            return False
 
     def round_scale(self, current: OpenRound) -> FixedPointScale:
         """The round's clip and code width: `secagg_clip`, fixed for now.
@@ -289,6 +326,8 @@ class SecureMode:
         """The recovered sum becomes the open round's sum; the engine closes it."""
         spec = self.engine.model.require_spec()
         install_sum(current, rnd, result, spec.num_coordinates)
+        if self.noise is not None:
+            self.noise.unmasked(rnd.round_id, len(result.survivors))
         self.shared_index.judge(current, rnd.announce, result)  # may void it
         current.last_commit_s = current.deadline_s = self.clock()
         current.complete_reason = "masked sum of the survivors recovered"

@@ -48,8 +48,12 @@ def round_setup(
     current: OpenRound,
     participants: tuple[str, ...],
     value_bits: int,
+    ring_bits: int = 0,
 ) -> RoundSetup:
-    """The secagg setup of `current`: a fresh graph seed, explicit parameters."""
+    """The secagg setup of `current`: a fresh graph seed, explicit parameters.
+
+    `ring_bits` > 0 widens the ring for distributed-DP noise (`secure.noise`).
+    """
     return RoundSetup(
         session_id=session_id(run_id, current.nonce),
         round_id=current.round_id,
@@ -57,6 +61,7 @@ def round_setup(
         graph_seed=os.urandom(GRAPH_SEED_BYTES),
         value_bits=value_bits,
         params=round_params(config, len(participants)),
+        ring_bits=ring_bits,
     )
 
 

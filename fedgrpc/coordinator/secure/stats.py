@@ -34,8 +34,11 @@ GUARD_REASON = "divergence_guard"
 """Recovered, then voided by the divergence guard (`index_planner`)."""
 INTERNAL_REASON = "internal"
 """An unexpected error while advancing the round (`SecureMode._advance`)."""
+PRIVACY_REASON = "dp_refused"
+"""Distributed DP refused to unmask the sum: fewer noise shares than
+`dp_min_survivors`, or the run's privacy budget (`secure.noise`)."""
 REASONS = frozenset({*(r.value for r in AbortReason), GUARD_REASON,
-                     INTERNAL_REASON, OTHER_REASON})  # fmt: skip
+                     INTERNAL_REASON, PRIVACY_REASON, OTHER_REASON})  # fmt: skip
 """Every `reason` label value: a fixed set keeps the series count bounded."""
 PARTICIPANT_BUCKETS = (3, 4, 5, 8, 10, 16, 32, 64, 128, 256, 512, 1024)
 """SecAgg+ needs at least 3 clients; federations here run to hundreds."""

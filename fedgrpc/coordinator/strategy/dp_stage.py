@@ -23,6 +23,7 @@ from fedgrpc.coordinator.strategy.selection import SelectionName
 from fedgrpc.errors import ConfigError
 from fedgrpc.privacy import Neighbouring, PrivacyLedger, Release, noise_for_budget
 from fedgrpc.privacy.central import AdaptiveClipping, CentralGaussian, ClientSampling
+from fedgrpc.privacy.distributed import build_distributed_stage
 from fedgrpc.privacy.stage import NoPrivacy, PrivacyStage
 
 
@@ -40,10 +41,11 @@ def build_privacy_stage(
         return NoPrivacy()
     if config.privacy == "central":
         return central_stage(config, accumulator)
+    if config.privacy == "distributed":  # the config requires secure aggregation
+        return build_distributed_stage(config)
     raise ConfigError(
         f"privacy = {config.privacy!r} is not available in this build of fedgrpc "
-        "(only 'off' and 'central'); use privacy = 'central' with a trusted "
-        "coordinator, or upgrade"
+        "(only 'off', 'central' and 'distributed')"
     )
 
 
