@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 import fedgrpc
+from fedgrpc._proto.v1 import admin_pb2
 from fedgrpc.client import DiLoCoClient
 from fedgrpc.client.secure import SecureUpdates
 from fedgrpc.coordinator.secure.mode import SecureMode
@@ -224,3 +225,27 @@ def test_noise_no_ring_can_hold_is_refused_when_the_coordinator_starts() -> None
                       dp_noise_multiplier=1e16, secagg_clip=1e-6)  # fmt: skip
     with pytest.raises(ConfigError, match="64 bits"), serve_in_thread(settings):
         pass
+
+
+def test_max_epsilon_keeps_the_sum_past_it_masked_and_finishes_the_run() -> None:
+    # z = 1 with n = n_min = 3 survivors: epsilon 4.73 after one round, 7.08
+    # after two; a budget between them lets round 1 unmask, never round 2.
+    one = PrivacyLedger(releases=[Release(1.0)]).epsilon(1e-5)
+    two = PrivacyLedger(releases=[Release(1.0, count=2)]).epsilon(1e-5)
+    with serve_in_thread(config(**DP, max_epsilon=(one + two) / 2)) as coordinator:
+        clients = connect(coordinator.address, 3)
+        mode = secure_mode_of(coordinator)
+        try:
+            assert sync_all(clients, seed=1) == ["applied"] * 3
+            unmasked = mode.last_result
+            sync_all(clients, seed=2)
+            status = coordinator.status()
+        finally:
+            close_all(clients)
+    closed = mode.engine.history[-1]
+    assert closed.privacy_exhausted
+    assert closed.run_finished
+    assert "privacy budget" in closed.reason
+    assert mode.last_result is unmasked  # round 2's sum was never unmasked
+    assert status.privacy_epsilon == pytest.approx(one, rel=1e-3)
+    assert status.phase == admin_pb2.ROUND_PHASE_FINISHED
