@@ -43,6 +43,7 @@ from fedgrpc.coordinator.rounds.registry import (
 from fedgrpc.coordinator.rounds.weighting import COUNTER_MAX
 from fedgrpc.crypto.keys import PublicKey
 from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
+from fedgrpc.domain.requests import RecordPrivacyClaim
 from fedgrpc.errors import CheckpointError
 from fedgrpc.log import get_logger
 from fedgrpc.optim import StateDict
@@ -259,6 +260,10 @@ def _client_row(client: ClientRecord) -> dict[str, Any]:
         # client that keeps breaking its uploads (or is quarantined).
         "excluded_until_round": client.excluded_until_round,
         "exclusion_reason": client.exclusion_reason,
+        # A restart must not lower the bar a client's next ε claim must clear.
+        "record_dp": None
+        if (dp := client.record_dp) is None
+        else [dp.epsilon, dp.delta, dp.steps],
     }
 
 
@@ -281,6 +286,10 @@ def _restore_clients(
             # older checkpoints: fewer fields, and totals past 2^64 (issue 13)
             **{name: min(COUNTER_MAX, row.get(name, 0)) for name in _CREDIT_FIELDS},
         )
+        if (dp := row.get("record_dp")) is not None:
+            record.record_dp = RecordPrivacyClaim(
+                float(dp[0]), float(dp[1]), int(dp[2])
+            )
         records.append(record)
     registry.restore(records, next_id)
 
