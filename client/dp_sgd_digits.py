@@ -63,7 +63,7 @@ def main() -> None:
                         help="ε to spend over --epochs (at --delta)")  # fmt: skip
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--max-epsilon", type=float, default=None,
-                        help="stop before ε passes it (default: --epsilon)")  # fmt: skip
+                        help="ε never to pass (default: --epsilon)")  # fmt: skip
     parser.add_argument("--epochs", type=float, default=10.0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-grad-norm", type=float, default=1.0,
