@@ -41,6 +41,7 @@ own names and shapes.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from typing import Any
@@ -54,6 +55,7 @@ from fedgrpc.privacy._library import INSTALL_HINT
 from fedgrpc.privacy.ledger import (
     AccountantName,
     LedgerState,
+    Neighbouring,
     PrivacyLedger,
     Release,
     noise_for_budget,
@@ -175,10 +177,9 @@ class RecordDP:
         if self.noise_multiplier is None:
             assert self.target_epsilon is not None
             assert self.planned_steps is not None
-            plan = Release(1.0, self.sample_rate, self.planned_steps)
-            self.noise_multiplier = noise_for_budget(
-                self.target_epsilon, self.delta, plan, self.ledger.accountant,
-                self.ledger.neighbouring,
+            self.noise_multiplier = _calibrated(
+                self.target_epsilon, self.delta, self.sample_rate,
+                self.planned_steps, self.ledger.accountant, self.ledger.neighbouring,
             )  # fmt: skip
         self.engine = engine_class(accountant="rdp")
         _, dp_optimizer, dp_loader = self.engine.make_private(
@@ -307,6 +308,20 @@ def unwrap_module(model: torch.nn.Module) -> torch.nn.Module:
         assert isinstance(inner, torch.nn.Module)
         return inner
     return model
+
+
+@functools.lru_cache(maxsize=64)
+def _calibrated(
+    target: float, delta: float, rate: float, steps: int,
+    accountant: AccountantName, neighbouring: Neighbouring,
+) -> float:  # fmt: skip
+    """`noise_for_budget` for `steps` DP-SGD steps, computed once per plan.
+
+    A bisection over the accountant (seconds at low noise); silos of one
+    process (benches, simulations) that share a plan share the answer.
+    """
+    plan = Release(1.0, rate, steps)
+    return noise_for_budget(target, delta, plan, accountant, neighbouring)
 
 
 def _check_positive(name: str, value: float) -> None:
