@@ -77,7 +77,7 @@ def main() -> None:
     torch.manual_seed(args.shard)
 
     train, test = digits(args.shard, args.shards)
-    model = torch.nn.Sequential(
+    model: torch.nn.Module = torch.nn.Sequential(
         torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.5)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -49,7 +50,7 @@ def _model() -> torch.nn.Module:
     )
 
 
-def _loader(seed: int) -> DataLoader:
+def _loader(seed: int) -> DataLoader[Any]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(RECORDS, 6, generator=g)
     return DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=BATCH)
@@ -92,7 +93,7 @@ class Silo:
         client: DiLoCoClient,
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
-        loader: DataLoader,
+        loader: DataLoader[Any],
     ) -> None:
         while len(self.outcomes) < self.rounds:
             for x, y in loader:  # the user's loop, unchanged

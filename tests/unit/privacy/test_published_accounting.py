@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 
 import dp_accounting
 import numpy as np
@@ -51,7 +52,7 @@ def _quiet_accountant() -> None:
     logging.getLogger().setLevel(logging.ERROR)
 
 
-def _classic_epsilon(release: Release, orders: list[float]) -> float:
+def _classic_epsilon(release: Release, orders: Sequence[float]) -> float:
     """ε by the 2017 conversion, over the RDP our release composes to."""
     # The ledger's accountant (`make_accountant("rdp")`), on the published grid.
     accountant = dp_accounting.rdp.RdpAccountant(orders=orders)

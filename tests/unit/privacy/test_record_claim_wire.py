@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from typing import Any
 
+from fedgrpc._proto.v1 import common_pb2
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
 from fedgrpc.crypto.signing import UpdateStatement
 from fedgrpc.domain.requests import RecordPrivacyClaim
@@ -23,9 +25,12 @@ BASE = UpdateStatement(
 )  # fmt: skip
 
 
-def _header(**fields: object) -> pb.UpdateHeader:
+def _header(**fields: Any) -> pb.UpdateHeader:
     return pb.UpdateHeader(
-        client_id="c1", kind=pb.UPDATE_KIND_PSEUDO_GRADIENT, codec=1, **fields
+        client_id="c1",
+        kind=pb.UPDATE_KIND_PSEUDO_GRADIENT,
+        codec=common_pb2.CODEC_DENSE_FP32,
+        **fields,
     )
 
 

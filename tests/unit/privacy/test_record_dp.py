@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -33,7 +34,7 @@ def _quiet_accountant() -> None:
 
 def _training(
     seed: int = 0,
-) -> tuple[torch.nn.Module, torch.optim.Optimizer, DataLoader]:
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, DataLoader[Any]]:
     torch.manual_seed(seed)
     model = torch.nn.Sequential(
         torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)
@@ -44,7 +45,7 @@ def _training(
 
 
 def _train(
-    model: torch.nn.Module, optimizer: object, loader: DataLoader, steps: int
+    model: torch.nn.Module, optimizer: object, loader: DataLoader[Any], steps: int
 ) -> int:
     """The user's unchanged loop, for at most `steps` steps; returns steps taken."""
     taken = 0
