@@ -261,10 +261,13 @@ def _client_row(client: ClientRecord) -> dict[str, Any]:
         "excluded_until_round": client.excluded_until_round,
         "exclusion_reason": client.exclusion_reason,
         # A restart must not lower the bar a client's next ε claim must clear.
-        "record_dp": None
-        if (dp := client.record_dp) is None
-        else [dp.epsilon, dp.delta, dp.steps],
+        "record_dp": _claim_row(client.record_dp),
     }
+
+
+def _claim_row(claim: RecordPrivacyClaim | None) -> list[float] | None:
+    """A record-level DP claim as [ε, δ, steps] (None: the client made none)."""
+    return None if claim is None else [claim.epsilon, claim.delta, claim.steps]
 
 
 def _restore_clients(
