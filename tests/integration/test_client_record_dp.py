@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 from fedgrpc.errors import PrivacyBudgetExceededError
 from fedgrpc.privacy import PrivacyLedger, RecordDP, Release
+from tests.helpers import secure
 from tests.helpers.scripted import FAST
 
 H = 5
@@ -149,3 +151,32 @@ def test_dp_clients_report_their_ledger_epsilon_and_one_out_of_budget_leaves_cle
     status = coordinator.status()
     assert [r.reason for r in status.recent_rounds if r.reason == "deadline"] == []
     assert all(r.duration_s < TIMEOUT_S / 2 for r in status.recent_rounds)
+
+
+def test_record_dp_claims_ride_masked_updates_under_secure_aggregation() -> None:
+    # Three clients of a secure-aggregation run, each with a ledger (its
+    # steps recorded directly: the masked wire path is what is under test).
+    with serve_in_thread(secure.config(min_clients=3)) as running:
+        ledgers = [RecordDP(noise_multiplier=1.0, max_grad_norm=1.0) for _ in range(3)]
+        for steps, private in enumerate(ledgers, start=2):
+            private.ledger.record(Release(1.0, 0.1, steps))
+
+        def make(index: int) -> tuple[DiLoCoClient, torch.nn.Module]:
+            torch.manual_seed(index)
+            model = torch.nn.Linear(secure.IN, secure.OUT)
+            client = DiLoCoClient(
+                running.address, model, config=FAST, record_dp=ledgers[index]
+            )
+            return client, model
+
+        with ThreadPoolExecutor(3) as pool:
+            clients = list(pool.map(make, range(3)))
+        try:
+            assert secure.sync_all(clients, seed=1) == ["applied"] * 3
+            rows = {c.client_id: c for c in running.status().clients}
+            for (client, _), private in zip(clients, ledgers, strict=True):
+                row = rows[client.client_id]
+                assert row.record_dp_epsilon == private.epsilon > 0
+                assert row.record_dp_steps == private.steps
+        finally:
+            secure.close_all(clients)
