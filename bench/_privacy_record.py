@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -39,6 +40,9 @@ from fedgrpc.sim.corpus import TextSplits, load_stdlib_corpus
 from fedgrpc.sim.models import CharModelConfig, CharTransformer
 
 SILOS = 4
+SEEDS = 3
+"""Seeds per figure: one test image is 0.28 points on digits, and a single
+seed's gap to non-private moved by 4 points between seeds."""
 DELTA = 1e-5
 
 
@@ -169,7 +173,7 @@ def digits_task(quick: bool) -> Task:
 
     return Task("digits", make_model, silos, score, loss,
                 rounds=4 if quick else 20, inner_steps=10, batch_size=120,
-                lr=1.5, lr_plain=0.5, max_grad_norm=0.3,
+                lr=1.0, lr_plain=0.5, max_grad_norm=0.3,
                 rounds_at={} if quick else {1.0: 4, 3.0: 8})  # fmt: skip
 
 
@@ -237,14 +241,16 @@ def record_level(
 ) -> dict[str, Any]:
     """The utility-vs-ε table of both tasks, with the issue's goals checked."""
     _quiet()
-    report: dict[str, Any] = {}
+    seeds = 1 if quick else SEEDS
+    report: dict[str, Any] = {"seeds": seeds}
     for make in (digits_task, charlm_task):
         task = make(quick)
         rows: dict[str, Any] = {}
         for epsilon in [None, *epsilons]:
             label = "non_private" if epsilon is None else f"eps_{epsilon:g}"
-            rows[label] = federate(task, epsilon, seed=0)
-            progress(f"{task.name} {label}: {rows[label]}")
+            runs = [federate(task, epsilon, seed) for seed in range(seeds)]
+            rows[label] = {**_mean_of(runs), "per_seed": runs}
+            progress(f"{task.name} {label}: {_mean_of(runs)}")
         report[task.name] = {
             "silos": len(task.silos),
             "records_per_silo": [len(s) for s in task.silos],
@@ -260,8 +266,13 @@ def record_level(
     return report
 
 
+def _mean_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's mean over seeds (ε, steps and z are the same in every seed)."""
+    return {key: round(statistics.fmean(r[key] for r in runs), 4) for key in runs[0]}
+
+
 def _goals(runs: dict[str, Any]) -> dict[str, Any]:
-    """The issue's digits goals: ε = 8 within 3 points; ε <= 1 reached."""
+    """The issue's digits goals, on the seeds' means: ε = 8 within 3 points."""
     plain = runs["non_private"]["accuracy"]
     gap = None
     if "eps_8" in runs:
