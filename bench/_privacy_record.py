@@ -267,8 +267,9 @@ def record_level(
 
 
 def _mean_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each figure's mean over seeds (ε, steps and z are the same in every seed)."""
-    return {key: round(statistics.fmean(r[key] for r in runs), 4) for key in runs[0]}
+    """Each figure's mean over seeds; ε the largest (never rounded up or down)."""
+    means = {k: round(statistics.fmean(r[k] for r in runs), 4) for k in runs[0]}
+    return {**means, "epsilon": max(r["epsilon"] for r in runs)}
 
 
 def _goals(runs: dict[str, Any]) -> dict[str, Any]:
