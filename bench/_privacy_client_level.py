@@ -102,16 +102,21 @@ def _local_updates(
     for _ in range(s.inner_steps):
         w, b = local[:, :640].reshape(n, 64, 10), local[:, 640:]
         logits = torch.bmm(xs, w) + b[:, None, :]
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, 10), ys.reshape(-1), reduction="sum"
-        ) / ys.shape[1]  # each client's mean loss, summed: per-client gradients
+        loss = (
+            torch.nn.functional.cross_entropy(
+                logits.reshape(-1, 10), ys.reshape(-1), reduction="sum"
+            )
+            / ys.shape[1]
+        )  # each client's mean loss, summed: per-client gradients
         (grad,) = torch.autograd.grad(loss, local)
         with torch.no_grad():
             local -= s.local_lr * grad
     return (local.detach() - weights).numpy().astype(np.float64)
 
 
-def _evaluate(weights: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+def _evaluate(
+    weights: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+) -> tuple[float, float]:
     logits = x @ weights[:640].reshape(64, 10) + weights[640:]
     loss = float(torch.nn.functional.cross_entropy(logits, y))
     accuracy = float((logits.argmax(dim=1) == y).float().mean())
@@ -192,7 +197,11 @@ def summarise_client_level(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean over seeds per (mode, ε); distributed's loss gap to central (goal ≤ 1 %)."""
     table: dict[str, dict[str, Any]] = {}
     for run in runs:
-        key = run["mode"] if run["mode"] == "none" else f"{run['mode']}@{run['target_epsilon']:g}"
+        key = (
+            run["mode"]
+            if run["mode"] == "none"
+            else f"{run['mode']}@{run['target_epsilon']:g}"
+        )
         table.setdefault(key, {"runs": []})["runs"].append(run)
     for row in table.values():
         got = row.pop("runs")
@@ -215,7 +224,6 @@ def summarise_client_level(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "table": table,
         "distributed_vs_central_loss_pct": gaps,
-        "goal_distributed_within_1pct": bool(gaps) and all(
-            abs(g) <= 1.0 for g in gaps.values()
-        ),
+        "goal_distributed_within_1pct": bool(gaps)
+        and all(abs(g) <= 1.0 for g in gaps.values()),
     }

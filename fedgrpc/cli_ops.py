@@ -202,7 +202,7 @@ def format_status(target: str, s: CoordinatorStatus) -> str:
 
 
 _CLIENT_COLUMNS = ("client", "name", "connected", "updates", "samples",
-                   "last round", "last loss", "trust")  # fmt: skip
+                   "last round", "last loss", "trust", "record ε (δ)")  # fmt: skip
 _ROUND_COLUMNS = ("round", "outcome", "updates", "seconds", "mean loss", "bytes in",
                   "secure", "selected")  # fmt: skip
 
@@ -243,7 +243,15 @@ def _client_cells(c: ClientRow) -> tuple[str, ...]:
     connected = "yes" if c.connected else "no"
     return (c.client_id, c.name, connected, f"{c.updates_accepted:,}",
             f"{c.samples_contributed:,}", str(c.last_round),
-            f"{c.last_train_loss:.4f}", _trust_cell(c))  # fmt: skip
+            f"{c.last_train_loss:.4f}", _trust_cell(c),
+            _record_dp_cell(c))  # fmt: skip
+
+
+def _record_dp_cell(c: ClientRow) -> str:
+    """`2.31 (1e-05)`: the ε(δ) of its record-level DP-SGD, or `-` (none claimed)."""
+    if not c.record_dp_delta:
+        return "-"
+    return f"{c.record_dp_epsilon:.2f} ({c.record_dp_delta:g})"
 
 
 def _trust_cell(c: ClientRow) -> str:

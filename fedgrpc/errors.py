@@ -155,3 +155,14 @@ class CheckpointError(FedGrpcError):
     newer format, or for another model or outer optimizer, stops it from
     starting. The message names the path. Local only: never a wire status.
     """
+
+
+class PrivacyBudgetExceededError(FedGrpcError):
+    """One more DP-SGD step would take the client's ε(δ) past its `max_epsilon`.
+
+    Raised by `fedgrpc.privacy.RecordDP` from inside `optimizer.step()`,
+    before the step changes the model: everything trained so far stays
+    private at the ε reported. Stop training and close the client (the
+    coordinator's rounds go on without it), or raise `max_epsilon`
+    knowingly. Local only: never a wire status.
+    """

@@ -60,6 +60,12 @@ class ClientRow:
     excluded_until_round: int = 0
     """Its pushes for rounds before this are refused (0: not excluded)."""
     exclusion_reason: str = ""
+    record_dp_epsilon: float = 0.0
+    """Record-level DP: ε its last counted update claimed."""
+    record_dp_delta: float = 0.0
+    """δ of that ε (0: it claims no record-level DP)."""
+    record_dp_steps: int = 0
+    """DP-SGD steps composed into that ε."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +296,9 @@ def _from_proto(
                 c.quarantined_until_round,
                 c.excluded_until_round,
                 c.exclusion_reason,
+                c.record_dp_epsilon,
+                c.record_dp_delta,
+                c.record_dp_steps,
             )
             for c in clients
         ],

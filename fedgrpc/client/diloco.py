@@ -34,6 +34,7 @@ from fedgrpc.compress import CodecConfig, Dense
 from fedgrpc.config import ClientConfig
 from fedgrpc.errors import ConfigError, IncompatibleClientError
 from fedgrpc.log import get_logger
+from fedgrpc.privacy.record import RecordDP, unwrap_module
 
 log = get_logger(__name__)
 
@@ -67,6 +68,7 @@ class DiLoCoClient:
         compression: CodecConfig | None = None,
         config: ClientConfig | None = None,
         update_transform: UpdateTransform | None = None,
+        record_dp: RecordDP | None = None,
     ) -> None:
         """Join the coordinator at `target` ("host:port") and load its weights.
 
@@ -90,6 +92,12 @@ class DiLoCoClient:
                 each pseudo-gradient before it is encoded and signed, it may
                 rewrite it (`fedgrpc.client.transform`; `fedgrpc simulate
                 --attack` builds Byzantine clients with it). None: honest.
+            record_dp: The `fedgrpc.privacy.RecordDP` that made this loop's
+                optimizer private (DP-SGD through Opacus): its ε(δ), composed
+                over every step so far, goes into each signed update header
+                (status and metrics show it). None: no record-level DP claim.
+                An Opacus `GradSampleModule` passed as `model` is unwrapped
+                either way: the federation sees the module's own parameters.
 
         Raises:
             ConfigError: the model has non-float parameters, or inner_steps < 1.
@@ -102,7 +110,8 @@ class DiLoCoClient:
         if inner_steps is not None and inner_steps < 1:
             raise ConfigError(f"inner_steps={inner_steps!r} is invalid: expected >= 1")
         self._config = config or ClientConfig()
-        self._local = LocalRun(model, self._config.proximal_mu)
+        self._record_dp = record_dp
+        self._local = LocalRun(unwrap_module(model), self._config.proximal_mu)
         self._steps = self._rounds_completed = 0
         self._last_outcome: SyncOutcome | None = None
         self._closed = False
@@ -179,6 +188,7 @@ class DiLoCoClient:
         sync = SyncPoint(self._connection, federation, self._local, self._config)
         sync.compressed = compressed
         sync.update_transform = self._update_transform
+        sync.record_dp = None if self._record_dp is None else self._record_dp.claim
         if federation.seed_model:
             sync.seed()
         # The coordinator holds this pull until some client has seeded.

@@ -20,6 +20,7 @@ the synchronous `connection.Connection`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Literal
 
 from fedgrpc.client.connection import Connection
@@ -30,6 +31,7 @@ from fedgrpc.client.transform import UpdateContext, UpdateTransform, apply_trans
 from fedgrpc.client.weights import LocalRun
 from fedgrpc.compress.norm_clip import clip_to_norm
 from fedgrpc.config import ClientConfig
+from fedgrpc.domain.requests import RecordPrivacyClaim
 from fedgrpc.errors import (
     CoordinatorUnavailableError,
     ShuttingDownError,
@@ -83,6 +85,9 @@ class SyncPoint:
         self.update_transform: UpdateTransform | None = None
         """Simulation and research only (`client.transform`): rewrites each
         pseudo-gradient before it is encoded and signed."""
+        self.record_dp: Callable[[], RecordPrivacyClaim] | None = None
+        """The client's record-level DP spend (`RecordDP.claim`), read at
+        each push and signed into its header; None: no claim."""
         self.base_sha256 = b""
         """SHA-256 of the weights last loaded (what the next update is based on)."""
         self.last_update_sha256 = ""
@@ -255,6 +260,7 @@ class SyncPoint:
             train_loss=local.loss_mean,
             round_nonce=round_nonce,
             base_sha256=self.base_sha256,
+            record_dp=None if self.record_dp is None else self.record_dp(),
         )
         try:
             result = self.connection.push(

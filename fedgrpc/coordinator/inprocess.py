@@ -289,6 +289,11 @@ def _client_summary(c: ClientRecord, trust: TrustBook | None) -> ClientSummary:
         c.excluded_until_round,
         c.exclusion_reason,
     )
+    if c.record_dp is not None:
+        dp = c.record_dp
+        summary = dataclasses.replace(summary, record_dp_epsilon=dp.epsilon,
+                                      record_dp_delta=dp.delta,
+                                      record_dp_steps=dp.steps)  # fmt: skip
     if trust is None:
         return summary
     standing = trust.standing(c.client_id)

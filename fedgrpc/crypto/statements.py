@@ -167,9 +167,20 @@ class UpdateStatement:
     num_coordinates: int
     num_samples: int
     train_loss: float
+    record_dp: tuple[float, float, int] | None = None
+    """Record-level DP claim (ε, δ, steps), or None when the header makes none."""
 
     def encode(self, algorithm: str) -> bytes:
-        """The update statement's bytes (domain fedgrpc.v1.UpdateHeader)."""
+        """The update statement's bytes (domain fedgrpc.v1.UpdateHeader).
+
+        A record-level DP claim appends ε and δ (doubles) and the step count;
+        without one the bytes are exactly those of clients older than the
+        claim, so their signatures still verify.
+        """
+        claim: tuple[bytes, ...] = ()
+        if self.record_dp is not None:
+            epsilon, delta, steps = self.record_dp
+            claim = (f64(epsilon), f64(delta), u64(steps))
         return statement(
             DOMAIN_UPDATE,
             algorithm,
@@ -184,6 +195,7 @@ class UpdateStatement:
             u64(self.num_coordinates),
             u64(self.num_samples),
             f32(self.train_loss),
+            *claim,
         )
 
     def _codec_fields(self) -> tuple[bytes, ...]:

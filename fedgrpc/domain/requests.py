@@ -25,6 +25,21 @@ def wire_codec(config: CodecConfig) -> WireCodec:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordPrivacyClaim:
+    """A client's record-level DP spend, as its signed update header states it.
+
+    ε at `delta`, composed over `steps` DP-SGD steps (every inner step of
+    every round so far). A claim, like `train_loss`: the signature proves
+    who made it, not that it is true; the coordinator refuses claims no
+    honest accountant produces (`coordinator.rounds.record_privacy`).
+    """
+
+    epsilon: float
+    delta: float
+    steps: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class UpdateHeaderInfo:
     """A validated `UpdateHeader`: what the client claims its update is."""
 
@@ -43,6 +58,8 @@ class UpdateHeaderInfo:
     signature: bytes = field(default=b"", repr=False)
     declared_samples: int | None = None
     """`num_samples` exactly as sent (the signature covers it); None: same."""
+    record_dp: RecordPrivacyClaim | None = None
+    """Its record-level DP claim (None: it claims none)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,12 @@ class ClientSummary:
     """Multiplier of its aggregation weight from its trust score (1: full)."""
     first_quarantined_round: int = 0
     """Round whose score first put it in hard quarantine (0: never)."""
+    record_dp_epsilon: float = 0.0
+    """Record-level DP: ε its last counted update claimed (signed by it)."""
+    record_dp_delta: float = 0.0
+    """δ of that ε (0: it claims no record-level DP)."""
+    record_dp_steps: int = 0
+    """DP-SGD steps composed into that ε."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,12 @@ from __future__ import annotations
 from fedgrpc._proto.v1 import common_pb2, coordinator_pb2
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
-from fedgrpc.domain.requests import JoinInfo, UpdateHeaderInfo, wire_codec
+from fedgrpc.domain.requests import (
+    JoinInfo,
+    RecordPrivacyClaim,
+    UpdateHeaderInfo,
+    wire_codec,
+)
 from fedgrpc.errors import InvalidUpdateError
 from fedgrpc.wire.codec_params import (
     WIRE_CODEC_FROM_PROTO,
@@ -137,7 +142,37 @@ def header_from_proto(header: coordinator_pb2.UpdateHeader) -> UpdateHeaderInfo:
         base_model_sha256=header.base_model_sha256,
         signature=header.signature,
         declared_samples=header.num_samples,
+        record_dp=record_dp_from_proto(header),
     )
+
+
+def record_dp_from_proto(
+    header: coordinator_pb2.UpdateHeader,
+) -> RecordPrivacyClaim | None:
+    """The header's record-level DP claim: present if any of its fields is set.
+
+    Unset parts read as 0, so a half-filled claim is refused by the
+    coordinator's range checks instead of silently dropped.
+    """
+    if not (
+        header.HasField("record_dp_epsilon")
+        or header.HasField("record_dp_delta")
+        or header.HasField("record_dp_steps")
+    ):
+        return None
+    return RecordPrivacyClaim(
+        header.record_dp_epsilon, header.record_dp_delta, header.record_dp_steps
+    )
+
+
+def record_dp_to_proto(
+    claim: RecordPrivacyClaim | None, header: coordinator_pb2.UpdateHeader
+) -> None:
+    """Write `claim` into `header` (nothing when None)."""
+    if claim is not None:
+        header.record_dp_epsilon = claim.epsilon
+        header.record_dp_delta = claim.delta
+        header.record_dp_steps = claim.steps
 
 
 def join_from_proto(request: coordinator_pb2.JoinRequest) -> JoinInfo:

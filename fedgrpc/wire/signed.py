@@ -100,7 +100,7 @@ def update_statement(
         if header.is_initial_weights
         else coordinator_pb2.UPDATE_KIND_PSEUDO_GRADIENT
     )
-    samples = header.declared_samples
+    samples, claim = header.declared_samples, header.record_dp
     return UpdateStatement(
         run_id=run_id,
         round_id=header.round_id,
@@ -115,6 +115,7 @@ def update_statement(
         num_coordinates=header.num_coordinates,
         num_samples=header.num_samples if samples is None else samples,
         train_loss=header.train_loss,
+        record_dp=None if claim is None else (claim.epsilon, claim.delta, claim.steps),
     )
 
 

@@ -27,8 +27,9 @@ from fedgrpc.compress import CodecConfig, make_codec
 from fedgrpc.crypto.keys import PrivateKey
 from fedgrpc.crypto.signing import JoinStatement, UpdateSigner, sha256
 from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
+from fedgrpc.domain.requests import RecordPrivacyClaim
 from fedgrpc.wire.codec_params import DENSE_FP32_BINDING, CodecBinding, codec_binding
-from fedgrpc.wire.convert import spec_to_proto
+from fedgrpc.wire.convert import record_dp_to_proto, spec_to_proto
 from fedgrpc.wire.frames import encode_update_chunk
 from fedgrpc.wire.signed import (
     commit_message,
@@ -154,6 +155,8 @@ class UpdateParams:
     """None: the coordinator's current round nonce (from AdminService)."""
     base_sha256: bytes | None = None
     """None: the current model's SHA-256 (empty for initial weights)."""
+    record_dp: RecordPrivacyClaim | None = None
+    """A record-level DP claim, signed with the header (None: no claim)."""
 
 
 def signed_header(
@@ -186,6 +189,7 @@ def signed_header(
             base_model_sha256=base,
         )
     )
+    record_dp_to_proto(params.record_dp, message.header)
     signer = sign_update_header(
         message.header, joined.key, joined.run_id, params.binding
     )

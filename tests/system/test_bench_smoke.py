@@ -181,3 +181,16 @@ def test_robust_aggregation_bench_quick_reports_every_rule() -> None:
     assert isinstance(rounds, list)
     assert [r["rule"] for r in rounds] == ["krum"]
     assert rounds[0]["coordinator_round_s_median"] > 0
+
+
+def test_privacy_bench_quick_reports_epsilon_reached_per_task() -> None:
+    report = _run("privacy.py", "--epsilons", "8")
+    assert report["bench"] == "privacy"
+    section = report["record_level"]
+    assert isinstance(section, dict)
+    for task in ("digits", "char_lm"):
+        runs = section[task]["runs"]
+        assert set(runs) == {"non_private", "eps_8"}
+        assert 7.9 <= runs["eps_8"]["epsilon"] <= 8.0  # planned, spent, not passed
+        assert runs["non_private"]["epsilon"] == 0.0
+    assert section["digits"]["runs"]["non_private"]["accuracy"] > 0.5

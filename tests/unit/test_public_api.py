@@ -23,6 +23,7 @@ EXPECTED = [
     "IncompleteUpdateError",
     "InvalidUpdateError",
     "ModelMismatchError",
+    "PrivacyBudgetExceededError",
     "ShuttingDownError",
     "TooLargeError",
     "TopK",

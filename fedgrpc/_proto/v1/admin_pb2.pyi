@@ -112,6 +112,9 @@ class ClientStatus(_message.Message):
     TRUST_WEIGHT_FACTOR_FIELD_NUMBER: _builtins.int
     EXCLUDED_UNTIL_ROUND_FIELD_NUMBER: _builtins.int
     EXCLUSION_REASON_FIELD_NUMBER: _builtins.int
+    RECORD_DP_EPSILON_FIELD_NUMBER: _builtins.int
+    RECORD_DP_DELTA_FIELD_NUMBER: _builtins.int
+    RECORD_DP_STEPS_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """Id assigned at Join."""
     name: _builtins.str
@@ -145,6 +148,15 @@ class ClientStatus(_message.Message):
     """
     exclusion_reason: _builtins.str
     """Why it is excluded (e.g. max_broken_uploads); empty when not excluded."""
+    record_dp_epsilon: _builtins.float
+    """Record-level DP: ε its last counted update claimed (UpdateHeader
+    record_dp_epsilon, signed by the client; 0 with record_dp_delta 0: it
+    claims none).
+    """
+    record_dp_delta: _builtins.float
+    """δ of record_dp_epsilon (0: no claim)."""
+    record_dp_steps: _builtins.int
+    """DP-SGD steps composed into record_dp_epsilon."""
     def __init__(
         self,
         *,
@@ -162,10 +174,13 @@ class ClientStatus(_message.Message):
         trust_weight_factor: _builtins.float = ...,
         excluded_until_round: _builtins.int = ...,
         exclusion_reason: _builtins.str = ...,
+        record_dp_epsilon: _builtins.float = ...,
+        record_dp_delta: _builtins.float = ...,
+        record_dp_steps: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "connected", b"connected", "excluded_until_round", b"excluded_until_round", "exclusion_reason", b"exclusion_reason", "key_sha256", b"key_sha256", "last_round", b"last_round", "last_train_loss", b"last_train_loss", "name", b"name", "quarantined_until_round", b"quarantined_until_round", "samples_contributed", b"samples_contributed", "trust_score", b"trust_score", "trust_state", b"trust_state", "trust_weight_factor", b"trust_weight_factor", "updates_accepted", b"updates_accepted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "connected", b"connected", "excluded_until_round", b"excluded_until_round", "exclusion_reason", b"exclusion_reason", "key_sha256", b"key_sha256", "last_round", b"last_round", "last_train_loss", b"last_train_loss", "name", b"name", "quarantined_until_round", b"quarantined_until_round", "record_dp_delta", b"record_dp_delta", "record_dp_epsilon", b"record_dp_epsilon", "record_dp_steps", b"record_dp_steps", "samples_contributed", b"samples_contributed", "trust_score", b"trust_score", "trust_state", b"trust_state", "trust_weight_factor", b"trust_weight_factor", "updates_accepted", b"updates_accepted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

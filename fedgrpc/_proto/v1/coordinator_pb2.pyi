@@ -722,7 +722,11 @@ class UpdateHeader(_message.Message):
     client_id, base_version, base_model_sha256, kind, codec, the federation's
     CodecParams.values and .density (FP32 and 0 for DENSE_FP32 updates and
     initial weights), num_coordinates, num_samples and train_loss (a 4-byte
-    float), all as sent in this header.
+    float), all as sent in this header. When the header carries a record-level
+    DP claim (any of record_dp_epsilon, record_dp_delta, record_dp_steps is
+    set), the statement goes on with record_dp_epsilon and record_dp_delta
+    (8-byte doubles) and record_dp_steps (8-byte integer), unset ones as 0;
+    without one it ends at train_loss, as before these fields existed.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -739,6 +743,9 @@ class UpdateHeader(_message.Message):
     ROUND_NONCE_FIELD_NUMBER: _builtins.int
     BASE_MODEL_SHA256_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    RECORD_DP_EPSILON_FIELD_NUMBER: _builtins.int
+    RECORD_DP_DELTA_FIELD_NUMBER: _builtins.int
+    RECORD_DP_STEPS_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """Client id from JoinResponse."""
     session_token: _builtins.bytes
@@ -769,6 +776,18 @@ class UpdateHeader(_message.Message):
     """Signature over the update statement (above); may be empty only when
     RoundConfig.update_signatures_required is false.
     """
+    record_dp_epsilon: _builtins.float
+    """Record-level DP (DP-SGD inside the client, e.g. fedgrpc.privacy.RecordDP):
+    the client's ε at record_dp_delta, composed over every DP-SGD step it
+    took in every round so far (this update's included). Unset: the client
+    claims no record-level DP. The coordinator refuses (INVALID_ARGUMENT) an
+    ε that is NaN, infinite or negative, a δ outside (0, 1), and an ε lower
+    than the same client's previous claim (accounting never decreases).
+    """
+    record_dp_delta: _builtins.float
+    """δ of record_dp_epsilon."""
+    record_dp_steps: _builtins.int
+    """DP-SGD steps (noisy releases) composed into record_dp_epsilon."""
     def __init__(
         self,
         *,
@@ -784,12 +803,26 @@ class UpdateHeader(_message.Message):
         round_nonce: _builtins.bytes = ...,
         base_model_sha256: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
+        record_dp_epsilon: _builtins.float | None = ...,
+        record_dp_delta: _builtins.float | None = ...,
+        record_dp_steps: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_record_dp_delta", b"_record_dp_delta", "_record_dp_epsilon", b"_record_dp_epsilon", "_record_dp_steps", b"_record_dp_steps", "record_dp_delta", b"record_dp_delta", "record_dp_epsilon", b"record_dp_epsilon", "record_dp_steps", b"record_dp_steps"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model_sha256", b"base_model_sha256", "base_version", b"base_version", "client_id", b"client_id", "codec", b"codec", "kind", b"kind", "num_coordinates", b"num_coordinates", "num_samples", b"num_samples", "round_id", b"round_id", "round_nonce", b"round_nonce", "session_token", b"session_token", "signature", b"signature", "train_loss", b"train_loss"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_record_dp_delta", b"_record_dp_delta", "_record_dp_epsilon", b"_record_dp_epsilon", "_record_dp_steps", b"_record_dp_steps", "base_model_sha256", b"base_model_sha256", "base_version", b"base_version", "client_id", b"client_id", "codec", b"codec", "kind", b"kind", "num_coordinates", b"num_coordinates", "num_samples", b"num_samples", "record_dp_delta", b"record_dp_delta", "record_dp_epsilon", b"record_dp_epsilon", "record_dp_steps", b"record_dp_steps", "round_id", b"round_id", "round_nonce", b"round_nonce", "session_token", b"session_token", "signature", b"signature", "train_loss", b"train_loss"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__record_dp_delta: _TypeAlias = _typing.Literal["record_dp_delta"]  # noqa: Y015
+    _WhichOneofArgType__record_dp_delta: _TypeAlias = _typing.Literal["_record_dp_delta", b"_record_dp_delta"]  # noqa: Y015
+    _WhichOneofReturnType__record_dp_epsilon: _TypeAlias = _typing.Literal["record_dp_epsilon"]  # noqa: Y015
+    _WhichOneofArgType__record_dp_epsilon: _TypeAlias = _typing.Literal["_record_dp_epsilon", b"_record_dp_epsilon"]  # noqa: Y015
+    _WhichOneofReturnType__record_dp_steps: _TypeAlias = _typing.Literal["record_dp_steps"]  # noqa: Y015
+    _WhichOneofArgType__record_dp_steps: _TypeAlias = _typing.Literal["_record_dp_steps", b"_record_dp_steps"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__record_dp_delta) -> _WhichOneofReturnType__record_dp_delta | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__record_dp_epsilon) -> _WhichOneofReturnType__record_dp_epsilon | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__record_dp_steps) -> _WhichOneofReturnType__record_dp_steps | None: ...
 
 Global___UpdateHeader: _TypeAlias = UpdateHeader  # noqa: Y015
 

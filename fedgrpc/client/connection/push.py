@@ -34,8 +34,10 @@ from fedgrpc.compress import CodecConfig, ErrorFeedback
 from fedgrpc.crypto.keys import PrivateKey
 from fedgrpc.crypto.signing import UpdateSigner, sha256
 from fedgrpc.domain.chunks import iter_chunks
+from fedgrpc.domain.requests import RecordPrivacyClaim
 from fedgrpc.log import get_logger
 from fedgrpc.wire.codec_params import CodecBinding
+from fedgrpc.wire.convert import record_dp_to_proto
 from fedgrpc.wire.frames import encode_update_chunk, serialize_or_pass
 from fedgrpc.wire.signed import commit_message, sign_update_header
 
@@ -73,6 +75,8 @@ class UpdateMeta:
     """The round's nonce (RoundStarted; JoinResponse for initial weights)."""
     base_sha256: bytes = b""
     """SHA-256 of the base version's bytes (empty for initial weights)."""
+    record_dp: RecordPrivacyClaim | None = None
+    """The client's record-level DP spend (`fedgrpc.privacy.RecordDP`); signed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +185,7 @@ def update_header(
     codec: common_pb2.Codec.ValueType,
 ) -> coordinator_pb2.PushUpdateRequest:
     """The first message of every update stream."""
-    return coordinator_pb2.PushUpdateRequest(
+    request = coordinator_pb2.PushUpdateRequest(
         header=coordinator_pb2.UpdateHeader(
             client_id=credentials.client_id,
             session_token=credentials.session_token,
@@ -196,6 +200,8 @@ def update_header(
             base_model_sha256=meta.base_sha256,
         )
     )
+    record_dp_to_proto(meta.record_dp, request.header)
+    return request
 
 
 async def update_requests(

@@ -5,7 +5,8 @@ once; everything between the header and the acknowledgement happens here, in
 the same order for every kind of round:
 
 1. admit: the client's session token (registry), the round's rules (the
-   sink's `check`), the header's signature, nonce and base (`signatures`),
+   sink's `check`), its record-level DP claim (`rounds.record_privacy`),
+   the header's signature, nonce and base (`signatures`),
    and only then a ticket (nothing about the round changes before that);
 2. each chunk: order, size, hash chain, signature and values checked
    (`wire.assemble`), then handed to the round's sink (`UpdateSink.add_chunk`);
@@ -30,6 +31,7 @@ from fedgrpc.coordinator.faults import FaultHooks
 from fedgrpc.coordinator.ingest.breakers import BrokenUploads
 from fedgrpc.coordinator.ingest.signatures import UpdateAuthenticator
 from fedgrpc.coordinator.ingest.sinks import ChunkCheck, UpdateSink
+from fedgrpc.coordinator.rounds import record_privacy
 from fedgrpc.coordinator.rounds.engine import RoundEngine
 from fedgrpc.coordinator.rounds.records import Phase, Run, Ticket
 from fedgrpc.coordinator.rounds.registry import ClientRegistry
@@ -93,6 +95,7 @@ class UpdateIngest:
         self._run.check_running()
         client = self._clients.authenticate(header.client_id, header.session_token)
         sink.check(client, header)
+        record_privacy.check_claim(client, header)  # any sink: a claim is a claim
         verifier = self._auth.verifier(client, header)  # signature, nonce, base
         ticket = sink.open(client, header)
         ticket.verifier = verifier
@@ -186,6 +189,7 @@ class UpdateIngest:
                 nbytes = check.payload_bytes
                 self._run.check_running()
                 in_round = await sink.commit(ticket, nbytes, digest)
+                record_privacy.credit(ticket.client, ticket.header.record_dp)
                 return Receipt(ticket.round_id, in_round, nbytes, digest)
             assert hashing is not None  # set above for every chunk
             pending = (part, hashing)

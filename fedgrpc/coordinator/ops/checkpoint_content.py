@@ -45,6 +45,7 @@ from fedgrpc.coordinator.rounds.registry import (
 from fedgrpc.coordinator.rounds.weighting import COUNTER_MAX
 from fedgrpc.crypto.keys import PublicKey
 from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
+from fedgrpc.domain.requests import RecordPrivacyClaim
 from fedgrpc.errors import CheckpointError
 from fedgrpc.log import get_logger
 from fedgrpc.optim import StateDict
@@ -263,7 +264,14 @@ def _client_row(client: ClientRecord) -> dict[str, Any]:
         # client that keeps breaking its uploads (or is quarantined).
         "excluded_until_round": client.excluded_until_round,
         "exclusion_reason": client.exclusion_reason,
+        # A restart must not lower the bar a client's next ε claim must clear.
+        "record_dp": _claim_row(client.record_dp),
     }
+
+
+def _claim_row(claim: RecordPrivacyClaim | None) -> list[float] | None:
+    """A record-level DP claim as [ε, δ, steps] (None: the client made none)."""
+    return None if claim is None else [claim.epsilon, claim.delta, claim.steps]
 
 
 def _restore_clients(
@@ -285,6 +293,10 @@ def _restore_clients(
             # older checkpoints: fewer fields, and totals past 2^64 (issue 13)
             **{name: min(COUNTER_MAX, row.get(name, 0)) for name in _CREDIT_FIELDS},
         )
+        if (dp := row.get("record_dp")) is not None:
+            record.record_dp = RecordPrivacyClaim(
+                float(dp[0]), float(dp[1]), int(dp[2])
+            )
         records.append(record)
     registry.restore(records, next_id)
 

@@ -30,8 +30,9 @@ from fedgrpc.coordinator.ops.metrics_http import (
 )
 from fedgrpc.coordinator.rounds.budget import PrivacyReport
 from fedgrpc.coordinator.rounds.engine import RoundEngine
+from fedgrpc.coordinator.rounds.record_privacy import max_epsilon
 from fedgrpc.coordinator.rounds.records import RoundResult, Run
-from fedgrpc.coordinator.rounds.registry import ClientRegistry
+from fedgrpc.coordinator.rounds.registry import ClientRecord, ClientRegistry
 from fedgrpc.coordinator.strategy.trust import TrustBook
 from fedgrpc.errors import ConfigError
 from fedgrpc.log import get_logger
@@ -182,6 +183,7 @@ class _LevelCollector(Collector):
             yield from _trust_metrics(engine.trust)
         if engine.privacy.enabled:
             yield from _privacy_metrics(engine.privacy.report())
+        yield from _record_dp_metrics(clients)
 
 
 def _privacy_metrics(report: PrivacyReport) -> Iterator[Metric]:
@@ -199,6 +201,21 @@ def _privacy_metrics(report: PrivacyReport) -> Iterator[Metric]:
                  "to.", report.clip_norm)  # fmt: skip
     yield _gauge("fedgrpc_dp_noise_multiplier", "z: noise std over S on each "
                  "round's sum.", report.noise_multiplier)  # fmt: skip
+
+
+def _record_dp_metrics(clients: list[ClientRecord]) -> Iterator[Metric]:
+    """Record-level DP claims, aggregated over clients.
+
+    A per-client label would grow with the federation (thousands of series);
+    the worst spend is what an alert needs, and `fedgrpc status` lists each
+    client's.
+    """
+    claims = [c.record_dp for c in clients if c.record_dp is not None]
+    yield _gauge("fedgrpc_record_dp_clients", "Clients whose last counted update "
+                 "claimed record-level DP (an epsilon).", len(claims))  # fmt: skip
+    yield _gauge("fedgrpc_record_dp_epsilon_max", "Largest record-level DP epsilon "
+                 "a client claimed (0: none), at its delta.",
+                 max_epsilon(clients))  # fmt: skip
 
 
 def _trust_metrics(trust: TrustBook) -> Iterator[Metric]:

@@ -33,6 +33,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from fedgrpc.crypto.keys import PublicKey
+from fedgrpc.domain.requests import RecordPrivacyClaim
 from fedgrpc.errors import TooLargeError, UnknownClientError, WrongRoundError
 
 SESSION_TOKEN_BYTES = 16
@@ -80,6 +81,9 @@ class ClientRecord:
     weight_factor: float = 1.0
     """Multiplies its aggregation weight: 1 normally, below 1 under soft
     quarantine (trust scores)."""
+    record_dp: RecordPrivacyClaim | None = None
+    """Record-level DP spend its last counted update claimed (None: none);
+    its next claim may not go below it (`rounds.record_privacy`)."""
 
     @property
     def has_standing(self) -> bool:

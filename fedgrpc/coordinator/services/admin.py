@@ -95,7 +95,8 @@ def _client_number(client_id: str) -> int:
 
 
 def _client_status(c: ClientRecord, trust: TrustBook | None) -> pb.ClientStatus:
-    return pb.ClientStatus(
+    dp = c.record_dp
+    status = pb.ClientStatus(
         client_id=c.client_id,
         name=c.name,
         connected=c.connected,
@@ -108,6 +109,11 @@ def _client_status(c: ClientRecord, trust: TrustBook | None) -> pb.ClientStatus:
         exclusion_reason=c.exclusion_reason,
         **_trust_fields(trust, c.client_id),
     )
+    if dp is not None:  # its last record-level DP claim (all 0: none)
+        status.record_dp_epsilon = dp.epsilon
+        status.record_dp_delta = dp.delta
+        status.record_dp_steps = dp.steps
+    return status
 
 
 def build_status(
