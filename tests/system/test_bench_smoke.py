@@ -194,3 +194,9 @@ def test_privacy_bench_quick_reports_epsilon_reached_per_task() -> None:
         assert 7.9 <= runs["eps_8"]["epsilon"] <= 8.0  # planned, spent, not passed
         assert runs["non_private"]["epsilon"] == 0.0
     assert section["digits"]["runs"]["non_private"]["accuracy"] > 0.5
+    levels = report["client_level"]
+    assert isinstance(levels, dict)
+    assert set(levels["table"]) == {"none", "central@8", "distributed@8"}
+    for mode in ("central@8", "distributed@8"):
+        assert 7.9 <= levels["table"][mode]["epsilon"] <= 8.0
+    assert "8" in levels["distributed_vs_central_loss_pct"]
