@@ -24,7 +24,6 @@ from typing import Any, Self, TypeVar
 
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.faults import NO_FAULTS, FaultHooks
-from fedgrpc.coordinator.rounds.budget import PrivacyReport
 from fedgrpc.coordinator.rounds.records import Outcome, Phase
 from fedgrpc.coordinator.rounds.registry import ClientRecord
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
@@ -259,21 +258,9 @@ def build_status(runtime: CoordinatorRuntime) -> CoordinatorStatus:
         uptime_s=runtime.clock() - runtime.run.started_s,
         serving=runtime.durable.serving,
         not_serving_reason=runtime.durable.not_serving_reason,
-        **_privacy_fields(engine.privacy.report(), engine.privacy.exhausted),
+        **engine.privacy.report().status_fields(),
+        privacy_exhausted=engine.privacy.exhausted,
     )
-
-
-def _privacy_fields(report: PrivacyReport, exhausted: bool) -> dict[str, Any]:
-    """The status's privacy fields (zeros with privacy off)."""
-    return {
-        "privacy": report.mode,
-        "privacy_epsilon": report.epsilon,
-        "privacy_delta": report.delta if report.mode != "off" else 0.0,
-        "max_epsilon": report.max_epsilon,
-        "dp_clip_norm": report.clip_norm,
-        "dp_noise_multiplier": report.noise_multiplier,
-        "privacy_exhausted": exhausted,
-    }
 
 
 def _client_summary(c: ClientRecord, trust: TrustBook | None) -> ClientSummary:

@@ -68,6 +68,17 @@ class PrivacyReport:
             return math.inf
         return max(0.0, self.max_epsilon - self.epsilon)
 
+    def status_fields(self) -> dict[str, Any]:
+        """The fields GetStatus and `Coordinator.status()` share (zeros when off)."""
+        return {
+            "privacy": self.mode,
+            "privacy_epsilon": self.epsilon,
+            "privacy_delta": self.delta if self.mode != "off" else 0.0,
+            "max_epsilon": self.max_epsilon,
+            "dp_clip_norm": self.clip_norm,
+            "dp_noise_multiplier": self.noise_multiplier,
+        }
+
 
 class PrivacyBudget:
     """The Privacy stage, the ledger, and `max_epsilon` (one per engine)."""

@@ -171,15 +171,7 @@ def _privacy_fields(report: PrivacyReport) -> dict[str, Any]:
     accountant = (
         f"{report.accountant}/{report.neighbouring}" if report.neighbouring else ""
     )
-    return {
-        "privacy": report.mode,
-        "privacy_epsilon": report.epsilon,
-        "privacy_delta": report.delta if report.mode != "off" else 0.0,
-        "max_epsilon": report.max_epsilon,
-        "dp_clip_norm": report.clip_norm,
-        "dp_noise_multiplier": report.noise_multiplier,
-        "dp_accountant": accountant,
-    }
+    return {**report.status_fields(), "dp_accountant": accountant}
 
 
 def _trust_fields(trust: TrustBook | None, client_id: str) -> dict[str, Any]:
