@@ -68,7 +68,7 @@ bench-selection:  ## clients_per_round = 2 of 4 vs all 4 at equal rounds, 40 rou
 bench-robustness:  ## every attack x robust rule vs a no-attack mean, trust pass, 3 seeds of headlines (~220 runs of 12 rounds x H=25, ~1.8 h on 2 quiet cores); resumable
 	$(BIN)/python bench/robustness.py --jobs 2 --cache .bench-cache/robustness
 
-bench-privacy:  ## record-level DP-SGD utility vs ε in {1,3,8} (4 silos: digits, simulate char-LM) vs non-private; one core, ~minutes
+bench-privacy:  ## record-level DP-SGD utility vs ε in {1,3,8} (4 silos: digits, simulate char-LM) vs non-private, and client-level central vs distributed noise at ε in {1,8} (100 clients); one core, ~17 min
 	$(BIN)/python bench/privacy.py
 
 clean:
