@@ -200,3 +200,14 @@ def test_privacy_bench_quick_reports_epsilon_reached_per_task() -> None:
     for mode in ("central@8", "distributed@8"):
         assert 7.9 <= levels["table"][mode]["epsilon"] <= 8.0
     assert "8" in levels["distributed_vs_central_loss_pct"]
+
+
+def test_central_dp_bench_quick_reports_the_noise_stage_share_of_a_real_round() -> None:
+    report = _run("central_dp.py")
+    assert report["bench"] == "central_dp"
+    row = report["round"]
+    assert isinstance(row, dict)
+    assert row["off_round_s"] > 0
+    assert row["central_round_s"] > 0
+    assert 0 < row["noise_stage_share_of_round"] < 1
+    assert isinstance(row["goal_noise_stage_le_5pct"], bool)
