@@ -31,6 +31,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -106,7 +107,7 @@ def real_rounds(n: int, params: int, rounds: int, private: bool) -> float:
     from fedgrpc.config import CoordinatorConfig
     from fedgrpc.coordinator.services.in_thread import serve_in_thread
 
-    dp: dict[str, object] = (
+    dp: dict[str, Any] = (
         {"privacy": "central", "weighting": "equal", "dp_clip_norm": 1.0,
          "dp_noise_multiplier": 1.0}
         if private else {}
