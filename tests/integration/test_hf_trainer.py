@@ -10,25 +10,25 @@ accumulation.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import transformers
 
 from fedgrpc.client import DiLoCoClient
 from fedgrpc.config import ClientConfig, CoordinatorConfig
 from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 from fedgrpc.errors import ConfigError
-
-transformers = pytest.importorskip("transformers")
-from fedgrpc.integrations.hf import FedGrpcCallback  # noqa: E402
+from fedgrpc.integrations.hf import FedGrpcCallback
 
 H, ROUNDS, BATCH, SEQ, VOCAB = 2, 2, 4, 8, 50
 FAST = ClientConfig(rpc_timeout_s=10, round_wait_s=30, connect_timeout_s=10)
 
 
-def _coordinator(**overrides: Any) -> CoordinatorThread:
+def _coordinator(**overrides: Any) -> AbstractContextManager[CoordinatorThread]:
     config = CoordinatorConfig(
         seed_from_first_client=True, listen="127.0.0.1:0", open_enrollment=True,
         min_clients=1, inner_steps=H, round_timeout_s=30.0,
@@ -139,7 +139,7 @@ def test_trainer_with_the_callback_ends_on_the_plain_loops_weights(
     assert row.samples_contributed == ROUNDS * H * BATCH * accumulation
 
 
-class _StatusProbe(transformers.TrainerCallback):  # type: ignore[misc]
+class _StatusProbe(transformers.TrainerCallback):
     """Runs after `FedGrpcCallback`: the coordinator's view after each step."""
 
     def __init__(self, coordinator: CoordinatorThread) -> None:

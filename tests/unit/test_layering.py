@@ -58,13 +58,23 @@ IN_PROCESS_SHELLS = (
 """`fedgrpc.Coordinator` and the thread it runs on: shells around the composer
 (as `fedgrpc serve` is), so they reach `secure/` only through it."""
 ROLES = ("fedgrpc.coordinator", "fedgrpc.client", "fedgrpc.sim", "fedgrpc.cli")
-# cli (and its subcommand modules) and sim drive the roles.
+# cli (and its subcommand modules), sim and the trainer integrations drive
+# the roles.
 ROLE_IMPORTERS = (
     "fedgrpc.cli",
     "fedgrpc.cli_ops",
     "fedgrpc.cli_identity",
     "fedgrpc.sim",
+    "fedgrpc.integrations",
 )
+INTEGRATIONS = "fedgrpc.integrations"
+EXTRAS = {
+    "transformers": ("fedgrpc.integrations.hf",),
+    "lightning": ("fedgrpc.integrations.lightning",),
+    "peft": ("fedgrpc.integrations.peft",),
+}
+"""Optional extras and the one module each may be imported from: `import
+fedgrpc` (and every other module) must work without them installed."""
 OUTSIDE_ROOTS = frozenset({"server", "client", "tests"})  # deployment dirs, tests
 
 
@@ -326,3 +336,24 @@ def test_no_import_cycles_anywhere() -> None:
     assert not cycles, "import cycles (TYPE_CHECKING ones included):" + "".join(
         f"\n  {' <-> '.join(sorted(c))}" for c in cycles
     )
+
+
+@pytest.mark.parametrize("extra", sorted(EXTRAS))
+def test_optional_extras_are_imported_only_by_their_own_integration(
+    extra: str,
+) -> None:
+    others = [m for m in PATHS if not _within(m, *EXTRAS[extra])]
+
+    bad = _offenders(others, lambda name: name.split(".")[0] == extra)
+
+    assert not bad, f"only {', '.join(EXTRAS[extra])} may import {extra}:{bad}"
+
+
+def test_nothing_in_the_library_reaches_the_integrations() -> None:
+    # They are entry points a user imports by name, like the CLI: the root
+    # facade and the roles never pull them (nor their extras) in.
+    others = [m for m in PATHS if not _within(m, INTEGRATIONS)]
+
+    bad = _offenders(others, lambda name: _within(name, INTEGRATIONS))
+
+    assert not bad, f"nothing may import {INTEGRATIONS}:{bad}"
