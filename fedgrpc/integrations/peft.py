@@ -1,0 +1,79 @@
+"""LoRA / PEFT adapters: federate only the adapter, save it in PEFT's format.
+
+A model wrapped by `peft.get_peft_model` has its base weights frozen
+(`requires_grad=False`) and only the adapter's trainable. fedgrpc decides
+what travels from those flags alone (`ClientConfig.federate = "trainable"`),
+so a PEFT model needs nothing special to join: the adapter's coordinates
+are all its uplink (rank 8 LoRA on a transformer's attention projections is
+about 1 % of the model, `bench/lora.py`). What a user still needs is the
+result in the format the rest of their tooling reads, which `save_adapter`
+writes: `PeftModel.from_pretrained(base_model, directory)` loads it.
+
+Needs `pip install 'fedgrpc[lora]'` (peft, transformers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fedgrpc.errors import ConfigError
+from fedgrpc.log import get_logger
+
+try:
+    from peft import PeftModel
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "fedgrpc.integrations.peft needs peft: pip install 'fedgrpc[lora]'"
+    ) from exc
+
+__all__ = ("adapter_parameters", "save_adapter")
+
+log = get_logger(__name__)
+
+
+def save_adapter(model: torch.nn.Module, directory: str | Path) -> Path:
+    """Write `model`'s adapter as PEFT does (`adapter_config.json` + safetensors).
+
+    The federated adapter is what the model holds after a round: call this
+    where the client has just loaded the global weights, that is after a
+    `client.step()` that returned True with `last_round_outcome ==
+    "applied"`, or once `client.finished` (the run's final model). Between
+    sync points the model holds this client's local progress instead.
+
+    Args:
+        model: The `peft.PeftModel` the client federated.
+        directory: Created if missing; PEFT's files are (over)written in it.
+
+    Returns:
+        The directory, for `PeftModel.from_pretrained(base_model, directory)`.
+
+    Raises:
+        ConfigError: `model` is not a `peft.PeftModel`.
+    """
+    if not isinstance(model, PeftModel):
+        raise ConfigError(
+            f"save_adapter needs the peft.PeftModel the client federated, got a "
+            f"{type(model).__name__}: wrap the base model with "
+            "peft.get_peft_model(model, LoraConfig(...)) before joining"
+        )
+    path = Path(directory)
+    # safetensors: no pickle, the format PEFT loads by default.
+    model.save_pretrained(str(path), safe_serialization=True)
+    trainable, total = model.get_nb_trainable_parameters()
+    log.info("adapter_saved", directory=str(path), adapter=trainable, model=total)
+    return path
+
+
+def adapter_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable (adapter) parameters by name: exactly what the client federates.
+
+    For logging and checks, e.g. that two clients hold the same global
+    adapter after a round. Detached views, not copies.
+    """
+    return {
+        name: param.detach()
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    }
