@@ -90,7 +90,8 @@ def test_export_defaults_to_the_float32_master_and_casts_on_request(
             str(tmp_path / "a.pt"),
         ]
     )
-    main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "b.pt"),
+    ckpt = str(tmp_path / "ckpt")
+    main(["export", "--checkpoint", ckpt, "--out", str(tmp_path / "b.pt"),
           "--dtype", "bfloat16"])  # fmt: skip
 
     master = torch.load(tmp_path / "a.pt", weights_only=True)
