@@ -23,8 +23,10 @@ from __future__ import annotations
 import torch
 
 from fedgrpc.client.proximal import ProximalTerm
+from fedgrpc.client.tensors import select_tensors
+from fedgrpc.config.client import ClientConfig
 from fedgrpc.errors import InvalidUpdateError
-from fedgrpc.wire.tensors import flatten_fp32, spec_from_module, unpack_native
+from fedgrpc.wire.tensors import flatten_fp32, unpack_native
 
 
 class LocalRun:
@@ -33,19 +35,30 @@ class LocalRun:
     Not thread-safe: the training thread owns it, between optimizer steps.
     """
 
-    def __init__(self, model: torch.nn.Module, proximal_mu: float = 0.0) -> None:
-        """Describe `model` and allocate the buffers.
+    def __init__(
+        self, model: torch.nn.Module, config: ClientConfig | None = None
+    ) -> None:
+        """Describe `model`'s federated tensors and allocate the buffers.
 
-        With `proximal_mu` > 0 the run also installs FedProx's gradient term
-        (`proximal.ProximalTerm`), anchored at every `load` to the weights
+        Which tensors travel follows `config` (`federate`, `buffers`,
+        `local_modules`; see `client.tensors`). With `config.proximal_mu` > 0
+        the run also installs FedProx's gradient term (`proximal.ProximalTerm`)
+        on the federated parameters, anchored at every `load` to the weights
         just loaded: views of `downlink`, so it costs no buffer on a CPU model.
 
         Raises:
             ConfigError: a parameter is not float16/bfloat16/float32/float64,
-                or the model has none.
+                nothing would travel, or a `local_modules` entry matches nothing.
         """
-        self.spec = spec_from_module(model)
-        self.params = [param for _, param in model.named_parameters()]
+        config = config or ClientConfig()
+        self.model = model
+        federated = select_tensors(model, config)
+        self.spec = federated.spec
+        self.params = list(federated.tensors)
+        """The federated tensors: parameters, then buffers (live objects)."""
+        self.local_names = federated.local
+        """`state_dict` names that never travel (frozen, local, skipped)."""
+        proximal_mu = config.proximal_mu
         self.snapshot = torch.empty(self.spec.num_coordinates, dtype=torch.float32)
         self.delta = torch.empty(self.spec.num_coordinates, dtype=torch.float32)
         self.downlink = torch.empty(self.spec.num_bytes, dtype=torch.uint8)
@@ -56,7 +69,10 @@ class LocalRun:
         self.loss_mean = 0.0
         """Mean of the losses reported since the snapshot (0 if none were)."""
         self._losses = 0
-        self.proximal = ProximalTerm(self.params, proximal_mu) if proximal_mu else None
+        self._num_parameters = len(federated.parameters)
+        self.proximal = (
+            ProximalTerm(federated.parameters, proximal_mu) if proximal_mu else None
+        )
         """FedProx's term, if `proximal_mu` > 0; removed by `close`."""
 
     def record(self, loss: float | None, num_samples: int) -> None:
@@ -115,10 +131,35 @@ class LocalRun:
         if self.proximal is not None:
             # w^t of FedProx: the global weights just loaded. Not the snapshot,
             # which `rebase_on_local` moves to the local weights.
-            self.proximal.anchor_to(views)
+            self.proximal.anchor_to(views[: self._num_parameters])
         self.base_version = version
         self.samples = self._losses = 0
         self.loss_mean = 0.0
+
+    def global_state_dict(self) -> dict[str, torch.Tensor]:
+        """The last loaded global model as a full `state_dict` (copies, CPU).
+
+        In `model.state_dict()`'s order and dtypes: federated tensors (and
+        every alias of a tied one) from the pulled bytes, tensors that never
+        travel (frozen, `local_modules`, unaveraged buffers) from the model
+        as it is now. So `fresh_model.load_state_dict(sd, strict=True)` works,
+        whatever the local training did since the pull.
+        """
+        pulled = {
+            slot.spec.name: view.clone()
+            for slot, view in zip(
+                self.spec.slots, unpack_native(self.downlink, self.spec), strict=True
+            )
+        }
+        for alias, target in self.spec.aliases:
+            pulled[alias] = pulled[target]
+        out = {}
+        for name, tensor in self.model.state_dict().items():
+            if name in pulled:
+                out[name] = pulled[name].to(tensor.dtype)
+            else:
+                out[name] = tensor.detach().to("cpu", copy=True)
+        return out
 
     def close(self) -> None:
         """Remove the FedProx hook, if any: the user's optimizer steps plain again."""

@@ -65,7 +65,7 @@ class InitialModel:
                     f"has {list(shape)} {dtype.torch_name}; every client must train "
                     "the same architecture with the same parameter dtypes"
                 )
-        names = {t.name for t in spec.tensors}
+        names = {t.name for t in spec.tensors} | {a for a, _ in spec.aliases}
         for name in self.tensors:
             if name not in names:
                 raise ModelMismatchError(

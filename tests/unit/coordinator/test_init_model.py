@@ -79,8 +79,8 @@ def test_an_unknown_tensor_is_a_mismatch_naming_it(tmp_path: Path) -> None:
     [
         ({}, "holds no tensors"),
         ({"w": torch.zeros(0)}, "no elements"),
-        ({"w": torch.ones(2), "steps": torch.zeros(1, dtype=torch.int64)},
-         "tensor 'steps' is int64; only float16"),
+        ({"w": torch.ones(2), "mask": torch.zeros(1, dtype=torch.bool)},
+         "tensor 'mask' is bool; only float16"),
         ({"w": torch.tensor([1.0, float("nan")])}, "'w' has NaN or infinite values"),
     ],
 )  # fmt: skip
