@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from fedgrpc.client import DiLoCoClient
+from fedgrpc.client.evaluation import EvaluateFn
 from fedgrpc.compress import CodecConfig
 from fedgrpc.config import ClientConfig
 from fedgrpc.errors import ConfigError
@@ -54,8 +55,10 @@ __all__ = ("FedGrpcCallback",)
 class FedGrpcCallback(TrainerCallback):
     """Federate a stock `transformers.Trainer` through a fedgrpc coordinator.
 
-    The arguments are `DiLoCoClient`'s; `client` exposes the running client
-    (rounds completed, bytes sent, last outcome) once training has begun.
+    The arguments are `DiLoCoClient`'s (`evaluate(model, version)` runs on
+    the global weights after every round, for validation metrics). `client`
+    exposes the running client (rounds completed, bytes sent, last outcome,
+    `eval_history`, `global_state_dict()`) once training has begun.
     """
 
     def __init__(
@@ -65,13 +68,16 @@ class FedGrpcCallback(TrainerCallback):
         *,
         compression: CodecConfig | None = None,
         config: ClientConfig | None = None,
+        evaluate: EvaluateFn | None = None,
     ) -> None:
         """Check the arguments; the client joins when training begins.
 
         Raises:
             ConfigError: `target` is not a "host:port" string.
         """
-        self._session = TrainerSession(target, inner_steps, compression, config)
+        self._session = TrainerSession(
+            target, inner_steps, compression, config, evaluate
+        )
         self._hook: torch.utils.hooks.RemovableHandle | None = None
 
     @property

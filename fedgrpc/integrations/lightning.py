@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from fedgrpc.client import DiLoCoClient
+from fedgrpc.client.evaluation import EvaluateFn
 from fedgrpc.compress import CodecConfig
 from fedgrpc.config import ClientConfig
 from fedgrpc.errors import ConfigError
@@ -47,8 +48,10 @@ __all__ = ("FedGrpcCallback",)
 class FedGrpcCallback(pl.Callback):
     """Federate a `lightning.pytorch.Trainer` through a fedgrpc coordinator.
 
-    The arguments are `DiLoCoClient`'s; `client` exposes the running client
-    (rounds completed, bytes sent, last outcome) once training has started.
+    The arguments are `DiLoCoClient`'s (`evaluate(model, version)` runs on
+    the global weights after every round, for validation metrics). `client`
+    exposes the running client (rounds completed, bytes sent, last outcome,
+    `eval_history`, `global_state_dict()`) once training has started.
     """
 
     def __init__(
@@ -58,13 +61,16 @@ class FedGrpcCallback(pl.Callback):
         *,
         compression: CodecConfig | None = None,
         config: ClientConfig | None = None,
+        evaluate: EvaluateFn | None = None,
     ) -> None:
         """Check the arguments; the client joins when training starts.
 
         Raises:
             ConfigError: `target` is not a "host:port" string.
         """
-        self._session = TrainerSession(target, inner_steps, compression, config)
+        self._session = TrainerSession(
+            target, inner_steps, compression, config, evaluate
+        )
         self._optimizer_steps = 0
 
     @property

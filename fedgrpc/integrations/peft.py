@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from fedgrpc.client import DiLoCoClient
 from fedgrpc.errors import ConfigError
 from fedgrpc.log import get_logger
 
@@ -33,18 +34,26 @@ __all__ = ("adapter_parameters", "save_adapter")
 log = get_logger(__name__)
 
 
-def save_adapter(model: torch.nn.Module, directory: str | Path) -> Path:
-    """Write `model`'s adapter as PEFT does (`adapter_config.json` + safetensors).
+def save_adapter(
+    model: torch.nn.Module,
+    directory: str | Path,
+    *,
+    client: DiLoCoClient | None = None,
+) -> Path:
+    """Write the global adapter as PEFT does (`adapter_config.json` + safetensors).
 
-    The federated adapter is what the model holds after a round: call this
-    where the client has just loaded the global weights, that is after a
-    `client.step()` that returned True with `last_round_outcome ==
-    "applied"`, or once `client.finished` (the run's final model). Between
-    sync points the model holds this client's local progress instead.
+    With `client`, the adapter written is the federation's latest global one
+    (`client.global_state_dict()`), whenever this is called: between sync
+    points the model itself holds this client's local progress, which is
+    not the federated result. Without it, the adapter the model holds now,
+    which is the global one right after a `client.step()` that returned
+    True with `last_round_outcome == "applied"`, or once `client.finished`.
 
     Args:
         model: The `peft.PeftModel` the client federated.
         directory: Created if missing; PEFT's files are (over)written in it.
+        client: The `DiLoCoClient` federating `model`, to save its global
+            weights rather than the model's current ones.
 
     Returns:
         The directory, for `PeftModel.from_pretrained(base_model, directory)`.
@@ -59,10 +68,19 @@ def save_adapter(model: torch.nn.Module, directory: str | Path) -> Path:
             "peft.get_peft_model(model, LoraConfig(...)) before joining"
         )
     path = Path(directory)
+    # PEFT picks the adapter's tensors out of a full state dict (and drops
+    # the adapter name from their keys) itself: give it the global one.
+    global_weights = None if client is None else client.global_state_dict()
     # safetensors: no pickle, the format PEFT loads by default.
-    model.save_pretrained(str(path), safe_serialization=True)
+    model.save_pretrained(str(path), safe_serialization=True, state_dict=global_weights)
     trainable, total = model.get_nb_trainable_parameters()
-    log.info("adapter_saved", directory=str(path), adapter=trainable, model=total)
+    log.info(
+        "adapter_saved",
+        directory=str(path),
+        adapter_params=trainable,
+        model_params=total,
+        global_version=None if client is None else client.model_version,
+    )
     return path
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from fedgrpc.client import DiLoCoClient
+from fedgrpc.client.evaluation import EvaluateFn
 from fedgrpc.compress import CodecConfig
 from fedgrpc.config import ClientConfig
 from fedgrpc.errors import ConfigError
@@ -41,6 +42,7 @@ class TrainerSession:
         inner_steps: int | None,
         compression: CodecConfig | None,
         config: ClientConfig | None,
+        evaluate: EvaluateFn | None,
     ) -> None:
         """Check the arguments now, in the user's line, not at train time.
 
@@ -56,6 +58,7 @@ class TrainerSession:
         self._inner_steps = inner_steps
         self._compression = compression
         self._config = config
+        self._evaluate = evaluate
         self._client: DiLoCoClient | None = None
         self._losses: list[torch.Tensor] = []
         self._samples = 0
@@ -107,6 +110,7 @@ class TrainerSession:
             self._inner_steps,
             compression=self._compression,
             config=self._config,
+            evaluate=self._evaluate,
         )
         self._losses, self._samples = [], 0
         log.info("trainer_joined", trainer=trainer, client=self._client.client_id)
