@@ -127,9 +127,11 @@ class TrainerSession:
         """
         self._samples += samples
         self._parts = part
-        if loss is not None:
-            value = loss.detach() if isinstance(loss, torch.Tensor) else loss
-            self._losses.append(torch.as_tensor(value, dtype=torch.float32).cpu())
+        if isinstance(loss, torch.Tensor):
+            # Kept on its device: one .item() per optimizer step, not per batch.
+            self._losses.append(loss.detach().float().mean())
+        elif loss is not None:
+            self._losses.append(torch.tensor(float(loss)))
 
     def optimizer_step(self) -> bool:
         """One `DiLoCoClient.step()` for the optimizer step that just ran.
@@ -139,13 +141,10 @@ class TrainerSession:
             model holds the final global weights and training should stop.
         """
         client = self.client
-        # One .item() per optimizer step (the micro-batch losses stay tensors).
-        losses = torch.stack(self._losses) if self._losses else None
-        loss = (
-            None
-            if losses is None
-            else float(losses.sum() if self._parts else losses.mean())
-        )
+        loss = None
+        if self._losses:  # one host sync per optimizer step
+            losses = torch.stack(self._losses)
+            loss = float(losses.sum() if self._parts else losses.mean())
         samples = max(self._samples, 1)  # a loss-only step still weighs something
         self._losses, self._samples = [], 0
         client.step(loss, num_samples=samples)
