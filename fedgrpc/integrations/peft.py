@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 
 from fedgrpc.client import DiLoCoClient
+from fedgrpc.client.tensors import select_tensors
+from fedgrpc.config import ClientConfig
 from fedgrpc.errors import ConfigError
 from fedgrpc.log import get_logger
 
@@ -29,7 +31,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
         "fedgrpc.integrations.peft needs peft: pip install 'fedgrpc[lora]'"
     ) from exc
 
-__all__ = ("adapter_parameters", "save_adapter")
+__all__ = ("adapter_parameters", "save_adapter", "save_init_adapter")
 
 log = get_logger(__name__)
 
@@ -61,19 +63,16 @@ def save_adapter(
     Raises:
         ConfigError: `model` is not a `peft.PeftModel`.
     """
-    if not isinstance(model, PeftModel):
-        raise ConfigError(
-            f"save_adapter needs the peft.PeftModel the client federated, got a "
-            f"{type(model).__name__}: wrap the base model with "
-            "peft.get_peft_model(model, LoraConfig(...)) before joining"
-        )
+    adapted = _peft_model(model, "save_adapter")
     path = Path(directory)
     # PEFT picks the adapter's tensors out of a full state dict (and drops
     # the adapter name from their keys) itself: give it the global one.
     global_weights = None if client is None else client.global_state_dict()
     # safetensors: no pickle, the format PEFT loads by default.
-    model.save_pretrained(str(path), safe_serialization=True, state_dict=global_weights)
-    trainable, total = model.get_nb_trainable_parameters()
+    adapted.save_pretrained(
+        str(path), safe_serialization=True, state_dict=global_weights
+    )
+    trainable, total = adapted.get_nb_trainable_parameters()
     log.info(
         "adapter_saved",
         directory=str(path),
@@ -82,6 +81,52 @@ def save_adapter(
         global_version=None if client is None else client.model_version,
     )
     return path
+
+
+def save_init_adapter(
+    model: torch.nn.Module, path: str | Path, *, config: ClientConfig | None = None
+) -> Path:
+    """Write the tensors `model` federates as the coordinator's `--init-model`.
+
+    So that the coordinator, not the first client to join, decides the
+    adapter a LoRA federation starts from (`fedgrpc serve --init-model
+    PATH`, without `--seed-from-first-client`): a safetensors file of
+    exactly the tensors that travel under `config`'s rules (the adapter,
+    under `federate="trainable"`), by the names clients send them under.
+
+    Args:
+        model: The `peft.PeftModel` clients will federate (its adapter as
+            initialised, or loaded from an earlier run's `save_adapter`).
+        path: The safetensors file to write.
+        config: The clients' `ClientConfig` (`federate`, `buffers`,
+            `local_modules` decide what travels); None: the defaults.
+
+    Raises:
+        ConfigError: `model` is not a `peft.PeftModel`, or nothing travels.
+    """
+    from safetensors.torch import save_file
+
+    _peft_model(model, "save_init_adapter")
+    federated = select_tensors(model, config or ClientConfig())
+    tensors = {
+        spec.name: tensor.detach().cpu().contiguous()
+        for spec, tensor in zip(federated.spec.tensors, federated.tensors, strict=True)
+    }
+    file = Path(path)
+    save_file(tensors, str(file))
+    log.info("init_adapter_saved", path=str(file), tensors=len(tensors))
+    return file
+
+
+def _peft_model(model: torch.nn.Module, caller: str) -> PeftModel:
+    """`model` as a `PeftModel`, or a ConfigError saying how to make one."""
+    if not isinstance(model, PeftModel):
+        raise ConfigError(
+            f"{caller} needs the peft.PeftModel the clients federate, got a "
+            f"{type(model).__name__}: wrap the base model with "
+            "peft.get_peft_model(model, LoraConfig(...)) before joining"
+        )
+    return model
 
 
 def adapter_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -24,7 +24,11 @@ from fedgrpc.client import DiLoCoClient
 from fedgrpc.config import ClientConfig, CoordinatorConfig
 from fedgrpc.coordinator.services.in_thread import serve_in_thread
 from fedgrpc.errors import ConfigError
-from fedgrpc.integrations.peft import adapter_parameters, save_adapter
+from fedgrpc.integrations.peft import (
+    adapter_parameters,
+    save_adapter,
+    save_init_adapter,
+)
 
 H, ROUNDS, BATCH, SEQ, VOCAB, RANK = 2, 2, 4, 8, 50, 8
 FAST = ClientConfig(rpc_timeout_s=10, round_wait_s=30, connect_timeout_s=10)
@@ -164,3 +168,46 @@ def test_save_adapter_refuses_a_model_that_is_not_a_peft_model(tmp_path: Path) -
     ):
         save_adapter(_base(), tmp_path / "adapter")
     assert not (tmp_path / "adapter").exists()
+
+
+def test_a_coordinator_started_from_save_init_adapter_hands_that_adapter_to_joiners(
+    tmp_path: Path,
+) -> None:
+    # Arrange: the operator's adapter (B randomised so it is not LoRA's zero
+    # init), written as --init-model; a client whose own adapter differs.
+    operator = _lora()
+    with torch.no_grad():
+        for name, param in operator.named_parameters():
+            if "lora_B" in name:
+                param.normal_()
+    path = save_init_adapter(operator, tmp_path / "init.safetensors")
+    client_model = _lora()
+    with torch.no_grad():
+        for param in adapter_parameters(client_model).values():
+            param.fill_(0.5)  # anything but the operator's
+    config = CoordinatorConfig(
+        init_model=str(path), listen="127.0.0.1:0", open_enrollment=True,
+        min_clients=1, inner_steps=H, round_timeout_s=30.0,
+    )  # fmt: skip
+
+    # Act: join, which loads the global weights in place.
+    with (
+        serve_in_thread(config) as coordinator,
+        DiLoCoClient(coordinator.address, client_model, config=FAST) as client,
+    ):
+        joined = _lora_state(client_model)
+        received = client.bytes_received
+
+    # Assert: the operator's adapter, and only the adapter came down.
+    expected = _lora_state(operator)
+    assert joined.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert torch.equal(joined[key], tensor), key
+    assert received == 4 * sum(t.numel() for t in expected.values())
+
+
+def test_save_init_adapter_refuses_a_plain_model(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"save_init_adapter needs the peft\.PeftModel"
+    ):
+        save_init_adapter(_base(), tmp_path / "init.safetensors")
