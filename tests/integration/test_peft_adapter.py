@@ -183,8 +183,8 @@ def test_a_coordinator_started_from_save_init_adapter_hands_that_adapter_to_join
     path = save_init_adapter(operator, tmp_path / "init.safetensors")
     client_model = _lora()
     with torch.no_grad():
-        for param in adapter_parameters(client_model).values():
-            param.fill_(0.5)  # anything but the operator's
+        for tensor in adapter_parameters(client_model).values():
+            tensor.fill_(0.5)  # anything but the operator's
     config = CoordinatorConfig(
         init_model=str(path), listen="127.0.0.1:0", open_enrollment=True,
         min_clients=1, inner_steps=H, round_timeout_s=30.0,
