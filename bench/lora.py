@@ -209,6 +209,9 @@ def main() -> None:
     parser.add_argument("--lora-lr", type=float, default=2e-3)
     parser.add_argument("--val-batches", type=int, default=8)
     parser.add_argument("--corpus-bytes", type=int, default=4_000_000)
+    parser.add_argument(
+        "--lora-only", action="store_true", help="skip full fine-tuning (lr sweeps)"
+    )
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run")
     args = parser.parse_args()
     if args.quick:
@@ -220,9 +223,11 @@ def main() -> None:
     pretrain = text.train[: int(text.train.numel() * PRETRAIN_SHARE)]
     start = _pretrain(args, pretrain)
     total = sum(v.numel() for k, v in start.items() if "rotary" not in k)
-    full = _federate(args, text, start, lora=False)
+    full = None if args.lora_only else _federate(args, text, start, lora=False)
     lora = _federate(args, text, start, lora=True)
-    ratio = lora["uplink_bytes_per_round"] / full["uplink_bytes_per_round"]
+    # Full fine-tuning pushes every parameter, 4 bytes each (dense fp32).
+    full_uplink = 4 * total if full is None else full["uplink_bytes_per_round"]
+    ratio = lora["uplink_bytes_per_round"] / full_uplink
     report = {
         "bench": BENCH,
         "quick": args.quick,
