@@ -206,7 +206,7 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--pretrain-lr", type=float, default=2e-3)
     parser.add_argument("--full-lr", type=float, default=3e-4)
-    parser.add_argument("--lora-lr", type=float, default=2e-3)
+    parser.add_argument("--lora-lr", type=float, default=1e-3)  # of 1e-3, 2e-3, 6e-3
     parser.add_argument("--val-batches", type=int, default=8)
     parser.add_argument("--corpus-bytes", type=int, default=4_000_000)
     parser.add_argument(
