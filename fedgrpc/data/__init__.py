@@ -16,9 +16,16 @@ It sits before the model on the data path: labels -> `Partition` ->
 each client's sample indices -> that client's batches.
 """
 
-from fedgrpc.data.partition import Partition, partition_labels
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from fedgrpc.data.spec import PartitionSpec, parse_partition
-from fedgrpc.data.view import format_partition, partition_svg, write_partition_svg
+
+if TYPE_CHECKING:
+    from fedgrpc.data.partition import Partition, partition_labels
+    from fedgrpc.data.view import format_partition, partition_svg, write_partition_svg
 
 __all__ = [
     "Partition",
@@ -29,3 +36,20 @@ __all__ = [
     "partition_svg",
     "write_partition_svg",
 ]
+
+_LAZY = {
+    "Partition": "partition",
+    "partition_labels": "partition",
+    "format_partition": "view",
+    "partition_svg": "view",
+    "write_partition_svg": "view",
+}
+"""Names whose modules import numpy: loaded on first use, so the CLI can
+parse `--partition` (spec only) without paying numpy's import on every
+`fedgrpc` command."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f"fedgrpc.data.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'fedgrpc.data' has no attribute {name!r}")

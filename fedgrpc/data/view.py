@@ -23,44 +23,49 @@ _BAR = 120
 """Width of the per-client size bar to the right of the heatmap, px."""
 
 
+MAX_LABEL_COLUMNS = 12
+"""Beyond this many labels the table turns: one row per label, one column
+per client, so it stays readable in a terminal (the char-LM has ~18)."""
+
+
 def format_partition(partition: Partition) -> str:
     """Clients x labels sample counts, each client's size and label entropy.
 
-    One row per client plus a total row; columns are the labels. The
-    header states the spec, so a pasted table says how it was made.
+    One row per client plus a total column; columns are the labels (rows,
+    when there are more than `MAX_LABEL_COLUMNS`). The first line states
+    the spec, so a pasted table says how it was made.
     """
-    counts, sizes = partition.counts, partition.sizes
-    names = partition.label_names
+    counts, names = partition.counts, partition.label_names
     entropy = partition.label_entropy()
-    width = max(5, *(len(n) for n in names), len(str(int(counts.max(initial=0)))))
-    head = ["client", *names, "size", "H(nats)"]
-    rows = [
-        [
-            str(i),
-            *(str(int(c)) for c in counts[i]),
-            str(int(sizes[i])),
-            f"{entropy[i]:.2f}",
-        ]
+    clients = [f"client {i}" for i in range(partition.num_clients)]
+    # grid[i][k]: client i's count of label k, then its size and entropy.
+    grid = [
+        [*(str(int(c)) for c in counts[i]), str(int(partition.sizes[i])),
+         f"{entropy[i]:.2f}"]
         for i in range(partition.num_clients)
-    ]
-    totals = counts.sum(axis=0)
-    rows.append(["total", *(str(int(c)) for c in totals), str(int(sizes.sum())), ""])
+    ]  # fmt: skip
+    total = [*(str(int(c)) for c in counts.sum(axis=0)), str(len(partition.labels)), ""]
+    columns = [*names, "size", "H(nats)"]
+    if len(names) <= MAX_LABEL_COLUMNS:
+        table = [
+            ["client", *columns],
+            *([c, *g] for c, g in zip(clients, grid, strict=True)),
+        ]
+        table.append(["total", *total])
+    else:
+        rows = [list(r) for r in zip(columns, *grid, total, strict=True)]
+        table = [["label", *clients, "total"], *rows]
+    widths = [max(len(row[k]) for row in table) for k in range(len(table[0]))]
     lines = [
-        f"partition {partition.spec} over {partition.num_clients} clients "
-        f"({len(names)} labels; H = label entropy, max ln {len(names)} = "
-        f"{np.log(len(names)):.2f})",
-        "  ".join(
-            cell.rjust(width if 0 < k <= len(names) else 7)
-            for k, cell in enumerate(head)
-        ),
+        f"partition {partition.spec} over {partition.num_clients} clients, "
+        f"{len(names)} labels (H: label entropy in nats, ln {len(names)} = "
+        f"{np.log(len(names)):.2f} if uniform)"
     ]
     lines += [
-        "  ".join(
-            cell.rjust(width if 0 < k <= len(names) else 7)
-            for k, cell in enumerate(row)
-        )
-        for row in rows
-    ]
+        "  ".join(cell.rjust(w) if k else cell.ljust(w) for k, (cell, w) in
+                  enumerate(zip(row, widths, strict=True))).rstrip()
+        for row in table
+    ]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -2,7 +2,10 @@
 
 This is the same embedding a user writes (see client/torch_loop.py): the
 loop owns the model, the data and the inner optimizer; the client only sees
-`step()`. Progress goes back to the launcher as small tuples on a queue.
+`step()`. What is trained comes from the run's task (`fedgrpc.sim.tasks`);
+this client's data is its part of the task's partition. Progress goes back
+to the launcher as small tuples on a queue; client 0 (the reporter) also
+sends the global model's validation metrics after every round.
 """
 
 from __future__ import annotations
@@ -10,24 +13,20 @@ from __future__ import annotations
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from fedgrpc.config import ClientConfig
+from fedgrpc.data import PartitionSpec
 from fedgrpc.sim.attacks import AttackPlan, build_transform
-from fedgrpc.sim.corpus import TextSplits, load_stdlib_corpus, sample_batch
-from fedgrpc.sim.models import (
-    CharTransformer,
-    TrainDefaults,
-    build_model,
-    evaluate,
-    make_inner_optimizer,
-    train_step,
-)
+from fedgrpc.sim.models import CharTransformer
 from fedgrpc.sim.poison import backdoor_success, flip_labels, plant_backdoor
+from fedgrpc.sim.tasks import Batch, Task, TaskSettings, load_task
+from fedgrpc.sim.tasks.charlm import CharLMTask
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+if TYPE_CHECKING:
+    from fedgrpc.client import DiLoCoClient
 
 
 class ResultQueue(Protocol):
@@ -47,9 +46,9 @@ class WorkerArgs:
     rounds: int
     inner_steps: int
     seed: int
-    corpus_bytes: int
-    eval_batches: int
-    defaults: TrainDefaults
+    task: TaskSettings
+    partition: PartitionSpec
+    """How the task's training data splits across the clients (by `seed`)."""
     proximal_mu: float = 0.0
     attack: AttackPlan | None = None
     """This client's attack (`fedgrpc.sim.attacks`); None: an honest client."""
@@ -100,13 +99,12 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
     torch.set_num_threads(1)
     from fedgrpc.client import DiLoCoClient
 
-    defaults = args.defaults
-    splits = TextSplits.from_bytes(load_stdlib_corpus(args.corpus_bytes))
-    shard = splits.shard(args.index, args.num_clients)
-    model = build_model(defaults.model, seed=args.seed)
-    optimizer = make_inner_optimizer(model, defaults)
+    task = load_task(args.task)
+    split = task.partition(args.num_clients, args.partition, args.seed)
+    sample = task.sampler(split, args.index)
+    model = task.build_model(args.seed)
+    optimizer = task.make_optimizer(model)
     batches = torch.Generator().manual_seed(args.seed * 1_000 + args.index)
-    figures: dict[str, float] = {}
     config = ClientConfig(
         name=f"sim-{args.index}",
         heartbeat_interval_s=2.0,
@@ -114,6 +112,7 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
     )
     poison = _poisoner(args)
     transform = None if args.attack is None else build_transform(args.attack)
+    figures: dict[str, float] = {}
     outcomes: dict[str, float] = {}
     with DiLoCoClient(
         args.address,
@@ -124,7 +123,9 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
     ) as client:
         is_reporter = args.index == 0
         if is_reporter:
-            figures["initial_val_loss"] = _validate(model, splits, args)
+            metrics = task.evaluate(model, args.seed)
+            figures |= {f"initial_{name}": value for name, value in metrics.items()}
+            results.put(("eval", args.index, _evaluation(client, metrics)))
         results.put(("ready", args.index, client.client_id))
         if gates is not None and not gates.start.wait(START_WAIT_S):
             raise RuntimeError(f"the other clients did not join in {START_WAIT_S} s")
@@ -133,17 +134,17 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
         for _ in range(2 * args.rounds * args.inner_steps):
             if client.finished:
                 break
-            batch = sample_batch(shard, defaults.batch_size, defaults.context, batches)
-            loss = train_step(model, optimizer, poison(batch), defaults.grad_clip_norm)
-            if client.step(loss=loss, num_samples=defaults.batch_size):
-                outcome = f"outcome_{client.last_round_outcome}"
-                outcomes[outcome] = outcomes.get(outcome, 0.0) + 1
+            loss = task.train_step(model, optimizer, poison(sample(batches)))
+            if not client.step(loss=loss, num_samples=task.batch_size):
+                continue
+            outcome = f"outcome_{client.last_round_outcome}"
+            outcomes[outcome] = outcomes.get(outcome, 0.0) + 1
+            if is_reporter and client.last_round_outcome != "finished":
+                # The model now holds the round's global weights (if applied).
+                metrics = task.evaluate(model, args.seed)
+                results.put(("eval", args.index, _evaluation(client, metrics)))
         if is_reporter:
-            figures["final_val_loss"] = _validate(model, splits, args)
-            if args.probe_backdoor:
-                figures["backdoor_success"] = backdoor_success(
-                    model, splits.validation, seed=args.seed
-                )
+            figures |= _final(task, model, args)
         figures["bytes_sent"] = float(client.bytes_sent)
         figures["bytes_received"] = float(client.bytes_received)
         figures["model_version"] = float(client.model_version)
@@ -153,6 +154,32 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
         # so no round waits for a client that no longer trains.
         if gates is not None and client.finished:
             gates.release.wait(START_WAIT_S)  # then leave (the `with` block's end)
+
+
+def _evaluation(client: DiLoCoClient, metrics: dict[str, float]) -> dict[str, float]:
+    """One per-round evaluation: which weights, and their scores.
+
+    `sync_point`: sync points this client finished; `model_version`: the
+    global version its weights hold (unchanged after a skipped round).
+    """
+    return {
+        "sync_point": float(client.rounds_completed),
+        "model_version": float(client.model_version),
+        **metrics,
+    }
+
+
+def _final(task: Task, model: torch.nn.Module, args: WorkerArgs) -> dict[str, float]:
+    """The final global model's metrics (and backdoor success, if probed)."""
+    figures = {f"final_{k}": v for k, v in task.evaluate(model, args.seed).items()}
+    if args.probe_backdoor:
+        # SimulationConfig allows a backdoor only on the char-LM.
+        assert isinstance(task, CharLMTask)
+        assert isinstance(model, CharTransformer)
+        figures["backdoor_success"] = backdoor_success(
+            model, task.splits.validation, seed=args.seed
+        )
+    return figures
 
 
 def _poisoner(args: WorkerArgs) -> Callable[[Batch], Batch]:
@@ -168,15 +195,3 @@ def _poisoner(args: WorkerArgs) -> Callable[[Batch], Batch]:
         generator = torch.Generator().manual_seed(args.seed * 1_000 + args.index + 7)
         return lambda batch: plant_backdoor(batch, generator)
     return lambda batch: batch
-
-
-def _validate(model: CharTransformer, splits: TextSplits, args: WorkerArgs) -> float:
-    defaults = args.defaults
-    return evaluate(
-        model,
-        splits.validation,
-        defaults.batch_size,
-        defaults.context,
-        args.eval_batches,
-        seed=args.seed,
-    )

@@ -25,14 +25,29 @@ def test_table_lists_each_clients_label_counts_size_and_total() -> None:
 
     lines = format_partition(part).splitlines()
 
-    assert lines[0].startswith("partition dirichlet:0.5 over 2 clients (3 labels")
+    assert lines[0].startswith("partition dirichlet:0.5 over 2 clients, 3 labels")
     assert lines[1].split() == ["client", "cat", "dog", "<eel>", "size", "H(nats)"]
     for i in range(2):
         cells = lines[2 + i].split()
-        assert [int(c) for c in cells[1:4]] == part.counts[i].tolist()
-        assert int(cells[4]) == part.sizes[i]
-        assert float(cells[5]) == round(float(part.label_entropy()[i]), 2)
+        assert cells[:2] == ["client", str(i)]
+        assert [int(c) for c in cells[2:5]] == part.counts[i].tolist()
+        assert int(cells[5]) == part.sizes[i]
+        assert float(cells[6]) == round(float(part.label_entropy()[i]), 2)
     assert lines[4].split() == ["total", "50", "30", "20", "100"]
+
+
+def test_table_with_many_labels_turns_to_one_row_per_label() -> None:
+    labels = np.arange(40) % 20  # 20 labels > MAX_LABEL_COLUMNS
+    part = partition_labels(labels, 3, parse_partition("iid"), seed=0)
+
+    lines = format_partition(part).splitlines()
+
+    assert lines[1].split() == ["label", "client", "0", "client", "1", "client", "2",
+                                "total"]  # fmt: skip
+    assert len(lines) == 2 + 20 + 2  # title, header, labels, size, entropy
+    row = lines[2 + 7].split()  # label 7
+    assert row == ["7", *(str(c) for c in part.counts[:, 7]), "2"]
+    assert lines[-2].split() == ["size", *(str(s) for s in part.sizes), "40"]
 
 
 def test_svg_is_well_formed_with_one_cell_per_client_and_label(tmp_path: Path) -> None:
