@@ -9,12 +9,12 @@ TORCH_VERSION := 2.13.0
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
-install:  ## create .venv, install torch==$(TORCH_VERSION) first, then fedgrpc[dev,dp,hf,lightning,lora], then client/node's npm packages
+install:  ## create .venv, install torch==$(TORCH_VERSION) first, then fedgrpc[dev,dp,digits,hf,lightning,lora], then client/node's npm packages
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: any range pip resolves itself could pull a multi-GB build.
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e '.[dev,dp,hf,lightning,lora]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,dp,digits,hf,lightning,lora]'
 	$(BIN)/python -c "import torch, sys; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '$(TORCH_VERSION)' else 'torch ' + v + ' installed, expected $(TORCH_VERSION)')"
 	# The Node.js client (client/node) that tests/system/test_node_client.py runs, exactly
 	# as its package-lock.json pins it; also provides client/node/node_modules/.bin/buf.
