@@ -128,7 +128,8 @@ def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         type=int,
         default=8,
         metavar="N",
-        help="validation batches scored before and after (default: 8)",
+        help="char-LM validation batches scored before training and after every "
+        "round (digits scores all 360 held-out images) (default: 8)",
     )
     parser.add_argument(
         "--compression",

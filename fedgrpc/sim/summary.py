@@ -93,8 +93,9 @@ class SimulationSummary:
     """Training samples per client (char-LM: 4 KiB pieces) under `partition`."""
     evaluations: list[dict[str, float]] = field(default_factory=list)
     """The global model scored on the validation split by client 0: before
-    training (sync_point 0), then after each of its sync points, each with
-    `sync_point`, `model_version`, `val_loss` and (digits) `val_accuracy`."""
+    training (sync_point 0), then after each of its sync points that loaded
+    global weights (`worker.GLOBAL_OUTCOMES`), each with `sync_point`,
+    `model_version`, `val_loss` and (digits) `val_accuracy`."""
 
     @property
     def initial_val_accuracy(self) -> float | None:

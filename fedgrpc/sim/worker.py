@@ -64,6 +64,11 @@ class Signal(Protocol):
         ...
 
 
+GLOBAL_OUTCOMES = ("applied", "stale")
+"""Sync points after which the model holds freshly loaded global weights
+(`fedgrpc.client.sync.SyncOutcome`): only those are scored as the global
+model. After the others (skipped, not selected, offline, ...) the weights
+are still this client's local ones."""
 START_WAIT_S = 900.0
 """Bound on waiting for a gate (`Gates`) (the launcher's time limit ends a
 run sooner; this only keeps an orphaned process from waiting forever)."""
@@ -139,8 +144,7 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
                 continue
             outcome = f"outcome_{client.last_round_outcome}"
             outcomes[outcome] = outcomes.get(outcome, 0.0) + 1
-            if is_reporter and client.last_round_outcome != "finished":
-                # The model now holds the round's global weights (if applied).
+            if is_reporter and client.last_round_outcome in GLOBAL_OUTCOMES:
                 metrics = task.evaluate(model, args.seed)
                 results.put(("eval", args.index, _evaluation(client, metrics)))
         if is_reporter:
