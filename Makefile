@@ -68,7 +68,7 @@ bench-selection:  ## clients_per_round = 2 of 4 vs all 4 at equal rounds, 40 rou
 bench-robustness:  ## every attack x robust rule vs a no-attack mean, trust pass, 3 seeds of headlines (~220 runs of 12 rounds x H=25, ~1.8 h on 2 quiet cores); resumable
 	$(BIN)/python bench/robustness.py --jobs 2 --cache .bench-cache/robustness
 
-bench-heterogeneity:  ## digits accuracy, centralized vs FedAvg, DiLoCo, FedProx, FedYogi x IID and Dirichlet(0.1, 0.5, 1.0), 3 seeds (51 runs of 10 clients x 10 rounds x H=50, ~25 min on 2 cores); resumable
+bench-heterogeneity:  ## digits accuracy, centralized vs FedAvg, DiLoCo, FedProx, FedYogi x IID and Dirichlet(0.1, 0.5, 1.0), 3 seeds (51 runs of 10 clients x 10 rounds x H=50, ~35-55 min with 2 jobs on a shared 2-core box); resumable
 	$(BIN)/python bench/heterogeneity.py --jobs 2 --cache .bench-cache/heterogeneity
 
 bench-privacy:  ## record-level DP-SGD utility vs ε in {1,3,8} (4 silos: digits, simulate char-LM) vs non-private, and client-level central vs distributed noise at ε in {1,8} (100 clients); one core, ~17 min

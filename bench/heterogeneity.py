@@ -29,8 +29,9 @@ points (paired by seed); the goal (DiLoCo within 2 points of centralized at
 IID) with met true/false as measured.
 
 Budget: a run is R * H * W = 5,000 Adam steps of a 10k-parameter CNN,
-~60 s with two runs sharing 2 busy cores; the grid is 3 centralized +
-4 methods x 4 partitions x 3 seeds = 51 runs, ~25 min with --jobs 2.
+measured at 60-130 s with two runs sharing 2 busy cores; the grid is 3
+centralized + 4 methods x 4 partitions x 3 seeds = 51 runs, ~35-55 min
+with --jobs 2.
 --cache DIR keeps every run and resumes; --only-cached reports what DIR
 holds. --quick: 4 clients, 2 rounds of H = 5, one seed, iid and
 dirichlet:0.5 (a smoke run, seconds).
