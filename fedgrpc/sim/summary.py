@@ -90,7 +90,8 @@ class SimulationSummary:
     partition: str = "iid"
     """The `--partition` spec the clients' data was split by."""
     client_sizes: list[int] = field(default_factory=list)
-    """Training samples per client (char-LM: 4 KiB pieces) under `partition`."""
+    """Training samples per client (char-LM: 4 KiB pieces) under `partition`,
+    as each client process computed its split."""
     evaluations: list[dict[str, float]] = field(default_factory=list)
     """The global model scored on the validation split by client 0: before
     training (sync_point 0), then after each of its sync points that loaded

@@ -149,6 +149,7 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
                 results.put(("eval", args.index, _evaluation(client, metrics)))
         if is_reporter:
             figures |= _final(task, model, args)
+        figures["train_samples"] = float(split.sizes[args.index])
         figures["bytes_sent"] = float(client.bytes_sent)
         figures["bytes_received"] = float(client.bytes_received)
         figures["model_version"] = float(client.model_version)

@@ -44,6 +44,12 @@ def test_digits_under_label_skew_reports_global_accuracy_every_round(
     assert summary["final_val_accuracy"] == accuracy[-1] > 0.8
     assert [e["model_version"] for e in summary["evaluations"]] == [0, 1, 2, 3, 4]
     assert sum(summary["client_sizes"]) == 1437  # the training split, all of it
+    # What the launcher printed is what each client process computed.
+    rows = [line.split() for line in result.stderr.splitlines()
+            if line.startswith("client ") and line.split()[1].isdigit()]  # fmt: skip
+    header, *clients = rows  # "client 0 1 ... 9 size H(nats)", then a row per client
+    assert header[-2:] == ["size", "H(nats)"]
+    assert [int(row[-2]) for row in clients] == summary["client_sizes"]
     # The split was printed first, and plotted: 3 x 10 cells and 3 size bars.
     assert "partition dirichlet:0.5 over 3 clients, 10 labels" in result.stderr
     assert "validation accuracy (start -> end)" in result.stderr
