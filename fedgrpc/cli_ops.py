@@ -99,9 +99,11 @@ def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="write a checkpoint's global model as a state_dict file",
         description="Write the global model of a checkpoint (a round-<N>.ckpt "
         "file, or the newest intact one in a checkpoint directory) as a plain "
-        "state_dict: torch.load(PATH, weights_only=True) or safetensors. Only "
-        "parameters are federated: load into a model with buffers using "
-        "load_state_dict(..., strict=False).",
+        "state_dict: torch.load(PATH, weights_only=True) or safetensors. It "
+        "holds every federated tensor (parameters and averaged buffers) and "
+        "every alias of a tied weight, so model.load_state_dict(..., "
+        "strict=True) works when every tensor was federated; tensors clients "
+        "kept to themselves (frozen parameters, local_modules) are not in it.",
     )
     parser.add_argument("--checkpoint", required=True, metavar="PATH",
                         help="checkpoint file or checkpoint_dir")  # fmt: skip
@@ -110,6 +112,13 @@ def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--format", choices=("torch", "safetensors"),
         help="file format (default: safetensors if --out ends in .safetensors, "
         "else torch)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dtype", default="float32",
+        choices=("float32", "native", "bfloat16", "float16", "float64"),
+        help="float tensors' dtype: float32 (default: the coordinator's master "
+        "precision), native (each tensor in the dtype its clients hold), or a "
+        "cast to bfloat16, float16 or float64; integer buffers stay integers",
     )  # fmt: skip
     parser.set_defaults(handler=_export)
 
@@ -163,9 +172,9 @@ def _export(args: argparse.Namespace) -> int:
 
     wanted = args.format or ("safetensors" if args.out.endswith(".safetensors") else "")
     fmt: ExportFormat = "safetensors" if wanted == "safetensors" else "torch"
-    done = export_model(args.checkpoint, args.out, fmt)
+    done = export_model(args.checkpoint, args.out, fmt, args.dtype)
     sys.stdout.write(
-        f"wrote {done.path} ({fmt}, {done.num_tensors} tensors, "
+        f"wrote {done.path} ({fmt}, {args.dtype}, {done.num_tensors} tensors, "
         f"{_size(done.num_bytes)}): model version {done.model_version} after "
         f"round {done.round_id}, from {done.checkpoint}\n"
     )

@@ -25,6 +25,7 @@ from fedgrpc.client.connection.join import Federation, JoinSettings
 from fedgrpc.client.connection.link import Attach, CoordinatorLink
 from fedgrpc.client.connection.push import UpdateEncoder
 from fedgrpc.client.connection.session import SessionEvents
+from fedgrpc.client.evaluation import EvaluateFn, GlobalEval, GlobalEvaluation
 from fedgrpc.client.reconnect import Reconnector
 from fedgrpc.client.secure import SecureMode
 from fedgrpc.client.sync import SyncOutcome, SyncPoint
@@ -69,6 +70,7 @@ class DiLoCoClient:
         config: ClientConfig | None = None,
         update_transform: UpdateTransform | None = None,
         record_dp: RecordDP | None = None,
+        evaluate: EvaluateFn | None = None,
     ) -> None:
         """Join the coordinator at `target` ("host:port") and load its weights.
 
@@ -98,9 +100,18 @@ class DiLoCoClient:
                 (status and metrics show it). None: no record-level DP claim.
                 An Opacus `GradSampleModule` passed as `model` is unwrapped
                 either way: the federation sees the module's own parameters.
+            evaluate: Called as `evaluate(model, model_version)` each time a
+                new global version is loaded (after Join and after every
+                sync point that brought one), while `model` holds the global
+                weights, in eval mode under `torch.no_grad()` (the training
+                mode is restored). Return a float or a dict of floats to
+                have it logged (`global_model_evaluated`) and kept in
+                `eval_history`; None records nothing.
 
         Raises:
-            ConfigError: the model has non-float parameters, or inner_steps < 1.
+            ConfigError: the model has non-float parameters, nothing to
+                federate, a `local_modules` entry matching nothing, or
+                inner_steps < 1.
             CoordinatorUnavailableError: not reachable within connect_timeout_s.
             UnknownClientError: the coordinator does not admit this client's key.
             UntrustedCoordinatorError: its key is not `config.coordinator_key`.
@@ -111,7 +122,10 @@ class DiLoCoClient:
             raise ConfigError(f"inner_steps={inner_steps!r} is invalid: expected >= 1")
         self._config = config or ClientConfig()
         self._record_dp = record_dp
-        self._local = LocalRun(unwrap_module(model), self._config.proximal_mu)
+        self._local = LocalRun(unwrap_module(model), self._config)
+        self._evaluation = (
+            None if evaluate is None else GlobalEvaluation(self._local.model, evaluate)
+        )
         self._steps = self._rounds_completed = 0
         self._last_outcome: SyncOutcome | None = None
         self._closed = False
@@ -139,6 +153,7 @@ class DiLoCoClient:
             federation = self._connection.join()
             self._sync = self._start(federation)
             self._reconnector = Reconnector(target, self._config)
+            self._evaluate_global()
         except BaseException:
             self.close()
             raise
@@ -169,6 +184,8 @@ class DiLoCoClient:
                 "it must be >= 1"
             )
         self._inner_steps = federation.inner_steps
+        if federation.model_spec is not None:
+            self._local.adopt_wire_spec(federation.model_spec)
         log.info(
             "client_joined",
             client=self._connection.client_id,
@@ -248,7 +265,29 @@ class DiLoCoClient:
         self._last_outcome = self._reconnector.run(self._sync)
         self._steps = 0
         self._rounds_completed += 1
+        self._evaluate_global()
         return True
+
+    def _evaluate_global(self) -> None:
+        """Run `evaluate` if the model holds a version it has not seen."""
+        if self._evaluation is not None:
+            self._evaluation.maybe_run(self._local.base_version)
+
+    def global_state_dict(self) -> dict[str, torch.Tensor]:
+        """The latest global model as a `state_dict` a fresh model loads strictly.
+
+        Federated tensors as last pulled (in the model's dtypes, every alias
+        of a tied weight included), tensors that never travel (frozen under
+        `federate="trainable"`, `local_modules`) as this client holds them
+        now. Copies on the CPU: safe to keep, save or load elsewhere while
+        training goes on.
+        """
+        return self._local.global_state_dict()
+
+    @property
+    def eval_history(self) -> list[GlobalEval]:
+        """Every `evaluate` result so far, oldest first (empty without one)."""
+        return [] if self._evaluation is None else list(self._evaluation.history)
 
     def close(self) -> None:
         """Leave the session, close the channel, stop the loop. Idempotent.

@@ -23,8 +23,11 @@ from __future__ import annotations
 import torch
 
 from fedgrpc.client.proximal import ProximalTerm
+from fedgrpc.client.tensors import select_tensors
+from fedgrpc.config.client import ClientConfig
+from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.errors import InvalidUpdateError
-from fedgrpc.wire.tensors import flatten_fp32, spec_from_module, unpack_native
+from fedgrpc.wire.tensors import flatten_fp32, unpack_native
 
 
 class LocalRun:
@@ -33,22 +36,46 @@ class LocalRun:
     Not thread-safe: the training thread owns it, between optimizer steps.
     """
 
-    def __init__(self, model: torch.nn.Module, proximal_mu: float = 0.0) -> None:
-        """Describe `model` and allocate the buffers.
+    def __init__(
+        self, model: torch.nn.Module, config: ClientConfig | None = None
+    ) -> None:
+        """Describe `model`'s federated tensors and allocate the buffers.
 
-        With `proximal_mu` > 0 the run also installs FedProx's gradient term
-        (`proximal.ProximalTerm`), anchored at every `load` to the weights
+        Which tensors travel follows `config` (`federate`, `buffers`,
+        `local_modules`; see `client.tensors`). With `config.proximal_mu` > 0
+        the run also installs FedProx's gradient term (`proximal.ProximalTerm`)
+        on the federated parameters, anchored at every `load` to the weights
         just loaded: views of `downlink`, so it costs no buffer on a CPU model.
 
         Raises:
             ConfigError: a parameter is not float16/bfloat16/float32/float64,
-                or the model has none.
+                nothing would travel, or a `local_modules` entry matches nothing.
         """
-        self.spec = spec_from_module(model)
-        self.params = [param for _, param in model.named_parameters()]
+        config = config or ClientConfig()
+        self.model = model
+        federated = select_tensors(model, config)
+        self.spec = federated.spec
+        self.params = list(federated.tensors)
+        """The federated tensors: parameters, then buffers (live objects)."""
+        self.local_names = federated.local
+        """`state_dict` names that never travel (frozen, local, skipped)."""
+        proximal_mu = config.proximal_mu
         self.snapshot = torch.empty(self.spec.num_coordinates, dtype=torch.float32)
         self.delta = torch.empty(self.spec.num_coordinates, dtype=torch.float32)
         self.downlink = torch.empty(self.spec.num_bytes, dtype=torch.uint8)
+        self._casts = False
+        """Pulled dtypes differ from the model's (`adopt_wire_spec`)."""
+        self._counters = [
+            (slot.coord_offset, slot.coord_offset + slot.spec.numel)
+            for slot in self.spec.slots
+            if not slot.spec.dtype.is_float
+        ]
+        """Coordinates of integer buffers (`num_batches_tracked`): counters of
+        this client's own batches. They travel so that the federation's model
+        (and its export) has every buffer, but with a zero pseudo-gradient, and
+        a load does not overwrite them: an average of counters means nothing,
+        and a constant H in every update would dominate the norms that the
+        divergence guard, norm bounds and DP clipping measure."""
         self.base_version = 0
         """Global model version of `snapshot`."""
         self.samples = 0
@@ -56,8 +83,28 @@ class LocalRun:
         self.loss_mean = 0.0
         """Mean of the losses reported since the snapshot (0 if none were)."""
         self._losses = 0
-        self.proximal = ProximalTerm(self.params, proximal_mu) if proximal_mu else None
+        self._num_parameters = len(federated.parameters)
+        self.proximal = (
+            ProximalTerm(federated.parameters, proximal_mu) if proximal_mu else None
+        )
         """FedProx's term, if `proximal_mu` > 0; removed by `close`."""
+
+    def adopt_wire_spec(self, spec: ModelSpec) -> None:
+        """Pull and export in the federation's dtypes (`spec`), cast on load.
+
+        Join accepted this model into a federation whose spec differs only
+        in float dtypes (`ModelSpec.casts_to`): a bfloat16 model in a
+        float32 federation. Pulled bytes follow `spec`; each `load` casts
+        them into the model, and the float32 pseudo-gradient is applied to
+        the coordinator's float32 master as usual: the same split as mixed
+        precision training's low-precision working copy and float32 master.
+        """
+        if spec == self.spec:
+            return
+        self.spec.check_same_as(spec, allow_casts=True)
+        self.spec = spec
+        self.downlink = torch.empty(spec.num_bytes, dtype=torch.uint8)
+        self._casts = True
 
     def record(self, loss: float | None, num_samples: int) -> None:
         """Count one inner step's samples and fold its loss into the mean."""
@@ -81,6 +128,8 @@ class LocalRun:
         """
         flatten_fp32(self.params, self.spec, out=self.delta)
         delta = torch.sub(self.snapshot, self.delta, out=self.delta)
+        for start, stop in self._counters:
+            delta[start:stop] = 0  # counters never move the global model
         # One reduction instead of a model-sized mask; a finite vector whose sum
         # overflows float32 would need entries near 1e30, garbage anyway.
         if not bool(torch.isfinite(delta.sum())):
@@ -110,15 +159,45 @@ class LocalRun:
         views = unpack_native(native, self.spec)
         with torch.no_grad():
             for param, view in zip(self.params, views, strict=True):
-                param.data.copy_(view)
-        flatten_fp32(views, self.spec, out=self.snapshot)
+                if param.is_floating_point():  # a counter keeps counting
+                    param.data.copy_(view)
+        # Cast on load (a bfloat16 model in a float32 federation): measure the
+        # pseudo-gradient from the weights as the model holds them, or the
+        # rounding of every load would be sent back as a change each round.
+        source = self.params if self._casts else views
+        flatten_fp32(source, self.spec, out=self.snapshot)
         if self.proximal is not None:
             # w^t of FedProx: the global weights just loaded. Not the snapshot,
             # which `rebase_on_local` moves to the local weights.
-            self.proximal.anchor_to(views)
+            self.proximal.anchor_to(views[: self._num_parameters])
         self.base_version = version
         self.samples = self._losses = 0
         self.loss_mean = 0.0
+
+    def global_state_dict(self) -> dict[str, torch.Tensor]:
+        """The last loaded global model as a full `state_dict` (copies, CPU).
+
+        In `model.state_dict()`'s order and dtypes: federated tensors (and
+        every alias of a tied one) from the pulled bytes, tensors that never
+        travel (frozen, `local_modules`, unaveraged buffers) from the model
+        as it is now. So `fresh_model.load_state_dict(sd, strict=True)` works,
+        whatever the local training did since the pull.
+        """
+        pulled = {
+            slot.spec.name: view.clone()
+            for slot, view in zip(
+                self.spec.slots, unpack_native(self.downlink, self.spec), strict=True
+            )
+        }
+        for alias, target in self.spec.aliases:
+            pulled[alias] = pulled[target]
+        out = {}
+        for name, tensor in self.model.state_dict().items():
+            if name in pulled:
+                out[name] = pulled[name].to(tensor.dtype)
+            else:
+                out[name] = tensor.detach().to("cpu", copy=True)
+        return out
 
     def close(self) -> None:
         """Remove the FedProx hook, if any: the user's optimizer steps plain again."""

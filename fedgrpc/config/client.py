@@ -8,7 +8,12 @@ validate TLS pairs and paths through `fedgrpc.config.files`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, TypeAlias
+
+if TYPE_CHECKING:
+    import torch
 
 from fedgrpc.config.files import check_readable as _check_readable
 from fedgrpc.config.files import check_tls_pair as _check_tls_pair
@@ -16,6 +21,13 @@ from fedgrpc.config.files import is_hex as _is_hex
 from fedgrpc.errors import check_config as _check
 
 _FINGERPRINT_CHARS = 64
+Federate: TypeAlias = (
+    'Literal["trainable", "all"] | Callable[[str, torch.Tensor], bool]'
+)
+"""Which parameters travel: trainable ones, all, or those a function picks."""
+BufferSharing = Literal["average", "local"]
+FEDERATE_CHOICES = ("trainable", "all")
+BUFFER_CHOICES = ("average", "local")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,7 +102,35 @@ class ClientConfig:
     known, before revealing the shares that unmask it. Protects against a
     coordinator that announces less noise than it promised. 0: no check."""
 
+    federate: Federate = "trainable"
+    """Which parameters travel. "trainable" (the default): those with
+    requires_grad, so a frozen backbone or a LoRA base model costs nothing;
+    "all": every parameter; or a function (name, tensor) -> bool. Every
+    client of a federation must choose the same (Join names the first tensor
+    that differs)."""
+    buffers: BufferSharing = "average"
+    """Module buffers (BatchNorm running statistics): "average" (the default)
+    sends float buffers with the parameters and the coordinator sets them to
+    the clients' weighted mean (never an outer optimizer step); "local"
+    keeps each client's own. Integer buffers (`num_batches_tracked`) are
+    counters: they are in the federation's model, so exports load strictly,
+    but each client keeps counting its own batches. Non-persistent buffers
+    and ones neither float nor int64/int32 stay local."""
+    local_modules: tuple[str, ...] = ()
+    """Module names (as in `model.named_modules()`, e.g. "head") whose
+    parameters and buffers never leave this client: personalisation, such as
+    a per-client classifier head. Every client must name the same ones."""
+
     def __post_init__(self) -> None:
+        _check(callable(self.federate) or self.federate in FEDERATE_CHOICES,
+               "federate", self.federate,
+               "'trainable', 'all' or a function (name, tensor) -> bool")  # fmt: skip
+        _check(self.buffers in BUFFER_CHOICES, "buffers", self.buffers,
+               "'average' or 'local'")  # fmt: skip
+        _check(isinstance(self.local_modules, tuple)
+               and all(isinstance(m, str) and m.strip(".") for m in self.local_modules),
+               "local_modules", self.local_modules,
+               "a tuple of module names, e.g. ('head',)")  # fmt: skip
         for name in ("rpc_timeout_s", "round_wait_s", "heartbeat_interval_s",
                      "connect_timeout_s", "reconnect_initial_s",
                      "reconnect_max_s", "reconnect_give_up_s"):  # fmt: skip

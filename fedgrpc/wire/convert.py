@@ -28,6 +28,8 @@ _DTYPE_TO_PROTO = {
     DType.FLOAT16: common_pb2.DTYPE_FLOAT16,
     DType.BFLOAT16: common_pb2.DTYPE_BFLOAT16,
     DType.FLOAT64: common_pb2.DTYPE_FLOAT64,
+    DType.INT64: common_pb2.DTYPE_INT64,
+    DType.INT32: common_pb2.DTYPE_INT32,
 }
 _DTYPE_FROM_PROTO = {v: k for k, v in _DTYPE_TO_PROTO.items()}
 _OPTIMIZER_TO_PROTO: dict[str, common_pb2.OuterOptimizer.ValueType] = {
@@ -47,11 +49,18 @@ def spec_to_proto(spec: ModelSpec) -> common_pb2.ModelSpec:
     return common_pb2.ModelSpec(
         tensors=[
             common_pb2.TensorSpec(
-                name=t.name, shape=list(t.shape), dtype=_DTYPE_TO_PROTO[t.dtype]
+                name=t.name,
+                shape=list(t.shape),
+                dtype=_DTYPE_TO_PROTO[t.dtype],
+                buffer=t.buffer,
             )
             for t in spec.tensors
         ],
         digest=spec.digest,
+        aliases=[
+            common_pb2.TensorAlias(name=alias, target=target)
+            for alias, target in spec.aliases
+        ],
     )
 
 
@@ -67,14 +76,27 @@ def spec_from_proto(message: common_pb2.ModelSpec) -> ModelSpec:
         if t.dtype not in _DTYPE_FROM_PROTO:
             raise InvalidUpdateError(
                 f"tensor {index} ({t.name!r}) has unsupported dtype {t.dtype}; "
-                "use float32, float16, bfloat16 or float64"
+                "use float32, float16, bfloat16 or float64 (int64 or int32 for "
+                "buffers)"
+            )
+        if not t.buffer and not _DTYPE_FROM_PROTO[t.dtype].is_float:
+            raise InvalidUpdateError(
+                f"tensor {index} ({t.name!r}) is an integer parameter; only "
+                "buffers may be integers"
             )
         if len(t.name) > MAX_NAME_CHARS:
             raise InvalidUpdateError(
                 f"tensor {index} has a name over {MAX_NAME_CHARS} chars"
             )
-        tensors.append(TensorSpec(t.name, tuple(t.shape), _DTYPE_FROM_PROTO[t.dtype]))
-    spec = ModelSpec(tuple(tensors))
+        tensors.append(
+            TensorSpec(t.name, tuple(t.shape), _DTYPE_FROM_PROTO[t.dtype], t.buffer)
+        )
+    if any(len(a.name) > MAX_NAME_CHARS for a in message.aliases):
+        raise InvalidUpdateError(
+            f"a tensor alias has a name over {MAX_NAME_CHARS} chars"
+        )
+    aliases = tuple((a.name, a.target) for a in message.aliases)
+    spec = ModelSpec(tuple(tensors), aliases)
     if message.digest and message.digest != spec.digest:
         raise InvalidUpdateError(
             "model spec digest does not match its tensors; the client computed it "

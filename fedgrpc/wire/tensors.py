@@ -18,6 +18,8 @@ _TORCH_DTYPES: dict[DType, torch.dtype] = {
     DType.FLOAT16: torch.float16,
     DType.BFLOAT16: torch.bfloat16,
     DType.FLOAT64: torch.float64,
+    DType.INT64: torch.int64,
+    DType.INT32: torch.int32,
 }
 _DTYPES_BY_TORCH = {v: k for k, v in _TORCH_DTYPES.items()}
 
@@ -30,22 +32,50 @@ def torch_dtype(dtype: DType) -> torch.dtype:
 def spec_from_module(model: torch.nn.Module) -> ModelSpec:
     """Describe `model`'s parameters (by name, in `named_parameters()` order).
 
+    Every parameter, frozen or not, and no buffers: the layout of a model
+    federated with `federate="all", buffers="local"`. Clients choose their
+    tensors with `fedgrpc.client.tensors.select_tensors`.
+
     Raises:
         ConfigError: the model has no parameters, or one is not float16,
             bfloat16, float32 or float64 (integer parameters cannot be averaged).
     """
-    tensors = []
-    for name, param in model.named_parameters():
-        if param.dtype not in _DTYPES_BY_TORCH:
-            raise ConfigError(
-                f"parameter {name!r} has dtype {param.dtype}; fedgrpc federates "
-                "float16, bfloat16, float32 and float64 parameters only"
+    named = list(model.named_parameters())
+    return spec_from_tensors([(name, p, False) for name, p in named])
+
+
+def spec_from_tensors(
+    tensors: Sequence[tuple[str, torch.Tensor, bool]],
+    aliases: tuple[tuple[str, str], ...] = (),
+) -> ModelSpec:
+    """Describe (name, tensor, is_buffer) triples, in the given order.
+
+    Raises:
+        ConfigError: none given, a parameter is not a float, or a buffer is
+            neither a float nor int64/int32.
+    """
+    specs = []
+    for name, tensor, buffer in tensors:
+        dtype = _DTYPES_BY_TORCH.get(tensor.dtype)
+        if dtype is None or not (dtype.is_float or buffer):
+            kinds = "float16, bfloat16, float32 and float64 parameters" + (
+                ", int64 and int32 buffers" if buffer else ""
             )
-        shape = tuple(int(d) for d in param.shape)
-        tensors.append(TensorSpec(name, shape, _DTYPES_BY_TORCH[param.dtype]))
-    if not tensors:
+            raise ConfigError(
+                f"{'buffer' if buffer else 'parameter'} {name!r} has dtype "
+                f"{tensor.dtype}; fedgrpc federates {kinds} only"
+            )
+        shape = tuple(int(d) for d in tensor.shape)
+        specs.append(TensorSpec(name, shape, dtype, buffer))
+    if not specs:
         raise ConfigError("the model has no parameters to federate")
-    return ModelSpec(tuple(tensors))
+    return ModelSpec(tuple(specs), aliases)
+
+
+def federable_dtype(tensor: torch.Tensor, buffer: bool) -> bool:
+    """Whether a tensor of this dtype can travel (as a buffer if `buffer`)."""
+    dtype = _DTYPES_BY_TORCH.get(tensor.dtype)
+    return dtype is not None and (dtype.is_float or buffer)
 
 
 def flatten_fp32(
@@ -73,7 +103,7 @@ def load_flat_fp32(
         for slot, tensor in zip(spec.slots, tensors, strict=True):
             n = slot.spec.numel
             view = flat[slot.coord_offset : slot.coord_offset + n].view(tensor.shape)
-            tensor.copy_(view)
+            tensor.copy_(view if tensor.is_floating_point() else view.round())
 
 
 def pack_native(flat: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
@@ -86,6 +116,8 @@ def pack_native(flat: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
     for slot in spec.slots:
         n, nbytes = slot.spec.numel, slot.spec.nbytes
         values = flat[slot.coord_offset : slot.coord_offset + n]
+        if not slot.spec.dtype.is_float:  # an averaged counter: nearest integer
+            values = values.round()
         cast = values.to(torch_dtype(slot.spec.dtype))
         out[slot.byte_offset : slot.byte_offset + nbytes].copy_(cast.view(torch.uint8))
     return out

@@ -43,6 +43,13 @@ class _DTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DType.ValueType
     """IEEE 754 binary64. The coordinator's master copy is float32, so an outer
     step rounds float64 parameters to float32 precision.
     """
+    DTYPE_INT64: _DType.ValueType  # 5
+    """Signed 64-bit integer, little-endian; buffers only (BatchNorm's
+    num_batches_tracked). Averaged as float32 (exact up to 2^24) and rounded
+    to the nearest integer in the weights sent back.
+    """
+    DTYPE_INT32: _DType.ValueType  # 6
+    """Signed 32-bit integer, little-endian; buffers only, as DTYPE_INT64."""
 
 class DType(_DType, metaclass=_DTypeEnumTypeWrapper):
     """Element type of a model tensor as the client holds it."""
@@ -59,6 +66,13 @@ DTYPE_FLOAT64: DType.ValueType  # 4
 """IEEE 754 binary64. The coordinator's master copy is float32, so an outer
 step rounds float64 parameters to float32 precision.
 """
+DTYPE_INT64: DType.ValueType  # 5
+"""Signed 64-bit integer, little-endian; buffers only (BatchNorm's
+num_batches_tracked). Averaged as float32 (exact up to 2^24) and rounded
+to the nearest integer in the weights sent back.
+"""
+DTYPE_INT32: DType.ValueType  # 6
+"""Signed 32-bit integer, little-endian; buffers only, as DTYPE_INT64."""
 Global___DType: _TypeAlias = DType  # noqa: Y015
 
 class _Codec:
@@ -276,10 +290,17 @@ class TensorSpec(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     SHAPE_FIELD_NUMBER: _builtins.int
     DTYPE_FIELD_NUMBER: _builtins.int
+    BUFFER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Parameter name as in `torch.nn.Module.named_parameters()`, e.g. "fc1.weight"."""
     dtype: Global___DType.ValueType
     """Element type the client holds; weights are sent back in this type."""
+    buffer: _builtins.bool
+    """A buffer (module state that is not a parameter, such as BatchNorm's
+    running statistics), not a parameter: the coordinator sets it to the
+    clients' weighted mean instead of stepping it with the outer optimizer.
+    Part of the digest (its dtype reads "buffer:<dtype>" there).
+    """
     @_builtins.property
     def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Dimensions, outermost first. Empty for a 0-d (scalar) tensor; a zero
@@ -292,14 +313,44 @@ class TensorSpec(_message.Message):
         name: _builtins.str = ...,
         shape: _abc.Iterable[_builtins.int] | None = ...,
         dtype: Global___DType.ValueType = ...,
+        buffer: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dtype", b"dtype", "name", b"name", "shape", b"shape"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer", b"buffer", "dtype", b"dtype", "name", b"name", "shape", b"shape"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TensorSpec: _TypeAlias = TensorSpec  # noqa: Y015
+
+@_typing.final
+class TensorAlias(_message.Message):
+    """Another name of a tensor in the spec: a tied weight, such as a language
+    model's output projection that is its embedding matrix. The tensor travels
+    once; exports write it under both names.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The other name, e.g. "lm_head.weight"."""
+    target: _builtins.str
+    """The name in `ModelSpec.tensors` it refers to, e.g. "embed.weight"."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        target: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TensorAlias: _TypeAlias = TensorAlias  # noqa: Y015
 
 @_typing.final
 class ModelSpec(_message.Message):
@@ -312,6 +363,7 @@ class ModelSpec(_message.Message):
 
     TENSORS_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
     digest: _builtins.bytes
     """SHA-256 over the canonical encoding of `tensors` (32 bytes). Two
     specs with equal digests describe the same model layout.
@@ -320,15 +372,20 @@ class ModelSpec(_message.Message):
     def tensors(self) -> _containers.RepeatedCompositeFieldContainer[Global___TensorSpec]:
         """Parameters in flat-space order."""
 
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedCompositeFieldContainer[Global___TensorAlias]:
+        """Tied weights' other names (not in the digest)."""
+
     def __init__(
         self,
         *,
         tensors: _abc.Iterable[Global___TensorSpec] | None = ...,
         digest: _builtins.bytes = ...,
+        aliases: _abc.Iterable[Global___TensorAlias] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "tensors", b"tensors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "digest", b"digest", "tensors", b"tensors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

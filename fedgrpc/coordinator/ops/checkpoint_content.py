@@ -44,9 +44,9 @@ from fedgrpc.coordinator.rounds.registry import (
 )
 from fedgrpc.coordinator.rounds.weighting import COUNTER_MAX
 from fedgrpc.crypto.keys import PublicKey
-from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
+from fedgrpc.domain.model_spec import ModelSpec, spec_from_rows, spec_rows
 from fedgrpc.domain.requests import RecordPrivacyClaim
-from fedgrpc.errors import CheckpointError
+from fedgrpc.errors import CheckpointError, InvalidUpdateError
 from fedgrpc.log import get_logger
 from fedgrpc.optim import StateDict
 from fedgrpc.version import __version__
@@ -54,7 +54,6 @@ from fedgrpc.version import __version__
 log = get_logger(__name__)
 _OPTIMIZER_PREFIX = "optimizer."
 _AGGREGATOR_PREFIX = "aggregator."
-_DTYPES = {dtype.torch_name: dtype for dtype in DType}
 _CREDIT_FIELDS = (
     "updates_accepted",
     "samples_contributed",
@@ -104,7 +103,8 @@ def capture(engine: RoundEngine, registry: ClientRegistry, totals: Totals) -> Sn
         "round_id": last_closed,
         "model_version": model.version,
         "model_round_id": published.round_id,
-        "spec": [[t.name, list(t.shape), t.dtype.torch_name] for t in spec.tensors],
+        "spec": spec_rows(spec),
+        "spec_aliases": [list(pair) for pair in spec.aliases],
         "spec_sha256": spec.digest.hex(),
         "optimizer": {
             "name": model.optimizer.name,
@@ -242,9 +242,10 @@ def _warn_if_changed(config: CoordinatorConfig, saved: dict[str, Any]) -> None:
 
 
 def _spec(state: dict[str, Any], checkpoint: CheckpointFile) -> ModelSpec:
-    spec = ModelSpec(
-        tuple(TensorSpec(n, tuple(s), _DTYPES[d]) for n, s, d in state["spec"])
-    )
+    try:
+        spec = spec_from_rows(state["spec"], state.get("spec_aliases"))
+    except (KeyError, TypeError, ValueError, InvalidUpdateError) as exc:
+        raise CheckpointError(f"{checkpoint.path}: bad model spec ({exc})") from exc
     if spec.digest.hex() != state["spec_sha256"]:
         raise CheckpointError(
             f"{checkpoint.path}: the model spec does not match its digest"

@@ -111,7 +111,7 @@ def _from_safetensors(file: Path, where: str) -> dict[str, torch.Tensor]:
 
 def _from_checkpoint(file: Path, where: str) -> dict[str, torch.Tensor]:
     try:
-        return state_dict(newest_checkpoint(file))
+        return state_dict(newest_checkpoint(file), dtype="native")
     except CheckpointError as exc:
         raise ConfigError(
             f"{where} is neither a safetensors file nor a fedgrpc checkpoint "
@@ -130,11 +130,11 @@ def _checked(tensors: dict[str, torch.Tensor], path: str, where: str) -> Initial
             kind = str(tensor.dtype).removeprefix("torch.")
             raise ConfigError(
                 f"{where}: tensor {name!r} is {kind}; only float16, bfloat16, "
-                "float32 and float64 parameters are federated (a state_dict's "
-                "integer buffers such as num_batches_tracked are not: save "
-                "dict(model.named_parameters()))"
+                "float32 and float64 tensors and int64/int32 buffers (such as "
+                "num_batches_tracked) are federated: save model.state_dict() "
+                "without the others"
             )
-        if not bool(torch.isfinite(tensor).all()):
+        if dtype.is_float and not bool(torch.isfinite(tensor).all()):
             raise ConfigError(f"{where}: tensor {name!r} has NaN or infinite values")
         dtypes[name] = dtype
     try:

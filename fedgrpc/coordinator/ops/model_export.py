@@ -9,9 +9,17 @@ Two formats, both keyed by the parameter names the clients' models use:
   and needs no extra dependency to *write*; `safetensors.torch.load_file`
   reads it, and nothing in it is executable.
 
-Each tensor gets its clients' dtype back (a bfloat16 parameter is exported
-as bfloat16). Only parameters are federated, so a model with buffers
-(BatchNorm statistics) loads it with `load_state_dict(..., strict=False)`.
+Values are the float32 master weights by default (`dtype="float32"`), the
+precision the outer optimizer keeps; `dtype="native"` gives each tensor its
+clients' dtype back (a bfloat16 parameter as bfloat16), and a float dtype
+casts every float tensor to it. Integer buffers (`num_batches_tracked`)
+stay integers, rounded. Federated buffers (BatchNorm statistics) are in the
+file, and every alias of a tied weight is written under its own name, so
+the file loads with `model.load_state_dict(..., strict=True)` into a fresh
+model when every tensor was federated. Tensors a client kept to itself
+(`ClientConfig.local_modules`, frozen parameters under the default
+`federate="trainable"`) were never sent, so they are not in the file: load
+with `strict=False` then, or take `DiLoCoClient.global_state_dict()`.
 """
 
 from __future__ import annotations
@@ -34,20 +42,25 @@ from fedgrpc.coordinator.ops.checkpoint_file import (
     list_rounds,
     read_checkpoint,
 )
-from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
-from fedgrpc.errors import CheckpointError
+from fedgrpc.domain.model_spec import DType, spec_from_rows
+from fedgrpc.errors import CheckpointError, InvalidUpdateError
 from fedgrpc.log import get_logger
 from fedgrpc.wire.tensors import torch_dtype
 
 log = get_logger(__name__)
 ExportFormat = Literal["torch", "safetensors"]
+ExportDType = Literal["float32", "native", "bfloat16", "float16", "float64"]
+EXPORT_DTYPES: tuple[ExportDType, ...] = (
+    "float32", "native", "bfloat16", "float16", "float64",
+)  # fmt: skip
 _SAFETENSORS_DTYPES = {
     DType.FLOAT32: "F32",
     DType.FLOAT16: "F16",
     DType.BFLOAT16: "BF16",
     DType.FLOAT64: "F64",
+    DType.INT64: "I64",
+    DType.INT32: "I32",
 }
-_DTYPES = {dtype.torch_name: dtype for dtype in DType}
 _SAFETENSORS_BY_TORCH = {torch_dtype(d): tag for d, tag in _SAFETENSORS_DTYPES.items()}
 
 
@@ -81,32 +94,59 @@ def newest_checkpoint(path: str | Path) -> CheckpointFile:
     raise CheckpointError(f"no intact round-<N>.ckpt checkpoint in {path}")
 
 
-def state_dict(checkpoint: CheckpointFile) -> dict[str, torch.Tensor]:
-    """The checkpoint's global weights by parameter name, in their own dtypes."""
-    tensors = tuple(
-        TensorSpec(name, tuple(shape), _DTYPES[dtype])
-        for name, shape, dtype in checkpoint.state["spec"]
-    )
-    spec, master = ModelSpec(tensors), checkpoint.tensors["master"]
+def state_dict(
+    checkpoint: CheckpointFile, dtype: ExportDType = "float32"
+) -> dict[str, torch.Tensor]:
+    """The checkpoint's global weights by name, aliases included (see module doc).
+
+    Raises:
+        CheckpointError: the checkpoint's spec is malformed, or `dtype` unknown.
+    """
+    if dtype not in EXPORT_DTYPES:
+        raise CheckpointError(
+            f"dtype={dtype!r} is invalid: expected one of {', '.join(EXPORT_DTYPES)}"
+        )
+    try:
+        spec = spec_from_rows(
+            checkpoint.state["spec"], checkpoint.state.get("spec_aliases")
+        )
+    except (KeyError, TypeError, ValueError, InvalidUpdateError) as exc:
+        raise CheckpointError(f"{checkpoint.path}: bad model spec ({exc})") from exc
+    master = checkpoint.tensors["master"]
     out = {}
     for slot in spec.slots:
         values = master[slot.coord_offset : slot.coord_offset + slot.spec.numel]
         # clone: each tensor its own storage, so torch.save writes just it
-        cast = values.to(torch_dtype(slot.spec.dtype)).clone()
+        cast = _cast(values, slot.spec.dtype, dtype).clone()
         out[slot.spec.name] = cast.view(slot.spec.shape)
+    for alias, target in spec.aliases:
+        out[alias] = out[target]  # one tensor under both names: torch.save shares it
     return out
 
 
+def _cast(values: torch.Tensor, native: DType, wanted: ExportDType) -> torch.Tensor:
+    """Master float32 `values` in the export's dtype for a tensor held as `native`."""
+    if not native.is_float:  # an averaged integer counter
+        return values.round().to(torch_dtype(native))
+    if wanted == "native":
+        return values.to(torch_dtype(native))
+    return values.to(getattr(torch, wanted))
+
+
 def export_model(
-    checkpoint: str | Path, out: str | Path, fmt: ExportFormat = "torch"
+    checkpoint: str | Path,
+    out: str | Path,
+    fmt: ExportFormat = "torch",
+    dtype: ExportDType = "float32",
 ) -> ExportedModel:
     """Write the newest model in `checkpoint` (file or directory) to `out`.
 
     Raises:
-        CheckpointError: no readable checkpoint, or `out` cannot be written.
+        CheckpointError: no readable checkpoint, `out` cannot be written, or
+            `dtype` is unknown.
     """
     source = newest_checkpoint(checkpoint)
-    tensors = state_dict(source)
+    tensors = state_dict(source, dtype)
     metadata = {
         "format": "pt",
         "fedgrpc_run_id": str(source.state["run_id"]),
@@ -123,7 +163,10 @@ def export_model(
         round_id=source.round_id,
         model_version=int(source.state["model_version"]),
         num_tensors=len(tensors),
-        num_bytes=sum(t.numel() * t.element_size() for t in tensors.values()),
+        num_bytes=sum(
+            t.numel() * t.element_size()
+            for t in {id(t): t for t in tensors.values()}.values()
+        ),
     )
 
 

@@ -61,11 +61,13 @@ class GlobalModel:
         if spec.num_coordinates == 0:
             raise InvalidUpdateError("the model's parameters have no elements")
         if self.spec is not None:
-            spec.check_same_as(self.spec)
+            # A float dtype may differ: a bfloat16 client casts what it pulls.
+            spec.check_same_as(self.spec, allow_casts=True)
             return False
         initial = self.initial
         if initial is not None:
             initial.check_matches(spec)
+            spec = initial.federation_spec(spec)
         self.spec = spec
         if initial is None:
             return False
@@ -115,9 +117,33 @@ class GlobalModel:
         master = self.require_master()
         if copy_on_write and self._published_aliases_master():
             master = master.clone()
+        averaged = self._take_buffers(mean)
         self.optimizer.step(master, mean)
+        for (start, stop), mean_delta in averaged:
+            master[start:stop].sub_(mean_delta)
         self.master = master
         self.published = self._publish(self.version + 1, round_id)
+
+    def _take_buffers(
+        self, mean: torch.Tensor
+    ) -> list[tuple[tuple[int, int], torch.Tensor]]:
+        """Move the buffers' mean pseudo-gradients out of `mean` (zeroed there).
+
+        Buffers are averaged, never stepped: with every client based on
+        the current version, master - mean(snapshot - local) is the clients'
+        weighted mean of the buffer (FedAvg of the statistics). An outer
+        step would apply momentum and a learning rate to BatchNorm's running
+        variance, which can then turn negative. A zero pseudo-gradient leaves
+        the outer optimizer's own update at those coordinates zero (its
+        state there stays zero), so they are set afterwards. Buffers are a
+        tiny slice of any model: the copies cost nothing.
+        """
+        taken = []
+        for slot in self.require_spec().buffer_slots:
+            start, stop = slot.coord_offset, slot.coord_offset + slot.spec.numel
+            taken.append(((start, stop), mean[start:stop].clone()))
+            mean[start:stop] = 0
+        return taken
 
     def divergence(self, mean: torch.Tensor, round_id: int) -> str | None:
         """Why applying round `round_id`'s `mean` would blow the model up, or None.

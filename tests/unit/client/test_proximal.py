@@ -160,7 +160,7 @@ def _load(local: LocalRun, weights: list[torch.Tensor], version: int) -> None:
 def test_the_term_follows_the_global_weights_of_each_load(
     model: nn.Module, inputs: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
-    local = LocalRun(model, proximal_mu=MU)
+    local = LocalRun(model, ClientConfig(proximal_mu=MU))
     try:
         _load(local, _global_weights(model, seed=7), version=1)
         newer = _global_weights(model, seed=8)
@@ -182,7 +182,7 @@ def test_the_term_follows_the_global_weights_of_each_load(
 def test_a_rebase_on_local_weights_keeps_the_global_anchor(
     model: nn.Module, inputs: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
-    local = LocalRun(model, proximal_mu=MU)
+    local = LocalRun(model, ClientConfig(proximal_mu=MU))
     try:
         global_weights = _global_weights(model, seed=9)
         _load(local, global_weights, version=1)
@@ -207,7 +207,7 @@ def test_mu_zero_installs_nothing_and_gradients_stay_bit_identical(
     plain_model = nn.Linear(5, 2)
     fedprox_model = nn.Linear(5, 2)
     fedprox_model.load_state_dict(plain_model.state_dict())
-    local = LocalRun(fedprox_model, proximal_mu=ClientConfig().proximal_mu)
+    local = LocalRun(fedprox_model, ClientConfig())
     weights = [torch.randn(p.shape) for p in fedprox_model.parameters()]
     _load(local, weights, version=1)
     plain_model.load_state_dict(fedprox_model.state_dict())

@@ -54,7 +54,8 @@ def test_export_loads_into_the_model_with_dtypes_kept(
     out = tmp_path / "out" / f"model{suffix}"
 
     # Act
-    code = main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(out)])
+    code = main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(out),
+                 "--dtype", "native"])  # fmt: skip
 
     # Assert: the reference readers load it, and it fits the model.
     assert code == 0
@@ -71,6 +72,41 @@ def test_export_loads_into_the_model_with_dtypes_kept(
     restored = Mixed()
     missing, unexpected = restored.load_state_dict(state, strict=False)
     assert (missing, unexpected) == (["steps"], [])
+
+
+def test_export_defaults_to_the_float32_master_and_casts_on_request(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(0)
+    model = Mixed()
+    _checkpoint(tmp_path / "ckpt", model)
+
+    main(
+        [
+            "export",
+            "--checkpoint",
+            str(tmp_path / "ckpt"),
+            "--out",
+            str(tmp_path / "a.pt"),
+        ]
+    )
+    ckpt = str(tmp_path / "ckpt")
+    main(["export", "--checkpoint", ckpt, "--out", str(tmp_path / "b.pt"),
+          "--dtype", "bfloat16"])  # fmt: skip
+
+    master = torch.load(tmp_path / "a.pt", weights_only=True)
+    cast = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert {t.dtype for t in master.values()} == {torch.float32}
+    assert {t.dtype for t in cast.values()} == {torch.bfloat16}
+    torch.testing.assert_close(master["wide"], model.wide.detach().float())
+
+
+def test_export_with_an_unknown_dtype_is_refused_by_argparse(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["export", "--checkpoint", "x", "--out", "y.pt", "--dtype", "int8"])
+    assert "invalid choice: 'int8'" in capsys.readouterr().err
 
 
 def test_export_of_a_single_file_and_explicit_format(tmp_path: Path) -> None:

@@ -1,0 +1,82 @@
+"""Evaluate the global model each time a new version arrives.
+
+Right after a sync point loads a new version, the model holds the global
+weights (plus whatever the client keeps local): the one moment a user can
+measure the *federated* model without copying it. `GlobalEvaluation` runs
+the user's function there, in eval mode and without gradients, restores the
+training mode, logs the result, and keeps a history, so a loop can report
+validation accuracy of the federation per round in one line.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from fedgrpc.log import get_logger
+
+log = get_logger(__name__)
+
+EvalResult = Mapping[str, float] | float | None
+EvaluateFn = Callable[[torch.nn.Module, int], EvalResult]
+"""(model holding the global weights, model version) -> metrics.
+
+A float is recorded as {"metric": value}; a mapping as is; None records
+nothing (the function logged on its own)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalEval:
+    """One evaluation of a global model version."""
+
+    model_version: int
+    metrics: dict[str, float]
+
+
+class GlobalEvaluation:
+    """Runs `evaluate` once per new global version; keeps what it returned."""
+
+    def __init__(self, model: torch.nn.Module, evaluate: EvaluateFn) -> None:
+        self._model = model
+        self._evaluate = evaluate
+        self._last_version: int | None = None
+        self.history: list[GlobalEval] = []
+        """Every evaluation, oldest first."""
+
+    def maybe_run(self, version: int) -> GlobalEval | None:
+        """Evaluate `version` unless it was already; return the record."""
+        if version == self._last_version:
+            return None
+        self._last_version = version
+        model = self._model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                result = self._evaluate(model, version)
+        finally:
+            model.train(was_training)
+        if result is None:
+            return None
+        record = GlobalEval(version, _metrics(result))
+        self.history.append(record)
+        log.info(
+            "global_model_evaluated", model_version=version, metrics=record.metrics
+        )
+        return record
+
+
+def _metrics(result: Mapping[str, float] | float) -> dict[str, float]:
+    """The result as named finite-or-null floats (logs stay strict JSON)."""
+    raw = {"metric": result} if isinstance(result, int | float) else dict(result)
+    out = {}
+    for name, value in raw.items():
+        number = float(value)
+        if not math.isfinite(number):
+            log.warning("global_eval_not_finite", metric=name, value=str(number))
+            continue
+        out[str(name)] = number
+    return out
