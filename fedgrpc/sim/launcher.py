@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from fedgrpc.config import ClientConfig
 from fedgrpc.coordinator.inprocess import Coordinator
 from fedgrpc.data import Partition
 from fedgrpc.domain.status import CoordinatorStatus
@@ -75,13 +76,20 @@ def write_initial_model(config: SimulationConfig, directory: Path) -> Path:
     """The model's initial weights as safetensors, for the coordinator's `init_model`.
 
     The coordinator, not the first client to join, decides the weights; the
-    clients build the same model from the same seed, so they match it.
+    clients build the same model from the same seed, so they match it. It
+    holds exactly what the simulated clients federate under the default
+    `ClientConfig` (trainable parameters, then buffers such as the digits
+    CNN's BatchNorm statistics): `select_tensors` decides, as it does for them.
     """
     from safetensors.torch import save_file
 
+    from fedgrpc.client.tensors import select_tensors
+
     model = load_task(config.task_settings()).build_model(config.seed)
+    chosen = select_tensors(model, ClientConfig())
+    tensors = zip(chosen.spec.tensors, chosen.tensors, strict=True)
     path = directory / "init.safetensors"
-    save_file({n: p.detach() for n, p in model.named_parameters()}, str(path))
+    save_file({t.name: x.detach().contiguous() for t, x in tensors}, str(path))
     return path
 
 
@@ -243,7 +251,7 @@ class _Inbox:
     joined: dict[int, str] = field(default_factory=dict)
     """The client id each worker joined as."""
     evaluations: list[dict[str, float]] = field(default_factory=list)
-    """Client 0's scores of the global model, in order (`worker._evaluation`)."""
+    """Client 0's scores of the global model, in order (`worker._reporting`)."""
 
 
 def _monitor(

@@ -93,10 +93,10 @@ class SimulationSummary:
     """Training samples per client (char-LM: 4 KiB pieces) under `partition`,
     as each client process computed its split."""
     evaluations: list[dict[str, float]] = field(default_factory=list)
-    """The global model scored on the validation split by client 0: before
-    training (sync_point 0), then after each of its sync points that loaded
-    global weights (`worker.GLOBAL_OUTCOMES`), each with `sync_point`,
-    `model_version`, `val_loss` and (digits) `val_accuracy`."""
+    """The global model scored on the validation split by client 0 (its
+    `DiLoCoClient` `evaluate` callback): the initial weights (version 0),
+    then each new global version it loaded, each with `model_version`,
+    `val_loss` and (digits) `val_accuracy`."""
 
     @property
     def initial_val_accuracy(self) -> float | None:
@@ -114,7 +114,7 @@ class SimulationSummary:
         return self.evaluations[position]["val_accuracy"]
 
     def per_round(self, metric: str) -> list[float]:
-        """`metric` of the global model after each of client 0's sync points."""
+        """`metric` of each global version after the initial one, in order."""
         return [e[metric] for e in self.evaluations[1:] if metric in e]
 
     @property

@@ -13,7 +13,7 @@ from __future__ import annotations
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -24,9 +24,6 @@ from fedgrpc.sim.models import CharTransformer
 from fedgrpc.sim.poison import backdoor_success, flip_labels, plant_backdoor
 from fedgrpc.sim.tasks import Batch, Task, TaskSettings, load_task
 from fedgrpc.sim.tasks.charlm import CharLMTask
-
-if TYPE_CHECKING:
-    from fedgrpc.client import DiLoCoClient
 
 
 class ResultQueue(Protocol):
@@ -64,11 +61,6 @@ class Signal(Protocol):
         ...
 
 
-GLOBAL_OUTCOMES = ("applied", "stale")
-"""Sync points after which the model holds freshly loaded global weights
-(`fedgrpc.client.sync.SyncOutcome`): only those are scored as the global
-model. After the others (skipped, not selected, offline, ...) the weights
-are still this client's local ones."""
 START_WAIT_S = 900.0
 """Bound on waiting for a gate (`Gates`) (the launcher's time limit ends a
 run sooner; this only keeps an orphaned process from waiting forever)."""
@@ -117,6 +109,7 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
     )
     poison = _poisoner(args)
     transform = None if args.attack is None else build_transform(args.attack)
+    is_reporter = args.index == 0
     figures: dict[str, float] = {}
     outcomes: dict[str, float] = {}
     with DiLoCoClient(
@@ -125,12 +118,11 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
         inner_steps=args.inner_steps,
         config=config,
         update_transform=transform,
+        evaluate=_reporting(task, args, results) if is_reporter else None,
     ) as client:
-        is_reporter = args.index == 0
-        if is_reporter:
-            metrics = task.evaluate(model, args.seed)
-            figures |= {f"initial_{name}": value for name, value in metrics.items()}
-            results.put(("eval", args.index, _evaluation(client, metrics)))
+        if is_reporter:  # the callback already scored the initial weights
+            initial = client.eval_history[0].metrics
+            figures |= {f"initial_{name}": value for name, value in initial.items()}
         results.put(("ready", args.index, client.client_id))
         if gates is not None and not gates.start.wait(START_WAIT_S):
             raise RuntimeError(f"the other clients did not join in {START_WAIT_S} s")
@@ -144,9 +136,6 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
                 continue
             outcome = f"outcome_{client.last_round_outcome}"
             outcomes[outcome] = outcomes.get(outcome, 0.0) + 1
-            if is_reporter and client.last_round_outcome in GLOBAL_OUTCOMES:
-                metrics = task.evaluate(model, args.seed)
-                results.put(("eval", args.index, _evaluation(client, metrics)))
         if is_reporter:
             figures |= _final(task, model, args)
         figures["train_samples"] = float(split.sizes[args.index])
@@ -161,17 +150,22 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
             gates.release.wait(START_WAIT_S)  # then leave (the `with` block's end)
 
 
-def _evaluation(client: DiLoCoClient, metrics: dict[str, float]) -> dict[str, float]:
-    """One per-round evaluation: which weights, and their scores.
+def _reporting(
+    task: Task, args: WorkerArgs, results: ResultQueue
+) -> Callable[[torch.nn.Module, int], dict[str, float]]:
+    """The reporter's `evaluate` callback: score the global model, send the scores.
 
-    `sync_point`: sync points this client finished; `model_version`: the
-    global version its weights hold (unchanged after a skipped round).
+    `DiLoCoClient` calls it with the model holding each new global version
+    (after Join, then after every sync point that brought one), so the
+    launcher hears the *federated* model's validation metrics per round.
     """
-    return {
-        "sync_point": float(client.rounds_completed),
-        "model_version": float(client.model_version),
-        **metrics,
-    }
+
+    def report(model: torch.nn.Module, version: int) -> dict[str, float]:
+        metrics = task.evaluate(model, args.seed)
+        results.put(("eval", args.index, {"model_version": float(version), **metrics}))
+        return metrics
+
+    return report
 
 
 def _final(task: Task, model: torch.nn.Module, args: WorkerArgs) -> dict[str, float]:

@@ -18,9 +18,9 @@ def _summary(evaluations: list[dict[str, float]], task: str) -> SimulationSummar
 
 def test_digits_summary_reports_accuracy_per_round_and_in_the_table() -> None:
     evaluations = [
-        {"sync_point": 0, "model_version": 0, "val_loss": 2.3, "val_accuracy": 0.1},
-        {"sync_point": 1, "model_version": 1, "val_loss": 0.9, "val_accuracy": 0.95},
-        {"sync_point": 2, "model_version": 2, "val_loss": 0.2, "val_accuracy": 0.9},
+        {"model_version": 0, "val_loss": 2.3, "val_accuracy": 0.1},
+        {"model_version": 1, "val_loss": 0.9, "val_accuracy": 0.95},
+        {"model_version": 2, "val_loss": 0.2, "val_accuracy": 0.9},
     ]
     summary = _summary(evaluations, "digits")
 
@@ -40,8 +40,8 @@ def test_digits_summary_reports_accuracy_per_round_and_in_the_table() -> None:
 
 
 def test_charlm_summary_has_loss_per_round_and_no_accuracy() -> None:
-    evaluations = [{"sync_point": 0, "model_version": 0, "val_loss": 5.5},
-                   {"sync_point": 1, "model_version": 1, "val_loss": 3.0}]  # fmt: skip
+    evaluations = [{"model_version": 0, "val_loss": 5.5},
+                   {"model_version": 1, "val_loss": 3.0}]  # fmt: skip
     summary = _summary(evaluations, "charlm")
 
     figures = summary.as_dict()
