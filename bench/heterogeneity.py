@@ -6,9 +6,9 @@ batch 32) for a fixed budget of R = 10 rounds of H = 50 inner steps, and
 the global model is scored on the 360 held-out images. Ten clients and
 H = 50 so that label skew bites: at alpha 0.1 a client's three commonest
 digits are on average 94 % of its images, and it drifts for 50 steps
-(with 4 clients and H = 20 every method stayed within ~1 point of centralized at every alpha, within the
-noise of 360 images: one image is 0.28 points). The same budget for
-every method:
+(with 4 clients and H = 20 every method stayed within ~1 point of
+centralized at every alpha, within the noise of 360 images: one image
+is 0.28 points). The same budget for every method:
 
 - centralized: one model on the pooled images, R * H * W steps of batch 32
   (the clients' steps and samples together); the reference;
