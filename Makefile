@@ -4,17 +4,17 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 
-.PHONY: install protos protos-check stubs lint format typecheck test test-fast bench bench-convergence bench-outer bench-selection bench-robustness bench-privacy bench-lora clean help
+.PHONY: install protos protos-check stubs lint format typecheck test test-fast bench bench-convergence bench-outer bench-selection bench-robustness bench-privacy bench-heterogeneity bench-lora clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
-install:  ## create .venv, install torch==$(TORCH_VERSION) first, then fedgrpc[dev,dp,hf,lightning,lora], then client/node's npm packages
+install:  ## create .venv, install torch==$(TORCH_VERSION) first, then fedgrpc[dev,dp,digits,hf,lightning,lora], then client/node's npm packages
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: any range pip resolves itself could pull a multi-GB build.
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e '.[dev,dp,hf,lightning,lora]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,dp,digits,hf,lightning,lora]'
 	$(BIN)/python -c "import torch, sys; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '$(TORCH_VERSION)' else 'torch ' + v + ' installed, expected $(TORCH_VERSION)')"
 	# The Node.js client (client/node) that tests/system/test_node_client.py runs, exactly
 	# as its package-lock.json pins it; also provides client/node/node_modules/.bin/buf.
@@ -67,6 +67,9 @@ bench-selection:  ## clients_per_round = 2 of 4 vs all 4 at equal rounds, 40 rou
 
 bench-robustness:  ## every attack x robust rule vs a no-attack mean, trust pass, 3 seeds of headlines (~220 runs of 12 rounds x H=25, ~1.8 h on 2 quiet cores); resumable
 	$(BIN)/python bench/robustness.py --jobs 2 --cache .bench-cache/robustness
+
+bench-heterogeneity:  ## digits accuracy, centralized vs FedAvg, DiLoCo, FedProx, FedYogi x IID and Dirichlet(0.1, 0.5, 1.0), 3 seeds (51 runs of 10 clients x 10 rounds x H=50, ~35-55 min with 2 jobs on a shared 2-core box); resumable
+	$(BIN)/python bench/heterogeneity.py --jobs 2 --cache .bench-cache/heterogeneity
 
 bench-privacy:  ## record-level DP-SGD utility vs ε in {1,3,8} (4 silos: digits, simulate char-LM) vs non-private, and client-level central vs distributed noise at ε in {1,8} (100 clients); one core, ~17 min
 	$(BIN)/python bench/privacy.py

@@ -27,7 +27,9 @@ from fedgrpc.cli_serve_flags import (
     SERVE_FLAGS,
 )
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.errors import FedGrpcError
+from fedgrpc.data.spec import GRAMMAR as PARTITION_GRAMMAR
+from fedgrpc.data.spec import PartitionSpec, parse_partition
+from fedgrpc.errors import ConfigError, FedGrpcError
 from fedgrpc.log import configure_logging
 from fedgrpc.sim import DEFAULT_CORPUS_BYTES
 from fedgrpc.sim.attack_spec import GRAMMAR as ATTACK_GRAMMAR
@@ -64,8 +66,36 @@ def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "simulate",
         help="train a small model with a coordinator and N client processes",
         description="Start a coordinator and --clients client processes on "
-        "127.0.0.1, train a byte-level transformer on the Python standard "
-        "library's sources with DiLoCo, and print a summary table.",
+        "127.0.0.1, train a model with DiLoCo (--task: a byte-level transformer "
+        "on the Python standard library's sources, or a small CNN on the 8x8 "
+        "digits), print how the data is split, then a summary table.",
+    )
+    parser.add_argument(
+        "--task",
+        choices=("charlm", "digits"),
+        default="charlm",
+        help="charlm: byte-level transformer on stdlib sources (validation loss); "
+        "digits: CNN with BatchNorm on scikit-learn's bundled 8x8 digits, needs "
+        "pip install 'fedgrpc[digits]' (validation loss and accuracy per round) "
+        "(default: charlm)",
+    )
+    parser.add_argument(
+        "--partition",
+        type=_partition,
+        default=None,
+        metavar="SPEC",
+        help=f"how the training data splits across clients: {PARTITION_GRAMMAR}. "
+        "dirichlet: label skew, each label's shares across clients ~ Dir(ALPHA) "
+        "(digits: label = the digit; charlm: the source file's top-level "
+        "package); quantity: client sizes ~ Dir(ALPHA), labels mixed. Small ALPHA "
+        "is skewed, large is near IID. charlm's iid keeps the contiguous shards "
+        "(default: iid; README: Non-IID data)",
+    )
+    parser.add_argument(
+        "--partition-plot",
+        metavar="FILE.svg",
+        help="also write the split as an SVG heatmap (clients x labels) to FILE.svg "
+        "(default: none)",
     )
     parser.add_argument(
         "--clients",
@@ -98,7 +128,8 @@ def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         type=int,
         default=8,
         metavar="N",
-        help="validation batches scored before and after (default: 8)",
+        help="char-LM validation batches scored before training and after every "
+        "round (digits scores all 360 held-out images) (default: 8)",
     )
     parser.add_argument(
         "--compression",
@@ -153,6 +184,14 @@ def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     parser.set_defaults(handler=_simulate)
 
 
+def _partition(text: str) -> PartitionSpec:
+    """Parse --partition for argparse: a bad value is a usage error (the grammar)."""
+    try:
+        return parse_partition(text)
+    except FedGrpcError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _attack(text: str) -> AttackSpec:
     """Parse --attack for argparse: a bad value is a usage error naming the grammar."""
     try:
@@ -196,8 +235,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from fedgrpc.data import format_partition, write_partition_svg
     from fedgrpc.sim.config import SimulationConfig
-    from fedgrpc.sim.launcher import run_simulation
+    from fedgrpc.sim.launcher import run_simulation, simulation_partition
     from fedgrpc.sim.report import format_summary
 
     configure_logging("console", args.log_level)
@@ -214,6 +254,7 @@ def _simulate(args: argparse.Namespace) -> int:
         "compression": args.compression,
         "secure_aggregation": args.secure_aggregation,
         "proximal_mu": args.proximal_mu,
+        "partition": args.partition,
         "attacks": tuple(args.attack) if args.attack else None,
         "privacy": {
             flag.dest: getattr(args, flag.dest)
@@ -226,12 +267,24 @@ def _simulate(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         inner_steps=args.inner_steps,
         seed=args.seed,
+        task=args.task,
         eval_batches=args.eval_batches,
         **{k: v for k, v in options.items() if v is not None},
     )
-    summary = run_simulation(config, progress=not args.no_progress)
-    # The table is the result; with --json it moves to stderr so stdout parses.
+    # The tables are the result; with --json they go to stderr so stdout parses.
     table_stream = sys.stderr if args.json else sys.stdout
+    split = simulation_partition(config)  # what every client will compute
+    table_stream.write(format_partition(split) + "\n")
+    if args.partition_plot:
+        try:
+            write_partition_svg(split, args.partition_plot)
+        except OSError as exc:
+            raise ConfigError(
+                f"--partition-plot {args.partition_plot}: cannot write it "
+                f"({exc.strerror or exc})"
+            ) from None
+    table_stream.flush()
+    summary = run_simulation(config, progress=not args.no_progress)
     table_stream.write(format_summary(summary) + "\n")
     if args.json:
         sys.stdout.write(json.dumps(summary.as_dict()) + "\n")

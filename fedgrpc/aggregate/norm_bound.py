@@ -86,6 +86,14 @@ class ScaledSpool:
         self._spool.read_block(start, out)
         out *= self._scale
 
+    def known_squared_norms(self) -> F64Array | None:
+        """scaleᵢ² · ‖uᵢ‖², if the underlying spool knows ‖uᵢ‖²."""
+        inner = self._spool.known_squared_norms()
+        if inner is None:
+            return None
+        scaled: F64Array = inner * np.square(self._scale[:, 0].astype(np.float64))
+        return scaled
+
 
 def clip_scales(norms: F64Array, bound: float) -> F64Array:
     """min(1, B / ‖uᵢ‖) per update; 1 for a zero update."""
@@ -147,10 +155,17 @@ class NormBounded:
         return self.multiple * float(np.median(norms))
 
     def aggregate(self, held: HeldUpdates, out: torch.Tensor) -> None:
-        """One pass for the norms, then `inner` over the clipped view."""
+        """The norms, then `inner` over the clipped view.
+
+        The norms were summed as the spool was written; a spool that did not
+        (another Accumulator) costs one pass for them.
+        """
         require_committed(held, self.name)
         spool = as_spool(held, self.name)
-        norms = np.sqrt(squared_norms(spool, self.block_bytes))
+        known = spool.known_squared_norms()
+        if known is None:
+            known = squared_norms(spool, self.block_bytes)
+        norms = np.sqrt(known)
         bound = self.last_bound = self.round_bound(norms)
         scales = clip_scales(norms, bound)
         log.debug(

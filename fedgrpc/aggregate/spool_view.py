@@ -29,14 +29,18 @@ class SpooledUpdates:
         files: list[tuple[Path, float]],
         num_coordinates: int,
         require_open: Callable[[], None],
+        squared_norms: list[float] | None = None,
     ) -> None:
         """View committed (file, weight) pairs; no copy, reads go to the files.
 
-        `require_open` raises once the spool that owns the files discarded them.
+        `require_open` raises once the spool that owns the files discarded
+        them. `squared_norms`, if given, holds ‖uᵢ‖² per file, summed as the
+        spool wrote them.
         """
         self._files = files
         self._num_coordinates = num_coordinates
         self._require_open = require_open
+        self._squared_norms = squared_norms
 
     @property
     def holding(self) -> Holding:
@@ -61,6 +65,12 @@ class SpooledUpdates:
     def weights(self) -> F64Array:
         """wᵢ per committed update, in commit order (the rows of `read_block`)."""
         return np.array([weight for _, weight in self._files], dtype=np.float64)
+
+    def known_squared_norms(self) -> F64Array | None:
+        """‖uᵢ‖² per update, as summed while the spool wrote them (or None)."""
+        if self._squared_norms is None:
+            return None
+        return np.array(self._squared_norms, dtype=np.float64)
 
     def read_block(self, start: int, out: F32Array) -> None:
         """Fill row i of `out` (n x b) with uᵢ[start : start + b].

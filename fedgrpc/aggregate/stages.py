@@ -131,6 +131,14 @@ class HeldSpool(HeldUpdates, Protocol):
         """
         ...
 
+    def known_squared_norms(self) -> F64Array | None:
+        """‖uᵢ‖² per update if known without reading the updates, else None.
+
+        A spool can sum them as the chunks are written, which saves the
+        norm bound a whole pass over n x d values at the round's close.
+        """
+        ...
+
 
 class Accumulator(Protocol):
     """Holds one round's updates as their checked chunks arrive.

@@ -184,6 +184,8 @@ class DiLoCoClient:
                 "it must be >= 1"
             )
         self._inner_steps = federation.inner_steps
+        if federation.model_spec is not None:
+            self._local.adopt_wire_spec(federation.model_spec)
         log.info(
             "client_joined",
             client=self._connection.client_id,

@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from fedgrpc import errors
 from fedgrpc.client.diloco import DiLoCoClient
 from fedgrpc.client.proximal import ProximalTerm
+from fedgrpc.client.rank_weights import RankWeights
 from fedgrpc.client.sync import SyncOutcome
 from fedgrpc.compress import CodecConfig
 from fedgrpc.config import ClientConfig
@@ -143,7 +144,7 @@ class DistributedDiLoCoClient:
         )
         if isinstance(model, DistributedDataParallel):
             model = model.module
-        self._buckets = _buckets(model)
+        self._weights = RankWeights(model, config)
         self._device = next(iter(model.parameters()), torch.empty(0)).device
         self._client: DiLoCoClient | None = None
         self._header = _Header()
@@ -154,8 +155,7 @@ class DistributedDiLoCoClient:
         self._proximal: ProximalTerm | None = None
         mu = config.proximal_mu if config is not None else 0.0
         if self._rank != 0 and mu > 0:  # rank 0's DiLoCoClient has its own
-            params = [param for bucket in self._buckets for param in bucket]
-            self._proximal = ProximalTerm(params, mu)
+            self._proximal = ProximalTerm(self._weights.parameters, mu)
         if self._rank == 0:
             self._join(
                 lambda: DiLoCoClient(
@@ -292,27 +292,12 @@ class DistributedDiLoCoClient:
         return received
 
     def _broadcast_weights(self) -> None:
-        """Rank 0's parameters to every rank, one flat buffer per (device, dtype).
+        """Rank 0's loaded weights to every rank (`rank_weights.RankWeights`).
 
         With FedProx, the other ranks keep their received buffers as w^t
         (rank 0 anchors to its own downlink).
         """
-        anchors: list[torch.Tensor] = []
-        with torch.no_grad():
-            for params in self._buckets:
-                if self._rank == 0:
-                    flat = torch.cat([p.detach().reshape(-1) for p in params])
-                else:
-                    numel = sum(p.numel() for p in params)
-                    flat = torch.empty(
-                        numel, dtype=params[0].dtype, device=params[0].device
-                    )
-                dist.broadcast(flat, src=self._src, group=self._group)
-                if self._rank != 0:
-                    views = torch.split(flat, [p.numel() for p in params])
-                    for param, view in zip(params, views, strict=True):
-                        param.copy_(view.view_as(param))
-                    anchors.extend(views)
+        anchors = self._weights.broadcast(self._rank, self._src, self._group)
         if self._proximal is not None:
             self._proximal.anchor_to(anchors)
 
@@ -379,15 +364,3 @@ class DistributedDiLoCoClient:
     def last_round_outcome(self) -> SyncOutcome | None:
         """How the last sync point ended (see `sync.SyncOutcome`); None before."""
         return self._header.outcome
-
-
-def _buckets(model: torch.nn.Module) -> list[list[torch.nn.Parameter]]:
-    """Parameters grouped by (device, dtype), in `named_parameters` order.
-
-    The order is the same on every rank (same module code), so the flat
-    buffers line up without sending any layout.
-    """
-    groups: dict[tuple[torch.device, torch.dtype], list[torch.nn.Parameter]] = {}
-    for _, param in model.named_parameters():
-        groups.setdefault((param.device, param.dtype), []).append(param)
-    return list(groups.values())

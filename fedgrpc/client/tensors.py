@@ -79,6 +79,12 @@ def select_tensors(model: torch.nn.Module, config: ClientConfig) -> FederatedTen
             travels.add(key)
             chosen.append((name, tensor, buffer))
     _check_local_modules(config.local_modules, persistent)
+    if not any(not buffer for _, _, buffer in chosen):
+        raise ConfigError(
+            "no parameter of the model would travel: with federate='trainable' "
+            "(the default) frozen parameters stay local; unfreeze some, pass "
+            "federate='all', or check local_modules"
+        )
     spec = spec_from_tensors(chosen, tuple(aliases))
     sent = {name for name, _, _ in chosen} | {alias for alias, _ in aliases}
     return FederatedTensors(

@@ -25,6 +25,7 @@ import torch
 from fedgrpc.client.proximal import ProximalTerm
 from fedgrpc.client.tensors import select_tensors
 from fedgrpc.config.client import ClientConfig
+from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.errors import InvalidUpdateError
 from fedgrpc.wire.tensors import flatten_fp32, unpack_native
 
@@ -62,6 +63,19 @@ class LocalRun:
         self.snapshot = torch.empty(self.spec.num_coordinates, dtype=torch.float32)
         self.delta = torch.empty(self.spec.num_coordinates, dtype=torch.float32)
         self.downlink = torch.empty(self.spec.num_bytes, dtype=torch.uint8)
+        self._casts = False
+        """Pulled dtypes differ from the model's (`adopt_wire_spec`)."""
+        self._counters = [
+            (slot.coord_offset, slot.coord_offset + slot.spec.numel)
+            for slot in self.spec.slots
+            if not slot.spec.dtype.is_float
+        ]
+        """Coordinates of integer buffers (`num_batches_tracked`): counters of
+        this client's own batches. They travel so that the federation's model
+        (and its export) has every buffer, but with a zero pseudo-gradient, and
+        a load does not overwrite them: an average of counters means nothing,
+        and a constant H in every update would dominate the norms that the
+        divergence guard, norm bounds and DP clipping measure."""
         self.base_version = 0
         """Global model version of `snapshot`."""
         self.samples = 0
@@ -74,6 +88,23 @@ class LocalRun:
             ProximalTerm(federated.parameters, proximal_mu) if proximal_mu else None
         )
         """FedProx's term, if `proximal_mu` > 0; removed by `close`."""
+
+    def adopt_wire_spec(self, spec: ModelSpec) -> None:
+        """Pull and export in the federation's dtypes (`spec`), cast on load.
+
+        Join accepted this model into a federation whose spec differs only
+        in float dtypes (`ModelSpec.casts_to`): a bfloat16 model in a
+        float32 federation. Pulled bytes follow `spec`; each `load` casts
+        them into the model, and the float32 pseudo-gradient is applied to
+        the coordinator's float32 master as usual: the same split as mixed
+        precision training's low-precision working copy and float32 master.
+        """
+        if spec == self.spec:
+            return
+        self.spec.check_same_as(spec, allow_casts=True)
+        self.spec = spec
+        self.downlink = torch.empty(spec.num_bytes, dtype=torch.uint8)
+        self._casts = True
 
     def record(self, loss: float | None, num_samples: int) -> None:
         """Count one inner step's samples and fold its loss into the mean."""
@@ -97,6 +128,8 @@ class LocalRun:
         """
         flatten_fp32(self.params, self.spec, out=self.delta)
         delta = torch.sub(self.snapshot, self.delta, out=self.delta)
+        for start, stop in self._counters:
+            delta[start:stop] = 0  # counters never move the global model
         # One reduction instead of a model-sized mask; a finite vector whose sum
         # overflows float32 would need entries near 1e30, garbage anyway.
         if not bool(torch.isfinite(delta.sum())):
@@ -126,8 +159,13 @@ class LocalRun:
         views = unpack_native(native, self.spec)
         with torch.no_grad():
             for param, view in zip(self.params, views, strict=True):
-                param.data.copy_(view)
-        flatten_fp32(views, self.spec, out=self.snapshot)
+                if param.is_floating_point():  # a counter keeps counting
+                    param.data.copy_(view)
+        # Cast on load (a bfloat16 model in a float32 federation): measure the
+        # pseudo-gradient from the weights as the model holds them, or the
+        # rounding of every load would be sent back as a change each round.
+        source = self.params if self._casts else views
+        flatten_fp32(source, self.spec, out=self.snapshot)
         if self.proximal is not None:
             # w^t of FedProx: the global weights just loaded. Not the snapshot,
             # which `rebase_on_local` moves to the local weights.

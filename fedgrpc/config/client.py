@@ -109,11 +109,13 @@ class ClientConfig:
     client of a federation must choose the same (Join names the first tensor
     that differs)."""
     buffers: BufferSharing = "average"
-    """Module buffers (BatchNorm running statistics, `num_batches_tracked`):
-    "average" (the default) sends them with the parameters and the
-    coordinator sets them to the clients' weighted mean (never an outer
-    optimizer step; integers are rounded); "local" keeps each client's own.
-    Non-persistent buffers and ones neither float nor int64/int32 stay local."""
+    """Module buffers (BatchNorm running statistics): "average" (the default)
+    sends float buffers with the parameters and the coordinator sets them to
+    the clients' weighted mean (never an outer optimizer step); "local"
+    keeps each client's own. Integer buffers (`num_batches_tracked`) are
+    counters: they are in the federation's model, so exports load strictly,
+    but each client keeps counting its own batches. Non-persistent buffers
+    and ones neither float nor int64/int32 stay local."""
     local_modules: tuple[str, ...] = ()
     """Module names (as in `model.named_modules()`, e.g. "head") whose
     parameters and buffers never leave this client: personalisation, such as

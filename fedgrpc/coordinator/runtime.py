@@ -193,7 +193,7 @@ class CoordinatorRuntime:
         )
         return JoinResult(
             client=client,
-            spec=spec,
+            spec=self.engine.model.spec or spec,  # the federation's: dtypes may differ
             seed_model=seed,
             current_round=current.round_id if current else 0,
             model_version=self.engine.model.version,

@@ -152,14 +152,28 @@ class ModelSpec:
         tensors = [slot.spec for slot in self.slots if slot.spec.numel]
         return tensors[bisect.bisect_right(starts, coordinate) - 1]
 
-    def check_same_as(self, other: ModelSpec) -> None:
+    def casts_to(self, other: ModelSpec) -> bool:
+        """True if the specs differ at most in floating-point dtypes.
+
+        Same names, order, shapes and kinds: a bfloat16 client can then
+        train in a float32 federation (it casts what it pulls; see
+        `client.weights.LocalRun.adopt_wire_spec`).
+        """
+        return len(self.tensors) == len(other.tensors) and all(
+            (a.name, a.shape, a.buffer) == (b.name, b.shape, b.buffer)
+            and (a.dtype is b.dtype or (a.dtype.is_float and b.dtype.is_float))
+            for a, b in zip(self.tensors, other.tensors, strict=True)
+        )
+
+    def check_same_as(self, other: ModelSpec, *, allow_casts: bool = False) -> None:
         """Raise `ModelMismatchError` naming the first difference from `other`.
 
         Names first (a tensor one side sends and the other does not: a
         different architecture, or clients that disagree on `federate`,
         `buffers` or `local_modules`), then the first tensor that differs.
+        With `allow_casts`, floating-point dtypes may differ (`casts_to`).
         """
-        if self.digest == other.digest:
+        if self.digest == other.digest or (allow_casts and self.casts_to(other)):
             return
         _check_same_names(self, other)
         for index, (mine, theirs) in enumerate(

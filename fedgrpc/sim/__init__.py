@@ -4,6 +4,11 @@ The simulator trains a byte-level transformer (`fedgrpc.sim.models`) on the
 Python standard library's own sources (`fedgrpc.sim.corpus`), so a federation
 of client processes can be exercised end to end with nothing to download.
 
+`--task digits` trains a small BatchNorm CNN on scikit-learn's bundled 8x8
+digits instead; `tasks` holds both workloads behind one interface, and
+`--partition` splits either task's data across clients non-IID
+(`fedgrpc.data`).
+
 `--attack` makes some of those clients Byzantine: `attack_spec` (the flag's
 grammar and the seeded choice of attackers), `attacks` (what they send),
 `poison` (what they train on), `collusion` (how ALIE and IPM attackers share

@@ -14,11 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from fedgrpc.config import CoordinatorConfig, OuterOptimizerName
+from fedgrpc.data import PartitionSpec
 from fedgrpc.errors import FedGrpcError
 from fedgrpc.sim import DEFAULT_CORPUS_BYTES
 from fedgrpc.sim.attack_spec import AttackSpec, assign_attackers
 from fedgrpc.sim.attacks import AttackPlan
 from fedgrpc.sim.models import TrainDefaults
+from fedgrpc.sim.tasks import TaskSettings
+
+POISONING_ATTACKS = ("labelflip", "backdoor")
+"""Attacks that poison char-LM batches (`fedgrpc.sim.poison`): char-LM only."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -29,6 +34,11 @@ class SimulationConfig:
     rounds: int = 20
     inner_steps: int = 50
     seed: int = 0
+    task: str = "charlm"
+    """What the clients train (`fedgrpc.sim.tasks`): charlm or digits."""
+    partition: PartitionSpec = field(default_factory=PartitionSpec)
+    """How the task's training data splits across clients (`--partition`),
+    drawn from `seed`."""
     outer_optimizer: OuterOptimizerName | str = "nesterov"
     outer_optimizer_params: dict[str, Any] = field(default_factory=dict)
     aggregator: str = "mean"
@@ -82,6 +92,22 @@ class SimulationConfig:
         for plan in self.attack_plans().values():  # fail before any process starts
             if plan.spec.kind == "alie":
                 _ = plan.alie_z
+        settings = self.task_settings()  # validates the task's name
+        poisoning = [a for a in self.attacks if a.kind in POISONING_ATTACKS]
+        if poisoning and settings.name != "charlm":
+            raise FedGrpcError(
+                f"--attack {poisoning[0]} poisons char-LM batches; the {self.task} "
+                f"task supports only the update attacks (not {POISONING_ATTACKS})"
+            )
+
+    def task_settings(self) -> TaskSettings:
+        """What every process builds the task from (`fedgrpc.sim.tasks.load_task`)."""
+        return TaskSettings(
+            name=self.task,
+            corpus_bytes=self.corpus_bytes,
+            eval_batches=self.eval_batches,
+            defaults=self.defaults,
+        )
 
     def attack_plans(self, collusion_dir: str = "") -> dict[int, AttackPlan]:
         """Client index -> its attack orders, for every attacking client."""

@@ -86,23 +86,36 @@ def load_stdlib_corpus(max_bytes: int = DEFAULT_CORPUS_BYTES) -> bytes:
         ConfigError: `max_bytes` < 1, or no sources were found (a stripped
             Python with only `.pyc` files).
     """
+    return b"".join(data for _, data in stdlib_documents(max_bytes))
+
+
+def stdlib_documents(max_bytes: int = DEFAULT_CORPUS_BYTES) -> list[tuple[str, bytes]]:
+    """(path under the stdlib, bytes) of each file `load_stdlib_corpus` joins.
+
+    The same files in the same order, the last one cut the same way, so
+    offsets into the corpus map back to the file (and package) they came
+    from: the char-LM's non-IID partitions label text by package.
+
+    Raises:
+        ConfigError: as `load_stdlib_corpus`.
+    """
     if max_bytes < 1:
         raise ConfigError(f"max_bytes={max_bytes!r} is invalid: expected >= 1")
     root = stdlib_root()
-    parts: list[bytes] = []
+    parts: list[tuple[str, bytes]] = []
     size = 0
     for path in source_files(root):
         if size >= max_bytes:
             break
         data = path.read_bytes()[: max_bytes - size]
-        parts.append(data)
+        parts.append((path.relative_to(root).as_posix(), data))
         size += len(data)
     if not parts:
         raise ConfigError(
             f"no .py sources under {root}; the simulator needs a Python "
             "installation that ships its standard library as source"
         )
-    return b"".join(parts)
+    return parts
 
 
 @dataclass(frozen=True, slots=True, eq=False)

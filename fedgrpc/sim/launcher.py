@@ -14,18 +14,20 @@ import multiprocessing
 import queue
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fedgrpc.config import ClientConfig
 from fedgrpc.coordinator.inprocess import Coordinator
+from fedgrpc.data import Partition
 from fedgrpc.domain.status import CoordinatorStatus
 from fedgrpc.errors import FedGrpcError
 from fedgrpc.log import get_logger
 from fedgrpc.sim.attacks import AttackPlan
 from fedgrpc.sim.config import SimulationConfig, coordinator_config
-from fedgrpc.sim.models import build_model
 from fedgrpc.sim.quarantine import quarantine_figures
 from fedgrpc.sim.summary import (
     AttackFigures,
@@ -34,6 +36,7 @@ from fedgrpc.sim.summary import (
     RoundFigures,
     SimulationSummary,
 )
+from fedgrpc.sim.tasks import load_task
 from fedgrpc.sim.worker import Gates, WorkerArgs, run_worker
 
 log = get_logger(__name__)
@@ -50,22 +53,43 @@ def run_simulation(
     config: SimulationConfig, progress: bool = True
 ) -> SimulationSummary:
     """Run the federation to completion; raises `SimulationError` on any failure."""
+    simulation_partition(config)  # an impossible split fails before any process
     with tempfile.TemporaryDirectory(prefix="fedgrpc-sim-") as scratch:
         init_model = write_initial_model(config, Path(scratch))
         return _run(config, init_model, progress, Path(scratch) / "collusion")
+
+
+def simulation_partition(config: SimulationConfig) -> Partition:
+    """How the run splits its task's training data: what every client computes.
+
+    The same call each worker makes (same task, spec and seed), so what
+    `fedgrpc simulate` prints and plots is what the clients train on.
+
+    Raises:
+        ConfigError: the split is impossible (say, more clients than pieces).
+    """
+    task = load_task(config.task_settings())
+    return task.partition(config.clients, config.partition, config.seed)
 
 
 def write_initial_model(config: SimulationConfig, directory: Path) -> Path:
     """The model's initial weights as safetensors, for the coordinator's `init_model`.
 
     The coordinator, not the first client to join, decides the weights; the
-    clients build the same model from the same seed, so they match it.
+    clients build the same model from the same seed, so they match it. It
+    holds exactly what the simulated clients federate under the default
+    `ClientConfig` (trainable parameters, then buffers such as the digits
+    CNN's BatchNorm statistics): `select_tensors` decides, as it does for them.
     """
     from safetensors.torch import save_file
 
-    model = build_model(config.defaults.model, seed=config.seed)
+    from fedgrpc.client.tensors import select_tensors
+
+    model = load_task(config.task_settings()).build_model(config.seed)
+    chosen = select_tensors(model, ClientConfig())
+    tensors = zip(chosen.spec.tensors, chosen.tensors, strict=True)
     path = directory / "init.safetensors"
-    save_file({n: p.detach() for n, p in model.named_parameters()}, str(path))
+    save_file({t.name: x.detach().contiguous() for t, x in tensors}, str(path))
     return path
 
 
@@ -96,9 +120,10 @@ def _run(
     try:
         for worker in workers:
             worker.start()
-        figures, joined = _monitor(
+        inbox = _monitor(
             config, coordinator, workers, (results, start), started, progress
         )
+        figures, joined = inbox.done, inbox.joined
         status = coordinator.status()  # while every client is still joined
         grace_s = LEAVE_GRACE_S
     finally:
@@ -136,6 +161,12 @@ def _run(
         ],
         attack=_attack_figures(config, plans, figures[0], (status, joined)),
         privacy=_privacy_figures(status),
+        task=config.task,
+        partition=str(config.partition),
+        evaluations=inbox.evaluations,
+        # As each worker computed its own split (the printed table is the
+        # launcher's: equal, since both follow the same seed).
+        client_sizes=[int(figures[i]["train_samples"]) for i in range(config.clients)],
     )
 
 
@@ -203,13 +234,24 @@ def _worker_args(
         rounds=config.rounds,
         inner_steps=config.inner_steps,
         seed=config.seed,
-        corpus_bytes=config.corpus_bytes,
-        eval_batches=config.eval_batches,
-        defaults=config.defaults,
+        task=config.task_settings(),
+        partition=config.partition,
         proximal_mu=config.proximal_mu,
         attack=plans.get(index),
         probe_backdoor=any(spec.kind == "backdoor" for spec in config.attacks),
     )
+
+
+@dataclass
+class _Inbox:
+    """What the workers reported so far (filled by `_drain`)."""
+
+    done: dict[int, dict[str, float]] = field(default_factory=dict)
+    """Each finished worker's final figures."""
+    joined: dict[int, str] = field(default_factory=dict)
+    """The client id each worker joined as."""
+    evaluations: list[dict[str, float]] = field(default_factory=list)
+    """Client 0's scores of the global model, in order (`worker._reporting`)."""
 
 
 def _monitor(
@@ -219,42 +261,49 @@ def _monitor(
     channels: tuple[Any, Any],
     started: float,
     progress: bool,
-) -> tuple[dict[int, dict[str, float]], dict[int, str]]:
+) -> _Inbox:
     """Drive the progress bar until every worker reported done (bounded).
 
     `channels`: the workers' result queue and their start signal, set once
-    all of them joined. Returns each worker's final figures and the client
-    id it joined as.
+    all of them joined. Returns what the workers reported.
     """
     results, start = channels
     from tqdm import tqdm
 
-    done: dict[int, dict[str, float]] = {}
-    joined: dict[int, str] = {}
+    inbox = _Inbox()
     bar = tqdm(total=config.rounds, unit="round", desc="simulate", disable=not progress)
     try:
-        while len(done) < len(workers):
+        while len(inbox.done) < len(workers):
             if time.monotonic() - started > config.time_limit_s:
                 raise SimulationError(
                     f"the simulation exceeded its {config.time_limit_s:.0f} s limit"
                 )
-            _drain(results, done, joined)
-            _check_workers(workers, done, results, joined)
-            if len(joined) == len(workers):
+            _drain(results, inbox)
+            _check_workers(workers, inbox, results)
+            if len(inbox.joined) == len(workers):
                 start.set()
             history = coordinator.status().rounds
             # Rounds past R are not the run's (see run_simulation).
             if min(len(history), config.rounds) > bar.n:
                 bar.update(min(len(history), config.rounds) - bar.n)
-                bar.set_postfix(train_loss=f"{history[-1].mean_train_loss:.3f}")
+                bar.set_postfix(_postfix(history[-1].mean_train_loss, inbox))
     finally:
         bar.close()
-    return done, joined
+    return inbox
 
 
-def _drain(
-    results: Any, done: dict[int, dict[str, float]], joined: dict[int, str]
-) -> None:
+def _postfix(train_loss: float, inbox: _Inbox) -> dict[str, str]:
+    """The bar's figures: train loss, and the latest global validation scores."""
+    figures = {"train_loss": f"{train_loss:.3f}"}
+    latest = inbox.evaluations[-1] if inbox.evaluations else {}
+    if "val_loss" in latest:
+        figures["val_loss"] = f"{latest['val_loss']:.3f}"
+    if "val_accuracy" in latest:
+        figures["val_acc"] = f"{latest['val_accuracy']:.1%}"
+    return figures
+
+
+def _drain(results: Any, inbox: _Inbox) -> None:
     try:
         kind, index, payload = results.get(timeout=POLL_S)
     except queue.Empty:
@@ -262,21 +311,18 @@ def _drain(
     if kind == "error":
         raise SimulationError(f"client {index} failed:\n{payload}")
     if kind == "done":
-        done[index] = payload
+        inbox.done[index] = payload
     if kind == "ready":
-        joined[index] = payload
+        inbox.joined[index] = payload
+    if kind == "eval":
+        inbox.evaluations.append(payload)
     log.debug("worker_event", kind=kind, client=index)
 
 
-def _check_workers(
-    workers: list[Any],
-    done: dict[int, dict[str, float]],
-    results: Any,
-    joined: dict[int, str],
-) -> None:
+def _check_workers(workers: list[Any], inbox: _Inbox, results: Any) -> None:
     for index, worker in enumerate(workers):
-        if index not in done and worker.exitcode not in (None, 0):
-            _drain(results, done, joined)  # its error report may still be in flight
+        if index not in inbox.done and worker.exitcode not in (None, 0):
+            _drain(results, inbox)  # its error report may still be in flight
             raise SimulationError(
                 f"client {index} exited with code {worker.exitcode} before finishing"
             )

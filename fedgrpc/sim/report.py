@@ -79,11 +79,22 @@ def _quarantine_rows(figures: dict[str, Any] | None) -> list[tuple[str, str]]:
     return rows
 
 
+def _accuracy_rows(summary: SimulationSummary) -> list[tuple[str, str]]:
+    """Validation accuracy of the global model; only for a task that has one."""
+    start, end = summary.initial_val_accuracy, summary.final_val_accuracy
+    if start is None or end is None:
+        return []
+    best = max(summary.per_round("val_accuracy"), default=end)
+    return [("validation accuracy (start -> end)", f"{start:.1%} -> {end:.1%} "
+             f"(best round {best:.1%})")]  # fmt: skip
+
+
 def format_summary(summary: SimulationSummary) -> str:
     """A two-column table a person reads at a glance."""
     first = summary.rounds[0].train_loss if summary.rounds else float("nan")
     last = summary.rounds[-1].train_loss if summary.rounds else float("nan")
     rows = [
+        ("task, partition", f"{summary.task}, {summary.partition}"),
         ("clients", str(summary.clients)),
         ("parameters", f"{summary.num_parameters:,}"),
         ("rounds (applied)", f"{len(summary.rounds)} ({summary.rounds_applied})"),
@@ -92,6 +103,7 @@ def format_summary(summary: SimulationSummary) -> str:
             "validation loss (start -> end)",
             f"{summary.initial_val_loss:.4f} -> {summary.final_val_loss:.4f}",
         ),
+        *_accuracy_rows(summary),
         ("bytes up (updates)", _bytes(summary.bytes_up)),
         ("bytes down (weights)", _bytes(summary.bytes_down)),
         ("wall time", f"{summary.wall_s:.1f} s"),

@@ -86,6 +86,36 @@ class SimulationSummary:
     participants: list[Participant] = field(default_factory=list)
     attack: AttackFigures | None = None
     privacy: PrivacyFigures | None = None
+    task: str = "charlm"
+    partition: str = "iid"
+    """The `--partition` spec the clients' data was split by."""
+    client_sizes: list[int] = field(default_factory=list)
+    """Training samples per client (char-LM: 4 KiB pieces) under `partition`,
+    as each client process computed its split."""
+    evaluations: list[dict[str, float]] = field(default_factory=list)
+    """The global model scored on the validation split by client 0 (its
+    `DiLoCoClient` `evaluate` callback): the initial weights (version 0),
+    then each new global version it loaded, each with `model_version`,
+    `val_loss` and (digits) `val_accuracy`."""
+
+    @property
+    def initial_val_accuracy(self) -> float | None:
+        """Accuracy before training (None for a task without accuracy)."""
+        return self._accuracy(0)
+
+    @property
+    def final_val_accuracy(self) -> float | None:
+        """Accuracy of the final global model (None for a task without accuracy)."""
+        return self._accuracy(-1)
+
+    def _accuracy(self, position: int) -> float | None:
+        if not self.evaluations or "val_accuracy" not in self.evaluations[position]:
+            return None
+        return self.evaluations[position]["val_accuracy"]
+
+    def per_round(self, metric: str) -> list[float]:
+        """`metric` of each global version after the initial one, in order."""
+        return [e[metric] for e in self.evaluations[1:] if metric in e]
 
     @property
     def rounds_applied(self) -> int:
@@ -106,8 +136,12 @@ class SimulationSummary:
             "rounds_applied": self.rounds_applied,
             "first_train_loss": self.rounds[0].train_loss if self.rounds else None,
             "final_train_loss": self.rounds[-1].train_loss if self.rounds else None,
+            "task": self.task,
+            "partition": self.partition,
+            "client_sizes": self.client_sizes,
             "initial_val_loss": self.initial_val_loss,
             "final_val_loss": self.final_val_loss,
+            "val_loss_per_round": self.per_round("val_loss"),
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
             "wall_s": round(self.wall_s, 2),
@@ -123,6 +157,11 @@ class SimulationSummary:
                 for p in self.participants
             ],
         }
+        if self.final_val_accuracy is not None:
+            figures["initial_val_accuracy"] = self.initial_val_accuracy
+            figures["final_val_accuracy"] = self.final_val_accuracy
+            figures["val_accuracy_per_round"] = self.per_round("val_accuracy")
+        figures["evaluations"] = self.evaluations
         if self.attack is not None:
             figures["attack"] = {
                 "specs": list(self.attack.specs),

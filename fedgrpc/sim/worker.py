@@ -2,7 +2,10 @@
 
 This is the same embedding a user writes (see client/torch_loop.py): the
 loop owns the model, the data and the inner optimizer; the client only sees
-`step()`. Progress goes back to the launcher as small tuples on a queue.
+`step()`. What is trained comes from the run's task (`fedgrpc.sim.tasks`);
+this client's data is its part of the task's partition. Progress goes back
+to the launcher as small tuples on a queue; client 0 (the reporter) also
+sends the global model's validation metrics after every round.
 """
 
 from __future__ import annotations
@@ -15,19 +18,12 @@ from typing import Any, Protocol
 import torch
 
 from fedgrpc.config import ClientConfig
+from fedgrpc.data import PartitionSpec
 from fedgrpc.sim.attacks import AttackPlan, build_transform
-from fedgrpc.sim.corpus import TextSplits, load_stdlib_corpus, sample_batch
-from fedgrpc.sim.models import (
-    CharTransformer,
-    TrainDefaults,
-    build_model,
-    evaluate,
-    make_inner_optimizer,
-    train_step,
-)
+from fedgrpc.sim.models import CharTransformer
 from fedgrpc.sim.poison import backdoor_success, flip_labels, plant_backdoor
-
-Batch = tuple[torch.Tensor, torch.Tensor]
+from fedgrpc.sim.tasks import Batch, Task, TaskSettings, load_task
+from fedgrpc.sim.tasks.charlm import CharLMTask
 
 
 class ResultQueue(Protocol):
@@ -47,9 +43,9 @@ class WorkerArgs:
     rounds: int
     inner_steps: int
     seed: int
-    corpus_bytes: int
-    eval_batches: int
-    defaults: TrainDefaults
+    task: TaskSettings
+    partition: PartitionSpec
+    """How the task's training data splits across the clients (by `seed`)."""
     proximal_mu: float = 0.0
     attack: AttackPlan | None = None
     """This client's attack (`fedgrpc.sim.attacks`); None: an honest client."""
@@ -100,13 +96,12 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
     torch.set_num_threads(1)
     from fedgrpc.client import DiLoCoClient
 
-    defaults = args.defaults
-    splits = TextSplits.from_bytes(load_stdlib_corpus(args.corpus_bytes))
-    shard = splits.shard(args.index, args.num_clients)
-    model = build_model(defaults.model, seed=args.seed)
-    optimizer = make_inner_optimizer(model, defaults)
+    task = load_task(args.task)
+    split = task.partition(args.num_clients, args.partition, args.seed)
+    sample = task.sampler(split, args.index)
+    model = task.build_model(args.seed)
+    optimizer = task.make_optimizer(model)
     batches = torch.Generator().manual_seed(args.seed * 1_000 + args.index)
-    figures: dict[str, float] = {}
     config = ClientConfig(
         name=f"sim-{args.index}",
         heartbeat_interval_s=2.0,
@@ -114,6 +109,8 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
     )
     poison = _poisoner(args)
     transform = None if args.attack is None else build_transform(args.attack)
+    is_reporter = args.index == 0
+    figures: dict[str, float] = {}
     outcomes: dict[str, float] = {}
     with DiLoCoClient(
         args.address,
@@ -121,10 +118,11 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
         inner_steps=args.inner_steps,
         config=config,
         update_transform=transform,
+        evaluate=_reporting(task, args, results) if is_reporter else None,
     ) as client:
-        is_reporter = args.index == 0
-        if is_reporter:
-            figures["initial_val_loss"] = _validate(model, splits, args)
+        if is_reporter:  # the callback already scored the initial weights
+            initial = client.eval_history[0].metrics
+            figures |= {f"initial_{name}": value for name, value in initial.items()}
         results.put(("ready", args.index, client.client_id))
         if gates is not None and not gates.start.wait(START_WAIT_S):
             raise RuntimeError(f"the other clients did not join in {START_WAIT_S} s")
@@ -133,17 +131,14 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
         for _ in range(2 * args.rounds * args.inner_steps):
             if client.finished:
                 break
-            batch = sample_batch(shard, defaults.batch_size, defaults.context, batches)
-            loss = train_step(model, optimizer, poison(batch), defaults.grad_clip_norm)
-            if client.step(loss=loss, num_samples=defaults.batch_size):
-                outcome = f"outcome_{client.last_round_outcome}"
-                outcomes[outcome] = outcomes.get(outcome, 0.0) + 1
+            loss = task.train_step(model, optimizer, poison(sample(batches)))
+            if not client.step(loss=loss, num_samples=task.batch_size):
+                continue
+            outcome = f"outcome_{client.last_round_outcome}"
+            outcomes[outcome] = outcomes.get(outcome, 0.0) + 1
         if is_reporter:
-            figures["final_val_loss"] = _validate(model, splits, args)
-            if args.probe_backdoor:
-                figures["backdoor_success"] = backdoor_success(
-                    model, splits.validation, seed=args.seed
-                )
+            figures |= _final(task, model, args)
+        figures["train_samples"] = float(split.sizes[args.index])
         figures["bytes_sent"] = float(client.bytes_sent)
         figures["bytes_received"] = float(client.bytes_received)
         figures["model_version"] = float(client.model_version)
@@ -153,6 +148,37 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
         # so no round waits for a client that no longer trains.
         if gates is not None and client.finished:
             gates.release.wait(START_WAIT_S)  # then leave (the `with` block's end)
+
+
+def _reporting(
+    task: Task, args: WorkerArgs, results: ResultQueue
+) -> Callable[[torch.nn.Module, int], dict[str, float]]:
+    """The reporter's `evaluate` callback: score the global model, send the scores.
+
+    `DiLoCoClient` calls it with the model holding each new global version
+    (after Join, then after every sync point that brought one), so the
+    launcher hears the *federated* model's validation metrics per round.
+    """
+
+    def report(model: torch.nn.Module, version: int) -> dict[str, float]:
+        metrics = task.evaluate(model, args.seed)
+        results.put(("eval", args.index, {"model_version": float(version), **metrics}))
+        return metrics
+
+    return report
+
+
+def _final(task: Task, model: torch.nn.Module, args: WorkerArgs) -> dict[str, float]:
+    """The final global model's metrics (and backdoor success, if probed)."""
+    figures = {f"final_{k}": v for k, v in task.evaluate(model, args.seed).items()}
+    if args.probe_backdoor:
+        # SimulationConfig allows a backdoor only on the char-LM.
+        assert isinstance(task, CharLMTask)
+        assert isinstance(model, CharTransformer)
+        figures["backdoor_success"] = backdoor_success(
+            model, task.splits.validation, seed=args.seed
+        )
+    return figures
 
 
 def _poisoner(args: WorkerArgs) -> Callable[[Batch], Batch]:
@@ -168,15 +194,3 @@ def _poisoner(args: WorkerArgs) -> Callable[[Batch], Batch]:
         generator = torch.Generator().manual_seed(args.seed * 1_000 + args.index + 7)
         return lambda batch: plant_backdoor(batch, generator)
     return lambda batch: batch
-
-
-def _validate(model: CharTransformer, splits: TextSplits, args: WorkerArgs) -> float:
-    defaults = args.defaults
-    return evaluate(
-        model,
-        splits.validation,
-        defaults.batch_size,
-        defaults.context,
-        args.eval_batches,
-        seed=args.seed,
-    )

@@ -213,6 +213,37 @@ def test_central_dp_bench_quick_reports_the_noise_stage_share_of_a_real_round() 
     assert isinstance(row["goal_noise_stage_le_5pct"], bool)
 
 
+@pytest.mark.timeout(300)  # two bench invocations of up to 170 s each (_run)
+def test_heterogeneity_bench_quick_reports_every_cell_gap_and_goal_and_resumes(
+    tmp_path: Path,
+) -> None:
+    # Arrange: the quick grid (every method, iid and dirichlet:0.5, one seed).
+    cache = str(tmp_path / "cache")
+
+    # Act: run into a cache, then report from the cache alone.
+    report = _run("heterogeneity.py", "--cache", cache)
+    again = _run("heterogeneity.py", "--cache", cache, "--only-cached")
+
+    # Assert: a cell per (partition, method), gaps paired with centralized.
+    assert report["bench"] == "heterogeneity"
+    cells, gaps = report["accuracy_pct"], report["gap_to_centralized_points"]
+    assert isinstance(cells, dict)
+    assert isinstance(gaps, dict)
+    methods = {"centralized", "fedavg", "diloco", "fedprox", "fedyogi"}
+    assert set(cells) == set(gaps) == {"iid", "dirichlet:0.5"}
+    for partition, row in cells.items():
+        assert set(row) == methods
+        assert row["centralized"]["mean"] > 50  # it trained (chance: 10 %)
+        for method in methods - {"centralized"}:
+            gap = row["centralized"]["mean"] - row[method]["mean"]
+            assert gaps[partition][method]["mean"] == pytest.approx(gap, abs=0.02)
+    goals = report["goals"]
+    assert isinstance(goals, dict)
+    assert isinstance(goals["diloco_within_2_points_at_iid"], bool)  # measured
+    assert again["accuracy_pct"] == cells
+    assert again["missing_runs"] == []
+
+
 def test_lora_bench_quick() -> None:
     report = _run("lora.py")
     assert report["bench"] == "lora"

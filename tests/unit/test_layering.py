@@ -35,7 +35,7 @@ BASE = (
     "fedgrpc.config",  # the package: coordinator, client, outer optimizer, files
     "fedgrpc.domain",  # domain types: model spec, chunks, requests, codec configs
 )
-LEAVES = ("compress", "crypto", "secagg", "aggregate", "optim", "privacy")
+LEAVES = ("compress", "crypto", "secagg", "aggregate", "optim", "privacy", "data")
 # wire/secagg.py converts the secagg state machines' messages (a leaf package,
 # so the data path stays one-way: secagg -> wire -> coordinator/client).
 WIRE_MAY_REACH = (

@@ -197,6 +197,7 @@ class Connection:
         )
         wait_s = config.connect_timeout_s + config.rpc_timeout_s
         self._link, federation = call(self._loop, connect, wait_s)
+        self._spec = self._link.spec  # the federation's, for every re-join
         return federation
 
     def rejoin(self, joined: Federation) -> Federation:

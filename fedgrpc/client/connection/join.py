@@ -49,7 +49,7 @@ from fedgrpc.wire.codec_params import (
     codec_params_from_proto,
     codec_params_to_proto,
 )
-from fedgrpc.wire.convert import spec_to_proto
+from fedgrpc.wire.convert import spec_from_proto, spec_to_proto
 from fedgrpc.wire.signed import key_from_proto, key_to_proto
 
 if TYPE_CHECKING:
@@ -164,6 +164,9 @@ class Federation:
     """Last round applied with our update in its mean."""
     run_finished: bool = False
     """The run already ended (`max_rounds`): pull the final model, push nothing."""
+    model_spec: ModelSpec | None = None
+    """The federation's spec: this client's, or one differing only in float
+    dtypes that it casts from (None: an older coordinator did not say)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,13 +220,21 @@ def join_request(
 
 
 def federation_from(
-    response: coordinator_pb2.JoinResponse, coordinator: PublicKey
+    response: coordinator_pb2.JoinResponse, coordinator: PublicKey, spec: ModelSpec
 ) -> Federation:
     """What a JoinResponse tells the client, checked against this version.
 
+    `spec` is the one this client sent; the federation's must equal it or
+    differ only in floating-point dtypes (`ModelSpec.casts_to`).
+
     Raises:
         IncompatibleClientError: see `announced_codec`.
+        ModelMismatchError: the announced spec is another model.
     """
+    federation_spec = None
+    if response.HasField("model_spec"):
+        federation_spec = spec_from_proto(response.model_spec)
+        spec.check_same_as(federation_spec, allow_casts=True)
     round_config = response.round_config
     chunk_bytes = round_config.chunk_bytes or DEFAULT_CHUNK_BYTES
     return Federation(
@@ -242,6 +253,7 @@ def federation_from(
         last_update_round=response.last_update_round,
         last_applied_round=response.last_applied_round,
         run_finished=response.run_finished,
+        model_spec=federation_spec,
     )
 
 

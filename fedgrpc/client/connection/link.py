@@ -175,7 +175,9 @@ class CoordinatorLink:
             )
         except UnknownClientError as exc:
             raise explain_refusal(exc, self.identity) from exc
-        federation = federation_from(response, coordinator)
+        federation = federation_from(response, coordinator, self.spec)
+        if federation.model_spec is not None:
+            self.spec = federation.model_spec  # pull and re-join in its dtypes
         self.credentials = Credentials(response.client_id, response.session_token)
         self.tracker.model_version = response.model_version
         self.tracker.run_finished = response.run_finished

@@ -61,11 +61,13 @@ class GlobalModel:
         if spec.num_coordinates == 0:
             raise InvalidUpdateError("the model's parameters have no elements")
         if self.spec is not None:
-            spec.check_same_as(self.spec)
+            # A float dtype may differ: a bfloat16 client casts what it pulls.
+            spec.check_same_as(self.spec, allow_casts=True)
             return False
         initial = self.initial
         if initial is not None:
             initial.check_matches(spec)
+            spec = initial.federation_spec(spec)
         self.spec = spec
         if initial is None:
             return False

@@ -58,7 +58,8 @@ class InitialModel:
                     "architecture the coordinator was started with"
                 )
             shape, dtype = tuple(theirs.shape), self.dtypes[mine.name]
-            if mine.shape != shape or mine.dtype is not dtype:
+            cast = mine.dtype.is_float and dtype.is_float  # bf16 client, f32 file
+            if mine.shape != shape or not (mine.dtype is dtype or cast):
                 raise ModelMismatchError(
                     f"tensor {mine.name!r} is {list(mine.shape)} "
                     f"{mine.dtype.torch_name} but the coordinator's initial model "
@@ -72,6 +73,21 @@ class InitialModel:
                     f"the coordinator's initial model has tensor {name!r}, which "
                     "the model lacks; every client must train the same architecture"
                 )
+
+    def federation_spec(self, spec: ModelSpec) -> ModelSpec:
+        """`spec`'s layout with the file's dtypes (check it first).
+
+        The file decides the weights and their dtypes, the joiner only where
+        each tensor sits: a bfloat16 joiner of a float32 file makes a float32
+        federation that it (and every later joiner) casts from.
+        """
+        return ModelSpec(
+            tuple(
+                TensorSpec(t.name, t.shape, self.dtypes[t.name], t.buffer)
+                for t in spec.tensors
+            ),
+            spec.aliases,
+        )
 
     def coordinates(self, spec: ModelSpec) -> torch.Tensor:
         """The weights as float32 coordinates in `spec`'s layout (check it first)."""

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fedgrpc.aggregate import SpoolAccumulator, StreamingSum, WeightedMean
+from fedgrpc.aggregate.passes import squared_norms
 from fedgrpc.compress import DenseValues, SparseValues
 from fedgrpc.errors import InvalidUpdateError, TooLargeError, WrongRoundError
 
@@ -232,3 +233,26 @@ def test_a_streaming_update_does_not_stay_in_the_process_rss(tmp_path: Path) -> 
     assert grown < (8 << 20), grown
     np.testing.assert_array_equal(block[0], 2 * values)  # nothing was lost
     np.testing.assert_array_equal(tail[0], 0.0)
+
+
+def test_the_spool_knows_each_updates_squared_norm_without_a_pass(
+    spool: SpoolAccumulator,
+) -> None:
+    rng = np.random.default_rng(7)
+    updates = [rng.standard_normal(D).astype(np.float32) * (k + 1) for k in range(2)]
+    for key, update in enumerate(updates):
+        _push(spool, key, update, weight=1.0)
+    spool.add_values("cut", 0, updates[0][:CHUNK] * 100, 1.0, _scratch())
+    spool.abandon("cut")  # a broken upload counts for nothing
+    sparse = SparseValues(np.array([1, 4], np.int64), np.array([3.0, 4.0], np.float32))
+    spool.add_block("codec", 0, sparse, 1.0)
+    spool.add_block("codec", 5, DenseValues(np.ones(D - 5, np.float32)), 1.0)
+    spool.commit_update("codec", 1.0)
+    held = spool.held()
+
+    known = held.known_squared_norms()
+
+    assert known is not None
+    expected = [float(np.sum(u.astype(np.float64) ** 2)) for u in updates]
+    np.testing.assert_allclose(known, [*expected, 25.0 + D - 5], rtol=1e-6)
+    np.testing.assert_allclose(known, squared_norms(held), rtol=1e-6)

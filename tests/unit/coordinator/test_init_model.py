@@ -52,7 +52,6 @@ def test_a_safetensors_file_matches_a_model_whose_parameters_come_in_another_ord
             "tensor 'weight' is [4, 3] float32 but the coordinator's initial model",
         ),
         (nn.Linear(3, 2, bias=False), "has tensor 'bias', which the model lacks"),
-        (nn.Linear(3, 2).to(torch.bfloat16), "tensor 'weight' is [2, 3] bfloat16"),
     ],
 )
 def test_a_different_model_is_a_mismatch_naming_the_first_differing_tensor(
@@ -62,6 +61,20 @@ def test_a_different_model_is_a_mismatch_naming_the_first_differing_tensor(
 
     with pytest.raises(ModelMismatchError, match=re.escape(named)):
         initial.check_matches(spec_from_module(other))
+
+
+def test_a_bfloat16_joiner_of_a_float32_file_makes_a_float32_federation(
+    tmp_path: Path,
+) -> None:
+    initial = load_init_model(str(_save(tmp_path / "m.safetensors", nn.Linear(3, 2))))
+    joiner = spec_from_module(nn.Linear(3, 2).to(torch.bfloat16))
+
+    initial.check_matches(joiner)
+    federation = initial.federation_spec(joiner)
+
+    assert {t.dtype.torch_name for t in joiner.tensors} == {"bfloat16"}
+    assert {t.dtype.torch_name for t in federation.tensors} == {"float32"}
+    assert [t.name for t in federation.tensors] == [t.name for t in joiner.tensors]
 
 
 def test_an_unknown_tensor_is_a_mismatch_naming_it(tmp_path: Path) -> None:
