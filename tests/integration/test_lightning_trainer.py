@@ -188,3 +188,29 @@ def test_a_module_without_trainable_parameters_is_refused_naming_it(
 def test_a_wrong_target_is_refused_when_the_callback_is_made() -> None:
     with pytest.raises(ConfigError, match=r"target='localhost' is invalid"):
         FedGrpcCallback("localhost")
+
+
+class _Failing(Regressor):
+    """Raises in its second training step, as a user's bug would."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if batch_idx == 1:
+            raise RuntimeError("a bug in training_step")
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_failing_fit_leaves_the_federation_at_once(
+    coordinator: CoordinatorThread,
+) -> None:
+    # Arrange
+    callback = FedGrpcCallback(coordinator.address, config=FAST)
+    trainer = _trainer([callback], steps=H)
+
+    # Act
+    with pytest.raises(RuntimeError, match="a bug in training_step"):
+        trainer.fit(_Failing(), DataLoader(_data(H), batch_size=BATCH))
+
+    # Assert: joined, then left (a throwaway key's leave is final), so no
+    # round waits round_timeout_s for it.
+    assert callback.client.client_id
+    assert [c.client_id for c in coordinator.status().clients] == []
