@@ -127,6 +127,17 @@ class FedGrpcCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         """Leave the federation; `client` stays readable."""
+        self.close()
+
+    def close(self) -> None:
+        """Leave the federation now (idempotent); `client` stays readable.
+
+        Training that ends normally leaves by itself (`on_train_end`), but
+        the Trainer has no callback for a `train()` that raised: call this
+        then (or `with`-style in a `try/finally`), else the client keeps
+        heartbeating until it is garbage-collected and every round waits
+        `round_timeout_s` for it.
+        """
         self._remove_hook()
         self._session.close()
 

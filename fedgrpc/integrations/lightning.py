@@ -118,6 +118,10 @@ class FedGrpcCallback(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Leave the federation; `client` stays readable."""
+        self.close()
+
+    def close(self) -> None:
+        """Leave the federation now (idempotent); training's end does it too."""
         self._session.close()
 
     def on_exception(

@@ -199,3 +199,33 @@ def test_a_model_without_trainable_parameters_is_refused_naming_it(
     ):
         trainer.train()
     assert coordinator.status().model_version == 0
+
+
+class _Crash(transformers.TrainerCallback):
+    """Runs after `FedGrpcCallback` and raises, as a bug in the loop would."""
+
+    def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug in the training script")
+
+
+def test_after_a_failed_train_close_leaves_the_federation(
+    coordinator: CoordinatorThread, tmp_path: Path
+) -> None:
+    # Arrange: the Trainer has no callback for a train() that raised.
+    trainer = _trainer(_model(), tmp_path)
+    callback = FedGrpcCallback(coordinator.address, config=FAST)
+    trainer.add_callback(callback)
+    trainer.add_callback(_Crash())
+    with pytest.raises(RuntimeError, match="a bug in the training script"):
+        trainer.train()
+    assert [c.client_id for c in coordinator.status().clients] == [
+        callback.client.client_id
+    ]
+
+    # Act
+    callback.close()
+    callback.close()  # idempotent
+
+    # Assert: gone (a throwaway key's leave is final); status still readable.
+    assert [c.client_id for c in coordinator.status().clients] == []
+    assert callback.client.rounds_completed == 0
