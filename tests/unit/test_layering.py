@@ -17,6 +17,8 @@ exempt from any rule.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -357,3 +359,18 @@ def test_nothing_in_the_library_reaches_the_integrations() -> None:
     bad = _offenders(others, lambda name: _within(name, INTEGRATIONS))
 
     assert not bad, f"nothing may import {INTEGRATIONS}:{bad}"
+
+
+def test_importing_fedgrpc_and_its_client_loads_no_optional_extra() -> None:
+    # The static rules above, confirmed at run time in a fresh interpreter.
+    code = (
+        "import sys, fedgrpc, fedgrpc.client, fedgrpc.integrations\n"
+        "fedgrpc.DiLoCoClient  # the lazy re-export\n"
+        f"print(sorted(m for m in {sorted(EXTRAS)!r} if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        cwd=ROOT, check=True,
+    )  # fmt: skip
+
+    assert result.stdout.strip() == "[]"
