@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+import peft
 import pytest
 import torch
 import transformers
@@ -229,3 +230,25 @@ def test_after_a_failed_train_close_leaves_the_federation(
     # Assert: gone (a throwaway key's leave is final); status still readable.
     assert [c.client_id for c in coordinator.status().clients] == []
     assert callback.client.rounds_completed == 0
+
+
+def test_a_lora_model_in_the_trainer_federates_only_its_adapter(
+    coordinator: CoordinatorThread, tmp_path: Path
+) -> None:
+    # Arrange: PEFT's LoRA on the Trainer's model; the base is frozen.
+    lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    model = peft.get_peft_model(_model(), lora)
+    base = {k: v.clone() for k, v in model.state_dict().items() if "lora_" not in k}
+    adapter = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainer = _trainer(model, tmp_path)
+    callback = FedGrpcCallback(coordinator.address, config=FAST)
+    trainer.add_callback(callback)
+
+    # Act
+    trainer.train()
+
+    # Assert: the adapter alone came down (join + each round); the base stayed.
+    assert callback.client.rounds_completed == ROUNDS
+    assert callback.client.bytes_received == (1 + ROUNDS) * 4 * adapter
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in base.items())
