@@ -132,7 +132,7 @@ class DiLoCoClient:
         self._secure: SecureMode | None = None
         """Secure aggregation, held once a Join announced it."""
         self._update_transform = update_transform
-        settings = JoinSettings(inner_steps, compression)
+        settings = JoinSettings(inner_steps, compression, self._local.frozen_sha256)
         try:
             self._connection = Connection(
                 target,

@@ -58,6 +58,8 @@ class LocalRun:
         self.params = list(federated.tensors)
         """The federated tensors: parameters, then buffers (live objects)."""
         self.local_names = federated.local
+        self.frozen_sha256 = federated.frozen_digest()
+        """Join's check that every client starts from the same frozen base."""
         """`state_dict` names that never travel (frozen, local, skipped)."""
         proximal_mu = config.proximal_mu
         self.snapshot = torch.empty(self.spec.num_coordinates, dtype=torch.float32)

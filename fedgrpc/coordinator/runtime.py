@@ -180,6 +180,7 @@ class CoordinatorRuntime:
         spec, name = request.spec, request.name
         if self.engine.adopt_spec(spec):  # version 0 from init_model, just laid out
             self._spawn(self._initial_model_ready())
+        self.engine.model.check_frozen(request.frozen_sha256)
         current = self.engine.current  # its clients are never evicted for a joiner
         in_use = current.ids_in_use if current is not None else frozenset
         client = self.registry.admit(name, self.clock(), key, in_use)

@@ -71,3 +71,6 @@ class JoinInfo:
     inner_steps: int
     supported_codecs: tuple[WireCodec, ...]
     requested_codec: CodecConfig | None
+    frozen_sha256: bytes = b""
+    """Digest of the frozen parameters that never travel (b"": none, or an
+    older client); see `client.tensors.frozen_digest`."""

@@ -197,6 +197,19 @@ def record_dp_to_proto(
         header.record_dp_steps = claim.steps
 
 
+def _frozen_digest(digest: bytes) -> bytes:
+    """A JoinRequest's frozen-parameter digest: empty or 32 bytes.
+
+    Raises:
+        InvalidUpdateError: any other length.
+    """
+    if len(digest) not in (0, 32):
+        raise InvalidUpdateError(
+            f"frozen_sha256 must be empty or a 32-byte SHA-256, got {len(digest)} bytes"
+        )
+    return bytes(digest)
+
+
 def join_from_proto(request: coordinator_pb2.JoinRequest) -> JoinInfo:
     """Decode a Join request; unknown codecs a newer client offers are ignored.
 
@@ -216,4 +229,5 @@ def join_from_proto(request: coordinator_pb2.JoinRequest) -> JoinInfo:
             if c in WIRE_CODEC_FROM_PROTO
         ),
         requested_codec=requested,
+        frozen_sha256=_frozen_digest(request.frozen_sha256),
     )

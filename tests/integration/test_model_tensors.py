@@ -163,23 +163,41 @@ def test_local_buffers_stay_each_clients_own(tmp_path: Path) -> None:
     torch.testing.assert_close(out[0][0].head.weight, out[1][0].head.weight)
 
 
+def _shared_base(base_seed: int = 99) -> BatchNormNet:
+    """A model whose frozen stem is the same on every client (a shared base)."""
+    model = BatchNormNet(frozen_stem=True)
+    generator = torch.Generator().manual_seed(base_seed)
+    with torch.no_grad():
+        for param in model.stem.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator))
+    return model
+
+
 def test_frozen_parameters_never_travel_and_stay_as_they_were(tmp_path: Path) -> None:
-    frozen, _ = _run_two(
-        tmp_path / "frozen", FAST, lambda: BatchNormNet(frozen_stem=True)
-    )
+    frozen, _ = _run_two(tmp_path / "frozen", FAST, _shared_base)
     everything, _ = _run_two(
-        tmp_path / "all",
-        dataclasses.replace(FAST, federate="all"),
-        lambda: BatchNormNet(frozen_stem=True),
+        tmp_path / "all", dataclasses.replace(FAST, federate="all"), _shared_base
     )
 
     stem = 4 * 4 + 4
     sent_frozen = frozen[0][1].bytes_received
     sent_all = everything[0][1].bytes_received
     assert sent_all - sent_frozen >= (ROUNDS + 1) * stem * 4  # 4 pulls of 20 floats
-    # Each kept its own initial stem (seeded differently); the rest is global.
-    assert not torch.equal(frozen[0][0].stem.weight, frozen[1][0].stem.weight)
+    # The stem is the shared base, untouched; the rest is global.
+    torch.testing.assert_close(frozen[0][0].stem.weight, _shared_base().stem.weight)
     torch.testing.assert_close(frozen[0][0].body.weight, frozen[1][0].body.weight)
+
+
+def test_a_client_with_another_frozen_base_is_refused(tmp_path: Path) -> None:
+    with (
+        serve_in_thread(_coordinator(tmp_path, clients=1)) as coordinator,
+        DiLoCoClient(coordinator.address, _shared_base(), config=FAST),
+    ):
+        with pytest.raises(ModelMismatchError, match="frozen parameters"):
+            DiLoCoClient(coordinator.address, _shared_base(base_seed=7), config=FAST)
+        # A client with the same base joins.
+        with DiLoCoClient(coordinator.address, _shared_base(), config=FAST):
+            pass
 
 
 def test_clients_that_disagree_on_what_travels_are_refused_naming_the_tensor(
@@ -187,14 +205,14 @@ def test_clients_that_disagree_on_what_travels_are_refused_naming_the_tensor(
 ) -> None:
     with (
         serve_in_thread(_coordinator(tmp_path, clients=1)) as coordinator,
-        DiLoCoClient(coordinator.address, BatchNormNet(frozen_stem=True), config=FAST),
+        DiLoCoClient(coordinator.address, _shared_base(), config=FAST),
     ):
         everything = dataclasses.replace(FAST, federate="all")
         with pytest.raises(ModelMismatchError, match=r"'stem.weight'.*federate"):
-            DiLoCoClient(coordinator.address, BatchNormNet(True), config=everything)
+            DiLoCoClient(coordinator.address, _shared_base(), config=everything)
         no_buffers = dataclasses.replace(FAST, buffers="local")
         with pytest.raises(ModelMismatchError, match=r"'norm.running_mean'"):
-            DiLoCoClient(coordinator.address, BatchNormNet(True), config=no_buffers)
+            DiLoCoClient(coordinator.address, _shared_base(), config=no_buffers)
 
 
 def test_a_bfloat16_client_trains_in_a_float32_federation(tmp_path: Path) -> None:

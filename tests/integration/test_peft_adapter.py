@@ -60,9 +60,10 @@ def _lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def _train(address: str, index: int, out: dict[str, Any], tmp_path: Path) -> None:
+def _train(
+    address: str, index: int, model: nn.Module, out: dict[str, Any], tmp_path: Path
+) -> None:
     try:
-        model = _lora()
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=1e-2)
         data = torch.Generator().manual_seed(10 + index)  # each its own data
@@ -108,12 +109,17 @@ def test_only_the_adapter_travels_and_the_saved_global_adapter_loads_in_peft(
         min_clients=2, inner_steps=H, round_timeout_s=30.0,
     )  # fmt: skip
     outs: list[dict[str, Any]] = [{}, {}]
+    # Built here, not in the threads: the base's init draws from torch's global
+    # RNG, and interleaved draws would give the clients different frozen bases
+    # (which Join refuses: the frozen digest).
+    models = [_lora(), _lora()]
 
     # Act: two LoRA clients federate ROUNDS rounds, then save.
     with serve_in_thread(config) as coordinator:
         threads = [
             threading.Thread(
-                target=_train, args=(coordinator.address, i, outs[i], tmp_path)
+                target=_train,
+                args=(coordinator.address, i, models[i], outs[i], tmp_path),
             )
             for i in (0, 1)
         ]

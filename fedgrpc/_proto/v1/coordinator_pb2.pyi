@@ -164,6 +164,7 @@ class JoinRequest(_message.Message):
     CLIENT_KEY_FIELD_NUMBER: _builtins.int
     CHALLENGE_NONCE_FIELD_NUMBER: _builtins.int
     JOIN_SIGNATURE_FIELD_NUMBER: _builtins.int
+    FROZEN_SHA256_FIELD_NUMBER: _builtins.int
     client_name: _builtins.str
     """Human-readable client name for logs and status (not an identity)."""
     inner_steps: _builtins.int
@@ -176,6 +177,14 @@ class JoinRequest(_message.Message):
     """The nonce from GetJoinChallenge."""
     join_signature: _builtins.bytes
     """The client key's signature over the Join statement (above)."""
+    frozen_sha256: _builtins.bytes
+    """SHA-256 over the frozen parameters that do not travel (name, dtype,
+    shape, bytes, in model order; 32 bytes), empty if there are none. Every
+    client must start from the same frozen base (a LoRA base model): the
+    coordinator keeps the first digest it sees and refuses a Join with
+    another one (FAILED_PRECONDITION, ModelMismatchError). A consistency
+    check for honest clients, not covered by the signature.
+    """
     @_builtins.property
     def model_spec(self) -> _common_pb2.ModelSpec:
         """The model the client trains. The first client's spec defines the
@@ -209,10 +218,11 @@ class JoinRequest(_message.Message):
         client_key: _common_pb2.PublicKeyRecord | None = ...,
         challenge_nonce: _builtins.bytes = ...,
         join_signature: _builtins.bytes = ...,
+        frozen_sha256: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["client_key", b"client_key", "model_spec", b"model_spec", "requested_codec", b"requested_codec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_nonce", b"challenge_nonce", "client_key", b"client_key", "client_name", b"client_name", "inner_steps", b"inner_steps", "join_signature", b"join_signature", "library_version", b"library_version", "model_spec", b"model_spec", "requested_codec", b"requested_codec", "supported_codecs", b"supported_codecs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_nonce", b"challenge_nonce", "client_key", b"client_key", "client_name", b"client_name", "frozen_sha256", b"frozen_sha256", "inner_steps", b"inner_steps", "join_signature", b"join_signature", "library_version", b"library_version", "model_spec", b"model_spec", "requested_codec", b"requested_codec", "supported_codecs", b"supported_codecs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

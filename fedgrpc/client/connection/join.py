@@ -175,6 +175,8 @@ class JoinSettings:
 
     inner_steps: int | None = None
     compression: CodecConfig | None = None
+    frozen_sha256: bytes = b""
+    """Digest of this model's frozen base (`FederatedTensors.frozen_digest`)."""
 
 
 def announced_codec(
@@ -216,6 +218,7 @@ def join_request(
         requested_codec=(
             codec_params_to_proto(wanted, DEFAULT_CHUNK_BYTES) if wanted else None
         ),
+        frozen_sha256=settings.frozen_sha256,
     )
 
 

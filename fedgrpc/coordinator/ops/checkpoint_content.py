@@ -106,6 +106,7 @@ def capture(engine: RoundEngine, registry: ClientRegistry, totals: Totals) -> Sn
         "spec": spec_rows(spec),
         "spec_aliases": [list(pair) for pair in spec.aliases],
         "spec_sha256": spec.digest.hex(),
+        "frozen_sha256": model.frozen_sha256.hex(),
         "optimizer": {
             "name": model.optimizer.name,
             "lr": engine.config.resolved_outer_lr,
@@ -154,6 +155,7 @@ def restore(
         spec, master, state["model_version"], state["model_round_id"],
         _guard_history(state),
     )  # fmt: skip
+    engine.model.frozen_sha256 = bytes.fromhex(str(state.get("frozen_sha256", "")))
     engine.weighting.reference = state.get("sample_weight_reference")
     _restore_clients(registry, state["clients"], state.get("next_client_id", 0))
     if engine.trust is not None and state.get("trust") is not None:

@@ -18,7 +18,7 @@ from fedgrpc.coordinator.rounds.norm_guard import NormGuard
 from fedgrpc.coordinator.rounds.records import PublishedModel
 from fedgrpc.coordinator.strategy.wiring import build_outer
 from fedgrpc.domain.model_spec import DType, ModelSpec
-from fedgrpc.errors import InvalidUpdateError, WrongRoundError
+from fedgrpc.errors import InvalidUpdateError, ModelMismatchError, WrongRoundError
 from fedgrpc.optim import OuterOptimizer
 from fedgrpc.wire.tensors import pack_native
 
@@ -44,6 +44,9 @@ class GlobalModel:
         self.initial: InitialModel | None = None
         """Weights from `init_model`, laid out at the first Join (`initial_model`)."""
         self.guard = NormGuard(config.max_update_norm_growth, config.guard_norm_floor)
+        self.frozen_sha256 = b""
+        """The frozen base every client must share (the first digest a joiner
+        sent; b"": none seen). Checkpointed."""
         """The divergence guard of plain rounds (`norm_guard`)."""
 
     def adopt_spec(self, spec: ModelSpec) -> bool:
@@ -74,6 +77,30 @@ class GlobalModel:
         self.initial = None
         self.seed(initial.coordinates(spec))
         return True
+
+    def check_frozen(self, digest: bytes) -> None:
+        """Refuse a joiner whose frozen base differs from the federation's.
+
+        Parameters that never travel (`federate="trainable"`: a LoRA base
+        model) are never averaged, so clients with different ones would
+        train their adapters against different weights and average
+        nonsense. The first digest becomes the federation's; an empty one
+        (nothing frozen, or an older client) is not checked.
+
+        Raises:
+            ModelMismatchError: another frozen base.
+        """
+        if not digest:
+            return
+        if not self.frozen_sha256:
+            self.frozen_sha256 = digest
+        elif digest != self.frozen_sha256:
+            raise ModelMismatchError(
+                "the model's frozen parameters (those that never travel, such as "
+                "a LoRA base model) differ from the federation's: every client "
+                "must load the same base weights (same checkpoint, or the same "
+                "seed before building the model)"
+            )
 
     def claim_seeding(self, client_id: str) -> bool:
         """True if `client_id` must upload the initial weights.

@@ -135,3 +135,25 @@ def test_spec_rows_round_trip_buffers_and_aliases_for_checkpoints() -> None:
     assert rows[0] == ["embed.weight", [4, 2], "float32"]  # the old 3-field row
     assert again == spec
     assert again.digest == spec.digest
+
+
+def test_the_frozen_digest_covers_the_frozen_base_but_not_local_modules() -> None:
+    def model(base: float, head: float) -> nn.Module:
+        net = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 2))
+        net[0].requires_grad_(False)
+        net[2].requires_grad_(False)
+        with torch.no_grad():
+            net[0].weight.fill_(base)
+            net[0].bias.fill_(base)
+            net[2].weight.fill_(head)
+        return net.to(torch.bfloat16)
+
+    config = ClientConfig(local_modules=("2",))
+
+    def digest(m: nn.Module) -> bytes:
+        return select_tensors(m, config).frozen_digest()
+
+    assert len(digest(model(1.0, 5.0))) == 32
+    assert digest(model(1.0, 5.0)) == digest(model(1.0, 6.0))  # personal: free
+    assert digest(model(1.0, 5.0)) != digest(model(2.0, 5.0))  # the base: checked
+    assert select_tensors(nn.Linear(2, 2), ClientConfig()).frozen_digest() == b""
