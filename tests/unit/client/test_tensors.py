@@ -139,14 +139,14 @@ def test_spec_rows_round_trip_buffers_and_aliases_for_checkpoints() -> None:
 
 def test_the_frozen_digest_covers_the_frozen_base_but_not_local_modules() -> None:
     def model(base: float, head: float) -> nn.Module:
-        net = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 2))
-        net[0].requires_grad_(False)
-        net[2].requires_grad_(False)
+        stem, body, personal = nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 2)
+        stem.requires_grad_(False)
+        personal.requires_grad_(False)
         with torch.no_grad():
-            net[0].weight.fill_(base)
-            net[0].bias.fill_(base)
-            net[2].weight.fill_(head)
-        return net.to(torch.bfloat16)
+            stem.weight.fill_(base)
+            stem.bias.fill_(base)
+            personal.weight.fill_(head)
+        return nn.Sequential(stem, body, personal).to(torch.bfloat16)
 
     config = ClientConfig(local_modules=("2",))
 
