@@ -34,6 +34,7 @@ from fedgrpc.log import configure_logging
 from fedgrpc.sim import DEFAULT_CORPUS_BYTES
 from fedgrpc.sim.attack_spec import GRAMMAR as ATTACK_GRAMMAR
 from fedgrpc.sim.attack_spec import AttackSpec, parse_attack
+from fedgrpc.sim.churn import parse_speeds
 
 
 def _add_outer_flags(parser: argparse.ArgumentParser) -> None:
@@ -167,6 +168,30 @@ def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "README: Simulate attacks)",
     )
     parser.add_argument(
+        "--speeds",
+        type=_speeds,
+        metavar="F1,F2,...",
+        help="per-client slowdown factors, one per client, each >= 1: client i "
+        "sleeps (Fi - 1) x the compute time of each inner step, so it runs Fi "
+        "times slower on any machine (default: all 1; README: Heterogeneous "
+        "clients)",
+    )
+    parser.add_argument(
+        "--crash-rate",
+        type=float,
+        metavar="P",
+        help="at each sync point a client process dies (os._exit, no goodbye) "
+        "with probability P (0 <= P < 1; draws from --seed and the client index) "
+        "and is restarted with the same key (default: 0)",
+    )
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        metavar="N",
+        help="restarts per client under --crash-rate; after N it no longer "
+        "crashes (default: 10)",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
         help="print the summary as one JSON object on stdout "
@@ -188,6 +213,14 @@ def _partition(text: str) -> PartitionSpec:
     """Parse --partition for argparse: a bad value is a usage error (the grammar)."""
     try:
         return parse_partition(text)
+    except FedGrpcError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _speeds(text: str) -> tuple[float, ...]:
+    """Parse --speeds for argparse (their count and range: `SimulationConfig`)."""
+    try:
+        return parse_speeds(text)
     except FedGrpcError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -256,6 +289,9 @@ def _simulate(args: argparse.Namespace) -> int:
         "proximal_mu": args.proximal_mu,
         "partition": args.partition,
         "attacks": tuple(args.attack) if args.attack else None,
+        "speeds": args.speeds,
+        "crash_rate": args.crash_rate,
+        "max_restarts": args.max_restarts,
         "privacy": {
             flag.dest: getattr(args, flag.dest)
             for flag in (*PRIVACY_FLAGS, *DISTRIBUTED_PRIVACY_FLAGS)

@@ -19,6 +19,7 @@ from fedgrpc.errors import FedGrpcError
 from fedgrpc.sim import DEFAULT_CORPUS_BYTES
 from fedgrpc.sim.attack_spec import AttackSpec, assign_attackers
 from fedgrpc.sim.attacks import AttackPlan
+from fedgrpc.sim.churn import DEFAULT_MAX_RESTARTS, check_crash_rate, check_speeds
 from fedgrpc.sim.models import TrainDefaults
 from fedgrpc.sim.tasks import TaskSettings
 
@@ -80,6 +81,13 @@ class SimulationConfig:
     defaults: TrainDefaults = field(default_factory=TrainDefaults)
     attacks: tuple[AttackSpec, ...] = ()
     """Byzantine clients (`--attack`); which ones follows from `seed`."""
+    speeds: tuple[float, ...] = ()
+    """Per-client slowdown factors (`--speeds`, one per client, each >= 1);
+    empty: all at full speed (`fedgrpc.sim.pace`)."""
+    crash_rate: float = 0.0
+    """P of a crash per client and sync point (`--crash-rate`, `sim.churn`)."""
+    max_restarts: int = DEFAULT_MAX_RESTARTS
+    """Restarts per client; after that it no longer crashes."""
     privacy: dict[str, Any] = field(default_factory=dict)
     """Client-level DP settings for the coordinator, by `CoordinatorConfig`
     field (`privacy`, `dp_clip_norm`, `max_epsilon`, ...: the serve flags of
@@ -89,6 +97,8 @@ class SimulationConfig:
         for name in ("clients", "rounds", "inner_steps", "eval_batches"):
             if getattr(self, name) < 1:
                 raise FedGrpcError(f"{name}={getattr(self, name)!r} must be >= 1")
+        check_speeds(self.speeds, self.clients)
+        check_crash_rate(self.crash_rate, self.max_restarts)
         for plan in self.attack_plans().values():  # fail before any process starts
             if plan.spec.kind == "alie":
                 _ = plan.alie_z

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import queue
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -24,29 +21,27 @@ from fedgrpc.config import ClientConfig
 from fedgrpc.coordinator.inprocess import Coordinator
 from fedgrpc.data import Partition
 from fedgrpc.domain.status import CoordinatorStatus
-from fedgrpc.errors import FedGrpcError
 from fedgrpc.log import get_logger
 from fedgrpc.sim.attacks import AttackPlan
 from fedgrpc.sim.config import SimulationConfig, coordinator_config
+from fedgrpc.sim.fleet import Fleet
+from fedgrpc.sim.monitor import monitor
+from fedgrpc.sim.pace import merge_incarnations
 from fedgrpc.sim.quarantine import quarantine_figures
 from fedgrpc.sim.summary import (
     AttackFigures,
+    Pace,
     Participant,
     PrivacyFigures,
     RoundFigures,
     SimulationSummary,
 )
 from fedgrpc.sim.tasks import load_task
-from fedgrpc.sim.worker import Gates, WorkerArgs, run_worker
+from fedgrpc.sim.worker import Gates, WorkerArgs
 
 log = get_logger(__name__)
-POLL_S = 0.2
 LEAVE_GRACE_S = 30.0
 """After a run, how long the released clients have to leave and exit."""
-
-
-class SimulationError(FedGrpcError):
-    """A simulated client failed or the run exceeded its time limit."""
 
 
 def run_simulation(
@@ -56,7 +51,8 @@ def run_simulation(
     simulation_partition(config)  # an impossible split fails before any process
     with tempfile.TemporaryDirectory(prefix="fedgrpc-sim-") as scratch:
         init_model = write_initial_model(config, Path(scratch))
-        return _run(config, init_model, progress, Path(scratch) / "collusion")
+        keys = write_client_keys(config.clients, Path(scratch) / "keys")
+        return _run(config, (init_model, keys), progress, Path(scratch) / "collusion")
 
 
 def simulation_partition(config: SimulationConfig) -> Partition:
@@ -93,42 +89,57 @@ def write_initial_model(config: SimulationConfig, directory: Path) -> Path:
     return path
 
 
+def write_client_keys(clients: int, directory: Path) -> list[str]:
+    """One identity key file per client, so a restarted client is the same client.
+
+    A throwaway key (the default) would make every restart a new client to
+    the coordinator; with its own key file the restarted process re-joins
+    as the record it had (`--crash-rate`).
+    """
+    from fedgrpc.crypto.files import save_key_pair
+    from fedgrpc.crypto.keys import PrivateKey
+
+    return [
+        str(save_key_pair(PrivateKey.generate(), directory, f"client-{i}").private_key)
+        for i in range(clients)
+    ]
+
+
 def _run(
-    config: SimulationConfig, init_model: Path, progress: bool, collusion: Path
+    config: SimulationConfig,
+    files: tuple[Path, list[str]],
+    progress: bool,
+    collusion: Path,
 ) -> SimulationSummary:
+    """Run it; `files`: the initial model and each client's identity key."""
     started = time.monotonic()
     torch.set_num_threads(1)  # the coordinator shares the two cores with clients
+    init_model, keys = files
     coordinator = Coordinator(coordinator_config(config, init_model))
     coordinator.start()
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     start, release = context.Event(), context.Event()  # see `Gates`
     plans = config.attack_plans(str(collusion))
-    workers = [
-        context.Process(
-            target=run_worker,
-            args=(
-                _worker_args(config, i, coordinator.address, plans),
-                results,
-                Gates(start, release),
-            ),
-            name=f"fedgrpc-sim-{i}",
-        )
-        for i in range(config.clients)
-    ]
+    fleet = Fleet(
+        context, results, Gates(start, release),
+        [_worker_args(config, i, (coordinator.address, keys[i]), plans)
+         for i in range(config.clients)],
+    )  # fmt: skip
     grace_s = 0.0  # a failed run ends its workers at once
     try:
-        for worker in workers:
-            worker.start()
-        inbox = _monitor(
-            config, coordinator, workers, (results, start), started, progress
-        )
-        figures, joined = inbox.done, inbox.joined
+        fleet.start()
+        inbox = monitor(config, coordinator, (fleet, start), started, progress)
+        joined = inbox.joined
+        figures = {
+            i: merge_incarnations(inbox.crashes.get(i, []), done)
+            for i, done in inbox.done.items()
+        }
         status = coordinator.status()  # while every client is still joined
         grace_s = LEAVE_GRACE_S
     finally:
         release.set()
-        _stop_workers(workers, grace_s)
+        fleet.stop(grace_s)
         coordinator.stop()
     # The run's rounds are 1..R: the coordinator finishes the run after
     # round R (max_rounds) and opens no round past it; the filter keeps
@@ -156,9 +167,11 @@ def _run(
                 joined.get(i, ""),
                 _spec_text(plans, i),
                 int(figures[i].get("outcome_applied", 0)),
+                pace=_pace(fleet.args[i].speed, figures[i], fleet.restarts[i]),
             )
             for i in range(config.clients)
         ],
+        train_wall_s=inbox.training_s(),
         attack=_attack_figures(config, plans, figures[0], (status, joined)),
         privacy=_privacy_figures(status),
         task=config.task,
@@ -181,17 +194,16 @@ def _privacy_figures(status: CoordinatorStatus) -> PrivacyFigures | None:
     )  # fmt: skip
 
 
-def _stop_workers(workers: list[Any], grace_s: float) -> None:
-    """Give released workers `grace_s` (in all) to leave and exit, then end them.
-
-    After a failure `grace_s` is 0: whatever still runs is ended at once.
-    """
-    deadline = time.monotonic() + grace_s
-    for worker in workers:
-        worker.join(timeout=max(0.0, deadline - time.monotonic()))
-        if worker.is_alive():
-            worker.terminate()
-        worker.join(timeout=10)
+def _pace(speed: float, figures: dict[str, float], crashes: int) -> Pace:
+    """A client's speed, crashes and compute figures (summed over its processes)."""
+    return Pace(
+        speed=speed,
+        crashes=crashes,
+        compute_s=figures.get("compute_s", 0.0),
+        useful_s=figures.get("useful_s", 0.0),
+        samples=int(figures.get("samples", 0)),
+        tokens=int(figures.get("tokens", 0)),
+    )
 
 
 def _spec_text(plans: dict[int, AttackPlan], index: int) -> str | None:
@@ -224,9 +236,11 @@ def _attack_figures(
 def _worker_args(
     config: SimulationConfig,
     index: int,
-    address: str,
+    endpoints: tuple[str, str],
     plans: dict[int, AttackPlan],
 ) -> WorkerArgs:
+    """Client `index`'s first process; `endpoints`: the address and its key file."""
+    address, identity_key = endpoints
     return WorkerArgs(
         index=index,
         num_clients=config.clients,
@@ -239,90 +253,8 @@ def _worker_args(
         proximal_mu=config.proximal_mu,
         attack=plans.get(index),
         probe_backdoor=any(spec.kind == "backdoor" for spec in config.attacks),
+        identity_key=identity_key,
+        speed=config.speeds[index] if config.speeds else 1.0,
+        crash_rate=config.crash_rate,
+        restarts_left=config.max_restarts,
     )
-
-
-@dataclass
-class _Inbox:
-    """What the workers reported so far (filled by `_drain`)."""
-
-    done: dict[int, dict[str, float]] = field(default_factory=dict)
-    """Each finished worker's final figures."""
-    joined: dict[int, str] = field(default_factory=dict)
-    """The client id each worker joined as."""
-    evaluations: list[dict[str, float]] = field(default_factory=list)
-    """Client 0's scores of the global model, in order (`worker._reporting`)."""
-
-
-def _monitor(
-    config: SimulationConfig,
-    coordinator: Coordinator,
-    workers: list[Any],
-    channels: tuple[Any, Any],
-    started: float,
-    progress: bool,
-) -> _Inbox:
-    """Drive the progress bar until every worker reported done (bounded).
-
-    `channels`: the workers' result queue and their start signal, set once
-    all of them joined. Returns what the workers reported.
-    """
-    results, start = channels
-    from tqdm import tqdm
-
-    inbox = _Inbox()
-    bar = tqdm(total=config.rounds, unit="round", desc="simulate", disable=not progress)
-    try:
-        while len(inbox.done) < len(workers):
-            if time.monotonic() - started > config.time_limit_s:
-                raise SimulationError(
-                    f"the simulation exceeded its {config.time_limit_s:.0f} s limit"
-                )
-            _drain(results, inbox)
-            _check_workers(workers, inbox, results)
-            if len(inbox.joined) == len(workers):
-                start.set()
-            history = coordinator.status().rounds
-            # Rounds past R are not the run's (see run_simulation).
-            if min(len(history), config.rounds) > bar.n:
-                bar.update(min(len(history), config.rounds) - bar.n)
-                bar.set_postfix(_postfix(history[-1].mean_train_loss, inbox))
-    finally:
-        bar.close()
-    return inbox
-
-
-def _postfix(train_loss: float, inbox: _Inbox) -> dict[str, str]:
-    """The bar's figures: train loss, and the latest global validation scores."""
-    figures = {"train_loss": f"{train_loss:.3f}"}
-    latest = inbox.evaluations[-1] if inbox.evaluations else {}
-    if "val_loss" in latest:
-        figures["val_loss"] = f"{latest['val_loss']:.3f}"
-    if "val_accuracy" in latest:
-        figures["val_acc"] = f"{latest['val_accuracy']:.1%}"
-    return figures
-
-
-def _drain(results: Any, inbox: _Inbox) -> None:
-    try:
-        kind, index, payload = results.get(timeout=POLL_S)
-    except queue.Empty:
-        return
-    if kind == "error":
-        raise SimulationError(f"client {index} failed:\n{payload}")
-    if kind == "done":
-        inbox.done[index] = payload
-    if kind == "ready":
-        inbox.joined[index] = payload
-    if kind == "eval":
-        inbox.evaluations.append(payload)
-    log.debug("worker_event", kind=kind, client=index)
-
-
-def _check_workers(workers: list[Any], inbox: _Inbox, results: Any) -> None:
-    for index, worker in enumerate(workers):
-        if index not in inbox.done and worker.exitcode not in (None, 0):
-            _drain(results, inbox)  # its error report may still be in flight
-            raise SimulationError(
-                f"client {index} exited with code {worker.exitcode} before finishing"
-            )

@@ -48,6 +48,30 @@ def _privacy_rows(summary: SimulationSummary) -> list[tuple[str, str]]:
     ]  # fmt: skip
 
 
+def _pace_rows(summary: SimulationSummary) -> list[tuple[str, str]]:
+    """Goodput and the work done, then a row per client if any was slowed.
+
+    The per-client rows (speed, goodput, busy fraction, crashes) appear only
+    with `--speeds` or crashes, so a plain run's table stays short.
+    """
+    people = summary.participants
+    compute = sum(p.pace.compute_s for p in people)
+    rows = [
+        ("goodput (compute in applied updates)",
+         f"{summary.goodput:.1%} of {compute:.1f} s client compute"),
+        ("samples (tokens) processed", f"{sum(p.pace.samples for p in people):,} "
+         f"({sum(p.pace.tokens for p in people):,})"),
+    ]  # fmt: skip
+    if all(p.pace.speed == 1 and p.pace.crashes == 0 for p in people):
+        return rows
+    return rows + [
+        (f"  client {p.index}",
+         f"speed x{p.pace.speed:g}, goodput {p.pace.goodput:.1%}, busy "
+         f"{summary.busy_fraction(p):.0%}, {p.pace.crashes} crash(es)")
+        for p in people
+    ]  # fmt: skip
+
+
 def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
@@ -107,6 +131,7 @@ def format_summary(summary: SimulationSummary) -> str:
         ("bytes up (updates)", _bytes(summary.bytes_up)),
         ("bytes down (weights)", _bytes(summary.bytes_down)),
         ("wall time", f"{summary.wall_s:.1f} s"),
+        *_pace_rows(summary),
         *_privacy_rows(summary),
         *_attack_rows(summary),
     ]

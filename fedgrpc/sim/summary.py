@@ -39,6 +39,31 @@ class PrivacyFigures:
 
 
 @dataclass(frozen=True, slots=True)
+class Pace:
+    """One client's speed, crashes and compute, summed over its processes.
+
+    Compute is inner steps' wall time with the slowdown sleep, without sync
+    points (`fedgrpc.sim.pace`); useful is the part in applied updates.
+    """
+
+    speed: float = 1.0
+    """Its `--speeds` slowdown factor."""
+    crashes: int = 0
+    """Simulated crashes (`--crash-rate`), each followed by a restart."""
+    compute_s: float = 0.0
+    useful_s: float = 0.0
+    samples: int = 0
+    """Training samples it processed (batches x batch size), wasted ones included."""
+    tokens: int = 0
+    """Predicted targets it processed (char-LM: bytes; digits: = samples)."""
+
+    @property
+    def goodput(self) -> float:
+        """Useful / compute: the share of its compute in applied updates."""
+        return self.useful_s / self.compute_s if self.compute_s > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Participant:
     """One simulated client: who it was, what it did, what counted."""
 
@@ -51,6 +76,7 @@ class Participant:
     """Sync points whose round applied this client's update: the coordinator
     verified its signed chunks, accepted it and averaged it in (the client's
     own count of `applied` outcomes)."""
+    pace: Pace = field(default_factory=Pace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +118,9 @@ class SimulationSummary:
     client_sizes: list[int] = field(default_factory=list)
     """Training samples per client (char-LM: 4 KiB pieces) under `partition`,
     as each client process computed its split."""
+    train_wall_s: float = 0.0
+    """Wall time from the start gate (every client joined) to the last
+    client's end: what each client's busy fraction is a share of."""
     evaluations: list[dict[str, float]] = field(default_factory=list)
     """The global model scored on the validation split by client 0 (its
     `DiLoCoClient` `evaluate` callback): the initial weights (version 0),
@@ -121,6 +150,23 @@ class SimulationSummary:
     def rounds_applied(self) -> int:
         """Rounds whose outer step was applied."""
         return sum(r.applied for r in self.rounds)
+
+    @property
+    def goodput(self) -> float:
+        """Σ useful compute / Σ compute over all clients (0 without compute).
+
+        Waiting is not compute: a fast client idle in a `sync` round lowers
+        its busy fraction (`busy_fraction`), not goodput.
+        """
+        compute = sum(p.pace.compute_s for p in self.participants)
+        useful = sum(p.pace.useful_s for p in self.participants)
+        return useful / compute if compute > 0 else 0.0
+
+    def busy_fraction(self, participant: Participant) -> float:
+        """Its compute time / the training wall time (1: never waited)."""
+        if self.train_wall_s <= 0:
+            return 0.0
+        return participant.pace.compute_s / self.train_wall_s
 
     @property
     def attackers(self) -> list[Participant]:
@@ -153,9 +199,22 @@ class SimulationSummary:
                     "client_id": p.client_id,
                     "attack": p.attack,
                     "updates_applied": p.updates_applied,
+                    "speed": p.pace.speed,
+                    "crashes": p.pace.crashes,
+                    "compute_s": round(p.pace.compute_s, 3),
+                    "useful_s": round(p.pace.useful_s, 3),
+                    "goodput": p.pace.goodput,
+                    "busy_fraction": self.busy_fraction(p),
+                    "samples": p.pace.samples,
+                    "tokens": p.pace.tokens,
                 }
                 for p in self.participants
             ],
+            "goodput": self.goodput,
+            "train_wall_s": round(self.train_wall_s, 2),
+            "crashes": sum(p.pace.crashes for p in self.participants),
+            "samples": sum(p.pace.samples for p in self.participants),
+            "tokens": sum(p.pace.tokens for p in self.participants),
         }
         if self.final_val_accuracy is not None:
             figures["initial_val_accuracy"] = self.initial_val_accuracy

@@ -6,21 +6,31 @@ loop owns the model, the data and the inner optimizer; the client only sees
 this client's data is its part of the task's partition. Progress goes back
 to the launcher as small tuples on a queue; client 0 (the reporter) also
 sends the global model's validation metrics after every round.
+
+`--speeds` and `--crash-rate` act here too: the worker sleeps after each
+inner step to run at its slowdown factor and keeps a `ComputeLedger` for
+goodput (`fedgrpc.sim.pace`), and at each sync point it may die on purpose
+(`fedgrpc.sim.churn`), leaving the launcher to start it again.
 """
 
 from __future__ import annotations
 
+import os
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from fedgrpc.config import ClientConfig
 from fedgrpc.data import PartitionSpec
 from fedgrpc.sim.attacks import AttackPlan, build_transform
+from fedgrpc.sim.churn import CRASH_EXIT_CODE, crashes_at
 from fedgrpc.sim.models import CharTransformer
+from fedgrpc.sim.pace import ComputeLedger
 from fedgrpc.sim.poison import backdoor_success, flip_labels, plant_backdoor
 from fedgrpc.sim.tasks import Batch, Task, TaskSettings, load_task
 from fedgrpc.sim.tasks.charlm import CharLMTask
@@ -31,6 +41,12 @@ class ResultQueue(Protocol):
 
     def put(self, obj: Any) -> None:
         """Send one message to the launcher."""
+
+    def close(self) -> None:
+        """No more messages from this process."""
+
+    def join_thread(self) -> None:
+        """Block until every message put is in the pipe (before a crash)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +67,19 @@ class WorkerArgs:
     """This client's attack (`fedgrpc.sim.attacks`); None: an honest client."""
     probe_backdoor: bool = False
     """The reporter also scores backdoor success on the final global model."""
+    identity_key: str = ""
+    """This client's key file: every restart signs as the same client, so the
+    coordinator keeps its record (standing, credit). "": a throwaway key."""
+    speed: float = 1.0
+    """Slowdown factor f: each inner step takes f times its compute time."""
+    crash_rate: float = 0.0
+    """P: chance of a crash at each sync point (`fedgrpc.sim.churn`)."""
+    restarts_left: int = 0
+    """Crashes this client may still have (the launcher's bound)."""
+    first_attempt: int = 0
+    """Sync points reached by earlier incarnations: where the crash draws resume."""
+    incarnation: int = 0
+    """0 for the first process, k after k restarts (new batches after each)."""
 
 
 class Signal(Protocol):
@@ -101,9 +130,10 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
     sample = task.sampler(split, args.index)
     model = task.build_model(args.seed)
     optimizer = task.make_optimizer(model)
-    batches = torch.Generator().manual_seed(args.seed * 1_000 + args.index)
+    batches = torch.Generator().manual_seed(_batch_seed(args))
     config = ClientConfig(
         name=f"sim-{args.index}",
+        identity_key=args.identity_key,
         heartbeat_interval_s=2.0,
         proximal_mu=args.proximal_mu,
     )
@@ -126,14 +156,32 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
         results.put(("ready", args.index, client.client_id))
         if gates is not None and not gates.start.wait(START_WAIT_S):
             raise RuntimeError(f"the other clients did not join in {START_WAIT_S} s")
+        ledger = ComputeLedger(speed=args.speed)
+        attempt, since_sync = args.first_attempt, 0
         # The coordinator ends the run after `rounds` (max_rounds); the
         # step budget only bounds a run whose coordinator never says so.
         for _ in range(2 * args.rounds * args.inner_steps):
             if client.finished:
                 break
-            loss = task.train_step(model, optimizer, poison(sample(batches)))
+            started = time.perf_counter()
+            batch = poison(sample(batches))
+            loss = task.train_step(model, optimizer, batch)
+            ledger.timed_step(started, task.batch_size, batch[1].numel())
+            since_sync += 1
+            if since_sync == client.inner_steps:  # this step() is a sync point
+                since_sync = 0
+                if crashes_at(args.seed, args.index, attempt, args.crash_rate,
+                              args.restarts_left):  # fmt: skip
+                    _crash(
+                        results,
+                        args.index,
+                        attempt,
+                        figures | outcomes | ledger.figures(),
+                    )
+                attempt += 1
             if not client.step(loss=loss, num_samples=task.batch_size):
                 continue
+            ledger.settle(client.last_round_outcome == "applied")
             outcome = f"outcome_{client.last_round_outcome}"
             outcomes[outcome] = outcomes.get(outcome, 0.0) + 1
         if is_reporter:
@@ -142,12 +190,41 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
         figures["bytes_sent"] = float(client.bytes_sent)
         figures["bytes_received"] = float(client.bytes_received)
         figures["model_version"] = float(client.model_version)
-        results.put(("done", args.index, figures | outcomes))
+        results.put(("done", args.index, figures | outcomes | ledger.figures()))
         # Stay joined for the final status only when the run ended: a client
         # whose step budget ran out first (say, seldom selected) leaves now,
         # so no round waits for a client that no longer trains.
         if gates is not None and client.finished:
             gates.release.wait(START_WAIT_S)  # then leave (the `with` block's end)
+
+
+def _batch_seed(args: WorkerArgs) -> int:
+    """The batch stream's seed, new for each restarted process.
+
+    A restarted process must not replay the batches its previous incarnation
+    already trained on; the first keeps the seed it always had, so runs
+    without crashes are unchanged.
+    """
+    if args.incarnation == 0:
+        return args.seed * 1_000 + args.index
+    stream = np.random.SeedSequence((args.seed, args.index, args.incarnation))
+    return int(stream.generate_state(1)[0])
+
+
+def _crash(
+    results: ResultQueue, index: int, attempt: int, figures: dict[str, float]
+) -> None:
+    """Die as a killed machine would: no Leave, no close, sockets dropped by the OS.
+
+    The launcher first gets this incarnation's figures (its compute, the
+    open round's included, so goodput counts that round as wasted) and the
+    attempt it died at; `join_thread` makes sure they are in the pipe
+    before `os._exit` ends the process without any cleanup.
+    """
+    results.put(("crash", index, figures | {"attempt": float(attempt)}))
+    results.close()
+    results.join_thread()
+    os._exit(CRASH_EXIT_CODE)
 
 
 def _reporting(
