@@ -13,6 +13,11 @@ digits instead; `tasks` holds both workloads behind one interface, and
 grammar and the seeded choice of attackers), `attacks` (what they send),
 `poison` (what they train on), `collusion` (how ALIE and IPM attackers share
 their honest updates). `summary` and `report` are what the run prints.
+
+`--speeds` and `--crash-rate` make clients slow and mortal: `pace` (the
+slowdown and the compute ledger behind goodput), `churn` (the seeded crash
+draws and the flags' checks). `launcher` starts the run, `fleet` the client
+processes (and restarts them), `monitor` watches them while they train.
 """
 
 DEFAULT_CORPUS_BYTES = 8_000_000
