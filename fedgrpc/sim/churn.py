@@ -20,6 +20,7 @@ the crash count of a run computable in advance (`planned_crashes`).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from fedgrpc.errors import ConfigError
 
@@ -42,6 +43,35 @@ def crashes_at(
 ) -> bool:
     """Whether this attempt kills the process (never once the restarts ran out)."""
     return restarts_left > 0 and crash_draw(seed, client, attempt) < rate
+
+
+@dataclass(slots=True)
+class CrashSchedule:
+    """One process's crash draws, one per sync point it reaches."""
+
+    seed: int
+    client: int
+    rate: float
+    restarts_left: int
+    attempt: int = 0
+    """The next sync point's attempt number (earlier processes' included)."""
+    since_sync: int = 0
+
+    def crash_now(self, inner_steps: int) -> bool:
+        """Count one inner step; True if this process must die at it.
+
+        Only the H-th step since the last sync point (whose `step()` call
+        would sync) can be; `attempt` then numbers that sync point.
+        """
+        self.since_sync += 1
+        if self.since_sync < inner_steps:
+            return False
+        self.since_sync = 0
+        if crashes_at(self.seed, self.client, self.attempt, self.rate,
+                      self.restarts_left):  # fmt: skip
+            return True
+        self.attempt += 1
+        return False
 
 
 def planned_crashes(

@@ -28,7 +28,7 @@ import torch
 from fedgrpc.config import ClientConfig
 from fedgrpc.data import PartitionSpec
 from fedgrpc.sim.attacks import AttackPlan, build_transform
-from fedgrpc.sim.churn import CRASH_EXIT_CODE, crashes_at
+from fedgrpc.sim.churn import CRASH_EXIT_CODE, CrashSchedule
 from fedgrpc.sim.models import CharTransformer
 from fedgrpc.sim.pace import ComputeLedger
 from fedgrpc.sim.poison import backdoor_success, flip_labels, plant_backdoor
@@ -157,7 +157,8 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
         if gates is not None and not gates.start.wait(START_WAIT_S):
             raise RuntimeError(f"the other clients did not join in {START_WAIT_S} s")
         ledger = ComputeLedger(speed=args.speed)
-        attempt, since_sync = args.first_attempt, 0
+        crashes = CrashSchedule(args.seed, args.index, args.crash_rate,
+                                args.restarts_left, args.first_attempt)  # fmt: skip
         # The coordinator ends the run after `rounds` (max_rounds); the
         # step budget only bounds a run whose coordinator never says so.
         for _ in range(2 * args.rounds * args.inner_steps):
@@ -167,18 +168,9 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
             batch = poison(sample(batches))
             loss = task.train_step(model, optimizer, batch)
             ledger.timed_step(started, task.batch_size, batch[1].numel())
-            since_sync += 1
-            if since_sync == client.inner_steps:  # this step() is a sync point
-                since_sync = 0
-                if crashes_at(args.seed, args.index, attempt, args.crash_rate,
-                              args.restarts_left):  # fmt: skip
-                    _crash(
-                        results,
-                        args.index,
-                        attempt,
-                        figures | outcomes | ledger.figures(),
-                    )
-                attempt += 1
+            if crashes.crash_now(client.inner_steps):
+                state = figures | outcomes | ledger.figures()
+                _crash(results, args.index, crashes.attempt, state)
             if not client.step(loss=loss, num_samples=task.batch_size):
                 continue
             ledger.settle(client.last_round_outcome == "applied")

@@ -8,6 +8,7 @@ import pytest
 
 from fedgrpc.errors import ConfigError
 from fedgrpc.sim.churn import (
+    CrashSchedule,
     check_crash_rate,
     check_speeds,
     crash_draw,
@@ -117,3 +118,13 @@ def test_incarnations_sum_counts_and_keep_the_first_initial_score() -> None:
         "initial_val_loss": 5.5, "final_val_loss": 3.0, "train_samples": 9.0,
     }  # fmt: skip
     assert merge_incarnations([], done) == done
+
+
+def test_a_schedule_draws_once_per_sync_point_and_stops_at_the_crash() -> None:
+    seed, rate = 2, 0.5
+    first = next(a for a in range(100) if crashes_at(seed, 1, a, rate, 1))
+    schedule = CrashSchedule(seed, 1, rate, restarts_left=1)
+    steps = [schedule.crash_now(inner_steps=3) for _ in range(3 * (first + 1))]
+    # Only the last step of sync point `first` (0-based) is a crash.
+    assert steps == [False] * (3 * (first + 1) - 1) + [True]
+    assert schedule.attempt == first
