@@ -185,6 +185,8 @@ class CoordinatorRuntime:
         in_use = current.ids_in_use if current is not None else frozenset
         client = self.registry.admit(name, self.clock(), key, in_use)
         seed = self.engine.model.claim_seeding(client.client_id)
+        if seed:  # the seeder decides the weights, and so the frozen base
+            self.engine.model.adopt_frozen(request.frozen_sha256)
         log.info(
             "client_joined",
             client=client.client_id,

@@ -313,3 +313,26 @@ def test_evaluate_runs_on_every_new_global_version_in_eval_mode(tmp_path: Path) 
     assert [(e.model_version, e.metrics) for e in history][-1] == (
         ROUNDS, {"version_squared": float(ROUNDS**2)},
     )  # fmt: skip
+
+
+def test_only_the_seeding_client_sets_the_frozen_base_so_none_can_squat_it(
+    tmp_path: Path,
+) -> None:
+    # With an initial model from the operator no client seeds, so a first
+    # joiner with another base (a hostile one, say) cannot lock the rest out.
+    from safetensors.torch import save_file
+
+    honest = _shared_base()
+    init = tmp_path / "init.safetensors"
+    save_file({n: p.detach() for n, p in honest.named_parameters() if p.requires_grad}
+              | dict(honest.named_buffers()), str(init))  # fmt: skip
+    config = dataclasses.replace(
+        _coordinator(tmp_path, clients=1), seed_from_first_client=False,
+        init_model=str(init),
+    )  # fmt: skip
+    with (
+        serve_in_thread(config) as coordinator,
+        DiLoCoClient(coordinator.address, _shared_base(base_seed=7), config=FAST),
+        DiLoCoClient(coordinator.address, _shared_base(), config=FAST) as client,
+    ):
+        assert client.model_version == 0  # joined and pulled the operator's model

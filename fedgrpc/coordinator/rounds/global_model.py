@@ -84,23 +84,32 @@ class GlobalModel:
         Parameters that never travel (`federate="trainable"`: a LoRA base
         model) are never averaged, so clients with different ones would
         train their adapters against different weights and average
-        nonsense. The first digest becomes the federation's; an empty one
-        (nothing frozen, or an older client) is not checked.
+        nonsense. The federation's digest is the seeding client's
+        (`adopt_frozen`): the client that decides the initial weights
+        decides the base too, so a joiner that merely came first cannot
+        squat it and lock every honest client out. An empty digest (nothing
+        frozen, or an older client) is not checked, nor is any before a
+        seeder set one (with `init_model` no client seeds: the check is off).
 
         Raises:
             ModelMismatchError: another frozen base.
         """
-        if not digest:
-            return
-        if not self.frozen_sha256:
-            self.frozen_sha256 = digest
-        elif digest != self.frozen_sha256:
+        if digest and self.frozen_sha256 and digest != self.frozen_sha256:
             raise ModelMismatchError(
                 "the model's frozen parameters (those that never travel, such as "
                 "a LoRA base model) differ from the federation's: every client "
                 "must load the same base weights (same checkpoint, or the same "
                 "seed before building the model)"
             )
+
+    def adopt_frozen(self, digest: bytes) -> None:
+        """The seeding client's frozen base becomes the federation's.
+
+        Called for the holder of the seeding lease while the model is not
+        seeded yet; a lease that passes to another joiner passes the base.
+        """
+        if self.master is None:
+            self.frozen_sha256 = digest
 
     def claim_seeding(self, client_id: str) -> bool:
         """True if `client_id` must upload the initial weights.
