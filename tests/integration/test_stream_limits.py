@@ -9,9 +9,10 @@ setting, and honest work must go on.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 
 from fedgrpc._proto.v1 import coordinator_pb2_grpc
+from fedgrpc.client.connection.push import push_method, stream_update
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 from tests.helpers import eventually
@@ -266,3 +268,32 @@ def test_a_pull_that_stops_reading_is_cancelled_and_releases_its_version(
             eventually(lambda: not waiters.pulls_active, CLIENT_DEADLINE_S)
             assert not stalled.done()  # type: ignore[attr-defined]  # a grpc.Future too
             stalled.cancel()
+
+
+def test_a_client_push_slow_to_build_its_header_still_lands(tmp_path: Path) -> None:
+    # A secure-aggregation client waits for its round's setup and masks its
+    # whole vector before it has a header to send. The client must open the
+    # stream only once that header exists, or the coordinator cuts it at
+    # `first_message_timeout_s` (CI once saw exactly this, as an INTERNAL).
+    with closed_federation(tmp_path, first_message_timeout_s=0.5) as fed:
+        status = fed.status()
+        params = UpdateParams(status.round_id, status.model_version)
+        values = np.ones(N, dtype=np.float32)
+        messages = list(
+            update_messages(fed.a, values, round_id=params.round_id,
+                            base_version=params.base_version, chunk_coords=4)
+        )  # fmt: skip
+
+        async def slow_to_start() -> AsyncIterator[Any]:
+            await asyncio.sleep(1.5)  # three times the coordinator's limit
+            for message in messages:
+                yield message
+
+        async def push() -> Any:
+            async with grpc.aio.insecure_channel(fed.coordinator.address) as channel:
+                return await stream_update(
+                    push_method(channel), slow_to_start(), CLIENT_DEADLINE_S
+                )
+
+        response = asyncio.run(push())
+        assert response.updates_in_round == 1

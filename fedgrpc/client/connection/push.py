@@ -338,9 +338,15 @@ async def stream_update(
         # once. The coordinator reads a refused stream to its end before it
         # answers, because grpcio turns a send into a closed call into a bare
         # INTERNAL error that hides the coordinator's real status.
+        # The first message is built before the stream opens: building it
+        # may mean masking or signing a whole vector, and a stream that stays
+        # silent past `first_message_timeout_s` is cut by the coordinator.
+        iterator = aiter(requests)
+        first = await anext(iterator)
         call = push(timeout=timeout_s)
         try:
-            async for request in requests:
+            await call.write(first)
+            async for request in iterator:
                 await call.write(request)
             await call.done_writing()
         except asyncio.InvalidStateError:

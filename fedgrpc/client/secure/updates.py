@@ -137,13 +137,17 @@ class SecureUpdates:
         codec = common_pb2.CODEC_SECAGG_RING
         header = update_header(credentials, meta, count, codec)
         signer = signing.sign_header(header) if signing is not None else None
-        yield header
         if not ok or current is None:
+            yield header
             yield end_of_update(signer, 0)
             return
         # Off the loop: O(degree x positions) of AES must not stall heartbeats.
         # The round's next event (its survivor list) needs this push first.
+        # Masked before the header goes: `stream_update` opens the stream at
+        # the first message, and the coordinator cuts a stream that is silent
+        # past its idle limit, so no long wait may sit between two messages.
         masked = await asyncio.to_thread(self._timed_mask, current)
+        yield header
         ring = current.announce.setup.ring()
         step = ring_values_per_chunk(ring, self.chunk_bytes)
         seq = 0
