@@ -17,6 +17,8 @@ SIMULATE_STAGE_FLAGS = (
     "norm_bound", "norm_bound_multiple", "accumulator", "spool_dir",
     "selection", "clients_per_round", "trust", "trust_decay",
     "trust_soft_threshold", "trust_hard_threshold", "trust_quarantine_rounds",
+    "round_mode", "round_duration_s", "buffer_size", "max_staleness",
+    "staleness_exponent",
 )  # fmt: skip
 """Stage settings `simulate` passes through to its coordinator (the trust
 flags live with the robustness section's, `cli_serve_flags.ROBUSTNESS_FLAGS`)."""

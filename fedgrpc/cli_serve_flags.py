@@ -2,7 +2,8 @@
 
 Apart from `cli` so the command module keeps to its job (parsers and
 handlers). Each tuple mirrors one config section: `CORE_FLAGS`
-(`config.coordinator`), `ROBUSTNESS_FLAGS` (`config.robustness`, with the
+(`config.coordinator`), `ROUND_MODE_FLAGS` (`config.rounds`),
+`ROBUSTNESS_FLAGS` (`config.robustness`, with the
 round-stage flags of `cli_flags.STAGE_FLAGS`), `LIMIT_FLAGS`
 (`config.limits`), `ACCESS_FLAGS` (`config.access`), `PRIVACY_FLAGS`
 (`config.privacy`: client-level DP and the run's budget) and
@@ -298,8 +299,33 @@ DISTRIBUTED_PRIVACY_FLAGS = (
 """Distributed DP's own settings (`config.privacy`; the shared privacy flags
 such as --privacy and --dp-clip-norm are listed with them)."""
 
+ROUND_MODE_FLAGS = (
+    Flag("--round-mode", "how rounds are paced: sync (every client pushes "
+         "once per round from its base; the slowest sets the pace), deadline "
+         "(rounds of --round-duration-s; each client trains as many steps as "
+         "fit and the mean weighs its samples) or buffered_async (FedBuff: a "
+         "round closes at --buffer-size updates and takes updates up to "
+         "--max-staleness versions old, scaled by staleness); deadline and "
+         "buffered_async refuse --secure-aggregation (default: sync)",
+         metavar="sync|deadline|buffered_async",
+         choices=("sync", "deadline", "buffered_async")),
+    Flag("--round-duration-s", "deadline mode: wall seconds of training per "
+         "round, from its start; the round then closes when every connected "
+         "client has committed, or --round-timeout-s later with what it has "
+         "(required with --round-mode deadline)", float, "S"),
+    Flag("--buffer-size", "buffered_async: K, the updates that close a round "
+         "(>= --min-clients; default: 0 = --min-clients)", int, "K"),
+    Flag("--max-staleness", "buffered_async: versions an update's base may lag "
+         "the round's; older ones are refused with FAILED_PRECONDITION "
+         f"(0..256; default: {_D.max_staleness})", int, "TAU"),
+    Flag("--staleness-exponent", "buffered_async: a in s(tau) = (1+tau)^-a, "
+         "the factor a stale update's values are scaled by (0: no discount; "
+         f"default: {_D.staleness_exponent:g}, 1/sqrt(1+tau))", float, "A"),
+)  # fmt: skip
+"""Round pacing (`config.rounds`)."""
+
 SERVE_FLAGS = (
-    *CORE_FLAGS, *ROBUSTNESS_FLAGS, *LIMIT_FLAGS, *ACCESS_FLAGS, *PRIVACY_FLAGS,
-    *DISTRIBUTED_PRIVACY_FLAGS,
+    *CORE_FLAGS, *ROUND_MODE_FLAGS, *ROBUSTNESS_FLAGS, *LIMIT_FLAGS,
+    *ACCESS_FLAGS, *PRIVACY_FLAGS, *DISTRIBUTED_PRIVACY_FLAGS,
 )  # fmt: skip
 """Every `fedgrpc serve` flag, in --help order."""

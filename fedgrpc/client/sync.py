@@ -98,6 +98,11 @@ class SyncPoint:
         """A round left us out since our last pull: our next update spans it."""
         self.finished = federation.run_finished
         """The run's last round closed and its model is loaded: push nothing more."""
+        self._compute_s = 0.0
+        """Training seconds the pending update stands for (set by `run`)."""
+        self._progress_since_s = time.monotonic()
+        """When the local progress the next update carries began (its last
+        load): the update reports the training seconds since (goodput)."""
 
     def seed(self) -> None:
         """Upload our weights as the initial model (losing the race is fine)."""
@@ -115,6 +120,7 @@ class SyncPoint:
         self._local.load(pulled.buffer, pulled.version)
         self.base_sha256 = pulled.sha256
         self.sat_out = False
+        self._progress_since_s = time.monotonic()
         nbytes = self._local.spec.num_bytes
         self.bytes_received += nbytes
         seconds = round(time.monotonic() - started, 3)
@@ -133,9 +139,11 @@ class SyncPoint:
         if self.finished:
             return "finished"
         wait_s, base_version = self._config.round_wait_s, self._local.base_version
-        opened = self.connection.wait_round_open(
-            base_version, wait_s, span=self.sat_out
-        )
+        self._compute_s = time.monotonic() - self._progress_since_s
+        # buffered_async: the open round takes our update whatever its base
+        # (the coordinator refuses one past max_staleness, and we then pull).
+        span = self.sat_out or self.federation.round_mode == "buffered_async"
+        opened = self.connection.wait_round_open(base_version, wait_s, span=span)
         if isinstance(opened, RunFinished):
             self._log.info("run_finished", version=opened.model_version)
             self.finished = True
@@ -261,6 +269,7 @@ class SyncPoint:
             round_nonce=round_nonce,
             base_sha256=self.base_sha256,
             record_dp=None if self.record_dp is None else self.record_dp(),
+            compute_s=round(max(0.0, self._compute_s), 3),
         )
         try:
             result = self.connection.push(

@@ -23,6 +23,7 @@ from fedgrpc.config.limits import LimitSettings
 from fedgrpc.config.outer import OuterOptimizerName
 from fedgrpc.config.privacy import PrivacySettings
 from fedgrpc.config.robustness import RobustnessSettings
+from fedgrpc.config.rounds import RoundModeSettings
 from fedgrpc.domain.chunks import (
     DEFAULT_CHUNK_BYTES,
     MAX_CHUNK_BYTES,
@@ -39,7 +40,11 @@ SECAGG_MIN_CLIENTS = 3
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CoordinatorConfig(
-    RobustnessSettings, LimitSettings, AccessSettings, PrivacySettings
+    RobustnessSettings,
+    LimitSettings,
+    AccessSettings,
+    PrivacySettings,
+    RoundModeSettings,
 ):
     """Everything `fedgrpc serve` needs; one TOML table `[coordinator]`.
 
@@ -187,6 +192,7 @@ class CoordinatorConfig(
             self.max_rounds >= 0, "max_rounds", self.max_rounds, ">= 0 (0: no limit)"
         )
         self._check_outer()
+        self._check_round_mode(self.secure_aggregation, self.min_clients)
         self._check_robustness()
         self._check_limits()
         self._check_privacy()
@@ -284,6 +290,11 @@ class CoordinatorConfig(
     def resolved_feedback_decay(self) -> float:
         """The error-feedback decay in force (default filled in per optimizer)."""
         return outer.resolve_feedback_decay(self.outer_optimizer, self.feedback_decay)
+
+    @property
+    def resolved_buffer_size(self) -> int:
+        """buffered_async's K in force: `buffer_size`, or `min_clients` when 0."""
+        return self.buffer_size or self.min_clients
 
     @property
     def codec_config(self) -> CodecConfig:

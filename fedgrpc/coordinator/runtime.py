@@ -43,6 +43,7 @@ from fedgrpc.coordinator.ops.init_model_file import choose_initial_model
 from fedgrpc.coordinator.ops.metrics import CoordinatorMetrics
 from fedgrpc.coordinator.ops.round_log import log_round_closed
 from fedgrpc.coordinator.round_mode import ModeFactory, RoundContext, RoundMode
+from fedgrpc.coordinator.rounds import pacing
 from fedgrpc.coordinator.rounds.engine import RoundEngine
 from fedgrpc.coordinator.rounds.records import (
     OpenRound,
@@ -54,6 +55,7 @@ from fedgrpc.coordinator.rounds.records import (
 )
 from fedgrpc.coordinator.rounds.registry import ClientRecord, ClientRegistry
 from fedgrpc.coordinator.sessions import (
+    RoundStartedEvent,
     SessionEnd,
     SessionQueue,
     Sessions,
@@ -219,7 +221,7 @@ class CoordinatorRuntime:
             if current.selected != before:  # tell everyone who takes part now
                 self._announce_round(current)
             else:
-                queue.put_nowait(round_started_event(current, self.clock(), client_id))
+                queue.put_nowait(self._started_event(current, client_id))
         elif self.engine.finished and self.engine.history:
             queue.put_nowait(self.engine.history[-1])  # it says the run finished
         log.info("session_opened", client=client_id)
@@ -381,5 +383,10 @@ class CoordinatorRuntime:
     def _announce_round(self, current: OpenRound) -> None:
         """RoundStarted to every session, each saying whether it was selected."""
         for client_id in list(self.sessions):
-            event = round_started_event(current, self.clock(), client_id)
-            self.sessions.send(client_id, event)
+            self.sessions.send(client_id, self._started_event(current, client_id))
+
+    def _started_event(self, current: OpenRound, client_id: str) -> RoundStartedEvent:
+        """`current`'s RoundStarted for `client_id`, with the time it has left."""
+        now = self.clock()
+        left = pacing.training_seconds_left(self.config, current, now)
+        return round_started_event(current, now, client_id, seconds_left=left)

@@ -32,6 +32,8 @@ class RoundStartedEvent:
     epoch); 0 until its first update commits, which starts the deadline."""
     not_selected: bool = False
     """The receiving client was left out of this round by client selection."""
+    seconds_left: float = 0.0
+    """Deadline mode: training seconds the round has left (0 otherwise)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +75,13 @@ SessionEvent = (
 
 
 def round_started_event(
-    current: OpenRound, now_s: float, client_id: str = ""
+    current: OpenRound, now_s: float, client_id: str = "", seconds_left: float = 0.0
 ) -> RoundStartedEvent:
     """The RoundStarted for `current`, its deadline moved to the wall clock.
 
     The engine keeps deadlines on its own (monotonic) clock, `now_s` being
     that clock's current reading; clients only share the wall clock.
+    `seconds_left`: deadline mode's training time left (`pacing`).
     """
     deadline_unix_s = 0.0
     if current.deadline_s is not None:
@@ -86,7 +89,7 @@ def round_started_event(
     left_out = current.selected is not None and client_id not in current.selected
     return RoundStartedEvent(
         current.round_id, current.base_version, current.nonce, deadline_unix_s,
-        not_selected=left_out,
+        not_selected=left_out, seconds_left=seconds_left,
     )  # fmt: skip
 
 

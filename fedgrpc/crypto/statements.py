@@ -169,18 +169,23 @@ class UpdateStatement:
     train_loss: float
     record_dp: tuple[float, float, int] | None = None
     """Record-level DP claim (ε, δ, steps), or None when the header makes none."""
+    compute_s: float | None = None
+    """Training seconds the update claims (goodput), or None when not reported."""
 
     def encode(self, algorithm: str) -> bytes:
         """The update statement's bytes (domain fedgrpc.v1.UpdateHeader).
 
         A record-level DP claim appends ε and δ (doubles) and the step count;
         without one the bytes are exactly those of clients older than the
-        claim, so their signatures still verify.
+        claim, so their signatures still verify. A compute claim appends a
+        tag and the seconds (a double) after it, the same way.
         """
         claim: tuple[bytes, ...] = ()
         if self.record_dp is not None:
             epsilon, delta, steps = self.record_dp
             claim = (f64(epsilon), f64(delta), u64(steps))
+        if self.compute_s is not None:
+            claim = (*claim, text("compute_s"), f64(self.compute_s))
         return statement(
             DOMAIN_UPDATE,
             algorithm,

@@ -60,6 +60,9 @@ class UpdateHeaderInfo:
     """`num_samples` exactly as sent (the signature covers it); None: same."""
     record_dp: RecordPrivacyClaim | None = None
     """Its record-level DP claim (None: it claims none)."""
+    compute_s: float | None = None
+    """Wall seconds of training it claims to stand for (None: not reported);
+    read only for goodput, never for weighting."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,12 @@ class SimulationConfig:
     spool_dir: str = ""
     selection: str = "all"
     clients_per_round: int | None = None
+    round_mode: str = "sync"
+    """How the coordinator paces rounds (`CoordinatorConfig.round_mode`)."""
+    round_duration_s: float | None = None
+    buffer_size: int | None = None
+    max_staleness: int | None = None
+    staleness_exponent: float | None = None
     outer_lr: float | None = None
     outer_momentum: float | None = None
     outer_beta1: float | None = None
@@ -179,6 +185,7 @@ def coordinator_config(config: SimulationConfig, init_model: Path) -> Coordinato
         spool_dir=config.spool_dir,
         selection=config.selection,
         clients_per_round=config.clients_per_round,
+        **_pacing(config),
         codec=_codec(config),
         secure_aggregation=config.secure_aggregation,
         heartbeat_interval_s=2.0,
@@ -187,6 +194,17 @@ def coordinator_config(config: SimulationConfig, init_model: Path) -> Coordinato
         open_enrollment=True,
         **_privacy(config),
     )
+
+
+def _pacing(config: SimulationConfig) -> dict[str, Any]:
+    """The round mode and the settings given for it (the rest keep defaults)."""
+    settings: dict[str, Any] = {"round_mode": config.round_mode}
+    for name in ("round_duration_s", "buffer_size", "max_staleness",
+                 "staleness_exponent"):  # fmt: skip
+        value = getattr(config, name)
+        if value is not None:
+            settings[name] = value
+    return settings
 
 
 def _privacy(config: SimulationConfig) -> dict[str, Any]:

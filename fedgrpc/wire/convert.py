@@ -107,6 +107,8 @@ def spec_from_proto(message: common_pb2.ModelSpec) -> ModelSpec:
 
 def round_config_to_proto(config: CoordinatorConfig) -> common_pb2.RoundConfig:
     """The round settings clients learn at Join."""
+    deadline = config.round_mode == "deadline"
+    buffered = config.round_mode == "buffered_async"
     return common_pb2.RoundConfig(
         inner_steps=config.inner_steps,
         update_codec=WIRE_CODEC_TO_PROTO[wire_codec(config.codec_config)],
@@ -129,6 +131,11 @@ def round_config_to_proto(config: CoordinatorConfig) -> common_pb2.RoundConfig:
         heartbeat_interval_s=config.heartbeat_interval_s,
         privacy=config.privacy,
         dp_clip_norm=config.dp_clip_norm if config.privacy != "off" else 0.0,
+        round_mode=config.round_mode,
+        round_duration_s=config.round_duration_s if deadline else 0.0,
+        buffer_size=config.resolved_buffer_size if buffered else 0,
+        max_staleness=config.max_staleness if buffered else 0,
+        staleness_exponent=config.staleness_exponent if buffered else 0.0,
     )
 
 
@@ -165,6 +172,7 @@ def header_from_proto(header: coordinator_pb2.UpdateHeader) -> UpdateHeaderInfo:
         signature=header.signature,
         declared_samples=header.num_samples,
         record_dp=record_dp_from_proto(header),
+        compute_s=header.compute_s if header.HasField("compute_s") else None,
     )
 
 

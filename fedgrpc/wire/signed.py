@@ -116,6 +116,7 @@ def update_statement(
         num_samples=header.num_samples if samples is None else samples,
         train_loss=header.train_loss,
         record_dp=None if claim is None else (claim.epsilon, claim.delta, claim.steps),
+        compute_s=header.compute_s,
     )
 
 

@@ -212,6 +212,7 @@ class RoundSummary(_message.Message):
     DP_CLIP_NORM_FIELD_NUMBER: _builtins.int
     DP_NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
     PRIVACY_EXHAUSTED_FIELD_NUMBER: _builtins.int
+    MAX_STALENESS_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     """Round id."""
     outcome: _coordinator_pb2.RoundOutcome.ValueType
@@ -269,6 +270,10 @@ class RoundSummary(_message.Message):
     """z of this round's noise (0 without privacy)."""
     privacy_exhausted: _builtins.bool
     """Not applied: it would have taken epsilon past max_epsilon (run finished)."""
+    max_staleness: _builtins.int
+    """buffered_async: versions the stalest update in the round lagged its base
+    (0: every update was computed from the round's base).
+    """
     @_builtins.property
     def selected_clients(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Client ids the Selector chose when the round opened, sorted; empty with
@@ -298,10 +303,11 @@ class RoundSummary(_message.Message):
         dp_clip_norm: _builtins.float = ...,
         dp_noise_multiplier: _builtins.float = ...,
         privacy_exhausted: _builtins.bool = ...,
+        max_staleness: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "dp_clip_norm", b"dp_clip_norm", "dp_noise_multiplier", b"dp_noise_multiplier", "duration_s", b"duration_s", "ingest_cpu_s", b"ingest_cpu_s", "ingest_s", b"ingest_s", "mean_train_loss", b"mean_train_loss", "num_updates", b"num_updates", "outcome", b"outcome", "participants", b"participants", "positions", b"positions", "privacy_epsilon", b"privacy_epsilon", "privacy_exhausted", b"privacy_exhausted", "reason", b"reason", "round_id", b"round_id", "secure", b"secure", "secure_abort_reason", b"secure_abort_reason", "selected_clients", b"selected_clients", "survivors", b"survivors", "unmask_s", b"unmask_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "dp_clip_norm", b"dp_clip_norm", "dp_noise_multiplier", b"dp_noise_multiplier", "duration_s", b"duration_s", "ingest_cpu_s", b"ingest_cpu_s", "ingest_s", b"ingest_s", "max_staleness", b"max_staleness", "mean_train_loss", b"mean_train_loss", "num_updates", b"num_updates", "outcome", b"outcome", "participants", b"participants", "positions", b"positions", "privacy_epsilon", b"privacy_epsilon", "privacy_exhausted", b"privacy_exhausted", "reason", b"reason", "round_id", b"round_id", "secure", b"secure", "secure_abort_reason", b"secure_abort_reason", "selected_clients", b"selected_clients", "survivors", b"survivors", "unmask_s", b"unmask_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -345,6 +351,10 @@ class GetStatusResponse(_message.Message):
     DP_CLIP_NORM_FIELD_NUMBER: _builtins.int
     DP_NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
     DP_ACCOUNTANT_FIELD_NUMBER: _builtins.int
+    ROUND_MODE_FIELD_NUMBER: _builtins.int
+    GOODPUT_FIELD_NUMBER: _builtins.int
+    COMPUTE_OFFERED_S_FIELD_NUMBER: _builtins.int
+    COMPUTE_APPLIED_S_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Id of this training run."""
     round_id: _builtins.int
@@ -416,6 +426,18 @@ class GetStatusResponse(_message.Message):
     """z: noise standard deviation over S on each round's sum."""
     dp_accountant: _builtins.str
     """The accountant and the adjacency, e.g. "rdp/add_or_remove_one"."""
+    round_mode: _builtins.str
+    """How rounds are paced: "sync", "deadline" or "buffered_async"."""
+    goodput: _builtins.float
+    """Goodput since the coordinator started: of the training seconds clients
+    reported with their updates (UpdateHeader.compute_s), the share in
+    applied rounds (0 while none was reported). Refused updates (too stale,
+    round closed) and skipped rounds count as offered, not applied.
+    """
+    compute_offered_s: _builtins.float
+    """Training seconds reported with committed or refused updates."""
+    compute_applied_s: _builtins.float
+    """The part of compute_offered_s in applied rounds."""
     @_builtins.property
     def round_config(self) -> _common_pb2.RoundConfig:
         """The round configuration."""
@@ -465,10 +487,14 @@ class GetStatusResponse(_message.Message):
         dp_clip_norm: _builtins.float = ...,
         dp_noise_multiplier: _builtins.float = ...,
         dp_accountant: _builtins.str = ...,
+        round_mode: _builtins.str = ...,
+        goodput: _builtins.float = ...,
+        compute_offered_s: _builtins.float = ...,
+        compute_applied_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["round_config", b"round_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "clients", b"clients", "clients_truncated", b"clients_truncated", "coordinator_key_sha256", b"coordinator_key_sha256", "dense_fallback_rounds", b"dense_fallback_rounds", "dp_accountant", b"dp_accountant", "dp_clip_norm", b"dp_clip_norm", "dp_noise_multiplier", b"dp_noise_multiplier", "guard_trips", b"guard_trips", "max_epsilon", b"max_epsilon", "model_sha256", b"model_sha256", "model_version", b"model_version", "next_page_token", b"next_page_token", "norm_guard_history", b"norm_guard_history", "norm_guard_trips", b"norm_guard_trips", "not_serving", b"not_serving", "not_serving_reason", b"not_serving_reason", "num_parameters", b"num_parameters", "open_enrollment", b"open_enrollment", "phase", b"phase", "privacy", b"privacy", "privacy_delta", b"privacy_delta", "privacy_epsilon", b"privacy_epsilon", "recent_rounds", b"recent_rounds", "round_config", b"round_config", "round_id", b"round_id", "round_nonce", b"round_nonce", "run_id", b"run_id", "secure_aggregation", b"secure_aggregation", "total_clients", b"total_clients", "uptime_s", b"uptime_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "clients", b"clients", "clients_truncated", b"clients_truncated", "compute_applied_s", b"compute_applied_s", "compute_offered_s", b"compute_offered_s", "coordinator_key_sha256", b"coordinator_key_sha256", "dense_fallback_rounds", b"dense_fallback_rounds", "dp_accountant", b"dp_accountant", "dp_clip_norm", b"dp_clip_norm", "dp_noise_multiplier", b"dp_noise_multiplier", "goodput", b"goodput", "guard_trips", b"guard_trips", "max_epsilon", b"max_epsilon", "model_sha256", b"model_sha256", "model_version", b"model_version", "next_page_token", b"next_page_token", "norm_guard_history", b"norm_guard_history", "norm_guard_trips", b"norm_guard_trips", "not_serving", b"not_serving", "not_serving_reason", b"not_serving_reason", "num_parameters", b"num_parameters", "open_enrollment", b"open_enrollment", "phase", b"phase", "privacy", b"privacy", "privacy_delta", b"privacy_delta", "privacy_epsilon", b"privacy_epsilon", "recent_rounds", b"recent_rounds", "round_config", b"round_config", "round_id", b"round_id", "round_mode", b"round_mode", "round_nonce", b"round_nonce", "run_id", b"run_id", "secure_aggregation", b"secure_aggregation", "total_clients", b"total_clients", "uptime_s", b"uptime_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

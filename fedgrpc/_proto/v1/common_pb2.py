@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66\x65\x64grpc/v1/common.proto\x12\nfedgrpc.v1\"[\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12 \n\x05\x64type\x18\x03 \x01(\x0e\x32\x11.fedgrpc.v1.DType\x12\x0e\n\x06\x62uffer\x18\x04 \x01(\x08\"+\n\x0bTensorAlias\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\"n\n\tModelSpec\x12\'\n\x07tensors\x18\x01 \x03(\x0b\x32\x16.fedgrpc.v1.TensorSpec\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\x12(\n\x07\x61liases\x18\x03 \x03(\x0b\x32\x17.fedgrpc.v1.TensorAlias\"\x9c\x01\n\x0b\x43odecParams\x12 \n\x05\x63odec\x18\x01 \x01(\x0e\x32\x11.fedgrpc.v1.Codec\x12\'\n\x06values\x18\x02 \x01(\x0e\x32\x17.fedgrpc.v1.ValueFormat\x12\x0f\n\x07\x64\x65nsity\x18\x03 \x01(\x01\x12\x19\n\x11\x62lock_coordinates\x18\x04 \x01(\r\x12\x16\n\x0e\x66\x65\x65\x64\x62\x61\x63k_decay\x18\x05 \x01(\x01\"\xbc\x03\n\x0bRoundConfig\x12\x13\n\x0binner_steps\x18\x01 \x01(\r\x12\'\n\x0cupdate_codec\x18\x02 \x01(\x0e\x32\x11.fedgrpc.v1.Codec\x12\x13\n\x0b\x63hunk_bytes\x18\x03 \x01(\r\x12\x13\n\x0bmin_clients\x18\x04 \x01(\r\x12\x17\n\x0fround_timeout_s\x18\x05 \x01(\x01\x12\x33\n\x0fouter_optimizer\x18\x06 \x01(\x0e\x32\x1a.fedgrpc.v1.OuterOptimizer\x12\x10\n\x08outer_lr\x18\x07 \x01(\x01\x12\x16\n\x0eouter_momentum\x18\x08 \x01(\x01\x12\x19\n\x11max_message_bytes\x18\t \x01(\r\x12-\n\x0c\x63odec_params\x18\n \x01(\x0b\x32\x17.fedgrpc.v1.CodecParams\x12\"\n\x1aupdate_signatures_required\x18\x0b \x01(\x08\x12\x1a\n\x12secure_aggregation\x18\x0c \x01(\x08\x12\x1c\n\x14heartbeat_interval_s\x18\r \x01(\x01\x12\x0f\n\x07privacy\x18\x0e \x01(\t\x12\x14\n\x0c\x64p_clip_norm\x18\x0f \x01(\x01\"X\n\x0fPublicKeyRecord\x12\x31\n\talgorithm\x18\x01 \x01(\x0e\x32\x1e.fedgrpc.v1.SignatureAlgorithm\x12\x12\n\npublic_key\x18\x02 \x01(\x0c*\x8d\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x11\n\rDTYPE_FLOAT64\x10\x04\x12\x0f\n\x0b\x44TYPE_INT64\x10\x05\x12\x0f\n\x0b\x44TYPE_INT32\x10\x06*l\n\x05\x43odec\x12\x15\n\x11\x43ODEC_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43ODEC_DENSE_FP32\x10\x01\x12\x0f\n\x0b\x43ODEC_DENSE\x10\x02\x12\x0e\n\nCODEC_TOPK\x10\x03\x12\x15\n\x11\x43ODEC_SECAGG_RING\x10\x04*\x9e\x01\n\x0bValueFormat\x12\x1c\n\x18VALUE_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11VALUE_FORMAT_FP32\x10\x01\x12\x15\n\x11VALUE_FORMAT_BF16\x10\x02\x12\x15\n\x11VALUE_FORMAT_FP16\x10\x03\x12\x15\n\x11VALUE_FORMAT_INT8\x10\x04\x12\x15\n\x11VALUE_FORMAT_INT4\x10\x05*\x82\x02\n\x0eOuterOptimizer\x12\x1f\n\x1bOUTER_OPTIMIZER_UNSPECIFIED\x10\x00\x12\x1c\n\x18OUTER_OPTIMIZER_NESTEROV\x10\x01\x12\x1a\n\x16OUTER_OPTIMIZER_FEDAVG\x10\x02\x12\x1e\n\x1aOUTER_OPTIMIZER_SPARSELOCO\x10\x03\x12\x1b\n\x17OUTER_OPTIMIZER_FEDAVGM\x10\x04\x12\x1e\n\x1aOUTER_OPTIMIZER_FEDADAGRAD\x10\x05\x12\x1b\n\x17OUTER_OPTIMIZER_FEDADAM\x10\x06\x12\x1b\n\x17OUTER_OPTIMIZER_FEDYOGI\x10\x07*Z\n\x12SignatureAlgorithm\x12#\n\x1fSIGNATURE_ALGORITHM_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSIGNATURE_ALGORITHM_ED25519\x10\x01\x42\x85\x01\n\x0e\x64\x65v.fedgrpc.v1B\x0b\x43ommonProtoP\x01Z6github.com/fedgrpc/fedgrpc/gen/go/fedgrpc/v1;fedgrpcv1\xa2\x02\x03\x46GR\xaa\x02\nFedgrpc.V1\xca\x02\nFedgrpc\\V1\xea\x02\x0b\x46\x65\x64grpc::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66\x65\x64grpc/v1/common.proto\x12\nfedgrpc.v1\"[\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12 \n\x05\x64type\x18\x03 \x01(\x0e\x32\x11.fedgrpc.v1.DType\x12\x0e\n\x06\x62uffer\x18\x04 \x01(\x08\"+\n\x0bTensorAlias\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\"n\n\tModelSpec\x12\'\n\x07tensors\x18\x01 \x03(\x0b\x32\x16.fedgrpc.v1.TensorSpec\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\x12(\n\x07\x61liases\x18\x03 \x03(\x0b\x32\x17.fedgrpc.v1.TensorAlias\"\x9c\x01\n\x0b\x43odecParams\x12 \n\x05\x63odec\x18\x01 \x01(\x0e\x32\x11.fedgrpc.v1.Codec\x12\'\n\x06values\x18\x02 \x01(\x0e\x32\x17.fedgrpc.v1.ValueFormat\x12\x0f\n\x07\x64\x65nsity\x18\x03 \x01(\x01\x12\x19\n\x11\x62lock_coordinates\x18\x04 \x01(\r\x12\x16\n\x0e\x66\x65\x65\x64\x62\x61\x63k_decay\x18\x05 \x01(\x01\"\xb2\x04\n\x0bRoundConfig\x12\x13\n\x0binner_steps\x18\x01 \x01(\r\x12\'\n\x0cupdate_codec\x18\x02 \x01(\x0e\x32\x11.fedgrpc.v1.Codec\x12\x13\n\x0b\x63hunk_bytes\x18\x03 \x01(\r\x12\x13\n\x0bmin_clients\x18\x04 \x01(\r\x12\x17\n\x0fround_timeout_s\x18\x05 \x01(\x01\x12\x33\n\x0fouter_optimizer\x18\x06 \x01(\x0e\x32\x1a.fedgrpc.v1.OuterOptimizer\x12\x10\n\x08outer_lr\x18\x07 \x01(\x01\x12\x16\n\x0eouter_momentum\x18\x08 \x01(\x01\x12\x19\n\x11max_message_bytes\x18\t \x01(\r\x12-\n\x0c\x63odec_params\x18\n \x01(\x0b\x32\x17.fedgrpc.v1.CodecParams\x12\"\n\x1aupdate_signatures_required\x18\x0b \x01(\x08\x12\x1a\n\x12secure_aggregation\x18\x0c \x01(\x08\x12\x1c\n\x14heartbeat_interval_s\x18\r \x01(\x01\x12\x0f\n\x07privacy\x18\x0e \x01(\t\x12\x14\n\x0c\x64p_clip_norm\x18\x0f \x01(\x01\x12\x12\n\nround_mode\x18\x10 \x01(\t\x12\x18\n\x10round_duration_s\x18\x11 \x01(\x01\x12\x13\n\x0b\x62uffer_size\x18\x12 \x01(\r\x12\x15\n\rmax_staleness\x18\x13 \x01(\r\x12\x1a\n\x12staleness_exponent\x18\x14 \x01(\x01\"X\n\x0fPublicKeyRecord\x12\x31\n\talgorithm\x18\x01 \x01(\x0e\x32\x1e.fedgrpc.v1.SignatureAlgorithm\x12\x12\n\npublic_key\x18\x02 \x01(\x0c*\x8d\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x11\n\rDTYPE_FLOAT64\x10\x04\x12\x0f\n\x0b\x44TYPE_INT64\x10\x05\x12\x0f\n\x0b\x44TYPE_INT32\x10\x06*l\n\x05\x43odec\x12\x15\n\x11\x43ODEC_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43ODEC_DENSE_FP32\x10\x01\x12\x0f\n\x0b\x43ODEC_DENSE\x10\x02\x12\x0e\n\nCODEC_TOPK\x10\x03\x12\x15\n\x11\x43ODEC_SECAGG_RING\x10\x04*\x9e\x01\n\x0bValueFormat\x12\x1c\n\x18VALUE_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11VALUE_FORMAT_FP32\x10\x01\x12\x15\n\x11VALUE_FORMAT_BF16\x10\x02\x12\x15\n\x11VALUE_FORMAT_FP16\x10\x03\x12\x15\n\x11VALUE_FORMAT_INT8\x10\x04\x12\x15\n\x11VALUE_FORMAT_INT4\x10\x05*\x82\x02\n\x0eOuterOptimizer\x12\x1f\n\x1bOUTER_OPTIMIZER_UNSPECIFIED\x10\x00\x12\x1c\n\x18OUTER_OPTIMIZER_NESTEROV\x10\x01\x12\x1a\n\x16OUTER_OPTIMIZER_FEDAVG\x10\x02\x12\x1e\n\x1aOUTER_OPTIMIZER_SPARSELOCO\x10\x03\x12\x1b\n\x17OUTER_OPTIMIZER_FEDAVGM\x10\x04\x12\x1e\n\x1aOUTER_OPTIMIZER_FEDADAGRAD\x10\x05\x12\x1b\n\x17OUTER_OPTIMIZER_FEDADAM\x10\x06\x12\x1b\n\x17OUTER_OPTIMIZER_FEDYOGI\x10\x07*Z\n\x12SignatureAlgorithm\x12#\n\x1fSIGNATURE_ALGORITHM_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSIGNATURE_ALGORITHM_ED25519\x10\x01\x42\x85\x01\n\x0e\x64\x65v.fedgrpc.v1B\x0b\x43ommonProtoP\x01Z6github.com/fedgrpc/fedgrpc/gen/go/fedgrpc/v1;fedgrpcv1\xa2\x02\x03\x46GR\xaa\x02\nFedgrpc.V1\xca\x02\nFedgrpc\\V1\xea\x02\x0b\x46\x65\x64grpc::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,16 +32,16 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedgrpc.v1.common_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.fedgrpc.v1B\013CommonProtoP\001Z6github.com/fedgrpc/fedgrpc/gen/go/fedgrpc/v1;fedgrpcv1\242\002\003FGR\252\002\nFedgrpc.V1\312\002\nFedgrpc\\V1\352\002\013Fedgrpc::V1'
-  _globals['_DTYPE']._serialized_start=986
-  _globals['_DTYPE']._serialized_end=1127
-  _globals['_CODEC']._serialized_start=1129
-  _globals['_CODEC']._serialized_end=1237
-  _globals['_VALUEFORMAT']._serialized_start=1240
-  _globals['_VALUEFORMAT']._serialized_end=1398
-  _globals['_OUTEROPTIMIZER']._serialized_start=1401
-  _globals['_OUTEROPTIMIZER']._serialized_end=1659
-  _globals['_SIGNATUREALGORITHM']._serialized_start=1661
-  _globals['_SIGNATUREALGORITHM']._serialized_end=1751
+  _globals['_DTYPE']._serialized_start=1104
+  _globals['_DTYPE']._serialized_end=1245
+  _globals['_CODEC']._serialized_start=1247
+  _globals['_CODEC']._serialized_end=1355
+  _globals['_VALUEFORMAT']._serialized_start=1358
+  _globals['_VALUEFORMAT']._serialized_end=1516
+  _globals['_OUTEROPTIMIZER']._serialized_start=1519
+  _globals['_OUTEROPTIMIZER']._serialized_end=1777
+  _globals['_SIGNATUREALGORITHM']._serialized_start=1779
+  _globals['_SIGNATUREALGORITHM']._serialized_end=1869
   _globals['_TENSORSPEC']._serialized_start=39
   _globals['_TENSORSPEC']._serialized_end=130
   _globals['_TENSORALIAS']._serialized_start=132
@@ -51,7 +51,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CODECPARAMS']._serialized_start=290
   _globals['_CODECPARAMS']._serialized_end=446
   _globals['_ROUNDCONFIG']._serialized_start=449
-  _globals['_ROUNDCONFIG']._serialized_end=893
-  _globals['_PUBLICKEYRECORD']._serialized_start=895
-  _globals['_PUBLICKEYRECORD']._serialized_end=983
+  _globals['_ROUNDCONFIG']._serialized_end=1011
+  _globals['_PUBLICKEYRECORD']._serialized_start=1013
+  _globals['_PUBLICKEYRECORD']._serialized_end=1101
 # @@protoc_insertion_point(module_scope)

@@ -454,6 +454,11 @@ class RoundConfig(_message.Message):
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _builtins.int
     PRIVACY_FIELD_NUMBER: _builtins.int
     DP_CLIP_NORM_FIELD_NUMBER: _builtins.int
+    ROUND_MODE_FIELD_NUMBER: _builtins.int
+    ROUND_DURATION_S_FIELD_NUMBER: _builtins.int
+    BUFFER_SIZE_FIELD_NUMBER: _builtins.int
+    MAX_STALENESS_FIELD_NUMBER: _builtins.int
+    STALENESS_EXPONENT_FIELD_NUMBER: _builtins.int
     inner_steps: _builtins.int
     """Inner optimizer steps each client takes between two pushes (DiLoCo's H)."""
     update_codec: Global___Codec.ValueType
@@ -505,6 +510,27 @@ class RoundConfig(_message.Message):
     """S every update is clipped to at the start of the run (adaptive clipping
     moves it; GetStatus shows the current one). 0 without privacy.
     """
+    round_mode: _builtins.str
+    """How rounds are paced: "sync" (or empty, older coordinators): every client
+    pushes once per round from the round's base version; "deadline": rounds
+    of `round_duration_s`, each client trains until RoundStarted's
+    `seconds_left` runs out, then pushes; "buffered_async" (FedBuff): a round
+    closes at `buffer_size` updates and takes updates computed up to
+    `max_staleness` versions behind its base (a client pushes into the open
+    round whatever its base, within that bound).
+    """
+    round_duration_s: _builtins.float
+    """deadline: wall seconds of training per round (0 in other modes)."""
+    buffer_size: _builtins.int
+    """buffered_async: updates that close a round (0 in other modes)."""
+    max_staleness: _builtins.int
+    """buffered_async: versions an update's base may lag the round's base; an
+    older one is refused with FAILED_PRECONDITION (0 in other modes).
+    """
+    staleness_exponent: _builtins.float
+    """buffered_async: a in s(tau) = (1 + tau)^-a, the factor the coordinator
+    scales an update tau versions stale by.
+    """
     @_builtins.property
     def codec_params(self) -> Global___CodecParams:
         """The update codec in full (`update_codec` repeats its `codec`)."""
@@ -527,10 +553,15 @@ class RoundConfig(_message.Message):
         heartbeat_interval_s: _builtins.float = ...,
         privacy: _builtins.str = ...,
         dp_clip_norm: _builtins.float = ...,
+        round_mode: _builtins.str = ...,
+        round_duration_s: _builtins.float = ...,
+        buffer_size: _builtins.int = ...,
+        max_staleness: _builtins.int = ...,
+        staleness_exponent: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["codec_params", b"codec_params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "codec_params", b"codec_params", "dp_clip_norm", b"dp_clip_norm", "heartbeat_interval_s", b"heartbeat_interval_s", "inner_steps", b"inner_steps", "max_message_bytes", b"max_message_bytes", "min_clients", b"min_clients", "outer_lr", b"outer_lr", "outer_momentum", b"outer_momentum", "outer_optimizer", b"outer_optimizer", "privacy", b"privacy", "round_timeout_s", b"round_timeout_s", "secure_aggregation", b"secure_aggregation", "update_codec", b"update_codec", "update_signatures_required", b"update_signatures_required"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer_size", b"buffer_size", "chunk_bytes", b"chunk_bytes", "codec_params", b"codec_params", "dp_clip_norm", b"dp_clip_norm", "heartbeat_interval_s", b"heartbeat_interval_s", "inner_steps", b"inner_steps", "max_message_bytes", b"max_message_bytes", "max_staleness", b"max_staleness", "min_clients", b"min_clients", "outer_lr", b"outer_lr", "outer_momentum", b"outer_momentum", "outer_optimizer", b"outer_optimizer", "privacy", b"privacy", "round_duration_s", b"round_duration_s", "round_mode", b"round_mode", "round_timeout_s", b"round_timeout_s", "secure_aggregation", b"secure_aggregation", "staleness_exponent", b"staleness_exponent", "update_codec", b"update_codec", "update_signatures_required", b"update_signatures_required"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

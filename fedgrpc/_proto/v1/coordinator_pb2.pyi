@@ -549,6 +549,7 @@ class RoundStarted(_message.Message):
     DEADLINE_UNIX_S_FIELD_NUMBER: _builtins.int
     ROUND_NONCE_FIELD_NUMBER: _builtins.int
     NOT_SELECTED_FIELD_NUMBER: _builtins.int
+    SECONDS_LEFT_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     """The round that now collects updates."""
     base_version: _builtins.int
@@ -571,6 +572,11 @@ class RoundStarted(_message.Message):
     session gets its own copy. False (the default) means: take part, so a
     client that never reads it behaves as before.
     """
+    seconds_left: _builtins.float
+    """round_mode "deadline": seconds of training left in this round when the
+    coordinator sent this message (relative, so clocks need not agree); the
+    client pushes once they run out. 0 in other modes.
+    """
     def __init__(
         self,
         *,
@@ -579,10 +585,11 @@ class RoundStarted(_message.Message):
         deadline_unix_s: _builtins.float = ...,
         round_nonce: _builtins.bytes = ...,
         not_selected: _builtins.bool = ...,
+        seconds_left: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "deadline_unix_s", b"deadline_unix_s", "not_selected", b"not_selected", "round_id", b"round_id", "round_nonce", b"round_nonce"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "deadline_unix_s", b"deadline_unix_s", "not_selected", b"not_selected", "round_id", b"round_id", "round_nonce", b"round_nonce", "seconds_left", b"seconds_left"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -756,6 +763,7 @@ class UpdateHeader(_message.Message):
     RECORD_DP_EPSILON_FIELD_NUMBER: _builtins.int
     RECORD_DP_DELTA_FIELD_NUMBER: _builtins.int
     RECORD_DP_STEPS_FIELD_NUMBER: _builtins.int
+    COMPUTE_S_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """Client id from JoinResponse."""
     session_token: _builtins.bytes
@@ -798,6 +806,12 @@ class UpdateHeader(_message.Message):
     """δ of record_dp_epsilon."""
     record_dp_steps: _builtins.int
     """DP-SGD steps (noisy releases) composed into record_dp_epsilon."""
+    compute_s: _builtins.float
+    """Wall seconds of local training this update stands for (since the client
+    last loaded a model or pushed). Read only for the coordinator's goodput,
+    the share of reported compute that ends up in applied rounds. Unset: not
+    reported. Signed, appended to the update statement when set.
+    """
     def __init__(
         self,
         *,
@@ -816,17 +830,22 @@ class UpdateHeader(_message.Message):
         record_dp_epsilon: _builtins.float | None = ...,
         record_dp_delta: _builtins.float | None = ...,
         record_dp_steps: _builtins.int | None = ...,
+        compute_s: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_record_dp_delta", b"_record_dp_delta", "_record_dp_epsilon", b"_record_dp_epsilon", "_record_dp_steps", b"_record_dp_steps", "record_dp_delta", b"record_dp_delta", "record_dp_epsilon", b"record_dp_epsilon", "record_dp_steps", b"record_dp_steps"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_compute_s", b"_compute_s", "_record_dp_delta", b"_record_dp_delta", "_record_dp_epsilon", b"_record_dp_epsilon", "_record_dp_steps", b"_record_dp_steps", "compute_s", b"compute_s", "record_dp_delta", b"record_dp_delta", "record_dp_epsilon", b"record_dp_epsilon", "record_dp_steps", b"record_dp_steps"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_record_dp_delta", b"_record_dp_delta", "_record_dp_epsilon", b"_record_dp_epsilon", "_record_dp_steps", b"_record_dp_steps", "base_model_sha256", b"base_model_sha256", "base_version", b"base_version", "client_id", b"client_id", "codec", b"codec", "kind", b"kind", "num_coordinates", b"num_coordinates", "num_samples", b"num_samples", "record_dp_delta", b"record_dp_delta", "record_dp_epsilon", b"record_dp_epsilon", "record_dp_steps", b"record_dp_steps", "round_id", b"round_id", "round_nonce", b"round_nonce", "session_token", b"session_token", "signature", b"signature", "train_loss", b"train_loss"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_compute_s", b"_compute_s", "_record_dp_delta", b"_record_dp_delta", "_record_dp_epsilon", b"_record_dp_epsilon", "_record_dp_steps", b"_record_dp_steps", "base_model_sha256", b"base_model_sha256", "base_version", b"base_version", "client_id", b"client_id", "codec", b"codec", "compute_s", b"compute_s", "kind", b"kind", "num_coordinates", b"num_coordinates", "num_samples", b"num_samples", "record_dp_delta", b"record_dp_delta", "record_dp_epsilon", b"record_dp_epsilon", "record_dp_steps", b"record_dp_steps", "round_id", b"round_id", "round_nonce", b"round_nonce", "session_token", b"session_token", "signature", b"signature", "train_loss", b"train_loss"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__compute_s: _TypeAlias = _typing.Literal["compute_s"]  # noqa: Y015
+    _WhichOneofArgType__compute_s: _TypeAlias = _typing.Literal["_compute_s", b"_compute_s"]  # noqa: Y015
     _WhichOneofReturnType__record_dp_delta: _TypeAlias = _typing.Literal["record_dp_delta"]  # noqa: Y015
     _WhichOneofArgType__record_dp_delta: _TypeAlias = _typing.Literal["_record_dp_delta", b"_record_dp_delta"]  # noqa: Y015
     _WhichOneofReturnType__record_dp_epsilon: _TypeAlias = _typing.Literal["record_dp_epsilon"]  # noqa: Y015
     _WhichOneofArgType__record_dp_epsilon: _TypeAlias = _typing.Literal["_record_dp_epsilon", b"_record_dp_epsilon"]  # noqa: Y015
     _WhichOneofReturnType__record_dp_steps: _TypeAlias = _typing.Literal["record_dp_steps"]  # noqa: Y015
     _WhichOneofArgType__record_dp_steps: _TypeAlias = _typing.Literal["_record_dp_steps", b"_record_dp_steps"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__compute_s) -> _WhichOneofReturnType__compute_s | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__record_dp_delta) -> _WhichOneofReturnType__record_dp_delta | None: ...
     @_typing.overload

@@ -278,6 +278,10 @@ class Connection:
         waiting = self.link.tracker.wait_round_open(base_version, wait_s, span=span)
         return call(self._loop, waiting, wait_s)
 
+    def sync_due(self, base_version: int) -> bool:
+        """Deadline mode: see `RoundTracker.sync_due` (no loop round trip)."""
+        return self.link.tracker.sync_due(base_version)
+
     def wait_round_closed(self, round_id: int, wait_s: float) -> RoundEnd:
         """See `RoundTracker.wait_round_closed`."""
         tracker = self.link.tracker

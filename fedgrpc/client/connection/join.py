@@ -167,6 +167,10 @@ class Federation:
     model_spec: ModelSpec | None = None
     """The federation's spec: this client's, or one differing only in float
     dtypes that it casts from (None: an older coordinator did not say)."""
+    round_mode: str = "sync"
+    """How rounds are paced (`config.rounds`): sync, deadline, buffered_async."""
+    max_staleness: int = 0
+    """buffered_async: versions an update may lag the open round's base."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +261,8 @@ def federation_from(
         last_applied_round=response.last_applied_round,
         run_finished=response.run_finished,
         model_spec=federation_spec,
+        round_mode=round_config.round_mode or "sync",
+        max_staleness=round_config.max_staleness,
     )
 
 
@@ -336,10 +342,11 @@ def check_same_federation(before: Federation, after: Federation) -> None:
     Raises:
         IncompatibleClientError: it now announces other settings.
     """
-    old = (before.inner_steps, before.codec, before.chunk_bytes)
-    new = (after.inner_steps, after.codec, after.chunk_bytes)
+    old = (before.inner_steps, before.codec, before.chunk_bytes, before.round_mode)
+    new = (after.inner_steps, after.codec, after.chunk_bytes, after.round_mode)
     if old != new:
         raise IncompatibleClientError(
-            f"the coordinator came back with (inner_steps, codec, chunk_bytes) = "
+            f"the coordinator came back with (inner_steps, codec, chunk_bytes, "
+            f"round_mode) = "
             f"{new}, this client joined with {old}; create a new DiLoCoClient"
         )

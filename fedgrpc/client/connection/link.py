@@ -146,6 +146,7 @@ class CoordinatorLink:
                 link.credentials,
                 link.tracker,
                 heartbeat_period_s(config, federation),
+                deadline_mode=federation.round_mode == "deadline",
             )
             if attach is not None:
                 link._session.events = attach(link, federation)

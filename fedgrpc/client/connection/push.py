@@ -77,6 +77,8 @@ class UpdateMeta:
     """SHA-256 of the base version's bytes (empty for initial weights)."""
     record_dp: RecordPrivacyClaim | None = None
     """The client's record-level DP spend (`fedgrpc.privacy.RecordDP`); signed."""
+    compute_s: float | None = None
+    """Wall seconds of training behind the update (the coordinator's goodput)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +203,8 @@ def update_header(
         )
     )
     record_dp_to_proto(meta.record_dp, request.header)
+    if meta.compute_s is not None:
+        request.header.compute_s = meta.compute_s
     return request
 
 

@@ -8,6 +8,7 @@ client's background loop and is not thread-safe on its own.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -32,6 +33,9 @@ class RoundStart:
     """The round's nonce; the update pushed for it signs it."""
     selected: bool = True
     """False if client selection left this client out (RoundStarted.not_selected)."""
+    train_until_s: float | None = None
+    """Deadline mode: this client's monotonic clock reading at which training
+    for the round stops (receipt + RoundStarted.seconds_left); None otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +118,25 @@ class RoundTracker:
         async with self._changed:
             self.failure = error
             self._changed.notify_all()
+
+    def sync_due(self, base_version: int) -> bool:
+        """Deadline mode: True once the training thread should run its sync point.
+
+        When the open round on `base_version` reached its training deadline,
+        or the open round is on another version (we are stale, or sat out:
+        the sync point sorts it out), or the stream ended (the sync point
+        reconnects). Read from the training thread without the loop: each
+        read is of one attribute, atomic under the GIL, and a stale answer
+        only moves the sync point by one step.
+        """
+        if self.failure is not None or self.shutdown_reason is not None:
+            return True
+        current = self.open_round()
+        if current is None:
+            return False  # between rounds: keep training until the next opens
+        if current.base_version != base_version or current.train_until_s is None:
+            return True
+        return time.monotonic() >= current.train_until_s
 
     def open_round(self) -> RoundStart | None:
         """The latest started round if it has not closed yet."""

@@ -69,8 +69,12 @@ class SessionStream:
         credentials: Credentials,
         tracker: RoundTracker,
         heartbeat_interval_s: float,
+        *,
+        deadline_mode: bool = False,
     ) -> None:
         self._stub = stub
+        self._deadline_mode = deadline_mode
+        """Rounds announce training seconds left (`RoundStart.train_until_s`)."""
         self._credentials = credentials
         self._tracker = tracker
         self._heartbeat_interval_s = heartbeat_interval_s
@@ -181,6 +185,11 @@ class SessionStream:
                     started.deadline_unix_s,
                     started.round_nonce,
                     selected=not started.not_selected,
+                    train_until_s=(
+                        time.monotonic() + started.seconds_left
+                        if self._deadline_mode
+                        else None
+                    ),
                 )
             )
         elif event == "round_closed":

@@ -179,6 +179,14 @@ class _LevelCollector(Collector):
                      current.round_id if current is not None else 0)  # fmt: skip
         yield _gauge("fedgrpc_draining", "1 while the coordinator shuts down.",
                      int(run.stopping))  # fmt: skip
+        goodput = engine.goodput
+        yield _counter("fedgrpc_compute_offered_seconds", "Training seconds "
+                       "clients reported with committed or refused updates.",
+                       goodput.offered_s)  # fmt: skip
+        yield _counter("fedgrpc_compute_applied_seconds", "The part of those in "
+                       "applied rounds.", goodput.applied_s)  # fmt: skip
+        yield _gauge("fedgrpc_goodput", "compute applied / offered since start "
+                     "(0: none reported).", goodput.ratio)  # fmt: skip
         if engine.trust is not None:
             yield from _trust_metrics(engine.trust)
         if engine.privacy.enabled:

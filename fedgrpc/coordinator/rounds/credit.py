@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from fedgrpc.coordinator.rounds.records import OpenRound
-from fedgrpc.coordinator.rounds.registry import ClientRecord
+from fedgrpc.coordinator.rounds.registry import ClientRecord, ClientRegistry
 from fedgrpc.coordinator.rounds.weighting import saturating_add
 from fedgrpc.domain.requests import UpdateHeaderInfo
 
@@ -43,6 +43,7 @@ def credit_update(
     current.samples = saturating_add(current.samples, header.num_samples)
     current.claims.append(header.num_samples)
     current.bytes_received += payload_bytes
+    current.compute_s += header.compute_s or 0.0
     current.last_commit_s = now_s
     current.last_commit_cpu_s = time.process_time()
     if current.deadline_s is None:
@@ -57,3 +58,18 @@ def credit_update(
     seconds = current.last_commit_s - opened_s
     if seconds > 0:
         client.throughput_bps = payload_bytes / seconds
+
+
+def credit_applied(closing: OpenRound, registry: ClientRegistry) -> None:
+    """`closing` was applied: note it, and each update's base, on its clients.
+
+    The base is what `pacing.accepts_lag` compares a later stale update
+    with, so the same progress cannot be applied twice.
+    """
+    for client_id in closing.contributors:
+        record = registry.get(client_id)
+        if record is not None:
+            record.last_applied_round = closing.round_id
+            record.last_applied_base = closing.contributor_bases.get(
+                client_id, closing.base_version
+            )

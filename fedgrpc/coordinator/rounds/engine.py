@@ -44,10 +44,11 @@ import torch
 
 from fedgrpc.compress import DecodedBlock
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.rounds import rules
+from fedgrpc.coordinator.rounds import pacing, rules
 from fedgrpc.coordinator.rounds.budget import PrivacyBudget
-from fedgrpc.coordinator.rounds.credit import credit_update
+from fedgrpc.coordinator.rounds.credit import credit_applied, credit_update
 from fedgrpc.coordinator.rounds.global_model import GlobalModel
+from fedgrpc.coordinator.rounds.goodput import Goodput
 from fedgrpc.coordinator.rounds.participants import Participation
 from fedgrpc.coordinator.rounds.records import (
     OpenRound,
@@ -108,6 +109,8 @@ class RoundEngine:
         self.participation = Participation(self.stages.selector, registry)
         self.trust = build_trust(config)
         self.weighting = SampleWeighting(config)
+        self.goodput = Goodput()
+        """Client training seconds offered and applied (`goodput`)."""
 
     def adopt_spec(self, spec: ModelSpec) -> bool:
         """A joiner's spec (`GlobalModel.adopt_spec`); True if the model now exists.
@@ -142,11 +145,17 @@ class RoundEngine:
         check_claims(self.config, header)
         if header.is_initial_weights:
             self.model.check_not_seeded()
-        else:
+            return
+        try:
             current = rules.collecting_round(self.phase, self.current)
             rules.check_not_excluded(current, client)
-            spans = self.participation.check(current, client, header.base_version)
-            rules.check_slot(current, client, header, self.clock, spans=spans)
+            base, known = header.base_version, self.participation.base_shas
+            spans = self.participation.check(current, client, base)
+            lags = pacing.accepts_lag(self.config, current, client, base, known)
+            rules.check_slot(current, client, header, self.clock, spans=spans or lags)
+        except WrongRoundError:
+            self.goodput.refused(header)  # its training is lost
+            raise
 
     def open_ticket(self, client: ClientRecord, header: UpdateHeaderInfo) -> Ticket:
         """Start taking a checked header's chunks (call `check_header` first)."""
@@ -164,6 +173,7 @@ class RoundEngine:
         ticket = Ticket(client, header, current.round_id, scratch)
         ticket.opened_s = self.clock()
         ticket.weight = self.weighting.weight(client, header.num_samples)
+        ticket.value_scale = pacing.value_scale(self.config, current, header)
         current.streaming[ticket.ticket_id] = ticket
         return ticket
 
@@ -188,6 +198,8 @@ class RoundEngine:
             )
         weight, key = ticket.weight, ticket.ticket_id
         ticket.touched_sum = True
+        if ticket.value_scale != 1.0:
+            chunk = pacing.scaled(chunk, ticket.value_scale)
         if isinstance(chunk, np.ndarray):
             current.total.add_values(key, offset, chunk, weight, ticket.scratch)
         else:
@@ -212,6 +224,7 @@ class RoundEngine:
                 raise InvalidUpdateError("an update without values cannot be counted")
             current.total.commit_update(ticket.ticket_id, ticket.weight)
             current.commit_order.append(client.client_id)
+            current.contributor_bases[client.client_id] = header.base_version
             del current.streaming[ticket.ticket_id]
             credit_update(
                 current,
@@ -235,19 +248,7 @@ class RoundEngine:
         current = self.current
         if current is None or current.streaming.pop(ticket.ticket_id, None) is None:
             return False
-        total = current.total
-        if not ticket.touched_sum or total is None:
-            return False
-        voided = total.abandon(ticket.ticket_id) or total.voids_on_abandon
-        if not voided:
-            return False
-        if current.void_reason is None:
-            current.void_reason = (
-                f"the update from {ticket.client.client_id} failed after reaching "
-                f"the round's sum ({reason}); its share cannot be removed exactly, "
-                "so the round is discarded and clients keep their local progress"
-            )
-        return True
+        return rules.void_if_touched(current, ticket, reason)
 
     # -- closing ---------------------------------------------------------------
 
@@ -310,10 +311,8 @@ class RoundEngine:
         """Record the result and open the next round (state change; event loop)."""
         if applied:
             self.model.advance()
-            for client_id in closing.contributors:
-                record = self.registry.get(client_id)
-                if record is not None:
-                    record.last_applied_round = closing.round_id
+            credit_applied(closing, self.registry)
+        self.goodput.round_closed(closing, applied)
         self.participation.round_closed(closing)
         if self.trust is not None:
             self.trust.round_closed(closing.round_id, self.registry)
@@ -373,11 +372,13 @@ class RoundEngine:
 
     def _open_round(self) -> None:
         published = self.model.published
+        now = self.clock()
         self.current = OpenRound(
             self._next_round_id,
             self.model.version,
-            self.clock(),
+            now,
             base_sha256=published.sha256 if published is not None else b"",
+            deadline_s=pacing.opening_deadline(self.config, now),
         )
         self._next_round_id += 1
         self.phase = Phase.COLLECTING

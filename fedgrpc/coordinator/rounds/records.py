@@ -103,6 +103,8 @@ class Ticket:
     """Engine clock when it was admitted (the client's measured throughput)."""
     weight: float = 1.0
     """Its weight in the round's mean, fixed at admission (`SampleWeighting`)."""
+    value_scale: float = 1.0
+    """s(τ) its values are multiplied by (buffered_async's staleness; 1 otherwise)."""
     ticket_id: int = field(default_factory=lambda: next(_TICKET_IDS))
 
 
@@ -146,6 +148,10 @@ class OpenRound:
     """Each committed update's `num_samples`: the next reference of
     `weighting = capped` (`SampleWeighting.round_closed`)."""
     bytes_received: int = 0
+    contributor_bases: dict[str, int] = field(default_factory=dict)
+    """Each contributor's base version (older than `base_version` when stale)."""
+    compute_s: float = 0.0
+    """Training seconds the committed updates reported (goodput)."""
     first_header_s: float | None = None
     last_commit_s: float | None = None
     first_header_cpu_s: float = 0.0
@@ -195,3 +201,5 @@ class RoundResult:
     """z the ledger accounts per round."""
     privacy_exhausted: bool = False
     """Not applied: it would have taken ε past `max_epsilon` (the run finished)."""
+    max_staleness: int = 0
+    """Versions the stalest update in it lagged the round's base (0: none)."""

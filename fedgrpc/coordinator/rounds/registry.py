@@ -66,6 +66,9 @@ class ClientRecord:
     """Samples its last committed update declared (a claim; selection bounds it)."""
     throughput_bps: float | None = None
     """Payload bytes / seconds of its last committed update, measured here."""
+    last_applied_base: int | None = None
+    """Base version of its newest update that was applied (None: none yet);
+    buffered_async refuses a later update from that base or an older one."""
     last_selected_base: int | None = None
     """Base version of the last closed round that selected it (None: none did)."""
     last_selected_round: int | None = None

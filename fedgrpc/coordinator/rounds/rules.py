@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable
 
 from fedgrpc.config import CoordinatorConfig
+from fedgrpc.coordinator.rounds import pacing
 from fedgrpc.coordinator.rounds.records import (
     OpenRound,
     Outcome,
@@ -144,6 +145,26 @@ def live_round(phase: Phase, current: OpenRound | None, ticket: Ticket) -> OpenR
     return current
 
 
+def void_if_touched(current: OpenRound, ticket: Ticket, reason: str) -> bool:
+    """A push that failed after reaching `current`'s sum voids it; True if so.
+
+    The Accumulator decides (a spool drops the update's file instead).
+    """
+    total = current.total
+    if not ticket.touched_sum or total is None:
+        return False
+    voided = total.abandon(ticket.ticket_id) or total.voids_on_abandon
+    if not voided:
+        return False
+    if current.void_reason is None:
+        current.void_reason = (
+            f"the update from {ticket.client.client_id} failed after reaching "
+            f"the round's sum ({reason}); its share cannot be removed exactly, "
+            "so the round is discarded and clients keep their local progress"
+        )
+    return True
+
+
 def close_reason(
     current: OpenRound,
     config: CoordinatorConfig,
@@ -175,6 +196,8 @@ def close_reason(
             "round_timeout_s after the deadline"
         )
         return "void"
+    if pacing.buffer_full(config, current):
+        return f"buffer full ({len(current.contributors)} updates)"
     done = len(current.contributors)
     # Cheap tests first: this runs on every commit and session close, and
     # the scans below cost O(clients), O(clients^2) over a burst (issue 6).
@@ -197,6 +220,8 @@ def quorum(
     members = _expected(current, registry) | current.contributors
     # -1e-9: 0.3 x 10 is 3.0000000000000004 in floats, and must need 3.
     share = math.ceil(config.min_client_fraction * len(members) - 1e-9)
+    if config.round_mode == "buffered_async":  # a full buffer is always enough
+        share = min(share, config.resolved_buffer_size)
     return max(config.min_clients, share)
 
 
@@ -239,6 +264,10 @@ def round_result(
         ingest_s=last - first if first is not None and last is not None else 0.0,
         ingest_cpu_s=max(0.0, closing.last_commit_cpu_s - closing.first_header_cpu_s),
         selected=closing.selected or (),
+        max_staleness=max(
+            (closing.base_version - b for b in closing.contributor_bases.values()),
+            default=0,
+        ),
     )
 
 

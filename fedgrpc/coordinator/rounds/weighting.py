@@ -42,12 +42,18 @@ def saturating_add(total: int, amount: int) -> int:
     return min(COUNTER_MAX, total + max(0, amount))
 
 
+MAX_COMPUTE_S = 365 * 86400.0
+"""Largest `compute_s` claim: a year of training behind one update. Bounds
+what one liar adds to the goodput counters (status only)."""
+
+
 def check_claims(config: CoordinatorConfig, header: UpdateHeaderInfo) -> None:
     """Refuse a header whose sample count or loss no honest client sends.
 
     Raises:
-        InvalidUpdateError: `num_samples` over `max_samples_per_update`, or a
-            NaN / infinite `train_loss` (INVALID_ARGUMENT).
+        InvalidUpdateError: `num_samples` over `max_samples_per_update`, a
+            NaN / infinite `train_loss`, or a `compute_s` that is not finite
+            and within a year (INVALID_ARGUMENT).
     """
     claimed = header.declared_samples
     samples = header.num_samples if claimed is None else claimed
@@ -62,6 +68,14 @@ def check_claims(config: CoordinatorConfig, header: UpdateHeaderInfo) -> None:
         raise InvalidUpdateError(
             f"train_loss is {header.train_loss}: local training diverged (check "
             "the learning rate and the loss); send a finite loss"
+        )
+    compute_s = header.compute_s
+    if compute_s is not None and not (
+        math.isfinite(compute_s) and 0 <= compute_s <= MAX_COMPUTE_S
+    ):
+        raise InvalidUpdateError(
+            f"compute_s is {compute_s}: send the wall seconds of local training "
+            f"behind this update, 0..{MAX_COMPUTE_S:g}, or leave it unset"
         )
 
 

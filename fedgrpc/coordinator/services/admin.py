@@ -163,6 +163,10 @@ def build_status(
         not_serving=not runtime.durable.serving,
         not_serving_reason=runtime.durable.not_serving_reason,
         **_privacy_fields(engine.privacy.report()),
+        round_mode=runtime.config.round_mode,
+        goodput=engine.goodput.ratio,
+        compute_offered_s=engine.goodput.offered_s,
+        compute_applied_s=engine.goodput.applied_s,
     )
 
 
@@ -204,6 +208,7 @@ def _round_summary(r: RoundResult, mode: RoundMode | None) -> pb.RoundSummary:
         dp_clip_norm=r.dp_clip_norm,
         dp_noise_multiplier=r.dp_noise_multiplier,
         privacy_exhausted=r.privacy_exhausted,
+        max_staleness=r.max_staleness,
     )
     secure = mode.round_record(r.round_id) if mode is not None else None
     if secure is not None:

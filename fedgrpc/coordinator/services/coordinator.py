@@ -109,6 +109,7 @@ def session_event_to_proto(event: SessionEvent) -> pb.SessionResponse:
                 round_nonce=event.nonce,
                 deadline_unix_s=event.deadline_unix_s,
                 not_selected=event.not_selected,
+                seconds_left=event.seconds_left,
             )
         )
     if isinstance(event, RoundResult):
