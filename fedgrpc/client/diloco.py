@@ -261,7 +261,7 @@ class DiLoCoClient:
         value = loss.item() if isinstance(loss, torch.Tensor) else loss
         self._local.record(None if value is None else float(value), num_samples)
         self._steps += 1
-        if not self._sync_due():
+        if not self._sync.due(self._steps, self._inner_steps):
             return False
         if self._sync.finished:  # nothing to push to; the coordinator may be gone
             self._last_outcome, self._steps = "finished", 0
@@ -271,16 +271,6 @@ class DiLoCoClient:
         self._rounds_completed += 1
         self._evaluate_global()
         return True
-
-    def _sync_due(self) -> bool:
-        """H steps done (sync, buffered_async), or the round's time up (deadline).
-
-        In deadline mode H does not count: the client trains until the
-        open round's training seconds run out (`RoundTracker.sync_due`).
-        """
-        if self._sync.federation.round_mode != "deadline" or self._sync.finished:
-            return self._steps >= self._inner_steps
-        return self._connection.sync_due(self._local.base_version)
 
     def _evaluate_global(self) -> None:
         """Run `evaluate` if the model holds a version it has not seen."""

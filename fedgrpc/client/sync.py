@@ -40,6 +40,8 @@ from fedgrpc.errors import (
 from fedgrpc.log import get_logger
 
 log = get_logger(__name__)
+ASYNC_PUSH_RETRIES = 3
+"""Rounds a buffered_async push that found its round full tries next."""
 
 SyncOutcome = Literal[
     "applied", "skipped", "stale", "missed", "offline", "not_selected", "finished"
@@ -104,6 +106,16 @@ class SyncPoint:
         """When the local progress the next update carries began (its last
         load): the update reports the training seconds since (goodput)."""
 
+    def due(self, steps: int, inner_steps: int) -> bool:
+        """H steps done (sync, buffered_async), or the round's time up (deadline).
+
+        In deadline mode H does not count: the client trains until the
+        open round's training seconds run out (`RoundTracker.sync_due`).
+        """
+        if self.federation.round_mode != "deadline" or self.finished:
+            return steps >= inner_steps
+        return self.connection.sync_due(self._local.base_version)
+
     def seed(self) -> None:
         """Upload our weights as the initial model (losing the race is fine)."""
         seeded = self.connection.seed(self._local.local_weights(), self._chunk_bytes)
@@ -162,9 +174,38 @@ class SyncPoint:
             return "not_selected"
         self.pending = opened  # until its close, or `resume`, settles it
         pushed = self._push(opened.round_id, opened.nonce)
+        if not pushed and span and not self.sat_out:
+            opened, pushed = self._push_into_next(opened)
         if not pushed:
             self.pending = None
         return self._finish(opened, pushed)
+
+    def _push_into_next(self, refused: RoundStart) -> tuple[RoundStart, bool]:
+        """buffered_async: the round filled before our push; try the next one.
+
+        A round closes at K commits, so a push that started as the K-th
+        arrived can find its round gone. The next round takes the same
+        update one version staler (scaled by the coordinator) as long as it
+        is within `max_staleness`; a few tries, each costing one header.
+        """
+        base = self._local.base_version
+        opened = refused
+        for _ in range(ASYNC_PUSH_RETRIES):
+            wait_s = self._config.round_wait_s
+            nxt = self.connection.wait_round_open(
+                base, wait_s, span=True, after_round=opened.round_id
+            )
+            if (
+                not isinstance(nxt, RoundStart)
+                or not nxt.selected
+                or nxt.base_version - base > self.federation.max_staleness
+            ):
+                break
+            opened = self.pending = nxt
+            self._log.info("update_retried", round=nxt.round_id, base_version=base)
+            if self._push(nxt.round_id, nxt.nonce):
+                return nxt, True
+        return opened, False
 
     def _finish(self, opened: RoundStart, pushed: bool) -> SyncOutcome:
         """Steps 3 and 4: wait for `opened` to close, settle, pull if applied."""

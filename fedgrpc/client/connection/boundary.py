@@ -272,10 +272,18 @@ class Connection:
         return call(self._loop, push, link.push_timeout_s(chunk_bytes))
 
     def wait_round_open(
-        self, base_version: int, wait_s: float, *, span: bool = False
+        self,
+        base_version: int,
+        wait_s: float,
+        *,
+        span: bool = False,
+        after_round: int = 0,
     ) -> RoundStart | StaleBase | RunFinished:
         """See `RoundTracker.wait_round_open`."""
-        waiting = self.link.tracker.wait_round_open(base_version, wait_s, span=span)
+        tracker = self.link.tracker
+        waiting = tracker.wait_round_open(
+            base_version, wait_s, span=span, after_round=after_round
+        )
         return call(self._loop, waiting, wait_s)
 
     def sync_due(self, base_version: int) -> bool:

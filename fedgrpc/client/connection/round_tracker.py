@@ -146,12 +146,19 @@ class RoundTracker:
         return started
 
     async def wait_round_open(
-        self, base_version: int, timeout_s: float, *, span: bool = False
+        self,
+        base_version: int,
+        timeout_s: float,
+        *,
+        span: bool = False,
+        after_round: int = 0,
     ) -> RoundStart | StaleBase | RunFinished:
         """Wait for an open round based on `base_version`, or learn we are stale.
 
         `span`: we sat out rounds (client selection), so an open round on a
         newer version is ours too: our update spans the rounds we missed.
+        `after_round`: only a round with a higher id will do (the one we
+        tried is full).
 
         Returns:
             The open round, or `StaleBase` when a round newer than
@@ -165,6 +172,8 @@ class RoundTracker:
 
         def ready() -> RoundStart | StaleBase | RunFinished | None:
             current = self.open_round()
+            if current is not None and current.round_id <= after_round:
+                current = None
             if span and current is not None and current.base_version >= base_version:
                 return current
             if span and self.model_version > base_version and not self.run_finished:

@@ -225,6 +225,7 @@ class RoundEngine:
             current.total.commit_update(ticket.ticket_id, ticket.weight)
             current.commit_order.append(client.client_id)
             current.contributor_bases[client.client_id] = header.base_version
+            self.goodput.committed(header)
             del current.streaming[ticket.ticket_id]
             credit_update(
                 current,
