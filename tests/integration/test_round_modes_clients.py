@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from fedgrpc._proto.v1 import admin_pb2
 from fedgrpc.client import DiLoCoClient
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
@@ -58,7 +59,7 @@ class Trainer:
             self.error = exc
 
 
-def _run(config: CoordinatorConfig, trainers: list[Trainer]) -> PB.GetStatusResponse:
+def _run(config: CoordinatorConfig, trainers: list[Trainer]) -> admin_pb2.GetStatusResponse:
     with serve_in_thread(config) as coordinator:
         threads = [
             threading.Thread(target=t.run, args=(coordinator,), daemon=True)
