@@ -59,7 +59,9 @@ class Trainer:
             self.error = exc
 
 
-def _run(config: CoordinatorConfig, trainers: list[Trainer]) -> admin_pb2.GetStatusResponse:
+def _run(
+    config: CoordinatorConfig, trainers: list[Trainer]
+) -> admin_pb2.GetStatusResponse:
     with serve_in_thread(config) as coordinator:
         threads = [
             threading.Thread(target=t.run, args=(coordinator,), daemon=True)
