@@ -235,8 +235,13 @@ def _quorum(config: SimulationConfig) -> int:
     use the simulator's knowledge of who attacks. Rounds still wait for
     every client that is not excluded (all have joined before any trains:
     see `_run`), so a lower floor never closes a round early.
+
+    buffered_async: the buffer (`buffer_size`, else half the clients, at
+    least 2), so the fast clients close rounds without the slow ones.
     """
     everyone = config.clients_per_round or config.clients
+    if config.round_mode == "buffered_async":
+        return config.buffer_size or max(2, min(everyone, config.clients // 2))
     if config.trust != "on":
         return everyone
     return min(everyone, math.ceil(config.clients / 2))
