@@ -194,15 +194,18 @@ def format_status(target: str, s: CoordinatorStatus) -> str:
         f"{s.norm_guard_history} recent norm(s) (`fedgrpc guard-reset` clears them)",
         _secure_line(s),
         _privacy_line(s),
+        _pacing_line(s),
         *([f"NOT SERVING: {s.not_serving_reason}"] if s.not_serving_reason else []),
         "",
         _table(_CLIENT_COLUMNS, [_client_cells(c) for c in s.clients]),
         *_excluded_lines(s),
         "",
         _table(
-            _ROUND_COLUMNS + (("epsilon",) if s.privacy.mode != "off" else ()),
+            _ROUND_COLUMNS
+            + (("epsilon",) if s.privacy.mode != "off" else ())
+            + (("staleness",) if s.pacing.round_mode == "buffered_async" else ()),
             [
-                _round_cells(r) + _epsilon_cell(s, r)
+                _round_cells(r) + _epsilon_cell(s, r) + _staleness_cell(s, r)
                 for r in s.recent_rounds[-RECENT_ROUNDS_SHOWN:]
             ],
         ),
@@ -221,6 +224,21 @@ def _secure_line(s: CoordinatorStatus) -> str:
         return "secure aggregation: off"
     return (f"secure aggregation: on  guard trips {s.guard_trips}  "
             f"dense fallback rounds {s.dense_fallback_rounds}")  # fmt: skip
+
+
+def _pacing_line(s: CoordinatorStatus) -> str:
+    """The round mode, its settings, and the goodput of reported compute."""
+    p = s.pacing
+    settings = {
+        "deadline": f" ({p.round_duration_s:g} s of training per round)",
+        "buffered_async": f" (K={p.buffer_size}, max_staleness {p.max_staleness})",
+    }.get(p.round_mode, "")
+    goodput = (
+        f"  goodput {p.goodput:.1%} of {p.compute_offered_s:,.0f} s client compute"
+        if p.compute_offered_s > 0
+        else "  goodput: no compute reported yet"
+    )
+    return f"rounds: {p.round_mode}{settings}{goodput}"
 
 
 def _privacy_line(s: CoordinatorStatus) -> str:
@@ -284,6 +302,11 @@ def _epsilon_cell(s: CoordinatorStatus, r: RoundRow) -> tuple[str, ...]:
     if s.privacy.mode == "off":
         return ()
     return (f"{r.privacy_epsilon:.4g}" + (" refused" if r.privacy_exhausted else ""),)
+
+
+def _staleness_cell(s: CoordinatorStatus, r: RoundRow) -> tuple[str, ...]:
+    """buffered_async only: versions the round's stalest update lagged its base."""
+    return (str(r.max_staleness),) if s.pacing.round_mode == "buffered_async" else ()
 
 
 def _secure_cell(r: RoundRow) -> str:

@@ -94,6 +94,24 @@ class RoundRow:
     """The run's ε after this round (0 without privacy)."""
     privacy_exhausted: bool = False
     """Not applied: it would have spent past max_epsilon."""
+    max_staleness: int = 0
+    """buffered_async: versions its stalest update lagged the round's base."""
+
+
+@dataclass(frozen=True, slots=True)
+class PacingView:
+    """How rounds are paced, and the goodput so far (GetStatus)."""
+
+    round_mode: str = "sync"
+    buffer_size: int = 0
+    """buffered_async's K (0 in other modes)."""
+    max_staleness: int = 0
+    round_duration_s: float = 0.0
+    """deadline's training seconds per round (0 in other modes)."""
+    goodput: float = 0.0
+    """Reported client training seconds in applied rounds / offered (0: none)."""
+    compute_offered_s: float = 0.0
+    compute_applied_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +161,7 @@ class CoordinatorStatus:
     """Why new model versions are held back and no round applies (a failed
     checkpoint write); "" while the coordinator serves."""
     privacy: PrivacyView = PrivacyView()
+    pacing: PacingView = PacingView()
 
 
 MAX_PAGES = 10_000
@@ -319,6 +338,7 @@ def _from_proto(
                 tuple(r.selected_clients),
                 r.privacy_epsilon,
                 r.privacy_exhausted,
+                r.max_staleness,
             )
             for r in reply.recent_rounds
         ],
@@ -337,5 +357,14 @@ def _from_proto(
             reply.dp_clip_norm,
             reply.dp_noise_multiplier,
             reply.dp_accountant,
+        ),
+        pacing=PacingView(
+            reply.round_mode or "sync",
+            reply.round_config.buffer_size,
+            reply.round_config.max_staleness,
+            reply.round_config.round_duration_s,
+            reply.goodput,
+            reply.compute_offered_s,
+            reply.compute_applied_s,
         ),
     )

@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from fedgrpc._proto.v1 import admin_pb2
+from fedgrpc.cli_ops import format_status
 from fedgrpc.client import DiLoCoClient
+from fedgrpc.client.admin import fetch_status
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 from tests.helpers.raw import PB
@@ -61,7 +63,8 @@ class Trainer:
 
 def _run(
     config: CoordinatorConfig, trainers: list[Trainer]
-) -> admin_pb2.GetStatusResponse:
+) -> tuple[admin_pb2.GetStatusResponse, str]:
+    """The final status, and `fedgrpc status`'s text of it."""
     with serve_in_thread(config) as coordinator:
         threads = [
             threading.Thread(target=t.run, args=(coordinator,), daemon=True)
@@ -74,7 +77,8 @@ def _run(
         for trainer in trainers:
             assert trainer.error is None, repr(trainer.error)
         assert not any(t.is_alive() for t in threads), "a client never finished"
-        return coordinator.status()
+        text = format_status("here", fetch_status(coordinator.address))
+        return coordinator.status(), text
 
 
 def _mean(values: list[int]) -> float:
@@ -88,7 +92,8 @@ def test_deadline_rounds_let_a_fast_client_train_more_steps() -> None:
         round_timeout_s=10, max_rounds=4, outer_optimizer="fedavg",
     )  # fmt: skip
     fast, slow = Trainer(0.002, 0), Trainer(0.03, 1)
-    status = _run(config, [fast, slow])
+    status, text = _run(config, [fast, slow])
+    assert "rounds: deadline (0.8 s of training per round)  goodput 100.0%" in text
 
     applied = [r for r in status.recent_rounds if r.outcome == PB.ROUND_OUTCOME_APPLIED]
     assert len(applied) == 4
@@ -114,7 +119,10 @@ def test_buffered_async_rounds_are_set_by_the_fast_clients() -> None:
         outer_optimizer="fedavg",
     )  # fmt: skip
     trainers = [Trainer(0.002, 0), Trainer(0.002, 1), Trainer(0.04, 2)]
-    status = _run(config, trainers)
+    status, text = _run(config, trainers)
+    assert "rounds: buffered_async (K=2, max_staleness 16)  goodput" in text
+    header = next(line for line in text.splitlines() if "mean loss" in line)
+    assert header.split()[-1] == "staleness"  # the rounds table's last column
 
     rounds = list(status.recent_rounds)
     assert len(rounds) == 12
