@@ -99,6 +99,12 @@ def test_metrics_are_scraped_over_http_after_real_rounds(
     assert samples["fedgrpc_model_bytes_sent_total"] == status.bytes_sent
     assert samples["fedgrpc_checkpoint_write_seconds_count"] == 3  # seed + 2 rounds
     assert samples["fedgrpc_draining"] == 0
+    # Goodput: the client reported its training seconds; every round applied.
+    applied_s = samples["fedgrpc_compute_applied_seconds_total"]
+    assert applied_s == pytest.approx(status.compute_applied_s)
+    assert applied_s > 0
+    assert samples["fedgrpc_compute_offered_seconds_total"] == pytest.approx(applied_s)
+    assert samples["fedgrpc_goodput"] == status.goodput == 1.0
     assert (
         _rejections(samples, "UNAUTHENTICATED")
         == _rejections(before, "UNAUTHENTICATED") + 1

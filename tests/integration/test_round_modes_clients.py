@@ -111,12 +111,15 @@ def test_deadline_rounds_let_a_fast_client_train_more_steps() -> None:
     assert status.compute_offered_s > 0
 
 
-def test_buffered_async_rounds_are_set_by_the_fast_clients() -> None:
+@pytest.mark.parametrize("codec", ["dense:fp32", "topk:0.5:int8"])
+def test_buffered_async_rounds_are_set_by_the_fast_clients(codec: str) -> None:
+    # top-k: a push retried into the next round goes back to the error
+    # feedback residual first, and is sent again from there.
     config = CoordinatorConfig(
         listen="127.0.0.1:0", open_enrollment=True, seed_from_first_client=True,
         min_clients=2, round_mode="buffered_async", buffer_size=2,
         max_staleness=16, inner_steps=10, round_timeout_s=10, max_rounds=12,
-        outer_optimizer="fedavg",
+        outer_optimizer="fedavg", codec=codec,
     )  # fmt: skip
     trainers = [Trainer(0.002, 0), Trainer(0.002, 1), Trainer(0.04, 2)]
     status, text = _run(config, trainers)

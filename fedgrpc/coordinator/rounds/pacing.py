@@ -71,7 +71,13 @@ def accepts_lag(
     if config.round_mode != "buffered_async" or base_version >= current.base_version:
         return False
     staleness = current.base_version - base_version
-    if staleness > config.max_staleness or base_version not in known_bases:
+    if staleness <= config.max_staleness and base_version not in known_bases:
+        raise WrongRoundError(
+            f"update was computed from model version {base_version}, which this "
+            "coordinator no longer knows (it restarted since): pull the newest "
+            "model and train from it"
+        )
+    if staleness > config.max_staleness:
         raise WrongRoundError(
             f"update was computed from model version {base_version}, "
             f"{staleness} versions behind round {current.round_id}'s base "

@@ -142,3 +142,22 @@ def test_goodput_pending_table_is_bounded() -> None:
         goodput.refused(dataclasses.replace(_header(f"c{i}", 1, 0), compute_s=1.0))
     assert len(goodput.pending) == MAX_PENDING
     assert goodput.offered_s == MAX_PENDING + 10
+
+
+def test_a_stale_base_the_coordinator_no_longer_knows_is_refused_as_such() -> None:
+    from fedgrpc.coordinator.rounds.registry import ClientRecord
+    from fedgrpc.errors import WrongRoundError
+
+    config = _config(round_mode="buffered_async", max_staleness=4)
+    current = OpenRound(9, 7, 0.0)
+    client = ClientRecord("c1", "c1", b"")
+    assert pacing.accepts_lag(config, current, client, 5, {5: b"x"})
+    with pytest.raises(WrongRoundError, match="no longer knows"):
+        pacing.accepts_lag(config, current, client, 5, {})  # a restart lost it
+    with pytest.raises(WrongRoundError, match="max_staleness=4"):
+        pacing.accepts_lag(config, current, client, 2, {2: b"x"})
+    client.last_applied_base = 5
+    with pytest.raises(WrongRoundError, match="twice"):
+        pacing.accepts_lag(config, current, client, 5, {5: b"x"})
+    assert not pacing.accepts_lag(config, current, client, 7, {})  # its own base
+    assert not pacing.accepts_lag(_config(), current, client, 5, {5: b"x"})  # sync
