@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -26,8 +27,9 @@ from tests.helpers.scripted import (
 )
 
 
-def _config(directory: Path) -> CoordinatorConfig:
+def _config(directory: Path, round_mode: str = "sync") -> CoordinatorConfig:
     return CoordinatorConfig(
+        round_mode=round_mode,
         seed_from_first_client=True,
         listen="127.0.0.1:0",
         min_clients=1,
@@ -46,13 +48,16 @@ def _momentum(coordinator: CoordinatorThread) -> torch.Tensor:
     return buffer.clone()
 
 
-def test_restart_resumes_run_version_weights_and_momentum(tmp_path: Path) -> None:
+@pytest.mark.parametrize("round_mode", ["sync", "buffered_async"])
+def test_restart_resumes_run_version_weights_and_momentum(
+    tmp_path: Path, round_mode: str
+) -> None:
     # Arrange: three applied rounds from one client, then a clean stop.
     torch.manual_seed(0)
     model = nn.Linear(30, 10)
     initial = flat(model)
     size = initial.numel()
-    with serve_in_thread(_config(tmp_path)) as first:
+    with serve_in_thread(_config(tmp_path, round_mode)) as first:
         with DiLoCoClient(first.address, model, inner_steps=1, config=FAST) as client:
             pushed = scripted_steps(client, model, random_steps(3, size, seed=1))
         before = first.status()
@@ -61,7 +66,7 @@ def test_restart_resumes_run_version_weights_and_momentum(tmp_path: Path) -> Non
     assert list_rounds(tmp_path) == [2, 3]  # keep 2 (the stop rewrote round 3)
 
     # Act: restart on the same directory; a new client with other weights joins.
-    with serve_in_thread(_config(tmp_path)) as second:
+    with serve_in_thread(_config(tmp_path, round_mode)) as second:
         resumed, momentum_resumed = second.status(), _momentum(second)
         torch.manual_seed(99)
         newcomer = nn.Linear(30, 10)
