@@ -128,6 +128,11 @@ def capture(engine: RoundEngine, registry: ClientRegistry, totals: Totals) -> Sn
         "history": [_round_row(r) for r in engine.history],
         "trust": engine.trust.state_dict() if engine.trust is not None else None,
         "privacy": engine.privacy.state_dict(),
+        # What an update from an older base signs (buffered_async, spanning
+        # updates under selection): a restart must not refuse them all.
+        "base_shas": {
+            str(v): sha.hex() for v, sha in engine.participation.base_shas.items()
+        },
     }
     return Snapshot(last_closed, state, {"master": master, **tensors, **rule_tensors})
 
@@ -161,6 +166,9 @@ def restore(
     if engine.trust is not None and state.get("trust") is not None:
         engine.trust.load_state_dict(state["trust"], registry)
     engine.privacy.load_state_dict(state.get("privacy"))  # before the history
+    engine.participation.base_shas.update(
+        {int(v): bytes.fromhex(sha) for v, sha in state.get("base_shas", {}).items()}
+    )
     _restore_rounds(engine, checkpoint.round_id, state["history"])
     return Totals(state["run_id"], state["bytes_received"], state["bytes_sent"])
 
@@ -269,6 +277,8 @@ def _client_row(client: ClientRecord) -> dict[str, Any]:
         "exclusion_reason": client.exclusion_reason,
         # A restart must not lower the bar a client's next ε claim must clear.
         "record_dp": _claim_row(client.record_dp),
+        # Nor let an applied update's progress count twice (buffered_async).
+        "last_applied_base": client.last_applied_base,
     }
 
 
@@ -296,6 +306,8 @@ def _restore_clients(
             # older checkpoints: fewer fields, and totals past 2^64 (issue 13)
             **{name: min(COUNTER_MAX, row.get(name, 0)) for name in _CREDIT_FIELDS},
         )
+        if (applied_base := row.get("last_applied_base")) is not None:
+            record.last_applied_base = int(applied_base)
         if (dp := row.get("record_dp")) is not None:
             record.record_dp = RecordPrivacyClaim(
                 float(dp[0]), float(dp[1]), int(dp[2])

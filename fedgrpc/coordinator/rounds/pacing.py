@@ -73,9 +73,9 @@ def accepts_lag(
     staleness = current.base_version - base_version
     if staleness <= config.max_staleness and base_version not in known_bases:
         raise WrongRoundError(
-            f"update was computed from model version {base_version}, which this "
-            "coordinator no longer knows (it restarted since): pull the newest "
-            "model and train from it"
+            f"update was computed from model version {base_version}, whose digest "
+            "this coordinator does not hold (it resumed from an older checkpoint "
+            "than that version): pull the newest model and train from it"
         )
     if staleness > config.max_staleness:
         raise WrongRoundError(

@@ -125,6 +125,12 @@ def test_restart_continues_run_version_momentum_clients_and_history(
     assert restored["c00001"].public_key == key
     assert restored["c00001"].samples_contributed == 96
     assert restored["c00001"].last_train_loss == 1.25
+    # buffered_async's memory: the base each version signs, and the base of
+    # alice's last applied update (so the same progress cannot count twice).
+    assert after.participation.base_shas == before.participation.base_shas
+    assert set(after.participation.base_shas) == {0, 1, 2, 3}
+    assert alice.last_applied_base == 2  # round 3 was based on version 2
+    assert restored["c00001"].last_applied_base == 2
     assert not restored["c00001"].connected
     assert restored["c00001"].session_token != alice.session_token
     assert second.registry.add("carol", 0.0).client_id == "c00003"
