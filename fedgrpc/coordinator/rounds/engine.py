@@ -29,7 +29,9 @@ finish; then the round closes without them.
 The rules the transitions consult live in `rules` (header refusals, when
 a round closes, its quorum, its result); who takes part, and the older
 bases a client that sat rounds out may push from, in `participants`;
-central DP's clip, noise and budget in `budget`.
+what the round modes change (deadline's fixed deadline, buffered_async's
+stale bases, their scaling and its buffer size) in `pacing`; central DP's
+clip, noise and budget in `budget`.
 """
 
 from __future__ import annotations
