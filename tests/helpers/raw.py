@@ -157,6 +157,8 @@ class UpdateParams:
     """None: the current model's SHA-256 (empty for initial weights)."""
     record_dp: RecordPrivacyClaim | None = None
     """A record-level DP claim, signed with the header (None: no claim)."""
+    compute_s: float | None = None
+    """Training seconds claimed for goodput, signed (None: not reported)."""
 
 
 def signed_header(
@@ -190,6 +192,8 @@ def signed_header(
         )
     )
     record_dp_to_proto(params.record_dp, message.header)
+    if params.compute_s is not None:
+        message.header.compute_s = params.compute_s
     signer = sign_update_header(
         message.header, joined.key, joined.run_id, params.binding
     )

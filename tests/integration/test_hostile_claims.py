@@ -122,3 +122,21 @@ def test_a_non_finite_train_loss_is_refused_and_the_round_goes_on(
         )
         losses = [r.mean_train_loss for r in trio.status().recent_rounds]
         assert losses == [1.0]
+
+
+@pytest.mark.parametrize("seconds", [math.nan, math.inf, -1.0, 1e12])
+def test_an_impossible_compute_claim_is_refused_and_the_round_goes_on(
+    tmp_path: Path, seconds: float
+) -> None:
+    # compute_s only feeds goodput, but a NaN would break the status's JSON
+    # and a negative or absurd one would make the figure meaningless.
+    keys, config = make_keys(tmp_path), trio_config(tmp_path)
+    with running_trio(config, keys, np.zeros(N, np.float32)) as trio:
+        expect_status(
+            lambda: trio.push("m", _updates(1)["m"], compute_s=seconds),
+            Code.INVALID_ARGUMENT, "compute_s",
+        )  # fmt: skip
+        _round(trio, {"a": HONEST, "b": HONEST, "m": HONEST})
+        status = trio.status()
+        assert status.model_version == 1
+        assert status.compute_offered_s == 0.0  # nothing of the refused claim
