@@ -97,6 +97,12 @@ CORE_FLAGS = (
     Flag("--metrics-listen", "serve Prometheus metrics at "
          "http://HOST:PORT/metrics, plain HTTP (default: off)",
          metavar="HOST:PORT"),
+    Flag("--http-listen", "serve the live dashboard at http://HOST:PORT/ "
+         "with /api/v1/status (GetStatus as JSON), /api/v1/events "
+         "(server-sent events), /metrics, /healthz and /readyz; plain HTTP. "
+         "The dashboard needs --admin-token-file (open HOST:PORT/?token=TOKEN "
+         "once) or --admin-access loopback|open (default: off)",
+         metavar="HOST:PORT"),
     Flag("--max-rounds", "rounds the run lasts; after the last one closes the "
          "coordinator checkpoints, tells clients the run finished, and exits 0 "
          "once they left (at most --session-timeout-s later) (default: 0, no "
@@ -200,6 +206,15 @@ LIMIT_FLAGS = (
     Flag("--metrics-max-connections", "metrics connections served at once; "
          "more are closed on accept "
          f"(default: {_D.metrics_max_connections})", int, "N"),
+    Flag("--http-read-timeout-s", "close an --http-listen connection whose "
+         "next read or write waits longer than S seconds "
+         f"(default: {_D.http_read_timeout_s:g})", float, "S"),
+    Flag("--http-max-connections", "--http-listen connections served at once; "
+         f"more are closed on accept (default: {_D.http_max_connections})",
+         int, "N"),
+    Flag("--http-max-event-streams", "open /api/v1/events streams (dashboard "
+         "tabs); more get 503; below --http-max-connections "
+         f"(default: {_D.http_max_event_streams})", int, "N"),
 )  # fmt: skip
 """Liveness, deadlines and resource bounds (`config.limits`)."""
 

@@ -19,6 +19,7 @@ from typing import Any, Literal, Self
 from fedgrpc.config import outer
 from fedgrpc.config.access import AccessSettings
 from fedgrpc.config.files import load_table
+from fedgrpc.config.http import HttpSettings
 from fedgrpc.config.limits import LimitSettings
 from fedgrpc.config.outer import OuterOptimizerName
 from fedgrpc.config.privacy import PrivacySettings
@@ -45,6 +46,7 @@ class CoordinatorConfig(
     AccessSettings,
     PrivacySettings,
     RoundModeSettings,
+    HttpSettings,
 ):
     """Everything `fedgrpc serve` needs; one TOML table `[coordinator]`.
 
@@ -214,6 +216,7 @@ class CoordinatorConfig(
         _check(self.log_format in ("json", "console"), "log_format", self.log_format,
                "json or console")  # fmt: skip
         self._check_access()
+        self._check_http(self.admin_token_file, self.admin_access)
         self._check_secure_aggregation()
         _check(self.checkpoint_keep >= 1, "checkpoint_keep", self.checkpoint_keep,
                ">= 1")  # fmt: skip

@@ -25,7 +25,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from fedgrpc.coordinator.ops.metrics_http import (
-    BoundedMetricsServer,
+    BoundedHTTPServer,
+    split_listen,
     start_metrics_server,
 )
 from fedgrpc.coordinator.rounds.budget import PrivacyReport
@@ -65,7 +66,7 @@ class CoordinatorMetrics:
         self.registry = CollectorRegistry()
         self.address = ""
         """host:port the endpoint listens on ("" : not serving)."""
-        self._http: BoundedMetricsServer | None = None
+        self._http: BoundedHTTPServer | None = None
         self.rounds = Counter(
             "fedgrpc_rounds", "Closed rounds, by outcome (applied or skipped).",
             ["outcome"], registry=self.registry,
@@ -122,12 +123,11 @@ class CoordinatorMetrics:
         Raises:
             ConfigError: the address cannot be bound.
         """
-        host, _, port = listen.rpartition(":")
-        host = host.strip("[]")
         try:
+            host, port = split_listen(listen)
             self._http = start_metrics_server(
                 host,
-                int(port),
+                port,
                 self.registry,
                 read_timeout_s=read_timeout_s,
                 max_connections=max_connections,

@@ -1,13 +1,17 @@
-"""The /metrics HTTP endpoint, bounded: a read timeout and a connection cap.
+"""The coordinator's HTTP server, bounded: a read timeout and a connection cap.
+
+One server class for `/metrics` alone (`metrics_listen`) and for the
+dashboard's endpoints (`http_listen`, `services.http_app`).
 
 prometheus_client's own `start_http_server` runs a thread per connection
 and reads with no timeout, so a client that opens connections and never
 finishes a request holds a thread and a file descriptor each, for good:
 enough of them exhausted the process's descriptors and gRPC clients could
-no longer connect. Here every socket read times out after `read_timeout_s`
-(the connection is then closed), and at most `max_connections` are served
-at once; one more is closed as soon as it is accepted, so descriptors held
-by this endpoint never exceed the cap plus the one being refused.
+no longer connect. Here every socket read (and write: a reader that stopped
+reading an event stream) times out after `read_timeout_s` (the connection
+is then closed), and at most `max_connections` are served at once; one more
+is closed as soon as it is accepted, so descriptors held by this endpoint
+never exceed the cap plus the one being refused.
 
 A scrape needs one connection for well under a second; Prometheus itself
 keeps one per target, so the default cap of 16 leaves room for several
@@ -21,6 +25,7 @@ import threading
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from wsgiref.types import WSGIApplication
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
@@ -36,7 +41,7 @@ class _QuietHandler(WSGIRequestHandler):
         """Drop wsgiref's per-request line."""
 
 
-class BoundedMetricsServer(ThreadingMixIn, WSGIServer):
+class BoundedHTTPServer(ThreadingMixIn, WSGIServer):
     """A threaded WSGI server with a read timeout and a connection cap."""
 
     daemon_threads = True
@@ -76,7 +81,7 @@ class BoundedMetricsServer(ThreadingMixIn, WSGIServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A connection that timed out or broke: logged, not printed to stderr."""
-        log.debug("metrics_connection_failed", peer=str(client_address))
+        log.debug("http_connection_failed", peer=str(client_address))
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """One connection on its thread; the slot is freed when it closes."""
@@ -93,6 +98,39 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET if socket.AF_INET in families else socket.AF_INET6
 
 
+def split_listen(listen: str) -> tuple[str, int]:
+    """`host:port` (IPv6 hosts in brackets or not) as (host, port).
+
+    Raises:
+        ValueError: no port, or one that is not a number.
+    """
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def start_http_server(
+    host: str,
+    port: int,
+    app: WSGIApplication,
+    *,
+    read_timeout_s: float,
+    max_connections: int,
+    name: str = "fedgrpc-http",
+) -> BoundedHTTPServer:
+    """Serve the WSGI `app` at http://host:port on a daemon thread.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    server = BoundedHTTPServer(
+        (host, port), read_timeout_s=read_timeout_s, max_connections=max_connections
+    )
+    server.set_app(app)
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+    thread.start()
+    return server
+
+
 def start_metrics_server(
     host: str,
     port: int,
@@ -100,18 +138,17 @@ def start_metrics_server(
     *,
     read_timeout_s: float,
     max_connections: int,
-) -> BoundedMetricsServer:
+) -> BoundedHTTPServer:
     """Serve `registry` at http://host:port/metrics on a daemon thread.
 
     Raises:
         OSError: the address cannot be bound.
     """
-    server = BoundedMetricsServer(
-        (host, port), read_timeout_s=read_timeout_s, max_connections=max_connections
+    return start_http_server(
+        host,
+        port,
+        make_wsgi_app(registry),
+        read_timeout_s=read_timeout_s,
+        max_connections=max_connections,
+        name="fedgrpc-metrics",
     )
-    server.set_app(make_wsgi_app(registry))
-    thread = threading.Thread(
-        target=server.serve_forever, name="fedgrpc-metrics", daemon=True
-    )
-    thread.start()
-    return server

@@ -39,6 +39,7 @@ from fedgrpc.coordinator.secure.mode import SecureMode
 from fedgrpc.coordinator.services.admin import AdminServicer
 from fedgrpc.coordinator.services.admin_access import AdminGuard, AdminPolicy
 from fedgrpc.coordinator.services.coordinator import CoordinatorServicer
+from fedgrpc.coordinator.services.http_app import DashboardServer, start_dashboard
 from fedgrpc.coordinator.services.stream_guard import StreamGuard
 from fedgrpc.coordinator.strategy.wiring import NO_PLUGINS, StagePlugins
 from fedgrpc.crypto.tls import ServerTLS, load_server_tls
@@ -70,6 +71,8 @@ class RunningCoordinator:
     address: str
     """host:port actually bound (the real port when `listen` asked for 0)."""
     health_servicer: health.aio.HealthServicer
+    http: DashboardServer | None = None
+    """The dashboard's HTTP server (`http_listen`), if configured."""
 
     async def stop(
         self, grace_s: float = SHUTDOWN_GRACE_S, reason: str | None = None
@@ -85,6 +88,8 @@ class RunningCoordinator:
         await self.runtime.stop(reason or SHUTDOWN_REASON)
         await self.server.stop(grace_s)
         await self.runtime.save_checkpoint()
+        if self.http is not None:
+            await self.http.stop()
         self.runtime.metrics.stop()
         self.runtime.checkpoints.close()
         log.info("coordinator_stopped", address=self.address)
@@ -247,6 +252,7 @@ async def start_coordinator(
             read_timeout_s=config.metrics_read_timeout_s,
             max_connections=config.metrics_max_connections,
         )
+    http = start_dashboard(config, runtime) if config.http_listen else None
     await runtime.start()
     await server.start()
     for service in ("", *_SERVICES):
@@ -270,7 +276,7 @@ async def start_coordinator(
         reflection=config.reflection,
         **_tls_fields(tls),
     )
-    return RunningCoordinator(server, runtime, address, health_servicer)
+    return RunningCoordinator(server, runtime, address, health_servicer, http)
 
 
 async def report_serving(servicer: health.aio.HealthServicer, serving: bool) -> None:
