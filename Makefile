@@ -9,7 +9,7 @@ TORCH_VERSION := 2.13.0
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
-install:  ## create .venv, install torch==$(TORCH_VERSION) first, then fedgrpc[dev,dp,digits,hf,lightning,lora], then client/node's npm packages
+install:  ## create .venv, install torch==$(TORCH_VERSION) first, then fedgrpc[dev,dp,digits,hf,lightning,lora], then client/node's npm packages and chromium + chromium-driver (apt, if missing)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: any range pip resolves itself could pull a multi-GB build.
@@ -19,6 +19,17 @@ install:  ## create .venv, install torch==$(TORCH_VERSION) first, then fedgrpc[d
 	# The Node.js client (client/node) that tests/system/test_node_client.py runs, exactly
 	# as its package-lock.json pins it; also provides client/node/node_modules/.bin/buf.
 	npm ci --prefix client/node --no-audit --no-fund
+	# Headless Chromium and its WebDriver for tests/system/test_dashboard_browser.py:
+	# the dashboard is tested in a real browser, not as HTML strings. Debian's own
+	# packages (signed, updated with the OS) rather than a browser downloaded by
+	# a test tool; installed only when missing, so a developer machine that has
+	# them is left alone. CI runs this as root on Debian; `apt-get update` is
+	# tried only if the first install fails (stale package lists).
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y --no-install-recommends chromium chromium-driver \
+		|| { apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver; }; \
+	fi
 
 protos:  ## regenerate fedgrpc/_proto from protos/
 	$(BIN)/python scripts/gen_protos.py

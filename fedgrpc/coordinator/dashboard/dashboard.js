@@ -40,9 +40,11 @@ function scale(d0, d1, r0, r1) {
   return (v) => r0 + ((v - d0) / (d1 - d0)) * (r1 - r0);
 }
 
-function frame(svg, w, h, pad, ymin, ymax, rounds, yfmt) {
+// Clears `svg`, draws the grid and both axes' labels; returns the scales.
+// `inset` keeps the first and last bars clear of the y labels and the edge.
+function frame(svg, w, h, pad, ymin, ymax, rounds, yfmt, inset = 0) {
   while (svg.firstChild) svg.removeChild(svg.firstChild);
-  const x = scale(rounds[0], rounds[rounds.length - 1], pad.l, w - pad.r);
+  const x = scale(rounds[0], rounds[rounds.length - 1], pad.l + inset, w - pad.r - inset);
   const y = scale(ymin, ymax, h - pad.b, pad.t);
   for (let i = 0; i <= 4; i++) {
     const v = ymin + ((ymax - ymin) * i) / 4;
@@ -67,8 +69,9 @@ function drawLoss(rounds) {
   const lo = losses.length ? Math.min(...losses) : 0;
   const hi = losses.length ? Math.max(...losses) : 1;
   const span = hi - lo || Math.abs(hi) || 1;
-  const { x, y } = frame(svg, 800, 260, { l: 56, r: 16, t: 12, b: 28 },
-    lo - 0.05 * span, hi + 0.05 * span, ids, (v) => v.toPrecision(3));
+  const floor = lo >= 0 ? Math.max(0, lo - 0.05 * span) : lo - 0.05 * span;
+  const { x, y } = frame(svg, 800, 240, { l: 56, r: 16, t: 12, b: 28 },
+    floor, hi + 0.05 * span, ids, (v) => v.toPrecision(3), 8);
   if (applied.length > 1) {
     const pts = applied.map((r) => `${x(num(r.round_id))},${y(num(r.mean_train_loss))}`);
     svgEl(svg, "polyline", { class: "curve", points: pts.join(" ") });
@@ -84,8 +87,8 @@ function drawLoss(rounds) {
         `${r.num_updates || 0} updates${r.secure ? ", secure" : ""}`);
     } else {
       const g = svgEl(svg, "g", { class: "mark skipped", "data-round": num(r.round_id) });
-      svgEl(g, "line", { x1: cx - 5, x2: cx + 5, y1: 233 - 5, y2: 233 + 5 });
-      svgEl(g, "line", { x1: cx - 5, x2: cx + 5, y1: 233 + 5, y2: 233 - 5 });
+      svgEl(g, "line", { x1: cx - 5, x2: cx + 5, y1: 207, y2: 217 });
+      svgEl(g, "line", { x1: cx - 5, x2: cx + 5, y1: 217, y2: 207 });
       svgEl(g, "title", {}, `round ${r.round_id} skipped: ${r.reason || "no reason given"}`);
     }
     if (guardTrip(r)) {
@@ -103,9 +106,9 @@ function drawBytes(rounds, numParameters) {
   const dense = rounds.map((r) => num(r.num_updates) * numParameters * 4);
   const sent = rounds.map((r) => num(r.bytes_received));
   const top = Math.max(1, ...dense, ...sent);
-  const pad = { l: 56, r: 8, t: 8, b: 24 };
-  const { x, y } = frame(svg, 400, 200, pad, 0, top, ids, (v) => bytes(Math.round(v)));
-  const bw = Math.max(2, Math.min(24, 300 / ids.length - 2));
+  const bw = Math.max(2, Math.min(24, 480 / ids.length - 4));
+  const { x, y } = frame(svg, 600, 220, { l: 64, r: 8, t: 8, b: 24 }, 0, top, ids,
+    (v) => bytes(Math.round(v)), bw / 2 + 6);
   rounds.forEach((r, i) => {
     const bar = svgEl(svg, "rect", { class: "bar", x: x(ids[i]) - bw / 2, y: y(sent[i]),
       width: bw, height: Math.max(0, y(0) - y(sent[i])), "data-round": ids[i] });
@@ -126,8 +129,9 @@ function drawTimes(rounds) {
   const ids = rounds.map((r) => num(r.round_id));
   if (!ids.length) return;
   const top = Math.max(0.001, ...rounds.map((r) => num(r.duration_s)));
-  const { x, y } = frame(svg, 400, 200, { l: 44, r: 8, t: 8, b: 24 }, 0, top, ids, (v) => v.toFixed(1));
-  const bw = Math.max(2, Math.min(24, 300 / ids.length - 2));
+  const bw = Math.max(2, Math.min(24, 480 / ids.length - 4));
+  const { x, y } = frame(svg, 600, 220, { l: 48, r: 8, t: 8, b: 24 }, 0, top, ids,
+    (v) => v.toPrecision(2), bw / 2 + 6);
   rounds.forEach((r, i) => {
     const total = num(r.duration_s);
     const ingest = Math.min(total, num(r.ingest_s));
