@@ -201,6 +201,12 @@ def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--no-progress", action="store_true", help="hide the per-round progress bar"
     )
     parser.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="serve the coordinator's live dashboard on 127.0.0.1 (a free "
+        "port, this host only) while the run lasts, and print its URL",
+    )
+    parser.add_argument(
         "--log-level",
         default="WARNING",
         metavar="LEVEL",
@@ -305,6 +311,7 @@ def _simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         task=args.task,
         eval_batches=args.eval_batches,
+        dashboard=args.dashboard,
         **{k: v for k, v in options.items() if v is not None},
     )
     # The tables are the result; with --json they go to stderr so stdout parses.
@@ -320,11 +327,19 @@ def _simulate(args: argparse.Namespace) -> int:
                 f"({exc.strerror or exc})"
             ) from None
     table_stream.flush()
-    summary = run_simulation(config, progress=not args.no_progress)
+    summary = run_simulation(
+        config, progress=not args.no_progress, on_dashboard=_print_dashboard
+    )
     table_stream.write(format_summary(summary) + "\n")
     if args.json:
         sys.stdout.write(json.dumps(summary.as_dict()) + "\n")
     return 0
+
+
+def _print_dashboard(url: str) -> None:
+    """Where `simulate --dashboard` serves (stderr: stdout may be --json)."""
+    sys.stderr.write(f"dashboard: {url} (open it in a browser on this host)\n")
+    sys.stderr.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -118,6 +118,12 @@ class Coordinator:
         return self._thread.address
 
     @property
+    def dashboard_url(self) -> str:
+        """The dashboard's address (`http_listen`); "" when it serves none."""
+        http = self._thread.running.http
+        return http.url if http is not None else ""
+
+    @property
     def runtime(self) -> CoordinatorRuntime:
         """The live runtime, for tests that inspect internals (read only).
 

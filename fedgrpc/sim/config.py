@@ -98,6 +98,9 @@ class SimulationConfig:
     """Client-level DP settings for the coordinator, by `CoordinatorConfig`
     field (`privacy`, `dp_clip_norm`, `max_epsilon`, ...: the serve flags of
     `cli_serve_flags.PRIVACY_FLAGS`); empty: privacy off."""
+    dashboard: bool = False
+    """Serve the coordinator's live dashboard on 127.0.0.1 (a free port),
+    open to this host only (`admin_access = "loopback"`, set explicitly)."""
 
     def __post_init__(self) -> None:
         for name in ("clients", "rounds", "inner_steps", "eval_batches"):
@@ -193,7 +196,15 @@ def coordinator_config(config: SimulationConfig, init_model: Path) -> Coordinato
         # Throwaway client keys on one machine: nobody to enrol. Still signed.
         open_enrollment=True,
         **_privacy(config),
+        **_dashboard(config),
     )
+
+
+def _dashboard(config: SimulationConfig) -> dict[str, Any]:
+    """The HTTP server on loopback, readable from this host without a token."""
+    if not config.dashboard:
+        return {}
+    return {"http_listen": "127.0.0.1:0", "admin_access": "loopback"}
 
 
 def _pacing(config: SimulationConfig) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import math
 import multiprocessing
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -45,14 +46,23 @@ LEAVE_GRACE_S = 30.0
 
 
 def run_simulation(
-    config: SimulationConfig, progress: bool = True
+    config: SimulationConfig,
+    progress: bool = True,
+    on_dashboard: Callable[[str], None] | None = None,
 ) -> SimulationSummary:
-    """Run the federation to completion; raises `SimulationError` on any failure."""
+    """Run the federation to completion; raises `SimulationError` on any failure.
+
+    `on_dashboard` receives the dashboard's URL once the coordinator serves
+    it (`config.dashboard`), before any client starts.
+    """
     simulation_partition(config)  # an impossible split fails before any process
     with tempfile.TemporaryDirectory(prefix="fedgrpc-sim-") as scratch:
         init_model = write_initial_model(config, Path(scratch))
         keys = write_client_keys(config.clients, Path(scratch) / "keys")
-        return _run(config, (init_model, keys), progress, Path(scratch) / "collusion")
+        return _run(
+            config, (init_model, keys), progress, Path(scratch) / "collusion",
+            on_dashboard,
+        )  # fmt: skip
 
 
 def simulation_partition(config: SimulationConfig) -> Partition:
@@ -110,6 +120,7 @@ def _run(
     files: tuple[Path, list[str]],
     progress: bool,
     collusion: Path,
+    on_dashboard: Callable[[str], None] | None = None,
 ) -> SimulationSummary:
     """Run it; `files`: the initial model and each client's identity key."""
     started = time.monotonic()
@@ -117,6 +128,8 @@ def _run(
     init_model, keys = files
     coordinator = Coordinator(coordinator_config(config, init_model))
     coordinator.start()
+    if coordinator.dashboard_url and on_dashboard is not None:
+        on_dashboard(coordinator.dashboard_url)
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     start, release = context.Event(), context.Event()  # see `Gates`
