@@ -41,6 +41,7 @@ from fedgrpc.coordinator.ops.checkpoint_store import CheckpointStore
 from fedgrpc.coordinator.ops.durable_gate import DurableGate
 from fedgrpc.coordinator.ops.init_model_file import choose_initial_model
 from fedgrpc.coordinator.ops.metrics import CoordinatorMetrics
+from fedgrpc.coordinator.ops.round_costs import RoundCosts
 from fedgrpc.coordinator.ops.round_log import log_round_closed
 from fedgrpc.coordinator.round_mode import ModeFactory, RoundContext, RoundMode
 from fedgrpc.coordinator.rounds import pacing
@@ -117,6 +118,7 @@ class CoordinatorRuntime:
             self._numeric_lock, self.metrics, config.checkpoint_retry_max_s,
         )  # fmt: skip
         self.waiters = Waiters(self.engine, self.run, self.checkpoints)
+        self.costs = RoundCosts()  # per round: outer step, checkpoint, bytes down
         self._ticker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.metrics.watch(self.run, self.engine, self.registry)
@@ -309,15 +311,17 @@ class CoordinatorRuntime:
             reason = self.engine.close_reason()
             if reason is None or not self.durable.serving:  # no round applies then
                 return
-            closing = self.engine.begin_close()
+            closing, started = self.engine.begin_close(), time.perf_counter()
             applied = await asyncio.to_thread(
                 self.engine.apply, closing, self.waiters.pulls_active
             )
             result = self.engine.finish_close(closing, applied, reason)
+            applied_at = time.perf_counter()
             # Before anyone hears of the new version (checkpoint_store), and
             # the last round's always: it is the run's final checkpoint.
             if applied or result.run_finished:
                 await self.durable.save()
+            self.costs.record(result.round_id, started, applied_at, self.run.bytes_sent)
         self._forget_departed()  # the closed round no longer counts anyone
         self.metrics.round_closed(result)
         log_round_closed(result, applied, self.config.max_rounds)

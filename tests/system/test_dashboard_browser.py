@@ -48,7 +48,7 @@ pytestmark = [
 FLAGS = (
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
     "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--window-size=1400,1200",
+    "--disable-component-update", "--disable-sync", "--window-size=1400,1300",
 )  # fmt: skip
 ROUNDS = 8
 CLIENTS = 3
@@ -56,6 +56,8 @@ APPLIED = PB.ROUND_OUTCOME_APPLIED
 COUNT_JS = """return {
   points: Array.from(document.querySelectorAll('#loss-curve circle.point.applied'))
     .map(p => Number(p.dataset.round)),
+  applySteps: document.querySelectorAll('#time-chart rect.apply').length,
+  checkpoints: document.querySelectorAll('#time-chart rect.checkpoint').length,
   clients: Array.from(document.querySelectorAll('#clients tbody tr'))
     .map(r => r.dataset.client),
   live: document.getElementById('live').textContent,
@@ -118,7 +120,7 @@ def test_the_dashboard_follows_a_real_run_live(
         listen="127.0.0.1:0", open_enrollment=True, seed_from_first_client=True,
         min_clients=CLIENTS, inner_steps=5,
         codec="topk:0.1:int8", http_listen="127.0.0.1:0",
-        admin_token_file=str(token_file),
+        admin_token_file=str(token_file), checkpoint_dir=str(tmp_path / "ckpt"),
     )  # fmt: skip
     with serve_in_thread(config) as coordinator:
         http = coordinator.running.http
@@ -173,6 +175,12 @@ def _check_final_page(
     page = eventually(final_page, timeout_s=10)
     assert sorted(page["clients"]) == sorted(c.client_id for c in status.clients)
     assert len(page["clients"]) == CLIENTS
+    # Each round's time shows its outer step and its checkpoint (measured).
+    rounds = [r for r in status.recent_rounds if r.outcome == APPLIED]
+    assert all(r.apply_s > 0 and r.checkpoint_s > 0 for r in rounds)
+    assert all(r.bytes_sent > 0 for r in rounds[1:])  # clients pulled each version
+    assert page["applySteps"] == ROUNDS
+    assert page["checkpoints"] == ROUNDS
     # Live: the curve grew while the run went on, never shrank, and
     # never jumped past the rounds that had closed.
     assert seen == sorted(seen)

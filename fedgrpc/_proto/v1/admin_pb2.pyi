@@ -213,6 +213,9 @@ class RoundSummary(_message.Message):
     DP_NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
     PRIVACY_EXHAUSTED_FIELD_NUMBER: _builtins.int
     MAX_STALENESS_FIELD_NUMBER: _builtins.int
+    APPLY_S_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_S_FIELD_NUMBER: _builtins.int
+    BYTES_SENT_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     """Round id."""
     outcome: _coordinator_pb2.RoundOutcome.ValueType
@@ -274,6 +277,20 @@ class RoundSummary(_message.Message):
     """buffered_async: versions the stalest update in the round lagged its base
     (0: every update was computed from the round's base).
     """
+    apply_s: _builtins.float
+    """Seconds the close spent on the aggregate, the outer step and the checks
+    around them (DP noise, trust scores, the divergence guard), on the
+    numeric worker thread; part of duration_s. Like the secure fields, 0 for
+    rounds of an earlier coordinator process (not checkpointed).
+    """
+    checkpoint_s: _builtins.float
+    """Seconds spent writing this round's checkpoint before the new version was
+    announced; after duration_s (0: no checkpoint_dir, or not applied).
+    """
+    bytes_sent: _builtins.int
+    """Model bytes PullModel sent between the previous round's close and this
+    one's (bytes down; bytes_received is bytes up).
+    """
     @_builtins.property
     def selected_clients(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Client ids the Selector chose when the round opened, sorted; empty with
@@ -304,10 +321,13 @@ class RoundSummary(_message.Message):
         dp_noise_multiplier: _builtins.float = ...,
         privacy_exhausted: _builtins.bool = ...,
         max_staleness: _builtins.int = ...,
+        apply_s: _builtins.float = ...,
+        checkpoint_s: _builtins.float = ...,
+        bytes_sent: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "dp_clip_norm", b"dp_clip_norm", "dp_noise_multiplier", b"dp_noise_multiplier", "duration_s", b"duration_s", "ingest_cpu_s", b"ingest_cpu_s", "ingest_s", b"ingest_s", "max_staleness", b"max_staleness", "mean_train_loss", b"mean_train_loss", "num_updates", b"num_updates", "outcome", b"outcome", "participants", b"participants", "positions", b"positions", "privacy_epsilon", b"privacy_epsilon", "privacy_exhausted", b"privacy_exhausted", "reason", b"reason", "round_id", b"round_id", "secure", b"secure", "secure_abort_reason", b"secure_abort_reason", "selected_clients", b"selected_clients", "survivors", b"survivors", "unmask_s", b"unmask_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apply_s", b"apply_s", "bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "checkpoint_s", b"checkpoint_s", "dp_clip_norm", b"dp_clip_norm", "dp_noise_multiplier", b"dp_noise_multiplier", "duration_s", b"duration_s", "ingest_cpu_s", b"ingest_cpu_s", "ingest_s", b"ingest_s", "max_staleness", b"max_staleness", "mean_train_loss", b"mean_train_loss", "num_updates", b"num_updates", "outcome", b"outcome", "participants", b"participants", "positions", b"positions", "privacy_epsilon", b"privacy_epsilon", "privacy_exhausted", b"privacy_exhausted", "reason", b"reason", "round_id", b"round_id", "secure", b"secure", "secure_abort_reason", b"secure_abort_reason", "selected_clients", b"selected_clients", "survivors", b"survivors", "unmask_s", b"unmask_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

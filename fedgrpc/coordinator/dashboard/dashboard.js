@@ -104,44 +104,58 @@ function drawBytes(rounds, numParameters) {
   const ids = rounds.map((r) => num(r.round_id));
   if (!ids.length) return;
   const dense = rounds.map((r) => num(r.num_updates) * numParameters * 4);
-  const sent = rounds.map((r) => num(r.bytes_received));
-  const top = Math.max(1, ...dense, ...sent);
-  const bw = Math.max(2, Math.min(24, 480 / ids.length - 4));
+  const up = rounds.map((r) => num(r.bytes_received));
+  const down = rounds.map((r) => num(r.bytes_sent));
+  const top = Math.max(1, ...dense, ...up, ...down);
+  const bw = Math.max(2, Math.min(14, 240 / ids.length - 3));
   const { x, y } = frame(svg, 600, 220, { l: 64, r: 8, t: 8, b: 24 }, 0, top, ids,
-    (v) => bytes(Math.round(v)), bw / 2 + 6);
+    (v) => bytes(Math.round(v)), bw + 6);
   rounds.forEach((r, i) => {
-    const bar = svgEl(svg, "rect", { class: "bar", x: x(ids[i]) - bw / 2, y: y(sent[i]),
-      width: bw, height: Math.max(0, y(0) - y(sent[i])), "data-round": ids[i] });
-    svgEl(bar, "title", {}, `round ${ids[i]}: ${bytes(sent[i])} up, dense fp32 ${bytes(dense[i])}`);
-    svgEl(svg, "line", { class: "dense", x1: x(ids[i]) - bw / 2 - 2, x2: x(ids[i]) + bw / 2 + 2,
+    for (const [cls, v, dx] of [["bar up", up[i], -bw], ["bar down", down[i], 0]]) {
+      const bar = svgEl(svg, "rect", { class: cls, x: x(ids[i]) + dx, y: y(v), width: bw,
+        height: Math.max(0, y(0) - y(v)), "data-round": ids[i] });
+      svgEl(bar, "title", {}, `round ${ids[i]}: ${bytes(up[i])} up, ${bytes(down[i])} down, ` +
+        `dense fp32 up ${bytes(dense[i])}`);
+    }
+    svgEl(svg, "line", { class: "dense", x1: x(ids[i]) - bw - 2, x2: x(ids[i]) + 2,
       y1: y(dense[i]), y2: y(dense[i]) });
   });
-  const totalSent = sent.reduce((a, b) => a + b, 0);
+  const totalUp = up.reduce((a, b) => a + b, 0);
   const totalDense = dense.reduce((a, b) => a + b, 0);
   $("bytes-note").textContent = totalDense
-    ? `last ${ids.length} rounds: ${bytes(totalSent)} up, ${(totalDense / Math.max(1, totalSent)).toFixed(1)}x ` +
+    ? `last ${ids.length} rounds: ${bytes(totalUp)} up, ${(totalDense / Math.max(1, totalUp)).toFixed(1)}x ` +
       `less than dense fp32 (dashed: ${numParameters.toLocaleString()} parameters x 4 B x updates)`
     : "";
 }
+
+// Seconds of each round, stacked: what the coordinator did, then waiting.
+const PARTS = [
+  ["ingest", (r) => num(r.ingest_s)],
+  ["unmask", (r) => num(r.unmask_s)],
+  ["apply", (r) => num(r.apply_s)],
+  ["checkpoint", (r) => num(r.checkpoint_s)],
+];
 
 function drawTimes(rounds) {
   const svg = $("time-chart");
   const ids = rounds.map((r) => num(r.round_id));
   if (!ids.length) return;
-  const top = Math.max(0.001, ...rounds.map((r) => num(r.duration_s)));
+  // duration_s covers the wait, ingest, unmask and apply; the checkpoint follows it.
+  const totals = rounds.map((r) => num(r.duration_s) + num(r.checkpoint_s));
+  const top = Math.max(0.001, ...totals);
   const bw = Math.max(2, Math.min(24, 480 / ids.length - 4));
   const { x, y } = frame(svg, 600, 220, { l: 48, r: 8, t: 8, b: 24 }, 0, top, ids,
     (v) => v.toPrecision(2), bw / 2 + 6);
   rounds.forEach((r, i) => {
-    const total = num(r.duration_s);
-    const ingest = Math.min(total, num(r.ingest_s));
-    const unmask = Math.min(total - ingest, num(r.unmask_s));
+    const parts = PARTS.map(([cls, get]) => [cls, Math.max(0, get(r))]);
+    const busy = parts.reduce((a, [, v]) => a + v, 0);
+    parts.push(["rest", Math.max(0, totals[i] - busy)]);
     let base = 0;
-    for (const [cls, v] of [["ingest", ingest], ["unmask", unmask], ["rest", total - ingest - unmask]]) {
+    for (const [cls, v] of parts) {
       if (v <= 0) continue;
       const rect = svgEl(svg, "rect", { class: cls, x: x(ids[i]) - bw / 2, y: y(base + v), width: bw,
-        height: Math.max(0, y(base) - y(base + v)) });
-      svgEl(rect, "title", {}, `round ${ids[i]}: ${cls} ${v.toFixed(3)} s of ${total.toFixed(3)} s`);
+        height: Math.max(0, y(base) - y(base + v)), "data-round": ids[i] });
+      svgEl(rect, "title", {}, `round ${ids[i]}: ${cls} ${v.toFixed(3)} s of ${totals[i].toFixed(3)} s`);
       base += v;
     }
   });

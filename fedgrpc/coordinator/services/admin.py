@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from fedgrpc._proto.v1 import admin_pb2 as pb
+from fedgrpc.coordinator.ops.round_costs import RoundCost
 from fedgrpc.coordinator.round_mode import OTHER_REASON, RoundMode
 from fedgrpc.coordinator.rounds.budget import PrivacyReport
 from fedgrpc.coordinator.rounds.records import Outcome, Phase, RoundResult
@@ -149,7 +150,10 @@ def build_status(
         total_clients=len(runtime.registry.all()),
         bytes_received=runtime.run.bytes_received,
         bytes_sent=runtime.run.bytes_sent,
-        recent_rounds=[_round_summary(r, mode) for r in engine.history],
+        recent_rounds=[
+            _round_summary(r, mode, runtime.costs.get(r.round_id))
+            for r in engine.history
+        ],
         uptime_s=runtime.clock() - runtime.run.started_s,
         round_nonce=engine.round_nonce(),
         model_sha256=published.sha256 if published is not None else b"",
@@ -191,7 +195,9 @@ def _trust_fields(trust: TrustBook | None, client_id: str) -> dict[str, Any]:
     }
 
 
-def _round_summary(r: RoundResult, mode: RoundMode | None) -> pb.RoundSummary:
+def _round_summary(
+    r: RoundResult, mode: RoundMode | None, cost: RoundCost
+) -> pb.RoundSummary:
     """One closed round; masked rounds add counts and the abort reason's name."""
     summary = pb.RoundSummary(
         round_id=r.round_id,
@@ -209,6 +215,9 @@ def _round_summary(r: RoundResult, mode: RoundMode | None) -> pb.RoundSummary:
         dp_noise_multiplier=r.dp_noise_multiplier,
         privacy_exhausted=r.privacy_exhausted,
         max_staleness=r.max_staleness,
+        apply_s=cost.apply_s,
+        checkpoint_s=cost.checkpoint_s,
+        bytes_sent=cost.bytes_sent,
     )
     secure = mode.round_record(r.round_id) if mode is not None else None
     if secure is not None:
