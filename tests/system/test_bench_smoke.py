@@ -259,3 +259,19 @@ def test_lora_bench_quick() -> None:
     goals = report["goals"]
     assert isinstance(goals, dict)
     assert "lora_uplink<=2%_full" in goals  # measured, never asserted here
+
+
+def test_dashboard_bench_quick_compares_open_dashboards_with_none() -> None:
+    report = _run("dashboard.py")
+    assert report["bench"] == "dashboard"
+    assert report["viewers"] == 10
+    for side in ("none", "dashboards"):
+        block = report[side]
+        assert isinstance(block, dict)
+        assert len(block["round_s_all"]) == 2
+        assert block["coordinator_cpu_s_per_round"] > 0
+    assert report["viewer_errors"] == []
+    # Each open dashboard received the snapshot at connect and one per round.
+    assert isinstance(report["viewer_events_min"], int)
+    assert report["viewer_events_min"] >= 2
+    assert isinstance(report["round_time_ratio"], float)
