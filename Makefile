@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 
-.PHONY: install protos protos-check stubs lint format typecheck test test-fast bench bench-convergence bench-outer bench-selection bench-robustness bench-privacy bench-heterogeneity bench-lora clean help
+.PHONY: install protos protos-check stubs lint format typecheck test test-fast bench bench-convergence bench-outer bench-selection bench-robustness bench-privacy bench-heterogeneity bench-lora bench-dashboard clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -84,6 +84,9 @@ bench-heterogeneity:  ## digits accuracy, centralized vs FedAvg, DiLoCo, FedProx
 
 bench-privacy:  ## record-level DP-SGD utility vs ε in {1,3,8} (4 silos: digits, simulate char-LM) vs non-private, and client-level central vs distributed noise at ε in {1,8} (100 clients); one core, ~17 min
 	$(BIN)/python bench/privacy.py
+
+bench-dashboard:  ## round time and coordinator CPU with 10 open dashboards vs none, alternating blocks on one coordinator (10.5M dense, 2 clients; ~1-2 min)
+	$(BIN)/python bench/dashboard.py
 
 bench-lora:  ## LoRA rank 8 vs full fine-tuning of a 4.3M-parameter Llama (2 clients, 10 rounds x H=10 each): uplink per round (goal <= 2 %) and validation loss; ~10 min on 2 cores
 	$(BIN)/python bench/lora.py
