@@ -15,6 +15,7 @@ import os
 import shutil
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,10 @@ def _check_final_page(
     assert seen == sorted(seen)
     assert len(set(seen)) >= 3, seen
     assert max(seen) <= ROUNDS
+    http = coordinator.running.http
+    assert http is not None
+    with urllib.request.urlopen(http.url + "readyz", timeout=10) as response:
+        assert response.read() == b"ready\n"  # seeded and serving
     tiles = browser.find_element("id", "version").text
     assert tiles == str(status.model_version)
 
