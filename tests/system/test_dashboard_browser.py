@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from selenium import webdriver
@@ -34,6 +35,7 @@ from fedgrpc.crypto.admin_token import new_admin_token
 from tests.helpers import eventually
 from tests.helpers.raw import PB
 from tests.helpers.scripted import FAST
+from tests.helpers.three_clients import N, make_keys, running_trio, trio_config
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -199,3 +201,44 @@ def _check_final_page(
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if target := os.environ.get("FEDGRPC_DASHBOARD_SCREENSHOT"):
         shutil.copyfile(shot, target)
+
+
+MARKS_JS = """return {
+  points: Array.from(document.querySelectorAll('#loss-curve circle.point.applied'))
+    .map(p => Number(p.dataset.round)),
+  skipped: Array.from(document.querySelectorAll('#loss-curve g.mark.skipped'))
+    .map(g => Number(g.dataset.round)),
+  guard: Array.from(document.querySelectorAll('#loss-curve polygon.mark.guard'))
+    .map(g => Number(g.dataset.round)),
+};"""
+
+
+def test_a_guard_trip_is_marked_on_the_curve_as_a_skipped_round(
+    browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    # Real signed updates from three raw clients: rounds 1-3 honest, round 4
+    # a thousand times larger (the divergence guard refuses it), round 5 honest.
+    keys = make_keys(tmp_path)  # before the config, which checks the files
+    config = trio_config(tmp_path, http_listen="127.0.0.1:0", admin_access="loopback")
+    with running_trio(config, keys, np.ones(N, np.float32)) as trio:
+        rng = np.random.default_rng(0)
+        for round_id in range(1, 6):
+            scale = 1000.0 if round_id == 4 else 1.0
+            for name in "abm":
+                values = scale * 0.1 * rng.standard_normal(N).astype(np.float32)
+                trio.push(name, values, num_samples=10, train_loss=2.0 / round_id)
+            eventually(lambda r=round_id: trio.status().round_id == r + 1)
+        tripped = next(r for r in trio.status().recent_rounds if r.round_id == 4)
+        assert "divergence guard" in tripped.reason
+        http = trio.coordinator.running.http
+        assert http is not None
+        browser.get(http.url)  # explicit loopback: no token needed here
+
+        def marked() -> dict[str, list[int]]:
+            page: dict[str, list[int]] = browser.execute_script(MARKS_JS)
+            assert page["points"] == [1, 2, 3, 5]
+            return page
+
+        page = eventually(marked, timeout_s=10)
+        assert page["skipped"] == [4]
+        assert page["guard"] == [4]
