@@ -227,7 +227,8 @@ def test_a_guard_trip_is_marked_on_the_curve_as_a_skipped_round(
             for name in "abm":
                 values = scale * 0.1 * rng.standard_normal(N).astype(np.float32)
                 trio.push(name, values, num_samples=10, train_loss=2.0 / round_id)
-            eventually(lambda r=round_id: trio.status().round_id == r + 1)
+            next_round = round_id + 1
+            eventually(lambda: trio.status().round_id == next_round)  # noqa: B023
         tripped = next(r for r in trio.status().recent_rounds if r.round_id == 4)
         assert "divergence guard" in tripped.reason
         http = trio.coordinator.running.http
