@@ -76,6 +76,9 @@ def test_unknown_paths_are_404_and_writes_are_405(guarded: CoordinatorThread) ->
     status, headers, body = _get(guarded, "/api/v1/status", method="POST")
     assert status == 405
     assert headers["Allow"] == "GET, HEAD"
+    status, headers, _ = _get(guarded, "/api/v1/events", method="HEAD")
+    assert status == 405  # a stream has no head: it would hold a slot for nothing
+    assert headers["Allow"] == "GET"
 
 
 def test_the_dashboard_and_api_need_the_admin_token(

@@ -98,9 +98,12 @@ class DashboardApp:
         if not known:
             return _text(start_response, 404, f"no such path: {path[:200]}; see "
                          "README 'Dashboard' for the endpoints")  # fmt: skip
-        if method not in ("GET", "HEAD"):
-            return _text(start_response, 405, f"{method[:20]} not allowed: this "
-                         "server is read-only", [("Allow", "GET, HEAD")])  # fmt: skip
+        if method not in ("GET", "HEAD") or (
+            method == "HEAD" and path == "/api/v1/events"  # a stream, no head
+        ):
+            allow = "GET" if path == "/api/v1/events" else "GET, HEAD"
+            return _text(start_response, 405, f"{method[:20]} not allowed here: "
+                         "this server is read-only", [("Allow", allow)])  # fmt: skip
         if path == "/metrics":
             return self.metrics(environ, start_response)
         if path in self._probes:

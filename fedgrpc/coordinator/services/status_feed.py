@@ -115,8 +115,6 @@ class StatusFeed:
         self.loop = loop
         self.max_streams = max_streams
         self.keepalive_s = KEEPALIVE_S
-        self.published = 0
-        """Snapshots pushed to streams so far (for tests and the bench)."""
         self._streams: set[EventStream] = set()
         self._lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -158,12 +156,15 @@ class StatusFeed:
             await self.runtime.wait_until(lambda: self._key() != seen[0])
             await asyncio.sleep(MIN_GAP_S)  # coalesce a burst into one snapshot
             seen[0] = self._key()
-            snapshot = self.snapshot_now()
+            try:
+                snapshot = self.snapshot_now()
+            except Exception:  # the feed must outlive one bad snapshot
+                log.exception("status_snapshot_failed")
+                continue
             with self._lock:
                 streams = list(self._streams)
             for stream in streams:
                 stream.push(snapshot)
-            self.published += 1
 
     def snapshot_now(self) -> bytes:
         """GetStatus with every client, as compact JSON (call on the loop).
