@@ -24,11 +24,16 @@ install:  ## create .venv, install torch==$(TORCH_VERSION) first, then fedgrpc[d
 	# packages (signed, updated with the OS) rather than a browser downloaded by
 	# a test tool; installed only when missing, so a developer machine that has
 	# them is left alone. CI runs this as root on Debian; `apt-get update` is
-	# tried only if the first install fails (stale package lists).
+	# tried only if the first install fails (stale package lists). Not root: a
+	# warning, and the browser tests skip saying why.
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
-		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get install -y --no-install-recommends chromium chromium-driver \
-		|| { apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver; }; \
+		if [ "$$(id -u)" != 0 ]; then \
+			echo "warning: chromium/chromedriver missing and not root: run 'apt-get install chromium chromium-driver' as root, or the dashboard browser tests skip" >&2; \
+		else \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get install -y --no-install-recommends chromium chromium-driver \
+			|| { apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver; }; \
+		fi; \
 	fi
 
 protos:  ## regenerate fedgrpc/_proto from protos/
