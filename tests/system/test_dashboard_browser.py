@@ -87,11 +87,12 @@ class Trainer:
 
     seed: int
     leave: threading.Event
+    rounds: int = ROUNDS
     synced: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
     def run(self, coordinator: CoordinatorThread) -> None:
-        """ROUNDS rounds, then stay connected until told to leave."""
+        """`rounds` rounds, then stay connected until told to leave."""
         try:
             torch.manual_seed(self.seed)
             model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1))
@@ -99,7 +100,7 @@ class Trainer:
             optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
             with DiLoCoClient(coordinator.address, model, config=FAST) as client:
                 rounds = 0
-                while rounds < ROUNDS:
+                while rounds < self.rounds:
                     x = torch.randn(32, 16)
                     loss = nn.functional.mse_loss(model(x).squeeze(1), x @ w)
                     optimizer.zero_grad()
@@ -243,3 +244,48 @@ def test_a_guard_trip_is_marked_on_the_curve_as_a_skipped_round(
         page = eventually(marked, timeout_s=10)
         assert page["skipped"] == [4]
         assert page["guard"] == [4]
+
+
+SECURE_JS = """return Array.from(document.querySelectorAll(
+  '#loss-curve circle.point.secure')).map(p => Number(p.dataset.round));"""
+
+
+def test_secure_aggregation_rounds_are_marked_on_the_curve(
+    browser: webdriver.Chrome,
+) -> None:
+    config = CoordinatorConfig(
+        listen="127.0.0.1:0", open_enrollment=True, seed_from_first_client=True,
+        min_clients=CLIENTS, inner_steps=3, secure_aggregation=True,
+        codec="dense:int8", http_listen="127.0.0.1:0", admin_access="loopback",
+    )  # fmt: skip
+    with serve_in_thread(config) as coordinator:
+        leave = threading.Event()
+        trainers = [Trainer(seed, leave, rounds=2) for seed in range(CLIENTS)]
+        threads = [
+            threading.Thread(target=t.run, args=(coordinator,), daemon=True)
+            for t in trainers
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            eventually(lambda: all(t.synced.is_set() or t.error for t in trainers),
+                       timeout_s=120)  # fmt: skip
+            for trainer in trainers:
+                assert trainer.error is None, repr(trainer.error)
+            status = coordinator.status()
+            secure = [r.round_id for r in status.recent_rounds if r.secure]
+            assert secure == [1, 2]
+            http = coordinator.running.http
+            assert http is not None
+            browser.get(http.url)
+
+            def drawn() -> list[int]:
+                marked: list[int] = browser.execute_script(SECURE_JS)
+                assert marked == secure
+                return marked
+
+            eventually(drawn, timeout_s=10)
+        finally:
+            leave.set()
+            for thread in threads:
+                thread.join(timeout=30)
