@@ -214,7 +214,8 @@ def format_status(target: str, s: CoordinatorStatus) -> str:
 
 
 _CLIENT_COLUMNS = ("client", "name", "connected", "updates", "samples",
-                   "last round", "last loss", "trust", "record ε (δ)")  # fmt: skip
+                   "last round", "last loss", "trust", "record ε (δ)",
+                   "bytes up / down")  # fmt: skip
 _ROUND_COLUMNS = ("round", "outcome", "updates", "seconds", "mean loss", "bytes in",
                   "secure", "selected")  # fmt: skip
 
@@ -271,7 +272,8 @@ def _client_cells(c: ClientRow) -> tuple[str, ...]:
     return (c.client_id, c.name, connected, f"{c.updates_accepted:,}",
             f"{c.samples_contributed:,}", str(c.last_round),
             f"{c.last_train_loss:.4f}", _trust_cell(c),
-            _record_dp_cell(c))  # fmt: skip
+            _record_dp_cell(c),
+            f"{_size(c.bytes_received)} / {_size(c.bytes_sent)}")  # fmt: skip
 
 
 def _record_dp_cell(c: ClientRow) -> str:

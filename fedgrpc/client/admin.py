@@ -65,6 +65,10 @@ class ClientRow:
     record_dp_delta: float = 0.0
     """δ of that ε (0: it claims no record-level DP)."""
     record_dp_steps: int = 0
+    bytes_received: int = 0
+    """Update payload bytes it pushed into committed updates (up)."""
+    bytes_sent: int = 0
+    """Model bytes it pulled (down)."""
     """DP-SGD steps composed into that ε."""
 
 
@@ -318,6 +322,8 @@ def _from_proto(
                 c.record_dp_epsilon,
                 c.record_dp_delta,
                 c.record_dp_steps,
+                c.bytes_received,
+                c.bytes_sent,
             )
             for c in clients
         ],

@@ -126,7 +126,13 @@ def test_a_round_closes_at_buffer_size_and_a_stale_update_is_scaled(
     _v2, w2 = buffered.pull(v1 + 1)
     expected = w1 - (ga2 + gc / math.sqrt(2.0)) / 2
     np.testing.assert_allclose(w2, expected, rtol=1e-5, atol=1e-6)
-    assert buffered.coordinator.status().recent_rounds[-1].max_staleness == 1
+    status = buffered.coordinator.status()
+    assert status.recent_rounds[-1].max_staleness == 1
+    # Per-client traffic: each update is N float32s up; every pull went to a.
+    up = {c.name: c.bytes_received for c in status.clients}
+    assert up == {"a": 2 * 4 * N, "b": 4 * N, "c": 4 * N}
+    down = {c.name: c.bytes_sent for c in status.clients}
+    assert down == {"a": status.bytes_sent, "b": 0, "c": 0}
 
 
 def test_an_update_past_max_staleness_or_sent_twice_is_refused(

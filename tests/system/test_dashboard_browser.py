@@ -63,6 +63,8 @@ COUNT_JS = """return {
   checkpoints: document.querySelectorAll('#time-chart rect.checkpoint').length,
   clients: Array.from(document.querySelectorAll('#clients tbody tr'))
     .map(r => r.dataset.client),
+  bytesUp: Array.from(document.querySelectorAll('#clients tbody tr'))
+    .map(r => r.cells[r.cells.length - 2].textContent),
   live: document.getElementById('live').textContent,
 };"""
 
@@ -179,6 +181,10 @@ def _check_final_page(
     page = eventually(final_page, timeout_s=10)
     assert sorted(page["clients"]) == sorted(c.client_id for c in status.clients)
     assert len(page["clients"]) == CLIENTS
+    # Each client's traffic, up (its updates) and down (its pulls).
+    assert all(c.bytes_received > 0 and c.bytes_sent > 0 for c in status.clients)
+    assert len(page["bytesUp"]) == CLIENTS
+    assert "0 B" not in page["bytesUp"]
     # Each round's time shows its outer step and its checkpoint (measured).
     rounds = [r for r in status.recent_rounds if r.outcome == APPLIED]
     assert all(r.apply_s > 0 and r.checkpoint_s > 0 for r in rounds)

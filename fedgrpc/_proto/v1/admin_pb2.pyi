@@ -115,6 +115,8 @@ class ClientStatus(_message.Message):
     RECORD_DP_EPSILON_FIELD_NUMBER: _builtins.int
     RECORD_DP_DELTA_FIELD_NUMBER: _builtins.int
     RECORD_DP_STEPS_FIELD_NUMBER: _builtins.int
+    BYTES_RECEIVED_FIELD_NUMBER: _builtins.int
+    BYTES_SENT_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """Id assigned at Join."""
     name: _builtins.str
@@ -157,6 +159,10 @@ class ClientStatus(_message.Message):
     """δ of record_dp_epsilon (0: no claim)."""
     record_dp_steps: _builtins.int
     """DP-SGD steps composed into record_dp_epsilon."""
+    bytes_received: _builtins.int
+    """Update payload bytes this client pushed into committed updates (up)."""
+    bytes_sent: _builtins.int
+    """Model bytes this client pulled (down)."""
     def __init__(
         self,
         *,
@@ -177,10 +183,12 @@ class ClientStatus(_message.Message):
         record_dp_epsilon: _builtins.float = ...,
         record_dp_delta: _builtins.float = ...,
         record_dp_steps: _builtins.int = ...,
+        bytes_received: _builtins.int = ...,
+        bytes_sent: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "connected", b"connected", "excluded_until_round", b"excluded_until_round", "exclusion_reason", b"exclusion_reason", "key_sha256", b"key_sha256", "last_round", b"last_round", "last_train_loss", b"last_train_loss", "name", b"name", "quarantined_until_round", b"quarantined_until_round", "record_dp_delta", b"record_dp_delta", "record_dp_epsilon", b"record_dp_epsilon", "record_dp_steps", b"record_dp_steps", "samples_contributed", b"samples_contributed", "trust_score", b"trust_score", "trust_state", b"trust_state", "trust_weight_factor", b"trust_weight_factor", "updates_accepted", b"updates_accepted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "client_id", b"client_id", "connected", b"connected", "excluded_until_round", b"excluded_until_round", "exclusion_reason", b"exclusion_reason", "key_sha256", b"key_sha256", "last_round", b"last_round", "last_train_loss", b"last_train_loss", "name", b"name", "quarantined_until_round", b"quarantined_until_round", "record_dp_delta", b"record_dp_delta", "record_dp_epsilon", b"record_dp_epsilon", "record_dp_steps", b"record_dp_steps", "samples_contributed", b"samples_contributed", "trust_score", b"trust_score", "trust_state", b"trust_state", "trust_weight_factor", b"trust_weight_factor", "updates_accepted", b"updates_accepted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -191,6 +191,8 @@ function drawClients(status, rounds) {
     cell(tr, trust, "num");
     cell(tr, num(c.record_dp_epsilon) ? num(c.record_dp_epsilon).toFixed(2) : "-", "num");
     cell(tr, String(num(c.last_round)), "num");
+    cell(tr, bytes(num(c.bytes_received)), "num");
+    cell(tr, bytes(num(c.bytes_sent)), "num");
     rows.push(tr);
   }
   tbody.replaceChildren(...rows);

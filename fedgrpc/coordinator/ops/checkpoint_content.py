@@ -59,6 +59,8 @@ _CREDIT_FIELDS = (
     "samples_contributed",
     "last_round",
     "last_applied_round",
+    "bytes_received",
+    "bytes_sent",
 )
 
 

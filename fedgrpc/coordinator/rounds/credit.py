@@ -53,6 +53,7 @@ def credit_update(
     client.samples_contributed = saturating_add(
         client.samples_contributed, header.num_samples
     )
+    client.bytes_received = saturating_add(client.bytes_received, payload_bytes)
     client.last_train_loss = header.train_loss
     client.last_samples = header.num_samples
     seconds = current.last_commit_s - opened_s

@@ -52,6 +52,10 @@ class ClientRecord:
     last_seen_s: float = 0.0
     updates_accepted: int = 0
     samples_contributed: int = 0
+    bytes_received: int = 0
+    """Payload bytes of its committed updates (saturating, like every counter)."""
+    bytes_sent: int = 0
+    """Model bytes it pulled (saturating)."""
     last_round: int = 0
     """Round of the client's last update committed to a round's sum."""
     last_applied_round: int = 0

@@ -103,6 +103,8 @@ def _client_status(c: ClientRecord, trust: TrustBook | None) -> pb.ClientStatus:
         connected=c.connected,
         updates_accepted=c.updates_accepted,
         samples_contributed=c.samples_contributed,
+        bytes_received=c.bytes_received,
+        bytes_sent=c.bytes_sent,
         last_round=c.last_round,
         last_train_loss=c.last_train_loss,
         key_sha256=c.public_key.fingerprint if c.public_key else "",

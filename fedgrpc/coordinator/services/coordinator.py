@@ -19,6 +19,7 @@ import grpc
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
 from fedgrpc.coordinator.rounds.records import Outcome, PublishedModel, RoundResult
 from fedgrpc.coordinator.rounds.registry import ClientRecord
+from fedgrpc.coordinator.rounds.weighting import saturating_add
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.coordinator.services import status
 from fedgrpc.coordinator.services.secagg_messages import secagg_message
@@ -315,12 +316,15 @@ class CoordinatorServicer:
             request.client_id, request.session_token, request.min_version
         ) as published:
             yield pb.PullModelResponse(header=self._model_header(published))
+            client = runtime.registry.get(request.client_id)  # authenticated
             view = published.data.numpy().data
             for offset, data in iter_chunks(view, runtime.config.chunk_bytes):
                 if runtime.run.stopping:
                     raise ShuttingDownError("the coordinator is shutting down")
                 yield encode_model_chunk(offset, data)
                 runtime.run.bytes_sent += len(data)
+                if client is not None:
+                    client.bytes_sent = saturating_add(client.bytes_sent, len(data))
 
     def _model_header(self, published: PublishedModel) -> pb.ModelHeader:
         """The signed header of one model version (signing costs ~50 us)."""
