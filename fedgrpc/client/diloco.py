@@ -106,7 +106,8 @@ class DiLoCoClient:
                 weights, in eval mode under `torch.no_grad()` (the training
                 mode is restored). Return a float or a dict of floats to
                 have it logged (`global_model_evaluated`) and kept in
-                `eval_history`; None records nothing.
+                `eval_history`; None records nothing. A "loss" (or
+                "val_loss") goes to the coordinator with the next update.
 
         Raises:
             ConfigError: the model has non-float parameters, nothing to
@@ -206,6 +207,7 @@ class DiLoCoClient:
         sync.compressed = compressed
         sync.update_transform = self._update_transform
         sync.record_dp = None if self._record_dp is None else self._record_dp.claim
+        sync.evaluation = self._evaluation
         if federation.seed_model:
             sync.seed()
         # The coordinator holds this pull until some client has seeded.

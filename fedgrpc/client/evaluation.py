@@ -69,6 +69,25 @@ class GlobalEvaluation:
         return record
 
 
+LOSS_NAMES = ("val_loss", "loss", "eval_loss")
+"""Metric names `latest_loss` reports to the coordinator, first found wins."""
+
+
+def latest_loss(history: list[GlobalEval]) -> tuple[int, float] | None:
+    """(version, loss) of the newest evaluation that named a loss, else None.
+
+    Only a metric called val_loss, loss or eval_loss: a bare float may be an
+    accuracy, which a loss curve must not show.
+    """
+    if not history:
+        return None
+    record = history[-1]
+    for name in LOSS_NAMES:
+        if name in record.metrics:
+            return record.model_version, record.metrics[name]
+    return None
+
+
 def _metrics(result: Mapping[str, float] | float) -> dict[str, float]:
     """The result as named finite-or-null floats (logs stay strict JSON)."""
     raw = {"metric": result} if isinstance(result, int | float) else dict(result)

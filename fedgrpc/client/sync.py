@@ -19,6 +19,7 @@ the synchronous `connection.Connection`.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -27,6 +28,7 @@ from fedgrpc.client.connection import Connection
 from fedgrpc.client.connection.join import Federation
 from fedgrpc.client.connection.push import UpdateEncoder, UpdateMeta
 from fedgrpc.client.connection.round_tracker import RoundStart, RunFinished, StaleBase
+from fedgrpc.client.evaluation import GlobalEvaluation, latest_loss
 from fedgrpc.client.transform import UpdateContext, UpdateTransform, apply_transform
 from fedgrpc.client.weights import LocalRun
 from fedgrpc.compress.norm_clip import clip_to_norm
@@ -87,6 +89,9 @@ class SyncPoint:
         self.update_transform: UpdateTransform | None = None
         """Simulation and research only (`client.transform`): rewrites each
         pseudo-gradient before it is encoded and signed."""
+        self.evaluation: GlobalEvaluation | None = None
+        """The `evaluate=` results: the newest loss of our base version goes
+        with the next update (the coordinator's validation curve)."""
         self.record_dp: Callable[[], RecordPrivacyClaim] | None = None
         """The client's record-level DP spend (`RecordDP.claim`), read at
         each push and signed into its header; None: no claim."""
@@ -179,6 +184,16 @@ class SyncPoint:
         if not pushed:
             self.pending = None
         return self._finish(opened, pushed)
+
+    def _with_eval(self, meta: UpdateMeta) -> UpdateMeta:
+        """`meta` with the eval claim of its base version, if one was measured."""
+        evaluation = self.evaluation
+        latest = None if evaluation is None else latest_loss(evaluation.history)
+        if latest is None or latest[0] != meta.base_version:
+            return meta
+        return dataclasses.replace(
+            meta, eval_loss=latest[1], eval_version=meta.base_version
+        )
 
     def _push_into_next(self, refused: RoundStart) -> tuple[RoundStart, bool]:
         """buffered_async: the round filled before our push; try the next one.
@@ -312,6 +327,7 @@ class SyncPoint:
             record_dp=None if self.record_dp is None else self.record_dp(),
             compute_s=round(max(0.0, self._compute_s), 3),
         )
+        meta = self._with_eval(meta)
         try:
             result = self.connection.push(
                 meta, delta, self._chunk_bytes, self.compressed

@@ -171,6 +171,8 @@ class UpdateStatement:
     """Record-level DP claim (ε, δ, steps), or None when the header makes none."""
     compute_s: float | None = None
     """Training seconds the update claims (goodput), or None when not reported."""
+    eval_claim: tuple[float, int] | None = None
+    """(validation loss, model version it was measured on), or None."""
 
     def encode(self, algorithm: str) -> bytes:
         """The update statement's bytes (domain fedgrpc.v1.UpdateHeader).
@@ -178,7 +180,8 @@ class UpdateStatement:
         A record-level DP claim appends ε and δ (doubles) and the step count;
         without one the bytes are exactly those of clients older than the
         claim, so their signatures still verify. A compute claim appends a
-        tag and the seconds (a double) after it, the same way.
+        tag and the seconds (a double) after it, the same way; an eval claim
+        its tag, the loss and the version after that.
         """
         claim: tuple[bytes, ...] = ()
         if self.record_dp is not None:
@@ -186,6 +189,9 @@ class UpdateStatement:
             claim = (f64(epsilon), f64(delta), u64(steps))
         if self.compute_s is not None:
             claim = (*claim, text("compute_s"), f64(self.compute_s))
+        if self.eval_claim is not None:
+            loss, version = self.eval_claim
+            claim = (*claim, text("eval_loss"), f64(loss), u64(version))
         return statement(
             DOMAIN_UPDATE,
             algorithm,

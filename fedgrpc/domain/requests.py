@@ -63,6 +63,9 @@ class UpdateHeaderInfo:
     compute_s: float | None = None
     """Wall seconds of training it claims to stand for (None: not reported);
     read only for goodput, never for weighting."""
+    eval_loss: float | None = None
+    """The client's validation loss of model `eval_version` (None: none)."""
+    eval_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -173,6 +173,8 @@ def header_from_proto(header: coordinator_pb2.UpdateHeader) -> UpdateHeaderInfo:
         declared_samples=header.num_samples,
         record_dp=record_dp_from_proto(header),
         compute_s=header.compute_s if header.HasField("compute_s") else None,
+        eval_loss=header.eval_loss if header.HasField("eval_loss") else None,
+        eval_version=header.eval_version,
     )
 
 

@@ -117,6 +117,11 @@ def update_statement(
         train_loss=header.train_loss,
         record_dp=None if claim is None else (claim.epsilon, claim.delta, claim.steps),
         compute_s=header.compute_s,
+        eval_claim=(
+            None
+            if header.eval_loss is None
+            else (header.eval_loss, header.eval_version)
+        ),
     )
 
 

@@ -63,6 +63,8 @@ COUNT_JS = """return {
   checkpoints: document.querySelectorAll('#time-chart rect.checkpoint').length,
   clients: Array.from(document.querySelectorAll('#clients tbody tr'))
     .map(r => r.dataset.client),
+  evals: Array.from(document.querySelectorAll('#loss-curve circle.point.eval'))
+    .map(p => Number(p.dataset.round)),
   bytesUp: Array.from(document.querySelectorAll('#clients tbody tr'))
     .map(r => r.cells[r.cells.length - 2].textContent),
   live: document.getElementById('live').textContent,
@@ -100,7 +102,15 @@ class Trainer:
             model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1))
             w = torch.linspace(-1, 1, 16)
             optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-            with DiLoCoClient(coordinator.address, model, config=FAST) as client:
+            held_out = torch.randn(64, 16, generator=torch.Generator().manual_seed(7))
+
+            def evaluate(m: nn.Module, version: int) -> dict[str, float]:
+                loss = nn.functional.mse_loss(m(held_out).squeeze(1), held_out @ w)
+                return {"loss": float(loss)}
+
+            with DiLoCoClient(
+                coordinator.address, model, config=FAST, evaluate=evaluate
+            ) as client:
                 rounds = 0
                 while rounds < self.rounds:
                     x = torch.randn(32, 16)
@@ -181,6 +191,11 @@ def _check_final_page(
     page = eventually(final_page, timeout_s=10)
     assert sorted(page["clients"]) == sorted(c.client_id for c in status.clients)
     assert len(page["clients"]) == CLIENTS
+    # Validation: every client evaluates each version it loads and reports
+    # it with its next update, so each applied round carries three reports.
+    assert all(r.eval_reports == CLIENTS for r in status.recent_rounds
+               if r.outcome == APPLIED)  # fmt: skip
+    assert page["evals"] == applied
     # Each client's traffic, up (its updates) and down (its pulls).
     assert all(c.bytes_received > 0 and c.bytes_sent > 0 for c in status.clients)
     assert len(page["bytesUp"]) == CLIENTS

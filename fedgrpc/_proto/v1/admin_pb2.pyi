@@ -221,6 +221,8 @@ class RoundSummary(_message.Message):
     DP_NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
     PRIVACY_EXHAUSTED_FIELD_NUMBER: _builtins.int
     MAX_STALENESS_FIELD_NUMBER: _builtins.int
+    MEAN_EVAL_LOSS_FIELD_NUMBER: _builtins.int
+    EVAL_REPORTS_FIELD_NUMBER: _builtins.int
     APPLY_S_FIELD_NUMBER: _builtins.int
     CHECKPOINT_S_FIELD_NUMBER: _builtins.int
     BYTES_SENT_FIELD_NUMBER: _builtins.int
@@ -285,6 +287,12 @@ class RoundSummary(_message.Message):
     """buffered_async: versions the stalest update in the round lagged its base
     (0: every update was computed from the round's base).
     """
+    mean_eval_loss: _builtins.float
+    """Mean validation loss clients reported, with their updates, of the model
+    version this round started from (0 when eval_reports is 0).
+    """
+    eval_reports: _builtins.int
+    """Updates that carried such a report."""
     apply_s: _builtins.float
     """Seconds the close spent on the aggregate, the outer step and the checks
     around them (DP noise, trust scores, the divergence guard), on the
@@ -329,13 +337,15 @@ class RoundSummary(_message.Message):
         dp_noise_multiplier: _builtins.float = ...,
         privacy_exhausted: _builtins.bool = ...,
         max_staleness: _builtins.int = ...,
+        mean_eval_loss: _builtins.float = ...,
+        eval_reports: _builtins.int = ...,
         apply_s: _builtins.float = ...,
         checkpoint_s: _builtins.float = ...,
         bytes_sent: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["apply_s", b"apply_s", "bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "checkpoint_s", b"checkpoint_s", "dp_clip_norm", b"dp_clip_norm", "dp_noise_multiplier", b"dp_noise_multiplier", "duration_s", b"duration_s", "ingest_cpu_s", b"ingest_cpu_s", "ingest_s", b"ingest_s", "max_staleness", b"max_staleness", "mean_train_loss", b"mean_train_loss", "num_updates", b"num_updates", "outcome", b"outcome", "participants", b"participants", "positions", b"positions", "privacy_epsilon", b"privacy_epsilon", "privacy_exhausted", b"privacy_exhausted", "reason", b"reason", "round_id", b"round_id", "secure", b"secure", "secure_abort_reason", b"secure_abort_reason", "selected_clients", b"selected_clients", "survivors", b"survivors", "unmask_s", b"unmask_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apply_s", b"apply_s", "bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "checkpoint_s", b"checkpoint_s", "dp_clip_norm", b"dp_clip_norm", "dp_noise_multiplier", b"dp_noise_multiplier", "duration_s", b"duration_s", "eval_reports", b"eval_reports", "ingest_cpu_s", b"ingest_cpu_s", "ingest_s", b"ingest_s", "max_staleness", b"max_staleness", "mean_eval_loss", b"mean_eval_loss", "mean_train_loss", b"mean_train_loss", "num_updates", b"num_updates", "outcome", b"outcome", "participants", b"participants", "positions", b"positions", "privacy_epsilon", b"privacy_epsilon", "privacy_exhausted", b"privacy_exhausted", "reason", b"reason", "round_id", b"round_id", "secure", b"secure", "secure_abort_reason", b"secure_abort_reason", "selected_clients", b"selected_clients", "survivors", b"survivors", "unmask_s", b"unmask_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -764,6 +764,8 @@ class UpdateHeader(_message.Message):
     RECORD_DP_DELTA_FIELD_NUMBER: _builtins.int
     RECORD_DP_STEPS_FIELD_NUMBER: _builtins.int
     COMPUTE_S_FIELD_NUMBER: _builtins.int
+    EVAL_LOSS_FIELD_NUMBER: _builtins.int
+    EVAL_VERSION_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """Client id from JoinResponse."""
     session_token: _builtins.bytes
@@ -812,6 +814,14 @@ class UpdateHeader(_message.Message):
     the share of reported compute that ends up in applied rounds. Unset: not
     reported. Signed, appended to the update statement when set.
     """
+    eval_loss: _builtins.float
+    """The client's validation loss of global model version `eval_version` on
+    its own held-out data (DiLoCoClient's `evaluate=` returning "loss"), for
+    status and the dashboard's validation curve; never weighted. Unset: not
+    reported. Signed, appended to the update statement when set.
+    """
+    eval_version: _builtins.int
+    """The model version `eval_loss` was measured on."""
     def __init__(
         self,
         *,
@@ -831,13 +841,17 @@ class UpdateHeader(_message.Message):
         record_dp_delta: _builtins.float | None = ...,
         record_dp_steps: _builtins.int | None = ...,
         compute_s: _builtins.float | None = ...,
+        eval_loss: _builtins.float | None = ...,
+        eval_version: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_compute_s", b"_compute_s", "_record_dp_delta", b"_record_dp_delta", "_record_dp_epsilon", b"_record_dp_epsilon", "_record_dp_steps", b"_record_dp_steps", "compute_s", b"compute_s", "record_dp_delta", b"record_dp_delta", "record_dp_epsilon", b"record_dp_epsilon", "record_dp_steps", b"record_dp_steps"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_compute_s", b"_compute_s", "_eval_loss", b"_eval_loss", "_record_dp_delta", b"_record_dp_delta", "_record_dp_epsilon", b"_record_dp_epsilon", "_record_dp_steps", b"_record_dp_steps", "compute_s", b"compute_s", "eval_loss", b"eval_loss", "record_dp_delta", b"record_dp_delta", "record_dp_epsilon", b"record_dp_epsilon", "record_dp_steps", b"record_dp_steps"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_compute_s", b"_compute_s", "_record_dp_delta", b"_record_dp_delta", "_record_dp_epsilon", b"_record_dp_epsilon", "_record_dp_steps", b"_record_dp_steps", "base_model_sha256", b"base_model_sha256", "base_version", b"base_version", "client_id", b"client_id", "codec", b"codec", "compute_s", b"compute_s", "kind", b"kind", "num_coordinates", b"num_coordinates", "num_samples", b"num_samples", "record_dp_delta", b"record_dp_delta", "record_dp_epsilon", b"record_dp_epsilon", "record_dp_steps", b"record_dp_steps", "round_id", b"round_id", "round_nonce", b"round_nonce", "session_token", b"session_token", "signature", b"signature", "train_loss", b"train_loss"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_compute_s", b"_compute_s", "_eval_loss", b"_eval_loss", "_record_dp_delta", b"_record_dp_delta", "_record_dp_epsilon", b"_record_dp_epsilon", "_record_dp_steps", b"_record_dp_steps", "base_model_sha256", b"base_model_sha256", "base_version", b"base_version", "client_id", b"client_id", "codec", b"codec", "compute_s", b"compute_s", "eval_loss", b"eval_loss", "eval_version", b"eval_version", "kind", b"kind", "num_coordinates", b"num_coordinates", "num_samples", b"num_samples", "record_dp_delta", b"record_dp_delta", "record_dp_epsilon", b"record_dp_epsilon", "record_dp_steps", b"record_dp_steps", "round_id", b"round_id", "round_nonce", b"round_nonce", "session_token", b"session_token", "signature", b"signature", "train_loss", b"train_loss"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__compute_s: _TypeAlias = _typing.Literal["compute_s"]  # noqa: Y015
     _WhichOneofArgType__compute_s: _TypeAlias = _typing.Literal["_compute_s", b"_compute_s"]  # noqa: Y015
+    _WhichOneofReturnType__eval_loss: _TypeAlias = _typing.Literal["eval_loss"]  # noqa: Y015
+    _WhichOneofArgType__eval_loss: _TypeAlias = _typing.Literal["_eval_loss", b"_eval_loss"]  # noqa: Y015
     _WhichOneofReturnType__record_dp_delta: _TypeAlias = _typing.Literal["record_dp_delta"]  # noqa: Y015
     _WhichOneofArgType__record_dp_delta: _TypeAlias = _typing.Literal["_record_dp_delta", b"_record_dp_delta"]  # noqa: Y015
     _WhichOneofReturnType__record_dp_epsilon: _TypeAlias = _typing.Literal["record_dp_epsilon"]  # noqa: Y015
@@ -846,6 +860,8 @@ class UpdateHeader(_message.Message):
     _WhichOneofArgType__record_dp_steps: _TypeAlias = _typing.Literal["_record_dp_steps", b"_record_dp_steps"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__compute_s) -> _WhichOneofReturnType__compute_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__eval_loss) -> _WhichOneofReturnType__eval_loss | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__record_dp_delta) -> _WhichOneofReturnType__record_dp_delta | None: ...
     @_typing.overload

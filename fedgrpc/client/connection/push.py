@@ -79,6 +79,9 @@ class UpdateMeta:
     """The client's record-level DP spend (`fedgrpc.privacy.RecordDP`); signed."""
     compute_s: float | None = None
     """Wall seconds of training behind the update (the coordinator's goodput)."""
+    eval_loss: float | None = None
+    """Validation loss of model `eval_version` (`evaluate=`), or None."""
+    eval_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +208,9 @@ def update_header(
     record_dp_to_proto(meta.record_dp, request.header)
     if meta.compute_s is not None:
         request.header.compute_s = meta.compute_s
+    if meta.eval_loss is not None:
+        request.header.eval_loss = meta.eval_loss
+        request.header.eval_version = meta.eval_version
     return request
 
 

@@ -65,7 +65,10 @@ function drawLoss(rounds) {
   const ids = rounds.map((r) => num(r.round_id));
   if (!ids.length) { while (svg.firstChild) svg.removeChild(svg.firstChild); return; }
   const applied = rounds.filter((r) => r.outcome === APPLIED);
-  const losses = applied.map((r) => num(r.mean_train_loss));
+  // Validation: what clients measured of the model each round started from.
+  const evals = rounds.filter((r) => num(r.eval_reports) > 0);
+  const losses = applied.map((r) => num(r.mean_train_loss))
+    .concat(evals.map((r) => num(r.mean_eval_loss)));
   const lo = losses.length ? Math.min(...losses) : 0;
   const hi = losses.length ? Math.max(...losses) : 1;
   const span = hi - lo || Math.abs(hi) || 1;
@@ -75,6 +78,16 @@ function drawLoss(rounds) {
   if (applied.length > 1) {
     const pts = applied.map((r) => `${x(num(r.round_id))},${y(num(r.mean_train_loss))}`);
     svgEl(svg, "polyline", { class: "curve", points: pts.join(" ") });
+  }
+  if (evals.length > 1) {
+    const pts = evals.map((r) => `${x(num(r.round_id))},${y(num(r.mean_eval_loss))}`);
+    svgEl(svg, "polyline", { class: "curve eval", points: pts.join(" ") });
+  }
+  for (const r of evals) {
+    const p = svgEl(svg, "circle", { class: "point eval", cx: x(num(r.round_id)),
+      cy: y(num(r.mean_eval_loss)), r: 3, "data-round": num(r.round_id) });
+    svgEl(p, "title", {}, `round ${r.round_id}: validation loss ` +
+      `${num(r.mean_eval_loss).toPrecision(4)} of its starting model (${r.eval_reports} reports)`);
   }
   for (const r of rounds) {
     const cx = x(num(r.round_id));

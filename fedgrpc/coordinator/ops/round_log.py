@@ -28,6 +28,12 @@ def log_round_closed(result: RoundResult, applied: bool, max_rounds: int) -> Non
         seconds=round(result.duration_s, 3),
         bytes=result.bytes_received,
         train_loss=round(result.mean_train_loss, 4),
+        **(
+            {"eval_loss": round(result.mean_eval_loss, 4)}
+            if result.eval_reports
+            else {}
+        ),
+        **({"max_staleness": result.max_staleness} if result.max_staleness else {}),
         **_privacy_fields(result),
     )
     if result.run_finished:

@@ -44,6 +44,9 @@ def credit_update(
     current.claims.append(header.num_samples)
     current.bytes_received += payload_bytes
     current.compute_s += header.compute_s or 0.0
+    if header.eval_loss is not None and header.eval_version == current.base_version:
+        current.eval_loss_sum += header.eval_loss
+        current.eval_reports += 1
     current.last_commit_s = now_s
     current.last_commit_cpu_s = time.process_time()
     if current.deadline_s is None:

@@ -152,6 +152,9 @@ class OpenRound:
     """Each contributor's base version (older than `base_version` when stale)."""
     compute_s: float = 0.0
     """Training seconds the committed updates reported (goodput)."""
+    eval_loss_sum: float = 0.0
+    eval_reports: int = 0
+    """Updates that reported a validation loss of `base_version` (their sum above)."""
     first_header_s: float | None = None
     last_commit_s: float | None = None
     first_header_cpu_s: float = 0.0
@@ -203,3 +206,6 @@ class RoundResult:
     """Not applied: it would have taken ε past `max_epsilon` (the run finished)."""
     max_staleness: int = 0
     """Versions the stalest update in it lagged the round's base (0: none)."""
+    mean_eval_loss: float = 0.0
+    """Mean validation loss clients reported of the version it started from."""
+    eval_reports: int = 0

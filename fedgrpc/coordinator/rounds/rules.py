@@ -268,6 +268,8 @@ def round_result(
             (closing.base_version - b for b in closing.contributor_bases.values()),
             default=0,
         ),
+        mean_eval_loss=closing.eval_loss_sum / max(1, closing.eval_reports),
+        eval_reports=closing.eval_reports,
     )
 
 

@@ -42,6 +42,9 @@ def saturating_add(total: int, amount: int) -> int:
     return min(COUNTER_MAX, total + max(0, amount))
 
 
+MAX_EVAL_LOSS = 1e9
+"""Largest |eval_loss| taken: a round's mean of them stays finite, and the
+logs and status strict JSON."""
 MAX_COMPUTE_S = 365 * 86400.0
 """Largest `compute_s` claim: a year of training behind one update. Bounds
 what one liar adds to the goodput counters (status only)."""
@@ -68,6 +71,12 @@ def check_claims(config: CoordinatorConfig, header: UpdateHeaderInfo) -> None:
         raise InvalidUpdateError(
             f"train_loss is {header.train_loss}: local training diverged (check "
             "the learning rate and the loss); send a finite loss"
+        )
+    loss = header.eval_loss
+    if loss is not None and not (math.isfinite(loss) and abs(loss) <= MAX_EVAL_LOSS):
+        raise InvalidUpdateError(
+            f"eval_loss is {loss}: send a finite validation loss within "
+            f"±{MAX_EVAL_LOSS:g}, or leave it unset"
         )
     compute_s = header.compute_s
     if compute_s is not None and not (

@@ -217,6 +217,8 @@ def _round_summary(
         dp_noise_multiplier=r.dp_noise_multiplier,
         privacy_exhausted=r.privacy_exhausted,
         max_staleness=r.max_staleness,
+        mean_eval_loss=r.mean_eval_loss,
+        eval_reports=r.eval_reports,
         apply_s=cost.apply_s,
         checkpoint_s=cost.checkpoint_s,
         bytes_sent=cost.bytes_sent,

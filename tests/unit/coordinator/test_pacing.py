@@ -115,6 +115,11 @@ def test_a_compute_claim_no_honest_client_sends_is_refused() -> None:
         with pytest.raises(InvalidUpdateError, match="compute_s"):
             check_claims(config, header)
     check_claims(config, dataclasses.replace(_header("a", 1, 0), compute_s=3.5))
+    for bad in (math.nan, -math.inf, 1e10):
+        header = dataclasses.replace(_header("a", 1, 0), eval_loss=bad)
+        with pytest.raises(InvalidUpdateError, match="eval_loss"):
+            check_claims(config, header)
+    check_claims(config, dataclasses.replace(_header("a", 1, 0), eval_loss=2.5))
 
 
 def test_goodput_counts_a_retried_refusal_once_and_a_lost_one_as_offered() -> None:

@@ -59,3 +59,14 @@ def test_changing_a_signed_claim_breaks_the_signature() -> None:
     UpdateVerifier(key.public_key, update_statement(
         header_from_proto(request.header), "run", DENSE_FP32_BINDING
     ), request.header.signature)  # fmt: skip
+
+
+def test_an_eval_claim_is_signed_after_the_compute_claim() -> None:
+    info = header_from_proto(_header(eval_loss=1.5, eval_version=7))
+    assert (info.eval_loss, info.eval_version) == (1.5, 7)
+    assert header_from_proto(_header()).eval_loss is None
+    both = dataclasses.replace(BASE, compute_s=2.0, eval_claim=(1.5, 7))
+    data = both.encode("ed25519")
+    assert data.endswith(struct.pack("<Id", 8, 1.5) + struct.pack("<IQ", 8, 7))
+    moved = dataclasses.replace(both, eval_claim=(1.5, 6))  # another version
+    assert moved.encode("ed25519") != data
