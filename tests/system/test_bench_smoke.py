@@ -259,3 +259,43 @@ def test_lora_bench_quick() -> None:
     goals = report["goals"]
     assert isinstance(goals, dict)
     assert "lora_uplink<=2%_full" in goals  # measured, never asserted here
+
+
+@pytest.mark.timeout(300)  # two bench invocations of up to 170 s each (_run)
+def test_heterogeneous_bench_quick_compares_every_round_mode_and_resumes(
+    tmp_path: Path,
+) -> None:
+    # Arrange: the quick grid (one seed, tiny runs), two runs side by side.
+    cache = str(tmp_path / "cache")
+
+    # Act: run into a cache, then report from the cache alone.
+    report = _run("heterogeneous.py", "--cache", cache, "--jobs", "2")
+    again = _run("heterogeneous.py", "--cache", cache, "--only-cached")
+
+    # Assert: every mode ran in both crash settings, read off real curves.
+    assert report["bench"] == "heterogeneous"
+    settings = report["settings"]
+    assert isinstance(settings, dict)
+    assert set(settings) == {"no_crash", "crash_0.1"}
+    for setting in settings.values():
+        modes = setting["modes"]
+        assert set(modes) == {"sync", "deadline", "buffered_async"}
+        assert setting["wall_budget_s"] > 0
+        assert setting["token_budget"] > 0
+        for figures in modes.values():
+            assert 0 < figures["goodput"]["mean"] <= 1
+            # Every mode trained by the common budgets (uniform bytes: 5.55).
+            assert figures["val_loss_at_equal_time"]["mean"] < 5.0
+            assert figures["val_loss_at_equal_tokens"]["mean"] < 5.0
+        # Sync reaches its own final loss, so its time to target is its run.
+        sync = modes["sync"]
+        assert sync["time_to_target_s"]["mean"] > 0
+        assert setting["vs_sync"]["sync"]["time_to_target_ratio"] == 1.0
+    goals = report["goals"]
+    assert isinstance(goals, dict)
+    for name, goal in goals.items():
+        assert isinstance(goal["met"], bool), name  # measured, never assumed
+    assert report["streaming"] == {"implemented": False}
+    assert goals["streaming_p4_quarter_peak_bytes_within_1pct"]["met"] is False
+    assert again["settings"] == settings
+    assert again["missing_runs"] == []
