@@ -51,6 +51,8 @@ class ModeCase:
     """buffered_async: K, the updates that close a round."""
     max_staleness: int | None = None
     staleness_exponent: float | None = None
+    max_restarts: int | None = None
+    """`--max-restarts` (None: the simulator's 10)."""
 
     @property
     def clients(self) -> int:
@@ -71,6 +73,7 @@ class ModeCase:
             "--buffer-size": self.buffer_size,
             "--max-staleness": self.max_staleness,
             "--staleness-exponent": self.staleness_exponent,
+            "--max-restarts": self.max_restarts,
         }
         for flag, value in optional.items():
             if value is not None:

@@ -27,7 +27,8 @@ Wall time is measured on a shared machine: run with `--jobs 1` (the
 default) so runs do not compete with each other; only figures from one
 bench run compare. A full run is 18 simulations of ~50-100 s.
 --cache DIR keeps every run and resumes; --only-cached reports what DIR
-holds. --quick: one seed, 2-6 tiny rounds per mode, a smoke run.
+holds. --quick: one seed, 3 clients at speeds 1,1,4, 2-4 tiny rounds per
+mode (a smoke run, ~2 min with --jobs 2).
 
 One JSON object on stdout; progress on stderr.
 """
@@ -66,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--max-staleness", type=int, default=12, help="buffered_async: bound")
     add("--staleness-exponent", type=float, default=None,
         help="buffered_async: a in (1 + tau)^-a (default 0.5)")  # fmt: skip
+    add("--max-restarts", type=int, default=None, help="per client (default 10)")
     add("--corpus-bytes", type=int, default=1_000_000, help="char-LM corpus size")
     add("--jobs", type=int, default=1, help="runs side by side (1: fair timings)")
     add("--timeout", type=float, default=3 * 3600.0, help="seconds for all runs")
@@ -73,10 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--only-cached", action="store_true", help="report --cache, run nothing")
     add("--quick", action="store_true", help="1 seed, tiny runs: a smoke run")
     args = parser.parse_args(argv)
-    if args.quick:
+    if args.quick:  # three clients: starting processes is most of a tiny run
         args.seeds, args.inner_steps, args.corpus_bytes = 1, 5, 400_000
-        args.sync_rounds, args.deadline_rounds, args.async_rounds = 2, 4, 6
-        args.deadline_s = 0.6
+        args.sync_rounds, args.deadline_rounds, args.async_rounds = 2, 3, 4
+        args.deadline_s, args.speeds, args.max_restarts = 0.5, "1,1,4", 1
     args.modes = [m for m in args.modes.split(",") if m]
     args.crash_rates = [float(r) for r in args.crash_rates.split(",") if r]
     if "sync" not in args.modes or set(args.modes) - set(MODES):
@@ -103,7 +105,8 @@ def make_case(args: argparse.Namespace, mode: str, rate: float, seed: int) -> Mo
     return ModeCase(
         name=f"{mode}-{crash_key(rate)}", mode=mode, crash_rate=rate, seed=seed,
         inner_steps=args.inner_steps, speeds=args.speeds,
-        corpus_bytes=args.corpus_bytes, **per_mode[mode],
+        corpus_bytes=args.corpus_bytes, max_restarts=args.max_restarts,
+        **per_mode[mode],
     )  # fmt: skip
 
 
