@@ -284,9 +284,13 @@ def test_heterogeneous_bench_quick_compares_every_round_mode_and_resumes(
         assert setting["token_budget"] > 0
         for figures in modes.values():
             assert 0 < figures["goodput"]["mean"] <= 1
-            # Every mode trained by the common budgets (uniform bytes: 5.55).
-            assert figures["val_loss_at_equal_time"]["mean"] < 5.0
-            assert figures["val_loss_at_equal_tokens"]["mean"] < 5.0
+            # Every run has a model at the common budgets (at worst the
+            # initial one, 5.54: a sync round may not have closed by then).
+            assert figures["val_loss_at_equal_time"]["mean"] < 5.6
+            assert figures["val_loss_at_equal_tokens"]["mean"] < 5.6
+        # The budgets are the shortest run's end, where it had trained.
+        for budget in ("val_loss_at_equal_time", "val_loss_at_equal_tokens"):
+            assert min(f[budget]["mean"] for f in modes.values()) < 5.0
         # Sync reaches its own final loss, so its time to target is its run.
         sync = modes["sync"]
         assert sync["time_to_target_s"]["mean"] > 0
