@@ -13,8 +13,9 @@ trains for a similar wall time on the shared 2-core machine:
 - deadline: rounds of 2.5 s of training (about what a speed-1 client
   needs for H = 20 steps while all four share the cores), 12 rounds;
 - buffered_async: a round closes at K = 2 buffered updates, updates up to
-  12 versions stale are taken (so the x4 client's still land; it is
-  ~6-8 versions behind) and scaled by 1/sqrt(1 + staleness), 18 rounds.
+  12 versions stale are taken (so the x4 client's still land; it pushes
+  about once every 4 versions) and scaled by 1/sqrt(1 + staleness), 18
+  rounds.
 
 Reported per crash setting and mode (mean ± std over seeds; how each is
 read off the curves: `_heterogeneous_report`): time to the target
@@ -25,10 +26,11 @@ implemented (`"streaming": {"implemented": false}`; its goal is not met).
 
 Wall time is measured on a shared machine: run with `--jobs 1` (the
 default) so runs do not compete with each other; only figures from one
-bench run compare. A full run is 18 simulations of ~50-100 s.
+bench run compare. A full run is 18 simulations of ~50-100 s (27 min).
 --cache DIR keeps every run and resumes; --only-cached reports what DIR
 holds. --quick: one seed, 3 clients at speeds 1,1,4, 2-4 tiny rounds per
-mode (a smoke run, ~2 min with --jobs 2).
+mode (a smoke run: ~2.5 min with --jobs 2 on the shared 2-core box at
+load 7-10, process start-up being most of it).
 
 One JSON object on stdout; progress on stderr.
 """
