@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 
-.PHONY: install protos protos-check stubs lint format typecheck test test-fast bench bench-convergence bench-outer bench-selection bench-robustness bench-privacy bench-heterogeneity bench-lora bench-dashboard clean help
+.PHONY: install protos protos-check stubs lint format typecheck test test-fast bench bench-convergence bench-outer bench-selection bench-robustness bench-privacy bench-heterogeneity bench-heterogeneous bench-lora bench-dashboard clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -86,6 +86,9 @@ bench-robustness:  ## every attack x robust rule vs a no-attack mean, trust pass
 
 bench-heterogeneity:  ## digits accuracy, centralized vs FedAvg, DiLoCo, FedProx, FedYogi x IID and Dirichlet(0.1, 0.5, 1.0), 3 seeds (51 runs of 10 clients x 10 rounds x H=50, ~35-55 min with 2 jobs on a shared 2-core box); resumable
 	$(BIN)/python bench/heterogeneity.py --jobs 2 --cache .bench-cache/heterogeneity
+
+bench-heterogeneous:  ## round modes sync vs deadline vs buffered_async, 4 clients at speeds 1,1,2,4, with and without 10 % crashes, 3 seeds (18 real simulate runs, ~30 min, one at a time for fair wall times); resumable
+	nice $(BIN)/python bench/heterogeneous.py --cache .bench-cache/heterogeneous
 
 bench-privacy:  ## record-level DP-SGD utility vs ε in {1,3,8} (4 silos: digits, simulate char-LM) vs non-private, and client-level central vs distributed noise at ε in {1,8} (100 clients); one core, ~17 min
 	$(BIN)/python bench/privacy.py

@@ -38,6 +38,7 @@ from fedgrpc.sim.summary import (
     SimulationSummary,
 )
 from fedgrpc.sim.tasks import load_task
+from fedgrpc.sim.timeline import stamp_evaluations
 from fedgrpc.sim.worker import Gates, WorkerArgs
 
 log = get_logger(__name__)
@@ -189,7 +190,7 @@ def _run(
         privacy=_privacy_figures(status),
         task=config.task,
         partition=str(config.partition),
-        evaluations=inbox.evaluations,
+        evaluations=stamp_evaluations(inbox.evaluations, inbox.marks, inbox.gate_at),
         # As each worker computed its own split (the printed table is the
         # launcher's: equal, since both follow the same seed).
         client_sizes=[int(figures[i]["train_samples"]) for i in range(config.clients)],

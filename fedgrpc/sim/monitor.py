@@ -1,7 +1,7 @@
 """Watching a simulation run: worker messages, the progress bar, restarts.
 
 `monitor` is the launcher's loop while clients train: it reads what the
-workers report (`ready`, `eval`, `crash`, `done`, `error`), opens the start
+workers report (`ready`, `eval`, `mark`, `crash`, `done`, `error`), opens the start
 gate once every client joined, restarts a client whose process crashed on
 purpose (`--crash-rate`) and fails the run on any other exit or on the time
 limit. Every wait is bounded.
@@ -23,6 +23,8 @@ from fedgrpc.sim.fleet import Fleet
 
 log = get_logger(__name__)
 POLL_S = 0.2
+DRAIN_MAX = 256
+"""Messages filed per `_drain` call at most (the loop's other checks wait)."""
 CRASH_REPORT_WAIT_S = 10.0
 """How long a crashed worker's report may trail its exit (it flushed it first)."""
 
@@ -45,6 +47,10 @@ class Inbox:
     """Each crashed process's figures, by client, in order (`worker._crash`)."""
     training: list[float] = field(default_factory=list)
     """When training started (the start gate) and, once all are done, ended."""
+    gate_at: float = 0.0
+    """The start gate on the workers' clock (`time.time()`; 0 until opened)."""
+    marks: list[dict[str, float]] = field(default_factory=list)
+    """Every client's token marks (`ComputeLedger.mark`), as they arrived."""
 
     def training_s(self) -> float:
         """Wall time from the start gate to the last client's `done`."""
@@ -87,6 +93,7 @@ def monitor(
                         file=sys.stderr,  # stdout is --json's
                     )
             if len(inbox.joined) == len(fleet.args) and not inbox.training:
+                inbox.gate_at = time.time()
                 start.set()
                 inbox.training.append(time.monotonic())
             history = coordinator.status().rounds
@@ -114,10 +121,23 @@ def _postfix(train_loss: float, inbox: Inbox, fleet: Fleet) -> dict[str, str]:
 
 
 def _drain(results: Any, inbox: Inbox) -> None:
-    try:
-        kind, index, payload = results.get(timeout=POLL_S)
-    except queue.Empty:
-        return
+    """File what the workers sent, waiting up to POLL_S for the first message.
+
+    Then it takes what else is queued (at most DRAIN_MAX), so the token
+    marks every sync point sends never pile up behind the loop's polls.
+    """
+    timeout = POLL_S
+    for _ in range(DRAIN_MAX):
+        try:
+            kind, index, payload = results.get(timeout=timeout)
+        except queue.Empty:
+            return
+        _file(inbox, kind, index, payload)
+        timeout = 0.0
+
+
+def _file(inbox: Inbox, kind: str, index: int, payload: Any) -> None:
+    """One worker message into the inbox (an `error` fails the run)."""
     if kind == "error":
         raise SimulationError(f"client {index} failed:\n{payload}")
     if kind == "done":
@@ -130,6 +150,8 @@ def _drain(results: Any, inbox: Inbox) -> None:
         log.info("client_crashed", client=index, attempt=int(payload["attempt"]))
     if kind == "eval" and _new_version(inbox, payload):
         inbox.evaluations.append(payload)
+    if kind == "mark":
+        inbox.marks.append(payload)
     log.debug("worker_event", kind=kind, client=index)
 
 

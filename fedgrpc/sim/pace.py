@@ -40,6 +40,8 @@ class ComputeLedger:
     samples: int = 0
     tokens: int = 0
     """Predicted targets (char-LM: bytes; digits: one label per image)."""
+    marked_tokens: int = 0
+    """`tokens` at the last `mark`: what the launcher already heard of."""
 
     def timed_step(self, started: float, samples: int, tokens: int) -> None:
         """Close the inner step that began at `started` (`time.perf_counter`).
@@ -62,6 +64,22 @@ class ComputeLedger:
         if applied:
             self.useful_s += self.round_s
         self.round_s = 0.0
+
+    def mark(self, at: float) -> dict[str, float]:
+        """A token mark: the tokens processed since the last mark, stamped `at`.
+
+        `at` is wall-clock `time.time()` (the launcher's start gate and the
+        reporter's evaluations use the same clock, comparable across
+        processes), taken when the client *reached* the sync point, before
+        pushing, so a round's tokens count from before it closed. The
+        launcher sums every client's marks up to an evaluation's time
+        (`fedgrpc.sim.timeline`); deltas, not totals, so a restarted
+        process (whose ledger starts at 0) adds to what its predecessor
+        marked instead of replacing it.
+        """
+        delta = self.tokens - self.marked_tokens
+        self.marked_tokens = self.tokens
+        return {"at": at, "tokens": float(delta)}
 
     def figures(self) -> dict[str, float]:
         """What the worker reports to the launcher (summed over restarts there).

@@ -125,7 +125,9 @@ class SimulationSummary:
     """The global model scored on the validation split by client 0 (its
     `DiLoCoClient` `evaluate` callback): the initial weights (version 0),
     then each new global version it loaded, each with `model_version`,
-    `val_loss` and (digits) `val_accuracy`."""
+    `val_loss`, (digits) `val_accuracy`, `elapsed_s` (seconds since the
+    start gate when it loaded the version) and `tokens` (all clients'
+    tokens marked by then, wasted ones included: `fedgrpc.sim.timeline`)."""
 
     @property
     def initial_val_accuracy(self) -> float | None:

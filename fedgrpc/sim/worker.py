@@ -5,7 +5,9 @@ loop owns the model, the data and the inner optimizer; the client only sees
 `step()`. What is trained comes from the run's task (`fedgrpc.sim.tasks`);
 this client's data is its part of the task's partition. Progress goes back
 to the launcher as small tuples on a queue; client 0 (the reporter) also
-sends the global model's validation metrics after every round.
+sends the global model's validation metrics after every round, and every
+client sends a token mark at each sync point (`ComputeLedger.mark`), so the
+launcher can put each evaluation on a time and a token axis.
 
 `--speeds` and `--crash-rate` act here too: the worker sleeps after each
 inner step to run at its slowdown factor and keeps a `ComputeLedger` for
@@ -170,9 +172,12 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
             ledger.timed_step(started, task.batch_size, batch[1].numel())
             if crashes.crash_now(client.inner_steps):
                 state = figures | outcomes | ledger.figures()
+                results.put(("mark", args.index, ledger.mark(time.time())))
                 _crash(results, args.index, crashes.attempt, state)
+            reached = time.time()  # before a sync point's push and wait
             if not client.step(loss=loss, num_samples=task.batch_size):
                 continue
+            results.put(("mark", args.index, ledger.mark(reached)))
             ledger.settle(client.last_round_outcome == "applied")
             outcome = f"outcome_{client.last_round_outcome}"
             outcomes[outcome] = outcomes.get(outcome, 0.0) + 1
@@ -182,6 +187,7 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
         figures["bytes_sent"] = float(client.bytes_sent)
         figures["bytes_received"] = float(client.bytes_received)
         figures["model_version"] = float(client.model_version)
+        results.put(("mark", args.index, ledger.mark(time.time())))  # any rest
         results.put(("done", args.index, figures | outcomes | ledger.figures()))
         # Stay joined for the final status only when the run ended: a client
         # whose step budget ran out first (say, seldom selected) leaves now,
@@ -226,12 +232,17 @@ def _reporting(
 
     `DiLoCoClient` calls it with the model holding each new global version
     (after Join, then after every sync point that brought one), so the
-    launcher hears the *federated* model's validation metrics per round.
+    launcher hears the *federated* model's validation metrics per round,
+    stamped with the wall-clock time (`at`) the version was loaded: the
+    launcher turns it into seconds since the start gate and the tokens all
+    clients had processed by then (`fedgrpc.sim.timeline`).
     """
 
     def report(model: torch.nn.Module, version: int) -> dict[str, float]:
+        at = time.time()  # when the version arrived, not when scoring ended
         metrics = task.evaluate(model, args.seed)
-        results.put(("eval", args.index, {"model_version": float(version), **metrics}))
+        payload = {"model_version": float(version), **metrics, "at": at}
+        results.put(("eval", args.index, payload))
         return metrics
 
     return report

@@ -275,3 +275,47 @@ def test_dashboard_bench_quick_compares_open_dashboards_with_none() -> None:
     assert isinstance(report["viewer_events_min"], int)
     assert report["viewer_events_min"] >= 2
     assert isinstance(report["round_time_ratio"], float)
+
+
+@pytest.mark.timeout(300)  # two bench invocations of up to 170 s each (_run)
+def test_heterogeneous_bench_quick_compares_every_round_mode_and_resumes(
+    tmp_path: Path,
+) -> None:
+    # Arrange: the quick grid (one seed, tiny runs), two runs side by side.
+    cache = str(tmp_path / "cache")
+
+    # Act: run into a cache, then report from the cache alone.
+    report = _run("heterogeneous.py", "--cache", cache, "--jobs", "2")
+    again = _run("heterogeneous.py", "--cache", cache, "--only-cached")
+
+    # Assert: every mode ran in both crash settings, read off real curves.
+    assert report["bench"] == "heterogeneous"
+    settings = report["settings"]
+    assert isinstance(settings, dict)
+    assert set(settings) == {"no_crash", "crash_0.1"}
+    for setting in settings.values():
+        modes = setting["modes"]
+        assert set(modes) == {"sync", "deadline", "buffered_async"}
+        assert setting["wall_budget_s"] > 0
+        assert setting["token_budget"] > 0
+        for figures in modes.values():
+            assert 0 < figures["goodput"]["mean"] <= 1
+            # Every run has a model at the common budgets (at worst the
+            # initial one, 5.54: a sync round may not have closed by then).
+            assert figures["val_loss_at_equal_time"]["mean"] < 5.6
+            assert figures["val_loss_at_equal_tokens"]["mean"] < 5.6
+        # The budgets are the shortest run's end, where it had trained.
+        for budget in ("val_loss_at_equal_time", "val_loss_at_equal_tokens"):
+            assert min(f[budget]["mean"] for f in modes.values()) < 5.0
+        # Sync reaches its own final loss, so its time to target is its run.
+        sync = modes["sync"]
+        assert sync["time_to_target_s"]["mean"] > 0
+        assert setting["vs_sync"]["sync"]["time_to_target_ratio"] == 1.0
+    goals = report["goals"]
+    assert isinstance(goals, dict)
+    for name, goal in goals.items():
+        assert isinstance(goal["met"], bool), name  # measured, never assumed
+    assert report["streaming"] == {"implemented": False}
+    assert goals["streaming_p4_quarter_peak_bytes_within_1pct"]["met"] is False
+    assert again["settings"] == settings
+    assert again["missing_runs"] == []

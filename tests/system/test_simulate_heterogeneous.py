@@ -52,6 +52,14 @@ def test_a_client_at_speed_4_computes_about_four_times_as_long_and_waits_less() 
     assert 0 < busy_fast < busy_slow <= 1
     assert summary["crashes"] == 0
     assert "client 1                             speed x4" in result.stderr
+    # Each evaluation on the time and token axes: a sync round's version
+    # arrives after every client marked that round's tokens, so version k
+    # sits at exactly k rounds' worth of all clients' tokens.
+    evaluations = summary["evaluations"]
+    per_round = summary["tokens"] / 2
+    assert [e["tokens"] for e in evaluations] == [0, per_round, 2 * per_round]
+    elapsed = [e["elapsed_s"] for e in evaluations]
+    assert elapsed[0] == 0 < elapsed[1] < elapsed[2] <= summary["train_wall_s"]
 
 
 def test_crashes_follow_the_seed_restart_as_the_same_client_and_cost_goodput() -> None:
@@ -89,6 +97,11 @@ def test_crashes_follow_the_seed_restart_as_the_same_client_and_cost_goodput() -
     # model's history stay those of the run, once per version.
     assert [e["model_version"] for e in summary["evaluations"]] == [0, 1, 2]
     assert summary["final_val_loss"] < summary["initial_val_loss"]
+    # Crashed rounds' tokens count as processed (marked at the crash, before
+    # the redone round closed): by the last version every token of the run,
+    # the two crashed rounds' included, is on the axis.
+    tokens = [e["tokens"] for e in summary["evaluations"]]
+    assert tokens[0] == 0 < tokens[1] < tokens[2] == summary["tokens"]
 
 
 @pytest.mark.parametrize(
