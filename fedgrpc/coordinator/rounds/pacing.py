@@ -105,9 +105,18 @@ def value_scale(
 
 
 def buffer_full(config: CoordinatorConfig, current: OpenRound) -> bool:
-    """buffered_async: `buffer_size` updates are in and none is still streaming."""
+    """buffered_async: `buffer_size` updates are in and none is still streaming.
+
+    Never for the run's last round (`max_rounds`): it closes as a sync round
+    does, once every connected client committed (or at its deadline), so
+    the work slow clients have in flight when the run ends is applied
+    rather than cut off. Measured: a slow client's goodput went from 58 %
+    to ~100 % in an 18-round run (README, Round modes).
+    """
+    last = 0 < config.max_rounds <= current.round_id
     return (
         config.round_mode == "buffered_async"
+        and not last
         and not current.streaming
         and len(current.contributors) >= config.resolved_buffer_size
     )

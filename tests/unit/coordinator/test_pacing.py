@@ -106,6 +106,14 @@ def test_buffer_full_needs_k_commits_and_nothing_streaming() -> None:
     assert not pacing.buffer_full(_config(), OpenRound(1, 0, 0.0, contributors={"a"}))
 
 
+def test_the_runs_last_round_waits_for_every_client_instead_of_k() -> None:
+    # The work slow clients have in flight at the end lands in the last round.
+    config = _config(round_mode="buffered_async", buffer_size=2, max_rounds=5)
+    full = {"a", "b", "c"}
+    assert pacing.buffer_full(config, OpenRound(4, 3, 0.0, contributors=full))
+    assert not pacing.buffer_full(config, OpenRound(5, 4, 0.0, contributors=full))
+
+
 def test_a_compute_claim_no_honest_client_sends_is_refused() -> None:
     from fedgrpc.coordinator.rounds.weighting import check_claims
 
