@@ -219,9 +219,7 @@ class DiLoCoClient:
     ) -> bool:
         """Count one inner step; every H-th call runs an outer step and blocks.
 
-        Under the coordinator's `round_mode = "deadline"` the sync point
-        comes when the round's training time is up instead, however many
-        steps that was (`num_samples` then weighs what each client managed).
+        With `round_mode = "deadline"` it comes when the round's time is up.
 
         Call after each `optimizer.step()`. At the sync point the client
         waits for a round on its model version, pushes its pseudo-gradient,
@@ -336,6 +334,11 @@ class DiLoCoClient:
     def finished(self) -> bool:
         """True once the run ended (`max_rounds`) and the final model is loaded."""
         return self._sync.finished
+
+    @property
+    def syncs_next(self) -> bool:
+        """True if the next `step()` runs a sync point (H, or the round's time up)."""
+        return self._sync.due(self._steps + 1, self._inner_steps)
 
     @property
     def rounds_completed(self) -> int:

@@ -55,18 +55,17 @@ class CrashSchedule:
     restarts_left: int
     attempt: int = 0
     """The next sync point's attempt number (earlier processes' included)."""
-    since_sync: int = 0
 
-    def crash_now(self, inner_steps: int) -> bool:
-        """Count one inner step; True if this process must die at it.
+    def crash_now(self, at_sync_point: bool) -> bool:
+        """True if this process must die at this inner step.
 
-        Only the H-th step since the last sync point (whose `step()` call
-        would sync) can be; `attempt` then numbers that sync point.
+        Only a step whose `step()` call would sync (`DiLoCoClient.syncs_next`:
+        the H-th since the last one, or in deadline mode the one at which
+        the round's time is up) can be; `attempt` then numbers that sync
+        point.
         """
-        self.since_sync += 1
-        if self.since_sync < inner_steps:
+        if not at_sync_point:
             return False
-        self.since_sync = 0
         if crashes_at(self.seed, self.client, self.attempt, self.rate,
                       self.restarts_left):  # fmt: skip
             return True

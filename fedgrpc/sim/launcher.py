@@ -271,4 +271,5 @@ def _worker_args(
         speed=config.speeds[index] if config.speeds else 1.0,
         crash_rate=config.crash_rate,
         restarts_left=config.max_restarts,
+        round_mode=config.round_mode,
     )

@@ -82,6 +82,8 @@ class WorkerArgs:
     """Sync points reached by earlier incarnations: where the crash draws resume."""
     incarnation: int = 0
     """0 for the first process, k after k restarts (new batches after each)."""
+    round_mode: str = "sync"
+    """The coordinator's round mode: deadline rounds have no step budget."""
 
 
 class Signal(Protocol):
@@ -92,6 +94,8 @@ class Signal(Protocol):
         ...
 
 
+DEADLINE_STEPS = 10**9
+"""Step bound under round_mode deadline (the launcher's time limit ends first)."""
 START_WAIT_S = 900.0
 """Bound on waiting for a gate (`Gates`) (the launcher's time limit ends a
 run sooner; this only keeps an orphaned process from waiting forever)."""
@@ -162,15 +166,17 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
         crashes = CrashSchedule(args.seed, args.index, args.crash_rate,
                                 args.restarts_left, args.first_attempt)  # fmt: skip
         # The coordinator ends the run after `rounds` (max_rounds); the
-        # step budget only bounds a run whose coordinator never says so.
-        for _ in range(2 * args.rounds * args.inner_steps):
+        # step budget only bounds a run whose coordinator never says so. A
+        # deadline round takes as many steps as fit, so there the launcher's
+        # time limit is the bound.
+        for _ in range(_step_budget(args)):
             if client.finished:
                 break
             started = time.perf_counter()
             batch = poison(sample(batches))
             loss = task.train_step(model, optimizer, batch)
             ledger.timed_step(started, task.batch_size, batch[1].numel())
-            if crashes.crash_now(client.inner_steps):
+            if crashes.crash_now(client.syncs_next):
                 state = figures | outcomes | ledger.figures()
                 results.put(("mark", args.index, ledger.mark(time.time())))
                 _crash(results, args.index, crashes.attempt, state)
@@ -194,6 +200,13 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
         # so no round waits for a client that no longer trains.
         if gates is not None and client.finished:
             gates.release.wait(START_WAIT_S)  # then leave (the `with` block's end)
+
+
+def _step_budget(args: WorkerArgs) -> int:
+    """Inner steps a process may take: twice the run's, or unbounded (deadline)."""
+    if args.round_mode == "deadline":
+        return DEADLINE_STEPS
+    return 2 * args.rounds * args.inner_steps
 
 
 def _batch_seed(args: WorkerArgs) -> int:

@@ -124,7 +124,8 @@ def test_a_schedule_draws_once_per_sync_point_and_stops_at_the_crash() -> None:
     seed, rate = 2, 0.5
     first = next(a for a in range(100) if crashes_at(seed, 1, a, rate, 1))
     schedule = CrashSchedule(seed, 1, rate, restarts_left=1)
-    steps = [schedule.crash_now(inner_steps=3) for _ in range(3 * (first + 1))]
+    steps = [schedule.crash_now(at_sync_point=(i + 1) % 3 == 0)
+             for i in range(3 * (first + 1))]  # fmt: skip
     # Only the last step of sync point `first` (0-based) is a crash.
     assert steps == [False] * (3 * (first + 1) - 1) + [True]
     assert schedule.attempt == first
