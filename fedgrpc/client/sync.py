@@ -325,7 +325,7 @@ class SyncPoint:
             round_nonce=round_nonce,
             base_sha256=self.base_sha256,
             record_dp=None if self.record_dp is None else self.record_dp(),
-            compute_s=round(max(0.0, self._compute_s), 3),
+            compute_s=max(0.0, self._compute_s),
         )
         meta = self._with_eval(meta)
         try:
