@@ -18,7 +18,7 @@ SIMULATE_STAGE_FLAGS = (
     "selection", "clients_per_round", "trust", "trust_decay",
     "trust_soft_threshold", "trust_hard_threshold", "trust_quarantine_rounds",
     "round_mode", "round_duration_s", "buffer_size", "max_staleness",
-    "staleness_exponent",
+    "staleness_exponent", "fragments", "streaming_overlap_steps", "streaming_mix",
 )  # fmt: skip
 """Stage settings `simulate` passes through to its coordinator (the trust
 flags live with the robustness section's, `cli_serve_flags.ROBUSTNESS_FLAGS`)."""

@@ -320,10 +320,12 @@ ROUND_MODE_FLAGS = (
          "(rounds of --round-duration-s; each client trains as many steps as "
          "fit and the mean weighs its samples) or buffered_async (FedBuff: a "
          "round closes at --buffer-size updates and takes updates up to "
-         "--max-staleness versions old, scaled by staleness); deadline and "
-         "buffered_async refuse --secure-aggregation (default: sync)",
-         metavar="sync|deadline|buffered_async",
-         choices=("sync", "deadline", "buffered_async")),
+         "--max-staleness versions old, scaled by staleness) or streaming "
+         "(Streaming DiLoCo: each round syncs one of --fragments parameter "
+         "ranges, every inner_steps/fragments steps, so a sync moves 1/P of "
+         "the model); all but sync refuse --secure-aggregation (default: sync)",
+         metavar="sync|deadline|buffered_async|streaming",
+         choices=("sync", "deadline", "buffered_async", "streaming")),
     Flag("--round-duration-s", "deadline mode: wall seconds of training per "
          "round, from its start; the round then closes when every connected "
          "client has committed, or --round-timeout-s later with what it has "
@@ -336,6 +338,16 @@ ROUND_MODE_FLAGS = (
     Flag("--staleness-exponent", "buffered_async: a in s(tau) = (1+tau)^-a, "
          "the factor a stale update's values are scaled by (0: no discount; "
          f"default: {_D.staleness_exponent:g}, 1/sqrt(1+tau))", float, "A"),
+    Flag("--fragments", "streaming: P, the contiguous parameter ranges synced "
+         "in turn; inner_steps must be a multiple of it (2..64; default: "
+         f"{_D.fragments})", int, "P"),
+    Flag("--streaming-overlap-steps", "streaming: tau, inner steps a client "
+         "trains while its fragment is in flight before merging it (0: wait; "
+         f"< inner_steps/fragments; default: {_D.streaming_overlap_steps})",
+         int, "TAU"),
+    Flag("--streaming-mix", "streaming: alpha in theta = alpha*local + "
+         "(1-alpha)*global when a fragment is merged (0..1; default: "
+         f"{_D.streaming_mix:g})", float, "ALPHA"),
 )  # fmt: skip
 """Round pacing (`config.rounds`)."""
 

@@ -22,12 +22,14 @@ import torch
 from fedgrpc.client.compressed import CompressedUpdates
 from fedgrpc.client.connection import Connection
 from fedgrpc.client.connection.join import Federation, JoinSettings
-from fedgrpc.client.connection.link import Attach, CoordinatorLink
+from fedgrpc.client.connection.link import CoordinatorLink
 from fedgrpc.client.connection.push import UpdateEncoder
 from fedgrpc.client.connection.session import SessionEvents
 from fedgrpc.client.evaluation import EvaluateFn, GlobalEval, GlobalEvaluation
+from fedgrpc.client.lifecycle import leave, weak_attach
 from fedgrpc.client.reconnect import Reconnector
 from fedgrpc.client.secure import SecureMode
+from fedgrpc.client.streaming import StreamingSync
 from fedgrpc.client.sync import SyncOutcome, SyncPoint
 from fedgrpc.client.transform import UpdateTransform
 from fedgrpc.client.weights import LocalRun
@@ -140,7 +142,7 @@ class DiLoCoClient:
                 self._local.spec,
                 settings,
                 self._config,
-                attach=_weak_attach(weakref.ref(self)),
+                attach=weak_attach(weakref.ref(self)),
             )
         except BaseException:
             self._local.close()  # the FedProx hook must not outlive a failed start
@@ -149,7 +151,7 @@ class DiLoCoClient:
         # replaced in a loop) would heartbeat forever on its thread and every
         # round would wait round_timeout_s for it: leave when collected too.
         # The finalizer holds the connection and the local run, never `self`.
-        self._leave_once = weakref.finalize(self, _leave, self._connection, self._local)
+        self._leave_once = weakref.finalize(self, leave, self._connection, self._local)
         try:
             federation = self._connection.join()
             self._sync = self._start(federation)
@@ -196,14 +198,16 @@ class DiLoCoClient:
         )
         compressed: UpdateEncoder | None = None
         n = self._local.spec.num_coordinates
+        streaming = federation.round_mode == "streaming"
         if self._secure is not None:  # masked rounds (client.secure)
             compressed = self._secure.updates
-        elif federation.codec != Dense(values="fp32"):
+        elif federation.codec != Dense(values="fp32") and not streaming:
             compressed = CompressedUpdates(
                 federation.codec, n, federation.chunk_bytes,
                 federation.feedback_decay, self._config.max_update_norm,
             )  # fmt: skip
-        sync = SyncPoint(self._connection, federation, self._local, self._config)
+        kind = StreamingSync if streaming else SyncPoint  # one encoder per fragment
+        sync = kind(self._connection, federation, self._local, self._config)
         sync.compressed = compressed
         sync.update_transform = self._update_transform
         sync.record_dp = None if self._record_dp is None else self._record_dp.claim
@@ -219,7 +223,10 @@ class DiLoCoClient:
     ) -> bool:
         """Count one inner step; every H-th call runs an outer step and blocks.
 
-        With `round_mode = "deadline"` it comes when the round's time is up.
+        With `round_mode = "deadline"` it comes when the round's time is up;
+        with `"streaming"` every H/P steps, each moving one fragment, whose
+        result is merged `streaming_overlap_steps` steps later (a call that
+        merges also returns True).
 
         Call after each `optimizer.step()`. At the sync point the client
         waits for a round on its model version, pushes its pseudo-gradient,
@@ -261,6 +268,11 @@ class DiLoCoClient:
         value = loss.item() if isinstance(loss, torch.Tensor) else loss
         self._local.record(None if value is None else float(value), num_samples)
         self._steps += 1
+        streaming = self._sync if isinstance(self._sync, StreamingSync) else None
+        if streaming is not None and streaming.merge_due():
+            self._last_outcome = self._reconnector.run(streaming, streaming.merge)
+            self._evaluate_global()
+            return True
         if not self._sync.due(self._steps, self._inner_steps):
             return False
         if self._sync.finished:  # nothing to push to; the coordinator may be gone
@@ -273,9 +285,19 @@ class DiLoCoClient:
         return True
 
     def _evaluate_global(self) -> None:
-        """Run `evaluate` if the model holds a version it has not seen."""
-        if self._evaluation is not None:
-            self._evaluation.maybe_run(self._local.base_version)
+        """Run `evaluate` if the model holds a version it has not seen.
+
+        Streaming merges fragments into weights that go on training: the
+        global model is swapped in for the evaluation (`holding_global`).
+        """
+        evaluation, version = self._evaluation, self._local.base_version
+        if evaluation is None or not evaluation.is_new(version):
+            return
+        if isinstance(self._sync, StreamingSync) and not self._sync.finished:
+            with self._local.holding_global():
+                evaluation.maybe_run(version)
+        else:
+            evaluation.maybe_run(version)
 
     def global_state_dict(self) -> dict[str, torch.Tensor]:
         """The latest global model as a `state_dict` a fresh model loads strictly.
@@ -303,6 +325,9 @@ class DiLoCoClient:
             return
         self._closed = True
         self._leave_once()
+        sync = getattr(self, "_sync", None)  # absent if the join failed
+        if isinstance(sync, StreamingSync):
+            sync.close()  # after the leave: a fragment in flight fails fast
 
     def __enter__(self) -> Self:
         return self
@@ -370,30 +395,3 @@ class DiLoCoClient:
     def last_round_outcome(self) -> SyncOutcome | None:
         """How the last sync point ended (see `sync.SyncOutcome`); None before."""
         return self._last_outcome
-
-
-def _weak_attach(client: weakref.ref[DiLoCoClient]) -> Attach:
-    """`DiLoCoClient._attach` through a weak reference.
-
-    The connection keeps its `attach` callback for every re-join; a bound
-    method would keep the client alive from its own connection, and a client
-    dropped without `close()` would then never be collected nor leave.
-    """
-
-    def attach(link: CoordinatorLink, federation: Federation) -> SessionEvents | None:
-        owner = client()
-        return None if owner is None else owner._attach(link, federation)
-
-    return attach
-
-
-def _leave(connection: Connection, local: LocalRun) -> None:
-    """Leave the session (final with a throwaway key), stop the loop, unhook FedProx.
-
-    Runs once: from `close()`, or when an unclosed client is collected, or
-    at interpreter exit. It must not hold the client itself (weakref.finalize).
-    """
-    try:
-        connection.close()
-    finally:
-        local.close()

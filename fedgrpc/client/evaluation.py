@@ -46,6 +46,10 @@ class GlobalEvaluation:
         self.history: list[GlobalEval] = []
         """Every evaluation, oldest first."""
 
+    def is_new(self, version: int) -> bool:
+        """True if `maybe_run(version)` would evaluate (not seen yet)."""
+        return version != self._last_version
+
     def maybe_run(self, version: int) -> GlobalEval | None:
         """Evaluate `version` unless it was already; return the record."""
         if version == self._last_version:

@@ -80,8 +80,10 @@ class Reconnector:
         """The fault that began the current outage."""
         self._last_error: FedGrpcError | None = None
 
-    def run(self, sync: SyncPoint) -> SyncOutcome:
-        """One sync point, surviving transient faults.
+    def run(
+        self, sync: SyncPoint, action: Callable[[], SyncOutcome] | None = None
+    ) -> SyncOutcome:
+        """One sync point (or `action`, e.g. a streaming merge), surviving faults.
 
         Returns:
             The sync point's outcome, or "offline" when the coordinator is
@@ -99,7 +101,10 @@ class Reconnector:
                     return "offline"
                 immediate = False  # a relapse in this sync point waits first
             try:
-                outcome = sync.resume() if self.lost_at_s is not None else sync.run()
+                if self.lost_at_s is not None:
+                    outcome = sync.resume()
+                else:
+                    outcome = (action or sync.run)()
             except FedGrpcError as exc:
                 if not is_transient(exc):
                     raise

@@ -46,7 +46,14 @@ ASYNC_PUSH_RETRIES = 3
 """Rounds a buffered_async push that found its round full tries next."""
 
 SyncOutcome = Literal[
-    "applied", "skipped", "stale", "missed", "offline", "not_selected", "finished"
+    "applied",
+    "skipped",
+    "stale",
+    "missed",
+    "offline",
+    "not_selected",
+    "finished",
+    "in_flight",
 ]
 """How a sync point ended for this client: its update was averaged into a new
 model ("applied"); the round closed below quorum ("skipped"); a newer model
@@ -58,7 +65,9 @@ training goes on locally until the next sync point ("offline",
 they are, training goes on, and the next update (when a round selects it)
 spans every round it sat out, against the base version it last pulled; or
 the run had already ended (`max_rounds`) and the model holds its final
-weights, so nothing was sent ("finished")."""
+weights, so nothing was sent ("finished"); or, in streaming rounds with an
+overlap, the fragment left and training goes on while it is in flight
+("in_flight": the merge `streaming_overlap_steps` later sets the outcome)."""
 
 
 class SyncPoint:

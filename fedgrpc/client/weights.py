@@ -20,6 +20,9 @@ reports; all of it resets together when new global weights are loaded.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from fedgrpc.client.proximal import ProximalTerm
@@ -27,7 +30,7 @@ from fedgrpc.client.tensors import select_tensors
 from fedgrpc.config.client import ClientConfig
 from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.errors import InvalidUpdateError
-from fedgrpc.wire.tensors import flatten_fp32, unpack_native
+from fedgrpc.wire.tensors import flatten_fp32, load_flat_fp32, unpack_native
 
 
 class LocalRun:
@@ -173,8 +176,31 @@ class LocalRun:
             # which `rebase_on_local` moves to the local weights.
             self.proximal.anchor_to(views[: self._num_parameters])
         self.base_version = version
+        self.restart_counts()
+
+    def restart_counts(self) -> None:
+        """Samples and mean loss start again: the next update counts from here."""
         self.samples = self._losses = 0
         self.loss_mean = 0.0
+
+    @contextlib.contextmanager
+    def holding_global(self) -> Iterator[None]:
+        """The model holds the last pulled global weights inside; local ones after.
+
+        Streaming rounds merge fragments into weights that keep training, so
+        the model never equals the global one by itself: evaluating the
+        federation's model swaps it in (one model-sized float32 copy).
+        """
+        saved = flatten_fp32(self.params, self.spec)
+        views = unpack_native(self.downlink, self.spec)
+        with torch.no_grad():
+            for param, view in zip(self.params, views, strict=True):
+                if param.is_floating_point():
+                    param.data.copy_(view)
+        try:
+            yield
+        finally:
+            load_flat_fp32(self.params, self.spec, saved)
 
     def global_state_dict(self) -> dict[str, torch.Tensor]:
         """The last loaded global model as a full `state_dict` (copies, CPU).

@@ -194,7 +194,9 @@ class CoordinatorConfig(
             self.max_rounds >= 0, "max_rounds", self.max_rounds, ">= 0 (0: no limit)"
         )
         self._check_outer()
-        self._check_round_mode(self.secure_aggregation, self.min_clients)
+        self._check_round_mode(
+            self.secure_aggregation, self.min_clients, self.inner_steps
+        )
         self._check_robustness()
         self._check_limits()
         self._check_privacy()

@@ -69,6 +69,9 @@ class SimulationConfig:
     buffer_size: int | None = None
     max_staleness: int | None = None
     staleness_exponent: float | None = None
+    fragments: int | None = None
+    streaming_overlap_steps: int | None = None
+    streaming_mix: float | None = None
     outer_lr: float | None = None
     outer_momentum: float | None = None
     outer_beta1: float | None = None
@@ -211,7 +214,8 @@ def _pacing(config: SimulationConfig) -> dict[str, Any]:
     """The round mode and the settings given for it (the rest keep defaults)."""
     settings: dict[str, Any] = {"round_mode": config.round_mode}
     for name in ("round_duration_s", "buffer_size", "max_staleness",
-                 "staleness_exponent"):  # fmt: skip
+                 "staleness_exponent", "fragments", "streaming_overlap_steps",
+                 "streaming_mix"):  # fmt: skip
         value = getattr(config, name)
         if value is not None:
             settings[name] = value

@@ -196,10 +196,18 @@ class CodecChunkCheck(ChunkStream[DecodedBlock]):
         codec: BlockCodec,
         block_coordinates: int,
         verifier: UpdateVerifier | None = None,
+        span: tuple[int, int] | None = None,
     ) -> None:
-        super().__init__(spec.num_coordinates, block_coordinates, verifier)
+        """Check one coded update of `spec` (or of its `span`).
+
+        `span`: the update covers coordinates [start, stop) of the model (a
+        streaming fragment); None: all of them.
+        """
+        start, stop = span or (0, spec.num_coordinates)
+        super().__init__(stop - start, block_coordinates, verifier)
         self.spec = spec
         self.codec = codec
+        self.origin = start
 
     def _limit_text(self) -> str:
         return f"the announced block size of {self.max_count}"
@@ -213,5 +221,6 @@ class CodecChunkCheck(ChunkStream[DecodedBlock]):
         except InvalidUpdateError as exc:
             where = f"coordinates {offset}..{offset + count}"
             if 0 <= offset < self.num_coordinates:
-                where += f", tensor {self.spec.tensor_at(offset).name!r}"
+                tensor = self.spec.tensor_at(self.origin + offset)
+                where += f", tensor {tensor.name!r}"
             raise InvalidUpdateError(f"chunk {seq} ({where}): {exc}") from exc

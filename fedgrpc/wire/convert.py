@@ -109,6 +109,7 @@ def round_config_to_proto(config: CoordinatorConfig) -> common_pb2.RoundConfig:
     """The round settings clients learn at Join."""
     deadline = config.round_mode == "deadline"
     buffered = config.round_mode == "buffered_async"
+    streaming = config.round_mode == "streaming"
     return common_pb2.RoundConfig(
         inner_steps=config.inner_steps,
         update_codec=WIRE_CODEC_TO_PROTO[wire_codec(config.codec_config)],
@@ -136,6 +137,9 @@ def round_config_to_proto(config: CoordinatorConfig) -> common_pb2.RoundConfig:
         buffer_size=config.resolved_buffer_size if buffered else 0,
         max_staleness=config.max_staleness if buffered else 0,
         staleness_exponent=config.staleness_exponent if buffered else 0.0,
+        fragments=config.fragments if streaming else 0,
+        streaming_overlap_steps=config.streaming_overlap_steps if streaming else 0,
+        streaming_mix=config.streaming_mix if streaming else 0.0,
     )
 
 

@@ -459,6 +459,9 @@ class RoundConfig(_message.Message):
     BUFFER_SIZE_FIELD_NUMBER: _builtins.int
     MAX_STALENESS_FIELD_NUMBER: _builtins.int
     STALENESS_EXPONENT_FIELD_NUMBER: _builtins.int
+    FRAGMENTS_FIELD_NUMBER: _builtins.int
+    STREAMING_OVERLAP_STEPS_FIELD_NUMBER: _builtins.int
+    STREAMING_MIX_FIELD_NUMBER: _builtins.int
     inner_steps: _builtins.int
     """Inner optimizer steps each client takes between two pushes (DiLoCo's H)."""
     update_codec: Global___Codec.ValueType
@@ -531,6 +534,19 @@ class RoundConfig(_message.Message):
     """buffered_async: a in s(tau) = (1 + tau)^-a, the factor the coordinator
     scales an update tau versions stale by.
     """
+    fragments: _builtins.int
+    """streaming: P, the contiguous equal ranges of the flat parameter vector
+    synced in turn; the round of base version v syncs fragment v mod P, and
+    its updates carry only that fragment's coordinates (0 in other modes).
+    """
+    streaming_overlap_steps: _builtins.int
+    """streaming: inner steps a client trains while its fragment is in flight
+    before it merges the result.
+    """
+    streaming_mix: _builtins.float
+    """streaming: alpha in theta = alpha * local + (1 - alpha) * global, the
+    merge of a fragment that came back after the overlapped steps.
+    """
     @_builtins.property
     def codec_params(self) -> Global___CodecParams:
         """The update codec in full (`update_codec` repeats its `codec`)."""
@@ -558,10 +574,13 @@ class RoundConfig(_message.Message):
         buffer_size: _builtins.int = ...,
         max_staleness: _builtins.int = ...,
         staleness_exponent: _builtins.float = ...,
+        fragments: _builtins.int = ...,
+        streaming_overlap_steps: _builtins.int = ...,
+        streaming_mix: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["codec_params", b"codec_params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer_size", b"buffer_size", "chunk_bytes", b"chunk_bytes", "codec_params", b"codec_params", "dp_clip_norm", b"dp_clip_norm", "heartbeat_interval_s", b"heartbeat_interval_s", "inner_steps", b"inner_steps", "max_message_bytes", b"max_message_bytes", "max_staleness", b"max_staleness", "min_clients", b"min_clients", "outer_lr", b"outer_lr", "outer_momentum", b"outer_momentum", "outer_optimizer", b"outer_optimizer", "privacy", b"privacy", "round_duration_s", b"round_duration_s", "round_mode", b"round_mode", "round_timeout_s", b"round_timeout_s", "secure_aggregation", b"secure_aggregation", "staleness_exponent", b"staleness_exponent", "update_codec", b"update_codec", "update_signatures_required", b"update_signatures_required"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer_size", b"buffer_size", "chunk_bytes", b"chunk_bytes", "codec_params", b"codec_params", "dp_clip_norm", b"dp_clip_norm", "fragments", b"fragments", "heartbeat_interval_s", b"heartbeat_interval_s", "inner_steps", b"inner_steps", "max_message_bytes", b"max_message_bytes", "max_staleness", b"max_staleness", "min_clients", b"min_clients", "outer_lr", b"outer_lr", "outer_momentum", b"outer_momentum", "outer_optimizer", b"outer_optimizer", "privacy", b"privacy", "round_duration_s", b"round_duration_s", "round_mode", b"round_mode", "round_timeout_s", b"round_timeout_s", "secure_aggregation", b"secure_aggregation", "staleness_exponent", b"staleness_exponent", "streaming_mix", b"streaming_mix", "streaming_overlap_steps", b"streaming_overlap_steps", "update_codec", b"update_codec", "update_signatures_required", b"update_signatures_required"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

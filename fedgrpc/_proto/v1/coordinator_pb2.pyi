@@ -1011,22 +1011,35 @@ class PullModelRequest(_message.Message):
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     SESSION_TOKEN_FIELD_NUMBER: _builtins.int
     MIN_VERSION_FIELD_NUMBER: _builtins.int
+    RANGE_START_FIELD_NUMBER: _builtins.int
+    RANGE_LENGTH_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """Client id from JoinResponse."""
     session_token: _builtins.bytes
     """Session token from JoinResponse."""
     min_version: _builtins.int
     """Wait until the model version is at least this (0: whatever is current)."""
+    range_start: _builtins.int
+    """Only these bytes of the model (its native layout), e.g. one streaming
+    fragment: the header still announces the whole model's size and SHA-256
+    (the client completes the rest from the version it holds and checks the
+    digest), and chunks cover [range_start, range_start + range_length).
+    range_length 0: the whole model. A range past the model's end is
+    refused with INVALID_ARGUMENT.
+    """
+    range_length: _builtins.int
     def __init__(
         self,
         *,
         client_id: _builtins.str = ...,
         session_token: _builtins.bytes = ...,
         min_version: _builtins.int = ...,
+        range_start: _builtins.int = ...,
+        range_length: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "min_version", b"min_version", "session_token", b"session_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "min_version", b"min_version", "range_length", b"range_length", "range_start", b"range_start", "session_token", b"session_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -245,13 +245,18 @@ class Connection:
         )
 
     def pull(
-        self, min_version: int, buffer: torch.Tensor, wait_s: float, chunk_bytes: int
+        self,
+        min_version: int,
+        buffer: torch.Tensor,
+        wait_s: float,
+        chunk_bytes: int,
+        byte_range: tuple[int, int] | None = None,
     ) -> PulledModel:
         """Weights of at least `min_version` into `buffer` (`CoordinatorLink.pull`)."""
         link = self.link
         return call(
             self._loop,
-            link.pull(min_version, buffer, wait_s, chunk_bytes),
+            link.pull(min_version, buffer, wait_s, chunk_bytes, byte_range),
             link.pull_timeout_s(wait_s, chunk_bytes),
         )
 

@@ -171,6 +171,12 @@ class Federation:
     """How rounds are paced (`config.rounds`): sync, deadline, buffered_async."""
     max_staleness: int = 0
     """buffered_async: versions an update may lag the open round's base."""
+    fragments: int = 0
+    """streaming: P, the parameter ranges synced in turn (0 in other modes)."""
+    streaming_overlap_steps: int = 0
+    """streaming: τ, steps trained while a fragment is in flight."""
+    streaming_mix: float = 0.0
+    """streaming: alpha, the local share kept when a fragment is merged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +269,9 @@ def federation_from(
         model_spec=federation_spec,
         round_mode=round_config.round_mode or "sync",
         max_staleness=round_config.max_staleness,
+        fragments=round_config.fragments,
+        streaming_overlap_steps=round_config.streaming_overlap_steps,
+        streaming_mix=round_config.streaming_mix,
     )
 
 

@@ -285,9 +285,17 @@ class CoordinatorLink:
             return None
 
     async def pull(
-        self, min_version: int, buffer: torch.Tensor, wait_s: float, chunk_bytes: int
+        self,
+        min_version: int,
+        buffer: torch.Tensor,
+        wait_s: float,
+        chunk_bytes: int,
+        byte_range: tuple[int, int] | None = None,
     ) -> PulledModel:
-        """Pull weights of at least `min_version`, waiting up to `wait_s` for them."""
+        """Pull weights of at least `min_version`, waiting up to `wait_s` for them.
+
+        `byte_range`: only those bytes (see `pull.pull_model`).
+        """
         federation = self._require_federation()
         trust = ModelTrust(federation.coordinator_key, federation.run_id)
         timeout_s = self.pull_timeout_s(wait_s, chunk_bytes)
@@ -299,6 +307,7 @@ class CoordinatorLink:
             timeout_s,
             buffer,
             trust,
+            byte_range,
         )
 
     async def close(self, reason: str, *, final: bool = False) -> None:

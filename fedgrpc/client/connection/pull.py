@@ -66,7 +66,11 @@ class ModelReceiver:
     """
 
     def __init__(
-        self, spec: ModelSpec, buffer: torch.Tensor, trust: ModelTrust | None = None
+        self,
+        spec: ModelSpec,
+        buffer: torch.Tensor,
+        trust: ModelTrust | None = None,
+        byte_range: tuple[int, int] | None = None,
     ) -> None:
         if buffer.dtype != torch.uint8 or buffer.numel() != spec.num_bytes:
             raise ValueError(
@@ -76,7 +80,12 @@ class ModelReceiver:
         self.spec = spec
         self.buffer = buffer
         self._target = buffer.numpy()
-        self._order = ChunkOrder(spec.num_bytes, max_chunks=max(1, spec.num_bytes))
+        self._start, stop = byte_range or (0, spec.num_bytes)
+        self._ranged = byte_range is not None
+        """Only these bytes travel (a streaming fragment); the rest of `buffer`
+        must already hold the same version, which the digest then proves."""
+        length = stop - self._start
+        self._order = ChunkOrder(length, max_chunks=max(1, length))
         self.header: coordinator_pb2.ModelHeader | None = None
         self.trust = trust
         self._hash = hashlib.sha256()
@@ -136,8 +145,14 @@ class ModelReceiver:
         if self.header is None:
             raise InvalidUpdateError("PullModel sent a chunk before its ModelHeader")
         data = chunk.data  # upb copies on every read: read once
-        self._order.accept(self._order.next_seq, chunk.offset, len(data))
-        if self.trust is not None:
+        if chunk.offset < self._start:
+            raise InvalidUpdateError(
+                f"PullModel sent bytes at {chunk.offset}, before the range asked "
+                f"for (from {self._start})"
+            )
+        relative = chunk.offset - self._start
+        self._order.accept(self._order.next_seq, relative, len(data))
+        if self.trust is not None and not self._ranged:
             self._hash.update(data)  # releases the GIL; one pass, in stream order
         start = chunk.offset
         self._target[start : start + len(data)] = np.frombuffer(data, dtype=np.uint8)
@@ -155,7 +170,15 @@ class ModelReceiver:
             raise IncompleteUpdateError(
                 f"PullModel ended after {got} of {self.spec.num_bytes} model bytes"
             )
-        if self.trust is not None and self._hash.digest() != header.weights_sha256:
+        if self._ranged and self.trust is not None:
+            # The whole buffer: the range just pulled and the bytes we held.
+            if hashlib.sha256(self._target.data).digest() != header.weights_sha256:
+                raise RangeMismatchError(
+                    f"model version {header.model_version}: the bytes pulled plus "
+                    "those this client held do not hash to the signed SHA-256 (it "
+                    "missed an earlier version's change): pull the whole model"
+                )
+        elif self.trust is not None and self._hash.digest() != header.weights_sha256:
             raise BadSignatureError(
                 f"the bytes of model version {header.model_version} do not match the "
                 "SHA-256 the coordinator signed: they were altered in transit; "
@@ -166,6 +189,10 @@ class ModelReceiver:
         )
 
 
+class RangeMismatchError(InvalidUpdateError):
+    """A range pull did not complete the version: the caller pulls it whole."""
+
+
 async def pull_model(
     stub: CoordinatorServiceAsyncStub,
     credentials: Credentials,
@@ -174,6 +201,7 @@ async def pull_model(
     timeout_s: float,
     buffer: torch.Tensor | None = None,
     trust: ModelTrust | None = None,
+    byte_range: tuple[int, int] | None = None,
 ) -> PulledModel:
     """Download the global weights once their version is at least `min_version`.
 
@@ -187,6 +215,9 @@ async def pull_model(
             so the downlink allocates nothing); None allocates one.
         trust: The coordinator key and run to check the model's signature
             against; None skips the check (tests of the transfer only).
+        byte_range: Only bytes [start, stop) travel (a streaming fragment):
+            `buffer` must hold the rest of the same version already; the
+            digest of the whole buffer is checked against the signed one.
 
     Raises:
         CoordinatorUnavailableError: DEADLINE_EXCEEDED (the version did not
@@ -194,14 +225,18 @@ async def pull_model(
         ModelMismatchError, InvalidUpdateError, IncompleteUpdateError: the
             stream does not describe this model completely and in order.
         BadSignatureError: the model is not the coordinator's (`trust`).
+        RangeMismatchError: a `byte_range` pull did not complete the version.
     """
     if buffer is None:
         buffer = torch.empty(spec.num_bytes, dtype=torch.uint8)
-    receiver = ModelReceiver(spec, buffer, trust)
+    receiver = ModelReceiver(spec, buffer, trust, byte_range)
+    start, stop = byte_range or (0, 0)
     request = coordinator_pb2.PullModelRequest(
         client_id=credentials.client_id,
         session_token=credentials.session_token,
         min_version=min_version,
+        range_start=start,
+        range_length=stop - start,
     )
     call = stub.PullModel(request, timeout=timeout_s)
     try:

@@ -87,7 +87,10 @@ class RoundSink:
             return DenseChunkCheck(n, chunk_bytes, ticket.verifier)
         spec = self._engine.model.require_spec()
         block = self._codec.block_coordinates(chunk_bytes)
-        return CodecChunkCheck(spec, self._codec, block, ticket.verifier)
+        current = self._engine.current
+        fragment = None if current is None else current.fragment
+        span = None if fragment is None else (fragment.coord_start, fragment.coord_stop)
+        return CodecChunkCheck(spec, self._codec, block, ticket.verifier, span)
 
     def add_chunk(self, ticket: Ticket, offset: int, values: ChunkValues) -> None:
         """Into the round's sum, weighted by the update's samples."""

@@ -46,7 +46,7 @@ import torch
 
 from fedgrpc.compress import DecodedBlock
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.rounds import pacing, rules
+from fedgrpc.coordinator.rounds import admission, pacing, rules
 from fedgrpc.coordinator.rounds.budget import PrivacyBudget
 from fedgrpc.coordinator.rounds.credit import credit_applied, credit_update
 from fedgrpc.coordinator.rounds.global_model import GlobalModel
@@ -60,12 +60,11 @@ from fedgrpc.coordinator.rounds.records import (
     new_round_nonce,
 )
 from fedgrpc.coordinator.rounds.registry import ClientRecord, ClientRegistry
-from fedgrpc.coordinator.rounds.weighting import SampleWeighting, check_claims
+from fedgrpc.coordinator.rounds.weighting import SampleWeighting
 from fedgrpc.coordinator.strategy.dp_stage import build_privacy_stage
 from fedgrpc.coordinator.strategy.wiring import (
     NO_PLUGINS,
     StagePlugins,
-    build_outer,
     build_round_stages,
     build_trust,
 )
@@ -102,7 +101,7 @@ class RoundEngine:
         stage = build_privacy_stage(config, self.stages.accumulator)
         self.privacy = PrivacyBudget(config, stage)
         """Central DP's clip, noise and the run's ε (`budget`)."""
-        self.model = GlobalModel(config, clock, build_outer(config, plugins))
+        self.model = GlobalModel(config, clock, pacing.outer_for(config, plugins))
         self.current: OpenRound | None = None
         self.history: deque[RoundResult] = deque(maxlen=HISTORY_ROUNDS)
         self._next_round_id = 1
@@ -133,51 +132,12 @@ class RoundEngine:
         return self.open_ticket(client, header)
 
     def check_header(self, client: ClientRecord, header: UpdateHeaderInfo) -> None:
-        """Validate an update header against the model and the round; no effects.
-
-        Raises:
-            InvalidUpdateError: wrong codec or coordinate count.
-            WrongRoundError: wrong round or base version, a second update in
-                the round, a round past its deadline, or initial weights for
-                a model already seeded.
-        """
-        rules.check_shape(
-            self.config, self.model.require_spec().num_coordinates, header
-        )
-        check_claims(self.config, header)
-        if header.is_initial_weights:
-            self.model.check_not_seeded()
-            return
-        try:
-            current = rules.collecting_round(self.phase, self.current)
-            rules.check_not_excluded(current, client)
-            base, known = header.base_version, self.participation.base_shas
-            spans = self.participation.check(current, client, base)
-            lags = pacing.accepts_lag(self.config, current, client, base, known)
-            rules.check_slot(current, client, header, self.clock, spans=spans or lags)
-        except WrongRoundError:
-            self.goodput.refused(header)  # its training is lost
-            raise
+        """Validate an update header; no effects (`admission.check_header`)."""
+        admission.check_header(self, client, header)
 
     def open_ticket(self, client: ClientRecord, header: UpdateHeaderInfo) -> Ticket:
-        """Start taking a checked header's chunks (call `check_header` first)."""
-        spec = self.model.require_spec()
-        scratch = np.empty(
-            min(spec.num_coordinates, self.config.chunk_bytes // 4), dtype=np.float32
-        )
-        if header.is_initial_weights:
-            staging = torch.empty(spec.num_coordinates, dtype=torch.float32)
-            return Ticket(client, header, 0, scratch, staging=staging)
-        current = rules.collecting_round(self.phase, self.current)
-        if current.first_header_s is None:
-            current.first_header_s = self.clock()
-            current.first_header_cpu_s = time.process_time()
-        ticket = Ticket(client, header, current.round_id, scratch)
-        ticket.opened_s = self.clock()
-        ticket.weight = self.weighting.weight(client, header.num_samples)
-        ticket.value_scale = pacing.value_scale(self.config, current, header)
-        current.streaming[ticket.ticket_id] = ticket
-        return ticket
+        """Start taking a checked header's chunks (`admission.open_ticket`)."""
+        return admission.open_ticket(self, client, header)
 
     def add_chunk(self, ticket: Ticket, offset: int, chunk: ChunkValues) -> None:
         """Add one checked chunk: into the round's sum, or the initial weights.
@@ -194,7 +154,7 @@ class RoundEngine:
         if current.total is None:
             current.total = self.stages.open_accumulator(
                 current.round_id,
-                self.model.require_spec().num_coordinates,
+                self.round_coordinates(),
                 self._take_sum_buffer,
                 self.privacy.clip,
             )
@@ -302,7 +262,9 @@ class RoundEngine:
             if blown is not None:
                 closing.void_reason = blown
             else:
-                self.model.step(aggregate, closing.round_id, copy_on_write)
+                self.model.step(
+                    aggregate, closing.round_id, copy_on_write, closing.fragment
+                )
             self.stages.buffers.give(aggregate)  # reused by a later round
             return blown is None
         finally:
@@ -382,6 +344,9 @@ class RoundEngine:
             now,
             base_sha256=published.sha256 if published is not None else b"",
             deadline_s=pacing.opening_deadline(self.config, now),
+            fragment=pacing.round_fragment(
+                self.config, self.model.spec, self.model.version
+            ),
         )
         self._next_round_id += 1
         self.phase = Phase.COLLECTING
@@ -393,6 +358,12 @@ class RoundEngine:
         if current is not None and self.phase is Phase.COLLECTING:
             self.participation.reselect(current, only_if_short)
 
+    def round_coordinates(self) -> int:
+        """Coordinates the open round's updates carry: its fragment's, or all."""
+        fragment = None if self.current is None else self.current.fragment
+        if fragment is not None:
+            return fragment.num_coordinates
+        return self.model.require_spec().num_coordinates
+
     def _take_sum_buffer(self) -> torch.Tensor:
-        d = self.model.require_spec().num_coordinates
-        return self.stages.buffers.take_zeroed(d)
+        return self.stages.buffers.take_zeroed(self.round_coordinates())

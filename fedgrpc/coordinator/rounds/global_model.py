@@ -17,9 +17,11 @@ from fedgrpc.coordinator.rounds.initial_model import InitialModel
 from fedgrpc.coordinator.rounds.norm_guard import NormGuard
 from fedgrpc.coordinator.rounds.records import PublishedModel
 from fedgrpc.coordinator.strategy.wiring import build_outer
+from fedgrpc.domain.fragments import Fragment
 from fedgrpc.domain.model_spec import DType, ModelSpec
 from fedgrpc.errors import InvalidUpdateError, ModelMismatchError, WrongRoundError
 from fedgrpc.optim import OuterOptimizer
+from fedgrpc.optim.fragmented import FragmentedOptimizer
 from fedgrpc.wire.tensors import pack_native
 
 
@@ -142,26 +144,40 @@ class GlobalModel:
         self.master = weights
         self.published = self._publish(version=0, round_id=0)
 
-    def step(self, mean: torch.Tensor, round_id: int, copy_on_write: bool) -> None:
+    def step(
+        self,
+        mean: torch.Tensor,
+        round_id: int,
+        copy_on_write: bool,
+        fragment: Fragment | None = None,
+    ) -> None:
         """Outer step on the mean pseudo-gradient; publish the next version.
 
         `mean` may be overwritten (the optimizer computes in place). With
         `copy_on_write`, pulls may still read the published buffer: if it is
         the master itself, the step works on a copy. `advance` then makes the
-        new version current.
+        new version current. With a streaming `fragment`, `mean` covers only
+        its range and only that fragment's optimizer steps (`optim.fragmented`).
         """
         master = self.require_master()
         if copy_on_write and self._published_aliases_master():
             master = master.clone()
-        averaged = self._take_buffers(mean)
-        self.optimizer.step(master, mean)
-        for (start, stop), mean_delta in averaged:
-            master[start:stop].sub_(mean_delta)
+        start = 0 if fragment is None else fragment.coord_start
+        target = master[start : start + mean.numel()]
+        averaged = self._take_buffers(mean, start)
+        if fragment is None:
+            self.optimizer.step(master, mean)
+        elif isinstance(self.optimizer, FragmentedOptimizer):
+            self.optimizer.step_fragment(fragment.index, target, mean)
+        else:
+            raise WrongRoundError("a fragment round needs one optimizer per fragment")
+        for (lo, hi), mean_delta in averaged:
+            target[lo:hi].sub_(mean_delta)
         self.master = master
         self.published = self._publish(self.version + 1, round_id)
 
     def _take_buffers(
-        self, mean: torch.Tensor
+        self, mean: torch.Tensor, offset: int = 0
     ) -> list[tuple[tuple[int, int], torch.Tensor]]:
         """Move the buffers' mean pseudo-gradients out of `mean` (zeroed there).
 
@@ -172,11 +188,15 @@ class GlobalModel:
         variance, which can then turn negative. A zero pseudo-gradient leaves
         the outer optimizer's own update at those coordinates zero (its
         state there stays zero), so they are set afterwards. Buffers are a
-        tiny slice of any model: the copies cost nothing.
+        tiny slice of any model: the copies cost nothing. `mean` starts at
+        coordinate `offset` (a streaming fragment); ranges are relative to it.
         """
         taken = []
         for slot in self.require_spec().buffer_slots:
-            start, stop = slot.coord_offset, slot.coord_offset + slot.spec.numel
+            start = max(0, slot.coord_offset - offset)
+            stop = min(mean.numel(), slot.coord_offset + slot.spec.numel - offset)
+            if start >= stop:
+                continue
             taken.append(((start, stop), mean[start:stop].clone()))
             mean[start:stop] = 0
         return taken

@@ -11,6 +11,9 @@ modes. What differs per mode:
 * `buffered_async`: an update may come from a base up to `max_staleness`
   versions behind the round's; its values are scaled by s(τ) and the round
   closes once `buffer_size` updates are in.
+* `streaming`: the round of base version v syncs fragment v mod P only
+  (`domain.fragments`): its updates carry that range, and one outer
+  optimizer per fragment steps it (`optim.fragmented`).
 
 A client's successive updates must come from strictly newer bases once
 one of them was applied (`ClientRecord.last_applied_base`): an honest
@@ -28,8 +31,32 @@ from fedgrpc.compress import DecodedBlock, DenseValues, SparseValues
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.rounds.records import OpenRound
 from fedgrpc.coordinator.rounds.registry import ClientRecord
+from fedgrpc.coordinator.strategy.wiring import NO_PLUGINS, StagePlugins, build_outer
+from fedgrpc.domain.fragments import Fragment, fragment_of_version, split_fragments
+from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.domain.requests import UpdateHeaderInfo
 from fedgrpc.errors import WrongRoundError
+from fedgrpc.optim import OuterOptimizer
+from fedgrpc.optim.fragmented import FragmentedOptimizer
+
+
+def round_fragment(
+    config: CoordinatorConfig, spec: ModelSpec | None, version: int
+) -> Fragment | None:
+    """streaming: the fragment the round based on `version` syncs (else None)."""
+    if config.round_mode != "streaming" or spec is None:
+        return None
+    fragments = split_fragments(spec, config.fragments)
+    return fragments[fragment_of_version(version, config.fragments)]
+
+
+def outer_for(
+    config: CoordinatorConfig, plugins: StagePlugins = NO_PLUGINS
+) -> OuterOptimizer:
+    """The outer optimizer; in streaming mode one per fragment (`optim.fragmented`)."""
+    if config.round_mode != "streaming":
+        return build_outer(config, plugins)
+    return FragmentedOptimizer(lambda: build_outer(config, plugins), config.fragments)
 
 
 def opening_deadline(config: CoordinatorConfig, opened_s: float) -> float | None:

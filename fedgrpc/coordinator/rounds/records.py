@@ -17,6 +17,7 @@ import torch
 from fedgrpc.aggregate import Accumulator
 from fedgrpc.coordinator.rounds.registry import ClientRecord
 from fedgrpc.crypto.signing import UpdateVerifier
+from fedgrpc.domain.fragments import Fragment
 from fedgrpc.domain.requests import UpdateHeaderInfo
 from fedgrpc.errors import ShuttingDownError
 
@@ -121,6 +122,8 @@ class OpenRound:
     """SHA-256 of the base version's bytes: updates must sign it."""
     deadline_s: float | None = None
     """Set by the first commit: stragglers get `round_timeout_s` from then."""
+    fragment: Fragment | None = None
+    """streaming: the parameter range this round syncs (None: the whole model)."""
     contributors: set[str] = field(default_factory=set)
     commit_order: list[str] = field(default_factory=list)
     """Contributors in commit order: the rows of a spooled round (trust scores)."""

@@ -315,10 +315,12 @@ class CoordinatorServicer:
         async with runtime.pull(
             request.client_id, request.session_token, request.min_version
         ) as published:
+            first, stop = pull_range(request, published.data.numel())
             yield pb.PullModelResponse(header=self._model_header(published))
             client = runtime.registry.get(request.client_id)  # authenticated
-            view = published.data.numpy().data
+            view = published.data.numpy().data[first:stop]
             for offset, data in iter_chunks(view, runtime.config.chunk_bytes):
+                offset += first
                 if runtime.run.stopping:
                     raise ShuttingDownError("the coordinator is shutting down")
                 yield encode_model_chunk(offset, data)
@@ -341,3 +343,25 @@ class CoordinatorServicer:
         signed = model_statement(header, runtime.run.run_id).encode(identity.algorithm)
         header.signature = identity.sign(signed)
         return header
+
+
+def pull_range(request: pb.PullModelRequest, num_bytes: int) -> tuple[int, int]:
+    """The byte range a PullModel asked for: [start, stop) of the model's bytes.
+
+    Raises:
+        InvalidUpdateError: a range past the model's end (INVALID_ARGUMENT).
+    """
+    if request.range_length == 0:
+        if request.range_start:
+            raise InvalidUpdateError(
+                f"PullModel range_start={request.range_start} without a "
+                "range_length: give both, or neither for the whole model"
+            )
+        return 0, num_bytes
+    stop = request.range_start + request.range_length
+    if stop > num_bytes:
+        raise InvalidUpdateError(
+            f"PullModel asked for bytes {request.range_start}..{stop} of a model "
+            f"of {num_bytes} bytes"
+        )
+    return request.range_start, stop

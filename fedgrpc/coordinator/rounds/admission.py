@@ -1,0 +1,107 @@
+"""Admitting an update: check its header against the round, open its ticket.
+
+Apart from `engine` so the state machine keeps to its transitions; the
+engine's `check_header` and `open_ticket` delegate here. Plain Python, no
+gRPC: the ingest layer calls these through the engine before any chunk.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from fedgrpc.config import CoordinatorConfig
+from fedgrpc.coordinator.rounds import pacing, rules
+from fedgrpc.coordinator.rounds.global_model import GlobalModel
+from fedgrpc.coordinator.rounds.goodput import Goodput
+from fedgrpc.coordinator.rounds.participants import Participation
+from fedgrpc.coordinator.rounds.records import OpenRound, Phase, Ticket
+from fedgrpc.coordinator.rounds.registry import ClientRecord
+from fedgrpc.coordinator.rounds.weighting import SampleWeighting, check_claims
+from fedgrpc.domain.requests import UpdateHeaderInfo
+from fedgrpc.errors import InvalidUpdateError, WrongRoundError
+
+
+class RoundEngine(Protocol):
+    """What admission reads of `engine.RoundEngine` (a Protocol: no import cycle)."""
+
+    config: CoordinatorConfig
+    model: GlobalModel
+    current: OpenRound | None
+    phase: Phase
+    participation: Participation
+    clock: Callable[[], float]
+    goodput: Goodput
+    weighting: SampleWeighting
+
+
+def check_header(
+    engine: RoundEngine, client: ClientRecord, header: UpdateHeaderInfo
+) -> None:
+    """Validate an update header against the model and the round; no effects.
+
+    Raises:
+        InvalidUpdateError: wrong codec or coordinate count (in streaming
+            mode: not the open round's fragment).
+        WrongRoundError: wrong round or base version, a second update in
+            the round, a round past its deadline, or initial weights for
+            a model already seeded.
+    """
+    spec = engine.model.require_spec()
+    if header.is_initial_weights:
+        rules.check_shape(engine.config, spec.num_coordinates, header)
+        check_claims(engine.config, header)
+        engine.model.check_not_seeded()
+        return
+    current = engine.current
+    fragment = None if current is None else current.fragment
+    if fragment is None:
+        rules.check_shape(engine.config, spec.num_coordinates, header)
+    elif header.num_coordinates != fragment.num_coordinates:
+        raise InvalidUpdateError(
+            f"update has {header.num_coordinates} coordinates but round "
+            f"{current.round_id if current else 0} syncs fragment {fragment.index} "
+            f"(coordinates {fragment.coord_start}..{fragment.coord_stop}, "
+            f"{fragment.num_coordinates} of them): in round_mode = 'streaming' an "
+            "update carries only its round's fragment"
+        )
+    else:
+        rules.check_shape(engine.config, header.num_coordinates, header)
+    check_claims(engine.config, header)
+    try:
+        current = rules.collecting_round(engine.phase, engine.current)
+        rules.check_not_excluded(current, client)
+        base, known = header.base_version, engine.participation.base_shas
+        spans = engine.participation.check(current, client, base)
+        lags = pacing.accepts_lag(engine.config, current, client, base, known)
+        rules.check_slot(current, client, header, engine.clock, spans=spans or lags)
+    except WrongRoundError:
+        engine.goodput.refused(header)  # its training is lost
+        raise
+
+
+def open_ticket(
+    engine: RoundEngine, client: ClientRecord, header: UpdateHeaderInfo
+) -> Ticket:
+    """Start taking a checked header's chunks (call `check_header` first)."""
+    spec = engine.model.require_spec()
+    scratch = np.empty(
+        min(spec.num_coordinates, engine.config.chunk_bytes // 4), dtype=np.float32
+    )
+    if header.is_initial_weights:
+        staging = torch.empty(spec.num_coordinates, dtype=torch.float32)
+        return Ticket(client, header, 0, scratch, staging=staging)
+    current = rules.collecting_round(engine.phase, engine.current)
+    if current.first_header_s is None:
+        current.first_header_s = engine.clock()
+        current.first_header_cpu_s = time.process_time()
+    ticket = Ticket(client, header, current.round_id, scratch)
+    ticket.opened_s = engine.clock()
+    ticket.weight = engine.weighting.weight(client, header.num_samples)
+    ticket.value_scale = pacing.value_scale(engine.config, current, header)
+    current.streaming[ticket.ticket_id] = ticket
+    return ticket
