@@ -21,7 +21,7 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,11 @@ class ModeCase:
     staleness_exponent: float | None = None
     max_restarts: int | None = None
     """`--max-restarts` (None: the simulator's 10)."""
+    fragments: int | None = field(default=None, repr=False)
+    """streaming: P. Kept out of the repr (the cache key), so the other
+    modes' cached runs stay valid: a streaming case's `name` carries it."""
+    overlap_steps: int | None = field(default=None, repr=False)
+    """streaming: tau, `--streaming-overlap-steps` (in `name` too)."""
 
     @property
     def clients(self) -> int:
@@ -74,6 +79,8 @@ class ModeCase:
             "--max-staleness": self.max_staleness,
             "--staleness-exponent": self.staleness_exponent,
             "--max-restarts": self.max_restarts,
+            "--fragments": self.fragments,
+            "--streaming-overlap-steps": self.overlap_steps,
         }
         for flag, value in optional.items():
             if value is not None:
@@ -120,6 +127,8 @@ def run_case(case: ModeCase, log: Any) -> dict[str, Any]:
         "crashes": summary["crashes"],
         "rounds_applied": summary["rounds_applied"],
         "bytes_up": summary["bytes_up"],
+        "updates": sum(summary["updates_per_round"]),
+        "num_parameters": summary["num_parameters"],
         "evaluations": evaluations,
         "participants": [
             {

@@ -16,13 +16,18 @@ trains for a similar wall time on the shared 2-core machine:
   12 versions stale are taken (so the x4 client's still land; it pushes
   about once every 4 versions) and scaled by 1/sqrt(1 + staleness), 18
   rounds.
+- streaming (Streaming DiLoCo): P = 4 fragments, a sync every H/P = 5
+  steps, each merged after tau = 1 overlapped step with alpha = 0.5;
+  6 x P = 24 rounds, so each fragment syncs as often as sync's model.
 
 Reported per crash setting and mode (mean ± std over seeds; how each is
 read off the curves: `_heterogeneous_report`): time to the target
 validation loss (sync's final loss in the same seed and setting), loss
 at equal wall time, loss at equal tokens, goodput; ratios to sync and the
-issue's goals, met or not as measured. Streaming DiLoCo is not
-implemented (`"streaming": {"implemented": false}`; its goal is not met).
+issue's goals, met or not as measured. For streaming also its own goal:
+peak bytes per sync (one update's uplink, every header and chunk byte the
+client counted) against a dense fp32 sync of the same model, at most 1/4,
+with loss at equal tokens within +1 % of sync (`streaming_goal`).
 
 Wall time is measured on a shared machine: run with `--jobs 1` (the
 default) so runs do not compete with each other; only figures from one
@@ -50,7 +55,7 @@ from _heterogeneous_report import crash_key, goals, summarise_setting, table
 from _heterogeneous_sim import ModeCase, run_case
 from _util import log, rounded
 
-MODES = ("sync", "deadline", "buffered_async")
+MODES = ("sync", "deadline", "buffered_async", "streaming")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--max-staleness", type=int, default=12, help="buffered_async: bound")
     add("--staleness-exponent", type=float, default=None,
         help="buffered_async: a in (1 + tau)^-a (default 0.5)")  # fmt: skip
+    add("--fragments", type=int, default=4, help="streaming: P (default 4)")
+    add("--overlap-steps", type=int, default=1, help="streaming: tau (default 1)")
     add("--max-restarts", type=int, default=None, help="per client (default 10)")
     add("--corpus-bytes", type=int, default=1_000_000, help="char-LM corpus size")
     add("--jobs", type=int, default=1, help="runs side by side (1: fair timings)")
@@ -78,7 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--quick", action="store_true", help="1 seed, tiny runs: a smoke run")
     args = parser.parse_args(argv)
     if args.quick:  # three clients: starting processes is most of a tiny run
-        args.seeds, args.inner_steps, args.corpus_bytes = 1, 5, 400_000
+        args.seeds, args.inner_steps, args.corpus_bytes = 1, 4, 400_000
+        args.fragments = 2
         args.sync_rounds, args.deadline_rounds, args.async_rounds = 2, 3, 4
         args.deadline_s, args.speeds, args.max_restarts = 0.5, "1,1,4", 1
     args.modes = [m for m in args.modes.split(",") if m]
@@ -88,6 +96,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.seeds, args.inner_steps, args.jobs, args.sync_rounds,
            args.deadline_rounds, args.async_rounds) < 1:  # fmt: skip
         parser.error("--seeds, --inner-steps, --jobs and the rounds must be >= 1")
+    if "streaming" in args.modes and (
+        args.fragments < 2 or args.inner_steps % args.fragments
+        or not 0 <= args.overlap_steps < args.inner_steps // args.fragments
+    ):  # fmt: skip
+        parser.error("--fragments must divide --inner-steps, --overlap-steps < H/P")
     if args.only_cached and args.cache is None:
         parser.error("--only-cached needs --cache")
     return args
@@ -103,9 +116,15 @@ def make_case(args: argparse.Namespace, mode: str, rate: float, seed: int) -> Mo
                            "buffer_size": args.buffer_size,
                            "max_staleness": args.max_staleness,
                            "staleness_exponent": args.staleness_exponent},
+        "streaming": {"rounds": args.sync_rounds * args.fragments,
+                      "fragments": args.fragments,
+                      "overlap_steps": args.overlap_steps},
     }  # fmt: skip
+    label = mode
+    if mode == "streaming":  # its settings are not in the cache key: name them
+        label = f"streaming-p{args.fragments}-t{args.overlap_steps}"
     return ModeCase(
-        name=f"{mode}-{crash_key(rate)}", mode=mode, crash_rate=rate, seed=seed,
+        name=f"{label}-{crash_key(rate)}", mode=mode, crash_rate=rate, seed=seed,
         inner_steps=args.inner_steps, speeds=args.speeds,
         corpus_bytes=args.corpus_bytes, max_restarts=args.max_restarts,
         **per_mode[mode],
@@ -159,6 +178,28 @@ def summarise(
     return settings
 
 
+def streaming_goal(
+    settings: dict[str, Any], results: list[dict[str, Any] | None]
+) -> dict[str, Any]:
+    """Peak bytes per sync against dense fp32 (<= 1/4) at <= +1 % loss (equal tokens)."""
+    runs = [r for r in results if r is not None and r["mode"] == "streaming"]
+    if not runs or "updates" not in runs[0]:
+        return {"measured": False}
+    per_sync = max(r["bytes_up"] / max(1, r["updates"]) for r in runs)
+    dense = 4 * runs[0]["num_parameters"]
+    losses = {key: s["vs_sync"].get("streaming", {}).get("loss_at_equal_tokens_pct")
+              for key, s in settings.items()}  # fmt: skip
+    ratio = per_sync / dense
+    return {
+        "peak_bytes_per_sync": per_sync,
+        "dense_fp32_bytes_per_sync": dense,
+        "ratio": ratio,
+        "loss_at_equal_tokens_pct": losses,
+        "bytes_met": ratio <= 0.25,
+        "loss_met": all(v is not None and v <= 1.0 for v in losses.values()),
+    }
+
+
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
@@ -183,7 +224,7 @@ def main() -> None:
         "settings": settings,
         "table": table(settings),
         "goals": goals(settings, args.modes) if settings else {},
-        "streaming": {"implemented": False},
+        "streaming_goal": streaming_goal(settings, results) if settings else {},
         "missing_runs": missing,
         "seconds_per_run": statistics.fmean(r["seconds"] for r in done)
         if done
