@@ -9,7 +9,7 @@ import torch
 
 from fedgrpc import errors
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
-from fedgrpc.client.connection.pull import ModelReceiver, ModelTrust
+from fedgrpc.client.connection.pull import ModelReceiver, ModelTrust, RangeMismatchError
 from fedgrpc.crypto.keys import PrivateKey
 from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from fedgrpc.wire.signed import model_statement
@@ -69,3 +69,31 @@ def test_weights_altered_in_transit_are_refused() -> None:
     receiver.accept(_chunk(b"\xff" + DATA[1:]))
     with pytest.raises(errors.BadSignatureError, match="altered in transit"):
         receiver.finish()
+
+
+def test_a_range_pull_completes_the_version_it_holds_or_says_so() -> None:
+    # The client holds the first 16 bytes of this version; it pulls the rest.
+    held = torch.tensor(list(DATA[:16]) + [0] * 16, dtype=torch.uint8)
+    receiver = ModelReceiver(SPEC, held, TRUST, byte_range=(16, 32))
+    receiver.accept(_header())
+    receiver.accept(
+        pb.PullModelResponse(chunk=pb.ModelChunk(offset=16, data=DATA[16:]))
+    )
+    assert receiver.finish().sha256 == hashlib.sha256(DATA).digest()
+    assert bytes(held.numpy()) == DATA
+
+    # Holding another version's first half: the digest cannot match.
+    stale = torch.zeros(32, dtype=torch.uint8)
+    receiver = ModelReceiver(SPEC, stale, TRUST, byte_range=(16, 32))
+    receiver.accept(_header())
+    receiver.accept(
+        pb.PullModelResponse(chunk=pb.ModelChunk(offset=16, data=DATA[16:]))
+    )
+    with pytest.raises(RangeMismatchError, match="pull the whole model"):
+        receiver.finish()
+
+    # A chunk outside the range asked for is refused.
+    receiver = ModelReceiver(SPEC, stale, TRUST, byte_range=(16, 32))
+    receiver.accept(_header())
+    with pytest.raises(errors.InvalidUpdateError, match="before the range"):
+        receiver.accept(_chunk(DATA[:16]))
