@@ -317,9 +317,9 @@ def test_heterogeneous_bench_quick_compares_every_round_mode_and_resumes(
         assert isinstance(goal["met"], bool), name  # measured, never assumed
     # Streaming (P = 2 here): each sync moves half a dense one, header included.
     streaming = report["streaming_goal"]
+    assert isinstance(streaming, dict)
     assert 0.45 < streaming["ratio"] <= 0.55
     assert isinstance(streaming["loss_met"], bool)
-    assert report["streaming"] == {"implemented": False}
     assert goals["streaming_p4_quarter_peak_bytes_within_1pct"]["met"] is False
     assert again["settings"] == settings
     assert again["missing_runs"] == []
