@@ -76,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="buffered_async: a in (1 + tau)^-a (default 0.5)")  # fmt: skip
     add("--fragments", type=int, default=4, help="streaming: P (default 4)")
     add("--overlap-steps", type=int, default=1, help="streaming: tau (default 1)")
+    add("--streaming-inner-steps", type=int, default=None,
+        help="streaming: H, if not --inner-steps (P divides it)")  # fmt: skip
     add("--max-restarts", type=int, default=None, help="per client (default 10)")
     add("--corpus-bytes", type=int, default=1_000_000, help="char-LM corpus size")
     add("--jobs", type=int, default=1, help="runs side by side (1: fair timings)")
@@ -85,8 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--quick", action="store_true", help="1 seed, tiny runs: a smoke run")
     args = parser.parse_args(argv)
     if args.quick:  # three clients: starting processes is most of a tiny run
-        args.seeds, args.inner_steps, args.corpus_bytes = 1, 4, 400_000
-        args.fragments = 2
+        args.seeds, args.inner_steps, args.corpus_bytes = 1, 5, 400_000
+        args.fragments, args.streaming_inner_steps = 2, 4
         args.sync_rounds, args.deadline_rounds, args.async_rounds = 2, 3, 4
         args.deadline_s, args.speeds, args.max_restarts = 0.5, "1,1,4", 1
     args.modes = [m for m in args.modes.split(",") if m]
@@ -96,9 +98,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.seeds, args.inner_steps, args.jobs, args.sync_rounds,
            args.deadline_rounds, args.async_rounds) < 1:  # fmt: skip
         parser.error("--seeds, --inner-steps, --jobs and the rounds must be >= 1")
+    args.streaming_inner_steps = args.streaming_inner_steps or args.inner_steps
+    h = args.streaming_inner_steps
     if "streaming" in args.modes and (
-        args.fragments < 2 or args.inner_steps % args.fragments
-        or not 0 <= args.overlap_steps < args.inner_steps // args.fragments
+        args.fragments < 2 or h % args.fragments
+        or not 0 <= args.overlap_steps < h // args.fragments
     ):  # fmt: skip
         parser.error("--fragments must divide --inner-steps, --overlap-steps < H/P")
     if args.only_cached and args.cache is None:
@@ -123,9 +127,10 @@ def make_case(args: argparse.Namespace, mode: str, rate: float, seed: int) -> Mo
     label = mode
     if mode == "streaming":  # its settings are not in the cache key: name them
         label = f"streaming-p{args.fragments}-t{args.overlap_steps}"
+    h = args.streaming_inner_steps if mode == "streaming" else args.inner_steps
     return ModeCase(
         name=f"{label}-{crash_key(rate)}", mode=mode, crash_rate=rate, seed=seed,
-        inner_steps=args.inner_steps, speeds=args.speeds,
+        inner_steps=h, speeds=args.speeds,
         corpus_bytes=args.corpus_bytes, max_restarts=args.max_restarts,
         **per_mode[mode],
     )  # fmt: skip
@@ -181,7 +186,7 @@ def summarise(
 def streaming_goal(
     settings: dict[str, Any], results: list[dict[str, Any] | None]
 ) -> dict[str, Any]:
-    """Peak bytes per sync against dense fp32 (<= 1/4) at <= +1 % loss (equal tokens)."""
+    """Peak bytes per sync vs dense fp32 (<= 1/4) at <= +1 % loss (equal tokens)."""
     runs = [r for r in results if r is not None and r["mode"] == "streaming"]
     if not runs or "updates" not in runs[0]:
         return {"measured": False}

@@ -233,6 +233,8 @@ def _pacing_line(s: CoordinatorStatus) -> str:
     settings = {
         "deadline": f" ({p.round_duration_s:g} s of training per round)",
         "buffered_async": f" (K={p.buffer_size}, max_staleness {p.max_staleness})",
+        "streaming": f" ({p.fragments} fragments, overlap "
+        f"{p.streaming_overlap_steps} steps)",
     }.get(p.round_mode, "")
     goodput = (
         f"  goodput {p.goodput:.1%} of {p.compute_offered_s:,.0f} s client compute"

@@ -116,6 +116,9 @@ class PacingView:
     """Reported client training seconds in applied rounds / offered (0: none)."""
     compute_offered_s: float = 0.0
     compute_applied_s: float = 0.0
+    fragments: int = 0
+    """streaming's P (0 in other modes)."""
+    streaming_overlap_steps: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,5 +375,7 @@ def _from_proto(
             reply.goodput,
             reply.compute_offered_s,
             reply.compute_applied_s,
+            reply.round_config.fragments,
+            reply.round_config.streaming_overlap_steps,
         ),
     )

@@ -59,9 +59,15 @@ class ComputeLedger:
         self.samples += samples
         self.tokens += tokens
 
-    def settle(self, applied: bool) -> None:
-        """A sync point ended: this round's compute was useful iff it applied."""
-        if applied:
+    def settle(self, outcome: str | None) -> None:
+        """A sync point ended: this round's compute was useful iff it applied.
+
+        A streaming fragment still in flight ("in_flight") settles at its
+        merge, a few steps later, with the round's outcome.
+        """
+        if outcome == "in_flight":
+            return
+        if outcome == "applied":
             self.useful_s += self.round_s
         self.round_s = 0.0
 

@@ -184,8 +184,7 @@ def _train(args: WorkerArgs, results: ResultQueue, gates: Gates | None) -> None:
             if not client.step(loss=loss, num_samples=task.batch_size):
                 continue
             results.put(("mark", args.index, ledger.mark(reached)))
-            if client.last_round_outcome != "in_flight":  # streaming: at the merge
-                ledger.settle(client.last_round_outcome == "applied")
+            ledger.settle(client.last_round_outcome)
             outcome = f"outcome_{client.last_round_outcome}"
             outcomes[outcome] = outcomes.get(outcome, 0.0) + 1
         if is_reporter:

@@ -465,7 +465,9 @@ class GetStatusResponse(_message.Message):
     dp_accountant: _builtins.str
     """The accountant and the adjacency, e.g. "rdp/add_or_remove_one"."""
     round_mode: _builtins.str
-    """How rounds are paced: "sync", "deadline" or "buffered_async"."""
+    """How rounds are paced: "sync", "deadline", "buffered_async" or
+    "streaming" (its settings are in round_config).
+    """
     goodput: _builtins.float
     """Goodput since the coordinator started: of the training seconds clients
     reported with their updates (UpdateHeader.compute_s), the share in

@@ -97,13 +97,14 @@ def test_a_step_at_speed_3_takes_three_times_its_compute() -> None:
 
 def test_only_rounds_that_applied_count_as_useful() -> None:
     ledger = ComputeLedger()
-    for applied in (True, False, True):
+    # A streaming fragment in flight settles at its merge, with the outcome.
+    for outcome in ("applied", "skipped", "in_flight", "applied"):
         ledger.timed_step(time.perf_counter() - 1.0, 1, 1)  # a 1 s step
-        ledger.settle(applied)
+        ledger.settle(outcome)
     ledger.timed_step(time.perf_counter() - 1.0, 1, 1)  # open round: a crash
     figures = ledger.figures()
-    assert figures["compute_s"] == pytest.approx(4.0, abs=0.05)
-    assert figures["useful_s"] == pytest.approx(2.0, abs=0.05)
+    assert figures["compute_s"] == pytest.approx(5.0, abs=0.05)
+    assert figures["useful_s"] == pytest.approx(3.0, abs=0.05)
 
 
 def test_incarnations_sum_counts_and_keep_the_first_initial_score() -> None:
