@@ -1,0 +1,94 @@
+"""Render server/helm/fedgrpc as `helm template` would, and look things up in it.
+
+Rendering uses Helm's own Go engine (the `helm-python-sdk` wheel binds it),
+so the templates, `fail` messages and values.schema.json behave exactly as
+in `helm install`; no cluster is contacted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "server/helm/fedgrpc"
+RELEASE = "fl"
+NAMESPACE = "training"
+
+Object = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The Kubernetes objects of one render, and its NOTES.txt."""
+
+    objects: list[Object]
+    notes: str
+
+    def one(self, kind: str, name: str | None = None) -> Object:
+        found = [
+            o
+            for o in self.objects
+            if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+        ]
+        assert len(found) == 1, f"{len(found)} {kind} objects named {name}"
+        return found[0]
+
+    def kinds(self) -> list[str]:
+        return sorted(o["kind"] for o in self.objects)
+
+    @property
+    def container(self) -> Object:
+        pod = self.one("StatefulSet")["spec"]["template"]["spec"]
+        containers: list[Object] = pod["containers"]
+        assert len(containers) == 1
+        return containers[0]
+
+    @property
+    def toml(self) -> str:
+        return str(self.one("ConfigMap")["data"]["coordinator.toml"])
+
+
+def render(values: Object | None = None) -> Rendered:
+    """The chart rendered with `values` over its defaults (schema-checked)."""
+    with helm.Chart.load(CHART) as chart:
+        manifests = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE)
+    objects: list[Object] = []
+    notes = ""
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt"):
+            notes = text
+            continue
+        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return Rendered(objects, notes)
+
+
+def lint(values: Object | None = None) -> dict[str, Any]:
+    """`helm lint --strict` of the chart with `values`."""
+    return helm.lint(CHART, values or {}, strict=True)
+
+
+FULL_VALUES: Object = {
+    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+    "http": {"enabled": True},
+    "probes": {"type": "http"},
+    "initModel": {"path": "/models/init.safetensors"},
+    "tls": {
+        "enabled": True,
+        "secretName": "fedgrpc-tls",
+        "clientCA": {"enabled": True, "secretName": "fedgrpc-client-ca"},
+    },
+    "adminToken": {"secretName": "fedgrpc-admin"},
+    "identity": {"secretName": "fedgrpc-identity"},
+    "clientKeys": {"secretName": "fedgrpc-clients"},
+    "extraVolumes": [
+        {"name": "models", "persistentVolumeClaim": {"claimName": "models"}}
+    ],
+    "extraVolumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True}],
+}
+"""Monitoring, TLS with client certificates, the dashboard with HTTP probes,
+and every Secret the chart can mount: what a production release sets."""
