@@ -29,6 +29,8 @@ class ConnectProxy:
         self.refuse = refuse
         self.answer_delay_s = answer_delay_s
         self.connects: list[str] = []
+        self.authorizations: list[str] = []
+        """Proxy-Authorization header of each request ("" when it had none)."""
         self.tunnelled_bytes = 0
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -72,8 +74,11 @@ class ConnectProxy:
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             writer.close()
             return
-        method, target, _version = head.split(b"\r\n", 1)[0].decode().split(" ")
+        request, *headers = head.decode().split("\r\n")
+        method, target, _version = request.split(" ")
         self.connects.append(f"{method} {target}")
+        fields = dict(h.split(": ", 1) for h in headers if ": " in h)
+        self.authorizations.append(fields.get("Proxy-Authorization", ""))
         await asyncio.sleep(self.answer_delay_s)  # a distant or busy proxy
         if method != "CONNECT":
             await _answer(writer, HTTPStatus.METHOD_NOT_ALLOWED)

@@ -13,6 +13,7 @@ that the proxy saw the CONNECT to the coordinator's port.
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -117,6 +118,17 @@ def test_a_slow_proxy_still_connects(coordinator: fedgrpc.Coordinator) -> None:
     assert serving == "SERVING"
     _assert_tunnelled(proxy, coordinator.address)
     assert client.last_round_outcome == "applied"
+
+
+def test_proxy_credentials_in_the_url_are_sent_as_basic_auth(
+    coordinator: fedgrpc.Coordinator,
+) -> None:
+    with connect_proxy() as proxy:
+        url = proxy.url.replace("http://", "http://alice:s3cret@")
+        serving = check_health(coordinator.address, _client_config(proxy=url))
+    assert serving == "SERVING"
+    expected = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+    assert proxy.authorizations == [expected]
 
 
 def test_https_proxy_environment_variable_is_honoured(
