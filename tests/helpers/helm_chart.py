@@ -14,6 +14,9 @@ from typing import Any
 import helm_python as helm
 import yaml
 
+from fedgrpc.crypto import PrivateKey, save_key_pair
+from fedgrpc.crypto.certs import write_dev_pki
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "server/helm/fedgrpc"
 RELEASE = "fl"
@@ -92,3 +95,25 @@ FULL_VALUES: Object = {
 }
 """Monitoring, TLS with client certificates, the dashboard with HTTP probes,
 and every Secret the chart can mount: what a production release sets."""
+
+
+def secret_files(directory: Path) -> dict[str, dict[str, Path]]:
+    """Secret name -> {key: local file}: what FULL_VALUES' Secrets would hold.
+
+    Real files made the way an operator would (`fedgrpc certs --admin`,
+    `fedgrpc keygen`): a development CA with the server, client and admin
+    certificates and the admin token; the coordinator's key; one client's
+    public key ("alice", whose private key is beside it).
+    """
+    pki = directory / "pki"
+    write_dev_pki(pki, hosts=["fl-fedgrpc.training.svc"], admin=True)
+    keys = directory / "keys"
+    save_key_pair(PrivateKey.generate(), keys, "coordinator")
+    save_key_pair(PrivateKey.generate(), keys, "alice")
+    return {
+        "fedgrpc-tls": {"tls.crt": pki / "server.pem", "tls.key": pki / "server.key"},
+        "fedgrpc-client-ca": {"ca.crt": pki / "ca.pem"},
+        "fedgrpc-admin": {"admin.token": pki / "admin.token"},
+        "fedgrpc-identity": {"coordinator.key": keys / "coordinator.key"},
+        "fedgrpc-clients": {"alice.pub": keys / "alice.pub"},
+    }
