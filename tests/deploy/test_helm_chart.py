@@ -12,6 +12,8 @@ mounts against the settings the coordinator really listens and writes on.
 
 from __future__ import annotations
 
+import json
+import re
 import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -21,6 +23,7 @@ from cloudcoil.models.prometheus_operator import v1 as prometheus
 from helm_python import HelmRenderError, HelmValuesError
 from kubernetes_validate import utils as k8s_schema
 
+from fedgrpc.cli import build_parser
 from fedgrpc.config import CoordinatorConfig, load_table
 from tests.helpers.helm_chart import (
     FULL_VALUES,
@@ -31,6 +34,7 @@ from tests.helpers.helm_chart import (
     secret_files,
 )
 
+REPO = Path(__file__).resolve().parents[2]
 OLDEST_KUBERNETES = "1.27.0"
 """Chart.yaml's kubeVersion floor: native gRPC probes are GA from 1.27."""
 KUBERNETES_VERSIONS = (OLDEST_KUBERNETES, k8s_schema.latest_version())
@@ -327,3 +331,32 @@ def test_values_that_cannot_work_fail_the_render_saying_why(
 ) -> None:
     with pytest.raises(error, match=message.replace(".", r"\.")):
         render(values)
+
+
+def _dockerfile_text() -> str:
+    lines = (REPO / "server/Dockerfile").read_text().splitlines()
+    return "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+
+
+def test_pod_runs_the_image_as_it_was_built() -> None:
+    # The chart passes only args: the image's ENTRYPOINT must be fedgrpc,
+    # and the pod's uid the one the image made its state directory for.
+    dockerfile = _dockerfile_text()
+    rendered = render()
+    pod = rendered.one("StatefulSet")["spec"]["template"]["spec"]
+
+    entrypoint = re.search(r"^ENTRYPOINT (.+)$", dockerfile, re.MULTILINE)
+    assert entrypoint is not None
+    args = build_parser().parse_args(rendered.container["args"])
+    assert json.loads(entrypoint.group(1)) == ["fedgrpc"]
+    assert args.command == "serve"
+    assert args.config == "/etc/fedgrpc/config/coordinator.toml"
+    assert _mount_of(rendered, args.config)[1]["configMap"]["name"] == "fl-fedgrpc"
+    uid = re.search(r"useradd [^\n]*--uid (\d+)", dockerfile)
+    assert uid is not None
+    assert pod["securityContext"]["runAsUser"] == int(uid.group(1))
+    assert pod["securityContext"]["fsGroup"] == int(uid.group(1))
+    exposed = re.search(r"^EXPOSE (.+)$", dockerfile, re.MULTILINE)
+    assert exposed is not None
+    container_ports = {p["containerPort"] for p in rendered.container["ports"]}
+    assert {int(p) for p in exposed.group(1).split()} == container_ports
