@@ -7,8 +7,9 @@ in `helm install`; no cluster is contacted.
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import helm_python as helm
@@ -54,6 +55,40 @@ class Rendered:
     @property
     def toml(self) -> str:
         return str(self.one("ConfigMap")["data"]["coordinator.toml"])
+
+    @property
+    def table(self) -> Object:
+        """The ConfigMap's [coordinator] table, parsed."""
+        table: Object = tomllib.loads(self.toml)["coordinator"]
+        return table
+
+    def mounts(self) -> dict[str, Object]:
+        """mountPath -> its volumeMount merged with the volume behind it (a
+        Secret, ConfigMap, emptyDir, or a volumeClaimTemplate's spec)."""
+        statefulset = self.one("StatefulSet")["spec"]
+        volumes = {v["name"]: v for v in statefulset["template"]["spec"]["volumes"]}
+        claims = {
+            t["metadata"]["name"]: t
+            for t in statefulset.get("volumeClaimTemplates", [])
+        }
+        return {
+            m["mountPath"]: {**volumes.get(m["name"], claims.get(m["name"], {})), **m}
+            for m in self.container["volumeMounts"]
+        }
+
+    def mount_of(self, path: str) -> tuple[str, Object]:
+        """The mount `path` lies on, and its volume; fails if on none."""
+        for mount, volume in self.mounts().items():
+            if PurePosixPath(path).is_relative_to(mount):
+                return mount, volume
+        raise AssertionError(f"{path} is on no volume of the pod")
+
+    def port_number(self, name_or_number: str | int) -> int:
+        """A probe's or Service's port (a number, or a container port's name)."""
+        if isinstance(name_or_number, int):
+            return name_or_number
+        ports = {p["name"]: p["containerPort"] for p in self.container["ports"]}
+        return int(ports[name_or_number])
 
 
 def render(values: Object | None = None) -> Rendered:
