@@ -32,6 +32,8 @@ class ConnectProxy:
         self.authorizations: list[str] = []
         """Proxy-Authorization header of each request ("" when it had none)."""
         self.tunnelled_bytes = 0
+        self.upstream = bytearray()
+        """Every byte tunnelled towards the coordinator (tests send little)."""
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -96,17 +98,22 @@ class ConnectProxy:
             return
         writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         await asyncio.gather(
-            self._pipe(reader, upstream_writer),
-            self._pipe(upstream_reader, writer),
+            self._pipe(reader, upstream_writer, self.upstream),
+            self._pipe(upstream_reader, writer, None),
             return_exceptions=True,
         )
 
     async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        record: bytearray | None,
     ) -> None:
         try:
             while data := await reader.read(READ_BYTES):
                 self.tunnelled_bytes += len(data)
+                if record is not None:
+                    record.extend(data)
                 writer.write(data)
                 await writer.drain()
         finally:

@@ -28,6 +28,7 @@ import fedgrpc
 from fedgrpc.client import DiLoCoClient
 from fedgrpc.client.admin import check_health
 from fedgrpc.config import ClientConfig, CoordinatorConfig
+from fedgrpc.crypto.certs import write_dev_pki
 from fedgrpc.errors import ConfigError, CoordinatorUnavailableError
 from tests.helpers.connect_proxy import ConnectProxy, connect_proxy
 
@@ -118,6 +119,29 @@ def test_a_slow_proxy_still_connects(coordinator: fedgrpc.Coordinator) -> None:
     assert serving == "SERVING"
     _assert_tunnelled(proxy, coordinator.address)
     assert client.last_round_outcome == "applied"
+
+
+def test_tls_runs_end_to_end_inside_the_tunnel(tmp_path: Path) -> None:
+    pki = write_dev_pki(tmp_path / "pki")
+    config = CoordinatorConfig(
+        listen="127.0.0.1:0", open_enrollment=True, min_clients=1,
+        inner_steps=H, seed_from_first_client=True,
+        tls_cert=str(pki.server_certificate), tls_key=str(pki.server_key),
+    )  # fmt: skip
+    with fedgrpc.Coordinator(config) as running, connect_proxy() as proxy:
+        tls = _client_config(proxy=proxy.url, tls_ca=str(pki.ca_certificate))
+        client = _one_round(running.address, tls)
+        address = running.address
+    plaintext = config.replace(tls_cert="", tls_key="")
+    with fedgrpc.Coordinator(plaintext) as plain, connect_proxy() as clear_proxy:
+        _one_round(plain.address, _client_config(proxy=clear_proxy.url))
+
+    _assert_tunnelled(proxy, address)
+    assert client.last_round_outcome == "applied"
+    # The proxy carried only ciphertext: the method names a plaintext
+    # channel shows it are nowhere in what it tunnelled.
+    assert b"fedgrpc.v1.CoordinatorService" in clear_proxy.upstream
+    assert b"fedgrpc.v1.CoordinatorService" not in proxy.upstream
 
 
 def test_proxy_credentials_in_the_url_are_sent_as_basic_auth(
