@@ -91,7 +91,7 @@ def test_node_client_joins_through_https_proxy(
         result = _join(node, coordinator.address, proxy.url)
     port = coordinator.address.rsplit(":", 1)[1]
     assert result == {"joined": True}
-    assert proxy.connects == [f"CONNECT 127.0.0.1:{port}"]
+    assert set(proxy.connects) == {f"CONNECT 127.0.0.1:{port}"}
     assert coordinator.status().clients[0].name == "node-proxy"
 
 
