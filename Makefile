@@ -14,6 +14,9 @@ install:  ## create .venv, install torch==$(TORCH_VERSION) first, then fedgrpc[d
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: any range pip resolves itself could pull a multi-GB build.
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	# dev also brings the Helm chart's test tools from PyPI (helm-python-sdk:
+	# Helm's engine; kubernetes-validate: the Kubernetes schemas; the
+	# Prometheus Operator CRD models): no helm or kubeconform binary download.
 	$(BIN)/python -m pip install --quiet -e '.[dev,dp,digits,hf,lightning,lora]'
 	$(BIN)/python -c "import torch, sys; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '$(TORCH_VERSION)' else 'torch ' + v + ' installed, expected $(TORCH_VERSION)')"
 	# The Node.js client (client/node) that tests/system/test_node_client.py runs, exactly

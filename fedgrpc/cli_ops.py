@@ -81,6 +81,12 @@ def _add_connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-cert", metavar="PEM", help="client certificate "
                         "for mutual TLS (needs --tls-key)")  # fmt: skip
     parser.add_argument("--tls-key", metavar="PEM", help="key of --tls-cert")
+    parser.add_argument("--proxy", metavar="URL", help="reach the coordinator "
+                        "through this HTTP CONNECT proxy, "
+                        "http://[user:password@]host:port, or 'direct' for "
+                        "no proxy (default: gRPC's grpc_proxy / https_proxy / "
+                        "http_proxy environment variables, minus the hosts in "
+                        "no_grpc_proxy / no_proxy)")  # fmt: skip
     parser.add_argument("--admin-token-file", metavar="PATH", help="file "
                         "holding the coordinator's admin token (its "
                         "admin_token_file), sent as `authorization: Bearer`; "
@@ -126,7 +132,7 @@ def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 def _client_config(args: argparse.Namespace) -> ClientConfig:
     return ClientConfig(
         tls_ca=args.tls_ca or "", tls_cert=args.tls_cert or "",
-        tls_key=args.tls_key or "",
+        tls_key=args.tls_key or "", proxy=args.proxy or "",
     )  # fmt: skip
 
 

@@ -19,7 +19,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedgrpc._proto.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2
-from fedgrpc.client.connection.channel import channel_credentials
+from fedgrpc.client.connection.channel import (
+    channel_credentials,
+    channel_options,
+    proxy_refusal,
+    proxy_refusal_message,
+)
 from fedgrpc.client.status import status_code
 from fedgrpc.config import ClientConfig
 from fedgrpc.crypto.admin_token import bearer_metadata, read_admin_token
@@ -269,11 +274,14 @@ def check_health(
 
 @contextmanager
 def _channel(target: str, config: ClientConfig | None) -> Iterator[grpc.Channel]:
+    # The same options as a training client's channel, so `--proxy` (and
+    # gRPC's proxy environment variables) reach the coordinator the same way.
+    options = channel_options(config)
     if config is None or not config.tls_ca:
-        channel = grpc.insecure_channel(target)
+        channel = grpc.insecure_channel(target, options=options)
     else:
         tls = load_client_tls(config.tls_ca, config.tls_cert, config.tls_key)
-        channel = grpc.secure_channel(target, channel_credentials(tls))
+        channel = grpc.secure_channel(target, channel_credentials(tls), options=options)
     with channel:
         yield channel
 
@@ -285,6 +293,11 @@ def _translated(target: str) -> Iterator[None]:
     except grpc.RpcError as exc:
         code = status_code(exc)
         details = exc.details() if code is not None else str(exc)
+        refused = proxy_refusal(details or "")
+        if refused is not None:
+            raise CoordinatorUnavailableError(
+                proxy_refusal_message(target, refused, details or "")
+            ) from exc
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             raise CoordinatorUnavailableError(
                 f"no answer from the coordinator at {target} ({code.name}: "

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 from fedgrpc.config.files import check_readable as _check_readable
 from fedgrpc.config.files import check_tls_pair as _check_tls_pair
 from fedgrpc.config.files import is_hex as _is_hex
+from fedgrpc.config.proxy import check_proxy as _check_proxy
 from fedgrpc.errors import check_config as _check
 
 _FINGERPRINT_CHARS = 64
@@ -58,6 +59,17 @@ class ClientConfig:
     reconnect_give_up_s: float = 3600.0
     """How long the coordinator may stay away in total, since it was lost,
     before `step()` raises `CoordinatorUnavailableError`."""
+    proxy: str = ""
+    """How to reach the coordinator through an HTTP CONNECT proxy (a client
+    behind a firewall that only lets traffic out through one).
+    "" (the default): gRPC's environment variables decide, `grpc_proxy`,
+    else `https_proxy`, else `http_proxy`, with the hosts in `no_grpc_proxy`
+    (else `no_proxy`) reached directly. "http://[user:password@]host:port":
+    this proxy, whatever the environment says (the channel option
+    `grpc.http_proxy`); the hosts in `no_grpc_proxy` / `no_proxy` still
+    bypass it. "direct": no proxy, even if the environment names one. TLS
+    to the coordinator runs inside the tunnel, so the proxy sees only the
+    coordinator's host and port (`fedgrpc.config.proxy`)."""
     tls_ca: str = ""
     """PEM CA certificate(s) the coordinator's certificate must chain to; set,
     the client speaks TLS ("" : plaintext). For a publicly trusted certificate
@@ -156,6 +168,7 @@ class ClientConfig:
         floor = self.min_dp_noise_multiplier
         _check(math.isfinite(floor) and floor >= 0, "min_dp_noise_multiplier",
                floor, "a finite number >= 0 (0 turns the check off)")  # fmt: skip
+        _check_proxy(self.proxy)
         _check_tls_pair(self.tls_cert, self.tls_key)
         _check(not self.tls_cert or bool(self.tls_ca), "tls_ca", self.tls_ca,
                "the CA file that signed the coordinator's certificate, since "

@@ -1,4 +1,4 @@
-"""The channel to the coordinator: opening it (TLS or not) and backing off.
+"""The channel to the coordinator: opening it (TLS, proxy) and backing off.
 
 Two backoff schedules live here, one per kind of wait: `retry_unavailable`
 retries one call while a coordinator is not up yet (the first Join, 50 ms
@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any, TypeVar
 
 import grpc
 
 from fedgrpc.client.status import RpcName, error_from_rpc, status_code
 from fedgrpc.config import ClientConfig
+from fedgrpc.config.proxy import DIRECT, redact_proxy
 from fedgrpc.crypto.tls import ClientTLS, load_client_tls
 from fedgrpc.errors import CoordinatorUnavailableError
 from fedgrpc.log import get_logger
@@ -30,6 +33,7 @@ T = TypeVar("T")
 MAX_MESSAGE_BYTES = 64 << 20
 """Client-side send/receive limit. The coordinator enforces its own (~1 MiB +
 4 KiB); this only has to be larger than any message it may legally send."""
+MIN_CONNECT_TIMEOUT_MS = 20_000
 _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -37,8 +41,13 @@ _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     # fast with UNAVAILABLE meanwhile. Starting lower lets a client that came
     # up before its coordinator connect within ~0.1-2 s of the server start.
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    # Despite its name, gRPC's core takes this as the least time one
+    # connection attempt may take: TCP connect, the proxy's CONNECT and the
+    # TLS handshake together. It used to be 100 ms like the initial backoff,
+    # and then a client behind a proxy, or far from its coordinator, timed
+    # out every attempt ("Endpoint closing"). 20 s is gRPC's default.
+    ("grpc.min_reconnect_backoff_ms", MIN_CONNECT_TIMEOUT_MS),
 ]
 INITIAL_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 2.0
@@ -55,6 +64,22 @@ class Credentials:
     session_token: bytes = field(repr=False)
 
 
+def channel_options(config: ClientConfig | None) -> list[tuple[str, Any]]:
+    """The channel options for `config`: message limits, backoff, its proxy.
+
+    `proxy` "" adds nothing, so gRPC's own environment variables
+    (grpc_proxy, https_proxy, http_proxy; no_grpc_proxy, no_proxy) decide;
+    a URL sets `grpc.http_proxy`, which wins over them; "direct" sets
+    `grpc.enable_http_proxy` to 0, which ignores them.
+    """
+    proxy = config.proxy if config is not None else ""
+    if proxy == DIRECT:
+        return [*_CHANNEL_OPTIONS, ("grpc.enable_http_proxy", 0)]
+    if proxy:
+        return [*_CHANNEL_OPTIONS, ("grpc.http_proxy", proxy)]
+    return list(_CHANNEL_OPTIONS)
+
+
 def open_channel(target: str, config: ClientConfig | None = None) -> grpc.aio.Channel:
     """A grpc.aio channel to `target` ("host:port"): TLS if `config.tls_ca` is set.
 
@@ -66,15 +91,16 @@ def open_channel(target: str, config: ClientConfig | None = None) -> grpc.aio.Ch
         ConfigError: a TLS file is not PEM, or the key does not fit the
             certificate (`fedgrpc.crypto.tls`).
     """
+    options = channel_options(config)
+    if config is not None and config.proxy:
+        log.info("channel_proxy", peer=target, proxy=redact_proxy(config.proxy))
     if config is None or not config.tls_ca:
-        return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(target, options=options)
     tls = load_client_tls(config.tls_ca, config.tls_cert, config.tls_key)
     log.info(
         "channel_tls", peer=target, tls=tls.mode, cert_sha256=tls.certificate_sha256
     )
-    return grpc.aio.secure_channel(
-        target, channel_credentials(tls), options=_CHANNEL_OPTIONS
-    )
+    return grpc.aio.secure_channel(target, channel_credentials(tls), options=options)
 
 
 def channel_credentials(tls: ClientTLS) -> grpc.ChannelCredentials:
@@ -94,6 +120,40 @@ def _is_handshake_failure(details: str) -> bool:
     # grpc's wording for a TLS handshake this side rejected (untrusted or
     # misnamed coordinator certificate, plaintext server): retrying cannot help.
     return "handshake failed" in details.lower()
+
+
+_PROXY_REFUSAL = re.compile(r"HTTP proxy returned response code (\d+)")
+"""grpc's wording when the proxy answers CONNECT with anything but 2xx."""
+
+
+def proxy_refusal(details: str) -> int | None:
+    """The HTTP status a proxy refused our CONNECT with, if it was 4xx.
+
+    A 4xx is the proxy's policy (403: this host or port is not allowed;
+    407: it wants credentials): retrying cannot help, unlike a 5xx (502:
+    the proxy could not reach the coordinator, which may not be up yet).
+    """
+    found = _PROXY_REFUSAL.search(details)
+    if found is None or not 400 <= int(found.group(1)) < 500:
+        return None
+    return int(found.group(1))
+
+
+def proxy_refusal_message(target: str, code: int, details: str) -> str:
+    """What to tell the user when the proxy refused to tunnel to `target`."""
+    fix = (
+        "put the proxy's credentials in its URL, http://user:password@host:port"
+        if code == HTTPStatus.PROXY_AUTHENTICATION_REQUIRED
+        else "ask for CONNECT to this host and port to be allowed, or reach "
+        "the coordinator without the proxy (ClientConfig.proxy = 'direct', "
+        "or list the host in no_grpc_proxy)"
+    )
+    return (
+        f"the HTTP proxy refused to tunnel to the coordinator at {target} "
+        f"(CONNECT answered {code}): {details}; the proxy is ClientConfig.proxy "
+        f"or, when that is empty, the grpc_proxy / https_proxy / http_proxy "
+        f"environment variable; {fix}"
+    )
 
 
 def _unreachable_hint(details: str) -> str:
@@ -129,14 +189,16 @@ async def retry_unavailable(
     coordinator may not be up yet when a training job starts. Only
     UNAVAILABLE is retried: Join is not idempotent, and a DEADLINE_EXCEEDED
     attempt may have registered us. A failed TLS handshake is not retried:
-    a certificate that does not verify will not start to. With
+    a certificate that does not verify will not start to; nor is a proxy
+    that refused our CONNECT with a 4xx (its policy, `proxy_refusal`). With
     `connect_timeout_s` 0 the call is tried once (a reconnect attempt, whose
     caller keeps its own backoff schedule).
 
     Raises:
         CoordinatorUnavailableError: still UNAVAILABLE after
             `connect_timeout_s`, naming the target and the last details, or
-            at once when the TLS handshake failed on this side.
+            at once when the TLS handshake failed on this side or the HTTP
+            proxy refused to tunnel.
         FedGrpcError: any other status, mapped by `error_from_rpc`.
     """
     loop = asyncio.get_running_loop()
@@ -153,6 +215,11 @@ async def retry_unavailable(
             mapped = error_from_rpc(exc, rpc)
             if status_code(exc) is not grpc.StatusCode.UNAVAILABLE:
                 raise mapped from exc
+            refused = proxy_refusal(str(mapped))
+            if refused is not None:
+                raise CoordinatorUnavailableError(
+                    proxy_refusal_message(target, refused, str(mapped))
+                ) from exc
             if _is_handshake_failure(str(mapped)):
                 raise CoordinatorUnavailableError(
                     f"the TLS handshake with the coordinator at {target} failed: "
