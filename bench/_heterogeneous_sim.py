@@ -58,6 +58,10 @@ class ModeCase:
     modes' cached runs stay valid: a streaming case's `name` carries it."""
     overlap_steps: int | None = field(default=None, repr=False)
     """streaming: tau, `--streaming-overlap-steps` (in `name` too)."""
+    crash_per_sync: float | None = field(default=None, repr=False)
+    """`--crash-rate` when a sync point is not a round of H steps
+    (streaming syncs every H/P steps): the rate per sync point that gives
+    `crash_rate` per H steps (in `name` too). None: `crash_rate`."""
 
     @property
     def clients(self) -> int:
@@ -71,7 +75,9 @@ class ModeCase:
             "--clients", str(self.clients), "--speeds", self.speeds,
             "--rounds", str(self.rounds), "--inner-steps", str(self.inner_steps),
             "--corpus-bytes", str(self.corpus_bytes), "--seed", str(self.seed),
-            "--crash-rate", str(self.crash_rate), "--round-mode", self.mode,
+            "--crash-rate", str(self.crash_per_sync if self.crash_per_sync
+                                else self.crash_rate),
+            "--round-mode", self.mode,
         ]  # fmt: skip
         optional = {
             "--round-duration-s": self.round_duration_s,

@@ -19,6 +19,9 @@ trains for a similar wall time on the shared 2-core machine:
 - streaming (Streaming DiLoCo): P = 4 fragments, a sync every H/P = 5
   steps, each merged after tau = 1 overlapped step with alpha = 0.5;
   6 x P = 24 rounds, so each fragment syncs as often as sync's model.
+  Its crash rate is per H steps like the others' (per sync point
+  1 - 0.9^(1/P), 2.6 % at P = 4): a crash per sync point would crash it
+  P times as often for the same training.
 
 Reported per crash setting and mode (mean ± std over seeds; how each is
 read off the curves: `_heterogeneous_report`): time to the target
@@ -124,15 +127,20 @@ def make_case(args: argparse.Namespace, mode: str, rate: float, seed: int) -> Mo
                       "fragments": args.fragments,
                       "overlap_steps": args.overlap_steps},
     }  # fmt: skip
-    label = mode
+    label, extra = mode, {}
     if mode == "streaming":  # its settings are not in the cache key: name them
         label = f"streaming-p{args.fragments}-t{args.overlap_steps}"
+        # A crash rate per H steps, like every other mode's: streaming syncs
+        # P times per H, so per sync point 1 - (1 - rate)^(1/P).
+        per_sync = 1.0 - (1.0 - rate) ** (1.0 / args.fragments)
+        extra = {"crash_per_sync": round(per_sync, 6)}
+        label += "-perH" if rate else ""
     h = args.streaming_inner_steps if mode == "streaming" else args.inner_steps
     return ModeCase(
         name=f"{label}-{crash_key(rate)}", mode=mode, crash_rate=rate, seed=seed,
         inner_steps=h, speeds=args.speeds,
         corpus_bytes=args.corpus_bytes, max_restarts=args.max_restarts,
-        **per_mode[mode],
+        **per_mode[mode], **extra,
     )  # fmt: skip
 
 
