@@ -52,13 +52,25 @@ from fedgrpc.domain.fragments import Fragment, fragment_of_version, split_fragme
 from fedgrpc.errors import IncompatibleClientError, WrongRoundError
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Exchanged:
+    """What the worker learned: the round's outcome and the version pulled."""
+
+    outcome: SyncOutcome
+    version: int = 0
+    sha256: bytes = b""
+    run_finished: bool = False
+    """The round was the run's last: `finished` turns True at the merge,
+    once the model holds the final weights (never from the worker)."""
+
+
 @dataclasses.dataclass(slots=True)
 class _InFlight:
     """A fragment that left and has not been merged yet."""
 
     fragment: Fragment
     opened: RoundStart
-    exchange: concurrent.futures.Future[tuple[SyncOutcome, int, bytes]]
+    exchange: concurrent.futures.Future[_Exchanged]
     steps: int = 0
     """Inner steps trained since it left."""
 
@@ -183,17 +195,17 @@ class StreamingSync(SyncPoint):
         fragment: Fragment,
         meta: UpdateMeta,
         delta: torch.Tensor,
-    ) -> tuple[SyncOutcome, int, bytes]:
+    ) -> _Exchanged:
         """Worker thread: push, wait for the close, pull the fragment's bytes.
 
-        Returns (outcome, version pulled, its digest); the model is untouched.
+        The model and `finished` are untouched: the merge applies both.
         """
         encoder = self.encoders[fragment.index]
         try:
             result = self.connection.push(meta, delta, self._chunk_bytes, encoder)
         except WrongRoundError as exc:
             self._log.warning("update_refused", round=opened.round_id, reason=str(exc))
-            return "missed", 0, b""
+            return _Exchanged("missed")
         self.bytes_sent += result.bytes_sent
         self.last_update_sha256 = result.update_sha256
         closed = self.connection.wait_round_closed(
@@ -204,16 +216,15 @@ class StreamingSync(SyncPoint):
             outcome=closed.outcome, version=closed.model_version,
             bytes=result.bytes_sent,
         )  # fmt: skip
-        if closed.run_finished:
-            self.finished = True
+        last = closed.run_finished
         if closed.outcome != "applied":
-            return closed.outcome, 0, b""
+            return _Exchanged(closed.outcome, run_finished=last)
         pulled = self.connection.pull(
             closed.model_version, self._local.downlink, self._config.rpc_timeout_s,
             self._chunk_bytes, (fragment.byte_start, fragment.byte_stop),
         )  # fmt: skip
         self.bytes_received += fragment.num_bytes
-        return "applied", pulled.version, pulled.sha256
+        return _Exchanged("applied", pulled.version, pulled.sha256, last)
 
     def merge(self) -> SyncOutcome:
         """Wait for the fragment in flight (if still busy) and mix it in.
@@ -227,7 +238,7 @@ class StreamingSync(SyncPoint):
             return "missed"
         fragment, encoder = flight.fragment, self.encoders[flight.fragment.index]
         try:
-            outcome, version, sha = flight.exchange.result()
+            exchanged = flight.exchange.result()
         except RangeMismatchError:
             self.pending = None
             if encoder is not None:
@@ -240,15 +251,18 @@ class StreamingSync(SyncPoint):
             self.pending = flight.opened  # `resume` asks the coordinator
             raise
         self.pending = None
+        outcome = exchanged.outcome
         if encoder is not None and encoder.settle(applied=outcome == "applied"):
             rebase_fragment(self._local, fragment)
         if outcome == "applied":
             merge_fragment(self._local, fragment, self.mix)
-            self._local.base_version, self.base_sha256 = version, sha
+            self._local.base_version = exchanged.version
+            self.base_sha256 = exchanged.sha256
             self._local.restart_counts()
             self.sat_out = False
-        if self.finished:  # the run's last round: the model becomes the final one
+        if exchanged.run_finished:  # the model becomes the final global one
             self._local.load(self._local.downlink, self._local.base_version)
+            self.finished = True
         return outcome
 
     def resume(self) -> SyncOutcome:
