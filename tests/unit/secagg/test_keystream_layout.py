@@ -27,7 +27,8 @@ RUN, NONCE, ROUND = "run-layout", bytes(range(16)), 1
 
 
 def _plain_sum(codes: dict[str, np.ndarray], survivors: tuple[str, ...]) -> np.ndarray:
-    return np.sum([codes[c].astype(np.int64) for c in survivors], axis=0)
+    total: np.ndarray = np.sum([codes[c].astype(np.int64) for c in survivors], axis=0)
+    return total
 
 
 @pytest.mark.parametrize(
