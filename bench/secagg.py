@@ -13,8 +13,9 @@ n and mode:
   before the sync point and reports it apart: key_exchange_s (from the
   previous round's end to every share inbox delivered);
 - client_mask_s / client_mask_cpu_s (secure): median client wall and CPU
-  time to quantise and mask its update (dense: every coordinate, n - 1
-  pairwise masks); wall time includes waiting for the shared cores;
+  time to quantise, mask and bit-pack its update (dense: every coordinate,
+  n - 1 pairwise masks; one worker-thread step since keystream layout 2);
+  wall time includes waiting for the shared cores;
 - unmask_s / unmask_dropout_s (secure): the coordinator's `recover` time in
   a full round, and in a round where 10 % of the clients (at least one)
   leave after sharing keys (their pairwise masks must be rebuilt);
@@ -24,8 +25,8 @@ n and mode:
 - ratio: secure / plain round_s as measured. All n clients share these 2
   cores, so their O(n d) masking is serialised here, while deployed each
   client masks on its own machine: ratio_est_own_core_per_client removes the
-  serialised part (sum of mask CPU times / 2 cores, minus one client's), an
-  estimate, labelled as such.
+  serialised part (sum of those mask CPU times / 2 cores, minus one
+  client's), an estimate, labelled as such.
 
 The largest n also runs with a Harary graph of degree 8 (`secagg_degree`):
 each client masks with 8 peers instead of n - 1 (SecAgg+). And --many (100)
