@@ -13,8 +13,9 @@ n and mode:
   before the sync point and reports it apart: key_exchange_s (from the
   previous round's end to every share inbox delivered);
 - client_mask_s / client_mask_cpu_s (secure): median client wall and CPU
-  time to quantise and mask its update (dense: every coordinate, n - 1
-  pairwise masks); wall time includes waiting for the shared cores;
+  time to quantise, mask and bit-pack its update (dense: every coordinate,
+  n - 1 pairwise masks; one worker-thread step since keystream layout 2);
+  wall time includes waiting for the shared cores;
 - unmask_s / unmask_dropout_s (secure): the coordinator's `recover` time in
   a full round, and in a round where 10 % of the clients (at least one)
   leave after sharing keys (their pairwise masks must be rebuilt);
@@ -24,11 +25,19 @@ n and mode:
 - ratio: secure / plain round_s as measured. All n clients share these 2
   cores, so their O(n d) masking is serialised here, while deployed each
   client masks on its own machine: ratio_est_own_core_per_client removes the
-  serialised part (sum of mask CPU times / 2 cores, minus one client's), an
-  estimate, labelled as such.
+  serialised part (sum of those mask CPU times / 2 cores, minus one
+  client's), an estimate, labelled as such.
 
 The largest n also runs with a Harary graph of degree 8 (`secagg_degree`):
-each client masks with 8 peers instead of n - 1 (SecAgg+).
+each client masks with 8 peers instead of n - 1 (SecAgg+). And --many (100)
+clients run one Harary round of degree 8 at the same model size
+(many_clients: it completes, with its round_s, degree and threshold).
+
+Goals (the secure-aggregation issue, keystream layout 2): at the largest n,
+the dense masked round <= 2x plain with the own-core estimate and <= 4x in
+wall time with every client on these 2 cores; unmasking with 10 % of the
+clients dropped (3 at n = 32) <= 0.5 s. The client's masking CPU against
+the AES floor is `bench/secagg_core.py`'s.
 
 And, the design's intended setting (DESIGN.md step 2), at the largest n:
 secure aggregation with `secagg_density = 0.01` (the coordinator's shared
@@ -67,7 +76,7 @@ from fedgrpc.coordinator.services.in_thread import serve_in_thread
 CLIENT = ClientConfig(rpc_timeout_s=300, round_wait_s=900, connect_timeout_s=120)
 Pair = tuple[DiLoCoClient, nn.Module]
 SPARSE_DEGREE = 8
-"""Neighbours per client in the extra Harary-graph run at the largest n."""
+"""Neighbours per client in the Harary-graph runs (largest n, and --many)."""
 CORES = 2
 """This machine's cores, which every in-process client shares."""
 
@@ -171,7 +180,10 @@ def _secure_figures(mode: Any, clients: list[Pair]) -> dict[str, Any]:
         client.close()
     # Unmasked and recovered, then skipped: below min_clients = n by design.
     one_round(clients[drop:], seed=99, outcome="skipped")
+    graph = mode.round.announce.setup.graph() if mode.round else None
     return {
+        "degree": graph.degree if graph else None,
+        "threshold": graph.threshold if graph else None,
         "client_mask_s": round(statistics.median(masks), 3),
         "client_mask_cpu_s": round(statistics.median(cpu), 3),
         "client_mask_cpu_total_s": round(sum(cpu), 3),
@@ -217,6 +229,17 @@ def main() -> None:
                         help="model size of the top-k 1 %% vs shared 1 %% run "
                         "(~2 min on 2 cores at 10M)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--many",
+        type=int,
+        default=100,
+        help="clients of the one Harary round (quick: 12)",
+    )
+    parser.add_argument(
+        "--skip-shared1",
+        action="store_true",
+        help="skip the shared 1 %% vs top-k 1 %% run (~6 GB)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)  # DESIGN.md: small torch ops on 2 threads crawl
     counts = (4, 8) if args.quick else (8, 32)
@@ -239,27 +262,20 @@ def main() -> None:
             estimate / plain["round_s"], 2
         )
     largest = counts[-1]
-    # DESIGN.md step 2: the coordinator's shared 1 % index set against plain
-    # top-k 1 % int8, on the larger model.
     sparse_model = sum(p.numel() for p in make_model(sparse_params, 0).parameters())
-    log("secagg", f"n={largest} top-k 1 % plain vs secure at a shared 1 % set: "
-        f"{sparse_model} parameters")  # fmt: skip
-    results[f"n{largest}_plain_topk1"] = run_mode(
-        largest, sparse_params, rounds, False, codec="topk:0.01:int8"
-    )
-    results[f"n{largest}_secure_shared1"] = run_mode(
-        largest, sparse_params, rounds, True, density=0.01
-    )
-    results[f"n{largest}_ratio_shared1_vs_topk1"] = round(
-        results[f"n{largest}_secure_shared1"]["round_s"]
-        / results[f"n{largest}_plain_topk1"]["round_s"], 2
-    )  # fmt: skip
+    if not args.skip_shared1:
+        _shared1(results, largest, sparse_params, sparse_model, rounds)
     # SecAgg+'s point: a Harary graph of degree k masks with k peers, not n - 1.
     log("secagg", f"n={largest} secure, degree {SPARSE_DEGREE}")
     sparse = run_mode(largest, params, rounds, True, degree=SPARSE_DEGREE)
     results[f"n{largest}_secure_k{SPARSE_DEGREE}"] = sparse
     results[f"n{largest}_ratio_k{SPARSE_DEGREE}"] = round(
         sparse["round_s"] / results[f"n{largest}_plain"]["round_s"], 2
+    )
+    many = 12 if args.quick else args.many
+    log("secagg", f"n={many} secure, degree {SPARSE_DEGREE}: one round")
+    results["many_clients"] = {"n_clients": many} | run_mode(
+        many, params, 1, True, degree=SPARSE_DEGREE
     )
     print(json.dumps({
         "bench": "secagg",
@@ -268,12 +284,41 @@ def main() -> None:
         "rounds": rounds,
         "codec": "dense:int8",
         "results": results,
-        "goals": {
-            f"secure<=2x_plain_n{largest}": results[f"n{largest}_ratio"] <= 2,
-            f"secure_shared1<=2x_plain_topk1_n{largest}":
-                results[f"n{largest}_ratio_shared1_vs_topk1"] <= 2,
-        },
+        "goals": _goals(results, largest, many),
     }))  # fmt: skip
+
+
+def _shared1(
+    results: dict[str, Any], n: int, params: int, model: int, rounds: int
+) -> None:
+    """DESIGN.md step 2: a shared 1 % index set against plain top-k 1 % int8."""
+    log("secagg", f"n={n} top-k 1 % plain vs secure at a shared 1 % set: "
+        f"{model} parameters")  # fmt: skip
+    results[f"n{n}_plain_topk1"] = run_mode(
+        n, params, rounds, False, codec="topk:0.01:int8"
+    )
+    results[f"n{n}_secure_shared1"] = run_mode(n, params, rounds, True, density=0.01)
+    results[f"n{n}_ratio_shared1_vs_topk1"] = round(
+        results[f"n{n}_secure_shared1"]["round_s"]
+        / results[f"n{n}_plain_topk1"]["round_s"], 2
+    )  # fmt: skip
+
+
+def _goals(results: dict[str, Any], n: int, many: int) -> dict[str, bool]:
+    """The issue's goals, measured (never asserted)."""
+    secure = results[f"n{n}_secure"]
+    goals = {
+        f"secure<=2x_plain_n{n}_own_core_estimate":
+            results[f"n{n}_ratio_est_own_core_per_client"] <= 2,
+        f"secure<=4x_plain_n{n}_wall_{CORES}_cores": results[f"n{n}_ratio"] <= 4,
+        f"unmask_{secure['dropped']}_dropped<=0.5s_n{n}":
+            secure["unmask_dropout_s"] <= 0.5,
+        f"harary_round_completes_n{many}": results["many_clients"]["round_s"] > 0,
+    }  # fmt: skip
+    shared = results.get(f"n{n}_ratio_shared1_vs_topk1")
+    if shared is not None:
+        goals[f"secure_shared1<=2x_plain_topk1_n{n}"] = shared <= 2
+    return goals
 
 
 if __name__ == "__main__":

@@ -209,10 +209,14 @@ class ClientRound:
 
     def _mask(self, positions: np.ndarray, values: np.ndarray) -> MaskedInput:
         assert self._neighbourhood is not None, "receive_shares ran, so share_keys did"
-        prg.add_mask(values, self._self_seed, positions, self._ring, 1)
+        # One keystream plan for every seed: its buffers are reused, so masking
+        # allocates nothing the size of the model per neighbour.
+        keystream = prg.Keystream(positions, self._ring)
+        keystream.add(values, self._self_seed, 1)
         # Masks with the neighbours in my U2: exactly those whose shares I hold.
         peers = self._held.keys() - {self._me}
-        self._neighbourhood.add_pairwise_masks(values, positions, self._ring, peers)
+        self._neighbourhood.add_pairwise_masks(values, keystream, peers)
+        self._ring.reduce_into(values)  # once: the adds wrapped mod 2^w
         return MaskedInput(self._me, values)
 
     def sign_survivors(self, survivor_list: SurvivorList) -> ConsistencySignature:

@@ -81,13 +81,19 @@ class FixedPointScale:
         Raises:
             InvalidUpdateError: `x` holds NaN or Inf.
         """
-        y = np.asarray(x, dtype=np.float64)  # float64: x / scale stays exact enough
+        # float64: x / scale stays exact enough. One copy, then every step in
+        # place (a dense round quantises the whole model: no extra temporaries).
+        y = np.array(x, dtype=np.float64)
         if not np.isfinite(y).all():
             raise InvalidUpdateError("values to quantise contain NaN or Inf")
-        clipped = int(np.count_nonzero(np.abs(y) > self.clip))
-        y = np.clip(y, -self.clip, self.clip) / self.scale
+        clipped = int(
+            np.count_nonzero(y > self.clip) + np.count_nonzero(y < -self.clip)
+        )
+        np.clip(y, -self.clip, self.clip, out=y)
+        np.divide(y, self.scale, out=y)
         # floor(y + u), u ~ U[0, 1): rounds up with probability frac(y), so E = y.
-        y += rng.random(y.shape)
+        u = rng.random(y.shape)
+        np.add(y, u, out=y)
         np.floor(y, out=y)
         # clip / scale may land a hair above qmax in floating point.
         np.clip(y, -self.qmax, self.qmax, out=y)

@@ -30,6 +30,7 @@ from fedgrpc.secagg.graph import (
     SecAggParams,
     choose_neighbourhood,
 )
+from fedgrpc.secagg.prg import KEYSTREAM_LAYOUT
 from fedgrpc.secagg.ring import MAX_RING_BITS, Ring, ring_bits
 
 
@@ -138,6 +139,10 @@ class AdvertiseKeys:
     """32 bytes: peers derive the pairwise mask seeds from it."""
     signature: bytes
     """Identity signature over `signed_message`."""
+    keystream_layout: int = KEYSTREAM_LAYOUT
+    """The layout this client masks with (`prg`); the coordinator refuses
+    any other than the round's. A compatibility claim, not a secret: not in
+    the signed statement, so a client predating it is refused by name."""
 
     def signed_message(self, setup: RoundSetup) -> bytes:
         """The bytes the client's identity signs: keys bound to session and round."""

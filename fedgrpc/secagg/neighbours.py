@@ -13,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Set
 from dataclasses import dataclass
 
-import numpy as np
-
 from fedgrpc.errors import BadSignatureError
 from fedgrpc.secagg import agreement, prg, sealing, shamir
 from fedgrpc.secagg.agreement import PairContext, RandomBytes, RoundKeys
@@ -32,7 +30,7 @@ from fedgrpc.secagg.messages import (
     ShareInbox,
     SharePackage,
 )
-from fedgrpc.secagg.ring import Ring, RingArray
+from fedgrpc.secagg.ring import RingArray
 
 
 def verify_advertisement(
@@ -103,12 +101,12 @@ class Neighbours:
         )
 
     def add_pairwise_masks(
-        self, values: RingArray, positions: np.ndarray, ring: Ring, peers: Set[str]
+        self, values: RingArray, keystream: prg.Keystream, peers: Set[str]
     ) -> None:
-        """Add +-PRG(s_uv) at `positions` for each of `peers` (in place)."""
+        """Add +-PRG(s_uv) for each of `peers` (in place, unreduced: mod 2^w)."""
         for peer in sorted(peers):
             seed, sign = self.mask_seed(peer)
-            prg.add_mask(values, seed, positions, ring, sign)
+            keystream.add(values, seed, sign)
 
     def mask_seed(self, peer: str) -> tuple[bytes, int]:
         """(pairwise seed with `peer`, sign): +1 if I have the lower index.

@@ -111,10 +111,12 @@ class Ring:
                 f"codes span [{int(codes.min())}, {int(codes.max())}] but this "
                 f"round sums codes in [-{bound}, {bound}]"
             )
-        # int64 -> uint64 reinterprets negatives as 2^64 - |x|; 2^m divides 2^64.
-        wide = codes.astype(np.int64).view(np.uint64)
-        wide &= np.uint64(self.mask)
-        return wide.astype(self.dtype)
+        # One cast, no int64 temporaries: a C cast of a signed integer to an
+        # unsigned dtype of w bits wraps it to x mod 2^w (two's complement),
+        # and 2^m divides 2^w, so an AND then gives x mod 2^m.
+        lifted = codes.astype(self.dtype)
+        self.reduce_into(lifted)
+        return lifted
 
     def lower(self, values: RingArray) -> np.ndarray:
         """Ring elements -> signed int64 in [-2^(m-1), 2^(m-1)) (the exact sum)."""
@@ -128,12 +130,12 @@ class Ring:
     def add_into(self, acc: RingArray, other: RingArray) -> None:
         """Acc <- acc + other (mod 2^m), in place; both of `dtype`, same shape."""
         np.add(acc, other, out=acc)
-        self._reduce(acc)
+        self.reduce_into(acc)
 
     def sub_into(self, acc: RingArray, other: RingArray) -> None:
         """Acc <- acc - other (mod 2^m), in place; unsigned wrap then AND."""
         np.subtract(acc, other, out=acc)
-        self._reduce(acc)
+        self.reduce_into(acc)
 
     def check(self, values: RingArray) -> None:
         """Validate a ring vector received from elsewhere (the wire, a peer).
@@ -152,6 +154,12 @@ class Ring:
                 f"ring value {int(values.max())} is not below 2^{self.bits}"
             )
 
-    def _reduce(self, values: RingArray) -> None:
+    def reduce_into(self, values: RingArray) -> None:
+        """Values <- values mod 2^m, in place.
+
+        Sums kept in the storage dtype wrap mod 2^w; since 2^m divides 2^w,
+        one AND after any number of wrapping adds gives the sum mod 2^m, so
+        masking (many seeds) reduces once, not once per seed.
+        """
         if self.bits < 8 * self.dtype.itemsize:  # full-width rings wrap by themselves
             np.bitwise_and(values, self.dtype.type(self.mask), out=values)

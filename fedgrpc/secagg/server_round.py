@@ -33,7 +33,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from fedgrpc.errors import InvalidUpdateError, WrongRoundError
+from fedgrpc.errors import IncompatibleClientError, InvalidUpdateError, WrongRoundError
 from fedgrpc.secagg import consistency, prg, sealing
 from fedgrpc.secagg.agreement import SignatureVerifier as Verifier
 from fedgrpc.secagg.agreement import Signer
@@ -146,8 +146,21 @@ class ServerRound:
             self._identities[client].verify(signature, message)
 
     def receive_advertisement(self, advert: AdvertiseKeys) -> None:
-        """Accept one client's signed round keys (BadSignatureError if forged)."""
+        """Accept one client's signed round keys (BadSignatureError if forged).
+
+        Raises:
+            IncompatibleClientError: the client masks with another keystream
+                layout: its masks would not cancel, and the sum would come
+                out wrong without a trace, so it never gets into U1.
+        """
         self._accept(ServerPhase.ADVERTISE, advert.client, self._adverts)
+        if advert.keystream_layout != prg.KEYSTREAM_LAYOUT:
+            raise IncompatibleClientError(
+                f"{advert.client} masks with keystream "
+                f"{prg.layout_name(advert.keystream_layout)}, but this round uses "
+                f"{prg.layout_name(prg.KEYSTREAM_LAYOUT)}; upgrade fedgrpc on the "
+                "client to take part in secure rounds"
+            )
         self._verify(
             advert.client, advert.signature, advert.signed_message(self._setup)
         )

@@ -115,19 +115,26 @@ def remove_masks(
             whose public key is not the one its owner advertised.
     """
     total = masked_sum.copy()
-    t, ring, pos = view.graph.threshold, view.ring, view.positions
+    t = view.graph.threshold
+    # The clients' kernel: one plan, its buffers reused by every seed below.
+    keystream = prg.Keystream(view.positions, view.ring)
     seeds = collect_shares(responses, "self_seed")
     for owner in view.survivors:
-        seed = _rebuild(owner, seeds.get(owner, []), t)
-        prg.add_mask(total, seed, pos, ring, -1)
+        keystream.add(total, _rebuild(owner, seeds.get(owner, []), t), -1)
     keys = collect_shares(responses, "mask_key")
     for owner in view.dropped:
-        _remove_pairwise(view, total, owner, _rebuild(owner, keys.get(owner, []), t))
+        mask_key = _rebuild(owner, keys.get(owner, []), t)
+        _remove_pairwise(view, keystream, total, owner, mask_key)
+    view.ring.reduce_into(total)  # once: the subtractions wrapped mod 2^w
     return total
 
 
 def _remove_pairwise(
-    view: RoundView, total: RingArray, dropped: str, mask_key: bytes
+    view: RoundView,
+    keystream: prg.Keystream,
+    total: RingArray,
+    dropped: str,
+    mask_key: bytes,
 ) -> None:
     """Subtract the masks each surviving neighbour u added for `dropped`."""
     private = agreement.private_from_bytes(mask_key)
@@ -144,4 +151,4 @@ def _remove_pairwise(
             private, view.adverts[peer].mask_key, pair, me_first=not peer_first
         )
         # The survivor added +mask if it had the lower index, else -mask.
-        prg.add_mask(total, seed, view.positions, view.ring, -1 if peer_first else 1)
+        keystream.add(total, seed, -1 if peer_first else 1)

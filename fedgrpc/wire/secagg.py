@@ -31,6 +31,7 @@ from fedgrpc.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from fedgrpc.secagg.prg import LEGACY_LAYOUT
 from fedgrpc.wire.secagg_setup import (
     SecureRoundSetup,
     session_id,
@@ -75,11 +76,14 @@ def _advert_to_proto(a: AdvertiseKeys, round_id: int) -> sa.SecAggAdvertiseKeys:
         encryption_key=a.encryption_key,
         mask_key=a.mask_key,
         signature=a.signature,
+        keystream_layout=a.keystream_layout,
     )
 
 
 def _advert(m: sa.SecAggAdvertiseKeys) -> AdvertiseKeys:
-    return AdvertiseKeys(m.client_id, m.encryption_key, m.mask_key, m.signature)
+    # 0 (unset): a client predating the field, which masks with layout 1.
+    layout = m.keystream_layout or LEGACY_LAYOUT
+    return AdvertiseKeys(m.client_id, m.encryption_key, m.mask_key, m.signature, layout)
 
 
 def _sealed_to_proto(items: tuple[SealedShare, ...]) -> list[sa.SecAggSealedShare]:

@@ -25,6 +25,7 @@ from fedgrpc.secagg import transcript
 from fedgrpc.secagg.fixed_point import FixedPointScale
 from fedgrpc.secagg.graph import SecAggParams
 from fedgrpc.secagg.messages import NoiseShareSpec, RoundSetup
+from fedgrpc.secagg.prg import KEYSTREAM_LAYOUT, LEGACY_LAYOUT, layout_name
 from fedgrpc.wire.signed import key_from_proto, key_to_proto
 
 SETUP_DOMAIN = transcript.DOMAIN_PREFIX + b"round-setup"
@@ -67,6 +68,8 @@ class SecureRoundSetup:
     noise: NoiseShareSpec | None = None
     """Distributed DP: the noise share each client adds (with a widened
     `setup.ring_bits`); None for a round without noise."""
+    keystream_layout: int = KEYSTREAM_LAYOUT
+    """The masks' keystream layout (`secagg.prg`); not signed (proto field 40)."""
 
     def __post_init__(self) -> None:
         """Code `positions` once if the caller did not; noise needs a wider ring.
@@ -143,6 +146,7 @@ def setup_to_proto(announce: SecureRoundSetup) -> sa.SecAggRoundSetup:
         num_positions=announce.num_positions,
         coordinator_signature=announce.signature,
         reset_residuals=announce.reset_residuals,
+        keystream_layout=announce.keystream_layout,
     )
     noise = announce.noise
     if noise is not None:  # distributed DP (fields 15-18; 0 otherwise)
@@ -168,10 +172,18 @@ def setup_from_proto(
     """Decode a round setup (the client's view of a model of `num_coordinates`).
 
     Raises:
-        InvalidUpdateError: malformed participants, keys, graph or scale, or
-            an index set that is not exactly num_positions increasing
-            positions below `num_coordinates` (the client leaves the round).
+        InvalidUpdateError: malformed participants, keys, graph or scale, an
+            index set that is not exactly num_positions increasing positions
+            below `num_coordinates`, or masks in another keystream layout than
+            this client's (the client leaves the round).
     """
+    layout = message.keystream_layout or LEGACY_LAYOUT  # 0: predates the field
+    if layout != KEYSTREAM_LAYOUT:
+        raise InvalidUpdateError(
+            f"the coordinator's round masks with keystream {layout_name(layout)}, "
+            f"but this client masks with {layout_name(KEYSTREAM_LAYOUT)}; run the "
+            "same fedgrpc release on both sides"
+        )
     try:
         identities = {p.client_id: key_from_proto(p.identity_key)
                       for p in message.participants}  # fmt: skip
@@ -198,6 +210,7 @@ def setup_from_proto(
             message.coordinator_signature,
             message.reset_residuals,
             _noise(message),
+            layout,
         )
     except (ValueError, KeyError) as exc:  # ConfigError is a ValueError
         raise InvalidUpdateError(f"malformed secure-aggregation setup: {exc}") from exc

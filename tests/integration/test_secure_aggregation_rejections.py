@@ -78,6 +78,15 @@ def _bad_advertisement(raw: RawSession, machine: ClientRound, round_id: int) -> 
     raw.send(client_event(round_id, forged))
 
 
+def _old_layout_advertisement(
+    raw: RawSession, machine: ClientRound, round_id: int
+) -> None:
+    # What a client predating keystream layout 2 sends: no keystream_layout.
+    request = client_event(round_id, machine.advertise())
+    request.secagg_advertise.ClearField("keystream_layout")
+    raw.send(request)
+
+
 def _tampered_shares(raw: RawSession, machine: ClientRound, round_id: int) -> None:
     raw.send(client_event(round_id, machine.advertise()))
     keys = raw.next_event("secagg_keys")
@@ -103,6 +112,12 @@ def _out_of_phase(raw: RawSession, machine: ClientRound, round_id: int) -> None:
         (_bad_advertisement, grpc.StatusCode.PERMISSION_DENIED, "signature"),
         (_tampered_shares, grpc.StatusCode.INVALID_ARGUMENT, "envelope"),
         (_out_of_phase, grpc.StatusCode.FAILED_PRECONDITION, "consistency"),
+        (
+            _old_layout_advertisement,
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "masks with keystream layout 1 (one AES block per position), but this "
+            "round uses layout 2",
+        ),
     ],
 )
 def test_a_refused_secagg_message_is_rejected_in_band_and_the_next_round_works(

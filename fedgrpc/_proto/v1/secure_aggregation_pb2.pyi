@@ -92,6 +92,7 @@ class SecAggRoundSetup(_message.Message):
     DP_CLIP_NORM_FIELD_NUMBER: _builtins.int
     DP_NOISE_STD_FIELD_NUMBER: _builtins.int
     DP_NORM_BOUND_FIELD_NUMBER: _builtins.int
+    KEYSTREAM_LAYOUT_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     """The round (RoundStarted.round_id)."""
     round_nonce: _builtins.bytes
@@ -185,6 +186,18 @@ class SecAggRoundSetup(_message.Message):
     """Delta_2: the L2 norm bound of a client's codes after rounding, in code
     units.
     """
+    keystream_layout: _builtins.int
+    """Which keystream layout the round's masks use (fedgrpc/secagg/prg.py).
+    2: mask(seed, p) is lane p mod L of block p div L of AES-256-CTR under
+    key = seed, IV = "fgsa-prg" || 0^64, the 16-byte block read as L = 128 / w
+    little-endian w-bit words, w = 16, 32 or 64 the smallest that holds the
+    ring's m bits, reduced mod 2^m. 0 (unset) means layout 1, of coordinators
+    that predate the field: one block per position, its first 8 bytes. A
+    client that does not mask with the announced layout leaves the round.
+    Not in the signed statement, so clients that predate the field still
+    verify the setup and get the coordinator's refusal of their layout
+    (SecAggAdvertiseKeys.keystream_layout) rather than a signature failure.
+    """
     @_builtins.property
     def participants(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecAggParticipant]:
         """The participants, sorted by client id, unique, at least 3."""
@@ -209,10 +222,11 @@ class SecAggRoundSetup(_message.Message):
         dp_clip_norm: _builtins.float = ...,
         dp_noise_std: _builtins.float = ...,
         dp_norm_bound: _builtins.float = ...,
+        keystream_layout: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "coded_positions", b"coded_positions", "coordinator_signature", b"coordinator_signature", "degree", b"degree", "dense", b"dense", "dp_clip_norm", b"dp_clip_norm", "dp_noise_std", b"dp_noise_std", "dp_norm_bound", b"dp_norm_bound", "graph_seed", b"graph_seed", "num_positions", b"num_positions", "participants", b"participants", "reset_residuals", b"reset_residuals", "ring_bits", b"ring_bits", "round_id", b"round_id", "round_nonce", b"round_nonce", "threshold", b"threshold", "value_bits", b"value_bits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "coded_positions", b"coded_positions", "coordinator_signature", b"coordinator_signature", "degree", b"degree", "dense", b"dense", "dp_clip_norm", b"dp_clip_norm", "dp_noise_std", b"dp_noise_std", "dp_norm_bound", b"dp_norm_bound", "graph_seed", b"graph_seed", "keystream_layout", b"keystream_layout", "num_positions", b"num_positions", "participants", b"participants", "reset_residuals", b"reset_residuals", "ring_bits", b"ring_bits", "round_id", b"round_id", "round_nonce", b"round_nonce", "threshold", b"threshold", "value_bits", b"value_bits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -229,6 +243,7 @@ class SecAggAdvertiseKeys(_message.Message):
     ENCRYPTION_KEY_FIELD_NUMBER: _builtins.int
     MASK_KEY_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    KEYSTREAM_LAYOUT_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     """The round."""
     client_id: _builtins.str
@@ -239,6 +254,13 @@ class SecAggAdvertiseKeys(_message.Message):
     """32 bytes: peers derive pairwise mask seeds from it."""
     signature: _builtins.bytes
     """Identity signature over the advertisement statement."""
+    keystream_layout: _builtins.int
+    """The keystream layout this client masks its update with (see
+    SecAggRoundSetup.keystream_layout; 0, unset, means layout 1). The
+    coordinator refuses an advertisement whose layout is not the round's
+    with FAILED_PRECONDITION naming both, so a masked update in another
+    layout never joins (and silently corrupts) the sum.
+    """
     def __init__(
         self,
         *,
@@ -247,10 +269,11 @@ class SecAggAdvertiseKeys(_message.Message):
         encryption_key: _builtins.bytes = ...,
         mask_key: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
+        keystream_layout: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "encryption_key", b"encryption_key", "mask_key", b"mask_key", "round_id", b"round_id", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "encryption_key", b"encryption_key", "keystream_layout", b"keystream_layout", "mask_key", b"mask_key", "round_id", b"round_id", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -556,8 +579,9 @@ class SecAggRejection(_message.Message):
           share package not holding one envelope per neighbour in U1, a
           revealed share of the wrong kind.
       FAILED_PRECONDITION (9): a message for another round or phase, from a
-          client that is not a participant or already sent it, or any
-          SecAgg message when secure aggregation is off.
+          client that is not a participant or already sent it, any SecAgg
+          message when secure aggregation is off, or an advertisement of a
+          keystream layout other than the round's.
       PERMISSION_DENIED (7): a signature (advertisement, survivor list) that
           does not verify under the client's identity key, or a message that
           names another client than the session's.

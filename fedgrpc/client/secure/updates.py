@@ -95,7 +95,7 @@ class SecureUpdates:
         self.clipped = 0
         """Coordinates clipped in the last masked push."""
         self.mask_s = 0.0
-        """Wall seconds the last quantise + mask took on the background loop."""
+        """Wall seconds the last quantise + mask + bit-pack took (worker thread)."""
         self.mask_cpu_s = 0.0
         """CPU seconds of that (this thread's; other clients' threads excluded)."""
         self.noise_s = 0.0
@@ -146,21 +146,18 @@ class SecureUpdates:
         # Masked before the header goes: `stream_update` opens the stream at
         # the first message, and the coordinator cuts a stream that is silent
         # past its idle limit, so no long wait may sit between two messages.
-        masked = await asyncio.to_thread(self._timed_mask, current)
+        # Bit-packing goes with the masking: ~10 ms per 1M values, off the loop too.
+        chunks = await asyncio.to_thread(self._timed_encode, current)
         yield header
-        ring = current.announce.setup.ring()
-        step = ring_values_per_chunk(ring, self.chunk_bytes)
         seq = 0
-        for seq, offset in enumerate(range(0, masked.size, step), start=1):
-            values = masked[offset : offset + step]
-            payload = encode_ring_values(values, ring)
+        for seq, (offset, count, payload) in enumerate(chunks, start=1):
             self.payload_bytes += len(payload)
             proof = None
             if signer is not None:
                 digest = await payload_sha256(payload)
-                proof = signer.sign_chunk(seq - 1, offset, values.size, digest)
+                proof = signer.sign_chunk(seq - 1, offset, count, digest)
             view = memoryview(payload)
-            yield encode_update_chunk(seq - 1, offset, values.size, view, proof)
+            yield encode_update_chunk(seq - 1, offset, count, view, proof)
         yield end_of_update(signer, seq)
 
     def _reset_residual(self, client_id: str, round_id: int) -> None:
@@ -173,12 +170,19 @@ class SecureUpdates:
             "residual_reset", client=client_id, round=round_id, dropped_norm=dropped
         )
 
-    def _timed_mask(self, current: ClientSecureRound) -> np.ndarray:
+    def _timed_encode(self, current: ClientSecureRound) -> list[tuple[int, int, bytes]]:
+        """(offset, count, bit-packed payload) per chunk of the masked update."""
         started, cpu = time.perf_counter(), time.thread_time()
         masked = self._mask(current)
+        ring = current.announce.setup.ring()
+        step = ring_values_per_chunk(ring, self.chunk_bytes)
+        chunks = []
+        for offset in range(0, masked.size, step):
+            values = masked[offset : offset + step]
+            chunks.append((offset, values.size, encode_ring_values(values, ring)))
         self.mask_s = time.perf_counter() - started
         self.mask_cpu_s = time.thread_time() - cpu
-        return masked
+        return chunks
 
     def _mask(self, current: ClientSecureRound) -> np.ndarray:
         """Quantise e at the round's positions, keep the rest in e, mask."""

@@ -88,3 +88,28 @@ async def test_a_malformed_coded_set_makes_the_client_leave_the_round() -> None:
     assert event["round"] == ROUND
     assert event["kind"] == "malformed"
     assert "index body has 3 bytes, expected 4" in event["reason"]
+
+
+async def test_a_setup_of_an_older_coordinator_layout_makes_the_client_leave() -> None:
+    # Arrange: a signed setup as a coordinator predating keystream layout 2
+    # sends it (field 40 unset: layout 1, one AES block per position).
+    coordinator = PrivateKey.generate()
+    sent: list[pb.SessionRequest] = []
+    participant = _participant(coordinator, sent)
+    response = _signed_sparse_setup(coordinator, "a")
+    response.secagg_setup.ClearField("keystream_layout")
+
+    # Act
+    with capture_logs() as logs:
+        await participant.handle(response)
+        settled = await participant.wait_ready(ROUND, timeout_s=0.5)
+
+    # Assert: nothing advertised (no masks of a layout the sum cannot use),
+    # the round left at once, and the reason names both layouts.
+    assert sent == []
+    assert settled is None
+    assert ROUND in participant.excluded
+    [event] = logs
+    assert event["event"] == "secagg_round_left"
+    assert "keystream layout 1 (one AES block per position)" in event["reason"]
+    assert "this client masks with layout 2" in event["reason"]
