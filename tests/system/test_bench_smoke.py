@@ -284,7 +284,7 @@ def test_dashboard_bench_quick_compares_open_dashboards_with_none() -> None:
     assert isinstance(report["round_time_ratio"], float)
 
 
-@pytest.mark.timeout(480)  # 8 quick runs (~3.5 min on 2 quiet cores), then a report
+@pytest.mark.timeout(300)  # 4 quick runs (~1.5 min on 2 cores), then a report
 def test_heterogeneous_bench_quick_compares_every_round_mode_and_resumes(
     tmp_path: Path,
 ) -> None:
@@ -292,14 +292,14 @@ def test_heterogeneous_bench_quick_compares_every_round_mode_and_resumes(
     cache = str(tmp_path / "cache")
 
     # Act: run into a cache, then report from the cache alone.
-    report = _run("heterogeneous.py", "--cache", cache, "--jobs", "2", timeout_s=420)
+    report = _run("heterogeneous.py", "--cache", cache, "--jobs", "2", timeout_s=240)
     again = _run("heterogeneous.py", "--cache", cache, "--only-cached")
 
-    # Assert: every mode ran in both crash settings, read off real curves.
+    # Assert: every mode ran (crash rate 0.1), read off real curves.
     assert report["bench"] == "heterogeneous"
     settings = report["settings"]
     assert isinstance(settings, dict)
-    assert set(settings) == {"no_crash", "crash_0.1"}
+    assert set(settings) == {"crash_0.1"}
     for setting in settings.values():
         modes = setting["modes"]
         assert set(modes) == {"sync", "deadline", "buffered_async", "streaming"}
