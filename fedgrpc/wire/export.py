@@ -185,6 +185,8 @@ class ExportReport:
     chunks: int = 0
     payload_bytes: int = 0
     key_sha256: str = ""
+    hash_algorithm: str = ""
+    """The update's chain hash ("SHA-256" or "BLAKE3"; "" if unreadable)."""
 
 
 def verify_export(
@@ -240,6 +242,7 @@ def _verify_messages(
         client_id=header.client_id,
         round_id=header.round_id,
         key_sha256=context.client_key.fingerprint,
+        hash_algorithm=HASH_LABELS[header.hash_name],
     )
     statement = update_statement(header, context.run_id, context.binding)
     try:

@@ -61,7 +61,8 @@ const [target, specJson, base, keyPath] = process.argv.slice(2);
   const identity = fedgrpc.loadIdentity(keyPath);
   // SHA-256 only, as a FIPS-bound client would: its push must count too.
   const hashes = ['HASH_ALGORITHM_SHA256'];
-  const fed = await fedgrpc.join(client, { name: 'probe', spec, timeoutMs, identity, hashes });
+  const fed = await fedgrpc.join(
+    client, { name: 'probe', spec, timeoutMs, identity, hashes });
   out.updateHash = fed.updateHash;
   const session = fedgrpc.openSession(client, fed);
   const minVersion = Number(base);
