@@ -16,8 +16,8 @@ chain head is the update's digest: `fedgrpc verify` recomputes it from an
 exported update.
 
 Cost, measured on this 2-core machine (shared, so noisy): SHA-256 of 1 MiB
-0.5-1.4 ms (OpenSSL with SHA-NI, 0.8-1.9 GB/s), BLAKE3 0.3-0.45 ms (one
-thread, 2.3-3.6 GB/s); both release the GIL, so callers hash big payloads
+0.5-1.4 ms (OpenSSL with SHA-NI, 0.8-1.9 GB/s), BLAKE3 0.25-0.45 ms (one
+thread, 2.3-4.1 GB/s); both release the GIL, so callers hash big payloads
 on a worker thread (`UpdateSigner.hash`, `UpdateVerifier.hash`), Ed25519 sign
 25-70 us and verify 60-220 us of held GIL per statement (bench/signing.py).
 No grpc or protobuf here (tests/unit/test_layering.py): `wire` maps
