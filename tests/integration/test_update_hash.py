@@ -131,8 +131,10 @@ def test_join_negotiates_the_hash_per_client(fed: Fed, fips: Fed) -> None:
 
     new_client = join(fed.service, spec, "new", key=fed.a.key, hashes=offers)
     fips_client = join(fips.service, spec, "new", key=fips.a.key, hashes=offers)
+    newer = join(fed.service, spec, "newer", key=fed.b.key, hashes=(9, BLAKE3))
 
     assert new_client.round_config.update_hash == BLAKE3
+    assert newer.round_config.update_hash == BLAKE3  # an unknown offer is ignored
     assert fed.a.round_config.update_hash == SHA256  # offered none: older client
     assert fips_client.round_config.update_hash == SHA256
 
