@@ -238,6 +238,10 @@ ACCESS_FLAGS = (
     Flag("--update-signatures", "required: verify every update header, "
          "chunk and commit; off: skip it, only with --open-enrollment, to "
          "measure the cost (default: required)", choices=("required", "off")),
+    Flag("--update-hash", "hash of update payloads and signature chains: "
+         "blake3 (clients that offer it; older ones use sha256) or sha256 "
+         "(every client; BLAKE3 updates refused, for FIPS-only runs) "
+         "(default: blake3)", choices=("blake3", "sha256")),
     Flag("--admin-token-file", "file holding the admin token (one line, 16+ "
          "characters; `fedgrpc certs --admin` writes one): AdminService "
          "callers sending `authorization: Bearer <token>` may read status",

@@ -195,6 +195,7 @@ class DiLoCoClient:
             run=federation.run_id,
             inner_steps=federation.inner_steps,
             seed=federation.seed_model,
+            update_hash=federation.update_hash,
         )
         compressed: UpdateEncoder | None = None
         n = self._local.spec.num_coordinates
