@@ -52,6 +52,13 @@ class AccessSettings:
     """`required`: every update header, chunk and commit must verify under the
     client's key before it counts. `off` (only with `open_enrollment`): no
     hashing or verification, to measure what signing costs (bench/signing.py)."""
+    sign_chunks: str = "auto"
+    """`auto` (default): clients sign the update header and commit only; each
+    chunk carries its payload digest and chain link, checked on arrival, and
+    the commit's signature covers the chain. Safe because every update is
+    staged apart until its commit verifies (no unverified byte reaches the
+    sum); saves one Ed25519 verify per chunk (~0.15-0.2 ms per MiB). With
+    secure aggregation chunks are always signed. `always`: every chunk too."""
     update_hash: UpdateHash = "blake3"
     """The hash of update payload digests and signature chains. `blake3`
     (default): clients that offer BLAKE3 at Join use it (~2.5x faster than
@@ -107,6 +114,8 @@ class AccessSettings:
                         tls_client_ca=self.tls_client_ca)  # fmt: skip
         _check(self.update_signatures in ("required", "off"), "update_signatures",
                self.update_signatures, "required or off")  # fmt: skip
+        _check(self.sign_chunks in ("auto", "always"), "sign_chunks",
+               self.sign_chunks, "auto or always")  # fmt: skip
         _check(self.update_hash in UPDATE_HASHES, "update_hash", self.update_hash,
                " | ".join(UPDATE_HASHES))  # fmt: skip
         _check(self.update_signatures == "required" or self.open_enrollment,

@@ -107,8 +107,17 @@ class UpdateSigner:
     Chunks must be signed in stream order. Not thread-safe (one per update).
     """
 
-    def __init__(self, key: PrivateKey, update: UpdateStatement) -> None:
+    def __init__(
+        self, key: PrivateKey, update: UpdateStatement, sign_chunks: bool = True
+    ) -> None:
+        """Sign the header now; chunks and the commit as they come.
+
+        `sign_chunks` False: chunks carry their link and digest unsigned, the
+        commit's signature covering the chain
+        (RoundConfig.chunk_signatures_optional).
+        """
         self._key = key
+        self.sign_chunks = sign_chunks
         self.hash: Hasher = HASHERS[update.hash_name]
         """The update's chain hash; payload digests passed in must use it."""
         header = update.encode(key.algorithm)
@@ -129,7 +138,8 @@ class UpdateSigner:
         )
         self.chain = self.hash(message)
         self.num_chunks += 1
-        return ChunkProof(payload_sha256, prev, self._key.sign(message))
+        signature = self._key.sign(message) if self.sign_chunks else b""
+        return ChunkProof(payload_sha256, prev, signature)
 
     def commit(self) -> CommitProof:
         """Close the chain over every chunk signed so far."""
@@ -147,14 +157,24 @@ class UpdateVerifier:
     """
 
     def __init__(
-        self, key: PublicKey, update: UpdateStatement, header_signature: bytes
+        self,
+        key: PublicKey,
+        update: UpdateStatement,
+        header_signature: bytes,
+        require_chunk_signatures: bool = True,
     ) -> None:
         """Verify the header's signature.
+
+        `require_chunk_signatures` False: a chunk may come unsigned; its link
+        and payload digest are still checked, and `verify_commit` checks the
+        signature over the chain they form (the caller must keep unverified
+        chunks out of any sum until then: the staged sum does).
 
         Raises:
             BadSignatureError: it does not verify under `key`.
         """
         self._key = key
+        self.require_chunk_signatures = require_chunk_signatures
         self._who = f"the update from {update.client_id} for round {update.round_id}"
         self.hash: Hasher = HASHERS[update.hash_name]
         """The update's chain hash; `verify_chunk` expects payload digests in it."""
@@ -202,7 +222,8 @@ class UpdateVerifier:
         message = _chunk_statement(
             self._chunk_prefix, seq, offset, count, payload_sha256, self.chain
         )
-        self._verify(proof.signature, message, f"chunk {seq}")
+        if proof.signature or self.require_chunk_signatures:
+            self._verify(proof.signature, message, f"chunk {seq}")
         self.chain = self.hash(message)
         self.num_chunks += 1
 

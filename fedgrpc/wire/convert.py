@@ -145,6 +145,7 @@ def round_config_to_proto(
             config.codec_config, config.chunk_bytes, config.resolved_feedback_decay
         ),
         update_signatures_required=config.update_signatures == "required",
+        chunk_signatures_optional=not config.chunk_signatures_required,
         secure_aggregation=config.secure_aggregation,
         heartbeat_interval_s=config.heartbeat_interval_s,
         privacy=config.privacy,

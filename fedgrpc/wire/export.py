@@ -246,7 +246,12 @@ def _verify_messages(
     )
     statement = update_statement(header, context.run_id, context.binding)
     try:
-        verifier = UpdateVerifier(context.client_key, statement, header.signature)
+        # The commit's signature covers every chunk's link and digest, so an
+        # export of unsigned chunks (RoundConfig.chunk_signatures_optional)
+        # proves as much; a chunk signature present is still checked.
+        verifier = UpdateVerifier(
+            context.client_key, statement, header.signature, False
+        )
         digest, nbytes = _verify_chain(verifier, messages)
     except (BadSignatureError, IncompleteUpdateError) as exc:
         return dataclasses.replace(report, reason=str(exc))

@@ -134,6 +134,7 @@ def sign_update_header(
     run_id: str,
     binding: CodecBinding,
     hash_name: HashName = DEFAULT_HASH,
+    sign_chunks: bool = True,
 ) -> UpdateSigner:
     """Sign `header` in place; returns the signer for the update's chunks.
 
@@ -146,7 +147,7 @@ def sign_update_header(
     if hash_name != DEFAULT_HASH:
         header.hash_algorithm = HASH_TO_PROTO[hash_name]
     statement = update_statement(header_from_proto(header), run_id, binding)
-    signer = UpdateSigner(key, statement)
+    signer = UpdateSigner(key, statement, sign_chunks)
     header.signature = signer.header_signature
     return signer
 

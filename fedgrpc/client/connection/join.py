@@ -186,6 +186,9 @@ class Federation:
     update_hash: HashName = "sha256"
     """The hash our updates' chains use, as negotiated at Join (SHA-256 with
     coordinators older than the choice)."""
+    chunk_signatures_optional: bool = False
+    """Chunks may go unsigned, the commit's signature covering their chain
+    (RoundConfig.chunk_signatures_optional; False with older coordinators)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +288,7 @@ def federation_from(
         streaming_mix=round_config.streaming_mix,
         # Never one we did not offer; an unknown number cannot be honoured.
         update_hash=HASH_FROM_PROTO.get(round_config.update_hash, "sha256"),
+        chunk_signatures_optional=round_config.chunk_signatures_optional,
     )
 
 

@@ -213,7 +213,11 @@ class CoordinatorLink:
         if binding_codec is not None:
             binding = codec_binding(binding_codec)
         return Signing(
-            self.identity.key, federation.run_id, binding, federation.update_hash
+            self.identity.key,
+            federation.run_id,
+            binding,
+            federation.update_hash,
+            sign_chunks=not federation.chunk_signatures_optional,
         )
 
     def _export(

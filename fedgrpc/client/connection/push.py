@@ -95,6 +95,9 @@ class Signing:
     """The federation's codec parameters (DENSE_FP32_BINDING for raw float32)."""
     hash_name: HashName = DEFAULT_HASH
     """The chain hash Join negotiated (RoundConfig.update_hash)."""
+    sign_chunks: bool = True
+    """False: chunks go with their link and digest only, the commit's
+    signature covering them (RoundConfig.chunk_signatures_optional)."""
 
     def sign_header(self, request: coordinator_pb2.PushUpdateRequest) -> UpdateSigner:
         """Sign the header in `request` in place; the signer for its chunks.
@@ -102,7 +105,12 @@ class Signing:
         Payload digests given to the signer must use its `hash`.
         """
         return sign_update_header(
-            request.header, self.key, self.run_id, self.binding, self.hash_name
+            request.header,
+            self.key,
+            self.run_id,
+            self.binding,
+            self.hash_name,
+            self.sign_chunks,
         )
 
 

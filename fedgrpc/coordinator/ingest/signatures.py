@@ -46,6 +46,7 @@ class UpdateAuthenticator:
 
     def __init__(self, config: CoordinatorConfig, run_id: str, engine: RoundEngine):
         self.required = config.update_signatures == "required"
+        self.chunk_signatures = config.chunk_signatures_required
         self.update_hash = config.update_hash
         self.run_id = run_id
         self.engine = engine
@@ -77,7 +78,9 @@ class UpdateAuthenticator:
             )
         binding = DENSE_FP32_BINDING if header.is_initial_weights else None
         statement = update_statement(header, self.run_id, binding or self._binding)
-        verifier = UpdateVerifier(key, statement, header.signature)
+        verifier = UpdateVerifier(
+            key, statement, header.signature, self.chunk_signatures
+        )
         self._check_binding(header)
         return verifier
 
