@@ -32,8 +32,10 @@ from fedgrpc.wire.signed import (
 )
 
 PB = coordinator_pb2
-MODES = ("off", "sha256", "blake3")
-"""The coordinators compared: unsigned, then signed under each `--update-hash`."""
+MODES = ("off", "sha256", "blake3", "blake3_every_chunk")
+"""The coordinators compared: unsigned, then signed under each `--update-hash`
+(header and commit signed, chunks linked: `--sign-chunks auto`), and BLAKE3
+with every chunk signed too (`--sign-chunks always`, what secure rounds do)."""
 
 
 def _spec(n: int) -> ModelSpec:
@@ -101,7 +103,12 @@ def _frames(
     hash_name = HASH_FROM_PROTO[joined.round_config.update_hash]  # what Join chose
     signer = (
         sign_update_header(
-            header.header, key, joined.run_id, DENSE_FP32_BINDING, hash_name
+            header.header,
+            key,
+            joined.run_id,
+            DENSE_FP32_BINDING,
+            hash_name,
+            sign_chunks=not joined.round_config.chunk_signatures_optional,
         )
         if signed
         else None

@@ -2,17 +2,21 @@
 
 One run measures, on this machine:
 
-1. ingest: three `fedgrpc serve --open-enrollment` coordinators side by
-   side, one with `--update-signatures off`, two verifying, with
-   `--update-hash sha256` and `blake3`, and one client process pushing a
+1. ingest: four `fedgrpc serve --open-enrollment` coordinators side by
+   side, one with `--update-signatures off`, three verifying: with
+   `--update-hash sha256` and `blake3` (header and commit signed, chunks
+   linked and hashed: the default `--sign-chunks auto`), and `blake3` with
+   `--sign-chunks always` (every chunk signed too, as secure rounds do),
+   and one client process pushing a
    dense float32 update of --size coordinates to each in turn (alternating,
    so all see the same machine load). The client offers both hashes at Join
    and uses the one announced; it builds, hashes and signs each round's
    messages *before* the timed push, so the coordinators receive the same
    payloads and the difference is the coordinator's verification alone
-   (one hash per payload on its hashing threads, one Ed25519 verify per
-   chunk, chain checks). Ingest is update bytes over the coordinator's own window
-   (AdminService RoundSummary.ingest_s: first header to last commit).
+   (one hash per payload on its hashing threads, chain checks, and one
+   Ed25519 verify per chunk where chunks are signed). Ingest is update
+   bytes over the coordinator's own window (AdminService
+   RoundSummary.ingest_s: first header to last commit).
    Beside the rates: CPU ms per MB on each side (RoundSummary.ingest_cpu_s
    for the coordinator, process time for the client) and cores busy in
    the window, which say whether hashing had a free core to overlap on,
@@ -70,9 +74,12 @@ MODE_FLAGS = {
     "off": ("--update-signatures", "off"),
     "sha256": ("--update-signatures", "required", "--update-hash", "sha256"),
     "blake3": ("--update-signatures", "required", "--update-hash", "blake3"),
-}
-SIGNED = ("blake3", "sha256")
-"""The signed modes, the default hash first."""
+    "blake3_every_chunk": ("--update-signatures", "required", "--update-hash",
+                           "blake3", "--sign-chunks", "always"),
+}  # fmt: skip
+SIGNED = ("blake3", "sha256", "blake3_every_chunk")
+"""The signed modes, the default (BLAKE3, chunks linked under a signed
+commit) first."""
 
 
 # -- ingest: one client, two coordinators -----------------------------------------
