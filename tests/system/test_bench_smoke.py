@@ -325,11 +325,11 @@ def test_heterogeneous_bench_quick_compares_every_round_mode_and_resumes(
     assert isinstance(goals, dict)
     for name, goal in goals.items():
         assert isinstance(goal["met"], bool), name  # measured, never assumed
-    # Streaming (P = 2 here): each sync moves half a dense one, header included.
+    # Streaming (P = 2 here): each sync's payload is half a dense one.
     streaming = report["streaming_goal"]
     assert isinstance(streaming, dict)
     assert 0.45 < streaming["ratio"] <= 0.55
     assert isinstance(streaming["loss_met"], bool)
-    assert goals["streaming_p4_quarter_peak_bytes_within_1pct"]["met"] is False
+    assert isinstance(streaming["met"], bool)
     assert again["settings"] == settings
     assert again["missing_runs"] == []
