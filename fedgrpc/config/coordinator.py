@@ -242,7 +242,9 @@ class CoordinatorConfig(
         try:
             parse_codec(self.downlink_codec)
         except ConfigError as exc:
-            raise ConfigError(f"downlink_codec: {exc}") from None
+            raise ConfigError(
+                f"downlink_codec={self.downlink_codec!r} is invalid: {exc}"
+            ) from None
         _check(self.downlink_codec_config is None or self.round_mode != "streaming",
                "downlink_codec", self.downlink_codec, "dense with round_mode = "
                "'streaming' (its fragments travel as ranges of weights, not as "
