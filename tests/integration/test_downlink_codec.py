@@ -201,6 +201,7 @@ def test_held_weights_that_are_not_the_version_named_fall_back_to_a_whole_pull(
 def test_a_model_that_is_not_all_float32_pulls_whole_models() -> None:
     config = _config("topk:0.05:int8", clients=1)
     model = _model().to(torch.bfloat16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     with (
         serve_in_thread(config) as coordinator,
         DiLoCoClient(coordinator.address, model, config=FAST) as client,
@@ -209,10 +210,8 @@ def test_a_model_that_is_not_all_float32_pulls_whole_models() -> None:
         for _ in range(2 * H):
             loss = model(torch.randn(4, 64, dtype=torch.bfloat16)).float().pow(2).mean()
             loss.backward()
-            with torch.no_grad():
-                for param in model.parameters():
-                    param -= 0.05 * param.grad  # type: ignore[operator]
-                    param.grad = None
+            optimizer.step()
+            optimizer.zero_grad()
             client.step(loss.item(), num_samples=4)
         assert client.model_version == 2
         num_bytes = client._local.spec.num_bytes
@@ -244,7 +243,7 @@ def test_a_model_that_is_not_all_float32_pulls_whole_models() -> None:
     ],
 )
 def test_a_downlink_codec_that_cannot_work_is_refused(
-    settings: dict[str, str], match: str
+    settings: dict[str, Any], match: str
 ) -> None:
     with pytest.raises(ConfigError, match=match):
         CoordinatorConfig(**settings)
