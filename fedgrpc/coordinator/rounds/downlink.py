@@ -76,8 +76,12 @@ class DownlinkCompressor:
 
     @property
     def residual_norm(self) -> float:
-        """‖e‖₂ (for logs): the mass of steps not yet sent."""
-        return float(np.linalg.norm(self._feedback.residual.astype(np.float64)))
+        """‖e‖₂ (for logs): the mass of steps not yet sent.
+
+        A float32 dot product, no model-sized float64 copy: a log line does
+        not need the last digits.
+        """
+        return float(np.linalg.norm(self._feedback.residual))
 
     def apply(
         self, proposed: torch.Tensor, previous: torch.Tensor, version: int
