@@ -254,3 +254,28 @@ def test_dense_downlink_keeps_whole_pulls() -> None:
     assert CoordinatorConfig(downlink_codec="dense:fp32").downlink_codec_config is None
     bf16 = CoordinatorConfig(downlink_codec="dense:bf16").downlink_codec_config
     assert bf16 is not None
+
+
+def test_a_client_behind_the_kept_steps_gets_the_whole_model() -> None:
+    # dense:bf16 steps are half the model each: two are kept, not three.
+    config = _config("dense:bf16", clients=1)
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    with (
+        serve_in_thread(config) as coordinator,
+        DiLoCoClient(coordinator.address, model, config=FAST) as client,
+    ):
+        while not client.finished:
+            loss = model(torch.randn(8, 64)).pow(2).mean()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            client.step(loss.item(), num_samples=8)
+        assert client.model_version == ROUNDS
+        final = client._local.downlink.numpy().tobytes()
+        header, parts = _pull(coordinator.address, held_version=ROUNDS - 2)
+        assert header.delta_from_version == ROUNDS - 2
+        assert {p.delta.version for p in parts} == {ROUNDS - 1, ROUNDS}
+        header, parts = _pull(coordinator.address, held_version=ROUNDS - 3)
+        assert not header.HasField("delta_from_version")
+        assert b"".join(p.chunk.data for p in parts) == final
