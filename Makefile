@@ -90,7 +90,7 @@ bench-robustness:  ## every attack x robust rule vs a no-attack mean, trust pass
 bench-heterogeneity:  ## digits accuracy, centralized vs FedAvg, DiLoCo, FedProx, FedYogi x IID and Dirichlet(0.1, 0.5, 1.0), 3 seeds (51 runs of 10 clients x 10 rounds x H=50, ~35-55 min with 2 jobs on a shared 2-core box); resumable
 	$(BIN)/python bench/heterogeneity.py --jobs 2 --cache .bench-cache/heterogeneity
 
-bench-heterogeneous:  ## round modes sync vs deadline vs buffered_async, 4 clients at speeds 1,1,2,4, with and without 10 % crashes, 3 seeds (18 real simulate runs, ~30 min, one at a time for fair wall times); resumable
+bench-heterogeneous:  ## round modes sync vs deadline vs buffered_async vs streaming, 4 clients at speeds 1,1,2,4, with and without 10 % crashes, 3 seeds (24 real simulate runs, ~40 min, one at a time for fair wall times); resumable
 	nice $(BIN)/python bench/heterogeneous.py --cache .bench-cache/heterogeneous
 
 bench-privacy:  ## record-level DP-SGD utility vs ε in {1,3,8} (4 silos: digits, simulate char-LM) vs non-private, and client-level central vs distributed noise at ε in {1,8} (100 clients); one core, ~17 min

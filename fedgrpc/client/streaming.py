@@ -47,6 +47,7 @@ from fedgrpc.client.sync import SyncOutcome, SyncPoint
 from fedgrpc.client.transform import UpdateContext, apply_transform
 from fedgrpc.client.weights import LocalRun
 from fedgrpc.compress import Dense
+from fedgrpc.compress.norm_clip import clip_to_norm
 from fedgrpc.config import ClientConfig
 from fedgrpc.domain.fragments import Fragment, fragment_of_version, split_fragments
 from fedgrpc.errors import IncompatibleClientError, WrongRoundError
@@ -155,33 +156,23 @@ class StreamingSync(SyncPoint):
             return "not_selected"
         fragment = self.fragments[fragment_of_version(base, len(self.fragments))]
         delta = fragment_pseudo_gradient(self._local, fragment)
+        bound = self._config.max_update_norm
+        if bound and self.encoders[fragment.index] is None:
+            clip_to_norm(delta.numpy(), bound)  # an encoder clips e + delta itself
         if self.update_transform is not None:
             context = UpdateContext(
                 self.client_id, opened.round_id, base, self._local.samples
             )
             delta = apply_transform(self.update_transform, delta, context)
-        meta = self._meta(opened)
+        meta = self.update_meta(
+            opened.round_id, opened.nonce, self._compute_since_last_push()
+        )
         self.pending = opened
         exchange = self._worker.submit(self._exchange, opened, fragment, meta, delta)
         self.in_flight = _InFlight(fragment, opened, exchange)
         if self.overlap == 0:
             return self.merge()
         return "in_flight"
-
-    def _meta(self, opened: RoundStart) -> UpdateMeta:
-        local = self._local
-        meta = UpdateMeta(
-            round_id=opened.round_id,
-            base_version=local.base_version,
-            kind="pseudo_gradient",
-            num_samples=local.samples,
-            train_loss=local.loss_mean,
-            round_nonce=opened.nonce,
-            base_sha256=self.base_sha256,
-            record_dp=None if self.record_dp is None else self.record_dp(),
-            compute_s=max(0.0, self._compute_since_last_push()),
-        )
-        return self._with_eval(meta)
 
     def _compute_since_last_push(self) -> float:
         """Training seconds this fragment's update stands for (goodput)."""

@@ -202,6 +202,24 @@ class SyncPoint:
             self.pending = None
         return self._finish(opened, pushed)
 
+    def update_meta(
+        self, round_id: int, round_nonce: bytes, compute_s: float
+    ) -> UpdateMeta:
+        """The header of the update the local run stands for now (any mode)."""
+        local = self._local
+        meta = UpdateMeta(
+            round_id=round_id,
+            base_version=local.base_version,
+            kind="pseudo_gradient",
+            num_samples=local.samples,
+            train_loss=local.loss_mean,
+            round_nonce=round_nonce,
+            base_sha256=self.base_sha256,
+            record_dp=None if self.record_dp is None else self.record_dp(),
+            compute_s=max(0.0, compute_s),
+        )
+        return self._with_eval(meta)
+
     def _with_eval(self, meta: UpdateMeta) -> UpdateMeta:
         """`meta` with the eval claim of its base version, if one was measured."""
         evaluation = self.evaluation
@@ -333,18 +351,7 @@ class SyncPoint:
                 self.client_id, round_id, local.base_version, local.samples
             )
             delta = apply_transform(self.update_transform, delta, context)
-        meta = UpdateMeta(
-            round_id=round_id,
-            base_version=local.base_version,
-            kind="pseudo_gradient",
-            num_samples=local.samples,
-            train_loss=local.loss_mean,
-            round_nonce=round_nonce,
-            base_sha256=self.base_sha256,
-            record_dp=None if self.record_dp is None else self.record_dp(),
-            compute_s=max(0.0, self._compute_s),
-        )
-        meta = self._with_eval(meta)
+        meta = self.update_meta(round_id, round_nonce, self._compute_s)
         try:
             result = self.connection.push(
                 meta, delta, self._chunk_bytes, self.compressed

@@ -90,10 +90,13 @@ def test_signing_bench_quick() -> None:
     assert isinstance(joins, dict)
     assert ingest["ingest_mb_s_signed"] > 0
     assert ingest["ingest_mb_s_unsigned"] > 0
+    assert set(ingest["by_hash"]) == {  # type: ignore[call-overload]
+        "blake3", "sha256", "blake3_every_chunk",
+    }  # fmt: skip
     assert joins["joins_per_s_sequential"] > 0
     goals = report["goals"]
     assert isinstance(goals, dict)
-    assert "ingest_signed>=90%_unsigned" in goals  # measured, never asserted here
+    assert "ingest_signed>=0.85x_unsigned_blake3" in goals  # measured, not asserted
 
 
 def test_clients_scale_bench_quick() -> None:
@@ -289,7 +292,7 @@ def test_dashboard_bench_quick_compares_open_dashboards_with_none() -> None:
     assert isinstance(report["round_time_ratio"], float)
 
 
-@pytest.mark.timeout(480)  # 8 quick runs (~3.5 min on 2 quiet cores), then a report
+@pytest.mark.timeout(300)  # 4 quick runs (~1.5 min on 2 cores), then a report
 def test_heterogeneous_bench_quick_compares_every_round_mode_and_resumes(
     tmp_path: Path,
 ) -> None:
@@ -297,14 +300,14 @@ def test_heterogeneous_bench_quick_compares_every_round_mode_and_resumes(
     cache = str(tmp_path / "cache")
 
     # Act: run into a cache, then report from the cache alone.
-    report = _run("heterogeneous.py", "--cache", cache, "--jobs", "2", timeout_s=420)
+    report = _run("heterogeneous.py", "--cache", cache, "--jobs", "2", timeout_s=240)
     again = _run("heterogeneous.py", "--cache", cache, "--only-cached")
 
-    # Assert: every mode ran in both crash settings, read off real curves.
+    # Assert: every mode ran (crash rate 0.1), read off real curves.
     assert report["bench"] == "heterogeneous"
     settings = report["settings"]
     assert isinstance(settings, dict)
-    assert set(settings) == {"no_crash", "crash_0.1"}
+    assert set(settings) == {"crash_0.1"}
     for setting in settings.values():
         modes = setting["modes"]
         assert set(modes) == {"sync", "deadline", "buffered_async", "streaming"}

@@ -174,12 +174,14 @@ class CoordinatorServicer:
         async def body() -> pb.JoinResponse:
             runtime, request = self.runtime, parsed(message)
             key = runtime.authenticate_join(join_proof_from_proto(request))
-            joined = runtime.join(join_from_proto(request), key)
+            info = join_from_proto(request)
+            joined = runtime.join(info, key)
+            update_hash = runtime.config.update_hash_for(info.supported_hashes)
             return pb.JoinResponse(
                 client_id=joined.client.client_id,
                 session_token=joined.client.session_token,
                 run_id=runtime.run.run_id,
-                round_config=round_config_to_proto(runtime.config),
+                round_config=round_config_to_proto(runtime.config, update_hash),
                 model_spec=spec_to_proto(joined.spec),
                 current_round=joined.current_round,
                 model_version=joined.model_version,
