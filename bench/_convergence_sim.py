@@ -24,9 +24,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from _convergence_wire import chunk_bytes, pull_bytes, push_overhead_bytes
+from _convergence_wire import (
+    chunk_bytes,
+    pull_bytes,
+    push_overhead_bytes,
+    step_pull_bytes,
+)
 
 from fedgrpc.compress import ErrorFeedback, make_codec, parse_codec
+from fedgrpc.coordinator.rounds.downlink import DownlinkCompressor
 from fedgrpc.domain.chunks import DEFAULT_CHUNK_BYTES
 from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.errors import InvalidUpdateError
@@ -74,6 +80,10 @@ class Case:
     eval_batches: int = 100
     curve_batches: int = 20
     corpus_bytes: int = 8_000_000
+    downlink: str = "dense"
+    """The coordinator's `downlink_codec`: "dense" pulls the whole model each
+    round; a codec sends the step with the coordinator's error feedback
+    (`coordinator.rounds.downlink`, the library's own)."""
     clients_per_round: int = 0
     """k workers chosen per round from a seeded nonce (random selection); the
     others keep training and push spanning updates later. 0: every worker."""
@@ -247,6 +257,7 @@ def _run_diloco(
             beta1=case.outer_beta1, beta2=case.outer_beta2, tau=case.outer_tau
         ),
     )
+    downlink = _Downlink(case, spec)
     framed = payload = applied = 0
     for round_index in range(1, case.rounds + 1):
         total = torch.zeros(spec.num_coordinates)
@@ -254,19 +265,59 @@ def _run_diloco(
             for worker in workers:
                 up, sent = worker.push(worker.train(global_flat, data), total.numpy())
                 framed, payload = framed + up, payload + sent
+            previous = global_flat.clone()
             outer.step(global_flat, total.div_(case.workers))
+            downlink.step(global_flat, previous, round_index)
         except InvalidUpdateError:  # diverged: keep the last good global, stop
             break
         applied += 1
         load_flat_fp32(list(model.parameters()), spec, global_flat)
         curve.record(model, round_index * case.inner_steps)
-    pull_up, pull_down = pull_bytes(spec, DEFAULT_CHUNK_BYTES)
     residual = [float(np.linalg.norm(w.feedback.residual)) for w in workers]
     return {
-        "bytes_up": framed + applied * case.workers * pull_up,
-        "bytes_down": applied * case.workers * pull_down,
+        "bytes_up": framed + case.workers * downlink.up,
+        "bytes_down": case.workers * downlink.down,
+        "downlink_residual_norm": downlink.residual_norm,
         "payload_up": payload,
         "rounds_applied": applied,
         "residual_norm": float(np.mean(residual)),
         "global_norm": float(global_flat.norm()),
     }
+
+
+class _Downlink:
+    """What each worker pulls per applied round: the whole model, or the step.
+
+    With a downlink codec the global weights become what the library's
+    coordinator would publish (w + decoded step, its residual keeping the
+    rest), and the bytes are those of the step's PullModel stream.
+    """
+
+    def __init__(self, case: Case, spec: ModelSpec) -> None:
+        self.spec = spec
+        config = parse_codec(case.downlink)
+        self.compressor = (
+            None
+            if case.downlink in ("dense", "dense:fp32")
+            else DownlinkCompressor(config, spec.num_coordinates, DEFAULT_CHUNK_BYTES)
+        )
+        self._whole = pull_bytes(spec, DEFAULT_CHUNK_BYTES)
+        self.up = self.down = 0
+        """Bytes of one worker's pulls so far (request; response)."""
+
+    def step(
+        self, proposed: torch.Tensor, previous: torch.Tensor, version: int
+    ) -> None:
+        """Publish version `version` (in place in `proposed`); count its pull."""
+        if self.compressor is None:
+            up, down = self._whole
+        else:
+            self.compressor.apply(proposed, previous, version)
+            step = self.compressor.recent[-1]
+            up, down = step_pull_bytes(self.spec, step, self.compressor.codec_spec)
+        self.up, self.down = self.up + up, self.down + down
+
+    @property
+    def residual_norm(self) -> float:
+        """‖e‖ of the coordinator's downlink residual (0 without a codec)."""
+        return 0.0 if self.compressor is None else self.compressor.residual_norm

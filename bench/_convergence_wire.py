@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from fedgrpc._proto.v1 import common_pb2, coordinator_pb2
 from fedgrpc.compress import OffsetBlock
+from fedgrpc.coordinator.rounds.downlink import Transition
 from fedgrpc.domain.chunks import iter_chunks
 from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.wire.frames import encode_model_chunk, encode_update_chunk
@@ -78,10 +79,51 @@ def pull_bytes(spec: ModelSpec, chunk_size: int) -> tuple[int, int]:
             round_id=_ROUND,
             model_spec_digest=spec.digest,
             total_bytes=spec.num_bytes,
+            weights_sha256=bytes(32),
+            signature=bytes(64),
         )
     )
     down = _message_bytes(header.SerializeToString())
     native = memoryview(bytes(spec.num_bytes))
     for offset, data in iter_chunks(native, chunk_size):
         down += _message_bytes(encode_model_chunk(offset, data))
+    return _message_bytes(request.SerializeToString()), down
+
+
+def step_pull_bytes(spec: ModelSpec, step: Transition, codec: str) -> tuple[int, int]:
+    """(uplink, downlink) bytes of one PullModel answered with a compressed step.
+
+    The request names the version held; the header announces the step (and
+    carries the signed digest and signature, as a whole pull's does); then one
+    ModelDelta message per block, as the coordinator's servicer sends them.
+    """
+    request = coordinator_pb2.PullModelRequest(
+        client_id=_CLIENT_ID,
+        session_token=_SESSION_TOKEN,
+        min_version=_ROUND,
+        held_version=_ROUND - 1,
+    )
+    header = coordinator_pb2.PullModelResponse(
+        header=coordinator_pb2.ModelHeader(
+            model_version=_ROUND,
+            round_id=_ROUND,
+            model_spec_digest=spec.digest,
+            total_bytes=spec.num_bytes,
+            weights_sha256=bytes(32),
+            signature=bytes(64),
+            delta_from_version=_ROUND - 1,
+            delta_codec=codec,
+        )
+    )
+    down = _message_bytes(header.SerializeToString())
+    for block in step.blocks:
+        message = coordinator_pb2.PullModelResponse(
+            delta=coordinator_pb2.ModelDelta(
+                version=_ROUND,
+                offset=block.offset,
+                count=block.count,
+                payload=block.payload,
+            )
+        )
+        down += _message_bytes(message.SerializeToString())
     return _message_bytes(request.SerializeToString()), down

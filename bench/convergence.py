@@ -24,6 +24,11 @@ Configurations (`--configs`, names below; H = --inner-steps, default 50;
   0.95 at H (seed 0, top-k 1 %: 1.832 vs 1.964 at 0.98) and 0.98 at H/5
   (1.595 vs 1.621 at 0.95 and 1.607 at 0.99): a 5x shorter round wants a
   longer memory in rounds.
+- sparseloco-down, sparseloco-down1, sparseloco-short-down: sparseloco
+  (-short) with a compressed downlink (`downlink_codec`): the coordinator
+  sends each round's step as top-k int8 with its own error feedback instead
+  of the whole model; density 4 % (the union of 4 workers' 1 %) or 1 %.
+  Compare their total bytes (up + down) and loss with sparseloco's.
 - shared10, shared1 (and ablations, run only when named): what secure
   aggregation forces (`_convergence_shared`, which lists them): one index
   set per round for all workers, chosen by the coordinator, one round-wide
@@ -39,7 +44,9 @@ with a goal, and their references, run `--seeds` seeds; the others
 (ablations) `--ablation-seeds`, paired with the first seeds of their
 reference. Bytes are framed protobuf + gRPC message
 prefixes (`_convergence_wire`): pushes (header, chunks, commit) up,
-native-byte model pulls down once per worker per applied round. dp is
+native-byte model pulls down once per worker per applied round (or, with
+a downlink codec, the step's PullModel stream: header and ModelDelta
+messages). dp is
 counted as a parameter server would move it: every step each worker pushes
 its dense fp32 gradient and pulls the model (2x model bytes per worker per
 step; a ring all-reduce sends 2(W-1)/W = 1.5x). Ratios "vs dense" are
@@ -98,6 +105,24 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
             "short": True,
             **SPARSELOCO,
             "feedback_decay": 0.98,
+        },
+    ),
+    "sparseloco-down": (
+        "sparseloco, downlink top-k 4 % int8 + coordinator EF",
+        {"codec": "topk:0.01:int8", **SPARSELOCO, "downlink": "topk:0.04:int8"},
+    ),
+    "sparseloco-down1": (
+        "sparseloco, downlink top-k 1 % int8 + coordinator EF",
+        {"codec": "topk:0.01:int8", **SPARSELOCO, "downlink": "topk:0.01:int8"},
+    ),
+    "sparseloco-short-down": (
+        "sparseloco-short, downlink top-k 4 % int8 + coordinator EF",
+        {
+            "codec": "topk:0.01:int8",
+            "short": True,
+            **SPARSELOCO,
+            "feedback_decay": 0.98,
+            "downlink": "topk:0.04:int8",
         },
     ),
     **SHARED_CONFIGS,  # issue 5: what secure aggregation forces on top-k
@@ -209,6 +234,10 @@ def summarise(name: str, case: Case, runs: list[dict[str, Any]]) -> dict[str, An
     }
     if case.kind == "diloco":
         summary["codec"] = case.codec
+        summary["downlink"] = case.downlink
+        summary["downlink_residual_norm"] = statistics.fmean(
+            r.get("downlink_residual_norm", 0.0) for r in runs
+        )
         summary["error_feedback"] = case.error_feedback
         summary["feedback_decay"] = case.feedback_decay
         summary["outer"] = f"{case.outer} lr {case.outer_lr} m {case.outer_momentum}"

@@ -62,6 +62,11 @@ CORE_FLAGS = (
     Flag("--codec", "update codec: dense[:fp32|bf16|fp16|int8|int4] or "
          "topk:DENSITY[:int8|int4|bf16|fp32], e.g. topk:0.01:int8 "
          f"(default: {_D.codec})", metavar="SPEC"),
+    Flag("--downlink-codec", "how new weights reach clients holding the "
+         "previous version: dense (the whole model) or a codec spec as for "
+         "--codec, e.g. topk:0.01:int8 (the compressed step, with the "
+         "coordinator's error feedback; clients stay bit-identical to the "
+         f"master) (default: {_D.downlink_codec})", metavar="SPEC"),
     Flag("--secure-aggregation", "SecAgg+ masking: the coordinator learns "
          "only each round's sum; needs --codec dense:int8 or dense:int4 and "
          "--min-clients >= 3; excludes robust aggregation (default: off)",

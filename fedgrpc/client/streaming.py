@@ -210,6 +210,7 @@ class StreamingSync(SyncPoint):
         last = closed.run_finished
         if closed.outcome != "applied":
             return _Exchanged(closed.outcome, run_finished=last)
+        self._local.downlink_version = None  # compressed steps: whole pulls only
         pulled = self.connection.pull(
             closed.model_version, self._local.downlink, self._config.rpc_timeout_s,
             self._chunk_bytes, (fragment.byte_start, fragment.byte_stop),

@@ -139,19 +139,27 @@ class SyncPoint:
 
     def pull_and_load(self, min_version: int, wait_s: float) -> None:
         """Pull weights of at least `min_version` into the model and snapshot."""
-        started = time.monotonic()
+        started, local = time.monotonic(), self._local
+        # A pull that fails midway leaves the buffer part old, part new: it
+        # holds no version until one completes (and is digest-checked).
+        held, local.downlink_version = local.downlink_version, None
         pulled = self.connection.pull(
-            min_version, self._local.downlink, wait_s, self._chunk_bytes
+            min_version, local.downlink, wait_s, self._chunk_bytes, None, held
         )
-        self._local.load(pulled.buffer, pulled.version)
+        local.downlink_version = pulled.version
+        local.load(pulled.buffer, pulled.version)
         self.base_sha256 = pulled.sha256
         self.sat_out = False
         self._progress_since_s = time.monotonic()
-        nbytes = self._local.spec.num_bytes
+        nbytes = pulled.bytes_received
         self.bytes_received += nbytes
         seconds = round(time.monotonic() - started, 3)
         self._log.info(
-            "model_loaded", version=pulled.version, bytes=nbytes, seconds=seconds
+            "model_loaded",
+            version=pulled.version,
+            bytes=nbytes,
+            steps_from=pulled.delta_from,
+            seconds=seconds,
         )
 
     def run(self) -> SyncOutcome:

@@ -68,6 +68,9 @@ class LocalRun:
         self.snapshot = torch.empty(self.spec.num_coordinates, dtype=torch.float32)
         self.delta = torch.empty(self.spec.num_coordinates, dtype=torch.float32)
         self.downlink = torch.empty(self.spec.num_bytes, dtype=torch.uint8)
+        self.downlink_version: int | None = None
+        """The model version `downlink` holds intact (None: none, or unsure):
+        a pull names it, so the coordinator may send compressed steps from it."""
         self._casts = False
         """Pulled dtypes differ from the model's (`adopt_wire_spec`)."""
         self._counters = [
@@ -109,6 +112,7 @@ class LocalRun:
         self.spec.check_same_as(spec, allow_casts=True)
         self.spec = spec
         self.downlink = torch.empty(spec.num_bytes, dtype=torch.uint8)
+        self.downlink_version = None
         self._casts = True
 
     def record(self, loss: float | None, num_samples: int) -> None:

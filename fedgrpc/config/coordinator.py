@@ -32,6 +32,7 @@ from fedgrpc.domain.chunks import (
     MIN_CHUNK_BYTES,
 )
 from fedgrpc.domain.codecs import CodecConfig, Dense, parse_codec
+from fedgrpc.errors import ConfigError
 from fedgrpc.errors import check_config as _check
 
 SECAGG_VALUES = ("int8", "int4")
@@ -114,6 +115,14 @@ class CoordinatorConfig(
     """Update codec every client must use: `dense[:fp32|bf16|fp16|int8|int4]` or
     `topk:DENSITY[:int8|int4|bf16|fp32]` (e.g. `topk:0.01:int8`); see
     `fedgrpc.compress.parse_codec`."""
+    downlink_codec: str = "dense"
+    """How new weights travel to clients that hold the previous version: `dense`
+    (or `dense:fp32`): the whole model every pull, as before this setting;
+    any other codec spec (e.g. `topk:0.01:int8`): the compressed step, with
+    the coordinator's own error feedback so clients stay bit-identical to the
+    master (`coordinator.rounds.downlink`). Only for all-float32 models (any
+    other falls back to whole pulls, with a warning) and not with
+    round_mode = "streaming" (its range pulls carry weights)."""
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     """Payload bytes per chunk, both directions; ~1 MiB is loopback's sweet spot."""
     secure_aggregation: bool = False
@@ -211,6 +220,7 @@ class CoordinatorConfig(
                self.init_model, "an existing safetensors file or fedgrpc "
                "checkpoint (file or directory)")  # fmt: skip
         parse_codec(self.codec)  # raises ConfigError naming the problem
+        self._check_downlink()
         _check(0 < self.resolved_feedback_decay <= 1, "feedback_decay",
                self.feedback_decay, "in (0, 1]")  # fmt: skip
         _check(MIN_CHUNK_BYTES <= self.chunk_bytes <= MAX_CHUNK_BYTES, "chunk_bytes",
@@ -226,6 +236,19 @@ class CoordinatorConfig(
                self.checkpoint_retry_max_s, "> 0")  # fmt: skip
         _check(not self.metrics_listen or ":" in self.metrics_listen,
                "metrics_listen", self.metrics_listen, "host:port or empty")  # fmt: skip
+
+    def _check_downlink(self) -> None:
+        """A codec spec, and no compressed steps where range pulls need weights."""
+        try:
+            parse_codec(self.downlink_codec)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"downlink_codec={self.downlink_codec!r} is invalid: {exc}"
+            ) from None
+        _check(self.downlink_codec_config is None or self.round_mode != "streaming",
+               "downlink_codec", self.downlink_codec, "dense with round_mode = "
+               "'streaming' (its fragments travel as ranges of weights, not as "
+               "compressed steps)")  # fmt: skip
 
     def _check_outer(self) -> None:
         """The optimizer's name, its rates, and only the settings it reads."""
@@ -314,6 +337,12 @@ class CoordinatorConfig(
     def codec_config(self) -> CodecConfig:
         """The parsed `codec`."""
         return parse_codec(self.codec)
+
+    @property
+    def downlink_codec_config(self) -> CodecConfig | None:
+        """The parsed `downlink_codec`; None when pulls carry the whole model."""
+        config = parse_codec(self.downlink_codec)
+        return None if config == Dense() else config
 
     @property
     def max_message_bytes(self) -> int:

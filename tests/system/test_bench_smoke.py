@@ -36,7 +36,7 @@ def test_compression_bench_quick() -> None:
 
 
 def test_convergence_bench_quick() -> None:
-    names = "dp,dense,int8,topk1,sparseloco"  # the rest run the same code paths
+    names = "dp,dense,int8,topk1,sparseloco,sparseloco-down"  # the rest: same paths
     report = _run("convergence.py", "--configs", names)
     assert report["bench"] == "convergence"
     configs = report["configs"]
@@ -45,6 +45,11 @@ def test_convergence_bench_quick() -> None:
     dense, topk1 = configs["dense"], configs["topk1"]
     assert dense["bytes_up"] > 50 * topk1["bytes_up"]
     assert dense["final_val_loss"]["mean"] < 5.0  # it trained (uniform bytes: 5.55)
+    # A compressed downlink: the steps, not the model, go down each round.
+    sparse, down = configs["sparseloco"], configs["sparseloco-down"]
+    assert down["downlink"] == "topk:0.04:int8"
+    assert sparse["bytes_down"] > 20 * down["bytes_down"]
+    assert down["total_ratio_vs_dense"] > 20 * sparse["total_ratio_vs_dense"] / 2
 
 
 @pytest.mark.timeout(300)  # two bench invocations of up to 170 s each (_run)

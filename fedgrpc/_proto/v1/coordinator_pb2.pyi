@@ -1037,6 +1037,7 @@ class PullModelRequest(_message.Message):
     MIN_VERSION_FIELD_NUMBER: _builtins.int
     RANGE_START_FIELD_NUMBER: _builtins.int
     RANGE_LENGTH_FIELD_NUMBER: _builtins.int
+    HELD_VERSION_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """Client id from JoinResponse."""
     session_token: _builtins.bytes
@@ -1052,6 +1053,14 @@ class PullModelRequest(_message.Message):
     refused with INVALID_ARGUMENT.
     """
     range_length: _builtins.int
+    held_version: _builtins.int
+    """The model version whose bytes this client holds intact (unset: none, or
+    a client older than this field). With `downlink_codec` on, a coordinator
+    that kept the compressed transitions from this version to the one it
+    serves sends those instead of the weights (ModelHeader.delta_from_version
+    set, then ModelDelta parts); otherwise the whole model, as without it.
+    Ignored with a range: range pulls always carry weights.
+    """
     def __init__(
         self,
         *,
@@ -1060,12 +1069,15 @@ class PullModelRequest(_message.Message):
         min_version: _builtins.int = ...,
         range_start: _builtins.int = ...,
         range_length: _builtins.int = ...,
+        held_version: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_held_version", b"_held_version", "held_version", b"held_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "min_version", b"min_version", "range_length", b"range_length", "range_start", b"range_start", "session_token", b"session_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_held_version", b"_held_version", "client_id", b"client_id", "held_version", b"held_version", "min_version", b"min_version", "range_length", b"range_length", "range_start", b"range_start", "session_token", b"session_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__held_version: _TypeAlias = _typing.Literal["held_version"]  # noqa: Y015
+    _WhichOneofArgType__held_version: _TypeAlias = _typing.Literal["_held_version", b"_held_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__held_version) -> _WhichOneofReturnType__held_version | None: ...
 
 Global___PullModelRequest: _TypeAlias = PullModelRequest  # noqa: Y015
 
@@ -1077,6 +1089,7 @@ class PullModelResponse(_message.Message):
 
     HEADER_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def header(self) -> Global___ModelHeader:
         """Exactly one, first."""
@@ -1085,17 +1098,26 @@ class PullModelResponse(_message.Message):
     def chunk(self) -> Global___ModelChunk:
         """The model's bytes in order."""
 
+    @_builtins.property
+    def delta(self) -> Global___ModelDelta:
+        """Instead of chunks, when the header has delta_from_version: the
+        compressed steps from that version to model_version, in version order
+        and within a version in offset order, each version's blocks covering
+        every coordinate once.
+        """
+
     def __init__(
         self,
         *,
         header: Global___ModelHeader | None = ...,
         chunk: Global___ModelChunk | None = ...,
+        delta: Global___ModelDelta | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "delta", b"delta", "header", b"header", "part", b"part"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "delta", b"delta", "header", b"header", "part", b"part"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "chunk", "delta"]  # noqa: Y015
     _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
 
@@ -1118,6 +1140,8 @@ class ModelHeader(_message.Message):
     TOTAL_BYTES_FIELD_NUMBER: _builtins.int
     WEIGHTS_SHA256_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    DELTA_FROM_VERSION_FIELD_NUMBER: _builtins.int
+    DELTA_CODEC_FIELD_NUMBER: _builtins.int
     model_version: _builtins.int
     """Version of these weights."""
     round_id: _builtins.int
@@ -1130,6 +1154,18 @@ class ModelHeader(_message.Message):
     """SHA-256 of those bytes, in order."""
     signature: _builtins.bytes
     """The coordinator's signature over the model statement (above)."""
+    delta_from_version: _builtins.int
+    """Set: ModelDelta parts follow instead of chunks, taking the weights of
+    this version (which the client said it holds, PullModelRequest
+    .held_version) to model_version. The client adds each decoded block to
+    its float32 weights and checks the result against weights_sha256 (the
+    signed digest of the whole model, as for a full pull). Not signed: a
+    forged delta cannot produce the signed digest. Unset: chunks follow.
+    """
+    delta_codec: _builtins.str
+    """The codec of the ModelDelta payloads (the grammar of RoundConfig.codec,
+    e.g. "topk:0.01:int8").
+    """
     def __init__(
         self,
         *,
@@ -1139,14 +1175,55 @@ class ModelHeader(_message.Message):
         total_bytes: _builtins.int = ...,
         weights_sha256: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
+        delta_from_version: _builtins.int | None = ...,
+        delta_codec: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_delta_from_version", b"_delta_from_version", "delta_from_version", b"delta_from_version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_delta_from_version", b"_delta_from_version", "delta_codec", b"delta_codec", "delta_from_version", b"delta_from_version", "model_spec_digest", b"model_spec_digest", "model_version", b"model_version", "round_id", b"round_id", "signature", b"signature", "total_bytes", b"total_bytes", "weights_sha256", b"weights_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__delta_from_version: _TypeAlias = _typing.Literal["delta_from_version"]  # noqa: Y015
+    _WhichOneofArgType__delta_from_version: _TypeAlias = _typing.Literal["_delta_from_version", b"_delta_from_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__delta_from_version) -> _WhichOneofReturnType__delta_from_version | None: ...
+
+Global___ModelHeader: _TypeAlias = ModelHeader  # noqa: Y015
+
+@_typing.final
+class ModelDelta(_message.Message):
+    """One block of a compressed model step (the coordinator's `downlink_codec`):
+    added, decoded, to the float32 coordinates [offset, offset + count) of the
+    weights of version - 1, it gives those of `version`, bit for bit.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The version this block's step produces."""
+    offset: _builtins.int
+    """First coordinate of the block (float32 coordinates, not bytes)."""
+    count: _builtins.int
+    """Coordinates the block covers."""
+    payload: _builtins.bytes
+    """The block, encoded with ModelHeader.delta_codec."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        offset: _builtins.int = ...,
+        count: _builtins.int = ...,
+        payload: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_spec_digest", b"model_spec_digest", "model_version", b"model_version", "round_id", b"round_id", "signature", b"signature", "total_bytes", b"total_bytes", "weights_sha256", b"weights_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "offset", b"offset", "payload", b"payload", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ModelHeader: _TypeAlias = ModelHeader  # noqa: Y015
+Global___ModelDelta: _TypeAlias = ModelDelta  # noqa: Y015
 
 @_typing.final
 class ModelChunk(_message.Message):

@@ -251,12 +251,15 @@ class Connection:
         wait_s: float,
         chunk_bytes: int,
         byte_range: tuple[int, int] | None = None,
+        held_version: int | None = None,
     ) -> PulledModel:
         """Weights of at least `min_version` into `buffer` (`CoordinatorLink.pull`)."""
         link = self.link
         return call(
             self._loop,
-            link.pull(min_version, buffer, wait_s, chunk_bytes, byte_range),
+            link.pull(
+                min_version, buffer, wait_s, chunk_bytes, byte_range, held_version
+            ),
             link.pull_timeout_s(wait_s, chunk_bytes),
         )
 

@@ -43,7 +43,12 @@ from fedgrpc.client.connection.join import (
     pinned_fingerprint,
     signed_join,
 )
-from fedgrpc.client.connection.pull import ModelTrust, PulledModel, pull_model
+from fedgrpc.client.connection.pull import (
+    ModelReceiver,
+    ModelTrust,
+    PulledModel,
+    pull_model,
+)
 from fedgrpc.client.connection.push import (
     FP32_BYTES,
     PushResult,
@@ -297,23 +302,19 @@ class CoordinatorLink:
         wait_s: float,
         chunk_bytes: int,
         byte_range: tuple[int, int] | None = None,
+        held_version: int | None = None,
     ) -> PulledModel:
         """Pull weights of at least `min_version`, waiting up to `wait_s` for them.
 
-        `byte_range`: only those bytes (see `pull.pull_model`).
+        `byte_range`: only those bytes; `held_version`: the version `buffer`
+        holds, from which compressed steps may come (see `pull.pull_model`).
         """
         federation = self._require_federation()
         trust = ModelTrust(federation.coordinator_key, federation.run_id)
         timeout_s = self.pull_timeout_s(wait_s, chunk_bytes)
+        receiver = ModelReceiver(self.spec, buffer, trust, byte_range, held_version)
         return await pull_model(
-            self.stub,
-            self.credentials,
-            min_version,
-            self.spec,
-            timeout_s,
-            buffer,
-            trust,
-            byte_range,
+            self.stub, self.credentials, min_version, timeout_s, receiver
         )
 
     async def close(self, reason: str, *, final: bool = False) -> None:

@@ -19,6 +19,7 @@ import torch
 
 from fedgrpc._proto.v1 import coordinator_pb2
 from fedgrpc.client.connection.channel import Credentials
+from fedgrpc.client.connection.delta import DeltaApplier, DeltaMismatchError
 from fedgrpc.client.status import translated
 from fedgrpc.crypto.keys import PublicKey
 from fedgrpc.domain.chunks import ChunkOrder
@@ -48,6 +49,10 @@ class PulledModel:
     """uint8, `spec.num_bytes` long; view it with `wire.tensors.unpack_native`."""
     sha256: bytes = b""
     """SHA-256 of `buffer`, as the coordinator signed it (updates sign it as base)."""
+    bytes_received: int = 0
+    """Model payload bytes this pull moved (weights, or compressed steps)."""
+    delta_from: int | None = None
+    """The version the compressed steps started from; None: weights travelled."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +76,15 @@ class ModelReceiver:
         buffer: torch.Tensor,
         trust: ModelTrust | None = None,
         byte_range: tuple[int, int] | None = None,
+        held_version: int | None = None,
     ) -> None:
+        """Receive into `buffer` (uint8, `spec.num_bytes`).
+
+        `trust`: check the coordinator's signature (None: tests of the
+        transfer only). `byte_range`: only those bytes travel. `held_version`:
+        the version `buffer` holds intact, from which the coordinator may send
+        compressed steps (ignored with a range); None: it holds none.
+        """
         if buffer.dtype != torch.uint8 or buffer.numel() != spec.num_bytes:
             raise ValueError(
                 f"model buffer must be {spec.num_bytes} uint8 bytes, got "
@@ -89,6 +102,26 @@ class ModelReceiver:
         self.header: coordinator_pb2.ModelHeader | None = None
         self.trust = trust
         self._hash = hashlib.sha256()
+        self._held = None if byte_range is not None else held_version
+        self._delta: DeltaApplier | None = None
+        """Set when the header announced compressed steps instead of chunks."""
+        self._bytes = 0
+
+    def request(
+        self, credentials: Credentials, min_version: int
+    ) -> coordinator_pb2.PullModelRequest:
+        """The PullModelRequest asking for what this receiver takes."""
+        start, stop = self._start, self._start + self._order.total
+        request = coordinator_pb2.PullModelRequest(
+            client_id=credentials.client_id,
+            session_token=credentials.session_token,
+            min_version=min_version,
+            range_start=start if self._ranged else 0,
+            range_length=stop - start if self._ranged else 0,
+        )
+        if self._held is not None:
+            request.held_version = self._held
+        return request
 
     def accept(self, message: coordinator_pb2.PullModelResponse) -> None:
         """Take the next message: the header first, then chunks in byte order.
@@ -104,7 +137,15 @@ class ModelReceiver:
         if part == "header":
             self._accept_header(message.header)
         elif part == "chunk":
+            if self._delta is not None:
+                raise InvalidUpdateError(
+                    "PullModel sent a chunk after announcing steps"
+                )
             self._accept_chunk(message.chunk)
+        elif part == "delta":
+            if self._delta is None:
+                raise InvalidUpdateError("PullModel sent a step it did not announce")
+            self._delta.accept(message.delta)
         else:
             raise InvalidUpdateError("PullModel sent a message with no part")
 
@@ -124,6 +165,19 @@ class ModelReceiver:
             )
         if self.trust is not None:
             self._check_signature(header, self.trust)
+        if header.HasField("delta_from_version"):
+            if header.delta_from_version != self._held:
+                raise InvalidUpdateError(
+                    f"PullModel sent steps from model version "
+                    f"{header.delta_from_version}; this client holds {self._held}"
+                )
+            self._delta = DeltaApplier(
+                self.spec,
+                self.buffer,
+                header.delta_from_version,
+                header.model_version,
+                header.delta_codec,
+            )
         self.header = header
 
     @staticmethod
@@ -156,6 +210,7 @@ class ModelReceiver:
             self._hash.update(data)  # releases the GIL; one pass, in stream order
         start = chunk.offset
         self._target[start : start + len(data)] = np.frombuffer(data, dtype=np.uint8)
+        self._bytes += len(data)
 
     def finish(self) -> PulledModel:
         """The pulled model, once the stream ended.
@@ -165,6 +220,8 @@ class ModelReceiver:
             BadSignatureError: the bytes do not hash to the signed SHA-256.
         """
         header = self.header
+        if header is not None and self._delta is not None:
+            return self._finish_steps(header, self._delta)
         if header is None or not self._order.is_complete:
             got = self._order.next_offset
             raise IncompleteUpdateError(
@@ -185,7 +242,39 @@ class ModelReceiver:
                 "refusing to load them"
             )
         return PulledModel(
-            header.model_version, header.round_id, self.buffer, header.weights_sha256
+            header.model_version,
+            header.round_id,
+            self.buffer,
+            header.weights_sha256,
+            self._bytes,
+        )
+
+    def _finish_steps(
+        self, header: coordinator_pb2.ModelHeader, delta: DeltaApplier
+    ) -> PulledModel:
+        """The held weights plus every step: they must hash to the signed digest.
+
+        Checked with or without a `ModelTrust`: the digest is what proves the
+        result is the coordinator's master bit for bit.
+        """
+        if not delta.is_complete:
+            raise IncompleteUpdateError(
+                f"PullModel ended before the steps to model version "
+                f"{header.model_version} were complete"
+            )
+        if hashlib.sha256(self._target.data).digest() != header.weights_sha256:
+            raise DeltaMismatchError(
+                f"model version {header.model_version}: the held version "
+                f"{header.delta_from_version} plus the compressed steps do not hash "
+                "to the signed SHA-256: pull the whole model"
+            )
+        return PulledModel(
+            header.model_version,
+            header.round_id,
+            self.buffer,
+            header.weights_sha256,
+            delta.bytes_received,
+            header.delta_from_version,
         )
 
 
@@ -197,11 +286,8 @@ async def pull_model(
     stub: CoordinatorServiceAsyncStub,
     credentials: Credentials,
     min_version: int,
-    spec: ModelSpec,
     timeout_s: float,
-    buffer: torch.Tensor | None = None,
-    trust: ModelTrust | None = None,
-    byte_range: tuple[int, int] | None = None,
+    receiver: ModelReceiver,
 ) -> PulledModel:
     """Download the global weights once their version is at least `min_version`.
 
@@ -209,15 +295,15 @@ async def pull_model(
         stub: Async CoordinatorService stub on the current loop.
         credentials: From Join.
         min_version: The coordinator waits for this version (0: any).
-        spec: The federation's model spec.
         timeout_s: Deadline covering the wait and the transfer.
-        buffer: uint8 tensor of `spec.num_bytes` to fill (reused across pulls
-            so the downlink allocates nothing); None allocates one.
-        trust: The coordinator key and run to check the model's signature
-            against; None skips the check (tests of the transfer only).
-        byte_range: Only bytes [start, stop) travel (a streaming fragment):
-            `buffer` must hold the rest of the same version already; the
-            digest of the whole buffer is checked against the signed one.
+        receiver: Checks the stream and fills its buffer (reused across
+            pulls so the downlink allocates nothing). Its `byte_range` asks
+            for those bytes only (a streaming fragment): the buffer holds the
+            rest of the same version, the digest of the whole is checked.
+            Its `held_version` says the buffer holds that version intact: a
+            coordinator with a `downlink_codec` may send the compressed steps
+            from it. If they do not give the signed weights (the buffer did
+            not hold it), the whole model is pulled again, with a warning.
 
     Raises:
         CoordinatorUnavailableError: DEADLINE_EXCEEDED (the version did not
@@ -227,17 +313,7 @@ async def pull_model(
         BadSignatureError: the model is not the coordinator's (`trust`).
         RangeMismatchError: a `byte_range` pull did not complete the version.
     """
-    if buffer is None:
-        buffer = torch.empty(spec.num_bytes, dtype=torch.uint8)
-    receiver = ModelReceiver(spec, buffer, trust, byte_range)
-    start, stop = byte_range or (0, 0)
-    request = coordinator_pb2.PullModelRequest(
-        client_id=credentials.client_id,
-        session_token=credentials.session_token,
-        min_version=min_version,
-        range_start=start,
-        range_length=stop - start,
-    )
+    request = receiver.request(credentials, min_version)
     call = stub.PullModel(request, timeout=timeout_s)
     try:
         with translated("PullModel"):
@@ -245,7 +321,13 @@ async def pull_model(
                 receiver.accept(message)
     finally:
         call.cancel()  # no-op once finished; stops the stream if we rejected it
-    pulled = receiver.finish()
+    try:
+        pulled = receiver.finish()
+    except DeltaMismatchError as exc:
+        held = request.held_version
+        log.warning("model_steps_mismatch", held_version=held, error=str(exc))
+        whole = ModelReceiver(receiver.spec, receiver.buffer, receiver.trust)
+        return await pull_model(stub, credentials, min_version, timeout_s, whole)
     if pulled.version < min_version:
         raise InvalidUpdateError(
             f"asked for model version >= {min_version}, got {pulled.version}"

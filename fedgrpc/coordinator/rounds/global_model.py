@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 
 from fedgrpc.config import CoordinatorConfig
+from fedgrpc.coordinator.rounds.downlink import DownlinkCompressor
 from fedgrpc.coordinator.rounds.initial_model import InitialModel
 from fedgrpc.coordinator.rounds.norm_guard import NormGuard
 from fedgrpc.coordinator.rounds.records import PublishedModel
@@ -20,9 +21,12 @@ from fedgrpc.coordinator.strategy.wiring import build_outer
 from fedgrpc.domain.fragments import Fragment
 from fedgrpc.domain.model_spec import DType, ModelSpec
 from fedgrpc.errors import InvalidUpdateError, ModelMismatchError, WrongRoundError
+from fedgrpc.log import get_logger
 from fedgrpc.optim import OuterOptimizer
 from fedgrpc.optim.fragmented import FragmentedOptimizer
 from fedgrpc.wire.tensors import pack_native
+
+log = get_logger(__name__)
 
 
 class GlobalModel:
@@ -50,6 +54,8 @@ class GlobalModel:
         """The frozen base every client must share (the first digest a joiner
         sent; b"": none seen). Checkpointed."""
         """The divergence guard of plain rounds (`norm_guard`)."""
+        self.downlink: DownlinkCompressor | None = None
+        """Compressed steps for pulls (`downlink_codec`), armed with the spec."""
 
     def adopt_spec(self, spec: ModelSpec) -> bool:
         """Check a joiner's model; the first spec defines the federation's layout.
@@ -74,11 +80,35 @@ class GlobalModel:
             initial.check_matches(spec)
             spec = initial.federation_spec(spec)
         self.spec = spec
+        self._arm_downlink(spec)
         if initial is None:
             return False
         self.initial = None
         self.seed(initial.coordinates(spec))
         return True
+
+    def _arm_downlink(self, spec: ModelSpec) -> None:
+        """Build the downlink compressor, if configured and the model allows it.
+
+        Clients add decoded float32 steps to the bytes they pulled, which
+        only reproduces the float32 master when those bytes *are* float32:
+        any other dtype (bfloat16 weights, an integer buffer) pulls whole.
+        """
+        codec = self.config.downlink_codec_config
+        if codec is None:
+            return
+        if not all(t.dtype is DType.FLOAT32 for t in spec.tensors):
+            others = sorted({t.dtype.torch_name for t in spec.tensors} - {"float32"})
+            log.warning(
+                "downlink_codec_off",
+                downlink_codec=self.config.downlink_codec,
+                reason="the model is not all float32; pulls carry the whole model",
+                dtypes=",".join(others),
+            )
+            return
+        self.downlink = DownlinkCompressor(
+            codec, spec.num_coordinates, self.config.chunk_bytes
+        )
 
     def check_frozen(self, digest: bytes) -> None:
         """Refuse a joiner whose frozen base differs from the federation's.
@@ -159,9 +189,12 @@ class GlobalModel:
         new version current. With a streaming `fragment`, `mean` covers only
         its range and only that fragment's optimizer steps (`optim.fragmented`).
         """
-        master = self.require_master()
+        master = previous = self.require_master()
         if copy_on_write and self._published_aliases_master():
             master = master.clone()
+        downlink = self.downlink if fragment is None else None
+        if downlink is not None and master is previous:
+            previous = master.clone()  # w, what clients hold: the step's base
         start = 0 if fragment is None else fragment.coord_start
         target = master[start : start + mean.numel()]
         averaged = self._take_buffers(mean, start)
@@ -173,8 +206,17 @@ class GlobalModel:
             raise WrongRoundError("a fragment round needs one optimizer per fragment")
         for (lo, hi), mean_delta in averaged:
             target[lo:hi].sub_(mean_delta)
+        version = self.version + 1
+        if downlink is not None:
+            downlink.apply(master, previous, version)
+            log.info(
+                "downlink_step",
+                version=version,
+                bytes=downlink.recent[-1].num_bytes,
+                residual_norm=round(downlink.residual_norm, 6),
+            )
         self.master = master
-        self.published = self._publish(self.version + 1, round_id)
+        self.published = self._publish(version, round_id)
 
     def _take_buffers(
         self, mean: torch.Tensor, offset: int = 0
@@ -233,6 +275,8 @@ class GlobalModel:
         restart, so clients holding that version still match it.
         """
         self.spec, self.master, self.version = spec, master, version
+        if self.downlink is None:
+            self._arm_downlink(spec)
         self.guard.restore(guard_history)
         self.published = self._publish(version, round_id)
 
@@ -251,7 +295,16 @@ class GlobalModel:
         else:
             data = pack_native(master, spec)
         digest = hashlib.sha256(data.numpy().data).digest()
-        return PublishedModel(version, round_id, data, digest)
+        downlink = self.downlink
+        if downlink is None:
+            return PublishedModel(version, round_id, data, digest)
+        recent = downlink.recent
+        if not recent or recent[-1].version != version:
+            downlink.forget()  # seeded or resumed: no step leads here
+            recent = ()
+        return PublishedModel(
+            version, round_id, data, digest, recent, downlink.codec_spec
+        )
 
     def _published_aliases_master(self) -> bool:
         published, master = self.published, self.master

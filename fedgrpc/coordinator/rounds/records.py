@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from fedgrpc.aggregate import Accumulator
+from fedgrpc.coordinator.rounds.downlink import Transition
 from fedgrpc.coordinator.rounds.registry import ClientRecord
 from fedgrpc.crypto.signing import UpdateVerifier
 from fedgrpc.domain.fragments import Fragment
@@ -83,6 +84,11 @@ class PublishedModel:
     """uint8, `spec.num_bytes` long; never written after publishing."""
     sha256: bytes = b""
     """SHA-256 of `data` (ModelHeader.weights_sha256; updates sign it as base)."""
+    transitions: tuple[Transition, ...] = ()
+    """With `downlink_codec`: the compressed steps kept, ending at `version`
+    (`downlink.transitions_from` picks those a pull needs)."""
+    delta_codec: str = ""
+    """The codec of `transitions` (ModelHeader.delta_codec); "": no downlink codec."""
 
 
 @dataclass(slots=True, eq=False)

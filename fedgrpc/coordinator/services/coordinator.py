@@ -22,6 +22,7 @@ from fedgrpc.coordinator.rounds.registry import ClientRecord
 from fedgrpc.coordinator.rounds.weighting import saturating_add
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.coordinator.services import status
+from fedgrpc.coordinator.services.pull_parts import pull_range, steps_for
 from fedgrpc.coordinator.services.secagg_messages import secagg_message
 from fedgrpc.coordinator.sessions import (
     HeartbeatReply,
@@ -318,17 +319,33 @@ class CoordinatorServicer:
             request.client_id, request.session_token, request.min_version
         ) as published:
             first, stop = pull_range(request, published.data.numel())
-            yield pb.PullModelResponse(header=self._model_header(published))
+            steps = steps_for(request, published)
+            header = self._model_header(published)
             client = runtime.registry.get(request.client_id)  # authenticated
+            if steps is not None:
+                header.delta_from_version = request.held_version
+                header.delta_codec = published.delta_codec
+                yield pb.PullModelResponse(header=header)
+                for part in steps:
+                    if runtime.run.stopping:
+                        raise ShuttingDownError("the coordinator is shutting down")
+                    yield part
+                    self._count_sent(client, len(part.delta.payload))
+                return
+            yield pb.PullModelResponse(header=header)
             view = published.data.numpy().data[first:stop]
             for offset, data in iter_chunks(view, runtime.config.chunk_bytes):
                 offset += first
                 if runtime.run.stopping:
                     raise ShuttingDownError("the coordinator is shutting down")
                 yield encode_model_chunk(offset, data)
-                runtime.run.bytes_sent += len(data)
-                if client is not None:
-                    client.bytes_sent = saturating_add(client.bytes_sent, len(data))
+                self._count_sent(client, len(data))
+
+    def _count_sent(self, client: ClientRecord | None, num_bytes: int) -> None:
+        """Model payload bytes out: the run's and the client's."""
+        self.runtime.run.bytes_sent += num_bytes
+        if client is not None:
+            client.bytes_sent = saturating_add(client.bytes_sent, num_bytes)
 
     def _model_header(self, published: PublishedModel) -> pb.ModelHeader:
         """The signed header of one model version (signing costs ~50 us)."""
@@ -345,25 +362,3 @@ class CoordinatorServicer:
         signed = model_statement(header, runtime.run.run_id).encode(identity.algorithm)
         header.signature = identity.sign(signed)
         return header
-
-
-def pull_range(request: pb.PullModelRequest, num_bytes: int) -> tuple[int, int]:
-    """The byte range a PullModel asked for: [start, stop) of the model's bytes.
-
-    Raises:
-        InvalidUpdateError: a range past the model's end (INVALID_ARGUMENT).
-    """
-    if request.range_length == 0:
-        if request.range_start:
-            raise InvalidUpdateError(
-                f"PullModel range_start={request.range_start} without a "
-                "range_length: give both, or neither for the whole model"
-            )
-        return 0, num_bytes
-    stop = request.range_start + request.range_length
-    if stop > num_bytes:
-        raise InvalidUpdateError(
-            f"PullModel asked for bytes {request.range_start}..{stop} of a model "
-            f"of {num_bytes} bytes"
-        )
-    return request.range_start, stop
