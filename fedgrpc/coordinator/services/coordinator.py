@@ -173,7 +173,10 @@ class CoordinatorServicer:
         async def body() -> pb.JoinResponse:
             runtime, request = self.runtime, parsed(message)
             key = runtime.authenticate_join(join_proof_from_proto(request))
-            joined = runtime.join(join_from_proto(request), key)
+            info, model = join_from_proto(request), runtime.engine.model
+            if model.upstream is not None and model.spec is None:  # a leaf, first
+                await asyncio.to_thread(model.fetch_root, info.spec)  # reach the root
+            joined = runtime.join(info, key)
             return pb.JoinResponse(
                 client_id=joined.client.client_id,
                 session_token=joined.client.session_token,
