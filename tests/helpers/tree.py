@@ -8,7 +8,8 @@ coordinator and under a root with leaves, and the two results compared.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from torch import nn
 
 from fedgrpc.client import DiLoCoClient
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.services.in_thread import CoordinatorThread
+from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 from tests.helpers.scripted import FAST, flat
 
 IN, OUT = 6, 3
@@ -59,6 +60,26 @@ def leaf_config(root: CoordinatorThread, **overrides: Any) -> CoordinatorConfig:
     return base_config(upstream=root.address, upstream_timeout_s=5.0, **overrides)
 
 
+@contextlib.contextmanager
+def running_tree(
+    init: Path, *leaves: dict[str, Any], **root: Any
+) -> Iterator[tuple[CoordinatorThread, list[CoordinatorThread]]]:
+    """A root (`init_model`, one client per leaf) and a leaf per settings dict.
+
+    Leaves stop before the root (the exit stack unwinds in reverse).
+    """
+    root_settings: dict[str, Any] = {"min_clients": len(leaves), **root}
+    with contextlib.ExitStack() as stack:
+        top = stack.enter_context(
+            serve_in_thread(base_config(init_model=str(init), **root_settings))
+        )
+        below = [
+            stack.enter_context(serve_in_thread(leaf_config(top, **settings)))
+            for settings in leaves
+        ]
+        yield top, below
+
+
 def join(address: str, samples: Sequence[int], seed: int) -> list[Member]:
     """One client per entry of `samples`, joined one after the other."""
     members = []
@@ -69,11 +90,13 @@ def join(address: str, samples: Sequence[int], seed: int) -> list[Member]:
     return members
 
 
-def scripted(rounds: int, clients: int, seed: int) -> list[list[torch.Tensor]]:
+def scripted(
+    rounds: int, clients: int, seed: int, scale: float = 0.05
+) -> list[list[torch.Tensor]]:
     """steps[c][r]: what client c moves its weights by before round r's sync."""
     generator = torch.Generator().manual_seed(seed)
     return [
-        [0.05 * torch.randn(SIZE, generator=generator) for _ in range(rounds)]
+        [scale * torch.randn(SIZE, generator=generator) for _ in range(rounds)]
         for _ in range(clients)
     ]
 

@@ -21,9 +21,9 @@ from tests.helpers.tree import (
     close_all,
     init_file,
     join,
-    leaf_config,
     master_of,
     run_round,
+    running_tree,
     scripted,
     version_of,
     weights_of,
@@ -53,29 +53,23 @@ def test_a_two_leaf_tree_matches_the_flat_coordinator_over_20_rounds(
         finally:
             close_all(members)
 
-    with serve_in_thread(base_config(init_model=str(init), min_clients=2)) as root:
-        with (
-            serve_in_thread(leaf_config(root, min_clients=2)) as left,
-            serve_in_thread(leaf_config(root, min_clients=2)) as right,
-        ):
-            members = join(left.address, SAMPLES[:2], seed=10)
-            members += join(right.address, SAMPLES[2:], seed=12)
-            try:
-                assert torch.equal(master_of(left), initial)  # the root's version 0
-                for r in range(ROUNDS):
-                    outcomes = run_round(members, [s[r] for s in steps])
-                    assert outcomes == ["applied"] * 4, (r, outcomes)
-                    torch.testing.assert_close(
-                        master_of(root), flat_weights[r], **TIGHT
-                    )
-                    for leaf in (left, right):  # each serves the root's weights
-                        assert torch.equal(master_of(leaf), master_of(root))
-                tree_clients = weights_of(members)
-            finally:
-                close_all(members)
-            assert version_of(root) == version_of(left) == ROUNDS
-            assert version_of(right) == ROUNDS
-            leaf_status = left.status()
+    with running_tree(init, {"min_clients": 2}, {"min_clients": 2}) as tree:
+        root, (left, right) = tree
+        members = join(left.address, SAMPLES[:2], seed=10)
+        members += join(right.address, SAMPLES[2:], seed=12)
+        try:
+            assert torch.equal(master_of(left), initial)  # the root's version 0
+            for r in range(ROUNDS):
+                outcomes = run_round(members, [s[r] for s in steps])
+                assert outcomes == ["applied"] * 4, (r, outcomes)
+                torch.testing.assert_close(master_of(root), flat_weights[r], **TIGHT)
+                for leaf in (left, right):  # each serves the root's weights
+                    assert torch.equal(master_of(leaf), master_of(root))
+            tree_clients = weights_of(members)
+        finally:
+            close_all(members)
+        assert version_of(root) == version_of(left) == version_of(right) == ROUNDS
+        leaf_status = left.status()
 
     assert leaf_status.model_version == ROUNDS
     for weights in tree_clients:  # what the clients loaded last
@@ -92,3 +86,68 @@ def test_a_two_leaf_tree_matches_the_flat_coordinator_over_20_rounds(
         finally:
             close_all(members)
     assert float((unweighted - flat_weights[-1]).abs().max()) > 1e-2
+
+
+SECURE_LEAF = {
+    "secure_aggregation": True,
+    "codec": "dense:int8",
+    "min_clients": 3,
+    "secagg_clip": 1.0,
+}
+"""SecAgg+ inside the group: the leaf learns only its group's sum."""
+
+
+def test_secure_aggregation_inside_a_group_gives_the_mean_within_quantisation(
+    tmp_path: Path,
+) -> None:
+    rounds = 3
+    steps = scripted(rounds, 4, seed=5, scale=0.1)  # |x| < 1: nothing is clipped
+    fedavg = {"outer_optimizer": "fedavg", "outer_lr": 1.0, "outer_momentum": 0.0}
+    init = init_file(tmp_path)
+    with running_tree(init, SECURE_LEAF, {"min_clients": 1}, **fedavg) as tree:
+        root, (masked, plain) = tree
+        members = join(masked.address, (1, 1, 1), seed=20)  # the ring weighs 1 each
+        members += join(plain.address, (2,), seed=23)
+        try:
+            initial = master_of(root)
+            for r in range(rounds):
+                assert run_round(members, [s[r] for s in steps]) == ["applied"] * 4
+            result = master_of(root)
+        finally:
+            close_all(members)
+        history = list(masked.running.runtime.engine.history)
+
+    # FedAvg at lr 1: w_R = w_0 - sum over rounds of the root's mean, and the
+    # root's mean is (3 x masked group mean + 2 x the plain client) / 5.
+    total = sum((s[r] for s in steps[:3] for r in range(rounds)), torch.zeros(1))
+    plain_total = sum((steps[3][r] for r in range(rounds)), torch.zeros(1))
+    expected = initial - (total + 2 * plain_total) / 5
+    # int8 codes: step C / 127; error feedback keeps each client's cumulative
+    # error within one step, so the group's share (3/5 of a mean of 3) too.
+    quantum = SECURE_LEAF["secagg_clip"] / 127  # type: ignore[operator]
+    error = float((result - expected).abs().max())
+    assert error <= quantum, (error, quantum)
+    equal_leaves = initial - (total / 3 + plain_total) / 2  # leaves weighted 1:1
+    assert float((result - equal_leaves).abs().max()) > quantum
+    assert [h.num_updates for h in history[:rounds]] == [3] * rounds
+
+
+def test_a_leaf_whose_root_went_away_skips_its_round_and_says_why(
+    tmp_path: Path,
+) -> None:
+    steps = scripted(2, 2, seed=9)
+    with running_tree(init_file(tmp_path), {"min_clients": 2}) as tree:
+        root, (leaf,) = tree
+        members = join(leaf.address, (1, 1), seed=30)
+        try:
+            assert run_round(members, [s[0] for s in steps]) == ["applied"] * 2
+            before, root_address = master_of(leaf), root.address
+            root.stop()
+            assert run_round(members, [s[1] for s in steps]) == ["skipped"] * 2
+            closed = leaf.running.runtime.engine.history[-1]
+            assert torch.equal(master_of(leaf), before)  # weights unchanged
+            assert version_of(leaf) == 1
+        finally:
+            close_all(members)
+    assert closed.outcome.value == "skipped"
+    assert f"the root {root_address} failed this round" in closed.reason
