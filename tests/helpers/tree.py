@@ -82,7 +82,7 @@ def running_tree(
 
 def join(address: str, samples: Sequence[int], seed: int) -> list[Member]:
     """One client per entry of `samples`, joined one after the other."""
-    members = []
+    members: list[Member] = []
     for index, count in enumerate(samples):
         torch.manual_seed(seed + index)  # own random weights: the root's replace them
         model = nn.Linear(IN, OUT)

@@ -11,16 +11,26 @@ and a leaf whose root goes away.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
+import pytest
 import torch
+from torch import nn
 
+from fedgrpc.client import DiLoCoClient
+from fedgrpc.config import ClientConfig
 from fedgrpc.coordinator.services.in_thread import serve_in_thread
+from fedgrpc.errors import CoordinatorUnavailableError, IncompatibleClientError
+from tests.helpers.scripted import FAST
 from tests.helpers.tree import (
+    IN,
+    OUT,
     base_config,
     close_all,
     init_file,
     join,
+    leaf_config,
     master_of,
     run_round,
     running_tree,
@@ -32,7 +42,7 @@ from tests.helpers.tree import (
 ROUNDS = 20
 SAMPLES = (1, 2, 3, 6)
 """Unequal claims: a tree that weighted leaves equally would be caught."""
-TIGHT = {"rtol": 1e-5, "atol": 1e-6}
+RTOL, ATOL = 1e-5, 1e-6
 """float32 rounding of a two-level sum, accumulated over 20 Nesterov steps."""
 
 
@@ -62,7 +72,9 @@ def test_a_two_leaf_tree_matches_the_flat_coordinator_over_20_rounds(
             for r in range(ROUNDS):
                 outcomes = run_round(members, [s[r] for s in steps])
                 assert outcomes == ["applied"] * 4, (r, outcomes)
-                torch.testing.assert_close(master_of(root), flat_weights[r], **TIGHT)
+                torch.testing.assert_close(
+                    master_of(root), flat_weights[r], rtol=RTOL, atol=ATOL
+                )
                 for leaf in (left, right):  # each serves the root's weights
                     assert torch.equal(master_of(leaf), master_of(root))
             tree_clients = weights_of(members)
@@ -73,7 +85,7 @@ def test_a_two_leaf_tree_matches_the_flat_coordinator_over_20_rounds(
 
     assert leaf_status.model_version == ROUNDS
     for weights in tree_clients:  # what the clients loaded last
-        torch.testing.assert_close(weights, flat_weights[-1], **TIGHT)
+        torch.testing.assert_close(weights, flat_weights[-1], rtol=RTOL, atol=ATOL)
     # The runs moved far beyond the tolerance, and sample weighting mattered:
     # equal weights (1:1:1:1) end elsewhere.
     assert float((flat_weights[-1] - initial).abs().max()) > 0.1
@@ -151,3 +163,31 @@ def test_a_leaf_whose_root_went_away_skips_its_round_and_says_why(
             close_all(members)
     assert closed.outcome.value == "skipped"
     assert f"the root {root_address} failed this round" in closed.reason
+
+
+def test_a_leaf_without_a_reachable_root_answers_join_unavailable_naming_it() -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{probe.getsockname()[1]}"
+    config = base_config(upstream=nowhere, upstream_timeout_s=0.5, min_clients=1)
+    impatient = ClientConfig(rpc_timeout_s=10, connect_timeout_s=1.5)
+    with serve_in_thread(config) as leaf:
+        with pytest.raises(
+            CoordinatorUnavailableError,
+            match=f"this leaf cannot reach its root at {nowhere}",
+        ):
+            DiLoCoClient(leaf.address, nn.Linear(IN, OUT), config=impatient)
+        assert leaf.running.runtime.engine.model.spec is None  # nothing adopted
+
+
+def test_a_root_without_an_initial_model_is_refused_at_the_leafs_first_join() -> None:
+    root_config = base_config(seed_from_first_client=True, min_clients=1)
+    with serve_in_thread(root_config) as root:
+        leaf = serve_in_thread(leaf_config(root, min_clients=1))
+        with (
+            leaf as running,
+            pytest.raises(
+                IncompatibleClientError, match="start the root with init_model"
+            ),
+        ):
+            DiLoCoClient(running.address, nn.Linear(IN, OUT), config=FAST)

@@ -275,7 +275,7 @@ def test_plain_coordinator_never_reaches_the_secure_mode() -> None:
 
 @pytest.mark.parametrize("role", ROLES)
 def test_role_packages_are_reached_only_from_cli_and_sim(role: str) -> None:
-    allowed = (*ROLE_IMPORTERS, role)
+    allowed: tuple[str, ...] = (*ROLE_IMPORTERS, role)
     if role == "fedgrpc.client":
         allowed = (*allowed, LEAF_LINK, MODE_COMPOSER, *IN_PROCESS_SHELLS)
     others = [m for m in PATHS if m != "fedgrpc" and not _within(m, *allowed)]

@@ -87,11 +87,12 @@ class GlobalModel:
         return True
 
     def fetch_root(self, spec: ModelSpec) -> None:
-        """A leaf: join the root with the first joiner's `spec`, pull its model.
+        """A leaf: the root's model, reached with the first joiner's `spec`.
 
-        Blocking; the Join handler runs it on a worker thread before the
-        Join itself, so `adopt_spec` can then lay the root's model out as
-        this leaf's first version (`Upstream.bootstrap` raises if it cannot).
+        The Join handler calls it before the Join itself, so `adopt_spec`
+        can then lay the root's model out as this leaf's first version.
+        Never blocks: until the root is reached, `Upstream.bootstrap` raises
+        (UNAVAILABLE, which clients retry).
         """
         if self.upstream is not None and self.spec is None:
             self._from_root = self.upstream.bootstrap(spec)

@@ -37,7 +37,7 @@ class RootModel:
 
 
 class Upstream(Protocol):
-    """A leaf's link to its root; every method blocks (apply thread or Join)."""
+    """A leaf's link to its root; `exchange` and `close` block (apply thread)."""
 
     @property
     def target(self) -> str:
@@ -45,11 +45,14 @@ class Upstream(Protocol):
         ...
 
     def bootstrap(self, spec: ModelSpec) -> RootModel:
-        """Join the root with `spec` and pull its current model.
+        """The root's current model, reached by joining it with `spec`.
+
+        Must not block (it runs on the leaf's event loop): it may start
+        reaching the root and raise until that is done.
 
         Raises:
-            FedGrpcError: the root is unreachable, refuses the leaf, or has no
-                initial model (it asked the leaf to seed it).
+            FedGrpcError: not reached yet (UpstreamUnavailableError), or the
+                root refuses the leaf (it has no initial model, say).
         """
         ...
 

@@ -174,8 +174,8 @@ class CoordinatorServicer:
             runtime, request = self.runtime, parsed(message)
             key = runtime.authenticate_join(join_proof_from_proto(request))
             info, model = join_from_proto(request), runtime.engine.model
-            if model.upstream is not None and model.spec is None:  # a leaf, first
-                await asyncio.to_thread(model.fetch_root, info.spec)  # reach the root
+            if model.upstream is not None and model.spec is None:
+                model.fetch_root(info.spec)  # a leaf: UNAVAILABLE until it has one
             joined = runtime.join(info, key)
             return pb.JoinResponse(
                 client_id=joined.client.client_id,

@@ -4,9 +4,10 @@ The leaf is one client of the root. Its "training" is its group's round:
 where a client would push its pseudo-gradient, the leaf pushes its group's
 weighted mean as one raw float32 update claiming the group's total weight
 as `num_samples` (`rounds.upstream` says why that reproduces the flat
-mean). Every call blocks: `bootstrap` runs on a worker thread before the
-leaf's first Join completes, `exchange` on the leaf's apply thread, so the
-leaf's event loop keeps serving its group (heartbeats, pulls) meanwhile.
+mean). `bootstrap` never blocks the leaf's event loop (it reaches the root
+on a thread of its own while Joins are answered UNAVAILABLE); `exchange`
+blocks the leaf's apply thread, so the event loop keeps serving its group
+(heartbeats, pulls) while the root's round runs.
 
 A root that cannot be reached, or that refuses the update, makes the
 leaf's round skip with a reason naming the root: the group's weights stay
@@ -17,6 +18,7 @@ root again and catches up to its version before pushing.
 from __future__ import annotations
 
 import threading
+import time
 
 import torch
 
@@ -40,6 +42,8 @@ from fedgrpc.log import get_logger
 from fedgrpc.wire.tensors import flatten_fp32, unpack_native
 
 log = get_logger(__name__)
+_UNREACHABLE = (CoordinatorUnavailableError, ShuttingDownError)
+"""Errors that mean the root is away (for now), not that it refused the leaf."""
 
 
 def upstream_client_config(config: CoordinatorConfig) -> ClientConfig:
@@ -68,7 +72,15 @@ class RootLink:
         self._federation: Federation | None = None
         self._base_sha256 = b""
         self._lock = threading.Lock()
-        """Serialises bootstrap (concurrent first Joins), exchange and close."""
+        """Serialises the link's use: a bootstrap attempt, exchange, close."""
+        self._state = threading.Lock()
+        """Guards the bootstrap attempt's outcome; never held across I/O."""
+        self._attempt: threading.Thread | None = None
+        self._reached: RootModel | None = None
+        self._error: FedGrpcError | None = None
+        self._retry_at = 0.0
+        """Monotonic time before which no new bootstrap attempt starts."""
+        self._closed = False
         self._log = log.bind(upstream=self._target)
 
     @property
@@ -77,21 +89,77 @@ class RootLink:
         return self._target
 
     def bootstrap(self, spec: ModelSpec) -> RootModel:
-        """Join the root with `spec` and pull its current model (`Upstream`)."""
-        with self._lock:
-            try:
-                connection, federation = self._connect(spec)
-                return self._pull(connection, federation, federation.model_version)
-            except (CoordinatorUnavailableError, ShuttingDownError) as exc:
-                self._drop(str(exc))
-                raise UpstreamUnavailableError(
-                    f"this leaf cannot reach its root at {self._target} yet: {exc}"
-                ) from exc
+        """The root's model once reached; else start reaching it, and refuse.
+
+        Never blocks: a Join that waited on the root could outlive its
+        caller's deadline, and the caller would see DEADLINE_EXCEEDED instead
+        of why. So the first call starts one attempt (join the root with
+        `spec`, pull its model) on its own thread and raises at once; clients
+        retry UNAVAILABLE, and a later call returns the model the attempt
+        pulled (`Upstream.bootstrap`).
+
+        Raises:
+            UpstreamUnavailableError: not reached yet, naming the root and
+                the last attempt's error (UNAVAILABLE: clients retry).
+            FedGrpcError: the root refused the leaf (`_check_root`, an
+                unknown key, another model): a permanent refusal.
+        """
+        with self._state:
+            if self._reached is not None:
+                return self._reached
+            error, idle = self._error, self._attempt is None
+            if not idle and self._attempt is not None:
+                idle = not self._attempt.is_alive()
+            if idle and not self._closed and time.monotonic() >= self._retry_at:
+                self._attempt = threading.Thread(
+                    target=self._reach, args=(spec,), name="fedgrpc-upstream-join"
+                )
+                self._attempt.start()
+        if error is not None and not isinstance(error, _UNREACHABLE):
+            raise error
+        detail = f"; last attempt: {error}" if error else " (joining it now)"
+        raise UpstreamUnavailableError(
+            f"this leaf cannot reach its root at {self._target} yet{detail}"
+        )
+
+    def _reach(self, spec: ModelSpec) -> None:
+        """One bootstrap attempt (its own thread): join the root, pull its model."""
+        try:
+            with self._lock:
+                try:
+                    connection, federation = self._connect(spec)
+                    version = federation.model_version
+                    reached = self._pull(connection, federation, version)
+                except BaseException as exc:
+                    self._drop(str(exc))
+                    raise
+        except FedGrpcError as exc:
+            self._log.warning("upstream_unreachable", reason=str(exc))
+            self._failed(exc)
+            return
+        except Exception as exc:  # a bug: logged, and a later Join retries
+            self._log.exception("upstream_join_failed")
+            self._failed(UpstreamUnavailableError(str(exc)))
+            return
+        with self._state:
+            self._reached, self._error = reached, None
+
+    def _failed(self, error: FedGrpcError) -> None:
+        """Remember why the attempt failed; the next waits `upstream_timeout_s`.
+
+        A Join storm must not become a storm of Joins at a root that is down
+        or refuses this leaf.
+        """
+        with self._state:
+            self._error = error
+            self._retry_at = time.monotonic() + self._client_config.rpc_timeout_s
 
     def exchange(
         self, mean: torch.Tensor, weight: int, base_version: int
     ) -> RootModel | str:
         """One root round for the group's `mean` (`Upstream.exchange`)."""
+        with self._state:
+            self._reached = None  # adopted long ago: free its weights
         with self._lock:
             try:
                 return self._exchange(mean, weight, base_version)
@@ -107,6 +175,8 @@ class RootLink:
         the root's round (up to `upstream_round_wait_s`) then fails at once,
         its round skips, and the leaf's shutdown is not held up by the root.
         """
+        with self._state:
+            self._closed = True  # no bootstrap attempt starts after this
         connection = self._connection
         if connection is not None:
             connection.drop("leaf shutting down")
@@ -150,6 +220,8 @@ class RootLink:
     def _connect(self, spec: ModelSpec) -> tuple[Connection, Federation]:
         if self._connection is not None and self._federation is not None:
             return self._connection, self._federation
+        if self._closed:
+            raise ShuttingDownError("the leaf is shutting down")
         connection = Connection(self._target, spec, JoinSettings(), self._client_config)
         try:
             federation = connection.join()
