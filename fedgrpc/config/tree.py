@@ -73,7 +73,8 @@ class TreeSettings:
                f"{listen!r}): a leaf of itself waits on its own round forever",
                )  # fmt: skip
         for name, is_set in checks.items():
-            _check(not is_set, name, "set", f"unset on a leaf (upstream = "
+            value = getattr(self, name)
+            _check(not is_set, name, value, f"unset on a leaf (upstream = "
                    f"{self.upstream!r}): {_WHY_NOT[name]}")  # fmt: skip
 
 
