@@ -34,7 +34,7 @@ class TreeSettings:
     a root or a flat one. Set, it is a leaf: see the module docstring."""
     upstream_identity_key: str = ""
     """The leaf's private key file when it joins the root (the root's
-    `allowed_keys` lists its public key); "" uses a throwaway key."""
+    `allowed_client_keys` lists its public key); "" uses a throwaway key."""
     upstream_coordinator_key: str = ""
     """The root's public key (PEM or fingerprint) the leaf pins; "" trusts
     the key the root presents at Join (as a client does)."""

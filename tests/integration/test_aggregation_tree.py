@@ -12,6 +12,7 @@ and a leaf whose root goes away.
 from __future__ import annotations
 
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,13 @@ from torch import nn
 from fedgrpc.client import DiLoCoClient
 from fedgrpc.config import ClientConfig
 from fedgrpc.coordinator.services.in_thread import serve_in_thread
-from fedgrpc.errors import CoordinatorUnavailableError, IncompatibleClientError
-from tests.helpers.scripted import FAST
+from fedgrpc.errors import (
+    CoordinatorUnavailableError,
+    FedGrpcError,
+    IncompatibleClientError,
+)
+from tests.helpers.eventually import eventually
+from tests.helpers.scripted import FAST, GIVE_UP_FAST
 from tests.helpers.tree import (
     IN,
     OUT,
@@ -191,3 +197,40 @@ def test_a_root_without_an_initial_model_is_refused_at_the_leafs_first_join() ->
             ),
         ):
             DiLoCoClient(running.address, nn.Linear(IN, OUT), config=FAST)
+
+
+def test_a_leaf_stopping_while_it_waits_on_its_root_round_is_not_held_by_it(
+    tmp_path: Path,
+) -> None:
+    # Two leaves, one of them without clients: the root's round waits for a
+    # second update (its deadline far away), and leaf A's apply waits on it.
+    init = init_file(tmp_path)
+    leaves = ({"min_clients": 1}, {"min_clients": 1})
+    with running_tree(init, *leaves, round_timeout_s=600.0) as (root, (leaf, _)):
+        runtime = leaf.running.runtime
+        client = DiLoCoClient(leaf.address, nn.Linear(IN, OUT), config=GIVE_UP_FAST)
+        outcome: list[object] = []
+
+        def sync() -> None:
+            try:
+                client.step(None)
+                outcome.append(client.last_round_outcome)
+            except FedGrpcError as exc:  # the leaf went away for good
+                outcome.append(exc)
+
+        syncing = threading.Thread(target=sync)
+        syncing.start()
+        root_engine = root.running.runtime.engine
+        eventually(lambda: root_engine.current and root_engine.current.contributors)
+        leaf.stop()  # wakes the apply thread: it does not wait for the root's round
+        syncing.join(timeout=60)
+        client.close()
+        current = root.running.runtime.engine.current
+        assert current is not None
+        assert current.round_id == 1  # the root's round is still open
+    assert not syncing.is_alive()
+    assert outcome  # the client's sync point ended (skipped, or the leaf gone)
+    closed = runtime.engine.history[-1]
+    assert closed.round_id == 1
+    assert closed.outcome.value == "skipped"
+    assert "failed this round" in closed.reason

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
@@ -42,6 +44,9 @@ from fedgrpc.log import get_logger
 from fedgrpc.wire.tensors import flatten_fp32, unpack_native
 
 log = get_logger(__name__)
+T = TypeVar("T")
+POLL_S = 1.0
+"""Slice of a wait on the root's rounds between checks for `close`."""
 _UNREACHABLE = (CoordinatorUnavailableError, ShuttingDownError)
 """Errors that mean the root is away (for now), not that it refused the leaf."""
 
@@ -191,8 +196,9 @@ class RootLink:
                 raise WrongRoundError("the leaf never reached its root")
             self._connect(self._spec)  # the last round lost the root: join again
         connection, federation = self._require()
-        wait_s = self._client_config.round_wait_s
-        opened = connection.wait_round_open(base_version, wait_s)
+        opened = self._waiting(
+            connection, lambda s: connection.wait_round_open(base_version, s)
+        )
         if isinstance(opened, RunFinished):
             return f"the root's run finished at version {opened.model_version}"
         if isinstance(opened, StaleBase):  # the root moved on without this group
@@ -212,10 +218,33 @@ class RootLink:
                 connection.push(meta, mean, federation.chunk_bytes, None)
             except WrongRoundError as exc:  # it closed under us: its outcome decides
                 self._log.warning("upstream_push_missed", reason=str(exc))
-        ended = connection.wait_round_closed(opened.round_id, wait_s)
+        ended = self._waiting(
+            connection, lambda s: connection.wait_round_closed(opened.round_id, s)
+        )
         if ended.outcome != "applied":
             return f"the root skipped its round {ended.round_id}: {ended.reason}"
         return self._pull(connection, federation, ended.model_version)
+
+    def _waiting(self, connection: Connection, wait: Callable[[float], T]) -> T:
+        """`wait(s)` in slices of POLL_S up to `upstream_round_wait_s`.
+
+        Between slices `close` is noticed, so a leaf shutting down is never
+        held for the root's round (which may take as long as the slowest
+        other group). A slice that times out is retried; a broken stream or
+        a shutdown the tracker recorded is not.
+        """
+        deadline = time.monotonic() + self._client_config.round_wait_s
+        while True:
+            if self._closed:
+                raise ShuttingDownError("the leaf is shutting down")
+            remaining = deadline - time.monotonic()
+            try:
+                return wait(max(0.01, min(POLL_S, remaining)))
+            except CoordinatorUnavailableError:
+                tracker = connection.link.tracker
+                ended = tracker.failure is not None or tracker.shutdown_reason
+                if ended or remaining <= POLL_S:
+                    raise
 
     def _connect(self, spec: ModelSpec) -> tuple[Connection, Federation]:
         if self._connection is not None and self._federation is not None:
