@@ -18,11 +18,11 @@ import numpy as np
 
 from fedgrpc._proto.v1 import admin_pb2, admin_pb2_grpc, common_pb2, coordinator_pb2
 from fedgrpc.crypto.keys import PrivateKey
-from fedgrpc.crypto.signing import JoinStatement, sha256
+from fedgrpc.crypto.signing import JoinStatement
 from fedgrpc.domain.chunks import DEFAULT_CHUNK_BYTES, iter_chunks
 from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from fedgrpc.wire.codec_params import DENSE_FP32_BINDING
-from fedgrpc.wire.convert import spec_to_proto
+from fedgrpc.wire.convert import HASH_FROM_PROTO, HASH_TO_PROTO, spec_to_proto
 from fedgrpc.wire.frames import encode_update_chunk, serialize_or_pass
 from fedgrpc.wire.signed import (
     commit_message,
@@ -32,8 +32,10 @@ from fedgrpc.wire.signed import (
 )
 
 PB = coordinator_pb2
-MODES = ("off", "required")
-"""`--update-signatures` of the two coordinators compared."""
+MODES = ("off", "sha256", "blake3", "blake3_every_chunk")
+"""The coordinators compared: unsigned, then signed under each `--update-hash`
+(header and commit signed, chunks linked: `--sign-chunks auto`), and BLAKE3
+with every chunk signed too (`--sign-chunks always`, what secure rounds do)."""
 
 
 def _spec(n: int) -> ModelSpec:
@@ -54,6 +56,7 @@ async def _join(
         client_name=name,
         model_spec=spec_to_proto(spec),
         supported_codecs=[common_pb2.CODEC_DENSE_FP32],
+        supported_hashes=list(HASH_TO_PROTO.values()),  # as DiLoCoClient offers
         client_key=key_to_proto(key.public_key),
         challenge_nonce=challenge.nonce,
     )
@@ -97,8 +100,16 @@ def _frames(
             base_model_sha256=status.model_sha256,
         )
     )
+    hash_name = HASH_FROM_PROTO[joined.round_config.update_hash]  # what Join chose
     signer = (
-        sign_update_header(header.header, key, joined.run_id, DENSE_FP32_BINDING)
+        sign_update_header(
+            header.header,
+            key,
+            joined.run_id,
+            DENSE_FP32_BINDING,
+            hash_name,
+            sign_chunks=not joined.round_config.chunk_signatures_optional,
+        )
         if signed
         else None
     )
@@ -108,7 +119,9 @@ def _frames(
     ):
         count = len(view) // 4
         proof = (
-            signer.sign_chunk(seq, offset // 4, count, sha256(view)) if signer else None
+            signer.sign_chunk(seq, offset // 4, count, signer.hash(view))
+            if signer
+            else None
         )
         frames.append(encode_update_chunk(seq, offset // 4, count, view, proof))
     commit = (
@@ -144,7 +157,7 @@ class Target:
         if self.joined is None:
             self.joined = await _join(self.channel, _spec(self.n), self.key, self.mode)
         status = await self.status()
-        frames = _frames(self.joined, self.key, status, values, self.mode == "required")
+        frames = _frames(self.joined, self.key, status, values, self.mode != "off")
 
         async def messages() -> Any:
             for frame in frames:

@@ -34,8 +34,9 @@ def _verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "verify",
         help="check an exported update against the digest the coordinator logged",
         description="Re-verify an update a client exported "
-        "(ClientConfig.export_updates_dir): every payload's SHA-256, chain link "
-        "and signature, and the commit; then compare the update's digest (the "
+        "(ClientConfig.export_updates_dir): every payload's hash (BLAKE3 or "
+        "SHA-256, as its header names), chain link and signature, and the "
+        "commit; then compare the update's digest (the "
         "chain head) with --hash, the update_sha256 the coordinator logged "
         "(update_committed) and returned. Exit 0 if it matches, 1 if not, 2 if "
         "the file cannot be read as an export.",
@@ -44,8 +45,9 @@ def _verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--update", required=True, metavar="FILE", help="the .fedupdate file"
     )
     parser.add_argument(
-        "--hash", required=True, metavar="SHA256HEX", help="the expected "
-        "update_sha256 (64 hex characters)"
+        "--hash", required=True, metavar="HEX", help="the expected "
+        "update_sha256 (64 hex characters; the chain head under the update's "
+        "hash, BLAKE3 or SHA-256)"
     )  # fmt: skip
     parser.add_argument(
         "--key", metavar="PUB", help="require this signer (the client's .pub "
@@ -168,8 +170,8 @@ def _verify(args: argparse.Namespace) -> int:
     sys.stdout.write(
         f"OK: {args.update} is update {report.update_sha256}\n"
         f"  client {report.client_id}, round {report.round_id}, {report.chunks} "
-        f"chunks, {report.payload_bytes} payload bytes, signed by key "
-        f"{report.key_sha256}\n"
+        f"chunks, {report.payload_bytes} payload bytes, hashed with "
+        f"{report.hash_algorithm}, signed by key {report.key_sha256}\n"
     )
     return 0
 

@@ -13,7 +13,8 @@
  * --spec to match another federation. It signs with --identity-key (a
  * PKCS#8 PEM from `fedgrpc keygen`; default a throwaway key, which only an
  * open-enrollment coordinator admits) and can pin the coordinator's key
- * fingerprint with --coordinator-key. One JSON object per line on stdout
+ * fingerprint with --coordinator-key; it offers BLAKE3 and SHA-256 for its
+ * update hashes, only SHA-256 with --sha256-only. One JSON object per line on stdout
  * says what happened; exit 0 when done, 1 on a gRPC error, 2 on bad flags.
  */
 
@@ -28,7 +29,7 @@ const DEFAULT_SPEC = [
 ];
 const USAGE = `usage: node example.js --target HOST:PORT [--rounds N] [--delta D]
   [--spec JSON] [--name NAME] [--num-samples N] [--timeout-s S] [--heartbeat-s S]
-  [--identity-key PEM] [--coordinator-key SHA256HEX]
+  [--identity-key PEM] [--coordinator-key SHA256HEX] [--sha256-only]
 
   --spec  tensors in the federation's order, as JSON:
           '[{"name":"weight","shape":[4,8]},{"name":"bias","shape":[4]}]'
@@ -47,6 +48,7 @@ function parseOptions(argv) {
       'timeout-s': { type: 'string', default: '60' },
       'heartbeat-s': { type: 'string', default: '5' },
       'identity-key': { type: 'string' },
+      'sha256-only': { type: 'boolean', default: false },
       'coordinator-key': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
@@ -72,6 +74,7 @@ function parseOptions(argv) {
     heartbeatMs: number('heartbeat-s', 0.01) * 1000,
     identity: fedgrpc.loadIdentity(values['identity-key']),
     coordinatorKey: values['coordinator-key'],
+    hashes: values['sha256-only'] ? ['HASH_ALGORITHM_SHA256'] : undefined,
   };
 }
 
@@ -170,6 +173,7 @@ async function run(options) {
       timeoutMs: options.timeoutMs,
       identity: options.identity,
       coordinatorKey: options.coordinatorKey,
+      hashes: options.hashes,
     });
     const config = federation.roundConfig;
     emit('joined', {
@@ -185,6 +189,7 @@ async function run(options) {
       key_sha256: federation.identity.fingerprint,
       coordinator_key_sha256: federation.coordinator.fingerprint,
       signed: federation.signed,
+      update_hash: federation.updateHash,
     });
     session = fedgrpc.openSession(client, federation, { heartbeatMs: options.heartbeatMs });
     if (federation.seedModel) await seed(client, federation, options);

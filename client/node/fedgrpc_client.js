@@ -86,7 +86,9 @@ function unary(client, rpc, request, timeoutMs) {
  * throwaway key, which only an open-enrollment coordinator admits) signing
  * the Join statement. Resolves to the federation: credentials, the round
  * config, `coordsPerChunk` (coordinates per UpdateChunk) and what signing
- * needs (identity, coordinator key, round nonce).
+ * needs (identity, coordinator key, round nonce, `updateHash`). `hashes`
+ * lists the update hashes to offer (default signing.SUPPORTED_HASHES: BLAKE3
+ * then SHA-256; ['HASH_ALGORITHM_SHA256'] keeps to FIPS algorithms).
  *
  * Rejects with FedGrpcError: UNAUTHENTICATED (key not allowed, or the proof
  * failed), INVALID_ARGUMENT (spec differs from the federation's),
@@ -115,6 +117,7 @@ async function join(client, options) {
     client_name: name,
     model_spec: spec,
     supported_codecs: ['CODEC_DENSE_FP32'],
+    supported_hashes: options.hashes || signing.SUPPORTED_HASHES,
     inner_steps: innerSteps,
     library_version: 'fedgrpc-node/0.1.0',
     client_key: { algorithm: 'SIGNATURE_ALGORITHM_ED25519', public_key: identity.raw },
@@ -145,6 +148,8 @@ function federationFrom(response) {
     runFinished: response.run_finished,
     roundNonce: response.round_nonce,
     signed: config.update_signatures_required,
+    // The hash our updates use (older coordinators announce none: SHA-256).
+    updateHash: signing.HASHES[config.update_hash] ? config.update_hash : 'HASH_ALGORITHM_SHA256',
     chunkBytes,
     coordsPerChunk,
   };

@@ -9,10 +9,15 @@
  * integers are 8-byte little-endian, doubles and floats IEEE 754 little-endian
  * (8 and 4 bytes), strings UTF-8. coordinator.proto lists each statement's
  * fields. Node's crypto does Ed25519 natively (`crypto.sign(null, ...)`).
+ *
+ * An update's payload digests and chain use the hash the coordinator chose
+ * at Join (RoundConfig.update_hash): BLAKE3 (@noble/hashes) when offered and
+ * allowed, else SHA-256; the header statement names a hash other than SHA-256.
  */
 
 const crypto = require('node:crypto');
 const fs = require('node:fs');
+const { blake3 } = require('@noble/hashes/blake3.js');
 
 const ALGORITHM = 'ed25519';
 const VERSION = Buffer.from([1]);
@@ -44,6 +49,14 @@ const f32 = (x) => {
 };
 const text = (s) => field(Buffer.from(s, 'utf8'));
 const sha256 = (data) => crypto.createHash('sha256').update(data).digest();
+const blake3Digest = (data) => Buffer.from(blake3(data));
+/** Each update hash: its name inside the header statement and its function. */
+const HASHES = {
+  HASH_ALGORITHM_SHA256: { name: 'sha256', digest: sha256 },
+  HASH_ALGORITHM_BLAKE3: { name: 'blake3', digest: blake3Digest },
+};
+/** What this client offers at Join (JoinRequest.supported_hashes), preferred first. */
+const SUPPORTED_HASHES = ['HASH_ALGORITHM_BLAKE3', 'HASH_ALGORITHM_SHA256'];
 
 /** The signed bytes: domain, version, algorithm, then `fields` (already framed). */
 function statement(domain, fields) {
@@ -101,20 +114,26 @@ function verifyModelHeader(header, runId, coordinator) {
 /**
  * Signs one dense float32 update as fedgrpc/crypto/signing.py's UpdateSigner:
  * the header statement, then each chunk (chained by prev_sha256), then the
- * commit over the chain head.
+ * commit over the chain head, every hash with `header.hash_algorithm`
+ * (unset: SHA-256).
  */
 class UpdateSigner {
   constructor(id, runId, header) {
     this.id = id;
+    const hash = HASHES[header.hash_algorithm || 'HASH_ALGORITHM_SHA256'];
+    if (!hash) throw new Error(`unknown update hash ${header.hash_algorithm}`);
+    this.hash = hash.digest;
+    // Appended only when not SHA-256, as older clients' statements end earlier.
+    const hashClaim = hash.name === 'sha256' ? [] : [text('hash'), text(hash.name)];
     const codecFields = [u64(CODEC_DENSE_FP32), u64(VALUE_FORMAT_FP32), f64(0)];
     const context = [text(runId), u64(header.round_id), field(header.round_nonce), text(header.client_id)];
     const signed = statement('fedgrpc.v1.UpdateHeader', [
       ...context, u64(header.base_version), field(header.base_model_sha256),
       u64(UPDATE_KINDS[header.kind]), ...codecFields, u64(header.num_coordinates),
-      u64(header.num_samples), f32(header.train_loss),
+      u64(header.num_samples), f32(header.train_loss), ...hashClaim,
     ]);
     this.headerSignature = sign(id, signed);
-    this.chain = sha256(signed);
+    this.chain = this.hash(signed);
     this.chunkPrefix = statement('fedgrpc.v1.UpdateChunk', [
       ...context, field(header.base_model_sha256), ...codecFields,
     ]);
@@ -122,14 +141,14 @@ class UpdateSigner {
     this.numChunks = 0;
   }
 
-  /** {payload_sha256, prev_sha256, signature} for the next chunk. */
+  /** {payload_sha256, prev_sha256, signature} for the next chunk (names predate BLAKE3). */
   signChunk(seq, offset, count, payload) {
-    const payloadSha = sha256(payload);
+    const payloadSha = this.hash(payload);
     const prev = this.chain;
     const signed = Buffer.concat([
       this.chunkPrefix, u64(seq), u64(offset), u64(count), field(payloadSha), field(prev),
     ]);
-    this.chain = sha256(signed);
+    this.chain = this.hash(signed);
     this.numChunks += 1;
     return { payload_sha256: payloadSha, prev_sha256: prev, signature: sign(this.id, signed) };
   }
@@ -142,6 +161,8 @@ class UpdateSigner {
 }
 
 module.exports = {
+  HASHES,
+  SUPPORTED_HASHES,
   UpdateSigner,
   joinStatement,
   loadIdentity,

@@ -178,7 +178,8 @@ async function writeAll(call, messages, hasEnded) {
  * global weights at `baseVersion` minus local weights (the coordinator
  * subtracts the mean of them). `roundNonce` is the round's
  * (RoundStarted.round_nonce) and `baseSha256` the SHA-256 of the base
- * weights (pullModel's `sha256`); the signatures cover both. Resolves to
+ * weights (pullModel's `sha256`); the signatures cover both. Payloads and
+ * the chain are hashed with the hash Join negotiated (`federation.updateHash`). Resolves to
  * the PushUpdateResponse plus {chunks, payloadBytes}.
  *
  * Rejects with FedGrpcError: INVALID_ARGUMENT (wrong size, NaN/Inf, bad
@@ -204,6 +205,8 @@ function pushDenseUpdate(client, federation, options) {
     round_nonce: roundNonce,
     base_model_sha256: baseSha256,
   };
+  // Set only for BLAKE3: a SHA-256 header reads as it did before the field.
+  if (federation.updateHash !== 'HASH_ALGORITHM_SHA256') header.hash_algorithm = federation.updateHash;
   const chunks = Math.ceil(values.length / federation.coordsPerChunk);
   return new Promise((resolve, reject) => {
     let ended = false;

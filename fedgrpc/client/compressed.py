@@ -23,7 +23,7 @@ from fedgrpc.client.connection.push import (
     Signing,
     UpdateMeta,
     end_of_update,
-    payload_sha256,
+    payload_digest,
     update_header,
 )
 from fedgrpc.compress import CodecConfig, ErrorFeedback, OffsetBlock, make_codec
@@ -91,7 +91,7 @@ class CompressedUpdates:
             offset, count = block.offset, block.count
             proof = None
             if signer is not None:
-                digest = await payload_sha256(payload)
+                digest = await payload_digest(payload, signer.hash)
                 proof = signer.sign_chunk(seq - 1, offset, count, digest)
             yield encode_update_chunk(
                 seq - 1, offset, count, memoryview(payload), proof

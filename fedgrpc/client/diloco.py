@@ -195,6 +195,7 @@ class DiLoCoClient:
             run=federation.run_id,
             inner_steps=federation.inner_steps,
             seed=federation.seed_model,
+            update_hash=federation.update_hash,
         )
         compressed: UpdateEncoder | None = None
         n = self._local.spec.num_coordinates
@@ -290,14 +291,11 @@ class DiLoCoClient:
         Streaming merges fragments into weights that go on training: the
         global model is swapped in for the evaluation (`holding_global`).
         """
-        evaluation, version = self._evaluation, self._local.base_version
-        if evaluation is None or not evaluation.is_new(version):
-            return
-        if isinstance(self._sync, StreamingSync) and not self._sync.finished:
-            with self._local.holding_global():
-                evaluation.maybe_run(version)
-        else:
-            evaluation.maybe_run(version)
+        if self._evaluation is not None:
+            sync, local = self._sync, self._local
+            swap = isinstance(sync, StreamingSync) and not sync.finished
+            holding = local.holding_global if swap else None
+            self._evaluation.maybe_run(local.base_version, holding)
 
     def global_state_dict(self) -> dict[str, torch.Tensor]:
         """The latest global model as a `state_dict` a fresh model loads strictly.
@@ -349,6 +347,11 @@ class DiLoCoClient:
     def model_version(self) -> int:
         """Global model version the local weights started from (the base)."""
         return self._local.base_version
+
+    @property
+    def round_mode(self) -> str:
+        """How the coordinator paces rounds (Join): sync, deadline, ..., streaming."""
+        return self._sync.federation.round_mode
 
     @property
     def inner_steps(self) -> int:

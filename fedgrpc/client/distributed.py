@@ -36,7 +36,7 @@ from fedgrpc.client.rank_weights import RankWeights
 from fedgrpc.client.sync import SyncOutcome
 from fedgrpc.compress import CodecConfig
 from fedgrpc.config import ClientConfig
-from fedgrpc.errors import ConfigError
+from fedgrpc.errors import ConfigError, IncompatibleClientError
 from fedgrpc.log import get_logger
 
 log = get_logger(__name__)
@@ -176,6 +176,7 @@ class DistributedDiLoCoClient:
         """Rank 0: join as a `DiLoCoClient`, then publish what it loaded."""
         try:
             self._client = connect()
+            _check_round_mode(self._client)
         except Exception as exc:
             self._fail(exc)
             raise
@@ -364,3 +365,23 @@ class DistributedDiLoCoClient:
     def last_round_outcome(self) -> SyncOutcome | None:
         """How the last sync point ended (see `sync.SyncOutcome`); None before."""
         return self._header.outcome
+
+
+def _check_round_mode(client: DiLoCoClient) -> None:
+    """Refuse round modes whose sync points are not every H steps.
+
+    The group syncs at every H-th step on all ranks at once; a deadline
+    round (time-based) or a streaming one (every H/P steps) would sync rank
+    0 alone, and the ranks' weights would drift apart.
+
+    Raises:
+        IncompatibleClientError: the coordinator runs such a mode (the
+            client is closed).
+    """
+    if client.round_mode in ("deadline", "streaming"):
+        client.close()
+        raise IncompatibleClientError(
+            f"DistributedDiLoCoClient syncs every inner_steps steps on all ranks, "
+            f"but the coordinator runs round_mode = {client.round_mode!r}; use one "
+            "DiLoCoClient per process, or a sync or buffered_async coordinator"
+        )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -46,12 +47,16 @@ class GlobalEvaluation:
         self.history: list[GlobalEval] = []
         """Every evaluation, oldest first."""
 
-    def is_new(self, version: int) -> bool:
-        """True if `maybe_run(version)` would evaluate (not seen yet)."""
-        return version != self._last_version
+    def maybe_run(
+        self,
+        version: int,
+        holding: Callable[[], AbstractContextManager[None]] | None = None,
+    ) -> GlobalEval | None:
+        """Evaluate `version` unless it was already; return the record.
 
-    def maybe_run(self, version: int) -> GlobalEval | None:
-        """Evaluate `version` unless it was already; return the record."""
+        `holding`: a context in which the model holds the global weights,
+        when it does not by itself (streaming rounds).
+        """
         if version == self._last_version:
             return None
         self._last_version = version
@@ -59,7 +64,7 @@ class GlobalEvaluation:
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), holding() if holding else nullcontext():
                 result = self._evaluate(model, version)
         finally:
             model.train(was_training)

@@ -10,7 +10,7 @@ readable paths, TOML tables, shared by both objects). Import from here:
 A base package: it imports only `errors` and `domain` (tests/unit/test_layering.py).
 """
 
-from fedgrpc.config.access import UpdateSignatures
+from fedgrpc.config.access import UpdateHash, UpdateSignatures
 from fedgrpc.config.client import ClientConfig
 from fedgrpc.config.coordinator import (
     SECAGG_MIN_CLIENTS,
@@ -32,6 +32,7 @@ __all__ = [
     "ClientConfig",
     "CoordinatorConfig",
     "OuterOptimizerName",
+    "UpdateHash",
     "UpdateSignatures",
     "load_table",
 ]

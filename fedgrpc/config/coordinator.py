@@ -276,6 +276,15 @@ class CoordinatorConfig(
                )  # fmt: skip
 
     @property
+    def chunk_signatures_required(self) -> bool:
+        """Whether every chunk must be signed, not only the header and commit.
+
+        `sign_chunks = "always"`, or secure aggregation, whose masked chunks
+        go straight into the round's ring.
+        """
+        return self.sign_chunks == "always" or self.secure_aggregation
+
+    @property
     def resolved_outer_lr(self) -> float:
         """The outer learning rate in force (default filled in per optimizer)."""
         return outer.resolve_lr(self.outer_optimizer, self.outer_lr)

@@ -17,6 +17,11 @@ little-endian (8 and 4 bytes), strings UTF-8. The .proto comments list every
 statement's fields; client/node/signing.js builds the same bytes, and
 tests/unit/crypto/test_signing.py pins the layout. `signing` chains the
 update statements. No grpc or protobuf here.
+
+The update chain hashes (payload digests, statement links, the update's
+digest) use the hash the update header names: BLAKE3 by default, SHA-256
+for runs that must stay with FIPS algorithms and for clients older than the
+choice. Both give 32 bytes, so the chain's layout is the same under either.
 """
 
 from __future__ import annotations
@@ -24,9 +29,13 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import blake3
+
 from fedgrpc.crypto.keys import PublicKey
+from fedgrpc.domain.requests import HashName
 
 FORMAT_VERSION = 1
 """Version byte of every statement layout defined here."""
@@ -83,9 +92,32 @@ def statement(domain: str, algorithm: str, *fields: bytes) -> bytes:
     return head + b"".join(fields)
 
 
+HASH_NAMES: tuple[HashName, ...] = ("sha256", "blake3")
+DEFAULT_HASH: HashName = "sha256"
+"""What an update that names no hash uses: clients older than the choice."""
+Hasher = Callable[[bytes | memoryview], bytes]
+"""One-shot 32-byte digest of a buffer."""
+
+
 def sha256(data: bytes | memoryview) -> bytes:
     """SHA-256 digest (32 bytes). Releases the GIL for inputs over 2 KiB."""
     return hashlib.sha256(data).digest()
+
+
+def blake3_digest(data: bytes | memoryview) -> bytes:
+    """BLAKE3 digest (32 bytes, unkeyed), on one thread.
+
+    One thread (the package's default `max_threads=1`): the callers already
+    hash chunks in parallel on their own threads, and the machine's other
+    core is busy receiving. The binding releases the GIL while it hashes.
+    """
+    return blake3.blake3(data).digest()
+
+
+HASHERS: dict[HashName, Hasher] = {"sha256": sha256, "blake3": blake3_digest}
+"""Each chain hash by name."""
+HASH_LABELS: dict[HashName, str] = {"sha256": "SHA-256", "blake3": "BLAKE3"}
+"""How error messages and logs spell each hash."""
 
 
 # -- Join and model statements --------------------------------------------------------
@@ -173,6 +205,8 @@ class UpdateStatement:
     """Training seconds the update claims (goodput), or None when not reported."""
     eval_claim: tuple[float, int] | None = None
     """(validation loss, model version it was measured on), or None."""
+    hash_name: HashName = DEFAULT_HASH
+    """The hash of the update's chain (payload digests and statement links)."""
 
     def encode(self, algorithm: str) -> bytes:
         """The update statement's bytes (domain fedgrpc.v1.UpdateHeader).
@@ -181,7 +215,9 @@ class UpdateStatement:
         without one the bytes are exactly those of clients older than the
         claim, so their signatures still verify. A compute claim appends a
         tag and the seconds (a double) after it, the same way; an eval claim
-        its tag, the loss and the version after that.
+        its tag, the loss and the version after that. A chain hash other
+        than SHA-256 comes last, as the tag "hash" and its name, so the
+        signature binds the hash every later link is made with.
         """
         claim: tuple[bytes, ...] = ()
         if self.record_dp is not None:
@@ -192,6 +228,8 @@ class UpdateStatement:
         if self.eval_claim is not None:
             loss, version = self.eval_claim
             claim = (*claim, text("eval_loss"), f64(loss), u64(version))
+        if self.hash_name != DEFAULT_HASH:
+            claim = (*claim, text("hash"), text(self.hash_name))
         return statement(
             DOMAIN_UPDATE,
             algorithm,

@@ -15,6 +15,9 @@ from fedgrpc.domain.model_spec import ModelSpec
 
 WireCodec = Literal["dense-fp32", "dense", "topk", "secagg-ring"]
 """How an update's chunks are encoded (common.proto's `Codec`)."""
+HashName = Literal["sha256", "blake3"]
+"""The hash of an update's payload digests and chain (common.proto's
+`HashAlgorithm`; `fedgrpc.crypto.statements` computes them)."""
 
 
 def wire_codec(config: CodecConfig) -> WireCodec:
@@ -66,6 +69,8 @@ class UpdateHeaderInfo:
     eval_loss: float | None = None
     """The client's validation loss of model `eval_version` (None: none)."""
     eval_version: int = 0
+    hash_name: HashName = "sha256"
+    """The hash of its chain ("sha256" when the header names none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +85,5 @@ class JoinInfo:
     frozen_sha256: bytes = b""
     """Digest of the frozen parameters that never travel (b"": none, or an
     older client); see `client.tensors.frozen_digest`."""
+    supported_hashes: tuple[HashName, ...] = ("sha256",)
+    """Update hashes the client can use (older clients: SHA-256 only)."""

@@ -112,7 +112,12 @@ class ChunkStream(Generic[Values]):
         """
         if self.verifier is None:
             return
-        if proof is None or payload_sha256 is None or not proof.signature:
+        unsigned = proof is not None and not proof.signature
+        if (
+            proof is None
+            or payload_sha256 is None
+            or (unsigned and self.verifier.require_chunk_signatures)
+        ):
             raise BadSignatureError(f"chunk {seq} {_UNSIGNED}")
         self.verifier.verify_chunk(seq, offset, count, payload_sha256, proof)
 

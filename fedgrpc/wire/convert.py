@@ -10,6 +10,7 @@ from fedgrpc._proto.v1 import common_pb2, coordinator_pb2
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from fedgrpc.domain.requests import (
+    HashName,
     JoinInfo,
     RecordPrivacyClaim,
     UpdateHeaderInfo,
@@ -105,8 +106,24 @@ def spec_from_proto(message: common_pb2.ModelSpec) -> ModelSpec:
     return spec
 
 
-def round_config_to_proto(config: CoordinatorConfig) -> common_pb2.RoundConfig:
-    """The round settings clients learn at Join."""
+HASH_TO_PROTO: dict[HashName, common_pb2.HashAlgorithm.ValueType] = {
+    "sha256": common_pb2.HASH_ALGORITHM_SHA256,
+    "blake3": common_pb2.HASH_ALGORITHM_BLAKE3,
+}
+HASH_FROM_PROTO: dict[int, HashName] = {
+    common_pb2.HASH_ALGORITHM_UNSPECIFIED: "sha256",  # clients before the choice
+    **{number: name for name, number in HASH_TO_PROTO.items()},
+}
+
+
+def round_config_to_proto(
+    config: CoordinatorConfig, update_hash: HashName | None = None
+) -> common_pb2.RoundConfig:
+    """The round settings clients learn at Join.
+
+    `update_hash`: the hash negotiated with the joining client (None: the
+    run's setting, as status reports it).
+    """
     deadline = config.round_mode == "deadline"
     buffered = config.round_mode == "buffered_async"
     streaming = config.round_mode == "streaming"
@@ -128,6 +145,7 @@ def round_config_to_proto(config: CoordinatorConfig) -> common_pb2.RoundConfig:
             config.codec_config, config.chunk_bytes, config.resolved_feedback_decay
         ),
         update_signatures_required=config.update_signatures == "required",
+        chunk_signatures_optional=not config.chunk_signatures_required,
         secure_aggregation=config.secure_aggregation,
         heartbeat_interval_s=config.heartbeat_interval_s,
         privacy=config.privacy,
@@ -140,6 +158,7 @@ def round_config_to_proto(config: CoordinatorConfig) -> common_pb2.RoundConfig:
         fragments=config.fragments if streaming else 0,
         streaming_overlap_steps=config.streaming_overlap_steps if streaming else 0,
         streaming_mix=config.streaming_mix if streaming else 0.0,
+        update_hash=HASH_TO_PROTO[update_hash or config.update_hash],
     )
 
 
@@ -147,7 +166,8 @@ def header_from_proto(header: coordinator_pb2.UpdateHeader) -> UpdateHeaderInfo:
     """Decode an update header; reject unknown kinds and codecs.
 
     Raises:
-        InvalidUpdateError: kind or codec unspecified or unknown.
+        InvalidUpdateError: kind or codec unspecified or unknown, or a hash
+            algorithm this coordinator does not know.
     """
     if header.kind not in (
         coordinator_pb2.UPDATE_KIND_PSEUDO_GRADIENT,
@@ -160,6 +180,12 @@ def header_from_proto(header: coordinator_pb2.UpdateHeader) -> UpdateHeaderInfo:
         raise InvalidUpdateError(
             f"codec {header.codec} is unknown; this coordinator speaks "
             f"{', '.join(WIRE_CODEC_TO_PROTO)}"
+        )
+    hash_name = HASH_FROM_PROTO.get(header.hash_algorithm)
+    if hash_name is None:
+        raise InvalidUpdateError(
+            f"hash algorithm {header.hash_algorithm} is unknown; this coordinator "
+            f"knows {', '.join(HASH_TO_PROTO)} (use RoundConfig.update_hash)"
         )
     return UpdateHeaderInfo(
         client_id=header.client_id,
@@ -179,6 +205,7 @@ def header_from_proto(header: coordinator_pb2.UpdateHeader) -> UpdateHeaderInfo:
         compute_s=header.compute_s if header.HasField("compute_s") else None,
         eval_loss=header.eval_loss if header.HasField("eval_loss") else None,
         eval_version=header.eval_version,
+        hash_name=hash_name,
     )
 
 
@@ -244,4 +271,12 @@ def join_from_proto(request: coordinator_pb2.JoinRequest) -> JoinInfo:
         ),
         requested_codec=requested,
         frozen_sha256=_frozen_digest(request.frozen_sha256),
+        supported_hashes=(
+            "sha256",  # every client speaks it, listed or not
+            *(
+                HASH_FROM_PROTO[h]
+                for h in request.supported_hashes
+                if h in HASH_FROM_PROTO and h != common_pb2.HASH_ALGORITHM_SHA256
+            ),
+        ),
     )

@@ -13,8 +13,9 @@ protobuf's writeDelimitedTo does); the JSON line adds what the signatures
 cover but the messages do not carry (run id, the federation's codec values
 and density) and the client's public key.
 
-`verify_export` re-checks the whole chain (every payload's SHA-256, chain
-link and signature, then the commit) and compares the chain head with the
+`verify_export` re-checks the whole chain (every payload's hash, chain link
+and signature, then the commit; the hash the header names, SHA-256 in
+exports older than BLAKE3) and compares the chain head with the
 digest the coordinator reported (PushUpdateResponse.update_sha256, its
 `update_committed` log line): equal means this file is exactly the update
 the coordinator added. `fedgrpc verify --update FILE --hash HEX` runs it.
@@ -35,7 +36,7 @@ from google.protobuf.message import DecodeError
 
 from fedgrpc._proto.v1 import coordinator_pb2
 from fedgrpc.crypto.keys import PublicKey
-from fedgrpc.crypto.signing import UpdateVerifier, sha256
+from fedgrpc.crypto.signing import HASH_LABELS, UpdateVerifier
 from fedgrpc.errors import (
     BadSignatureError,
     FedGrpcError,
@@ -184,6 +185,8 @@ class ExportReport:
     chunks: int = 0
     payload_bytes: int = 0
     key_sha256: str = ""
+    hash_algorithm: str = ""
+    """The update's chain hash ("SHA-256" or "BLAKE3"; "" if unreadable)."""
 
 
 def verify_export(
@@ -239,10 +242,16 @@ def _verify_messages(
         client_id=header.client_id,
         round_id=header.round_id,
         key_sha256=context.client_key.fingerprint,
+        hash_algorithm=HASH_LABELS[header.hash_name],
     )
     statement = update_statement(header, context.run_id, context.binding)
     try:
-        verifier = UpdateVerifier(context.client_key, statement, header.signature)
+        # The commit's signature covers every chunk's link and digest, so an
+        # export of unsigned chunks (RoundConfig.chunk_signatures_optional)
+        # proves as much; a chunk signature present is still checked.
+        verifier = UpdateVerifier(
+            context.client_key, statement, header.signature, False
+        )
         digest, nbytes = _verify_chain(verifier, messages)
     except (BadSignatureError, IncompleteUpdateError) as exc:
         return dataclasses.replace(report, reason=str(exc))
@@ -250,7 +259,10 @@ def _verify_messages(
     return dataclasses.replace(
         report,
         ok=ok,
-        reason="" if ok else f"the update's SHA-256 is {digest}, not {expected}",
+        reason=""
+        if ok
+        else f"the update's {HASH_LABELS[header.hash_name]} is {digest}, "
+        f"not {expected}",
         update_sha256=digest,
         chunks=verifier.num_chunks,
         payload_bytes=nbytes,
@@ -269,6 +281,7 @@ def _verify_chain(
         proof = chunk_proof(c.payload_sha256, c.prev_sha256, c.signature)
         if proof is None:
             raise BadSignatureError(f"chunk {c.seq} carries no signature")
-        verifier.verify_chunk(c.seq, c.offset, c.count, sha256(c.payload), proof)
+        digest = verifier.hash(c.payload)
+        verifier.verify_chunk(c.seq, c.offset, c.count, digest, proof)
         nbytes += len(c.payload)
     raise IncompleteUpdateError("the export ends before its commit")

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from fedgrpc._proto.v1 import common_pb2, coordinator_pb2
 from fedgrpc.crypto.keys import PrivateKey, PublicKey, SignatureAlgorithm
 from fedgrpc.crypto.signing import (
+    DEFAULT_HASH,
     CommitProof,
+    HashName,
     JoinStatement,
     ModelStatement,
     UpdateSigner,
@@ -22,7 +24,7 @@ from fedgrpc.crypto.signing import (
 from fedgrpc.domain.requests import UpdateHeaderInfo
 from fedgrpc.errors import InvalidKeyError
 from fedgrpc.wire.codec_params import WIRE_CODEC_TO_PROTO, CodecBinding
-from fedgrpc.wire.convert import header_from_proto
+from fedgrpc.wire.convert import HASH_TO_PROTO, header_from_proto
 
 _ALGORITHM_TO_PROTO: dict[
     SignatureAlgorithm, common_pb2.SignatureAlgorithm.ValueType
@@ -122,6 +124,7 @@ def update_statement(
             if header.eval_loss is None
             else (header.eval_loss, header.eval_version)
         ),
+        hash_name=header.hash_name,
     )
 
 
@@ -130,14 +133,21 @@ def sign_update_header(
     key: PrivateKey,
     run_id: str,
     binding: CodecBinding,
+    hash_name: HashName = DEFAULT_HASH,
+    sign_chunks: bool = True,
 ) -> UpdateSigner:
     """Sign `header` in place; returns the signer for the update's chunks.
 
     The statement is built from the header as the coordinator will read it
     (`header_from_proto`), so both sides sign and verify the same fields.
+    `hash_name` (RoundConfig.update_hash) is written into the header first;
+    SHA-256 is left unset, so a coordinator older than the field reads the
+    header exactly as before.
     """
+    if hash_name != DEFAULT_HASH:
+        header.hash_algorithm = HASH_TO_PROTO[hash_name]
     statement = update_statement(header_from_proto(header), run_id, binding)
-    signer = UpdateSigner(key, statement)
+    signer = UpdateSigner(key, statement, sign_chunks)
     header.signature = signer.header_signature
     return signer
 

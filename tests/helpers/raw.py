@@ -25,7 +25,7 @@ from fedgrpc._proto.v1 import (
 )
 from fedgrpc.compress import CodecConfig, make_codec
 from fedgrpc.crypto.keys import PrivateKey
-from fedgrpc.crypto.signing import JoinStatement, UpdateSigner, sha256
+from fedgrpc.crypto.signing import HashName, JoinStatement, UpdateSigner, sha256
 from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from fedgrpc.domain.requests import RecordPrivacyClaim
 from fedgrpc.wire.codec_params import DENSE_FP32_BINDING, CodecBinding, codec_binding
@@ -120,7 +120,9 @@ def join(
     codecs: tuple[int, ...] = (common_pb2.CODEC_DENSE_FP32,),
     requested: common_pb2.CodecParams | None = None,
     key: PrivateKey | None = None,
+    hashes: tuple[int, ...] = (),
 ) -> Joined:
+    """Join over a fresh challenge; `hashes`: JoinRequest.supported_hashes."""
     key = key or PrivateKey.generate()
     request = join_request(
         service,
@@ -130,6 +132,7 @@ def join(
         supported_codecs=list(codecs),
         inner_steps=inner_steps,
         requested_codec=requested,
+        supported_hashes=list(hashes),
     )
     return Joined(service.Join(request, timeout=10), key, service)
 
@@ -159,6 +162,8 @@ class UpdateParams:
     """A record-level DP claim, signed with the header (None: no claim)."""
     compute_s: float | None = None
     """Training seconds claimed for goodput, signed (None: not reported)."""
+    hash_name: HashName = "sha256"
+    """The chain hash the header names; chunks hash with `signer.hash`."""
 
 
 def signed_header(
@@ -195,7 +200,7 @@ def signed_header(
     if params.compute_s is not None:
         message.header.compute_s = params.compute_s
     signer = sign_update_header(
-        message.header, joined.key, joined.run_id, params.binding
+        message.header, joined.key, joined.run_id, params.binding, params.hash_name
     )
     return message, signer
 
@@ -203,7 +208,7 @@ def signed_header(
 def signed_chunk(
     signer: UpdateSigner, seq: int, offset: int, count: int, payload: bytes
 ) -> coordinator_pb2.PushUpdateRequest:
-    proof = signer.sign_chunk(seq, offset, count, sha256(payload))
+    proof = signer.sign_chunk(seq, offset, count, signer.hash(payload))
     return PB.PushUpdateRequest(
         chunk=PB.UpdateChunk(
             seq=seq,
@@ -299,7 +304,7 @@ def framed_update(
     flat = values.astype("<f4")
     for seq, start in enumerate(range(0, flat.size, chunk_coords)):
         view = memoryview(flat[start : start + chunk_coords].tobytes())
-        proof = signer.sign_chunk(seq, start, len(view) // 4, sha256(view))
+        proof = signer.sign_chunk(seq, start, len(view) // 4, signer.hash(view))
         frames.append(encode_update_chunk(seq, start, len(view) // 4, view, proof))
     frames.append(commit_message(signer).SerializeToString())
     return frames

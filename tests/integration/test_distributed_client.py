@@ -198,3 +198,26 @@ if __name__ == "__main__":
     finally:
         gc.collect()  # DDP must be gone before its group (see torchrun_worker.py)
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("round_mode", ["streaming", "deadline"])
+def test_round_modes_that_sync_off_the_h_boundary_are_refused(
+    tmp_path: Path, round_mode: str
+) -> None:
+    from fedgrpc.errors import IncompatibleClientError
+
+    config = CoordinatorConfig(
+        seed_from_first_client=True, listen="127.0.0.1:0", open_enrollment=True,
+        min_clients=1, inner_steps=4, round_mode=round_mode, fragments=2,
+        round_duration_s=1.0 if round_mode == "deadline" else 0.0,
+    )  # fmt: skip
+    store = f"file://{tmp_path / 'store'}"
+    dist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
+    try:
+        with (
+            serve_in_thread(config) as coordinator,
+            pytest.raises(IncompatibleClientError, match=repr(round_mode)),
+        ):
+            DistributedDiLoCoClient(coordinator.address, torch.nn.Linear(2, 2))
+    finally:
+        dist.destroy_process_group()

@@ -36,7 +36,15 @@ def _config(**overrides: object) -> CoordinatorConfig:
     return CoordinatorConfig(**fields)  # type: ignore[arg-type]
 
 
-def _train(address: str, index: int, syncs: int, errors: list[BaseException]) -> None:
+def _train(
+    address: str,
+    index: int,
+    syncs: int,
+    errors: list[BaseException],
+    hold: threading.Event | None = None,
+) -> None:
+    """`syncs` sync points; then, with `hold`, stay joined until it is set
+    (a throwaway key's leave is final: the coordinator forgets the client)."""
     try:
         torch.manual_seed(index)
         model = nn.Linear(4, 2)
@@ -52,23 +60,30 @@ def _train(address: str, index: int, syncs: int, errors: list[BaseException]) ->
                 optimizer.step()
                 if client.step(loss, num_samples=8):
                     done += 1
+            if hold is not None:
+                hold.wait(timeout=120)
     except BaseException as exc:
         errors.append(exc)
 
 
 def test_coordinator_runs_rounds_and_reports_typed_status() -> None:
     errors: list[BaseException] = []
+    hold = threading.Event()  # clients stay joined until the status is read
     with fedgrpc.Coordinator(_config()) as coordinator:
         host, port = coordinator.address.rsplit(":", 1)
         assert host == "127.0.0.1"
         assert int(port) > 0  # port 0 was resolved
         threads = [
-            threading.Thread(target=_train, args=(coordinator.address, i, 2, errors))
+            threading.Thread(
+                target=_train, args=(coordinator.address, i, 2, errors, hold)
+            )
             for i in range(2)
         ]
         for thread in threads:
             thread.start()
-        status = coordinator.wait_for_round(2, timeout=120)
+        coordinator.wait_for_round(2, timeout=120)
+        status = coordinator.status()
+        hold.set()
         for thread in threads:
             thread.join(timeout=120)
     assert errors == []

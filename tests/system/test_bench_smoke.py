@@ -85,10 +85,13 @@ def test_signing_bench_quick() -> None:
     assert isinstance(joins, dict)
     assert ingest["ingest_mb_s_signed"] > 0
     assert ingest["ingest_mb_s_unsigned"] > 0
+    assert set(ingest["by_hash"]) == {  # type: ignore[call-overload]
+        "blake3", "sha256", "blake3_every_chunk",
+    }  # fmt: skip
     assert joins["joins_per_s_sequential"] > 0
     goals = report["goals"]
     assert isinstance(goals, dict)
-    assert "ingest_signed>=90%_unsigned" in goals  # measured, never asserted here
+    assert "ingest_signed>=0.85x_unsigned_blake3" in goals  # measured, not asserted
 
 
 def test_clients_scale_bench_quick() -> None:

@@ -59,7 +59,11 @@ const [target, specJson, base, keyPath] = process.argv.slice(2);
     out.strangerDetails = err.details;
   });
   const identity = fedgrpc.loadIdentity(keyPath);
-  const fed = await fedgrpc.join(client, { name: 'probe', spec, timeoutMs, identity });
+  // SHA-256 only, as a FIPS-bound client would: its push must count too.
+  const hashes = ['HASH_ALGORITHM_SHA256'];
+  const fed = await fedgrpc.join(
+    client, { name: 'probe', spec, timeoutMs, identity, hashes });
+  out.updateHash = fed.updateHash;
   const session = fedgrpc.openSession(client, fed);
   const minVersion = Number(base);
   const model = await fedgrpc.pullModel(client, fed, { minVersion, timeoutMs });
@@ -229,6 +233,7 @@ def test_node_and_python_clients_average_to_the_mean_of_both_updates(
     joined = events[0]
     assert joined["seed_model"] is False
     assert joined["signed"] is True
+    assert joined["update_hash"] == "HASH_ALGORITHM_BLAKE3"  # serve's default
     assert joined["key_sha256"] == load_public_key(keys / "node.pub").fingerprint
     assert joined["coordinator_key_sha256"] == coordinator_fp
     assert joined["codec"] == "CODEC_DENSE_FP32"
@@ -253,3 +258,4 @@ def test_node_and_python_clients_average_to_the_mean_of_both_updates(
     assert probe["code"] == "INVALID_ARGUMENT"
     assert "contains NaN or Inf" in probe["details"]
     assert probe["ack"]["updates_in_round"] == 1
+    assert probe["updateHash"] == "HASH_ALGORITHM_SHA256"  # what it offered

@@ -87,6 +87,7 @@ def test_sparseloco_announces_plain_sgd_and_a_decaying_residual() -> None:
     [
         ({"update_signatures": "off"}, "required unless open_enrollment"),
         ({"update_signatures": "maybe", "open_enrollment": True}, "required or off"),
+        ({"update_hash": "md5"}, "blake3 | sha256"),
         ({"allowed_client_keys": ".", "open_enrollment": True}, "choose one"),
         ({"allowed_client_keys": "."}, "identity_key=''"),
         (
@@ -114,6 +115,20 @@ def test_identity_flags_override_the_toml(tmp_path: Path) -> None:
     assert config.update_signatures == "off"
     assert build_parser().parse_args(["serve"]).open_enrollment is None  # no override
     assert build_parser().parse_args(["serve", "--open-enrollment"]).open_enrollment
+
+
+def test_update_hash_from_toml_and_flag_and_per_client(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[coordinator]\nupdate_hash = "sha256"\n')
+    assert CoordinatorConfig().update_hash == "blake3"  # the default
+    assert CoordinatorConfig.from_toml(path).update_hash == "sha256"
+    args = build_parser().parse_args(["serve", "--update-hash", "sha256"])
+    assert args.update_hash == "sha256"
+    # Negotiated per client: BLAKE3 only if the run allows it and it offered it.
+    blake3_run, fips_run = CoordinatorConfig(), CoordinatorConfig(update_hash="sha256")
+    assert blake3_run.update_hash_for(("sha256", "blake3")) == "blake3"
+    assert blake3_run.update_hash_for(("sha256",)) == "sha256"  # older clients
+    assert fips_run.update_hash_for(("sha256", "blake3")) == "sha256"
 
 
 def test_client_identity_settings(tmp_path: Path) -> None:

@@ -254,6 +254,38 @@ OUTER_OPTIMIZER_FEDYOGI: OuterOptimizer.ValueType  # 7
 """FedYogi (same paper): as FedAdam, with Yogi's additive second moment."""
 Global___OuterOptimizer: _TypeAlias = OuterOptimizer  # noqa: Y015
 
+class _HashAlgorithm:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HashAlgorithmEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HashAlgorithm.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HASH_ALGORITHM_UNSPECIFIED: _HashAlgorithm.ValueType  # 0
+    """SHA-256: what clients and coordinators older than this field use."""
+    HASH_ALGORITHM_SHA256: _HashAlgorithm.ValueType  # 1
+    """SHA-256 (FIPS 180-4), for runs that must use FIPS-approved algorithms."""
+    HASH_ALGORITHM_BLAKE3: _HashAlgorithm.ValueType  # 2
+    """BLAKE3 (32-byte output, unkeyed), the default for new runs: about 2.5x
+    faster than SHA-256 per core.
+    """
+
+class HashAlgorithm(_HashAlgorithm, metaclass=_HashAlgorithmEnumTypeWrapper):
+    """Hash of an update's payload digests and statement chain (UpdateChunk
+    payload_sha256 and prev_sha256, UpdateCommit.chain_sha256 and the update's
+    digest): every one of them is 32 bytes under either algorithm; the field
+    names keep "sha256" from before BLAKE3.
+    """
+
+HASH_ALGORITHM_UNSPECIFIED: HashAlgorithm.ValueType  # 0
+"""SHA-256: what clients and coordinators older than this field use."""
+HASH_ALGORITHM_SHA256: HashAlgorithm.ValueType  # 1
+"""SHA-256 (FIPS 180-4), for runs that must use FIPS-approved algorithms."""
+HASH_ALGORITHM_BLAKE3: HashAlgorithm.ValueType  # 2
+"""BLAKE3 (32-byte output, unkeyed), the default for new runs: about 2.5x
+faster than SHA-256 per core.
+"""
+Global___HashAlgorithm: _TypeAlias = HashAlgorithm  # noqa: Y015
+
 class _SignatureAlgorithm:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -462,6 +494,8 @@ class RoundConfig(_message.Message):
     FRAGMENTS_FIELD_NUMBER: _builtins.int
     STREAMING_OVERLAP_STEPS_FIELD_NUMBER: _builtins.int
     STREAMING_MIX_FIELD_NUMBER: _builtins.int
+    UPDATE_HASH_FIELD_NUMBER: _builtins.int
+    CHUNK_SIGNATURES_OPTIONAL_FIELD_NUMBER: _builtins.int
     inner_steps: _builtins.int
     """Inner optimizer steps each client takes between two pushes (DiLoCo's H)."""
     update_codec: Global___Codec.ValueType
@@ -547,6 +581,22 @@ class RoundConfig(_message.Message):
     """streaming: alpha in theta = alpha * local + (1 - alpha) * global, the
     merge of a fragment that came back after the overlapped steps.
     """
+    update_hash: Global___HashAlgorithm.ValueType
+    """The hash this client's updates use for payload digests and the chain
+    (UpdateHeader.hash_algorithm), negotiated at Join: BLAKE3 when the
+    coordinator's `update_hash` is "blake3" and the client listed
+    HASH_ALGORITHM_BLAKE3 in JoinRequest.supported_hashes, else SHA-256.
+    UNSPECIFIED (older coordinators): SHA-256.
+    """
+    chunk_signatures_optional: _builtins.bool
+    """True: chunks need no signature of their own (UpdateChunk.signature may
+    be empty); each still carries its payload digest and chain link, which
+    the coordinator checks on arrival, and the commit's signature over the
+    chain head covers them all. Safe because the coordinator stages every
+    update apart until its commit verifies: no unverified byte reaches the
+    round's sum. False (secure aggregation, `sign_chunks = "always"`, older
+    coordinators): sign every chunk. A signature sent anyway is verified.
+    """
     @_builtins.property
     def codec_params(self) -> Global___CodecParams:
         """The update codec in full (`update_codec` repeats its `codec`)."""
@@ -577,10 +627,12 @@ class RoundConfig(_message.Message):
         fragments: _builtins.int = ...,
         streaming_overlap_steps: _builtins.int = ...,
         streaming_mix: _builtins.float = ...,
+        update_hash: Global___HashAlgorithm.ValueType = ...,
+        chunk_signatures_optional: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["codec_params", b"codec_params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer_size", b"buffer_size", "chunk_bytes", b"chunk_bytes", "codec_params", b"codec_params", "dp_clip_norm", b"dp_clip_norm", "fragments", b"fragments", "heartbeat_interval_s", b"heartbeat_interval_s", "inner_steps", b"inner_steps", "max_message_bytes", b"max_message_bytes", "max_staleness", b"max_staleness", "min_clients", b"min_clients", "outer_lr", b"outer_lr", "outer_momentum", b"outer_momentum", "outer_optimizer", b"outer_optimizer", "privacy", b"privacy", "round_duration_s", b"round_duration_s", "round_mode", b"round_mode", "round_timeout_s", b"round_timeout_s", "secure_aggregation", b"secure_aggregation", "staleness_exponent", b"staleness_exponent", "streaming_mix", b"streaming_mix", "streaming_overlap_steps", b"streaming_overlap_steps", "update_codec", b"update_codec", "update_signatures_required", b"update_signatures_required"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer_size", b"buffer_size", "chunk_bytes", b"chunk_bytes", "chunk_signatures_optional", b"chunk_signatures_optional", "codec_params", b"codec_params", "dp_clip_norm", b"dp_clip_norm", "fragments", b"fragments", "heartbeat_interval_s", b"heartbeat_interval_s", "inner_steps", b"inner_steps", "max_message_bytes", b"max_message_bytes", "max_staleness", b"max_staleness", "min_clients", b"min_clients", "outer_lr", b"outer_lr", "outer_momentum", b"outer_momentum", "outer_optimizer", b"outer_optimizer", "privacy", b"privacy", "round_duration_s", b"round_duration_s", "round_mode", b"round_mode", "round_timeout_s", b"round_timeout_s", "secure_aggregation", b"secure_aggregation", "staleness_exponent", b"staleness_exponent", "streaming_mix", b"streaming_mix", "streaming_overlap_steps", b"streaming_overlap_steps", "update_codec", b"update_codec", "update_hash", b"update_hash", "update_signatures_required", b"update_signatures_required"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

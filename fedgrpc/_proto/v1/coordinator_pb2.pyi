@@ -165,6 +165,7 @@ class JoinRequest(_message.Message):
     CHALLENGE_NONCE_FIELD_NUMBER: _builtins.int
     JOIN_SIGNATURE_FIELD_NUMBER: _builtins.int
     FROZEN_SHA256_FIELD_NUMBER: _builtins.int
+    SUPPORTED_HASHES_FIELD_NUMBER: _builtins.int
     client_name: _builtins.str
     """Human-readable client name for logs and status (not an identity)."""
     inner_steps: _builtins.int
@@ -206,6 +207,13 @@ class JoinRequest(_message.Message):
     def client_key(self) -> _common_pb2.PublicKeyRecord:
         """The client's public key: its identity for this Join and every update."""
 
+    @_builtins.property
+    def supported_hashes(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.HashAlgorithm.ValueType]:
+        """Hashes the client can use for its updates' digests and chain. Empty
+        (older clients): SHA-256 only. The coordinator answers with
+        RoundConfig.update_hash, the one this client must use.
+        """
+
     def __init__(
         self,
         *,
@@ -219,10 +227,11 @@ class JoinRequest(_message.Message):
         challenge_nonce: _builtins.bytes = ...,
         join_signature: _builtins.bytes = ...,
         frozen_sha256: _builtins.bytes = ...,
+        supported_hashes: _abc.Iterable[_common_pb2.HashAlgorithm.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["client_key", b"client_key", "model_spec", b"model_spec", "requested_codec", b"requested_codec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_nonce", b"challenge_nonce", "client_key", b"client_key", "client_name", b"client_name", "frozen_sha256", b"frozen_sha256", "inner_steps", b"inner_steps", "join_signature", b"join_signature", "library_version", b"library_version", "model_spec", b"model_spec", "requested_codec", b"requested_codec", "supported_codecs", b"supported_codecs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_nonce", b"challenge_nonce", "client_key", b"client_key", "client_name", b"client_name", "frozen_sha256", b"frozen_sha256", "inner_steps", b"inner_steps", "join_signature", b"join_signature", "library_version", b"library_version", "model_spec", b"model_spec", "requested_codec", b"requested_codec", "supported_codecs", b"supported_codecs", "supported_hashes", b"supported_hashes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -744,6 +753,9 @@ class UpdateHeader(_message.Message):
     set), the statement goes on with record_dp_epsilon and record_dp_delta
     (8-byte doubles) and record_dp_steps (8-byte integer), unset ones as 0;
     without one it ends at train_loss, as before these fields existed.
+    The optional compute_s and eval_loss claims follow, each as a tag string
+    ("compute_s"; "eval_loss") and its values. A hash_algorithm other than
+    SHA-256 comes last: the string "hash" and the algorithm's name ("blake3").
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -766,6 +778,7 @@ class UpdateHeader(_message.Message):
     COMPUTE_S_FIELD_NUMBER: _builtins.int
     EVAL_LOSS_FIELD_NUMBER: _builtins.int
     EVAL_VERSION_FIELD_NUMBER: _builtins.int
+    HASH_ALGORITHM_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """Client id from JoinResponse."""
     session_token: _builtins.bytes
@@ -822,6 +835,13 @@ class UpdateHeader(_message.Message):
     """
     eval_version: _builtins.int
     """The model version `eval_loss` was measured on."""
+    hash_algorithm: _common_pb2.HashAlgorithm.ValueType
+    """The hash of this update's payload digests and statement chain (chunk 0's
+    prev_sha256 is this hash of the update statement, and so on; see
+    UpdateChunk), as RoundConfig.update_hash told the client. Unset or
+    SHA256: SHA-256, as before this field. A coordinator run with
+    `update_hash = "sha256"` refuses BLAKE3 updates (INVALID_ARGUMENT).
+    """
     def __init__(
         self,
         *,
@@ -843,10 +863,11 @@ class UpdateHeader(_message.Message):
         compute_s: _builtins.float | None = ...,
         eval_loss: _builtins.float | None = ...,
         eval_version: _builtins.int = ...,
+        hash_algorithm: _common_pb2.HashAlgorithm.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_compute_s", b"_compute_s", "_eval_loss", b"_eval_loss", "_record_dp_delta", b"_record_dp_delta", "_record_dp_epsilon", b"_record_dp_epsilon", "_record_dp_steps", b"_record_dp_steps", "compute_s", b"compute_s", "eval_loss", b"eval_loss", "record_dp_delta", b"record_dp_delta", "record_dp_epsilon", b"record_dp_epsilon", "record_dp_steps", b"record_dp_steps"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_compute_s", b"_compute_s", "_eval_loss", b"_eval_loss", "_record_dp_delta", b"_record_dp_delta", "_record_dp_epsilon", b"_record_dp_epsilon", "_record_dp_steps", b"_record_dp_steps", "base_model_sha256", b"base_model_sha256", "base_version", b"base_version", "client_id", b"client_id", "codec", b"codec", "compute_s", b"compute_s", "eval_loss", b"eval_loss", "eval_version", b"eval_version", "kind", b"kind", "num_coordinates", b"num_coordinates", "num_samples", b"num_samples", "record_dp_delta", b"record_dp_delta", "record_dp_epsilon", b"record_dp_epsilon", "record_dp_steps", b"record_dp_steps", "round_id", b"round_id", "round_nonce", b"round_nonce", "session_token", b"session_token", "signature", b"signature", "train_loss", b"train_loss"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_compute_s", b"_compute_s", "_eval_loss", b"_eval_loss", "_record_dp_delta", b"_record_dp_delta", "_record_dp_epsilon", b"_record_dp_epsilon", "_record_dp_steps", b"_record_dp_steps", "base_model_sha256", b"base_model_sha256", "base_version", b"base_version", "client_id", b"client_id", "codec", b"codec", "compute_s", b"compute_s", "eval_loss", b"eval_loss", "eval_version", b"eval_version", "hash_algorithm", b"hash_algorithm", "kind", b"kind", "num_coordinates", b"num_coordinates", "num_samples", b"num_samples", "record_dp_delta", b"record_dp_delta", "record_dp_epsilon", b"record_dp_epsilon", "record_dp_steps", b"record_dp_steps", "round_id", b"round_id", "round_nonce", b"round_nonce", "session_token", b"session_token", "signature", b"signature", "train_loss", b"train_loss"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__compute_s: _TypeAlias = _typing.Literal["compute_s"]  # noqa: Y015
     _WhichOneofArgType__compute_s: _TypeAlias = _typing.Literal["_compute_s", b"_compute_s"]  # noqa: Y015
@@ -882,8 +903,8 @@ class UpdateChunk(_message.Message):
     (seq, offset, count) in the flat coordinate space of ModelSpec; which
     tensor(s) it covers follows from `offset`. Only this small statement is
     signed, never the payload itself: its SHA-256 stands in for it.
-    The chain: chunk 0's prev_sha256 is the SHA-256 of the update statement,
-    chunk i's the SHA-256 of chunk i-1's statement, so dropping, reordering or
+    The chain: chunk 0's prev_sha256 is the hash (UpdateHeader.hash_algorithm)
+    of the update statement, chunk i's the hash of chunk i-1's statement, so dropping, reordering or
     replaying a chunk breaks it.
     """
 
@@ -905,7 +926,9 @@ class UpdateChunk(_message.Message):
     payload: _builtins.bytes
     """The values, encoded with the header's codec."""
     payload_sha256: _builtins.bytes
-    """SHA-256 of `payload` (32 bytes)."""
+    """Hash of `payload` (32 bytes) under the header's hash_algorithm (SHA-256
+    or BLAKE3; the name predates BLAKE3).
+    """
     prev_sha256: _builtins.bytes
     """The chain link (32 bytes; see above)."""
     signature: _builtins.bytes
@@ -944,7 +967,8 @@ class UpdateCommit(_message.Message):
     num_chunks: _builtins.int
     """Number of chunks sent."""
     chain_sha256: _builtins.bytes
-    """The chain head: SHA-256 of the last chunk's statement. This is the
+    """The chain head: hash (UpdateHeader.hash_algorithm) of the last chunk's
+    statement. This is the
     update's digest (PushUpdateResponse.update_sha256); it covers every
     header field and, through the payload hashes, every byte sent.
     """

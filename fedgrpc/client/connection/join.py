@@ -34,6 +34,7 @@ from fedgrpc.crypto.keys import PrivateKey, PublicKey
 from fedgrpc.crypto.signing import JoinStatement
 from fedgrpc.domain.chunks import DEFAULT_CHUNK_BYTES
 from fedgrpc.domain.model_spec import ModelSpec
+from fedgrpc.domain.requests import HashName
 from fedgrpc.errors import (
     ConfigError,
     IdentityFileError,
@@ -49,7 +50,12 @@ from fedgrpc.wire.codec_params import (
     codec_params_from_proto,
     codec_params_to_proto,
 )
-from fedgrpc.wire.convert import spec_from_proto, spec_to_proto
+from fedgrpc.wire.convert import (
+    HASH_FROM_PROTO,
+    HASH_TO_PROTO,
+    spec_from_proto,
+    spec_to_proto,
+)
 from fedgrpc.wire.signed import key_from_proto, key_to_proto
 
 if TYPE_CHECKING:
@@ -177,6 +183,12 @@ class Federation:
     """streaming: τ, steps trained while a fragment is in flight."""
     streaming_mix: float = 0.0
     """streaming: alpha, the local share kept when a fragment is merged."""
+    update_hash: HashName = "sha256"
+    """The hash our updates' chains use, as negotiated at Join (SHA-256 with
+    coordinators older than the choice)."""
+    chunk_signatures_optional: bool = False
+    """Chunks may go unsigned, the commit's signature covering their chain
+    (RoundConfig.chunk_signatures_optional; False with older coordinators)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +235,8 @@ def join_request(
         client_name=config.name or default_client_name(),
         model_spec=spec_to_proto(spec),
         supported_codecs=list(WIRE_CODEC_TO_PROTO.values()),
+        # Preference order; the coordinator picks (RoundConfig.update_hash).
+        supported_hashes=[HASH_TO_PROTO["blake3"], HASH_TO_PROTO["sha256"]],
         inner_steps=settings.inner_steps or 0,
         library_version=library_version(),
         requested_codec=(
@@ -272,6 +286,9 @@ def federation_from(
         fragments=round_config.fragments,
         streaming_overlap_steps=round_config.streaming_overlap_steps,
         streaming_mix=round_config.streaming_mix,
+        # Never one we did not offer; an unknown number cannot be honoured.
+        update_hash=HASH_FROM_PROTO.get(round_config.update_hash, "sha256"),
+        chunk_signatures_optional=round_config.chunk_signatures_optional,
     )
 
 

@@ -212,7 +212,13 @@ class CoordinatorLink:
         binding = DENSE_FP32_BINDING
         if binding_codec is not None:
             binding = codec_binding(binding_codec)
-        return Signing(self.identity.key, federation.run_id, binding)
+        return Signing(
+            self.identity.key,
+            federation.run_id,
+            binding,
+            federation.update_hash,
+            sign_chunks=not federation.chunk_signatures_optional,
+        )
 
     def _export(
         self,

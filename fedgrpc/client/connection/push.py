@@ -3,10 +3,11 @@
 A flat float32 vector (the pseudo-gradient, or the initial weights)
 is cut by `fedgrpc.domain.chunks.iter_chunks` into ~1 MiB slices of its own
 memory and streamed as header, chunks, commit; with signing on, the header
-is signed, each chunk carries its payload's SHA-256, chain link and
-signature (`crypto.signing.UpdateSigner`), and the commit closes the chain.
-Payloads are hashed on a worker thread (`hashlib` releases the GIL) so the
-loop keeps writing the previous chunk meanwhile. Lossy codecs with error
+is signed, each chunk carries its payload's hash (BLAKE3 or SHA-256, as Join
+negotiated), chain link and signature (`crypto.signing.UpdateSigner`), and
+the commit closes the chain. Payloads are hashed on a worker thread (both
+hashes release the GIL) so the loop keeps writing the previous chunk
+meanwhile. Lossy codecs with error
 feedback (`client.compressed`, `client.secure`) plug in as an
 `UpdateEncoder`. The way down is `pull`.
 
@@ -32,7 +33,7 @@ from fedgrpc.client.connection.channel import Credentials
 from fedgrpc.client.status import translated
 from fedgrpc.compress import CodecConfig, ErrorFeedback
 from fedgrpc.crypto.keys import PrivateKey
-from fedgrpc.crypto.signing import UpdateSigner, sha256
+from fedgrpc.crypto.signing import DEFAULT_HASH, Hasher, HashName, UpdateSigner
 from fedgrpc.domain.chunks import iter_chunks
 from fedgrpc.domain.requests import RecordPrivacyClaim
 from fedgrpc.log import get_logger
@@ -92,10 +93,25 @@ class Signing:
     run_id: str
     binding: CodecBinding
     """The federation's codec parameters (DENSE_FP32_BINDING for raw float32)."""
+    hash_name: HashName = DEFAULT_HASH
+    """The chain hash Join negotiated (RoundConfig.update_hash)."""
+    sign_chunks: bool = True
+    """False: chunks go with their link and digest only, the commit's
+    signature covering them (RoundConfig.chunk_signatures_optional)."""
 
     def sign_header(self, request: coordinator_pb2.PushUpdateRequest) -> UpdateSigner:
-        """Sign the header in `request` in place; the signer for its chunks."""
-        return sign_update_header(request.header, self.key, self.run_id, self.binding)
+        """Sign the header in `request` in place; the signer for its chunks.
+
+        Payload digests given to the signer must use its `hash`.
+        """
+        return sign_update_header(
+            request.header,
+            self.key,
+            self.run_id,
+            self.binding,
+            self.hash_name,
+            self.sign_chunks,
+        )
 
 
 class UpdateEncoder(Protocol):
@@ -132,11 +148,11 @@ class UpdateEncoder(Protocol):
         ...
 
 
-async def payload_sha256(payload: bytes | memoryview) -> bytes:
-    """SHA-256 of a chunk's payload, off the loop when it is big."""
+async def payload_digest(payload: bytes | memoryview, hasher: Hasher) -> bytes:
+    """A chunk payload's digest (`UpdateSigner.hash`), off the loop when it is big."""
     if len(payload) < HASH_IN_THREAD_BYTES:
-        return sha256(payload)
-    return await asyncio.to_thread(sha256, payload)
+        return hasher(payload)
+    return await asyncio.to_thread(hasher, payload)
 
 
 def end_of_update(
@@ -236,7 +252,7 @@ async def update_requests(
     yield header
     num_chunks = 0
     chunks = iter_chunks(values.data, chunk_bytes, itemsize=FP32_BYTES)
-    hashed = hashed_ahead(chunks, signed=signer is not None)
+    hashed = hashed_ahead(chunks, None if signer is None else signer.hash)
     async for seq, (byte_offset, view, sha) in aenumerate(hashed):
         offset, count = byte_offset // FP32_BYTES, len(view) // FP32_BYTES
         proof = None
@@ -248,9 +264,9 @@ async def update_requests(
 
 
 async def hashed_ahead(
-    chunks: Iterator[tuple[int, memoryview]], *, signed: bool
+    chunks: Iterator[tuple[int, memoryview]], hasher: Hasher | None
 ) -> AsyncIterator[tuple[int, memoryview, bytes | None]]:
-    """(byte offset, view, SHA-256 or None) per chunk, hashing one chunk ahead.
+    """(byte offset, view, digest or None) per chunk, hashing one chunk ahead.
 
     The next chunk's payload is hashed on a worker thread while the caller
     encodes and sends this one, so a signed push costs little more wall
@@ -259,9 +275,9 @@ async def hashed_ahead(
     loop = asyncio.get_running_loop()
 
     def start(chunk: tuple[int, memoryview] | None) -> asyncio.Future[bytes] | None:
-        if chunk is None or not signed:
+        if chunk is None or hasher is None:
             return None
-        return loop.run_in_executor(None, sha256, chunk[1])
+        return loop.run_in_executor(None, hasher, chunk[1])
 
     current = next(chunks, None)
     hashing = start(current)

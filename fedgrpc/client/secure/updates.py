@@ -44,7 +44,7 @@ from fedgrpc.client.connection.push import (
     Signing,
     UpdateMeta,
     end_of_update,
-    payload_sha256,
+    payload_digest,
     update_header,
 )
 from fedgrpc.client.secure.participant import ClientSecureRound, SecureParticipant
@@ -154,7 +154,7 @@ class SecureUpdates:
             self.payload_bytes += len(payload)
             proof = None
             if signer is not None:
-                digest = await payload_sha256(payload)
+                digest = await payload_digest(payload, signer.hash)
                 proof = signer.sign_chunk(seq - 1, offset, count, digest)
             view = memoryview(payload)
             yield encode_update_chunk(seq - 1, offset, count, view, proof)

@@ -177,11 +177,12 @@ class CoordinatorServicer:
             if model.upstream is not None and model.spec is None:
                 model.fetch_root(info.spec)  # a leaf: UNAVAILABLE until it has one
             joined = runtime.join(info, key)
+            update_hash = runtime.config.update_hash_for(info.supported_hashes)
             return pb.JoinResponse(
                 client_id=joined.client.client_id,
                 session_token=joined.client.session_token,
                 run_id=runtime.run.run_id,
-                round_config=round_config_to_proto(runtime.config),
+                round_config=round_config_to_proto(runtime.config, update_hash),
                 model_spec=spec_to_proto(joined.spec),
                 current_round=joined.current_round,
                 model_version=joined.model_version,

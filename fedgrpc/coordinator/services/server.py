@@ -279,6 +279,7 @@ async def start_coordinator(
         coordinator_key=runtime.enrollment.public_key.fingerprint,
         enrollment="open" if runtime.enrollment.is_open else "allowed_keys",
         update_signatures=config.update_signatures,
+        update_hash=config.update_hash,
         admin_access=admin.policy.mode,
         reflection=config.reflection,
         **_tls_fields(tls),
