@@ -60,7 +60,12 @@ def start_coordinator(
         "--ready-file",
         str(ready),
         # The bench clients bring the model; the first to join seeds it.
-        *(() if "--init-model" in flags else ("--seed-from-first-client",)),
+        # A leaf (--upstream) serves its root's model and seeds nothing.
+        *(
+            ()
+            if {"--init-model", "--upstream"} & set(flags)
+            else ("--seed-from-first-client",)
+        ),
         *flags,
     ]
     with log_path.open("wb") as stderr:

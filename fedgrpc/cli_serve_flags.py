@@ -7,7 +7,8 @@ handlers). Each tuple mirrors one config section: `CORE_FLAGS`
 round-stage flags of `cli_flags.STAGE_FLAGS`), `LIMIT_FLAGS`
 (`config.limits`), `ACCESS_FLAGS` (`config.access`), `PRIVACY_FLAGS`
 (`config.privacy`: client-level DP and the run's budget) and
-`DISTRIBUTED_PRIVACY_FLAGS` (`config.privacy`, distributed DP's own keys).
+`DISTRIBUTED_PRIVACY_FLAGS` (`config.privacy`, distributed DP's own keys)
+and `TREE_FLAGS` (`config.tree`, a leaf's link to its root).
 A flag's dest is the config field it sets; tests check every field has one.
 """
 
@@ -365,8 +366,32 @@ ROUND_MODE_FLAGS = (
 )  # fmt: skip
 """Round pacing (`config.rounds`)."""
 
+TREE_FLAGS = (
+    Flag("--upstream", "make this coordinator a leaf of the root at "
+         "HOST:PORT: it serves its own clients and sends their weighted mean "
+         "upward as one update, then serves the root's weights (no initial "
+         "model, checkpoints or DP of its own; default: none, a root or flat "
+         "coordinator)", metavar="HOST:PORT"),
+    Flag("--upstream-identity-key", "the leaf's private key (PEM) when it "
+         "joins the root; the root's allowed keys list its public key "
+         "(default: a throwaway key)", metavar="PATH"),
+    Flag("--upstream-coordinator-key", "the root's public key (PEM file or "
+         "fingerprint) the leaf pins (default: trust the key it presents)",
+         metavar="KEY"),
+    Flag("--upstream-tls-ca", "CA bundle verifying the root's TLS "
+         "certificate (default: plain text)", metavar="PATH"),
+    Flag("--upstream-timeout-s", "seconds the leaf waits on the root for one "
+         "call before it reports it unreachable and skips its round; keep it "
+         f"below the clients' rpc_timeout_s (default: {_D.upstream_timeout_s:g})",
+         float, "S"),
+    Flag("--upstream-round-wait-s", "seconds the leaf waits for the root's "
+         "round to open and close (default: "
+         f"{_D.upstream_round_wait_s:g})", float, "S"),
+)  # fmt: skip
+"""Aggregation trees: a leaf's link to its root (`config.tree`)."""
+
 SERVE_FLAGS = (
     *CORE_FLAGS, *ROUND_MODE_FLAGS, *ROBUSTNESS_FLAGS, *LIMIT_FLAGS,
-    *ACCESS_FLAGS, *PRIVACY_FLAGS, *DISTRIBUTED_PRIVACY_FLAGS,
+    *ACCESS_FLAGS, *PRIVACY_FLAGS, *DISTRIBUTED_PRIVACY_FLAGS, *TREE_FLAGS,
 )  # fmt: skip
 """Every `fedgrpc serve` flag, in --help order."""

@@ -112,6 +112,14 @@ class CoordinatorUnavailableError(FedGrpcError):
     """
 
 
+class UpstreamUnavailableError(FedGrpcError):
+    """A leaf coordinator could not reach its root (aggregation trees).
+
+    Raised by a leaf at its first Join, before it has a model to serve;
+    clients retry it like any unreachable coordinator. Wire status: UNAVAILABLE.
+    """
+
+
 class InvalidKeyError(FedGrpcError, ValueError):
     """Bytes that should hold a key (raw or PEM) do not, or name an unknown algorithm.
 

@@ -25,6 +25,7 @@ from fedgrpc.config.outer import OuterOptimizerName
 from fedgrpc.config.privacy import PrivacySettings
 from fedgrpc.config.robustness import RobustnessSettings
 from fedgrpc.config.rounds import RoundModeSettings
+from fedgrpc.config.tree import LEAF_AGGREGATORS, TreeSettings
 from fedgrpc.domain.chunks import (
     DEFAULT_CHUNK_BYTES,
     MAX_CHUNK_BYTES,
@@ -48,6 +49,7 @@ class CoordinatorConfig(
     PrivacySettings,
     RoundModeSettings,
     HttpSettings,
+    TreeSettings,
 ):
     """Everything `fedgrpc serve` needs; one TOML table `[coordinator]`.
 
@@ -236,6 +238,13 @@ class CoordinatorConfig(
                self.checkpoint_retry_max_s, "> 0")  # fmt: skip
         _check(not self.metrics_listen or ":" in self.metrics_listen,
                "metrics_listen", self.metrics_listen, "host:port or empty")  # fmt: skip
+        self._check_tree(self.listen, {
+            "privacy": self.privacy != "off", "init_model": bool(self.init_model),
+            "seed_from_first_client": self.seed_from_first_client,
+            "checkpoint_dir": bool(self.checkpoint_dir),
+            "aggregator": self.aggregator not in LEAF_AGGREGATORS,
+            "round_mode": self.round_mode != "sync",
+        })  # fmt: skip
 
     def _check_downlink(self) -> None:
         """A codec spec, and no compressed steps where range pulls need weights."""

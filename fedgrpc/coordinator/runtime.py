@@ -285,6 +285,8 @@ class CoordinatorRuntime:
         elif in_round == 1 and self.engine.current is not None:
             # The first update set the round's deadline: announce it.
             self._announce_round(self.engine.current)
+        if self.engine.model.upstream is not None:  # a leaf: its close waits on the
+            return self._spawn(self.maybe_close_round())  # root; ack the push now
         await self.maybe_close_round()
 
     # -- closing rounds ----------------------------------------------------------

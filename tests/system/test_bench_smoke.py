@@ -338,3 +338,15 @@ def test_heterogeneous_bench_quick_compares_every_round_mode_and_resumes(
     assert isinstance(streaming["met"], bool)
     assert again["settings"] == settings
     assert again["missing_runs"] == []
+
+
+def test_shards_bench_quick_reports_the_trees_root_inbound_bytes() -> None:
+    report = _run("shards.py")
+    assert report["bench"] == "shards"
+    tree = report["tree"]
+    assert isinstance(tree, dict)
+    assert set(tree) == {"root", "leaf0", "leaf1"}
+    assert tree["root"]["model_version"] == 2  # every round applied at the root
+    # Byte counts, not timings: one dense update per leaf instead of per client.
+    assert report["root_inbound_ratio"] == 0.5
+    assert report["goals"] == {"root_inbound_le_1_over_L": True}

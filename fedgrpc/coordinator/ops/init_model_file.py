@@ -55,6 +55,8 @@ def choose_initial_model(config: CoordinatorConfig, model: GlobalModel) -> None:
         log.info("init_model_loaded", init_model=config.init_model,
                  parameters=model.initial.spec.num_coordinates,
                  tensors=len(model.initial.tensors))  # fmt: skip
+    elif config.upstream:  # a leaf: version 0 is the root's (`rounds.upstream`)
+        return
     elif not config.seed_from_first_client:
         raise ConfigError(
             "no initial model: pass --init-model model.safetensors (TOML "

@@ -252,16 +252,20 @@ class RoundEngine:
                 closing.void_reason = closing.void_reason or refusal
                 self.privacy.unapplied()  # a distributed sum unmasked still counts
                 return False
+            weight = total.held().total_weight  # a leaf's group weight (relay)
             aggregate = self.stages.aggregate(total, self._take_sum_buffer)
             self.privacy.noise(aggregate, len(closing.contributors), release)
             if self.trust is not None:
                 self.trust.measure(
                     closing.round_id, closing.commit_order, total.held(), aggregate
                 )
-            blown = self.model.divergence(aggregate, closing.round_id)
+            if self.model.upstream is not None:  # a leaf: the root steps
+                blown = self.model.relay(aggregate, weight, closing.round_id)
+            else:
+                blown = self.model.divergence(aggregate, closing.round_id)
             if blown is not None:
                 closing.void_reason = blown
-            else:
+            elif self.model.upstream is None:
                 self.model.step(
                     aggregate, closing.round_id, copy_on_write, closing.fragment
                 )

@@ -17,6 +17,7 @@ from fedgrpc.coordinator.rounds.downlink import DownlinkCompressor
 from fedgrpc.coordinator.rounds.initial_model import InitialModel
 from fedgrpc.coordinator.rounds.norm_guard import NormGuard
 from fedgrpc.coordinator.rounds.records import PublishedModel
+from fedgrpc.coordinator.rounds.upstream import RootModel, Upstream
 from fedgrpc.coordinator.strategy.wiring import build_outer
 from fedgrpc.domain.fragments import Fragment
 from fedgrpc.domain.model_spec import DType, ModelSpec
@@ -56,6 +57,9 @@ class GlobalModel:
         """The divergence guard of plain rounds (`norm_guard`)."""
         self.downlink: DownlinkCompressor | None = None
         """Compressed steps for pulls (`downlink_codec`), armed with the spec."""
+        self.upstream: Upstream | None = None
+        """A leaf's link to its root (`rounds.upstream`); None: flat or root."""
+        self._from_root: RootModel | None = None
 
     def adopt_spec(self, spec: ModelSpec) -> bool:
         """Check a joiner's model; the first spec defines the federation's layout.
@@ -75,6 +79,8 @@ class GlobalModel:
             # A float dtype may differ: a bfloat16 client casts what it pulls.
             spec.check_same_as(self.spec, allow_casts=True)
             return False
+        if self.upstream is not None:
+            return self._adopt_root(spec)
         initial = self.initial
         if initial is not None:
             initial.check_matches(spec)
@@ -109,6 +115,51 @@ class GlobalModel:
         self.downlink = DownlinkCompressor(
             codec, spec.num_coordinates, self.config.chunk_bytes
         )
+
+    def fetch_root(self, spec: ModelSpec) -> None:
+        """A leaf: the root's model, reached with the first joiner's `spec`.
+
+        The Join handler calls it before the Join itself, so `adopt_spec`
+        can then lay the root's model out as this leaf's first version.
+        Never blocks: until the root is reached, `Upstream.bootstrap` raises
+        (UNAVAILABLE, which clients retry).
+        """
+        if self.upstream is not None and self.spec is None:
+            self._from_root = self.upstream.bootstrap(spec)
+
+    def _adopt_root(self, spec: ModelSpec) -> bool:
+        """The root's model (`fetch_root`) becomes this leaf's, at its version."""
+        root = self._from_root
+        if root is None:  # fetch_root raised, or was not called
+            raise WrongRoundError("this leaf has not reached its root yet; retry Join")
+        spec.check_same_as(root.spec, allow_casts=True)
+        self.spec, self._from_root = root.spec, None
+        self._adopt(root, round_id=0)
+        self.version = root.version
+        return True
+
+    def _adopt(self, root: RootModel, round_id: int) -> None:
+        self.master = root.weights
+        self.published = self._publish(root.version, round_id)
+
+    def relay(self, mean: torch.Tensor, weight: float, round_id: int) -> str | None:
+        """A leaf's outer step: the group's mean goes to the root as one update.
+
+        `weight` is the group's total weight (its clients' samples, or its
+        count under equal weighting or secure aggregation): the root's
+        sample-weighted mean of group means is then the flat weighted mean
+        (`rounds.upstream`). The root's next model is published at the
+        root's version (`advance` adopts it). Returns why the round must be
+        skipped instead (the root skipped or was unreachable), or None.
+        """
+        upstream = self.upstream
+        if upstream is None:
+            raise WrongRoundError("relay needs an upstream (this is no leaf)")
+        result = upstream.exchange(mean, round(weight), self.version)
+        if isinstance(result, str):
+            return result
+        self._adopt(result, round_id)  # a new tensor: pulls may still read the old
+        return None
 
     def check_frozen(self, digest: bytes) -> None:
         """Refuse a joiner whose frozen base differs from the federation's.
@@ -257,8 +308,8 @@ class GlobalModel:
         )
 
     def advance(self) -> None:
-        """Count the version `step` published."""
-        self.version += 1
+        """Count the version `step` (or a leaf's `relay`: the root's) published."""
+        self.version = self.require_published().version
 
     def resume(
         self,
@@ -319,6 +370,12 @@ class GlobalModel:
         if self.spec is None:
             raise WrongRoundError("no client has joined yet; call Join first")
         return self.spec
+
+    def require_published(self) -> PublishedModel:
+        """The published model, or `WrongRoundError` before seeding."""
+        if self.published is None:
+            raise WrongRoundError("the model is not seeded yet")
+        return self.published
 
     def require_master(self) -> torch.Tensor:
         """The master weights, or `WrongRoundError` before seeding."""

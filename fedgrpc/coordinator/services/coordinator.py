@@ -174,7 +174,9 @@ class CoordinatorServicer:
         async def body() -> pb.JoinResponse:
             runtime, request = self.runtime, parsed(message)
             key = runtime.authenticate_join(join_proof_from_proto(request))
-            info = join_from_proto(request)
+            info, model = join_from_proto(request), runtime.engine.model
+            if model.upstream is not None and model.spec is None:
+                model.fetch_root(info.spec)  # a leaf: UNAVAILABLE until it has one
             joined = runtime.join(info, key)
             update_hash = runtime.config.update_hash_for(info.supported_hashes)
             return pb.JoinResponse(

@@ -42,6 +42,7 @@ from fedgrpc.coordinator.services.coordinator import CoordinatorServicer
 from fedgrpc.coordinator.services.http_app import DashboardServer, start_dashboard
 from fedgrpc.coordinator.services.stream_guard import StreamGuard
 from fedgrpc.coordinator.strategy.wiring import NO_PLUGINS, StagePlugins
+from fedgrpc.coordinator.tree import RootLink
 from fedgrpc.crypto.tls import ServerTLS, load_server_tls
 from fedgrpc.errors import ConfigError
 from fedgrpc.log import get_logger
@@ -85,6 +86,9 @@ class RunningCoordinator:
         """
         log.info("coordinator_stopping", address=self.address)
         await self.health_servicer.enter_graceful_shutdown()
+        upstream = self.runtime.engine.model.upstream
+        if upstream is not None:  # a leaf: wakes a round waiting on the root
+            await asyncio.to_thread(upstream.close)
         await self.runtime.stop(reason or SHUTDOWN_REASON)
         await self.server.stop(grace_s)
         await self.runtime.save_checkpoint()
@@ -175,7 +179,10 @@ def make_runtime(
         ConfigError: a bad stage or an impossible combination of stages.
     """
     mode = SecureMode if config.secure_aggregation else None
-    return CoordinatorRuntime(config, faults=faults, mode=mode, plugins=plugins)
+    runtime = CoordinatorRuntime(config, faults=faults, mode=mode, plugins=plugins)
+    if config.upstream:  # a leaf of an aggregation tree (`coordinator.tree`)
+        runtime.engine.model.upstream = RootLink(config)
+    return runtime
 
 
 def server_options(config: CoordinatorConfig) -> list[tuple[str, int]]:

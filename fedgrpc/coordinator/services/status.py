@@ -34,6 +34,7 @@ _CODES: tuple[tuple[type[errors.FedGrpcError], grpc.StatusCode], ...] = (
     (errors.TooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.IncompleteUpdateError, grpc.StatusCode.DATA_LOSS),
     (errors.ShuttingDownError, grpc.StatusCode.UNAVAILABLE),
+    (errors.UpstreamUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (errors.StreamIdleError, grpc.StatusCode.DEADLINE_EXCEEDED),
 )
 
