@@ -13,6 +13,7 @@ and then, with ‖uᵢ‖² = Gᵢᵢ:
     cosᵢ      = dotᵢ / (‖uᵢ‖ ‖g‖)                 cosine with the aggregate
     cos(i, k) = Gᵢₖ / (‖uᵢ‖ ‖uₖ‖)                  pairwise cosine
     peerᵢ     = median over k ≠ i of cos(i, k)     cosine with its peers
+    closestᵢ  = max over k ≠ i of cos(i, k)        its nearest copy
 
 (a cosine is 0 where a norm is 0). Why peers, not only the aggregate: g is
 built from uᵢ itself, so when the clients' own noise outweighs their shared
@@ -20,7 +21,10 @@ signal (small models, few inner steps), every update agrees with g through
 its own share of it. Measured (d = 5000, 6 honest + 2 sign-flipped, noise
 10x the signal): cosᵢ was 0.29 to 0.32 for every update, flipped or not,
 while peerᵢ is about +signal² for honest and -signal² for flipped ones. The
-median over peers is robust while honest clients are a majority.
+median over peers is robust while honest clients are a majority. closestᵢ
+exposes colluders who send one vector between them (ALIE and IPM as
+published give every attacker the same update): clients training on their
+own data never send copies.
 
 dᵢ² is summed from the differences rather than expanded as
 ‖uᵢ‖² - 2 dotᵢ + ‖g‖², which cancels catastrophically when uᵢ ≈ g (the
@@ -67,6 +71,8 @@ class Agreement:
     """dᵢ = ‖uᵢ - g‖₂."""
     peer_cosine: F64Array
     """peerᵢ = median over k ≠ i of cos(uᵢ, uₖ); 0 with no other update."""
+    closest_peer_cosine: F64Array
+    """closestᵢ = max over k ≠ i of cos(uᵢ, uₖ); 0 with no other update."""
     norm: F64Array
     """‖uᵢ‖₂."""
 
@@ -100,10 +106,12 @@ def measure_agreement(
     squares = np.diag(gram).copy()
     norms = np.sqrt(squares)
     g_norm = float(np.sqrt(g_square))
+    others = _peer_cosines(gram, norms)
     return Agreement(
         cosine=_cosines(dots, norms * g_norm),
         distance=np.sqrt(gaps),
-        peer_cosine=_peer_medians(gram, norms),
+        peer_cosine=np.median(others, axis=1) if n > 1 else np.zeros(n),
+        closest_peer_cosine=others.max(axis=1) if n > 1 else np.zeros(n),
         norm=norms,
     )
 
@@ -115,12 +123,9 @@ def _cosines(products: F64Array, norm_products: F64Array) -> F64Array:
     return np.clip(out, -1.0, 1.0, out=out)
 
 
-def _peer_medians(gram: F64Array, norms: F64Array) -> F64Array:
-    """peerᵢ: the median of row i of the pairwise cosines, the diagonal left out."""
+def _peer_cosines(gram: F64Array, norms: F64Array) -> F64Array:
+    """Row i: cos(uᵢ, uₖ) for every k ≠ i (n x (n - 1); n x 0 below two updates)."""
     n = norms.size
-    if n < 2:
-        return np.zeros(n, dtype=np.float64)
     pairwise = _cosines(gram, np.outer(norms, norms))
-    others = pairwise[~np.eye(n, dtype=bool)].reshape(n, n - 1)
-    peers: F64Array = np.median(others, axis=1)
-    return peers
+    others: F64Array = pairwise[~np.eye(n, dtype=bool)].reshape(n, max(n - 1, 0))
+    return others

@@ -13,16 +13,25 @@ can be 0.1):
     distance credit  Dᵢ = min(1, (κ · m_d / dᵢ)²)         κ = DISTANCE_TOLERANCE = 2
     direction credit Cᵢ = clip(peerᵢ / (λ · m_p), 0, 1)  λ = DIRECTION_TOLERANCE = 0.5
                      (Cᵢ = 1 for all when m_p <= 0: the round has no direction)
-    round score      rᵢ = Cᵢ · Dᵢ                        in [0, 1]
+    copy credit      Kᵢ = 0 if closestᵢ >= COPY_COSINE else 1   COPY_COSINE = 0.9999
+    round score      rᵢ = Cᵢ · Dᵢ · Kᵢ                   in [0, 1]
     trust score      sᵢ ← decay · sᵢ + (1 - decay) · rᵢ  (sᵢ = 1 at first)
 
 So an update up to twice the median distance, pointing at least half as
 well as the median one, scores 1; a sign-flipped update (peer < 0) scores 0;
 one scaled 10x scores (2/10)² = 0.04 (the square makes scaling cost what
-its energy does). With fewer than `MIN_SCORED_UPDATES` updates a round says
-nothing (two updates are always equally far from their median) and no score
-moves. The median scale means a minority of attackers cannot move the
-yardstick; like the robust rules, it assumes honest clients are a majority.
+its energy does). closestᵢ is the update's largest cosine with any other
+update: two clients training on their own data and batches never send the
+same vector, colluders do (ALIE and IPM as published, Baruch et al. 2019 and
+Xie et al. 2020, give all attackers one vector, sitting inside the honest
+spread where C and D cannot see it; FoolsGold, Fung et al. 2020, scores
+clients by the same pairwise similarity). Both copies score 0. Quantised
+copies stay above 0.9999 (int8 noise costs ~1e-5 of cosine); a colluder
+that adds noise of its own escapes it, and pays with a weaker attack.
+With fewer than `MIN_SCORED_UPDATES` updates a round says nothing (two
+updates are always equally far from their median) and no score moves.
+The median scale means a minority of attackers cannot move the yardstick;
+like the robust rules, it assumes honest clients are a majority.
 
 Standing (`TrustState`), decided after each scored round:
 
@@ -70,6 +79,8 @@ DISTANCE_TOLERANCE = 2.0
 """κ: full distance credit up to this many times the round's median distance."""
 DIRECTION_TOLERANCE = 0.5
 """λ: full direction credit from this fraction of the round's median cosine."""
+COPY_COSINE = 0.9999
+"""Updates this close in direction to another one are copies and score 0."""
 MIN_SCORED_UPDATES = 3
 """Rounds with fewer updates move no score: two are equidistant from their median."""
 MAX_ESCALATION = 6
@@ -99,11 +110,14 @@ class Standing:
         return min(1.0, self.score / settings.soft_threshold)
 
 
-def round_scores(direction: F64Array, distance: F64Array) -> F64Array:
-    """rᵢ = Cᵢ · Dᵢ for one round's updates (module docstring), vectorised.
+def round_scores(
+    direction: F64Array, distance: F64Array, closest: F64Array | None = None
+) -> F64Array:
+    """rᵢ = Cᵢ · Dᵢ · Kᵢ for one round's updates (module docstring), vectorised.
 
     `direction`: each update's cosine with its peers (peerᵢ); `distance`:
-    its distance to the aggregate.
+    its distance to the aggregate; `closest`: its largest cosine with another
+    update (closestᵢ; None: no copy check).
     """
     scale = float(np.median(distance))
     if scale > 0:
@@ -117,6 +131,8 @@ def round_scores(direction: F64Array, distance: F64Array) -> F64Array:
     else:
         dir_credit = np.ones_like(direction)
     scores: F64Array = dir_credit * dist_credit
+    if closest is not None:
+        scores = np.where(closest >= COPY_COSINE, 0.0, scores)
     # inf / inf (an overflowing update when most others overflow too): no credit.
     return np.nan_to_num(scores, nan=0.0)
 
@@ -211,7 +227,9 @@ class TrustBook:
         registry: Records,
     ) -> None:
         decay = self.settings.decay
-        scores = round_scores(agreement.peer_cosine, agreement.distance)
+        scores = round_scores(
+            agreement.peer_cosine, agreement.distance, agreement.closest_peer_cosine
+        )
         for row, client_id in enumerate(order):
             standing = self.standings.setdefault(client_id, Standing())
             standing.last_round_score = float(scores[row])
@@ -222,6 +240,7 @@ class TrustBook:
                 round_score=round(float(scores[row]), 4),
                 cosine=round(float(agreement.cosine[row]), 4),
                 peer_cosine=round(float(agreement.peer_cosine[row]), 4),
+                closest_peer_cosine=round(float(agreement.closest_peer_cosine[row]), 6),
             )  # fmt: skip
             self._judge(round_id, client_id, standing, registry)
 

@@ -36,7 +36,9 @@ def _record(registry: ClientRegistry, client_id: str) -> ClientRecord:
 
 def _agreement(cosine: list[float], distance: list[float]) -> Agreement:
     c, d = np.array(cosine), np.array(distance)
-    return Agreement(cosine=c, distance=d, peer_cosine=c, norm=np.ones_like(d))
+    return Agreement(
+        cosine=c, distance=d, peer_cosine=c, closest_peer_cosine=c, norm=np.ones_like(d)
+    )
 
 
 FLIPPED = _agreement([0.9, 0.8, 0.85, -0.9], [1.0, 1.2, 0.9, 3.0])
@@ -51,6 +53,15 @@ def _close(book: TrustBook, registry: ClientRegistry, round_id: int) -> None:
 def test_round_score_gives_full_credit_in_line_and_none_to_a_flipped_update() -> None:
     scores = round_scores(FLIPPED.peer_cosine, FLIPPED.distance)
     np.testing.assert_allclose(scores, [1.0, 1.0, 1.0, 0.0])
+
+
+def test_round_score_of_two_copies_is_zero_for_both_and_honest_ones_keep_it() -> None:
+    # In line with the others by direction and distance, but two send one vector.
+    direction, distance = np.full(5, 0.5), np.ones(5)
+    closest = np.array([0.62, 0.58, 0.99999, 0.99999, 0.9998])
+    scores = round_scores(direction, distance, closest)
+    np.testing.assert_allclose(scores, [1.0, 1.0, 0.0, 0.0, 1.0])
+    np.testing.assert_allclose(round_scores(direction, distance), np.ones(5))
 
 
 def test_round_score_of_a_scaled_update_is_the_squared_tolerance_ratio() -> None:

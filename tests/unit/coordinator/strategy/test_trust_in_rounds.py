@@ -28,6 +28,7 @@ from fedgrpc.coordinator.strategy.wiring import build_round_stages, trust_accumu
 from fedgrpc.errors import ConfigError, ExcludedClientError
 from tests.unit.coordinator.strategy.test_trust import ORDER, _record, _registry
 from tests.unit.coordinator.test_engine_stages import Federation
+from tests.unit.coordinator.test_engine_stages import _commit as commit_values
 from tests.unit.coordinator.test_round_engine import _close as close_round
 from tests.unit.coordinator.test_round_engine import _header
 
@@ -49,6 +50,7 @@ def test_the_pass_matches_numpy_across_several_blocks(
     updates = rng.normal(size=(n, 2500)).astype(np.float32)
     updates[1] += updates[0]  # correlated with the first: a positive peer cosine
     updates[4] = 0.0  # a zero update: cosine 0, not NaN
+    updates[3] = updates[2]  # a copy: closest peer cosine 1
     for key, update in enumerate(updates):
         spool.add_values(key, 0, update, 1.0, np.empty(0, np.float32))
         spool.commit_update(key, 1.0)
@@ -66,6 +68,11 @@ def test_the_pass_matches_numpy_across_several_blocks(
     peers = [np.median(np.delete(pairwise[i], i)) for i in range(n)]
     np.testing.assert_allclose(got.peer_cosine, peers, rtol=1e-6, atol=1e-9)
     assert got.peer_cosine[4] == 0.0  # a zero update has no direction
+    closest = [np.max(np.delete(pairwise[i], i)) for i in range(n)]
+    np.testing.assert_allclose(got.closest_peer_cosine, closest, rtol=1e-6, atol=1e-9)
+    assert got.closest_peer_cosine[2] == pytest.approx(1.0)
+    assert got.closest_peer_cosine[3] == pytest.approx(1.0)
+    assert got.closest_peer_cosine[0] < 0.9  # correlated, not a copy
     # The spool's files are untouched by the in-place differences.
     again = measure_agreement(spool.held(), torch.from_numpy(g))
     np.testing.assert_allclose(again.distance, got.distance, rtol=1e-5)
@@ -121,15 +128,46 @@ def test_the_engine_scores_spooled_rounds_and_excludes_the_flipper(
     fed = Federation(tmp_path, "abcd", aggregator="median", trust="on")
     engine = fed.engine
     d = _record(fed.registry, fed.ids["d"])
+    # Honest updates share a direction with a little noise of their own (no
+    # two are copies); d sends its own update sign-flipped.
+    rng = np.random.default_rng(5)
     for round_id in range(1, 5):
-        for name, value in (("d", -1.0), ("a", 1.0), ("b", 1.1), ("c", 0.9)):
-            fed.commit(name, value, round_id, round_id - 1)
+        for name in "dabc":
+            values = torch.from_numpy(1.0 + rng.normal(0, 0.2, 4).astype(np.float32))
+            if name == "d":
+                values = -values
+            commit_values(
+                engine, fed.registry, fed.ids[name], values, round_id, round_id - 1,
+                False,
+            )  # fmt: skip
         assert close_round(engine) is Outcome.APPLIED
     assert engine.trust is not None
     assert engine.trust.standing(d.client_id).state == "quarantined"
     assert d.excluded_until_round == 10
     with pytest.raises(ExcludedClientError, match="hard quarantine"):
         engine.admit(d, _header(d.client_id, 5, 4))
+    for name in "abc":
+        assert engine.trust.standing(fed.ids[name]).state == "trusted"
+
+
+def test_the_engine_quarantines_two_clients_sending_one_vector(tmp_path: Path) -> None:
+    # c and d collude: each round they send the same update, well inside the
+    # honest spread (ALIE's shape), which only the copy check can see.
+    fed = Federation(tmp_path, "abcde", aggregator="median", trust="on")
+    engine = fed.engine
+    rng = np.random.default_rng(6)
+    for round_id in range(1, 5):
+        honest = [1.0 + rng.normal(0, 0.2, 4).astype(np.float32) for _ in range(3)]
+        shared = np.mean(honest, axis=0)
+        for name, values in zip("abcde", [*honest, shared, shared], strict=True):
+            commit_values(
+                engine, fed.registry, fed.ids[name], torch.from_numpy(values),
+                round_id, round_id - 1, False,
+            )  # fmt: skip
+        assert close_round(engine) is Outcome.APPLIED
+    assert engine.trust is not None
+    for name in "de":
+        assert engine.trust.standing(fed.ids[name]).state == "quarantined"
     for name in "abc":
         assert engine.trust.standing(fed.ids[name]).state == "trusted"
 
