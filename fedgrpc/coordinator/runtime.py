@@ -164,7 +164,6 @@ class CoordinatorRuntime:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-        self.auth.close()
         await self.durable.close()
         self.engine.stages.close()  # the run's spool directory, if any
 

@@ -17,9 +17,11 @@ exported update.
 
 Cost, measured on this 2-core machine (shared, so noisy): SHA-256 of 1 MiB
 0.5-1.4 ms (OpenSSL with SHA-NI, 0.8-1.9 GB/s), BLAKE3 0.25-0.45 ms (one
-thread, 2.3-4.1 GB/s); both release the GIL, so callers hash big payloads
-on a worker thread (`UpdateSigner.hash`, `UpdateVerifier.hash`), Ed25519 sign
-25-70 us and verify 60-220 us of held GIL per statement (bench/signing.py).
+thread, 2.3-4.1 GB/s); both release the GIL, so other threads run while a
+payload is hashed (`UpdateSigner.hash`, `UpdateVerifier.hash`; the client
+hashes on a worker thread, the coordinator on its event loop's, which
+costs less CPU: `coordinator.ingest.signatures`), Ed25519 sign 25-70 us and
+verify 60-220 us of held GIL per statement (bench/signing.py).
 No grpc or protobuf here (tests/unit/test_layering.py): `wire` maps
 messages onto these types.
 """

@@ -99,6 +99,27 @@ def test_signing_bench_quick() -> None:
     assert "ingest_signed>=0.85x_unsigned_blake3" in goals  # measured, not asserted
 
 
+def test_round_latency_bench_quick() -> None:
+    """The round is reported against the time its bytes take at the raw rate."""
+    report = _run("round_latency.py")
+    assert report["bench"] == "round_latency"
+    raw, cases = report["raw_grpc_mb_s"], report["cases"]
+    assert isinstance(raw, float)
+    assert raw > 0
+    assert isinstance(cases, list)
+    assert len(cases) == 1
+    case = cases[0]
+    assert case["coordinator_round_bytes_ok"] is True
+    # Two clients each pull and push the fp32 model once: 4 x model_mb.
+    limit_s = 2 * case["clients"] * case["model_mb"] / raw
+    assert case["round_over_raw_limit"] == pytest.approx(
+        case["round_s_median"] / limit_s, rel=0.01
+    )
+    goals = report["goals"]
+    assert isinstance(goals, dict)
+    assert goals["round_100.7M_2clients<=1.5x_raw_limit"] is None  # not measured
+
+
 def test_clients_scale_bench_quick() -> None:
     report = _run("clients_scale.py")
     assert report["bench"] == "clients_scale"
