@@ -57,6 +57,8 @@ def check_header(
         check_claims(engine.config, header)
         engine.model.check_not_seeded()
         return
+    if engine.config.shard_count > 1:
+        check_shard(engine.config, header)
     current = engine.current
     fragment = None if current is None else current.fragment
     if fragment is None:
@@ -82,6 +84,31 @@ def check_header(
     except WrongRoundError:
         engine.goodput.refused(header)  # its training is lost
         raise
+
+
+def check_shard(config: CoordinatorConfig, header: UpdateHeaderInfo) -> None:
+    """A shard takes only updates of its own range, from sharded clients.
+
+    Equal-sized shards would take each other's ranges by length alone, so
+    the header names the shard it is for (`domain.shards`).
+
+    Raises:
+        InvalidUpdateError: another shard's range, or an unsharded client.
+    """
+    index, count = header.shard
+    mine = (config.shard_index, config.shard_count)
+    if count == 0:
+        raise InvalidUpdateError(
+            f"this coordinator is shard {mine[0]} of {mine[1]} (parameter "
+            "sharding): it takes only its own range, from a client that joined "
+            "every shard; this client sent a whole-model update (upgrade it)"
+        )
+    if (index, count) != mine:
+        raise InvalidUpdateError(
+            f"update is for shard {index} of {count}, but this coordinator is "
+            f"shard {mine[0]} of {mine[1]}: push each range to its own shard "
+            "(JoinResponse.shard_peers)"
+        )
 
 
 def open_ticket(
