@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from fedgrpc.client import DiLoCoClient
-from fedgrpc.config import CoordinatorConfig
+from fedgrpc.config import ClientConfig, CoordinatorConfig
 from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 from tests.helpers.scripted import FAST
 from tests.helpers.tree import Member, base_config
@@ -84,13 +84,15 @@ def running_shards(
         yield [stack.enter_context(serve_in_thread(c)) for c in configs]
 
 
-def join(address: str, samples: Sequence[int], seed: int) -> list[Member]:
+def join(
+    address: str, samples: Sequence[int], seed: int, config: ClientConfig = FAST
+) -> list[Member]:
     """One client per entry of `samples` (the model of this module's size)."""
     members: list[Member] = []
     for index, count in enumerate(samples):
         torch.manual_seed(seed + index)
         model = nn.Linear(IN, OUT)
-        members.append((DiLoCoClient(address, model, config=FAST), model, count))
+        members.append((DiLoCoClient(address, model, config=config), model, count))
     return members
 
 
@@ -108,8 +110,8 @@ def assembled(shards: Sequence[CoordinatorThread]) -> torch.Tensor:
     parts = []
     for shard in shards:
         engine = shard.running.runtime.engine
-        master, spec = engine.model.master, engine.model.spec
-        assert master is not None and spec is not None
+        master = engine.model.master
+        assert master is not None
         fragment = engine.current.fragment if engine.current else None
         assert fragment is not None, "a shard's rounds cover its own range"
         parts.append(master[fragment.coord_start : fragment.coord_stop].clone())

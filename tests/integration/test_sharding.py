@@ -14,6 +14,11 @@ from pathlib import Path
 
 import torch
 
+from fedgrpc.config import ClientConfig
+from fedgrpc.crypto.files import save_key_pair
+from fedgrpc.crypto.keys import PrivateKey
+from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
+from tests.helpers.eventually import eventually
 from tests.helpers.shards import (
     SIZE,
     assembled,
@@ -23,7 +28,6 @@ from tests.helpers.shards import (
     shard_configs,
 )
 from tests.helpers.tree import base_config, close_all, master_of, run_round, weights_of
-from fedgrpc.coordinator.services.in_thread import serve_in_thread
 
 ROUNDS = 4
 SAMPLES = (1, 3)
@@ -66,3 +70,62 @@ def test_two_shards_match_one_coordinator_round_by_round(tmp_path: Path) -> None
     for weights in clients:  # what the clients loaded from both shards
         assert torch.equal(weights, flat_weights[-1])
     assert float((flat_weights[-1] - initial).abs().max()) > 0.05
+
+
+PATIENT = ClientConfig(
+    rpc_timeout_s=10, round_wait_s=30, connect_timeout_s=20,
+    reconnect_initial_s=0.1, reconnect_max_s=1.0, reconnect_give_up_s=120,
+)  # fmt: skip
+"""A lost shard makes `step()` return "offline" after ~1 s of retrying; the
+client keeps training and tries again at its next sync point."""
+
+
+def test_a_shard_that_stops_mid_round_makes_the_round_skip_everywhere(
+    tmp_path: Path,
+) -> None:
+    for k in range(2):  # a restarted shard must be the same coordinator
+        save_key_pair(PrivateKey.generate(), tmp_path / "keys", f"shard{k}")
+    configs = [
+        config.replace(
+            checkpoint_dir=str(tmp_path / f"ckpt{k}"),
+            identity_key=str(tmp_path / "keys" / f"shard{k}.key"),
+        )
+        for k, config in enumerate(shard_configs(tmp_path, 2))
+    ]
+    steps = scripted(8, len(SAMPLES), seed=4)
+    with serve_in_thread(configs[0]) as leader:
+        follower = CoordinatorThread(configs[1]).start()
+        members = join(leader.address, SAMPLES, seed=10, config=PATIENT)
+        try:
+            assert run_round(members, [s[0] for s in steps]) == ["applied"] * 2
+            before = assembled([leader, follower])
+            follower.stop()  # mid-run: round 2 is open on both shards
+
+            outcomes = run_round(members, [s[1] for s in steps])
+            assert set(outcomes) <= {"offline", "skipped", "missed"}, outcomes
+            engine = leader.running.runtime.engine
+            eventually(lambda: engine.last_closed_round >= 2)
+            skipped = engine.history[-1]
+            assert skipped.outcome.value == "skipped"
+            assert "shard(s) 1 did not propose" in str(skipped.reason)
+            assert engine.model.version == 1  # nothing half-applied
+            with serve_in_thread(configs[1]) as back:  # from its checkpoint
+                assert back.running.runtime.engine.model.version == 1
+                torch.testing.assert_close(
+                    assembled([leader, back]), before, rtol=0, atol=0
+                )
+                applied_at = None
+                for r in range(2, 8):
+                    outcomes = run_round(members, [s[r] for s in steps])
+                    if outcomes == ["applied"] * 2:
+                        applied_at = r
+                        break
+                    assert "applied" not in outcomes, outcomes
+                assert applied_at is not None, "the run never resumed"
+                versions = [
+                    s.running.runtime.engine.model.version for s in (leader, back)
+                ]
+                assert versions == [2, 2]
+                assert not torch.equal(assembled([leader, back]), before)
+        finally:
+            close_all(members)

@@ -103,18 +103,26 @@ class ProposeCommitResponse(_message.Message):
 
     DECISION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    NEXT_ROUND_ID_FIELD_NUMBER: _builtins.int
     decision: Global___ProposeCommitResponse.Decision.ValueType
     reason: _builtins.str
     """Why SKIP (for the logs), e.g. "shard 1 did not propose within 30 s"."""
+    next_round_id: _builtins.int
+    """The round id every shard opens next at the earliest: one past the
+    newest round any shard proposed. A shard that restarted from an older
+    checkpoint (its round ids behind) catches up, so the shards' rounds
+    line up again instead of skipping forever.
+    """
     def __init__(
         self,
         *,
         decision: Global___ProposeCommitResponse.Decision.ValueType = ...,
         reason: _builtins.str = ...,
+        next_round_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "next_round_id", b"next_round_id", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -243,11 +243,10 @@ class RoundEngine:
         spool); either way the buffer goes back to the pool for a later round.
         """
         total = closing.total
-        veto = (
-            None
-            if self.shard_gate is None
-            else (shard_vote(self.shard_gate, closing, self.registry))
-        )
+        veto = None
+        if self.shard_gate is not None:  # before `finish_close` opens the next
+            veto, following = shard_vote(self.shard_gate, closing, self.registry)
+            self._next_round_id = max(self._next_round_id, following)
         if total is None:
             return False
         try:

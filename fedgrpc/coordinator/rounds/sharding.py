@@ -23,9 +23,10 @@ from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.domain.shards import shard_cuts, shard_ranges
 from fedgrpc.errors import ConfigError
 
-ShardGate = Callable[[int, int, tuple[str, ...], float, bool], str | None]
-"""(round, base version, committed clients, total weight, usable) -> why the
-round must skip on every shard, or None to apply it."""
+ShardGate = Callable[[int, int, tuple[str, ...], float, bool], tuple[str | None, int]]
+"""(round, base version, committed clients, total weight, usable) -> (why the
+round must skip on every shard or None to apply it, the round id to open next
+at the earliest: shards whose round ids fell behind catch up; 0: none)."""
 
 
 def cuts_for(config: CoordinatorConfig, spec: ModelSpec) -> tuple[int, ...]:
@@ -53,8 +54,8 @@ def own_range(config: CoordinatorConfig, spec: ModelSpec) -> Fragment | None:
 
 def shard_vote(
     gate: ShardGate, closing: OpenRound, registry: ClientRegistry
-) -> str | None:
-    """Ask the shards' leader about `closing`: why skip it (None: apply).
+) -> tuple[str | None, int]:
+    """Ask the shards' leader about `closing` (see `ShardGate`).
 
     Every shard votes, a round with nothing to apply too, so the leader
     never waits out its timeout for a shard that has nothing to say.

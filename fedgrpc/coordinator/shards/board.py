@@ -44,6 +44,11 @@ Decision = tuple[bool, str]
 """(apply, why not): (True, "") or (False, the reason for the logs)."""
 
 
+def next_round_id(board: CommitBoard) -> int:
+    """One past the newest round any shard proposed (see shard.proto)."""
+    return max(board.rounds_seen, default=0) + 1
+
+
 @dataclass
 class _Round:
     decision: asyncio.Future[Decision]
@@ -57,6 +62,11 @@ class CommitBoard:
         self.count = count
         self.timeout_s = timeout_s
         self._rounds: OrderedDict[int, _Round] = OrderedDict()
+
+    @property
+    def rounds_seen(self) -> tuple[int, ...]:
+        """Round ids proposed and remembered (the newest `KEPT_ROUNDS`)."""
+        return tuple(self._rounds)
 
     async def propose(self, round_id: int, proposal: Proposal) -> Decision:
         """Record `proposal` for `round_id`; wait for the round's decision."""

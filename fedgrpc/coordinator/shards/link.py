@@ -49,8 +49,12 @@ class ShardLink:
         clients: tuple[str, ...],
         total_weight: float,
         usable: bool,
-    ) -> str | None:
-        """Propose; None if the leader answered APPLY, else why the round skips."""
+    ) -> tuple[str | None, int]:
+        """Propose; returns (why the round skips, None: APPLY; next round id).
+
+        The next round id is the earliest this shard should open next (the
+        leader's advice, `ShardGate`), 0 when the leader gave none.
+        """
         request = shard_pb2.ProposeCommitRequest(
             round_id=round_id,
             base_version=base_version,
@@ -72,12 +76,13 @@ class ShardLink:
                 f"{exc.code().name} {exc.details()}"
             )
             log.warning("shard_round_unconfirmed", round=round_id, reason=reason)
-            return reason
+            return reason, 0
+        following = answer.next_round_id
         if answer.decision == shard_pb2.ProposeCommitResponse.DECISION_APPLY:
-            return None
+            return None, following
         reason = f"the shards skip round {round_id}: {answer.reason}"
         log.warning("shard_round_skipped", round=round_id, reason=answer.reason)
-        return reason
+        return reason, following
 
     def close(self) -> None:
         """Close the channel to the leader."""

@@ -15,7 +15,7 @@ import grpc
 
 from fedgrpc._proto.v1 import shard_pb2
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.shards.board import CommitBoard, Proposal
+from fedgrpc.coordinator.shards.board import CommitBoard, Proposal, next_round_id
 from fedgrpc.coordinator.shards.link import SHARD_TOKEN_HEADER
 from fedgrpc.crypto.admin_token import read_admin_token
 from fedgrpc.wire.frames import Malformed, lenient
@@ -82,7 +82,9 @@ class ShardServicer:
         )
         apply, reason = await board.propose(request.round_id, proposal)
         decision = Response.DECISION_APPLY if apply else Response.DECISION_SKIP
-        return Response(decision=decision, reason=reason)
+        return Response(
+            decision=decision, reason=reason, next_round_id=next_round_id(board)
+        )
 
 
 def add_shard_service(servicer: ShardServicer, server: grpc.aio.Server) -> None:
