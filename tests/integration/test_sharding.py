@@ -68,8 +68,11 @@ def test_two_shards_match_one_coordinator_round_by_round(tmp_path: Path) -> None
             for s in shards
         ]
         versions = [s.running.runtime.engine.model.version for s in shards]
+        status = shards[1].status()  # AdminService says which shard, which range
 
     assert versions == [ROUNDS, ROUNDS]
+    assert (status.shard_index, status.shard_count) == (1, 2)
+    assert (status.shard_range_start, status.shard_range_length) == (256, SIZE - 256)
     assert [(r.coord_start, r.coord_stop) for r in ranges if r] == [
         (0, 256),
         (256, SIZE),
