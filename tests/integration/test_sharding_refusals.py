@@ -70,6 +70,8 @@ def test_a_range_pushed_to_the_wrong_shard_is_invalid_argument(
         with pytest.raises(InvalidUpdateError, match=expected):
             sync.links[1].push(meta, part, 1024, None)
         right = dataclasses.replace(meta, shard=(1, 2))  # the same, addressed right
+        with pytest.raises(InvalidUpdateError, match="a shard takes only its own"):
+            sync.links[1].push(right, part[:256], 1024, None)  # shard 0's length
         assert sync.links[1].push(right, part, 1024, None).round_id == opened.round_id
     finally:
         close_all(members)

@@ -68,8 +68,13 @@ def check_header(
             f"update has {header.num_coordinates} coordinates but round "
             f"{current.round_id if current else 0} syncs fragment {fragment.index} "
             f"(coordinates {fragment.coord_start}..{fragment.coord_stop}, "
-            f"{fragment.num_coordinates} of them): in round_mode = 'streaming' an "
-            "update carries only its round's fragment"
+            f"{fragment.num_coordinates} of them): "
+            + (
+                "a shard takes only its own range"
+                if engine.config.shard_count > 1
+                else "in round_mode = 'streaming' an update carries only its "
+                "round's fragment"
+            )
         )
     else:
         rules.check_shape(engine.config, header.num_coordinates, header)
