@@ -254,6 +254,7 @@ class CoordinatorConfig(
             "privacy": self.privacy != "off",
             "aggregator": self.aggregator not in LEAF_AGGREGATORS,
             "upstream": bool(self.upstream),
+            "selection": self.selection != "all",
         })  # fmt: skip
 
     def _check_downlink(self) -> None:

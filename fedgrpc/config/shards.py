@@ -105,4 +105,6 @@ _WHY_NOT = {
     "aggregator": "only 'mean' is coordinate-wise over ranges that every shard "
     "averages alone (robust aggregators rank whole updates)",
     "upstream": "a shard cannot also be a tree leaf (not supported yet)",
+    "selection": "each shard would pick its own clients, so their sets would "
+    "differ and every round would skip; shards take every client ('all')",
 }

@@ -92,6 +92,7 @@ def test_serve_flags_and_toml_set_the_shard_keys(tmp_path: Path) -> None:
         ({"downlink_codec": "dense:int8"}, "downlink_codec"),
         ({"aggregator": "median"}, "aggregator"),
         ({"upstream": "127.0.0.1:9999"}, "upstream"),
+        ({"selection": "random", "clients_per_round": 2}, "selection"),
         ({"secure_aggregation": True, "codec": "dense:int8", "min_clients": 3},
          "secure_aggregation"),
     ],
