@@ -10,9 +10,11 @@ same order, so the sharded weights equal the flat ones.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from fedgrpc.config import ClientConfig
 from fedgrpc.coordinator.rounds.sharding import own_range
@@ -20,7 +22,10 @@ from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_t
 from fedgrpc.crypto.files import save_key_pair
 from fedgrpc.crypto.keys import PrivateKey
 from tests.helpers.eventually import eventually
+from tests.helpers.scripted import flat
 from tests.helpers.shards import (
+    IN,
+    OUT,
     SIZE,
     assembled,
     join,
@@ -137,5 +142,29 @@ def test_a_shard_that_stops_mid_round_makes_the_round_skip_everywhere(
                 ]
                 assert versions == [2, 2]
                 assert not torch.equal(assembled([leader, back]), before)
+        finally:
+            close_all(members)
+
+
+def test_without_an_initial_model_the_first_client_seeds_every_shard(
+    tmp_path: Path,
+) -> None:
+    configs = [  # `replace` ignores "": unset init_model with dataclasses
+        dataclasses.replace(c, init_model="", seed_from_first_client=True)
+        for c in shard_configs(tmp_path, 2)
+    ]
+    steps = scripted(2, len(SAMPLES), seed=5)
+    with running_shards(configs) as shards:
+        members = join(shards[0].address, SAMPLES, seed=20)
+        try:
+            torch.manual_seed(20)  # client 0's own weights: it joined first
+            first = flat(nn.Linear(IN, OUT))
+            assert torch.equal(assembled(shards), first)  # both ranges seeded
+            for r in range(2):
+                assert run_round(members, [s[r] for s in steps]) == ["applied"] * 2
+            versions = [s.running.runtime.engine.model.version for s in shards]
+            assert versions == [2, 2]
+            for weights in weights_of(members):
+                assert torch.equal(weights, assembled(shards))
         finally:
             close_all(members)
