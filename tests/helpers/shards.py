@@ -30,6 +30,12 @@ SIZE = IN * OUT + OUT
 """930 parameters: with chunk_bytes 1024 (256-coordinate blocks), two shards
 of 256 and 674 coordinates (unequal: a misplaced range shows)."""
 TOKEN = "s" * 40
+PATIENT = ClientConfig(
+    rpc_timeout_s=10, round_wait_s=30, connect_timeout_s=20,
+    reconnect_initial_s=0.1, reconnect_max_s=1.0, reconnect_give_up_s=120,
+)  # fmt: skip
+"""A lost shard makes `step()` return "offline" after ~1 s of retrying; the
+client keeps training and tries again at its next sync point."""
 
 
 def free_port() -> int:

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fedgrpc.config import ClientConfig
 from fedgrpc.coordinator.rounds.sharding import own_range
 from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
 from fedgrpc.crypto.files import save_key_pair
@@ -26,6 +25,7 @@ from tests.helpers.scripted import flat
 from tests.helpers.shards import (
     IN,
     OUT,
+    PATIENT,
     SIZE,
     assembled,
     join,
@@ -85,14 +85,6 @@ def test_two_shards_match_one_coordinator_round_by_round(tmp_path: Path) -> None
     for weights in clients:  # what the clients loaded from both shards
         assert torch.equal(weights, flat_weights[-1])
     assert float((flat_weights[-1] - initial).abs().max()) > 0.05
-
-
-PATIENT = ClientConfig(
-    rpc_timeout_s=10, round_wait_s=30, connect_timeout_s=20,
-    reconnect_initial_s=0.1, reconnect_max_s=1.0, reconnect_give_up_s=120,
-)  # fmt: skip
-"""A lost shard makes `step()` return "offline" after ~1 s of retrying; the
-client keeps training and tries again at its next sync point."""
 
 
 def test_a_shard_that_stops_mid_round_makes_the_round_skip_everywhere(
