@@ -49,6 +49,7 @@ from _util import (
 from shard_layouts import Harness, measure_shards, sharding_goals
 
 CLIENTS = 4
+SHARD_COUNTS = "1,2,4"
 LEAVES = 2
 SERVE_FLAGS = ("--inner-steps", "1", "--log-format", "json", "--log-level",
                "WARNING", "--open-enrollment", "--weighting", "samples",
@@ -172,14 +173,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="rounds per layout, the first a warm-up")  # fmt: skip
     parser.add_argument("--quick", action="store_true",
                         help="2M x 2 rounds smoke, 1 and 2 shards")  # fmt: skip
-    parser.add_argument("--shards", default="1,2,4",
+    parser.add_argument("--shards", default=SHARD_COUNTS,
                         help="shard counts to run, the first the baseline "
                         "(default 1,2,4; empty: skip the sharding half)")  # fmt: skip
     parser.add_argument("--skip-tree", action="store_true",
                         help="run only the sharding half")  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:  # 2M: four shards of whole 1 MiB blocks
-        args.params, args.rounds, args.shards = "2M", 2, "1,2"
+        args.params, args.rounds = "2M", 2
+        args.shards = "1,2" if args.shards == SHARD_COUNTS else args.shards
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
     return args
