@@ -1,12 +1,13 @@
-"""Outgrowing one coordinator (issue 19): the two-leaf aggregation tree vs flat.
+"""Outgrowing one coordinator (issue 19): aggregation trees and parameter shards.
 
-Only the tree part of the issue's bench is here (parameter sharding is later
-work). One run measures, on this machine, with every coordinator a
+One run measures, on this machine, with every coordinator a
 `fedgrpc serve` process and every client its own process (H = 1, dense
 float32 updates, `weighting = samples`):
 
 * flat: one coordinator, 4 clients;
-* tree: a root and L = 2 leaves (`--upstream`), 2 clients per leaf.
+* tree: a root and L = 2 leaves (`--upstream`), 2 clients per leaf;
+* shards: 1, 2 and 4 shards (`--shard I/N`), 4 clients each pushing every
+  range to its shard (`shard_layouts`; `--shards` picks the counts).
 
 Per coordinator: inbound update bytes per round (from GetStatus), CPU
 seconds per round (utime + stime over the clients' whole session, joins
@@ -45,8 +46,10 @@ from _util import (
     start_coordinator,
     stop_all,
 )
+from shard_layouts import Harness, measure_shards, sharding_goals
 
 CLIENTS = 4
+SHARD_COUNTS = "1,2,4"
 LEAVES = 2
 SERVE_FLAGS = ("--inner-steps", "1", "--log-format", "json", "--log-level",
                "WARNING", "--open-enrollment", "--weighting", "samples",
@@ -168,10 +171,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="model parameters (the issue's: 100.7M)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds per layout, the first a warm-up")  # fmt: skip
-    parser.add_argument("--quick", action="store_true", help="1M x 2 rounds smoke")
+    parser.add_argument("--quick", action="store_true",
+                        help="2M x 2 rounds smoke, 1 and 2 shards")  # fmt: skip
+    parser.add_argument("--shards", default=SHARD_COUNTS,
+                        help="shard counts to run, the first the baseline "
+                        "(default 1,2,4; empty: skip the sharding half)")  # fmt: skip
+    parser.add_argument("--skip-tree", action="store_true",
+                        help="run only the sharding half")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.quick:
-        args.params, args.rounds = "1M", 2
+    if args.quick:  # 2M: four shards of whole 1 MiB blocks
+        args.params, args.rounds = "2M", 2
+        args.shards = "1,2" if args.shards == SHARD_COUNTS else args.shards
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
     return args
@@ -181,6 +191,43 @@ def main() -> None:
     args = parse_args()
     params = parse_size(args.params)
     update_mb = params * 4 / MB
+    report: dict[str, Any] = {"bench": "shards"}
+    if not args.skip_tree:
+        report.update(tree_half(params, args.rounds))
+    counts = [int(n) for n in args.shards.split(",") if n.strip()]
+    if counts:
+        report.update(sharding_half(counts, params, args.rounds))
+    report.update({
+        "params": params,
+        "params_issue": parse_size("100.7M"),
+        "size_note": "measured at --params; the issue asks 100.7M",
+        "clients": CLIENTS,
+        "rounds": args.rounds,
+        "update_mb": update_mb,
+        "machine": {"cpus": os.cpu_count(), "load_avg": os.getloadavg()},
+    })  # fmt: skip
+    print(json.dumps(rounded(report), indent=2))
+
+
+HARNESS = Harness(
+    SERVE_FLAGS, client_main, cpu_seconds, coordinator_view, write_init_model
+)
+
+
+def sharding_half(counts: list[int], params: int, rounds: int) -> dict[str, Any]:
+    """1, 2, 4 shards (`shard_layouts`): per-shard CPU, RSS, round time."""
+    runs = []
+    for count in counts:
+        with tempfile.TemporaryDirectory(prefix="fedgrpc-shards-") as tmp:
+            log("shards", f"{count} shard(s): {CLIENTS} clients, {params} parameters")
+            runs.append(
+                measure_shards(HARNESS, count, params, rounds, CLIENTS, Path(tmp))
+            )
+    return {"sharding": runs, "sharding_goals": sharding_goals(runs)}
+
+
+def tree_half(params: int, rounds: int) -> dict[str, Any]:
+    """Flat against a root with two leaves: the root's inbound bytes."""
     per_leaf = CLIENTS // LEAVES
     flat_layout = [("flat", "", CLIENTS)]
     tree_layout = [("root", "", 0)] + [
@@ -188,32 +235,23 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory(prefix="fedgrpc-shards-") as tmp:
         log("shards", f"flat: {CLIENTS} clients, {params} parameters")
-        flat = measure(flat_layout, params, args.rounds, Path(tmp))
+        flat = measure(flat_layout, params, rounds, Path(tmp))
     with tempfile.TemporaryDirectory(prefix="fedgrpc-shards-") as tmp:
         log("shards", f"tree: root + {LEAVES} leaves x {per_leaf} clients")
-        tree = measure(tree_layout, params, args.rounds, Path(tmp))
+        tree = measure(tree_layout, params, rounds, Path(tmp))
     flat_mb = statistics.median(flat["flat"]["round_mb"])
     root_mb = statistics.median(tree["root"]["round_mb"])
     ratio = root_mb / flat_mb
-    report = {
-        "bench": "shards",
-        "part": "aggregation tree vs flat (parameter sharding: not implemented)",
-        "params": params,
-        "params_issue": parse_size("100.7M"),
-        "size_note": "measured at --params; the issue asks 100.7M",
-        "clients": CLIENTS,
+    return {
+        "part": "aggregation tree vs flat, and parameter shards",
         "leaves": LEAVES,
-        "rounds": args.rounds,
-        "update_mb": update_mb,
         "flat": flat,
         "tree": tree,
         "root_inbound_mb_per_round": root_mb,
         "flat_inbound_mb_per_round": flat_mb,
         "root_inbound_ratio": ratio,
         "goals": {"root_inbound_le_1_over_L": ratio <= 1 / LEAVES + 1e-9},
-        "machine": {"cpus": os.cpu_count()},
     }
-    print(json.dumps(rounded(report), indent=2))
 
 
 if __name__ == "__main__":

@@ -8,13 +8,15 @@ round-stage flags of `cli_flags.STAGE_FLAGS`), `LIMIT_FLAGS`
 (`config.limits`), `ACCESS_FLAGS` (`config.access`), `PRIVACY_FLAGS`
 (`config.privacy`: client-level DP and the run's budget) and
 `DISTRIBUTED_PRIVACY_FLAGS` (`config.privacy`, distributed DP's own keys)
-and `TREE_FLAGS` (`config.tree`, a leaf's link to its root).
+and `TREE_FLAGS` (`config.tree`, a leaf's link to its root); sharding's
+`SHARD_FLAGS` live in `cli_shard_flags`.
 A flag's dest is the config field it sets; tests check every field has one.
 """
 
 from __future__ import annotations
 
 from fedgrpc.cli_flags import STAGE_FLAGS, Flag
+from fedgrpc.cli_shard_flags import SHARD_FLAGS
 from fedgrpc.config import OUTER_OPTIMIZERS, CoordinatorConfig
 
 _D = CoordinatorConfig()
@@ -393,5 +395,6 @@ TREE_FLAGS = (
 SERVE_FLAGS = (
     *CORE_FLAGS, *ROUND_MODE_FLAGS, *ROBUSTNESS_FLAGS, *LIMIT_FLAGS,
     *ACCESS_FLAGS, *PRIVACY_FLAGS, *DISTRIBUTED_PRIVACY_FLAGS, *TREE_FLAGS,
+    *SHARD_FLAGS,
 )  # fmt: skip
 """Every `fedgrpc serve` flag, in --help order."""

@@ -19,21 +19,20 @@ from typing import Self
 
 import torch
 
-from fedgrpc.client.compressed import CompressedUpdates
 from fedgrpc.client.connection import Connection
 from fedgrpc.client.connection.join import Federation, JoinSettings
 from fedgrpc.client.connection.link import CoordinatorLink
-from fedgrpc.client.connection.push import UpdateEncoder
 from fedgrpc.client.connection.session import SessionEvents
 from fedgrpc.client.evaluation import EvaluateFn, GlobalEval, GlobalEvaluation
 from fedgrpc.client.lifecycle import leave, weak_attach
 from fedgrpc.client.reconnect import Reconnector
 from fedgrpc.client.secure import SecureMode
+from fedgrpc.client.sharded import ShardedSync, build_sync, whole_encoder
 from fedgrpc.client.streaming import StreamingSync
 from fedgrpc.client.sync import SyncOutcome, SyncPoint
 from fedgrpc.client.transform import UpdateTransform
 from fedgrpc.client.weights import LocalRun
-from fedgrpc.compress import CodecConfig, Dense
+from fedgrpc.compress import CodecConfig
 from fedgrpc.config import ClientConfig
 from fedgrpc.errors import ConfigError, IncompatibleClientError
 from fedgrpc.log import get_logger
@@ -135,12 +134,14 @@ class DiLoCoClient:
         self._secure: SecureMode | None = None
         """Secure aggregation, held once a Join announced it."""
         self._update_transform = update_transform
-        settings = JoinSettings(inner_steps, compression, self._local.frozen_sha256)
+        self._settings = JoinSettings(
+            inner_steps, compression, self._local.frozen_sha256
+        )
         try:
             self._connection = Connection(
                 target,
                 self._local.spec,
-                settings,
+                self._settings,
                 self._config,
                 attach=weak_attach(weakref.ref(self)),
             )
@@ -197,19 +198,13 @@ class DiLoCoClient:
             seed=federation.seed_model,
             update_hash=federation.update_hash,
         )
-        compressed: UpdateEncoder | None = None
-        n = self._local.spec.num_coordinates
-        streaming = federation.round_mode == "streaming"
-        if self._secure is not None:  # masked rounds (client.secure)
-            compressed = self._secure.updates
-        elif federation.codec != Dense(values="fp32") and not streaming:
-            compressed = CompressedUpdates(
-                federation.codec, n, federation.chunk_bytes,
-                federation.feedback_decay, self._config.max_update_norm,
-            )  # fmt: skip
-        kind = StreamingSync if streaming else SyncPoint  # one encoder per fragment
-        sync = kind(self._connection, federation, self._local, self._config)
-        sync.compressed = compressed
+        secure = None if self._secure is None else self._secure.updates
+        sync = build_sync(
+            self._connection, federation, self._local, self._config, self._settings
+        )
+        sync.compressed = whole_encoder(
+            sync, federation, self._config, secure, self._local.spec.num_coordinates
+        )
         sync.update_transform = self._update_transform
         sync.record_dp = None if self._record_dp is None else self._record_dp.claim
         sync.evaluation = self._evaluation
@@ -324,7 +319,7 @@ class DiLoCoClient:
         self._closed = True
         self._leave_once()
         sync = getattr(self, "_sync", None)  # absent if the join failed
-        if isinstance(sync, StreamingSync):
+        if isinstance(sync, StreamingSync | ShardedSync):
             sync.close()  # after the leave: a fragment in flight fails fast
 
     def __enter__(self) -> Self:

@@ -25,6 +25,7 @@ from fedgrpc.config.outer import OuterOptimizerName
 from fedgrpc.config.privacy import PrivacySettings
 from fedgrpc.config.robustness import RobustnessSettings
 from fedgrpc.config.rounds import RoundModeSettings
+from fedgrpc.config.shards import ShardSettings
 from fedgrpc.config.tree import LEAF_AGGREGATORS, TreeSettings
 from fedgrpc.domain.chunks import (
     DEFAULT_CHUNK_BYTES,
@@ -50,6 +51,7 @@ class CoordinatorConfig(
     RoundModeSettings,
     HttpSettings,
     TreeSettings,
+    ShardSettings,
 ):
     """Everything `fedgrpc serve` needs; one TOML table `[coordinator]`.
 
@@ -244,6 +246,15 @@ class CoordinatorConfig(
             "checkpoint_dir": bool(self.checkpoint_dir),
             "aggregator": self.aggregator not in LEAF_AGGREGATORS,
             "round_mode": self.round_mode != "sync",
+        })  # fmt: skip
+        self._check_shards({
+            "secure_aggregation": self.secure_aggregation,
+            "round_mode": self.round_mode != "sync",
+            "downlink_codec": self.downlink_codec_config is not None,
+            "privacy": self.privacy != "off",
+            "aggregator": self.aggregator not in LEAF_AGGREGATORS,
+            "upstream": bool(self.upstream),
+            "selection": self.selection != "all",
         })  # fmt: skip
 
     def _check_downlink(self) -> None:

@@ -71,6 +71,9 @@ class UpdateHeaderInfo:
     eval_version: int = 0
     hash_name: HashName = "sha256"
     """The hash of its chain ("sha256" when the header names none)."""
+    shard: tuple[int, int] = (0, 0)
+    """(shard index, shard count) the update's range is for; (0, 0): an
+    unsharded client (`domain.shards`)."""
 
 
 @dataclass(frozen=True, slots=True)

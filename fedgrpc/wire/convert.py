@@ -206,6 +206,7 @@ def header_from_proto(header: coordinator_pb2.UpdateHeader) -> UpdateHeaderInfo:
         eval_loss=header.eval_loss if header.HasField("eval_loss") else None,
         eval_version=header.eval_version,
         hash_name=hash_name,
+        shard=(header.shard_index, header.shard_count),
     )
 
 

@@ -362,7 +362,7 @@ def test_heterogeneous_bench_quick_compares_every_round_mode_and_resumes(
 
 
 def test_shards_bench_quick_reports_the_trees_root_inbound_bytes() -> None:
-    report = _run("shards.py")
+    report = _run("shards.py", "--shards", "")
     assert report["bench"] == "shards"
     tree = report["tree"]
     assert isinstance(tree, dict)
@@ -371,3 +371,19 @@ def test_shards_bench_quick_reports_the_trees_root_inbound_bytes() -> None:
     # Byte counts, not timings: one dense update per leaf instead of per client.
     assert report["root_inbound_ratio"] == 0.5
     assert report["goals"] == {"root_inbound_le_1_over_L": True}
+
+
+@pytest.mark.timeout(200)
+def test_shards_bench_quick_reports_each_shards_range_of_the_bytes() -> None:
+    # Parameter shards (1 and 2 at --quick): every round applied on every
+    # shard, and the shards' inbound bytes add up to the one shard's.
+    report = _run("shards.py", "--skip-tree")
+    assert "tree" not in report
+    runs = report["sharding"]
+    assert isinstance(runs, list)
+    assert [run["shards"] for run in runs] == [1, 2]
+    one, two = (run["per_shard"] for run in runs)
+    assert [s["model_version"] for s in one + two] == [2, 2, 2]
+    total = sum(s["inbound_mb_per_round"] for s in two)
+    assert abs(total - one[0]["inbound_mb_per_round"]) < 1e-2 * total  # rounded
+    assert abs(sum(s["range_mb"] for s in two) - one[0]["range_mb"]) < 1e-2

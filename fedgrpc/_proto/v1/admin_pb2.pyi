@@ -393,6 +393,10 @@ class GetStatusResponse(_message.Message):
     GOODPUT_FIELD_NUMBER: _builtins.int
     COMPUTE_OFFERED_S_FIELD_NUMBER: _builtins.int
     COMPUTE_APPLIED_S_FIELD_NUMBER: _builtins.int
+    SHARD_INDEX_FIELD_NUMBER: _builtins.int
+    SHARD_COUNT_FIELD_NUMBER: _builtins.int
+    SHARD_RANGE_START_FIELD_NUMBER: _builtins.int
+    SHARD_RANGE_LENGTH_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Id of this training run."""
     round_id: _builtins.int
@@ -478,6 +482,15 @@ class GetStatusResponse(_message.Message):
     """Training seconds reported with committed or refused updates."""
     compute_applied_s: _builtins.float
     """The part of compute_offered_s in applied rounds."""
+    shard_index: _builtins.int
+    """Parameter sharding (`shard = "I/N"`): this coordinator is shard
+    `shard_index` of `shard_count` (0 and 1 when unsharded) and owns the
+    coordinates shard_range_start .. shard_range_start + shard_range_length
+    of the flat vector (0 and 0 before the model's spec is known).
+    """
+    shard_count: _builtins.int
+    shard_range_start: _builtins.int
+    shard_range_length: _builtins.int
     @_builtins.property
     def round_config(self) -> _common_pb2.RoundConfig:
         """The round configuration."""
@@ -531,10 +544,14 @@ class GetStatusResponse(_message.Message):
         goodput: _builtins.float = ...,
         compute_offered_s: _builtins.float = ...,
         compute_applied_s: _builtins.float = ...,
+        shard_index: _builtins.int = ...,
+        shard_count: _builtins.int = ...,
+        shard_range_start: _builtins.int = ...,
+        shard_range_length: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["round_config", b"round_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "clients", b"clients", "clients_truncated", b"clients_truncated", "compute_applied_s", b"compute_applied_s", "compute_offered_s", b"compute_offered_s", "coordinator_key_sha256", b"coordinator_key_sha256", "dense_fallback_rounds", b"dense_fallback_rounds", "dp_accountant", b"dp_accountant", "dp_clip_norm", b"dp_clip_norm", "dp_noise_multiplier", b"dp_noise_multiplier", "goodput", b"goodput", "guard_trips", b"guard_trips", "max_epsilon", b"max_epsilon", "model_sha256", b"model_sha256", "model_version", b"model_version", "next_page_token", b"next_page_token", "norm_guard_history", b"norm_guard_history", "norm_guard_trips", b"norm_guard_trips", "not_serving", b"not_serving", "not_serving_reason", b"not_serving_reason", "num_parameters", b"num_parameters", "open_enrollment", b"open_enrollment", "phase", b"phase", "privacy", b"privacy", "privacy_delta", b"privacy_delta", "privacy_epsilon", b"privacy_epsilon", "recent_rounds", b"recent_rounds", "round_config", b"round_config", "round_id", b"round_id", "round_mode", b"round_mode", "round_nonce", b"round_nonce", "run_id", b"run_id", "secure_aggregation", b"secure_aggregation", "total_clients", b"total_clients", "uptime_s", b"uptime_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "clients", b"clients", "clients_truncated", b"clients_truncated", "compute_applied_s", b"compute_applied_s", "compute_offered_s", b"compute_offered_s", "coordinator_key_sha256", b"coordinator_key_sha256", "dense_fallback_rounds", b"dense_fallback_rounds", "dp_accountant", b"dp_accountant", "dp_clip_norm", b"dp_clip_norm", "dp_noise_multiplier", b"dp_noise_multiplier", "goodput", b"goodput", "guard_trips", b"guard_trips", "max_epsilon", b"max_epsilon", "model_sha256", b"model_sha256", "model_version", b"model_version", "next_page_token", b"next_page_token", "norm_guard_history", b"norm_guard_history", "norm_guard_trips", b"norm_guard_trips", "not_serving", b"not_serving", "not_serving_reason", b"not_serving_reason", "num_parameters", b"num_parameters", "open_enrollment", b"open_enrollment", "phase", b"phase", "privacy", b"privacy", "privacy_delta", b"privacy_delta", "privacy_epsilon", b"privacy_epsilon", "recent_rounds", b"recent_rounds", "round_config", b"round_config", "round_id", b"round_id", "round_mode", b"round_mode", "round_nonce", b"round_nonce", "run_id", b"run_id", "secure_aggregation", b"secure_aggregation", "shard_count", b"shard_count", "shard_index", b"shard_index", "shard_range_length", b"shard_range_length", "shard_range_start", b"shard_range_start", "total_clients", b"total_clients", "uptime_s", b"uptime_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -255,6 +255,9 @@ class JoinResponse(_message.Message):
     ROUND_NONCE_FIELD_NUMBER: _builtins.int
     LAST_UPDATE_ROUND_FIELD_NUMBER: _builtins.int
     LAST_APPLIED_ROUND_FIELD_NUMBER: _builtins.int
+    SHARD_INDEX_FIELD_NUMBER: _builtins.int
+    SHARD_PEERS_FIELD_NUMBER: _builtins.int
+    SHARD_BOUNDS_FIELD_NUMBER: _builtins.int
     RUN_FINISHED_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """Id the coordinator assigned to this client; stable for the connection."""
@@ -285,6 +288,10 @@ class JoinResponse(_message.Message):
     last_update_round == last_applied_round: that update counted; a higher
     last_update_round: it is in a round still open, or one that was skipped.
     """
+    shard_index: _builtins.int
+    """Parameter sharding (`shard = "I/N"` with N > 1; all three empty when the
+    coordinator is not sharded). This coordinator is shard `shard_index`.
+    """
     run_finished: _builtins.bool
     """The run already finished (its last round, max_rounds, closed): no round
     opens again. The client may pull the final model (model_version) and
@@ -302,6 +309,20 @@ class JoinResponse(_message.Message):
     def coordinator_key(self) -> _common_pb2.PublicKeyRecord:
         """The coordinator's public key (as in GetJoinChallengeResponse)."""
 
+    @_builtins.property
+    def shard_peers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every shard's host:port in shard order (index 0: the leader); a client
+        joins each and streams range k to shard k. Every shard answers the same.
+        """
+
+    @_builtins.property
+    def shard_bounds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The N+1 coordinate cuts: shard k owns coordinates
+        shard_bounds[k] .. shard_bounds[k+1] of the flat vector, whole codec
+        blocks each. A shard's model SHA-256 (ModelHeader.weights_sha256, and the
+        base an update names) covers only its own range's native bytes.
+        """
+
     def __init__(
         self,
         *,
@@ -317,11 +338,14 @@ class JoinResponse(_message.Message):
         round_nonce: _builtins.bytes = ...,
         last_update_round: _builtins.int = ...,
         last_applied_round: _builtins.int = ...,
+        shard_index: _builtins.int = ...,
+        shard_peers: _abc.Iterable[_builtins.str] | None = ...,
+        shard_bounds: _abc.Iterable[_builtins.int] | None = ...,
         run_finished: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["coordinator_key", b"coordinator_key", "model_spec", b"model_spec", "round_config", b"round_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "coordinator_key", b"coordinator_key", "current_round", b"current_round", "last_applied_round", b"last_applied_round", "last_update_round", b"last_update_round", "model_spec", b"model_spec", "model_version", b"model_version", "round_config", b"round_config", "round_nonce", b"round_nonce", "run_finished", b"run_finished", "run_id", b"run_id", "seed_model", b"seed_model", "session_token", b"session_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "coordinator_key", b"coordinator_key", "current_round", b"current_round", "last_applied_round", b"last_applied_round", "last_update_round", b"last_update_round", "model_spec", b"model_spec", "model_version", b"model_version", "round_config", b"round_config", "round_nonce", b"round_nonce", "run_finished", b"run_finished", "run_id", b"run_id", "seed_model", b"seed_model", "session_token", b"session_token", "shard_bounds", b"shard_bounds", "shard_index", b"shard_index", "shard_peers", b"shard_peers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -779,6 +803,8 @@ class UpdateHeader(_message.Message):
     EVAL_LOSS_FIELD_NUMBER: _builtins.int
     EVAL_VERSION_FIELD_NUMBER: _builtins.int
     HASH_ALGORITHM_FIELD_NUMBER: _builtins.int
+    SHARD_INDEX_FIELD_NUMBER: _builtins.int
+    SHARD_COUNT_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """Client id from JoinResponse."""
     session_token: _builtins.bytes
@@ -842,6 +868,13 @@ class UpdateHeader(_message.Message):
     SHA256: SHA-256, as before this field. A coordinator run with
     `update_hash = "sha256"` refuses BLAKE3 updates (INVALID_ARGUMENT).
     """
+    shard_index: _builtins.int
+    """Parameter sharding: the shard this update's range belongs to, and the
+    shard count the client joined with (0: an unsharded client). A shard
+    refuses an update for another shard, or from an unsharded client,
+    with INVALID_ARGUMENT.
+    """
+    shard_count: _builtins.int
     def __init__(
         self,
         *,
@@ -864,10 +897,12 @@ class UpdateHeader(_message.Message):
         eval_loss: _builtins.float | None = ...,
         eval_version: _builtins.int = ...,
         hash_algorithm: _common_pb2.HashAlgorithm.ValueType = ...,
+        shard_index: _builtins.int = ...,
+        shard_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_compute_s", b"_compute_s", "_eval_loss", b"_eval_loss", "_record_dp_delta", b"_record_dp_delta", "_record_dp_epsilon", b"_record_dp_epsilon", "_record_dp_steps", b"_record_dp_steps", "compute_s", b"compute_s", "eval_loss", b"eval_loss", "record_dp_delta", b"record_dp_delta", "record_dp_epsilon", b"record_dp_epsilon", "record_dp_steps", b"record_dp_steps"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_compute_s", b"_compute_s", "_eval_loss", b"_eval_loss", "_record_dp_delta", b"_record_dp_delta", "_record_dp_epsilon", b"_record_dp_epsilon", "_record_dp_steps", b"_record_dp_steps", "base_model_sha256", b"base_model_sha256", "base_version", b"base_version", "client_id", b"client_id", "codec", b"codec", "compute_s", b"compute_s", "eval_loss", b"eval_loss", "eval_version", b"eval_version", "hash_algorithm", b"hash_algorithm", "kind", b"kind", "num_coordinates", b"num_coordinates", "num_samples", b"num_samples", "record_dp_delta", b"record_dp_delta", "record_dp_epsilon", b"record_dp_epsilon", "record_dp_steps", b"record_dp_steps", "round_id", b"round_id", "round_nonce", b"round_nonce", "session_token", b"session_token", "signature", b"signature", "train_loss", b"train_loss"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_compute_s", b"_compute_s", "_eval_loss", b"_eval_loss", "_record_dp_delta", b"_record_dp_delta", "_record_dp_epsilon", b"_record_dp_epsilon", "_record_dp_steps", b"_record_dp_steps", "base_model_sha256", b"base_model_sha256", "base_version", b"base_version", "client_id", b"client_id", "codec", b"codec", "compute_s", b"compute_s", "eval_loss", b"eval_loss", "eval_version", b"eval_version", "hash_algorithm", b"hash_algorithm", "kind", b"kind", "num_coordinates", b"num_coordinates", "num_samples", b"num_samples", "record_dp_delta", b"record_dp_delta", "record_dp_epsilon", b"record_dp_epsilon", "record_dp_steps", b"record_dp_steps", "round_id", b"round_id", "round_nonce", b"round_nonce", "session_token", b"session_token", "shard_count", b"shard_count", "shard_index", b"shard_index", "signature", b"signature", "train_loss", b"train_loss"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__compute_s: _TypeAlias = _typing.Literal["compute_s"]  # noqa: Y015
     _WhichOneofArgType__compute_s: _TypeAlias = _typing.Literal["_compute_s", b"_compute_s"]  # noqa: Y015

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import torch
 
 from fedgrpc.client.connection.join import (
+    ClientIdentity,
     Federation,
     JoinSettings,
     check_same_federation,
@@ -162,11 +163,14 @@ class Connection:
         settings: JoinSettings,
         config: ClientConfig,
         attach: Attach | None = None,
+        identity: ClientIdentity | None = None,
     ) -> None:
         """Start the loop; nothing is dialled before `join`.
 
-        `attach` is given to every link this connection makes (see `Attach`).
+        `attach` is given to every link this connection makes (see `Attach`);
+        `identity` is the key the first Join uses (None: `config`'s).
         """
+        self._identity = identity
         self.target, self._spec, self._settings = target, spec, settings
         self._config, self._attach = config, attach
         self._link: CoordinatorLink | None = None
@@ -193,8 +197,9 @@ class Connection:
         """
         config = self._config
         connect = CoordinatorLink.connect(
-            self.target, self._spec, self._settings, config, attach=self._attach
-        )
+            self.target, self._spec, self._settings, config,
+            attach=self._attach, identity=self._identity,
+        )  # fmt: skip
         wait_s = config.connect_timeout_s + config.rpc_timeout_s
         self._link, federation = call(self._loop, connect, wait_s)
         self._spec = self._link.spec  # the federation's, for every re-join

@@ -189,6 +189,12 @@ class Federation:
     chunk_signatures_optional: bool = False
     """Chunks may go unsigned, the commit's signature covering their chain
     (RoundConfig.chunk_signatures_optional; False with older coordinators)."""
+    shard_index: int = 0
+    """Parameter sharding: the shard this Join reached (`domain.shards`)."""
+    shard_peers: tuple[str, ...] = ()
+    """Every shard's address in shard order; () unsharded."""
+    shard_bounds: tuple[int, ...] = ()
+    """The N+1 coordinate cuts of the shards' ranges; () unsharded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +295,9 @@ def federation_from(
         # Never one we did not offer; an unknown number cannot be honoured.
         update_hash=HASH_FROM_PROTO.get(round_config.update_hash, "sha256"),
         chunk_signatures_optional=round_config.chunk_signatures_optional,
+        shard_index=response.shard_index,
+        shard_peers=tuple(response.shard_peers),
+        shard_bounds=tuple(response.shard_bounds),
     )
 
 

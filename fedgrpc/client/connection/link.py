@@ -100,6 +100,7 @@ class CoordinatorLink:
         spec: ModelSpec,
         config: ClientConfig,
         resume: Resume | None = None,
+        identity: ClientIdentity | None = None,
     ) -> None:
         self.target = target
         self.spec = spec
@@ -107,7 +108,8 @@ class CoordinatorLink:
         self._channel = channel
         self.stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         self.push_method = push_method(channel)
-        self.identity = resume.identity if resume else load_client_identity(config)
+        given = resume.identity if resume else identity
+        self.identity = given or load_client_identity(config)
         self._pinned = pinned_fingerprint(config)
         if resume is not None:
             self._pinned = resume.coordinator_key.fingerprint
@@ -127,13 +129,15 @@ class CoordinatorLink:
         config: ClientConfig,
         resume: Resume | None = None,
         attach: Attach | None = None,
+        identity: ClientIdentity | None = None,
     ) -> tuple[CoordinatorLink, Federation]:
         """Open a channel, Join (retrying while unreachable), open the Session.
 
         With `resume` (a reconnect) Join is tried once: the caller runs the
         backoff schedule (`channel.Backoff`). `attach` (see `Attach`) gives
         the Session its round mode's handler before it starts, so the first
-        event is not missed.
+        event is not missed. `identity`: the key to join with (a sharded
+        client's, the same at every shard); None loads `config`'s.
 
         Raises:
             CoordinatorUnavailableError: unreachable for `connect_timeout_s`.
@@ -143,7 +147,8 @@ class CoordinatorLink:
             InvalidUpdateError: the model spec differs from the federation's.
             ConfigError: an identity_key or coordinator_key file is unusable.
         """
-        link = cls(target, open_channel(target, config), spec, config, resume)
+        channel = open_channel(target, config)
+        link = cls(target, channel, spec, config, resume, identity)
         try:
             federation = await link._join(settings)
             link._session = SessionStream(
@@ -313,6 +318,7 @@ class CoordinatorLink:
         trust = ModelTrust(federation.coordinator_key, federation.run_id)
         timeout_s = self.pull_timeout_s(wait_s, chunk_bytes)
         receiver = ModelReceiver(self.spec, buffer, trust, byte_range, held_version)
+        receiver.range_digest = bool(federation.shard_peers)  # a shard's own range
         return await pull_model(
             self.stub, self.credentials, min_version, timeout_s, receiver
         )

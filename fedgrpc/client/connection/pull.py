@@ -103,6 +103,9 @@ class ModelReceiver:
         self.trust = trust
         self._hash = hashlib.sha256()
         self._held = None if byte_range is not None else held_version
+        self.range_digest = False
+        """The signed SHA-256 covers only `byte_range` (a parameter shard's
+        model: the shard holds no other range current)."""
         self._delta: DeltaApplier | None = None
         """Set when the header announced compressed steps instead of chunks."""
         self._bytes = 0
@@ -227,7 +230,15 @@ class ModelReceiver:
             raise IncompleteUpdateError(
                 f"PullModel ended after {got} of {self.spec.num_bytes} model bytes"
             )
-        if self._ranged and self.trust is not None:
+        if self.range_digest and self.trust is not None:
+            own = self._target[self._start : self._start + self._order.total]
+            if hashlib.sha256(own.data).digest() != header.weights_sha256:
+                raise BadSignatureError(
+                    f"the bytes of shard range {self._start}.. of model version "
+                    f"{header.model_version} do not match the SHA-256 the shard "
+                    "signed: they were altered in transit; refusing to load them"
+                )
+        elif self._ranged and self.trust is not None:
             # The whole buffer: the range just pulled and the bytes we held.
             if hashlib.sha256(self._target.data).digest() != header.weights_sha256:
                 raise RangeMismatchError(

@@ -83,6 +83,8 @@ class UpdateMeta:
     eval_loss: float | None = None
     """Validation loss of model `eval_version` (`evaluate=`), or None."""
     eval_version: int = 0
+    shard: tuple[int, int] = (0, 0)
+    """(shard index, shard count) of the range sent; (0, 0): the whole model."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +221,8 @@ def update_header(
             train_loss=meta.train_loss,
             round_nonce=meta.round_nonce,
             base_model_sha256=meta.base_sha256,
+            shard_index=meta.shard[0],
+            shard_count=meta.shard[1],
         )
     )
     record_dp_to_proto(meta.record_dp, request.header)

@@ -57,6 +57,8 @@ def check_header(
         check_claims(engine.config, header)
         engine.model.check_not_seeded()
         return
+    if engine.config.shard_count > 1:
+        check_shard(engine.config, header)
     current = engine.current
     fragment = None if current is None else current.fragment
     if fragment is None:
@@ -66,8 +68,13 @@ def check_header(
             f"update has {header.num_coordinates} coordinates but round "
             f"{current.round_id if current else 0} syncs fragment {fragment.index} "
             f"(coordinates {fragment.coord_start}..{fragment.coord_stop}, "
-            f"{fragment.num_coordinates} of them): in round_mode = 'streaming' an "
-            "update carries only its round's fragment"
+            f"{fragment.num_coordinates} of them): "
+            + (
+                "a shard takes only its own range"
+                if engine.config.shard_count > 1
+                else "in round_mode = 'streaming' an update carries only its "
+                "round's fragment"
+            )
         )
     else:
         rules.check_shape(engine.config, header.num_coordinates, header)
@@ -82,6 +89,31 @@ def check_header(
     except WrongRoundError:
         engine.goodput.refused(header)  # its training is lost
         raise
+
+
+def check_shard(config: CoordinatorConfig, header: UpdateHeaderInfo) -> None:
+    """A shard takes only updates of its own range, from sharded clients.
+
+    Equal-sized shards would take each other's ranges by length alone, so
+    the header names the shard it is for (`domain.shards`).
+
+    Raises:
+        InvalidUpdateError: another shard's range, or an unsharded client.
+    """
+    index, count = header.shard
+    mine = (config.shard_index, config.shard_count)
+    if count == 0:
+        raise InvalidUpdateError(
+            f"this coordinator is shard {mine[0]} of {mine[1]} (parameter "
+            "sharding): it takes only its own range, from a client that joined "
+            "every shard; this client sent a whole-model update (upgrade it)"
+        )
+    if (index, count) != mine:
+        raise InvalidUpdateError(
+            f"update is for shard {index} of {count}, but this coordinator is "
+            f"shard {mine[0]} of {mine[1]}: push each range to its own shard "
+            "(JoinResponse.shard_peers)"
+        )
 
 
 def open_ticket(

@@ -60,6 +60,7 @@ from fedgrpc.coordinator.rounds.records import (
     new_round_nonce,
 )
 from fedgrpc.coordinator.rounds.registry import ClientRecord, ClientRegistry
+from fedgrpc.coordinator.rounds.sharding import ShardGate, shard_vote
 from fedgrpc.coordinator.rounds.weighting import SampleWeighting
 from fedgrpc.coordinator.strategy.dp_stage import build_privacy_stage
 from fedgrpc.coordinator.strategy.wiring import (
@@ -112,6 +113,8 @@ class RoundEngine:
         self.weighting = SampleWeighting(config)
         self.goodput = Goodput()
         """Client training seconds offered and applied (`goodput`)."""
+        self.shard_gate: ShardGate | None = None
+        """A shard's commit vote (`coordinator.shards`): None applies the round."""
 
     def adopt_spec(self, spec: ModelSpec) -> bool:
         """A joiner's spec (`GlobalModel.adopt_spec`); True if the model now exists.
@@ -240,12 +243,18 @@ class RoundEngine:
         spool); either way the buffer goes back to the pool for a later round.
         """
         total = closing.total
+        veto = None
+        if self.shard_gate is not None:  # before `finish_close` opens the next
+            veto, following = shard_vote(self.shard_gate, closing, self.registry)
+            self._next_round_id = max(self._next_round_id, following)
         if total is None:
             return False
         try:
             usable = closing.void_reason is None and (
                 len(closing.contributors) >= closing.quorum
             )
+            if usable and veto is not None:
+                closing.void_reason, usable = veto, False
             release = self.privacy.release_of(closing) if usable else None
             refusal = self.privacy.refusal(release, closing.round_id)
             if not usable or refusal is not None:

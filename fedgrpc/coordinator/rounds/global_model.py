@@ -17,6 +17,7 @@ from fedgrpc.coordinator.rounds.downlink import DownlinkCompressor
 from fedgrpc.coordinator.rounds.initial_model import InitialModel
 from fedgrpc.coordinator.rounds.norm_guard import NormGuard
 from fedgrpc.coordinator.rounds.records import PublishedModel
+from fedgrpc.coordinator.rounds.sharding import own_range
 from fedgrpc.coordinator.rounds.upstream import RootModel, Upstream
 from fedgrpc.coordinator.strategy.wiring import build_outer
 from fedgrpc.domain.fragments import Fragment
@@ -253,6 +254,8 @@ class GlobalModel:
             self.optimizer.step(master, mean)
         elif isinstance(self.optimizer, FragmentedOptimizer):
             self.optimizer.step_fragment(fragment.index, target, mean)
+        elif self.config.shard_count > 1:  # a shard's optimizer holds its range
+            self.optimizer.step(target, mean)
         else:
             raise WrongRoundError("a fragment round needs one optimizer per fragment")
         for (lo, hi), mean_delta in averaged:
@@ -345,7 +348,13 @@ class GlobalModel:
             data = master.view(torch.uint8)
         else:
             data = pack_native(master, spec)
-        digest = hashlib.sha256(data.numpy().data).digest()
+        own = own_range(self.config, spec)
+        if own is not None:  # a shard vouches for its own range only
+            digest = hashlib.sha256(
+                data[own.byte_start : own.byte_stop].numpy().data
+            ).digest()
+        else:
+            digest = hashlib.sha256(data.numpy().data).digest()
         downlink = self.downlink
         if downlink is None:
             return PublishedModel(version, round_id, data, digest)

@@ -31,6 +31,7 @@ from fedgrpc.compress import DecodedBlock, DenseValues, SparseValues
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.rounds.records import OpenRound
 from fedgrpc.coordinator.rounds.registry import ClientRecord
+from fedgrpc.coordinator.rounds.sharding import own_range
 from fedgrpc.coordinator.strategy.wiring import NO_PLUGINS, StagePlugins, build_outer
 from fedgrpc.domain.fragments import Fragment, fragment_of_version, split_fragments
 from fedgrpc.domain.model_spec import ModelSpec
@@ -43,7 +44,12 @@ from fedgrpc.optim.fragmented import FragmentedOptimizer
 def round_fragment(
     config: CoordinatorConfig, spec: ModelSpec | None, version: int
 ) -> Fragment | None:
-    """streaming: the fragment the round based on `version` syncs (else None)."""
+    """The range the round based on `version` syncs (None: the whole vector).
+
+    streaming: fragment v mod P; a shard: its own range, every round.
+    """
+    if spec is not None and config.shard_count > 1:
+        return own_range(config, spec)
     if config.round_mode != "streaming" or spec is None:
         return None
     fragments = split_fragments(spec, config.fragments)

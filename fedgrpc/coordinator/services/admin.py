@@ -14,14 +14,17 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from fedgrpc._proto.v1 import admin_pb2 as pb
+from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.ops.round_costs import RoundCost
 from fedgrpc.coordinator.round_mode import OTHER_REASON, RoundMode
 from fedgrpc.coordinator.rounds.budget import PrivacyReport
 from fedgrpc.coordinator.rounds.records import Outcome, Phase, RoundResult
 from fedgrpc.coordinator.rounds.registry import ClientRecord
+from fedgrpc.coordinator.rounds.sharding import own_range
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.coordinator.services.coordinator import OUTCOME_TO_PROTO
 from fedgrpc.coordinator.strategy.trust import TrustBook
+from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.log import get_logger
 from fedgrpc.wire.convert import round_config_to_proto
 from fedgrpc.wire.frames import Malformed
@@ -173,6 +176,7 @@ def build_status(
         goodput=engine.goodput.ratio,
         compute_offered_s=engine.goodput.offered_s,
         compute_applied_s=engine.goodput.applied_s,
+        **_shard_fields(runtime.config, engine.model.spec),
     )
 
 
@@ -182,6 +186,17 @@ def _privacy_fields(report: PrivacyReport) -> dict[str, Any]:
         f"{report.accountant}/{report.neighbouring}" if report.neighbouring else ""
     )
     return {**report.status_fields(), "dp_accountant": accountant}
+
+
+def _shard_fields(config: CoordinatorConfig, spec: ModelSpec | None) -> dict[str, Any]:
+    """GetStatusResponse's shard fields: which shard, and its range once known."""
+    own = None if spec is None else own_range(config, spec)
+    return {
+        "shard_index": config.shard_index,
+        "shard_count": config.shard_count,
+        "shard_range_start": own.coord_start if own is not None else 0,
+        "shard_range_length": own.num_coordinates if own is not None else 0,
+    }
 
 
 def _trust_fields(trust: TrustBook | None, client_id: str) -> dict[str, Any]:

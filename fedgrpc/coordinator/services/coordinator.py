@@ -12,13 +12,15 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
+from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.rounds.records import Outcome, PublishedModel, RoundResult
 from fedgrpc.coordinator.rounds.registry import ClientRecord
+from fedgrpc.coordinator.rounds.sharding import cuts_for
 from fedgrpc.coordinator.rounds.weighting import saturating_add
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.coordinator.services import status
@@ -34,6 +36,7 @@ from fedgrpc.coordinator.sessions import (
 )
 from fedgrpc.crypto.signing import CommitProof
 from fedgrpc.domain.chunks import iter_chunks
+from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.errors import FedGrpcError, InvalidUpdateError, ShuttingDownError
 from fedgrpc.log import get_logger
 from fedgrpc.wire.convert import (
@@ -141,6 +144,18 @@ def round_closed_to_proto(result: RoundResult) -> pb.RoundClosed:
     )
 
 
+def shard_map(config: CoordinatorConfig, spec: ModelSpec) -> dict[str, Any]:
+    """JoinResponse's shard fields: this shard, every peer, the range cuts."""
+    cuts = cuts_for(config, spec)
+    if not cuts:
+        return {}
+    return {
+        "shard_index": config.shard_index,
+        "shard_peers": config.shard_peers,
+        "shard_bounds": cuts,
+    }
+
+
 class CoordinatorServicer:
     """The five RPCs of fedgrpc.v1.CoordinatorService."""
 
@@ -193,6 +208,7 @@ class CoordinatorServicer:
                 last_update_round=joined.client.last_round,
                 last_applied_round=joined.client.last_applied_round,
                 run_finished=joined.run_finished,
+                **shard_map(runtime.config, joined.spec),
             )
 
         return await status.unary(context, body)

@@ -41,6 +41,7 @@ from fedgrpc.coordinator.services.admin_access import AdminGuard, AdminPolicy
 from fedgrpc.coordinator.services.coordinator import CoordinatorServicer
 from fedgrpc.coordinator.services.http_app import DashboardServer, start_dashboard
 from fedgrpc.coordinator.services.stream_guard import StreamGuard
+from fedgrpc.coordinator.shards import ShardLink, ShardServicer, add_shard_service
 from fedgrpc.coordinator.strategy.wiring import NO_PLUGINS, StagePlugins
 from fedgrpc.coordinator.tree import RootLink
 from fedgrpc.crypto.tls import ServerTLS, load_server_tls
@@ -182,6 +183,8 @@ def make_runtime(
     runtime = CoordinatorRuntime(config, faults=faults, mode=mode, plugins=plugins)
     if config.upstream:  # a leaf of an aggregation tree (`coordinator.tree`)
         runtime.engine.model.upstream = RootLink(config)
+    if config.shard_count > 1:  # parameter sharding (`coordinator.shards`)
+        runtime.engine.shard_gate = ShardLink(config)
     return runtime
 
 
@@ -246,6 +249,8 @@ async def start_coordinator(
     guard = StreamGuard(config)
     add_coordinator_service(CoordinatorServicer(runtime), server, guard)
     add_admin_service(AdminServicer(runtime), server)
+    if config.shard_count > 1:
+        add_shard_service(ShardServicer(config), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:
