@@ -24,6 +24,10 @@ Configurations (`--configs`, names below; H = --inner-steps, default 50;
   0.95 at H (seed 0, top-k 1 %: 1.832 vs 1.964 at 0.98) and 0.98 at H/5
   (1.595 vs 1.621 at 0.95 and 1.607 at 0.99): a 5x shorter round wants a
   longer memory in rounds.
+- sparseloco2, sparseloco2-short, sparseloco3-short (goals):
+  the same rule with top-k 2.5 % / 3 % int2 values (issue 18: 2-bit values
+  buy 2.5-3x the density of 1 % int8 for about its bytes, ~130x / ~117x
+  fewer than dense fp32).
 - sparseloco-down, sparseloco-down1, sparseloco-short-down: sparseloco
   (-short) with a compressed downlink (`downlink_codec`): the coordinator
   sends each round's step as top-k int8 with its own error feedback instead
@@ -107,6 +111,29 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
             "feedback_decay": 0.98,
         },
     ),
+    # Issue 18: 2-bit values buy 2.5x the density for about the bytes of 1 % int8.
+    "sparseloco2": (
+        "top-k 2.5 % int2, SparseLoCo (EF decay 0.95, outer SGD lr 1)",
+        {"codec": "topk:0.025:int2", **SPARSELOCO},
+    ),
+    "sparseloco2-short": (
+        "top-k 2.5 % int2, SparseLoCo with EF decay 0.98, H/5",
+        {
+            "codec": "topk:0.025:int2",
+            "short": True,
+            **SPARSELOCO,
+            "feedback_decay": 0.98,
+        },
+    ),
+    "sparseloco3-short": (
+        "top-k 3 % int2, SparseLoCo with EF decay 0.98, H/5",
+        {
+            "codec": "topk:0.03:int2",
+            "short": True,
+            **SPARSELOCO,
+            "feedback_decay": 0.98,
+        },
+    ),
     "sparseloco-down": (
         "sparseloco, downlink top-k 4 % int8 + coordinator EF",
         {"codec": "topk:0.01:int8", **SPARSELOCO, "downlink": "topk:0.04:int8"},
@@ -140,6 +167,9 @@ GOALS = (
     ("sparseloco10-short", "dense-short", 3.0, None),
     ("sparseloco", "dense", 3.0, 100.0),
     ("sparseloco-short", "dense-short", 3.0, 100.0),
+    ("sparseloco2", "dense", 3.0, 100.0),
+    ("sparseloco2-short", "dense-short", 3.0, 100.0),
+    ("sparseloco3-short", "dense-short", 3.0, 100.0),
 )
 FRAMING_GOAL_PCT = 5.0
 

@@ -62,8 +62,8 @@ CORE_FLAGS = (
          "(default: 0.001; the paper searches 1e-1 .. 1e-5)", float, "TAU"),
     Flag("--feedback-decay", "clients' error-feedback decay beta in (0, 1] "
          "(default: 0.95 for sparseloco, 1 otherwise)", float, "BETA"),
-    Flag("--codec", "update codec: dense[:fp32|bf16|fp16|int8|int4] or "
-         "topk:DENSITY[:int8|int4|bf16|fp32], e.g. topk:0.01:int8 "
+    Flag("--codec", "update codec: dense[:fp32|bf16|fp16|int8|int4|int2] or "
+         "topk:DENSITY[:int8|int4|int2|bf16|fp32], e.g. topk:0.01:int8 "
          f"(default: {_D.codec})", metavar="SPEC"),
     Flag("--downlink-codec", "how new weights reach clients holding the "
          "previous version: dense (the whole model) or a codec spec as for "

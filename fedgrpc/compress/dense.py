@@ -16,6 +16,7 @@ from fedgrpc.compress.blocks import (
     check_block,
     check_count,
 )
+from fedgrpc.compress.int2 import INT2_GROUP
 from fedgrpc.compress.quantize import (
     QMAX,
     SCALE_BYTES,
@@ -41,16 +42,18 @@ class DenseCodec:
     def block_coordinates(self, chunk_bytes: int) -> int:
         """As many coordinates as fit `chunk_bytes` of payload.
 
-        int8/int4 take whole scale groups (4,096 values), so that only a
-        tensor's last block has a partial group; fp formats fill exactly.
+        int8/int4/int2 take whole scale groups (4,096 values; int2 128), so
+        that only a tensor's last block has a partial group; fp formats fill
+        exactly.
 
         Raises:
             ConfigError: `chunk_bytes` cannot hold even one coordinate.
         """
-        if self.values in QMAX:
-            groups = chunk_bytes // value_bytes(self.values, SCALE_GROUP)
-            per_byte = 2 if self.values == "int4" else 1
-            coordinates = groups * SCALE_GROUP or (chunk_bytes - SCALE_BYTES) * per_byte
+        if self.values in QMAX or self.values == "int2":
+            group = INT2_GROUP if self.values == "int2" else SCALE_GROUP
+            groups = chunk_bytes // value_bytes(self.values, group)
+            per_byte = {"int8": 1, "int4": 2, "int2": 4}[self.values]
+            coordinates = groups * group or (chunk_bytes - SCALE_BYTES) * per_byte
         else:
             coordinates = chunk_bytes // value_bytes(self.values, 1)
         if coordinates < 1:

@@ -1,4 +1,4 @@
-"""Value formats: a float32 vector to bytes and back, fp32/bf16/fp16/int8/int4.
+"""Value formats: a float32 vector to bytes and back, fp32/bf16/fp16/int8/int4/int2.
 
 Used by both codecs for their value section (every value of a dense block,
 the k selected values of a top-k block). Layouts, all little-endian:
@@ -10,6 +10,8 @@ the k selected values of a top-k block). Layouts, all little-endian:
                            in [-127, 127]
     int4   4g + ceil(n/2)  g float32 scales, then codes in [-7, 7], two per
                            byte: element 2i in the low nibble, 2i+1 in the high
+    int2   4g' + ceil(n/4) g' = ceil(n / 128) scales, four 2-bit codes per byte:
+                           its own statistical scale and levels (`int2`)
 
 Integer formats decode as code * scale, one scale per group of 4,096 values
 (`SCALE_GROUP`), scale = max|x| / qmax over the group: the group's largest
@@ -33,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedgrpc.compress.blocks import F32Array, check_finite
+from fedgrpc.compress.int2 import decode_int2, encode_int2, int2_bytes
 from fedgrpc.domain.codecs import ValueFormat
 from fedgrpc.errors import InvalidUpdateError
 
@@ -55,6 +58,8 @@ def value_bytes(fmt: ValueFormat, n: int) -> int:
         return 4 * n
     if fmt in ("bf16", "fp16"):
         return 2 * n
+    if fmt == "int2":
+        return int2_bytes(n)
     scales = SCALE_BYTES * scale_count(n)
     if fmt == "int8":
         return scales + n
@@ -72,6 +77,8 @@ def encode_values(x: F32Array, fmt: ValueFormat, rng: np.random.Generator) -> by
     Raises:
         InvalidUpdateError: `x` holds NaN or Inf (the client must not send those).
     """
+    if fmt == "int2":
+        return encode_int2(x, rng)
     if fmt in QMAX:
         scales, codes = _stochastic_codes(x, QMAX[fmt], rng)
         body = codes if fmt == "int8" else _pack_int4(codes)
@@ -97,6 +104,8 @@ def decode_values(data: memoryview, fmt: ValueFormat, n: int) -> F32Array:
             f"value section has {len(data)} bytes, expected {expected} for "
             f"{n} {fmt} values"
         )
+    if fmt == "int2":
+        return decode_int2(data, n)
     if fmt in QMAX:
         return _decode_scaled(data, fmt, n)
     if fmt == "fp32":

@@ -116,8 +116,8 @@ class CoordinatorConfig(
     """Clients' error-feedback decay beta (e = beta*e + delta); None means 0.95
     for sparseloco (the residual is its momentum), 1.0 otherwise."""
     codec: str = "dense:fp32"
-    """Update codec every client must use: `dense[:fp32|bf16|fp16|int8|int4]` or
-    `topk:DENSITY[:int8|int4|bf16|fp32]` (e.g. `topk:0.01:int8`); see
+    """Update codec every client must use: `dense[:fp32|bf16|fp16|int8|int4|int2]` or
+    `topk:DENSITY[:int8|int4|int2|bf16|fp32]` (e.g. `topk:0.01:int8`); see
     `fedgrpc.compress.parse_codec`."""
     downlink_codec: str = "dense"
     """How new weights travel to clients that hold the previous version: `dense`

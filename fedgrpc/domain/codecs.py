@@ -9,11 +9,11 @@ imports the other. (Was `compress/spec.py`.)
 Spec grammar (lower case, no spaces), as accepted by `parse_codec`::
 
     spec    = "dense" [ ":" format ]  |  "topk" ":" density [ ":" values ]
-    format  = "fp32" | "bf16" | "fp16" | "int8" | "int4"     (default fp32)
-    values  = "int8" | "int4" | "bf16" | "fp32"              (default int8)
+    format  = "fp32" | "bf16" | "fp16" | "int8" | "int4" | "int2"  (default fp32)
+    values  = "int8" | "int4" | "int2" | "bf16" | "fp32"    (default int8)
     density = a decimal in (0, 1], e.g. 0.01 or 1e-2
 
-Examples: ``dense``, ``dense:bf16``, ``topk:0.01:int8``, ``topk:0.1:int4``.
+Examples: ``dense``, ``dense:bf16``, ``topk:0.01:int8``, ``topk:0.025:int2``.
 `format_codec` writes the canonical form (format always spelled out), and
 ``parse_codec(format_codec(c)) == c`` holds for every valid config.
 """
@@ -27,12 +27,17 @@ from typing import Literal, TypeAlias
 from fedgrpc.errors import ConfigError
 from fedgrpc.errors import check_config as _check
 
-ValueFormat = Literal["fp32", "bf16", "fp16", "int8", "int4"]
+ValueFormat = Literal["fp32", "bf16", "fp16", "int8", "int4", "int2"]
 """How one coordinate's value is written: raw little-endian floats, or integer
-codes times a per-block float32 scale (int8: one byte, int4: two per byte)."""
-VALUE_FORMATS: tuple[ValueFormat, ...] = ("fp32", "bf16", "fp16", "int8", "int4")
-TopKBits = Literal[4, 8, 16, 32]
-TOPK_BITS: dict[TopKBits, ValueFormat] = {4: "int4", 8: "int8", 16: "bf16", 32: "fp32"}
+codes times a per-group float32 scale (int8: one byte, int4: two per byte,
+int2: four per byte, the 2-bit statistical quantisation of SparseLoCo)."""
+VALUE_FORMATS: tuple[ValueFormat, ...] = (
+    "fp32", "bf16", "fp16", "int8", "int4", "int2"
+)  # fmt: skip
+TopKBits = Literal[2, 4, 8, 16, 32]
+TOPK_BITS: dict[TopKBits, ValueFormat] = {
+    2: "int2", 4: "int4", 8: "int8", 16: "bf16", 32: "fp32"
+}  # fmt: skip
 """Top-k value bits → format. 16 means bf16, not fp16: the selected values are
 the largest of the block, exactly where fp16's 65504 ceiling would bite."""
 
@@ -43,7 +48,7 @@ class Dense:
 
     values: ValueFormat = "fp32"
     """Value format. fp32 is lossless; bf16/fp16 halve the bytes (round to
-    nearest); int8/int4 quarter/eighth them (per-block scale, stochastic
+    nearest); int8/int4/int2 cut them 4/8/16x (per-group scale, stochastic
     rounding, so the rounding error is unbiased and error feedback can carry it)."""
 
     def __post_init__(self) -> None:
@@ -65,8 +70,8 @@ class TopK:
     group of 4,096, so every tensor gets its share of the slots. DiLoCo-scale
     runs use 0.01-0.1; no default, the choice trades loss against bytes."""
     bits: TopKBits = 8
-    """Bits per sent value: 8 → int8, 4 → int4 (per-block scale, stochastic
-    rounding), 16 → bf16, 32 → fp32. 8 is the default because a pilot found
+    """Bits per sent value: 8 → int8, 4 → int4, 2 → int2 (per-group scale,
+    stochastic rounding), 16 → bf16, 32 → fp32. 8 is the default because a pilot found
     int8 costs no loss while sparsity does."""
 
     def __post_init__(self) -> None:
@@ -75,7 +80,7 @@ class TopK:
         _check(is_number and math.isfinite(density) and 0 < density <= 1,
                "density", density, "a number in (0, 1]")  # fmt: skip
         _check(self.bits in TOPK_BITS and not isinstance(self.bits, bool),
-               "bits", self.bits, "4, 8, 16 or 32")  # fmt: skip
+               "bits", self.bits, "2, 4, 8, 16 or 32")  # fmt: skip
         # One canonical type, so TopK(density=1) and its spec round-trip equal.
         object.__setattr__(self, "density", float(density))
 

@@ -30,9 +30,11 @@ _FORMAT_TO_PROTO: dict[ValueFormat, common_pb2.ValueFormat.ValueType] = {
     "fp16": common_pb2.VALUE_FORMAT_FP16,
     "int8": common_pb2.VALUE_FORMAT_INT8,
     "int4": common_pb2.VALUE_FORMAT_INT4,
+    "int2": common_pb2.VALUE_FORMAT_INT2,
 }
 _FORMAT_FROM_PROTO = {v: k for k, v in _FORMAT_TO_PROTO.items()}
-_TOPK_BITS: dict[ValueFormat, Literal[4, 8, 16, 32]] = {
+_TOPK_BITS: dict[ValueFormat, Literal[2, 4, 8, 16, 32]] = {
+    "int2": 2,
     "int4": 4,
     "int8": 8,
     "bf16": 16,
@@ -68,7 +70,7 @@ def codec_params_from_proto(message: common_pb2.CodecParams) -> CodecConfig:
         raise InvalidUpdateError(
             f"unknown codec {message.codec} or value format {message.values}; "
             "this version knows DENSE_FP32, DENSE and TOPK with FP32, BF16, "
-            "FP16, INT8 and INT4 values"
+            "FP16, INT8, INT4 and INT2 values"
         )
     try:
         if codec == "dense":

@@ -87,3 +87,42 @@ def test_client_uses_the_announced_feedback_decay() -> None:
         compressed = client._sync.compressed
         assert compressed is not None
         assert compressed.feedback.decay == pytest.approx(0.95)
+
+
+def test_int2_topk_round_sends_2_bit_values_and_keeps_the_rest() -> None:
+    """`topk:...:int2` end to end: announced, encoded, decoded into the sum."""
+    config = CoordinatorConfig(
+        seed_from_first_client=True,
+        listen="127.0.0.1:0",
+        open_enrollment=True,
+        min_clients=1,
+        inner_steps=1,
+        outer_optimizer="fedavg",  # lr 1: global -= mean of what was sent
+        codec="topk:0.25:int2",
+    )
+    torch.manual_seed(0)
+    model = torch.nn.Linear(64, 32)
+    with (
+        serve_in_thread(config) as coordinator,
+        fedgrpc.DiLoCoClient(
+            coordinator.address, model, compression=fedgrpc.TopK(density=0.25, bits=2)
+        ) as client,
+    ):
+        global_before = _flat(model)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(torch.randn_like(param))
+        local = _flat(model)
+        assert client.step() is True
+        residual = client._sync.compressed.feedback.residual  # type: ignore[union-attr]
+        delta = global_before - local
+        sent = global_before - _flat(model)
+        # Every sent value keeps its coordinate's sign (top-k values lie above
+        # the int2 scale), and the rest (unsent and rounding) is in e.
+        nz = np.flatnonzero(sent)
+        assert 0 < nz.size <= 0.25 * delta.size + 4
+        assert np.array_equal(np.sign(sent[nz]), np.sign(delta[nz]))
+        np.testing.assert_allclose(sent + residual, delta, rtol=1e-5, atol=1e-5)
+        seed_bytes = delta.size * 4
+        # 25 % of coordinates at ~2.25 bits plus indices: < 1/8 of fp32.
+        assert client.bytes_sent - seed_bytes < delta.size * 4 / 8

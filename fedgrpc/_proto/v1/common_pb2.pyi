@@ -174,6 +174,12 @@ class _ValueFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ValueForm
     """As INT8 with codes in [-7, 7], two per byte (even element in the low
     nibble).
     """
+    VALUE_FORMAT_INT2: _ValueFormat.ValueType  # 6
+    """Per group of 128 values a float32 scale s (the group's RMS / 2), then
+    2-bit codes q in 0..3, four per byte (element 4i+j in bits 2j, 2j+1 of
+    byte i); value = (2q - 3) * s, i.e. one of -3s, -s, s, 3s. Stochastic
+    rounding between adjacent levels (unbiased inside [-3s, 3s]).
+    """
 
 class ValueFormat(_ValueFormat, metaclass=_ValueFormatEnumTypeWrapper):
     """How a block's values are written."""
@@ -193,6 +199,12 @@ value = code * scale. Stochastic rounding (unbiased).
 VALUE_FORMAT_INT4: ValueFormat.ValueType  # 5
 """As INT8 with codes in [-7, 7], two per byte (even element in the low
 nibble).
+"""
+VALUE_FORMAT_INT2: ValueFormat.ValueType  # 6
+"""Per group of 128 values a float32 scale s (the group's RMS / 2), then
+2-bit codes q in 0..3, four per byte (element 4i+j in bits 2j, 2j+1 of
+byte i); value = (2q - 3) * s, i.e. one of -3s, -s, s, 3s. Stochastic
+rounding between adjacent levels (unbiased inside [-3s, 3s]).
 """
 Global___ValueFormat: _TypeAlias = ValueFormat  # noqa: Y015
 

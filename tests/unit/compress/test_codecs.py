@@ -29,8 +29,10 @@ SPECS = [
     "dense:fp16",
     "dense:int8",
     "dense:int4",
+    "dense:int2",
     "topk:0.01:int8",
     "topk:0.1:int4",
+    "topk:0.025:int2",
     "topk:0.3:bf16",
     "topk:1:fp32",
 ]
@@ -157,7 +159,9 @@ def test_block_payload_never_exceeds_chunk_bytes(spec: str, chunk_bytes: int) ->
         assert count & (count - 1) == 0  # a power of two
 
 
-@pytest.mark.parametrize("spec", ["topk:0.01:int8", "topk:0.1:int4", "topk:0.01:fp32"])
+@pytest.mark.parametrize(
+    "spec", ["topk:0.01:int8", "topk:0.1:int4", "topk:0.025:int2", "topk:0.01:fp32"]
+)
 def test_topk_estimate_is_close_to_actual(spec: str) -> None:
     codec = _codec(spec)
     block = np.random.default_rng(2).standard_normal(65536).astype(np.float32)

@@ -17,6 +17,8 @@ from fedgrpc.errors import ConfigError
         ("dense", Dense()),
         ("dense:bf16", Dense(values="bf16")),
         ("dense:int4", Dense(values="int4")),
+        ("dense:int2", Dense(values="int2")),
+        ("topk:0.025:int2", TopK(density=0.025, bits=2)),
         ("topk:0.01:int8", TopK(density=0.01, bits=8)),
         ("topk:0.01", TopK(density=0.01)),
         ("topk:1e-3:int4", TopK(density=0.001, bits=4)),
@@ -41,7 +43,10 @@ def test_parse_codec_reads_the_documented_grammar(spec: str, config: object) -> 
         ("topk:0:int8", "density=0.0 is invalid"),
         ("topk:1.5", "density=1.5 is invalid"),
         ("topk:nan", "density=nan is invalid"),
-        ("topk:0.1:fp16", "value format 'fp16' is not one of int4 | int8 | bf16"),
+        (
+            "topk:0.1:fp16",
+            "value format 'fp16' is not one of int2 | int4 | int8 | bf16",
+        ),
     ],
 )
 def test_parse_codec_names_what_is_wrong(spec: str, message: str) -> None:
@@ -55,7 +60,7 @@ def test_parse_codec_names_what_is_wrong(spec: str, message: str) -> None:
         st.builds(
             TopK,
             density=st.floats(min_value=1e-9, max_value=1.0, exclude_min=True),
-            bits=st.sampled_from([4, 8, 16, 32]),
+            bits=st.sampled_from([2, 4, 8, 16, 32]),
         ),
     )
 )
@@ -66,7 +71,7 @@ def test_format_then_parse_is_the_identity(config: Dense | TopK) -> None:
 def test_configs_validate_at_construction() -> None:
     with pytest.raises(ConfigError, match=r"values='int3' is invalid"):
         Dense(values="int3")  # type: ignore[arg-type]  # the point of the test
-    with pytest.raises(ConfigError, match=r"bits=12 is invalid: expected 4, 8"):
+    with pytest.raises(ConfigError, match=r"bits=12 is invalid: expected 2, 4, 8"):
         TopK(density=0.1, bits=12)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"density=True is invalid"):
         TopK(density=True)
@@ -75,7 +80,8 @@ def test_configs_validate_at_construction() -> None:
 
 
 def test_topk_bits_map_to_value_formats_and_density_is_a_float() -> None:
-    assert [TopK(density=1, bits=b).values for b in (4, 8, 16, 32)] == [
+    assert [TopK(density=1, bits=b).values for b in (2, 4, 8, 16, 32)] == [
+        "int2",
         "int4",
         "int8",
         "bf16",
