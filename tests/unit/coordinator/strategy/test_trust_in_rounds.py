@@ -28,8 +28,8 @@ from fedgrpc.coordinator.strategy.wiring import build_round_stages, trust_accumu
 from fedgrpc.errors import ConfigError, ExcludedClientError
 from tests.unit.coordinator.strategy.test_trust import ORDER, _record, _registry
 from tests.unit.coordinator.test_engine_stages import Federation
-from tests.unit.coordinator.test_engine_stages import _commit as commit_values
 from tests.unit.coordinator.test_round_engine import _close as close_round
+from tests.unit.coordinator.test_round_engine import _commit as commit_values
 from tests.unit.coordinator.test_round_engine import _header
 
 # -- the measuring pass ---------------------------------------------------------
