@@ -35,13 +35,14 @@ def test_compression_bench_quick() -> None:
     assert goals["ratio_vs_fp32_min"] > 100  # top-k 1 % + int8 on its synthetic data
 
 
+@pytest.mark.timeout(200)  # one bench invocation of up to 170 s (_run)
 def test_convergence_bench_quick() -> None:
-    names = "dp,dense,int8,topk1,sparseloco,sparseloco-down"  # the rest: same paths
+    names = "dp,dense,topk1,sparseloco,sparseloco-down"  # the rest: same paths
     report = _run("convergence.py", "--configs", names)
     assert report["bench"] == "convergence"
     configs = report["configs"]
     assert isinstance(configs, dict)
-    assert {"dp", "dense", "int8", "topk1", "sparseloco"} <= set(configs)
+    assert {"dp", "dense", "topk1", "sparseloco"} <= set(configs)
     dense, topk1 = configs["dense"], configs["topk1"]
     assert dense["bytes_up"] > 50 * topk1["bytes_up"]
     assert dense["final_val_loss"]["mean"] < 5.0  # it trained (uniform bytes: 5.55)
@@ -56,9 +57,9 @@ def test_convergence_bench_quick() -> None:
 def test_outer_optimizers_bench_quick_reports_every_optimizer_and_resumes(
     tmp_path: Path,
 ) -> None:
-    # Arrange: one of each family (the others share their code paths; the
-    # optimizers themselves are tested in tests/unit/optim). Six quick runs.
-    names = "fedavgm,fedyogi"
+    # Arrange: one adaptive optimizer (the others share its code paths; the
+    # optimizers themselves are tested in tests/unit/optim). Four quick runs.
+    names = "fedyogi"
     cache = str(tmp_path / "cache")
 
     # Act: run into a cache, then report from the cache alone.
@@ -77,7 +78,7 @@ def test_outer_optimizers_bench_quick_reports_every_optimizer_and_resumes(
         assert row["final_val_loss"]["mean"] < 5.0  # it trained (uniform bytes: 5.55)
     table = report["table"]
     assert isinstance(table, list)
-    assert len(table) == 3  # the two optimizers and data parallel
+    assert len(table) == 2  # the optimizer and data parallel
     assert again["table"] == table
     assert again["missing_runs"] == []
 
