@@ -19,6 +19,7 @@ import torch
 
 from fedgrpc._proto.v1 import coordinator_pb2
 from fedgrpc.client.connection.channel import Credentials
+from fedgrpc.client.connection.join import Federation
 from fedgrpc.client.connection.push import (
     Signing,
     UpdateMeta,
@@ -26,7 +27,8 @@ from fedgrpc.client.connection.push import (
     payload_digest,
     update_header,
 )
-from fedgrpc.compress import CodecConfig, ErrorFeedback, OffsetBlock, make_codec
+from fedgrpc.compress import CodecConfig, Dense, ErrorFeedback, OffsetBlock, make_codec
+from fedgrpc.config import ClientConfig
 from fedgrpc.domain.requests import wire_codec
 from fedgrpc.wire.codec_params import WIRE_CODEC_TO_PROTO
 from fedgrpc.wire.frames import encode_update_chunk
@@ -116,3 +118,23 @@ class CompressedUpdates:
     def residual_norm(self) -> float:
         """‖e‖₂, for logs: how much progress is still waiting to be sent."""
         return float(np.linalg.norm(self.feedback.residual))
+
+
+def codec_encoder(
+    federation: Federation, config: ClientConfig, num_coordinates: int
+) -> CompressedUpdates | None:
+    """The federation codec's encoder of `num_coordinates`-long updates.
+
+    None for raw float32, which goes out as it is. One per vector that keeps
+    its own residual: the whole model, or each streaming fragment or shard
+    range (a residual is position-addressed, so ranges cannot share one).
+    """
+    if federation.codec == Dense(values="fp32"):
+        return None
+    return CompressedUpdates(
+        federation.codec,
+        num_coordinates,
+        federation.chunk_bytes,
+        federation.feedback_decay,
+        config.max_update_norm,
+    )

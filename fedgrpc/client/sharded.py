@@ -28,7 +28,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import TypeVar
 
-from fedgrpc.client.compressed import CompressedUpdates
+from fedgrpc.client.compressed import codec_encoder
 from fedgrpc.client.connection import Connection
 from fedgrpc.client.connection.join import Federation, JoinSettings
 from fedgrpc.client.connection.push import UpdateEncoder
@@ -37,7 +37,6 @@ from fedgrpc.client.fragment_weights import rebase_fragment
 from fedgrpc.client.streaming import StreamingSync
 from fedgrpc.client.sync import SyncOutcome, SyncPoint
 from fedgrpc.client.weights import LocalRun
-from fedgrpc.compress import Dense
 from fedgrpc.compress.norm_clip import clip_to_norm
 from fedgrpc.config import ClientConfig
 from fedgrpc.domain.shards import shard_ranges
@@ -102,16 +101,7 @@ class ShardedSync(SyncPoint):
         ]
         self.base_shas = [b""] * count
         self.encoders: list[UpdateEncoder | None] = [
-            None
-            if federation.codec == Dense(values="fp32")
-            else CompressedUpdates(
-                federation.codec,
-                r.num_coordinates,
-                federation.chunk_bytes,
-                federation.feedback_decay,
-                config.max_update_norm,
-            )
-            for r in self.ranges
+            codec_encoder(federation, config, r.num_coordinates) for r in self.ranges
         ]
         self._pool = concurrent.futures.ThreadPoolExecutor(
             count, thread_name_prefix="fedgrpc-shard"
@@ -311,17 +301,9 @@ def whole_encoder(
     """
     if secure is not None:  # masked rounds (client.secure)
         return secure
-    if federation.codec == Dense(values="fp32") or isinstance(
-        sync, StreamingSync | ShardedSync
-    ):
+    if isinstance(sync, StreamingSync | ShardedSync):
         return None
-    return CompressedUpdates(
-        federation.codec,
-        num_coordinates,
-        federation.chunk_bytes,
-        federation.feedback_decay,
-        config.max_update_norm,
-    )
+    return codec_encoder(federation, config, num_coordinates)
 
 
 def build_sync(

@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from fedgrpc.client.compressed import CompressedUpdates
+from fedgrpc.client.compressed import codec_encoder
 from fedgrpc.client.connection import Connection
 from fedgrpc.client.connection.join import Federation
 from fedgrpc.client.connection.pull import RangeMismatchError
@@ -46,7 +46,6 @@ from fedgrpc.client.fragment_weights import (
 from fedgrpc.client.sync import SyncOutcome, SyncPoint
 from fedgrpc.client.transform import UpdateContext, apply_transform
 from fedgrpc.client.weights import LocalRun
-from fedgrpc.compress import Dense
 from fedgrpc.compress.norm_clip import clip_to_norm
 from fedgrpc.config import ClientConfig
 from fedgrpc.domain.fragments import Fragment, fragment_of_version, split_fragments
@@ -109,16 +108,7 @@ class StreamingSync(SyncPoint):
         self.overlap = federation.streaming_overlap_steps
         self.mix = federation.streaming_mix if self.overlap else 0.0
         self.encoders: list[UpdateEncoder | None] = [
-            None
-            if federation.codec == Dense(values="fp32")
-            else CompressedUpdates(
-                federation.codec,
-                f.num_coordinates,
-                federation.chunk_bytes,
-                federation.feedback_decay,
-                config.max_update_norm,
-            )
-            for f in self.fragments
+            codec_encoder(federation, config, f.num_coordinates) for f in self.fragments
         ]
         self._worker = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="fedgrpc-streaming"
