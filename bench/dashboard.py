@@ -57,6 +57,8 @@ class Viewer:
     def __init__(self, host: str, port: int) -> None:
         self.address = (host, port)
         self.events = 0
+        self.opened = threading.Event()
+        """Set at the stream's first event (the snapshot sent on connect)."""
         self.stop = threading.Event()
         self.error: str = ""
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -81,6 +83,8 @@ class Viewer:
                         self.error = "the server closed the event stream"
                         return
                     self.events += data.count(b"event: status")
+                    if self.events:
+                        self.opened.set()
         except OSError as exc:
             self.error = repr(exc)
 
@@ -152,6 +156,12 @@ class Controller:
             self.viewers = [Viewer(*self.http) for _ in range(self.args.viewers)]
             for v in self.viewers:
                 v.thread.start()
+            # Quick blocks are a few short rounds: on a loaded machine the tabs
+            # could still be loading when the block ends. Wait (bounded) until
+            # every stream is open, so the block is measured with them open.
+            deadline = time.monotonic() + 30
+            for v in self.viewers:
+                v.opened.wait(timeout=max(0.0, deadline - time.monotonic()))
         elif not want and self.viewers:
             for v in self.viewers:
                 v.stop.set()
