@@ -8,9 +8,7 @@ and unmasks its own range, and the shards' commit vote compares the
 survivor sets: a client unmasked into one shard's sum but not another's
 skips the round everywhere.
 
-Model: 80 x 60 + 60 = 4,860 parameters; dense:int8 blocks at chunk_bytes
-1024 hold 1,020 values, so the shards own 2,040 and 2,820 (unequal: a
-range of the wrong size shows).
+Model: `tests.helpers.secure_shards` (two unequal ranges, 2,040 and 2,820).
 """
 
 from __future__ import annotations
@@ -19,13 +17,10 @@ import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
-from torch import nn
 
 from fedgrpc._proto.v1 import common_pb2
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
@@ -45,59 +40,17 @@ from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_t
 from fedgrpc.errors import InvalidUpdateError, WrongRoundError
 from fedgrpc.secagg import ServerPhase
 from tests.helpers.eventually import eventually
-from tests.helpers.scripted import FAST
+from tests.helpers.secure_shards import (
+    CUT,
+    SECURE,
+    SIZE,
+    STEP,
+    init_model,
+    join,
+    scripted,
+)
 from tests.helpers.shards import running_shards, shard_configs
-from tests.helpers.tree import Member, base_config, close_all, master_of, run_round
-
-IN, OUT = 80, 60
-SIZE = IN * OUT + OUT
-CUT = 2040
-"""Shard 0 owns 0..2040, shard 1 2040..4860 (dense:int8 blocks of 1,020)."""
-CLIP = 0.5
-STEP = CLIP / 127
-"""One int8 code step: secagg_clip / qmax."""
-SECURE: dict[str, Any] = {
-    "secure_aggregation": True,
-    "codec": "dense:int8",
-    "secagg_clip": CLIP,
-    "outer_optimizer": "fedavg",
-    "outer_lr": 1.0,
-    "outer_momentum": 0.0,
-    "weighting": "capped",
-}
-"""fedavg, lr 1: the applied step is the survivors' plain mean itself."""
-
-
-def init_model(tmp_path: Path) -> Path:
-    torch.manual_seed(7)
-    path = tmp_path / "secure-init.safetensors"
-    model = nn.Linear(IN, OUT)
-    save_file({n: p.detach() for n, p in model.named_parameters()}, str(path))
-    return path
-
-
-def join(address: str, count: int, seed: int) -> list[Member]:
-    """`count` clients joined at once, so every shard's first masked round
-    (set up after SETUP_QUIET_S without a new Session) takes them all."""
-
-    def make(index: int) -> Member:
-        generator = torch.Generator().manual_seed(seed + index)
-        model = nn.Linear(IN, OUT)
-        with torch.no_grad():
-            for param in model.parameters():
-                param.copy_(torch.randn(param.shape, generator=generator))
-        return DiLoCoClient(address, model, config=FAST), model, 1
-
-    with ThreadPoolExecutor(count) as pool:
-        return list(pool.map(make, range(count)))
-
-
-def scripted(rounds: int, clients: int, seed: int) -> list[list[torch.Tensor]]:
-    generator = torch.Generator().manual_seed(seed)
-    return [
-        [0.05 * torch.randn(SIZE, generator=generator) for _ in range(rounds)]
-        for _ in range(clients)
-    ]
+from tests.helpers.tree import base_config, close_all, master_of, run_round
 
 
 def mode_of(shard: CoordinatorThread) -> SecureMode:
