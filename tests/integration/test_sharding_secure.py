@@ -301,9 +301,8 @@ def test_masked_input_to_one_shard_only_skips_and_wrong_ranges_are_refused(
             assert pushed.bytes_sent > 0
             assert outcomes == ["skipped"] * 3
             results = [mode_of(s).last_result for s in shards]
-            assert results[0] is not None
-            assert results[1] is not None
-            assert [len(r.survivors) for r in results] == [4, 3]
+            survivors = [None if r is None else len(r.survivors) for r in results]
+            assert survivors == [4, 3]
             for shard in shards:
                 closed = shard.running.runtime.engine.history[-1]
                 assert (closed.round_id, closed.outcome.value) == (2, "skipped")
