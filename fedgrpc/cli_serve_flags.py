@@ -86,8 +86,8 @@ CORE_FLAGS = (
          "secure round: 1 masks all (dense int8, the safe default); below 1 "
          "the coordinator announces a shared index set of ceil(D x "
          "parameters) positions (top outer momentum plus random ones), with "
-         "a divergence guard falling back to dense rounds; experimental "
-         f"(default: {_D.secagg_density:g})", float, "D"),
+         "a divergence guard falling back to dense rounds; experimental, "
+         f"refused with --shard (default: {_D.secagg_density:g})", float, "D"),
     Flag("--secagg-random-fraction", "share in [0, 1] of the shared index "
          "set drawn at random from the round nonce, so every coordinate can "
          "flush its residual; only with --secagg-density < 1 "

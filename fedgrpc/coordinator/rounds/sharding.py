@@ -60,7 +60,9 @@ def shard_vote(
     Every shard votes, a round with nothing to apply too, so the leader
     never waits out its timeout for a shard that has nothing to say.
     Clients are named by their key's fingerprint: client ids are handed out
-    per shard, in join order, so they differ between shards.
+    per shard, in join order, so they differ between shards. Under secure
+    aggregation the contributors are the masked round's survivors
+    (`secure.masked_round.install_sum`), so the shards compare survivor sets.
     """
     total = closing.total
     usable = (

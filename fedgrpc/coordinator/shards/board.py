@@ -10,6 +10,12 @@ proposes (it crashed, or its round never closed) makes the first waiter's
 timeout decide SKIP for everyone; a proposal arriving after a decision
 gets that decision. So no shard applies a round another skipped.
 
+Under secure aggregation each shard runs its own masked round over its
+range, and its committed clients are that round's survivors (the clients
+whose masked inputs were unmasked into its sum), so APPLY also means the
+survivor sets agree: a client recovered as dropped on one shard but summed
+on another makes the round skip everywhere.
+
 Plain asyncio, no gRPC: the servicer awaits `propose` on the event loop.
 """
 
