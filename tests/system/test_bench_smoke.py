@@ -111,9 +111,9 @@ def test_round_latency_bench_quick() -> None:
     assert [c["memory"] for c in cases] == ["default", "lean"]
     # Stages and optimizer state on disk: the same rounds, every byte counted.
     assert all(c["coordinator_round_bytes_ok"] is True for c in cases)
-    assert cases[0]["coordinator_bytes_received"] == cases[1][
-        "coordinator_bytes_received"
-    ]
+    assert (
+        cases[0]["coordinator_bytes_received"] == cases[1]["coordinator_bytes_received"]
+    )
     case = cases[0]
     # Two clients each pull and push the fp32 model once: 4 x model_mb.
     limit_s = 2 * case["clients"] * case["model_mb"] / raw
