@@ -207,6 +207,8 @@ class UpdateStatement:
     """(validation loss, model version it was measured on), or None."""
     hash_name: HashName = DEFAULT_HASH
     """The hash of the update's chain (payload digests and statement links)."""
+    shard: tuple[int, int] | None = None
+    """(shard index, shard count) of a sharded client's range, or None."""
 
     def encode(self, algorithm: str) -> bytes:
         """The update statement's bytes (domain fedgrpc.v1.UpdateHeader).
@@ -215,9 +217,11 @@ class UpdateStatement:
         without one the bytes are exactly those of clients older than the
         claim, so their signatures still verify. A compute claim appends a
         tag and the seconds (a double) after it, the same way; an eval claim
-        its tag, the loss and the version after that. A chain hash other
-        than SHA-256 comes last, as the tag "hash" and its name, so the
-        signature binds the hash every later link is made with.
+        its tag, the loss and the version after that; a sharded client's
+        range its tag "shard", the index and the count (so an update signed
+        for one shard cannot be presented to another as its own). A chain
+        hash other than SHA-256 comes last, as the tag "hash" and its name,
+        so the signature binds the hash every later link is made with.
         """
         claim: tuple[bytes, ...] = ()
         if self.record_dp is not None:
@@ -228,6 +232,9 @@ class UpdateStatement:
         if self.eval_claim is not None:
             loss, version = self.eval_claim
             claim = (*claim, text("eval_loss"), f64(loss), u64(version))
+        if self.shard is not None:
+            index, count = self.shard
+            claim = (*claim, text("shard"), u64(index), u64(count))
         if self.hash_name != DEFAULT_HASH:
             claim = (*claim, text("hash"), text(self.hash_name))
         return statement(

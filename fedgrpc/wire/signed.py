@@ -125,6 +125,7 @@ def update_statement(
             else (header.eval_loss, header.eval_version)
         ),
         hash_name=header.hash_name,
+        shard=header.shard if header.shard != (0, 0) else None,
     )
 
 

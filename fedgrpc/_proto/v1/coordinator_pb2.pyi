@@ -778,8 +778,10 @@ class UpdateHeader(_message.Message):
     (8-byte doubles) and record_dp_steps (8-byte integer), unset ones as 0;
     without one it ends at train_loss, as before these fields existed.
     The optional compute_s and eval_loss claims follow, each as a tag string
-    ("compute_s"; "eval_loss") and its values. A hash_algorithm other than
-    SHA-256 comes last: the string "hash" and the algorithm's name ("blake3").
+    ("compute_s"; "eval_loss") and its values; then, for a sharded client
+    (shard_count > 0), the tag "shard", shard_index and shard_count (8-byte
+    integers). A hash_algorithm other than SHA-256 comes last: the string
+    "hash" and the algorithm's name ("blake3").
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -872,7 +874,7 @@ class UpdateHeader(_message.Message):
     """Parameter sharding: the shard this update's range belongs to, and the
     shard count the client joined with (0: an unsharded client). A shard
     refuses an update for another shard, or from an unsharded client,
-    with INVALID_ARGUMENT.
+    with INVALID_ARGUMENT. Signed (see the update statement above).
     """
     shard_count: _builtins.int
     def __init__(

@@ -15,6 +15,7 @@ from fedgrpc.crypto.signing import (
     UpdateStatement,
     UpdateVerifier,
     f32,
+    f64,
     field,
     sha256,
     statement,
@@ -92,6 +93,7 @@ def test_a_signed_update_verifies_and_its_digest_is_the_chain_head() -> None:
         {"num_samples": 300},
         {"base_model_sha256": b"c" * 32},
         {"density": 0.5},
+        {"shard": (1, 2)},
     ],
 )
 def test_any_changed_header_field_breaks_the_header_signature(
@@ -101,6 +103,36 @@ def test_any_changed_header_field_breaks_the_header_signature(
     altered = dataclasses.replace(UPDATE, **change)  # type: ignore[arg-type]
     with pytest.raises(BadSignatureError, match="header signature"):
         UpdateVerifier(KEY.public_key, altered, signer.header_signature)
+
+
+def test_a_sharded_statement_binds_its_range_and_unsharded_bytes_stay() -> None:
+    # Unsharded: exactly the bytes of clients older than the field.
+    assert UPDATE.encode("ed25519").endswith(f32(0.25))
+    sharded = dataclasses.replace(UPDATE, shard=(1, 3))
+    assert sharded.encode("ed25519") == statement(
+        "fedgrpc.v1.UpdateHeader", "ed25519", *_fields_of(UPDATE),
+        field(b"shard"), u64(1), u64(3),
+    )  # fmt: skip
+    signer = UpdateSigner(KEY, sharded)
+    for other in ((0, 3), (1, 2)):  # presented as another shard's range
+        with pytest.raises(BadSignatureError, match="header signature"):
+            UpdateVerifier(
+                KEY.public_key,
+                dataclasses.replace(sharded, shard=other),
+                signer.header_signature,
+            )
+
+
+def _fields_of(update: UpdateStatement) -> tuple[bytes, ...]:
+    """The unsharded statement's fields after domain and algorithm."""
+    return (
+        field(update.run_id.encode()), u64(update.round_id),
+        field(update.round_nonce), field(update.client_id.encode()),
+        u64(update.base_version), field(update.base_model_sha256),
+        u64(update.kind), u64(update.codec), u64(update.values),
+        f64(update.density), u64(update.num_coordinates),
+        u64(update.num_samples), f32(update.train_loss),
+    )  # fmt: skip
 
 
 def test_another_key_cannot_pass_for_the_client() -> None:
