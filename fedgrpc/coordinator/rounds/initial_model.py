@@ -34,9 +34,11 @@ from fedgrpc.errors import ModelMismatchError
 
 TensorPart = tuple[str, int, int]
 """(tensor name, first flat element, stop): a piece of one tensor."""
-PIECE_ELEMENTS = 1 << 24
-"""Largest piece read at once (64 MiB of float32): what reading adds to the
-process's peak memory, whatever the tensor's size."""
+PIECE_ELEMENTS = 1 << 22
+"""Largest piece read at once (16 MiB of float32): what reading adds to the
+process's peak memory, whatever the tensor's size. Measured checking a
+100.7M-parameter file at start: the peak grew by 246 MB with 64 MiB pieces,
+105 MB with 16 MiB ones, 30 MB with 4 MiB ones (which took 3x as long)."""
 
 
 class TensorSource(Protocol):
