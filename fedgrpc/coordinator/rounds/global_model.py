@@ -298,7 +298,8 @@ class GlobalModel:
         """Why applying round `round_id`'s `mean` would blow the model up, or None.
 
         `NormGuard.judge` on ||mean||, floored by ||w|| (one read of each,
-        no copy; ||w|| only for a round over the unfloored limit).
+        no copy; ||w|| only for a round over the unfloored limit). On a
+        shard both cover its own range, the only weights it holds.
         `max_update_norm_growth = 0` leaves only the NaN/Inf check.
         """
         norm = float(torch.linalg.vector_norm(mean))
