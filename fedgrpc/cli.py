@@ -267,8 +267,10 @@ def serve_config(args: argparse.Namespace) -> CoordinatorConfig:
 def _serve(args: argparse.Namespace) -> int:
     config = serve_config(args)
     configure_logging(config.log_format, config.log_level)
+    from fedgrpc.coordinator.ops.allocator import pin_mmap_threshold
     from fedgrpc.coordinator.services.server import serve
 
+    pin_mmap_threshold()  # large freed blocks go back to the OS
     asyncio.run(serve(config))
     return 0
 

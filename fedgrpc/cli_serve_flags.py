@@ -9,13 +9,15 @@ round-stage flags of `cli_flags.STAGE_FLAGS`), `LIMIT_FLAGS`
 (`config.privacy`: client-level DP and the run's budget) and
 `DISTRIBUTED_PRIVACY_FLAGS` (`config.privacy`, distributed DP's own keys)
 and `TREE_FLAGS` (`config.tree`, a leaf's link to its root); sharding's
-`SHARD_FLAGS` live in `cli_shard_flags`.
+`SHARD_FLAGS` live in `cli_shard_flags`, and what the coordinator keeps on
+disk instead of in RAM in `cli_memory_flags`.
 A flag's dest is the config field it sets; tests check every field has one.
 """
 
 from __future__ import annotations
 
 from fedgrpc.cli_flags import STAGE_FLAGS, Flag
+from fedgrpc.cli_memory_flags import MEMORY_FLAGS
 from fedgrpc.cli_shard_flags import SHARD_FLAGS
 from fedgrpc.config import OUTER_OPTIMIZERS, CoordinatorConfig
 
@@ -86,8 +88,8 @@ CORE_FLAGS = (
          "secure round: 1 masks all (dense int8, the safe default); below 1 "
          "the coordinator announces a shared index set of ceil(D x "
          "parameters) positions (top outer momentum plus random ones), with "
-         "a divergence guard falling back to dense rounds; experimental "
-         f"(default: {_D.secagg_density:g})", float, "D"),
+         "a divergence guard falling back to dense rounds; experimental, "
+         f"refused with --shard (default: {_D.secagg_density:g})", float, "D"),
     Flag("--secagg-random-fraction", "share in [0, 1] of the shared index "
          "set drawn at random from the round nonce, so every coordinate can "
          "flush its residual; only with --secagg-density < 1 "
@@ -169,10 +171,6 @@ ROBUSTNESS_FLAGS = (
          "is at least this fraction of the weights' norm, so near-zero "
          "(hostile) rounds cannot drive it to 0; 0: no floor "
          f"(default: {_D.guard_norm_floor:g})", float, "F"),
-    Flag("--staging-memory-mb", "RAM for updates still streaming in: each is "
-         "staged apart until it commits, so a broken one costs its round "
-         "nothing; past this, dense ones are staged on disk in --spool-dir, 0 "
-         f"stages all on disk (default: {_D.staging_memory_mb})", int, "MB"),
     Flag("--max-broken-uploads", "exclude a client whose uploads break (cut, "
          "refused mid-stream, no commit) this often within "
          "--broken-upload-window-rounds, 0 never excludes "
@@ -393,7 +391,7 @@ TREE_FLAGS = (
 """Aggregation trees: a leaf's link to its root (`config.tree`)."""
 
 SERVE_FLAGS = (
-    *CORE_FLAGS, *ROUND_MODE_FLAGS, *ROBUSTNESS_FLAGS, *LIMIT_FLAGS,
+    *CORE_FLAGS, *ROUND_MODE_FLAGS, *ROBUSTNESS_FLAGS, *MEMORY_FLAGS, *LIMIT_FLAGS,
     *ACCESS_FLAGS, *PRIVACY_FLAGS, *DISTRIBUTED_PRIVACY_FLAGS, *TREE_FLAGS,
     *SHARD_FLAGS,
 )  # fmt: skip

@@ -20,8 +20,9 @@ def peer_list(value: str) -> tuple[str, ...]:
 SHARD_FLAGS = (
     Flag("--shard", "run as shard I of N coordinators that split the "
          "parameters into N contiguous ranges (0 is the leader, which decides "
-         "every round); needs --shard-peers and --shard-token-file (default: "
-         "unsharded)", metavar="I/N"),
+         "every round); needs --shard-peers and --shard-token-file; with "
+         "--secure-aggregation each shard masks its own range (dense only) "
+         "(default: unsharded)", metavar="I/N"),
     Flag("--shard-peers", "every shard's HOST:PORT in shard order, this one "
          "included, comma-separated; clients learn them at Join", peer_list,
          "HOST:PORT,..."),

@@ -200,8 +200,10 @@ class DiLoCoClient:
         )
         secure = None if self._secure is None else self._secure.updates
         sync = build_sync(
-            self._connection, federation, self._local, self._config, self._settings
-        )
+            self._connection, federation, self._local, self._config, self._settings,
+            attach=weak_attach(weakref.ref(self)),
+            range_encoders=() if self._secure is None else self._secure.range_updates,
+        )  # fmt: skip
         sync.compressed = whole_encoder(
             sync, federation, self._config, secure, self._local.spec.num_coordinates
         )

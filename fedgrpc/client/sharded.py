@@ -17,6 +17,13 @@ makes the sets differ, and the round then skips everywhere. Compressed
 updates keep one encoder (and error-feedback residual) per range, as
 streaming fragments do.
 
+Secure aggregation: each shard runs its own masked round over its own
+range (masks are addressed by position), so every shard link gets its own
+participant through the client's `attach` hook (same identity key) and
+range k is pushed through its own masked encoder (`range_encoders`). The shards'
+commit vote compares the survivors of those N rounds: a client unmasked
+into one shard's sum and dropped from another's skips the round on all.
+
 A fault on any shard's link goes to `Reconnector` like any other: `resume`
 re-joins every shard and carries on from what their model versions say.
 """
@@ -25,12 +32,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from fedgrpc.client.compressed import codec_encoder
 from fedgrpc.client.connection import Connection
 from fedgrpc.client.connection.join import Federation, JoinSettings
+from fedgrpc.client.connection.link import Attach
 from fedgrpc.client.connection.push import UpdateEncoder
 from fedgrpc.client.connection.round_tracker import RoundStart, RunFinished, StaleBase
 from fedgrpc.client.fragment_weights import rebase_fragment
@@ -57,8 +65,16 @@ class ShardedSync(SyncPoint):
         local: LocalRun,
         config: ClientConfig,
         settings: JoinSettings,
+        *,
+        attach: Attach | None = None,
+        range_encoders: Sequence[UpdateEncoder] = (),
     ) -> None:
         """Join every other shard the map names; check they agree on it.
+
+        `attach` is given to every other shard's link (the client's round
+        mode: with secure aggregation, a participant per shard);
+        `range_encoders`, one per shard, replace the codec's (secure
+        aggregation's masked pushes, `SecureMode.range_updates`).
 
         Raises:
             IncompatibleClientError: a map that does not fit the model, or a
@@ -83,7 +99,7 @@ class ShardedSync(SyncPoint):
                 link, joined = connection, federation
                 if k != federation.shard_index:
                     link = Connection(  # one identity: the same client everywhere
-                        peer, local.spec, settings, config,
+                        peer, local.spec, settings, config, attach=attach,
                         identity=connection.link.identity,
                     )  # fmt: skip
                     self.links.append(link)
@@ -100,9 +116,12 @@ class ShardedSync(SyncPoint):
             for k in range(count)
         ]
         self.base_shas = [b""] * count
-        self.encoders: list[UpdateEncoder | None] = [
-            codec_encoder(federation, config, r.num_coordinates) for r in self.ranges
-        ]
+        self.encoders: list[UpdateEncoder | None] = (
+            list(range_encoders)
+            if len(range_encoders) == count
+            else [codec_encoder(federation, config, r.num_coordinates)
+                  for r in self.ranges]
+        )  # fmt: skip
         self._pool = concurrent.futures.ThreadPoolExecutor(
             count, thread_name_prefix="fedgrpc-shard"
         )
@@ -119,14 +138,17 @@ class ShardedSync(SyncPoint):
             joined.shard_index != k
             or joined.shard_bounds != first.shard_bounds
             or joined.shard_peers != first.shard_peers
+            or joined.secure_aggregation != first.secure_aggregation
         ):
             raise IncompatibleClientError(
                 f"shard {k} at {peer} answered Join as shard {joined.shard_index} "
                 f"with bounds {list(joined.shard_bounds)} and peers "
-                f"{list(joined.shard_peers)}; shard {first.shard_index} announced "
-                f"bounds {list(first.shard_bounds)} and peers "
-                f"{list(first.shard_peers)}: the shards must be started with the "
-                "same shard_peers, model and settings"
+                f"{list(joined.shard_peers)} (secure_aggregation "
+                f"{joined.secure_aggregation}); shard {first.shard_index} "
+                f"announced bounds {list(first.shard_bounds)} and peers "
+                f"{list(first.shard_peers)} (secure_aggregation "
+                f"{first.secure_aggregation}): the shards must be started with "
+                "the same shard_peers, model and settings"
             )
 
     def _each(self, work: Callable[[int], T]) -> list[T]:
@@ -297,12 +319,12 @@ def whole_encoder(
     """The encoder of whole-model updates: secure aggregation's, or the codec's.
 
     None for raw float32, and for sync points that keep one encoder per
-    range (streaming fragments, shards).
+    range (streaming fragments, shards: masked ranges too).
     """
-    if secure is not None:  # masked rounds (client.secure)
-        return secure
     if isinstance(sync, StreamingSync | ShardedSync):
         return None
+    if secure is not None:  # masked rounds (client.secure)
+        return secure
     return codec_encoder(federation, config, num_coordinates)
 
 
@@ -312,9 +334,18 @@ def build_sync(
     local: LocalRun,
     config: ClientConfig,
     settings: JoinSettings,
+    *,
+    attach: Attach | None = None,
+    range_encoders: Sequence[UpdateEncoder] = (),
 ) -> SyncPoint:
-    """The sync point the federation calls for: sharded, or none of that."""
+    """The sync point the federation calls for: sharded, or none of that.
+
+    `attach` and `range_encoders` matter to shards only (see `ShardedSync`).
+    """
     if federation.shard_peers:
-        return ShardedSync(connection, federation, local, config, settings)
+        return ShardedSync(
+            connection, federation, local, config, settings,
+            attach=attach, range_encoders=range_encoders,
+        )  # fmt: skip
     kind = StreamingSync if federation.round_mode == "streaming" else SyncPoint
     return kind(connection, federation, local, config)

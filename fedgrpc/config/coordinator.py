@@ -248,7 +248,7 @@ class CoordinatorConfig(
             "round_mode": self.round_mode != "sync",
         })  # fmt: skip
         self._check_shards({
-            "secure_aggregation": self.secure_aggregation,
+            "secagg_density": self.secure_aggregation and self.secagg_density < 1,
             "round_mode": self.round_mode != "sync",
             "downlink_codec": self.downlink_codec_config is not None,
             "privacy": self.privacy != "off",

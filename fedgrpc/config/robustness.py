@@ -174,6 +174,11 @@ class RobustnessSettings:
     (d x 4 bytes dense, its indices and values top-k) until it commits, so a
     broken one costs the round nothing. Past this, dense ones are staged on
     disk in spool_dir. 0 stages every one on disk."""
+    outer_state_on_disk: bool = False
+    """Keep the outer optimizer's state (Nesterov's momentum; the adaptive
+    family's two moments) in a file in spool_dir between rounds, stepped
+    4 MiB at a time: one model-sized buffer less in RAM (two for fedadam),
+    for writing and reading it once per round. Built-in optimizers only."""
     max_broken_uploads: int = 3
     """A client whose uploads break (cut, refused mid-stream, no commit) this
     many times within `broken_upload_window_rounds` rounds is excluded for

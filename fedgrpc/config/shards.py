@@ -12,9 +12,14 @@ round's close every shard proposes its set of committed clients to it over
 What a shard refuses at start, rather than silently doing wrong: settings
 whose math needs the whole vector in one place (central DP's clip and
 noise, robust aggregators that rank whole updates, secure aggregation's
-masks over one index space, downlink steps over the whole model), and
+shared sparse index sets, downlink steps over the whole model), and
 round modes other than sync (their pacing would let shards close
 different sets). Each is named with the reason in the error.
+
+Secure aggregation itself works per shard: masks are addressed by
+position, so each shard runs its own masked round over its own range
+(setup, key exchange, masked input, unmasking, dropout recovery) and the
+commit protocol compares the survivor sets (`coordinator.secure`).
 """
 
 from __future__ import annotations
@@ -94,8 +99,10 @@ class ShardSettings:
 
 
 _WHY_NOT = {
-    "secure_aggregation": "masks are not yet split per shard range (not "
-    "supported with shards yet)",
+    "secagg_density": "a shared sparse index set is chosen from the whole "
+    "update's magnitudes and guarded against divergence over the whole model; "
+    "each shard masks its own range densely (secagg_density = 1; sparse masked "
+    "rounds are not supported with shards yet)",
     "round_mode": "shards run sync rounds; deadline, buffered_async and "
     "streaming pacing are not supported with shards yet",
     "downlink_codec": "compressed downlink steps cover the whole model; shards "

@@ -93,8 +93,8 @@ def test_serve_flags_and_toml_set_the_shard_keys(tmp_path: Path) -> None:
         ({"aggregator": "median"}, "aggregator"),
         ({"upstream": "127.0.0.1:9999"}, "upstream"),
         ({"selection": "random", "clients_per_round": 2}, "selection"),
-        ({"secure_aggregation": True, "codec": "dense:int8", "min_clients": 3},
-         "secure_aggregation"),
+        ({"secure_aggregation": True, "codec": "dense:int8", "min_clients": 3,
+          "secagg_density": 0.5}, "secagg_density"),
     ],
 )  # fmt: skip
 def test_settings_a_shard_cannot_honour_are_refused_naming_them(
@@ -102,6 +102,12 @@ def test_settings_a_shard_cannot_honour_are_refused_naming_them(
 ) -> None:
     with pytest.raises(ConfigError, match=f"^{name}="):
         shard(**overrides)
+
+
+def test_a_shard_takes_dense_secure_aggregation_over_its_own_range() -> None:
+    config = shard(secure_aggregation=True, codec="dense:int8", min_clients=3)
+    assert config.secure_aggregation
+    assert (config.shard_index, config.shard_count) == (1, 2)
 
 
 def test_unsharded_coordinators_take_no_peers() -> None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64grpc/v1/shard.proto\x12\nfedgrpc.v1\"\xa2\x01\n\x14ProposeCommitRequest\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x04\x12\x13\n\x0bshard_index\x18\x03 \x01(\r\x12\x13\n\x0bshard_count\x18\x04 \x01(\r\x12\x12\n\nclient_ids\x18\x05 \x03(\t\x12\x14\n\x0ctotal_weight\x18\x06 \x01(\x01\x12\x0e\n\x06usable\x18\x07 \x01(\x08\"\xc9\x01\n\x15ProposeCommitResponse\x12<\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32*.fedgrpc.v1.ProposeCommitResponse.Decision\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x15\n\rnext_round_id\x18\x03 \x01(\x04\"K\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_APPLY\x10\x01\x12\x11\n\rDECISION_SKIP\x10\x02\x32\x64\n\x0cShardService\x12T\n\rProposeCommit\x12 .fedgrpc.v1.ProposeCommitRequest\x1a!.fedgrpc.v1.ProposeCommitResponseB\x84\x01\n\x0e\x64\x65v.fedgrpc.v1B\nShardProtoP\x01Z6github.com/fedgrpc/fedgrpc/gen/go/fedgrpc/v1;fedgrpcv1\xa2\x02\x03\x46GR\xaa\x02\nFedgrpc.V1\xca\x02\nFedgrpc\\V1\xea\x02\x0b\x46\x65\x64grpc::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64grpc/v1/shard.proto\x12\nfedgrpc.v1\"\xa2\x01\n\x14ProposeCommitRequest\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x04\x12\x13\n\x0bshard_index\x18\x03 \x01(\r\x12\x13\n\x0bshard_count\x18\x04 \x01(\r\x12\x12\n\nclient_ids\x18\x05 \x03(\t\x12\x14\n\x0ctotal_weight\x18\x06 \x01(\x01\x12\x0e\n\x06usable\x18\x07 \x01(\x08\"\xe2\x01\n\x15ProposeCommitResponse\x12<\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32*.fedgrpc.v1.ProposeCommitResponse.Decision\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x15\n\rnext_round_id\x18\x03 \x01(\x04\x12\x17\n\x0fpartial_clients\x18\t \x03(\t\"K\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_APPLY\x10\x01\x12\x11\n\rDECISION_SKIP\x10\x02\x32\x64\n\x0cShardService\x12T\n\rProposeCommit\x12 .fedgrpc.v1.ProposeCommitRequest\x1a!.fedgrpc.v1.ProposeCommitResponseB\x84\x01\n\x0e\x64\x65v.fedgrpc.v1B\nShardProtoP\x01Z6github.com/fedgrpc/fedgrpc/gen/go/fedgrpc/v1;fedgrpcv1\xa2\x02\x03\x46GR\xaa\x02\nFedgrpc.V1\xca\x02\nFedgrpc\\V1\xea\x02\x0b\x46\x65\x64grpc::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROPOSECOMMITREQUEST']._serialized_start=39
   _globals['_PROPOSECOMMITREQUEST']._serialized_end=201
   _globals['_PROPOSECOMMITRESPONSE']._serialized_start=204
-  _globals['_PROPOSECOMMITRESPONSE']._serialized_end=405
-  _globals['_PROPOSECOMMITRESPONSE_DECISION']._serialized_start=330
-  _globals['_PROPOSECOMMITRESPONSE_DECISION']._serialized_end=405
-  _globals['_SHARDSERVICE']._serialized_start=407
-  _globals['_SHARDSERVICE']._serialized_end=507
+  _globals['_PROPOSECOMMITRESPONSE']._serialized_end=430
+  _globals['_PROPOSECOMMITRESPONSE_DECISION']._serialized_start=355
+  _globals['_PROPOSECOMMITRESPONSE_DECISION']._serialized_end=430
+  _globals['_SHARDSERVICE']._serialized_start=432
+  _globals['_SHARDSERVICE']._serialized_end=532
 # @@protoc_insertion_point(module_scope)

@@ -104,6 +104,7 @@ class ProposeCommitResponse(_message.Message):
     DECISION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     NEXT_ROUND_ID_FIELD_NUMBER: _builtins.int
+    PARTIAL_CLIENTS_FIELD_NUMBER: _builtins.int
     decision: Global___ProposeCommitResponse.Decision.ValueType
     reason: _builtins.str
     """Why SKIP (for the logs), e.g. "shard 1 did not propose within 30 s"."""
@@ -113,16 +114,27 @@ class ProposeCommitResponse(_message.Message):
     checkpoint (its round ids behind) catches up, so the shards' rounds
     line up again instead of skipping forever.
     """
+    @_builtins.property
+    def partial_clients(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Key fingerprints of clients that committed this round at some shards
+        but not at all of them (set only once every shard proposed). Their
+        partial push is why the sets differ; every shard counts it as one of
+        the client's broken uploads, so a client that keeps doing it is
+        excluded everywhere (max_broken_uploads) instead of skipping rounds
+        forever.
+        """
+
     def __init__(
         self,
         *,
         decision: Global___ProposeCommitResponse.Decision.ValueType = ...,
         reason: _builtins.str = ...,
         next_round_id: _builtins.int = ...,
+        partial_clients: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "next_round_id", b"next_round_id", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "next_round_id", b"next_round_id", "partial_clients", b"partial_clients", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -18,9 +18,10 @@ coordinator's SecAgg events on the background loop while the user trains:
 A refusal by the core (a forged peer key, a tampered share, too few peers),
 less distributed-DP noise than `ClientConfig.min_dp_noise_multiplier`
 asks (at the setup, and again over the survivors before signing their
-list), or a setup that does not verify or decode (an index set that is not exactly
-its count of increasing positions inside our model), ends this client's
-part in the round: it reveals nothing more, logs the reason
+list), or a setup that does not verify or decode (an index set that is
+not exactly its count of increasing positions inside our model, a dense
+round over another number of coordinates than our model or shard range),
+ends this client's part in the round: it reveals nothing more, logs the reason
 (`secagg_round_left`), and its push, if any, is refused as for a client
 that is not a participant; the round goes on without it or aborts.
 
@@ -38,7 +39,7 @@ import numpy as np
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
 from fedgrpc.client.connection.join import Federation
 from fedgrpc.crypto.keys import PrivateKey
-from fedgrpc.errors import FedGrpcError
+from fedgrpc.errors import FedGrpcError, InvalidUpdateError
 from fedgrpc.log import get_logger
 from fedgrpc.privacy.discrete import discrete_noise_multiplier
 from fedgrpc.secagg import (
@@ -168,6 +169,15 @@ class SecureParticipant:
         self._federation.coordinator_key.verify(
             announce.signature, announce.statement()
         )
+        if (
+            announce.positions is None
+            and announce.num_positions != self._num_coordinates
+        ):
+            raise InvalidUpdateError(  # a shard announcing another range's round
+                f"the dense setup announces {announce.num_positions} positions, but "
+                f"this client's model (or shard range) has {self._num_coordinates} "
+                "coordinates: a round over another range is refused"
+            )
         self._check_noise(announce, len(setup.participants))
         machine = ClientRound(
             setup,

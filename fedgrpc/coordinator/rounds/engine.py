@@ -60,7 +60,11 @@ from fedgrpc.coordinator.rounds.records import (
     new_round_nonce,
 )
 from fedgrpc.coordinator.rounds.registry import ClientRecord, ClientRegistry
-from fedgrpc.coordinator.rounds.sharding import ShardGate, shard_vote
+from fedgrpc.coordinator.rounds.sharding import (
+    ShardGate,
+    shard_vote,
+    strike_partial_clients,
+)
 from fedgrpc.coordinator.rounds.weighting import SampleWeighting
 from fedgrpc.coordinator.strategy.dp_stage import build_privacy_stage
 from fedgrpc.coordinator.strategy.wiring import (
@@ -115,6 +119,9 @@ class RoundEngine:
         """Client training seconds offered and applied (`goodput`)."""
         self.shard_gate: ShardGate | None = None
         """A shard's commit vote (`coordinator.shards`): None applies the round."""
+        self.strike: Callable[[ClientRecord, int, str], bool] | None = None
+        """Counts a broken upload (`ingest.breakers`); a shard strikes the
+        clients that committed at some shards only."""
 
     def adopt_spec(self, spec: ModelSpec) -> bool:
         """A joiner's spec (`GlobalModel.adopt_spec`); True if the model now exists.
@@ -245,8 +252,9 @@ class RoundEngine:
         total = closing.total
         veto = None
         if self.shard_gate is not None:  # before `finish_close` opens the next
-            veto, following = shard_vote(self.shard_gate, closing, self.registry)
-            self._next_round_id = max(self._next_round_id, following)
+            verdict = shard_vote(self.shard_gate, closing, self.registry)
+            veto, closing.partial_clients = verdict.skip_reason, verdict.partial_clients
+            self._next_round_id = max(self._next_round_id, verdict.next_round_id)
         if total is None:
             return False
         try:
@@ -290,6 +298,8 @@ class RoundEngine:
         if applied:
             self.model.advance()
             credit_applied(closing, self.registry)
+        if self.strike is not None:
+            strike_partial_clients(closing, self.registry, self.strike)
         self.goodput.round_closed(closing, applied)
         self.participation.round_closed(closing)
         if self.trust is not None:

@@ -146,6 +146,9 @@ class OpenRound:
     """The round's Accumulator, opened on its first chunk (`RoundStages`)."""
     void_reason: str | None = None
     """Set when a push failed after touching the sum: the round must be skipped."""
+    partial_clients: tuple[str, ...] = ()
+    """A shard's round: key fingerprints the shards' leader named as having
+    committed at some shards only (`rounds.sharding.strike_partial_clients`)."""
     complete_reason: str | None = None
     """Set when the round is complete for a reason the engine cannot see (a
     secure round's sum was recovered): it closes now, with this reason."""

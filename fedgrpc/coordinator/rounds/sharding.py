@@ -13,20 +13,33 @@ same clients; the gate is a plain callable so the engine needs no gRPC.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 from fedgrpc.compress.codec import make_codec
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.rounds.records import OpenRound
-from fedgrpc.coordinator.rounds.registry import ClientRegistry
+from fedgrpc.coordinator.rounds.registry import ClientRecord, ClientRegistry
 from fedgrpc.domain.fragments import Fragment
 from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.domain.shards import shard_cuts, shard_ranges
 from fedgrpc.errors import ConfigError
 
-ShardGate = Callable[[int, int, tuple[str, ...], float, bool], tuple[str | None, int]]
-"""(round, base version, committed clients, total weight, usable) -> (why the
-round must skip on every shard or None to apply it, the round id to open next
-at the earliest: shards whose round ids fell behind catch up; 0: none)."""
+
+class ShardVerdict(NamedTuple):
+    """The leader's answer about one round, as the engine uses it."""
+
+    skip_reason: str | None
+    """Why the round must skip on every shard; None: apply it."""
+    next_round_id: int
+    """The round id to open next at the earliest (shards whose ids fell
+    behind catch up); 0: none given."""
+    partial_clients: tuple[str, ...] = ()
+    """Key fingerprints of clients that committed at some shards only: each
+    counts as one of their broken uploads (`coordinator.shards.board`)."""
+
+
+ShardGate = Callable[[int, int, tuple[str, ...], float, bool], ShardVerdict]
+"""(round, base version, committed clients, total weight, usable) -> verdict."""
 
 
 def cuts_for(config: CoordinatorConfig, spec: ModelSpec) -> tuple[int, ...]:
@@ -54,13 +67,15 @@ def own_range(config: CoordinatorConfig, spec: ModelSpec) -> Fragment | None:
 
 def shard_vote(
     gate: ShardGate, closing: OpenRound, registry: ClientRegistry
-) -> tuple[str | None, int]:
+) -> ShardVerdict:
     """Ask the shards' leader about `closing` (see `ShardGate`).
 
     Every shard votes, a round with nothing to apply too, so the leader
     never waits out its timeout for a shard that has nothing to say.
     Clients are named by their key's fingerprint: client ids are handed out
-    per shard, in join order, so they differ between shards.
+    per shard, in join order, so they differ between shards. Under secure
+    aggregation the contributors are the masked round's survivors
+    (`secure.masked_round.install_sum`), so the shards compare survivor sets.
     """
     total = closing.total
     usable = (
@@ -77,3 +92,31 @@ def shard_vote(
     return gate(
         closing.round_id, closing.base_version, tuple(sorted(names)), weight, usable
     )
+
+
+def strike_partial_clients(
+    closing: OpenRound,
+    registry: ClientRegistry,
+    strike: Callable[[ClientRecord, int, str], bool],
+) -> int:
+    """Count `closing`'s partial clients' pushes as broken; returns how many.
+
+    `strike` is `ingest.breakers.BrokenUploads.record`: the same rule as a
+    stream cut mid-way, so a client doing it `max_broken_uploads` times is
+    excluded, and since every shard hears the same names it is excluded on
+    every shard.
+    """
+    partial = set(closing.partial_clients)
+    if not partial:
+        return 0
+    struck = 0
+    for record in registry.all():
+        key = record.public_key
+        if key is not None and key.fingerprint in partial:
+            reason = (
+                f"round {closing.round_id}: committed at some shards but not at "
+                "every one (the round skipped on all of them)"
+            )
+            strike(record, closing.round_id, reason)
+            struck += 1
+    return struck

@@ -19,6 +19,13 @@ are). Per round it starts, advances and finishes a `masked_round.SecureRound`:
    by a weight announced before masking (sums of w_i c_i); not done, so
    num_samples only feeds status.
 
+On a parameter shard (`shard = "I/N"`) the round covers the shard's own
+range only (`engine.round_coordinates`): each shard runs this whole
+protocol on its own, and since `install_sum` makes the survivors the
+round's contributors, the shards' commit vote (`rounds.sharding`) compares
+survivor sets: a client unmasked into one shard's sum but dropped from
+another's makes the round skip on every shard.
+
 A round that cannot finish (too few survivors for the threshold, a broken
 consistency check) is voided: the engine closes it SKIPPED with the reason,
 weights unchanged, and the next round starts afresh.
@@ -257,9 +264,10 @@ class SecureMode:
         if self.clock() - self._last_session_s < SETUP_QUIET_S:
             return  # clients are still connecting: let them in first
         ids = tuple(sorted(identities))
-        spec = self.engine.model.require_spec()
         positions = self.index_set(current)
-        count = spec.num_coordinates if positions is None else positions.size
+        # Dense: every coordinate the round syncs (a shard's own range: masks
+        # are addressed by position, so a shard masks and unmasks its range).
+        count = self.engine.round_coordinates() if positions is None else positions.size
         scale = self.round_scale(current)
         noise = self._plan_noise(current, scale, count, len(ids))
         if noise is False:
@@ -324,8 +332,7 @@ class SecureMode:
         seconds: float,
     ) -> None:
         """The recovered sum becomes the open round's sum; the engine closes it."""
-        spec = self.engine.model.require_spec()
-        install_sum(current, rnd, result, spec.num_coordinates)
+        install_sum(current, rnd, result, self.engine.round_coordinates())
         if self.noise is not None:
             self.noise.unmasked(rnd.round_id, len(result.survivors))
         self.shared_index.judge(current, rnd.announce, result)  # may void it

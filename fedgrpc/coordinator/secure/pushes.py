@@ -14,6 +14,7 @@ import numpy as np
 
 from fedgrpc.coordinator.ingest.sinks import ChunkCheck
 from fedgrpc.coordinator.round_mode import RoundContext
+from fedgrpc.coordinator.rounds.admission import check_shard
 from fedgrpc.coordinator.rounds.engine import ChunkValues
 from fedgrpc.coordinator.rounds.records import Phase, Ticket
 from fedgrpc.coordinator.rounds.registry import ClientRecord
@@ -40,7 +41,10 @@ class MaskedPushes:
 
     def check(self, client: ClientRecord, header: UpdateHeaderInfo) -> None:
         """Only for the masked round collecting now; num_coordinates=0 leaves it."""
-        check_claims(self._context.config, header)
+        config = self._context.config
+        check_claims(config, header)
+        if config.shard_count > 1:  # another shard's range, or a whole model
+            check_shard(config, header)
         rnd = self._round_for(header)
         if header.num_coordinates == 0:  # "I left this round": stop waiting for it
             rnd.drop(client.client_id)

@@ -185,6 +185,7 @@ def make_runtime(
         runtime.engine.model.upstream = RootLink(config)
     if config.shard_count > 1:  # parameter sharding (`coordinator.shards`)
         runtime.engine.shard_gate = ShardLink(config)
+        runtime.engine.strike = runtime.ingest.broken.record
     return runtime
 
 

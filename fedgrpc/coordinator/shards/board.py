@@ -10,6 +10,22 @@ proposes (it crashed, or its round never closed) makes the first waiter's
 timeout decide SKIP for everyone; a proposal arriving after a decision
 gets that decision. So no shard applies a round another skipped.
 
+Under secure aggregation each shard runs its own masked round over its
+range, and its committed clients are that round's survivors (the clients
+whose masked inputs were unmasked into its sum), so APPLY also means the
+survivor sets agree: a client recovered as dropped on one shard but summed
+on another makes the round skip everywhere.
+
+A client that pushes to only some shards (or cuts one of its N streams)
+would make every round skip, one client stalling the federation. So once
+all N proposals are in, the leader also names the *partial* clients: in
+some shard's set but not in every one (`partial_clients`). Each shard
+counts that as one of the client's broken uploads (`ingest.breakers`):
+after `max_broken_uploads` of them it is excluded on every shard alike,
+and rounds apply again without it. A round missing a whole shard names
+no one (a crashed shard is not its clients' doing). A client that drops
+out of one shard's masked round is partial too, and counted the same way.
+
 Plain asyncio, no gRPC: the servicer awaits `propose` on the event loop.
 """
 
@@ -53,6 +69,7 @@ def next_round_id(board: CommitBoard) -> int:
 class _Round:
     decision: asyncio.Future[Decision]
     proposals: dict[int, Proposal] = field(default_factory=dict)
+    partial: tuple[str, ...] = ()
 
 
 class CommitBoard:
@@ -75,6 +92,7 @@ class CommitBoard:
             return entry.decision.result()
         entry.proposals[proposal.shard_index] = proposal
         if len(entry.proposals) == self.count:
+            entry.partial = partial_clients(entry.proposals.values())
             self._decide(round_id, entry, decide(entry.proposals.values()))
         try:
             return await asyncio.wait_for(
@@ -88,6 +106,11 @@ class CommitBoard:
                 "(crashed or unreachable)"
             )))  # fmt: skip
             return entry.decision.result()
+
+    def partial(self, round_id: int) -> tuple[str, ...]:
+        """Partial clients of `round_id`, sorted (see the module docstring)."""
+        entry = self._rounds.get(round_id)
+        return () if entry is None else entry.partial
 
     def _entry(self, round_id: int) -> _Round:
         entry = self._rounds.get(round_id)
@@ -140,3 +163,12 @@ def decide(proposals: Iterable[Proposal]) -> Decision:
                 "not the same set"
             )
     return True, ""
+
+
+def partial_clients(proposals: Iterable[Proposal]) -> tuple[str, ...]:
+    """Clients in some proposal's set but not in every one, sorted."""
+    sets = [frozenset(p.clients) for p in proposals]
+    if not sets:
+        return ()
+    every = sets[0].intersection(*sets[1:])
+    return tuple(sorted(sets[0].union(*sets[1:]) - every))

@@ -16,6 +16,7 @@ import grpc
 
 from fedgrpc._proto.v1 import shard_pb2, shard_pb2_grpc
 from fedgrpc.config import CoordinatorConfig
+from fedgrpc.coordinator.rounds.sharding import ShardVerdict
 from fedgrpc.crypto.admin_token import read_admin_token
 from fedgrpc.log import get_logger
 
@@ -49,11 +50,11 @@ class ShardLink:
         clients: tuple[str, ...],
         total_weight: float,
         usable: bool,
-    ) -> tuple[str | None, int]:
-        """Propose; returns (why the round skips, None: APPLY; next round id).
+    ) -> ShardVerdict:
+        """Propose; returns the leader's verdict (`ShardGate`).
 
         The next round id is the earliest this shard should open next (the
-        leader's advice, `ShardGate`), 0 when the leader gave none.
+        leader's advice), 0 when the leader gave none.
         """
         request = shard_pb2.ProposeCommitRequest(
             round_id=round_id,
@@ -76,13 +77,19 @@ class ShardLink:
                 f"{exc.code().name} {exc.details()}"
             )
             log.warning("shard_round_unconfirmed", round=round_id, reason=reason)
-            return reason, 0
+            return ShardVerdict(reason, 0)
         following = answer.next_round_id
+        partial = tuple(answer.partial_clients)
         if answer.decision == shard_pb2.ProposeCommitResponse.DECISION_APPLY:
-            return None, following
+            return ShardVerdict(None, following, partial)
         reason = f"the shards skip round {round_id}: {answer.reason}"
-        log.warning("shard_round_skipped", round=round_id, reason=answer.reason)
-        return reason, following
+        log.warning(
+            "shard_round_skipped",
+            round=round_id,
+            reason=answer.reason,
+            partial_clients=len(partial),
+        )
+        return ShardVerdict(reason, following, partial)
 
     def close(self) -> None:
         """Close the channel to the leader."""

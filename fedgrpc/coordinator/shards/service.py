@@ -83,7 +83,10 @@ class ShardServicer:
         apply, reason = await board.propose(request.round_id, proposal)
         decision = Response.DECISION_APPLY if apply else Response.DECISION_SKIP
         return Response(
-            decision=decision, reason=reason, next_round_id=next_round_id(board)
+            decision=decision,
+            reason=reason,
+            next_round_id=next_round_id(board),
+            partial_clients=board.partial(request.round_id),
         )
 
 

@@ -22,6 +22,7 @@ from fedgrpc.coordinator.strategy.selection import SelectionName
 from fedgrpc.coordinator.strategy.trust import TrustBook
 from fedgrpc.errors import ConfigError
 from fedgrpc.optim import AdaptiveSettings, OuterOptimizer, build_outer_optimizer
+from fedgrpc.optim.offload import DiskStateOptimizer
 
 _RULE_PARAMS = {
     "trimmed_mean_beta": "beta",
@@ -105,14 +106,24 @@ def build_outer(
     `state_dict` is checkpointed like a built-in's.
 
     Raises:
-        ConfigError: see `load_outer_optimizer` and `build_outer_optimizer`.
+        ConfigError: see `load_outer_optimizer` and `build_outer_optimizer`;
+            `outer_state_on_disk` with a plugin.
     """
     params = config.outer_optimizer_params
+    plugin = plugins.outer_optimizer is not None or is_plugin_spec(
+        config.outer_optimizer
+    )
+    if plugin and config.outer_state_on_disk:
+        raise ConfigError(
+            "outer_state_on_disk = true needs a built-in outer_optimizer: the "
+            "state is stepped 4 MiB at a time, which only an elementwise "
+            "optimizer allows (a plugin may not be one)"
+        )
     if plugins.outer_optimizer is not None:
         return load_outer_optimizer(plugins.outer_optimizer, params=params)
     if is_plugin_spec(config.outer_optimizer):
         return load_outer_optimizer(config.outer_optimizer, params=params)
-    return build_outer_optimizer(
+    built = build_outer_optimizer(
         cast(OuterOptimizerName, config.outer_optimizer),
         config.resolved_outer_lr,
         config.resolved_outer_momentum,
@@ -122,6 +133,9 @@ def build_outer(
             tau=config.resolved_outer_tau,
         ),
     )
+    if config.outer_state_on_disk:  # one model-sized buffer less (`optim.offload`)
+        return DiskStateOptimizer(built, config.spool_dir)
+    return built
 
 
 def build_trust(config: CoordinatorConfig) -> TrustBook | None:
