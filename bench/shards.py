@@ -183,6 +183,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the shards' staging_memory_mb (default: the "
                         "coordinator's; 0 stages every update in flight on "
                         "disk)")  # fmt: skip
+    parser.add_argument("--outer-state-on-disk", action="store_true",
+                        help="the shards keep the outer optimizer's state on "
+                        "disk between rounds (outer_state_on_disk)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:  # 2M: four shards of whole 1 MiB blocks
         args.params, args.rounds = "2M", 2
@@ -201,11 +204,14 @@ def main() -> None:
         report.update(tree_half(params, args.rounds))
     counts = [int(n) for n in args.shards.split(",") if n.strip()]
     if counts:
-        harness = HARNESS
+        flags: tuple[str, ...] = ()
         if args.staging_memory_mb is not None:
-            flags = ("--staging-memory-mb", str(args.staging_memory_mb))
-            harness = dataclasses.replace(HARNESS, serve_flags=(*SERVE_FLAGS, *flags))
+            flags += ("--staging-memory-mb", str(args.staging_memory_mb))
             report["staging_memory_mb"] = args.staging_memory_mb
+        if args.outer_state_on_disk:
+            flags += ("--outer-state-on-disk",)
+            report["outer_state_on_disk"] = True
+        harness = dataclasses.replace(HARNESS, serve_flags=(*SERVE_FLAGS, *flags))
         report.update(sharding_half(harness, counts, params, args.rounds))
     report.update({
         "params": params,
