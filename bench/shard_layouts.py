@@ -8,6 +8,11 @@ per round (utime + stime over the clients' whole session, divided by the
 rounds), peak RSS (VmHWM) against its range's float32 bytes, and the median
 round time. Goals the issue sets: CPU per round per shard <= 1/N of the
 one-shard coordinator's + 10 %, peak RSS per shard <= 3x its range.
+
+What holds the memory: `RssSampler` reads each shard's VmRSS (and its
+anonymous and file-backed parts) every `SAMPLE_S` over the whole session,
+so the JSON shows the process's floor at start (interpreter, torch, gRPC:
+no model yet) apart from what the rounds add.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import os
 import socket
 import statistics
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +44,58 @@ from fedgrpc.domain.chunks import DEFAULT_CHUNK_BYTES
 from fedgrpc.domain.shards import shard_cuts
 
 SHARD_TOKEN = "bench-shard-token-0123456789abcdef"
+SAMPLE_S = 0.2
+"""Seconds between two reads of a shard's /proc/<pid>/status."""
+TIMELINE_POINTS = 12
+
+
+class RssSampler:
+    """VmRSS, RssAnon and RssFile of some processes, every SAMPLE_S, in a thread."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.samples: dict[int, list[tuple[int, int, int]]] = {p: [] for p in pids}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._sample()  # the floor: ready, no model laid out yet
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_S):
+            self._sample()
+
+    def _sample(self) -> None:
+        for pid in self.pids:
+            try:
+                rss, anon, file = (
+                    proc_status_bytes(pid, key)
+                    for key in ("VmRSS", "RssAnon", "RssFile")
+                )
+            except (OSError, KeyError):  # the process ended
+                continue
+            self.samples[pid].append((rss, anon, file))
+
+    def summary(self, pid: int) -> dict[str, Any]:
+        """MB at start, at the sampled peak (anon and file parts), and a timeline."""
+        rows = self.samples[pid]
+        if not rows:
+            return {}
+        peak = max(rows)
+        step = max(1, len(rows) // TIMELINE_POINTS)
+        return {
+            "rss_mb_at_start": rows[0][0] / MB,
+            "rss_mb_sampled_peak": peak[0] / MB,
+            "anon_mb_at_peak": peak[1] / MB,
+            "file_mb_at_peak": peak[2] / MB,
+            "rss_mb_timeline": [r[0] / MB for r in rows[::step]],
+        }
 
 
 def _free_address() -> str:
@@ -85,12 +143,13 @@ def measure_shards(
             pids.append(proc.pid)
         cpu_before = [cpu_seconds(pid) for pid in pids]
         out = CTX.Queue()
-        for _ in range(clients):
-            job = (peers[0], params, rounds, out)
-            procs.append(CTX.Process(target=harness.client_main, args=job))
-            procs[-1].start()
-        timeout_s = READY_TIMEOUT_S + rounds * (60 + params * 4 * clients / 10e6)
-        reports = collect_reports(out, procs, timeout_s)
+        with RssSampler(pids) as sampler:
+            for _ in range(clients):
+                job = (peers[0], params, rounds, out)
+                procs.append(CTX.Process(target=harness.client_main, args=job))
+                procs[-1].start()
+            timeout_s = READY_TIMEOUT_S + rounds * (60 + params * 4 * clients / 10e6)
+            reports = collect_reports(out, procs, timeout_s)
         outcomes = {o for r in reports for o in r["outcomes"]}
         if outcomes != {"applied"}:
             raise RuntimeError(f"every round should be applied, got {outcomes}")
@@ -110,7 +169,11 @@ def measure_shards(
                 "round_s_median": view["round_s_median"],
                 "model_version": view["model_version"],
                 "inbound_mb_per_round": statistics.median(view["round_mb"]),
+                **sampler.summary(pid),
             })  # fmt: skip
+            start_mb = shards[-1].get("rss_mb_at_start", 0.0)
+            # What the model and the rounds add to the process's floor.
+            shards[-1]["rss_over_range_above_start"] = (rss_mb - start_mb) / range_mb
         return {"shards": count, "per_shard": shards}
     except BaseException:
         for k in range(count):

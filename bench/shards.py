@@ -24,6 +24,7 @@ one per client). The JSON says which size ran. Progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -178,6 +179,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default 1,2,4; empty: skip the sharding half)")  # fmt: skip
     parser.add_argument("--skip-tree", action="store_true",
                         help="run only the sharding half")  # fmt: skip
+    parser.add_argument("--staging-memory-mb", type=int, default=None,
+                        help="the shards' staging_memory_mb (default: the "
+                        "coordinator's; 0 stages every update in flight on "
+                        "disk)")  # fmt: skip
+    parser.add_argument("--outer-state-on-disk", action="store_true",
+                        help="the shards keep the outer optimizer's state on "
+                        "disk between rounds (outer_state_on_disk)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:  # 2M: four shards of whole 1 MiB blocks
         args.params, args.rounds = "2M", 2
@@ -196,7 +204,15 @@ def main() -> None:
         report.update(tree_half(params, args.rounds))
     counts = [int(n) for n in args.shards.split(",") if n.strip()]
     if counts:
-        report.update(sharding_half(counts, params, args.rounds))
+        flags: tuple[str, ...] = ()
+        if args.staging_memory_mb is not None:
+            flags += ("--staging-memory-mb", str(args.staging_memory_mb))
+            report["staging_memory_mb"] = args.staging_memory_mb
+        if args.outer_state_on_disk:
+            flags += ("--outer-state-on-disk",)
+            report["outer_state_on_disk"] = True
+        harness = dataclasses.replace(HARNESS, serve_flags=(*SERVE_FLAGS, *flags))
+        report.update(sharding_half(harness, counts, params, args.rounds))
     report.update({
         "params": params,
         "params_issue": parse_size("100.7M"),
@@ -214,14 +230,16 @@ HARNESS = Harness(
 )
 
 
-def sharding_half(counts: list[int], params: int, rounds: int) -> dict[str, Any]:
+def sharding_half(
+    harness: Harness, counts: list[int], params: int, rounds: int
+) -> dict[str, Any]:
     """1, 2, 4 shards (`shard_layouts`): per-shard CPU, RSS, round time."""
     runs = []
     for count in counts:
         with tempfile.TemporaryDirectory(prefix="fedgrpc-shards-") as tmp:
             log("shards", f"{count} shard(s): {CLIENTS} clients, {params} parameters")
             runs.append(
-                measure_shards(HARNESS, count, params, rounds, CLIENTS, Path(tmp))
+                measure_shards(harness, count, params, rounds, CLIENTS, Path(tmp))
             )
     return {"sharding": runs, "sharding_goals": sharding_goals(runs)}
 

@@ -26,7 +26,7 @@ from fedgrpc.domain.fragments import Fragment, byte_of_coordinate
 from fedgrpc.domain.model_spec import ModelSpec
 
 MAX_SHARDS = 64
-"""Largest N: each shard is a process with a model-sized master copy."""
+"""Largest N: each shard is a process (with its own interpreter, torch and gRPC)."""
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
 

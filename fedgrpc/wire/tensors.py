@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
+from fedgrpc.domain.fragments import byte_of_coordinate
 from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from fedgrpc.errors import ConfigError, InvalidUpdateError
 
@@ -106,20 +107,29 @@ def load_flat_fp32(
             tensor.copy_(view if tensor.is_floating_point() else view.round())
 
 
-def pack_native(flat: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+def pack_native(flat: torch.Tensor, spec: ModelSpec, start: int = 0) -> torch.Tensor:
     """The native-byte layout of `flat` (float32 coordinates): a uint8 tensor.
 
     Each tensor is cast to its own dtype, so float32 tensors are copied
-    bit-exactly and half-precision ones take half the bytes.
+    bit-exactly and half-precision ones take half the bytes. `flat` may be
+    the coordinates `start..start + len(flat)` only (a parameter shard's
+    range): the bytes are then those of that range, which may begin or end
+    inside a tensor.
     """
-    out = torch.empty(spec.num_bytes, dtype=torch.uint8)
+    stop = start + flat.numel()
+    first = byte_of_coordinate(spec, start)
+    out = torch.empty(byte_of_coordinate(spec, stop) - first, dtype=torch.uint8)
     for slot in spec.slots:
-        n, nbytes = slot.spec.numel, slot.spec.nbytes
-        values = flat[slot.coord_offset : slot.coord_offset + n]
+        lo = max(start, slot.coord_offset)
+        hi = min(stop, slot.coord_offset + slot.spec.numel)
+        if lo >= hi:
+            continue
+        values = flat[lo - start : hi - start]
         if not slot.spec.dtype.is_float:  # an averaged counter: nearest integer
             values = values.round()
-        cast = values.to(torch_dtype(slot.spec.dtype))
-        out[slot.byte_offset : slot.byte_offset + nbytes].copy_(cast.view(torch.uint8))
+        cast = values.to(torch_dtype(slot.spec.dtype)).view(torch.uint8)
+        at = slot.byte_offset + (lo - slot.coord_offset) * slot.spec.dtype.itemsize
+        out[at - first : at - first + cast.numel()].copy_(cast)
     return out
 
 

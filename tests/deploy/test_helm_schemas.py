@@ -23,6 +23,13 @@ from tests.helpers.helm_chart import FULL_VALUES, Object, Rendered, lint, render
 OLDEST_KUBERNETES = "1.27.0"
 """Chart.yaml's kubeVersion floor: native gRPC probes are GA from 1.27."""
 KUBERNETES_VERSIONS = (OLDEST_KUBERNETES, k8s_schema.latest_version())
+SHARDED_FULL: Object = {
+    **{k: v for k, v in FULL_VALUES.items() if k != "tls"},
+    "shards": 3,
+    "sharding": {"tokenSecretName": "fedgrpc-shard"},
+}
+"""Three shards with monitoring, the dashboard and every Secret but TLS (the
+shards' votes travel in plaintext: the chart refuses TLS with shards)."""
 
 
 def _validate_kubernetes(obj: Object) -> None:
@@ -87,8 +94,10 @@ def test_validators_catch_a_misspelt_field() -> None:
     "values",
     [{}, FULL_VALUES, {"persistence": {"enabled": False}},
      {"tls": {"enabled": True, "secretName": "t"}, "probes": {"type": "tcp"},
-      "service": {"type": "LoadBalancer", "loadBalancerSourceRanges": ["10.0.0.0/8"]}}],
-    ids=["defaults", "monitoring-tls-secrets", "no-persistence", "tls-tcp-lb"],
+      "service": {"type": "LoadBalancer", "loadBalancerSourceRanges": ["10.0.0.0/8"]}},
+     {"shards": 1}, SHARDED_FULL],
+    ids=["defaults", "monitoring-tls-secrets", "no-persistence", "tls-tcp-lb",
+         "one-shard", "three-shards-full"],
 )  # fmt: skip
 def test_every_rendered_object_is_valid(values: Object) -> None:
     rendered = render(values)
@@ -103,7 +112,15 @@ def test_every_rendered_object_is_valid(values: Object) -> None:
 @pytest.mark.parametrize(
     ("values", "error", "message"),
     [
-        ({"shards": 2}, HelmValuesError, "/shards': maximum: got 2, want 1"),
+        ({"shards": 65}, HelmValuesError, "/shards': maximum: got 65, want 64"),
+        ({"shards": 0}, HelmValuesError, "/shards': minimum: got 0, want 1"),
+        ({"shards": 2}, HelmRenderError,
+         "shards > 1 needs sharding.tokenSecretName"),
+        ({"shards": 3, "sharding": {"tokenSecretName": "s", "peers": ["a:1", "b:2"]}},
+         HelmRenderError, "sharding.peers lists 2 addresses for 3 shards"),
+        ({"sharding": {"peers": ["no-port"]}}, HelmValuesError, "/sharding/peers/0"),
+        ({**SHARDED_FULL, "tls": FULL_VALUES["tls"]}, HelmRenderError,
+         "shards > 1 with tls.enabled: a shard dials the leader's gRPC port"),
         ({"coordinator": {"config": {"listen": "0.0.0.0:1"}}}, HelmRenderError,
          "coordinator.config.listen is set by the chart"),
         ({"coordinator": {"config": {"outer_optimizer_params": {"lr": 1}}}},

@@ -112,13 +112,15 @@ def scripted(rounds: int, clients: int, seed: int) -> list[list[torch.Tensor]]:
 
 
 def assembled(shards: Sequence[CoordinatorThread]) -> torch.Tensor:
-    """The federation's weights: each shard's own range of its master copy."""
+    """The federation's weights: each shard's master copy, which is its own range."""
     parts = []
     for shard in shards:
-        engine = shard.running.runtime.engine
-        master = engine.model.master
-        assert master is not None
-        fragment = engine.current.fragment if engine.current else None
-        assert fragment is not None, "a shard's rounds cover its own range"
-        parts.append(master[fragment.coord_start : fragment.coord_stop].clone())
+        model = shard.running.runtime.engine.model
+        master, held = model.require_master(), model.require_held()
+        assert (
+            master.numel()
+            == held.num_coordinates
+            < model.require_spec().num_coordinates
+        )
+        parts.append(master.clone())
     return torch.cat(parts)

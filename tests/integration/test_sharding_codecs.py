@@ -31,9 +31,9 @@ from torch import nn
 from fedgrpc.client import DiLoCoClient
 from fedgrpc.client.compressed import CompressedUpdates
 from fedgrpc.client.sharded import ShardedSync
-from fedgrpc.coordinator.services.in_thread import CoordinatorThread, serve_in_thread
+from fedgrpc.coordinator.services.in_thread import serve_in_thread
 from tests.helpers.scripted import FAST
-from tests.helpers.shards import running_shards, shard_configs
+from tests.helpers.shards import assembled, running_shards, shard_configs
 from tests.helpers.tree import Member, base_config, close_all, master_of, run_round
 
 IN, OUT = 80, 60
@@ -83,17 +83,6 @@ def residual_of(client: DiLoCoClient) -> torch.Tensor:
         assert isinstance(encoder, CompressedUpdates)
         parts.append(torch.from_numpy(encoder.feedback.residual.copy()))
     return torch.cat(parts)
-
-
-def assembled(shards: list[CoordinatorThread]) -> torch.Tensor:
-    parts = []
-    for shard in shards:
-        engine = shard.running.runtime.engine
-        fragment = engine.current.fragment if engine.current else None
-        assert fragment is not None
-        assert engine.model.master is not None
-        parts.append(engine.model.master[fragment.coord_start : fragment.coord_stop])
-    return torch.cat(parts).clone()
 
 
 def run(members: list[Member], steps: list[list[torch.Tensor]]) -> torch.Tensor:

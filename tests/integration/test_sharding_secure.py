@@ -49,7 +49,7 @@ from tests.helpers.secure_shards import (
     join,
     scripted,
 )
-from tests.helpers.shards import running_shards, shard_configs
+from tests.helpers.shards import assembled, running_shards, shard_configs
 from tests.helpers.tree import base_config, close_all, master_of, run_round
 
 
@@ -72,18 +72,6 @@ def codes_of(client: DiLoCoClient, k: int) -> np.ndarray:
     assert encoder.last_round is not None
     assert encoder.last_round.codes is not None
     return encoder.last_round.codes.astype(np.int64)
-
-
-def assembled(shards: Sequence[CoordinatorThread]) -> torch.Tensor:
-    """The federation's weights: shard k's master over its own range."""
-    parts = []
-    for shard in shards:
-        engine = shard.running.runtime.engine
-        fragment = engine.current.fragment if engine.current else None
-        assert fragment is not None
-        assert engine.model.master is not None
-        parts.append(engine.model.master[fragment.coord_start : fragment.coord_stop])
-    return torch.cat(parts).clone()
 
 
 def versions(shards: Sequence[CoordinatorThread]) -> list[int]:

@@ -3,10 +3,12 @@
 Captured (on the event loop, cheap: references, not copies) and restored:
 
 * the run id, so a restarted coordinator is the same run to its clients;
-* the model: spec, float32 master weights, version and the round that made
-  it, the outer optimizer's name, hyper-parameters and state (momentum), the
-  divergence guard's recent norms (with the rounds that applied them, so they
-  keep aging) and the reference claim of `weighting = capped`;
+* the model: spec, float32 master weights (a parameter shard's: its own
+  range only, with the range's bounds as `master_range`), version and the
+  round that made it, the outer optimizer's name, hyper-parameters and
+  state (momentum, a shard's over its range), the divergence guard's
+  recent norms (with the rounds that applied them, so they keep aging) and
+  the reference claim of `weighting = capped`;
 * the round counter (the next round reopens with a fresh nonce);
 * the clients: id, name, public key and credit (updates accepted, samples
   contributed, last round, last loss; counters are clamped to 2^63 - 1 on
@@ -36,6 +38,7 @@ import torch
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.ops.checkpoint_file import CheckpointFile
 from fedgrpc.coordinator.rounds.engine import RoundEngine
+from fedgrpc.coordinator.rounds.held_range import held_of_checkpoint, held_range
 from fedgrpc.coordinator.rounds.records import Outcome, RoundResult
 from fedgrpc.coordinator.rounds.registry import (
     SESSION_TOKEN_BYTES,
@@ -91,6 +94,7 @@ def capture(engine: RoundEngine, registry: ClientRegistry, totals: Totals) -> Sn
     """
     model = engine.model
     spec, master = model.require_spec(), model.require_master()
+    held = model.require_held()
     published = model.published
     assert published is not None  # seeded: `require_master` passed
     last_closed = engine.last_closed_round
@@ -108,6 +112,7 @@ def capture(engine: RoundEngine, registry: ClientRegistry, totals: Totals) -> Sn
         "spec": spec_rows(spec),
         "spec_aliases": [list(pair) for pair in spec.aliases],
         "spec_sha256": spec.digest.hex(),
+        "master_range": [held.coord_start, held.coord_stop],
         "frozen_sha256": model.frozen_sha256.hex(),
         "optimizer": {
             "name": model.optimizer.name,
@@ -150,12 +155,12 @@ def restore(
     """
     state = checkpoint.state
     spec = _spec(state, checkpoint)
-    master = checkpoint.tensors["master"]
-    if master.numel() != spec.num_coordinates:
-        raise CheckpointError(
-            f"{checkpoint.path}: {master.numel()} master weights for a model of "
-            f"{spec.num_coordinates} parameters"
-        )
+    master = held_of_checkpoint(
+        checkpoint.tensors["master"],
+        state.get("master_range"),  # older checkpoints: the whole model
+        held_range(engine.config, spec),
+        str(checkpoint.path),
+    )
     _restore_optimizer(checkpoint, engine)
     _restore_aggregator(checkpoint, engine)
     engine.model.resume(

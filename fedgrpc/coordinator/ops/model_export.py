@@ -113,6 +113,14 @@ def state_dict(
     except (KeyError, TypeError, ValueError, InvalidUpdateError) as exc:
         raise CheckpointError(f"{checkpoint.path}: bad model spec ({exc})") from exc
     master = checkpoint.tensors["master"]
+    if master.numel() != spec.num_coordinates:
+        start, stop = checkpoint.state.get("master_range", (0, master.numel()))
+        raise CheckpointError(
+            f"{checkpoint.path} is a parameter shard's checkpoint: it holds only "
+            f"coordinates {start}..{stop} of the model's {spec.num_coordinates} "
+            "(each shard checkpoints its own range); export from an unsharded "
+            "run's checkpoint"
+        )
     out = {}
     for slot in spec.slots:
         values = master[slot.coord_offset : slot.coord_offset + slot.spec.numel]

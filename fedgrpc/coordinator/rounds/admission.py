@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
-import torch
 
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.rounds import pacing, rules
@@ -125,7 +124,7 @@ def open_ticket(
         min(spec.num_coordinates, engine.config.chunk_bytes // 4), dtype=np.float32
     )
     if header.is_initial_weights:
-        staging = torch.empty(spec.num_coordinates, dtype=torch.float32)
+        staging = engine.model.seeding_buffer()  # a shard: its range only
         return Ticket(client, header, 0, scratch, staging=staging)
     current = rules.collecting_round(engine.phase, engine.current)
     if current.first_header_s is None:

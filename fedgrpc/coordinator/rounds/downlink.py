@@ -33,7 +33,12 @@ import numpy as np
 import torch
 
 from fedgrpc.compress import ErrorFeedback, make_codec
+from fedgrpc.config import CoordinatorConfig
 from fedgrpc.domain.codecs import CodecConfig, format_codec
+from fedgrpc.domain.model_spec import DType, ModelSpec
+from fedgrpc.log import get_logger
+
+log = get_logger(__name__)
 
 MAX_TRANSITIONS = 8
 """Compressed steps kept for clients a few versions behind (if their bytes
@@ -135,3 +140,27 @@ def transitions_from(
     if len(steps) != version - held:
         return None
     return steps
+
+
+def downlink_for(
+    config: CoordinatorConfig, spec: ModelSpec
+) -> DownlinkCompressor | None:
+    """The downlink compressor, if configured and the model allows it.
+
+    Clients add decoded float32 steps to the bytes they pulled, which
+    only reproduces the float32 master when those bytes *are* float32:
+    any other dtype (bfloat16 weights, an integer buffer) pulls whole.
+    """
+    codec = config.downlink_codec_config
+    if codec is None:
+        return None
+    if not all(t.dtype is DType.FLOAT32 for t in spec.tensors):
+        others = sorted({t.dtype.torch_name for t in spec.tensors} - {"float32"})
+        log.warning(
+            "downlink_codec_off",
+            downlink_codec=config.downlink_codec,
+            reason="the model is not all float32; pulls carry the whole model",
+            dtypes=",".join(others),
+        )
+        return None
+    return DownlinkCompressor(codec, spec.num_coordinates, config.chunk_bytes)

@@ -2,31 +2,36 @@
 
 Plain Python and torch, no gRPC or asyncio. The round engine decides *when*
 the weights change; this module owns *how*: seeding, the outer step, and
-publishing an immutable version for PullModel.
+publishing an immutable version for PullModel. The master copy covers the
+coordinates this coordinator holds (`held_range`): the whole model, or a
+parameter shard's own range.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.rounds.downlink import DownlinkCompressor
+from fedgrpc.coordinator.rounds.downlink import DownlinkCompressor, downlink_for
+from fedgrpc.coordinator.rounds.held_range import (
+    held_range,
+    published_bytes,
+    stage_seed_chunk,
+)
 from fedgrpc.coordinator.rounds.initial_model import InitialModel
 from fedgrpc.coordinator.rounds.norm_guard import NormGuard
 from fedgrpc.coordinator.rounds.records import PublishedModel
-from fedgrpc.coordinator.rounds.sharding import own_range
 from fedgrpc.coordinator.rounds.upstream import RootModel, Upstream
 from fedgrpc.coordinator.strategy.wiring import build_outer
 from fedgrpc.domain.fragments import Fragment
-from fedgrpc.domain.model_spec import DType, ModelSpec
+from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.errors import InvalidUpdateError, ModelMismatchError, WrongRoundError
 from fedgrpc.log import get_logger
 from fedgrpc.optim import OuterOptimizer
 from fedgrpc.optim.fragmented import FragmentedOptimizer
-from fedgrpc.wire.tensors import pack_native
 
 log = get_logger(__name__)
 
@@ -43,6 +48,8 @@ class GlobalModel:
         self.config = config
         self.clock = clock
         self.spec: ModelSpec | None = None
+        self.held: Fragment | None = None
+        """The coordinates `master` covers (`held_range`), known with the spec."""
         self.master: torch.Tensor | None = None
         self.published: PublishedModel | None = None
         self.version = 0
@@ -86,36 +93,16 @@ class GlobalModel:
         if initial is not None:
             initial.check_matches(spec)
             spec = initial.federation_spec(spec)
-        self.spec = spec
+        self.spec, self.held = spec, held_range(self.config, spec)
         self._arm_downlink(spec)
         if initial is None:
             return False
         self.initial = None
-        self.seed(initial.coordinates(spec))
+        self.seed(initial.coordinates(spec, self.held))  # only the held range
         return True
 
     def _arm_downlink(self, spec: ModelSpec) -> None:
-        """Build the downlink compressor, if configured and the model allows it.
-
-        Clients add decoded float32 steps to the bytes they pulled, which
-        only reproduces the float32 master when those bytes *are* float32:
-        any other dtype (bfloat16 weights, an integer buffer) pulls whole.
-        """
-        codec = self.config.downlink_codec_config
-        if codec is None:
-            return
-        if not all(t.dtype is DType.FLOAT32 for t in spec.tensors):
-            others = sorted({t.dtype.torch_name for t in spec.tensors} - {"float32"})
-            log.warning(
-                "downlink_codec_off",
-                downlink_codec=self.config.downlink_codec,
-                reason="the model is not all float32; pulls carry the whole model",
-                dtypes=",".join(others),
-            )
-            return
-        self.downlink = DownlinkCompressor(
-            codec, spec.num_coordinates, self.config.chunk_bytes
-        )
+        self.downlink = downlink_for(self.config, spec)
 
     def fetch_root(self, spec: ModelSpec) -> None:
         """A leaf: the root's model, reached with the first joiner's `spec`.
@@ -135,6 +122,7 @@ class GlobalModel:
             raise WrongRoundError("this leaf has not reached its root yet; retry Join")
         spec.check_same_as(root.spec, allow_casts=True)
         self.spec, self._from_root = root.spec, None
+        self.held = held_range(self.config, root.spec)
         self._adopt(root, round_id=0)
         self.version = root.version
         return True
@@ -221,10 +209,18 @@ class GlobalModel:
             )
 
     def seed(self, weights: torch.Tensor) -> None:
-        """Adopt complete initial weights (float32 coordinates) as version 0."""
+        """Adopt initial weights (float32, the held coordinates) as version 0."""
         self.check_not_seeded()
         self.master = weights
         self.published = self._publish(version=0, round_id=0)
+
+    def seeding_buffer(self) -> torch.Tensor:
+        """Where an upload of initial weights is staged: the held range only."""
+        return torch.empty(self.require_held().num_coordinates, dtype=torch.float32)
+
+    def stage_seed(self, buffer: torch.Tensor, offset: int, chunk: np.ndarray) -> None:
+        """Stage the held part of a chunk of initial weights (`stage_seed_chunk`)."""
+        stage_seed_chunk(buffer, self.require_held(), offset, chunk)
 
     def step(
         self,
@@ -248,7 +244,8 @@ class GlobalModel:
         if downlink is not None and master is previous:
             previous = master.clone()  # w, what clients hold: the step's base
         start = 0 if fragment is None else fragment.coord_start
-        target = master[start : start + mean.numel()]
+        local = start - self.require_held().coord_start  # a shard: 0, its range
+        target = master[local : local + mean.numel()]
         averaged = self._take_buffers(mean, start)
         if fragment is None:
             self.optimizer.step(master, mean)
@@ -301,7 +298,8 @@ class GlobalModel:
         """Why applying round `round_id`'s `mean` would blow the model up, or None.
 
         `NormGuard.judge` on ||mean||, floored by ||w|| (one read of each,
-        no copy; ||w|| only for a round over the unfloored limit).
+        no copy; ||w|| only for a round over the unfloored limit). On a
+        shard both cover its own range, the only weights it holds.
         `max_update_norm_growth = 0` leaves only the NaN/Inf check.
         """
         norm = float(torch.linalg.vector_norm(mean))
@@ -324,40 +322,27 @@ class GlobalModel:
     ) -> None:
         """Adopt a checkpoint's weights as `version` of round `round_id`; publish.
 
-        The caller restores the optimizer's state (`optimizer.load_state_dict`).
+        `master` covers the held range (`held_of_checkpoint` cuts it). The
+        caller restores the optimizer's state (`optimizer.load_state_dict`).
         Republishing the same bytes gives the same SHA-256 as before the
         restart, so clients holding that version still match it.
         """
         self.spec, self.master, self.version = spec, master, version
+        self.held = held_range(self.config, spec)
         if self.downlink is None:
             self._arm_downlink(spec)
         self.guard.restore(guard_history)
         self.published = self._publish(version, round_id)
 
     def _publish(self, version: int, round_id: int) -> PublishedModel:
-        """The downlink bytes of the master copy.
-
-        For an all-float32 model the native layout equals the coordinate
-        layout, so the master itself is served (no model-sized copy). The
-        SHA-256 that clients check the bytes against (and sign as their base)
-        is taken once per version, here: ~0.5 s per GB, on the apply thread
-        for rounds, on the event loop for the one-off seeding.
-        """
-        spec, master = self.require_spec(), self.require_master()
-        if all(t.dtype is DType.FLOAT32 for t in spec.tensors):
-            data = master.view(torch.uint8)
-        else:
-            data = pack_native(master, spec)
-        own = own_range(self.config, spec)
-        if own is not None:  # a shard vouches for its own range only
-            digest = hashlib.sha256(
-                data[own.byte_start : own.byte_stop].numpy().data
-            ).digest()
-        else:
-            digest = hashlib.sha256(data.numpy().data).digest()
+        """The downlink bytes of the master copy (`held_range.published_bytes`)."""
+        held = self.require_held()
+        data, digest = published_bytes(self.require_master(), self.require_spec(), held)
         downlink = self.downlink
         if downlink is None:
-            return PublishedModel(version, round_id, data, digest)
+            return PublishedModel(
+                version, round_id, data, digest, byte_start=held.byte_start
+            )
         recent = downlink.recent
         if not recent or recent[-1].version != version:
             downlink.forget()  # seeded or resumed: no step leads here
@@ -379,6 +364,12 @@ class GlobalModel:
         if self.spec is None:
             raise WrongRoundError("no client has joined yet; call Join first")
         return self.spec
+
+    def require_held(self) -> Fragment:
+        """The held range, or `WrongRoundError` before anyone joined."""
+        if self.held is None:
+            raise WrongRoundError("no client has joined yet; call Join first")
+        return self.held
 
     def require_published(self) -> PublishedModel:
         """The published model, or `WrongRoundError` before seeding."""

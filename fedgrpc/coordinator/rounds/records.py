@@ -81,7 +81,8 @@ class PublishedModel:
     version: int
     round_id: int
     data: torch.Tensor
-    """uint8, `spec.num_bytes` long; never written after publishing."""
+    """uint8, the model's native bytes from `byte_start` (all `spec.num_bytes`
+    of them, or a parameter shard's own range); never written after publishing."""
     sha256: bytes = b""
     """SHA-256 of `data` (ModelHeader.weights_sha256; updates sign it as base)."""
     transitions: tuple[Transition, ...] = ()
@@ -89,6 +90,8 @@ class PublishedModel:
     (`downlink.transitions_from` picks those a pull needs)."""
     delta_codec: str = ""
     """The codec of `transitions` (ModelHeader.delta_codec); "": no downlink codec."""
+    byte_start: int = 0
+    """Where `data` starts in the model's native bytes (a shard's range; 0: all)."""
 
 
 @dataclass(slots=True, eq=False)

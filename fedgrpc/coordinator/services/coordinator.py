@@ -336,7 +336,8 @@ class CoordinatorServicer:
         async with runtime.pull(
             request.client_id, request.session_token, request.min_version
         ) as published:
-            first, stop = pull_range(request, published.data.numel())
+            spec = runtime.engine.model.require_spec()
+            first, stop = pull_range(request, published, spec.num_bytes)
             steps = steps_for(request, published)
             header = self._model_header(published)
             client = runtime.registry.get(request.client_id)  # authenticated
@@ -351,7 +352,8 @@ class CoordinatorServicer:
                     self._count_sent(client, len(part.delta.payload))
                 return
             yield pb.PullModelResponse(header=header)
-            view = published.data.numpy().data[first:stop]
+            held = published.byte_start  # a shard holds its range only
+            view = published.data.numpy().data[first - held : stop - held]
             for offset, data in iter_chunks(view, runtime.config.chunk_bytes):
                 offset += first
                 if runtime.run.stopping:

@@ -48,11 +48,17 @@ def steps_for(
     )
 
 
-def pull_range(request: pb.PullModelRequest, num_bytes: int) -> tuple[int, int]:
+def pull_range(
+    request: pb.PullModelRequest, published: PublishedModel, num_bytes: int
+) -> tuple[int, int]:
     """The byte range a PullModel asked for: [start, stop) of the model's bytes.
 
+    `num_bytes`: the whole model's. A parameter shard holds only its own
+    range (`published.byte_start` on), so a pull must stay inside it.
+
     Raises:
-        InvalidUpdateError: a range past the model's end (INVALID_ARGUMENT).
+        InvalidUpdateError: a range past the model's end, or beyond the
+            bytes this coordinator holds (INVALID_ARGUMENT).
     """
     if request.range_length == 0:
         if request.range_start:
@@ -60,11 +66,22 @@ def pull_range(request: pb.PullModelRequest, num_bytes: int) -> tuple[int, int]:
                 f"PullModel range_start={request.range_start} without a "
                 "range_length: give both, or neither for the whole model"
             )
-        return 0, num_bytes
-    stop = request.range_start + request.range_length
-    if stop > num_bytes:
+        start, stop = 0, num_bytes
+    else:
+        start = request.range_start
+        stop = start + request.range_length
+        if stop > num_bytes:
+            raise InvalidUpdateError(
+                f"PullModel asked for bytes {start}..{stop} of a model "
+                f"of {num_bytes} bytes"
+            )
+    held_start = published.byte_start
+    held_stop = held_start + published.data.numel()
+    if start < held_start or stop > held_stop:
         raise InvalidUpdateError(
-            f"PullModel asked for bytes {request.range_start}..{stop} of a model "
-            f"of {num_bytes} bytes"
+            f"PullModel asked for model bytes {start}..{stop}, but this "
+            f"coordinator is a parameter shard holding bytes {held_start}.."
+            f"{held_stop} only: pull each shard's range from that shard "
+            "(JoinResponse.shard_peers and shard_bounds)"
         )
-    return request.range_start, stop
+    return start, stop

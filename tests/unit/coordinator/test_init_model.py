@@ -17,8 +17,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from fedgrpc.config import CoordinatorConfig
+from fedgrpc.coordinator.ops import init_model_file
 from fedgrpc.coordinator.ops.init_model_file import load_init_model
+from fedgrpc.coordinator.rounds import initial_model
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
+from fedgrpc.domain.fragments import Fragment
 from fedgrpc.errors import ConfigError, ModelMismatchError
 from fedgrpc.wire.tensors import flatten_fp32, spec_from_module
 
@@ -167,3 +170,56 @@ def test_a_checkpoint_lends_its_weights_to_a_new_run(tmp_path: Path) -> None:
         flatten_fp32(list(model.parameters()), spec),
     )
     assert runtime.run.run_id != first.run.run_id  # a new run, not a resume
+
+
+@pytest.mark.parametrize("pieces_of", [4, 1 << 22])
+@pytest.mark.parametrize("kind", ["safetensors", "checkpoint"])
+def test_a_shard_reads_only_its_range_of_the_initial_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, pieces_of: int
+) -> None:
+    # A shard's range may start and end inside a tensor's row; tiny pieces
+    # make every part cross several reads.
+    monkeypatch.setattr(initial_model, "PIECE_ELEMENTS", pieces_of)
+    monkeypatch.setattr(init_model_file, "PIECE_ELEMENTS", pieces_of)
+    torch.manual_seed(2)
+    source = nn.Sequential(nn.Linear(7, 5), nn.Linear(5, 3))
+    spec = spec_from_module(source)
+    if kind == "safetensors":
+        path = _save(tmp_path / "m.safetensors", source)
+    else:
+        path = tmp_path / "ckpt"
+        _checkpoint_of(source, path)
+    initial = load_init_model(str(path))
+    whole = flatten_fp32(list(source.parameters()), spec)
+
+    for start, stop in [(0, 58), (9, 31), (38, 40), (40, 58)]:
+        held = Fragment(0, start, stop, 4 * start, 4 * stop)
+        assert torch.equal(initial.coordinates(spec, held), whole[start:stop])
+    assert torch.equal(initial.coordinates(spec), whole)
+
+
+def _checkpoint_of(model: nn.Module, directory: Path) -> None:
+    """A real coordinator checkpoint of `model`'s weights (version 0)."""
+    spec = spec_from_module(model)
+    runtime = CoordinatorRuntime(
+        CoordinatorConfig(open_enrollment=True, seed_from_first_client=True,
+                          checkpoint_dir=str(directory))
+    )  # fmt: skip
+    runtime.engine.model.adopt_spec(spec)
+    runtime.engine.model.seed(flatten_fp32(list(model.parameters()), spec))
+    runtime.engine._open_round()
+    asyncio.run(runtime.save_checkpoint())
+    runtime.checkpoints.close()
+
+
+def test_nan_in_a_later_piece_of_a_tensor_is_still_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(init_model_file, "PIECE_ELEMENTS", 4)
+    weights = torch.zeros(3, 5)
+    weights[2, 4] = float("inf")  # the last element, in the fourth piece
+    path = tmp_path / "late.safetensors"
+    save_file({"w": weights}, str(path))
+
+    with pytest.raises(ConfigError, match="'w' has NaN or infinite values"):
+        load_init_model(str(path))

@@ -149,3 +149,26 @@ def test_integer_parameters_are_refused() -> None:
     )
     with pytest.raises(ConfigError, match="int64"):
         spec_from_module(model)
+
+
+@pytest.mark.parametrize(("start", "stop"), [(0, 35), (3, 18), (16, 35), (20, 21)])
+def test_native_bytes_of_a_range_are_those_bytes_of_the_whole(
+    start: int, stop: int
+) -> None:
+    # A parameter shard packs only its range, which may cut any tensor.
+    spec = spec_from_module(Mixed())
+    flat = flatten_fp32(list(Mixed().parameters()), spec)
+    whole = pack_native(flat, spec)
+    part = pack_native(flat[start:stop], spec, start)
+    assert torch.equal(part, whole[_byte_of(spec, start) : _byte_of(spec, stop)])
+
+
+def _byte_of(spec: ModelSpec, coordinate: int) -> int:
+    """Native byte of a coordinate, counted from the spec by hand."""
+    byte = 0
+    for tensor in spec.tensors:
+        if coordinate <= tensor.numel:
+            return byte + coordinate * tensor.dtype.itemsize
+        coordinate -= tensor.numel
+        byte += tensor.nbytes
+    return byte

@@ -51,6 +51,7 @@ clients: /etc/fedgrpc/clients
 admin: /etc/fedgrpc/admin
 tls: /etc/fedgrpc/tls
 clientCA: /etc/fedgrpc/client-ca
+shardToken: /etc/fedgrpc/shard-token
 {{- end }}
 
 {{/*
@@ -58,7 +59,7 @@ The [coordinator] keys the chart sets itself: they name the pod's ports,
 mounts and Secrets, so a value in coordinator.config would contradict them.
 */}}
 {{- define "fedgrpc.ownedKeys" -}}
-listen metrics_listen http_listen checkpoint_dir spool_dir tls_cert tls_key tls_client_ca identity_key allowed_client_keys admin_token_file init_model open_enrollment seed_from_first_client ready_file
+listen metrics_listen http_listen checkpoint_dir spool_dir tls_cert tls_key tls_client_ca identity_key allowed_client_keys admin_token_file init_model open_enrollment seed_from_first_client ready_file shard shard_peers shard_token_file
 {{- end }}
 
 {{/*
@@ -97,5 +98,22 @@ httpGet:
 {{- else }}
 tcpSocket:
   port: grpc
+{{- end }}
+{{- end }}
+
+{{/*
+Every shard's address in shard order (--shard-peers): sharding.peers, or
+each pod's stable name on the headless Service.
+*/}}
+{{- define "fedgrpc.shardPeers" -}}
+{{- if .Values.sharding.peers }}
+{{- join "," .Values.sharding.peers }}
+{{- else }}
+{{- $fullname := include "fedgrpc.fullname" . }}
+{{- $peers := list }}
+{{- range $index := until (int .Values.shards) }}
+{{- $peers = append $peers (printf "%s-%d.%s-headless.%s.svc:%d" $fullname $index $fullname $.Release.Namespace (int $.Values.ports.grpc)) }}
+{{- end }}
+{{- join "," $peers }}
 {{- end }}
 {{- end }}
