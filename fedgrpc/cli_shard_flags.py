@@ -33,5 +33,12 @@ SHARD_FLAGS = (
     Flag("--shard-commit-timeout-s", "seconds the leader waits for every "
          "shard's proposal at a round's close before the round skips "
          f"everywhere (default: {_D.shard_commit_timeout_s:g})", float, "S"),
+    Flag("--shard-tls-ca", "CA bundle verifying the leader's certificate: "
+         "required with --tls-cert, since the votes dial the leader's TLS port "
+         "(default: plaintext votes)", metavar="PATH"),
+    Flag("--shard-tls-cert", "client certificate the votes present when the "
+         "leader requires one (--tls-client-ca); needs --shard-tls-key",
+         metavar="PATH"),
+    Flag("--shard-tls-key", "private key of --shard-tls-cert", metavar="PATH"),
 )  # fmt: skip
 """Parameter sharding (`config.shards`)."""

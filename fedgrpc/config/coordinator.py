@@ -255,7 +255,7 @@ class CoordinatorConfig(
             "aggregator": self.aggregator not in LEAF_AGGREGATORS,
             "upstream": bool(self.upstream),
             "selection": self.selection != "all",
-        })  # fmt: skip
+        }, tls=(bool(self.tls_cert), bool(self.tls_client_ca)))  # fmt: skip
 
     def _check_downlink(self) -> None:
         """A codec spec, and no compressed steps where range pulls need weights."""

@@ -45,6 +45,16 @@ class ShardSettings:
     """File holding the secret the shards share (one line, >= 32 printable
     characters; `fedgrpc certs --admin` writes one): every ShardService call
     carries it, and a call without it is UNAUTHENTICATED."""
+    shard_tls_ca: str = ""
+    """PEM CA bundle verifying the leader's TLS certificate when the shards
+    vote over TLS: required on every shard of a coordinator serving TLS
+    (`tls_cert`), whose ShardService shares the TLS port."""
+    shard_tls_cert: str = ""
+    """PEM client certificate (with `shard_tls_key`) a shard presents to the
+    leader when the leader requires client certificates (`tls_client_ca`):
+    one issued by that CA, e.g. `fedgrpc certs --client-name shard-1`."""
+    shard_tls_key: str = ""
+    """PEM private key of `shard_tls_cert` (unencrypted; keep it 0600)."""
     shard_commit_timeout_s: float = 30.0
     """Seconds the leader waits for every shard's proposal at a round's
     close (and a follower for the leader's answer, plus a margin) before the
@@ -60,10 +70,13 @@ class ShardSettings:
         """N of `shard` (1 unsharded)."""
         return parse_shard(self.shard)[1]
 
-    def _check_shards(self, checks: dict[str, bool]) -> None:
+    def _check_shards(
+        self, checks: dict[str, bool], tls: tuple[bool, bool] = (False, False)
+    ) -> None:
         """Refuse shard settings that cannot work, naming the conflicting one.
 
-        `checks` maps each setting a shard cannot honour to whether it is set.
+        `checks` maps each setting a shard cannot honour to whether it is set;
+        `tls` is (serves TLS, requires client certificates).
 
         Raises:
             ConfigError: a malformed `shard`, a peer list of the wrong length,
@@ -92,10 +105,28 @@ class ShardSettings:
         _check(bool(self.shard_token_file), "shard_token_file",
                self.shard_token_file, "set with shard (the shards' shared "
                "secret: commit decisions must come from a peer)")  # fmt: skip
+        self._check_shard_tls(*tls)
         for name, is_set in checks.items():
             value = getattr(self, name)
             _check(not is_set, name, value, f"unset on a shard (shard = "
                    f"{self.shard!r}): {_WHY_NOT[name]}")  # fmt: skip
+
+    def _check_shard_tls(self, serves_tls: bool, mutual: bool) -> None:
+        """The votes dial the leader's TLS port: a CA, and a certificate for mTLS."""
+        _check(not serves_tls or bool(self.shard_tls_ca), "shard_tls_ca",
+               self.shard_tls_ca, "set on a shard serving TLS (tls_cert): its "
+               "votes dial the leader's TLS port and must verify its "
+               "certificate")  # fmt: skip
+        _check(serves_tls or not (self.shard_tls_ca or self.shard_tls_cert),
+               "shard_tls_ca", self.shard_tls_ca, "unset without tls_cert (the "
+               "shards speak plaintext)")  # fmt: skip
+        _check(not mutual or bool(self.shard_tls_cert), "shard_tls_cert",
+               self.shard_tls_cert, "set on a shard requiring client "
+               "certificates (tls_client_ca): the leader requires one from its "
+               "votes too")  # fmt: skip
+        _check(bool(self.shard_tls_cert) == bool(self.shard_tls_key),
+               "shard_tls_key", self.shard_tls_key, "set exactly when "
+               "shard_tls_cert is")  # fmt: skip
 
 
 _WHY_NOT = {

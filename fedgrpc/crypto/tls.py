@@ -86,16 +86,22 @@ def load_server_tls(cert: str, key: str, client_ca: str = "") -> ServerTLS:
     )
 
 
-def load_client_tls(ca: str, cert: str = "", key: str = "") -> ClientTLS:
+def load_client_tls(
+    ca: str, cert: str = "", key: str = "", option_prefix: str = ""
+) -> ClientTLS:
     """Read a client's `tls_ca` and, for mutual TLS, `tls_cert` and `tls_key`.
+
+    `option_prefix` names the options in errors (`shard_`: a shard's vote).
 
     Raises:
         ConfigError: as `load_server_tls`, naming the client's option.
     """
-    roots = _certificates("tls_ca", ca)
+    roots = _certificates(f"{option_prefix}tls_ca", ca)
     if not cert:
         return ClientTLS(_pem(roots), None, None, None)
-    chain, private_key = _certificate_and_key("tls_cert", cert, "tls_key", key)
+    chain, private_key = _certificate_and_key(
+        f"{option_prefix}tls_cert", cert, f"{option_prefix}tls_key", key
+    )
     return ClientTLS(
         _pem(roots), _pem(chain), private_key, certificate_fingerprint(chain[0])
     )

@@ -24,12 +24,18 @@ OLDEST_KUBERNETES = "1.27.0"
 """Chart.yaml's kubeVersion floor: native gRPC probes are GA from 1.27."""
 KUBERNETES_VERSIONS = (OLDEST_KUBERNETES, k8s_schema.latest_version())
 SHARDED_FULL: Object = {
-    **{k: v for k, v in FULL_VALUES.items() if k != "tls"},
+    **FULL_VALUES,
     "shards": 3,
-    "sharding": {"tokenSecretName": "fedgrpc-shard"},
+    "sharding": {
+        "tokenSecretName": "fedgrpc-shard",
+        "tls": {
+            "caSecretName": "fedgrpc-shard-ca",
+            "clientSecretName": "fedgrpc-shard-client",
+        },
+    },
 }
-"""Three shards with monitoring, the dashboard and every Secret but TLS (the
-shards' votes travel in plaintext: the chart refuses TLS with shards)."""
+"""Three shards with monitoring, the dashboard and every Secret, mutual TLS
+included (the shards' votes dial the leader over TLS with a client cert)."""
 
 
 def _validate_kubernetes(obj: Object) -> None:
@@ -119,8 +125,13 @@ def test_every_rendered_object_is_valid(values: Object) -> None:
         ({"shards": 3, "sharding": {"tokenSecretName": "s", "peers": ["a:1", "b:2"]}},
          HelmRenderError, "sharding.peers lists 2 addresses for 3 shards"),
         ({"sharding": {"peers": ["no-port"]}}, HelmValuesError, "/sharding/peers/0"),
-        ({**SHARDED_FULL, "tls": FULL_VALUES["tls"]}, HelmRenderError,
-         "shards > 1 with tls.enabled: a shard dials the leader's gRPC port"),
+        ({**SHARDED_FULL, "sharding": {"tokenSecretName": "s"}}, HelmRenderError,
+         "shards > 1 with tls.enabled needs sharding.tls.caSecretName"),
+        ({**SHARDED_FULL, "sharding": {"tokenSecretName": "s",
+                                       "tls": {"caSecretName": "c"}}},
+         HelmRenderError,
+         "shards > 1 with tls.clientCA.enabled needs sharding.tls.clientSecretName"),
+        ({"sharding": {"tls": {"caFile": "x"}}}, HelmValuesError, "/sharding/tls"),
         ({"coordinator": {"config": {"listen": "0.0.0.0:1"}}}, HelmRenderError,
          "coordinator.config.listen is set by the chart"),
         ({"coordinator": {"config": {"outer_optimizer_params": {"lr": 1}}}},

@@ -22,7 +22,7 @@ from helm_python import HelmRenderError
 
 from fedgrpc.cli import build_parser, serve_config
 from fedgrpc.config import CoordinatorConfig
-from tests.helpers.helm_chart import NAMESPACE, Rendered, render
+from tests.helpers.helm_chart import FULL_VALUES, NAMESPACE, Rendered, render
 
 TOKEN_SECRET = "fedgrpc-shard"
 SHARDED = {"shards": 3, "sharding": {"tokenSecretName": TOKEN_SECRET}}
@@ -128,7 +128,42 @@ def test_peers_clients_outside_the_cluster_reach_replace_the_dns_names(
     assert (config.shard_index, config.shard_peers) == (1, tuple(peers))
 
 
-@pytest.mark.parametrize("key", ["shard", "shard_peers", "shard_token_file"])
+def test_tls_shards_vote_over_tls_with_the_ca_and_client_certificate_secrets(
+    tmp_path: Path,
+) -> None:
+    rendered = render(
+        {
+            **FULL_VALUES,
+            "shards": 2,
+            "sharding": {
+                "tokenSecretName": TOKEN_SECRET,
+                "tls": {"caSecretName": "shard-ca", "clientSecretName": "shard-client"},
+            },
+        }
+    )
+
+    argv = _pod_argv(rendered, "fl-fedgrpc-1", tmp_path)
+    args = build_parser().parse_args(argv)
+    for path, secret, mode in (
+        (args.shard_tls_ca, "shard-ca", 0o444),
+        (args.shard_tls_cert, "shard-client", 0o400),
+        (args.shard_tls_key, "shard-client", 0o400),
+    ):
+        mount, volume = rendered.mount_of(path)
+        assert volume["readOnly"] is True
+        assert volume["secret"] == {"secretName": secret, "defaultMode": mode}
+    assert PurePosixPath(args.shard_tls_ca).name == "ca.crt"
+    assert PurePosixPath(args.shard_tls_cert).name == "tls.crt"
+    assert rendered.table["tls_client_ca"]  # the leader requires client certs
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "shard", "shard_peers", "shard_token_file", "shard_tls_ca",
+        "shard_tls_cert", "shard_tls_key",
+    ],
+)  # fmt: skip
 def test_the_shard_keys_are_the_charts_own(key: str) -> None:
     with pytest.raises(HelmRenderError, match=rf"coordinator\.config\.{key} is set"):
         render({**SHARDED, "coordinator": {"config": {key: "x"}}})

@@ -18,6 +18,7 @@ from fedgrpc._proto.v1 import shard_pb2, shard_pb2_grpc
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.rounds.sharding import ShardVerdict
 from fedgrpc.crypto.admin_token import read_admin_token
+from fedgrpc.crypto.tls import load_client_tls
 from fedgrpc.log import get_logger
 
 log = get_logger(__name__)
@@ -40,7 +41,7 @@ class ShardLink:
         self.token = read_admin_token(config.shard_token_file, "shard_token_file")
         self.leader = config.shard_peers[0]
         self.timeout_s = config.shard_commit_timeout_s + ANSWER_MARGIN_S
-        self._channel = grpc.insecure_channel(self.leader)
+        self._channel = _leader_channel(config)
         self._stub = shard_pb2_grpc.ShardServiceStub(self._channel)
 
     def __call__(
@@ -94,3 +95,24 @@ class ShardLink:
     def close(self) -> None:
         """Close the channel to the leader."""
         self._channel.close()
+
+
+def _leader_channel(config: CoordinatorConfig) -> grpc.Channel:
+    """Plaintext, or TLS verified by `shard_tls_ca` (+ a client certificate).
+
+    The leader's ShardService shares its TLS port with the clients', so a
+    shard serving TLS dials TLS; the shared token still authenticates the
+    vote, TLS keeps it (and the token) off the wire in clear.
+
+    Raises:
+        ConfigError: a TLS file unreadable, not PEM, or expired (named).
+    """
+    if not config.shard_tls_ca:
+        return grpc.insecure_channel(config.shard_peers[0])
+    tls = load_client_tls(
+        config.shard_tls_ca, config.shard_tls_cert, config.shard_tls_key, "shard_"
+    )
+    credentials = grpc.ssl_channel_credentials(
+        tls.ca, tls.private_key, tls.certificate_chain
+    )
+    return grpc.secure_channel(config.shard_peers[0], credentials)

@@ -52,6 +52,8 @@ admin: /etc/fedgrpc/admin
 tls: /etc/fedgrpc/tls
 clientCA: /etc/fedgrpc/client-ca
 shardToken: /etc/fedgrpc/shard-token
+shardCA: /etc/fedgrpc/shard-ca
+shardClient: /etc/fedgrpc/shard-client
 {{- end }}
 
 {{/*
@@ -59,7 +61,7 @@ The [coordinator] keys the chart sets itself: they name the pod's ports,
 mounts and Secrets, so a value in coordinator.config would contradict them.
 */}}
 {{- define "fedgrpc.ownedKeys" -}}
-listen metrics_listen http_listen checkpoint_dir spool_dir tls_cert tls_key tls_client_ca identity_key allowed_client_keys admin_token_file init_model open_enrollment seed_from_first_client ready_file shard shard_peers shard_token_file
+listen metrics_listen http_listen checkpoint_dir spool_dir tls_cert tls_key tls_client_ca identity_key allowed_client_keys admin_token_file init_model open_enrollment seed_from_first_client ready_file shard shard_peers shard_token_file shard_tls_ca shard_tls_cert shard_tls_key
 {{- end }}
 
 {{/*
