@@ -149,7 +149,7 @@ def test_tls_shards_vote_over_tls_with_the_ca_and_client_certificate_secrets(
         (args.shard_tls_cert, "shard-client", 0o400),
         (args.shard_tls_key, "shard-client", 0o400),
     ):
-        mount, volume = rendered.mount_of(path)
+        _, volume = rendered.mount_of(path)
         assert volume["readOnly"] is True
         assert volume["secret"] == {"secretName": secret, "defaultMode": mode}
     assert PurePosixPath(args.shard_tls_ca).name == "ca.crt"
