@@ -68,7 +68,8 @@ def test_a_client_pushing_to_one_shard_only_is_excluded_everywhere(
             assert isinstance(sync, ShardedSync)
             engines = [s.running.runtime.engine for s in shards]
             eventually(lambda: all(len(e.registry.all()) == 3 for e in engines))
-            outcomes, answers = [], []
+            outcomes: list[list[str]] = []
+            answers: list[str] = []
             for r in range(ROUNDS):
                 if len(answers) <= MAX_BROKEN:  # until it is refused
                     answers.append(_push_to_shard_zero_only(sync))
