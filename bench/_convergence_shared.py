@@ -47,6 +47,12 @@ from _convergence_wire import GRPC_PREFIX_BYTES, pull_bytes, push_overhead_bytes
 
 from fedgrpc.compress import SparseValues
 from fedgrpc.compress.bitpack import packed_size
+from fedgrpc.compress.chunk_norms import (
+    choose_chunk_set,
+    chunk_scores,
+    num_chunks,
+    tail_codes,
+)
 from fedgrpc.compress.shared_index import (
     choose_index_set,
     encode_index_set,
@@ -92,6 +98,14 @@ SHARED_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "shared10-age-b14": (
         "as shared10-age with 14-bit values (the 16-bit ring word W = 4 allows)",
         {"codec": "shared:0.1:0.1:age:bits14"},
+    ),
+    "shared10-chunk": (
+        "shared 10 % set: chunks (C 64) of largest summed residual RMS + eps 0.1",
+        {"codec": "shared:0.1:0.1:chunk64"},
+    ),
+    "shared1-chunk": (
+        "shared 1 % set: chunks (C 256) of largest summed residual RMS + eps 0.1",
+        {"codec": "shared:0.01:0.1:chunk256"},
     ),
     "shared1": (
         "shared 1 % set: top |outer momentum| + eps 0.1 random, int8 clip, EF",
@@ -156,6 +170,14 @@ class _Round:
         # "cap": C never above round 0's H · lr (ClipRule.max_clip).
         cap = self.scale.clip if "cap" in flags else None
         self.rule = ClipRule(max_clip=cap)
+        chunks = [int(f.removeprefix("chunk")) for f in flags if f.startswith("chunk")]
+        self.chunk = chunks[0] if chunks else 0
+        """C of the chunk-norm rule (`compress.chunk_norms`), 0: momentum ranking."""
+        self.tail = num_chunks(self.d, self.chunk) if self.chunk else 0
+        self.scores: np.ndarray | None = None
+        """Last round's clamped tail sum: next round's chunk ranking."""
+        self.tail_sum = np.zeros(self.tail, dtype=np.int64)
+        """This round's unmasked tail: Σ over workers of their chunk RMS codes."""
         self.trace: list[list[Any]] = []
         """Per round: [||mean||, clip used, share clipped, guard reason, loss]."""
 
@@ -169,6 +191,11 @@ class _Round:
         if self.estimate is not None:
             momentum = self.estimate.scores()
         seed = self.case.seed.to_bytes(8, "little") + round_index.to_bytes(8, "little")
+        if self.chunk:
+            scores = self.scores if self.scores is not None else np.zeros(self.tail)
+            return choose_chunk_set(
+                scores, self.chunk, self.d, self.k, self.epsilon, seed
+            )
         return choose_index_set(momentum, self.k, self.epsilon, seed)
 
     def end_round(
@@ -176,6 +203,11 @@ class _Round:
     ) -> GuardVerdict:
         """Next round's clip from this round's counts; the guard's verdict."""
         values = positions.numel()
+        if self.chunk:
+            self.scores = chunk_scores(
+                self.tail_sum, self.case.workers, self.scale.qmax
+            )
+            self.tail_sum = np.zeros(self.tail, dtype=np.int64)
         if self.estimate is not None:
             self.estimate.record(positions, mean[positions])
         clip, clipped = self.scale.clip, self.round_clipped
@@ -284,6 +316,8 @@ def _push(
     state.clipped += codes.clipped
     state.round_clipped += codes.clipped
     state.quantised += positions.size
+    if state.chunk:  # after the send: what is left, per chunk, summed masked
+        state.tail_sum += tail_codes(feedback.residual, state.chunk, state.scale, rng)
     return codes.codes
 
 
@@ -311,7 +345,9 @@ def run_shared(
                 losses.append(loss)
         except InvalidUpdateError:
             break
-        up, sent = _push_bytes(pos.size, state.ring_bits, spec.num_coordinates)
+        up, sent = _push_bytes(
+            pos.size + state.tail, state.ring_bits, spec.num_coordinates
+        )
         framed, payload = framed + case.workers * up, payload + case.workers * sent
         down += case.workers * len(encode_index_set(positions))
         mean = torch.zeros(spec.num_coordinates)
@@ -321,6 +357,7 @@ def run_shared(
         if verdict.reset_residuals:  # announced in the next round start
             for worker in workers:
                 worker.feedback = worker._fresh_feedback()
+            state.scores = None
         if not verdict.apply:
             dropped += 1
             if state.guard is None:
