@@ -49,9 +49,9 @@ from fedgrpc.compress import SparseValues
 from fedgrpc.compress.bitpack import packed_size
 from fedgrpc.compress.chunk_norms import (
     choose_chunk_set,
+    chunk_rms,
     chunk_scores,
     num_chunks,
-    tail_codes,
 )
 from fedgrpc.compress.shared_index import (
     choose_index_set,
@@ -317,7 +317,8 @@ def _push(
     state.round_clipped += codes.clipped
     state.quantised += positions.size
     if state.chunk:  # after the send: what is left, per chunk, summed masked
-        state.tail_sum += tail_codes(feedback.residual, state.chunk, state.scale, rng)
+        norms = chunk_rms(feedback.residual, state.chunk)
+        state.tail_sum += state.scale.quantise(norms, rng).codes
     return codes.codes
 
 

@@ -9,8 +9,9 @@ send,
 
     r_i[j] = sqrt( (1 / |c_j|) · Σ_{t in c_j} e_i[t]² ),   c_j = [jC, (j+1)C) ∩ [0, d)
 
-quantised with the round's fixed-point scale (clip C_t, so r_i[j] is
-clipped at C_t: a chunk whose typical residual already exceeds the value
+quantised by the client with the round's fixed-point scale, as its values
+(`secagg.FixedPointScale.quantise`: clip C_t, so r_i[j] is clipped at C_t:
+a chunk whose typical residual already exceeds the value
 clip is as urgent as it gets). The masks cancel in the sum, so the
 coordinator learns only the aggregate Σ_i r_i[j] per chunk, never one
 client's, and announces next round's set as the chunks of largest
@@ -43,7 +44,6 @@ import torch
 
 from fedgrpc.compress.shared_index import choose_index_set
 from fedgrpc.errors import InvalidUpdateError, check_config
-from fedgrpc.secagg.fixed_point import FixedPointScale
 
 TIE_DOMAIN = b"fedgrpc/shared-index/chunk-ties/v1"
 """Hashed with the round seed to break ties between equal chunk scores: saturated
@@ -81,17 +81,6 @@ def chunk_rms(residual: np.ndarray, chunk: int) -> np.ndarray:
         lengths[-1] = d - (n - 1) * chunk
     rms: np.ndarray = np.sqrt(sums / lengths)
     return rms
-
-
-def tail_codes(
-    residual: np.ndarray, chunk: int, scale: FixedPointScale, rng: np.random.Generator
-) -> np.ndarray:
-    """The client's tail: chunk RMS of its residual as codes in [0, qmax].
-
-    Call after this round's send has left the residual, so sent chunks
-    report what is left. Codes use `scale`'s dtype, as the values they follow.
-    """
-    return scale.quantise(chunk_rms(residual, chunk), rng).codes
 
 
 def chunk_scores(total: np.ndarray, contributors: int, qmax: int) -> np.ndarray:

@@ -273,6 +273,7 @@ class SecureMode:
         if noise is False:
             return
         ring_bits = noise.ring_bits if noise else 0
+        norm = self.shared_index.norm_tail(spec.num_coordinates)  # chunk-norm rule
         run_id = self.context.run.run_id
         setup = round_setup(self.config, run_id, current, ids, self._value_bits,
                             ring_bits)  # fmt: skip
@@ -281,6 +282,7 @@ class SecureMode:
             positions, self.shared_index.coded(positions),
             reset_residuals=self.shared_index.take_residual_reset(current),
             noise=noise.spec if noise else None,
+            norm_chunk=norm[0], norm_tail=norm[1],
         )  # fmt: skip
         identity = self.context.identity
         announce = signed(announce, identity)

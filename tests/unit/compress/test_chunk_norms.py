@@ -11,12 +11,18 @@ from fedgrpc.compress.chunk_norms import (
     chunk_rms,
     chunk_scores,
     num_chunks,
-    tail_codes,
 )
 from fedgrpc.errors import ConfigError, InvalidUpdateError
 from fedgrpc.secagg.fixed_point import FixedPointScale
 
 SEED = b"round-seed-0001"
+
+
+def tail_codes(
+    residual: np.ndarray, chunk: int, scale: FixedPointScale, rng: np.random.Generator
+) -> np.ndarray:
+    """What a client appends (client.secure.updates): RMS per chunk, as codes."""
+    return scale.quantise(chunk_rms(residual, chunk), rng).codes
 
 
 def test_chunk_rms_is_the_root_mean_square_per_chunk_and_the_short_last_chunk_its_own():
