@@ -1,11 +1,14 @@
 """Shared-index DiLoCo rounds for bench/convergence.py: what secure aggregation forces.
 
 Not a benchmark itself. Codec strings
-`shared:DENSITY:EPSILON[:noguard][:age][:cap][:bitsB]` select it (B value
-bits, default 8; cap: clip never above H · lr). Every round the coordinator
-announces one index set (`compress.shared_index.choose_index_set`:
+`shared:DENSITY:EPSILON[:noguard][:age][:cap][:bitsB][:chunkC]` select it
+(B value bits, default 8; cap: clip never above H · lr). Every round the
+coordinator announces one index set (`compress.shared_index.choose_index_set`:
 top-(1-ε)k of |outer momentum|, or with `age` of
-`ResidualEstimate.scores()`, plus ε·k positions from the round seed) and
+`ResidualEstimate.scores()`, or with `chunkC` whole chunks of C coordinates
+by the workers' summed residual RMS codes, `compress.chunk_norms`, each
+push then carrying ceil(d / C) more ring values, plus ε·k positions from
+the round seed) and
 one fixed-point clip
 (`secagg.round_scale`); each worker gathers its residual at those positions,
 quantises with the round's `FixedPointScale` (int8, stochastic rounding,
@@ -102,6 +105,10 @@ SHARED_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "shared10-chunk": (
         "shared 10 % set: chunks (C 64) of largest summed residual RMS + eps 0.1",
         {"codec": "shared:0.1:0.1:chunk64"},
+    ),
+    "shared10-chunk16": (
+        "as shared10-chunk with chunks of 16 (a 4x longer tail, finer choice)",
+        {"codec": "shared:0.1:0.1:chunk16"},
     ),
     "shared1-chunk": (
         "shared 1 % set: chunks (C 256) of largest summed residual RMS + eps 0.1",
