@@ -32,6 +32,20 @@ Measured (seed 0, 40 rounds, W = 4; validation loss, uplink MB):
 so a shared set's sparse rounds stay far behind per-client top-k, and
 what closes the gap is the guard's dense rounds (and their bytes).
 
+Issue 18, chunk-norm ranking (3 seeds, a later run on the shared machine):
+
+    H = 50   topk10 1.618 ± 0.024, 3.6   shared10-chunk 1.694 ± 0.021,
+             11.5 (+4.7 % ± 2.7 paired; 3 loss trips and 13-14 dense
+             rounds in every seed; 2.106 at round 35 of seed 0)
+             shared10-chunk16 1.657 ± 0.012, 12.4 (+2.5 % ± 2.2; 3 trips,
+             13 dense rounds; 1.921 at round 35 of seed 0)
+             seed 0 only: shared10 (momentum) 1.862, 5.8 (1 trip);
+             shared10-chunk-noguard diverged (7.48 at step 500)
+
+so chunk norms end the freeze (sparse stretches at 1.9-2.3 instead of
+momentum's 2.55-2.8) but flush stale residuals that Nesterov amplifies:
+the guard's dense rounds are still what holds the run together.
+
 Bytes: uplink is the lifted codes, `Ring.for_sum(B, W).dtype` per position
 (no index bytes go up), framed as update chunks; downlink adds the encoded
 index set to each worker's model pull.
@@ -109,6 +123,10 @@ SHARED_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "shared10-chunk16": (
         "as shared10-chunk with chunks of 16 (a 4x longer tail, finer choice)",
         {"codec": "shared:0.1:0.1:chunk16"},
+    ),
+    "shared10-chunk-noguard": (
+        "as shared10-chunk without the divergence guard: the rule's own quality",
+        {"codec": "shared:0.1:0.1:chunk64:noguard"},
     ),
     "shared1-chunk": (
         "shared 1 % set: chunks (C 256) of largest summed residual RMS + eps 0.1",
