@@ -41,6 +41,8 @@ Issue 18, chunk-norm ranking (3 seeds, a later run on the shared machine):
              13 dense rounds; 1.921 at round 35 of seed 0)
              seed 0 only: shared10 (momentum) 1.862, 5.8 (1 trip);
              shared10-chunk-noguard diverged (7.48 at step 500)
+             topk1 2.188, 0.51   shared1-chunk (C 256) 2.177, 7.1 (2 trips,
+             10 dense rounds)
 
 so chunk norms end the freeze (sparse stretches at 1.9-2.3 instead of
 momentum's 2.55-2.8) but flush stale residuals that Nesterov amplifies:
