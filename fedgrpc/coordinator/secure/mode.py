@@ -273,7 +273,8 @@ class SecureMode:
         if noise is False:
             return
         ring_bits = noise.ring_bits if noise else 0
-        norm = self.shared_index.norm_tail(spec.num_coordinates)  # chunk-norm rule
+        # The chunk-norm rule's tail (secagg_density < 1, so never a shard's).
+        norm = self.shared_index.norm_tail(self.engine.round_coordinates())
         run_id = self.context.run.run_id
         setup = round_setup(self.config, run_id, current, ids, self._value_bits,
                             ring_bits)  # fmt: skip
