@@ -1,11 +1,14 @@
 """Shared-index DiLoCo rounds for bench/convergence.py: what secure aggregation forces.
 
 Not a benchmark itself. Codec strings
-`shared:DENSITY:EPSILON[:noguard][:age][:cap][:bitsB]` select it (B value
-bits, default 8; cap: clip never above H · lr). Every round the coordinator
-announces one index set (`compress.shared_index.choose_index_set`:
+`shared:DENSITY:EPSILON[:noguard][:age][:cap][:bitsB][:chunkC]` select it
+(B value bits, default 8; cap: clip never above H · lr). Every round the
+coordinator announces one index set (`compress.shared_index.choose_index_set`:
 top-(1-ε)k of |outer momentum|, or with `age` of
-`ResidualEstimate.scores()`, plus ε·k positions from the round seed) and
+`ResidualEstimate.scores()`, or with `chunkC` whole chunks of C coordinates
+by the workers' summed residual RMS codes, `compress.chunk_norms`, each
+push then carrying ceil(d / C) more ring values, plus ε·k positions from
+the round seed) and
 one fixed-point clip
 (`secagg.round_scale`); each worker gathers its residual at those positions,
 quantises with the round's `FixedPointScale` (int8, stochastic rounding,
@@ -29,6 +32,22 @@ Measured (seed 0, 40 rounds, W = 4; validation loss, uplink MB):
 so a shared set's sparse rounds stay far behind per-client top-k, and
 what closes the gap is the guard's dense rounds (and their bytes).
 
+Issue 18, chunk-norm ranking (3 seeds, a later run on the shared machine):
+
+    H = 50   topk10 1.618 ± 0.024, 3.6   shared10-chunk 1.694 ± 0.021,
+             11.5 (+4.7 % ± 2.7 paired; 3 loss trips and 13-14 dense
+             rounds in every seed; 2.106 at round 35 of seed 0)
+             shared10-chunk16 1.657 ± 0.012, 12.4 (+2.5 % ± 2.2; 3 trips,
+             13 dense rounds; 1.921 at round 35 of seed 0)
+             seed 0 only: shared10 (momentum) 1.862, 5.8 (1 trip);
+             shared10-chunk-noguard diverged (7.48 at step 500)
+             topk1 2.188, 0.51   shared1-chunk (C 256) 2.177, 7.1 (2 trips,
+             10 dense rounds)
+
+so chunk norms end the freeze (sparse stretches at 1.9-2.3 instead of
+momentum's 2.55-2.8) but flush stale residuals that Nesterov amplifies:
+the guard's dense rounds are still what holds the run together.
+
 Bytes: uplink is the lifted codes, `Ring.for_sum(B, W).dtype` per position
 (no index bytes go up), framed as update chunks; downlink adds the encoded
 index set to each worker's model pull.
@@ -42,11 +61,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from _convergence_estimate import ResidualEstimate
 from _convergence_sim import DEFAULTS, Case, _Curve, _Data, _Worker
 from _convergence_wire import GRPC_PREFIX_BYTES, pull_bytes, push_overhead_bytes
 
 from fedgrpc.compress import SparseValues
 from fedgrpc.compress.bitpack import packed_size
+from fedgrpc.compress.chunk_norms import (
+    choose_chunk_set,
+    chunk_rms,
+    chunk_scores,
+    num_chunks,
+)
 from fedgrpc.compress.shared_index import (
     choose_index_set,
     encode_index_set,
@@ -92,6 +118,22 @@ SHARED_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "shared10-age-b14": (
         "as shared10-age with 14-bit values (the 16-bit ring word W = 4 allows)",
         {"codec": "shared:0.1:0.1:age:bits14"},
+    ),
+    "shared10-chunk": (
+        "shared 10 % set: chunks (C 64) of largest summed residual RMS + eps 0.1",
+        {"codec": "shared:0.1:0.1:chunk64"},
+    ),
+    "shared10-chunk16": (
+        "as shared10-chunk with chunks of 16 (a 4x longer tail, finer choice)",
+        {"codec": "shared:0.1:0.1:chunk16"},
+    ),
+    "shared10-chunk-noguard": (
+        "as shared10-chunk without the divergence guard: the rule's own quality",
+        {"codec": "shared:0.1:0.1:chunk64:noguard"},
+    ),
+    "shared1-chunk": (
+        "shared 1 % set: chunks (C 256) of largest summed residual RMS + eps 0.1",
+        {"codec": "shared:0.01:0.1:chunk256"},
     ),
     "shared1": (
         "shared 1 % set: top |outer momentum| + eps 0.1 random, int8 clip, EF",
@@ -156,6 +198,14 @@ class _Round:
         # "cap": C never above round 0's H · lr (ClipRule.max_clip).
         cap = self.scale.clip if "cap" in flags else None
         self.rule = ClipRule(max_clip=cap)
+        chunks = [int(f.removeprefix("chunk")) for f in flags if f.startswith("chunk")]
+        self.chunk = chunks[0] if chunks else 0
+        """C of the chunk-norm rule (`compress.chunk_norms`), 0: momentum ranking."""
+        self.tail = num_chunks(self.d, self.chunk) if self.chunk else 0
+        self.scores: np.ndarray | None = None
+        """Last round's clamped tail sum: next round's chunk ranking."""
+        self.tail_sum = np.zeros(self.tail, dtype=np.int64)
+        """This round's unmasked tail: Σ over workers of their chunk RMS codes."""
         self.trace: list[list[Any]] = []
         """Per round: [||mean||, clip used, share clipped, guard reason, loss]."""
 
@@ -169,6 +219,11 @@ class _Round:
         if self.estimate is not None:
             momentum = self.estimate.scores()
         seed = self.case.seed.to_bytes(8, "little") + round_index.to_bytes(8, "little")
+        if self.chunk:
+            scores = self.scores if self.scores is not None else np.zeros(self.tail)
+            return choose_chunk_set(
+                scores, self.chunk, self.d, self.k, self.epsilon, seed
+            )
         return choose_index_set(momentum, self.k, self.epsilon, seed)
 
     def end_round(
@@ -176,6 +231,11 @@ class _Round:
     ) -> GuardVerdict:
         """Next round's clip from this round's counts; the guard's verdict."""
         values = positions.numel()
+        if self.chunk:
+            self.scores = chunk_scores(
+                self.tail_sum, self.case.workers, self.scale.qmax
+            )
+            self.tail_sum = np.zeros(self.tail, dtype=np.int64)
         if self.estimate is not None:
             self.estimate.record(positions, mean[positions])
         clip, clipped = self.scale.clip, self.round_clipped
@@ -202,50 +262,6 @@ class _Round:
         if verdict.reset_momentum and self.outer.name == "nesterov":
             self.outer.load_state_dict({"steps": self.outer.state_dict()["steps"]})
         return verdict
-
-
-class ResidualEstimate:
-    """The coordinator's guess of |mean client residual| per coordinate.
-
-    Why: ranking by |outer momentum| freezes the set. Momentum is non-zero
-    only where values were sent, so round 1's random set is ranked top from
-    then on and the other coordinates are reached only by the ε·k random
-    draws (1 % of d per round at 10 % density, ε 0.1); their residuals grow
-    unseen. Per-client top-k avoids this because each client ranks its own
-    residual. The coordinator cannot see residuals, but it knows, per
-    coordinate, the age a (rounds since it was last sent) and the mean that
-    arrived then, which had piled up over that many rounds: rate =
-    |mean sent| / a. Its estimate of what waits now is rate · (a + 1)
-    (this round's training included); coordinates never sent take the
-    median known rate. `scores()` goes to `choose_index_set` in place of the
-    momentum, so the set is still public and computed from the aggregate
-    alone. Memory: two float32 vectors of d (age, rate).
-
-    Measured worse than momentum ranking (it flushes the stalest residuals,
-    all clients at once, and Nesterov amplifies the burst), so it stays an
-    experiment here rather than library code.
-    """
-
-    def __init__(self, num_coordinates: int) -> None:
-        """Every coordinate unsent, of unknown rate."""
-        self.age = torch.zeros(num_coordinates)
-        self.rate = torch.zeros(num_coordinates)
-
-    def scores(self) -> torch.Tensor:
-        """Estimated |mean residual| after this round's training (float32, d)."""
-        known = self.rate > 0
-        prior = float(self.rate[known].median()) if bool(known.any()) else 0.0
-        return torch.where(known, self.rate, prior).mul_(self.age + 1)
-
-    def record(self, positions: torch.Tensor, mean_sent: torch.Tensor) -> None:
-        """A round closed: `mean_sent[i]` arrived at `positions[i]`, all aged one."""
-        self.age += 1
-        sent_rate = mean_sent.abs() / self.age[positions]
-        # A zero arrival (nothing pending) keeps the old rate: zero means unknown.
-        self.rate[positions] = torch.where(
-            sent_rate > 0, sent_rate, self.rate[positions]
-        )
-        self.age[positions] = 0
 
 
 def _train(
@@ -284,6 +300,9 @@ def _push(
     state.clipped += codes.clipped
     state.round_clipped += codes.clipped
     state.quantised += positions.size
+    if state.chunk:  # after the send: what is left, per chunk, summed masked
+        norms = chunk_rms(feedback.residual, state.chunk)
+        state.tail_sum += state.scale.quantise(norms, rng).codes
     return codes.codes
 
 
@@ -311,7 +330,9 @@ def run_shared(
                 losses.append(loss)
         except InvalidUpdateError:
             break
-        up, sent = _push_bytes(pos.size, state.ring_bits, spec.num_coordinates)
+        up, sent = _push_bytes(
+            pos.size + state.tail, state.ring_bits, spec.num_coordinates
+        )
         framed, payload = framed + case.workers * up, payload + case.workers * sent
         down += case.workers * len(encode_index_set(positions))
         mean = torch.zeros(spec.num_coordinates)
@@ -321,6 +342,7 @@ def run_shared(
         if verdict.reset_residuals:  # announced in the next round start
             for worker in workers:
                 worker.feedback = worker._fresh_feedback()
+            state.scores = None
         if not verdict.apply:
             dropped += 1
             if state.guard is None:

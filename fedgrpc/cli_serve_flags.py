@@ -9,8 +9,9 @@ round-stage flags of `cli_flags.STAGE_FLAGS`), `LIMIT_FLAGS`
 (`config.privacy`: client-level DP and the run's budget) and
 `DISTRIBUTED_PRIVACY_FLAGS` (`config.privacy`, distributed DP's own keys)
 and `TREE_FLAGS` (`config.tree`, a leaf's link to its root); sharding's
-`SHARD_FLAGS` live in `cli_shard_flags`, and what the coordinator keeps on
-disk instead of in RAM in `cli_memory_flags`.
+`SHARD_FLAGS` live in `cli_shard_flags`, what the coordinator keeps on
+disk instead of in RAM in `cli_memory_flags`, the shared index set's rule
+in `cli_secagg_flags`.
 A flag's dest is the config field it sets; tests check every field has one.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from fedgrpc.cli_flags import STAGE_FLAGS, Flag
 from fedgrpc.cli_memory_flags import MEMORY_FLAGS
+from fedgrpc.cli_secagg_flags import SHARED_INDEX_FLAGS
 from fedgrpc.cli_shard_flags import SHARD_FLAGS
 from fedgrpc.config import OUTER_OPTIMIZERS, CoordinatorConfig
 
@@ -85,11 +87,11 @@ CORE_FLAGS = (
          "clipped remainders stay in clients' residuals "
          f"(default: {_D.secagg_clip:g})", float, "C"),
     Flag("--secagg-density", "fraction (0, 1] of the coordinates masked per "
-         "secure round: 1 masks all (dense int8, the safe default); below 1 "
-         "the coordinator announces a shared index set of ceil(D x "
-         "parameters) positions (top outer momentum plus random ones), with "
-         "a divergence guard falling back to dense rounds; experimental, "
-         f"refused with --shard (default: {_D.secagg_density:g})", float, "D"),
+         "secure round: 1 masks all (dense int8, the safe default); below 1 a "
+         "shared index set of ceil(D x parameters) positions (--secagg-index-"
+         "rule plus random ones), a divergence guard falling back to dense "
+         "rounds; experimental, refused with --shard "
+         f"(default: {_D.secagg_density:g})", float, "D"),
     Flag("--secagg-random-fraction", "share in [0, 1] of the shared index "
          "set drawn at random from the round nonce, so every coordinate can "
          "flush its residual; only with --secagg-density < 1 "
@@ -391,8 +393,8 @@ TREE_FLAGS = (
 """Aggregation trees: a leaf's link to its root (`config.tree`)."""
 
 SERVE_FLAGS = (
-    *CORE_FLAGS, *ROUND_MODE_FLAGS, *ROBUSTNESS_FLAGS, *MEMORY_FLAGS, *LIMIT_FLAGS,
-    *ACCESS_FLAGS, *PRIVACY_FLAGS, *DISTRIBUTED_PRIVACY_FLAGS, *TREE_FLAGS,
-    *SHARD_FLAGS,
+    *CORE_FLAGS, *SHARED_INDEX_FLAGS, *ROUND_MODE_FLAGS, *ROBUSTNESS_FLAGS,
+    *MEMORY_FLAGS, *LIMIT_FLAGS, *ACCESS_FLAGS, *PRIVACY_FLAGS,
+    *DISTRIBUTED_PRIVACY_FLAGS, *TREE_FLAGS, *SHARD_FLAGS,
 )  # fmt: skip
 """Every `fedgrpc serve` flag, in --help order."""

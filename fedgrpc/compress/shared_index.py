@@ -17,7 +17,8 @@ freezes the set, since momentum is non-zero only where values were sent, so
 coordinates outside round 1's set are reached only by the ε·k random draws
 and their residuals grow unseen; `optim.divergence.DivergenceGuard` is what
 recovers such a run. Treat this set as an experiment; dense int8 in the ring
-is the default.
+is the default. `compress.chunk_norms` ranks by the clients' own residuals
+instead (summed under the masks) and feeds this function its ranking.
 
 On the data path this is the "compress" step's index choice: the coordinator
 calls `choose_index_set` and `encode_index_set`; each client calls

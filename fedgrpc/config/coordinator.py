@@ -157,6 +157,13 @@ class CoordinatorConfig(
     secagg_random_fraction: float = 0.1
     """Share epsilon in [0, 1] of that set drawn from the round nonce, so every
     coordinate can flush its residual (0.1: bench/convergence.py's runs)."""
+    secagg_index_rule: Literal["momentum", "chunk_norm"] = "momentum"
+    """How that set is ranked: "momentum" (top |outer momentum|) or
+    "chunk_norm" (whole chunks of largest summed client residual RMS, which
+    each client appends to its masked push: `compress.chunk_norms`)."""
+    secagg_index_chunk: int = 64
+    """C, coordinates per chunk of the "chunk_norm" rule: a push carries
+    ceil(d / C) more values (d / 64 = 1.6 % of d)."""
     checkpoint_dir: str = ""
     """Directory for `round-<N>.ckpt` checkpoints, written after every applied
     round and at shutdown; `fedgrpc serve` resumes from the newest intact one.
@@ -296,6 +303,15 @@ class CoordinatorConfig(
                "a fraction in (0, 1] (1: mask every coordinate)")  # fmt: skip
         _check(0 <= self.secagg_random_fraction <= 1, "secagg_random_fraction",
                self.secagg_random_fraction, "a fraction in [0, 1]")  # fmt: skip
+        _check(self.secagg_index_rule in ("momentum", "chunk_norm"),
+               "secagg_index_rule", self.secagg_index_rule,
+               '"momentum" or "chunk_norm"')  # fmt: skip
+        _check(self.secagg_index_chunk >= 1, "secagg_index_chunk",
+               self.secagg_index_chunk, ">= 1")  # fmt: skip
+        _check(self.secagg_index_rule == "momentum" or self.privacy != "distributed",
+               "secagg_index_rule", self.secagg_index_rule, '"momentum" with '
+               "privacy = distributed (the chunk norms would need noise too)",
+               )  # fmt: skip
         if not self.secure_aggregation:
             return
         codec = self.codec_config

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fedgrpc._proto.v1 import secure_aggregation_pb2 as sa
+from fedgrpc.compress.chunk_norms import num_chunks
 from fedgrpc.compress.shared_index import decode_index_set, encode_index_set
 from fedgrpc.crypto.keys import PublicKey
 from fedgrpc.errors import InvalidUpdateError, check_config
@@ -29,6 +30,10 @@ from fedgrpc.secagg.prg import KEYSTREAM_LAYOUT, LEGACY_LAYOUT, layout_name
 from fedgrpc.wire.signed import key_from_proto, key_to_proto
 
 SETUP_DOMAIN = transcript.DOMAIN_PREFIX + b"round-setup"
+NORM_TAIL_LABEL = b"norm-tail"
+NORM_TAIL_BASE = 1 << 62
+"""Mask position of the chunk-norm tail's value j: 2^62 + j, above any model
+coordinate, so tail and values never share keystream (`secagg.prg`)."""
 
 
 def session_id(run_id: str, round_nonce: bytes) -> bytes:
@@ -70,6 +75,10 @@ class SecureRoundSetup:
     `setup.ring_bits`); None for a round without noise."""
     keystream_layout: int = KEYSTREAM_LAYOUT
     """The masks' keystream layout (`secagg.prg`); not signed (proto field 40)."""
+    norm_chunk: int = 0
+    """C of the chunk-norm tail (`compress.chunk_norms`); 0: no tail."""
+    norm_tail: int = 0
+    """Tail values after the positions' values: ceil(d / C), 0 without a tail."""
 
     def __post_init__(self) -> None:
         """Code `positions` once if the caller did not; noise needs a wider ring.
@@ -80,6 +89,10 @@ class SecureRoundSetup:
         check_config((self.noise is None) == (self.setup.ring_bits == 0),
                      "ring_bits", self.setup.ring_bits,
                      "set exactly when the round carries noise shares")  # fmt: skip
+        check_config((self.norm_chunk == 0) == (self.norm_tail == 0), "norm_tail",
+                     self.norm_tail, "set exactly when norm_chunk is")  # fmt: skip
+        check_config(self.noise is None or self.norm_tail == 0, "norm_chunk",
+                     self.norm_chunk, "0 in a round with DP noise")  # fmt: skip
         if self.positions is not None and not self.coded_positions:
             coded = encode_index_set(torch.from_numpy(self.positions.astype(np.int64)))
             object.__setattr__(self, "coded_positions", coded)  # frozen: set once
@@ -107,6 +120,10 @@ class SecureRoundSetup:
             *(struct.pack(">d", v) for v in (noise.clip_norm, noise.client_std,
                                               noise.norm_bound)),
         )  # fmt: skip
+        norm = () if not self.norm_chunk else (
+            NORM_TAIL_LABEL, transcript.u64(self.norm_chunk),
+            transcript.u64(self.norm_tail),
+        )  # fmt: skip
         return head + transcript.id_list(ids) + transcript.frame(
             *(self.identities[c].raw for c in ids),
             setup.graph_seed,
@@ -116,6 +133,7 @@ class SecureRoundSetup:
             positions,
             *reset,
             *dp,
+            *norm,
         )  # fmt: skip
 
     def index_set(self) -> np.ndarray:
@@ -123,6 +141,18 @@ class SecureRoundSetup:
         if self.positions is not None:
             return self.positions
         return np.arange(self.num_positions, dtype=np.uint64)
+
+    @property
+    def vector_length(self) -> int:
+        """Values in each masked push: the positions' plus the chunk-norm tail."""
+        return self.num_positions + self.norm_tail
+
+    def mask_positions(self) -> np.ndarray:
+        """Where each pushed value is masked: `index_set()`, then the tail's."""
+        if not self.norm_tail:
+            return self.index_set()
+        tail = np.arange(self.norm_tail, dtype=np.uint64) + np.uint64(NORM_TAIL_BASE)
+        return np.concatenate((self.index_set(), tail))
 
 
 def setup_to_proto(announce: SecureRoundSetup) -> sa.SecAggRoundSetup:
@@ -147,6 +177,8 @@ def setup_to_proto(announce: SecureRoundSetup) -> sa.SecAggRoundSetup:
         coordinator_signature=announce.signature,
         reset_residuals=announce.reset_residuals,
         keystream_layout=announce.keystream_layout,
+        norm_chunk=announce.norm_chunk,
+        norm_tail=announce.norm_tail,
     )
     noise = announce.noise
     if noise is not None:  # distributed DP (fields 15-18; 0 otherwise)
@@ -199,6 +231,7 @@ def setup_from_proto(
             ring_bits=message.ring_bits,
         )
         scale = FixedPointScale(message.clip, message.value_bits)
+        _check_tail(message, num_coordinates)
         return SecureRoundSetup(
             setup,
             identities,
@@ -211,9 +244,24 @@ def setup_from_proto(
             message.reset_residuals,
             _noise(message),
             layout,
+            message.norm_chunk,
+            message.norm_tail,
         )
     except (ValueError, KeyError) as exc:  # ConfigError is a ValueError
         raise InvalidUpdateError(f"malformed secure-aggregation setup: {exc}") from exc
+
+
+def _check_tail(message: sa.SecAggRoundSetup, num_coordinates: int) -> None:
+    """The chunk-norm tail must be ceil(d / C) values of this client's model."""
+    if message.norm_chunk and message.norm_tail != num_chunks(
+        num_coordinates, message.norm_chunk
+    ):
+        raise InvalidUpdateError(
+            f"the setup asks for {message.norm_tail} chunk norms of "
+            f"{message.norm_chunk} coordinates, but this model of "
+            f"{num_coordinates} coordinates has "
+            f"{num_chunks(num_coordinates, message.norm_chunk)}"
+        )
 
 
 def _positions(message: sa.SecAggRoundSetup, num_coordinates: int) -> np.ndarray | None:

@@ -183,6 +183,13 @@ def test_secure_aggregation_flags_reach_the_config() -> None:
         ({"secagg_random_fraction": -0.1},
          r"secagg_random_fraction=-0\.1 is invalid: expected a fraction in \[0, 1\]"),
         ({"secagg_random_fraction": 1.01}, "secagg_random_fraction=1.01 is invalid"),
+        ({"secagg_index_rule": "magnitude"},
+         r"secagg_index_rule=.?magnitude.? is invalid: expected \"momentum\""),
+        ({"secagg_index_chunk": 0}, "secagg_index_chunk=0 is invalid"),
+        ({"secagg_index_rule": "chunk_norm", "privacy": "distributed",
+          "dp_clip_norm": 1.0, "dp_noise_multiplier": 1.0,
+          "secure_aggregation": True, "codec": "dense:int8", "min_clients": 3},
+         "chunk norms would need noise too"),
     ],
 )  # fmt: skip
 def test_shared_index_settings_are_checked_at_construction(
@@ -203,3 +210,7 @@ def test_shared_index_flags_reach_the_config_and_default_to_dense() -> None:
     assert config.secagg_density == pytest.approx(0.01)
     assert config.secagg_random_fraction == pytest.approx(0.2)
     assert CoordinatorConfig().secagg_density == 1.0  # dense: the safe default
+    rule = build_parser().parse_args(
+        ["serve", "--secagg-index-rule", "chunk_norm", "--secagg-index-chunk", "32"]
+    )
+    assert (rule.secagg_index_rule, rule.secagg_index_chunk) == ("chunk_norm", 32)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fedgrpc._proto.v1 import common_pb2 as fedgrpc_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#fedgrpc/v1/secure_aggregation.proto\x12\nfedgrpc.v1\x1a\x17\x66\x65\x64grpc/v1/common.proto\"Y\n\x11SecAggParticipant\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x31\n\x0cidentity_key\x18\x02 \x01(\x0b\x32\x1b.fedgrpc.v1.PublicKeyRecord\"\xbf\x03\n\x10SecAggRoundSetup\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x13\n\x0bround_nonce\x18\x02 \x01(\x0c\x12\x33\n\x0cparticipants\x18\x03 \x03(\x0b\x32\x1d.fedgrpc.v1.SecAggParticipant\x12\x12\n\ngraph_seed\x18\x04 \x01(\x0c\x12\x0e\n\x06\x64\x65gree\x18\x05 \x01(\r\x12\x11\n\tthreshold\x18\x06 \x01(\r\x12\x12\n\nvalue_bits\x18\x07 \x01(\r\x12\x0c\n\x04\x63lip\x18\x08 \x01(\x01\x12\r\n\x05\x64\x65nse\x18\t \x01(\x08\x12\x15\n\rnum_positions\x18\x0b \x01(\x04\x12\x1d\n\x15\x63oordinator_signature\x18\x0c \x01(\x0c\x12\x17\n\x0freset_residuals\x18\r \x01(\x08\x12\x17\n\x0f\x63oded_positions\x18\x0e \x01(\x0c\x12\x11\n\tring_bits\x18\x0f \x01(\r\x12\x14\n\x0c\x64p_clip_norm\x18\x10 \x01(\x01\x12\x14\n\x0c\x64p_noise_std\x18\x11 \x01(\x01\x12\x15\n\rdp_norm_bound\x18\x12 \x01(\x01\x12\x18\n\x10keystream_layout\x18( \x01(\rJ\x04\x08\n\x10\x0bR\tpositions\"\x91\x01\n\x13SecAggAdvertiseKeys\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x16\n\x0e\x65ncryption_key\x18\x03 \x01(\x0c\x12\x10\n\x08mask_key\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x12\x18\n\x10keystream_layout\x18( \x01(\r\"_\n\x12SecAggKeyDirectory\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x37\n\x0e\x61\x64vertisements\x18\x02 \x03(\x0b\x32\x1f.fedgrpc.v1.SecAggAdvertiseKeys\"H\n\x11SecAggSealedShare\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x03 \x01(\x0c\"e\n\x12SecAggSharePackage\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12-\n\x06sealed\x18\x03 \x03(\x0b\x32\x1d.fedgrpc.v1.SecAggSealedShare\"f\n\x10SecAggShareInbox\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x11\n\trecipient\x18\x02 \x01(\t\x12-\n\x06sealed\x18\x03 \x03(\x0b\x32\x1d.fedgrpc.v1.SecAggSealedShare\"S\n\x12SecAggSurvivorList\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x11\n\tsurvivors\x18\x02 \x03(\t\x12\x18\n\x10server_signature\x18\x03 \x01(\x0c\"T\n\x1aSecAggConsistencySignature\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\x89\x01\n\x13SecAggUnmaskRequest\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x11\n\tsurvivors\x18\x03 \x03(\t\x12:\n\nsignatures\x18\x04 \x03(\x0b\x32&.fedgrpc.v1.SecAggConsistencySignature\"2\n\x0bSecAggShare\x12\r\n\x05owner\x18\x01 \x01(\t\x12\t\n\x01x\x18\x02 \x01(\r\x12\t\n\x01y\x18\x03 \x01(\x0c\"\xa0\x01\n\x14SecAggUnmaskResponse\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x30\n\x0fmask_key_shares\x18\x03 \x03(\x0b\x32\x17.fedgrpc.v1.SecAggShare\x12\x31\n\x10self_seed_shares\x18\x04 \x03(\x0b\x32\x17.fedgrpc.v1.SecAggShare\"B\n\x0fSecAggRejection\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\tB\x90\x01\n\x0e\x64\x65v.fedgrpc.v1B\x16SecureAggregationProtoP\x01Z6github.com/fedgrpc/fedgrpc/gen/go/fedgrpc/v1;fedgrpcv1\xa2\x02\x03\x46GR\xaa\x02\nFedgrpc.V1\xca\x02\nFedgrpc\\V1\xea\x02\x0b\x46\x65\x64grpc::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#fedgrpc/v1/secure_aggregation.proto\x12\nfedgrpc.v1\x1a\x17\x66\x65\x64grpc/v1/common.proto\"Y\n\x11SecAggParticipant\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x31\n\x0cidentity_key\x18\x02 \x01(\x0b\x32\x1b.fedgrpc.v1.PublicKeyRecord\"\xe6\x03\n\x10SecAggRoundSetup\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x13\n\x0bround_nonce\x18\x02 \x01(\x0c\x12\x33\n\x0cparticipants\x18\x03 \x03(\x0b\x32\x1d.fedgrpc.v1.SecAggParticipant\x12\x12\n\ngraph_seed\x18\x04 \x01(\x0c\x12\x0e\n\x06\x64\x65gree\x18\x05 \x01(\r\x12\x11\n\tthreshold\x18\x06 \x01(\r\x12\x12\n\nvalue_bits\x18\x07 \x01(\r\x12\x0c\n\x04\x63lip\x18\x08 \x01(\x01\x12\r\n\x05\x64\x65nse\x18\t \x01(\x08\x12\x15\n\rnum_positions\x18\x0b \x01(\x04\x12\x1d\n\x15\x63oordinator_signature\x18\x0c \x01(\x0c\x12\x17\n\x0freset_residuals\x18\r \x01(\x08\x12\x17\n\x0f\x63oded_positions\x18\x0e \x01(\x0c\x12\x11\n\tring_bits\x18\x0f \x01(\r\x12\x14\n\x0c\x64p_clip_norm\x18\x10 \x01(\x01\x12\x14\n\x0c\x64p_noise_std\x18\x11 \x01(\x01\x12\x15\n\rdp_norm_bound\x18\x12 \x01(\x01\x12\x18\n\x10keystream_layout\x18( \x01(\r\x12\x12\n\nnorm_chunk\x18< \x01(\r\x12\x11\n\tnorm_tail\x18= \x01(\x04J\x04\x08\n\x10\x0bR\tpositions\"\x91\x01\n\x13SecAggAdvertiseKeys\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x16\n\x0e\x65ncryption_key\x18\x03 \x01(\x0c\x12\x10\n\x08mask_key\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x12\x18\n\x10keystream_layout\x18( \x01(\r\"_\n\x12SecAggKeyDirectory\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x37\n\x0e\x61\x64vertisements\x18\x02 \x03(\x0b\x32\x1f.fedgrpc.v1.SecAggAdvertiseKeys\"H\n\x11SecAggSealedShare\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x03 \x01(\x0c\"e\n\x12SecAggSharePackage\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12-\n\x06sealed\x18\x03 \x03(\x0b\x32\x1d.fedgrpc.v1.SecAggSealedShare\"f\n\x10SecAggShareInbox\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x11\n\trecipient\x18\x02 \x01(\t\x12-\n\x06sealed\x18\x03 \x03(\x0b\x32\x1d.fedgrpc.v1.SecAggSealedShare\"S\n\x12SecAggSurvivorList\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x11\n\tsurvivors\x18\x02 \x03(\t\x12\x18\n\x10server_signature\x18\x03 \x01(\x0c\"T\n\x1aSecAggConsistencySignature\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\x89\x01\n\x13SecAggUnmaskRequest\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x11\n\tsurvivors\x18\x03 \x03(\t\x12:\n\nsignatures\x18\x04 \x03(\x0b\x32&.fedgrpc.v1.SecAggConsistencySignature\"2\n\x0bSecAggShare\x12\r\n\x05owner\x18\x01 \x01(\t\x12\t\n\x01x\x18\x02 \x01(\r\x12\t\n\x01y\x18\x03 \x01(\x0c\"\xa0\x01\n\x14SecAggUnmaskResponse\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x30\n\x0fmask_key_shares\x18\x03 \x03(\x0b\x32\x17.fedgrpc.v1.SecAggShare\x12\x31\n\x10self_seed_shares\x18\x04 \x03(\x0b\x32\x17.fedgrpc.v1.SecAggShare\"B\n\x0fSecAggRejection\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\tB\x90\x01\n\x0e\x64\x65v.fedgrpc.v1B\x16SecureAggregationProtoP\x01Z6github.com/fedgrpc/fedgrpc/gen/go/fedgrpc/v1;fedgrpcv1\xa2\x02\x03\x46GR\xaa\x02\nFedgrpc.V1\xca\x02\nFedgrpc\\V1\xea\x02\x0b\x46\x65\x64grpc::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,27 +36,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SECAGGPARTICIPANT']._serialized_start=76
   _globals['_SECAGGPARTICIPANT']._serialized_end=165
   _globals['_SECAGGROUNDSETUP']._serialized_start=168
-  _globals['_SECAGGROUNDSETUP']._serialized_end=615
-  _globals['_SECAGGADVERTISEKEYS']._serialized_start=618
-  _globals['_SECAGGADVERTISEKEYS']._serialized_end=763
-  _globals['_SECAGGKEYDIRECTORY']._serialized_start=765
-  _globals['_SECAGGKEYDIRECTORY']._serialized_end=860
-  _globals['_SECAGGSEALEDSHARE']._serialized_start=862
-  _globals['_SECAGGSEALEDSHARE']._serialized_end=934
-  _globals['_SECAGGSHAREPACKAGE']._serialized_start=936
-  _globals['_SECAGGSHAREPACKAGE']._serialized_end=1037
-  _globals['_SECAGGSHAREINBOX']._serialized_start=1039
-  _globals['_SECAGGSHAREINBOX']._serialized_end=1141
-  _globals['_SECAGGSURVIVORLIST']._serialized_start=1143
-  _globals['_SECAGGSURVIVORLIST']._serialized_end=1226
-  _globals['_SECAGGCONSISTENCYSIGNATURE']._serialized_start=1228
-  _globals['_SECAGGCONSISTENCYSIGNATURE']._serialized_end=1312
-  _globals['_SECAGGUNMASKREQUEST']._serialized_start=1315
-  _globals['_SECAGGUNMASKREQUEST']._serialized_end=1452
-  _globals['_SECAGGSHARE']._serialized_start=1454
-  _globals['_SECAGGSHARE']._serialized_end=1504
-  _globals['_SECAGGUNMASKRESPONSE']._serialized_start=1507
-  _globals['_SECAGGUNMASKRESPONSE']._serialized_end=1667
-  _globals['_SECAGGREJECTION']._serialized_start=1669
-  _globals['_SECAGGREJECTION']._serialized_end=1735
+  _globals['_SECAGGROUNDSETUP']._serialized_end=654
+  _globals['_SECAGGADVERTISEKEYS']._serialized_start=657
+  _globals['_SECAGGADVERTISEKEYS']._serialized_end=802
+  _globals['_SECAGGKEYDIRECTORY']._serialized_start=804
+  _globals['_SECAGGKEYDIRECTORY']._serialized_end=899
+  _globals['_SECAGGSEALEDSHARE']._serialized_start=901
+  _globals['_SECAGGSEALEDSHARE']._serialized_end=973
+  _globals['_SECAGGSHAREPACKAGE']._serialized_start=975
+  _globals['_SECAGGSHAREPACKAGE']._serialized_end=1076
+  _globals['_SECAGGSHAREINBOX']._serialized_start=1078
+  _globals['_SECAGGSHAREINBOX']._serialized_end=1180
+  _globals['_SECAGGSURVIVORLIST']._serialized_start=1182
+  _globals['_SECAGGSURVIVORLIST']._serialized_end=1265
+  _globals['_SECAGGCONSISTENCYSIGNATURE']._serialized_start=1267
+  _globals['_SECAGGCONSISTENCYSIGNATURE']._serialized_end=1351
+  _globals['_SECAGGUNMASKREQUEST']._serialized_start=1354
+  _globals['_SECAGGUNMASKREQUEST']._serialized_end=1491
+  _globals['_SECAGGSHARE']._serialized_start=1493
+  _globals['_SECAGGSHARE']._serialized_end=1543
+  _globals['_SECAGGUNMASKRESPONSE']._serialized_start=1546
+  _globals['_SECAGGUNMASKRESPONSE']._serialized_end=1706
+  _globals['_SECAGGREJECTION']._serialized_start=1708
+  _globals['_SECAGGREJECTION']._serialized_end=1774
 # @@protoc_insertion_point(module_scope)

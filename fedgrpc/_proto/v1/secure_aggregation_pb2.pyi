@@ -93,6 +93,8 @@ class SecAggRoundSetup(_message.Message):
     DP_NOISE_STD_FIELD_NUMBER: _builtins.int
     DP_NORM_BOUND_FIELD_NUMBER: _builtins.int
     KEYSTREAM_LAYOUT_FIELD_NUMBER: _builtins.int
+    NORM_CHUNK_FIELD_NUMBER: _builtins.int
+    NORM_TAIL_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     """The round (RoundStarted.round_id)."""
     round_nonce: _builtins.bytes
@@ -198,6 +200,26 @@ class SecAggRoundSetup(_message.Message):
     verify the setup and get the coordinator's refusal of their layout
     (SecAggAdvertiseKeys.keystream_layout) rather than a signature failure.
     """
+    norm_chunk: _builtins.int
+    """Chunk-norm index rule (issue 18; 0 = off, and then norm_tail is 0 too).
+    C: each client appends to its masked vector, after the num_positions
+    values, norm_tail = ceil(d / C) more values: for chunk j (coordinates
+    jC .. min((j+1)C, d) - 1) the root mean square of its error-feedback
+    residual after this round's send, quantised like the values (clip,
+    value_bits, stochastic rounding), so a code in [0, 2^(b-1) - 1]. They
+    are masked at positions 2^62 + j (above any model coordinate). The
+    coordinator ranks the next round's set by the unmasked sum, clamped to
+    [0, survivors x (2^(b-1) - 1)]: only the aggregate per chunk is learnt.
+    When set, the signed statement ends with one more framed group after
+    the DP one: "norm-tail", then norm_chunk and norm_tail (8 bytes each,
+    big-endian); clients that predate these fields compute a different
+    statement and leave the round rather than send a vector of the wrong
+    length. Never set together with the DP fields.
+    """
+    norm_tail: _builtins.int
+    """Number of tail values: ceil(d / norm_chunk); a client whose model does
+    not give that count leaves the round.
+    """
     @_builtins.property
     def participants(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecAggParticipant]:
         """The participants, sorted by client id, unique, at least 3."""
@@ -223,10 +245,12 @@ class SecAggRoundSetup(_message.Message):
         dp_noise_std: _builtins.float = ...,
         dp_norm_bound: _builtins.float = ...,
         keystream_layout: _builtins.int = ...,
+        norm_chunk: _builtins.int = ...,
+        norm_tail: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "coded_positions", b"coded_positions", "coordinator_signature", b"coordinator_signature", "degree", b"degree", "dense", b"dense", "dp_clip_norm", b"dp_clip_norm", "dp_noise_std", b"dp_noise_std", "dp_norm_bound", b"dp_norm_bound", "graph_seed", b"graph_seed", "keystream_layout", b"keystream_layout", "num_positions", b"num_positions", "participants", b"participants", "reset_residuals", b"reset_residuals", "ring_bits", b"ring_bits", "round_id", b"round_id", "round_nonce", b"round_nonce", "threshold", b"threshold", "value_bits", b"value_bits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "coded_positions", b"coded_positions", "coordinator_signature", b"coordinator_signature", "degree", b"degree", "dense", b"dense", "dp_clip_norm", b"dp_clip_norm", "dp_noise_std", b"dp_noise_std", "dp_norm_bound", b"dp_norm_bound", "graph_seed", b"graph_seed", "keystream_layout", b"keystream_layout", "norm_chunk", b"norm_chunk", "norm_tail", b"norm_tail", "num_positions", b"num_positions", "participants", b"participants", "reset_residuals", b"reset_residuals", "ring_bits", b"ring_bits", "round_id", b"round_id", "round_nonce", b"round_nonce", "threshold", b"threshold", "value_bits", b"value_bits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

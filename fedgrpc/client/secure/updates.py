@@ -18,7 +18,11 @@ round's quantisation), so the fallback's dense round does not flush every
 stale residual at once (`optim.divergence`). Hence the setup is awaited
 before Δ is accumulated. A client that is not a participant of that round
 keeps its residual (the round-wide clip bounds its flush per coordinate).
-Runs on the client's background loop (masking on a worker thread).
+A setup with `norm_chunk` (the "chunk_norm" index rule) gets one more
+code per chunk after the values: the RMS of e per chunk *after* the send
+(`compress.chunk_norms`), masked like them, so the coordinator sees only
+the sum over clients. Runs on the client's background loop (masking on a
+worker thread).
 
 Distributed DP (a setup with `noise`, `fedgrpc.privacy.distributed`): the
 values at the round's positions are clipped to L2 norm S, rounded
@@ -49,6 +53,7 @@ from fedgrpc.client.connection.push import (
 )
 from fedgrpc.client.secure.participant import ClientSecureRound, SecureParticipant
 from fedgrpc.compress import CodecConfig, DenseValues, ErrorFeedback, SparseValues
+from fedgrpc.compress.chunk_norms import chunk_rms
 from fedgrpc.log import get_logger
 from fedgrpc.privacy.distributed import NoisyShare, encode_noisy_share
 from fedgrpc.secagg import FixedPointScale, NoiseShareSpec
@@ -133,7 +138,7 @@ class SecureUpdates:
         self.feedback.accumulate(delta.detach().numpy())
         self._accumulated = True
         # 0 values: "not taking part"; the coordinator refuses it (wrong round).
-        count = current.announce.num_positions if ok and current else 0
+        count = current.announce.vector_length if ok and current else 0
         codec = common_pb2.CODEC_SECAGG_RING
         header = update_header(credentials, meta, count, codec)
         signer = signing.sign_header(header) if signing is not None else None
@@ -204,9 +209,13 @@ class SecureUpdates:
         else:
             self._sent = SparseValues(positions.astype(np.int64), sent_values)
         self.feedback.subtract(0, self._sent)
+        if announce.norm_tail:  # where what is left waits (compress.chunk_norms)
+            norms = chunk_rms(residual, announce.norm_chunk)
+            tail = announce.scale.quantise(norms, self._rng).codes  # in [0, qmax]
+            lifted = np.concatenate((lifted, tail.astype(lifted.dtype)))
         current.codes = lifted
         self.last_round = current
-        masked = current.machine.mask_input(announce.index_set(), lifted)
+        masked = current.machine.mask_input(announce.mask_positions(), lifted)
         return masked.values
 
     def _noisy_share(

@@ -38,6 +38,16 @@ chunks and 32 clients, measured: ~930k positions at 1 %, so models up to
 at 130k positions) is announced dense, with a warning, until the setup
 can travel in chunks.
 
+With `secagg_index_rule = "chunk_norm"` the ranking is instead the
+clients' own: every push appends one code per chunk of `secagg_index_chunk`
+coordinates, the RMS of that client's residual after its send, and the
+masks leave only their sum, which `judge` keeps (clamped) for the next
+round's `compress.chunk_norms.choose_chunk_set`. Sent chunks come back near
+zero and unsent ones grow, so the set rotates instead of freezing. The sum
+is kept only from applied rounds, and forgotten on a guard trip (the
+residuals it measured are reset); without one the set is all random, as
+in the first round.
+
 Cost: choosing the set is O(d) with two d-sized float32 temporaries
 (kthvalue on 10M coordinates: ~0.1 s), and coding it O(k) (1M positions:
 ~50 ms), so both run on a worker thread as soon as a round opens, in
@@ -53,6 +63,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedgrpc.compress.chunk_norms import choose_chunk_set, chunk_scores, num_chunks
 from fedgrpc.compress.shared_index import (
     choose_index_set,
     encode_index_set,
@@ -102,6 +113,11 @@ class SharedIndexPlanner:
         self.enabled = config.secagg_density < 1
         self.density = config.secagg_density
         self.epsilon = config.secagg_random_fraction
+        self.chunk = (
+            config.secagg_index_chunk if config.secagg_index_rule == "chunk_norm" else 0
+        )
+        """C of the chunk-norm tail; 0: momentum ranking, no tail."""
+        self._scores: _ChunkScores | None = None
         self._chunk_bytes = config.chunk_bytes
         self.engine = engine
         self.guard = DivergenceGuard(guard)
@@ -162,6 +178,16 @@ class SharedIndexPlanner:
         chosen = task.result()
         return chosen.coded if chosen.positions is positions else b""
 
+    def norm_tail(self, num_coordinates: int) -> tuple[int, int]:
+        """(C, ceil(d / C)) for every setup with the chunk-norm rule, else (0, 0).
+
+        Dense fallback rounds carry the tail too: the round after them needs
+        to know where the residuals wait.
+        """
+        if not self.enabled or not self.chunk:
+            return 0, 0
+        return self.chunk, num_chunks(num_coordinates, self.chunk)
+
     def take_residual_reset(self, current: OpenRound) -> bool:
         """Whether `current`'s setup says `reset_residuals`; True once per trip.
 
@@ -204,7 +230,7 @@ class SharedIndexPlanner:
         k = shared_index_k(self.density, d)
         if k >= d:
             return None
-        ranking = self._ranking_source()
+        ranking = self._scores if self.chunk else self._ranking_source()
         seed = current.nonce
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(None, _choose, ranking, d, k, self.epsilon, seed)
@@ -238,9 +264,14 @@ class SharedIndexPlanner:
             return None
         survivors = max(1, len(result.survivors))
         code_step = announce.scale.scale
-        norm = code_step * float(np.linalg.norm(result.total)) / survivors
+        values = result.total[: announce.num_positions]  # the rest: chunk norms
+        norm = code_step * float(np.linalg.norm(values)) / survivors
         verdict = self.guard.observe(norm)
         if verdict.apply:
+            if announce.norm_tail:
+                tail = result.total[announce.num_positions :]
+                scores = chunk_scores(tail, survivors, announce.scale.qmax)
+                self._scores = _ChunkScores(announce.norm_chunk, scores)
             if self.engine.model.optimizer.name != "nesterov":
                 self._applied = _AppliedSum(
                     current.round_id, announce.positions, result.total
@@ -262,13 +293,21 @@ class SharedIndexPlanner:
 
     def _reset_momentum(self) -> None:
         """Zero the outer momentum (it holds the burst and ranks the next set)."""
-        self._applied = None
+        self._applied = self._scores = None
         optimizer = self.engine.model.optimizer
         state = optimizer.state_dict()
         if "momentum_buffer" in state:
             optimizer.load_state_dict(
                 {key: v for key, v in state.items() if key != "momentum_buffer"}
             )
+
+
+@dataclass(frozen=True, slots=True)
+class _ChunkScores:
+    """The last applied round's clamped chunk-norm sum: the next set's ranking."""
+
+    chunk: int
+    scores: np.ndarray
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,13 +321,17 @@ class _ChosenSet:
 
 
 def _choose(
-    ranking: torch.Tensor | _AppliedSum | None,
+    ranking: torch.Tensor | _AppliedSum | _ChunkScores | None,
     num_coordinates: int,
     k: int,
     epsilon: float,
     seed: bytes,
 ) -> _ChosenSet:
     """The k positions, sorted, and coded (worker thread; pure given its inputs)."""
+    if isinstance(ranking, _ChunkScores):
+        chosen = choose_chunk_set(ranking.scores, ranking.chunk, num_coordinates,
+                                  k, epsilon, seed)  # fmt: skip
+        return _ChosenSet(chosen.numpy().astype(np.uint64), encode_index_set(chosen))
     if isinstance(ranking, _AppliedSum):
         ranking = ranking.ranking(num_coordinates)
     elif ranking is None:  # nothing applied yet (or just reset): all random

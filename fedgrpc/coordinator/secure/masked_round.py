@@ -71,7 +71,7 @@ class SecureRound:
         self.ring = announce.setup.ring()
         self.server = ServerRound(
             announce.setup,
-            announce.index_set(),
+            announce.mask_positions(),  # the positions', then any chunk-norm tail
             identities=announce.identities,
             signer=signer,
         )
@@ -146,15 +146,17 @@ class SecureRound:
             raise WrongRoundError(
                 f"{client} already sent its masked update for round {self.round_id}"
             )
-        if header.num_coordinates != self.announce.num_positions:
+        if header.num_coordinates != self.announce.vector_length:
+            tail = self.announce.norm_tail
             raise WrongRoundError(
                 f"masked update has {header.num_coordinates} values but round "
                 f"{self.round_id} announced {self.announce.num_positions} positions"
+                + (f" and {tail} chunk norms" if tail else "")
             )
 
     def open_buffer(self, ticket: Ticket) -> None:
         """Allocate the masked buffer of an admitted push."""
-        self.buffers[ticket.ticket_id] = self.ring.zeros(self.announce.num_positions)
+        self.buffers[ticket.ticket_id] = self.ring.zeros(self.announce.vector_length)
         self._buffer_owners[ticket.ticket_id] = ticket.client.client_id
 
     def add_chunk(self, ticket: Ticket, offset: int, values: np.ndarray) -> None:
@@ -287,7 +289,8 @@ def install_sum(
     (clipped, rounded) values; `StreamingSum.mean` then divides by their
     count: the plain mean (module docstring of `secure.mode`).
     """
-    values = rnd.announce.scale.dequantise(result.total)  # float32 per position
+    k = rnd.announce.num_positions  # beyond k: the chunk-norm tail, not values
+    values = rnd.announce.scale.dequantise(result.total[:k])  # float32 per position
     positions = rnd.announce.positions
     if positions is None:
         dense = torch.from_numpy(values)

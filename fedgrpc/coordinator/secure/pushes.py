@@ -81,7 +81,7 @@ class MaskedPushes:
     def chunk_check(self, ticket: Ticket) -> ChunkCheck:
         """Masked pushes carry ring elements at the round's positions."""
         rnd = self._secure_for(ticket)
-        n, chunk_bytes = rnd.announce.num_positions, self._context.config.chunk_bytes
+        n, chunk_bytes = rnd.announce.vector_length, self._context.config.chunk_bytes
         return RingChunkCheck(n, chunk_bytes, rnd.ring, ticket.verifier)
 
     def add_chunk(self, ticket: Ticket, offset: int, values: ChunkValues) -> None:
