@@ -10,8 +10,8 @@ round-stage flags of `cli_flags.STAGE_FLAGS`), `LIMIT_FLAGS`
 `DISTRIBUTED_PRIVACY_FLAGS` (`config.privacy`, distributed DP's own keys)
 and `TREE_FLAGS` (`config.tree`, a leaf's link to its root); sharding's
 `SHARD_FLAGS` live in `cli_shard_flags`, what the coordinator keeps on
-disk instead of in RAM in `cli_memory_flags`, the shared index set's rule
-in `cli_secagg_flags`.
+disk instead of in RAM in `cli_memory_flags`, secure aggregation's in
+`cli_secagg_flags`.
 A flag's dest is the config field it sets; tests check every field has one.
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from fedgrpc.cli_flags import STAGE_FLAGS, Flag
 from fedgrpc.cli_memory_flags import MEMORY_FLAGS
-from fedgrpc.cli_secagg_flags import SHARED_INDEX_FLAGS
+from fedgrpc.cli_secagg_flags import SECURE_AGGREGATION_FLAGS
 from fedgrpc.cli_shard_flags import SHARD_FLAGS
 from fedgrpc.config import OUTER_OPTIMIZERS, CoordinatorConfig
 
@@ -74,28 +74,6 @@ CORE_FLAGS = (
          "--codec, e.g. topk:0.01:int8 (the compressed step, with the "
          "coordinator's error feedback; clients stay bit-identical to the "
          f"master) (default: {_D.downlink_codec})", metavar="SPEC"),
-    Flag("--secure-aggregation", "SecAgg+ masking: the coordinator learns "
-         "only each round's sum; needs --codec dense:int8 or dense:int4 and "
-         "--min-clients >= 3; excludes robust aggregation (default: off)",
-         const=True),
-    Flag("--secagg-threshold", "Shamir threshold t: a count, or a fraction "
-         "of each neighbourhood (default: the fork-safe graph rule)",
-         float, "T"),
-    Flag("--secagg-degree", "neighbours per client (default: complete graph "
-         "up to 100 participants, Harary degree O(log n) above)", int, "K"),
-    Flag("--secagg-clip", "round-wide clip of secure-aggregation codes; "
-         "clipped remainders stay in clients' residuals "
-         f"(default: {_D.secagg_clip:g})", float, "C"),
-    Flag("--secagg-density", "fraction (0, 1] of the coordinates masked per "
-         "secure round: 1 masks all (dense int8, the safe default); below 1 a "
-         "shared index set of ceil(D x parameters) positions (--secagg-index-"
-         "rule plus random ones), a divergence guard falling back to dense "
-         "rounds; experimental, refused with --shard "
-         f"(default: {_D.secagg_density:g})", float, "D"),
-    Flag("--secagg-random-fraction", "share in [0, 1] of the shared index "
-         "set drawn at random from the round nonce, so every coordinate can "
-         "flush its residual; only with --secagg-density < 1 "
-         f"(default: {_D.secagg_random_fraction:g})", float, "EPS"),
     Flag("--chunk-bytes", "payload bytes per streamed chunk, both directions "
          f"(default: {_D.chunk_bytes})", int, "BYTES"),
     Flag("--checkpoint-dir", "write a checkpoint after every applied round "
@@ -393,7 +371,7 @@ TREE_FLAGS = (
 """Aggregation trees: a leaf's link to its root (`config.tree`)."""
 
 SERVE_FLAGS = (
-    *CORE_FLAGS, *SHARED_INDEX_FLAGS, *ROUND_MODE_FLAGS, *ROBUSTNESS_FLAGS,
+    *CORE_FLAGS, *SECURE_AGGREGATION_FLAGS, *ROUND_MODE_FLAGS, *ROBUSTNESS_FLAGS,
     *MEMORY_FLAGS, *LIMIT_FLAGS, *ACCESS_FLAGS, *PRIVACY_FLAGS,
     *DISTRIBUTED_PRIVACY_FLAGS, *TREE_FLAGS, *SHARD_FLAGS,
 )  # fmt: skip

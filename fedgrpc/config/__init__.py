@@ -12,17 +12,14 @@ A base package: it imports only `errors` and `domain` (tests/unit/test_layering.
 
 from fedgrpc.config.access import UpdateHash, UpdateSignatures
 from fedgrpc.config.client import ClientConfig
-from fedgrpc.config.coordinator import (
-    SECAGG_MIN_CLIENTS,
-    SECAGG_VALUES,
-    CoordinatorConfig,
-)
+from fedgrpc.config.coordinator import CoordinatorConfig
 from fedgrpc.config.files import load_table
 from fedgrpc.config.outer import (
     ADAPTIVE_OPTIMIZERS,
     OUTER_OPTIMIZERS,
     OuterOptimizerName,
 )
+from fedgrpc.config.secure import SECAGG_MIN_CLIENTS, SECAGG_VALUES
 
 __all__ = [
     "ADAPTIVE_OPTIMIZERS",
