@@ -159,13 +159,16 @@ class ShardedSync(SyncPoint):
     # -- the model -------------------------------------------------------------
 
     def seed(self) -> None:
-        """Upload our weights to every shard whose Join asked for them."""
+        """Upload each shard whose Join asked for them its range of our weights."""
         weights = self._local.local_weights()
+        count = len(self.links)
         for k, (link, joined) in enumerate(
             zip(self.links, self.federations, strict=True)
         ):
             if joined.seed_model:
-                seeded = link.seed(weights, self._chunk_bytes)
+                r = self.ranges[k]
+                part = weights[r.coord_start : r.coord_stop]
+                seeded = link.seed(part, self._chunk_bytes, (k, count))
                 if seeded is not None:
                     self.bytes_sent += seeded.bytes_sent
                 self.federations[k] = dataclasses.replace(joined, seed_model=False)

@@ -152,6 +152,9 @@ def test_without_an_initial_model_the_first_client_seeds_every_shard(
             torch.manual_seed(20)  # client 0's own weights: it joined first
             first = flat(nn.Linear(IN, OUT))
             assert torch.equal(assembled(shards), first)  # both ranges seeded
+            # Each shard received only its own range of the seed, not the model.
+            seeded = [s.status().bytes_received for s in shards]
+            assert seeded[0] < 256 * 4 * 2 < seeded[1] < SIZE * 4 + 2048
             for r in range(2):
                 assert run_round(members, [s[r] for s in steps]) == ["applied"] * 2
             versions = [s.running.runtime.engine.model.version for s in shards]

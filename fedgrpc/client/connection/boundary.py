@@ -242,11 +242,15 @@ class Connection:
         except Exception as exc:  # a dead channel may fail to close cleanly
             log.debug("link_close_failed", reason=str(exc))
 
-    def seed(self, flat: torch.Tensor, chunk_bytes: int) -> PushResult | None:
-        """Upload the initial weights; None if another client seeded first."""
+    def seed(
+        self, flat: torch.Tensor, chunk_bytes: int, shard: tuple[int, int] = (0, 0)
+    ) -> PushResult | None:
+        """Upload the initial weights (a shard's range: `shard`); None if late."""
         link = self.link
         return call(
-            self._loop, link.seed(flat, chunk_bytes), link.push_timeout_s(chunk_bytes)
+            self._loop,
+            link.seed(flat, chunk_bytes, shard),
+            link.push_timeout_s(chunk_bytes),
         )
 
     def pull(

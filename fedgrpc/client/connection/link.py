@@ -284,13 +284,19 @@ class CoordinatorLink:
         )
         return push_result(response, updates.payload_bytes)
 
-    async def seed(self, flat: torch.Tensor, chunk_bytes: int) -> PushResult | None:
-        """Upload the initial weights; None if another client seeded first."""
+    async def seed(
+        self, flat: torch.Tensor, chunk_bytes: int, shard: tuple[int, int] = (0, 0)
+    ) -> PushResult | None:
+        """Upload the initial weights; None if another client seeded first.
+
+        `shard` (index, count): `flat` is that shard's range only.
+        """
         meta = UpdateMeta(
             round_id=0,
             base_version=0,
             kind="initial_weights",
             round_nonce=self._require_federation().round_nonce,
+            shard=shard,
         )
         try:
             return await self.push(meta, flat, chunk_bytes)

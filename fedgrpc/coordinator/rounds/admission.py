@@ -20,6 +20,7 @@ from fedgrpc.coordinator.rounds.goodput import Goodput
 from fedgrpc.coordinator.rounds.participants import Participation
 from fedgrpc.coordinator.rounds.records import OpenRound, Phase, Ticket
 from fedgrpc.coordinator.rounds.registry import ClientRecord
+from fedgrpc.coordinator.rounds.sharding import own_range
 from fedgrpc.coordinator.rounds.weighting import SampleWeighting, check_claims
 from fedgrpc.domain.requests import UpdateHeaderInfo
 from fedgrpc.errors import InvalidUpdateError, WrongRoundError
@@ -52,7 +53,11 @@ def check_header(
     """
     spec = engine.model.require_spec()
     if header.is_initial_weights:
-        rules.check_shape(engine.config, spec.num_coordinates, header)
+        held = own_range(engine.config, spec) if header.shard != (0, 0) else None
+        if held is not None:  # a sharded client seeds each shard with its range
+            check_shard(engine.config, header)
+        count = spec.num_coordinates if held is None else held.num_coordinates
+        rules.check_shape(engine.config, count, header)
         check_claims(engine.config, header)
         engine.model.check_not_seeded()
         return
@@ -125,7 +130,9 @@ def open_ticket(
     )
     if header.is_initial_weights:
         staging = engine.model.seeding_buffer()  # a shard: its range only
-        return Ticket(client, header, 0, scratch, staging=staging)
+        held = own_range(engine.config, spec) if header.shard != (0, 0) else None
+        base = 0 if held is None else held.coord_start  # a range's chunk offsets
+        return Ticket(client, header, 0, scratch, staging=staging, seed_base=base)
     current = rules.collecting_round(engine.phase, engine.current)
     if current.first_header_s is None:
         current.first_header_s = engine.clock()

@@ -158,7 +158,7 @@ class RoundEngine:
             self.model.check_not_seeded()
             if not isinstance(chunk, np.ndarray):
                 raise InvalidUpdateError("initial weights must be dense float32")
-            self.model.stage_seed(ticket.staging, offset, chunk)  # held range
+            self.model.stage_seed(ticket.staging, ticket.seed_base + offset, chunk)
             return
         current = rules.live_round(self.phase, self.current, ticket)
         if current.total is None:

@@ -41,9 +41,11 @@ def stage_seed_chunk(
 ) -> None:
     """Keep the held part of a chunk of initial weights at model coordinate `offset`.
 
-    A seeding client uploads the whole model to every shard (each chunk is
-    signed and chained, so the shard checks them all); a shard stores only
-    the coordinates it holds, so seeding never costs it the whole model.
+    A sharded client seeds each shard with its range only (chunk offsets
+    from the range's start: the ticket's `seed_base`); an unsharded client
+    uploads the whole model, each chunk signed and chained so the shard
+    checks them all, and a shard stores only the coordinates it holds, so
+    seeding never costs it the whole model.
     """
     lo = max(offset, held.coord_start)
     hi = min(offset + chunk.size, held.coord_stop)

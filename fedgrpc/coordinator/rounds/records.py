@@ -105,6 +105,9 @@ class Ticket:
     """Chunk-sized float32 buffer for weighting values before they are added."""
     staging: torch.Tensor | None = None
     """Initial weights only: they become the master copy once complete."""
+    seed_base: int = 0
+    """Initial weights only: the model coordinate of chunk offset 0 (a
+    sharded client seeds each shard with its range only)."""
     touched_sum: bool = False
     """True once a chunk was added to the round's sum (it cannot be undone)."""
     verifier: UpdateVerifier | None = None
