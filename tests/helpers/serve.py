@@ -17,6 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
+
+from fedgrpc._proto.v1 import admin_pb2, admin_pb2_grpc
 from tests.conftest import Spawn
 from tests.helpers.eventually import eventually
 
@@ -78,3 +81,10 @@ def log_events(log: Path) -> list[dict[str, Any]]:
     """The JSON log lines `start_serve` wrote to `log`, in order."""
     lines = log.read_text().splitlines()
     return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def status_at(address: str) -> admin_pb2.GetStatusResponse:
+    """AdminService.GetStatus of the coordinator at `address` (10 s bound)."""
+    with grpc.insecure_channel(address) as channel:
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        return stub.GetStatus(admin_pb2.GetStatusRequest(), timeout=10)

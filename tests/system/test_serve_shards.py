@@ -13,15 +13,14 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-import grpc
 import pytest
 
-from fedgrpc._proto.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2
+from fedgrpc._proto.v1 import coordinator_pb2
 from fedgrpc.crypto.files import save_key_pair
 from fedgrpc.crypto.keys import PrivateKey
 from tests.conftest import Spawn
 from tests.helpers import eventually
-from tests.helpers.serve import start_serve
+from tests.helpers.serve import start_serve, status_at
 from tests.helpers.shards import (
     PATIENT,
     free_port,
@@ -34,12 +33,6 @@ from tests.helpers.tree import close_all, run_round
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 SKIPPED = coordinator_pb2.ROUND_OUTCOME_SKIPPED
-
-
-def _status(address: str) -> admin_pb2.GetStatusResponse:
-    with grpc.insecure_channel(address) as channel:
-        stub = admin_pb2_grpc.AdminServiceStub(channel)
-        return stub.GetStatus(admin_pb2.GetStatusRequest(), timeout=10)
 
 
 def test_a_killed_shard_skips_the_round_everywhere_and_the_run_resumes(
@@ -72,21 +65,21 @@ def test_a_killed_shard_skips_the_round_everywhere_and_the_run_resumes(
 
         outcomes = run_round(members, [s[1] for s in steps])
         assert "applied" not in outcomes, outcomes
-        eventually(lambda: _status(peers[0]).recent_rounds[-1].round_id >= 2, 60)
-        leader = _status(peers[0])
+        eventually(lambda: status_at(peers[0]).recent_rounds[-1].round_id >= 2, 60)
+        leader = status_at(peers[0])
         last = leader.recent_rounds[-1]
         assert last.outcome == SKIPPED
         assert "shard(s) 1 did not propose" in last.reason
         assert leader.model_version == 1  # nothing half-applied
 
         start_serve(spawn, tmp_path / "s1b.log", *shard_flags[1], listen=peers[1])
-        assert _status(peers[1]).model_version == 1  # from its own checkpoint
+        assert status_at(peers[1]).model_version == 1  # from its own checkpoint
         for r in range(2, 8):
             outcomes = run_round(members, [s[r] for s in steps])
             if outcomes == ["applied"] * 2:
                 break
             assert "applied" not in outcomes, outcomes
-        versions = [_status(p).model_version for p in peers]
+        versions = [status_at(p).model_version for p in peers]
         assert versions == [2, 2]
     finally:
         close_all(members)

@@ -13,27 +13,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import grpc
 import pytest
 
-from fedgrpc._proto.v1 import admin_pb2, admin_pb2_grpc, coordinator_pb2
+from fedgrpc._proto.v1 import coordinator_pb2
 from fedgrpc.client.sharded import ShardedSync
 from tests.conftest import Spawn
 from tests.helpers import eventually
 from tests.helpers.secure_shards import init_model, join, scripted
-from tests.helpers.serve import start_serve
+from tests.helpers.serve import start_serve, status_at
 from tests.helpers.shards import PATIENT, free_port, token_file
 from tests.helpers.tree import close_all, run_round
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 APPLIED = coordinator_pb2.ROUND_OUTCOME_APPLIED
 SKIPPED = coordinator_pb2.ROUND_OUTCOME_SKIPPED
-
-
-def _status(address: str) -> admin_pb2.GetStatusResponse:
-    with grpc.insecure_channel(address) as channel:
-        stub = admin_pb2_grpc.AdminServiceStub(channel)
-        return stub.GetStatus(admin_pb2.GetStatusRequest(), timeout=10)
 
 
 def test_secure_shard_processes_apply_together_and_skip_on_differing_survivors(
@@ -64,7 +57,7 @@ def test_secure_shard_processes_apply_together_and_skip_on_differing_survivors(
 
         # Assert 1: both shards applied both rounds as masked rounds of 4.
         for peer in peers:
-            status = _status(peer)
+            status = status_at(peer)
             assert status.secure_aggregation
             assert status.model_version == 2
             last = status.recent_rounds[-1]
@@ -86,7 +79,7 @@ def test_secure_shard_processes_apply_together_and_skip_on_differing_survivors(
 
         # Assert 2: round 3 skipped on both shards for differing sets.
         for peer in peers:
-            status = _status(peer)
+            status = status_at(peer)
             last = status.recent_rounds[-1]
             assert (last.round_id, last.outcome) == (3, SKIPPED)
             assert status.model_version == 2

@@ -13,14 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
 import pytest
 
-from fedgrpc._proto.v1 import admin_pb2, admin_pb2_grpc
 from fedgrpc.crypto.files import save_key_pair
 from fedgrpc.crypto.keys import PrivateKey
 from tests.conftest import Spawn
-from tests.helpers.serve import start_serve
+from tests.helpers.serve import start_serve, status_at
 
 REPO = Path(__file__).resolve().parents[2]
 FEDGRPC = Path(sys.executable).with_name("fedgrpc")
@@ -56,12 +54,6 @@ def _finish(process: subprocess.Popen[str], what: str, deadline: float) -> str:
 def _reports(path: Path, rank: int) -> list[dict[str, object]]:
     lines = Path(f"{path}.rank{rank}").read_text().splitlines()
     return [json.loads(line) for line in lines]
-
-
-def _status(address: str) -> admin_pb2.GetStatusResponse:
-    with grpc.insecure_channel(address) as channel:
-        admin = admin_pb2_grpc.AdminServiceStub(channel)
-        return admin.GetStatus(admin_pb2.GetStatusRequest(), timeout=10)
 
 
 def test_two_rank_worker_is_one_client_and_its_ranks_agree_every_round(
@@ -117,7 +109,7 @@ def test_two_rank_worker_is_one_client_and_its_ranks_agree_every_round(
     deadline = time.monotonic() + RUN_S
     _finish(worker, "torchrun worker", deadline)
     summary = json.loads(_finish(plain, "torch_loop client", deadline).splitlines()[-1])
-    status = _status(address)
+    status = status_at(address)
 
     # Assert: both ranks hold identical weights at join and after every round.
     ranks = [_reports(report, 0), _reports(report, 1)]
