@@ -74,16 +74,22 @@ def test_the_unmasked_tail_sums_the_client_chunk_norms_and_the_next_set_follows(
             # Act: round 2.
             assert sync_all(clients, seed=2) == ["applied"] * 3
 
-            # Assert: its set is the chunk-norm choice from that sum, and the
-            # chunk of largest summed norm is in it whole.
+            # Assert: its set is the chunk-norm choice from that sum, and a
+            # chunk of largest summed norm is in it whole. Saturated chunks tie
+            # at 3 · qmax and the round seed orders them, so any of the tied
+            # best may be the one taken whole (CI once drew chunk 6 over 0).
             second = _announce(clients[1][0])
             scores = chunk_scores(first.total[K:], 3, scale.qmax)
             expected = choose_chunk_set(scores, CHUNK, 65, K, 0.1, second.round_nonce)
             np.testing.assert_array_equal(second.positions, expected.numpy())
-            top = int(np.argmax(scores))
-            chunk = np.arange(top * CHUNK, min(65, (top + 1) * CHUNK))
             assert second.positions is not None
-            assert np.isin(chunk, second.positions.astype(np.int64)).all()
+            chosen = second.positions.astype(np.int64)
+            best = np.flatnonzero(scores == scores.max())
+            whole = [
+                np.isin(np.arange(j * CHUNK, min(65, (j + 1) * CHUNK)), chosen).all()
+                for j in best
+            ]
+            assert any(whole)
             for client, _ in clients[1:]:
                 np.testing.assert_array_equal(
                     _announce(client).positions, second.positions
