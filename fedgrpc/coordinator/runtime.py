@@ -37,6 +37,7 @@ from fedgrpc.coordinator.faults import NO_FAULTS, FaultHooks
 from fedgrpc.coordinator.ingest.signatures import UpdateAuthenticator
 from fedgrpc.coordinator.ingest.sinks import RoundSink
 from fedgrpc.coordinator.ingest.updates import UpdateIngest
+from fedgrpc.coordinator.ops.allocator import release_free_heap
 from fedgrpc.coordinator.ops.checkpoint_store import CheckpointStore
 from fedgrpc.coordinator.ops.durable_gate import DurableGate
 from fedgrpc.coordinator.ops.init_model_file import choose_initial_model
@@ -313,6 +314,7 @@ class CoordinatorRuntime:
             if reason is None or not self.durable.serving:  # no round applies then
                 return
             closing, started = self.engine.begin_close(), time.perf_counter()
+            await asyncio.to_thread(release_free_heap)  # ingest's, before the sum
             applied = await asyncio.to_thread(
                 self.engine.apply, closing, self.waiters.pulls_active
             )

@@ -53,3 +53,48 @@ def test_pinned_threshold_maps_every_large_block() -> None:
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc only")
 def test_a_users_own_setting_wins() -> None:
     assert _probe("pin", MALLOC_MMAP_THRESHOLD_="131072")["pinned"] is False
+
+
+TRIM_PROBE = """
+import ctypes, json, sys
+from fedgrpc.coordinator.ops.allocator import pin_mmap_threshold, release_free_heap
+def rss_anon():
+    with open("/proc/self/status") as status:
+        line = next(l for l in status if l.startswith("RssAnon"))
+    return int(line.split()[1]) * 1024
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+pinned = pin_mmap_threshold() if sys.argv[1] == "pin" else False
+big, pins = [], []
+for _ in range(1024):  # 64 MiB of 64 KiB heap blocks, each fenced by a live one
+    block = libc.malloc(64 << 10)
+    libc.memset(block, 1, 64 << 10)
+    big.append(block)
+    pins.append(libc.malloc(64))
+for block in big:
+    libc.free(block)  # free, but between live blocks: resident
+before = rss_anon()
+done = release_free_heap()
+print(json.dumps({"pinned": pinned, "done": done, "released": before - rss_anon()}))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc only")
+def test_release_free_heap_returns_fenced_free_blocks_once_pinned() -> None:
+    pinned = subprocess.run(
+        [sys.executable, "-c", TRIM_PROBE, "pin"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    report = json.loads(pinned.stdout)
+    assert report["pinned"]
+    assert report["done"]
+    assert report["released"] > 32 << 20  # over half the 64 MiB left the process
+    embedded = subprocess.run(
+        [sys.executable, "-c", TRIM_PROBE, "none"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    report = json.loads(embedded.stdout)
+    assert report["done"] is False
+    assert report["released"] < 8 << 20  # untouched
