@@ -47,6 +47,10 @@ Issue 18, chunk-norm ranking (3 seeds, a later run on the shared machine):
 so chunk norms end the freeze (sparse stretches at 1.9-2.3 instead of
 momentum's 2.55-2.8) but flush stale residuals that Nesterov amplifies:
 the guard's dense rounds are still what holds the run together.
+With SparseLoCo instead (shared10-chunk16-sloco-noguard, seed 0): no
+divergence without the guard, but 2.468 after 40 rounds (2.78 at round
+5) against 1.575 for per-client SparseLoCo top-k 10 %: the outer step was
+not what held the sparse rounds back.
 
 Bytes: uplink is the lifted codes, `Ring.for_sum(B, W).dtype` per position
 (no index bytes go up), framed as update chunks; downlink adds the encoded
@@ -94,6 +98,8 @@ from fedgrpc.wire.frames import encode_update_chunk
 from fedgrpc.wire.tensors import flatten_fp32, load_flat_fp32, spec_from_module
 
 VALUE_BITS = 8
+SPARSELOCO_OUTER = {"feedback_decay": 0.95, "fixed_outer": True}
+"""convergence.py's SPARSELOCO: the clients' residual decays; outer SGD lr 1."""
 SHARED_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "shared10": (
         "shared 10 % set: top |outer momentum| + eps 0.1 random, int8 clip, EF",
@@ -130,6 +136,16 @@ SHARED_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "shared10-chunk-noguard": (
         "as shared10-chunk without the divergence guard: the rule's own quality",
         {"codec": "shared:0.1:0.1:chunk64:noguard"},
+    ),
+    # Issue 18: SparseLoCo's decaying residual as the momentum (outer SGD lr 1):
+    # nothing amplifies a flushed stale residual, so maybe no guard is needed.
+    "shared10-chunk16-sloco-noguard": (
+        "as shared10-chunk16 with SparseLoCo (EF decay 0.95, outer SGD lr 1), no guard",
+        {"codec": "shared:0.1:0.1:chunk16:noguard", **SPARSELOCO_OUTER},
+    ),
+    "shared10-chunk16-sloco": (
+        "as shared10-chunk16 with SparseLoCo (EF decay 0.95, outer SGD lr 1), guard",
+        {"codec": "shared:0.1:0.1:chunk16", **SPARSELOCO_OUTER},
     ),
     "shared1-chunk": (
         "shared 1 % set: chunks (C 256) of largest summed residual RMS + eps 0.1",
