@@ -25,16 +25,18 @@ from fedgrpc._proto.v1 import (
 )
 from fedgrpc.compress import CodecConfig, make_codec
 from fedgrpc.crypto.keys import PrivateKey
-from fedgrpc.crypto.signing import HashName, JoinStatement, UpdateSigner, sha256
+from fedgrpc.crypto.signing import HashName, JoinStatement, UpdateSigner
+from fedgrpc.crypto.statements import model_digest
 from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from fedgrpc.domain.requests import RecordPrivacyClaim
 from fedgrpc.wire.codec_params import DENSE_FP32_BINDING, CodecBinding, codec_binding
-from fedgrpc.wire.convert import record_dp_to_proto, spec_to_proto
+from fedgrpc.wire.convert import HASH_FROM_PROTO, record_dp_to_proto, spec_to_proto
 from fedgrpc.wire.frames import encode_update_chunk
 from fedgrpc.wire.signed import (
     commit_message,
     key_from_proto,
     key_to_proto,
+    model_hash_of,
     sign_update_header,
 )
 
@@ -162,8 +164,19 @@ class UpdateParams:
     """A record-level DP claim, signed with the header (None: no claim)."""
     compute_s: float | None = None
     """Training seconds claimed for goodput, signed (None: not reported)."""
-    hash_name: HashName = "sha256"
-    """The chain hash the header names; chunks hash with `signer.hash`."""
+    hash_name: HashName | None = None
+    """The chain hash the header names; chunks hash with `signer.hash`.
+    None: the one Join negotiated (RoundConfig.update_hash)."""
+
+
+def _base(
+    joined: Joined, status: admin_pb2.GetStatusResponse, hash_name: HashName
+) -> bytes:
+    """The current model's digest under `hash_name` (status shows one hash)."""
+    if HASH_FROM_PROTO[status.model_hash] == hash_name:
+        return status.model_sha256
+    header, _ = pull_model(joined.service, joined, status.model_version)
+    return header.weights_sha256
 
 
 def signed_header(
@@ -171,11 +184,12 @@ def signed_header(
 ) -> tuple[coordinator_pb2.PushUpdateRequest, UpdateSigner]:
     """A signed UpdateHeader message and the signer for the chunks after it."""
     nonce, base = params.nonce, params.base_sha256
+    hash_name = params.hash_name or HASH_FROM_PROTO[joined.round_config.update_hash]
     if nonce is None or base is None:
         status = admin_status(joined)
         nonce = status.round_nonce if nonce is None else nonce
         if base is None:
-            base = b"" if params.initial else status.model_sha256
+            base = b"" if params.initial else _base(joined, status, hash_name)
     kind = (
         PB.UPDATE_KIND_INITIAL_WEIGHTS
         if params.initial
@@ -200,7 +214,7 @@ def signed_header(
     if params.compute_s is not None:
         message.header.compute_s = params.compute_s
     signer = sign_update_header(
-        message.header, joined.key, joined.run_id, params.binding, params.hash_name
+        message.header, joined.key, joined.run_id, params.binding, hash_name
     )
     return message, signer
 
@@ -317,6 +331,17 @@ def pull(
     timeout: float = 10,
 ) -> tuple[int, np.ndarray]:
     """(version, float32 values) of an all-float32 model."""
+    header, values = pull_model(service, joined, min_version, timeout)
+    return header.model_version, values
+
+
+def pull_model(
+    service: Service,
+    joined: Joined,
+    min_version: int = 0,
+    timeout: float = 10,
+) -> tuple[PB.ModelHeader, np.ndarray]:
+    """(header, float32 values); the bytes checked under the header's hash."""
     header, data = None, bytearray()
     for message in service.PullModel(
         PB.PullModelRequest(
@@ -332,5 +357,6 @@ def pull(
             assert message.chunk.offset == len(data)
             data += message.chunk.data
     assert header is not None
-    assert sha256(bytes(data)) == header.weights_sha256
-    return header.model_version, np.frombuffer(bytes(data), dtype="<f4")
+    digest = model_digest(model_hash_of(header), bytes(data))
+    assert digest == header.weights_sha256
+    return header, np.frombuffer(bytes(data), dtype="<f4")

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import blake3
 import numpy as np
 import pytest
 import torch
@@ -142,6 +143,10 @@ def _sha256(weights: torch.Tensor) -> str:
     return hashlib.sha256(weights.numpy().astype("<f4").tobytes()).hexdigest()
 
 
+def _blake3(weights: torch.Tensor) -> str:
+    return blake3.blake3(weights.numpy().astype("<f4").tobytes()).hexdigest()
+
+
 def _node_delta(k: int, n: int) -> torch.Tensor:
     """What example.js sends in round k: delta * k * ((i % 7) - 3), as float32."""
     i = np.arange(n)
@@ -250,6 +255,12 @@ def test_node_and_python_clients_average_to_the_mean_of_both_updates(
     assert [e["model_version"] for e in pulled] == [0, 1, 2]
     assert [e["weights_sha256"] for e in pulled] == [
         _sha256(w) for w in (seeded, trace[0][2], trace[1][2])
+    ]
+    # It offered BLAKE3 at Join, so its models came with BLAKE3 digests
+    # (checked against the bytes before it pushed from them).
+    assert [e["weights_hash"] for e in pulled] == ["blake3"] * 3
+    assert [e["weights_digest"] for e in pulled] == [
+        _blake3(w) for w in (seeded, trace[0][2], trace[1][2])
     ]
     # An unknown key is UNAUTHENTICATED; a (signed) NaN is INVALID_ARGUMENT,
     # and the round still takes the next push.

@@ -209,7 +209,8 @@ class JoinRequest(_message.Message):
 
     @_builtins.property
     def supported_hashes(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.HashAlgorithm.ValueType]:
-        """Hashes the client can use for its updates' digests and chain. Empty
+        """Hashes the client can use for its updates' digests and chain, and for
+        the digests of the models it pulls (ModelHeader.weights_hash). Empty
         (older clients): SHA-256 only. The coordinator answers with
         RoundConfig.update_hash, the one this client must use.
         """
@@ -830,8 +831,9 @@ class UpdateHeader(_message.Message):
     for initial weights).
     """
     base_model_sha256: _builtins.bytes
-    """SHA-256 of the base model's bytes (ModelHeader.weights_sha256 of
-    `base_version`); empty for initial weights.
+    """Digest of the base model's bytes under hash_algorithm
+    (ModelHeader.weights_sha256 of `base_version`, whose weights_hash is
+    that same hash); empty for initial weights.
     """
     signature: _builtins.bytes
     """Signature over the update statement (above); may be empty only when
@@ -867,8 +869,9 @@ class UpdateHeader(_message.Message):
     """The hash of this update's payload digests and statement chain (chunk 0's
     prev_sha256 is this hash of the update statement, and so on; see
     UpdateChunk), as RoundConfig.update_hash told the client. Unset or
-    SHA256: SHA-256, as before this field. A coordinator run with
-    `update_hash = "sha256"` refuses BLAKE3 updates (INVALID_ARGUMENT).
+    SHA256: SHA-256, as before this field. Any other hash than the one
+    Join negotiated is refused (INVALID_ARGUMENT). base_model_sha256 is the
+    base model's digest under this hash (ModelHeader.weights_hash).
     """
     shard_index: _builtins.int
     """Parameter sharding: the shard this update's range belongs to, and the
@@ -1166,7 +1169,10 @@ class ModelHeader(_message.Message):
 
     `signature` is the coordinator key's signature over the model statement:
     domain "fedgrpc.v1.ModelHeader", then run_id, model_version, round_id,
-    model_spec_digest, total_bytes and weights_sha256.
+    model_spec_digest, total_bytes and weights_sha256. A weights_hash other
+    than SHA-256 comes last: the string "hash" and the algorithm's name
+    ("blake3"), so SHA-256 statements keep the bytes they had before the field
+    and a header cannot claim another algorithm than the one signed.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1179,6 +1185,7 @@ class ModelHeader(_message.Message):
     SIGNATURE_FIELD_NUMBER: _builtins.int
     DELTA_FROM_VERSION_FIELD_NUMBER: _builtins.int
     DELTA_CODEC_FIELD_NUMBER: _builtins.int
+    WEIGHTS_HASH_FIELD_NUMBER: _builtins.int
     model_version: _builtins.int
     """Version of these weights."""
     round_id: _builtins.int
@@ -1188,7 +1195,9 @@ class ModelHeader(_message.Message):
     total_bytes: _builtins.int
     """Total bytes that follow: each tensor in its own dtype, in spec order."""
     weights_sha256: _builtins.bytes
-    """SHA-256 of those bytes, in order."""
+    """Digest of those bytes, in order, under weights_hash (the name predates
+    BLAKE3). Updates based on these weights sign it as base_model_sha256.
+    """
     signature: _builtins.bytes
     """The coordinator's signature over the model statement (above)."""
     delta_from_version: _builtins.int
@@ -1203,6 +1212,12 @@ class ModelHeader(_message.Message):
     """The codec of the ModelDelta payloads (the grammar of RoundConfig.codec,
     e.g. "topk:0.01:int8").
     """
+    weights_hash: _common_pb2.HashAlgorithm.ValueType
+    """The hash of weights_sha256: the one Join negotiated for this client
+    (RoundConfig.update_hash), so BLAKE3 for clients that offered it unless
+    the coordinator runs with `update_hash = "sha256"`. Unset or SHA256:
+    SHA-256, as before this field. Signed (see above).
+    """
     def __init__(
         self,
         *,
@@ -1214,10 +1229,11 @@ class ModelHeader(_message.Message):
         signature: _builtins.bytes = ...,
         delta_from_version: _builtins.int | None = ...,
         delta_codec: _builtins.str = ...,
+        weights_hash: _common_pb2.HashAlgorithm.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_delta_from_version", b"_delta_from_version", "delta_from_version", b"delta_from_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_delta_from_version", b"_delta_from_version", "delta_codec", b"delta_codec", "delta_from_version", b"delta_from_version", "model_spec_digest", b"model_spec_digest", "model_version", b"model_version", "round_id", b"round_id", "signature", b"signature", "total_bytes", b"total_bytes", "weights_sha256", b"weights_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_delta_from_version", b"_delta_from_version", "delta_codec", b"delta_codec", "delta_from_version", b"delta_from_version", "model_spec_digest", b"model_spec_digest", "model_version", b"model_version", "round_id", b"round_id", "signature", b"signature", "total_bytes", b"total_bytes", "weights_hash", b"weights_hash", "weights_sha256", b"weights_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__delta_from_version: _TypeAlias = _typing.Literal["delta_from_version"]  # noqa: Y015
     _WhichOneofArgType__delta_from_version: _TypeAlias = _typing.Literal["_delta_from_version", b"_delta_from_version"]  # noqa: Y015

@@ -33,7 +33,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from fedgrpc.crypto.keys import PublicKey
-from fedgrpc.domain.requests import RecordPrivacyClaim
+from fedgrpc.domain.requests import HashName, RecordPrivacyClaim
 from fedgrpc.errors import TooLargeError, UnknownClientError, WrongRoundError
 
 SESSION_TOKEN_BYTES = 16
@@ -91,6 +91,10 @@ class ClientRecord:
     record_dp: RecordPrivacyClaim | None = None
     """Record-level DP spend its last counted update claimed (None: none);
     its next claim may not go below it (`rounds.record_privacy`)."""
+    hash_name: HashName | None = None
+    """The hash Join negotiated with it (`update_hash_for`): its update
+    chains and the digests of the models it pulls. None: not joined in this
+    process (a record restored from a checkpoint)."""
 
     @property
     def has_standing(self) -> bool:
@@ -167,6 +171,10 @@ class ClientRegistry:
         self._index(record)
         self._idle[client_id] = None  # no session yet: idle until it opens one
         return record
+
+    def model_hashes(self) -> set[HashName]:
+        """The hashes its clients need model digests under (`model_digests`)."""
+        return {c.hash_name for c in self._clients.values() if c.hash_name is not None}
 
     def _evict_idle(self, in_use: Collection[str]) -> ClientRecord | None:
         """Drop the longest-idle record without standing; None if there is none.
