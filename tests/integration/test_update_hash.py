@@ -76,6 +76,7 @@ def test_a_client_trains_and_its_export_verifies_under_the_runs_hash(
         serve_in_thread(config) as coordinator,
         fedgrpc.DiLoCoClient(coordinator.address, model, config=client_config) as c,
     ):
+        base = c._sync.base_sha256.hex()  # version 0's digest, as pulled
         for _ in range(H):
             with torch.no_grad():
                 model.weight.add_(0.1)
@@ -87,6 +88,9 @@ def test_a_client_trains_and_its_export_verifies_under_the_runs_hash(
     verified = main(["verify", "--update", str(export), "--hash", digest])
     printed = capsys.readouterr().out
     forged = main(["verify", "--update", str(export), "--hash", "0" * 64])
+    args = ["verify", "--update", str(export), "--hash", digest, "--base"]
+    based = main([*args, base])
+    other_base = main([*args, "0" * 64])
 
     # Assert
     assert outcome == "applied"
@@ -94,7 +98,10 @@ def test_a_client_trains_and_its_export_verifies_under_the_runs_hash(
     assert status.round_config.update_hash == announced
     assert verified == 0
     assert f"hashed with {label}," in printed
+    assert len(base) == 64
+    assert f"model version 0, whose {label} digest it signed: {base}" in printed
     assert forged == 1
+    assert (based, other_base) == (0, 1)  # the base the client pulled, not another
 
 
 @pytest.fixture
