@@ -108,12 +108,7 @@ class RoundEngine:
         self.privacy = PrivacyBudget(config, stage)
         """Central DP's clip, noise and the run's ε (`budget`)."""
         self.model = GlobalModel(config, clock, pacing.outer_for(config, plugins))
-        self.model.digest_hashes = lambda: (
-            registry.model_hashes()
-            or (
-                config.update_hash,  # nobody joined yet: the run's own
-            )
-        )
+        self.model.digest_hashes = lambda: registry.model_hashes(config.update_hash)
         self.current: OpenRound | None = None
         self.history: deque[RoundResult] = deque(maxlen=HISTORY_ROUNDS)
         self._next_round_id = 1

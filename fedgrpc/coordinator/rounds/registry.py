@@ -172,9 +172,18 @@ class ClientRegistry:
         self._idle[client_id] = None  # no session yet: idle until it opens one
         return record
 
-    def model_hashes(self) -> set[HashName]:
-        """The hashes its clients need model digests under (`model_digests`)."""
-        return {c.hash_name for c in self._clients.values() if c.hash_name is not None}
+    def model_hashes(self, fallback: HashName) -> set[HashName]:
+        """The hashes its connected clients need model digests under.
+
+        Connected ones only: a client that left and comes back gets its
+        digest lazily at its next pull (`model_digests`), so one SHA-256
+        client that left long ago costs later versions nothing. `fallback`
+        (the run's `update_hash`) when none is connected, so a version is
+        always hashed once (status shows it).
+        """
+        clients = self._clients.values()
+        hashes = {c.hash_name for c in clients if c.connected and c.hash_name}
+        return hashes or {fallback}
 
     def _evict_idle(self, in_use: Collection[str]) -> ClientRecord | None:
         """Drop the longest-idle record without standing; None if there is none.
