@@ -73,6 +73,10 @@ class Joined:
     response: coordinator_pb2.JoinResponse
     key: PrivateKey
     service: Service = field(repr=False)
+    model_hash: HashName | None = None
+    """The hash of the model digests it pulls and signs as its base, when
+    not its update hash: SHA-256 for a client from before
+    JoinRequest.model_hashes (`join(..., model_hashes=())`)."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.response, name)
@@ -82,7 +86,7 @@ class Joined:
         response = coordinator_pb2.JoinResponse()
         response.CopyFrom(self.response)
         response.session_token = token
-        return Joined(response, self.key, self.service)
+        return Joined(response, self.key, self.service, self.model_hash)
 
 
 def join_request(
@@ -124,7 +128,8 @@ def join(
     key: PrivateKey | None = None,
     hashes: tuple[int, ...] = (),
 ) -> Joined:
-    """Join over a fresh challenge; `hashes`: JoinRequest.supported_hashes."""
+    """Join over a fresh challenge; `hashes`: JoinRequest.supported_hashes
+    and, as current clients send, JoinRequest.model_hashes."""
     key = key or PrivateKey.generate()
     request = join_request(
         service,
@@ -135,8 +140,22 @@ def join(
         inner_steps=inner_steps,
         requested_codec=requested,
         supported_hashes=list(hashes),
+        model_hashes=list(hashes),
     )
     return Joined(service.Join(request, timeout=10), key, service)
+
+
+def join_before_model_hashes(
+    service: Service,
+    spec: ModelSpec,
+    name: str,
+    key: PrivateKey,
+    hashes: tuple[int, ...],
+) -> Joined:
+    """Join as a client from before JoinRequest.model_hashes: `hashes` for its
+    updates only, so the coordinator sends it SHA-256 model digests."""
+    request = join_request(service, spec, key, name, supported_hashes=list(hashes))
+    return Joined(service.Join(request, timeout=10), key, service, "sha256")
 
 
 def admin_status(joined: Joined) -> admin_pb2.GetStatusResponse:
@@ -189,7 +208,8 @@ def signed_header(
         status = admin_status(joined)
         nonce = status.round_nonce if nonce is None else nonce
         if base is None:
-            base = b"" if params.initial else _base(joined, status, hash_name)
+            model_hash = joined.model_hash or hash_name
+            base = b"" if params.initial else _base(joined, status, model_hash)
     kind = (
         PB.UPDATE_KIND_INITIAL_WEIGHTS
         if params.initial

@@ -41,6 +41,7 @@ from tests.helpers.raw import (
     Joined,
     UpdateParams,
     join,
+    join_before_model_hashes,
     pull_model,
     signed_chunk,
     signed_header,
@@ -231,3 +232,28 @@ def test_a_base_digest_under_the_wrong_hash_is_refused(blake3_fed: Fed) -> None:
 
     assert RoundState.of(fed) == before
     complete_a_round(fed)
+
+
+def test_a_client_from_before_model_hashes_pulls_sha256_models_and_trains(
+    tmp_path: Path,
+) -> None:
+    # a offers BLAKE3 for its updates but sends no JoinRequest.model_hashes,
+    # as clients built before model digests were negotiated: it can verify
+    # only untagged SHA-256 model statements. b is a current client.
+    with closed_federation(tmp_path) as fed:
+        offers = (BLAKE3, SHA256)
+        a = join_before_model_hashes(fed.service, tiny_spec(N), "a", fed.a.key, offers)
+        b = join(fed.service, tiny_spec(N), "b", key=fed.b.key, hashes=offers)
+        fed = dataclasses.replace(fed, a=a, b=b)
+        old_header, values = pull_model(fed.service, a, fed.status().model_version)
+        new_header, _ = pull_model(fed.service, b, fed.status().model_version)
+
+        complete_a_round(fed)  # a: BLAKE3 chain on a SHA-256 base; b: BLAKE3
+        after, _ = pull_model(fed.service, a, fed.status().model_version)
+
+    assert a.round_config.update_hash == BLAKE3  # its updates keep BLAKE3
+    assert old_header.weights_hash == SHA256  # so its statement has no hash tag
+    assert old_header.weights_sha256 == hashlib.sha256(values.tobytes()).digest()
+    assert new_header.weights_hash == BLAKE3
+    assert after.model_version == old_header.model_version + 1
+    assert after.weights_hash == SHA256

@@ -166,6 +166,7 @@ class JoinRequest(_message.Message):
     JOIN_SIGNATURE_FIELD_NUMBER: _builtins.int
     FROZEN_SHA256_FIELD_NUMBER: _builtins.int
     SUPPORTED_HASHES_FIELD_NUMBER: _builtins.int
+    MODEL_HASHES_FIELD_NUMBER: _builtins.int
     client_name: _builtins.str
     """Human-readable client name for logs and status (not an identity)."""
     inner_steps: _builtins.int
@@ -209,10 +210,19 @@ class JoinRequest(_message.Message):
 
     @_builtins.property
     def supported_hashes(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.HashAlgorithm.ValueType]:
-        """Hashes the client can use for its updates' digests and chain, and for
-        the digests of the models it pulls (ModelHeader.weights_hash). Empty
+        """Hashes the client can use for its updates' digests and chain. Empty
         (older clients): SHA-256 only. The coordinator answers with
         RoundConfig.update_hash, the one this client must use.
+        """
+
+    @_builtins.property
+    def model_hashes(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.HashAlgorithm.ValueType]:
+        """Hashes the client can check the models it pulls under
+        (ModelHeader.weights_hash), and so sign as its updates' base digest.
+        The coordinator picks one by the rule of supported_hashes; empty
+        (clients from before model digests were negotiated, which offer BLAKE3
+        for updates but verify only untagged SHA-256 model statements):
+        SHA-256 model digests.
         """
 
     def __init__(
@@ -229,10 +239,11 @@ class JoinRequest(_message.Message):
         join_signature: _builtins.bytes = ...,
         frozen_sha256: _builtins.bytes = ...,
         supported_hashes: _abc.Iterable[_common_pb2.HashAlgorithm.ValueType] | None = ...,
+        model_hashes: _abc.Iterable[_common_pb2.HashAlgorithm.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["client_key", b"client_key", "model_spec", b"model_spec", "requested_codec", b"requested_codec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_nonce", b"challenge_nonce", "client_key", b"client_key", "client_name", b"client_name", "frozen_sha256", b"frozen_sha256", "inner_steps", b"inner_steps", "join_signature", b"join_signature", "library_version", b"library_version", "model_spec", b"model_spec", "requested_codec", b"requested_codec", "supported_codecs", b"supported_codecs", "supported_hashes", b"supported_hashes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_nonce", b"challenge_nonce", "client_key", b"client_key", "client_name", b"client_name", "frozen_sha256", b"frozen_sha256", "inner_steps", b"inner_steps", "join_signature", b"join_signature", "library_version", b"library_version", "model_hashes", b"model_hashes", "model_spec", b"model_spec", "requested_codec", b"requested_codec", "supported_codecs", b"supported_codecs", "supported_hashes", b"supported_hashes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

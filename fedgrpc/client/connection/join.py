@@ -245,6 +245,7 @@ def join_request(
         supported_hashes=[
             HASH_TO_PROTO[h] for h in config.hashes if h in HASH_TO_PROTO
         ],
+        model_hashes=[HASH_TO_PROTO[h] for h in config.hashes if h in HASH_TO_PROTO],
         inner_steps=settings.inner_steps or 0,
         library_version=library_version(),
         requested_codec=(

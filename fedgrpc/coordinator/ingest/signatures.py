@@ -33,7 +33,7 @@ from fedgrpc.coordinator.rounds.engine import RoundEngine
 from fedgrpc.coordinator.rounds.model_digests import ModelDigests
 from fedgrpc.coordinator.rounds.registry import ClientRecord
 from fedgrpc.crypto.signing import HASH_LABELS, UpdateVerifier
-from fedgrpc.domain.requests import UpdateHeaderInfo
+from fedgrpc.domain.requests import HashName, UpdateHeaderInfo
 from fedgrpc.errors import BadSignatureError, InvalidUpdateError, WrongRoundError
 from fedgrpc.wire.codec_params import (
     DENSE_FP32_BINDING,
@@ -64,7 +64,7 @@ class UpdateAuthenticator:
             BadSignatureError: unsigned, or the signature does not verify.
             WrongRoundError: signed for another instance of the round (nonce)
                 or for other base weights than the round's (or their digest
-                under another hash than the update's).
+                under another hash than the client's model digests).
             InvalidUpdateError: another hash than Join agreed on.
         """
         if not self.required:
@@ -82,7 +82,7 @@ class UpdateAuthenticator:
         verifier = UpdateVerifier(
             key, statement, header.signature, self.chunk_signatures
         )
-        self._check_binding(header)
+        self._check_binding(header, client.model_hash_name or header.hash_name)
         return verifier
 
     def _check_hash(self, client: ClientRecord, header: UpdateHeaderInfo) -> None:
@@ -106,8 +106,13 @@ class UpdateAuthenticator:
                 f"hash with {HASH_LABELS[agreed]}, or join again"
             )
 
-    def _check_binding(self, header: UpdateHeaderInfo) -> None:
+    def _check_binding(self, header: UpdateHeaderInfo, model_hash: HashName) -> None:
         """The header names this round's nonce and base weights.
+
+        The base digest is under `model_hash`, the hash of the model digests
+        its client pulls (`ClientRecord.model_hash_name`): the update's own
+        for current clients, SHA-256 for one from before model digests were
+        negotiated even when its chain is BLAKE3.
 
         Called after the round engine accepted the header's round and base
         version (`RoundEngine.check_header`), so the open round is its round.
@@ -123,7 +128,7 @@ class UpdateAuthenticator:
                 # An update spanning rounds its client sat out (accepted by
                 # check_header): it signs the older version it was based on.
                 digests = engine.participation.base_digests.get(header.base_version)
-            base = self._base_digest(header, digests)
+            base = self._base_digest(model_hash, digests)
         if header.round_nonce != nonce:
             raise WrongRoundError(
                 f"the update for round {header.round_id} was signed with another "
@@ -134,15 +139,13 @@ class UpdateAuthenticator:
         if header.base_model_sha256 != base:
             raise WrongRoundError(
                 f"the update was computed from weights whose "
-                f"{HASH_LABELS[header.hash_name]} digest is not that of model "
+                f"{HASH_LABELS[model_hash]} digest is not that of model "
                 f"version {header.base_version} (or it signed a digest under "
                 "another hash than its own): pull the model again"
             )
 
-    def _base_digest(
-        self, header: UpdateHeaderInfo, digests: ModelDigests | None
-    ) -> bytes:
-        """The base version's digest under the header's hash (b"": unknown).
+    def _base_digest(self, name: HashName, digests: ModelDigests | None) -> bytes:
+        """The base version's digest under hash `name` (b"": unknown).
 
         The current version's is computed if missing (once: a restart
         republished it before its clients pulled again); an older version's
@@ -150,10 +153,10 @@ class UpdateAuthenticator:
         """
         if digests is None:
             return b""
-        known = digests.get(header.hash_name)
+        known = digests.get(name)
         published = self.engine.model.published
         if known is None and published is not None and published.digests is digests:
-            known = published.digest(header.hash_name)
+            known = published.digest(name)
         return known or b""
 
     @staticmethod

@@ -31,12 +31,21 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from fedgrpc.crypto.keys import PublicKey
-from fedgrpc.domain.requests import HashName, RecordPrivacyClaim
+from fedgrpc.domain.requests import HashName, JoinInfo, RecordPrivacyClaim
 from fedgrpc.errors import TooLargeError, UnknownClientError, WrongRoundError
 
 SESSION_TOKEN_BYTES = 16
+
+
+class HashRule(Protocol):
+    """The run's hash rule (`CoordinatorConfig.update_hash_for`)."""
+
+    def update_hash_for(self, offered: Collection[str]) -> HashName:
+        """The hash a client that offered `offered` must use."""
+        ...
 
 
 @dataclass(slots=True)
@@ -92,9 +101,18 @@ class ClientRecord:
     """Record-level DP spend its last counted update claimed (None: none);
     its next claim may not go below it (`rounds.record_privacy`)."""
     hash_name: HashName | None = None
-    """The hash Join negotiated with it (`update_hash_for`): its update
-    chains and the digests of the models it pulls. None: not joined in this
-    process (a record restored from a checkpoint)."""
+    """The hash Join negotiated with it for its update chains
+    (`update_hash_for`). None: not joined in this process (a record restored
+    from a checkpoint)."""
+    model_hash_name: HashName | None = None
+    """The hash of the model digests it pulls and signs as its base, by the
+    same rule from JoinRequest.model_hashes (SHA-256 for a client from
+    before that field, even one that hashes its updates with BLAKE3)."""
+
+    def agree_hashes(self, rule: HashRule, join: JoinInfo) -> None:
+        """Negotiate both of Join's hashes by the run's `update_hash` rule."""
+        self.hash_name = rule.update_hash_for(join.supported_hashes)
+        self.model_hash_name = rule.update_hash_for(join.model_hashes)
 
     @property
     def has_standing(self) -> bool:
@@ -182,7 +200,9 @@ class ClientRegistry:
         always hashed once (status shows it).
         """
         clients = self._clients.values()
-        hashes = {c.hash_name for c in clients if c.connected and c.hash_name}
+        hashes = {
+            c.model_hash_name for c in clients if c.connected and c.model_hash_name
+        }
         return hashes or {fallback}
 
     def _evict_idle(self, in_use: Collection[str]) -> ClientRecord | None:

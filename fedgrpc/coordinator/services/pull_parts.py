@@ -36,7 +36,7 @@ async def model_header(
     thread if this is the version's first pull that needs it (both hashes
     release the GIL, so the event loop keeps serving).
     """
-    name = client.hash_name if client is not None else None
+    name = client.model_hash_name if client is not None else None
     name = name or config.update_hash_for(())
     digest = published.digests.get(name)
     if digest is None:
