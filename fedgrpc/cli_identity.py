@@ -53,6 +53,11 @@ def _verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--key", metavar="PUB", help="require this signer (the client's .pub "
         "file); default: the key the file names"
     )  # fmt: skip
+    parser.add_argument(
+        "--base", metavar="HEX", help="also require the base model digest the "
+        "update signed (the weights_sha256 of the model it was trained from, "
+        "under the update's hash, BLAKE3 or SHA-256)"
+    )  # fmt: skip
     parser.set_defaults(handler=_verify)
 
 
@@ -164,6 +169,13 @@ def _verify(args: argparse.Namespace) -> int:
 
     key = load_public_key(args.key) if args.key else None
     report = verify_export(args.update, args.hash, key)
+    base = (args.base or "").lower()
+    if report.ok and base and base != report.base_digest:
+        sys.stdout.write(
+            f"MISMATCH: {args.update}: the update signed base model digest "
+            f"{report.base_digest or '-'} ({report.hash_algorithm}), not {base}\n"
+        )
+        return 1
     if not report.ok:
         sys.stdout.write(f"MISMATCH: {args.update}: {report.reason}\n")
         return 1
@@ -172,6 +184,8 @@ def _verify(args: argparse.Namespace) -> int:
         f"  client {report.client_id}, round {report.round_id}, {report.chunks} "
         f"chunks, {report.payload_bytes} payload bytes, hashed with "
         f"{report.hash_algorithm}, signed by key {report.key_sha256}\n"
+        f"  based on model version {report.base_version}, whose "
+        f"{report.hash_algorithm} digest it signed: {report.base_digest or '-'}\n"
     )
     return 0
 

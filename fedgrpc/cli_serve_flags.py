@@ -224,10 +224,10 @@ ACCESS_FLAGS = (
     Flag("--update-signatures", "required: verify every update header, "
          "chunk and commit; off: skip it, only with --open-enrollment, to "
          "measure the cost (default: required)", choices=("required", "off")),
-    Flag("--update-hash", "hash of update payloads and signature chains: "
-         "blake3 (clients that offer it; older ones use sha256) or sha256 "
-         "(every client; BLAKE3 updates refused, for FIPS-only runs) "
-         "(default: blake3)", choices=("blake3", "sha256")),
+    Flag("--update-hash", "hash of update payloads, signature chains and "
+         "model digests: blake3 (clients that offer it; older ones use "
+         "sha256) or sha256 (every client; BLAKE3 updates refused, for "
+         "FIPS-only runs) (default: blake3)", choices=("blake3", "sha256")),
     Flag("--sign-chunks", "auto: clients sign the update header and commit, "
          "chunks carry their digest and chain link (checked on arrival; updates "
          "are staged until the commit verifies), saving an Ed25519 verify per "

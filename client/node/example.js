@@ -101,6 +101,8 @@ async function pull(client, federation, minVersion, timeoutMs) {
     bytes: model.data.length,
     chunks: model.chunks,
     weights_sha256: crypto.createHash('sha256').update(model.data).digest('hex'),
+    weights_digest: model.sha256.toString('hex'), // as signed, under weights_hash
+    weights_hash: model.weightsHash,
   });
   return model;
 }

@@ -87,8 +87,9 @@ function unary(client, rpc, request, timeoutMs) {
  * the Join statement. Resolves to the federation: credentials, the round
  * config, `coordsPerChunk` (coordinates per UpdateChunk) and what signing
  * needs (identity, coordinator key, round nonce, `updateHash`). `hashes`
- * lists the update hashes to offer (default signing.SUPPORTED_HASHES: BLAKE3
- * then SHA-256; ['HASH_ALGORITHM_SHA256'] keeps to FIPS algorithms).
+ * lists the hashes to offer, for updates and for pulled model digests alike
+ * (default signing.SUPPORTED_HASHES: BLAKE3 then SHA-256;
+ * ['HASH_ALGORITHM_SHA256'] keeps to FIPS algorithms).
  *
  * Rejects with FedGrpcError: UNAUTHENTICATED (key not allowed, or the proof
  * failed), INVALID_ARGUMENT (spec differs from the federation's),
@@ -118,6 +119,9 @@ async function join(client, options) {
     model_spec: spec,
     supported_codecs: ['CODEC_DENSE_FP32'],
     supported_hashes: options.hashes || signing.SUPPORTED_HASHES,
+    // The same list for the models it pulls (ModelHeader.weights_hash):
+    // transfer.js checks either hash.
+    model_hashes: options.hashes || signing.SUPPORTED_HASHES,
     inner_steps: innerSteps,
     library_version: 'fedgrpc-node/0.1.0',
     client_key: { algorithm: 'SIGNATURE_ALGORITHM_ED25519', public_key: identity.raw },

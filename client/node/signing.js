@@ -52,8 +52,12 @@ const sha256 = (data) => crypto.createHash('sha256').update(data).digest();
 const blake3Digest = (data) => Buffer.from(blake3(data));
 /** Each update hash: its name inside the header statement and its function. */
 const HASHES = {
-  HASH_ALGORITHM_SHA256: { name: 'sha256', digest: sha256 },
-  HASH_ALGORITHM_BLAKE3: { name: 'blake3', digest: blake3Digest },
+  HASH_ALGORITHM_SHA256: {
+    name: 'sha256', label: 'SHA-256', digest: sha256, create: () => crypto.createHash('sha256'),
+  },
+  HASH_ALGORITHM_BLAKE3: {
+    name: 'blake3', label: 'BLAKE3', digest: blake3Digest, create: () => blake3.create(),
+  },
 };
 /** What this client offers at Join (JoinRequest.supported_hashes), preferred first. */
 const SUPPORTED_HASHES = ['HASH_ALGORITHM_BLAKE3', 'HASH_ALGORITHM_SHA256'];
@@ -102,11 +106,30 @@ function joinStatement({ runId, nonce, coordinatorRaw, clientRaw, clientName, sp
   ]);
 }
 
-/** True if `header` (a ModelHeader) carries the coordinator's signature for run `runId`. */
+/**
+ * The hash of a ModelHeader's weights_sha256 (ModelHeader.weights_hash; unset:
+ * SHA-256, as before the field), as one of HASHES. Throws for a hash this
+ * client does not know.
+ */
+function modelHash(header) {
+  const name = header.weights_hash || 'HASH_ALGORITHM_SHA256';
+  const hash = HASHES[name === 'HASH_ALGORITHM_UNSPECIFIED' ? 'HASH_ALGORITHM_SHA256' : name];
+  if (!hash) throw new Error(`model version ${header.model_version} names an unknown weights hash ${name}`);
+  return hash;
+}
+
+/**
+ * True if `header` (a ModelHeader) carries the coordinator's signature for run
+ * `runId`. A weights hash other than SHA-256 is signed as the tag "hash" and its
+ * name after the digest (fedgrpc/crypto/statements.py's ModelStatement).
+ */
 function verifyModelHeader(header, runId, coordinator) {
+  const hash = modelHash(header);
+  const hashClaim = hash.name === 'sha256' ? [] : [text('hash'), text(hash.name)];
   const signed = statement('fedgrpc.v1.ModelHeader', [
     text(runId), u64(header.model_version), u64(header.round_id),
     field(header.model_spec_digest), u64(header.total_bytes), field(header.weights_sha256),
+    ...hashClaim,
   ]);
   return crypto.verify(null, signed, coordinator.key, header.signature);
 }
@@ -170,4 +193,5 @@ module.exports = {
   sha256,
   sign,
   verifyModelHeader,
+  modelHash,
 };

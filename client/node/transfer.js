@@ -6,11 +6,10 @@
  * fedgrpc/client/download.py and transfer.py.
  */
 
-const crypto = require('node:crypto');
 const os = require('node:os');
 
 const { rpcError, deadline } = require('./errors.js');
-const { UpdateSigner, verifyModelHeader } = require('./signing.js');
+const { UpdateSigner, modelHash, verifyModelHeader } = require('./signing.js');
 const { numBytes } = require('./spec.js');
 
 const FP32_BYTES = 4;
@@ -23,8 +22,8 @@ const FP32_BYTES = 4;
 class ModelReceiver {
   constructor(spec, trust = null) {
     this.spec = spec;
-    this.trust = trust; // {runId, coordinator}: check the signature and SHA-256
-    this.hash = crypto.createHash('sha256');
+    this.trust = trust; // {runId, coordinator}: check the signature and the digest
+    this.hash = null; // the header's weights hash (SHA-256 or BLAKE3), incremental
     this.total = numBytes(spec);
     this.data = Buffer.alloc(this.total);
     this.header = null;
@@ -49,6 +48,8 @@ class ModelReceiver {
     if (this.trust && !verifyModelHeader(header, this.trust.runId, this.trust.coordinator)) {
       throw new Error(`model version ${header.model_version} is not signed by the coordinator's key`);
     }
+    this.hashInfo = modelHash(header);
+    this.hash = this.hashInfo.create();
     this.header = header;
   }
 
@@ -72,12 +73,15 @@ class ModelReceiver {
     if (header.model_version < minVersion) {
       throw new Error(`asked for model version >= ${minVersion}, got ${header.model_version}`);
     }
-    const sha256 = this.hash.digest();
+    const sha256 = Buffer.from(this.hash.digest());
     if (this.trust && !sha256.equals(header.weights_sha256)) {
-      throw new Error(`the bytes of model version ${header.model_version} do not match their signed SHA-256`);
+      throw new Error(
+        `the bytes of model version ${header.model_version} do not match their signed ${this.hashInfo.label} digest`,
+      );
     }
     const { data, chunks } = this;
-    return { modelVersion: header.model_version, roundId: header.round_id, data, chunks, sha256 };
+    const weightsHash = this.hashInfo.name;
+    return { modelVersion: header.model_version, roundId: header.round_id, data, chunks, sha256, weightsHash };
   }
 }
 
@@ -85,10 +89,12 @@ class ModelReceiver {
  * Download the global weights once their version is at least `minVersion`
  * (the coordinator holds the call until then, within `timeoutMs`).
  *
- * Resolves to {modelVersion, roundId, data, chunks, sha256}: `data` is a
+ * Resolves to {modelVersion, roundId, data, chunks, sha256, weightsHash}: `data` is a
  * Buffer of every tensor's bytes in its own dtype, in spec order
- * (`decodeWeights` turns it into float32 coordinates); `sha256` is what an
- * update based on it signs as `base_model_sha256`. Rejects with
+ * (`decodeWeights` turns it into float32 coordinates); `sha256` (the name
+ * predates BLAKE3) is its digest under the header's weights hash, the hash Join
+ * negotiated ('sha256' or 'blake3': `weightsHash`), which an update based on
+ * it signs as `base_model_sha256`. Rejects with
  * FedGrpcError (UNAUTHENTICATED, DEADLINE_EXCEEDED, UNAVAILABLE) or, for a
  * stream that does not describe this model completely and in order or is
  * not signed by the coordinator the client joined, with an Error.

@@ -60,11 +60,13 @@ class AccessSettings:
     sum); saves one Ed25519 verify per chunk (~0.15-0.2 ms per MiB). With
     secure aggregation chunks are always signed. `always`: every chunk too."""
     update_hash: UpdateHash = "blake3"
-    """The hash of update payload digests and signature chains. `blake3`
+    """The hash of update payload digests and signature chains, and of the
+    model digests each client pulls (the name predates the latter). `blake3`
     (default): clients that offer BLAKE3 at Join use it (~2.5x faster than
-    SHA-256), older ones SHA-256. `sha256`: every update uses SHA-256 and a
-    BLAKE3 update is refused (INVALID_ARGUMENT), for runs held to FIPS
-    algorithms (Ed25519 is FIPS 186-5, BLAKE3 is in no FIPS standard)."""
+    SHA-256), older ones SHA-256. `sha256`: every update and model digest
+    uses SHA-256 and a BLAKE3 update is refused (INVALID_ARGUMENT), for runs
+    held to FIPS algorithms (Ed25519 is FIPS 186-5, BLAKE3 is in no FIPS
+    standard)."""
 
     admin_token_file: str = ""
     """A file holding the admin token (one line, at least 16 characters;

@@ -29,6 +29,7 @@ Federate: TypeAlias = (
 BufferSharing = Literal["average", "local"]
 FEDERATE_CHOICES = ("trainable", "all")
 BUFFER_CHOICES = ("average", "local")
+HASH_CHOICES = ("blake3", "sha256")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,6 +91,12 @@ class ClientConfig:
     """Write each update this client pushes, exactly as sent, to a file here
     (`<run>-r<round>-<client>.fedupdate`) for audit with `fedgrpc verify`;
     "" writes nothing. Costs a disk write of every update."""
+    hashes: tuple[str, ...] = ("blake3", "sha256")
+    """Hashes this client offers at Join, preferred first: the coordinator
+    picks one (RoundConfig.update_hash) for its updates' digests and chain
+    and for the digests of the models it pulls. ("sha256",) for a client held
+    to FIPS algorithms: it then hashes only with SHA-256 and refuses a model
+    whose digest is under another hash."""
     proximal_mu: float = 0.0
     """FedProx strength μ (Li et al. 2020, eq. 2): local training minimises
     the user's loss + μ/2 · ‖w - w_global‖², by adding μ · (w - w_global) to
@@ -139,6 +146,10 @@ class ClientConfig:
                "'trainable', 'all' or a function (name, tensor) -> bool")  # fmt: skip
         _check(self.buffers in BUFFER_CHOICES, "buffers", self.buffers,
                "'average' or 'local'")  # fmt: skip
+        _check(isinstance(self.hashes, tuple) and "sha256" in self.hashes
+               and set(self.hashes) <= set(HASH_CHOICES), "hashes", self.hashes,
+               "a tuple of 'blake3' and 'sha256' that includes 'sha256' (every "
+               "coordinator speaks it), e.g. ('sha256',)")  # fmt: skip
         _check(isinstance(self.local_modules, tuple)
                and all(isinstance(m, str) and m.strip(".") for m in self.local_modules),
                "local_modules", self.local_modules,

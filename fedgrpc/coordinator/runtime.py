@@ -188,6 +188,7 @@ class CoordinatorRuntime:
         current = self.engine.current  # its clients are never evicted for a joiner
         in_use = current.ids_in_use if current is not None else frozenset
         client = self.registry.admit(name, self.clock(), key, in_use)
+        client.agree_hashes(self.config, request)
         seed = self.engine.model.claim_seeding(client.client_id)
         if seed:  # the seeder decides the weights, and so the frozen base
             self.engine.model.adopt_frozen(request.frozen_sha256)

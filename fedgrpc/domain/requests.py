@@ -90,3 +90,6 @@ class JoinInfo:
     older client); see `client.tensors.frozen_digest`."""
     supported_hashes: tuple[HashName, ...] = ("sha256",)
     """Update hashes the client can use (older clients: SHA-256 only)."""
+    model_hashes: tuple[HashName, ...] = ("sha256",)
+    """Hashes it can check pulled models under (older clients: SHA-256 only,
+    even those that offer BLAKE3 for updates)."""

@@ -6,6 +6,8 @@ so validation of what arrives from the network happens in one place.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from fedgrpc._proto.v1 import common_pb2, coordinator_pb2
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
@@ -272,12 +274,16 @@ def join_from_proto(request: coordinator_pb2.JoinRequest) -> JoinInfo:
         ),
         requested_codec=requested,
         frozen_sha256=_frozen_digest(request.frozen_sha256),
-        supported_hashes=(
-            "sha256",  # every client speaks it, listed or not
-            *(
-                HASH_FROM_PROTO[h]
-                for h in request.supported_hashes
-                if h in HASH_FROM_PROTO and h != common_pb2.HASH_ALGORITHM_SHA256
-            ),
-        ),
+        supported_hashes=_offered_hashes(request.supported_hashes),
+        model_hashes=_offered_hashes(request.model_hashes),
     )
+
+
+def _offered_hashes(offered: Iterable[int]) -> tuple[HashName, ...]:
+    """SHA-256, which every client speaks listed or not, then the known others."""
+    others = (
+        HASH_FROM_PROTO[h]
+        for h in offered
+        if h in HASH_FROM_PROTO and h != common_pb2.HASH_ALGORITHM_SHA256
+    )
+    return ("sha256", *others)

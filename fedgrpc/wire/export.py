@@ -187,6 +187,11 @@ class ExportReport:
     key_sha256: str = ""
     hash_algorithm: str = ""
     """The update's chain hash ("SHA-256" or "BLAKE3"; "" if unreadable)."""
+    base_version: int = 0
+    """The model version the update was computed from."""
+    base_digest: str = ""
+    """That version's digest as the update signed it (hex), under the same
+    hash: the `weights_sha256` of the model the client pulled."""
 
 
 def verify_export(
@@ -243,6 +248,8 @@ def _verify_messages(
         round_id=header.round_id,
         key_sha256=context.client_key.fingerprint,
         hash_algorithm=HASH_LABELS[header.hash_name],
+        base_version=header.base_version,
+        base_digest=header.base_model_sha256.hex(),
     )
     statement = update_statement(header, context.run_id, context.binding)
     try:

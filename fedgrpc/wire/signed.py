@@ -22,9 +22,9 @@ from fedgrpc.crypto.signing import (
     UpdateStatement,
 )
 from fedgrpc.domain.requests import UpdateHeaderInfo
-from fedgrpc.errors import InvalidKeyError
+from fedgrpc.errors import InvalidKeyError, InvalidUpdateError
 from fedgrpc.wire.codec_params import WIRE_CODEC_TO_PROTO, CodecBinding
-from fedgrpc.wire.convert import HASH_TO_PROTO, header_from_proto
+from fedgrpc.wire.convert import HASH_FROM_PROTO, HASH_TO_PROTO, header_from_proto
 
 _ALGORITHM_TO_PROTO: dict[
     SignatureAlgorithm, common_pb2.SignatureAlgorithm.ValueType
@@ -171,7 +171,11 @@ def commit_proof(commit: coordinator_pb2.UpdateCommit) -> CommitProof:
 
 
 def model_statement(header: coordinator_pb2.ModelHeader, run_id: str) -> ModelStatement:
-    """The statement a ModelHeader's signature covers."""
+    """The statement a ModelHeader's signature covers.
+
+    Raises:
+        InvalidUpdateError: the header names a hash this build does not know.
+    """
     return ModelStatement(
         run_id=run_id,
         model_version=header.model_version,
@@ -179,4 +183,21 @@ def model_statement(header: coordinator_pb2.ModelHeader, run_id: str) -> ModelSt
         model_spec_digest=header.model_spec_digest,
         total_bytes=header.total_bytes,
         weights_sha256=header.weights_sha256,
+        hash_name=model_hash_of(header),
     )
+
+
+def model_hash_of(header: coordinator_pb2.ModelHeader) -> HashName:
+    """The hash of a ModelHeader's weights digest (unset: SHA-256, as before it).
+
+    Raises:
+        InvalidUpdateError: a hash this build does not know.
+    """
+    name = HASH_FROM_PROTO.get(header.weights_hash)
+    if name is None:
+        raise InvalidUpdateError(
+            f"model version {header.model_version} names weights hash "
+            f"{header.weights_hash}, which this build does not know (it knows "
+            f"{', '.join(HASH_TO_PROTO)}): upgrade fedgrpc"
+        )
+    return name

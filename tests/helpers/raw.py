@@ -25,16 +25,18 @@ from fedgrpc._proto.v1 import (
 )
 from fedgrpc.compress import CodecConfig, make_codec
 from fedgrpc.crypto.keys import PrivateKey
-from fedgrpc.crypto.signing import HashName, JoinStatement, UpdateSigner, sha256
+from fedgrpc.crypto.signing import HashName, JoinStatement, UpdateSigner
+from fedgrpc.crypto.statements import model_digest
 from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from fedgrpc.domain.requests import RecordPrivacyClaim
 from fedgrpc.wire.codec_params import DENSE_FP32_BINDING, CodecBinding, codec_binding
-from fedgrpc.wire.convert import record_dp_to_proto, spec_to_proto
+from fedgrpc.wire.convert import HASH_FROM_PROTO, record_dp_to_proto, spec_to_proto
 from fedgrpc.wire.frames import encode_update_chunk
 from fedgrpc.wire.signed import (
     commit_message,
     key_from_proto,
     key_to_proto,
+    model_hash_of,
     sign_update_header,
 )
 
@@ -71,6 +73,10 @@ class Joined:
     response: coordinator_pb2.JoinResponse
     key: PrivateKey
     service: Service = field(repr=False)
+    model_hash: HashName | None = None
+    """The hash of the model digests it pulls and signs as its base, when
+    not its update hash: SHA-256 for a client from before
+    JoinRequest.model_hashes (`join(..., model_hashes=())`)."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.response, name)
@@ -80,7 +86,7 @@ class Joined:
         response = coordinator_pb2.JoinResponse()
         response.CopyFrom(self.response)
         response.session_token = token
-        return Joined(response, self.key, self.service)
+        return Joined(response, self.key, self.service, self.model_hash)
 
 
 def join_request(
@@ -122,7 +128,8 @@ def join(
     key: PrivateKey | None = None,
     hashes: tuple[int, ...] = (),
 ) -> Joined:
-    """Join over a fresh challenge; `hashes`: JoinRequest.supported_hashes."""
+    """Join over a fresh challenge; `hashes`: JoinRequest.supported_hashes
+    and, as current clients send, JoinRequest.model_hashes."""
     key = key or PrivateKey.generate()
     request = join_request(
         service,
@@ -133,8 +140,22 @@ def join(
         inner_steps=inner_steps,
         requested_codec=requested,
         supported_hashes=list(hashes),
+        model_hashes=list(hashes),
     )
     return Joined(service.Join(request, timeout=10), key, service)
+
+
+def join_before_model_hashes(
+    service: Service,
+    spec: ModelSpec,
+    name: str,
+    key: PrivateKey,
+    hashes: tuple[int, ...],
+) -> Joined:
+    """Join as a client from before JoinRequest.model_hashes: `hashes` for its
+    updates only, so the coordinator sends it SHA-256 model digests."""
+    request = join_request(service, spec, key, name, supported_hashes=list(hashes))
+    return Joined(service.Join(request, timeout=10), key, service, "sha256")
 
 
 def admin_status(joined: Joined) -> admin_pb2.GetStatusResponse:
@@ -162,8 +183,19 @@ class UpdateParams:
     """A record-level DP claim, signed with the header (None: no claim)."""
     compute_s: float | None = None
     """Training seconds claimed for goodput, signed (None: not reported)."""
-    hash_name: HashName = "sha256"
-    """The chain hash the header names; chunks hash with `signer.hash`."""
+    hash_name: HashName | None = None
+    """The chain hash the header names; chunks hash with `signer.hash`.
+    None: the one Join negotiated (RoundConfig.update_hash)."""
+
+
+def _base(
+    joined: Joined, status: admin_pb2.GetStatusResponse, hash_name: HashName
+) -> bytes:
+    """The current model's digest under `hash_name` (status shows one hash)."""
+    if HASH_FROM_PROTO[status.model_hash] == hash_name:
+        return status.model_sha256
+    header, _ = pull_model(joined.service, joined, status.model_version)
+    return header.weights_sha256
 
 
 def signed_header(
@@ -171,11 +203,13 @@ def signed_header(
 ) -> tuple[coordinator_pb2.PushUpdateRequest, UpdateSigner]:
     """A signed UpdateHeader message and the signer for the chunks after it."""
     nonce, base = params.nonce, params.base_sha256
+    hash_name = params.hash_name or HASH_FROM_PROTO[joined.round_config.update_hash]
     if nonce is None or base is None:
         status = admin_status(joined)
         nonce = status.round_nonce if nonce is None else nonce
         if base is None:
-            base = b"" if params.initial else status.model_sha256
+            model_hash = joined.model_hash or hash_name
+            base = b"" if params.initial else _base(joined, status, model_hash)
     kind = (
         PB.UPDATE_KIND_INITIAL_WEIGHTS
         if params.initial
@@ -200,7 +234,7 @@ def signed_header(
     if params.compute_s is not None:
         message.header.compute_s = params.compute_s
     signer = sign_update_header(
-        message.header, joined.key, joined.run_id, params.binding, params.hash_name
+        message.header, joined.key, joined.run_id, params.binding, hash_name
     )
     return message, signer
 
@@ -317,6 +351,17 @@ def pull(
     timeout: float = 10,
 ) -> tuple[int, np.ndarray]:
     """(version, float32 values) of an all-float32 model."""
+    header, values = pull_model(service, joined, min_version, timeout)
+    return header.model_version, values
+
+
+def pull_model(
+    service: Service,
+    joined: Joined,
+    min_version: int = 0,
+    timeout: float = 10,
+) -> tuple[PB.ModelHeader, np.ndarray]:
+    """(header, float32 values); the bytes checked under the header's hash."""
     header, data = None, bytearray()
     for message in service.PullModel(
         PB.PullModelRequest(
@@ -332,5 +377,6 @@ def pull(
             assert message.chunk.offset == len(data)
             data += message.chunk.data
     assert header is not None
-    assert sha256(bytes(data)) == header.weights_sha256
-    return header.model_version, np.frombuffer(bytes(data), dtype="<f4")
+    digest = model_digest(model_hash_of(header), bytes(data))
+    assert digest == header.weights_sha256
+    return header, np.frombuffer(bytes(data), dtype="<f4")

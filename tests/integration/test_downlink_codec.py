@@ -2,17 +2,19 @@
 
 With `downlink_codec` the coordinator sends each version's compressed step
 instead of the weights; its own error feedback makes the master exactly what
-clients rebuild, which the signed SHA-256 checks on every pull.
+clients rebuild, which the signed digest (BLAKE3, as Join negotiated with
+these clients; SHA-256 for a raw client that offered none) checks on every
+pull.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import blake3
 import pytest
 import torch
 from torch import nn
@@ -51,7 +53,7 @@ class Trained:
     held: dict[int, bytes] = field(default_factory=dict)
     """Version -> the pulled bytes (downlink buffer) right after loading it."""
     signed: dict[int, bytes] = field(default_factory=dict)
-    """Version -> the SHA-256 the coordinator signed for it (the client's base)."""
+    """Version -> the BLAKE3 digest the coordinator signed (the client's base)."""
 
 
 def _train(coordinator: CoordinatorThread, seed: int, out: dict[int, Trained]) -> None:
@@ -113,9 +115,9 @@ def test_clients_stay_bit_identical_to_the_master_every_round(topk_run: Any) -> 
     for version in range(ROUNDS + 1):
         a, b = out[0].held[version], out[1].held[version]
         assert a == b, f"the clients hold different weights at version {version}"
-        assert hashlib.sha256(a).digest() == out[0].signed[version]
+        assert blake3.blake3(a).digest() == out[0].signed[version]
     assert out[0].held[ROUNDS] == published.data.numpy().tobytes()
-    assert out[0].signed[ROUNDS] == published.sha256
+    assert out[0].signed[ROUNDS] == published.digests.get("blake3")
     master = published.data.view(torch.float32)
     for trained in out.values():
         state = trained.client.global_state_dict()
@@ -219,7 +221,7 @@ def test_a_model_that_is_not_all_float32_pulls_whole_models() -> None:
         state = client.global_state_dict()
         published = coordinator.running.runtime.engine.model.published
         assert published is not None
-        assert hashlib.sha256(published.data.numpy().tobytes()).digest() == (
+        assert blake3.blake3(published.data.numpy().tobytes()).digest() == (
             client._sync.base_sha256
         )
         assert state["0.weight"].dtype == torch.bfloat16

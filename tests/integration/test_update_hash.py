@@ -8,6 +8,7 @@ still apply exactly, so nothing refused reached a sum).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from tests.helpers.raw import (
     UpdateParams,
     join,
     pull,
+    pull_model,
     signed_chunk,
     signed_header,
     tiny_spec,
@@ -74,6 +76,7 @@ def test_a_client_trains_and_its_export_verifies_under_the_runs_hash(
         serve_in_thread(config) as coordinator,
         fedgrpc.DiLoCoClient(coordinator.address, model, config=client_config) as c,
     ):
+        base = c._sync.base_sha256.hex()  # version 0's digest, as pulled
         for _ in range(H):
             with torch.no_grad():
                 model.weight.add_(0.1)
@@ -85,6 +88,9 @@ def test_a_client_trains_and_its_export_verifies_under_the_runs_hash(
     verified = main(["verify", "--update", str(export), "--hash", digest])
     printed = capsys.readouterr().out
     forged = main(["verify", "--update", str(export), "--hash", "0" * 64])
+    args = ["verify", "--update", str(export), "--hash", digest, "--base"]
+    based = main([*args, base])
+    other_base = main([*args, "0" * 64])
 
     # Assert
     assert outcome == "applied"
@@ -92,7 +98,10 @@ def test_a_client_trains_and_its_export_verifies_under_the_runs_hash(
     assert status.round_config.update_hash == announced
     assert verified == 0
     assert f"hashed with {label}," in printed
+    assert len(base) == 64
+    assert f"model version 0, whose {label} digest it signed: {base}" in printed
     assert forged == 1
+    assert (based, other_base) == (0, 1)  # the base the client pulled, not another
 
 
 @pytest.fixture
@@ -110,11 +119,20 @@ def fips(tmp_path: Path) -> Iterator[Fed]:
 
 
 def _update(
-    fed: Fed, joined: Joined, values: np.ndarray, hash_name: HashName
+    fed: Fed,
+    joined: Joined,
+    values: np.ndarray,
+    hash_name: HashName,
+    base: bytes | None = None,
 ) -> Messages:
-    """A signed update of `joined` for the open round, hashed with `hash_name`."""
+    """A signed update of `joined` for the open round, hashed with `hash_name`.
+
+    `base`: the base model digest it signs (None: the one status reports).
+    """
     status = fed.status()
-    params = UpdateParams(status.round_id, status.model_version, hash_name=hash_name)
+    params = UpdateParams(
+        status.round_id, status.model_version, hash_name=hash_name, base_sha256=base
+    )
     header, signer = signed_header(joined, values.size, params)
     flat = values.astype("<f4")
     chunks = [
@@ -139,23 +157,30 @@ def test_join_negotiates_the_hash_per_client(fed: Fed, fips: Fed) -> None:
     assert fips_client.round_config.update_hash == SHA256
 
 
+def _rejoin_blake3(fed: Fed) -> Joined:
+    """Client a joined again, offering BLAKE3 (b still offers nothing: SHA-256)."""
+    return join(fed.service, tiny_spec(N), "a", key=fed.a.key, hashes=(BLAKE3, SHA256))
+
+
 def test_blake3_and_sha256_updates_average_exactly_in_one_round(fed: Fed) -> None:
-    # Arrange
-    status = fed.status()
-    version, base = pull(fed.service, fed.a, min_version=status.model_version)
+    # Arrange: a negotiates BLAKE3, b SHA-256; each pulls its own digest.
+    a = _rejoin_blake3(fed)
+    header_a, base = pull_model(fed.service, a, min_version=fed.status().model_version)
+    header_b, _ = pull_model(fed.service, fed.b, min_version=header_a.model_version)
     rng = np.random.default_rng(1)
     ga, gb = (rng.standard_normal(N).astype(np.float32) for _ in range(2))
 
-    # Act: a pushes BLAKE3, b SHA-256, into the same round.
+    # Act: a pushes BLAKE3, b SHA-256, into the same round, each on its digest.
     acks = [
-        fed.push(_update(fed, fed.a, ga, "blake3")),
-        fed.push(_update(fed, fed.b, gb, "sha256")),
+        fed.push(_update(fed, a, ga, "blake3", header_a.weights_sha256)),
+        fed.push(_update(fed, fed.b, gb, "sha256", header_b.weights_sha256)),
     ]
 
     # Assert: FedAvg (lr 1) of both, exactly.
-    _, after = pull(fed.service, fed.a, min_version=version + 1)
+    _, after = pull(fed.service, a, min_version=header_a.model_version + 1)
     np.testing.assert_allclose(after, base - (ga + gb) / 2, rtol=0, atol=1e-6)
     assert [len(a.update_sha256) for a in acks] == [32, 32]
+    assert (header_a.weights_hash, header_b.weights_hash) == (BLAKE3, SHA256)
 
 
 def test_a_fips_run_refuses_blake3_updates(fips: Fed) -> None:
@@ -174,9 +199,14 @@ def test_a_fips_run_refuses_blake3_updates(fips: Fed) -> None:
 
 def test_a_blake3_header_with_sha256_chunk_digests_is_refused(fed: Fed) -> None:
     # Validly signed by the client, but chunk 0 carries its payload's SHA-256.
+    a = _rejoin_blake3(fed)
+    header_a, _ = pull_model(fed.service, a, min_version=fed.status().model_version)
     status = fed.status()
-    params = UpdateParams(status.round_id, status.model_version, hash_name="blake3")
-    header, signer = signed_header(fed.a, N, params)
+    params = UpdateParams(
+        status.round_id, status.model_version, hash_name="blake3",
+        base_sha256=header_a.weights_sha256,
+    )  # fmt: skip
+    header, signer = signed_header(a, N, params)
     payload = np.full(CHUNK, 0.5, "<f4").tobytes()
     proof = signer.sign_chunk(0, 0, CHUNK, sha256(payload))
     chunk = PB.PushUpdateRequest(
@@ -194,19 +224,20 @@ def test_a_blake3_header_with_sha256_chunk_digests_is_refused(fed: Fed) -> None:
     )  # fmt: skip
 
     assert RoundState.of(fed) == before
-    complete_a_round(fed)
+    complete_a_round(dataclasses.replace(fed, a=a))  # its BLAKE3 digest from status
 
 
 def test_a_hash_changed_after_signing_or_unknown_is_refused(fed: Fed) -> None:
-    # Signed as SHA-256, then relabelled BLAKE3: the header statement differs.
+    # Signed as SHA-256, then relabelled BLAKE3: not the hash Join agreed on
+    # (and, were it, the header statement would differ from the signed one).
     relabelled = _update(fed, fed.a, np.full(N, 0.5, np.float32), "sha256")
     relabelled[0].header.hash_algorithm = BLAKE3
     unknown = _update(fed, fed.a, np.full(N, 0.5, np.float32), "sha256")
     unknown[0].header.hash_algorithm = 7  # type: ignore[assignment]
     before = RoundState.of(fed)
 
-    expect_status(lambda: fed.push(relabelled), grpc.StatusCode.PERMISSION_DENIED,
-                  "header signature")  # fmt: skip
+    expect_status(lambda: fed.push(relabelled), grpc.StatusCode.INVALID_ARGUMENT,
+                  "Join agreed on SHA-256")  # fmt: skip
     expect_status(lambda: fed.push(unknown), grpc.StatusCode.INVALID_ARGUMENT,
                   "hash algorithm 7 is unknown")  # fmt: skip
 

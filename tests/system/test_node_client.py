@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import blake3
 import numpy as np
 import pytest
 import torch
@@ -142,6 +143,10 @@ def _sha256(weights: torch.Tensor) -> str:
     return hashlib.sha256(weights.numpy().astype("<f4").tobytes()).hexdigest()
 
 
+def _blake3(weights: torch.Tensor) -> str:
+    return blake3.blake3(weights.numpy().astype("<f4").tobytes()).hexdigest()
+
+
 def _node_delta(k: int, n: int) -> torch.Tensor:
     """What example.js sends in round k: delta * k * ((i % 7) - 3), as float32."""
     i = np.arange(n)
@@ -188,8 +193,18 @@ def _probe_bad_push(node: str, address: str, base: int, key: Path) -> Any:
     return json.loads(result.stdout)
 
 
+@pytest.mark.parametrize(
+    ("node_flags", "node_hash"),
+    [((), "blake3"), (("--sha256-only",), "sha256")],
+    ids=["blake3", "sha256-only node"],
+)
 def test_node_and_python_clients_average_to_the_mean_of_both_updates(
-    spawn: Spawn, coordinator: str, node: str, keys: Path
+    spawn: Spawn,
+    coordinator: str,
+    node: str,
+    keys: Path,
+    node_flags: tuple[str, ...],
+    node_hash: str,
 ) -> None:
     # Arrange: the Python client joins first and seeds the model (version 0).
     address = coordinator
@@ -208,12 +223,13 @@ def test_node_and_python_clients_average_to_the_mean_of_both_updates(
              "--rounds", str(ROUNDS), "--delta", str(NODE_DELTA),
              "--spec", json.dumps(SPEC), "--timeout-s", str(WAIT_S),
              "--identity-key", str(keys / "node.key"),
-             "--coordinator-key", coordinator_fp],
+             "--coordinator-key", coordinator_fp, *node_flags],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
 
         # Act: two rounds side by side, then a malformed push from Node.
         trace = _run_python_rounds(client, model, node_client)
+        python_base = client._sync.base_sha256.hex()
         out, err = node_client.communicate(timeout=WAIT_S)
         probe = _probe_bad_push(node, address, base=ROUNDS, key=keys / "node.key")
 
@@ -233,7 +249,7 @@ def test_node_and_python_clients_average_to_the_mean_of_both_updates(
     joined = events[0]
     assert joined["seed_model"] is False
     assert joined["signed"] is True
-    assert joined["update_hash"] == "HASH_ALGORITHM_BLAKE3"  # serve's default
+    assert joined["update_hash"] == f"HASH_ALGORITHM_{node_hash.upper()}"
     assert joined["key_sha256"] == load_public_key(keys / "node.pub").fingerprint
     assert joined["coordinator_key_sha256"] == coordinator_fp
     assert joined["codec"] == "CODEC_DENSE_FP32"
@@ -251,6 +267,16 @@ def test_node_and_python_clients_average_to_the_mean_of_both_updates(
     assert [e["weights_sha256"] for e in pulled] == [
         _sha256(w) for w in (seeded, trace[0][2], trace[1][2])
     ]
+    # Its models came with digests under the hash it negotiated (BLAKE3,
+    # serve's default, or SHA-256 when it offered only that), checked
+    # against the bytes before it pushed from them; the Python client, in
+    # the same rounds, got BLAKE3 digests.
+    digest = _blake3 if node_hash == "blake3" else _sha256
+    assert [e["weights_hash"] for e in pulled] == [node_hash] * 3
+    assert [e["weights_digest"] for e in pulled] == [
+        digest(w) for w in (seeded, trace[0][2], trace[1][2])
+    ]
+    assert python_base == _blake3(trace[1][2])
     # An unknown key is UNAUTHENTICATED; a (signed) NaN is INVALID_ARGUMENT,
     # and the round still takes the next push.
     assert probe["stranger"] == "UNAUTHENTICATED"

@@ -9,6 +9,7 @@ import pytest
 
 from fedgrpc.cli import build_parser
 from fedgrpc.config import CoordinatorConfig
+from fedgrpc.coordinator.tree.root_link import upstream_client_config
 from fedgrpc.errors import ConfigError
 
 ROOT = "10.0.0.1:7070"
@@ -75,3 +76,11 @@ def test_serve_flags_set_the_upstream_keys() -> None:
     assert args.upstream_timeout_s == 3.0
     assert args.upstream_round_wait_s == 60.0
     assert args.upstream_tls_ca == "ca.pem"
+
+
+def test_a_leaf_held_to_sha256_offers_its_root_sha256_only() -> None:
+    fips = CoordinatorConfig(upstream=ROOT, update_hash="sha256")
+    default = CoordinatorConfig(upstream=ROOT)
+
+    assert upstream_client_config(fips).hashes == ("sha256",)
+    assert upstream_client_config(default).hashes == ("blake3", "sha256")

@@ -397,6 +397,7 @@ class GetStatusResponse(_message.Message):
     SHARD_COUNT_FIELD_NUMBER: _builtins.int
     SHARD_RANGE_START_FIELD_NUMBER: _builtins.int
     SHARD_RANGE_LENGTH_FIELD_NUMBER: _builtins.int
+    MODEL_HASH_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Id of this training run."""
     round_id: _builtins.int
@@ -418,8 +419,8 @@ class GetStatusResponse(_message.Message):
     the model is not seeded.
     """
     model_sha256: _builtins.bytes
-    """SHA-256 of the current model's bytes (ModelHeader.weights_sha256);
-    empty before seeding.
+    """Digest of the current model's bytes (ModelHeader.weights_sha256) under
+    model_hash; empty before seeding.
     """
     coordinator_key_sha256: _builtins.str
     """Fingerprint of the coordinator's public key."""
@@ -491,6 +492,11 @@ class GetStatusResponse(_message.Message):
     shard_count: _builtins.int
     shard_range_start: _builtins.int
     shard_range_length: _builtins.int
+    model_hash: _common_pb2.HashAlgorithm.ValueType
+    """The hash of model_sha256: the run's `update_hash` when some client uses
+    it (or none has joined), else the hash the clients use (clients get
+    model digests under the hash Join negotiated with each).
+    """
     @_builtins.property
     def round_config(self) -> _common_pb2.RoundConfig:
         """The round configuration."""
@@ -548,10 +554,11 @@ class GetStatusResponse(_message.Message):
         shard_count: _builtins.int = ...,
         shard_range_start: _builtins.int = ...,
         shard_range_length: _builtins.int = ...,
+        model_hash: _common_pb2.HashAlgorithm.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["round_config", b"round_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "clients", b"clients", "clients_truncated", b"clients_truncated", "compute_applied_s", b"compute_applied_s", "compute_offered_s", b"compute_offered_s", "coordinator_key_sha256", b"coordinator_key_sha256", "dense_fallback_rounds", b"dense_fallback_rounds", "dp_accountant", b"dp_accountant", "dp_clip_norm", b"dp_clip_norm", "dp_noise_multiplier", b"dp_noise_multiplier", "goodput", b"goodput", "guard_trips", b"guard_trips", "max_epsilon", b"max_epsilon", "model_sha256", b"model_sha256", "model_version", b"model_version", "next_page_token", b"next_page_token", "norm_guard_history", b"norm_guard_history", "norm_guard_trips", b"norm_guard_trips", "not_serving", b"not_serving", "not_serving_reason", b"not_serving_reason", "num_parameters", b"num_parameters", "open_enrollment", b"open_enrollment", "phase", b"phase", "privacy", b"privacy", "privacy_delta", b"privacy_delta", "privacy_epsilon", b"privacy_epsilon", "recent_rounds", b"recent_rounds", "round_config", b"round_config", "round_id", b"round_id", "round_mode", b"round_mode", "round_nonce", b"round_nonce", "run_id", b"run_id", "secure_aggregation", b"secure_aggregation", "shard_count", b"shard_count", "shard_index", b"shard_index", "shard_range_length", b"shard_range_length", "shard_range_start", b"shard_range_start", "total_clients", b"total_clients", "uptime_s", b"uptime_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "clients", b"clients", "clients_truncated", b"clients_truncated", "compute_applied_s", b"compute_applied_s", "compute_offered_s", b"compute_offered_s", "coordinator_key_sha256", b"coordinator_key_sha256", "dense_fallback_rounds", b"dense_fallback_rounds", "dp_accountant", b"dp_accountant", "dp_clip_norm", b"dp_clip_norm", "dp_noise_multiplier", b"dp_noise_multiplier", "goodput", b"goodput", "guard_trips", b"guard_trips", "max_epsilon", b"max_epsilon", "model_hash", b"model_hash", "model_sha256", b"model_sha256", "model_version", b"model_version", "next_page_token", b"next_page_token", "norm_guard_history", b"norm_guard_history", "norm_guard_trips", b"norm_guard_trips", "not_serving", b"not_serving", "not_serving_reason", b"not_serving_reason", "num_parameters", b"num_parameters", "open_enrollment", b"open_enrollment", "phase", b"phase", "privacy", b"privacy", "privacy_delta", b"privacy_delta", "privacy_epsilon", b"privacy_epsilon", "recent_rounds", b"recent_rounds", "round_config", b"round_config", "round_id", b"round_id", "round_mode", b"round_mode", "round_nonce", b"round_nonce", "run_id", b"run_id", "secure_aggregation", b"secure_aggregation", "shard_count", b"shard_count", "shard_index", b"shard_index", "shard_range_length", b"shard_range_length", "shard_range_start", b"shard_range_start", "total_clients", b"total_clients", "uptime_s", b"uptime_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

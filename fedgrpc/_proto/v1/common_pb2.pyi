@@ -598,7 +598,8 @@ class RoundConfig(_message.Message):
     (UpdateHeader.hash_algorithm), negotiated at Join: BLAKE3 when the
     coordinator's `update_hash` is "blake3" and the client listed
     HASH_ALGORITHM_BLAKE3 in JoinRequest.supported_hashes, else SHA-256.
-    UNSPECIFIED (older coordinators): SHA-256.
+    UNSPECIFIED (older coordinators): SHA-256. The models this client pulls
+    carry their digest under the same hash (ModelHeader.weights_hash).
     """
     chunk_signatures_optional: _builtins.bool
     """True: chunks need no signature of their own (UpdateChunk.signature may

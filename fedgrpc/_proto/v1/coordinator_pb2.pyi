@@ -166,6 +166,7 @@ class JoinRequest(_message.Message):
     JOIN_SIGNATURE_FIELD_NUMBER: _builtins.int
     FROZEN_SHA256_FIELD_NUMBER: _builtins.int
     SUPPORTED_HASHES_FIELD_NUMBER: _builtins.int
+    MODEL_HASHES_FIELD_NUMBER: _builtins.int
     client_name: _builtins.str
     """Human-readable client name for logs and status (not an identity)."""
     inner_steps: _builtins.int
@@ -214,6 +215,16 @@ class JoinRequest(_message.Message):
         RoundConfig.update_hash, the one this client must use.
         """
 
+    @_builtins.property
+    def model_hashes(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.HashAlgorithm.ValueType]:
+        """Hashes the client can check the models it pulls under
+        (ModelHeader.weights_hash), and so sign as its updates' base digest.
+        The coordinator picks one by the rule of supported_hashes; empty
+        (clients from before model digests were negotiated, which offer BLAKE3
+        for updates but verify only untagged SHA-256 model statements):
+        SHA-256 model digests.
+        """
+
     def __init__(
         self,
         *,
@@ -228,10 +239,11 @@ class JoinRequest(_message.Message):
         join_signature: _builtins.bytes = ...,
         frozen_sha256: _builtins.bytes = ...,
         supported_hashes: _abc.Iterable[_common_pb2.HashAlgorithm.ValueType] | None = ...,
+        model_hashes: _abc.Iterable[_common_pb2.HashAlgorithm.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["client_key", b"client_key", "model_spec", b"model_spec", "requested_codec", b"requested_codec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_nonce", b"challenge_nonce", "client_key", b"client_key", "client_name", b"client_name", "frozen_sha256", b"frozen_sha256", "inner_steps", b"inner_steps", "join_signature", b"join_signature", "library_version", b"library_version", "model_spec", b"model_spec", "requested_codec", b"requested_codec", "supported_codecs", b"supported_codecs", "supported_hashes", b"supported_hashes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_nonce", b"challenge_nonce", "client_key", b"client_key", "client_name", b"client_name", "frozen_sha256", b"frozen_sha256", "inner_steps", b"inner_steps", "join_signature", b"join_signature", "library_version", b"library_version", "model_hashes", b"model_hashes", "model_spec", b"model_spec", "requested_codec", b"requested_codec", "supported_codecs", b"supported_codecs", "supported_hashes", b"supported_hashes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -830,8 +842,9 @@ class UpdateHeader(_message.Message):
     for initial weights).
     """
     base_model_sha256: _builtins.bytes
-    """SHA-256 of the base model's bytes (ModelHeader.weights_sha256 of
-    `base_version`); empty for initial weights.
+    """Digest of the base model's bytes under hash_algorithm
+    (ModelHeader.weights_sha256 of `base_version`, whose weights_hash is
+    that same hash); empty for initial weights.
     """
     signature: _builtins.bytes
     """Signature over the update statement (above); may be empty only when
@@ -867,8 +880,9 @@ class UpdateHeader(_message.Message):
     """The hash of this update's payload digests and statement chain (chunk 0's
     prev_sha256 is this hash of the update statement, and so on; see
     UpdateChunk), as RoundConfig.update_hash told the client. Unset or
-    SHA256: SHA-256, as before this field. A coordinator run with
-    `update_hash = "sha256"` refuses BLAKE3 updates (INVALID_ARGUMENT).
+    SHA256: SHA-256, as before this field. Any other hash than the one
+    Join negotiated is refused (INVALID_ARGUMENT). base_model_sha256 is the
+    base model's digest under this hash (ModelHeader.weights_hash).
     """
     shard_index: _builtins.int
     """Parameter sharding: the shard this update's range belongs to, and the
@@ -1166,7 +1180,10 @@ class ModelHeader(_message.Message):
 
     `signature` is the coordinator key's signature over the model statement:
     domain "fedgrpc.v1.ModelHeader", then run_id, model_version, round_id,
-    model_spec_digest, total_bytes and weights_sha256.
+    model_spec_digest, total_bytes and weights_sha256. A weights_hash other
+    than SHA-256 comes last: the string "hash" and the algorithm's name
+    ("blake3"), so SHA-256 statements keep the bytes they had before the field
+    and a header cannot claim another algorithm than the one signed.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1179,6 +1196,7 @@ class ModelHeader(_message.Message):
     SIGNATURE_FIELD_NUMBER: _builtins.int
     DELTA_FROM_VERSION_FIELD_NUMBER: _builtins.int
     DELTA_CODEC_FIELD_NUMBER: _builtins.int
+    WEIGHTS_HASH_FIELD_NUMBER: _builtins.int
     model_version: _builtins.int
     """Version of these weights."""
     round_id: _builtins.int
@@ -1188,7 +1206,9 @@ class ModelHeader(_message.Message):
     total_bytes: _builtins.int
     """Total bytes that follow: each tensor in its own dtype, in spec order."""
     weights_sha256: _builtins.bytes
-    """SHA-256 of those bytes, in order."""
+    """Digest of those bytes, in order, under weights_hash (the name predates
+    BLAKE3). Updates based on these weights sign it as base_model_sha256.
+    """
     signature: _builtins.bytes
     """The coordinator's signature over the model statement (above)."""
     delta_from_version: _builtins.int
@@ -1203,6 +1223,12 @@ class ModelHeader(_message.Message):
     """The codec of the ModelDelta payloads (the grammar of RoundConfig.codec,
     e.g. "topk:0.01:int8").
     """
+    weights_hash: _common_pb2.HashAlgorithm.ValueType
+    """The hash of weights_sha256: the one Join negotiated for this client
+    (RoundConfig.update_hash), so BLAKE3 for clients that offered it unless
+    the coordinator runs with `update_hash = "sha256"`. Unset or SHA256:
+    SHA-256, as before this field. Signed (see above).
+    """
     def __init__(
         self,
         *,
@@ -1214,10 +1240,11 @@ class ModelHeader(_message.Message):
         signature: _builtins.bytes = ...,
         delta_from_version: _builtins.int | None = ...,
         delta_codec: _builtins.str = ...,
+        weights_hash: _common_pb2.HashAlgorithm.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_delta_from_version", b"_delta_from_version", "delta_from_version", b"delta_from_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_delta_from_version", b"_delta_from_version", "delta_codec", b"delta_codec", "delta_from_version", b"delta_from_version", "model_spec_digest", b"model_spec_digest", "model_version", b"model_version", "round_id", b"round_id", "signature", b"signature", "total_bytes", b"total_bytes", "weights_sha256", b"weights_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_delta_from_version", b"_delta_from_version", "delta_codec", b"delta_codec", "delta_from_version", b"delta_from_version", "model_spec_digest", b"model_spec_digest", "model_version", b"model_version", "round_id", b"round_id", "signature", b"signature", "total_bytes", b"total_bytes", "weights_hash", b"weights_hash", "weights_sha256", b"weights_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__delta_from_version: _TypeAlias = _typing.Literal["delta_from_version"]  # noqa: Y015
     _WhichOneofArgType__delta_from_version: _TypeAlias = _typing.Literal["_delta_from_version", b"_delta_from_version"]  # noqa: Y015

@@ -242,7 +242,10 @@ def join_request(
         model_spec=spec_to_proto(spec),
         supported_codecs=list(WIRE_CODEC_TO_PROTO.values()),
         # Preference order; the coordinator picks (RoundConfig.update_hash).
-        supported_hashes=[HASH_TO_PROTO["blake3"], HASH_TO_PROTO["sha256"]],
+        supported_hashes=[
+            HASH_TO_PROTO[h] for h in config.hashes if h in HASH_TO_PROTO
+        ],
+        model_hashes=[HASH_TO_PROTO[h] for h in config.hashes if h in HASH_TO_PROTO],
         inner_steps=settings.inner_steps or 0,
         library_version=library_version(),
         requested_codec=(

@@ -321,7 +321,9 @@ class CoordinatorLink:
         holds, from which compressed steps may come (see `pull.pull_model`).
         """
         federation = self._require_federation()
-        trust = ModelTrust(federation.coordinator_key, federation.run_id)
+        trust = ModelTrust(
+            federation.coordinator_key, federation.run_id, self.config.hashes
+        )
         timeout_s = self.pull_timeout_s(wait_s, chunk_bytes)
         receiver = ModelReceiver(self.spec, buffer, trust, byte_range, held_version)
         receiver.range_digest = bool(federation.shard_peers)  # a shard's own range

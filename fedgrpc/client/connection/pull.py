@@ -3,14 +3,16 @@
 The client checks everything the coordinator sends (header digest and size,
 chunk order and coverage), so a coordinator bug cannot silently corrupt the
 model, and, with a `ModelTrust`, that the header is signed by the
-coordinator's key and the bytes hash to the SHA-256 it signed, so nobody in
-between can swap the weights. Each chunk is hashed and copied once,
-straight into the native-byte buffer that `LocalRun` loads from.
+coordinator's key and the bytes hash to the digest it signed, so nobody in
+between can swap the weights. The digest is under the hash the header names
+and its signature binds (ModelHeader.weights_hash: the hash Join negotiated,
+BLAKE3 or SHA-256; unset from older coordinators: SHA-256), one this client
+offered. Each chunk is hashed and copied once, straight into the
+native-byte buffer that `LocalRun` loads from.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,8 +24,15 @@ from fedgrpc.client.connection.channel import Credentials
 from fedgrpc.client.connection.delta import DeltaApplier, DeltaMismatchError
 from fedgrpc.client.status import translated
 from fedgrpc.crypto.keys import PublicKey
+from fedgrpc.crypto.statements import (
+    HASH_LABELS,
+    StreamHasher,
+    model_digest,
+    stream_hasher,
+)
 from fedgrpc.domain.chunks import ChunkOrder
 from fedgrpc.domain.model_spec import ModelSpec
+from fedgrpc.domain.requests import HashName
 from fedgrpc.errors import (
     BadSignatureError,
     IncompleteUpdateError,
@@ -31,7 +40,7 @@ from fedgrpc.errors import (
     ModelMismatchError,
 )
 from fedgrpc.log import get_logger
-from fedgrpc.wire.signed import model_statement
+from fedgrpc.wire.signed import model_hash_of, model_statement
 
 if TYPE_CHECKING:
     from fedgrpc._proto.v1.coordinator_pb2_grpc import CoordinatorServiceAsyncStub
@@ -48,11 +57,14 @@ class PulledModel:
     buffer: torch.Tensor
     """uint8, `spec.num_bytes` long; view it with `wire.tensors.unpack_native`."""
     sha256: bytes = b""
-    """SHA-256 of `buffer`, as the coordinator signed it (updates sign it as base)."""
+    """Digest of `buffer` under `hash_name`, as the coordinator signed it
+    (updates sign it as base; the name predates BLAKE3)."""
     bytes_received: int = 0
     """Model payload bytes this pull moved (weights, or compressed steps)."""
     delta_from: int | None = None
     """The version the compressed steps started from; None: weights travelled."""
+    hash_name: HashName = "sha256"
+    """The hash of `sha256` (ModelHeader.weights_hash)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +73,9 @@ class ModelTrust:
 
     coordinator_key: PublicKey
     run_id: str
+    hashes: tuple[str, ...] = ("blake3", "sha256")
+    """The hashes this client offered at Join: a model digest under another
+    is refused (a client held to SHA-256 never trusts a BLAKE3 digest)."""
 
 
 class ModelReceiver:
@@ -101,7 +116,9 @@ class ModelReceiver:
         self._order = ChunkOrder(length, max_chunks=max(1, length))
         self.header: coordinator_pb2.ModelHeader | None = None
         self.trust = trust
-        self._hash = hashlib.sha256()
+        self._hash: StreamHasher | None = None
+        """Set with the header: the hash it names, fed chunk by chunk."""
+        self._hash_name: HashName = "sha256"
         self._held = None if byte_range is not None else held_version
         self.range_digest = False
         """The signed SHA-256 covers only `byte_range` (a parameter shard's
@@ -168,6 +185,8 @@ class ModelReceiver:
             )
         if self.trust is not None:
             self._check_signature(header, self.trust)
+        self._hash_name = model_hash_of(header)
+        self._hash = stream_hasher(self._hash_name)
         if header.HasField("delta_from_version"):
             if header.delta_from_version != self._held:
                 raise InvalidUpdateError(
@@ -188,7 +207,15 @@ class ModelReceiver:
         header: coordinator_pb2.ModelHeader, trust: ModelTrust
     ) -> None:
         key = trust.coordinator_key
-        signed = model_statement(header, trust.run_id).encode(key.algorithm)
+        statement = model_statement(header, trust.run_id)
+        if statement.hash_name not in trust.hashes:
+            raise InvalidUpdateError(
+                f"model version {header.model_version} carries a "
+                f"{HASH_LABELS[statement.hash_name]} digest, but this client offered "
+                f"only {', '.join(trust.hashes)} (ClientConfig.hashes) at Join; "
+                "refusing to trust it"
+            )
+        signed = statement.encode(key.algorithm)
         try:
             key.verify(header.signature, signed)
         except BadSignatureError as exc:
@@ -209,7 +236,7 @@ class ModelReceiver:
             )
         relative = chunk.offset - self._start
         self._order.accept(self._order.next_seq, relative, len(data))
-        if self.trust is not None and not self._ranged:
+        if self.trust is not None and not self._ranged and self._hash is not None:
             self._hash.update(data)  # releases the GIL; one pass, in stream order
         start = chunk.offset
         self._target[start : start + len(data)] = np.frombuffer(data, dtype=np.uint8)
@@ -220,7 +247,7 @@ class ModelReceiver:
 
         Raises:
             IncompleteUpdateError: the stream ended before covering the model.
-            BadSignatureError: the bytes do not hash to the signed SHA-256.
+            BadSignatureError: the bytes do not hash to the signed digest.
         """
         header = self.header
         if header is not None and self._delta is not None:
@@ -230,27 +257,31 @@ class ModelReceiver:
             raise IncompleteUpdateError(
                 f"PullModel ended after {got} of {self.spec.num_bytes} model bytes"
             )
+        name, label = self._hash_name, HASH_LABELS[self._hash_name]
         if self.range_digest and self.trust is not None:
             own = self._target[self._start : self._start + self._order.total]
-            if hashlib.sha256(own.data).digest() != header.weights_sha256:
+            if model_digest(name, own.data) != header.weights_sha256:
                 raise BadSignatureError(
                     f"the bytes of shard range {self._start}.. of model version "
-                    f"{header.model_version} do not match the SHA-256 the shard "
-                    "signed: they were altered in transit; refusing to load them"
+                    f"{header.model_version} do not match the {label} digest the "
+                    "shard signed: they were altered in transit; refusing to load them"
                 )
         elif self._ranged and self.trust is not None:
             # The whole buffer: the range just pulled and the bytes we held.
-            if hashlib.sha256(self._target.data).digest() != header.weights_sha256:
+            if model_digest(name, self._target.data) != header.weights_sha256:
                 raise RangeMismatchError(
                     f"model version {header.model_version}: the bytes pulled plus "
-                    "those this client held do not hash to the signed SHA-256 (it "
-                    "missed an earlier version's change): pull the whole model"
+                    f"those this client held do not hash to the signed {label} "
+                    "digest (it missed an earlier version's change): pull the "
+                    "whole model"
                 )
-        elif self.trust is not None and self._hash.digest() != header.weights_sha256:
+        elif self.trust is not None and (
+            self._hash is None or self._hash.digest() != header.weights_sha256
+        ):
             raise BadSignatureError(
                 f"the bytes of model version {header.model_version} do not match the "
-                "SHA-256 the coordinator signed: they were altered in transit; "
-                "refusing to load them"
+                f"{label} digest the coordinator signed: they were altered in "
+                "transit; refusing to load them"
             )
         return PulledModel(
             header.model_version,
@@ -258,6 +289,7 @@ class ModelReceiver:
             self.buffer,
             header.weights_sha256,
             self._bytes,
+            hash_name=name,
         )
 
     def _finish_steps(
@@ -273,11 +305,12 @@ class ModelReceiver:
                 f"PullModel ended before the steps to model version "
                 f"{header.model_version} were complete"
             )
-        if hashlib.sha256(self._target.data).digest() != header.weights_sha256:
+        name = self._hash_name
+        if model_digest(name, self._target.data) != header.weights_sha256:
             raise DeltaMismatchError(
                 f"model version {header.model_version}: the held version "
                 f"{header.delta_from_version} plus the compressed steps do not hash "
-                "to the signed SHA-256: pull the whole model"
+                f"to the signed {HASH_LABELS[name]} digest: pull the whole model"
             )
         return PulledModel(
             header.model_version,
@@ -286,6 +319,7 @@ class ModelReceiver:
             header.weights_sha256,
             delta.bytes_received,
             header.delta_from_version,
+            name,
         )
 
 

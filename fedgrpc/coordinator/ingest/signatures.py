@@ -19,18 +19,21 @@ unsigned), for a hand-off per chunk (future, queue, eventfd wake-up, GIL
 hand-back) and a payload read cold on the other core's cache by the
 finiteness check and the copy into the stage. Both hashes release the GIL,
 so gRPC's threads keep receiving while a chunk is hashed. Each update is
-hashed with the algorithm its header names and its signature binds; a run
-with `update_hash = "sha256"` refuses BLAKE3 headers before checking
-anything else about them.
+hashed with the algorithm its header names and its signature binds, which
+must be the one Join negotiated with its client (`ClientRecord.hash_name`):
+a client cannot make the coordinator hash with another (nor, on a run with
+`update_hash = "sha256"`, with BLAKE3). The base model digest it signs is
+under that hash too, the one its pulls carried (`rounds.model_digests`).
 """
 
 from __future__ import annotations
 
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.rounds.engine import RoundEngine
+from fedgrpc.coordinator.rounds.model_digests import ModelDigests
 from fedgrpc.coordinator.rounds.registry import ClientRecord
 from fedgrpc.crypto.signing import HASH_LABELS, UpdateVerifier
-from fedgrpc.domain.requests import UpdateHeaderInfo
+from fedgrpc.domain.requests import HashName, UpdateHeaderInfo
 from fedgrpc.errors import BadSignatureError, InvalidUpdateError, WrongRoundError
 from fedgrpc.wire.codec_params import (
     DENSE_FP32_BINDING,
@@ -60,12 +63,13 @@ class UpdateAuthenticator:
         Raises:
             BadSignatureError: unsigned, or the signature does not verify.
             WrongRoundError: signed for another instance of the round (nonce)
-                or for other base weights than the round's.
-            InvalidUpdateError: a BLAKE3 update on a run held to SHA-256.
+                or for other base weights than the round's (or their digest
+                under another hash than the client's model digests).
+            InvalidUpdateError: another hash than Join agreed on.
         """
         if not self.required:
             return None
-        self._check_hash(header)
+        self._check_hash(client, header)
         key = client.public_key
         if not header.signature or key is None:
             raise BadSignatureError(
@@ -78,26 +82,37 @@ class UpdateAuthenticator:
         verifier = UpdateVerifier(
             key, statement, header.signature, self.chunk_signatures
         )
-        self._check_binding(header)
+        self._check_binding(header, client.model_hash_name or header.hash_name)
         return verifier
 
-    def _check_hash(self, header: UpdateHeaderInfo) -> None:
-        """The header's hash is one this run allows.
+    def _check_hash(self, client: ClientRecord, header: UpdateHeaderInfo) -> None:
+        """The header's hash is the one Join negotiated with `client`.
 
-        SHA-256 always is (every client speaks it); BLAKE3 only when
-        `update_hash = "blake3"`, whatever the client offered at Join: both
-        hashes are as safe, the setting exists for FIPS-only runs.
+        A client negotiates once (`update_hash_for`); any other hash is
+        refused, so no client can make the coordinator hash payloads or look
+        up model digests under a hash it did not agree to (a run held to
+        SHA-256 never hashes with BLAKE3, an all-BLAKE3 run never with
+        SHA-256). A record that did not Join here (None) keeps the run's rule.
         """
-        if header.hash_name != "sha256" and self.update_hash == "sha256":
+        agreed = client.hash_name
+        if agreed is None:
+            agreed = "sha256" if self.update_hash == "sha256" else header.hash_name
+        if header.hash_name != agreed:
             raise InvalidUpdateError(
-                f"the update from {header.client_id} hashes its chunks with "
-                f"{HASH_LABELS[header.hash_name]}, but this coordinator runs with "
-                'update_hash = "sha256" (FIPS algorithms only): hash with SHA-256, '
-                "as RoundConfig.update_hash from Join says"
+                f"the update from {header.client_id} hashes with "
+                f"{HASH_LABELS[header.hash_name]}, but Join agreed on "
+                f"{HASH_LABELS[agreed]} with this client (RoundConfig.update_hash; "
+                f'this coordinator runs with update_hash = "{self.update_hash}"): '
+                f"hash with {HASH_LABELS[agreed]}, or join again"
             )
 
-    def _check_binding(self, header: UpdateHeaderInfo) -> None:
+    def _check_binding(self, header: UpdateHeaderInfo, model_hash: HashName) -> None:
         """The header names this round's nonce and base weights.
+
+        The base digest is under `model_hash`, the hash of the model digests
+        its client pulls (`ClientRecord.model_hash_name`): the update's own
+        for current clients, SHA-256 for one from before model digests were
+        negotiated even when its chain is BLAKE3.
 
         Called after the round engine accepted the header's round and base
         version (`RoundEngine.check_header`), so the open round is its round.
@@ -107,11 +122,13 @@ class UpdateAuthenticator:
             current = engine.current
             if current is None:  # check_header would have refused it
                 raise WrongRoundError("no round is collecting updates")
-            nonce, base = current.nonce, current.base_sha256
+            nonce = current.nonce
+            digests: ModelDigests | None = current.base_digests
             if header.base_version != current.base_version:
                 # An update spanning rounds its client sat out (accepted by
                 # check_header): it signs the older version it was based on.
-                base = engine.participation.base_shas.get(header.base_version, b"")
+                digests = engine.participation.base_digests.get(header.base_version)
+            base = self._base_digest(model_hash, digests)
         if header.round_nonce != nonce:
             raise WrongRoundError(
                 f"the update for round {header.round_id} was signed with another "
@@ -121,9 +138,26 @@ class UpdateAuthenticator:
             )
         if header.base_model_sha256 != base:
             raise WrongRoundError(
-                f"the update was computed from weights whose SHA-256 is not that of "
-                f"model version {header.base_version}; pull the model again"
+                f"the update was computed from weights whose "
+                f"{HASH_LABELS[model_hash]} digest is not that of model "
+                f"version {header.base_version} (or it signed a digest under "
+                "another hash than its own): pull the model again"
             )
+
+    def _base_digest(self, name: HashName, digests: ModelDigests | None) -> bytes:
+        """The base version's digest under hash `name` (b"": unknown).
+
+        The current version's is computed if missing (once: a restart
+        republished it before its clients pulled again); an older version's
+        bytes are gone, so a digest nobody needed then is unknown now.
+        """
+        if digests is None:
+            return b""
+        known = digests.get(name)
+        published = self.engine.model.published
+        if known is None and published is not None and published.digests is digests:
+            known = published.digest(name)
+        return known or b""
 
     @staticmethod
     def payload_digest(

@@ -39,6 +39,7 @@ from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.ops.checkpoint_file import CheckpointFile
 from fedgrpc.coordinator.rounds.engine import RoundEngine
 from fedgrpc.coordinator.rounds.held_range import held_of_checkpoint, held_range
+from fedgrpc.coordinator.rounds.model_digests import ModelDigests
 from fedgrpc.coordinator.rounds.records import Outcome, RoundResult
 from fedgrpc.coordinator.rounds.registry import (
     SESSION_TOKEN_BYTES,
@@ -47,8 +48,9 @@ from fedgrpc.coordinator.rounds.registry import (
 )
 from fedgrpc.coordinator.rounds.weighting import COUNTER_MAX
 from fedgrpc.crypto.keys import PublicKey
+from fedgrpc.crypto.statements import HASH_NAMES
 from fedgrpc.domain.model_spec import ModelSpec, spec_from_rows, spec_rows
-from fedgrpc.domain.requests import RecordPrivacyClaim
+from fedgrpc.domain.requests import HashName, RecordPrivacyClaim
 from fedgrpc.errors import CheckpointError, InvalidUpdateError
 from fedgrpc.log import get_logger
 from fedgrpc.optim import StateDict
@@ -136,9 +138,12 @@ def capture(engine: RoundEngine, registry: ClientRegistry, totals: Totals) -> Sn
         "trust": engine.trust.state_dict() if engine.trust is not None else None,
         "privacy": engine.privacy.state_dict(),
         # What an update from an older base signs (buffered_async, spanning
-        # updates under selection): a restart must not refuse them all.
-        "base_shas": {
-            str(v): sha.hex() for v, sha in engine.participation.base_shas.items()
+        # updates under selection): a restart must not refuse them all. Each
+        # version's digests by hash ("sha256", "blake3"); older checkpoints
+        # kept "base_shas", SHA-256 only, which still load.
+        "base_digests": {
+            str(v): {name: d.hex() for name, d in digests.known().items()}
+            for v, digests in engine.participation.base_digests.items()
         },
     }
     return Snapshot(last_closed, state, {"master": master, **tensors, **rule_tensors})
@@ -173,11 +178,32 @@ def restore(
     if engine.trust is not None and state.get("trust") is not None:
         engine.trust.load_state_dict(state["trust"], registry)
     engine.privacy.load_state_dict(state.get("privacy"))  # before the history
-    engine.participation.base_shas.update(
-        {int(v): bytes.fromhex(sha) for v, sha in state.get("base_shas", {}).items()}
-    )
+    bases = _base_digests(state)
+    engine.participation.base_digests.update(bases)
+    current = bases.get(engine.model.version)
+    if current is not None:  # the same bytes: no client need wait for a hash
+        engine.model.require_published().digests.adopt(current.known())
     _restore_rounds(engine, checkpoint.round_id, state["history"])
     return Totals(state["run_id"], state["bytes_received"], state["bytes_sent"])
+
+
+def _base_digests(state: dict[str, Any]) -> dict[int, ModelDigests]:
+    """Recent versions' digests; a checkpoint older than BLAKE3 kept SHA-256's."""
+    if "base_digests" in state:
+        return {
+            int(v): ModelDigests(
+                {_hash_name(n): bytes.fromhex(d) for n, d in row.items()}
+            )
+            for v, row in state["base_digests"].items()
+        }
+    old = state.get("base_shas", {})
+    return {int(v): ModelDigests({"sha256": bytes.fromhex(d)}) for v, d in old.items()}
+
+
+def _hash_name(name: str) -> HashName:
+    if name not in HASH_NAMES:
+        raise CheckpointError(f"the checkpoint names an unknown hash {name!r}")
+    return name
 
 
 def _guard_history(state: dict[str, Any]) -> list[tuple[int, float]]:

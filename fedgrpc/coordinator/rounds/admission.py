@@ -86,7 +86,7 @@ def check_header(
     try:
         current = rules.collecting_round(engine.phase, engine.current)
         rules.check_not_excluded(current, client)
-        base, known = header.base_version, engine.participation.base_shas
+        base, known = header.base_version, engine.participation.base_digests
         spans = engine.participation.check(current, client, base)
         lags = pacing.accepts_lag(engine.config, current, client, base, known)
         rules.check_slot(current, client, header, engine.clock, spans=spans or lags)

@@ -51,6 +51,7 @@ from fedgrpc.coordinator.rounds.budget import PrivacyBudget
 from fedgrpc.coordinator.rounds.credit import credit_applied, credit_update
 from fedgrpc.coordinator.rounds.global_model import GlobalModel
 from fedgrpc.coordinator.rounds.goodput import Goodput
+from fedgrpc.coordinator.rounds.model_digests import ModelDigests
 from fedgrpc.coordinator.rounds.participants import Participation
 from fedgrpc.coordinator.rounds.records import (
     OpenRound,
@@ -107,6 +108,7 @@ class RoundEngine:
         self.privacy = PrivacyBudget(config, stage)
         """Central DP's clip, noise and the run's ε (`budget`)."""
         self.model = GlobalModel(config, clock, pacing.outer_for(config, plugins))
+        self.model.digest_hashes = lambda: registry.model_hashes(config.update_hash)
         self.current: OpenRound | None = None
         self.history: deque[RoundResult] = deque(maxlen=HISTORY_ROUNDS)
         self._next_round_id = 1
@@ -365,7 +367,7 @@ class RoundEngine:
             self._next_round_id,
             self.model.version,
             now,
-            base_sha256=published.sha256 if published is not None else b"",
+            base_digests=published.digests if published is not None else ModelDigests(),
             deadline_s=pacing.opening_deadline(self.config, now),
             fragment=pacing.round_fragment(
                 self.config, self.model.spec, self.model.version

@@ -9,7 +9,7 @@ parameter shard's own range.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import numpy as np
 import torch
@@ -22,12 +22,14 @@ from fedgrpc.coordinator.rounds.held_range import (
     stage_seed_chunk,
 )
 from fedgrpc.coordinator.rounds.initial_model import InitialModel
+from fedgrpc.coordinator.rounds.model_digests import ModelDigests
 from fedgrpc.coordinator.rounds.norm_guard import NormGuard
 from fedgrpc.coordinator.rounds.records import PublishedModel
 from fedgrpc.coordinator.rounds.upstream import RootModel, Upstream
 from fedgrpc.coordinator.strategy.wiring import build_outer
 from fedgrpc.domain.fragments import Fragment
 from fedgrpc.domain.model_spec import ModelSpec
+from fedgrpc.domain.requests import HashName
 from fedgrpc.errors import InvalidUpdateError, ModelMismatchError, WrongRoundError
 from fedgrpc.log import get_logger
 from fedgrpc.optim import OuterOptimizer
@@ -68,6 +70,11 @@ class GlobalModel:
         self.upstream: Upstream | None = None
         """A leaf's link to its root (`rounds.upstream`); None: flat or root."""
         self._from_root: RootModel | None = None
+        self.digest_hashes: Callable[[], Collection[HashName]] = lambda: (
+            config.update_hash,
+        )
+        """The hashes each new version is hashed under at publish: those the
+        registry's clients use (the runtime wires `ClientRegistry.model_hashes`)."""
 
     def adopt_spec(self, spec: ModelSpec) -> bool:
         """Check a joiner's model; the first spec defines the federation's layout.
@@ -324,8 +331,8 @@ class GlobalModel:
 
         `master` covers the held range (`held_of_checkpoint` cuts it). The
         caller restores the optimizer's state (`optimizer.load_state_dict`).
-        Republishing the same bytes gives the same SHA-256 as before the
-        restart, so clients holding that version still match it.
+        Republishing the same bytes gives the same digests as before the
+        restart, so clients holding that version still match them.
         """
         self.spec, self.master, self.version = spec, master, version
         self.held = held_range(self.config, spec)
@@ -335,20 +342,26 @@ class GlobalModel:
         self.published = self._publish(version, round_id)
 
     def _publish(self, version: int, round_id: int) -> PublishedModel:
-        """The downlink bytes of the master copy (`held_range.published_bytes`)."""
+        """The downlink bytes of the master copy (`held_range.published_bytes`).
+
+        Hashed now under each hash `digest_hashes` names (the clients'),
+        so the first pulls find their digest ready; any other lazily.
+        """
         held = self.require_held()
-        data, digest = published_bytes(self.require_master(), self.require_spec(), held)
+        data = published_bytes(self.require_master(), self.require_spec(), held)
+        digests = ModelDigests()
+        digests.compute_all(self.digest_hashes(), data)
         downlink = self.downlink
         if downlink is None:
             return PublishedModel(
-                version, round_id, data, digest, byte_start=held.byte_start
+                version, round_id, data, digests, byte_start=held.byte_start
             )
         recent = downlink.recent
         if not recent or recent[-1].version != version:
             downlink.forget()  # seeded or resumed: no step leads here
             recent = ()
         return PublishedModel(
-            version, round_id, data, digest, recent, downlink.codec_spec
+            version, round_id, data, digests, recent, downlink.codec_spec
         )
 
     def _published_aliases_master(self) -> bool:

@@ -15,8 +15,6 @@ Plain torch and numpy, no gRPC.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import torch
 
@@ -87,21 +85,20 @@ def held_of_checkpoint(
 
 def published_bytes(
     master: torch.Tensor, spec: ModelSpec, held: Fragment
-) -> tuple[torch.Tensor, bytes]:
-    """The held range's downlink bytes and their SHA-256.
+) -> torch.Tensor:
+    """The held range's downlink bytes (uint8).
 
     For an all-float32 model the native layout equals the coordinate
-    layout, so the master itself is served (no copy). The SHA-256 that
-    clients check the bytes against (and sign as their base) is taken once
-    per version, here: ~0.5 s per GB. A shard's covers its own range only,
-    which is all it holds current (`client.sharded` checks each range alone).
+    layout, so the master itself is served (no copy). Their digests, which
+    clients check the bytes against and sign as their base, are taken once
+    per version and hash (`model_digests`). A shard's cover its own range
+    only, which is all it holds current (`client.sharded` checks each range
+    alone).
     """
     if master.numel() != held.num_coordinates:
         raise InvalidUpdateError(
             f"{master.numel()} weights for a range of {held.num_coordinates}"
         )
     if all(t.dtype is DType.FLOAT32 for t in spec.tensors):
-        data = master.view(torch.uint8)
-    else:
-        data = pack_native(master, spec, held.coord_start)
-    return data, hashlib.sha256(data.numpy().data).digest()
+        return master.view(torch.uint8)
+    return pack_native(master, spec, held.coord_start)

@@ -89,7 +89,7 @@ def accepts_lag(
     current: OpenRound,
     client: ClientRecord,
     base_version: int,
-    known_bases: Mapping[int, bytes],
+    known_bases: Mapping[int, object],
 ) -> bool:
     """buffered_async: True if an update from the older `base_version` is taken.
 

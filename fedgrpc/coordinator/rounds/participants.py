@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from fedgrpc.coordinator.rounds.model_digests import ModelDigests
 from fedgrpc.coordinator.rounds.records import OpenRound, PublishedModel
 from fedgrpc.coordinator.rounds.registry import ClientRecord, ClientRegistry
 from fedgrpc.coordinator.strategy.selection import Candidate, Selector
@@ -93,9 +94,9 @@ class Participation:
         """Choose with `selector` among `registry`'s connected clients."""
         self.selector = selector
         self.registry = registry
-        self.base_shas: dict[int, bytes] = {}
-        """SHA-256 of recent published versions: what an update spanning the
-        rounds its client sat out signs as its base."""
+        self.base_digests: dict[int, ModelDigests] = {}
+        """Digests of recent published versions (no bytes: `model_digests`):
+        what an update spanning the rounds its client sat out signs as its base."""
 
     def check(self, current: OpenRound, client: ClientRecord, base: int) -> bool:
         """Refuse a client `current` did not select; True if `base` spans rounds.
@@ -104,17 +105,17 @@ class Participation:
             WrongRoundError: it was not selected (FAILED_PRECONDITION).
         """
         check_selected(current, client)
-        return base in self.base_shas and may_span(current, client, base)
+        return base in self.base_digests and may_span(current, client, base)
 
     def round_opened(
         self, current: OpenRound, published: PublishedModel | None
     ) -> None:
         """Remember the base `current` opened on, then choose its clients."""
         if published is not None:
-            self.base_shas[current.base_version] = published.sha256
-            for old in [v for v in self.base_shas if v < current.base_version -
+            self.base_digests[current.base_version] = published.digests
+            for old in [v for v in self.base_digests if v < current.base_version -
                         BASE_SHAS_KEPT]:  # fmt: skip
-                del self.base_shas[old]
+                del self.base_digests[old]
         self.reselect(current)
 
     def reselect(self, current: OpenRound, only_if_short: bool = False) -> None:

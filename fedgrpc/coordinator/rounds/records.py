@@ -16,10 +16,11 @@ import torch
 
 from fedgrpc.aggregate import Accumulator
 from fedgrpc.coordinator.rounds.downlink import Transition
+from fedgrpc.coordinator.rounds.model_digests import ModelDigests
 from fedgrpc.coordinator.rounds.registry import ClientRecord
 from fedgrpc.crypto.signing import UpdateVerifier
 from fedgrpc.domain.fragments import Fragment
-from fedgrpc.domain.requests import UpdateHeaderInfo
+from fedgrpc.domain.requests import HashName, UpdateHeaderInfo
 from fedgrpc.errors import ShuttingDownError
 
 _TICKET_IDS = itertools.count(1)
@@ -83,8 +84,10 @@ class PublishedModel:
     data: torch.Tensor
     """uint8, the model's native bytes from `byte_start` (all `spec.num_bytes`
     of them, or a parameter shard's own range); never written after publishing."""
-    sha256: bytes = b""
-    """SHA-256 of `data` (ModelHeader.weights_sha256; updates sign it as base)."""
+    digests: ModelDigests = field(default_factory=ModelDigests)
+    """Digests of `data` by hash (ModelHeader.weights_sha256; updates sign the
+    one under their hash as base): computed at publish for the hashes the
+    registry's clients use, lazily for any other (`digest`)."""
     transitions: tuple[Transition, ...] = ()
     """With `downlink_codec`: the compressed steps kept, ending at `version`
     (`downlink.transitions_from` picks those a pull needs)."""
@@ -92,6 +95,10 @@ class PublishedModel:
     """The codec of `transitions` (ModelHeader.delta_codec); "": no downlink codec."""
     byte_start: int = 0
     """Where `data` starts in the model's native bytes (a shard's range; 0: all)."""
+
+    def digest(self, name: HashName) -> bytes:
+        """`data`'s digest under `name`: cached, or computed now (once)."""
+        return self.digests.compute(name, self.data)
 
 
 @dataclass(slots=True, eq=False)
@@ -130,8 +137,9 @@ class OpenRound:
     opened_s: float
     nonce: bytes = field(default_factory=new_round_nonce)
     """RoundStarted.round_nonce: updates of this round must sign it."""
-    base_sha256: bytes = b""
-    """SHA-256 of the base version's bytes: updates must sign it."""
+    base_digests: ModelDigests = field(default_factory=ModelDigests)
+    """Digests of the base version's bytes (the published model's, shared):
+    an update must sign the one under its hash."""
     deadline_s: float | None = None
     """Set by the first commit: stragglers get `round_timeout_s` from then."""
     fragment: Fragment | None = None

@@ -31,12 +31,21 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from fedgrpc.crypto.keys import PublicKey
-from fedgrpc.domain.requests import RecordPrivacyClaim
+from fedgrpc.domain.requests import HashName, JoinInfo, RecordPrivacyClaim
 from fedgrpc.errors import TooLargeError, UnknownClientError, WrongRoundError
 
 SESSION_TOKEN_BYTES = 16
+
+
+class HashRule(Protocol):
+    """The run's hash rule (`CoordinatorConfig.update_hash_for`)."""
+
+    def update_hash_for(self, offered: Collection[str]) -> HashName:
+        """The hash a client that offered `offered` must use."""
+        ...
 
 
 @dataclass(slots=True)
@@ -91,6 +100,19 @@ class ClientRecord:
     record_dp: RecordPrivacyClaim | None = None
     """Record-level DP spend its last counted update claimed (None: none);
     its next claim may not go below it (`rounds.record_privacy`)."""
+    hash_name: HashName | None = None
+    """The hash Join negotiated with it for its update chains
+    (`update_hash_for`). None: not joined in this process (a record restored
+    from a checkpoint)."""
+    model_hash_name: HashName | None = None
+    """The hash of the model digests it pulls and signs as its base, by the
+    same rule from JoinRequest.model_hashes (SHA-256 for a client from
+    before that field, even one that hashes its updates with BLAKE3)."""
+
+    def agree_hashes(self, rule: HashRule, join: JoinInfo) -> None:
+        """Negotiate both of Join's hashes by the run's `update_hash` rule."""
+        self.hash_name = rule.update_hash_for(join.supported_hashes)
+        self.model_hash_name = rule.update_hash_for(join.model_hashes)
 
     @property
     def has_standing(self) -> bool:
@@ -167,6 +189,21 @@ class ClientRegistry:
         self._index(record)
         self._idle[client_id] = None  # no session yet: idle until it opens one
         return record
+
+    def model_hashes(self, fallback: HashName) -> set[HashName]:
+        """The hashes its connected clients need model digests under.
+
+        Connected ones only: a client that left and comes back gets its
+        digest lazily at its next pull (`model_digests`), so one SHA-256
+        client that left long ago costs later versions nothing. `fallback`
+        (the run's `update_hash`) when none is connected, so a version is
+        always hashed once (status shows it).
+        """
+        clients = self._clients.values()
+        hashes = {
+            c.model_hash_name for c in clients if c.connected and c.model_hash_name
+        }
+        return hashes or {fallback}
 
     def _evict_idle(self, in_use: Collection[str]) -> ClientRecord | None:
         """Drop the longest-idle record without standing; None if there is none.

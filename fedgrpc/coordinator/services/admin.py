@@ -18,15 +18,21 @@ from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.ops.round_costs import RoundCost
 from fedgrpc.coordinator.round_mode import OTHER_REASON, RoundMode
 from fedgrpc.coordinator.rounds.budget import PrivacyReport
-from fedgrpc.coordinator.rounds.records import Outcome, Phase, RoundResult
+from fedgrpc.coordinator.rounds.records import (
+    Outcome,
+    Phase,
+    PublishedModel,
+    RoundResult,
+)
 from fedgrpc.coordinator.rounds.registry import ClientRecord
 from fedgrpc.coordinator.rounds.sharding import own_range
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.coordinator.services.coordinator import OUTCOME_TO_PROTO
 from fedgrpc.coordinator.strategy.trust import TrustBook
 from fedgrpc.domain.model_spec import ModelSpec
+from fedgrpc.domain.requests import HashName
 from fedgrpc.log import get_logger
-from fedgrpc.wire.convert import round_config_to_proto
+from fedgrpc.wire.convert import HASH_TO_PROTO, round_config_to_proto
 from fedgrpc.wire.frames import Malformed
 
 if TYPE_CHECKING:
@@ -161,7 +167,7 @@ def build_status(
         ],
         uptime_s=runtime.clock() - runtime.run.started_s,
         round_nonce=engine.round_nonce(),
-        model_sha256=published.sha256 if published is not None else b"",
+        **_model_digest(published, runtime.config.update_hash),
         coordinator_key_sha256=runtime.enrollment.public_key.fingerprint,
         open_enrollment=runtime.enrollment.is_open,
         secure_aggregation=mode is not None,
@@ -178,6 +184,17 @@ def build_status(
         compute_applied_s=engine.goodput.applied_s,
         **_shard_fields(runtime.config, engine.model.spec),
     )
+
+
+def _model_digest(
+    published: PublishedModel | None, run_hash: HashName
+) -> dict[str, Any]:
+    """model_sha256 and the hash it is under (`ModelDigests.preferred`)."""
+    found = published.digests.preferred(run_hash) if published is not None else None
+    if found is None:
+        return {}
+    name, digest = found
+    return {"model_sha256": digest, "model_hash": HASH_TO_PROTO[name]}
 
 
 def _privacy_fields(report: PrivacyReport) -> dict[str, Any]:

@@ -18,13 +18,17 @@ import grpc
 
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.rounds.records import Outcome, PublishedModel, RoundResult
+from fedgrpc.coordinator.rounds.records import Outcome, RoundResult
 from fedgrpc.coordinator.rounds.registry import ClientRecord
 from fedgrpc.coordinator.rounds.sharding import cuts_for
 from fedgrpc.coordinator.rounds.weighting import saturating_add
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.coordinator.services import status
-from fedgrpc.coordinator.services.pull_parts import pull_range, steps_for
+from fedgrpc.coordinator.services.pull_parts import (
+    model_header,
+    pull_range,
+    steps_for,
+)
 from fedgrpc.coordinator.services.secagg_messages import secagg_message
 from fedgrpc.coordinator.sessions import (
     HeartbeatReply,
@@ -57,7 +61,6 @@ from fedgrpc.wire.signed import (
     commit_proof,
     join_proof_from_proto,
     key_to_proto,
-    model_statement,
 )
 
 if TYPE_CHECKING:
@@ -193,7 +196,7 @@ class CoordinatorServicer:
             if model.upstream is not None and model.spec is None:
                 model.fetch_root(info.spec)  # a leaf: UNAVAILABLE until it has one
             joined = runtime.join(info, key)
-            update_hash = runtime.config.update_hash_for(info.supported_hashes)
+            update_hash = joined.client.hash_name
             return pb.JoinResponse(
                 client_id=joined.client.client_id,
                 session_token=joined.client.session_token,
@@ -339,8 +342,11 @@ class CoordinatorServicer:
             spec = runtime.engine.model.require_spec()
             first, stop = pull_range(request, published, spec.num_bytes)
             steps = steps_for(request, published)
-            header = self._model_header(published)
             client = runtime.registry.get(request.client_id)  # authenticated
+            header = await model_header(
+                published, client, spec,
+                runtime.run.run_id, runtime.enrollment.identity, runtime.config,
+            )  # fmt: skip
             if steps is not None:
                 header.delta_from_version = request.held_version
                 header.delta_codec = published.delta_codec
@@ -366,19 +372,3 @@ class CoordinatorServicer:
         self.runtime.run.bytes_sent += num_bytes
         if client is not None:
             client.bytes_sent = saturating_add(client.bytes_sent, num_bytes)
-
-    def _model_header(self, published: PublishedModel) -> pb.ModelHeader:
-        """The signed header of one model version (signing costs ~50 us)."""
-        runtime = self.runtime
-        spec = runtime.engine.model.require_spec()
-        header = pb.ModelHeader(
-            model_version=published.version,
-            round_id=published.round_id,
-            model_spec_digest=spec.digest,
-            total_bytes=spec.num_bytes,
-            weights_sha256=published.sha256,
-        )
-        identity = runtime.enrollment.identity
-        signed = model_statement(header, runtime.run.run_id).encode(identity.algorithm)
-        header.signature = identity.sign(signed)
-        return header

@@ -52,9 +52,15 @@ _UNREACHABLE = (CoordinatorUnavailableError, ShuttingDownError)
 
 
 def upstream_client_config(config: CoordinatorConfig) -> ClientConfig:
-    """The leaf's client settings towards its root, from the `upstream_*` keys."""
+    """The leaf's client settings towards its root, from the `upstream_*` keys.
+
+    A leaf held to SHA-256 (`update_hash = "sha256"`) offers its root only
+    SHA-256, for its updates and the root models' digests alike.
+    """
     timeout_s = config.upstream_timeout_s
+    fips = config.update_hash == "sha256"
     return ClientConfig(
+        hashes=("sha256",) if fips else ("blake3", "sha256"),
         name=f"leaf@{config.listen}",
         rpc_timeout_s=timeout_s,
         connect_timeout_s=timeout_s,
@@ -76,6 +82,7 @@ class RootLink:
         self._connection: Connection | None = None
         self._federation: Federation | None = None
         self._base_sha256 = b""
+        """The root model's digest (under the hash Join agreed with the root)."""
         self._lock = threading.Lock()
         """Serialises the link's use: a bootstrap attempt, exchange, close."""
         self._state = threading.Lock()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 
+import blake3
 import pytest
 import torch
 
 from fedgrpc import errors
+from fedgrpc._proto.v1 import common_pb2
 from fedgrpc._proto.v1 import coordinator_pb2 as pb
 from fedgrpc.client.connection.pull import ModelReceiver, ModelTrust, RangeMismatchError
 from fedgrpc.crypto.keys import PrivateKey
@@ -97,3 +99,60 @@ def test_a_range_pull_completes_the_version_it_holds_or_says_so() -> None:
     receiver.accept(_header())
     with pytest.raises(errors.InvalidUpdateError, match="before the range"):
         receiver.accept(_chunk(DATA[:16]))
+
+
+def _blake3_header(**changes: object) -> pb.PullModelResponse:
+    """A header signed over the weights' BLAKE3 digest (tag "hash" "blake3")."""
+    header = pb.ModelHeader(
+        model_version=3,
+        round_id=3,
+        model_spec_digest=SPEC.digest,
+        total_bytes=SPEC.num_bytes,
+        weights_sha256=blake3.blake3(DATA).digest(),
+        weights_hash=common_pb2.HASH_ALGORITHM_BLAKE3,
+    )
+    header.signature = COORDINATOR.sign(
+        model_statement(header, "run1").encode("ed25519")
+    )
+    for name, value in changes.items():
+        setattr(header, name, value)
+    return pb.PullModelResponse(header=header)
+
+
+def test_blake3_weights_load_with_their_blake3_digest() -> None:
+    receiver = _receiver()
+    receiver.accept(_blake3_header())
+    receiver.accept(_chunk(DATA))
+    pulled = receiver.finish()
+    assert (pulled.sha256, pulled.hash_name) == (blake3.blake3(DATA).digest(), "blake3")
+
+
+def test_a_header_relabelled_to_another_hash_fails_its_signature() -> None:
+    # Signed as BLAKE3, relabelled SHA-256 with the SHA-256 digest: an attacker
+    # who could swap the bytes for ones with a weaker hash's digest cannot.
+    forged = _blake3_header(
+        weights_hash=common_pb2.HASH_ALGORITHM_SHA256,
+        weights_sha256=hashlib.sha256(DATA).digest(),
+    )
+    with pytest.raises(errors.BadSignatureError, match="not signed by the coordinator"):
+        _receiver().accept(forged)
+    unknown = _blake3_header(weights_hash=7)
+    with pytest.raises(errors.InvalidUpdateError, match="weights hash 7"):
+        _receiver().accept(unknown)
+
+
+def test_blake3_bytes_altered_in_transit_are_refused() -> None:
+    receiver = _receiver()
+    receiver.accept(_blake3_header())
+    receiver.accept(_chunk(b"\xff" + DATA[1:]))
+    with pytest.raises(errors.BadSignatureError, match="BLAKE3 digest the coordinator"):
+        receiver.finish()
+
+
+def test_a_sha256_only_client_refuses_a_blake3_model() -> None:
+    trust = ModelTrust(COORDINATOR.public_key, "run1", ("sha256",))
+    receiver = ModelReceiver(
+        SPEC, torch.empty(SPEC.num_bytes, dtype=torch.uint8), trust
+    )
+    with pytest.raises(errors.InvalidUpdateError, match="offered only sha256"):
+        receiver.accept(_blake3_header())

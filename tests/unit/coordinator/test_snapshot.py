@@ -19,7 +19,7 @@ import torch
 
 from fedgrpc.aggregate import StreamingSum
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.ops.checkpoint_content import _guard_history
+from fedgrpc.coordinator.ops.checkpoint_content import _base_digests, _guard_history
 from fedgrpc.coordinator.runtime import CoordinatorRuntime
 from fedgrpc.coordinator.services.admin import build_status
 from fedgrpc.crypto.keys import PrivateKey
@@ -109,7 +109,9 @@ def test_restart_continues_run_version_momentum_clients_and_history(
     assert torch.equal(after.model.master, before.model.master)  # type: ignore[arg-type]
     assert after.model.published is not None
     assert before.model.published is not None
-    assert after.model.published.sha256 == before.model.published.sha256
+    published = after.model.published.digests.known()
+    assert published == before.model.published.digests.known()
+    assert set(published) == {"blake3"}  # no SHA-256 client: never hashed with it
     assert after.model.guard.history == before.model.guard.history
     state = after.model.optimizer.state_dict()
     assert state["steps"] == 3
@@ -127,8 +129,9 @@ def test_restart_continues_run_version_momentum_clients_and_history(
     assert restored["c00001"].last_train_loss == 1.25
     # buffered_async's memory: the base each version signs, and the base of
     # alice's last applied update (so the same progress cannot count twice).
-    assert after.participation.base_shas == before.participation.base_shas
-    assert set(after.participation.base_shas) == {0, 1, 2, 3}
+    bases = {v: d.known() for v, d in after.participation.base_digests.items()}
+    assert bases == {v: d.known() for v, d in before.participation.base_digests.items()}
+    assert set(bases) == {0, 1, 2, 3}
     assert alice.last_applied_base == 2  # round 3 was based on version 2
     assert restored["c00001"].last_applied_base == 2
     assert not restored["c00001"].connected
@@ -225,3 +228,19 @@ def test_bare_norms_of_an_older_checkpoint_age_from_the_round_that_made_the_mode
 ):
     state = {"update_norms": [1.0, 2.0], "model_round_id": 5}
     assert _guard_history(state) == [(5, 1.0), (5, 2.0)]
+
+
+def test_base_digests_of_an_older_checkpoint_load_as_sha256_and_new_ones_by_hash() -> (
+    None
+):
+    old = {"base_shas": {"3": "ab" * 32}}
+    assert {v: d.known() for v, d in _base_digests(old).items()} == {
+        3: {"sha256": bytes.fromhex("ab" * 32)}
+    }
+    new = {"base_digests": {"4": {"blake3": "cd" * 32, "sha256": "ef" * 32}}}
+    assert _base_digests(new)[4].known() == {
+        "blake3": bytes.fromhex("cd" * 32),
+        "sha256": bytes.fromhex("ef" * 32),
+    }
+    with pytest.raises(CheckpointError, match="unknown hash 'md5'"):
+        _base_digests({"base_digests": {"4": {"md5": "00" * 16}}})
