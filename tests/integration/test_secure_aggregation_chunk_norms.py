@@ -87,7 +87,7 @@ def test_the_unmasked_tail_sums_the_client_chunk_norms_and_the_next_set_follows(
             best = np.flatnonzero(scores == scores.max())
             whole = [
                 np.isin(np.arange(j * CHUNK, min(65, (j + 1) * CHUNK)), chosen).all()
-                for j in best
+                for j in best.tolist()
             ]
             assert any(whole)
             for client, _ in clients[1:]:
