@@ -120,7 +120,9 @@ async def test_a_hostile_tail_steers_only_which_chunks_fill_the_top_part() -> No
     # still k positions, of which k - C outside the chunk (epsilon k random).
     assert steered.size == fair.size == K
     assert np.isin(np.arange(600, 610), steered.astype(np.int64)).all()
-    assert not np.isin(np.arange(70, 80), steered.astype(np.int64)).any()
+    # Chunk 7 is no longer the top part; its positions may still come up
+    # among the 40 random ones (a third of the nonces hit at least one).
+    assert not np.isin(np.arange(70, 80), steered.astype(np.int64)).all()
     clamped = np.zeros(TAIL, dtype=np.int64)
     clamped[60] = 3 * QMAX  # clamped to survivors x qmax; chunk 7 to 0
     expected = choose_chunk_set(clamped, CHUNK, D, K, 0.2, current.nonce)
