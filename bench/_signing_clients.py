@@ -57,6 +57,7 @@ async def _join(
         model_spec=spec_to_proto(spec),
         supported_codecs=[common_pb2.CODEC_DENSE_FP32],
         supported_hashes=list(HASH_TO_PROTO.values()),  # as DiLoCoClient offers
+        model_hashes=list(HASH_TO_PROTO.values()),
         client_key=key_to_proto(key.public_key),
         challenge_nonce=challenge.nonce,
     )
