@@ -191,10 +191,18 @@ class UpdateParams:
 def _base(
     joined: Joined, status: admin_pb2.GetStatusResponse, hash_name: HashName
 ) -> bytes:
-    """The current model's digest under `hash_name` (status shows one hash)."""
+    """The current model's digest under `hash_name` (status shows one hash).
+
+    Otherwise pulled as `joined`. A client the coordinator will not serve
+    (a forged session token) gets the status digest: its push is refused
+    for the same reason before its base is looked at.
+    """
     if HASH_FROM_PROTO[status.model_hash] == hash_name:
         return status.model_sha256
-    header, _ = pull_model(joined.service, joined, status.model_version)
+    try:
+        header, _ = pull_model(joined.service, joined, status.model_version)
+    except grpc.RpcError:
+        return status.model_sha256
     return header.weights_sha256
 
 
