@@ -71,6 +71,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _convergence_h50 import H50_ABLATIONS, H50_CONFIGS
 from _convergence_pool import run_cases
 from _convergence_shared import SHARED_ABLATIONS, SHARED_CONFIGS
 from _convergence_sim import Case
@@ -153,9 +154,12 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
     **SHARED_CONFIGS,  # issue 5: what secure aggregation forces on top-k
+    **H50_CONFIGS,  # issue 18: outer lr and decay for SparseLoCo at H = 50
 }
-DEFAULT_CONFIGS = [n for n in CONFIGS if n not in SHARED_ABLATIONS]
-"""What runs without --configs: every config but the shared-set ablations."""
+DEFAULT_CONFIGS = [
+    n for n in CONFIGS if n not in SHARED_ABLATIONS and n not in H50_ABLATIONS
+]
+"""Without --configs: every config but the ablations (shared set, H = 50 grid)."""
 GOALS = (
     # (config, reference, max gap %, min uplink ratio vs reference)
     ("dense", "dp", 3.5, None),
@@ -210,8 +214,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_case(name: str, seed: int, args: argparse.Namespace) -> Case:
     options = dict(CONFIGS[name][1])
     kind = options.pop("kind", "diloco")
+    sparseloco_lr = float(options.pop("outer_lr", 1.0))
     if options.pop("fixed_outer", False):
-        outer: tuple[str, float, float] = ("sparseloco", 1.0, 0.0)
+        outer: tuple[str, float, float] = ("sparseloco", sparseloco_lr, 0.0)
     elif args.outer == "sgd":
         outer = ("fedavg", args.outer_lr or 1.0, 0.0)
     else:
