@@ -28,6 +28,9 @@ Configurations (`--configs`, names below; H = --inner-steps, default 50;
   the same rule with top-k 2.5 % / 3 % int2 values (issue 18: 2-bit values
   buy 2.5-3x the density of 1 % int8 for about its bytes, ~130x / ~117x
   fewer than dense fp32).
+- sparselocoD[-lrA][-bB][-owd] (issue 18's H = 50 grid, `_convergence_h50`,
+  run only when named): top-k D % int2 with outer lr A and decay 0.B;
+  -owd moves AdamW's weight decay to the outer step.
 - sparseloco-down, sparseloco-down1, sparseloco-short-down: sparseloco
   (-short) with a compressed downlink (`downlink_codec`): the coordinator
   sends each round's step as top-k int8 with its own error feedback instead
@@ -71,7 +74,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _convergence_h50 import H50_ABLATIONS, H50_CONFIGS
+from _convergence_h50 import H50_ABLATIONS, H50_BEST, H50_CONFIGS
 from _convergence_pool import run_cases
 from _convergence_shared import SHARED_ABLATIONS, SHARED_CONFIGS
 from _convergence_sim import Case
@@ -174,6 +177,7 @@ GOALS = (
     ("sparseloco2", "dense", 3.0, 100.0),
     ("sparseloco2-short", "dense-short", 3.0, 100.0),
     ("sparseloco3-short", "dense-short", 3.0, 100.0),
+    (H50_BEST, "dense", 3.0, 100.0),  # issue 18 at H = 50: the tuned grid's best
 )
 FRAMING_GOAL_PCT = 5.0
 
