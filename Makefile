@@ -81,7 +81,7 @@ test-fast:  ## unit + integration tests only
 bench:  ## speed and memory benchmarks (a few minutes); each prints one JSON object
 	@for b in bench/round_latency.py bench/compression.py bench/signing.py bench/clients_scale.py bench/secagg.py; do echo "== $$b" >&2; $(BIN)/python $$b || exit 1; done
 
-bench-convergence:  ## loss vs bytes per codec: 19 configs, 49 runs of 40 rounds x H=50 (or 200 x 10), ~95 min on 2 cores
+bench-convergence:  ## loss vs bytes per codec: 20 configs, 52 runs of 40 rounds x H=50 (or 200 x 10), ~105 min on 2 cores
 	$(BIN)/python bench/convergence.py --jobs 2
 
 bench-outer:  ## every outer optimizer vs data parallel: lr sweep on seed 0, tuned lr on 2 seeds, 40 rounds x H=50 (32 runs, ~1 h on 2 quiet cores); resumable

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -87,6 +87,12 @@ class Case:
     clients_per_round: int = 0
     """k workers chosen per round from a seeded nonce (random selection); the
     others keep training and push spanning updates later. 0: every worker."""
+    outer_weight_decay: bool = False
+    """Move AdamW's decoupled weight decay from the workers to the outer step:
+    workers train with weight_decay 0 and the global matrices shrink by
+    (1 - lr * wd)^H after each outer step (what H decay steps do alone). The
+    shrink is dense and deterministic, so it costs no bytes; in the pseudo-
+    gradient, top-k cannot carry it and error feedback hoards it (issue 18)."""
 
 
 @dataclass
@@ -202,7 +208,10 @@ class _Worker:
     def __init__(self, case: Case, index: int, spec: ModelSpec) -> None:
         self.case, self.index, self.spec = case, index, spec
         self.model = build_model(DEFAULTS.model, seed=case.seed)
-        self.optimizer = make_inner_optimizer(self.model, DEFAULTS)
+        inner = (
+            replace(DEFAULTS, weight_decay=0.0) if case.outer_weight_decay else DEFAULTS
+        )
+        self.optimizer = make_inner_optimizer(self.model, inner)
         rng = np.random.default_rng([case.seed, index])
         self.codec = make_codec(parse_codec(case.codec), rng=rng)
         self.feedback = self._fresh_feedback()
@@ -258,6 +267,7 @@ def _run_diloco(
         ),
     )
     downlink = _Downlink(case, spec)
+    shrink = _outer_decay(case, model, spec) if case.outer_weight_decay else None
     framed = payload = applied = 0
     for round_index in range(1, case.rounds + 1):
         total = torch.zeros(spec.num_coordinates)
@@ -267,6 +277,8 @@ def _run_diloco(
                 framed, payload = framed + up, payload + sent
             previous = global_flat.clone()
             outer.step(global_flat, total.div_(case.workers))
+            if shrink is not None:
+                global_flat.mul_(shrink)
             downlink.step(global_flat, previous, round_index)
         except InvalidUpdateError:  # diverged: keep the last good global, stop
             break
@@ -283,6 +295,16 @@ def _run_diloco(
         "residual_norm": float(np.mean(residual)),
         "global_norm": float(global_flat.norm()),
     }
+
+
+def _outer_decay(case: Case, model: CharTransformer, spec: ModelSpec) -> torch.Tensor:
+    """Per-coordinate factor of H decoupled decay steps: (1 - lr * wd)^H on
+    matrices (the tensors `make_inner_optimizer` decays), 1 elsewhere."""
+    factor = (1.0 - DEFAULTS.lr * DEFAULTS.weight_decay) ** case.inner_steps
+    params = list(model.parameters())
+    return flatten_fp32(
+        [torch.full_like(p, factor if p.dim() >= 2 else 1.0) for p in params], spec
+    )
 
 
 class _Downlink:

@@ -28,6 +28,9 @@ Configurations (`--configs`, names below; H = --inner-steps, default 50;
   the same rule with top-k 2.5 % / 3 % int2 values (issue 18: 2-bit values
   buy 2.5-3x the density of 1 % int8 for about its bytes, ~130x / ~117x
   fewer than dense fp32).
+- sparselocoD[-lrA][-bB][-owd] (issue 18's H = 50 grid, `_convergence_h50`,
+  run only when named): top-k D % int2 with outer lr A and decay 0.B;
+  -owd moves AdamW's weight decay to the outer step.
 - sparseloco-down, sparseloco-down1, sparseloco-short-down: sparseloco
   (-short) with a compressed downlink (`downlink_codec`): the coordinator
   sends each round's step as top-k int8 with its own error feedback instead
@@ -71,6 +74,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _convergence_h50 import H50_ABLATIONS, H50_BEST, H50_CONFIGS
 from _convergence_pool import run_cases
 from _convergence_shared import SHARED_ABLATIONS, SHARED_CONFIGS
 from _convergence_sim import Case
@@ -153,9 +157,12 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
     **SHARED_CONFIGS,  # issue 5: what secure aggregation forces on top-k
+    **H50_CONFIGS,  # issue 18: outer lr and decay for SparseLoCo at H = 50
 }
-DEFAULT_CONFIGS = [n for n in CONFIGS if n not in SHARED_ABLATIONS]
-"""What runs without --configs: every config but the shared-set ablations."""
+DEFAULT_CONFIGS = [
+    n for n in CONFIGS if n not in SHARED_ABLATIONS and n not in H50_ABLATIONS
+]
+"""Without --configs: every config but the ablations (shared set, H = 50 grid)."""
 GOALS = (
     # (config, reference, max gap %, min uplink ratio vs reference)
     ("dense", "dp", 3.5, None),
@@ -170,6 +177,7 @@ GOALS = (
     ("sparseloco2", "dense", 3.0, 100.0),
     ("sparseloco2-short", "dense-short", 3.0, 100.0),
     ("sparseloco3-short", "dense-short", 3.0, 100.0),
+    (H50_BEST, "dense", 3.0, 100.0),  # issue 18 at H = 50: the tuned grid's best
 )
 FRAMING_GOAL_PCT = 5.0
 
@@ -210,8 +218,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_case(name: str, seed: int, args: argparse.Namespace) -> Case:
     options = dict(CONFIGS[name][1])
     kind = options.pop("kind", "diloco")
+    sparseloco_lr = float(options.pop("outer_lr", 1.0))
     if options.pop("fixed_outer", False):
-        outer: tuple[str, float, float] = ("sparseloco", 1.0, 0.0)
+        outer: tuple[str, float, float] = ("sparseloco", sparseloco_lr, 0.0)
     elif args.outer == "sgd":
         outer = ("fedavg", args.outer_lr or 1.0, 0.0)
     else:

@@ -1,0 +1,76 @@
+"""bench/convergence.py's issue-18 grid at H = 50: SparseLoCo at >= 100x.
+
+Issue 18 asks for <= +3 % vs dense DiLoCo at >= 100x fewer uplink bytes;
+top-k 3 % int2 with the SparseLoCo rule meets it at H = 10 but was +13.7 %
+at H = 50 (2.5 % int2, outer lr 1, decay 0.95). The knobs tried here are
+the two the rule leaves free (arXiv 2508.15706, Alg. 1):
+
+    e_r <- beta * e_r + Delta_r;   s_r = Q(TopK(e_r));   e_r <- e_r - s_r
+    theta <- theta - alpha * mean_r(s_r)
+
+- alpha, the outer lr (1 in the paper's runs). Dense DiLoCo's Nesterov
+  step here (lr 0.7, momentum 0.7) applies about lr / (1 - m) = 2.3x a
+  steady pseudo-gradient; error feedback applies at most 1x of it, so a
+  larger alpha is the first thing to try at a long H.
+- beta, the residual's decay (0.95 at H: it beat 0.98 for top-k 1 %).
+- where AdamW's weight decay is applied (-owd): the workers' decay
+  shrinks every matrix coordinate a little each step, a dense component
+  of the pseudo-gradient that top-k cannot carry and error feedback
+  hoards; the outer step can apply it instead at no byte cost
+  (`_convergence_sim.Case.outer_weight_decay`).
+
+The codec itself is already SparseLoCo's: top-k per group of 4,096
+(`fedgrpc.compress.topk.TOPK_GROUP`), 2-bit values with a per-128 RMS
+scale (`fedgrpc.compress.int2`). Names: sparselocoD[-lrA][-bB][-owd] is
+top-k D % int2 with outer lr A (default 1) and decay 0.B (default 0.95).
+
+Measured (README, "Compression"): a shorter memory with a larger step
+helped (lr 2.5, decay 0.8: +7.9 % over 3 seeds against +11.9 % at lr 2,
+decay 0.95), -owd hurt, and the goal stays unmet at H = 50.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SPARSELOCO = {"feedback_decay": 0.95, "fixed_outer": True}
+"""SparseLoCo's rule: decaying error feedback as momentum, outer plain SGD."""
+
+
+def _entry(
+    density_pct: float, lr: float, decay: float, outer_wd: bool = False
+) -> tuple[str, dict[str, Any]]:
+    text = f"top-k {density_pct:g} % int2, SparseLoCo, EF decay {decay:g}, lr {lr:g}"
+    options: dict[str, Any] = {
+        "codec": f"topk:{density_pct / 100:g}:int2",
+        **SPARSELOCO,
+        "feedback_decay": decay,
+    }
+    if lr != 1.0:
+        options["outer_lr"] = lr
+    if outer_wd:
+        options["outer_weight_decay"] = True
+        text += ", weight decay in the outer step"
+    return text, options
+
+
+_GRID: dict[str, tuple[float, float, float] | tuple[float, float, float, bool]] = {
+    # name: (density %, outer lr, decay[, weight decay in the outer step])
+    "sparseloco3": (3.0, 1.0, 0.95),
+    "sparseloco3-lr2": (3.0, 2.0, 0.95),
+    "sparseloco3-lr3": (3.0, 3.0, 0.95),
+    "sparseloco3-lr2-b90": (3.0, 2.0, 0.90),
+    "sparseloco3-lr2-b80": (3.0, 2.0, 0.80),
+    "sparseloco3-lr2.5-b80": (3.0, 2.5, 0.80),
+    "sparseloco3-lr3-b80": (3.0, 3.0, 0.80),
+    "sparseloco3-lr3-b70": (3.0, 3.0, 0.70),
+    "sparseloco3-lr2-owd": (3.0, 2.0, 0.95, True),
+}
+H50_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    name: _entry(*knobs) for name, knobs in _GRID.items()
+}
+"""The seed-0 grid (quality18), run only when named."""
+H50_BEST = "sparseloco3-lr2.5-b80"
+"""The grid's best on seed 0: a goal config (3 seeds; see convergence.GOALS)."""
+H50_ABLATIONS = frozenset(H50_CONFIGS) - {H50_BEST}
+"""The rest of the grid: one seed, paired with dense's seed 0."""

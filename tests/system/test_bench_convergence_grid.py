@@ -1,0 +1,57 @@
+"""bench/convergence.py's issue-18 grid at H = 50 (`_convergence_h50`).
+
+Smoke only, as tests/system/test_bench_smoke.py: the quick mode runs the
+grid's knobs end to end (outer lr, weight decay in the outer step) and the
+bytes stay >= 100x below dense with every header and index byte counted.
+Losses are measured by the bench, never asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.system
+
+
+@pytest.mark.timeout(200)  # one bench invocation of up to 170 s
+def test_grid_configs_reach_the_simulation() -> None:
+    names = "dense,sparseloco3-lr2,sparseloco3-lr2-owd"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "convergence.py"), "--quick",
+         "--configs", names],
+        capture_output=True, text=True, timeout=170, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    configs = json.loads(result.stdout)["configs"]
+
+    plain, moved = configs["sparseloco3-lr2"], configs["sparseloco3-lr2-owd"]
+    for grid in (plain, moved):
+        assert grid["outer"] == "sparseloco lr 2.0 m 0.0"
+        assert grid["codec"] == "topk:0.03:int2"
+        assert grid["up_ratio_vs_dense"] > 100
+    # Same seed, batches and codec rng: only where weight decay runs differs.
+    assert moved["final_val_loss"]["mean"] != plain["final_val_loss"]["mean"]
+
+
+def test_new_case_field_keeps_earlier_cache_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Arrange: the bench's modules import each other from bench/.
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    from _convergence_pool import _cache_key
+    from _convergence_sim import Case
+
+    case = Case(name="x", kind="diloco", rounds=1, inner_steps=5, seed=0)
+
+    # Act / Assert: a field at its default stays out of the key; set, it is in.
+    assert "outer_weight_decay" not in _cache_key(case)
+    assert _cache_key(case).endswith("clients_per_round=0)")
+    moved = replace(case, outer_weight_decay=True)
+    assert "outer_weight_decay=True" in _cache_key(moved)
