@@ -8,7 +8,6 @@ would return them.
 from __future__ import annotations
 
 import asyncio
-import os
 
 import numpy as np
 import pytest
@@ -16,52 +15,23 @@ import torch
 from structlog.testing import capture_logs
 
 from fedgrpc.compress.shared_index import choose_index_set
-from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.rounds.engine import RoundEngine
 from fedgrpc.coordinator.rounds.records import OpenRound
-from fedgrpc.coordinator.rounds.registry import ClientRegistry
 from fedgrpc.coordinator.secure.index_planner import SharedIndexPlanner
-from fedgrpc.crypto.keys import PrivateKey
-from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
-from fedgrpc.secagg import AggregateResult, FixedPointScale, RoundSetup, SecAggParams
+from fedgrpc.secagg import AggregateResult
 from fedgrpc.wire.secagg import SecureRoundSetup
+from tests.helpers.index_planner import IDS, announce, planner_engine
+from tests.helpers.index_planner import positions_when_ready as _positions
 
 D = 1_000
-IDS = ("a", "b", "c")
 
 
 def _engine(d: int = D, **overrides: object) -> RoundEngine:
-    settings: dict[str, object] = {
-        "secure_aggregation": True, "codec": "dense:int8", "min_clients": 3,
-        "secagg_density": 0.05, "secagg_random_fraction": 0.2,
-    }  # fmt: skip
-    settings.update(overrides)
-    config = CoordinatorConfig(**settings)  # type: ignore[arg-type]
-    engine = RoundEngine(config, ClientRegistry(max_clients=8))
-    engine.model.adopt_spec(ModelSpec((TensorSpec("w", (d,), DType.FLOAT32),)))
-    engine.model.seed(torch.zeros(d))
-    return engine
-
-
-async def _positions(planner: SharedIndexPlanner, current: OpenRound) -> np.ndarray:
-    # Polls the public API as the runtime's ticker does (the choice is threaded).
-    while not planner.ready(current):  # noqa: ASYNC110
-        await asyncio.sleep(0.001)
-    positions = planner.positions(current)
-    assert positions is not None
-    return positions
+    return planner_engine(d, **overrides)
 
 
 def _announce(positions: np.ndarray | None) -> SecureRoundSetup:
-    setup = RoundSetup(
-        session_id=b"s" * 24, round_id=1, participants=IDS,
-        graph_seed=os.urandom(32), value_bits=8,
-        params=SecAggParams(degree=2, threshold=2),
-    )  # fmt: skip
-    identities = {c: PrivateKey.generate().public_key for c in IDS}
-    count = D if positions is None else positions.size
-    return SecureRoundSetup(setup, identities, b"n" * 16, FixedPointScale(0.5), count,
-                            positions)  # fmt: skip
+    return announce(positions, D if positions is None else positions.size)
 
 
 def _recovered(size: int, code: int) -> AggregateResult:

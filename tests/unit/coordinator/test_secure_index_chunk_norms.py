@@ -7,60 +7,32 @@ tail of 100 values after the 50.
 
 from __future__ import annotations
 
-import asyncio
-import os
-
 import numpy as np
-import torch
 
 from fedgrpc.compress.chunk_norms import choose_chunk_set
-from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.rounds.engine import RoundEngine
 from fedgrpc.coordinator.rounds.records import OpenRound
-from fedgrpc.coordinator.rounds.registry import ClientRegistry
 from fedgrpc.coordinator.secure.index_planner import SharedIndexPlanner
-from fedgrpc.crypto.keys import PrivateKey
-from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
-from fedgrpc.secagg import AggregateResult, FixedPointScale, RoundSetup, SecAggParams
+from fedgrpc.secagg import AggregateResult
 from fedgrpc.wire.secagg import SecureRoundSetup
+from tests.helpers.index_planner import IDS, announce, planner_engine
+from tests.helpers.index_planner import positions_when_ready as _positions
 
 D, K, CHUNK, TAIL = 1_000, 50, 10, 100
-IDS = ("a", "b", "c")
 QMAX = 127
 
 
 def _planner(**overrides: object) -> SharedIndexPlanner:
     settings: dict[str, object] = {
-        "secure_aggregation": True, "codec": "dense:int8", "min_clients": 3,
-        "secagg_density": 0.05, "secagg_random_fraction": 0.2,
-        "secagg_index_rule": "chunk_norm", "secagg_index_chunk": CHUNK,
-    }  # fmt: skip
-    settings.update(overrides)
-    config = CoordinatorConfig(**settings)  # type: ignore[arg-type]
-    engine = RoundEngine(config, ClientRegistry(max_clients=8))
-    engine.model.adopt_spec(ModelSpec((TensorSpec("w", (D,), DType.FLOAT32),)))
-    engine.model.seed(torch.zeros(D))
-    return SharedIndexPlanner(config, engine)
-
-
-async def _positions(planner: SharedIndexPlanner, current: OpenRound) -> np.ndarray:
-    while not planner.ready(current):  # noqa: ASYNC110
-        await asyncio.sleep(0.001)
-    positions = planner.positions(current)
-    assert positions is not None
-    return positions
+        "secagg_index_rule": "chunk_norm",
+        "secagg_index_chunk": CHUNK,
+        **overrides,
+    }
+    engine = planner_engine(D, **settings)
+    return SharedIndexPlanner(engine.config, engine)
 
 
 def _announce(positions: np.ndarray) -> SecureRoundSetup:
-    setup = RoundSetup(
-        session_id=b"s" * 24, round_id=1, participants=IDS,
-        graph_seed=os.urandom(32), value_bits=8,
-        params=SecAggParams(degree=2, threshold=2),
-    )  # fmt: skip
-    identities = {c: PrivateKey.generate().public_key for c in IDS}
-    return SecureRoundSetup(setup, identities, b"n" * 16, FixedPointScale(0.5),
-                            positions.size, positions, norm_chunk=CHUNK,
-                            norm_tail=TAIL)  # fmt: skip
+    return announce(positions, positions.size, norm_chunk=CHUNK, norm_tail=TAIL)
 
 
 def _recovered(values: np.ndarray, tail: np.ndarray) -> AggregateResult:
