@@ -20,7 +20,8 @@ MEMORY_FLAGS = (
     Flag("--outer-state-on-disk", "keep the outer optimizer's state "
          "(momentum; fedadam's two moments) in a file in --spool-dir between "
          "rounds, stepped 4 MiB at a time: one model-sized buffer less in RAM "
-         "for writing and reading it once per round; built-in optimizers only "
-         "(default: in RAM)", const=True),
+         "for writing and reading it once per round; built-in optimizers only; "
+         "with --staging-memory-mb 0 the round's sum stays on disk too, where "
+         "nothing needs the whole mean in RAM (default: in RAM)", const=True),
 )  # fmt: skip
 """RAM against disk for the coordinator's model-sized state."""

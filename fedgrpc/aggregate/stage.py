@@ -10,7 +10,8 @@ half-way is dropped whole and the sum never saw it. Three kinds:
   round's first commit (zero copies);
 - `DenseStage` on disk: the same values in an anonymous temporary file
   (unlinked at creation, so a crash leaves nothing behind), used once the
-  in-memory stages reach `staging_memory_mb`; folded back in 4 MiB blocks;
+  in-memory stages reach `staging_memory_mb`; folded back in 4 MiB blocks,
+  or, in a lean round (`disk_sum`), its file *becomes* the round's sum;
 - `BlockStage`: a coded update's decoded blocks as they came (top-k: its
   indices and values, k x 12 bytes, not d x 4), replayed into the sum.
 
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from fedgrpc.aggregate.buffers import BufferPool
+from fedgrpc.aggregate.spill_io import read_exact, write_all
 from fedgrpc.aggregate.stages import AddableBlock, F32Array
 from fedgrpc.errors import InvalidUpdateError, TooLargeError
 
@@ -113,13 +115,27 @@ class DenseStage:
             if weight != 1.0:
                 product = scratch[: values.size]
                 np.multiply(values, np.float32(weight), out=product)
-            self._pwrite(product, offset * 4)
+            assert self._fd is not None  # in RAM or on disk until released
+            write_all(self._fd, product, offset)
         self.next_offset = end
 
     def take_tensor(self) -> torch.Tensor | None:
         """Hand over the in-memory buffer (it becomes the round's sum); None on disk."""
         tensor, self._tensor = self._tensor, None
         return tensor
+
+    def take_file(self) -> int | None:
+        """Hand over the file's descriptor (it becomes a sum on disk); None in RAM."""
+        fd, self._fd = self._fd, None
+        return fd
+
+    def read_window(self, start: int, out: F32Array) -> None:
+        """Fill `out` with stage[start : start + len(out)], from RAM or the file."""
+        if self._tensor is not None:
+            np.copyto(out, self._tensor.numpy()[start : start + out.size])
+            return
+        assert self._fd is not None
+        read_exact(self._fd, out, start)
 
     def fold_into(self, total: F32Array) -> None:
         """Total += stage (the weight was applied at write time)."""
@@ -129,7 +145,7 @@ class DenseStage:
         block = np.empty(min(FOLD_BLOCK_COORDINATES, len(total)), dtype=np.float32)
         for start in range(0, len(total), len(block)):
             part = block[: min(len(block), len(total) - start)]
-            self._pread(part, start * 4)
+            self.read_window(start, part)
             segment = total[start : start + part.size]
             np.add(segment, part, out=segment)
 
@@ -141,28 +157,6 @@ class DenseStage:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
-
-    def _pwrite(self, values: F32Array, position: int) -> None:
-        assert self._fd is not None
-        view = memoryview(values.data).cast("B")
-        try:
-            while view:
-                written = os.pwrite(self._fd, view, position)
-                view, position = view[written:], position + written
-        except OSError as exc:
-            raise TooLargeError(
-                f"cannot stage an update on disk ({exc.strerror}); raise "
-                "staging_memory_mb or free space in spool_dir"
-            ) from exc
-
-    def _pread(self, out: F32Array, position: int) -> None:
-        assert self._fd is not None
-        view = memoryview(out.data).cast("B")
-        while view:
-            got = os.preadv(self._fd, [view], position)
-            if got == 0:
-                raise InvalidUpdateError("a staged update is shorter than the model")
-            view, position = view[got:], position + got
 
 
 class BlockStage:

@@ -26,7 +26,9 @@ first laid out in a pooled buffer), so the sum holds Σ clip(wᵢ·uᵢ).
 Memory (d coordinates, k dense updates in flight at once):
     sum + min(k, B / 4d) stages in RAM = (1 + min(k, B / 4d)) x 4d bytes,
 B = `staging_memory_mb`; stages beyond B go to an unlinked temporary file
-in `spool_dir` (4 MiB of RAM to fold one back). Measured at 10.5M
+in `spool_dir` (4 MiB of RAM to fold one back). With `sum_on_disk` (the
+lean settings, chosen by the round engine) the sum is a file too
+(`disk_sum`): the first committed spilled stage becomes it. Measured at 10.5M
 coordinates (42 MB) in README "Broken uploads". Coded stages (top-k) hold
 only their indices and values. Freed buffers are kept for the next round
 (`buffers.BufferPool`), so after the first round no page is faulted in.
@@ -46,6 +48,7 @@ import numpy as np
 import torch
 
 from fedgrpc.aggregate.buffers import BufferPool
+from fedgrpc.aggregate.disk_sum import DiskSum
 from fedgrpc.aggregate.stage import BlockStage, DenseStage
 from fedgrpc.aggregate.stages import (
     AddableBlock,
@@ -71,14 +74,19 @@ class StagedSum:
         budget_bytes: int,
         spill_dir: Path | None = None,
         clip: UpdateClip | None = None,
+        sum_on_disk: bool = False,
     ) -> None:
         """A round's sum over d = `num_coordinates`.
 
         `budget_bytes` bounds the RAM of stages in flight; past it, dense
         stages spill to `spill_dir` (None: the system temporary directory).
         `clip` (central DP) scales each committed update before it is summed.
+        `sum_on_disk` keeps the sum in `spill_dir` too (`disk_sum`; not
+        with `clip`, which needs each update whole in RAM).
         """
         self._clip = clip
+        self._sum_on_disk = sum_on_disk and clip is None
+        self._disk: DiskSum | None = None
         self._d = num_coordinates
         self._pool = pool
         self._budget = budget_bytes
@@ -189,13 +197,28 @@ class StagedSum:
     def sum_tensor(self) -> torch.Tensor:
         """Σ wᵢ·uᵢ: the live buffer (see `HeldSum.sum_tensor`).
 
+        A sum on disk is read back into a pooled buffer first (a consumer
+        that needs it whole, such as central noise, gets it as before).
+
         Raises:
             WrongRoundError: nothing was committed, or the sum is spent.
         """
         self._require_open()
+        disk, self._disk = self._disk, None
+        if disk is not None:
+            try:
+                self._sum = disk.read_all(self._pool.take(self._d))
+            finally:
+                disk.close()
         if self._sum is None:
             raise WrongRoundError("no update was committed; there is no sum")
         return self._sum
+
+    @property
+    def disk_sum(self) -> DiskSum | None:
+        """The sum, if it is on disk (None: in RAM, or nothing committed)."""
+        self._require_open()
+        return self._disk
 
     def discard(self) -> None:
         """Give the sum and every stage back (idempotent; see module docstring)."""
@@ -209,6 +232,9 @@ class StagedSum:
         total, self._sum = self._sum, None
         if total is not None:
             self._pool.give(total)
+        disk, self._disk = self._disk, None
+        if disk is not None:
+            disk.close()
 
     def _stage(self, key: UpdateKey, dense: bool) -> Stage:
         """`key`'s stage, created on its first chunk (in RAM while under budget)."""
@@ -232,6 +258,9 @@ class StagedSum:
         if self._clip is not None:
             self._fold_clipped(stage, self._clip)
             return
+        if self._sum_on_disk:
+            self._fold_on_disk(stage)
+            return
         if self._sum is None and isinstance(stage, DenseStage):
             self._sum = stage.take_tensor()
             if self._sum is not None:
@@ -239,6 +268,15 @@ class StagedSum:
         if self._sum is None:
             self._sum = self._pool.take_zeroed(self._d)
         stage.fold_into(self._sum.numpy())
+
+    def _fold_on_disk(self, stage: Stage) -> None:
+        """Sum += stage, in a file: the first committed spilled stage's file is it."""
+        if self._disk is None:
+            fd = stage.take_file() if isinstance(stage, DenseStage) else None
+            self._disk = DiskSum(self._d, self._spill_dir or _tmp(), fd)
+            if fd is not None:
+                return
+        self._disk.fold(stage)
 
     def _fold_clipped(self, stage: Stage, clip: UpdateClip) -> None:
         """Sum += clip(stage): the update laid out whole, clipped, then added."""

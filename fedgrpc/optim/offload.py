@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,8 @@ from fedgrpc.optim.outer import OuterOptimizer, StateDict, check_step_args
 log = get_logger(__name__)
 BLOCK_COORDINATES = 1 << 20
 """Coordinates stepped per block: 4 MiB of each state tensor in memory."""
+GradientBlocks = Callable[[int, int], torch.Tensor]
+"""(lo, hi) -> the pseudo-gradient's coordinates [lo, hi) (`step_blocks`)."""
 
 
 class DiskStateOptimizer:
@@ -73,7 +76,21 @@ class DiskStateOptimizer:
         block leaves every block, and the state, unchanged.
         """
         check_step_args(params, pseudo_gradient)
+        self.step_blocks(params, lambda lo, hi: pseudo_gradient[lo:hi])
+
+    def step_blocks(self, params: torch.Tensor, gradient: GradientBlocks) -> None:
+        """One outer step whose pseudo-gradient is read a block at a time too.
+
+        `gradient(lo, hi)` returns g[lo:hi] (float32; the step may overwrite
+        it), for the same blocks `step` would slice, so the result is `step`'s
+        to the bit. For a g that is never whole in RAM (a lean round's mean
+        on disk, `coordinator.rounds.disk_step`): the caller must have checked
+        all of g finite (a NaN in a later block would be refused only after
+        the earlier blocks were stepped).
+        """
         n = params.numel()
+        if params.dim() != 1 or params.dtype != torch.float32:
+            raise InvalidUpdateError("params must be a 1-D float32 tensor")
         if self._files and n != self._numel:
             raise InvalidUpdateError(
                 f"params have {n} coordinates but the optimizer state on disk "
@@ -84,7 +101,7 @@ class DiskStateOptimizer:
         for lo in range(0, n, BLOCK_COORDINATES):
             hi = min(n, lo + BLOCK_COORDINATES)
             self.inner.load_state_dict(self._read_block(held, lo, hi))
-            self.inner.step(params[lo:hi], pseudo_gradient[lo:hi])
+            self.inner.step(params[lo:hi], gradient(lo, hi))
             after = self.inner.state_dict()
             for key, value in after.items():
                 if isinstance(value, torch.Tensor):

@@ -21,8 +21,9 @@ By default the Accumulator is the staged sum (`aggregate.staged`): each
 update streams into its own stage and reaches the float32 sum only when it
 commits, so a push that breaks half-way is dropped whole and the round goes
 on without it (memory: master, momentum, the sum and one stage per dense
-update in flight, up to `staging_memory_mb`, then on disk). An Aggregator
-that needs every update (median, trimmed mean) gets the disk spool instead.
+update in flight, up to `staging_memory_mb`, then on disk; the lean
+settings keep all but the master on disk, `disk_step`). An Aggregator that
+needs every update (median, trimmed mean) gets the disk spool instead.
 Pushes still streaming at the deadline get another `round_timeout_s` to
 finish; then the round closes without them.
 
@@ -46,7 +47,7 @@ import torch
 
 from fedgrpc.compress import DecodedBlock
 from fedgrpc.config import CoordinatorConfig
-from fedgrpc.coordinator.rounds import admission, pacing, rules
+from fedgrpc.coordinator.rounds import admission, disk_step, pacing, rules
 from fedgrpc.coordinator.rounds.budget import PrivacyBudget
 from fedgrpc.coordinator.rounds.credit import credit_applied, credit_update
 from fedgrpc.coordinator.rounds.global_model import GlobalModel
@@ -271,6 +272,8 @@ class RoundEngine:
                 closing.void_reason = closing.void_reason or refusal
                 self.privacy.unapplied()  # a distributed sum unmasked still counts
                 return False
+            if disk_step.steps_from_disk(total, self.model):  # lean settings
+                return disk_step.apply_from_disk(self.model, closing, copy_on_write)
             weight = total.held().total_weight  # a leaf's group weight (relay)
             aggregate = self.stages.aggregate(total, self._take_sum_buffer)
             self.privacy.noise(aggregate, len(closing.contributors), release)

@@ -15,6 +15,10 @@ import numpy as np
 import torch
 
 from fedgrpc.config import CoordinatorConfig
+from fedgrpc.coordinator.rounds.buffer_means import (
+    apply_buffer_means,
+    take_buffer_means,
+)
 from fedgrpc.coordinator.rounds.downlink import DownlinkCompressor, downlink_for
 from fedgrpc.coordinator.rounds.held_range import (
     held_range,
@@ -243,17 +247,16 @@ class GlobalModel:
         the master itself, the step works on a copy. `advance` then makes the
         new version current. With a streaming `fragment`, `mean` covers only
         its range and only that fragment's optimizer steps (`optim.fragmented`).
+        A lean round's mean on disk steps through `disk_step` instead.
         """
-        master = previous = self.require_master()
-        if copy_on_write and self._published_aliases_master():
-            master = master.clone()
+        previous, master = self.require_master(), self.working_master(copy_on_write)
         downlink = self.downlink if fragment is None else None
         if downlink is not None and master is previous:
             previous = master.clone()  # w, what clients hold: the step's base
         start = 0 if fragment is None else fragment.coord_start
         local = start - self.require_held().coord_start  # a shard: 0, its range
         target = master[local : local + mean.numel()]
-        averaged = self._take_buffers(mean, start)
+        averaged = take_buffer_means(self.require_spec().buffer_slots, mean, start)
         if fragment is None:
             self.optimizer.step(master, mean)
         elif isinstance(self.optimizer, FragmentedOptimizer):
@@ -262,8 +265,7 @@ class GlobalModel:
             self.optimizer.step(target, mean)
         else:
             raise WrongRoundError("a fragment round needs one optimizer per fragment")
-        for (lo, hi), mean_delta in averaged:
-            target[lo:hi].sub_(mean_delta)
+        apply_buffer_means(target, averaged)
         version = self.version + 1
         if downlink is not None:
             downlink.apply(master, previous, version)
@@ -273,33 +275,19 @@ class GlobalModel:
                 bytes=downlink.recent[-1].num_bytes,
                 residual_norm=round(downlink.residual_norm, 6),
             )
+        self.publish_step(master, round_id)
+
+    def working_master(self, copy_on_write: bool) -> torch.Tensor:
+        """The weights a step may write: the master, or a copy while pulls read it."""
+        master = self.require_master()
+        if copy_on_write and self._published_aliases_master():
+            return master.clone()
+        return master
+
+    def publish_step(self, master: torch.Tensor, round_id: int) -> None:
+        """`master` (stepped) becomes the next version's weights, published."""
         self.master = master
-        self.published = self._publish(version, round_id)
-
-    def _take_buffers(
-        self, mean: torch.Tensor, offset: int = 0
-    ) -> list[tuple[tuple[int, int], torch.Tensor]]:
-        """Move the buffers' mean pseudo-gradients out of `mean` (zeroed there).
-
-        Buffers are averaged, never stepped: with every client based on
-        the current version, master - mean(snapshot - local) is the clients'
-        weighted mean of the buffer (FedAvg of the statistics). An outer
-        step would apply momentum and a learning rate to BatchNorm's running
-        variance, which can then turn negative. A zero pseudo-gradient leaves
-        the outer optimizer's own update at those coordinates zero (its
-        state there stays zero), so they are set afterwards. Buffers are a
-        tiny slice of any model: the copies cost nothing. `mean` starts at
-        coordinate `offset` (a streaming fragment); ranges are relative to it.
-        """
-        taken = []
-        for slot in self.require_spec().buffer_slots:
-            start = max(0, slot.coord_offset - offset)
-            stop = min(mean.numel(), slot.coord_offset + slot.spec.numel - offset)
-            if start >= stop:
-                continue
-            taken.append(((start, stop), mean[start:stop].clone()))
-            mean[start:stop] = 0
-        return taken
+        self.published = self._publish(self.version + 1, round_id)
 
     def divergence(self, mean: torch.Tensor, round_id: int) -> str | None:
         """Why applying round `round_id`'s `mean` would blow the model up, or None.
@@ -309,7 +297,10 @@ class GlobalModel:
         shard both cover its own range, the only weights it holds.
         `max_update_norm_growth = 0` leaves only the NaN/Inf check.
         """
-        norm = float(torch.linalg.vector_norm(mean))
+        return self.divergence_of(float(torch.linalg.vector_norm(mean)), round_id)
+
+    def divergence_of(self, norm: float, round_id: int) -> str | None:
+        """`divergence` for a mean whose norm was taken elsewhere (`disk_step`)."""
         master = self.require_master()
         return self.guard.judge(
             round_id, norm, lambda: float(torch.linalg.vector_norm(master))

@@ -83,6 +83,10 @@ class StrategySettings:
     norm_bound: tuple[float | None, float | None] = (None, None)
     """(fixed B, multiple of the median norm): clip every update before the
     aggregator (`aggregate.NormBounded`); (None, None) leaves them alone."""
+    sum_on_disk: bool = False
+    """Keep a summed round's sum in a file in `spool_dir` (`DiskSum`), for an
+    outer step that reads the mean block by block (`rounds.disk_step`); taken
+    only with the plain weighted mean over the staged sum."""
 
 
 class RoundStages:
@@ -128,6 +132,12 @@ class RoundStages:
         self.max_updates = settings.max_updates
         self.staging_memory_bytes = settings.staging_memory_bytes
         self.staging_dir = settings.spool_dir
+        self.sum_on_disk = (
+            settings.sum_on_disk
+            and self.accumulator == "streaming_sum"
+            and type(self.aggregator) is WeightedMean  # not a subclass: its own rule
+        )
+        """Summed rounds keep their sum on disk (`StagedSum(sum_on_disk=...)`)."""
         self.buffers = BufferPool(keep_bytes=settings.staging_memory_bytes)
         """Model-sized buffers reused across rounds: stages, sums, aggregates."""
         self.spool: SpoolDirectory | None = (
@@ -144,6 +154,7 @@ class RoundStages:
         """The Accumulator for round `round_id` (call on its first chunk).
 
         `clip` (central DP) scales each update as it commits into the sum.
+        With `sum_on_disk` the sum is kept in a file (`DiskSum`).
 
         The summed round stages each update apart until it commits
         (`StagedSum`), so a broken push costs the round nothing; its buffers
@@ -160,6 +171,7 @@ class RoundStages:
                 self.staging_memory_bytes,
                 self.staging_dir,
                 clip,
+                self.sum_on_disk,
             )
         if self.spool is not None:
             return self.spool.open_round(round_id, num_coordinates, self.max_updates)

@@ -87,6 +87,7 @@ def build_round_stages(
         min_clients=config.min_clients,
         max_updates=config.max_clients,
         staging_memory_bytes=config.staging_memory_mb << 20,
+        sum_on_disk=lean_sum(config),
     )
     if config.secure_aggregation and config.selection != "all":
         raise ConfigError(
@@ -95,6 +96,29 @@ def build_round_stages(
             "use selection = 'all' with secure aggregation"
         )
     return RoundStages(settings)
+
+
+def lean_sum(config: CoordinatorConfig) -> bool:
+    """True if the run's round sums may stay on disk (`rounds.disk_step`).
+
+    The lean settings (every update staged on disk, the outer state on disk)
+    and nothing that needs the whole mean in RAM: central or distributed DP
+    (clip, noise), secure aggregation (its ring), trust scores, a compressed
+    downlink (its residual), shards and streaming fragments (a range of the
+    model), a tree leaf (it relays the mean). The aggregator is checked by
+    `RoundStages` (only the plain weighted mean).
+    """
+    return (
+        config.staging_memory_mb == 0
+        and config.outer_state_on_disk
+        and config.round_mode != "streaming"
+        and config.privacy == "off"
+        and config.trust != "on"
+        and not config.secure_aggregation
+        and config.downlink_codec_config is None
+        and config.shard_count == 1
+        and not config.upstream
+    )
 
 
 def build_outer(

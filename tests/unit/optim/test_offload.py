@@ -113,3 +113,36 @@ def test_the_setting_wraps_built_ins_and_refuses_plugins() -> None:
         ConfigError, match="outer_state_on_disk = true needs a built-in"
     ):
         build_outer(plugin)
+
+
+@pytest.mark.parametrize("name", ["nesterov", "fedadam"])
+def test_a_gradient_read_block_by_block_steps_as_the_whole_one(
+    name: str, tmp_path: Path
+) -> None:
+    """`step_blocks` (a lean round's mean on disk) gives `step`'s bits."""
+    whole, blocks = _pair(name)[1], _pair(name)[1]
+    whole.spool_dir = blocks.spool_dir = tmp_path
+    weights = torch.randn(NUM, generator=torch.Generator().manual_seed(3))
+    a, b = weights.clone(), weights.clone()
+    asked: list[tuple[int, int]] = []
+    for g in _gradients(4):
+
+        def read(lo: int, hi: int, g: torch.Tensor = g) -> torch.Tensor:
+            asked.append((lo, hi))
+            return g[lo:hi].clone()
+
+        whole.step(a, g.clone())
+        blocks.step_blocks(b, read)
+        assert torch.equal(a, b)
+    each_step = [
+        (lo, min(NUM, lo + BLOCK_COORDINATES))
+        for lo in range(0, NUM, BLOCK_COORDINATES)
+    ]
+    assert asked == each_step * STEPS
+    expected, got = whole.state_dict(), blocks.state_dict()
+    assert expected.keys() == got.keys()
+    for key, value in expected.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, cast(torch.Tensor, got[key])), key
+        else:
+            assert value == got[key], key
