@@ -36,7 +36,7 @@ SPEC = ModelSpec(
 D = SPEC.num_coordinates
 CHUNK = 1 << 16
 ROUNDS = 3
-LEAN = {"staging_memory_mb": 0, "outer_state_on_disk": True}
+LEAN: dict[str, Any] = {"staging_memory_mb": 0, "outer_state_on_disk": True}
 
 
 def _values(rng: np.random.Generator, scale: float) -> np.ndarray:
