@@ -63,7 +63,7 @@ class SpoolDirectory:
                 be created.
         """
         self.root = default_spool_root() if root is None else Path(root)
-        _prepare_root(self.root)
+        prepare_spool_root(self.root)
         removed = remove_stale_runs(self.root)
         fresh = Path(tempfile.mkdtemp(prefix=_NEW_PREFIX, dir=self.root))
         self._lock_fd: int | None = _lock(fresh / _LOCK_NAME, blocking=True)
@@ -143,8 +143,18 @@ def _lock(path: Path, *, blocking: bool) -> int | None:
     return fd
 
 
-def _prepare_root(root: Path) -> None:
-    """Create `root` (0700) and refuse one this user does not own, or a symlink."""
+def prepare_spool_root(root: Path) -> None:
+    """Create `root` (0700) and refuse one this user does not own, or a symlink.
+
+    Called at start for every configured `spool_dir`, not only the spool's:
+    staged and on-disk sums put files there too, and a directory that is
+    missing or someone else's must stop the coordinator with a clear error,
+    not fail each client's push in the middle of a round.
+
+    Raises:
+        ConfigError: it cannot be created, is not a plain directory, or
+            belongs to another user.
+    """
     try:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         info = os.lstat(root)

@@ -33,6 +33,9 @@ from fedgrpc.aggregate.buffers import BufferPool
 from fedgrpc.aggregate.spill_io import read_exact, write_all
 from fedgrpc.aggregate.stages import AddableBlock, F32Array
 from fedgrpc.errors import InvalidUpdateError, TooLargeError
+from fedgrpc.log import get_logger
+
+log = get_logger(__name__)
 
 FOLD_BLOCK_COORDINATES = 1 << 20
 """Coordinates read back per block when folding a spilled stage (4 MiB)."""
@@ -67,8 +70,10 @@ class DenseStage:
         try:
             fd, path = tempfile.mkstemp(prefix="stage-", dir=spill_dir)
         except OSError as exc:
+            # The client reads this message: the operator's path goes to the log.
+            log.error("stage_spill_failed", dir=str(spill_dir), error=exc.strerror)
             raise TooLargeError(
-                f"cannot stage an update on disk in {spill_dir} ({exc.strerror}); "
+                f"cannot stage an update on disk ({exc.strerror}); "
                 "raise staging_memory_mb or free space in spool_dir"
             ) from exc
         os.unlink(path)  # only the descriptor names it: a crash leaves nothing

@@ -41,6 +41,7 @@ from fedgrpc.aggregate import (
 )
 from fedgrpc.aggregate.blockwise import as_sum
 from fedgrpc.aggregate.buffers import BufferPool
+from fedgrpc.aggregate.spool_dir import prepare_spool_root
 from fedgrpc.aggregate.staged import StagedSum, UpdateClip
 from fedgrpc.coordinator.strategy.combinations import (
     AccumulatorKind,
@@ -143,6 +144,8 @@ class RoundStages:
         self.spool: SpoolDirectory | None = (
             SpoolDirectory(settings.spool_dir) if self.accumulator == "spool" else None
         )
+        if self.spool is None and settings.spool_dir is not None:
+            prepare_spool_root(settings.spool_dir)  # stages and sums spill there
 
     def open_accumulator(
         self,

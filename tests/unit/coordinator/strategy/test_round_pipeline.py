@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from fedgrpc.aggregate import StreamingSum
+from fedgrpc.aggregate.staged import StagedSum
 from fedgrpc.compress import TopK, make_codec
 from fedgrpc.coordinator.strategy import (
     Candidate,
@@ -163,3 +164,32 @@ def test_secure_rounds_do_not_open_a_plain_accumulator(stages_factory) -> None:
     assert stages.spool is None
     with pytest.raises(WrongRoundError, match="own ring"):
         stages.open_accumulator(1, D, lambda: torch.zeros(D))
+
+
+def test_a_summed_round_creates_its_spool_dir_and_spills_stages_there(
+    tmp_path: Path,
+) -> None:
+    """Staged and on-disk sums spill into `spool_dir` too, not only the spool:
+    a missing directory is made at start (0700), not found missing mid-round."""
+    root = tmp_path / "not" / "yet"
+    stages = RoundStages(StrategySettings(spool_dir=root, staging_memory_bytes=0))
+    with stages:
+        assert stages.accumulator == "streaming_sum"
+        assert root.is_dir()
+        assert (root.stat().st_mode & 0o777) == 0o700
+        accumulator = stages.open_accumulator(1, D, lambda: torch.zeros(D))
+        assert isinstance(accumulator, StagedSum)
+        values = np.ones(D, np.float32)
+        accumulator.add_values(0, 0, values, 1.0, np.empty(D, np.float32))
+        assert accumulator.staged_bytes == 0  # on disk, in the new directory
+        accumulator.commit_update(0, 1.0)
+        assert accumulator.count == 1
+
+
+def test_a_spool_dir_that_is_a_file_stops_a_summed_run_at_start(
+    tmp_path: Path,
+) -> None:
+    taken = tmp_path / "file"
+    taken.write_text("not a directory")
+    with pytest.raises(ConfigError, match="spool_dir"):
+        RoundStages(StrategySettings(spool_dir=taken, staging_memory_bytes=0))
