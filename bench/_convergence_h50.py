@@ -29,10 +29,10 @@ helped (lr 2.5, decay 0.8: +7.9 % over 3 seeds against +11.9 % at lr 2,
 decay 0.95), -owd hurt, and the goal stays unmet at H = 50.
 
 blockR-dD-lrA-b80 (issue 18's next candidate): top-k over runs of R
-contiguous coordinates (`topk:D/100:int2:bR`), one position per run, so
-~3.5x the coordinates at sparseloco3's bytes. Measured (README): worse at
-every R and lr (R = 8: 1.678, R = 16: 1.702 at best, R = 64: 2.064,
-against 1.617), worse the longer the run.
+contiguous coordinates (`topk:D/100:int2:bR`, the codec in `_run_topk`),
+one position per run, so ~3.5x the coordinates at sparseloco3's bytes.
+Measured (README): worse at every R and lr (R = 8: 1.678, R = 16: 1.702
+at best, R = 64: 2.064, against 1.617), worse the longer the run.
 """
 
 from __future__ import annotations

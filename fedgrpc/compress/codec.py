@@ -81,4 +81,4 @@ def make_codec(
     generator = rng if rng is not None else np.random.default_rng()
     if isinstance(config, Dense):
         return DenseCodec(config.values, generator)
-    return TopKCodec(config.density, config.values, generator, config.block)
+    return TopKCodec(config.density, config.values, generator)

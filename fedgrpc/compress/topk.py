@@ -20,17 +20,6 @@ machine (one thread, 64 blocks of |N(0,1)|): 1 % of 100M coordinates in
 0.17 s, 10 % in 0.32 s; the whole-block top-k it replaced (a sampled
 threshold, then `flatnonzero`) took 0.11 s and 0.29 s: grouping costs
 ~0.06 s per 100M at 1 %.
-
-Runs (`TopK(block=b)`, b > 1, issue 18): the selection unit becomes a run
-of b contiguous coordinates, scored by its sum of squares (its L2 norm
-squared, same order), ceil(density * 4096 / b) runs per group; k then
-counts runs, the values section holds k * b values (each run's b in order;
-a short last run is zero-padded and its pad dropped on decode) and the
-index section the k sorted run indices. At 3 % int2 the positions are
-~7 of the ~9.2 payload bits a value (gaps of ~33 need ~6-7 bits, plus
-headers), so one position per b values buys ~3.5x the coordinates for the
-same bytes at b = 16. Bench only for now: no wire codec carries b
-(`domain.requests.wire_codec` refuses it).
 """
 
 from __future__ import annotations
@@ -69,42 +58,21 @@ def select_topk(magnitudes: F32Array, density: float) -> I64Array:
     """Sorted positions of the `group_k` largest non-zero of every TOPK_GROUP."""
     rest = magnitudes.size % TOPK_GROUP
     k_rest = group_k(density, rest) if rest else 0
-    chosen = _select_grouped(
+    chosen = select_grouped(
         magnitudes, TOPK_GROUP, group_k(density, TOPK_GROUP), k_rest
     )
     return chosen[magnitudes[chosen] > 0]
 
 
-def select_blocks(block: F32Array, density: float, size: int) -> I64Array:
-    """Sorted indices of the runs of `size` with the largest L2 norm, per group.
-
-    Run j covers coordinates [j * size, (j + 1) * size) of `block` (the last
-    one may be short). Each TOPK_GROUP of coordinates, i.e. TOPK_GROUP / size
-    runs, keeps `group_blocks` of them, by sum of squares (same order as the
-    norm); runs of all zeros are never chosen, as top-k never picks a zero.
-    """
-    runs, short = divmod(block.size, size)
-    # Squares in float64: exact for float32 inputs and no overflow to Inf.
-    energy = np.square(block[: runs * size], dtype=np.float64)
-    energy = energy.reshape(runs, size).sum(axis=1)
-    if short:
-        tail = np.square(block[runs * size :], dtype=np.float64).sum()
-        energy = np.append(energy, tail)
-    rest = block.size % TOPK_GROUP
-    k_rest = group_blocks(density, rest, size) if rest else 0
-    per_group = TOPK_GROUP // size
-    chosen = _select_grouped(
-        energy, per_group, group_blocks(density, TOPK_GROUP, size), k_rest
-    )
-    return chosen[energy[chosen] > 0]
-
-
-def _select_grouped(
+def select_grouped(
     scores: np.ndarray, group: int, k_full: int, k_rest: int
 ) -> I64Array:
-    """Sorted positions of the k_full largest `scores` of every `group`.
+    """Sorted positions of the `k_full` largest `scores` of every `group`.
 
-    A last, shorter group keeps its k_rest largest.
+    A last, shorter group keeps its `k_rest` largest. One `np.argpartition`
+    along the rows of a (groups, group) view: exact, deterministic, no
+    Python loop. Scores may be magnitudes (top-k) or any per-unit score
+    (bench/_run_topk.py ranks runs of coordinates by their energy).
     """
     full, rest = divmod(scores.size, group)
     parts: list[I64Array] = [np.empty(0, dtype=np.int64)]
@@ -129,16 +97,6 @@ def group_k(density: float, size: int) -> int:
     return min(size, max(1, math.ceil(density * size - 1e-9)))
 
 
-def group_blocks(density: float, size: int, block: int) -> int:
-    """Runs of `block` kept of `size` coordinates: ceil(density * size / block).
-
-    At least 1, at most the ceil(size / block) runs there are; block = 1 is
-    `group_k`.
-    """
-    runs = -(-size // block)
-    return min(runs, max(1, math.ceil(density * size / block - 1e-9)))
-
-
 def _largest(magnitudes: F32Array, k: int) -> I64Array:
     """Sorted positions of the k largest `magnitudes` (all if fewer)."""
     if magnitudes.size <= k:
@@ -149,42 +107,25 @@ def _largest(magnitudes: F32Array, k: int) -> I64Array:
 
 
 class TopKCodec:
-    """`BlockCodec` for `TopK(density=..., bits=..., block=...)`.
-
-    With `block` = b > 1, k counts runs of b coordinates (`select_blocks`):
-    the values section holds the b values of each chosen run in order (k * b
-    values; a short last run is padded with zeros, whose decoded values are
-    dropped) and the index section the k sorted run indices j, each standing
-    for positions j * b .. j * b + b - 1. b = 1 is the per-coordinate codec,
-    byte for byte.
+    """`BlockCodec` for `TopK(density=..., bits=...)`.
 
     `encode` is not thread-safe (a reused magnitude buffer, the rng for
     stochastic rounding); `decode` is.
     """
 
     def __init__(
-        self,
-        density: float,
-        values: ValueFormat,
-        rng: np.random.Generator,
-        block: int = 1,
+        self, density: float, values: ValueFormat, rng: np.random.Generator
     ) -> None:
-        if block < 1 or TOPK_GROUP % block:
-            raise ConfigError(f"block={block} is invalid: expected a divisor of 4096")
         self.density = density
         self.values: ValueFormat = values
-        self.block = block
         self._rng = rng
         self._magnitudes = np.empty(TOPK_BLOCK_COORDINATES, dtype=np.float32)
 
     def k_for(self, count: int) -> int:
-        """Most runs (values if block = 1) a block of `count` sends.
-
-        Per group: ceil(density * size / block).
-        """
+        """Most values a block of `count` sends: per group ceil(density * size)."""
         full, rest = divmod(count, TOPK_GROUP)
-        k = full * group_blocks(self.density, TOPK_GROUP, self.block)
-        return k + (group_blocks(self.density, rest, self.block) if rest else 0)
+        k = full * group_k(self.density, TOPK_GROUP)
+        return k + (group_k(self.density, rest) if rest else 0)
 
     def block_coordinates(self, chunk_bytes: int) -> int:
         """TOPK_BLOCK_COORDINATES, halved until the worst-case payload fits.
@@ -213,19 +154,11 @@ class TopKCodec:
         magnitudes = np.abs(block, out=self._magnitudes[: block.size])
         if block.size and not np.isfinite(magnitudes.max()):
             raise InvalidUpdateError("block values contain NaN or Inf: expected finite")
-        if self.block == 1:
-            chosen = select_topk(magnitudes, self.density)
-            sent = block[chosen]
-        else:
-            chosen = select_blocks(block, self.density, self.block)
-            positions = run_positions(chosen, self.block)
-            sent = np.zeros(positions.size, dtype=np.float32)  # short run: 0 pad
-            inside = positions.size - np.count_nonzero(positions >= block.size)
-            sent[:inside] = block[positions[:inside]]
+        chosen = select_topk(magnitudes, self.density)
         payload = b"".join(
             (
                 chosen.size.to_bytes(K_BYTES, "little"),
-                encode_values(sent, self.values, self._rng),
+                encode_values(block[chosen], self.values, self._rng),
                 encode_indices(chosen),
             )
         )
@@ -236,8 +169,7 @@ class TopKCodec:
 
         Raises:
             InvalidUpdateError: k above the round's density, a short payload,
-                or invalid values or indices (a run index past the block's
-                runs included).
+                or invalid values or indices.
         """
         check_count(count)
         view = memoryview(payload).cast("B")
@@ -248,46 +180,28 @@ class TopKCodec:
             )
         k = int.from_bytes(view[:K_BYTES], "little")
         if k > self.k_for(count):
-            unit = "" if self.block == 1 else f" runs of {self.block}"
             raise InvalidUpdateError(
-                f"top-k block claims k={k}{unit} of {count} coordinates: expected "
+                f"top-k block claims k={k} of {count} coordinates: expected "
                 f"at most {self.k_for(count)} at density {self.density}"
             )
-        n = k * self.block
-        end = K_BYTES + value_bytes(self.values, n)
+        end = K_BYTES + value_bytes(self.values, k)
         if len(view) <= end:
             raise InvalidUpdateError(
-                f"top-k payload has {len(view)} bytes, too short for {n} "
+                f"top-k payload has {len(view)} bytes, too short for k={k} "
                 f"{self.values} values and an index section"
             )
-        values = decode_values(view[K_BYTES:end], self.values, n)
-        if self.block == 1:
-            return SparseValues(decode_indices(view[end:], k, count), values)
-        runs = -(-count // self.block)
-        positions = run_positions(decode_indices(view[end:], k, runs), self.block)
-        inside = positions.size - np.count_nonzero(positions >= count)
-        return SparseValues(positions[:inside], values[:inside])
+        values = decode_values(view[K_BYTES:end], self.values, k)
+        return SparseValues(decode_indices(view[end:], k, count), values)
 
     def estimated_bytes(self, num_coordinates: int) -> int:
         """Typical payload bytes of one block of `num_coordinates` (for planning)."""
         k = self.k_for(num_coordinates)
         return (
             K_BYTES
-            + value_bytes(self.values, k * self.block)
-            + estimated_index_bytes(k, -(-num_coordinates // self.block))
+            + value_bytes(self.values, k)
+            + estimated_index_bytes(k, num_coordinates)
         )
 
     def _max_payload(self, count: int) -> int:
         k = self.k_for(count)
-        runs = -(-count // self.block)
-        return (
-            K_BYTES
-            + value_bytes(self.values, k * self.block)
-            + max_index_bytes(k, runs)
-        )
-
-
-def run_positions(runs: I64Array, size: int) -> I64Array:
-    """Coordinates j * size .. j * size + size - 1 of each of the sorted `runs`."""
-    positions: I64Array = (runs[:, None] * size + np.arange(size)).ravel()
-    return positions
+        return K_BYTES + value_bytes(self.values, k) + max_index_bytes(k, count)

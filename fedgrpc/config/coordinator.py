@@ -34,7 +34,6 @@ from fedgrpc.domain.chunks import (
     MIN_CHUNK_BYTES,
 )
 from fedgrpc.domain.codecs import CodecConfig, Dense, parse_codec
-from fedgrpc.domain.requests import wire_codec
 from fedgrpc.errors import ConfigError
 from fedgrpc.errors import check_config as _check
 
@@ -193,7 +192,7 @@ class CoordinatorConfig(
         _check(not self.init_model or Path(self.init_model).exists(), "init_model",
                self.init_model, "an existing safetensors file or fedgrpc "
                "checkpoint (file or directory)")  # fmt: skip
-        wire_codec(parse_codec(self.codec))  # raises ConfigError naming the problem
+        parse_codec(self.codec)  # raises ConfigError naming the problem
         self._check_downlink()
         _check(0 < self.resolved_feedback_decay <= 1, "feedback_decay",
                self.feedback_decay, "in (0, 1]")  # fmt: skip
@@ -232,7 +231,7 @@ class CoordinatorConfig(
     def _check_downlink(self) -> None:
         """A codec spec, and no compressed steps where range pulls need weights."""
         try:
-            wire_codec(parse_codec(self.downlink_codec))  # runs: refused, as uplink
+            parse_codec(self.downlink_codec)
         except ConfigError as exc:
             raise ConfigError(
                 f"downlink_codec={self.downlink_codec!r} is invalid: {exc}"

@@ -12,7 +12,6 @@ from typing import Literal
 
 from fedgrpc.domain.codecs import CodecConfig, TopK
 from fedgrpc.domain.model_spec import ModelSpec
-from fedgrpc.errors import check_config
 
 WireCodec = Literal["dense-fp32", "dense", "topk", "secagg-ring"]
 """How an update's chunks are encoded (common.proto's `Codec`)."""
@@ -22,18 +21,8 @@ HashName = Literal["sha256", "blake3"]
 
 
 def wire_codec(config: CodecConfig) -> WireCodec:
-    """The wire codec whose chunks carry updates under `config`.
-
-    Raises:
-        ConfigError: top-k over runs (`TopK(block > 1)`): no wire codec
-            carries the run length yet, and a TOPK peer would misread the
-            payload, so it is refused here, before anything is announced or
-            sent (issue 18: measured in the bench only; README "Compression").
-    """
+    """The wire codec whose chunks carry updates under `config`."""
     if isinstance(config, TopK):
-        check_config(config.block == 1, "block", config.block,
-                     "1 on the wire: top-k over runs of b > 1 coordinates is a "
-                     "bench setting only (bench/_convergence_h50.py)")  # fmt: skip
         return "topk"
     return "dense-fp32" if config.values == "fp32" else "dense"
 

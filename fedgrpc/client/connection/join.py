@@ -34,7 +34,7 @@ from fedgrpc.crypto.keys import PrivateKey, PublicKey
 from fedgrpc.crypto.signing import JoinStatement
 from fedgrpc.domain.chunks import DEFAULT_CHUNK_BYTES
 from fedgrpc.domain.model_spec import ModelSpec
-from fedgrpc.domain.requests import HashName, wire_codec
+from fedgrpc.domain.requests import HashName
 from fedgrpc.errors import (
     ConfigError,
     IdentityFileError,
@@ -205,10 +205,6 @@ class JoinSettings:
     compression: CodecConfig | None = None
     frozen_sha256: bytes = b""
     """Digest of this model's frozen base (`FederatedTensors.frozen_digest`)."""
-
-    def __post_init__(self) -> None:
-        if self.compression is not None:
-            wire_codec(self.compression)  # ConfigError for codecs with no wire form
 
 
 def announced_codec(

@@ -35,8 +35,6 @@ SPECS = [
     "topk:0.025:int2",
     "topk:0.3:bf16",
     "topk:1:fp32",
-    "topk:0.1:int2:b16",
-    "topk:0.05:fp32:b8",
 ]
 BLOCKS = hnp.arrays(
     np.float32,

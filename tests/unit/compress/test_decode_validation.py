@@ -36,8 +36,6 @@ SPECS = [
     "topk:0.5:int2",
     "topk:0.2:bf16",
     "topk:1:fp32",
-    "topk:0.2:int2:b8",
-    "topk:0.5:fp32:b4",
 ]
 
 

@@ -25,9 +25,6 @@ from fedgrpc.errors import ConfigError
         ("topk:0.1:bf16", TopK(density=0.1, bits=16)),
         ("topk:1:fp32", TopK(density=1.0, bits=32)),
         (" topk:0.5:int8 ", TopK(density=0.5, bits=8)),
-        ("topk:0.1:int2:b16", TopK(density=0.1, bits=2, block=16)),
-        ("topk:0.1:int8:b1", TopK(density=0.1, bits=8)),
-        ("topk:0.2:fp32:b4096", TopK(density=0.2, bits=32, block=4096)),
     ],
 )
 def test_parse_codec_reads_the_documented_grammar(spec: str, config: object) -> None:
@@ -46,14 +43,6 @@ def test_parse_codec_reads_the_documented_grammar(spec: str, config: object) -> 
         ("topk:0:int8", "density=0.0 is invalid"),
         ("topk:1.5", "density=1.5 is invalid"),
         ("topk:nan", "density=nan is invalid"),
-        ("topk:0.1:int2:16", "block '16' is not 'b' and a divisor of 4096"),
-        ("topk:0.1:int2:b", "block 'b' is not 'b' and a divisor of 4096"),
-        ("topk:0.1:int2:b-4", "block 'b-4' is not 'b' and a divisor"),
-        ("topk:0.1:int2:b16:x", "block 'b16:x' is not 'b'"),
-        ("topk:0.1:int2:b12", "block 'b12' does not divide 4096"),
-        ("topk:0.1:int2:b8192", "block 'b8192' does not divide 4096"),
-        ("topk:0.1:int2:b0", "block 'b0' does not divide 4096"),
-        ("topk:0.1:b16", "value format 'b16' is not one of"),
         (
             "topk:0.1:fp16",
             "value format 'fp16' is not one of int2 | int4 | int8 | bf16",
@@ -72,7 +61,6 @@ def test_parse_codec_names_what_is_wrong(spec: str, message: str) -> None:
             TopK,
             density=st.floats(min_value=1e-9, max_value=1.0, exclude_min=True),
             bits=st.sampled_from([2, 4, 8, 16, 32]),
-            block=st.sampled_from([1 << i for i in range(13)]),
         ),
     )
 )
@@ -89,16 +77,6 @@ def test_configs_validate_at_construction() -> None:
         TopK(density=True)
     with pytest.raises(ConfigError, match=r"density=-0.1 is invalid.*\(0, 1\]"):
         TopK(density=-0.1)
-    with pytest.raises(ConfigError, match=r"block=24 is invalid: expected a divisor"):
-        TopK(density=0.1, block=24)
-    with pytest.raises(ConfigError, match=r"block=True is invalid"):
-        TopK(density=0.1, block=True)
-
-
-def test_block_one_formats_as_before() -> None:
-    """Specs written before runs existed stay byte-identical (TOML, logs)."""
-    assert format_codec(TopK(density=0.03, bits=2)) == "topk:0.03:int2"
-    assert format_codec(TopK(density=0.1, bits=2, block=16)) == "topk:0.1:int2:b16"
 
 
 def test_topk_bits_map_to_value_formats_and_density_is_a_float() -> None:

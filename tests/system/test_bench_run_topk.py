@@ -1,25 +1,27 @@
-"""Top-k over runs of b coordinates (`TopK(block=b)`): selection, layout, validation.
+"""Top-k over runs (`bench/_run_topk.py`, specs `topk:D:V:bR`): selection,
+layout and validation of the bench-only codec behind issue 18's run grid.
 
-Decoding hostile payloads in general is test_decode_validation's job (its
-SPECS include run codecs); here are the failures only runs can have.
+Its decode validates as a wire codec's would, so a later wire codec can
+start from it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import struct
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fedgrpc.client.connection.join import JoinSettings
-from fedgrpc.compress import SparseValues, TopK, make_codec, parse_codec
+from fedgrpc.compress import SparseValues
 from fedgrpc.compress.index_coding import encode_indices
-from fedgrpc.compress.topk import TOPK_GROUP, TopKCodec
-from fedgrpc.config.coordinator import CoordinatorConfig
+from fedgrpc.compress.topk import TOPK_GROUP
 from fedgrpc.errors import ConfigError, InvalidUpdateError
-from fedgrpc.wire.codec_params import codec_params_to_proto
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from _run_topk import RunTopKCodec, bench_codec
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -30,36 +32,10 @@ def _heavy_tailed(n: int, seed: int) -> np.ndarray:
     return (rng.standard_normal(n) * scales).astype(np.float32)
 
 
-def _codec(spec: str, seed: int = 0) -> TopKCodec:
-    codec = make_codec(parse_codec(spec), rng=np.random.default_rng(seed))
-    assert isinstance(codec, TopKCodec)
+def _codec(spec: str, seed: int = 0) -> RunTopKCodec:
+    codec = bench_codec(spec, rng=np.random.default_rng(seed))
+    assert isinstance(codec, RunTopKCodec)
     return codec
-
-
-@pytest.mark.parametrize(
-    ("spec", "digest"),
-    [  # sha256 prefixes computed with main before runs existed (2e14906)
-        ("topk:0.03:int2", "114db879a4688ac1aaf34deba06145df"),
-        ("topk:0.01:int8", "392c7d76bc591a745678000241ce2dc2"),
-        ("topk:0.1:fp32", "01247799ccc3ff7f03cf96645070df5c"),
-    ],
-)
-def test_block_one_is_the_per_coordinate_codec_byte_for_byte(
-    spec: str, digest: str
-) -> None:
-    rng = np.random.default_rng(7)
-    scales = np.exp(rng.standard_normal(140_000 // 512 + 1)).repeat(512)[:140_000]
-    block = (rng.standard_normal(140_000) * scales).astype(np.float32)
-    block[::97] = 0
-    codec = _codec(spec, seed=3)
-    explicit = _codec(f"{spec}:b1", seed=3)
-    h = hashlib.sha256()
-    for offset in range(0, block.size, 65536):
-        payload = codec.encode(block[offset : offset + 65536]).payload
-        assert explicit.encode(block[offset : offset + 65536]).payload == payload
-        h.update(payload)
-
-    assert h.hexdigest()[:32] == digest
 
 
 @pytest.mark.parametrize("size", [4, 16, 64])
@@ -120,7 +96,8 @@ def test_runs_buy_over_three_times_the_coordinates_for_the_bytes() -> None:
     # values, as the bench's pseudo-gradients code (their top-k 3 % costs
     # what noise's does, 757 vs 751 KiB a run).
     block = np.random.default_rng(1).standard_normal(65536).astype(np.float32)
-    single, runs = _codec("topk:0.03:int2"), _codec("topk:0.105:int2:b16")
+    single = bench_codec("topk:0.03:int2", np.random.default_rng(0))
+    runs = _codec("topk:0.105:int2:b16")
 
     one, many = single.encode(block), runs.encode(block)
 
@@ -153,24 +130,12 @@ def test_hostile_run_payloads_are_invalid_updates(payload: bytes, message: str) 
         codec.decode(payload, 100)
 
 
-def test_the_codec_refuses_a_run_that_does_not_divide_the_group() -> None:
-    with pytest.raises(ConfigError, match="block=24 is invalid"):
-        TopKCodec(0.1, "int8", np.random.default_rng(0), 24)
-    assert make_codec(TopK(density=0.1, block=32)).block == 32  # type: ignore[attr-defined]
-
-
-def test_runs_are_refused_wherever_they_would_reach_the_wire() -> None:
-    # No wire codec carries the run length yet (issue 18: bench only), and a
-    # TOPK peer would misread run indices as positions: refused up front.
-    runs = TopK(density=0.1, bits=2, block=16)
-    with pytest.raises(ConfigError, match="block=16 is invalid: expected 1 on the"):
-        codec_params_to_proto(runs, 1 << 20)
-    with pytest.raises(ConfigError, match="block=16 is invalid"):
-        CoordinatorConfig(codec="topk:0.1:int2:b16")
-    with pytest.raises(ConfigError, match=r"downlink_codec=.*block=16 is invalid"):
-        CoordinatorConfig(downlink_codec="topk:0.1:int2:b16")
-    with pytest.raises(ConfigError, match="block=16 is invalid"):
-        JoinSettings(compression=runs)
-    assert CoordinatorConfig(codec="topk:0.1:int2:b1").codec_config == TopK(
-        density=0.1, bits=2
-    )
+def test_a_run_must_divide_the_group_and_exceed_one() -> None:
+    with pytest.raises(ConfigError, match="run=24 is invalid"):
+        RunTopKCodec(0.1, "int8", np.random.default_rng(0), 24)
+    with pytest.raises(ConfigError, match="run=1 is invalid"):
+        RunTopKCodec(0.1, "int8", np.random.default_rng(0), 1)
+    with pytest.raises(ConfigError, match="expected topk:D:V:bR"):
+        bench_codec("topk:0.1:int2:bx")
+    assert _codec("topk:0.1:int2:b32").run == 32
+    assert not isinstance(bench_codec("topk:0.1:int2"), RunTopKCodec)
