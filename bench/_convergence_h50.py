@@ -27,6 +27,12 @@ top-k D % int2 with outer lr A (default 1) and decay 0.B (default 0.95).
 Measured (README, "Compression"): a shorter memory with a larger step
 helped (lr 2.5, decay 0.8: +7.9 % over 3 seeds against +11.9 % at lr 2,
 decay 0.95), -owd hurt, and the goal stays unmet at H = 50.
+
+blockR-dD-lrA-b80 (issue 18's next candidate): top-k over runs of R
+contiguous coordinates (`topk:D/100:int2:bR`, the codec in `_run_topk`),
+one position per run, so ~3.5x the coordinates at sparseloco3's bytes.
+Measured (README): worse at every R and lr (R = 8: 1.678, R = 16: 1.702
+at best, R = 64: 2.064, against 1.617), worse the longer the run.
 """
 
 from __future__ import annotations
@@ -38,11 +44,19 @@ SPARSELOCO = {"feedback_decay": 0.95, "fixed_outer": True}
 
 
 def _entry(
-    density_pct: float, lr: float, decay: float, outer_wd: bool = False
+    density_pct: float,
+    lr: float,
+    decay: float,
+    outer_wd: bool = False,
+    block: int = 1,
 ) -> tuple[str, dict[str, Any]]:
-    text = f"top-k {density_pct:g} % int2, SparseLoCo, EF decay {decay:g}, lr {lr:g}"
+    unit = f", runs of {block}" if block > 1 else ""
+    text = (
+        f"top-k {density_pct:g} % int2{unit}, SparseLoCo, EF decay {decay:g}, lr {lr:g}"
+    )
+    suffix = f":b{block}" if block > 1 else ""
     options: dict[str, Any] = {
-        "codec": f"topk:{density_pct / 100:g}:int2",
+        "codec": f"topk:{density_pct / 100:g}:int2{suffix}",
         **SPARSELOCO,
         "feedback_decay": decay,
     }
@@ -66,8 +80,29 @@ _GRID: dict[str, tuple[float, float, float] | tuple[float, float, float, bool]] 
     "sparseloco3-lr3-b70": (3.0, 3.0, 0.70),
     "sparseloco3-lr2-owd": (3.0, 2.0, 0.95, True),
 }
+_BLOCK_DENSITY_PCT = {8: 8.98, 16: 10.5, 32: 10.9, 64: 10.9}
+"""Run length b -> the density whose measured uplink is closest to
+sparseloco3's (~757 KiB, 112x): per group of 4,096, 46 runs of 8, 27 of 16,
+14 of 32, 7 of 64."""
+_BLOCK_RUNS = ((16, 2.5), (16, 1.5), (16, 1.0), (8, 1.5), (32, 1.5), (64, 1.5))
+"""(run length b, outer lr) measured, all at decay 0.8: lr 2.5 first (the
+per-coordinate best), then lower, which runs preferred."""
+_BLOCK_GRID: dict[str, tuple[float, float, float, int]] = {
+    # name: (density %, outer lr, decay, run length b)
+    f"block{b}-d{round(_BLOCK_DENSITY_PCT[b], 1):g}-lr{lr:g}-b80": (
+        _BLOCK_DENSITY_PCT[b],
+        lr,
+        0.8,
+        b,
+    )
+    for b, lr in _BLOCK_RUNS
+}
 H50_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
-    name: _entry(*knobs) for name, knobs in _GRID.items()
+    **{name: _entry(*knobs) for name, knobs in _GRID.items()},
+    **{
+        name: _entry(pct, lr, decay, block=block)
+        for name, (pct, lr, decay, block) in _BLOCK_GRID.items()
+    },
 }
 """The seed-0 grid (quality18), run only when named."""
 H50_BEST = "sparseloco3-lr2.5-b80"

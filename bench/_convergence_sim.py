@@ -30,6 +30,7 @@ from _convergence_wire import (
     push_overhead_bytes,
     step_pull_bytes,
 )
+from _run_topk import bench_codec
 
 from fedgrpc.compress import ErrorFeedback, make_codec, parse_codec
 from fedgrpc.coordinator.rounds.downlink import DownlinkCompressor
@@ -213,7 +214,7 @@ class _Worker:
         )
         self.optimizer = make_inner_optimizer(self.model, inner)
         rng = np.random.default_rng([case.seed, index])
-        self.codec = make_codec(parse_codec(case.codec), rng=rng)
+        self.codec = bench_codec(case.codec, rng)  # `:bR`: runs, bench only
         self.feedback = self._fresh_feedback()
 
     def _fresh_feedback(self) -> ErrorFeedback:

@@ -56,23 +56,39 @@ TOPK_GROUP = 4096
 
 def select_topk(magnitudes: F32Array, density: float) -> I64Array:
     """Sorted positions of the `group_k` largest non-zero of every TOPK_GROUP."""
-    full, rest = divmod(magnitudes.size, TOPK_GROUP)
-    k_group = group_k(density, TOPK_GROUP)
+    rest = magnitudes.size % TOPK_GROUP
+    k_rest = group_k(density, rest) if rest else 0
+    chosen = select_grouped(
+        magnitudes, TOPK_GROUP, group_k(density, TOPK_GROUP), k_rest
+    )
+    return chosen[magnitudes[chosen] > 0]
+
+
+def select_grouped(
+    scores: np.ndarray, group: int, k_full: int, k_rest: int
+) -> I64Array:
+    """Sorted positions of the `k_full` largest `scores` of every `group`.
+
+    A last, shorter group keeps its `k_rest` largest. One `np.argpartition`
+    along the rows of a (groups, group) view: exact, deterministic, no
+    Python loop. Scores may be magnitudes (top-k) or any per-unit score
+    (bench/_run_topk.py ranks runs of coordinates by their energy).
+    """
+    full, rest = divmod(scores.size, group)
     parts: list[I64Array] = [np.empty(0, dtype=np.int64)]
     if full:
-        rows = magnitudes[: full * TOPK_GROUP].reshape(full, TOPK_GROUP)
-        if k_group < TOPK_GROUP:
-            top = np.argpartition(rows, TOPK_GROUP - k_group, axis=1)[:, -k_group:]
+        rows = scores[: full * group].reshape(full, group)
+        if k_full < group:
+            top = np.argpartition(rows, group - k_full, axis=1)[:, -k_full:]
             top.sort(axis=1)
         else:
-            top = np.broadcast_to(np.arange(TOPK_GROUP), rows.shape).copy()
-        top += np.arange(0, full * TOPK_GROUP, TOPK_GROUP)[:, None]
+            top = np.broadcast_to(np.arange(group), rows.shape).copy()
+        top += np.arange(0, full * group, group)[:, None]
         parts.append(top.ravel())
     if rest:
-        tail = _largest(magnitudes[full * TOPK_GROUP :], group_k(density, rest))
-        parts.append(tail + full * TOPK_GROUP)
-    chosen = np.concatenate(parts)
-    return chosen[magnitudes[chosen] > 0]
+        tail = _largest(scores[full * group :], k_rest)
+        parts.append(tail + full * group)
+    return np.concatenate(parts)
 
 
 def group_k(density: float, size: int) -> int:

@@ -1,8 +1,9 @@
 """bench/convergence.py's issue-18 grid at H = 50 (`_convergence_h50`).
 
 Smoke only, as tests/system/test_bench_smoke.py: the quick mode runs the
-grid's knobs end to end (outer lr, weight decay in the outer step) and the
-bytes stay >= 100x below dense with every header and index byte counted.
+grid's knobs end to end (outer lr, weight decay in the outer step, top-k
+over runs of 16) and the bytes stay >= 100x below dense with every header
+and index byte counted.
 Losses are measured by the bench, never asserted here.
 """
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.system
 
 @pytest.mark.timeout(200)  # one bench invocation of up to 170 s
 def test_grid_configs_reach_the_simulation() -> None:
-    names = "dense,sparseloco3-lr2,sparseloco3-lr2-owd"
+    names = "dense,sparseloco3-lr2,sparseloco3-lr2-owd,block16-d10.5-lr1-b80"
     result = subprocess.run(
         [sys.executable, str(REPO / "bench" / "convergence.py"), "--quick",
          "--configs", names],
@@ -36,6 +37,11 @@ def test_grid_configs_reach_the_simulation() -> None:
         assert grid["outer"] == "sparseloco lr 2.0 m 0.0"
         assert grid["codec"] == "topk:0.03:int2"
         assert grid["up_ratio_vs_dense"] > 100
+    # Runs of 16 at 10.5 %: about sparseloco3's bytes, so also >= 100x.
+    runs = configs["block16-d10.5-lr1-b80"]
+    assert runs["codec"] == "topk:0.105:int2:b16"
+    assert runs["outer"] == "sparseloco lr 1.0 m 0.0"
+    assert 100 < runs["up_ratio_vs_dense"] < 1.1 * plain["up_ratio_vs_dense"]
     # Same seed, batches and codec rng: only where weight decay runs differs.
     assert moved["final_val_loss"]["mean"] != plain["final_val_loss"]["mean"]
 
