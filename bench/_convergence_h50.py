@@ -33,6 +33,9 @@ contiguous coordinates (`topk:D/100:int2:bR`, the codec in `_run_topk`),
 one position per run, so ~3.5x the coordinates at sparseloco3's bytes.
 Measured (README): worse at every R and lr (R = 8: 1.678, R = 16: 1.702
 at best, R = 64: 2.064, against 1.617), worse the longer the run.
+
+randkD-lrA-b80: seeded random-k (`_rand_k`), no positions on the wire, so
+12.5 % int2 costs top-k 3 %'s bytes at ~4x the coordinates.
 """
 
 from __future__ import annotations
@@ -97,12 +100,34 @@ _BLOCK_GRID: dict[str, tuple[float, float, float, int]] = {
     )
     for b, lr in _BLOCK_RUNS
 }
+_RANDK_GRID: dict[str, tuple[float, float, float]] = {
+    # name: (density %, outer lr, decay); 12.5 % int2 ~ top-k 3 %'s bytes
+    "randk12.5-lr2.5-b80": (12.5, 2.5, 0.80),
+    "randk12.5-lr1.5-b80": (12.5, 1.5, 0.80),
+    # a coordinate waits ~8 rounds for its draw: 0.8^8 keeps 17 % of its
+    # residual, 0.95^8 66 %, so random-k wants the longer memory
+    "randk12.5-lr2.5-b95": (12.5, 2.5, 0.95),
+    "randk12.5-lr1.5-b95": (12.5, 1.5, 0.95),
+    "randk12.5-lr3.5-b80": (12.5, 3.5, 0.80),
+    "randk12.5-lr2.5-b60": (12.5, 2.5, 0.60),
+    "randk12.5-lr2.5-b40": (12.5, 2.5, 0.40),
+    "randk12.5-lr2-b60": (12.5, 2.0, 0.60),
+}
+
+
+def _randk_entry(pct: float, lr: float, decay: float) -> tuple[str, dict[str, Any]]:
+    text, options = _entry(pct, lr, decay)
+    options["codec"] = f"randk:{pct / 100:g}:int2"
+    return text.replace("top-k", "random-k (seeded positions)"), options
+
+
 H50_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     **{name: _entry(*knobs) for name, knobs in _GRID.items()},
     **{
         name: _entry(pct, lr, decay, block=block)
         for name, (pct, lr, decay, block) in _BLOCK_GRID.items()
     },
+    **{name: _randk_entry(*knobs) for name, knobs in _RANDK_GRID.items()},
 }
 """The seed-0 grid (quality18), run only when named."""
 H50_BEST = "sparseloco3-lr2.5-b80"

@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from _bench_codecs import bench_codec
 from _convergence_wire import (
     chunk_bytes,
     pull_bytes,
     push_overhead_bytes,
     step_pull_bytes,
 )
-from _run_topk import bench_codec
 
 from fedgrpc.compress import ErrorFeedback, make_codec, parse_codec
 from fedgrpc.coordinator.rounds.downlink import DownlinkCompressor

@@ -6,7 +6,8 @@ coordinates, one position per run, buys ~3.5x the coordinates for the same
 bytes at b = 16. Issue 18 asked whether that buys loss at H = 50: it does
 not (README, "Compression": worse than per-coordinate top-k at every b and
 outer lr tried, the worse the longer the run). So the codec lives here, for
-the bench's registry (`_convergence_h50`, specs `topk:D:V:bR`), and not in
+the bench's registry (`_convergence_h50`, specs `topk:D:V:bR`, built by
+`_bench_codecs.bench_codec`), and not in
 `fedgrpc.compress`: no wire codec carries a run length, and a library
 setting every peer would refuse is not worth its API.
 
@@ -27,7 +28,6 @@ import math
 
 import numpy as np
 
-from fedgrpc.compress import make_codec, parse_codec
 from fedgrpc.compress.blocks import (
     EncodedBlock,
     F32Array,
@@ -36,7 +36,6 @@ from fedgrpc.compress.blocks import (
     check_block,
     check_count,
 )
-from fedgrpc.compress.codec import BlockCodec
 from fedgrpc.compress.index_coding import (
     decode_indices,
     encode_indices,
@@ -50,20 +49,8 @@ from fedgrpc.compress.topk import (
     TOPK_GROUP,
     select_grouped,
 )
-from fedgrpc.domain.codecs import TopK, ValueFormat
+from fedgrpc.domain.codecs import ValueFormat
 from fedgrpc.errors import ConfigError, InvalidUpdateError
-
-
-def bench_codec(spec: str, rng: np.random.Generator | None = None) -> BlockCodec:
-    """The library codec of `spec`, or a run codec for `topk:D:V:bR` (R > 1)."""
-    head, sep, run_text = spec.rpartition(":")
-    if not (sep and head.startswith("topk:") and run_text.startswith("b")):
-        return make_codec(parse_codec(spec), rng=rng)
-    config = parse_codec(head)
-    if not isinstance(config, TopK) or not run_text[1:].isdigit():
-        raise ConfigError(f"run codec {spec!r} is invalid: expected topk:D:V:bR")
-    generator = rng if rng is not None else np.random.default_rng()
-    return RunTopKCodec(config.density, config.values, generator, int(run_text[1:]))
 
 
 def group_runs(density: float, size: int, run: int) -> int:

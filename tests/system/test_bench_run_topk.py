@@ -21,7 +21,8 @@ from fedgrpc.compress.topk import TOPK_GROUP
 from fedgrpc.errors import ConfigError, InvalidUpdateError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from _run_topk import RunTopKCodec, bench_codec
+from _bench_codecs import bench_codec
+from _run_topk import RunTopKCodec
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -139,3 +140,41 @@ def test_a_run_must_divide_the_group_and_exceed_one() -> None:
         bench_codec("topk:0.1:int2:bx")
     assert _codec("topk:0.1:int2:b32").run == 32
     assert not isinstance(bench_codec("topk:0.1:int2"), RunTopKCodec)
+
+
+def test_random_k_positions_come_from_the_seed_alone() -> None:
+    """Random-k (`randk:D:V`, `bench/_rand_k.py`) sends no positions: the
+    receiver redraws them from the block's seed, so a flipped seed moves
+    every value and a wrong length is refused."""
+    block = _heavy_tailed(65536, seed=5)
+    codec = bench_codec("randk:0.125:fp32", np.random.default_rng(1))
+
+    encoded = codec.encode(block)
+    sent = codec.decode(encoded.payload, block.size)
+
+    assert isinstance(sent, SparseValues)
+    assert sent.indices.size == 8192
+    assert np.all(np.diff(sent.indices) > 0)
+    np.testing.assert_array_equal(sent.values, block[sent.indices])  # fp32: exact
+    assert len(encoded.payload) == 8 + 4 * 8192  # a seed, then values only
+    moved = bytes([encoded.payload[0] ^ 1]) + bytes(encoded.payload[1:])
+    other = codec.decode(moved, block.size)
+    assert isinstance(other, SparseValues)
+    assert not np.array_equal(other.indices, sent.indices)
+    with pytest.raises(InvalidUpdateError, match="expected 32776"):
+        codec.decode(encoded.payload[:-1], block.size)
+
+
+def test_random_k_int2_costs_what_top_k_3_percent_costs_at_four_times_the_density() -> (
+    None
+):
+    block = np.random.default_rng(2).standard_normal(65536).astype(np.float32)
+    topk = bench_codec("topk:0.03:int2", np.random.default_rng(0))
+    randk = bench_codec("randk:0.125:int2", np.random.default_rng(0))
+
+    one, many = topk.encode(block), randk.encode(block)
+
+    assert isinstance(one.sent, SparseValues)
+    assert isinstance(many.sent, SparseValues)
+    assert len(many.payload) <= 1.05 * len(one.payload)
+    assert many.sent.indices.size >= 4 * one.sent.indices.size

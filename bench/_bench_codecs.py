@@ -1,0 +1,41 @@
+"""The convergence sim's codecs: the library's, plus issue 18's bench-only ones.
+
+Spec strings extend the library grammar (`fedgrpc.compress.parse_codec`):
+
+    topk:D:V:bR   top-k over runs of R coordinates (`_run_topk`)
+    randk:D[:V]   seeded random-k, no positions on the wire (`_rand_k`)
+
+Anything else is the library's codec. Bench-only codecs never reach a
+coordinator: no wire codec carries them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from _rand_k import RandKCodec
+from _run_topk import RunTopKCodec
+
+from fedgrpc.compress import make_codec, parse_codec
+from fedgrpc.compress.codec import BlockCodec
+from fedgrpc.domain.codecs import TopK
+from fedgrpc.errors import ConfigError
+
+
+def bench_codec(spec: str, rng: np.random.Generator | None = None) -> BlockCodec:
+    """The codec `spec` names (grammar above).
+
+    Raises:
+        ConfigError: a bench spec that does not parse.
+    """
+    generator = rng if rng is not None else np.random.default_rng()
+    if spec.startswith("randk:"):
+        config = parse_codec("topk:" + spec.removeprefix("randk:"))
+        assert isinstance(config, TopK)  # the topk grammar parses D[:V]
+        return RandKCodec(config.density, config.values, generator)
+    head, sep, run_text = spec.rpartition(":")
+    if not (sep and head.startswith("topk:") and run_text.startswith("b")):
+        return make_codec(parse_codec(spec), rng=rng)
+    config = parse_codec(head)
+    if not isinstance(config, TopK) or not run_text[1:].isdigit():
+        raise ConfigError(f"run codec {spec!r} is invalid: expected topk:D:V:bR")
+    return RunTopKCodec(config.density, config.values, generator, int(run_text[1:]))
