@@ -34,8 +34,10 @@ one position per run, so ~3.5x the coordinates at sparseloco3's bytes.
 Measured (README): worse at every R and lr (R = 8: 1.678, R = 16: 1.702
 at best, R = 64: 2.064, against 1.617), worse the longer the run.
 
-randkD-lrA-b80: seeded random-k (`_rand_k`), no positions on the wire, so
-12.5 % int2 costs top-k 3 %'s bytes at ~4x the coordinates.
+randkD-lrA-bB: seeded random-k (`_rand_k`), no positions on the wire, so
+12.5 % int2 costs top-k 3 %'s bytes at ~4x the coordinates. Measured
+(README): best at lr 2.5, decay 0.6 (1.647), still behind top-k 3 %
+(1.617); a long memory hurts it (decay 0.95: 2.019).
 """
 
 from __future__ import annotations

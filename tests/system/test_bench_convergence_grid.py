@@ -2,8 +2,8 @@
 
 Smoke only, as tests/system/test_bench_smoke.py: the quick mode runs the
 grid's knobs end to end (outer lr, weight decay in the outer step, top-k
-over runs of 16) and the bytes stay >= 100x below dense with every header
-and index byte counted.
+over runs of 16, seeded random-k) and the bytes stay >= 100x below dense
+with every header and index byte counted.
 Losses are measured by the bench, never asserted here.
 """
 
@@ -23,7 +23,10 @@ pytestmark = pytest.mark.system
 
 @pytest.mark.timeout(200)  # one bench invocation of up to 170 s
 def test_grid_configs_reach_the_simulation() -> None:
-    names = "dense,sparseloco3-lr2,sparseloco3-lr2-owd,block16-d10.5-lr1-b80"
+    names = (
+        "dense,sparseloco3-lr2,sparseloco3-lr2-owd,block16-d10.5-lr1-b80,"
+        "randk12.5-lr2.5-b60"
+    )
     result = subprocess.run(
         [sys.executable, str(REPO / "bench" / "convergence.py"), "--quick",
          "--configs", names],
@@ -42,6 +45,10 @@ def test_grid_configs_reach_the_simulation() -> None:
     assert runs["codec"] == "topk:0.105:int2:b16"
     assert runs["outer"] == "sparseloco lr 1.0 m 0.0"
     assert 100 < runs["up_ratio_vs_dense"] < 1.1 * plain["up_ratio_vs_dense"]
+    # Random-k 12.5 % int2: no positions, about sparseloco3's bytes too.
+    seeded = configs["randk12.5-lr2.5-b60"]
+    assert seeded["codec"] == "randk:0.125:int2"
+    assert 100 < seeded["up_ratio_vs_dense"] < 1.1 * plain["up_ratio_vs_dense"]
     # Same seed, batches and codec rng: only where weight decay runs differs.
     assert moved["final_val_loss"]["mean"] != plain["final_val_loss"]["mean"]
 
