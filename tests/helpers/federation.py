@@ -57,6 +57,23 @@ class Fed:
         return self.service.PushUpdate(iter(list(messages)), timeout=10)
 
 
+def two_allowed_clients(keys: Path) -> tuple[PrivateKey, PrivateKey]:
+    """A coordinator key pair in `keys` and clients `a` and `b` allowed there."""
+    a_key, b_key = PrivateKey.generate(), PrivateKey.generate()
+    save_key_pair(PrivateKey.generate(), keys, "coordinator")
+    save_key_pair(a_key, keys / "allowed", "a")
+    save_key_pair(b_key, keys / "allowed", "b")
+    return a_key, b_key
+
+
+def identity_files(keys: Path) -> dict[str, Any]:
+    """The `CoordinatorConfig` fields naming what `two_allowed_clients` wrote."""
+    return {
+        "identity_key": str(keys / "coordinator.key"),
+        "allowed_client_keys": str(keys / "allowed"),
+    }
+
+
 @contextlib.contextmanager
 def closed_federation(tmp_path: Path, **settings: Any) -> Iterator[Fed]:
     """Coordinator with allowed keys for `a` and `b`, both joined, zeros seeded.
@@ -64,17 +81,13 @@ def closed_federation(tmp_path: Path, **settings: Any) -> Iterator[Fed]:
     `settings`: further `CoordinatorConfig` fields, overriding the ones set here.
     """
     keys = tmp_path / "keys"
-    a_key, b_key = PrivateKey.generate(), PrivateKey.generate()
-    save_key_pair(PrivateKey.generate(), keys, "coordinator")
-    save_key_pair(a_key, keys / "allowed", "a")
-    save_key_pair(b_key, keys / "allowed", "b")
+    a_key, b_key = two_allowed_clients(keys)
     for private in (keys / "allowed").glob("*.key"):
         private.unlink()
     config = CoordinatorConfig(
         seed_from_first_client=True,
         listen="127.0.0.1:0",
-        identity_key=str(keys / "coordinator.key"),
-        allowed_client_keys=str(keys / "allowed"),
+        **identity_files(keys),
         min_clients=2,
         inner_steps=5,
         chunk_bytes=CHUNK * 4,

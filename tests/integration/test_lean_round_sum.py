@@ -19,11 +19,10 @@ import numpy as np
 
 from fedgrpc.config import CoordinatorConfig
 from fedgrpc.coordinator.services.in_thread import serve_in_thread
-from fedgrpc.crypto.files import save_key_pair
-from fedgrpc.crypto.keys import PrivateKey
 from fedgrpc.domain.model_spec import DType, ModelSpec, TensorSpec
 from fedgrpc.optim.offload import BLOCK_COORDINATES
 from tests.helpers.eventually import eventually
+from tests.helpers.federation import identity_files, two_allowed_clients
 from tests.helpers.raw import join, pull, stub, update_messages
 
 SPEC = ModelSpec(
@@ -50,15 +49,11 @@ def _run(tmp_path: Path, name: str, settings: dict[str, Any]) -> list[np.ndarray
     """The weights published after each round under `settings`."""
     keys, spool = tmp_path / name, tmp_path / f"spool-{name}"
     spool.mkdir()
-    a_key, b_key = PrivateKey.generate(), PrivateKey.generate()
-    save_key_pair(PrivateKey.generate(), keys, "coordinator")
-    save_key_pair(a_key, keys / "allowed", "a")
-    save_key_pair(b_key, keys / "allowed", "b")
+    a_key, b_key = two_allowed_clients(keys)
     config = CoordinatorConfig(
         seed_from_first_client=True,
         listen="127.0.0.1:0",
-        identity_key=str(keys / "coordinator.key"),
-        allowed_client_keys=str(keys / "allowed"),
+        **identity_files(keys),
         min_clients=2,
         inner_steps=5,
         chunk_bytes=CHUNK * 4,
@@ -114,15 +109,11 @@ def test_a_lean_round_whose_mean_is_not_finite_changes_nothing(
 ) -> None:
     """The norm pass stands in for the step's NaN check: the round is void."""
     keys = tmp_path / "keys"
-    a_key, b_key = PrivateKey.generate(), PrivateKey.generate()
-    save_key_pair(PrivateKey.generate(), keys, "coordinator")
-    save_key_pair(a_key, keys / "allowed", "a")
-    save_key_pair(b_key, keys / "allowed", "b")
+    a_key, b_key = two_allowed_clients(keys)
     config = CoordinatorConfig(
         seed_from_first_client=True,
         listen="127.0.0.1:0",
-        identity_key=str(keys / "coordinator.key"),
-        allowed_client_keys=str(keys / "allowed"),
+        **identity_files(keys),
         min_clients=2,
         chunk_bytes=CHUNK * 4,
         max_update_norm_growth=0.0,  # the guard's NaN/Inf check only
