@@ -123,6 +123,20 @@ def _randk_entry(pct: float, lr: float, decay: float) -> tuple[str, dict[str, An
     return text.replace("top-k", "random-k (seeded positions)"), options
 
 
+_SHARED_RANDK: dict[str, tuple[float, float]] = {
+    # name: (outer lr, decay); random-k 10 % int8, one set for all workers,
+    # against sparseloco10 (per-client top-k 10 % int8, lr 1, decay 0.95)
+    "randk10-shared": (1.0, 0.95),
+    "randk10-shared-lr2.5-b60": (2.5, 0.60),
+}
+
+
+def _shared_randk_entry(lr: float, decay: float) -> tuple[str, dict[str, Any]]:
+    text, options = _entry(10.0, lr, decay)
+    options["codec"] = "randk-shared:0.1:int8"
+    return text.replace("top-k 10 % int2", "shared random-k 10 % int8"), options
+
+
 H50_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     **{name: _entry(*knobs) for name, knobs in _GRID.items()},
     **{
@@ -130,6 +144,7 @@ H50_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
         for name, (pct, lr, decay, block) in _BLOCK_GRID.items()
     },
     **{name: _randk_entry(*knobs) for name, knobs in _RANDK_GRID.items()},
+    **{name: _shared_randk_entry(*knobs) for name, knobs in _SHARED_RANDK.items()},
 }
 """The seed-0 grid (quality18), run only when named."""
 H50_BEST = "sparseloco3-lr2.5-b80"

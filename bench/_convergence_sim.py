@@ -214,7 +214,7 @@ class _Worker:
         )
         self.optimizer = make_inner_optimizer(self.model, inner)
         rng = np.random.default_rng([case.seed, index])
-        self.codec = bench_codec(case.codec, rng)  # `:bR`: runs, bench only
+        self.codec = bench_codec(case.codec, rng, shared_seed=case.seed)
         self.feedback = self._fresh_feedback()
 
     def _fresh_feedback(self) -> ErrorFeedback:

@@ -53,13 +53,25 @@ class RandKCodec:
     """
 
     def __init__(
-        self, density: float, values: ValueFormat, rng: np.random.Generator
+        self,
+        density: float,
+        values: ValueFormat,
+        rng: np.random.Generator,
+        positions: np.random.Generator | None = None,
     ) -> None:
+        """`rng` rounds values; `positions` draws the seeds (default: `rng`).
+
+        Workers given equally seeded `positions` generators draw the same
+        seed for every block, as long as they encode the same blocks in the
+        same order: one shared index set a round, as secure aggregation
+        needs, at no byte cost.
+        """
         if not 0 < density <= 1:
             raise ConfigError(f"density={density} is invalid: expected (0, 1]")
         self.density = density
         self.values: ValueFormat = values
         self._rng = rng
+        self._positions = positions if positions is not None else rng
 
     def k_for(self, count: int) -> int:
         """Values a block of `count` sends: ceil(density * count), >= 1."""
@@ -83,7 +95,7 @@ class RandKCodec:
         check_block(block)
         if block.size and not np.isfinite(np.sum(block, dtype=np.float64)):
             raise InvalidUpdateError("block values contain NaN or Inf: expected finite")
-        seed = int(self._rng.integers(0, 1 << 63))
+        seed = int(self._positions.integers(0, 1 << 63))
         positions = seeded_positions(seed, block.size, self.k_for(block.size))
         payload = seed.to_bytes(SEED_BYTES, "little") + encode_values(
             np.ascontiguousarray(block[positions]), self.values, self._rng

@@ -1,5 +1,6 @@
-"""Top-k over runs (`bench/_run_topk.py`, specs `topk:D:V:bR`): selection,
-layout and validation of the bench-only codec behind issue 18's run grid.
+"""The bench-only codecs behind issue 18's H = 50 grid (`bench/_bench_codecs.py`):
+top-k over runs (`_run_topk`, `topk:D:V:bR`) and seeded random-k
+(`_rand_k`, `randk:D:V`, `randk-shared:D:V`): selection, layout, validation.
 
 Its decode validates as a wire codec's would, so a later wire codec can
 start from it.
@@ -178,3 +179,25 @@ def test_random_k_int2_costs_what_top_k_3_percent_costs_at_four_times_the_densit
     assert isinstance(many.sent, SparseValues)
     assert len(many.payload) <= 1.05 * len(one.payload)
     assert many.sent.indices.size >= 4 * one.sent.indices.size
+
+
+def test_shared_random_k_gives_every_worker_the_same_positions() -> None:
+    """`randk-shared`: workers with their own rounding rngs but one run seed
+    send the same positions block after block (a shared index set); plain
+    `randk` workers do not."""
+    block = _heavy_tailed(65536, seed=9)
+    shared = [
+        bench_codec("randk-shared:0.1:int8", np.random.default_rng(w), shared_seed=4)
+        for w in range(2)
+    ]
+    own = [bench_codec("randk:0.1:int8", np.random.default_rng(w)) for w in range(2)]
+
+    for _ in range(3):  # three blocks in a row stay in lockstep
+        a, b = (codec.encode(block).sent for codec in shared)
+        assert isinstance(a, SparseValues)
+        assert isinstance(b, SparseValues)
+        np.testing.assert_array_equal(a.indices, b.indices)
+    c, d = (codec.encode(block).sent for codec in own)
+    assert isinstance(c, SparseValues)
+    assert isinstance(d, SparseValues)
+    assert not np.array_equal(c.indices, d.indices)
