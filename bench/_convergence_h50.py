@@ -36,11 +36,11 @@ at best, R = 64: 2.064, against 1.617), worse the longer the run.
 
 randkD-lrA-bB: seeded random-k (`_rand_k`), no positions on the wire, so
 12.5 % int2 costs top-k 3 %'s bytes at ~4x the coordinates. Measured
-(README): best at lr 2.5, decay 0.6 (1.647), still behind top-k 3 %
-(1.617); a long memory hurts it (decay 0.95: 2.019).
+(README): best at lr 2.5, decay 0.6 (1.643 over 3 seeds), still behind
+top-k 3 % (1.619); a long memory hurts it (decay 0.95: 2.019).
 randk10-shared[-lrA-bB]: random-k 10 % int8 with one set for every
-worker (`randk-shared`), against sparseloco10 (1.575): 1.727 at lr 2.5,
-decay 0.6; 2.066 at lr 1, decay 0.95 (README, "Secure aggregation").
+worker (`randk-shared`), against sparseloco10 (1.575): 1.734 at lr 2.5,
+decay 0.6 (3 seeds); 2.066 at lr 1, decay 0.95 (README, "Secure aggregation").
 """
 
 from __future__ import annotations
