@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from _run_topk import fitting_block
 
 from fedgrpc.compress.blocks import (
     EncodedBlock,
@@ -32,7 +33,6 @@ from fedgrpc.compress.blocks import (
     check_count,
 )
 from fedgrpc.compress.quantize import decode_values, encode_values, value_bytes
-from fedgrpc.compress.topk import TOPK_BLOCK_COORDINATES
 from fedgrpc.domain.codecs import ValueFormat
 from fedgrpc.errors import ConfigError, InvalidUpdateError
 
@@ -79,12 +79,7 @@ class RandKCodec:
 
     def block_coordinates(self, chunk_bytes: int) -> int:
         """TOPK_BLOCK_COORDINATES, halved until a payload fits."""
-        count = TOPK_BLOCK_COORDINATES
-        while count > 1 and self.estimated_bytes(count) > chunk_bytes:
-            count //= 2
-        if self.estimated_bytes(count) > chunk_bytes:
-            raise ConfigError(f"chunk_bytes={chunk_bytes} is too small for a block")
-        return count
+        return fitting_block(self.estimated_bytes, chunk_bytes)
 
     def encode(self, block: F32Array) -> EncodedBlock:
         """Draw a seed, send the values at its positions.

@@ -25,6 +25,7 @@ all zeros are never sent. Payload, as CODEC_TOPK's with runs for values:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -51,6 +52,20 @@ from fedgrpc.compress.topk import (
 )
 from fedgrpc.domain.codecs import ValueFormat
 from fedgrpc.errors import ConfigError, InvalidUpdateError
+
+
+def fitting_block(payload_bytes: Callable[[int], int], chunk_bytes: int) -> int:
+    """TOPK_BLOCK_COORDINATES, halved until `payload_bytes(count)` fits a chunk.
+
+    Raises:
+        ConfigError: not even a one-coordinate block fits.
+    """
+    count = TOPK_BLOCK_COORDINATES
+    while count > 1 and payload_bytes(count) > chunk_bytes:
+        count //= 2  # at most 16 halvings
+    if payload_bytes(count) > chunk_bytes:
+        raise ConfigError(f"chunk_bytes={chunk_bytes} is too small for one block")
+    return count
 
 
 def group_runs(density: float, size: int, run: int) -> int:
@@ -96,12 +111,7 @@ class RunTopKCodec:
 
     def block_coordinates(self, chunk_bytes: int) -> int:
         """TOPK_BLOCK_COORDINATES, halved until the worst-case payload fits."""
-        count = TOPK_BLOCK_COORDINATES
-        while count > 1 and self._max_payload(count) > chunk_bytes:
-            count //= 2  # at most 16 halvings
-        if self._max_payload(count) > chunk_bytes:
-            raise ConfigError(f"chunk_bytes={chunk_bytes} is too small for one run")
-        return count
+        return fitting_block(self._max_payload, chunk_bytes)
 
     def encode(self, block: F32Array) -> EncodedBlock:
         """Select the runs, quantise their values and index-code the run numbers.

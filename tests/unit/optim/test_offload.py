@@ -8,7 +8,7 @@ bit for bit after every step, through a checkpoint round trip too.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import torch
@@ -52,14 +52,7 @@ def test_every_built_in_matches_its_in_memory_self_bit_for_bit(
         in_memory.step(a, g.clone())  # type: ignore[attr-defined]
         on_disk.step(b, g.clone())
         assert torch.equal(a, b)
-    expected = in_memory.state_dict()  # type: ignore[attr-defined]
-    got = on_disk.state_dict()
-    assert expected.keys() == got.keys()
-    for key, value in expected.items():
-        if isinstance(value, torch.Tensor):
-            assert torch.equal(value, cast(torch.Tensor, got[key])), key
-        else:
-            assert value == got[key], key
+    _assert_same_state(in_memory.state_dict(), on_disk.state_dict())  # type: ignore[attr-defined]
     assert list(tmp_path.iterdir()) == []  # unlinked at creation
     if name in ("nesterov", "fedadam"):  # in RAM: one block per key at most
         inner_state = on_disk.inner.state_dict()
@@ -139,7 +132,11 @@ def test_a_gradient_read_block_by_block_steps_as_the_whole_one(
         for lo in range(0, NUM, BLOCK_COORDINATES)
     ]
     assert asked == each_step * STEPS
-    expected, got = whole.state_dict(), blocks.state_dict()
+    _assert_same_state(whole.state_dict(), blocks.state_dict())
+
+
+def _assert_same_state(expected: dict[str, Any], got: dict[str, Any]) -> None:
+    """Equal keys, tensors equal bit for bit, everything else equal."""
     assert expected.keys() == got.keys()
     for key, value in expected.items():
         if isinstance(value, torch.Tensor):
