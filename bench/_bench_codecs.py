@@ -7,7 +7,9 @@ Spec strings extend the library grammar (`fedgrpc.compress.parse_codec`):
     randk-shared:D[:V]  the same, every worker drawing the same positions
                   (one shared index set a round, as secure aggregation needs)
 
-Anything else is the library's codec. Bench-only codecs never reach a
+Anything else is the library's codec, except `lowrank[-shared]:R[:V]`:
+low-rank factors need the model's tensor shapes and a whole update at
+once, not blocks, so the convergence sim builds them itself (`_low_rank`). Bench-only codecs never reach a
 coordinator: no wire codec carries them.
 """
 

@@ -41,6 +41,15 @@ top-k 3 % (1.619); a long memory hurts it (decay 0.95: 2.019).
 randk10-shared[-lrA-bB]: random-k 10 % int8 with one set for every
 worker (`randk-shared`), against sparseloco10 (1.575): 1.734 at lr 2.5,
 decay 0.6 (3 seeds); 2.066 at lr 1, decay 0.95 (README, "Secure aggregation").
+
+lowrankR-V[-lrA-bB]: rank-R PowerSGD factors per matrix (`_low_rank`,
+`lowrank:R:V`), no positions at all: rank 1 int8 (~150x) and rank 6 int2
+(~108x); without -lr/-b DiLoCo's Nesterov step with plain error feedback.
+lowrank7-shared-int8[...]: PowerSGD's all-reduce form (two summed pushes a
+round, so secure aggregation could mask them) at about top-k 10 % int8's
+bytes, against sparseloco10. Measured (README): all far behind top-k
+(seed 0: 2.09 at best per worker, 2.41 shared): beyond the output layer,
+this model's pseudo-gradients are not low-rank.
 """
 
 from __future__ import annotations
@@ -140,6 +149,33 @@ def _shared_randk_entry(lr: float, decay: float) -> tuple[str, dict[str, Any]]:
     return text.replace("top-k 10 % int2", "shared random-k 10 % int8"), options
 
 
+_LOW_RANK: dict[str, tuple[str, float, float]] = {
+    # name: (codec, outer lr, decay); decay 1 keeps DiLoCo's Nesterov step
+    # (plain error feedback, as the "int8" config), below 1 is SparseLoCo's rule
+    "lowrank1-int8": ("lowrank:1:int8", 0.7, 1.0),
+    "lowrank1-int8-lr2.5-b80": ("lowrank:1:int8", 2.5, 0.8),
+    "lowrank6-int2": ("lowrank:6:int2", 0.7, 1.0),
+    "lowrank6-int2-lr2.5-b80": ("lowrank:6:int2", 2.5, 0.8),
+    # shared (PowerSGD's all-reduce form, secure-aggregation friendly): rank 7
+    # int8 ~ top-k 10 % int8's bytes, against topk10 / sparseloco10
+    "lowrank7-shared-int8": ("lowrank-shared:7:int8", 0.7, 1.0),
+    "lowrank7-shared-int8-lr2.5-b80": ("lowrank-shared:7:int8", 2.5, 0.8),
+    "lowrank1-shared-int8": ("lowrank-shared:1:int8", 0.7, 1.0),
+}
+
+
+def _low_rank_entry(codec: str, lr: float, decay: float) -> tuple[str, dict[str, Any]]:
+    rank, values = codec.split(":")[1:]
+    shared = "shared " if codec.startswith("lowrank-shared") else ""
+    text = f"{shared}low-rank (PowerSGD) rank {rank} {values}"
+    if decay == 1.0:
+        return text + ", Nesterov + EF", {"codec": codec}
+    return (
+        text + f", SparseLoCo, EF decay {decay:g}, lr {lr:g}",
+        {"codec": codec, **SPARSELOCO, "feedback_decay": decay, "outer_lr": lr},
+    )
+
+
 H50_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     **{name: _entry(*knobs) for name, knobs in _GRID.items()},
     **{
@@ -148,6 +184,7 @@ H50_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     },
     **{name: _randk_entry(*knobs) for name, knobs in _RANDK_GRID.items()},
     **{name: _shared_randk_entry(*knobs) for name, knobs in _SHARED_RANDK.items()},
+    **{name: _low_rank_entry(*knobs) for name, knobs in _LOW_RANK.items()},
 }
 """The seed-0 grid (quality18), run only when named."""
 H50_BEST = "sparseloco3-lr2.5-b80"

@@ -27,12 +27,14 @@ import torch
 from _bench_codecs import bench_codec
 from _convergence_wire import (
     chunk_bytes,
+    payload_push_bytes,
     pull_bytes,
     push_overhead_bytes,
     step_pull_bytes,
 )
+from _low_rank import LowRankCodec, MatrixLayout, parse_low_rank
 
-from fedgrpc.compress import ErrorFeedback, make_codec, parse_codec
+from fedgrpc.compress import DenseValues, ErrorFeedback, make_codec, parse_codec
 from fedgrpc.coordinator.rounds.downlink import DownlinkCompressor
 from fedgrpc.domain.chunks import DEFAULT_CHUNK_BYTES
 from fedgrpc.domain.model_spec import ModelSpec
@@ -214,7 +216,17 @@ class _Worker:
         )
         self.optimizer = make_inner_optimizer(self.model, inner)
         rng = np.random.default_rng([case.seed, index])
-        self.codec = bench_codec(case.codec, rng, shared_seed=case.seed)
+        low_rank = parse_low_rank(case.codec)
+        self.low_rank = (
+            LowRankCodec(MatrixLayout(spec, low_rank.rank), low_rank.values, rng)
+            if low_rank is not None and not low_rank.shared
+            else None
+        )
+        self.codec = bench_codec(
+            "dense:fp32" if low_rank is not None else case.codec,
+            rng,
+            shared_seed=case.seed,
+        )
         self.feedback = self._fresh_feedback()
 
     def _fresh_feedback(self) -> ErrorFeedback:
@@ -235,12 +247,22 @@ class _Worker:
         if not self.case.error_feedback:
             self.feedback = self._fresh_feedback()  # what was not sent is dropped
         self.feedback.accumulate(delta.numpy())
+        if self.low_rank is not None:
+            return self._push_low_rank(self.low_rank, total)
         blocks = list(self.feedback.encode_blocks(self.codec, DEFAULT_CHUNK_BYTES))
         for block in blocks:  # the coordinator decodes the payload itself
             decoded = self.codec.decode(block.encoded.payload, block.count)
             decoded.add_into(total[block.offset : block.offset + block.count])
         framed, payload = chunk_bytes(blocks)
         return framed + push_overhead_bytes(self.spec.num_coordinates), payload
+
+    def _push_low_rank(self, codec: LowRankCodec, total: np.ndarray) -> tuple[int, int]:
+        """`push` for per-worker PowerSGD: one payload for the whole update."""
+        payload, sent = codec.encode(self.feedback.residual.copy())
+        self.feedback.subtract(0, DenseValues(sent))
+        total += codec.decode(payload)  # the coordinator decodes the payload itself
+        count = self.spec.num_coordinates
+        return payload_push_bytes(payload, count, DEFAULT_CHUNK_BYTES), len(payload)
 
 
 def _run_diloco(
@@ -252,6 +274,10 @@ def _run_diloco(
         from _convergence_shared import run_shared
 
         return run_shared(case, data, model, curve)
+    if case.codec.startswith("lowrank-shared:"):
+        from _convergence_low_rank import run_low_rank_shared
+
+        return run_low_rank_shared(case, data, model, curve)
     if case.clients_per_round:
         from _convergence_selection import run_selected
 

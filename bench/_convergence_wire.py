@@ -64,6 +64,21 @@ def chunk_bytes(blocks: Iterable[OffsetBlock]) -> tuple[int, int]:
     return framed, payload
 
 
+def payload_push_bytes(payload: bytes, count: int, chunk_bytes: int) -> int:
+    """Framed bytes of one push carrying `payload` in chunks of <= `chunk_bytes`.
+
+    For bench codecs that send one payload for the whole update (`_low_rank`):
+    each chunk message claims all `count` coordinates from offset 0.
+    """
+    view = memoryview(payload)
+    pieces = range(0, max(len(view), 1), chunk_bytes)
+    framed = sum(
+        _message_bytes(encode_update_chunk(seq, 0, count, view[at : at + chunk_bytes]))
+        for seq, at in enumerate(pieces)
+    )
+    return framed + push_overhead_bytes(count)
+
+
 def pull_bytes(spec: ModelSpec, chunk_size: int) -> tuple[int, int]:
     """(uplink, downlink) bytes of one PullModel of the whole model.
 

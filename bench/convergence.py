@@ -32,7 +32,10 @@ Configurations (`--configs`, names below; H = --inner-steps, default 50;
   run only when named): top-k D % int2 with outer lr A and decay 0.B;
   -owd moves AdamW's weight decay to the outer step; blockR-dD-lrA-b80:
   top-k D % int2 over runs of R coordinates (block16-d10.5-lr1.5-b80 is
-  `topk:0.105:int2:b16`) at about sparseloco3's bytes.
+  `topk:0.105:int2:b16`) at about sparseloco3's bytes; randkD-lrA-bB:
+  seeded random-k; lowrankR-V[-lrA-bB], lowrankR-shared-V[...]: rank-R
+  PowerSGD factors (`_low_rank`; per worker, or PowerSGD's all-reduce
+  form, `_convergence_low_rank`), Nesterov + EF or SparseLoCo's rule.
 - sparseloco-down, sparseloco-down1, sparseloco-short-down: sparseloco
   (-short) with a compressed downlink (`downlink_codec`): the coordinator
   sends each round's step as top-k int8 with its own error feedback instead
