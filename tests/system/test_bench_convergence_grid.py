@@ -2,7 +2,8 @@
 
 Smoke only, as tests/system/test_bench_smoke.py: the quick mode runs the
 grid's knobs end to end (outer lr, weight decay in the outer step, top-k
-over runs of 16, seeded random-k) and the bytes stay >= 100x below dense
+over runs of 16, seeded random-k, low-rank factors per worker and shared)
+and the bytes stay >= 100x below dense
 with every header and index byte counted.
 Losses are measured by the bench, never asserted here.
 """
@@ -14,6 +15,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,13 +29,7 @@ def test_grid_configs_reach_the_simulation() -> None:
         "dense,sparseloco3-lr2,sparseloco3-lr2-owd,block16-d10.5-lr1-b80,"
         "randk12.5-lr2.5-b60"
     )
-    result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "convergence.py"), "--quick",
-         "--configs", names],
-        capture_output=True, text=True, timeout=170, cwd=REPO,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    configs = json.loads(result.stdout)["configs"]
+    configs = _quick(names)
 
     plain, moved = configs["sparseloco3-lr2"], configs["sparseloco3-lr2-owd"]
     for grid in (plain, moved):
@@ -51,6 +47,33 @@ def test_grid_configs_reach_the_simulation() -> None:
     assert 100 < seeded["up_ratio_vs_dense"] < 1.1 * plain["up_ratio_vs_dense"]
     # Same seed, batches and codec rng: only where weight decay runs differs.
     assert moved["final_val_loss"]["mean"] != plain["final_val_loss"]["mean"]
+
+
+@pytest.mark.timeout(200)
+def test_low_rank_configs_reach_the_simulation() -> None:
+    configs = _quick("dense,lowrank1-int8,lowrank7-shared-int8")
+
+    # Rank 1 int8 factors: ~150x; the shared rank-7 form sends two pushes a
+    # round at about top-k 10 % int8's bytes (~26x).
+    low_rank, shared = configs["lowrank1-int8"], configs["lowrank7-shared-int8"]
+    assert low_rank["codec"] == "lowrank:1:int8"
+    assert low_rank["outer"] == "nesterov lr 0.7 m 0.7"
+    assert low_rank["up_ratio_vs_dense"] > 140
+    assert shared["codec"] == "lowrank-shared:7:int8"
+    assert 20 < shared["up_ratio_vs_dense"] < 35
+    assert shared["bytes_down"] > configs["dense"]["bytes_down"]  # P^ announced
+
+
+def _quick(names: str) -> dict[str, Any]:
+    """`convergence.py --quick --configs NAMES`'s per-config report."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "convergence.py"), "--quick",
+         "--configs", names],
+        capture_output=True, text=True, timeout=170, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    configs: dict[str, Any] = json.loads(result.stdout)["configs"]
+    return configs
 
 
 def test_new_case_field_keeps_earlier_cache_keys(
