@@ -9,8 +9,8 @@ Spec strings extend the library grammar (`fedgrpc.compress.parse_codec`):
 
 Anything else is the library's codec, except `lowrank[-shared]:R[:V]`:
 low-rank factors need the model's tensor shapes and a whole update at
-once, not blocks, so the convergence sim builds them itself (`_low_rank`). Bench-only codecs never reach a
-coordinator: no wire codec carries them.
+once, not blocks, so the convergence sim builds them itself (`_low_rank`).
+Bench-only codecs never reach a coordinator: no wire codec carries them.
 """
 
 from __future__ import annotations

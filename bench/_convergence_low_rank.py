@@ -16,14 +16,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from _convergence_sim import Case, _Curve, _Data, _Downlink, _Worker
+from _convergence_sim import Case, _Curve, _Data, _Downlink, _Worker, outer_optimizer
 from _convergence_wire import payload_push_bytes
 from _low_rank import MatrixLayout, SharedLowRank, parse_low_rank
 
 from fedgrpc.compress import DenseValues
 from fedgrpc.domain.chunks import DEFAULT_CHUNK_BYTES
 from fedgrpc.errors import InvalidUpdateError
-from fedgrpc.optim import AdaptiveSettings, build_outer_optimizer
 from fedgrpc.sim.models import CharTransformer
 from fedgrpc.wire.tensors import flatten_fp32, load_flat_fp32, spec_from_module
 
@@ -42,14 +41,7 @@ def run_low_rank_shared(
     rounds = SharedLowRank(
         MatrixLayout(spec, low_rank.rank), low_rank.values, seed=case.seed
     )
-    outer = build_outer_optimizer(
-        case.outer,  # type: ignore[arg-type]  # validated by convergence.py
-        case.outer_lr,
-        case.outer_momentum,
-        AdaptiveSettings(
-            beta1=case.outer_beta1, beta2=case.outer_beta2, tau=case.outer_tau
-        ),
-    )
+    outer = outer_optimizer(case)
     downlink = _Downlink(case, spec)
     count = spec.num_coordinates
     framed = payload = announced = applied = 0

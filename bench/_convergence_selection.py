@@ -16,13 +16,12 @@ import hashlib
 from typing import Any
 
 import torch
-from _convergence_sim import DEFAULTS, Case, _Curve, _Data, _Worker
+from _convergence_sim import DEFAULTS, Case, _Curve, _Data, _Worker, outer_optimizer
 from _convergence_wire import pull_bytes
 
 from fedgrpc.coordinator.strategy import Candidate, RandomSelector
 from fedgrpc.domain.chunks import DEFAULT_CHUNK_BYTES
 from fedgrpc.errors import InvalidUpdateError
-from fedgrpc.optim import AdaptiveSettings, build_outer_optimizer
 from fedgrpc.sim.models import CharTransformer, train_step
 from fedgrpc.wire.tensors import flatten_fp32, load_flat_fp32, spec_from_module
 
@@ -38,14 +37,7 @@ def run_selected(
         load_flat_fp32(list(worker.model.parameters()), spec, global_flat)
     bases = [global_flat.clone() for _ in workers]
     steps = [0] * len(workers)
-    outer = build_outer_optimizer(
-        case.outer,  # type: ignore[arg-type]
-        case.outer_lr,
-        case.outer_momentum,
-        AdaptiveSettings(
-            beta1=case.outer_beta1, beta2=case.outer_beta2, tau=case.outer_tau
-        ),
-    )
+    outer = outer_optimizer(case)
     selector = RandomSelector(case.clients_per_round)
     candidates = [Candidate(client_id=f"w{w}") for w in range(case.workers)]
     framed = payload = applied = pulls = 0

@@ -143,6 +143,26 @@ SHARED_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
         "as shared10-chunk16 with SparseLoCo (EF decay 0.95, outer SGD lr 1), no guard",
         {"codec": "shared:0.1:0.1:chunk16:noguard", **SPARSELOCO_OUTER},
     ),
+    # The shared random set's best outer step (bench codec randk-shared, lr 2.5,
+    # decay 0.6: 1.734 without a guard) for the ranked and random ring sets.
+    "shared10-chunk16-sloco-lr2.5-b60-noguard": (
+        "as shared10-chunk16, SparseLoCo (EF decay 0.6, outer SGD lr 2.5), no guard",
+        {
+            "codec": "shared:0.1:0.1:chunk16:noguard",
+            **SPARSELOCO_OUTER,
+            "feedback_decay": 0.6,
+            "outer_lr": 2.5,
+        },
+    ),
+    "randk10-shared-sloco-lr2.5-b60-noguard": (
+        "shared random 10 % set in the ring, SparseLoCo (decay 0.6, lr 2.5), no guard",
+        {
+            "codec": "shared:0.1:1.0:noguard",
+            **SPARSELOCO_OUTER,
+            "feedback_decay": 0.6,
+            "outer_lr": 2.5,
+        },
+    ),
     "shared10-chunk16-sloco": (
         "as shared10-chunk16 with SparseLoCo (EF decay 0.95, outer SGD lr 1), guard",
         {"codec": "shared:0.1:0.1:chunk16", **SPARSELOCO_OUTER},

@@ -39,7 +39,7 @@ from fedgrpc.coordinator.rounds.downlink import DownlinkCompressor
 from fedgrpc.domain.chunks import DEFAULT_CHUNK_BYTES
 from fedgrpc.domain.model_spec import ModelSpec
 from fedgrpc.errors import InvalidUpdateError
-from fedgrpc.optim import AdaptiveSettings, build_outer_optimizer
+from fedgrpc.optim import AdaptiveSettings, OuterOptimizer, build_outer_optimizer
 from fedgrpc.sim.corpus import TextSplits, load_stdlib_corpus, sample_batch
 from fedgrpc.sim.models import (
     CharTransformer,
@@ -285,14 +285,7 @@ def _run_diloco(
     spec = spec_from_module(model)
     global_flat = flatten_fp32(list(model.parameters()), spec)
     workers = [_Worker(case, w, spec) for w in range(case.workers)]
-    outer = build_outer_optimizer(
-        case.outer,  # type: ignore[arg-type]  # validated by convergence.py
-        case.outer_lr,
-        case.outer_momentum,
-        AdaptiveSettings(
-            beta1=case.outer_beta1, beta2=case.outer_beta2, tau=case.outer_tau
-        ),
-    )
+    outer = outer_optimizer(case)
     downlink = _Downlink(case, spec)
     shrink = _outer_decay(case, model, spec) if case.outer_weight_decay else None
     framed = payload = applied = 0
@@ -322,6 +315,18 @@ def _run_diloco(
         "residual_norm": float(np.mean(residual)),
         "global_norm": float(global_flat.norm()),
     }
+
+
+def outer_optimizer(case: Case) -> OuterOptimizer:
+    """The case's outer step (Nesterov, SGD, or an adaptive one with its betas)."""
+    return build_outer_optimizer(
+        case.outer,  # type: ignore[arg-type]  # validated by convergence.py
+        case.outer_lr,
+        case.outer_momentum,
+        AdaptiveSettings(
+            beta1=case.outer_beta1, beta2=case.outer_beta2, tau=case.outer_tau
+        ),
+    )
 
 
 def _outer_decay(case: Case, model: CharTransformer, spec: ModelSpec) -> torch.Tensor:
