@@ -42,7 +42,8 @@ Configurations (`--configs`, names below; H = --inner-steps, default 50;
   of the whole model; density 4 % (the union of 4 workers' 1 %) or 1 %.
   Compare their total bytes (up + down) and loss with sparseloco's.
 - shared10, shared1 (and ablations, run only when named): what secure
-  aggregation forces (`_convergence_shared`, which lists them): one index
+  aggregation forces (`_convergence_shared`; `_convergence_shared_configs`
+  lists them): one index
   set per round for all workers, chosen by the coordinator, one round-wide
   clip, error feedback, topk10's Nesterov outer step and the divergence
   guard. Goal: within 3 % of per-client top-k at equal density.
@@ -81,7 +82,7 @@ from typing import Any
 
 from _convergence_h50 import H50_ABLATIONS, H50_BEST, H50_CONFIGS
 from _convergence_pool import run_cases
-from _convergence_shared import SHARED_ABLATIONS, SHARED_CONFIGS
+from _convergence_shared_configs import SHARED_ABLATIONS, SHARED_CONFIGS
 from _convergence_sim import Case
 from _util import log, rounded
 
