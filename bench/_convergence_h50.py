@@ -48,8 +48,8 @@ lowrankR-V[-lrA-bB]: rank-R PowerSGD factors per matrix (`_low_rank`,
 lowrank7-shared-int8[...]: PowerSGD's all-reduce form (two summed pushes a
 round, so secure aggregation could mask them) at about top-k 10 % int8's
 bytes, against sparseloco10. Measured (README): all far behind top-k
-(seed 0: 2.09 at best per worker, 2.41 shared): beyond the output layer,
-this model's pseudo-gradients are not low-rank.
+(3 seeds: 2.093 ± 0.010 at best per worker, 2.506 ± 0.185 shared):
+beyond the output layer, this model's pseudo-gradients are not low-rank.
 """
 
 from __future__ import annotations

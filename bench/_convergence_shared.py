@@ -50,7 +50,10 @@ the guard's dense rounds are still what holds the run together.
 With SparseLoCo instead (shared10-chunk16-sloco-noguard, seed 0): no
 divergence without the guard, but 2.468 after 40 rounds (2.78 at round
 5) against 1.575 for per-client SparseLoCo top-k 10 %: the outer step was
-not what held the sparse rounds back.
+not what held the sparse rounds back. With the random set's best step
+(EF decay 0.6, lr 2.5, no guard; 3 seeds): a random set through the ring
+1.734 ± 0.005 (the bench codec `randk-shared`'s figure: the ring's clip
+costs nothing), chunk norms C = 16 2.244 ± 0.022 (still stalled).
 
 Bytes: uplink is the lifted codes, `Ring.for_sum(B, W).dtype` per position
 (no index bytes go up), framed as update chunks; downlink adds the encoded
