@@ -270,7 +270,9 @@ def _serve(args: argparse.Namespace) -> int:
     from fedgrpc.coordinator.ops.allocator import pin_mmap_threshold
     from fedgrpc.coordinator.services.server import serve
 
-    pin_mmap_threshold()  # large freed blocks go back to the OS
+    # Large freed blocks go back to the OS; small ones stay for reuse unless
+    # the coordinator runs lean (every update on disk: memory first).
+    pin_mmap_threshold(keep_free_heap=config.staging_memory_mb > 0)
     asyncio.run(serve(config))
     return 0
 

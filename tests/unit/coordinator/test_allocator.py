@@ -98,3 +98,58 @@ def test_release_free_heap_returns_fenced_free_blocks_once_pinned() -> None:
     report = json.loads(embedded.stdout)
     assert report["done"] is False
     assert report["released"] < 8 << 20  # untouched
+
+
+KEEP_PROBE = """
+import ctypes, json, sys
+from fedgrpc.coordinator.ops.allocator import pin_mmap_threshold, release_free_heap
+def rss_anon():
+    with open("/proc/self/status") as status:
+        line = next(l for l in status if l.startswith("RssAnon"))
+    return int(line.split()[1]) * 1024
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+pinned = pin_mmap_threshold(keep_free_heap=sys.argv[1] == "keep")
+blocks = []
+for _ in range(8):  # 8 MiB of 1 MiB blocks: heap, under the 2 MiB mmap threshold
+    block = libc.malloc(1 << 20)
+    libc.memset(block, 1, 1 << 20)
+    blocks.append(block)
+resident = rss_anon()
+for block in reversed(blocks):
+    libc.free(block)  # they merge into the heap's top
+freed = rss_anon()
+release_free_heap()
+print(json.dumps({"pinned": pinned, "on_free": resident - freed,
+                  "on_trim": freed - rss_anon()}))
+"""
+
+
+def _keep_probe(mode: str, **env: str) -> dict[str, int]:
+    done = subprocess.run(
+        [sys.executable, "-c", KEEP_PROBE, mode],
+        capture_output=True, text=True, timeout=60, check=True,
+        env={**os.environ, **env},
+    )  # fmt: skip
+    return dict(json.loads(done.stdout))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc only")
+def test_a_kept_free_heap_top_waits_for_the_rounds_trim() -> None:
+    """Freed message buffers stay for reuse; the once-a-round trim returns them."""
+    kept = _keep_probe("keep")
+    assert kept["pinned"]
+    assert kept["on_free"] < 1 << 20  # not handed back (and re-faulted) per free
+    assert kept["on_trim"] > 6 << 20  # returned once, by release_free_heap
+    lean = _keep_probe("lean")  # glibc's 128 KiB: every top over it goes back
+    assert lean["pinned"]
+    assert lean["on_free"] > 6 << 20
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc only")
+def test_a_users_own_trim_threshold_wins() -> None:
+    report = _keep_probe("keep", MALLOC_TRIM_THRESHOLD_="131072")
+    assert report["pinned"]
+    assert report["on_free"] > 6 << 20
