@@ -15,6 +15,13 @@ One run measures, on this machine:
    fp32 model once: 2 x clients x model bytes; issue 18's goal at 100.7M x 2
    clients is 1.5x).
 
+Rounds are measured after `--warmup` rounds (default 2): the seeding round,
+and the first full round, in which the coordinator faults in its
+model-sized buffers for the first time (the update stages and the outer
+optimizer's momentum; ~400 MB each at 100.7M) and the clients theirs. A
+long run pays that once; the warm-up rounds' times are reported apart
+(`warmup_round_s`).
+
 Prints one JSON object on stdout; progress goes to stderr. MB is 10^6 bytes.
 """
 
@@ -149,8 +156,12 @@ def coordinator_view(address: str, rounds: int) -> dict[str, Any]:
     }
 
 
-def summarize(reports: list[dict[str, Any]], update_bytes: int) -> dict[str, Any]:
+def summarize(
+    reports: list[dict[str, Any]], update_bytes: int, warmup: int = 1
+) -> dict[str, Any]:
     """Per measured round: slowest step(), and ingest over the push window.
+
+    The first `warmup` rounds are left out of the medians.
 
     The push window runs from the first client's step() call to the last
     client's `update_pushed` (its PushUpdate returned, after the coordinator
@@ -159,8 +170,13 @@ def summarize(reports: list[dict[str, Any]], update_bytes: int) -> dict[str, Any
     outcomes = {o for r in reports for o in r["outcomes"]}
     if outcomes != {"applied"}:
         raise RuntimeError(f"every round should be applied, got {outcomes}")
-    per_round = list(zip(*(r["steps"] for r in reports), strict=True))[1:]
-    round_s = [max(end - start for start, _, end in rnd) for rnd in per_round]
+    every_round = list(zip(*(r["steps"] for r in reports), strict=True))
+    per_round = every_round[warmup:]
+
+    def slowest(rounds: list[Any]) -> list[float]:
+        return [max(end - start for start, _, end in rnd) for rnd in rounds]
+
+    round_s, warmup_s = slowest(per_round), slowest(every_round[:warmup])
     pushed = all(p is not None for rnd in per_round for _, p, _ in rnd)
     window = round_s
     if pushed:
@@ -171,6 +187,7 @@ def summarize(reports: list[dict[str, Any]], update_bytes: int) -> dict[str, Any
     return {
         "round_s_median": statistics.median(round_s),
         "round_s_all": round_s,
+        "warmup_round_s": warmup_s,
         "push_window_s_median": statistics.median(window),
         "ingest_mb_s": ingest,
         "ingest_basis": "client_push_window" if pushed else "round_s",
@@ -178,9 +195,13 @@ def summarize(reports: list[dict[str, Any]], update_bytes: int) -> dict[str, Any
 
 
 def measure_case(
-    shape: tuple[int, int], clients: int, rounds: int, memory: str = "default"
+    shape: tuple[int, int],
+    clients: int,
+    rounds: int,
+    memory: str = "default",
+    warmup: int = 1,
 ) -> dict[str, Any]:
-    """Coordinator + `clients` processes, 1 warm-up + `rounds` rounds, all bounded."""
+    """Coordinator + `clients` processes, `warmup` + `rounds` rounds, all bounded."""
     procs: list[Any] = []
     with tempfile.TemporaryDirectory(prefix="fedgrpc-bench-") as tmp:
         try:
@@ -189,13 +210,15 @@ def measure_case(
             procs.append(coord)
             baseline = proc_status_bytes(coord.pid, "VmRSS")
             sync = (CTX.Barrier(clients), CTX.Queue())
-            job = (address, shape, rounds + 1, sync)
+            job = (address, shape, warmup + rounds, sync)
             procs += [CTX.Process(target=client_main, args=job) for _ in range(clients)]
             for proc in procs[1:]:
                 proc.start()
             model_mb = FP32_BYTES * shape[1] * (shape[0] ** 2 + shape[0]) / MB
             reports = collect_reports(
-                sync[-1], procs, 120 + (rounds + 1) * (10 + clients * model_mb / 40)
+                sync[-1],
+                procs,
+                120 + (warmup + rounds) * (10 + clients * model_mb / 40),
             )
             peak = proc_status_bytes(coord.pid, "VmHWM")
             view = coordinator_view(address, rounds)
@@ -215,9 +238,9 @@ def run_case(
     params = shape[1] * (shape[0] * shape[0] + shape[0])
     model_bytes = FP32_BYTES * params
     log("round_latency", f"case {size}: {params} params x {clients} clients, {memory}")
-    got = measure_case(shape, clients, args.rounds, memory)
+    got = measure_case(shape, clients, args.rounds, memory, args.warmup)
     peak, baseline, view = got["peak"], got["baseline"], got["view"]
-    summary = summarize(got["reports"], clients * model_bytes)
+    summary = summarize(got["reports"], clients * model_bytes, args.warmup)
     if view["ingest_s"] > 0:  # the coordinator's own window: first header..last commit
         summary["client_window_ingest_mb_s"] = summary["ingest_mb_s"]
         summary["ingest_mb_s"] = clients * model_bytes / view["ingest_s"] / MB
@@ -292,6 +315,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sizes", default="10.5M,100.7M", help="parameter counts")
     parser.add_argument("--clients", default="2,4", help="client counts")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="rounds before the measured ones (>= 1: the first one seeds the "
+        "model; the second faults in the model-sized buffers)",
+    )
     parser.add_argument("--quick", action="store_true", help="1M x 2 clients smoke")
     parser.add_argument(
         "--memory",
@@ -304,6 +334,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.sizes, args.clients, args.rounds = "1M", "2", 2
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
+    if args.warmup < 1:
+        parser.error("--warmup must be >= 1 (the first round seeds the model)")
     unknown = set(args.memory.split(",")) - set(MEMORY_MODES)
     if unknown:
         parser.error(f"--memory: unknown {sorted(unknown)}; use {sorted(MEMORY_MODES)}")

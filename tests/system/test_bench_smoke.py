@@ -115,6 +115,9 @@ def test_round_latency_bench_quick() -> None:
         cases[0]["coordinator_bytes_received"] == cases[1]["coordinator_bytes_received"]
     )
     case = cases[0]
+    # The seeding round and the first full one (buffers faulted in) are apart.
+    assert len(case["warmup_round_s"]) == 2
+    assert len(case["round_s_all"]) == 2
     # Two clients each pull and push the fp32 model once: 4 x model_mb.
     limit_s = 2 * case["clients"] * case["model_mb"] / raw
     assert case["round_over_raw_limit"] == pytest.approx(
