@@ -152,6 +152,7 @@ def coordinator_view(address: str, rounds: int) -> dict[str, Any]:
         "round_s": statistics.median(r.duration_s for r in done),
         "round_bytes": [r.bytes_received for r in done],
         "ingest_s": statistics.median(r.ingest_s for r in done),
+        "apply_s": statistics.median(r.apply_s for r in done),
         "bytes_received": status.bytes_received,
     }
 
@@ -251,6 +252,10 @@ def run_case(
         "clients": clients,
         **summary,
         "coordinator_round_s_median": view["round_s"],
+        # Where a round goes: the coordinator's ingest window (first header to
+        # last commit) and its apply (mean, guard, outer step, on its thread).
+        "coordinator_ingest_s_median": view["ingest_s"],
+        "coordinator_apply_s_median": view["apply_s"],
     }
     case |= {
         "coordinator_peak_rss_mb": peak / MB,
