@@ -24,7 +24,7 @@ from fedgrpc.client.status import RpcName, error_from_rpc, status_code
 from fedgrpc.config import ClientConfig
 from fedgrpc.config.proxy import DIRECT, redact_proxy
 from fedgrpc.crypto.tls import ClientTLS, load_client_tls
-from fedgrpc.errors import CoordinatorUnavailableError
+from fedgrpc.errors import CoordinatorUnavailableError, FedGrpcError
 from fedgrpc.log import get_logger
 
 log = get_logger(__name__)
@@ -196,7 +196,9 @@ async def retry_unavailable(
 
     Raises:
         CoordinatorUnavailableError: still UNAVAILABLE after
-            `connect_timeout_s`, naming the target and the last details, or
+            `connect_timeout_s` (also when the window ends inside an attempt
+            that then times out), naming the target and the last
+            UNAVAILABLE details, or
             at once when the TLS handshake failed on this side or the HTTP
             proxy refused to tunnel.
         FedGrpcError: any other status, mapped by `error_from_rpc`.
@@ -205,16 +207,33 @@ async def retry_unavailable(
     deadline = loop.time() + connect_timeout_s
     delay = INITIAL_BACKOFF_S
     attempt = 0
+    last_unavailable: FedGrpcError | None = None
     while True:
         attempt += 1
         remaining = deadline - loop.time()
         timeout_s = remaining if connect_timeout_s > 0 else attempt_timeout_s
+        cut_by_window = timeout_s < attempt_timeout_s
         try:
             return await call(max(0.01, min(attempt_timeout_s, timeout_s)))
         except grpc.RpcError as exc:
             mapped = error_from_rpc(exc, rpc)
-            if status_code(exc) is not grpc.StatusCode.UNAVAILABLE:
+            code = status_code(exc)
+            if (
+                code is grpc.StatusCode.DEADLINE_EXCEEDED
+                and cut_by_window
+                and last_unavailable is not None
+            ):
+                # The window ran out inside an attempt: a bare "Deadline
+                # Exceeded" would hide why the earlier attempts failed.
+                raise CoordinatorUnavailableError(
+                    f"could not reach the coordinator at {target} within "
+                    f"{connect_timeout_s:g} s ({attempt} attempts, the last cut "
+                    f"off by that limit): {last_unavailable}; "
+                    f"{_unreachable_hint(str(last_unavailable))}"
+                ) from exc
+            if code is not grpc.StatusCode.UNAVAILABLE:
                 raise mapped from exc
+            last_unavailable = mapped
             refused = proxy_refusal(str(mapped))
             if refused is not None:
                 raise CoordinatorUnavailableError(

@@ -156,3 +156,39 @@ async def test_retry_unavailable_does_not_retry_other_codes() -> None:
         )
 
     assert attempts == 1
+
+
+async def test_a_window_ending_inside_an_attempt_still_names_the_last_reason() -> None:
+    """The last attempt, cut short by the window, times out: say why it failed."""
+    attempts: list[float] = []
+
+    async def join(timeout_s: float) -> str:
+        attempts.append(timeout_s)
+        if timeout_s < 1:  # only the window's remainder: the answer comes too late
+            await asyncio.sleep(timeout_s)
+            raise _rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+        await asyncio.sleep(0.15)  # a leaf answers once its root failed it
+        raise _rpc_error(grpc.StatusCode.UNAVAILABLE, "this leaf cannot reach its root")
+
+    with pytest.raises(
+        errors.CoordinatorUnavailableError, match="cannot reach its root"
+    ) as raised:
+        await retry_unavailable(
+            join, rpc="Join", target="x:1", connect_timeout_s=1.2, attempt_timeout_s=1
+        )
+    assert "the last cut off by that limit" in str(raised.value)
+    assert attempts[0] == pytest.approx(1)  # the first attempt had a whole timeout
+    assert attempts[-1] < 1
+
+
+async def test_a_first_attempt_timing_out_is_not_called_unreachable() -> None:
+    """With no UNAVAILABLE seen, a timeout is the call's own error, unchanged."""
+
+    async def join(timeout_s: float) -> str:
+        raise _rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+    with pytest.raises(errors.FedGrpcError, match="Deadline Exceeded") as raised:
+        await retry_unavailable(
+            join, rpc="Join", target="x:1", connect_timeout_s=0.5, attempt_timeout_s=1
+        )
+    assert "attempts" not in str(raised.value)
