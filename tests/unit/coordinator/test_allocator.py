@@ -3,7 +3,9 @@
 Run in a fresh interpreter each time (mallopt is process-wide): after a
 4 MiB block is freed, glibc's moving threshold serves the next 4 MiB block
 from the heap (no mapping: `mallinfo2().hblkhd` does not grow); pinned, the
-next one is mapped again, so freeing it returns it to the OS.
+next one is mapped again, so freeing it returns it to the OS. Then the
+once-a-round `release_free_heap`, and the pinned trim threshold that keeps
+a freed heap top resident until it runs.
 """
 
 from __future__ import annotations
@@ -35,13 +37,18 @@ print(json.dumps({"pinned": pinned, "mapped": mapped}))
 """
 
 
-def _probe(mode: str, **env: str) -> dict[str, int]:
+def _run(script: str, mode: str, **env: str) -> dict[str, int]:
+    """`script` in a fresh interpreter (mallopt is process-wide), its JSON line."""
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, mode],
+        [sys.executable, "-c", script, mode],
         capture_output=True, text=True, timeout=60, check=True,
         env={**os.environ, **env},
     )  # fmt: skip
     return dict(json.loads(done.stdout))
+
+
+def _probe(mode: str, **env: str) -> dict[str, int]:
+    return _run(PROBE, mode, **env)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc only")
@@ -55,7 +62,7 @@ def test_a_users_own_setting_wins() -> None:
     assert _probe("pin", MALLOC_MMAP_THRESHOLD_="131072")["pinned"] is False
 
 
-TRIM_PROBE = """
+RSS_SETUP = """
 import ctypes, json, sys
 from fedgrpc.coordinator.ops.allocator import pin_mmap_threshold, release_free_heap
 def rss_anon():
@@ -66,6 +73,12 @@ libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
 libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+"""
+"""What both RSS probes start with: the resident anonymous bytes and libc."""
+
+TRIM_PROBE = (
+    RSS_SETUP
+    + """
 pinned = pin_mmap_threshold() if sys.argv[1] == "pin" else False
 big, pins = [], []
 for _ in range(1024):  # 64 MiB of 64 KiB heap blocks, each fenced by a live one
@@ -79,38 +92,23 @@ before = rss_anon()
 done = release_free_heap()
 print(json.dumps({"pinned": pinned, "done": done, "released": before - rss_anon()}))
 """
+)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc only")
 def test_release_free_heap_returns_fenced_free_blocks_once_pinned() -> None:
-    pinned = subprocess.run(
-        [sys.executable, "-c", TRIM_PROBE, "pin"],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    report = json.loads(pinned.stdout)
+    report = _run(TRIM_PROBE, "pin")
     assert report["pinned"]
     assert report["done"]
     assert report["released"] > 32 << 20  # over half the 64 MiB left the process
-    embedded = subprocess.run(
-        [sys.executable, "-c", TRIM_PROBE, "none"],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    report = json.loads(embedded.stdout)
+    report = _run(TRIM_PROBE, "none")
     assert report["done"] is False
     assert report["released"] < 8 << 20  # untouched
 
 
-KEEP_PROBE = """
-import ctypes, json, sys
-from fedgrpc.coordinator.ops.allocator import pin_mmap_threshold, release_free_heap
-def rss_anon():
-    with open("/proc/self/status") as status:
-        line = next(l for l in status if l.startswith("RssAnon"))
-    return int(line.split()[1]) * 1024
-libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype = ctypes.c_void_p
-libc.free.argtypes = [ctypes.c_void_p]
-libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+KEEP_PROBE = (
+    RSS_SETUP
+    + """
 pinned = pin_mmap_threshold(keep_free_heap=sys.argv[1] == "keep")
 blocks = []
 for _ in range(8):  # 8 MiB of 1 MiB blocks: heap, under the 2 MiB mmap threshold
@@ -125,15 +123,11 @@ release_free_heap()
 print(json.dumps({"pinned": pinned, "on_free": resident - freed,
                   "on_trim": freed - rss_anon()}))
 """
+)
 
 
 def _keep_probe(mode: str, **env: str) -> dict[str, int]:
-    done = subprocess.run(
-        [sys.executable, "-c", KEEP_PROBE, mode],
-        capture_output=True, text=True, timeout=60, check=True,
-        env={**os.environ, **env},
-    )  # fmt: skip
-    return dict(json.loads(done.stdout))
+    return _run(KEEP_PROBE, mode, **env)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc only")
