@@ -33,9 +33,10 @@ the daemon also pins the trim threshold at `TRIM_THRESHOLD_BYTES` (16 MiB)
 unless it runs lean (`staging_memory_mb = 0`, memory before speed): the
 free heap stays resident for the next messages and goes back once a round
 with `release_free_heap`. Measured (same bench, 100.7M default, one
-quiet session): the coordinator's page faults 0.93-1.3M -> 0.48-0.51M
-per run, its system time -30 %; peak RSS net within 0.1x of the model at
-100.7M, +0.4x at 10.5M (42 MB model; 5.1x -> 5.5x).
+quiet session, 6 interleaved pairs, 4 of them at this threshold): the
+coordinator's page faults 0.93-1.15M -> 0.48-0.54M per run, its system
+time 11-37 % lower; peak RSS net within 0.1x of the model at 100.7M,
++0.4x at 10.5M (42 MB model; 5.1x -> 5.5x).
 
 Only `fedgrpc serve` calls `pin_mmap_threshold`, and `release_free_heap`
 acts only after it did: an embedding process (the in-process `Coordinator`)
