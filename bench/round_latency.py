@@ -158,7 +158,7 @@ def coordinator_view(address: str, rounds: int) -> dict[str, Any]:
 
 
 def summarize(
-    reports: list[dict[str, Any]], update_bytes: int, warmup: int = 1
+    reports: list[dict[str, Any]], update_bytes: int, warmup: int
 ) -> dict[str, Any]:
     """Per measured round: slowest step(), and ingest over the push window.
 
@@ -199,8 +199,8 @@ def measure_case(
     shape: tuple[int, int],
     clients: int,
     rounds: int,
-    memory: str = "default",
-    warmup: int = 1,
+    memory: str,
+    warmup: int,
 ) -> dict[str, Any]:
     """Coordinator + `clients` processes, `warmup` + `rounds` rounds, all bounded."""
     procs: list[Any] = []

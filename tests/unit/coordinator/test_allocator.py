@@ -47,19 +47,16 @@ def _run(script: str, mode: str, **env: str) -> dict[str, int]:
     return dict(json.loads(done.stdout))
 
 
-def _probe(mode: str, **env: str) -> dict[str, int]:
-    return _run(PROBE, mode, **env)
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc only")
 def test_pinned_threshold_maps_every_large_block() -> None:
-    assert _probe("pin") == {"pinned": True, "mapped": pytest.approx(4 << 20, rel=0.01)}
-    assert _probe("none")["mapped"] == 0  # glibc's moving threshold: heap
+    pinned = {"pinned": True, "mapped": pytest.approx(4 << 20, rel=0.01)}
+    assert _run(PROBE, "pin") == pinned
+    assert _run(PROBE, "none")["mapped"] == 0  # glibc's moving threshold: heap
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc only")
 def test_a_users_own_setting_wins() -> None:
-    assert _probe("pin", MALLOC_MMAP_THRESHOLD_="131072")["pinned"] is False
+    assert _run(PROBE, "pin", MALLOC_MMAP_THRESHOLD_="131072")["pinned"] is False
 
 
 RSS_SETUP = """
@@ -126,24 +123,20 @@ print(json.dumps({"pinned": pinned, "on_free": resident - freed,
 )
 
 
-def _keep_probe(mode: str, **env: str) -> dict[str, int]:
-    return _run(KEEP_PROBE, mode, **env)
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc only")
 def test_a_kept_free_heap_top_waits_for_the_rounds_trim() -> None:
     """Freed message buffers stay for reuse; the once-a-round trim returns them."""
-    kept = _keep_probe("keep")
+    kept = _run(KEEP_PROBE, "keep")
     assert kept["pinned"]
     assert kept["on_free"] < 1 << 20  # not handed back (and re-faulted) per free
     assert kept["on_trim"] > 6 << 20  # returned once, by release_free_heap
-    lean = _keep_probe("lean")  # glibc's 128 KiB: every top over it goes back
+    lean = _run(KEEP_PROBE, "lean")  # glibc's 128 KiB: every top over it goes back
     assert lean["pinned"]
     assert lean["on_free"] > 6 << 20
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc only")
 def test_a_users_own_trim_threshold_wins() -> None:
-    report = _keep_probe("keep", MALLOC_TRIM_THRESHOLD_="131072")
+    report = _run(KEEP_PROBE, "keep", MALLOC_TRIM_THRESHOLD_="131072")
     assert report["pinned"]
     assert report["on_free"] > 6 << 20
