@@ -4,7 +4,11 @@ One run measures, on this machine:
 
 1. the raw ceiling: loopback grpc.aio client-streaming of bare 1 MiB `bytes`
    messages into a server that only counts them (same message limits as the
-   coordinator), each side in its own process;
+   coordinator), each side in its own process; measured before the first
+   case and again after every case, and each case is compared with the
+   median of the measurements just before and just after it (the raw rate
+   of this shared machine swings by a third within minutes, so one
+   measurement at the start decided the ratios more than the round did);
 2. for each model size x client count: `fedgrpc serve` plus N client
    processes calling `DiLoCoClient.step()` with H=1, timing each round, the
    coordinator's peak RSS (VmHWM) and its ingest rate (update bytes over the
@@ -231,10 +235,10 @@ def measure_case(
     return {"reports": reports, "baseline": baseline, "peak": peak, "view": view}
 
 
-def run_case(
-    size: str, clients: int, args: Any, memory: str = "default"
-) -> dict[str, Any]:
-    """One size x client count, as a JSON-ready dict (sizes in MB, times in s)."""
+def run_case(size: str, clients: int, args: Any, memory: str) -> dict[str, Any]:
+    """One size x client count (sizes in MB, times in s), without the ratios
+    to the raw ceiling (`with_raw_ratios` adds them).
+    """
     shape = mlp_shape(parse_size(size))
     params = shape[1] * (shape[0] * shape[0] + shape[0])
     model_bytes = FP32_BYTES * params
@@ -262,18 +266,49 @@ def run_case(
         "coordinator_baseline_rss_mb": baseline / MB,
         "peak_rss_over_model": peak / model_bytes,
         "peak_rss_net_over_model": (peak - baseline) / model_bytes,
-        "ingest_over_raw": summary["ingest_mb_s"] / args.raw_mb_s,
-        "round_over_raw_limit": summary["round_s_median"]
-        / raw_limit_s(clients, model_bytes, args.raw_mb_s),
         "coordinator_bytes_received": view["bytes_received"],
         "coordinator_round_bytes_ok": all(
             b == clients * model_bytes for b in view["round_bytes"]
         ),
     }
-    return dict(rounded(case))
+    return case
 
 
-def raw_limit_s(clients: int, model_bytes: int, raw_mb_s: float) -> float:
+def measure_raw() -> list[float]:
+    """One measurement of the raw gRPC ceiling (3 streams, after a warm-up)."""
+    _, rates = measure_raw_grpc_mb_s()
+    log("round_latency", f"raw gRPC MB/s: {[round(r) for r in rates]}")
+    return rates
+
+
+def measure_between(
+    size: str, clients: int, args: Any, memory: str, raw_runs: list[list[float]]
+) -> dict[str, Any]:
+    """Run one case, then the raw ceiling again (appended to `raw_runs`).
+
+    The case's ratios are against the median of the raw measurement before
+    it (the last in `raw_runs`) and the one after it, so a case and its
+    ceiling are minutes apart at most.
+    """
+    case = run_case(size, clients, args, memory)
+    raw_runs.append(measure_raw())
+    return dict(rounded(with_raw_ratios(case, [*raw_runs[-2], *raw_runs[-1]])))
+
+
+def with_raw_ratios(case: dict[str, Any], around: list[float]) -> dict[str, Any]:
+    """`case` rated against the median of the raw rates measured `around` it."""
+    raw_mb_s = statistics.median(around)
+    model_bytes = case["model_mb"] * MB
+    limit_s = raw_limit_s(case["clients"], model_bytes, raw_mb_s)
+    return case | {
+        "raw_grpc_mb_s": raw_mb_s,
+        "raw_grpc_mb_s_around": around,
+        "ingest_over_raw": case["ingest_mb_s"] / raw_mb_s,
+        "round_over_raw_limit": case["round_s_median"] / limit_s,
+    }
+
+
+def raw_limit_s(clients: int, model_bytes: float, raw_mb_s: float) -> float:
     """Seconds a dense round's bytes take at the raw gRPC rate.
 
     Every client pulls the model and pushes an update of the model's size:
@@ -351,19 +386,19 @@ def main() -> None:
     import torch
 
     args = parse_args()
-    args.raw_mb_s, raw_all = measure_raw_grpc_mb_s()
-    log("round_latency", f"raw gRPC MB/s: {[round(r) for r in raw_all]}")
+    raw_runs = [measure_raw()]
     cases = []
     for size in args.sizes.split(","):
         for clients in (int(n) for n in args.clients.split(",")):
             for memory in args.memory.split(","):
-                cases.append(run_case(size, clients, args, memory))
+                cases.append(measure_between(size, clients, args, memory, raw_runs))
                 log("round_latency", json.dumps(cases[-1]))
+    raw_all = [rate for run in raw_runs for rate in run]
     report = {
         "bench": "round_latency",
         "chunk_bytes": DEFAULT_CHUNK_BYTES,
-        "raw_grpc_mb_s": rounded(args.raw_mb_s),
-        "raw_grpc_mb_s_all": rounded(raw_all),
+        "raw_grpc_mb_s": rounded(statistics.median(raw_all)),
+        "raw_grpc_mb_s_all": rounded(raw_runs),
         "cases": cases,
         "goals": goals(cases),
         "machine": {"cpus": os.cpu_count(), "torch": torch.__version__},
