@@ -5,8 +5,9 @@ Not a benchmark itself. Codec strings
 (B value bits, default 8; cap: clip never above H · lr). Every round the
 coordinator announces one index set (`compress.shared_index.choose_index_set`:
 top-(1-ε)k of |outer momentum|, or with `age` of
-`ResidualEstimate.scores()`, or with `chunkC` whole chunks of C coordinates
-by the workers' summed residual RMS codes, `compress.chunk_norms`, each
+`compress.residual_age.ResidualAge.scores()` (the coordinator's
+"residual_age" rule), or with `chunkC` whole chunks of C coordinates by
+the workers' summed residual RMS codes, `compress.chunk_norms`, each
 push then carrying ceil(d / C) more ring values, plus ε·k positions from
 the round seed) and
 one fixed-point clip
@@ -68,7 +69,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _convergence_estimate import ResidualEstimate
+from _convergence_estimate import DecayAwareAge
 from _convergence_sim import DEFAULTS, Case, _Curve, _Data, _Worker
 from _convergence_wire import GRPC_PREFIX_BYTES, pull_bytes, push_overhead_bytes
 
@@ -80,6 +81,7 @@ from fedgrpc.compress.chunk_norms import (
     chunk_scores,
     num_chunks,
 )
+from fedgrpc.compress.residual_age import ResidualAge
 from fedgrpc.compress.shared_index import (
     choose_index_set,
     encode_index_set,
@@ -135,7 +137,13 @@ class _Round:
             case.outer_momentum,
         )
         self.guard = None if "noguard" in flags else DivergenceGuard()
-        self.estimate = ResidualEstimate(self.d) if "age" in flags else None
+        # "age": the library's residual_age rule; "agedecay": the same knowing
+        # the clients' residual decay (an ablation, `_convergence_estimate`).
+        self.estimate: ResidualAge | None = None
+        if "agedecay" in flags:
+            self.estimate = DecayAwareAge(self.d, case.feedback_decay)
+        elif "age" in flags:
+            self.estimate = ResidualAge(self.d)
         bits = [int(f.removeprefix("bits")) for f in flags if f.startswith("bits")]
         value_bits = bits[0] if bits else VALUE_BITS
         self.scale = initial_round_scale(case.inner_steps, DEFAULTS.lr, value_bits)

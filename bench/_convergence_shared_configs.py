@@ -75,6 +75,53 @@ SHARED_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
             "outer_lr": 2.5,
         },
     ),
+    # The residual estimate lost under Nesterov (it flushes stale residuals,
+    # which the momentum amplifies); SparseLoCo's short memory has no such burst.
+    "shared10-age-sloco-lr2.5-b60-noguard": (
+        "as shared10-age, SparseLoCo (EF decay 0.6, outer SGD lr 2.5), no guard",
+        {
+            "codec": "shared:0.1:0.1:age:noguard",
+            **SPARSELOCO_OUTER,
+            "feedback_decay": 0.6,
+            "outer_lr": 2.5,
+        },
+    ),
+    "shared10-agedecay-sloco-lr2.5-b60-noguard": (
+        "as shared10-age-sloco-lr2.5-b60-noguard, the estimate knowing the decay",
+        {
+            "codec": "shared:0.1:0.1:agedecay:noguard",
+            **SPARSELOCO_OUTER,
+            "feedback_decay": 0.6,
+            "outer_lr": 2.5,
+        },
+    ),
+    "shared10-age-eps30-sloco-lr2.5-b60-noguard": (
+        "as shared10-age-sloco-lr2.5-b60-noguard with eps 0.3 random positions",
+        {
+            "codec": "shared:0.1:0.3:age:noguard",
+            **SPARSELOCO_OUTER,
+            "feedback_decay": 0.6,
+            "outer_lr": 2.5,
+        },
+    ),
+    "shared10-age-eps50-sloco-lr2.5-b60-noguard": (
+        "as shared10-age-sloco-lr2.5-b60-noguard with eps 0.5 random positions",
+        {
+            "codec": "shared:0.1:0.5:age:noguard",
+            **SPARSELOCO_OUTER,
+            "feedback_decay": 0.6,
+            "outer_lr": 2.5,
+        },
+    ),
+    "shared10-age-sloco-lr2.5-b80-noguard": (
+        "as shared10-age-sloco-lr2.5-b60-noguard with EF decay 0.8",
+        {
+            "codec": "shared:0.1:0.1:age:noguard",
+            **SPARSELOCO_OUTER,
+            "feedback_decay": 0.8,
+            "outer_lr": 2.5,
+        },
+    ),
     "shared10-chunk16-sloco": (
         "as shared10-chunk16 with SparseLoCo (EF decay 0.95, outer SGD lr 1), guard",
         {"codec": "shared:0.1:0.1:chunk16", **SPARSELOCO_OUTER},

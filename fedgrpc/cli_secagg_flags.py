@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from fedgrpc.cli_flags import Flag
 from fedgrpc.config import CoordinatorConfig
+from fedgrpc.config.secure import INDEX_RULES
 
 _D = CoordinatorConfig()
 
@@ -38,11 +39,14 @@ SECURE_AGGREGATION_FLAGS = (
          "flush its residual; only with --secagg-density < 1 "
          f"(default: {_D.secagg_random_fraction:g})", float, "EPS"),
     Flag("--secagg-index-rule", "how the shared index set is ranked (only "
-         "with --secagg-density < 1): momentum (top outer momentum) or "
+         "with --secagg-density < 1): momentum (top outer momentum), "
          "chunk_norm (whole chunks of largest summed client residual RMS, "
          "which clients append to their masked push; not with distributed "
-         f"DP) (default: {_D.secagg_index_rule})", metavar="RULE",
-         choices=("momentum", "chunk_norm")),
+         "DP) or residual_age (last-seen mean per round waited x rounds "
+         "since sent, so the set rotates; best measured with --outer-"
+         "optimizer sparseloco) "
+         f"(default: {_D.secagg_index_rule})", metavar="RULE",
+         choices=INDEX_RULES),
     Flag("--secagg-index-chunk", "coordinates per chunk of the chunk_norm "
          "rule; each masked push carries ceil(parameters / C) more values "
          f"(default: {_D.secagg_index_chunk})", int, "C"),

@@ -18,6 +18,8 @@ from fedgrpc.errors import check_config as _check
 SECAGG_VALUES = ("int8", "int4")
 """Dense value formats whose codes the secure-aggregation ring sums exactly."""
 SECAGG_MIN_CLIENTS = 3
+INDEX_RULES = ("momentum", "chunk_norm", "residual_age")
+"""`secagg_index_rule` values (`coordinator.secure.index_planner`)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,10 +54,12 @@ class SecureAggregationSettings:
     secagg_random_fraction: float = 0.1
     """Share epsilon in [0, 1] of that set drawn from the round nonce, so every
     coordinate can flush its residual (0.1: bench/convergence.py's runs)."""
-    secagg_index_rule: Literal["momentum", "chunk_norm"] = "momentum"
-    """How that set is ranked: "momentum" (top |outer momentum|) or
+    secagg_index_rule: Literal["momentum", "chunk_norm", "residual_age"] = "momentum"
+    """How that set is ranked: "momentum" (top |outer momentum|),
     "chunk_norm" (whole chunks of largest summed client residual RMS, which
-    each client appends to its masked push: `compress.chunk_norms`)."""
+    each client appends to its masked push: `compress.chunk_norms`) or
+    "residual_age" (last-seen |mean| per round waited x rounds since sent,
+    so the set rotates: `compress.residual_age`)."""
     secagg_index_chunk: int = 64
     """C, coordinates per chunk of the "chunk_norm" rule: a push carries
     ceil(d / C) more values (d / 64 = 1.6 % of d)."""
@@ -80,14 +84,15 @@ class SecureAggregationSettings:
                "a fraction in (0, 1] (1: mask every coordinate)")  # fmt: skip
         _check(0 <= self.secagg_random_fraction <= 1, "secagg_random_fraction",
                self.secagg_random_fraction, "a fraction in [0, 1]")  # fmt: skip
-        _check(self.secagg_index_rule in ("momentum", "chunk_norm"),
+        _check(self.secagg_index_rule in INDEX_RULES,
                "secagg_index_rule", self.secagg_index_rule,
-               '"momentum" or "chunk_norm"')  # fmt: skip
+               '"momentum", "chunk_norm" or "residual_age"')  # fmt: skip
         _check(self.secagg_index_chunk >= 1, "secagg_index_chunk",
                self.secagg_index_chunk, ">= 1")  # fmt: skip
-        _check(self.secagg_index_rule == "momentum" or privacy != "distributed",
-               "secagg_index_rule", self.secagg_index_rule, '"momentum" with '
-               "privacy = distributed (the chunk norms would need noise too)",
+        _check(self.secagg_index_rule != "chunk_norm" or privacy != "distributed",
+               "secagg_index_rule", self.secagg_index_rule, '"momentum" or '
+               '"residual_age" with privacy = distributed (the chunk norms '
+               "would need noise too)",
                )  # fmt: skip
         if not self.secure_aggregation:
             return

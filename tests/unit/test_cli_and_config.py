@@ -214,3 +214,30 @@ def test_shared_index_flags_reach_the_config_and_default_to_dense() -> None:
         ["serve", "--secagg-index-rule", "chunk_norm", "--secagg-index-chunk", "32"]
     )
     assert (rule.secagg_index_rule, rule.secagg_index_chunk) == ("chunk_norm", 32)
+    aged = build_parser().parse_args(["serve", "--secagg-index-rule", "residual_age"])
+    assert aged.secagg_index_rule == "residual_age"
+
+
+def test_the_residual_age_rule_loads_from_toml(tmp_path: Path) -> None:
+    path = tmp_path / "coordinator.toml"
+    path.write_text(
+        "[coordinator]\nsecagg_density = 0.1\nsecagg_random_fraction = 0.3\n"
+        'secagg_index_rule = "residual_age"\nouter_optimizer = "sparseloco"\n'
+    )
+    config = CoordinatorConfig.from_toml(path)
+    assert (config.secagg_index_rule, config.secagg_random_fraction) == (
+        "residual_age", 0.3,
+    )  # fmt: skip
+    path.write_text('[coordinator]\nsecagg_index_rule = "residual-age"\n')
+    with pytest.raises(ConfigError, match="secagg_index_rule=.?residual-age.? is"):
+        CoordinatorConfig.from_toml(path)
+
+
+def test_the_residual_age_rule_runs_under_distributed_privacy() -> None:
+    """It ranks by the (noised) unmasked mean only: post-processing, no tail."""
+    config = CoordinatorConfig(
+        secagg_index_rule="residual_age", privacy="distributed", dp_clip_norm=1.0,
+        dp_noise_multiplier=1.0, secure_aggregation=True, codec="dense:int8",
+        min_clients=3, secagg_density=0.1,
+    )  # fmt: skip
+    assert config.secagg_index_rule == "residual_age"

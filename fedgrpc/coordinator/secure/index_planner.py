@@ -48,6 +48,14 @@ is kept only from applied rounds, and forgotten on a guard trip (the
 residuals it measured are reset); without one the set is all random, as
 in the first round.
 
+With `secagg_index_rule = "residual_age"` the ranking is
+`compress.residual_age`: the coordinator's own record, from the applied
+rounds' unmasked means, of each coordinate's last-seen rate and the rounds
+since it was sent, so the set rotates (loud coordinates more often). It
+needs nothing from the clients beyond the means, so it also runs under
+distributed DP (post-processing of the noised sum), and it is forgotten on
+a guard trip like the momentum.
+
 Cost: choosing the set is O(d) with two d-sized float32 temporaries
 (kthvalue on 10M coordinates: ~0.1 s), and coding it O(k) (1M positions:
 ~50 ms), so both run on a worker thread as soon as a round opens, in
@@ -64,6 +72,7 @@ import numpy as np
 import torch
 
 from fedgrpc.compress.chunk_norms import choose_chunk_set, chunk_scores, num_chunks
+from fedgrpc.compress.residual_age import ResidualAge
 from fedgrpc.compress.shared_index import (
     choose_index_set,
     encode_index_set,
@@ -117,6 +126,9 @@ class SharedIndexPlanner:
             config.secagg_index_chunk if config.secagg_index_rule == "chunk_norm" else 0
         )
         """C of the chunk-norm tail; 0: momentum ranking, no tail."""
+        self.by_age = config.secagg_index_rule == "residual_age"
+        self._age: ResidualAge | None = None
+        """The "residual_age" rule's record of applied rounds (None: none yet)."""
         self._scores: _ChunkScores | None = None
         self._chunk_bytes = config.chunk_bytes
         self.engine = engine
@@ -230,7 +242,13 @@ class SharedIndexPlanner:
         k = shared_index_k(self.density, d)
         if k >= d:
             return None
-        ranking = self._scores if self.chunk else self._ranking_source()
+        ranking: _Ranking
+        if self.chunk:
+            ranking = self._scores
+        elif self.by_age:
+            ranking = self._age
+        else:
+            ranking = self._ranking_source()
         seed = current.nonce
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(None, _choose, ranking, d, k, self.epsilon, seed)
@@ -272,7 +290,10 @@ class SharedIndexPlanner:
                 tail = result.total[announce.num_positions :]
                 scores = chunk_scores(tail, survivors, announce.scale.qmax)
                 self._scores = _ChunkScores(announce.norm_chunk, scores)
-            if self.engine.model.optimizer.name != "nesterov":
+            if self.by_age:
+                values = result.total[: announce.num_positions]
+                self._record_age(announce, values, code_step / survivors)
+            elif self.engine.model.optimizer.name != "nesterov":
                 self._applied = _AppliedSum(
                     current.round_id, announce.positions, result.total
                 )
@@ -291,9 +312,23 @@ class SharedIndexPlanner:
                     dense_rounds=self.guard.config.fallback_rounds)  # fmt: skip
         return verdict
 
+    def _record_age(
+        self, announce: SecureRoundSetup, codes: np.ndarray, step: float
+    ) -> None:
+        """Fold an applied round's mean (`codes` x `step`) into the residual age."""
+        d = self.engine.model.require_spec().num_coordinates
+        if self._age is None or self._age.num_coordinates != d:
+            self._age = ResidualAge(d)
+        mean = torch.from_numpy(codes.astype(np.float32)).mul_(step)
+        positions = announce.positions
+        sent = (
+            None if positions is None else torch.from_numpy(positions.astype(np.int64))
+        )
+        self._age.record(sent, mean)
+
     def _reset_momentum(self) -> None:
         """Zero the outer momentum (it holds the burst and ranks the next set)."""
-        self._applied = self._scores = None
+        self._applied = self._scores = self._age = None
         optimizer = self.engine.model.optimizer
         state = optimizer.state_dict()
         if "momentum_buffer" in state:
@@ -320,8 +355,12 @@ class _ChosenSet:
     """`encode_index_set(positions)`: what the setup carries, and what must fit."""
 
 
+_Ranking = torch.Tensor | _AppliedSum | _ChunkScores | ResidualAge | None
+"""What a set is chosen from: see `SharedIndexPlanner._start`."""
+
+
 def _choose(
-    ranking: torch.Tensor | _AppliedSum | _ChunkScores | None,
+    ranking: _Ranking,
     num_coordinates: int,
     k: int,
     epsilon: float,
@@ -334,6 +373,8 @@ def _choose(
         return _ChosenSet(chosen.numpy().astype(np.uint64), encode_index_set(chosen))
     if isinstance(ranking, _AppliedSum):
         ranking = ranking.ranking(num_coordinates)
+    elif isinstance(ranking, ResidualAge):
+        ranking = ranking.scores()
     elif ranking is None:  # nothing applied yet (or just reset): all random
         ranking = torch.zeros(num_coordinates)
     positions = choose_index_set(ranking, k, epsilon, seed)
