@@ -18,7 +18,9 @@ coordinates outside round 1's set are reached only by the ε·k random draws
 and their residuals grow unseen; `optim.divergence.DivergenceGuard` is what
 recovers such a run. Treat this set as an experiment; dense int8 in the ring
 is the default. `compress.chunk_norms` ranks by the clients' own residuals
-instead (summed under the masks) and feeds this function its ranking.
+instead (summed under the masks), and `compress.residual_age` by how long
+each coordinate has waited (from the means alone, so the set rotates);
+both feed this function its ranking.
 
 On the data path this is the "compress" step's index choice: the coordinator
 calls `choose_index_set` and `encode_index_set`; each client calls
