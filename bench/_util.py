@@ -1,4 +1,4 @@
-"""Shared plumbing for bench/*.py: processes, /proc, `fedgrpc serve`, raw gRPC.
+"""Shared plumbing for bench/*.py: processes, /proc, `fedgrpc serve`.
 
 Not a benchmark itself. Benches import it as `_util` (their own directory is
 on sys.path when run as `python bench/<name>.py`, and spawn children inherit
@@ -7,26 +7,18 @@ that path). Nothing here imports torch, so spawned helpers start fast.
 
 from __future__ import annotations
 
-import asyncio
 import multiprocessing as mp
 import queue
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from fedgrpc.domain.chunks import DEFAULT_CHUNK_BYTES
-
 MB = 1e6
 """Benches report MB = 10^6 bytes."""
 READY_TIMEOUT_S = 60.0
 CTX = mp.get_context("spawn")
-RAW_METHOD = "/fedgrpc.bench.v1.RawSink/Push"
-RAW_MESSAGES = 400
 """Messages of DEFAULT_CHUNK_BYTES per raw stream (~420 MB)."""
 
 
@@ -149,89 +141,3 @@ def rounded(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: rounded(v) for k, v in value.items()}
     return value
-
-
-# -- raw loopback gRPC ceiling ---------------------------------------------------------
-
-
-def _max_message_bytes() -> int:
-    from fedgrpc.config import CoordinatorConfig
-
-    return CoordinatorConfig(seed_from_first_client=True).max_message_bytes
-
-
-async def _count_bytes(requests: Any, context: Any) -> bytes:
-    total = 0
-    async for message in requests:
-        total += len(message)
-    return total.to_bytes(8, "little")
-
-
-async def _serve_raw(port_queue: Any) -> None:
-    limit = _max_message_bytes()
-    # The coordinator's own limits (see coordinator.server.server_options).
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-            ("grpc.so_reuseport", 0),
-        ]
-    )
-    # No (de)serializers: grpc hands the handler the raw bytes (identity).
-    handler: Any = grpc.stream_unary_rpc_method_handler(_count_bytes)
-    service, method = RAW_METHOD.strip("/").split("/")
-    generic = grpc.method_handlers_generic_handler(service, {method: handler})
-    server.add_generic_rpc_handlers((generic,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    port_queue.put(port)
-    await server.wait_for_termination()
-
-
-def _raw_server_main(port_queue: Any) -> None:
-    asyncio.run(_serve_raw(port_queue))
-
-
-async def _stream_raw(address: str, repeats: int) -> list[float]:
-    options = [("grpc.max_send_message_length", _max_message_bytes())]
-    payload = bytes(DEFAULT_CHUNK_BYTES)
-
-    async def messages() -> Any:
-        for _ in range(RAW_MESSAGES):
-            yield payload
-
-    rates: list[float] = []
-    async with grpc.aio.insecure_channel(address, options=options) as channel:
-        push: Any = channel.stream_unary(RAW_METHOD)
-        for _ in range(repeats + 1):  # the first stream is a warm-up
-            started = time.perf_counter()
-            reply = await push(messages(), timeout=120)
-            seconds = time.perf_counter() - started
-            if int.from_bytes(reply, "little") != RAW_MESSAGES * len(payload):
-                raise RuntimeError("raw sink counted the wrong number of bytes")
-            rates.append(RAW_MESSAGES * len(payload) / seconds / MB)
-    return rates[1:]
-
-
-def _raw_client_main(address: str, repeats: int, out: Any) -> None:
-    out.put(asyncio.run(_stream_raw(address, repeats)))
-
-
-def measure_raw_grpc_mb_s(repeats: int = 3) -> tuple[float, list[float]]:
-    """Client-streaming MB/s of bare 1 MiB messages over loopback: (median, all).
-
-    Server and client each run in their own spawned process, as the
-    coordinator and its clients do.
-    """
-    ports, rates = CTX.Queue(), CTX.Queue()
-    procs = [CTX.Process(target=_raw_server_main, args=(ports,), daemon=True)]
-    try:
-        procs[0].start()
-        address = f"127.0.0.1:{ports.get(timeout=READY_TIMEOUT_S)}"
-        client = CTX.Process(target=_raw_client_main, args=(address, repeats, rates))
-        procs.append(client)
-        client.start()
-        measured: list[float] = rates.get(timeout=60 + 60 * repeats)
-    finally:
-        stop_all(procs)
-    return statistics.median(measured), measured

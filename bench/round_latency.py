@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from _raw_grpc import measure_raw, with_raw_ratios
 from _util import (
     CTX,
     MB,
@@ -51,7 +52,6 @@ from _util import (
     collect_reports,
     log,
     log_tail,
-    measure_raw_grpc_mb_s,
     parse_size,
     proc_status_bytes,
     rounded,
@@ -274,13 +274,6 @@ def run_case(size: str, clients: int, args: Any, memory: str) -> dict[str, Any]:
     return case
 
 
-def measure_raw() -> list[float]:
-    """One measurement of the raw gRPC ceiling (3 streams, after a warm-up)."""
-    _, rates = measure_raw_grpc_mb_s()
-    log("round_latency", f"raw gRPC MB/s: {[round(r) for r in rates]}")
-    return rates
-
-
 def measure_between(
     size: str, clients: int, args: Any, memory: str, raw_runs: list[list[float]]
 ) -> dict[str, Any]:
@@ -293,29 +286,6 @@ def measure_between(
     case = run_case(size, clients, args, memory)
     raw_runs.append(measure_raw())
     return dict(rounded(with_raw_ratios(case, [*raw_runs[-2], *raw_runs[-1]])))
-
-
-def with_raw_ratios(case: dict[str, Any], around: list[float]) -> dict[str, Any]:
-    """`case` rated against the median of the raw rates measured `around` it."""
-    raw_mb_s = statistics.median(around)
-    model_bytes = case["model_mb"] * MB
-    limit_s = raw_limit_s(case["clients"], model_bytes, raw_mb_s)
-    return case | {
-        "raw_grpc_mb_s": raw_mb_s,
-        "raw_grpc_mb_s_around": around,
-        "ingest_over_raw": case["ingest_mb_s"] / raw_mb_s,
-        "round_over_raw_limit": case["round_s_median"] / limit_s,
-    }
-
-
-def raw_limit_s(clients: int, model_bytes: float, raw_mb_s: float) -> float:
-    """Seconds a dense round's bytes take at the raw gRPC rate.
-
-    Every client pulls the model and pushes an update of the model's size:
-    2 x clients x model bytes cross the wire, one stream after another at
-    best (the raw rate is one stream's, and the machine's cores are shared).
-    """
-    return 2 * clients * model_bytes / MB / raw_mb_s
 
 
 # -- report ---------------------------------------------------------------------------

@@ -1,45 +1,26 @@
-"""The benches' quick modes run and print the JSON shape `make bench` promises.
+"""The learning, privacy, robustness and scale-out benches' quick modes run.
 
-Smoke only: figures are measured by the benches themselves, never asserted
-as timings here (this machine is shared and noisy).
+Each prints the JSON shape its README section promises (the speed benches
+`make bench` runs are test_bench_speed_smoke.py). Smoke only: figures are
+measured by the benches themselves, never asserted as timings here (this
+machine is shared and noisy).
 """
 
 from __future__ import annotations
 
-import json
-import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers.bench import run_quick_bench
+
 pytestmark = pytest.mark.system
 
 
-def _run(script: str, *args: str, timeout_s: float = 170) -> dict[str, object]:
-    result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / script), "--quick", *args],
-        capture_output=True, text=True, timeout=timeout_s, cwd=REPO,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    report: dict[str, object] = json.loads(result.stdout)
-    return report
-
-
-def test_compression_bench_quick() -> None:
-    report = _run("compression.py")
-    assert report["bench"] == "compression"
-    goals = report["goals"]
-    assert isinstance(goals, dict)
-    assert goals["ratio_vs_fp32_min"] > 100  # top-k 1 % + int8 on its synthetic data
-
-
-@pytest.mark.timeout(200)  # one bench invocation of up to 170 s (_run)
+@pytest.mark.timeout(200)  # one bench invocation of up to 170 s (run_quick_bench)
 def test_convergence_bench_quick() -> None:
     names = "dp,dense,topk1,sparseloco,sparseloco-down"  # the rest: same paths
-    report = _run("convergence.py", "--configs", names)
+    report = run_quick_bench("convergence.py", "--configs", names)
     assert report["bench"] == "convergence"
     configs = report["configs"]
     assert isinstance(configs, dict)
@@ -54,7 +35,7 @@ def test_convergence_bench_quick() -> None:
     assert down["total_ratio_vs_dense"] > 20 * sparse["total_ratio_vs_dense"] / 2
 
 
-@pytest.mark.timeout(300)  # two bench invocations of up to 170 s each (_run)
+@pytest.mark.timeout(300)  # two bench invocations of up to 170 s each (run_quick_bench)
 def test_outer_optimizers_bench_quick_reports_every_optimizer_and_resumes(
     tmp_path: Path,
 ) -> None:
@@ -64,8 +45,10 @@ def test_outer_optimizers_bench_quick_reports_every_optimizer_and_resumes(
     cache = str(tmp_path / "cache")
 
     # Act: run into a cache, then report from the cache alone.
-    report = _run("outer_optimizers.py", "--optimizers", names, "--cache", cache)
-    again = _run(
+    report = run_quick_bench(
+        "outer_optimizers.py", "--optimizers", names, "--cache", cache
+    )
+    again = run_quick_bench(
         "outer_optimizers.py", "--optimizers", names, "--cache", cache, "--only-cached"
     )
 
@@ -84,101 +67,9 @@ def test_outer_optimizers_bench_quick_reports_every_optimizer_and_resumes(
     assert again["missing_runs"] == []
 
 
-def test_signing_bench_quick() -> None:
-    report = _run("signing.py")
-    assert report["bench"] == "signing"
-    ingest, joins = report["ingest"], report["joins"]
-    assert isinstance(ingest, dict)
-    assert isinstance(joins, dict)
-    assert ingest["ingest_mb_s_signed"] > 0
-    assert ingest["ingest_mb_s_unsigned"] > 0
-    assert set(ingest["by_hash"]) == {  # type: ignore[call-overload]
-        "blake3", "sha256", "blake3_every_chunk",
-    }  # fmt: skip
-    assert joins["joins_per_s_sequential"] > 0
-    goals = report["goals"]
-    assert isinstance(goals, dict)
-    assert "ingest_signed>=0.85x_unsigned_blake3" in goals  # measured, not asserted
-
-
-def test_round_latency_bench_quick() -> None:
-    """The round is reported against the time its bytes take at the raw rate."""
-    report = _run("round_latency.py", "--memory", "default,lean")
-    assert report["bench"] == "round_latency"
-    cases = report["cases"]
-    assert isinstance(cases, list)
-    assert [c["memory"] for c in cases] == ["default", "lean"]
-    # The raw ceiling before the first case and after each: 3 streams each.
-    raw_runs = report["raw_grpc_mb_s_all"]
-    assert isinstance(raw_runs, list)
-    assert [len(run) for run in raw_runs] == [3, 3, 3]
-    assert all(rate > 0 for run in raw_runs for rate in run)
-    # Each case is rated against the measurements on both sides of it.
-    assert cases[1]["raw_grpc_mb_s_around"] == [*raw_runs[1], *raw_runs[2]]
-    raw = cases[0]["raw_grpc_mb_s"]
-    assert raw == pytest.approx(
-        statistics.median([*raw_runs[0], *raw_runs[1]]), rel=0.01
-    )
-    # Stages and optimizer state on disk: the same rounds, every byte counted.
-    assert all(c["coordinator_round_bytes_ok"] is True for c in cases)
-    assert (
-        cases[0]["coordinator_bytes_received"] == cases[1]["coordinator_bytes_received"]
-    )
-    case = cases[0]
-    # The seeding round and the first full one (buffers faulted in) are apart.
-    assert len(case["warmup_round_s"]) == 2
-    assert len(case["round_s_all"]) == 2
-    # Two clients each pull and push the fp32 model once: 4 x model_mb.
-    limit_s = 2 * case["clients"] * case["model_mb"] / raw
-    assert case["round_over_raw_limit"] == pytest.approx(
-        case["round_s_median"] / limit_s, rel=0.01
-    )
-    goals = report["goals"]
-    assert isinstance(goals, dict)
-    assert goals["round_100.7M_2clients<=1.5x_raw_limit"] is None  # not measured
-    assert "peak_rss<=3x_model_lean_memory" in goals
-
-
-def test_clients_scale_bench_quick() -> None:
-    report = _run("clients_scale.py")
-    assert report["bench"] == "clients_scale"
-    clients = report["clients"]
-    assert isinstance(clients, int)
-    assert clients > 0
-    assert report["clients_completed_round"] == clients  # every client, no timing
-    assert report["join_s"] is not None
-    assert report["round_wall_s"] is not None
-    assert isinstance(report["coordinator_peak_rss_mb"], float)
-    assert report["coordinator_cpu_s"] is not None
-    assert report["goals"] == {"clients_completed_round": True}
-
-
-def test_secagg_bench_quick() -> None:
-    report = _run("secagg.py")
-    assert report["bench"] == "secagg"
-    results = report["results"]
-    assert isinstance(results, dict)
-    for n in (4, 8):
-        plain, secure = results[f"n{n}_plain"], results[f"n{n}_secure"]
-        assert plain["round_s"] > 0
-        assert secure["round_s"] > 0
-        assert secure["unmask_dropout_s"] > 0  # a round recovered with a dropout
-        assert secure["bytes_per_client"] > plain["bytes_per_client"]
-    many = results["many_clients"]
-    assert many["n_clients"] == 12
-    assert many["round_s"] > 0  # the Harary round completed
-    assert many["degree"] == 8
-    goals = report["goals"]
-    assert isinstance(goals, dict)
-    # Measured, never asserted here.
-    assert "secure<=2x_plain_n8_own_core_estimate" in goals
-    assert "secure<=4x_plain_n8_wall_2_cores" in goals
-    assert "unmask_1_dropped<=0.5s_n8" in goals
-
-
 @pytest.mark.timeout(200)
 def test_selection_bench_quick_compares_two_of_four_with_all_four() -> None:
-    report = _run("selection.py")
+    report = run_quick_bench("selection.py")
     assert report["bench"] == "selection"
     cases = report["cases"]
     assert isinstance(cases, dict)
@@ -189,7 +80,7 @@ def test_selection_bench_quick_compares_two_of_four_with_all_four() -> None:
     assert cases["k2of4"]["bytes_up"][0] < 0.6 * cases["all"]["bytes_up"][0]
 
 
-@pytest.mark.timeout(300)  # two bench invocations of up to 170 s each (_run)
+@pytest.mark.timeout(300)  # two bench invocations of up to 170 s each (run_quick_bench)
 def test_robustness_bench_quick_scores_attacks_against_no_attack_and_resumes(
     tmp_path: Path,
 ) -> None:
@@ -199,8 +90,8 @@ def test_robustness_bench_quick_scores_attacks_against_no_attack_and_resumes(
     flags = ("--attacks", "signflip,alie", "--cache", cache)
 
     # Act: run into a cache, then report from the cache alone.
-    report = _run("robustness.py", *flags)
-    again = _run("robustness.py", *flags, "--only-cached")
+    report = run_quick_bench("robustness.py", *flags)
+    again = run_quick_bench("robustness.py", *flags, "--only-cached")
 
     # Assert: every cell trained and is scored against the no-attack mean.
     assert report["bench"] == "robustness"
@@ -225,7 +116,7 @@ def test_robustness_bench_quick_scores_attacks_against_no_attack_and_resumes(
 
 
 def test_robust_aggregation_bench_quick_reports_every_rule() -> None:
-    report = _run("robust_aggregation.py")
+    report = run_quick_bench("robust_aggregation.py")
     assert report["bench"] == "robust_aggregation"
     cases = report["aggregation"]
     assert isinstance(cases, list)
@@ -239,7 +130,7 @@ def test_robust_aggregation_bench_quick_reports_every_rule() -> None:
 
 
 def test_privacy_bench_quick_reports_epsilon_reached_per_task() -> None:
-    report = _run("privacy.py", "--epsilons", "8")
+    report = run_quick_bench("privacy.py", "--epsilons", "8")
     assert report["bench"] == "privacy"
     section = report["record_level"]
     assert isinstance(section, dict)
@@ -258,7 +149,7 @@ def test_privacy_bench_quick_reports_epsilon_reached_per_task() -> None:
 
 
 def test_central_dp_bench_quick_reports_the_noise_stage_share_of_a_real_round() -> None:
-    report = _run("central_dp.py")
+    report = run_quick_bench("central_dp.py")
     assert report["bench"] == "central_dp"
     row = report["round"]
     assert isinstance(row, dict)
@@ -268,7 +159,7 @@ def test_central_dp_bench_quick_reports_the_noise_stage_share_of_a_real_round() 
     assert isinstance(row["goal_noise_stage_le_5pct"], bool)
 
 
-@pytest.mark.timeout(300)  # two bench invocations of up to 170 s each (_run)
+@pytest.mark.timeout(300)  # two bench invocations of up to 170 s each (run_quick_bench)
 def test_heterogeneity_bench_quick_reports_every_cell_gap_and_goal_and_resumes(
     tmp_path: Path,
 ) -> None:
@@ -276,8 +167,8 @@ def test_heterogeneity_bench_quick_reports_every_cell_gap_and_goal_and_resumes(
     cache = str(tmp_path / "cache")
 
     # Act: run into a cache, then report from the cache alone.
-    report = _run("heterogeneity.py", "--cache", cache)
-    again = _run("heterogeneity.py", "--cache", cache, "--only-cached")
+    report = run_quick_bench("heterogeneity.py", "--cache", cache)
+    again = run_quick_bench("heterogeneity.py", "--cache", cache, "--only-cached")
 
     # Assert: a cell per (partition, method), gaps paired with centralized.
     assert report["bench"] == "heterogeneity"
@@ -300,7 +191,7 @@ def test_heterogeneity_bench_quick_reports_every_cell_gap_and_goal_and_resumes(
 
 
 def test_lora_bench_quick() -> None:
-    report = _run("lora.py")
+    report = run_quick_bench("lora.py")
     assert report["bench"] == "lora"
     full, lora = report["full"], report["lora"]
     assert isinstance(full, dict)
@@ -317,7 +208,7 @@ def test_lora_bench_quick() -> None:
 
 
 def test_dashboard_bench_quick_compares_open_dashboards_with_none() -> None:
-    report = _run("dashboard.py")
+    report = run_quick_bench("dashboard.py")
     assert report["bench"] == "dashboard"
     assert report["viewers"] == 10
     for side in ("none", "dashboards"):
@@ -340,8 +231,10 @@ def test_heterogeneous_bench_quick_compares_every_round_mode_and_resumes(
     cache = str(tmp_path / "cache")
 
     # Act: run into a cache, then report from the cache alone.
-    report = _run("heterogeneous.py", "--cache", cache, "--jobs", "2", timeout_s=240)
-    again = _run("heterogeneous.py", "--cache", cache, "--only-cached")
+    report = run_quick_bench(
+        "heterogeneous.py", "--cache", cache, "--jobs", "2", timeout_s=240
+    )
+    again = run_quick_bench("heterogeneous.py", "--cache", cache, "--only-cached")
 
     # Assert: every mode ran (crash rate 0.1), read off real curves.
     assert report["bench"] == "heterogeneous"
@@ -381,7 +274,7 @@ def test_heterogeneous_bench_quick_compares_every_round_mode_and_resumes(
 
 
 def test_shards_bench_quick_reports_the_trees_root_inbound_bytes() -> None:
-    report = _run("shards.py", "--shards", "")
+    report = run_quick_bench("shards.py", "--shards", "")
     assert report["bench"] == "shards"
     tree = report["tree"]
     assert isinstance(tree, dict)
@@ -396,7 +289,7 @@ def test_shards_bench_quick_reports_the_trees_root_inbound_bytes() -> None:
 def test_shards_bench_quick_reports_each_shards_range_of_the_bytes() -> None:
     # Parameter shards (1 and 2 at --quick): every round applied on every
     # shard, and the shards' inbound bytes add up to the one shard's.
-    report = _run("shards.py", "--skip-tree")
+    report = run_quick_bench("shards.py", "--skip-tree")
     assert "tree" not in report
     runs = report["sharding"]
     assert isinstance(runs, list)

@@ -229,7 +229,7 @@ def test_the_residual_age_rule_loads_from_toml(tmp_path: Path) -> None:
         "residual_age", 0.3,
     )  # fmt: skip
     path.write_text('[coordinator]\nsecagg_index_rule = "residual-age"\n')
-    with pytest.raises(ConfigError, match="secagg_index_rule=.?residual-age.? is"):
+    with pytest.raises(ConfigError, match=r"secagg_index_rule=.?residual-age.? is"):
         CoordinatorConfig.from_toml(path)
 
 
