@@ -56,6 +56,14 @@ not what held the sparse rounds back. With the random set's best step
 1.734 ± 0.005 (the bench codec `randk-shared`'s figure: the ring's clip
 costs nothing), chunk norms C = 16 2.244 ± 0.022 (still stalled).
 
+Issue 18, residual-age ranking (`age`, the coordinator's "residual_age"
+rule), SparseLoCo lr 2.5, decay 0.6, no guard, 3 seeds:
+
+    H = 50   eps 0.1 1.711 ± 0.016   eps 0.3 1.692 ± 0.014 (+4.6 % ± 2.4
+             vs topk10 paired, -2.4 % vs the random set)   eps 0.5 1.699
+             ± 0.008   agedecay 2.009 ± 0.135   decay 0.8 1.934 ± 0.011
+             seed 0 only: eps 0.3 at lr 2 1.695, lr 3 1.706 (lr 2.5: 1.677)
+
 Bytes: uplink is the lifted codes, `Ring.for_sum(B, W).dtype` per position
 (no index bytes go up), framed as update chunks; downlink adds the encoded
 index set to each worker's model pull.

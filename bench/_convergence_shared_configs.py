@@ -104,6 +104,42 @@ SHARED_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
             "outer_lr": 2.5,
         },
     ),
+    "shared10-age-eps30-sloco-lr2-b60-noguard": (
+        "as shared10-age-eps30-sloco-lr2.5-b60-noguard with outer lr 2",
+        {
+            "codec": "shared:0.1:0.3:age:noguard",
+            **SPARSELOCO_OUTER,
+            "feedback_decay": 0.6,
+            "outer_lr": 2.0,
+        },
+    ),
+    "shared10-age-eps30-sloco-lr3-b60-noguard": (
+        "as shared10-age-eps30-sloco-lr2.5-b60-noguard with outer lr 3",
+        {
+            "codec": "shared:0.1:0.3:age:noguard",
+            **SPARSELOCO_OUTER,
+            "feedback_decay": 0.6,
+            "outer_lr": 3.0,
+        },
+    ),
+    "shared10-age-eps30-sloco-lr2.5-b50-noguard": (
+        "as shared10-age-eps30-sloco-lr2.5-b60-noguard with EF decay 0.5",
+        {
+            "codec": "shared:0.1:0.3:age:noguard",
+            **SPARSELOCO_OUTER,
+            "feedback_decay": 0.5,
+            "outer_lr": 2.5,
+        },
+    ),
+    "shared10-age-eps30-sloco-lr2.5-b70-noguard": (
+        "as shared10-age-eps30-sloco-lr2.5-b60-noguard with EF decay 0.7",
+        {
+            "codec": "shared:0.1:0.3:age:noguard",
+            **SPARSELOCO_OUTER,
+            "feedback_decay": 0.7,
+            "outer_lr": 2.5,
+        },
+    ),
     "shared10-age-eps50-sloco-lr2.5-b60-noguard": (
         "as shared10-age-sloco-lr2.5-b60-noguard with eps 0.5 random positions",
         {
