@@ -131,6 +131,15 @@ SHARED_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
             "outer_lr": 2.5,
         },
     ),
+    "shared10-age-eps30-sloco-lr2.5-b40-noguard": (
+        "as shared10-age-eps30-sloco-lr2.5-b60-noguard with EF decay 0.4",
+        {
+            "codec": "shared:0.1:0.3:age:noguard",
+            **SPARSELOCO_OUTER,
+            "feedback_decay": 0.4,
+            "outer_lr": 2.5,
+        },
+    ),
     "shared10-age-eps30-sloco-lr2.5-b70-noguard": (
         "as shared10-age-eps30-sloco-lr2.5-b60-noguard with EF decay 0.7",
         {

@@ -4,7 +4,8 @@ Smoke only, as tests/system/test_bench_smoke.py: the quick mode runs the
 grid's knobs end to end (outer lr, weight decay in the outer step, top-k
 over runs of 16, seeded random-k, low-rank factors per worker and shared)
 and the bytes stay >= 100x below dense
-with every header and index byte counted.
+with every header and index byte counted; and the shared index set's
+residual-age ranking against a random set.
 Losses are measured by the bench, never asserted here.
 """
 
@@ -91,3 +92,24 @@ def test_new_case_field_keeps_earlier_cache_keys(
     assert _cache_key(case).endswith("clients_per_round=0)")
     moved = replace(case, outer_weight_decay=True)
     assert "outer_weight_decay=True" in _cache_key(moved)
+
+
+@pytest.mark.timeout(200)
+def test_shared_set_rankings_reach_the_simulation() -> None:
+    """The residual-age ranking (the library's rule) against a random set."""
+    configs = _quick(
+        "shared10-age-eps30-sloco-lr2.5-b60-noguard,"
+        "randk10-shared-sloco-lr2.5-b60-noguard"
+    )
+
+    aged, random = (
+        configs["shared10-age-eps30-sloco-lr2.5-b60-noguard"],
+        configs["randk10-shared-sloco-lr2.5-b60-noguard"],
+    )
+    assert aged["codec"] == "shared:0.1:0.3:age:noguard"
+    assert random["codec"] == "shared:0.1:1.0:noguard"
+    for shared in (aged, random):
+        assert shared["outer"] == "sparseloco lr 2.5 m 0.0"
+    # Same k positions every round, so the same bytes; only the choice differs.
+    assert aged["bytes_up"] == random["bytes_up"]
+    assert aged["final_val_loss"]["mean"] != random["final_val_loss"]["mean"]
