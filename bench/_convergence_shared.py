@@ -62,7 +62,10 @@ rule), SparseLoCo lr 2.5, decay 0.6, no guard, 3 seeds:
     H = 50   eps 0.1 1.711 ± 0.016   eps 0.3 1.692 ± 0.014 (+4.6 % ± 2.4
              vs topk10 paired, -2.4 % vs the random set)   eps 0.5 1.699
              ± 0.008   agedecay 2.009 ± 0.135   decay 0.8 1.934 ± 0.011
-             seed 0 only: eps 0.3 at lr 2 1.695, lr 3 1.706 (lr 2.5: 1.677)
+             eps 0.3 at decay 0.5 1.675 ± 0.011 (+3.5 % ± 2.2 vs topk10),
+             at decay 0.4 1.675 ± 0.013
+             seed 0 only: eps 0.3 at lr 2 1.695, lr 3 1.706 (lr 2.5: 1.677),
+             at decay 0.7 1.733
 
 Bytes: uplink is the lifted codes, `Ring.for_sum(B, W).dtype` per position
 (no index bytes go up), framed as update chunks; downlink adds the encoded
