@@ -316,9 +316,8 @@ class SharedIndexPlanner:
         self, announce: SecureRoundSetup, codes: np.ndarray, step: float
     ) -> None:
         """Fold an applied round's mean (`codes` x `step`) into the residual age."""
-        d = self.engine.model.require_spec().num_coordinates
-        if self._age is None or self._age.num_coordinates != d:
-            self._age = ResidualAge(d)
+        if self._age is None:  # the spec, so d, is fixed once a client joined
+            self._age = ResidualAge(self.engine.model.require_spec().num_coordinates)
         mean = torch.from_numpy(codes.astype(np.float32)).mul_(step)
         positions = announce.positions
         sent = (
